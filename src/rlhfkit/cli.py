@@ -1,0 +1,92 @@
+"""`rlhfkit <command>`: parses arguments and calls a recipe; nothing else lives here."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable
+
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    # name: (module, config class, one-line description)
+    "sft": ("rlhfkit.recipes.sft", "SFTConfig", "supervised fine-tuning on demonstrations or conversations (prompt tokens masked)"),
+    "reward train": ("rlhfkit.recipes.reward", "RewardConfig", "train a reward model: Bradley-Terry on pairs, or regression / classification on ratings / thumbs"),
+    "reward eval": ("rlhfkit.eval.reward_eval", "RewardEvalConfig", "accuracy, precision / recall / F1, calibration and margin of a reward model on a pair file"),
+    "demo": ("rlhfkit.recipes.demo", "DemoConfig", "the demo: SFT of SmolLM2-135M, then a MiniLM reward model on HH-RLHF, then its evaluation"),
+}
+
+CONFIG_HELP = """\
+Every field below can be set in a YAML file (--config FILE) and overridden on the command
+line as --field value (nested fields as --lora.r 8). Fields:
+"""
+
+
+def _import(module: str, name: str):
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def _field_table(config_cls) -> str:
+    from rlhfkit.training.config import describe_fields
+
+    rows = describe_fields(config_cls)
+    width = max(len(k) for k, _, _ in rows) + 2
+    return CONFIG_HELP + "\n".join(f"  --{k.ljust(width)}{help_} (default {default})" for k, default, help_ in rows)
+
+
+def _command_parser(prog: str, description: str, config_cls) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=_field_table(config_cls),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file with field: value lines")
+    return parser
+
+
+def _run_command(name: str, argv: list[str]) -> int:
+    from rlhfkit.data.errors import DataError
+    from rlhfkit.training.config import ConfigError, load_config
+
+    module, cls_name, description = COMMANDS[name]
+    config_cls = _import(module, cls_name)
+    parser = _command_parser(f"rlhfkit {name}", description, config_cls)
+    args, rest = parser.parse_known_args(argv)
+    run: Callable = _import(module, "run")
+    try:
+        config = load_config(config_cls, args.config, rest)
+        run(config)
+    except (ConfigError, DataError, FileNotFoundError) as err:
+        print(f"rlhfkit {name}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _top_help() -> str:
+    lines = ["usage: rlhfkit <command> [--config FILE] [--field value ...]", "",
+             "Reinforcement learning from human feedback for language models, end to end.", "", "commands:"]
+    for name, (_, _, desc) in COMMANDS.items():
+        lines.append(f"  {name.ljust(14)}{desc}")
+    lines += ["", "`rlhfkit <command> --help` lists every field of that command's config."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_top_help())
+        return 0
+    if argv[0] == "reward" and len(argv) > 1 and argv[1] in ("train", "eval"):
+        name, rest = f"reward {argv[1]}", argv[2:]
+    elif argv[0] == "reward":
+        print("usage: rlhfkit reward {train,eval} ...\n  train  " + COMMANDS["reward train"][2]
+              + "\n  eval   " + COMMANDS["reward eval"][2])
+        return 0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2
+    elif argv[0] in COMMANDS:
+        name, rest = argv[0], argv[1:]
+    else:
+        print(f"rlhfkit: unknown command {argv[0]!r}\n\n{_top_help()}", file=sys.stderr)
+        return 2
+    return _run_command(name, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

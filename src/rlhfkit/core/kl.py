@@ -1,0 +1,78 @@
+"""KL estimators and KL-coefficient controllers."""
+from __future__ import annotations
+
+from typing import Any, Dict, Union
+
+import torch
+
+Number = Union[float, int, torch.Tensor]
+
+
+# Estimators of KL(pi || ref) from samples of pi, per token, J. Schulman, "Approximating KL
+# divergence" (2020, http://joschu.net/blog/kl-approx.html), with log r = ref_logp - logp.
+def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k1 = ``logp - ref_logp`` (unbiased, high variance, can be negative). Shapes: any, same."""
+    return logp - ref_logp
+
+
+def kl_k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k2 = ``0.5 * (logp - ref_logp)**2`` (biased, low variance, >= 0). Shapes: any, same."""
+    return 0.5 * (logp - ref_logp) ** 2
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k3 = ``exp(log r) - 1 - log r`` with ``log r = ref_logp - logp`` (unbiased, >= 0).
+
+    Shapes: any, same.
+    """
+    log_r = ref_logp - logp
+    return torch.expm1(log_r) - log_r
+
+
+def _f(x: Number) -> float:
+    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
+
+
+class FixedKLController:
+    """Constant KL coefficient (``value``); ``update`` is a no-op."""
+
+    def __init__(self, value: float):
+        self.value = float(value)
+
+    def update(self, current_kl: Number, n_steps: int) -> None:
+        return None
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.value = float(state["value"])
+
+
+class AdaptiveKLController:
+    """Adaptive KL coefficient of Ziegler et al. 2019 ("Fine-Tuning Language Models from Human
+    Preferences", section 2.2; lm-human-preferences ``AdaptiveKLController``):
+
+    ``e = clip(current_kl / target - 1, -0.2, 0.2)``; ``value *= 1 + e * n_steps / horizon``.
+    ``n_steps`` is the number of samples (episodes) the KL was measured over.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: float):
+        if target <= 0 or horizon <= 0:
+            raise ValueError("target and horizon must be > 0")
+        self.value = float(init_kl_coef)
+        self.target = float(target)
+        self.horizon = float(horizon)
+
+    def update(self, current_kl: Number, n_steps: int) -> None:
+        proportional_error = min(max(_f(current_kl) / self.target - 1.0, -0.2), 0.2)
+        mult = 1.0 + proportional_error * n_steps / self.horizon
+        self.value *= mult
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.value = float(state["value"])
+        self.target = float(state.get("target", self.target))
+        self.horizon = float(state.get("horizon", self.horizon))

@@ -1,0 +1,96 @@
+"""Small pieces the recipes share: named data sets, held-out splits, saving the result."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhfkit.training.config import save_config
+from rlhfkit.training.distributed import DistInfo
+
+
+@dataclass
+class LoraConfig:
+    r: int = field(default=0, metadata={"help": "LoRA rank (0 = full fine-tuning)"})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (off by default: PPO detail 8)"})
+    target_modules: str = field(default="all-linear", metadata={"help": "peft target_modules"})
+
+
+def named_set(name: str, kind: str, ties: str = "drop"):
+    """The shared real data sets by name; `None` when `name` is not one of them.
+
+    kind 'sft': finegrained-corrections, oasst-best; kind 'pairs': hh-rlhf, finegrained, oasst.
+    """
+    from rlhfkit.data import shared_sets
+
+    if kind == "sft":
+        if name == "finegrained-corrections":
+            return shared_sets.load_finegrained(ties=ties).demonstrations
+        if name == "oasst-best":
+            return shared_sets.load_oasst().demonstrations
+    if kind == "pairs":
+        if name == "hh-rlhf":
+            return shared_sets.load_hh_rlhf()
+        if name == "finegrained":
+            return shared_sets.load_finegrained(ties=ties).pairs
+        if name == "oasst":
+            return shared_sets.load_oasst().pairs
+    return None
+
+
+def load_training_records(source: str, kind: str, on_error: str = "raise", ties: str = "drop",
+                          max_chars: int = 100_000) -> list:
+    """Records from a named shared set or a file (JSONL, JSON, gz); reports skipped lines."""
+    records = named_set(source, kind, ties)
+    if records is not None:
+        return list(records)
+    from rlhfkit.data.readers import read_records
+
+    result = read_records(source, kind, on_error=on_error, max_chars=max_chars)
+    if result.skipped:
+        print(f"{source}: skipped {sum(result.skipped.values())} records: {dict(result.skipped)}")
+    records = result.records
+    if kind == "pairs" and ties == "drop":
+        n = len(records)
+        records = [r for r in records if not getattr(r, "tie", False)]
+        if len(records) < n:
+            print(f"{source}: dropped {n - len(records)} tied pairs (ties=drop)")
+    return records
+
+
+def split_holdout(records: list, eval_fraction: float, seed: int) -> tuple[list, list]:
+    """A fixed-seed shuffle, then the last `eval_fraction` is held out."""
+    if not 0 <= eval_fraction < 1:
+        raise ValueError("eval_fraction must be in [0, 1)")
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(records), generator=g).tolist()
+    n_eval = int(round(len(records) * eval_fraction))
+    train = [records[i] for i in order[: len(records) - n_eval]]
+    held = [records[i] for i in order[len(records) - n_eval:]]
+    return train, held
+
+
+def set_threads(threads: int) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def save_final(model, tokenizer, config, metrics: dict, info: DistInfo, subdir: str = "model") -> Path | None:
+    """`save_pretrained` of model and tokenizer (LoRA merged), the config and final metrics."""
+    if not info.is_main:
+        return None
+    out = Path(config.output_dir) / subdir
+    out.mkdir(parents=True, exist_ok=True)
+    to_save = model
+    if hasattr(model, "merge_and_unload"):  # a peft model: ship plain HF weights
+        to_save = model.merge_and_unload()
+    to_save.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    save_config(config, Path(config.output_dir) / "config.yaml")
+    (Path(config.output_dir) / "final_metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    os.sync()
+    return out

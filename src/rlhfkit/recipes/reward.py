@@ -1,0 +1,143 @@
+"""Reward-model training: pairwise Bradley-Terry, or regression / classification on ratings / thumbs.
+
+    rlhfkit reward train --data hh-rlhf --model minilm-l6 --output_dir outputs/rm
+
+The model is a Hugging Face `AutoModelForSequenceClassification` with one output (a causal LM
+scoring its last real token, or an encoder such as all-MiniLM-L6-v2), so the result loads with
+`AutoModelForSequenceClassification.from_pretrained(output_dir + "/model")`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from rlhfkit.core.losses import binary_feedback_loss, bradley_terry_loss, rating_regression_loss
+from rlhfkit.data.tokenize import pad_sequences, tokenize_pair
+from rlhfkit.recipes.common import LoraConfig, load_training_records, save_final, set_threads, split_holdout
+from rlhfkit.training.distributed import cleanup, init_distributed
+from rlhfkit.training.loop import TrainingConfig, fit
+
+OBJECTIVE_KIND = {"pairwise": "pairs", "regression": "ratings", "classification": "thumbs"}
+
+
+@dataclass
+class RewardConfig(TrainingConfig):
+    model: str = field(default="minilm-l6", metadata={"help": "backbone: minilm-l6 (encoder), smollm2-135m, a local folder or .gguf"})
+    kind: str = field(default="auto", metadata={"help": "backbone kind: auto, causal or encoder"})
+    objective: str = field(default="pairwise", metadata={"help": "pairwise (chosen/rejected), regression (ratings) or classification (thumbs)"})
+    data: str = field(default="hh-rlhf", metadata={"help": "JSONL/JSON file, or hh-rlhf / finegrained / oasst"})
+    eval_data: str = field(default="", metadata={"help": "held-out file; empty = hold out eval_fraction of data"})
+    eval_fraction: float = field(default=0.2, metadata={"help": "fraction held out when eval_data is empty"})
+    max_length: int = field(default=256, metadata={"help": "tokens of prompt + response; the prompt is cut from the left"})
+    ties: str = field(default="drop", metadata={"help": "tied pairs: drop, or keep (loss pulls both rewards together)"})
+    use_margin: bool = field(default=True, metadata={"help": "use a pair's margin when it has one"})
+    on_error: str = field(default="raise", metadata={"help": "bad records: raise, or skip and count"})
+    output_dir: str = field(default="outputs/reward", metadata={"help": "checkpoints, metrics.jsonl and model/"})
+    learning_rate: float = field(default=3e-5, metadata={"help": "peak learning rate"})
+    batch_size: int = field(default=32, metadata={"help": "global batch (pairs per optimiser step)"})
+    micro_batch_size: int = field(default=8, metadata={"help": "pairs per forward pass"})
+    epochs: float = field(default=2.0, metadata={"help": "passes over the training data"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of steps with linear warm-up"})
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.objective not in OBJECTIVE_KIND:
+            raise ValueError(f"field 'objective': {self.objective!r} is not one of {list(OBJECTIVE_KIND)}")
+
+
+def encode_records(records, tokenizer, config: RewardConfig) -> list[dict]:
+    """Token ids of prompt ⊕ response, with the target of each objective."""
+    out = []
+    for r in records:
+        if config.objective == "pairwise":
+            out.append({
+                "chosen": tokenize_pair(r.prompt, r.chosen, tokenizer, config.max_length),
+                "rejected": tokenize_pair(r.prompt, r.rejected, tokenizer, config.max_length),
+                "margin": float(r.margin) if (config.use_margin and r.margin is not None) else 0.0,
+                "tie": bool(r.tie),
+                "subset": r.subset,
+            })
+        elif config.objective == "regression":
+            span = (r.scale_max - r.scale_min) or 1.0
+            out.append({"ids": tokenize_pair(r.prompt, r.completion, tokenizer, config.max_length),
+                        "target": (r.rating - r.scale_min) / span})
+        else:
+            out.append({"ids": tokenize_pair(r.prompt, r.completion, tokenizer, config.max_length),
+                        "target": float(r.label)})
+    return out
+
+
+def make_collate(pad_id: int, objective: str):
+    def collate(examples: list[dict]) -> dict:
+        if objective == "pairwise":
+            # chosen and rejected in one forward pass: rows [0, n) chosen, [n, 2n) rejected
+            seqs = [e["chosen"] for e in examples] + [e["rejected"] for e in examples]
+            ids, mask = pad_sequences(seqs, pad_id, side="right")
+            return {"input_ids": ids, "attention_mask": mask,
+                    "margin": torch.tensor([e["margin"] for e in examples]),
+                    "tie": torch.tensor([e["tie"] for e in examples])}
+        ids, mask = pad_sequences([e["ids"] for e in examples], pad_id, side="right")
+        return {"input_ids": ids, "attention_mask": mask, "target": torch.tensor([e["target"] for e in examples])}
+
+    return collate
+
+
+def make_loss(objective: str):
+    from rlhfkit.models import reward_scores
+
+    def loss_sum(model, batch: dict) -> tuple[torch.Tensor, dict]:
+        scores = reward_scores(model, batch["input_ids"], batch["attention_mask"])
+        if objective == "pairwise":
+            n = scores.shape[0] // 2
+            chosen, rejected = scores[:n], scores[n:]
+            margin = batch["margin"] if bool(batch["margin"].any()) else None
+            loss = bradley_terry_loss(chosen, rejected, margin=margin, tie=batch["tie"], reduction="sum")
+            decided = ~batch["tie"]
+            correct = ((chosen > rejected) & decided).sum()
+            return loss, {"accuracy": correct.item(), "margin_mean": (chosen - rejected).sum().item()}
+        if objective == "regression":
+            return rating_regression_loss(scores, batch["target"], reduction="sum"), {}
+        return binary_feedback_loss(scores, batch["target"], reduction="sum"), {}
+
+    return loss_sum
+
+
+def count_examples(batch: dict) -> int:
+    return int(batch["tie"].numel()) if "tie" in batch else int(batch["target"].numel())
+
+
+def run(config: RewardConfig) -> dict:
+    from rlhfkit.eval.reward_eval import evaluate_pairs
+    from rlhfkit.models import apply_lora, load_reward_model
+
+    set_threads(config.threads)
+    info = init_distributed()
+    torch.manual_seed(config.seed)
+    kind = OBJECTIVE_KIND[config.objective]
+    records = load_training_records(config.data, kind, config.on_error, ties=config.ties)
+    if config.eval_data:
+        train_records = records
+        eval_records = load_training_records(config.eval_data, kind, config.on_error, ties="keep")
+    else:
+        train_records, eval_records = split_holdout(records, config.eval_fraction, config.seed)
+    model, tokenizer = load_reward_model(config.model, kind=config.kind)
+    if config.lora.r:
+        model = apply_lora(model, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
+                           target_modules=config.lora.target_modules)
+    train = encode_records(train_records, tokenizer, config)
+    collate = make_collate(tokenizer.pad_token_id, config.objective)
+    eval_fn = None
+    if eval_records and config.objective == "pairwise":
+        def eval_fn(m):
+            report = evaluate_pairs(m, tokenizer, eval_records, max_length=config.max_length,
+                                    batch_size=config.micro_batch_size * 2)
+            return {f"eval_{k}": v for k, v in report["overall"].items() if isinstance(v, (int, float))}
+    if info.is_main:
+        print(f"reward: {len(train)} training and {len(eval_records)} held-out {kind}, backbone {config.model}")
+    metrics = fit(model, train, collate, make_loss(config.objective), count_examples, config, info,
+                  eval_fn, desc="reward", unit="pairs" if kind == "pairs" else "examples")
+    save_final(model, tokenizer, config, metrics, info)
+    cleanup(info)
+    return metrics

@@ -1,0 +1,105 @@
+"""Supervised fine-tuning on demonstrations or conversations, prompt tokens masked.
+
+    rlhfkit sft --data finegrained-corrections --model smollm2-135m --output_dir outputs/sft
+
+Reads prompt/completion or `messages` records (or a named shared set), holds out a fixed-seed
+split, trains with the shared loop (exact resume, metrics, progress) and saves a model that
+loads with `AutoModelForCausalLM.from_pretrained(output_dir + "/model")`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from rlhfkit.core.losses import count_target_tokens, sft_loss
+from rlhfkit.data.tokenize import pad_sequences, tokenize_sft
+from rlhfkit.recipes.common import LoraConfig, load_training_records, save_final, set_threads, split_holdout
+from rlhfkit.training.distributed import cleanup, init_distributed
+from rlhfkit.training.loop import TrainingConfig, fit
+
+
+@dataclass
+class SFTConfig(TrainingConfig):
+    model: str = field(default="smollm2-135m", metadata={"help": "policy: smollm2-135m, a local folder, a .gguf file or a HF name"})
+    data: str = field(default="finegrained-corrections", metadata={"help": "JSONL/JSON file of prompt/completion or messages, or finegrained-corrections / oasst-best"})
+    eval_data: str = field(default="", metadata={"help": "held-out file; empty = hold out eval_fraction of data"})
+    eval_fraction: float = field(default=0.1, metadata={"help": "fraction held out when eval_data is empty"})
+    max_length: int = field(default=512, metadata={"help": "tokens per example (longer ones are cut on the right)"})
+    on_error: str = field(default="raise", metadata={"help": "bad records: raise, or skip and count"})
+    output_dir: str = field(default="outputs/sft", metadata={"help": "checkpoints, metrics.jsonl and model/"})
+    learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate"})
+    batch_size: int = field(default=8, metadata={"help": "global batch (examples per optimiser step)"})
+    micro_batch_size: int = field(default=2, metadata={"help": "examples per forward pass"})
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+def tokenize_all(records, tokenizer, max_length: int) -> list[dict]:
+    examples = [tokenize_sft(r, tokenizer, max_length) for r in records]
+    return [e for e in examples if count_target_tokens(torch.tensor([e["labels"]])) > 0]
+
+
+def make_collate(pad_id: int):
+    def collate(examples: list[dict]) -> dict:
+        ids, mask = pad_sequences([e["input_ids"] for e in examples], pad_id, side="right")
+        labels, _ = pad_sequences([e["labels"] for e in examples], -100, side="right")
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    return collate
+
+
+def loss_sum(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    """Sum of target-token NLL in the micro-batch (normalised by the loop)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return sft_loss(logits, batch["labels"], normaliser=1.0), {}
+
+
+def count_tokens(batch: dict) -> int:
+    return count_target_tokens(batch["labels"])
+
+
+@torch.no_grad()
+def evaluate(model, examples: list[dict], collate, micro_batch_size: int) -> dict:
+    """Held-out mean token loss and perplexity."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), micro_batch_size):
+        batch = collate(examples[i:i + micro_batch_size])
+        total += loss_sum(model, batch)[0].item()
+        count += count_tokens(batch)
+    model.train(was_training)
+    mean = total / max(count, 1)
+    return {"eval_loss": mean, "eval_perplexity": float(torch.exp(torch.tensor(mean))), "eval_tokens": count}
+
+
+def run(config: SFTConfig) -> dict:
+    from rlhfkit.models import apply_lora, load_policy
+
+    set_threads(config.threads)
+    info = init_distributed()
+    torch.manual_seed(config.seed)
+    records = load_training_records(config.data, "sft", config.on_error)
+    if config.eval_data:
+        train_records = records
+        eval_records = load_training_records(config.eval_data, "sft", config.on_error)
+    else:
+        train_records, eval_records = split_holdout(records, config.eval_fraction, config.seed)
+    model, tokenizer = load_policy(config.model)
+    if config.lora.r:
+        model = apply_lora(model, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
+                           target_modules=config.lora.target_modules)
+    train = tokenize_all(train_records, tokenizer, config.max_length)
+    held = tokenize_all(eval_records, tokenizer, config.max_length)
+    collate = make_collate(tokenizer.pad_token_id)
+    eval_fn = (lambda m: evaluate(m, held, collate, config.micro_batch_size)) if held else None
+    if info.is_main:
+        print(f"sft: {len(train)} training and {len(held)} held-out examples, model {config.model}")
+        before = evaluate(model, held, collate, config.micro_batch_size) if held else {}
+    metrics = fit(model, train, collate, loss_sum, count_tokens, config, info, eval_fn, desc="sft")
+    if info.is_main and held:
+        metrics["eval_loss_before"] = before["eval_loss"]
+        print(f"sft: held-out loss {before['eval_loss']:.4f} -> {metrics['eval_loss']:.4f}")
+    save_final(model, tokenizer, config, metrics, info)
+    cleanup(info)
+    return metrics

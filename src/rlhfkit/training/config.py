@@ -1,0 +1,223 @@
+"""Dataclass configs read from YAML with `--key value` command-line overrides.
+
+A recipe declares a `@dataclass` whose fields carry `metadata={"help": ...}`. `load_config`
+fills it from an optional YAML file, then from overrides; every mistake (unknown key, wrong
+type, bad YAML) is a `ConfigError` naming the file, the line and the field.
+Nested dataclass fields are addressed with dots: `--lora.r 8` or `lora: {r: 8}` in YAML.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, with where it was made."""
+
+
+def _where(source: str, line: int | None) -> str:
+    return f"{source}:{line}" if line is not None else source
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unwrap_optional(tp):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def coerce(value: Any, tp: Any, where: str, field: str) -> Any:
+    """Convert `value` (from YAML or a command-line string) to the field type `tp`."""
+    tp, optional = _unwrap_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional or tp is Any:
+            return None
+        raise ConfigError(f"{where}: field '{field}': may not be empty")
+    origin = typing.get_origin(tp)
+    try:
+        if tp is Any:
+            return value
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+        if origin in (list, tuple):
+            (item_tp, *_) = typing.get_args(tp) or (Any,)
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v != ""]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            return [coerce(v, item_tp, where, field) for v in value]
+        if origin is typing.Literal:
+            if value not in typing.get_args(tp):
+                raise ConfigError(
+                    f"{where}: field '{field}': {value!r} is not one of {list(typing.get_args(tp))}"
+                )
+            return value
+        if origin is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError):
+        name = getattr(tp, "__name__", str(tp))
+        raise ConfigError(
+            f"{where}: field '{field}': expected {name}, got {type(value).__name__} {value!r}"
+        ) from None
+    return value
+
+
+def _suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _yaml_with_lines(path: Path) -> tuple[dict, dict[str, int]]:
+    """Parse a YAML mapping and remember the line of every (dotted) key."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(f"{_where(str(path), line)}: invalid YAML: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: the config must be a mapping of field: value")
+    lines: dict[str, int] = {}
+
+    def walk(n, prefix):
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                key = f"{prefix}{k.value}"
+                lines[key] = k.start_mark.line + 1
+                walk(v, key + ".")
+
+    walk(node, "")
+    return data, lines
+
+
+def _apply(obj, data: dict, source: str, lines: dict[str, int], prefix: str = "") -> None:
+    types_ = _field_types(type(obj))
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        where = _where(source, lines.get(dotted))
+        if key not in types_:
+            raise ConfigError(
+                f"{where}: unknown field '{dotted}' for {type(obj).__name__}{_suggest(key, types_)}"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: field '{dotted}': expected a mapping")
+            _apply(current, value, source, lines, dotted + ".")
+        else:
+            setattr(obj, key, coerce(value, types_[key], where, dotted))
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """`['--lr', '1e-4', '--lora.r=8']` -> `{'lr': '1e-4', 'lora.r': '8'}`."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"command line: expected --key value, got {arg!r}")
+        key = arg[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = args[i + 1]
+            i += 1
+        else:
+            value = "true"  # a bare flag switches a bool on
+        out[key.replace("-", "_")] = value
+        i += 1
+    return out
+
+
+def _nest(flat: dict[str, str]) -> dict:
+    nested: dict = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        d = nested
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+        d[parts[-1]] = value
+    return nested
+
+
+def load_config(cls, path: str | Path | None = None, overrides: list[str] | dict | None = None):
+    """Build `cls()` then apply the YAML file at `path`, then the overrides."""
+    config = cls()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        data, lines = _yaml_with_lines(path)
+        _apply(config, data, str(path), lines)
+    if overrides:
+        flat = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides)
+        _apply(config, _nest(flat), "command line", {})
+    validate = getattr(config, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ValueError as err:
+            raise ConfigError(f"{path or 'config'}: {err}") from None
+    return config
+
+
+def config_to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def save_config(config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
+
+
+def describe_fields(cls, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every field, nested ones dotted: used by `--help`."""
+    rows = []
+    instance = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(instance, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe_fields(type(value), prefix + f.name + ".")
+        else:
+            rows.append((prefix + f.name, repr(value), f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,202 @@
+"""The supervised training loop shared by `sft` and `reward train`.
+
+Composition, not inheritance: a recipe hands `fit` its model, its examples, a `collate`
+function, a `loss_fn` that returns a *sum* over units (tokens, pairs) and a `count_fn` that
+counts those units. `fit` divides by the unit count of the whole global batch (all
+micro-batches on all ranks), so batch 8 x accumulation 1, batch 1 x accumulation 8 and
+2 processes x batch 4 make the same update (TRL's invariance tests; OpenRLHF's aggregation).
+
+Exact resume: the data order of epoch e is a permutation seeded by (seed, e), so the position
+in the data is a function of the step alone; the checkpoint stores model, optimiser,
+scheduler and RNG states (training/checkpoint.py).
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
+from .distributed import DistInfo, all_reduce_sum, barrier, grad_sync_context, wrap_model
+from .logging import MetricsLogger, progress_bar
+
+
+@dataclass
+class TrainingConfig:
+    """Fields every supervised recipe shares (a recipe's config extends this)."""
+
+    output_dir: str = field(default="outputs/run", metadata={"help": "where checkpoints, metrics and the final model go"})
+    seed: int = field(default=0, metadata={"help": "seed for init, data order and sampling"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training data"})
+    max_steps: int = field(default=0, metadata={"help": "stop after this many optimiser steps (0 = from epochs)"})
+    batch_size: int = field(default=16, metadata={"help": "global batch: examples per optimiser step over all ranks"})
+    micro_batch_size: int = field(default=4, metadata={"help": "examples per forward pass (gradient accumulation fills the batch)"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of steps with linear warm-up"})
+    lr_schedule: str = field(default="linear", metadata={"help": "linear (decay to 0) or constant"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "global gradient-norm clip (0 = off)"})
+    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
+    eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0 = only at the end)"})
+    log_every: int = field(default=1, metadata={"help": "log metrics every N steps"})
+    resume: bool = field(default=True, metadata={"help": "continue from the latest checkpoint in output_dir"})
+    parallel: str = field(default="ddp", metadata={"help": "ddp or fsdp when launched with several processes"})
+    tensorboard: bool = field(default=True, metadata={"help": "also log to TensorBoard when installed"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.micro_batch_size < 1:
+            raise ValueError("batch_size and micro_batch_size must be >= 1")
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled order of epoch `epoch`: the same on every rank and after every resume."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def rank_slice(indices: list[int], info: DistInfo) -> list[int]:
+    """This rank's contiguous share of a global batch (global batch must divide by world size)."""
+    if len(indices) % info.world_size:
+        raise ValueError(f"global batch {len(indices)} does not divide by {info.world_size} processes")
+    share = len(indices) // info.world_size
+    return indices[info.rank * share:(info.rank + 1) * share]
+
+
+def chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
+                             eps=config.adam_eps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, config: TrainingConfig):
+    warmup = int(config.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if config.lr_schedule == "constant":
+            return 1.0
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def plan_steps(n_examples: int, config: TrainingConfig) -> tuple[int, int]:
+    """(steps per epoch, total steps); the last incomplete global batch of an epoch is dropped."""
+    per_epoch = n_examples // config.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"only {n_examples} training examples for a batch of {config.batch_size}")
+    total = math.ceil(per_epoch * config.epochs)
+    if config.max_steps:
+        total = min(total, config.max_steps) if config.epochs else config.max_steps
+    return per_epoch, total
+
+
+def _kill_for_tests(step: int) -> None:
+    # Test hook: SIGKILL ourselves right after `step`, to prove resume after a hard kill.
+    target = os.environ.get("RLHFKIT_TEST_SIGKILL_AFTER_STEP")
+    if target and int(target) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fit(
+    model: torch.nn.Module,
+    examples: list[Any],
+    collate: Callable[[list[Any]], dict],
+    loss_fn: Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]],
+    count_fn: Callable[[dict], int],
+    config: TrainingConfig,
+    info: DistInfo,
+    eval_fn: Callable[[torch.nn.Module], dict] | None = None,
+    desc: str = "train",
+    unit: str = "tokens",
+) -> dict:
+    """Train `model` in place; returns the last logged metrics (with final eval ones)."""
+    if config.micro_batch_size * info.world_size > config.batch_size:
+        raise ValueError("micro_batch_size x processes exceeds batch_size")
+    per_epoch, total_steps = plan_steps(len(examples), config)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, total_steps, config)
+    start_step = 0
+    ckpt = latest_checkpoint(config.output_dir) if config.resume else None
+    if ckpt is not None:
+        start_step = load_checkpoint(ckpt, model, optimizer, scheduler)["step"]
+    logger = MetricsLogger(config.output_dir, enabled=info.is_main, tensorboard=config.tensorboard,
+                           resume_step=start_step if ckpt is not None else None)
+    train_model = wrap_model(model, info, config.parallel)
+    train_model.train()
+    bar = progress_bar(total_steps, initial=start_step, desc=desc, enabled=info.is_main)
+    last: dict = {}
+    t_window, units_window, samples_window = time.perf_counter(), 0.0, 0
+    for step in range(start_step, total_steps):
+        epoch, position = divmod(step, per_epoch)
+        order = epoch_order(len(examples), config.seed, epoch)
+        global_batch = order[position * config.batch_size:(position + 1) * config.batch_size]
+        local = rank_slice(global_batch, info)
+        micro = [collate([examples[i] for i in idx]) for idx in chunks(local, config.micro_batch_size)]
+        n_units = all_reduce_sum(sum(count_fn(b) for b in micro), info).item()
+        loss_total = 0.0
+        extra: dict[str, float] = {}
+        for k, batch in enumerate(micro):
+            with grad_sync_context(train_model, sync=k == len(micro) - 1):
+                loss_sum, stats = loss_fn(train_model, batch)
+                # DDP averages gradients over ranks; scale by world size so the result is
+                # the gradient of (sum over the global batch) / (global unit count).
+                (loss_sum * (info.world_size / max(n_units, 1))).backward()
+            loss_total += loss_sum.item()
+            for key, value in stats.items():
+                extra[key] = extra.get(key, 0.0) + float(value)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(train_model.parameters(), config.max_grad_norm)
+                     if config.max_grad_norm > 0 else torch.tensor(0.0))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_done = step + 1
+        units_window += n_units
+        samples_window += len(global_batch)
+        bar.update(1)
+        if step_done % config.log_every == 0 or step_done == total_steps:
+            loss_global = all_reduce_sum(loss_total, info).item() / max(n_units, 1)
+            sums = {k: all_reduce_sum(v, info).item() for k, v in extra.items()}
+            elapsed = time.perf_counter() - t_window
+            last = {
+                "loss": loss_global,
+                "grad_norm": float(grad_norm),
+                "lr": scheduler.get_last_lr()[0],
+                "epoch": step_done / per_epoch,
+                f"{unit}_per_s": units_window / elapsed,
+                "samples_per_s": samples_window / elapsed,
+                **{k: v / max(n_units, 1) for k, v in sums.items()},
+            }
+            t_window, units_window, samples_window = time.perf_counter(), 0.0, 0
+            logger.log(step_done, last)
+            bar.set_postfix(loss=f"{loss_global:.4f}")
+        if eval_fn is not None and config.eval_every and step_done % config.eval_every == 0 and step_done < total_steps:
+            scores = eval_fn(unwrap(train_model))
+            logger.log(step_done, scores)
+            train_model.train()
+        if config.save_every and step_done % config.save_every == 0 and step_done < total_steps:
+            if info.is_main:
+                save_checkpoint(config.output_dir, step_done, train_model, optimizer, scheduler,
+                                {"epoch": epoch}, keep_last=config.keep_checkpoints)
+            barrier(info)
+        _kill_for_tests(step_done)
+    bar.close()
+    if eval_fn is not None:
+        scores = eval_fn(unwrap(train_model))
+        logger.log(total_steps, scores)
+        last.update(scores)
+    logger.close()
+    return last

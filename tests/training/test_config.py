@@ -1,0 +1,72 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from rlhfkit.training.config import ConfigError, describe_fields, load_config, parse_overrides
+
+
+@dataclass
+class Inner:
+    r: int = 0
+    alpha: float = 16.0
+
+
+@dataclass
+class Example:
+    learning_rate: float = 1e-5
+    steps: int = 10
+    name: str = "x"
+    flag: bool = False
+    layers: list[str] = field(default_factory=list)
+    maybe: int | None = None
+    lora: Inner = field(default_factory=Inner)
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_yaml_then_overrides(tmp_path):
+    p = write(tmp_path, "learning_rate: 3e-4\nsteps: 5\nlora:\n  r: 8\n")
+    c = load_config(Example, p, ["--steps", "7", "--lora.alpha=4", "--flag", "--layers", "a,b", "--maybe", "none"])
+    assert c.learning_rate == pytest.approx(3e-4)
+    assert c.steps == 7 and c.lora.r == 8 and c.lora.alpha == 4.0
+    assert c.flag is True and c.layers == ["a", "b"] and c.maybe is None
+
+
+def test_unknown_key_names_file_line_and_suggests(tmp_path):
+    p = write(tmp_path, "steps: 5\nlearning_rat: 0.1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(Example, p)
+    msg = str(e.value)
+    assert f"{p}:2" in msg and "learning_rat" in msg and "did you mean 'learning_rate'" in msg
+
+
+def test_wrong_type_names_line_and_field(tmp_path):
+    p = write(tmp_path, "name: ok\nlora:\n  r: eight\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(Example, p)
+    msg = str(e.value)
+    assert f"{p}:3" in msg and "'lora.r'" in msg and "expected int" in msg
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    p = write(tmp_path, "steps: [1, 2\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(Example, p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Example, tmp_path / "nope.yaml")
+
+
+def test_override_type_error():
+    with pytest.raises(ConfigError, match="command line: field 'steps'"):
+        load_config(Example, None, ["--steps", "1.5"])
+    with pytest.raises(ConfigError, match="expected --key value"):
+        parse_overrides(["steps", "3"])
+
+
+def test_describe_fields_lists_nested():
+    keys = [k for k, _, _ in describe_fields(Example)]
+    assert "lora.r" in keys and "learning_rate" in keys

@@ -1,0 +1,67 @@
+"""Model loading and heads: tokenizers with a distinct pad token, causal LMs (HF name, folder,
+``.gguf`` file or alias), tiny test models, scalar reward models, value models and LoRA."""
+from .loading import (
+    MINILM_ALIAS,
+    PAD_TOKEN,
+    SMOLLM2_ALIAS,
+    SMOLLM2_GGUF_FILE,
+    ModelLoadError,
+    disable_dropout,
+    ensure_pad_token,
+    load_causal_lm,
+    load_policy,
+    load_tokenizer,
+    resize_token_embeddings,
+    resolve_model_source,
+)
+from .lora import apply_lora, reference_context
+from .reward import (
+    causal_lm_to_sequence_classifier,
+    init_score_head,
+    is_encoder,
+    last_real_index,
+    load_reward_model,
+    position_ids_from_mask,
+    reward_scores,
+    score_head,
+)
+from .tiny import (
+    TINY_CHAT_TEMPLATE,
+    tiny_causal_lm,
+    tiny_encoder_reward_model,
+    tiny_reward_model,
+    tiny_tokenizer,
+)
+from .value import make_value_model, token_values
+
+__all__ = [
+    "MINILM_ALIAS",
+    "PAD_TOKEN",
+    "SMOLLM2_ALIAS",
+    "SMOLLM2_GGUF_FILE",
+    "ModelLoadError",
+    "TINY_CHAT_TEMPLATE",
+    "apply_lora",
+    "causal_lm_to_sequence_classifier",
+    "disable_dropout",
+    "ensure_pad_token",
+    "init_score_head",
+    "is_encoder",
+    "last_real_index",
+    "load_causal_lm",
+    "load_policy",
+    "load_reward_model",
+    "load_tokenizer",
+    "make_value_model",
+    "position_ids_from_mask",
+    "reference_context",
+    "resize_token_embeddings",
+    "resolve_model_source",
+    "reward_scores",
+    "score_head",
+    "tiny_causal_lm",
+    "tiny_encoder_reward_model",
+    "tiny_reward_model",
+    "tiny_tokenizer",
+    "token_values",
+]

@@ -1,0 +1,130 @@
+import collections
+import gzip
+import json
+
+import pytest
+
+from rlhfkit.data import (
+    CompletionRecord,
+    ConversationRecord,
+    DataError,
+    PreferencePair,
+    RankingRecord,
+    read_records,
+    write_jsonl,
+)
+
+GOOD = {"prompt": "p", "chosen": "c", "rejected": "r"}
+
+
+def _write_lines(path, lines):
+    path.write_bytes(b"\n".join(l if isinstance(l, bytes) else l.encode() for l in lines) + b"\n")
+    return path
+
+
+def test_jsonl_round_trip(tmp_path):
+    recs = [PreferencePair("p", "c", "r"), PreferencePair("q", "ç✓", "r", margin=1.0, subset="s")]
+    path = tmp_path / "sub" / "pairs.jsonl"
+    assert write_jsonl(path, recs) == 2
+    res = read_records(path, "pairs")
+    assert res.records == recs and not res.skipped and res.path == str(path)
+
+
+def test_gz_and_json_list(tmp_path):
+    recs = [RankingRecord("p", ["a", "b"], [0, 1])] * 3
+    write_jsonl(tmp_path / "r.jsonl.gz", recs)
+    with gzip.open(tmp_path / "r.jsonl.gz", "rb") as f:
+        assert f.read().count(b"\n") == 3
+    assert read_records(tmp_path / "r.jsonl.gz", "rankings").records == recs
+    (tmp_path / "r.json").write_text(json.dumps([r.to_dict() for r in recs]))
+    assert read_records(str(tmp_path / "r.json"), "rankings").records == recs
+
+
+def test_sft_accepts_both_formats(tmp_path):
+    rows = [{"prompt": "p", "completion": "c"},
+            {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}]
+    res = read_records(rows, "sft")
+    assert isinstance(res.records[0], CompletionRecord)
+    assert isinstance(res.records[1], ConversationRecord)
+
+
+def test_hf_dataset_input():
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_list([GOOD, {"prompt": "p", "chosen": "", "rejected": "r"}])
+    with pytest.raises(DataError) as ei:
+        read_records(ds, "pairs")
+    assert ei.value.index == 1 and ei.value.field == "chosen"
+    assert "<dataset>[1]" in str(ei.value)
+    res = read_records(ds, "pairs", on_error="skip")
+    assert len(res) == 1 and res.skipped == {"empty_text": 1}
+    with pytest.raises(TypeError, match="one split"):
+        read_records(datasets.DatasetDict({"train": ds}), "pairs")
+
+
+BAD_CASES = [
+    # (line content, field or None, reason)
+    (b'{"prompt": "p", "chosen": "c", "rejected": ', None, "malformed_json"),
+    (b'{"prompt": "p", "chosen": 7, "rejected": "r"}', "chosen", "wrong_type"),
+    (b'{"prompt": "p", "rejected": "r"}', "chosen", "missing_field"),
+    (b'{"prompt": "p", "chosen": "c", "rejected": "  "}', "rejected", "empty_text"),
+    (b'{"prompt": "p", "chosen": "c\xff\xfe", "rejected": "r"}', None, "invalid_utf8"),
+    (b'["p", "c", "r"]', None, "not_object"),
+    (json.dumps({"prompt": "p", "chosen": "x" * 500, "rejected": "r"}).encode(), "chosen", "too_long"),
+]
+
+
+@pytest.mark.parametrize("bad,field,reason", BAD_CASES, ids=[c[2] for c in BAD_CASES])
+def test_bad_input_names_file_line_field(tmp_path, bad, field, reason):
+    good = json.dumps(GOOD).encode()
+    path = _write_lines(tmp_path / "train.jsonl", [good, b"", good, bad, good])
+    with pytest.raises(DataError) as ei:
+        read_records(path, "pairs", max_chars=200)
+    err = ei.value
+    msg = str(err)
+    assert "train.jsonl:4:" in msg and err.line == 4 and err.path == str(path)
+    assert err.reason == reason
+    if field is not None:
+        assert err.field == field and f"field '{field}'" in msg
+    # no deep chained traceback
+    assert err.__cause__ is None and err.__suppress_context__
+    res = read_records(path, "pairs", on_error="skip", max_chars=200)
+    assert len(res.records) == 3 and res.skipped == collections.Counter({reason: 1})
+
+
+def test_skip_counts_several_reasons(tmp_path):
+    good = json.dumps(GOOD)
+    path = _write_lines(tmp_path / "mixed.jsonl", [good, "{oops", '{"prompt": 1, "chosen": "c", "rejected": "r"}',
+                                                   "{oops", "3", good])
+    res = read_records(path, "pairs", on_error="skip")
+    assert len(res) == 2
+    assert res.skipped == {"malformed_json": 2, "wrong_type": 1, "not_object": 1}
+
+
+def test_json_list_errors(tmp_path):
+    p = tmp_path / "data.json"
+    p.write_text('[\n{"prompt": "a"},\n{"prompt": ""}\n]')
+    with pytest.raises(DataError) as ei:
+        read_records(p, "prompts")
+    assert "data.json[1]" in str(ei.value) and ei.value.field == "prompt"
+    p.write_text('[\n{"prompt": "a"},\n{"prompt": }\n]')
+    with pytest.raises(DataError) as ei:
+        read_records(p, "prompts")
+    assert "data.json:3" in str(ei.value) and ei.value.reason == "malformed_json"
+    p.write_bytes(b'[\n{"prompt": "a"},\n{"prompt": "\xff"}\n]')
+    with pytest.raises(DataError) as ei:
+        read_records(p, "prompts")
+    assert "data.json:3" in str(ei.value) and ei.value.reason == "invalid_utf8"
+
+
+def test_nested_field_and_bom(tmp_path):
+    conv = {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": 5}]}
+    p = _write_lines(tmp_path / "c.jsonl", [b"\xef\xbb\xbf" + json.dumps(conv).encode()])
+    with pytest.raises(DataError, match=r"c\.jsonl:1: field 'messages\[1\]\.content'"):
+        read_records(p, "conversations")
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="unknown kind"):
+        read_records([], "nonsense")
+    with pytest.raises(FileNotFoundError):
+        read_records(tmp_path / "missing.jsonl", "pairs")

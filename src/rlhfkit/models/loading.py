@@ -199,7 +199,9 @@ def _set_pad_token_id(model: nn.Module, tokenizer: Any) -> None:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model inside a peft wrapper (or the model itself)."""
+    """The transformers model inside DDP / FSDP and peft wrappers (or the model itself)."""
+    while isinstance(getattr(model, "module", None), nn.Module):  # DDP, FSDP
+        model = model.module
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
 

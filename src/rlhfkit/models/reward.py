@@ -211,8 +211,8 @@ def reward_scores(model: nn.Module, input_ids: torch.Tensor,
                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """One float32 score per sequence, ``[B]``, padding invariant.
 
-    Causal backbones: hidden states with ``position_ids = cumsum(mask) - 1`` (left padding works),
-    head applied to the last real token found from ``attention_mask``. Encoders: rows are
+    Causal backbones: ``position_ids = cumsum(mask) - 1`` (left padding works) and the head read
+    at the last real token (padded positions carry the pad id, which the HF head skips). Encoders: rows are
     re-packed to right padding and the model's own [CLS]/pooler head is used.
     Gradients flow (wrap in ``torch.no_grad()`` for inference).
     """
@@ -225,12 +225,14 @@ def reward_scores(model: nn.Module, input_ids: torch.Tensor,
         ids, mask = _to_right_padding(input_ids, attention_mask)
         logits = model(input_ids=ids, attention_mask=mask).logits
         return logits[:, 0].float()
-    hidden = _backbone(model)(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
-    last = last_real_index(attention_mask)
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    return score_head(model)(hidden[rows, last]).squeeze(-1).float()
+    # Go through the model's own forward (so DDP / FSDP / peft wrappers see the call) with
+    # every padded position set to the pad id: Hugging Face's *ForSequenceClassification pools
+    # the last position whose id is not the pad id, which is then the last real token.
+    pad_id = inner.config.pad_token_id
+    if pad_id is None:
+        raise ValueError("the reward model's config has no pad_token_id (use load_reward_model)")
+    mask = attention_mask.bool()
+    ids = torch.where(mask, input_ids, torch.full_like(input_ids, pad_id))
+    logits = model(input_ids=ids, attention_mask=attention_mask.long(),
+                   position_ids=position_ids_from_mask(attention_mask), use_cache=False).logits
+    return logits[:, 0].float()

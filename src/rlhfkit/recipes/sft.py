@@ -35,8 +35,13 @@ class SFTConfig(TrainingConfig):
 
 
 def tokenize_all(records, tokenizer, max_length: int) -> list[dict]:
+    """Tokenised examples; ones whose target is cut away entirely by max_length are dropped and counted."""
     examples = [tokenize_sft(r, tokenizer, max_length) for r in records]
-    return [e for e in examples if count_target_tokens(torch.tensor([e["labels"]])) > 0]
+    kept = [e for e in examples if count_target_tokens(torch.tensor([e["labels"]])) > 0]
+    if len(kept) < len(examples):
+        print(f"sft: dropped {len(examples) - len(kept)} of {len(examples)} examples whose prompt fills "
+              f"max_length={max_length} (no target token left)")
+    return kept
 
 
 def make_collate(pad_id: int):

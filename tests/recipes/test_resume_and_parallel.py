@@ -44,14 +44,18 @@ def test_sft_sigkill_and_resume_gives_identical_weights(tmp_path, tiny_policy_di
     assert len(losses(killed)) == 20
 
 
-def test_two_processes_equal_one_process_same_global_batch(tmp_path, tiny_policy_dir, sft_file):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_equal_one_process_same_global_batch(tmp_path, tiny_policy_dir, sft_file, parallel):
     one = tmp_path / "one"
     two = tmp_path / "two"
     extra = ["--max_steps", "6", "--save_every", "0"]
     r = run_cli(sft_args(tiny_policy_dir, sft_file, one, *extra))
     assert r.returncode == 0, r.stderr[-3000:]
-    # 2 processes x micro-batch 2 = global batch 4, gloo backend on CPU
-    r = run_cli(sft_args(tiny_policy_dir, sft_file, two, *extra), torchrun=2)
+    # 2 processes x micro-batch 2 = global batch 4, gloo backend on CPU; with fsdp the weights,
+    # gradients and optimiser state are sharded over the two processes (FSDP2), and a checkpoint
+    # at step 3 gathers them
+    r = run_cli(sft_args(tiny_policy_dir, sft_file, two, *extra[:2], "--save_every", "3",
+                         "--parallel", parallel), torchrun=2)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     a, b = load_weights(one / "model"), load_weights(two / "model")
     for name in a:

@@ -80,7 +80,11 @@ def set_threads(threads: int) -> None:
 
 
 def save_final(model, tokenizer, config, metrics: dict, info: DistInfo, subdir: str = "model") -> Path | None:
-    """`save_pretrained` of model and tokenizer (LoRA merged), the config and final metrics."""
+    """`save_pretrained` of model and tokenizer (LoRA merged), the config and final metrics.
+    Call on every rank: a sharded (FSDP) model is gathered first, which is collective."""
+    from rlhfkit.training.distributed import full_model_state, is_sharded
+
+    state = full_model_state(model) if info.enabled and is_sharded(model) else None
     if not info.is_main:
         return None
     out = Path(config.output_dir) / subdir
@@ -88,7 +92,7 @@ def save_final(model, tokenizer, config, metrics: dict, info: DistInfo, subdir: 
     to_save = model
     if hasattr(model, "merge_and_unload"):  # a peft model: ship plain HF weights
         to_save = model.merge_and_unload()
-    to_save.save_pretrained(out)
+    to_save.save_pretrained(out, state_dict=state) if state is not None else to_save.save_pretrained(out)
     tokenizer.save_pretrained(out)
     save_config(config, Path(config.output_dir) / "config.yaml")
     (Path(config.output_dir) / "final_metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")

@@ -67,8 +67,13 @@ def save_checkpoint(
     scheduler: Any = None,
     trainer_state: dict | None = None,
     keep_last: int = 2,
+    model_state: dict | None = None,
+    optimizer_state: dict | None = None,
 ) -> Path:
-    """Write `output_dir/checkpoint-<step>` atomically and prune older ones (keep `keep_last`)."""
+    """Write `output_dir/checkpoint-<step>` atomically and prune older ones (keep `keep_last`).
+
+    `model_state` / `optimizer_state` replace `model.state_dict()` / `optimizer.state_dict()`
+    when the caller gathered them itself (sharded models, see training/distributed.py)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     final = output_dir / f"checkpoint-{step}"
@@ -76,9 +81,10 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    _save_torch(unwrap(model).state_dict(), tmp / "model.pt")
-    if optimizer is not None:
-        _save_torch(optimizer.state_dict(), tmp / "optimizer.pt")
+    _save_torch(model_state if model_state is not None else unwrap(model).state_dict(), tmp / "model.pt")
+    if optimizer_state is not None or optimizer is not None:
+        _save_torch(optimizer_state if optimizer_state is not None else optimizer.state_dict(),
+                    tmp / "optimizer.pt")
     if scheduler is not None:
         _save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
     _save_torch(rng_state(), tmp / "rng.pt")
@@ -113,16 +119,21 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 def load_checkpoint(
     path: str | Path,
-    model: torch.nn.Module,
+    model: torch.nn.Module | None,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     restore_rng: bool = True,
+    load_optimizer=None,
 ) -> dict:
-    """Load a checkpoint into live objects; returns the trainer state dict."""
+    """Load a checkpoint into live objects; returns the trainer state dict.
+
+    `load_optimizer(optimizer, state)` replaces `optimizer.load_state_dict` (sharded models)."""
     path = Path(path)
-    unwrap(model).load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    if model is not None:
+        unwrap(model).load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     if optimizer is not None and (path / "optimizer.pt").exists():
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        (load_optimizer or (lambda opt, st: opt.load_state_dict(st)))(optimizer, state)
     if scheduler is not None and (path / "scheduler.pt").exists():
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True))
     if restore_rng:

@@ -57,8 +57,23 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def _block_lists(model: torch.nn.Module) -> list[torch.nn.ModuleList]:
+    """The transformer block lists (a ModuleList of same-class children, e.g. `model.layers`)."""
+    found = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 1:
+            if len({type(child) for child in module}) == 1:
+                found.append(module)
+    return found
+
+
 def wrap_model(model: torch.nn.Module, info: DistInfo, strategy: str = "ddp") -> torch.nn.Module:
-    """DDP (replicated weights) or FSDP (sharded weights, for models that do not fit one device)."""
+    """DDP (replicated weights) or FSDP2 (`fully_shard`: weights, gradients and optimiser state
+    sharded over ranks, for models that do not fit one device; runs on CPU with gloo too).
+
+    FSDP2 replaces the parameters with sharded DTensors in place, so build the optimiser
+    *after* wrapping, and gather state with `full_model_state` / `full_optimizer_state`.
+    """
     if not info.enabled or strategy == "none":
         return model
     if strategy == "ddp":
@@ -67,19 +82,69 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, strategy: str = "ddp") ->
         ids = [info.device.index] if info.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
     if strategy == "fsdp":
-        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp import fully_shard
 
-        return FullyShardedDataParallel(model, device_id=info.device if info.device.type == "cuda" else None,
-                                        use_orig_params=True)
+        for blocks in _block_lists(model):
+            for block in blocks:
+                fully_shard(block)
+        fully_shard(model)
+        return model
     raise ValueError(f"unknown parallel strategy {strategy!r} (ddp, fsdp, none)")
 
 
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def full_model_state(model: torch.nn.Module) -> dict:
+    """The whole (unsharded) model state dict on CPU. Collective under FSDP: call on every
+    rank; rank 0 gets the tensors (other ranks an empty dict)."""
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return getattr(model, "module", model).state_dict()
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The whole optimiser state (collective under FSDP, like `full_model_state`)."""
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return optimizer.state_dict()
+
+
+def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a whole optimiser state saved by `full_optimizer_state` (each rank keeps its shard)."""
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state)
+
+
 def grad_sync_context(model: torch.nn.Module, sync: bool):
-    """Skip the gradient all-reduce on accumulation micro-steps (DDP/FSDP `no_sync`)."""
+    """Skip the gradient reduction on accumulation micro-steps (DDP `no_sync`, FSDP2
+    `set_requires_gradient_sync`)."""
     import contextlib
 
     if not sync and hasattr(model, "no_sync"):
         return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):
+        @contextlib.contextmanager
+        def toggled():
+            model.set_requires_gradient_sync(sync)
+            try:
+                yield
+            finally:
+                model.set_requires_gradient_sync(True)
+
+        return toggled()
     return contextlib.nullcontext()
 
 

@@ -17,12 +17,22 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 import torch
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
-from .distributed import DistInfo, all_reduce_sum, barrier, grad_sync_context, wrap_model
+from .distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    full_model_state,
+    full_optimizer_state,
+    grad_sync_context,
+    load_full_optimizer_state,
+    wrap_model,
+)
 from .logging import MetricsLogger, progress_bar
 
 
@@ -47,7 +57,7 @@ class TrainingConfig:
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0 = only at the end)"})
     log_every: int = field(default=1, metadata={"help": "log metrics every N steps"})
     resume: bool = field(default=True, metadata={"help": "continue from the latest checkpoint in output_dir"})
-    parallel: str = field(default="ddp", metadata={"help": "ddp or fsdp when launched with several processes"})
+    parallel: str = field(default="ddp", metadata={"help": "ddp (replicated) or fsdp (sharded, FSDP2) when launched with several processes"})
     tensorboard: bool = field(default=True, metadata={"help": "also log to TensorBoard when installed"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
 
@@ -127,15 +137,18 @@ def fit(
     if config.micro_batch_size * info.world_size > config.batch_size:
         raise ValueError("micro_batch_size x processes exceeds batch_size")
     per_epoch, total_steps = plan_steps(len(examples), config)
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, total_steps, config)
     start_step = 0
     ckpt = latest_checkpoint(config.output_dir) if config.resume else None
+    if ckpt is not None:  # weights go in before wrapping (FSDP shards them in place)
+        load_checkpoint(ckpt, model, restore_rng=False)
+    train_model = wrap_model(model, info, config.parallel)
+    optimizer = build_optimizer(train_model, config)
+    scheduler = build_scheduler(optimizer, total_steps, config)
     if ckpt is not None:
-        start_step = load_checkpoint(ckpt, model, optimizer, scheduler)["step"]
+        start_step = load_checkpoint(ckpt, None, optimizer, scheduler,
+                                     load_optimizer=partial(load_full_optimizer_state, train_model))["step"]
     logger = MetricsLogger(config.output_dir, enabled=info.is_main, tensorboard=config.tensorboard,
                            resume_step=start_step if ckpt is not None else None)
-    train_model = wrap_model(model, info, config.parallel)
     train_model.train()
     bar = progress_bar(total_steps, initial=start_step, desc=desc, enabled=info.is_main)
     last: dict = {}
@@ -188,9 +201,12 @@ def fit(
             logger.log(step_done, scores)
             train_model.train()
         if config.save_every and step_done % config.save_every == 0 and step_done < total_steps:
+            model_state = full_model_state(train_model)  # collective under FSDP: every rank
+            optimizer_state = full_optimizer_state(train_model, optimizer)
             if info.is_main:
                 save_checkpoint(config.output_dir, step_done, train_model, optimizer, scheduler,
-                                {"epoch": epoch}, keep_last=config.keep_checkpoints)
+                                {"epoch": epoch}, keep_last=config.keep_checkpoints,
+                                model_state=model_state, optimizer_state=optimizer_state)
             barrier(info)
         _kill_for_tests(step_done)
     bar.close()

@@ -123,3 +123,23 @@ def tiny_causal_rm_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def prompt_file(tmp_path_factory) -> Path:
+    """Short prompts for online-RL recipe tests."""
+    rng = random.Random(3)
+    rows = [{"prompt": sentence(rng, rng.randint(2, 5))} for _ in range(64)]
+    return write_jsonl(tmp_path_factory.mktemp("prompts") / "prompts.jsonl", rows)
+
+
+@pytest.fixture(scope="session")
+def thumbs_file(tmp_path_factory) -> Path:
+    """Unpaired thumbs records: completions with 'happy' are thumbs up, with 'sad' thumbs down."""
+    rng = random.Random(3)
+    rows = []
+    for i in range(240):
+        good = i % 2 == 0
+        rows.append({"prompt": sentence(rng, 4), "label": good,
+                     "completion": f" {sentence(rng, 4)} {'happy' if good else 'sad'} {sentence(rng, 2)}"})
+    return write_jsonl(tmp_path_factory.mktemp("thumbs") / "thumbs.jsonl", rows)

@@ -12,3 +12,26 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
 ]
+from .preference import (
+    PREFERENCE_LOSSES,
+    REFERENCE_FREE_LOSSES,
+    PreferenceLossOutput,
+    cdpo_loss,
+    dpo_sigmoid_loss,
+    ipo_loss,
+    kto_loss,
+    orpo_loss,
+    simpo_loss,
+)
+
+__all__ += [
+    "PREFERENCE_LOSSES",
+    "REFERENCE_FREE_LOSSES",
+    "PreferenceLossOutput",
+    "dpo_sigmoid_loss",
+    "ipo_loss",
+    "cdpo_loss",
+    "simpo_loss",
+    "orpo_loss",
+    "kto_loss",
+]

@@ -1,0 +1,402 @@
+"""Direct preference optimisation: DPO, IPO, conservative DPO, SimPO and ORPO on preference pairs.
+
+    rlhfkit dpo --data hh-rlhf --model smollm2-135m --loss sigmoid --beta 0.1 --output_dir outputs/dpo
+
+Reads pairs (a JSONL/JSON file of prompt/chosen/rejected, or hh-rlhf / finegrained / oasst),
+holds out a fixed-seed split, and trains with the shared loop (exact resume, metrics, progress).
+Chosen and rejected go through the policy in one forward pass; a sequence's log-prob is the sum
+over its response tokens (prompt and padding masked out).
+
+The reference policy, for the losses that have one (sigmoid, ipo, cdpo):
+- ``cached`` (default): the reference model's log-probs of every training and held-out response are
+  computed once before training and stored in ``output_dir/reference_logps.pt`` under a hash of the
+  token ids, the model name and its weights; a rerun or a resumed run reuses them, and no second
+  model is kept in memory nor run at each step;
+- ``lora``: the policy with its LoRA adapter disabled (needs ``--lora.r``), run at each step;
+- ``none``: no reference (simpo, orpo).
+
+Ties (``tie`` true in a pair file, or FineGrainedRLHF's equal ratings): ``--ties drop`` removes
+them; ``--ties keep`` trains them towards *equal* implicit rewards (logistic losses with label
+1/2, IPO with target margin 0; see core/losses/preference.py). Either way they are counted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhfkit.core.logprobs import token_logprobs
+from rlhfkit.core.losses import (
+    PREFERENCE_LOSSES,
+    REFERENCE_FREE_LOSSES,
+    cdpo_loss,
+    dpo_sigmoid_loss,
+    ipo_loss,
+    orpo_loss,
+    simpo_loss,
+)
+from rlhfkit.data.tokenize import IGNORE_INDEX, pad_sequences, special_layout
+from rlhfkit.recipes.common import LoraConfig, load_training_records, save_final, set_threads, split_holdout
+from rlhfkit.training.checkpoint import unwrap
+from rlhfkit.training.distributed import DistInfo, barrier, cleanup, init_distributed
+from rlhfkit.training.loop import TrainingConfig, fit
+
+REFERENCES = ("auto", "cached", "lora", "none")
+# beta = 0 in the config means "this loss's usual value": 0.1 for the DPO family (Rafailov et al.),
+# 2.0 for SimPO (Meng et al. use 2.0-2.5, reward = beta * mean token log-prob)
+DEFAULT_BETA = {"sigmoid": 0.1, "ipo": 0.1, "cdpo": 0.1, "simpo": 2.0, "orpo": 0.0}
+CACHE_FILE = "reference_logps.pt"
+
+
+@dataclass
+class DPOConfig(TrainingConfig):
+    model: str = field(default="smollm2-135m", metadata={"help": "policy: smollm2-135m, a local folder, a .gguf file or a HF name"})
+    data: str = field(default="hh-rlhf", metadata={"help": "JSONL/JSON file of prompt/chosen/rejected pairs, or hh-rlhf / finegrained / oasst"})
+    eval_data: str = field(default="", metadata={"help": "held-out pair file; empty = hold out eval_fraction of data"})
+    eval_fraction: float = field(default=0.1, metadata={"help": "fraction held out when eval_data is empty"})
+    loss: str = field(default="sigmoid", metadata={"help": "sigmoid (DPO), ipo, cdpo (label-smoothed DPO), simpo or orpo"})
+    beta: float = field(default=0.0, metadata={"help": "KL strength / reward scale (0 = the loss's default: 0.1, SimPO 2.0)"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "cdpo: assumed probability that a label is flipped"})
+    simpo_gamma: float = field(default=0.5, metadata={"help": "simpo: target reward margin gamma"})
+    orpo_lambda: float = field(default=0.1, metadata={"help": "orpo: weight of the odds-ratio term beside the NLL"})
+    reference: str = field(default="auto", metadata={"help": "cached (log-probs computed once, on disk), lora (adapter off), none; auto = none for simpo/orpo, else cached"})
+    ties: str = field(default="drop", metadata={"help": "tied pairs: drop, or keep (trained towards equal rewards); counted either way"})
+    max_length: int = field(default=512, metadata={"help": "tokens of prompt + response (the response is cut on the right)"})
+    max_prompt_length: int = field(default=256, metadata={"help": "prompt tokens kept (cut on the left, so the end survives)"})
+    on_error: str = field(default="raise", metadata={"help": "bad records: raise, or skip and count"})
+    output_dir: str = field(default="outputs/dpo", metadata={"help": "checkpoints, metrics.jsonl, reference_logps.pt and model/"})
+    learning_rate: float = field(default=1e-6, metadata={"help": "peak learning rate"})
+    batch_size: int = field(default=16, metadata={"help": "global batch (pairs per optimiser step)"})
+    micro_batch_size: int = field(default=4, metadata={"help": "pairs per forward pass (2x sequences)"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of steps with linear warm-up"})
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.loss not in PREFERENCE_LOSSES:
+            raise ValueError(f"field 'loss': {self.loss!r} is not one of {list(PREFERENCE_LOSSES)}")
+        validate_reference(self.reference, self.loss in REFERENCE_FREE_LOSSES, self.lora.r, f"loss {self.loss}")
+        if self.ties not in ("drop", "keep"):
+            raise ValueError(f"field 'ties': {self.ties!r} is not drop or keep")
+        if self.beta < 0:
+            raise ValueError("field 'beta' must be >= 0 (0 = the loss's default)")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError("field 'label_smoothing' must be in [0, 0.5)")
+        validate_lengths(self.max_length, self.max_prompt_length)
+
+
+def validate_reference(reference: str, reference_free: bool, lora_r: int, what: str) -> None:
+    if reference not in REFERENCES:
+        raise ValueError(f"field 'reference': {reference!r} is not one of {list(REFERENCES)}")
+    if reference_free and reference not in ("auto", "none"):
+        raise ValueError(f"{what} uses no reference model; set reference to none (or auto)")
+    if not reference_free and reference == "none":
+        raise ValueError(f"{what} needs a reference model: reference cached or lora")
+    if reference == "lora" and not lora_r:
+        raise ValueError("reference lora needs a LoRA adapter: set --lora.r (e.g. 16)")
+
+
+def validate_lengths(max_length: int, max_prompt_length: int) -> None:
+    if max_prompt_length < 0 or max_length - max_prompt_length < 4:
+        raise ValueError(f"max_length ({max_length}) must exceed max_prompt_length ({max_prompt_length}) "
+                         "by at least 4 tokens, so every response keeps some tokens")
+
+
+def resolved_reference(reference: str, reference_free: bool) -> str:
+    if reference == "auto":
+        return "none" if reference_free else "cached"
+    return reference
+
+
+# ----------------------------------------------------------------------------- tokenising
+def encode_prompt(prompt: str, tokenizer, max_prompt_length: int) -> list[int]:
+    """``prefix + tok(prompt)``, the prompt cut from the left (its end, next to the answer, is kept);
+    ``prefix`` is what the tokenizer puts before a text (BOS for Llama-style tokenizers)."""
+    prefix, _ = special_layout(tokenizer)
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    keep = max(0, max_prompt_length - len(prefix))
+    return list(prefix) + list(ids[len(ids) - keep:] if keep else [])
+
+
+def encode_response(response: str, tokenizer) -> list[int]:
+    eos = tokenizer.eos_token_id
+    return list(tokenizer(response, add_special_tokens=False)["input_ids"]) + ([eos] if eos is not None else [])
+
+
+def join(prompt_ids: list[int], response_ids: list[int], max_length: int) -> list[int]:
+    """prompt ⊕ response, the response cut on the right to fit ``max_length``."""
+    return prompt_ids + response_ids[: max_length - len(prompt_ids)]
+
+
+def encode_pairs(records, tokenizer, config) -> list[dict]:
+    """``{"seqs": [chosen ids, rejected ids], "prompt_len", "tie"}`` per pair; both sequences
+    share the prompt tokens, so only the responses differ."""
+    out = []
+    for r in records:
+        p = encode_prompt(r.prompt, tokenizer, config.max_prompt_length)
+        out.append({"seqs": [join(p, encode_response(r.chosen, tokenizer), config.max_length),
+                             join(p, encode_response(r.rejected, tokenizer), config.max_length)],
+                    "prompt_len": len(p), "tie": bool(r.tie)})
+    return out
+
+
+def pad_scored(seqs: list[list[int]], prompt_lens: list[int], pad_id: int) -> dict:
+    """Right-padded ``input_ids``/``attention_mask`` and ``labels`` = ids on response tokens,
+    -100 on prompt and padding (so a row's log-prob sums only its response)."""
+    ids, mask = pad_sequences(seqs, pad_id, side="right")
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+    for i, n in enumerate(prompt_lens):
+        labels[i, :n] = IGNORE_INDEX
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def make_collate(pad_id: int):
+    def collate(examples: list[dict]) -> dict:
+        # chosen and rejected in one forward pass: rows [0, n) chosen, [n, 2n) rejected
+        seqs = [e["seqs"][0] for e in examples] + [e["seqs"][1] for e in examples]
+        batch = pad_scored(seqs, [e["prompt_len"] for e in examples] * 2, pad_id)
+        batch["tie"] = torch.tensor([e["tie"] for e in examples])
+        if "ref" in examples[0]:
+            batch["ref"] = torch.tensor([e["ref"] for e in examples], dtype=torch.float64)  # [n, 2]
+        return batch
+
+    return collate
+
+
+# ----------------------------------------------------------------------------- log-probs
+def sequence_logps(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of response-token log-probs [N], response token counts [N]) for right-padded rows.
+    Position ids come from the mask (N implementation details, detail 2)."""
+    from rlhfkit.models import position_ids_from_mask
+
+    device = next(unwrap(model).parameters()).device
+    input_ids, attention_mask, labels = input_ids.to(device), attention_mask.to(device), labels.to(device)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask), use_cache=False).logits
+    target = labels[:, 1:]
+    return token_logprobs(logits[:, :-1], target).sum(-1), (target != IGNORE_INDEX).sum(-1)
+
+
+def reference_forward(model, input_ids, attention_mask, labels) -> torch.Tensor:
+    """Reference log-probs: the policy with its LoRA adapter off, no gradient."""
+    from rlhfkit.models import reference_context
+
+    with torch.no_grad(), reference_context(unwrap(model)) as ref:
+        return sequence_logps(ref, input_ids, attention_mask, labels)[0]
+
+
+# ----------------------------------------------------------------------------- reference cache
+def _fingerprint(model) -> bytes:
+    """Cheap identity of the weights: name, shape and float64 sum of every tensor."""
+    h = hashlib.sha256()
+    for name, p in unwrap(model).state_dict().items():
+        h.update(f"{name}{tuple(p.shape)}{p.double().sum().item():.12e}".encode())
+    return h.digest()
+
+
+def cache_key(model_spec: str, model, splits: dict[str, list[dict]], max_length: int) -> str:
+    """Hash of model name + weights + the exact token ids scored (so data, tokenizer, prompt and
+    length limits are all covered)."""
+    h = hashlib.sha256()
+    h.update(f"{model_spec}|{max_length}".encode())
+    h.update(_fingerprint(model))
+    for name in sorted(splits):
+        h.update(name.encode())
+        for e in splits[name]:
+            h.update(json.dumps([e["seqs"], e["prompt_len"]]).encode())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def compute_reference(model, examples: list[dict], pad_id: int, micro_batch_size: int) -> torch.Tensor:
+    """``[len(examples), S]`` float64 log-probs of each example's S sequences under ``model``."""
+    was_training = model.training
+    model.eval()
+    n_seqs = len(examples[0]["seqs"]) if examples else 0
+    out = torch.zeros(len(examples), n_seqs, dtype=torch.float64)
+    step = max(1, micro_batch_size)
+    for i in range(0, len(examples), step):
+        chunk = examples[i:i + step]
+        seqs = [s for e in chunk for s in e["seqs"]]
+        lens = [e["prompt_len"] for e in chunk for _ in e["seqs"]]
+        b = pad_scored(seqs, lens, pad_id)
+        logps = sequence_logps(model, b["input_ids"], b["attention_mask"], b["labels"])[0]
+        out[i:i + len(chunk)] = logps.double().cpu().view(len(chunk), n_seqs)
+    model.train(was_training)
+    return out
+
+
+def cached_reference(config, model, splits: dict[str, list[dict]], pad_id: int, info: DistInfo) -> str:
+    """Attach ``e["ref"]`` (reference log-probs of ``e["seqs"]``) to every example, reading
+    ``output_dir/reference_logps.pt`` when its key matches, else computing and writing it.
+    Returns "reused" or "computed". The main process computes; the others wait and read."""
+    path = Path(config.output_dir) / CACHE_FILE
+    key = cache_key(config.model, model, splits, config.max_length)
+    status = "reused"
+    if info.is_main:
+        cache = torch.load(path, weights_only=True) if path.is_file() else None
+        if cache is None or cache.get("key") != key:
+            status = "computed"
+            cache = {"key": key, "splits": {name: compute_reference(model, ex, pad_id, config.micro_batch_size)
+                                            for name, ex in splits.items()}}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(cache, tmp)
+            os.replace(tmp, path)  # atomic: a kill mid-write never leaves a half cache
+    barrier(info)
+    if not info.is_main:
+        cache = torch.load(path, weights_only=True)
+    for name, examples in splits.items():
+        for e, row in zip(examples, cache["splits"][name]):
+            e["ref"] = row.tolist()
+    if info.is_main:
+        print(f"reference log-probs: {status} ({path})")
+    return status
+
+
+# ----------------------------------------------------------------------------- loss
+def pair_loss(config, logps, lengths, ref, tie):
+    """The configured loss on the concatenated batch: rows [0, n) chosen, [n, 2n) rejected."""
+    n = tie.shape[0]
+    c, r, lc, lr = logps[:n], logps[n:], lengths[:n], lengths[n:]
+    beta = config.beta or DEFAULT_BETA[config.loss]
+    if config.loss == "simpo":
+        return simpo_loss(c, r, lc, lr, beta=beta, gamma=config.simpo_gamma, tie=tie)
+    if config.loss == "orpo":
+        return orpo_loss(c, r, lc, lr, lam=config.orpo_lambda, tie=tie)
+    ref = ref.to(logps.dtype)
+    rc, rr = ref[:, 0], ref[:, 1]
+    if config.loss == "sigmoid":
+        return dpo_sigmoid_loss(c, r, rc, rr, beta=beta, tie=tie)
+    if config.loss == "cdpo":
+        return cdpo_loss(c, r, rc, rr, beta=beta, label_smoothing=config.label_smoothing, tie=tie)
+    return ipo_loss(c, r, rc, rr, beta=beta, chosen_lengths=lc, rejected_lengths=lr, tie=tie)
+
+
+def pair_correct(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """1 where chosen's implicit reward is higher, 1/2 where equal (e.g. at the start, when the
+    policy is the reference and every reward is 0), 0 otherwise. [B] float."""
+    return (chosen > rejected).double() + 0.5 * (chosen == rejected).double()
+
+
+def make_loss(config, reference: str):
+    def loss_sum(model, batch: dict) -> tuple[torch.Tensor, dict]:
+        """Sum of per-pair losses; stats are sums over pairs, so the loop's division by the
+        pair count makes them means. ``accuracy`` counts untied pairs only (ties: its maximum
+        is 1 - tie fraction; the held-out evaluation excludes ties from the denominator)."""
+        logps, lengths = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        tie = batch["tie"].to(logps.device)
+        n = tie.shape[0]
+        if reference == "lora":
+            ref = reference_forward(model, batch["input_ids"], batch["attention_mask"], batch["labels"]).view(2, n).T
+        else:
+            ref = batch["ref"].to(logps.device) if "ref" in batch else None
+        out = pair_loss(config, logps, lengths, ref, tie)
+        decided = ~tie
+        return out.losses.sum(), {
+            "reward_chosen": out.chosen_rewards.sum().item(),
+            "reward_rejected": out.rejected_rewards.sum().item(),
+            "margin": (out.chosen_rewards - out.rejected_rewards).sum().item(),
+            "accuracy": (pair_correct(out.chosen_rewards, out.rejected_rewards) * decided).sum().item(),
+            "ties": tie.sum().item(),
+        }
+
+    return loss_sum
+
+
+def count_pairs(batch: dict) -> int:
+    return int(batch["tie"].numel())
+
+
+@torch.no_grad()
+def evaluate(model, examples: list[dict], collate, config, reference: str) -> dict:
+    """Held-out implicit-reward accuracy (untied pairs; equal rewards count 1/2), mean margin,
+    mean chosen / rejected rewards, mean loss."""
+    was_training = model.training
+    model.eval()
+    chosen, rejected, ties, loss = [], [], [], 0.0
+    for i in range(0, len(examples), config.micro_batch_size):
+        batch = collate(examples[i:i + config.micro_batch_size])
+        logps, lengths = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        n = batch["tie"].shape[0]
+        ref = (reference_forward(model, batch["input_ids"], batch["attention_mask"], batch["labels"]).view(2, n).T
+               if reference == "lora" else batch.get("ref"))
+        out = pair_loss(config, logps, lengths, ref, batch["tie"].to(logps.device))
+        loss += out.losses.sum().item()
+        chosen.append(out.chosen_rewards.cpu())
+        rejected.append(out.rejected_rewards.cpu())
+        ties.append(batch["tie"])
+    model.train(was_training)
+    if not examples:
+        return {}
+    c, r, tie = torch.cat(chosen), torch.cat(rejected), torch.cat(ties)
+    decided = ~tie
+    return {
+        "eval_accuracy": pair_correct(c[decided], r[decided]).mean().item() if decided.any() else float("nan"),
+        "eval_margin": (c - r)[decided].mean().item() if decided.any() else float("nan"),
+        "eval_reward_chosen": c.mean().item(),
+        "eval_reward_rejected": r.mean().item(),
+        "eval_loss": loss / len(examples),
+        "eval_pairs": len(examples),
+        "eval_ties": int(tie.sum()),
+    }
+
+
+# ----------------------------------------------------------------------------- data
+def load_pairs(source: str, config, label: str) -> tuple[list, int]:
+    """Pairs with ties handled as configured; returns (records, number of ties seen)."""
+    records = load_training_records(source, "pairs", config.on_error, ties="keep")
+    n_ties = sum(1 for r in records if r.tie)
+    if config.ties == "drop":
+        records = [r for r in records if not r.tie]
+    if n_ties:
+        print(f"{label}: {n_ties} tied pairs {'dropped' if config.ties == 'drop' else 'kept (trained towards equal rewards)'}")
+    return records, n_ties
+
+
+def run(config: DPOConfig) -> dict:
+    from rlhfkit.models import apply_lora, load_policy
+
+    set_threads(config.threads)
+    info = init_distributed()
+    torch.manual_seed(config.seed)
+    reference = resolved_reference(config.reference, config.loss in REFERENCE_FREE_LOSSES)
+    records, n_ties = load_pairs(config.data, config, config.data)
+    if config.eval_data:
+        train_records = records
+        eval_records, _ = load_pairs(config.eval_data, config, config.eval_data)
+    else:
+        train_records, eval_records = split_holdout(records, config.eval_fraction, config.seed)
+    model, tokenizer = load_policy(config.model, padding_side="right")
+    train = encode_pairs(train_records, tokenizer, config)
+    held = encode_pairs(eval_records, tokenizer, config)
+    pad_id = tokenizer.pad_token_id
+    if reference == "cached":
+        # before any LoRA: the reference is the initial policy
+        cached_reference(config, model, {"train": train, "eval": held}, pad_id, info)
+    if config.lora.r:
+        model = apply_lora(model, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
+                           target_modules=config.lora.target_modules)
+    collate = make_collate(pad_id)
+    eval_fn = (lambda m: evaluate(m, held, collate, config, reference)) if held else None
+    before = {}
+    if info.is_main:
+        print(f"dpo ({config.loss}, reference {reference}): {len(train)} training and {len(held)} held-out pairs, "
+              f"model {config.model}")
+        before = evaluate(model, held, collate, config, reference) if held else {}
+    metrics = fit(model, train, collate, make_loss(config, reference), count_pairs, config, info, eval_fn,
+                  desc=f"dpo-{config.loss}", unit="pairs")
+    if info.is_main:
+        metrics["ties_seen"] = n_ties
+        metrics["ties_kept"] = n_ties if config.ties == "keep" else 0
+        if before:
+            metrics["eval_accuracy_before"] = before["eval_accuracy"]
+            print(f"dpo: held-out implicit-reward accuracy {before['eval_accuracy']:.3f} -> "
+                  f"{metrics['eval_accuracy']:.3f}, margin {metrics['eval_margin']:.4f}")
+    save_final(model, tokenizer, config, metrics, info)
+    cleanup(info)
+    return metrics

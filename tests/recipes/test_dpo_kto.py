@@ -1,0 +1,158 @@
+"""`rlhfkit dpo` and `rlhfkit kto` on tiny models: the held-out implicit-reward accuracy rises,
+the reference cache is computed once and invalidated by new data, the LoRA reference works,
+ties are dropped or kept and counted, and a SIGKILLed run resumes exactly."""
+import json
+import signal
+
+import pytest
+import torch
+
+import rlhfkit.recipes.dpo as dpo
+from rlhfkit.cli import main
+from rlhfkit.recipes.kto import KTOConfig
+from rlhfkit.recipes.kto import run as kto_run
+from rlhfkit.training.config import load_config
+
+from .conftest import load_weights, run_cli, write_jsonl
+
+COMMON = ["--max_length", "48", "--max_prompt_length", "16", "--tensorboard", "false", "--threads", "1"]
+
+
+def dpo_args(policy, data, out, *extra):
+    return ["--model", str(policy), "--data", str(data), "--output_dir", str(out), "--epochs", "2",
+            "--batch_size", "16", "--micro_batch_size", "16", "--learning_rate", "3e-3",
+            "--eval_fraction", "0.25", *COMMON, *extra]
+
+
+@pytest.fixture
+def count_reference(monkeypatch):
+    """Counts calls of the reference computation (one per data split computed)."""
+    calls = []
+    original = dpo.compute_reference
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dpo, "compute_reference", counted)
+    return calls
+
+
+def test_dpo_learns_and_reference_cache_is_reused_then_invalidated(tmp_path, tiny_policy_dir, pair_file,
+                                                                  count_reference):
+    out = tmp_path / "run"
+    metrics = dpo.run(load_config(dpo.DPOConfig, None, dpo_args(tiny_policy_dir, pair_file, out)))
+    # the policy starts as the reference: every implicit reward is 0, accuracy 1/2
+    assert metrics["eval_accuracy_before"] == 0.5
+    assert metrics["eval_accuracy"] >= 0.8, metrics
+    assert metrics["eval_margin"] > 0 and metrics["eval_reward_chosen"] > metrics["eval_reward_rejected"]
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert {"reward_chosen", "reward_rejected", "margin", "accuracy", "pairs_per_s"} <= set(train_rows[-1])
+    assert train_rows[-1]["accuracy"] > train_rows[0]["accuracy"]
+    cache = out / "reference_logps.pt"
+    assert len(count_reference) == 2  # train and held-out splits, once each
+    stamp = cache.stat().st_mtime_ns
+
+    # same data and model in the same folder: the cache is read, nothing recomputed
+    dpo.run(load_config(dpo.DPOConfig, None, dpo_args(tiny_policy_dir, pair_file, out, "--max_steps", "1")))
+    assert len(count_reference) == 2 and cache.stat().st_mtime_ns == stamp
+
+    # different data: the key changes and the cache is rebuilt
+    rows = [json.loads(l) for l in pair_file.read_text().splitlines()][:-8]
+    smaller = write_jsonl(tmp_path / "smaller.jsonl", rows)
+    dpo.run(load_config(dpo.DPOConfig, None, dpo_args(tiny_policy_dir, smaller, out, "--max_steps", "1")))
+    assert len(count_reference) == 4
+    assert torch.load(cache, weights_only=True)["splits"]["train"].shape == (114, 2)
+
+
+def test_dpo_lora_reference_learns_without_a_cache(tmp_path, tiny_policy_dir, pair_file):
+    out = tmp_path / "lora"
+    metrics = dpo.run(load_config(dpo.DPOConfig, None, dpo_args(
+        tiny_policy_dir, pair_file, out, "--reference", "lora", "--lora.r", "8", "--learning_rate", "1e-2")))
+    assert metrics["eval_accuracy_before"] == 0.5  # adapter B starts at 0: policy == reference
+    assert metrics["eval_accuracy"] >= 0.8, metrics
+    assert not (out / "reference_logps.pt").exists()
+
+
+@pytest.mark.parametrize("loss", ["ipo", "cdpo", "simpo", "orpo"])
+def test_other_losses_train(tmp_path, tiny_policy_dir, pair_file, loss):
+    metrics = dpo.run(load_config(dpo.DPOConfig, None, dpo_args(
+        tiny_policy_dir, pair_file, tmp_path, "--loss", loss, "--max_steps", "3")))
+    assert metrics["loss"] > 0 and "eval_accuracy" in metrics
+    assert (tmp_path / "reference_logps.pt").exists() == (loss in ("ipo", "cdpo"))
+
+
+def test_ties_dropped_or_kept_and_counted(tmp_path, tiny_policy_dir, pair_file):
+    rows = [json.loads(l) for l in pair_file.read_text().splitlines()][:40]
+    for r in rows[:10]:
+        r["tie"] = True
+    data = write_jsonl(tmp_path / "ties.jsonl", rows)
+    for ties, train_pairs in (("drop", 30), ("keep", 40)):
+        out = tmp_path / ties
+        metrics = dpo.run(load_config(dpo.DPOConfig, None, dpo_args(
+            tiny_policy_dir, data, out, "--ties", ties, "--eval_fraction", "0", "--max_steps", "1",
+            "--batch_size", "8", "--micro_batch_size", "8")))
+        assert metrics["ties_seen"] == 10 and metrics["ties_kept"] == (10 if ties == "keep" else 0)
+        cache = torch.load(out / "reference_logps.pt", weights_only=True)
+        assert cache["splits"]["train"].shape[0] == train_pairs
+        assert (metrics["ties"] > 0) == (ties == "keep")
+
+
+def test_kto_learns_from_thumbs(tmp_path, tiny_policy_dir, thumbs_file):
+    cfg = load_config(KTOConfig, None, [
+        "--model", str(tiny_policy_dir), "--data", str(thumbs_file), "--output_dir", str(tmp_path),
+        "--epochs", "3", "--batch_size", "16", "--micro_batch_size", "8", "--learning_rate", "1e-2",
+        "--beta", "0.5", "--eval_fraction", "0.25", *COMMON])
+    metrics = kto_run(cfg)
+    assert metrics["eval_accuracy_before"] == 0.5
+    assert metrics["eval_accuracy"] >= 0.8, metrics
+    assert metrics["eval_reward_desirable"] > metrics["eval_reward_undesirable"]
+    assert {"kl", "reward", "margin", "accuracy"} <= set(metrics)
+    cache = torch.load(tmp_path / "reference_logps.pt", weights_only=True)
+    assert cache["splits"]["train"].shape == (180, 2)  # matched and mismatched (KL) pair per example
+
+
+def test_kto_from_pairs_with_lora_reference(tmp_path, tiny_policy_dir, pair_file):
+    cfg = load_config(KTOConfig, None, [
+        "--model", str(tiny_policy_dir), "--data", str(pair_file), "--output_dir", str(tmp_path),
+        "--max_steps", "4", "--batch_size", "16", "--micro_batch_size", "8", "--learning_rate", "1e-2",
+        "--reference", "lora", "--lora.r", "8", "--eval_fraction", "0.25", *COMMON])
+    metrics = kto_run(cfg)
+    assert metrics["eval_examples"] == 80  # 40 held-out pairs, split into 2 examples each
+    assert metrics["loss"] > 0 and not (tmp_path / "reference_logps.pt").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--loss", "simpo", "--reference", "cached"], "uses no reference"),
+    (["--loss", "sigmoid", "--reference", "none"], "needs a reference"),
+    (["--reference", "lora"], "--lora.r"),
+    (["--loss", "kto"], "is not one of"),
+    (["--max_length", "16", "--max_prompt_length", "16"], "max_length"),
+])
+def test_bad_config_gives_a_clear_error(capsys, args, message):
+    assert main(["dpo", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_dpo_sigkill_and_resume_gives_identical_weights(tmp_path, tiny_policy_dir, pair_file, capsys):
+    # 120 training pairs / batch 16 = 7 steps per epoch, 14 in all; checkpoints every 4 steps.
+    args = lambda out: ["dpo", *dpo_args(tiny_policy_dir, pair_file, out, "--micro_batch_size", "8",  # noqa: E731
+                                         "--save_every", "4")]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main(args(straight)) == 0
+    r = run_cli(args(killed), env_extra={"RLHFKIT_TEST_SIGKILL_AFTER_STEP": "10"})
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-3000:])
+    assert (killed / "checkpoint-8").is_dir() and not (killed / "model").exists()
+    capsys.readouterr()
+    assert main(args(killed)) == 0  # resumed in this process (one torch thread, like the CLI run)
+    assert "reference log-probs: reused" in capsys.readouterr().out
+    a, b = load_weights(straight / "model"), load_weights(killed / "model")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+    def losses(out):
+        rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+    assert losses(straight) == losses(killed) and len(losses(killed)) == 14

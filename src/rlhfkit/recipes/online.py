@@ -1,0 +1,396 @@
+"""Pieces the online-RL recipes (ppo, grpo, rloo, reinforce) share.
+
+Each recipe is a flat loop: sample prompts -> roll out -> score -> advantages -> update ->
+log -> checkpoint. What is the same in all of them lives here: the config fields, the prompt
+order (a function of (seed, step) only, so resuming needs no data-loader state), loading the
+policy / reference (a LoRA adapter switched off, or a frozen copy), teacher-forced log-probs in
+micro-batches, the loss weights that make an update independent of the micro-batch split, the
+clipped policy-gradient update used by GRPO / RLOO / REINFORCE, checkpoints, metrics and the
+table of sample generations.
+
+Batch vocabulary: ``batch_size`` = sequences (prompt, response) per step = prompts per step x
+``num_generations``; each step makes ``ppo_epochs x num_minibatches`` optimiser steps, each over
+``batch_size / num_minibatches`` sequences fed ``micro_batch_size`` at a time (gradient
+accumulation). Losses are sums over a minibatch divided by minibatch-global counts, so batch
+8 x accumulation 1 and batch 4 x accumulation 2 make the same update (TRL invariance tests).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from rlhfkit.core.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
+from rlhfkit.core.losses import ppo_policy_loss
+from rlhfkit.core.masking import masked_mean
+from rlhfkit.recipes.common import LoraConfig
+from rlhfkit.rollout import HFGenerator, Rollout, SamplingConfig, response_logprobs, rollout, step_seed
+from rlhfkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhfkit.training.loop import TrainingConfig, _kill_for_tests, build_scheduler, epoch_order
+
+
+@dataclass
+class OnlineConfig(TrainingConfig):
+    """Fields every online-RL recipe shares (each recipe's config extends this)."""
+
+    model: str = field(default="smollm2-135m", metadata={"help": "policy (and reference): smollm2-135m, a folder, a .gguf file or a HF name"})
+    prompts: str = field(default="movie-reviews", metadata={"help": "movie-reviews (first words of the shared reviews) or a JSONL/JSON file of {\"prompt\": ...}"})
+    prompt_words: int = field(default=8, metadata={"help": "movie-reviews: words per prompt"})
+    max_prompts: int = field(default=0, metadata={"help": "use at most this many prompts (0 = all)"})
+    chat_template: bool = field(default=False, metadata={"help": "wrap each prompt as a user turn with the tokenizer's chat template"})
+    max_prompt_length: int = field(default=64, metadata={"help": "prompt tokens kept (the last ones)"})
+    reward: str = field(default="vader", metadata={"help": "reward: a judge (vader, textblob, afinn, toxicity, readability, frequency:TEXT), rm:PATH, fn:pkg.mod:func, or a weighted sum like 0.7*vader+0.3*rm:PATH"})
+    gold_reward: str = field(default="", metadata={"help": "a second reward only logged (gold judge), same syntax; empty = none"})
+    reward_batch_size: int = field(default=32, metadata={"help": "sequences per reward-model forward"})
+    max_new_tokens: int = field(default=32, metadata={"help": "response tokens generated at most"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (also divides the logits of every log-prob pass)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (1 = off)"})
+    top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)"})
+    num_generations: int = field(default=1, metadata={"help": "samples per prompt (k)"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per step (prompts per step x num_generations)"})
+    micro_batch_size: int = field(default=4, metadata={"help": "sequences per forward/backward pass (gradient accumulation fills a minibatch)"})
+    num_minibatches: int = field(default=1, metadata={"help": "optimiser steps per epoch over the step's batch"})
+    ppo_epochs: int = field(default=1, metadata={"help": "passes over each step's batch (shuffled minibatches)"})
+    clip_eps: float = field(default=0.2, metadata={"help": "ratio clipping epsilon"})
+    kl_coef: float = field(default=0.05, metadata={"help": "KL coefficient beta (initial value when adaptive)"})
+    max_steps: int = field(default=100, metadata={"help": "rollout steps"})
+    learning_rate: float = field(default=1e-6, metadata={"help": "peak learning rate"})
+    adam_eps: float = field(default=1e-5, metadata={"help": "AdamW epsilon (PPO detail 11)"})
+    sample_every: int = field(default=10, metadata={"help": "write a table of sample generations every N steps (0 = off)"})
+    num_sample_rows: int = field(default=4, metadata={"help": "rows in each sample table"})
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_generations < 1 or self.batch_size % self.num_generations:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of num_generations {self.num_generations}")
+        if self.num_minibatches < 1 or self.batch_size % self.num_minibatches:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of num_minibatches {self.num_minibatches}")
+        if (self.batch_size // self.num_minibatches) % self.micro_batch_size:
+            raise ValueError("the minibatch (batch_size / num_minibatches) must be a multiple of micro_batch_size")
+        if self.max_steps < 1:
+            raise ValueError("max_steps must be >= 1")
+
+
+# ---------------------------------------------------------------------------- prompts
+def load_prompts(config: OnlineConfig) -> list[str]:
+    """The prompt texts: first ``prompt_words`` words of the movie reviews, or a prompt file."""
+    if config.prompts == "movie-reviews":
+        from rlhfkit.data.shared_sets import load_movie_review_prompts
+
+        records = load_movie_review_prompts(n_words=config.prompt_words,
+                                            limit=config.max_prompts or None, seed=config.seed)
+    else:
+        from rlhfkit.recipes.common import load_training_records
+
+        records = load_training_records(config.prompts, "prompts")
+    prompts = [r.prompt for r in records]
+    if config.max_prompts:
+        prompts = prompts[: config.max_prompts]
+    if not prompts:
+        raise ValueError(f"no prompts in {config.prompts!r}")
+    return prompts
+
+
+def prompts_for_step(prompts: list[str], step: int, n: int, seed: int) -> list[str]:
+    """The ``n`` prompts of ``step``: consecutive slices of a per-epoch permutation seeded by
+    (seed, epoch), so the data position is a function of the step alone (exact resume)."""
+    if n > len(prompts):
+        raise ValueError(f"{n} prompts per step but only {len(prompts)} prompts")
+    per_epoch = len(prompts) // n
+    epoch, pos = divmod(step, per_epoch)
+    order = epoch_order(len(prompts), seed, epoch)
+    return [prompts[i] for i in order[pos * n:(pos + 1) * n]]
+
+
+def repeat_each(items: list, k: int) -> list:
+    """``[a, b] -> [a, a, b, b]`` for k = 2: the k samples of a prompt are adjacent rows."""
+    return [x for x in items for _ in range(k)]
+
+
+# ---------------------------------------------------------------------------- models
+def load_models(config: OnlineConfig, need_reference: bool):
+    """``(policy, tokenizer, reference)``. With ``lora.r > 0`` the policy gets an adapter and
+    ``reference`` is None: the reference is the same weights with the adapter disabled
+    (``models.reference_context``; one copy of the weights). Otherwise the reference is a frozen
+    deep copy of the initial policy (None when not needed). Dropout is off in both (detail 8)."""
+    from rlhfkit.models import apply_lora, load_policy
+
+    policy, tokenizer = load_policy(config.model)  # left padding, pad != eos (detail 1)
+    reference = None
+    if config.lora.r:
+        policy = apply_lora(policy, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
+                            target_modules=config.lora.target_modules)
+    elif need_reference:
+        reference = copy.deepcopy(policy).eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
+    return policy, tokenizer, reference
+
+
+def make_generator(config: OnlineConfig, tokenizer) -> HFGenerator:
+    sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                              top_p=config.top_p, top_k=config.top_k)
+    return HFGenerator(sampling, tokenizer.eos_token_id, tokenizer.pad_token_id)
+
+
+def generate(config: OnlineConfig, generator, policy, tokenizer, prompts: list[str], step: int) -> Rollout:
+    """One rollout of ``prompts`` sampled from the seed of (config.seed, step)."""
+    return rollout(generator, policy, tokenizer, prompts, seed=step_seed(config.seed, step),
+                   max_prompt_length=config.max_prompt_length, chat_template=config.chat_template,
+                   logprob_batch_size=config.micro_batch_size)
+
+
+def micro_slices(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+@torch.no_grad()
+def reference_logprobs(policy, reference, ro: Rollout, temperature: float, micro: int) -> torch.Tensor:
+    """Log-probs of the rollout's responses under the reference ``[B, R]``: the separate frozen
+    model, or the policy with its LoRA adapter disabled when ``reference`` is None."""
+    from rlhfkit.models import reference_context
+
+    out = []
+    for s in micro_slices(len(ro), micro):
+        args = (ro.prompt_ids[s], ro.prompt_mask[s], ro.response_ids[s], ro.response_mask[s], temperature)
+        if reference is not None:
+            out.append(response_logprobs(reference, *args))
+        else:
+            with reference_context(policy) as ref:
+                out.append(response_logprobs(ref, *args))
+    return torch.cat(out)
+
+
+def score(source, ro: Rollout) -> torch.Tensor:
+    return source(ro.prompts, ro.responses).float().to(ro.logprobs.device)
+
+
+def make_kl_controller(kind: str, kl_coef: float, target: float, horizon: float):
+    """``fixed`` or ``adaptive`` (Ziegler et al. 2019) KL coefficient (core.kl)."""
+    if kind == "adaptive":
+        return AdaptiveKLController(kl_coef, target, horizon)
+    if kind == "fixed":
+        return FixedKLController(kl_coef)
+    raise ValueError(f"kl_control must be 'fixed' or 'adaptive', got {kind!r}")
+
+
+def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence KL estimate ``sum_t (logp - ref_logp)`` (k1) over the response ``[B]``."""
+    return torch.where(mask.bool(), kl_k1(logprobs, ref_logprobs), torch.zeros_like(logprobs)).sum(1)
+
+
+# ---------------------------------------------------------------------------- loss aggregation
+def token_weights(mask: torch.Tensor, aggregation: str, max_new_tokens: int) -> torch.Tensor:
+    """Per-token weights ``[B, R]`` such that ``sum(w * per_token_loss)`` over a minibatch of B
+    sequences is its loss; rows may then be split into micro-batches in any way.
+
+    - ``token``: ``1 / (valid tokens in the minibatch)`` (DAPO, Yu et al. 2025; TRL "dapo");
+    - ``sequence``: ``1 / (len_i * B)``: each sequence's token mean, then the mean over
+      sequences (GRPO, Shao et al. 2024; TRL "grpo");
+    - ``constant``: ``1 / (max_new_tokens * B)``: a fixed normaliser, no length bias (Dr. GRPO,
+      Liu et al. 2025).
+    """
+    m = mask.bool().to(torch.float32)
+    B = m.shape[0]
+    if aggregation == "token":
+        w = m / m.sum().clamp(min=1)
+    elif aggregation == "sequence":
+        w = m / (m.sum(1, keepdim=True).clamp(min=1) * B)
+    elif aggregation == "constant":
+        w = m / (max_new_tokens * B)
+    else:
+        raise ValueError(f"aggregation must be token, sequence or constant, got {aggregation!r}")
+    return w
+
+
+def optimizer_and_scheduler(params, config: OnlineConfig):
+    params = [p for p in params if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  eps=config.adam_eps)
+    total = config.max_steps * config.ppo_epochs * config.num_minibatches
+    return optimizer, build_scheduler(optimizer, total, config)  # linear decay (detail 11)
+
+
+def minibatches(n: int, config: OnlineConfig, step: int, epoch: int) -> list[torch.Tensor]:
+    """Shuffled minibatch row indices for one epoch over a step's batch, seeded by (seed, step,
+    epoch) so resume reproduces them (detail 10: epochs over shuffled minibatches)."""
+    g = torch.Generator().manual_seed(step_seed(config.seed, step, salt=1000 + epoch))
+    order = torch.randperm(n, generator=g) if (config.ppo_epochs > 1 or config.num_minibatches > 1) else torch.arange(n)
+    return list(order.chunk(config.num_minibatches))
+
+
+def policy_gradient_update(policy, ro: Rollout, advantages: torch.Tensor, config: OnlineConfig,
+                           optimizer, scheduler, step: int, aggregation: str,
+                           ref_logprobs: torch.Tensor | None = None, kl_loss_coef: float = 0.0,
+                           extra_loss: Callable[[torch.Tensor, int], tuple[torch.Tensor, dict]] | None = None,
+                           params: list | None = None) -> dict:
+    """Clipped policy-gradient update on one rollout (GRPO / RLOO / REINFORCE).
+
+    ``advantages``: ``[B]`` (one per sequence, broadcast to its tokens) or ``[B, R]``. The
+    per-token loss is the clipped surrogate (core ``ppo_policy_loss``; with one epoch and one
+    minibatch the ratio is 1 and it is plain REINFORCE) plus ``kl_loss_coef * k3(logp, ref)``
+    when ``kl_loss_coef > 0`` (GRPO's KL term in the loss). Tokens are weighted by
+    ``token_weights(aggregation)`` over each minibatch. ``extra_loss(rows, minibatch_size)``
+    adds a term per micro-batch (a learned baseline). Returns mean statistics."""
+    n = len(ro)
+    adv_tok = advantages.unsqueeze(1).expand_as(ro.logprobs) if advantages.dim() == 1 else advantages
+    params = params if params is not None else [p for g in optimizer.param_groups for p in g["params"]]
+    sums: dict[str, float] = {}
+    n_updates = 0
+    policy.train()
+    for epoch in range(config.ppo_epochs):
+        for rows in minibatches(n, config, step, epoch):
+            mask = ro.response_mask[rows]
+            weights = token_weights(mask, aggregation, config.max_new_tokens)
+            for s in micro_slices(len(rows), config.micro_batch_size):
+                r = rows[s]
+                m, w = ro.response_mask[r], weights[s]
+                logp, ent = response_logprobs(policy, ro.prompt_ids[r], ro.prompt_mask[r], ro.response_ids[r], m,
+                                              config.temperature, with_entropy=True)
+                # core ppo_policy_loss with normaliser 1 sums max(-A r, -A clip(r)) over the
+                # mask; scaling A by the positive token weight scales each term by it.
+                loss, st = ppo_policy_loss(logp, ro.logprobs[r], adv_tok[r] * w, m, config.clip_eps, normaliser=1.0)
+                if kl_loss_coef > 0 and ref_logprobs is not None:
+                    kl = kl_k3(logp, ref_logprobs[r])
+                    loss = loss + kl_loss_coef * torch.where(m, kl * w, torch.zeros_like(kl)).sum()
+                    _acc(sums, "kl_loss_term", float(torch.where(m, kl * w, torch.zeros_like(kl)).sum().detach()))
+                if extra_loss is not None:
+                    extra, est = extra_loss(r, len(rows))
+                    loss = loss + extra
+                    for k, v in est.items():
+                        _acc(sums, k, float(v))
+                loss.backward()
+                share = float(m.sum()) / max(float(mask.sum()), 1.0)  # token share of the minibatch
+                _acc(sums, "loss", float(loss.detach()))
+                for k in ("clipfrac", "approx_kl", "ratio_mean"):
+                    _acc(sums, k, float(st[k]) * share)
+                _acc(sums, "entropy", float(masked_mean(ent, m)) * share if m.any() else 0.0)
+            gn = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm) if config.max_grad_norm > 0 else torch.tensor(0.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            _acc(sums, "grad_norm", float(gn))
+            n_updates += 1
+    policy.eval()
+    return {k: v / n_updates for k, v in sums.items()}
+
+
+def _acc(d: dict, key: str, value: float) -> None:
+    d[key] = d.get(key, 0.0) + value
+
+
+# ---------------------------------------------------------------------------- run bookkeeping
+def rollout_metrics(ro: Rollout, scores: torch.Tensor, seconds: float) -> dict:
+    lengths = ro.lengths.float()
+    return {
+        "reward": float(scores.mean()),
+        "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
+        "response_length": float(lengths.mean()),
+        "eos_rate": float(ro.has_eos.float().mean()),
+        "tokens_per_s": float(lengths.sum()) / max(seconds, 1e-9),
+        "samples_per_s": len(ro) / max(seconds, 1e-9),
+    }
+
+
+def resume_state(config: OnlineConfig, modules: torch.nn.Module, optimizer, scheduler) -> tuple[int, dict]:
+    """``(start_step, trainer_state)`` from the latest checkpoint in ``output_dir`` (if resuming)."""
+    ckpt = latest_checkpoint(config.output_dir) if config.resume else None
+    if ckpt is None:
+        return 0, {}
+    state = load_checkpoint(ckpt, modules, optimizer, scheduler)
+    return int(state["step"]), state
+
+
+def maybe_checkpoint(config: OnlineConfig, step_done: int, modules, optimizer, scheduler, trainer_state: dict) -> None:
+    """Save every ``save_every`` steps (not at the end: the final model is saved instead), then
+    the SIGKILL test hook (training/loop.py)."""
+    if config.save_every and step_done % config.save_every == 0 and step_done < config.max_steps:
+        save_checkpoint(config.output_dir, step_done, modules, optimizer, scheduler, trainer_state,
+                        keep_last=config.keep_checkpoints)
+    _kill_for_tests(step_done)
+
+
+class SampleTable:
+    """Sample generations every N steps, appended to ``samples.jsonl`` and ``samples.md``.
+    On resume from step S, rows written after S by the interrupted run are dropped."""
+
+    def __init__(self, output_dir: str | Path, every: int, rows: int, resume_step: int | None = None):
+        self.every, self.rows = every, rows
+        self.jsonl = Path(output_dir) / "samples.jsonl"
+        self.md = Path(output_dir) / "samples.md"
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            for p in (self.jsonl, self.md):
+                if p.exists():
+                    p.unlink()
+        elif self.jsonl.exists():
+            kept = []
+            for line in self.jsonl.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line)["step"] <= resume_step:
+                        kept.append(json.loads(line))
+                except (json.JSONDecodeError, KeyError):
+                    pass
+            self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            self.md.write_text("", encoding="utf-8")
+            for step in sorted({r["step"] for r in kept}):
+                self._write_md(step, [r for r in kept if r["step"] == step])
+
+    def _write_md(self, step: int, rows: list[dict]) -> None:
+        def cell(x: Any) -> str:
+            return str(x).replace("|", "\\|").replace("\n", "⏎")
+
+        cols = [k for k in rows[0] if k != "step"]
+        lines = [f"\n## step {step}\n", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(cell(r[c]) if not isinstance(r[c], float) else f"{r[c]:.4f}" for c in cols) + " |"
+                  for r in rows]
+        with open(self.md, "a", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def maybe_write(self, step: int, ro: Rollout, columns: dict[str, torch.Tensor]) -> None:
+        if not self.every or step % self.every:
+            return
+        rows = []
+        for i in range(min(self.rows, len(ro))):
+            row = {"step": step, "prompt": ro.prompts[i], "response": ro.responses[i]}
+            row.update({k: float(v[i]) for k, v in columns.items()})
+            rows.append(row)
+        with open(self.jsonl, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+        self._write_md(step, rows)
+
+
+def setup_run(config: OnlineConfig) -> None:
+    """One process (online recipes do not shard rollouts over ranks yet), threads, seed."""
+    from rlhfkit.recipes.common import set_threads
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("online RL recipes run in a single process for now (no torchrun)")
+    set_threads(config.threads)
+    torch.manual_seed(config.seed)
+
+
+def timer() -> float:
+    return time.perf_counter()
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """``1 - Var[returns - values] / Var[returns]`` over valid tokens (cleanrl's debug metric)."""
+    m = mask.bool()
+    if int(m.sum()) < 2:
+        return float("nan")
+    y, v = returns[m], values[m]
+    var_y = y.var()
+    return float(1 - (y - v).var() / var_y) if var_y > 0 else float("nan")
+
+
+def finite(x: float) -> float:
+    return x if math.isfinite(x) else float("nan")

@@ -1,0 +1,121 @@
+"""REINFORCE with a baseline (Williams 1992), for language models.
+
+    rlhfkit reinforce --model smollm2-135m --reward vader --baseline running --output_dir outputs/reinforce
+
+Sequence reward ``R = score - kl_coef * sum_t (logp - ref_logp)``; advantage ``R - b`` with the
+baseline b either
+- ``running``: one scalar updated after each step, ``b <- b + alpha * (mean(R) - b)``
+  (the batch mean of R, so the update does not depend on row order), or
+- ``learned``: a value model reading the prompt (its value at the last prompt token),
+  trained alongside the policy with ``0.5 * vf_coef * (V(x) - R)^2``, or
+- ``none``.
+The policy loss is the clipped surrogate (plain REINFORCE with one epoch, one minibatch).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from rlhfkit.recipes.common import save_final
+from rlhfkit.recipes.online import (OnlineConfig, SampleTable, generate, load_models, load_prompts, make_generator,
+                                    maybe_checkpoint, optimizer_and_scheduler, policy_gradient_update, prompts_for_step,
+                                    reference_logprobs, repeat_each, resume_state, rollout_metrics, score, sequence_kl,
+                                    setup_run, timer)
+from rlhfkit.rewards import build_reward
+from rlhfkit.training.distributed import DistInfo
+from rlhfkit.training.logging import MetricsLogger, progress_bar
+
+
+@dataclass
+class ReinforceConfig(OnlineConfig):
+    output_dir: str = field(default="outputs/reinforce", metadata={"help": "checkpoints, metrics.jsonl, samples and model/"})
+    baseline: str = field(default="running", metadata={"help": "running (scalar moving average), learned (value model on the prompt) or none"})
+    baseline_alpha: float = field(default=0.1, metadata={"help": "running baseline step size alpha"})
+    vf_coef: float = field(default=0.1, metadata={"help": "learned baseline: value loss coefficient"})
+    loss_aggregation: str = field(default="sequence", metadata={"help": "sequence, token or constant (see recipes/online.token_weights)"})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.baseline not in ("running", "learned", "none"):
+            raise ValueError(f"baseline must be running, learned or none, got {self.baseline!r}")
+
+
+def running_baseline_step(b: float, returns: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float]:
+    """``(advantages = R - b, new b = b + alpha * (mean R - b))``."""
+    return returns - b, b + alpha * (float(returns.mean()) - b)
+
+
+def prompt_values(value_model, ro, rows) -> torch.Tensor:
+    """``[b]``: the value model at the last prompt column (prompts are left padded, so column
+    ``P - 1`` is always the last real prompt token)."""
+    from rlhfkit.models import token_values
+
+    return token_values(value_model, ro.prompt_ids[rows], ro.prompt_mask[rows])[:, -1]
+
+
+def run(config: ReinforceConfig) -> dict:
+    from rlhfkit.models import make_value_model
+
+    setup_run(config)
+    k = config.num_generations
+    prompts = load_prompts(config)
+    reward = build_reward(config.reward, batch_size=config.reward_batch_size)
+    gold = build_reward(config.gold_reward, batch_size=config.reward_batch_size) if config.gold_reward else None
+    policy, tokenizer, reference = load_models(config, need_reference=config.kl_coef > 0)
+    generator = make_generator(config, tokenizer)
+    modules = torch.nn.ModuleDict({"policy": policy})
+    if config.baseline == "learned":
+        modules["value"] = make_value_model(config.model, zero_init=True, tokenizer=tokenizer)
+    params = [p for p in modules.parameters() if p.requires_grad]
+    optimizer, scheduler = optimizer_and_scheduler(params, config)
+    start, state = resume_state(config, modules, optimizer, scheduler)
+    b = float(state.get("baseline", 0.0))
+    logger = MetricsLogger(config.output_dir, tensorboard=config.tensorboard, resume_step=start if state else None)
+    table = SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, start if state else None)
+    bar = progress_bar(config.max_steps, initial=start, desc="reinforce")
+    metrics: dict = {}
+    for step in range(start, config.max_steps):
+        t0 = timer()
+        step_prompts = prompts_for_step(prompts, step, config.batch_size // k, config.seed)
+        ro = generate(config, generator, policy, tokenizer, repeat_each(step_prompts, k), step)
+        scores = score(reward, ro)
+        returns = scores
+        columns = {"reward": scores}
+        if config.kl_coef > 0:
+            ref_lp = reference_logprobs(policy, reference, ro, config.temperature, config.micro_batch_size)
+            columns["kl"] = sequence_kl(ro.logprobs, ref_lp, ro.response_mask)
+            returns = scores - config.kl_coef * columns["kl"]
+        extra_loss = None
+        if config.baseline == "running":
+            advantages, b = running_baseline_step(b, returns, config.baseline_alpha)
+        elif config.baseline == "learned":
+            value_model = modules["value"]
+            with torch.no_grad():
+                advantages = returns - prompt_values(value_model, ro, torch.arange(len(ro)))
+
+            def extra_loss(rows, n_minibatch, value_model=value_model, returns=returns):
+                v = prompt_values(value_model, ro, rows)
+                loss = config.vf_coef * 0.5 * ((v - returns[rows]) ** 2).sum() / n_minibatch
+                return loss, {"value_loss": float(loss.detach()) / config.vf_coef}
+        else:
+            advantages = returns
+        columns["advantage"] = advantages
+        stats = policy_gradient_update(policy, ro, advantages, config, optimizer, scheduler, step,
+                                       config.loss_aggregation, extra_loss=extra_loss, params=params)
+        metrics = {**rollout_metrics(ro, scores, timer() - t0), **stats, "lr": scheduler.get_last_lr()[0],
+                   "rlhf_reward": float(returns.mean()), "baseline": b}
+        if "kl" in columns:
+            metrics["kl"] = float(columns["kl"].mean())
+        if gold is not None:
+            columns["gold"] = score(gold, ro)
+            metrics["gold"] = float(columns["gold"].mean())
+        logger.log(step + 1, metrics)
+        table.maybe_write(step + 1, ro, columns)
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['reward']:.3f}")
+        maybe_checkpoint(config, step + 1, modules, optimizer, scheduler, {"baseline": b})
+    bar.close()
+    logger.close()
+    save_final(policy, tokenizer, config, metrics, DistInfo())
+    return metrics

@@ -1,0 +1,95 @@
+"""REINFORCE Leave-One-Out (Kool et al. 2019; Ahmadian et al. 2024, "Back to Basics").
+
+    rlhfkit rloo --model smollm2-135m --reward vader --num_generations 4 --output_dir outputs/rloo
+
+Per step: P prompts, k samples each. The sequence reward is the score minus
+``kl_coef * sum_t (logp - ref_logp)`` (KL in the reward, as TRL's RLOOTrainer); each sample's
+baseline is the mean reward of the other k - 1 samples of its prompt. The loss is the clipped
+surrogate (plain REINFORCE with one epoch), per-sequence token means averaged over sequences.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from rlhfkit.core.advantages import rloo_advantages
+from rlhfkit.recipes.common import save_final
+from rlhfkit.recipes.online import (OnlineConfig, SampleTable, generate, load_models, load_prompts, make_generator,
+                                    maybe_checkpoint, optimizer_and_scheduler, policy_gradient_update, prompts_for_step,
+                                    reference_logprobs, repeat_each, resume_state, rollout_metrics, score, sequence_kl,
+                                    setup_run, timer)
+from rlhfkit.rewards import build_reward
+from rlhfkit.training.distributed import DistInfo
+from rlhfkit.training.logging import MetricsLogger, progress_bar
+
+
+@dataclass
+class RLOOConfig(OnlineConfig):
+    output_dir: str = field(default="outputs/rloo", metadata={"help": "checkpoints, metrics.jsonl, samples and model/"})
+    num_generations: int = field(default=4, metadata={"help": "samples per prompt, >= 2"})
+    kl_coef: float = field(default=0.05, metadata={"help": "beta: sequence reward = score - beta * KL(pi || ref) (0 = no reference)"})
+    normalize_advantages: bool = field(default=False, metadata={"help": "whiten the advantages over the batch"})
+    loss_aggregation: str = field(default="sequence", metadata={"help": "sequence, token or constant (see recipes/online.token_weights)"})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_generations < 2:
+            raise ValueError("RLOO needs num_generations >= 2")
+
+
+def advantages_for(rewards: torch.Tensor, k: int, normalize: bool = False) -> torch.Tensor:
+    """``[B] -> [B]``: leave-one-out over each prompt's k adjacent samples (optionally whitened)."""
+    adv = rloo_advantages(rewards.view(-1, k)).reshape(-1)
+    if normalize:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    return adv
+
+
+def run(config: RLOOConfig) -> dict:
+    setup_run(config)
+    k = config.num_generations
+    prompts = load_prompts(config)
+    reward = build_reward(config.reward, batch_size=config.reward_batch_size)
+    gold = build_reward(config.gold_reward, batch_size=config.reward_batch_size) if config.gold_reward else None
+    policy, tokenizer, reference = load_models(config, need_reference=config.kl_coef > 0)
+    generator = make_generator(config, tokenizer)
+    optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), config)
+    modules = torch.nn.ModuleDict({"policy": policy})
+    start, state = resume_state(config, modules, optimizer, scheduler)
+    logger = MetricsLogger(config.output_dir, tensorboard=config.tensorboard, resume_step=start if state else None)
+    table = SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, start if state else None)
+    bar = progress_bar(config.max_steps, initial=start, desc="rloo")
+    metrics: dict = {}
+    for step in range(start, config.max_steps):
+        t0 = timer()
+        step_prompts = prompts_for_step(prompts, step, config.batch_size // k, config.seed)
+        ro = generate(config, generator, policy, tokenizer, repeat_each(step_prompts, k), step)
+        scores = score(reward, ro)
+        rewards = scores
+        columns = {"reward": scores}
+        if config.kl_coef > 0:
+            ref_lp = reference_logprobs(policy, reference, ro, config.temperature, config.micro_batch_size)
+            seq_kl = sequence_kl(ro.logprobs, ref_lp, ro.response_mask)
+            rewards = scores - config.kl_coef * seq_kl  # KL penalty in the sequence reward
+            columns["kl"] = seq_kl
+        advantages = advantages_for(rewards, k, config.normalize_advantages)
+        columns["advantage"] = advantages
+        stats = policy_gradient_update(policy, ro, advantages, config, optimizer, scheduler, step,
+                                       config.loss_aggregation)
+        metrics = {**rollout_metrics(ro, scores, timer() - t0), **stats, "lr": scheduler.get_last_lr()[0],
+                   "rlhf_reward": float(rewards.mean())}
+        if "kl" in columns:
+            metrics["kl"] = float(columns["kl"].mean())
+        if gold is not None:
+            columns["gold"] = score(gold, ro)
+            metrics["gold"] = float(columns["gold"].mean())
+        logger.log(step + 1, metrics)
+        table.maybe_write(step + 1, ro, columns)
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['reward']:.3f}")
+        maybe_checkpoint(config, step + 1, modules, optimizer, scheduler, {})
+    bar.close()
+    logger.close()
+    save_final(policy, tokenizer, config, metrics, DistInfo())
+    return metrics

@@ -1,0 +1,31 @@
+"""Reward sources behind one interface: ``source(prompts, responses) -> FloatTensor [B]``.
+
+``build_reward("0.7*vader+0.3*rm:outputs/rm/model")`` turns a config string into a source:
+a trained reward model (``rm:PATH``), a Python function (``fn:package.module:function``),
+offline judges (``vader``, ``textblob``, ``afinn``, ``toxicity``, ``readability``,
+``frequency:TEXT``, ``length``) and weighted sums of them. ``RunningNormaliser`` standardises
+scores (running or fitted once) and checkpoints with the run.
+"""
+from .judges import JUDGES, JudgeSource, judge
+from .normalise import RunningNormaliser
+from .sources import (
+    FunctionSource,
+    RewardModelSource,
+    RewardSource,
+    WeightedSum,
+    build_reward,
+    parse_reward_spec,
+)
+
+__all__ = [
+    "JUDGES",
+    "FunctionSource",
+    "JudgeSource",
+    "RewardModelSource",
+    "RewardSource",
+    "RunningNormaliser",
+    "WeightedSum",
+    "build_reward",
+    "judge",
+    "parse_reward_spec",
+]

@@ -1,0 +1,165 @@
+"""The reward-source interface, its implementations and the config-string parser."""
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from .judges import JUDGES, JudgeSource
+
+
+@runtime_checkable
+class RewardSource(Protocol):
+    """``source(prompts, responses) -> FloatTensor [B]`` (CPU, float32): one score per pair.
+    Responses are the decoded texts without the EOS token."""
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor: ...
+
+
+class RewardModelSource:
+    """A trained scalar reward model (``models.load_reward_model``) reading ``prompt ⊕ response``
+    tokenised exactly as the reward recipe trained it (``data.tokenize.tokenize_pair``: the
+    same trailing EOS, left truncation), right padded; ``models.reward_scores`` reads the last
+    real token and is padding invariant (PPO detail 5). Scored in chunks of ``batch_size``."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_length: int = 512, batch_size: int = 32):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.batch_size = int(batch_size)
+
+    @classmethod
+    def load(cls, path: str, **kwargs: Any) -> "RewardModelSource":
+        from rlhfkit.models import load_reward_model
+
+        model, tokenizer = load_reward_model(path)
+        return cls(model, tokenizer, **kwargs)
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        from rlhfkit.data.tokenize import pad_sequences, tokenize_pair
+        from rlhfkit.models import reward_scores
+
+        device = next(self.model.parameters()).device
+        seqs = [tokenize_pair(p, r, self.tokenizer, self.max_length) for p, r in zip(prompts, responses)]
+        out = []
+        for i in range(0, len(seqs), self.batch_size):
+            ids, mask = pad_sequences(seqs[i:i + self.batch_size], self.tokenizer.pad_token_id, side="right")
+            out.append(reward_scores(self.model, ids.to(device), mask.to(device)).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def __repr__(self) -> str:
+        return f"RewardModelSource({type(self.model).__name__})"
+
+
+class FunctionSource:
+    """A Python function named ``package.module:function`` (or given directly) called as
+    ``fn(prompts: list[str], responses: list[str]) -> sequence of floats`` (list, numpy array or
+    tensor) with one score per pair."""
+
+    def __init__(self, fn: str | Callable):
+        if isinstance(fn, str):
+            module, sep, name = fn.rpartition(":")
+            if not sep or not module or not name:
+                raise ValueError(f"a function reward is 'package.module:function', got {fn!r}")
+            try:
+                obj = importlib.import_module(module)
+            except ImportError as err:
+                raise ValueError(f"cannot import module {module!r} for reward {fn!r}: {err}") from None
+            for part in name.split("."):
+                if not hasattr(obj, part):
+                    raise ValueError(f"module {module!r} has no attribute {name!r}")
+                obj = getattr(obj, part)
+            self.name, self.fn = fn, obj
+        else:
+            self.name, self.fn = getattr(fn, "__name__", repr(fn)), fn
+        if not callable(self.fn):
+            raise ValueError(f"{self.name!r} is not callable")
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        out = torch.as_tensor(self.fn(list(prompts), list(responses)), dtype=torch.float32).reshape(-1).cpu()
+        if out.numel() != len(responses):
+            raise ValueError(f"reward function {self.name!r} returned {out.numel()} scores for {len(responses)} responses")
+        return out
+
+    def __repr__(self) -> str:
+        return f"FunctionSource({self.name!r})"
+
+
+class WeightedSum:
+    """``sum_i w_i * source_i(prompts, responses)``. After each call ``last_components`` holds
+    every term's unweighted scores by name (for logging)."""
+
+    def __init__(self, terms: Sequence[tuple[float, Any]], names: Sequence[str] | None = None):
+        if not terms:
+            raise ValueError("a weighted sum needs at least one term")
+        self.terms = [(float(w), s) for w, s in terms]
+        self.names = list(names) if names is not None else [repr(s) for _, s in self.terms]
+        self.last_components: dict[str, torch.Tensor] = {}
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        total = torch.zeros(len(responses), dtype=torch.float32)
+        self.last_components = {}
+        for (w, source), name in zip(self.terms, self.names):
+            s = source(prompts, responses).float().reshape(-1)
+            self.last_components[name] = s
+            total = total + w * s
+        return total
+
+    def __repr__(self) -> str:
+        return " + ".join(f"{w:g}*{n}" for (w, _), n in zip(self.terms, self.names))
+
+
+_WEIGHT = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*\*\s*(.+?)\s*$")
+
+
+def parse_reward_spec(spec: str) -> list[tuple[float, str]]:
+    """``"0.7*vader + -0.3*toxicity + rm:PATH"`` -> ``[(0.7, "vader"), (-0.3, "toxicity"),
+    (1.0, "rm:PATH")]``. Terms are separated by ``+``; a term is ``[weight*]source``; a bare
+    leading ``-`` negates (``-toxicity``)."""
+    if not spec or not spec.strip():
+        raise ValueError("empty reward spec")
+    terms = []
+    for raw in spec.split("+"):
+        term = raw.strip()
+        if not term:
+            raise ValueError(f"empty term in reward spec {spec!r}")
+        m = _WEIGHT.match(term)
+        if m:
+            terms.append((float(m.group(1)), m.group(2)))
+        elif term.startswith("-"):
+            terms.append((-1.0, term[1:].strip()))
+        else:
+            terms.append((1.0, term))
+    return terms
+
+
+def _single(term: str, rm_kwargs: dict) -> Any:
+    kind, sep, rest = term.partition(":")
+    if kind == "rm" and sep:
+        return RewardModelSource.load(rest, **rm_kwargs)
+    if kind == "fn" and sep:
+        return FunctionSource(rest)
+    if kind in JUDGES:
+        return JudgeSource(kind, rest if sep else None)
+    if sep and kind and rest:
+        return FunctionSource(term)  # bare package.module:function
+    raise ValueError(f"unknown reward source {term!r}: use a judge ({', '.join(sorted(JUDGES))}), "
+                     "rm:PATH or fn:package.module:function")
+
+
+def build_reward(spec: str | Callable, **rm_kwargs: Any):
+    """A ``RewardSource`` from a config string (see ``parse_reward_spec``), or a callable as is.
+    A single unweighted term gives that source itself; anything else a ``WeightedSum``.
+    ``rm_kwargs`` go to ``RewardModelSource`` (``max_length``, ``batch_size``)."""
+    if callable(spec) and not isinstance(spec, str):
+        return spec
+    terms = parse_reward_spec(spec)
+    sources = [(w, _single(t, rm_kwargs)) for w, t in terms]
+    if len(sources) == 1 and sources[0][0] == 1.0:
+        return sources[0][1]
+    return WeightedSum(sources, names=[t for _, t in terms])

@@ -1,0 +1,265 @@
+"""Batched sampling from a causal LM and the tensors an online-RL update needs.
+
+Layout of a rollout (PPO details 1, 2, 4 of docs/DESIGN.md):
+- prompts are LEFT padded (``prompt_ids`` / ``prompt_mask`` ``[B, P]``), so that every row's
+  first generated token sits at column ``P``;
+- responses are RIGHT padded (``response_ids`` / ``response_mask`` ``[B, R]``), cut after the
+  first EOS (``core.masking.truncate_after_eos``): the EOS is kept and masked in, everything
+  after it is the pad token and masked out;
+- the behaviour log-probs are recomputed in ONE teacher-forced forward pass over
+  ``prompt ⊕ response`` with ``position_ids`` from the mask and the logits divided by the
+  sampling temperature (detail 3), i.e. exactly the computation the training step does, so
+  the first PPO ratio is 1 up to float noise (the scores ``generate`` returns come from the
+  KV-cached incremental pass and would differ by more). As in TRL, top-k / top-p are not
+  applied to these log-probs: they are log-probs of the tempered full distribution.
+
+Reproducibility: ``generate`` samples from a private RNG stream seeded with ``seed`` (the
+recipes pass ``step_seed(config.seed, step)``), so a resumed run draws the same samples as an
+uninterrupted one and the global RNG is untouched.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, fields
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from rlhfkit.core.logprobs import entropy_from_logits, token_logprobs
+from rlhfkit.core.masking import truncate_after_eos
+
+__all__ = [
+    "SamplingConfig",
+    "Generator",
+    "HFGenerator",
+    "Rollout",
+    "tokenize_prompts",
+    "response_logprobs",
+    "finish_rollout",
+    "rollout",
+    "step_seed",
+]
+
+
+def step_seed(seed: int, step: int, salt: int = 0) -> int:
+    """A deterministic 63-bit seed for (run seed, step, salt): the same after every resume."""
+    x = (int(seed) * 1_000_003 + int(step)) * 7_919 + int(salt) * 104_729 + 12_345
+    return x % (2**63 - 1)
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 32
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Anything that samples responses. ``generate`` returns raw response ids ``[B, R]``
+    (``R <= max_new_tokens``; whatever follows an EOS is ignored) for LEFT-padded prompts,
+    drawing its randomness only from ``seed``. A faster engine (vLLM, a custom CUDA loop)
+    implements this and nothing in the recipes changes."""
+
+    sampling: SamplingConfig
+
+    def generate(self, model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                 seed: int) -> torch.Tensor: ...
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device):
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class HFGenerator:
+    """Hugging Face ``model.generate`` with the KV cache, sampling with temperature / top-p /
+    top-k (greedy when ``temperature == 0``), stopping at EOS. The model's own
+    ``generation_config`` defaults (repetition penalty, a default top-k ...) are NOT used: every
+    sampling knob comes from ``sampling`` so the behaviour policy is the one the log-probs
+    describe."""
+
+    def __init__(self, sampling: SamplingConfig, eos_token_id: int, pad_token_id: int):
+        if pad_token_id == eos_token_id:
+            raise ValueError("pad and EOS must be distinct tokens (PPO detail 1)")
+        self.sampling = sampling
+        self.eos_token_id = int(eos_token_id)
+        self.pad_token_id = int(pad_token_id)
+
+    def generation_config(self):
+        from transformers import GenerationConfig
+
+        s = self.sampling
+        greedy = s.temperature == 0
+        return GenerationConfig(
+            do_sample=not greedy,
+            temperature=None if greedy else float(s.temperature),
+            # explicit "off" values: left as None, transformers would fill in its default top_k=50
+            top_p=None if greedy else float(min(s.top_p, 1.0)),
+            top_k=None if greedy else int(s.top_k),
+            max_new_tokens=int(s.max_new_tokens),
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+            use_cache=True,
+            repetition_penalty=None,
+        )
+
+    @torch.no_grad()
+    def generate(self, model, prompt_ids, prompt_mask, seed: int) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            with _seeded(seed, prompt_ids.device):
+                out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                     generation_config=self.generation_config())
+        finally:
+            model.train(was_training)
+        return out[:, prompt_ids.shape[1]:]
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled responses. Shapes: ``B`` rows, ``P`` prompt, ``R`` response columns.
+
+    prompt_ids, prompt_mask: ``[B, P]`` LEFT padded (mask long 0/1);
+    response_ids: ``[B, R]`` RIGHT padded, pad after the first EOS; response_mask: bool ``[B, R]``
+    (true up to and including the EOS); has_eos: bool ``[B]``; logprobs: ``[B, R]`` behaviour
+    log-probs (0 outside the mask); prompts / responses: the texts (responses decoded without
+    special tokens and without the EOS).
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    has_eos: torch.Tensor
+    logprobs: torch.Tensor
+    prompts: list
+    responses: list
+
+    def __len__(self) -> int:
+        return int(self.prompt_ids.shape[0])
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask.long(), self.response_mask.long()], dim=1)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(dim=1)
+
+    def select(self, index: Sequence[int] | torch.Tensor) -> "Rollout":
+        """The rows ``index`` (same column widths, so padding does not change)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v[idx] if isinstance(v, torch.Tensor) else [v[i] for i in idx.tolist()]
+        return Rollout(**out)
+
+
+def tokenize_prompts(prompts: Sequence[str], tokenizer: Any, max_prompt_length: int = 0,
+                     chat_template: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """LEFT-padded ``(prompt_ids, prompt_mask)`` ``[B, P]`` (long). With ``chat_template`` each
+    prompt becomes one user turn rendered with the tokenizer's template and the generation
+    prompt; otherwise the text is tokenised as is. Prompts longer than ``max_prompt_length``
+    (> 0) keep their LAST tokens (the part the response continues). An empty prompt becomes
+    the BOS token (generation needs at least one token)."""
+    rows = []
+    for p in prompts:
+        if chat_template:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                 add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tokenizer(p)["input_ids"]
+        if max_prompt_length and len(ids) > max_prompt_length:
+            ids = ids[-max_prompt_length:]
+        if not ids:
+            bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+            ids = [bos]
+        rows.append(ids)
+    P = max(len(r) for r in rows)
+    ids = torch.full((len(rows), P), int(tokenizer.pad_token_id), dtype=torch.long)
+    mask = torch.zeros((len(rows), P), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, P - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, P - len(r):] = 1
+    return ids, mask
+
+
+def response_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                      response_ids: torch.Tensor, response_mask: torch.Tensor,
+                      temperature: float = 1.0, with_entropy: bool = False):
+    """Teacher-forced log-probs of the response tokens: ``[B, R]`` (0 outside ``response_mask``),
+    and with ``with_entropy`` also the per-token entropy ``[B, R]`` of the tempered
+    distribution. One forward pass over ``prompt ⊕ response`` with ``position_ids =
+    cumsum(mask) - 1`` (left-padded prompt, right-padded response: detail 2) and logits divided
+    by ``temperature`` (detail 3; ``temperature == 0``, greedy, is treated as 1). Only the
+    ``R + 1`` last positions' logits are computed where the model supports ``logits_to_keep``.
+    Gradients flow (wrap in ``torch.no_grad()`` for the behaviour / reference pass)."""
+    from rlhfkit.models.reward import position_ids_from_mask
+
+    R = response_ids.shape[1]
+    ids = torch.cat([prompt_ids, response_ids], dim=1)
+    mask = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
+    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
+    try:
+        logits = model(**kwargs, logits_to_keep=R + 1).logits
+    except TypeError:  # a model without logits_to_keep
+        logits = model(**kwargs).logits
+    logits = logits[:, -(R + 1):-1]  # position t predicts token t + 1
+    labels = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, -100))
+    t = temperature if temperature > 0 else 1.0
+    lp = token_logprobs(logits, labels, temperature=t)
+    if not with_entropy:
+        return lp
+    with torch.no_grad():  # a diagnostic: no graph through the [B, R, V] softmax
+        ent = entropy_from_logits(logits.detach(), temperature=t)
+    return lp, torch.where(response_mask.bool(), ent, torch.zeros_like(ent))
+
+
+def finish_rollout(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                   raw_response_ids: torch.Tensor, temperature: float, prompts: Sequence[str] | None = None,
+                   logprob_batch_size: int = 0) -> Rollout:
+    """Truncate raw generations after the first EOS, recompute behaviour log-probs
+    (``response_logprobs`` in chunks of ``logprob_batch_size`` rows, 0 = all at once) and decode."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    response_ids, response_mask, has_eos = truncate_after_eos(raw_response_ids, eos, pad)
+    B = response_ids.shape[0]
+    chunk = logprob_batch_size or B
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        lps = [response_logprobs(model, prompt_ids[i:i + chunk], prompt_mask[i:i + chunk],
+                                 response_ids[i:i + chunk], response_mask[i:i + chunk], temperature)
+               for i in range(0, B, chunk)]
+    model.train(was_training)
+    logprobs = torch.cat(lps) if lps else torch.zeros_like(response_ids, dtype=torch.float)
+    text_ids = torch.where(response_mask & (response_ids != eos), response_ids, torch.full_like(response_ids, pad))
+    responses = tokenizer.batch_decode(text_ids, skip_special_tokens=True)
+    if prompts is None:
+        prompts = tokenizer.batch_decode(prompt_ids, skip_special_tokens=True)
+    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, has_eos, logprobs,
+                   list(prompts), list(responses))
+
+
+def rollout(generator: Generator, model, tokenizer, prompts: Sequence[str], seed: int,
+            max_prompt_length: int = 0, chat_template: bool = False,
+            logprob_batch_size: int = 0) -> Rollout:
+    """Tokenise ``prompts`` (left padded), sample one response each with ``generator`` from
+    ``seed``, and return the finished ``Rollout``. Repeat prompts for k samples per prompt."""
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = tokenize_prompts(prompts, tokenizer, max_prompt_length, chat_template)
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    raw = generator.generate(model, prompt_ids, prompt_mask, seed)
+    return finish_rollout(model, tokenizer, prompt_ids, prompt_mask, raw, generator.sampling.temperature,
+                          prompts, logprob_batch_size)

@@ -1,0 +1,158 @@
+"""Online RL recipes (ppo, grpo, rloo, reinforce) on tiny models: hand-derived advantages and
+losses, a rule reward that rises, batch-split invariance, LoRA reference, exact resume."""
+import json
+import math
+import signal
+
+import pytest
+import torch
+
+from rlhfkit.core.losses import ppo_policy_loss
+from rlhfkit.core.kl import kl_k3
+from rlhfkit.recipes import grpo, ppo, reinforce, rloo
+from rlhfkit.recipes.online import prompts_for_step, repeat_each, token_weights
+from rlhfkit.training.config import load_config
+
+from .conftest import load_weights, run_cli
+
+RECIPES = {"ppo": ppo.PPOConfig, "grpo": grpo.GRPOConfig, "rloo": rloo.RLOOConfig, "reinforce": reinforce.ReinforceConfig}
+
+
+def args(algo, policy, prompts, out, *extra):
+    return [algo, "--model", str(policy), "--prompts", str(prompts), "--output_dir", str(out),
+            "--reward", "frequency:e", "--max_new_tokens", "8", "--batch_size", "16", "--micro_batch_size", "8",
+            "--learning_rate", "3e-3", "--threads", "1", "--tensorboard", "false", "--sample_every", "0", *extra]
+
+
+def run_inproc(algo, policy, prompts, out, *extra):
+    module = {"ppo": ppo, "grpo": grpo, "rloo": rloo, "reinforce": reinforce}[algo]
+    cfg = load_config(RECIPES[algo], None, args(algo, policy, prompts, out, *extra)[1:])
+    module.run(cfg)
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------ hand-derived numbers
+def test_grpo_and_dr_grpo_advantages_by_hand():
+    scores = torch.tensor([1.0, 2.0, 3.0, 6.0])  # two groups of k = 2
+    # group means 1.5 and 4.5; unbiased stds sqrt(0.5) and sqrt(4.5); eps 1e-4 (TRL)
+    expect = torch.tensor([-0.5 / (math.sqrt(0.5) + 1e-4), 0.5 / (math.sqrt(0.5) + 1e-4),
+                           -1.5 / (math.sqrt(4.5) + 1e-4), 1.5 / (math.sqrt(4.5) + 1e-4)])
+    torch.testing.assert_close(grpo.advantages_for(scores, 2, "grpo"), expect)
+    assert grpo.advantages_for(scores, 2, "dr_grpo").tolist() == [-0.5, 0.5, -1.5, 1.5]
+
+
+def test_rloo_and_reinforce_advantages_by_hand():
+    # k = 3: [1, 2, 6] -> 1 - 4, 2 - 3.5, 6 - 1.5
+    assert rloo.advantages_for(torch.tensor([1.0, 2.0, 6.0]), 3).tolist() == [-3.0, -1.5, 4.5]
+    adv, b = reinforce.running_baseline_step(1.0, torch.tensor([2.0, 4.0]), alpha=0.5)
+    assert adv.tolist() == [1.0, 3.0] and b == 2.0  # 1 + 0.5 * (3 - 1)
+
+
+def test_token_weights_by_hand():
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    for mode, expect in (("token", [[1 / 3, 1 / 3, 0], [1 / 3, 0, 0]]),
+                         ("sequence", [[0.25, 0.25, 0], [0.5, 0, 0]]),
+                         ("constant", [[1 / 6, 1 / 6, 0], [1 / 6, 0, 0]])):
+        torch.testing.assert_close(token_weights(mask, mode, 3), torch.tensor(expect))
+
+
+def test_grpo_token_loss_by_hand():
+    """One sequence, two tokens, A = 1, clip 0.2, beta 0.1, sequence aggregation (weights 1/2).
+    ratios 2 and 1: clipped terms max(-2, -1.2) = -1.2 and -1; mean -1.1.
+    k3 with log r = ln .25 - ln .5 = -ln 2: 0.5 - 1 + ln 2; with log r = ln 2: 2 - 1 - ln 2; mean 0.25."""
+    logp = torch.log(torch.tensor([[0.5, 0.25]]))
+    old = torch.log(torch.tensor([[0.25, 0.25]]))
+    ref = torch.log(torch.tensor([[0.25, 0.5]]))
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    w = token_weights(mask, "sequence", 8)
+    # the recipes scale the advantage by the (positive) token weight and sum (normaliser 1)
+    loss, st = ppo_policy_loss(logp, old, torch.ones(1, 2) * w, mask, 0.2, normaliser=1.0)
+    assert loss.item() == pytest.approx(-1.1)
+    assert st["clipfrac"].item() == 0.5
+    kl_term = (kl_k3(logp, ref) * w).sum()
+    assert kl_term.item() == pytest.approx(0.25, abs=1e-6)
+    assert (loss + 0.1 * kl_term).item() == pytest.approx(-1.075)
+
+
+def test_prompt_order_is_a_function_of_seed_and_step():
+    prompts = [f"p{i}" for i in range(10)]
+    a = [prompts_for_step(prompts, s, 4, seed=3) for s in range(4)]
+    assert a == [prompts_for_step(prompts, s, 4, seed=3) for s in range(4)]
+    assert sorted(a[0] + a[1]) == sorted(set(a[0] + a[1]))  # no repeat inside an epoch (2 steps of 4)
+    assert repeat_each(["a", "b"], 2) == ["a", "a", "b", "b"]
+
+
+# ------------------------------------------------------------------ learning
+LEARN = {
+    "grpo": ["--num_generations", "4", "--max_steps", "80"],
+    "rloo": ["--num_generations", "4", "--max_steps", "120", "--kl_coef", "0.01"],
+    "ppo": ["--max_steps", "80", "--learning_rate", "1e-3"],
+    "reinforce": ["--max_steps", "120", "--kl_coef", "0.01"],
+}
+
+
+@pytest.mark.parametrize("algo", [a if a == "grpo" else pytest.param(a, marks=pytest.mark.slow) for a in LEARN])
+def test_rule_reward_rises(tmp_path, tiny_policy_dir, prompt_file, algo):
+    rows = run_inproc(algo, tiny_policy_dir, prompt_file, tmp_path / algo, "--resume", "false", *LEARN[algo])
+    r = [x["reward"] for x in rows]
+    first, last = sum(r[:15]) / 15, sum(r[-15:]) / 15
+    assert last > 2 * first and last - first > 0.04, (algo, first, last)
+    assert abs(rows[0]["kl"]) < 1e-4  # the first rollout comes from the reference itself
+    for key in ("entropy", "approx_kl", "clipfrac", "response_length", "eos_rate", "tokens_per_s", "grad_norm"):
+        assert key in rows[-1], key
+    assert (tmp_path / algo / "model" / "model.safetensors").exists()
+
+
+# ------------------------------------------------------------------ invariance and LoRA
+@pytest.mark.parametrize("algo,extra,micros", [
+    ("grpo", ["--num_generations", "4", "--ppo_epochs", "2"], ("8", "4")),  # minibatch 8: 8 x 1 vs 4 x 2
+    ("ppo", ["--ppo_epochs", "2", "--num_minibatches", "2"], ("4", "2")),  # minibatch 4: 4 x 1 vs 2 x 2
+])
+def test_batch_split_invariance(tmp_path, tiny_policy_dir, prompt_file, algo, extra, micros):
+    """The same update however a minibatch is split into micro-batches (minibatch-global normalisers)."""
+    weights = []
+    for micro in micros:
+        out = tmp_path / f"{algo}{micro}"
+        run_inproc(algo, tiny_policy_dir, prompt_file, out, "--batch_size", "8", "--max_steps", "3",
+                   "--resume", "false", *extra, "--micro_batch_size", micro)
+        weights.append(load_weights(out / "model"))
+    a, b = weights
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_lora_reference_is_the_adapter_switched_off(tmp_path, tiny_policy_dir, prompt_file):
+    rows = run_inproc("grpo", tiny_policy_dir, prompt_file, tmp_path / "lora", "--num_generations", "4",
+                      "--max_steps", "3", "--lora.r", "4", "--learning_rate", "1e-2", "--resume", "false")
+    assert abs(rows[0]["kl"]) < 1e-5 and rows[-1]["kl"] != 0.0
+    assert (tmp_path / "lora" / "model" / "model.safetensors").exists()
+
+
+# ------------------------------------------------------------------ exact resume after SIGKILL
+@pytest.mark.parametrize("algo,extra", [
+    ("ppo", ["--kl_control", "adaptive", "--kl_horizon", "100", "--reward_norm", "running", "--ppo_epochs", "2"]),
+    pytest.param("reinforce", ["--baseline", "running"], marks=pytest.mark.slow),
+    pytest.param("grpo", ["--num_generations", "4", "--sample_every", "2"], marks=pytest.mark.slow),
+])
+def test_sigkill_resume_is_exact(tmp_path, tiny_policy_dir, prompt_file, algo, extra):
+    common = ["--max_steps", "6", "--save_every", "2", "--batch_size", "8", *extra]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    r = run_cli(args(algo, tiny_policy_dir, prompt_file, straight, *common))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_cli(args(algo, tiny_policy_dir, prompt_file, killed, *common), env_extra={"RLHFKIT_TEST_SIGKILL_AFTER_STEP": "5"})
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-3000:])
+    assert (killed / "checkpoint-4").is_dir() and not (killed / "model").exists()
+    r = run_cli(args(algo, tiny_policy_dir, prompt_file, killed, *common))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = load_weights(straight / "model"), load_weights(killed / "model")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+    def rows(out):
+        return [{k: v for k, v in json.loads(l).items() if not k.endswith("_per_s") and k != "time"}
+                for l in (out / "metrics.jsonl").read_text().splitlines()]
+
+    assert rows(straight) == rows(killed) and len(rows(killed)) == 6
+    if "--sample_every" in extra:
+        assert (straight / "samples.jsonl").read_text() == (killed / "samples.jsonl").read_text()
+        assert "## step 6" in (killed / "samples.md").read_text()

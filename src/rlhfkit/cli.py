@@ -11,7 +11,25 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sft": ("rlhfkit.recipes.sft", "SFTConfig", "supervised fine-tuning on demonstrations or conversations (prompt tokens masked)"),
     "reward train": ("rlhfkit.recipes.reward", "RewardConfig", "train a reward model: Bradley-Terry on pairs, or regression / classification on ratings / thumbs"),
     "reward eval": ("rlhfkit.eval.reward_eval", "RewardEvalConfig", "accuracy, precision / recall / F1, calibration and margin of a reward model on a pair file"),
+    "ppo": ("rlhfkit.recipes.ppo", "PPOConfig", "online RL: PPO with value model, per-token KL penalty (fixed or adaptive), GAE, clipped losses"),
+    "grpo": ("rlhfkit.recipes.grpo", "GRPOConfig", "online RL: GRPO / Dr. GRPO (k samples per prompt, group-normalised advantages, k3 KL in the loss)"),
+    "rloo": ("rlhfkit.recipes.rloo", "RLOOConfig", "online RL: REINFORCE leave-one-out (k samples per prompt, KL in the reward)"),
+    "dpo": ("rlhfkit.recipes.dpo", "DPOConfig", "direct preference optimisation on pairs: DPO, IPO, cDPO, SimPO or ORPO (cached or LoRA reference)"),
+    "kto": ("rlhfkit.recipes.kto", "KTOConfig", "KTO on unpaired thumbs up / down (or pairs split in two), KL reference point from mismatched pairs"),
+    "feedback serve": ("rlhfkit.feedback.cli", "ServeConfig", "the human feedback web app and JSON API (FastAPI + uvicorn; SQLite file or PostgreSQL URL)"),
+    "feedback import": ("rlhfkit.feedback.cli", "ImportConfig", "import items (prompts + responses) from JSONL into a feedback project, all or nothing"),
+    "feedback export": ("rlhfkit.feedback.cli", "ExportConfig", "export a feedback project's labels as pairs / ratings / thumbs / sft JSONL or a HF dataset"),
+    "feedback create-user": ("rlhfkit.feedback.cli", "CreateUserConfig", "create an admin or labeler account for the feedback app"),
+    "reinforce": ("rlhfkit.recipes.reinforce", "ReinforceConfig", "online RL: REINFORCE with a running or learned baseline (KL in the reward)"),
     "demo": ("rlhfkit.recipes.demo", "DemoConfig", "the demo: SFT of SmolLM2-135M, then a MiniLM reward model on HH-RLHF, then its evaluation"),
+}
+
+# commands whose entry point is not called `run`
+COMMAND_RUN: dict[str, str] = {
+    "feedback serve": "run_serve",
+    "feedback import": "run_import",
+    "feedback export": "run_export",
+    "feedback create-user": "run_create_user",
 }
 
 CONFIG_HELP = """\
@@ -49,7 +67,7 @@ def _run_command(name: str, argv: list[str]) -> int:
     config_cls = _import(module, cls_name)
     parser = _command_parser(f"rlhfkit {name}", description, config_cls)
     args, rest = parser.parse_known_args(argv)
-    run: Callable = _import(module, "run")
+    run: Callable = _import(module, COMMAND_RUN.get(name, "run"))
     try:
         config = load_config(config_cls, args.config, rest)
         run(config)
@@ -63,7 +81,7 @@ def _top_help() -> str:
     lines = ["usage: rlhfkit <command> [--config FILE] [--field value ...]", "",
              "Reinforcement learning from human feedback for language models, end to end.", "", "commands:"]
     for name, (_, _, desc) in COMMANDS.items():
-        lines.append(f"  {name.ljust(14)}{desc}")
+        lines.append(f"  {name.ljust(22)}{desc}")
     lines += ["", "`rlhfkit <command> --help` lists every field of that command's config."]
     return "\n".join(lines)
 
@@ -79,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     elif argv[0] == "reward":
         print("usage: rlhfkit reward {train,eval} ...\n  train  " + COMMANDS["reward train"][2]
               + "\n  eval   " + COMMANDS["reward eval"][2])
+        return 0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2
+    elif argv[0] == "feedback" and len(argv) > 1 and f"feedback {argv[1]}" in COMMANDS:
+        name, rest = f"feedback {argv[1]}", argv[2:]
+    elif argv[0] == "feedback":
+        subs = [n.split(" ", 1)[1] for n in COMMANDS if n.startswith("feedback ")]
+        print("usage: rlhfkit feedback {" + ",".join(subs) + "} ...\n"
+              + "\n".join(f"  {s.ljust(12)} {COMMANDS['feedback ' + s][2]}" for s in subs))
         return 0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2
     elif argv[0] in COMMANDS:
         name, rest = argv[0], argv[1:]

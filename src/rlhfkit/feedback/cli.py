@@ -1,0 +1,151 @@
+"""Configs and entry points of ``rlhfkit feedback serve | import | export | create-user``."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+__all__ = ["ServeConfig", "ImportConfig", "ExportConfig", "CreateUserConfig",
+           "run_serve", "run_import", "run_export", "run_create_user"]
+
+
+def _err(msg: str):
+    from rlhfkit.training.config import ConfigError
+
+    return ConfigError(msg)
+
+
+@dataclass
+class ServeConfig:
+    db: str = field(default="feedback.db", metadata={"help": "SQLite file or SQLAlchemy URL (postgresql://...)"})
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=8000, metadata={"help": "port to listen on"})
+    workers: int = field(default=1, metadata={"help": "uvicorn worker processes (1 is best for SQLite)"})
+    secure_cookies: bool = field(default=False, metadata={"help": "mark cookies Secure (behind HTTPS)"})
+    log_level: str = field(default="warning", metadata={"help": "uvicorn log level"})
+
+
+@dataclass
+class ImportConfig:
+    db: str = field(default="feedback.db", metadata={"help": "SQLite file or SQLAlchemy URL"})
+    project: str = field(default="", metadata={"help": "project name (created when task_type is given and it is new)"})
+    file: str = field(default="", metadata={"help": "JSONL / JSON-list file of items"})
+    task_type: str = field(default="", metadata={"help": "pairwise, ranking, rating, thumbs or rewrite (new projects)"})
+    overlap: int = field(default=1, metadata={"help": "labelers per item (new projects)"})
+    gold_rate: float = field(default=0.0, metadata={"help": "share of gold questions mixed in (new projects)"})
+    instructions: str = field(default="", metadata={"help": "instructions shown to labelers (new projects)"})
+
+
+@dataclass
+class ExportConfig:
+    db: str = field(default="feedback.db", metadata={"help": "SQLite file or SQLAlchemy URL"})
+    project: str = field(default="", metadata={"help": "project name"})
+    kind: str = field(default="pairs", metadata={"help": "pairs, rankings, ratings, thumbs, sft or rewrites"})
+    out: str = field(default="", metadata={"help": "output .jsonl file, or folder for format hf"})
+    format: str = field(default="jsonl", metadata={"help": "jsonl or hf (datasets.save_to_disk)"})
+    aggregate: str = field(default="none", metadata={"help": "none (a record per label) or majority (per item)"})
+    include_gold: bool = field(default=False, metadata={"help": "also export labels on gold items"})
+
+
+@dataclass
+class CreateUserConfig:
+    db: str = field(default="feedback.db", metadata={"help": "SQLite file or SQLAlchemy URL"})
+    username: str = field(default="", metadata={"help": "user name"})
+    password: str = field(default="", metadata={"help": "password (default: $RLHFKIT_PASSWORD)"})
+    role: str = field(default="labeler", metadata={"help": "admin or labeler"})
+
+
+def run_serve(c: ServeConfig) -> None:
+    from .server import serve
+
+    print(f"rlhfkit feedback: serving {c.db} on http://{c.host}:{c.port}", flush=True)
+    serve(c.db, c.host, c.port, workers=c.workers, secure_cookies=c.secure_cookies, log_level=c.log_level)
+
+
+def _project_id(conn, name: str):
+    from sqlalchemy import select
+
+    from . import db
+
+    return conn.execute(select(db.projects.c.id).where(db.projects.c.name == name)).scalar()
+
+
+def run_import(c: ImportConfig) -> None:
+    from sqlalchemy import insert, select
+
+    from . import db
+    from .queue import add_items
+    from .tasks import TASK_TYPES, parse_items
+
+    if not c.project or not c.file:
+        raise _err("give --project NAME and --file ITEMS.jsonl")
+    store = db.Store(c.db)
+    try:
+        with store.read() as conn:
+            pid = _project_id(conn, c.project)
+            proj = None if pid is None else conn.execute(
+                select(db.projects).where(db.projects.c.id == pid)).mappings().one()
+        if proj is None:
+            if c.task_type not in TASK_TYPES:
+                raise _err(f"project {c.project!r} does not exist; give --task_type "
+                           f"({', '.join(TASK_TYPES)}) to create it")
+            ttype, scale = c.task_type, (1, 7)
+        else:
+            ttype, scale = proj["task_type"], (proj["scale_min"], proj["scale_max"])
+        parsed = parse_items(c.file, ttype, scale)  # DataError names file, line, field
+
+        def job(conn):  # project creation and items in one transaction
+            p = pid
+            if p is None:
+                p = int(conn.execute(insert(db.projects).values(
+                    name=c.project, task_type=ttype, instructions=c.instructions, overlap=c.overlap,
+                    gold_rate=c.gold_rate, scale_min=1, scale_max=7, active=True, n_items=0, n_labels=0,
+                    created_at=time.time())).inserted_primary_key[0])
+            return p, add_items(conn, p, parsed)
+        p, n = store.write(job)
+        print(f"imported {n} items into project {c.project!r} (id {p})")
+    finally:
+        store.close()
+
+
+def run_export(c: ExportConfig) -> None:
+    from . import db
+    from .export import export_hf, export_jsonl
+
+    if not c.project or not c.out:
+        raise _err("give --project NAME and --out PATH")
+    store = db.Store(c.db)
+    try:
+        with store.read() as conn:
+            pid = _project_id(conn, c.project)
+            if pid is None:
+                raise _err(f"no project named {c.project!r}")
+            fn = {"jsonl": export_jsonl, "hf": export_hf}.get(c.format)
+            if fn is None:
+                raise _err("format must be jsonl or hf")
+            try:
+                n = fn(conn, pid, c.kind, c.out, include_gold=c.include_gold, aggregate=c.aggregate)
+            except ValueError as e:
+                raise _err(str(e)) from None
+        print(f"wrote {n} {c.kind} records to {c.out}")
+    finally:
+        store.close()
+
+
+def run_create_user(c: CreateUserConfig) -> None:
+    from . import db
+    from .auth import create_user
+
+    password = c.password or os.environ.get("RLHFKIT_PASSWORD", "")
+    store = db.Store(c.db)
+    try:
+        uid = store.write(lambda conn: create_user(conn, c.username, password, c.role))
+    except ValueError as e:
+        raise _err(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - e.g. the unique constraint
+        if "unique" in str(e).lower():
+            raise _err(f"user {c.username!r} exists") from None
+        raise
+    finally:
+        store.close()
+    print(f"created {c.role} {c.username!r} (id {uid})")

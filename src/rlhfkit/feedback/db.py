@@ -1,0 +1,423 @@
+"""Storage for the feedback app: the schema (SQLAlchemy Core tables), engine set-up, migrations
+and a group-commit writer.
+
+- SQLite (default, a file) or PostgreSQL (by URL) with the same schema; the schema is created and
+  upgraded by the alembic migrations shipped in ``rlhfkit/feedback/migrations`` (applied at start).
+- Durability: SQLite runs in WAL mode with ``synchronous=FULL``, so a committed transaction is on
+  disk (the WAL is fsynced at every commit); the app acknowledges a write only after its commit.
+- Throughput: every write goes through one :class:`GroupCommitWriter` that runs all jobs
+  waiting in its queue inside one transaction (each job in its own SAVEPOINT, so one failing job
+  does not undo the others) and commits once: one fsync for many labels ("group commit", as in
+  PostgreSQL's ``commit_delay``). One writer per process also makes queue assignment race-free
+  inside a process; ``BEGIN IMMEDIATE`` (SQLite) and conditional updates plus unique constraints
+  (both back ends) keep it race-free across processes.
+- Timestamps are UNIX seconds (float), identical on both back ends.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Connection, Engine
+
+__all__ = [
+    "metadata", "users", "sessions", "projects", "items", "assignments", "labels",
+    "make_engine", "upgrade", "GroupCommitWriter", "Store", "default_db_url", "MIGRATIONS_DIR",
+]
+
+log = logging.getLogger("rlhfkit.feedback")
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+users = Table(
+    "users", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),  # scrypt$N$r$p$salt$hash
+    Column("role", String(16), nullable=False),  # "admin" | "labeler"
+    Column("active", Boolean, nullable=False, default=True),
+    Column("created_at", Float, nullable=False),
+)
+
+sessions = Table(
+    "sessions", metadata,
+    # sha256 of the random token: a leaked database does not leak usable sessions
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("csrf_token", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # "browser" (cookie) | "api" (bearer)
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+projects = Table(
+    "projects", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("task_type", String(16), nullable=False),  # pairwise | ranking | rating | thumbs | rewrite
+    Column("instructions", Text, nullable=False, default=""),
+    Column("overlap", Integer, nullable=False, default=1),  # labelers per (non-gold) item
+    Column("gold_rate", Float, nullable=False, default=0.0),  # chance the next task is a gold item
+    Column("scale_min", Integer, nullable=False, default=1),
+    Column("scale_max", Integer, nullable=False, default=7),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("n_items", Integer, nullable=False, default=0),  # non-gold items (denormalised)
+    Column("n_labels", Integer, nullable=False, default=0),  # labels on non-gold items
+    Column("created_at", Float, nullable=False),
+)
+
+items = Table(
+    "items", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", Integer, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("external_id", String(200), nullable=True),
+    Column("prompt", Text, nullable=False),
+    Column("messages", JSON, nullable=True),  # conversation context [{role, content}, ...]
+    Column("responses", JSON, nullable=False),  # [{"text": str, "model": str | None}, ...]
+    Column("is_gold", Boolean, nullable=False, default=False),
+    Column("gold", JSON, nullable=True),  # the known answer (canonical form) for gold items
+    Column("n_assigned", Integer, nullable=False, default=0),  # open + done assignments
+    Column("source", String(32), nullable=False, default="import"),  # import | generated
+    Column("created_at", Float, nullable=False),
+    # next-task search: equality on (project, gold, n_assigned), rows in id order
+    Index(None, "project_id", "is_gold", "n_assigned", "id"),
+)
+
+assignments = Table(
+    "assignments", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", Integer, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("item_id", Integer, ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("display_order", JSON, nullable=False),  # display position -> response index
+    Column("status", String(8), nullable=False),  # open | done | skipped
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    # never the same item twice to the same labeler, even under races
+    UniqueConstraint("item_id", "user_id"),
+    Index(None, "user_id", "project_id", "status"),
+)
+
+labels = Table(
+    "labels", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("assignment_id", Integer, ForeignKey("assignments.id", ondelete="CASCADE"), nullable=False,
+           unique=True),
+    Column("project_id", Integer, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("item_id", Integer, ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("payload", JSON, nullable=False),  # canonical verdict (response indices, not positions)
+    Column("is_gold", Boolean, nullable=False, default=False),
+    Column("correct", Boolean, nullable=True),  # gold items only
+    Column("duration_ms", Integer, nullable=True),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("item_id", "user_id"),
+)
+
+
+# ----------------------------------------------------------------------------- engine
+def default_db_url(path: str | Path = "feedback.db") -> str:
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def make_engine(url: str, **kwargs) -> Engine:
+    """An engine for ``url``. SQLite gets WAL, ``synchronous=FULL``, foreign keys and a busy
+    timeout on every connection, and real ``BEGIN`` statements (pysqlite's own implicit
+    transactions would break SAVEPOINTs; recipe from the SQLAlchemy SQLite dialect docs).
+    A connection whose ``info["immediate"]`` is set begins with ``BEGIN IMMEDIATE`` (takes the
+    write lock up front, so two processes never deadlock upgrading a read lock)."""
+    url = str(url)
+    if "://" not in url:  # a bare path
+        url = default_db_url(url)
+    is_sqlite = url.startswith("sqlite")
+    if is_sqlite:
+        kwargs.setdefault("connect_args", {"check_same_thread": False, "timeout": 30})
+    engine = create_engine(url, **kwargs)
+    if is_sqlite:
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):
+            dbapi_conn.isolation_level = None  # autocommit at the driver; we emit BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            if ":memory:" not in url and url not in ("sqlite://", "sqlite:///"):
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("immediate") else "BEGIN")
+    return engine
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply the shipped alembic migrations up to ``revision``."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.connect() as conn:
+        conn.info["immediate"] = True
+        with conn.begin():
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+        conn.info.pop("immediate", None)
+
+
+# ----------------------------------------------------------------------------- writer
+class GroupCommitWriter:
+    """Runs write jobs ``fn(conn) -> result`` with group commit, on one connection.
+
+    In the server, jobs run on the event loop: a writer task takes every job waiting in its queue
+    (up to ``max_batch``), runs each inside a SAVEPOINT of one transaction (a failing job is
+    rolled back alone and gets its own exception), then COMMITs -- one fsync for the whole batch,
+    run in a worker thread so the loop keeps reading requests meanwhile -- and only then resolves
+    the jobs' futures: an acknowledged write is durable. Doing the (short, CPU-bound) jobs on the
+    loop itself avoids handing the GIL back and forth between a writer thread and the loop at
+    every statement, which costs more than the statements.
+
+    ``run(fn)`` (synchronous) sends the job to that loop when one is running in another thread,
+    else runs it directly in its own transaction (command line, tests, start-up)."""
+
+    def __init__(self, engine: Engine, max_batch: int = 256) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self.batches = 0
+        self.jobs = 0
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()  # one batch at a time on the connection
+        self._loop = None
+        self._queue = None
+        self._task = None
+        self._closed = False
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = self.engine.connect()
+            self._conn.info["immediate"] = True
+        if self._conn.in_transaction():  # left over by a loop that stopped mid-batch
+            self._conn.rollback()
+        return self._conn
+
+    def _exec_jobs(self, conn: Connection, fns: list) -> list[tuple[bool, Any]]:
+        # One SAVEPOINT per job, issued on the driver connection (SQLAlchemy's begin_nested costs
+        # ~10x more and the jobs never nest their own savepoints).
+        results: list[tuple[bool, Any]] = []
+        for fn in fns:
+            raw(conn, "SAVEPOINT fb_job")
+            try:
+                value = fn(conn)
+            except Exception as e:  # noqa: BLE001 - the job's error goes to its caller
+                raw(conn, "ROLLBACK TO SAVEPOINT fb_job")
+                raw(conn, "RELEASE SAVEPOINT fb_job")
+                results.append((False, e))
+            else:
+                raw(conn, "RELEASE SAVEPOINT fb_job")
+                results.append((True, value))
+        return results
+
+    # ------------------------------------------------------------------ async (server)
+    async def submit(self, fn: Callable[[Connection], Any]) -> Any:
+        import asyncio
+
+        if self._closed:
+            raise RuntimeError("writer is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._task is None or self._task.done():
+            self._loop, self._queue = loop, asyncio.Queue()
+            self._task = loop.create_task(self._run())
+        fut = loop.create_future()
+        self._queue.put_nowait((fn, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        import asyncio
+
+        q = self._queue
+        while True:
+            batch = [await q.get()]
+            while len(batch) < self.max_batch and not q.empty():
+                batch.append(q.get_nowait())
+            batch = [(fn, fut) for fn, fut in batch if not fut.cancelled()]
+            if not batch:
+                continue
+            with self._lock:
+                conn = self._connection()
+                try:
+                    trans = conn.begin()
+                    results = self._exec_jobs(conn, [fn for fn, _ in batch])
+                    await asyncio.to_thread(trans.commit)  # the fsync, off the event loop
+                except Exception as e:  # noqa: BLE001 - the COMMIT failed: nobody's write happened
+                    log.exception("feedback writer: commit failed")
+                    self._reset()
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    continue
+            self.batches += 1
+            self.jobs += len(batch)
+            for (_, fut), (ok, value) in zip(batch, results):
+                if not fut.done():
+                    fut.set_result(value) if ok else fut.set_exception(value)
+
+    def _reset(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.close()
+        finally:
+            self._conn = None
+
+    # ------------------------------------------------------------------ sync
+    def run(self, fn: Callable[[Connection], Any], timeout: float | None = 60) -> Any:
+        """Run ``fn`` as a write job and return its committed result (re-raises its error)."""
+        import asyncio
+
+        loop = self._loop
+        if loop is not None and loop.is_running() and not loop.is_closed():
+            try:
+                current = asyncio.get_running_loop()
+            except RuntimeError:
+                current = None
+            if current is loop:
+                raise RuntimeError("inside the event loop use `await store.awrite(fn)`")
+            return asyncio.run_coroutine_threadsafe(self.submit(fn), loop).result(timeout)
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.begin():
+                    (ok, value), = self._exec_jobs(conn, [fn])
+            except Exception:
+                self._reset()
+                raise
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        self._closed = True
+        if self._task is not None and self._loop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._task.cancel)
+            except RuntimeError:
+                pass
+        with self._lock:
+            self._reset()
+
+
+class Store:
+    """Engine + migrations + writer: what the app holds. ``read()`` gives a connection for
+    reads (use as a context manager); ``write(fn)`` / ``await awrite(fn)`` run ``fn(conn)`` in the
+    writer and return its committed result."""
+
+    def __init__(self, url: str | Path, *, migrate: bool = True, max_batch: int = 256) -> None:
+        url = str(url)
+        if "://" not in url:
+            url = default_db_url(url)
+        self.url = url
+        self.engine = make_engine(url)
+        if migrate:
+            upgrade(self.engine)
+        self.writer = GroupCommitWriter(self.engine, max_batch=max_batch)
+        self._local = threading.local()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    def read(self) -> Connection:
+        return self.engine.connect()
+
+    def lookup(self, sql: str, params: dict) -> tuple | None:
+        """One row of a tiny read on this thread's own DB-API connection (kept open; no pool
+        checkout, no SQLAlchemy layer): the per-request session check."""
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = self._local.conn = self.engine.raw_connection()
+        style = "named" if self.is_sqlite else self.engine.dialect.paramstyle
+        cur = c.cursor()
+        try:
+            cur.execute(_convert(sql, style), params)
+            row = cur.fetchone()
+        finally:
+            cur.close()
+        if not self.is_sqlite:
+            c.rollback()  # end the read transaction psycopg opened
+        return row
+
+    def write(self, fn: Callable[[Connection], Any], timeout: float | None = 60) -> Any:
+        return self.writer.run(fn, timeout)
+
+    async def awrite(self, fn: Callable[[Connection], Any]) -> Any:
+        return await self.writer.submit(fn)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.engine.dispose()
+
+
+def now() -> float:
+    return time.time()
+
+
+# ----------------------------------------------------------------------------- raw SQL
+# The label-submission path runs about ten tiny statements per label; through SQLAlchemy's
+# execution layer each costs ~10x what SQLite needs for it. ``raw`` runs plain SQL (written once
+# with :name parameters, valid on SQLite and PostgreSQL) on the DB-API connection under ``conn``,
+# inside the same transaction / savepoint.
+_PARAM = re.compile(r"(?<![:\w]):(\w+)")
+
+
+@functools.lru_cache(maxsize=256)
+def _convert(sql: str, style: str) -> str:
+    if style in ("pyformat", "format"):  # psycopg: %(name)s
+        return _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
+    return sql  # sqlite3 and other "named" drivers take :name
+
+
+def raw(conn: Connection, sql: str, params: dict | None = None):
+    """Execute ``sql`` on the DB-API connection of ``conn``; returns the DB-API cursor."""
+    dbapi_conn = conn.connection.driver_connection
+    style = "named" if conn.dialect.name == "sqlite" else conn.dialect.paramstyle
+    cur = dbapi_conn.cursor()
+    cur.execute(_convert(sql, style), params or {})
+    return cur
+
+
+def from_json(v: Any) -> Any:
+    """A JSON column value read by ``raw``: text on SQLite, already decoded by psycopg."""
+    return json.loads(v) if isinstance(v, (str, bytes)) else v
+
+
+def to_json(v: Any) -> str:
+    return json.dumps(v, separators=(",", ":"))

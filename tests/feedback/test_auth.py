@@ -1,0 +1,132 @@
+"""Authorisation: who may do what; forged / expired sessions; CSRF; log-in rate limiting."""
+import time
+
+import pytest
+from sqlalchemy import func, select, update
+
+from rlhfkit.feedback import db
+from rlhfkit.feedback.app import COOKIE
+from rlhfkit.feedback.auth import LoginLimiter, hash_password, verify_password
+
+from .conftest import ADMIN_PW, LAB_PW, make_project
+
+
+def _items(n=3):
+    return [{"prompt": f"p{i}", "responses": ["a", "b"]} for i in range(n)]
+
+
+def test_password_hashing():
+    h1, h2 = hash_password("correct horse"), hash_password("correct horse")
+    assert h1 != h2 and h1.startswith("scrypt$16384$8$1$")  # per-user salt
+    assert verify_password("correct horse", h1) and not verify_password("wrong", h1)
+    assert not verify_password("x", "garbage")
+
+
+def test_not_signed_in_is_401(env):
+    client = env.client
+    client.cookies.clear()
+    r = client.get("/api/tasks/next")
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert client.post("/api/tasks/1/label", json={"choice": "A"}).status_code == 401
+    assert client.get("/api/admin/projects").status_code == 401
+    r = client.get("/admin", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login")
+
+
+def test_labeler_cannot_reach_admin(env):
+    pid = make_project(env.client, env.admin, "pairwise", _items())
+    for method, path in [("GET", "/api/admin/projects"), ("POST", "/api/admin/projects"),
+                         ("GET", f"/api/admin/projects/{pid}/dashboard"),
+                         ("GET", f"/api/admin/projects/{pid}/export?kind=pairs"),
+                         ("GET", f"/api/admin/projects/{pid}/labels"), ("GET", "/api/admin/users"),
+                         ("POST", "/api/admin/users"), ("POST", f"/api/admin/projects/{pid}/items"),
+                         ("PATCH", f"/api/admin/projects/{pid}"), ("GET", "/admin"),
+                         ("GET", f"/admin/projects/{pid}")]:
+        r = env.client.request(method, path, headers=env.ann, json={})
+        assert r.status_code == 403, (method, path, r.status_code)
+    with env.store.read() as c:
+        assert c.execute(select(func.count()).select_from(db.users)).scalar() == 4
+
+
+def test_labeler_cannot_touch_another_labelers_task(env):
+    make_project(env.client, env.admin, "pairwise", _items())
+    t = env.client.get("/api/tasks/next", headers=env.ann).json()
+    tid = t["task_id"]
+    assert env.client.get(f"/api/tasks/{tid}", headers=env.bob).status_code == 404
+    assert env.client.post(f"/api/tasks/{tid}/label", json={"choice": "A"}, headers=env.bob).status_code == 404
+    assert env.client.post(f"/api/tasks/{tid}/skip", headers=env.bob).status_code == 404
+    assert env.client.get(f"/api/tasks/{tid}", headers=env.ann).status_code == 200
+    with env.store.read() as c:
+        assert c.execute(select(func.count()).select_from(db.labels)).scalar() == 0
+        assert c.execute(select(db.assignments.c.status)).scalar() == "open"
+
+
+def test_forged_and_expired_sessions_refused(env):
+    c = env.client
+    make_project(c, env.admin, "pairwise", _items())
+    assert c.get("/api/tasks/next", headers={"Authorization": "Bearer forged-token"}).status_code == 401
+    c.cookies.set(COOKIE, "forged-cookie")
+    assert c.get("/api/tasks/next").status_code == 401
+    c.cookies.clear()
+    assert c.get("/api/me", headers=env.ann).status_code == 200
+    env.store.write(lambda conn: conn.execute(update(db.sessions).values(expires_at=time.time() - 1)))
+    assert c.get("/api/me", headers=env.ann).status_code == 401
+    assert c.get("/api/tasks/next", headers=env.admin).status_code == 401
+
+
+def test_logout_ends_the_session(env):
+    assert env.client.post("/api/auth/logout", headers=env.bob).status_code == 200
+    assert env.client.get("/api/me", headers=env.bob).status_code == 401
+
+
+def _browser_login(client, username, password):
+    r = client.get("/login")
+    csrf = r.text.split('name="csrf_token" value="')[1].split('"')[0]
+    return client.post("/login", data={"username": username, "password": password, "csrf_token": csrf,
+                                       "next": "/"}, follow_redirects=False)
+
+
+def test_cookie_session_needs_csrf_on_writes(env):
+    c = env.client
+    make_project(c, env.admin, "pairwise", _items())
+    r = _browser_login(c, "ann", LAB_PW)
+    assert r.status_code == 303 and COOKIE in r.cookies
+    page = c.get("/label/1").text
+    csrf = page.split('name="csrf-token" content="')[1].split('"')[0]
+    t = c.get("/api/tasks/next").json()  # GET with the cookie: fine
+    url = f"/api/tasks/{t['task_id']}/label"
+    assert c.post(url, json={"choice": "A"}).status_code == 403  # no CSRF token
+    assert c.post(url, json={"choice": "A"}, headers={"X-CSRF-Token": "wrong"}).status_code == 403
+    assert c.post(f"/api/tasks/{t['task_id']}/skip").status_code == 403
+    assert c.post("/logout", data={}).status_code == 403  # form without csrf_token
+    assert c.post(url, json={"choice": "A"}, headers={"X-CSRF-Token": csrf}).status_code == 200
+    # log-in form without its CSRF token is refused too
+    c.cookies.clear()
+    r = c.post("/login", data={"username": "ann", "password": LAB_PW, "next": "/"}, follow_redirects=False)
+    assert r.status_code == 403
+
+
+def test_login_rate_limited(env):
+    c = env.client
+    for _ in range(5):
+        assert c.post("/api/auth/login", json={"username": "cat", "password": "nope"}).status_code == 401
+    r = c.post("/api/auth/login", json={"username": "cat", "password": LAB_PW})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+    assert c.post("/api/auth/login", json={"username": "admin", "password": ADMIN_PW}).status_code == 200
+
+
+def test_limiter_window():
+    lim = LoginLimiter(per_user=2, per_ip=3, window_s=0.2)
+    lim.failed("u", "ip")
+    assert lim.retry_after("u", "ip") == 0
+    lim.failed("u", "ip")
+    assert lim.retry_after("u", "ip") > 0 and lim.retry_after("v", "ip2") == 0
+    lim.failed("v", "ip")
+    assert lim.retry_after("w", "ip") > 0  # per-address limit
+    time.sleep(0.25)
+    assert lim.retry_after("u", "ip") == 0
+
+
+def test_open_redirect_blocked(env):
+    r = env.client.get("/login?next=//evil.example")
+    assert 'name="next" value="/"' in r.text

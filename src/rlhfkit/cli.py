@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "feedback create-user": ("rlhfkit.feedback.cli", "CreateUserConfig", "create an admin or labeler account for the feedback app"),
     "reinforce": ("rlhfkit.recipes.reinforce", "ReinforceConfig", "online RL: REINFORCE with a running or learned baseline (KL in the reward)"),
     "demo": ("rlhfkit.recipes.demo", "DemoConfig", "the demo: SFT of SmolLM2-135M, then a MiniLM reward model on HH-RLHF, then its evaluation"),
+    "eval": ("rlhfkit.eval.cli_eval", "EvalConfig", "win rate of a policy vs a reference (reward model, gold judge or people in the feedback app), gold score, KL"),
+    "eval leaderboard": ("rlhfkit.eval.cli_eval", "LeaderboardConfig", "Bradley-Terry leaderboard of several models / checkpoints with bootstrap 95% intervals"),
+    "serve": ("rlhfkit.serve.cli", "ServeConfig", "OpenAI-compatible /v1/chat/completions server with a /v1/feedback endpoint (thumbs, ratings) into the feedback store"),
+    "chat": ("rlhfkit.serve.cli", "ChatConfig", "chat with a model in the terminal; /up, /down, /rate N store feedback in the feedback store"),
 }
 
 # commands whose entry point is not called `run`
@@ -30,6 +34,9 @@ COMMAND_RUN: dict[str, str] = {
     "feedback import": "run_import",
     "feedback export": "run_export",
     "feedback create-user": "run_create_user",
+    "eval leaderboard": "run_leaderboard",
+    "serve": "run_serve",
+    "chat": "run_chat",
 }
 
 CONFIG_HELP = """\
@@ -61,6 +68,7 @@ def _command_parser(prog: str, description: str, config_cls) -> argparse.Argumen
 
 def _run_command(name: str, argv: list[str]) -> int:
     from rlhfkit.data.errors import DataError
+    from rlhfkit.models.loading import ModelLoadError
     from rlhfkit.training.config import ConfigError, load_config
 
     module, cls_name, description = COMMANDS[name]
@@ -71,7 +79,7 @@ def _run_command(name: str, argv: list[str]) -> int:
     try:
         config = load_config(config_cls, args.config, rest)
         run(config)
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    except (ConfigError, DataError, FileNotFoundError, ModelLoadError) as err:
         print(f"rlhfkit {name}: error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -105,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: rlhfkit feedback {" + ",".join(subs) + "} ...\n"
               + "\n".join(f"  {s.ljust(12)} {COMMANDS['feedback ' + s][2]}" for s in subs))
         return 0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2
+    elif len(argv) > 1 and f"{argv[0]} {argv[1]}" in COMMANDS:  # e.g. eval leaderboard
+        name, rest = f"{argv[0]} {argv[1]}", argv[2:]
     elif argv[0] in COMMANDS:
         name, rest = argv[0], argv[1:]
     else:

@@ -110,6 +110,12 @@ class RewardEvalConfig:
     output: str = field(default="", metadata={"help": "write the report as JSON here"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = default)"})
 
+    def validate(self) -> None:
+        if self.ties not in ("keep", "drop"):
+            raise ValueError(f"field 'ties': {self.ties!r} is not one of ['keep', 'drop']")
+        if self.batch_size < 1 or self.max_length < 1:
+            raise ValueError("fields 'batch_size' and 'max_length' must be >= 1")
+
 
 def format_report(report: dict) -> str:
     keys = ["pairs", "accuracy", "precision", "recall", "f1", "ece", "mean_margin", "ties", "tie_mean_abs_diff"]
@@ -129,8 +135,8 @@ def run(config: RewardEvalConfig) -> dict:
     from rlhfkit.recipes.common import load_training_records, set_threads
 
     set_threads(config.threads)
+    pairs = load_training_records(config.data, "pairs", ties=config.ties)  # bad data fails before the model loads
     model, tokenizer = load_reward_model(config.model)
-    pairs = load_training_records(config.data, "pairs", ties=config.ties)
     report = evaluate_pairs(model, tokenizer, pairs, config.max_length, config.batch_size, config.seed)
     print(format_report(report))
     if config.output:

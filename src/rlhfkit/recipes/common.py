@@ -20,6 +20,19 @@ class LoraConfig:
     target_modules: str = field(default="all-linear", metadata={"help": "peft target_modules"})
 
 
+def validate_data_fields(config) -> None:
+    """Checks of the data fields the supervised recipes share (those present on `config`), so a
+    typo is a config error before any model is loaded, never a silent default."""
+    if getattr(config, "on_error", "raise") not in ("raise", "skip"):
+        raise ValueError(f"field 'on_error': {config.on_error!r} is not one of ['raise', 'skip']")
+    if getattr(config, "ties", "drop") not in ("drop", "keep"):
+        raise ValueError(f"field 'ties': {config.ties!r} is not one of ['drop', 'keep']")
+    if not 0 <= getattr(config, "eval_fraction", 0.0) < 1:
+        raise ValueError(f"field 'eval_fraction': {config.eval_fraction} is not in [0, 1)")
+    if getattr(config, "max_length", 1) < 1:
+        raise ValueError(f"field 'max_length': must be >= 1, got {config.max_length}")
+
+
 def named_set(name: str, kind: str, ties: str = "drop"):
     """The shared real data sets by name; `None` when `name` is not one of them.
 

@@ -14,7 +14,8 @@ import torch
 
 from rlhfkit.core.losses import binary_feedback_loss, bradley_terry_loss, rating_regression_loss
 from rlhfkit.data.tokenize import pad_sequences, tokenize_pair
-from rlhfkit.recipes.common import LoraConfig, load_training_records, save_final, set_threads, split_holdout
+from rlhfkit.recipes.common import (LoraConfig, load_training_records, save_final, set_threads, split_holdout,
+                                    validate_data_fields)
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.loop import TrainingConfig, fit
 
@@ -45,6 +46,9 @@ class RewardConfig(TrainingConfig):
         super().validate()
         if self.objective not in OBJECTIVE_KIND:
             raise ValueError(f"field 'objective': {self.objective!r} is not one of {list(OBJECTIVE_KIND)}")
+        if self.kind not in ("auto", "causal", "encoder"):
+            raise ValueError(f"field 'kind': {self.kind!r} is not one of ['auto', 'causal', 'encoder']")
+        validate_data_fields(self)
 
 
 def encode_records(records, tokenizer, config: RewardConfig) -> list[dict]:

@@ -14,7 +14,8 @@ import torch
 
 from rlhfkit.core.losses import count_target_tokens, sft_loss
 from rlhfkit.data.tokenize import pad_sequences, tokenize_sft
-from rlhfkit.recipes.common import LoraConfig, load_training_records, save_final, set_threads, split_holdout
+from rlhfkit.recipes.common import (LoraConfig, load_training_records, save_final, set_threads, split_holdout,
+                                    validate_data_fields)
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.loop import TrainingConfig, fit
 
@@ -32,6 +33,10 @@ class SFTConfig(TrainingConfig):
     batch_size: int = field(default=8, metadata={"help": "global batch (examples per optimiser step)"})
     micro_batch_size: int = field(default=2, metadata={"help": "examples per forward pass"})
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        validate_data_fields(self)
 
 
 def tokenize_all(records, tokenizer, max_length: int) -> list[dict]:

@@ -33,6 +33,7 @@ from .distributed import (
     load_full_optimizer_state,
     wrap_model,
 )
+from .config import ConfigError
 from .logging import MetricsLogger, progress_bar
 
 
@@ -64,6 +65,48 @@ class TrainingConfig:
     def validate(self) -> None:
         if self.batch_size < 1 or self.micro_batch_size < 1:
             raise ValueError("batch_size and micro_batch_size must be >= 1")
+        # a misspelt choice must not silently fall back to a default (e.g. "cosine" -> linear)
+        if self.lr_schedule not in ("linear", "constant"):
+            raise ValueError(f"field 'lr_schedule': {self.lr_schedule!r} is not one of ['linear', 'constant']")
+        if self.parallel not in ("ddp", "fsdp", "none"):
+            raise ValueError(f"field 'parallel': {self.parallel!r} is not one of ['ddp', 'fsdp', 'none']")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"field 'warmup_ratio': {self.warmup_ratio} is not in [0, 1)")
+        if self.epochs < 0 or self.max_steps < 0 or (self.epochs == 0 and self.max_steps == 0):
+            raise ValueError("fields 'epochs' / 'max_steps': need epochs > 0 or max_steps > 0 (neither negative)")
+        if self.save_every < 0 or self.eval_every < 0 or self.log_every < 1:
+            raise ValueError("fields 'save_every' / 'eval_every' must be >= 0 and 'log_every' >= 1")
+
+
+# Fields that may change between a run and its resumption without changing the result.
+_RESUME_FREE_FIELDS = {"output_dir", "resume", "save_every", "keep_checkpoints", "log_every", "eval_every",
+                       "tensorboard", "threads"}
+
+
+def resume_fingerprint(config: Any) -> dict:
+    """The config fields a checkpoint's continuation depends on (JSON-able), stored with it."""
+    import dataclasses
+    import json
+
+    d = {k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUME_FREE_FIELDS}
+    return json.loads(json.dumps(d, default=str))
+
+
+def check_resume_config(ckpt: Any, config: Any) -> None:
+    """Refuse to resume from a checkpoint written under different settings: the data position,
+    schedule and weights would silently belong to another run (exact resume needs the same config)."""
+    import json
+    from pathlib import Path
+
+    saved = json.loads((Path(ckpt) / "trainer_state.json").read_text(encoding="utf-8")).get("config")
+    if saved is None:  # a checkpoint from before fingerprints were stored
+        return
+    now = resume_fingerprint(config)
+    diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+             if saved.get(k) != now.get(k)]
+    if diffs:
+        raise ConfigError(f"{ckpt} was written with other settings ({'; '.join(diffs)}); resume with the "
+                          "same settings, or start afresh with --resume false or another --output_dir")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -107,7 +150,9 @@ def plan_steps(n_examples: int, config: TrainingConfig) -> tuple[int, int]:
     """(steps per epoch, total steps); the last incomplete global batch of an epoch is dropped."""
     per_epoch = n_examples // config.batch_size
     if per_epoch == 0:
-        raise ValueError(f"only {n_examples} training examples for a batch of {config.batch_size}")
+        # ConfigError (a ValueError) so the command line reports it without a traceback
+        raise ConfigError(f"only {n_examples} training examples for a batch of {config.batch_size}; "
+                          "lower batch_size or add data")
     total = math.ceil(per_epoch * config.epochs)
     if config.max_steps:
         total = min(total, config.max_steps) if config.epochs else config.max_steps
@@ -135,11 +180,15 @@ def fit(
 ) -> dict:
     """Train `model` in place; returns the last logged metrics (with final eval ones)."""
     if config.micro_batch_size * info.world_size > config.batch_size:
-        raise ValueError("micro_batch_size x processes exceeds batch_size")
+        raise ConfigError(f"micro_batch_size {config.micro_batch_size} x {info.world_size} processes "
+                          f"exceeds batch_size {config.batch_size}")
+    if config.batch_size % info.world_size:
+        raise ConfigError(f"batch_size {config.batch_size} does not divide by {info.world_size} processes")
     per_epoch, total_steps = plan_steps(len(examples), config)
     start_step = 0
     ckpt = latest_checkpoint(config.output_dir) if config.resume else None
     if ckpt is not None:  # weights go in before wrapping (FSDP shards them in place)
+        check_resume_config(ckpt, config)
         load_checkpoint(ckpt, model, restore_rng=False)
     train_model = wrap_model(model, info, config.parallel)
     optimizer = build_optimizer(train_model, config)
@@ -205,7 +254,8 @@ def fit(
             optimizer_state = full_optimizer_state(train_model, optimizer)
             if info.is_main:
                 save_checkpoint(config.output_dir, step_done, train_model, optimizer, scheduler,
-                                {"epoch": epoch}, keep_last=config.keep_checkpoints,
+                                {"epoch": epoch, "config": resume_fingerprint(config)},
+                                keep_last=config.keep_checkpoints,
                                 model_state=model_state, optimizer_state=optimizer_state)
             barrier(info)
         _kill_for_tests(step_done)

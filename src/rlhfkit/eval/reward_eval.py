@@ -77,7 +77,8 @@ def score_texts(model, tokenizer, pairs_of_text: list[tuple[str, str]], max_leng
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         ids, mask = pad_sequences([seqs[i] for i in idx], tokenizer.pad_token_id, side="right")
-        scores[idx] = reward_scores(model, ids, mask).float()
+        device = next(model.parameters()).device
+        scores[idx] = reward_scores(model, ids.to(device), mask.to(device)).float().cpu()
     model.train(was_training)
     return scores
 

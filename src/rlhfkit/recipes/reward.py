@@ -127,6 +127,7 @@ def run(config: RewardConfig) -> dict:
     else:
         train_records, eval_records = split_holdout(records, config.eval_fraction, config.seed)
     model, tokenizer = load_reward_model(config.model, kind=config.kind)
+    model.to(info.device)
     if config.lora.r:
         model = apply_lora(model, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
                            target_modules=config.lora.target_modules)

@@ -17,7 +17,7 @@ from rlhfkit.data.tokenize import pad_sequences, tokenize_sft
 from rlhfkit.recipes.common import (LoraConfig, load_training_records, save_final, set_threads, split_holdout,
                                     validate_data_fields)
 from rlhfkit.training.distributed import cleanup, init_distributed
-from rlhfkit.training.loop import TrainingConfig, fit
+from rlhfkit.training.loop import TrainingConfig, fit, model_device, to_device
 
 
 @dataclass
@@ -75,7 +75,7 @@ def evaluate(model, examples: list[dict], collate, micro_batch_size: int) -> dic
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(examples), micro_batch_size):
-        batch = collate(examples[i:i + micro_batch_size])
+        batch = to_device(collate(examples[i:i + micro_batch_size]), model_device(model))
         total += loss_sum(model, batch)[0].item()
         count += count_tokens(batch)
     model.train(was_training)
@@ -96,6 +96,7 @@ def run(config: SFTConfig) -> dict:
     else:
         train_records, eval_records = split_holdout(records, config.eval_fraction, config.seed)
     model, tokenizer = load_policy(config.model)
+    model.to(info.device)
     if config.lora.r:
         model = apply_lora(model, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
                            target_modules=config.lora.target_modules)

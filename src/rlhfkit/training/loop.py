@@ -123,6 +123,15 @@ def rank_slice(indices: list[int], info: DistInfo) -> list[int]:
     return indices[info.rank * share:(info.rank + 1) * share]
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Move every tensor of a collated batch to `device` (a no-op on CPU)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -199,6 +208,7 @@ def fit(
     logger = MetricsLogger(config.output_dir, enabled=info.is_main, tensorboard=config.tensorboard,
                            resume_step=start_step if ckpt is not None else None)
     train_model.train()
+    device = model_device(train_model)
     bar = progress_bar(total_steps, initial=start_step, desc=desc, enabled=info.is_main)
     last: dict = {}
     t_window, units_window, samples_window = time.perf_counter(), 0.0, 0
@@ -207,7 +217,8 @@ def fit(
         order = epoch_order(len(examples), config.seed, epoch)
         global_batch = order[position * config.batch_size:(position + 1) * config.batch_size]
         local = rank_slice(global_batch, info)
-        micro = [collate([examples[i] for i in idx]) for idx in chunks(local, config.micro_batch_size)]
+        micro = [to_device(collate([examples[i] for i in idx]), device)
+                 for idx in chunks(local, config.micro_batch_size)]
         n_units = all_reduce_sum(sum(count_fn(b) for b in micro), info).item()
         loss_total = 0.0
         extra: dict[str, float] = {}

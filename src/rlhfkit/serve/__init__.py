@@ -1,0 +1,28 @@
+"""Deployment: an OpenAI-compatible chat server (``rlhfkit serve``) and a terminal chat
+(``rlhfkit chat``), both storing end users' thumbs and ratings in the feedback app's store, so a
+deployed assistant keeps collecting the feedback that trains its next version.
+
+Modules: ``engine`` (``ChatModel``: messages -> chat template -> generate), ``store``
+(``FeedbackLog``: completions and feedback as feedback-app items and labels), ``app``
+(``create_app``: FastAPI, ``/v1/chat/completions``, ``/v1/models``, ``/v1/feedback``), ``chat``
+(``chat_loop``), ``cli`` (configs). Imports are lazy.
+"""
+from __future__ import annotations
+
+__all__ = ["ChatModel", "FeedbackLog", "create_app", "chat_loop"]
+
+
+def __getattr__(name):
+    if name == "ChatModel":
+        from .engine import ChatModel
+        return ChatModel
+    if name == "FeedbackLog":
+        from .store import FeedbackLog
+        return FeedbackLog
+    if name == "create_app":
+        from .app import create_app
+        return create_app
+    if name == "chat_loop":
+        from .chat import chat_loop
+        return chat_loop
+    raise AttributeError(name)

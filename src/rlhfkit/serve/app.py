@@ -1,0 +1,158 @@
+"""An OpenAI-compatible chat server that keeps collecting feedback for the next version.
+
+- ``POST /v1/chat/completions``: ``{"model", "messages": [{role, content}], "max_tokens" |
+  "max_completion_tokens", "temperature", "top_p", "seed", "user", "n": 1}`` -> the OpenAI
+  ``chat.completion`` object (``id``, ``object``, ``created``, ``model``, ``choices[0].message``,
+  ``finish_reason``, ``usage``). Streaming and ``n > 1`` are answered 400 in OpenAI's error shape.
+- ``GET /v1/models``: the one served model.
+- ``POST /v1/feedback``: ``{"completion_id", "thumbs": "up"|"down", "rating": 1-7, "comment",
+  "user"}`` -> stored in the feedback store (``serve.store.FeedbackLog``) next to the completion
+  (its messages and reply were stored under ``completion_id`` when it was served), exported by
+  ``rlhfkit feedback export --project serve-thumbs --kind thumbs`` (or ``serve-ratings`` /
+  ``ratings``) as JSONL that ``rlhfkit.data.read_records`` reads.
+- ``GET /health``.
+
+Any OpenAI client works: ``OpenAI(base_url="http://host:port/v1", api_key="unused")``. When
+``api_key`` is set, requests must send ``Authorization: Bearer <api_key>``.
+"""
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from .engine import ChatModel, new_completion_id, validate_messages
+from .store import FeedbackError, FeedbackLog
+
+__all__ = ["create_app"]
+
+
+def _error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": None}}, status_code=status)
+
+
+def _num(body: dict, key: str, kind: type, lo: float, hi: float):
+    v = body.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not float(v).is_integer()):
+        raise ValueError(key)
+    if not lo <= v <= hi:
+        raise ValueError(key)
+    return kind(v)
+
+
+def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: str | None = None,
+               max_tokens_limit: int = 2048) -> FastAPI:
+    """The server for ``chat``; completions and feedback go to ``feedback`` when given (else the
+    feedback endpoint answers 503)."""
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        if feedback is not None:
+            feedback.close()
+
+    app = FastAPI(title="rlhfkit serve", version="1", lifespan=lifespan,
+                  description="OpenAI-compatible chat completions plus end-user feedback.")
+    app.state.chat, app.state.feedback = chat, feedback
+    created = int(time.time())
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1/"):
+            got = request.headers.get("authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Bearer {api_key}".encode()):
+                return _error(401, "invalid API key", "authentication_error")
+        return await call_next(request)
+
+    async def _json(request: Request) -> dict | None:
+        try:
+            body = await request.json()
+        except Exception:  # noqa: BLE001 - malformed JSON
+            return None
+        return body if isinstance(body, dict) else None
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "model": chat.name}
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": chat.name, "object": "model", "created": created,
+                                            "owned_by": "rlhfkit"}]}
+
+    @app.post("/v1/chat/completions")
+    async def completions(request: Request):
+        body = await _json(request)
+        if body is None:
+            return _error(400, "the body must be a JSON object")
+        if body.get("stream"):
+            return _error(400, "streaming is not supported", param="stream")
+        if body.get("n", 1) != 1:
+            return _error(400, "only n = 1 is supported", param="n")
+        model = body.get("model")
+        if model not in (None, "", chat.name):
+            return _error(404, f"the model {model!r} does not exist; this server serves {chat.name!r}",
+                          param="model")
+        try:
+            messages = validate_messages(body.get("messages"))
+        except ValueError as e:
+            return _error(400, str(e), param="messages")
+        try:
+            max_tokens = _num(body, "max_completion_tokens", int, 1, max_tokens_limit)
+            if max_tokens is None:
+                max_tokens = _num(body, "max_tokens", int, 1, max_tokens_limit)
+            temperature = _num(body, "temperature", float, 0.0, 2.0)
+            top_p = _num(body, "top_p", float, 0.0, 1.0)
+            seed = _num(body, "seed", int, -(2**63), 2**63 - 1)
+        except ValueError as e:
+            return _error(400, f"invalid value for {e.args[0]}", param=e.args[0])
+        if top_p == 0.0:
+            top_p = None
+
+        def work() -> dict[str, Any]:
+            out = chat.complete(messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                seed=None if seed is None else seed % (2**63 - 1))
+            cid = new_completion_id()
+            if feedback is not None:
+                feedback.log_completion(cid, messages, out.text, chat.name)
+            return {
+                "id": cid,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": chat.name,
+                "system_fingerprint": None,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
+                             "logprobs": None, "finish_reason": out.finish_reason}],
+                "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
+                          "total_tokens": out.prompt_tokens + out.completion_tokens},
+            }
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(work)
+
+    @app.post("/v1/feedback")
+    async def post_feedback(request: Request):
+        if feedback is None:
+            return _error(503, "this server was started without a feedback store (--db)", "server_error")
+        body = await _json(request)
+        if body is None:
+            return _error(400, "the body must be a JSON object")
+        cid = body.get("completion_id")
+        if not isinstance(cid, str) or not cid:
+            return _error(400, "completion_id is required", param="completion_id")
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            res = await run_in_threadpool(feedback.feedback, cid, body.get("thumbs"), body.get("rating"),
+                                          body.get("comment"), body.get("user"))
+        except FeedbackError as e:
+            return _error(e.status, str(e))
+        return {"object": "feedback", "stored": True, **res}
+
+    return app

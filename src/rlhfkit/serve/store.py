@@ -1,0 +1,204 @@
+"""End users' feedback on served completions, kept in the feedback app's store.
+
+Every completion the server (or ``rlhfkit chat``) returns is stored as an item of a thumbs project
+(``{prefix}-thumbs``, default ``serve-thumbs``): its conversation (``messages``), the reply, the
+model name and ``external_id = completion_id``. Feedback then becomes an ordinary label:
+
+- ``thumbs`` up / down -> a thumbs label on that item: ``rlhfkit feedback export --project
+  serve-thumbs --kind thumbs`` gives ``ThumbsRecord`` JSONL (KTO / binary reward-model data);
+- ``rating`` 1-7 -> the item is copied into ``{prefix}-ratings`` (a rating project, scale 1-7) and
+  rated there: ``--kind ratings`` gives ``RatingRecord`` JSONL;
+- ``comment`` is kept in the label's payload (``payload["comment"]``) next to the verdict.
+
+Both projects are created inactive, so the app's labelling queue never hands end-user traffic to
+labelers; their dashboards and exports work as for any project. Labels are written for one
+labeler account per end user (``enduser`` by default, or ``enduser:<user>``; created with a random
+password nobody knows). Giving feedback again on the same completion replaces the earlier verdict
+(people change their minds). Only public pieces of ``rlhfkit.feedback`` are used: the store and its
+tables, ``tasks.parse_item``, ``queue.add_items`` / ``queue.submit_label`` and ``auth.create_user``.
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, Sequence
+
+__all__ = ["FeedbackLog", "FeedbackError"]
+
+
+class FeedbackError(ValueError):
+    """Feedback that cannot be stored (unknown completion, bad value); ``status`` is the HTTP code."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+class FeedbackLog:
+    """Completions and end-user feedback in a feedback store (SQLite file or SQLAlchemy URL)."""
+
+    def __init__(self, db_url: str, prefix: str = "serve", scale: tuple[int, int] = (1, 7)):
+        from rlhfkit.feedback import db
+
+        self.store = db.Store(db_url)
+        self.thumbs_project = f"{prefix}-thumbs"
+        self.ratings_project = f"{prefix}-ratings"
+        self.scale = (int(scale[0]), int(scale[1]))
+        self._pids = self.store.write(self._ensure_projects)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ------------------------------------------------------------------ set-up
+    def _ensure_projects(self, conn) -> dict[str, int]:
+        from sqlalchemy import insert, select
+
+        from rlhfkit.feedback import db
+
+        out = {}
+        for name, ttype, instructions in (
+                (self.thumbs_project, "thumbs", "Thumbs up / down given by end users of the served model."),
+                (self.ratings_project, "rating", "Ratings given by end users of the served model.")):
+            row = conn.execute(select(db.projects.c.id, db.projects.c.task_type)
+                               .where(db.projects.c.name == name)).first()
+            if row is not None:
+                if row.task_type != ttype:
+                    raise ValueError(f"project {name!r} exists with task type {row.task_type}, expected {ttype}")
+                out[ttype] = int(row.id)
+                continue
+            out[ttype] = int(conn.execute(insert(db.projects).values(
+                name=name, task_type=ttype, instructions=instructions, overlap=1, gold_rate=0.0,
+                scale_min=self.scale[0], scale_max=self.scale[1], active=False, n_items=0, n_labels=0,
+                created_at=time.time())).inserted_primary_key[0])
+        return out
+
+    def _user_id(self, conn, user: str | None) -> int:
+        from sqlalchemy import select
+
+        from rlhfkit.feedback import db
+        from rlhfkit.feedback.auth import create_user
+
+        name = "enduser" if not user else f"enduser:{str(user)[:55]}"
+        uid = conn.execute(select(db.users.c.id).where(db.users.c.username == name)).scalar()
+        if uid is None:  # an account nobody can log into (random password, never shown)
+            uid = create_user(conn, name, secrets.token_urlsafe(24), "labeler")
+        return int(uid)
+
+    # ------------------------------------------------------------------ completions
+    def log_completion(self, completion_id: str, messages: Sequence[dict], completion: str,
+                       model: str | None = None) -> int:
+        """Store a served reply to ``messages``; returns the item id."""
+        from rlhfkit.feedback.queue import add_items
+        from rlhfkit.feedback.tasks import parse_item
+
+        item = parse_item({"messages": [dict(role=m["role"], content=m["content"]) for m in messages],
+                           "completion": completion if completion.strip() else "(empty response)",
+                           "model": model, "id": completion_id}, "thumbs", self.scale)
+        pid = self._pids["thumbs"]
+
+        def job(conn):
+            add_items(conn, pid, [item], source="serve")
+            return self._item(conn, pid, completion_id)["id"]
+        return self.store.write(job)
+
+    def _item(self, conn, project_id: int, completion_id: str) -> dict | None:
+        from sqlalchemy import select
+
+        from rlhfkit.feedback import db
+
+        row = conn.execute(select(db.items).where(db.items.c.project_id == project_id,
+                                                  db.items.c.external_id == str(completion_id))
+                           .order_by(db.items.c.id.desc()).limit(1)).mappings().first()
+        return None if row is None else dict(row)
+
+    def completion(self, completion_id: str) -> dict | None:
+        """The stored completion ``{"id", "prompt", "messages", "responses", ...}`` or None."""
+        with self.store.read() as conn:
+            return self._item(conn, self._pids["thumbs"], completion_id)
+
+    # ------------------------------------------------------------------ feedback
+    def _label(self, conn, project_id: int, item: dict, user_id: int, body: dict, comment: str | None) -> int:
+        from sqlalchemy import insert, select, update
+
+        from rlhfkit.feedback import db
+        from rlhfkit.feedback.queue import submit_label
+        from rlhfkit.feedback.tasks import canonical_label
+
+        A, L = db.assignments, db.labels
+        prev = conn.execute(select(L.c.id).where(L.c.item_id == item["id"], L.c.user_id == user_id)).scalar()
+        if prev is not None:  # a changed mind: replace the verdict
+            payload = canonical_label(item["task_type"], body, [0], self.scale)
+            if comment:
+                payload["comment"] = comment
+            conn.execute(update(L).where(L.c.id == prev).values(payload=payload, created_at=time.time()))
+            return int(prev)
+        t = time.time()
+        aid = int(conn.execute(insert(A).values(project_id=project_id, item_id=item["id"], user_id=user_id,
+                                                display_order=[0], status="open", created_at=t))
+                  .inserted_primary_key[0])
+        conn.execute(update(db.items).where(db.items.c.id == item["id"]).values(n_assigned=db.items.c.n_assigned + 1))
+        res = submit_label(conn, user_id, aid, body, duration_ms=0)
+        if comment:
+            payload = conn.execute(select(L.c.payload).where(L.c.id == res["label_id"])).scalar()
+            conn.execute(update(L).where(L.c.id == res["label_id"]).values(payload={**payload, "comment": comment}))
+        return int(res["label_id"])
+
+    def feedback(self, completion_id: str, thumbs: Any = None, rating: Any = None, comment: str | None = None,
+                 user: str | None = None) -> dict:
+        """Store thumbs (``"up"`` / ``"down"`` / bool) and / or a rating for a stored completion.
+        Returns ``{"completion_id", "thumbs_label_id", "rating_label_id"}``; raises
+        ``FeedbackError`` (404 for an unknown completion, 422 for bad values)."""
+        from rlhfkit.feedback.queue import add_items
+
+        label = _thumbs(thumbs)
+        if rating is not None:
+            if isinstance(rating, bool) or not isinstance(rating, int) or not self.scale[0] <= rating <= self.scale[1]:
+                raise FeedbackError(f"rating must be an integer from {self.scale[0]} to {self.scale[1]}")
+        if label is None and rating is None:
+            raise FeedbackError("give thumbs (up / down) and / or a rating")
+        if comment is not None and not isinstance(comment, str):
+            raise FeedbackError("comment must be a string")
+        comment = (comment or "").strip()[:10_000] or None
+        pids = self._pids
+
+        def job(conn):
+            item = self._item(conn, pids["thumbs"], completion_id)
+            if item is None:
+                raise FeedbackError(f"no completion {completion_id!r}", status=404)
+            uid = self._user_id(conn, user)
+            out = {"completion_id": completion_id, "thumbs_label_id": None, "rating_label_id": None}
+            if label is not None:
+                out["thumbs_label_id"] = self._label(conn, pids["thumbs"], dict(item, task_type="thumbs"), uid,
+                                                     {"label": label}, comment)
+            if rating is not None:
+                rated = self._item(conn, pids["rating"], completion_id)
+                if rated is None:
+                    copy = {k: item[k] for k in ("prompt", "messages", "responses", "external_id")}
+                    add_items(conn, pids["rating"], [dict(copy, is_gold=False, gold=None)], source="serve")
+                    rated = self._item(conn, pids["rating"], completion_id)
+                out["rating_label_id"] = self._label(conn, pids["rating"], dict(rated, task_type="rating"), uid,
+                                                     {"rating": rating, "flags": []}, comment)
+            return out
+        return self.store.write(job)
+
+    def export(self, kind: str) -> list:
+        """``thumbs`` or ``ratings`` records (``rlhfkit.data`` records) of everything stored so far."""
+        from rlhfkit.feedback.export import export_records
+
+        pid = {"thumbs": self._pids["thumbs"], "ratings": self._pids["rating"]}.get(kind)
+        if pid is None:
+            raise ValueError("kind must be thumbs or ratings")
+        with self.store.read() as conn:
+            return export_records(conn, pid, kind)
+
+
+def _thumbs(v: Any) -> bool | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("up", "down", "thumbs_up", "thumbs_down", "+1", "-1"):
+        return v.lower() in ("up", "thumbs_up", "+1")
+    if isinstance(v, int) and v in (1, -1):
+        return v == 1
+    raise FeedbackError("thumbs must be 'up' or 'down'")

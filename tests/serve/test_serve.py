@@ -1,0 +1,122 @@
+"""The OpenAI-compatible server: response schema, errors, and end-user feedback that lands in the
+feedback store and exports as thumbs / ratings JSONL that ``rlhfkit.data.read_records`` reads."""
+import pytest
+
+pytest.importorskip("fastapi")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from rlhfkit.data import read_records  # noqa: E402
+from rlhfkit.serve.app import create_app  # noqa: E402
+from rlhfkit.serve.engine import render_messages  # noqa: E402
+from rlhfkit.serve.store import FeedbackLog  # noqa: E402
+
+
+@pytest.fixture
+def served(tiny_chat, tmp_path):
+    db = str(tmp_path / "fb.db")
+    log = FeedbackLog(db)
+    with TestClient(create_app(tiny_chat, log)) as client:
+        yield client, db, log
+
+
+def test_models_and_completion_schema(served, tiny_chat):
+    client, _, _ = served
+    r = client.get("/v1/models")
+    assert r.status_code == 200
+    assert r.json()["object"] == "list" and r.json()["data"][0]["id"] == "tiny-chat"
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello! How are you today?"}]
+    r = client.post("/v1/chat/completions", json={"model": "tiny-chat", "messages": messages, "max_tokens": 5, "seed": 7})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion"
+    assert body["model"] == "tiny-chat" and isinstance(body["created"], int)
+    (choice,) = body["choices"]
+    assert choice["index"] == 0 and choice["message"]["role"] == "assistant"
+    assert isinstance(choice["message"]["content"], str)
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = body["usage"]
+    assert usage["prompt_tokens"] == len(render_messages(messages, tiny_chat.tokenizer))
+    assert 1 <= usage["completion_tokens"] <= 5
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    # the same seed gives the same reply; ids are unique
+    again = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 5, "seed": 7}).json()
+    assert again["choices"][0]["message"]["content"] == choice["message"]["content"]
+    assert again["id"] != body["id"]
+
+
+@pytest.mark.parametrize("payload,status,param", [
+    ({"messages": [{"role": "user", "content": "hi"}], "stream": True}, 400, "stream"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n"),
+    ({"messages": []}, 400, "messages"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}, 400, "temperature"),
+    ({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-9"}, 404, "model"),
+])
+def test_errors_have_openai_shape(served, payload, status, param):
+    client, _, _ = served
+    r = client.post("/v1/chat/completions", json=payload)
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"] and err["type"]
+
+
+def test_feedback_lands_in_store_and_exports(served, tmp_path):
+    client, db, log = served
+    user_turn = "Please write a short poem about the sea."
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": user_turn}], "max_tokens": 6})
+    c1 = r.json()
+    multi = [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi."},
+             {"role": "user", "content": "Thank you for your help."}]
+    c2 = client.post("/v1/chat/completions", json={"messages": multi, "max_tokens": 6}).json()
+
+    ok = client.post("/v1/feedback", json={"completion_id": c1["id"], "thumbs": "down", "comment": "meh"})
+    assert ok.status_code == 200 and ok.json()["stored"] is True
+    # a changed mind replaces the verdict (one record per user and completion)
+    assert client.post("/v1/feedback", json={"completion_id": c1["id"], "thumbs": "up", "comment": "nice"}).status_code == 200
+    assert client.post("/v1/feedback", json={"completion_id": c1["id"], "rating": 6}).status_code == 200
+    assert client.post("/v1/feedback", json={"completion_id": c2["id"], "thumbs": "down", "rating": 2,
+                                             "user": "alice"}).status_code == 200
+    assert client.post("/v1/feedback", json={"completion_id": "chatcmpl-nope", "thumbs": "up"}).status_code == 404
+    assert client.post("/v1/feedback", json={"completion_id": c1["id"], "rating": 9}).status_code == 422
+    assert client.post("/v1/feedback", json={"completion_id": c1["id"], "thumbs": "sideways"}).status_code == 422
+    assert client.post("/v1/feedback", json={"completion_id": c1["id"]}).status_code == 422
+    assert client.post("/v1/feedback", json={"thumbs": "up"}).status_code == 400
+
+    # exported with the feedback app's own command, read back with rlhfkit.data
+    from rlhfkit.feedback.cli import ExportConfig, run_export
+
+    run_export(ExportConfig(db=db, project="serve-thumbs", kind="thumbs", out=str(tmp_path / "thumbs.jsonl")))
+    run_export(ExportConfig(db=db, project="serve-ratings", kind="ratings", out=str(tmp_path / "ratings.jsonl")))
+    thumbs = read_records(tmp_path / "thumbs.jsonl", "thumbs").records
+    ratings = read_records(tmp_path / "ratings.jsonl", "ratings").records
+    reply1 = c1["choices"][0]["message"]["content"] or "(empty response)"
+    reply2 = c2["choices"][0]["message"]["content"] or "(empty response)"
+    assert [(t.prompt, t.completion, t.label) for t in thumbs] == [
+        (user_turn, reply1, True),
+        ("User: Hello!\n\nAssistant: Hi.\n\nUser: Thank you for your help.", reply2, False)]
+    assert [(x.completion, x.rating, x.scale_min, x.scale_max) for x in ratings] == [(reply1, 6.0, 1, 7), (reply2, 2.0, 1, 7)]
+    # the completion is stored with its id and messages; the comment is kept with the verdict
+    stored = log.completion(c2["id"])
+    assert stored["messages"] == multi and stored["responses"][0]["model"] == "tiny-chat"
+    from sqlalchemy import select
+
+    from rlhfkit.feedback import db as fdb
+
+    with log.store.read() as conn:
+        payloads = [r.payload for r in conn.execute(select(fdb.labels.c.payload).order_by(fdb.labels.c.id))]
+        active = {r.name: r.active for r in conn.execute(select(fdb.projects.c.name, fdb.projects.c.active))}
+    assert {"label": True, "comment": "nice"} in payloads
+    assert active == {"serve-thumbs": False, "serve-ratings": False}  # never queued to labelers
+
+
+def test_api_key_and_no_store(tiny_chat):
+    with TestClient(create_app(tiny_chat, None, api_key="sekrit")) as client:
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        assert client.post("/v1/chat/completions", json=body).status_code == 401
+        auth = {"Authorization": "Bearer sekrit"}
+        assert client.post("/v1/chat/completions", json=body, headers=auth).status_code == 200
+        r = client.post("/v1/feedback", json={"completion_id": "x", "thumbs": "up"}, headers=auth)
+        assert r.status_code == 503
+        assert client.get("/health").status_code == 200

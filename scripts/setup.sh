@@ -19,6 +19,12 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" =
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: could not install chromium; browser tests will skip"
 fi
+# The feedback app's PostgreSQL tests and benchmark start a throwaway server from Debian's
+# postgresql package (binaries in /usr/lib/postgresql/*/bin); install it where we can.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+    || echo "warning: could not install postgresql; the PostgreSQL variants of the feedback tests will skip"
+fi
 .venv/bin/python - <<'PY'
 import torch, transformers, rlhfkit
 print(f"rlhfkit {rlhfkit.__version__}: torch {torch.__version__}, transformers {transformers.__version__}")

@@ -1,5 +1,10 @@
-"""Fixtures for the feedback app: an app on a fresh SQLite file with an admin and three
-labelers, API clients, and a real uvicorn server (in a thread) for browser tests."""
+"""Fixtures for the feedback app: an app on a fresh database with an admin and three labelers,
+API clients, and a real uvicorn server (in a thread) for browser tests.
+
+The database is a SQLite file unless a test parametrises ``backend`` (``@BOTH_BACKENDS``): then it
+also runs on a fresh database in a throwaway PostgreSQL cluster (``pg_cluster``, one per session,
+started from Debian's postgresql package by ``rlhfkit.feedback.pgtemp``; skipped with the reason
+when the server binaries or the psycopg driver are missing)."""
 from __future__ import annotations
 
 import socket
@@ -60,10 +65,55 @@ def make_project(client: TestClient, admin: dict, task_type: str, items: list[di
     return pid
 
 
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL server for the whole session (skips when it cannot be started here)."""
+    from rlhfkit.feedback.pgtemp import TempPostgres, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"PostgreSQL variant: {reason}")
+    with TempPostgres() as pg:
+        yield pg
+
+
+# run a test on both back ends: @BOTH_BACKENDS (the ``env`` / ``db_url`` fixtures follow ``backend``)
+BOTH_BACKENDS = pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+
+
 @pytest.fixture
-def env(tmp_path):
+def backend() -> str:
+    return "sqlite"
+
+
+@pytest.fixture
+def db_url(backend, tmp_path, request):
+    """A fresh empty database of ``backend``: a SQLite file path or a PostgreSQL URL."""
+    if backend == "sqlite":
+        yield str(tmp_path / "feedback.db")
+        return
+    import uuid
+
+    pg = request.getfixturevalue("pg_cluster")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    url = pg.create_database(name)
+    yield url
+    try:
+        pg.drop_database(name)
+    except Exception:  # noqa: BLE001 - a straggling connection: the cluster goes away at session end
+        pass
+
+
+@pytest.fixture
+def app_kwargs() -> dict:
+    """Extra ``create_app`` arguments for ``env`` (override in a test module, e.g. a fake clock)."""
+    return {}
+
+
+@pytest.fixture
+def env(tmp_path, db_url, app_kwargs):
     """app, store, client, and bearer headers for ``admin`` and labelers ``ann``, ``bob``, ``cat``."""
-    app = create_app(str(tmp_path / "feedback.db"))
+    app = create_app(db_url, **app_kwargs)
     store = app.state.store
     store.write(lambda c: create_user(c, "admin", ADMIN_PW, "admin"))
     add_labelers(store, ["ann", "bob", "cat"])

@@ -10,7 +10,7 @@ from rlhfkit.data import DataError, read_records
 from rlhfkit.feedback import db
 from rlhfkit.feedback.export import export_hf, export_records
 
-from .conftest import make_project
+from .conftest import BOTH_BACKENDS, make_project
 
 
 def pair_items(n, gold=0):
@@ -42,6 +42,7 @@ def test_openapi_lists_the_api(env):
         assert path in spec["paths"], path
 
 
+@BOTH_BACKENDS
 def test_overlap_never_twice_and_hidden_models(env):
     pid = make_project(env.client, env.admin, "pairwise", pair_items(6), overlap=2)
     per_user = {}
@@ -76,6 +77,7 @@ def test_pairwise_order_randomised_and_mapped_back(env):
     assert all(r.chosen == shown_first[r.prompt] and r.margin == 3.0 for r in recs)
 
 
+@BOTH_BACKENDS
 def test_gold_mixed_in_and_scored(env):
     pid = make_project(env.client, env.admin, "pairwise", pair_items(20, gold=5), overlap=3, gold_rate=0.3)
     # ann answers gold correctly, bob always says "second"
@@ -104,6 +106,7 @@ def test_gold_mixed_in_and_scored(env):
     assert len(recs) == 40 and not any("gold" in r for r in recs)
 
 
+@BOTH_BACKENDS
 def test_skip_frees_the_slot_and_idempotent_submit(env):
     pid = make_project(env.client, env.admin, "thumbs", [{"prompt": "p", "completion": "c"}], overlap=1)
     t = env.client.get("/api/tasks/next", headers=env.ann).json()
@@ -132,6 +135,7 @@ def test_bad_verdicts_are_422(env, body):
         assert c.execute(select(func.count()).select_from(db.labels)).scalar() == 0
 
 
+@BOTH_BACKENDS
 def test_all_task_types_export_and_read_back(env, tmp_path):
     c, A = env.client, env.admin
     conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
@@ -185,6 +189,7 @@ def test_all_task_types_export_and_read_back(env, tmp_path):
     assert sorted(r.label for r in read_records(ds, "thumbs").records) == [False, True, True]
 
 
+@BOTH_BACKENDS
 def test_majority_export(env):
     pid = make_project(env.client, env.admin, "thumbs", [{"prompt": "q", "completion": "a"}], overlap=3)
     for name, lab in (("ann", True), ("bob", True), ("cat", False)):
@@ -226,6 +231,7 @@ def test_bad_imports_name_file_line_field_and_import_nothing(env, tmp_path):
     assert r.json() == {"imported": 2, "gold": 0}
 
 
+@BOTH_BACKENDS
 def test_import_is_one_transaction_even_when_the_database_refuses(env):
     """If the insert itself fails half-way, no row of the batch stays."""
     from rlhfkit.feedback.queue import add_items
@@ -244,15 +250,24 @@ def test_import_is_one_transaction_even_when_the_database_refuses(env):
         assert conn.execute(select(db.projects.c.n_items)).scalar() == 1
 
 
+@BOTH_BACKENDS
 def test_migrations_match_models_and_durable_pragmas(env):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
     with env.store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), db.metadata) == []
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        if conn.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        else:  # PostgreSQL: a COMMIT returns once its WAL is flushed
+            assert conn.exec_driver_sql("SHOW fsync").scalar() == "on"
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+        # the partial index the abandoned-task search relies on exists with its condition
+        from sqlalchemy import inspect
+        ix = {i["name"]: i for i in inspect(conn).get_indexes("assignments")}
+        assert ix["ix_assignments_open_lease"]["column_names"] == ["project_id", "created_at"]
     # re-applying at start is a no-op
     db.upgrade(env.store.engine)
 

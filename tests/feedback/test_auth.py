@@ -8,7 +8,7 @@ from rlhfkit.feedback import db
 from rlhfkit.feedback.app import COOKIE
 from rlhfkit.feedback.auth import LoginLimiter, hash_password, verify_password
 
-from .conftest import ADMIN_PW, LAB_PW, make_project
+from .conftest import ADMIN_PW, BOTH_BACKENDS, LAB_PW, make_project
 
 
 def _items(n=3):
@@ -33,6 +33,7 @@ def test_not_signed_in_is_401(env):
     assert r.status_code == 303 and r.headers["location"].startswith("/login")
 
 
+@BOTH_BACKENDS
 def test_labeler_cannot_reach_admin(env):
     pid = make_project(env.client, env.admin, "pairwise", _items())
     for method, path in [("GET", "/api/admin/projects"), ("POST", "/api/admin/projects"),
@@ -48,6 +49,7 @@ def test_labeler_cannot_reach_admin(env):
         assert c.execute(select(func.count()).select_from(db.users)).scalar() == 4
 
 
+@BOTH_BACKENDS
 def test_labeler_cannot_touch_another_labelers_task(env):
     make_project(env.client, env.admin, "pairwise", _items())
     t = env.client.get("/api/tasks/next", headers=env.ann).json()
@@ -61,6 +63,7 @@ def test_labeler_cannot_touch_another_labelers_task(env):
         assert c.execute(select(db.assignments.c.status)).scalar() == "open"
 
 
+@BOTH_BACKENDS
 def test_forged_and_expired_sessions_refused(env):
     c = env.client
     make_project(c, env.admin, "pairwise", _items())
@@ -86,6 +89,7 @@ def _browser_login(client, username, password):
                                        "next": "/"}, follow_redirects=False)
 
 
+@BOTH_BACKENDS
 def test_cookie_session_needs_csrf_on_writes(env):
     c = env.client
     make_project(c, env.admin, "pairwise", _items())

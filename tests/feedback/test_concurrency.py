@@ -1,6 +1,9 @@
 """50 simulated labelers over HTTP against a real uvicorn server subprocess on loopback, with a
 SIGKILL and a restart of the server mid-run: every acknowledged label must be stored, none lost,
-none duplicated, and every item judged by exactly `overlap` labelers."""
+none duplicated, and every item judged by exactly `overlap` labelers.
+
+Runs on SQLite (one server process) and on PostgreSQL (two uvicorn worker processes, so the
+queue's cross-process race-freedom is exercised too; the whole process group is SIGKILLed)."""
 import asyncio
 import os
 import random
@@ -46,11 +49,19 @@ def _setup(path):
         store.close()
 
 
-def _start(path, port):
+def _start(path, port, workers=1):
+    # own process group: a SIGKILL to the group takes the uvicorn workers down with their parent
     proc = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", "feedback", "serve", "--db", str(path),
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     return proc
+
+
+def _kill_group(proc, sig):
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 async def _wait_up(port, proc, timeout=60):
@@ -74,11 +85,13 @@ def _judge(task):
     return {"choice": random.choice(["A", "B", "tie", "both_bad"]), "strength": random.choice([None, 1, 2, 3])}
 
 
-def test_fifty_labelers_with_sigkill_and_restart(tmp_path):
-    path = tmp_path / "load.db"
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])  # ~15 s and ~30 s on the 2-core box
+def test_fifty_labelers_with_sigkill_and_restart(db_url, backend):
+    path = db_url
+    workers = 2 if backend == "postgresql" else 1
     pid, tokens = _setup(path)
     port = free_port()
-    procs = [_start(path, port)]
+    procs = [_start(path, port, workers)]
 
     async def main():
         await _wait_up(port, procs[0])
@@ -90,11 +103,17 @@ def test_fifty_labelers_with_sigkill_and_restart(tmp_path):
         # let a few hundred labels through, then kill the server without warning
         while sum(len(s.acked) for s in stats) < 250:
             await asyncio.sleep(0.02)
-        procs[0].send_signal(signal.SIGKILL)
+        _kill_group(procs[0], signal.SIGKILL)
         procs[0].wait()
         acked_before_kill = {a for s in stats for a in s.acked}
         await asyncio.sleep(0.3)
-        procs.append(_start(path, port))
+        for _ in range(100):  # orphaned workers gone, port free again
+            try:
+                os.killpg(procs[0].pid, 0)
+            except ProcessLookupError:
+                break
+            await asyncio.sleep(0.05)
+        procs.append(_start(path, port, workers))
         await _wait_up(port, procs[1])
         await asyncio.gather(*runs)
         return stats, acked_before_kill
@@ -104,11 +123,12 @@ def test_fifty_labelers_with_sigkill_and_restart(tmp_path):
     finally:
         for p in procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+                _kill_group(p, signal.SIGTERM)
                 try:
                     p.wait(timeout=10)
                 except subprocess.TimeoutExpired:
-                    p.kill()
+                    _kill_group(p, signal.SIGKILL)
+                    p.wait()
     assert all(s.done for s in stats), "some labeler did not finish"
     assert sum(s.retries for s in stats) > 0  # the kill really interrupted requests
 

@@ -40,7 +40,7 @@ from .auth import (
     lookup_session,
 )
 from .export import EXPORT_KINDS, export_records
-from .queue import Conflict, NotFound, add_items, get_task, next_task, skip_task, submit_label
+from .queue import DEFAULT_LEASE_S, Conflict, NotFound, add_items, get_task, next_task, skip_task, submit_label
 from .stats import overview, project_dashboard
 from .tasks import FLAGS, TASK_TYPES, LabelError, parse_items
 
@@ -112,12 +112,16 @@ class _LoginRequired(Exception):
 # ----------------------------------------------------------------------------- app
 def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, secure_cookies: bool = False,
                session_ttl_s: float = 12 * 3600, login_limiter: LoginLimiter | None = None,
-               generator: Callable | None = None) -> FastAPI:
+               generator: Callable | None = None, lease_s: float | None = DEFAULT_LEASE_S,
+               clock: Callable[[], float] = time.time) -> FastAPI:
     """The app on the database at ``db_url`` (SQLite path or SQLAlchemy URL; migrations are applied).
 
     ``generator``: optional live-generation hook, ``generator(prompts, n) -> list[list[dict]]``
     (for each prompt, n responses ``{"text", "model"}``), used by ``POST
-    /api/admin/projects/{id}/generate`` (see ``rlhfkit.feedback.generation``)."""
+    /api/admin/projects/{id}/generate`` (see ``rlhfkit.feedback.generation``).
+
+    ``lease_s``: an open task older than this may be reassigned to another labeler (None: never);
+    ``clock``: the time source of the task queue (tests pass a controllable one)."""
     store = store or db.Store(db_url)
     limiter = login_limiter or LoginLimiter()
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -246,7 +250,7 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
     @app.get("/api/tasks/next", tags=["labelling"], responses={204: {"description": "nothing left"}})
     async def api_next(project_id: int | None = None, p: Principal = Depends(api_user)):
         """The caller's next task (their open task first). 204 when nothing is left for them."""
-        task = await _write(lambda c: next_task(c, p.user_id, project_id))
+        task = await _write(lambda c: next_task(c, p.user_id, project_id, now=clock(), lease_s=lease_s))
         return Response(status_code=204) if task is None else _json(task)
 
     @app.get("/api/tasks/{task_id}", tags=["labelling"])
@@ -266,19 +270,21 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
         duration = body.pop("duration_ms", None)
 
         def job(c):
-            res = submit_label(c, p.user_id, task_id, body, duration)
+            t = clock()
+            res = submit_label(c, p.user_id, task_id, body, duration, now=t)
             if next:
-                res["next"] = next_task(c, p.user_id, res["project_id"])
+                res["next"] = next_task(c, p.user_id, res["project_id"], now=t, lease_s=lease_s)
             return res
         return _json(await _write(job))
 
     @app.post("/api/tasks/{task_id}/skip", tags=["labelling"])
     async def api_skip(task_id: int, next: bool = Query(False), p: Principal = Depends(api_user)):  # noqa: A002
         def job(c):
-            res = skip_task(c, p.user_id, task_id)
+            t = clock()
+            res = skip_task(c, p.user_id, task_id, now=t)
             if next:
                 pid = c.execute(select(db.assignments.c.project_id).where(db.assignments.c.id == task_id)).scalar()
-                res["next"] = next_task(c, p.user_id, pid)
+                res["next"] = next_task(c, p.user_id, pid, now=t, lease_s=lease_s)
             return res
         return await _write(job)
 

@@ -23,6 +23,8 @@ class ServeConfig:
     workers: int = field(default=1, metadata={"help": "uvicorn worker processes (1 is best for SQLite)"})
     secure_cookies: bool = field(default=False, metadata={"help": "mark cookies Secure (behind HTTPS)"})
     log_level: str = field(default="warning", metadata={"help": "uvicorn log level"})
+    lease_minutes: float = field(default=30.0, metadata={
+        "help": "an open task older than this may be reassigned to another labeler (0: never)"})
 
 
 @dataclass
@@ -59,7 +61,8 @@ def run_serve(c: ServeConfig) -> None:
     from .server import serve
 
     print(f"rlhfkit feedback: serving {c.db} on http://{c.host}:{c.port}", flush=True)
-    serve(c.db, c.host, c.port, workers=c.workers, secure_cookies=c.secure_cookies, log_level=c.log_level)
+    serve(c.db, c.host, c.port, workers=c.workers, secure_cookies=c.secure_cookies, log_level=c.log_level,
+          lease_s=c.lease_minutes * 60)
 
 
 def _project_id(conn, name: str):

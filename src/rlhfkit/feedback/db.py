@@ -11,6 +11,13 @@ and a group-commit writer.
   PostgreSQL's ``commit_delay``). One writer per process also makes queue assignment race-free
   inside a process; ``BEGIN IMMEDIATE`` (SQLite) and conditional updates plus unique constraints
   (both back ends) keep it race-free across processes.
+- PostgreSQL: durability is the server's WAL flush at COMMIT (``synchronous_commit=on``, the
+  default); the same group commit applies (one COMMIT per batch). Isolation is the default READ
+  COMMITTED: every state change in ``queue`` is a conditional UPDATE checked by its row count, so
+  several server processes (``--workers``) stay race-free; a job that hits a deadlock or a
+  serialization failure between processes is retried from its SAVEPOINT.
+- The hot path's raw SQL (``raw``) is written once with ``:name`` parameters and only portable
+  syntax (no ``INSERT OR ...``, booleans passed as parameters, ``RETURNING`` which both have).
 - Timestamps are UNIX seconds (float), identical on both back ends.
 """
 from __future__ import annotations
@@ -39,6 +46,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import Connection, Engine
 
@@ -118,12 +126,15 @@ assignments = Table(
     Column("item_id", Integer, ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     Column("display_order", JSON, nullable=False),  # display position -> response index
-    Column("status", String(8), nullable=False),  # open | done | skipped
+    Column("status", String(8), nullable=False),  # open | done | skipped | expired
     Column("created_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
     # never the same item twice to the same labeler, even under races
     UniqueConstraint("item_id", "user_id"),
     Index(None, "user_id", "project_id", "status"),
+    # abandoned-task search (open tasks past their lease): a partial index, only open rows
+    Index("ix_assignments_open_lease", "project_id", "created_at",
+          sqlite_where=text("status = 'open'"), postgresql_where=text("status = 'open'")),
 )
 
 labels = Table(
@@ -196,6 +207,15 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 # ----------------------------------------------------------------------------- writer
+_RETRIES = 3
+_RETRY_STATES = ("40P01", "40001")  # PostgreSQL: deadlock_detected, serialization_failure
+
+
+def _sqlstate(e: BaseException) -> str | None:
+    """The SQLSTATE of a driver error (raw psycopg, or wrapped by SQLAlchemy), else None."""
+    return getattr(getattr(e, "orig", None), "sqlstate", None) or getattr(e, "sqlstate", None)
+
+
 class GroupCommitWriter:
     """Runs write jobs ``fn(conn) -> result`` with group commit, on one connection.
 
@@ -232,19 +252,39 @@ class GroupCommitWriter:
 
     def _exec_jobs(self, conn: Connection, fns: list) -> list[tuple[bool, Any]]:
         # One SAVEPOINT per job, issued on the driver connection (SQLAlchemy's begin_nested costs
-        # ~10x more and the jobs never nest their own savepoints).
+        # ~10x more and the jobs never nest their own savepoints). On PostgreSQL a failed statement
+        # aborts the transaction until ROLLBACK TO SAVEPOINT, which also undoes only this job.
+        # On PostgreSQL every statement is a round trip to the server process, so the savepoint
+        # bookkeeping between two jobs goes as one parameterless multi-statement query.
+        multi = conn.dialect.name == "postgresql"
         results: list[tuple[bool, Any]] = []
+        held = False  # a released-pending savepoint of the previous successful job
         for fn in fns:
-            raw(conn, "SAVEPOINT fb_job")
-            try:
-                value = fn(conn)
-            except Exception as e:  # noqa: BLE001 - the job's error goes to its caller
-                raw(conn, "ROLLBACK TO SAVEPOINT fb_job")
-                raw(conn, "RELEASE SAVEPOINT fb_job")
-                results.append((False, e))
-            else:
-                raw(conn, "RELEASE SAVEPOINT fb_job")
-                results.append((True, value))
+            for attempt in range(1 + _RETRIES):
+                if held and multi:
+                    _plain(conn, "RELEASE SAVEPOINT fb_job; SAVEPOINT fb_job")
+                else:
+                    if held:
+                        raw(conn, "RELEASE SAVEPOINT fb_job")
+                    raw(conn, "SAVEPOINT fb_job")
+                held = False
+                try:
+                    value = fn(conn)
+                except Exception as e:  # noqa: BLE001 - the job's error goes to its caller
+                    if multi:
+                        _plain(conn, "ROLLBACK TO SAVEPOINT fb_job; RELEASE SAVEPOINT fb_job")
+                    else:
+                        raw(conn, "ROLLBACK TO SAVEPOINT fb_job")
+                        raw(conn, "RELEASE SAVEPOINT fb_job")
+                    if attempt < _RETRIES and _sqlstate(e) in _RETRY_STATES:
+                        continue  # lost a deadlock / serialization race with another process: again
+                    results.append((False, e))
+                else:
+                    held = True
+                    results.append((True, value))
+                break
+        if held:
+            raw(conn, "RELEASE SAVEPOINT fb_job")
         return results
 
     # ------------------------------------------------------------------ async (server)
@@ -350,6 +390,7 @@ class Store:
             upgrade(self.engine)
         self.writer = GroupCommitWriter(self.engine, max_batch=max_batch)
         self._local = threading.local()
+        self._lookup_conns: list = []  # every thread's kept-open reader, closed by close()
 
     @property
     def is_sqlite(self) -> bool:
@@ -363,7 +404,13 @@ class Store:
         checkout, no SQLAlchemy layer): the per-request session check."""
         c = getattr(self._local, "conn", None)
         if c is None:
-            c = self._local.conn = self.engine.raw_connection()
+            c = self.engine.raw_connection()
+            if not self.is_sqlite:
+                # one round trip per check: no BEGIN / ROLLBACK around a single SELECT
+                c.driver_connection.autocommit = True
+            c.detach()  # ours for good: never handed back to the pool (with changed settings)
+            self._local.conn = c
+            self._lookup_conns.append(c)
         style = "named" if self.is_sqlite else self.engine.dialect.paramstyle
         cur = c.cursor()
         try:
@@ -371,8 +418,6 @@ class Store:
             row = cur.fetchone()
         finally:
             cur.close()
-        if not self.is_sqlite:
-            c.rollback()  # end the read transaction psycopg opened
         return row
 
     def write(self, fn: Callable[[Connection], Any], timeout: float | None = 60) -> Any:
@@ -383,6 +428,13 @@ class Store:
 
     def close(self) -> None:
         self.writer.close()
+        for c in self._lookup_conns:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+        self._lookup_conns.clear()
+        self._local = threading.local()
         self.engine.dispose()
 
 
@@ -414,9 +466,27 @@ def raw(conn: Connection, sql: str, params: dict | None = None):
     return cur
 
 
-def from_json(v: Any) -> Any:
-    """A JSON column value read by ``raw``: text on SQLite, already decoded by psycopg."""
+def _plain(conn: Connection, sql: str) -> None:
+    """Run parameterless SQL (several statements allowed on PostgreSQL: one round trip)."""
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        cur.execute(sql)
+    finally:
+        cur.close()
+
+
+def from_json(v: Any, decoded: bool = False) -> Any:
+    """A JSON column value read by ``raw``: text on SQLite, already decoded by the PostgreSQL
+    drivers (pass ``decoded=json_decoded(conn)``: a JSON *string* value such as a gold answer
+    ``"first"`` arrives as a Python str there and must not be parsed again)."""
+    if decoded or v is None:
+        return v
     return json.loads(v) if isinstance(v, (str, bytes)) else v
+
+
+def json_decoded(conn: Connection) -> bool:
+    """Whether the driver under ``conn`` returns JSON columns already decoded (PostgreSQL)."""
+    return conn.dialect.name == "postgresql"
 
 
 def to_json(v: Any) -> str:

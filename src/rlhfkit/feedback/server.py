@@ -2,7 +2,9 @@
 
 Migrations are applied before the server starts listening. One worker process by default: its
 group-commit writer batches every label into few fsyncs, which is what SQLite needs (a second
-process would only contend for the same write lock); PostgreSQL deployments may use ``--workers``.
+process would only contend for the same write lock); PostgreSQL deployments may use ``--workers``
+(the queue is race-free across processes there; note that every label also bumps its project's
+``n_labels`` row, so writes of one project still serialise on that row lock).
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ __all__ = ["serve"]
 
 
 def serve(db_url: str = "feedback.db", host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          secure_cookies: bool = False, log_level: str = "warning", access_log: bool = False) -> None:
+          secure_cookies: bool = False, log_level: str = "warning", access_log: bool = False,
+          lease_s: float | None = None) -> None:
     import sys
 
     import uvicorn
@@ -25,21 +28,32 @@ def serve(db_url: str = "feedback.db", host: str = "127.0.0.1", port: int = 8000
 
     engine = make_engine(db_url)
     upgrade(engine)
+    is_sqlite = engine.dialect.name == "sqlite"
     engine.dispose()
+    if workers > 1 and is_sqlite:
+        print("rlhfkit feedback: warning: several workers on SQLite only contend for its one write lock; "
+              "use 1 (or PostgreSQL)", file=sys.stderr, flush=True)
+    extra = {} if lease_s is None else {"lease_s": lease_s if lease_s > 0 else None}
     if workers > 1:
         os.environ["RLHFKIT_FEEDBACK_DB"] = db_url
         os.environ["RLHFKIT_FEEDBACK_SECURE"] = "1" if secure_cookies else "0"
+        if lease_s is not None:
+            os.environ["RLHFKIT_FEEDBACK_LEASE_S"] = str(lease_s)
         uvicorn.run("rlhfkit.feedback.server:_app_from_env", factory=True, host=host, port=port,
                     workers=workers, log_level=log_level, access_log=access_log)
         return
     from .app import create_app
 
-    app = create_app(db_url, secure_cookies=secure_cookies)
+    app = create_app(db_url, secure_cookies=secure_cookies, **extra)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
 
 
 def _app_from_env():
     from .app import create_app
 
+    extra = {}
+    if os.environ.get("RLHFKIT_FEEDBACK_LEASE_S"):
+        lease_s = float(os.environ["RLHFKIT_FEEDBACK_LEASE_S"])
+        extra["lease_s"] = lease_s if lease_s > 0 else None
     return create_app(os.environ["RLHFKIT_FEEDBACK_DB"],
-                      secure_cookies=os.environ.get("RLHFKIT_FEEDBACK_SECURE") == "1")
+                      secure_cookies=os.environ.get("RLHFKIT_FEEDBACK_SECURE") == "1", **extra)

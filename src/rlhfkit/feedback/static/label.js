@@ -40,8 +40,22 @@
     if (r.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname); return null; }
     if (r.status === 204) return { empty: true };
     const data = await r.json().catch(() => ({}));
-    if (!r.ok) throw new Error(typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail || r.statusText));
+    if (!r.ok) {
+      const err = new Error(typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail || r.statusText));
+      err.status = r.status;
+      throw err;
+    }
     return data;
+  }
+  // 409: the task is no longer this labeler's (e.g. it expired and was reassigned): say so, move on
+  async function moveOn(e, what) {
+    if (e.status !== 409) { busy = false; setStatus(what + e.message, true); return; }
+    try {
+      const t = await api("GET", `/api/tasks/next?project_id=${projectId}`);
+      if (!t) return;
+      show(t.empty ? null : t);
+      setStatus(what + e.message, true);
+    } catch (e2) { busy = false; setStatus("Could not load a task: " + e2.message, true); }
   }
 
   // ------------------------------------------------------------------ rendering
@@ -210,7 +224,7 @@
       if (!r) return;
       setStatus(`Saved task #${r.task_id}.`);
       show(r.next);
-    } catch (e) { busy = false; setStatus("Not saved: " + e.message, true); }
+    } catch (e) { await moveOn(e, "Not saved: "); }
   }
   async function doSkip() {
     if (busy || !task) return;
@@ -220,7 +234,7 @@
       if (!r) return;
       setStatus(`Skipped task #${r.task_id}.`);
       show(r.next);
-    } catch (e) { busy = false; setStatus("Not skipped: " + e.message, true); }
+    } catch (e) { await moveOn(e, "Not skipped: "); }
   }
 
   // ------------------------------------------------------------------ keyboard

@@ -79,3 +79,22 @@ def test_bad_data_gives_file_line_field_without_traceback(tmp_path, tiny_policy_
 def test_bad_config_value_is_refused(tmp_path):
     r = run_cli(["sft", "--batch_size", "many", "--output_dir", str(tmp_path)])
     assert r.returncode == 2 and "field 'batch_size'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ranking_and_rewrite_files_are_accepted(tmp_path):
+    """A K-way ranking file trains a reward model as its pairs; a rewrite file is SFT data."""
+    from rlhfkit.data import CompletionRecord, PreferencePair
+    from rlhfkit.recipes.common import load_training_records
+
+    rankings = write_jsonl(tmp_path / "r.jsonl", [
+        {"prompt": "p", "responses": ["best", "mid", "worst"], "ranks": [0, 1, 2]},
+        {"prompt": "q", "responses": ["x", "y"], "ranks": [1, 0]},
+    ])
+    pairs = load_training_records(str(rankings), "pairs")
+    # 3 responses with distinct ranks -> 3 pairs; 2 responses -> 1 pair
+    assert len(pairs) == 4 and all(isinstance(p, PreferencePair) for p in pairs)
+    assert ("p", "best", "worst") in {(p.prompt, p.chosen, p.rejected) for p in pairs}
+    assert ("q", "y", "x") in {(p.prompt, p.chosen, p.rejected) for p in pairs}
+    rewrites = write_jsonl(tmp_path / "w.jsonl", [{"prompt": "p", "original": "bad", "rewrite": "good"}])
+    demos = load_training_records(str(rewrites), "sft")
+    assert demos == [CompletionRecord(prompt="p", completion="good")]

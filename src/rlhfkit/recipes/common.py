@@ -63,16 +63,43 @@ def load_training_records(source: str, kind: str, on_error: str = "raise", ties:
         return list(records)
     from rlhfkit.data.readers import read_records
 
-    result = read_records(source, kind, on_error=on_error, max_chars=max_chars)
+    read_as = _file_kind(source, kind)
+    result = read_records(source, read_as, on_error=on_error, max_chars=max_chars)
     if result.skipped:
         print(f"{source}: skipped {sum(result.skipped.values())} records: {dict(result.skipped)}")
     records = result.records
+    if read_as == "rankings":  # K-way rankings train the reward model as all their decided pairs
+        records = [pair for ranking in records for pair in ranking.to_pairs()]
+        print(f"{source}: {len(result.records)} rankings expanded to {len(records)} pairs")
+    elif read_as == "rewrites":  # a corrected response is a demonstration
+        records = [r.to_demonstration() for r in records]
     if kind == "pairs" and ties == "drop":
         n = len(records)
         records = [r for r in records if not getattr(r, "tie", False)]
         if len(records) < n:
             print(f"{source}: dropped {n - len(records)} tied pairs (ties=drop)")
     return records
+
+
+def _file_kind(source, kind: str) -> str:
+    """Which reader a file needs: a pair file may hold K-way rankings (`responses` + `ranks`),
+    an SFT file may hold rewrites (`original` + `rewrite`); decided from the first record."""
+    if kind not in ("pairs", "sft"):
+        return kind
+    from rlhfkit.data.readers import iter_raw
+
+    try:
+        _, rows = iter_raw(source)
+        first = next((value for _, value in rows if isinstance(value, dict)), None)
+    except Exception:  # unreadable: let read_records report it with file, line and field
+        return kind
+    if first is None:
+        return kind
+    if kind == "pairs" and "responses" in first and "chosen" not in first:
+        return "rankings"
+    if kind == "sft" and "rewrite" in first and "completion" not in first and "messages" not in first:
+        return "rewrites"
+    return kind
 
 
 def split_holdout(records: list, eval_fraction: float, seed: int) -> tuple[list, list]:

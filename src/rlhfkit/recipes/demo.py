@@ -1,4 +1,4 @@
-"""The demo on the embedded defaults: SFT of SmolLM2-135M on FineGrainedRLHF corrected answers,
+"""The demo on the embedded defaults: SFT of SmolLM2-135M on OpenAssistant best-ranked replies,
 a MiniLM reward model on HH-RLHF human preferences, and that reward model's evaluation on
 held-out HH pairs and on FineGrainedRLHF pairs. (The full loop with policy optimisation is
 `rlhfkit pipeline`, planned.)"""
@@ -19,7 +19,7 @@ from rlhfkit.recipes.sft import run as sft
 @dataclass
 class DemoConfig:
     output_dir: str = field(default="outputs/demo", metadata={"help": "where each stage writes its folder"})
-    sft_steps: int = field(default=40, metadata={"help": "SFT optimiser steps (0 = skip SFT)"})
+    sft_steps: int = field(default=24, metadata={"help": "SFT optimiser steps (0 = skip SFT)"})
     reward_epochs: float = field(default=2.0, metadata={"help": "reward-model epochs over 80% of HH-RLHF"})
     quick: bool = field(default=False, metadata={"help": "a few steps of each stage (smoke test)"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = default)"})
@@ -30,7 +30,7 @@ def run(config: DemoConfig) -> dict:
     summary: dict = {}
     if config.sft_steps:
         s = SFTConfig(output_dir=str(out / "sft"), max_steps=3 if config.quick else config.sft_steps,
-                      max_length=256 if config.quick else 384, threads=config.threads,
+                      max_length=256 if config.quick else 512, threads=config.threads,
                       eval_fraction=0.05 if config.quick else 0.1)
         m = sft(s)
         summary["sft"] = {"held_out_loss_before": m.get("eval_loss_before"), "held_out_loss_after": m.get("eval_loss")}

@@ -23,7 +23,7 @@ from rlhfkit.training.loop import TrainingConfig, fit, model_device, to_device
 @dataclass
 class SFTConfig(TrainingConfig):
     model: str = field(default="smollm2-135m", metadata={"help": "policy: smollm2-135m, a local folder, a .gguf file or a HF name"})
-    data: str = field(default="finegrained-corrections", metadata={"help": "JSONL/JSON file of prompt/completion or messages, or finegrained-corrections / oasst-best"})
+    data: str = field(default="oasst-best", metadata={"help": "JSONL/JSON file of prompt/completion, messages or rewrites, or oasst-best / finegrained-corrections (long prompts: use max_length 1024)"})
     eval_data: str = field(default="", metadata={"help": "held-out file; empty = hold out eval_fraction of data"})
     eval_fraction: float = field(default=0.1, metadata={"help": "fraction held out when eval_data is empty"})
     max_length: int = field(default=512, metadata={"help": "tokens per example (longer ones are cut on the right)"})

@@ -1,0 +1,94 @@
+"""Stage caching: fingerprints and ``stage.json``.
+
+A stage's fingerprint is the SHA-256 of its own settings (its config section with the wired fields
+and the run-only fields removed) and the fingerprints of the stages it reads. ``run_stage``:
+
+- ``stage.json`` says ``done`` with the same fingerprint: the stage is skipped (its recorded
+  outputs are returned);
+- ``stage.json`` says ``running`` with the same fingerprint (the process was killed or a stage
+  raised): the stage runs again in the same folder, and the recipes resume from their latest
+  ``checkpoint-N`` there (the feedback stage from its finished chunks);
+- otherwise (no record, or another fingerprint): the folder is emptied and the stage runs afresh,
+  because checkpoints written under other settings must not be resumed.
+
+Because each fingerprint contains those of its inputs, changing one stage's settings reruns that
+stage and every stage after it that reads it, and no stage before it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+# config fields that never change what a stage produces (the recipes' resume-free fields)
+RUN_ONLY_FIELDS = {"output_dir", "output", "resume", "save_every", "keep_checkpoints", "log_every", "eval_every",
+                   "tensorboard", "threads", "sample_every", "num_sample_rows"}
+
+
+def settings(section: Any, wired: set[str] = frozenset()) -> dict:
+    """The JSON-able settings of a config section that its result depends on."""
+    d = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
+    return {k: v for k, v in d.items() if k not in RUN_ONLY_FIELDS and k not in wired}
+
+
+def fingerprint(stage: str, own: Any, inputs: dict[str, str]) -> str:
+    blob = json.dumps({"stage": stage, "settings": own, "inputs": dict(sorted(inputs.items()))},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_record(stage_dir: Path) -> dict | None:
+    path = stage_dir / "stage.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_record(stage_dir: Path, record: dict) -> None:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    tmp = stage_dir / ".stage.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, stage_dir / "stage.json")  # atomic: a kill never leaves half a record
+
+
+def run_stage(name: str, stage_dir: Path, fp: str, fn: Callable[[Path], dict], force: bool = False,
+              log: Callable[[str], None] = print, clean_checkpoints: bool = True) -> dict:
+    """Run ``fn(stage_dir) -> outputs`` unless cached (see the module docstring); returns the
+    stage record (``status``, ``fingerprint``, ``outputs``, ``runs``, ``seconds``, ``ran``)."""
+    old = read_record(stage_dir)
+    if old and old.get("fingerprint") == fp and old.get("status") == "done" and not force:
+        log(f"pipeline: {name}: cached (fingerprint {fp[:12]}), skipped")
+        return {**old, "ran": False}
+    resuming = bool(old and old.get("fingerprint") == fp and old.get("status") == "running" and not force)
+    if not resuming and stage_dir.exists():
+        shutil.rmtree(stage_dir)  # outputs of other settings (or a forced rerun): start clean
+    runs = int(old.get("runs", 0)) + 1 if old else 1
+    started = time.time()
+    write_record(stage_dir, {"stage": name, "status": "running", "fingerprint": fp, "runs": runs,
+                             "started": started})
+    log(f"pipeline: {name}: {'resuming' if resuming else 'running'} (fingerprint {fp[:12]})")
+    outputs = fn(stage_dir)
+    if clean_checkpoints:  # they only serve resuming this stage, which is now done
+        for ckpt in stage_dir.glob("checkpoint-*"):
+            if ckpt.is_dir():
+                shutil.rmtree(ckpt)
+    finished = time.time()
+    record = {"stage": name, "status": "done", "fingerprint": fp, "runs": runs, "started": started,
+              "finished": finished, "seconds": round(finished - started, 2), "resumed": resuming,
+              "outputs": outputs}
+    write_record(stage_dir, record)
+    return {**record, "ran": True}

@@ -1,0 +1,426 @@
+"""The stages of ``rlhfkit pipeline``, each a function ``(ctx, stage_dir) -> outputs`` that
+composes the recipes, and ``stage_inputs`` which says what each stage's fingerprint covers.
+
+    init -> sft (optional) -> feedback -> reward -> policy -> eval -> report
+
+Every stage writes only under ``output_dir/<stage>/``. The file names the later stages read:
+``init/model``, ``sft/model``, ``feedback/{pairs,heldout_pairs,train_prompts,eval_prompts}.jsonl``,
+``reward/model`` + ``reward/calibration.json``, ``policy/model`` + ``policy/metrics.jsonl``,
+``eval/eval.json`` + ``eval/samples.jsonl`` + ``eval/token_samples.jsonl``, ``report.html``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.pipeline.cache import file_digest, settings
+
+STAGES = ("init", "sft", "feedback", "reward", "policy", "eval", "report")
+
+
+@dataclass
+class Context:
+    config: Any  # PipelineConfig
+    out: Path
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, dict] = field(default_factory=dict)
+
+    def dir(self, stage: str) -> Path:
+        return self.out / stage
+
+    @property
+    def init_model(self) -> str:
+        return self.outputs["init"]["model"]
+
+    @property
+    def start_model(self) -> str:
+        """The model policy optimisation starts from (and the reference of the evaluation)."""
+        return self.outputs["sft"]["model"] if self.config.run_sft else self.init_model
+
+    @property
+    def rm_spec(self) -> str:
+        return f"rm:{self.dir('reward') / 'model'}"
+
+
+def _section(ctx: Context, name: str, **wired):
+    """A copy of config section ``name`` with the wired fields set (and the pipeline's threads)."""
+    section = copy.deepcopy(getattr(ctx.config, name))
+    for k, v in wired.items():
+        setattr(section, k, v)
+    if ctx.config.threads:
+        section.threads = ctx.config.threads
+    return section
+
+
+def _write_prompts(path: Path, prompts: list[str]) -> None:
+    path.write_text("".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n" for p in prompts), encoding="utf-8")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------- fingerprints
+WIRED = {
+    "sft": {"model"},
+    "reward": {"data", "eval_data"},
+    "ppo": {"model", "prompts", "reward", "gold_reward"},
+    "grpo": {"model", "prompts", "reward", "gold_reward"},
+    "rloo": {"model", "prompts", "reward", "gold_reward"},
+    "dpo": {"model", "data", "eval_data"},
+    "kto": {"model", "data", "eval_data"},
+    "eval": {"policy", "reference", "judge", "gold", "prompts", "exclude_prompts"},
+}
+
+
+def stage_inputs(ctx: Context, stage: str) -> tuple[Any, dict[str, str]]:
+    """``(own settings, {input stage: fingerprint})`` of ``stage``; upstream fingerprints must
+    already be in ``ctx.fingerprints``."""
+    c, fps = ctx.config, ctx.fingerprints
+    start = {"start": fps["sft"] if c.run_sft else fps["init"]} if stage not in ("init", "sft") else {}
+    if stage == "init":
+        own = settings(c.init)
+        if c.init.kind == "tiny":
+            own["corpus"] = [c.feedback.prompts, c.feedback.prompt_words]
+        else:
+            own = {"kind": c.init.kind, "model": c.init.model}
+        return own, {}
+    if stage == "sft":
+        return settings(c.sft, WIRED["sft"]), {"init": fps["init"]}
+    if stage == "feedback":
+        own = settings(c.feedback)
+        own["source_digest"] = _feedback_source_digest(c.feedback)
+        if c.feedback.source == "simulated":
+            own["labeler"] = c.feedback.labeler or c.gold
+            return own, start
+        return own, {}
+    if stage == "reward":
+        inputs = {"feedback": fps["feedback"]}
+        if c.reward.model == "init":
+            inputs["init"] = fps["init"]
+        return settings(c.reward, WIRED["reward"]), inputs
+    if stage == "policy":
+        own = {"algorithm": c.algorithm, **settings(getattr(c, c.algorithm), WIRED[c.algorithm])}
+        inputs = {**start, "feedback": fps["feedback"]}
+        if c.algorithm in ("ppo", "grpo", "rloo"):
+            inputs["reward"] = fps["reward"]
+            own["gold"] = c.gold
+        return own, inputs
+    if stage == "eval":
+        own = {**settings(c.eval, WIRED["eval"]), "gold": c.gold,
+               "n_token_samples": c.report.n_token_samples, "kl_coef": _kl_coef(c)}
+        return own, {**start, "policy": fps["policy"], "reward": fps["reward"], "feedback": fps["feedback"]}
+    if stage == "report":
+        own = {"report": settings(c.report), "name": c.name, "algorithm": c.algorithm, "version": 1}
+        return own, {k: v for k, v in fps.items() if k != "report"}
+    raise KeyError(stage)
+
+
+def _feedback_source_digest(fb) -> str:
+    """What the feedback's source holds: a pair file's content hash; a store project's exported
+    pairs (labels added in the app change it, so the reward model retrains); a named set's name."""
+    if fb.source == "dataset":
+        return file_digest(fb.data) if Path(fb.data).is_file() else f"named:{fb.data}"
+    if fb.source == "store":
+        import hashlib
+
+        h = hashlib.sha256()
+        for r in _export_store(fb):
+            h.update(json.dumps(r.to_dict(), sort_keys=True).encode())
+        return h.hexdigest()
+    return ""
+
+
+def _kl_coef(c) -> float:
+    """The beta shown in the per-token shaped reward ``-beta * KL (+ score on the last token)``."""
+    section = getattr(c, c.algorithm)
+    if c.algorithm == "dpo":
+        from rlhfkit.recipes.dpo import DEFAULT_BETA
+
+        return float(section.beta or DEFAULT_BETA.get(section.loss, 0.1) or 0.1)
+    if c.algorithm == "kto":
+        return float(section.beta)
+    return float(section.kl_coef)
+
+
+# ----------------------------------------------------------------------------- init
+def stage_init(ctx: Context, d: Path) -> dict:
+    c = ctx.config.init
+    if c.kind == "pretrained":
+        return {"model": c.model}
+    from rlhfkit.models import tiny_causal_lm, tiny_tokenizer
+
+    texts = _prompt_pool(ctx.config.feedback, n_words=40, limit=600) if ctx.config.feedback.prompts else None
+    tok = tiny_tokenizer(texts, vocab_size=c.vocab_size)
+    model = tiny_causal_lm(tok, hidden_size=c.hidden_size, num_layers=c.num_layers, num_heads=c.num_heads, seed=c.seed)
+    out = d / "model"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"pipeline: init: tiny Llama ({params:,} parameters, vocabulary {len(tok)}) built from config -> {out}")
+    return {"model": str(out), "parameters": params, "tiny": True}
+
+
+def _prompt_pool(fb, n_words: int | None = None, limit: int | None = None) -> list[str]:
+    """The prompt pool ``fb.prompts`` (movie-reviews or a prompt file), unique, in source order."""
+    if fb.prompts == "movie-reviews":
+        from rlhfkit.data.shared_sets import load_movie_review_prompts
+
+        prompts = [r.prompt for r in load_movie_review_prompts(n_words=n_words or fb.prompt_words, limit=limit)]
+    else:
+        from rlhfkit.recipes.common import load_training_records
+
+        prompts = [r.prompt for r in load_training_records(fb.prompts, "prompts")]
+    return list(dict.fromkeys(prompts))
+
+
+# ----------------------------------------------------------------------------- sft
+def stage_sft(ctx: Context, d: Path) -> dict:
+    from rlhfkit.recipes import sft
+
+    cfg = _section(ctx, "sft", model=ctx.init_model, output_dir=str(d))
+    metrics = sft.run(cfg)
+    return {"model": str(d / "model"), "metrics": _scalars(metrics)}
+
+
+def _scalars(m: dict) -> dict:
+    return {k: v for k, v in (m or {}).items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+# ----------------------------------------------------------------------------- feedback
+def _export_store(fb) -> list:
+    from sqlalchemy import select
+
+    from rlhfkit.feedback import db
+    from rlhfkit.feedback.export import export_records
+
+    store = db.Store(fb.db)
+    try:
+        with store.read() as conn:
+            row = conn.execute(select(db.projects.c.id).where(db.projects.c.name == fb.project)).first()
+            if row is None:
+                raise ValueError(f"feedback store {fb.db}: no project named {fb.project!r}")
+            return export_records(conn, row[0], "pairs", aggregate=fb.aggregate)
+    finally:
+        store.close()
+
+
+def _split_prompts(pool: list[str], fb) -> tuple[list[str], list[str]]:
+    """(training prompts, held-out evaluation prompts): a seeded shuffle, the first
+    ``n_eval_prompts`` held out."""
+    order = list(pool)
+    random.Random(fb.seed).shuffle(order)
+    held, train = order[:fb.n_eval_prompts], order[fb.n_eval_prompts:]
+    if fb.max_train_prompts:
+        train = train[:fb.max_train_prompts]
+    return train, held
+
+
+def stage_feedback(ctx: Context, d: Path) -> dict:
+    from rlhfkit.data import write_jsonl
+    from rlhfkit.recipes.common import split_holdout
+
+    fb = ctx.config.feedback
+    stats: dict = {"source": fb.source}
+    if fb.source == "simulated":
+        pool = _prompt_pool(fb)
+        train_prompts, eval_prompts = _split_prompts(pool, fb)
+        pairs, sim = simulate_labels(ctx, d, train_prompts[:fb.n_label_prompts])
+        stats.update(sim)
+    else:
+        if fb.source == "dataset":
+            from rlhfkit.recipes.common import load_training_records
+
+            pairs = load_training_records(fb.data, "pairs", ties="drop")
+        else:
+            pairs = [p for p in _export_store(fb) if not p.tie]
+        if fb.max_pairs and fb.max_pairs < len(pairs):
+            keep = sorted(random.Random(fb.seed).sample(range(len(pairs)), fb.max_pairs))
+            pairs = [pairs[i] for i in keep]
+        train_prompts = eval_prompts = None
+    train_pairs, held_pairs = split_holdout(pairs, fb.eval_fraction, fb.seed)
+    if train_prompts is None:
+        if fb.prompts:
+            train_prompts, eval_prompts = _split_prompts(_prompt_pool(fb), fb)
+        else:  # the prompts of the held-out pairs are the held-out prompts
+            eval_prompts = list(dict.fromkeys(p.prompt for p in held_pairs))[:fb.n_eval_prompts]
+            held_set = set(eval_prompts)
+            train_prompts = [p for p in dict.fromkeys(p.prompt for p in train_pairs) if p not in held_set]
+            if fb.max_train_prompts:
+                train_prompts = train_prompts[:fb.max_train_prompts]
+    if not train_pairs or not held_pairs:
+        raise ValueError(f"feedback: {len(pairs)} pairs are too few to hold out {fb.eval_fraction:.0%}")
+    write_jsonl(d / "pairs.jsonl", train_pairs)
+    write_jsonl(d / "heldout_pairs.jsonl", held_pairs)
+    _write_prompts(d / "train_prompts.jsonl", train_prompts)
+    _write_prompts(d / "eval_prompts.jsonl", eval_prompts)
+    stats.update({"pairs": len(train_pairs), "heldout_pairs": len(held_pairs), "train_prompts": len(train_prompts),
+                  "eval_prompts": len(eval_prompts)})
+    print(f"pipeline: feedback: {json.dumps(stats)}")
+    return stats
+
+
+def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, dict]:
+    """Simulated labelers (the learning benchmark's): two samples of the starting policy per
+    prompt; the labeler prefers the one whose gold score plus Gaussian noise (``label_noise``) is
+    higher. Done in chunks of ``batch_size`` prompts, each written to ``chunks/NNNNN.jsonl`` when
+    finished and seeded by (seed, chunk), so an interrupted stage resumes at the first missing
+    chunk and produces the same pairs as an uninterrupted one."""
+    import torch
+
+    from rlhfkit.data import PreferencePair
+    from rlhfkit.models import load_policy
+    from rlhfkit.recipes.common import set_threads
+    from rlhfkit.rewards import build_reward
+    from rlhfkit.rollout import HFGenerator, SamplingConfig, rollout, step_seed
+
+    fb = ctx.config.feedback
+    set_threads(ctx.config.threads)
+    chunk_dir = d / "chunks"
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    labeler = build_reward(fb.labeler or ctx.config.gold)
+    model = tok = gen = None
+    rows: list[dict] = []
+    n_chunks = (len(prompts) + fb.batch_size - 1) // fb.batch_size
+    for c in range(n_chunks):
+        path = chunk_dir / f"{c:05d}.jsonl"
+        if path.is_file():
+            rows += _read_jsonl(path)
+            continue
+        if model is None:
+            model, tok = load_policy(ctx.start_model)
+            gen = HFGenerator(SamplingConfig(max_new_tokens=fb.max_new_tokens, temperature=fb.temperature),
+                              tok.eos_token_id, tok.pad_token_id)
+        batch = prompts[c * fb.batch_size:(c + 1) * fb.batch_size]
+        with torch.no_grad():
+            a = rollout(gen, model, tok, batch, seed=step_seed(fb.seed, c, salt=11))
+            b = rollout(gen, model, tok, batch, seed=step_seed(fb.seed, c, salt=12))
+        ga, gb = labeler(a.prompts, a.responses).tolist(), labeler(b.prompts, b.responses).tolist()
+        rng = random.Random(step_seed(fb.seed, c, salt=13))
+        chunk = []
+        for p, x, y, sx, sy in zip(batch, a.responses, b.responses, ga, gb):
+            if x == y or not x.strip() or not y.strip():
+                continue
+            nx, ny = sx + rng.gauss(0, fb.label_noise), sy + rng.gauss(0, fb.label_noise)
+            first = nx >= ny
+            chunk.append({"prompt": p, "chosen": x if first else y, "rejected": y if first else x,
+                          "gold_chosen": sx if first else sy, "gold_rejected": sy if first else sx})
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chunk), encoding="utf-8")
+        os.replace(tmp, path)
+        rows += chunk
+    decided = [r for r in rows if r["gold_chosen"] != r["gold_rejected"]]
+    agree = sum(r["gold_chosen"] > r["gold_rejected"] for r in decided)
+    pairs = [PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
+    return pairs, {"labeled_prompts": len(prompts), "labeler": fb.labeler or ctx.config.gold,
+                   "label_noise": fb.label_noise,
+                   "labeler_agreement_with_gold": agree / len(decided) if decided else None}
+
+
+# ----------------------------------------------------------------------------- reward
+def stage_reward(ctx: Context, d: Path) -> dict:
+    from rlhfkit.recipes import reward
+
+    fb = ctx.dir("feedback")
+    model = ctx.init_model if ctx.config.reward.model == "init" else ctx.config.reward.model
+    cfg = _section(ctx, "reward", model=model, data=str(fb / "pairs.jsonl"), eval_data=str(fb / "heldout_pairs.jsonl"),
+                   output_dir=str(d))
+    metrics = reward.run(cfg)
+    calibration = reward_calibration(d / "model", fb / "heldout_pairs.jsonl", cfg.max_length,
+                                     cfg.micro_batch_size * 2)
+    (d / "calibration.json").write_text(json.dumps(calibration, indent=1), encoding="utf-8")
+    print(f"pipeline: reward: held-out accuracy {calibration['accuracy']:.3f}, ECE {calibration['ece']:.3f}")
+    return {"model": str(d / "model"), "metrics": _scalars(metrics),
+            "heldout": {k: calibration[k] for k in ("pairs", "accuracy", "ece", "mean_margin")}}
+
+
+def reward_calibration(model_dir: Path, pair_file: Path, max_length: int, batch_size: int, seed: int = 0) -> dict:
+    """Held-out metrics of the reward model (``eval.reward_eval``) and its reliability diagram:
+    p = sigmoid(r_first - r_second) with each pair shown in a seeded random order (as
+    ``reward_eval.pair_metrics``), binned into 10 equal-width bins."""
+    import torch
+
+    from rlhfkit.eval.report import reliability_bins
+    from rlhfkit.eval.reward_eval import pair_metrics, score_texts
+    from rlhfkit.models import load_reward_model
+    from rlhfkit.recipes.common import load_training_records
+
+    pairs = load_training_records(str(pair_file), "pairs", ties="drop")
+    model, tok = load_reward_model(str(model_dir))
+    scores = score_texts(model, tok, [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs],
+                         max_length, batch_size)
+    n = len(pairs)
+    chosen, rejected = scores[:n], scores[n:]
+    flip = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.5
+    m = pair_metrics(chosen, rejected, flip)
+    first, second = torch.where(flip, rejected, chosen), torch.where(flip, chosen, rejected)
+    probs, labels = torch.sigmoid(first - second), (~flip).double()
+    return {**m, "bins": reliability_bins(probs.tolist(), labels.tolist(), n_bins=10)}
+
+
+# ----------------------------------------------------------------------------- policy
+def stage_policy(ctx: Context, d: Path) -> dict:
+    import importlib
+
+    algo = ctx.config.algorithm
+    fb = ctx.dir("feedback")
+    module = importlib.import_module(f"rlhfkit.recipes.{algo}")
+    if algo in ("ppo", "grpo", "rloo"):
+        cfg = _section(ctx, algo, model=ctx.start_model, prompts=str(fb / "train_prompts.jsonl"), reward=ctx.rm_spec,
+                       gold_reward=ctx.config.gold, output_dir=str(d))
+    else:
+        cfg = _section(ctx, algo, model=ctx.start_model, data=str(fb / "pairs.jsonl"),
+                       eval_data=str(fb / "heldout_pairs.jsonl"), output_dir=str(d))
+    metrics = module.run(cfg)
+    return {"model": str(d / "model"), "algorithm": algo, "metrics": _scalars(metrics)}
+
+
+# ----------------------------------------------------------------------------- eval
+def stage_eval(ctx: Context, d: Path) -> dict:
+    from rlhfkit.eval import cli_eval
+    from rlhfkit.pipeline.tokens import token_samples
+
+    policy = ctx.outputs["policy"]["model"]
+    cfg = _section(ctx, "eval", policy=policy, reference=ctx.start_model, judge=ctx.rm_spec, gold=ctx.config.gold,
+                   prompts=str(ctx.dir("feedback") / "eval_prompts.jsonl"), exclude_prompts="", output=str(d))
+    results = cli_eval.run(cfg)
+    n = ctx.config.report.n_token_samples
+    if n:
+        prompts = [json.loads(line)["prompt"] for line in (d / "samples.jsonl").read_text(encoding="utf-8").splitlines()][:n]
+        rows = token_samples(policy, ctx.start_model, prompts, reward_spec=ctx.rm_spec, gold_spec=ctx.config.gold,
+                             kl_coef=_kl_coef(ctx.config), max_new_tokens=cfg.max_new_tokens,
+                             temperature=cfg.temperature or 1.0, max_prompt_length=cfg.max_prompt_length,
+                             seed=cfg.seed)
+        (d / "token_samples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                               encoding="utf-8")
+    summary = {"win_rate": results.get("win_rate"), "kl": results.get("kl")}
+    if results.get("gold"):
+        g = results["gold"]
+        summary["gold"] = {"judge": g["judge"], "before": g["reference"]["mean"], "after": g["policy"]["mean"],
+                           "gain": g["gain"]["mean"], "gain_ci": [g["gain"]["ci_low"], g["gain"]["ci_high"]]}
+    return summary
+
+
+# ----------------------------------------------------------------------------- report
+def stage_report(ctx: Context, d: Path) -> dict:
+    from rlhfkit.eval.report import render_report
+
+    path = render_report(ctx.out, d / "report.html", summary=pipeline_summary(ctx))
+    return {"report": str(path), "bytes": path.stat().st_size}
+
+
+def pipeline_summary(ctx: Context) -> dict:
+    c = ctx.config
+    return {"name": c.name, "title": c.report.title, "algorithm": c.algorithm, "gold": c.gold,
+            "init": c.init.model if c.init.kind == "pretrained" else f"tiny Llama built from config ({c.init.hidden_size}d x {c.init.num_layers} layers)",
+            "reward_model": c.reward.model, "feedback": c.feedback.source, "quick": c.quick, "run_sft": c.run_sft,
+            "n_sample_rows": c.report.n_sample_rows}
+
+
+RUNNERS = {"init": stage_init, "sft": stage_sft, "feedback": stage_feedback, "reward": stage_reward,
+           "policy": stage_policy, "eval": stage_eval, "report": stage_report}

@@ -1,0 +1,135 @@
+"""`rlhfkit pipeline`: stage caching by fingerprint, resume after an exception and after SIGKILL,
+and the --quick preset end to end producing a self-contained report. Tiny models, one thread."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlhfkit.pipeline import run as run_pipeline
+from rlhfkit.pipeline import stages
+
+from ..conftest import REPO_ROOT, SHARED_DATA
+from .conftest import tiny_config
+
+ALL = ["init", "sft", "feedback", "reward", "policy", "eval", "report"]
+
+
+def records(out: Path) -> dict:
+    return {s: json.loads((out / s / "stage.json").read_text()) for s in ALL if (out / s / "stage.json").exists()}
+
+
+def test_second_run_skips_every_stage_and_a_change_reruns_only_downstream(tmp_path, pipeline_data):
+    out = tmp_path / "run"
+    res = run_pipeline(tiny_config(out, pipeline_data, run_sft=True))
+    assert res["summary"]["ran"] == ALL and res["summary"]["skipped"] == []
+    first = records(out)
+    assert all(r["status"] == "done" and r["runs"] == 1 for r in first.values())
+    assert not list(out.glob("*/checkpoint-*"))  # cleaned once a stage is done
+
+    # unchanged: every stage is read from its folder, nothing is touched
+    res = run_pipeline(tiny_config(out, pipeline_data, run_sft=True))
+    assert res["summary"]["ran"] == [] and res["summary"]["skipped"] == ALL
+    assert records(out) == first
+
+    # the reward model's settings change: reward and what reads it rerun; init, sft, feedback do not
+    res = run_pipeline(tiny_config(out, pipeline_data, run_sft=True, **{"reward.warmup_ratio": 0.2}))
+    assert res["summary"]["skipped"] == ["init", "sft", "feedback"]
+    assert res["summary"]["ran"] == ["reward", "policy", "eval", "report"]
+    after = records(out)
+    for s in ("init", "sft", "feedback"):
+        assert after[s] == first[s]
+    for s in ("reward", "policy", "eval", "report"):
+        assert after[s]["fingerprint"] != first[s]["fingerprint"] and after[s]["started"] > first[s]["finished"]
+
+    # only the evaluation's settings change: only eval and report rerun
+    res = run_pipeline(tiny_config(out, pipeline_data, run_sft=True, **{"reward.warmup_ratio": 0.2, "eval.seed": 1}))
+    assert res["summary"]["ran"] == ["eval", "report"]
+
+
+def test_resume_after_a_stage_raises(tmp_path, pipeline_data, monkeypatch):
+    out = tmp_path / "run"
+
+    def boom(ctx, d):
+        (d / "partial.txt").write_text("started")
+        raise RuntimeError("evaluation interrupted")
+
+    monkeypatch.setitem(stages.RUNNERS, "eval", boom)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run_pipeline(tiny_config(out, pipeline_data))
+    rec = records(out)
+    assert rec["eval"]["status"] == "running" and "report" not in rec
+    done_before = {s: rec[s] for s in ("init", "feedback", "reward", "policy")}
+    monkeypatch.undo()
+    res = run_pipeline(tiny_config(out, pipeline_data))
+    assert res["summary"]["skipped"] == ["init", "feedback", "reward", "policy"]
+    assert res["summary"]["ran"] == ["eval", "report"]
+    rec = records(out)
+    assert rec["eval"]["status"] == "done" and rec["eval"]["resumed"] and rec["eval"]["runs"] == 2
+    assert (out / "eval" / "partial.txt").exists()  # same fingerprint: resumed in place, not wiped
+    assert {s: rec[s] for s in done_before} == done_before
+    assert (out / "report.html").is_file()
+
+
+def test_resume_after_sigkill_in_the_policy_stage(tmp_path, pipeline_data):
+    """SIGKILL right after GRPO step 3 (checkpoint at step 2); the rerun skips the finished stages,
+    resumes the policy stage from its checkpoint and finishes; every step is logged once."""
+    out = tmp_path / "run"
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(f"feedback:\n  prompts: {pipeline_data['prompts']}\nreward:\n  max_steps: 2\n  tensorboard: false\n"
+                   "grpo:\n  tensorboard: false\neval:\n  n_boot: 50\n", encoding="utf-8")
+    cmd = [sys.executable, "-m", "rlhfkit.cli", "pipeline", "--config", str(cfg), "--quick", "--threads", "1",
+           "--output_dir", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_NO_PROGRESS": "1"}
+    killed = subprocess.run(cmd, env={**env, "RLHFKIT_TEST_SIGKILL_AFTER_STEP": "3"}, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    rec = records(out)
+    assert rec["reward"]["status"] == "done" and rec["policy"]["status"] == "running"
+    assert (out / "policy" / "checkpoint-2").is_dir()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "pipeline: policy: resuming" in done.stdout
+    assert "pipeline: reward: cached" in done.stdout
+    rec = records(out)
+    assert rec["policy"]["status"] == "done" and rec["policy"]["resumed"] and rec["policy"]["runs"] == 2
+    steps = [json.loads(line)["step"] for line in (out / "policy" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert (out / "report.html").is_file()
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real data folder {SHARED_DATA} is absent")
+def test_quick_sentiment_preset_end_to_end_writes_a_self_contained_report(tmp_path):
+    from rlhfkit.pipeline import PipelineConfig
+    from rlhfkit.training.config import load_config
+
+    out = tmp_path / "sentiment"
+    config = load_config(PipelineConfig, REPO_ROOT / "configs" / "pipeline_sentiment.yaml",
+                         {"quick": True, "threads": 1, "output_dir": str(out), "eval.n_boot": 100})
+    res = run_pipeline(config)
+    assert res["summary"]["ran"] == ["init", "feedback", "reward", "policy", "eval", "report"]
+    assert (out / "init" / "model" / "config.json").is_file()  # the tiny model, built from config
+    ev = json.loads((out / "eval" / "eval.json").read_text())
+    assert {"win_rate", "gold", "kl"} <= set(ev) and ev["gold"]["judge"] == "vader"
+    toks = [json.loads(l) for l in (out / "eval" / "token_samples.jsonl").read_text().splitlines()]
+    assert len(toks) == 6
+    for t in toks:
+        assert len(t["tokens"]) == len(t["kl"]) == len(t["reward"]) > 0
+        # shaped reward = -beta * KL per token, plus the RM score on the last token (hand-checked)
+        beta = t["kl_coef"]
+        for k, r in zip(t["kl"][:-1], t["reward"][:-1]):
+            assert r == pytest.approx(-beta * k, abs=1e-4)
+        assert t["reward"][-1] == pytest.approx(-beta * t["kl"][-1] + t["score"], abs=1e-4)
+        assert t["seq_kl"] == pytest.approx(sum(t["kl"]), abs=1e-3)
+    page = (out / "report.html").read_text()
+    for title in ("Reward during training", "Gold judge during training", "KL to the reference during training",
+                  "Win rate of the policy vs the reference", "Reward-model calibration", "token by token"):
+        assert title in page
+    assert page.count("<svg") >= 6
+    assert len(re.findall(r'class="tok reward" style="background:rgba\(', page)) >= sum(len(t["tokens"]) for t in toks)
+    assert len(re.findall(r'class="tok kl" style="background:rgba\(', page)) >= sum(len(t["tokens"]) for t in toks)
+    # self-contained: nothing fetched from anywhere (no scripts, stylesheets, images or links)
+    assert not re.search(r'<script|<link|<img|src=|href=|url\(|@import', page)

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("rlhfkit.serve.cli", "ServeConfig", "OpenAI-compatible /v1/chat/completions server with a /v1/feedback endpoint (thumbs, ratings) into the feedback store"),
     "chat": ("rlhfkit.serve.cli", "ChatConfig", "chat with a model in the terminal; /up, /down, /rate N store feedback in the feedback store"),
     "pipeline": ("rlhfkit.pipeline.run", "PipelineConfig", "the loop end to end, cached and resumable: SFT -> feedback -> reward model -> PPO/GRPO/RLOO/DPO/KTO -> eval -> report.html"),
+    "loop": ("rlhfkit.loop.run", "LoopConfig", "iterated online RLHF, resumable: candidates from the policy -> pairs chosen by RM-ensemble uncertainty (or random) -> labels (app or simulated) -> RM ensemble -> GRPO/PPO round"),
 }
 
 # commands whose entry point is not called `run`

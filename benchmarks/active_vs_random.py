@@ -1,0 +1,149 @@
+"""Active (reward-model-ensemble uncertainty) vs random selection of the pairs to label.
+
+    python benchmarks/active_vs_random.py --quick           # tiny model built from config, minutes
+    python benchmarks/active_vs_random.py                   # SmolLM2-135M, configs/loop_sentiment.yaml
+    python benchmarks/active_vs_random.py --pool            # policy-free check of the selection alone
+
+Loop mode: for every seed, ``rlhfkit loop`` runs twice with the same config, seed and label budget,
+``selection: random`` and ``selection: uncertainty`` (round 1 is random in both, so they share
+it), on the sentiment task (movie-review openings, gold judge VADER, simulated labelers = VADER +
+Gaussian noise). Each run records the held-out gold score vs the number of labels after every
+round (``curve.json``). Per seed: target = the random run's final gold score;
+``labels_needed(run)`` = labels at which its curve first reaches the target, linearly
+interpolated between rounds (``loop.pool.labels_to_reach``); ratio = labels_needed(random) /
+labels_needed(active) (> 1: active needs fewer labels). An active run that never reaches the
+target counts as ratio 0 (conservative); a seed whose random run ends no better than the initial
+policy has no ratio (nothing to reach). The median over seeds is reported.
+
+Pool mode: a fixed pool of candidate pairs (4 continuations of each of 150 prompts, sampled once
+from the initial policy in loop mode's setup; here synthetic sentences over a sentiment lexicon
+so it needs no model), gold judge + noise labels, a cheap linear BoW ensemble; held-out pair
+accuracy vs labels for both selections (``loop.pool.pool_curve``), same ratio on accuracy.
+Results: ``OUT/results.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ratio_for(random_curve: list[dict], active_curve: list[dict], key: str) -> dict:
+    from rlhfkit.loop.pool import labels_to_reach
+
+    target = random_curve[-1][key]
+    need_r = labels_to_reach(random_curve, target, key)
+    need_a = labels_to_reach(active_curve, target, key)
+    if not need_r:  # reached at 0 labels: the random run did not improve on the start
+        return {"target": target, "random": need_r, "active": need_a, "ratio": None}
+    ratio = (need_r / need_a if need_a else float("inf")) if need_a is not None else 0.0
+    return {"target": target, "random": need_r, "active": need_a, "ratio": ratio}
+
+
+def run_loop_mode(args) -> dict:
+    import torch
+
+    from rlhfkit.loop.config import LoopConfig
+    from rlhfkit.loop.run import run
+    from rlhfkit.training.config import load_config
+
+    torch.set_num_threads(args.threads)
+    per_seed = []
+    for seed in args.seeds:
+        curves = {}
+        for sel in ("random", "uncertainty"):
+            over = {"seed": seed, "selection": sel, "threads": args.threads, "quick": args.quick,
+                    "output_dir": str(Path(args.out) / f"seed{seed}-{sel}")}
+            if args.rounds:
+                over["rounds"] = args.rounds
+            cfg = load_config(LoopConfig, args.config, over)
+            t0 = time.perf_counter()
+            curves[sel] = run(cfg)["curve"]
+            print(f"active_vs_random: seed {seed} {sel}: {time.perf_counter() - t0:.0f} s, gold vs labels "
+                  + ", ".join(f"{p['labels']}: {p['gold']:.4f}" for p in curves[sel]), flush=True)
+        r = ratio_for(curves["random"], curves["uncertainty"], "gold")
+        per_seed.append({"seed": seed, **r, "curves": curves})
+        print(f"active_vs_random: seed {seed}: target gold {r['target']:.4f}; labels needed random {r['random']}, "
+              f"active {r['active']}; ratio {r['ratio']}", flush=True)
+    return {"mode": "loop", "config": args.config, "quick": args.quick, "per_seed": per_seed}
+
+
+def run_pool_mode(args) -> dict:
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from rlhfkit.loop.pool import pool_curve
+    from rlhfkit.loop.selection import candidate_pairs
+
+    torch.set_num_threads(args.threads)
+    pos = "good great happy wonderful love fine funny best excellent".split()
+    neg = "bad awful sad boring hate dull slow worst poor".split()
+    neu = "the film movie story actor plot scene was is a an and but very really quite it this".split()
+
+    def make(rng, n, offset=0):
+        texts, groups, gold = [], [], []
+        for g in range(n):
+            for _ in range(4):
+                w = [rng.choice(neu + pos + neg if rng.random() < 0.5 else neu) for _ in range(8)]
+                texts.append(" ".join(w))
+                groups.append(g + offset)
+                gold.append((sum(x in pos for x in w) - sum(x in neg for x in w)) / 3)
+        return texts, groups, gold
+
+    per_seed = []
+    for seed in args.seeds:
+        rng = random.Random(seed)
+        t, g, go = make(rng, 150)
+        ht, hg, hgo = make(rng, 100, offset=10_000)
+        off = len(t)
+        held = [(a + off, b + off) if hgo[a] > hgo[b] else (b + off, a + off)
+                for a, b in candidate_pairs(hg, ht) if hgo[a] != hgo[b]]
+        curves = {m: pool_curve(t + ht, g + hg, go + hgo, candidate_pairs(g, t), held, m, start=20, step=20,
+                                n_steps=6, ensemble_size=4, noise=args.noise, seed=seed)
+                  for m in ("random", "uncertainty")}
+        r = ratio_for(curves["random"], curves["uncertainty"], "accuracy")
+        per_seed.append({"seed": seed, **r, "curves": curves})
+        print(f"active_vs_random --pool: seed {seed}: accuracy random "
+              + " ".join(f"{p['accuracy']:.3f}" for p in curves["random"]) + " | active "
+              + " ".join(f"{p['accuracy']:.3f}" for p in curves["uncertainty"]) + f" | ratio {r['ratio']}",
+              flush=True)
+    return {"mode": "pool", "noise": args.noise, "per_seed": per_seed}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny model built from config (loop --quick)")
+    ap.add_argument("--pool", action="store_true", help="policy-free check of the selection alone")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "loop_sentiment.yaml"))
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    ap.add_argument("--rounds", type=int, default=0, help="override the config's rounds (0 = keep)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--noise", type=float, default=0.3, help="--pool: label noise std")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.out = args.out or str(ROOT / "outputs" / ("bench_active_pool" if args.pool else
+                                                   "bench_active_quick" if args.quick else "bench_active"))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    res = run_pool_mode(args) if args.pool else run_loop_mode(args)
+    ratios = [s["ratio"] for s in res["per_seed"] if s["ratio"] is not None]
+    res["median_ratio"] = statistics.median(ratios) if ratios else None
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    res["command"] = "python " + " ".join(sys.argv)
+    (Path(args.out) / "results.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
+    what = "held-out RM accuracy" if args.pool else "gold score"
+    print(f"active_vs_random: labels_needed(random) / labels_needed(active) to reach the random run's final "
+          f"{what}: median {res['median_ratio']} over {len(ratios)} seeds "
+          f"(per seed {[None if s['ratio'] is None else round(s['ratio'], 3) for s in res['per_seed']]}); "
+          f"{res['seconds']} s; {Path(args.out) / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

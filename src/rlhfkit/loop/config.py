@@ -1,0 +1,118 @@
+"""The configuration of ``rlhfkit loop``: one dataclass; the reward-model and policy-optimisation
+sections are the recipes' own configs (``reward: RewardConfig``, ``grpo: GRPOConfig``,
+``ppo: PPOConfig``), read from YAML with ``--section.field value`` overrides.
+
+Wired by the loop (what the YAML says is ignored): ``reward.data / eval_data / output_dir /
+seed``; ``grpo|ppo.model`` (the current policy), ``prompts`` (the training prompts), ``reward``
+(the ensemble mean), ``gold_reward`` (``gold``), ``output_dir``, ``seed`` (seed x 100 + round).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rlhfkit.pipeline.config import InitConfig
+from rlhfkit.recipes.grpo import GRPOConfig
+from rlhfkit.recipes.ppo import PPOConfig
+from rlhfkit.recipes.reward import RewardConfig
+
+ALGORITHMS = ("grpo", "ppo")
+LABELERS = ("simulated", "store")
+
+
+@dataclass
+class LoopConfig:
+    name: str = field(default="loop", metadata={"help": "a label for this loop (also the feedback projects' prefix when project_prefix is empty)"})
+    output_dir: str = field(default="outputs/loop_sentiment", metadata={"help": "setup/ and round-N/<stage>/ folders, loop_state.json, curve.json"})
+    quick: bool = field(default=False, metadata={"help": "tiny model built from config, few steps: a smoke run"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads for every stage (0 = torch default)"})
+    seed: int = field(default=0, metadata={"help": "seed of the prompt split, sampling, selection, label noise, training"})
+    gold: str = field(default="vader", metadata={"help": "gold judge (reward spec): simulated labelers' scorer and the evaluation; never the policy's reward"})
+    rounds: int = field(default=4, metadata={"help": "rounds (raising it later continues a finished loop)"})
+    # --- candidates
+    prompts: str = field(default="movie-reviews", metadata={"help": "prompt pool: movie-reviews or a prompt file"})
+    prompt_words: int = field(default=8, metadata={"help": "movie-reviews: words per prompt"})
+    n_eval_prompts: int = field(default=64, metadata={"help": "held-out prompts (evaluation only)"})
+    max_train_prompts: int = field(default=0, metadata={"help": "training prompts kept (0 = all the rest)"})
+    prompts_per_round: int = field(default=64, metadata={"help": "prompts the current policy answers each round"})
+    num_candidates: int = field(default=4, metadata={"help": "k responses per prompt (>= 2): k(k-1)/2 candidate pairs"})
+    max_new_tokens: int = field(default=24, metadata={"help": "candidate and evaluation response tokens"})
+    temperature: float = field(default=1.0, metadata={"help": "candidate and evaluation sampling temperature"})
+    # --- selection
+    selection: str = field(default="uncertainty", metadata={"help": "uncertainty (reward-model ensemble) or random (the baseline); round 1 is random (no ensemble yet)"})
+    uncertainty: str = field(default="variance", metadata={"help": "variance (ensemble disagreement of sigmoid(r_a - r_b)) or margin (mean closest to 0.5)"})
+    labels_per_round: int = field(default=32, metadata={"help": "pairs sent to labelers each round (the label budget per round)"})
+    max_pairs_per_prompt: int = field(default=1, metadata={"help": "cap on selected pairs from one prompt (0 = none)"})
+    ensemble_size: int = field(default=3, metadata={"help": "reward models in the ensemble (>= 2 for variance)"})
+    bootstrap: bool = field(default=True, metadata={"help": "members 1.. train on bootstrap resamples (member 0 on all labels); else seeds only"})
+    # --- labels
+    labeler: str = field(default="simulated", metadata={"help": "simulated (gold judge + noise, in process) or store (people in the feedback app)"})
+    label_noise: float = field(default=0.3, metadata={"help": "simulated: std of Gaussian noise on the gold score"})
+    labeler_judge: str = field(default="", metadata={"help": "simulated: the labelers' scorer (empty = gold)"})
+    db: str = field(default="", metadata={"help": "store: SQLite file or SQLAlchemy URL (empty = output_dir/feedback.db)"})
+    project_prefix: str = field(default="", metadata={"help": "store: projects are named PREFIX-round-N (empty = name)"})
+    overlap: int = field(default=1, metadata={"help": "store: labelers per item"})
+    labels_required: int = field(default=0, metadata={"help": "store: labels to wait for per round (0 = items x overlap)"})
+    label_timeout: float = field(default=24 * 3600.0, metadata={"help": "store: seconds to wait for labels before giving up (rerun to keep waiting)"})
+    poll_seconds: float = field(default=5.0, metadata={"help": "store: seconds between polls of the label count"})
+    # --- training
+    algorithm: str = field(default="grpo", metadata={"help": "policy optimisation each round: grpo or ppo, against the ensemble-mean reward, KL to the round's starting policy"})
+    eval_samples: int = field(default=2, metadata={"help": "evaluation samples per held-out prompt"})
+    init: InitConfig = field(default_factory=InitConfig)
+    reward: RewardConfig = field(default_factory=lambda: RewardConfig(
+        model="minilm-l6", max_length=96, epochs=3.0, batch_size=16, micro_batch_size=16, learning_rate=5e-5,
+        tensorboard=False))
+    grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(
+        max_new_tokens=24, batch_size=32, micro_batch_size=16, num_generations=4, max_steps=8, learning_rate=1e-5,
+        save_every=2, sample_every=0, tensorboard=False))
+    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(
+        max_new_tokens=24, batch_size=32, micro_batch_size=16, ppo_epochs=2, num_minibatches=2, max_steps=8,
+        learning_rate=1e-5, save_every=2, sample_every=0, tensorboard=False))
+
+    def validate(self) -> None:
+        from rlhfkit.loop.selection import MEASURES, METHODS
+
+        if self.selection not in METHODS:
+            raise ValueError(f"field 'selection': {self.selection!r} is not one of {list(METHODS)}")
+        if self.uncertainty not in MEASURES:
+            raise ValueError(f"field 'uncertainty': {self.uncertainty!r} is not one of {list(MEASURES)}")
+        if self.labeler not in LABELERS:
+            raise ValueError(f"field 'labeler': {self.labeler!r} is not one of {list(LABELERS)}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"field 'algorithm': {self.algorithm!r} is not one of {list(ALGORITHMS)}")
+        if self.num_candidates < 2:
+            raise ValueError("field 'num_candidates': needs >= 2 responses per prompt to make pairs")
+        if self.selection == "uncertainty" and self.uncertainty == "variance" and self.ensemble_size < 2:
+            raise ValueError("variance selection needs ensemble_size >= 2")
+        if self.ensemble_size < 1 or self.rounds < 1 or self.labels_per_round < 1:
+            raise ValueError("ensemble_size, rounds and labels_per_round must be >= 1")
+        if self.init.kind not in ("pretrained", "tiny"):
+            raise ValueError(f"field 'init.kind': {self.init.kind!r} is not pretrained or tiny")
+        for section in (self.reward, getattr(self, self.algorithm)):
+            section.validate()
+
+
+# --quick: a tiny Llama built from config (policy and reward backbone), a few steps per round.
+QUICK: dict[str, object] = {
+    "init.kind": "tiny", "init.hidden_size": 64, "init.num_layers": 2, "init.num_heads": 4, "init.vocab_size": 512,
+    "n_eval_prompts": 16, "max_train_prompts": 128, "prompts_per_round": 24, "num_candidates": 3,
+    "labels_per_round": 16, "max_new_tokens": 10, "eval_samples": 2,
+    "reward.model": "init", "reward.epochs": 3.0, "reward.max_length": 48, "reward.learning_rate": 1e-3,
+    "reward.batch_size": 16, "reward.micro_batch_size": 16,
+    "grpo.max_steps": 3, "grpo.batch_size": 16, "grpo.micro_batch_size": 16, "grpo.max_new_tokens": 10,
+    "grpo.learning_rate": 1e-3, "grpo.save_every": 1,
+    "ppo.max_steps": 3, "ppo.batch_size": 16, "ppo.micro_batch_size": 8, "ppo.max_new_tokens": 10,
+    "ppo.learning_rate": 1e-3, "ppo.save_every": 1,
+}
+
+
+def apply_quick(config: LoopConfig) -> list[str]:
+    changed = []
+    for dotted, value in QUICK.items():
+        obj = config
+        *path, last = dotted.split(".")
+        for p in path:
+            obj = getattr(obj, p)
+        if getattr(obj, last) != value:
+            setattr(obj, last, value)
+            changed.append(dotted)
+    return changed

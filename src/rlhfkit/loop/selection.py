@@ -1,0 +1,103 @@
+"""Which candidate pairs to send to labelers: reward-model-ensemble uncertainty, or random.
+
+An ensemble of M reward models scores N candidate responses: ``scores [M, N]``. For a candidate
+pair (a, b) member m predicts ``p_m = sigmoid(r_m(a) - r_m(b))`` (Bradley-Terry). Two
+uncertainty measures, higher = more worth a label:
+
+- ``variance`` (default): ``Var_m[p_m]`` (population variance over members), the disagreement
+  of the ensemble (query-by-committee, Seung et al. 1992; the "ensemble variance" acquisition of
+  Gleave & Irving 2022, "Uncertainty Estimation for Language Reward Models"). It is epistemic
+  uncertainty: members that saw different bootstrap resamples disagree where the data is thin.
+- ``margin``: ``-|mean_m p_m - 0.5|``, closest to a coin flip by the mean (uncertainty sampling,
+  Lewis & Gale 1994). It also picks pairs that are genuinely close (aleatoric), which a label
+  resolves less.
+
+``select_pairs`` takes the ``n`` most uncertain pairs greedily, at most ``max_per_group`` per
+prompt (a batch of near-duplicates from one prompt teaches less than pairs spread over prompts;
+the random baseline obeys the same cap, so only the ranking differs). Ties are broken by a seeded
+random order so equal scores never favour low indices.
+"""
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import torch
+
+METHODS = ("uncertainty", "random")
+MEASURES = ("variance", "margin")
+
+
+def candidate_pairs(groups: Sequence[int], texts: Sequence[str] | None = None) -> list[tuple[int, int]]:
+    """All pairs ``(a, b)``, ``a < b``, of candidates in the same group (prompt). ``groups[i]`` is
+    candidate i's group; pairs of identical or empty texts are left out (nothing to judge)."""
+    by_group: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    pairs = []
+    for members in by_group.values():
+        for x in range(len(members)):
+            for y in range(x + 1, len(members)):
+                a, b = members[x], members[y]
+                if texts is not None and (texts[a] == texts[b] or not texts[a].strip() or not texts[b].strip()):
+                    continue
+                pairs.append((a, b))
+    return pairs
+
+
+def preference_probs(scores: torch.Tensor, pairs: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """``[M, N]`` member scores -> ``[M, P]`` ``sigmoid(r_m(a) - r_m(b))`` per pair."""
+    if scores.dim() == 1:
+        scores = scores.unsqueeze(0)
+    idx = torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2)
+    return torch.sigmoid(scores[:, idx[:, 0]] - scores[:, idx[:, 1]])
+
+
+def pair_uncertainty(scores: torch.Tensor, pairs: Sequence[tuple[int, int]], measure: str = "variance") -> torch.Tensor:
+    """``[P]`` uncertainty of each pair (higher = label it first); see the module docstring."""
+    p = preference_probs(scores.double(), pairs)
+    if measure == "variance":
+        return p.var(dim=0, unbiased=False)
+    if measure == "margin":
+        return -(p.mean(dim=0) - 0.5).abs()
+    raise ValueError(f"uncertainty measure must be one of {list(MEASURES)}, got {measure!r}")
+
+
+def select_pairs(pairs: Sequence[tuple[int, int]], n: int, method: str, seed: int,
+                 scores: torch.Tensor | None = None, groups: Sequence[int] | None = None,
+                 measure: str = "variance", max_per_group: int = 1) -> list[int]:
+    """Indices into ``pairs`` of the ``n`` pairs to label, in selection order.
+
+    ``method``: ``uncertainty`` (needs ``scores [M, N]``, M >= 2 for ``variance``) or ``random``.
+    ``groups``: candidate -> prompt id, for the ``max_per_group`` cap (0 = no cap); when the cap
+    leaves fewer than ``n`` pairs, the cap is lifted for the rest (the budget is always spent)."""
+    if method not in METHODS:
+        raise ValueError(f"selection must be one of {list(METHODS)}, got {method!r}")
+    rng = random.Random(seed)
+    order = list(range(len(pairs)))
+    rng.shuffle(order)  # random order; also the tie-break of the uncertainty ranking
+    if method == "uncertainty":
+        if scores is None:
+            raise ValueError("uncertainty selection needs the ensemble's scores")
+        if measure == "variance" and (scores.dim() == 1 or scores.shape[0] < 2):
+            raise ValueError("variance needs an ensemble of at least 2 reward models")
+        u = pair_uncertainty(scores, pairs, measure).tolist()
+        order.sort(key=lambda i: -u[i])  # stable: equal uncertainty keeps the random order
+    chosen: list[int] = []
+    used: dict[int, int] = {}
+    rest: list[int] = []
+    for i in order:
+        if len(chosen) >= n:
+            break
+        g = groups[pairs[i][0]] if groups is not None else None
+        if max_per_group and g is not None and used.get(g, 0) >= max_per_group:
+            rest.append(i)
+            continue
+        chosen.append(i)
+        if g is not None:
+            used[g] = used.get(g, 0) + 1
+    for i in rest:  # the cap left the budget unspent: fill in ranking order
+        if len(chosen) >= n:
+            break
+        chosen.append(i)
+    return chosen

@@ -1,0 +1,154 @@
+"""`rlhfkit loop` end to end on a tiny model: 2 rounds with in-process simulated labelers; resume
+after a stage raises in round 2 (round 1 is not redone); labels from the feedback store given
+by a simulated labeler thread through the store API. One torch thread."""
+import json
+import threading
+
+import pytest
+
+from rlhfkit.loop import run as loop_run
+from rlhfkit.loop.run import ROUND_STAGES, Loop
+
+from .conftest import tiny_loop_config
+
+
+def _stage(out, key):
+    r, s = key.split("/")
+    return json.loads((out / f"round-{r}" / s / "stage.json").read_text())
+
+
+def test_two_rounds_end_to_end_with_simulated_labelers(tmp_path, loop_prompts):
+    out = tmp_path / "loop"
+    res = loop_run.run(tiny_loop_config(out, loop_prompts, selection="uncertainty"))
+    keys = ["setup"] + [f"{r}/{s}" for r in (1, 2) for s in ROUND_STAGES]
+    assert res["summary"]["ran"] == keys
+    curve = json.loads((out / "curve.json").read_text())
+    assert [p["labels"] for p in curve] == [0, 8, 16] and all(math_ok(p["gold"]) for p in curve)
+    state = json.loads((out / "loop_state.json").read_text())
+    assert state["status"] == "done" and state["rounds_done"] == 2
+    assert state["policy"] == str(out / "round-2" / "policy" / "model")
+    # round 1 selects at random (no ensemble yet); round 2 by the ensemble trained in round 1
+    assert _stage(out, "1/select")["outputs"]["method"] == "random"
+    sel2 = _stage(out, "2/select")["outputs"]
+    assert sel2["method"] == "uncertainty" and sel2["mean_uncertainty_selected"] >= sel2["mean_uncertainty_all"]
+    # round 2's candidates come from round 1's policy; the RM retrains on all 16 labels
+    assert _stage(out, "2/candidates")["outputs"]["policy"] == str(out / "round-1" / "policy" / "model")
+    assert len((out / "round-2" / "labels" / "all_pairs.jsonl").read_text().splitlines()) == 16
+    assert len(_stage(out, "2/reward")["outputs"]["members"]) == 2
+    ev = json.loads((out / "round-2" / "eval" / "eval.json").read_text())
+    assert {"gold", "kl", "rm_accuracy", "labels"} <= set(ev)
+
+
+def math_ok(x):
+    return x == x and abs(x) < 10
+
+
+def test_resume_after_a_failure_in_round_2_does_not_redo_round_1(tmp_path, loop_prompts, monkeypatch):
+    out = tmp_path / "loop"
+    real = Loop.candidates
+
+    def boom(self, r, d):
+        if r == 2:
+            raise RuntimeError("killed in round 2")
+        return real(self, r, d)
+
+    monkeypatch.setattr(Loop, "candidates", boom)
+    with pytest.raises(RuntimeError, match="round 2"):
+        loop_run.run(tiny_loop_config(out, loop_prompts, selection="random"))
+    state = json.loads((out / "loop_state.json").read_text())
+    assert (state["round"], state["stage"], state["status"]) == (2, "candidates", "running")
+    first = {f"1/{s}": _stage(out, f"1/{s}") for s in ROUND_STAGES}
+    monkeypatch.undo()
+    res = loop_run.run(tiny_loop_config(out, loop_prompts, selection="random"))
+    assert res["summary"]["skipped"] == ["setup"] + [f"1/{s}" for s in ROUND_STAGES]
+    assert res["summary"]["ran"] == [f"2/{s}" for s in ROUND_STAGES]
+    assert {k: _stage(out, k) for k in first} == first  # round 1 untouched
+    assert _stage(out, "2/candidates")["runs"] == 2 and _stage(out, "2/candidates")["resumed"]
+    # more rounds later: rounds 1-2 cached, round 3 runs
+    res = loop_run.run(tiny_loop_config(out, loop_prompts, selection="random", rounds=3))
+    assert res["summary"]["ran"] == [f"3/{s}" for s in ROUND_STAGES]
+
+
+def test_labels_from_the_feedback_store_given_by_a_labeler_thread(tmp_path, loop_prompts):
+    from rlhfkit.feedback import db
+    from rlhfkit.feedback.auth import create_user
+    from rlhfkit.feedback.queue import next_task, submit_label
+
+    dbfile = tmp_path / "feedback.db"
+    store = db.Store(str(dbfile))
+    uid = store.write(lambda conn: create_user(conn, "sim", "a long enough password", "labeler"))
+    stop = threading.Event()
+    given = []
+
+    def labeler():  # prefers the longer response, answering in screen terms like a person
+        while not stop.is_set():
+            task = store.write(lambda conn: next_task(conn, uid))
+            if task is None:
+                stop.wait(0.05)
+                continue
+            a, b = (r["text"] for r in task["responses"])
+            choice = "A" if len(a) >= len(b) else "B"
+            store.write(lambda conn: submit_label(conn, uid, task["task_id"], {"choice": choice}))
+            given.append(task["task_id"])
+
+    th = threading.Thread(target=labeler, daemon=True)
+    th.start()
+    try:
+        out = tmp_path / "loop"
+        res = loop_run.run(tiny_loop_config(out, loop_prompts, labeler="store", db=str(dbfile), poll_seconds=0.1,
+                                            label_timeout=30, project_prefix="movie"))
+    finally:
+        stop.set()
+        th.join(5)
+        store.close()
+    assert len(given) == 16
+    lab = _stage(out, "2/labels")["outputs"]
+    assert lab["project"] == "movie-round-2" and lab["labels_received"] == 8 and lab["total_pairs"] == 16
+    rows = [json.loads(x) for x in (out / "round-2" / "labels" / "all_pairs.jsonl").read_text().splitlines()]
+    assert all(len(r["chosen"]) >= len(r["rejected"]) for r in rows)  # the labeler's verdicts, exported
+    assert res["curve"][-1]["labels"] == 16
+
+
+def test_store_labels_time_out_and_a_rerun_keeps_waiting(tmp_path, loop_prompts):
+    out = tmp_path / "loop"
+    cfg = tiny_loop_config(out, loop_prompts, labeler="store", poll_seconds=0.05, label_timeout=0.2, rounds=1)
+    with pytest.raises(TimeoutError, match="0 of 8 labels"):
+        loop_run.run(cfg)
+    assert json.loads((out / "round-1" / "labels" / "stage.json").read_text())["status"] == "running"
+
+
+def test_sigkill_mid_round_then_the_cli_rerun_resumes(tmp_path, loop_prompts):
+    """`rlhfkit loop` SIGKILLed after the first optimiser step of round 1's reward ensemble; the
+    rerun skips setup, candidates, select and labels and finishes both rounds."""
+    import os
+    import subprocess
+    import sys
+
+    from rlhfkit.loop.config import QUICK
+
+    from .conftest import tiny_loop_config
+
+    out = tmp_path / "loop"
+    cfg = tiny_loop_config(out, loop_prompts)  # the same settings, written as YAML overrides
+    args = [sys.executable, "-m", "rlhfkit.cli", "loop", "--threads", "1", "--output_dir", str(out),
+            "--prompts", str(loop_prompts)]
+    for k in list(QUICK) + ["rounds", "n_eval_prompts", "max_train_prompts", "prompts_per_round", "labels_per_round",
+                            "eval_samples", "max_new_tokens", "ensemble_size", "init.hidden_size", "init.num_heads",
+                            "init.vocab_size", "reward.epochs", "reward.batch_size", "reward.micro_batch_size",
+                            "grpo.max_steps", "grpo.batch_size", "grpo.micro_batch_size", "grpo.max_new_tokens"]:
+        obj = cfg
+        for part in k.split("."):
+            obj = getattr(obj, part)
+        args += [f"--{k}", str(obj)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_NO_PROGRESS": "1"}
+    killed = subprocess.run(args, env={**env, "RLHFKIT_TEST_SIGKILL_AFTER_STEP": "1"}, capture_output=True,
+                            text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    state = json.loads((out / "loop_state.json").read_text())
+    assert (state["round"], state["stage"], state["status"]) == (1, "reward", "running")
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for s in ("setup", "round 1/candidates", "round 1/select", "round 1/labels"):
+        assert f"loop: {s}: cached" in done.stdout
+    assert "loop: round 1/reward: resuming" in done.stdout
+    assert json.loads((out / "loop_state.json").read_text())["status"] == "done"

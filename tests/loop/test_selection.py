@@ -1,0 +1,115 @@
+"""The selection function on hand-made ensemble scores (expected picks derived by hand), the
+label-efficiency interpolation, and the policy-free pool check on a synthetic task."""
+import math
+import random
+
+import pytest
+import torch
+
+from rlhfkit.loop.pool import labels_to_reach, pool_curve
+from rlhfkit.loop.selection import candidate_pairs, pair_uncertainty, preference_probs, select_pairs
+
+
+def sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+# 3 members x 6 candidates; prompts: {0, 1}, {2, 3}, {4, 5}
+SCORES = torch.tensor([
+    [0.0, 0.0, 2.0, -2.0, 0.5, 0.0],
+    [0.0, 0.0, -2.0, 2.0, 0.5, 0.0],
+    [0.0, 0.0, 0.0, 0.0, 0.5, 0.0],
+])
+GROUPS = [0, 0, 1, 1, 2, 2]
+PAIRS = [(0, 1), (2, 3), (4, 5)]
+
+
+def test_preference_probs_and_uncertainty_by_hand():
+    p = preference_probs(SCORES, PAIRS)
+    assert p[:, 0].tolist() == pytest.approx([0.5, 0.5, 0.5])  # all agree: a coin flip
+    assert p[:, 1].tolist() == pytest.approx([sig(4), sig(-4), 0.5])  # members disagree strongly
+    assert p[:, 2].tolist() == pytest.approx([sig(0.5)] * 3)  # all agree: a mild preference
+    var = pair_uncertainty(SCORES, PAIRS, "variance")
+    m = (sig(4) + sig(-4) + 0.5) / 3  # = 0.5
+    assert var.tolist() == pytest.approx([0.0, ((sig(4) - m) ** 2 + (sig(-4) - m) ** 2) / 3, 0.0])
+    margin = pair_uncertainty(SCORES, PAIRS, "margin")
+    assert margin.tolist() == pytest.approx([0.0, 0.0, -(sig(0.5) - 0.5)])
+
+
+def test_uncertainty_selection_picks_the_highest_disagreement():
+    assert select_pairs(PAIRS, 1, "uncertainty", seed=0, scores=SCORES, groups=GROUPS) == [1]
+    for seed in range(5):  # the order of the rest is only a tie-break: pair 1 is always first
+        assert select_pairs(PAIRS, 3, "uncertainty", seed=seed, scores=SCORES, groups=GROUPS)[0] == 1
+    # a bigger hand-made case: member spread grows with the pair index, top 3 = pairs 9, 8, 7
+    n = 10
+    scores = torch.zeros(4, 2 * n)
+    for i in range(n):
+        scores[:, 2 * i] = torch.tensor([1.0, -1.0, 0.5, -0.5]) * i * 0.3
+    pairs = [(2 * i, 2 * i + 1) for i in range(n)]
+    groups = [i // 2 for i in range(2 * n)]
+    assert select_pairs(pairs, 3, "uncertainty", seed=1, scores=scores, groups=groups) == [9, 8, 7]
+    # the mean-margin measure: pair 0 and 1 have mean 0.5, pair 2 is decided -> never before them
+    assert 2 not in select_pairs(PAIRS, 2, "uncertainty", seed=3, scores=SCORES, groups=GROUPS, measure="margin")
+
+
+def test_group_cap_random_baseline_and_errors():
+    # two pairs from prompt 0 are the most uncertain; with the cap one of them, then prompt 1's
+    scores = torch.tensor([[3.0, -3.0, 0.0, 1.0, 0.0], [-3.0, 3.0, 0.0, -1.0, 0.0]])
+    groups = [0, 0, 0, 1, 1]
+    pairs = candidate_pairs(groups)
+    assert pairs == [(0, 1), (0, 2), (1, 2), (3, 4)]
+    picked = select_pairs(pairs, 2, "uncertainty", seed=0, scores=scores, groups=groups)
+    assert picked[0] == 0 and picked[1] == 3
+    assert select_pairs(pairs, 2, "uncertainty", seed=0, scores=scores, groups=groups, max_per_group=0)[:2] == [0, 1] \
+        or select_pairs(pairs, 2, "uncertainty", seed=0, scores=scores, groups=groups, max_per_group=0)[:2] == [0, 2]
+    assert len(select_pairs(pairs, 4, "uncertainty", seed=0, scores=scores, groups=groups)) == 4  # cap lifted
+    r1 = select_pairs(pairs, 2, "random", seed=7, groups=groups)
+    assert r1 == select_pairs(pairs, 2, "random", seed=7, groups=groups)  # seeded
+    assert candidate_pairs([0, 0, 1, 1], ["x", "x", "a", " "]) == []  # identical / empty texts
+    with pytest.raises(ValueError):
+        select_pairs(pairs, 2, "uncertainty", seed=0, scores=scores[:1], groups=groups)
+    with pytest.raises(ValueError):
+        select_pairs(pairs, 2, "greedy", seed=0)
+
+
+def test_labels_to_reach_interpolates():
+    curve = [{"labels": 0, "gold": 0.0}, {"labels": 10, "gold": 0.2}, {"labels": 20, "gold": 0.6}]
+    assert labels_to_reach(curve, 0.4) == pytest.approx(15.0)  # halfway between 10 and 20
+    assert labels_to_reach(curve, 0.2) == pytest.approx(10.0)
+    assert labels_to_reach(curve, -1.0) == 0.0
+    assert labels_to_reach(curve, 0.7) is None
+
+
+POS = "good great happy wonderful love fine funny best".split()
+NEG = "bad awful sad boring hate dull slow worst".split()
+NEU = "the film movie story actor plot scene was is a an and but very really quite it this".split()
+
+
+def _pool(rng, n_groups, offset=0):
+    texts, groups, gold = [], [], []
+    for g in range(n_groups):
+        for _ in range(4):
+            w = [rng.choice(NEU + POS + NEG if rng.random() < 0.5 else NEU) for _ in range(8)]
+            texts.append(" ".join(w))
+            groups.append(g + offset)
+            gold.append((sum(x in POS for x in w) - sum(x in NEG for x in w)) / 3)
+    return texts, groups, gold
+
+
+def test_policy_free_pool_check_runs_and_learns():
+    """Fixed pool, gold + noise labeler, cheap ensemble: held-out accuracy vs labels for both
+    selections (the full comparison over seeds is benchmarks/active_vs_random.py --pool)."""
+    torch.set_num_threads(1)
+    rng = random.Random(0)
+    t, g, go = _pool(rng, 60)
+    ht, hg, hgo = _pool(rng, 40, offset=1000)
+    off = len(t)
+    held = [(a + off, b + off) if hgo[a] > hgo[b] else (b + off, a + off)
+            for a, b in candidate_pairs(hg, ht) if hgo[a] != hgo[b]]
+    curves = {m: pool_curve(t + ht, g + hg, go + hgo, candidate_pairs(g, t), held, m, start=10, step=15, n_steps=2,
+                            ensemble_size=3, seed=0)
+              for m in ("random", "uncertainty")}
+    for c in curves.values():
+        assert [p["labels"] for p in c] == [10, 25, 40]
+        assert c[-1]["accuracy"] > 0.6  # better than chance on gold-ordered held-out pairs
+    assert curves["random"][0] == curves["uncertainty"][0]  # the same random start

@@ -141,9 +141,15 @@ def main(argv: list[str]) -> None:
     if a.model == "tiny":
         model_path = make_tiny(tmp / "tiny")
     elif a.model == "smollm2-135m":
-        from rlhfkit.models import resolve_model_source
+        # The package ships a GGUF file; both libraries get the same dequantised float32
+        # weights and tokenizer (with its distinct pad token) as a plain Hugging Face folder.
+        from rlhfkit.models import load_policy
 
-        model_path = resolve_model_source(a.model)[0]
+        model, tokenizer = load_policy(a.model)
+        model_path = str(tmp / "smollm2")
+        model.save_pretrained(model_path)
+        tokenizer.save_pretrained(model_path)
+        del model
     else:
         model_path = a.model
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false",

@@ -394,3 +394,14 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 def finite(x: float) -> float:
     return x if math.isfinite(x) else float("nan")
+
+
+def kl_penalised_scores(config, policy, reference, ro: Rollout, scores: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Sequence reward with the KL leash in it (RLOO, REINFORCE): score - beta * KL(pi || ref),
+    KL the summed k1 over the response; returns (rewards, columns for the sample table)."""
+    columns = {"reward": scores}
+    if config.kl_coef <= 0:
+        return scores, columns
+    ref_lp = reference_logprobs(policy, reference, ro, config.temperature, config.micro_batch_size)
+    columns["kl"] = sequence_kl(ro.logprobs, ref_lp, ro.response_mask)
+    return scores - config.kl_coef * columns["kl"], columns

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import torch
 
 from rlhfkit.recipes.common import save_final
-from rlhfkit.recipes.online import (OnlineConfig, SampleTable, generate, load_models, load_prompts, make_generator,
+from rlhfkit.recipes.online import (OnlineConfig, SampleTable, generate, kl_penalised_scores, load_models, load_prompts, make_generator,
                                     maybe_checkpoint, optimizer_and_scheduler, policy_gradient_update, prompts_for_step,
-                                    reference_logprobs, repeat_each, resume_state, rollout_metrics, score, sequence_kl,
+                                    repeat_each, resume_state, rollout_metrics, score,
                                     setup_run, timer)
 from rlhfkit.rewards import build_reward
 from rlhfkit.training.distributed import DistInfo
@@ -80,12 +80,7 @@ def run(config: ReinforceConfig) -> dict:
         step_prompts = prompts_for_step(prompts, step, config.batch_size // k, config.seed)
         ro = generate(config, generator, policy, tokenizer, repeat_each(step_prompts, k), step)
         scores = score(reward, ro)
-        returns = scores
-        columns = {"reward": scores}
-        if config.kl_coef > 0:
-            ref_lp = reference_logprobs(policy, reference, ro, config.temperature, config.micro_batch_size)
-            columns["kl"] = sequence_kl(ro.logprobs, ref_lp, ro.response_mask)
-            returns = scores - config.kl_coef * columns["kl"]
+        returns, columns = kl_penalised_scores(config, policy, reference, ro, scores)
         extra_loss = None
         if config.baseline == "running":
             advantages, b = running_baseline_step(b, returns, config.baseline_alpha)

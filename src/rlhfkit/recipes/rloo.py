@@ -15,9 +15,9 @@ import torch
 
 from rlhfkit.core.advantages import rloo_advantages
 from rlhfkit.recipes.common import save_final
-from rlhfkit.recipes.online import (OnlineConfig, SampleTable, generate, load_models, load_prompts, make_generator,
+from rlhfkit.recipes.online import (OnlineConfig, SampleTable, generate, kl_penalised_scores, load_models, load_prompts, make_generator,
                                     maybe_checkpoint, optimizer_and_scheduler, policy_gradient_update, prompts_for_step,
-                                    reference_logprobs, repeat_each, resume_state, rollout_metrics, score, sequence_kl,
+                                    repeat_each, resume_state, rollout_metrics, score,
                                     setup_run, timer)
 from rlhfkit.rewards import build_reward
 from rlhfkit.training.distributed import DistInfo
@@ -66,13 +66,7 @@ def run(config: RLOOConfig) -> dict:
         step_prompts = prompts_for_step(prompts, step, config.batch_size // k, config.seed)
         ro = generate(config, generator, policy, tokenizer, repeat_each(step_prompts, k), step)
         scores = score(reward, ro)
-        rewards = scores
-        columns = {"reward": scores}
-        if config.kl_coef > 0:
-            ref_lp = reference_logprobs(policy, reference, ro, config.temperature, config.micro_batch_size)
-            seq_kl = sequence_kl(ro.logprobs, ref_lp, ro.response_mask)
-            rewards = scores - config.kl_coef * seq_kl  # KL penalty in the sequence reward
-            columns["kl"] = seq_kl
+        rewards, columns = kl_penalised_scores(config, policy, reference, ro, scores)  # KL penalty in the sequence reward
         advantages = advantages_for(rewards, k, config.normalize_advantages)
         columns["advantage"] = advantages
         stats = policy_gradient_update(policy, ro, advantages, config, optimizer, scheduler, step,

@@ -42,6 +42,28 @@ def test_reward_model_learns_held_out_preference(tmp_path, tiny_encoder_rm_dir, 
     assert report["overall"]["pairs"] == 160 and report["overall"]["accuracy"] >= 0.9
 
 
+def test_reward_validation_split_chooses_and_held_out_is_scored_once(tmp_path, tiny_encoder_rm_dir, pair_file):
+    """With validation_fraction, choices (best_metric) look only at a part of the training data;
+    the held-out set is scored once, on the chosen weights."""
+    out = tmp_path / "rm"
+    cfg = load_config(RewardConfig, None, [
+        "--model", str(tiny_encoder_rm_dir), "--data", str(pair_file), "--output_dir", str(out),
+        "--epochs", "2", "--batch_size", "16", "--micro_batch_size", "8", "--learning_rate", "3e-3",
+        "--eval_fraction", "0.25", "--validation_fraction", "0.25", "--eval_every", "3",
+        "--best_metric", "val_loss", "--max_length", "48", "--tensorboard", "false"])
+    metrics = reward_run(cfg)
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r and "best_step" not in r]
+    held = [r for r in rows if "eval_accuracy" in r]
+    # 160 pairs: 40 held out, 30 validation, 90 training -> 5 steps per epoch, 10 steps;
+    # validation after steps 3, 6, 9 and at the end (10)
+    assert [s for s, _ in val] == [3, 6, 9, 10]
+    best_step, best_loss = min(val, key=lambda sv: sv[1])
+    assert metrics["best_step"] == best_step and metrics["best_val_loss"] == pytest.approx(best_loss)
+    assert len(held) == 1 and held[0]["eval_pairs"] == 40
+    assert metrics["eval_accuracy"] == held[0]["eval_accuracy"]
+
+
 @pytest.mark.parametrize("objective,rows", [
     ("regression", [{"prompt": "p", "completion": f" good {i}", "rating": 1 + i % 7} for i in range(24)]),
     ("classification", [{"prompt": "p", "completion": f" ok {i}", "label": i % 2 == 0} for i in range(24)]),

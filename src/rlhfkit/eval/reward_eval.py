@@ -7,7 +7,9 @@ Metrics (overall and per subset):
   r_first > r_second; without the random order every label would be positive;
 - expected calibration error (10 equal-width bins) of p = sigmoid(r_first - r_second) against
   that label (Guo et al. 2017), which is the calibration of sigmoid(r_chosen - r_rejected);
-- mean margin r_chosen - r_rejected; for tied pairs, the mean |r_a - r_b| (lower = agrees).
+- mean margin r_chosen - r_rejected; for tied pairs, the mean |r_a - r_b| (lower = agrees);
+- loss: the mean Bradley-Terry loss -log sigmoid(r_chosen - r_rejected) (smoother than accuracy
+  on a small validation set, so the better criterion for choosing a checkpoint).
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, flip: torch.Tenso
     diff = c - r
     out["accuracy"] = ((diff > 0).double() + 0.5 * (diff == 0).double()).mean().item()
     out["mean_margin"] = diff.mean().item()
+    out["loss"] = -torch.nn.functional.logsigmoid(diff).mean().item()
     first = torch.where(f, r, c)
     second = torch.where(f, c, r)
     label = (~f).long()  # 1 when the first shown response is the chosen one

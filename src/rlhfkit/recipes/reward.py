@@ -30,6 +30,9 @@ class RewardConfig(TrainingConfig):
     data: str = field(default="hh-rlhf", metadata={"help": "JSONL/JSON file, or hh-rlhf / finegrained / oasst"})
     eval_data: str = field(default="", metadata={"help": "held-out file; empty = hold out eval_fraction of data"})
     eval_fraction: float = field(default=0.2, metadata={"help": "fraction held out when eval_data is empty"})
+    validation_fraction: float = field(default=0.0, metadata={"help": "fraction of the training part kept apart "
+                                                                   "for choices (best_metric: val_loss); the held-out "
+                                                                   "set is then only scored once, at the end"})
     max_length: int = field(default=256, metadata={"help": "tokens of prompt + response; the prompt is cut from the left"})
     ties: str = field(default="drop", metadata={"help": "tied pairs: drop, or keep (loss pulls both rewards together)"})
     use_margin: bool = field(default=True, metadata={"help": "use a pair's margin when it has one"})
@@ -49,6 +52,8 @@ class RewardConfig(TrainingConfig):
         if self.kind not in ("auto", "causal", "encoder"):
             raise ValueError(f"field 'kind': {self.kind!r} is not one of ['auto', 'causal', 'encoder']")
         validate_data_fields(self)
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"field 'validation_fraction': {self.validation_fraction} is not in [0, 1)")
 
 
 def encode_records(records, tokenizer, config: RewardConfig) -> list[dict]:
@@ -131,18 +136,33 @@ def run(config: RewardConfig) -> dict:
     if config.lora.r:
         model = apply_lora(model, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
                            target_modules=config.lora.target_modules)
+    # a validation part carved from the training part (another seed's shuffle), so that choosing
+    # the checkpoint never looks at the held-out set
+    val_records: list = []
+    if config.validation_fraction:
+        train_records, val_records = split_holdout(train_records, config.validation_fraction, config.seed + 1)
     train = encode_records(train_records, tokenizer, config)
     collate = make_collate(tokenizer.pad_token_id, config.objective)
-    eval_fn = None
-    if eval_records and config.objective == "pairwise":
-        def eval_fn(m):
-            report = evaluate_pairs(m, tokenizer, eval_records, max_length=config.max_length,
+
+    def scorer(pairs, prefix):
+        def score(m):
+            report = evaluate_pairs(m, tokenizer, pairs, max_length=config.max_length,
                                     batch_size=config.micro_batch_size * 2)
-            return {f"eval_{k}": v for k, v in report["overall"].items() if isinstance(v, (int, float))}
+            return {f"{prefix}_{k}": v for k, v in report["overall"].items() if isinstance(v, (int, float))}
+        return score
+
+    eval_fn = None
+    if config.objective == "pairwise":
+        if val_records:
+            eval_fn = scorer(val_records, "val")
+        elif eval_records:
+            eval_fn = scorer(eval_records, "eval")
     if info.is_main:
-        print(f"reward: {len(train)} training and {len(eval_records)} held-out {kind}, backbone {config.model}")
+        print(f"reward: {len(train)} training, {len(val_records)} validation and {len(eval_records)} held-out "
+              f"{kind}, backbone {config.model}")
     metrics = fit(model, train, collate, make_loss(config.objective), count_examples, config, info,
-                  eval_fn, desc="reward", unit="pairs" if kind == "pairs" else "examples")
+                  eval_fn, desc="reward", unit="pairs" if kind == "pairs" else "examples",
+                  final_eval_fn=scorer(eval_records, "eval") if val_records and eval_records else None)
     save_final(model, tokenizer, config, metrics, info)
     cleanup(info)
     return metrics

@@ -12,12 +12,15 @@ scheduler and RNG states (training/checkpoint.py).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -30,6 +33,7 @@ from .distributed import (
     full_model_state,
     full_optimizer_state,
     grad_sync_context,
+    is_sharded,
     load_full_optimizer_state,
     wrap_model,
 )
@@ -56,6 +60,11 @@ class TrainingConfig:
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0 = only at the end)"})
+    best_metric: str = field(default="", metadata={"help": "keep the weights with the best value of this eval metric "
+                                                       "(e.g. val_loss; lower is better for names with loss/perplexity/ece, "
+                                                       "higher otherwise); the final model is those weights"})
+    group_by_length: bool = field(default=True, metadata={"help": "sort each global batch by length before cutting "
+                                                               "micro-batches: less padding, the same gradient"})
     log_every: int = field(default=1, metadata={"help": "log metrics every N steps"})
     resume: bool = field(default=True, metadata={"help": "continue from the latest checkpoint in output_dir"})
     parallel: str = field(default="ddp", metadata={"help": "ddp (replicated) or fsdp (sharded, FSDP2) when launched with several processes"})
@@ -86,7 +95,6 @@ _RESUME_FREE_FIELDS = {"output_dir", "resume", "save_every", "keep_checkpoints",
 def resume_fingerprint(config: Any) -> dict:
     """The config fields a checkpoint's continuation depends on (JSON-able), stored with it."""
     import dataclasses
-    import json
 
     d = {k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUME_FREE_FIELDS}
     return json.loads(json.dumps(d, default=str))
@@ -95,9 +103,6 @@ def resume_fingerprint(config: Any) -> dict:
 def check_resume_config(ckpt: Any, config: Any) -> None:
     """Refuse to resume from a checkpoint written under different settings: the data position,
     schedule and weights would silently belong to another run (exact resume needs the same config)."""
-    import json
-    from pathlib import Path
-
     saved = json.loads((Path(ckpt) / "trainer_state.json").read_text(encoding="utf-8")).get("config")
     if saved is None:  # a checkpoint from before fingerprints were stored
         return
@@ -168,6 +173,69 @@ def plan_steps(n_examples: int, config: TrainingConfig) -> tuple[int, int]:
     return per_epoch, total
 
 
+def example_length(example: Any) -> int:
+    """Padded length an example needs: the longest token list in it (a pair's chosen/rejected,
+    DPO's `seqs`, SFT's `input_ids`); used to group similar lengths into one micro-batch."""
+    if isinstance(example, dict):
+        return max((example_length(v) for v in example.values() if isinstance(v, (list, tuple))), default=0)
+    if isinstance(example, (list, tuple)):
+        if example and isinstance(example[0], (list, tuple)):
+            return max(len(x) for x in example)
+        return len(example)
+    return 0
+
+
+def lower_is_better(metric: str) -> bool:
+    return any(word in metric for word in ("loss", "perplexity", "ece", "kl"))
+
+
+class BestWeights:
+    """The weights with the best value of `metric` so far, kept on disk in `output_dir/best/`
+    (written atomically, so a resumed run still knows its best; a fresh run starts without)."""
+
+    def __init__(self, output_dir: str, metric: str, info: DistInfo, resuming: bool):
+        self.metric, self.info = metric, info
+        self.folder = Path(output_dir) / "best"
+        self.step: int | None = None
+        self.value: float | None = None
+        if resuming and (self.folder / "best.json").exists():
+            saved = json.loads((self.folder / "best.json").read_text(encoding="utf-8"))
+            self.step, self.value = saved["step"], saved["value"]
+        elif info.is_main and self.folder.exists():
+            shutil.rmtree(self.folder)
+
+    def update(self, step: int, scores: dict, train_model: torch.nn.Module) -> None:
+        if self.metric not in scores:
+            raise ConfigError(f"field 'best_metric': {self.metric!r} is not among the eval metrics {sorted(scores)}")
+        value = float(scores[self.metric])
+        better = (self.value is None or (value < self.value if lower_is_better(self.metric) else value > self.value))
+        if not better:
+            return
+        self.step, self.value = step, value
+        state = full_model_state(train_model)  # collective under FSDP
+        if self.info.is_main:
+            tmp = self.folder.with_name("best.tmp")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+            torch.save(state, tmp / "model.pt")
+            (tmp / "best.json").write_text(json.dumps({"step": step, "value": value, "metric": self.metric}))
+            if self.folder.exists():
+                shutil.rmtree(self.folder)
+            os.replace(tmp, self.folder)
+        barrier(self.info)
+
+    def restore(self, train_model: torch.nn.Module) -> None:
+        """Load the best weights into the (possibly wrapped / sharded) model."""
+        state = torch.load(self.folder / "model.pt", map_location="cpu", weights_only=True)
+        if is_sharded(train_model):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(train_model, state, options=StateDictOptions(full_state_dict=True))
+        else:
+            unwrap(train_model).load_state_dict(state)
+
+
 def _kill_for_tests(step: int) -> None:
     # Test hook: SIGKILL ourselves right after `step`, to prove resume after a hard kill.
     target = os.environ.get("RLHFKIT_TEST_SIGKILL_AFTER_STEP")
@@ -186,8 +254,14 @@ def fit(
     eval_fn: Callable[[torch.nn.Module], dict] | None = None,
     desc: str = "train",
     unit: str = "tokens",
+    length_fn: Callable[[Any], int] = example_length,
+    final_eval_fn: Callable[[torch.nn.Module], dict] | None = None,
 ) -> dict:
-    """Train `model` in place; returns the last logged metrics (with final eval ones)."""
+    """Train `model` in place; returns the last logged metrics (with final eval ones).
+
+    With `config.best_metric`, the model ends holding the weights of the best evaluation
+    (metrics gain `best_step` and `best_<metric>`), and the final eval scores are those weights'.
+    `final_eval_fn` runs once on the final weights (a test set that took no part in choices)."""
     if config.micro_batch_size * info.world_size > config.batch_size:
         raise ConfigError(f"micro_batch_size {config.micro_batch_size} x {info.world_size} processes "
                           f"exceeds batch_size {config.batch_size}")
@@ -207,6 +281,9 @@ def fit(
                                      load_optimizer=partial(load_full_optimizer_state, train_model))["step"]
     logger = MetricsLogger(config.output_dir, enabled=info.is_main, tensorboard=config.tensorboard,
                            resume_step=start_step if ckpt is not None else None)
+    if config.best_metric and eval_fn is None:
+        raise ConfigError("field 'best_metric' needs evaluation data (an eval or validation set)")
+    best = BestWeights(config.output_dir, config.best_metric, info, ckpt is not None) if config.best_metric else None
     train_model.train()
     device = model_device(train_model)
     bar = progress_bar(total_steps, initial=start_step, desc=desc, enabled=info.is_main)
@@ -217,6 +294,10 @@ def fit(
         order = epoch_order(len(examples), config.seed, epoch)
         global_batch = order[position * config.batch_size:(position + 1) * config.batch_size]
         local = rank_slice(global_batch, info)
+        if config.group_by_length:
+            # the loss is a sum normalised by the global unit count, so the order of examples
+            # within the step does not change the update; sorting only removes padding
+            local = sorted(local, key=lambda i: -length_fn(examples[i]))
         micro = [to_device(collate([examples[i] for i in idx]), device)
                  for idx in chunks(local, config.micro_batch_size)]
         n_units = all_reduce_sum(sum(count_fn(b) for b in micro), info).item()
@@ -259,6 +340,8 @@ def fit(
         if eval_fn is not None and config.eval_every and step_done % config.eval_every == 0 and step_done < total_steps:
             scores = eval_fn(unwrap(train_model))
             logger.log(step_done, scores)
+            if best is not None:
+                best.update(step_done, scores, train_model)
             train_model.train()
         if config.save_every and step_done % config.save_every == 0 and step_done < total_steps:
             model_state = full_model_state(train_model)  # collective under FSDP: every rank
@@ -273,6 +356,17 @@ def fit(
     bar.close()
     if eval_fn is not None:
         scores = eval_fn(unwrap(train_model))
+        logger.log(total_steps, scores)
+        if best is not None:
+            best.update(total_steps, scores, train_model)
+            if best.step != total_steps:
+                best.restore(train_model)
+                scores = eval_fn(unwrap(train_model))
+            scores = {**scores, "best_step": best.step, f"best_{best.metric}": best.value}
+            logger.log(total_steps, scores)
+        last.update(scores)
+    if final_eval_fn is not None:
+        scores = final_eval_fn(unwrap(train_model))
         logger.log(total_steps, scores)
         last.update(scores)
     logger.close()

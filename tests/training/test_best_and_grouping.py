@@ -1,0 +1,126 @@
+"""`fit`: keeping the best evaluated weights (also across a crash and resume), and length
+grouping of micro-batches, which must not change the update."""
+import json
+
+import pytest
+import torch
+
+from rlhfkit.training.distributed import DistInfo
+from rlhfkit.training.loop import TrainingConfig, example_length, fit, lower_is_better
+
+# 32 examples of a linear regression problem; example i has a token list of length 1 + i % 7 so
+# that length grouping really reorders them.
+torch.manual_seed(0)
+X = torch.randn(32, 4)
+Y = X @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1 * torch.randn(32)
+EXAMPLES = [{"x": X[i], "y": Y[i], "ids": list(range(1 + i % 7))} for i in range(32)]
+
+
+def collate(batch):
+    return {"x": torch.stack([e["x"] for e in batch]), "y": torch.stack([e["y"] for e in batch])}
+
+
+def loss_sum(model, batch):
+    return ((model(batch["x"]).squeeze(-1) - batch["y"]) ** 2).sum(), {}
+
+
+def count(batch):
+    return int(batch["y"].numel())
+
+
+def make_model():
+    torch.manual_seed(1)
+    return torch.nn.Linear(4, 1)
+
+
+def config(out, **kw):
+    base = dict(output_dir=str(out), epochs=0, max_steps=8, batch_size=8, micro_batch_size=2,
+                learning_rate=0.05, lr_schedule="constant", tensorboard=False, seed=3)
+    return TrainingConfig(**{**base, **kw})
+
+
+class ScriptedEval:
+    """Evaluation whose values are given in advance (the selection logic is what is tested);
+    `crash_at` raises on that call, standing in for a killed process."""
+
+    def __init__(self, values, crash_at=None):
+        self.values, self.calls, self.crash_at = list(values), 0, crash_at
+
+    def __call__(self, model):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise KeyboardInterrupt("simulated crash")
+        return {"val_loss": self.values[self.calls - 1], "val_weight0": float(model.weight[0, 0].detach())}
+
+
+def test_example_length_reads_the_longest_token_list():
+    assert example_length({"chosen": [1, 2, 3], "rejected": [1], "margin": 0.0}) == 3
+    assert example_length({"seqs": [[1, 2], [1, 2, 3, 4]], "prompt_len": 1}) == 4
+    assert example_length({"input_ids": [5] * 9, "labels": [5] * 9}) == 9
+    assert lower_is_better("val_loss") and lower_is_better("eval_ece") and not lower_is_better("val_accuracy")
+
+
+def test_group_by_length_changes_nothing_but_the_padding(tmp_path):
+    weights = {}
+    for grouped in (True, False):
+        model = make_model()
+        fit(model, EXAMPLES, collate, loss_sum, count, config(tmp_path / str(grouped), group_by_length=grouped),
+            DistInfo())
+        weights[grouped] = model.weight.detach().clone()
+    torch.testing.assert_close(weights[True], weights[False], rtol=1e-6, atol=1e-7)
+
+
+def test_best_metric_ends_with_the_weights_of_the_best_evaluation(tmp_path):
+    # evaluations at steps 2, 4, 6 and 8 (the last one at the end); the best val_loss is at step 4
+    model = make_model()
+    metrics = fit(model, EXAMPLES, collate, loss_sum, count,
+                  config(tmp_path / "best", eval_every=2, best_metric="val_loss"), DistInfo(),
+                  ScriptedEval([3.0, 1.0, 2.0, 4.0, 99.0]))
+    # with a constant learning rate the weights after step 4 do not depend on the total steps
+    reference = make_model()
+    fit(reference, EXAMPLES, collate, loss_sum, count, config(tmp_path / "four", max_steps=4), DistInfo())
+    assert torch.equal(model.weight, reference.weight)
+    assert metrics["best_step"] == 4 and metrics["best_val_loss"] == 1.0
+    # the scores reported at the end are those of the restored weights (the 5th evaluation)
+    assert metrics["val_loss"] == 99.0
+    assert metrics["val_weight0"] == pytest.approx(float(reference.weight[0, 0]))
+    assert json.loads((tmp_path / "best" / "best" / "best.json").read_text())["step"] == 4
+
+
+def test_best_metric_survives_a_crash_and_resume(tmp_path):
+    straight = make_model()
+    fit(straight, EXAMPLES, collate, loss_sum, count,
+        config(tmp_path / "straight", eval_every=2, save_every=2, best_metric="val_loss"), DistInfo(),
+        ScriptedEval([3.0, 1.0, 2.0, 4.0, 99.0]))
+
+    out = tmp_path / "crashed"
+    cfg = config(out, eval_every=2, save_every=2, best_metric="val_loss")
+    with pytest.raises(KeyboardInterrupt):  # crashes in the evaluation at step 6, after the best (4)
+        fit(make_model(), EXAMPLES, collate, loss_sum, count, cfg, DistInfo(), ScriptedEval([3.0, 1.0], crash_at=3))
+    assert (out / "checkpoint-4").is_dir() and (out / "best" / "best.json").exists()
+    resumed = make_model()
+    # the resumed run evaluates at 6 and 8 only: it must remember that step 4 scored 1.0
+    metrics = fit(resumed, EXAMPLES, collate, loss_sum, count, cfg, DistInfo(), ScriptedEval([2.0, 4.0, 99.0]))
+    assert metrics["best_step"] == 4
+    assert torch.equal(resumed.weight, straight.weight) and torch.equal(resumed.bias, straight.bias)
+
+
+def test_a_fresh_run_forgets_an_old_best(tmp_path):
+    out = tmp_path / "run"
+    fit(make_model(), EXAMPLES, collate, loss_sum, count, config(out, eval_every=2, best_metric="val_loss"),
+        DistInfo(), ScriptedEval([0.5, 1.0, 2.0, 4.0, 0.5]))
+    metrics = fit(make_model(), EXAMPLES, collate, loss_sum, count,
+                  config(out, eval_every=2, best_metric="val_loss", resume=False), DistInfo(),
+                  ScriptedEval([3.0, 2.0, 1.0, 4.0, 1.0]))
+    assert metrics["best_step"] == 6
+
+
+def test_best_metric_needs_an_evaluation_and_a_known_metric(tmp_path):
+    from rlhfkit.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="needs evaluation data"):
+        fit(make_model(), EXAMPLES, collate, loss_sum, count, config(tmp_path / "a", best_metric="val_loss"),
+            DistInfo())
+    with pytest.raises(ConfigError, match="not among the eval metrics"):
+        fit(make_model(), EXAMPLES, collate, loss_sum, count, config(tmp_path / "b", best_metric="val_acc"),
+            DistInfo(), ScriptedEval([1.0] * 5))

@@ -105,3 +105,37 @@ def test_greedy_and_top_k(tok, model):
     g1 = gen(tok, top_k=1)  # top-1 sampling = greedy
     c = rollout(g1, model, tok, PROMPTS, seed=3)
     assert torch.equal(a.response_ids, c.response_ids)
+
+
+def test_update_pass_can_supply_the_behaviour_logprobs(tok, model):
+    """One update per rollout: skipping the behaviour pass (its log-probs taken from the update's
+    own forward pass, as TRL's GRPO with num_iterations=1) makes the same update and leaves the
+    same log-probs in the rollout as computing them in a separate pass first."""
+    import copy
+
+    from rlhfkit.recipes.grpo import GRPOConfig
+    from rlhfkit.recipes.online import optimizer_and_scheduler, policy_gradient_update
+
+    config = GRPOConfig(batch_size=6, micro_batch_size=2, max_new_tokens=8, temperature=0.7, learning_rate=1e-2,
+                        max_steps=1, warmup_ratio=0.0)
+    prompts = PROMPTS * 2
+    with_pass = rollout(gen(tok), model, tok, prompts, seed=3)
+    without = rollout(gen(tok), model, tok, prompts, seed=3, behaviour_logprobs=False)
+    assert torch.equal(with_pass.response_ids, without.response_ids)
+    assert not without.logprobs.any()
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0])
+    updated = {}
+    for name, ro, fill in (("pass", with_pass, False), ("fill", without, True)):
+        policy = copy.deepcopy(model)
+        optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), config)
+        policy_gradient_update(policy, ro, advantages, config, optimizer, scheduler, 0, "sequence",
+                               fill_behaviour_logprobs=fill)
+        updated[name] = policy
+    torch.testing.assert_close(without.logprobs, with_pass.logprobs, rtol=1e-5, atol=1e-5)
+    for (n, a), (_, b) in zip(updated["pass"].named_parameters(), updated["fill"].named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=n)
+    assert not torch.equal(next(updated["fill"].parameters()), next(model.parameters()))
+    config.ppo_epochs = 2
+    with pytest.raises(ValueError, match="one epoch and one minibatch"):
+        policy_gradient_update(copy.deepcopy(model), without, advantages, config, optimizer, scheduler, 0,
+                               "sequence", fill_behaviour_logprobs=True)

@@ -114,6 +114,13 @@ def split_holdout(records: list, eval_fraction: float, seed: int) -> tuple[list,
     return train, held
 
 
+def first_n(records: list, n: int) -> list:
+    """The first `n` records (all when n is 0): a fixed subset of an already shuffled split."""
+    if n < 0:
+        raise ValueError(f"a record limit must be >= 0, got {n}")
+    return records[:n] if n else records
+
+
 def set_threads(threads: int) -> None:
     if threads:
         torch.set_num_threads(threads)

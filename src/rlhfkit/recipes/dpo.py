@@ -40,7 +40,7 @@ from rlhfkit.core.losses import (
     simpo_loss,
 )
 from rlhfkit.data.tokenize import IGNORE_INDEX, pad_sequences, special_layout
-from rlhfkit.recipes.common import LoraConfig, load_training_records, save_final, set_threads, split_holdout
+from rlhfkit.recipes.common import LoraConfig, first_n, load_training_records, save_final, set_threads, split_holdout
 from rlhfkit.training.checkpoint import unwrap
 from rlhfkit.training.distributed import DistInfo, barrier, cleanup, init_distributed
 from rlhfkit.training.loop import TrainingConfig, fit
@@ -58,6 +58,8 @@ class DPOConfig(TrainingConfig):
     data: str = field(default="hh-rlhf", metadata={"help": "JSONL/JSON file of prompt/chosen/rejected pairs, or hh-rlhf / finegrained / oasst"})
     eval_data: str = field(default="", metadata={"help": "held-out pair file; empty = hold out eval_fraction of data"})
     eval_fraction: float = field(default=0.1, metadata={"help": "fraction held out when eval_data is empty"})
+    max_train: int = field(default=0, metadata={"help": "use only the first N training pairs of the shuffled split (0 = all)"})
+    max_eval: int = field(default=0, metadata={"help": "use only the first N held-out pairs (0 = all)"})
     loss: str = field(default="sigmoid", metadata={"help": "sigmoid (DPO), ipo, cdpo (label-smoothed DPO), simpo or orpo"})
     beta: float = field(default=0.0, metadata={"help": "KL strength / reward scale (0 = the loss's default: 0.1, SimPO 2.0)"})
     label_smoothing: float = field(default=0.1, metadata={"help": "cdpo: assumed probability that a label is flipped"})
@@ -87,6 +89,8 @@ class DPOConfig(TrainingConfig):
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError("field 'label_smoothing' must be in [0, 0.5)")
         validate_lengths(self.max_length, self.max_prompt_length)
+        if self.max_train < 0 or self.max_eval < 0:
+            raise ValueError("fields 'max_train' / 'max_eval' must be >= 0 (0 = all)")
 
 
 def validate_reference(reference: str, reference_free: bool, lora_r: int, what: str) -> None:
@@ -371,6 +375,7 @@ def run(config: DPOConfig) -> dict:
         eval_records, _ = load_pairs(config.eval_data, config, config.eval_data)
     else:
         train_records, eval_records = split_holdout(records, config.eval_fraction, config.seed)
+    train_records, eval_records = first_n(train_records, config.max_train), first_n(eval_records, config.max_eval)
     model, tokenizer = load_policy(config.model, padding_side="right")
     train = encode_pairs(train_records, tokenizer, config)
     held = encode_pairs(eval_records, tokenizer, config)

@@ -19,7 +19,7 @@ from rlhfkit.recipes.common import save_final
 from rlhfkit.recipes.online import (OnlineConfig, SampleTable, generate, load_models, load_prompts, make_generator,
                                     maybe_checkpoint, optimizer_and_scheduler, policy_gradient_update, prompts_for_step,
                                     reference_logprobs, repeat_each, resume_state, rollout_metrics, score, sequence_kl,
-                                    setup_run, timer)
+                                    setup_run, single_update, timer)
 from rlhfkit.rewards import build_reward
 from rlhfkit.training.distributed import DistInfo
 from rlhfkit.training.logging import MetricsLogger, progress_bar
@@ -71,7 +71,9 @@ def run(config: GRPOConfig) -> dict:
         t0 = timer()
         # 1. rollout: each prompt k times, adjacent rows
         step_prompts = prompts_for_step(prompts, step, config.batch_size // k, config.seed)
-        ro = generate(config, generator, policy, tokenizer, repeat_each(step_prompts, k), step)
+        # with one update per rollout the update pass supplies the behaviour log-probs (no extra pass)
+        ro = generate(config, generator, policy, tokenizer, repeat_each(step_prompts, k), step,
+                      behaviour_logprobs=not single_update(config))
         # 2. score and group-normalised advantages
         scores = score(reward, ro)
         advantages = advantages_for(scores, k, config.variant)
@@ -79,7 +81,8 @@ def run(config: GRPOConfig) -> dict:
                   if config.kl_coef > 0 else None)
         # 3. clipped surrogate + beta * k3 KL in the loss
         stats = policy_gradient_update(policy, ro, advantages, config, optimizer, scheduler, step,
-                                       aggregation_for(config), ref_logprobs=ref_lp, kl_loss_coef=config.kl_coef)
+                                       aggregation_for(config), ref_logprobs=ref_lp, kl_loss_coef=config.kl_coef,
+                                       fill_behaviour_logprobs=single_update(config))
         # 4. log, sample table, checkpoint
         metrics = {**rollout_metrics(ro, scores, timer() - t0), **stats, "lr": scheduler.get_last_lr()[0]}
         columns = {"reward": scores, "advantage": advantages}

@@ -27,7 +27,7 @@ import torch
 
 from rlhfkit.core.losses import kto_loss
 from rlhfkit.data.records import ThumbsRecord
-from rlhfkit.recipes.common import LoraConfig, load_training_records, save_final, set_threads, split_holdout
+from rlhfkit.recipes.common import LoraConfig, first_n, load_training_records, save_final, set_threads, split_holdout
 from rlhfkit.recipes.dpo import (
     cached_reference,
     encode_prompt,
@@ -52,6 +52,8 @@ class KTOConfig(TrainingConfig):
     data_kind: str = field(default="auto", metadata={"help": "thumbs, pairs, or auto (named sets are pairs; a file by its first record)"})
     eval_data: str = field(default="", metadata={"help": "held-out file; empty = hold out eval_fraction of data"})
     eval_fraction: float = field(default=0.1, metadata={"help": "fraction held out when eval_data is empty"})
+    max_train: int = field(default=0, metadata={"help": "use only the first N training records of the shuffled split (0 = all)"})
+    max_eval: int = field(default=0, metadata={"help": "use only the first N held-out records (0 = all)"})
     beta: float = field(default=0.1, metadata={"help": "reward scale: reward = beta * log(pi / pi_ref)"})
     desirable_weight: float = field(default=1.0, metadata={"help": "lambda_D: weight of desirable (thumbs-up) examples"})
     undesirable_weight: float = field(default=1.0, metadata={"help": "lambda_U: weight of undesirable examples (paper: keep lambda_D n_D / (lambda_U n_U) in [1, 4/3])"})
@@ -77,6 +79,8 @@ class KTOConfig(TrainingConfig):
         if self.beta <= 0 or self.desirable_weight < 0 or self.undesirable_weight < 0:
             raise ValueError("beta must be > 0 and the weights >= 0")
         validate_lengths(self.max_length, self.max_prompt_length)
+        if self.max_train < 0 or self.max_eval < 0:
+            raise ValueError("fields 'max_train' / 'max_eval' must be >= 0 (0 = all)")
 
 
 # ----------------------------------------------------------------------------- data
@@ -234,6 +238,7 @@ def run(config: KTOConfig) -> dict:
     else:
         train_records, eval_records = split_holdout(records, config.eval_fraction, config.seed)
         eval_kind = kind
+    train_records, eval_records = first_n(train_records, config.max_train), first_n(eval_records, config.max_eval)
     train_thumbs, eval_thumbs = to_thumbs(train_records, kind), to_thumbs(eval_records, eval_kind)
     model, tokenizer = load_policy(config.model, padding_side="right")
     fixed_kl = reference == "cached"

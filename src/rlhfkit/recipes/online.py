@@ -141,11 +141,19 @@ def make_generator(config: OnlineConfig, tokenizer) -> HFGenerator:
     return HFGenerator(sampling, tokenizer.eos_token_id, tokenizer.pad_token_id)
 
 
-def generate(config: OnlineConfig, generator, policy, tokenizer, prompts: list[str], step: int) -> Rollout:
-    """One rollout of ``prompts`` sampled from the seed of (config.seed, step)."""
+def single_update(config: OnlineConfig) -> bool:
+    """One optimiser step per rollout: the log-probs of the update's own forward pass, taken
+    before the step, are the behaviour log-probs, so no separate pass is needed for them."""
+    return config.ppo_epochs == 1 and config.num_minibatches == 1
+
+
+def generate(config: OnlineConfig, generator, policy, tokenizer, prompts: list[str], step: int,
+             behaviour_logprobs: bool = True) -> Rollout:
+    """One rollout of ``prompts`` sampled from the seed of (config.seed, step); without
+    ``behaviour_logprobs`` its ``logprobs`` stay zero until ``policy_gradient_update`` fills them."""
     return rollout(generator, policy, tokenizer, prompts, seed=step_seed(config.seed, step),
                    max_prompt_length=config.max_prompt_length, chat_template=config.chat_template,
-                   logprob_batch_size=config.micro_batch_size)
+                   logprob_batch_size=config.micro_batch_size, behaviour_logprobs=behaviour_logprobs)
 
 
 def micro_slices(n: int, size: int) -> list[slice]:
@@ -231,7 +239,7 @@ def policy_gradient_update(policy, ro: Rollout, advantages: torch.Tensor, config
                            optimizer, scheduler, step: int, aggregation: str,
                            ref_logprobs: torch.Tensor | None = None, kl_loss_coef: float = 0.0,
                            extra_loss: Callable[[torch.Tensor, int], tuple[torch.Tensor, dict]] | None = None,
-                           params: list | None = None) -> dict:
+                           params: list | None = None, fill_behaviour_logprobs: bool = False) -> dict:
     """Clipped policy-gradient update on one rollout (GRPO / RLOO / REINFORCE).
 
     ``advantages``: ``[B]`` (one per sequence, broadcast to its tokens) or ``[B, R]``. The
@@ -239,7 +247,12 @@ def policy_gradient_update(policy, ro: Rollout, advantages: torch.Tensor, config
     minibatch the ratio is 1 and it is plain REINFORCE) plus ``kl_loss_coef * k3(logp, ref)``
     when ``kl_loss_coef > 0`` (GRPO's KL term in the loss). Tokens are weighted by
     ``token_weights(aggregation)`` over each minibatch. ``extra_loss(rows, minibatch_size)``
-    adds a term per micro-batch (a learned baseline). Returns mean statistics."""
+    adds a term per micro-batch (a learned baseline). ``fill_behaviour_logprobs`` (only with a
+    single update, see ``single_update``): the rollout came without behaviour log-probs, and each
+    micro-batch's detached log-probs become them (ratio 1), written into ``ro.logprobs``.
+    Returns mean statistics."""
+    if fill_behaviour_logprobs and not single_update(config):
+        raise ValueError("behaviour log-probs can come from the update pass only with one epoch and one minibatch")
     n = len(ro)
     adv_tok = advantages.unsqueeze(1).expand_as(ro.logprobs) if advantages.dim() == 1 else advantages
     params = params if params is not None else [p for g in optimizer.param_groups for p in g["params"]]
@@ -255,6 +268,8 @@ def policy_gradient_update(policy, ro: Rollout, advantages: torch.Tensor, config
                 m, w = ro.response_mask[r], weights[s]
                 logp, ent = response_logprobs(policy, ro.prompt_ids[r], ro.prompt_mask[r], ro.response_ids[r], m,
                                               config.temperature, with_entropy=True)
+                if fill_behaviour_logprobs:
+                    ro.logprobs[r] = logp.detach()
                 # core ppo_policy_loss with normaliser 1 sums max(-A r, -A clip(r)) over the
                 # mask; scaling A by the positive token weight scales each term by it.
                 loss, st = ppo_policy_loss(logp, ro.logprobs[r], adv_tok[r] * w, m, config.clip_eps, normaliser=1.0)

@@ -229,9 +229,13 @@ def response_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
 
 def finish_rollout(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                    raw_response_ids: torch.Tensor, temperature: float, prompts: Sequence[str] | None = None,
-                   logprob_batch_size: int = 0) -> Rollout:
+                   logprob_batch_size: int = 0, behaviour_logprobs: bool = True) -> Rollout:
     """Truncate raw generations after the first EOS, recompute behaviour log-probs
-    (``response_logprobs`` in chunks of ``logprob_batch_size`` rows, 0 = all at once) and decode."""
+    (``response_logprobs`` in chunks of ``logprob_batch_size`` rows, 0 = all at once) and decode.
+
+    ``behaviour_logprobs=False`` skips that forward pass and leaves ``logprobs`` zero, for a
+    caller that makes exactly one update on the rollout and fills them from its own forward pass
+    (the log-probs before that update are the behaviour ones; TRL's GRPO with num_iterations=1)."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     response_ids, response_mask, has_eos = truncate_after_eos(raw_response_ids, eos, pad)
     B = response_ids.shape[0]
@@ -241,7 +245,7 @@ def finish_rollout(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torc
     with torch.no_grad():
         lps = [response_logprobs(model, prompt_ids[i:i + chunk], prompt_mask[i:i + chunk],
                                  response_ids[i:i + chunk], response_mask[i:i + chunk], temperature)
-               for i in range(0, B, chunk)]
+               for i in range(0, B, chunk)] if behaviour_logprobs else []
     model.train(was_training)
     logprobs = torch.cat(lps) if lps else torch.zeros_like(response_ids, dtype=torch.float)
     text_ids = torch.where(response_mask & (response_ids != eos), response_ids, torch.full_like(response_ids, pad))
@@ -254,7 +258,7 @@ def finish_rollout(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torc
 
 def rollout(generator: Generator, model, tokenizer, prompts: Sequence[str], seed: int,
             max_prompt_length: int = 0, chat_template: bool = False,
-            logprob_batch_size: int = 0) -> Rollout:
+            logprob_batch_size: int = 0, behaviour_logprobs: bool = True) -> Rollout:
     """Tokenise ``prompts`` (left padded), sample one response each with ``generator`` from
     ``seed``, and return the finished ``Rollout``. Repeat prompts for k samples per prompt."""
     device = next(model.parameters()).device
@@ -262,4 +266,4 @@ def rollout(generator: Generator, model, tokenizer, prompts: Sequence[str], seed
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     raw = generator.generate(model, prompt_ids, prompt_mask, seed)
     return finish_rollout(model, tokenizer, prompt_ids, prompt_mask, raw, generator.sampling.temperature,
-                          prompts, logprob_batch_size)
+                          prompts, logprob_batch_size, behaviour_logprobs)

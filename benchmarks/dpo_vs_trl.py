@@ -35,6 +35,9 @@ def parse_args(argv=None):
     p.add_argument("--model", default="tiny", help="tiny (random 2-layer Llama) or smollm2-135m, or a HF folder")
     p.add_argument("--pairs", type=int, default=128, help="first N fitting HH-RLHF harmless pairs")
     p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--micro_batch_size", type=int, default=0,
+                   help="rlhfkit only: pairs per forward pass inside the same optimiser batch, grouped by "
+                        "length (0 = the whole batch at once, like TRL's per-device batch without accumulation)")
     p.add_argument("--steps", type=int, default=16, help="optimiser steps (pairs trained = steps x batch)")
     p.add_argument("--max_length", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
@@ -100,7 +103,8 @@ def child_rlhfkit(args, workdir: Path) -> dict:
     config = DPOConfig(model=str(workdir / "model"), data=str(workdir / "pairs.jsonl"), eval_fraction=0.0,
                        loss="sigmoid", beta=0.1, reference="cached", max_length=args.max_length,
                        max_prompt_length=args.max_length - 4, output_dir=str(out), learning_rate=1e-6,
-                       batch_size=args.batch_size, micro_batch_size=args.batch_size, max_steps=args.steps,
+                       batch_size=args.batch_size, micro_batch_size=args.micro_batch_size or args.batch_size,
+                       max_steps=args.steps,
                        epochs=1.0, warmup_ratio=0.0, save_every=0, tensorboard=False, threads=args.threads)
     t0 = time.perf_counter()
     metrics = run(config)
@@ -165,8 +169,9 @@ def main(argv=None) -> int:
     med = {name: {k: statistics.median(r[k] for r in rs) for k in ("samples_per_s", "peak_rss_mb", "wall_s")}
            for name, rs in results.items()}
     trl_ref = "precomputed" if args.trl_precompute else "reference model at every step"
-    print(f"\nDPO (sigmoid), model {args.model}, {args.steps} steps x batch {args.batch_size}, max_length "
-          f"{args.max_length}, medians of {args.repeats}; TRL reference: {trl_ref}")
+    micro = args.micro_batch_size or args.batch_size
+    print(f"\nDPO (sigmoid), model {args.model}, {args.steps} steps x batch {args.batch_size} (rlhfkit micro-batch "
+          f"{micro}), max_length {args.max_length}, medians of {args.repeats}; TRL reference: {trl_ref}")
     print(f"{'':10}{'samples/s':>12}{'peak RSS MB':>14}{'wall s':>10}")
     for name, m in med.items():
         print(f"{name:10}{m['samples_per_s']:12.2f}{m['peak_rss_mb']:14.0f}{m['wall_s']:10.2f}")

@@ -156,3 +156,42 @@ def test_dpo_sigkill_and_resume_gives_identical_weights(tmp_path, tiny_policy_di
         return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
     assert losses(straight) == losses(killed) and len(losses(killed)) == 14
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_response_only_logits_match_the_full_logits(tiny_policy_dir, lora):
+    """sequence_logps runs the LM head on the scored positions only; the log-prob sums and their
+    gradients equal those from the full [N, T, V] logits."""
+    from transformers import AutoModelForCausalLM
+
+    from rlhfkit.core.logprobs import token_logprobs
+    from rlhfkit.models import apply_lora, position_ids_from_mask
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
+    if lora:
+        model = apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules="all-linear")
+        for name, p in model.named_parameters():  # a non-zero adapter, so it matters
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)
+    assert dpo.decoder_and_head(model) is not None
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 250, (3, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0  # right padding
+    labels = torch.full_like(ids, -100)
+    labels[0, 4:] = ids[0, 4:]
+    labels[1, 6:9] = ids[1, 6:9]
+    labels[2, 10:] = ids[2, 10:]
+
+    sums, counts = dpo.sequence_logps(model, ids, mask, labels)
+    sums.sum().backward()
+    fast = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    full = token_logprobs(logits[:, :-1], labels[:, 1:]).sum(-1)
+    full.sum().backward()
+    torch.testing.assert_close(sums, full, rtol=1e-5, atol=1e-5)
+    assert counts.tolist() == [8, 3, 2]
+    assert fast and all(torch.allclose(fast[n], p.grad, rtol=1e-4, atol=1e-6)
+                        for n, p in model.named_parameters() if p.grad is not None)

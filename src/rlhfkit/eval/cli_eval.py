@@ -118,7 +118,7 @@ def _responses(rollouts) -> list[str]:
     return [r for ro in rollouts for r in ro.responses]
 
 
-def _sample_model(spec: str, prompts: list[str], c: _Sampling, salt: int):
+def _sample_model(spec: str, prompts: list[str], c: _Sampling, salt: int, logprobs: bool = True):
     from rlhfkit.models import load_policy
     from rlhfkit.rollout import step_seed
 
@@ -127,7 +127,7 @@ def _sample_model(spec: str, prompts: list[str], c: _Sampling, salt: int):
     model, tok = load_policy(spec)
     ros = generate_responses(model, tok, prompts, _sampling(c), seed=step_seed(c.seed, 0, salt),
                              batch_size=c.batch_size, max_prompt_length=c.max_prompt_length,
-                             chat_template=c.chat_template)
+                             chat_template=c.chat_template, behaviour_logprobs=logprobs)
     return model, tok, ros
 
 
@@ -189,8 +189,9 @@ def run(c: EvalConfig) -> dict:
 
     t0 = time.perf_counter()
     prompts = load_eval_prompts(c)
-    policy, ptok, p_ros = _sample_model(c.policy, prompts, c, salt=1)
-    reference, rtok, r_ros = _sample_model(c.reference, prompts, c, salt=2)
+    # log-probs of the policy's own samples feed the KL; the reference's samples are only judged
+    policy, ptok, p_ros = _sample_model(c.policy, prompts, c, salt=1, logprobs=c.kl)
+    reference, rtok, r_ros = _sample_model(c.reference, prompts, c, salt=2, logprobs=False)
     pol_texts, ref_texts = _responses(p_ros), _responses(r_ros)
     results: dict = {"policy": c.policy, "reference": c.reference, "prompts": len(prompts),
                      "judge": c.judge, "generation_seconds": round(time.perf_counter() - t0, 2)}

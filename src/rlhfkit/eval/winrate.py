@@ -82,7 +82,8 @@ def score_summary(scores: Sequence[float] | torch.Tensor, n_boot: int = 1000, se
 
 
 def generate_responses(model, tokenizer, prompts: Sequence[str], sampling, seed: int = 0, batch_size: int = 16,
-                       max_prompt_length: int = 0, chat_template: bool = False) -> list:
+                       max_prompt_length: int = 0, chat_template: bool = False,
+                       behaviour_logprobs: bool = True) -> list:
     """Sample one response per prompt in chunks of ``batch_size``; returns the list of
     ``rollout.Rollout`` chunks (chunk ``c`` is seeded ``step_seed(seed, c)``, so the result does not
     depend on what else runs)."""
@@ -92,7 +93,8 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], sampling, seed:
     out = []
     for c, start in enumerate(range(0, len(prompts), batch_size)):
         out.append(rollout(gen, model, tokenizer, list(prompts[start:start + batch_size]), step_seed(seed, c),
-                           max_prompt_length=max_prompt_length, chat_template=chat_template))
+                           max_prompt_length=max_prompt_length, chat_template=chat_template,
+                           behaviour_logprobs=behaviour_logprobs))
     return out
 
 

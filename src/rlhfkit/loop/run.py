@@ -126,7 +126,8 @@ def _sample(c: LoopConfig, model_path: str, prompts: list[str], seed: int) -> li
     gen = HFGenerator(SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature),
                       tok.eos_token_id, tok.pad_token_id)
     with torch.no_grad():
-        return list(rollout(gen, model, tok, prompts, seed=seed, max_prompt_length=64).responses)
+        return list(rollout(gen, model, tok, prompts, seed=seed, max_prompt_length=64,
+                            behaviour_logprobs=False).responses)
 
 
 def evaluate(c: LoopConfig, policy_path: str, init_path: str, prompts: list[str], members: list[str] | None,
@@ -247,7 +248,7 @@ class Loop:
                           tok.eos_token_id, tok.pad_token_id)
         with torch.no_grad():
             ro = rollout(gen, model, tok, repeat_each(prompts, c.num_candidates), seed=_step_seed(c.seed, r, 21),
-                         max_prompt_length=64)
+                         max_prompt_length=64, behaviour_logprobs=False)  # texts only
         rows = [{"group": i // c.num_candidates, "prompt": p, "response": resp}
                 for i, (p, resp) in enumerate(zip(ro.prompts, ro.responses))]
         _jsonl(d / "candidates.jsonl", rows)

@@ -298,8 +298,9 @@ def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, di
                               tok.eos_token_id, tok.pad_token_id)
         batch = prompts[c * fb.batch_size:(c + 1) * fb.batch_size]
         with torch.no_grad():
-            a = rollout(gen, model, tok, batch, seed=step_seed(fb.seed, c, salt=11))
-            b = rollout(gen, model, tok, batch, seed=step_seed(fb.seed, c, salt=12))
+            # only the texts are labelled: no behaviour log-prob pass
+            a = rollout(gen, model, tok, batch, seed=step_seed(fb.seed, c, salt=11), behaviour_logprobs=False)
+            b = rollout(gen, model, tok, batch, seed=step_seed(fb.seed, c, salt=12), behaviour_logprobs=False)
         ga, gb = labeler(a.prompts, a.responses).tolist(), labeler(b.prompts, b.responses).tolist()
         rng = random.Random(step_seed(fb.seed, c, salt=13))
         chunk = []

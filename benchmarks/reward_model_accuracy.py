@@ -38,16 +38,19 @@ def main(argv: list[str]) -> None:
     model, tokenizer = load_reward_model(f"{config.output_dir}/model")
     report = evaluate_pairs(model, tokenizer, held, config.max_length, 32)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    train_part = len(pairs) - len(held)
+    n_val = int(round(train_part * config.validation_fraction))  # as split_holdout counts
     result = {
-        "data": config.data, "model": config.model, "train_pairs": len(pairs) - len(held),
-        "held_out_pairs": len(held), "epochs": config.epochs, "max_length": config.max_length,
+        "data": config.data, "model": config.model, "train_pairs": train_part - n_val,
+        "validation_pairs": n_val, "held_out_pairs": len(held), "epochs": config.epochs,
+        "max_length": config.max_length, "best_metric": config.best_metric,
         "learning_rate": config.learning_rate, "seed": config.seed,
         "train_seconds": round(train_seconds, 1), "peak_rss_mb": round(peak_mb),
         "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in report["overall"].items()},
     }
     print(json.dumps(result))
-    print(f"| {config.data} | {config.model} | {result['train_pairs']} / {result['held_out_pairs']} | "
+    print(f"| {config.data} | {config.model} | {result['train_pairs']} / {n_val} / {result['held_out_pairs']} | "
           f"{result['accuracy']:.3f} | {result['f1']:.3f} | {result['ece']:.3f} | "
           f"{train_seconds / 60:.1f} min | {result['peak_rss_mb']} MB |")
 

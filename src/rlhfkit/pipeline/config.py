@@ -63,7 +63,7 @@ class FeedbackConfig:
     prompt_words: int = field(default=8, metadata={"help": "movie-reviews: words per prompt"})
     n_eval_prompts: int = field(default=64, metadata={"help": "held-out prompts for the evaluation (never trained on)"})
     max_train_prompts: int = field(default=0, metadata={"help": "training prompts kept for online RL (0 = all the rest)"})
-    n_label_prompts: int = field(default=512, metadata={"help": "simulated: prompts with a pair to judge"})
+    n_label_prompts: int = field(default=256, metadata={"help": "simulated: prompts with a pair to judge"})
     label_noise: float = field(default=0.3, metadata={"help": "simulated: std of the Gaussian noise added to the gold score before comparing"})
     labeler: str = field(default="", metadata={"help": "simulated: the labelers' scorer (reward spec); empty = the pipeline's gold judge"})
     max_new_tokens: int = field(default=24, metadata={"help": "simulated: response tokens sampled"})
@@ -99,8 +99,8 @@ class PipelineConfig:
         max_new_tokens=24, batch_size=32, micro_batch_size=16, ppo_epochs=2, num_minibatches=2, max_steps=30,
         learning_rate=1e-5, save_every=5, sample_every=5))
     grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(
-        max_new_tokens=24, batch_size=32, micro_batch_size=16, num_generations=4, max_steps=36,
-        learning_rate=1e-5, save_every=6, sample_every=6))
+        max_new_tokens=24, batch_size=16, micro_batch_size=16, num_generations=4, max_steps=30,
+        learning_rate=2e-5, save_every=6, sample_every=6))
     rloo: RLOOConfig = field(default_factory=lambda: RLOOConfig(
         max_new_tokens=24, batch_size=32, micro_batch_size=16, num_generations=4, max_steps=36,
         learning_rate=1e-5, save_every=6, sample_every=6))

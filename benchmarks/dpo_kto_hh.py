@@ -92,7 +92,7 @@ def main(argv=None) -> None:
         config = METHODS[method]
         recipe_config = load_config(CONFIG_CLASSES[method](), str(ROOT / config), [])
         out = ROOT / recipe_config.output_dir
-        train_s, train_mb = float("nan"), float("nan")
+        train_s, train_mb = None, None  # trained by an earlier call: see its log
         if not (out / "model" / "config.json").exists():
             train_s, train_mb = run_child([sys.executable, "-m", "rlhfkit.cli", method, "--config", config,
                                            "--tensorboard", "false", *threads], work / f"{method}_train.log")
@@ -107,8 +107,9 @@ def main(argv=None) -> None:
                                     work / f"{method}_eval.log")
         judged = json.loads((eval_dir / "eval.json").read_text())
         wr, kl = judged["win_rate"], judged.get("kl") or {}
-        row = {"method": method, "config": config, "train_seconds": round(train_s, 1),
-               "train_peak_rss_mb": round(train_mb), "eval_seconds": round(eval_s, 1),
+        row = {"method": method, "config": config,
+               "train_seconds": None if train_s is None else round(train_s, 1),
+               "train_peak_rss_mb": None if train_mb is None else round(train_mb), "eval_seconds": round(eval_s, 1),
                "implicit_accuracy_before": final.get("eval_accuracy_before"),
                "implicit_accuracy_after": final.get("eval_accuracy"), "held_out_pairs": final.get("eval_pairs"),
                "rm_win_rate": wr["win_rate"], "rm_win_rate_ci": [wr["ci_low"], wr["ci_high"]],
@@ -119,10 +120,11 @@ def main(argv=None) -> None:
         print(json.dumps(row), flush=True)
     for r in rows:
         ci = r["rm_win_rate_ci"]
+        minutes = "-" if r["train_seconds"] is None else f"{r['train_seconds'] / 60:.1f} min"
         print(f"| {r['method']} | {r['implicit_accuracy_before']:.3f} -> {r['implicit_accuracy_after']:.3f} "
               f"({r['held_out_pairs']} pairs) | {r['rm_win_rate']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
               f"({r['wins']}/{r['ties']}/{r['losses']} of {r['prompts']}) | {(r['kl_mean'] or float('nan')):.2f} | "
-              f"{r['train_seconds'] / 60:.1f} min | {r['train_peak_rss_mb']} MB |")
+              f"{minutes} | {r['train_peak_rss_mb'] or '-'} MB |")
 
 
 if __name__ == "__main__":

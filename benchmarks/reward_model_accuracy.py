@@ -20,7 +20,7 @@ import torch
 from rlhfkit.eval.reward_eval import evaluate_pairs
 from rlhfkit.models import load_reward_model
 from rlhfkit.recipes.common import load_training_records, split_holdout
-from rlhfkit.recipes.reward import RewardConfig, run
+from rlhfkit.recipes.reward import RewardConfig, run, split_seed
 from rlhfkit.training.config import load_config
 
 
@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
     train_seconds = time.perf_counter() - start
     # re-evaluate the saved model on exactly the held-out split the recipe used
     pairs = load_training_records(config.data, "pairs", ties=config.ties)
-    _, held = split_holdout(pairs, config.eval_fraction, config.seed)
+    _, held = split_holdout(pairs, config.eval_fraction, split_seed(config))
     model, tokenizer = load_reward_model(f"{config.output_dir}/model")
     report = evaluate_pairs(model, tokenizer, held, config.max_length, 32)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -64,6 +64,29 @@ def test_reward_validation_split_chooses_and_held_out_is_scored_once(tmp_path, t
     assert metrics["eval_accuracy"] == held[0]["eval_accuracy"]
 
 
+def test_split_seed_keeps_the_held_out_pairs_across_member_seeds(tmp_path, tiny_encoder_rm_dir, pair_file,
+                                                                   monkeypatch):
+    """Ensemble members (different seeds) must hold out the same pairs: --split_seed fixes the split."""
+    import rlhfkit.eval.reward_eval as reward_eval
+
+    seen = []
+    real = reward_eval.evaluate_pairs
+
+    def spy(model, tokenizer, pairs, *a, **kw):
+        seen.append([(p.prompt, p.chosen) for p in pairs])
+        return real(model, tokenizer, pairs, *a, **kw)
+
+    monkeypatch.setattr(reward_eval, "evaluate_pairs", spy)
+    for seed, split in ((1, 0), (2, 0), (2, -1)):
+        reward_run(load_config(RewardConfig, None, [
+            "--model", str(tiny_encoder_rm_dir), "--data", str(pair_file), "--output_dir", str(tmp_path / f"{seed}{split}"),
+            "--max_steps", "1", "--batch_size", "8", "--micro_batch_size", "8", "--eval_fraction", "0.25",
+            "--seed", str(seed), "--split_seed", str(split), "--max_length", "48", "--tensorboard", "false"]))
+    assert len(seen) == 3 and len(seen[0]) == 40
+    assert seen[0] == seen[1]  # seeds 1 and 2, split seed 0: the same held-out pairs
+    assert seen[2] != seen[1]  # split_seed -1 follows the seed (2): another split
+
+
 @pytest.mark.parametrize("objective,rows", [
     ("regression", [{"prompt": "p", "completion": f" good {i}", "rating": 1 + i % 7} for i in range(24)]),
     ("classification", [{"prompt": "p", "completion": f" ok {i}", "label": i % 2 == 0} for i in range(24)]),

@@ -30,6 +30,8 @@ class RewardConfig(TrainingConfig):
     data: str = field(default="hh-rlhf", metadata={"help": "JSONL/JSON file, or hh-rlhf / finegrained / oasst"})
     eval_data: str = field(default="", metadata={"help": "held-out file; empty = hold out eval_fraction of data"})
     eval_fraction: float = field(default=0.2, metadata={"help": "fraction held out when eval_data is empty"})
+    split_seed: int = field(default=-1, metadata={"help": "seed of the held-out (and validation) split; -1 = seed. "
+                                                        "Set it to train several models (seeds) on one split"})
     validation_fraction: float = field(default=0.0, metadata={"help": "fraction of the training part kept apart "
                                                                    "for choices (best_metric: val_loss); the held-out "
                                                                    "set is then only scored once, at the end"})
@@ -117,6 +119,10 @@ def count_examples(batch: dict) -> int:
     return int(batch["tie"].numel()) if "tie" in batch else int(batch["target"].numel())
 
 
+def split_seed(config: RewardConfig) -> int:
+    return config.seed if config.split_seed < 0 else config.split_seed
+
+
 def run(config: RewardConfig) -> dict:
     from rlhfkit.eval.reward_eval import evaluate_pairs
     from rlhfkit.models import apply_lora, load_reward_model
@@ -130,7 +136,7 @@ def run(config: RewardConfig) -> dict:
         train_records = records
         eval_records = load_training_records(config.eval_data, kind, config.on_error, ties="keep")
     else:
-        train_records, eval_records = split_holdout(records, config.eval_fraction, config.seed)
+        train_records, eval_records = split_holdout(records, config.eval_fraction, split_seed(config))
     model, tokenizer = load_reward_model(config.model, kind=config.kind)
     model.to(info.device)
     if config.lora.r:
@@ -140,7 +146,7 @@ def run(config: RewardConfig) -> dict:
     # the checkpoint never looks at the held-out set
     val_records: list = []
     if config.validation_fraction:
-        train_records, val_records = split_holdout(train_records, config.validation_fraction, config.seed + 1)
+        train_records, val_records = split_holdout(train_records, config.validation_fraction, split_seed(config) + 1)
     train = encode_records(train_records, tokenizer, config)
     collate = make_collate(tokenizer.pad_token_id, config.objective)
 

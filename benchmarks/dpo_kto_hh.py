@@ -111,7 +111,7 @@ def main(argv=None) -> None:
                "train_seconds": None if train_s is None else round(train_s, 1),
                "train_peak_rss_mb": None if train_mb is None else round(train_mb), "eval_seconds": round(eval_s, 1),
                "implicit_accuracy_before": final.get("eval_accuracy_before"),
-               "implicit_accuracy_after": final.get("eval_accuracy"), "held_out_pairs": final.get("eval_pairs"),
+               "implicit_accuracy_after": final.get("eval_accuracy"), "held_out_pairs": final.get("eval_pairs", final.get("eval_examples")),
                "rm_win_rate": wr["win_rate"], "rm_win_rate_ci": [wr["ci_low"], wr["ci_high"]],
                "wins": wr["wins"], "ties": wr["ties"], "losses": wr["losses"], "prompts": wr["n"],
                "kl_mean": kl.get("mean"), "policy_length": judged.get("policy_length"),
@@ -122,7 +122,7 @@ def main(argv=None) -> None:
         ci = r["rm_win_rate_ci"]
         minutes = "-" if r["train_seconds"] is None else f"{r['train_seconds'] / 60:.1f} min"
         print(f"| {r['method']} | {r['implicit_accuracy_before']:.3f} -> {r['implicit_accuracy_after']:.3f} "
-              f"({r['held_out_pairs']} pairs) | {r['rm_win_rate']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
+              f"({r['held_out_pairs']} held out) | {r['rm_win_rate']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
               f"({r['wins']}/{r['ties']}/{r['losses']} of {r['prompts']}) | {(r['kl_mean'] or float('nan')):.2f} | "
               f"{minutes} | {r['train_peak_rss_mb'] or '-'} MB |")
 

@@ -69,7 +69,10 @@ def main(argv: list[str]) -> None:
     texts = [(q.prompt, q.chosen) for q in held] + [(q.prompt, q.rejected) for q in held]
     n = len(held)
     flip = torch.rand(n, generator=torch.Generator().manual_seed(0)) < 0.5
-    members = sorted(d for d in out.glob("seed-*") if (d / "model" / "config.json").exists())
+    members = [out / f"seed-{seed}" for seed in seeds]
+    missing = [str(d) for d in members if not (d / "model" / "config.json").exists()]
+    if missing:
+        sys.exit(f"members not trained yet: {missing}")
     scores, rows = [], []
     for d in members:
         model, tokenizer = load_reward_model(str(d / "model"))

@@ -33,6 +33,7 @@ def test_reward_eval_missing_model_path(capsys, tmp_path, pair_file):
     (["sft"], ["--epochs", "0", "--max_steps", "0"], "epochs"),
     (["reward", "train"], ["--ties", "maybe"], "ties"),  # used to keep ties silently
     (["reward", "train"], ["--kind", "decoder"], "kind"),
+    (["reward", "train"], ["--objective", "regression", "--validation_fraction", "0.1"], "validation_fraction"),
     (["reward", "eval"], ["--ties", "maybe"], "ties"),
 ])
 def test_bad_choice_is_a_config_error(capsys, tmp_path, command, override, field):

@@ -61,13 +61,52 @@ def test_example_length_reads_the_longest_token_list():
 
 
 def test_group_by_length_changes_nothing_but_the_padding(tmp_path):
-    weights = {}
+    weights, micro_lengths = {}, {}
     for grouped in (True, False):
+        seen = []
+
+        def recording_collate(batch):
+            seen.append([len(e["ids"]) for e in batch])
+            return collate(batch)
+
         model = make_model()
-        fit(model, EXAMPLES, collate, loss_sum, count, config(tmp_path / str(grouped), group_by_length=grouped),
-            DistInfo())
+        fit(model, EXAMPLES, recording_collate, loss_sum, count,
+            config(tmp_path / str(grouped), group_by_length=grouped), DistInfo())
         weights[grouped] = model.weight.detach().clone()
+        micro_lengths[grouped] = seen
     torch.testing.assert_close(weights[True], weights[False], rtol=1e-6, atol=1e-7)
+    # grouped: each step's 4 micro-batches hold its 8 examples longest first; ungrouped: data order
+    for step in range(8):
+        grouped = micro_lengths[True][4 * step:4 * step + 4]
+        flat = [n for mb in grouped for n in mb]
+        assert flat == sorted(flat, reverse=True)
+        assert sorted(flat) == sorted(n for mb in micro_lengths[False][4 * step:4 * step + 4] for n in mb)
+    assert micro_lengths[True] != micro_lengths[False]
+
+
+def test_length_fn_none_keeps_the_data_order(tmp_path):
+    seen = []
+    fit(make_model(), EXAMPLES, lambda b: (seen.append([len(e["ids"]) for e in b]), collate(b))[1], loss_sum,
+        count, config(tmp_path / "order"), DistInfo(), length_fn=None)
+    flat = [n for mb in seen[:4] for n in mb]
+    assert flat != sorted(flat, reverse=True)  # the step's shuffled order as it came
+
+
+def test_a_nan_evaluation_never_counts_as_best(tmp_path):
+    metrics = fit(make_model(), EXAMPLES, collate, loss_sum, count,
+                  config(tmp_path / "nan", eval_every=2, best_metric="val_loss"), DistInfo(),
+                  ScriptedEval([float("nan"), 2.0, 1.0, 3.0, 1.0]))
+    assert metrics["best_step"] == 6
+
+
+def test_a_kill_between_the_renames_keeps_the_previous_best(tmp_path):
+    from rlhfkit.training.loop import BestWeights
+
+    out = tmp_path / "run"
+    (out / "best.old").mkdir(parents=True)
+    (out / "best.old" / "best.json").write_text(json.dumps({"step": 4, "value": 1.0, "metric": "val_loss"}))
+    best = BestWeights(str(out), "val_loss", DistInfo(), resuming=True)
+    assert (best.step, best.value) == (4, 1.0) and (out / "best" / "best.json").exists()
 
 
 def test_best_metric_ends_with_the_weights_of_the_best_evaluation(tmp_path):

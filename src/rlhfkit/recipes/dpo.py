@@ -172,6 +172,10 @@ def make_collate(pad_id: int):
 
 
 # ----------------------------------------------------------------------------- log-probs
+# causal LMs whose logits are exactly lm_head(final hidden state)
+PLAIN_HEAD_MODELS = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "smollm3"}
+
+
 def decoder_and_head(model):
     """``(decoder, lm_head)`` of a plain (or LoRA-wrapped) Hugging Face causal LM whose logits are
     just ``lm_head(decoder(...).last_hidden_state)``, else None: distributed wrappers (whose own
@@ -184,7 +188,9 @@ def decoder_and_head(model):
     if isinstance(model, DistributedDataParallel) or is_sharded(model):
         return None
     config = getattr(model, "config", None)
-    if config is None or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+    # an allow-list: other architectures scale or cap their logits after the head (Gemma 2,
+    # Cohere, Granite, FalconH1 ...) and take the full path
+    if getattr(config, "model_type", None) not in PLAIN_HEAD_MODELS:
         return None
     try:
         decoder, head = model.get_decoder(), model.get_output_embeddings()

@@ -260,9 +260,11 @@ def run(config: KTOConfig) -> dict:
     # the policy starts as its reference (cached or adapter off): every implicit reward is 0 and
     # the ranking accuracy 1/2 by construction, so no pass over the held-out set is spent on it
     before = {"eval_accuracy": 0.5} if (held and info.is_main) else {}
+    # length_fn=None: KTO's KL reference point z0 is a mean over each micro-batch, so which examples
+    # share one must not depend on their lengths
     metrics = fit(model, train, collate, make_loss(config, reference), count_examples, config, info, eval_fn,
-                  desc="kto", unit="examples")
-    if info.is_main and "eval_accuracy" in before:
+                  desc="kto", unit="examples", length_fn=None)
+    if info.is_main and "eval_accuracy" in before and "eval_accuracy" in metrics:
         metrics["eval_accuracy_before"] = before["eval_accuracy"]
         print(f"kto: held-out implicit-reward ranking accuracy {before['eval_accuracy']:.3f} -> "
               f"{metrics['eval_accuracy']:.3f}")

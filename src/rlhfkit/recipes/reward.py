@@ -56,6 +56,9 @@ class RewardConfig(TrainingConfig):
         validate_data_fields(self)
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"field 'validation_fraction': {self.validation_fraction} is not in [0, 1)")
+        if self.validation_fraction and self.objective != "pairwise":
+            raise ValueError("field 'validation_fraction': a validation split is scored as pairs; "
+                             f"objective {self.objective!r} has no pair metrics")
 
 
 def encode_records(records, tokenizer, config: RewardConfig) -> list[dict]:

@@ -191,38 +191,51 @@ def lower_is_better(metric: str) -> bool:
 
 class BestWeights:
     """The weights with the best value of `metric` so far, kept on disk in `output_dir/best/`
-    (written atomically, so a resumed run still knows its best; a fresh run starts without)."""
+    (replaced through `best.tmp` and `best.old` renames, so a kill at any moment leaves a
+    complete best; a resumed run still knows its best, a fresh run starts without). A value that
+    is not finite (NaN accuracy of an all-tie set) never counts as best. The decision is rank 0's,
+    broadcast, so every rank enters the collective state gathering together."""
 
     def __init__(self, output_dir: str, metric: str, info: DistInfo, resuming: bool):
         self.metric, self.info = metric, info
         self.folder = Path(output_dir) / "best"
+        self.tmp, self.old = self.folder.with_name("best.tmp"), self.folder.with_name("best.old")
         self.step: int | None = None
         self.value: float | None = None
+        if info.is_main and not self.folder.exists() and (self.old / "best.json").exists():
+            os.replace(self.old, self.folder)  # killed between the two renames: the old one stands
         if resuming and (self.folder / "best.json").exists():
             saved = json.loads((self.folder / "best.json").read_text(encoding="utf-8"))
             self.step, self.value = saved["step"], saved["value"]
-        elif info.is_main and self.folder.exists():
-            shutil.rmtree(self.folder)
+        elif info.is_main:
+            for stale in (self.folder, self.tmp, self.old):
+                if stale.exists():
+                    shutil.rmtree(stale)
 
     def update(self, step: int, scores: dict, train_model: torch.nn.Module) -> None:
         if self.metric not in scores:
             raise ConfigError(f"field 'best_metric': {self.metric!r} is not among the eval metrics {sorted(scores)}")
         value = float(scores[self.metric])
-        better = (self.value is None or (value < self.value if lower_is_better(self.metric) else value > self.value))
+        better = math.isfinite(value) and (
+            self.value is None or (value < self.value if lower_is_better(self.metric) else value > self.value))
+        if self.info.enabled:  # rank 0 decides for all
+            better = bool(all_reduce_sum(float(better) if self.info.is_main else 0.0, self.info).item())
         if not better:
             return
         self.step, self.value = step, value
         state = full_model_state(train_model)  # collective under FSDP
         if self.info.is_main:
-            tmp = self.folder.with_name("best.tmp")
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-            torch.save(state, tmp / "model.pt")
-            (tmp / "best.json").write_text(json.dumps({"step": step, "value": value, "metric": self.metric}))
+            if self.tmp.exists():
+                shutil.rmtree(self.tmp)
+            self.tmp.mkdir(parents=True)
+            torch.save(state, self.tmp / "model.pt")
+            (self.tmp / "best.json").write_text(json.dumps({"step": step, "value": value, "metric": self.metric}))
+            if self.old.exists():
+                shutil.rmtree(self.old)
             if self.folder.exists():
-                shutil.rmtree(self.folder)
-            os.replace(tmp, self.folder)
+                os.replace(self.folder, self.old)
+            os.replace(self.tmp, self.folder)
+            shutil.rmtree(self.old, ignore_errors=True)
         barrier(self.info)
 
     def restore(self, train_model: torch.nn.Module) -> None:
@@ -254,14 +267,16 @@ def fit(
     eval_fn: Callable[[torch.nn.Module], dict] | None = None,
     desc: str = "train",
     unit: str = "tokens",
-    length_fn: Callable[[Any], int] = example_length,
+    length_fn: Callable[[Any], int] | None = example_length,
     final_eval_fn: Callable[[torch.nn.Module], dict] | None = None,
 ) -> dict:
     """Train `model` in place; returns the last logged metrics (with final eval ones).
 
     With `config.best_metric`, the model ends holding the weights of the best evaluation
     (metrics gain `best_step` and `best_<metric>`), and the final eval scores are those weights'.
-    `final_eval_fn` runs once on the final weights (a test set that took no part in choices)."""
+    `final_eval_fn` runs once on the final weights (a test set that took no part in choices).
+    `length_fn=None` keeps the data order within a step: for losses with statistics over a
+    micro-batch (KTO's KL reference point), where grouping by length would change the update."""
     if config.micro_batch_size * info.world_size > config.batch_size:
         raise ConfigError(f"micro_batch_size {config.micro_batch_size} x {info.world_size} processes "
                           f"exceeds batch_size {config.batch_size}")
@@ -294,7 +309,7 @@ def fit(
         order = epoch_order(len(examples), config.seed, epoch)
         global_batch = order[position * config.batch_size:(position + 1) * config.batch_size]
         local = rank_slice(global_batch, info)
-        if config.group_by_length:
+        if config.group_by_length and length_fn is not None:
             # the loss is a sum normalised by the global unit count, so the order of examples
             # within the step does not change the update; sorting only removes padding
             local = sorted(local, key=lambda i: -length_fn(examples[i]))

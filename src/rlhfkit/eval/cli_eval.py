@@ -290,7 +290,7 @@ def run_leaderboard(c: LeaderboardConfig) -> list[dict]:
         scores, cache = {}, {}
         samples = [{"prompt": p} for p in prompts]
         for k, (name, path) in enumerate(_named(c.models)):
-            model, _, ros = _sample_model(path, prompts, c, salt=100 + k)
+            model, _, ros = _sample_model(path, prompts, c, salt=100 + k, logprobs=False)  # texts only
             del model
             texts = _responses(ros)
             scores[name] = _score(c.judge, prompts, texts, c, cache).tolist()

@@ -9,7 +9,8 @@ initialisation and the data order only). Members are trained one after another i
 processes (skipped when OUT/seed-i/model exists, so several calls can train members in parallel
 with --seeds 1 and --seeds 2 and a last call evaluates). Then every member and the ensemble
 mean (1/M) sum_m r_m are scored on the held-out split with `rlhfkit reward eval`'s metrics.
-Nothing is chosen on the held-out set: every member and the ensemble are reported.
+Also a uniform weight average of the members (one model of the backbone's size). Nothing is
+chosen on the held-out set: every member, the ensemble and the average are reported.
 """
 from __future__ import annotations
 
@@ -84,6 +85,14 @@ def main(argv: list[str]) -> None:
                      "peak_rss_mb": round(int(peak[-1]) / 1024) if peak else None})
     mean = torch.stack(scores).mean(0)
     rows.append({"model": f"ensemble of {len(members)} (mean score)", **pair_metrics(mean[:n], mean[n:], flip)})
+    # a uniform "model soup" (Wortsman et al. 2022): one model whose weights are the members'
+    # mean; all members start from the same pretrained backbone, only the heads' inits differ
+    soup, tokenizer = load_reward_model(str(members[0] / "model"))
+    states = [load_reward_model(str(d / "model"))[0].state_dict() for d in members]
+    soup.load_state_dict({k: torch.stack([st[k].float() for st in states]).mean(0).to(v.dtype)
+                          if v.is_floating_point() else v for k, v in states[0].items()})
+    s = score_texts(soup, tokenizer, texts, config.max_length, 32)
+    rows.append({"model": f"weight average of {len(members)} (one model)", **pair_metrics(s[:n], s[n:], flip)})
     print(json.dumps({"config": args.config, "overrides": rest, "held_out_pairs": n, "rows": rows}))
     print("| model | held-out accuracy | F1 | ECE |")
     print("|---|---|---|---|")

@@ -105,7 +105,8 @@ def run_pool_mode(args) -> dict:
         held = [(a + off, b + off) if hgo[a] > hgo[b] else (b + off, a + off)
                 for a, b in candidate_pairs(hg, ht) if hgo[a] != hgo[b]]
         curves = {m: pool_curve(t + ht, g + hg, go + hgo, candidate_pairs(g, t), held, m, start=20, step=20,
-                                n_steps=6, ensemble_size=4, noise=args.noise, seed=seed)
+                                n_steps=6, ensemble_size=4, noise=args.noise, seed=seed,
+                                prior_std=args.prior_std)
                   for m in ("random", "uncertainty")}
         r = ratio_for(curves["random"], curves["uncertainty"], "accuracy")
         per_seed.append({"seed": seed, **r, "curves": curves})
@@ -113,7 +114,7 @@ def run_pool_mode(args) -> dict:
               + " ".join(f"{p['accuracy']:.3f}" for p in curves["random"]) + " | active "
               + " ".join(f"{p['accuracy']:.3f}" for p in curves["uncertainty"]) + f" | ratio {r['ratio']}",
               flush=True)
-    return {"mode": "pool", "noise": args.noise, "per_seed": per_seed}
+    return {"mode": "pool", "noise": args.noise, "prior_std": args.prior_std, "per_seed": per_seed}
 
 
 def main() -> None:
@@ -125,6 +126,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=0, help="override the config's rounds (0 = keep)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--noise", type=float, default=0.3, help="--pool: label noise std")
+    ap.add_argument("--prior_std", type=float, default=0.0,
+                    help="--pool: anchored-ensemble prior std of the members' weights (0 = all anchored at 0)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -135,6 +138,13 @@ def main() -> None:
     res = run_pool_mode(args) if args.pool else run_loop_mode(args)
     ratios = [s["ratio"] for s in res["per_seed"] if s["ratio"] is not None]
     res["median_ratio"] = statistics.median(ratios) if ratios else None
+    # the same ratio on the seed-averaged curves: one noisy final point per seed no longer decides
+    key = "accuracy" if args.pool else "gold"
+    mean_curves = {sel: [{"labels": pts[0]["labels"], key: statistics.fmean(p[key] for p in pts)}
+                         for pts in zip(*(s["curves"][sel] for s in res["per_seed"]))]
+                   for sel in ("random", "uncertainty")}
+    res["mean_curves"] = mean_curves
+    res["ratio_of_mean_curves"] = ratio_for(mean_curves["random"], mean_curves["uncertainty"], key)
     res["seconds"] = round(time.perf_counter() - t0, 1)
     res["command"] = "python " + " ".join(sys.argv)
     (Path(args.out) / "results.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
@@ -143,6 +153,11 @@ def main() -> None:
           f"{what}: median {res['median_ratio']} over {len(ratios)} seeds "
           f"(per seed {[None if s['ratio'] is None else round(s['ratio'], 3) for s in res['per_seed']]}); "
           f"{res['seconds']} s; {Path(args.out) / 'results.json'}")
+    m = res["ratio_of_mean_curves"]
+    print(f"active_vs_random: on the curves averaged over seeds: target {m['target']:.4f}, labels needed random "
+          f"{m['random']}, active {m['active']}, ratio {m['ratio']}")
+    for sel, c in mean_curves.items():
+        print(f"  mean {sel:12}" + " ".join(f"{p['labels']}:{p[key]:.3f}" for p in c))
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--pairs", type=int, default=128, help="first N fitting HH-RLHF harmless pairs")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--micro_batch_size", type=int, default=0,
-                   help="rlhfkit only: pairs per forward pass inside the same optimiser batch, grouped by "
-                        "length (0 = the whole batch at once, like TRL's per-device batch without accumulation)")
+                   help="pairs per forward pass inside the same optimiser batch, for both libraries (TRL: "
+                        "per-device batch with gradient accumulation; 0 = the whole batch at once)")
     p.add_argument("--steps", type=int, default=16, help="optimiser steps (pairs trained = steps x batch)")
     p.add_argument("--max_length", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
@@ -126,7 +126,9 @@ def child_trl(args, workdir: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(workdir / "model")
     model = AutoModelForCausalLM.from_pretrained(workdir / "model", dtype=torch.float32)
     out = tempfile.mkdtemp(dir=workdir)
-    config = DPOConfig(output_dir=out, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
+    micro = args.micro_batch_size or args.batch_size  # same micro-batch and accumulation as rlhfkit
+    config = DPOConfig(output_dir=out, per_device_train_batch_size=micro,
+                       gradient_accumulation_steps=args.batch_size // micro,
                        max_steps=args.steps, learning_rate=1e-6, lr_scheduler_type="linear", warmup_steps=0,
                        max_length=args.max_length, beta=0.1, loss_type=["sigmoid"], report_to="none",
                        save_strategy="no", logging_steps=max(1, args.steps), seed=0, dataloader_num_workers=0,
@@ -170,8 +172,8 @@ def main(argv=None) -> int:
            for name, rs in results.items()}
     trl_ref = "precomputed" if args.trl_precompute else "reference model at every step"
     micro = args.micro_batch_size or args.batch_size
-    print(f"\nDPO (sigmoid), model {args.model}, {args.steps} steps x batch {args.batch_size} (rlhfkit micro-batch "
-          f"{micro}), max_length {args.max_length}, medians of {args.repeats}; TRL reference: {trl_ref}")
+    print(f"\nDPO (sigmoid), model {args.model}, {args.steps} steps x batch {args.batch_size} (both: micro-batch "
+          f"{micro}, accumulated), max_length {args.max_length}, medians of {args.repeats}; TRL reference: {trl_ref}")
     print(f"{'':10}{'samples/s':>12}{'peak RSS MB':>14}{'wall s':>10}")
     for name, m in med.items():
         print(f"{name:10}{m['samples_per_s']:12.2f}{m['peak_rss_mb']:14.0f}{m['wall_s']:10.2f}")

@@ -166,7 +166,8 @@ def main(argv):
         print(json.dumps(row), flush=True)
     if a.trl:
         results.append(run_trl(a, out, train, held, rm_spec, budget_s, reference, tokenizer, before))
-    plot(out, [m for m in a.methods.split(",")])
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    plot(out, [m for m in a.methods.split(",")], results)
     print("\n| method | steps | minutes | held-out VADER before | after | gain | KL nats/seq |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
@@ -216,20 +217,29 @@ def run_trl(a, out, train, held, rm_spec, budget_s, reference, tokenizer, before
     return row
 
 
-def plot(out: Path, methods: list[str]) -> None:
+def plot(out: Path, methods: list[str], results: list[dict]) -> None:
+    """Gold vs KL: rlhfkit's training batches as lines, every method's held-out before -> after as arrows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = plt.subplots(figsize=(6, 4.5))
     for m in methods:
         rows = [json.loads(l) for l in (out / m / "metrics.jsonl").read_text().splitlines()]
         rows = [r for r in rows if "gold" in r and "kl" in r]
-        ax.plot([r["kl"] for r in rows], [r["gold"] for r in rows], ".-", label=m, alpha=0.7)
-    ax.set_xlabel("KL(pi || ref), nats / sequence (training batches)")
-    ax.set_ylabel("gold VADER (mean)")
-    ax.legend()
+        ax.plot([r["kl"] for r in rows], [r["gold"] for r in rows], ".-", label=f"rlhfkit {m} (training batches)",
+                alpha=0.35)
+    for i, r in enumerate(results):
+        color = f"C{len(methods) + i}"
+        ax.annotate("", xy=(r["kl_after"], r["gold_after"]), xytext=(0.0, r["gold_before"]),
+                    arrowprops={"arrowstyle": "->", "color": color, "lw": 2})
+        ax.plot([r["kl_after"]], [r["gold_after"]], "o", color=color,
+                label=f"{r['method']}, held-out ({r['minutes']:.0f} min)")
+    ax.set_xlabel("KL(pi || ref), nats / sequence")
+    ax.set_ylabel("gold judge: mean VADER compound")
+    ax.set_title("Synthetic human feedback: gold score vs KL")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "gold_vs_kl.png", dpi=120)
 

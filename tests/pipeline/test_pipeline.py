@@ -133,3 +133,35 @@ def test_quick_sentiment_preset_end_to_end_writes_a_self_contained_report(tmp_pa
     assert len(re.findall(r'class="tok kl" style="background:rgba\(', page)) >= sum(len(t["tokens"]) for t in toks)
     # self-contained: nothing fetched from anywhere (no scripts, stylesheets, images or links)
     assert not re.search(r'<script|<link|<img|src=|href=|url\(|@import', page)
+
+
+def test_simulated_rankings_expand_to_all_pairs_and_hold_out_whole_prompts(tmp_path, pipeline_data):
+    """num_candidates = 3: each prompt's three samples get one noisy score each and become up to
+    three pairs, every pair consistent with that one ranking; held-out pairs never share a prompt
+    with a training pair. With zero noise every pair is ordered by the gold judge."""
+    from rlhfkit.pipeline.config import apply_quick
+    from rlhfkit.pipeline.stages import Context
+
+    config = tiny_config(tmp_path / "run", pipeline_data, **{"feedback.label_noise": 0.0})
+    apply_quick(config)
+    config.feedback.num_candidates = 3
+    config.feedback.max_pairs = 0
+    ctx = Context(config=config, out=tmp_path / "run")
+    for stage in ("init", "feedback"):
+        ctx.dir(stage).mkdir(parents=True)
+        ctx.outputs[stage] = stages.RUNNERS[stage](ctx, ctx.dir(stage))
+    fb = ctx.dir("feedback")
+    chunks = [json.loads(l) for p in sorted((fb / "chunks").glob("*.jsonl")) for l in p.read_text().splitlines()]
+    by_prompt: dict[str, list] = {}
+    for r in chunks:
+        by_prompt.setdefault(r["prompt"], []).append(r)
+    assert max(len(v) for v in by_prompt.values()) == 3  # 3 samples -> 3 pairs where all differ
+    assert all(len(v) <= 3 for v in by_prompt.values())
+    assert all(r["gold_chosen"] >= r["gold_rejected"] for r in chunks)  # noise 0: the gold order
+    for rows in by_prompt.values():  # one ranking per prompt: the preference graph has no cycle
+        beats = {(r["chosen"], r["rejected"]) for r in rows}
+        assert not any((b, a) in beats for a, b in beats)
+    train = {json.loads(l)["prompt"] for l in (fb / "pairs.jsonl").read_text().splitlines()}
+    held = {json.loads(l)["prompt"] for l in (fb / "heldout_pairs.jsonl").read_text().splitlines()}
+    assert train and held and not train & held
+    assert ctx.outputs["feedback"]["pairs"] + ctx.outputs["feedback"]["heldout_pairs"] == len(chunks)

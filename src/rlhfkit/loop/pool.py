@@ -33,20 +33,29 @@ def bow_features(texts: Sequence[str], dim: int = 4096) -> torch.Tensor:
 
 
 def fit_bow_ensemble(feats: torch.Tensor, pairs: Sequence[tuple[int, int]], size: int, seed: int,
-                     l2: float = 1e-2, steps: int = 150, lr: float = 0.1) -> torch.Tensor:
+                     l2: float = 1e-2, steps: int = 150, lr: float = 0.1, prior_std: float = 0.0) -> torch.Tensor:
     """``[M, dim]`` weights; ``pairs`` are (chosen, rejected) candidate indices. Member 0 on all
-    pairs, the others on bootstrap resamples (as ``loop/ensemble.py``)."""
+    pairs, the others on bootstrap resamples (as ``loop/ensemble.py``).
+
+    ``prior_std > 0``: anchored ensembling (Pearce et al. 2020, "Uncertainty in Neural Networks:
+    Approximately Bayesian Ensembling"): member m > 0 starts at, and is L2-pulled towards, its own
+    anchor ``w0 ~ N(0, prior_std^2)`` instead of 0. Without it every member's weight of a feature
+    no label has touched is exactly 0, so the committee agrees on exactly the pairs it knows
+    least about; with it, unseen features keep the members apart. Member 0 stays anchored at 0,
+    so the ensemble's best single guess is unchanged."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2)
     diff = feats[idx[:, 0]] - feats[idx[:, 1]]
     ws = []
     for m in range(size):
         d = diff if m == 0 else diff[torch.randint(len(diff), (len(diff),), generator=g)]
-        w = torch.zeros(feats.shape[1], requires_grad=True)
+        anchor = (torch.randn(feats.shape[1], generator=g) * prior_std if m > 0 and prior_std > 0
+                  else torch.zeros(feats.shape[1]))
+        w = anchor.clone().requires_grad_(True)
         opt = torch.optim.Adam([w], lr=lr)
         for _ in range(steps):
             opt.zero_grad()
-            loss = torch.nn.functional.softplus(-(d @ w)).mean() + l2 * (w * w).sum()
+            loss = torch.nn.functional.softplus(-(d @ w)).mean() + l2 * ((w - anchor) ** 2).sum()
             loss.backward()
             opt.step()
         ws.append(w.detach())
@@ -56,9 +65,10 @@ def fit_bow_ensemble(feats: torch.Tensor, pairs: Sequence[tuple[int, int]], size
 def pool_curve(texts: Sequence[str], groups: Sequence[int], gold: Sequence[float],
                pool_pairs: Sequence[tuple[int, int]], heldout_pairs: Sequence[tuple[int, int]], method: str,
                start: int, step: int, n_steps: int, ensemble_size: int = 4, noise: float = 0.3, seed: int = 0,
-               measure: str = "variance") -> list[dict]:
+               measure: str = "variance", prior_std: float = 0.0) -> list[dict]:
     """``[{"labels": n, "accuracy": a}, ...]`` after ``start``, ``start + step``, ... labels.
-    ``heldout_pairs`` are (better, worse) by gold."""
+    ``heldout_pairs`` are (better, worse) by gold; the accuracy is member 0's (all labels, no
+    anchor), the ensemble's other members only rank the pairs to label."""
     feats = bow_features(texts)
     rng = random.Random(seed)
     # each pool pair's noisy verdict is fixed in advance: both selections see the same labeler
@@ -68,10 +78,10 @@ def pool_curve(texts: Sequence[str], groups: Sequence[int], gold: Sequence[float
     hi = torch.as_tensor(heldout_pairs, dtype=torch.long).reshape(-1, 2)
     for s in range(n_steps + 1):
         chosen = [pool_pairs[i] if verdict[i] else pool_pairs[i][::-1] for i in labelled]
-        w = fit_bow_ensemble(feats, chosen, ensemble_size, seed=seed * 1000 + s)
+        w = fit_bow_ensemble(feats, chosen, ensemble_size, seed=seed * 1000 + s, prior_std=prior_std)
         scores = w @ feats.T  # [M, N]
-        mean = scores.mean(0)
-        acc = float((mean[hi[:, 0]] > mean[hi[:, 1]]).float().mean())
+        best = scores[0]
+        acc = float((best[hi[:, 0]] > best[hi[:, 1]]).float().mean())
         curve.append({"labels": len(labelled), "accuracy": acc})
         if s == n_steps:
             break

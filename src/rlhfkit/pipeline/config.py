@@ -63,7 +63,8 @@ class FeedbackConfig:
     prompt_words: int = field(default=8, metadata={"help": "movie-reviews: words per prompt"})
     n_eval_prompts: int = field(default=64, metadata={"help": "held-out prompts for the evaluation (never trained on)"})
     max_train_prompts: int = field(default=0, metadata={"help": "training prompts kept for online RL (0 = all the rest)"})
-    n_label_prompts: int = field(default=256, metadata={"help": "simulated: prompts with a pair to judge"})
+    n_label_prompts: int = field(default=128, metadata={"help": "simulated: prompts whose samples are judged"})
+    num_candidates: int = field(default=4, metadata={"help": "simulated: samples per prompt, ranked by the labeler and expanded to all pairs (2 = one pair; 4 = six pairs, as InstructGPT's K-way rankings)"})
     label_noise: float = field(default=0.3, metadata={"help": "simulated: std of the Gaussian noise added to the gold score before comparing"})
     labeler: str = field(default="", metadata={"help": "simulated: the labelers' scorer (reward spec); empty = the pipeline's gold judge"})
     max_new_tokens: int = field(default=24, metadata={"help": "simulated: response tokens sampled"})
@@ -94,7 +95,7 @@ class PipelineConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     reward: RewardConfig = field(default_factory=lambda: RewardConfig(
-        model="minilm-l6", max_length=96, epochs=2.0, batch_size=32, micro_batch_size=16, learning_rate=5e-5))
+        model="minilm-l6", max_length=96, epochs=3.0, batch_size=32, micro_batch_size=16, learning_rate=1e-4))
     ppo: PPOConfig = field(default_factory=lambda: PPOConfig(
         max_new_tokens=24, batch_size=32, micro_batch_size=16, ppo_epochs=2, num_minibatches=2, max_steps=30,
         learning_rate=1e-5, save_every=5, sample_every=5))
@@ -143,7 +144,7 @@ class PipelineConfig:
 QUICK: dict[str, object] = {
     "init.kind": "tiny", "init.hidden_size": 64, "init.num_layers": 2, "init.num_heads": 4, "init.vocab_size": 512,
     "sft.max_steps": 4, "sft.batch_size": 8, "sft.micro_batch_size": 8, "sft.max_length": 128, "sft.learning_rate": 1e-3,
-    "feedback.n_label_prompts": 96, "feedback.n_eval_prompts": 16, "feedback.max_train_prompts": 128,
+    "feedback.n_label_prompts": 96, "feedback.num_candidates": 2, "feedback.n_eval_prompts": 16, "feedback.max_train_prompts": 128,
     "feedback.max_pairs": 160, "feedback.max_new_tokens": 10, "feedback.batch_size": 48,
     "reward.model": "init", "reward.epochs": 2.0, "reward.max_length": 64, "reward.learning_rate": 1e-3,
     "reward.batch_size": 16, "reward.micro_batch_size": 16,

@@ -228,6 +228,8 @@ def stage_feedback(ctx: Context, d: Path) -> dict:
     fb = ctx.config.feedback
     stats: dict = {"source": fb.source}
     if fb.source == "simulated":
+        if fb.num_candidates < 2:
+            raise ValueError(f"feedback.num_candidates must be at least 2 (a pair), got {fb.num_candidates}")
         pool = _prompt_pool(fb)
         train_prompts, eval_prompts = _split_prompts(pool, fb)
         pairs, sim = simulate_labels(ctx, d, train_prompts[:fb.n_label_prompts])
@@ -243,7 +245,15 @@ def stage_feedback(ctx: Context, d: Path) -> dict:
             keep = sorted(random.Random(fb.seed).sample(range(len(pairs)), fb.max_pairs))
             pairs = [pairs[i] for i in keep]
         train_prompts = eval_prompts = None
-    train_pairs, held_pairs = split_holdout(pairs, fb.eval_fraction, fb.seed)
+    if fb.source == "simulated":
+        # split by prompt: with several pairs per prompt, a held-out pair must not share its
+        # prompt (and so one of its responses) with a training pair
+        _, held_prompts = split_holdout(list(dict.fromkeys(p.prompt for p in pairs)), fb.eval_fraction, fb.seed)
+        held_set = set(held_prompts)
+        train_pairs = [p for p in pairs if p.prompt not in held_set]
+        held_pairs = [p for p in pairs if p.prompt in held_set]
+    else:
+        train_pairs, held_pairs = split_holdout(pairs, fb.eval_fraction, fb.seed)
     if train_prompts is None:
         if fb.prompts:
             train_prompts, eval_prompts = _split_prompts(_prompt_pool(fb), fb)
@@ -266,9 +276,12 @@ def stage_feedback(ctx: Context, d: Path) -> dict:
 
 
 def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, dict]:
-    """Simulated labelers (the learning benchmark's): two samples of the starting policy per
-    prompt; the labeler prefers the one whose gold score plus Gaussian noise (``label_noise``) is
-    higher. Done in chunks of ``batch_size`` prompts, each written to ``chunks/NNNNN.jsonl`` when
+    """Simulated labelers (the learning benchmark's): ``num_candidates`` samples of the starting
+    policy per prompt, each given its gold score plus Gaussian noise (``label_noise``) once, i.e. a
+    noisy ranking; the ranking is expanded to all pairs with different, non-empty texts (the
+    preferred one has the higher noisy score). With 2 candidates that is one pair per prompt; with
+    4 it is six pairs from the same generation cost per sample (InstructGPT ranks K = 4-9
+    responses per prompt for the same reason). Done in chunks of ``batch_size`` prompts, each written to ``chunks/NNNNN.jsonl`` when
     finished and seeded by (seed, chunk), so an interrupted stage resumes at the first missing
     chunk and produces the same pairs as an uninterrupted one."""
     import torch
@@ -297,20 +310,27 @@ def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, di
             gen = HFGenerator(SamplingConfig(max_new_tokens=fb.max_new_tokens, temperature=fb.temperature),
                               tok.eos_token_id, tok.pad_token_id)
         batch = prompts[c * fb.batch_size:(c + 1) * fb.batch_size]
+        # candidate k's seed salt: 11, 12 (the two-sample scheme's), then 14, 15, ... (13 is the noise's)
+        salts = [11, 12] + list(range(14, 14 + max(0, fb.num_candidates - 2)))
+        texts, golds = [], []
         with torch.no_grad():
-            # only the texts are labelled: no behaviour log-prob pass
-            a = rollout(gen, model, tok, batch, seed=step_seed(fb.seed, c, salt=11), behaviour_logprobs=False)
-            b = rollout(gen, model, tok, batch, seed=step_seed(fb.seed, c, salt=12), behaviour_logprobs=False)
-        ga, gb = labeler(a.prompts, a.responses).tolist(), labeler(b.prompts, b.responses).tolist()
+            for salt in salts:  # only the texts are labelled: no behaviour log-prob pass
+                ro = rollout(gen, model, tok, batch, seed=step_seed(fb.seed, c, salt=salt), behaviour_logprobs=False)
+                texts.append(ro.responses)
+                golds.append(labeler(ro.prompts, ro.responses).tolist())
         rng = random.Random(step_seed(fb.seed, c, salt=13))
         chunk = []
-        for p, x, y, sx, sy in zip(batch, a.responses, b.responses, ga, gb):
-            if x == y or not x.strip() or not y.strip():
-                continue
-            nx, ny = sx + rng.gauss(0, fb.label_noise), sy + rng.gauss(0, fb.label_noise)
-            first = nx >= ny
-            chunk.append({"prompt": p, "chosen": x if first else y, "rejected": y if first else x,
-                          "gold_chosen": sx if first else sy, "gold_rejected": sy if first else sx})
+        for i, p in enumerate(batch):
+            cand = [(texts[k][i], golds[k][i]) for k in range(len(salts))]
+            noisy = [g + rng.gauss(0, fb.label_noise) for _, g in cand]  # one noisy judgement per sample
+            for x in range(len(cand)):
+                for y in range(x + 1, len(cand)):
+                    (tx, gx), (ty, gy) = cand[x], cand[y]
+                    if tx == ty or not tx.strip() or not ty.strip():
+                        continue
+                    first = noisy[x] >= noisy[y]
+                    chunk.append({"prompt": p, "chosen": tx if first else ty, "rejected": ty if first else tx,
+                                  "gold_chosen": gx if first else gy, "gold_rejected": gy if first else gx})
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chunk), encoding="utf-8")
         os.replace(tmp, path)

@@ -17,8 +17,12 @@ policy has no ratio (nothing to reach). The median over seeds is reported.
 
 Pool mode: a fixed pool of candidate pairs (4 continuations of each of 150 prompts, sampled once
 from the initial policy in loop mode's setup; here synthetic sentences over a sentiment lexicon
-so it needs no model), gold judge + noise labels, a cheap linear BoW ensemble; held-out pair
-accuracy vs labels for both selections (``loop.pool.pool_curve``), same ratio on accuracy.
+so it needs no model), gold judge + noise labels, a cheap linear BoW ensemble (anchored members,
+``--prior_std``; 0 = every member anchored at 0, under which the committee cannot disagree about
+words no label has touched); held-out pair accuracy of the all-labels member vs labels for both
+selections (``loop.pool.pool_curve``), same ratio on accuracy.
+
+Both modes also report the ratio on the curves averaged over seeds (``ratio_of_mean_curves``).
 Results: ``OUT/results.json``.
 """
 from __future__ import annotations
@@ -126,7 +130,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=0, help="override the config's rounds (0 = keep)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--noise", type=float, default=0.3, help="--pool: label noise std")
-    ap.add_argument("--prior_std", type=float, default=0.0,
+    ap.add_argument("--prior_std", type=float, default=0.3,
                     help="--pool: anchored-ensemble prior std of the members' weights (0 = all anchored at 0)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()

@@ -99,6 +99,13 @@ def main(argv):
     p.add_argument("--trl", action="store_true", help="also TRL GRPOTrainer, same RM and wall-clock")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny model, few prompts, ~1 minute per method")
+    p.add_argument("--from_pipeline", default="",
+                   help="reuse a finished `rlhfkit pipeline` run of the sentiment preset: its simulated-labeler "
+                        "reward model, training prompts and held-out prompts (steps 1-3 skipped)")
+    p.add_argument("--eval_repeats", type=int, default=1, help="samples per held-out prompt in the evaluation")
+    p.add_argument("--learning_rate", type=float, default=4e-5, help="every method's learning rate (not --quick)")
+    p.add_argument("--batch_size", type=int, default=16, help="completions per optimiser step, every method "
+                                                               "(GRPO / TRL: batch / 4 prompts x 4 samples)")
     a = p.parse_args(argv)
     os.environ.setdefault("RLHFKIT_NO_PROGRESS", "1")
     if a.threads:
@@ -119,31 +126,48 @@ def main(argv):
         tiny.save_pretrained(a.model)
         tok.save_pretrained(a.model)
         a.n_pair_prompts, a.n_heldout, a.max_new_tokens, a.budget_minutes = 128, 32, 12, 0.5
-    all_prompts = [r.prompt for r in load_movie_review_prompts(n_words=8)]
-    random.Random(0).shuffle(all_prompts)
-    held, train = all_prompts[:a.n_heldout], all_prompts[a.n_heldout:]
+    if a.from_pipeline:
+        pipe = Path(a.from_pipeline)
+        read = lambda f: [json.loads(l)["prompt"] for l in (pipe / "feedback" / f).read_text().splitlines()]
+        train, held = read("train_prompts.jsonl"), read("eval_prompts.jsonl")
+    else:
+        all_prompts = [r.prompt for r in load_movie_review_prompts(n_words=8)]
+        random.Random(0).shuffle(all_prompts)
+        held, train = all_prompts[:a.n_heldout], all_prompts[a.n_heldout:]
+    held = held * a.eval_repeats
     (out / "train_prompts.jsonl").write_text("".join(json.dumps({"prompt": x}) + "\n" for x in train))
     policy, tokenizer = load_policy(a.model)
+    if not Path(a.model).is_dir():  # TRL loads by path: the dequantised SmolLM2 as a local folder
+        a.model = str(out / "init_model")
+        policy.save_pretrained(a.model)
+        tokenizer.save_pretrained(a.model)
     reference = policy
     before = evaluate(policy, reference, tokenizer, held, a.max_new_tokens)
-    t = time.perf_counter()
-    pair_stats = make_pairs(policy, tokenizer, train[:a.n_pair_prompts], a.max_new_tokens, a.label_noise, 1, out / "pairs.jsonl")
-    rm_cfg = load_config(reward.RewardConfig, None, ["--model", a.rm_model, "--data", str(out / "pairs.jsonl"),
-                                                     "--output_dir", str(out / "rm"), "--epochs", "2",
-                                                     "--max_length", "64", "--resume", "false", "--tensorboard", "false",
-                                                     *(["--learning_rate", "1e-3"] if a.quick else [])])
-    rm_metrics = reward.run(rm_cfg)
-    rm_seconds = time.perf_counter() - t
-    print(json.dumps({"stage": "reward_model", **pair_stats, **{k: v for k, v in rm_metrics.items() if "eval" in k},
-                      "seconds": round(rm_seconds, 1)}), flush=True)
-    rm_spec = f"rm:{out / 'rm' / 'model'}"
+    print(json.dumps({"stage": "before", **before, "heldout_samples": len(held)}), flush=True)
+    if a.from_pipeline:
+        rm_spec = f"rm:{Path(a.from_pipeline) / 'reward' / 'model'}"
+    else:
+        t = time.perf_counter()
+        pair_stats = make_pairs(policy, tokenizer, train[:a.n_pair_prompts], a.max_new_tokens, a.label_noise, 1,
+                                out / "pairs.jsonl")
+        rm_cfg = load_config(reward.RewardConfig, None, ["--model", a.rm_model, "--data", str(out / "pairs.jsonl"),
+                                                         "--output_dir", str(out / "rm"), "--epochs", "3",
+                                                         "--max_length", "64", "--resume", "false",
+                                                         "--tensorboard", "false",
+                                                         "--learning_rate", "1e-3" if a.quick else "1e-4"])
+        rm_metrics = reward.run(rm_cfg)
+        rm_seconds = time.perf_counter() - t
+        print(json.dumps({"stage": "reward_model", **pair_stats, **{k: v for k, v in rm_metrics.items() if "eval" in k},
+                          "seconds": round(rm_seconds, 1)}), flush=True)
+        rm_spec = f"rm:{out / 'rm' / 'model'}"
     common = ["--model", a.model, "--prompts", str(out / "train_prompts.jsonl"), "--reward", rm_spec,
               "--gold_reward", "vader", "--max_new_tokens", str(a.max_new_tokens), "--kl_coef", str(a.kl_coef),
               "--tensorboard", "false", "--resume", "false", "--sample_every", "20", "--save_every", "0",
-              "--learning_rate", "1e-3" if a.quick else "1e-5"]
-    recipes = {"ppo": (ppo, ppo.PPOConfig, ["--batch_size", "32", "--micro_batch_size", "16", "--ppo_epochs", "2",
+              "--learning_rate", "1e-3" if a.quick else str(a.learning_rate)]
+    bs = str(a.batch_size)
+    recipes = {"ppo": (ppo, ppo.PPOConfig, ["--batch_size", bs, "--micro_batch_size", str(a.batch_size // 2), "--ppo_epochs", "2",
                                             "--num_minibatches", "2"]),
-               "grpo": (grpo, grpo.GRPOConfig, ["--batch_size", "32", "--micro_batch_size", "16", "--num_generations", "4"])}
+               "grpo": (grpo, grpo.GRPOConfig, ["--batch_size", bs, "--micro_batch_size", "16", "--num_generations", "4"])}
     budget_s = a.budget_minutes * 60
     results = []
     for method in a.methods.split(","):
@@ -198,9 +222,10 @@ def run_trl(a, out, train, held, rm_spec, budget_s, reference, tokenizer, before
                 control.should_training_stop = True
 
     cfg = GRPOConfig(output_dir=str(out / "trl_grpo"), use_cpu=True, bf16=False, max_steps=10**6,
-                     per_device_train_batch_size=32, num_generations=4, max_completion_length=a.max_new_tokens,
-                     beta=a.kl_coef, learning_rate=1e-3 if a.quick else 1e-5, logging_steps=10, save_strategy="no",
-                     report_to="none", loss_type="grpo", disable_dropout=True, temperature=1.0, top_k=0)
+                     per_device_train_batch_size=a.batch_size, num_generations=4, max_completion_length=a.max_new_tokens,
+                     beta=a.kl_coef, learning_rate=1e-3 if a.quick else a.learning_rate, logging_steps=10, save_strategy="no",
+                     report_to="none", loss_type="grpo", disable_dropout=True, temperature=1.0, top_k=0,
+                     gradient_checkpointing=False)  # rlhfkit does not checkpoint either: same compute per step
     trainer = GRPOTrainer(model=a.model, reward_funcs=rm_reward, args=cfg, processing_class=tokenizer,
                           train_dataset=Dataset.from_dict({"prompt": train}))
     budget = Budget()

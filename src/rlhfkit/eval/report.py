@@ -438,7 +438,9 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
         rec = records.get(name)
         if rec is None:
             continue
-        trs.append(f"<tr><td>{name}</td><td>{_esc(rec.get('status'))}</td><td class=\"num\">{_num(rec.get('seconds'), 1)}</td>"
+        # the report stage is still running while it writes this page
+        status = "writing this page" if name == "report" and rec.get("status") == "running" else rec.get("status")
+        trs.append(f"<tr><td>{name}</td><td>{_esc(status)}</td><td class=\"num\">{_num(rec.get('seconds'), 1)}</td>"
                    f"<td class=\"num\">{rec.get('runs', '')}</td><td><code>{_esc(str(rec.get('fingerprint', ''))[:12])}</code></td></tr>")
     if trs:
         body.append("<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>seconds (last run)</th><th>runs</th>"

@@ -43,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads in each child (0 = torch default)")
     p.add_argument("--trl_precompute", action="store_true", help="TRL precompute_ref_log_probs=True")
+    p.add_argument("--gradient_checkpointing", type=int, default=1,
+                   help="activation checkpointing in both libraries (1 = TRL DPOConfig's default)")
     p.add_argument("--quick", action="store_true", help="tiny model, 32 pairs, 4 steps, 1 repeat")
     p.add_argument("--child", choices=["rlhfkit", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -105,7 +107,8 @@ def child_rlhfkit(args, workdir: Path) -> dict:
                        max_prompt_length=args.max_length - 4, output_dir=str(out), learning_rate=1e-6,
                        batch_size=args.batch_size, micro_batch_size=args.micro_batch_size or args.batch_size,
                        max_steps=args.steps,
-                       epochs=1.0, warmup_ratio=0.0, save_every=0, tensorboard=False, threads=args.threads)
+                       epochs=1.0, warmup_ratio=0.0, save_every=0, tensorboard=False, threads=args.threads,
+                       gradient_checkpointing=bool(args.gradient_checkpointing))
     t0 = time.perf_counter()
     metrics = run(config)
     wall = time.perf_counter() - t0
@@ -133,7 +136,7 @@ def child_trl(args, workdir: Path) -> dict:
                        max_length=args.max_length, beta=0.1, loss_type=["sigmoid"], report_to="none",
                        save_strategy="no", logging_steps=max(1, args.steps), seed=0, dataloader_num_workers=0,
                        precompute_ref_log_probs=args.trl_precompute, use_cpu=not torch.cuda.is_available(),
-                       disable_tqdm=True)
+                       disable_tqdm=True, gradient_checkpointing=bool(args.gradient_checkpointing))
     t0 = time.perf_counter()
     trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     result = trainer.train()
@@ -173,7 +176,8 @@ def main(argv=None) -> int:
     trl_ref = "precomputed" if args.trl_precompute else "reference model at every step"
     micro = args.micro_batch_size or args.batch_size
     print(f"\nDPO (sigmoid), model {args.model}, {args.steps} steps x batch {args.batch_size} (both: micro-batch "
-          f"{micro}, accumulated), max_length {args.max_length}, medians of {args.repeats}; TRL reference: {trl_ref}")
+          f"{micro}, accumulated), max_length {args.max_length}, medians of {args.repeats}; TRL reference: {trl_ref}; "
+          f"activation checkpointing: {'on' if args.gradient_checkpointing else 'off'} in both")
     print(f"{'':10}{'samples/s':>12}{'peak RSS MB':>14}{'wall s':>10}")
     for name, m in med.items():
         print(f"{name:10}{m['samples_per_s']:12.2f}{m['peak_rss_mb']:14.0f}{m['wall_s']:10.2f}")

@@ -65,6 +65,9 @@ class TrainingConfig:
                                                        "higher otherwise); the final model is those weights"})
     group_by_length: bool = field(default=True, metadata={"help": "sort each global batch by length before cutting "
                                                                "micro-batches: less padding, the same gradient"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each layer's activations in "
+                                                                  "the backward pass instead of keeping them: much "
+                                                                  "less memory for about one more forward pass"})
     log_every: int = field(default=1, metadata={"help": "log metrics every N steps"})
     resume: bool = field(default=True, metadata={"help": "continue from the latest checkpoint in output_dir"})
     parallel: str = field(default="ddp", metadata={"help": "ddp (replicated) or fsdp (sharded, FSDP2) when launched with several processes"})
@@ -89,7 +92,7 @@ class TrainingConfig:
 
 # Fields that may change between a run and its resumption without changing the result.
 _RESUME_FREE_FIELDS = {"output_dir", "resume", "save_every", "keep_checkpoints", "log_every", "eval_every",
-                       "tensorboard", "threads"}
+                       "tensorboard", "threads", "gradient_checkpointing"}
 
 
 def resume_fingerprint(config: Any) -> dict:
@@ -256,6 +259,22 @@ def _kill_for_tests(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Hugging Face activation checkpointing of every decoder / encoder layer (LoRA-wrapped models
+    too). Non-reentrant: the recomputation needs no input that requires grad, so frozen
+    embeddings under LoRA work, and it gives the same gradients (dropout is off in rlhfkit)."""
+    target = model
+    while not hasattr(target, "gradient_checkpointing_enable") and hasattr(target, "module"):
+        target = target.module
+    if not getattr(target, "supports_gradient_checkpointing", True) or not hasattr(target, "gradient_checkpointing_enable"):
+        raise ConfigError(f"gradient_checkpointing: {type(target).__name__} does not support it")
+    # transformers 5 renamed it; the old name still works there but warns
+    if hasattr(target, "activation_checkpointing_enable"):
+        target.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def fit(
     model: torch.nn.Module,
     examples: list[Any],
@@ -288,6 +307,8 @@ def fit(
     if ckpt is not None:  # weights go in before wrapping (FSDP shards them in place)
         check_resume_config(ckpt, config)
         load_checkpoint(ckpt, model, restore_rng=False)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     train_model = wrap_model(model, info, config.parallel)
     optimizer = build_optimizer(train_model, config)
     scheduler = build_scheduler(optimizer, total_steps, config)

@@ -113,3 +113,21 @@ def test_policy_free_pool_check_runs_and_learns():
         assert [p["labels"] for p in c] == [10, 25, 40]
         assert c[-1]["accuracy"] > 0.6  # better than chance on gold-ordered held-out pairs
     assert curves["random"][0] == curves["uncertainty"][0]  # the same random start
+
+
+def test_anchored_ensemble_disagrees_about_features_no_label_touched():
+    """Without anchors every member's weight of an unseen feature stays exactly 0, so the
+    committee has zero variance on a pair that differs only in unseen words; with anchors
+    (prior_std > 0) the members keep their random priors there and disagree. Member 0 is
+    anchored at 0 either way (the ensemble's best single guess does not change)."""
+    from rlhfkit.loop.pool import fit_bow_ensemble
+
+    feats = torch.zeros(4, 8)
+    feats[0, 0] = feats[1, 1] = 1.0  # labelled pair: candidate 0 (feature 0) beats 1 (feature 1)
+    feats[2, 5] = feats[3, 6] = 1.0  # unlabelled pair: features 5, 6 never seen
+    for prior_std, expect_disagreement in ((0.0, False), (0.5, True)):
+        w = fit_bow_ensemble(feats, [(0, 1)], size=4, seed=0, prior_std=prior_std)
+        u = pair_uncertainty(w @ feats.T, [(2, 3)]).item()
+        assert (u > 1e-4) == expect_disagreement, (prior_std, u)
+        assert torch.all(w[0, 2:] == 0)  # member 0: no label, no prior -> exactly 0
+        assert w[0, 0] > 0 > w[0, 1]  # and it learned the labelled pair

@@ -76,14 +76,6 @@ def make_pairs(model, tokenizer, prompts, max_new_tokens, noise, seed, path: Pat
     return {"pairs": len(rows), "labeler_agreement_with_gold": agree / max(1, len(rows))}
 
 
-def budget_steps(run_fn, probe_steps: int, budget_s: float) -> int:
-    """Steps that fit the budget, from the time of a short probe run."""
-    t = time.perf_counter()
-    run_fn(probe_steps)
-    per_step = (time.perf_counter() - t) / probe_steps
-    return max(probe_steps, int(budget_s / per_step))
-
-
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
@@ -174,15 +166,18 @@ def main(argv):
         module, cls, extra = recipes[method]
 
         def run_steps(n, method=method, module=module, cls=cls, extra=extra):
-            cfg = load_config(cls, None, [*common, *extra, "--output_dir", str(out / method), "--max_steps", str(n)])
+            cfg = load_config(cls, None, [*common, *extra, "--output_dir", str(out / method), "--max_steps", str(n),
+                                          "--max_minutes", str(a.budget_minutes), "--lr_schedule", "constant"])
             module.run(cfg)
 
-        steps = budget_steps(run_steps, 2, budget_s)  # a 2-step probe sizes the run to the budget
+        # the recipe stops itself after the step that ends the wall-clock budget (max_minutes),
+        # as the TRL callback below does; constant learning rate in both (no schedule to finish)
         t = time.perf_counter()
-        run_steps(steps)
+        run_steps(10**6)
         seconds = time.perf_counter() - t
         trained, _ = load_policy(str(out / method / "model"))
         after = evaluate(trained, reference, tokenizer, held, a.max_new_tokens)
+        steps = max(json.loads(l).get("step", 0) for l in (out / method / "metrics.jsonl").read_text().splitlines())
         row = {"method": f"rlhfkit {method}", "steps": steps, "minutes": round(seconds / 60, 2),
                "gold_before": round(before["gold"], 4), "gold_after": round(after["gold"], 4),
                "gold_gain": round(after["gold"] - before["gold"], 4), "kl_after": round(after["kl"], 3)}
@@ -223,6 +218,7 @@ def run_trl(a, out, train, held, rm_spec, budget_s, reference, tokenizer, before
 
     cfg = GRPOConfig(output_dir=str(out / "trl_grpo"), use_cpu=True, bf16=False, max_steps=10**6,
                      per_device_train_batch_size=a.batch_size, num_generations=4, max_completion_length=a.max_new_tokens,
+                     lr_scheduler_type="constant",
                      beta=a.kl_coef, learning_rate=1e-3 if a.quick else a.learning_rate, logging_steps=10, save_strategy="no",
                      report_to="none", loss_type="grpo", disable_dropout=True, temperature=1.0, top_k=0,
                      gradient_checkpointing=False)  # rlhfkit does not checkpoint either: same compute per step

@@ -128,6 +128,17 @@ def test_lora_reference_is_the_adapter_switched_off(tmp_path, tiny_policy_dir, p
     assert (tmp_path / "lora" / "model" / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize("algo", ["grpo", "ppo", "rloo", "reinforce"])
+def test_max_minutes_ends_the_run_on_a_whole_step(tmp_path, tiny_policy_dir, prompt_file, algo):
+    """A wall-clock budget far shorter than one step: the first step still completes, is logged
+    and the model is saved; no second step starts."""
+    extra = ["--num_generations", "4"] if algo in ("grpo", "rloo") else []
+    rows = run_inproc(algo, tiny_policy_dir, prompt_file, tmp_path / algo, "--batch_size", "8", "--max_steps", "50",
+                      "--max_minutes", "1e-6", "--resume", "false", *extra)
+    assert [r["step"] for r in rows if "reward" in r] == [1]
+    assert (tmp_path / algo / "model" / "model.safetensors").exists()
+
+
 # ------------------------------------------------------------------ exact resume after SIGKILL
 @pytest.mark.parametrize("algo,extra", [
     ("ppo", ["--kl_control", "adaptive", "--kl_horizon", "100", "--reward_norm", "running", "--ppo_epochs", "2"]),

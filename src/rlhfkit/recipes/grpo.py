@@ -19,7 +19,7 @@ from rlhfkit.recipes.common import save_final
 from rlhfkit.recipes.online import (OnlineConfig, SampleTable, generate, load_models, load_prompts, make_generator,
                                     maybe_checkpoint, optimizer_and_scheduler, policy_gradient_update, prompts_for_step,
                                     reference_logprobs, repeat_each, resume_state, rollout_metrics, score, sequence_kl,
-                                    setup_run, single_update, timer)
+                                    setup_run, single_update, timer, out_of_time)
 from rlhfkit.rewards import build_reward
 from rlhfkit.training.distributed import DistInfo
 from rlhfkit.training.logging import MetricsLogger, progress_bar
@@ -67,6 +67,7 @@ def run(config: GRPOConfig) -> dict:
     table = SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, start if state else None)
     bar = progress_bar(config.max_steps, initial=start, desc="grpo")
     metrics: dict = {}
+    started = timer()
     for step in range(start, config.max_steps):
         t0 = timer()
         # 1. rollout: each prompt k times, adjacent rows
@@ -99,6 +100,8 @@ def run(config: GRPOConfig) -> dict:
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}")
         maybe_checkpoint(config, step + 1, modules, optimizer, scheduler, {})
+        if out_of_time(config, started):
+            break
     bar.close()
     logger.close()
     save_final(policy, tokenizer, config, metrics, DistInfo())

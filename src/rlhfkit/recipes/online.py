@@ -61,6 +61,9 @@ class OnlineConfig(TrainingConfig):
     clip_eps: float = field(default=0.2, metadata={"help": "ratio clipping epsilon"})
     kl_coef: float = field(default=0.05, metadata={"help": "KL coefficient beta (initial value when adaptive)"})
     max_steps: int = field(default=100, metadata={"help": "rollout steps"})
+    max_minutes: float = field(default=0.0, metadata={"help": "also stop after the step that ends this many minutes "
+                                                             "after the loop started (0 = off); a wall-clock budget, "
+                                                             "so the number of steps depends on the machine"})
     learning_rate: float = field(default=1e-6, metadata={"help": "peak learning rate"})
     adam_eps: float = field(default=1e-5, metadata={"help": "AdamW epsilon (PPO detail 11)"})
     sample_every: int = field(default=10, metadata={"help": "write a table of sample generations every N steps (0 = off)"})
@@ -77,6 +80,8 @@ class OnlineConfig(TrainingConfig):
             raise ValueError("the minibatch (batch_size / num_minibatches) must be a multiple of micro_batch_size")
         if self.max_steps < 1:
             raise ValueError("max_steps must be >= 1")
+        if self.max_minutes < 0:
+            raise ValueError("max_minutes must be >= 0")
 
 
 # ---------------------------------------------------------------------------- prompts
@@ -395,6 +400,12 @@ def setup_run(config: OnlineConfig) -> None:
 
 def timer() -> float:
     return time.perf_counter()
+
+
+def out_of_time(config: OnlineConfig, started: float) -> bool:
+    """True once ``max_minutes`` (when set) have passed since ``started``: checked after a step is
+    logged and checkpointed, so the run always ends on a whole step."""
+    return config.max_minutes > 0 and timer() - started >= config.max_minutes * 60
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:

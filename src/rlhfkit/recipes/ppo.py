@@ -24,7 +24,7 @@ from rlhfkit.recipes.common import save_final
 from rlhfkit.recipes.online import (OnlineConfig, SampleTable, explained_variance, generate, load_models,
                                     load_prompts, make_generator, make_kl_controller, maybe_checkpoint,
                                     micro_slices, minibatches, optimizer_and_scheduler, prompts_for_step,
-                                    reference_logprobs, resume_state, rollout_metrics, score, setup_run, timer)
+                                    reference_logprobs, resume_state, rollout_metrics, score, setup_run, timer, out_of_time)
 from rlhfkit.rewards import RunningNormaliser, build_reward
 from rlhfkit.rollout import Rollout, response_logprobs, step_seed
 from rlhfkit.training.distributed import DistInfo
@@ -119,6 +119,7 @@ def run(config: PPOConfig) -> dict:
     bar = progress_bar(config.max_steps, initial=start, desc="ppo")
     mb = config.micro_batch_size
     metrics: dict = {}
+    started = timer()
     for step in range(start, config.max_steps):
         t0 = timer()
         # 1. rollout (left-padded prompts, responses cut after EOS, behaviour log-probs)
@@ -194,6 +195,8 @@ def run(config: PPOConfig) -> dict:
         bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.2f}")
         maybe_checkpoint(config, step + 1, modules, optimizer, scheduler,
                          {"kl_controller": kl_ctl.state_dict(), "reward_normaliser": normaliser.state_dict()})
+        if out_of_time(config, started):
+            break
     bar.close()
     logger.close()
     save_final(policy, tokenizer, config, metrics, DistInfo())

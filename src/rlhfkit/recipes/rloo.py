@@ -18,7 +18,7 @@ from rlhfkit.recipes.common import save_final
 from rlhfkit.recipes.online import (OnlineConfig, SampleTable, generate, kl_penalised_scores, load_models, load_prompts, make_generator,
                                     maybe_checkpoint, optimizer_and_scheduler, policy_gradient_update, prompts_for_step,
                                     repeat_each, resume_state, rollout_metrics, score,
-                                    setup_run, timer)
+                                    setup_run, timer, out_of_time)
 from rlhfkit.rewards import build_reward
 from rlhfkit.training.distributed import DistInfo
 from rlhfkit.training.logging import MetricsLogger, progress_bar
@@ -61,6 +61,7 @@ def run(config: RLOOConfig) -> dict:
     table = SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, start if state else None)
     bar = progress_bar(config.max_steps, initial=start, desc="rloo")
     metrics: dict = {}
+    started = timer()
     for step in range(start, config.max_steps):
         t0 = timer()
         step_prompts = prompts_for_step(prompts, step, config.batch_size // k, config.seed)
@@ -83,6 +84,8 @@ def run(config: RLOOConfig) -> dict:
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}")
         maybe_checkpoint(config, step + 1, modules, optimizer, scheduler, {})
+        if out_of_time(config, started):
+            break
     bar.close()
     logger.close()
     save_final(policy, tokenizer, config, metrics, DistInfo())

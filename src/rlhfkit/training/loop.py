@@ -92,7 +92,7 @@ class TrainingConfig:
 
 # Fields that may change between a run and its resumption without changing the result.
 _RESUME_FREE_FIELDS = {"output_dir", "resume", "save_every", "keep_checkpoints", "log_every", "eval_every",
-                       "tensorboard", "threads", "gradient_checkpointing"}
+                       "tensorboard", "threads", "gradient_checkpointing", "max_minutes"}
 
 
 def resume_fingerprint(config: Any) -> dict:

@@ -249,7 +249,7 @@ def plot(out: Path, methods: list[str], results: list[dict]) -> None:
     for m in methods:
         rows = [json.loads(l) for l in (out / m / "metrics.jsonl").read_text().splitlines()]
         rows = [r for r in rows if "gold" in r and "kl" in r]
-        ax.plot([r["kl"] for r in rows], [r["gold"] for r in rows], ".-", label=f"rlhfkit {m} (training batches)",
+        ax.plot([r["kl"] for r in rows], [r["gold"] for r in rows], ".", label=f"rlhfkit {m} (training batches)",
                 alpha=0.35)
     for i, r in enumerate(results):
         color = f"C{len(methods) + i}"

@@ -157,23 +157,19 @@ def main(argv):
               "--tensorboard", "false", "--resume", "false", "--sample_every", "20", "--save_every", "0",
               "--learning_rate", "1e-3" if a.quick else str(a.learning_rate)]
     bs = str(a.batch_size)
-    recipes = {"ppo": (ppo, ppo.PPOConfig, ["--batch_size", bs, "--micro_batch_size", str(a.batch_size // 2), "--ppo_epochs", "2",
-                                            "--num_minibatches", "2"]),
+    recipes = {"ppo": (ppo, ppo.PPOConfig, ["--batch_size", bs, "--micro_batch_size", str(a.batch_size // 2),
+                                            "--ppo_epochs", "2", "--num_minibatches", "2"]),
                "grpo": (grpo, grpo.GRPOConfig, ["--batch_size", bs, "--micro_batch_size", "16", "--num_generations", "4"])}
     budget_s = a.budget_minutes * 60
     results = []
     for method in a.methods.split(","):
         module, cls, extra = recipes[method]
-
-        def run_steps(n, method=method, module=module, cls=cls, extra=extra):
-            cfg = load_config(cls, None, [*common, *extra, "--output_dir", str(out / method), "--max_steps", str(n),
-                                          "--max_minutes", str(a.budget_minutes), "--lr_schedule", "constant"])
-            module.run(cfg)
-
         # the recipe stops itself after the step that ends the wall-clock budget (max_minutes),
         # as the TRL callback below does; constant learning rate in both (no schedule to finish)
+        cfg = load_config(cls, None, [*common, *extra, "--output_dir", str(out / method), "--max_steps", str(10**6),
+                                      "--max_minutes", str(a.budget_minutes), "--lr_schedule", "constant"])
         t = time.perf_counter()
-        run_steps(10**6)
+        module.run(cfg)
         seconds = time.perf_counter() - t
         trained, _ = load_policy(str(out / method / "model"))
         after = evaluate(trained, reference, tokenizer, held, a.max_new_tokens)

@@ -165,3 +165,7 @@ def test_simulated_rankings_expand_to_all_pairs_and_hold_out_whole_prompts(tmp_p
     held = {json.loads(l)["prompt"] for l in (fb / "heldout_pairs.jsonl").read_text().splitlines()}
     assert train and held and not train & held
     assert ctx.outputs["feedback"]["pairs"] + ctx.outputs["feedback"]["heldout_pairs"] == len(chunks)
+
+    config.feedback.num_candidates = 1  # no pair to judge: refused when the config is checked
+    with pytest.raises(ValueError, match="feedback.num_candidates"):
+        config.validate()

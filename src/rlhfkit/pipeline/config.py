@@ -124,6 +124,9 @@ class PipelineConfig:
             raise ValueError("feedback.source store needs feedback.project (the feedback-app project to export)")
         if self.feedback.source == "simulated" and not self.feedback.prompts:
             raise ValueError("feedback.source simulated needs feedback.prompts (movie-reviews or a prompt file)")
+        if self.feedback.source == "simulated" and self.feedback.num_candidates < 2:
+            raise ValueError(f"field 'feedback.num_candidates': must be at least 2 (a pair), got "
+                             f"{self.feedback.num_candidates}")
         if not 0 < self.feedback.eval_fraction < 1:
             raise ValueError("feedback.eval_fraction must be in (0, 1)")
         if self.feedback.aggregate not in ("none", "majority"):

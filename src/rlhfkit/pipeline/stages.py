@@ -228,12 +228,16 @@ def stage_feedback(ctx: Context, d: Path) -> dict:
     fb = ctx.config.feedback
     stats: dict = {"source": fb.source}
     if fb.source == "simulated":
-        if fb.num_candidates < 2:
-            raise ValueError(f"feedback.num_candidates must be at least 2 (a pair), got {fb.num_candidates}")
         pool = _prompt_pool(fb)
         train_prompts, eval_prompts = _split_prompts(pool, fb)
         pairs, sim = simulate_labels(ctx, d, train_prompts[:fb.n_label_prompts])
         stats.update(sim)
+        # split by prompt: with several pairs per prompt, a held-out pair must not share its
+        # prompt (and so one of its responses) with a training pair
+        _, held_prompts = split_holdout(list(dict.fromkeys(p.prompt for p in pairs)), fb.eval_fraction, fb.seed)
+        held_set = set(held_prompts)
+        train_pairs = [p for p in pairs if p.prompt not in held_set]
+        held_pairs = [p for p in pairs if p.prompt in held_set]
     else:
         if fb.source == "dataset":
             from rlhfkit.recipes.common import load_training_records
@@ -245,14 +249,6 @@ def stage_feedback(ctx: Context, d: Path) -> dict:
             keep = sorted(random.Random(fb.seed).sample(range(len(pairs)), fb.max_pairs))
             pairs = [pairs[i] for i in keep]
         train_prompts = eval_prompts = None
-    if fb.source == "simulated":
-        # split by prompt: with several pairs per prompt, a held-out pair must not share its
-        # prompt (and so one of its responses) with a training pair
-        _, held_prompts = split_holdout(list(dict.fromkeys(p.prompt for p in pairs)), fb.eval_fraction, fb.seed)
-        held_set = set(held_prompts)
-        train_pairs = [p for p in pairs if p.prompt not in held_set]
-        held_pairs = [p for p in pairs if p.prompt in held_set]
-    else:
         train_pairs, held_pairs = split_holdout(pairs, fb.eval_fraction, fb.seed)
     if train_prompts is None:
         if fb.prompts:
@@ -281,8 +277,8 @@ def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, di
     noisy ranking; the ranking is expanded to all pairs with different, non-empty texts (the
     preferred one has the higher noisy score). With 2 candidates that is one pair per prompt; with
     4 it is six pairs from the same generation cost per sample (InstructGPT ranks K = 4-9
-    responses per prompt for the same reason). Done in chunks of ``batch_size`` prompts, each written to ``chunks/NNNNN.jsonl`` when
-    finished and seeded by (seed, chunk), so an interrupted stage resumes at the first missing
+    responses per prompt for the same reason). Done in chunks of ``batch_size`` prompts, each
+    written to ``chunks/NNNNN.jsonl`` when finished and seeded by (seed, chunk), so an interrupted stage resumes at the first missing
     chunk and produces the same pairs as an uninterrupted one."""
     import torch
 

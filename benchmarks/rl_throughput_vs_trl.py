@@ -5,8 +5,9 @@
     .venv/bin/python benchmarks/rl_throughput_vs_trl.py --model smollm2-135m --steps 10 --max_new_tokens 32
 
 Same model, prompts (first words of movie reviews), group size, batch, response length, KL
-coefficient, learning rate, reward function (a rule reward, so scoring costs nothing) and number
-of optimiser steps for both; each run is a fresh process (one torch thread unless --threads),
+coefficient, learning rate, reward function (a rule reward, so scoring costs nothing), number
+of optimiser steps and activation-checkpointing setting (``--gradient_checkpointing``, on by
+default as in TRL; 0 turns it off in both) for both; each run is a fresh process (one torch thread unless --threads),
 so its peak resident memory (ru_maxrss) is its own. Reports samples (completions) per second from
 the end of step 1 to the end of the last step (setup and the warm-up step excluded for both), median over --repeats, the rlhfkit / TRL ratio and peak RSS, as one
 JSON line per algorithm and a markdown table for docs/BENCHMARKS.md.
@@ -68,7 +69,7 @@ def worker(a) -> dict:
             "--batch_size", str(a.batch_size), "--micro_batch_size", str(a.batch_size),
             "--max_new_tokens", str(a.max_new_tokens), "--kl_coef", str(a.beta), "--learning_rate", "1e-5",
             "--max_steps", str(a.steps), "--tensorboard", "false", "--sample_every", "0", "--resume", "false",
-            "--max_prompt_length", "64"])
+            "--max_prompt_length", "64", "--gradient_checkpointing", str(bool(a.gradient_checkpointing)).lower()])
         os.environ["RLHFKIT_NO_PROGRESS"] = "1"
         module.run(cfg)
         stamps = [json.loads(l)["time"] for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
@@ -79,7 +80,8 @@ def worker(a) -> dict:
         common = dict(output_dir=out, use_cpu=True, bf16=False, max_steps=a.steps, per_device_train_batch_size=a.batch_size,
                       num_generations=a.k, max_completion_length=a.max_new_tokens, beta=a.beta, learning_rate=1e-5,
                       logging_steps=10**6, save_strategy="no", report_to="none", temperature=1.0, top_k=0, top_p=1.0,
-                      disable_dropout=True, dataloader_num_workers=0, seed=0)
+                      disable_dropout=True, dataloader_num_workers=0, seed=0,
+                      gradient_checkpointing=bool(a.gradient_checkpointing))
         tok = AutoTokenizer.from_pretrained(a.model_path, padding_side="left")
         if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
             from rlhfkit.models import ensure_pad_token
@@ -126,6 +128,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--n_prompts", type=int, default=256)
+    p.add_argument("--gradient_checkpointing", type=int, default=1,
+                   help="1: both recompute activations in the backward pass (TRL's default), 0: neither")
     p.add_argument("--quick", action="store_true", help="tiny model, 5 steps, 1 repeat, 16 tokens")
     p.add_argument("--worker", choices=["rlhfkit", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--algo", help=argparse.SUPPRESS)
@@ -162,7 +166,7 @@ def main(argv: list[str]) -> None:
                 cmd = [sys.executable, __file__, "--worker", impl, "--algo", algo, "--model_path", model_path,
                        "--steps", str(a.steps), "--batch_size", str(a.batch_size), "--k", str(a.k),
                        "--max_new_tokens", str(a.max_new_tokens), "--beta", str(a.beta), "--threads", str(a.threads),
-                       "--n_prompts", str(a.n_prompts)]
+                       "--n_prompts", str(a.n_prompts), "--gradient_checkpointing", str(a.gradient_checkpointing)]
                 r = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
                 if r.returncode or not line:
@@ -172,6 +176,7 @@ def main(argv: list[str]) -> None:
         rss = {impl: max(x["peak_rss_mb"] for x in v) for impl, v in results.items()}
         row = {"algo": algo, "model": a.model, "steps": a.steps, "batch": a.batch_size, "k": a.k,
                "max_new_tokens": a.max_new_tokens, "beta": a.beta, "threads": a.threads, "repeats": a.repeats,
+               "gradient_checkpointing": bool(a.gradient_checkpointing),
                "rlhfkit_samples_per_s": round(med["rlhfkit"], 3), "trl_samples_per_s": round(med["trl"], 3),
                "speedup": round(med["rlhfkit"] / med["trl"], 3),
                "rlhfkit_peak_rss_mb": round(rss["rlhfkit"]), "trl_peak_rss_mb": round(rss["trl"]),

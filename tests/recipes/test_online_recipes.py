@@ -139,6 +139,34 @@ def test_max_minutes_ends_the_run_on_a_whole_step(tmp_path, tiny_policy_dir, pro
     assert (tmp_path / algo / "model" / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_gradient_checkpointing_gives_the_same_update(tmp_path, tiny_policy_dir, prompt_file, monkeypatch, algo):
+    """Online recipes honour ``gradient_checkpointing``: the training forward of every layer runs
+    again in the backward pass (PPO: policy and value model), generation and the no-grad passes
+    do not, and the trained weights equal those of a run without it."""
+    from transformers.models.llama import modeling_llama
+
+    calls = []
+    original = modeling_llama.LlamaMLP.forward  # inside a layer, below the checkpoint wrapper
+
+    def counted(self, *a, **k):
+        calls.append(torch.is_grad_enabled())
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", counted)
+    extra = ["--batch_size", "8", "--max_steps", "2", "--resume", "false",
+             *(["--num_generations", "4"] if algo == "grpo" else ["--ppo_epochs", "2"])]
+    run_inproc(algo, tiny_policy_dir, prompt_file, tmp_path / "plain", *extra)
+    plain_grad = sum(calls)
+    calls.clear()
+    run_inproc(algo, tiny_policy_dir, prompt_file, tmp_path / "ckpt", *extra, "--gradient_checkpointing", "true")
+    # each forward with grad enabled is run once more in the backward pass (recompute under grad)
+    assert sum(calls) == 2 * plain_grad > 0, (plain_grad, sum(calls))
+    a, b = load_weights(tmp_path / "plain" / "model"), load_weights(tmp_path / "ckpt" / "model")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 # ------------------------------------------------------------------ exact resume after SIGKILL
 @pytest.mark.parametrize("algo,extra", [
     ("ppo", ["--kl_control", "adaptive", "--kl_horizon", "100", "--reward_norm", "running", "--ppo_epochs", "2"]),

@@ -39,12 +39,18 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: floa
     return torch.where(valid, out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
-def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0, chunk_size: int = 128) -> torch.Tensor:
     """Entropy of ``softmax(logits / temperature)`` at each position.
 
     Shapes: ``logits`` [B, T, V] -> [B, T]. ``H = logsumexp(z) - sum(softmax(z) * z)``
-    (same identity as TRL's ``entropy_from_logits``); computed in float32 at least.
+    (same identity as TRL's ``entropy_from_logits``); computed in float32 at least, over
+    ``chunk_size`` positions at a time, so its temporaries stay a few ``[chunk_size, V]`` blocks
+    instead of several copies of ``[B, T, V]`` (hundreds of MB with a 49k vocabulary).
     """
-    z = _scaled(logits if logits.dtype == torch.float64 else logits.float(), temperature)
-    p = torch.softmax(z, dim=-1)
-    return torch.logsumexp(z, dim=-1) - (p * z).sum(dim=-1)
+    flat = logits.reshape(-1, logits.shape[-1])
+    out = []
+    for block in flat.split(max(1, chunk_size)):
+        z = _scaled(block if block.dtype == torch.float64 else block.float(), temperature)
+        p = torch.softmax(z, dim=-1)
+        out.append(torch.logsumexp(z, dim=-1) - (p * z).sum(dim=-1))
+    return torch.cat(out).reshape(logits.shape[:-1]) if out else logits.new_zeros(logits.shape[:-1]).float()

@@ -33,7 +33,8 @@ from rlhfkit.core.masking import masked_mean
 from rlhfkit.recipes.common import LoraConfig
 from rlhfkit.rollout import HFGenerator, Rollout, SamplingConfig, response_logprobs, rollout, step_seed
 from rlhfkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from rlhfkit.training.loop import TrainingConfig, _kill_for_tests, build_scheduler, epoch_order
+from rlhfkit.training.loop import (TrainingConfig, _kill_for_tests, adamw, build_scheduler,
+                                  enable_gradient_checkpointing, epoch_order)
 
 
 @dataclass
@@ -137,6 +138,10 @@ def load_models(config: OnlineConfig, need_reference: bool):
         reference = copy.deepcopy(policy).eval()
         for p in reference.parameters():
             p.requires_grad_(False)
+    if config.gradient_checkpointing:
+        # only the training forward recomputes (HF checkpoints in train mode); generation and the
+        # no-grad log-prob passes run in eval mode and are unchanged
+        enable_gradient_checkpointing(policy)
     return policy, tokenizer, reference
 
 
@@ -225,9 +230,7 @@ def token_weights(mask: torch.Tensor, aggregation: str, max_new_tokens: int) -> 
 
 
 def optimizer_and_scheduler(params, config: OnlineConfig):
-    params = [p for p in params if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                  eps=config.adam_eps)
+    optimizer = adamw(params, config)
     total = config.max_steps * config.ppo_epochs * config.num_minibatches
     return optimizer, build_scheduler(optimizer, total, config)  # linear decay (detail 11)
 

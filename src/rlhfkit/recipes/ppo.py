@@ -27,6 +27,7 @@ from rlhfkit.recipes.online import (OnlineConfig, SampleTable, explained_varianc
                                     reference_logprobs, resume_state, rollout_metrics, score, setup_run, timer, out_of_time)
 from rlhfkit.rewards import RunningNormaliser, build_reward
 from rlhfkit.rollout import Rollout, response_logprobs, step_seed
+from rlhfkit.training.loop import enable_gradient_checkpointing
 from rlhfkit.training.distributed import DistInfo
 from rlhfkit.training.logging import MetricsLogger, progress_bar
 
@@ -67,6 +68,8 @@ def load_value_model(config: PPOConfig, tokenizer):
     if config.lora.r:
         value = apply_lora(value, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
                            target_modules=config.lora.target_modules)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(value)
     return value
 
 

@@ -144,10 +144,21 @@ def chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def adamw(params, config: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW with ``config``'s learning rate, weight decay and epsilon. The fused kernel (one pass
+    per tensor, no temporaries the size of the largest parameter; CPU since torch 2.4) whenever
+    every parameter is a plain float tensor on CPU or CUDA; sharded (DTensor) parameters keep
+    the default implementation."""
+    params = [p for p in params if p.requires_grad]
+    fused = bool(params) and all(
+        type(p.data) is torch.Tensor and p.device.type in ("cpu", "cuda")
+        and p.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64) for p in params)
     return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
-                             eps=config.adam_eps)
+                             eps=config.adam_eps, fused=fused or None)
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    return adamw(model.parameters(), config)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, config: TrainingConfig):

@@ -121,6 +121,52 @@ def test_batch_split_invariance(tmp_path, tiny_policy_dir, prompt_file, algo, ex
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_rloo_kl_from_the_update_pass_equals_a_separate_behaviour_pass(tmp_path, tiny_policy_dir, prompt_file,
+                                                                       monkeypatch):
+    """Micro-batches of whole groups (4 of k = 4): the KL-penalised reward is computed from the update
+    pass's own log-probs, no behaviour forward; micro-batches of 2 split the groups and take the
+    separate pass. Same weights, rewards and KL; and the fused run really skips the pass."""
+    from rlhfkit.recipes import online
+
+    passes = []
+    original = online.rollout
+
+    def counted(*a, **k):
+        passes.append(k.get("behaviour_logprobs", True))
+        return original(*a, **k)
+
+    monkeypatch.setattr(online, "rollout", counted)
+    extra = ["--batch_size", "8", "--max_steps", "3", "--num_generations", "4", "--kl_coef", "0.5",
+             "--learning_rate", "1e-2", "--resume", "false"]
+    fused = run_inproc("rloo", tiny_policy_dir, prompt_file, tmp_path / "fused", *extra, "--micro_batch_size", "4")
+    assert passes == [False] * 3
+    passes.clear()
+    split = run_inproc("rloo", tiny_policy_dir, prompt_file, tmp_path / "split", *extra, "--micro_batch_size", "2")
+    assert passes == [True] * 3
+    assert fused[-1]["kl"] != 0.0
+    for a, b in zip(fused, split):
+        for key in ("reward", "rlhf_reward", "kl", "loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    # float rounding differs between the two micro-batchings; Adam at lr 1e-2 turns it into a few
+    # 1e-6 of weight (a 1e-4 fraction of one step)
+    wa, wb = load_weights(tmp_path / "fused" / "model"), load_weights(tmp_path / "split" / "model")
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_generation_engines_give_the_same_run(tmp_path, tiny_policy_dir, prompt_file, algo):
+    """``generation_engine`` native (the default for this Llama) and hf (``model.generate``) draw the
+    same samples from the same seed (tests/rollout/test_native.py), so the runs agree."""
+    extra = ["--batch_size", "8", "--max_steps", "2", "--resume", "false",
+             *(["--num_generations", "4"] if algo == "grpo" else [])]
+    rows = {e: run_inproc(algo, tiny_policy_dir, prompt_file, tmp_path / e, *extra, "--generation_engine", e)
+            for e in ("native", "hf")}
+    for a, b in zip(rows["native"], rows["hf"]):
+        for key in ("reward", "kl", "entropy", "response_length"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+
+
 def test_lora_reference_is_the_adapter_switched_off(tmp_path, tiny_policy_dir, prompt_file):
     rows = run_inproc("grpo", tiny_policy_dir, prompt_file, tmp_path / "lora", "--num_generations", "4",
                       "--max_steps", "3", "--lora.r", "4", "--learning_rate", "1e-2", "--resume", "false")

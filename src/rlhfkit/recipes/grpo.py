@@ -59,7 +59,7 @@ def run(config: GRPOConfig) -> dict:
     reward = build_reward(config.reward, batch_size=config.reward_batch_size)
     gold = build_reward(config.gold_reward, batch_size=config.reward_batch_size) if config.gold_reward else None
     policy, tokenizer, reference = load_models(config, need_reference=config.kl_coef > 0)
-    generator = make_generator(config, tokenizer)
+    generator = make_generator(config, tokenizer, policy)
     optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), config)
     modules = torch.nn.ModuleDict({"policy": policy})  # what a checkpoint holds
     start, state = resume_state(config, modules, optimizer, scheduler)

@@ -31,7 +31,7 @@ from rlhfkit.core.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k
 from rlhfkit.core.losses import ppo_policy_loss
 from rlhfkit.core.masking import masked_mean
 from rlhfkit.recipes.common import LoraConfig
-from rlhfkit.rollout import HFGenerator, Rollout, SamplingConfig, response_logprobs, rollout, step_seed
+from rlhfkit.rollout import ENGINES, Rollout, SamplingConfig, make_sampler, response_logprobs, rollout, step_seed
 from rlhfkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlhfkit.training.loop import (TrainingConfig, _kill_for_tests, adamw, build_scheduler,
                                   enable_gradient_checkpointing, epoch_order)
@@ -54,6 +54,8 @@ class OnlineConfig(TrainingConfig):
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (also divides the logits of every log-prob pass)"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (1 = off)"})
     top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)"})
+    generation_engine: str = field(default="auto", metadata={"help": "sampler: auto (native for plain Llama-family "
+                                                                     "models, else hf), native, or hf (model.generate)"})
     num_generations: int = field(default=1, metadata={"help": "samples per prompt (k)"})
     batch_size: int = field(default=16, metadata={"help": "sequences per step (prompts per step x num_generations)"})
     micro_batch_size: int = field(default=4, metadata={"help": "sequences per forward/backward pass (gradient accumulation fills a minibatch)"})
@@ -83,6 +85,8 @@ class OnlineConfig(TrainingConfig):
             raise ValueError("max_steps must be >= 1")
         if self.max_minutes < 0:
             raise ValueError("max_minutes must be >= 0")
+        if self.generation_engine not in ENGINES:
+            raise ValueError(f"generation_engine must be one of {list(ENGINES)}, got {self.generation_engine!r}")
 
 
 # ---------------------------------------------------------------------------- prompts
@@ -145,10 +149,11 @@ def load_models(config: OnlineConfig, need_reference: bool):
     return policy, tokenizer, reference
 
 
-def make_generator(config: OnlineConfig, tokenizer) -> HFGenerator:
+def make_generator(config: OnlineConfig, tokenizer, policy):
+    """The sampler of ``config.generation_engine`` for ``policy`` (rollout.make_sampler)."""
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                               top_p=config.top_p, top_k=config.top_k)
-    return HFGenerator(sampling, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return make_sampler(policy, sampling, tokenizer.eos_token_id, tokenizer.pad_token_id, config.generation_engine)
 
 
 def single_update(config: OnlineConfig) -> bool:
@@ -243,14 +248,17 @@ def minibatches(n: int, config: OnlineConfig, step: int, epoch: int) -> list[tor
     return list(order.chunk(config.num_minibatches))
 
 
-def policy_gradient_update(policy, ro: Rollout, advantages: torch.Tensor, config: OnlineConfig,
+def policy_gradient_update(policy, ro: Rollout, advantages, config: OnlineConfig,
                            optimizer, scheduler, step: int, aggregation: str,
                            ref_logprobs: torch.Tensor | None = None, kl_loss_coef: float = 0.0,
                            extra_loss: Callable[[torch.Tensor, int], tuple[torch.Tensor, dict]] | None = None,
                            params: list | None = None, fill_behaviour_logprobs: bool = False) -> dict:
     """Clipped policy-gradient update on one rollout (GRPO / RLOO / REINFORCE).
 
-    ``advantages``: ``[B]`` (one per sequence, broadcast to its tokens) or ``[B, R]``. The
+    ``advantages``: ``[B]`` (one per sequence, broadcast to its tokens) or ``[B, R]``; or, with
+    ``fill_behaviour_logprobs``, a function ``(rows, logprobs) -> [len(rows)]`` called with each
+    micro-batch's rows and their detached log-probs, for advantages that need the behaviour
+    log-probs themselves (RLOO's KL-penalised reward; see ``fused_advantages_ok``). The
     per-token loss is the clipped surrogate (core ``ppo_policy_loss``; with one epoch and one
     minibatch the ratio is 1 and it is plain REINFORCE) plus ``kl_loss_coef * k3(logp, ref)``
     when ``kl_loss_coef > 0`` (GRPO's KL term in the loss). Tokens are weighted by
@@ -262,7 +270,11 @@ def policy_gradient_update(policy, ro: Rollout, advantages: torch.Tensor, config
     if fill_behaviour_logprobs and not single_update(config):
         raise ValueError("behaviour log-probs can come from the update pass only with one epoch and one minibatch")
     n = len(ro)
-    adv_tok = advantages.unsqueeze(1).expand_as(ro.logprobs) if advantages.dim() == 1 else advantages
+    from_logprobs = callable(advantages)
+    if from_logprobs and not fill_behaviour_logprobs:
+        raise ValueError("advantages computed from the update pass need fill_behaviour_logprobs")
+    adv_tok = None if from_logprobs else (
+        advantages.unsqueeze(1).expand_as(ro.logprobs) if advantages.dim() == 1 else advantages)
     params = params if params is not None else [p for g in optimizer.param_groups for p in g["params"]]
     sums: dict[str, float] = {}
     n_updates = 0
@@ -278,9 +290,10 @@ def policy_gradient_update(policy, ro: Rollout, advantages: torch.Tensor, config
                                               config.temperature, with_entropy=True)
                 if fill_behaviour_logprobs:
                     ro.logprobs[r] = logp.detach()
+                adv_r = adv_tok[r] if adv_tok is not None else advantages(r, logp.detach()).unsqueeze(1).expand_as(logp)
                 # core ppo_policy_loss with normaliser 1 sums max(-A r, -A clip(r)) over the
                 # mask; scaling A by the positive token weight scales each term by it.
-                loss, st = ppo_policy_loss(logp, ro.logprobs[r], adv_tok[r] * w, m, config.clip_eps, normaliser=1.0)
+                loss, st = ppo_policy_loss(logp, ro.logprobs[r], adv_r * w, m, config.clip_eps, normaliser=1.0)
                 if kl_loss_coef > 0 and ref_logprobs is not None:
                     kl = kl_k3(logp, ref_logprobs[r])
                     loss = loss + kl_loss_coef * torch.where(m, kl * w, torch.zeros_like(kl)).sum()
@@ -304,6 +317,15 @@ def policy_gradient_update(policy, ro: Rollout, advantages: torch.Tensor, config
             n_updates += 1
     policy.eval()
     return {k: v / n_updates for k, v in sums.items()}
+
+
+def fused_advantages_ok(config: OnlineConfig, group_size: int) -> bool:
+    """Whether per-group advantages that need the behaviour log-probs (RLOO's KL in the reward)
+    can be computed inside the update pass, saving the separate behaviour forward: one update
+    per rollout (``single_update``: the update pass's log-probs ARE the behaviour ones) and
+    micro-batches of whole groups (rows are not shuffled then, and the batch is a multiple of
+    the group)."""
+    return single_update(config) and config.micro_batch_size % group_size == 0
 
 
 def _acc(d: dict, key: str, value: float) -> None:

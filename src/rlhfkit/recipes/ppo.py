@@ -105,7 +105,7 @@ def run(config: PPOConfig) -> dict:
     gold = build_reward(config.gold_reward, batch_size=config.reward_batch_size) if config.gold_reward else None
     policy, tokenizer, reference = load_models(config, need_reference=True)
     value_model = load_value_model(config, tokenizer)
-    generator = make_generator(config, tokenizer)
+    generator = make_generator(config, tokenizer, policy)
     modules = torch.nn.ModuleDict({"policy": policy, "value": value_model})
     params = [p for p in modules.parameters() if p.requires_grad]
     optimizer, scheduler = optimizer_and_scheduler(params, config)

@@ -63,7 +63,7 @@ def run(config: ReinforceConfig) -> dict:
     reward = build_reward(config.reward, batch_size=config.reward_batch_size)
     gold = build_reward(config.gold_reward, batch_size=config.reward_batch_size) if config.gold_reward else None
     policy, tokenizer, reference = load_models(config, need_reference=config.kl_coef > 0)
-    generator = make_generator(config, tokenizer)
+    generator = make_generator(config, tokenizer, policy)
     modules = torch.nn.ModuleDict({"policy": policy})
     if config.baseline == "learned":
         modules["value"] = make_value_model(config.model, zero_init=True, tokenizer=tokenizer)

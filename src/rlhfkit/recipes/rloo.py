@@ -15,10 +15,11 @@ import torch
 
 from rlhfkit.core.advantages import rloo_advantages
 from rlhfkit.recipes.common import save_final
-from rlhfkit.recipes.online import (OnlineConfig, SampleTable, generate, kl_penalised_scores, load_models, load_prompts, make_generator,
-                                    maybe_checkpoint, optimizer_and_scheduler, policy_gradient_update, prompts_for_step,
-                                    repeat_each, resume_state, rollout_metrics, score,
-                                    setup_run, timer, out_of_time)
+from rlhfkit.recipes.online import (OnlineConfig, SampleTable, fused_advantages_ok, generate, kl_penalised_scores,
+                                    load_models, load_prompts, make_generator, maybe_checkpoint,
+                                    optimizer_and_scheduler, policy_gradient_update, prompts_for_step,
+                                    reference_logprobs, repeat_each, resume_state, rollout_metrics, score,
+                                    sequence_kl, setup_run, timer, out_of_time)
 from rlhfkit.rewards import build_reward
 from rlhfkit.training.distributed import DistInfo
 from rlhfkit.training.logging import MetricsLogger, progress_bar
@@ -53,7 +54,7 @@ def run(config: RLOOConfig) -> dict:
     reward = build_reward(config.reward, batch_size=config.reward_batch_size)
     gold = build_reward(config.gold_reward, batch_size=config.reward_batch_size) if config.gold_reward else None
     policy, tokenizer, reference = load_models(config, need_reference=config.kl_coef > 0)
-    generator = make_generator(config, tokenizer)
+    generator = make_generator(config, tokenizer, policy)
     optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), config)
     modules = torch.nn.ModuleDict({"policy": policy})
     start, state = resume_state(config, modules, optimizer, scheduler)
@@ -65,13 +66,35 @@ def run(config: RLOOConfig) -> dict:
     for step in range(start, config.max_steps):
         t0 = timer()
         step_prompts = prompts_for_step(prompts, step, config.batch_size // k, config.seed)
-        ro = generate(config, generator, policy, tokenizer, repeat_each(step_prompts, k), step)
+        # one update on whole groups, no batch whitening: the update pass supplies the behaviour
+        # log-probs of the KL penalty (no separate forward pass; TRL makes one)
+        fused = fused_advantages_ok(config, k) and not config.normalize_advantages
+        ro = generate(config, generator, policy, tokenizer, repeat_each(step_prompts, k), step,
+                      behaviour_logprobs=not fused)
         scores = score(reward, ro)
-        rewards, columns = kl_penalised_scores(config, policy, reference, ro, scores)  # KL penalty in the sequence reward
-        advantages = advantages_for(rewards, k, config.normalize_advantages)
+        if fused:
+            columns = {"reward": scores}
+            ref_lp = (reference_logprobs(policy, reference, ro, config.temperature, config.micro_batch_size)
+                      if config.kl_coef > 0 else None)
+            rewards, kl, advantages = scores.clone(), torch.zeros_like(scores), torch.zeros_like(scores)
+
+            def group_advantages(rows, logp):
+                if ref_lp is not None:
+                    kl[rows] = sequence_kl(logp, ref_lp[rows], ro.response_mask[rows])
+                    rewards[rows] = scores[rows] - config.kl_coef * kl[rows]
+                advantages[rows] = advantages_for(rewards[rows], k)
+                return advantages[rows]
+
+            stats = policy_gradient_update(policy, ro, group_advantages, config, optimizer, scheduler, step,
+                                           config.loss_aggregation, fill_behaviour_logprobs=True)
+            if ref_lp is not None:
+                columns["kl"] = kl
+        else:
+            rewards, columns = kl_penalised_scores(config, policy, reference, ro, scores)  # KL penalty in the sequence reward
+            advantages = advantages_for(rewards, k, config.normalize_advantages)
+            stats = policy_gradient_update(policy, ro, advantages, config, optimizer, scheduler, step,
+                                           config.loss_aggregation)
         columns["advantage"] = advantages
-        stats = policy_gradient_update(policy, ro, advantages, config, optimizer, scheduler, step,
-                                       config.loss_aggregation)
         metrics = {**rollout_metrics(ro, scores, timer() - t0), **stats, "lr": scheduler.get_last_lr()[0],
                    "rlhf_reward": float(rewards.mean())}
         if "kl" in columns:

@@ -2,12 +2,16 @@
 
 A recipe only ever calls ``rollout(generator, model, tokenizer, prompts, seed=...)`` (or
 ``generator.generate`` then ``finish_rollout``); ``HFGenerator`` wraps Hugging Face ``generate``
-with the KV cache, and a faster engine only has to implement the ``Generator`` protocol.
+with the KV cache, ``NativeLlamaGenerator`` (rollout/native.py) runs Llama-family decoders
+without ``generate``'s per-step overhead, and ``make_sampler`` picks one; any other engine only
+has to implement the ``Generator`` protocol.
 """
 from .engine import (
     Generator,
+    ENGINES,
     HFGenerator,
     Rollout,
+    make_sampler,
     SamplingConfig,
     finish_rollout,
     response_logprobs,
@@ -18,8 +22,10 @@ from .engine import (
 
 __all__ = [
     "Generator",
+    "ENGINES",
     "HFGenerator",
     "Rollout",
+    "make_sampler",
     "SamplingConfig",
     "finish_rollout",
     "response_logprobs",

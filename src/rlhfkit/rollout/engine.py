@@ -32,6 +32,8 @@ __all__ = [
     "SamplingConfig",
     "Generator",
     "HFGenerator",
+    "ENGINES",
+    "make_sampler",
     "Rollout",
     "tokenize_prompts",
     "response_logprobs",
@@ -121,6 +123,27 @@ class HFGenerator:
         return out[:, prompt_ids.shape[1]:]
 
 
+ENGINES = ("auto", "native", "hf")
+
+
+def make_sampler(model, sampling: SamplingConfig, eos_token_id: int, pad_token_id: int,
+                 engine: str = "auto") -> Generator:
+    """The ``Generator`` for ``model``: ``native`` (rollout/native.py, plain Llama-family models
+    only: same logits as HF, without ``generate``'s per-step overhead), ``hf`` (``model.generate``)
+    or ``auto`` (native where it applies, else hf)."""
+    from rlhfkit.rollout.native import NativeLlamaGenerator, supports
+
+    if engine not in ENGINES:
+        raise ValueError(f"generation engine must be one of {list(ENGINES)}, got {engine!r}")
+    if engine == "hf":
+        return HFGenerator(sampling, eos_token_id, pad_token_id)
+    ok, why = supports(model)
+    if engine == "native" and not ok:
+        raise ValueError(f"generation_engine native: not supported for this model ({why}); use auto or hf")
+    cls = NativeLlamaGenerator if ok else HFGenerator
+    return cls(sampling, eos_token_id, pad_token_id)
+
+
 @dataclass
 class Rollout:
     """One batch of sampled responses. Shapes: ``B`` rows, ``P`` prompt, ``R`` response columns.
@@ -198,17 +221,30 @@ def tokenize_prompts(prompts: Sequence[str], tokenizer: Any, max_prompt_length: 
 
 def response_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                       response_ids: torch.Tensor, response_mask: torch.Tensor,
-                      temperature: float = 1.0, with_entropy: bool = False):
+                      temperature: float = 1.0, with_entropy: bool = False, share_prompts: bool = True):
     """Teacher-forced log-probs of the response tokens: ``[B, R]`` (0 outside ``response_mask``),
     and with ``with_entropy`` also the per-token entropy ``[B, R]`` of the tempered
     distribution. One forward pass over ``prompt ⊕ response`` with ``position_ids =
     cumsum(mask) - 1`` (left-padded prompt, right-padded response: detail 2) and logits divided
     by ``temperature`` (detail 3; ``temperature == 0``, greedy, is treated as 1). Only the
     ``R + 1`` last positions' logits are computed where the model supports ``logits_to_keep``.
-    Gradients flow (wrap in ``torch.no_grad()`` for the behaviour / reference pass)."""
+    Gradients flow (wrap in ``torch.no_grad()`` for the behaviour / reference pass).
+
+    ``share_prompts``: where several rows share a prompt (GRPO / RLOO groups) and the model
+    supports it, compute each distinct prompt once (rollout/shared_prompt.py: same log-probs and
+    gradients to float rounding) when that saves at least 10% of the FLOPs."""
     from rlhfkit.models.reward import position_ids_from_mask
+    from rlhfkit.rollout import shared_prompt
 
     R = response_ids.shape[1]
+    if share_prompts and R > 1 and prompt_ids.shape[0] > 1 and shared_prompt.packable(model):
+        groups = shared_prompt.prompt_groups(prompt_ids, prompt_mask)
+        config = shared_prompt._base(model).config
+        if shared_prompt.worth_sharing(config, prompt_ids.shape[0], groups, prompt_ids.shape[1], R):
+            pad = getattr(config, "pad_token_id", None)
+            return shared_prompt.shared_prompt_logprobs(
+                model, prompt_ids, prompt_mask, response_ids, response_mask, groups,
+                temperature if temperature > 0 else 1.0, with_entropy, int(pad) if pad is not None else 0)
     ids = torch.cat([prompt_ids, response_ids], dim=1)
     mask = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
     kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)

@@ -109,8 +109,9 @@ def run_pool_mode(args) -> dict:
         held = [(a + off, b + off) if hgo[a] > hgo[b] else (b + off, a + off)
                 for a, b in candidate_pairs(hg, ht) if hgo[a] != hgo[b]]
         curves = {m: pool_curve(t + ht, g + hg, go + hgo, candidate_pairs(g, t), held, m, start=20, step=20,
-                                n_steps=6, ensemble_size=4, noise=args.noise, seed=seed,
-                                prior_std=args.prior_std)
+                                n_steps=6, ensemble_size=args.ensemble_size, noise=args.noise, seed=seed,
+                                measure=args.measure,
+                                prior_std=args.prior_std, max_per_group=args.max_per_prompt)
                   for m in ("random", "uncertainty")}
         r = ratio_for(curves["random"], curves["uncertainty"], "accuracy")
         per_seed.append({"seed": seed, **r, "curves": curves})
@@ -118,7 +119,9 @@ def run_pool_mode(args) -> dict:
               + " ".join(f"{p['accuracy']:.3f}" for p in curves["random"]) + " | active "
               + " ".join(f"{p['accuracy']:.3f}" for p in curves["uncertainty"]) + f" | ratio {r['ratio']}",
               flush=True)
-    return {"mode": "pool", "noise": args.noise, "prior_std": args.prior_std, "per_seed": per_seed}
+    return {"mode": "pool", "noise": args.noise, "prior_std": args.prior_std, "max_per_prompt": args.max_per_prompt,
+            "ensemble_size": args.ensemble_size, "measure": args.measure,
+            "per_seed": per_seed}
 
 
 def main() -> None:
@@ -132,6 +135,10 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.3, help="--pool: label noise std")
     ap.add_argument("--prior_std", type=float, default=0.3,
                     help="--pool: anchored-ensemble prior std of the members' weights (0 = all anchored at 0)")
+    ap.add_argument("--ensemble_size", type=int, default=4, help="--pool: reward models in the ensemble")
+    ap.add_argument("--measure", default="variance", help="--pool: uncertainty measure (variance, bald, margin)")
+    ap.add_argument("--max_per_prompt", type=int, default=0,
+                    help="--pool: at most this many pairs of one prompt per round, in both selections (0 = no cap)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

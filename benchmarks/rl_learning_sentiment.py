@@ -30,10 +30,10 @@ import torch
 
 
 def sample_texts(model, tokenizer, prompts, max_new_tokens, seed, batch=32):
-    from rlhfkit.rollout import HFGenerator, SamplingConfig, rollout
+    from rlhfkit.rollout import SamplingConfig, make_sampler, rollout
 
-    gen = HFGenerator(SamplingConfig(max_new_tokens=max_new_tokens, temperature=1.0), tokenizer.eos_token_id,
-                      tokenizer.pad_token_id)
+    gen = make_sampler(model, SamplingConfig(max_new_tokens=max_new_tokens, temperature=1.0), tokenizer.eos_token_id,
+                       tokenizer.pad_token_id)
     out = []
     for i in range(0, len(prompts), batch):
         out.append(rollout(gen, model, tokenizer, prompts[i:i + batch], seed=seed + i, logprob_batch_size=batch))

@@ -36,6 +36,17 @@ def test_preference_probs_and_uncertainty_by_hand():
     assert margin.tolist() == pytest.approx([0.0, 0.0, -(sig(0.5) - 0.5)])
 
 
+def test_bald_by_hand():
+    """BALD = H(mean p) - mean H(p): zero where the members agree (pairs 0 and 2, however close to a
+    coin flip), and for pair 1 H(1/2) = ln 2 minus the members' mean entropy."""
+    def h(p):
+        return -(p * math.log(p) + (1 - p) * math.log(1 - p))
+
+    bald = pair_uncertainty(SCORES, PAIRS, "bald")
+    expect_1 = math.log(2) - (h(sig(4)) + h(sig(-4)) + h(0.5)) / 3
+    assert bald.tolist() == pytest.approx([0.0, expect_1, 0.0], abs=1e-12)
+
+
 def test_uncertainty_selection_picks_the_highest_disagreement():
     assert select_pairs(PAIRS, 1, "uncertainty", seed=0, scores=SCORES, groups=GROUPS) == [1]
     for seed in range(5):  # the order of the rest is only a tie-break: pair 1 is always first

@@ -87,9 +87,9 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], sampling, seed:
     """Sample one response per prompt in chunks of ``batch_size``; returns the list of
     ``rollout.Rollout`` chunks (chunk ``c`` is seeded ``step_seed(seed, c)``, so the result does not
     depend on what else runs)."""
-    from rlhfkit.rollout import HFGenerator, rollout, step_seed
+    from rlhfkit.rollout import make_sampler, rollout, step_seed
 
-    gen = HFGenerator(sampling, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    gen = make_sampler(model, sampling, tokenizer.eos_token_id, tokenizer.pad_token_id)
     out = []
     for c, start in enumerate(range(0, len(prompts), batch_size)):
         out.append(rollout(gen, model, tokenizer, list(prompts[start:start + batch_size]), step_seed(seed, c),

@@ -65,8 +65,10 @@ def fit_bow_ensemble(feats: torch.Tensor, pairs: Sequence[tuple[int, int]], size
 def pool_curve(texts: Sequence[str], groups: Sequence[int], gold: Sequence[float],
                pool_pairs: Sequence[tuple[int, int]], heldout_pairs: Sequence[tuple[int, int]], method: str,
                start: int, step: int, n_steps: int, ensemble_size: int = 4, noise: float = 0.3, seed: int = 0,
-               measure: str = "variance", prior_std: float = 0.0) -> list[dict]:
+               measure: str = "variance", prior_std: float = 0.0, max_per_group: int = 0) -> list[dict]:
     """``[{"labels": n, "accuracy": a}, ...]`` after ``start``, ``start + step``, ... labels.
+    ``max_per_group``: at most this many pairs of one prompt per round (0 = no cap; both
+    selections obey it, see ``select_pairs``).
     ``heldout_pairs`` are (better, worse) by gold; the accuracy is member 0's (all labels, no
     anchor), the ensemble's other members only rank the pairs to label."""
     feats = bow_features(texts)
@@ -88,7 +90,7 @@ def pool_curve(texts: Sequence[str], groups: Sequence[int], gold: Sequence[float
         taken = set(labelled)
         rest = [i for i in range(len(pool_pairs)) if i not in taken]
         pick = select_pairs([pool_pairs[i] for i in rest], step, method, seed=seed * 1000 + s, scores=scores,
-                            groups=groups, measure=measure, max_per_group=0)
+                            groups=groups, measure=measure, max_per_group=max_per_group)
         labelled += [rest[i] for i in pick]
     return curve
 

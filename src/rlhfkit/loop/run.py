@@ -120,11 +120,11 @@ def _sample(c: LoopConfig, model_path: str, prompts: list[str], seed: int) -> li
     import torch
 
     from rlhfkit.models import load_policy
-    from rlhfkit.rollout import HFGenerator, SamplingConfig, rollout
+    from rlhfkit.rollout import SamplingConfig, make_sampler, rollout
 
     model, tok = load_policy(model_path)
-    gen = HFGenerator(SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature),
-                      tok.eos_token_id, tok.pad_token_id)
+    gen = make_sampler(model, SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature),
+                       tok.eos_token_id, tok.pad_token_id)
     with torch.no_grad():
         return list(rollout(gen, model, tok, prompts, seed=seed, max_prompt_length=64,
                             behaviour_logprobs=False).responses)
@@ -141,11 +141,11 @@ def evaluate(c: LoopConfig, policy_path: str, init_path: str, prompts: list[str]
     from rlhfkit.models import load_policy
     from rlhfkit.recipes.online import repeat_each, sequence_kl
     from rlhfkit.rewards import build_reward
-    from rlhfkit.rollout import HFGenerator, SamplingConfig, response_logprobs, rollout
+    from rlhfkit.rollout import SamplingConfig, make_sampler, response_logprobs, rollout
 
     model, tok = load_policy(policy_path)
-    gen = HFGenerator(SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature),
-                      tok.eos_token_id, tok.pad_token_id)
+    gen = make_sampler(model, SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature),
+                       tok.eos_token_id, tok.pad_token_id)
     with torch.no_grad():
         ro = rollout(gen, model, tok, repeat_each(prompts, c.eval_samples), seed=_step_seed(c.seed, 0, 77),
                      max_prompt_length=64)
@@ -237,15 +237,15 @@ class Loop:
 
         from rlhfkit.models import load_policy
         from rlhfkit.recipes.online import repeat_each
-        from rlhfkit.rollout import HFGenerator, SamplingConfig, rollout
+        from rlhfkit.rollout import SamplingConfig, make_sampler, rollout
 
         c = self.c
         train = [x["prompt"] for x in _read(self.out / "setup" / "train_prompts.jsonl")]
         n = min(c.prompts_per_round, len(train))
         prompts = random.Random(_step_seed(c.seed, r, 5)).sample(train, n)
         model, tok = load_policy(self.policy_before(r))
-        gen = HFGenerator(SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature),
-                          tok.eos_token_id, tok.pad_token_id)
+        gen = make_sampler(model, SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature),
+                           tok.eos_token_id, tok.pad_token_id)
         with torch.no_grad():
             ro = rollout(gen, model, tok, repeat_each(prompts, c.num_candidates), seed=_step_seed(c.seed, r, 21),
                          max_prompt_length=64, behaviour_logprobs=False)  # texts only

@@ -8,6 +8,11 @@ uncertainty measures, higher = more worth a label:
   of the ensemble (query-by-committee, Seung et al. 1992; the "ensemble variance" acquisition of
   Gleave & Irving 2022, "Uncertainty Estimation for Language Reward Models"). It is epistemic
   uncertainty: members that saw different bootstrap resamples disagree where the data is thin.
+- ``bald``: ``H(mean_m p_m) - mean_m H(p_m)`` with ``H`` the Bernoulli entropy, the mutual
+  information between the label and the ensemble member (BALD, Houlsby et al. 2011, "Bayesian
+  Active Learning for Classification and Preference Learning"). Like ``variance`` it is zero when
+  all members agree; it is the expected information a label gives about which member is right,
+  so the label noise each member already expects (its own entropy) is discounted.
 - ``margin``: ``-|mean_m p_m - 0.5|``, closest to a coin flip by the mean (uncertainty sampling,
   Lewis & Gale 1994). It also picks pairs that are genuinely close (aleatoric), which a label
   resolves less.
@@ -25,7 +30,7 @@ from typing import Sequence
 import torch
 
 METHODS = ("uncertainty", "random")
-MEASURES = ("variance", "margin")
+MEASURES = ("variance", "bald", "margin")
 
 
 def candidate_pairs(groups: Sequence[int], texts: Sequence[str] | None = None) -> list[tuple[int, int]]:
@@ -53,11 +58,18 @@ def preference_probs(scores: torch.Tensor, pairs: Sequence[tuple[int, int]]) -> 
     return torch.sigmoid(scores[:, idx[:, 0]] - scores[:, idx[:, 1]])
 
 
+def bernoulli_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``-p log p - (1 - p) log(1 - p)`` in nats (0 at p = 0 or 1)."""
+    return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p))
+
+
 def pair_uncertainty(scores: torch.Tensor, pairs: Sequence[tuple[int, int]], measure: str = "variance") -> torch.Tensor:
     """``[P]`` uncertainty of each pair (higher = label it first); see the module docstring."""
     p = preference_probs(scores.double(), pairs)
     if measure == "variance":
         return p.var(dim=0, unbiased=False)
+    if measure == "bald":
+        return bernoulli_entropy(p.mean(dim=0)) - bernoulli_entropy(p).mean(dim=0)
     if measure == "margin":
         return -(p.mean(dim=0) - 0.5).abs()
     raise ValueError(f"uncertainty measure must be one of {list(MEASURES)}, got {measure!r}")
@@ -79,8 +91,8 @@ def select_pairs(pairs: Sequence[tuple[int, int]], n: int, method: str, seed: in
     if method == "uncertainty":
         if scores is None:
             raise ValueError("uncertainty selection needs the ensemble's scores")
-        if measure == "variance" and (scores.dim() == 1 or scores.shape[0] < 2):
-            raise ValueError("variance needs an ensemble of at least 2 reward models")
+        if measure in ("variance", "bald") and (scores.dim() == 1 or scores.shape[0] < 2):
+            raise ValueError(f"{measure} needs an ensemble of at least 2 reward models")
         u = pair_uncertainty(scores, pairs, measure).tolist()
         order.sort(key=lambda i: -u[i])  # stable: equal uncertainty keeps the random order
     chosen: list[int] = []

@@ -286,7 +286,7 @@ def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, di
     from rlhfkit.models import load_policy
     from rlhfkit.recipes.common import set_threads
     from rlhfkit.rewards import build_reward
-    from rlhfkit.rollout import HFGenerator, SamplingConfig, rollout, step_seed
+    from rlhfkit.rollout import SamplingConfig, make_sampler, rollout, step_seed
 
     fb = ctx.config.feedback
     set_threads(ctx.config.threads)
@@ -303,8 +303,8 @@ def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, di
             continue
         if model is None:
             model, tok = load_policy(ctx.start_model)
-            gen = HFGenerator(SamplingConfig(max_new_tokens=fb.max_new_tokens, temperature=fb.temperature),
-                              tok.eos_token_id, tok.pad_token_id)
+            gen = make_sampler(model, SamplingConfig(max_new_tokens=fb.max_new_tokens, temperature=fb.temperature),
+                               tok.eos_token_id, tok.pad_token_id)
         batch = prompts[c * fb.batch_size:(c + 1) * fb.batch_size]
         # candidate k's seed salt: 11, 12 (the two-sample scheme's), then 14, 15, ... (13 is the noise's)
         salts = [11, 12] + list(range(14, 14 + max(0, fb.num_candidates - 2)))

@@ -24,14 +24,14 @@ def token_samples(policy_spec: str, reference_spec: str, prompts: list[str], rew
     from rlhfkit.core.reward_shaping import per_token_rewards
     from rlhfkit.models import load_policy
     from rlhfkit.rewards import build_reward
-    from rlhfkit.rollout import HFGenerator, SamplingConfig, response_logprobs, rollout, step_seed
+    from rlhfkit.rollout import SamplingConfig, make_sampler, response_logprobs, rollout, step_seed
 
     if not prompts:
         return []
     policy, tok = load_policy(policy_spec)
     reference, _ = load_policy(reference_spec)
-    gen = HFGenerator(SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature),
-                      tok.eos_token_id, tok.pad_token_id)
+    gen = make_sampler(policy, SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature),
+                       tok.eos_token_id, tok.pad_token_id)
     ro = rollout(gen, policy, tok, prompts, seed=step_seed(seed, 0, salt=31), max_prompt_length=max_prompt_length)
     ref = response_logprobs(reference.eval(), ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask,
                             temperature)

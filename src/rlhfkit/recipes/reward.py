@@ -17,6 +17,7 @@ from rlhfkit.data.tokenize import pad_sequences, tokenize_pair
 from rlhfkit.recipes.common import (LoraConfig, load_training_records, save_final, set_threads, split_holdout,
                                     validate_data_fields)
 from rlhfkit.training.distributed import cleanup, init_distributed
+from rlhfkit.training.checkpoint import latest_checkpoint
 from rlhfkit.training.loop import TrainingConfig, fit
 
 OBJECTIVE_KIND = {"pairwise": "pairs", "regression": "ratings", "classification": "thumbs"}
@@ -45,10 +46,16 @@ class RewardConfig(TrainingConfig):
     micro_batch_size: int = field(default=8, metadata={"help": "pairs per forward pass"})
     epochs: float = field(default=2.0, metadata={"help": "passes over the training data"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of steps with linear warm-up"})
+    linear_probe_steps: int = field(default=0, metadata={"help": "first fit only the fresh scalar head on the frozen "
+                                                                 "backbone's features (full-batch L-BFGS steps, 0 = off), "
+                                                                 "then fine-tune everything from it (LP-FT)"})
+    linear_probe_l2: float = field(default=1e-3, metadata={"help": "L2 penalty on the head weights in the linear probe"})
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def validate(self) -> None:
         super().validate()
+        if self.linear_probe_steps < 0 or self.linear_probe_l2 < 0:
+            raise ValueError("fields 'linear_probe_steps' and 'linear_probe_l2' must be >= 0")
         if self.objective not in OBJECTIVE_KIND:
             raise ValueError(f"field 'objective': {self.objective!r} is not one of {list(OBJECTIVE_KIND)}")
         if self.kind not in ("auto", "causal", "encoder"):
@@ -118,6 +125,86 @@ def make_loss(objective: str):
     return loss_sum
 
 
+@torch.no_grad()
+def head_features(model, batches) -> torch.Tensor:
+    """The inputs of the scalar head ``[N, d]`` for every row of ``batches`` (collated), in order."""
+    from rlhfkit.models import reward_scores
+    from rlhfkit.models.reward import last_real_index, score_head
+
+    seen: list[torch.Tensor] = []
+    hook = score_head(model).register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().float()))
+    out = []
+    try:
+        for b in batches:
+            seen.clear()
+            reward_scores(model, b["input_ids"], b["attention_mask"])
+            x = seen[0]
+            if x.dim() == 3:  # a causal backbone's head runs on every position; it is read at the last real token
+                x = x[torch.arange(x.shape[0]), last_real_index(b["attention_mask"])]
+            out.append(x)
+    finally:
+        hook.remove()
+    return torch.cat(out)
+
+
+def linear_probe(model, train: list[dict], collate, config: "RewardConfig") -> dict:
+    """LP-FT (Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features and Underperform
+    Out-of-Distribution"): fit the freshly initialised head alone on the frozen backbone's
+    features with the training objective plus ``linear_probe_l2 * |w|^2`` (full batch, L-BFGS),
+    so that fine-tuning starts from a head that already ranks, instead of a random one whose
+    large early gradients reshape the backbone's features. Deterministic (no RNG)."""
+    from rlhfkit.models.reward import score_head
+
+    head = score_head(model)
+    was_training = model.training
+    model.eval()
+    batches = [collate(train[i:i + 32]) for i in range(0, len(train), 32)]
+    feats = head_features(model, batches)
+    model.train(was_training)
+    if config.objective == "pairwise":
+        n = [int(b["tie"].numel()) for b in batches]
+        chosen = torch.cat([f[:k] for f, k in zip(feats.split([2 * k for k in n]), n)])
+        rejected = torch.cat([f[k:] for f, k in zip(feats.split([2 * k for k in n]), n)])
+        margin = torch.cat([b["margin"] for b in batches]).float()
+        tie = torch.cat([b["tie"] for b in batches])
+    else:
+        target = torch.cat([b["target"] for b in batches]).float()
+    w = head.weight.detach().float().clone().reshape(-1).requires_grad_(True)
+    b0 = (head.bias.detach().float().clone().reshape(-1) if head.bias is not None else torch.zeros(1)).requires_grad_(True)
+
+    def objective() -> torch.Tensor:
+        if config.objective == "pairwise":
+            rc, rr = chosen @ w + b0, rejected @ w + b0
+            loss = bradley_terry_loss(rc, rr, margin=margin if bool(margin.any()) else None, tie=tie, reduction="mean")
+        elif config.objective == "regression":
+            loss = rating_regression_loss(feats @ w + b0, target, reduction="mean")
+        else:
+            loss = binary_feedback_loss(feats @ w + b0, target, reduction="mean")
+        return loss + config.linear_probe_l2 * (w ** 2).sum()
+
+    opt = torch.optim.LBFGS([w, b0], lr=1.0, max_iter=config.linear_probe_steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = objective()
+        loss.backward()
+        return loss
+
+    before = float(objective().detach())
+    opt.step(closure)
+    after = float(objective().detach())
+    with torch.no_grad():
+        head.weight.copy_(w.view_as(head.weight).to(head.weight.dtype))
+        if head.bias is not None:
+            head.bias.copy_(b0.view_as(head.bias).to(head.bias.dtype))
+    stats = {"probe_loss_before": before, "probe_loss_after": after}
+    if config.objective == "pairwise":
+        with torch.no_grad():
+            decided = ~tie
+            stats["probe_train_accuracy"] = float(((chosen @ w > rejected @ w) & decided).sum() / decided.sum().clamp(min=1))
+    return stats
+
+
 def count_examples(batch: dict) -> int:
     return int(batch["tie"].numel()) if "tie" in batch else int(batch["target"].numel())
 
@@ -169,6 +256,11 @@ def run(config: RewardConfig) -> dict:
     if info.is_main:
         print(f"reward: {len(train)} training, {len(val_records)} validation and {len(eval_records)} held-out "
               f"{kind}, backbone {config.model}")
+    resuming = config.resume and latest_checkpoint(config.output_dir) is not None
+    if config.linear_probe_steps and not resuming:  # a checkpoint already holds the probed head
+        probe = linear_probe(model, train, collate, config)
+        if info.is_main:
+            print("reward: linear probe of the head: " + ", ".join(f"{k} {v:.4f}" for k, v in probe.items()))
     metrics = fit(model, train, collate, make_loss(config.objective), count_examples, config, info,
                   eval_fn, desc="reward", unit="pairs" if kind == "pairs" else "examples",
                   final_eval_fn=scorer(eval_records, "eval") if val_records and eval_records else None)

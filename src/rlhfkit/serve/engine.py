@@ -1,6 +1,6 @@
 """A chat model: messages -> chat template -> ``generate`` -> the assistant's reply.
 
-Generation goes through ``rollout.HFGenerator`` (the same sampling code the RL recipes use, so a
+Generation goes through ``rollout.make_sampler`` (the same sampling code the RL recipes use, so a
 served model samples exactly as it was trained to) and ``core.masking.truncate_after_eos``. The
 tokenizer's chat template renders the conversation with the generation prompt; a tokenizer
 without one gets a plain ``User: ...\\n\\nAssistant:`` transcript. Calls are serialised by a lock
@@ -96,7 +96,7 @@ class ChatModel:
     def complete(self, messages: Sequence[dict], max_tokens: int | None = None, temperature: float | None = None,
                  top_p: float | None = None, seed: int | None = None) -> Completion:
         from rlhfkit.core.masking import truncate_after_eos
-        from rlhfkit.rollout import HFGenerator
+        from rlhfkit.rollout import make_sampler
 
         tok = self.tokenizer
         sampling = replace(self.defaults)
@@ -112,7 +112,7 @@ class ChatModel:
         device = next(self.model.parameters()).device
         prompt_ids = torch.tensor([ids], dtype=torch.long, device=device)
         prompt_mask = torch.ones_like(prompt_ids)
-        gen = HFGenerator(sampling, tok.eos_token_id, tok.pad_token_id)
+        gen = make_sampler(self.model, sampling, tok.eos_token_id, tok.pad_token_id)
         seed = secrets.randbits(62) if seed is None else int(seed)
         with self._lock:
             raw = gen.generate(self.model, prompt_ids, prompt_mask, seed)

@@ -102,7 +102,12 @@ def main(argv):
                    help="rlhfkit methods: also save every N steps and evaluate each checkpoint on the held-out "
                         "prompts afterwards (gold and KL against the minutes of training that produced it); "
                         "the saving counts against the wall-clock budget")
+    p.add_argument("--combine", default="",
+                   help="only merge the results.json of these comma-separated --out folders (methods run as "
+                        "separate processes, e.g. at the same time on different cores) into --out: one table, one plot")
     a = p.parse_args(argv)
+    if a.combine:
+        return combine([Path(d) for d in a.combine.split(",") if d], Path(a.out))
     os.environ.setdefault("RLHFKIT_NO_PROGRESS", "1")
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -166,7 +171,7 @@ def main(argv):
                "grpo": (grpo, grpo.GRPOConfig, ["--batch_size", bs, "--micro_batch_size", "16", "--num_generations", "4"])}
     budget_s = a.budget_minutes * 60
     results = []
-    for method in a.methods.split(","):
+    for method in [m for m in a.methods.split(",") if m]:  # --methods "" with --trl: TRL alone
         module, cls, extra = recipes[method]
         # the recipe stops itself after the step that ends the wall-clock budget (max_minutes),
         # as the TRL callback below does; constant learning rate in both (no schedule to finish)
@@ -190,7 +195,12 @@ def main(argv):
     if a.trl:
         results.append(run_trl(a, out, train, held, rm_spec, budget_s, reference, tokenizer, before))
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    plot(out, [m for m in a.methods.split(",")], results)
+    plot(out, [m for m in a.methods.split(",") if m], results)
+    print_tables(results)
+    print(f"\ncommand: {' '.join([Path(sys.executable).name, *sys.argv])}")
+
+
+def print_tables(results: list[dict]) -> None:
     print("\n| method | steps | minutes | held-out VADER before | after | gain | KL nats/seq |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
@@ -202,6 +212,20 @@ def main(argv):
             print("| step | minutes | held-out VADER | gain | KL nats/seq |\n|---|---|---|---|---|")
             for c in r["checkpoints"]:
                 print(f"| {c['step']} | {c['minutes']} | {c['gold']} | {c['gold_gain']} | {c['kl']} |")
+
+
+def combine(dirs: list[Path], out: Path) -> None:
+    results, methods, runs = [], [], []
+    for d in dirs:
+        for r in json.loads((d / "results.json").read_text()):
+            results.append(r)
+            if r["method"].startswith("rlhfkit "):
+                methods.append(r["method"].split()[-1])
+                runs.append(d / methods[-1])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    plot(out, methods, results, runs)
+    print_tables(results)
     print(f"\ncommand: {' '.join([Path(sys.executable).name, *sys.argv])}")
 
 
@@ -272,16 +296,18 @@ def run_trl(a, out, train, held, rm_spec, budget_s, reference, tokenizer, before
     return row
 
 
-def plot(out: Path, methods: list[str], results: list[dict]) -> None:
-    """Gold vs KL: rlhfkit's training batches as lines, every method's held-out before -> after as arrows."""
+def plot(out: Path, methods: list[str], results: list[dict], runs: list[Path] | None = None) -> None:
+    """Gold vs KL: rlhfkit's training batches as dots, every method's held-out before -> after as
+    arrows (and its held-out checkpoints when evaluated). ``runs``: the folder of each method's
+    run (default ``out / method``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for m in methods:
-        rows = [json.loads(l) for l in (out / m / "metrics.jsonl").read_text().splitlines()]
+    for m, run in zip(methods, runs or [out / m for m in methods]):
+        rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
         rows = [r for r in rows if "gold" in r and "kl" in r]
         ax.plot([r["kl"] for r in rows], [r["gold"] for r in rows], ".", label=f"rlhfkit {m} (training batches)",
                 alpha=0.35)

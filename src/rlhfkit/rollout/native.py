@@ -8,8 +8,9 @@ step outside the matrix multiplications: the generation loop's bookkeeping, the 
 unmodified ``LlamaForCausalLM`` (or ``Qwen2ForCausalLM``: the same block with q/k/v biases)
 directly from its own parameters (nothing is copied, so it always samples from the current
 policy), with a preallocated KV cache, the attention mask sliced from one boolean tensor, and
-the exponential-race sampler. Measured: about 1.9x faster sampling on the tests' tiny model,
-1.2x on SmolLM2-135M (docs/BENCHMARKS.md).
+the exponential-race sampler. Measured (benchmarks/rollout_engines.py): 1.65x faster sampling
+on a tiny model, where the per-step overhead dominates; the same speed on SmolLM2-135M on a CPU,
+where decoding is bound by reading the weights.
 
 Same results as Hugging Face: the forward is the one of ``modeling_llama.py`` (RMSNorm in
 float32, rotary embedding ``x cos + rotate_half(x) sin`` with the default RoPE, grouped-query

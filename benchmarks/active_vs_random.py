@@ -111,10 +111,12 @@ def run_pool_mode(args) -> dict:
         curves = {m: pool_curve(t + ht, g + hg, go + hgo, candidate_pairs(g, t), held, m, start=20, step=20,
                                 n_steps=6, ensemble_size=args.ensemble_size, noise=args.noise, seed=seed,
                                 measure=args.measure,
-                                prior_std=args.prior_std, max_per_group=args.max_per_prompt)
+                                prior_std=args.prior_std, max_per_group=args.max_per_prompt,
+                                bon_candidates=range(off, off + len(ht)))
                   for m in ("random", "uncertainty")}
         r = ratio_for(curves["random"], curves["uncertainty"], "accuracy")
-        per_seed.append({"seed": seed, **r, "curves": curves})
+        rb = ratio_for(curves["random"], curves["uncertainty"], "bon_gold")
+        per_seed.append({"seed": seed, **r, "bon_gold": rb, "curves": curves})
         print(f"active_vs_random --pool: seed {seed}: accuracy random "
               + " ".join(f"{p['accuracy']:.3f}" for p in curves["random"]) + " | active "
               + " ".join(f"{p['accuracy']:.3f}" for p in curves["uncertainty"]) + f" | ratio {r['ratio']}",
@@ -149,13 +151,13 @@ def main() -> None:
     res = run_pool_mode(args) if args.pool else run_loop_mode(args)
     ratios = [s["ratio"] for s in res["per_seed"] if s["ratio"] is not None]
     res["median_ratio"] = statistics.median(ratios) if ratios else None
-    # the same ratio on the seed-averaged curves: one noisy final point per seed no longer decides
-    key = "accuracy" if args.pool else "gold"
-    mean_curves = {sel: [{"labels": pts[0]["labels"], key: statistics.fmean(p[key] for p in pts)}
-                         for pts in zip(*(s["curves"][sel] for s in res["per_seed"]))]
-                   for sel in ("random", "uncertainty")}
-    res["mean_curves"] = mean_curves
-    res["ratio_of_mean_curves"] = ratio_for(mean_curves["random"], mean_curves["uncertainty"], key)
+    # the same ratio on the seed-averaged curves (one noisy final point per seed no longer decides),
+    # with a 95% bootstrap interval over seeds; pool mode also on the best-of-n gold score
+    keys = ["accuracy", "bon_gold"] if args.pool else ["gold"]
+    res["summary"] = {key: summarise(res["per_seed"], key, seed=0) for key in keys}
+    main_key = keys[0]
+    res["mean_curves"] = res["summary"][main_key]["mean_curves"]
+    res["ratio_of_mean_curves"] = res["summary"][main_key]["ratio_of_mean_curves"]
     res["seconds"] = round(time.perf_counter() - t0, 1)
     res["command"] = "python " + " ".join(sys.argv)
     (Path(args.out) / "results.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
@@ -164,12 +166,46 @@ def main() -> None:
           f"{what}: median {res['median_ratio']} over {len(ratios)} seeds "
           f"(per seed {[None if s['ratio'] is None else round(s['ratio'], 3) for s in res['per_seed']]}); "
           f"{res['seconds']} s; {Path(args.out) / 'results.json'}")
-    m = res["ratio_of_mean_curves"]
-    print(f"active_vs_random: on the curves averaged over seeds: target {m['target']:.4f}, labels needed random "
-          f"{m['random']}, active {m['active']}, ratio {m['ratio']}")
-    for sel, c in mean_curves.items():
-        print(f"  mean {sel:12}" + " ".join(f"{p['labels']}:{p[key]:.3f}" for p in c))
+    for key, sm in res["summary"].items():
+        m = sm["ratio_of_mean_curves"]
+        lo, hi = sm["ratio_ci95"]
+        print(f"active_vs_random [{key}]: on the curves averaged over {len(res['per_seed'])} seeds: target "
+              f"{m['target']:.4f}, labels needed random {m['random']}, active {m['active']}, ratio {m['ratio']} "
+              f"(95% bootstrap over seeds {lo:.3f} to {hi:.3f})")
+        for sel, c in sm["mean_curves"].items():
+            print(f"  mean {sel:12}" + " ".join(f"{p['labels']}:{p[key]:.3f}" for p in c))
+        print("  active - random " + " ".join(f"{d['labels']}:{d['mean']:+.4f} [{d['ci95'][0]:+.4f},{d['ci95'][1]:+.4f}]"
+                                          for d in sm["paired_difference"]))
 
+
+def mean_curves_of(per_seed: list[dict], key: str) -> dict:
+    return {sel: [{"labels": pts[0]["labels"], key: statistics.fmean(p[key] for p in pts)}
+                  for pts in zip(*(s["curves"][sel] for s in per_seed))]
+            for sel in ("random", "uncertainty")}
+
+
+def summarise(per_seed: list[dict], key: str, seed: int, draws: int = 2000) -> dict:
+    """Seed-averaged curves of ``key``, the label ratio on them, its 95% percentile-bootstrap
+    interval (seeds resampled with replacement), and the paired active - random difference at
+    every label count with its interval."""
+    mc = mean_curves_of(per_seed, key)
+    point = ratio_for(mc["random"], mc["uncertainty"], key)
+    rng = random.Random(seed)
+    boot = []
+    for _ in range(draws):
+        sample = [per_seed[rng.randrange(len(per_seed))] for _ in per_seed]
+        r = ratio_for(*(mean_curves_of(sample, key)[sel] for sel in ("random", "uncertainty")), key)["ratio"]
+        boot.append(0.0 if r is None else r)
+    boot.sort()
+    diffs = []
+    for j, p in enumerate(per_seed[0]["curves"]["random"]):
+        d = [s["curves"]["uncertainty"][j][key] - s["curves"]["random"][j][key] for s in per_seed]
+        means = sorted(statistics.fmean(d[rng.randrange(len(d))] for _ in d) for _ in range(draws))
+        diffs.append({"labels": p["labels"], "mean": statistics.fmean(d),
+                      "ci95": [means[int(0.025 * draws)], means[int(0.975 * draws) - 1]],
+                      "active_better": sum(x > 0 for x in d), "ties": sum(x == 0 for x in d)})
+    return {"mean_curves": mc, "ratio_of_mean_curves": point,
+            "ratio_ci95": [boot[int(0.025 * draws)], boot[int(0.975 * draws) - 1]], "paired_difference": diffs}
 
 if __name__ == "__main__":
     main()

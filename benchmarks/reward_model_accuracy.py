@@ -41,7 +41,8 @@ def main(argv: list[str]) -> None:
     train_part = len(pairs) - len(held)
     n_val = int(round(train_part * config.validation_fraction))  # as split_holdout counts
     result = {
-        "data": config.data, "model": config.model, "train_pairs": train_part - n_val,
+        "data": config.data, "model": config.model,
+        "train_pairs": min(train_part - n_val, config.max_train) if config.max_train else train_part - n_val,
         "validation_pairs": n_val, "held_out_pairs": len(held), "epochs": config.epochs,
         "max_length": config.max_length, "best_metric": config.best_metric,
         "learning_rate": config.learning_rate, "seed": config.seed,

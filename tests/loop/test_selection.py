@@ -118,12 +118,29 @@ def test_policy_free_pool_check_runs_and_learns():
     held = [(a + off, b + off) if hgo[a] > hgo[b] else (b + off, a + off)
             for a, b in candidate_pairs(hg, ht) if hgo[a] != hgo[b]]
     curves = {m: pool_curve(t + ht, g + hg, go + hgo, candidate_pairs(g, t), held, m, start=10, step=15, n_steps=2,
-                            ensemble_size=3, seed=0)
+                            ensemble_size=3, seed=0, bon_candidates=range(off, off + len(ht)))
               for m in ("random", "uncertainty")}
+    by_prompt = [[off + 4 * k + j for j in range(4)] for k in range(40)]
+    chance = sum(hgo) / len(hgo)
+    oracle = sum(max(hgo[i - off] for i in grp) for grp in by_prompt) / len(by_prompt)
     for c in curves.values():
         assert [p["labels"] for p in c] == [10, 25, 40]
         assert c[-1]["accuracy"] > 0.6  # better than chance on gold-ordered held-out pairs
+        # best-of-4 by the learned reward beats a random pick and cannot beat the gold oracle
+        assert chance < c[-1]["bon_gold"] <= oracle + 1e-9
     assert curves["random"][0] == curves["uncertainty"][0]  # the same random start
+
+
+def test_best_of_n_gold_picks_each_prompts_top_scored_candidate():
+    """Two prompts: scores pick candidate 1 (gold 0.5) and candidate 4 (gold -1.0); mean -0.25.
+    A score tie goes to the first listed candidate (index 2, gold 0.0)."""
+    from rlhfkit.loop.pool import best_of_n_gold
+
+    gold = [1.0, 0.5, 0.0, 2.0, -1.0]
+    scores = torch.tensor([0.1, 0.9, 0.3, -0.2, 0.4])
+    assert best_of_n_gold(scores, gold, [[0, 1, 2], [3, 4]]) == pytest.approx((0.5 - 1.0) / 2)
+    tied = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0])
+    assert best_of_n_gold(tied, gold, [[2, 3], [0, 1]]) == pytest.approx((0.0 + 1.0) / 2)
 
 
 def test_anchored_ensemble_disagrees_about_features_no_label_touched():

@@ -87,6 +87,26 @@ def test_split_seed_keeps_the_held_out_pairs_across_member_seeds(tmp_path, tiny_
     assert seen[2] != seen[1]  # split_seed -1 follows the seed (2): another split
 
 
+def test_max_train_uses_a_prefix_of_the_training_part_and_the_same_held_out_set(tmp_path, tiny_encoder_rm_dir,
+                                                                                 pair_file):
+    """Learning curves: --max_train 30 trains on 30 of the 120 training pairs (30 // 8 = 3 steps an
+    epoch: the last, partial batch is dropped, against 15 with all of them) and scores the same 40
+    held-out pairs."""
+    steps = {}
+    for n in (0, 30):
+        out = tmp_path / f"rm{n}"
+        metrics = reward_run(load_config(RewardConfig, None, [
+            "--model", str(tiny_encoder_rm_dir), "--data", str(pair_file), "--output_dir", str(out),
+            "--epochs", "1", "--batch_size", "8", "--micro_batch_size", "8", "--eval_fraction", "0.25",
+            "--max_train", str(n), "--max_length", "48", "--tensorboard", "false"]))
+        rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        steps[n] = max(r["step"] for r in rows if "step" in r)
+        assert metrics["eval_pairs"] == 40
+    assert steps == {0: 15, 30: 3}
+    with pytest.raises(ValueError, match="max_train"):
+        load_config(RewardConfig, None, ["--max_train", "-1"])
+
+
 @pytest.mark.parametrize("objective,rows", [
     ("regression", [{"prompt": "p", "completion": f" good {i}", "rating": 1 + i % 7} for i in range(24)]),
     ("classification", [{"prompt": "p", "completion": f" ok {i}", "label": i % 2 == 0} for i in range(24)]),

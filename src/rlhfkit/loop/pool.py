@@ -5,7 +5,11 @@ Gaussian label noise as the labeler, and a cheap reward-model ensemble (linear B
 hashed unigram + bigram counts, one member per bootstrap resample, L2-regularised, fitted by
 full-batch Adam). Starting from ``start`` randomly chosen labels, each step adds ``step`` pairs
 chosen by ``selection.select_pairs`` (uncertainty under the current ensemble, or random) and
-records the ensemble mean's accuracy on held-out pairs ordered by the gold judge (no noise).
+records member 0's accuracy on held-out pairs ordered by the gold judge (no noise) and, when
+``bon_candidates`` are given, the gold score of best-of-n with that reward model: on every
+held-out prompt the candidate it scores highest, its gold score averaged over prompts (the
+gold score of a policy that samples n and returns the reward model's favourite, the quantity
+the issue's "reaches the gold score of random selection" is about, measured without RL noise).
 The same seed gives both selections the same first labels and the same label noise per pair.
 
 ``labels_to_reach(curve, target)``: labels at which a gold-vs-labels curve first reaches
@@ -65,8 +69,10 @@ def fit_bow_ensemble(feats: torch.Tensor, pairs: Sequence[tuple[int, int]], size
 def pool_curve(texts: Sequence[str], groups: Sequence[int], gold: Sequence[float],
                pool_pairs: Sequence[tuple[int, int]], heldout_pairs: Sequence[tuple[int, int]], method: str,
                start: int, step: int, n_steps: int, ensemble_size: int = 4, noise: float = 0.3, seed: int = 0,
-               measure: str = "variance", prior_std: float = 0.0, max_per_group: int = 0) -> list[dict]:
-    """``[{"labels": n, "accuracy": a}, ...]`` after ``start``, ``start + step``, ... labels.
+               measure: str = "variance", prior_std: float = 0.0, max_per_group: int = 0,
+               bon_candidates: Sequence[int] = ()) -> list[dict]:
+    """``[{"labels": n, "accuracy": a[, "bon_gold": g]}, ...]`` after ``start``, ``start + step``,
+    ... labels.
     ``max_per_group``: at most this many pairs of one prompt per round (0 = no cap; both
     selections obey it, see ``select_pairs``).
     ``heldout_pairs`` are (better, worse) by gold; the accuracy is member 0's (all labels, no
@@ -78,13 +84,19 @@ def pool_curve(texts: Sequence[str], groups: Sequence[int], gold: Sequence[float
     labelled: list[int] = select_pairs(pool_pairs, start, "random", seed=seed, groups=groups, max_per_group=0)
     curve = []
     hi = torch.as_tensor(heldout_pairs, dtype=torch.long).reshape(-1, 2)
+    bon_groups: dict[int, list[int]] = {}
+    for i in bon_candidates:
+        bon_groups.setdefault(groups[i], []).append(i)
     for s in range(n_steps + 1):
         chosen = [pool_pairs[i] if verdict[i] else pool_pairs[i][::-1] for i in labelled]
         w = fit_bow_ensemble(feats, chosen, ensemble_size, seed=seed * 1000 + s, prior_std=prior_std)
         scores = w @ feats.T  # [M, N]
         best = scores[0]
         acc = float((best[hi[:, 0]] > best[hi[:, 1]]).float().mean())
-        curve.append({"labels": len(labelled), "accuracy": acc})
+        point = {"labels": len(labelled), "accuracy": acc}
+        if bon_groups:
+            point["bon_gold"] = best_of_n_gold(best, gold, list(bon_groups.values()))
+        curve.append(point)
         if s == n_steps:
             break
         taken = set(labelled)
@@ -93,6 +105,13 @@ def pool_curve(texts: Sequence[str], groups: Sequence[int], gold: Sequence[float
                             groups=groups, measure=measure, max_per_group=max_per_group)
         labelled += [rest[i] for i in pick]
     return curve
+
+
+def best_of_n_gold(scores: torch.Tensor, gold: Sequence[float], groups: Sequence[Sequence[int]]) -> float:
+    """Mean over ``groups`` (each a prompt's candidate indices) of the gold score of the candidate
+    with the highest ``scores`` (``[N]``); a tie in score goes to the first candidate listed."""
+    picks = [g[int(torch.argmax(scores[torch.as_tensor(g)]))] for g in groups]
+    return sum(gold[i] for i in picks) / len(picks)
 
 
 def labels_to_reach(curve: Sequence[dict], target: float, key: str = "gold") -> float | None:

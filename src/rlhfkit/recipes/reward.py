@@ -14,7 +14,7 @@ import torch
 
 from rlhfkit.core.losses import binary_feedback_loss, bradley_terry_loss, rating_regression_loss
 from rlhfkit.data.tokenize import pad_sequences, tokenize_pair
-from rlhfkit.recipes.common import (LoraConfig, load_training_records, save_final, set_threads, split_holdout,
+from rlhfkit.recipes.common import (LoraConfig, first_n, load_training_records, save_final, set_threads, split_holdout,
                                     validate_data_fields)
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.checkpoint import latest_checkpoint
@@ -36,6 +36,8 @@ class RewardConfig(TrainingConfig):
     validation_fraction: float = field(default=0.0, metadata={"help": "fraction of the training part kept apart "
                                                                    "for choices (best_metric: val_loss); the held-out "
                                                                    "set is then only scored once, at the end"})
+    max_train: int = field(default=0, metadata={"help": "train on only the first N examples of the shuffled training "
+                                                       "part (0 = all; for learning curves: the held-out set stays the same)"})
     max_length: int = field(default=256, metadata={"help": "tokens of prompt + response; the prompt is cut from the left"})
     ties: str = field(default="drop", metadata={"help": "tied pairs: drop, or keep (loss pulls both rewards together)"})
     use_margin: bool = field(default=True, metadata={"help": "use a pair's margin when it has one"})
@@ -54,6 +56,8 @@ class RewardConfig(TrainingConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.max_train < 0:
+            raise ValueError("field 'max_train' must be >= 0 (0 = all)")
         if self.linear_probe_steps < 0 or self.linear_probe_l2 < 0:
             raise ValueError("fields 'linear_probe_steps' and 'linear_probe_l2' must be >= 0")
         if self.objective not in OBJECTIVE_KIND:
@@ -237,6 +241,7 @@ def run(config: RewardConfig) -> dict:
     val_records: list = []
     if config.validation_fraction:
         train_records, val_records = split_holdout(train_records, config.validation_fraction, split_seed(config) + 1)
+    train_records = first_n(train_records, config.max_train)
     train = encode_records(train_records, tokenizer, config)
     collate = make_collate(tokenizer.pad_token_id, config.objective)
 

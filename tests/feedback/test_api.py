@@ -263,11 +263,18 @@ def test_migrations_match_models_and_durable_pragmas(env):
         else:  # PostgreSQL: a COMMIT returns once its WAL is flushed
             assert conn.exec_driver_sql("SHOW fsync").scalar() == "on"
             assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
         # the partial index the abandoned-task search relies on exists with its condition
         from sqlalchemy import inspect
         ix = {i["name"]: i for i in inspect(conn).get_indexes("assignments")}
         assert ix["ix_assignments_open_lease"]["column_names"] == ["project_id", "created_at"]
+        item_ix = {i["name"]: i for i in inspect(conn).get_indexes("items")}
+        assert item_ix["ix_items_project_external_id"]["column_names"] == ["project_id", "external_id"]
+        if conn.dialect.name == "sqlite":  # serve's completion lookup is an index search, not a scan
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT * FROM items WHERE project_id = 1 AND external_id = 'x' "
+                "ORDER BY id DESC LIMIT 1"))
+            assert "ix_items_project_external_id" in plan, plan
     # re-applying at start is a no-op
     db.upgrade(env.store.engine)
 

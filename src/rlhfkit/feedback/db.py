@@ -117,6 +117,8 @@ items = Table(
     Column("created_at", Float, nullable=False),
     # next-task search: equality on (project, gold, n_assigned), rows in id order
     Index(None, "project_id", "is_gold", "n_assigned", "id"),
+    # serve's feedback endpoint: the item of a completion id (migration 0003)
+    Index("ix_items_project_external_id", "project_id", "external_id"),
 )
 
 assignments = Table(

@@ -73,6 +73,19 @@ def test_reward_scores_padding_invariant(tok, kind):
 
 
 @torch.no_grad()
+def test_causal_reward_refuses_a_sequence_ending_in_the_pad_id(tok):
+    """The HF head pools the last non-pad id: a real last token equal to the pad id would be
+    scored one token early without a word, so it is an error; the pad id earlier is fine."""
+    model = tiny_reward_model(tok, kind="causal")
+    s = tok(TEXTS[0]).input_ids
+    inside = torch.tensor([s[:1] + [tok.pad_token_id] + s[1:]])
+    assert torch.isfinite(reward_scores(model, inside, torch.ones_like(inside))).all()
+    ends = torch.tensor([s + [tok.pad_token_id]])
+    with pytest.raises(ValueError, match="ends in the pad token"):
+        reward_scores(model, ends, torch.ones_like(ends))
+
+
+@torch.no_grad()
 def test_reward_scores_distinguish_sequences(tok):
     model = tiny_reward_model(tok)
     ids, mask = _pad([tok(t).input_ids for t in TEXTS], tok.pad_token_id, "right")

@@ -232,6 +232,13 @@ def reward_scores(model: nn.Module, input_ids: torch.Tensor,
     if pad_id is None:
         raise ValueError("the reward model's config has no pad_token_id (use load_reward_model)")
     mask = attention_mask.bool()
+    # the head pools the last position whose id is not the pad id: a row whose last real token
+    # *is* the pad id would be scored one token early, silently, so refuse it
+    last = input_ids.gather(-1, last_real_index(mask).unsqueeze(-1)).squeeze(-1)
+    if bool(((last == pad_id) & mask.any(dim=-1)).any()):
+        raise ValueError(f"a sequence ends in the pad token (id {pad_id}) as a real token: the reward head "
+                         "could not find its last token; give the tokenizer a pad token distinct from every "
+                         "token the data uses (load_reward_model does: '<|pad|>')")
     ids = torch.where(mask, input_ids, torch.full_like(input_ids, pad_id))
     logits = model(input_ids=ids, attention_mask=attention_mask.long(),
                    position_ids=position_ids_from_mask(attention_mask), use_cache=False).logits

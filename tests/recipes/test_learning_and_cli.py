@@ -209,3 +209,18 @@ def test_reward_train_with_linear_probe_then_fine_tuning(tmp_path, tiny_encoder_
     metrics = reward_run(cfg)
     assert "linear probe of the head" in capsys.readouterr().out
     assert metrics["eval_accuracy"] >= 0.9, metrics
+
+
+def test_plus_joins_training_sources_in_order(tmp_path):
+    """``a+b`` reads a's records then b's (preference-model pretraining on several sets); a file
+    whose own name contains '+' is still read as that file."""
+    from rlhfkit.recipes.common import load_training_records
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(json.dumps({"prompt": "p", "chosen": "a1", "rejected": "a2"}) + "\n")
+    b.write_text("".join(json.dumps({"prompt": "q", "chosen": f"b{i}", "rejected": "x"}) + "\n" for i in range(2)))
+    joined = load_training_records(f"{a}+{b}", "pairs")
+    assert [r.chosen for r in joined] == ["a1", "b0", "b1"]
+    plus = tmp_path / "c+d.jsonl"
+    plus.write_text(a.read_text())
+    assert [r.chosen for r in load_training_records(str(plus), "pairs")] == ["a1"]

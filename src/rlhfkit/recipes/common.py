@@ -57,7 +57,12 @@ def named_set(name: str, kind: str, ties: str = "drop"):
 
 def load_training_records(source: str, kind: str, on_error: str = "raise", ties: str = "drop",
                           max_chars: int = 100_000) -> list:
-    """Records from a named shared set or a file (JSONL, JSON, gz); reports skipped lines."""
+    """Records from a named shared set or a file (JSONL, JSON, gz); reports skipped lines.
+    ``a+b`` (not itself a file) is the records of ``a`` followed by those of ``b``, e.g.
+    ``finegrained+oasst`` for preference-model pretraining on both."""
+    if "+" in source and not Path(source).exists():
+        return [r for part in source.split("+")
+                for r in load_training_records(part, kind, on_error=on_error, ties=ties, max_chars=max_chars)]
     records = named_set(source, kind, ties)
     if records is not None:
         return list(records)

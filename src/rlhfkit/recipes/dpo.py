@@ -55,7 +55,7 @@ CACHE_FILE = "reference_logps.pt"
 @dataclass
 class DPOConfig(TrainingConfig):
     model: str = field(default="smollm2-135m", metadata={"help": "policy: smollm2-135m, a local folder, a .gguf file or a HF name"})
-    data: str = field(default="hh-rlhf", metadata={"help": "JSONL/JSON file of prompt/chosen/rejected pairs, or hh-rlhf / finegrained / oasst"})
+    data: str = field(default="hh-rlhf", metadata={"help": "JSONL/JSON file of prompt/chosen/rejected pairs, or hh-rlhf / finegrained / oasst; a+b joins sources"})
     eval_data: str = field(default="", metadata={"help": "held-out pair file; empty = hold out eval_fraction of data"})
     eval_fraction: float = field(default=0.1, metadata={"help": "fraction held out when eval_data is empty"})
     max_train: int = field(default=0, metadata={"help": "use only the first N training pairs of the shuffled split (0 = all)"})

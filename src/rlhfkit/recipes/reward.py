@@ -28,7 +28,7 @@ class RewardConfig(TrainingConfig):
     model: str = field(default="minilm-l6", metadata={"help": "backbone: minilm-l6 (encoder), smollm2-135m, a local folder or .gguf"})
     kind: str = field(default="auto", metadata={"help": "backbone kind: auto, causal or encoder"})
     objective: str = field(default="pairwise", metadata={"help": "pairwise (chosen/rejected), regression (ratings) or classification (thumbs)"})
-    data: str = field(default="hh-rlhf", metadata={"help": "JSONL/JSON file, or hh-rlhf / finegrained / oasst"})
+    data: str = field(default="hh-rlhf", metadata={"help": "JSONL/JSON file, or hh-rlhf / finegrained / oasst; a+b joins sources (finegrained+oasst)"})
     eval_data: str = field(default="", metadata={"help": "held-out file; empty = hold out eval_fraction of data"})
     eval_fraction: float = field(default=0.2, metadata={"help": "fraction held out when eval_data is empty"})
     split_seed: int = field(default=-1, metadata={"help": "seed of the held-out (and validation) split; -1 = seed. "

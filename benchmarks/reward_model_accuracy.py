@@ -19,7 +19,7 @@ import torch
 
 from rlhfkit.eval.reward_eval import evaluate_pairs
 from rlhfkit.models import load_reward_model
-from rlhfkit.recipes.common import load_training_records, split_holdout
+from rlhfkit.recipes.common import first_n, load_training_records, split_holdout
 from rlhfkit.recipes.reward import RewardConfig, run, split_seed
 from rlhfkit.training.config import load_config
 
@@ -42,7 +42,7 @@ def main(argv: list[str]) -> None:
     n_val = int(round(train_part * config.validation_fraction))  # as split_holdout counts
     result = {
         "data": config.data, "model": config.model,
-        "train_pairs": min(train_part - n_val, config.max_train) if config.max_train else train_part - n_val,
+        "train_pairs": len(first_n(range(train_part - n_val), config.max_train)),  # as the recipe cuts
         "validation_pairs": n_val, "held_out_pairs": len(held), "epochs": config.epochs,
         "max_length": config.max_length, "best_metric": config.best_metric,
         "learning_rate": config.learning_rate, "seed": config.seed,

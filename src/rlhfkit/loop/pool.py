@@ -84,9 +84,10 @@ def pool_curve(texts: Sequence[str], groups: Sequence[int], gold: Sequence[float
     labelled: list[int] = select_pairs(pool_pairs, start, "random", seed=seed, groups=groups, max_per_group=0)
     curve = []
     hi = torch.as_tensor(heldout_pairs, dtype=torch.long).reshape(-1, 2)
-    bon_groups: dict[int, list[int]] = {}
+    by_prompt: dict[int, list[int]] = {}
     for i in bon_candidates:
-        bon_groups.setdefault(groups[i], []).append(i)
+        by_prompt.setdefault(groups[i], []).append(i)
+    bon_groups = list(by_prompt.values())
     for s in range(n_steps + 1):
         chosen = [pool_pairs[i] if verdict[i] else pool_pairs[i][::-1] for i in labelled]
         w = fit_bow_ensemble(feats, chosen, ensemble_size, seed=seed * 1000 + s, prior_std=prior_std)
@@ -95,7 +96,7 @@ def pool_curve(texts: Sequence[str], groups: Sequence[int], gold: Sequence[float
         acc = float((best[hi[:, 0]] > best[hi[:, 1]]).float().mean())
         point = {"labels": len(labelled), "accuracy": acc}
         if bon_groups:
-            point["bon_gold"] = best_of_n_gold(best, gold, list(bon_groups.values()))
+            point["bon_gold"] = best_of_n_gold(best, gold, bon_groups)
         curve.append(point)
         if s == n_steps:
             break

@@ -22,8 +22,16 @@ so it needs no model), gold judge + noise labels, a cheap linear BoW ensemble (a
 words no label has touched); held-out pair accuracy of the all-labels member vs labels for both
 selections (``loop.pool.pool_curve``), same ratio on accuracy.
 
-Both modes also report the ratio on the curves averaged over seeds (``ratio_of_mean_curves``).
-Results: ``OUT/results.json``.
+Both modes also report the ratio on the curves averaged over seeds (``ratio_of_mean_curves``),
+loop mode on the gold score and on the ensemble's accuracy on gold-judged held-out pairs
+(``rm_accuracy``), pool mode on accuracy and best-of-4 gold. Results: ``OUT/results.json``, and in
+loop mode the plot ``OUT/curves.png``.
+
+Loop mode computes each seed's setup and round 1 once: the random run makes them, and the active
+run starts from hard-linked copies of them (same fingerprints, so its loop skips them;
+``rlhfkit.loop.run.share_first_round``). Seeds can run in parallel processes (``--seeds 0`` in one, ``--seeds 1`` in
+another, same ``--out``); a last call with all the seeds finds every run cached and writes the
+summary over all of them.
 """
 from __future__ import annotations
 
@@ -54,7 +62,7 @@ def run_loop_mode(args) -> dict:
     import torch
 
     from rlhfkit.loop.config import LoopConfig
-    from rlhfkit.loop.run import run
+    from rlhfkit.loop.run import run, share_first_round
     from rlhfkit.training.config import load_config
 
     torch.set_num_threads(args.threads)
@@ -67,12 +75,15 @@ def run_loop_mode(args) -> dict:
             if args.rounds:
                 over["rounds"] = args.rounds
             cfg = load_config(LoopConfig, args.config, over)
+            if sel == "uncertainty" and args.share_first_round:
+                share_first_round(Path(args.out) / f"seed{seed}-random", Path(cfg.output_dir))
             t0 = time.perf_counter()
             curves[sel] = run(cfg)["curve"]
             print(f"active_vs_random: seed {seed} {sel}: {time.perf_counter() - t0:.0f} s, gold vs labels "
                   + ", ".join(f"{p['labels']}: {p['gold']:.4f}" for p in curves[sel]), flush=True)
         r = ratio_for(curves["random"], curves["uncertainty"], "gold")
-        per_seed.append({"seed": seed, **r, "curves": curves})
+        ra = ratio_for(*(defined(curves[sel], "rm_accuracy") for sel in ("random", "uncertainty")), "rm_accuracy")
+        per_seed.append({"seed": seed, **r, "rm_accuracy": ra, "curves": curves})
         print(f"active_vs_random: seed {seed}: target gold {r['target']:.4f}; labels needed random {r['random']}, "
               f"active {r['active']}; ratio {r['ratio']}", flush=True)
     return {"mode": "loop", "config": args.config, "quick": args.quick, "per_seed": per_seed}
@@ -141,6 +152,8 @@ def main() -> None:
     ap.add_argument("--measure", default="variance", help="--pool: uncertainty measure (variance, bald, margin)")
     ap.add_argument("--max_per_prompt", type=int, default=0,
                     help="--pool: at most this many pairs of one prompt per round, in both selections (0 = no cap)")
+    ap.add_argument("--share_first_round", type=int, default=1,
+                    help="loop mode: the active run reuses the random run's setup and round 1 (1) or recomputes them (0)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -153,7 +166,7 @@ def main() -> None:
     res["median_ratio"] = statistics.median(ratios) if ratios else None
     # the same ratio on the seed-averaged curves (one noisy final point per seed no longer decides),
     # with a 95% bootstrap interval over seeds; pool mode also on the best-of-n gold score
-    keys = ["accuracy", "bon_gold"] if args.pool else ["gold"]
+    keys = ["accuracy", "bon_gold"] if args.pool else ["gold", "rm_accuracy"]
     res["summary"] = {key: summarise(res["per_seed"], key, seed=0) for key in keys}
     main_key = keys[0]
     res["mean_curves"] = res["summary"][main_key]["mean_curves"]
@@ -161,6 +174,8 @@ def main() -> None:
     res["seconds"] = round(time.perf_counter() - t0, 1)
     res["command"] = "python " + " ".join(sys.argv)
     (Path(args.out) / "results.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
+    if not args.pool:
+        plot_loop(res, Path(args.out) / "curves.png")
     what = "held-out RM accuracy" if args.pool else "gold score"
     print(f"active_vs_random: labels_needed(random) / labels_needed(active) to reach the random run's final "
           f"{what}: median {res['median_ratio']} over {len(ratios)} seeds "
@@ -178,6 +193,39 @@ def main() -> None:
                                           for d in sm["paired_difference"]))
 
 
+def plot_loop(res: dict, path: Path) -> None:
+    """Loop mode: gold score and ensemble accuracy vs labels, each seed thin, the seed mean thick."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    titles = {"gold": "held-out gold score (VADER) of the policy", "rm_accuracy": "ensemble accuracy, gold-judged pairs"}
+    for ax, (key, title) in zip(axes, titles.items()):
+        for color, sel in (("C0", "random"), ("C3", "uncertainty")):
+            for s in res["per_seed"]:
+                c = defined(s["curves"][sel], key)
+                ax.plot([p["labels"] for p in c], [p[key] for p in c], color=color, alpha=0.2, lw=0.8)
+            m = res["summary"][key]["mean_curves"][sel]
+            ax.plot([p["labels"] for p in m], [p[key] for p in m], "o-", color=color, lw=2,
+                    label=f"{'active (ensemble variance)' if sel == 'uncertainty' else 'random'}, mean of "
+                          f"{len(res['per_seed'])} seeds")
+        r = res["summary"][key]["ratio_of_mean_curves"]["ratio"]
+        lo, hi = res["summary"][key]["ratio_ci95"]
+        ax.set_title(f"{title}\nlabel ratio {r if r is None else round(r, 2)} (95% CI {lo:.2f} to {hi:.2f})",
+                     fontsize=9)
+        ax.set_xlabel("labels (pairs) so far")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def defined(curve: list[dict], key: str) -> list[dict]:
+    """The points of a curve that have ``key`` (a loop's round 0 has no reward model to score)."""
+    return [p for p in curve if p.get(key) is not None]
+
+
 def mean_curves_of(per_seed: list[dict], key: str) -> dict:
     return {sel: [{"labels": pts[0]["labels"], key: statistics.fmean(p[key] for p in pts)}
                   for pts in zip(*(s["curves"][sel] for s in per_seed))]
@@ -188,6 +236,7 @@ def summarise(per_seed: list[dict], key: str, seed: int, draws: int = 2000) -> d
     """Seed-averaged curves of ``key``, the label ratio on them, its 95% percentile-bootstrap
     interval (seeds resampled with replacement), and the paired active - random difference at
     every label count with its interval."""
+    per_seed = [{**s, "curves": {sel: defined(c, key) for sel, c in s["curves"].items()}} for s in per_seed]
     mc = mean_curves_of(per_seed, key)
     point = ratio_for(mc["random"], mc["uncertainty"], key)
     rng = random.Random(seed)

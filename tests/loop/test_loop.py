@@ -152,3 +152,27 @@ def test_sigkill_mid_round_then_the_cli_rerun_resumes(tmp_path, loop_prompts):
         assert f"loop: {s}: cached" in done.stdout
     assert "loop: round 1/reward: resuming" in done.stdout
     assert json.loads((out / "loop_state.json").read_text())["status"] == "done"
+
+
+def test_active_run_started_from_the_random_runs_first_round_equals_one_run_alone(tmp_path, loop_prompts):
+    """The comparison of selections shares setup and round 1 (random in both): the active loop
+    skips them, leaves the random loop's records as they were, records its own paths, and ends
+    with the curve of an active loop that computed everything itself."""
+    rnd, shared, alone = tmp_path / "random", tmp_path / "active_shared", tmp_path / "active_alone"
+    loop_run.run(tiny_loop_config(rnd, loop_prompts, selection="random"))
+    before = {p: p.read_text() for p in rnd.rglob("stage.json")}
+    assert loop_run.share_first_round(rnd, shared) == ["setup", "round-1"]
+    res = loop_run.run(tiny_loop_config(shared, loop_prompts, selection="uncertainty"))
+    assert res["summary"]["skipped"] == ["setup"] + [f"1/{s}" for s in ROUND_STAGES]
+    assert res["summary"]["ran"] == [f"2/{s}" for s in ROUND_STAGES]
+    assert {p: p.read_text() for p in rnd.rglob("stage.json")} == before
+    assert _stage(shared, "1/policy")["outputs"]["model"] == str(shared / "round-1" / "policy" / "model")
+    assert _stage(shared, "2/candidates")["outputs"]["policy"] == str(shared / "round-1" / "policy" / "model")
+    assert str(rnd) not in json.dumps(_stage(shared, "1/reward"))
+    # the files are the random loop's own (hard links), not copies
+    model = next((rnd / "round-1" / "policy" / "model").glob("*.safetensors"))
+    assert (shared / "round-1" / "policy" / "model" / model.name).stat().st_ino == model.stat().st_ino
+    assert loop_run.share_first_round(rnd, shared) == []  # already there: left alone
+    ref = loop_run.run(tiny_loop_config(alone, loop_prompts, selection="uncertainty"))
+    assert ref["summary"]["ran"][:1] == ["setup"]
+    assert json.loads((shared / "curve.json").read_text()) == json.loads((alone / "curve.json").read_text())

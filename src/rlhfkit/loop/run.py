@@ -42,13 +42,14 @@ import copy
 import json
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
 from rlhfkit.loop.config import LoopConfig, apply_quick
 from rlhfkit.pipeline.cache import fingerprint, run_stage, settings
 
-__all__ = ["LoopConfig", "run", "ROUND_STAGES"]
+__all__ = ["LoopConfig", "run", "share_first_round", "ROUND_STAGES"]
 
 ROUND_STAGES = ("candidates", "select", "labels", "reward", "policy", "eval")
 WIRED_REWARD = {"data", "eval_data", "seed", "eval_fraction"}
@@ -445,3 +446,31 @@ def run(config: LoopConfig) -> dict:
     print("loop: gold vs labels: " + ", ".join(f"{p['labels']}: {p['gold']:.4f}" for p in curve))
     print(f"loop: done in {summary['seconds']:.1f} s; current policy {state['policy']}")
     return {"curve": curve, "stages": records, "summary": summary}
+
+
+def share_first_round(random_dir: str | Path, active_dir: str | Path) -> list[str]:
+    """Start a loop in ``active_dir`` from another loop's ``setup/`` and ``round-1/`` (a comparison
+    of selections: round 1 selects at random whatever ``selection`` says, since there is no
+    ensemble yet, so two loops that differ only in ``selection`` have the same fingerprints for
+    them and computing them twice only costs time). Files are hard links, not copies of the
+    models; each ``stage.json`` is written anew with the recorded paths naming ``active_dir``
+    (writing through the link would change the other loop's record too). If the settings do
+    differ, the loop in ``active_dir`` empties and reruns only its own folders. A folder that is
+    already there is left alone. Returns the folders shared."""
+    random_dir, active_dir = Path(random_dir), Path(active_dir)
+    active_dir.mkdir(parents=True, exist_ok=True)
+    shared = []
+    for name in ("setup", "round-1"):
+        src, dst = random_dir / name, active_dir / name
+        if dst.exists() or not src.is_dir():
+            continue
+        tmp = active_dir / f".{name}.sharing"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp, copy_function=os.link)
+        for record in tmp.rglob("stage.json"):
+            text = record.read_text(encoding="utf-8").replace(str(random_dir), str(active_dir))
+            record.unlink()
+            record.write_text(text, encoding="utf-8")
+        os.replace(tmp, dst)
+        shared.append(name)
+    return shared

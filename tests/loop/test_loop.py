@@ -176,3 +176,23 @@ def test_active_run_started_from_the_random_runs_first_round_equals_one_run_alon
     ref = loop_run.run(tiny_loop_config(alone, loop_prompts, selection="uncertainty"))
     assert ref["summary"]["ran"][:1] == ["setup"]
     assert json.loads((shared / "curve.json").read_text()) == json.loads((alone / "curve.json").read_text())
+
+
+@pytest.mark.parametrize("anchor", ["round", "initial"])
+def test_kl_anchor_sets_the_reference_of_later_rounds(tmp_path, loop_prompts, anchor):
+    """Round 2 starts from round 1's policy; its first step's KL is 0 to itself (``round``) and
+    the drift of round 1 to the initial policy (``initial``)."""
+    out = tmp_path / anchor
+    loop_run.run(tiny_loop_config(out, loop_prompts, selection="random", kl_anchor=anchor))
+    first = json.loads((out / "round-2" / "policy" / "metrics.jsonl").read_text().splitlines()[0])
+    if anchor == "round":
+        assert abs(first["kl"]) < 1e-5
+    else:
+        assert first["kl"] > 1e-3
+
+
+def test_kl_anchor_is_checked():
+    from rlhfkit.loop.config import LoopConfig
+
+    with pytest.raises(ValueError, match="kl_anchor"):
+        LoopConfig(kl_anchor="sft").validate()

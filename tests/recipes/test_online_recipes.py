@@ -174,6 +174,37 @@ def test_lora_reference_is_the_adapter_switched_off(tmp_path, tiny_policy_dir, p
     assert (tmp_path / "lora" / "model" / "model.safetensors").exists()
 
 
+def test_ref_model_is_the_kl_reference(tmp_path, tiny_policy_dir, prompt_file):
+    """``ref_model``: a policy trained on from an earlier run keeps its KL to the model it came
+    from. The reference loaded from the policy's own folder is the frozen copy (same run); from
+    the starting model, the first step already measures the drift of the earlier run."""
+    extra = ["--num_generations", "4", "--batch_size", "8", "--resume", "false"]
+    run_inproc("grpo", tiny_policy_dir, prompt_file, tmp_path / "first", *extra, "--max_steps", "3",
+               "--learning_rate", "1e-2")
+    later = tmp_path / "first" / "model"
+    own = run_inproc("grpo", later, prompt_file, tmp_path / "own", *extra, "--max_steps", "2")
+    same = run_inproc("grpo", later, prompt_file, tmp_path / "same", *extra, "--max_steps", "2", "--ref_model", str(later))
+    untimed = [[{k: v for k, v in r.items() if k != "time" and not k.endswith("_per_s")} for r in rows]
+               for rows in (own, same)]
+    assert untimed[0] == untimed[1] and len(own) == 2
+    assert abs(own[0]["kl"]) < 1e-5
+    anchored = run_inproc("grpo", later, prompt_file, tmp_path / "anchored", *extra, "--max_steps", "2",
+                          "--ref_model", str(tiny_policy_dir))
+    assert anchored[0]["kl"] > 0.05 and anchored[0]["reward"] == own[0]["reward"]  # same samples, other reference
+
+
+def test_ref_model_with_another_tokenizer_is_refused(tmp_path, tiny_policy_dir, prompt_file):
+    from rlhfkit.models import tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer(["completely different words here"] * 20, vocab_size=280)
+    other = tmp_path / "other"
+    tiny_causal_lm(tok, hidden_size=16, num_layers=1, num_heads=2, seed=0).save_pretrained(other)
+    tok.save_pretrained(other)
+    with pytest.raises(ValueError, match="field 'ref_model'.*another tokenizer"):
+        run_inproc("grpo", tiny_policy_dir, prompt_file, tmp_path / "run", "--num_generations", "4",
+                   "--max_steps", "1", "--ref_model", str(other))
+
+
 @pytest.mark.parametrize("algo", ["grpo", "ppo", "rloo", "reinforce"])
 def test_max_minutes_ends_the_run_on_a_whole_step(tmp_path, tiny_policy_dir, prompt_file, algo):
     """A wall-clock budget far shorter than one step: the first step still completes, is logged

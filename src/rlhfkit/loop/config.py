@@ -3,8 +3,9 @@ sections are the recipes' own configs (``reward: RewardConfig``, ``grpo: GRPOCon
 ``ppo: PPOConfig``), read from YAML with ``--section.field value`` overrides.
 
 Wired by the loop (what the YAML says is ignored): ``reward.data / eval_data / output_dir /
-seed``; ``grpo|ppo.model`` (the current policy), ``prompts`` (the training prompts), ``reward``
-(the ensemble mean), ``gold_reward`` (``gold``), ``output_dir``, ``seed`` (seed x 100 + round).
+seed``; ``grpo|ppo.model`` (the current policy), ``ref_model`` (``kl_anchor``), ``prompts`` (the
+training prompts), ``reward`` (the ensemble mean), ``gold_reward`` (``gold``), ``output_dir``,
+``seed`` (seed x 100 + round).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from rlhfkit.recipes.ppo import PPOConfig
 from rlhfkit.recipes.reward import RewardConfig
 
 ALGORITHMS = ("grpo", "ppo")
+KL_ANCHORS = ("round", "initial")
 LABELERS = ("simulated", "store")
 
 
@@ -55,7 +57,10 @@ class LoopConfig:
     label_timeout: float = field(default=24 * 3600.0, metadata={"help": "store: seconds to wait for labels before giving up (rerun to keep waiting)"})
     poll_seconds: float = field(default=5.0, metadata={"help": "store: seconds between polls of the label count"})
     # --- training
-    algorithm: str = field(default="grpo", metadata={"help": "policy optimisation each round: grpo or ppo, against the ensemble-mean reward, KL to the round's starting policy"})
+    algorithm: str = field(default="grpo", metadata={"help": "policy optimisation each round: grpo or ppo, against the ensemble-mean reward"})
+    kl_anchor: str = field(default="round", metadata={"help": "the KL reference of each round's policy optimisation: round "
+                                                              "(the policy the round starts from: a trust region per round) "
+                                                              "or initial (the initial policy in every round: one leash for the whole loop)"})
     eval_samples: int = field(default=2, metadata={"help": "evaluation samples per held-out prompt"})
     init: InitConfig = field(default_factory=InitConfig)
     reward: RewardConfig = field(default_factory=lambda: RewardConfig(
@@ -79,6 +84,8 @@ class LoopConfig:
             raise ValueError(f"field 'labeler': {self.labeler!r} is not one of {list(LABELERS)}")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"field 'algorithm': {self.algorithm!r} is not one of {list(ALGORITHMS)}")
+        if self.kl_anchor not in KL_ANCHORS:
+            raise ValueError(f"field 'kl_anchor': {self.kl_anchor!r} is not one of {list(KL_ANCHORS)}")
         if self.num_candidates < 2:
             raise ValueError("field 'num_candidates': needs >= 2 responses per prompt to make pairs")
         if self.selection == "uncertainty" and self.uncertainty == "variance" and self.ensemble_size < 2:

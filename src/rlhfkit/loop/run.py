@@ -31,10 +31,12 @@ store-labelled round finds its project and waits again) and nothing before it ru
 ``loop_state.json`` says where the loop is (round, stage, current policy) and ``curve.json`` holds
 gold score vs number of labels after every round. Raising ``rounds`` continues a finished loop.
 
-KL anchor: the recipes take their reference from their starting model, so each round is
-KL-regularised towards the policy it starts from (a trust region per round, as in iterated
-online RLHF where each round's policy is the next round's reference); the cumulative drift is
-reported as the KL to the initial policy in every round's ``eval``.
+KL anchor (``kl_anchor``): ``round`` (the default) regularises each round towards the policy it
+starts from (a trust region per round, as in iterated online RLHF where each round's policy is
+the next round's reference), so the drift from the initial policy can grow round after round;
+``initial`` takes the initial policy as every round's reference (``ref_model`` of the recipes),
+one leash for the whole loop, as when an SFT model anchors all of RLHF. Either way the
+cumulative drift is reported as the KL to the initial policy in every round's ``eval``.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ __all__ = ["LoopConfig", "run", "share_first_round", "ROUND_STAGES"]
 
 ROUND_STAGES = ("candidates", "select", "labels", "reward", "policy", "eval")
 WIRED_REWARD = {"data", "eval_data", "seed", "eval_fraction"}
-WIRED_POLICY = {"model", "prompts", "reward", "gold_reward", "seed"}
+WIRED_POLICY = {"model", "ref_model", "prompts", "reward", "gold_reward", "seed"}
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:
@@ -219,6 +221,8 @@ class Loop:
         if stage == "policy":
             own = {"algorithm": c.algorithm, **settings(getattr(c, c.algorithm), WIRED_POLICY), "gold": c.gold,
                    "seed": c.seed, "round": r}
+            if c.kl_anchor != "round":  # only when set, so loops run before the field existed stay cached
+                own["kl_anchor"] = c.kl_anchor
             return own, {"reward": fps[f"{r}/reward"], "policy": prev_policy, "setup": fps["setup"]}
         if stage == "eval":
             own = {"gold": c.gold, "eval_samples": c.eval_samples, "max_new_tokens": c.max_new_tokens,
@@ -348,6 +352,8 @@ class Loop:
         cfg.reward, cfg.gold_reward = self.outputs[f"{r}/reward"]["spec"], c.gold
         cfg.output_dir, cfg.seed = str(d), c.seed * 100 + r
         cfg.max_prompts = 0
+        # round 1 starts from the initial policy, so both anchors are the same model there
+        cfg.ref_model = self.outputs["setup"]["model"] if c.kl_anchor == "initial" and r > 1 else ""
         if c.threads:
             cfg.threads = c.threads
         metrics = importlib.import_module(f"rlhfkit.recipes.{c.algorithm}").run(cfg)

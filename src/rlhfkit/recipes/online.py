@@ -42,6 +42,8 @@ class OnlineConfig(TrainingConfig):
     """Fields every online-RL recipe shares (each recipe's config extends this)."""
 
     model: str = field(default="smollm2-135m", metadata={"help": "policy (and reference): smollm2-135m, a folder, a .gguf file or a HF name"})
+    ref_model: str = field(default="", metadata={"help": "KL reference, same forms as model (empty = the starting policy); "
+                                                         "e.g. the SFT model while model is a later policy. Needs model's tokenizer"})
     prompts: str = field(default="movie-reviews", metadata={"help": "movie-reviews (first words of the shared reviews) or a JSONL/JSON file of {\"prompt\": ...}"})
     prompt_words: int = field(default=8, metadata={"help": "movie-reviews: words per prompt"})
     max_prompts: int = field(default=0, metadata={"help": "use at most this many prompts (0 = all)"})
@@ -127,18 +129,28 @@ def repeat_each(items: list, k: int) -> list:
 
 # ---------------------------------------------------------------------------- models
 def load_models(config: OnlineConfig, need_reference: bool):
-    """``(policy, tokenizer, reference)``. With ``lora.r > 0`` the policy gets an adapter and
-    ``reference`` is None: the reference is the same weights with the adapter disabled
-    (``models.reference_context``; one copy of the weights). Otherwise the reference is a frozen
-    deep copy of the initial policy (None when not needed). Dropout is off in both (detail 8)."""
+    """``(policy, tokenizer, reference)``. With ``ref_model`` the reference is that model, loaded
+    and frozen (a policy that started from an SFT model keeps its KL to it over several runs).
+    Else with ``lora.r > 0`` the policy gets an adapter and ``reference`` is None: the reference
+    is the same weights with the adapter disabled (``models.reference_context``; one copy of the
+    weights). Otherwise the reference is a frozen deep copy of the initial policy (None when not
+    needed). Dropout is off in all of them (detail 8)."""
     from rlhfkit.models import apply_lora, load_policy
 
     policy, tokenizer = load_policy(config.model)  # left padding, pad != eos (detail 1)
     reference = None
+    if need_reference and config.ref_model:
+        reference, ref_tokenizer = load_policy(config.ref_model)
+        if ref_tokenizer.get_vocab() != tokenizer.get_vocab():  # the KL compares token by token
+            raise ValueError(f"field 'ref_model': {config.ref_model!r} has another tokenizer than model "
+                             f"{config.model!r}; the KL to the reference needs the same vocabulary")
+        reference.eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
     if config.lora.r:
         policy = apply_lora(policy, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
                             target_modules=config.lora.target_modules)
-    elif need_reference:
+    elif need_reference and reference is None:
         reference = copy.deepcopy(policy).eval()
         for p in reference.parameters():
             p.requires_grad_(False)

@@ -3,6 +3,7 @@ after a stage raises in round 2 (round 1 is not redone); labels from the feedbac
 by a simulated labeler thread through the store API. One torch thread."""
 import json
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -196,3 +197,46 @@ def test_kl_anchor_is_checked():
 
     with pytest.raises(ValueError, match="kl_anchor"):
         LoopConfig(kl_anchor="sft").validate()
+
+
+def test_share_first_round_takes_only_finished_folders_and_renames_whole_paths(tmp_path, monkeypatch):
+    """Records written with relative paths, shared by absolute ones: every spelling of the random
+    loop's folder is renamed, a longer name that starts the same is not, and a round with a
+    stage still running is not shared (it would be resumed through the links)."""
+    monkeypatch.chdir(tmp_path)
+
+    def record(path, status, outputs):
+        path.mkdir(parents=True)
+        (path / "stage.json").write_text(json.dumps({"status": status, "outputs": outputs}))
+
+    record(Path("runs/a/setup"), "done", {"model": "runs/a/setup/model", "sft": "runs/a_sft/model",
+                                          "abs": str(tmp_path / "runs/a/setup/x"), "spec": "0.5*rm:runs/a/m0 + 0.5*rm:runs/a/m1"})
+    (Path("runs/a/setup/weights.bin")).write_bytes(b"w")
+    record(Path("runs/a/round-1/candidates"), "done", {})
+    record(Path("runs/a/round-1/policy"), "running", {})
+    assert loop_run.share_first_round(tmp_path / "runs" / "a", Path("runs/b")) == ["setup"]
+    assert not Path("runs/b/round-1").exists()
+    out = json.loads(Path("runs/b/setup/stage.json").read_text())["outputs"]
+    assert out == {"model": "runs/b/setup/model", "sft": "runs/a_sft/model", "abs": "runs/b/setup/x",
+                   "spec": "0.5*rm:runs/b/m0 + 0.5*rm:runs/b/m1"}
+    assert json.loads(Path("runs/a/setup/stage.json").read_text())["outputs"]["model"] == "runs/a/setup/model"
+    assert Path("runs/b/setup/weights.bin").stat().st_ino == Path("runs/a/setup/weights.bin").stat().st_ino
+
+
+def test_heldout_pairs_are_every_gold_ordered_pair_of_the_samples(tmp_path, loop_prompts):
+    """``heldout_samples: 3``: up to 3 pairs per held-out prompt, each ordered by the gold judge."""
+    from rlhfkit.rewards import build_reward
+
+    out = tmp_path / "loop"
+    # gold: the share of 'e' characters (VADER scores the tiny model's gibberish 0: no order)
+    loop_run.run(tiny_loop_config(out, loop_prompts, selection="random", rounds=1, heldout_samples=3,
+                                  gold="frequency:e"))
+    pairs = [json.loads(l) for l in (out / "setup" / "heldout_pairs.jsonl").read_text().splitlines()]
+    prompts = [json.loads(l)["prompt"] for l in (out / "setup" / "eval_prompts.jsonl").read_text().splitlines()]
+    per_prompt = {p: sum(x["prompt"] == p for x in pairs) for p in prompts}
+    assert max(per_prompt.values()) <= 3 and len(pairs) > len(prompts)
+    gold = build_reward("frequency:e")
+    sc = gold([x["prompt"] for x in pairs], [x["chosen"] for x in pairs])
+    sr = gold([x["prompt"] for x in pairs], [x["rejected"] for x in pairs])
+    assert bool((sc > sr).all())
+    assert json.loads((out / "setup" / "stage.json").read_text())["outputs"]["heldout_pairs"] == len(pairs)

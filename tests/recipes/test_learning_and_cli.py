@@ -201,6 +201,35 @@ def test_linear_probe_fits_the_head_on_the_backbones_own_features(tmp_path, tiny
             assert torch.equal(v, body[k]), k
 
 
+def test_linear_probe_of_a_head_without_bias_leaves_the_model_at_the_probed_loss(tmp_path, tiny_causal_rm_dir,
+                                                                                 thumbs_file):
+    """A causal backbone's score layer has no bias; the probe must not fit one it cannot copy back
+    (on thumbs, where a bias matters): the model's own loss after the probe is the probe's."""
+    import torch
+
+    from rlhfkit.core.losses import binary_feedback_loss
+    from rlhfkit.models import load_reward_model
+    from rlhfkit.models.reward import score_head
+    from rlhfkit.recipes.common import load_training_records
+    from rlhfkit.recipes.reward import encode_records, head_features, linear_probe, make_collate
+
+    cfg = load_config(RewardConfig, None, ["--model", str(tiny_causal_rm_dir), "--data", str(thumbs_file),
+                                           "--objective", "classification", "--max_length", "48",
+                                           "--linear_probe_steps", "50", "--linear_probe_l2", "0"])
+    model, tok = load_reward_model(str(tiny_causal_rm_dir))
+    assert score_head(model).bias is None
+    train = encode_records(load_training_records(str(thumbs_file), "thumbs")[:96], tok, cfg)
+    collate = make_collate(tok.pad_token_id, "classification")
+    stats = linear_probe(model, train, collate, cfg)
+    batches = [collate(train[i:i + 32]) for i in range(0, len(train), 32)]
+    with torch.no_grad():
+        scores = score_head(model)(head_features(model, batches))[:, 0]
+        target = torch.cat([b["target"] for b in batches]).float()
+        own = float(binary_feedback_loss(scores, target, reduction="mean"))
+    assert stats["probe_loss_after"] < stats["probe_loss_before"]
+    assert own == pytest.approx(stats["probe_loss_after"], rel=1e-4, abs=1e-5)
+
+
 def test_reward_train_with_linear_probe_then_fine_tuning(tmp_path, tiny_encoder_rm_dir, pair_file, capsys):
     cfg = load_config(RewardConfig, None, [
         "--model", str(tiny_encoder_rm_dir), "--data", str(pair_file), "--output_dir", str(tmp_path / "rm"),

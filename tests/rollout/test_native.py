@@ -152,6 +152,23 @@ def test_seeded_sampling_stops_at_eos_and_leaves_the_global_rng_alone(tok):
             assert (row[int(hits[0]) + 1:] == tok.pad_token_id).all()
 
 
+def test_scaled_rope_is_refused_in_either_transformers_layout(tok):
+    """transformers 5 keeps RoPE settings in ``rope_parameters``, transformers 4 in
+    ``rope_scaling`` (None for plain RoPE): a scaled RoPE (Llama 3, YaRN) in either is refused,
+    since the sampler computes plain RoPE."""
+    from types import SimpleNamespace
+
+    model = models(tok)["llama"]
+    plain = {"model_type": "llama", "hidden_act": "silu", "rope_theta": 10000.0}
+    llama3 = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 8192}
+    for layout, ok in [({"rope_scaling": None}, True), ({"rope_parameters": None, "rope_scaling": None}, True),
+                       ({"rope_scaling": llama3}, False), ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, False),
+                       ({"rope_parameters": {**llama3, "rope_theta": 5e5}}, False)]:
+        model.config = SimpleNamespace(**plain, **layout)
+        assert supports(model)[0] is ok, layout
+
+
 def test_make_sampler_picks_native_only_where_it_applies(tok):
     model = models(tok)["llama"]
     s = SamplingConfig()

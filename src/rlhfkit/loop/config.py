@@ -62,6 +62,8 @@ class LoopConfig:
                                                               "(the policy the round starts from: a trust region per round) "
                                                               "or initial (the initial policy in every round: one leash for the whole loop)"})
     eval_samples: int = field(default=2, metadata={"help": "evaluation samples per held-out prompt"})
+    heldout_samples: int = field(default=2, metadata={"help": "samples of the initial policy per held-out prompt "
+                                                              "whose pairs, ordered by the gold judge, score the ensemble's accuracy"})
     init: InitConfig = field(default_factory=InitConfig)
     reward: RewardConfig = field(default_factory=lambda: RewardConfig(
         model="minilm-l6", max_length=96, epochs=3.0, batch_size=16, micro_batch_size=16, learning_rate=5e-5,
@@ -86,10 +88,12 @@ class LoopConfig:
             raise ValueError(f"field 'algorithm': {self.algorithm!r} is not one of {list(ALGORITHMS)}")
         if self.kl_anchor not in KL_ANCHORS:
             raise ValueError(f"field 'kl_anchor': {self.kl_anchor!r} is not one of {list(KL_ANCHORS)}")
+        if self.heldout_samples < 2:
+            raise ValueError("field 'heldout_samples': needs >= 2 samples per held-out prompt to make pairs")
         if self.num_candidates < 2:
             raise ValueError("field 'num_candidates': needs >= 2 responses per prompt to make pairs")
-        if self.selection == "uncertainty" and self.uncertainty == "variance" and self.ensemble_size < 2:
-            raise ValueError("variance selection needs ensemble_size >= 2")
+        if self.selection == "uncertainty" and self.uncertainty in ("variance", "bald") and self.ensemble_size < 2:
+            raise ValueError(f"{self.uncertainty} selection needs ensemble_size >= 2 (disagreement between members)")
         if self.ensemble_size < 1 or self.rounds < 1 or self.labels_per_round < 1:
             raise ValueError("ensemble_size, rounds and labels_per_round must be >= 1")
         if self.init.kind not in ("pretrained", "tiny"):

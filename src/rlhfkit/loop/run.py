@@ -97,15 +97,22 @@ def stage_setup(c: LoopConfig, d: Path) -> dict:
         train = train[:c.max_train_prompts]
     _jsonl(d / "train_prompts.jsonl", [{"prompt": p} for p in train])
     _jsonl(d / "eval_prompts.jsonl", [{"prompt": p} for p in held])
-    # gold-judged held-out pairs (no noise): two samples of the initial policy per held-out prompt
+    # gold-judged held-out pairs (no noise): every pair of heldout_samples samples of the initial
+    # policy per held-out prompt whose gold scores differ, the better one as chosen
     from rlhfkit.rewards import build_reward
 
-    a = _sample(c, init_model, held, seed=_step_seed(c.seed, 0, 61))
-    b = _sample(c, init_model, held, seed=_step_seed(c.seed, 0, 62))
     gold = build_reward(c.gold)
-    ga, gb = gold(held, a).tolist(), gold(held, b).tolist()
-    pairs = [{"prompt": p, "chosen": x if sx > sy else y, "rejected": y if sx > sy else x}
-             for p, x, y, sx, sy in zip(held, a, b, ga, gb) if sx != sy and x != y]
+    samples = []
+    for j in range(c.heldout_samples):
+        texts = _sample(c, init_model, held, seed=_step_seed(c.seed, 0, 61 + j))
+        samples.append(list(zip(texts, gold(held, texts).tolist())))
+    pairs = []
+    for i, p in enumerate(held):
+        for a in range(c.heldout_samples):
+            for b in range(a + 1, c.heldout_samples):
+                (x, sx), (y, sy) = samples[a][i], samples[b][i]
+                if sx != sy and x != y:
+                    pairs.append({"prompt": p, "chosen": x if sx > sy else y, "rejected": y if sx > sy else x})
     _jsonl(d / "heldout_pairs.jsonl", pairs)
     ev = evaluate(c, init_model, init_model, held, members=None, heldout=None)
     print(f"loop: setup: {len(train)} training / {len(held)} held-out prompts, {len(pairs)} gold held-out pairs, "
@@ -427,6 +434,8 @@ def run(config: LoopConfig) -> dict:
            "max_train_prompts": config.max_train_prompts, "seed": config.seed, "gold": config.gold,
            "eval_samples": config.eval_samples, "max_new_tokens": config.max_new_tokens,
            "temperature": config.temperature}
+    if config.heldout_samples != 2:  # only when set, so loops run before the field existed stay cached
+        own["heldout_samples"] = config.heldout_samples
     step("setup", out / "setup", own, {}, lambda d: stage_setup(config, d))
     ev0 = loop.outputs["setup"]["eval"]
     curve = [{"round": 0, "labels": 0, "gold": ev0["gold"], "kl": 0.0, "rm_accuracy": None}]
@@ -455,28 +464,48 @@ def run(config: LoopConfig) -> dict:
 
 
 def share_first_round(random_dir: str | Path, active_dir: str | Path) -> list[str]:
-    """Start a loop in ``active_dir`` from another loop's ``setup/`` and ``round-1/`` (a comparison
-    of selections: round 1 selects at random whatever ``selection`` says, since there is no
-    ensemble yet, so two loops that differ only in ``selection`` have the same fingerprints for
-    them and computing them twice only costs time). Files are hard links, not copies of the
-    models; each ``stage.json`` is written anew with the recorded paths naming ``active_dir``
-    (writing through the link would change the other loop's record too). If the settings do
-    differ, the loop in ``active_dir`` empties and reruns only its own folders. A folder that is
-    already there is left alone. Returns the folders shared."""
+    """Start a loop in ``active_dir`` from another loop's finished ``setup/`` and ``round-1/`` (a
+    comparison of selections: round 1 selects at random whatever ``selection`` says, since there
+    is no ensemble yet, so two loops that differ only in ``selection`` have the same fingerprints
+    for them and computing them twice only costs time).
+
+    Only a folder whose every stage is ``done`` is shared (an unfinished stage would be resumed
+    in place, writing through the links). Files are hard links, not copies of the models; each
+    ``stage.json`` is written anew (not through its link) with every recorded path under
+    ``random_dir``, as given or absolute, renamed to the same path under ``active_dir``; a record
+    that would still name ``random_dir`` stops the sharing. If the settings do differ, the loop
+    in ``active_dir`` empties and reruns only its own folders. A folder already in ``active_dir``
+    is left alone. Returns the folders shared."""
+    import re
+
     random_dir, active_dir = Path(random_dir), Path(active_dir)
+    # the folder's spellings, each only as a whole path component run ("runs/a" is not in "runs/a_sft")
+    absolute = random_dir.resolve()
+    spellings = sorted({str(random_dir), str(absolute), os.path.relpath(absolute)}, key=len, reverse=True)
+    pattern = re.compile("(?<![\\w./-])(?:" + "|".join(re.escape(x) for x in spellings) + ")(?![\\w.-])")
     active_dir.mkdir(parents=True, exist_ok=True)
     shared = []
     for name in ("setup", "round-1"):
         src, dst = random_dir / name, active_dir / name
-        if dst.exists() or not src.is_dir():
+        records = sorted(src.rglob("stage.json")) if src.is_dir() else []
+        if dst.exists() or not records or any((read_json(r) or {}).get("status") != "done" for r in records):
             continue
         tmp = active_dir / f".{name}.sharing"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp, copy_function=os.link)
         for record in tmp.rglob("stage.json"):
-            text = record.read_text(encoding="utf-8").replace(str(random_dir), str(active_dir))
-            record.unlink()
+            text = pattern.sub(lambda m: str(active_dir), record.read_text(encoding="utf-8"))
+            if pattern.search(text):
+                raise RuntimeError(f"{record}: still names {random_dir} after renaming")
+            record.unlink()  # a hard link: writing in place would change the other loop's record
             record.write_text(text, encoding="utf-8")
         os.replace(tmp, dst)
         shared.append(name)
     return shared
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None

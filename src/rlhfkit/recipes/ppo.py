@@ -85,7 +85,8 @@ def response_values(value_model, ro: Rollout, rows) -> torch.Tensor:
 
 
 def fit_reference_normaliser(config, generator, policy, tokenizer, prompts, reward) -> RunningNormaliser:
-    """Mean / std of the reward on responses of the initial policy (= the reference), detail 6."""
+    """Mean / std of the reward on responses of the starting policy (the reference unless
+    ``ref_model`` names another), detail 6: the scale the run's rewards start from."""
     from rlhfkit.rollout import rollout
 
     scores = []

@@ -174,7 +174,10 @@ def linear_probe(model, train: list[dict], collate, config: "RewardConfig") -> d
     else:
         target = torch.cat([b["target"] for b in batches]).float()
     w = head.weight.detach().float().clone().reshape(-1).requires_grad_(True)
-    b0 = (head.bias.detach().float().clone().reshape(-1) if head.bias is not None else torch.zeros(1)).requires_grad_(True)
+    # a head without a bias (causal backbones' score layer) gets none in the probe either: a fitted
+    # bias that could not be copied back would leave the fine-tuning start off by it
+    has_bias = head.bias is not None
+    b0 = head.bias.detach().float().clone().reshape(-1).requires_grad_(True) if has_bias else torch.zeros(1)
 
     def objective() -> torch.Tensor:
         if config.objective == "pairwise":
@@ -186,7 +189,7 @@ def linear_probe(model, train: list[dict], collate, config: "RewardConfig") -> d
             loss = binary_feedback_loss(feats @ w + b0, target, reduction="mean")
         return loss + config.linear_probe_l2 * (w ** 2).sum()
 
-    opt = torch.optim.LBFGS([w, b0], lr=1.0, max_iter=config.linear_probe_steps, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([w, b0] if has_bias else [w], lr=1.0, max_iter=config.linear_probe_steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
@@ -199,7 +202,7 @@ def linear_probe(model, train: list[dict], collate, config: "RewardConfig") -> d
     after = float(objective().detach())
     with torch.no_grad():
         head.weight.copy_(w.view_as(head.weight).to(head.weight.dtype))
-        if head.bias is not None:
+        if has_bias:
             head.bias.copy_(b0.view_as(head.bias).to(head.bias.dtype))
     stats = {"probe_loss_before": before, "probe_loss_after": after}
     if config.objective == "pairwise":

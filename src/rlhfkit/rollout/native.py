@@ -46,9 +46,11 @@ def supports(model) -> tuple[bool, str]:
         return False, f"{type(model).__name__} is not a plain LlamaForCausalLM / Qwen2ForCausalLM"
     if getattr(config, "model_type", None) not in SUPPORTED_TYPES:
         return False, f"model_type {getattr(config, 'model_type', None)!r}"
-    # transformers 5 keeps RoPE settings in rope_parameters (rope_scaling is an alias of it)
-    rope = getattr(config, "rope_parameters", None) or {"rope_theta": getattr(config, "rope_theta", 10000.0)}
-    if rope.get("rope_type", "default") != "default" or set(rope) - {"rope_theta", "rope_type"}:
+    # transformers 5 keeps RoPE settings in rope_parameters (rope_scaling is an alias of it);
+    # transformers 4 in rope_scaling (None for plain RoPE) beside rope_theta
+    rope = (getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+            or {"rope_theta": getattr(config, "rope_theta", 10000.0)})
+    if rope.get("rope_type", rope.get("type", "default")) != "default" or set(rope) - {"rope_theta", "rope_type"}:
         return False, f"RoPE variant {rope}"
     if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "pretraining_tp", 1) != 1:
         return False, "activation / tensor-parallel layout"

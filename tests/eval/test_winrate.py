@@ -178,3 +178,19 @@ def test_cli_eval_leaderboard_and_errors(tiny_dirs, tmp_path, capsys):
     # a missing project is a clean command-line error, not a traceback
     assert main(["eval", "--collect", "nope", "--db", str(tmp_path / "x.db")]) == 2
     assert "no feedback project named 'nope'" in capsys.readouterr().err
+
+
+def test_gold_summary_counts_a_win_by_the_judges_direction():
+    """Three prompts, policy scores [0.1, 0.2, 0.3] against reference [0.5, 0.6, 0.1]: the policy
+    scores higher on one prompt, lower on two. Higher-is-better (vader): win rate 1/3; toxicity
+    (lower is better): 2/3. The gain is policy - reference either way: (-0.4 - 0.4 + 0.2) / 3."""
+    from rlhfkit.eval.cli_eval import gold_summary
+
+    pol, ref = torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.5, 0.6, 0.1])
+    vader = gold_summary("vader", pol, ref, n_boot=50, seed=0)
+    tox = gold_summary("toxicity", pol, ref, n_boot=50, seed=0)
+    assert (vader["win_rate"]["wins"], vader["win_rate"]["losses"]) == (1, 2) and not vader["lower_is_better"]
+    assert (tox["win_rate"]["wins"], tox["win_rate"]["losses"]) == (2, 1) and tox["lower_is_better"]
+    assert tox["win_rate"]["win_rate"] == pytest.approx(2 / 3)
+    assert vader["gain"]["mean"] == pytest.approx(tox["gain"]["mean"]) == pytest.approx(-0.2)
+    assert gold_summary("-toxicity", -pol, -ref, n_boot=50, seed=0)["win_rate"]["wins"] == 2  # negated: higher wins

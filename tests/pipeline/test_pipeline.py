@@ -135,6 +135,33 @@ def test_quick_sentiment_preset_end_to_end_writes_a_self_contained_report(tmp_pa
     assert not re.search(r'<script|<link|<img|src=|href=|url\(|@import', page)
 
 
+@pytest.mark.shared_data
+def test_quick_hh_preset_learns_from_the_human_pairs_and_reports_rm_win_rate_and_toxicity(tmp_path, shared_data):
+    """The HH-RLHF preset (real human preferences from ../shared/data), --quick sizes: a reward
+    model on the human pairs, DPO on them, and the report's reward-model win rate and toxicity
+    (lower is better) of the policy against the reference on the held-out dialogues."""
+    from rlhfkit.pipeline import PipelineConfig
+    from rlhfkit.training.config import load_config
+
+    out = tmp_path / "hh"
+    config = load_config(PipelineConfig, REPO_ROOT / "configs" / "pipeline_hh.yaml",
+                         {"quick": True, "threads": 1, "output_dir": str(out), "eval.n_boot": 100})
+    res = run_pipeline(config)
+    assert res["summary"]["ran"] == ["init", "feedback", "reward", "policy", "eval", "report"]
+    fb = json.loads((out / "feedback" / "stage.json").read_text())["outputs"]
+    assert fb["source"] == "dataset" and fb["pairs"] > 0 and fb["heldout_pairs"] > 0
+    ev = json.loads((out / "eval" / "eval.json").read_text())
+    assert ev["judge"].startswith("rm:") and ev["win_rate"]["n"] == ev["prompts"] == 16
+    gold = ev["gold"]
+    assert gold["judge"] == "toxicity" and gold["lower_is_better"]
+    # the gold win rate counts the policy's less toxic answers (not the more toxic ones)
+    samples = [json.loads(l) for l in (out / "eval" / "samples.jsonl").read_text().splitlines()]
+    less = sum(s["gold_policy"] < s["gold_reference"] for s in samples)
+    assert gold["win_rate"]["wins"] == less
+    page = (out / "report.html").read_text()
+    assert "toxicity, lower is better" in page and "win rate vs reference (judge: reward model)" in page
+
+
 def test_simulated_rankings_expand_to_all_pairs_and_hold_out_whole_prompts(tmp_path, pipeline_data):
     """num_candidates = 3: each prompt's three samples get one noisy score each and become up to
     three pairs, every pair consistent with that one ranking; held-out pairs never share a prompt

@@ -131,6 +131,24 @@ def _sample_model(spec: str, prompts: list[str], c: _Sampling, salt: int, logpro
     return model, tok, ros
 
 
+def gold_summary(judge: str, policy_scores: torch.Tensor, reference_scores: torch.Tensor, n_boot: int,
+                 seed: int, tie_eps: float = 0.0) -> dict:
+    """Gold-judge scores of the policy's and the reference's answers to the same prompts: their
+    means, the gain (policy - reference) and the policy's win rate, each with a bootstrap 95%
+    interval. For a judge whose lower scores are better (toxicity) the policy wins a prompt with
+    the lower score; the gain stays policy - reference (negative = better), marked by ``lower_is_better``."""
+    from rlhfkit.rewards.judges import lower_is_better
+
+    from .winrate import pair_outcomes, score_summary, win_rate
+
+    lower = lower_is_better(judge)
+    better, worse = (reference_scores, policy_scores) if lower else (policy_scores, reference_scores)
+    return {"judge": judge, "lower_is_better": lower, "policy": score_summary(policy_scores, n_boot, seed),
+            "reference": score_summary(reference_scores, n_boot, seed),
+            "gain": score_summary(policy_scores - reference_scores, n_boot, seed),
+            "win_rate": win_rate(pair_outcomes(better, worse, tie_eps), n_boot, seed)}
+
+
 def _score(spec: str, prompts: list[str], responses: list[str], c: _Sampling, cache: dict) -> torch.Tensor:
     from rlhfkit.rewards import build_reward
 
@@ -217,15 +235,15 @@ def run(c: EvalConfig) -> dict:
     # (a) win rate judged by a reward model / offline judge
     if c.judge != "people":
         ps, rs = _score(c.judge, prompts, pol_texts, c, cache), _score(c.judge, prompts, ref_texts, c, cache)
-        results["win_rate"] = win_rate(pair_outcomes(ps, rs, c.tie_eps), c.n_boot, c.seed)
+        from rlhfkit.rewards.judges import lower_is_better
+
+        better, worse = (rs, ps) if lower_is_better(c.judge) else (ps, rs)  # e.g. judge toxicity: lower wins
+        results["win_rate"] = win_rate(pair_outcomes(better, worse, c.tie_eps), c.n_boot, c.seed)
         for s, a, b in zip(samples, ps.tolist(), rs.tolist()):
             s["judge_policy"], s["judge_reference"] = a, b
     if gold:
         gp, gr = _score(gold, prompts, pol_texts, c, cache), _score(gold, prompts, ref_texts, c, cache)
-        results["gold"] = {"judge": gold, "policy": score_summary(gp, c.n_boot, c.seed),
-                           "reference": score_summary(gr, c.n_boot, c.seed),
-                           "gain": score_summary(gp - gr, c.n_boot, c.seed),
-                           "win_rate": win_rate(pair_outcomes(gp, gr, c.tie_eps), c.n_boot, c.seed)}
+        results["gold"] = gold_summary(gold, gp, gr, c.n_boot, c.seed, c.tie_eps)
         for s, a, b in zip(samples, gp.tolist(), gr.tolist()):
             s["gold_policy"], s["gold_reference"] = a, b
     # (c) people: comparison tasks in the feedback app

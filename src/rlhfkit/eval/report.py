@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from rlhfkit.rewards.judges import lower_is_better
+
 __all__ = ["reliability_bins", "line_chart", "bar_chart", "reliability_chart", "shade_tokens", "render_report"]
 
-# gold judges whose lower scores are better (a negative gain is an improvement)
-LOWER_IS_BETTER = {"toxicity": "lower is better"}
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"]
 
@@ -321,7 +321,7 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
         rows.append(("win rate vs reference (judge: reward model)", _ci(ev["win_rate"])))
     gold = ev.get("gold")
     if gold:
-        direction = LOWER_IS_BETTER.get(gold["judge"])
+        direction = "lower is better" if lower_is_better(gold["judge"]) else ""
         rows.append((f"gold judge ({_esc(gold['judge'])}{', ' + direction if direction else ''}): before → after",
                      f"{_num(gold['reference']['mean'], 4)} → {_num(gold['policy']['mean'], 4)}; gain "
                      f"{_num(gold['gain']['mean'], 4)} [{_num(gold['gain']['ci_low'], 4)}, {_num(gold['gain']['ci_high'], 4)}]"))

@@ -88,6 +88,16 @@ def frequency(needle: str) -> Judge:
     return score
 
 
+# judges whose lower scores are better: as a gold judge, the policy wins a prompt with the lower
+# score, and a negative gain is an improvement (as a reward, negate it: ``-toxicity``)
+LOWER_IS_BETTER = frozenset({"toxicity"})
+
+
+def lower_is_better(spec: str) -> bool:
+    """True when the reward spec is exactly a judge whose lower scores are better."""
+    return spec.strip() in LOWER_IS_BETTER
+
+
 JUDGES: dict[str, Callable[..., Judge]] = {
     "vader": lambda: vader,
     "textblob": lambda: textblob,

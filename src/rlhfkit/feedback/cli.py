@@ -25,6 +25,12 @@ class ServeConfig:
     log_level: str = field(default="warning", metadata={"help": "uvicorn log level"})
     lease_minutes: float = field(default=30.0, metadata={
         "help": "an open task older than this may be reassigned to another labeler (0: never)"})
+    policy: str = field(default="", metadata={
+        "help": "model that answers live-generated items (admin API .../generate): a folder, .gguf, HF name, "
+                "smollm2-135m, or an `rlhfkit loop` output folder, whose current policy is used and followed "
+                "round after round (empty = items are imported only)"})
+    max_new_tokens: int = field(default=64, metadata={"help": "live generation: response tokens at most"})
+    temperature: float = field(default=1.0, metadata={"help": "live generation: sampling temperature"})
 
 
 @dataclass
@@ -60,9 +66,21 @@ class CreateUserConfig:
 def run_serve(c: ServeConfig) -> None:
     from .server import serve
 
+    generator = None
+    if c.policy:
+        if c.workers > 1:
+            raise _err("field 'policy': live generation runs in one worker process; set --workers 1")
+        from rlhfkit.serve.live import PolicyGenerator
+
+        try:
+            generator = PolicyGenerator(c.policy, max_new_tokens=c.max_new_tokens, temperature=c.temperature)
+        except (OSError, ValueError) as e:
+            raise _err(f"field 'policy': {e}") from None
+        print(f"rlhfkit feedback: live generation by {generator.loaded}"
+              + (f" (following the loop in {c.policy})" if generator.loaded != c.policy else ""), flush=True)
     print(f"rlhfkit feedback: serving {c.db} on http://{c.host}:{c.port}", flush=True)
     serve(c.db, c.host, c.port, workers=c.workers, secure_cookies=c.secure_cookies, log_level=c.log_level,
-          lease_s=c.lease_minutes * 60)
+          lease_s=c.lease_minutes * 60, generator=generator)
 
 
 def _project_id(conn, name: str):

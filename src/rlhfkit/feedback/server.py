@@ -15,7 +15,7 @@ __all__ = ["serve"]
 
 def serve(db_url: str = "feedback.db", host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           secure_cookies: bool = False, log_level: str = "warning", access_log: bool = False,
-          lease_s: float | None = None) -> None:
+          lease_s: float | None = None, generator=None) -> None:
     import sys
 
     import uvicorn
@@ -35,6 +35,8 @@ def serve(db_url: str = "feedback.db", host: str = "127.0.0.1", port: int = 8000
               "use 1 (or PostgreSQL)", file=sys.stderr, flush=True)
     extra = {} if lease_s is None else {"lease_s": lease_s if lease_s > 0 else None}
     if workers > 1:
+        if generator is not None:
+            raise ValueError("live generation (a generator) needs a single worker process")
         os.environ["RLHFKIT_FEEDBACK_DB"] = db_url
         os.environ["RLHFKIT_FEEDBACK_SECURE"] = "1" if secure_cookies else "0"
         if lease_s is not None:
@@ -44,7 +46,7 @@ def serve(db_url: str = "feedback.db", host: str = "127.0.0.1", port: int = 8000
         return
     from .app import create_app
 
-    app = create_app(db_url, secure_cookies=secure_cookies, **extra)
+    app = create_app(db_url, secure_cookies=secure_cookies, generator=generator, **extra)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
 
 

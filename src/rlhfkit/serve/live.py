@@ -1,0 +1,89 @@
+"""Live generation for the feedback app: new items answered by a policy, or by whichever policy an
+``rlhfkit loop`` holds as current, so that people always judge the newest policy's outputs.
+
+``PolicyGenerator(spec)`` is the app's generator hook (``feedback.generation``):
+``generator(prompts, n) -> [[{"text", "model"}] * n] * len(prompts)``. ``spec`` is a model (a
+folder, a ``.gguf`` file, a Hugging Face name or the ``smollm2-135m`` alias) or the output folder
+of a loop; for a loop the policy is looked up at every call (the last finished round's
+``round-N/policy/model``, the initial policy before that) and reloaded when the loop has moved
+on. Sampling goes through ``rollout.make_sampler``, as in training; calls are serialised by a
+lock (the app's handlers run in threads) and each call draws from its own seed.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PolicyGenerator", "current_policy"]
+
+
+def current_policy(spec: str) -> str:
+    """The model ``spec`` names: itself, or for a loop folder (it holds ``loop_state.json``) the
+    policy of its last finished round, else its initial policy."""
+    folder = Path(spec)
+    state_file = folder / "loop_state.json"
+    if not state_file.is_file():
+        return spec
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{state_file}: not JSON ({e})") from None
+    done = int(state.get("rounds_done") or 0)
+    # the folder is found from the loop's own layout, not from the recorded path, which is
+    # relative to wherever the loop was started
+    if done and (folder / f"round-{done}" / "policy" / "model" / "config.json").is_file():
+        return str(folder / f"round-{done}" / "policy" / "model")
+    if (folder / "setup" / "model" / "config.json").is_file():  # a tiny initial model built by the loop
+        return str(folder / "setup" / "model")
+    try:
+        return json.loads((folder / "setup" / "stage.json").read_text(encoding="utf-8"))["outputs"]["model"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(f"{folder}: the loop has no policy yet (setup has not finished)") from None
+
+
+class PolicyGenerator:
+    """``generator(prompts, n)`` for ``feedback.app.create_app(..., generator=...)``."""
+
+    def __init__(self, spec: str, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
+                 max_prompt_length: int = 512, seed: int = 0):
+        from rlhfkit.rollout import SamplingConfig
+
+        self.spec = spec
+        self.sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        self.max_prompt_length = max_prompt_length
+        self.seed = seed
+        self.calls = 0
+        self.loaded: str | None = None
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._sampler: Any = None
+        self._lock = threading.Lock()
+        self._load(current_policy(spec))  # fail at start-up, not at the first request
+
+    def _load(self, path: str) -> None:
+        from rlhfkit.models import load_policy
+        from rlhfkit.rollout import make_sampler
+
+        model, tok = load_policy(path)
+        self._model, self._tokenizer = model.eval(), tok
+        self._sampler = make_sampler(model, self.sampling, tok.eos_token_id, tok.pad_token_id)
+        self.loaded = path
+
+    def __call__(self, prompts: list[str], n: int) -> list[list[dict]]:
+        import torch
+
+        from rlhfkit.rollout import rollout, step_seed
+
+        with self._lock:
+            path = current_policy(self.spec)
+            if path != self.loaded:
+                self._load(path)
+            self.calls += 1
+            with torch.no_grad():
+                ro = rollout(self._sampler, self._model, self._tokenizer, [p for p in prompts for _ in range(n)],
+                             seed=step_seed(self.seed, self.calls, salt=41), max_prompt_length=self.max_prompt_length,
+                             behaviour_logprobs=False)
+            texts = list(ro.responses)
+            return [[{"text": t, "model": self.loaded} for t in texts[i * n:(i + 1) * n]] for i in range(len(prompts))]

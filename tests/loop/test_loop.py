@@ -2,6 +2,7 @@
 after a stage raises in round 2 (round 1 is not redone); labels from the feedback store given
 by a simulated labeler thread through the store API. One torch thread."""
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -38,6 +39,14 @@ def test_two_rounds_end_to_end_with_simulated_labelers(tmp_path, loop_prompts):
     assert len(_stage(out, "2/reward")["outputs"]["members"]) == 2
     ev = json.loads((out / "round-2" / "eval" / "eval.json").read_text())
     assert {"gold", "kl", "rm_accuracy", "labels"} <= set(ev)
+    # the report: a row per round (and the initial policy), curves against labels, the last labels
+    page = (out / "report.html").read_text()
+    for title in ("Rounds", "Held-out gold score vs labels", "Ensemble accuracy on held-out pairs vs labels",
+                  "Uncertainty of the pairs sent to labelers", "Policy optimisation, all rounds", "Pairs labelled in round 2"):
+        assert title in page, title
+    assert page.count("<svg") == 5 and page.count("<tr><td class=\"num\">") == 3
+    assert f'{curve[2]["gold"]:.4f}' in page
+    assert not re.search(r'<script|<link|<img|src=|href=', page)
 
 
 def math_ok(x):

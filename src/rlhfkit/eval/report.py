@@ -28,7 +28,8 @@ from typing import Sequence
 
 from rlhfkit.rewards.judges import lower_is_better
 
-__all__ = ["reliability_bins", "line_chart", "bar_chart", "reliability_chart", "shade_tokens", "render_report"]
+__all__ = ["reliability_bins", "line_chart", "bar_chart", "reliability_chart", "shade_tokens", "render_report",
+           "render_loop_report"]
 
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"]
@@ -448,6 +449,10 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
                     '<p class="muted">A stage reruns when its settings or an input stage\'s fingerprint change; '
                     'otherwise it is read from its folder.</p>')
 
+    return _write_page(path, title, body)
+
+
+def _write_page(path: Path, title: str, body: list[str]) -> Path:
     page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -455,3 +460,90 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+LOOP_STAGES = ("candidates", "select", "labels", "reward", "policy", "eval")
+
+
+def render_loop_report(output_dir: str | Path, path: str | Path | None = None) -> Path:
+    """Write the HTML report of the ``rlhfkit loop`` in ``output_dir`` (default
+    ``output_dir/report.html``): per round the labels spent, the held-out gold score, the KL to
+    the initial policy and the ensemble's held-out accuracy (table and plots against labels), how
+    uncertain the selected pairs were against all candidates, the policy rounds' training curves
+    one after another, the last round's labelled pairs, and the stages. Renders a partial loop."""
+    out = Path(output_dir)
+    path = Path(path) if path is not None else out / "report.html"
+    state = _read_json(out / "loop_state.json") or {}
+    curve = _read_json(out / "curve.json") or state.get("curve") or []
+    rounds = sorted(int(d.name.split("-")[1]) for d in out.glob("round-*") if d.name.split("-")[1].isdigit())
+    rec = {(r, s): (_read_json(out / f"round-{r}" / s / "stage.json") or {}) for r in rounds for s in LOOP_STAGES}
+    outputs = {k: v.get("outputs") or {} for k, v in rec.items()}
+    title = f"rlhfkit loop: {state.get('name', out.name)}"
+    body = [f"<h1>{_esc(title)}</h1>",
+            f'<p class="muted">{_esc(out)} · rendered {time.strftime("%Y-%m-%d %H:%M:%S")} · selection '
+            f'{_esc(state.get("selection", "?"))} (round 1 at random) · {len(curve) - 1 if curve else 0} of '
+            f'{_esc(state.get("rounds", "?"))} rounds done · status {_esc(state.get("status", "?"))}'
+            + (f' (round {_esc(state.get("round"))}, stage {_esc(state.get("stage"))})'
+               if state.get("status") == "running" else "") + "</p>"]
+    if curve:
+        trs = []
+        for p in curve:
+            r = p["round"]
+            sel, lab = outputs.get((r, "select"), {}), outputs.get((r, "labels"), {})
+            unc = (f"{_num(sel.get('mean_uncertainty_selected'), 4)} / {_num(sel.get('mean_uncertainty_all'), 4)}"
+                   if sel.get("mean_uncertainty_selected") is not None else "–")
+            trs.append(f"<tr><td class=\"num\">{r}</td><td>{_esc(sel.get('method', 'initial policy' if r == 0 else ''))}</td>"
+                       f"<td class=\"num\">{p['labels']}</td><td class=\"num\">{_num(p['gold'], 4)}</td>"
+                       f"<td class=\"num\">{_num(p.get('kl'))}</td><td class=\"num\">{_num(p.get('rm_accuracy'))}</td>"
+                       f"<td class=\"num\">{unc}</td><td class=\"num\">{_num(lab.get('agreement_with_gold'))}</td></tr>")
+        body.append("<h2>Rounds</h2><table><tr><th>round</th><th>selection</th><th>labels so far</th>"
+                    "<th>held-out gold</th><th>KL to the initial policy</th><th>ensemble held-out accuracy</th>"
+                    "<th>uncertainty: selected / all candidate pairs</th><th>labels agreeing with gold</th></tr>"
+                    + "".join(trs) + "</table>"
+                    '<p class="muted">Gold and KL: the policy after the round on the held-out prompts (KL summed over '
+                    'the response, nats). Accuracy: the ensemble mean on the gold-ordered held-out pairs. '
+                    'Uncertainty: the previous round\'s ensemble\'s disagreement about the pairs.</p>')
+        pts = curve
+        plots = [line_chart({"gold": [(p["labels"], p["gold"]) for p in pts]}, "Held-out gold score vs labels",
+                            xlabel="labels", ylabel="mean gold score"),
+                 line_chart({"KL": [(p["labels"], p["kl"]) for p in pts if p.get("kl") is not None]},
+                            "KL to the initial policy vs labels", xlabel="labels", ylabel="nats / sequence"),
+                 line_chart({"accuracy": [(p["labels"], p["rm_accuracy"]) for p in pts if p.get("rm_accuracy") is not None]},
+                            "Ensemble accuracy on held-out pairs vs labels", xlabel="labels", ylabel="fraction", hline=0.5)]
+        unc = {k: [(r, outputs[(r, "select")][f"mean_uncertainty_{k}"]) for r in rounds
+                   if outputs.get((r, "select"), {}).get(f"mean_uncertainty_{k}") is not None] for k in ("selected", "all")}
+        if unc["all"]:
+            plots.append(line_chart(unc, "Uncertainty of the pairs sent to labelers", xlabel="round",
+                                    ylabel="ensemble variance"))
+        # the policy rounds one after another: steps counted across rounds
+        series: dict[str, list[tuple[float, float]]] = {"reward (ensemble mean)": [], "gold": []}
+        offset = 0
+        for r in rounds:
+            rows = _read_jsonl(out / f"round-{r}" / "policy" / "metrics.jsonl")
+            for row in rows:
+                for key, name in (("reward", "reward (ensemble mean)"), ("gold", "gold")):
+                    if key in row:
+                        series[name].append((offset + row["step"], row[key]))
+            offset += max((row.get("step", 0) for row in rows), default=0)
+        plots.append(line_chart(series, "Policy optimisation, all rounds", xlabel="step (all rounds)", ylabel="mean score"))
+        plots = [x for x in plots if x]
+        body.append("<h2>Curves</h2><div class=\"plots\">" + "".join(plots) + "</div>")
+    last = max((r for r in rounds if (out / f"round-{r}" / "labels" / "labels.jsonl").is_file()), default=None)
+    if last is not None:
+        labels = _read_jsonl(out / f"round-{last}" / "labels" / "labels.jsonl")[:12]
+        trs = [f'<tr><td class="prompt">{_prompt(x.get("prompt", ""))}</td><td>{_esc(x.get("chosen", ""))}</td>'
+               f'<td>{_esc(x.get("rejected", ""))}</td><td class="num">{_num(x.get("gold_chosen"))} / '
+               f'{_num(x.get("gold_rejected"))}</td></tr>' for x in labels]
+        body.append(f"<h2>Pairs labelled in round {last}</h2><table><tr><th>prompt</th><th>chosen</th>"
+                    "<th>rejected</th><th>gold chosen / rejected</th></tr>" + "".join(trs) + "</table>")
+    trs = []
+    for r in rounds:
+        for s in LOOP_STAGES:
+            x = rec[(r, s)]
+            if x:
+                trs.append(f"<tr><td>{r}</td><td>{s}</td><td>{_esc(x.get('status'))}</td>"
+                           f"<td class=\"num\">{_num(x.get('seconds'), 1)}</td><td class=\"num\">{x.get('runs', '')}</td></tr>")
+    if trs:
+        body.append("<h2>Stages</h2><table><tr><th>round</th><th>stage</th><th>status</th><th>seconds</th>"
+                    "<th>runs</th></tr>" + "".join(trs) + "</table>")
+    return _write_page(path, title, body)

@@ -28,8 +28,9 @@ settings and the fingerprints of what it reads (the previous round's policy and 
 round's labels ...), so a rerun skips every finished stage, continues an interrupted one in place
 (the recipes resume from their ``checkpoint-N``; the ensemble keeps its finished members; a
 store-labelled round finds its project and waits again) and nothing before it runs twice.
-``loop_state.json`` says where the loop is (round, stage, current policy) and ``curve.json`` holds
-gold score vs number of labels after every round. Raising ``rounds`` continues a finished loop.
+``loop_state.json`` says where the loop is (round, stage, current policy), ``curve.json`` holds
+gold score vs number of labels after every round, and ``report.html`` shows them (rewritten after
+every round; ``eval.report.render_loop_report``). Raising ``rounds`` continues a finished loop.
 
 KL anchor (``kl_anchor``): ``round`` (the default) regularises each round towards the policy it
 starts from (a trust region per round, as in iterated online RLHF where each round's policy is
@@ -48,6 +49,7 @@ import shutil
 import time
 from pathlib import Path
 
+from rlhfkit.eval.report import render_loop_report
 from rlhfkit.loop.config import LoopConfig, apply_quick
 from rlhfkit.pipeline.cache import fingerprint, run_stage, settings
 
@@ -450,9 +452,12 @@ def run(config: LoopConfig) -> dict:
         state.update(policy=loop.outputs[f"{r}/policy"]["model"], curve=curve, rounds_done=r)
         _write_state(out, state)
         (out / "curve.json").write_text(json.dumps(curve, indent=1), encoding="utf-8")
+        render_loop_report(out)
     state.update(status="done", stage="done", finished=time.time())
     _write_state(out, state)
     (out / "curve.json").write_text(json.dumps(curve, indent=1), encoding="utf-8")
+    render_loop_report(out)
+    print(f"loop: report {out / 'report.html'}")
     summary = {"name": config.name, "selection": config.selection, "seconds": round(time.perf_counter() - t0, 2),
                "ran": [k for k, v in records.items() if v["ran"]],
                "skipped": [k for k, v in records.items() if not v["ran"]],

@@ -19,9 +19,9 @@ from rlhfkit.recipes.common import save_final
 from rlhfkit.recipes.online import (OnlineConfig, SampleTable, generate, load_models, load_prompts, make_generator,
                                     maybe_checkpoint, optimizer_and_scheduler, policy_gradient_update, prompts_for_step,
                                     reference_logprobs, repeat_each, resume_state, rollout_metrics, score, sequence_kl,
-                                    setup_run, single_update, timer, out_of_time)
+                                    setup_run, single_update, timer, out_of_time, gathered, local_share)
 from rlhfkit.rewards import build_reward
-from rlhfkit.training.distributed import DistInfo
+from rlhfkit.training.distributed import cleanup
 from rlhfkit.training.logging import MetricsLogger, progress_bar
 
 
@@ -53,7 +53,7 @@ def advantages_for(scores: torch.Tensor, k: int, variant: str) -> torch.Tensor:
 
 
 def run(config: GRPOConfig) -> dict:
-    setup_run(config)
+    info = setup_run(config)
     k = config.num_generations
     prompts = load_prompts(config)
     reward = build_reward(config.reward, batch_size=config.reward_batch_size)
@@ -63,18 +63,20 @@ def run(config: GRPOConfig) -> dict:
     optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), config)
     modules = torch.nn.ModuleDict({"policy": policy})  # what a checkpoint holds
     start, state = resume_state(config, modules, optimizer, scheduler)
-    logger = MetricsLogger(config.output_dir, tensorboard=config.tensorboard, resume_step=start if state else None)
-    table = SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, start if state else None)
-    bar = progress_bar(config.max_steps, initial=start, desc="grpo")
+    logger = MetricsLogger(config.output_dir, enabled=info.is_main, tensorboard=config.tensorboard,
+                           resume_step=start if state else None)
+    table = SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, start if state else None,
+                        enabled=info.is_main)
+    bar = progress_bar(config.max_steps, initial=start, desc="grpo", enabled=info.is_main)
     metrics: dict = {}
     started = timer()
     for step in range(start, config.max_steps):
         t0 = timer()
-        # 1. rollout: each prompt k times, adjacent rows
-        step_prompts = prompts_for_step(prompts, step, config.batch_size // k, config.seed)
+        # 1. rollout: each prompt k times, adjacent rows (over several processes, each its share of the prompts)
+        step_prompts = local_share(prompts_for_step(prompts, step, config.batch_size // k, config.seed), info)
         # with one update per rollout the update pass supplies the behaviour log-probs (no extra pass)
         ro = generate(config, generator, policy, tokenizer, repeat_each(step_prompts, k), step,
-                      behaviour_logprobs=not single_update(config))
+                      behaviour_logprobs=not single_update(config), rank=info.rank)
         # 2. score and group-normalised advantages
         scores = score(reward, ro)
         advantages = advantages_for(scores, k, config.variant)
@@ -83,26 +85,27 @@ def run(config: GRPOConfig) -> dict:
         # 3. clipped surrogate + beta * k3 KL in the loss
         stats = policy_gradient_update(policy, ro, advantages, config, optimizer, scheduler, step,
                                        aggregation_for(config), ref_logprobs=ref_lp, kl_loss_coef=config.kl_coef,
-                                       fill_behaviour_logprobs=single_update(config))
+                                       fill_behaviour_logprobs=single_update(config), info=info)
         # 4. log, sample table, checkpoint
-        metrics = {**rollout_metrics(ro, scores, timer() - t0), **stats, "lr": scheduler.get_last_lr()[0]}
+        metrics = {**rollout_metrics(ro, scores, timer() - t0, info), **stats, "lr": scheduler.get_last_lr()[0]}
         columns = {"reward": scores, "advantage": advantages}
         if ref_lp is not None:
             seq_kl = sequence_kl(ro.logprobs, ref_lp, ro.response_mask)
-            metrics["kl"] = float(seq_kl.mean())
+            metrics["kl"] = float(gathered(seq_kl, info).mean())
             columns["kl"] = seq_kl
         if gold is not None:
             gold_scores = score(gold, ro)
-            metrics["gold"] = float(gold_scores.mean())
+            metrics["gold"] = float(gathered(gold_scores, info).mean())
             columns["gold"] = gold_scores
         logger.log(step + 1, metrics)
         table.maybe_write(step + 1, ro, columns)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}")
-        maybe_checkpoint(config, step + 1, modules, optimizer, scheduler, {})
-        if out_of_time(config, started):
+        maybe_checkpoint(config, step + 1, modules, optimizer, scheduler, {}, info)
+        if out_of_time(config, started, info):
             break
     bar.close()
     logger.close()
-    save_final(policy, tokenizer, config, metrics, DistInfo())
+    save_final(policy, tokenizer, config, metrics, info)
+    cleanup(info)
     return metrics

@@ -33,6 +33,7 @@ from rlhfkit.core.masking import masked_mean
 from rlhfkit.recipes.common import LoraConfig
 from rlhfkit.rollout import ENGINES, Rollout, SamplingConfig, make_sampler, response_logprobs, rollout, step_seed
 from rlhfkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhfkit.training.distributed import DistInfo, all_gather_rows, all_reduce_gradients, all_reduce_sum, barrier
 from rlhfkit.training.loop import (TrainingConfig, _kill_for_tests, adamw, build_scheduler,
                                   enable_gradient_checkpointing, epoch_order)
 
@@ -175,12 +176,24 @@ def single_update(config: OnlineConfig) -> bool:
 
 
 def generate(config: OnlineConfig, generator, policy, tokenizer, prompts: list[str], step: int,
-             behaviour_logprobs: bool = True) -> Rollout:
-    """One rollout of ``prompts`` sampled from the seed of (config.seed, step); without
-    ``behaviour_logprobs`` its ``logprobs`` stay zero until ``policy_gradient_update`` fills them."""
-    return rollout(generator, policy, tokenizer, prompts, seed=step_seed(config.seed, step),
+             behaviour_logprobs: bool = True, rank: int = 0) -> Rollout:
+    """One rollout of ``prompts`` sampled from the seed of (config.seed, step, rank) (rank 0's
+    is a single process's); without ``behaviour_logprobs`` its ``logprobs`` stay zero until
+    ``policy_gradient_update`` fills them."""
+    return rollout(generator, policy, tokenizer, prompts, seed=step_seed(config.seed, step, salt=RANK_SALT * rank),
                    max_prompt_length=config.max_prompt_length, chat_template=config.chat_template,
                    logprob_batch_size=config.micro_batch_size, behaviour_logprobs=behaviour_logprobs)
+
+
+RANK_SALT = 100_003  # separates the ranks' sampling seeds from the other salts of a step
+
+
+def local_share(items: list, info: DistInfo) -> list:
+    """This rank's consecutive share of a step's items (prompts: whole groups stay together)."""
+    if not info.enabled:
+        return items
+    n = len(items) // info.world_size
+    return items[info.rank * n:(info.rank + 1) * n]
 
 
 def micro_slices(n: int, size: int) -> list[slice]:
@@ -223,9 +236,12 @@ def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.
 
 
 # ---------------------------------------------------------------------------- loss aggregation
-def token_weights(mask: torch.Tensor, aggregation: str, max_new_tokens: int) -> torch.Tensor:
+def token_weights(mask: torch.Tensor, aggregation: str, max_new_tokens: int, n_sequences: int | None = None,
+                  n_tokens: float | None = None) -> torch.Tensor:
     """Per-token weights ``[B, R]`` such that ``sum(w * per_token_loss)`` over a minibatch of B
-    sequences is its loss; rows may then be split into micro-batches in any way.
+    sequences is its loss; rows may then be split into micro-batches in any way. Over several
+    processes each holds part of the minibatch: ``n_sequences`` / ``n_tokens`` are then the whole
+    minibatch's counts (default: this ``mask``'s), so the ranks' losses add up to the loss.
 
     - ``token``: ``1 / (valid tokens in the minibatch)`` (DAPO, Yu et al. 2025; TRL "dapo");
     - ``sequence``: ``1 / (len_i * B)``: each sequence's token mean, then the mean over
@@ -234,9 +250,9 @@ def token_weights(mask: torch.Tensor, aggregation: str, max_new_tokens: int) -> 
       Liu et al. 2025).
     """
     m = mask.bool().to(torch.float32)
-    B = m.shape[0]
+    B = m.shape[0] if n_sequences is None else n_sequences
     if aggregation == "token":
-        w = m / m.sum().clamp(min=1)
+        w = m / (m.sum() if n_tokens is None else torch.tensor(float(n_tokens))).clamp(min=1)
     elif aggregation == "sequence":
         w = m / (m.sum(1, keepdim=True).clamp(min=1) * B)
     elif aggregation == "constant":
@@ -264,7 +280,8 @@ def policy_gradient_update(policy, ro: Rollout, advantages, config: OnlineConfig
                            optimizer, scheduler, step: int, aggregation: str,
                            ref_logprobs: torch.Tensor | None = None, kl_loss_coef: float = 0.0,
                            extra_loss: Callable[[torch.Tensor, int], tuple[torch.Tensor, dict]] | None = None,
-                           params: list | None = None, fill_behaviour_logprobs: bool = False) -> dict:
+                           params: list | None = None, fill_behaviour_logprobs: bool = False,
+                           info: DistInfo | None = None) -> dict:
     """Clipped policy-gradient update on one rollout (GRPO / RLOO / REINFORCE).
 
     ``advantages``: ``[B]`` (one per sequence, broadcast to its tokens) or ``[B, R]``; or, with
@@ -278,7 +295,12 @@ def policy_gradient_update(policy, ro: Rollout, advantages, config: OnlineConfig
     adds a term per micro-batch (a learned baseline). ``fill_behaviour_logprobs`` (only with a
     single update, see ``single_update``): the rollout came without behaviour log-probs, and each
     micro-batch's detached log-probs become them (ratio 1), written into ``ro.logprobs``.
-    Returns mean statistics."""
+
+    Several processes (``info``): each holds its share of the step's rows and takes the same
+    local minibatch positions (the same shuffle seed on every rank); token weights use the
+    global minibatch's counts and the gradients are summed over ranks before clipping, so the
+    update is the global minibatch's, and every rank makes the same one. Returns mean
+    statistics (over all ranks)."""
     if fill_behaviour_logprobs and not single_update(config):
         raise ValueError("behaviour log-probs can come from the update pass only with one epoch and one minibatch")
     n = len(ro)
@@ -294,7 +316,9 @@ def policy_gradient_update(policy, ro: Rollout, advantages, config: OnlineConfig
     for epoch in range(config.ppo_epochs):
         for rows in minibatches(n, config, step, epoch):
             mask = ro.response_mask[rows]
-            weights = token_weights(mask, aggregation, config.max_new_tokens)
+            counts = all_reduce_sum(torch.tensor([float(len(rows)), float(mask.sum())]), info)
+            n_seq, n_tok = int(counts[0]), float(counts[1])
+            weights = token_weights(mask, aggregation, config.max_new_tokens, n_sequences=n_seq, n_tokens=n_tok)
             for s in micro_slices(len(rows), config.micro_batch_size):
                 r = rows[s]
                 m, w = ro.response_mask[r], weights[s]
@@ -311,16 +335,18 @@ def policy_gradient_update(policy, ro: Rollout, advantages, config: OnlineConfig
                     loss = loss + kl_loss_coef * torch.where(m, kl * w, torch.zeros_like(kl)).sum()
                     _acc(sums, "kl_loss_term", float(torch.where(m, kl * w, torch.zeros_like(kl)).sum().detach()))
                 if extra_loss is not None:
-                    extra, est = extra_loss(r, len(rows))
+                    extra, est = extra_loss(r, n_seq)
                     loss = loss + extra
                     for k, v in est.items():
                         _acc(sums, k, float(v))
                 loss.backward()
-                share = float(m.sum()) / max(float(mask.sum()), 1.0)  # token share of the minibatch
+                share = float(m.sum()) / max(n_tok, 1.0)  # token share of the (global) minibatch
                 _acc(sums, "loss", float(loss.detach()))
                 for k in ("clipfrac", "approx_kl", "ratio_mean"):
                     _acc(sums, k, float(st[k]) * share)
                 _acc(sums, "entropy", float(masked_mean(ent, m)) * share if m.any() else 0.0)
+            if info is not None and info.enabled:
+                all_reduce_gradients(params, info)
             gn = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm) if config.max_grad_norm > 0 else torch.tensor(0.0)
             optimizer.step()
             scheduler.step()
@@ -328,6 +354,10 @@ def policy_gradient_update(policy, ro: Rollout, advantages, config: OnlineConfig
             _acc(sums, "grad_norm", float(gn))
             n_updates += 1
     policy.eval()
+    if info is not None and info.enabled:  # each rank's sums are its share; grad_norm is the same on all
+        keys = sorted(k for k in sums if k != "grad_norm")
+        total = all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64), info)
+        sums.update({k: float(v) for k, v in zip(keys, total)})
     return {k: v / n_updates for k, v in sums.items()}
 
 
@@ -345,15 +375,19 @@ def _acc(d: dict, key: str, value: float) -> None:
 
 
 # ---------------------------------------------------------------------------- run bookkeeping
-def rollout_metrics(ro: Rollout, scores: torch.Tensor, seconds: float) -> dict:
-    lengths = ro.lengths.float()
+def rollout_metrics(ro: Rollout, scores: torch.Tensor, seconds: float, info: DistInfo | None = None) -> dict:
+    """Rollout statistics over the whole step (every rank's rows when ``info`` has several)."""
+    lengths, eos = ro.lengths.float(), ro.has_eos.float()
+    if info is not None and info.enabled:
+        lengths, eos, scores = (all_gather_rows(t, info) for t in (lengths, eos, scores.float()))
+        seconds = float(all_reduce_sum(seconds, info)) / info.world_size  # the ranks ran side by side
     return {
         "reward": float(scores.mean()),
         "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
         "response_length": float(lengths.mean()),
-        "eos_rate": float(ro.has_eos.float().mean()),
+        "eos_rate": float(eos.mean()),
         "tokens_per_s": float(lengths.sum()) / max(seconds, 1e-9),
-        "samples_per_s": len(ro) / max(seconds, 1e-9),
+        "samples_per_s": len(lengths) / max(seconds, 1e-9),
     }
 
 
@@ -366,21 +400,34 @@ def resume_state(config: OnlineConfig, modules: torch.nn.Module, optimizer, sche
     return int(state["step"]), state
 
 
-def maybe_checkpoint(config: OnlineConfig, step_done: int, modules, optimizer, scheduler, trainer_state: dict) -> None:
+def maybe_checkpoint(config: OnlineConfig, step_done: int, modules, optimizer, scheduler, trainer_state: dict,
+                     info: DistInfo | None = None) -> None:
     """Save every ``save_every`` steps (not at the end: the final model is saved instead), then
-    the SIGKILL test hook (training/loop.py)."""
+    the SIGKILL test hook (training/loop.py). Several processes: every rank holds the same
+    weights and optimiser state, rank 0 writes them and the others wait for it."""
     if config.save_every and step_done % config.save_every == 0 and step_done < config.max_steps:
-        save_checkpoint(config.output_dir, step_done, modules, optimizer, scheduler, trainer_state,
-                        keep_last=config.keep_checkpoints)
+        if info is None or info.is_main:
+            save_checkpoint(config.output_dir, step_done, modules, optimizer, scheduler, trainer_state,
+                            keep_last=config.keep_checkpoints)
+        if info is not None:
+            barrier(info)
     _kill_for_tests(step_done)
+
+
+def gathered(t: torch.Tensor, info: DistInfo | None) -> torch.Tensor:
+    """Every rank's rows of a per-sequence tensor (for metrics over the whole step)."""
+    return all_gather_rows(t, info) if info is not None and info.enabled else t
 
 
 class SampleTable:
     """Sample generations every N steps, appended to ``samples.jsonl`` and ``samples.md``.
     On resume from step S, rows written after S by the interrupted run are dropped."""
 
-    def __init__(self, output_dir: str | Path, every: int, rows: int, resume_step: int | None = None):
-        self.every, self.rows = every, rows
+    def __init__(self, output_dir: str | Path, every: int, rows: int, resume_step: int | None = None,
+                 enabled: bool = True):
+        self.every, self.rows = (every if enabled else 0), rows
+        if not enabled:  # a rank other than 0: rank 0 writes the table
+            return
         self.jsonl = Path(output_dir) / "samples.jsonl"
         self.md = Path(output_dir) / "samples.md"
         Path(output_dir).mkdir(parents=True, exist_ok=True)
@@ -425,24 +472,44 @@ class SampleTable:
         self._write_md(step, rows)
 
 
-def setup_run(config: OnlineConfig) -> None:
-    """One process (online recipes do not shard rollouts over ranks yet), threads, seed."""
+def setup_run(config: OnlineConfig) -> DistInfo:
+    """Threads, seed, and the process group when launched with several processes (torchrun /
+    accelerate launch; gloo, as the online recipes run on the CPU). Data parallel: every rank
+    holds the policy, rolls out its consecutive share of each step's prompts (whole groups) from
+    its own seed, and the gradients are summed over ranks (``policy_gradient_update``)."""
     from rlhfkit.recipes.common import set_threads
+    from rlhfkit.training.config import ConfigError
+    from rlhfkit.training.distributed import init_distributed
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("online RL recipes run in a single process for now (no torchrun)")
     set_threads(config.threads)
     torch.manual_seed(config.seed)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        prompts_per_step = config.batch_size // config.num_generations
+        if config.parallel != "ddp":
+            raise ConfigError(f"field 'parallel': online RL recipes replicate the policy on every process (ddp), "
+                             f"not {config.parallel!r}")
+        if prompts_per_step % world:
+            raise ConfigError(f"fields 'batch_size' / 'num_generations': {prompts_per_step} prompts per step do not "
+                             f"divide by {world} processes")
+        if (config.batch_size // world) % config.num_minibatches:
+            raise ConfigError(f"field 'num_minibatches': {config.batch_size // world} sequences per process do not "
+                             f"divide into {config.num_minibatches} minibatches")
+    return init_distributed("cpu")
 
 
 def timer() -> float:
     return time.perf_counter()
 
 
-def out_of_time(config: OnlineConfig, started: float) -> bool:
+def out_of_time(config: OnlineConfig, started: float, info: DistInfo | None = None) -> bool:
     """True once ``max_minutes`` (when set) have passed since ``started``: checked after a step is
-    logged and checkpointed, so the run always ends on a whole step."""
-    return config.max_minutes > 0 and timer() - started >= config.max_minutes * 60
+    logged and checkpointed, so the run always ends on a whole step (on every rank together:
+    rank 0's clock decides)."""
+    late = config.max_minutes > 0 and timer() - started >= config.max_minutes * 60
+    if info is not None and info.enabled:
+        late = bool(all_reduce_sum(float(late) if info.is_main else 0.0, info).item())
+    return late
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:

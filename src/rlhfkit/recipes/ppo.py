@@ -12,6 +12,7 @@ minibatches of clipped policy + clipped value loss -> KL controller update.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -100,6 +101,11 @@ def fit_reference_normaliser(config, generator, policy, tokenizer, prompts, rewa
 
 
 def run(config: PPOConfig) -> dict:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # before joining a process group: fail fast on every rank
+        from rlhfkit.training.config import ConfigError
+
+        raise ConfigError("ppo runs in one process for now (its value model, whitening and reward normaliser are not "
+                         "reduced over ranks yet); grpo, rloo and reinforce run data parallel under torchrun")
     setup_run(config)
     prompts = load_prompts(config)
     reward = build_reward(config.reward, batch_size=config.reward_batch_size)

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 import torch
 
 from rlhfkit.recipes.common import save_final
-from rlhfkit.recipes.online import (OnlineConfig, SampleTable, generate, kl_penalised_scores, load_models, load_prompts, make_generator,
+from rlhfkit.recipes.online import (OnlineConfig, gathered, local_share, SampleTable, generate, kl_penalised_scores, load_models, load_prompts, make_generator,
                                     maybe_checkpoint, optimizer_and_scheduler, policy_gradient_update, prompts_for_step,
                                     repeat_each, resume_state, rollout_metrics, score,
                                     setup_run, timer, out_of_time)
 from rlhfkit.rewards import build_reward
-from rlhfkit.training.distributed import DistInfo
+from rlhfkit.training.distributed import DistInfo, cleanup
 from rlhfkit.training.logging import MetricsLogger, progress_bar
 
 
@@ -41,9 +41,11 @@ class ReinforceConfig(OnlineConfig):
             raise ValueError(f"baseline must be running, learned or none, got {self.baseline!r}")
 
 
-def running_baseline_step(b: float, returns: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float]:
-    """``(advantages = R - b, new b = b + alpha * (mean R - b))``."""
-    return returns - b, b + alpha * (float(returns.mean()) - b)
+def running_baseline_step(b: float, returns: torch.Tensor, alpha: float,
+                          info: DistInfo | None = None) -> tuple[torch.Tensor, float]:
+    """``(advantages = R - b, new b = b + alpha * (mean R - b))``; the mean over the whole step
+    (every rank's rows when ``info`` has several), so every rank keeps the same baseline."""
+    return returns - b, b + alpha * (float(gathered(returns, info).mean()) - b)
 
 
 def prompt_values(value_model, ro, rows) -> torch.Tensor:
@@ -57,7 +59,7 @@ def prompt_values(value_model, ro, rows) -> torch.Tensor:
 def run(config: ReinforceConfig) -> dict:
     from rlhfkit.models import make_value_model
 
-    setup_run(config)
+    info = setup_run(config)
     k = config.num_generations
     prompts = load_prompts(config)
     reward = build_reward(config.reward, batch_size=config.reward_batch_size)
@@ -71,20 +73,22 @@ def run(config: ReinforceConfig) -> dict:
     optimizer, scheduler = optimizer_and_scheduler(params, config)
     start, state = resume_state(config, modules, optimizer, scheduler)
     b = float(state.get("baseline", 0.0))
-    logger = MetricsLogger(config.output_dir, tensorboard=config.tensorboard, resume_step=start if state else None)
-    table = SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, start if state else None)
-    bar = progress_bar(config.max_steps, initial=start, desc="reinforce")
+    logger = MetricsLogger(config.output_dir, enabled=info.is_main, tensorboard=config.tensorboard,
+                           resume_step=start if state else None)
+    table = SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, start if state else None,
+                        enabled=info.is_main)
+    bar = progress_bar(config.max_steps, initial=start, desc="reinforce", enabled=info.is_main)
     metrics: dict = {}
     started = timer()
     for step in range(start, config.max_steps):
         t0 = timer()
-        step_prompts = prompts_for_step(prompts, step, config.batch_size // k, config.seed)
-        ro = generate(config, generator, policy, tokenizer, repeat_each(step_prompts, k), step)
+        step_prompts = local_share(prompts_for_step(prompts, step, config.batch_size // k, config.seed), info)
+        ro = generate(config, generator, policy, tokenizer, repeat_each(step_prompts, k), step, rank=info.rank)
         scores = score(reward, ro)
         returns, columns = kl_penalised_scores(config, policy, reference, ro, scores)
         extra_loss = None
         if config.baseline == "running":
-            advantages, b = running_baseline_step(b, returns, config.baseline_alpha)
+            advantages, b = running_baseline_step(b, returns, config.baseline_alpha, info)
         elif config.baseline == "learned":
             value_model = modules["value"]
             with torch.no_grad():
@@ -98,22 +102,23 @@ def run(config: ReinforceConfig) -> dict:
             advantages = returns
         columns["advantage"] = advantages
         stats = policy_gradient_update(policy, ro, advantages, config, optimizer, scheduler, step,
-                                       config.loss_aggregation, extra_loss=extra_loss, params=params)
-        metrics = {**rollout_metrics(ro, scores, timer() - t0), **stats, "lr": scheduler.get_last_lr()[0],
-                   "rlhf_reward": float(returns.mean()), "baseline": b}
+                                       config.loss_aggregation, extra_loss=extra_loss, params=params, info=info)
+        metrics = {**rollout_metrics(ro, scores, timer() - t0, info), **stats, "lr": scheduler.get_last_lr()[0],
+                   "rlhf_reward": float(gathered(returns, info).mean()), "baseline": b}
         if "kl" in columns:
-            metrics["kl"] = float(columns["kl"].mean())
+            metrics["kl"] = float(gathered(columns["kl"], info).mean())
         if gold is not None:
             columns["gold"] = score(gold, ro)
-            metrics["gold"] = float(columns["gold"].mean())
+            metrics["gold"] = float(gathered(columns["gold"], info).mean())
         logger.log(step + 1, metrics)
         table.maybe_write(step + 1, ro, columns)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}")
-        maybe_checkpoint(config, step + 1, modules, optimizer, scheduler, {"baseline": b})
-        if out_of_time(config, started):
+        maybe_checkpoint(config, step + 1, modules, optimizer, scheduler, {"baseline": b}, info)
+        if out_of_time(config, started, info):
             break
     bar.close()
     logger.close()
-    save_final(policy, tokenizer, config, metrics, DistInfo())
+    save_final(policy, tokenizer, config, metrics, info)
+    cleanup(info)
     return metrics

@@ -15,13 +15,13 @@ import torch
 
 from rlhfkit.core.advantages import rloo_advantages
 from rlhfkit.recipes.common import save_final
-from rlhfkit.recipes.online import (OnlineConfig, SampleTable, fused_advantages_ok, generate, kl_penalised_scores,
+from rlhfkit.recipes.online import (OnlineConfig, gathered, local_share, SampleTable, fused_advantages_ok, generate, kl_penalised_scores,
                                     load_models, load_prompts, make_generator, maybe_checkpoint,
                                     optimizer_and_scheduler, policy_gradient_update, prompts_for_step,
                                     reference_logprobs, repeat_each, resume_state, rollout_metrics, score,
                                     sequence_kl, setup_run, timer, out_of_time)
 from rlhfkit.rewards import build_reward
-from rlhfkit.training.distributed import DistInfo
+from rlhfkit.training.distributed import DistInfo, cleanup
 from rlhfkit.training.logging import MetricsLogger, progress_bar
 
 
@@ -39,16 +39,18 @@ class RLOOConfig(OnlineConfig):
             raise ValueError("RLOO needs num_generations >= 2")
 
 
-def advantages_for(rewards: torch.Tensor, k: int, normalize: bool = False) -> torch.Tensor:
-    """``[B] -> [B]``: leave-one-out over each prompt's k adjacent samples (optionally whitened)."""
+def advantages_for(rewards: torch.Tensor, k: int, normalize: bool = False, info: DistInfo | None = None) -> torch.Tensor:
+    """``[B] -> [B]``: leave-one-out over each prompt's k adjacent samples (optionally whitened
+    with the mean and std of the whole step, every rank's rows when ``info`` has several)."""
     adv = rloo_advantages(rewards.view(-1, k)).reshape(-1)
     if normalize:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        whole = gathered(adv, info)
+        adv = (adv - whole.mean()) / (whole.std() + 1e-8)
     return adv
 
 
 def run(config: RLOOConfig) -> dict:
-    setup_run(config)
+    info = setup_run(config)
     k = config.num_generations
     prompts = load_prompts(config)
     reward = build_reward(config.reward, batch_size=config.reward_batch_size)
@@ -58,19 +60,21 @@ def run(config: RLOOConfig) -> dict:
     optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), config)
     modules = torch.nn.ModuleDict({"policy": policy})
     start, state = resume_state(config, modules, optimizer, scheduler)
-    logger = MetricsLogger(config.output_dir, tensorboard=config.tensorboard, resume_step=start if state else None)
-    table = SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, start if state else None)
-    bar = progress_bar(config.max_steps, initial=start, desc="rloo")
+    logger = MetricsLogger(config.output_dir, enabled=info.is_main, tensorboard=config.tensorboard,
+                           resume_step=start if state else None)
+    table = SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, start if state else None,
+                        enabled=info.is_main)
+    bar = progress_bar(config.max_steps, initial=start, desc="rloo", enabled=info.is_main)
     metrics: dict = {}
     started = timer()
     for step in range(start, config.max_steps):
         t0 = timer()
-        step_prompts = prompts_for_step(prompts, step, config.batch_size // k, config.seed)
+        step_prompts = local_share(prompts_for_step(prompts, step, config.batch_size // k, config.seed), info)
         # one update on whole groups, no batch whitening: the update pass supplies the behaviour
         # log-probs of the KL penalty (no separate forward pass; TRL makes one)
         fused = fused_advantages_ok(config, k) and not config.normalize_advantages
         ro = generate(config, generator, policy, tokenizer, repeat_each(step_prompts, k), step,
-                      behaviour_logprobs=not fused)
+                      behaviour_logprobs=not fused, rank=info.rank)
         scores = score(reward, ro)
         if fused:
             columns = {"reward": scores}
@@ -86,30 +90,31 @@ def run(config: RLOOConfig) -> dict:
                 return advantages[rows]
 
             stats = policy_gradient_update(policy, ro, group_advantages, config, optimizer, scheduler, step,
-                                           config.loss_aggregation, fill_behaviour_logprobs=True)
+                                           config.loss_aggregation, fill_behaviour_logprobs=True, info=info)
             if ref_lp is not None:
                 columns["kl"] = kl
         else:
             rewards, columns = kl_penalised_scores(config, policy, reference, ro, scores)  # KL penalty in the sequence reward
-            advantages = advantages_for(rewards, k, config.normalize_advantages)
+            advantages = advantages_for(rewards, k, config.normalize_advantages, info)
             stats = policy_gradient_update(policy, ro, advantages, config, optimizer, scheduler, step,
-                                           config.loss_aggregation)
+                                           config.loss_aggregation, info=info)
         columns["advantage"] = advantages
-        metrics = {**rollout_metrics(ro, scores, timer() - t0), **stats, "lr": scheduler.get_last_lr()[0],
-                   "rlhf_reward": float(rewards.mean())}
+        metrics = {**rollout_metrics(ro, scores, timer() - t0, info), **stats, "lr": scheduler.get_last_lr()[0],
+                   "rlhf_reward": float(gathered(rewards, info).mean())}
         if "kl" in columns:
-            metrics["kl"] = float(columns["kl"].mean())
+            metrics["kl"] = float(gathered(columns["kl"], info).mean())
         if gold is not None:
             columns["gold"] = score(gold, ro)
-            metrics["gold"] = float(columns["gold"].mean())
+            metrics["gold"] = float(gathered(columns["gold"], info).mean())
         logger.log(step + 1, metrics)
         table.maybe_write(step + 1, ro, columns)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}")
-        maybe_checkpoint(config, step + 1, modules, optimizer, scheduler, {})
-        if out_of_time(config, started):
+        maybe_checkpoint(config, step + 1, modules, optimizer, scheduler, {}, info)
+        if out_of_time(config, started, info):
             break
     bar.close()
     logger.close()
-    save_final(policy, tokenizer, config, metrics, DistInfo())
+    save_final(policy, tokenizer, config, metrics, info)
+    cleanup(info)
     return metrics

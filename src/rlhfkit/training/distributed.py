@@ -52,6 +52,57 @@ def all_reduce_sum(value: float | torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def all_gather_rows(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Every rank's ``t`` (the same shape on every rank) concatenated along dim 0 in rank order."""
+    if not info.enabled:
+        return t
+    parts = [torch.empty_like(t) for _ in range(info.world_size)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def all_reduce_gradients(params, info: DistInfo, bucket_elements: int = 1 << 24) -> None:
+    """Sum the gradients of ``params`` over ranks in place (buckets of flattened tensors, one
+    collective per bucket). For updates whose loss is already normalised by global counts, the
+    sum is the gradient of the whole global batch (DDP's mean would divide it by the world
+    size). A parameter without a gradient on this rank takes part with zeros, so every rank
+    reduces the same tensors in the same order."""
+    if not info.enabled:
+        return
+    grads = []
+    for p in params:
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    bucket: list[torch.Tensor] = []
+    size = 0
+
+    def flush():
+        if not bucket:
+            return
+        by_dtype: dict = {}
+        for g in bucket:
+            by_dtype.setdefault(g.dtype, []).append(g)
+        for group in by_dtype.values():
+            flat = torch.cat([g.reshape(-1) for g in group])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            offset = 0
+            for g in group:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
+        bucket.clear()
+
+    for g in grads:
+        bucket.append(g)
+        size += g.numel()
+        if size >= bucket_elements:
+            flush()
+            size = 0
+    flush()
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

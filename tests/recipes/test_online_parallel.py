@@ -1,0 +1,91 @@
+"""Online RL over several processes (torchrun, gloo): each rank rolls out its share of the prompts,
+the token weights use the whole minibatch's counts and the gradients are summed over ranks, so
+one update over two processes equals the same update in one; a two-process GRPO run resumes
+exactly after a SIGKILL; RLOO and REINFORCE run too; PPO says it does not yet."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import free_port, load_weights, run_cli
+from .test_online_recipes import args
+
+WORKER = Path(__file__).with_name("online_update_worker.py")
+
+
+def _update(policy, out: Path, aggregation: str, epochs: int, processes: int) -> tuple[dict, dict]:
+    out.mkdir(parents=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+               f"--master_port={free_port()}"] if processes > 1 else [sys.executable])
+    r = subprocess.run([*launch, str(WORKER), str(policy), str(out), aggregation, str(epochs)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return torch.load(out / "weights.pt"), json.loads((out / "stats.json").read_text())
+
+
+@pytest.mark.parametrize("aggregation,epochs", [("token", 1), ("sequence", 2), ("constant", 1)])
+def test_one_update_over_two_processes_equals_one_process(tmp_path, tiny_policy_dir, aggregation, epochs):
+    """8 rows, micro-batches of 3 (one process: 3+3+2; each of two: 3+1); with 2 epochs the second
+    one has ratios != 1 (clipping in play). Same weights, same statistics."""
+    one, s1 = _update(tiny_policy_dir, tmp_path / "one", aggregation, epochs, 1)
+    two, s2 = _update(tiny_policy_dir, tmp_path / "two", aggregation, epochs, 2)
+    assert (s1["rows"], s1["world_size"], s2["rows"], s2["world_size"]) == (8, 1, 4, 2)
+    start = load_weights(tiny_policy_dir)
+    assert any(not torch.equal(one[k], start[k]) for k in start if k in one)  # the update did something
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)
+    for key in ("loss", "clipfrac", "approx_kl", "entropy", "grad_norm"):
+        assert s2[key] == pytest.approx(s1[key], rel=1e-4, abs=1e-6), key
+
+
+def test_two_process_grpo_resumes_exactly_after_sigkill(tmp_path, tiny_policy_dir, prompt_file):
+    common = ["--max_steps", "4", "--save_every", "2", "--batch_size", "8", "--num_generations", "2",
+              "--micro_batch_size", "4", "--sample_every", "2"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    r = run_cli(args("grpo", tiny_policy_dir, prompt_file, straight, *common), torchrun=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(l) for l in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in rows] == [1, 2, 3, 4]  # rank 0 logs, once per step
+    assert rows[-1]["samples_per_s"] > 0 and (straight / "samples.jsonl").is_file()
+    r = run_cli(args("grpo", tiny_policy_dir, prompt_file, killed, *common), torchrun=2,
+                env_extra={"RLHFKIT_TEST_SIGKILL_AFTER_STEP": "3"})
+    assert r.returncode != 0 and (killed / "checkpoint-2").is_dir() and not (killed / "model").exists()
+    r = run_cli(args("grpo", tiny_policy_dir, prompt_file, killed, *common), torchrun=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = load_weights(straight / "model"), load_weights(killed / "model")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+    def untimed(out):
+        return [{k: v for k, v in json.loads(l).items() if not k.endswith("_per_s") and k != "time"}
+                for l in (out / "metrics.jsonl").read_text().splitlines()]
+
+    assert untimed(straight) == untimed(killed)
+
+
+@pytest.mark.parametrize("algo,extra", [("rloo", ["--num_generations", "2", "--normalize_advantages", "true"]),
+                                        ("reinforce", ["--baseline", "learned"]),
+                                        ("reinforce", ["--baseline", "running", "--num_minibatches", "2", "--micro_batch_size", "2"])])
+def test_rloo_and_reinforce_run_over_two_processes(tmp_path, tiny_policy_dir, prompt_file, algo, extra):
+    out = tmp_path / algo
+    r = run_cli(args(algo, tiny_policy_dir, prompt_file, out, "--max_steps", "2", "--batch_size", "8", *extra),
+                torchrun=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in rows] == [1, 2] and (out / "model" / "model.safetensors").is_file()
+
+
+def test_ppo_says_it_runs_in_one_process(tmp_path, tiny_policy_dir, prompt_file):
+    r = run_cli(args("ppo", tiny_policy_dir, prompt_file, tmp_path / "ppo", "--max_steps", "1"), torchrun=2)
+    assert r.returncode != 0 and "ppo runs in one process" in r.stderr
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, tiny_policy_dir, prompt_file):
+    r = run_cli(args("grpo", tiny_policy_dir, prompt_file, tmp_path / "g", "--max_steps", "1", "--batch_size", "12", "--micro_batch_size", "4",
+                     "--num_generations", "4"), torchrun=2)
+    assert r.returncode != 0 and "3 prompts per step do not divide by 2 processes" in r.stderr

@@ -249,3 +249,26 @@ def test_heldout_pairs_are_every_gold_ordered_pair_of_the_samples(tmp_path, loop
     sr = gold([x["prompt"] for x in pairs], [x["rejected"] for x in pairs])
     assert bool((sc > sr).all())
     assert json.loads((out / "setup" / "stage.json").read_text())["outputs"]["heldout_pairs"] == len(pairs)
+
+
+def test_an_existing_project_of_an_earlier_selection_is_refused(tmp_path):
+    """A restart finds its round's project again; a project of that name made for other pairs
+    (settings changed since) or another overlap is not taken for this round's."""
+    from rlhfkit.feedback import db
+    from rlhfkit.loop.labelers import ensure_project
+
+    store = db.Store(str(tmp_path / "fb.db"))
+    try:
+        items = [{"id": "r2-p5", "prompt": "the film", "responses": ["was good", "was bad"]},
+                 {"id": "r2-p9", "prompt": "a story", "responses": ["of love", "of hate"]}]
+        pid = ensure_project(store, "loop-round-2", items, overlap=1)
+        assert ensure_project(store, "loop-round-2", list(reversed(items)), overlap=1) == pid
+        other = [items[0], {**items[1], "responses": ["of love", "of war"]}]
+        with pytest.raises(ValueError, match="exists with other items or overlap"):
+            ensure_project(store, "loop-round-2", other, overlap=1)
+        with pytest.raises(ValueError, match="exists with other items or overlap"):
+            ensure_project(store, "loop-round-2", items, overlap=2)
+        with pytest.raises(ValueError, match="exists with other items or overlap"):
+            ensure_project(store, "loop-round-2", items[:1], overlap=1)
+    finally:
+        store.close()

@@ -50,6 +50,31 @@ def test_second_run_skips_every_stage_and_a_change_reruns_only_downstream(tmp_pa
     assert res["summary"]["ran"] == ["eval", "report"]
 
 
+def test_editing_a_data_file_in_place_reruns_the_stages_that_read_it(tmp_path, pipeline_data):
+    """Fingerprints carry what a path-valued setting holds, not only its name: new demonstrations
+    in the same SFT file rerun SFT and everything after it, not init."""
+    import shutil
+
+    data = {k: tmp_path / v.name for k, v in pipeline_data.items()}
+    for k, v in pipeline_data.items():
+        shutil.copy(v, data[k])
+    out = tmp_path / "run"
+    run_pipeline(tiny_config(out, data, run_sft=True))
+    with open(data["demos"], "a", encoding="utf-8") as f:
+        f.write(json.dumps({"prompt": "a new demonstration", "completion": " of something else ."}) + "\n")
+    res = run_pipeline(tiny_config(out, data, run_sft=True))
+    assert res["summary"]["skipped"] == ["init"] and res["summary"]["ran"][0] == "sft"
+
+
+def test_eval_every_counts_when_it_chooses_the_kept_weights():
+    from rlhfkit.pipeline.cache import settings
+
+    base = {"learning_rate": 1e-4, "eval_every": 10, "best_metric": ""}
+    assert settings(base) == settings({**base, "eval_every": 50})  # only how often it is looked at
+    chosen = {**base, "best_metric": "eval_accuracy"}
+    assert settings(chosen) != settings({**chosen, "eval_every": 50})  # which checkpoints compete
+
+
 def test_resume_after_a_stage_raises(tmp_path, pipeline_data, monkeypatch):
     out = tmp_path / "run"
 

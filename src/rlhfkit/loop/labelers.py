@@ -35,7 +35,10 @@ def simulated_labels(prompts: Sequence[str], first: Sequence[str], second: Seque
 
 def ensure_project(store, name: str, items: list[dict], overlap: int = 1, instructions: str = "") -> int:
     """The id of pairwise project ``name``, created with ``items`` (``prompt``, ``responses``,
-    ``id``) in one transaction if it does not exist yet (so a restart never adds items twice)."""
+    ``id``) in one transaction if it does not exist yet (so a restart never adds items twice).
+    A project of that name must hold exactly these items with this overlap: one made for an
+    earlier selection (settings changed since) would otherwise be waited on and exported as if
+    it were this one; that is refused with what to do."""
     from sqlalchemy import insert, select
 
     from rlhfkit.feedback import db
@@ -43,11 +46,22 @@ def ensure_project(store, name: str, items: list[dict], overlap: int = 1, instru
     from rlhfkit.feedback.tasks import parse_item
 
     parsed = [parse_item(it, "pairwise") for it in items]
+    wanted = sorted((str(it["id"]), it["prompt"], tuple(it["responses"])) for it in items)
 
     def job(conn):
-        pid = conn.execute(select(db.projects.c.id).where(db.projects.c.name == name)).scalar()
-        if pid is not None:
-            return int(pid)
+        proj = conn.execute(select(db.projects.c.id, db.projects.c.overlap)
+                            .where(db.projects.c.name == name)).first()
+        if proj is not None:
+            have = sorted((str(r.external_id), r.prompt, tuple(x["text"] for x in r.responses)) for r in conn.execute(
+                select(db.items.c.external_id, db.items.c.prompt, db.items.c.responses)
+                .where(db.items.c.project_id == proj.id, db.items.c.is_gold.is_(False))))
+            if have != wanted or int(proj.overlap) != overlap:
+                from rlhfkit.training.config import ConfigError
+
+                raise ConfigError(f"feedback project {name!r} exists with other items or overlap (made for an earlier "
+                                 f"selection, before settings changed): rename or delete it, or set project_prefix "
+                                 f"to start new projects")
+            return int(proj.id)
         pid = int(conn.execute(insert(db.projects).values(
             name=name, task_type="pairwise", instructions=instructions, overlap=overlap, gold_rate=0.0,
             scale_min=1, scale_max=7, active=True, n_items=0, n_labels=0,

@@ -51,7 +51,7 @@ from pathlib import Path
 
 from rlhfkit.eval.report import render_loop_report
 from rlhfkit.loop.config import LoopConfig, apply_quick
-from rlhfkit.pipeline.cache import fingerprint, run_stage, settings
+from rlhfkit.pipeline.cache import fingerprint, run_stage, settings, with_content
 
 __all__ = ["LoopConfig", "run", "share_first_round", "ROUND_STAGES"]
 
@@ -431,8 +431,8 @@ def run(config: LoopConfig) -> dict:
         records[key] = rec
         return rec
 
-    own = {"init": settings(config.init) if config.init.kind == "tiny" else {"model": config.init.model},
-           "prompts": config.prompts, "prompt_words": config.prompt_words, "n_eval_prompts": config.n_eval_prompts,
+    own = {"init": settings(config.init) if config.init.kind == "tiny" else {"model": with_content(config.init.model)},
+           "prompts": with_content(config.prompts), "prompt_words": config.prompt_words, "n_eval_prompts": config.n_eval_prompts,
            "max_train_prompts": config.max_train_prompts, "seed": config.seed, "gold": config.gold,
            "eval_samples": config.eval_samples, "max_new_tokens": config.max_new_tokens,
            "temperature": config.temperature}

@@ -31,9 +31,44 @@ RUN_ONLY_FIELDS = {"output_dir", "output", "resume", "save_every", "keep_checkpo
 
 
 def settings(section: Any, wired: set[str] = frozenset()) -> dict:
-    """The JSON-able settings of a config section that its result depends on."""
+    """The JSON-able settings of a config section that its result depends on. A value naming a
+    file or folder that exists also carries what is in it (``content_token``), so editing a
+    prompt or data file reruns the stages that read it. ``eval_every`` counts when
+    ``best_metric`` is set (it decides which evaluations the kept weights are chosen from)."""
     d = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
-    return {k: v for k, v in d.items() if k not in RUN_ONLY_FIELDS and k not in wired}
+    run_only = RUN_ONLY_FIELDS - ({"eval_every"} if d.get("best_metric") else set())
+    out = {}
+    for k, v in d.items():
+        if k in run_only or k in wired:
+            continue
+        out[k] = with_content(v)
+    return out
+
+
+def with_content(value: Any) -> Any:
+    """``value``, or ``{"value", "content"}`` when it names an existing file or folder."""
+    token = content_token(value) if isinstance(value, str) and value else None
+    return {"value": value, "content": token} if token else value
+
+
+CONTENT_HASH_LIMIT = 64 << 20  # larger files (model weights) are known by size and modification time
+
+
+def content_token(value: str) -> str | None:
+    """What a path-valued setting holds: a file's SHA-256 (size and mtime above 64 MB), a
+    folder's list of files with sizes and mtimes; None when ``value`` names no file or folder."""
+    try:
+        path = Path(value)
+        if path.is_file():
+            st = path.stat()
+            return file_digest(path) if st.st_size <= CONTENT_HASH_LIMIT else f"size {st.st_size} mtime {st.st_mtime_ns}"
+        if path.is_dir():
+            entries = sorted((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+                             for f in path.rglob("*") if f.is_file())
+            return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+    except (OSError, ValueError):  # a name too long to be a path, a file gone while listed
+        return None
+    return None
 
 
 def fingerprint(stage: str, own: Any, inputs: dict[str, str]) -> str:
@@ -82,13 +117,13 @@ def run_stage(name: str, stage_dir: Path, fp: str, fn: Callable[[Path], dict], f
                              "started": started})
     log(f"pipeline: {name}: {'resuming' if resuming else 'running'} (fingerprint {fp[:12]})")
     outputs = fn(stage_dir)
-    if clean_checkpoints:  # they only serve resuming this stage, which is now done
-        for ckpt in stage_dir.glob("checkpoint-*"):
-            if ckpt.is_dir():
-                shutil.rmtree(ckpt)
     finished = time.time()
     record = {"stage": name, "status": "done", "fingerprint": fp, "runs": runs, "started": started,
               "finished": finished, "seconds": round(finished - started, 2), "resumed": resuming,
               "outputs": outputs}
-    write_record(stage_dir, record)
+    write_record(stage_dir, record)  # first: a kill before the clean-up below costs nothing
+    if clean_checkpoints:  # they only serve resuming this stage, which is now done
+        for ckpt in stage_dir.glob("checkpoint-*"):
+            if ckpt.is_dir():
+                shutil.rmtree(ckpt, ignore_errors=True)
     return {**record, "ran": True}

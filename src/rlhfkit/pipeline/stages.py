@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.pipeline.cache import file_digest, settings
+from rlhfkit.pipeline.cache import file_digest, settings, with_content
 
 STAGES = ("init", "sft", "feedback", "reward", "policy", "eval", "report")
 
@@ -86,9 +86,9 @@ def stage_inputs(ctx: Context, stage: str) -> tuple[Any, dict[str, str]]:
     if stage == "init":
         own = settings(c.init)
         if c.init.kind == "tiny":
-            own["corpus"] = [c.feedback.prompts, c.feedback.prompt_words]
+            own["corpus"] = with_content(c.feedback.prompts)  # stage_init's tokenizer corpus
         else:
-            own = {"kind": c.init.kind, "model": c.init.model}
+            own = {"kind": c.init.kind, "model": with_content(c.init.model)}
         return own, {}
     if stage == "sft":
         return settings(c.sft, WIRED["sft"]), {"init": fps["init"]}

@@ -221,3 +221,27 @@ def test_simulated_rankings_expand_to_all_pairs_and_hold_out_whole_prompts(tmp_p
     config.feedback.num_candidates = 1  # no pair to judge: refused when the config is checked
     with pytest.raises(ValueError, match="feedback.num_candidates"):
         config.validate()
+
+
+def test_dataset_pairs_are_held_out_by_prompt(tmp_path, pipeline_data):
+    """Imported pairs with repeated prompts (one pair labelled by three people, exported a record
+    per label): no held-out pair shares its prompt, and so no pair, with the training pairs."""
+    from rlhfkit.pipeline.config import apply_quick
+    from rlhfkit.pipeline.stages import Context
+
+    rows = [{"prompt": f"question {i}", "chosen": f"good answer {i}", "rejected": f"bad answer {i}"}
+            for i in range(40) for _ in range(3)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = tiny_config(tmp_path / "run", pipeline_data, **{"feedback.source": "dataset", "feedback.data": str(data),
+                                                             "feedback.max_pairs": 0, "feedback.prompts": ""})
+    apply_quick(config)
+    config.feedback.max_pairs = 0
+    ctx = Context(config=config, out=tmp_path / "run")
+    ctx.dir("feedback").mkdir(parents=True)
+    out = stages.RUNNERS["feedback"](ctx, ctx.dir("feedback"))
+    train = [json.loads(l) for l in (ctx.dir("feedback") / "pairs.jsonl").read_text().splitlines()]
+    held = [json.loads(l) for l in (ctx.dir("feedback") / "heldout_pairs.jsonl").read_text().splitlines()]
+    assert out["pairs"] + out["heldout_pairs"] == 120 and held
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
+    assert all(sum(r["prompt"] == p for r in held) == 3 for p in {r["prompt"] for r in held})

@@ -57,6 +57,9 @@ def test_models_and_completion_schema(served, tiny_chat):
     ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages"),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}, 400, "temperature"),
     ({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-9"}, 404, "model"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, 400, "messages"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]}, 400, "messages"),
+    ({"messages": [{"role": "user", "content": "hi"}] * 513}, 400, "messages"),
 ])
 def test_errors_have_openai_shape(served, payload, status, param):
     client, _, _ = served
@@ -124,3 +127,52 @@ def test_api_key_and_no_store(tiny_chat):
         r = client.post("/v1/feedback", json={"completion_id": "x", "thumbs": "up"}, headers=auth)
         assert r.status_code == 503
         assert client.get("/health").status_code == 200
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read_whole(tiny_chat, tmp_path):
+    log = FeedbackLog(str(tmp_path / "fb.db"))
+    with TestClient(create_app(tiny_chat, log, max_request_bytes=10_000)) as client:
+        big = {"messages": [{"role": "user", "content": "x" * 20_000}], "max_tokens": 2}
+        r = client.post("/v1/chat/completions", json=big)
+        assert r.status_code == 413 and "10000 bytes" in r.json()["error"]["message"]
+        chunked = client.post("/v1/chat/completions", content=iter([b'{"messages": "' + b"x" * 6_000, b"x" * 6_000 + b'"}']),
+                              headers={"content-type": "application/json"})  # no content-length: counted as read
+        assert chunked.status_code == 413
+        ok = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert ok.status_code == 200
+    assert log.completion(ok.json()["id"]) is not None
+
+
+def test_a_template_that_refuses_the_messages_is_a_400(tiny_chat_dir):
+    """A chat template with no place for a system turn (as Gemma's) raises; that is the request's
+    fault, answered 400 with the template's words, not a 500."""
+    from rlhfkit.serve.engine import ChatModel
+
+    chat = ChatModel.load(str(tiny_chat_dir), name="strict", max_new_tokens=2)
+    chat.tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                                    "{{ raise_exception('System role not supported') }}{% endif %}"
+                                    "{{ m['content'] }}{% endfor %}")
+    with TestClient(create_app(chat, None)) as client:
+        r = client.post("/v1/chat/completions", json={"messages": [{"role": "system", "content": "be nice"},
+                                                                  {"role": "user", "content": "hi"}]})
+        assert r.status_code == 400 and "System role not supported" in r.json()["error"]["message"]
+        assert client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+
+
+def test_end_user_names_share_one_account_and_one_verdict_per_completion(served):
+    """``user`` is the caller's claim: it is kept with the verdict but names no account, so a
+    caller cannot stack votes on a completion or create accounts by the thousand."""
+    from sqlalchemy import func, select
+
+    from rlhfkit.feedback import db as fdb
+
+    client, _, log = served
+    c = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).json()
+    for name in ("a", "b", "c"):
+        assert client.post("/v1/feedback", json={"completion_id": c["id"], "thumbs": "up", "user": name}).status_code == 200
+    assert client.post("/v1/feedback", json={"completion_id": c["id"], "thumbs": "up", "user": 5}).status_code == 422
+    item = log.completion(c["id"])
+    with log.store.read() as conn:
+        payloads = [r.payload for r in conn.execute(select(fdb.labels.c.payload).where(fdb.labels.c.item_id == item["id"]))]
+        users = conn.execute(select(func.count()).select_from(fdb.users).where(fdb.users.c.username.like("enduser%"))).scalar()
+    assert payloads == [{"label": True, "end_user": "c"}] and users == 1

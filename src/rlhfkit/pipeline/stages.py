@@ -223,7 +223,6 @@ def _split_prompts(pool: list[str], fb) -> tuple[list[str], list[str]]:
 
 def stage_feedback(ctx: Context, d: Path) -> dict:
     from rlhfkit.data import write_jsonl
-    from rlhfkit.recipes.common import split_holdout
 
     fb = ctx.config.feedback
     stats: dict = {"source": fb.source}
@@ -232,12 +231,7 @@ def stage_feedback(ctx: Context, d: Path) -> dict:
         train_prompts, eval_prompts = _split_prompts(pool, fb)
         pairs, sim = simulate_labels(ctx, d, train_prompts[:fb.n_label_prompts])
         stats.update(sim)
-        # split by prompt: with several pairs per prompt, a held-out pair must not share its
-        # prompt (and so one of its responses) with a training pair
-        _, held_prompts = split_holdout(list(dict.fromkeys(p.prompt for p in pairs)), fb.eval_fraction, fb.seed)
-        held_set = set(held_prompts)
-        train_pairs = [p for p in pairs if p.prompt not in held_set]
-        held_pairs = [p for p in pairs if p.prompt in held_set]
+        train_pairs, held_pairs = split_by_prompt(pairs, fb.eval_fraction, fb.seed)
     else:
         if fb.source == "dataset":
             from rlhfkit.recipes.common import load_training_records
@@ -249,7 +243,7 @@ def stage_feedback(ctx: Context, d: Path) -> dict:
             keep = sorted(random.Random(fb.seed).sample(range(len(pairs)), fb.max_pairs))
             pairs = [pairs[i] for i in keep]
         train_prompts = eval_prompts = None
-        train_pairs, held_pairs = split_holdout(pairs, fb.eval_fraction, fb.seed)
+        train_pairs, held_pairs = split_by_prompt(pairs, fb.eval_fraction, fb.seed)
     if train_prompts is None:
         if fb.prompts:
             train_prompts, eval_prompts = _split_prompts(_prompt_pool(fb), fb)
@@ -269,6 +263,17 @@ def stage_feedback(ctx: Context, d: Path) -> dict:
                   "eval_prompts": len(eval_prompts)})
     print(f"pipeline: feedback: {json.dumps(stats)}")
     return stats
+
+
+def split_by_prompt(pairs: list, fraction: float, seed: int) -> tuple[list, list]:
+    """``(train, held-out)`` pairs, whole prompts held out: with several pairs per prompt (K-way
+    rankings, or one pair labelled by several people in the app) a held-out pair must not share
+    its prompt, and so a response or the very same pair, with a training pair."""
+    from rlhfkit.recipes.common import split_holdout
+
+    _, held_prompts = split_holdout(list(dict.fromkeys(p.prompt for p in pairs)), fraction, seed)
+    held = set(held_prompts)
+    return [p for p in pairs if p.prompt not in held], [p for p in pairs if p.prompt in held]
 
 
 def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, dict]:

@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from .engine import ChatModel, new_completion_id, validate_messages
+from .engine import ChatModel, PromptError, new_completion_id, validate_messages
 from .store import FeedbackError, FeedbackLog
 
 __all__ = ["create_app"]
@@ -45,10 +45,15 @@ def _num(body: dict, key: str, kind: type, lo: float, hi: float):
     return kind(v)
 
 
+MAX_MESSAGES = 512
+
+
 def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: str | None = None,
-               max_tokens_limit: int = 2048) -> FastAPI:
+               max_tokens_limit: int = 2048, max_request_bytes: int = 1_000_000) -> FastAPI:
     """The server for ``chat``; completions and feedback go to ``feedback`` when given (else the
-    feedback endpoint answers 503)."""
+    feedback endpoint answers 503). A request body over ``max_request_bytes`` is answered 413
+    (every served conversation is stored with its completion, so the store grows by at most that
+    much per request), a conversation of more than ``MAX_MESSAGES`` messages 400."""
     import contextlib
 
     @contextlib.asynccontextmanager
@@ -70,12 +75,30 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
                 return _error(401, "invalid API key", "authentication_error")
         return await call_next(request)
 
+    class TooLarge(Exception):
+        pass
+
     async def _json(request: Request) -> dict | None:
+        """The JSON object of the body (None if it is not one); ``TooLarge`` past the limit,
+        read in chunks so a huge body is never held whole."""
+        import json
+
+        if int(request.headers.get("content-length") or 0) > max_request_bytes:
+            raise TooLarge()
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > max_request_bytes:
+                raise TooLarge()
         try:
-            body = await request.json()
-        except Exception:  # noqa: BLE001 - malformed JSON
+            body = json.loads(bytes(data))
+        except ValueError:  # malformed JSON or text
             return None
         return body if isinstance(body, dict) else None
+
+    @app.exception_handler(TooLarge)
+    async def _too_large(_request: Request, _exc: TooLarge):
+        return _error(413, f"the request body is larger than {max_request_bytes} bytes")
 
     @app.get("/health")
     def health():
@@ -103,6 +126,8 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
             messages = validate_messages(body.get("messages"))
         except ValueError as e:
             return _error(400, str(e), param="messages")
+        if len(messages) > MAX_MESSAGES:
+            return _error(400, f"at most {MAX_MESSAGES} messages per request", param="messages")
         try:
             max_tokens = _num(body, "max_completion_tokens", int, 1, max_tokens_limit)
             if max_tokens is None:
@@ -134,7 +159,10 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
             }
         from starlette.concurrency import run_in_threadpool
 
-        return await run_in_threadpool(work)
+        try:
+            return await run_in_threadpool(work)
+        except PromptError as e:
+            return _error(400, str(e), param="messages")
 
     @app.post("/v1/feedback")
     async def post_feedback(request: Request):

@@ -25,6 +25,8 @@ class ServeConfig(_ModelFields):
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     port: int = field(default=8080, metadata={"help": "port to listen on"})
     api_key: str = field(default="", metadata={"help": "require Authorization: Bearer KEY (default: $RLHFKIT_API_KEY, empty = open)"})
+    max_request_kb: int = field(default=1000, metadata={"help": "larger request bodies are refused (413); every served "
+                                                                 "conversation is stored with its completion"})
     log_level: str = field(default="warning", metadata={"help": "uvicorn log level"})
 
 
@@ -54,7 +56,8 @@ def run_serve(c: ServeConfig) -> None:
     from .app import create_app
 
     chat, feedback = _load(c)
-    app = create_app(chat, feedback, api_key=c.api_key or os.environ.get("RLHFKIT_API_KEY") or None)
+    app = create_app(chat, feedback, api_key=c.api_key or os.environ.get("RLHFKIT_API_KEY") or None,
+                     max_request_bytes=c.max_request_kb * 1000)
     print(f"rlhfkit serve: {chat.name} on http://{c.host}:{c.port}/v1 (feedback: {c.db or 'off'})", flush=True)
     uvicorn.run(app, host=c.host, port=c.port, log_level=c.log_level)
 

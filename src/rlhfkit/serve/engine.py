@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["ChatModel", "Completion", "render_messages"]
+__all__ = ["ChatModel", "Completion", "PromptError", "render_messages"]
 
 ROLES = ("system", "user", "assistant")
 _NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -29,11 +29,19 @@ class Completion:
     completion_tokens: int
 
 
+class PromptError(ValueError):
+    """Messages the model's chat template refuses (e.g. a system turn a template has no place for)."""
+
+
 def render_messages(messages: Sequence[dict], tokenizer: Any) -> list[int]:
-    """Token ids of the conversation ready for the assistant's turn."""
+    """Token ids of the conversation ready for the assistant's turn; ``PromptError`` when the
+    tokenizer's chat template refuses the conversation."""
     msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        try:
+            text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # noqa: BLE001 - jinja2's TemplateError and templates' raise_exception
+            raise PromptError(f"the model's chat template refused these messages: {e}") from None
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
         text = "\n\n".join(f"{_NAMES[m['role']]}: {m['content']}" for m in msgs) + "\n\nAssistant:"
@@ -58,7 +66,10 @@ def validate_messages(messages: Any) -> list[dict]:
         if role not in ROLES:
             raise ValueError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}")
         if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            if not all(isinstance(t, str) for t in texts):
+                raise ValueError(f"messages[{i}].content: every text part needs a string 'text'")
+            content = "".join(texts)
         if not isinstance(content, str):
             raise ValueError(f"messages[{i}].content must be a string")
         out.append({"role": role, "content": content})

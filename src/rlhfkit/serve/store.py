@@ -8,13 +8,16 @@ model name and ``external_id = completion_id``. Feedback then becomes an ordinar
   serve-thumbs --kind thumbs`` gives ``ThumbsRecord`` JSONL (KTO / binary reward-model data);
 - ``rating`` 1-7 -> the item is copied into ``{prefix}-ratings`` (a rating project, scale 1-7) and
   rated there: ``--kind ratings`` gives ``RatingRecord`` JSONL;
-- ``comment`` is kept in the label's payload (``payload["comment"]``) next to the verdict.
+- ``comment`` is kept in the label's payload (``payload["comment"]``) next to the verdict, and
+  the caller's ``user`` string (OpenAI's end-user id) as ``payload["end_user"]``.
 
 Both projects are created inactive, so the app's labelling queue never hands end-user traffic to
 labelers; their dashboards and exports work as for any project. Labels are written for one
-labeler account per end user (``enduser`` by default, or ``enduser:<user>``; created with a random
-password nobody knows). Giving feedback again on the same completion replaces the earlier verdict
-(people change their minds). Only public pieces of ``rlhfkit.feedback`` are used: the store and its
+labeler account, ``enduser`` (created with a random password nobody knows): a completion was
+served to one caller, so it holds at most one verdict of each kind, and giving feedback again on
+it replaces the earlier one (people change their minds). The ``user`` string is the caller's
+claim, so it names no account: one account per claimed name would let a caller stack votes on a
+completion and grow the users table without bound. Only public pieces of ``rlhfkit.feedback`` are used: the store and its
 tables, ``tasks.parse_item``, ``queue.add_items`` / ``queue.submit_label`` and ``auth.create_user``.
 """
 from __future__ import annotations
@@ -72,13 +75,13 @@ class FeedbackLog:
                 created_at=time.time())).inserted_primary_key[0])
         return out
 
-    def _user_id(self, conn, user: str | None) -> int:
+    def _user_id(self, conn) -> int:
         from sqlalchemy import select
 
         from rlhfkit.feedback import db
         from rlhfkit.feedback.auth import create_user
 
-        name = "enduser" if not user else f"enduser:{str(user)[:55]}"
+        name = "enduser"
         uid = conn.execute(select(db.users.c.id).where(db.users.c.username == name)).scalar()
         if uid is None:  # an account nobody can log into (random password, never shown)
             uid = create_user(conn, name, secrets.token_urlsafe(24), "labeler")
@@ -117,7 +120,7 @@ class FeedbackLog:
             return self._item(conn, self._pids["thumbs"], completion_id)
 
     # ------------------------------------------------------------------ feedback
-    def _label(self, conn, project_id: int, item: dict, user_id: int, body: dict, comment: str | None) -> int:
+    def _label(self, conn, project_id: int, item: dict, user_id: int, body: dict, extra: dict) -> int:
         from sqlalchemy import insert, select, update
 
         from rlhfkit.feedback import db
@@ -127,9 +130,7 @@ class FeedbackLog:
         A, L = db.assignments, db.labels
         prev = conn.execute(select(L.c.id).where(L.c.item_id == item["id"], L.c.user_id == user_id)).scalar()
         if prev is not None:  # a changed mind: replace the verdict
-            payload = canonical_label(item["task_type"], body, [0], self.scale)
-            if comment:
-                payload["comment"] = comment
+            payload = {**canonical_label(item["task_type"], body, [0], self.scale), **extra}
             conn.execute(update(L).where(L.c.id == prev).values(payload=payload, created_at=time.time()))
             return int(prev)
         t = time.time()
@@ -138,9 +139,9 @@ class FeedbackLog:
                   .inserted_primary_key[0])
         conn.execute(update(db.items).where(db.items.c.id == item["id"]).values(n_assigned=db.items.c.n_assigned + 1))
         res = submit_label(conn, user_id, aid, body, duration_ms=0)
-        if comment:
+        if extra:
             payload = conn.execute(select(L.c.payload).where(L.c.id == res["label_id"])).scalar()
-            conn.execute(update(L).where(L.c.id == res["label_id"]).values(payload={**payload, "comment": comment}))
+            conn.execute(update(L).where(L.c.id == res["label_id"]).values(payload={**payload, **extra}))
         return int(res["label_id"])
 
     def feedback(self, completion_id: str, thumbs: Any = None, rating: Any = None, comment: str | None = None,
@@ -159,17 +160,20 @@ class FeedbackLog:
         if comment is not None and not isinstance(comment, str):
             raise FeedbackError("comment must be a string")
         comment = (comment or "").strip()[:10_000] or None
+        if user is not None and not isinstance(user, str):
+            raise FeedbackError("user must be a string")
+        extra = {k: v for k, v in (("comment", comment), ("end_user", (user or "").strip()[:64] or None)) if v}
         pids = self._pids
 
         def job(conn):
             item = self._item(conn, pids["thumbs"], completion_id)
             if item is None:
                 raise FeedbackError(f"no completion {completion_id!r}", status=404)
-            uid = self._user_id(conn, user)
+            uid = self._user_id(conn)
             out = {"completion_id": completion_id, "thumbs_label_id": None, "rating_label_id": None}
             if label is not None:
                 out["thumbs_label_id"] = self._label(conn, pids["thumbs"], dict(item, task_type="thumbs"), uid,
-                                                     {"label": label}, comment)
+                                                     {"label": label}, extra)
             if rating is not None:
                 rated = self._item(conn, pids["rating"], completion_id)
                 if rated is None:
@@ -177,7 +181,7 @@ class FeedbackLog:
                     add_items(conn, pids["rating"], [dict(copy, is_gold=False, gold=None)], source="serve")
                     rated = self._item(conn, pids["rating"], completion_id)
                 out["rating_label_id"] = self._label(conn, pids["rating"], dict(rated, task_type="rating"), uid,
-                                                     {"rating": rating, "flags": []}, comment)
+                                                     {"rating": rating, "flags": []}, extra)
             return out
         return self.store.write(job)
 

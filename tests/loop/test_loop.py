@@ -272,3 +272,26 @@ def test_an_existing_project_of_an_earlier_selection_is_refused(tmp_path):
             ensure_project(store, "loop-round-2", items[:1], overlap=1)
     finally:
         store.close()
+
+
+def test_a_restart_keeps_the_finished_rounds_in_the_state_and_does_not_nest_it(tmp_path, loop_prompts, monkeypatch):
+    """The app's live generation follows ``rounds_done``: a restart (the way to keep waiting for
+    labels) must not fall back to the initial policy, and the state file must not grow per run."""
+    from rlhfkit.serve.live import current_policy
+
+    out = tmp_path / "loop"
+    loop_run.run(tiny_loop_config(out, loop_prompts, selection="random", rounds=1))
+    first = json.loads((out / "loop_state.json").read_text())
+    seen = []
+    real = loop_run._write_state
+
+    def spy(o, state):
+        seen.append(current_policy(str(o)))
+        real(o, state)
+
+    monkeypatch.setattr(loop_run, "_write_state", spy)
+    loop_run.run(tiny_loop_config(out, loop_prompts, selection="random", rounds=2))
+    assert seen[0] == str(out / "round-1" / "policy" / "model")  # before anything reran
+    state = json.loads((out / "loop_state.json").read_text())
+    assert state["rounds_done"] == 2 and state["runs"] == 2 and first["runs"] == 1
+    assert "previous" not in state["previous"] and len(json.dumps(state)) < 4 * len(json.dumps(first))

@@ -57,6 +57,7 @@ __all__ = ["LoopConfig", "run", "share_first_round", "ROUND_STAGES"]
 
 ROUND_STAGES = ("candidates", "select", "labels", "reward", "policy", "eval")
 WIRED_REWARD = {"data", "eval_data", "seed", "eval_fraction"}
+# (max_prompts is overwritten too but stays in the fingerprint: loops run before stay cached)
 WIRED_POLICY = {"model", "ref_model", "prompts", "reward", "gold_reward", "seed"}
 
 
@@ -230,8 +231,8 @@ class Loop:
         if stage == "policy":
             own = {"algorithm": c.algorithm, **settings(getattr(c, c.algorithm), WIRED_POLICY), "gold": c.gold,
                    "seed": c.seed, "round": r}
-            if c.kl_anchor != "round":  # only when set, so loops run before the field existed stay cached
-                own["kl_anchor"] = c.kl_anchor
+            if c.kl_anchor != "round" and r > 1:  # round 1's reference is the initial policy either way; only
+                own["kl_anchor"] = c.kl_anchor     # when set, so loops run before the field existed stay cached
             return own, {"reward": fps[f"{r}/reward"], "policy": prev_policy, "setup": fps["setup"]}
         if stage == "eval":
             own = {"gold": c.gold, "eval_samples": c.eval_samples, "max_new_tokens": c.max_new_tokens,
@@ -415,9 +416,14 @@ def run(config: LoopConfig) -> dict:
     loop = Loop(config, out)
     t0 = time.perf_counter()
     records: dict[str, dict] = {}
+    # what the loop had finished stays in the state until it is redone (the app's live generation
+    # follows ``rounds_done``); an earlier run is summed up, not nested, so the file does not grow
+    old = old or {}
     state = {"name": config.name, "selection": config.selection, "rounds": config.rounds, "round": 0,
-             "stage": "setup", "status": "running", "policy": None, "curve": [], "started": time.time(),
-             "previous": old}
+             "stage": "setup", "status": "running", "policy": old.get("policy"), "curve": old.get("curve", []),
+             "rounds_done": old.get("rounds_done", 0), "started": time.time(),
+             "runs": int(old.get("runs", 1 if old else 0)) + 1,
+             "previous": {k: old.get(k) for k in ("status", "round", "stage", "started", "finished")} if old else None}
 
     def step(key: str, stage_dir: Path, own, inputs, fn) -> dict:
         r = int(key.split("/")[0]) if "/" in key else 0

@@ -194,3 +194,19 @@ def test_gold_summary_counts_a_win_by_the_judges_direction():
     assert tox["win_rate"]["win_rate"] == pytest.approx(2 / 3)
     assert vader["gain"]["mean"] == pytest.approx(tox["gain"]["mean"]) == pytest.approx(-0.2)
     assert gold_summary("-toxicity", -pol, -ref, n_boot=50, seed=0)["win_rate"]["wins"] == 2  # negated: higher wins
+
+
+def test_bootstrap_resamples_whole_clusters():
+    """20 labels on 2 items, 10 people each agreeing within an item (all wins on one, all losses
+    on the other): the resampled mean is 0, 1/2 or 1 (items drawn twice, once each, or the other
+    twice), so the 95% interval spans [0, 1]; taken as 20 independent labels it would be narrow."""
+    from rlhfkit.eval.winrate import bootstrap_mean
+
+    values = [1.0] * 10 + [0.0] * 10
+    mean, lo, hi = bootstrap_mean(values, n_boot=2000, seed=0, clusters=["x"] * 10 + ["y"] * 10)
+    assert (mean, lo, hi) == (0.5, 0.0, 1.0)
+    _, lo_iid, hi_iid = bootstrap_mean(values, n_boot=2000, seed=0)
+    assert 0.2 < lo_iid and hi_iid < 0.8
+    assert win_rate(values, n_boot=200, clusters=["x"] * 10 + ["y"] * 10)["wins"] == 10
+    with pytest.raises(ValueError, match="cluster ids"):
+        bootstrap_mean(values, clusters=["x"])

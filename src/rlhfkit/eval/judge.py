@@ -83,7 +83,7 @@ def _labels(db_url: str, name: str) -> list[dict]:
             if proj["task_type"] != "pairwise":
                 raise ValueError(f"project {name!r} holds {proj['task_type']} tasks, not pairwise comparisons")
             L, I = db.labels, db.items
-            rows = conn.execute(select(L.c.payload, I.c.responses, I.c.external_id, L.c.user_id)
+            rows = conn.execute(select(L.c.payload, I.c.responses, I.c.external_id, L.c.user_id, L.c.item_id)
                                 .select_from(L.join(I, I.c.id == L.c.item_id))
                                 .where(L.c.project_id == proj["id"], L.c.is_gold == False)  # noqa: E712
                                 .order_by(L.c.id)).mappings().all()
@@ -92,8 +92,9 @@ def _labels(db_url: str, name: str) -> list[dict]:
         store.close()
 
 
-def people_battles(db_url: str, name: str, both_bad: str = "tie") -> list[tuple[str, str, float]]:
-    """The project's human labels as ``(model_a, model_b, outcome)`` battles (outcome 1: a won)."""
+def people_battles(db_url: str, name: str, both_bad: str = "tie") -> list[tuple[str, str, float, int]]:
+    """The project's human labels as ``(model_a, model_b, outcome, item)`` battles (outcome 1: a
+    won); the labels of one item (several people with overlap) are one bootstrap cluster."""
     if both_bad not in ("tie", "drop"):
         raise ValueError("both_bad must be 'tie' or 'drop'")
     out = []
@@ -105,20 +106,23 @@ def people_battles(db_url: str, name: str, both_bad: str = "tie") -> list[tuple[
         if v == "both_bad" and both_bad == "drop":
             continue
         y = {"first": 1.0, "second": 0.0}.get(v, 0.5)
-        out.append((models[0], models[1], y))
+        out.append((models[0], models[1], y, int(r["item_id"])))
     return out
 
 
 def people_outcomes(db_url: str, name: str, policy: str = "policy", reference: str = "reference",
-                    both_bad: str = "tie") -> list[float]:
-    """Per label: 1 if ``policy``'s response was preferred to ``reference``'s, 0 if not, 1/2 for a tie."""
-    out = []
-    for a, b, y in people_battles(db_url, name, both_bad):
+                    both_bad: str = "tie", with_items: bool = False):
+    """Per label: 1 if ``policy``'s response was preferred to ``reference``'s, 0 if not, 1/2 for a
+    tie; with ``with_items`` also the item of each label: ``(outcomes, items)``."""
+    out, items = [], []
+    for a, b, y, item in people_battles(db_url, name, both_bad):
         if (a, b) == (policy, reference):
             out.append(y)
+            items.append(item)
         elif (a, b) == (reference, policy):
             out.append(1.0 - y)
-    return out
+            items.append(item)
+    return (out, items) if with_items else out
 
 
 def people_win_rate(db_url: str, name: str, policy: str = "policy", reference: str = "reference",
@@ -126,6 +130,8 @@ def people_win_rate(db_url: str, name: str, policy: str = "policy", reference: s
     """``winrate.win_rate`` of the human verdicts stored so far (``n`` = labels read)."""
     from .winrate import win_rate
 
-    res = win_rate(people_outcomes(db_url, name, policy, reference, both_bad), n_boot=n_boot, seed=seed)
+    outcomes, items = people_outcomes(db_url, name, policy, reference, both_bad, with_items=True)
+    # with overlap one item's labels move together: the bootstrap resamples items, not labels
+    res = win_rate(outcomes, n_boot=n_boot, seed=seed, clusters=items)
     res["project"] = name
     return res

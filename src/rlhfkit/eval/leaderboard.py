@@ -14,7 +14,11 @@ each side (the notebook duplicates a tie as one win each, which has the same max
 
 ``bootstrap_bradley_terry`` resamples the battles with replacement ``n_boot`` times (drawn as one
 multinomial over the distinct (a, b, outcome) cells, which is the same distribution as resampling
-rows) and refits: the 2.5 / 97.5 percentiles of each model's rating are its 95% interval.
+rows) and refits: the 2.5 / 97.5 percentiles of each model's rating are its 95% interval. Battles
+that come in clusters carry a fourth element, the cluster (``(a, b, outcome, prompt)``): the
+K(K-1)/2 battles that judge scores make of one prompt, or several people's verdicts on one item,
+are not independent, so then whole clusters are resampled (a cluster bootstrap; resampling their
+battles one by one gives intervals too narrow).
 
 Ratings are anchored so that their mean is ``init`` or, with ``anchor=NAME``, so that that model
 sits at ``init`` (e.g. the reference policy at 1000).
@@ -35,6 +39,7 @@ __all__ = [
     "leaderboard",
     "format_leaderboard",
     "battles_from_scores",
+    "battle_clusters",
     "expected_win_probability",
     "SCALE",
     "BASE",
@@ -59,10 +64,13 @@ def _outcome(v) -> float:
 
 
 def normalise_battles(battles: Iterable[Sequence]) -> list[tuple[str, str, float]]:
-    """``[(a, b, outcome)]`` with outcome as a float; rejects self-battles and bad outcomes."""
+    """``[(a, b, outcome)]`` with outcome as a float (a fourth element, the cluster, is dropped);
+    rejects self-battles and bad outcomes."""
     out = []
     for i, bt in enumerate(battles):
-        a, b, y = bt
+        if len(bt) not in (3, 4):
+            raise ValueError(f"battle {i}: expected (model_a, model_b, outcome[, cluster]), got {bt!r}")
+        a, b, y = bt[:3]
         if a == b:
             raise ValueError(f"battle {i}: a model cannot battle itself ({a!r})")
         out.append((str(a), str(b), _outcome(y)))
@@ -153,18 +161,28 @@ def fit_bradley_terry(battles: Iterable[Sequence], models: Sequence[str] | None 
     return dict(zip(models, _to_ratings(beta, models, anchor, scale, base, init).tolist()))
 
 
+def battle_clusters(battles: Sequence[Sequence]) -> list | None:
+    """The fourth elements when every battle has one (its cluster), else None."""
+    return [bt[3] for bt in battles] if battles and all(len(bt) == 4 for bt in battles) else None
+
+
 def bootstrap_bradley_terry(battles: Iterable[Sequence], models: Sequence[str] | None = None, *,
                             n_boot: int = 1000, seed: int = 0, confidence: float = 0.95,
                             scale: float = SCALE, base: float = BASE, init: float = INIT,
                             anchor: str | None = None, l2: float = 1e-6) -> dict:
-    """The fit on all battles plus percentile intervals from ``n_boot`` resamples of the battles:
+    """The fit on all battles plus percentile intervals from ``n_boot`` resamples of the battles
+    (of whole clusters when the battles carry one):
     ``{"models", "rating": {m: r}, "ci_low": {m: lo}, "ci_high": {m: hi}, "samples": array
-    [n_boot, K], "n_battles"}``. Deterministic given ``seed``."""
-    battles = normalise_battles(battles)
+    [n_boot, K], "n_battles", "n_clusters"}``. Deterministic given ``seed``."""
+    raw = list(battles)
+    clusters = battle_clusters(raw)
+    battles = normalise_battles(raw)
     models = _models_of(battles, models)
     kw = dict(scale=scale, base=base, init=init, anchor=anchor)
     rating = fit_bradley_terry(battles, models, l2=l2, **kw)
     idx = {m: k for k, m in enumerate(models)}
+    if clusters is not None:
+        return _cluster_bootstrap(battles, clusters, models, idx, rating, n_boot, seed, confidence, l2, kw)
     cells: dict[tuple[int, int, float], int] = {}
     for a, b, y in battles:
         key = (idx[a], idx[b], y)
@@ -188,15 +206,40 @@ def bootstrap_bradley_terry(battles: Iterable[Sequence], models: Sequence[str] |
     hi = np.quantile(samples, 1 - alpha, axis=0) if n_boot else np.full(K, np.nan)
     return {"models": models, "rating": rating,
             "ci_low": dict(zip(models, lo.tolist())), "ci_high": dict(zip(models, hi.tolist())),
-            "samples": samples, "n_battles": n}
+            "samples": samples, "n_battles": n, "n_clusters": None}
+
+
+def _cluster_bootstrap(battles, clusters, models, idx, rating, n_boot, seed, confidence, l2, kw) -> dict:
+    """Resample whole clusters with replacement: the sample's win matrix is the sum of its
+    clusters' win matrices, each counted as often as it was drawn."""
+    K = len(models)
+    names = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
+    per = np.zeros((len(names), K, K))
+    for (a, b, y), c in zip(battles, clusters):
+        per[names[c], idx[a], idx[b]] += y
+        per[names[c], idx[b], idx[a]] += 1.0 - y
+    C = len(names)
+    rng = np.random.default_rng(seed)
+    samples = np.empty((n_boot, K))
+    for s in range(n_boot):
+        draw = np.bincount(rng.integers(0, C, C), minlength=C).astype(float)
+        W = np.tensordot(draw, per, axes=1)
+        samples[s] = _to_ratings(_fit_beta(W, l2), models, kw["anchor"], kw["scale"], kw["base"], kw["init"])
+    alpha = (1.0 - confidence) / 2
+    lo = np.quantile(samples, alpha, axis=0) if n_boot else np.full(K, np.nan)
+    hi = np.quantile(samples, 1 - alpha, axis=0) if n_boot else np.full(K, np.nan)
+    return {"models": models, "rating": rating,
+            "ci_low": dict(zip(models, lo.tolist())), "ci_high": dict(zip(models, hi.tolist())),
+            "samples": samples, "n_battles": len(battles), "n_clusters": C}
 
 
 def leaderboard(battles: Iterable[Sequence], models: Sequence[str] | None = None, **kw) -> list[dict]:
     """Rows ``{"rank", "model", "rating", "ci_low", "ci_high", "battles", "win_rate"}`` best first.
     ``rank`` is 1 + the number of models whose lower bound is above this model's upper bound
     (the Arena's rank with overlapping intervals shared). ``kw`` go to ``bootstrap_bradley_terry``."""
-    battles = normalise_battles(battles)
-    res = bootstrap_bradley_terry(battles, models, **kw)
+    raw = list(battles)
+    battles = normalise_battles(raw)
+    res = bootstrap_bradley_terry(raw, models, **kw)
     ms = res["models"]
     W = win_matrix(battles, ms)
     played = (W + W.T).sum(axis=1)
@@ -220,10 +263,10 @@ def format_leaderboard(rows: Sequence[Mapping]) -> str:
     return "\n".join(lines)
 
 
-def battles_from_scores(scores: Mapping[str, Sequence[float]], tie_eps: float = 0.0) -> list[tuple[str, str, float]]:
+def battles_from_scores(scores: Mapping[str, Sequence[float]], tie_eps: float = 0.0) -> list[tuple[str, str, float, int]]:
     """Battles from per-prompt judge scores: ``scores[model][i]`` is the score of that model's
     response to prompt i; every pair of models meets once per prompt; ``|diff| <= tie_eps`` is a
-    tie. Returns ``[(a, b, outcome)]``."""
+    tie. Returns ``[(a, b, outcome, i)]``: a prompt's battles are one cluster for the bootstrap."""
     names = list(scores)
     n = {len(v) for v in scores.values()}
     if len(n) > 1:
@@ -233,5 +276,5 @@ def battles_from_scores(scores: Mapping[str, Sequence[float]], tie_eps: float = 
         for x in range(len(names)):
             for y in range(x + 1, len(names)):
                 d = float(scores[names[x]][i]) - float(scores[names[y]][i])
-                out.append((names[x], names[y], 0.5 if abs(d) <= tie_eps else (1.0 if d > 0 else 0.0)))
+                out.append((names[x], names[y], 0.5 if abs(d) <= tie_eps else (1.0 if d > 0 else 0.0), i))
     return out

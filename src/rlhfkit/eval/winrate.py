@@ -45,9 +45,12 @@ def pair_outcomes(policy_scores: Sequence[float] | torch.Tensor, reference_score
 
 
 def bootstrap_mean(values: Sequence[float] | torch.Tensor, n_boot: int = 1000, seed: int = 0,
-                   confidence: float = 0.95) -> tuple[float, float, float]:
+                   confidence: float = 0.95, clusters: Sequence | None = None) -> tuple[float, float, float]:
     """``(mean, low, high)``: the mean and its percentile-bootstrap interval (resampling the
-    values with replacement ``n_boot`` times; deterministic given ``seed``). NaN for no values."""
+    values with replacement ``n_boot`` times; deterministic given ``seed``). NaN for no values.
+    With ``clusters`` (one id per value, e.g. the item several people labelled) whole clusters
+    are resampled and each resample's mean is its values' mean: values of one cluster are not
+    independent, and resampling them one by one makes the interval too narrow."""
     v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
     n = v.numel()
     if n == 0:
@@ -56,19 +59,30 @@ def bootstrap_mean(values: Sequence[float] | torch.Tensor, n_boot: int = 1000, s
     if n_boot <= 0:
         return mean, float("nan"), float("nan")
     g = torch.Generator().manual_seed(int(seed))
-    idx = torch.randint(0, n, (int(n_boot), n), generator=g)
-    means = v[idx].mean(dim=1)
+    if clusters is not None:
+        if len(clusters) != n:
+            raise ValueError(f"{len(clusters)} cluster ids for {n} values")
+        ids = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
+        member = torch.tensor([ids[c] for c in clusters])
+        C = len(ids)
+        sums = torch.zeros(C, dtype=torch.float64).index_add_(0, member, v)
+        sizes = torch.zeros(C, dtype=torch.float64).index_add_(0, member, torch.ones_like(v))
+        draw = torch.randint(0, C, (int(n_boot), C), generator=g)
+        means = sums[draw].sum(dim=1) / sizes[draw].sum(dim=1)
+    else:
+        idx = torch.randint(0, n, (int(n_boot), n), generator=g)
+        means = v[idx].mean(dim=1)
     alpha = (1.0 - confidence) / 2
     lo, hi = torch.quantile(means, torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64)).tolist()
     return mean, lo, hi
 
 
 def win_rate(outcomes: Sequence[float] | torch.Tensor, n_boot: int = 1000, seed: int = 0,
-             confidence: float = 0.95) -> dict:
+             confidence: float = 0.95, clusters: Sequence | None = None) -> dict:
     """``{"win_rate", "ci_low", "ci_high", "wins", "ties", "losses", "n"}`` from per-prompt
-    outcomes (1 win, 1/2 tie, 0 loss)."""
+    outcomes (1 win, 1/2 tie, 0 loss); ``clusters``: see ``bootstrap_mean``."""
     o = torch.as_tensor(outcomes, dtype=torch.float64).reshape(-1)
-    mean, lo, hi = bootstrap_mean(o, n_boot, seed, confidence)
+    mean, lo, hi = bootstrap_mean(o, n_boot, seed, confidence, clusters=clusters)
     return {"win_rate": mean, "ci_low": lo, "ci_high": hi, "wins": int((o == 1).sum()),
             "ties": int((o == 0.5).sum()), "losses": int((o == 0).sum()), "n": int(o.numel())}
 

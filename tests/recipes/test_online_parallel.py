@@ -1,7 +1,8 @@
 """Online RL over several processes (torchrun, gloo): each rank rolls out its share of the prompts,
 the token weights use the whole minibatch's counts and the gradients are summed over ranks, so
 one update over two processes equals the same update in one; a two-process GRPO run resumes
-exactly after a SIGKILL; RLOO and REINFORCE run too; PPO says it does not yet."""
+exactly after a SIGKILL, and so does PPO, whose whitening over ranks equals one process's; RLOO
+and REINFORCE run too."""
 import json
 import os
 import subprocess
@@ -80,9 +81,49 @@ def test_rloo_and_reinforce_run_over_two_processes(tmp_path, tiny_policy_dir, pr
     assert [x["step"] for x in rows] == [1, 2] and (out / "model" / "model.safetensors").is_file()
 
 
-def test_ppo_says_it_runs_in_one_process(tmp_path, tiny_policy_dir, prompt_file):
-    r = run_cli(args("ppo", tiny_policy_dir, prompt_file, tmp_path / "ppo", "--max_steps", "1"), torchrun=2)
-    assert r.returncode != 0 and "ppo runs in one process" in r.stderr
+def test_whitening_and_explained_variance_over_two_processes_equal_one(tmp_path):
+    """PPO's advantage / reward whitening and its explained-variance metric over two ranks' halves
+    equal ``core.masking.masked_whiten`` and the one-process metric on the whole tensors."""
+    from rlhfkit.core.masking import masked_whiten
+    from rlhfkit.recipes.online import explained_variance
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                        f"--master_port={free_port()}", str(WORKER.with_name("online_stats_worker.py")), str(tmp_path)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = torch.load(tmp_path / "stats.pt")
+    x, v, mask = got["x"], got["v"], got["mask"]
+    for shift in (True, False):
+        torch.testing.assert_close(got[f"whiten_{shift}"], masked_whiten(x, mask, shift_mean=shift), rtol=1e-5, atol=1e-6)
+    assert got["explained_variance"] == pytest.approx(explained_variance(v, x, mask), rel=1e-6)  # float32 vs float64 sums
+
+
+@pytest.mark.parametrize("extra", [["--reward_norm", "running", "--whiten_rewards", "true"],
+                                   ["--kl_control", "adaptive", "--num_minibatches", "2", "--micro_batch_size", "2"]])
+def test_ppo_runs_over_two_processes(tmp_path, tiny_policy_dir, prompt_file, extra):
+    out = tmp_path / "ppo"
+    r = run_cli(args("ppo", tiny_policy_dir, prompt_file, out, "--max_steps", "2", "--batch_size", "8",
+                     "--ppo_epochs", "2", *extra), torchrun=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in rows] == [1, 2] and all("explained_variance" in x and "kl_coef" in x for x in rows)
+    assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_two_process_ppo_resumes_exactly_after_sigkill(tmp_path, tiny_policy_dir, prompt_file):
+    common = ["--max_steps", "4", "--save_every", "2", "--batch_size", "8", "--ppo_epochs", "2",
+              "--num_minibatches", "2", "--micro_batch_size", "2"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert run_cli(args("ppo", tiny_policy_dir, prompt_file, straight, *common), torchrun=2).returncode == 0
+    r = run_cli(args("ppo", tiny_policy_dir, prompt_file, killed, *common), torchrun=2,
+                env_extra={"RLHFKIT_TEST_SIGKILL_AFTER_STEP": "3"})
+    assert r.returncode != 0 and (killed / "checkpoint-2").is_dir()
+    r = run_cli(args("ppo", tiny_policy_dir, prompt_file, killed, *common), torchrun=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = load_weights(straight / "model"), load_weights(killed / "model")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
 
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, tiny_policy_dir, prompt_file):

@@ -12,24 +12,24 @@ minibatches of clipped policy + clipped value loss -> KL controller update.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
 
 from rlhfkit.core.advantages import gae
 from rlhfkit.core.losses import ppo_policy_loss, ppo_value_loss
-from rlhfkit.core.masking import masked_mean, masked_whiten
+from rlhfkit.core.masking import masked_mean
 from rlhfkit.core.reward_shaping import apply_missing_eos_penalty, per_token_rewards
 from rlhfkit.recipes.common import save_final
-from rlhfkit.recipes.online import (OnlineConfig, SampleTable, explained_variance, generate, load_models,
-                                    load_prompts, make_generator, make_kl_controller, maybe_checkpoint,
-                                    micro_slices, minibatches, optimizer_and_scheduler, prompts_for_step,
-                                    reference_logprobs, resume_state, rollout_metrics, score, setup_run, timer, out_of_time)
+from rlhfkit.recipes.online import (RANK_SALT, OnlineConfig, SampleTable, explained_variance, gathered, generate,
+                                    global_masked_whiten, load_models, load_prompts, local_share, make_generator,
+                                    make_kl_controller, maybe_checkpoint, micro_slices, minibatches,
+                                    optimizer_and_scheduler, prompts_for_step, reference_logprobs, resume_state,
+                                    rollout_metrics, score, setup_run, timer, out_of_time)
 from rlhfkit.rewards import RunningNormaliser, build_reward
 from rlhfkit.rollout import Rollout, response_logprobs, step_seed
 from rlhfkit.training.loop import enable_gradient_checkpointing
-from rlhfkit.training.distributed import DistInfo
+from rlhfkit.training.distributed import DistInfo, all_reduce_gradients, all_reduce_sum, cleanup
 from rlhfkit.training.logging import MetricsLogger, progress_bar
 
 
@@ -85,28 +85,26 @@ def response_values(value_model, ro: Rollout, rows) -> torch.Tensor:
     return token_values(value_model, ids, mask)[:, P - 1:-1]
 
 
-def fit_reference_normaliser(config, generator, policy, tokenizer, prompts, reward) -> RunningNormaliser:
+def fit_reference_normaliser(config, generator, policy, tokenizer, prompts, reward,
+                             info: DistInfo | None = None) -> RunningNormaliser:
     """Mean / std of the reward on responses of the starting policy (the reference unless
-    ``ref_model`` names another), detail 6: the scale the run's rewards start from."""
+    ``ref_model`` names another), detail 6: the scale the run's rewards start from (over several
+    processes each samples its share and the fit is on all of them, the same on every rank)."""
     from rlhfkit.rollout import rollout
 
+    info = info or DistInfo()
     scores = []
     for b in range(config.reward_norm_batches):
-        batch = prompts_for_step(prompts, b, config.batch_size, config.seed + 1)
-        ro = rollout(generator, policy, tokenizer, batch, seed=step_seed(config.seed, b, salt=7),
+        batch = local_share(prompts_for_step(prompts, b, config.batch_size, config.seed + 1), info)
+        ro = rollout(generator, policy, tokenizer, batch, seed=step_seed(config.seed, b, salt=7 + RANK_SALT * info.rank),
                      max_prompt_length=config.max_prompt_length, chat_template=config.chat_template,
                      logprob_batch_size=config.micro_batch_size)
-        scores.append(score(reward, ro))
+        scores.append(gathered(score(reward, ro), info))
     return RunningNormaliser().fit(torch.cat(scores))
 
 
 def run(config: PPOConfig) -> dict:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # before joining a process group: fail fast on every rank
-        from rlhfkit.training.config import ConfigError
-
-        raise ConfigError("ppo runs in one process for now (its value model, whitening and reward normaliser are not "
-                         "reduced over ranks yet); grpo, rloo and reinforce run data parallel under torchrun")
-    setup_run(config)
+    info = setup_run(config)
     prompts = load_prompts(config)
     reward = build_reward(config.reward, batch_size=config.reward_batch_size)
     gold = build_reward(config.gold_reward, batch_size=config.reward_batch_size) if config.gold_reward else None
@@ -123,10 +121,12 @@ def run(config: PPOConfig) -> dict:
         kl_ctl.load_state_dict(state["kl_controller"])
         normaliser.load_state_dict(state["reward_normaliser"])
     elif config.reward_norm == "reference":
-        normaliser = fit_reference_normaliser(config, generator, policy, tokenizer, prompts, reward)
-    logger = MetricsLogger(config.output_dir, tensorboard=config.tensorboard, resume_step=start if state else None)
-    table = SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, start if state else None)
-    bar = progress_bar(config.max_steps, initial=start, desc="ppo")
+        normaliser = fit_reference_normaliser(config, generator, policy, tokenizer, prompts, reward, info)
+    logger = MetricsLogger(config.output_dir, enabled=info.is_main, tensorboard=config.tensorboard,
+                           resume_step=start if state else None)
+    table = SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, start if state else None,
+                        enabled=info.is_main)
+    bar = progress_bar(config.max_steps, initial=start, desc="ppo", enabled=info.is_main)
     mb = config.micro_batch_size
     metrics: dict = {}
     started = timer()
@@ -134,7 +134,8 @@ def run(config: PPOConfig) -> dict:
         t0 = timer()
         # 1. rollout (left-padded prompts, responses cut after EOS, behaviour log-probs)
         ro = generate(config, generator, policy, tokenizer,
-                      prompts_for_step(prompts, step, config.batch_size, config.seed), step)
+                      local_share(prompts_for_step(prompts, step, config.batch_size, config.seed), info), step,
+                      rank=info.rank)
         mask = ro.response_mask
         # 2. score: missing-EOS penalty, then normalisation (detail 6)
         raw_scores = score(reward, ro)
@@ -143,8 +144,9 @@ def run(config: PPOConfig) -> dict:
             scores = apply_missing_eos_penalty(scores, ro.has_eos, config.missing_eos_penalty)
         if config.reward_norm == "reference":
             scores = normaliser.normalise(scores, update=False)
-        elif config.reward_norm == "running":
-            scores = normaliser.normalise(scores, update=True)
+        elif config.reward_norm == "running":  # the statistics take in the whole step's scores first
+            normaliser.update(gathered(scores, info))
+            scores = normaliser.normalise(scores, update=False)
         # 3. reference log-probs and old values (no grad)
         ref_lp = reference_logprobs(policy, reference, ro, config.temperature, mb)
         with torch.no_grad():
@@ -153,16 +155,17 @@ def run(config: PPOConfig) -> dict:
         # 4. per-token reward -beta*KL with the score on the last token (detail 7), GAE (detail 9)
         rewards, kl = per_token_rewards(scores, ro.logprobs, ref_lp, mask, kl_ctl.value, config.kl_estimator)
         if config.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            rewards = global_masked_whiten(rewards, mask, info, shift_mean=False)
         advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
-        advantages = masked_whiten(advantages, mask, shift_mean=True)  # over valid tokens only
+        advantages = global_masked_whiten(advantages, mask, info, shift_mean=True)  # over valid tokens only
         # 5. ppo_epochs over shuffled minibatches, accumulation over micro-batches (detail 10)
         sums: dict[str, float] = {}
         n_updates = 0
         modules.train()
         for epoch in range(config.ppo_epochs):
             for rows in minibatches(len(ro), config, step, epoch):
-                n_tokens = mask[rows].sum().clamp(min=1).float()  # minibatch-global normaliser
+                # minibatch-global normaliser (over every rank's share of the minibatch)
+                n_tokens = all_reduce_sum(mask[rows].sum(), info).clamp(min=1).float()
                 for s in micro_slices(len(rows), mb):
                     r = rows[s]
                     m = mask[r]
@@ -178,6 +181,7 @@ def run(config: PPOConfig) -> dict:
                         sums[key] = sums.get(key, 0.0) + float(val.detach())
                     for key, val in (*pst.items(), *vst.items(), ("entropy", masked_mean(ent, m) if m.any() else 0.0)):
                         sums[key] = sums.get(key, 0.0) + float(val) * share
+                all_reduce_gradients(params, info)  # the ranks' shares of the loss add up to the minibatch's
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm) if config.max_grad_norm > 0 else torch.tensor(0.0)
                 optimizer.step()
                 scheduler.step()
@@ -185,29 +189,35 @@ def run(config: PPOConfig) -> dict:
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
                 n_updates += 1
         modules.eval()
+        if info.enabled:  # each rank's sums are its share of the minibatches; grad_norm is the same on all
+            keys = sorted(k for k in sums if k != "grad_norm")
+            total = all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64), info)
+            sums.update({k: float(v) for k, v in zip(keys, total)})
         # 6. KL controller, metrics (detail 12), samples, checkpoint
         seq_kl = kl.sum(1)
+        all_kl = gathered(seq_kl, info)
         kl_coef_used = kl_ctl.value
-        kl_ctl.update(seq_kl.mean(), len(ro))
-        metrics = {**rollout_metrics(ro, raw_scores, timer() - t0), **{k: v / n_updates for k, v in sums.items()},
-                   "kl": float(seq_kl.mean()), "kl_coef": kl_coef_used,
-                   "non_score_reward": float((-kl_coef_used * kl).sum(1).mean()),
-                   "score_normalised": float(scores.mean()),
-                   "explained_variance": explained_variance(old_values, returns, mask),
+        kl_ctl.update(all_kl.mean(), len(all_kl))
+        metrics = {**rollout_metrics(ro, raw_scores, timer() - t0, info), **{k: v / n_updates for k, v in sums.items()},
+                   "kl": float(all_kl.mean()), "kl_coef": kl_coef_used,
+                   "non_score_reward": float((-kl_coef_used * all_kl).mean()),
+                   "score_normalised": float(gathered(scores, info).mean()),
+                   "explained_variance": explained_variance(old_values, returns, mask, info),
                    "lr": scheduler.get_last_lr()[0]}
         columns = {"reward": raw_scores, "kl": seq_kl}
         if gold is not None:
             columns["gold"] = score(gold, ro)
-            metrics["gold"] = float(columns["gold"].mean())
+            metrics["gold"] = float(gathered(columns["gold"], info).mean())
         logger.log(step + 1, metrics)
         table.maybe_write(step + 1, ro, columns)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.2f}")
         maybe_checkpoint(config, step + 1, modules, optimizer, scheduler,
-                         {"kl_controller": kl_ctl.state_dict(), "reward_normaliser": normaliser.state_dict()})
-        if out_of_time(config, started):
+                         {"kl_controller": kl_ctl.state_dict(), "reward_normaliser": normaliser.state_dict()}, info)
+        if out_of_time(config, started, info):
             break
     bar.close()
     logger.close()
-    save_final(policy, tokenizer, config, metrics, DistInfo())
+    save_final(policy, tokenizer, config, metrics, info)
+    cleanup(info)
     return metrics

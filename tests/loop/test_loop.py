@@ -295,3 +295,17 @@ def test_a_restart_keeps_the_finished_rounds_in_the_state_and_does_not_nest_it(t
     state = json.loads((out / "loop_state.json").read_text())
     assert state["rounds_done"] == 2 and state["runs"] == 2 and first["runs"] == 1
     assert "previous" not in state["previous"] and len(json.dumps(state)) < 4 * len(json.dumps(first))
+
+
+def test_jsonl_with_unicode_line_separators_in_a_response_reads_back(tmp_path):
+    """Sampled text can hold U+2028, U+0085 or U+001C; JSON written with ensure_ascii=False keeps
+    the first two as they are, and str.splitlines would cut the record there (a crash seen in a
+    SmolLM2 loop); records are split on newlines only."""
+    rows = [{"prompt": "p", "response": "a\u2028b\x85c\x1cd\u2029e"}, {"prompt": "q", "response": "plain"}]
+    path = tmp_path / "c.jsonl"
+    loop_run._jsonl(path, rows)
+    assert loop_run._read(path) == rows
+    from rlhfkit.eval.report import _read_jsonl
+    from rlhfkit.pipeline.stages import _read_jsonl as pipeline_read
+
+    assert _read_jsonl(path) == rows == pipeline_read(path)

@@ -272,3 +272,18 @@ def test_sigkill_resume_is_exact(tmp_path, tiny_policy_dir, prompt_file, algo, e
     if "--sample_every" in extra:
         assert (straight / "samples.jsonl").read_text() == (killed / "samples.jsonl").read_text()
         assert "## step 6" in (killed / "samples.md").read_text()
+
+
+def test_sample_table_resume_keeps_rows_whose_text_holds_line_separators(tmp_path):
+    from rlhfkit.recipes.online import SampleTable
+    from rlhfkit.training.logging import MetricsLogger
+
+    rows = [{"step": 2, "prompt": "p", "response": "a\u2028b\x85c"}, {"step": 4, "prompt": "q", "response": "later"}]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                            encoding="utf-8")
+    SampleTable(tmp_path, every=2, rows=1, resume_step=2)
+    assert [json.loads(l) for l in (tmp_path / "samples.jsonl").read_text(encoding="utf-8").split("\n") if l] == rows[:1]
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "note": "x\u2028y"}, ensure_ascii=False) + "\n"
+                                            + json.dumps({"step": 3}) + "\n", encoding="utf-8")
+    MetricsLogger(tmp_path, tensorboard=False, resume_step=2).close()
+    assert json.loads((tmp_path / "metrics.jsonl").read_text(encoding="utf-8").split("\n")[0])["note"] == "x\u2028y"

@@ -68,7 +68,7 @@ def _jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def _step_seed(*parts) -> int:

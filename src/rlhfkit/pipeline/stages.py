@@ -62,7 +62,7 @@ def _write_prompts(path: Path, prompts: list[str]) -> None:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -413,7 +413,7 @@ def stage_eval(ctx: Context, d: Path) -> dict:
     results = cli_eval.run(cfg)
     n = ctx.config.report.n_token_samples
     if n:
-        prompts = [json.loads(line)["prompt"] for line in (d / "samples.jsonl").read_text(encoding="utf-8").splitlines()][:n]
+        prompts = [json.loads(line)["prompt"] for line in (d / "samples.jsonl").read_text(encoding="utf-8").split("\n") if line.strip()][:n]
         rows = token_samples(policy, ctx.start_model, prompts, reward_spec=ctx.rm_spec, gold_spec=ctx.config.gold,
                              kl_coef=_kl_coef(ctx.config), max_new_tokens=cfg.max_new_tokens,
                              temperature=cfg.temperature or 1.0, max_prompt_length=cfg.max_prompt_length,

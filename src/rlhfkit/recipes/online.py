@@ -437,7 +437,7 @@ class SampleTable:
                     p.unlink()
         elif self.jsonl.exists():
             kept = []
-            for line in self.jsonl.read_text(encoding="utf-8").splitlines():
+            for line in self.jsonl.read_text(encoding="utf-8").split("\n"):
                 try:
                     if json.loads(line)["step"] <= resume_step:
                         kept.append(json.loads(line))

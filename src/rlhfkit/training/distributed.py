@@ -45,16 +45,17 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
-def all_reduce_sum(value: float | torch.Tensor, info: DistInfo) -> torch.Tensor:
+def all_reduce_sum(value: float | torch.Tensor, info: DistInfo | None) -> torch.Tensor:
+    """The sum over ranks as float64 (``value`` itself in one process or with ``info`` None)."""
     t = torch.as_tensor(value, dtype=torch.float64).clone()
-    if info.enabled:
+    if info is not None and info.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
-def all_gather_rows(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+def all_gather_rows(t: torch.Tensor, info: DistInfo | None) -> torch.Tensor:
     """Every rank's ``t`` (the same shape on every rank) concatenated along dim 0 in rank order."""
-    if not info.enabled:
+    if info is None or not info.enabled:
         return t
     parts = [torch.empty_like(t) for _ in range(info.world_size)]
     dist.all_gather(parts, t.contiguous())

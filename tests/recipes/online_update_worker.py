@@ -1,6 +1,8 @@
-"""Run by ``test_online_parallel.py`` in one process or under torchrun: one policy-gradient update
-(``recipes.online.policy_gradient_update``) of the same 8-row rollout, all of it in one process or
-each rank its half; rank 0 writes the updated weights and the statistics.
+"""Run by ``test_online_parallel.py`` in one process or under torchrun: one update of the same
+8-row rollout, all of it in one process or each rank its half; rank 0 writes the updated weights
+and the statistics. AGGREGATION ``ppo``: PPO's update (``recipes.ppo.ppo_update``: values, GAE,
+whitened rewards and advantages, clipped policy + value loss); otherwise the policy-gradient update
+(``recipes.online.policy_gradient_update``) with that loss aggregation.
 
     python tests/recipes/online_update_worker.py POLICY_DIR OUT AGGREGATION EPOCHS
 """
@@ -35,11 +37,31 @@ def main(policy_dir: str, out: str, aggregation: str, epochs: int) -> None:
     local = dataclasses.replace(ro, **{f.name: getattr(ro, f.name)[idx] for f in dataclasses.fields(ro)
                                        if isinstance(getattr(ro, f.name), torch.Tensor)},
                                 prompts=[ro.prompts[i] for i in rows], responses=[ro.responses[i] for i in rows])
-    advantages = torch.linspace(-1.0, 1.0, len(ro))[idx]
-    optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), cfg)
-    stats = policy_gradient_update(policy, local, advantages, cfg, optimizer, scheduler, 0, aggregation, info=info)
+    if aggregation == "ppo":
+        import copy
+
+        from rlhfkit.models import make_value_model
+        from rlhfkit.recipes.ppo import PPOConfig, ppo_update
+
+        pcfg = load_config(PPOConfig, None, {"model": policy_dir, "batch_size": 8, "micro_batch_size": 4,
+                                             "max_new_tokens": 6, "ppo_epochs": epochs, "learning_rate": 1e-2,
+                                             "whiten_rewards": True, "kl_coef": 0.1})
+        pcfg.micro_batch_size = 3
+        modules = torch.nn.ModuleDict({"policy": policy, "value": make_value_model(policy_dir, zero_init=True,
+                                                                                    tokenizer=tok)})
+        reference = copy.deepcopy(policy).eval()
+        params = [p for p in modules.parameters() if p.requires_grad]
+        optimizer, scheduler = optimizer_and_scheduler(params, pcfg)
+        scores = torch.linspace(-1.0, 1.0, len(ro))[idx]
+        stats = ppo_update(pcfg, modules, reference, local, scores, 0.1, optimizer, scheduler, params, 0, info)["stats"]
+        weights = modules.state_dict()
+    else:
+        advantages = torch.linspace(-1.0, 1.0, len(ro))[idx]
+        optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), cfg)
+        stats = policy_gradient_update(policy, local, advantages, cfg, optimizer, scheduler, 0, aggregation, info=info)
+        weights = policy.state_dict()
     if info.is_main:
-        torch.save(policy.state_dict(), f"{out}/weights.pt")
+        torch.save(weights, f"{out}/weights.pt")
         with open(f"{out}/stats.json", "w", encoding="utf-8") as f:
             json.dump({**stats, "rows": len(local), "world_size": info.world_size}, f)
     cleanup(info)

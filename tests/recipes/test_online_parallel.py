@@ -29,34 +29,36 @@ def _update(policy, out: Path, aggregation: str, epochs: int, processes: int) ->
     return torch.load(out / "weights.pt"), json.loads((out / "stats.json").read_text())
 
 
-@pytest.mark.parametrize("aggregation,epochs", [("token", 1), ("sequence", 2), ("constant", 1)])
+@pytest.mark.parametrize("aggregation,epochs", [("token", 1), ("sequence", 2), ("constant", 1), ("ppo", 2)])
 def test_one_update_over_two_processes_equals_one_process(tmp_path, tiny_policy_dir, aggregation, epochs):
     """8 rows, micro-batches of 3 (one process: 3+3+2; each of two: 3+1); with 2 epochs the second
-    one has ratios != 1 (clipping in play). Same weights, same statistics."""
+    one has ratios != 1 (clipping in play). Same weights, same statistics. ``ppo``: PPO's whole
+    update (values, GAE, reward and advantage whitening over all ranks, policy + value loss)."""
     one, s1 = _update(tiny_policy_dir, tmp_path / "one", aggregation, epochs, 1)
     two, s2 = _update(tiny_policy_dir, tmp_path / "two", aggregation, epochs, 2)
     assert (s1["rows"], s1["world_size"], s2["rows"], s2["world_size"]) == (8, 1, 4, 2)
     start = load_weights(tiny_policy_dir)
-    assert any(not torch.equal(one[k], start[k]) for k in start if k in one)  # the update did something
+    prefix = "policy." if aggregation == "ppo" else ""
+    assert any(not torch.equal(one[prefix + k], start[k]) for k in start if prefix + k in one)  # it moved
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)
-    for key in ("loss", "clipfrac", "approx_kl", "entropy", "grad_norm"):
-        assert s2[key] == pytest.approx(s1[key], rel=1e-4, abs=1e-6), key
+    keys = ("pg_loss", "value_loss", "clipfrac", "approx_kl", "entropy", "grad_norm") if aggregation == "ppo" else \
+        ("loss", "clipfrac", "approx_kl", "entropy", "grad_norm")
+    for key in keys:
+        assert key in s1 and s2[key] == pytest.approx(s1[key], rel=1e-4, abs=1e-6), key
 
 
-def test_two_process_grpo_resumes_exactly_after_sigkill(tmp_path, tiny_policy_dir, prompt_file):
-    common = ["--max_steps", "4", "--save_every", "2", "--batch_size", "8", "--num_generations", "2",
-              "--micro_batch_size", "4", "--sample_every", "2"]
+def _resume_is_exact(tmp_path, algo, policy, prompts, common) -> None:
+    """Two processes: a run killed after step 3 and resumed from checkpoint-2 ends with the
+    weights and metrics of a run left alone."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    r = run_cli(args("grpo", tiny_policy_dir, prompt_file, straight, *common), torchrun=2)
+    r = run_cli(args(algo, policy, prompts, straight, *common), torchrun=2)
     assert r.returncode == 0, r.stderr[-3000:]
-    rows = [json.loads(l) for l in (straight / "metrics.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in rows] == [1, 2, 3, 4]  # rank 0 logs, once per step
-    assert rows[-1]["samples_per_s"] > 0 and (straight / "samples.jsonl").is_file()
-    r = run_cli(args("grpo", tiny_policy_dir, prompt_file, killed, *common), torchrun=2,
+    r = run_cli(args(algo, policy, prompts, killed, *common), torchrun=2,
                 env_extra={"RLHFKIT_TEST_SIGKILL_AFTER_STEP": "3"})
     assert r.returncode != 0 and (killed / "checkpoint-2").is_dir() and not (killed / "model").exists()
-    r = run_cli(args("grpo", tiny_policy_dir, prompt_file, killed, *common), torchrun=2)
+    assert (killed / "checkpoint-2" / "rng_ranks.pt").is_file()  # each rank's own RNG stream
+    r = run_cli(args(algo, policy, prompts, killed, *common), torchrun=2)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = load_weights(straight / "model"), load_weights(killed / "model")
     for name in a:
@@ -66,17 +68,42 @@ def test_two_process_grpo_resumes_exactly_after_sigkill(tmp_path, tiny_policy_di
         return [{k: v for k, v in json.loads(l).items() if not k.endswith("_per_s") and k != "time"}
                 for l in (out / "metrics.jsonl").read_text().splitlines()]
 
-    assert untimed(straight) == untimed(killed)
+    assert untimed(straight) == untimed(killed) and len(untimed(killed)) == 4
+
+
+@pytest.mark.parametrize("algo,extra", [
+    ("grpo", ["--num_generations", "2", "--micro_batch_size", "4", "--sample_every", "2"]),
+    # LoRA dropout draws from the global RNG, which differs per rank: each rank's stream is saved
+    ("grpo", ["--num_generations", "2", "--micro_batch_size", "4", "--lora.r", "4", "--lora.dropout", "0.1"]),
+    # state that every rank must keep the same: adaptive KL coefficient, running reward statistics
+    ("ppo", ["--ppo_epochs", "2", "--num_minibatches", "2", "--micro_batch_size", "2", "--kl_control", "adaptive",
+             "--kl_target", "0.01", "--reward_norm", "running"]),
+    ("reinforce", ["--baseline", "running"]),
+])
+def test_two_processes_resume_exactly_after_sigkill(tmp_path, tiny_policy_dir, prompt_file, algo, extra):
+    _resume_is_exact(tmp_path, algo, tiny_policy_dir, prompt_file,
+                     ["--max_steps", "4", "--save_every", "2", "--batch_size", "8", *extra])
+    if "--sample_every" in extra:
+        rows = [json.loads(l) for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+        assert [x["step"] for x in rows] == [1, 2, 3, 4]  # rank 0 logs, once per step
+        assert rows[-1]["samples_per_s"] > 0 and (tmp_path / "straight" / "samples.jsonl").is_file()
+
+
+def _same_state_on_both_ranks(folder: Path) -> None:
+    digests = [(folder / f"rank-{r}.txt").read_text() for r in (0, 1)]
+    assert digests[0] == digests[1]
 
 
 @pytest.mark.parametrize("algo,extra", [("rloo", ["--num_generations", "2", "--normalize_advantages", "true"]),
                                         ("reinforce", ["--baseline", "learned"]),
                                         ("reinforce", ["--baseline", "running", "--num_minibatches", "2", "--micro_batch_size", "2"])])
 def test_rloo_and_reinforce_run_over_two_processes(tmp_path, tiny_policy_dir, prompt_file, algo, extra):
+    """The ranks end with the same weights, optimiser state and baseline (a digest each)."""
     out = tmp_path / algo
     r = run_cli(args(algo, tiny_policy_dir, prompt_file, out, "--max_steps", "2", "--batch_size", "8", *extra),
-                torchrun=2)
+                torchrun=2, env_extra={"RLHFKIT_TEST_RANK_DIGEST": str(tmp_path / "digest")})
     assert r.returncode == 0, r.stderr[-3000:]
+    _same_state_on_both_ranks(tmp_path / "digest")
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in rows] == [1, 2] and (out / "model" / "model.safetensors").is_file()
 
@@ -102,31 +129,12 @@ def test_whitening_and_explained_variance_over_two_processes_equal_one(tmp_path)
 @pytest.mark.parametrize("extra", [["--reward_norm", "running", "--whiten_rewards", "true"],
                                    ["--kl_control", "adaptive", "--num_minibatches", "2", "--micro_batch_size", "2"]])
 def test_ppo_runs_over_two_processes(tmp_path, tiny_policy_dir, prompt_file, extra):
+    """The ranks end with the same weights, optimiser state, KL coefficient and reward statistics."""
     out = tmp_path / "ppo"
     r = run_cli(args("ppo", tiny_policy_dir, prompt_file, out, "--max_steps", "2", "--batch_size", "8",
-                     "--ppo_epochs", "2", *extra), torchrun=2)
+                     "--ppo_epochs", "2", *extra), torchrun=2, env_extra={"RLHFKIT_TEST_RANK_DIGEST": str(tmp_path / "d")})
     assert r.returncode == 0, r.stderr[-3000:]
+    _same_state_on_both_ranks(tmp_path / "d")
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in rows] == [1, 2] and all("explained_variance" in x and "kl_coef" in x for x in rows)
     assert (out / "model" / "model.safetensors").is_file()
-
-
-def test_two_process_ppo_resumes_exactly_after_sigkill(tmp_path, tiny_policy_dir, prompt_file):
-    common = ["--max_steps", "4", "--save_every", "2", "--batch_size", "8", "--ppo_epochs", "2",
-              "--num_minibatches", "2", "--micro_batch_size", "2"]
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert run_cli(args("ppo", tiny_policy_dir, prompt_file, straight, *common), torchrun=2).returncode == 0
-    r = run_cli(args("ppo", tiny_policy_dir, prompt_file, killed, *common), torchrun=2,
-                env_extra={"RLHFKIT_TEST_SIGKILL_AFTER_STEP": "3"})
-    assert r.returncode != 0 and (killed / "checkpoint-2").is_dir()
-    r = run_cli(args("ppo", tiny_policy_dir, prompt_file, killed, *common), torchrun=2)
-    assert r.returncode == 0, r.stderr[-3000:]
-    a, b = load_weights(straight / "model"), load_weights(killed / "model")
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
-
-
-def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, tiny_policy_dir, prompt_file):
-    r = run_cli(args("grpo", tiny_policy_dir, prompt_file, tmp_path / "g", "--max_steps", "1", "--batch_size", "12", "--micro_batch_size", "4",
-                     "--num_generations", "4"), torchrun=2)
-    assert r.returncode != 0 and "3 prompts per step do not divide by 2 processes" in r.stderr

@@ -16,12 +16,12 @@ import torch
 
 from rlhfkit.core.advantages import group_normalised_advantages
 from rlhfkit.recipes.common import save_final
-from rlhfkit.recipes.online import (OnlineConfig, SampleTable, generate, load_models, load_prompts, make_generator,
-                                    maybe_checkpoint, optimizer_and_scheduler, policy_gradient_update, prompts_for_step,
-                                    reference_logprobs, repeat_each, resume_state, rollout_metrics, score, sequence_kl,
-                                    setup_run, single_update, timer, out_of_time, gathered, local_share)
+from rlhfkit.recipes.online import (finish_run, gathered, generate, load_models, load_prompts, local_share,
+                                    make_generator, maybe_checkpoint, OnlineConfig, optimizer_and_scheduler,
+                                    out_of_time, policy_gradient_update, prompts_for_step, reference_logprobs,
+                                    repeat_each, resume_state, rollout_metrics, SampleTable, score, sequence_kl,
+                                    setup_run, single_update, timer)
 from rlhfkit.rewards import build_reward
-from rlhfkit.training.distributed import cleanup
 from rlhfkit.training.logging import MetricsLogger, progress_bar
 
 
@@ -62,7 +62,7 @@ def run(config: GRPOConfig) -> dict:
     generator = make_generator(config, tokenizer, policy)
     optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), config)
     modules = torch.nn.ModuleDict({"policy": policy})  # what a checkpoint holds
-    start, state = resume_state(config, modules, optimizer, scheduler)
+    start, state = resume_state(config, modules, optimizer, scheduler, info)
     logger = MetricsLogger(config.output_dir, enabled=info.is_main, tensorboard=config.tensorboard,
                            resume_step=start if state else None)
     table = SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, start if state else None,
@@ -107,5 +107,5 @@ def run(config: GRPOConfig) -> dict:
     bar.close()
     logger.close()
     save_final(policy, tokenizer, config, metrics, info)
-    cleanup(info)
+    finish_run(info, modules, optimizer, None)
     return metrics

@@ -391,12 +391,22 @@ def rollout_metrics(ro: Rollout, scores: torch.Tensor, seconds: float, info: Dis
     }
 
 
-def resume_state(config: OnlineConfig, modules: torch.nn.Module, optimizer, scheduler) -> tuple[int, dict]:
-    """``(start_step, trainer_state)`` from the latest checkpoint in ``output_dir`` (if resuming)."""
+def resume_state(config: OnlineConfig, modules: torch.nn.Module, optimizer, scheduler,
+                 info: DistInfo | None = None) -> tuple[int, dict]:
+    """``(start_step, trainer_state)`` from the latest checkpoint in ``output_dir`` (if resuming);
+    over several processes each rank takes back its own RNG stream (LoRA dropout draws from it)."""
+    from rlhfkit.training.checkpoint import load_rank_rng
+
+    if info is not None and info.rank:
+        # the models are built (the same on every rank): from here on each rank draws its own stream
+        # from the global RNG (LoRA dropout); rank 0 keeps a single process's
+        torch.manual_seed(step_seed(config.seed, 0, salt=RANK_SALT * info.rank + 1))
     ckpt = latest_checkpoint(config.output_dir) if config.resume else None
     if ckpt is None:
         return 0, {}
     state = load_checkpoint(ckpt, modules, optimizer, scheduler)
+    if info is not None and info.enabled:
+        load_rank_rng(ckpt, info.rank)
     return int(state["step"]), state
 
 
@@ -406,12 +416,45 @@ def maybe_checkpoint(config: OnlineConfig, step_done: int, modules, optimizer, s
     the SIGKILL test hook (training/loop.py). Several processes: every rank holds the same
     weights and optimiser state, rank 0 writes them and the others wait for it."""
     if config.save_every and step_done % config.save_every == 0 and step_done < config.max_steps:
+        rank_rng = None
+        if info is not None and info.enabled:  # every rank's own stream, so resume continues each one
+            import torch.distributed as dist
+
+            from rlhfkit.training.checkpoint import rng_state
+
+            rank_rng = [None] * info.world_size
+            dist.all_gather_object(rank_rng, rng_state())
         if info is None or info.is_main:
             save_checkpoint(config.output_dir, step_done, modules, optimizer, scheduler, trainer_state,
-                            keep_last=config.keep_checkpoints)
+                            keep_last=config.keep_checkpoints, rank_rng_states=rank_rng)
         if info is not None:
             barrier(info)
     _kill_for_tests(step_done)
+
+
+def finish_run(info: DistInfo, modules, optimizer, extra: dict | None = None) -> None:
+    """End of a run: the test hook ``RLHFKIT_TEST_RANK_DIGEST=DIR`` makes every rank write a digest
+    of its weights, optimiser state and ``extra`` (KL coefficient, normaliser, baseline ...) to
+    ``DIR/rank-R.txt``, so a test can check that the ranks ended in the same state; then the
+    process group is left."""
+    from rlhfkit.training.distributed import cleanup
+
+    folder = os.environ.get("RLHFKIT_TEST_RANK_DIGEST")
+    if folder:
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, t in sorted(modules.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        for group in optimizer.state_dict()["state"].values():
+            for k, v in sorted(group.items()):
+                h.update(k.encode())
+                h.update(v.detach().cpu().contiguous().numpy().tobytes() if torch.is_tensor(v) else repr(v).encode())
+        h.update(json.dumps(extra or {}, sort_keys=True, default=repr).encode())
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"rank-{info.rank}.txt").write_text(h.hexdigest(), encoding="utf-8")
+    cleanup(info)
 
 
 def gathered(t: torch.Tensor, info: DistInfo | None) -> torch.Tensor:
@@ -472,7 +515,7 @@ class SampleTable:
         self._write_md(step, rows)
 
 
-def setup_run(config: OnlineConfig) -> DistInfo:
+def setup_run(config: OnlineConfig, prompts_per_step: int | None = None) -> DistInfo:
     """Threads, seed, and the process group when launched with several processes (torchrun /
     accelerate launch; gloo, as the online recipes run on the CPU). Data parallel: every rank
     holds the policy, rolls out its consecutive share of each step's prompts (whole groups) from
@@ -485,7 +528,7 @@ def setup_run(config: OnlineConfig) -> DistInfo:
     torch.manual_seed(config.seed)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
-        prompts_per_step = config.batch_size // config.num_generations
+        prompts_per_step = prompts_per_step or config.batch_size // config.num_generations
         if config.parallel != "ddp":
             raise ConfigError(f"field 'parallel': online RL recipes replicate the policy on every process (ddp), "
                              f"not {config.parallel!r}")

@@ -21,15 +21,15 @@ from rlhfkit.core.losses import ppo_policy_loss, ppo_value_loss
 from rlhfkit.core.masking import masked_mean
 from rlhfkit.core.reward_shaping import apply_missing_eos_penalty, per_token_rewards
 from rlhfkit.recipes.common import save_final
-from rlhfkit.recipes.online import (RANK_SALT, OnlineConfig, SampleTable, explained_variance, gathered, generate,
+from rlhfkit.recipes.online import (RANK_SALT, explained_variance, finish_run, gathered, generate,
                                     global_masked_whiten, load_models, load_prompts, local_share, make_generator,
-                                    make_kl_controller, maybe_checkpoint, micro_slices, minibatches,
-                                    optimizer_and_scheduler, prompts_for_step, reference_logprobs, resume_state,
-                                    rollout_metrics, score, setup_run, timer, out_of_time)
+                                    make_kl_controller, maybe_checkpoint, micro_slices, minibatches, OnlineConfig,
+                                    optimizer_and_scheduler, out_of_time, prompts_for_step, reference_logprobs,
+                                    resume_state, rollout_metrics, SampleTable, score, setup_run, timer)
 from rlhfkit.rewards import RunningNormaliser, build_reward
 from rlhfkit.rollout import Rollout, response_logprobs, step_seed
 from rlhfkit.training.loop import enable_gradient_checkpointing
-from rlhfkit.training.distributed import DistInfo, all_reduce_gradients, all_reduce_sum, cleanup
+from rlhfkit.training.distributed import DistInfo, all_reduce_gradients, all_reduce_sum
 from rlhfkit.training.logging import MetricsLogger, progress_bar
 
 
@@ -103,8 +103,68 @@ def fit_reference_normaliser(config, generator, policy, tokenizer, prompts, rewa
     return RunningNormaliser().fit(torch.cat(scores))
 
 
+def ppo_update(config: PPOConfig, modules: torch.nn.ModuleDict, reference, ro: Rollout, scores: torch.Tensor,
+               kl_coef: float, optimizer, scheduler, params: list, step: int, info: DistInfo) -> dict:
+    """Steps 3-5 of a PPO step on a rollout (over several processes, this rank's share of it):
+    reference log-probs and old values, per-token rewards ``-kl_coef * KL`` with the score on the
+    last token, GAE, whitened advantages (over every rank's valid tokens), then ``ppo_epochs``
+    over shuffled minibatches of the clipped policy + value loss with gradient accumulation, the
+    token normaliser of the whole minibatch and gradients summed over ranks. Returns ``{"stats":
+    mean statistics over all ranks, "kl": per-token KL [B, R], "old_values", "returns"}``."""
+    policy, value_model = modules["policy"], modules["value"]
+    mask, mb = ro.response_mask, config.micro_batch_size
+    # 3. reference log-probs and old values (no grad)
+    ref_lp = reference_logprobs(policy, reference, ro, config.temperature, mb)
+    with torch.no_grad():
+        old_values = torch.cat([response_values(value_model, ro, torch.arange(len(ro))[s])
+                                for s in micro_slices(len(ro), mb)])
+    # 4. per-token reward -beta*KL with the score on the last token (detail 7), GAE (detail 9)
+    rewards, kl = per_token_rewards(scores, ro.logprobs, ref_lp, mask, kl_coef, config.kl_estimator)
+    if config.whiten_rewards:
+        rewards = global_masked_whiten(rewards, mask, info, shift_mean=False)
+    advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
+    advantages = global_masked_whiten(advantages, mask, info, shift_mean=True)  # over valid tokens only
+    # 5. ppo_epochs over shuffled minibatches, accumulation over micro-batches (detail 10)
+    sums: dict[str, float] = {}
+    n_updates = 0
+    modules.train()
+    for epoch in range(config.ppo_epochs):
+        for rows in minibatches(len(ro), config, step, epoch):
+            # minibatch-global normaliser (over every rank's share of the minibatch)
+            n_tokens = all_reduce_sum(mask[rows].sum(), info).clamp(min=1).float()
+            for s in micro_slices(len(rows), mb):
+                r = rows[s]
+                m = mask[r]
+                logp, ent = response_logprobs(policy, ro.prompt_ids[r], ro.prompt_mask[r], ro.response_ids[r], m,
+                                              config.temperature, with_entropy=True)
+                values = response_values(value_model, ro, r)
+                pg_loss, pst = ppo_policy_loss(logp, ro.logprobs[r], advantages[r], m, config.clip_eps, n_tokens)
+                vf_loss, vst = ppo_value_loss(values, old_values[r], returns[r], m, config.cliprange_value, n_tokens)
+                loss = pg_loss + config.vf_coef * vf_loss
+                loss.backward()
+                share = float(m.sum()) / float(n_tokens)
+                for key, val in (("pg_loss", pg_loss), ("value_loss", vf_loss)):
+                    sums[key] = sums.get(key, 0.0) + float(val.detach())
+                for key, val in (*pst.items(), *vst.items(), ("entropy", masked_mean(ent, m) if m.any() else 0.0)):
+                    sums[key] = sums.get(key, 0.0) + float(val) * share
+            all_reduce_gradients(params, info)  # the ranks' shares of the loss add up to the minibatch's
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm) if config.max_grad_norm > 0 else torch.tensor(0.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
+            n_updates += 1
+    modules.eval()
+    if info.enabled:  # each rank's sums are its share of the minibatches; grad_norm is the same on all
+        keys = sorted(k for k in sums if k != "grad_norm")
+        total = all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64), info)
+        sums.update({k: float(v) for k, v in zip(keys, total)})
+    return {"stats": {k: v / n_updates for k, v in sums.items()}, "kl": kl, "old_values": old_values,
+            "returns": returns}
+
+
 def run(config: PPOConfig) -> dict:
-    info = setup_run(config)
+    info = setup_run(config, prompts_per_step=config.batch_size)  # one sample per prompt
     prompts = load_prompts(config)
     reward = build_reward(config.reward, batch_size=config.reward_batch_size)
     gold = build_reward(config.gold_reward, batch_size=config.reward_batch_size) if config.gold_reward else None
@@ -116,7 +176,7 @@ def run(config: PPOConfig) -> dict:
     optimizer, scheduler = optimizer_and_scheduler(params, config)
     kl_ctl = make_kl_controller(config.kl_control, config.kl_coef, config.kl_target, config.kl_horizon)
     normaliser = RunningNormaliser()
-    start, state = resume_state(config, modules, optimizer, scheduler)
+    start, state = resume_state(config, modules, optimizer, scheduler, info)
     if state:
         kl_ctl.load_state_dict(state["kl_controller"])
         normaliser.load_state_dict(state["reward_normaliser"])
@@ -127,7 +187,6 @@ def run(config: PPOConfig) -> dict:
     table = SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, start if state else None,
                         enabled=info.is_main)
     bar = progress_bar(config.max_steps, initial=start, desc="ppo", enabled=info.is_main)
-    mb = config.micro_batch_size
     metrics: dict = {}
     started = timer()
     for step in range(start, config.max_steps):
@@ -147,60 +206,18 @@ def run(config: PPOConfig) -> dict:
         elif config.reward_norm == "running":  # the statistics take in the whole step's scores first
             normaliser.update(gathered(scores, info))
             scores = normaliser.normalise(scores, update=False)
-        # 3. reference log-probs and old values (no grad)
-        ref_lp = reference_logprobs(policy, reference, ro, config.temperature, mb)
-        with torch.no_grad():
-            old_values = torch.cat([response_values(value_model, ro, torch.arange(len(ro))[s])
-                                    for s in micro_slices(len(ro), mb)])
-        # 4. per-token reward -beta*KL with the score on the last token (detail 7), GAE (detail 9)
-        rewards, kl = per_token_rewards(scores, ro.logprobs, ref_lp, mask, kl_ctl.value, config.kl_estimator)
-        if config.whiten_rewards:
-            rewards = global_masked_whiten(rewards, mask, info, shift_mean=False)
-        advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
-        advantages = global_masked_whiten(advantages, mask, info, shift_mean=True)  # over valid tokens only
-        # 5. ppo_epochs over shuffled minibatches, accumulation over micro-batches (detail 10)
-        sums: dict[str, float] = {}
-        n_updates = 0
-        modules.train()
-        for epoch in range(config.ppo_epochs):
-            for rows in minibatches(len(ro), config, step, epoch):
-                # minibatch-global normaliser (over every rank's share of the minibatch)
-                n_tokens = all_reduce_sum(mask[rows].sum(), info).clamp(min=1).float()
-                for s in micro_slices(len(rows), mb):
-                    r = rows[s]
-                    m = mask[r]
-                    logp, ent = response_logprobs(policy, ro.prompt_ids[r], ro.prompt_mask[r], ro.response_ids[r], m,
-                                                  config.temperature, with_entropy=True)
-                    values = response_values(value_model, ro, r)
-                    pg_loss, pst = ppo_policy_loss(logp, ro.logprobs[r], advantages[r], m, config.clip_eps, n_tokens)
-                    vf_loss, vst = ppo_value_loss(values, old_values[r], returns[r], m, config.cliprange_value, n_tokens)
-                    loss = pg_loss + config.vf_coef * vf_loss
-                    loss.backward()
-                    share = float(m.sum()) / float(n_tokens)
-                    for key, val in (("pg_loss", pg_loss), ("value_loss", vf_loss)):
-                        sums[key] = sums.get(key, 0.0) + float(val.detach())
-                    for key, val in (*pst.items(), *vst.items(), ("entropy", masked_mean(ent, m) if m.any() else 0.0)):
-                        sums[key] = sums.get(key, 0.0) + float(val) * share
-                all_reduce_gradients(params, info)  # the ranks' shares of the loss add up to the minibatch's
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm) if config.max_grad_norm > 0 else torch.tensor(0.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
-                n_updates += 1
-        modules.eval()
-        if info.enabled:  # each rank's sums are its share of the minibatches; grad_norm is the same on all
-            keys = sorted(k for k in sums if k != "grad_norm")
-            total = all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64), info)
-            sums.update({k: float(v) for k, v in zip(keys, total)})
+        # 3-5. reference log-probs, values, per-token rewards, GAE, whitened advantages, the update
+        upd = ppo_update(config, modules, reference, ro, scores, kl_ctl.value, optimizer, scheduler, params, step, info)
+        kl, old_values, returns = upd["kl"], upd["old_values"], upd["returns"]
         # 6. KL controller, metrics (detail 12), samples, checkpoint
         seq_kl = kl.sum(1)
         all_kl = gathered(seq_kl, info)
         kl_coef_used = kl_ctl.value
+        non_score = gathered((-kl_coef_used * kl).sum(1), info)
         kl_ctl.update(all_kl.mean(), len(all_kl))
-        metrics = {**rollout_metrics(ro, raw_scores, timer() - t0, info), **{k: v / n_updates for k, v in sums.items()},
+        metrics = {**rollout_metrics(ro, raw_scores, timer() - t0, info), **upd["stats"],
                    "kl": float(all_kl.mean()), "kl_coef": kl_coef_used,
-                   "non_score_reward": float((-kl_coef_used * all_kl).mean()),
+                   "non_score_reward": float(non_score.mean()),
                    "score_normalised": float(gathered(scores, info).mean()),
                    "explained_variance": explained_variance(old_values, returns, mask, info),
                    "lr": scheduler.get_last_lr()[0]}
@@ -219,5 +236,5 @@ def run(config: PPOConfig) -> dict:
     bar.close()
     logger.close()
     save_final(policy, tokenizer, config, metrics, info)
-    cleanup(info)
+    finish_run(info, modules, optimizer, {"kl_controller": kl_ctl.state_dict(), "reward_normaliser": normaliser.state_dict()})
     return metrics

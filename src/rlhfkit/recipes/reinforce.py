@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 import torch
 
 from rlhfkit.recipes.common import save_final
-from rlhfkit.recipes.online import (OnlineConfig, gathered, local_share, SampleTable, generate, kl_penalised_scores, load_models, load_prompts, make_generator,
-                                    maybe_checkpoint, optimizer_and_scheduler, policy_gradient_update, prompts_for_step,
-                                    repeat_each, resume_state, rollout_metrics, score,
-                                    setup_run, timer, out_of_time)
+from rlhfkit.recipes.online import (finish_run, gathered, generate, kl_penalised_scores, load_models, load_prompts,
+                                    local_share, make_generator, maybe_checkpoint, OnlineConfig,
+                                    optimizer_and_scheduler, out_of_time, policy_gradient_update, prompts_for_step,
+                                    repeat_each, resume_state, rollout_metrics, SampleTable, score, setup_run, timer)
 from rlhfkit.rewards import build_reward
-from rlhfkit.training.distributed import DistInfo, cleanup
+from rlhfkit.training.distributed import DistInfo
 from rlhfkit.training.logging import MetricsLogger, progress_bar
 
 
@@ -71,7 +71,7 @@ def run(config: ReinforceConfig) -> dict:
         modules["value"] = make_value_model(config.model, zero_init=True, tokenizer=tokenizer)
     params = [p for p in modules.parameters() if p.requires_grad]
     optimizer, scheduler = optimizer_and_scheduler(params, config)
-    start, state = resume_state(config, modules, optimizer, scheduler)
+    start, state = resume_state(config, modules, optimizer, scheduler, info)
     b = float(state.get("baseline", 0.0))
     logger = MetricsLogger(config.output_dir, enabled=info.is_main, tensorboard=config.tensorboard,
                            resume_step=start if state else None)
@@ -120,5 +120,5 @@ def run(config: ReinforceConfig) -> dict:
     bar.close()
     logger.close()
     save_final(policy, tokenizer, config, metrics, info)
-    cleanup(info)
+    finish_run(info, modules, optimizer, {"baseline": b})
     return metrics

@@ -69,6 +69,7 @@ def save_checkpoint(
     keep_last: int = 2,
     model_state: dict | None = None,
     optimizer_state: dict | None = None,
+    rank_rng_states: list | None = None,
 ) -> Path:
     """Write `output_dir/checkpoint-<step>` atomically and prune older ones (keep `keep_last`).
 
@@ -88,6 +89,8 @@ def save_checkpoint(
     if scheduler is not None:
         _save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
     _save_torch(rng_state(), tmp / "rng.pt")
+    if rank_rng_states is not None:  # every rank's own stream (several processes), see load_rank_rng
+        _save_torch(rank_rng_states, tmp / "rng_ranks.pt")
     state = {"step": step, **(trainer_state or {})}
     with open(tmp / "trainer_state.json", "w", encoding="utf-8") as f:
         json.dump(state, f, indent=1)
@@ -115,6 +118,19 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     ckpts = list_checkpoints(output_dir)
     return ckpts[-1] if ckpts else None
+
+
+def load_rank_rng(path: str | Path, rank: int) -> bool:
+    """Restore this rank's RNG state from a checkpoint written by several processes; False when
+    the checkpoint holds none (one process wrote it: ``rng.pt`` is the state)."""
+    f = Path(path) / "rng_ranks.pt"
+    if not f.exists():
+        return False
+    states = torch.load(f, weights_only=False)
+    if rank >= len(states):
+        raise ValueError(f"{path}: written by {len(states)} processes, resumed by more (rank {rank})")
+    set_rng_state(states[rank])
+    return True
 
 
 def load_checkpoint(

@@ -143,3 +143,32 @@ def thumbs_file(tmp_path_factory) -> Path:
         rows.append({"prompt": sentence(rng, 4), "label": good,
                      "completion": f" {sentence(rng, 4)} {'happy' if good else 'sad'} {sentence(rng, 2)}"})
     return write_jsonl(tmp_path_factory.mktemp("thumbs") / "thumbs.jsonl", rows)
+
+
+def assert_resume_exact(tmp_path: Path, make_args, algo: str, policy, prompts, common: list[str], kill_after: int,
+                        checkpoint: int, torchrun: int = 0) -> tuple[Path, Path]:
+    """A run SIGKILLed after step ``kill_after`` and started again (resuming from
+    ``checkpoint-<checkpoint>``) ends with the weights and the metrics (timings aside) of a run
+    left alone; ``torchrun``: over that many processes. Returns both output folders."""
+    import json
+    import signal
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    r = run_cli(make_args(algo, policy, prompts, straight, *common), torchrun=torchrun)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_cli(make_args(algo, policy, prompts, killed, *common), torchrun=torchrun,
+                env_extra={"RLHFKIT_TEST_SIGKILL_AFTER_STEP": str(kill_after)})
+    assert (r.returncode != 0) if torchrun else (r.returncode == -signal.SIGKILL), (r.returncode, r.stderr[-3000:])
+    assert (killed / f"checkpoint-{checkpoint}").is_dir() and not (killed / "model").exists()
+    r = run_cli(make_args(algo, policy, prompts, killed, *common), torchrun=torchrun)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = load_weights(straight / "model"), load_weights(killed / "model")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+    def rows(out):
+        return [{k: v for k, v in json.loads(l).items() if not k.endswith("_per_s") and k != "time"}
+                for l in (out / "metrics.jsonl").read_text().splitlines()]
+
+    assert rows(straight) == rows(killed) and len(rows(killed)) > kill_after
+    return straight, killed

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import free_port, load_weights, run_cli
+from .conftest import assert_resume_exact, free_port, load_weights, run_cli
 from .test_online_recipes import args
 
 WORKER = Path(__file__).with_name("online_update_worker.py")
@@ -48,29 +48,6 @@ def test_one_update_over_two_processes_equals_one_process(tmp_path, tiny_policy_
         assert key in s1 and s2[key] == pytest.approx(s1[key], rel=1e-4, abs=1e-6), key
 
 
-def _resume_is_exact(tmp_path, algo, policy, prompts, common) -> None:
-    """Two processes: a run killed after step 3 and resumed from checkpoint-2 ends with the
-    weights and metrics of a run left alone."""
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    r = run_cli(args(algo, policy, prompts, straight, *common), torchrun=2)
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = run_cli(args(algo, policy, prompts, killed, *common), torchrun=2,
-                env_extra={"RLHFKIT_TEST_SIGKILL_AFTER_STEP": "3"})
-    assert r.returncode != 0 and (killed / "checkpoint-2").is_dir() and not (killed / "model").exists()
-    assert (killed / "checkpoint-2" / "rng_ranks.pt").is_file()  # each rank's own RNG stream
-    r = run_cli(args(algo, policy, prompts, killed, *common), torchrun=2)
-    assert r.returncode == 0, r.stderr[-3000:]
-    a, b = load_weights(straight / "model"), load_weights(killed / "model")
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
-
-    def untimed(out):
-        return [{k: v for k, v in json.loads(l).items() if not k.endswith("_per_s") and k != "time"}
-                for l in (out / "metrics.jsonl").read_text().splitlines()]
-
-    assert untimed(straight) == untimed(killed) and len(untimed(killed)) == 4
-
-
 @pytest.mark.parametrize("algo,extra", [
     ("grpo", ["--num_generations", "2", "--micro_batch_size", "4", "--sample_every", "2"]),
     # LoRA dropout draws from the global RNG, which differs per rank: each rank's stream is saved
@@ -81,8 +58,10 @@ def _resume_is_exact(tmp_path, algo, policy, prompts, common) -> None:
     ("reinforce", ["--baseline", "running"]),
 ])
 def test_two_processes_resume_exactly_after_sigkill(tmp_path, tiny_policy_dir, prompt_file, algo, extra):
-    _resume_is_exact(tmp_path, algo, tiny_policy_dir, prompt_file,
-                     ["--max_steps", "4", "--save_every", "2", "--batch_size", "8", *extra])
+    _, killed = assert_resume_exact(tmp_path, args, algo, tiny_policy_dir, prompt_file,
+                                    ["--max_steps", "4", "--save_every", "2", "--batch_size", "8", *extra],
+                                    kill_after=3, checkpoint=2, torchrun=2)
+    assert (killed / "checkpoint-2" / "rng_ranks.pt").is_file()  # each rank's own RNG stream
     if "--sample_every" in extra:
         rows = [json.loads(l) for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
         assert [x["step"] for x in rows] == [1, 2, 3, 4]  # rank 0 logs, once per step

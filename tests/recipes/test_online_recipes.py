@@ -2,7 +2,6 @@
 losses, a rule reward that rises, batch-split invariance, LoRA reference, exact resume."""
 import json
 import math
-import signal
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from rlhfkit.recipes import grpo, ppo, reinforce, rloo
 from rlhfkit.recipes.online import prompts_for_step, repeat_each, token_weights
 from rlhfkit.training.config import load_config
 
-from .conftest import load_weights, run_cli
+from .conftest import assert_resume_exact, load_weights
 
 RECIPES = {"ppo": ppo.PPOConfig, "grpo": grpo.GRPOConfig, "rloo": rloo.RLOOConfig, "reinforce": reinforce.ReinforceConfig}
 
@@ -251,24 +250,9 @@ def test_gradient_checkpointing_gives_the_same_update(tmp_path, tiny_policy_dir,
     pytest.param("grpo", ["--num_generations", "4", "--sample_every", "2"], marks=pytest.mark.slow),
 ])
 def test_sigkill_resume_is_exact(tmp_path, tiny_policy_dir, prompt_file, algo, extra):
-    common = ["--max_steps", "6", "--save_every", "2", "--batch_size", "8", *extra]
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    r = run_cli(args(algo, tiny_policy_dir, prompt_file, straight, *common))
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = run_cli(args(algo, tiny_policy_dir, prompt_file, killed, *common), env_extra={"RLHFKIT_TEST_SIGKILL_AFTER_STEP": "5"})
-    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-3000:])
-    assert (killed / "checkpoint-4").is_dir() and not (killed / "model").exists()
-    r = run_cli(args(algo, tiny_policy_dir, prompt_file, killed, *common))
-    assert r.returncode == 0, r.stderr[-3000:]
-    a, b = load_weights(straight / "model"), load_weights(killed / "model")
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
-
-    def rows(out):
-        return [{k: v for k, v in json.loads(l).items() if not k.endswith("_per_s") and k != "time"}
-                for l in (out / "metrics.jsonl").read_text().splitlines()]
-
-    assert rows(straight) == rows(killed) and len(rows(killed)) == 6
+    straight, killed = assert_resume_exact(tmp_path, args, algo, tiny_policy_dir, prompt_file,
+                                           ["--max_steps", "6", "--save_every", "2", "--batch_size", "8", *extra],
+                                           kill_after=5, checkpoint=4)
     if "--sample_every" in extra:
         assert (straight / "samples.jsonl").read_text() == (killed / "samples.jsonl").read_text()
         assert "## step 6" in (killed / "samples.md").read_text()

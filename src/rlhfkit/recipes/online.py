@@ -432,6 +432,17 @@ def maybe_checkpoint(config: OnlineConfig, step_done: int, modules, optimizer, s
     _kill_for_tests(step_done)
 
 
+def run_outputs(config: OnlineConfig, info: DistInfo, start: int, resumed: bool, desc: str):
+    """``(metrics logger, sample table, progress bar)`` of a run, written by rank 0 only; on resume
+    they continue from ``start`` (rows logged after it by the interrupted run are dropped)."""
+    from rlhfkit.training.logging import MetricsLogger, progress_bar
+
+    at = start if resumed else None
+    return (MetricsLogger(config.output_dir, enabled=info.is_main, tensorboard=config.tensorboard, resume_step=at),
+            SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, at, enabled=info.is_main),
+            progress_bar(config.max_steps, initial=start, desc=desc, enabled=info.is_main))
+
+
 def finish_run(info: DistInfo, modules, optimizer, extra: dict | None = None) -> None:
     """End of a run: the test hook ``RLHFKIT_TEST_RANK_DIGEST=DIR`` makes every rank write a digest
     of its weights, optimiser state and ``extra`` (KL coefficient, normaliser, baseline ...) to

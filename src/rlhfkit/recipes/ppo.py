@@ -21,16 +21,15 @@ from rlhfkit.core.losses import ppo_policy_loss, ppo_value_loss
 from rlhfkit.core.masking import masked_mean
 from rlhfkit.core.reward_shaping import apply_missing_eos_penalty, per_token_rewards
 from rlhfkit.recipes.common import save_final
-from rlhfkit.recipes.online import (RANK_SALT, explained_variance, finish_run, gathered, generate,
+from rlhfkit.recipes.online import (RANK_SALT, explained_variance, finish_run, run_outputs, gathered, generate,
                                     global_masked_whiten, load_models, load_prompts, local_share, make_generator,
                                     make_kl_controller, maybe_checkpoint, micro_slices, minibatches, OnlineConfig,
                                     optimizer_and_scheduler, out_of_time, prompts_for_step, reference_logprobs,
-                                    resume_state, rollout_metrics, SampleTable, score, setup_run, timer)
+                                    resume_state, rollout_metrics, score, setup_run, timer)
 from rlhfkit.rewards import RunningNormaliser, build_reward
 from rlhfkit.rollout import Rollout, response_logprobs, step_seed
 from rlhfkit.training.loop import enable_gradient_checkpointing
 from rlhfkit.training.distributed import DistInfo, all_reduce_gradients, all_reduce_sum
-from rlhfkit.training.logging import MetricsLogger, progress_bar
 
 
 @dataclass
@@ -182,11 +181,7 @@ def run(config: PPOConfig) -> dict:
         normaliser.load_state_dict(state["reward_normaliser"])
     elif config.reward_norm == "reference":
         normaliser = fit_reference_normaliser(config, generator, policy, tokenizer, prompts, reward, info)
-    logger = MetricsLogger(config.output_dir, enabled=info.is_main, tensorboard=config.tensorboard,
-                           resume_step=start if state else None)
-    table = SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, start if state else None,
-                        enabled=info.is_main)
-    bar = progress_bar(config.max_steps, initial=start, desc="ppo", enabled=info.is_main)
+    logger, table, bar = run_outputs(config, info, start, bool(state), "ppo")
     metrics: dict = {}
     started = timer()
     for step in range(start, config.max_steps):

@@ -21,10 +21,9 @@ from rlhfkit.recipes.common import save_final
 from rlhfkit.recipes.online import (finish_run, gathered, generate, kl_penalised_scores, load_models, load_prompts,
                                     local_share, make_generator, maybe_checkpoint, OnlineConfig,
                                     optimizer_and_scheduler, out_of_time, policy_gradient_update, prompts_for_step,
-                                    repeat_each, resume_state, rollout_metrics, SampleTable, score, setup_run, timer)
+                                    repeat_each, resume_state, rollout_metrics, run_outputs, score, setup_run, timer)
 from rlhfkit.rewards import build_reward
 from rlhfkit.training.distributed import DistInfo
-from rlhfkit.training.logging import MetricsLogger, progress_bar
 
 
 @dataclass
@@ -73,11 +72,7 @@ def run(config: ReinforceConfig) -> dict:
     optimizer, scheduler = optimizer_and_scheduler(params, config)
     start, state = resume_state(config, modules, optimizer, scheduler, info)
     b = float(state.get("baseline", 0.0))
-    logger = MetricsLogger(config.output_dir, enabled=info.is_main, tensorboard=config.tensorboard,
-                           resume_step=start if state else None)
-    table = SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, start if state else None,
-                        enabled=info.is_main)
-    bar = progress_bar(config.max_steps, initial=start, desc="reinforce", enabled=info.is_main)
+    logger, table, bar = run_outputs(config, info, start, bool(state), "reinforce")
     metrics: dict = {}
     started = timer()
     for step in range(start, config.max_steps):

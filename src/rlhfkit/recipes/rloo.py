@@ -19,10 +19,9 @@ from rlhfkit.recipes.online import (finish_run, fused_advantages_ok, gathered, g
                                     load_models, load_prompts, local_share, make_generator, maybe_checkpoint,
                                     OnlineConfig, optimizer_and_scheduler, out_of_time, policy_gradient_update,
                                     prompts_for_step, reference_logprobs, repeat_each, resume_state, rollout_metrics,
-                                    SampleTable, score, sequence_kl, setup_run, timer)
+                                    run_outputs, score, sequence_kl, setup_run, timer)
 from rlhfkit.rewards import build_reward
 from rlhfkit.training.distributed import DistInfo
-from rlhfkit.training.logging import MetricsLogger, progress_bar
 
 
 @dataclass
@@ -60,11 +59,7 @@ def run(config: RLOOConfig) -> dict:
     optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), config)
     modules = torch.nn.ModuleDict({"policy": policy})
     start, state = resume_state(config, modules, optimizer, scheduler, info)
-    logger = MetricsLogger(config.output_dir, enabled=info.is_main, tensorboard=config.tensorboard,
-                           resume_step=start if state else None)
-    table = SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, start if state else None,
-                        enabled=info.is_main)
-    bar = progress_bar(config.max_steps, initial=start, desc="rloo", enabled=info.is_main)
+    logger, table, bar = run_outputs(config, info, start, bool(state), "rloo")
     metrics: dict = {}
     started = timer()
     for step in range(start, config.max_steps):

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from rlhfkit.serve.live import PolicyGenerator, current_policy
+from rlhfkit.serve.live import NoPolicyYet, PolicyGenerator, current_policy
 
 pytest.importorskip("fastapi")
 
@@ -40,8 +40,11 @@ def test_a_loop_folder_is_followed_to_its_newest_policy(tmp_path, tiny_chat_dir,
     loop = tmp_path / "loop"
     (loop / "setup").mkdir(parents=True)
     _state(loop, 0)
-    with pytest.raises(ValueError, match="no policy yet"):
+    with pytest.raises(NoPolicyYet, match="no policy yet"):
         current_policy(str(loop))
+    waiting = PolicyGenerator(str(loop), max_new_tokens=6)  # a loop in its setup: served, loads later
+    with pytest.raises(LookupError):
+        waiting(["the film was"], 2)
     assert current_policy(str(tiny_chat_dir)) == str(tiny_chat_dir)  # not a loop: the model itself
     shutil.copytree(tiny_chat_dir, loop / "setup" / "model")
     _state(loop, 0)
@@ -86,6 +89,27 @@ def test_items_generated_through_the_admin_api(tmp_path, tiny_chat_dir):
     with app.state.store.read() as c:
         rows = c.execute(select(db.items.c.prompt, db.items.c.source)).all()
     assert sorted(rows) == [("a story", "generated"), ("the film was", "generated")]
+    app.state.store.close()
+
+
+def test_a_loop_still_in_its_setup_answers_503(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from rlhfkit.feedback.app import create_app
+    from rlhfkit.feedback.auth import create_user
+
+    loop = tmp_path / "loop"
+    loop.mkdir()
+    _state(loop, 0)
+    app = create_app(str(tmp_path / "fb.db"), generator=PolicyGenerator(str(loop)))
+    app.state.store.write(lambda c: create_user(c, "admin", "a-long-admin-password", "admin"))
+    with TestClient(app) as client:
+        token = client.post("/api/auth/login", json={"username": "admin", "password": "a-long-admin-password"})
+        headers = {"Authorization": f"Bearer {token.json()['token']}"}
+        pid = client.post("/api/admin/projects", json={"name": "live", "task_type": "pairwise"},
+                          headers=headers).json()["id"]
+        r = client.post(f"/api/admin/projects/{pid}/generate", json={"prompts": ["x"]}, headers=headers)
+        assert r.status_code == 503 and "no policy yet" in r.json()["detail"]
     app.state.store.close()
 
 

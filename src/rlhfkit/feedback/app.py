@@ -373,7 +373,10 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
         proj = _project(project_id)
         lo, hi = TASK_TYPES[proj["task_type"]]
         n = min(max(body.n, lo), hi)
-        return {"imported": generate_items(store, project_id, body.prompts, generator, n)}
+        try:
+            return {"imported": generate_items(store, project_id, body.prompts, generator, n)}
+        except LookupError as e:  # the generator has no model yet (e.g. a loop still in its setup)
+            raise HTTPException(503, str(e)) from None
 
     @app.get("/api/admin/projects/{project_id}/dashboard", tags=["admin"])
     def api_dashboard(project_id: int, p: Principal = Depends(api_admin)):

@@ -6,7 +6,7 @@
 folder, a ``.gguf`` file, a Hugging Face name or the ``smollm2-135m`` alias) or the output folder
 of a loop; for a loop the policy is looked up at every call (the last finished round's
 ``round-N/policy/model``, the initial policy before that) and reloaded when the loop has moved
-on. Sampling goes through ``rollout.make_sampler``, as in training; calls are serialised by a
+on; while the loop is still in its setup a call raises ``NoPolicyYet`` (the app answers 503). Sampling goes through ``rollout.make_sampler``, as in training; calls are serialised by a
 lock (the app's handlers run in threads) and each call draws from its own seed.
 """
 from __future__ import annotations
@@ -16,7 +16,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PolicyGenerator", "current_policy"]
+__all__ = ["PolicyGenerator", "NoPolicyYet", "current_policy"]
+
+
+class NoPolicyYet(LookupError):
+    """The loop has not finished its setup: there is no policy to generate with yet."""
 
 
 def current_policy(spec: str) -> str:
@@ -40,7 +44,7 @@ def current_policy(spec: str) -> str:
     try:
         return json.loads((folder / "setup" / "stage.json").read_text(encoding="utf-8"))["outputs"]["model"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(f"{folder}: the loop has no policy yet (setup has not finished)") from None
+        raise NoPolicyYet(f"{folder}: the loop has no policy yet (its setup has not finished)") from None
 
 
 class PolicyGenerator:
@@ -60,7 +64,10 @@ class PolicyGenerator:
         self._tokenizer: Any = None
         self._sampler: Any = None
         self._lock = threading.Lock()
-        self._load(current_policy(spec))  # fail at start-up, not at the first request
+        try:
+            self._load(current_policy(spec))  # a model that does not load fails at start-up
+        except NoPolicyYet:
+            pass  # a loop still in its setup: the first request after it loads the policy
 
     def _load(self, path: str) -> None:
         from rlhfkit.models import load_policy

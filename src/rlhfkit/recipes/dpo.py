@@ -261,20 +261,26 @@ def cache_key(model_spec: str, model, splits: dict[str, list[dict]], max_length:
 
 
 @torch.no_grad()
-def compute_reference(model, examples: list[dict], pad_id: int, micro_batch_size: int) -> torch.Tensor:
-    """``[len(examples), S]`` float64 log-probs of each example's S sequences under ``model``."""
+def compute_reference(model, examples: list[dict], pad_id: int, micro_batch_size: int,
+                      desc: str = "") -> torch.Tensor:
+    """``[len(examples), S]`` float64 log-probs of each example's S sequences under ``model``
+    (a progress bar when ``desc`` is given: on a CPU this pass over every pair takes minutes)."""
+    from rlhfkit.training.logging import progress_bar
+
     was_training = model.training
     model.eval()
     n_seqs = len(examples[0]["seqs"]) if examples else 0
     out = torch.zeros(len(examples), n_seqs, dtype=torch.float64)
     step = max(1, micro_batch_size)
-    for i in range(0, len(examples), step):
-        chunk = examples[i:i + step]
-        seqs = [s for e in chunk for s in e["seqs"]]
-        lens = [e["prompt_len"] for e in chunk for _ in e["seqs"]]
-        b = pad_scored(seqs, lens, pad_id)
-        logps = sequence_logps(model, b["input_ids"], b["attention_mask"], b["labels"])[0]
-        out[i:i + len(chunk)] = logps.double().cpu().view(len(chunk), n_seqs)
+    with progress_bar(len(examples), desc=desc, enabled=bool(desc), unit="example") as bar:
+        for i in range(0, len(examples), step):
+            chunk = examples[i:i + step]
+            seqs = [s for e in chunk for s in e["seqs"]]
+            lens = [e["prompt_len"] for e in chunk for _ in e["seqs"]]
+            b = pad_scored(seqs, lens, pad_id)
+            logps = sequence_logps(model, b["input_ids"], b["attention_mask"], b["labels"])[0]
+            out[i:i + len(chunk)] = logps.double().cpu().view(len(chunk), n_seqs)
+            bar.update(len(chunk))
     model.train(was_training)
     return out
 
@@ -290,7 +296,8 @@ def cached_reference(config, model, splits: dict[str, list[dict]], pad_id: int, 
         cache = torch.load(path, weights_only=True) if path.is_file() else None
         if cache is None or cache.get("key") != key:
             status = "computed"
-            cache = {"key": key, "splits": {name: compute_reference(model, ex, pad_id, config.micro_batch_size)
+            cache = {"key": key, "splits": {name: compute_reference(model, ex, pad_id, config.micro_batch_size,
+                                                                     desc=f"reference log-probs ({name})")
                                             for name, ex in splits.items()}}
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")

@@ -73,8 +73,8 @@ class MetricsLogger:
             self._tb.close()
 
 
-def progress_bar(total: int, initial: int = 0, desc: str = "", enabled: bool = True):
+def progress_bar(total: int, initial: int = 0, desc: str = "", enabled: bool = True, unit: str = "step"):
     """A tqdm bar with rate and ETA; quiet on non-main ranks or when RLHFKIT_NO_PROGRESS is set."""
     disable = not enabled or bool(os.environ.get("RLHFKIT_NO_PROGRESS"))
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
                 disable=disable, smoothing=0.1)

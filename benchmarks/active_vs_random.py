@@ -82,7 +82,7 @@ def run_loop_mode(args) -> dict:
             print(f"active_vs_random: seed {seed} {sel}: {time.perf_counter() - t0:.0f} s, gold vs labels "
                   + ", ".join(f"{p['labels']}: {p['gold']:.4f}" for p in curves[sel]), flush=True)
         r = ratio_for(curves["random"], curves["uncertainty"], "gold")
-        ra = ratio_for(*(defined(curves[sel], "rm_accuracy") for sel in ("random", "uncertainty")), "rm_accuracy")
+        ra = ratio_for(*common_points([{"curves": curves}], "rm_accuracy")[0]["curves"].values(), "rm_accuracy")
         per_seed.append({"seed": seed, **r, "rm_accuracy": ra, "curves": curves})
         print(f"active_vs_random: seed {seed}: target gold {r['target']:.4f}; labels needed random {r['random']}, "
               f"active {r['active']}; ratio {r['ratio']}", flush=True)
@@ -154,6 +154,9 @@ def main() -> None:
                     help="--pool: at most this many pairs of one prompt per round, in both selections (0 = no cap)")
     ap.add_argument("--share_first_round", type=int, default=1,
                     help="loop mode: the active run reuses the random run's setup and round 1 (1) or recomputes them (0)")
+    ap.add_argument("--include", default="",
+                    help="loop mode: a JSON file of per-seed curves of an earlier run of the same config to summarise "
+                         "together with the seeds run here (benchmarks/results/loop_sentiment_seeds0-5.json)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -162,6 +165,15 @@ def main() -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     res = run_pool_mode(args) if args.pool else run_loop_mode(args)
+    if args.include:
+        if args.pool:
+            raise SystemExit("--include: loop mode only")
+        earlier = included_seeds(args.include)
+        clash = {s["seed"] for s in earlier} & {s["seed"] for s in res["per_seed"]}
+        if clash:
+            raise SystemExit(f"--include {args.include}: seeds {sorted(clash)} are also run here")
+        res["per_seed"] = earlier + res["per_seed"]
+        res["included"] = args.include
     ratios = [s["ratio"] for s in res["per_seed"] if s["ratio"] is not None]
     res["median_ratio"] = statistics.median(ratios) if ratios else None
     # the same ratio on the seed-averaged curves (one noisy final point per seed no longer decides),
@@ -173,14 +185,15 @@ def main() -> None:
     res["ratio_of_mean_curves"] = res["summary"][main_key]["ratio_of_mean_curves"]
     res["seconds"] = round(time.perf_counter() - t0, 1)
     res["command"] = "python " + " ".join(sys.argv)
-    (Path(args.out) / "results.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
+    name = "results_with_included" if args.include else "results"
+    (Path(args.out) / f"{name}.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
     if not args.pool:
-        plot_loop(res, Path(args.out) / "curves.png")
+        plot_loop(res, Path(args.out) / ("curves_with_included.png" if args.include else "curves.png"))
     what = "held-out RM accuracy" if args.pool else "gold score"
     print(f"active_vs_random: labels_needed(random) / labels_needed(active) to reach the random run's final "
           f"{what}: median {res['median_ratio']} over {len(ratios)} seeds "
           f"(per seed {[None if s['ratio'] is None else round(s['ratio'], 3) for s in res['per_seed']]}); "
-          f"{res['seconds']} s; {Path(args.out) / 'results.json'}")
+          f"{res['seconds']} s; {Path(args.out) / (name + '.json')}")
     for key, sm in res["summary"].items():
         m = sm["ratio_of_mean_curves"]
         lo, hi = sm["ratio_ci95"]
@@ -226,6 +239,36 @@ def defined(curve: list[dict], key: str) -> list[dict]:
     return [p for p in curve if p.get(key) is not None]
 
 
+def common_points(per_seed: list[dict], key: str) -> list[dict]:
+    """``per_seed`` with every curve cut to the points that have ``key`` at the label counts
+    where every seed's both curves have it (seeds from ``--include`` may lack a point), so the
+    seed means below average the same label count, not the same position in the list."""
+    cut = [{sel: defined(c, key) for sel, c in s["curves"].items()} for s in per_seed]
+    shared = set.intersection(*({p["labels"] for p in c} for s in cut for c in s.values()))
+    return [{**s, "curves": {sel: [p for p in c if p["labels"] in shared] for sel, c in curves.items()}}
+            for s, curves in zip(per_seed, cut)]
+
+
+def included_seeds(path: str) -> list[dict]:
+    """Per-seed curves of an earlier loop-mode run of the same config (``--include``), in the
+    form of ``benchmarks/results/loop_sentiment_seeds0-5.json``: ``labels`` and, per seed, the
+    gold curve of each selection and optionally the ensemble accuracy (``null`` where not known)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    labels = data["labels"]
+    out = []
+    for s in data["per_seed"]:
+        curves = {}
+        for sel in ("random", "uncertainty"):
+            acc = s.get(f"rm_accuracy_{sel}") or [None] * len(labels)
+            if not len(s[sel]) == len(acc) == len(labels):
+                raise ValueError(f"{path}: seed {s['seed']}: {sel} curves must have one value per label count {labels}")
+            curves[sel] = [{"labels": n, "gold": g, "rm_accuracy": a} for n, g, a in zip(labels, s[sel], acc)]
+        r = ratio_for(curves["random"], curves["uncertainty"], "gold")
+        ra = ratio_for(*common_points([{"curves": curves}], "rm_accuracy")[0]["curves"].values(), "rm_accuracy")
+        out.append({"seed": s["seed"], **r, "rm_accuracy": ra, "curves": curves, "included_from": path})
+    return out
+
+
 def mean_curves_of(per_seed: list[dict], key: str) -> dict:
     return {sel: [{"labels": pts[0]["labels"], key: statistics.fmean(p[key] for p in pts)}
                   for pts in zip(*(s["curves"][sel] for s in per_seed))]
@@ -236,7 +279,7 @@ def summarise(per_seed: list[dict], key: str, seed: int, draws: int = 2000) -> d
     """Seed-averaged curves of ``key``, the label ratio on them, its 95% percentile-bootstrap
     interval (seeds resampled with replacement), and the paired active - random difference at
     every label count with its interval."""
-    per_seed = [{**s, "curves": {sel: defined(c, key) for sel, c in s["curves"].items()}} for s in per_seed]
+    per_seed = common_points(per_seed, key)
     mc = mean_curves_of(per_seed, key)
     point = ratio_for(mc["random"], mc["uncertainty"], key)
     rng = random.Random(seed)

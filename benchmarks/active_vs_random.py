@@ -174,6 +174,8 @@ def main() -> None:
             raise SystemExit(f"--include {args.include}: seeds {sorted(clash)} are also run here")
         res["per_seed"] = earlier + res["per_seed"]
         res["included"] = args.include
+    if not res["per_seed"]:
+        raise SystemExit("no seeds: give --seeds (or --include in loop mode)")
     ratios = [s["ratio"] for s in res["per_seed"] if s["ratio"] is not None]
     res["median_ratio"] = statistics.median(ratios) if ratios else None
     # the same ratio on the seed-averaged curves (one noisy final point per seed no longer decides),

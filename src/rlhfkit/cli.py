@@ -14,13 +14,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ppo": ("rlhfkit.recipes.ppo", "PPOConfig", "online RL: PPO with value model, per-token KL penalty (fixed or adaptive), GAE, clipped losses"),
     "grpo": ("rlhfkit.recipes.grpo", "GRPOConfig", "online RL: GRPO / Dr. GRPO (k samples per prompt, group-normalised advantages, k3 KL in the loss)"),
     "rloo": ("rlhfkit.recipes.rloo", "RLOOConfig", "online RL: REINFORCE leave-one-out (k samples per prompt, KL in the reward)"),
+    "reinforce": ("rlhfkit.recipes.reinforce", "ReinforceConfig", "online RL: REINFORCE with a running or learned baseline (KL in the reward)"),
     "dpo": ("rlhfkit.recipes.dpo", "DPOConfig", "direct preference optimisation on pairs: DPO, IPO, cDPO, SimPO or ORPO (cached or LoRA reference)"),
     "kto": ("rlhfkit.recipes.kto", "KTOConfig", "KTO on unpaired thumbs up / down (or pairs split in two), KL reference point from mismatched pairs"),
     "feedback serve": ("rlhfkit.feedback.cli", "ServeConfig", "the human feedback web app and JSON API (FastAPI + uvicorn; SQLite file or PostgreSQL URL)"),
     "feedback import": ("rlhfkit.feedback.cli", "ImportConfig", "import items (prompts + responses) from JSONL into a feedback project, all or nothing"),
     "feedback export": ("rlhfkit.feedback.cli", "ExportConfig", "export a feedback project's labels as pairs / ratings / thumbs / sft JSONL or a HF dataset"),
     "feedback create-user": ("rlhfkit.feedback.cli", "CreateUserConfig", "create an admin or labeler account for the feedback app"),
-    "reinforce": ("rlhfkit.recipes.reinforce", "ReinforceConfig", "online RL: REINFORCE with a running or learned baseline (KL in the reward)"),
     "demo": ("rlhfkit.recipes.demo", "DemoConfig", "the demo: SFT of SmolLM2-135M, then a MiniLM reward model on HH-RLHF, then its evaluation"),
     "eval": ("rlhfkit.eval.cli_eval", "EvalConfig", "win rate of a policy vs a reference (reward model, gold judge or people in the feedback app), gold score, KL"),
     "eval leaderboard": ("rlhfkit.eval.cli_eval", "LeaderboardConfig", "Bradley-Terry leaderboard of several models / checkpoints with bootstrap 95% intervals"),
@@ -88,7 +88,7 @@ def _run_command(name: str, argv: list[str]) -> int:
 
 
 def _top_help() -> str:
-    lines = ["usage: rlhfkit <command> [--config FILE] [--field value ...]", "",
+    lines = ["usage: rlhfkit <command> [--config FILE] [--field value ...]", "       rlhfkit --version", "",
              "Reinforcement learning from human feedback for language models, end to end.", "", "commands:"]
     for name, (_, _, desc) in COMMANDS.items():
         lines.append(f"  {name.ljust(22)}{desc}")
@@ -101,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_top_help())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from rlhfkit import __version__
+
+        print(f"rlhfkit {__version__}")
         return 0
     if argv[0] == "reward" and len(argv) > 1 and argv[1] in ("train", "eval"):
         name, rest = f"reward {argv[1]}", argv[2:]

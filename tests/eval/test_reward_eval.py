@@ -36,3 +36,24 @@ def test_pair_metrics_by_hand():
     labels = [1, 0, 1, 0]
     ece = (2 / 4) * abs(0.5 - (probs[0] + probs[1]) / 2) + (1 / 4) * abs(1 - probs[2]) + (1 / 4) * abs(0 - probs[3])
     assert m["ece"] == pytest.approx(ece)
+
+
+def test_format_report_header_cells_are_separated_and_aligned_with_their_values():
+    """Every header name stands apart (it used to print 'tiestie_mean_abs_diff') and each value
+    ends in the same column as its name. Widths by hand: 16 for the subset name, then 12 per
+    column except mean_margin (11 + 2 = 13) and tie_mean_abs_diff (17 + 2 = 19): 132 in all."""
+    from rlhfkit.eval.reward_eval import format_report
+
+    overall = {"pairs": 3, "accuracy": 0.5, "precision": 0.25, "recall": 1.0, "f1": 0.4, "ece": 0.125,
+               "mean_margin": 0.75, "ties": 1, "tie_mean_abs_diff": 0.0625}
+    header, row = format_report({"overall": overall, "by_subset": {}}).splitlines()
+    names = ["pairs", "accuracy", "precision", "recall", "f1", "ece", "mean_margin", "ties", "tie_mean_abs_diff"]
+    assert header.split() == ["subset"] + names
+    assert row.split() == ["overall", "3", "0.5000", "0.2500", "1.0000", "0.4000", "0.1250", "0.7500", "1", "0.0625"]
+    assert len(header) == len(row) == 16 + 7 * 12 + 13 + 19
+    assert header.endswith("  tie_mean_abs_diff") and "ties  tie_mean_abs_diff" in header
+    # right-aligned: name and value end in the same column; ends by hand from the widths above
+    ends = [28, 40, 52, 64, 76, 88, 101, 113, 132]
+    for name, value, end in zip(names, row.split()[1:], ends):
+        assert header[end - len(name) - 2:end] == "  " + name
+        assert row[end - len(value) - 1:end] == " " + value

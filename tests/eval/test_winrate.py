@@ -176,8 +176,22 @@ def test_cli_eval_leaderboard_and_errors(tiny_dirs, tmp_path, capsys):
     assert board["battles"] == 6 and {r["model"] for r in board["rows"]} == {"a", "reference"}
     assert "Bradley-Terry leaderboard" in capsys.readouterr().out
     # a missing project is a clean command-line error, not a traceback
+    from rlhfkit.feedback.db import Store
+
+    Store(str(tmp_path / "x.db")).close()  # an empty store
     assert main(["eval", "--collect", "nope", "--db", str(tmp_path / "x.db")]) == 2
     assert "no feedback project named 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["eval", "--collect", "cmp"], ["eval", "leaderboard", "--project", "cmp"]])
+def test_reading_verdicts_from_a_missing_sqlite_file_is_refused_and_creates_nothing(tmp_path, capsys, argv):
+    from rlhfkit.cli import main
+
+    missing = tmp_path / "x" / "none.db"
+    assert main(argv + ["--db", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"field 'db': no feedback store at {missing} (the SQLite file does not exist)" in err
+    assert not missing.parent.exists()
 
 
 def test_gold_summary_counts_a_win_by_the_judges_direction():

@@ -217,6 +217,11 @@ def test_simulated_rankings_expand_to_all_pairs_and_hold_out_whole_prompts(tmp_p
     held = {json.loads(l)["prompt"] for l in (fb / "heldout_pairs.jsonl").read_text().splitlines()}
     assert train and held and not train & held
     assert ctx.outputs["feedback"]["pairs"] + ctx.outputs["feedback"]["heldout_pairs"] == len(chunks)
+    # the agreement figure rests on the pairs whose gold scores differ; with noise 0 they all agree
+    ties = sum(r["gold_chosen"] == r["gold_rejected"] for r in chunks)
+    out = ctx.outputs["feedback"]
+    assert out["gold_tie_pairs"] == ties and out["labeler_agreement_pairs"] == len(chunks) - ties
+    assert out["labeler_agreement_with_gold"] == (1.0 if len(chunks) > ties else None)
 
     config.feedback.num_candidates = 1  # no pair to judge: refused when the config is checked
     with pytest.raises(ValueError, match="feedback.num_candidates"):

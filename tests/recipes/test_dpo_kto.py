@@ -52,14 +52,18 @@ def test_dpo_learns_and_reference_cache_is_reused_then_invalidated(tmp_path, tin
     assert len(count_reference) == 2  # train and held-out splits, once each
     stamp = cache.stat().st_mtime_ns
 
-    # same data and model in the same folder: the cache is read, nothing recomputed
-    dpo.run(load_config(dpo.DPOConfig, None, dpo_args(tiny_policy_dir, pair_file, out, "--max_steps", "1")))
+    # same data and model in the same folder (another run there: --resume false): the cache is
+    # read, nothing recomputed
+    dpo.run(load_config(dpo.DPOConfig, None, dpo_args(tiny_policy_dir, pair_file, out, "--max_steps", "1",
+                                                       "--resume", "false")))
     assert len(count_reference) == 2 and cache.stat().st_mtime_ns == stamp
 
-    # different data: the key changes and the cache is rebuilt
+    # different data (a new run in the same folder, so --resume false): the key changes and the
+    # cache is rebuilt
     rows = [json.loads(l) for l in pair_file.read_text().splitlines()][:-8]
     smaller = write_jsonl(tmp_path / "smaller.jsonl", rows)
-    dpo.run(load_config(dpo.DPOConfig, None, dpo_args(tiny_policy_dir, smaller, out, "--max_steps", "1")))
+    dpo.run(load_config(dpo.DPOConfig, None, dpo_args(tiny_policy_dir, smaller, out, "--max_steps", "1",
+                                                       "--resume", "false")))
     assert len(count_reference) == 4
     assert torch.load(cache, weights_only=True)["splits"]["train"].shape == (114, 2)
 

@@ -271,3 +271,25 @@ def test_sample_table_resume_keeps_rows_whose_text_holds_line_separators(tmp_pat
                                             + json.dumps({"step": 3}) + "\n", encoding="utf-8")
     MetricsLogger(tmp_path, tensorboard=False, resume_step=2).close()
     assert json.loads((tmp_path / "metrics.jsonl").read_text(encoding="utf-8").split("\n")[0])["note"] == "x\u2028y"
+
+
+def test_a_finished_online_run_is_kept_and_a_checkpoint_resumes_only_with_its_settings(tmp_path, tiny_policy_dir,
+                                                                                     prompt_file, capsys):
+    """Rerunning a finished GRPO run returns its final metrics without training again (it used to
+    continue from its last checkpoint and overwrite the model); a checkpoint is continued only
+    under the settings that wrote it (it used to continue another run's weights and schedule)."""
+    from rlhfkit.training.config import ConfigError
+
+    out = tmp_path / "grpo"
+    rows = run_inproc("grpo", tiny_policy_dir, prompt_file, out, "--max_steps", "2", "--save_every", "1")
+    weights = out / "model" / "model.safetensors"
+    stamp, final = weights.stat().st_mtime_ns, json.loads((out / "final_metrics.json").read_text())
+    capsys.readouterr()
+    again = grpo.run(load_config(grpo.GRPOConfig, None, args("grpo", tiny_policy_dir, prompt_file, out,
+                                                             "--max_steps", "2", "--save_every", "1")[1:]))
+    assert again == final and "holds this run, finished" in capsys.readouterr().out
+    assert weights.stat().st_mtime_ns == stamp and len(rows) == 2
+    (out / "final_metrics.json").unlink()  # as if killed after checkpoint-1: a resume, not a finished run
+    with pytest.raises(ConfigError, match="checkpoint-1 was written with other settings.*learning_rate"):
+        run_inproc("grpo", tiny_policy_dir, prompt_file, out, "--max_steps", "2", "--save_every", "1",
+                   "--learning_rate", "1e-3")

@@ -70,6 +70,12 @@ class EvalConfig(_Sampling):
             raise ValueError("both_bad must be 'tie' or 'drop'")
         if self.n_boot < 0 or self.batch_size < 1:
             raise ValueError("n_boot must be >= 0 and batch_size >= 1")
+        from rlhfkit.rewards import check_reward_field
+
+        if self.judge != "people":
+            check_reward_field("judge", self.judge)
+        if self.gold:
+            check_reward_field("gold", self.gold)
 
 
 @dataclass
@@ -83,6 +89,10 @@ class LeaderboardConfig(_Sampling):
     def validate(self) -> None:
         if not self.project and len(self.models) < 2:
             raise ValueError("give --models A,B[,C...] (two or more) or --project NAME")
+        if not self.project:
+            from rlhfkit.rewards import check_reward_field
+
+            check_reward_field("judge", self.judge)
 
 
 # ---------------------------------------------------------------------------- prompts
@@ -190,6 +200,7 @@ def _fmt_wr(r: dict) -> str:
 
 # ---------------------------------------------------------------------------- rlhfkit eval
 def run(c: EvalConfig) -> dict:
+    from rlhfkit.feedback.db import require_store_file
     from rlhfkit.recipes.common import set_threads
 
     from .judge import create_comparison_project, people_win_rate
@@ -197,6 +208,7 @@ def run(c: EvalConfig) -> dict:
 
     set_threads(c.threads)
     if c.collect:  # (c) read the people's verdicts back
+        require_store_file(c.db)  # reading people's verdicts: a missing file is not an empty store
         try:
             res = {"people": people_win_rate(c.db, c.collect, both_bad=c.both_bad, n_boot=c.n_boot, seed=c.seed)}
         except (LookupError, ValueError) as e:
@@ -290,6 +302,7 @@ def _named(specs: list[str]) -> list[tuple[str, str]]:
 
 
 def run_leaderboard(c: LeaderboardConfig) -> list[dict]:
+    from rlhfkit.feedback.db import require_store_file
     from rlhfkit.recipes.common import set_threads
 
     from .judge import people_battles
@@ -298,6 +311,7 @@ def run_leaderboard(c: LeaderboardConfig) -> list[dict]:
     set_threads(c.threads)
     samples: list[dict] = []
     if c.project:
+        require_store_file(c.db)  # reading people's verdicts: a missing file is not an empty store
         try:
             battles = people_battles(c.db, c.project)
         except (LookupError, ValueError) as e:

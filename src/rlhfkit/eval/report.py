@@ -311,7 +311,14 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
     fb = (records.get("feedback") or {}).get("outputs") or {}
     if fb:
         desc = f"{fb.get('pairs')} training + {fb.get('heldout_pairs')} held-out pairs from {fb.get('source')}"
-        if fb.get("labeler_agreement_with_gold") is not None:
+        if fb.get("labeler_agreement_pairs") is not None:  # the figure with the pairs it rests on
+            n, ties = fb["labeler_agreement_pairs"], fb.get("gold_tie_pairs") or 0
+            agreement = (f"agreeing with the gold judge on {fb['labeler_agreement_with_gold']:.1%} of the {n} "
+                         + ("pair whose gold scores differ" if n == 1 else "pairs whose gold scores differ")
+                         if n else "no pair with different gold scores to agree on")
+            desc += (f" (simulated labelers: {fb.get('labeler')} + noise {fb.get('label_noise')}, {agreement}; "
+                     f"{ties} gold {'tie' if ties == 1 else 'ties'}, ordered by the noise alone)")
+        elif fb.get("labeler_agreement_with_gold") is not None:  # a record written before the counts were kept
             desc += (f" (simulated labelers: {fb.get('labeler')} + noise {fb.get('label_noise')}, agreeing with the "
                      f"gold judge on {fb['labeler_agreement_with_gold']:.1%} of pairs)")
         rows.append(("feedback", desc))

@@ -124,12 +124,14 @@ class RewardEvalConfig:
 def format_report(report: dict) -> str:
     keys = ["pairs", "accuracy", "precision", "recall", "f1", "ece", "mean_margin", "ties", "tie_mean_abs_diff"]
     rows = [("overall", report["overall"])] + list(report["by_subset"].items())
-    lines = ["subset".ljust(16) + "".join(k.rjust(12) for k in keys)]
+    # a column is at least two spaces wider than its name, so no two header cells run together
+    widths = [max(12, len(k) + 2) for k in keys]
+    lines = ["subset".ljust(16) + "".join(k.rjust(w) for k, w in zip(keys, widths))]
     for name, m in rows:
         cells = []
-        for k in keys:
+        for k, w in zip(keys, widths):
             v = m.get(k)
-            cells.append(("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)).rjust(12))
+            cells.append(("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)).rjust(w))
         lines.append(name[:16].ljust(16) + "".join(cells))
     return "\n".join(lines)
 
@@ -140,7 +142,7 @@ def run(config: RewardEvalConfig) -> dict:
 
     set_threads(config.threads)
     pairs = load_training_records(config.data, "pairs", ties=config.ties)  # bad data fails before the model loads
-    model, tokenizer = load_reward_model(config.model)
+    model, tokenizer = load_reward_model(config.model, trained_head=True)  # a fresh head would score noise
     report = evaluate_pairs(model, tokenizer, pairs, config.max_length, config.batch_size, config.seed)
     print(format_report(report))
     if config.output:

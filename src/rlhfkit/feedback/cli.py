@@ -100,6 +100,9 @@ def run_import(c: ImportConfig) -> None:
 
     if not c.project or not c.file:
         raise _err("give --project NAME and --file ITEMS.jsonl")
+    if c.task_type and c.task_type not in TASK_TYPES:  # a typo, checked before the store is opened
+        raise _err(f"field 'task_type': {c.task_type!r} is not a task type; choose one of "
+                   f"{', '.join(TASK_TYPES)}")
     store = db.Store(c.db)
     try:
         with store.read() as conn:
@@ -135,6 +138,7 @@ def run_export(c: ExportConfig) -> None:
 
     if not c.project or not c.out:
         raise _err("give --project NAME and --out PATH")
+    db.require_store_file(c.db)
     store = db.Store(c.db)
     try:
         with store.read() as conn:
@@ -158,6 +162,8 @@ def run_create_user(c: CreateUserConfig) -> None:
     from .auth import create_user
 
     password = c.password or os.environ.get("RLHFKIT_PASSWORD", "")
+    if not password:
+        raise _err("no password given: pass --password or set $RLHFKIT_PASSWORD")
     store = db.Store(c.db)
     try:
         uid = store.write(lambda conn: create_user(conn, c.username, password, c.role))

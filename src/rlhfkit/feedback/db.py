@@ -52,7 +52,8 @@ from sqlalchemy.engine import Connection, Engine
 
 __all__ = [
     "metadata", "users", "sessions", "projects", "items", "assignments", "labels",
-    "make_engine", "upgrade", "GroupCommitWriter", "Store", "default_db_url", "MIGRATIONS_DIR",
+    "make_engine", "upgrade", "GroupCommitWriter", "Store", "default_db_url", "sqlite_file", "require_store_file",
+    "MIGRATIONS_DIR",
 ]
 
 log = logging.getLogger("rlhfkit.feedback")
@@ -160,6 +161,34 @@ labels = Table(
 # ----------------------------------------------------------------------------- engine
 def default_db_url(path: str | Path = "feedback.db") -> str:
     return f"sqlite:///{Path(path).resolve()}"
+
+
+def sqlite_file(url: str | Path) -> Path | None:
+    """The file a SQLite store lives in: a bare path (as :class:`Store` reads one) or the file of a
+    ``sqlite:///`` URL. None for what is not a file: another back end's URL (postgresql://...),
+    an in-memory database, a ``file:`` URI, or a URL SQLAlchemy cannot parse."""
+    url = str(url)
+    if "://" not in url:
+        return Path(url)
+    from sqlalchemy.engine import make_url
+
+    try:
+        u = make_url(url)
+    except Exception:  # noqa: BLE001 - not ours to judge: the engine reports it
+        return None
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" \
+            or u.database.startswith("file:"):
+        return None
+    return Path(u.database)
+
+
+def require_store_file(url: str | Path) -> None:
+    """For commands that only read a store: a SQLite path that is not there is an error naming
+    it (``FileNotFoundError``), since opening it would create an empty database and the command
+    would then report a missing project instead. URLs of other back ends are not files."""
+    path = sqlite_file(url)
+    if path is not None and not path.is_file():
+        raise FileNotFoundError(f"field 'db': no feedback store at {path} (the SQLite file does not exist)")
 
 
 def make_engine(url: str, **kwargs) -> Engine:

@@ -98,6 +98,11 @@ class LoopConfig:
             raise ValueError("ensemble_size, rounds and labels_per_round must be >= 1")
         if self.init.kind not in ("pretrained", "tiny"):
             raise ValueError(f"field 'init.kind': {self.init.kind!r} is not pretrained or tiny")
+        from rlhfkit.rewards import check_reward_field
+
+        check_reward_field("gold", self.gold)
+        if self.labeler_judge:
+            check_reward_field("labeler_judge", self.labeler_judge)
         for section in (self.reward, getattr(self, self.algorithm)):
             section.validate()
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .loading import (
+    ModelLoadError,
     _from_pretrained,
     _strip_gguf_quantization,
     _unwrap,
@@ -159,11 +160,17 @@ def _fresh_head_keys(info: dict, prefix: str) -> bool:
     return any(k == prefix or k.startswith(prefix + ".") for k in keys)
 
 
+def _no_trained_head(spec: Any, why: str) -> ModelLoadError:
+    return ModelLoadError(f"{os.fspath(spec)}: not a trained reward model ({why}); train one with "
+                          f"`rlhfkit reward train --model {os.fspath(spec)}` and score with its output folder")
+
+
 def load_reward_model(
     spec: str | os.PathLike,
     kind: str = "auto",
     tokenizer: Any | None = None,
     dtype: torch.dtype = torch.float32,
+    trained_head: bool = False,
 ) -> tuple[nn.Module, Any]:
     """Load a scalar reward model and its tokenizer: ``(model, tokenizer)``.
 
@@ -174,6 +181,10 @@ def load_reward_model(
     model) is kept. Dropout is disabled, the pad token is distinct from EOS (embeddings resized
     if needed) and ``config.pad_token_id`` is set. A tokenizer loaded here pads on the right; a
     tokenizer passed in keeps its padding side (``reward_scores`` is padding invariant).
+    
+    ``trained_head=True`` (scoring, evaluation): refuse a source whose score head would be
+    freshly initialised (a base model, a GGUF file, a classifier with another number of
+    labels): its scores would be noise that looks like a result.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -185,6 +196,8 @@ def load_reward_model(
     if gguf_file is not None:
         if kind == "encoder":
             raise ValueError(f"{os.fspath(spec)!r} is a GGUF causal LM, not an encoder")
+        if trained_head:
+            raise _no_trained_head(spec, "a GGUF file holds a language model, not a reward head")
         lm = _from_pretrained(AutoModelForCausalLM, spec, folder, gguf_file, dtype=dtype)
         _strip_gguf_quantization(lm)
         model = causal_lm_to_sequence_classifier(lm)
@@ -201,6 +214,9 @@ def load_reward_model(
             num_labels=1, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True,
         )
         if _fresh_head_keys(info, _head_prefix(model)):
+            if trained_head:
+                raise _no_trained_head(spec, f"its checkpoint has no trained '{_head_prefix(model)}' weights "
+                                             "for one output")
             init_score_head(score_head(model), _hidden_size(model))
     ensure_pad_token(tokenizer, model)
     disable_dropout(model)

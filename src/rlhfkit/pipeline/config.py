@@ -131,6 +131,11 @@ class PipelineConfig:
             raise ValueError("feedback.eval_fraction must be in (0, 1)")
         if self.feedback.aggregate not in ("none", "majority"):
             raise ValueError("feedback.aggregate must be none or majority")
+        from rlhfkit.rewards import check_reward_field
+
+        check_reward_field("gold", self.gold)
+        if self.feedback.labeler:
+            check_reward_field("feedback.labeler", self.feedback.labeler)
         from rlhfkit.pipeline.stages import STAGES
 
         unknown = [s for s in self.force if s != "all" and s not in STAGES]

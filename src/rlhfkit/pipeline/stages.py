@@ -336,12 +336,15 @@ def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, di
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chunk), encoding="utf-8")
         os.replace(tmp, path)
         rows += chunk
+    # agreement is measured only where the gold judge has a preference; a gold tie is decided by
+    # the noise alone, so how many pairs the figure rests on is recorded with it
     decided = [r for r in rows if r["gold_chosen"] != r["gold_rejected"]]
     agree = sum(r["gold_chosen"] > r["gold_rejected"] for r in decided)
     pairs = [PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
     return pairs, {"labeled_prompts": len(prompts), "labeler": fb.labeler or ctx.config.gold,
                    "label_noise": fb.label_noise,
-                   "labeler_agreement_with_gold": agree / len(decided) if decided else None}
+                   "labeler_agreement_with_gold": agree / len(decided) if decided else None,
+                   "labeler_agreement_pairs": len(decided), "gold_tie_pairs": len(rows) - len(decided)}
 
 
 # ----------------------------------------------------------------------------- reward
@@ -373,7 +376,7 @@ def reward_calibration(model_dir: Path, pair_file: Path, max_length: int, batch_
     from rlhfkit.recipes.common import load_training_records
 
     pairs = load_training_records(str(pair_file), "pairs", ties="drop")
-    model, tok = load_reward_model(str(model_dir))
+    model, tok = load_reward_model(str(model_dir), trained_head=True)
     scores = score_texts(model, tok, [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs],
                          max_length, batch_size)
     n = len(pairs)

@@ -131,6 +131,36 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def finished_run(config, name: str, info: DistInfo) -> dict | None:
+    """The final metrics of a run that already finished in ``config.output_dir`` (``model/``,
+    ``config.yaml`` and ``final_metrics.json`` written by ``save_final``) under the same
+    settings: the recipe returns them instead of training again, as a rerun of an interrupted
+    run continues from its checkpoint. Settings that change the result (all but
+    ``_RESUME_FREE_FIELDS``) that differ are refused, naming them: a rerun must never quietly
+    overwrite a finished model with another run's. ``--resume false`` (``config.resume``) trains
+    afresh and overwrites; None then, and when nothing finished there."""
+    import yaml
+
+    from rlhfkit.training.config import ConfigError
+    from rlhfkit.training.loop import _RESUME_FREE_FIELDS, resume_fingerprint
+
+    out = Path(config.output_dir)
+    done = out / "final_metrics.json"
+    if not config.resume or not done.is_file() or not (out / "model").is_dir() or not (out / "config.yaml").is_file():
+        return None
+    saved = json.loads(json.dumps(yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")) or {}, default=str))
+    now = resume_fingerprint(config)
+    diffs = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in sorted(set(saved) & set(now))
+             if k not in _RESUME_FREE_FIELDS and saved[k] != now[k]]
+    if diffs:
+        raise ConfigError(f"{out} holds a finished {name} run with other settings ({'; '.join(diffs)}); give another "
+                          "--output_dir, or --resume false to train again and overwrite it")
+    if info.is_main:
+        print(f"{name}: {out} holds this run, finished: model in {out / 'model'} (nothing to do; "
+              "--resume false trains again)")
+    return json.loads(done.read_text(encoding="utf-8"))
+
+
 def save_final(model, tokenizer, config, metrics: dict, info: DistInfo, subdir: str = "model") -> Path | None:
     """`save_pretrained` of model and tokenizer (LoRA merged), the config and final metrics.
     Call on every rank: a sharded (FSDP) model is gathered first, which is collective."""

@@ -40,7 +40,8 @@ from rlhfkit.core.losses import (
     simpo_loss,
 )
 from rlhfkit.data.tokenize import IGNORE_INDEX, pad_sequences, special_layout
-from rlhfkit.recipes.common import LoraConfig, first_n, load_training_records, save_final, set_threads, split_holdout
+from rlhfkit.recipes.common import (LoraConfig, finished_run, first_n, load_training_records, save_final,
+                                    set_threads, split_holdout)
 from rlhfkit.training.checkpoint import unwrap
 from rlhfkit.training.distributed import DistInfo, barrier, cleanup, init_distributed
 from rlhfkit.training.loop import TrainingConfig, fit
@@ -419,6 +420,9 @@ def run(config: DPOConfig) -> dict:
 
     set_threads(config.threads)
     info = init_distributed()
+    if (done := finished_run(config, "dpo", info)) is not None:
+        cleanup(info)
+        return done
     torch.manual_seed(config.seed)
     reference = resolved_reference(config.reference, config.loss in REFERENCE_FREE_LOSSES)
     records, n_ties = load_pairs(config.data, config, config.data)

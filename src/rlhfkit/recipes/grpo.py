@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 import torch
 
 from rlhfkit.core.advantages import group_normalised_advantages
-from rlhfkit.recipes.common import save_final
+from rlhfkit.recipes.common import finished_run, save_final
 from rlhfkit.recipes.online import (finish_run, gathered, generate, load_models, load_prompts, local_share,
                                     make_generator, maybe_checkpoint, OnlineConfig, optimizer_and_scheduler,
                                     out_of_time, policy_gradient_update, prompts_for_step, reference_logprobs,
                                     repeat_each, resume_state, rollout_metrics, run_outputs, score, sequence_kl,
                                     setup_run, single_update, timer)
 from rlhfkit.rewards import build_reward
+from rlhfkit.training.distributed import cleanup
 
 
 @dataclass
@@ -53,6 +54,9 @@ def advantages_for(scores: torch.Tensor, k: int, variant: str) -> torch.Tensor:
 
 def run(config: GRPOConfig) -> dict:
     info = setup_run(config)
+    if (done := finished_run(config, "grpo", info)) is not None:
+        cleanup(info)
+        return done
     k = config.num_generations
     prompts = load_prompts(config)
     reward = build_reward(config.reward, batch_size=config.reward_batch_size)

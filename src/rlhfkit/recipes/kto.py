@@ -27,7 +27,8 @@ import torch
 
 from rlhfkit.core.losses import kto_loss
 from rlhfkit.data.records import ThumbsRecord
-from rlhfkit.recipes.common import LoraConfig, first_n, load_training_records, save_final, set_threads, split_holdout
+from rlhfkit.recipes.common import (LoraConfig, finished_run, first_n, load_training_records, save_final,
+                                    set_threads, split_holdout)
 from rlhfkit.recipes.dpo import (
     cached_reference,
     encode_prompt,
@@ -229,6 +230,9 @@ def run(config: KTOConfig) -> dict:
 
     set_threads(config.threads)
     info = init_distributed()
+    if (done := finished_run(config, "kto", info)) is not None:
+        cleanup(info)
+        return done
     torch.manual_seed(config.seed)
     reference = resolved_reference(config.reference, False)
     records, kind = load_records(config.data, config)

@@ -90,6 +90,11 @@ class OnlineConfig(TrainingConfig):
             raise ValueError("max_minutes must be >= 0")
         if self.generation_engine not in ENGINES:
             raise ValueError(f"generation_engine must be one of {list(ENGINES)}, got {self.generation_engine!r}")
+        from rlhfkit.rewards import check_reward_field
+
+        check_reward_field("reward", self.reward)
+        if self.gold_reward:
+            check_reward_field("gold_reward", self.gold_reward)
 
 
 # ---------------------------------------------------------------------------- prompts
@@ -401,9 +406,12 @@ def resume_state(config: OnlineConfig, modules: torch.nn.Module, optimizer, sche
         # the models are built (the same on every rank): from here on each rank draws its own stream
         # from the global RNG (LoRA dropout); rank 0 keeps a single process's
         torch.manual_seed(step_seed(config.seed, 0, salt=RANK_SALT * info.rank + 1))
+    from rlhfkit.training.loop import check_resume_config
+
     ckpt = latest_checkpoint(config.output_dir) if config.resume else None
     if ckpt is None:
         return 0, {}
+    check_resume_config(ckpt, config)  # another run's weights and schedule must not be continued
     state = load_checkpoint(ckpt, modules, optimizer, scheduler)
     if info is not None and info.enabled:
         load_rank_rng(ckpt, info.rank)
@@ -425,7 +433,10 @@ def maybe_checkpoint(config: OnlineConfig, step_done: int, modules, optimizer, s
             rank_rng = [None] * info.world_size
             dist.all_gather_object(rank_rng, rng_state())
         if info is None or info.is_main:
-            save_checkpoint(config.output_dir, step_done, modules, optimizer, scheduler, trainer_state,
+            from rlhfkit.training.loop import resume_fingerprint
+
+            save_checkpoint(config.output_dir, step_done, modules, optimizer, scheduler,
+                            {**trainer_state, "config": resume_fingerprint(config)},
                             keep_last=config.keep_checkpoints, rank_rng_states=rank_rng)
         if info is not None:
             barrier(info)

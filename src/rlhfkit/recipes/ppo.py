@@ -20,7 +20,7 @@ from rlhfkit.core.advantages import gae
 from rlhfkit.core.losses import ppo_policy_loss, ppo_value_loss
 from rlhfkit.core.masking import masked_mean
 from rlhfkit.core.reward_shaping import apply_missing_eos_penalty, per_token_rewards
-from rlhfkit.recipes.common import save_final
+from rlhfkit.recipes.common import finished_run, save_final
 from rlhfkit.recipes.online import (RANK_SALT, explained_variance, finish_run, run_outputs, gathered, generate,
                                     global_masked_whiten, load_models, load_prompts, local_share, make_generator,
                                     make_kl_controller, maybe_checkpoint, micro_slices, minibatches, OnlineConfig,
@@ -29,7 +29,7 @@ from rlhfkit.recipes.online import (RANK_SALT, explained_variance, finish_run, r
 from rlhfkit.rewards import RunningNormaliser, build_reward
 from rlhfkit.rollout import Rollout, response_logprobs, step_seed
 from rlhfkit.training.loop import enable_gradient_checkpointing
-from rlhfkit.training.distributed import DistInfo, all_reduce_gradients, all_reduce_sum
+from rlhfkit.training.distributed import DistInfo, all_reduce_gradients, all_reduce_sum, cleanup
 
 
 @dataclass
@@ -164,6 +164,9 @@ def ppo_update(config: PPOConfig, modules: torch.nn.ModuleDict, reference, ro: R
 
 def run(config: PPOConfig) -> dict:
     info = setup_run(config, prompts_per_step=config.batch_size)  # one sample per prompt
+    if (done := finished_run(config, "ppo", info)) is not None:
+        cleanup(info)
+        return done
     prompts = load_prompts(config)
     reward = build_reward(config.reward, batch_size=config.reward_batch_size)
     gold = build_reward(config.gold_reward, batch_size=config.reward_batch_size) if config.gold_reward else None

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlhfkit.recipes.common import save_final
+from rlhfkit.recipes.common import finished_run, save_final
 from rlhfkit.recipes.online import (finish_run, gathered, generate, kl_penalised_scores, load_models, load_prompts,
                                     local_share, make_generator, maybe_checkpoint, OnlineConfig,
                                     optimizer_and_scheduler, out_of_time, policy_gradient_update, prompts_for_step,
                                     repeat_each, resume_state, rollout_metrics, run_outputs, score, setup_run, timer)
 from rlhfkit.rewards import build_reward
-from rlhfkit.training.distributed import DistInfo
+from rlhfkit.training.distributed import DistInfo, cleanup
 
 
 @dataclass
@@ -59,6 +59,9 @@ def run(config: ReinforceConfig) -> dict:
     from rlhfkit.models import make_value_model
 
     info = setup_run(config)
+    if (done := finished_run(config, "reinforce", info)) is not None:
+        cleanup(info)
+        return done
     k = config.num_generations
     prompts = load_prompts(config)
     reward = build_reward(config.reward, batch_size=config.reward_batch_size)

@@ -14,8 +14,8 @@ import torch
 
 from rlhfkit.core.losses import binary_feedback_loss, bradley_terry_loss, rating_regression_loss
 from rlhfkit.data.tokenize import pad_sequences, tokenize_pair
-from rlhfkit.recipes.common import (LoraConfig, first_n, load_training_records, save_final, set_threads, split_holdout,
-                                    validate_data_fields)
+from rlhfkit.recipes.common import (LoraConfig, finished_run, first_n, load_training_records, save_final,
+                                    set_threads, split_holdout, validate_data_fields)
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.checkpoint import latest_checkpoint
 from rlhfkit.training.loop import TrainingConfig, fit
@@ -226,6 +226,9 @@ def run(config: RewardConfig) -> dict:
 
     set_threads(config.threads)
     info = init_distributed()
+    if (done := finished_run(config, "reward", info)) is not None:
+        cleanup(info)
+        return done
     torch.manual_seed(config.seed)
     kind = OBJECTIVE_KIND[config.objective]
     records = load_training_records(config.data, kind, config.on_error, ties=config.ties)

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 import torch
 
 from rlhfkit.core.advantages import rloo_advantages
-from rlhfkit.recipes.common import save_final
+from rlhfkit.recipes.common import finished_run, save_final
 from rlhfkit.recipes.online import (finish_run, fused_advantages_ok, gathered, generate, kl_penalised_scores,
                                     load_models, load_prompts, local_share, make_generator, maybe_checkpoint,
                                     OnlineConfig, optimizer_and_scheduler, out_of_time, policy_gradient_update,
                                     prompts_for_step, reference_logprobs, repeat_each, resume_state, rollout_metrics,
                                     run_outputs, score, sequence_kl, setup_run, timer)
 from rlhfkit.rewards import build_reward
-from rlhfkit.training.distributed import DistInfo
+from rlhfkit.training.distributed import DistInfo, cleanup
 
 
 @dataclass
@@ -50,6 +50,9 @@ def advantages_for(rewards: torch.Tensor, k: int, normalize: bool = False, info:
 
 def run(config: RLOOConfig) -> dict:
     info = setup_run(config)
+    if (done := finished_run(config, "rloo", info)) is not None:
+        cleanup(info)
+        return done
     k = config.num_generations
     prompts = load_prompts(config)
     reward = build_reward(config.reward, batch_size=config.reward_batch_size)

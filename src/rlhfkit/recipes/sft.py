@@ -14,8 +14,8 @@ import torch
 
 from rlhfkit.core.losses import count_target_tokens, sft_loss
 from rlhfkit.data.tokenize import pad_sequences, tokenize_sft
-from rlhfkit.recipes.common import (LoraConfig, load_training_records, save_final, set_threads, split_holdout,
-                                    validate_data_fields)
+from rlhfkit.recipes.common import (LoraConfig, finished_run, load_training_records, save_final, set_threads,
+                                    split_holdout, validate_data_fields)
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.loop import TrainingConfig, fit, model_device, to_device
 
@@ -88,6 +88,9 @@ def run(config: SFTConfig) -> dict:
 
     set_threads(config.threads)
     info = init_distributed()
+    if (done := finished_run(config, "sft", info)) is not None:
+        cleanup(info)
+        return done
     torch.manual_seed(config.seed)
     records = load_training_records(config.data, "sft", config.on_error)
     if config.eval_data:

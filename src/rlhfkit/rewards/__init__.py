@@ -14,6 +14,8 @@ from .sources import (
     RewardSource,
     WeightedSum,
     build_reward,
+    check_reward_field,
+    check_reward_spec,
     parse_reward_spec,
 )
 
@@ -26,6 +28,8 @@ __all__ = [
     "RunningNormaliser",
     "WeightedSum",
     "build_reward",
+    "check_reward_field",
+    "check_reward_spec",
     "judge",
     "parse_reward_spec",
 ]

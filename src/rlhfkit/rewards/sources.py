@@ -36,7 +36,7 @@ class RewardModelSource:
     def load(cls, path: str, **kwargs: Any) -> "RewardModelSource":
         from rlhfkit.models import load_reward_model
 
-        model, tokenizer = load_reward_model(path)
+        model, tokenizer = load_reward_model(path, trained_head=True)  # a fresh head would score noise
         return cls(model, tokenizer, **kwargs)
 
     @torch.no_grad()
@@ -150,6 +150,29 @@ def _single(term: str, rm_kwargs: dict) -> Any:
         return FunctionSource(term)  # bare package.module:function
     raise ValueError(f"unknown reward source {term!r}: use a judge ({', '.join(sorted(JUDGES))}), "
                      "rm:PATH or fn:package.module:function")
+
+
+def check_reward_spec(spec: str) -> None:
+    """Raise ``ValueError`` (saying which term) if ``spec`` cannot be built: a malformed sum or
+    weight, a misspelt judge, a function that does not import. Every term is built except
+    reward models, whose ``rm:PATH`` is only checked for a path (a folder or hub name is
+    resolved when it loads). Configs call this in ``validate`` so that a typo stops the command
+    before any model or data loads, with the field named."""
+    for _, term in parse_reward_spec(spec):
+        kind, sep, rest = term.partition(":")
+        if kind == "rm" and sep:
+            if not rest.strip():
+                raise ValueError(f"'rm:' needs a reward model path or name in {spec!r}")
+            continue
+        _single(term, {})
+
+
+def check_reward_field(name: str, spec: str) -> None:
+    """``check_reward_spec`` for the config field ``name``; the error names the field."""
+    try:
+        check_reward_spec(spec)
+    except ValueError as err:
+        raise ValueError(f"field '{name}': {err}") from None
 
 
 def build_reward(spec: str | Callable, **rm_kwargs: Any):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -39,9 +40,16 @@ def _unwrap_optional(tp):
     return tp, False
 
 
+class _BareFlag(str):
+    """A command-line ``--key`` given without a value: true for a bool field, an error for any
+    other (``--max_steps`` with its number forgotten must not become the string 'true')."""
+
+
 def coerce(value: Any, tp: Any, where: str, field: str) -> Any:
     """Convert `value` (from YAML or a command-line string) to the field type `tp`."""
     tp, optional = _unwrap_optional(tp)
+    if isinstance(value, _BareFlag) and tp is not bool:
+        raise ConfigError(f"{where}: field '{field}': needs a value (--{field} VALUE)")
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
         if optional or tp is Any:
             return None
@@ -164,7 +172,7 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
             value = args[i + 1]
             i += 1
         else:
-            value = "true"  # a bare flag switches a bool on
+            value = _BareFlag("true")  # a bare flag switches a bool on
         out[key.replace("-", "_")] = value
         i += 1
     return out
@@ -181,24 +189,45 @@ def _nest(flat: dict[str, str]) -> dict:
     return nested
 
 
+def _mentions(message: str, key: str) -> bool:
+    """Whether a validation message is about field ``key`` (dotted, or its last part as a word)."""
+    names = {key, key.rsplit(".", 1)[-1]}
+    return any(re.search(rf"(?<![\w.]){re.escape(n)}(?![\w])", message) for n in names)
+
+
+def _blame(message: str, path: Path | None, lines: dict[str, int], overridden: list[str]) -> str:
+    """Where the values a validation error is about came from: the command line when the
+    message names a field set there (overrides are applied last, so they are the values
+    checked), else the line of the config file that set it, else the file (or 'config')."""
+    if any(_mentions(message, k) for k in overridden):
+        return "command line"
+    for key, line in lines.items():
+        if _mentions(message, key):
+            return _where(str(path), line)
+    return str(path) if path is not None else "config"
+
+
 def load_config(cls, path: str | Path | None = None, overrides: list[str] | dict | None = None):
     """Build `cls()` then apply the YAML file at `path`, then the overrides."""
     config = cls()
+    lines: dict[str, int] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         data, lines = _yaml_with_lines(path)
         _apply(config, data, str(path), lines)
+    overridden: list[str] = []
     if overrides:
         flat = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides)
+        overridden = list(flat)
         _apply(config, _nest(flat), "command line", {})
     validate = getattr(config, "validate", None)
     if callable(validate):
         try:
             validate()
         except ValueError as err:
-            raise ConfigError(f"{path or 'config'}: {err}") from None
+            raise ConfigError(f"{_blame(str(err), path, lines, overridden)}: {err}") from None
     return config
 
 

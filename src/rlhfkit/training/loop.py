@@ -48,7 +48,9 @@ class TrainingConfig:
     output_dir: str = field(default="outputs/run", metadata={"help": "where checkpoints, metrics and the final model go"})
     seed: int = field(default=0, metadata={"help": "seed for init, data order and sampling"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the training data"})
-    max_steps: int = field(default=0, metadata={"help": "stop after this many optimiser steps (0 = from epochs)"})
+    max_steps: int = field(default=0, metadata={"help": "train for exactly this many optimiser steps, passing over "
+                                                        "the data as often as needed: overrides epochs, as in HF "
+                                                        "Trainer (0 = from epochs)"})
     batch_size: int = field(default=16, metadata={"help": "global batch: examples per optimiser step over all ranks"})
     micro_batch_size: int = field(default=4, metadata={"help": "examples per forward pass (gradient accumulation fills the batch)"})
     learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate"})
@@ -175,15 +177,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, config: 
 
 
 def plan_steps(n_examples: int, config: TrainingConfig) -> tuple[int, int]:
-    """(steps per epoch, total steps); the last incomplete global batch of an epoch is dropped."""
+    """(steps per epoch, total steps); the last incomplete global batch of an epoch is dropped.
+    ``max_steps`` > 0 is the total whatever ``epochs`` says (HF ``TrainingArguments.max_steps``
+    semantics: a user asking for 100 steps gets 100, over as many epochs as that takes)."""
     per_epoch = n_examples // config.batch_size
     if per_epoch == 0:
         # ConfigError (a ValueError) so the command line reports it without a traceback
         raise ConfigError(f"only {n_examples} training examples for a batch of {config.batch_size}; "
                           "lower batch_size or add data")
-    total = math.ceil(per_epoch * config.epochs)
-    if config.max_steps:
-        total = min(total, config.max_steps) if config.epochs else config.max_steps
+    total = config.max_steps if config.max_steps else math.ceil(per_epoch * config.epochs)
     return per_epoch, total
 
 

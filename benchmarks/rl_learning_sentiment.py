@@ -62,7 +62,7 @@ def make_pairs(model, tokenizer, prompts, max_new_tokens, noise, seed, path: Pat
     rng = random.Random(seed)
     a = sample_texts(model, tokenizer, prompts, max_new_tokens, seed=seed)
     b = sample_texts(model, tokenizer, prompts, max_new_tokens, seed=seed + 10**6)
-    rows, agree = [], 0
+    rows, agree, decided = [], 0, 0
     for ra, rb in zip(a, b):
         sa, sb = vader(ra.prompts, ra.responses), vader(rb.prompts, rb.responses)
         for p, x, y, gx, gy in zip(ra.prompts, ra.responses, rb.responses, sa.tolist(), sb.tolist()):
@@ -70,10 +70,13 @@ def make_pairs(model, tokenizer, prompts, max_new_tokens, noise, seed, path: Pat
                 continue
             nx, ny = gx + rng.gauss(0, noise), gy + rng.gauss(0, noise)
             chosen, rejected = (x, y) if nx >= ny else (y, x)
-            agree += (nx >= ny) == (gx >= gy)
+            if gx != gy:  # a pair the gold judge scores equal has no right answer: not counted either way
+                decided += 1
+                agree += (nx >= ny) == (gx > gy)
             rows.append({"prompt": p, "chosen": chosen, "rejected": rejected})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return {"pairs": len(rows), "labeler_agreement_with_gold": agree / max(1, len(rows))}
+    return {"pairs": len(rows), "labeler_agreement_with_gold": agree / max(1, decided),
+            "labeler_agreement_pairs": decided, "gold_tie_pairs": len(rows) - decided}
 
 
 def main(argv):

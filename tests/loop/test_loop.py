@@ -46,6 +46,15 @@ def test_two_rounds_end_to_end_with_simulated_labelers(tmp_path, loop_prompts):
         assert title in page, title
     assert page.count("<svg") == 5 and page.count("<tr><td class=\"num\">") == 3
     assert f'{curve[2]["gold"]:.4f}' in page
+    # label agreement with gold rests on the pairs the gold judge orders; ties are counted apart
+    lab = _stage(out, "2/labels")["outputs"]
+    labelled = [json.loads(x) for x in (out / "round-2" / "labels" / "labels.jsonl").read_text().splitlines()]
+    decided = [x for x in labelled if x["gold_chosen"] != x["gold_rejected"]]
+    assert (lab["agreement_pairs"], lab["gold_tie_pairs"]) == (len(decided), 8 - len(decided))
+    if decided:
+        assert lab["agreement_with_gold"] == pytest.approx(
+            sum(x["gold_chosen"] > x["gold_rejected"] for x in decided) / len(decided))
+    assert f'of {lab["agreement_pairs"]} ({lab["gold_tie_pairs"]} ties)' in page
     assert not re.search(r'<script|<link|<img|src=|href=', page)
 
 

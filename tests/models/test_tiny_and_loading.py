@@ -180,3 +180,30 @@ def test_hub_name_offline_error_message(monkeypatch):
         load_reward_model("org/name")
     with pytest.raises(OSError):  # ModelLoadError is an OSError, like HF's own errors
         load_causal_lm("org/name")
+
+
+def test_new_reward_head_loads_quietly_and_missing_backbone_weights_warn(tok, tmp_path, capsys, caplog):
+    """A backbone checkpoint has no score head by design: no load-report table for it. A backbone
+    weight missing from the checkpoint is random, and that is said, with the key."""
+    import warnings
+
+    from safetensors.torch import load_file, save_file
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=64)
+    BertModel(cfg).save_pretrained(tmp_path / "backbone")
+    tok.save_pretrained(tmp_path / "backbone")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning of ours for a head-only gap
+        model, _ = load_reward_model(tmp_path / "backbone")
+    assert model.config.num_labels == 1
+    captured = capsys.readouterr()
+    assert "LOAD REPORT" not in captured.out + captured.err + caplog.text
+
+    weights = load_file(tmp_path / "backbone" / "model.safetensors")
+    dropped = next(k for k in weights if "encoder.layer.0.output.dense.weight" in k)
+    del weights[dropped]
+    save_file(weights, tmp_path / "backbone" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match=r"1 backbone weight\(s\) missing.*encoder\.layer\.0\.output\.dense\.weight"):
+        load_reward_model(tmp_path / "backbone")

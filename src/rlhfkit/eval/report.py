@@ -266,6 +266,14 @@ def _num(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if _finite(v) else "–"
 
 
+def _agreement_cell(labels_stage: dict) -> str:
+    """A loop round's label agreement with gold, with the pairs it rests on when they were recorded."""
+    share = _num(labels_stage.get("agreement_with_gold"))
+    if labels_stage.get("agreement_pairs") is None:  # rounds written before the counts were kept
+        return share
+    return f"{share} of {labels_stage['agreement_pairs']} ({labels_stage.get('gold_tie_pairs') or 0} ties)"
+
+
 def _ci(d: dict | None, key: str = "win_rate") -> str:
     if not d:
         return "–"
@@ -502,14 +510,16 @@ def render_loop_report(output_dir: str | Path, path: str | Path | None = None) -
             trs.append(f"<tr><td class=\"num\">{r}</td><td>{_esc(sel.get('method', 'initial policy' if r == 0 else ''))}</td>"
                        f"<td class=\"num\">{p['labels']}</td><td class=\"num\">{_num(p['gold'], 4)}</td>"
                        f"<td class=\"num\">{_num(p.get('kl'))}</td><td class=\"num\">{_num(p.get('rm_accuracy'))}</td>"
-                       f"<td class=\"num\">{unc}</td><td class=\"num\">{_num(lab.get('agreement_with_gold'))}</td></tr>")
+                       f"<td class=\"num\">{unc}</td><td class=\"num\">{_agreement_cell(lab)}</td></tr>")
         body.append("<h2>Rounds</h2><table><tr><th>round</th><th>selection</th><th>labels so far</th>"
                     "<th>held-out gold</th><th>KL to the initial policy</th><th>ensemble held-out accuracy</th>"
                     "<th>uncertainty: selected / all candidate pairs</th><th>labels agreeing with gold</th></tr>"
                     + "".join(trs) + "</table>"
                     '<p class="muted">Gold and KL: the policy after the round on the held-out prompts (KL summed over '
                     'the response, nats). Accuracy: the ensemble mean on the gold-ordered held-out pairs. '
-                    'Uncertainty: the previous round\'s ensemble\'s disagreement about the pairs.</p>')
+                    'Uncertainty: the previous round\'s ensemble\'s disagreement about the pairs. Labels agreeing '
+                    'with gold: the share of the round\'s labels whose chosen response the gold judge scores higher, '
+                    'over the pairs it does not score equal (ties: pairs it scores equal, which no label can get right).</p>')
         pts = curve
         plots = [line_chart({"gold": [(p["labels"], p["gold"]) for p in pts]}, "Held-out gold score vs labels",
                             xlabel="labels", ylabel="mean gold score"),

@@ -311,6 +311,8 @@ class Loop:
             decided = [x for x in rows if x["gold_chosen"] != x["gold_rejected"]]
             stats["agreement_with_gold"] = (sum(x["gold_chosen"] > x["gold_rejected"] for x in decided) / len(decided)
                                             if decided else None)
+            # the pairs the share rests on: pairs the gold judge scores equal have no right answer
+            stats["agreement_pairs"], stats["gold_tie_pairs"] = len(decided), len(rows) - len(decided)
         else:
             from rlhfkit.feedback import db
             from rlhfkit.loop.labelers import ensure_project, export_pairs, wait_for_labels

@@ -7,9 +7,12 @@ never from pad ids (which may equal real ids in a user's tokenizer).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import math
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -160,6 +163,39 @@ def _fresh_head_keys(info: dict, prefix: str) -> bool:
     return any(k == prefix or k.startswith(prefix + ".") for k in keys)
 
 
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _without_load_report():
+    """Hide transformers' load-report table while a reward model loads: a new reward model's score
+    head is missing from its backbone's checkpoint by design (the table printed it, with "consider
+    training", for every ensemble member of every loop round). Keys that matter are reported by
+    :func:`_warn_missing_backbone_keys` instead."""
+    log = logging.getLogger("transformers.modeling_utils")
+    drop = _DropLoadReport()
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
+
+
+def _warn_missing_backbone_keys(spec: Any, info: dict, head_prefix: str) -> None:
+    """Warn about weights outside the score head that the checkpoint did not provide (they are
+    random: the model would score noise). Unexpected keys, such as a causal LM's ``lm_head``
+    that a sequence classifier drops, are expected and not reported."""
+    keys = list(info.get("missing_keys", []) or [])
+    keys += [item[0] if isinstance(item, (tuple, list)) else str(item) for item in info.get("mismatched_keys", []) or []]
+    stray = sorted(k for k in keys if not (k == head_prefix or k.startswith(head_prefix + ".")))
+    if stray:
+        warnings.warn(f"{os.fspath(spec)}: {len(stray)} backbone weight(s) missing from the checkpoint or of another "
+                      f"shape, left randomly initialised: {', '.join(stray[:5])}{' ...' if len(stray) > 5 else ''}",
+                      stacklevel=3)
+
+
 def _no_trained_head(spec: Any, why: str) -> ModelLoadError:
     return ModelLoadError(f"{os.fspath(spec)}: not a trained reward model ({why}); train one with "
                           f"`rlhfkit reward train --model {os.fspath(spec)}` and score with its output folder")
@@ -209,10 +245,12 @@ def load_reward_model(
             raise ValueError(f"{os.fspath(spec)!r} is not an encoder (model_type {config.model_type!r})")
         if kind == "causal" and encoder:
             raise ValueError(f"{os.fspath(spec)!r} is an encoder (model_type {config.model_type!r})")
-        model, info = _from_pretrained(
-            AutoModelForSequenceClassification, spec, folder, None,
-            num_labels=1, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True,
-        )
+        with _without_load_report():
+            model, info = _from_pretrained(
+                AutoModelForSequenceClassification, spec, folder, None,
+                num_labels=1, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True,
+            )
+        _warn_missing_backbone_keys(spec, info, _head_prefix(model))
         if _fresh_head_keys(info, _head_prefix(model)):
             if trained_head:
                 raise _no_trained_head(spec, f"its checkpoint has no trained '{_head_prefix(model)}' weights "

@@ -293,3 +293,16 @@ def test_a_finished_online_run_is_kept_and_a_checkpoint_resumes_only_with_its_se
     with pytest.raises(ConfigError, match="checkpoint-1 was written with other settings.*learning_rate"):
         run_inproc("grpo", tiny_policy_dir, prompt_file, out, "--max_steps", "2", "--save_every", "1",
                    "--learning_rate", "1e-3")
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_logged_lr_is_the_rate_the_step_used(tmp_path, tiny_policy_dir, prompt_file, algo):
+    """Linear decay over max_steps x ppo_epochs x num_minibatches updates (detail 11): step s's
+    first update uses lr * (1 - s * updates_per_step / total); the log shows that rate, not the
+    next step's (the last step would otherwise log 0)."""
+    extra = ["--batch_size", "8", "--micro_batch_size", "4", "--max_steps", "2", "--resume", "false",
+             "--ppo_epochs", "2", "--num_minibatches", "2"]
+    if algo == "grpo":
+        extra += ["--num_generations", "4"]
+    rows = run_inproc(algo, tiny_policy_dir, prompt_file, tmp_path / algo, *extra)
+    assert [r["lr"] for r in rows] == pytest.approx([3e-3, 3e-3 * (1 - 4 / 8)])

@@ -82,11 +82,12 @@ def run(config: GRPOConfig) -> dict:
         ref_lp = (reference_logprobs(policy, reference, ro, config.temperature, config.micro_batch_size)
                   if config.kl_coef > 0 else None)
         # 3. clipped surrogate + beta * k3 KL in the loss
+        lr_of_step = scheduler.get_last_lr()[0]  # this step's first update (the scheduler steps per update)
         stats = policy_gradient_update(policy, ro, advantages, config, optimizer, scheduler, step,
                                        aggregation_for(config), ref_logprobs=ref_lp, kl_loss_coef=config.kl_coef,
                                        fill_behaviour_logprobs=single_update(config), info=info)
         # 4. log, sample table, checkpoint
-        metrics = {**rollout_metrics(ro, scores, timer() - t0, info), **stats, "lr": scheduler.get_last_lr()[0]}
+        metrics = {**rollout_metrics(ro, scores, timer() - t0, info), **stats, "lr": lr_of_step}
         columns = {"reward": scores, "advantage": advantages}
         if ref_lp is not None:
             seq_kl = sequence_kl(ro.logprobs, ref_lp, ro.response_mask)

@@ -205,6 +205,7 @@ def run(config: PPOConfig) -> dict:
             normaliser.update(gathered(scores, info))
             scores = normaliser.normalise(scores, update=False)
         # 3-5. reference log-probs, values, per-token rewards, GAE, whitened advantages, the update
+        lr_of_step = scheduler.get_last_lr()[0]  # this step's first update (the scheduler steps per update)
         upd = ppo_update(config, modules, reference, ro, scores, kl_ctl.value, optimizer, scheduler, params, step, info)
         kl, old_values, returns = upd["kl"], upd["old_values"], upd["returns"]
         # 6. KL controller, metrics (detail 12), samples, checkpoint
@@ -218,7 +219,7 @@ def run(config: PPOConfig) -> dict:
                    "non_score_reward": float(non_score.mean()),
                    "score_normalised": float(gathered(scores, info).mean()),
                    "explained_variance": explained_variance(old_values, returns, mask, info),
-                   "lr": scheduler.get_last_lr()[0]}
+                   "lr": lr_of_step}
         columns = {"reward": raw_scores, "kl": seq_kl}
         if gold is not None:
             columns["gold"] = score(gold, ro)

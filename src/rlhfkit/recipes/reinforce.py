@@ -99,9 +99,10 @@ def run(config: ReinforceConfig) -> dict:
         else:
             advantages = returns
         columns["advantage"] = advantages
+        lr_of_step = scheduler.get_last_lr()[0]  # this step's first update (the scheduler steps per update)
         stats = policy_gradient_update(policy, ro, advantages, config, optimizer, scheduler, step,
                                        config.loss_aggregation, extra_loss=extra_loss, params=params, info=info)
-        metrics = {**rollout_metrics(ro, scores, timer() - t0, info), **stats, "lr": scheduler.get_last_lr()[0],
+        metrics = {**rollout_metrics(ro, scores, timer() - t0, info), **stats, "lr": lr_of_step,
                    "rlhf_reward": float(gathered(returns, info).mean()), "baseline": b}
         if "kl" in columns:
             metrics["kl"] = float(gathered(columns["kl"], info).mean())

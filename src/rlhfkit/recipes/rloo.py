@@ -66,6 +66,7 @@ def run(config: RLOOConfig) -> dict:
     metrics: dict = {}
     started = timer()
     for step in range(start, config.max_steps):
+        lr_of_step = scheduler.get_last_lr()[0]  # this step's first update (the scheduler steps per update)
         t0 = timer()
         step_prompts = local_share(prompts_for_step(prompts, step, config.batch_size // k, config.seed), info)
         # one update on whole groups, no batch whitening: the update pass supplies the behaviour
@@ -97,7 +98,7 @@ def run(config: RLOOConfig) -> dict:
             stats = policy_gradient_update(policy, ro, advantages, config, optimizer, scheduler, step,
                                            config.loss_aggregation, info=info)
         columns["advantage"] = advantages
-        metrics = {**rollout_metrics(ro, scores, timer() - t0, info), **stats, "lr": scheduler.get_last_lr()[0],
+        metrics = {**rollout_metrics(ro, scores, timer() - t0, info), **stats, "lr": lr_of_step,
                    "rlhf_reward": float(gathered(rewards, info).mean())}
         if "kl" in columns:
             metrics["kl"] = float(gathered(columns["kl"], info).mean())

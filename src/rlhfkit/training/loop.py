@@ -363,6 +363,7 @@ def fit(
                 extra[key] = extra.get(key, 0.0) + float(value)
         grad_norm = (torch.nn.utils.clip_grad_norm_(train_model.parameters(), config.max_grad_norm)
                      if config.max_grad_norm > 0 else torch.tensor(0.0))
+        lr_of_step = scheduler.get_last_lr()[0]  # the rate this step used (after scheduler.step() it is the next one's)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -377,7 +378,7 @@ def fit(
             last = {
                 "loss": loss_global,
                 "grad_norm": float(grad_norm),
-                "lr": scheduler.get_last_lr()[0],
+                "lr": lr_of_step,
                 "epoch": step_done / per_epoch,
                 f"{unit}_per_s": units_window / elapsed,
                 "samples_per_s": samples_window / elapsed,

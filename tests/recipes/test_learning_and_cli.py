@@ -25,13 +25,17 @@ def test_sft_lowers_held_out_loss(tmp_path, tiny_policy_dir, sft_file):
     AutoModelForCausalLM.from_pretrained(tmp_path / "model")  # the output is a HF folder
 
 
-def test_reward_model_learns_held_out_preference(tmp_path, tiny_encoder_rm_dir, pair_file):
+def test_reward_model_learns_held_out_preference(tmp_path, tiny_encoder_rm_dir, pair_file, capsys):
     cfg = load_config(RewardConfig, None, [
         "--model", str(tiny_encoder_rm_dir), "--data", str(pair_file), "--output_dir", str(tmp_path / "rm"),
         "--epochs", "8", "--batch_size", "16", "--micro_batch_size", "16", "--learning_rate", "3e-3",
         "--eval_fraction", "0.25", "--max_length", "48", "--tensorboard", "false"])
     metrics = reward_run(cfg)
     assert metrics["eval_accuracy"] >= 0.9, metrics
+    # the last line says where the model is and how it did on the held-out quarter (40 of 160 pairs)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == (f"reward: saved {tmp_path / 'rm' / 'model'}; held-out accuracy {metrics['eval_accuracy']:.3f} "
+                    f"on 40 pairs, ECE {metrics['eval_ece']:.3f}"), last
     rows = [json.loads(l) for l in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
     assert any("eval_ece" in r for r in rows)
     # the evaluation command reads the saved model back and agrees
@@ -253,3 +257,18 @@ def test_plus_joins_training_sources_in_order(tmp_path):
     plus = tmp_path / "c+d.jsonl"
     plus.write_text(a.read_text())
     assert [r.chosen for r in load_training_records(str(plus), "pairs")] == ["a1"]
+
+
+def test_held_out_summary_names_the_split_it_read_and_the_ties():
+    from pathlib import Path
+
+    from rlhfkit.recipes.reward import held_out_summary
+
+    m = Path("out/model")
+    assert held_out_summary({"val_accuracy": 0.5, "val_pairs": 10, "val_ties": 2}, m) == (
+        "reward: saved out/model; validation accuracy 0.500 on 10 pairs (and 2 tied pairs, scored apart)")
+    # the held-out split wins over the validation split
+    assert "held-out accuracy 0.700 on 20 pairs" in held_out_summary(
+        {"val_accuracy": 0.5, "val_pairs": 10, "eval_accuracy": 0.7, "eval_pairs": 20}, m)
+    assert held_out_summary({"loss": 0.1}, m).endswith("no held-out pairs to score it on "
+                                                       "(give --eval_data FILE or --eval_fraction above 0)")

@@ -9,6 +9,7 @@ scoring its last real token, or an encoder such as all-MiniLM-L6-v2), so the res
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -276,5 +277,23 @@ def run(config: RewardConfig) -> dict:
                   eval_fn, desc="reward", unit="pairs" if kind == "pairs" else "examples",
                   final_eval_fn=scorer(eval_records, "eval") if val_records and eval_records else None)
     save_final(model, tokenizer, config, metrics, info)
+    if info.is_main:
+        print(held_out_summary(metrics, Path(config.output_dir) / "model"))
     cleanup(info)
     return metrics
+
+
+def held_out_summary(metrics: dict, model_dir: Path) -> str:
+    """The line a person reads when training ends: where the model is and how it did on pairs it
+    did not train on (the held-out split when there is one, else the validation split)."""
+    parts = [f"reward: saved {model_dir}"]
+    for prefix, name in (("eval", "held-out"), ("val", "validation")):
+        if f"{prefix}_accuracy" in metrics:
+            n, ties = int(metrics.get(f"{prefix}_pairs", 0)), int(metrics.get(f"{prefix}_ties", 0))
+            parts.append(f"{name} accuracy {metrics[f'{prefix}_accuracy']:.3f} on {n} pairs"
+                         + (f" (and {ties} tied pairs, scored apart)" if ties else "")
+                         + (f", ECE {metrics[f'{prefix}_ece']:.3f}" if f"{prefix}_ece" in metrics else ""))
+            break
+    else:
+        parts.append("no held-out pairs to score it on (give --eval_data FILE or --eval_fraction above 0)")
+    return "; ".join(parts)

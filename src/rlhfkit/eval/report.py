@@ -281,13 +281,13 @@ def _ci(d: dict | None, key: str = "win_rate") -> str:
 
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 12px}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif,"Apple Color Emoji","Segoe UI Emoji","Noto Color Emoji";margin:24px auto;max-width:1180px;color:#222;padding:0 12px}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0} td,th{border:1px solid #ddd;padding:4px 7px;vertical-align:top;text-align:left}
 th{background:#f5f5f5} .num{text-align:right;font-variant-numeric:tabular-nums}
 .plots{display:flex;flex-wrap:wrap;gap:10px} .plots svg{border:1px solid #eee}
-.tok{white-space:pre-wrap;border-radius:2px;padding:1px 0;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px}
-.prompt{max-width:320px;color:#666;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px} .muted{color:#777;font-size:12px}
+.tok{white-space:pre-wrap;border-radius:2px;padding:1px 0;font-family:ui-monospace,Menlo,Consolas,monospace,"Apple Color Emoji","Segoe UI Emoji","Noto Color Emoji";font-size:12.5px}
+.prompt{max-width:320px;color:#666;font-family:ui-monospace,Menlo,Consolas,monospace,"Apple Color Emoji","Segoe UI Emoji","Noto Color Emoji";font-size:12.5px} .muted{color:#777;font-size:12px}
 .legend span{display:inline-block;padding:1px 6px;margin-right:6px;border-radius:2px;font-size:12px}
 .headline td{font-size:14px}
 """

@@ -47,3 +47,79 @@ def test_chat_loop_in_process(tiny_chat, tmp_path):
     counts = chat_loop(tiny_chat, None, io.StringIO("hi\n/up\n"), out, seed=1)
     assert counts == {"turns": 1, "thumbs": 0, "ratings": 0}
     assert "feedback is not stored" in out.getvalue()
+
+
+def test_a_turn_the_model_cannot_take_is_told_and_dropped(tiny_chat, tmp_path):
+    """Too long for the model: a line saying so (no traceback), and the conversation goes on
+    without that turn."""
+    import io
+
+    from rlhfkit.serve.chat import chat_loop
+    from rlhfkit.serve.engine import ChatModel
+    from rlhfkit.serve.store import FeedbackLog
+
+    chat = ChatModel(tiny_chat.model, tiny_chat.tokenizer, name="short", max_new_tokens=4, max_prompt_length=30)
+    log = FeedbackLog(str(tmp_path / "chat.db"))
+    out = io.StringIO()
+    try:
+        counts = chat_loop(chat, log, io.StringIO("word " * 40 + "\n/up\nhi\n/up\n"), out, seed=0)
+        thumbs = log.export("thumbs")
+    finally:
+        log.close()
+    text = out.getvalue()
+    assert "(not answered: the conversation has" in text and "/new starts a new conversation" in text
+    assert "(no reply to give feedback on yet)" in text
+    assert counts == {"turns": 1, "thumbs": 1, "ratings": 0}
+    assert [t.prompt for t in thumbs] == ["hi"]  # the refused turn is not part of the conversation
+
+
+def test_at_a_terminal_lines_are_edited_and_ctrl_c_leaves(tiny_chat_dir, tmp_path):
+    """Through a pseudo-terminal: the arrow keys edit the line (their escape codes used to reach
+    the model and the store), and Ctrl-C ends the chat with its summary, not a traceback."""
+    import pty
+    import select
+    import time
+
+    db = tmp_path / "chat.db"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           "TERM": "xterm"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: rlhfkit chat on the terminal
+        os.execve(sys.executable, [sys.executable, "-m", "rlhfkit.cli", "chat", "--model", str(tiny_chat_dir),
+                                   "--db", str(db), "--max_new_tokens", "4", "--seed", "0", "--threads", "1"], env)
+
+    def read_until(marker: str, timeout: float = 120) -> str:
+        seen, end = b"", time.time() + timeout
+        while marker.encode() not in seen and time.time() < end:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+        return seen.decode(errors="replace")
+
+    try:
+        read_until("you> ")
+        os.write(fd, b"helo\x1b[Dl\r")  # "helo", left arrow, "l": hello
+        assert "assistant> " in read_until("you> ")
+        os.write(fd, b"/up\r")
+        assert "(stored thumbs up)" in read_until("you> ")
+        os.write(fd, b"\x03")  # Ctrl-C
+        rest = read_until("stored)")
+        assert "bye: 1 replies, 1 thumbs" in rest and "Traceback" not in rest
+        _, status = os.waitpid(pid, 0)
+        pid = None
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        if pid is not None:  # still ours: never reaped
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)
+
+    from rlhfkit.serve.store import FeedbackLog
+
+    log = FeedbackLog(str(db))
+    try:
+        assert [(t.prompt, t.label) for t in log.export("thumbs")] == [("hello", True)]
+    finally:
+        log.close()

@@ -176,3 +176,132 @@ def test_end_user_names_share_one_account_and_one_verdict_per_completion(served)
         payloads = [r.payload for r in conn.execute(select(fdb.labels.c.payload).where(fdb.labels.c.item_id == item["id"]))]
         users = conn.execute(select(func.count()).select_from(fdb.users).where(fdb.users.c.username.like("enduser%"))).scalar()
     assert payloads == [{"label": True, "end_user": "c"}] and users == 1
+
+
+# ----------------------------------------------------------------------------- review fixes
+def _raw(client, body: bytes, path="/v1/chat/completions"):
+    return client.post(path, content=body, headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize("payload,param", [
+    ({"messages": [{"role": "user", "content": "hi"}], "stop": ["\n"]}, "stop"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
+    ({"messages": [{"role": "user", "content": "hi"}], "logprobs": True}, "logprobs"),
+    ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}, "response_format"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
+])
+def test_options_the_server_cannot_honour_are_refused_not_ignored(served, payload, param):
+    """Ignored, a stop sequence would come back in the text, an image would be answered unseen."""
+    client, _, _ = served
+    r = client.post("/v1/chat/completions", json=payload)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param
+
+
+def test_unset_options_in_their_null_forms_are_accepted(served):
+    client, _, _ = served
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "n": None, "stop": None,
+            "tools": [], "logprobs": False, "response_format": {"type": "text"}}
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+
+
+@pytest.mark.parametrize("body", [
+    b'{"messages": [{"role": "user", "content": "\\ud800"}]}',  # a lone surrogate: no text
+    b"[" * 100_000 + b"]" * 100_000,  # nesting past Python's recursion limit
+    b"{bad",
+])
+def test_bodies_that_are_no_json_text_are_400_not_500(served, body):
+    client, _, _ = served
+    for path in ("/v1/chat/completions", "/v1/feedback"):
+        r = _raw(client, body, path)
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_routing_errors_and_crashes_have_openai_shape(tiny_chat, tmp_path):
+    import sqlite3
+
+    client_app = create_app(tiny_chat, FeedbackLog(str(tmp_path / "fb.db")))
+    with TestClient(client_app, raise_server_exceptions=False) as client:
+        r = client.get("/v1/nothing")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        r = client.get("/v1/chat/completions")
+        assert r.status_code == 405 and r.json()["error"]["message"]
+        # the store breaks under the running server (a real failure, not a stub): 500, no traceback
+        with sqlite3.connect(tmp_path / "fb.db") as con:
+            con.execute("DROP TABLE labels")
+            con.execute("DROP TABLE assignments")
+            con.execute("DROP TABLE items")
+        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+        assert "Traceback" not in r.text
+
+
+def test_a_too_long_conversation_is_refused_not_cut(tiny_chat, tmp_path):
+    """Cut, the model would answer without its system turn while the store kept the whole
+    conversation as the prompt of the feedback: a training pair the model never saw."""
+    from rlhfkit.serve.engine import ChatModel
+
+    chat = ChatModel(tiny_chat.model, tiny_chat.tokenizer, name="short", max_new_tokens=8, max_prompt_length=40)
+    log = FeedbackLog(str(tmp_path / "fb.db"))
+    with TestClient(create_app(chat, log)) as client:
+        long = {"messages": [{"role": "system", "content": "Always answer in French."},
+                             {"role": "user", "content": "word " * 60}]}
+        r = client.post("/v1/chat/completions", json=long)
+        assert r.status_code == 400
+        err = r.json()["error"]
+        assert err["code"] == "context_length_exceeded" and err["param"] == "messages" and "40" in err["message"]
+        # the reply asked for must fit the model's context after the conversation
+        chat.context_length = 30
+        short = [{"role": "user", "content": "hi"}]
+        n_prompt = len(render_messages(short, chat.tokenizer))
+        r = client.post("/v1/chat/completions", json={"messages": short, "max_tokens": 30 - n_prompt + 1})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+        fits = client.post("/v1/chat/completions", json={"messages": short, "max_tokens": 30 - n_prompt})
+        assert fits.status_code == 200
+        # left out, max_tokens is what fits (the default 8 here would not)
+        chat.context_length = n_prompt + 3
+        r = client.post("/v1/chat/completions", json={"messages": short, "temperature": 0}).json()
+        assert r["usage"]["completion_tokens"] <= 3
+    from sqlalchemy import func, select
+
+    from rlhfkit.feedback import db as fdb
+
+    with log.store.read() as conn:  # only the two answered requests were stored
+        assert conn.execute(select(func.count()).select_from(fdb.items)).scalar() == 2
+
+
+def test_top_p_zero_is_greedy(served):
+    """``top_p`` 0 keeps only the likeliest token; it used to fall back to the server's default
+    (sampling from the whole distribution)."""
+    client, _, _ = served
+    msgs = [{"role": "user", "content": "Tell me a story."}]
+    greedy = client.post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 8, "temperature": 0}).json()
+    for seed in (1, 2, 3):
+        r = client.post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 8, "top_p": 0,
+                                                      "temperature": 1.5, "seed": seed}).json()
+        assert r["choices"][0]["message"]["content"] == greedy["choices"][0]["message"]["content"]
+
+
+def test_empty_turns_are_answered_and_stored(served):
+    """An empty system prompt or a blank turn is a legal request; storing it failed after the
+    reply was generated (500)."""
+    client, _, log = served
+    msgs = [{"role": "system", "content": ""}, {"role": "user", "content": "  "}]
+    r = client.post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    stored = log.completion(r.json()["id"])
+    assert [m["content"] for m in stored["messages"]] == ["(empty message)", "(empty message)"]
+    assert client.post("/v1/feedback", json={"completion_id": r.json()["id"], "thumbs": "down"}).status_code == 200
+
+
+def test_the_api_key_guards_every_path_but_health(tiny_chat, tmp_path):
+    with TestClient(create_app(tiny_chat, FeedbackLog(str(tmp_path / "fb.db")), api_key="sekrit")) as client:
+        for path in ("/v1/models", "/docs", "/openapi.json", "/v1/nothing", "/redoc"):
+            r = client.get(path)
+            assert r.status_code == 401, path
+            assert r.json()["error"]["code"] == "invalid_api_key"
+        assert client.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.get("/v1/models", headers={"Authorization": "sekrit"}).status_code == 401
+        assert client.post("/v1/feedback", json={"completion_id": "x", "thumbs": "up"}).status_code == 401
+        # the scheme is case-insensitive (RFC 7235)
+        assert client.get("/v1/models", headers={"Authorization": "bearer sekrit"}).status_code == 200
+        assert client.get("/health").status_code == 200

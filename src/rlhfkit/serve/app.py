@@ -3,7 +3,10 @@
 - ``POST /v1/chat/completions``: ``{"model", "messages": [{role, content}], "max_tokens" |
   "max_completion_tokens", "temperature", "top_p", "seed", "user", "n": 1}`` -> the OpenAI
   ``chat.completion`` object (``id``, ``object``, ``created``, ``model``, ``choices[0].message``,
-  ``finish_reason``, ``usage``). Streaming and ``n > 1`` are answered 400 in OpenAI's error shape.
+  ``finish_reason``, ``usage``). Streaming, ``n > 1`` and the options this server cannot honour
+  (``stop``, ``tools``, ``logprobs``, a JSON ``response_format``) are answered 400 in OpenAI's
+  error shape rather than ignored; a conversation longer than the model takes is answered 400
+  ``context_length_exceeded`` (never cut).
 - ``GET /v1/models``: the one served model.
 - ``POST /v1/feedback``: ``{"completion_id", "thumbs": "up"|"down", "rating": 1-7, "comment",
   "user"}`` -> stored in the feedback store (``serve.store.FeedbackLog``) next to the completion
@@ -13,7 +16,9 @@
 - ``GET /health``.
 
 Any OpenAI client works: ``OpenAI(base_url="http://host:port/v1", api_key="unused")``. When
-``api_key`` is set, requests must send ``Authorization: Bearer <api_key>``.
+``api_key`` is set, every request but ``/health`` (a load balancer's probe) must send
+``Authorization: Bearer <api_key>``. Every error, the framework's own 404 / 405 / 500 included,
+has OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import ChatModel, PromptError, new_completion_id, validate_messages
 from .store import FeedbackError, FeedbackLog
@@ -30,8 +36,26 @@ from .store import FeedbackError, FeedbackLog
 __all__ = ["create_app"]
 
 
-def _error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": None}}, status_code=status)
+def _error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+           code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}},
+                        status_code=status)
+
+
+def _unsupported(body: dict) -> str | None:
+    """The first option set in ``body`` that this server cannot honour: answering as if it had
+    not been sent (text past a stop sequence, no tool call, no log-probs) would break the caller."""
+    if body.get("stream"):
+        return "stream"
+    if body.get("n") not in (None, 1):
+        return "n"
+    for key in ("stop", "tools", "functions", "logprobs", "top_logprobs"):
+        if body.get(key) not in (None, False, [], ""):
+            return key
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        return "response_format"
+    return None
 
 
 def _num(body: dict, key: str, kind: type, lo: float, hi: float):
@@ -46,6 +70,7 @@ def _num(body: dict, key: str, kind: type, lo: float, hi: float):
 
 
 MAX_MESSAGES = 512
+_OPEN_PATHS = ("/health",)  # answered without the API key: a load balancer's probe has none
 
 
 def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: str | None = None,
@@ -69,11 +94,24 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
-            got = request.headers.get("authorization", "")
-            if not hmac.compare_digest(got.encode(), f"Bearer {api_key}".encode()):
-                return _error(401, "invalid API key", "authentication_error")
+        # every path but the probe: the docs and schema are the server's too, and a path
+        # outside /v1/ must not be a way around the key
+        if api_key and request.url.path not in _OPEN_PATHS:
+            scheme, _, got = request.headers.get("authorization", "").partition(" ")
+            ok = scheme.lower() == "bearer" and hmac.compare_digest(got.strip().encode(), api_key.encode())
+            if not ok:
+                return _error(401, "invalid API key", "invalid_request_error", code="invalid_api_key")
         return await call_next(request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException):
+        # routing's own 404 / 405, in the shape OpenAI clients parse
+        return _error(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+
+    @app.exception_handler(Exception)
+    async def _server_error(_request: Request, _exc: Exception):
+        # the traceback goes to the server's log, not to the client
+        return _error(500, "the server failed to answer this request", "server_error")
 
     class TooLarge(Exception):
         pass
@@ -92,7 +130,10 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
                 raise TooLarge()
         try:
             body = json.loads(bytes(data))
-        except ValueError:  # malformed JSON or text
+            # a lone surrogate (``"\\ud800"``) parses but is no text: the tokenizer and the stored
+            # JSON would fail on it later, after the work was done
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except (ValueError, RecursionError):  # malformed JSON or text, nesting past the stack
             return None
         return body if isinstance(body, dict) else None
 
@@ -113,15 +154,15 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
     async def completions(request: Request):
         body = await _json(request)
         if body is None:
-            return _error(400, "the body must be a JSON object")
-        if body.get("stream"):
-            return _error(400, "streaming is not supported", param="stream")
-        if body.get("n", 1) != 1:
-            return _error(400, "only n = 1 is supported", param="n")
+            return _error(400, "the body must be a JSON object (UTF-8 text)")
+        bad = _unsupported(body)
+        if bad is not None:
+            what = "only n = 1 is supported" if bad == "n" else f"{bad} is not supported by this server"
+            return _error(400, what, param=bad)
         model = body.get("model")
         if model not in (None, "", chat.name):
             return _error(404, f"the model {model!r} does not exist; this server serves {chat.name!r}",
-                          param="model")
+                          param="model", code="model_not_found")
         try:
             messages = validate_messages(body.get("messages"))
         except ValueError as e:
@@ -137,8 +178,8 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
             seed = _num(body, "seed", int, -(2**63), 2**63 - 1)
         except ValueError as e:
             return _error(400, f"invalid value for {e.args[0]}", param=e.args[0])
-        if top_p == 0.0:
-            top_p = None
+        if top_p == 0.0:  # only the likeliest token is left: greedy decoding
+            temperature, top_p = 0.0, None
 
         def work() -> dict[str, Any]:
             out = chat.complete(messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
@@ -162,7 +203,7 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
         try:
             return await run_in_threadpool(work)
         except PromptError as e:
-            return _error(400, str(e), param="messages")
+            return _error(400, str(e), param="messages", code=e.code)
 
     @app.post("/v1/feedback")
     async def post_feedback(request: Request):
@@ -170,7 +211,7 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
             return _error(503, "this server was started without a feedback store (--db)", "server_error")
         body = await _json(request)
         if body is None:
-            return _error(400, "the body must be a JSON object")
+            return _error(400, "the body must be a JSON object (UTF-8 text)")
         cid = body.get("completion_id")
         if not isinstance(cid, str) or not cid:
             return _error(400, "completion_id is required", param="completion_id")

@@ -5,16 +5,17 @@ reply and are stored in the feedback store like the server's ``/v1/feedback``:
 
     /up [comment]        thumbs up          /down [comment]     thumbs down
     /rate N [comment]    rating 1-7         /new                start a new conversation
-    /help                this list          /quit               leave (end of input too)
+    /help                this list          /quit               leave (end of input and Ctrl-C too)
 
-Reads stdin line by line, so it can be scripted (``printf 'hi\\n/up\\n' | rlhfkit chat ...``).
+Reads stdin line by line, so it can be scripted (``printf 'hi\\n/up\\n' | rlhfkit chat ...``); at a
+terminal, lines are read with line editing (arrow keys, history).
 """
 from __future__ import annotations
 
 import sys
-from typing import IO
+from typing import IO, Callable
 
-from .engine import ChatModel, new_completion_id
+from .engine import ChatModel, PromptError, new_completion_id
 from .store import FeedbackError, FeedbackLog
 
 __all__ = ["chat_loop", "HELP"]
@@ -23,14 +24,41 @@ HELP = ("commands: /up [comment]  /down [comment]  /rate N [comment] (1-7)  /new
         "/help  /quit")
 
 
+def _line_reader(stdin: IO[str], stdout: IO[str]) -> Callable[[], str]:
+    """``read() -> line`` ("" at end of input). At a terminal: ``input`` with ``readline``, since a
+    plain ``readline()`` there hands the arrow keys' escape codes (``^[[D``) to the model and into
+    the stored conversation."""
+    if stdin is sys.stdin and stdout is sys.stdout and stdin.isatty():
+        try:
+            import readline  # noqa: F401 - importing it gives input() line editing and history
+        except ImportError:  # no GNU readline (Windows): input() still reads the line
+            pass
+
+        def read_tty() -> str:
+            try:
+                return input("you> ") + "\n"
+            except EOFError:
+                return ""
+        return read_tty
+
+    interactive = stdin.isatty() if hasattr(stdin, "isatty") else False
+
+    def read() -> str:
+        if interactive:
+            stdout.write("you> ")
+            stdout.flush()
+        return stdin.readline()
+    return read
+
+
 def chat_loop(chat: ChatModel, feedback: FeedbackLog | None = None, stdin: IO[str] | None = None,
               stdout: IO[str] | None = None, system: str = "", max_tokens: int | None = None,
               temperature: float | None = None, seed: int | None = None) -> dict:
-    """Run the conversation until ``/quit`` or end of input; returns counts
+    """Run the conversation until ``/quit``, end of input or Ctrl-C; returns counts
     ``{"turns", "thumbs", "ratings"}``."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
-    interactive = stdin.isatty() if hasattr(stdin, "isatty") else False
+    read = _line_reader(stdin, stdout)
 
     def say(text: str) -> None:
         stdout.write(text + "\n")
@@ -44,64 +72,72 @@ def chat_loop(chat: ChatModel, feedback: FeedbackLog | None = None, stdin: IO[st
     counts = {"turns": 0, "thumbs": 0, "ratings": 0}
     say(f"chatting with {chat.name}; {HELP}" + ("" if feedback else " (no --db: feedback is not stored)"))
     turn = 0
-    while True:
-        if interactive:
-            stdout.write("you> ")
-            stdout.flush()
-        line = stdin.readline()
-        if not line:
-            break
-        line = line.rstrip("\r\n")
-        if not line.strip():
-            continue
-        if line.startswith("/"):
-            cmd, _, rest = line[1:].partition(" ")
-            cmd, rest = cmd.lower(), rest.strip()
-            if cmd in ("quit", "exit", "q"):
+    try:
+        while True:
+            line = read()
+            if not line:
                 break
-            if cmd in ("help", "h", "?"):
-                say(HELP)
+            line = line.rstrip("\r\n")
+            if not line.strip():
                 continue
-            if cmd in ("new", "reset"):
-                messages, last_id = fresh(), None
-                say("(new conversation)")
-                continue
-            if cmd in ("up", "down", "rate"):
-                if last_id is None:
-                    say("(no reply to give feedback on yet)")
-                    continue
-                if feedback is None:
-                    say("(feedback is not stored: start with --db)")
-                    continue
-                thumbs = rating = None
-                if cmd == "rate":
-                    num, _, rest = rest.partition(" ")
-                    try:
-                        rating = int(num)
-                    except ValueError:
-                        say("(usage: /rate N [comment], N from 1 to 7)")
-                        continue
-                    rest = rest.strip()
+            if line.startswith("/"):
+                cmd, _, rest = line[1:].partition(" ")
+                cmd, rest = cmd.lower(), rest.strip()
+                if cmd in ("quit", "exit", "q"):
+                    break
+                if cmd in ("help", "h", "?"):
+                    say(HELP)
+                elif cmd in ("new", "reset"):
+                    messages, last_id = fresh(), None
+                    say("(new conversation)")
+                elif cmd in ("up", "down", "rate"):
+                    _give_feedback(feedback, last_id, cmd, rest, counts, say)
                 else:
-                    thumbs = cmd
-                try:
-                    feedback.feedback(last_id, thumbs=thumbs, rating=rating, comment=rest or None)
-                except FeedbackError as e:
-                    say(f"(not stored: {e})")
-                    continue
-                counts["thumbs" if thumbs else "ratings"] += 1
-                say(f"(stored {'thumbs ' + thumbs if thumbs else f'rating {rating}'})")
+                    say(f"(unknown command /{cmd}; {HELP})")
                 continue
-            say(f"(unknown command /{cmd}; {HELP})")
-            continue
-        messages.append({"role": "user", "content": line})
-        out = chat.complete(messages, max_tokens=max_tokens, temperature=temperature,
-                            seed=None if seed is None else seed + turn)
-        turn += 1
-        last_id = new_completion_id()
-        if feedback is not None:
-            feedback.log_completion(last_id, messages, out.text, chat.name)
-        messages.append({"role": "assistant", "content": out.text})
-        counts["turns"] += 1
-        say(f"assistant> {out.text}")
+            try:
+                out = chat.complete(messages + [{"role": "user", "content": line}], max_tokens=max_tokens,
+                                    temperature=temperature, seed=None if seed is None else seed + turn)
+            except PromptError as e:  # too long, or refused by the template: the turn is dropped
+                say(f"(not answered: {e}; /new starts a new conversation)")
+                continue
+            turn += 1
+            messages.append({"role": "user", "content": line})
+            last_id = new_completion_id()
+            if feedback is not None:
+                feedback.log_completion(last_id, messages, out.text, chat.name)
+            messages.append({"role": "assistant", "content": out.text})
+            counts["turns"] += 1
+            say(f"assistant> {out.text}")
+    except KeyboardInterrupt:  # Ctrl-C at the prompt or during a reply: leave as /quit does
+        say("")
     return counts
+
+
+def _give_feedback(feedback: FeedbackLog | None, last_id: str | None, cmd: str, rest: str, counts: dict,
+                   say: Callable[[str], None]) -> None:
+    """``/up``, ``/down`` or ``/rate N`` (with an optional comment) on the last reply."""
+    if last_id is None:
+        say("(no reply to give feedback on yet)")
+        return
+    if feedback is None:
+        say("(feedback is not stored: start with --db)")
+        return
+    thumbs = rating = None
+    if cmd == "rate":
+        num, _, rest = rest.partition(" ")
+        try:
+            rating = int(num)
+        except ValueError:
+            say("(usage: /rate N [comment], N from 1 to 7)")
+            return
+        rest = rest.strip()
+    else:
+        thumbs = cmd
+    try:
+        feedback.feedback(last_id, thumbs=thumbs, rating=rating, comment=rest or None)
+    except FeedbackError as e:
+        say(f"(not stored: {e})")
+        return
+    counts["thumbs" if thumbs else "ratings"] += 1
+    say(f"(stored {'thumbs ' + thumbs if thumbs else f'rating {rating}'})")

@@ -16,18 +16,39 @@ class _ModelFields:
     max_new_tokens: int = field(default=128, metadata={"help": "default reply length limit (tokens)"})
     temperature: float = field(default=0.7, metadata={"help": "default sampling temperature (0 = greedy)"})
     top_p: float = field(default=1.0, metadata={"help": "default nucleus sampling (1 = off)"})
-    max_prompt_length: int = field(default=1024, metadata={"help": "conversation tokens kept (the latest)"})
+    max_prompt_length: int = field(default=1024, metadata={"help": "longest conversation answered (tokens); a longer "
+                                                                    "one is refused, never cut"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = default)"})
+
+    def validate(self) -> None:
+        # checked before the model loads: a bad value would otherwise surface at the first reply
+        if self.max_new_tokens < 1 or self.max_prompt_length < 1:
+            raise ValueError("max_new_tokens and max_prompt_length must be >= 1")
+        if not 0 <= self.temperature <= 2:
+            raise ValueError("temperature must be from 0 to 2")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.threads < 0:
+            raise ValueError("threads must be >= 0")
 
 
 @dataclass
 class ServeConfig(_ModelFields):
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     port: int = field(default=8080, metadata={"help": "port to listen on"})
-    api_key: str = field(default="", metadata={"help": "require Authorization: Bearer KEY (default: $RLHFKIT_API_KEY, empty = open)"})
+    api_key: str = field(default="", metadata={"help": "require Authorization: Bearer KEY on every request but /health (default: $RLHFKIT_API_KEY, empty = open)"})
     max_request_kb: int = field(default=1000, metadata={"help": "larger request bodies are refused (413); every served "
                                                                  "conversation is stored with its completion"})
     log_level: str = field(default="warning", metadata={"help": "uvicorn log level"})
+
+    def validate(self) -> None:
+        super().validate()
+        if not 1 <= self.port <= 65535:
+            raise ValueError("port must be from 1 to 65535")
+        if self.max_request_kb < 1:
+            raise ValueError("max_request_kb must be >= 1")
+        if self.log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
+            raise ValueError("log_level must be one of critical, error, warning, info, debug, trace")
 
 
 @dataclass
@@ -35,19 +56,71 @@ class ChatConfig(_ModelFields):
     system: str = field(default="", metadata={"help": "system message at the start of each conversation"})
     seed: int = field(default=-1, metadata={"help": "sampling seed (-1 = random each reply)"})
 
+    def validate(self) -> None:
+        super().validate()
+        if self.seed < -1:
+            raise ValueError("seed must be >= 0 (or -1 = random)")
+
+
+def _err(msg: str):
+    from rlhfkit.training.config import ConfigError
+
+    return ConfigError(msg)
+
+
+def _open_feedback(c: _ModelFields):
+    """The feedback store, or None without --db; a store that cannot be opened is a field error
+    (not a driver traceback), found before the model is loaded."""
+    if not c.db:
+        return None
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .store import FeedbackLog
+
+    try:
+        return FeedbackLog(c.db, prefix=c.project_prefix)
+    except SQLAlchemyError as e:
+        raise _err(f"field 'db': cannot open the feedback store {c.db!r}: {getattr(e, 'orig', None) or e}") from None
+    except ValueError as e:  # a project of that name with another task type
+        raise _err(f"field 'project_prefix': {e}") from None
+
 
 def _load(c: _ModelFields):
     import torch
 
     from .engine import ChatModel
-    from .store import FeedbackLog
 
     if c.threads:
         torch.set_num_threads(c.threads)
-    chat = ChatModel.load(c.model, name=c.name or None, max_new_tokens=c.max_new_tokens,
-                          temperature=c.temperature, top_p=c.top_p, max_prompt_length=c.max_prompt_length)
-    feedback = FeedbackLog(c.db, prefix=c.project_prefix) if c.db else None
+    feedback = _open_feedback(c)  # first: it takes a second, the model may take minutes
+    try:
+        chat = ChatModel.load(c.model, name=c.name or None, max_new_tokens=c.max_new_tokens,
+                              temperature=c.temperature, top_p=c.top_p, max_prompt_length=c.max_prompt_length)
+    except BaseException:
+        if feedback is not None:
+            feedback.close()
+        raise
     return chat, feedback
+
+
+def _listen(host: str, port: int):
+    """A socket bound to host:port, taken before the model loads: a port in use or a bad host is
+    told at once as a field error, not after minutes of loading as uvicorn's exit code 3."""
+    import socket
+
+    try:
+        family, type_, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                           flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise _err(f"field 'host': cannot listen on {host!r}: {e.strerror}") from None
+    sock = socket.socket(family, type_, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restart over TIME_WAIT
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise _err(f"field 'port': cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
 
 
 def run_serve(c: ServeConfig) -> None:
@@ -55,11 +128,15 @@ def run_serve(c: ServeConfig) -> None:
 
     from .app import create_app
 
-    chat, feedback = _load(c)
-    app = create_app(chat, feedback, api_key=c.api_key or os.environ.get("RLHFKIT_API_KEY") or None,
-                     max_request_bytes=c.max_request_kb * 1000)
-    print(f"rlhfkit serve: {chat.name} on http://{c.host}:{c.port}/v1 (feedback: {c.db or 'off'})", flush=True)
-    uvicorn.run(app, host=c.host, port=c.port, log_level=c.log_level)
+    sock = _listen(c.host, c.port)
+    try:
+        chat, feedback = _load(c)
+        app = create_app(chat, feedback, api_key=c.api_key or os.environ.get("RLHFKIT_API_KEY") or None,
+                         max_request_bytes=c.max_request_kb * 1000)
+        print(f"rlhfkit serve: {chat.name} on http://{c.host}:{c.port}/v1 (feedback: {c.db or 'off'})", flush=True)
+        uvicorn.Server(uvicorn.Config(app, log_level=c.log_level.lower())).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 def run_chat(c: ChatConfig) -> None:

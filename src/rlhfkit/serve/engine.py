@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["ChatModel", "Completion", "PromptError", "render_messages"]
+__all__ = ["ChatModel", "Completion", "PromptError", "ContextLengthError", "render_messages"]
 
 ROLES = ("system", "user", "assistant")
 _NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -30,7 +30,19 @@ class Completion:
 
 
 class PromptError(ValueError):
-    """Messages the model's chat template refuses (e.g. a system turn a template has no place for)."""
+    """Messages the model cannot answer: its chat template refuses them (e.g. a system turn a
+    template has no place for), or they are too long (``ContextLengthError``). ``code`` is
+    OpenAI's error code."""
+
+    code: str | None = None
+
+
+class ContextLengthError(PromptError):
+    """A conversation (plus the reply asked for) longer than the model takes. Refused rather than
+    cut: a cut prompt loses the system turn and the template's start, and the stored conversation
+    (the feedback's training data) would not be the one the model answered."""
+
+    code = "context_length_exceeded"
 
 
 def render_messages(messages: Sequence[dict], tokenizer: Any) -> list[int]:
@@ -53,7 +65,8 @@ def render_messages(messages: Sequence[dict], tokenizer: Any) -> list[int]:
 
 def validate_messages(messages: Any) -> list[dict]:
     """``[{role, content}]`` with roles system / user / assistant and string contents (OpenAI's
-    content-part lists of ``{"type": "text", "text": ...}`` are joined); raises ``ValueError``."""
+    content-part lists of ``{"type": "text", "text": ...}`` are joined, other parts refused);
+    raises ``ValueError``."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages must be a non-empty list of {role, content}")
     out = []
@@ -66,7 +79,10 @@ def validate_messages(messages: Any) -> list[dict]:
         if role not in ROLES:
             raise ValueError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}")
         if isinstance(content, list):
-            texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            # an image or audio part dropped silently would be answered as if it had not been sent
+            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+                raise ValueError(f"messages[{i}].content: only text parts are supported")
+            texts = [p.get("text") for p in content]
             if not all(isinstance(t, str) for t in texts):
                 raise ValueError(f"messages[{i}].content: every text part needs a string 'text'")
             content = "".join(texts)
@@ -89,6 +105,8 @@ class ChatModel:
         self.defaults = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                        top_k=top_k)
         self.max_prompt_length = int(max_prompt_length)
+        # prompt + reply must fit the positions the model was trained on (None: no known limit)
+        self.context_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         self._lock = threading.Lock()
 
     @classmethod
@@ -111,15 +129,12 @@ class ChatModel:
 
         tok = self.tokenizer
         sampling = replace(self.defaults)
-        if max_tokens is not None:
-            sampling.max_new_tokens = int(max_tokens)
         if temperature is not None:
             sampling.temperature = float(temperature)
         if top_p is not None:
             sampling.top_p = float(top_p)
         ids = render_messages(messages, tok)
-        if self.max_prompt_length and len(ids) > self.max_prompt_length:
-            ids = ids[-self.max_prompt_length:]  # keep the latest turns
+        sampling.max_new_tokens = self._reply_budget(len(ids), max_tokens)
         device = next(self.model.parameters()).device
         prompt_ids = torch.tensor([ids], dtype=torch.long, device=device)
         prompt_mask = torch.ones_like(prompt_ids)
@@ -133,6 +148,22 @@ class ChatModel:
         text = tok.decode(body, skip_special_tokens=True)
         return Completion(text=text, finish_reason="stop" if bool(has_eos[0]) else "length",
                           prompt_tokens=len(ids), completion_tokens=n)
+
+    def _reply_budget(self, n_prompt: int, max_tokens: int | None) -> int:
+        """Tokens the reply may take; ``ContextLengthError`` when the conversation is too long, or
+        when the ``max_tokens`` asked for does not fit after it (the default length is shortened
+        to what fits, as OpenAI's servers do when ``max_tokens`` is left out)."""
+        if self.max_prompt_length and n_prompt > self.max_prompt_length:
+            raise ContextLengthError(f"the conversation has {n_prompt} tokens; this server takes at most "
+                                     f"{self.max_prompt_length}")
+        want = self.defaults.max_new_tokens if max_tokens is None else int(max_tokens)
+        if not self.context_length:
+            return want
+        room = int(self.context_length) - n_prompt
+        if room < 1 or (max_tokens is not None and want > room):
+            raise ContextLengthError(f"this model's context is {self.context_length} tokens; the conversation "
+                                     f"has {n_prompt} and the reply asks for {want}")
+        return min(want, room)
 
 
 def new_completion_id() -> str:

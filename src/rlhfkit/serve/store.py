@@ -94,8 +94,11 @@ class FeedbackLog:
         from rlhfkit.feedback.queue import add_items
         from rlhfkit.feedback.tasks import parse_item
 
-        item = parse_item({"messages": [dict(role=m["role"], content=m["content"]) for m in messages],
-                           "completion": completion if completion.strip() else "(empty response)",
+        # the store's items hold no empty text; an empty turn is legal in a request (an empty
+        # system prompt, a blank user turn) and must not fail the storing of a reply already made
+        item = parse_item({"messages": [dict(role=m["role"], content=_shown(m["content"], "(empty message)"))
+                                        for m in messages],
+                           "completion": _shown(completion, "(empty response)"),
                            "model": model, "id": completion_id}, "thumbs", self.scale)
         pid = self._pids["thumbs"]
 
@@ -194,6 +197,10 @@ class FeedbackLog:
             raise ValueError("kind must be thumbs or ratings")
         with self.store.read() as conn:
             return export_records(conn, pid, kind)
+
+
+def _shown(text: str, placeholder: str) -> str:
+    return text if text.strip() else placeholder
 
 
 def _thumbs(v: Any) -> bool | None:

@@ -182,3 +182,19 @@ def test_make_sampler_picks_native_only_where_it_applies(tok):
         make_sampler(lora, s, tok.eos_token_id, tok.pad_token_id, "native")
     with pytest.raises(ValueError, match="engine"):
         make_sampler(model, s, tok.eos_token_id, tok.pad_token_id, "vllm")
+
+
+@pytest.mark.parametrize("engine", [HFGenerator, NativeLlamaGenerator])
+def test_on_token_sees_each_step_as_drawn_and_changes_nothing(tok, engine):
+    """A server streams from ``on_token``: it gets every step's tokens [B] in order (the columns
+    of what ``generate`` returns), and the draw is the one without it."""
+    model = models(tok)["llama"]
+    s = SamplingConfig(max_new_tokens=10, temperature=1.0)
+    ids, mask = tokenize_prompts(PROMPTS, tok)
+    gen = engine(s, tok.eos_token_id, tok.pad_token_id)
+    seen = []
+    with_hook = gen.generate(model, ids, mask, seed=5, on_token=lambda t: seen.append(t.clone()))
+    without = gen.generate(model, ids, mask, seed=5)
+    assert torch.equal(with_hook, without)
+    assert len(seen) == with_hook.shape[1] and all(t.shape == (len(PROMPTS),) for t in seen)
+    assert torch.equal(torch.stack(seen, dim=1), with_hook)

@@ -51,7 +51,9 @@ def test_models_and_completion_schema(served, tiny_chat):
 
 
 @pytest.mark.parametrize("payload,status,param", [
-    ({"messages": [{"role": "user", "content": "hi"}], "stream": True}, 400, "stream"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, 400, "stream"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": True}}, 400,
+     "stream_options"),
     ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n"),
     ({"messages": []}, 400, "messages"),
     ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages"),
@@ -305,3 +307,71 @@ def test_the_api_key_guards_every_path_but_health(tiny_chat, tmp_path):
         # the scheme is case-insensitive (RFC 7235)
         assert client.get("/v1/models", headers={"Authorization": "bearer sekrit"}).status_code == 200
         assert client.get("/health").status_code == 200
+
+
+def _events(response) -> list:
+    """The ``data:`` payloads of a server-sent-events body, JSON-decoded (``[DONE]`` kept as is)."""
+    import json
+
+    out = []
+    for block in response.text.split("\n\n"):
+        if block.strip():
+            assert block.startswith("data: "), block
+            data = block[len("data: "):]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_streamed_reply_is_the_plain_reply_in_openai_chunks(served, include_usage):
+    """stream: true sends the same reply as the plain request with the same seed, as
+    chat.completion.chunk events (role, content deltas, finish reason, usage when asked), then
+    [DONE]; the completion is stored, so feedback on its id works as soon as the stream ends."""
+    client, db, _ = served
+    messages = [{"role": "user", "content": "Tell me something about the sea, please."}]
+    plain = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 8, "seed": 3}).json()
+    payload = {"messages": messages, "max_tokens": 8, "seed": 3, "stream": True}
+    if include_usage:
+        payload["stream_options"] = {"include_usage": True}
+    r = client.post("/v1/chat/completions", json=payload)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = _events(r)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
+    assert all(c["object"] == "chat.completion.chunk" and c["model"] == "tiny-chat" for c in chunks)
+    assert all(("usage" in c) == include_usage for c in chunks)
+    if include_usage:  # the last chunk carries the usage and no choices; the others a null usage
+        *chunks, last = chunks
+        assert last["choices"] == [] and last["usage"] == plain["usage"]
+        assert all(c["usage"] is None for c in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    finish = chunks[-1]["choices"][0]
+    assert finish["delta"] == {} and finish["finish_reason"] == plain["choices"][0]["finish_reason"]
+    pieces = [c["choices"][0]["delta"]["content"] for c in chunks[1:-1]]
+    assert all(p and "\ufffd" not in p for p in pieces) or "\ufffd" in plain["choices"][0]["message"]["content"]
+    assert "".join(pieces) == plain["choices"][0]["message"]["content"]
+    fb = client.post("/v1/feedback", json={"completion_id": chunks[0]["id"], "thumbs": "up"})
+    assert fb.status_code == 200, fb.text
+
+
+def test_streamed_reply_comes_in_pieces_as_generated(tiny_chat):
+    """The engine hands text over while it generates: with a long reply, several pieces, each
+    decoded text growing, and the pieces join to the completion's text."""
+    st = tiny_chat.stream([{"role": "user", "content": "Go on and on."}], max_tokens=24, temperature=1.0, seed=11)
+    pieces = list(st)
+    assert st.result is not None and "".join(pieces) == st.result.text
+    assert st.result == tiny_chat.complete([{"role": "user", "content": "Go on and on."}], max_tokens=24,
+                                           temperature=1.0, seed=11)
+    if st.result.completion_tokens >= 4:
+        assert len(pieces) >= 2
+
+
+def test_a_conversation_too_long_to_stream_is_refused_before_the_stream(tiny_chat, tmp_path):
+    from rlhfkit.serve.engine import ChatModel
+
+    short = ChatModel(tiny_chat.model, tiny_chat.tokenizer, name="tiny-chat", max_prompt_length=8)
+    with TestClient(create_app(short, None)) as client:
+        r = client.post("/v1/chat/completions", json={"stream": True, "messages": [
+            {"role": "user", "content": "a conversation far longer than eight tokens of this model"}]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"

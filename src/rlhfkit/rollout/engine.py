@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, fields
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -111,16 +111,36 @@ class HFGenerator:
         )
 
     @torch.no_grad()
-    def generate(self, model, prompt_ids, prompt_mask, seed: int) -> torch.Tensor:
+    def generate(self, model, prompt_ids, prompt_mask, seed: int,
+                 on_token: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+        """``on_token(tokens [B])``: called with each step's tokens as they are drawn."""
         was_training = model.training
         model.eval()
         try:
             with _seeded(seed, prompt_ids.device):
                 out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
-                                     generation_config=self.generation_config())
+                                     generation_config=self.generation_config(),
+                                     streamer=None if on_token is None else _TokenCallback(on_token))
         finally:
             model.train(was_training)
         return out[:, prompt_ids.shape[1]:]
+
+
+class _TokenCallback:
+    """The streamer interface of ``model.generate``: ``put`` gets the prompt first, then each
+    step's new tokens; only the new tokens are passed on."""
+
+    def __init__(self, on_token: Callable[[torch.Tensor], None]):
+        self.on_token, self.prompt_seen = on_token, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.on_token(value.reshape(-1))
+
+    def end(self) -> None:
+        pass
 
 
 ENGINES = ("auto", "native", "hf")

@@ -30,6 +30,8 @@ supported here: ``supports(model)`` says so and ``make_sampler`` falls back to `
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -164,7 +166,10 @@ class NativeLlamaGenerator:
         return (probs / race).argmax(dim=-1)
 
     @torch.no_grad()
-    def generate(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, seed: int) -> torch.Tensor:
+    def generate(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, seed: int,
+                 on_token: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+        """``on_token(tokens [B])`` is called with each step's tokens as they are drawn (a server
+        streams them); it does not change what is drawn."""
         ok, why = supports(model)
         if not ok:
             raise ValueError(f"the native sampler does not support this model ({why}); use HFGenerator")
@@ -193,6 +198,8 @@ class NativeLlamaGenerator:
             token = self._next_tokens(logits, generator)
             token = torch.where(done, torch.full_like(token, self.pad_token_id), token)
             out.append(token)
+            if on_token is not None:
+                on_token(token)
             done |= token == self.eos_token_id
             if t == n_new - 1 or bool(done.all()):
                 break

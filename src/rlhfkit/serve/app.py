@@ -3,7 +3,9 @@
 - ``POST /v1/chat/completions``: ``{"model", "messages": [{role, content}], "max_tokens" |
   "max_completion_tokens", "temperature", "top_p", "seed", "user", "n": 1}`` -> the OpenAI
   ``chat.completion`` object (``id``, ``object``, ``created``, ``model``, ``choices[0].message``,
-  ``finish_reason``, ``usage``). Streaming, ``n > 1`` and the options this server cannot honour
+  ``finish_reason``, ``usage``); with ``"stream": true`` the same reply as server-sent
+  ``chat.completion.chunk`` events (``stream_options.include_usage`` adds the usage chunk),
+  then ``data: [DONE]``. ``n > 1`` and the options this server cannot honour
   (``stop``, ``tools``, ``logprobs``, a JSON ``response_format``) are answered 400 in OpenAI's
   error shape rather than ignored; a conversation longer than the model takes is answered 400
   ``context_length_exceeded`` (never cut).
@@ -23,17 +25,21 @@ has OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
 from __future__ import annotations
 
 import hmac
+import json
+import logging
 import time
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import ChatModel, PromptError, new_completion_id, validate_messages
 from .store import FeedbackError, FeedbackLog
 
 __all__ = ["create_app"]
+
+log = logging.getLogger("rlhfkit.serve")
 
 
 def _error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
@@ -45,8 +51,6 @@ def _error(status: int, message: str, type_: str = "invalid_request_error", para
 def _unsupported(body: dict) -> str | None:
     """The first option set in ``body`` that this server cannot honour: answering as if it had
     not been sent (text past a stop sequence, no tool call, no log-probs) would break the caller."""
-    if body.get("stream"):
-        return "stream"
     if body.get("n") not in (None, 1):
         return "n"
     for key in ("stop", "tools", "functions", "logprobs", "top_logprobs"):
@@ -119,7 +123,6 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
     async def _json(request: Request) -> dict | None:
         """The JSON object of the body (None if it is not one); ``TooLarge`` past the limit,
         read in chunks so a huge body is never held whole."""
-        import json
 
         if int(request.headers.get("content-length") or 0) > max_request_bytes:
             raise TooLarge()
@@ -180,6 +183,21 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
             return _error(400, f"invalid value for {e.args[0]}", param=e.args[0])
         if top_p == 0.0:  # only the likeliest token is left: greedy decoding
             temperature, top_p = 0.0, None
+        stream, options = body.get("stream"), body.get("stream_options")
+        if stream not in (None, True, False):
+            return _error(400, "stream must be true or false", param="stream")
+        if options is not None and (not stream or not isinstance(options, dict)
+                                    or options.get("include_usage") not in (None, True, False)):
+            return _error(400, "stream_options is {\"include_usage\": true|false}, with stream: true",
+                          param="stream_options")
+        if stream:
+            try:  # a conversation the model cannot answer is refused before the 200 and the first event
+                pieces = chat.stream(messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                     seed=None if seed is None else seed % (2**63 - 1))
+            except PromptError as e:
+                return _error(400, str(e), param="messages", code=e.code)
+            return StreamingResponse(_events(pieces, messages, bool((options or {}).get("include_usage"))),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
         def work() -> dict[str, Any]:
             out = chat.complete(messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
@@ -204,6 +222,40 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
             return await run_in_threadpool(work)
         except PromptError as e:
             return _error(400, str(e), param="messages", code=e.code)
+
+    def _events(pieces, messages: list[dict], include_usage: bool):
+        """Server-sent events as OpenAI streams them: ``chat.completion.chunk`` objects, the
+        role first, then content deltas, then the finish reason (and, asked for, a last chunk with
+        the usage and no choices), then ``[DONE]``. The completion is stored before the finish
+        chunk, so feedback on its id can be sent as soon as the stream ends."""
+        cid, created = new_completion_id(), int(time.time())
+
+        def chunk(choices: list, usage: dict | None = None) -> str:
+            out = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": chat.name,
+                   "system_fingerprint": None, "choices": choices}
+            if include_usage:
+                out["usage"] = usage
+            return f"data: {json.dumps(out, ensure_ascii=False)}\n\n"
+
+        def delta(d: dict, finish: str | None = None) -> list:
+            return [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}]
+
+        yield chunk(delta({"role": "assistant", "content": ""}))
+        try:
+            for piece in pieces:
+                yield chunk(delta({"content": piece}))
+            out = pieces.result
+            if feedback is not None:
+                feedback.log_completion(cid, messages, out.text, chat.name)
+        except Exception:  # noqa: BLE001 - the 200 is sent: the error can only be an event
+            log.exception("streamed completion %s failed", cid)
+            yield f"data: {json.dumps({'error': {'message': 'the server failed to finish this reply', 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+            return
+        yield chunk(delta({}, out.finish_reason))
+        if include_usage:
+            yield chunk([], {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
+                             "total_tokens": out.prompt_tokens + out.completion_tokens})
+        yield "data: [DONE]\n\n"
 
     @app.post("/v1/feedback")
     async def post_feedback(request: Request):

@@ -96,11 +96,17 @@ def chat_loop(chat: ChatModel, feedback: FeedbackLog | None = None, stdin: IO[st
                     say(f"(unknown command /{cmd}; {HELP})")
                 continue
             try:
-                out = chat.complete(messages + [{"role": "user", "content": line}], max_tokens=max_tokens,
+                reply = chat.stream(messages + [{"role": "user", "content": line}], max_tokens=max_tokens,
                                     temperature=temperature, seed=None if seed is None else seed + turn)
             except PromptError as e:  # too long, or refused by the template: the turn is dropped
                 say(f"(not answered: {e}; /new starts a new conversation)")
                 continue
+            stdout.write("assistant> ")  # the reply is shown as it is generated
+            for piece in reply:
+                stdout.write(piece)
+                stdout.flush()
+            stdout.write("\n")
+            out = reply.result
             turn += 1
             messages.append({"role": "user", "content": line})
             last_id = new_completion_id()
@@ -108,7 +114,6 @@ def chat_loop(chat: ChatModel, feedback: FeedbackLog | None = None, stdin: IO[st
                 feedback.log_completion(last_id, messages, out.text, chat.name)
             messages.append({"role": "assistant", "content": out.text})
             counts["turns"] += 1
-            say(f"assistant> {out.text}")
     except KeyboardInterrupt:  # Ctrl-C at the prompt or during a reply: leave as /quit does
         say("")
     return counts

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["ChatModel", "Completion", "PromptError", "ContextLengthError", "render_messages"]
+__all__ = ["ChatModel", "Completion", "CompletionStream", "PromptError", "ContextLengthError", "render_messages"]
 
 ROLES = ("system", "user", "assistant")
 _NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -121,27 +121,40 @@ class ChatModel:
             name = p.name if p.name not in ("model", "final") else f"{p.parent.name}/{p.name}"
         return cls(model, tokenizer, name=name, **kwargs)
 
-    @torch.no_grad()
     def complete(self, messages: Sequence[dict], max_tokens: int | None = None, temperature: float | None = None,
                  top_p: float | None = None, seed: int | None = None) -> Completion:
-        from rlhfkit.core.masking import truncate_after_eos
-        from rlhfkit.rollout import make_sampler
+        return self._generate(self._prepare(messages, max_tokens, temperature, top_p, seed))
 
-        tok = self.tokenizer
+    def stream(self, messages: Sequence[dict], max_tokens: int | None = None, temperature: float | None = None,
+               top_p: float | None = None, seed: int | None = None) -> "CompletionStream":
+        """The reply as it is generated: iterate for text pieces; ``.result`` is then the
+        ``Completion`` that ``complete`` returns for the same arguments (same seed, same text).
+        A conversation the model cannot answer raises ``PromptError`` here, before any piece."""
+        return CompletionStream(self, self._prepare(messages, max_tokens, temperature, top_p, seed))
+
+    def _prepare(self, messages, max_tokens, temperature, top_p, seed) -> tuple[list[int], Any, int]:
         sampling = replace(self.defaults)
         if temperature is not None:
             sampling.temperature = float(temperature)
         if top_p is not None:
             sampling.top_p = float(top_p)
-        ids = render_messages(messages, tok)
+        ids = render_messages(messages, self.tokenizer)
         sampling.max_new_tokens = self._reply_budget(len(ids), max_tokens)
+        return ids, sampling, secrets.randbits(62) if seed is None else int(seed)
+
+    @torch.no_grad()
+    def _generate(self, prepared: tuple[list[int], Any, int], on_token=None) -> Completion:
+        from rlhfkit.core.masking import truncate_after_eos
+        from rlhfkit.rollout import make_sampler
+
+        tok = self.tokenizer
+        ids, sampling, seed = prepared
         device = next(self.model.parameters()).device
         prompt_ids = torch.tensor([ids], dtype=torch.long, device=device)
         prompt_mask = torch.ones_like(prompt_ids)
         gen = make_sampler(self.model, sampling, tok.eos_token_id, tok.pad_token_id)
-        seed = secrets.randbits(62) if seed is None else int(seed)
         with self._lock:
-            raw = gen.generate(self.model, prompt_ids, prompt_mask, seed)
+            raw = gen.generate(self.model, prompt_ids, prompt_mask, seed, on_token=on_token)
         resp, mask, has_eos = truncate_after_eos(raw, tok.eos_token_id, tok.pad_token_id)
         n = int(mask[0].sum())
         body = [t for t in resp[0, :n].tolist() if t != tok.eos_token_id]
@@ -164,6 +177,54 @@ class ChatModel:
             raise ContextLengthError(f"this model's context is {self.context_length} tokens; the conversation "
                                      f"has {n_prompt} and the reply asks for {want}")
         return min(want, room)
+
+
+class CompletionStream:
+    """Iterates over the text pieces of a reply while a worker thread generates it; ``result``
+    (the ``Completion``) is set when the iteration ends. The pieces join to ``result.text``.
+
+    A piece is the decoded text that grew since the last one, held back while it ends in an
+    incomplete UTF-8 character (a byte-level token can end mid-character) and up to the last
+    token, whose text can change once the next token is seen; the rest comes at the end."""
+
+    _END = object()
+
+    def __init__(self, chat: ChatModel, prepared: tuple[list[int], Any, int]):
+        self.chat, self.prepared = chat, prepared
+        self.prompt_tokens = len(prepared[0])
+        self.result: Completion | None = None
+
+    def __iter__(self):
+        import queue
+
+        tokens: queue.Queue = queue.Queue()
+        outcome: dict = {}
+
+        def work() -> None:
+            try:
+                outcome["completion"] = self.chat._generate(self.prepared, on_token=lambda t: tokens.put(int(t[0])))
+            except BaseException as e:  # noqa: BLE001 - handed to the reader, which raises it
+                outcome["error"] = e
+            finally:
+                tokens.put(self._END)
+
+        threading.Thread(target=work, name="rlhfkit-stream", daemon=True).start()
+        tok = self.chat.tokenizer
+        body: list[int] = []
+        sent = ""
+        while (token := tokens.get()) is not self._END:
+            if token in (tok.eos_token_id, tok.pad_token_id):
+                continue  # the EOS ends the reply; nothing follows it that is shown
+            body.append(token)
+            text = tok.decode(body[:-1], skip_special_tokens=True)
+            if len(text) > len(sent) and text.startswith(sent) and not text.endswith("\ufffd"):
+                yield text[len(sent):]
+                sent = text
+        if "error" in outcome:
+            raise outcome["error"]
+        self.result = outcome["completion"]
+        if self.result.text.startswith(sent) and len(self.result.text) > len(sent):
+            yield self.result.text[len(sent):]
 
 
 def new_completion_id() -> str:

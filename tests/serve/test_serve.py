@@ -25,6 +25,9 @@ def test_models_and_completion_schema(served, tiny_chat):
     r = client.get("/v1/models")
     assert r.status_code == 200
     assert r.json()["object"] == "list" and r.json()["data"][0]["id"] == "tiny-chat"
+    assert client.get("/v1/models/tiny-chat").json() == r.json()["data"][0]
+    missing = client.get("/v1/models/gpt-9")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello! How are you today?"}]
     r = client.post("/v1/chat/completions", json={"model": "tiny-chat", "messages": messages, "max_tokens": 5, "seed": 7})
@@ -84,7 +87,9 @@ def test_feedback_lands_in_store_and_exports(served, tmp_path):
     assert ok.status_code == 200 and ok.json()["stored"] is True
     # a changed mind replaces the verdict (one record per user and completion)
     assert client.post("/v1/feedback", json={"completion_id": c1["id"], "thumbs": "up", "comment": "nice"}).status_code == 200
-    assert client.post("/v1/feedback", json={"completion_id": c1["id"], "rating": 6}).status_code == 200
+    # 6.0 is the integer 6 as some JSON clients write it; 5.5 is no point of the scale
+    assert client.post("/v1/feedback", json={"completion_id": c1["id"], "rating": 6.0}).status_code == 200
+    assert client.post("/v1/feedback", json={"completion_id": c1["id"], "rating": 5.5}).status_code == 422
     assert client.post("/v1/feedback", json={"completion_id": c2["id"], "thumbs": "down", "rating": 2,
                                              "user": "alice"}).status_code == 200
     assert client.post("/v1/feedback", json={"completion_id": "chatcmpl-nope", "thumbs": "up"}).status_code == 404

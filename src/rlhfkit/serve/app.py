@@ -9,7 +9,7 @@
   (``stop``, ``tools``, ``logprobs``, a JSON ``response_format``) are answered 400 in OpenAI's
   error shape rather than ignored; a conversation longer than the model takes is answered 400
   ``context_length_exceeded`` (never cut).
-- ``GET /v1/models``: the one served model.
+- ``GET /v1/models``, ``GET /v1/models/{id}``: the one served model.
 - ``POST /v1/feedback``: ``{"completion_id", "thumbs": "up"|"down", "rating": 1-7, "comment",
   "user"}`` -> stored in the feedback store (``serve.store.FeedbackLog``) next to the completion
   (its messages and reply were stored under ``completion_id`` when it was served), exported by
@@ -148,10 +148,19 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
     def health():
         return {"status": "ok", "model": chat.name}
 
+    def model_card() -> dict:
+        return {"id": chat.name, "object": "model", "created": created, "owned_by": "rlhfkit"}
+
     @app.get("/v1/models")
     def models():
-        return {"object": "list", "data": [{"id": chat.name, "object": "model", "created": created,
-                                            "owned_by": "rlhfkit"}]}
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")  # a served name may hold a "/" (run/model)
+    def model(model_id: str):
+        if model_id != chat.name:
+            return _error(404, f"the model {model_id!r} does not exist; this server serves {chat.name!r}",
+                          param="model", code="model_not_found")
+        return model_card()
 
     @app.post("/v1/chat/completions")
     async def completions(request: Request):

@@ -156,6 +156,8 @@ class FeedbackLog:
 
         label = _thumbs(thumbs)
         if rating is not None:
+            if isinstance(rating, float) and rating.is_integer():  # JSON clients send 5 as 5.0 too
+                rating = int(rating)
             if isinstance(rating, bool) or not isinstance(rating, int) or not self.scale[0] <= rating <= self.scale[1]:
                 raise FeedbackError(f"rating must be an integer from {self.scale[0]} to {self.scale[1]}")
         if label is None and rating is None:

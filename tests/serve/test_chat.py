@@ -123,3 +123,20 @@ def test_at_a_terminal_lines_are_edited_and_ctrl_c_leaves(tiny_chat_dir, tmp_pat
         assert [(t.prompt, t.label) for t in log.export("thumbs")] == [("hello", True)]
     finally:
         log.close()
+
+
+def test_a_changed_mind_is_one_verdict_in_the_store_and_the_counts(tiny_chat, tmp_path):
+    import io
+
+    from rlhfkit.serve.chat import chat_loop
+    from rlhfkit.serve.store import FeedbackLog
+
+    log = FeedbackLog(str(tmp_path / "chat.db"))
+    try:
+        counts = chat_loop(tiny_chat, log, io.StringIO("hi\n/up\n/down\n/rate 3\n/rate 5\nmore\n/up\n"),
+                           io.StringIO(), seed=0)
+        thumbs, ratings = log.export("thumbs"), log.export("ratings")
+    finally:
+        log.close()
+    assert [t.label for t in thumbs] == [False, True] and [r.rating for r in ratings] == [5.0]
+    assert counts == {"turns": 2, "thumbs": 2, "ratings": 1}

@@ -55,7 +55,7 @@ def chat_loop(chat: ChatModel, feedback: FeedbackLog | None = None, stdin: IO[st
               stdout: IO[str] | None = None, system: str = "", max_tokens: int | None = None,
               temperature: float | None = None, seed: int | None = None) -> dict:
     """Run the conversation until ``/quit``, end of input or Ctrl-C; returns counts
-    ``{"turns", "thumbs", "ratings"}``."""
+    ``{"turns", "thumbs", "ratings"}`` (replies answered, replies with a stored thumbs / rating)."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     read = _line_reader(stdin, stdout)
@@ -70,6 +70,7 @@ def chat_loop(chat: ChatModel, feedback: FeedbackLog | None = None, stdin: IO[st
     messages = fresh()
     last_id: str | None = None
     counts = {"turns": 0, "thumbs": 0, "ratings": 0}
+    given: dict[str, set] = {"thumbs": set(), "ratings": set()}  # replies with a stored verdict: a changed mind replaces it
     say(f"chatting with {chat.name}; {HELP}" + ("" if feedback else " (no --db: feedback is not stored)"))
     turn = 0
     try:
@@ -91,7 +92,7 @@ def chat_loop(chat: ChatModel, feedback: FeedbackLog | None = None, stdin: IO[st
                     messages, last_id = fresh(), None
                     say("(new conversation)")
                 elif cmd in ("up", "down", "rate"):
-                    _give_feedback(feedback, last_id, cmd, rest, counts, say)
+                    _give_feedback(feedback, last_id, cmd, rest, given, say)
                 else:
                     say(f"(unknown command /{cmd}; {HELP})")
                 continue
@@ -116,10 +117,11 @@ def chat_loop(chat: ChatModel, feedback: FeedbackLog | None = None, stdin: IO[st
             counts["turns"] += 1
     except KeyboardInterrupt:  # Ctrl-C at the prompt or during a reply: leave as /quit does
         say("")
+    counts.update({kind: len(ids) for kind, ids in given.items()})
     return counts
 
 
-def _give_feedback(feedback: FeedbackLog | None, last_id: str | None, cmd: str, rest: str, counts: dict,
+def _give_feedback(feedback: FeedbackLog | None, last_id: str | None, cmd: str, rest: str, given: dict[str, set],
                    say: Callable[[str], None]) -> None:
     """``/up``, ``/down`` or ``/rate N`` (with an optional comment) on the last reply."""
     if last_id is None:
@@ -144,5 +146,5 @@ def _give_feedback(feedback: FeedbackLog | None, last_id: str | None, cmd: str, 
     except FeedbackError as e:
         say(f"(not stored: {e})")
         return
-    counts["thumbs" if thumbs else "ratings"] += 1
+    given["thumbs" if thumbs else "ratings"].add(last_id)
     say(f"(stored {'thumbs ' + thumbs if thumbs else f'rating {rating}'})")

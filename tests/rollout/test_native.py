@@ -198,3 +198,7 @@ def test_on_token_sees_each_step_as_drawn_and_changes_nothing(tok, engine):
     assert torch.equal(with_hook, without)
     assert len(seen) == with_hook.shape[1] and all(t.shape == (len(PROMPTS),) for t in seen)
     assert torch.equal(torch.stack(seen, dim=1), with_hook)
+    # a true return (a stop sequence reached) ends the draw after that step, same tokens so far
+    steps = []
+    cut = gen.generate(model, ids, mask, seed=5, on_token=lambda t: steps.append(t) or len(steps) == 3)
+    assert len(steps) == 3 and torch.equal(cut, without[:, :3])

@@ -191,14 +191,17 @@ def _raw(client, body: bytes, path="/v1/chat/completions"):
 
 
 @pytest.mark.parametrize("payload,param", [
-    ({"messages": [{"role": "user", "content": "hi"}], "stop": ["\n"]}, "stop"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stop": [""]}, "stop"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stop": 3}, "stop"),
     ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
     ({"messages": [{"role": "user", "content": "hi"}], "logprobs": True}, "logprobs"),
     ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}, "response_format"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
 ])
 def test_options_the_server_cannot_honour_are_refused_not_ignored(served, payload, param):
-    """Ignored, a stop sequence would come back in the text, an image would be answered unseen."""
+    """Ignored, a tool or log-prob request would get a plain reply, an image would be answered
+    unseen; a stop that is not 1-4 non-empty strings is refused too."""
     client, _, _ = served
     r = client.post("/v1/chat/completions", json=payload)
     assert r.status_code == 400 and r.json()["error"]["param"] == param
@@ -380,3 +383,42 @@ def test_a_conversation_too_long_to_stream_is_refused_before_the_stream(tiny_cha
         r = client.post("/v1/chat/completions", json={"stream": True, "messages": [
             {"role": "user", "content": "a conversation far longer than eight tokens of this model"}]})
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_cut_at_stop_and_held_for_stop_by_hand():
+    from rlhfkit.serve.engine import cut_at_stop, held_for_stop
+
+    assert cut_at_stop("one. two. END three", ["END", "."]) == ("one", True)  # the earliest of them
+    assert cut_at_stop("no stop here", ["END"]) == ("no stop here", False)
+    assert cut_at_stop("x", ()) == ("x", False)
+    assert held_for_stop("the E", ["END"]) == 1 and held_for_stop("the EN", ["END"]) == 2
+    assert held_for_stop("the END", ["END"]) == 0  # a whole stop string is cut, not held
+    assert held_for_stop("abc", ["cx", "bcx"]) == 2 and held_for_stop("abc", ["zz"]) == 0
+
+
+def test_stop_ends_the_reply_before_the_stop_string_plain_and_streamed(served):
+    """The draw is the same up to the stop string (same seed): the reply is the plain reply cut
+    before its first occurrence, finish_reason "stop", and no token past it is generated."""
+    import re
+
+    client, _, _ = served
+    messages = [{"role": "user", "content": "Say a few words."}]
+    for seed in range(40):  # a reply of the random tiny model with an ASCII word inside it
+        plain = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 16, "seed": seed}).json()
+        text = plain["choices"][0]["message"]["content"]
+        word = re.search(r"(?<=.)[A-Za-z]{2,}", text)
+        if word and plain["usage"]["completion_tokens"] == 16:
+            break
+    else:
+        pytest.fail("no reply with a word inside it")
+    stop = word.group(0)
+    cut = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 16, "seed": seed,
+                                                    "stop": [stop, "\u2603never"]}).json()
+    assert cut["choices"][0]["message"]["content"] == text[:text.find(stop)]
+    assert cut["choices"][0]["finish_reason"] == "stop"
+    assert cut["usage"]["completion_tokens"] < 16  # generation ended at the stop string
+    streamed = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 16, "seed": seed,
+                                                         "stop": stop, "stream": True})
+    chunks = [e for e in _events(streamed) if e != "[DONE]"]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == text[:text.find(stop)]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"

@@ -112,35 +112,35 @@ class HFGenerator:
 
     @torch.no_grad()
     def generate(self, model, prompt_ids, prompt_mask, seed: int,
-                 on_token: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
-        """``on_token(tokens [B])``: called with each step's tokens as they are drawn."""
+                 on_token: Callable[[torch.Tensor], bool | None] | None = None) -> torch.Tensor:
+        """``on_token(tokens [B])``: called with each step's tokens as they are drawn; a true
+        return ends the generation after that step."""
+        from transformers import StoppingCriteriaList
         was_training = model.training
         model.eval()
         try:
             with _seeded(seed, prompt_ids.device):
                 out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
                                      generation_config=self.generation_config(),
-                                     streamer=None if on_token is None else _TokenCallback(on_token))
+                                     stopping_criteria=None if on_token is None
+                                     else StoppingCriteriaList([_token_callback(on_token)]))
         finally:
             model.train(was_training)
         return out[:, prompt_ids.shape[1]:]
 
 
-class _TokenCallback:
-    """The streamer interface of ``model.generate``: ``put`` gets the prompt first, then each
-    step's new tokens; only the new tokens are passed on."""
+def _token_callback(on_token: Callable[[torch.Tensor], bool | None]):
+    """``on_token`` as a stopping criterion of ``model.generate``: called after each step with the
+    sequences so far (the newest tokens last; pad for rows already finished, as the native
+    sampler), it can end the generation, which a streamer cannot."""
+    from transformers import StoppingCriteria
 
-    def __init__(self, on_token: Callable[[torch.Tensor], None]):
-        self.on_token, self.prompt_seen = on_token, False
+    class TokenCallback(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+            stop = bool(on_token(input_ids[:, -1]))
+            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        self.on_token(value.reshape(-1))
-
-    def end(self) -> None:
-        pass
+    return TokenCallback()
 
 
 ENGINES = ("auto", "native", "hf")

@@ -167,9 +167,10 @@ class NativeLlamaGenerator:
 
     @torch.no_grad()
     def generate(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, seed: int,
-                 on_token: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+                 on_token: Callable[[torch.Tensor], bool | None] | None = None) -> torch.Tensor:
         """``on_token(tokens [B])`` is called with each step's tokens as they are drawn (a server
-        streams them); it does not change what is drawn."""
+        streams them); it does not change what is drawn, and a true return ends the generation
+        after that step (a stop sequence was reached)."""
         ok, why = supports(model)
         if not ok:
             raise ValueError(f"the native sampler does not support this model ({why}); use HFGenerator")
@@ -198,10 +199,9 @@ class NativeLlamaGenerator:
             token = self._next_tokens(logits, generator)
             token = torch.where(done, torch.full_like(token, self.pad_token_id), token)
             out.append(token)
-            if on_token is not None:
-                on_token(token)
+            told_to_stop = on_token is not None and bool(on_token(token))
             done |= token == self.eos_token_id
-            if t == n_new - 1 or bool(done.all()):
+            if told_to_stop or t == n_new - 1 or bool(done.all()):
                 break
             logits = self.forward(model, token[:, None], position, P + t, keys, values,
                                   visible[:, None, None, : P + t + 1])

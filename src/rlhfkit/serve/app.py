@@ -5,8 +5,9 @@
   ``chat.completion`` object (``id``, ``object``, ``created``, ``model``, ``choices[0].message``,
   ``finish_reason``, ``usage``); with ``"stream": true`` the same reply as server-sent
   ``chat.completion.chunk`` events (``stream_options.include_usage`` adds the usage chunk),
-  then ``data: [DONE]``. ``n > 1`` and the options this server cannot honour
-  (``stop``, ``tools``, ``logprobs``, a JSON ``response_format``) are answered 400 in OpenAI's
+  then ``data: [DONE]``. ``stop`` (up to 4 strings) ends the reply before the first of them.
+  ``n > 1`` and the options this server cannot honour
+  (``tools``, ``logprobs``, a JSON ``response_format``) are answered 400 in OpenAI's
   error shape rather than ignored; a conversation longer than the model takes is answered 400
   ``context_length_exceeded`` (never cut).
 - ``GET /v1/models``, ``GET /v1/models/{id}``: the one served model.
@@ -50,16 +51,28 @@ def _error(status: int, message: str, type_: str = "invalid_request_error", para
 
 def _unsupported(body: dict) -> str | None:
     """The first option set in ``body`` that this server cannot honour: answering as if it had
-    not been sent (text past a stop sequence, no tool call, no log-probs) would break the caller."""
+    not been sent (no tool call, no log-probs, free text where JSON was asked for) would break
+    the caller."""
     if body.get("n") not in (None, 1):
         return "n"
-    for key in ("stop", "tools", "functions", "logprobs", "top_logprobs"):
+    for key in ("tools", "functions", "logprobs", "top_logprobs"):
         if body.get(key) not in (None, False, [], ""):
             return key
     fmt = body.get("response_format")
     if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
         return "response_format"
     return None
+
+
+def _stop_strings(body: dict) -> tuple[str, ...]:
+    """OpenAI's ``stop``: a string or up to 4 strings; ``ValueError`` otherwise."""
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or not 1 <= len(stop) <= 4 or not all(isinstance(x, str) and x for x in stop):
+        raise ValueError("stop must be a non-empty string or a list of 1 to 4 of them")
+    return tuple(stop)
 
 
 def _num(body: dict, key: str, kind: type, lo: float, hi: float):
@@ -190,6 +203,10 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
             seed = _num(body, "seed", int, -(2**63), 2**63 - 1)
         except ValueError as e:
             return _error(400, f"invalid value for {e.args[0]}", param=e.args[0])
+        try:
+            stop = _stop_strings(body)
+        except ValueError as e:
+            return _error(400, str(e), param="stop")
         if top_p == 0.0:  # only the likeliest token is left: greedy decoding
             temperature, top_p = 0.0, None
         stream, options = body.get("stream"), body.get("stream_options")
@@ -202,7 +219,7 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
         if stream:
             try:  # a conversation the model cannot answer is refused before the 200 and the first event
                 pieces = chat.stream(messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                     seed=None if seed is None else seed % (2**63 - 1))
+                                     seed=None if seed is None else seed % (2**63 - 1), stop=stop)
             except PromptError as e:
                 return _error(400, str(e), param="messages", code=e.code)
             return StreamingResponse(_events(pieces, messages, bool((options or {}).get("include_usage"))),
@@ -210,7 +227,7 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
 
         def work() -> dict[str, Any]:
             out = chat.complete(messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                seed=None if seed is None else seed % (2**63 - 1))
+                                seed=None if seed is None else seed % (2**63 - 1), stop=stop)
             cid = new_completion_id()
             if feedback is not None:
                 feedback.log_completion(cid, messages, out.text, chat.name)

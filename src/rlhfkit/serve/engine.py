@@ -122,17 +122,18 @@ class ChatModel:
         return cls(model, tokenizer, name=name, **kwargs)
 
     def complete(self, messages: Sequence[dict], max_tokens: int | None = None, temperature: float | None = None,
-                 top_p: float | None = None, seed: int | None = None) -> Completion:
-        return self._generate(self._prepare(messages, max_tokens, temperature, top_p, seed))
+                 top_p: float | None = None, seed: int | None = None, stop: Sequence[str] = ()) -> Completion:
+        """The reply; ``stop``: strings that end it (not included), as OpenAI's ``stop``."""
+        return self._generate(self._prepare(messages, max_tokens, temperature, top_p, seed, stop))
 
     def stream(self, messages: Sequence[dict], max_tokens: int | None = None, temperature: float | None = None,
-               top_p: float | None = None, seed: int | None = None) -> "CompletionStream":
+               top_p: float | None = None, seed: int | None = None, stop: Sequence[str] = ()) -> "CompletionStream":
         """The reply as it is generated: iterate for text pieces; ``.result`` is then the
         ``Completion`` that ``complete`` returns for the same arguments (same seed, same text).
         A conversation the model cannot answer raises ``PromptError`` here, before any piece."""
-        return CompletionStream(self, self._prepare(messages, max_tokens, temperature, top_p, seed))
+        return CompletionStream(self, self._prepare(messages, max_tokens, temperature, top_p, seed, stop))
 
-    def _prepare(self, messages, max_tokens, temperature, top_p, seed) -> tuple[list[int], Any, int]:
+    def _prepare(self, messages, max_tokens, temperature, top_p, seed, stop) -> "_Request":
         sampling = replace(self.defaults)
         if temperature is not None:
             sampling.temperature = float(temperature)
@@ -140,27 +141,37 @@ class ChatModel:
             sampling.top_p = float(top_p)
         ids = render_messages(messages, self.tokenizer)
         sampling.max_new_tokens = self._reply_budget(len(ids), max_tokens)
-        return ids, sampling, secrets.randbits(62) if seed is None else int(seed)
+        return _Request(ids, sampling, secrets.randbits(62) if seed is None else int(seed), tuple(stop))
 
     @torch.no_grad()
-    def _generate(self, prepared: tuple[list[int], Any, int], on_token=None) -> Completion:
+    def _generate(self, req: "_Request", on_token=None) -> Completion:
         from rlhfkit.core.masking import truncate_after_eos
         from rlhfkit.rollout import make_sampler
 
         tok = self.tokenizer
-        ids, sampling, seed = prepared
+        drawn: list[int] = []
+
+        def each_step(tokens: torch.Tensor) -> bool:
+            if on_token is not None:
+                on_token(tokens)
+            if not req.stop or int(tokens[0]) in (tok.eos_token_id, tok.pad_token_id):
+                return False
+            drawn.append(int(tokens[0]))  # a stop sequence reached: no token past it is drawn
+            return cut_at_stop(tok.decode(drawn, skip_special_tokens=True), req.stop)[1]
+
         device = next(self.model.parameters()).device
-        prompt_ids = torch.tensor([ids], dtype=torch.long, device=device)
+        prompt_ids = torch.tensor([req.ids], dtype=torch.long, device=device)
         prompt_mask = torch.ones_like(prompt_ids)
-        gen = make_sampler(self.model, sampling, tok.eos_token_id, tok.pad_token_id)
+        gen = make_sampler(self.model, req.sampling, tok.eos_token_id, tok.pad_token_id)
         with self._lock:
-            raw = gen.generate(self.model, prompt_ids, prompt_mask, seed, on_token=on_token)
+            raw = gen.generate(self.model, prompt_ids, prompt_mask, req.seed,
+                               on_token=each_step if on_token is not None or req.stop else None)
         resp, mask, has_eos = truncate_after_eos(raw, tok.eos_token_id, tok.pad_token_id)
         n = int(mask[0].sum())
         body = [t for t in resp[0, :n].tolist() if t != tok.eos_token_id]
-        text = tok.decode(body, skip_special_tokens=True)
-        return Completion(text=text, finish_reason="stop" if bool(has_eos[0]) else "length",
-                          prompt_tokens=len(ids), completion_tokens=n)
+        text, stopped = cut_at_stop(tok.decode(body, skip_special_tokens=True), req.stop)
+        return Completion(text=text, finish_reason="stop" if stopped or bool(has_eos[0]) else "length",
+                          prompt_tokens=len(req.ids), completion_tokens=n)
 
     def _reply_budget(self, n_prompt: int, max_tokens: int | None) -> int:
         """Tokens the reply may take; ``ContextLengthError`` when the conversation is too long, or
@@ -179,19 +190,41 @@ class ChatModel:
         return min(want, room)
 
 
+@dataclass
+class _Request:
+    ids: list[int]  # the rendered conversation
+    sampling: Any  # rollout.SamplingConfig, max_new_tokens within the context
+    seed: int
+    stop: tuple[str, ...]
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to the earliest stop string (excluded), and whether one occurred."""
+    ends = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[:min(ends)], True) if ends else (text, False)
+
+
+def held_for_stop(text: str, stop: Sequence[str]) -> int:
+    """How many characters at the end of ``text`` could begin a stop string: a stream holds
+    them back until the next tokens show whether the stop string follows."""
+    return max((k for s in stop for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
+               default=0)
+
+
 class CompletionStream:
     """Iterates over the text pieces of a reply while a worker thread generates it; ``result``
     (the ``Completion``) is set when the iteration ends. The pieces join to ``result.text``.
 
     A piece is the decoded text that grew since the last one, held back while it ends in an
-    incomplete UTF-8 character (a byte-level token can end mid-character) and up to the last
-    token, whose text can change once the next token is seen; the rest comes at the end."""
+    incomplete UTF-8 character (a byte-level token can end mid-character), up to the last token
+    (whose text can change once the next token is seen) and while its end could begin a stop
+    string; the rest comes at the end."""
 
     _END = object()
 
-    def __init__(self, chat: ChatModel, prepared: tuple[list[int], Any, int]):
-        self.chat, self.prepared = chat, prepared
-        self.prompt_tokens = len(prepared[0])
+    def __init__(self, chat: ChatModel, request: _Request):
+        self.chat, self.request = chat, request
+        self.prompt_tokens = len(request.ids)
         self.result: Completion | None = None
 
     def __iter__(self):
@@ -202,7 +235,7 @@ class CompletionStream:
 
         def work() -> None:
             try:
-                outcome["completion"] = self.chat._generate(self.prepared, on_token=lambda t: tokens.put(int(t[0])))
+                outcome["completion"] = self.chat._generate(self.request, on_token=lambda t: tokens.put(int(t[0])))
             except BaseException as e:  # noqa: BLE001 - handed to the reader, which raises it
                 outcome["error"] = e
             finally:
@@ -216,7 +249,9 @@ class CompletionStream:
             if token in (tok.eos_token_id, tok.pad_token_id):
                 continue  # the EOS ends the reply; nothing follows it that is shown
             body.append(token)
-            text = tok.decode(body[:-1], skip_special_tokens=True)
+            text, stopped = cut_at_stop(tok.decode(body[:-1], skip_special_tokens=True), self.request.stop)
+            if not stopped:
+                text = text[:len(text) - held_for_stop(text, self.request.stop)]
             if len(text) > len(sent) and text.startswith(sent) and not text.endswith("\ufffd"):
                 yield text[len(sent):]
                 sent = text

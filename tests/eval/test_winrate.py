@@ -47,6 +47,15 @@ def test_sequence_kl_by_hand():
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     # row 0: 0.5 + 0 (third token masked); row 1: 0.5 + 0.5 + 8.5
     assert sequence_kl(logp, ref, mask).tolist() == pytest.approx([0.5, 9.5])
+    # k3 = e^{log r} - 1 - log r, log r = ref - logp: row 0 e^-0.5 - 0.5 = 0.10653 (+ 0);
+    # row 1: 2 x 0.10653 + (e^-8.5 + 7.5 = 7.50020)
+    assert sequence_kl(logp, ref, mask, "k3").tolist() == pytest.approx([0.106531, 7.713265], abs=1e-5)
+    # a sample the reference likes more: k1 is negative there, k3 is not (log r = 1: e - 2)
+    one = (torch.tensor([[-2.0]]), torch.tensor([[-1.0]]), torch.tensor([[1]]))
+    assert sequence_kl(*one).item() == pytest.approx(-1.0)
+    assert sequence_kl(*one, estimator="k3").item() == pytest.approx(0.718282, abs=1e-6)
+    with pytest.raises(ValueError, match="k1 or k3"):
+        sequence_kl(*one, estimator="k2")
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +122,7 @@ def test_eval_with_offline_judges(tiny_dirs, tmp_path):
     assert gold["policy"]["mean"] == pytest.approx(sum(s["gold_policy"] for s in samples) / 16)
     assert gold["gain"]["mean"] == pytest.approx(gold["policy"]["mean"] - gold["reference"]["mean"])
     assert res["kl"]["mean"] == pytest.approx(sum(s["kl"] for s in samples) / 16)
+    assert res["kl_k3"]["mean"] >= 0 and res["kl_k3"]["ci_low"] >= 0  # k3 is never negative
     assert json.loads((out / "eval.json").read_text())["win_rate"]["n"] == 16
 
     # policy == reference: KL 0 exactly up to float noise

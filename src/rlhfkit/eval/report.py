@@ -343,7 +343,8 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
                      f"{_num(gold['gain']['mean'], 4)} [{_num(gold['gain']['ci_low'], 4)}, {_num(gold['gain']['ci_high'], 4)}]"))
         rows.append((f"win rate vs reference (judge: {_esc(gold['judge'])})", _ci(gold.get("win_rate"))))
     if ev.get("kl"):
-        rows.append(("KL(policy ‖ reference), nats / sequence", _ci(ev["kl"], "mean")))
+        rows.append(("KL(policy ‖ reference), nats / sequence", _ci(ev["kl"], "mean")
+                     + (f"; k3 estimate (never negative) {_ci(ev['kl_k3'], 'mean')}" if ev.get("kl_k3") else "")))
     if ev:
         rows.append(("held-out prompts", f"{ev.get('prompts')} (response length: policy {_num(ev.get('policy_length'), 1)}, "
                      f"reference {_num(ev.get('reference_length'), 1)} tokens)"))

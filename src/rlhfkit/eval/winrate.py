@@ -9,7 +9,8 @@
   prompts, cut after the first EOS, behaviour log-probs recomputed teacher-forced);
 - ``sequence_kl``: the sequence-level k1 estimate ``sum_t log pi(y_t) - log pi_ref(y_t)`` of each
   of the policy's OWN samples (an unbiased estimate of KL(pi || pi_ref) per sequence), with the
-  reference's log-probs from one teacher-forced pass at the same temperature (PPO detail 3).
+  reference's log-probs from one teacher-forced pass at the same temperature (PPO detail 3); the
+  k3 estimate, which is never negative, with ``estimator="k3"``.
 """
 from __future__ import annotations
 
@@ -126,11 +127,19 @@ def reference_logprobs(reference, ro, temperature: float) -> torch.Tensor:
     return lp.float().cpu()
 
 
-def sequence_kl(policy_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``[B]``: ``sum_t (logp - ref_logp)`` over the response tokens (k1; ``core.kl.kl_k1``)."""
-    from rlhfkit.core.kl import kl_k1
+def sequence_kl(policy_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
+                estimator: str = "k1") -> torch.Tensor:
+    """``[B]``: the per-token estimator summed over the response tokens. ``k1`` (``core.kl.kl_k1``):
+    ``sum_t (logp - ref_logp)``; ``k3`` (``core.kl.kl_k3``): ``sum_t (r - 1 - log r)``,
+    ``r = pi_ref / pi``. Both are unbiased for the sequence KL on the policy's own samples (the
+    chain rule: each token's term has the KL at that position as its mean given the context); k1
+    can be negative on a few samples, k3 never is (Schulman 2020, "Approximating KL divergence")."""
+    from rlhfkit.core.kl import kl_k1, kl_k3
 
-    k = kl_k1(policy_logprobs.float(), ref_logprobs.float())
+    per_token = {"k1": kl_k1, "k3": kl_k3}
+    if estimator not in per_token:
+        raise ValueError(f"estimator must be k1 or k3, got {estimator!r}")
+    k = per_token[estimator](policy_logprobs.float(), ref_logprobs.float())
     return torch.where(mask.bool(), k, torch.zeros_like(k)).sum(dim=1)
 
 

@@ -156,11 +156,20 @@ def causal_lm_to_sequence_classifier(lm: nn.Module, zero_head: bool = False) -> 
     return model.eval()
 
 
-def _fresh_head_keys(info: dict, prefix: str) -> bool:
+def _unloaded_keys(info: dict) -> list[str]:
+    """Weights ``from_pretrained`` left freshly initialised: missing, or of another shape."""
     keys: list[str] = list(info.get("missing_keys", []) or [])
     for item in info.get("mismatched_keys", []) or []:
         keys.append(item[0] if isinstance(item, (tuple, list)) else str(item))
-    return any(k == prefix or k.startswith(prefix + ".") for k in keys)
+    return keys
+
+
+def _in_head(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
+
+
+def _fresh_head_keys(info: dict, prefix: str) -> bool:
+    return any(_in_head(k, prefix) for k in _unloaded_keys(info))
 
 
 class _DropLoadReport(logging.Filter):
@@ -187,9 +196,7 @@ def _warn_missing_backbone_keys(spec: Any, info: dict, head_prefix: str) -> None
     """Warn about weights outside the score head that the checkpoint did not provide (they are
     random: the model would score noise). Unexpected keys, such as a causal LM's ``lm_head``
     that a sequence classifier drops, are expected and not reported."""
-    keys = list(info.get("missing_keys", []) or [])
-    keys += [item[0] if isinstance(item, (tuple, list)) else str(item) for item in info.get("mismatched_keys", []) or []]
-    stray = sorted(k for k in keys if not (k == head_prefix or k.startswith(head_prefix + ".")))
+    stray = sorted(k for k in _unloaded_keys(info) if not _in_head(k, head_prefix))
     if stray:
         warnings.warn(f"{os.fspath(spec)}: {len(stray)} backbone weight(s) missing from the checkpoint or of another "
                       f"shape, left randomly initialised: {', '.join(stray[:5])}{' ...' if len(stray) > 5 else ''}",

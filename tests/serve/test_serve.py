@@ -41,16 +41,52 @@ def test_models_and_completion_schema(served, tiny_chat):
     assert choice["finish_reason"] in ("stop", "length")
     usage = body["usage"]
     assert usage["prompt_tokens"] == len(render_messages(messages, tiny_chat.tokenizer))
-    # every generated token counts, EOS included: a reply cut by max_tokens has exactly 5
-    if choice["finish_reason"] == "length":
-        assert usage["completion_tokens"] == 5
-    else:
-        assert 1 <= usage["completion_tokens"] <= 5
+    assert usage["completion_tokens"] <= 5  # exact counts: test_completion_tokens_count_every_drawn_token
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     # the same seed gives the same reply; ids are unique
     again = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 5, "seed": 7}).json()
     assert again["choices"][0]["message"]["content"] == choice["message"]["content"]
     assert again["id"] != body["id"]
+
+
+def test_completion_tokens_count_every_drawn_token(served, tiny_chat):
+    """``usage.completion_tokens`` is every token the model drew, EOS included (what the user is
+    charged for, as OpenAI counts it): a reply that ends at EOS after k text tokens counts k + 1, a
+    reply cut by ``max_tokens`` counts exactly ``max_tokens``. The seeds are found by drawing with
+    the sampler directly (the same draw the server makes for a seed), so both branches are met."""
+    import torch
+
+    from rlhfkit.rollout import SamplingConfig, make_sampler
+
+    client, _, _ = served
+    tok = tiny_chat.tokenizer
+    messages = [{"role": "user", "content": "Hello! How are you today?"}]
+    prompt = torch.tensor([render_messages(messages, tok)])
+    sampler = make_sampler(tiny_chat.model, SamplingConfig(max_new_tokens=8, temperature=1.0), tok.eos_token_id,
+                           tok.pad_token_id)
+    found = {}
+    for seed in range(3000):
+        drawn = sampler.generate(tiny_chat.model, prompt, torch.ones_like(prompt), seed)[0].tolist()
+        kind = "stop" if tok.eos_token_id in drawn else "length"
+        found.setdefault(kind, (seed, drawn))
+        if len(found) == 2:
+            break
+    assert set(found) == {"stop", "length"}, "no seed in 3000 ends at EOS within 8 tokens"
+
+    seed, drawn = found["stop"]
+    k = drawn.index(tok.eos_token_id)
+    body = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 8, "seed": seed,
+                                                     "temperature": 1.0}).json()
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == k + 1  # k text tokens and the EOS
+    assert body["choices"][0]["message"]["content"] == tok.decode(drawn[:k], skip_special_tokens=True)
+
+    seed, drawn = found["length"]
+    body = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 8, "seed": seed,
+                                                     "temperature": 1.0}).json()
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 8 == len(drawn)
+    assert body["choices"][0]["message"]["content"] == tok.decode(drawn, skip_special_tokens=True)
 
 
 @pytest.mark.parametrize("payload,status,param", [

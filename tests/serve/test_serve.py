@@ -128,11 +128,15 @@ def test_feedback_lands_in_store_and_exports(served, tmp_path):
     assert client.post("/v1/feedback", json={"completion_id": c1["id"], "rating": 5.5}).status_code == 422
     assert client.post("/v1/feedback", json={"completion_id": c2["id"], "thumbs": "down", "rating": 2,
                                              "user": "alice"}).status_code == 200
-    assert client.post("/v1/feedback", json={"completion_id": "chatcmpl-nope", "thumbs": "up"}).status_code == 404
-    assert client.post("/v1/feedback", json={"completion_id": c1["id"], "rating": 9}).status_code == 422
-    assert client.post("/v1/feedback", json={"completion_id": c1["id"], "thumbs": "sideways"}).status_code == 422
-    assert client.post("/v1/feedback", json={"completion_id": c1["id"]}).status_code == 422
-    assert client.post("/v1/feedback", json={"thumbs": "up"}).status_code == 400
+    # refusals name the field at fault in OpenAI's ``param``
+    for body, status, param in [({"completion_id": "chatcmpl-nope", "thumbs": "up"}, 404, "completion_id"),
+                                ({"completion_id": c1["id"], "rating": 9}, 422, "rating"),
+                                ({"completion_id": c1["id"], "thumbs": "sideways"}, 422, "thumbs"),
+                                ({"completion_id": c1["id"]}, 422, "thumbs"),
+                                ({"completion_id": c1["id"], "thumbs": "up", "comment": 3}, 422, "comment"),
+                                ({"thumbs": "up"}, 400, "completion_id")]:
+        r = client.post("/v1/feedback", json=body)
+        assert (r.status_code, r.json()["error"]["param"]) == (status, param), body
 
     # exported with the feedback app's own command, read back with rlhfkit.data
     from rlhfkit.feedback.cli import ExportConfig, run_export
@@ -335,7 +339,11 @@ def test_empty_turns_are_answered_and_stored(served):
     r = client.post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 2})
     assert r.status_code == 200, r.text
     stored = log.completion(r.json()["id"])
-    assert [m["content"] for m in stored["messages"]] == ["(empty message)", "(empty message)"]
+    # the empty system prompt is left out; the blank user turn keeps its place
+    assert [(m["role"], m["content"]) for m in stored["messages"]] == [("user", "(empty message)")]
+    only = client.post("/v1/chat/completions", json={"messages": msgs[:1], "max_tokens": 2})
+    assert only.status_code == 200, only.text  # nothing but an empty system prompt: stored as one shown turn
+    assert [m["content"] for m in log.completion(only.json()["id"])["messages"]] == ["(empty message)"]
     assert client.post("/v1/feedback", json={"completion_id": r.json()["id"], "thumbs": "down"}).status_code == 200
 
 
@@ -458,3 +466,14 @@ def test_stop_ends_the_reply_before_the_stop_string_plain_and_streamed(served):
     chunks = [e for e in _events(streamed) if e != "[DONE]"]
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == text[:text.find(stop)]
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("spec,name", [
+    ("runs/dpo/model", "dpo/model"), ("runs/dpo/model/", "dpo/model"), ("runs/dpo/model/config.json", "dpo/model"),
+    ("outputs/sft", "sft"), ("outputs/sft/config.json", "sft"), ("weights/smol.Q8_0.gguf", "smol.Q8_0.gguf"),
+    ("smollm2-135m", "smollm2-135m"), ("model", "model"),
+])
+def test_a_served_model_is_named_after_its_folder(spec, name):
+    from rlhfkit.serve.engine import default_model_name
+
+    assert default_model_name(spec) == name

@@ -299,7 +299,7 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
             res = await run_in_threadpool(feedback.feedback, cid, body.get("thumbs"), body.get("rating"),
                                           body.get("comment"), body.get("user"))
         except FeedbackError as e:
-            return _error(e.status, str(e))
+            return _error(e.status, str(e), param=e.param)
         return {"object": "feedback", "stored": True, **res}
 
     return app

@@ -111,14 +111,11 @@ class ChatModel:
 
     @classmethod
     def load(cls, spec: str, name: str | None = None, **kwargs: Any) -> "ChatModel":
-        from pathlib import Path
-
         from rlhfkit.models import load_policy
 
         model, tokenizer = load_policy(spec)  # left padding, pad != eos
         if name is None:
-            p = Path(str(spec).rstrip("/"))
-            name = p.name if p.name not in ("model", "final") else f"{p.parent.name}/{p.name}"
+            name = default_model_name(spec)
         return cls(model, tokenizer, name=name, **kwargs)
 
     def complete(self, messages: Sequence[dict], max_tokens: int | None = None, temperature: float | None = None,
@@ -188,6 +185,20 @@ class ChatModel:
             raise ContextLengthError(f"this model's context is {self.context_length} tokens; the conversation "
                                      f"has {n_prompt} and the reply asks for {want}")
         return min(want, room)
+
+
+def default_model_name(spec: str) -> str:
+    """The name a served model goes by when none is given: its folder's name (``runs/dpo/model``
+    -> ``dpo/model``, as every recipe saves to a folder named ``model``); a ``config.json`` path
+    names its folder; a ``.gguf`` file its own name; an alias or hub name itself."""
+    from pathlib import Path
+
+    p = Path(str(spec).rstrip("/"))
+    if p.name == "config.json":
+        p = p.parent
+    if p.name in ("model", "final") and p.parent.name:
+        return f"{p.parent.name}/{p.name}"
+    return p.name or str(spec)
 
 
 @dataclass

@@ -30,11 +30,12 @@ __all__ = ["FeedbackLog", "FeedbackError"]
 
 
 class FeedbackError(ValueError):
-    """Feedback that cannot be stored (unknown completion, bad value); ``status`` is the HTTP code."""
+    """Feedback that cannot be stored (unknown completion, bad value); ``status`` is the HTTP code,
+    ``param`` the request field at fault (OpenAI's error ``param``)."""
 
-    def __init__(self, message: str, status: int = 422):
+    def __init__(self, message: str, status: int = 422, param: str | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.param = status, param
 
 
 class FeedbackLog:
@@ -95,9 +96,13 @@ class FeedbackLog:
         from rlhfkit.feedback.tasks import parse_item
 
         # the store's items hold no empty text; an empty turn is legal in a request (an empty
-        # system prompt, a blank user turn) and must not fail the storing of a reply already made
+        # system prompt, a blank user turn) and must not fail the storing of a reply already made.
+        # An empty system prompt is left out (the conversation reads the same without it, and a
+        # placeholder would be text the model never saw in what is trained on later); any other
+        # blank turn keeps its place, shown as "(empty message)".
+        kept = [m for m in messages if m["role"] != "system" or m["content"].strip()] or list(messages)[-1:]
         item = parse_item({"messages": [dict(role=m["role"], content=_shown(m["content"], "(empty message)"))
-                                        for m in messages],
+                                        for m in kept],
                            "completion": _shown(completion, "(empty response)"),
                            "model": model, "id": completion_id}, "thumbs", self.scale)
         pid = self._pids["thumbs"]
@@ -159,21 +164,22 @@ class FeedbackLog:
             if isinstance(rating, float) and rating.is_integer():  # JSON clients send 5 as 5.0 too
                 rating = int(rating)
             if isinstance(rating, bool) or not isinstance(rating, int) or not self.scale[0] <= rating <= self.scale[1]:
-                raise FeedbackError(f"rating must be an integer from {self.scale[0]} to {self.scale[1]}")
+                raise FeedbackError(f"rating must be an integer from {self.scale[0]} to {self.scale[1]}",
+                                    param="rating")
         if label is None and rating is None:
-            raise FeedbackError("give thumbs (up / down) and / or a rating")
+            raise FeedbackError("give thumbs (up / down) and / or a rating", param="thumbs")
         if comment is not None and not isinstance(comment, str):
-            raise FeedbackError("comment must be a string")
+            raise FeedbackError("comment must be a string", param="comment")
         comment = (comment or "").strip()[:10_000] or None
         if user is not None and not isinstance(user, str):
-            raise FeedbackError("user must be a string")
+            raise FeedbackError("user must be a string", param="user")
         extra = {k: v for k, v in (("comment", comment), ("end_user", (user or "").strip()[:64] or None)) if v}
         pids = self._pids
 
         def job(conn):
             item = self._item(conn, pids["thumbs"], completion_id)
             if item is None:
-                raise FeedbackError(f"no completion {completion_id!r}", status=404)
+                raise FeedbackError(f"no completion {completion_id!r}", status=404, param="completion_id")
             uid = self._user_id(conn)
             out = {"completion_id": completion_id, "thumbs_label_id": None, "rating_label_id": None}
             if label is not None:
@@ -214,4 +220,4 @@ def _thumbs(v: Any) -> bool | None:
         return v.lower() in ("up", "thumbs_up", "+1")
     if isinstance(v, int) and v in (1, -1):
         return v == 1
-    raise FeedbackError("thumbs must be 'up' or 'down'")
+    raise FeedbackError("thumbs must be 'up' or 'down'", param="thumbs")

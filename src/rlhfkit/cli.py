@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sft": ("rlhfkit.recipes.sft", "SFTConfig", "supervised fine-tuning on demonstrations or conversations (prompt tokens masked)"),
     "reward train": ("rlhfkit.recipes.reward", "RewardConfig", "train a reward model: Bradley-Terry on pairs, or regression / classification on ratings / thumbs"),
     "reward eval": ("rlhfkit.eval.reward_eval", "RewardEvalConfig", "accuracy, precision / recall / F1, calibration and margin of a reward model on a pair file"),
+    "reward discriminator": ("rlhfkit.recipes.discriminator", "DiscriminatorConfig", "a discriminator-style reward: a classifier of people's demonstrations vs the policy's responses; its logit is the reward"),
     "ppo": ("rlhfkit.recipes.ppo", "PPOConfig", "online RL: PPO with value model, per-token KL penalty (fixed or adaptive), GAE, clipped losses"),
     "grpo": ("rlhfkit.recipes.grpo", "GRPOConfig", "online RL: GRPO / Dr. GRPO (k samples per prompt, group-normalised advantages, k3 KL in the loss)"),
     "rloo": ("rlhfkit.recipes.rloo", "RLOOConfig", "online RL: REINFORCE leave-one-out (k samples per prompt, KL in the reward)"),
@@ -107,11 +108,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"rlhfkit {__version__}")
         return 0
-    if argv[0] == "reward" and len(argv) > 1 and argv[1] in ("train", "eval"):
+    if argv[0] == "reward" and len(argv) > 1 and f"reward {argv[1]}" in COMMANDS:
         name, rest = f"reward {argv[1]}", argv[2:]
     elif argv[0] == "reward":
-        print("usage: rlhfkit reward {train,eval} ...\n  train  " + COMMANDS["reward train"][2]
-              + "\n  eval   " + COMMANDS["reward eval"][2])
+        subs = [n.split(" ", 1)[1] for n in COMMANDS if n.startswith("reward ")]
+        print("usage: rlhfkit reward {" + ",".join(subs) + "} ...\n"
+              + "\n".join(f"  {s.ljust(13)} {COMMANDS['reward ' + s][2]}" for s in subs))
         return 0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2
     elif argv[0] == "feedback" and len(argv) > 1 and f"feedback {argv[1]}" in COMMANDS:
         name, rest = f"feedback {argv[1]}", argv[2:]

@@ -70,3 +70,13 @@ def test_override_type_error():
 def test_describe_fields_lists_nested():
     keys = [k for k, _, _ in describe_fields(Example)]
     assert "lora.r" in keys and "learning_rate" in keys
+
+
+def test_help_shows_the_defaults_a_parent_gives_its_section():
+    """The loop's ``reward`` section has its own defaults (``RewardConfig(batch_size=16, ...)``);
+    ``--help`` printed the reward recipe's class defaults for it (32) instead."""
+    from rlhfkit.loop.config import LoopConfig
+
+    defaults = {k: d for k, d, _ in describe_fields(LoopConfig)}
+    assert defaults["reward.batch_size"] == "16" and defaults["reward.learning_rate"] == "5e-05"
+    assert defaults["grpo.max_steps"] == "8"

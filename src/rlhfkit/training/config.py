@@ -240,13 +240,15 @@ def save_config(config, path: str | Path) -> None:
 
 
 def describe_fields(cls, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) for every field, nested ones dotted: used by `--help`."""
+    """(key, default, help) for every field, nested ones dotted: used by `--help`. ``cls`` is a
+    config class or an instance; a nested section shows the defaults its parent gives it (the
+    loop's ``reward`` section is not the reward recipe's own defaults)."""
     rows = []
-    instance = cls()
-    for f in dataclasses.fields(cls):
+    instance = cls() if isinstance(cls, type) else cls
+    for f in dataclasses.fields(instance):
         value = getattr(instance, f.name)
         if dataclasses.is_dataclass(value):
-            rows += describe_fields(type(value), prefix + f.name + ".")
+            rows += describe_fields(value, prefix + f.name + ".")
         else:
             rows.append((prefix + f.name, repr(value), f.metadata.get("help", "")))
     return rows

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "grpo": ("rlhfkit.recipes.grpo", "GRPOConfig", "online RL: GRPO / Dr. GRPO (k samples per prompt, group-normalised advantages, k3 KL in the loss)"),
     "rloo": ("rlhfkit.recipes.rloo", "RLOOConfig", "online RL: REINFORCE leave-one-out (k samples per prompt, KL in the reward)"),
     "reinforce": ("rlhfkit.recipes.reinforce", "ReinforceConfig", "online RL: REINFORCE with a running or learned baseline (KL in the reward)"),
+    "ilql": ("rlhfkit.recipes.ilql", "ILQLConfig", "offline token-level Q-learning (ILQL): Q / V heads on a frozen model from rewarded responses, decoding with logits + beta (Q - V)"),
     "dpo": ("rlhfkit.recipes.dpo", "DPOConfig", "direct preference optimisation on pairs: DPO, IPO, cDPO, SimPO or ORPO (cached or LoRA reference)"),
     "kto": ("rlhfkit.recipes.kto", "KTOConfig", "KTO on unpaired thumbs up / down (or pairs split in two), KL reference point from mismatched pairs"),
     "feedback serve": ("rlhfkit.feedback.cli", "ServeConfig", "the human feedback web app and JSON API (FastAPI + uvicorn; SQLite file or PostgreSQL URL)"),

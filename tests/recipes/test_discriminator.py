@@ -39,8 +39,8 @@ def test_demonstrations_against_the_policy(tmp_path, sft_file, tiny_policy_dir, 
     right_human = sum(v > 0 for v, x in zip(s, held) if x["label"])
     right_policy = sum(v < 0 for v, x in zip(s, held) if not x["label"])
     assert report["accuracy"] == pytest.approx((right_human / 12 + right_policy / 24) / 2)  # balanced
-    human = {x["prompt"]: v for v, x in zip(s, held) if x["label"]}
-    wins = [human[x["prompt"]] > v for v, x in zip(s, held) if not x["label"]]
+    human = {x["demo"]: v for v, x in zip(s, held) if x["label"]}
+    wins = [human[x["demo"]] > v for v, x in zip(s, held) if not x["label"]]
     assert report["demonstration_preferred"] == pytest.approx(sum(wins) / 24)
     # and it learned: a fixed phrase against a random model's tokens is easy to tell apart
     assert report["accuracy"] >= 0.9 and report["demonstration_preferred"] >= 0.9
@@ -54,6 +54,21 @@ def test_demonstrations_against_the_policy(tmp_path, sft_file, tiny_policy_dir, 
     assert "policy responses reused" in again.stdout
     assert (out / "samples.jsonl").read_text() == samples_before
     assert json.loads((out / "discriminator.json").read_text())["accuracy"] == report["accuracy"]
+    assert "trains afresh" not in again.stdout
+
+    # a policy response that came out empty is left out (the store of thumbs holds no empty
+    # text), and a changed training file retrains the classifier instead of keeping the old one
+    rows = [json.loads(x) for x in samples_before.splitlines()]
+    rows[0]["response"] = ""
+    (out / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    third = run_cli(args)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "1 of 96 policy responses are empty and left out" in third.stdout and "trains afresh" in third.stdout
+    report3 = json.loads((out / "discriminator.json").read_text())
+    assert report3["empty_policy_responses"] == 1
+    n_policy = sum(not json.loads(x)["label"] for x in (out / "train.jsonl").read_text().splitlines())
+    n_held = report3["heldout_policy_responses"]
+    assert n_policy + n_held == 95
 
 
 def test_conversations_and_bad_settings_are_refused(tmp_path):

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def test_chat_subprocess(tiny_chat_dir, tmp_path):
     db = tmp_path / "chat.db"
@@ -85,6 +87,12 @@ def test_at_a_terminal_lines_are_edited_and_ctrl_c_leaves(tiny_chat_dir, tmp_pat
            "TERM": "xterm"}
     pid, fd = pty.fork()
     if pid == 0:  # the child: rlhfkit chat on the terminal
+        # as a person's shell starts it: SIGINT unblocked and not ignored (a child inherits both
+        # from the test process, where an earlier test's library may have changed them)
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execve(sys.executable, [sys.executable, "-m", "rlhfkit.cli", "chat", "--model", str(tiny_chat_dir),
                                    "--db", str(db), "--max_new_tokens", "4", "--seed", "0", "--threads", "1"], env)
 
@@ -114,6 +122,11 @@ def test_at_a_terminal_lines_are_edited_and_ctrl_c_leaves(tiny_chat_dir, tmp_pat
             rest += read_until("stored)", timeout=5)
             if "stored)" in rest:
                 break
+        if "stored)" not in rest:  # say what the child's signal state was, for the next person
+            status = open(f"/proc/{pid}/status").read() if os.path.exists(f"/proc/{pid}/status") else ""
+            sig = [ln for ln in status.splitlines() if ln.startswith(("State", "SigBlk", "SigIgn", "SigCgt", "Threads"))]
+            pytest.fail(f"Ctrl-C did not end the chat; the child's {sig}; the test process's SigBlk "
+                        f"{[ln for ln in open('/proc/self/status').read().splitlines() if ln.startswith('SigBlk')]}")
         assert "bye: 1 replies, 1 thumbs" in rest and "Traceback" not in rest
         _, status = os.waitpid(pid, 0)
         pid = None

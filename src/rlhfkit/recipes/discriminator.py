@@ -125,23 +125,22 @@ def _sample_settings(config: DiscriminatorConfig) -> dict:
     return {"policy": with_content(config.policy), **{k: getattr(config, k) for k in keys}}
 
 
-def score_heldout(model_dir: str, heldout: list[dict], samples_per_prompt: int, max_length: int) -> dict:
-    """Balanced accuracy of the logit's sign on the held-out thumbs records (demonstrations
-    first, then the policy's responses, ``samples_per_prompt`` per demonstration: the mean of the
-    two classes' accuracies), the mean logit of each class, and the share of (demonstration,
-    policy response) pairs of one prompt in which the demonstration scores higher."""
+def score_heldout(model_dir: str, heldout: list[dict], max_length: int) -> dict:
+    """Balanced accuracy of the logit's sign on the held-out records (the mean of the two
+    classes' accuracies), the mean logit of each class, and the share of (demonstration, policy
+    response) pairs of one demonstration (``demo``: its index) in which the demonstration scores
+    higher."""
     from rlhfkit.rewards import build_reward
 
     score = build_reward(f"rm:{model_dir}", max_length=max_length)
     s = score([r["prompt"] for r in heldout], [r["completion"] for r in heldout]).tolist()
-    n = sum(r["label"] for r in heldout)
-    human, policy = s[:n], s[n:]
-    accuracy = (sum(x > 0 for x in human) / n + sum(x < 0 for x in policy) / len(policy)) / 2
-    wins = [h > p for i, h in enumerate(human)
-            for p in policy[i * samples_per_prompt:(i + 1) * samples_per_prompt]]
-    return {"heldout_demonstrations": n, "heldout_policy_responses": len(policy),
-            "accuracy": accuracy, "mean_logit_demonstrations": sum(human) / n,
-            "mean_logit_policy": sum(policy) / len(policy), "demonstration_preferred": sum(wins) / len(wins)}
+    human = {r["demo"]: x for r, x in zip(heldout, s) if r["label"]}
+    policy = [(r["demo"], x) for r, x in zip(heldout, s) if not r["label"]]
+    accuracy = (sum(x > 0 for x in human.values()) / len(human) + sum(x < 0 for _, x in policy) / len(policy)) / 2
+    return {"heldout_demonstrations": len(human), "heldout_policy_responses": len(policy),
+            "accuracy": accuracy, "mean_logit_demonstrations": sum(human.values()) / len(human),
+            "mean_logit_policy": sum(x for _, x in policy) / len(policy),
+            "demonstration_preferred": sum(human[d] > x for d, x in policy) / len(policy)}
 
 
 def run(config: DiscriminatorConfig) -> dict:
@@ -180,21 +179,38 @@ def run(config: DiscriminatorConfig) -> dict:
         raise ValueError(f"{len(demos)} demonstrations leave nothing to train on or hold out at eval_fraction "
                          f"{config.eval_fraction}")
 
-    def records(idx: list[int], copies: int = 1) -> list[dict]:
-        human = [{"prompt": demos[i].prompt, "completion": demos[i].completion, "label": True}
-                 for i in idx for _ in range(copies)]
-        policy = [{"prompt": demos[i].prompt, "completion": samples[i * k + j], "label": False}
-                  for i in idx for j in range(k)]
-        return human + policy
+    # an empty response (the policy ended at once) is no text to classify: left out, and counted
+    empty = sum(not s.strip() for s in samples)
+    if empty:
+        print(f"discriminator: {empty} of {len(samples)} policy responses are empty and left out")
 
-    heldout = records(held_idx)
-    # each demonstration k times in training, once per policy response to its prompt: equal class
-    # weights, so the logit's zero is a density ratio of 1 (with 1:k classes it would be shifted
-    # by log k and every response would look worse than it is)
-    write_jsonl(out / "train.jsonl", records(train_idx, copies=k))
+    def records(idx: list[int], demo_field: bool = False) -> list[dict]:
+        rows = []
+        for i in idx:
+            policy = [s for s in samples[i * k:(i + 1) * k] if s.strip()]
+            extra = {"demo": i} if demo_field else {}
+            # in training each demonstration comes once per policy response to its prompt: equal
+            # class weights, so the logit's zero is a density ratio of 1 (with 1:k classes it
+            # would be shifted by log k and every response would look worse than it is)
+            copies = 1 if demo_field else len(policy)
+            rows += [{"prompt": demos[i].prompt, "completion": demos[i].completion, "label": True, **extra}] * copies
+            rows += [{"prompt": demos[i].prompt, "completion": s, "label": False, **extra} for s in policy]
+        return rows
+
+    heldout = records(held_idx, demo_field=True)
+    if not any(not r["label"] for r in heldout):
+        raise ValueError("every held-out policy response is empty: nothing to score the classifier on")
+    train_file = out / "train.jsonl"
+    before = train_file.read_bytes() if train_file.exists() else None
+    write_jsonl(train_file, records(train_idx))
     write_jsonl(out / "heldout.jsonl", heldout)
 
     rc = copy.deepcopy(config.reward)
+    if before is not None and before != train_file.read_bytes():
+        # new samples or demonstrations under the same file name: the reward recipe would take the
+        # classifier (or checkpoint) trained on the old ones for this run's
+        print("discriminator: the training records changed since the last run: the classifier trains afresh")
+        rc.resume = False
     rc.data, rc.eval_data, rc.output_dir, rc.seed = str(out / "train.jsonl"), "", str(out), config.seed
     rc.eval_fraction = 0.0  # held out above, by prompt
     if config.threads:
@@ -202,7 +218,7 @@ def run(config: DiscriminatorConfig) -> dict:
     metrics = reward_recipe.run(rc)
     report = {"model": str(out / "model"), "policy": config.policy, "data": config.data,
               "train_demonstrations": len(train_idx), "samples_per_prompt": k,
-              **score_heldout(str(out / "model"), heldout, k, rc.max_length),
+              "empty_policy_responses": empty, **score_heldout(str(out / "model"), heldout, rc.max_length),
               "train_loss": (metrics or {}).get("loss")}
     (out / "discriminator.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     print(f"discriminator: saved {report['model']} (reward spec rm:{report['model']}); held-out balanced accuracy "

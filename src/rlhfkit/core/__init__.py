@@ -20,6 +20,7 @@ from .masking import (
     truncate_after_eos,
 )
 from .reward_shaping import apply_missing_eos_penalty, per_token_rewards
+from .value_learning import advantage_logits, expectile_loss, ilql_losses, next_values
 
 __all__ = [
     "masked_sum",
@@ -47,4 +48,8 @@ __all__ = [
     "binary_feedback_loss",
     "ppo_policy_loss",
     "ppo_value_loss",
+    "expectile_loss",
+    "next_values",
+    "ilql_losses",
+    "advantage_logits",
 ]

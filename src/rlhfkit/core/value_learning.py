@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .masking import masked_mean
+
 
 def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
     """Elementwise ``|tau - 1(diff < 0)| * diff^2`` with ``diff = target - prediction``:
@@ -39,10 +41,6 @@ def next_values(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     nxt = torch.zeros_like(v)
     nxt[:, :-1] = v[:, 1:] * mask[:, 1:]
     return nxt * mask
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
 def ilql_losses(q_heads: list[torch.Tensor], target_q_taken: torch.Tensor, v: torch.Tensor, actions: torch.Tensor,

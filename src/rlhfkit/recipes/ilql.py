@@ -280,8 +280,8 @@ def run(config: ILQLConfig) -> dict:
         losses["loss"].backward()
         opt.step()
         heads.update_targets(config.target_update)
-        last = {"step": step, **{k: float(x) for k, x in losses.items()},
-                "v_first_token": float((v[:, 0]).mean())}
+        last = {"step": step, **{k: float(x.detach()) for k, x in losses.items()},
+                "v_first_token": float(v[:, 0].detach().mean())}
         log.write(json.dumps(last) + "\n")
         bar.update(1)
         bar.set_postfix(loss=f"{last['loss']:.4f}")

@@ -244,6 +244,32 @@ def test_reward_train_with_linear_probe_then_fine_tuning(tmp_path, tiny_encoder_
     assert metrics["eval_accuracy"] >= 0.9, metrics
 
 
+def test_epochs_0_with_a_linear_probe_is_the_probe_alone(tmp_path, tiny_encoder_rm_dir, pair_file):
+    """``--epochs 0 --linear_probe_steps N``: a reward model that is the frozen backbone and the
+    probed head (cheap enough to refit every round of a loop). The saved backbone is the one it
+    started from, the head is the probe's, and the held-out pairs are scored; ``--epochs 0``
+    without a probe is still refused (nothing would be trained)."""
+    import torch
+
+    from rlhfkit.models import load_reward_model
+
+    from .conftest import load_weights
+
+    args = ["--model", str(tiny_encoder_rm_dir), "--data", str(pair_file), "--output_dir", str(tmp_path / "rm"),
+            "--eval_fraction", "0.25", "--max_length", "48", "--tensorboard", "false", "--epochs", "0"]
+    with pytest.raises(ValueError, match="epochs"):
+        load_config(RewardConfig, None, args).validate()
+    cfg = load_config(RewardConfig, None, args + ["--linear_probe_steps", "50"])
+    metrics = reward_run(cfg)
+    assert metrics["step"] == 0 and metrics["probe_loss_after"] < metrics["probe_loss_before"]
+    assert metrics["eval_pairs"] == 40 and 0.5 < metrics["eval_accuracy"] <= 1.0
+    start, saved = load_weights(tiny_encoder_rm_dir), load_weights(tmp_path / "rm" / "model")
+    body = [k for k in start if not k.startswith("classifier")]
+    assert body and all(torch.equal(start[k], saved[k]) for k in body)
+    assert not torch.equal(start["classifier.weight"], saved["classifier.weight"])
+    load_reward_model(str(tmp_path / "rm" / "model"))  # loads as any trained reward model
+
+
 def test_plus_joins_training_sources_in_order(tmp_path):
     """``a+b`` reads a's records then b's (preference-model pretraining on several sets); a file
     whose own name contains '+' is still read as that file."""

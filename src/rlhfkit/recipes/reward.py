@@ -51,9 +51,13 @@ class RewardConfig(TrainingConfig):
     warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of steps with linear warm-up"})
     linear_probe_steps: int = field(default=0, metadata={"help": "first fit only the fresh scalar head on the frozen "
                                                                  "backbone's features (full-batch L-BFGS steps, 0 = off), "
-                                                                 "then fine-tune everything from it (LP-FT)"})
+                                                                 "then fine-tune everything from it (LP-FT); with "
+                                                                 "epochs 0 the probe is the model (a frozen backbone)"})
     linear_probe_l2: float = field(default=1e-3, metadata={"help": "L2 penalty on the head weights in the linear probe"})
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def trains_without_steps(self) -> bool:
+        return self.linear_probe_steps > 0  # epochs 0: the linear probe alone, backbone frozen
 
     def validate(self) -> None:
         super().validate()
@@ -269,13 +273,19 @@ def run(config: RewardConfig) -> dict:
         print(f"reward: {len(train)} training, {len(val_records)} validation and {len(eval_records)} held-out "
               f"{kind}, backbone {config.model}")
     resuming = config.resume and latest_checkpoint(config.output_dir) is not None
+    probe: dict = {}
     if config.linear_probe_steps and not resuming:  # a checkpoint already holds the probed head
         probe = linear_probe(model, train, collate, config)
         if info.is_main:
             print("reward: linear probe of the head: " + ", ".join(f"{k} {v:.4f}" for k, v in probe.items()))
-    metrics = fit(model, train, collate, make_loss(config.objective), count_examples, config, info,
-                  eval_fn, desc="reward", unit="pairs" if kind == "pairs" else "examples",
-                  final_eval_fn=scorer(eval_records, "eval") if val_records and eval_records else None)
+    if config.epochs == 0 and config.max_steps == 0:  # probe only: the backbone stays as it was
+        metrics = {"step": 0, **(probe if config.linear_probe_steps and not resuming else {})}
+        if eval_records and config.objective == "pairwise":
+            metrics.update(scorer(eval_records, "eval")(model.eval()))
+    else:
+        metrics = fit(model, train, collate, make_loss(config.objective), count_examples, config, info,
+                      eval_fn, desc="reward", unit="pairs" if kind == "pairs" else "examples",
+                      final_eval_fn=scorer(eval_records, "eval") if val_records and eval_records else None)
     save_final(model, tokenizer, config, metrics, info)
     if info.is_main:
         print(held_out_summary(metrics, Path(config.output_dir) / "model"))

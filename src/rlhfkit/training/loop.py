@@ -76,6 +76,11 @@ class TrainingConfig:
     tensorboard: bool = field(default=True, metadata={"help": "also log to TensorBoard when installed"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
 
+    def trains_without_steps(self) -> bool:
+        """Whether ``epochs: 0`` (no optimiser step) is a run: a recipe that fits something
+        else first (the reward recipe's linear probe) says so."""
+        return False
+
     def validate(self) -> None:
         if self.batch_size < 1 or self.micro_batch_size < 1:
             raise ValueError("batch_size and micro_batch_size must be >= 1")
@@ -86,7 +91,8 @@ class TrainingConfig:
             raise ValueError(f"field 'parallel': {self.parallel!r} is not one of ['ddp', 'fsdp', 'none']")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"field 'warmup_ratio': {self.warmup_ratio} is not in [0, 1)")
-        if self.epochs < 0 or self.max_steps < 0 or (self.epochs == 0 and self.max_steps == 0):
+        if self.epochs < 0 or self.max_steps < 0 or (self.epochs == 0 and self.max_steps == 0
+                                                     and not self.trains_without_steps()):
             raise ValueError("fields 'epochs' / 'max_steps': need epochs > 0 or max_steps > 0 (neither negative)")
         if self.save_every < 0 or self.eval_every < 0 or self.log_every < 1:
             raise ValueError("fields 'save_every' / 'eval_every' must be >= 0 and 'log_every' >= 1")

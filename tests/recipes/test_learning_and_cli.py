@@ -298,3 +298,5 @@ def test_held_out_summary_names_the_split_it_read_and_the_ties():
         {"val_accuracy": 0.5, "val_pairs": 10, "eval_accuracy": 0.7, "eval_pairs": 20}, m)
     assert held_out_summary({"loss": 0.1}, m).endswith("no held-out pairs to score it on "
                                                        "(give --eval_data FILE or --eval_fraction above 0)")
+    # thumbs / ratings: the summary does not ask for held-out data it would not score
+    assert "rlhfkit reward eval --model out/model" in held_out_summary({"loss": 0.1}, m, "classification")

@@ -288,15 +288,19 @@ def run(config: RewardConfig) -> dict:
                       final_eval_fn=scorer(eval_records, "eval") if val_records and eval_records else None)
     save_final(model, tokenizer, config, metrics, info)
     if info.is_main:
-        print(held_out_summary(metrics, Path(config.output_dir) / "model"))
+        print(held_out_summary(metrics, Path(config.output_dir) / "model", config.objective))
     cleanup(info)
     return metrics
 
 
-def held_out_summary(metrics: dict, model_dir: Path) -> str:
+def held_out_summary(metrics: dict, model_dir: Path, objective: str = "pairwise") -> str:
     """The line a person reads when training ends: where the model is and how it did on pairs it
-    did not train on (the held-out split when there is one, else the validation split)."""
+    did not train on (the held-out split when there is one, else the validation split). Ratings
+    and thumbs have no pairs to score here: the line says how to score the model instead."""
     parts = [f"reward: saved {model_dir}"]
+    if objective != "pairwise":
+        return parts[0] + (f"; its held-out metrics are pair metrics: score it on preference pairs with "
+                           f"rlhfkit reward eval --model {model_dir} --data PAIRS.jsonl")
     for prefix, name in (("eval", "held-out"), ("val", "validation")):
         if f"{prefix}_accuracy" in metrics:
             n, ties = int(metrics.get(f"{prefix}_pairs", 0)), int(metrics.get(f"{prefix}_ties", 0))

@@ -20,6 +20,10 @@ thumbs records (``train.jsonl`` / ``heldout.jsonl``); the classifier trains on t
 (``reward``: the reward recipe's settings, resumable from its checkpoints) and is scored on the
 second (``discriminator.json``): accuracy of the sign of the logit, and the share of held-out
 prompts whose demonstration scores above the policy's response to it.
+
+Wired by the recipe (what the ``reward`` section says is replaced): ``reward.data``,
+``eval_data``, ``eval_fraction`` (the split is by prompt, above), ``output_dir``
+(``output_dir``), ``seed`` (``seed``).
 """
 from __future__ import annotations
 

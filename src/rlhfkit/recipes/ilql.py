@@ -161,7 +161,10 @@ def encode(rows: list[dict], tok, config: ILQLConfig) -> list[dict]:
 def features(model, seqs: list[dict], batch_size: int, pad_id: int) -> list[torch.Tensor]:
     """The frozen model's last hidden state at each state ``s_t`` (the position whose output
     predicts ``a_t``): ``[T, H]`` per sequence."""
+    from rlhfkit.training.logging import progress_bar
+
     feats = []
+    bar = progress_bar(len(seqs), desc="ilql: features", unit="response")
     for start in range(0, len(seqs), batch_size):
         chunk = seqs[start:start + batch_size]
         full = [s["prompt_ids"] + s["actions"] for s in chunk]
@@ -174,6 +177,8 @@ def features(model, seqs: list[dict], batch_size: int, pad_id: int) -> list[torc
         for i, s in enumerate(chunk):
             P, T = len(s["prompt_ids"]), len(s["actions"])
             feats.append(h[i, P - 1:P - 1 + T].float().clone())
+        bar.update(len(chunk))
+    bar.close()
     return feats
 
 

@@ -36,12 +36,15 @@ def test_ilql_losses_by_hand():
     assert out["cql_loss"].item() == pytest.approx(cql)
     assert out["loss"].item() == pytest.approx(0.625 + 0.209 + 0.1 * cql)
 
-    # a padded third position changes nothing, and two heads add their losses
+    # a padded third position changes nothing, and two heads add their losses: a second head
+    # with Q(s0, a0) = 1.5, Q(s1, a1) = 1 (both on target: squared error 0) and flat rows (CQL log 2)
     pad = lambda x, val=0.0: torch.cat([x, torch.full_like(x[:, :1], val)], 1)  # noqa: E731
     q3 = torch.cat([q, torch.tensor([[[9.0, -9.0]]])], 1)
-    out3 = ilql_losses([q3, q3], pad(target_q, 7.0), pad(v, 3.0), pad(actions), pad(rewards, 5.0),
+    q3b = torch.tensor([[[1.5, 1.5], [1.0, 1.0], [0.0, 4.0]]])
+    out3 = ilql_losses([q3, q3b], pad(target_q, 7.0), pad(v, 3.0), pad(actions), pad(rewards, 5.0),
                        pad(mask), gamma=1.0, tau=0.7, cql_alpha=0.1)
-    assert out3["q_loss"].item() == pytest.approx(2 * 0.625) and out3["v_loss"].item() == pytest.approx(0.209)
+    assert out3["q_loss"].item() == pytest.approx(0.625 + 0.0) and out3["v_loss"].item() == pytest.approx(0.209)
+    assert out3["cql_loss"].item() == pytest.approx(cql + math.log(2))
 
 
 def test_gradients_reach_q_and_v_but_not_through_the_targets():

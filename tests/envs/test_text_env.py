@@ -85,6 +85,11 @@ def test_bad_input_is_refused_with_what_is_wrong(tok):
         TextGenerationEnv(tok, ["ok", 5], count_e)
     with pytest.raises(ValueError, match="unknown reward|reward"):
         TextGenerationEnv(tok, PROMPTS, "no-such-judge")
+    with pytest.raises(ValueError, match="below the tokenizer"):
+        TextGenerationEnv(tok, PROMPTS, count_e, vocab_size=10)
+    # a model with a padded output layer: every id it can emit is an action
+    wide = TextGenerationEnv(tok, PROMPTS, count_e, max_new_tokens=3, vocab_size=len(tok) + 64)
+    assert wide.action_space.n == len(tok) + 64
 
 
 def test_gym_make_and_a_vector_of_environments(tok):

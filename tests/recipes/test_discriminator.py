@@ -83,3 +83,27 @@ def test_conversations_and_bad_settings_are_refused(tmp_path):
         cfg.validate()
     with pytest.raises(ValueError, match="eval_fraction"):
         DiscriminatorConfig(eval_fraction=0).validate()
+
+
+def test_a_prompt_with_two_demonstrations_stays_on_one_side(tmp_path, tiny_policy_dir, tiny_encoder_rm_dir):
+    import random
+
+    from .conftest import sentence
+
+    rng = random.Random(5)
+    prompts = [sentence(rng, 4) for _ in range(20)]
+    demos = write_jsonl(tmp_path / "d.jsonl", [{"prompt": p, "completion": f" so it is {w} ."}
+                                               for p in prompts for w in ("red", "blue")])
+    args = ["reward", "discriminator", "--data", str(demos), "--policy", str(tiny_policy_dir),
+            "--output_dir", str(tmp_path / "disc"), "--max_new_tokens", "6", "--eval_fraction", "0.25",
+            "--reward.model", str(tiny_encoder_rm_dir), "--reward.epochs", "1", "--reward.max_length", "48",
+            "--threads", "1"]
+    r = run_cli(args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    train = [json.loads(x) for x in (tmp_path / "disc" / "train.jsonl").read_text().splitlines()]
+    held = [json.loads(x) for x in (tmp_path / "disc" / "heldout.jsonl").read_text().splitlines()]
+    assert not {x["prompt"] for x in train} & {x["prompt"] for x in held}
+    assert sum(x["label"] for x in held) == 10  # 5 of 20 prompts, both of their demonstrations
+    # other classifier settings in the same folder: refused, naming the flag as this command spells it
+    again = run_cli(args + ["--reward.learning_rate", "1e-3"])
+    assert again.returncode != 0 and "--reward.resume false" in again.stderr

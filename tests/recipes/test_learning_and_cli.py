@@ -269,6 +269,12 @@ def test_epochs_0_with_a_linear_probe_is_the_probe_alone(tmp_path, tiny_encoder_
     assert not torch.equal(start["classifier.weight"], saved["classifier.weight"])
     load_reward_model(str(tmp_path / "rm" / "model"))  # loads as any trained reward model
 
+    # a checkpoint left in the folder by a fine-tuning run is not taken for the probe
+    (tmp_path / "rm2" / "checkpoint-3").mkdir(parents=True)
+    cfg.output_dir = str(tmp_path / "rm2")
+    again = reward_run(cfg)
+    assert again["probe_loss_after"] == metrics["probe_loss_after"] and again["eval_accuracy"] == metrics["eval_accuracy"]
+
 
 def test_plus_joins_training_sources_in_order(tmp_path):
     """``a+b`` reads a's records then b's (preference-model pretraining on several sets); a file

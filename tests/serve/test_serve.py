@@ -339,11 +339,9 @@ def test_empty_turns_are_answered_and_stored(served):
     r = client.post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 2})
     assert r.status_code == 200, r.text
     stored = log.completion(r.json()["id"])
-    # the empty system prompt is left out; the blank user turn keeps its place
-    assert [(m["role"], m["content"]) for m in stored["messages"]] == [("user", "(empty message)")]
-    only = client.post("/v1/chat/completions", json={"messages": msgs[:1], "max_tokens": 2})
-    assert only.status_code == 200, only.text  # nothing but an empty system prompt: stored as one shown turn
-    assert [m["content"] for m in log.completion(only.json()["id"])["messages"]] == ["(empty message)"]
+    # both keep their place (leaving the system turn out would change what SmolLM2's template renders)
+    assert [(m["role"], m["content"]) for m in stored["messages"]] == [("system", "(empty message)"),
+                                                                       ("user", "(empty message)")]
     assert client.post("/v1/feedback", json={"completion_id": r.json()["id"], "thumbs": "down"}).status_code == 200
 
 

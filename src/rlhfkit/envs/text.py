@@ -40,13 +40,15 @@ __all__ = ["TextGenerationEnv", "run_policy_episode"]
 
 class TextGenerationEnv(gym.Env):
     """Token-by-token generation for ``prompts``, scored by ``reward`` at the end; see the module
-    docstring. ``prompts``: texts, or records with a ``prompt`` field (``datasets`` rows)."""
+    docstring. ``prompts``: texts, or records with a ``prompt`` field (``datasets`` rows);
+    ``vocab_size``: the action count when the model's output is wider than the tokenizer (0 = the
+    tokenizer's size)."""
 
     metadata = {"render_modes": ["ansi"]}
 
     def __init__(self, tokenizer: Any, prompts: Sequence[str] | Sequence[dict], reward: str | Callable,
                  max_new_tokens: int = 32, max_prompt_length: int = 64, chat_template: bool = False,
-                 missing_eos_penalty: float = 0.0, render_mode: str | None = None):
+                 missing_eos_penalty: float = 0.0, render_mode: str | None = None, vocab_size: int = 0):
         from rlhfkit.rewards import build_reward
 
         texts = [p["prompt"] if isinstance(p, dict) else p for p in prompts]
@@ -67,7 +69,11 @@ class TextGenerationEnv(gym.Env):
         self.chat_template, self.missing_eos_penalty = chat_template, float(missing_eos_penalty)
         self.render_mode = render_mode
         self.length = self.max_prompt_length + self.max_new_tokens
-        vocab = len(tokenizer)
+        # the tokenizer's tokens; a model whose output layer is padded wider (Qwen) may pass its
+        # own width, so that every id it can emit is an action
+        vocab = int(vocab_size) or len(tokenizer)
+        if vocab < len(tokenizer):
+            raise ValueError(f"vocab_size {vocab} is below the tokenizer's {len(tokenizer)} tokens")
         self.action_space = spaces.Discrete(vocab)
         ids = spaces.Box(0, vocab - 1, shape=(self.length,), dtype=np.int64)
         self.observation_space = spaces.Dict({"input_ids": ids,
@@ -150,7 +156,8 @@ def run_policy_episode(env, model, seed: int | None = None, temperature: float =
         n = int(obs["attention_mask"].sum())
         ids = torch.as_tensor(obs["input_ids"][:n]).unsqueeze(0)
         with torch.no_grad():
-            logits = model(input_ids=ids).logits[0, -1].float()
+            # a model wider than the environment (padded output layer) picks only among its actions
+            logits = model(input_ids=ids).logits[0, -1, :int(env.action_space.n)].float()
         if temperature == 0:
             action = int(logits.argmax())
         else:

@@ -13,13 +13,15 @@ policy's at the optimum of the classifier, the reward of adversarial imitation (
 2016; this form AIRL's, Fu et al. 2018). Trained once against a fixed policy it is a reward model
 like any other (``rm:`` spec); retrained against each new policy it is the adversarial loop.
 
-Steps: the demonstrations (``prompt`` / ``completion`` records or a named set) are split by record
-into a training and a held-out part; the policy answers every prompt ``samples_per_prompt``
-times (``samples.jsonl``, kept and reused when rerun with the same settings); both parts become
-thumbs records (``train.jsonl`` / ``heldout.jsonl``); the classifier trains on the first
-(``reward``: the reward recipe's settings, resumable from its checkpoints) and is scored on the
-second (``discriminator.json``): accuracy of the sign of the logit, and the share of held-out
-prompts whose demonstration scores above the policy's response to it.
+Steps: the policy answers every demonstration's prompt ``samples_per_prompt`` times
+(``samples.jsonl``, kept and reused when rerun with the same settings, data file contents
+included); the demonstrations (``prompt`` / ``completion`` records or a named set) are split by
+prompt into a training and a held-out part; both parts become thumbs records (``train.jsonl`` /
+``heldout.jsonl``; empty policy responses are left out and counted); the classifier trains on
+the first (``reward``: the reward recipe's settings, resumable from its checkpoints; a changed
+``train.jsonl`` trains afresh) and is scored on the second (``discriminator.json``): the
+balanced accuracy of the sign of the logit, and the share of held-out (demonstration, policy
+response) pairs of one prompt in which the demonstration scores higher.
 
 Wired by the recipe (what the ``reward`` section says is replaced): ``reward.data``,
 ``eval_data``, ``eval_fraction`` (the split is by prompt, above), ``output_dir``
@@ -124,9 +126,10 @@ def sample_policy(config: DiscriminatorConfig, prompts: list[str]) -> list[str]:
 def _sample_settings(config: DiscriminatorConfig) -> dict:
     from rlhfkit.pipeline.cache import with_content
 
-    keys = ("data", "max_demos", "samples_per_prompt", "max_new_tokens", "temperature", "max_prompt_length",
+    keys = ("max_demos", "samples_per_prompt", "max_new_tokens", "temperature", "max_prompt_length",
             "chat_template", "seed", "on_error")
-    return {"policy": with_content(config.policy), **{k: getattr(config, k) for k in keys}}
+    return {"policy": with_content(config.policy), "data": with_content(config.data),
+            **{k: getattr(config, k) for k in keys}}
 
 
 def score_heldout(model_dir: str, heldout: list[dict], max_length: int) -> dict:
@@ -164,21 +167,26 @@ def run(config: DiscriminatorConfig) -> dict:
     # the policy's responses: the slow part, so kept and reused when the settings are the same
     settings = _sample_settings(config)
     samples_file, settings_file = out / "samples.jsonl", out / "samples_settings.json"
-    if samples_file.exists() and settings_file.exists() and json.loads(settings_file.read_text()) == settings:
-        samples = [json.loads(x)["response"] for x in samples_file.read_text(encoding="utf-8").splitlines() if x]
+    wanted = [p for p in prompts for _ in range(config.samples_per_prompt)]
+    kept = ([json.loads(x) for x in samples_file.read_text(encoding="utf-8").splitlines() if x]
+            if samples_file.exists() and settings_file.exists()
+            and json.loads(settings_file.read_text(encoding="utf-8")) == settings else None)
+    if kept is not None and [r["prompt"] for r in kept] == wanted:  # the same prompts, in order
+        samples = [r["response"] for r in kept]
         print(f"discriminator: {len(samples)} policy responses reused from {samples_file}")
     else:
         samples = sample_policy(config, prompts)
-        write_jsonl(samples_file, [{"prompt": p, "response": r}
-                                    for p, r in zip([p for p in prompts for _ in range(config.samples_per_prompt)],
-                                                    samples)])
+        write_jsonl(samples_file, [{"prompt": p, "response": r} for p, r in zip(wanted, samples)])
         settings_file.write_text(json.dumps(settings, indent=1), encoding="utf-8")
 
-    # split by demonstration: a prompt's demonstration and the policy's responses to it fall on
-    # the same side, so the held-out score never rests on a prompt the classifier trained on
+    # split by prompt: a prompt's demonstrations and the policy's responses to it fall on the
+    # same side, so the held-out score never rests on a prompt the classifier trained on
     k = config.samples_per_prompt
-    index = list(range(len(demos)))
-    train_idx, held_idx = split_holdout(index, config.eval_fraction, config.seed)
+    by_prompt: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_prompt.setdefault(p, []).append(i)
+    train_groups, held_groups = split_holdout(list(by_prompt.values()), config.eval_fraction, config.seed)
+    train_idx, held_idx = [i for g in train_groups for i in g], [i for g in held_groups for i in g]
     if not train_idx or not held_idx:
         raise ValueError(f"{len(demos)} demonstrations leave nothing to train on or hold out at eval_fraction "
                          f"{config.eval_fraction}")
@@ -219,16 +227,22 @@ def run(config: DiscriminatorConfig) -> dict:
     rc.eval_fraction = 0.0  # held out above, by prompt
     if config.threads:
         rc.threads = config.threads
-    metrics = reward_recipe.run(rc)
+    from rlhfkit.training.config import ConfigError
+
+    try:
+        metrics = reward_recipe.run(rc)
+    except ConfigError as e:  # the reward recipe's advice names its own flags; here they sit under reward.
+        raise ConfigError(str(e).replace("--resume false", "--reward.resume false")) from None
+    trained = sum(any(s.strip() for s in samples[i * k:(i + 1) * k]) for i in train_idx)
     report = {"model": str(out / "model"), "policy": config.policy, "data": config.data,
-              "train_demonstrations": len(train_idx), "samples_per_prompt": k,
+              "train_demonstrations": trained, "samples_per_prompt": k,
               "empty_policy_responses": empty, **score_heldout(str(out / "model"), heldout, rc.max_length),
               "train_loss": (metrics or {}).get("loss")}
     (out / "discriminator.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     print(f"discriminator: saved {report['model']} (reward spec rm:{report['model']}); held-out balanced accuracy "
           f"{report['accuracy']:.3f} on {report['heldout_demonstrations']} demonstrations and "
           f"{report['heldout_policy_responses']} policy responses; the demonstration scores above the policy's "
-          f"response for {report['demonstration_preferred']:.3f} of held-out prompts (mean logit "
+          f"response in {report['demonstration_preferred']:.3f} of held-out pairs (mean logit "
           f"{report['mean_logit_demonstrations']:+.2f} vs {report['mean_logit_policy']:+.2f})")
     return report
 

@@ -11,6 +11,9 @@ on-policy samples, only the data. The backbone stays frozen, so its features are
 and the heads train in seconds to minutes on a CPU; the model's own weights are untouched and
 ``beta = 0`` gives back its samples exactly.
 
+A response cut at ``max_response_length`` is still treated as ended there, with its full reward
+after the cut (the data says nothing about what would have followed).
+
 Data: ``pairs`` (chosen earns ``chosen_reward``, rejected ``rejected_reward``), ``ratings``
 (scaled to [-1, 1] over the record's scale) or ``thumbs`` (up +1, down -1); a named set or a
 file. Held out by prompt (``eval_fraction``): with ``eval_reward`` (any reward spec), the
@@ -42,7 +45,7 @@ class ILQLConfig:
     output_dir: str = field(default="outputs/ilql", metadata={"help": "heads.safetensors, ilql.json, metrics.jsonl"})
     chosen_reward: float = field(default=1.0, metadata={"help": "pairs: reward of the chosen response"})
     rejected_reward: float = field(default=-1.0, metadata={"help": "pairs: reward of the rejected response"})
-    max_records: int = field(default=0, metadata={"help": "use at most this many records (0 = all), drawn by seed"})
+    max_records: int = field(default=0, metadata={"help": "use at most this many records (pairs, ratings or thumbs; 0 = all), drawn by seed"})
     eval_fraction: float = field(default=0.1, metadata={"help": "records held out by prompt (their prompts answer the evaluation)"})
     max_prompt_length: int = field(default=128, metadata={"help": "prompt tokens kept (the last ones)"})
     max_response_length: int = field(default=64, metadata={"help": "response tokens kept (the first ones, then EOS when it fits)"})
@@ -50,7 +53,7 @@ class ILQLConfig:
     tau: float = field(default=0.7, metadata={"help": "expectile of the value loss (0.5 = mean; ILQL uses 0.7)"})
     cql_alpha: float = field(default=0.1, metadata={"help": "weight of the conservative (CQL) term"})
     target_update: float = field(default=0.01, metadata={"help": "Polyak rate of the target Q heads per step"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the heads"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the heads (1e-3 made the Q loss swing on SmolLM2-135M features)"})
     epochs: float = field(default=4.0, metadata={"help": "passes over the training sequences"})
     batch_size: int = field(default=16, metadata={"help": "sequences per step"})
     feature_batch_size: int = field(default=8, metadata={"help": "sequences per forward pass of the frozen model"})
@@ -62,8 +65,15 @@ class ILQLConfig:
     seed: int = field(default=0, metadata={"help": "seed of the split, the heads' initialisation, the order and the sampling"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
     on_error: str = field(default="raise", metadata={"help": "bad records: raise, or skip and count"})
+    resume: bool = field(default=True, metadata={"help": "a finished run in output_dir with the same settings is kept (with other settings: refused); false trains again and overwrites"})
 
     def validate(self) -> None:
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"field 'on_error': {self.on_error!r} is not one of ['raise', 'skip']")
+        if self.epochs <= 0 or self.learning_rate <= 0:
+            raise ValueError("fields 'epochs' and 'learning_rate' must be > 0")
+        if self.max_records < 0:
+            raise ValueError("field 'max_records' must be >= 0 (0 = all)")
         if self.kind not in KINDS:
             raise ValueError(f"field 'kind': {self.kind!r} is not one of {list(KINDS)}")
         if not 0 <= self.eval_fraction < 1:
@@ -84,17 +94,25 @@ class ILQLConfig:
 
 
 class ILQLHeads(nn.Module):
-    """Two Q heads ``hidden -> vocab``, their targets (no gradient), and a value head. Q heads
-    start at 0 and V at 0, so ``beta * (Q - V)`` starts at 0: decoding begins as the model."""
+    """Two Q heads ``hidden -> vocab``, their targets (copies that follow them slowly, no
+    gradient), and a value head. The Q heads start from small independent random weights
+    (``init_std``), so they differ and ``min_i Q_i`` has something to take the minimum of (two
+    heads started equal would get equal gradients and stay equal); biases and V start at 0, so
+    ``beta * (Q - V)`` starts near 0: decoding begins as the model."""
 
-    def __init__(self, hidden: int, vocab: int):
+    def __init__(self, hidden: int, vocab: int, seed: int = 0, init_std: float = 1e-3):
         super().__init__()
         self.q = nn.ModuleList(nn.Linear(hidden, vocab) for _ in range(2))
         self.target_q = nn.ModuleList(nn.Linear(hidden, vocab) for _ in range(2))
         self.v = nn.Linear(hidden, 1)
-        for layer in [*self.q, *self.target_q, self.v]:
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for q, t in zip(self.q, self.target_q):
+                q.weight.copy_(torch.randn(q.weight.shape, generator=g) * init_std)
+                nn.init.zeros_(q.bias)
+                t.load_state_dict(q.state_dict())
+            nn.init.zeros_(self.v.weight)
+            nn.init.zeros_(self.v.bias)
         self.target_q.requires_grad_(False)
 
     def forward(self, h: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -121,6 +139,9 @@ def rewarded_responses(config: ILQLConfig) -> list[dict]:
     from rlhfkit.recipes.common import load_training_records
 
     records = load_training_records(config.data, config.kind, config.on_error)
+    if config.max_records and config.max_records < len(records):
+        keep = sorted(random.Random(config.seed).sample(range(len(records)), config.max_records))
+        records = [records[i] for i in keep]
     rows = []
     for r in records:
         if config.kind == "pairs":
@@ -130,6 +151,9 @@ def rewarded_responses(config: ILQLConfig) -> list[dict]:
             rows.append({"prompt": r.prompt, "response": r.rejected, "reward": config.rejected_reward})
         elif config.kind == "ratings":
             mid, half = (r.scale_max + r.scale_min) / 2, (r.scale_max - r.scale_min) / 2
+            if half <= 0:
+                raise ValueError(f"{config.data}: a rating's scale_max must be above its scale_min "
+                                 f"(got {r.scale_min} to {r.scale_max})")
             rows.append({"prompt": r.prompt, "response": r.completion, "reward": (r.rating - mid) / half})
         else:
             rows.append({"prompt": r.prompt, "response": r.completion, "reward": 1.0 if r.label else -1.0})
@@ -246,16 +270,23 @@ def run(config: ILQLConfig) -> dict:
     out = Path(config.output_dir)
     settings = {**asdict(config), "model": with_content(config.model), "data": with_content(config.data)}
     settings.pop("threads")
+    settings.pop("resume")
     done = out / "ilql.json"
-    if done.exists() and (prev := json.loads(done.read_text(encoding="utf-8"))).get("settings") == settings:
-        print(f"ilql: {out} holds this run, finished (heads.safetensors); --output_dir elsewhere to train again")
-        return prev["metrics"]
+    if config.resume and done.exists():
+        prev = json.loads(done.read_text(encoding="utf-8"))
+        if prev.get("settings") == settings:
+            print(f"ilql: {out} holds this run, finished (heads.safetensors; --resume false trains again)")
+            return prev["metrics"]
+        from rlhfkit.training.config import ConfigError
+
+        diffs = [f"{k}: {prev['settings'].get(k)!r} -> {v!r}" for k, v in settings.items()
+                 if prev.get("settings", {}).get(k) != v]
+        raise ConfigError(f"{out} holds a finished ilql run with other settings ({'; '.join(diffs)}); give another "
+                          "--output_dir, or --resume false to train again and overwrite it")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 
     rows = rewarded_responses(config)
-    if config.max_records and config.max_records < len(rows):
-        rows = random.Random(config.seed).sample(rows, config.max_records)
     train_rows, held_rows = split_by_prompt(rows, config.eval_fraction, config.seed)
     model, tok = load_policy(config.model)
     model.eval().requires_grad_(False)
@@ -263,7 +294,7 @@ def run(config: ILQLConfig) -> dict:
     print(f"ilql: {len(seqs)} training responses ({len(held_rows)} held out by prompt), model {config.model}")
     feats = features(model, seqs, config.feature_batch_size, tok.pad_token_id)
 
-    heads = ILQLHeads(feats[0].shape[-1], model.get_output_embeddings().weight.shape[0])
+    heads = ILQLHeads(feats[0].shape[-1], model.get_output_embeddings().weight.shape[0], seed=config.seed)
     opt = torch.optim.AdamW([p for p in heads.parameters() if p.requires_grad], lr=config.learning_rate)
     steps = max(1, math.ceil(config.epochs * len(seqs) / config.batch_size))
     order_rng = random.Random(config.seed)

@@ -272,14 +272,17 @@ def run(config: RewardConfig) -> dict:
     if info.is_main:
         print(f"reward: {len(train)} training, {len(val_records)} validation and {len(eval_records)} held-out "
               f"{kind}, backbone {config.model}")
-    resuming = config.resume and latest_checkpoint(config.output_dir) is not None
+    probe_only = config.epochs == 0 and config.max_steps == 0  # the backbone stays as it was
+    # a checkpoint already holds the probed head, unless there is no training to resume (probe
+    # only: a checkpoint left by an earlier fine-tuning run in this folder is not this run's)
+    resuming = config.resume and not probe_only and latest_checkpoint(config.output_dir) is not None
     probe: dict = {}
-    if config.linear_probe_steps and not resuming:  # a checkpoint already holds the probed head
+    if config.linear_probe_steps and not resuming:
         probe = linear_probe(model, train, collate, config)
         if info.is_main:
             print("reward: linear probe of the head: " + ", ".join(f"{k} {v:.4f}" for k, v in probe.items()))
-    if config.epochs == 0 and config.max_steps == 0:  # probe only: the backbone stays as it was
-        metrics = {"step": 0, **(probe if config.linear_probe_steps and not resuming else {})}
+    if probe_only:
+        metrics = {"step": 0, **probe}
         if eval_records and config.objective == "pairwise":
             metrics.update(scorer(eval_records, "eval")(model.eval()))
     else:

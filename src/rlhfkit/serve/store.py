@@ -97,12 +97,11 @@ class FeedbackLog:
 
         # the store's items hold no empty text; an empty turn is legal in a request (an empty
         # system prompt, a blank user turn) and must not fail the storing of a reply already made.
-        # An empty system prompt is left out (the conversation reads the same without it, and a
-        # placeholder would be text the model never saw in what is trained on later); any other
-        # blank turn keeps its place, shown as "(empty message)".
-        kept = [m for m in messages if m["role"] != "system" or m["content"].strip()] or list(messages)[-1:]
+        # It keeps its place, shown as "(empty message)": leaving an empty system turn out would
+        # change what a template renders (SmolLM2's adds its default system prompt when the
+        # conversation has none), so the stored conversation would not be the one answered.
         item = parse_item({"messages": [dict(role=m["role"], content=_shown(m["content"], "(empty message)"))
-                                        for m in kept],
+                                        for m in messages],
                            "completion": _shown(completion, "(empty response)"),
                            "model": model, "id": completion_id}, "thumbs", self.scale)
         pid = self._pids["thumbs"]

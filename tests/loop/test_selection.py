@@ -47,6 +47,22 @@ def test_bald_by_hand():
     assert bald.tolist() == pytest.approx([0.0, expect_1, 0.0], abs=1e-12)
 
 
+def test_double_thompson_sampling_by_hand():
+    """Each member names its favourite candidate of a prompt; a pair scores the share of ordered
+    pairs of distinct members whose favourites are its two candidates (3 members: 6 ordered pairs)."""
+    scores = torch.tensor([[3.0, 1.0, 0.0, 1.0, 0.0],
+                           [0.0, 2.0, 1.0, 1.0, 0.0],
+                           [0.0, 5.0, 1.0, 1.0, 0.0]])
+    groups = [0, 0, 0, 1, 1]  # prompt 0: candidates 0-2, favourites 0, 1, 1; prompt 1: all favour 3
+    pairs = candidate_pairs(groups)
+    assert pairs == [(0, 1), (0, 2), (1, 2), (3, 4)]
+    # (0, 1) is named by member pairs (0,1), (0,2), (1,0), (2,0): 4 of 6; prompt 1's members agree
+    assert pair_uncertainty(scores, pairs, "dts", groups).tolist() == pytest.approx([4 / 6, 0.0, 0.0, 0.0])
+    assert select_pairs(pairs, 1, "uncertainty", seed=0, scores=scores, groups=groups, measure="dts") == [0]
+    with pytest.raises(ValueError, match="groups"):
+        pair_uncertainty(scores, pairs, "dts")
+
+
 def test_uncertainty_selection_picks_the_highest_disagreement():
     assert select_pairs(PAIRS, 1, "uncertainty", seed=0, scores=SCORES, groups=GROUPS) == [1]
     for seed in range(5):  # the order of the rest is only a tie-break: pair 1 is always first

@@ -41,7 +41,7 @@ class LoopConfig:
     temperature: float = field(default=1.0, metadata={"help": "candidate and evaluation sampling temperature"})
     # --- selection
     selection: str = field(default="uncertainty", metadata={"help": "uncertainty (reward-model ensemble) or random (the baseline); round 1 is random (no ensemble yet)"})
-    uncertainty: str = field(default="variance", metadata={"help": "variance (ensemble disagreement of sigmoid(r_a - r_b)) or margin (mean closest to 0.5)"})
+    uncertainty: str = field(default="variance", metadata={"help": "variance (ensemble disagreement of sigmoid(r_a - r_b)), bald, margin (mean closest to 0.5) or dts (double Thompson sampling: members disagree about the best candidate)"})
     labels_per_round: int = field(default=32, metadata={"help": "pairs sent to labelers each round (the label budget per round)"})
     max_pairs_per_prompt: int = field(default=1, metadata={"help": "cap on selected pairs from one prompt (0 = none)"})
     ensemble_size: int = field(default=3, metadata={"help": "reward models in the ensemble (>= 2 for variance)"})
@@ -92,7 +92,7 @@ class LoopConfig:
             raise ValueError("field 'heldout_samples': needs >= 2 samples per held-out prompt to make pairs")
         if self.num_candidates < 2:
             raise ValueError("field 'num_candidates': needs >= 2 responses per prompt to make pairs")
-        if self.selection == "uncertainty" and self.uncertainty in ("variance", "bald") and self.ensemble_size < 2:
+        if self.selection == "uncertainty" and self.uncertainty in ("variance", "bald", "dts") and self.ensemble_size < 2:
             raise ValueError(f"{self.uncertainty} selection needs ensemble_size >= 2 (disagreement between members)")
         if self.ensemble_size < 1 or self.rounds < 1 or self.labels_per_round < 1:
             raise ValueError("ensemble_size, rounds and labels_per_round must be >= 1")

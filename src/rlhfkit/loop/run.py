@@ -284,7 +284,8 @@ class Loop:
             scores = ensemble_scores(members, [x["prompt"] for x in cand], texts, max_length=c.reward.max_length)
         chosen = select_pairs(pairs, c.labels_per_round, method, seed=_step_seed(c.seed, r, 31), scores=scores,
                               groups=groups, measure=c.uncertainty, max_per_group=c.max_pairs_per_prompt)
-        u = pair_uncertainty(scores, pairs, c.uncertainty).tolist() if scores is not None and len(members) > 1 and pairs else None
+        u = (pair_uncertainty(scores, pairs, c.uncertainty, groups).tolist()
+             if scores is not None and len(members) > 1 and pairs else None)
         rows = []
         for i in chosen:
             a, b = pairs[i]

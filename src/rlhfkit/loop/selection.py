@@ -16,6 +16,12 @@ uncertainty measures, higher = more worth a label:
 - ``margin``: ``-|mean_m p_m - 0.5|``, closest to a coin flip by the mean (uncertainty sampling,
   Lewis & Gale 1994). It also picks pairs that are genuinely close (aleatoric), which a label
   resolves less.
+- ``dts``: double Thompson sampling made deterministic (Dwaracherla et al. 2024, "Efficient
+  Exploration for LLMs"): each member stands for a posterior sample and names its favourite
+  candidate of the prompt; a pair's score is the share of ordered pairs of distinct members
+  whose favourites are exactly its two candidates (the chance that double TS would query it).
+  It asks about the top of each prompt's candidates, where best-of-n and the policy's reward
+  live, and only where members disagree about the best; pairs no member favours score 0.
 
 ``select_pairs`` takes the ``n`` most uncertain pairs greedily, at most ``max_per_group`` per
 prompt (a batch of near-duplicates from one prompt teaches less than pairs spread over prompts;
@@ -30,7 +36,7 @@ from typing import Sequence
 import torch
 
 METHODS = ("uncertainty", "random")
-MEASURES = ("variance", "bald", "margin")
+MEASURES = ("variance", "bald", "margin", "dts")
 
 
 def candidate_pairs(groups: Sequence[int], texts: Sequence[str] | None = None) -> list[tuple[int, int]]:
@@ -63,8 +69,36 @@ def bernoulli_entropy(p: torch.Tensor) -> torch.Tensor:
     return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p))
 
 
-def pair_uncertainty(scores: torch.Tensor, pairs: Sequence[tuple[int, int]], measure: str = "variance") -> torch.Tensor:
-    """``[P]`` uncertainty of each pair (higher = label it first); see the module docstring."""
+def double_ts_probs(scores: torch.Tensor, pairs: Sequence[tuple[int, int]], groups: Sequence[int]) -> torch.Tensor:
+    """``[P]``: for each pair, the share of ordered pairs (m, m') of distinct members whose
+    favourite candidates of the pair's prompt (highest score among the prompt's candidates, the
+    lowest index on a tie) are the pair's two candidates, in either order."""
+    if scores.dim() == 1 or scores.shape[0] < 2:
+        raise ValueError("dts needs an ensemble of at least 2 reward models")
+    M = scores.shape[0]
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    favourite: dict[int, list[int]] = {}  # group -> favourite candidate of each member
+    for g, idx in members.items():
+        best = scores[:, torch.as_tensor(idx)].argmax(dim=1).tolist()
+        favourite[g] = [idx[b] for b in best]
+    out = torch.zeros(len(pairs), dtype=torch.float64)
+    for k, (a, b) in enumerate(pairs):
+        fav = favourite[groups[a]]
+        hits = sum(1 for m in range(M) for n in range(M) if m != n and {fav[m], fav[n]} == {a, b})
+        out[k] = hits / (M * (M - 1))
+    return out
+
+
+def pair_uncertainty(scores: torch.Tensor, pairs: Sequence[tuple[int, int]], measure: str = "variance",
+                     groups: Sequence[int] | None = None) -> torch.Tensor:
+    """``[P]`` uncertainty of each pair (higher = label it first); see the module docstring.
+    ``groups`` (candidate -> prompt) is needed by ``dts`` only."""
+    if measure == "dts":
+        if groups is None:
+            raise ValueError("dts needs the candidates' prompts (groups)")
+        return double_ts_probs(scores.double(), pairs, groups)
     p = preference_probs(scores.double(), pairs)
     if measure == "variance":
         return p.var(dim=0, unbiased=False)
@@ -91,9 +125,9 @@ def select_pairs(pairs: Sequence[tuple[int, int]], n: int, method: str, seed: in
     if method == "uncertainty":
         if scores is None:
             raise ValueError("uncertainty selection needs the ensemble's scores")
-        if measure in ("variance", "bald") and (scores.dim() == 1 or scores.shape[0] < 2):
+        if measure in ("variance", "bald", "dts") and (scores.dim() == 1 or scores.shape[0] < 2):
             raise ValueError(f"{measure} needs an ensemble of at least 2 reward models")
-        u = pair_uncertainty(scores, pairs, measure).tolist()
+        u = pair_uncertainty(scores, pairs, measure, groups).tolist()
         order.sort(key=lambda i: -u[i])  # stable: equal uncertainty keeps the random order
     chosen: list[int] = []
     used: dict[int, int] = {}

@@ -127,10 +127,9 @@ class TextGenerationEnv(gym.Env):
         return self.tokenizer.decode(body, skip_special_tokens=True)
 
     def _encode(self, prompt: str) -> list[int]:
-        from rlhfkit.rollout import tokenize_prompts
+        from rlhfkit.rollout import prompt_token_ids
 
-        ids, mask = tokenize_prompts([prompt], self.tokenizer, self.max_prompt_length, self.chat_template)
-        return ids[0][mask[0].bool()].tolist()
+        return prompt_token_ids(prompt, self.tokenizer, self.max_prompt_length, self.chat_template)
 
     def _observation(self) -> dict:
         seq = self._prompt_ids + self._response

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +98,7 @@ class LeaderboardConfig(_Sampling):
 def load_eval_prompts(c: _Sampling) -> list[str]:
     """The held-out prompts: all prompts of ``c.prompts`` minus those in ``c.exclude_prompts``,
     then ``c.max_prompts`` of them drawn with ``random.Random(c.seed)`` (in source order)."""
-    from rlhfkit.recipes.common import load_training_records
+    from rlhfkit.recipes.common import draw_in_order, load_training_records
 
     if c.prompts == "movie-reviews":
         from rlhfkit.data.shared_sets import load_movie_review_prompts
@@ -110,9 +109,7 @@ def load_eval_prompts(c: _Sampling) -> list[str]:
     if c.exclude_prompts:
         drop = {r.prompt for r in load_training_records(c.exclude_prompts, "prompts")}
         prompts = [p for p in prompts if p not in drop]
-    if c.max_prompts and c.max_prompts < len(prompts):
-        keep = sorted(random.Random(c.seed).sample(range(len(prompts)), c.max_prompts))
-        prompts = [prompts[i] for i in keep]
+    prompts = draw_in_order(prompts, c.max_prompts, c.seed)
     if not prompts:
         raise ValueError(f"no evaluation prompts in {c.prompts!r}")
     return prompts

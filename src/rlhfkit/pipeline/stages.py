@@ -223,6 +223,7 @@ def _split_prompts(pool: list[str], fb) -> tuple[list[str], list[str]]:
 
 def stage_feedback(ctx: Context, d: Path) -> dict:
     from rlhfkit.data import write_jsonl
+    from rlhfkit.recipes.common import draw_in_order, split_by_prompt
 
     fb = ctx.config.feedback
     stats: dict = {"source": fb.source}
@@ -239,9 +240,7 @@ def stage_feedback(ctx: Context, d: Path) -> dict:
             pairs = load_training_records(fb.data, "pairs", ties="drop")
         else:
             pairs = [p for p in _export_store(fb) if not p.tie]
-        if fb.max_pairs and fb.max_pairs < len(pairs):
-            keep = sorted(random.Random(fb.seed).sample(range(len(pairs)), fb.max_pairs))
-            pairs = [pairs[i] for i in keep]
+        pairs = draw_in_order(pairs, fb.max_pairs, fb.seed)
         train_prompts = eval_prompts = None
         train_pairs, held_pairs = split_by_prompt(pairs, fb.eval_fraction, fb.seed)
     if train_prompts is None:
@@ -263,17 +262,6 @@ def stage_feedback(ctx: Context, d: Path) -> dict:
                   "eval_prompts": len(eval_prompts)})
     print(f"pipeline: feedback: {json.dumps(stats)}")
     return stats
-
-
-def split_by_prompt(pairs: list, fraction: float, seed: int) -> tuple[list, list]:
-    """``(train, held-out)`` pairs, whole prompts held out: with several pairs per prompt (K-way
-    rankings, or one pair labelled by several people in the app) a held-out pair must not share
-    its prompt, and so a response or the very same pair, with a training pair."""
-    from rlhfkit.recipes.common import split_holdout
-
-    _, held_prompts = split_holdout(list(dict.fromkeys(p.prompt for p in pairs)), fraction, seed)
-    held = set(held_prompts)
-    return [p for p in pairs if p.prompt not in held], [p for p in pairs if p.prompt in held]
 
 
 def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, dict]:

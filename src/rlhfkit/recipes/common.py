@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +118,26 @@ def split_holdout(records: list, eval_fraction: float, seed: int) -> tuple[list,
     train = [records[i] for i in order[: len(records) - n_eval]]
     held = [records[i] for i in order[len(records) - n_eval:]]
     return train, held
+
+
+def split_by_prompt(items: list, fraction: float, seed: int, prompt_of=lambda x: x.prompt) -> tuple[list, list]:
+    """``(train, held-out)`` items, whole prompts held out (``split_holdout`` over the distinct
+    prompts, in first-seen order): with several items per prompt (K-way rankings, one pair
+    labelled by several people, a chosen and a rejected response, several demonstrations) a
+    held-out item must not share its prompt, and so a response, with a training item.
+    ``prompt_of``: the item's prompt (default its ``prompt`` attribute)."""
+    _, held_prompts = split_holdout(list(dict.fromkeys(prompt_of(x) for x in items)), fraction, seed)
+    held = set(held_prompts)
+    return [x for x in items if prompt_of(x) not in held], [x for x in items if prompt_of(x) in held]
+
+
+def draw_in_order(items: list, n: int, seed: int) -> list:
+    """``n`` of ``items`` drawn by ``seed``, in their original order (all when ``n`` is 0 or not
+    below their count): the ``max_*`` limits of data and prompts."""
+    if not n or n >= len(items):
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in keep]
 
 
 def first_n(records: list, n: int) -> list:

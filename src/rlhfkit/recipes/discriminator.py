@@ -77,10 +77,8 @@ def load_demonstrations(config: DiscriminatorConfig) -> list:
     """``CompletionRecord`` demonstrations; conversations are refused naming the first one (a
     policy answers a prompt text here, and a rendered conversation is not the text the
     classifier would later score)."""
-    import random
-
     from rlhfkit.data.records import CompletionRecord
-    from rlhfkit.recipes.common import load_training_records
+    from rlhfkit.recipes.common import draw_in_order, load_training_records
     from rlhfkit.training.config import ConfigError
 
     records = load_training_records(config.data, "sft", config.on_error)
@@ -90,10 +88,7 @@ def load_demonstrations(config: DiscriminatorConfig) -> list:
                               f"takes prompt/completion demonstrations (the last assistant turn as the completion)")
     if not records:
         raise ConfigError(f"{config.data}: no demonstrations")
-    if config.max_demos and config.max_demos < len(records):
-        keep = sorted(random.Random(config.seed).sample(range(len(records)), config.max_demos))
-        records = [records[i] for i in keep]
-    return records
+    return draw_in_order(records, config.max_demos, config.seed)
 
 
 def sample_policy(config: DiscriminatorConfig, prompts: list[str]) -> list[str]:
@@ -155,7 +150,7 @@ def run(config: DiscriminatorConfig) -> dict:
 
     from rlhfkit.data.readers import write_jsonl
     from rlhfkit.recipes import reward as reward_recipe
-    from rlhfkit.recipes.common import set_threads, split_holdout
+    from rlhfkit.recipes.common import set_threads, split_by_prompt
 
     config.validate()
     set_threads(config.threads)
@@ -182,24 +177,22 @@ def run(config: DiscriminatorConfig) -> dict:
     # split by prompt: a prompt's demonstrations and the policy's responses to it fall on the
     # same side, so the held-out score never rests on a prompt the classifier trained on
     k = config.samples_per_prompt
-    by_prompt: dict[str, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_prompt.setdefault(p, []).append(i)
-    train_groups, held_groups = split_holdout(list(by_prompt.values()), config.eval_fraction, config.seed)
-    train_idx, held_idx = [i for g in train_groups for i in g], [i for g in held_groups for i in g]
+    train_idx, held_idx = split_by_prompt(list(range(len(demos))), config.eval_fraction, config.seed,
+                                          prompt_of=lambda i: prompts[i])
     if not train_idx or not held_idx:
         raise ValueError(f"{len(demos)} demonstrations leave nothing to train on or hold out at eval_fraction "
                          f"{config.eval_fraction}")
 
     # an empty response (the policy ended at once) is no text to classify: left out, and counted
-    empty = sum(not s.strip() for s in samples)
+    answers = [[s for s in samples[i * k:(i + 1) * k] if s.strip()] for i in range(len(demos))]
+    empty = len(samples) - sum(map(len, answers))
     if empty:
         print(f"discriminator: {empty} of {len(samples)} policy responses are empty and left out")
 
     def records(idx: list[int], demo_field: bool = False) -> list[dict]:
         rows = []
         for i in idx:
-            policy = [s for s in samples[i * k:(i + 1) * k] if s.strip()]
+            policy = answers[i]
             extra = {"demo": i} if demo_field else {}
             # in training each demonstration comes once per policy response to its prompt: equal
             # class weights, so the logit's zero is a density ratio of 1 (with 1:k classes it
@@ -233,7 +226,7 @@ def run(config: DiscriminatorConfig) -> dict:
         metrics = reward_recipe.run(rc)
     except ConfigError as e:  # the reward recipe's advice names its own flags; here they sit under reward.
         raise ConfigError(str(e).replace("--resume false", "--reward.resume false")) from None
-    trained = sum(any(s.strip() for s in samples[i * k:(i + 1) * k]) for i in train_idx)
+    trained = sum(bool(answers[i]) for i in train_idx)
     report = {"model": str(out / "model"), "policy": config.policy, "data": config.data,
               "train_demonstrations": trained, "samples_per_prompt": k,
               "empty_policy_responses": empty, **score_heldout(str(out / "model"), heldout, rc.max_length),

@@ -136,12 +136,10 @@ class ILQLHeads(nn.Module):
 
 def rewarded_responses(config: ILQLConfig) -> list[dict]:
     """``{"prompt", "response", "reward"}`` rows from the data (see the module docstring)."""
-    from rlhfkit.recipes.common import load_training_records
+    from rlhfkit.recipes.common import draw_in_order, load_training_records
 
-    records = load_training_records(config.data, config.kind, config.on_error)
-    if config.max_records and config.max_records < len(records):
-        keep = sorted(random.Random(config.seed).sample(range(len(records)), config.max_records))
-        records = [records[i] for i in keep]
+    records = draw_in_order(load_training_records(config.data, config.kind, config.on_error), config.max_records,
+                            config.seed)
     rows = []
     for r in records:
         if config.kind == "pairs":
@@ -162,19 +160,14 @@ def rewarded_responses(config: ILQLConfig) -> list[dict]:
     return rows
 
 
-def split_by_prompt(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    prompts = sorted({r["prompt"] for r in rows})
-    random.Random(seed).shuffle(prompts)
-    held = set(prompts[:int(round(len(prompts) * fraction))])
-    return [r for r in rows if r["prompt"] not in held], [r for r in rows if r["prompt"] in held]
-
-
 def encode(rows: list[dict], tok, config: ILQLConfig) -> list[dict]:
     """Prompt ids (the last ``max_prompt_length``; BOS when empty) and response ids (the first
     ``max_response_length``, EOS appended when it fits: a response that is cut has no end)."""
+    from rlhfkit.rollout import prompt_token_ids
+
     out = []
     for r in rows:
-        p = tok(r["prompt"])["input_ids"][-config.max_prompt_length:] or [tok.bos_token_id or tok.eos_token_id]
+        p = prompt_token_ids(r["prompt"], tok, config.max_prompt_length)
         a = tok(r["response"], add_special_tokens=False)["input_ids"]
         a = (a + [tok.eos_token_id]) if len(a) < config.max_response_length else a[:config.max_response_length]
         out.append({"prompt_ids": p, "actions": a, "reward": float(r["reward"])})
@@ -226,9 +219,10 @@ def ilql_generate(model, heads: ILQLHeads | None, tok, prompt: str, beta: float,
     """One answer to ``prompt`` from ``softmax((logits + beta * (Q - V)) / temperature)`` (0 =
     greedy), token by token with the model's KV cache; ``heads=None`` or ``beta=0`` samples the
     model itself. Ends at EOS or after ``max_new_tokens``; returns the text without EOS."""
+    from rlhfkit.rollout import prompt_token_ids
+
     g = torch.Generator().manual_seed(seed)
-    ids = tok(prompt)["input_ids"][-max_prompt_length:] or [tok.bos_token_id or tok.eos_token_id]
-    inp = torch.tensor([ids])
+    inp = torch.tensor([prompt_token_ids(prompt, tok, max_prompt_length)])
     past, out = None, []
     for _ in range(max_new_tokens):
         res = model(input_ids=inp, past_key_values=past, use_cache=True, output_hidden_states=heads is not None)
@@ -262,7 +256,7 @@ def run(config: ILQLConfig) -> dict:
 
     from rlhfkit.models import load_policy
     from rlhfkit.pipeline.cache import with_content
-    from rlhfkit.recipes.common import set_threads
+    from rlhfkit.recipes.common import set_threads, split_by_prompt
     from rlhfkit.training.logging import progress_bar
 
     config.validate()
@@ -287,7 +281,7 @@ def run(config: ILQLConfig) -> dict:
     torch.manual_seed(config.seed)
 
     rows = rewarded_responses(config)
-    train_rows, held_rows = split_by_prompt(rows, config.eval_fraction, config.seed)
+    train_rows, held_rows = split_by_prompt(rows, config.eval_fraction, config.seed, prompt_of=lambda r: r["prompt"])
     model, tok = load_policy(config.model)
     model.eval().requires_grad_(False)
     seqs = encode(train_rows, tok, config)

@@ -17,6 +17,7 @@ from .engine import (
     response_logprobs,
     rollout,
     step_seed,
+    prompt_token_ids,
     tokenize_prompts,
 )
 
@@ -31,5 +32,6 @@ __all__ = [
     "response_logprobs",
     "rollout",
     "step_seed",
+    "prompt_token_ids",
     "tokenize_prompts",
 ]

@@ -209,6 +209,23 @@ class Rollout:
         return Rollout(**out)
 
 
+def prompt_token_ids(prompt: str, tokenizer: Any, max_prompt_length: int = 0, chat_template: bool = False) -> list[int]:
+    """One prompt's token ids as ``tokenize_prompts`` makes them (without the padding): through
+    the chat template as one user turn or as is, its last ``max_prompt_length`` tokens (> 0),
+    the BOS token when it is empty."""
+    if chat_template:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(prompt)["input_ids"]
+    if max_prompt_length and len(ids) > max_prompt_length:
+        ids = ids[-max_prompt_length:]
+    if not ids:
+        ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+    return ids
+
+
 def tokenize_prompts(prompts: Sequence[str], tokenizer: Any, max_prompt_length: int = 0,
                      chat_template: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """LEFT-padded ``(prompt_ids, prompt_mask)`` ``[B, P]`` (long). With ``chat_template`` each
@@ -216,20 +233,7 @@ def tokenize_prompts(prompts: Sequence[str], tokenizer: Any, max_prompt_length: 
     prompt; otherwise the text is tokenised as is. Prompts longer than ``max_prompt_length``
     (> 0) keep their LAST tokens (the part the response continues). An empty prompt becomes
     the BOS token (generation needs at least one token)."""
-    rows = []
-    for p in prompts:
-        if chat_template:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                 add_generation_prompt=True)
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        else:
-            ids = tokenizer(p)["input_ids"]
-        if max_prompt_length and len(ids) > max_prompt_length:
-            ids = ids[-max_prompt_length:]
-        if not ids:
-            bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-            ids = [bos]
-        rows.append(ids)
+    rows = [prompt_token_ids(p, tokenizer, max_prompt_length, chat_template) for p in prompts]
     P = max(len(r) for r in rows)
     ids = torch.full((len(rows), P), int(tokenizer.pad_token_id), dtype=torch.long)
     mask = torch.zeros((len(rows), P), dtype=torch.long)

@@ -76,7 +76,7 @@ class LoopConfig:
         learning_rate=1e-5, save_every=2, sample_every=0, tensorboard=False))
 
     def validate(self) -> None:
-        from rlhfkit.loop.selection import MEASURES, METHODS
+        from rlhfkit.loop.selection import ENSEMBLE_MEASURES, MEASURES, METHODS
 
         if self.selection not in METHODS:
             raise ValueError(f"field 'selection': {self.selection!r} is not one of {list(METHODS)}")
@@ -92,7 +92,7 @@ class LoopConfig:
             raise ValueError("field 'heldout_samples': needs >= 2 samples per held-out prompt to make pairs")
         if self.num_candidates < 2:
             raise ValueError("field 'num_candidates': needs >= 2 responses per prompt to make pairs")
-        if self.selection == "uncertainty" and self.uncertainty in ("variance", "bald", "dts") and self.ensemble_size < 2:
+        if self.selection == "uncertainty" and self.uncertainty in ENSEMBLE_MEASURES and self.ensemble_size < 2:
             raise ValueError(f"{self.uncertainty} selection needs ensemble_size >= 2 (disagreement between members)")
         if self.ensemble_size < 1 or self.rounds < 1 or self.labels_per_round < 1:
             raise ValueError("ensemble_size, rounds and labels_per_round must be >= 1")

@@ -37,6 +37,7 @@ import torch
 
 METHODS = ("uncertainty", "random")
 MEASURES = ("variance", "bald", "margin", "dts")
+ENSEMBLE_MEASURES = ("variance", "bald", "dts")  # these need at least 2 members (disagreement)
 
 
 def candidate_pairs(groups: Sequence[int], texts: Sequence[str] | None = None) -> list[tuple[int, int]]:
@@ -79,16 +80,12 @@ def double_ts_probs(scores: torch.Tensor, pairs: Sequence[tuple[int, int]], grou
     members: dict[int, list[int]] = {}
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
-    favourite: dict[int, list[int]] = {}  # group -> favourite candidate of each member
-    for g, idx in members.items():
-        best = scores[:, torch.as_tensor(idx)].argmax(dim=1).tolist()
-        favourite[g] = [idx[b] for b in best]
-    out = torch.zeros(len(pairs), dtype=torch.float64)
-    for k, (a, b) in enumerate(pairs):
-        fav = favourite[groups[a]]
-        hits = sum(1 for m in range(M) for n in range(M) if m != n and {fav[m], fav[n]} == {a, b})
-        out[k] = hits / (M * (M - 1))
-    return out
+    votes = [0] * scores.shape[1]  # how many members name each candidate their prompt's favourite
+    for idx in members.values():
+        for b in scores[:, torch.as_tensor(idx)].argmax(dim=1).tolist():
+            votes[idx[b]] += 1
+    # ordered pairs (m, m') of distinct members naming a and b: votes[a] * votes[b] each way
+    return torch.tensor([2 * votes[a] * votes[b] / (M * (M - 1)) for a, b in pairs], dtype=torch.float64)
 
 
 def pair_uncertainty(scores: torch.Tensor, pairs: Sequence[tuple[int, int]], measure: str = "variance",
@@ -125,7 +122,7 @@ def select_pairs(pairs: Sequence[tuple[int, int]], n: int, method: str, seed: in
     if method == "uncertainty":
         if scores is None:
             raise ValueError("uncertainty selection needs the ensemble's scores")
-        if measure in ("variance", "bald", "dts") and (scores.dim() == 1 or scores.shape[0] < 2):
+        if measure in ENSEMBLE_MEASURES and (scores.dim() == 1 or scores.shape[0] < 2):
             raise ValueError(f"{measure} needs an ensemble of at least 2 reward models")
         u = pair_uncertainty(scores, pairs, measure, groups).tolist()
         order.sort(key=lambda i: -u[i])  # stable: equal uncertainty keeps the random order

@@ -5,8 +5,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["ServeConfig", "ImportConfig", "ExportConfig", "CreateUserConfig",
-           "run_serve", "run_import", "run_export", "run_create_user"]
+__all__ = ["ServeConfig", "ImportConfig", "ExportConfig", "CreateUserConfig", "ForgetConfig",
+           "run_serve", "run_import", "run_export", "run_create_user", "run_forget"]
 
 
 def _err(msg: str):
@@ -42,6 +42,8 @@ class ImportConfig:
     overlap: int = field(default=1, metadata={"help": "labelers per item (new projects)"})
     gold_rate: float = field(default=0.0, metadata={"help": "share of gold questions mixed in (new projects)"})
     instructions: str = field(default="", metadata={"help": "instructions shown to labelers (new projects)"})
+    redact: bool = field(default=False, metadata={
+        "help": "replace personal data in prompts and responses by [KIND] before labelers see them (rlhfkit.privacy)"})
 
 
 @dataclass
@@ -53,6 +55,9 @@ class ExportConfig:
     format: str = field(default="jsonl", metadata={"help": "jsonl or hf (datasets.save_to_disk)"})
     aggregate: str = field(default="none", metadata={"help": "none (a record per label) or majority (per item)"})
     include_gold: bool = field(default=False, metadata={"help": "also export labels on gold items"})
+    redact: bool = field(default=False, metadata={
+        "help": "replace personal data in the text (e-mail, phone, card, IBAN, SSN, IP) by [KIND] "
+                "(rlhfkit.privacy; names and addresses are not found)"})
 
 
 @dataclass
@@ -61,6 +66,14 @@ class CreateUserConfig:
     username: str = field(default="", metadata={"help": "user name"})
     password: str = field(default="", metadata={"help": "password (default: $RLHFKIT_PASSWORD)"})
     role: str = field(default="labeler", metadata={"help": "admin or labeler"})
+
+
+@dataclass
+class ForgetConfig:
+    db: str = field(default="feedback.db", metadata={"help": "SQLite file or SQLAlchemy URL"})
+    end_user: str = field(default="", metadata={
+        "help": "the end-user id that `rlhfkit serve` clients sent as `user` (also matched in its hashed form)"})
+    project_prefix: str = field(default="serve", metadata={"help": "the served model's projects PREFIX-thumbs and PREFIX-ratings"})
 
 
 def run_serve(c: ServeConfig) -> None:
@@ -117,6 +130,23 @@ def run_import(c: ImportConfig) -> None:
         else:
             ttype, scale = proj["task_type"], (proj["scale_min"], proj["scale_max"])
         parsed = parse_items(c.file, ttype, scale)  # DataError names file, line, field
+        note = ""
+        if c.redact:
+            from collections import Counter
+
+            from rlhfkit.privacy import redact_value
+
+            from .tasks import render_prompt
+
+            counts: Counter = Counter()
+            for it in parsed:
+                rendered = it["messages"] is not None and it["prompt"] == render_prompt("", it["messages"])
+                it["responses"] = redact_value(it["responses"], counts)
+                if it["messages"] is not None:
+                    it["messages"] = redact_value(it["messages"], counts)
+                # a prompt rendered from the messages is rendered again (its data counted once)
+                it["prompt"] = render_prompt("", it["messages"]) if rendered else redact_value(it["prompt"], counts)
+            note = "; redacted " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing (none found)")
 
         def job(conn):  # project creation and items in one transaction
             p = pid
@@ -127,17 +157,19 @@ def run_import(c: ImportConfig) -> None:
                     created_at=time.time())).inserted_primary_key[0])
             return p, add_items(conn, p, parsed)
         p, n = store.write(job)
-        print(f"imported {n} items into project {c.project!r} (id {p})")
+        print(f"imported {n} items into project {c.project!r} (id {p}){note}")
     finally:
         store.close()
 
 
 def run_export(c: ExportConfig) -> None:
     from . import db
-    from .export import export_hf, export_jsonl
+    from .export import export_records, write_records
 
     if not c.project or not c.out:
         raise _err("give --project NAME and --out PATH")
+    if c.format not in ("jsonl", "hf"):
+        raise _err(f"field 'format': {c.format!r} is not jsonl or hf")
     db.require_store_file(c.db)
     store = db.Store(c.db)
     try:
@@ -145,16 +177,20 @@ def run_export(c: ExportConfig) -> None:
             pid = _project_id(conn, c.project)
             if pid is None:
                 raise _err(f"no project named {c.project!r}")
-            fn = {"jsonl": export_jsonl, "hf": export_hf}.get(c.format)
-            if fn is None:
-                raise _err("format must be jsonl or hf")
             try:
-                n = fn(conn, pid, c.kind, c.out, include_gold=c.include_gold, aggregate=c.aggregate)
+                records = export_records(conn, pid, c.kind, include_gold=c.include_gold, aggregate=c.aggregate)
             except ValueError as e:
                 raise _err(str(e)) from None
-        print(f"wrote {n} {c.kind} records to {c.out}")
     finally:
         store.close()
+    note = ""
+    if c.redact:
+        from rlhfkit.privacy import redact_records
+
+        records, counts = redact_records(records)
+        note = "; redacted " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing (none found)")
+    n = write_records(records, c.out, c.format)
+    print(f"wrote {n} {c.kind} records to {c.out}{note}")
 
 
 def run_create_user(c: CreateUserConfig) -> None:
@@ -176,3 +212,28 @@ def run_create_user(c: CreateUserConfig) -> None:
     finally:
         store.close()
     print(f"created {c.role} {c.username!r} (id {uid})")
+
+
+def run_forget(c: ForgetConfig) -> None:
+    from . import db
+
+    if not c.end_user.strip():
+        raise _err("field 'end_user': give the end user's id (the `user` their requests carried)")
+    db.require_store_file(c.db)
+    store = db.Store(c.db)
+    try:
+        with store.read() as conn:
+            names = [f"{c.project_prefix}-thumbs", f"{c.project_prefix}-ratings"]
+            if all(_project_id(conn, n) is None for n in names):
+                raise _err(f"field 'project_prefix': no projects {' or '.join(names)} in {c.db}")
+    finally:
+        store.close()
+    from rlhfkit.serve.store import FeedbackLog
+
+    log = FeedbackLog(c.db, prefix=c.project_prefix)
+    try:
+        gone = log.forget(c.end_user)
+    finally:
+        log.close()
+    print(f"erased {gone['items']} completions and {gone['labels']} feedback labels of end user "
+          f"{c.end_user.strip()!r} from {c.db}")

@@ -41,7 +41,7 @@ from rlhfkit.data import (
 from . import db
 from .tasks import render_prompt
 
-__all__ = ["EXPORT_KINDS", "export_records", "export_jsonl", "export_hf"]
+__all__ = ["EXPORT_KINDS", "export_records", "export_jsonl", "export_hf", "write_records"]
 
 EXPORT_KINDS: dict[str, tuple[str, ...]] = {
     "pairs": ("pairwise", "ranking"),
@@ -138,17 +138,33 @@ def _majority(rows: list, ttype: str) -> list:
     return out
 
 
-def export_jsonl(conn: Connection, project_id: int, kind: str, path, **kw) -> int:
-    """Write the export as JSON lines (atomically); returns the number of records."""
-    return write_jsonl(path, export_records(conn, project_id, kind, **kw))
-
-
-def export_hf(conn: Connection, project_id: int, kind: str, path, **kw) -> int:
-    """Write the export as a Hugging Face ``datasets.Dataset`` (``save_to_disk`` folder, read it
-    back with ``datasets.load_from_disk``); returns the number of records."""
+def write_records(records: list, path, format: str = "jsonl") -> int:
+    """Write records as JSON lines (atomically) or as a Hugging Face ``datasets.Dataset``
+    (``save_to_disk`` folder, read it back with ``datasets.load_from_disk``); returns the count."""
+    if format == "jsonl":
+        return write_jsonl(path, records)
+    if format != "hf":
+        raise ValueError("format must be jsonl or hf")
     import datasets
 
-    recs = [r.to_dict() for r in export_records(conn, project_id, kind, **kw)]
-    ds = datasets.Dataset.from_list(recs)
-    ds.save_to_disk(str(Path(path)))
+    recs = [r.to_dict() for r in records]
+    datasets.Dataset.from_list(recs).save_to_disk(str(Path(path)))
     return len(recs)
+
+
+def export_jsonl(conn: Connection, project_id: int, kind: str, path, *, redact: bool = False, **kw) -> int:
+    """Write the export as JSON lines; ``redact`` replaces personal data (``rlhfkit.privacy``)."""
+    return write_records(_maybe_redacted(export_records(conn, project_id, kind, **kw), redact), path, "jsonl")
+
+
+def export_hf(conn: Connection, project_id: int, kind: str, path, *, redact: bool = False, **kw) -> int:
+    """Write the export as a Hugging Face ``datasets.Dataset`` folder."""
+    return write_records(_maybe_redacted(export_records(conn, project_id, kind, **kw), redact), path, "hf")
+
+
+def _maybe_redacted(records: list, redact: bool) -> list:
+    if not redact:
+        return records
+    from rlhfkit.privacy import redact_records
+
+    return redact_records(records)[0]

@@ -3,7 +3,8 @@
 - ``POST /v1/chat/completions``: ``{"model", "messages": [{role, content}], "max_tokens" |
   "max_completion_tokens", "temperature", "top_p", "seed", "user", "n": 1}`` -> the OpenAI
   ``chat.completion`` object (``id``, ``object``, ``created``, ``model``, ``choices[0].message``,
-  ``finish_reason``, ``usage``); with ``"stream": true`` the same reply as server-sent
+  ``finish_reason``, ``usage``; the reply is stored with its messages and ``user``, which
+  ``rlhfkit feedback forget --end_user ID`` erases); with ``"stream": true`` the same reply as server-sent
   ``chat.completion.chunk`` events (``stream_options.include_usage`` adds the usage chunk),
   then ``data: [DONE]``. ``stop`` (up to 4 strings) ends the reply before the first of them.
   ``n > 1`` and the options this server cannot honour
@@ -207,6 +208,9 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
             stop = _stop_strings(body)
         except ValueError as e:
             return _error(400, str(e), param="stop")
+        user = body.get("user")
+        if user is not None and not isinstance(user, str):
+            return _error(400, "user must be a string", param="user")
         if top_p == 0.0:  # only the likeliest token is left: greedy decoding
             temperature, top_p = 0.0, None
         stream, options = body.get("stream"), body.get("stream_options")
@@ -222,7 +226,7 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
                                      seed=None if seed is None else seed % (2**63 - 1), stop=stop)
             except PromptError as e:
                 return _error(400, str(e), param="messages", code=e.code)
-            return StreamingResponse(_events(pieces, messages, bool((options or {}).get("include_usage"))),
+            return StreamingResponse(_events(pieces, messages, bool((options or {}).get("include_usage")), user),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
         def work() -> dict[str, Any]:
@@ -230,7 +234,7 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
                                 seed=None if seed is None else seed % (2**63 - 1), stop=stop)
             cid = new_completion_id()
             if feedback is not None:
-                feedback.log_completion(cid, messages, out.text, chat.name)
+                feedback.log_completion(cid, messages, out.text, chat.name, user)
             return {
                 "id": cid,
                 "object": "chat.completion",
@@ -249,7 +253,7 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
         except PromptError as e:
             return _error(400, str(e), param="messages", code=e.code)
 
-    def _events(pieces, messages: list[dict], include_usage: bool):
+    def _events(pieces, messages: list[dict], include_usage: bool, user: str | None = None):
         """Server-sent events as OpenAI streams them: ``chat.completion.chunk`` objects, the
         role first, then content deltas, then the finish reason (and, asked for, a last chunk with
         the usage and no choices), then ``[DONE]``. The completion is stored before the finish
@@ -272,7 +276,7 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
                 yield chunk(delta({"content": piece}))
             out = pieces.result
             if feedback is not None:
-                feedback.log_completion(cid, messages, out.text, chat.name)
+                feedback.log_completion(cid, messages, out.text, chat.name, user)
         except Exception:  # noqa: BLE001 - the 200 is sent: the error can only be an event
             log.exception("streamed completion %s failed", cid)
             yield f"data: {json.dumps({'error': {'message': 'the server failed to finish this reply', 'type': 'server_error', 'param': None, 'code': None}})}\n\n"

@@ -13,6 +13,9 @@ class _ModelFields:
     name: str = field(default="", metadata={"help": "model name shown to clients (default: the folder name)"})
     db: str = field(default="", metadata={"help": "feedback store (SQLite file or SQLAlchemy URL) for completions and feedback; empty = none"})
     project_prefix: str = field(default="serve", metadata={"help": "feedback projects are PREFIX-thumbs and PREFIX-ratings"})
+    redact: bool = field(default=False, metadata={"help": "store conversations, replies and comments with personal data "
+                                                          "(e-mail, phone, card, IBAN, SSN, IP) replaced by [KIND], and "
+                                                          "end-user ids hashed; the reply itself is sent unchanged"})
     max_new_tokens: int = field(default=128, metadata={"help": "default reply length limit (tokens)"})
     temperature: float = field(default=0.7, metadata={"help": "default sampling temperature (0 = greedy)"})
     top_p: float = field(default=1.0, metadata={"help": "default nucleus sampling (1 = off)"})
@@ -78,7 +81,7 @@ def _open_feedback(c: _ModelFields):
     from .store import FeedbackLog
 
     try:
-        return FeedbackLog(c.db, prefix=c.project_prefix)
+        return FeedbackLog(c.db, prefix=c.project_prefix, redact=c.redact)
     except SQLAlchemyError as e:
         raise _err(f"field 'db': cannot open the feedback store {c.db!r}: {getattr(e, 'orig', None) or e}") from None
     except ValueError as e:  # a project of that name with another task type
@@ -133,7 +136,8 @@ def run_serve(c: ServeConfig) -> None:
         chat, feedback = _load(c)
         app = create_app(chat, feedback, api_key=c.api_key or os.environ.get("RLHFKIT_API_KEY") or None,
                          max_request_bytes=c.max_request_kb * 1000)
-        print(f"rlhfkit serve: {chat.name} on http://{c.host}:{c.port}/v1 (feedback: {c.db or 'off'})", flush=True)
+        where = (c.db + (", personal data redacted" if c.redact else "")) if c.db else "off"
+        print(f"rlhfkit serve: {chat.name} on http://{c.host}:{c.port}/v1 (feedback: {where})", flush=True)
         uvicorn.Server(uvicorn.Config(app, log_level=c.log_level.lower())).run(sockets=[sock])
     finally:
         sock.close()

@@ -22,6 +22,7 @@ tables, ``tasks.parse_item``, ``queue.add_items`` / ``queue.submit_label`` and `
 """
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from typing import Any, Sequence
@@ -41,9 +42,10 @@ class FeedbackError(ValueError):
 class FeedbackLog:
     """Completions and end-user feedback in a feedback store (SQLite file or SQLAlchemy URL)."""
 
-    def __init__(self, db_url: str, prefix: str = "serve", scale: tuple[int, int] = (1, 7)):
+    def __init__(self, db_url: str, prefix: str = "serve", scale: tuple[int, int] = (1, 7), redact: bool = False):
         from rlhfkit.feedback import db
 
+        self.redact = bool(redact)
         self.store = db.Store(db_url)
         self.thumbs_project = f"{prefix}-thumbs"
         self.ratings_project = f"{prefix}-ratings"
@@ -90,8 +92,10 @@ class FeedbackLog:
 
     # ------------------------------------------------------------------ completions
     def log_completion(self, completion_id: str, messages: Sequence[dict], completion: str,
-                       model: str | None = None) -> int:
-        """Store a served reply to ``messages``; returns the item id."""
+                       model: str | None = None, user: str | None = None) -> int:
+        """Store a served reply to ``messages``; returns the item id. ``user`` (the request's
+        end-user id) is kept with the reply (``responses[0]["end_user"]``) so that ``forget``
+        finds what was served to that person."""
         from rlhfkit.feedback.queue import add_items
         from rlhfkit.feedback.tasks import parse_item
 
@@ -100,16 +104,32 @@ class FeedbackLog:
         # It keeps its place, shown as "(empty message)": leaving an empty system turn out would
         # change what a template renders (SmolLM2's adds its default system prompt when the
         # conversation has none), so the stored conversation would not be the one answered.
-        item = parse_item({"messages": [dict(role=m["role"], content=_shown(m["content"], "(empty message)"))
+        item = parse_item({"messages": [dict(role=m["role"], content=_shown(self._private(m["content"]),
+                                                                            "(empty message)"))
                                         for m in messages],
-                           "completion": _shown(completion, "(empty response)"),
+                           "completion": _shown(self._private(completion), "(empty response)"),
                            "model": model, "id": completion_id}, "thumbs", self.scale)
+        end_user = self._end_user(user)
+        if end_user:
+            item["responses"][0]["end_user"] = end_user
         pid = self._pids["thumbs"]
 
         def job(conn):
             add_items(conn, pid, [item], source="serve")
             return self._item(conn, pid, completion_id)["id"]
         return self.store.write(job)
+
+    def _end_user(self, user: str | None) -> str | None:
+        """The stored form of an end-user id: trimmed to 64 characters, hashed under ``redact``."""
+        user = (user or "").strip()[:64] or None
+        return _hashed(user) if user and self.redact else user
+
+    def _private(self, text: str) -> str:
+        if not self.redact:
+            return text
+        from rlhfkit.privacy import redact_text
+
+        return redact_text(text)[0]
 
     def _item(self, conn, project_id: int, completion_id: str) -> dict | None:
         from sqlalchemy import select
@@ -172,7 +192,10 @@ class FeedbackLog:
         comment = (comment or "").strip()[:10_000] or None
         if user is not None and not isinstance(user, str):
             raise FeedbackError("user must be a string", param="user")
-        extra = {k: v for k, v in (("comment", comment), ("end_user", (user or "").strip()[:64] or None)) if v}
+        end_user = self._end_user(user)
+        if self.redact:
+            comment = comment and self._private(comment)
+        extra = {k: v for k, v in (("comment", comment), ("end_user", end_user)) if v}
         pids = self._pids
 
         def job(conn):
@@ -195,6 +218,52 @@ class FeedbackLog:
             return out
         return self.store.write(job)
 
+    def forget(self, user: str) -> dict:
+        """Erase what is stored about one end user (the right to erasure, GDPR art. 17): every
+        completion served to ``user`` in this prefix's projects, with all feedback on it, and
+        every feedback ``user`` gave on other completions. ``user`` matches as given and in its
+        hashed form (a store written with ``redact``). Returns ``{"items", "labels"}`` removed;
+        the projects' counts follow. Completions served without a ``user`` cannot be traced to
+        anyone and are not touched."""
+        from sqlalchemy import delete, select, update
+
+        from rlhfkit.feedback import db
+
+        user = (user or "").strip()[:64]
+        if not user:
+            raise FeedbackError("give the end user's id", param="user")
+        names = {user, _hashed(user)}
+        pids = list(self._pids.values())
+        I, L, A = db.items, db.labels, db.assignments
+
+        def job(conn):
+            items = [r.id for r in conn.execute(select(I.c.id, I.c.responses).where(I.c.project_id.in_(pids)))
+                     if any(isinstance(x, dict) and x.get("end_user") in names for x in r.responses or [])]
+            labels = [r.id for r in conn.execute(select(L.c.id, L.c.item_id, L.c.payload).where(L.c.project_id.in_(pids)))
+                      if r.item_id in set(items) or (r.payload or {}).get("end_user") in names]
+            gone = {"items": len(items), "labels": len(labels)}
+            if not items and not labels:
+                return gone
+            touched = conn.execute(select(L.c.project_id, L.c.item_id, L.c.assignment_id, L.c.is_gold)
+                                   .where(L.c.id.in_(labels))).all()
+            conn.execute(delete(L).where(L.c.id.in_(labels)))
+            conn.execute(delete(A).where(A.c.id.in_([t.assignment_id for t in touched])))
+            for t in touched:  # the feedback left on items that stay
+                if t.item_id not in items:
+                    conn.execute(update(I).where(I.c.id == t.item_id).values(n_assigned=I.c.n_assigned - 1))
+            item_projects = conn.execute(select(I.c.project_id, I.c.is_gold).where(I.c.id.in_(items))).all()
+            conn.execute(delete(A).where(A.c.item_id.in_(items)))
+            conn.execute(delete(I).where(I.c.id.in_(items)))
+            for pid in pids:  # the denormalised counts: non-gold items and their labels
+                n_items = sum(1 for r in item_projects if r.project_id == pid and not r.is_gold)
+                n_labels = sum(1 for t in touched if t.project_id == pid and not t.is_gold)
+                if n_items or n_labels:
+                    P = db.projects
+                    conn.execute(update(P).where(P.c.id == pid).values(n_items=P.c.n_items - n_items,
+                                                                      n_labels=P.c.n_labels - n_labels))
+            return gone
+        return self.store.write(job)
+
     def export(self, kind: str) -> list:
         """``thumbs`` or ``ratings`` records (``rlhfkit.data`` records) of everything stored so far."""
         from rlhfkit.feedback.export import export_records
@@ -204,6 +273,10 @@ class FeedbackLog:
             raise ValueError("kind must be thumbs or ratings")
         with self.store.read() as conn:
             return export_records(conn, pid, kind)
+
+
+def _hashed(user: str) -> str:
+    return "sha256:" + hashlib.sha256(user.encode("utf-8")).hexdigest()[:16]
 
 
 def _shown(text: str, placeholder: str) -> str:

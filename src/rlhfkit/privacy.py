@@ -1,0 +1,208 @@
+"""Personal data in feedback text: find it and replace it before it is stored or shared.
+
+Feedback collected from end users (``rlhfkit serve``, ``rlhfkit chat``) holds whatever people
+typed: e-mail addresses, phone numbers, card numbers. ``redact_text`` replaces each match by its
+kind in brackets (``[EMAIL_ADDRESS]``; the entity names of Microsoft Presidio, so tools that read
+Presidio's output read these), and is applied
+
+- when a served conversation is stored (``rlhfkit serve --redact true``, ``rlhfkit chat --redact
+  true``): the caller still gets the reply it asked for, the store never holds the original;
+- when labels are exported for training (``rlhfkit feedback export --redact true``).
+
+What is found, and how a match is confirmed (a pattern alone flags too many numbers):
+
+==============  ========================================================================
+EMAIL_ADDRESS   local@domain.tld
+IBAN_CODE       two letters, two check digits, 11-30 letters / digits (groups of 4 may be
+                spaced), and the ISO 13616 check: the number mod 97 is 1
+CREDIT_CARD     13-19 digits, single spaces or dashes between groups allowed, passing the
+                Luhn check (ISO/IEC 7812), not all one digit
+US_SSN          ddd-dd-dddd, not area 000, 666 or 900-999, not group 00, not serial 0000
+                (the numbers the Social Security Administration never issues)
+IP_ADDRESS      IPv4 a.b.c.d with every part <= 255 (not inside a longer dotted run such
+                as a version number 1.2.3.4.5), and IPv6 as Python's ``ipaddress`` reads it
+PHONE_NUMBER    international ``+CC ...`` with 8-15 digits (E.164's maximum), North American
+                ``(NXX) NXX-XXXX`` / ``NXX-NXX-XXXX`` / ``NXX.NXX.XXXX`` with N in 2-9, and
+                national trunk-prefixed numbers such as ``020 7946 0958`` (10-11 digits
+                starting with 0, grouped)
+==============  ========================================================================
+
+What is not found: names, street addresses and other identifiers that only a named-entity model
+can tell from ordinary words (Presidio runs spaCy for them); a number written without its usual
+grouping where it could as well be a count (``5551234567``, a 7-digit local number with no such word before it). Redaction
+lowers the risk of keeping personal data; it does not make text anonymous.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["PII_KINDS", "PiiSpan", "find_pii", "redact_text", "redact_value", "redact_records"]
+
+# in order of precedence: when two matches overlap, the earlier kind (then the longer match) wins
+PII_KINDS = ("EMAIL_ADDRESS", "IBAN_CODE", "CREDIT_CARD", "US_SSN", "IP_ADDRESS", "PHONE_NUMBER")
+
+
+@dataclass(frozen=True)
+class PiiSpan:
+    kind: str
+    start: int
+    end: int
+    text: str
+
+
+# --------------------------------------------------------------------------- checks
+def luhn_valid(digits: str) -> bool:
+    """The Luhn mod-10 check of a card number (ISO/IEC 7812-1): from the right, double every
+    second digit (subtracting 9 when the double exceeds 9); the sum is a multiple of 10."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def iban_valid(iban: str) -> bool:
+    """ISO 13616: move the first four characters to the end, letters to numbers (A=10 .. Z=35);
+    the number mod 97 is 1."""
+    s = iban.replace(" ", "").upper()
+    if not (15 <= len(s) <= 34) or not s[:2].isalpha() or not s[2:4].isdigit() or not s.isalnum():
+        return False
+    moved = s[4:] + s[:4]
+    return int("".join(str(int(ch, 36)) for ch in moved)) % 97 == 1
+
+
+def ssn_valid(ssn: str) -> bool:
+    area, group, serial = ssn.split("-")
+    return area not in ("000", "666") and not area.startswith("9") and group != "00" and serial != "0000"
+
+
+def _ipv4_valid(s: str) -> bool:
+    return all(int(p) <= 255 and (p == "0" or not p.startswith("0")) for p in s.split("."))
+
+
+def _ipv6_valid(s: str) -> bool:
+    try:
+        ipaddress.IPv6Address(s)
+    except ValueError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- patterns
+_EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])")
+_CARD = re.compile(r"(?<![\d.-])\d(?:[ -]?\d){12,18}(?![\d-]|\.\d)")
+_SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")
+_IPV4 = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d]|\.\d)")
+_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|:)?(?![\w:])")
+_PHONE_INTL = re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){2,6}(?![\d-])")
+_PHONE_NANP = re.compile(r"(?<![\w-])(?:\(\d{3}\) ?|\d{3}[-. ])\d{3}[-. ]\d{4}(?![\w-])")
+_PHONE_TRUNK = re.compile(r"(?<![\w-])0\d{2,4}[ -]\d{3,4}[ -]?\d{3,4}(?![\w-])")
+# a 7-digit local number (555-1234) is a phone number only where the words before it say so
+_PHONE_LOCAL = re.compile(r"(?<![\w-])\d{3}-\d{4}(?![\w-])")
+_PHONE_CONTEXT = re.compile(r"\b(?:phone|telephone|tel|number|call|cell|mobile|fax|reach)\b", re.IGNORECASE)
+
+
+def _digits(s: str) -> str:
+    return re.sub(r"\D", "", s)
+
+
+def _card_ok(s: str) -> bool:
+    d = _digits(s)
+    seps = set(re.findall(r"[ -]", s))
+    return 13 <= len(d) <= 19 and len(seps) <= 1 and len(set(d)) > 1 and luhn_valid(d)
+
+
+def _phone_nanp_ok(s: str) -> bool:
+    d = _digits(s)  # NXX NXX XXXX: area code and exchange do not start with 0 or 1
+    return len(d) == 10 and d[0] not in "01" and d[3] not in "01"
+
+
+_DETECTORS = {
+    "EMAIL_ADDRESS": [(_EMAIL, None)],
+    "IBAN_CODE": [(_IBAN, iban_valid)],
+    "CREDIT_CARD": [(_CARD, _card_ok)],
+    "US_SSN": [(_SSN, ssn_valid)],
+    "IP_ADDRESS": [(_IPV4, _ipv4_valid), (_IPV6, lambda s: s.count(":") >= 2 and _ipv6_valid(s))],
+    "PHONE_NUMBER": [(_PHONE_INTL, lambda s: 8 <= len(_digits(s)) <= 15),
+                     (_PHONE_NANP, _phone_nanp_ok),
+                     (_PHONE_TRUNK, lambda s: 10 <= len(_digits(s)) <= 11),
+                     (_PHONE_LOCAL, "context")],
+}
+CONTEXT_CHARS = 40  # how far before a local number its context word may stand
+
+
+def find_pii(text: str, kinds: tuple[str, ...] = PII_KINDS) -> list[PiiSpan]:
+    """Non-overlapping spans of personal data in ``text``, in order of position."""
+    unknown = [k for k in kinds if k not in _DETECTORS]
+    if unknown:
+        raise ValueError(f"unknown PII kinds {unknown}; known: {', '.join(PII_KINDS)}")
+    found = []
+    for rank, kind in enumerate(k for k in PII_KINDS if k in kinds):
+        for pattern, check in _DETECTORS[kind]:
+            for m in pattern.finditer(text):
+                s = m.group(0).rstrip(" .-")  # a trailing separator belongs to the sentence
+                if check == "context":
+                    ok = bool(_PHONE_CONTEXT.search(text, max(0, m.start() - CONTEXT_CHARS), m.start()))
+                else:
+                    ok = check is None or check(s)
+                if s and ok:
+                    found.append((rank, -len(s), m.start(), PiiSpan(kind, m.start(), m.start() + len(s), s)))
+    kept: list[PiiSpan] = []
+    taken: list[tuple[int, int]] = []
+    for _, _, _, span in sorted(found, key=lambda x: x[:3]):  # precedence, then longest first
+        if all(span.end <= a or span.start >= b for a, b in taken):
+            kept.append(span)
+            taken.append((span.start, span.end))
+    return sorted(kept, key=lambda s: s.start)
+
+
+def redact_text(text: str, kinds: tuple[str, ...] = PII_KINDS) -> tuple[str, Counter]:
+    """``text`` with every span of ``find_pii`` replaced by ``[KIND]``, and the count per kind."""
+    spans = find_pii(text, kinds)
+    if not spans:
+        return text, Counter()
+    parts, at = [], 0
+    for s in spans:
+        parts.append(text[at:s.start])
+        parts.append(f"[{s.kind}]")
+        at = s.end
+    parts.append(text[at:])
+    return "".join(parts), Counter(s.kind for s in spans)
+
+
+# the fields of rlhfkit.data records (and stored conversations) that name things, not hold text
+_NOT_TEXT = frozenset({"role", "subset", "kind", "model", "name", "id", "flags"})
+
+
+def redact_value(value: Any, counts: Counter | None = None, kinds: tuple[str, ...] = PII_KINDS) -> Any:
+    """Redact every string in a JSON-like value (dicts, lists, strings) except the values of
+    naming keys (``role``, ``subset``, ``model`` ...); ``counts`` (if given) is updated."""
+    counts = Counter() if counts is None else counts
+    if isinstance(value, str):
+        out, c = redact_text(value, kinds)
+        counts.update(c)
+        return out
+    if isinstance(value, dict):
+        return {k: (v if k in _NOT_TEXT else redact_value(v, counts, kinds)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_value(v, counts, kinds) for v in value)
+    return value
+
+
+def redact_records(records: list, kinds: tuple[str, ...] = PII_KINDS) -> tuple[list, Counter]:
+    """``rlhfkit.data`` records (dataclasses) with their text fields redacted, and the counts."""
+    counts: Counter = Counter()
+    out = []
+    for rec in records:
+        changes = {f.name: redact_value(getattr(rec, f.name), counts, kinds)
+                   for f in dataclasses.fields(rec) if f.name not in _NOT_TEXT}
+        out.append(dataclasses.replace(rec, **changes))
+    return out, counts

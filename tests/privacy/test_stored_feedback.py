@@ -1,0 +1,187 @@
+"""Personal data and the feedback store: ``rlhfkit serve --redact true`` keeps it out of what is
+stored (the caller still gets its reply), and ``rlhfkit feedback export --redact true`` takes it
+out of training data from a store that holds it."""
+import hashlib
+import json
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from rlhfkit.cli import main  # noqa: E402
+from rlhfkit.data import read_records  # noqa: E402
+from rlhfkit.serve.app import create_app  # noqa: E402
+from rlhfkit.serve.store import FeedbackLog  # noqa: E402
+
+ASK = "My email is jane.doe@example.com and my phone is (415) 555-2671; what should I do?"
+REPLY = "Write to support@example.org or call +1 917-444-6321."
+
+
+@pytest.fixture(scope="module")
+def tiny_chat(tmp_path_factory):
+    from rlhfkit.models import tiny_causal_lm, tiny_tokenizer
+    from rlhfkit.serve.engine import ChatModel
+
+    tok = tiny_tokenizer()
+    out = tmp_path_factory.mktemp("chat_model")
+    tiny_causal_lm(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0).save_pretrained(out)
+    tok.save_pretrained(out)
+    return ChatModel.load(str(out), name="tiny-chat", max_new_tokens=4, temperature=1.0)
+
+
+def _stored_text(db_path) -> str:
+    """Every text the store holds about served completions (items and label payloads)."""
+    import sqlite3
+
+    con = sqlite3.connect(db_path)
+    try:
+        rows = con.execute("SELECT prompt, messages, responses FROM items").fetchall()
+        rows += con.execute("SELECT payload, '', '' FROM labels").fetchall()
+    finally:
+        con.close()
+    return json.dumps(rows)
+
+
+def test_serve_redacts_what_it_stores_not_what_it_sends(tiny_chat, tmp_path, capsys):
+    db = str(tmp_path / "fb.db")
+    log = FeedbackLog(db, redact=True)
+    with TestClient(create_app(tiny_chat, log)) as client:
+        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": ASK}],
+                                                       "max_tokens": 3, "seed": 1})
+        assert r.status_code == 200, r.text
+        cid = r.json()["id"]
+        fb = client.post("/v1/feedback", json={"completion_id": cid, "thumbs": "down", "rating": 2,
+                                               "comment": "it ignored me; reach me at 020 7946 0958",
+                                               "user": "jane.doe@example.com"})
+        assert fb.status_code == 200, fb.text
+    stored = log.completion(cid)
+    assert stored["messages"][0]["content"] == ("My email is [EMAIL_ADDRESS] and my phone is [PHONE_NUMBER]; "
+                                                "what should I do?")
+    # a reply with personal data in it (the tiny model's reply has none): stored redacted too
+    log.log_completion("cmpl-x", [{"role": "user", "content": "hi"}], REPLY, "tiny-chat")
+    assert log.completion("cmpl-x")["responses"][0]["text"] == "Write to [EMAIL_ADDRESS] or call [PHONE_NUMBER]."
+    log.close()
+    text = _stored_text(db)
+    for secret in ("jane.doe@example.com", "555-2671", "7946 0958", "support@example.org", "444-6321"):
+        assert secret not in text
+    user_hash = "sha256:" + hashlib.sha256(b"jane.doe@example.com").hexdigest()[:16]
+    assert user_hash in text and "[PHONE_NUMBER]" in text
+
+    out = tmp_path / "thumbs.jsonl"
+    assert main(["feedback", "export", "--db", db, "--project", "serve-thumbs", "--kind", "thumbs",
+                 "--out", str(out)]) == 0
+    (rec,) = read_records(out, "thumbs")
+    assert "[EMAIL_ADDRESS]" in rec.prompt and "jane.doe" not in rec.prompt and rec.label is False
+
+
+def test_export_redacts_a_store_that_holds_personal_data(tiny_chat, tmp_path, capsys):
+    db = str(tmp_path / "fb.db")
+    log = FeedbackLog(db)  # no redaction when stored
+    log.log_completion("c1", [{"role": "system", "content": "Be kind."}, {"role": "user", "content": ASK}],
+                       REPLY, "tiny-chat")
+    log.feedback("c1", thumbs="up")
+    assert "jane.doe@example.com" in log.completion("c1")["messages"][1]["content"]
+    log.close()
+
+    plain, redacted = tmp_path / "plain.jsonl", tmp_path / "redacted.jsonl"
+    assert main(["feedback", "export", "--db", db, "--project", "serve-thumbs", "--kind", "thumbs",
+                 "--out", str(plain)]) == 0
+    assert main(["feedback", "export", "--db", db, "--project", "serve-thumbs", "--kind", "thumbs",
+                 "--out", str(redacted), "--redact", "true"]) == 0
+    said = capsys.readouterr().out
+    assert "wrote 1 thumbs records" in said and "redacted 2 EMAIL_ADDRESS, 2 PHONE_NUMBER" in said
+    (p,) = read_records(plain, "thumbs")
+    (r,) = read_records(redacted, "thumbs")
+    assert "jane.doe@example.com" in p.prompt and p.completion == REPLY
+    assert r.completion == "Write to [EMAIL_ADDRESS] or call [PHONE_NUMBER]."
+    assert r.prompt == p.prompt.replace("jane.doe@example.com", "[EMAIL_ADDRESS]").replace(
+        "(415) 555-2671", "[PHONE_NUMBER]")
+    assert r.label is True
+
+    hf = tmp_path / "hf"
+    assert main(["feedback", "export", "--db", db, "--project", "serve-thumbs", "--kind", "thumbs",
+                 "--out", str(hf), "--format", "hf", "--redact", "true"]) == 0
+    import datasets
+
+    assert datasets.load_from_disk(str(hf))[0]["completion"] == r.completion
+    code = main(["feedback", "export", "--db", db, "--project", "serve-thumbs", "--kind", "thumbs",
+                 "--out", str(hf), "--format", "parquet"])
+    assert code == 2 and "field 'format': 'parquet' is not jsonl or hf" in capsys.readouterr().err
+
+
+def _counts(db_path):
+    import sqlite3
+
+    con = sqlite3.connect(db_path)
+    try:
+        projects = {n: (i, l) for n, i, l in con.execute("SELECT name, n_items, n_labels FROM projects")}
+        items = con.execute("SELECT external_id, n_assigned FROM items ORDER BY id").fetchall()
+        labels = con.execute("SELECT count(*) FROM labels").fetchone()[0]
+        assignments = con.execute("SELECT count(*) FROM assignments").fetchone()[0]
+    finally:
+        con.close()
+    return projects, items, labels, assignments
+
+
+@pytest.mark.parametrize("redact", [False, True])
+def test_forget_erases_one_end_users_completions_and_feedback(tiny_chat, tmp_path, capsys, redact):
+    db = str(tmp_path / "fb.db")
+    log = FeedbackLog(db, redact=redact)
+    with TestClient(create_app(tiny_chat, log)) as client:
+        def serve(user):
+            body = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
+            if user:
+                body["user"] = user
+            r = client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            return r.json()["id"]
+
+        jane, bob, nobody = serve("jane"), serve("bob"), serve(None)
+        for cid, user, extra in ((jane, "jane", {"rating": 6}), (bob, "bob", {}), (nobody, "jane", {})):
+            r = client.post("/v1/feedback", json={"completion_id": cid, "thumbs": "up", "user": user, **extra})
+            assert r.status_code == 200, r.text
+        bad = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "user": 7})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "user"
+    log.close()
+    projects, items, labels, assignments = _counts(db)
+    assert projects == {"serve-thumbs": (3, 3), "serve-ratings": (1, 1)} and labels == 4 and assignments == 4
+    stored = _stored_text(db)  # under redact the ids are kept only hashed, and forget still finds them
+    assert ("sha256:" in stored) == redact and ("jane" in stored) != redact
+
+    assert main(["feedback", "forget", "--db", db, "--end_user", "jane"]) == 0
+    # jane's completion (its thumbs item and its rating copy) with both her labels, and her
+    # thumbs on the completion served to no one named; bob's completion and label stay
+    assert "erased 2 completions and 3 feedback labels of end user 'jane'" in capsys.readouterr().out
+    projects, items, labels, assignments = _counts(db)
+    assert projects == {"serve-thumbs": (2, 1), "serve-ratings": (0, 0)}
+    assert items == [(bob, 1), (nobody, 0)] and labels == 1 and assignments == 1
+    out = tmp_path / "t.jsonl"
+    assert main(["feedback", "export", "--db", db, "--project", "serve-thumbs", "--kind", "thumbs",
+                 "--out", str(out)]) == 0
+    assert len(read_records(out, "thumbs")) == 1
+
+    assert main(["feedback", "forget", "--db", db, "--end_user", "jane"]) == 0  # nothing left: no error
+    assert "erased 0 completions and 0 feedback labels" in capsys.readouterr().out
+    assert main(["feedback", "forget", "--db", db]) == 2
+    assert "field 'end_user'" in capsys.readouterr().err
+    assert main(["feedback", "forget", "--db", db, "--end_user", "bob", "--project_prefix", "other"]) == 2
+    assert "no projects other-thumbs or other-ratings" in capsys.readouterr().err
+
+
+def test_import_redacts_before_labelers_see_it(tmp_path, capsys):
+    items = tmp_path / "items.jsonl"
+    items.write_text(json.dumps({"prompt": "Whose number is 212-555-0147?", "responses": [
+        {"text": "It is Ann's, ann@example.com."}, {"text": "I cannot share that.", "model": "a@b.co"}]}) + "\n"
+        + json.dumps({"messages": [{"role": "user", "content": "my card is 4111 1111 1111 1111"}],
+                      "responses": ["Please do not share it.", "Thanks!"]}) + "\n", encoding="utf-8")
+    db = str(tmp_path / "fb.db")
+    assert main(["feedback", "import", "--db", db, "--project", "p", "--file", str(items),
+                 "--task_type", "pairwise", "--redact", "true"]) == 0
+    assert "imported 2 items into project 'p' (id 1); redacted 1 CREDIT_CARD, 1 EMAIL_ADDRESS, 1 PHONE_NUMBER" \
+        in capsys.readouterr().out
+    text = _stored_text(db)
+    for secret in ("212-555-0147", "ann@example.com", "4111 1111"):
+        assert secret not in text
+    assert "Whose number is [PHONE_NUMBER]?" in text and "a@b.co" in text  # a model name is a name, not text

@@ -12,20 +12,28 @@ Presidio's output read these), and is applied
 What is found, and how a match is confirmed (a pattern alone flags too many numbers):
 
 ==============  ========================================================================
-EMAIL_ADDRESS   local@domain.tld
+EMAIL_ADDRESS   local@domain.tld (letters of any script)
 IBAN_CODE       two letters, two check digits, 11-30 letters / digits (groups of 4 may be
                 spaced), and the ISO 13616 check: the number mod 97 is 1
-CREDIT_CARD     13-19 digits, single spaces or dashes between groups allowed, passing the
-                Luhn check (ISO/IEC 7812), not all one digit
+CREDIT_CARD     13-19 digits, single spaces or dashes between groups allowed, starting with
+                2-6 (the card industries of ISO/IEC 7812), passing the Luhn check, not all
+                one digit
 US_SSN          ddd-dd-dddd, not area 000, 666 or 900-999, not group 00, not serial 0000
                 (the numbers the Social Security Administration never issues)
-IP_ADDRESS      IPv4 a.b.c.d with every part <= 255 (not inside a longer dotted run such
-                as a version number 1.2.3.4.5), and IPv6 as Python's ``ipaddress`` reads it
-PHONE_NUMBER    international ``+CC ...`` with 8-15 digits (E.164's maximum), North American
-                ``(NXX) NXX-XXXX`` / ``NXX-NXX-XXXX`` / ``NXX.NXX.XXXX`` with N in 2-9, and
-                national trunk-prefixed numbers such as ``020 7946 0958`` (10-11 digits
-                starting with 0, grouped)
+IP_ADDRESS      IPv4 a.b.c.d with every part <= 255 (not inside a longer dotted run, not
+                after "v" / "version": 1.2.3.4.5 and v1.2.3.4 are versions), and IPv6 as
+                Python's ``ipaddress`` reads it with at least two written groups and five hex
+                digits (``s[::2]``, ``a::b`` and ``::1`` are left alone)
+PHONE_NUMBER    international ``+CC ...`` or ``00CC ...`` with 9-15 digits (E.164's
+                maximum), North American ``(NXX) NXX-XXXX`` / ``NXX-NXX-XXXX`` /
+                ``NXX.NXX.XXXX`` with N in 2-9 (also after a trunk ``1-``), national
+                trunk-prefixed numbers (``020 7946 0958``, ``01 23 45 67 89``, ``030/1234567``,
+                ``(030) 1234567``), and a 7-digit local ``555-1234`` only when phone, number,
+                call, cell, mobile, fax, tel or reach stands in the 40 characters before it
 ==============  ========================================================================
+
+A match ends where a word does: ``bob@example.com--or`` is an address followed by a dash, while
+``123-45-6789-1`` is no SSN.
 
 What is not found: names, street addresses and other identifiers that only a named-entity model
 can tell from ordinary words (Presidio runs spaCy for them); a number written without its usual
@@ -96,17 +104,26 @@ def _ipv6_valid(s: str) -> bool:
 
 
 # --------------------------------------------------------------------------- patterns
-_EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
+# The end of a match: not followed by more of a word, nor by a hyphen that goes on with one
+# ("bob@example.com--or call" ends at the address; "123-45-6789-1" is not an SSN).
+_END = r"(?!\w|-\w)"
+_EMAIL = re.compile(r"(?<![\w.%+'-])[\w.%+'-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}" + _END)
 _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])")
 _CARD = re.compile(r"(?<![\d.-])\d(?:[ -]?\d){12,18}(?![\d-]|\.\d)")
-_SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")
+_SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}" + _END)
 _IPV4 = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d]|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|:)?(?![\w:])")
-_PHONE_INTL = re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){2,6}(?![\d-])")
-_PHONE_NANP = re.compile(r"(?<![\w-])(?:\(\d{3}\) ?|\d{3}[-. ])\d{3}[-. ]\d{4}(?![\w-])")
-_PHONE_TRUNK = re.compile(r"(?<![\w-])0\d{2,4}[ -]\d{3,4}[ -]?\d{3,4}(?![\w-])")
+_VERSION_BEFORE = re.compile(r"(?:\bv|\bversion\s*|\brelease\s*)$", re.IGNORECASE)
+# +CC or 00CC, then groups (an area code may stand in parentheses)
+_PHONE_INTL = re.compile(r"(?<![\w+.])(?:\+|00)[1-9]\d{0,2}(?:[ .-]?\(?\d{1,5}\)?){2,6}" + _END)
+# NANP, optionally after the trunk 1 (1-800-555-0199)
+_PHONE_NANP = re.compile(r"(?<![\w-])(?:1[-. ])?(?:\(\d{3}\) ?|\d{3}[-. ])\d{3}[-. ]\d{4}" + _END)
+# national numbers with a trunk 0: grouped (020 7946 0958, 01 23 45 67 89) or with the area code
+# set apart by a slash or parentheses (030/1234567, (030) 1234567)
+_PHONE_TRUNK = re.compile(r"(?<![\w-])(?:0\d{2,4}[ -]\d{3,4}[ -]?\d{3,4}|0\d(?: \d\d){4}"
+                          r"|0\d{2,4}/ ?\d{4,8}|\(0\d{2,4}\) ?\d{3,8})" + _END)
 # a 7-digit local number (555-1234) is a phone number only where the words before it say so
-_PHONE_LOCAL = re.compile(r"(?<![\w-])\d{3}-\d{4}(?![\w-])")
+_PHONE_LOCAL = re.compile(r"(?<![\w-])\d{3}-\d{4}" + _END)
 _PHONE_CONTEXT = re.compile(r"\b(?:phone|telephone|tel|number|call|cell|mobile|fax|reach)\b", re.IGNORECASE)
 
 
@@ -114,10 +131,24 @@ def _digits(s: str) -> str:
     return re.sub(r"\D", "", s)
 
 
+# the first digit of a card number is its industry: 2 and 5 Mastercard, 3 Amex / Diners / JCB,
+# 4 Visa, 6 Discover / UnionPay / Maestro (ISO/IEC 7812); a Luhn-valid run of digits starting
+# otherwise (a millisecond timestamp 1700000000004) is not taken for one
+_CARD_FIRST_DIGITS = "23456"
+
+
 def _card_ok(s: str) -> bool:
     d = _digits(s)
     seps = set(re.findall(r"[ -]", s))
-    return 13 <= len(d) <= 19 and len(seps) <= 1 and len(set(d)) > 1 and luhn_valid(d)
+    return (13 <= len(d) <= 19 and len(seps) <= 1 and len(set(d)) > 1 and d[0] in _CARD_FIRST_DIGITS
+            and luhn_valid(d))
+
+
+def _ipv6_ok(s: str) -> bool:
+    # at least two written groups and five hex digits: "::", "::2" and "a::b" are Python slices,
+    # Haskell types and C++ scopes far more often than addresses (fe80::1 has five)
+    groups = [g for g in s.split(":") if g]
+    return len(groups) >= 2 and sum(map(len, groups)) >= 5 and _ipv6_valid(s)
 
 
 def _phone_nanp_ok(s: str) -> bool:
@@ -130,9 +161,9 @@ _DETECTORS = {
     "IBAN_CODE": [(_IBAN, iban_valid)],
     "CREDIT_CARD": [(_CARD, _card_ok)],
     "US_SSN": [(_SSN, ssn_valid)],
-    "IP_ADDRESS": [(_IPV4, _ipv4_valid), (_IPV6, lambda s: s.count(":") >= 2 and _ipv6_valid(s))],
-    "PHONE_NUMBER": [(_PHONE_INTL, lambda s: 8 <= len(_digits(s)) <= 15),
-                     (_PHONE_NANP, _phone_nanp_ok),
+    "IP_ADDRESS": [(_IPV4, "ipv4"), (_IPV6, _ipv6_ok)],
+    "PHONE_NUMBER": [(_PHONE_INTL, lambda s: 9 <= len(_digits(s).removeprefix("00")) <= 15),
+                     (_PHONE_NANP, lambda s: _phone_nanp_ok(re.sub(r"^1[-. ]", "", s))),
                      (_PHONE_TRUNK, lambda s: 10 <= len(_digits(s)) <= 11),
                      (_PHONE_LOCAL, "context")],
 }
@@ -151,16 +182,18 @@ def find_pii(text: str, kinds: tuple[str, ...] = PII_KINDS) -> list[PiiSpan]:
                 s = m.group(0).rstrip(" .-")  # a trailing separator belongs to the sentence
                 if check == "context":
                     ok = bool(_PHONE_CONTEXT.search(text, max(0, m.start() - CONTEXT_CHARS), m.start()))
+                elif check == "ipv4":  # v1.2.3.4 and "version 1.2.3.4" are versions
+                    ok = _ipv4_valid(s) and not _VERSION_BEFORE.search(text, max(0, m.start() - 12), m.start())
                 else:
                     ok = check is None or check(s)
                 if s and ok:
                     found.append((rank, -len(s), m.start(), PiiSpan(kind, m.start(), m.start() + len(s), s)))
     kept: list[PiiSpan] = []
-    taken: list[tuple[int, int]] = []
+    taken = bytearray(len(text))  # characters already in a kept span (linear, however dense the hits)
     for _, _, _, span in sorted(found, key=lambda x: x[:3]):  # precedence, then longest first
-        if all(span.end <= a or span.start >= b for a, b in taken):
+        if not any(taken[span.start:span.end]):
             kept.append(span)
-            taken.append((span.start, span.end))
+            taken[span.start:span.end] = b"\x01" * (span.end - span.start)
     return sorted(kept, key=lambda s: s.start)
 
 

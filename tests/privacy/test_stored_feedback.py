@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from rlhfkit.cli import main  # noqa: E402
 from rlhfkit.data import read_records  # noqa: E402
 from rlhfkit.serve.app import create_app  # noqa: E402
-from rlhfkit.serve.store import FeedbackLog  # noqa: E402
+from rlhfkit.serve.store import FeedbackLog, hashed_user  # noqa: E402
 
 ASK = "My email is jane.doe@example.com and my phone is (415) 555-2671; what should I do?"
 REPLY = "Write to support@example.org or call +1 917-444-6321."
@@ -66,8 +66,13 @@ def test_serve_redacts_what_it_stores_not_what_it_sends(tiny_chat, tmp_path, cap
     text = _stored_text(db)
     for secret in ("jane.doe@example.com", "555-2671", "7946 0958", "support@example.org", "444-6321"):
         assert secret not in text
-    user_hash = "sha256:" + hashlib.sha256(b"jane.doe@example.com").hexdigest()[:16]
-    assert user_hash in text and "[PHONE_NUMBER]" in text
+    # the id is kept as an HMAC under a key beside the store (owner-only), not as an unkeyed hash
+    # that trying candidate addresses would reverse
+    key_file = tmp_path / "fb.db.end_user_key"
+    assert key_file.is_file() and key_file.stat().st_mode & 0o777 == 0o600
+    key = key_file.read_text().strip().encode()
+    assert hashed_user("jane.doe@example.com", key) in text and "[PHONE_NUMBER]" in text
+    assert hashlib.sha256(b"jane.doe@example.com").hexdigest()[:16] not in text
 
     out = tmp_path / "thumbs.jsonl"
     assert main(["feedback", "export", "--db", db, "--project", "serve-thumbs", "--kind", "thumbs",
@@ -138,25 +143,32 @@ def test_forget_erases_one_end_users_completions_and_feedback(tiny_chat, tmp_pat
             assert r.status_code == 200, r.text
             return r.json()["id"]
 
-        jane, bob, nobody = serve("jane"), serve("bob"), serve(None)
-        for cid, user, extra in ((jane, "jane", {"rating": 6}), (bob, "bob", {}), (nobody, "jane", {})):
+        jane, bob, nobody, quiet = serve("jane"), serve("bob"), serve(None), serve(None)
+        # jane's feedback on a completion served to no one named: the id went only to her
+        for cid, user, extra in ((jane, "jane", {"rating": 6}), (bob, "bob", {}), (nobody, "jane", {"rating": 3})):
             r = client.post("/v1/feedback", json={"completion_id": cid, "thumbs": "up", "user": user, **extra})
             assert r.status_code == 200, r.text
         bad = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "user": 7})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "user"
     log.close()
     projects, items, labels, assignments = _counts(db)
-    assert projects == {"serve-thumbs": (3, 3), "serve-ratings": (1, 1)} and labels == 4 and assignments == 4
+    assert projects == {"serve-thumbs": (4, 3), "serve-ratings": (2, 2)} and labels == 5 and assignments == 5
     stored = _stored_text(db)  # under redact the ids are kept only hashed, and forget still finds them
-    assert ("sha256:" in stored) == redact and ("jane" in stored) != redact
+    assert ("hmac:" in stored) == redact and ("jane" in stored) != redact
 
     assert main(["feedback", "forget", "--db", db, "--end_user", "jane"]) == 0
     # jane's completion (its thumbs item and its rating copy) with both her labels, and her
     # thumbs on the completion served to no one named; bob's completion and label stay
-    assert "erased 2 completions and 3 feedback labels of end user 'jane'" in capsys.readouterr().out
+    # her completion and the unnamed one she rated (each with its rating copy) and her four
+    # labels; bob's completion and label, and the completion nobody gave feedback on, stay
+    said = capsys.readouterr().out
+    assert f"erased 2 completions and 4 feedback labels of end user 'jane' from {db}\n" == said
     projects, items, labels, assignments = _counts(db)
     assert projects == {"serve-thumbs": (2, 1), "serve-ratings": (0, 0)}
-    assert items == [(bob, 1), (nobody, 0)] and labels == 1 and assignments == 1
+    assert items == [(bob, 1), (quiet, 0)] and labels == 1 and assignments == 1
+    import sqlite3
+
+    assert sqlite3.connect(db).execute("PRAGMA wal_checkpoint").fetchone()[1] == 0  # the WAL was emptied
     out = tmp_path / "t.jsonl"
     assert main(["feedback", "export", "--db", db, "--project", "serve-thumbs", "--kind", "thumbs",
                  "--out", str(out)]) == 0
@@ -185,3 +197,43 @@ def test_import_redacts_before_labelers_see_it(tmp_path, capsys):
     for secret in ("212-555-0147", "ann@example.com", "4111 1111"):
         assert secret not in text
     assert "Whose number is [PHONE_NUMBER]?" in text and "a@b.co" in text  # a model name is a name, not text
+
+
+def test_forget_mistakes_are_field_errors_and_change_nothing(tmp_path, capsys):
+    import sqlite3
+
+    items = tmp_path / "items.jsonl"
+    items.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"]}) + "\n", encoding="utf-8")
+    db = str(tmp_path / "fb.db")
+    # a project named like the served model's, of another task type
+    assert main(["feedback", "import", "--db", db, "--project", "serve-thumbs", "--file", str(items),
+                 "--task_type", "pairwise"]) == 0
+    capsys.readouterr()
+    assert main(["feedback", "forget", "--db", db, "--end_user", "jane"]) == 2
+    assert "field 'project_prefix': project 'serve-thumbs' exists with task type pairwise" in capsys.readouterr().err
+    # only one of the two projects: the other is not created by looking
+    log = FeedbackLog(db, prefix="x")
+    log.close()
+    con = sqlite3.connect(db)
+    con.execute("DELETE FROM projects WHERE name = 'x-ratings'")
+    con.commit()
+    con.close()
+    assert main(["feedback", "forget", "--db", db, "--end_user", "jane", "--project_prefix", "x"]) == 0
+    names = {n for (n,) in sqlite3.connect(db).execute("SELECT name FROM projects")}
+    assert names == {"serve-thumbs", "x-thumbs"}
+    not_a_db = tmp_path / "notes.db"
+    not_a_db.write_text("just text\n" * 100)
+    capsys.readouterr()
+    assert main(["feedback", "forget", "--db", str(not_a_db), "--end_user", "jane"]) == 2
+    assert "field 'db': cannot open the feedback store" in capsys.readouterr().err
+
+
+def test_redact_needs_a_key_outside_a_server_database(monkeypatch):
+    from rlhfkit.serve.store import end_user_key
+
+    monkeypatch.delenv("RLHFKIT_END_USER_KEY", raising=False)
+    with pytest.raises(ValueError, match=r"set \$RLHFKIT_END_USER_KEY"):
+        end_user_key("postgresql://u@h/db", required=True)
+    assert end_user_key("postgresql://u@h/db", required=False) is None
+    monkeypatch.setenv("RLHFKIT_END_USER_KEY", "s3cret")
+    assert end_user_key("postgresql://u@h/db", required=True) == b"s3cret"

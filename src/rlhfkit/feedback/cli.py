@@ -215,25 +215,30 @@ def run_create_user(c: CreateUserConfig) -> None:
 
 
 def run_forget(c: ForgetConfig) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from . import db
 
     if not c.end_user.strip():
         raise _err("field 'end_user': give the end user's id (the `user` their requests carried)")
     db.require_store_file(c.db)
-    store = db.Store(c.db)
-    try:
-        with store.read() as conn:
-            names = [f"{c.project_prefix}-thumbs", f"{c.project_prefix}-ratings"]
-            if all(_project_id(conn, n) is None for n in names):
-                raise _err(f"field 'project_prefix': no projects {' or '.join(names)} in {c.db}")
-    finally:
-        store.close()
     from rlhfkit.serve.store import FeedbackLog
 
-    log = FeedbackLog(c.db, prefix=c.project_prefix)
     try:
+        log = FeedbackLog(c.db, prefix=c.project_prefix, create=False)
+    except SQLAlchemyError as e:
+        raise _err(f"field 'db': cannot open the feedback store {c.db!r}: {getattr(e, 'orig', None) or e}") from None
+    except ValueError as e:  # a project of that name with another task type
+        raise _err(f"field 'project_prefix': {e}") from None
+    try:
+        if not log._pids:
+            raise _err(f"field 'project_prefix': no projects {c.project_prefix}-thumbs or "
+                       f"{c.project_prefix}-ratings in {c.db}")
         gone = log.forget(c.end_user)
     finally:
         log.close()
+    wal = {True: "", None: "",
+           False: "; the SQLite write-ahead log is held by another connection (a running server?) and still "
+                  "holds the erased rows until its next checkpoint: run this again when it is stopped"}
     print(f"erased {gone['items']} completions and {gone['labels']} feedback labels of end user "
-          f"{c.end_user.strip()!r} from {c.db}")
+          f"{c.end_user.strip()!r} from {c.db}{wal[gone['wal_truncated']]}")

@@ -15,7 +15,8 @@ class _ModelFields:
     project_prefix: str = field(default="serve", metadata={"help": "feedback projects are PREFIX-thumbs and PREFIX-ratings"})
     redact: bool = field(default=False, metadata={"help": "store conversations, replies and comments with personal data "
                                                           "(e-mail, phone, card, IBAN, SSN, IP) replaced by [KIND], and "
-                                                          "end-user ids hashed; the reply itself is sent unchanged"})
+                                                          "end-user ids hashed (HMAC, key in $RLHFKIT_END_USER_KEY or "
+                                                          "DB.end_user_key); the reply itself is sent unchanged"})
     max_new_tokens: int = field(default=128, metadata={"help": "default reply length limit (tokens)"})
     temperature: float = field(default=0.7, metadata={"help": "default sampling temperature (0 = greedy)"})
     top_p: float = field(default=1.0, metadata={"help": "default nucleus sampling (1 = off)"})
@@ -78,8 +79,13 @@ def _open_feedback(c: _ModelFields):
         return None
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .store import FeedbackLog
+    from .store import FeedbackLog, end_user_key
 
+    if c.redact:
+        try:
+            end_user_key(c.db, required=True)
+        except ValueError as e:
+            raise _err(f"field 'redact': {e}") from None
     try:
         return FeedbackLog(c.db, prefix=c.project_prefix, redact=c.redact)
     except SQLAlchemyError as e:

@@ -42,11 +42,15 @@ class FeedbackError(ValueError):
 class FeedbackLog:
     """Completions and end-user feedback in a feedback store (SQLite file or SQLAlchemy URL)."""
 
-    def __init__(self, db_url: str, prefix: str = "serve", scale: tuple[int, int] = (1, 7), redact: bool = False):
+    def __init__(self, db_url: str, prefix: str = "serve", scale: tuple[int, int] = (1, 7), redact: bool = False,
+                 create: bool = True):
         from rlhfkit.feedback import db
 
         self.redact = bool(redact)
+        # the key of the end-user id hashes: needed to store under redact, optional to forget
+        self.user_key = end_user_key(db_url, required=self.redact)
         self.store = db.Store(db_url)
+        self.create = create
         self.thumbs_project = f"{prefix}-thumbs"
         self.ratings_project = f"{prefix}-ratings"
         self.scale = (int(scale[0]), int(scale[1]))
@@ -71,6 +75,8 @@ class FeedbackLog:
                 if row.task_type != ttype:
                     raise ValueError(f"project {name!r} exists with task type {row.task_type}, expected {ttype}")
                 out[ttype] = int(row.id)
+                continue
+            if not self.create:
                 continue
             out[ttype] = int(conn.execute(insert(db.projects).values(
                 name=name, task_type=ttype, instructions=instructions, overlap=1, gold_rate=0.0,
@@ -122,7 +128,7 @@ class FeedbackLog:
     def _end_user(self, user: str | None) -> str | None:
         """The stored form of an end-user id: trimmed to 64 characters, hashed under ``redact``."""
         user = (user or "").strip()[:64] or None
-        return _hashed(user) if user and self.redact else user
+        return hashed_user(user, self.user_key) if user and self.redact else user
 
     def _private(self, text: str) -> str:
         if not self.redact:
@@ -219,12 +225,15 @@ class FeedbackLog:
         return self.store.write(job)
 
     def forget(self, user: str) -> dict:
-        """Erase what is stored about one end user (the right to erasure, GDPR art. 17): every
-        completion served to ``user`` in this prefix's projects, with all feedback on it, and
-        every feedback ``user`` gave on other completions. ``user`` matches as given and in its
-        hashed form (a store written with ``redact``). Returns ``{"items", "labels"}`` removed;
-        the projects' counts follow. Completions served without a ``user`` cannot be traced to
-        anyone and are not touched."""
+        """Erase what is stored about one end user (the right to erasure, GDPR art. 17) in this
+        prefix's projects: every completion served to ``user`` (its ``end_user``), every
+        completion served to no one named on which ``user`` gave feedback (a completion id goes
+        only to the caller it was served to), the rating copies of those completions, all
+        feedback on them, and ``user``'s feedback on other completions. ``user`` matches as given
+        and, when the key is at hand, in its hashed form (a store written with ``redact``). The
+        projects' counts follow. Deleted rows are overwritten (SQLite ``secure_delete``) and the
+        write-ahead log is emptied when no other connection holds it (``wal_truncated``).
+        Returns ``{"items", "labels", "wal_truncated"}``."""
         from sqlalchemy import delete, select, update
 
         from rlhfkit.feedback import db
@@ -232,21 +241,29 @@ class FeedbackLog:
         user = (user or "").strip()[:64]
         if not user:
             raise FeedbackError("give the end user's id", param="user")
-        names = {user, _hashed(user)}
+        names = {user} | ({hashed_user(user, self.user_key)} if self.user_key else set())
         pids = list(self._pids.values())
-        I, L, A = db.items, db.labels, db.assignments
+        I, L, A, P = db.items, db.labels, db.assignments, db.projects
+
+        def owner(responses) -> str | None:
+            return next((x.get("end_user") for x in responses or [] if isinstance(x, dict) and x.get("end_user")), None)
 
         def job(conn):
-            items = [r.id for r in conn.execute(select(I.c.id, I.c.responses).where(I.c.project_id.in_(pids)))
-                     if any(isinstance(x, dict) and x.get("end_user") in names for x in r.responses or [])]
-            labels = [r.id for r in conn.execute(select(L.c.id, L.c.item_id, L.c.payload).where(L.c.project_id.in_(pids)))
-                      if r.item_id in set(items) or (r.payload or {}).get("end_user") in names]
-            gone = {"items": len(items), "labels": len(labels)}
-            if not items and not labels:
-                return gone
+            if self.store.is_sqlite:  # freed pages are zeroed, not left holding the erased text
+                conn.exec_driver_sql("PRAGMA secure_delete=ON")
+            rows = conn.execute(select(I.c.id, I.c.external_id, I.c.responses).where(I.c.project_id.in_(pids))).all()
+            labels = conn.execute(select(L.c.id, L.c.item_id, L.c.payload).where(L.c.project_id.in_(pids))).all()
+            users_labels = [r for r in labels if (r.payload or {}).get("end_user") in names]
+            by_user = {r.item_id for r in users_labels}
+            erased = {r.external_id for r in rows if owner(r.responses) in names
+                      or (owner(r.responses) is None and r.id in by_user)}
+            items = {r.id for r in rows if r.external_id in erased}  # with the completions' rating copies
+            gone_labels = {r.id for r in labels if r.item_id in items} | {r.id for r in users_labels}
+            if not items and not gone_labels:
+                return {"items": 0, "labels": 0}
             touched = conn.execute(select(L.c.project_id, L.c.item_id, L.c.assignment_id, L.c.is_gold)
-                                   .where(L.c.id.in_(labels))).all()
-            conn.execute(delete(L).where(L.c.id.in_(labels)))
+                                   .where(L.c.id.in_(gone_labels))).all()
+            conn.execute(delete(L).where(L.c.id.in_(gone_labels)))
             conn.execute(delete(A).where(A.c.id.in_([t.assignment_id for t in touched])))
             for t in touched:  # the feedback left on items that stay
                 if t.item_id not in items:
@@ -258,11 +275,28 @@ class FeedbackLog:
                 n_items = sum(1 for r in item_projects if r.project_id == pid and not r.is_gold)
                 n_labels = sum(1 for t in touched if t.project_id == pid and not t.is_gold)
                 if n_items or n_labels:
-                    P = db.projects
                     conn.execute(update(P).where(P.c.id == pid).values(n_items=P.c.n_items - n_items,
                                                                       n_labels=P.c.n_labels - n_labels))
-            return gone
-        return self.store.write(job)
+            return {"items": len(erased), "labels": len(gone_labels)}
+        gone = self.store.write(job) if pids else {"items": 0, "labels": 0}
+        gone["wal_truncated"] = self._truncate_wal()
+        return gone
+
+    def _truncate_wal(self) -> bool | None:
+        """Checkpoint SQLite's write-ahead log and truncate it to 0 bytes (the erased rows' old
+        pages live there until then); False when another connection (a running server) keeps
+        it from finishing, None for other databases."""
+        if not self.store.is_sqlite:
+            return None
+        raw = self.store.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy = cur.fetchone()[0]
+            cur.close()
+        finally:
+            raw.close()
+        return not busy
 
     def export(self, kind: str) -> list:
         """``thumbs`` or ``ratings`` records (``rlhfkit.data`` records) of everything stored so far."""
@@ -275,8 +309,44 @@ class FeedbackLog:
             return export_records(conn, pid, kind)
 
 
-def _hashed(user: str) -> str:
-    return "sha256:" + hashlib.sha256(user.encode("utf-8")).hexdigest()[:16]
+END_USER_KEY_ENV = "RLHFKIT_END_USER_KEY"
+
+
+def end_user_key(db_url: str, required: bool) -> bytes | None:
+    """The secret that end-user ids are hashed with (HMAC-SHA256): ``$RLHFKIT_END_USER_KEY``,
+    else the key file beside a SQLite store (``<db>.end_user_key``, 32 random bytes, created
+    owner-only when ``required``). Kept out of the database, so that its rows and exports alone
+    do not turn a hash back into an id by trying candidate ids (an unkeyed hash of an e-mail
+    address would). None when no key exists and none is required."""
+    import os
+
+    from rlhfkit.feedback import db
+
+    if os.environ.get(END_USER_KEY_ENV):
+        return os.environ[END_USER_KEY_ENV].encode("utf-8")
+    path = db.sqlite_file(db_url)
+    if path is None:
+        if required:
+            raise ValueError(f"set ${END_USER_KEY_ENV}: hashed end-user ids need a secret kept outside the "
+                             f"database, and {db_url!r} is not a file that a key file could sit beside")
+        return None
+    key_file = path.with_name(path.name + ".end_user_key")
+    if not key_file.is_file() and required:
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # made by another process meanwhile
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+    return key_file.read_text(encoding="utf-8").strip().encode("utf-8") if key_file.is_file() else None
+
+
+def hashed_user(user: str, key: bytes) -> str:
+    import hmac
+
+    return "hmac:" + hmac.new(key, user.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
 
 def _shown(text: str, placeholder: str) -> str:

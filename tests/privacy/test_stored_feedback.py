@@ -237,3 +237,38 @@ def test_redact_needs_a_key_outside_a_server_database(monkeypatch):
     assert end_user_key("postgresql://u@h/db", required=False) is None
     monkeypatch.setenv("RLHFKIT_END_USER_KEY", "s3cret")
     assert end_user_key("postgresql://u@h/db", required=True) == b"s3cret"
+
+
+def test_export_leaves_out_pairs_that_redaction_made_equal(tmp_path, capsys):
+    """Two answers that differed only in a phone number are the same text once redacted: the
+    pair is left out of the export (and counted), not written as a preference between equals."""
+    from rlhfkit.feedback import db as fdb
+    from rlhfkit.feedback.auth import create_user
+    from rlhfkit.feedback.queue import next_task, submit_label
+
+    items = tmp_path / "items.jsonl"
+    items.write_text(
+        json.dumps({"prompt": "Number?", "responses": ["Call 212-555-0147.", "Call 212-555-0199."]}) + "\n"
+        + json.dumps({"prompt": "Mail?", "responses": ["Write to a@b.org.", "I cannot say."]}) + "\n",
+        encoding="utf-8")
+    db = str(tmp_path / "fb.db")
+    assert main(["feedback", "import", "--db", db, "--project", "p", "--file", str(items),
+                 "--task_type", "pairwise"]) == 0
+    store = fdb.Store(db)
+    try:
+        uid = store.write(lambda conn: create_user(conn, "ann", "a-long-password", "labeler"))
+        for _ in range(2):
+            task = store.write(lambda conn: next_task(conn, uid, 1))
+            # the answers are shown in a random order: pick the e-mail answer / the first phone one
+            first = task["responses"][0]["text"] in ("Write to a@b.org.", "Call 212-555-0147.")
+            store.write(lambda conn, t=task, v="A" if first else "B":
+                        submit_label(conn, uid, t["task_id"], {"choice": v}))
+    finally:
+        store.close()
+    out = tmp_path / "pairs.jsonl"
+    capsys.readouterr()
+    assert main(["feedback", "export", "--db", db, "--project", "p", "--out", str(out), "--redact", "true"]) == 0
+    said = capsys.readouterr().out
+    assert "wrote 1 pairs records" in said and "left out 1 pairs whose two answers became the same text" in said
+    (pair,) = read_records(out, "pairs")
+    assert pair.chosen == "Write to [EMAIL_ADDRESS]."

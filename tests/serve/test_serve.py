@@ -475,3 +475,21 @@ def test_a_served_model_is_named_after_its_folder(spec, name):
     from rlhfkit.serve.engine import default_model_name
 
     assert default_model_name(spec) == name
+
+
+def test_bf16_weights_serve_the_same_greedy_reply(tiny_chat_dir):
+    """``--precision bf16`` loads the weights in bfloat16 (inference only); the tiny model's greedy
+    reply is the same as in float32, through the native sampler and its float32 cache path."""
+    import torch
+
+    from rlhfkit.serve.engine import ChatModel
+
+    messages = [{"role": "user", "content": "Hello! How are you today?"}]
+    replies = {}
+    for precision in ("fp32", "bf16"):
+        chat = ChatModel.load(str(tiny_chat_dir), precision=precision, max_new_tokens=6, temperature=0.0)
+        assert next(chat.model.parameters()).dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+        replies[precision] = chat.complete(messages).text
+    assert replies["bf16"] == replies["fp32"]
+    with pytest.raises(ValueError, match="precision must be fp32 or bf16"):
+        ChatModel.load(str(tiny_chat_dir), precision="fp16")

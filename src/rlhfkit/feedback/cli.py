@@ -189,6 +189,11 @@ def run_export(c: ExportConfig) -> None:
 
         records, counts = redact_records(records)
         note = "; redacted " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing (none found)")
+        # two answers that differed only in what was redacted are one text now: no preference is left
+        same = [r for r in records if getattr(r, "chosen", None) is not None and r.chosen == r.rejected]
+        if same:
+            records = [r for r in records if not (getattr(r, "chosen", None) is not None and r.chosen == r.rejected)]
+            note += f"; left out {len(same)} pairs whose two answers became the same text"
     n = write_records(records, c.out, c.format)
     print(f"wrote {n} {c.kind} records to {c.out}{note}")
 

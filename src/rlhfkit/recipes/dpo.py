@@ -290,16 +290,22 @@ def cached_reference(config, model, splits: dict[str, list[dict]], pad_id: int, 
     """Attach ``e["ref"]`` (reference log-probs of ``e["seqs"]``) to every example, reading
     ``output_dir/reference_logps.pt`` when its key matches, else computing and writing it.
     Returns "reused" or "computed". The main process computes; the others wait and read."""
+    from rlhfkit.training.precision import running_at
+
     path = Path(config.output_dir) / CACHE_FILE
-    key = cache_key(config.model, model, splits, config.max_length)
+    precision = getattr(config, "precision", "fp32")
+    # bf16: the reference is computed as the policy's log-probs will be, so that at step 0 they
+    # cancel as they do in float32 (and the key tells the two caches apart)
+    key = cache_key(config.model + ("" if precision == "fp32" else f"|{precision}"), model, splits, config.max_length)
     status = "reused"
     if info.is_main:
         cache = torch.load(path, weights_only=True) if path.is_file() else None
         if cache is None or cache.get("key") != key:
             status = "computed"
-            cache = {"key": key, "splits": {name: compute_reference(model, ex, pad_id, config.micro_batch_size,
-                                                                     desc=f"reference log-probs ({name})")
-                                            for name, ex in splits.items()}}
+            with running_at(model, precision):
+                cache = {"key": key, "splits": {name: compute_reference(model, ex, pad_id, config.micro_batch_size,
+                                                                         desc=f"reference log-probs ({name})")
+                                                for name, ex in splits.items()}}
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             torch.save(cache, tmp)
@@ -453,7 +459,10 @@ def run(config: DPOConfig) -> dict:
             # 1/2 by construction (ties count 1/2), so no pass over the held-out set is spent on it
             before = {"eval_accuracy": 0.5}
         elif held:
-            before = evaluate(model, held, collate, config, reference)
+            from rlhfkit.training.precision import running_at
+
+            with running_at(model, config.precision):  # as fit evaluates
+                before = evaluate(model, held, collate, config, reference)
     metrics = fit(model, train, collate, make_loss(config, reference), count_pairs, config, info, eval_fn,
                   desc=f"dpo-{config.loss}", unit="pairs")
     if info.is_main:

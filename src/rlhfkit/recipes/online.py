@@ -143,10 +143,18 @@ def load_models(config: OnlineConfig, need_reference: bool):
     needed). Dropout is off in all of them (detail 8)."""
     from rlhfkit.models import apply_lora, load_policy
 
+    from rlhfkit.training.precision import autocast_forward
+
     policy, tokenizer = load_policy(config.model)  # left padding, pad != eos (detail 1)
+    # bf16: every forward of the policy (sampling, behaviour and update log-probs) and of the
+    # reference runs in autocast, so the behaviour log-probs and the update's come from the same
+    # computation (the teacher-forced pass of rollout.finish_rollout) and the ratio starts at 1;
+    # reward models are not touched
+    autocast_forward(policy, config.precision)
     reference = None
     if need_reference and config.ref_model:
         reference, ref_tokenizer = load_policy(config.ref_model)
+        autocast_forward(reference, config.precision)
         if ref_tokenizer.get_vocab() != tokenizer.get_vocab():  # the KL compares token by token
             raise ValueError(f"field 'ref_model': {config.ref_model!r} has another tokenizer than model "
                              f"{config.model!r}; the KL to the reference needs the same vocabulary")

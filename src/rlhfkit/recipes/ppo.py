@@ -29,6 +29,7 @@ from rlhfkit.recipes.online import (RANK_SALT, explained_variance, finish_run, r
 from rlhfkit.rewards import RunningNormaliser, build_reward
 from rlhfkit.rollout import Rollout, response_logprobs, step_seed
 from rlhfkit.training.loop import enable_gradient_checkpointing
+from rlhfkit.training.precision import autocast_forward
 from rlhfkit.training.distributed import DistInfo, all_reduce_gradients, all_reduce_sum, cleanup
 
 
@@ -172,6 +173,7 @@ def run(config: PPOConfig) -> dict:
     gold = build_reward(config.gold_reward, batch_size=config.reward_batch_size) if config.gold_reward else None
     policy, tokenizer, reference = load_models(config, need_reference=True)
     value_model = load_value_model(config, tokenizer)
+    autocast_forward(value_model, config.precision)
     generator = make_generator(config, tokenizer, policy)
     modules = torch.nn.ModuleDict({"policy": policy, "value": value_model})
     params = [p for p in modules.parameters() if p.requires_grad]

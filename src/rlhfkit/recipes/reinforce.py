@@ -71,6 +71,9 @@ def run(config: ReinforceConfig) -> dict:
     modules = torch.nn.ModuleDict({"policy": policy})
     if config.baseline == "learned":
         modules["value"] = make_value_model(config.model, zero_init=True, tokenizer=tokenizer)
+        from rlhfkit.training.precision import autocast_forward
+
+        autocast_forward(modules["value"], config.precision)
     params = [p for p in modules.parameters() if p.requires_grad]
     optimizer, scheduler = optimizer_and_scheduler(params, config)
     start, state = resume_state(config, modules, optimizer, scheduler, info)

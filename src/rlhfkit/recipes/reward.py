@@ -20,6 +20,7 @@ from rlhfkit.recipes.common import (LoraConfig, finished_run, first_n, load_trai
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.checkpoint import latest_checkpoint
 from rlhfkit.training.loop import TrainingConfig, fit
+from rlhfkit.training.precision import running_at
 
 OBJECTIVE_KIND = {"pairwise": "pairs", "regression": "ratings", "classification": "thumbs"}
 
@@ -168,7 +169,8 @@ def linear_probe(model, train: list[dict], collate, config: "RewardConfig") -> d
     was_training = model.training
     model.eval()
     batches = [collate(train[i:i + 32]) for i in range(0, len(train), 32)]
-    feats = head_features(model, batches)
+    with running_at(model, config.precision):  # the backbone's features, as training computes them;
+        feats = head_features(model, batches)    # the probe's own fit stays float32
     model.train(was_training)
     if config.objective == "pairwise":
         n = [int(b["tie"].numel()) for b in batches]
@@ -284,7 +286,8 @@ def run(config: RewardConfig) -> dict:
     if probe_only:
         metrics = {"step": 0, **probe}
         if eval_records and config.objective == "pairwise":
-            metrics.update(scorer(eval_records, "eval")(model.eval()))
+            with running_at(model, config.precision):
+                metrics.update(scorer(eval_records, "eval")(model.eval()))
     else:
         metrics = fit(model, train, collate, make_loss(config.objective), count_examples, config, info,
                       eval_fn, desc="reward", unit="pairs" if kind == "pairs" else "examples",

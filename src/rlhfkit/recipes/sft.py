@@ -18,6 +18,7 @@ from rlhfkit.recipes.common import (LoraConfig, finished_run, load_training_reco
                                     split_holdout, validate_data_fields)
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.loop import TrainingConfig, fit, model_device, to_device
+from rlhfkit.training.precision import running_at
 
 
 @dataclass
@@ -109,7 +110,8 @@ def run(config: SFTConfig) -> dict:
     eval_fn = (lambda m: evaluate(m, held, collate, config.micro_batch_size)) if held else None
     if info.is_main:
         print(f"sft: {len(train)} training and {len(held)} held-out examples, model {config.model}")
-        before = evaluate(model, held, collate, config.micro_batch_size) if held else {}
+        with running_at(model, config.precision):  # as fit evaluates after training
+            before = evaluate(model, held, collate, config.micro_batch_size) if held else {}
     metrics = fit(model, train, collate, loss_sum, count_tokens, config, info, eval_fn, desc="sft")
     if info.is_main and held:
         metrics["eval_loss_before"] = before["eval_loss"]

@@ -150,7 +150,10 @@ class NativeLlamaGenerator:
             hidden = hidden + F.linear(F.silu(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)
         last = self._rms(hidden[:, -1], model.model.norm.weight, eps)
         head = model.lm_head
-        return F.linear(last, head.weight, head.bias)
+        # the head in the weights' own dtype, out of autocast: float32 weights give float32
+        # logits as training.precision keeps them (bf16 weights, for inference, give bf16 ones)
+        with torch.autocast(device_type=last.device.type, enabled=False):
+            return F.linear(last.to(head.weight.dtype), head.weight, head.bias)
 
     # ------------------------------------------------------------------ sampling
     def _next_tokens(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -191,7 +194,12 @@ class NativeLlamaGenerator:
         prefill_mask = ((causal[None] & real[:, None, :]) | eye[None])[:, None]
         visible = torch.cat([real, torch.ones(B, n_new, dtype=torch.bool, device=device)], dim=1)
         positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # PPO detail 2
-        logits = self.forward(model, prompt_ids, positions, 0, keys, values, prefill_mask)
+        # a model set to run in bf16 (training.precision.autocast_forward) samples in bf16 too
+        from rlhfkit.training.precision import autocast
+
+        in_precision = autocast(getattr(model, "_rlhfkit_autocast", None) or "fp32", device)
+        with in_precision:
+            logits = self.forward(model, prompt_ids, positions, 0, keys, values, prefill_mask)
         position = positions[:, -1:] + 1
         done = torch.zeros(B, dtype=torch.bool, device=device)
         out = []
@@ -203,7 +211,8 @@ class NativeLlamaGenerator:
             done |= token == self.eos_token_id
             if told_to_stop or t == n_new - 1 or bool(done.all()):
                 break
-            logits = self.forward(model, token[:, None], position, P + t, keys, values,
-                                  visible[:, None, None, : P + t + 1])
+            with in_precision:
+                logits = self.forward(model, token[:, None], position, P + t, keys, values,
+                                      visible[:, None, None, : P + t + 1])
             position = position + 1
         return torch.stack(out, dim=1) if out else prompt_ids.new_zeros((B, 0))

@@ -39,6 +39,7 @@ from .distributed import (
 )
 from .config import ConfigError
 from .logging import MetricsLogger, progress_bar
+from .precision import autocast, keep_head_fp32
 
 
 @dataclass
@@ -75,6 +76,9 @@ class TrainingConfig:
     parallel: str = field(default="ddp", metadata={"help": "ddp (replicated) or fsdp (sharded, FSDP2) when launched with several processes"})
     tensorboard: bool = field(default=True, metadata={"help": "also log to TensorBoard when installed"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
+    precision: str = field(default="fp32", metadata={"help": "fp32, or bf16: the training forward passes in bfloat16 "
+                                                             "autocast (weights, gradients, optimiser and output head "
+                                                             "stay float32; training/precision.py)"})
 
     def trains_without_steps(self) -> bool:
         """Whether ``epochs: 0`` (no optimiser step) is a run: a recipe that fits something
@@ -96,6 +100,10 @@ class TrainingConfig:
             raise ValueError("fields 'epochs' / 'max_steps': need epochs > 0 or max_steps > 0 (neither negative)")
         if self.save_every < 0 or self.eval_every < 0 or self.log_every < 1:
             raise ValueError("fields 'save_every' / 'eval_every' must be >= 0 and 'log_every' >= 1")
+        from .precision import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"field 'precision': {self.precision!r} is not one of {list(PRECISIONS)}")
 
 
 # Fields that may change between a run and its resumption without changing the result.
@@ -103,11 +111,17 @@ _RESUME_FREE_FIELDS = {"output_dir", "resume", "save_every", "keep_checkpoints",
                        "tensorboard", "threads", "gradient_checkpointing", "max_minutes"}
 
 
+# Fields added after runs were made: left out of fingerprints while they hold these values, so that
+# a checkpoint (or a pipeline stage) made before the field existed still resumes (stays cached).
+FINGERPRINT_DEFAULTS = {"precision": "fp32"}
+
+
 def resume_fingerprint(config: Any) -> dict:
     """The config fields a checkpoint's continuation depends on (JSON-able), stored with it."""
     import dataclasses
 
-    d = {k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUME_FREE_FIELDS}
+    d = {k: v for k, v in dataclasses.asdict(config).items()
+         if k not in _RESUME_FREE_FIELDS and not (k in FINGERPRINT_DEFAULTS and v == FINGERPRINT_DEFAULTS[k])}
     return json.loads(json.dumps(d, default=str))
 
 
@@ -328,6 +342,8 @@ def fit(
         load_checkpoint(ckpt, model, restore_rng=False)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    if config.precision != "fp32":
+        keep_head_fp32(model)
     train_model = wrap_model(model, info, config.parallel)
     optimizer = build_optimizer(train_model, config)
     scheduler = build_scheduler(optimizer, total_steps, config)
@@ -360,7 +376,8 @@ def fit(
         extra: dict[str, float] = {}
         for k, batch in enumerate(micro):
             with grad_sync_context(train_model, sync=k == len(micro) - 1):
-                loss_sum, stats = loss_fn(train_model, batch)
+                with autocast(config.precision, device):  # the forward pass only (AMP)
+                    loss_sum, stats = loss_fn(train_model, batch)
                 # DDP averages gradients over ranks; scale by world size so the result is
                 # the gradient of (sum over the global batch) / (global unit count).
                 (loss_sum * (info.world_size / max(n_units, 1))).backward()
@@ -394,7 +411,8 @@ def fit(
             logger.log(step_done, last)
             bar.set_postfix(loss=f"{loss_global:.4f}")
         if eval_fn is not None and config.eval_every and step_done % config.eval_every == 0 and step_done < total_steps:
-            scores = eval_fn(unwrap(train_model))
+            with autocast(config.precision, device):
+                scores = eval_fn(unwrap(train_model))
             logger.log(step_done, scores)
             if best is not None:
                 best.update(step_done, scores, train_model)
@@ -411,18 +429,21 @@ def fit(
         _kill_for_tests(step_done)
     bar.close()
     if eval_fn is not None:
-        scores = eval_fn(unwrap(train_model))
+        with autocast(config.precision, device):
+            scores = eval_fn(unwrap(train_model))
         logger.log(total_steps, scores)
         if best is not None:
             best.update(total_steps, scores, train_model)
             if best.step != total_steps:
                 best.restore(train_model)
-                scores = eval_fn(unwrap(train_model))
+                with autocast(config.precision, device):
+                    scores = eval_fn(unwrap(train_model))
             scores = {**scores, "best_step": best.step, f"best_{best.metric}": best.value}
             logger.log(total_steps, scores)
         last.update(scores)
     if final_eval_fn is not None:
-        scores = final_eval_fn(unwrap(train_model))
+        with autocast(config.precision, device):
+            scores = final_eval_fn(unwrap(train_model))
         logger.log(total_steps, scores)
         last.update(scores)
     logger.close()

@@ -318,3 +318,22 @@ def test_jsonl_with_unicode_line_separators_in_a_response_reads_back(tmp_path):
     from rlhfkit.pipeline.stages import _read_jsonl as pipeline_read
 
     assert _read_jsonl(path) == rows == pipeline_read(path)
+
+
+def test_a_conservative_ensemble_reward_drives_the_policy_rounds(tmp_path, loop_prompts):
+    """``ensemble_reward: uwo=1`` gives each policy round the members combined as mean - variance
+    (an ``ensemble:`` reward term over the round's members); the default ``mean`` keeps the
+    weighted-sum spec and the stage fingerprints of loops run before the field existed."""
+    from rlhfkit.loop.config import LoopConfig
+
+    out = tmp_path / "uwo"
+    loop_run.run(tiny_loop_config(out, loop_prompts, selection="random", rounds=1, ensemble_reward="uwo=1"))
+    members = _stage(out, "1/reward")["outputs"]["members"]
+    saved = (out / "round-1" / "policy" / "config.yaml").read_text()
+    assert f"ensemble:uwo=1:{','.join(members)}" in saved
+    assert _stage(out, "1/policy")["outputs"]["model"] == str(out / "round-1" / "policy" / "model")
+    loop = Loop(tiny_loop_config(tmp_path / "mean", loop_prompts), tmp_path / "mean")
+    loop.fps = {"setup": "s", "1/reward": "r"}
+    assert "ensemble_reward" not in loop.spec(1, "policy")[0]
+    with pytest.raises(ValueError, match="field 'ensemble_reward'"):
+        LoopConfig(ensemble_reward="uwo=-2").validate()

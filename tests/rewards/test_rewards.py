@@ -85,3 +85,39 @@ def test_reward_model_source_matches_reward_scores_and_is_batch_invariant():
     torch.testing.assert_close(got, expect, atol=1e-5, rtol=1e-5)
     one = torch.cat([src([p], [r]) for p, r in zip(P, R)])
     torch.testing.assert_close(one, got, atol=1e-5, rtol=1e-5)
+
+
+def test_ensemble_combinations_by_hand():
+    """Coste et al. 2023's combinations on three members' scores of two responses:
+    response 0: 1, 3, 2 -> mean 2, min 1, population variance (1 + 1 + 0) / 3 = 2/3;
+    response 1: 2, 0, 4 -> mean 2, min 0, variance (0 + 4 + 4) / 3 = 8/3; uwo with lambda 0.5
+    subtracts 1/3 and 4/3: the response the members disagree on loses more."""
+    from rlhfkit.core.reward_shaping import combine_ensemble
+
+    s = torch.tensor([[1.0, 2.0], [3.0, 0.0], [2.0, 4.0]])
+    assert combine_ensemble(s, "mean").tolist() == [2.0, 2.0]
+    assert combine_ensemble(s, "min").tolist() == [1.0, 0.0]
+    assert combine_ensemble(s, "uwo", 0.5).tolist() == pytest.approx([2 - 1 / 3, 2 - 4 / 3])
+    one = torch.tensor([[0.25, -1.0]])
+    for how in ("mean", "min", "uwo"):
+        assert combine_ensemble(one, how, 3.0).tolist() == [0.25, -1.0]
+    with pytest.raises(ValueError, match="one of mean, min, uwo"):
+        combine_ensemble(s, "max")
+
+
+def test_ensemble_source_and_spec():
+    from rlhfkit.rewards import EnsembleSource, check_reward_spec
+    from rlhfkit.rewards.sources import parse_ensemble_term
+
+    a = FunctionSource(lambda p, r: [float(len(x)) for x in r])
+    b = FunctionSource(lambda p, r: [1.0 for _ in r])
+    src = EnsembleSource([a, b], "uwo", 1.0)
+    # lengths 1 and 3 against 1: means 1 and 2, variances 0 and 1
+    assert src(["p", "p"], ["x", "xyz"]).tolist() == [1.0, 1.0]
+    assert src.last_members.tolist() == [[1.0, 3.0], [1.0, 1.0]]
+    assert parse_ensemble_term("uwo=0.5:A, B") == ("uwo", 0.5, ["A", "B"])
+    assert parse_ensemble_term("min:A") == ("min", 0.0, ["A"])
+    check_reward_spec("0.5*ensemble:uwo=2:outputs/a,outputs/b + vader")
+    for bad in ("ensemble:max:A", "ensemble:uwo=x:A", "ensemble:uwo=-1:A", "ensemble:min:", "ensemble:min"):
+        with pytest.raises(ValueError):
+            check_reward_spec(bad)

@@ -49,3 +49,30 @@ def apply_missing_eos_penalty(score: torch.Tensor, has_eos: torch.Tensor, penalt
     Shapes: ``score`` [B], ``has_eos`` bool [B] -> [B].
     """
     return score - penalty * (~has_eos.bool()).to(score.dtype)
+
+
+ENSEMBLE_COMBINATIONS = ("mean", "min", "uwo")
+
+
+def combine_ensemble(scores: torch.Tensor, how: str = "mean", uwo_lambda: float = 0.0) -> torch.Tensor:
+    """One reward per response from an ensemble's ``scores`` [M, N] (M members), after Coste et
+    al. 2023, "Reward Model Ensembles Help Mitigate Overoptimization":
+
+    - ``mean``: the members' mean (what the loop optimised before);
+    - ``min``: worst-case optimisation (WCO), the lowest member's score: the policy only gains
+      where every member agrees it gained;
+    - ``uwo``: uncertainty-weighted optimisation, ``mean - uwo_lambda * Var_m`` (population
+      variance over members): a response the members disagree on is worth less, which is where
+      a policy exploiting one member's error would go.
+
+    With one member every combination is that member's score."""
+    if scores.dim() != 2 or scores.shape[0] < 1:
+        raise ValueError(f"scores must be [members, responses], got shape {tuple(scores.shape)}")
+    s = scores.float()
+    if how == "mean":
+        return s.mean(0)
+    if how == "min":
+        return s.min(0).values
+    if how == "uwo":
+        return s.mean(0) - float(uwo_lambda) * s.var(0, unbiased=False)
+    raise ValueError(f"ensemble combination must be one of {', '.join(ENSEMBLE_COMBINATIONS)}, got {how!r}")

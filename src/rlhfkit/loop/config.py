@@ -46,6 +46,11 @@ class LoopConfig:
     max_pairs_per_prompt: int = field(default=1, metadata={"help": "cap on selected pairs from one prompt (0 = none)"})
     ensemble_size: int = field(default=3, metadata={"help": "reward models in the ensemble (>= 2 for variance)"})
     bootstrap: bool = field(default=True, metadata={"help": "members 1.. train on bootstrap resamples (member 0 on all labels); else seeds only"})
+    ensemble_reward: str = field(default="mean", metadata={"help": "the policy's reward from the ensemble: mean, min (worst case) "
+                                                                   "or uwo=LAMBDA (mean - LAMBDA * variance over members; "
+                                                                   "Coste et al. 2023, against over-optimisation; as "
+                                                                   "best-of-4 choosers they did worse than mean, "
+                                                                   "docs/BENCHMARKS.md)"})
     # --- labels
     labeler: str = field(default="simulated", metadata={"help": "simulated (gold judge + noise, in process) or store (people in the feedback app)"})
     label_noise: float = field(default=0.3, metadata={"help": "simulated: std of Gaussian noise on the gold score"})
@@ -101,6 +106,14 @@ class LoopConfig:
         from rlhfkit.rewards import check_reward_field
 
         check_reward_field("gold", self.gold)
+        if self.ensemble_reward != "mean":
+            from rlhfkit.rewards.sources import parse_ensemble_term
+
+            try:
+                parse_ensemble_term(f"{self.ensemble_reward}:member")
+            except ValueError:
+                raise ValueError(f"field 'ensemble_reward': {self.ensemble_reward!r} is not mean, min or "
+                                 "uwo=LAMBDA (LAMBDA >= 0)") from None
         if self.labeler_judge:
             check_reward_field("labeler_judge", self.labeler_judge)
         for section in (self.reward, getattr(self, self.algorithm)):

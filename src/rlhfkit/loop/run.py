@@ -18,7 +18,9 @@ policy's gold score. Then each round N writes ``round-N/<stage>/``:
    = every label so far;
 4. ``reward``: the ensemble retrained from scratch on all labels (``loop/ensemble.py``);
 5. ``policy``: a GRPO or PPO round (the recipes, unchanged) from the current policy against the
-   ensemble mean, with KL to the policy the round started from (see below); its ``model/`` is the
+   ensemble mean (or, ``ensemble_reward``, its minimum or mean - lambda * variance: conservative
+   rewards against over-optimising one member's errors), with KL to the policy the round started
+   from (see below); its ``model/`` is the
    new current policy, which generates the next round's candidates (and for the app);
 6. ``eval``: gold score of the new policy on the held-out prompts, KL to the initial policy, the
    ensemble's accuracy on the gold-judged held-out pairs.
@@ -233,6 +235,8 @@ class Loop:
                    "seed": c.seed, "round": r}
             if c.kl_anchor != "round" and r > 1:  # round 1's reference is the initial policy either way; only
                 own["kl_anchor"] = c.kl_anchor     # when set, so loops run before the field existed stay cached
+            if c.ensemble_reward != "mean":        # the same: only when set
+                own["ensemble_reward"] = c.ensemble_reward
             return own, {"reward": fps[f"{r}/reward"], "policy": prev_policy, "setup": fps["setup"]}
         if stage == "eval":
             own = {"gold": c.gold, "eval_samples": c.eval_samples, "max_new_tokens": c.max_new_tokens,
@@ -363,6 +367,8 @@ class Loop:
         cfg = copy.deepcopy(getattr(c, c.algorithm))
         cfg.model, cfg.prompts = self.policy_before(r), str(self.out / "setup" / "train_prompts.jsonl")
         cfg.reward, cfg.gold_reward = self.outputs[f"{r}/reward"]["spec"], c.gold
+        if c.ensemble_reward != "mean":  # a conservative combination of the members (rewards.EnsembleSource)
+            cfg.reward = f"ensemble:{c.ensemble_reward}:" + ",".join(self.outputs[f"{r}/reward"]["members"])
         cfg.output_dir, cfg.seed = str(d), c.seed * 100 + r
         cfg.max_prompts = 0
         # round 1 starts from the initial policy, so both anchors are the same model there

@@ -138,10 +138,58 @@ def parse_reward_spec(spec: str) -> list[tuple[float, str]]:
     return terms
 
 
+class EnsembleSource:
+    """Several reward models combined per response (``core.reward_shaping.combine_ensemble``:
+    ``mean``, ``min`` or ``uwo`` = mean - lambda * variance). Spec term:
+    ``ensemble:HOW:PATH1,PATH2,...`` with HOW ``mean``, ``min`` or ``uwo=LAMBDA``. After each
+    call ``last_members`` holds the members' scores ``[M, N]`` (for logging their spread)."""
+
+    def __init__(self, members: Sequence[Any], how: str = "mean", uwo_lambda: float = 0.0):
+        from rlhfkit.core.reward_shaping import combine_ensemble
+
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        combine_ensemble(torch.zeros(1, 1), how, uwo_lambda)  # a bad combination fails here, not mid-run
+        self.members, self.how, self.uwo_lambda = list(members), how, float(uwo_lambda)
+        self.last_members = torch.zeros(0)
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        from rlhfkit.core.reward_shaping import combine_ensemble
+
+        self.last_members = torch.stack([m(prompts, responses).float().reshape(-1) for m in self.members])
+        return combine_ensemble(self.last_members, self.how, self.uwo_lambda)
+
+    def __repr__(self) -> str:
+        how = f"uwo={self.uwo_lambda:g}" if self.how == "uwo" else self.how
+        return f"EnsembleSource({how}, {len(self.members)} members)"
+
+
+def parse_ensemble_term(rest: str) -> tuple[str, float, list[str]]:
+    """``"uwo=0.5:A,B"`` -> ``("uwo", 0.5, ["A", "B"])``; ``"min:A,B"`` -> ``("min", 0.0, [...])``."""
+    how, sep, paths = rest.partition(":")
+    lam = 0.0
+    if how.startswith("uwo="):
+        try:
+            lam = float(how[4:])
+        except ValueError:
+            raise ValueError(f"ensemble: uwo=LAMBDA needs a number, got {how!r}") from None
+        if lam < 0:
+            raise ValueError(f"ensemble: uwo lambda must be >= 0, got {lam}")
+        how = "uwo"
+    members = [p.strip() for p in paths.split(",") if p.strip()]
+    if not sep or how not in ("mean", "min", "uwo") or not members:
+        raise ValueError(f"an ensemble term is ensemble:HOW:PATH1,PATH2,... with HOW mean, min or uwo=LAMBDA, "
+                         f"got 'ensemble:{rest}'")
+    return how, lam, members
+
+
 def _single(term: str, rm_kwargs: dict) -> Any:
     kind, sep, rest = term.partition(":")
     if kind == "rm" and sep:
         return RewardModelSource.load(rest, **rm_kwargs)
+    if kind == "ensemble" and sep:
+        how, lam, members = parse_ensemble_term(rest)
+        return EnsembleSource([RewardModelSource.load(m, **rm_kwargs) for m in members], how, lam)
     if kind == "fn" and sep:
         return FunctionSource(rest)
     if kind in JUDGES:
@@ -149,7 +197,7 @@ def _single(term: str, rm_kwargs: dict) -> Any:
     if sep and kind and rest:
         return FunctionSource(term)  # bare package.module:function
     raise ValueError(f"unknown reward source {term!r}: use a judge ({', '.join(sorted(JUDGES))}), "
-                     "rm:PATH or fn:package.module:function")
+                     "rm:PATH, ensemble:HOW:PATH1,PATH2 or fn:package.module:function")
 
 
 def check_reward_spec(spec: str) -> None:
@@ -163,6 +211,9 @@ def check_reward_spec(spec: str) -> None:
         if kind == "rm" and sep:
             if not rest.strip():
                 raise ValueError(f"'rm:' needs a reward model path or name in {spec!r}")
+            continue
+        if kind == "ensemble" and sep:
+            parse_ensemble_term(rest)
             continue
         _single(term, {})
 

@@ -120,7 +120,7 @@ def test_dpo_bf16_reference_cancels_at_step_zero(tmp_path, tiny_policy_dir, pair
 
     same, mixed = rewards("bf16"), rewards("fp32")
     # (the tiny model's logits are small, so bf16's rounding is too: 4e-5 here; SmolLM2's
-    # sequence log-probs differ by about 0.17 nats between the two, docs/BENCHMARKS.md)
+    # sequence log-probs differ by about 0.20 nats between the two, docs/BENCHMARKS.md)
     assert same < 1e-7 and mixed > 1e-6, (same, mixed)
     # the two caches are told apart by their key
     assert (tmp_path / "bf16" / dpo.CACHE_FILE).is_file() and (tmp_path / "fp32" / dpo.CACHE_FILE).is_file()
@@ -203,11 +203,39 @@ def test_autocast_forward_hooks(tiny_policy_dir):
     assert dtypes == [torch.bfloat16]
 
 
-def test_grpo_learns_in_bf16_and_starts_at_its_reference(tmp_path, tiny_policy_dir, prompt_file):
+def _record_layer_dtypes(monkeypatch, seen: dict):
+    """Record the dtype of a decoder layer's MLP output in the policy, reference and value model
+    as the recipe builds them (the feature switched off would record float32)."""
+    from rlhfkit.recipes import online, ppo
+
+    def watch(name, model):
+        if model is not None:
+            inner = getattr(model, "get_base_model", lambda: model)()
+            layer = getattr(inner, inner.base_model_prefix).layers[0].mlp.down_proj
+            layer.register_forward_hook(lambda m, a, out: seen.setdefault(name, set()).add(out.dtype))
+        return model
+
+    load_models, load_value_model = online.load_models, ppo.load_value_model
+
+    def models(config, need_reference):
+        policy, tok, reference = load_models(config, need_reference)
+        return watch("policy", policy), tok, watch("reference", reference)
+
+    import rlhfkit.recipes.grpo as grpo_mod
+
+    monkeypatch.setattr(grpo_mod, "load_models", models)
+    monkeypatch.setattr(ppo, "load_models", models)
+    monkeypatch.setattr(ppo, "load_value_model", lambda c, t: watch("value", load_value_model(c, t)))
+
+
+def test_grpo_learns_in_bf16_and_starts_at_its_reference(tmp_path, tiny_policy_dir, prompt_file, monkeypatch):
     from .test_online_recipes import LEARN, run_inproc
 
+    seen: dict = {}
+    _record_layer_dtypes(monkeypatch, seen)
     rows = run_inproc("grpo", tiny_policy_dir, prompt_file, tmp_path / "grpo", "--resume", "false",
                       *LEARN["grpo"], "--kl_coef", "0.05", "--precision", "bf16")
+    assert seen == {"policy": {torch.bfloat16}, "reference": {torch.bfloat16}}
     r = [x["reward"] for x in rows]
     first, last = sum(r[:15]) / 15, sum(r[-15:]) / 15
     assert last > 2 * first and last - first > 0.04, (first, last)
@@ -216,19 +244,64 @@ def test_grpo_learns_in_bf16_and_starts_at_its_reference(tmp_path, tiny_policy_d
     assert all(w.dtype == torch.float32 for w in load_weights(tmp_path / "grpo" / "model").values())
 
 
-def test_ppo_in_bf16_starts_with_ratio_one(tmp_path, tiny_policy_dir, prompt_file):
+def test_ppo_in_bf16_starts_with_ratio_one(tmp_path, tiny_policy_dir, prompt_file, monkeypatch):
     """PPO's behaviour log-probs (the rollout's teacher-forced pass) and the update's first pass
     are the same bf16 computation: at the first minibatch nothing is clipped and the approximate
-    KL between them is 0 (one epoch, one minibatch: the only minibatch is the first)."""
+    KL between them is 0 (one epoch, one minibatch: the only minibatch is the first). The policy,
+    the reference and the value model (run as backbone + head by ``token_values``) all run bf16."""
     from .test_online_recipes import run_inproc
 
+    seen: dict = {}
+    _record_layer_dtypes(monkeypatch, seen)
     rows = run_inproc("ppo", tiny_policy_dir, prompt_file, tmp_path / "ppo", "--resume", "false", "--max_steps", "3",
                       "--ppo_epochs", "1", "--num_minibatches", "1", "--micro_batch_size", "16",
                       "--precision", "bf16")
+    assert seen == {"policy": {torch.bfloat16}, "reference": {torch.bfloat16}, "value": {torch.bfloat16}}
     # exactly: the two passes see the same rows in one micro-batch, so the same bf16 numbers (a
     # behaviour pass left in float32 under a bf16 update gives about 1.4e-8 here)
     for row in rows:
         assert row["clipfrac"] == 0.0 and row["approx_kl"] == 0.0, row
+
+
+def test_a_finished_run_is_not_taken_for_one_at_another_precision(tmp_path, tiny_policy_dir, sft_file):
+    from rlhfkit.recipes.sft import SFTConfig, run
+
+    def cfg(out, *extra):
+        return load_config(SFTConfig, None, sft_args(tiny_policy_dir, sft_file, out, "--max_steps", "2", *extra)[1:])
+
+    run(cfg(tmp_path / "a", "--precision", "bf16"))
+    with pytest.raises(ConfigError, match="precision: 'bf16' -> 'fp32'"):
+        run(cfg(tmp_path / "a"))
+    run(cfg(tmp_path / "b"))
+    saved = (tmp_path / "b" / "config.yaml").read_text()
+    # a run finished before the field existed (no precision line) ran in float32
+    (tmp_path / "b" / "config.yaml").write_text("".join(l for l in saved.splitlines(True) if not l.startswith("precision")))
+    assert run(cfg(tmp_path / "b"))["eval_loss"] > 0  # the finished run, returned
+    with pytest.raises(ConfigError, match="precision: 'fp32' -> 'bf16'"):
+        run(cfg(tmp_path / "b", "--precision", "bf16"))
+
+
+def test_an_interrupt_inside_a_wrapped_forward_leaves_autocast_as_it_was(tiny_policy_dir):
+    from rlhfkit.models import load_policy
+    from rlhfkit.training.precision import autocast_forward
+
+    model, _ = load_policy(str(tiny_policy_dir))
+    autocast_forward(model, "bf16")
+
+    def interrupt(m, a, out):
+        raise KeyboardInterrupt
+
+    handle = model.model.layers[0].register_forward_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        model(torch.tensor([[5, 6, 7]]))
+    assert not torch.is_autocast_enabled("cpu")
+    handle.remove()
+    with autocast("bf16"):
+        head = output_heads(model)[0]
+        with pytest.raises(KeyboardInterrupt):
+            head.register_forward_hook(interrupt)
+            head(torch.zeros(1, 32))
+        assert torch.is_autocast_enabled("cpu")
 
 
 def test_native_sampler_follows_the_models_precision(tiny_policy_dir):

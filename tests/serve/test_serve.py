@@ -478,8 +478,9 @@ def test_a_served_model_is_named_after_its_folder(spec, name):
 
 
 def test_bf16_weights_serve_the_same_greedy_reply(tiny_chat_dir):
-    """``--precision bf16`` loads the weights in bfloat16 (inference only); the tiny model's greedy
-    reply is the same as in float32, through the native sampler and its float32 cache path."""
+    """``--precision bf16`` loads the weights in bfloat16 (inference only; the native sampler's
+    key / value cache is then bfloat16 too); the tiny model's greedy reply is the same as in
+    float32."""
     import torch
 
     from rlhfkit.serve.engine import ChatModel

@@ -194,14 +194,21 @@ class NativeLlamaGenerator:
         prefill_mask = ((causal[None] & real[:, None, :]) | eye[None])[:, None]
         visible = torch.cat([real, torch.ones(B, n_new, dtype=torch.bool, device=device)], dim=1)
         positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # PPO detail 2
-        # a model set to run in bf16 (training.precision.autocast_forward) samples in bf16 too
+        # a model set to run in bf16 (training.precision.autocast_forward) samples in bf16 too; one
+        # autocast region for the whole generation, so its cache of bf16 weight copies lives
+        # across the steps (a region per step would convert every weight again for every token)
         from rlhfkit.training.precision import autocast
 
-        in_precision = autocast(getattr(model, "_rlhfkit_autocast", None) or "fp32", device)
-        with in_precision:
-            logits = self.forward(model, prompt_ids, positions, 0, keys, values, prefill_mask)
+        with autocast(getattr(model, "_rlhfkit_autocast", None) or "fp32", device):
+            return self._decode(model, prompt_ids, positions, keys, values, prefill_mask, visible, generator,
+                                n_new, on_token)
+
+    def _decode(self, model, prompt_ids, positions, keys, values, prefill_mask, visible, generator, n_new,
+                on_token) -> torch.Tensor:
+        B, P = prompt_ids.shape
+        logits = self.forward(model, prompt_ids, positions, 0, keys, values, prefill_mask)
         position = positions[:, -1:] + 1
-        done = torch.zeros(B, dtype=torch.bool, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
         out = []
         for t in range(n_new):
             token = self._next_tokens(logits, generator)
@@ -211,8 +218,7 @@ class NativeLlamaGenerator:
             done |= token == self.eos_token_id
             if told_to_stop or t == n_new - 1 or bool(done.all()):
                 break
-            with in_precision:
-                logits = self.forward(model, token[:, None], position, P + t, keys, values,
-                                      visible[:, None, None, : P + t + 1])
+            logits = self.forward(model, token[:, None], position, P + t, keys, values,
+                                  visible[:, None, None, : P + t + 1])
             position = position + 1
         return torch.stack(out, dim=1) if out else prompt_ids.new_zeros((B, 0))

@@ -18,8 +18,8 @@ needs no loss scaling because its exponent range is float32's):
   and the value model (``autocast_forward``: sampling, the behaviour log-probs, the update), so
   PPO's ratio starts at exactly 1 as in float32. Reward models and judges keep float32.
 
-On a CPU with AVX512-BF16 (this project's test machine) a SmolLM2-135M training step is about
-1.7 times as fast; on GPUs bfloat16 is the usual way to train. ``fp32`` (the default) is exact
+On a CPU with AVX512-BF16 (this project's test machine) a SmolLM2-135M training step is
+about 1.5 times as fast (docs/BENCHMARKS.md); on GPUs bfloat16 is the usual way to train. ``fp32`` (the default) is exact
 float32 everywhere. The differences bf16 makes are measured in ``docs/BENCHMARKS.md``.
 """
 from __future__ import annotations
@@ -62,31 +62,47 @@ def output_heads(model: torch.nn.Module) -> list[torch.nn.Module]:
     return heads
 
 
-def _fp32_pre_hook(module, args):
-    states = module.__dict__.setdefault("_rlhfkit_autocast_states", [])
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    device_type = tensors[0].device.type if tensors else "cpu"
-    states.append((device_type, torch.is_autocast_enabled(device_type)))
-    torch.set_autocast_enabled(device_type, False)
-    return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+def _wrap_forward(module: torch.nn.Module, make) -> None:
+    """Replace ``module``'s forward by ``make(class_forward)`` bound to it: a method on the instance
+    (``deepcopy`` copies it bound to the copy; ``inspect.signature`` sees the class forward's
+    parameters through ``functools.wraps``, as Hugging Face's ``generate`` reads them). A context
+    manager inside the wrapper is left on every way out, an interrupt included (a pair of
+    forward hooks is not: PyTorch runs ``always_call`` hooks after an ``Exception`` only)."""
+    import functools
+    import types
+
+    class_forward = type(module).forward
+    module.forward = types.MethodType(functools.wraps(class_forward)(make(class_forward)), module)
 
 
-def _fp32_post_hook(module, args, output):
-    device_type, enabled = module.__dict__["_rlhfkit_autocast_states"].pop()
-    torch.set_autocast_enabled(device_type, enabled)
-    return output
+def _fp32_head(class_forward):
+    def forward(self, *args, **kwargs):
+        args = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+        with torch.autocast(device_type=_device_type(self), enabled=False):
+            return class_forward(self, *args, **kwargs)
+    return forward
+
+
+def _bf16_forward(class_forward):
+    def forward(self, *args, **kwargs):
+        with torch.autocast(device_type=_device_type(self), dtype=torch.bfloat16):
+            return class_forward(self, *args, **kwargs)
+    return forward
+
+
+def _device_type(module: torch.nn.Module) -> str:
+    p = next(module.parameters(), None)
+    return p.device.type if p is not None else "cpu"
 
 
 def keep_head_fp32(model: torch.nn.Module) -> list[str]:
     """Make ``model``'s output heads compute in float32 inside an autocast region (their input is
-    cast to float32 and autocast is off while they run; restored afterwards, also when they
-    raise). Idempotent; the parameters and ``state_dict`` are untouched. Returns the heads'
-    class names."""
+    cast to float32 and autocast is off while they run). Idempotent; the parameters and
+    ``state_dict`` are untouched. Returns the heads' class names."""
     done = []
     for head in output_heads(model):
         if not getattr(head, "_rlhfkit_fp32", False):
-            head.register_forward_pre_hook(_fp32_pre_hook)
-            head.register_forward_hook(_fp32_post_hook, always_call=True)
+            _wrap_forward(head, _fp32_head)
             head._rlhfkit_fp32 = True
         done.append(type(head).__name__)
     return done
@@ -104,29 +120,21 @@ def running_at(model: torch.nn.Module, precision: str):
 def autocast_forward(model: torch.nn.Module, precision: str) -> bool:
     """Make every forward pass of ``model`` run at ``precision`` wherever it is called from
     (generation, the log-prob passes, the update; the backward pass runs outside autocast, as
-    AMP recommends): a pre-hook enters bf16 autocast, a post-hook leaves it (also when the
-    forward raises), and the heads stay float32. For the online recipes, whose models are called
-    from many places; a reward model that was not given hooks keeps its own precision. Apply it
-    to the Hugging Face model itself (before a LoRA wrapper: PEFT's ``generate`` calls the
-    inner model). Returns whether hooks were added."""
+    AMP recommends), its heads float32. Its backbone (``base_model_prefix``) is wrapped too, for
+    callers that run the backbone and the head apart (``models.value.token_values``: PPO's value
+    model, REINFORCE's learned baseline). For the online recipes, whose models are called from
+    many places; a reward model that was not wrapped keeps its own precision. Apply it to the
+    Hugging Face model itself (before a LoRA wrapper). The device is read at each call. Returns
+    whether the model was wrapped now."""
     if precision == "fp32" or getattr(model, "_rlhfkit_autocast", None) == precision:
         return False
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     keep_head_fp32(model)
-    device_type = next(model.parameters()).device.type
-    entered: list = []
-
-    def enter(module, args):
-        ctx = torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-        ctx.__enter__()
-        entered.append(ctx)
-
-    def leave(module, args, output):
-        entered.pop().__exit__(None, None, None)
-        return output
-
-    model.register_forward_pre_hook(enter)
-    model.register_forward_hook(leave, always_call=True)
-    model._rlhfkit_autocast = precision
+    prefix = getattr(model, "base_model_prefix", "")
+    backbone = getattr(model, prefix, None) if prefix else None
+    for m in [model] + ([backbone] if isinstance(backbone, torch.nn.Module) and backbone is not model else []):
+        if getattr(m, "_rlhfkit_autocast", None) != precision:
+            _wrap_forward(m, _bf16_forward)
+            m._rlhfkit_autocast = precision
     return True

@@ -115,7 +115,7 @@ _IPV4 = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d]|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|:)?(?![\w:])")
 _VERSION_BEFORE = re.compile(r"(?:\bv|\bversion\s*|\brelease\s*)$", re.IGNORECASE)
 # +CC or 00CC, then groups (an area code may stand in parentheses)
-_PHONE_INTL = re.compile(r"(?<![\w+.])(?:\+|00)[1-9]\d{0,2}(?:[ .-]?\(?\d{1,5}\)?){2,6}" + _END)
+_PHONE_INTL = re.compile(r"(?<![\w+.])(?:\+|00)[1-9]\d{0,2}(?:[ .-]?(?:\(\d{1,5}\)|\d{1,5})){2,6}" + _END)
 # NANP, optionally after the trunk 1 (1-800-555-0199)
 _PHONE_NANP = re.compile(r"(?<![\w-])(?:1[-. ])?(?:\(\d{3}\) ?|\d{3}[-. ])\d{3}[-. ]\d{4}" + _END)
 # national numbers with a trunk 0: grouped (020 7946 0958, 01 23 45 67 89) or with the area code

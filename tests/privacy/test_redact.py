@@ -53,6 +53,9 @@ def test_ssn_rules():
     ("Paris 01 23 45 67 89, Berlin 030/1234567 or (030) 1234567",
      [("PHONE_NUMBER", "01 23 45 67 89"), ("PHONE_NUMBER", "030/1234567"), ("PHONE_NUMBER", "(030) 1234567")]),
     ("toll-free 1-800-555-0199", [("PHONE_NUMBER", "1-800-555-0199")]),
+    # a closing bracket after the number belongs to the sentence
+    ("(jane@corp.com, +44 20 7946 0958)", [("EMAIL_ADDRESS", "jane@corp.com"), ("PHONE_NUMBER", "+44 20 7946 0958")]),
+    ("call +1 (202) 456-1111 now", [("PHONE_NUMBER", "+1 (202) 456-1111")]),
     ("jörg@bücher.de and o'brien@example.com", [("EMAIL_ADDRESS", "jörg@bücher.de"), ("EMAIL_ADDRESS", "o'brien@example.com")]),
     # a dash after the match is the sentence's, not a longer token's
     ("write to bob@example.com--or call", [("EMAIL_ADDRESS", "bob@example.com")]),

@@ -272,3 +272,37 @@ def test_export_leaves_out_pairs_that_redaction_made_equal(tmp_path, capsys):
     assert "wrote 1 pairs records" in said and "left out 1 pairs whose two answers became the same text" in said
     (pair,) = read_records(out, "pairs")
     assert pair.chosen == "Write to [EMAIL_ADDRESS]."
+
+
+def test_a_lost_or_other_key_is_refused_not_taken_for_nothing_to_erase(tmp_path, capsys, monkeypatch):
+    """Ids hashed with a key that is not at hand would match nothing: ``forget`` and a redacting
+    server refuse (naming the key ids) instead of reporting "erased 0" or starting a new key."""
+    import shutil
+
+    from rlhfkit.serve.store import EndUserKeyError, key_id
+
+    monkeypatch.delenv("RLHFKIT_END_USER_KEY", raising=False)
+    db = tmp_path / "fb.db"
+    log = FeedbackLog(str(db), redact=True)
+    log.log_completion("c1", [{"role": "user", "content": "hi"}], "hello", "m", user="alice")
+    log.feedback("c1", thumbs="up", user="alice")
+    kid = key_id(log.user_key)
+    log.close()
+    # the database copied without its key file
+    copy_dir = tmp_path / "copy"
+    copy_dir.mkdir()
+    shutil.copy(db, copy_dir / "fb.db")
+    assert main(["feedback", "forget", "--db", str(copy_dir / "fb.db"), "--end_user", "alice"]) == 2
+    err = capsys.readouterr().err
+    assert f"2 end-user ids in {copy_dir / 'fb.db'} were hashed with another key (key id {kid})" in err
+    assert "no key was found" in err and "nothing was changed" in err
+    with pytest.raises(EndUserKeyError):  # a redacting server there would start a new key: refused
+        FeedbackLog(str(copy_dir / "fb.db"), redact=True)
+    # another key given through the environment
+    monkeypatch.setenv("RLHFKIT_END_USER_KEY", "not-the-key")
+    assert main(["feedback", "forget", "--db", str(db), "--end_user", "alice"]) == 2
+    assert "this key's id is" in capsys.readouterr().err
+    # the right key (the file beside the store): erased
+    monkeypatch.delenv("RLHFKIT_END_USER_KEY")
+    assert main(["feedback", "forget", "--db", str(db), "--end_user", "alice"]) == 0
+    assert "erased 1 completions and 1 feedback labels" in capsys.readouterr().out

@@ -84,7 +84,7 @@ def test_sft_bf16_follows_fp32_and_saves_fp32(tmp_path, tiny_policy_dir, sft_fil
     fp32_checkpoint = next(outs["fp32"].glob("checkpoint-*"))
     check_resume_config(fp32_checkpoint, load_config(SFTConfig, None, sft_args(
         tiny_policy_dir, sft_file, outs["fp32"], "--max_steps", "6", "--save_every", "3")[1:]))
-    with pytest.raises(ConfigError, match="precision: None -> 'bf16'"):
+    with pytest.raises(ConfigError, match="precision: 'fp32' -> 'bf16'"):
         check_resume_config(fp32_checkpoint, load_config(SFTConfig, None, sft_args(
             tiny_policy_dir, sft_file, outs["fp32"], "--max_steps", "6", "--save_every", "3", "--precision", "bf16")[1:]))
 

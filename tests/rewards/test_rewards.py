@@ -118,6 +118,8 @@ def test_ensemble_source_and_spec():
     assert parse_ensemble_term("uwo=0.5:A, B") == ("uwo", 0.5, ["A", "B"])
     assert parse_ensemble_term("min:A") == ("min", 0.0, ["A"])
     check_reward_spec("0.5*ensemble:uwo=2:outputs/a,outputs/b + vader")
-    for bad in ("ensemble:max:A", "ensemble:uwo=x:A", "ensemble:uwo=-1:A", "ensemble:min:", "ensemble:min"):
+    assert parse_ensemble_term("mean:rm:A,rm:B") == ("mean", 0.0, ["A", "B"])
+    for bad in ("ensemble:max:A", "ensemble:uwo=x:A", "ensemble:uwo=-1:A", "ensemble:min:", "ensemble:min",
+                "ensemble:uwo=nan:A", "ensemble:uwo=inf:A", "ensemble:uwo:A,B", "ensemble:min:A,vader"):
         with pytest.raises(ValueError):
             check_reward_spec(bad)

@@ -80,3 +80,15 @@ def test_help_shows_the_defaults_a_parent_gives_its_section():
     defaults = {k: d for k, d, _ in describe_fields(LoopConfig)}
     assert defaults["reward.batch_size"] == "16" and defaults["reward.learning_rate"] == "5e-05"
     assert defaults["grpo.max_steps"] == "8"
+
+
+def test_a_message_naming_its_field_blames_that_fields_line(tmp_path):
+    """A reward-model path ending in /model must not blame the line of the ``model`` field."""
+    from rlhfkit.recipes.grpo import GRPOConfig
+
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text("model: x\nprompts: p.jsonl\nnum_generations: 4\nreward: ensemble:avg:out/rm0/model\n")
+    with pytest.raises(ConfigError, match=r"g\.yaml:4: field 'reward'"):
+        load_config(GRPOConfig, cfg)
+    with pytest.raises(ConfigError, match=r"^command line: field 'reward'"):
+        load_config(GRPOConfig, cfg, ["--reward", "ensemble:avg:a/model"])

@@ -239,7 +239,10 @@ def run_forget(c: ForgetConfig) -> None:
         if not log._pids:
             raise _err(f"field 'project_prefix': no projects {c.project_prefix}-thumbs or "
                        f"{c.project_prefix}-ratings in {c.db}")
-        gone = log.forget(c.end_user)
+        try:
+            gone = log.forget(c.end_user)
+        except ValueError as e:  # the ids were hashed with a key not at hand
+            raise _err(f"field 'end_user': {e}") from None
     finally:
         log.close()
     wal = {True: "", None: "",

@@ -50,7 +50,7 @@ class OnlineConfig(TrainingConfig):
     max_prompts: int = field(default=0, metadata={"help": "use at most this many prompts (0 = all)"})
     chat_template: bool = field(default=False, metadata={"help": "wrap each prompt as a user turn with the tokenizer's chat template"})
     max_prompt_length: int = field(default=64, metadata={"help": "prompt tokens kept (the last ones)"})
-    reward: str = field(default="vader", metadata={"help": "reward: a judge (vader, textblob, afinn, toxicity, readability, frequency:TEXT), rm:PATH, fn:pkg.mod:func, or a weighted sum like 0.7*vader+0.3*rm:PATH"})
+    reward: str = field(default="vader", metadata={"help": "reward: a judge (vader, textblob, afinn, toxicity, readability, frequency:TEXT), rm:PATH, ensemble:mean|min|uwo=LAMBDA:PATH1,PATH2 (reward models combined), fn:pkg.mod:func, or a weighted sum like 0.7*vader+0.3*rm:PATH"})
     gold_reward: str = field(default="", metadata={"help": "a second reward only logged (gold judge), same syntax; empty = none"})
     reward_batch_size: int = field(default=32, metadata={"help": "sequences per reward-model forward"})
     max_new_tokens: int = field(default=32, metadata={"help": "response tokens generated at most"})

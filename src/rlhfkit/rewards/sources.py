@@ -166,17 +166,26 @@ class EnsembleSource:
 
 def parse_ensemble_term(rest: str) -> tuple[str, float, list[str]]:
     """``"uwo=0.5:A,B"`` -> ``("uwo", 0.5, ["A", "B"])``; ``"min:A,B"`` -> ``("min", 0.0, [...])``."""
+    import math
+
     how, sep, paths = rest.partition(":")
     lam = 0.0
+    if how == "uwo":
+        raise ValueError("ensemble: uwo needs its weight, uwo=LAMBDA (uwo=0 would be the plain mean)")
     if how.startswith("uwo="):
         try:
             lam = float(how[4:])
         except ValueError:
             raise ValueError(f"ensemble: uwo=LAMBDA needs a number, got {how!r}") from None
-        if lam < 0:
-            raise ValueError(f"ensemble: uwo lambda must be >= 0, got {lam}")
+        if not math.isfinite(lam) or lam < 0:
+            raise ValueError(f"ensemble: uwo lambda must be a finite number >= 0, got {how[4:]!r}")
         how = "uwo"
-    members = [p.strip() for p in paths.split(",") if p.strip()]
+    # members are reward-model paths; an "rm:" prefix (as in a single term) is accepted
+    members = [p.strip().removeprefix("rm:") for p in paths.split(",") if p.strip()]
+    judges = [m for m in members if m.partition(":")[0] in JUDGES]
+    if judges:
+        raise ValueError(f"ensemble members are reward-model paths, not judges ({', '.join(judges)}): "
+                         "add judges as their own terms, e.g. 'ensemble:min:A,B + 0.1*vader'")
     if not sep or how not in ("mean", "min", "uwo") or not members:
         raise ValueError(f"an ensemble term is ensemble:HOW:PATH1,PATH2,... with HOW mean, min or uwo=LAMBDA, "
                          f"got 'ensemble:{rest}'")

@@ -83,7 +83,7 @@ def _open_feedback(c: _ModelFields):
         return None
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .store import FeedbackLog, end_user_key
+    from .store import EndUserKeyError, FeedbackLog, end_user_key
 
     if c.redact:
         try:
@@ -92,6 +92,8 @@ def _open_feedback(c: _ModelFields):
             raise _err(f"field 'redact': {e}") from None
     try:
         return FeedbackLog(c.db, prefix=c.project_prefix, redact=c.redact)
+    except EndUserKeyError as e:
+        raise _err(f"field 'redact': {e}") from None
     except SQLAlchemyError as e:
         raise _err(f"field 'db': cannot open the feedback store {c.db!r}: {getattr(e, 'orig', None) or e}") from None
     except ValueError as e:  # a project of that name with another task type

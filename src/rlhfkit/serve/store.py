@@ -51,10 +51,17 @@ class FeedbackLog:
         self.user_key = end_user_key(db_url, required=self.redact)
         self.store = db.Store(db_url)
         self.create = create
+        self.db_url = db_url
         self.thumbs_project = f"{prefix}-thumbs"
         self.ratings_project = f"{prefix}-ratings"
         self.scale = (int(scale[0]), int(scale[1]))
         self._pids = self.store.write(self._ensure_projects)
+        if self.redact:  # a new key under a store of ids hashed with an old one would never match them
+            try:
+                self.check_key()
+            except BaseException:
+                self.store.close()
+                raise
 
     def close(self) -> None:
         self.store.close()
@@ -124,6 +131,41 @@ class FeedbackLog:
             add_items(conn, pid, [item], source="serve")
             return self._item(conn, pid, completion_id)["id"]
         return self.store.write(job)
+
+    def stored_key_ids(self) -> dict[str, int]:
+        """How many stored end-user ids were hashed under each key id (this prefix's projects)."""
+        from sqlalchemy import select
+
+        from rlhfkit.feedback import db
+
+        pids = list(self._pids.values())
+        counts: dict[str, int] = {}
+
+        def note(user) -> None:
+            if isinstance(user, str) and user.startswith("hmac:"):
+                kid = user.split(":")[1] if user.count(":") == 2 else "(unnamed)"
+                counts[kid] = counts.get(kid, 0) + 1
+        with self.store.read() as conn:
+            for r in conn.execute(select(db.items.c.responses).where(db.items.c.project_id.in_(pids))):
+                for x in r.responses or []:
+                    if isinstance(x, dict):
+                        note(x.get("end_user"))
+            for r in conn.execute(select(db.labels.c.payload).where(db.labels.c.project_id.in_(pids))):
+                note((r.payload or {}).get("end_user"))
+        return counts
+
+    def check_key(self) -> None:
+        """Refuse (``EndUserKeyError``) when stored end-user ids were hashed with another key than
+        the one at hand, or when there are hashed ids and no key."""
+        counts = self.stored_key_ids()
+        mine = key_id(self.user_key) if self.user_key else None
+        other = {k: n for k, n in counts.items() if k != mine}
+        if other:
+            where = f"${END_USER_KEY_ENV} or the key file beside the store"
+            have = f"this key's id is {mine}" if mine else "no key was found"
+            raise EndUserKeyError(
+                f"{sum(other.values())} end-user ids in {_shown_url(self.db_url)} were hashed with another key (key id "
+                f"{', '.join(sorted(other))}) and {have}: give that key ({where}); nothing was changed")
 
     def _end_user(self, user: str | None) -> str | None:
         """The stored form of an end-user id: trimmed to 64 characters, hashed under ``redact``."""
@@ -241,6 +283,7 @@ class FeedbackLog:
         user = (user or "").strip()[:64]
         if not user:
             raise FeedbackError("give the end user's id", param="user")
+        self.check_key()  # ids hashed with a key not at hand could not be found: refuse, not "erased 0"
         names = {user} | ({hashed_user(user, self.user_key)} if self.user_key else set())
         pids = list(self._pids.values())
         I, L, A, P = db.items, db.labels, db.assignments, db.projects
@@ -328,7 +371,7 @@ def end_user_key(db_url: str, required: bool) -> bytes | None:
     if path is None:
         if required:
             raise ValueError(f"set ${END_USER_KEY_ENV}: hashed end-user ids need a secret kept outside the "
-                             f"database, and {db_url!r} is not a file that a key file could sit beside")
+                             f"database, and {_shown_url(db_url)!r} is not a file that a key file could sit beside")
         return None
     key_file = path.with_name(path.name + ".end_user_key")
     if not key_file.is_file() and required:
@@ -343,10 +386,36 @@ def end_user_key(db_url: str, required: bool) -> bytes | None:
     return key_file.read_text(encoding="utf-8").strip().encode("utf-8") if key_file.is_file() else None
 
 
-def hashed_user(user: str, key: bytes) -> str:
+def _shown_url(url: str) -> str:
+    """A database URL fit for a message: its password replaced by ***."""
+    if "://" not in str(url):
+        return str(url)
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(str(url)).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: show nothing of it
+        return "(the database URL)"
+
+
+def key_id(key: bytes) -> str:
+    """A short public name of a key (an HMAC of a fixed text): stored ids carry it, so that a store
+    read with another key (a key file lost with a copied database, another $RLHFKIT_END_USER_KEY)
+    is told apart from one where the person simply left nothing."""
     import hmac
 
-    return "hmac:" + hmac.new(key, user.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+    return hmac.new(key, b"rlhfkit end-user key id", hashlib.sha256).hexdigest()[:8]
+
+
+def hashed_user(user: str, key: bytes) -> str:
+    """``hmac:KEYID:DIGEST``: the first 16 hex digits of HMAC-SHA256(key, user)."""
+    import hmac
+
+    return f"hmac:{key_id(key)}:" + hmac.new(key, user.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+
+class EndUserKeyError(ValueError):
+    """The end-user ids in a store were hashed with a key that is not at hand."""
 
 
 def _shown(text: str, placeholder: str) -> str:

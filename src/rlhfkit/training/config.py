@@ -199,6 +199,17 @@ def _blame(message: str, path: Path | None, lines: dict[str, int], overridden: l
     """Where the values a validation error is about came from: the command line when the
     message names a field set there (overrides are applied last, so they are the values
     checked), else the line of the config file that set it, else the file (or 'config')."""
+    # a message that names its field ("field 'reward': ...") is about that field alone: words
+    # in the rest of it (a path ending in /model) must not blame another field's line
+    named = re.match(r"\s*field '([\w.]+)'", message)
+    if named:
+        key = named.group(1)
+        if any(k == key or k.rsplit(".", 1)[-1] == key for k in overridden):
+            return "command line"
+        for k, line in lines.items():
+            if k == key or k.rsplit(".", 1)[-1] == key:
+                return _where(str(path), line)
+        return str(path) if path is not None else "config"
     if any(_mentions(message, k) for k in overridden):
         return "command line"
     for key, line in lines.items():

@@ -132,6 +132,10 @@ def check_resume_config(ckpt: Any, config: Any) -> None:
     if saved is None:  # a checkpoint from before fingerprints were stored
         return
     now = resume_fingerprint(config)
+    for k, default in FINGERPRINT_DEFAULTS.items():  # left out at their defaults: name them as such
+        if k in saved or k in now:
+            saved.setdefault(k, default)
+            now.setdefault(k, default)
     diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
              if saved.get(k) != now.get(k)]
     if diffs:

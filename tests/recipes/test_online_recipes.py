@@ -306,3 +306,11 @@ def test_logged_lr_is_the_rate_the_step_used(tmp_path, tiny_policy_dir, prompt_f
         extra += ["--num_generations", "4"]
     rows = run_inproc(algo, tiny_policy_dir, prompt_file, tmp_path / algo, *extra)
     assert [r["lr"] for r in rows] == pytest.approx([3e-3, 3e-3 * (1 - 4 / 8)])
+
+
+def test_an_online_run_ends_with_where_its_model_is(tmp_path, tiny_policy_dir, prompt_file, capsys):
+    rows = run_inproc("grpo", tiny_policy_dir, prompt_file, tmp_path / "g", "--num_generations", "4",
+                      "--max_steps", "2", "--resume", "false", "--gold_reward", "length")
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == (f"grpo: saved {tmp_path / 'g' / 'model'}; last step reward {rows[-1]['reward']:.4f}, "
+                    f"gold {rows[-1]['gold']:.4f}, kl {rows[-1]['kl']:.4f}; curves in {tmp_path / 'g' / 'metrics.jsonl'}")

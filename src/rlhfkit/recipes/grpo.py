@@ -16,7 +16,7 @@ import torch
 
 from rlhfkit.core.advantages import group_normalised_advantages
 from rlhfkit.recipes.common import finished_run, save_final
-from rlhfkit.recipes.online import (finish_run, gathered, generate, load_models, load_prompts, local_share,
+from rlhfkit.recipes.online import (closing_line, finish_run, gathered, generate, load_models, load_prompts, local_share,
                                     make_generator, maybe_checkpoint, OnlineConfig, optimizer_and_scheduler,
                                     out_of_time, policy_gradient_update, prompts_for_step, reference_logprobs,
                                     repeat_each, resume_state, rollout_metrics, run_outputs, score, sequence_kl,
@@ -107,5 +107,5 @@ def run(config: GRPOConfig) -> dict:
     bar.close()
     logger.close()
     save_final(policy, tokenizer, config, metrics, info)
-    finish_run(info, modules, optimizer, None)
+    finish_run(info, modules, optimizer, None, line=closing_line("grpo", config, metrics))
     return metrics

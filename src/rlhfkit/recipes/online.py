@@ -462,8 +462,19 @@ def run_outputs(config: OnlineConfig, info: DistInfo, start: int, resumed: bool,
             progress_bar(config.max_steps, initial=start, desc=desc, enabled=info.is_main))
 
 
-def finish_run(info: DistInfo, modules, optimizer, extra: dict | None = None) -> None:
-    """End of a run: the test hook ``RLHFKIT_TEST_RANK_DIGEST=DIR`` makes every rank write a digest
+def closing_line(name: str, config: OnlineConfig, metrics: dict) -> str:
+    """The line a person reads when an online run ends: where the model is and how its last step
+    went (the curves are in metrics.jsonl)."""
+    parts = [f"{name}: saved {Path(config.output_dir) / 'model'}"]
+    shown = [f"{k} {metrics[k]:.4f}" for k in ("reward", "gold", "kl") if isinstance(metrics.get(k), (int, float))]
+    if shown:
+        parts.append("last step " + ", ".join(shown))
+    parts.append(f"curves in {Path(config.output_dir) / 'metrics.jsonl'}")
+    return "; ".join(parts)
+
+
+def finish_run(info: DistInfo, modules, optimizer, extra: dict | None = None, line: str | None = None) -> None:
+    """End of a run (``line``, if given, is printed by the main process): the test hook ``RLHFKIT_TEST_RANK_DIGEST=DIR`` makes every rank write a digest
     of its weights, optimiser state and ``extra`` (KL coefficient, normaliser, baseline ...) to
     ``DIR/rank-R.txt``, so a test can check that the ranks ended in the same state; then the
     process group is left."""
@@ -484,6 +495,8 @@ def finish_run(info: DistInfo, modules, optimizer, extra: dict | None = None) ->
         h.update(json.dumps(extra or {}, sort_keys=True, default=repr).encode())
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / f"rank-{info.rank}.txt").write_text(h.hexdigest(), encoding="utf-8")
+    if line and info.is_main:
+        print(line, flush=True)
     cleanup(info)
 
 

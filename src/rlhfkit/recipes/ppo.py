@@ -21,7 +21,7 @@ from rlhfkit.core.losses import ppo_policy_loss, ppo_value_loss
 from rlhfkit.core.masking import masked_mean
 from rlhfkit.core.reward_shaping import apply_missing_eos_penalty, per_token_rewards
 from rlhfkit.recipes.common import finished_run, save_final
-from rlhfkit.recipes.online import (RANK_SALT, explained_variance, finish_run, run_outputs, gathered, generate,
+from rlhfkit.recipes.online import (closing_line, RANK_SALT, explained_variance, finish_run, run_outputs, gathered, generate,
                                     global_masked_whiten, load_models, load_prompts, local_share, make_generator,
                                     make_kl_controller, maybe_checkpoint, micro_slices, minibatches, OnlineConfig,
                                     optimizer_and_scheduler, out_of_time, prompts_for_step, reference_logprobs,
@@ -237,5 +237,5 @@ def run(config: PPOConfig) -> dict:
     bar.close()
     logger.close()
     save_final(policy, tokenizer, config, metrics, info)
-    finish_run(info, modules, optimizer, {"kl_controller": kl_ctl.state_dict(), "reward_normaliser": normaliser.state_dict()})
+    finish_run(info, modules, optimizer, {"kl_controller": kl_ctl.state_dict(), "reward_normaliser": normaliser.state_dict()}, line=closing_line("ppo", config, metrics))
     return metrics

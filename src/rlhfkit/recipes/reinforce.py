@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rlhfkit.recipes.common import finished_run, save_final
-from rlhfkit.recipes.online import (finish_run, gathered, generate, kl_penalised_scores, load_models, load_prompts,
+from rlhfkit.recipes.online import (closing_line, finish_run, gathered, generate, kl_penalised_scores, load_models, load_prompts,
                                     local_share, make_generator, maybe_checkpoint, OnlineConfig,
                                     optimizer_and_scheduler, out_of_time, policy_gradient_update, prompts_for_step,
                                     repeat_each, resume_state, rollout_metrics, run_outputs, score, setup_run, timer)
@@ -122,5 +122,5 @@ def run(config: ReinforceConfig) -> dict:
     bar.close()
     logger.close()
     save_final(policy, tokenizer, config, metrics, info)
-    finish_run(info, modules, optimizer, {"baseline": b})
+    finish_run(info, modules, optimizer, {"baseline": b}, line=closing_line("reinforce", config, metrics))
     return metrics

@@ -15,7 +15,7 @@ import torch
 
 from rlhfkit.core.advantages import rloo_advantages
 from rlhfkit.recipes.common import finished_run, save_final
-from rlhfkit.recipes.online import (finish_run, fused_advantages_ok, gathered, generate, kl_penalised_scores,
+from rlhfkit.recipes.online import (closing_line, finish_run, fused_advantages_ok, gathered, generate, kl_penalised_scores,
                                     load_models, load_prompts, local_share, make_generator, maybe_checkpoint,
                                     OnlineConfig, optimizer_and_scheduler, out_of_time, policy_gradient_update,
                                     prompts_for_step, reference_logprobs, repeat_each, resume_state, rollout_metrics,
@@ -115,5 +115,5 @@ def run(config: RLOOConfig) -> dict:
     bar.close()
     logger.close()
     save_final(policy, tokenizer, config, metrics, info)
-    finish_run(info, modules, optimizer, None)
+    finish_run(info, modules, optimizer, None, line=closing_line("rloo", config, metrics))
     return metrics

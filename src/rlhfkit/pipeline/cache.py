@@ -38,10 +38,10 @@ def settings(section: Any, wired: set[str] = frozenset()) -> dict:
     d = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
     run_only = RUN_ONLY_FIELDS - ({"eval_every"} if d.get("best_metric") else set())
     out = {}
-    from rlhfkit.training.loop import FINGERPRINT_DEFAULTS
+    from rlhfkit.training.loop import at_fingerprint_default
 
     for k, v in d.items():
-        if k in run_only or k in wired or (k in FINGERPRINT_DEFAULTS and v == FINGERPRINT_DEFAULTS[k]):
+        if k in run_only or k in wired or at_fingerprint_default(k, v):
             continue
         out[k] = with_content(v)
     return out

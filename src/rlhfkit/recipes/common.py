@@ -163,19 +163,16 @@ def finished_run(config, name: str, info: DistInfo) -> dict | None:
     import yaml
 
     from rlhfkit.training.config import ConfigError
-    from rlhfkit.training.loop import _RESUME_FREE_FIELDS, FINGERPRINT_DEFAULTS, resume_fingerprint
+    from rlhfkit.training.loop import _RESUME_FREE_FIELDS, resume_fingerprint, with_fingerprint_defaults
 
     out = Path(config.output_dir)
     done = out / "final_metrics.json"
     if not config.resume or not done.is_file() or not (out / "model").is_dir() or not (out / "config.yaml").is_file():
         return None
     saved = json.loads(json.dumps(yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")) or {}, default=str))
-    now = resume_fingerprint(config)
     # a field added later counts at its default where one side lacks it (a run finished before the
     # field existed ran at that default; the fingerprint leaves the default out)
-    for k, default in FINGERPRINT_DEFAULTS.items():
-        saved.setdefault(k, default)
-        now.setdefault(k, default)
+    saved, now = with_fingerprint_defaults(saved), with_fingerprint_defaults(resume_fingerprint(config))
     diffs = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in sorted(set(saved) & set(now))
              if k not in _RESUME_FREE_FIELDS and saved[k] != now[k]]
     if diffs:

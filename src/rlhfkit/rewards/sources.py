@@ -168,6 +168,8 @@ def parse_ensemble_term(rest: str) -> tuple[str, float, list[str]]:
     """``"uwo=0.5:A,B"`` -> ``("uwo", 0.5, ["A", "B"])``; ``"min:A,B"`` -> ``("min", 0.0, [...])``."""
     import math
 
+    from rlhfkit.core.reward_shaping import ENSEMBLE_COMBINATIONS
+
     how, sep, paths = rest.partition(":")
     lam = 0.0
     if how == "uwo":
@@ -186,7 +188,7 @@ def parse_ensemble_term(rest: str) -> tuple[str, float, list[str]]:
     if judges:
         raise ValueError(f"ensemble members are reward-model paths, not judges ({', '.join(judges)}): "
                          "add judges as their own terms, e.g. 'ensemble:min:A,B + 0.1*vader'")
-    if not sep or how not in ("mean", "min", "uwo") or not members:
+    if not sep or how not in ENSEMBLE_COMBINATIONS or not members:
         raise ValueError(f"an ensemble term is ensemble:HOW:PATH1,PATH2,... with HOW mean, min or uwo=LAMBDA, "
                          f"got 'ensemble:{rest}'")
     return how, lam, members

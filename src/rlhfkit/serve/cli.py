@@ -28,8 +28,10 @@ class _ModelFields:
 
     def validate(self) -> None:
         # checked before the model loads: a bad value would otherwise surface at the first reply
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"field 'precision': {self.precision!r} is not one of ['fp32', 'bf16']")
+        from rlhfkit.training.precision import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"field 'precision': {self.precision!r} is not one of {list(PRECISIONS)}")
         if self.max_new_tokens < 1 or self.max_prompt_length < 1:
             raise ValueError("max_new_tokens and max_prompt_length must be >= 1")
         if not 0 <= self.temperature <= 2:

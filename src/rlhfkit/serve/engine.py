@@ -115,7 +115,9 @@ class ChatModel:
         faster matrix products where the hardware has them; the logits are bfloat16 too)."""
         from rlhfkit.models import load_policy
 
-        if precision not in ("fp32", "bf16"):
+        from rlhfkit.training.precision import PRECISIONS
+
+        if precision not in PRECISIONS:
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         model, tokenizer = load_policy(spec, dtype=dtype)  # left padding, pad != eos

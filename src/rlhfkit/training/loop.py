@@ -116,12 +116,24 @@ _RESUME_FREE_FIELDS = {"output_dir", "resume", "save_every", "keep_checkpoints",
 FINGERPRINT_DEFAULTS = {"precision": "fp32"}
 
 
+def at_fingerprint_default(key: str, value: Any) -> bool:
+    """Whether ``key`` is a later-added field holding its default (left out of fingerprints)."""
+    return key in FINGERPRINT_DEFAULTS and value == FINGERPRINT_DEFAULTS[key]
+
+
+def with_fingerprint_defaults(fingerprint: dict) -> dict:
+    """``fingerprint`` with the later-added fields it leaves out named at their defaults, so that
+    a saved and a current fingerprint compare field by field (a run made before a field existed
+    ran at its default)."""
+    return {**FINGERPRINT_DEFAULTS, **fingerprint}
+
+
 def resume_fingerprint(config: Any) -> dict:
     """The config fields a checkpoint's continuation depends on (JSON-able), stored with it."""
     import dataclasses
 
     d = {k: v for k, v in dataclasses.asdict(config).items()
-         if k not in _RESUME_FREE_FIELDS and not (k in FINGERPRINT_DEFAULTS and v == FINGERPRINT_DEFAULTS[k])}
+         if k not in _RESUME_FREE_FIELDS and not at_fingerprint_default(k, v)}
     return json.loads(json.dumps(d, default=str))
 
 
@@ -131,11 +143,7 @@ def check_resume_config(ckpt: Any, config: Any) -> None:
     saved = json.loads((Path(ckpt) / "trainer_state.json").read_text(encoding="utf-8")).get("config")
     if saved is None:  # a checkpoint from before fingerprints were stored
         return
-    now = resume_fingerprint(config)
-    for k, default in FINGERPRINT_DEFAULTS.items():  # left out at their defaults: name them as such
-        if k in saved or k in now:
-            saved.setdefault(k, default)
-            now.setdefault(k, default)
+    saved, now = with_fingerprint_defaults(saved), with_fingerprint_defaults(resume_fingerprint(config))
     diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
              if saved.get(k) != now.get(k)]
     if diffs:

@@ -146,7 +146,7 @@ def run_import(c: ImportConfig) -> None:
                     it["messages"] = redact_value(it["messages"], counts)
                 # a prompt rendered from the messages is rendered again (its data counted once)
                 it["prompt"] = render_prompt("", it["messages"]) if rendered else redact_value(it["prompt"], counts)
-            note = "; redacted " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing (none found)")
+            note = _redaction_note(counts)
 
         def job(conn):  # project creation and items in one transaction
             p = pid
@@ -188,14 +188,19 @@ def run_export(c: ExportConfig) -> None:
         from rlhfkit.privacy import redact_records
 
         records, counts = redact_records(records)
-        note = "; redacted " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing (none found)")
+        note = _redaction_note(counts)
         # two answers that differed only in what was redacted are one text now: no preference is left
-        same = [r for r in records if getattr(r, "chosen", None) is not None and r.chosen == r.rejected]
-        if same:
-            records = [r for r in records if not (getattr(r, "chosen", None) is not None and r.chosen == r.rejected)]
-            note += f"; left out {len(same)} pairs whose two answers became the same text"
+        n_all = len(records)
+        records = [r for r in records if getattr(r, "chosen", None) is None or r.chosen != r.rejected]
+        if len(records) < n_all:
+            note += f"; left out {n_all - len(records)} pairs whose two answers became the same text"
     n = write_records(records, c.out, c.format)
     print(f"wrote {n} {c.kind} records to {c.out}{note}")
+
+
+def _redaction_note(counts) -> str:
+    """What redaction replaced, for the command's last line."""
+    return "; redacted " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing (none found)")
 
 
 def run_create_user(c: CreateUserConfig) -> None:

@@ -85,16 +85,11 @@ def _open_feedback(c: _ModelFields):
         return None
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .store import EndUserKeyError, FeedbackLog, end_user_key
+    from .store import EndUserKeyError, FeedbackLog
 
-    if c.redact:
-        try:
-            end_user_key(c.db, required=True)
-        except ValueError as e:
-            raise _err(f"field 'redact': {e}") from None
     try:
         return FeedbackLog(c.db, prefix=c.project_prefix, redact=c.redact)
-    except EndUserKeyError as e:
+    except EndUserKeyError as e:  # no key for hashing ids (before the store opens), or another one
         raise _err(f"field 'redact': {e}") from None
     except SQLAlchemyError as e:
         raise _err(f"field 'db': cannot open the feedback store {c.db!r}: {getattr(e, 'orig', None) or e}") from None

@@ -147,9 +147,7 @@ class FeedbackLog:
                 counts[kid] = counts.get(kid, 0) + 1
         with self.store.read() as conn:
             for r in conn.execute(select(db.items.c.responses).where(db.items.c.project_id.in_(pids))):
-                for x in r.responses or []:
-                    if isinstance(x, dict):
-                        note(x.get("end_user"))
+                note(_served_to(r.responses))
             for r in conn.execute(select(db.labels.c.payload).where(db.labels.c.project_id.in_(pids))):
                 note((r.payload or {}).get("end_user"))
         return counts
@@ -288,30 +286,29 @@ class FeedbackLog:
         pids = list(self._pids.values())
         I, L, A, P = db.items, db.labels, db.assignments, db.projects
 
-        def owner(responses) -> str | None:
-            return next((x.get("end_user") for x in responses or [] if isinstance(x, dict) and x.get("end_user")), None)
-
         def job(conn):
             if self.store.is_sqlite:  # freed pages are zeroed, not left holding the erased text
                 conn.exec_driver_sql("PRAGMA secure_delete=ON")
-            rows = conn.execute(select(I.c.id, I.c.external_id, I.c.responses).where(I.c.project_id.in_(pids))).all()
-            labels = conn.execute(select(L.c.id, L.c.item_id, L.c.payload).where(L.c.project_id.in_(pids))).all()
+            rows = conn.execute(select(I.c.id, I.c.external_id, I.c.responses, I.c.project_id, I.c.is_gold)
+                                .where(I.c.project_id.in_(pids))).all()
+            labels = conn.execute(select(L.c.id, L.c.item_id, L.c.payload, L.c.project_id, L.c.assignment_id,
+                                         L.c.is_gold).where(L.c.project_id.in_(pids))).all()
             users_labels = [r for r in labels if (r.payload or {}).get("end_user") in names]
             by_user = {r.item_id for r in users_labels}
-            erased = {r.external_id for r in rows if owner(r.responses) in names
-                      or (owner(r.responses) is None and r.id in by_user)}
-            items = {r.id for r in rows if r.external_id in erased}  # with the completions' rating copies
-            gone_labels = {r.id for r in labels if r.item_id in items} | {r.id for r in users_labels}
+            erased = {r.external_id for r in rows if _served_to(r.responses) in names
+                      or (_served_to(r.responses) is None and r.id in by_user)}
+            item_projects = [r for r in rows if r.external_id in erased]  # with the completions' rating copies
+            items = {r.id for r in item_projects}
+            user_label_ids = {r.id for r in users_labels}
+            touched = [r for r in labels if r.item_id in items or r.id in user_label_ids]
+            gone_labels = {t.id for t in touched}
             if not items and not gone_labels:
                 return {"items": 0, "labels": 0}
-            touched = conn.execute(select(L.c.project_id, L.c.item_id, L.c.assignment_id, L.c.is_gold)
-                                   .where(L.c.id.in_(gone_labels))).all()
             conn.execute(delete(L).where(L.c.id.in_(gone_labels)))
             conn.execute(delete(A).where(A.c.id.in_([t.assignment_id for t in touched])))
             for t in touched:  # the feedback left on items that stay
                 if t.item_id not in items:
                     conn.execute(update(I).where(I.c.id == t.item_id).values(n_assigned=I.c.n_assigned - 1))
-            item_projects = conn.execute(select(I.c.project_id, I.c.is_gold).where(I.c.id.in_(items))).all()
             conn.execute(delete(A).where(A.c.item_id.in_(items)))
             conn.execute(delete(I).where(I.c.id.in_(items)))
             for pid in pids:  # the denormalised counts: non-gold items and their labels
@@ -370,7 +367,7 @@ def end_user_key(db_url: str, required: bool) -> bytes | None:
     path = db.sqlite_file(db_url)
     if path is None:
         if required:
-            raise ValueError(f"set ${END_USER_KEY_ENV}: hashed end-user ids need a secret kept outside the "
+            raise EndUserKeyError(f"set ${END_USER_KEY_ENV}: hashed end-user ids need a secret kept outside the "
                              f"database, and {_shown_url(db_url)!r} is not a file that a key file could sit beside")
         return None
     key_file = path.with_name(path.name + ".end_user_key")
@@ -416,6 +413,11 @@ def hashed_user(user: str, key: bytes) -> str:
 
 class EndUserKeyError(ValueError):
     """The end-user ids in a store were hashed with a key that is not at hand."""
+
+
+def _served_to(responses) -> str | None:
+    """The end user a stored completion was served to (``log_completion`` keeps it with the reply)."""
+    return next((x.get("end_user") for x in responses or [] if isinstance(x, dict) and x.get("end_user")), None)
 
 
 def _shown(text: str, placeholder: str) -> str:

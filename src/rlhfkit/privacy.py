@@ -14,7 +14,9 @@ What is found, and how a match is confirmed (a pattern alone flags too many numb
 ==============  ========================================================================
 EMAIL_ADDRESS   local@domain.tld (letters of any script)
 IBAN_CODE       two letters, two check digits, 11-30 letters / digits (groups of 4 may be
-                spaced), and the ISO 13616 check: the number mod 97 is 1
+                spaced), and the ISO 13616 check: the number mod 97 is 1; written in lower
+                case (de89 3704 ...) it must also have its country's IBAN length, since
+                lower-case runs of letters and digits are mostly identifiers and hashes
 CREDIT_CARD     13-19 digits, single spaces or dashes between groups allowed, starting with
                 2-6 (the card industries of ISO/IEC 7812), passing the Luhn check, not all
                 one digit
@@ -31,6 +33,11 @@ PHONE_NUMBER    international ``+CC ...`` or ``00CC ...`` with 9-15 digits (E.16
                 ``(030) 1234567``), and a 7-digit local ``555-1234`` only when phone, number,
                 call, cell, mobile, fax, tel or reach stands in the 40 characters before it
 ==============  ========================================================================
+
+Text is matched after a length-preserving fold: full-width forms (ＡＢＣ１２３＠) read as their
+ASCII letters, no-break and thin spaces as spaces, Unicode hyphens and dashes as ``-``, so
+``4111\u00a01111\u00a01111\u00a01111`` (as word processors write it) is found; spans are
+positions in the original text.
 
 A match ends where a word does: ``bob@example.com--or`` is an address followed by a dash, while
 ``123-45-6789-1`` is no SSN.
@@ -86,6 +93,28 @@ def iban_valid(iban: str) -> bool:
     return int("".join(str(int(ch, 36)) for ch in moved)) % 97 == 1
 
 
+# IBAN length per country (SWIFT's IBAN registry); asked of IBANs written in lower case only
+IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
+    "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29,
+    "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28,
+    "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20,
+    "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
+    "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29,
+    "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28,
+    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+}
+
+
+def _iban_ok(s: str) -> bool:
+    if not iban_valid(s):
+        return False
+    if s[:2].isupper():
+        return True
+    compact = s.replace(" ", "").upper()
+    return IBAN_LENGTHS.get(compact[:2]) == len(compact)
+
+
 def ssn_valid(ssn: str) -> bool:
     area, group, serial = ssn.split("-")
     return area not in ("000", "666") and not area.startswith("9") and group != "00" and serial != "0000"
@@ -108,7 +137,7 @@ def _ipv6_valid(s: str) -> bool:
 # ("bob@example.com--or call" ends at the address; "123-45-6789-1" is not an SSN).
 _END = r"(?!\w|-\w)"
 _EMAIL = re.compile(r"(?<![\w.%+'-])[\w.%+'-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}" + _END)
-_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])")
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,4})?(?![A-Za-z0-9])")
 _CARD = re.compile(r"(?<![\d.-])\d(?:[ -]?\d){12,18}(?![\d-]|\.\d)")
 _SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}" + _END)
 _IPV4 = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d]|\.\d)")
@@ -158,7 +187,7 @@ def _phone_nanp_ok(s: str) -> bool:
 
 _DETECTORS = {
     "EMAIL_ADDRESS": [(_EMAIL, None)],
-    "IBAN_CODE": [(_IBAN, iban_valid)],
+    "IBAN_CODE": [(_IBAN, _iban_ok)],
     "CREDIT_CARD": [(_CARD, _card_ok)],
     "US_SSN": [(_SSN, ssn_valid)],
     "IP_ADDRESS": [(_IPV4, "ipv4"), (_IPV6, _ipv6_ok)],
@@ -169,12 +198,20 @@ _DETECTORS = {
 }
 CONTEXT_CHARS = 40  # how far before a local number its context word may stand
 
+# One character for one: full-width ASCII (U+FF01-FF5E) to ASCII, no-break / figure / thin /
+# narrow no-break spaces to a space, Unicode hyphens, dashes and the minus sign to "-". Matching
+# runs on the folded text, so every position is also a position in the original.
+_FOLD = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)}
+_FOLD.update({c: 0x20 for c in (0x00A0, 0x2002, 0x2003, 0x2007, 0x2009, 0x200A, 0x202F, 0x3000)})
+_FOLD.update({c: 0x2D for c in (0x2010, 0x2011, 0x2012, 0x2013, 0x2212, 0xFE63)})
+
 
 def find_pii(text: str, kinds: tuple[str, ...] = PII_KINDS) -> list[PiiSpan]:
     """Non-overlapping spans of personal data in ``text``, in order of position."""
     unknown = [k for k in kinds if k not in _DETECTORS]
     if unknown:
         raise ValueError(f"unknown PII kinds {unknown}; known: {', '.join(PII_KINDS)}")
+    original, text = text, text.translate(_FOLD)
     found = []
     for rank, kind in enumerate(k for k in PII_KINDS if k in kinds):
         for pattern, check in _DETECTORS[kind]:
@@ -187,7 +224,8 @@ def find_pii(text: str, kinds: tuple[str, ...] = PII_KINDS) -> list[PiiSpan]:
                 else:
                     ok = check is None or check(s)
                 if s and ok:
-                    found.append((rank, -len(s), m.start(), PiiSpan(kind, m.start(), m.start() + len(s), s)))
+                    end = m.start() + len(s)
+                    found.append((rank, -len(s), m.start(), PiiSpan(kind, m.start(), end, original[m.start():end])))
     kept: list[PiiSpan] = []
     taken = bytearray(len(text))  # characters already in a kept span (linear, however dense the hits)
     for _, _, _, span in sorted(found, key=lambda x: x[:3]):  # precedence, then longest first

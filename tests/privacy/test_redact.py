@@ -60,6 +60,15 @@ def test_ssn_rules():
     # a dash after the match is the sentence's, not a longer token's
     ("write to bob@example.com--or call", [("EMAIL_ADDRESS", "bob@example.com")]),
     ("SSN: 123-45-6789-", [("US_SSN", "123-45-6789")]),
+    # as word processors and phones write them: no-break / narrow spaces, Unicode hyphens,
+    # full-width forms; the span is the original text
+    ("card 4111\u00a01111\u00a01111\u00a01111 ok", [("CREDIT_CARD", "4111\u00a01111\u00a01111\u00a01111")]),
+    ("tel +44\u202f20\u202f7946\u202f0958.", [("PHONE_NUMBER", "+44\u202f20\u202f7946\u202f0958")]),
+    ("SSN 123\u201145\u20116789", [("US_SSN", "123\u201145\u20116789")]),
+    ("mail \uff4a\uff41\uff4e\uff45\uff20\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45\uff0e\uff43\uff4f\uff4d now",
+     [("EMAIL_ADDRESS", "\uff4a\uff41\uff4e\uff45\uff20\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45\uff0e\uff43\uff4f\uff4d")]),
+    # an IBAN in lower case, with its country's length (DE: 22)
+    ("iban de89 3704 0044 0532 0130 00 thanks", [("IBAN_CODE", "de89 3704 0044 0532 0130 00")]),
 ])
 def test_finds_each_kind(text, expected):
     assert kinds(text) == expected
@@ -80,6 +89,8 @@ def test_finds_each_kind(text, expected):
     "the constant is 0.0072973525693 with some error",   # 00 inside a decimal is no international prefix
     '{"ts": 1700000000004}',                             # Luhn-valid, but no card starts with 1
     "123-45-6789-1 goes on",
+    # lower-case runs that pass mod 97 but are no IBAN: no IBAN country "ab"; DE has 22 characters, not 20
+    "token ab40c0ffee000000000040 and id de23c0ffee0000000023",
 ])
 def test_leaves_ordinary_numbers(text):
     assert find_pii(text) == []

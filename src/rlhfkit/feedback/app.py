@@ -39,10 +39,10 @@ from .auth import (
     delete_session,
     lookup_session,
 )
-from .export import EXPORT_KINDS, export_records
+from .export import EXPORT_KINDS, export_records, redact_export
 from .queue import DEFAULT_LEASE_S, Conflict, NotFound, add_items, get_task, next_task, skip_task, submit_label
 from .stats import overview, project_dashboard
-from .tasks import FLAGS, TASK_TYPES, LabelError, parse_items
+from .tasks import FLAGS, TASK_TYPES, LabelError, parse_items, redact_items
 
 __all__ = ["create_app", "COOKIE"]
 
@@ -113,7 +113,7 @@ class _LoginRequired(Exception):
 def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, secure_cookies: bool = False,
                session_ttl_s: float = 12 * 3600, login_limiter: LoginLimiter | None = None,
                generator: Callable | None = None, lease_s: float | None = DEFAULT_LEASE_S,
-               clock: Callable[[], float] = time.time) -> FastAPI:
+               clock: Callable[[], float] = time.time, redact: bool = False) -> FastAPI:
     """The app on the database at ``db_url`` (SQLite path or SQLAlchemy URL; migrations are applied).
 
     ``generator``: optional live-generation hook, ``generator(prompts, n) -> list[list[dict]]``
@@ -121,8 +121,11 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
     /api/admin/projects/{id}/generate`` (see ``rlhfkit.feedback.generation``).
 
     ``lease_s``: an open task older than this may be reassigned to another labeler (None: never);
-    ``clock``: the time source of the task queue (tests pass a controllable one)."""
+    ``clock``: the time source of the task queue (tests pass a controllable one);
+    ``redact``: replace personal data (``rlhfkit.privacy``) in every import before labelers see
+    it and in every API export (without it, a request's ``?redact=true`` asks for it)."""
     store = store or db.Store(db_url)
+    redact_all = redact  # the endpoints' own ``redact`` is the request's
     limiter = login_limiter or LoginLimiter()
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     @contextlib.asynccontextmanager
@@ -314,7 +317,7 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
             raise HTTPException(404, f"no project {project_id}")
         return dict(row)
 
-    def _import(project_id: int, source, label: str | None = None) -> dict:
+    def _import(project_id: int, source, label: str | None = None, redact_request: bool = False) -> dict:
         proj = _project(project_id)
         try:
             parsed = parse_items(source, proj["task_type"], (proj["scale_min"], proj["scale_max"]))
@@ -324,8 +327,11 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
                               index=e.index, field=e.field, reason=e.reason)
             raise HTTPException(422, {"error": str(e), "file": e.path, "line": e.line, "field": e.field,
                                       "imported": 0}) from None
+        out: dict = {}
+        if redact_all or redact_request:
+            out["redacted"] = dict(redact_items(parsed))
         n = store.write(lambda c: add_items(c, project_id, parsed))  # one transaction: all or nothing
-        return {"imported": n, "gold": sum(1 for x in parsed if x["is_gold"])}
+        return {"imported": n, "gold": sum(1 for x in parsed if x["is_gold"]), **out}
 
     @app.get("/api/admin/projects", tags=["admin"])
     def api_admin_projects(p: Principal = Depends(api_admin)):
@@ -345,14 +351,17 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
         return _project(project_id)
 
     @app.post("/api/admin/projects/{project_id}/items", tags=["admin"])
-    def api_add_items(project_id: int, body: ItemsIn, p: Principal = Depends(api_admin)):
+    def api_add_items(project_id: int, body: ItemsIn, redact: bool = False, p: Principal = Depends(api_admin)):
         """Import items given as JSON (same fields as a JSONL line). All or nothing: the first bad
-        item answers 422 naming its index and field, and nothing is imported."""
-        return _import(project_id, body.items, "<request>")
+        item answers 422 naming its index and field, and nothing is imported. ``redact=true``
+        replaces personal data first (always, when the server runs with ``--redact true``)."""
+        return _import(project_id, body.items, "<request>", redact)
 
     @app.post("/api/admin/projects/{project_id}/import", tags=["admin"])
-    async def api_import(project_id: int, file: UploadFile = File(...), p: Principal = Depends(api_admin)):
-        """Import a JSONL file (multipart upload). All or nothing; errors name file, line and field."""
+    async def api_import(project_id: int, file: UploadFile = File(...), redact: bool = False,
+                         p: Principal = Depends(api_admin)):
+        """Import a JSONL file (multipart upload). All or nothing; errors name file, line and field.
+        ``redact=true`` replaces personal data first (always, when the server runs with ``--redact true``)."""
         import tempfile
 
         data = await file.read()
@@ -361,7 +370,7 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
             path = Path(d) / name
             path.write_bytes(data)
             import asyncio
-            return await asyncio.to_thread(_import, project_id, path, name)
+            return await asyncio.to_thread(_import, project_id, path, name, redact)
 
     @app.post("/api/admin/projects/{project_id}/generate", tags=["admin"])
     def api_generate(project_id: int, body: GenerateIn, p: Principal = Depends(api_admin)):
@@ -401,18 +410,24 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
     @app.get("/api/admin/projects/{project_id}/export", tags=["admin"])
     def api_export(project_id: int, kind: Literal["pairs", "rankings", "ratings", "thumbs", "sft", "rewrites"],
                    aggregate: Literal["none", "majority"] = "none", include_gold: bool = False,
-                   p: Principal = Depends(api_admin)):
-        """JSON lines readable by ``rlhfkit.data.read_records(path, kind)``."""
+                   redact: bool = False, p: Principal = Depends(api_admin)):
+        """JSON lines readable by ``rlhfkit.data.read_records(path, kind)``. ``redact=true`` (always,
+        when the server runs with ``--redact true``) replaces personal data and leaves out pairs whose
+        answers became one text; the header ``X-Redacted`` says what was replaced and left out."""
         proj = _project(project_id)
         with store.read() as conn:
             try:
                 recs = export_records(conn, project_id, kind, include_gold=include_gold, aggregate=aggregate)
             except ValueError as e:
                 raise HTTPException(422, str(e)) from None
+        headers = {}
+        if redact or redact_all:
+            recs, counts, n_equal = redact_export(recs)
+            headers["X-Redacted"] = json.dumps({**dict(sorted(counts.items())), "pairs_left_out": n_equal})
         body = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in recs)
         fname = f"{_slug(proj['name'])}-{kind}.jsonl"
         return Response(body.encode(), media_type="application/x-ndjson",
-                        headers={"Content-Disposition": f'attachment; filename="{fname}"'})
+                        headers={"Content-Disposition": f'attachment; filename="{fname}"', **headers})
 
     @app.get("/api/admin/users", tags=["admin"])
     def api_users(p: Principal = Depends(api_admin)):
@@ -532,12 +547,15 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
     @app.post("/admin/projects/{project_id}/import", include_in_schema=False)
     async def admin_import(project_id: int, file: UploadFile = File(...), p: Principal = Depends(page_admin)):
         try:
-            res = await api_import(project_id, file, p)
+            res = await api_import(project_id, file, p=p)
         except HTTPException as e:
             detail = e.detail["error"] if isinstance(e.detail, dict) else e.detail
             return RedirectResponse(f"/admin/projects/{project_id}?error={_q(detail)}", status_code=303)
-        return RedirectResponse(f"/admin/projects/{project_id}?msg={_q(str(res['imported']) + ' items imported')}",
-                                status_code=303)
+        msg = f"{res['imported']} items imported"
+        if "redacted" in res:
+            msg += "; personal data replaced: " + (", ".join(f"{n} {k}" for k, n in sorted(res["redacted"].items()))
+                                                   or "none found")
+        return RedirectResponse(f"/admin/projects/{project_id}?msg={_q(msg)}", status_code=303)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz():

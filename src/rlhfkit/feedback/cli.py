@@ -31,6 +31,10 @@ class ServeConfig:
                 "round after round (empty = items are imported only)"})
     max_new_tokens: int = field(default=64, metadata={"help": "live generation: response tokens at most"})
     temperature: float = field(default=1.0, metadata={"help": "live generation: sampling temperature"})
+    redact: bool = field(default=False, metadata={
+        "help": "replace personal data (e-mail, phone, card, IBAN, SSN, IP; rlhfkit.privacy) in every import "
+                "through the admin page and API before labelers see it, and in every API export "
+                "(a request's ?redact=true does it without this)"})
 
 
 @dataclass
@@ -93,7 +97,7 @@ def run_serve(c: ServeConfig) -> None:
               + (f" (following the loop in {c.policy})" if generator.loaded != c.policy else ""), flush=True)
     print(f"rlhfkit feedback: serving {c.db} on http://{c.host}:{c.port}", flush=True)
     serve(c.db, c.host, c.port, workers=c.workers, secure_cookies=c.secure_cookies, log_level=c.log_level,
-          lease_s=c.lease_minutes * 60, generator=generator)
+          lease_s=c.lease_minutes * 60, generator=generator, redact=c.redact)
 
 
 def _project_id(conn, name: str):
@@ -132,21 +136,9 @@ def run_import(c: ImportConfig) -> None:
         parsed = parse_items(c.file, ttype, scale)  # DataError names file, line, field
         note = ""
         if c.redact:
-            from collections import Counter
+            from .tasks import redact_items
 
-            from rlhfkit.privacy import redact_value
-
-            from .tasks import render_prompt
-
-            counts: Counter = Counter()
-            for it in parsed:
-                rendered = it["messages"] is not None and it["prompt"] == render_prompt("", it["messages"])
-                it["responses"] = redact_value(it["responses"], counts)
-                if it["messages"] is not None:
-                    it["messages"] = redact_value(it["messages"], counts)
-                # a prompt rendered from the messages is rendered again (its data counted once)
-                it["prompt"] = render_prompt("", it["messages"]) if rendered else redact_value(it["prompt"], counts)
-            note = _redaction_note(counts)
+            note = _redaction_note(redact_items(parsed))
 
         def job(conn):  # project creation and items in one transaction
             p = pid
@@ -185,15 +177,12 @@ def run_export(c: ExportConfig) -> None:
         store.close()
     note = ""
     if c.redact:
-        from rlhfkit.privacy import redact_records
+        from .export import redact_export
 
-        records, counts = redact_records(records)
+        records, counts, n_equal = redact_export(records)
         note = _redaction_note(counts)
-        # two answers that differed only in what was redacted are one text now: no preference is left
-        n_all = len(records)
-        records = [r for r in records if getattr(r, "chosen", None) is None or r.chosen != r.rejected]
-        if len(records) < n_all:
-            note += f"; left out {n_all - len(records)} pairs whose two answers became the same text"
+        if n_equal:
+            note += f"; left out {n_equal} pairs whose two answers became the same text"
     n = write_records(records, c.out, c.format)
     print(f"wrote {n} {c.kind} records to {c.out}{note}")
 

@@ -162,9 +162,16 @@ def export_hf(conn: Connection, project_id: int, kind: str, path, *, redact: boo
     return write_records(_maybe_redacted(export_records(conn, project_id, kind, **kw), redact), path, "hf")
 
 
-def _maybe_redacted(records: list, redact: bool) -> list:
-    if not redact:
-        return records
+def redact_export(records: list) -> tuple[list, Counter, int]:
+    """Exported records with personal data replaced (``rlhfkit.privacy``): the records, the count
+    per kind, and how many pairs were left out because their two answers differed only in what
+    was redacted (one text now: no preference is left)."""
     from rlhfkit.privacy import redact_records
 
-    return redact_records(records)[0]
+    records, counts = redact_records(records)
+    kept = [r for r in records if getattr(r, "chosen", None) is None or r.chosen != r.rejected]
+    return kept, counts, len(records) - len(kept)
+
+
+def _maybe_redacted(records: list, redact: bool) -> list:
+    return redact_export(records)[0] if redact else records

@@ -15,7 +15,7 @@ __all__ = ["serve"]
 
 def serve(db_url: str = "feedback.db", host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           secure_cookies: bool = False, log_level: str = "warning", access_log: bool = False,
-          lease_s: float | None = None, generator=None) -> None:
+          lease_s: float | None = None, generator=None, redact: bool = False) -> None:
     import sys
 
     import uvicorn
@@ -34,6 +34,8 @@ def serve(db_url: str = "feedback.db", host: str = "127.0.0.1", port: int = 8000
         print("rlhfkit feedback: warning: several workers on SQLite only contend for its one write lock; "
               "use 1 (or PostgreSQL)", file=sys.stderr, flush=True)
     extra = {} if lease_s is None else {"lease_s": lease_s if lease_s > 0 else None}
+    if redact:
+        extra["redact"] = True
     if workers > 1:
         if generator is not None:
             raise ValueError("live generation (a generator) needs a single worker process")
@@ -41,6 +43,7 @@ def serve(db_url: str = "feedback.db", host: str = "127.0.0.1", port: int = 8000
         os.environ["RLHFKIT_FEEDBACK_SECURE"] = "1" if secure_cookies else "0"
         if lease_s is not None:
             os.environ["RLHFKIT_FEEDBACK_LEASE_S"] = str(lease_s)
+        os.environ["RLHFKIT_FEEDBACK_REDACT"] = "1" if redact else "0"
         uvicorn.run("rlhfkit.feedback.server:_app_from_env", factory=True, host=host, port=port,
                     workers=workers, log_level=log_level, access_log=access_log)
         return
@@ -58,4 +61,5 @@ def _app_from_env():
         lease_s = float(os.environ["RLHFKIT_FEEDBACK_LEASE_S"])
         extra["lease_s"] = lease_s if lease_s > 0 else None
     return create_app(os.environ["RLHFKIT_FEEDBACK_DB"],
-                      secure_cookies=os.environ.get("RLHFKIT_FEEDBACK_SECURE") == "1", **extra)
+                      secure_cookies=os.environ.get("RLHFKIT_FEEDBACK_SECURE") == "1",
+                      redact=os.environ.get("RLHFKIT_FEEDBACK_REDACT") == "1", **extra)

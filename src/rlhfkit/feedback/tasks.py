@@ -29,6 +29,7 @@ Import line (JSONL, one item a line)::
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from rlhfkit.data import ROLES, DataError
@@ -180,6 +181,22 @@ def _parse_gold(g: Any, task_type: str, n: int, scale: tuple[int, int]) -> Any:
             raise _err("expected true or false", "gold", "wrong_type")
         return g
     raise _err(f"{task_type} items cannot be gold questions", "gold")
+
+
+def redact_items(items: list[dict]) -> Counter:
+    """Replace personal data (``rlhfkit.privacy``) in parsed items' prompts, messages and responses,
+    in place, before labelers see them; returns the count per kind. A prompt rendered from the
+    messages is rendered again from the redacted messages (its data counted once)."""
+    from rlhfkit.privacy import redact_value
+
+    counts: Counter = Counter()
+    for it in items:
+        rendered = it["messages"] is not None and it["prompt"] == render_prompt("", it["messages"])
+        it["responses"] = redact_value(it["responses"], counts)
+        if it["messages"] is not None:
+            it["messages"] = redact_value(it["messages"], counts)
+        it["prompt"] = render_prompt("", it["messages"]) if rendered else redact_value(it["prompt"], counts)
+    return counts
 
 
 def parse_items(source, task_type: str, scale: tuple[int, int] = (1, 7)) -> list[dict]:

@@ -126,3 +126,24 @@ def test_a_tiny_model_as_the_policy_greedy_is_what_generate_makes(tok):
     r1, i1 = run_policy_episode(env, model, seed=5)
     r2, i2 = run_policy_episode(env, model, seed=5)
     assert (r1, i1["response"]) == (r2, i2["response"]) and r1 == i1["response"].count("e")
+
+
+def test_the_kv_cache_runs_each_token_once_and_changes_nothing(tok):
+    """With the cache carried between steps a token is run once (prompt + one per later step), not
+    the whole sequence every step; greedy and sampled episodes are the same as without it."""
+    model = tiny_causal_lm(tok, hidden_size=32, num_layers=2, num_heads=2, seed=1)
+    env = TextGenerationEnv(tok, PROMPTS, count_e, max_new_tokens=12, max_prompt_length=8)
+    fed = []
+    hook = model.register_forward_pre_hook(lambda m, args, kw: fed.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        for seed, temperature in ((2, 0.0), (5, 1.0), (7, 1.0)):
+            fed.clear()
+            cached = run_policy_episode(env, model, seed=seed, temperature=temperature)
+            steps, prompt_len = cached[1]["response_tokens"], fed[0]
+            assert fed == [prompt_len] + [1] * (steps - 1)
+            fed.clear()
+            plain = run_policy_episode(env, model, seed=seed, temperature=temperature, use_cache=False)
+            assert fed == [prompt_len + i for i in range(steps)]
+            assert (cached[0], cached[1]["response"]) == (plain[0], plain[1]["response"])
+    finally:
+        hook.remove()

@@ -140,23 +140,31 @@ class TextGenerationEnv(gym.Env):
 
 
 def run_policy_episode(env, model, seed: int | None = None, temperature: float = 1.0,
-                       options: dict | None = None) -> tuple[float, dict]:
+                       options: dict | None = None, use_cache: bool = True) -> tuple[float, dict]:
     """One episode of ``env`` (a ``TextGenerationEnv``, or it wrapped by ``gymnasium.make``) with
     a Hugging Face causal LM as the policy (each token sampled from its next-token distribution at
     ``temperature``; 0 = greedy). Returns ``(return, final info)``. A reference loop for people
-    who bring their own algorithm, observation in and token out: it runs the whole sequence each
-    step (no KV cache), so the recipes' samplers are the fast way to generate."""
+    who bring their own algorithm, observation in and token out. With ``use_cache`` the model's
+    KV cache is carried between steps and only the tokens the observation gained are run (the
+    whole observation again when it did not just grow: an environment that rewrote it); without,
+    the whole sequence runs every step (quadratic in the response length)."""
     import torch
 
     obs, info = env.reset(seed=seed, options=options)
     g = torch.Generator().manual_seed(0 if seed is None else int(seed))
     total, done = 0.0, False
+    past, seen = None, None  # the cache and the token ids it holds
     while not done:
         n = int(obs["attention_mask"].sum())
         ids = torch.as_tensor(obs["input_ids"][:n]).unsqueeze(0)
         with torch.no_grad():
+            if use_cache and past is not None and n > seen.shape[1] and torch.equal(ids[:, :seen.shape[1]], seen):
+                out = model(input_ids=ids[:, seen.shape[1]:], past_key_values=past, use_cache=True)
+            else:
+                out = model(input_ids=ids, use_cache=use_cache)
+            past, seen = (out.past_key_values, ids) if use_cache else (None, None)
             # a model wider than the environment (padded output layer) picks only among its actions
-            logits = model(input_ids=ids).logits[0, -1, :int(env.action_space.n)].float()
+            logits = out.logits[0, -1, :int(env.action_space.n)].float()
         if temperature == 0:
             action = int(logits.argmax())
         else:

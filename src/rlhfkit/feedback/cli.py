@@ -230,7 +230,7 @@ def run_forget(c: ForgetConfig) -> None:
     except ValueError as e:  # a project of that name with another task type
         raise _err(f"field 'project_prefix': {e}") from None
     try:
-        if not log._pids:
+        if not log.projects:
             raise _err(f"field 'project_prefix': no projects {c.project_prefix}-thumbs or "
                        f"{c.project_prefix}-ratings in {c.db}")
         try:

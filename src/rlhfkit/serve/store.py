@@ -66,6 +66,12 @@ class FeedbackLog:
     def close(self) -> None:
         self.store.close()
 
+    @property
+    def projects(self) -> dict[str, int]:
+        """The store's project ids of this log by kind (``thumbs``, ``rating``); empty when the
+        store has none and the log was opened with ``create=False``."""
+        return dict(self._pids)
+
     # ------------------------------------------------------------------ set-up
     def _ensure_projects(self, conn) -> dict[str, int]:
         from sqlalchemy import insert, select

@@ -7,7 +7,7 @@ from float32's.
 A training step is what ``fit`` does for SFT: forward in autocast (``training.precision``: the
 head kept float32), token-mean cross-entropy, backward, AdamW step, on ``--batch`` x ``--length``
 tokens of HH-RLHF dialogues. The log-prob pass is ``rollout.response_logprobs``-style (no grad).
-Generation is the native sampler, greedy, 32 new tokens for ``--batch`` prompts. The two
+Generation is the native sampler (``--engine hf``: ``model.generate``), greedy, 32 new tokens for ``--batch`` prompts. The two
 precisions take turns on the same model and data (the weights are restored after each step), so
 machine load falls on both alike.
 """
@@ -34,6 +34,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--length", type=int, default=256)
+    ap.add_argument("--engine", default="native", choices=("native", "hf"),
+                    help="sampler of the generation measure (hf: model.generate on a bf16-wrapped copy)")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -77,13 +79,21 @@ def main(argv: list[str]) -> None:
     gen_tok.padding_side = "left"
     prompts = gen_tok([t[:200] for t in texts], return_tensors="pt", padding=True)
     sampler = make_sampler(model, SamplingConfig(max_new_tokens=32, temperature=0.0), tok.eos_token_id,
-                           tok.pad_token_id, "native")
+                           tok.pad_token_id, a.engine)
+    # model.generate calls the module, so the hf engine needs the forward wrapped (a copy, so the
+    # other measures keep the plain model); the native sampler reads the flag alone
+    bf16_model = None
+    if a.engine == "hf":
+        bf16_model = copy.deepcopy(model)
+        autocast_forward(bf16_model, "bf16")
 
     def generation(precision: str) -> tuple[float, torch.Tensor]:
-        model.eval()
-        model._rlhfkit_autocast = precision  # what autocast_forward sets; the native sampler reads it
+        m = bf16_model if (bf16_model is not None and precision == "bf16") else model
+        m.eval()
+        if bf16_model is None:
+            m._rlhfkit_autocast = precision  # what autocast_forward sets; the native sampler reads it
         t0 = time.perf_counter()
-        out = sampler.generate(model, prompts.input_ids, prompts.attention_mask, seed=0)
+        out = sampler.generate(m, prompts.input_ids, prompts.attention_mask, seed=0)
         return time.perf_counter() - t0, out
 
     assert autocast_forward is not None
@@ -97,7 +107,8 @@ def main(argv: list[str]) -> None:
                     results[name][precision].append(seconds)
                 values[(name, precision)] = value
     model._rlhfkit_autocast = None
-    out = {"model": a.model, "threads": a.threads, "batch": a.batch, "length": a.length, "repeats": a.repeats}
+    out = {"model": a.model, "threads": a.threads, "batch": a.batch, "length": a.length, "repeats": a.repeats,
+           "engine": a.engine}
     for name, by in results.items():
         f, b = statistics.median(by["fp32"]), statistics.median(by["bf16"])
         out[name] = {"fp32_s": round(f, 3), "bf16_s": round(b, 3), "speedup": round(f / b, 2)}

@@ -329,3 +329,25 @@ def test_native_sampler_follows_the_models_precision(tiny_policy_dir):
     assert native.dtype == torch.float32
     assert (native - hooked).abs().max() < 0.25 * (native - exact).abs().max(), (
         (native - hooked).abs().max(), (native - exact).abs().max())
+
+
+@pytest.mark.parametrize("engine", ["native", "hf"])
+def test_samplers_run_one_autocast_region_per_generation(tiny_policy_dir, engine):
+    """Between the steps of a generation (where ``on_token`` is called) autocast stays on for a
+    bf16 model, so its cache of bf16 weight copies lives across steps instead of being rebuilt for
+    every token; a float32 model samples with autocast off."""
+    from rlhfkit.models import load_policy
+    from rlhfkit.rollout import SamplingConfig, make_sampler
+    from rlhfkit.training.precision import autocast_forward
+
+    model, tok = load_policy(str(tiny_policy_dir))
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    sampler = make_sampler(model, SamplingConfig(max_new_tokens=4, temperature=1.0), tok.eos_token_id,
+                           tok.pad_token_id, engine)
+    for precision in ("fp32", "bf16"):
+        autocast_forward(model, precision)
+        between_steps = []
+        sampler.generate(model, ids, torch.ones_like(ids), seed=0,
+                         on_token=lambda t: between_steps.append(torch.is_autocast_enabled("cpu")))
+        assert between_steps and set(between_steps) == {precision == "bf16"}, (precision, between_steps)
+    assert not torch.is_autocast_enabled("cpu")

@@ -116,10 +116,16 @@ class HFGenerator:
         """``on_token(tokens [B])``: called with each step's tokens as they are drawn; a true
         return ends the generation after that step."""
         from transformers import StoppingCriteriaList
+
+        from rlhfkit.training.precision import autocast
         was_training = model.training
         model.eval()
         try:
-            with _seeded(seed, prompt_ids.device):
+            # a model set to run in bf16 (training.precision.autocast_forward) enters autocast at
+            # every step's forward; one region around the whole generation keeps autocast's cache
+            # of bf16 weight copies across the steps (as the native sampler does)
+            with _seeded(seed, prompt_ids.device), autocast(getattr(model, "_rlhfkit_autocast", None) or "fp32",
+                                                             prompt_ids.device):
                 out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
                                      generation_config=self.generation_config(),
                                      stopping_criteria=None if on_token is None

@@ -16,7 +16,8 @@ import torch
 
 from rlhfkit.core.advantages import group_normalised_advantages
 from rlhfkit.recipes.common import finished_run, save_final
-from rlhfkit.recipes.online import (closing_line, finish_run, gathered, generate, load_models, load_prompts, local_share,
+from rlhfkit.recipes.online import (adversarial_modules, adversarial_step, build_run_reward,
+                                    closing_line, finish_run, gathered, generate, load_models, load_prompts, local_share,
                                     make_generator, maybe_checkpoint, OnlineConfig, optimizer_and_scheduler,
                                     out_of_time, policy_gradient_update, prompts_for_step, reference_logprobs,
                                     repeat_each, resume_state, rollout_metrics, run_outputs, score, sequence_kl,
@@ -59,12 +60,12 @@ def run(config: GRPOConfig) -> dict:
         return done
     k = config.num_generations
     prompts = load_prompts(config)
-    reward = build_reward(config.reward, batch_size=config.reward_batch_size)
+    reward, adversary = build_run_reward(config, info)
     gold = build_reward(config.gold_reward, batch_size=config.reward_batch_size) if config.gold_reward else None
     policy, tokenizer, reference = load_models(config, need_reference=config.kl_coef > 0)
     generator = make_generator(config, tokenizer, policy)
-    optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), config)
-    modules = torch.nn.ModuleDict({"policy": policy})  # what a checkpoint holds
+    optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), config, adversary)
+    modules = torch.nn.ModuleDict({"policy": policy, **adversarial_modules(adversary)})  # what a checkpoint holds
     start, state = resume_state(config, modules, optimizer, scheduler, info)
     logger, table, bar = run_outputs(config, info, start, bool(state), "grpo")
     metrics: dict = {}
@@ -88,6 +89,7 @@ def run(config: GRPOConfig) -> dict:
                                        fill_behaviour_logprobs=single_update(config), info=info)
         # 4. log, sample table, checkpoint
         metrics = {**rollout_metrics(ro, scores, timer() - t0, info), **stats, "lr": lr_of_step}
+        metrics.update(adversarial_step(adversary, reward, ro, step, optimizer))
         columns = {"reward": scores, "advantage": advantages}
         if ref_lp is not None:
             seq_kl = sequence_kl(ro.logprobs, ref_lp, ro.response_mask)
@@ -107,5 +109,7 @@ def run(config: GRPOConfig) -> dict:
     bar.close()
     logger.close()
     save_final(policy, tokenizer, config, metrics, info)
+    if adversary is not None and info.is_main:
+        adversary.save(config.output_dir)
     finish_run(info, modules, optimizer, None, line=closing_line("grpo", config, metrics))
     return metrics

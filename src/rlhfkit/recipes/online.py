@@ -31,6 +31,7 @@ from rlhfkit.core.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k
 from rlhfkit.core.losses import ppo_policy_loss
 from rlhfkit.core.masking import masked_mean
 from rlhfkit.recipes.common import LoraConfig
+from rlhfkit.rewards.adversarial import AdversarialConfig
 from rlhfkit.rollout import ENGINES, Rollout, SamplingConfig, make_sampler, response_logprobs, rollout, step_seed
 from rlhfkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlhfkit.training.distributed import DistInfo, all_gather_rows, all_reduce_gradients, all_reduce_sum, barrier
@@ -50,7 +51,7 @@ class OnlineConfig(TrainingConfig):
     max_prompts: int = field(default=0, metadata={"help": "use at most this many prompts (0 = all)"})
     chat_template: bool = field(default=False, metadata={"help": "wrap each prompt as a user turn with the tokenizer's chat template"})
     max_prompt_length: int = field(default=64, metadata={"help": "prompt tokens kept (the last ones)"})
-    reward: str = field(default="vader", metadata={"help": "reward: a judge (vader, textblob, afinn, toxicity, readability, frequency:TEXT), rm:PATH, ensemble:mean|min|uwo=LAMBDA:PATH1,PATH2 (reward models combined), fn:pkg.mod:func, or a weighted sum like 0.7*vader+0.3*rm:PATH"})
+    reward: str = field(default="vader", metadata={"help": "reward: a judge (vader, textblob, afinn, toxicity, readability, frequency:TEXT), rm:PATH, ensemble:mean|min|uwo=LAMBDA:PATH1,PATH2 (reward models combined), fn:pkg.mod:func, or a weighted sum like 0.7*vader+0.3*rm:PATH; empty with adversarial.discriminator: its logit alone"})
     gold_reward: str = field(default="", metadata={"help": "a second reward only logged (gold judge), same syntax; empty = none"})
     reward_batch_size: int = field(default=32, metadata={"help": "sequences per reward-model forward"})
     max_new_tokens: int = field(default=32, metadata={"help": "response tokens generated at most"})
@@ -75,6 +76,7 @@ class OnlineConfig(TrainingConfig):
     sample_every: int = field(default=10, metadata={"help": "write a table of sample generations every N steps (0 = off)"})
     num_sample_rows: int = field(default=4, metadata={"help": "rows in each sample table"})
     lora: LoraConfig = field(default_factory=LoraConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
     def validate(self) -> None:
         super().validate()
@@ -92,7 +94,9 @@ class OnlineConfig(TrainingConfig):
             raise ValueError(f"generation_engine must be one of {list(ENGINES)}, got {self.generation_engine!r}")
         from rlhfkit.rewards import check_reward_field
 
-        check_reward_field("reward", self.reward)
+        if self.reward or not self.adversarial.enabled:  # the discriminator's logit may be the whole reward
+            check_reward_field("reward", self.reward)
+        self.adversarial.validate()
         if self.gold_reward:
             check_reward_field("gold_reward", self.gold_reward)
 
@@ -275,8 +279,46 @@ def token_weights(mask: torch.Tensor, aggregation: str, max_new_tokens: int, n_s
     return w
 
 
-def optimizer_and_scheduler(params, config: OnlineConfig):
+def build_run_reward(config: OnlineConfig, info: DistInfo):
+    """``(reward source, adversary or None)``: the ``reward`` spec, plus the refitted
+    discriminator's logit when ``adversarial.discriminator`` is set (``rewards.adversarial``)."""
+    from rlhfkit.rewards import build_reward
+
+    base = build_reward(config.reward, batch_size=config.reward_batch_size) if config.reward else None
+    if not config.adversarial.enabled:
+        return base, None
+    from rlhfkit.rewards.adversarial import Adversary, RewardWithAdversary
+
+    from rlhfkit.training.config import ConfigError
+
+    if info.world_size > 1:
+        raise ConfigError("field 'adversarial.discriminator': the adversarial refit runs in one process "
+                          "(its update is not reduced over ranks); launch without torchrun")
+    adversary = Adversary.load(config.adversarial, config.seed, config.max_grad_norm, config.reward_batch_size)
+    return RewardWithAdversary(base, adversary), adversary
+
+
+def adversarial_modules(adversary) -> dict:
+    """What a checkpoint holds of the adversarial refit: the discriminator (none when off)."""
+    return {} if adversary is None else {"discriminator": adversary.model}
+
+
+def adversarial_step(adversary, reward, ro: Rollout, step: int, optimizer) -> dict:
+    """After the policy's update at ``step``: the discriminator's mean logit on the rollout (the
+    reward term it gave) and, when due, its refit on the rollout's responses (metrics)."""
+    if adversary is None:
+        return {}
+    logit = getattr(reward, "last_components", {}).get("adversarial")
+    out = {} if logit is None else {"adversarial/reward": float(logit.mean())}
+    return {**out, **adversary.update(ro.prompts, ro.responses, step, optimizer)}
+
+
+def optimizer_and_scheduler(params, config: OnlineConfig, adversary=None):
+    """AdamW over ``params`` (and the adversarial discriminator's parameters as a second group with
+    its own learning rate), and the run's schedule over both."""
     optimizer = adamw(params, config)
+    if adversary is not None:
+        optimizer.add_param_group(adversary.param_group())
     total = config.max_steps * config.ppo_epochs * config.num_minibatches
     return optimizer, build_scheduler(optimizer, total, config)  # linear decay (detail 11)
 

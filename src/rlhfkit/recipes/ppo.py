@@ -21,7 +21,8 @@ from rlhfkit.core.losses import ppo_policy_loss, ppo_value_loss
 from rlhfkit.core.masking import masked_mean
 from rlhfkit.core.reward_shaping import apply_missing_eos_penalty, per_token_rewards
 from rlhfkit.recipes.common import finished_run, save_final
-from rlhfkit.recipes.online import (closing_line, RANK_SALT, explained_variance, finish_run, run_outputs, gathered, generate,
+from rlhfkit.recipes.online import (adversarial_modules, adversarial_step, build_run_reward,
+                                    closing_line, RANK_SALT, explained_variance, finish_run, run_outputs, gathered, generate,
                                     global_masked_whiten, load_models, load_prompts, local_share, make_generator,
                                     make_kl_controller, maybe_checkpoint, micro_slices, minibatches, OnlineConfig,
                                     optimizer_and_scheduler, out_of_time, prompts_for_step, reference_logprobs,
@@ -169,7 +170,7 @@ def run(config: PPOConfig) -> dict:
         cleanup(info)
         return done
     prompts = load_prompts(config)
-    reward = build_reward(config.reward, batch_size=config.reward_batch_size)
+    reward, adversary = build_run_reward(config, info)
     gold = build_reward(config.gold_reward, batch_size=config.reward_batch_size) if config.gold_reward else None
     policy, tokenizer, reference = load_models(config, need_reference=True)
     value_model = load_value_model(config, tokenizer)
@@ -177,7 +178,8 @@ def run(config: PPOConfig) -> dict:
     generator = make_generator(config, tokenizer, policy)
     modules = torch.nn.ModuleDict({"policy": policy, "value": value_model})
     params = [p for p in modules.parameters() if p.requires_grad]
-    optimizer, scheduler = optimizer_and_scheduler(params, config)
+    optimizer, scheduler = optimizer_and_scheduler(params, config, adversary)
+    modules.update(adversarial_modules(adversary))  # in the checkpoints, not in the policy update's params
     kl_ctl = make_kl_controller(config.kl_control, config.kl_coef, config.kl_target, config.kl_horizon)
     normaliser = RunningNormaliser()
     start, state = resume_state(config, modules, optimizer, scheduler, info)
@@ -226,6 +228,7 @@ def run(config: PPOConfig) -> dict:
         if gold is not None:
             columns["gold"] = score(gold, ro)
             metrics["gold"] = float(gathered(columns["gold"], info).mean())
+        metrics.update(adversarial_step(adversary, reward, ro, step, optimizer))
         logger.log(step + 1, metrics)
         table.maybe_write(step + 1, ro, columns)
         bar.update(1)
@@ -237,5 +240,7 @@ def run(config: PPOConfig) -> dict:
     bar.close()
     logger.close()
     save_final(policy, tokenizer, config, metrics, info)
+    if adversary is not None and info.is_main:
+        adversary.save(config.output_dir)
     finish_run(info, modules, optimizer, {"kl_controller": kl_ctl.state_dict(), "reward_normaliser": normaliser.state_dict()}, line=closing_line("ppo", config, metrics))
     return metrics

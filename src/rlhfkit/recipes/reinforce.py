@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from rlhfkit.recipes.common import finished_run, save_final
-from rlhfkit.recipes.online import (closing_line, finish_run, gathered, generate, kl_penalised_scores, load_models, load_prompts,
+from rlhfkit.recipes.online import (adversarial_modules, adversarial_step, build_run_reward,
+                                    closing_line, finish_run, gathered, generate, kl_penalised_scores, load_models, load_prompts,
                                     local_share, make_generator, maybe_checkpoint, OnlineConfig,
                                     optimizer_and_scheduler, out_of_time, policy_gradient_update, prompts_for_step,
                                     repeat_each, resume_state, rollout_metrics, run_outputs, score, setup_run, timer)
@@ -64,7 +65,7 @@ def run(config: ReinforceConfig) -> dict:
         return done
     k = config.num_generations
     prompts = load_prompts(config)
-    reward = build_reward(config.reward, batch_size=config.reward_batch_size)
+    reward, adversary = build_run_reward(config, info)
     gold = build_reward(config.gold_reward, batch_size=config.reward_batch_size) if config.gold_reward else None
     policy, tokenizer, reference = load_models(config, need_reference=config.kl_coef > 0)
     generator = make_generator(config, tokenizer, policy)
@@ -75,7 +76,8 @@ def run(config: ReinforceConfig) -> dict:
 
         autocast_forward(modules["value"], config.precision)
     params = [p for p in modules.parameters() if p.requires_grad]
-    optimizer, scheduler = optimizer_and_scheduler(params, config)
+    optimizer, scheduler = optimizer_and_scheduler(params, config, adversary)
+    modules.update(adversarial_modules(adversary))  # in the checkpoints, not in the policy update's params
     start, state = resume_state(config, modules, optimizer, scheduler, info)
     b = float(state.get("baseline", 0.0))
     logger, table, bar = run_outputs(config, info, start, bool(state), "reinforce")
@@ -112,6 +114,7 @@ def run(config: ReinforceConfig) -> dict:
         if gold is not None:
             columns["gold"] = score(gold, ro)
             metrics["gold"] = float(gathered(columns["gold"], info).mean())
+        metrics.update(adversarial_step(adversary, reward, ro, step, optimizer))
         logger.log(step + 1, metrics)
         table.maybe_write(step + 1, ro, columns)
         bar.update(1)
@@ -122,5 +125,7 @@ def run(config: ReinforceConfig) -> dict:
     bar.close()
     logger.close()
     save_final(policy, tokenizer, config, metrics, info)
+    if adversary is not None and info.is_main:
+        adversary.save(config.output_dir)
     finish_run(info, modules, optimizer, {"baseline": b}, line=closing_line("reinforce", config, metrics))
     return metrics

@@ -15,7 +15,8 @@ import torch
 
 from rlhfkit.core.advantages import rloo_advantages
 from rlhfkit.recipes.common import finished_run, save_final
-from rlhfkit.recipes.online import (closing_line, finish_run, fused_advantages_ok, gathered, generate, kl_penalised_scores,
+from rlhfkit.recipes.online import (adversarial_modules, adversarial_step, build_run_reward,
+                                    closing_line, finish_run, fused_advantages_ok, gathered, generate, kl_penalised_scores,
                                     load_models, load_prompts, local_share, make_generator, maybe_checkpoint,
                                     OnlineConfig, optimizer_and_scheduler, out_of_time, policy_gradient_update,
                                     prompts_for_step, reference_logprobs, repeat_each, resume_state, rollout_metrics,
@@ -55,12 +56,12 @@ def run(config: RLOOConfig) -> dict:
         return done
     k = config.num_generations
     prompts = load_prompts(config)
-    reward = build_reward(config.reward, batch_size=config.reward_batch_size)
+    reward, adversary = build_run_reward(config, info)
     gold = build_reward(config.gold_reward, batch_size=config.reward_batch_size) if config.gold_reward else None
     policy, tokenizer, reference = load_models(config, need_reference=config.kl_coef > 0)
     generator = make_generator(config, tokenizer, policy)
-    optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), config)
-    modules = torch.nn.ModuleDict({"policy": policy})
+    optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), config, adversary)
+    modules = torch.nn.ModuleDict({"policy": policy, **adversarial_modules(adversary)})
     start, state = resume_state(config, modules, optimizer, scheduler, info)
     logger, table, bar = run_outputs(config, info, start, bool(state), "rloo")
     metrics: dict = {}
@@ -105,6 +106,7 @@ def run(config: RLOOConfig) -> dict:
         if gold is not None:
             columns["gold"] = score(gold, ro)
             metrics["gold"] = float(gathered(columns["gold"], info).mean())
+        metrics.update(adversarial_step(adversary, reward, ro, step, optimizer))
         logger.log(step + 1, metrics)
         table.maybe_write(step + 1, ro, columns)
         bar.update(1)
@@ -115,5 +117,7 @@ def run(config: RLOOConfig) -> dict:
     bar.close()
     logger.close()
     save_final(policy, tokenizer, config, metrics, info)
+    if adversary is not None and info.is_main:
+        adversary.save(config.output_dir)
     finish_run(info, modules, optimizer, None, line=closing_line("rloo", config, metrics))
     return metrics

@@ -114,10 +114,15 @@ _RESUME_FREE_FIELDS = {"output_dir", "resume", "save_every", "keep_checkpoints",
 # Fields added after runs were made: left out of fingerprints while they hold these values, so that
 # a checkpoint (or a pipeline stage) made before the field existed still resumes (stays cached).
 FINGERPRINT_DEFAULTS = {"precision": "fp32"}
+# later-added config sections, left out while switched off (whatever their other fields say)
+FINGERPRINT_OFF_SECTIONS = {"adversarial": "discriminator"}
 
 
 def at_fingerprint_default(key: str, value: Any) -> bool:
-    """Whether ``key`` is a later-added field holding its default (left out of fingerprints)."""
+    """Whether ``key`` is a later-added field holding its default, or a later-added section that
+    is switched off (left out of fingerprints)."""
+    if key in FINGERPRINT_OFF_SECTIONS:
+        return isinstance(value, dict) and not value.get(FINGERPRINT_OFF_SECTIONS[key])
     return key in FINGERPRINT_DEFAULTS and value == FINGERPRINT_DEFAULTS[key]
 
 

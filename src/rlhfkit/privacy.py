@@ -14,9 +14,9 @@ What is found, and how a match is confirmed (a pattern alone flags too many numb
 ==============  ========================================================================
 EMAIL_ADDRESS   local@domain.tld (letters of any script)
 IBAN_CODE       two letters, two check digits, 11-30 letters / digits (groups of 4 may be
-                spaced), and the ISO 13616 check: the number mod 97 is 1; written in lower
-                case (de89 3704 ...) it must also have its country's IBAN length, since
-                lower-case runs of letters and digits are mostly identifiers and hashes
+                spaced), and the ISO 13616 check: the number mod 97 is 1; with any lower-case
+                letter (de89 3704 ..., De89...) it must also have its country's IBAN length,
+                since such runs of letters and digits are mostly identifiers and hashes
 CREDIT_CARD     13-19 digits, single spaces or dashes between groups allowed, starting with
                 2-6 (the card industries of ISO/IEC 7812), passing the Luhn check, not all
                 one digit
@@ -35,7 +35,7 @@ PHONE_NUMBER    international ``+CC ...`` or ``00CC ...`` with 9-15 digits (E.16
 ==============  ========================================================================
 
 Text is matched after a length-preserving fold: full-width forms (ＡＢＣ１２３＠) read as their
-ASCII letters, no-break and thin spaces as spaces, Unicode hyphens and dashes as ``-``, so
+ASCII letters, no-break and thin spaces as spaces, a Unicode hyphen or dash between digits as ``-``, so
 ``4111\u00a01111\u00a01111\u00a01111`` (as word processors write it) is found; spans are
 positions in the original text.
 
@@ -93,7 +93,7 @@ def iban_valid(iban: str) -> bool:
     return int("".join(str(int(ch, 36)) for ch in moved)) % 97 == 1
 
 
-# IBAN length per country (SWIFT's IBAN registry); asked of IBANs written in lower case only
+# IBAN length per country (SWIFT's IBAN registry); asked of IBANs with lower-case letters only
 IBAN_LENGTHS = {
     "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
     "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29,
@@ -109,9 +109,10 @@ IBAN_LENGTHS = {
 def _iban_ok(s: str) -> bool:
     if not iban_valid(s):
         return False
-    if s[:2].isupper():
+    compact = s.replace(" ", "")
+    if compact == compact.upper():  # written as IBANs are
         return True
-    compact = s.replace(" ", "").upper()
+    compact = compact.upper()
     return IBAN_LENGTHS.get(compact[:2]) == len(compact)
 
 
@@ -199,11 +200,17 @@ _DETECTORS = {
 CONTEXT_CHARS = 40  # how far before a local number its context word may stand
 
 # One character for one: full-width ASCII (U+FF01-FF5E) to ASCII, no-break / figure / thin /
-# narrow no-break spaces to a space, Unicode hyphens, dashes and the minus sign to "-". Matching
-# runs on the folded text, so every position is also a position in the original.
+# narrow no-break spaces to a space, and a Unicode hyphen, dash or minus sign between two digits
+# to "-" (only there: beside a letter a dash is the sentence's, "SSN\u2013123-45-6789", and read
+# as "-" it would make the match look like part of a longer hyphenated word). Matching runs on the
+# folded text, so every position is also a position in the original.
 _FOLD = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)}
 _FOLD.update({c: 0x20 for c in (0x00A0, 0x2002, 0x2003, 0x2007, 0x2009, 0x200A, 0x202F, 0x3000)})
-_FOLD.update({c: 0x2D for c in (0x2010, 0x2011, 0x2012, 0x2013, 0x2212, 0xFE63)})
+_DIGIT_DASH = re.compile(r"(?<=\d)[\u2010\u2011\u2012\u2013\u2212\ufe63](?=\d)")
+
+
+def _folded(text: str) -> str:
+    return _DIGIT_DASH.sub("-", text.translate(_FOLD))
 
 
 def find_pii(text: str, kinds: tuple[str, ...] = PII_KINDS) -> list[PiiSpan]:
@@ -211,7 +218,7 @@ def find_pii(text: str, kinds: tuple[str, ...] = PII_KINDS) -> list[PiiSpan]:
     unknown = [k for k in kinds if k not in _DETECTORS]
     if unknown:
         raise ValueError(f"unknown PII kinds {unknown}; known: {', '.join(PII_KINDS)}")
-    original, text = text, text.translate(_FOLD)
+    original, text = text, _folded(text)
     found = []
     for rank, kind in enumerate(k for k in PII_KINDS if k in kinds):
         for pattern, check in _DETECTORS[kind]:

@@ -109,3 +109,47 @@ def test_admin_page_import_says_what_was_replaced(env, app_kwargs):
     assert "jane.doe" not in _stored(env.store)
     # the page offers redacted exports
     assert f'/api/admin/projects/{pid}/export?kind=pairs&redact=true' in c.get(f"/admin/projects/{pid}").text
+
+
+def _echo_generator(prompts, n):
+    """A live-generation hook that repeats the user's data back (as a model may)."""
+    return [[{"text": f"I will mail jane.doe@example.com ({i})", "model": "echo"} for i in range(n)] for _ in prompts]
+
+
+@pytest.mark.parametrize("app_kwargs", [{"redact": True, "generator": _echo_generator}])
+def test_a_redacting_server_redacts_generated_items_and_label_payloads(env, app_kwargs):
+    c, A = env.client, env.admin
+    r = c.post("/api/admin/projects", json={"name": "rw", "task_type": "rewrite"}, headers=A)
+    pid = r.json()["id"]
+    r = c.post(f"/api/admin/projects/{pid}/generate", json={"prompts": [ASK], "n": 1}, headers=A)
+    assert r.status_code == 200 and r.json() == {"imported": 1}, r.text
+    assert "jane.doe" not in _stored(env.store) and "555-2671" not in _stored(env.store)
+    t = c.get("/api/tasks/next", params={"project_id": pid}, headers=env.ann).json()
+    assert "[EMAIL_ADDRESS]" in json.dumps(t) and "jane.doe" not in json.dumps(t)
+    # a labeler's rewrite holds personal data of its own: the labels endpoint does not hand it out
+    r = c.post(f"/api/tasks/{t['task_id']}/label", json={"rewrite": "write to ann@example.com"}, headers=env.ann)
+    assert r.status_code == 200, r.text
+    labels = c.get(f"/api/admin/projects/{pid}/labels", headers=A).json()
+    assert labels[0]["payload"]["rewrite"] == "write to [EMAIL_ADDRESS]"
+
+
+def test_labels_endpoint_redacts_on_request(env):
+    c, A = env.client, env.admin
+    r = c.post("/api/admin/projects", json={"name": "rw", "task_type": "rewrite"}, headers=A)
+    pid = r.json()["id"]
+    c.post(f"/api/admin/projects/{pid}/items", json={"items": [{"prompt": "p", "completion": "a"}]}, headers=A)
+    t = c.get("/api/tasks/next", params={"project_id": pid}, headers=env.ann).json()
+    c.post(f"/api/tasks/{t['task_id']}/label", json={"rewrite": "call 415-555-2671"}, headers=env.ann)
+    assert c.get(f"/api/admin/projects/{pid}/labels", headers=A).json()[0]["payload"]["rewrite"] == "call 415-555-2671"
+    r = c.get(f"/api/admin/projects/{pid}/labels", params={"redact": "true"}, headers=A).json()
+    assert r[0]["payload"]["rewrite"] == "call [PHONE_NUMBER]"
+    assert c.get(f"/api/admin/projects/{pid}/labels", params={"redact": "true"}, headers=env.ann).status_code == 403
+
+
+def test_an_item_whose_answers_become_one_text_is_not_imported(env):
+    c, A = env.client, env.admin
+    pid = _project(c, A)
+    r = c.post(f"/api/admin/projects/{pid}/items?redact=true", json={"items": [
+        {"prompt": "q", "responses": [A1, A2]},      # differ only in the address
+        {"prompt": "q", "responses": [A1, A3]}]}, headers=A)
+    assert r.json() == {"imported": 1, "gold": 0, "redacted": {"EMAIL_ADDRESS": 3}, "left_out": 1}

@@ -75,6 +75,24 @@ def test_eval_every_counts_when_it_chooses_the_kept_weights():
     assert settings(chosen) != settings({**chosen, "eval_every": 50})  # which checkpoints compete
 
 
+def test_a_file_named_inside_a_nested_section_is_known_by_its_content(tmp_path):
+    """An online stage's ``adversarial.demos`` (a nested section) is read like a top-level data
+    file: editing it changes the stage's settings, so the stage reruns."""
+    from rlhfkit.pipeline.cache import settings
+    from rlhfkit.recipes.grpo import GRPOConfig
+
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text('{"prompt": "p", "completion": "c"}\n')
+    cfg = GRPOConfig()
+    cfg.adversarial.demos, cfg.adversarial.discriminator = str(demos), str(tmp_path)
+    before = settings(cfg)
+    assert before["adversarial"]["demos"]["value"] == str(demos)
+    demos.write_text('{"prompt": "p", "completion": "another"}\n')
+    assert settings(cfg) != before
+    # switched off, the section stays out of the settings (stages cached before it existed stay cached)
+    assert "adversarial" not in settings(GRPOConfig())
+
+
 def test_resume_after_a_stage_raises(tmp_path, pipeline_data, monkeypatch):
     out = tmp_path / "run"
 

@@ -67,6 +67,11 @@ def test_ssn_rules():
     ("SSN 123\u201145\u20116789", [("US_SSN", "123\u201145\u20116789")]),
     ("mail \uff4a\uff41\uff4e\uff45\uff20\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45\uff0e\uff43\uff4f\uff4d now",
      [("EMAIL_ADDRESS", "\uff4a\uff41\uff4e\uff45\uff20\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45\uff0e\uff43\uff4f\uff4d")]),
+    # a dash beside a letter is the sentence's, even a Unicode one (it is not folded to "-")
+    ("SSN\u2013123-45-6789", [("US_SSN", "123-45-6789")]),
+    ("my number\u2013415-555-2671", [("PHONE_NUMBER", "415-555-2671")]),
+    ("write bob@example.com\u2013I check it daily", [("EMAIL_ADDRESS", "bob@example.com")]),
+    ("ssn 123-45-6789\u2011ok", [("US_SSN", "123-45-6789")]),
     # an IBAN in lower case, with its country's length (DE: 22)
     ("iban de89 3704 0044 0532 0130 00 thanks", [("IBAN_CODE", "de89 3704 0044 0532 0130 00")]),
 ])
@@ -91,6 +96,7 @@ def test_finds_each_kind(text, expected):
     "123-45-6789-1 goes on",
     # lower-case runs that pass mod 97 but are no IBAN: no IBAN country "ab"; DE has 22 characters, not 20
     "token ab40c0ffee000000000040 and id de23c0ffee0000000023",
+    "mixed-case id AB40c0ffee000000000040",
 ])
 def test_leaves_ordinary_numbers(text):
     assert find_pii(text) == []

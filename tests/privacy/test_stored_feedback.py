@@ -187,12 +187,15 @@ def test_import_redacts_before_labelers_see_it(tmp_path, capsys):
     items.write_text(json.dumps({"prompt": "Whose number is 212-555-0147?", "responses": [
         {"text": "It is Ann's, ann@example.com."}, {"text": "I cannot share that.", "model": "a@b.co"}]}) + "\n"
         + json.dumps({"messages": [{"role": "user", "content": "my card is 4111 1111 1111 1111"}],
-                      "responses": ["Please do not share it.", "Thanks!"]}) + "\n", encoding="utf-8")
+                      "responses": ["Please do not share it.", "Thanks!"]}) + "\n"
+        # two answers that differ only in an address: one text once redacted, nothing to compare
+        + json.dumps({"prompt": "mail?", "responses": ["mail a@example.com", "mail b@example.com"]}) + "\n",
+        encoding="utf-8")
     db = str(tmp_path / "fb.db")
     assert main(["feedback", "import", "--db", db, "--project", "p", "--file", str(items),
                  "--task_type", "pairwise", "--redact", "true"]) == 0
-    assert "imported 2 items into project 'p' (id 1); redacted 1 CREDIT_CARD, 1 EMAIL_ADDRESS, 1 PHONE_NUMBER" \
-        in capsys.readouterr().out
+    assert ("imported 2 items into project 'p' (id 1); redacted 1 CREDIT_CARD, 3 EMAIL_ADDRESS, 1 PHONE_NUMBER; "
+            "left out 1 items whose responses became the same text") in capsys.readouterr().out
     text = _stored_text(db)
     for secret in ("212-555-0147", "ann@example.com", "4111 1111"):
         assert secret not in text

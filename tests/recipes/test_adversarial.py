@@ -64,6 +64,18 @@ def test_an_update_moves_the_discriminator_only_and_separates_the_classes(discri
         adv.update(prompts, responses, step=step, optimizer=opt)
     assert gap() > g0 and gap() > 0, (g0, gap(), ld, lp)
     assert torch.equal(policy_param.detach(), before_policy)
+    # the demonstrations it compares with are of the rollout's own prompts, where there are some
+    seen = []
+    original = adv._batch
+    adv._batch = lambda p, r: (seen.append(list(p)), original(p, r))[1]
+    own_prompts = [d.prompt for d in adv.demos[10:18]]
+    adv.update(own_prompts, responses, step=20, optimizer=opt)
+    (batch,) = seen
+    assert sorted(batch[:8]) == sorted(batch[8:]) == sorted(own_prompts)
+    seen.clear()
+    adv.update(prompts, responses, step=21, optimizer=opt)  # prompts no demonstration has: any
+    assert all(p in {d.prompt for d in adv.demos} for p in seen[0][:8])
+    adv._batch = original
     # every N steps only
     lazy = Adversary(AdversarialConfig(discriminator="x", demos="y", every=3), adv.model, adv.tokenizer, adv.demos, 0)
     assert [bool(lazy.update(prompts, responses, s, opt)) for s in range(6)] == [False, False, True, False, False, True]
@@ -135,3 +147,26 @@ def test_a_run_refits_saves_and_resumes_exactly(tmp_path, tiny_policy_dir, promp
     from rlhfkit.rewards import build_reward
 
     assert build_reward(f"rm:{straight / 'discriminator'}", max_length=48)(["a"], ["b"]).shape == (1,)
+
+
+def test_the_discriminators_learning_rate_stays_while_the_policys_decays(discriminator_dir, sft_file, prompt_file):
+    from rlhfkit.recipes.grpo import GRPOConfig
+    from rlhfkit.recipes.online import optimizer_and_scheduler
+
+    cfg = GRPOConfig(prompts=str(prompt_file), max_steps=4, learning_rate=1e-3, warmup_ratio=0.0)
+    cfg.adversarial = AdversarialConfig(discriminator=str(discriminator_dir), demos=str(sft_file), learning_rate=2e-3)
+    _, adversary = build_run_reward(cfg, DistInfo())
+    opt, sched = optimizer_and_scheduler([torch.nn.Parameter(torch.zeros(2))], cfg, adversary)
+    seen = []
+    for _ in range(4):
+        seen.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    # the policy's: linear decay to 0 over the 4 updates; the discriminator's: 2e-3 throughout,
+    # also for the refit after the last policy update
+    assert [round(p, 8) for p, _ in seen] == [1e-3, 7.5e-4, 5e-4, 2.5e-4]
+    assert [d for _, d in seen] == [2e-3] * 4 and opt.param_groups[1]["lr"] == 2e-3 and opt.param_groups[0]["lr"] == 0
+    # and the state resumes: a fresh pair loaded from the saved state continues the same way
+    opt2, sched2 = optimizer_and_scheduler([torch.nn.Parameter(torch.zeros(2))], cfg, adversary)
+    sched2.load_state_dict(sched.state_dict())
+    assert sched2.get_last_lr() == sched.get_last_lr()

@@ -147,7 +147,8 @@ def run_policy_episode(env, model, seed: int | None = None, temperature: float =
     who bring their own algorithm, observation in and token out. With ``use_cache`` the model's
     KV cache is carried between steps and only the tokens the observation gained are run (the
     whole observation again when it did not just grow: an environment that rewrote it); without,
-    the whole sequence runs every step (quadratic in the response length)."""
+    the whole sequence runs every step (quadratic in the response length). The two give the same
+    episodes in float32; a model in bfloat16 may now and then round a near tie the other way."""
     import torch
 
     obs, info = env.reset(seed=seed, options=options)

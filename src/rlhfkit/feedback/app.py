@@ -329,7 +329,10 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
                                       "imported": 0}) from None
         out: dict = {}
         if redact_all or redact_request:
-            out["redacted"] = dict(redact_items(parsed))
+            parsed, counts, n_equal = redact_items(parsed)
+            out["redacted"] = dict(counts)
+            if n_equal:
+                out["left_out"] = n_equal  # items whose responses became one text
         n = store.write(lambda c: add_items(c, project_id, parsed))  # one transaction: all or nothing
         return {"imported": n, "gold": sum(1 for x in parsed if x["is_gold"]), **out}
 
@@ -383,7 +386,7 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
         lo, hi = TASK_TYPES[proj["task_type"]]
         n = min(max(body.n, lo), hi)
         try:
-            return {"imported": generate_items(store, project_id, body.prompts, generator, n)}
+            return {"imported": generate_items(store, project_id, body.prompts, generator, n, redact=redact_all)}
         except LookupError as e:  # the generator has no model yet (e.g. a loop still in its setup)
             raise HTTPException(503, str(e)) from None
 
@@ -398,14 +401,22 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
                 raise HTTPException(404, str(e)) from None
 
     @app.get("/api/admin/projects/{project_id}/labels", tags=["admin"])
-    def api_labels(project_id: int, p: Principal = Depends(api_admin)):
+    def api_labels(project_id: int, redact: bool = False, p: Principal = Depends(api_admin)):
+        """Every label of the project as stored; ``redact=true`` (always, when the server runs with
+        ``--redact true``) replaces personal data in their payloads (rewrites, comments)."""
         L, U = db.labels, db.users
         with store.read() as conn:
             rows = conn.execute(select(L.c.id, L.c.item_id, L.c.assignment_id, U.c.username, L.c.payload,
                                        L.c.is_gold, L.c.correct, L.c.duration_ms, L.c.created_at)
                                 .select_from(L.join(U, U.c.id == L.c.user_id))
                                 .where(L.c.project_id == project_id).order_by(L.c.id)).mappings()
-            return [dict(r) for r in rows]
+            out = [dict(r) for r in rows]
+        if redact or redact_all:
+            from rlhfkit.privacy import redact_value
+
+            for r in out:
+                r["payload"] = redact_value(r["payload"])
+        return out
 
     @app.get("/api/admin/projects/{project_id}/export", tags=["admin"])
     def api_export(project_id: int, kind: Literal["pairs", "rankings", "ratings", "thumbs", "sft", "rewrites"],

@@ -138,7 +138,10 @@ def run_import(c: ImportConfig) -> None:
         if c.redact:
             from .tasks import redact_items
 
-            note = _redaction_note(redact_items(parsed))
+            parsed, counts, n_equal = redact_items(parsed)
+            note = _redaction_note(counts)
+            if n_equal:
+                note += f"; left out {n_equal} items whose responses became the same text"
 
         def job(conn):  # project creation and items in one transaction
             p = pid

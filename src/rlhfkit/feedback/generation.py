@@ -22,8 +22,10 @@ class ResponseGenerator(Protocol):
     def __call__(self, prompts: list[str], n: int) -> list[list[dict]]: ...
 
 
-def generate_items(store: Store, project_id: int, prompts: list[str], generator: Callable, n: int) -> int:
-    """Generate ``n`` responses per prompt and add them to the project as items (one transaction)."""
+def generate_items(store: Store, project_id: int, prompts: list[str], generator: Callable, n: int,
+                   redact: bool = False) -> int:
+    """Generate ``n`` responses per prompt and add them to the project as items (one transaction);
+    ``redact``: personal data in prompts and responses replaced first (``tasks.redact_items``)."""
     from sqlalchemy import select
 
     from . import db
@@ -40,4 +42,8 @@ def generate_items(store: Store, project_id: int, prompts: list[str], generator:
                                      (proj["scale_min"], proj["scale_max"])))
         except DataError as e:
             raise e.located(path="<generator>", index=i) from None
+    if redact:
+        from .tasks import redact_items
+
+        parsed = redact_items(parsed)[0]
     return store.write(lambda c: add_items(c, project_id, parsed, source="generated"))

@@ -183,20 +183,26 @@ def _parse_gold(g: Any, task_type: str, n: int, scale: tuple[int, int]) -> Any:
     raise _err(f"{task_type} items cannot be gold questions", "gold")
 
 
-def redact_items(items: list[dict]) -> Counter:
-    """Replace personal data (``rlhfkit.privacy``) in parsed items' prompts, messages and responses,
-    in place, before labelers see them; returns the count per kind. A prompt rendered from the
-    messages is rendered again from the redacted messages (its data counted once)."""
+def redact_items(items: list[dict]) -> tuple[list[dict], Counter, int]:
+    """Replace personal data (``rlhfkit.privacy``) in parsed items' prompts, messages and responses
+    before labelers see them. Returns the items kept, the count per kind, and how many items were
+    left out because two of their responses became the same text (a comparison of two equal
+    answers teaches nothing). A prompt rendered from the messages is rendered again from the
+    redacted messages (its data counted once)."""
     from rlhfkit.privacy import redact_value
 
     counts: Counter = Counter()
+    kept = []
     for it in items:
         rendered = it["messages"] is not None and it["prompt"] == render_prompt("", it["messages"])
         it["responses"] = redact_value(it["responses"], counts)
         if it["messages"] is not None:
             it["messages"] = redact_value(it["messages"], counts)
         it["prompt"] = render_prompt("", it["messages"]) if rendered else redact_value(it["prompt"], counts)
-    return counts
+        texts = [r["text"] for r in it["responses"]]
+        if len(set(texts)) == len(texts):
+            kept.append(it)
+    return kept, counts, len(items) - len(kept)
 
 
 def parse_items(source, task_type: str, scale: tuple[int, int] = (1, 7)) -> list[dict]:

@@ -48,7 +48,12 @@ def settings(section: Any, wired: set[str] = frozenset()) -> dict:
 
 
 def with_content(value: Any) -> Any:
-    """``value``, or ``{"value", "content"}`` when it names an existing file or folder."""
+    """``value``, or ``{"value", "content"}`` when it names an existing file or folder; inside
+    nested sections too (``adversarial.demos``, a reward model's folder)."""
+    if isinstance(value, dict):
+        return {k: with_content(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_content(v) for v in value]
     token = content_token(value) if isinstance(value, str) and value else None
     return {"value": value, "content": token} if token else value
 

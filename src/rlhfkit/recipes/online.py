@@ -315,12 +315,13 @@ def adversarial_step(adversary, reward, ro: Rollout, step: int, optimizer) -> di
 
 def optimizer_and_scheduler(params, config: OnlineConfig, adversary=None):
     """AdamW over ``params`` (and the adversarial discriminator's parameters as a second group with
-    its own learning rate), and the run's schedule over both."""
+    its own, constant learning rate), and the run's schedule."""
     optimizer = adamw(params, config)
     if adversary is not None:
         optimizer.add_param_group(adversary.param_group())
     total = config.max_steps * config.ppo_epochs * config.num_minibatches
-    return optimizer, build_scheduler(optimizer, total, config)  # linear decay (detail 11)
+    # linear decay (detail 11); the discriminator's rate stays constant
+    return optimizer, build_scheduler(optimizer, total, config, constant_groups=int(adversary is not None))
 
 
 def minibatches(n: int, config: OnlineConfig, step: int, epoch: int) -> list[torch.Tensor]:

@@ -13,8 +13,8 @@ takes ``updates`` gradient steps of the same binary cross-entropy on demonstrati
 from the people, so the reward keeps pointing at what still differs.
 
 Exactness: the discriminator is in the run's checkpoints (its weights in ``model.pt`` beside the
-policy's, its AdamW moments in ``optimizer.pt`` as a second parameter group whose learning rate
-follows the run's schedule), the draws are seeded by (seed, step), dropout is off, so a resumed
+policy's, its AdamW moments in ``optimizer.pt`` as a second parameter group, its learning rate constant
+while the policy's warms up and decays: the discriminator keeps learning to the last step), the draws are seeded by (seed, step), dropout is off, so a resumed
 run continues exactly. The refitted discriminator is saved with the policy
 (``output_dir/discriminator``, usable as ``rm:``). One process only (the update is not
 all-reduced over ranks).
@@ -41,7 +41,7 @@ class AdversarialConfig:
     every: int = field(default=1, metadata={"help": "refit after every N policy steps"})
     updates: int = field(default=1, metadata={"help": "discriminator gradient steps per refit"})
     batch_size: int = field(default=16, metadata={"help": "demonstrations and policy responses (each) per gradient step"})
-    learning_rate: float = field(default=1e-5, metadata={"help": "discriminator peak learning rate (AdamW; follows the run's schedule)"})
+    learning_rate: float = field(default=1e-5, metadata={"help": "discriminator learning rate (AdamW, constant)"})
     max_length: int = field(default=256, metadata={"help": "tokens of prompt + response the discriminator reads (left-truncated)"})
     max_demos: int = field(default=0, metadata={"help": "demonstrations used at most (0 = all), drawn by seed"})
 
@@ -76,6 +76,9 @@ class Adversary:
             p.requires_grad_(True)
         self.tokenizer = tokenizer
         self.demos = demos
+        self.demos_by_prompt: dict[str, list[int]] = {}
+        for i, d in enumerate(demos):
+            self.demos_by_prompt.setdefault(d.prompt, []).append(i)
         self.seed = int(seed)
         self.max_grad_norm = float(max_grad_norm)
         self.score_batch_size = int(score_batch_size)
@@ -127,13 +130,18 @@ class Adversary:
         return {"params": [p for p in self.model.parameters() if p.requires_grad],
                 "lr": self.config.learning_rate, "weight_decay": 0.0}
 
+    def _demo_for(self, prompt: str, anyone: int, u: float) -> int:
+        """A demonstration of ``prompt`` (the ``u``-th share of them), else demonstration ``anyone``."""
+        same = self.demos_by_prompt.get(prompt)
+        return same[min(int(u * len(same)), len(same) - 1)] if same else anyone
+
     def due(self, step: int) -> bool:
         return (step + 1) % self.config.every == 0
 
     def update(self, prompts: Sequence[str], responses: Sequence[str], step: int, optimizer) -> dict:
         """After policy step ``step``: ``updates`` gradient steps of binary cross-entropy, a draw of
-        demonstrations (label 1) against a draw of this rollout's non-empty responses (label 0),
-        equal numbers of each. ``optimizer`` holds the discriminator's parameter group; the
+        this rollout's non-empty responses (label 0) against as many demonstrations (label 1), of
+        the same prompts where the demonstrations hold them. ``optimizer`` holds the discriminator's parameter group; the
         policy's gradients are empty here, so only the discriminator moves. Returns the mean loss,
         accuracy of the logit's sign and mean logit per class, before each step."""
         from rlhfkit.models import reward_scores
@@ -150,8 +158,12 @@ class Adversary:
         self.model.train()
         optimizer.zero_grad(set_to_none=True)
         for _ in range(self.config.updates):
-            d = torch.randint(len(self.demos), (n,), generator=g).tolist()
             o = [own[i] for i in torch.randperm(len(own), generator=g)[:n].tolist()]
+            # a demonstration of the same prompt where there is one, so that the classifier tells
+            # responses apart and not prompts (as the discriminator recipe trains it); else any
+            anyone = torch.randint(len(self.demos), (n,), generator=g).tolist()
+            pick = torch.rand(n, generator=g).tolist()
+            d = [self._demo_for(prompts[i], a, u) for i, a, u in zip(o, anyone, pick)]
             ids, mask = self._batch([self.demos[i].prompt for i in d] + [prompts[i] for i in o],
                                     [self.demos[i].completion for i in d] + [responses[i] for i in o])
             labels = torch.cat([torch.ones(n), torch.zeros(n)]).to(ids.device)

@@ -200,7 +200,11 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.opt
     return adamw(model.parameters(), config)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, config: TrainingConfig):
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, config: TrainingConfig,
+                    constant_groups: int = 0):
+    """Warm-up then linear decay (or constant) of every parameter group's learning rate, except
+    the last ``constant_groups`` groups, which keep theirs (an adversarial discriminator: it must
+    keep up with the policy to the last step, not stop learning as the policy's rate reaches 0)."""
     warmup = int(config.warmup_ratio * total_steps)
 
     def factor(step: int) -> float:
@@ -210,7 +214,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, config: 
             return 1.0
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if not constant_groups:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    n = len(optimizer.param_groups)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor] * (n - constant_groups) + [_constant] * constant_groups)
+
+
+def _constant(step: int) -> float:
+    return 1.0
 
 
 def plan_steps(n_examples: int, config: TrainingConfig) -> tuple[int, int]:

@@ -66,6 +66,7 @@ def run_loop_mode(args) -> dict:
     from rlhfkit.training.config import load_config
 
     torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(ROOT))  # a config's gold judge may be a benchmarks module (fn:benchmarks.lexicon_task:gold)
     per_seed = []
     for seed in args.seeds:
         curves = {}

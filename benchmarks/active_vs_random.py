@@ -217,7 +217,10 @@ def plot_loop(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    titles = {"gold": "held-out gold score (VADER) of the policy", "rm_accuracy": "ensemble accuracy, gold-judged pairs"}
+    import yaml
+
+    gold = (yaml.safe_load(Path(res["config"]).read_text()) or {}).get("gold", "vader") if res.get("config") else "vader"
+    titles = {"gold": f"held-out gold score ({gold}) of the policy", "rm_accuracy": "ensemble accuracy, gold-judged pairs"}
     for ax, (key, title) in zip(axes, titles.items()):
         for color, sel in (("C0", "random"), ("C3", "uncertainty")):
             for s in res["per_seed"]:

@@ -75,6 +75,8 @@ def run_loop_mode(args) -> dict:
                     "output_dir": str(Path(args.out) / f"seed{seed}-{sel}")}
             if args.rounds:
                 over["rounds"] = args.rounds
+            if args.uncertainty:  # the random run's stages do not depend on it (they stay cached)
+                over["uncertainty"] = args.uncertainty
             cfg = load_config(LoopConfig, args.config, over)
             if sel == "uncertainty" and args.share_first_round:
                 share_first_round(Path(args.out) / f"seed{seed}-random", Path(cfg.output_dir))
@@ -145,6 +147,8 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "configs" / "loop_sentiment.yaml"))
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     ap.add_argument("--rounds", type=int, default=0, help="override the config's rounds (0 = keep)")
+    ap.add_argument("--uncertainty", default="", help="loop mode: override the config's uncertainty measure "
+                                                       "(variance, bald, margin, dts; empty = keep)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--noise", type=float, default=0.3, help="--pool: label noise std")
     ap.add_argument("--prior_std", type=float, default=0.3,

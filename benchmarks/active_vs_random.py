@@ -89,7 +89,8 @@ def run_loop_mode(args) -> dict:
         per_seed.append({"seed": seed, **r, "rm_accuracy": ra, "curves": curves})
         print(f"active_vs_random: seed {seed}: target gold {r['target']:.4f}; labels needed random {r['random']}, "
               f"active {r['active']}; ratio {r['ratio']}", flush=True)
-    return {"mode": "loop", "config": args.config, "quick": args.quick, "per_seed": per_seed}
+    return {"mode": "loop", "config": args.config, "quick": args.quick, "uncertainty": args.uncertainty,
+            "per_seed": per_seed}
 
 
 def run_pool_mode(args) -> dict:
@@ -225,6 +226,8 @@ def plot_loop(res: dict, path: Path) -> None:
 
     gold = (yaml.safe_load(Path(res["config"]).read_text()) or {}).get("gold", "vader") if res.get("config") else "vader"
     titles = {"gold": f"held-out gold score ({gold}) of the policy", "rm_accuracy": "ensemble accuracy, gold-judged pairs"}
+    measure = res.get("uncertainty") or "variance"
+    active = "active (ensemble variance)" if measure == "variance" else f"active ({measure})"
     for ax, (key, title) in zip(axes, titles.items()):
         for color, sel in (("C0", "random"), ("C3", "uncertainty")):
             for s in res["per_seed"]:
@@ -232,7 +235,7 @@ def plot_loop(res: dict, path: Path) -> None:
                 ax.plot([p["labels"] for p in c], [p[key] for p in c], color=color, alpha=0.2, lw=0.8)
             m = res["summary"][key]["mean_curves"][sel]
             ax.plot([p["labels"] for p in m], [p[key] for p in m], "o-", color=color, lw=2,
-                    label=f"{'active (ensemble variance)' if sel == 'uncertainty' else 'random'}, mean of "
+                    label=f"{active if sel == 'uncertainty' else 'random'}, mean of "
                           f"{len(res['per_seed'])} seeds")
         r = res["summary"][key]["ratio_of_mean_curves"]["ratio"]
         lo, hi = res["summary"][key]["ratio_ci95"]

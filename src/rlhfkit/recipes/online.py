@@ -295,6 +295,7 @@ def build_run_reward(config: OnlineConfig, info: DistInfo):
         raise ConfigError("field 'adversarial.discriminator': the adversarial refit runs in one process "
                           "(its update is not reduced over ranks); launch without torchrun")
     adversary = Adversary.load(config.adversarial, config.seed, config.max_grad_norm, config.reward_batch_size)
+    adversary.model.to(info.device)  # beside the policy (one fused AdamW holds both)
     return RewardWithAdversary(base, adversary), adversary
 
 

@@ -64,7 +64,7 @@ class AdversarialConfig:
 
 
 class Adversary:
-    """The discriminator being refitted: its reward (``score``), its parameter group, its update."""
+    """The discriminator being refitted: its reward (``logits``), its parameter group, its update."""
 
     def __init__(self, config: AdversarialConfig, model: torch.nn.Module, tokenizer: Any, demos: list,
                  seed: int, max_grad_norm: float = 1.0, score_batch_size: int = 32):

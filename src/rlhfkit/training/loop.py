@@ -385,6 +385,11 @@ def fit(
     best = BestWeights(config.output_dir, config.best_metric, info, ckpt is not None) if config.best_metric else None
     train_model.train()
     device = model_device(train_model)
+
+    def evaluated(fn) -> dict:  # an evaluation of the model being trained, at the run's precision
+        with autocast(config.precision, device):
+            return fn(unwrap(train_model))
+
     bar = progress_bar(total_steps, initial=start_step, desc=desc, enabled=info.is_main)
     last: dict = {}
     t_window, units_window, samples_window = time.perf_counter(), 0.0, 0
@@ -439,8 +444,7 @@ def fit(
             logger.log(step_done, last)
             bar.set_postfix(loss=f"{loss_global:.4f}")
         if eval_fn is not None and config.eval_every and step_done % config.eval_every == 0 and step_done < total_steps:
-            with autocast(config.precision, device):
-                scores = eval_fn(unwrap(train_model))
+            scores = evaluated(eval_fn)
             logger.log(step_done, scores)
             if best is not None:
                 best.update(step_done, scores, train_model)
@@ -457,21 +461,18 @@ def fit(
         _kill_for_tests(step_done)
     bar.close()
     if eval_fn is not None:
-        with autocast(config.precision, device):
-            scores = eval_fn(unwrap(train_model))
+        scores = evaluated(eval_fn)
         logger.log(total_steps, scores)
         if best is not None:
             best.update(total_steps, scores, train_model)
             if best.step != total_steps:
                 best.restore(train_model)
-                with autocast(config.precision, device):
-                    scores = eval_fn(unwrap(train_model))
+                scores = evaluated(eval_fn)
             scores = {**scores, "best_step": best.step, f"best_{best.metric}": best.value}
             logger.log(total_steps, scores)
         last.update(scores)
     if final_eval_fn is not None:
-        with autocast(config.precision, device):
-            scores = final_eval_fn(unwrap(train_model))
+        scores = evaluated(final_eval_fn)
         logger.log(total_steps, scores)
         last.update(scores)
     logger.close()

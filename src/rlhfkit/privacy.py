@@ -56,7 +56,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PII_KINDS", "PiiSpan", "find_pii", "redact_text", "redact_value", "redact_records"]
+__all__ = ["PII_KINDS", "PiiSpan", "count_text", "find_pii", "redact_text", "redact_value", "redact_records"]
 
 # in order of precedence: when two matches overlap, the earlier kind (then the longer match) wins
 PII_KINDS = ("EMAIL_ADDRESS", "IBAN_CODE", "CREDIT_CARD", "US_SSN", "IP_ADDRESS", "PHONE_NUMBER")
@@ -273,6 +273,11 @@ def redact_value(value: Any, counts: Counter | None = None, kinds: tuple[str, ..
     if isinstance(value, (list, tuple)):
         return type(value)(redact_value(v, counts, kinds) for v in value)
     return value
+
+
+def count_text(counts: dict) -> str:
+    """What redaction replaced, for a person: ``"1 CREDIT_CARD, 3 EMAIL_ADDRESS"`` ("" for none)."""
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
 
 
 def redact_records(records: list, kinds: tuple[str, ...] = PII_KINDS) -> tuple[list, Counter]:

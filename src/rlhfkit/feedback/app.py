@@ -564,8 +564,9 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
             return RedirectResponse(f"/admin/projects/{project_id}?error={_q(detail)}", status_code=303)
         msg = f"{res['imported']} items imported"
         if "redacted" in res:
-            msg += "; personal data replaced: " + (", ".join(f"{n} {k}" for k, n in sorted(res["redacted"].items()))
-                                                   or "none found")
+            from rlhfkit.privacy import count_text
+
+            msg += "; personal data replaced: " + (count_text(res["redacted"]) or "none found")
         return RedirectResponse(f"/admin/projects/{project_id}?msg={_q(msg)}", status_code=303)
 
     @app.get("/healthz", include_in_schema=False)

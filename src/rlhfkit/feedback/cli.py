@@ -192,7 +192,9 @@ def run_export(c: ExportConfig) -> None:
 
 def _redaction_note(counts) -> str:
     """What redaction replaced, for the command's last line."""
-    return "; redacted " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing (none found)")
+    from rlhfkit.privacy import count_text
+
+    return "; redacted " + (count_text(counts) or "nothing (none found)")
 
 
 def run_create_user(c: CreateUserConfig) -> None:

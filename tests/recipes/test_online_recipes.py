@@ -12,7 +12,7 @@ from rlhfkit.recipes import grpo, ppo, reinforce, rloo
 from rlhfkit.recipes.online import prompts_for_step, repeat_each, token_weights
 from rlhfkit.training.config import load_config
 
-from .conftest import assert_resume_exact, load_weights
+from .conftest import assert_resume_exact, flip_model_bit, load_weights
 
 RECIPES = {"ppo": ppo.PPOConfig, "grpo": grpo.GRPOConfig, "rloo": rloo.RLOOConfig, "reinforce": reinforce.ReinforceConfig}
 
@@ -256,6 +256,14 @@ def test_sigkill_resume_is_exact(tmp_path, tiny_policy_dir, prompt_file, algo, e
     if "--sample_every" in extra:
         assert (straight / "samples.jsonl").read_text() == (killed / "samples.jsonl").read_text()
         assert "## step 6" in (killed / "samples.md").read_text()
+
+
+def test_grpo_resumes_past_a_bit_flipped_checkpoint_to_identical_weights(tmp_path, tiny_policy_dir, prompt_file):
+    """Killed after step 4 with checkpoints 2 and 4, one bit of checkpoint-4's weights flipped: the
+    restart says so in one line, resumes from checkpoint-2 and ends as a run left alone."""
+    assert_resume_exact(tmp_path, args, "grpo", tiny_policy_dir, prompt_file,
+                        ["--max_steps", "6", "--save_every", "2", "--batch_size", "8", "--num_generations", "4"],
+                        kill_after=4, checkpoint=4, damage=flip_model_bit(previous=2))
 
 
 def test_sample_table_resume_keeps_rows_whose_text_holds_line_separators(tmp_path):

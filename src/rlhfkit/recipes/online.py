@@ -33,7 +33,7 @@ from rlhfkit.core.masking import masked_mean
 from rlhfkit.recipes.common import LoraConfig
 from rlhfkit.rewards.adversarial import AdversarialConfig
 from rlhfkit.rollout import ENGINES, Rollout, SamplingConfig, make_sampler, response_logprobs, rollout, step_seed
-from rlhfkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhfkit.training.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint
 from rlhfkit.training.distributed import DistInfo, all_gather_rows, all_reduce_gradients, all_reduce_sum, barrier
 from rlhfkit.training.loop import (TrainingConfig, _kill_for_tests, adamw, build_scheduler,
                                   enable_gradient_checkpointing, epoch_order)
@@ -450,7 +450,7 @@ def rollout_metrics(ro: Rollout, scores: torch.Tensor, seconds: float, info: Dis
 
 def resume_state(config: OnlineConfig, modules: torch.nn.Module, optimizer, scheduler,
                  info: DistInfo | None = None) -> tuple[int, dict]:
-    """``(start_step, trainer_state)`` from the latest checkpoint in ``output_dir`` (if resuming);
+    """``(start_step, trainer_state)`` from the newest intact checkpoint in ``output_dir`` (if resuming);
     over several processes each rank takes back its own RNG stream (LoRA dropout draws from it)."""
     from rlhfkit.training.checkpoint import load_rank_rng
 
@@ -460,7 +460,7 @@ def resume_state(config: OnlineConfig, modules: torch.nn.Module, optimizer, sche
         torch.manual_seed(step_seed(config.seed, 0, salt=RANK_SALT * info.rank + 1))
     from rlhfkit.training.loop import check_resume_config
 
-    ckpt = latest_checkpoint(config.output_dir) if config.resume else None
+    ckpt = resume_checkpoint(config.output_dir, info) if config.resume else None  # the newest intact one
     if ckpt is None:
         return 0, {}
     check_resume_config(ckpt, config)  # another run's weights and schedule must not be continued

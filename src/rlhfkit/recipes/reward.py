@@ -276,7 +276,8 @@ def run(config: RewardConfig) -> dict:
               f"{kind}, backbone {config.model}")
     probe_only = config.epochs == 0 and config.max_steps == 0  # the backbone stays as it was
     # a checkpoint already holds the probed head, unless there is no training to resume (probe
-    # only: a checkpoint left by an earlier fine-tuning run in this folder is not this run's)
+    # only: a checkpoint left by an earlier fine-tuning run in this folder is not this run's). Any
+    # checkpoint will do here: fit resumes from the newest intact one or stops, naming the damage
     resuming = config.resume and not probe_only and latest_checkpoint(config.output_dir) is not None
     probe: dict = {}
     if config.linear_probe_steps and not resuming:

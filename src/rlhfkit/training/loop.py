@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
+from .checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint, unwrap
 from .distributed import (
     DistInfo,
     all_reduce_sum,
@@ -364,7 +364,7 @@ def fit(
         raise ConfigError(f"batch_size {config.batch_size} does not divide by {info.world_size} processes")
     per_epoch, total_steps = plan_steps(len(examples), config)
     start_step = 0
-    ckpt = latest_checkpoint(config.output_dir) if config.resume else None
+    ckpt = resume_checkpoint(config.output_dir, info) if config.resume else None  # the newest intact one
     if ckpt is not None:  # weights go in before wrapping (FSDP shards them in place)
         check_resume_config(ckpt, config)
         load_checkpoint(ckpt, model, restore_rng=False)

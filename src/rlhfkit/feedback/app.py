@@ -13,14 +13,14 @@ Hardening (each limit answers before any work it guards):
   a declared Content-Length over the limit is answered 413 before the body is read, a chunked
   body is counted as it streams and cut at the limit -- before the route parses it and before
   the session is looked up. 1 MB for everything but the file import (``max_import_bytes``);
-- JSON bodies are parsed strictly (``strict_json``): NaN, Infinity, numbers past the float range
+- JSON bodies are parsed strictly (``http_hardening.strict_json``): NaN, Infinity, numbers past the float range
   and lone surrogates answer 422 naming the field, not a 500 later in the database or an export;
 - log-ins: :class:`auth.LoginThrottle` (in the store; reserve before verifying);
 - the client address is the socket peer; ``X-Forwarded-For`` is read only from the addresses in
   ``trusted_proxies`` (uvicorn's ``ProxyHeadersMiddleware``, which takes the right-most address
   not itself a trusted proxy);
 - every response carries Content-Security-Policy, X-Frame-Options, X-Content-Type-Options and
-  Referrer-Policy (``SecurityHeaders``);
+  Referrer-Policy (``http_hardening.SecurityHeaders``);
 - state changes only on unsafe methods: a task is claimed by ``POST /api/tasks/next``.
 
 Writes go through the store's group-commit writer and are answered only after their commit.
@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
-import math
 import secrets
 import time
 from pathlib import Path
@@ -39,7 +38,6 @@ from typing import Annotated, Any, Callable, Literal, Sequence
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
@@ -64,6 +62,7 @@ from .auth import (
     verify_password,
 )
 from .export import EXPORT_KINDS, export_records, redact_export
+from .http_hardening import SecurityHeaders, StrictJSONRoute, escape_surrogates
 from .queue import (
     DEFAULT_LEASE_S,
     Conflict,
@@ -79,7 +78,7 @@ from .queue import (
 from .stats import overview, project_dashboard
 from .tasks import FLAGS, TASK_TYPES, LabelError, parse_items, redact_items
 
-__all__ = ["create_app", "COOKIE", "strict_json", "SecurityHeaders", "MAX_BODY_BYTES", "MAX_IMPORT_BYTES"]
+__all__ = ["create_app", "COOKIE", "MAX_BODY_BYTES", "MAX_IMPORT_BYTES"]
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "rlhf_session"
@@ -92,147 +91,13 @@ MAX_DURATION_MS = 2**31 - 1  # duration_ms is one too (~24.8 days)
 Id = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 
 
-# ----------------------------------------------------------------------------- strict JSON
-class _NonFinite:
-    """What NaN, Infinity and numbers past the float range parse to: no JSON value."""
-
-    __slots__ = ()
-
-
-_NONFINITE = _NonFinite()
-
-
-def _finite(text: str):
-    v = float(text)
-    return v if math.isfinite(v) else _NONFINITE
-
-
-def _readable(key: Any) -> Any:
-    """A location part safe to send back (a key holding a lone surrogate, escaped)."""
-    return key.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(key, str) else key
-
-
-def _first_bad_value(obj: Any) -> tuple[list, str] | None:
-    """(location, reason) of the first non-finite number or non-text string in ``obj``; iterative
-    (the parser already accepted the nesting; a recursive walk on top could overflow the stack)."""
-    stack: list[tuple[Any, list]] = [(obj, [])]
-    while stack:
-        v, loc = stack.pop()
-        if v is _NONFINITE:
-            return loc, "NaN, Infinity and numbers beyond the float range are not JSON numbers"
-        if isinstance(v, str):
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                return loc, "not valid Unicode text (a lone surrogate such as \\ud800)"
-        elif isinstance(v, dict):
-            for k, x in reversed(list(v.items())):
-                stack.append((x, loc + [_readable(k)]))
-                stack.append((k, loc + [_readable(k)]))
-        elif isinstance(v, list):
-            stack.extend((x, loc + [i]) for i, x in reversed(list(enumerate(v))))
-    return None
-
-
-def strict_json(data: bytes) -> Any:
-    """Parse a request body as JSON that every later step can store and send again: NaN,
-    Infinity, numbers past the float range and lone surrogates (which ``json.loads`` accepts) are
-    a 422 naming the field (``loc``, as FastAPI's own validation errors). Malformed JSON raises
-    ``json.JSONDecodeError`` (FastAPI answers it 422 with the position); undecodable bytes,
-    integers of more than 4300 digits or nesting past the stack are a 422 too."""
-    flagged: list[str] = []
-
-    def constant(name: str):
-        flagged.append(name)
-        return _NONFINITE
-
-    def number(text: str):
-        v = _finite(text)
-        if v is _NONFINITE:
-            flagged.append(text)
-        return v
-    try:
-        obj = json.loads(data, parse_constant=constant, parse_float=number)
-    except json.JSONDecodeError:
-        raise
-    except (ValueError, RecursionError) as e:  # bad UTF-8, an int past 4300 digits, deep nesting
-        raise HTTPException(422, [{"type": "json_invalid", "loc": ["body"], "msg": f"not valid JSON: {e}"[:300],
-                                   "input": None}]) from None
-    if not flagged:
-        try:
-            json.dumps(obj, ensure_ascii=False).encode("utf-8")
-            return obj
-        except UnicodeEncodeError:
-            pass
-    loc, reason = _first_bad_value(obj)
-    raise HTTPException(422, [{"type": "value_error", "loc": ["body", *loc], "msg": reason, "input": None}])
-
-
-class _StrictJSONRequest(Request):
-    async def json(self) -> Any:
-        if not hasattr(self, "_json"):
-            self._json = strict_json(await self.body())
-        return self._json
-
-
-class _StrictJSONRoute(APIRoute):
-    """Routes whose JSON bodies are parsed by :func:`strict_json` (FastAPI's documented way to
-    change how a request is read: a custom ``Request`` in a custom ``APIRoute``)."""
-
-    def get_route_handler(self) -> Callable:
-        handler = super().get_route_handler()
-
-        async def strict_handler(request: Request) -> Response:
-            return await handler(_StrictJSONRequest(request.scope, request.receive))
-        return strict_handler
-
-
-# ----------------------------------------------------------------------------- headers
-# The pages load only their own script and stylesheet; ``style-src-attr 'unsafe-inline'`` allows
-# the progress bars' ``style="width: N%"`` attributes (a style attribute cannot run script).
-PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; "
-            "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
-            "frame-ancestors 'none'")
-# FastAPI's /docs and /redoc pages load Swagger UI / ReDoc from its CDN with an inline script
-DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-            "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
-            "worker-src blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
-DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")
-
-
-class SecurityHeaders:
-    """Pure ASGI middleware that adds security headers to every response (a pure one, not
-    ``@app.middleware("http")``: that wraps each request in extra tasks, on the labelling hot path)."""
-
-    def __init__(self, app, csp: str = PAGE_CSP, docs_csp: str = DOCS_CSP, docs_paths=DOCS_PATHS) -> None:
-        self.app = app
-        common = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
-                  (b"referrer-policy", b"same-origin")]
-        self.headers = [(b"content-security-policy", csp.encode())] + common
-        self.docs_headers = [(b"content-security-policy", docs_csp.encode())] + common
-        self.docs_paths = set(docs_paths)
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        extra = self.docs_headers if scope.get("path") in self.docs_paths else self.headers
-
-        async def send_with_headers(message) -> None:
-            if message["type"] == "http.response.start":
-                names = {k.lower() for k, _ in message.get("headers", [])}
-                message = dict(message, headers=list(message.get("headers", []))
-                               + [(k, v) for k, v in extra if k not in names])
-            await send(message)
-        await self.app(scope, receive, send_with_headers)
-
-
 class _FeedbackApp(FastAPI):
     """FastAPI with :class:`SecurityHeaders` outside everything else, so that the responses of
     its own outer layers (the body limit's 413, the server-error 500) carry the headers too."""
 
     def build_middleware_stack(self):
         return SecurityHeaders(super().build_middleware_stack())
+
 
 
 # ----------------------------------------------------------------------------- API models
@@ -343,8 +208,8 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
         store.close()
 
     app = _FeedbackApp(title="rlhfkit feedback", version="1", lifespan=lifespan, max_body_size=max_body_bytes,
-                  description="Human feedback collection: tasks, labels, projects, users, exports.")
-    app.router.route_class = _StrictJSONRoute  # before any route is added
+                       description="Human feedback collection: tasks, labels, projects, users, exports.")
+    app.router.route_class = StrictJSONRoute  # before any route is added
     if trusted_proxies:
         from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
@@ -992,7 +857,7 @@ def _upload_name(filename: str | None) -> str:
     the field ``file``."""
     name = (filename or "upload.jsonl").replace("\\", "/").rsplit("/", 1)[-1]
     if name in ("", ".", "..") or any(ord(ch) < 32 or ch == "\x7f" for ch in name) or len(name) > 255:
-        raise HTTPException(422, {"error": f"field 'file': the upload's name {_readable(filename)!r} is not a "
+        raise HTTPException(422, {"error": f"field 'file': the upload's name {escape_surrogates(filename)!r} is not a "
                                            f"file name", "file": None, "line": None, "field": "file", "imported": 0})
     try:
         name.encode("utf-8")

@@ -54,7 +54,7 @@ def test_a_redacting_server_redacts_every_import(env, app_kwargs):
         assert secret not in stored
     assert "[EMAIL_ADDRESS]" in stored and "[PHONE_NUMBER]" in stored and "[CREDIT_CARD]" in stored
     # labelers are served the redacted text
-    t = c.get("/api/tasks/next", params={"project_id": pid}, headers=env.ann).json()
+    t = c.post("/api/tasks/next", params={"project_id": pid}, headers=env.ann).json()
     assert "[EMAIL_ADDRESS]" in json.dumps(t) and "jane.doe" not in json.dumps(t)
 
 
@@ -124,7 +124,7 @@ def test_a_redacting_server_redacts_generated_items_and_label_payloads(env, app_
     r = c.post(f"/api/admin/projects/{pid}/generate", json={"prompts": [ASK], "n": 1}, headers=A)
     assert r.status_code == 200 and r.json() == {"imported": 1}, r.text
     assert "jane.doe" not in _stored(env.store) and "555-2671" not in _stored(env.store)
-    t = c.get("/api/tasks/next", params={"project_id": pid}, headers=env.ann).json()
+    t = c.post("/api/tasks/next", params={"project_id": pid}, headers=env.ann).json()
     assert "[EMAIL_ADDRESS]" in json.dumps(t) and "jane.doe" not in json.dumps(t)
     # a labeler's rewrite holds personal data of its own: the labels endpoint does not hand it out
     r = c.post(f"/api/tasks/{t['task_id']}/label", json={"rewrite": "write to ann@example.com"}, headers=env.ann)
@@ -138,7 +138,7 @@ def test_labels_endpoint_redacts_on_request(env):
     r = c.post("/api/admin/projects", json={"name": "rw", "task_type": "rewrite"}, headers=A)
     pid = r.json()["id"]
     c.post(f"/api/admin/projects/{pid}/items", json={"items": [{"prompt": "p", "completion": "a"}]}, headers=A)
-    t = c.get("/api/tasks/next", params={"project_id": pid}, headers=env.ann).json()
+    t = c.post("/api/tasks/next", params={"project_id": pid}, headers=env.ann).json()
     c.post(f"/api/tasks/{t['task_id']}/label", json={"rewrite": "call 415-555-2671"}, headers=env.ann)
     assert c.get(f"/api/admin/projects/{pid}/labels", headers=A).json()[0]["payload"]["rewrite"] == "call 415-555-2671"
     r = c.get(f"/api/admin/projects/{pid}/labels", params={"redact": "true"}, headers=A).json()

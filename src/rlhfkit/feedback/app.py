@@ -8,6 +8,21 @@ unsafe requests (form field ``csrf_token`` or header ``X-CSRF-Token``); scripts 
 by themselves). Labelers only ever see their own tasks (someone else's task id answers 404);
 ``/api/admin/*`` and ``/admin*`` need the admin role (403).
 
+Hardening (each limit answers before any work it guards):
+- request bodies: FastAPI's own ``max_body_size`` (Starlette's ``RequestBodyLimitMiddleware``):
+  a declared Content-Length over the limit is answered 413 before the body is read, a chunked
+  body is counted as it streams and cut at the limit -- before the route parses it and before
+  the session is looked up. 1 MB for everything but the file import (``max_import_bytes``);
+- JSON bodies are parsed strictly (``http_hardening.strict_json``): NaN, Infinity, numbers past the float range
+  and lone surrogates answer 422 naming the field, not a 500 later in the database or an export;
+- log-ins: :class:`auth.LoginThrottle` (in the store; reserve before verifying);
+- the client address is the socket peer; ``X-Forwarded-For`` is read only from the addresses in
+  ``trusted_proxies`` (uvicorn's ``ProxyHeadersMiddleware``, which takes the right-most address
+  not itself a trusted proxy);
+- every response carries Content-Security-Policy, X-Frame-Options, X-Content-Type-Options and
+  Referrer-Policy (``http_hardening.SecurityHeaders``);
+- state changes only on unsafe methods: a task is claimed by ``POST /api/tasks/next``.
+
 Writes go through the store's group-commit writer and are answered only after their commit.
 """
 from __future__ import annotations
@@ -18,38 +33,71 @@ import json
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal, Sequence
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from rlhfkit.data import DataError
 
 from . import db
 from .auth import (
-    LoginLimiter,
+    LoginLimits,
+    LoginThrottle,
     Principal,
+    Throttled,
     authenticate,
     create_session,
     create_user,
     delete_session,
+    hash_password,
     lookup_session,
+    needs_rehash,
+    update_user,
+    verify_password,
 )
 from .export import EXPORT_KINDS, export_records, redact_export
-from .queue import DEFAULT_LEASE_S, Conflict, NotFound, add_items, get_task, next_task, skip_task, submit_label
+from .http_hardening import SecurityHeaders, StrictJSONRoute, escape_surrogates
+from .queue import (
+    DEFAULT_LEASE_S,
+    Conflict,
+    NotFound,
+    add_items,
+    get_task,
+    may_label,
+    next_task,
+    release_open_tasks,
+    skip_task,
+    submit_label,
+)
 from .stats import overview, project_dashboard
 from .tasks import FLAGS, TASK_TYPES, LabelError, parse_items, redact_items
 
-__all__ = ["create_app", "COOKIE"]
+__all__ = ["create_app", "COOKIE", "MAX_BODY_BYTES", "MAX_IMPORT_BYTES"]
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "rlhf_session"
 LOGIN_CSRF_COOKIE = "rlhf_login_csrf"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+MAX_BODY_BYTES = 1_000_000  # every JSON or form body (a verdict, a log-in, a batch of items)
+MAX_IMPORT_BYTES = 50_000_000  # the JSONL file import (``feedback serve --max_import_mb``)
+MAX_ID = 2**31 - 1  # ids are 32-bit integer columns on PostgreSQL
+MAX_DURATION_MS = 2**31 - 1  # duration_ms is one too (~24.8 days)
+Id = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+
+
+class _FeedbackApp(FastAPI):
+    """FastAPI with :class:`SecurityHeaders` outside everything else, so that the responses of
+    its own outer layers (the body limit's 413, the server-error 500) carry the headers too."""
+
+    def build_middleware_stack(self):
+        return SecurityHeaders(super().build_middleware_stack())
+
 
 
 # ----------------------------------------------------------------------------- API models
@@ -70,7 +118,7 @@ class Verdict(BaseModel):
     flags: list[Literal["harmful", "untruthful", "off_topic"]] | None = Field(None, description="rating")
     label: bool | None = Field(None, description="thumbs: true = up")
     rewrite: str | None = Field(None, description="rewrite: the corrected response")
-    duration_ms: int | None = Field(None, description="time spent, measured by the client")
+    duration_ms: int | None = Field(None, ge=0, le=MAX_DURATION_MS, description="time spent, measured by the client")
 
 
 class ProjectIn(BaseModel):
@@ -79,8 +127,8 @@ class ProjectIn(BaseModel):
     instructions: str = ""
     overlap: int = Field(1, ge=1, le=100)
     gold_rate: float = Field(0.0, ge=0.0, le=1.0)
-    scale_min: int = 1
-    scale_max: int = 7
+    scale_min: int = Field(1, ge=-1_000_000, le=1_000_000)
+    scale_max: int = Field(7, ge=-1_000_000, le=1_000_000)
 
 
 class ProjectPatch(BaseModel):
@@ -94,6 +142,27 @@ class UserIn(BaseModel):
     username: str
     password: str
     role: Literal["admin", "labeler"] = "labeler"
+
+
+class UserPatch(BaseModel):
+    """Give only what changes. ``active: false`` ends the user's sessions at once and hands their
+    open tasks back; a new ``password`` ends their sessions too."""
+
+    model_config = ConfigDict(extra="forbid")
+    active: bool | None = None
+    role: Literal["admin", "labeler"] | None = None
+    password: str | None = Field(None, min_length=8)
+
+
+class PasswordChange(BaseModel):
+    current_password: str
+    new_password: str = Field(min_length=8)
+
+
+class MembersIn(BaseModel):
+    """The project's labelers by user name; an empty list opens the project to every labeler."""
+
+    usernames: list[str] = Field(max_length=10_000)
 
 
 class ItemsIn(BaseModel):
@@ -111,9 +180,11 @@ class _LoginRequired(Exception):
 
 # ----------------------------------------------------------------------------- app
 def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, secure_cookies: bool = False,
-               session_ttl_s: float = 12 * 3600, login_limiter: LoginLimiter | None = None,
+               session_ttl_s: float = 12 * 3600, login_limits: LoginLimits | None = None,
                generator: Callable | None = None, lease_s: float | None = DEFAULT_LEASE_S,
-               clock: Callable[[], float] = time.time, redact: bool = False) -> FastAPI:
+               clock: Callable[[], float] = time.time, redact: bool = False,
+               trusted_proxies: Sequence[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
+               max_import_bytes: int = MAX_IMPORT_BYTES) -> FastAPI:
     """The app on the database at ``db_url`` (SQLite path or SQLAlchemy URL; migrations are applied).
 
     ``generator``: optional live-generation hook, ``generator(prompts, n) -> list[list[dict]]``
@@ -123,20 +194,28 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
     ``lease_s``: an open task older than this may be reassigned to another labeler (None: never);
     ``clock``: the time source of the task queue (tests pass a controllable one);
     ``redact``: replace personal data (``rlhfkit.privacy``) in every import before labelers see
-    it and in every API export (without it, a request's ``?redact=true`` asks for it)."""
+    it and in every API export (without it, a request's ``?redact=true`` asks for it);
+    ``trusted_proxies``: addresses (or networks) of reverse proxies whose ``X-Forwarded-For`` names
+    the client (else the socket peer is the client); ``max_body_bytes``: the largest request body
+    (413 above), ``max_import_bytes`` that of the file import."""
     store = store or db.Store(db_url)
     redact_all = redact  # the endpoints' own ``redact`` is the request's
-    limiter = login_limiter or LoginLimiter()
+    throttle = LoginThrottle(login_limits)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
         store.close()
 
-    app = FastAPI(title="rlhfkit feedback", version="1", lifespan=lifespan,
-                  description="Human feedback collection: tasks, labels, projects, users, exports.")
+    app = _FeedbackApp(title="rlhfkit feedback", version="1", lifespan=lifespan, max_body_size=max_body_bytes,
+                       description="Human feedback collection: tasks, labels, projects, users, exports.")
+    app.router.route_class = StrictJSONRoute  # before any route is added
+    if trusted_proxies:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(trusted_proxies))
     app.state.store = store
-    app.state.limiter = limiter
+    app.state.throttle = throttle
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     # ------------------------------------------------------------------ auth dependencies
@@ -200,24 +279,40 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
             raise HTTPException(422, str(e)) from None
 
     # ------------------------------------------------------------------ API: auth
-    def _login(username: str, password: str, ip: str, kind: str):
-        wait = limiter.retry_after(username, ip)
-        if wait > 0:
+    def _reserve(username: str, address: str) -> bool:
+        """A log-in slot (see ``LoginThrottle``), or 429 with Retry-After."""
+        try:
+            return store.write(lambda c: throttle.reserve(c, username, address))
+        except Throttled as e:
             raise HTTPException(429, "too many failed log-ins; try again later",
-                                headers={"Retry-After": str(int(wait) + 1)})
+                                headers={"Retry-After": str(int(e.retry_after) + 1)}) from None
+
+    def _login(username: str, password: str, address: str, kind: str):
+        # runs in the thread pool (sync endpoints): the password check must not block the loop
+        known = _reserve(username, address)
         with store.read() as conn:
             user = authenticate(conn, username, password)
         if user is None:
-            limiter.failed(username, ip)
-            return None
-        limiter.succeeded(username)
-        token, csrf, exp = store.write(lambda c: create_session(c, user["id"], kind, session_ttl_s))
+            return None  # the reserved slot stays counted: that is the failure
+        old_hash = user["password_hash"]
+        new_hash = hash_password(password) if needs_rehash(old_hash) else None  # outside the writer
+
+        def job(c):
+            throttle.succeeded(c, username, address, known)
+            if new_hash is not None:  # upgrade an older hash (scrypt, weaker argon2) now that we know the password
+                c.execute(update(db.users).where(db.users.c.id == user["id"], db.users.c.password_hash == old_hash)
+                          .values(password_hash=new_hash))
+            return create_session(c, user["id"], kind, session_ttl_s)
+        token, csrf, exp = store.write(job)
         return user, token, csrf, exp
+
+    def _address(request: Request) -> str:
+        return request.client.host if request.client else "?"
 
     @app.post("/api/auth/login", tags=["auth"])
     def api_login(body: LoginIn, request: Request):
         """Credentials -> a bearer token (``Authorization: Bearer <token>``) with its expiry."""
-        res = _login(body.username, body.password, request.client.host if request.client else "?", "api")
+        res = _login(body.username, body.password, _address(request), "api")
         if res is None:
             raise HTTPException(401, "wrong user name or password")
         user, token, csrf, exp = res
@@ -233,31 +328,69 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
     async def api_me(p: Principal = Depends(api_user)):
         return {"id": p.user_id, "username": p.username, "role": p.role}
 
+    def _change_password(p: Principal, current: str, new: str, address: str) -> None:
+        """The signed-in user's own password change: the current password is checked under the
+        log-in throttle (a stolen session must not become a way to guess it); every other
+        session of the user ends."""
+        known = _reserve(p.username, address)
+        with store.read() as conn:
+            row = conn.execute(select(db.users.c.password_hash).where(db.users.c.id == p.user_id)).first()
+        if row is None or not verify_password(current, row[0]):
+            raise HTTPException(403, "the current password is wrong")
+        new_hash = hash_password(new)
+
+        def job(c):
+            throttle.succeeded(c, p.username, address, known)
+            update_user(c, p.user_id, password_hash=new_hash, keep_session=p.token_hash)
+        store.write(job)
+
+    @app.post("/api/me/password", tags=["auth"])
+    def api_change_password(body: PasswordChange, request: Request, p: Principal = Depends(api_user)):
+        """Change one's own password (give the current one); one's other sessions end."""
+        _change_password(p, body.current_password, body.new_password, _address(request))
+        return {"ok": True}
+
     # ------------------------------------------------------------------ API: labelling
+    def _members(conn) -> dict[int, set[int]]:
+        out: dict[int, set[int]] = {}
+        for pid, uid in conn.execute(select(db.project_members.c.project_id, db.project_members.c.user_id)):
+            out.setdefault(pid, set()).add(uid)
+        return out
+
     def _my_projects(p: Principal) -> list[dict]:
         A = db.assignments
         with store.read() as conn:
             mine = dict(conn.execute(select(A.c.project_id, func.count()).where(
                 A.c.user_id == p.user_id, A.c.status == "done").group_by(A.c.project_id)).all())
+            members = _members(conn)
             out = []
             for row in overview(conn):
-                if row["active"]:
+                allowed = members.get(row["id"])
+                if row["active"] and (not allowed or p.user_id in allowed):
                     out.append(dict(row, mine=mine.get(row["id"], 0)))
         return out
 
     @app.get("/api/projects", tags=["labelling"])
     def api_projects(p: Principal = Depends(api_user)):
-        """Active projects with their progress and the caller's own label count."""
+        """Active projects offered to the caller (a member, or the project has no members) with
+        their progress and the caller's own label count."""
         return _my_projects(p)
 
-    @app.get("/api/tasks/next", tags=["labelling"], responses={204: {"description": "nothing left"}})
-    async def api_next(project_id: int | None = None, p: Principal = Depends(api_user)):
-        """The caller's next task (their open task first). 204 when nothing is left for them."""
+    @app.post("/api/tasks/next", tags=["labelling"], responses={204: {"description": "nothing left"}})
+    async def api_next(project_id: int | None = Query(None, ge=1, le=MAX_ID), p: Principal = Depends(api_user)):
+        """Claim the caller's next task (their open task first). 204 when nothing is left for them.
+        A POST (with the CSRF token from a browser): claiming a task changes state, so a link or
+        an image on another site must not be able to do it."""
         task = await _write(lambda c: next_task(c, p.user_id, project_id, now=clock(), lease_s=lease_s))
         return Response(status_code=204) if task is None else _json(task)
 
+    @app.get("/api/tasks/next", include_in_schema=False)
+    async def api_next_get():
+        return JSONResponse({"detail": "claiming a task changes state: use POST /api/tasks/next"},
+                            status_code=405, headers={"Allow": "POST"})
+
     @app.get("/api/tasks/{task_id}", tags=["labelling"])
-    async def api_task(task_id: int, p: Principal = Depends(api_user)):
+    async def api_task(task_id: Id, p: Principal = Depends(api_user)):
         with store.read() as conn:
             try:
                 return get_task(conn, p.user_id, task_id)
@@ -265,7 +398,7 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
                 raise HTTPException(404, str(e)) from None
 
     @app.post("/api/tasks/{task_id}/label", tags=["labelling"])
-    async def api_label(task_id: int, verdict: Verdict, next: bool = Query(False),  # noqa: A002
+    async def api_label(task_id: Id, verdict: Verdict, next: bool = Query(False),  # noqa: A002
                         p: Principal = Depends(api_user)):
         """Submit a verdict (idempotent per task). With ``?next=true`` the reply also carries the
         next task of the same project (``next``: null when none), in the same transaction."""
@@ -281,7 +414,7 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
         return _json(await _write(job))
 
     @app.post("/api/tasks/{task_id}/skip", tags=["labelling"])
-    async def api_skip(task_id: int, next: bool = Query(False), p: Principal = Depends(api_user)):  # noqa: A002
+    async def api_skip(task_id: Id, next: bool = Query(False), p: Principal = Depends(api_user)):  # noqa: A002
         def job(c):
             t = clock()
             res = skip_task(c, p.user_id, task_id, now=t)
@@ -346,7 +479,7 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
         return _create_project(body)
 
     @app.patch("/api/admin/projects/{project_id}", tags=["admin"])
-    def api_patch_project(project_id: int, body: ProjectPatch, p: Principal = Depends(api_admin)):
+    def api_patch_project(project_id: Id, body: ProjectPatch, p: Principal = Depends(api_admin)):
         _project(project_id)
         values = body.model_dump(exclude_none=True)
         if values:
@@ -354,29 +487,36 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
         return _project(project_id)
 
     @app.post("/api/admin/projects/{project_id}/items", tags=["admin"])
-    def api_add_items(project_id: int, body: ItemsIn, redact: bool = False, p: Principal = Depends(api_admin)):
+    def api_add_items(project_id: Id, body: ItemsIn, redact: bool = False, p: Principal = Depends(api_admin)):
         """Import items given as JSON (same fields as a JSONL line). All or nothing: the first bad
         item answers 422 naming its index and field, and nothing is imported. ``redact=true``
         replaces personal data first (always, when the server runs with ``--redact true``)."""
         return _import(project_id, body.items, "<request>", redact)
 
-    @app.post("/api/admin/projects/{project_id}/import", tags=["admin"])
-    async def api_import(project_id: int, file: UploadFile = File(...), redact: bool = False,
+    @app.post("/api/admin/projects/{project_id}/import", tags=["admin"], max_body_size=max_import_bytes)
+    async def api_import(project_id: Id, file: UploadFile = File(...), redact: bool = False,
                          p: Principal = Depends(api_admin)):
-        """Import a JSONL file (multipart upload). All or nothing; errors name file, line and field.
-        ``redact=true`` replaces personal data first (always, when the server runs with ``--redact true``)."""
+        """Import a JSONL file (multipart upload; at most ``--max_import_mb``, 413 above).
+        All or nothing; errors name file, line and field. ``redact=true`` replaces personal data
+        first (always, when the server runs with ``--redact true``)."""
+        import asyncio
+        import shutil
         import tempfile
 
-        data = await file.read()
-        name = Path(file.filename or "upload.jsonl").name
+        name = _upload_name(file.filename)
         with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / name
-            path.write_bytes(data)
-            import asyncio
+            # the saved file's name is ours (the reader only looks at its ending: .gz, .json);
+            # the client's name is only the label in messages
+            path = Path(d) / ("upload" + "".join(s for s in Path(name).suffixes[-2:] if s in _SUFFIXES))
+
+            def save():  # the upload is already spooled to disk past 1 MB: copy in chunks
+                with open(path, "wb") as out:
+                    shutil.copyfileobj(file.file, out, 1 << 20)
+            await asyncio.to_thread(save)
             return await asyncio.to_thread(_import, project_id, path, name, redact)
 
     @app.post("/api/admin/projects/{project_id}/generate", tags=["admin"])
-    def api_generate(project_id: int, body: GenerateIn, p: Principal = Depends(api_admin)):
+    def api_generate(project_id: Id, body: GenerateIn, p: Principal = Depends(api_admin)):
         """Live generation hook: new items from the configured generator (501 when none is)."""
         if generator is None:
             raise HTTPException(501, "no response generator is configured for this server")
@@ -391,7 +531,7 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
             raise HTTPException(503, str(e)) from None
 
     @app.get("/api/admin/projects/{project_id}/dashboard", tags=["admin"])
-    def api_dashboard(project_id: int, p: Principal = Depends(api_admin)):
+    def api_dashboard(project_id: Id, p: Principal = Depends(api_admin)):
         """Progress, per-labeler throughput and gold accuracy, Cohen's kappa per labeler pair and
         Krippendorff's alpha, computed from the stored labels."""
         with store.read() as conn:
@@ -401,7 +541,7 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
                 raise HTTPException(404, str(e)) from None
 
     @app.get("/api/admin/projects/{project_id}/labels", tags=["admin"])
-    def api_labels(project_id: int, redact: bool = False, p: Principal = Depends(api_admin)):
+    def api_labels(project_id: Id, redact: bool = False, p: Principal = Depends(api_admin)):
         """Every label of the project as stored; ``redact=true`` (always, when the server runs with
         ``--redact true``) replaces personal data in their payloads (rewrites, comments)."""
         L, U = db.labels, db.users
@@ -419,7 +559,7 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
         return out
 
     @app.get("/api/admin/projects/{project_id}/export", tags=["admin"])
-    def api_export(project_id: int, kind: Literal["pairs", "rankings", "ratings", "thumbs", "sft", "rewrites"],
+    def api_export(project_id: Id, kind: Literal["pairs", "rankings", "ratings", "thumbs", "sft", "rewrites"],
                    aggregate: Literal["none", "majority"] = "none", include_gold: bool = False,
                    redact: bool = False, p: Principal = Depends(api_admin)):
         """JSON lines readable by ``rlhfkit.data.read_records(path, kind)``. ``redact=true`` (always,
@@ -450,6 +590,72 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
     @app.post("/api/admin/users", tags=["admin"], status_code=201)
     def api_create_user(body: UserIn, p: Principal = Depends(api_admin)):
         return _create_user(body.username, body.password, body.role)
+
+    def _update_user(user_id: int, body: UserPatch, p: Principal) -> dict:
+        new_hash = None if body.password is None else hash_password(body.password)  # outside the writer
+        keep = p.token_hash if user_id == p.user_id else None  # an admin resetting their own: stay signed in
+
+        def job(c):
+            return update_user(c, user_id, active=body.active, role=body.role, password_hash=new_hash,
+                               keep_session=keep)
+        try:
+            return store.write(job)
+        except LookupError as e:
+            raise HTTPException(404, str(e)) from None
+        except ValueError as e:
+            raise HTTPException(409, str(e)) from None
+
+    @app.patch("/api/admin/users/{user_id}", tags=["admin"])
+    def api_update_user(user_id: Id, body: UserPatch, p: Principal = Depends(api_admin)):
+        """Deactivate or reactivate a user, change their role, or reset their password. A
+        deactivated user's sessions end at once (their next request answers 401) and their open
+        tasks go back to the queue; a reset password ends their sessions too. The last active
+        admin cannot be deactivated or demoted (409)."""
+        return _update_user(user_id, body, p)
+
+    def _project_members(project_id: int) -> list[dict]:
+        U, M = db.users, db.project_members
+        with store.read() as conn:
+            return [dict(r) for r in conn.execute(
+                select(U.c.id, U.c.username, U.c.role, U.c.active).select_from(M.join(U, U.c.id == M.c.user_id))
+                .where(M.c.project_id == project_id).order_by(U.c.username)).mappings()]
+
+    def _set_members(project_id: int, usernames: list[str]) -> list[dict]:
+        _project(project_id)
+        names = list(dict.fromkeys(n.strip() for n in usernames if n.strip()))
+        U, M = db.users, db.project_members
+
+        def job(c):
+            ids = dict(c.execute(select(U.c.username, U.c.id).where(U.c.username.in_(names))).all()) if names else {}
+            unknown = [n for n in names if n not in ids]
+            if unknown:
+                raise LabelError(f"field 'usernames': no user {unknown[0]!r}")
+            after = set(ids.values())
+            c.execute(delete(M).where(M.c.project_id == project_id))
+            if after:
+                c.execute(insert(M), [{"project_id": project_id, "user_id": u} for u in sorted(after)])
+                # whoever had work here and is no longer offered the project hands it back
+                holders = {r[0] for r in c.execute(select(db.assignments.c.user_id).where(
+                    db.assignments.c.project_id == project_id, db.assignments.c.status == "open"))}
+                for u in holders - after:
+                    release_open_tasks(c, u, project_id)
+        store.write(job)
+        return _project_members(project_id)
+
+    @app.get("/api/admin/projects/{project_id}/members", tags=["admin"])
+    def api_members(project_id: Id, p: Principal = Depends(api_admin)):
+        """The labelers the project is restricted to (empty: open to every labeler)."""
+        _project(project_id)
+        return _project_members(project_id)
+
+    @app.put("/api/admin/projects/{project_id}/members", tags=["admin"])
+    def api_set_members(project_id: Id, body: MembersIn, p: Principal = Depends(api_admin)):
+        """Restrict the project to these users (an empty list opens it to every labeler again).
+        Open tasks of users no longer offered the project go back to the queue."""
+        try:
+            return _set_members(project_id, body.usernames)
+        except LabelError as e:
+            raise HTTPException(422, str(e)) from None
 
     def _create_user(username: str, password: str, role: str) -> dict:
         def job(c):
@@ -482,7 +688,7 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
         cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
         if not (cookie and csrf_token and hmac.compare_digest(cookie, csrf_token)):
             raise HTTPException(403, "missing or wrong CSRF token; reload the log-in page")
-        res = _login(username, password, request.client.host if request.client else "?", "browser")
+        res = _login(username, password, _address(request), "browser")
         if res is None:
             csrf = secrets.token_urlsafe(24)
             resp = render(request, "login.html", None, status=401, next=_safe_next(next),
@@ -508,18 +714,33 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
     def home(request: Request, p: Principal = Depends(page_user)):
         return render(request, "home.html", p, projects=_my_projects(p))
 
+    @app.post("/account/password", include_in_schema=False)
+    def account_password(request: Request, current_password: str = Form(...), new_password: str = Form(...),
+                         p: Principal = Depends(page_user)):
+        try:
+            PasswordChange(current_password=current_password, new_password=new_password)
+            _change_password(p, current_password, new_password, _address(request))
+        except (HTTPException, ValueError) as e:
+            detail = getattr(e, "detail", None) or "the new password must have at least 8 characters"
+            return render(request, "home.html", p, status=getattr(e, "status_code", 422),
+                          projects=_my_projects(p), error=detail)
+        return render(request, "home.html", p, projects=_my_projects(p), msg="password changed")
+
     @app.get("/label/{project_id}", response_class=HTMLResponse, include_in_schema=False)
-    def label_page(request: Request, project_id: int, p: Principal = Depends(page_user)):
-        proj = _project(project_id)
-        return render(request, "label.html", p, project=proj, flags=FLAGS)
+    def label_page(request: Request, project_id: Id, p: Principal = Depends(page_user)):
+        with store.read() as conn:
+            allowed = may_label(conn, p.user_id, project_id)
+        if not allowed:  # a deactivated project, or one restricted to other labelers
+            raise HTTPException(404, f"no project {project_id} to label")
+        return render(request, "label.html", p, project=_project(project_id), flags=FLAGS)
 
     @app.get("/admin", response_class=HTMLResponse, include_in_schema=False)
     def admin_page(request: Request, p: Principal = Depends(page_admin), msg: str | None = None,
                    error: str | None = None):
         with store.read() as conn:
             projects = overview(conn)
-            users = [dict(r) for r in conn.execute(select(db.users.c.id, db.users.c.username, db.users.c.role)
-                                                   .order_by(db.users.c.id)).mappings()]
+            users = [dict(r) for r in conn.execute(select(db.users.c.id, db.users.c.username, db.users.c.role,
+                                                          db.users.c.active).order_by(db.users.c.id)).mappings()]
         return render(request, "admin.html", p, projects=projects, users=users, msg=msg, error=error,
                       task_types=list(TASK_TYPES))
 
@@ -544,19 +765,58 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
             return RedirectResponse(f"/admin?error={_q(e.detail)}", status_code=303)
         return RedirectResponse(f"/admin?msg={_q('user ' + username + ' created')}", status_code=303)
 
+    @app.post("/admin/users/{user_id}", include_in_schema=False)
+    def admin_update_user(user_id: Id, role: str = Form(...), active: str = Form(...), password: str = Form(""),
+                          p: Principal = Depends(page_admin)):
+        try:
+            body = UserPatch(role=role, active=active == "active", password=password or None)
+            row = _update_user(user_id, body, p)
+        except (HTTPException, ValueError) as e:
+            return RedirectResponse(f"/admin?error={_q(getattr(e, 'detail', str(e)))}", status_code=303)
+        what = f"user {row['username']} saved" + ("; password reset, sessions ended" if password else "")
+        return RedirectResponse(f"/admin?msg={_q(what)}", status_code=303)
+
     @app.get("/admin/projects/{project_id}", response_class=HTMLResponse, include_in_schema=False)
-    def admin_project_page(request: Request, project_id: int, p: Principal = Depends(page_admin),
+    def admin_project_page(request: Request, project_id: Id, p: Principal = Depends(page_admin),
                            msg: str | None = None, error: str | None = None):
         with store.read() as conn:
             try:
                 dash = project_dashboard(conn, project_id)
             except LookupError:
                 raise HTTPException(404, f"no project {project_id}") from None
+            labelers = [dict(r) for r in conn.execute(select(db.users.c.id, db.users.c.username, db.users.c.role)
+                                                      .where(db.users.c.active == True)  # noqa: E712
+                                                      .order_by(db.users.c.username)).mappings()]
+            active = conn.execute(select(db.projects.c.active).where(db.projects.c.id == project_id)).scalar()
+        members = {m["id"] for m in _project_members(project_id)}
         kinds = [k for k, types in EXPORT_KINDS.items() if dash["project"]["type"] in types]
-        return render(request, "admin_project.html", p, d=dash, msg=msg, error=error, export_kinds=kinds)
+        return render(request, "admin_project.html", p, d=dash, msg=msg, error=error, export_kinds=kinds,
+                      labelers=labelers, members=members, active=bool(active))
 
-    @app.post("/admin/projects/{project_id}/import", include_in_schema=False)
-    async def admin_import(project_id: int, file: UploadFile = File(...), p: Principal = Depends(page_admin)):
+    @app.post("/admin/projects/{project_id}/members", include_in_schema=False)
+    async def admin_set_members(request: Request, project_id: Id, p: Principal = Depends(page_admin)):
+        names = [str(v) for v in (await request.form()).getlist("member")]
+        import asyncio
+
+        try:
+            members = await asyncio.to_thread(_set_members, project_id, names)
+        except (HTTPException, LabelError) as e:
+            return RedirectResponse(f"/admin/projects/{project_id}?error={_q(getattr(e, 'detail', str(e)))}",
+                                    status_code=303)
+        msg = ("open to every labeler" if not members
+               else "restricted to " + ", ".join(m["username"] for m in members))
+        return RedirectResponse(f"/admin/projects/{project_id}?msg={_q(msg)}", status_code=303)
+
+    @app.post("/admin/projects/{project_id}/active", include_in_schema=False)
+    def admin_set_active(project_id: Id, active: str = Form(...), p: Principal = Depends(page_admin)):
+        _project(project_id)
+        on = active == "true"
+        store.write(lambda c: c.execute(update(db.projects).where(db.projects.c.id == project_id).values(active=on)))
+        return RedirectResponse(f"/admin/projects/{project_id}?msg={'activated' if on else 'deactivated'}",
+                                status_code=303)
+
+    @app.post("/admin/projects/{project_id}/import", include_in_schema=False, max_body_size=max_import_bytes)
+    async def admin_import(project_id: Id, file: UploadFile = File(...), p: Principal = Depends(page_admin)):
         try:
             res = await api_import(project_id, file, p=p)
         except HTTPException as e:
@@ -586,6 +846,25 @@ def _q(s: Any) -> str:
     from urllib.parse import quote
 
     return quote(str(s), safe="")
+
+
+_SUFFIXES = (".jsonl", ".json", ".gz")
+
+
+def _upload_name(filename: str | None) -> str:
+    """The client's name of an uploaded file, for messages only: its last path part (either
+    separator). A name that is no file name (``.``, ``..``, control characters) is a 422 naming
+    the field ``file``."""
+    name = (filename or "upload.jsonl").replace("\\", "/").rsplit("/", 1)[-1]
+    if name in ("", ".", "..") or any(ord(ch) < 32 or ch == "\x7f" for ch in name) or len(name) > 255:
+        raise HTTPException(422, {"error": f"field 'file': the upload's name {escape_surrogates(filename)!r} is not a "
+                                           f"file name", "file": None, "line": None, "field": "file", "imported": 0})
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise HTTPException(422, {"error": "field 'file': the upload's name is not valid text", "file": None,
+                                  "line": None, "field": "file", "imported": 0}) from None
+    return name
 
 
 def _slug(s: str) -> str:

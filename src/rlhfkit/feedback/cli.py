@@ -1,12 +1,17 @@
-"""Configs and entry points of ``rlhfkit feedback serve | import | export | create-user``."""
+"""Configs and entry points of ``rlhfkit feedback serve | import | export | create-user | set-user |
+members | users | forget``.
+
+Passwords never travel on the command line (shell history, ``ps``): ``create-user`` and
+``set-user --new_password true`` read ``$RLHFKIT_PASSWORD``, else prompt for it twice (getpass)."""
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["ServeConfig", "ImportConfig", "ExportConfig", "CreateUserConfig", "ForgetConfig",
-           "run_serve", "run_import", "run_export", "run_create_user", "run_forget"]
+__all__ = ["ServeConfig", "ImportConfig", "ExportConfig", "CreateUserConfig", "SetUserConfig", "MembersConfig",
+           "UsersConfig", "ForgetConfig", "run_serve", "run_import", "run_export", "run_create_user",
+           "run_set_user", "run_members", "run_users", "run_forget"]
 
 
 def _err(msg: str):
@@ -35,6 +40,11 @@ class ServeConfig:
         "help": "replace personal data (e-mail, phone, card, IBAN, SSN, IP; rlhfkit.privacy) in every import "
                 "through the admin page and API before labelers see it, and in every API export "
                 "(a request's ?redact=true does it without this)"})
+    trusted_proxies: list[str] = field(default_factory=list, metadata={
+        "help": "comma-separated addresses or networks (10.0.0.0/8) of reverse proxies whose X-Forwarded-For "
+                "names the client; empty: the connecting address is the client (the header is ignored)"})
+    max_import_mb: float = field(default=50.0, metadata={
+        "help": "largest JSONL upload to the admin import, in MB (413 above); every other request body: 1 MB"})
 
 
 @dataclass
@@ -68,8 +78,36 @@ class ExportConfig:
 class CreateUserConfig:
     db: str = field(default="feedback.db", metadata={"help": "SQLite file or SQLAlchemy URL"})
     username: str = field(default="", metadata={"help": "user name"})
-    password: str = field(default="", metadata={"help": "password (default: $RLHFKIT_PASSWORD)"})
+    password: str = field(default="", metadata={
+        "help": "deprecated: a password here stays in the shell history and is visible to `ps`; "
+                "set $RLHFKIT_PASSWORD or type it at the prompt"})
     role: str = field(default="labeler", metadata={"help": "admin or labeler"})
+
+
+@dataclass
+class SetUserConfig:
+    db: str = field(default="feedback.db", metadata={"help": "SQLite file or SQLAlchemy URL"})
+    username: str = field(default="", metadata={"help": "the user to change"})
+    active: bool | None = field(default=None, metadata={
+        "help": "false: the user can no longer log in, their sessions end at once and their open tasks go "
+                "back to the queue; true: allowed again"})
+    role: str = field(default="", metadata={"help": "admin or labeler (empty: unchanged)"})
+    new_password: bool = field(default=False, metadata={
+        "help": "set a new password, read from $RLHFKIT_PASSWORD or the prompt; ends the user's sessions"})
+
+
+@dataclass
+class MembersConfig:
+    db: str = field(default="feedback.db", metadata={"help": "SQLite file or SQLAlchemy URL"})
+    project: str = field(default="", metadata={"help": "project name"})
+    add: list[str] = field(default_factory=list, metadata={"help": "comma-separated user names to add"})
+    remove: list[str] = field(default_factory=list, metadata={"help": "comma-separated user names to remove"})
+    clear: bool = field(default=False, metadata={"help": "remove every member: the project is open to all labelers"})
+
+
+@dataclass
+class UsersConfig:
+    db: str = field(default="feedback.db", metadata={"help": "SQLite file or SQLAlchemy URL"})
 
 
 @dataclass
@@ -96,8 +134,18 @@ def run_serve(c: ServeConfig) -> None:
         print(f"rlhfkit feedback: live generation by {generator.loaded}"
               + (f" (following the loop in {c.policy})" if generator.loaded != c.policy else ""), flush=True)
     print(f"rlhfkit feedback: serving {c.db} on http://{c.host}:{c.port}", flush=True)
+    if not c.max_import_mb > 0:
+        raise _err(f"field 'max_import_mb': must be above 0, got {c.max_import_mb}")
+    import ipaddress
+
+    for h in c.trusted_proxies:
+        try:
+            ipaddress.ip_network(h.strip(), strict=False)
+        except ValueError:
+            raise _err(f"field 'trusted_proxies': {h!r} is not an address or network") from None
     serve(c.db, c.host, c.port, workers=c.workers, secure_cookies=c.secure_cookies, log_level=c.log_level,
-          lease_s=c.lease_minutes * 60, generator=generator, redact=c.redact)
+          lease_s=c.lease_minutes * 60, generator=generator, redact=c.redact,
+          trusted_proxies=[h.strip() for h in c.trusted_proxies], max_import_bytes=int(c.max_import_mb * 1e6))
 
 
 def _project_id(conn, name: str):
@@ -197,13 +245,38 @@ def _redaction_note(counts) -> str:
     return "; redacted " + (count_text(counts) or "nothing (none found)")
 
 
-def run_create_user(c: CreateUserConfig) -> None:
-    from . import db
-    from .auth import create_user
+def _read_password(what: str) -> str:
+    """A password from ``$RLHFKIT_PASSWORD``, else typed twice at a prompt (not echoed)."""
+    import sys
 
-    password = c.password or os.environ.get("RLHFKIT_PASSWORD", "")
-    if not password:
-        raise _err("no password given: pass --password or set $RLHFKIT_PASSWORD")
+    env = os.environ.get("RLHFKIT_PASSWORD", "")
+    if env:
+        return env
+    if not sys.stdin or not sys.stdin.isatty():
+        raise _err(f"no password given for {what}: set $RLHFKIT_PASSWORD (or run in a terminal to be asked)")
+    import getpass
+
+    first = getpass.getpass(f"password for {what}: ")
+    if first != getpass.getpass("again: "):
+        raise _err("the two passwords differ")
+    return first
+
+
+def run_create_user(c: CreateUserConfig) -> None:
+    import sys
+
+    from . import db
+    from .auth import MIN_PASSWORD, create_user
+
+    if not c.username.strip():
+        raise _err("field 'username': give --username NAME")
+    if c.password:
+        print("rlhfkit feedback create-user: warning: --password stays in the shell history and is visible "
+              "to other users in `ps`; set $RLHFKIT_PASSWORD or type it at the prompt instead",
+              file=sys.stderr, flush=True)
+    password = c.password or _read_password(repr(c.username))
+    if len(password) < MIN_PASSWORD:  # judged before the store is opened
+        raise _err(f"password must have at least {MIN_PASSWORD} characters")
     store = db.Store(c.db)
     try:
         uid = store.write(lambda conn: create_user(conn, c.username, password, c.role))
@@ -216,6 +289,116 @@ def run_create_user(c: CreateUserConfig) -> None:
     finally:
         store.close()
     print(f"created {c.role} {c.username!r} (id {uid})")
+
+
+def _user_id(conn, username: str):
+    from sqlalchemy import select
+
+    from . import db
+
+    return conn.execute(select(db.users.c.id).where(db.users.c.username == username)).scalar()
+
+
+def run_set_user(c: SetUserConfig) -> None:
+    from . import db
+    from .auth import ROLES, hash_password, update_user
+
+    if not c.username.strip():
+        raise _err("field 'username': give --username NAME")
+    if c.role and c.role not in ROLES:
+        raise _err(f"field 'role': {c.role!r} is not one of {', '.join(ROLES)}")
+    if c.active is None and not c.role and not c.new_password:
+        raise _err("nothing to change: give --active true|false, --role ROLE or --new_password true")
+    db.require_store_file(c.db)
+    new_hash = None
+    if c.new_password:
+        from .auth import MIN_PASSWORD
+
+        password = _read_password(repr(c.username))
+        if len(password) < MIN_PASSWORD:
+            raise _err(f"password must have at least {MIN_PASSWORD} characters")
+        new_hash = hash_password(password)
+    store = db.Store(c.db)
+    try:
+        def job(conn):
+            uid = _user_id(conn, c.username)
+            if uid is None:
+                raise LookupError(f"field 'username': no user {c.username!r}")
+            return update_user(conn, uid, active=c.active, role=c.role or None, password_hash=new_hash)
+        try:
+            row = store.write(job)
+        except (LookupError, ValueError) as e:
+            raise _err(str(e)) from None
+    finally:
+        store.close()
+    extra = "; password set, sessions ended" if new_hash else ""
+    extra += "; sessions ended, open tasks handed back" if c.active is False else ""
+    print(f"{row['username']!r}: {row['role']}, {'active' if row['active'] else 'inactive'}{extra}")
+
+
+def run_members(c: MembersConfig) -> None:
+    from sqlalchemy import delete, insert, select
+
+    from . import db
+    from .queue import release_open_tasks
+
+    if not c.project:
+        raise _err("field 'project': give --project NAME")
+    db.require_store_file(c.db)
+    store = db.Store(c.db)
+    M, U, A = db.project_members, db.users, db.assignments
+    try:
+        def job(conn):
+            pid = _project_id(conn, c.project)
+            if pid is None:
+                raise LookupError(f"field 'project': no project named {c.project!r}")
+            ids = {}
+            for field_name, names in (("add", c.add), ("remove", c.remove)):
+                for n in names:
+                    uid = _user_id(conn, n.strip())
+                    if uid is None:
+                        raise LookupError(f"field '{field_name}': no user {n.strip()!r}")
+                    ids[n.strip()] = uid
+            members = {r[0] for r in conn.execute(select(M.c.user_id).where(M.c.project_id == pid))}
+            after = set() if c.clear else set(members)
+            after |= {ids[n.strip()] for n in c.add}
+            after -= {ids[n.strip()] for n in c.remove}
+            conn.execute(delete(M).where(M.c.project_id == pid))
+            if after:
+                conn.execute(insert(M), [{"project_id": pid, "user_id": u} for u in sorted(after)])
+                holders = {r[0] for r in conn.execute(select(A.c.user_id).where(A.c.project_id == pid,
+                                                                                 A.c.status == "open"))}
+                for u in holders - after:
+                    release_open_tasks(conn, u, pid)
+            return sorted(conn.execute(select(U.c.username).where(U.c.id.in_(after))).scalars()) if after else []
+        try:
+            names = store.write(job)
+        except LookupError as e:
+            raise _err(str(e)) from None
+    finally:
+        store.close()
+    print(f"project {c.project!r}: " + ("open to every labeler" if not names else "labelers " + ", ".join(names)))
+
+
+def run_users(c: UsersConfig) -> None:
+    from sqlalchemy import select
+
+    from . import db
+
+    db.require_store_file(c.db)
+    store = db.Store(c.db)
+    U, M, P = db.users, db.project_members, db.projects
+    try:
+        with store.read() as conn:
+            users = conn.execute(select(U.c.id, U.c.username, U.c.role, U.c.active).order_by(U.c.id)).all()
+            member_of: dict = {}
+            for uid, name in conn.execute(select(M.c.user_id, P.c.name).select_from(M.join(P, P.c.id == M.c.project_id))):
+                member_of.setdefault(uid, []).append(name)
+    finally:
+        store.close()
+    for uid, name, role, active in users:
+        projects = ", ".join(sorted(member_of.get(uid, []))) or "-"
+        print(f"{uid}\t{name}\t{role}\t{'active' if active else 'inactive'}\tmember of: {projects}")
 
 
 def run_forget(c: ForgetConfig) -> None:

@@ -51,7 +51,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 
 __all__ = [
-    "metadata", "users", "sessions", "projects", "items", "assignments", "labels",
+    "metadata", "users", "sessions", "projects", "items", "assignments", "labels", "login_throttle",
+    "project_members",
     "make_engine", "upgrade", "GroupCommitWriter", "Store", "default_db_url", "sqlite_file", "require_store_file",
     "MIGRATIONS_DIR",
 ]
@@ -70,7 +71,9 @@ users = Table(
     "users", metadata,
     Column("id", Integer, primary_key=True),
     Column("username", String(64), nullable=False, unique=True),
-    Column("password_hash", String(255), nullable=False),  # scrypt$N$r$p$salt$hash
+    # argon2id PHC string ($argon2id$v=19$m=...,t=...,p=...$salt$hash); older rows may hold
+    # scrypt$N$r$p$salt$hash until their next log-in rehashes them (see auth.py)
+    Column("password_hash", String(255), nullable=False),
     Column("role", String(16), nullable=False),  # "admin" | "labeler"
     Column("active", Boolean, nullable=False, default=True),
     Column("created_at", Float, nullable=False),
@@ -129,7 +132,7 @@ assignments = Table(
     Column("item_id", Integer, ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     Column("display_order", JSON, nullable=False),  # display position -> response index
-    Column("status", String(8), nullable=False),  # open | done | skipped | expired
+    Column("status", String(8), nullable=False),  # open | done | skipped | expired | released
     Column("created_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
     # never the same item twice to the same labeler, even under races
@@ -155,6 +158,26 @@ labels = Table(
     Column("duration_ms", Integer, nullable=True),
     Column("created_at", Float, nullable=False),
     UniqueConstraint("item_id", "user_id"),
+)
+
+
+# Failed log-in counters (auth.LoginThrottle), persisted so that a restart does not reset them and
+# several server processes share them. ``key`` is the SHA-256 of the bucket's kind, user name and
+# address: a row costs the same whatever the name's length, and names/addresses are not stored.
+# Rows are pruned once past ``expires_at`` (indexed), so the table holds at most the live windows.
+login_throttle = Table(
+    "login_throttle", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("hits", Integer, nullable=False),  # attempts counted in the current window
+    Column("window_start", Float, nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+
+# A project with members is offered only to them; a project with none is open to every labeler.
+project_members = Table(
+    "project_members", metadata,
+    Column("project_id", Integer, ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True),
 )
 
 

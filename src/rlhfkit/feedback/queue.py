@@ -38,7 +38,7 @@ from .db import from_json, json_decoded, raw, to_json
 from .tasks import LabelError, canonical_label, grade, screen_keys
 
 __all__ = ["NotFound", "Conflict", "next_task", "get_task", "submit_label", "skip_task", "task_view",
-           "add_items", "DEFAULT_LEASE_S"]
+           "add_items", "release_open_tasks", "may_label", "DEFAULT_LEASE_S"]
 
 DEFAULT_LEASE_S = 30 * 60.0  # an open task older than this may be reassigned
 
@@ -55,8 +55,12 @@ class Conflict(RuntimeError):
 
 # Hot-path statements: plain SQL, the same text on SQLite and PostgreSQL, run through ``db.raw``
 # (see there: SQLAlchemy's execution layer would cost more than the database work).
-_PROJECTS = "SELECT id, task_type, overlap, gold_rate FROM projects WHERE active = :t ORDER BY id"
-_PROJECT = "SELECT id, task_type, overlap, gold_rate FROM projects WHERE active = :t AND id = :p"
+# a project with members is offered only to them; one with none to every labeler (two probes of
+# the members' primary key per project)
+_MEMBER_OK = ("(NOT EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = projects.id) "
+              "OR EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = projects.id AND m.user_id = :u))")
+_PROJECTS = f"SELECT id, task_type, overlap, gold_rate FROM projects WHERE active = :t AND {_MEMBER_OK} ORDER BY id"
+_PROJECT = f"SELECT id, task_type, overlap, gold_rate FROM projects WHERE active = :t AND id = :p AND {_MEMBER_OK}"
 _OPEN = ("SELECT id FROM assignments WHERE user_id = :u AND project_id = :p AND status = 'open' "
          "ORDER BY id LIMIT 1")
 _CANDIDATES = (
@@ -177,9 +181,9 @@ def next_task(conn: Connection, user_id: int, project_id: int | None = None,
     rng = rng or _rng
     now = time.time() if now is None else now
     if project_id is None:
-        rows = raw(conn, _PROJECTS, {"t": True}).fetchall()
+        rows = raw(conn, _PROJECTS, {"t": True, "u": user_id}).fetchall()
     else:
-        rows = raw(conn, _PROJECT, {"t": True, "p": project_id}).fetchall()
+        rows = raw(conn, _PROJECT, {"t": True, "p": project_id, "u": user_id}).fetchall()
     for project in map(_Project._make, rows):
         a = raw(conn, _OPEN, {"u": user_id, "p": project.id}).fetchone()
         a = a[0] if a else _pick(conn, user_id, project, rng, now, lease_s)
@@ -272,6 +276,30 @@ def skip_task(conn: Connection, user_id: int, assignment_id: int, *, now: float 
     if status == "skipped":
         return {"task_id": assignment_id, "status": "skipped"}
     raise Conflict(f"task {assignment_id} is already {status}")
+
+
+def release_open_tasks(conn: Connection, user_id: int, project_id: int | None = None, *,
+                       now: float | None = None) -> int:
+    """Hand back the open tasks of ``user_id`` (in ``project_id``, or everywhere): each becomes
+    ``released`` and its slot free for another labeler at once (a deactivated labeler, or one
+    taken off a project, is not coming back for it). Their late submit answers 409."""
+    t = time.time() if now is None else now
+    q = select(A.c.id, A.c.item_id).where(A.c.user_id == user_id, A.c.status == "open")
+    if project_id is not None:
+        q = q.where(A.c.project_id == project_id)
+    n = 0
+    for a_id, item_id in conn.execute(q).all():
+        res = conn.execute(update(A).where(A.c.id == a_id, A.c.status == "open")
+                           .values(status="released", finished_at=t))
+        if res.rowcount == 1:
+            conn.execute(update(I).where(I.c.id == item_id).values(n_assigned=I.c.n_assigned - 1))
+            n += 1
+    return n
+
+
+def may_label(conn: Connection, user_id: int, project_id: int) -> bool:
+    """Whether the project is active and offered to the user (a member, or it has no members)."""
+    return raw(conn, _PROJECT, {"t": True, "p": project_id, "u": user_id}).fetchone() is not None
 
 
 def add_items(conn: Connection, project_id: int, parsed: list[dict], source: str = "import") -> int:

@@ -81,6 +81,10 @@ def _text(v: Any, field: str, allow_empty: bool = False) -> str:
         raise _err(f"expected a string, got {'null' if v is None else type(v).__name__}", field, "wrong_type")
     if not allow_empty and not v.strip():
         raise _err("expected a non-empty string", field, "empty_text")
+    try:  # JSON's "\ud800" parses to a lone surrogate: no database column or export can hold it
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _err("not valid Unicode text (a lone surrogate such as \\ud800)", field) from None
     return v
 
 

@@ -269,3 +269,44 @@ def test_dataset_pairs_are_held_out_by_prompt(tmp_path, pipeline_data):
     assert out["pairs"] + out["heldout_pairs"] == 120 and held
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
     assert all(sum(r["prompt"] == p for r in held) == 3 for p in {r["prompt"] for r in held})
+
+
+def test_quick_leaves_a_command_line_setting_alone(tmp_path, pipeline_data, capsys):
+    """`pipeline --quick --grpo.max_steps 2`: quick sizes the other fields (a tiny model built
+    from config, its GRPO learning rate), the policy trains the 2 steps the command line asked for, and
+    the log names what quick set and what it left as given."""
+    from rlhfkit.cli import main
+
+    out = tmp_path / "run"
+    assert main(["pipeline", "--quick", "--grpo.max_steps", "2", "--threads", "1", "--output_dir", str(out),
+                 "--feedback.prompts", str(pipeline_data["prompts"]), "--eval.n_boot", "50",
+                 "--reward.tensorboard", "false", "--grpo.tensorboard", "false"]) == 0
+    steps = [json.loads(line)["step"] for line in (out / "policy" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    assert (out / "init" / "model" / "config.json").is_file()  # quick's tiny model
+    log = capsys.readouterr().out
+    quick_line = next(line for line in log.splitlines() if line.startswith("pipeline: --quick set"))
+    assert "init.kind" in quick_line and "grpo.learning_rate" in quick_line
+    assert quick_line.endswith("left 2 as given: grpo.max_steps = 2 (command line), eval.n_boot = 50 (command line)")
+
+
+def test_quick_shrinks_a_full_size_preset_but_not_a_file_that_says_quick(tmp_path):
+    """--quick over configs/pipeline_sentiment.yaml (a full-size preset: 30 GRPO steps of
+    SmolLM2) gives quick's sizes; a file that itself says quick: true keeps its own values."""
+    from rlhfkit.pipeline import PipelineConfig
+    from rlhfkit.pipeline.config import QUICK, apply_quick
+    from rlhfkit.training.config import load_config
+
+    config = load_config(PipelineConfig, REPO_ROOT / "configs" / "pipeline_sentiment.yaml", ["--quick"])
+    assert config.grpo.max_steps == 30 and config.init.kind == "pretrained"
+    changed, kept = apply_quick(config)
+    assert kept == {} and "grpo.max_steps" in changed
+    assert config.grpo.max_steps == QUICK["grpo.max_steps"] and config.init.kind == "tiny"
+    assert config.reward.model == "init"
+
+    own = tmp_path / "quick.yaml"
+    own.write_text("quick: true\ngrpo:\n  max_steps: 2\nreward:\n  model: minilm-l6\n", encoding="utf-8")
+    config = load_config(PipelineConfig, own, {"output_dir": str(tmp_path / "o")})
+    changed, kept = apply_quick(config)
+    assert kept == {"reward.model": "file", "grpo.max_steps": "file"}
+    assert config.grpo.max_steps == 2 and config.reward.model == "minilm-l6" and config.init.kind == "tiny"

@@ -92,3 +92,53 @@ def test_a_message_naming_its_field_blames_that_fields_line(tmp_path):
         load_config(GRPOConfig, cfg)
     with pytest.raises(ConfigError, match=r"^command line: field 'reward'"):
         load_config(GRPOConfig, cfg, ["--reward", "ensemble:avg:a/model"])
+
+
+@dataclass
+class WithQuick:
+    quick: bool = False
+    steps: int = 30
+    name: str = "full"
+    lora: Inner = field(default_factory=Inner)
+
+
+QUICK_VALUES = {"steps": 6, "name": "small", "lora.r": 2}
+
+
+def test_load_config_records_the_fields_the_file_and_the_command_line_set(tmp_path):
+    from rlhfkit.training.config import given_fields
+
+    p = write(tmp_path, "steps: 5\nlora:\n  r: 8\n")
+    c = load_config(Example, p, ["--steps", "7", "--lora.alpha=4"])
+    assert given_fields(c) == {"file": {"steps": 5, "lora.r": 8}, "command line": {"steps": 7, "lora.alpha": 4.0}}
+    assert given_fields(Example()) == {"file": {}, "command line": {}}
+
+
+def test_quick_never_overrides_the_command_line_and_shrinks_a_full_size_file(tmp_path):
+    """--quick sets its values over the defaults and over a config file that does not itself say
+    quick: true (a full-size preset); a field given on the command line keeps its value."""
+    from rlhfkit.training.config import describe_quick, set_quick_fields
+
+    preset = write(tmp_path, "steps: 30\nname: preset\nlora:\n  r: 16\n")
+    c = load_config(WithQuick, preset, ["--quick", "--steps", "2"])
+    changed, kept = set_quick_fields(c, QUICK_VALUES)
+    assert (c.steps, c.name, c.lora.r) == (2, "small", 2)
+    assert changed == ["name", "lora.r"] and kept == {"steps": "command line"}
+    assert describe_quick(c, changed, kept) == ("--quick set 2 fields: name, lora.r; "
+                                                "left 1 as given: steps = 2 (command line)")
+    assert set_quick_fields(c, QUICK_VALUES) == ([], {"steps": "command line"})  # applied twice: the same
+    c = load_config(WithQuick, None, {"quick": True})  # no file, nothing given: every quick value
+    assert set_quick_fields(c, QUICK_VALUES) == (["steps", "name", "lora.r"], {})
+    assert (c.steps, c.name, c.lora.r) == (6, "small", 2)
+
+
+def test_a_config_file_that_says_quick_keeps_its_values_under_quick(tmp_path):
+    """A file written for quick runs (quick: true) is explicit too: its values win over quick's,
+    the command line's over both."""
+    from rlhfkit.training.config import set_quick_fields
+
+    quick_file = write(tmp_path, "quick: true\nsteps: 2\nlora:\n  r: 16\n")
+    c = load_config(WithQuick, quick_file, ["--lora.r", "4"])
+    changed, kept = set_quick_fields(c, QUICK_VALUES)
+    assert (c.steps, c.name, c.lora.r) == (2, "small", 4)
+    assert changed == ["name"] and kept == {"steps": "file", "lora.r": "command line"}

@@ -408,9 +408,16 @@ def run(config: LoopConfig) -> dict:
     """Run (or resume) the loop; returns ``{"curve": [...], "stages": {...}, "summary": {...}}``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if config.quick:
-        changed = apply_quick(config)
-        print(f"loop: --quick set {len(changed)} fields: {', '.join(changed)}")
-        config.validate()
+        from rlhfkit.training.config import describe_quick
+
+        changed, kept = apply_quick(config)
+        print(f"loop: {describe_quick(config, changed, kept)}")
+        try:
+            config.validate()
+        except ValueError as err:
+            from rlhfkit.training.config import ConfigError
+
+            raise ConfigError(f"--quick: {err}") from None
     if config.threads:
         import torch
 

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PolicyGenerator", "NoPolicyYet", "current_policy"]
+__all__ = ["PolicyGenerator", "NoPolicyYet", "current_policy", "loop_policy"]
 
 
 class NoPolicyYet(LookupError):
@@ -26,10 +26,16 @@ class NoPolicyYet(LookupError):
 def current_policy(spec: str) -> str:
     """The model ``spec`` names: itself, or for a loop folder (it holds ``loop_state.json``) the
     policy of its last finished round, else its initial policy."""
+    return loop_policy(spec)[0]
+
+
+def loop_policy(spec: str) -> tuple[str, int | None]:
+    """``(model, round)``: for a loop folder the policy ``current_policy`` names and the round
+    that made it (0: the initial policy); for anything else ``(spec, None)``."""
     folder = Path(spec)
     state_file = folder / "loop_state.json"
     if not state_file.is_file():
-        return spec
+        return spec, None
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -38,11 +44,11 @@ def current_policy(spec: str) -> str:
     # the folder is found from the loop's own layout, not from the recorded path, which is
     # relative to wherever the loop was started
     if done and (folder / f"round-{done}" / "policy" / "model" / "config.json").is_file():
-        return str(folder / f"round-{done}" / "policy" / "model")
+        return str(folder / f"round-{done}" / "policy" / "model"), done
     if (folder / "setup" / "model" / "config.json").is_file():  # a tiny initial model built by the loop
-        return str(folder / "setup" / "model")
+        return str(folder / "setup" / "model"), 0
     try:
-        return json.loads((folder / "setup" / "stage.json").read_text(encoding="utf-8"))["outputs"]["model"]
+        return json.loads((folder / "setup" / "stage.json").read_text(encoding="utf-8"))["outputs"]["model"], 0
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         raise NoPolicyYet(f"{folder}: the loop has no policy yet (its setup has not finished)") from None
 

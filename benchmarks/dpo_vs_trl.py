@@ -188,7 +188,7 @@ def main(argv=None) -> int:
           f"activation checkpointing: {'on' if args.gradient_checkpointing else 'off'} in both")
     print(f"{'':10}{'samples/s':>12}{'peak RSS MB':>14}{'wall s':>10}")
     for name, m in med.items():
-        print(f"{name:10}{m["samples_per_s"]:12.4f}{m['peak_rss_mb']:14.0f}{m['wall_s']:10.2f}")
+        print(f"{name:10}{m['samples_per_s']:12.4f}{m['peak_rss_mb']:14.0f}{m['wall_s']:10.2f}")
     ratio = med["rlhfkit"]["samples_per_s"] / med["trl"]["samples_per_s"]
     mem = med["rlhfkit"]["peak_rss_mb"] / med["trl"]["peak_rss_mb"]
     print(f"throughput ratio rlhfkit / TRL: {ratio:.2f}x (goal >= 1.3x); peak memory ratio: {mem:.2f} (goal <= 1.0)")

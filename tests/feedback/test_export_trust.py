@@ -178,3 +178,13 @@ def test_import_refuses_an_oversized_field_by_file_line_and_field(tmp_path, caps
     assert main(["feedback", "import", "--db", dbp, "--project", "t", "--file", str(path), "--task_type", "pairwise",
                  "--max_field_chars", "200000"]) == 0
     assert capsys.readouterr().out.startswith("imported 2 items")
+
+
+def test_an_hf_folder_keeps_a_column_only_later_records_have(tmp_path):
+    pytest.importorskip("datasets")
+    from rlhfkit.data import ThumbsRecord
+    from rlhfkit.feedback.export import write_records
+
+    recs = [ThumbsRecord("p", "a", True), ThumbsRecord("q", "b", False, labeler="labeler-1", weight=0.5)]
+    assert write_records(recs, tmp_path / "hf", "hf") == 2
+    assert read_records(tmp_path / "hf", "thumbs").records == recs

@@ -94,7 +94,7 @@ def test_labelers_under_a_gold_accuracy_are_left_out_or_weighed(env, tmp_path, c
     with env.store.read() as c:
         bob_gold = c.execute(select(db.labels.c.id).where(db.labels.c.user_id == users["bob"],
                                                           db.labels.c.is_gold == True)).all()  # noqa: E712
-    assert line.endswith(f"; left out 12 labels of 1 labelers under gold accuracy 0.6 "
+    assert line.endswith(f"; left out 12 labels of 1 labeler under gold accuracy 0.6 "
                          f"({labeler_pseudonym(users['bob'], key)} 0.000 on {len(bob_gold)} gold answers)"), line
     assert main(["feedback", "export", "--db", dbp, "--project", "pw", "--kind", "pairs", "--out", str(out),
                  "--weight_by_gold", "true"]) == 0

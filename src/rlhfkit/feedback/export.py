@@ -136,7 +136,8 @@ class ExportResult:
         note = ""
         if self.min_gold_accuracy is not None:
             who = ", ".join(f"{k} {acc:.3f} on {n} gold answers" for k, (acc, n) in self.dropped_labelers.items())
-            note += (f"; left out {self.dropped_labels} labels of {len(self.dropped_labelers)} labelers under gold "
+            n = len(self.dropped_labelers)
+            note += (f"; left out {self.dropped_labels} labels of {n} labeler{'' if n == 1 else 's'} under gold "
                      f"accuracy {self.min_gold_accuracy:g}" + (f" ({who})" if who else ""))
         if self.weight_by_gold:
             note += (f"; weight = the labeler's gold accuracy (the pooled {self.gold_pooled:.3f} for labelers "

@@ -249,12 +249,13 @@ def test_simulated_rankings_expand_to_all_pairs_and_hold_out_whole_prompts(tmp_p
 
 def test_dataset_pairs_are_held_out_by_prompt(tmp_path, pipeline_data):
     """Imported pairs with repeated prompts (one pair labelled by three people, exported a record
-    per label): no held-out pair shares its prompt, and so no pair, with the training pairs."""
+    per label with each one's labeler id): no held-out pair shares its prompt, and so no pair, with
+    the training pairs."""
     from rlhfkit.pipeline.config import apply_quick
     from rlhfkit.pipeline.stages import Context
 
-    rows = [{"prompt": f"question {i}", "chosen": f"good answer {i}", "rejected": f"bad answer {i}"}
-            for i in range(40) for _ in range(3)]
+    rows = [{"prompt": f"question {i}", "chosen": f"good answer {i}", "rejected": f"bad answer {i}",
+             "labeler": f"labeler-{k}"} for i in range(40) for k in range(3)]
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     config = tiny_config(tmp_path / "run", pipeline_data, **{"feedback.source": "dataset", "feedback.data": str(data),

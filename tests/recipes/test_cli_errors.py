@@ -35,7 +35,8 @@ def test_reward_eval_missing_model_path(capsys, tmp_path, pair_file):
     (["sft"], ["--epochs", "0", "--max_steps", "0"], "epochs"),
     (["reward", "train"], ["--ties", "maybe"], "ties"),  # used to keep ties silently
     (["reward", "train"], ["--kind", "decoder"], "kind"),
-    (["reward", "train"], ["--objective", "regression", "--validation_fraction", "0.1"], "validation_fraction"),
+    (["reward", "train"], ["--objective", "regression", "--normalise_ratings", "zscore"], "normalise_ratings"),
+    (["reward", "train"], ["--normalise_ratings", "per_labeler"], "normalise_ratings"),  # pairs have no ratings
     (["reward", "eval"], ["--ties", "maybe"], "ties"),
 ])
 def test_bad_choice_is_a_config_error(capsys, tmp_path, command, override, field):
@@ -55,7 +56,7 @@ def test_batch_larger_than_data_is_an_error(capsys, tmp_path, tiny_policy_dir, s
                               "--micro_batch_size", "8", "--eval_fraction", "0.125", "--max_length", "64",
                               "--tensorboard", "false"])
     assert code == 2
-    assert "only 42 training examples for a batch of 64" in err
+    assert f"error: {sft_file}: 42 training examples (6 held out) for a batch of 64" in err
 
 
 def test_resume_with_other_settings_is_refused(capsys, tmp_path, tiny_policy_dir, sft_file):

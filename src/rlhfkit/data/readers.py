@@ -3,7 +3,11 @@
 Sources accepted by :func:`read_records`:
 - a path to ``.jsonl`` / ``.jsonl.gz`` (one JSON object a line; gzip is detected by its magic
   bytes, so any suffix works), or ``.json`` / ``.json.gz`` holding a JSON list of objects (a
-  ``.json`` file whose first non-blank character is not ``[`` is read as JSON lines);
+  ``.json`` file whose first non-blank character is not ``[`` is read as JSON lines); a JSON-lines
+  file that holds one JSON array is refused with the hint to rename it ``.json`` (the name is a
+  promise other tools keep too: streaming readers, ``wc -l``, ``split``);
+- a folder written by ``datasets.Dataset.save_to_disk`` (``rlhfkit feedback export --format hf``),
+  read with ``datasets.load_from_disk``; a ``DatasetDict`` folder is refused naming its splits;
 - a ``datasets.Dataset`` (one split; a ``DatasetDict`` is refused with a hint) or any list /
   iterable of dicts.
 
@@ -125,6 +129,9 @@ def _parse_json(text: str, path, loc: dict) -> Any:
 
 
 def _iter_jsonl(path: Path, data: bytes) -> Iterator[tuple[dict, Any]]:
+    if data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":  # a problem of the whole file: always raised
+        raise DataError("this file holds a JSON array; JSON Lines needs one object per line (rename it .json "
+                        "to read it as a JSON list)", path=path, line=1, reason="malformed_json")
     for lineno, raw in enumerate(data.split(b"\n"), start=1):
         if not raw.strip():
             continue
@@ -161,10 +168,37 @@ def _iter_objects(source: Iterable, label: str) -> Iterator[tuple[dict, Any]]:
         yield {"index": i}, v
 
 
+DATASET_FOLDER_FILES = ("state.json", "dataset_info.json")  # what Dataset.save_to_disk writes
+
+
+def load_dataset_folder(path: Path):
+    """The ``datasets.Dataset`` saved in folder ``path`` (``save_to_disk``), or a :class:`DataError`
+    saying why the folder is not one."""
+    if (path / "dataset_dict.json").is_file():
+        splits = sorted(p.name for p in path.iterdir() if p.is_dir())
+        raise DataError(f"this folder holds a DatasetDict with splits {splits}; give one split's folder, "
+                        f"e.g. {path / (splits[0] if splits else 'train')}", path=path, reason="not_object")
+    if not all((path / name).is_file() for name in DATASET_FOLDER_FILES):
+        raise DataError(f"a folder, but not one written by datasets' save_to_disk (no "
+                        f"{' / '.join(DATASET_FOLDER_FILES)}); give a .jsonl / .json file or such a folder",
+                        path=path, reason="not_object")
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("reading a datasets folder needs the `datasets` package", path=path,
+                        reason="not_object") from None
+    try:
+        return datasets.load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - a damaged folder: say so with the file named
+        raise DataError(f"cannot read the datasets folder: {e}", path=path, reason="malformed_json") from None
+
+
 def iter_raw(source) -> tuple[str, Iterator[tuple[dict, Any]]]:
     """(label, iterator of (location, raw value or DataError)) for any supported source."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if path.is_dir():
+            return str(path), _iter_objects(load_dataset_folder(path), str(path))
         if not path.is_file():
             raise FileNotFoundError(f"data file {path} does not exist")
         data = _read_all(path)

@@ -58,6 +58,12 @@ class ImportConfig:
     instructions: str = field(default="", metadata={"help": "instructions shown to labelers (new projects)"})
     redact: bool = field(default=False, metadata={
         "help": "replace personal data in prompts and responses by [KIND] before labelers see them (rlhfkit.privacy)"})
+    max_field_chars: int = field(default=100_000, metadata={
+        "help": "longest text allowed in one field of an item (prompt, message, response); 0 = no limit"})
+
+    def validate(self) -> None:
+        if self.max_field_chars < 0:
+            raise ValueError(f"field 'max_field_chars': must be >= 0 (0 = no limit), got {self.max_field_chars}")
 
 
 @dataclass
@@ -72,6 +78,18 @@ class ExportConfig:
     redact: bool = field(default=False, metadata={
         "help": "replace personal data in the text (e-mail, phone, card, IBAN, SSN, IP) by [KIND] "
                 "(rlhfkit.privacy; names and addresses are not found)"})
+    with_labeler: bool = field(default=True, metadata={
+        "help": "give each record its labeler's pseudonym `labeler-<hmac>` (the same in every export of this "
+                "store; key in $RLHFKIT_LABELER_KEY or <db>.labeler_key beside a SQLite store; never the user name)"})
+    min_gold_accuracy: float = field(default=0.0, metadata={
+        "help": "leave out the labels of labelers whose accuracy on this project's gold questions is below this "
+                "(0 = keep everyone; a labeler without gold answers counts at the project's pooled accuracy)"})
+    weight_by_gold: bool = field(default=False, metadata={
+        "help": "give each record a `weight`: its labeler's gold accuracy (training scales its loss by it)"})
+
+    def validate(self) -> None:
+        if not 0 <= self.min_gold_accuracy <= 1:
+            raise ValueError(f"field 'min_gold_accuracy': must be in [0, 1], got {self.min_gold_accuracy}")
 
 
 @dataclass
@@ -161,7 +179,7 @@ def run_import(c: ImportConfig) -> None:
 
     from . import db
     from .queue import add_items
-    from .tasks import TASK_TYPES, parse_items
+    from .tasks import TASK_TYPES, drop_duplicate_items, parse_items
 
     if not c.project or not c.file:
         raise _err("give --project NAME and --file ITEMS.jsonl")
@@ -181,13 +199,14 @@ def run_import(c: ImportConfig) -> None:
             ttype, scale = c.task_type, (1, 7)
         else:
             ttype, scale = proj["task_type"], (proj["scale_min"], proj["scale_max"])
-        parsed = parse_items(c.file, ttype, scale)  # DataError names file, line, field
-        note = ""
+        parsed = parse_items(c.file, ttype, scale, c.max_field_chars or None)  # DataError names file, line, field
+        parsed, n_copies = drop_duplicate_items(parsed)
+        note = f"; dropped {n_copies} exact duplicate items of {c.file}" if n_copies else ""
         if c.redact:
             from .tasks import redact_items
 
             parsed, counts, n_equal = redact_items(parsed)
-            note = _redaction_note(counts)
+            note += _redaction_note(counts)
             if n_equal:
                 note += f"; left out {n_equal} items whose responses became the same text"
 
@@ -207,7 +226,7 @@ def run_import(c: ImportConfig) -> None:
 
 def run_export(c: ExportConfig) -> None:
     from . import db
-    from .export import export_records, write_records
+    from .export import LABELER_KEY_ENV, export_labels, labeler_key, write_records
 
     if not c.project or not c.out:
         raise _err("give --project NAME and --out PATH")
@@ -220,13 +239,18 @@ def run_export(c: ExportConfig) -> None:
             pid = _project_id(conn, c.project)
             if pid is None:
                 raise _err(f"no project named {c.project!r}")
+            key = labeler_key(c.db) if c.with_labeler and c.aggregate == "none" else None
             try:
-                records = export_records(conn, pid, c.kind, include_gold=c.include_gold, aggregate=c.aggregate)
+                result = export_labels(conn, pid, c.kind, include_gold=c.include_gold, aggregate=c.aggregate,
+                                       labeler_key=key, min_gold_accuracy=c.min_gold_accuracy or None,
+                                       weight_by_gold=c.weight_by_gold)
             except ValueError as e:
                 raise _err(str(e)) from None
     finally:
         store.close()
-    note = ""
+    records, note = result.records, result.note()
+    if c.with_labeler and c.aggregate == "none" and key is None:
+        note += f"; labeler ids left out: set ${LABELER_KEY_ENV} to give them from a database URL"
     if c.redact:
         from .export import redact_export
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.data.records import RankingRecord, RewriteRecord
 from rlhfkit.training.config import save_config
 from rlhfkit.training.distributed import DistInfo
 
@@ -57,34 +58,104 @@ def named_set(name: str, kind: str, ties: str = "drop"):
 
 
 def load_training_records(source: str, kind: str, on_error: str = "raise", ties: str = "drop",
-                          max_chars: int = 100_000) -> list:
-    """Records from a named shared set or a file (JSONL, JSON, gz); reports skipped lines.
-    ``a+b`` (not itself a file) is the records of ``a`` followed by those of ``b``, e.g.
-    ``finegrained+oasst`` for preference-model pretraining on both."""
-    if "+" in source and not Path(source).exists():
-        return [r for part in source.split("+")
-                for r in load_training_records(part, kind, on_error=on_error, ties=ties, max_chars=max_chars)]
-    records = named_set(source, kind, ties)
-    if records is not None:
-        return list(records)
-    from rlhfkit.data.readers import read_records
+                          max_chars: int = 100_000, drop_duplicates: bool = True) -> list:
+    """Records from a named shared set, a file (JSONL, JSON, gz) or a ``datasets`` folder
+    (``save_to_disk``); reports skipped lines. ``a+b`` (not itself a file) is the records of ``a``
+    followed by those of ``b``, e.g. ``finegrained+oasst`` for preference-model pretraining on both.
 
-    read_as = _file_kind(source, kind)
-    result = read_records(source, read_as, on_error=on_error, max_chars=max_chars)
-    if result.skipped:
-        print(f"{source}: skipped {sum(result.skipped.values())} records: {dict(result.skipped)}")
-    records = result.records
-    if read_as == "rankings":  # K-way rankings train the reward model as all their decided pairs
-        records = [pair for ranking in records for pair in ranking.to_pairs()]
-        print(f"{source}: {len(result.records)} rankings expanded to {len(records)} pairs")
-    elif read_as == "rewrites":  # a corrected response is a demonstration
-        records = [r.to_demonstration() for r in records]
+    A source with no records is a :class:`DataError` naming it (before any model is loaded).
+    Exact duplicates (every field equal, ``labeler`` included: the same judgement by two labelers
+    with ids is two labels, without ids the copies cannot be told from a file written twice) are
+    dropped and counted, before rankings are expanded to pairs, so that no copy of a held-out
+    record can be trained on (``drop_duplicates=False`` keeps deliberate repeats: the copies of
+    a bootstrap resample, a class balanced by repetition). Prompt lists (kind ``prompts``) keep
+    their repeats."""
+    records = _read_source(source, kind, on_error, ties, max_chars)
+    if kind != "prompts" and drop_duplicates:
+        records = without_duplicates(records, source)
+    n_rankings = sum(isinstance(r, RankingRecord) for r in records)
+    # K-way rankings train the reward model as all their decided pairs; a corrected response is a demonstration
+    records = [x for r in records for x in (r.to_pairs() if isinstance(r, RankingRecord) else
+                                            [r.to_demonstration()] if isinstance(r, RewriteRecord) else [r])]
+    if n_rankings:
+        print(f"{source}: {n_rankings} rankings expanded to {len(records)} pairs")
     if kind == "pairs" and ties == "drop":
         n = len(records)
         records = [r for r in records if not getattr(r, "tie", False)]
         if len(records) < n:
             print(f"{source}: dropped {n - len(records)} tied pairs (ties=drop)")
     return records
+
+
+def _read_source(source: str, kind: str, on_error: str, ties: str, max_chars: int) -> list:
+    """The records of one source as read (rankings and rewrites not yet converted); ``a+b`` joined."""
+    if "+" in source and not Path(source).exists():
+        return [r for part in source.split("+") for r in _read_source(part, kind, on_error, ties, max_chars)]
+    records = named_set(source, kind, ties)
+    if records is not None:
+        return list(records)
+    from rlhfkit.data.errors import DataError
+    from rlhfkit.data.readers import read_records
+
+    result = read_records(source, _file_kind(source, kind), on_error=on_error, max_chars=max_chars)
+    skipped = sum(result.skipped.values())
+    if skipped:
+        print(f"{source}: skipped {skipped} records: {dict(result.skipped)}")
+    if not result.records:
+        raise DataError("no records in it" + (f" (skipped {skipped} bad ones: {dict(result.skipped)})" if skipped else
+                                              " (an empty file?)"), path=source, reason="invalid_value")
+    return result.records
+
+
+def record_key(record, with_labeler: bool = True) -> str:
+    """A record's normalised form (its fields as sorted JSON), the identity of exact duplicates;
+    without ``labeler`` and ``weight`` it is the judged example alone (who judged it aside)."""
+    from rlhfkit.data.records import OPTIONAL_FIELDS
+
+    d = record.to_dict()
+    if not with_labeler:
+        d = {k: v for k, v in d.items() if k not in OPTIONAL_FIELDS}
+    return json.dumps(d, sort_keys=True, ensure_ascii=False)
+
+
+def without_duplicates(records: list, source: str) -> list:
+    """``records`` without exact repeats (the first copy kept, in order); prints how many went."""
+    seen: set[str] = set()
+    kept = []
+    for r in records:
+        key = record_key(r)
+        if key not in seen:
+            seen.add(key)
+            kept.append(r)
+    if len(kept) < len(records):
+        print(f"{source}: dropped {len(records) - len(kept)} exact duplicate records ({len(kept)} left)")
+    return kept
+
+
+def drop_held_out_copies(train: list, held: list, source: str, views=None) -> list:
+    """Training records that are not a held-out record (compared without labeler and weight: the
+    same example judged by someone else is still the example the model is scored on); prints how
+    many went. Needed where the held-out set is another file (``eval_data``); a split by prompt
+    cannot put a copy on both sides. ``views(record)``: the forms a training record is compared
+    in (default the record itself), e.g. the two thumbs KTO makes of a pair."""
+    views = views or (lambda r: [r])
+    held_keys = {record_key(r, with_labeler=False) for r in held}
+    kept = [r for r in train if not any(record_key(v, with_labeler=False) in held_keys for v in views(r))]
+    if len(kept) < len(train):
+        print(f"{source}: dropped {len(train) - len(kept)} training records that are also in the held-out data")
+    return kept
+
+
+def require_examples(n_train: int, batch_size: int, source: str, n_held: int = 0) -> None:
+    """Refuse, naming the data, a training set that cannot fill one batch: checked before any model
+    is loaded (and before ``dpo`` / ``kto`` compute their reference cache), as ``fit`` would
+    refuse it after."""
+    from rlhfkit.data.errors import DataError
+
+    if n_train < batch_size:
+        held = f" ({n_held} held out)" if n_held else ""
+        raise DataError(f"{n_train} training examples{held} for a batch of {batch_size}; lower batch_size or "
+                        "add data", path=source, reason="invalid_value")
 
 
 def _file_kind(source, kind: str) -> str:
@@ -108,6 +179,19 @@ def _file_kind(source, kind: str) -> str:
     return kind
 
 
+def with_weight(example: dict, record) -> dict:
+    """``example`` with ``weight`` = the record's weight, when it has one."""
+    weight = getattr(record, "weight", None)
+    return example if weight is None else {**example, "weight": float(weight)}
+
+
+def weights_of(examples: list[dict]) -> torch.Tensor | None:
+    """The examples' weights [B] (absent = 1), or None when every one is 1: the unweighted sums stay
+    exactly what they were."""
+    weights = [e.get("weight", 1.0) for e in examples]
+    return None if all(w == 1.0 for w in weights) else torch.tensor(weights, dtype=torch.float64)
+
+
 def split_holdout(records: list, eval_fraction: float, seed: int) -> tuple[list, list]:
     """A fixed-seed shuffle, then the last `eval_fraction` is held out."""
     if not 0 <= eval_fraction < 1:
@@ -120,15 +204,34 @@ def split_holdout(records: list, eval_fraction: float, seed: int) -> tuple[list,
     return train, held
 
 
-def split_by_prompt(items: list, fraction: float, seed: int, prompt_of=lambda x: x.prompt) -> tuple[list, list]:
+def record_prompt(record) -> str:
+    """The prompt a record answers, what held-out splits group by: its ``prompt``; for a
+    conversation, its turns before the first assistant turn (the opening that every branch of a
+    conversation tree shares)."""
+    if hasattr(record, "prompt"):
+        return record.prompt
+    messages = record.messages
+    first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
+    return json.dumps(messages[:first], sort_keys=True, ensure_ascii=False)
+
+
+def split_by_prompt(items: list, fraction: float, seed: int, prompt_of=record_prompt,
+                    shuffle: bool = False) -> tuple[list, list]:
     """``(train, held-out)`` items, whole prompts held out (``split_holdout`` over the distinct
     prompts, in first-seen order): with several items per prompt (K-way rankings, one pair
     labelled by several people, a chosen and a rejected response, several demonstrations) a
     held-out item must not share its prompt, and so a response, with a training item.
-    ``prompt_of``: the item's prompt (default its ``prompt`` attribute)."""
+    ``prompt_of``: the item's prompt (default :func:`record_prompt`). Both parts keep the items'
+    order, or with ``shuffle`` come in a ``seed``-fixed shuffled order (the recipes' ``max_train``
+    / ``max_eval`` take a prefix: a random subset, nested as the limit grows)."""
     _, held_prompts = split_holdout(list(dict.fromkeys(prompt_of(x) for x in items)), fraction, seed)
     held = set(held_prompts)
-    return [x for x in items if prompt_of(x) not in held], [x for x in items if prompt_of(x) in held]
+    train, held_out = [x for x in items if prompt_of(x) not in held], [x for x in items if prompt_of(x) in held]
+    if shuffle:
+        g = torch.Generator().manual_seed(seed)
+        train = [train[i] for i in torch.randperm(len(train), generator=g).tolist()]
+        held_out = [held_out[i] for i in torch.randperm(len(held_out), generator=g).tolist()]
+    return train, held_out
 
 
 def draw_in_order(items: list, n: int, seed: int) -> list:

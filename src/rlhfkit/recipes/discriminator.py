@@ -218,6 +218,7 @@ def run(config: DiscriminatorConfig) -> dict:
         rc.resume = False
     rc.data, rc.eval_data, rc.output_dir, rc.seed = str(out / "train.jsonl"), "", str(out), config.seed
     rc.eval_fraction = 0.0  # held out above, by prompt
+    rc.drop_duplicates = False  # the demonstrations' repeats balance the classes
     if config.threads:
         rc.threads = config.threads
     from rlhfkit.training.config import ConfigError

@@ -2,7 +2,8 @@
 
 Composition, not inheritance: a recipe hands `fit` its model, its examples, a `collate`
 function, a `loss_fn` that returns a *sum* over units (tokens, pairs) and a `count_fn` that
-counts those units. `fit` divides by the unit count of the whole global batch (all
+counts those units (with record weights: the loss is a weighted sum and the count the sum of the
+weights). `fit` divides by the unit count of the whole global batch (all
 micro-batches on all ranks), so batch 8 x accumulation 1, batch 1 x accumulation 8 and
 2 processes x batch 4 make the same update (TRL's invariance tests; OpenRLHF's aggregation).
 
@@ -113,7 +114,7 @@ _RESUME_FREE_FIELDS = {"output_dir", "resume", "save_every", "keep_checkpoints",
 
 # Fields added after runs were made: left out of fingerprints while they hold these values, so that
 # a checkpoint (or a pipeline stage) made before the field existed still resumes (stays cached).
-FINGERPRINT_DEFAULTS = {"precision": "fp32"}
+FINGERPRINT_DEFAULTS = {"precision": "fp32", "drop_duplicates": True, "normalise_ratings": "none"}
 # later-added config sections, left out while switched off (whatever their other fields say)
 FINGERPRINT_OFF_SECTIONS = {"adversarial": "discriminator"}
 
@@ -405,6 +406,9 @@ def fit(
         micro = [to_device(collate([examples[i] for i in idx]), device)
                  for idx in chunks(local, config.micro_batch_size)]
         n_units = all_reduce_sum(sum(count_fn(b) for b in micro), info).item()
+        # the normaliser; a weighted unit count (records with weights) may be fractional, so it is
+        # used as it is unless nothing at all is counted
+        normaliser = n_units if n_units > 0 else 1
         loss_total = 0.0
         extra: dict[str, float] = {}
         for k, batch in enumerate(micro):
@@ -413,7 +417,7 @@ def fit(
                     loss_sum, stats = loss_fn(train_model, batch)
                 # DDP averages gradients over ranks; scale by world size so the result is
                 # the gradient of (sum over the global batch) / (global unit count).
-                (loss_sum * (info.world_size / max(n_units, 1))).backward()
+                (loss_sum * (info.world_size / normaliser)).backward()
             loss_total += loss_sum.item()
             for key, value in stats.items():
                 extra[key] = extra.get(key, 0.0) + float(value)
@@ -428,7 +432,7 @@ def fit(
         samples_window += len(global_batch)
         bar.update(1)
         if step_done % config.log_every == 0 or step_done == total_steps:
-            loss_global = all_reduce_sum(loss_total, info).item() / max(n_units, 1)
+            loss_global = all_reduce_sum(loss_total, info).item() / normaliser
             sums = {k: all_reduce_sum(v, info).item() for k, v in extra.items()}
             elapsed = time.perf_counter() - t_window
             last = {
@@ -438,7 +442,7 @@ def fit(
                 "epoch": step_done / per_epoch,
                 f"{unit}_per_s": units_window / elapsed,
                 "samples_per_s": samples_window / elapsed,
-                **{k: v / max(n_units, 1) for k, v in sums.items()},
+                **{k: v / normaliser for k, v in sums.items()},
             }
             t_window, units_window, samples_window = time.perf_counter(), 0.0, 0
             logger.log(step_done, last)

@@ -246,3 +246,24 @@ def test_gradient_checkpointing_changes_memory_not_the_result(tmp_path, tiny_pol
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_kto_mismatched_pairs_never_take_their_own_prompts_answer():
+    """The KL sample of KTO's reference point pairs each prompt with the nearest earlier example of
+    another prompt (rotating): prompts a a b b c c (a pair split into its chosen and rejected
+    thumbs) pair with examples 5 5 1 1 3 3; one prompt alone falls back to the previous example."""
+    from rlhfkit.data.records import ThumbsRecord
+    from rlhfkit.models import tiny_tokenizer
+    from rlhfkit.recipes.kto import encode_thumbs, mismatched_partners
+
+    assert mismatched_partners(["a", "a", "b", "b", "c", "c"]) == [5, 5, 1, 1, 3, 3]
+    assert mismatched_partners(["a", "a", "a"]) == [2, 0, 1]
+    tok = tiny_tokenizer()
+    records = [ThumbsRecord(p, c, good) for p, pair in (("the film", ("great fun", "dull")),
+                                                         ("a story", ("moving", "boring")))
+               for c, good in zip(pair, (True, False))]
+    encoded = encode_thumbs(records, tok, KTOConfig(max_length=48, max_prompt_length=16), fixed_kl=True)
+    for e, partner in zip(encoded, [3, 3, 1, 1]):
+        other = encoded[partner]
+        assert other["prompt_ids"] != e["prompt_ids"]
+        assert e["seqs"][1] == e["prompt_ids"] + other["response_ids"]

@@ -9,9 +9,10 @@ dropped (and counted). The held-out split is by prompt and made before pairs are
 prompt is in both.
 
 The reference point z0 = max(0, KL estimate) comes from mismatched prompt / completion pairs
-(x_i, y_{i-1}) as in the paper and TRL, detached:
-- reference ``cached`` (default): the mismatched pairs are fixed once (completions rotated by one
-  over the shuffled training set, as TRL rotates them within dataset blocks), so the reference
+(x_i, y_j), y_j the completion of another prompt (as in the paper and TRL), detached:
+- reference ``cached`` (default): the mismatched pairs are fixed once (completions rotated over the
+  shuffled training set to the nearest example of another prompt, as TRL rotates them within
+  dataset blocks), so the reference
   log-probs of matched and mismatched pairs can be computed once and stored in
   ``output_dir/reference_logps.pt`` (same cache as ``rlhfkit dpo``);
 - reference ``lora`` (the policy with its adapter off): the completions are rotated within each
@@ -126,17 +127,33 @@ def to_thumbs(records: list, kind: str) -> list[ThumbsRecord]:
     return out
 
 
+def mismatched_partners(prompts: list) -> list[int]:
+    """For each example ``i``, the example whose completion makes its mismatched pair
+    ``(x_i, y_j)``: the nearest earlier one, rotating over the list, whose prompt differs (the
+    same one only when every prompt is the same). A pair split into thumbs puts its chosen and
+    rejected answers next to each other, so plain rotation by one would pair a rejected answer's
+    prompt with its own pair's chosen answer: a matched pair, not the mismatched sample the
+    KL estimate of the reference point needs (Ethayarajh et al. 2024, section 4.1)."""
+    n = len(prompts)
+    out = []
+    for i in range(n):
+        j = next((k % n for k in range(i - 1, i - n, -1) if prompts[k % n] != prompts[i]), (i - 1) % n)
+        out.append(j)
+    return out
+
+
 def encode_thumbs(records: list[ThumbsRecord], tokenizer, config: KTOConfig, fixed_kl: bool) -> list[dict]:
     """``{"seqs", "prompt_len", "prompt_ids", "response_ids", "desirable"}``; with ``fixed_kl`` the
-    second sequence is the mismatched pair (prompt i, completion i-1), rotating over the list."""
+    second sequence is the mismatched pair (prompt i, completion j) of ``mismatched_partners``."""
     out = []
     for r in records:
         p, c = encode_prompt(r.prompt, tokenizer, config.max_prompt_length), encode_response(r.completion, tokenizer)
         out.append(with_weight({"seqs": [join(p, c, config.max_length)], "prompt_len": len(p), "prompt_ids": p,
                                 "response_ids": c, "desirable": bool(r.label)}, r))
     if fixed_kl and len(out) > 1:
-        for i, e in enumerate(out):
-            e["seqs"].append(join(e["prompt_ids"], out[i - 1]["response_ids"], config.max_length))
+        partners = mismatched_partners([tuple(e["prompt_ids"]) for e in out])
+        for e, j in zip(out, partners):
+            e["seqs"].append(join(e["prompt_ids"], out[j]["response_ids"], config.max_length))
     return out
 
 
@@ -144,8 +161,9 @@ def make_collate(pad_id: int, max_length: int, in_batch_kl: bool):
     def collate(examples: list[dict]) -> dict:
         batch = pad_scored([e["seqs"][0] for e in examples], [e["prompt_len"] for e in examples], pad_id)
         batch["desirable"] = torch.tensor([e["desirable"] for e in examples])
-        if in_batch_kl:  # (x_i, y_{i-1}) within this micro-batch
-            kl_seqs = [join(e["prompt_ids"], examples[i - 1]["response_ids"], max_length) for i, e in enumerate(examples)]
+        if in_batch_kl:  # (x_i, y_j) within this micro-batch, j another prompt's example
+            partners = mismatched_partners([tuple(e["prompt_ids"]) for e in examples])
+            kl_seqs = [join(e["prompt_ids"], examples[j]["response_ids"], max_length) for e, j in zip(examples, partners)]
         else:
             kl_seqs = [e["seqs"][1] for e in examples] if len(examples[0]["seqs"]) > 1 else []
         if kl_seqs:

@@ -252,10 +252,15 @@ def _unlisted_problem(path: Path, required: tuple[str, ...], state_file: str) ->
         try:
             torch.load(f, map_location="cpu", weights_only=f.name not in _PICKLED_FILES)
         except Exception as err:  # noqa: BLE001 - a damaged zip or pickle raises any of a dozen types
-            # torch's own message runs to several sentences of advice: its first one says what failed
-            first = str(err).strip().splitlines()[0].split(". ")[0].rstrip(".") if str(err).strip() else ""
-            return f"{f.name} does not load ({type(err).__name__}: {first})"
+            return f"{f.name} does not load ({load_failure(err)})"
     return None
+
+
+def load_failure(err: BaseException) -> str:
+    """``"<type>: <first sentence>"`` of an error torch.load raised: torch's own message runs to
+    several sentences of advice, its first one says what failed."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0].split('. ')[0].rstrip('.') if text else ''}"
 
 
 def folder_problem(path: str | Path, required: tuple[str, ...], state_file: str) -> str | None:

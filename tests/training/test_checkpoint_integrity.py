@@ -3,6 +3,7 @@ resume; a damaged checkpoint is passed over for the newest intact one with a one
 and no intact checkpoint is a CheckpointError naming the folder and the damage."""
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -200,3 +201,19 @@ def test_saving_after_resuming_past_damaged_checkpoints_keeps_what_it_wrote(tmp_
     save_checkpoint(tmp_path, 6, model, keep_last=keep_last)
     assert [c.name for c in list_checkpoints(tmp_path)] == ["checkpoint-5", "checkpoint-6"][-keep_last:]
     assert latest_intact_checkpoint(tmp_path) == (tmp_path / "checkpoint-6", [])
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux /proc/self/mem for a read error")
+def test_a_file_that_cannot_be_read_is_damage(tmp_path):
+    """A read error (EIO from a bad sector) is damage like any other: the checkpoint is passed
+    over, no traceback. /proc/self/mem read at offset 0 fails with EIO, as such a disk does; the
+    manifest is made to list its size (0), so only the read can find it."""
+    write_two(tmp_path)
+    latest = tmp_path / "checkpoint-2"
+    (latest / "model.pt").unlink()
+    (latest / "model.pt").symlink_to("/proc/self/mem")
+    manifest = json.loads((latest / MANIFEST).read_text())
+    manifest["files"]["model.pt"]["size"] = 0
+    (latest / MANIFEST).write_text(json.dumps(manifest))
+    assert checkpoint_problem(latest) == "model.pt is unreadable (OSError: Input/output error)"
+    assert latest_intact_checkpoint(tmp_path)[0] == tmp_path / "checkpoint-1"

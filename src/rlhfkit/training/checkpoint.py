@@ -228,7 +228,11 @@ def _manifest_problem(path: Path, required: tuple[str, ...]) -> str | None:
         if f.name not in entries and (f.suffix == ".pt" or f.name in required):
             return f"{f.name} is not listed in {MANIFEST}"
     for name, (_, digest) in entries.items():
-        if _sha256(path / name) != digest:
+        try:
+            found = _sha256(path / name)
+        except OSError as err:  # a bad sector reads as EIO: damage like any other, not a traceback
+            return f"{name} is unreadable ({type(err).__name__}: {err.strerror or err})"
+        if found != digest:
             return f"{name} does not match its sha256 in {MANIFEST} (changed after it was written)"
     return None
 

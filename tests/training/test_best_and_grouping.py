@@ -109,6 +109,22 @@ def test_a_kill_between_the_renames_keeps_the_previous_best(tmp_path):
     assert (best.step, best.value) == (4, 1.0) and (out / "best" / "best.json").exists()
 
 
+def test_no_finite_evaluation_leaves_the_final_weights_with_a_warning(tmp_path, capsys):
+    """Every evaluation NaN: none counts as best, so there is nothing to restore; the model keeps
+    the final weights, best_step is None, and one warning line says why."""
+    out = tmp_path / "nan"
+    model = make_model()
+    metrics = fit(model, EXAMPLES, collate, loss_sum, count, config(out, eval_every=2, best_metric="val_loss"),
+                  DistInfo(), ScriptedEval([float("nan")] * 4))
+    final = make_model()
+    fit(final, EXAMPLES, collate, loss_sum, count, config(tmp_path / "final"), DistInfo())
+    assert torch.equal(model.weight, final.weight) and torch.equal(model.bias, final.bias)
+    assert metrics["best_step"] is None and metrics["best_val_loss"] is None
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlhfkit: warning")]
+    assert warnings == ["rlhfkit: warning: best_metric: no evaluation had a finite val_loss; the model keeps the "
+                        "final weights (step 8)"]
+
+
 def test_best_metric_ends_with_the_weights_of_the_best_evaluation(tmp_path):
     # evaluations at steps 2, 4, 6 and 8 (the last one at the end); the best val_loss is at step 4
     model = make_model()

@@ -502,7 +502,11 @@ def fit(
         logger.log(total_steps, scores)
         if best is not None:
             best.update(total_steps, scores, train_model)
-            if best.step != total_steps and best.restore(train_model, total_steps, scores):
+            if best.step is None:  # every evaluation NaN (an all-tie set): nothing was kept
+                if info.is_main:
+                    print(f"rlhfkit: warning: best_metric: no evaluation had a finite {best.metric}; the model "
+                          f"keeps the final weights (step {total_steps})", file=sys.stderr, flush=True)
+            elif best.step != total_steps and best.restore(train_model, total_steps, scores):
                 scores = evaluated(eval_fn)  # the restored weights' (a damaged copy: the final ones stay)
             scores = {**scores, "best_step": best.step, f"best_{best.metric}": best.value}
             logger.log(total_steps, scores)

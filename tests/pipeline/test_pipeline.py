@@ -93,6 +93,35 @@ def test_a_file_named_inside_a_nested_section_is_known_by_its_content(tmp_path):
     assert "adversarial" not in settings(GRPOConfig())
 
 
+@pytest.mark.parametrize("damage,what", [
+    (lambda t: t[:len(t) // 2], "JSONDecodeError: "),
+    (lambda t: b"\xff" + t[1:], "UnicodeDecodeError: "),
+    (lambda t: b"[1, 2]", "a JSON list, not an object"),
+])
+def test_an_unreadable_stage_record_runs_the_stage_afresh_with_a_warning(tmp_path, capsys, damage, what):
+    """stage.json truncated, not UTF-8 or not a JSON object: what it said is unknown, so the stage
+    runs afresh in an emptied folder (as under other settings), saying so in one warning line."""
+    from rlhfkit.pipeline.cache import run_stage
+
+    stage = tmp_path / "reward"
+
+    def produce(d):
+        (d / "model.txt").write_text("weights")
+        return {"model": str(d / "model.txt")}
+
+    run_stage("reward", stage, "fp", produce, log=lambda m: None)
+    (stage / "leftover.txt").write_text("from the earlier run")
+    record = stage / "stage.json"
+    record.write_bytes(damage(record.read_bytes()))
+    capsys.readouterr()
+    rec = run_stage("reward", stage, "fp", produce, log=lambda m: None)
+    assert rec["ran"] and rec["status"] == "done" and rec["runs"] == 1 and not (stage / "leftover.txt").exists()
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"rlhfkit: warning: {record} is unreadable ({what}")
+    assert err[0].endswith("); stage reward runs afresh")
+    assert json.loads(record.read_text())["status"] == "done"
+
+
 def test_resume_after_a_stage_raises(tmp_path, pipeline_data, monkeypatch):
     out = tmp_path / "run"
 

@@ -179,6 +179,38 @@ def test_a_finished_run_is_kept_not_silently_trained_again(capsys, tmp_path, tin
     assert json.loads((out / "final_metrics.json").read_text())["lr"] == pytest.approx(5e-4)
 
 
+@pytest.mark.parametrize("damaged,damage", [
+    ("final_metrics.json", lambda t: t[:len(t) // 2]),
+    ("config.yaml", lambda t: t + b"\n  - ["),
+    ("final_metrics.json", lambda t: b"\xff" + t),
+])
+def test_a_finished_run_with_an_unreadable_record_is_trained_again_from_its_checkpoint(
+        capsys, tmp_path, tiny_policy_dir, sft_file, damaged, damage):
+    """A finished run whose final_metrics.json or config.yaml is unreadable is not taken as
+    finished (what it finished with is unknown): one warning line, then it resumes from its
+    newest intact checkpoint, to the same weights, and writes its record again."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    out = tmp_path / "o"
+    args = _sft(tiny_policy_dir, sft_file, out, "--max_steps", "4", "--save_every", "2")
+    assert main(args) == 0
+    weights = load_file(str(out / "model" / "model.safetensors"))
+    metrics = json.loads((out / "final_metrics.json").read_text())
+    (out / damaged).write_bytes(damage((out / damaged).read_bytes()))
+    capsys.readouterr()
+    assert main(args) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlhfkit: warning")]
+    assert len(warnings) == 1 and warnings[0].startswith(f"rlhfkit: warning: {out}: the finished run's config.yaml "
+                                                          "or final_metrics.json is unreadable (")
+    assert warnings[0].endswith("); it is trained again (from its newest intact checkpoint, if any)")
+    again = load_file(str(out / "model" / "model.safetensors"))
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    assert json.loads((out / "final_metrics.json").read_text())["loss"] == metrics["loss"]
+
+
 def test_max_steps_is_the_number_of_steps_even_past_one_epoch(tmp_path, tiny_policy_dir, sft_file):
     """48 demonstrations, 1/8 held out: 42 for training, 5 global batches of 8 per epoch. As in HF
     Trainer, max_steps 12 trains 12 steps (2.4 epochs), not min(12, one epoch's 5)."""

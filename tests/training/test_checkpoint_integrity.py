@@ -3,12 +3,13 @@ resume; a damaged checkpoint is passed over for the newest intact one with a one
 and no intact checkpoint is a CheckpointError naming the folder and the damage."""
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from rlhfkit.training.checkpoint import (MANIFEST, CheckpointError, checkpoint_problem, latest_intact_checkpoint,
-                                         load_checkpoint, resume_checkpoint, save_checkpoint)
+                                         list_checkpoints, load_checkpoint, resume_checkpoint, save_checkpoint)
 
 from ..conftest import flip_tensor_bit
 
@@ -26,8 +27,17 @@ def write_two(out, manifest=True):
         sched.step()
         ckpt = save_checkpoint(out, step, model, opt, sched, {"epoch": 0})
         if not manifest:
-            (ckpt / MANIFEST).unlink()
+            unmanifest(ckpt)
     return model, opt
+
+
+def unmanifest(ckpt):
+    """`ckpt` as an rlhfkit from before manifests wrote it: no manifest.json, and a
+    trainer_state.json that does not name one."""
+    (ckpt / MANIFEST).unlink()
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state.pop("manifest") == MANIFEST
+    (ckpt / "trainer_state.json").write_text(json.dumps(state, indent=1))
 
 
 def test_manifest_holds_size_and_sha256_of_every_file(tmp_path):
@@ -139,3 +149,71 @@ def test_resume_checkpoint_prints_one_warning_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == (f"rlhfkit: warning: passing over damaged {tmp_path / 'checkpoint-2'}: model.pt does not match "
                    "its sha256 in manifest.json (changed after it was written); resuming from checkpoint-1\n")
+
+
+def test_a_checkpoint_that_lost_its_manifest_is_damaged(tmp_path):
+    """A checkpoint written with a manifest (its trainer_state.json says so) and found without
+    one is damaged, not taken for an old one: a flipped bit would otherwise load unchecked."""
+    write_two(tmp_path)
+    latest = tmp_path / "checkpoint-2"
+    (latest / MANIFEST).unlink()
+    flip_model_bit(latest)
+    path, warnings = latest_intact_checkpoint(tmp_path)
+    assert path == tmp_path / "checkpoint-1"
+    assert warnings == [f"rlhfkit: warning: passing over damaged {latest}: manifest.json is missing "
+                        "(trainer_state.json says there was one); resuming from checkpoint-1"]
+
+
+def test_a_loadable_file_the_manifest_does_not_list_is_damage(tmp_path):
+    """Every file the loaders read must be vouched for: an unlisted optimizer.pt (copied in from
+    another checkpoint) would be loaded unchecked. Other files in the folder do not matter."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    other = save_checkpoint(tmp_path / "other", 1, model, opt)
+    ckpt = save_checkpoint(tmp_path, 1, model)  # no optimizer: its manifest lists none
+    (ckpt / "notes.txt").write_text("not read by anything")
+    assert checkpoint_problem(ckpt) is None
+    (ckpt / "optimizer.pt").write_bytes((other / "optimizer.pt").read_bytes())
+    assert checkpoint_problem(ckpt) == "optimizer.pt is not listed in manifest.json"
+
+
+def damage_model(ckpt):
+    (ckpt / "model.pt").write_bytes((ckpt / "model.pt").read_bytes()[:100])
+
+
+@pytest.mark.parametrize("keep_last", [1, 2])
+def test_saving_after_resuming_past_damaged_checkpoints_keeps_what_it_wrote(tmp_path, keep_last):
+    """Resumed from checkpoint-4 past damaged checkpoints 6 and 8, the next save (5) is kept and
+    the damaged ones, of the run being replaced, are removed (counted, they would outnumber it
+    and checkpoint-5 would be pruned as soon as written); saving 6 again writes an intact one."""
+    model = torch.nn.Linear(3, 2)
+    for step in (2, 4, 6, 8):
+        save_checkpoint(tmp_path, step, model, keep_last=4)
+    damage_model(tmp_path / "checkpoint-6")
+    damage_model(tmp_path / "checkpoint-8")
+    path, warnings = latest_intact_checkpoint(tmp_path)
+    assert path == tmp_path / "checkpoint-4" and len(warnings) == 2
+    written = save_checkpoint(tmp_path, 5, model, keep_last=keep_last)
+    assert written.is_dir()
+    assert [c.name for c in list_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-5"][-keep_last:]
+    assert latest_intact_checkpoint(tmp_path) == (written, [])
+    save_checkpoint(tmp_path, 6, model, keep_last=keep_last)
+    assert [c.name for c in list_checkpoints(tmp_path)] == ["checkpoint-5", "checkpoint-6"][-keep_last:]
+    assert latest_intact_checkpoint(tmp_path) == (tmp_path / "checkpoint-6", [])
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux /proc/self/mem for a read error")
+def test_a_file_that_cannot_be_read_is_damage(tmp_path):
+    """A read error (EIO from a bad sector) is damage like any other: the checkpoint is passed
+    over, no traceback. /proc/self/mem read at offset 0 fails with EIO, as such a disk does; the
+    manifest is made to list its size (0), so only the read can find it."""
+    write_two(tmp_path)
+    latest = tmp_path / "checkpoint-2"
+    (latest / "model.pt").unlink()
+    (latest / "model.pt").symlink_to("/proc/self/mem")
+    manifest = json.loads((latest / MANIFEST).read_text())
+    manifest["files"]["model.pt"]["size"] = 0
+    (latest / MANIFEST).write_text(json.dumps(manifest))
+    assert checkpoint_problem(latest) == "model.pt is unreadable (OSError: Input/output error)"
+    assert latest_intact_checkpoint(tmp_path)[0] == tmp_path / "checkpoint-1"

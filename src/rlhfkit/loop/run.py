@@ -48,6 +48,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -404,6 +405,25 @@ def _write_state(out: Path, state: dict) -> None:
     os.replace(tmp, out / "loop_state.json")
 
 
+def read_loop_state(out: Path) -> dict | None:
+    """The state an earlier run left in ``out/loop_state.json``; None when there is none, or (with a
+    warning line) when it is unreadable: it only carries what the stages' records hold too (the
+    finished rounds, the current policy), which the loop finds again by their fingerprints."""
+    path = out / "loop_state.json"
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(state, dict):
+            return state
+        problem = f"a JSON {type(state).__name__}, not an object"
+    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError and UnicodeDecodeError
+        problem = f"{type(err).__name__}: {err}"
+    print(f"rlhfkit: warning: {path} is unreadable ({problem}); the loop starts its state afresh "
+          "(finished stages are still skipped by fingerprint)", file=sys.stderr, flush=True)
+    return None
+
+
 def run(config: LoopConfig) -> dict:
     """Run (or resume) the loop; returns ``{"curve": [...], "stages": {...}, "summary": {...}}``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -424,9 +444,8 @@ def run(config: LoopConfig) -> dict:
         torch.set_num_threads(config.threads)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    old = None
-    if (out / "loop_state.json").is_file():
-        old = json.loads((out / "loop_state.json").read_text(encoding="utf-8"))
+    old = read_loop_state(out)
+    if old is not None:
         print(f"loop: {out}/loop_state.json: last at round {old.get('round')} stage {old.get('stage')} "
               f"({old.get('status')}); finished stages are skipped by fingerprint")
     loop = Loop(config, out)
@@ -533,6 +552,7 @@ def share_first_round(random_dir: str | Path, active_dir: str | Path) -> list[st
 
 def read_json(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: JSONDecodeError and UnicodeDecodeError
         return None
+    return value if isinstance(value, dict) else None

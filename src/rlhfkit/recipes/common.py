@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -272,7 +273,20 @@ def finished_run(config, name: str, info: DistInfo) -> dict | None:
     done = out / "final_metrics.json"
     if not config.resume or not done.is_file() or not (out / "model").is_dir() or not (out / "config.yaml").is_file():
         return None
-    saved = json.loads(json.dumps(yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")) or {}, default=str))
+    try:
+        saved = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")) or {}
+        final = json.loads(done.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or not isinstance(final, dict):
+            raise ValueError("not a mapping")
+    except (OSError, ValueError, yaml.YAMLError) as err:  # ValueError: JSON and UTF-8 decoding errors too
+        # what it finished with is unknown: it is not taken as finished, and resumes from its newest
+        # intact checkpoint (or trains afresh), writing model/, config.yaml and the metrics again
+        if info.is_main:
+            print(f"rlhfkit: warning: {out}: the finished run's config.yaml or final_metrics.json is unreadable "
+                  f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); it is trained again "
+                  "(from its newest intact checkpoint, if any)", file=sys.stderr, flush=True)
+        return None
+    saved = json.loads(json.dumps(saved, default=str))
     # a field added later counts at its default where one side lacks it (a run finished before the
     # field existed ran at that default; the fingerprint leaves the default out)
     saved, now = with_fingerprint_defaults(saved), with_fingerprint_defaults(resume_fingerprint(config))
@@ -284,7 +298,7 @@ def finished_run(config, name: str, info: DistInfo) -> dict | None:
     if info.is_main:
         print(f"{name}: {out} holds this run, finished: model in {out / 'model'} (nothing to do; "
               "--resume false trains again)")
-    return json.loads(done.read_text(encoding="utf-8"))
+    return final
 
 
 def save_final(model, tokenizer, config, metrics: dict, info: DistInfo, subdir: str = "model") -> Path | None:

@@ -10,8 +10,9 @@ over its response tokens (prompt and padding masked out).
 The reference policy, for the losses that have one (sigmoid, ipo, cdpo):
 - ``cached`` (default): the reference model's log-probs of every training and held-out response are
   computed once before training and stored in ``output_dir/reference_logps.pt`` under a hash of the
-  token ids, the model name and its weights; a rerun or a resumed run reuses them, and no second
-  model is kept in memory nor run at each step;
+  token ids, the model name and its weights, with a sha256 of the log-probs; a rerun or a resumed
+  run reuses them (a damaged file is computed again, with a warning), and no second model is kept
+  in memory nor run at each step;
 - ``lora``: the policy with its LoRA adapter disabled (needs ``--lora.r``), run at each step;
 - ``none``: no reference (simpo, orpo).
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -291,10 +293,42 @@ def compute_reference(model, examples: list[dict], pad_id: int, micro_batch_size
     return out
 
 
+def reference_digest(splits: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the cached log-probs (each split's name, shape and float64 bytes): torch.load
+    checks no checksum of tensor data, so a flipped bit would load silently as a wrong reference."""
+    h = hashlib.sha256()
+    for name in sorted(splits):
+        t = splits[name].contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def read_reference_cache(path: Path, key: str) -> tuple[dict | None, str | None]:
+    """``(the cache at path when it holds the log-probs for key, what is wrong with the file)``:
+    ``(None, None)`` when there is none or it is another data set's or model's (or from before
+    caches carried a digest); ``(None, problem)`` when it does not load or its log-probs do not
+    match their digest (both are computed again)."""
+    from rlhfkit.training.checkpoint import load_failure
+
+    if not path.is_file():
+        return None, None
+    try:
+        cache = torch.load(path, weights_only=True)
+        if cache.get("key") != key or "sha256" not in cache:
+            return None, None
+        if cache["sha256"] != reference_digest(cache["splits"]):
+            return None, "its log-probs do not match their sha256 (changed after it was written)"
+    except Exception as err:  # noqa: BLE001 - a damaged zip or pickle raises any of a dozen types
+        return None, f"does not load ({load_failure(err)})"
+    return cache, None
+
+
 def cached_reference(config, model, splits: dict[str, list[dict]], pad_id: int, info: DistInfo) -> str:
     """Attach ``e["ref"]`` (reference log-probs of ``e["seqs"]``) to every example, reading
-    ``output_dir/reference_logps.pt`` when its key matches, else computing and writing it.
-    Returns "reused" or "computed". The main process computes; the others wait and read."""
+    ``output_dir/reference_logps.pt`` when its key matches and its log-probs their sha256, else
+    computing and writing it (a damaged file with a one-line warning). Returns "reused" or
+    "computed". The main process computes; the others wait and read."""
     from rlhfkit.training.precision import running_at
 
     path = Path(config.output_dir) / CACHE_FILE
@@ -304,13 +338,17 @@ def cached_reference(config, model, splits: dict[str, list[dict]], pad_id: int, 
     key = cache_key(config.model + ("" if precision == "fp32" else f"|{precision}"), model, splits, config.max_length)
     status = "reused"
     if info.is_main:
-        cache = torch.load(path, weights_only=True) if path.is_file() else None
-        if cache is None or cache.get("key") != key:
+        cache, problem = read_reference_cache(path, key)
+        if problem is not None:
+            print(f"rlhfkit: warning: {path} {problem}; computing the reference log-probs again",
+                  file=sys.stderr, flush=True)
+        if cache is None:
             status = "computed"
             with running_at(model, precision):
-                cache = {"key": key, "splits": {name: compute_reference(model, ex, pad_id, config.micro_batch_size,
-                                                                         desc=f"reference log-probs ({name})")
-                                                for name, ex in splits.items()}}
+                logps = {name: compute_reference(model, ex, pad_id, config.micro_batch_size,
+                                                 desc=f"reference log-probs ({name})")
+                         for name, ex in splits.items()}
+            cache = {"key": key, "splits": logps, "sha256": reference_digest(logps)}
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             torch.save(cache, tmp)

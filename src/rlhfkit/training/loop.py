@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,11 +27,13 @@ from typing import Any, Callable
 
 import torch
 
-from .checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint, unwrap
+from .checkpoint import (folder_problem, load_checkpoint, resume_checkpoint, save_checkpoint, save_manifested,
+                         unwrap)
 from .distributed import (
     DistInfo,
     all_reduce_sum,
     barrier,
+    broadcast_from_main,
     full_model_state,
     full_optimizer_state,
     grad_sync_context,
@@ -254,12 +257,22 @@ def lower_is_better(metric: str) -> bool:
     return any(word in metric for word in ("loss", "perplexity", "ece", "kl"))
 
 
+BEST_FILES = ("model.pt", "best.json")
+
+
 class BestWeights:
     """The weights with the best value of `metric` so far, kept on disk in `output_dir/best/`
     (replaced through `best.tmp` and `best.old` renames, so a kill at any moment leaves a
     complete best; a resumed run still knows its best, a fresh run starts without). A value that
     is not finite (NaN accuracy of an all-tie set) never counts as best. The decision is rank 0's,
-    broadcast, so every rank enters the collective state gathering together."""
+    broadcast, so every rank enters the collective state gathering together.
+
+    `best/` carries a manifest like a checkpoint (training/checkpoint.py), checked by rank 0 when
+    a resumed run takes it up and before the weights are restored. A damaged copy cannot be
+    recomputed (short of training again), and stopping would throw away a finished run whose
+    rerun would stop at the same place; so the run goes on with a one-line warning naming the
+    file: on resume it chooses among the evaluations still to come, at the end the model keeps
+    the final weights, and `best_step` names the weights it ends with."""
 
     def __init__(self, output_dir: str, metric: str, info: DistInfo, resuming: bool):
         self.metric, self.info = metric, info
@@ -267,12 +280,24 @@ class BestWeights:
         self.tmp, self.old = self.folder.with_name("best.tmp"), self.folder.with_name("best.old")
         self.step: int | None = None
         self.value: float | None = None
-        if info.is_main and not self.folder.exists() and (self.old / "best.json").exists():
-            os.replace(self.old, self.folder)  # killed between the two renames: the old one stands
-        if resuming and (self.folder / "best.json").exists():
-            saved = json.loads((self.folder / "best.json").read_text(encoding="utf-8"))
+        saved, warning = None, None
+        if info.is_main:
+            if not self.folder.exists() and (self.old / "best.json").exists():
+                os.replace(self.old, self.folder)  # killed between the two renames: the old one stands
+            if resuming and self.folder.exists():
+                problem = folder_problem(self.folder, BEST_FILES, "best.json")
+                if problem is None:
+                    saved = json.loads((self.folder / "best.json").read_text(encoding="utf-8"))
+                else:
+                    warning = (f"rlhfkit: warning: passing over damaged {self.folder}: {problem}; the best weights "
+                               "before this resume are lost (the best is chosen among the evaluations to come; "
+                               "train again with --resume false to recover them)")
+        saved = broadcast_from_main(saved, info)  # every rank knows the same best (restore is collective)
+        if saved is not None:
             self.step, self.value = saved["step"], saved["value"]
         elif info.is_main:
+            if warning:
+                print(warning, file=sys.stderr, flush=True)
             for stale in (self.folder, self.tmp, self.old):
                 if stale.exists():
                     shutil.rmtree(stale)
@@ -293,8 +318,8 @@ class BestWeights:
             if self.tmp.exists():
                 shutil.rmtree(self.tmp)
             self.tmp.mkdir(parents=True)
-            torch.save(state, self.tmp / "model.pt")
-            (self.tmp / "best.json").write_text(json.dumps({"step": step, "value": value, "metric": self.metric}))
+            save_manifested(self.tmp, {"model.pt": state}, "best.json",
+                            {"step": step, "value": value, "metric": self.metric})
             if self.old.exists():
                 shutil.rmtree(self.old)
             if self.folder.exists():
@@ -303,8 +328,19 @@ class BestWeights:
             shutil.rmtree(self.old, ignore_errors=True)
         barrier(self.info)
 
-    def restore(self, train_model: torch.nn.Module) -> None:
-        """Load the best weights into the (possibly wrapped / sharded) model."""
+    def restore(self, train_model: torch.nn.Module, final_step: int, final_scores: dict) -> bool:
+        """Load the best weights into the (possibly wrapped / sharded) model; False when the
+        copy on disk is damaged: then, with a warning, the model keeps the final weights
+        (`final_step`, scored `final_scores`) and they become the best."""
+        problem = broadcast_from_main(folder_problem(self.folder, BEST_FILES, "best.json")
+                                      if self.info.is_main else None, self.info)
+        if problem is not None:
+            if self.info.is_main:
+                print(f"rlhfkit: warning: damaged {self.folder}: {problem}; the best weights (step {self.step}, "
+                      f"{self.metric} {self.value:.6g}) are lost and the model keeps the final weights (step "
+                      f"{final_step}); train again with --resume false to recover them", file=sys.stderr, flush=True)
+            self.step, self.value = final_step, float(final_scores[self.metric])
+            return False
         state = torch.load(self.folder / "model.pt", map_location="cpu", weights_only=True)
         if is_sharded(train_model):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -312,6 +348,7 @@ class BestWeights:
             set_model_state_dict(train_model, state, options=StateDictOptions(full_state_dict=True))
         else:
             unwrap(train_model).load_state_dict(state)
+        return True
 
 
 def _kill_for_tests(step: int) -> None:
@@ -469,9 +506,12 @@ def fit(
         logger.log(total_steps, scores)
         if best is not None:
             best.update(total_steps, scores, train_model)
-            if best.step != total_steps:
-                best.restore(train_model)
-                scores = evaluated(eval_fn)
+            if best.step is None:  # every evaluation NaN (an all-tie set): nothing was kept
+                if info.is_main:
+                    print(f"rlhfkit: warning: best_metric: no evaluation had a finite {best.metric}; the model "
+                          f"keeps the final weights (step {total_steps})", file=sys.stderr, flush=True)
+            elif best.step != total_steps and best.restore(train_model, total_steps, scores):
+                scores = evaluated(eval_fn)  # the restored weights' (a damaged copy: the final ones stay)
             scores = {**scores, "best_step": best.step, f"best_{best.metric}": best.value}
             logger.log(total_steps, scores)
         last.update(scores)

@@ -170,9 +170,14 @@ def update_user(conn: Connection, user_id: int, *, active: bool | None = None, r
     loses_admin = row["role"] == "admin" and row["active"] and (
         values.get("active") is False or values.get("role", "admin") != "admin")
     if loses_admin:
-        others = conn.execute(select(U.c.id).where(U.c.role == "admin", U.c.active == True,  # noqa: E712
-                                                   U.c.id != user_id).limit(1)).first()
-        if others is None:
+        # the active admins' rows locked, in id order, before they are counted: two admins demoting
+        # each other at once in two PostgreSQL server processes would otherwise each see the other
+        # still an admin and both commit (write skew under READ COMMITTED). The second waits for
+        # the first and then re-reads the rows it locked: the other is no longer an admin.
+        # (SQLite renders no FOR UPDATE; its writers hold the one write lock from BEGIN IMMEDIATE.)
+        admins = conn.execute(select(U.c.id).where(U.c.role == "admin", U.c.active == True)  # noqa: E712
+                              .order_by(U.c.id).with_for_update()).scalars().all()
+        if not [a for a in admins if a != user_id]:
             raise ValueError(f"{row['username']!r} is the last active admin: make another admin first")
     if values:
         conn.execute(update(U).where(U.c.id == user_id).values(**values))

@@ -403,6 +403,80 @@ def test_deactivated_users_sessions_end_at_once(tmp_path):
         assert request(port, "GET", "/api/me", headers=bob)[0] == 401
 
 
+# ----------------------------------------------------------------------------- the import body
+def _upload(data: bytes, name: str = "items.jsonl") -> tuple[bytes, dict]:
+    """A multipart body holding ``data`` as the field ``file``, and its Content-Type header."""
+    boundary = "xyzBOUNDARYxyz"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_a_gzip_upload_is_decompressed_only_up_to_the_import_limit(tmp_path):
+    """A 20 KB gzip that expands to 20 MB, sent to a server whose import limit is 2 MB, answers
+    413 naming the limit, and the server's resident memory stays within 20 MiB of idle
+    (decompressed whole, the 20 million line breaks cost ~170 MiB as a list of lines before any
+    item is read; a 50 MB gzip of one byte repeated expands to 50 GB). A gzip under the limit
+    imports; a gzip inside a gzip is 422."""
+    import gzip
+
+    path = tmp_path / "f.db"
+    _setup(path)
+    lines = b'{"prompt": "p", "completion": "c"}\n' * 3
+    bomb = gzip.compress(b"\n" * 20_000_000)
+    assert len(bomb) < 30_000
+    with served(path, "--max_import_mb", "2") as (port, proc):
+        admin = bearer(port, "admin", ADMIN_PW)
+        status, _, proj = request(port, "POST", "/api/admin/projects", {"name": "t", "task_type": "thumbs"}, admin)
+        url = f"/api/admin/projects/{proj['id']}/import"
+        body, ctype = _upload(gzip.compress(lines), "items.jsonl.gz")
+        status, _, res = request(port, "POST", url, body, {**admin, **ctype})
+        assert status == 200 and res["imported"] == 3, res  # also warms the import path
+        idle = _rss(proc)
+        body, ctype = _upload(bomb, "items.jsonl.gz")
+        with PeakRSS(proc) as rss:
+            status, _, res = request(port, "POST", url, body, {**admin, **ctype})
+        print(f"\n20 KB gzip of 20 MB: {status}, RSS +{(rss.peak - idle) / 2**20:.1f} MiB")
+        assert status == 413, res
+        assert "import limit of 2 MB (--max_import_mb)" in res["detail"]["error"]
+        assert (res["detail"]["field"], res["detail"]["imported"]) == ("file", 0)
+        assert rss.peak - idle < 20 * 2**20
+        body, ctype = _upload(gzip.compress(gzip.compress(lines)), "twice.jsonl.gz")
+        status, _, res = request(port, "POST", url, body, {**admin, **ctype})
+        assert status == 422 and "gzip file inside a gzip file" in res["detail"]["error"], res
+
+
+def test_an_import_body_is_not_read_before_the_admin_check(tmp_path):
+    """A 40 MB upload to either import route (API and admin page) from someone not signed in, or
+    from a signed-in labeler, is answered 401 / a redirect to the log-in page / 403 without the
+    server keeping it: the server process writes less than 1 MB meanwhile (psutil's write_chars,
+    every write() it makes, temporary files included). An admin's upload of the same body is
+    spooled to disk (at least 40 MB written): the measure sees an upload when there is one."""
+    path = tmp_path / "f.db"
+    _setup(path)
+    data = b"not json\n" + (json.dumps({"prompt": "p" * 1000, "completion": "c"}) + "\n").encode() * 40_000
+    body, ctype = _upload(data)
+    with served(path) as (port, proc):
+        admin = bearer(port, "admin", ADMIN_PW)
+        status, _, proj = request(port, "POST", "/api/admin/projects", {"name": "t", "task_type": "thumbs"}, admin)
+        cat = bearer(port, "cat", LAB_PW)
+        ps = psutil.Process(proc.pid)
+        routes = (f"/api/admin/projects/{proj['id']}/import", f"/admin/projects/{proj['id']}/import")
+
+        def written_by(headers, route):
+            before = ps.io_counters().write_chars
+            status, _, _ = request(port, "POST", route, body, {**headers, **ctype}, timeout=120)
+            return status, ps.io_counters().write_chars - before
+        for route, anonymous in zip(routes, (401, 303)):
+            for who, headers, want in (("anonymous", {}, anonymous), ("labeler", cat, 403)):
+                status, written = written_by(headers, route)
+                print(f"\n{who} 40 MB upload to {route}: {status}, server wrote {written / 1e6:.2f} MB")
+                assert status == want and written < MB, (who, route, status, written)
+        status, written = written_by(admin, routes[0])
+        print(f"admin: {status}, server wrote {written / 1e6:.1f} MB")
+        assert status == 422 and written >= 40 * MB
+
+
 # ----------------------------------------------------------------------------- races with a second writer
 def _waiting_on_a_lock(db_url: str, timeout: float = 30.0) -> bool:
     """Whether a PostgreSQL backend of this database waits on a lock (polls up to ``timeout``)."""

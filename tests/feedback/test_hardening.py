@@ -112,6 +112,103 @@ def test_json_that_is_not_text_or_too_deep_is_422(env):
         assert r.status_code == 422, r.text[:200]
 
 
+@BOTH_BACKENDS
+def test_a_nul_character_is_422_naming_the_field_on_every_back_end(env):
+    """A NUL character (JSON ``"\u0000"``, a form's ``%00``) is no text PostgreSQL can store: in a
+    JSON body, a form field or an imported file it answers 422 naming the field, never a 500 from
+    the insert (or from the log-in's look-up of the user name), and nothing is stored."""
+    c = env.client
+    pid = make_project(c, env.admin, "thumbs", [{"prompt": "p", "completion": "c"}])
+    nul = "a\x00b"
+    for method, path, body, headers, loc in [
+        ("POST", "/api/auth/login", {"username": nul, "password": "whatever1"}, {}, ["body", "username"]),
+        ("POST", "/api/admin/users", {"username": nul, "password": "long-enough"}, env.admin, ["body", "username"]),
+        ("POST", "/api/admin/projects", {"name": nul, "task_type": "thumbs"}, env.admin, ["body", "name"]),
+        ("PATCH", f"/api/admin/projects/{pid}", {"instructions": nul}, env.admin, ["body", "instructions"]),
+        ("PUT", f"/api/admin/projects/{pid}/members", {"usernames": ["ann", nul]}, env.admin, ["body", "usernames", 1]),
+        ("POST", f"/api/admin/projects/{pid}/items", {"items": [{"prompt": nul, "completion": "c"}]}, env.admin,
+         ["body", "items", 0, "prompt"]),
+    ]:
+        r = c.request(method, path, json=body, headers=headers)
+        assert r.status_code == 422, (path, r.status_code, r.text)
+        assert r.json()["detail"][0]["loc"] == loc and "NUL" in r.json()["detail"][0]["msg"], r.text
+    # an escaped backslash before "u0000" is no NUL
+    r = c.post(f"/api/admin/projects/{pid}/items", content=b'{"items": [{"prompt": "C:\\\\u0000", "completion": "c"}]}',
+               headers={**env.admin, "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    lines = b'{"prompt": "p", "completion": "c"}\n{"prompt": "p", "completion": "x\\u0000"}\n'
+    r = c.post(f"/api/admin/projects/{pid}/import", headers=env.admin, files={"file": ("n.jsonl", lines)})
+    assert r.status_code == 422 and (r.json()["detail"]["line"], r.json()["detail"]["field"]) == (2, "completion")
+    # forms: the log-in page and an admin form
+    r = c.get("/login")
+    csrf = r.text.split('name="csrf_token" value="')[1].split('"')[0]
+    r = c.post("/login", data={"username": nul, "password": "whatever1", "csrf_token": csrf})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "username"], r.text
+    csrf = _browser_login(c, "admin", ADMIN_PW)
+    r = c.post("/admin/users", data={"csrf_token": csrf, "username": nul, "password": "long-enough"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "username"], r.text
+    assert _count(env.store, db.users) == 4 and _count(env.store, db.items) == 2
+    assert _count(env.store, db.projects, db.projects.c.instructions != "") == 0
+
+
+@BOTH_BACKENDS
+def test_an_item_id_longer_than_its_column_is_422(env):
+    """An item's own ``id`` (string or integer) is at most 200 characters, the column's width: a
+    longer one is a 422 naming ``id`` (PostgreSQL would refuse the insert: a 500)."""
+    pid = make_project(env.client, env.admin, "thumbs", [{"prompt": "p", "completion": "c", "id": "x" * 200}])
+    for ext, loc in (("x" * 201, ["body", "items", 0, "id"]), (10**250, ["body", "items", 0, "id"])):
+        r = env.client.post(f"/api/admin/projects/{pid}/items", json={"items": [{"prompt": "p", "completion": "c",
+                                                                                "id": ext}]}, headers=env.admin)
+        assert r.status_code == 422, r.text
+        assert "field 'id'" in r.json()["detail"]["error"] and "at most 200 characters" in r.json()["detail"]["error"]
+    line = json.dumps({"prompt": "p", "completion": "c", "id": "y" * 300}).encode()
+    r = env.client.post(f"/api/admin/projects/{pid}/import", headers=env.admin, files={"file": ("i.jsonl", line)})
+    assert r.status_code == 422 and (r.json()["detail"]["line"], r.json()["detail"]["field"]) == (1, "id"), r.text
+    assert _count(env.store, db.items) == 1
+
+
+def test_a_csrf_token_sent_as_a_file_is_refused(env):
+    """A form's ``csrf_token`` must be text: a file part of that name answers 403 (not a 500 from
+    comparing a file with the token)."""
+    _browser_login(env.client, "cat", LAB_PW)
+    r = env.client.post("/logout", files={"csrf_token": ("t", b"x")}, follow_redirects=False)
+    assert r.status_code == 403, r.text
+
+
+@BOTH_BACKENDS
+def test_new_user_names_are_stored_trimmed_and_printable(env):
+    """A new user's name loses its surrounding spaces -- so " cat" is cat, who exists: 409, not
+    a 500 from the unique constraint -- and may not hold line breaks, tabs, terminal escapes or
+    invisible controls (422)."""
+    c = env.client
+    r = c.post("/api/admin/users", json={"username": " cat ", "password": "long-enough"}, headers=env.admin)
+    assert r.status_code == 409 and "'cat' exists" in r.json()["detail"], r.text
+    r = c.post("/api/admin/users", json={"username": "  dora ", "password": "long-enough"}, headers=env.admin)
+    assert r.status_code == 201 and r.json()["username"] == "dora"
+    bearer(c, "dora", "long-enough")
+    for name in ("x\ny", "x\ty", "\x1b[31mred", "\u202eevil", "zero\u200bwidth", "a\x7fb"):
+        r = c.post("/api/admin/users", json={"username": name, "password": "long-enough"}, headers=env.admin)
+        assert r.status_code == 422 and "username may not contain" in r.json()["detail"], (name, r.text)
+    for name in ("émile", "日本語", "a b", "-dash", "a,b"):
+        assert c.post("/api/admin/users", json={"username": name, "password": "long-enough"},
+                      headers=env.admin).status_code == 201, name
+    assert _count(env.store, db.users) == 4 + 1 + 5
+
+
+def test_the_log_in_page_shows_no_text_from_the_link(env):
+    """A link to the log-in page cannot put a message on it: ``?error=`` is not read, and the page
+    a signed-out visitor came from travels quoted in ``next`` (a path holding ``&error=`` stays
+    part of the path)."""
+    r = env.client.get("/login?error=Your+account+is+locked.+Call+555-0100")
+    assert r.status_code == 200 and "555-0100" not in r.text
+    r = env.client.get("/label/%26error=Call%20555-0100", follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"] == "/login?next=%2Flabel%2F%26error%3DCall%20555-0100"
+    page = env.client.get(r.headers["location"]).text
+    assert 'class="error"' not in page
+    assert 'name="next" value="/label/&amp;error=Call 555-0100"' in page
+
+
 # ----------------------------------------------------------------------------- 6. smaller items
 def test_home_and_admin_pages_show_item_counts(env):
     make_project(env.client, env.admin, "pairwise", _items(3), name="three")
@@ -378,6 +475,8 @@ def test_cli_manages_users_and_members(tmp_path, capsys, monkeypatch):
     assert code == 2 and "field 'add': no user 'ghost'" in out
     code, out = run("members", "--project", "nope", "--add", "lena")
     assert code == 2 and "no project named 'nope'" in out
+    code, out = run("create-user", "--username", "bad\x1bname")
+    assert code == 2 and "field 'username'" in out and "may not contain" in out
     store = db.Store(path)
     try:
         from rlhfkit.feedback.auth import verify_password
@@ -387,3 +486,26 @@ def test_cli_manages_users_and_members(tmp_path, capsys, monkeypatch):
         assert verify_password("second-password", h)
     finally:
         store.close()
+
+
+def test_cli_users_never_prints_a_name_raw_that_holds_control_characters(tmp_path, capsys):
+    """Names stored before the printable-name rule (or project names) that hold a tab, a line
+    break or a terminal escape are listed escaped: one line per user, five columns, no escape
+    sequence reaches the terminal. `set-user` finds a name given with surrounding spaces."""
+    from rlhfkit.cli import main
+
+    path = str(tmp_path / "f.db")
+    store = db.Store(path)
+    try:
+        add_labelers(store, ["x\ty", "a\nb", "\x1b[2Jwipe", "plain"])
+    finally:
+        store.close()
+    assert main(["feedback", "users", "--db", path]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) == 4 and all(len(line.split("\t")) == 5 for line in lines), out
+    assert "\x1b" not in out
+    assert lines[0].split("\t")[1] == "'x\\ty'" and lines[2].split("\t")[1] == "'\\x1b[2Jwipe'"
+    assert lines[3].split("\t")[1] == "plain"
+    assert main(["feedback", "set-user", "--db", path, "--username", "  plain ", "--active", "false"]) == 0
+    assert capsys.readouterr().out == "'plain': labeler, inactive; sessions ended, open tasks handed back\n"

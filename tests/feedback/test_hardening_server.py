@@ -20,7 +20,7 @@ from sqlalchemy import insert, select
 from rlhfkit.feedback import db
 from rlhfkit.feedback.auth import create_user
 
-from .conftest import free_port, lab_hash
+from .conftest import BOTH_BACKENDS, free_port, lab_hash
 
 psutil = pytest.importorskip("psutil")
 
@@ -44,10 +44,12 @@ def _setup(path, labelers=("cat", "bob")) -> None:
 
 
 @contextmanager
-def served(path, *args, env=None):
-    """A `rlhfkit feedback serve` process on a free port: yields (port, Popen)."""
+def served(path, *args, env=None, log_path=None):
+    """A `rlhfkit feedback serve` process on a free port: yields (port, Popen). ``path``: a SQLite
+    file or a database URL (then give ``log_path`` for the server's stderr)."""
     port = free_port()
-    log = open(f"{path}.server.log", "ab")
+    log_path = log_path or f"{path}.server.log"
+    log = open(log_path, "ab")
     proc = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", "feedback", "serve", "--db", str(path),
                              "--host", "127.0.0.1", "--port", str(port), *args],
                             stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
@@ -56,7 +58,7 @@ def served(path, *args, env=None):
         deadline = time.time() + 60
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited {proc.returncode}: {open(f'{path}.server.log').read()[-2000:]}")
+                raise RuntimeError(f"server exited {proc.returncode}: {open(log_path).read()[-2000:]}")
             try:
                 if request(port, "GET", "/healthz")[0] == 200:
                     break
@@ -399,3 +401,193 @@ def test_deactivated_users_sessions_end_at_once(tmp_path):
         users = {u["username"]: u["id"] for u in request(port, "GET", "/api/admin/users", headers=admin)[2]}
         assert request(port, "PATCH", f"/api/admin/users/{users['bob']}", {"active": False}, admin)[0] == 200
         assert request(port, "GET", "/api/me", headers=bob)[0] == 401
+
+
+# ----------------------------------------------------------------------------- the import body
+def _upload(data: bytes, name: str = "items.jsonl") -> tuple[bytes, dict]:
+    """A multipart body holding ``data`` as the field ``file``, and its Content-Type header."""
+    boundary = "xyzBOUNDARYxyz"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_a_gzip_upload_is_decompressed_only_up_to_the_import_limit(tmp_path):
+    """A 20 KB gzip that expands to 20 MB, sent to a server whose import limit is 2 MB, answers
+    413 naming the limit, and the server's resident memory stays within 20 MiB of idle
+    (decompressed whole, the 20 million line breaks cost ~170 MiB as a list of lines before any
+    item is read; a 50 MB gzip of one byte repeated expands to 50 GB). A gzip under the limit
+    imports; a gzip inside a gzip is 422."""
+    import gzip
+
+    path = tmp_path / "f.db"
+    _setup(path)
+    lines = b'{"prompt": "p", "completion": "c"}\n' * 3
+    bomb = gzip.compress(b"\n" * 20_000_000)
+    assert len(bomb) < 30_000
+    with served(path, "--max_import_mb", "2") as (port, proc):
+        admin = bearer(port, "admin", ADMIN_PW)
+        status, _, proj = request(port, "POST", "/api/admin/projects", {"name": "t", "task_type": "thumbs"}, admin)
+        url = f"/api/admin/projects/{proj['id']}/import"
+        body, ctype = _upload(gzip.compress(lines), "items.jsonl.gz")
+        status, _, res = request(port, "POST", url, body, {**admin, **ctype})
+        assert status == 200 and res["imported"] == 3, res  # also warms the import path
+        idle = _rss(proc)
+        body, ctype = _upload(bomb, "items.jsonl.gz")
+        with PeakRSS(proc) as rss:
+            status, _, res = request(port, "POST", url, body, {**admin, **ctype})
+        print(f"\n20 KB gzip of 20 MB: {status}, RSS +{(rss.peak - idle) / 2**20:.1f} MiB")
+        assert status == 413, res
+        assert "import limit of 2 MB (--max_import_mb)" in res["detail"]["error"]
+        assert (res["detail"]["field"], res["detail"]["imported"]) == ("file", 0)
+        assert rss.peak - idle < 20 * 2**20
+        body, ctype = _upload(gzip.compress(gzip.compress(lines)), "twice.jsonl.gz")
+        status, _, res = request(port, "POST", url, body, {**admin, **ctype})
+        assert status == 422 and "gzip file inside a gzip file" in res["detail"]["error"], res
+
+
+def test_an_import_body_is_not_read_before_the_admin_check(tmp_path):
+    """A 40 MB upload to either import route (API and admin page) from someone not signed in, or
+    from a signed-in labeler, is answered 401 / a redirect to the log-in page / 403 without the
+    server keeping it: the server process writes less than 1 MB meanwhile (psutil's write_chars,
+    every write() it makes, temporary files included). An admin's upload of the same body is
+    spooled to disk (at least 40 MB written): the measure sees an upload when there is one."""
+    path = tmp_path / "f.db"
+    _setup(path)
+    data = b"not json\n" + (json.dumps({"prompt": "p" * 1000, "completion": "c"}) + "\n").encode() * 40_000
+    body, ctype = _upload(data)
+    with served(path) as (port, proc):
+        admin = bearer(port, "admin", ADMIN_PW)
+        status, _, proj = request(port, "POST", "/api/admin/projects", {"name": "t", "task_type": "thumbs"}, admin)
+        cat = bearer(port, "cat", LAB_PW)
+        ps = psutil.Process(proc.pid)
+        routes = (f"/api/admin/projects/{proj['id']}/import", f"/admin/projects/{proj['id']}/import")
+
+        def written_by(headers, route):
+            before = ps.io_counters().write_chars
+            status, _, _ = request(port, "POST", route, body, {**headers, **ctype}, timeout=120)
+            return status, ps.io_counters().write_chars - before
+        for route, anonymous in zip(routes, (401, 303)):
+            for who, headers, want in (("anonymous", {}, anonymous), ("labeler", cat, 403)):
+                status, written = written_by(headers, route)
+                print(f"\n{who} 40 MB upload to {route}: {status}, server wrote {written / 1e6:.2f} MB")
+                assert status == want and written < MB, (who, route, status, written)
+        status, written = written_by(admin, routes[0])
+        print(f"admin: {status}, server wrote {written / 1e6:.1f} MB")
+        assert status == 422 and written >= 40 * MB
+
+
+# ----------------------------------------------------------------------------- races with a second writer
+def _waiting_on_a_lock(db_url: str, timeout: float = 30.0) -> bool:
+    """Whether a PostgreSQL backend of this database waits on a lock (polls up to ``timeout``)."""
+    from sqlalchemy import text
+
+    engine = db.make_engine(db_url)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with engine.connect() as c:
+                if c.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                  "AND datname = current_database()")).scalar():
+                    return True
+            time.sleep(0.05)
+        return False
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _second_writer(db_url: str):
+    """A transaction of another process's writer on the store (``BEGIN IMMEDIATE`` on SQLite, as
+    every writer of the app and the CLI): yields its connection; commits on leaving."""
+    engine = db.make_engine(db_url)
+    conn = engine.connect()
+    conn.info["immediate"] = True
+    try:
+        with conn.begin():
+            yield conn
+    finally:
+        conn.close()
+        engine.dispose()
+
+
+def _in_thread(fn):
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("value", fn()), daemon=True)
+    t.start()
+    return t, out
+
+
+@BOTH_BACKENDS
+def test_a_claim_in_flight_when_its_labeler_is_deactivated_gets_no_task(db_url, backend, tmp_path):
+    """A labeler's POST /api/tasks/next whose session was checked before a deactivation committed,
+    but whose claim runs after it, gets no task (204): a deactivated labeler never holds one.
+    The deactivation is `feedback set-user`'s transaction in another process, held open while
+    the request arrives (SQLite: the server's writer waits for the write lock; PostgreSQL: its
+    claim waits for the user row)."""
+    from rlhfkit.feedback.auth import update_user
+
+    _setup(db_url)
+    with served(db_url, log_path=str(tmp_path / "server.log")) as (port, _):
+        admin = bearer(port, "admin", ADMIN_PW)
+        status, _, proj = request(port, "POST", "/api/admin/projects", {"name": "t", "task_type": "thumbs"}, admin)
+        request(port, "POST", f"/api/admin/projects/{proj['id']}/items",
+                {"items": [{"prompt": f"p{i}", "completion": "c"} for i in range(3)]}, admin)
+        cat = bearer(port, "cat", LAB_PW)
+        cat_id = {u["username"]: u["id"] for u in request(port, "GET", "/api/admin/users", headers=admin)[2]}["cat"]
+        with _second_writer(db_url) as other:
+            update_user(other, cat_id, active=False)
+            claim, out = _in_thread(lambda: request(port, "POST", "/api/tasks/next", headers=cat))
+            if backend == "postgresql":
+                assert _waiting_on_a_lock(db_url)
+            else:
+                time.sleep(2.0)
+            assert claim.is_alive()  # in flight: it waits for the deactivation's transaction
+        claim.join(60)
+        assert out["value"][0] == 204, out
+    store = db.Store(db_url)
+    try:
+        with store.read() as c:
+            held = c.execute(select(db.assignments.c.id).where(db.assignments.c.user_id == cat_id)).all()
+    finally:
+        store.close()
+    assert held == []
+
+
+@BOTH_BACKENDS
+def test_two_admins_demoting_each_other_at_once_leave_one_admin(db_url, backend, tmp_path):
+    """Admin ``a`` demotes ``admin`` in another process (a second server process, or `feedback
+    set-user`) while ``admin``'s PATCH demoting ``a`` arrives: the PATCH waits for that
+    transaction and then answers 409 (last admin), so one active admin remains."""
+    from rlhfkit.feedback.auth import update_user
+
+    _setup(db_url)
+    store = db.Store(db_url)
+    try:
+        a_id = store.write(lambda c: create_user(c, "a", ADMIN_PW, "admin"))
+    finally:
+        store.close()
+    with served(db_url, log_path=str(tmp_path / "server.log")) as (port, _):
+        admin = bearer(port, "admin", ADMIN_PW)
+        admin_id = request(port, "GET", "/api/me", headers=admin)[2]["id"]
+        with _second_writer(db_url) as other:
+            update_user(other, admin_id, role="labeler")  # a demotes admin
+            patch, out = _in_thread(lambda: request(port, "PATCH", f"/api/admin/users/{a_id}",
+                                                    {"role": "labeler"}, admin))
+            if backend == "postgresql":
+                assert _waiting_on_a_lock(db_url)
+            else:
+                time.sleep(2.0)
+            assert patch.is_alive()
+        patch.join(60)
+        status, _, body = out["value"]
+        assert status == 409 and "last active admin" in body["detail"], body
+    store = db.Store(db_url)
+    try:
+        with store.read() as c:
+            U = db.users
+            active_admins = select(U.c.username).where(U.c.role == "admin", U.c.active == True)  # noqa: E712
+            admins = c.execute(active_admins).scalars().all()
+    finally:
+        store.close()
+    assert admins == ["a"]

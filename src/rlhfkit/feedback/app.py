@@ -12,9 +12,12 @@ Hardening (each limit answers before any work it guards):
 - request bodies: FastAPI's own ``max_body_size`` (Starlette's ``RequestBodyLimitMiddleware``):
   a declared Content-Length over the limit is answered 413 before the body is read, a chunked
   body is counted as it streams and cut at the limit -- before the route parses it and before
-  the session is looked up. 1 MB for everything but the file import (``max_import_bytes``);
-- JSON bodies are parsed strictly (``http_hardening.strict_json``): NaN, Infinity, numbers past the float range
-  and lone surrogates answer 422 naming the field, not a 500 later in the database or an export;
+  the session is looked up. 1 MB for everything but the file import (``max_import_bytes``), whose
+  body is read only after the admin check and whose gzip is decompressed in steps up to the same
+  limit (``gunzip_upload``);
+- JSON bodies are parsed strictly (``http_hardening.strict_json``): NaN, Infinity, numbers past the float range,
+  lone surrogates and NUL characters answer 422 naming the field, not a 500 later in the database or an
+  export; form fields get the same text check;
 - log-ins: :class:`auth.LoginThrottle` (in the store; reserve before verifying);
 - the client address is the socket peer; ``X-Forwarded-For`` is read only from the addresses in
   ``trusted_proxies`` (uvicorn's ``ProxyHeadersMiddleware``, which takes the right-most address
@@ -35,13 +38,15 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Sequence
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from rlhfkit.data import DataError
 
@@ -52,6 +57,7 @@ from .auth import (
     Principal,
     Throttled,
     authenticate,
+    clean_username,
     create_session,
     create_user,
     delete_session,
@@ -250,23 +256,28 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
             raise HTTPException(403, "admin role required")
         return p
 
-    async def page_user(request: Request) -> Principal:
+    async def _page_principal(request: Request, admin: bool) -> Principal:
         p = _principal(request)
         if p is None:
             raise _LoginRequired()
+        if admin and not p.is_admin:  # before the form is read: a labeler's upload is never parsed
+            raise HTTPException(403, "admin role required")
         if request.method not in SAFE_METHODS:
-            form = await request.form()
-            _check_csrf(p, request.headers.get("x-csrf-token") or form.get("csrf_token"))
+            supplied = request.headers.get("x-csrf-token")
+            if not supplied:  # no page form carries more than one file (the import)
+                supplied = (await request.form(max_files=1)).get("csrf_token")
+            _check_csrf(p, supplied if isinstance(supplied, str) else None)
         return p
 
-    async def page_admin(p: Principal = Depends(page_user)) -> Principal:
-        if not p.is_admin:
-            raise HTTPException(403, "admin role required")
-        return p
+    async def page_user(request: Request) -> Principal:
+        return await _page_principal(request, admin=False)
+
+    async def page_admin(request: Request) -> Principal:
+        return await _page_principal(request, admin=True)
 
     @app.exception_handler(_LoginRequired)
     async def _to_login(request: Request, exc: _LoginRequired):
-        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        return RedirectResponse(f"/login?next={_q(request.url.path)}", status_code=303)
 
     async def _write(fn):
         try:
@@ -493,12 +504,16 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
         replaces personal data first (always, when the server runs with ``--redact true``)."""
         return _import(project_id, body.items, "<request>", redact)
 
-    @app.post("/api/admin/projects/{project_id}/import", tags=["admin"], max_body_size=max_import_bytes)
-    async def api_import(project_id: Id, file: UploadFile = File(...), redact: bool = False,
-                         p: Principal = Depends(api_admin)):
-        """Import a JSONL file (multipart upload; at most ``--max_import_mb``, 413 above).
-        All or nothing; errors name file, line and field. ``redact=true`` replaces personal data
-        first (always, when the server runs with ``--redact true``)."""
+    async def _uploaded_file(request: Request) -> StarletteUploadFile:
+        """The multipart field ``file``, read only here: after the admin check. (As a ``File(...)``
+        parameter FastAPI would read and spool the whole upload before any dependency runs, so
+        an anonymous client could make the server write ``max_import_bytes`` to disk per request.)"""
+        f = (await request.form(max_files=1)).get("file")
+        if not isinstance(f, StarletteUploadFile):
+            raise _upload_error(422, "field 'file': send the JSONL file as the multipart field 'file'", None)
+        return f
+
+    async def _import_upload(project_id: int, file: StarletteUploadFile, redact: bool) -> dict:
         import asyncio
         import shutil
         import tempfile
@@ -513,7 +528,20 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
                 with open(path, "wb") as out:
                     shutil.copyfileobj(file.file, out, 1 << 20)
             await asyncio.to_thread(save)
+            path = await asyncio.to_thread(gunzip_upload, path, max_import_bytes, name)
             return await asyncio.to_thread(_import, project_id, path, name, redact)
+
+    @app.post("/api/admin/projects/{project_id}/import", tags=["admin"], max_body_size=max_import_bytes,
+              openapi_extra=_UPLOAD_BODY)
+    async def api_import(project_id: Id, request: Request, redact: bool = False, p: Principal = Depends(api_admin)):
+        """Import a JSONL file: the multipart field ``file`` (at most ``--max_import_mb``, 413
+        above; a gzip file counts by its decompressed size). All or nothing; errors name file,
+        line and field. ``redact=true`` replaces personal data first (always, when the server
+        runs with ``--redact true``)."""
+        import asyncio
+
+        await asyncio.to_thread(_project, project_id)  # a 404 before the upload is read
+        return await _import_upload(project_id, await _uploaded_file(request), redact)
 
     @app.post("/api/admin/projects/{project_id}/generate", tags=["admin"])
     def api_generate(project_id: Id, body: GenerateIn, p: Principal = Depends(api_admin)):
@@ -658,14 +686,19 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
             raise HTTPException(422, str(e)) from None
 
     def _create_user(username: str, password: str, role: str) -> dict:
+        try:
+            username = clean_username(username)  # the name as stored: the one to look for
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+
         def job(c):
             if c.execute(select(db.users.c.id).where(db.users.c.username == username)).first():
                 raise Conflict(f"user {username!r} exists")
             return create_user(c, username, password, role)
         try:
             uid = store.write(job)
-        except Conflict as e:
-            raise HTTPException(409, str(e)) from None
+        except (Conflict, IntegrityError):  # the unique name: a create in another server process won
+            raise HTTPException(409, f"user {username!r} exists") from None
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
         return {"id": uid, "username": username, "role": role}
@@ -675,9 +708,10 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
         return templates.TemplateResponse(request, name, {"user": p, **ctx}, status_code=status)
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
-    def login_page(request: Request, next: str = "/", error: str | None = None):  # noqa: A002
+    def login_page(request: Request, next: str = "/"):  # noqa: A002
+        # no message from the query string: a link could otherwise put any text on this page
         csrf = secrets.token_urlsafe(24)
-        resp = render(request, "login.html", None, next=_safe_next(next), error=error, csrf_token=csrf)
+        resp = render(request, "login.html", None, next=_safe_next(next), csrf_token=csrf)
         resp.set_cookie(LOGIN_CSRF_COOKIE, csrf, httponly=True, samesite="strict", secure=secure_cookies,
                         max_age=3600)
         return resp
@@ -816,9 +850,12 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
                                 status_code=303)
 
     @app.post("/admin/projects/{project_id}/import", include_in_schema=False, max_body_size=max_import_bytes)
-    async def admin_import(project_id: Id, file: UploadFile = File(...), p: Principal = Depends(page_admin)):
+    async def admin_import(request: Request, project_id: Id, p: Principal = Depends(page_admin)):
+        import asyncio
+
         try:
-            res = await api_import(project_id, file, p=p)
+            await asyncio.to_thread(_project, project_id)
+            res = await _import_upload(project_id, await _uploaded_file(request), False)
         except HTTPException as e:
             detail = e.detail["error"] if isinstance(e.detail, dict) else e.detail
             return RedirectResponse(f"/admin/projects/{project_id}?error={_q(detail)}", status_code=303)
@@ -849,6 +886,17 @@ def _q(s: Any) -> str:
 
 
 _SUFFIXES = (".jsonl", ".json", ".gz")
+# the import's multipart body, for the OpenAPI document (the route reads it itself: see _uploaded_file)
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary",
+                            "description": "JSON lines (or a .json list); gzip-compressed or not"}}}}}}}
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _upload_error(status: int, message: str, name: str | None) -> HTTPException:
+    """An import error in the shape of the import's own (file, line, field, imported)."""
+    return HTTPException(status, {"error": message, "file": name, "line": None, "field": "file", "imported": 0})
 
 
 def _upload_name(filename: str | None) -> str:
@@ -857,14 +905,44 @@ def _upload_name(filename: str | None) -> str:
     the field ``file``."""
     name = (filename or "upload.jsonl").replace("\\", "/").rsplit("/", 1)[-1]
     if name in ("", ".", "..") or any(ord(ch) < 32 or ch == "\x7f" for ch in name) or len(name) > 255:
-        raise HTTPException(422, {"error": f"field 'file': the upload's name {escape_surrogates(filename)!r} is not a "
-                                           f"file name", "file": None, "line": None, "field": "file", "imported": 0})
+        raise _upload_error(422, f"field 'file': the upload's name {escape_surrogates(filename)!r} is not a file name",
+                            None)
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        raise HTTPException(422, {"error": "field 'file': the upload's name is not valid text", "file": None,
-                                  "line": None, "field": "file", "imported": 0}) from None
+        raise _upload_error(422, "field 'file': the upload's name is not valid text", None) from None
     return name
+
+
+def gunzip_upload(path: Path, limit: int, name: str) -> Path:
+    """``path`` itself when it is not gzip (by its first bytes, as the reader tells), else the
+    path of its decompressed copy beside it -- decompressed in 1 MB steps and abandoned as soon
+    as it passes ``limit`` bytes (413 naming the limit): a 50 MB gzip of one repeated byte
+    expands to 50 GB, which the reader would otherwise decompress whole in memory. A gzip
+    inside the gzip is refused (422) rather than expanded again."""
+    import gzip
+    import zlib
+
+    with open(path, "rb") as f:
+        if f.read(2) != GZIP_MAGIC:
+            return path
+    out = path.with_name("plain" + "".join(s for s in path.suffixes if s != ".gz"))
+    total = 0
+    try:
+        with gzip.open(path, "rb") as src, open(out, "wb") as dst:
+            while chunk := src.read(1 << 20):  # GzipFile.read(n) never inflates more than n bytes
+                total += len(chunk)
+                if total > limit:
+                    raise _upload_error(413, f"field 'file': {name} decompresses to more than the import limit of "
+                                             f"{limit / 1e6:g} MB (--max_import_mb)", name)
+                dst.write(chunk)
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise _upload_error(422, f"field 'file': {name} is not a readable gzip file ({e})", name) from None
+    with open(out, "rb") as f:
+        if f.read(2) == GZIP_MAGIC:
+            raise _upload_error(422, f"field 'file': {name} is a gzip file inside a gzip file; compress it once",
+                                name)
+    return out
 
 
 def _slug(s: str) -> str:

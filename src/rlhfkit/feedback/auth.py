@@ -37,8 +37,8 @@ from . import db
 from .db import raw
 
 __all__ = [
-    "ROLES", "hash_password", "verify_password", "needs_rehash", "new_token", "token_hash", "Principal",
-    "create_user", "authenticate", "create_session", "lookup_session", "delete_session", "end_sessions",
+    "ROLES", "clean_username", "hash_password", "verify_password", "needs_rehash", "new_token", "token_hash",
+    "Principal", "create_user", "authenticate", "create_session", "lookup_session", "delete_session", "end_sessions",
     "update_user", "LoginLimits", "LoginThrottle", "Throttled", "VERIFY_SLOTS",
 ]
 
@@ -131,12 +131,24 @@ def _check_password(password: str) -> None:
         raise ValueError(f"password must have at least {MIN_PASSWORD} characters")
 
 
+def clean_username(username: str) -> str:
+    """A new user's name as stored: without surrounding spaces, 1-64 characters of printable
+    text. Line breaks, tabs, terminal escapes, NUL, zero-width and bidirectional controls are
+    refused (``ValueError``): a name is printed by ``feedback users`` and shown to admins, where
+    such characters would forge lines and columns or recolour the operator's terminal."""
+    name = (username or "").strip() if isinstance(username, str) else ""
+    if not name or len(name) > 64:
+        raise ValueError("username must be 1-64 characters")
+    if not name.isprintable():  # str.isprintable: no control, format, separator or unassigned characters
+        bad = next(ch for ch in name if not ch.isprintable())
+        raise ValueError(f"username may not contain {bad!r} (only printable characters and spaces)")
+    return name
+
+
 def create_user(conn: Connection, username: str, password: str, role: str = "labeler") -> int:
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-    username = (username or "").strip()
-    if not username or len(username) > 64:
-        raise ValueError("username must be 1-64 characters")
+    username = clean_username(username)
     _check_password(password)
     res = conn.execute(insert(db.users).values(username=username, password_hash=hash_password(password),
                                                role=role, active=True, created_at=time.time()))
@@ -170,9 +182,14 @@ def update_user(conn: Connection, user_id: int, *, active: bool | None = None, r
     loses_admin = row["role"] == "admin" and row["active"] and (
         values.get("active") is False or values.get("role", "admin") != "admin")
     if loses_admin:
-        others = conn.execute(select(U.c.id).where(U.c.role == "admin", U.c.active == True,  # noqa: E712
-                                                   U.c.id != user_id).limit(1)).first()
-        if others is None:
+        # the active admins' rows locked, in id order, before they are counted: two admins demoting
+        # each other at once in two PostgreSQL server processes would otherwise each see the other
+        # still an admin and both commit (write skew under READ COMMITTED). The second waits for
+        # the first and then re-reads the rows it locked: the other is no longer an admin.
+        # (SQLite renders no FOR UPDATE; its writers hold the one write lock from BEGIN IMMEDIATE.)
+        admins = conn.execute(select(U.c.id).where(U.c.role == "admin", U.c.active == True)  # noqa: E712
+                              .order_by(U.c.id).with_for_update()).scalars().all()
+        if not [a for a in admins if a != user_id]:
             raise ValueError(f"{row['username']!r} is the last active admin: make another admin first")
     if values:
         conn.execute(update(U).where(U.c.id == user_id).values(**values))
@@ -242,7 +259,9 @@ def end_sessions(conn: Connection, user_id: int, keep: str | None = None) -> int
 
 @dataclass(frozen=True)
 class LoginLimits:
-    """How many failed log-ins each bucket allows in its window (fixed windows, in seconds).
+    """How many failed log-ins each bucket allows in its window (fixed windows, in seconds, each
+    opened by its first failure: the limit holds per window, so around a window's end a guesser
+    can fit ``2 * limit - 1`` checks within one window's length; the long-run rate is the limit).
 
     - ``per_user_address``: one user name from one address. Always applies. A person who
       mistypes their password waits at most ``user_address_window_s``.

@@ -44,7 +44,8 @@ class ServeConfig:
         "help": "comma-separated addresses or networks (10.0.0.0/8) of reverse proxies whose X-Forwarded-For "
                 "names the client; empty: the connecting address is the client (the header is ignored)"})
     max_import_mb: float = field(default=50.0, metadata={
-        "help": "largest JSONL upload to the admin import, in MB (413 above); every other request body: 1 MB"})
+        "help": "largest JSONL upload to the admin import, in MB (413 above; a gzip upload by its decompressed "
+                "size); every other request body: 1 MB"})
 
 
 @dataclass
@@ -290,29 +291,33 @@ def run_create_user(c: CreateUserConfig) -> None:
     import sys
 
     from . import db
-    from .auth import MIN_PASSWORD, create_user
+    from .auth import MIN_PASSWORD, clean_username, create_user
 
     if not c.username.strip():
         raise _err("field 'username': give --username NAME")
+    try:
+        username = clean_username(c.username)  # judged before a password is asked for
+    except ValueError as e:
+        raise _err(f"field 'username': {e}") from None
     if c.password:
         print("rlhfkit feedback create-user: warning: --password stays in the shell history and is visible "
               "to other users in `ps`; set $RLHFKIT_PASSWORD or type it at the prompt instead",
               file=sys.stderr, flush=True)
-    password = c.password or _read_password(repr(c.username))
+    password = c.password or _read_password(repr(username))
     if len(password) < MIN_PASSWORD:  # judged before the store is opened
         raise _err(f"password must have at least {MIN_PASSWORD} characters")
     store = db.Store(c.db)
     try:
-        uid = store.write(lambda conn: create_user(conn, c.username, password, c.role))
+        uid = store.write(lambda conn: create_user(conn, username, password, c.role))
     except ValueError as e:
         raise _err(str(e)) from None
     except Exception as e:  # noqa: BLE001 - e.g. the unique constraint
         if "unique" in str(e).lower():
-            raise _err(f"user {c.username!r} exists") from None
+            raise _err(f"user {username!r} exists") from None
         raise
     finally:
         store.close()
-    print(f"created {c.role} {c.username!r} (id {uid})")
+    print(f"created {c.role} {username!r} (id {uid})")
 
 
 def _user_id(conn, username: str):
@@ -345,9 +350,9 @@ def run_set_user(c: SetUserConfig) -> None:
     store = db.Store(c.db)
     try:
         def job(conn):
-            uid = _user_id(conn, c.username)
+            uid = _user_id(conn, c.username.strip())  # names are stored without surrounding spaces
             if uid is None:
-                raise LookupError(f"field 'username': no user {c.username!r}")
+                raise LookupError(f"field 'username': no user {c.username.strip()!r}")
             return update_user(conn, uid, active=c.active, role=c.role or None, password_hash=new_hash)
         try:
             row = store.write(job)
@@ -421,8 +426,15 @@ def run_users(c: UsersConfig) -> None:
     finally:
         store.close()
     for uid, name, role, active in users:
-        projects = ", ".join(sorted(member_of.get(uid, []))) or "-"
-        print(f"{uid}\t{name}\t{role}\t{'active' if active else 'inactive'}\tmember of: {projects}")
+        projects = ", ".join(_printable(n) for n in sorted(member_of.get(uid, []))) or "-"
+        print(f"{uid}\t{_printable(name)}\t{role}\t{'active' if active else 'inactive'}\tmember of: {projects}")
+
+
+def _printable(name: str) -> str:
+    """A stored name as it may go to a terminal: itself, or quoted with escapes when it holds a
+    tab, line break or control character (names stored before the rules of ``clean_username``,
+    project names): never a forged line or column, never a terminal escape sequence."""
+    return name if name.isprintable() else ascii(name)
 
 
 def run_forget(c: ForgetConfig) -> None:

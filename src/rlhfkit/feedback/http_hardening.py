@@ -1,5 +1,5 @@
 """HTTP hardening shared by the web apps (the feedback app now; ``rlhfkit serve`` can take the same):
-strict JSON request bodies and security headers.
+strict JSON request bodies (and form fields held to the same text rules) and security headers.
 
 Request body limits need nothing here: FastAPI's own ``max_body_size`` (app-wide, and per route
 for a larger upload) refuses a declared Content-Length over the limit before reading the body and
@@ -15,7 +15,8 @@ from fastapi import HTTPException, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
-__all__ = ["strict_json", "StrictJSONRoute", "SecurityHeaders", "escape_surrogates", "PAGE_CSP", "DOCS_CSP"]
+__all__ = ["strict_json", "StrictJSONRoute", "SecurityHeaders", "escape_surrogates", "bad_text", "PAGE_CSP",
+           "DOCS_CSP"]
 
 
 # ----------------------------------------------------------------------------- strict JSON
@@ -38,6 +39,18 @@ def escape_surrogates(key: Any) -> Any:
     return key.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(key, str) else key
 
 
+def bad_text(s: str) -> str | None:
+    """Why ``s`` is no text every store can keep, or None: a lone surrogate (no UTF-8 for it) or
+    a NUL character (PostgreSQL text columns refuse it: the insert would fail as a 500)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid Unicode text (a lone surrogate such as \\ud800)"
+    if "\x00" in s:
+        return "a NUL character (\\u0000) is not text any store keeps"
+    return None
+
+
 def _first_bad_value(obj: Any) -> tuple[list, str] | None:
     """(location, reason) of the first non-finite number or non-text string in ``obj``; iterative
     (the parser already accepted the nesting; a recursive walk on top could overflow the stack)."""
@@ -47,10 +60,9 @@ def _first_bad_value(obj: Any) -> tuple[list, str] | None:
         if v is _NONFINITE:
             return loc, "NaN, Infinity and numbers beyond the float range are not JSON numbers"
         if isinstance(v, str):
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                return loc, "not valid Unicode text (a lone surrogate such as \\ud800)"
+            reason = bad_text(v)
+            if reason:
+                return loc, reason
         elif isinstance(v, dict):
             for k, x in reversed(list(v.items())):
                 stack.append((x, loc + [escape_surrogates(k)]))
@@ -62,10 +74,11 @@ def _first_bad_value(obj: Any) -> tuple[list, str] | None:
 
 def strict_json(data: bytes) -> Any:
     """Parse a request body as JSON that every later step can store and send again: NaN,
-    Infinity, numbers past the float range and lone surrogates (which ``json.loads`` accepts) are
-    a 422 naming the field (``loc``, as FastAPI's own validation errors). Malformed JSON raises
-    ``json.JSONDecodeError`` (FastAPI answers it 422 with the position); undecodable bytes,
-    integers of more than 4300 digits or nesting past the stack are a 422 too."""
+    Infinity, numbers past the float range, lone surrogates (which ``json.loads`` accepts) and NUL
+    characters (which PostgreSQL cannot store) are a 422 naming the field (``loc``, as FastAPI's
+    own validation errors). Malformed JSON raises ``json.JSONDecodeError`` (FastAPI answers it 422
+    with the position); undecodable bytes, integers of more than 4300 digits or nesting past the
+    stack are a 422 too."""
     flagged: list[str] = []
 
     def constant(name: str):
@@ -84,13 +97,16 @@ def strict_json(data: bytes) -> Any:
     except (ValueError, RecursionError) as e:  # bad UTF-8, an int past 4300 digits, deep nesting
         raise HTTPException(422, [{"type": "json_invalid", "loc": ["body"], "msg": f"not valid JSON: {e}"[:300],
                                    "input": None}]) from None
-    if not flagged:
+    if not flagged and b"\\u0000" not in data:  # a NUL can only come as that escape
         try:
             json.dumps(obj, ensure_ascii=False).encode("utf-8")
             return obj
         except UnicodeEncodeError:
             pass
-    loc, reason = _first_bad_value(obj)
+    found = _first_bad_value(obj)
+    if found is None:  # "\\u0000" was an escaped backslash followed by "u0000"
+        return obj
+    loc, reason = found
     raise HTTPException(422, [{"type": "value_error", "loc": ["body", *loc], "msg": reason, "input": None}])
 
 
@@ -99,6 +115,15 @@ class _StrictJSONRequest(Request):
         if not hasattr(self, "_json"):
             self._json = strict_json(await self.body())
         return self._json
+
+    async def _get_form(self, **limits):  # what Request.form() awaits: every form is checked here
+        form = await super()._get_form(**limits)
+        for key, value in form.multi_items():
+            reason = bad_text(key) or (bad_text(value) if isinstance(value, str) else None)
+            if reason:
+                raise HTTPException(422, [{"type": "value_error", "loc": ["body", escape_surrogates(key)],
+                                           "msg": reason, "input": None}])
+        return form
 
 
 class StrictJSONRoute(APIRoute):

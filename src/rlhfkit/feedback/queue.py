@@ -61,6 +61,13 @@ _MEMBER_OK = ("(NOT EXISTS (SELECT 1 FROM project_members m WHERE m.project_id =
               "OR EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = projects.id AND m.user_id = :u))")
 _PROJECTS = f"SELECT id, task_type, overlap, gold_rate FROM projects WHERE active = :t AND {_MEMBER_OK} ORDER BY id"
 _PROJECT = f"SELECT id, task_type, overlap, gold_rate FROM projects WHERE active = :t AND id = :p AND {_MEMBER_OK}"
+# the labeler must still be active when the claim runs, not only when the request's session was
+# looked up: a deactivation hands back every open task, and a claim in flight must not take a new
+# one after it. One writer runs jobs one after another, so a plain read sees a deactivation
+# committed before; on PostgreSQL FOR SHARE also makes a claim in another server process wait for
+# a deactivation still in flight (its UPDATE of the user row) and then read its outcome.
+_ACTIVE = {"sqlite": "SELECT 1 FROM users WHERE id = :u AND active = :t",
+           "postgresql": "SELECT 1 FROM users WHERE id = :u AND active = :t FOR SHARE"}
 _OPEN = ("SELECT id FROM assignments WHERE user_id = :u AND project_id = :p AND status = 'open' "
          "ORDER BY id LIMIT 1")
 _CANDIDATES = (
@@ -177,9 +184,12 @@ def next_task(conn: Connection, user_id: int, project_id: int | None = None,
               lease_s: float | None = DEFAULT_LEASE_S) -> dict | None:
     """The labeler's next task (their open one if any, else an abandoned one past its lease, else
     a newly assigned one) as the view sent to the client; None when there is nothing left for
-    them. ``now``: the clock (default ``time.time()``); ``lease_s``: None or 0 never reclaims."""
+    them (or they are no longer active). ``now``: the clock (default ``time.time()``);
+    ``lease_s``: None or 0 never reclaims."""
     rng = rng or _rng
     now = time.time() if now is None else now
+    if raw(conn, _ACTIVE.get(conn.dialect.name, _ACTIVE["sqlite"]), {"u": user_id, "t": True}).fetchone() is None:
+        return None  # deactivated since the request was let in
     if project_id is None:
         rows = raw(conn, _PROJECTS, {"t": True, "u": user_id}).fetchall()
     else:

@@ -50,6 +50,7 @@ TASK_TYPES: dict[str, tuple[int, int]] = {
 }
 FLAGS = ("harmful", "untruthful", "off_topic")
 PAIR_VERDICTS = ("first", "second", "tie", "both_bad")
+MAX_EXTERNAL_ID = 200  # characters of an item's own id (the external_id column)
 RATING_GOLD_TOLERANCE = 1  # a rating within this many points of the gold rating counts as correct
 # the longest text an imported item may hold in one field (prompt, a message, a response): what a
 # labeler can read, and what a rewrite may be (canonical_label); larger is a mistake or an attack
@@ -89,6 +90,8 @@ def _plain_text(v: Any, field: str, allow_empty: bool = False) -> str:
         v.encode("utf-8")
     except UnicodeEncodeError:
         raise _err("not valid Unicode text (a lone surrogate such as \\ud800)", field) from None
+    if "\x00" in v:  # JSON's "\u0000": PostgreSQL text columns refuse it
+        raise _err("a NUL character (\\u0000) is not text any store keeps", field)
     return v
 
 
@@ -172,9 +175,13 @@ def parse_item(d: Any, task_type: str, scale: tuple[int, int] = (1, 7),
     ext = d.get("id")
     if ext is not None and not isinstance(ext, (str, int)):
         raise _err("expected a string or integer id", "id", "wrong_type")
+    if ext is not None:
+        ext = _text(str(ext), "id", allow_empty=True)
+        if len(ext) > MAX_EXTERNAL_ID:  # the column's width (PostgreSQL enforces it)
+            raise _err(f"expected at most {MAX_EXTERNAL_ID} characters, got {len(ext)}", "id")
     return {"prompt": prompt, "messages": messages, "responses": responses,
             "is_gold": gold is not None, "gold": gold,
-            "external_id": None if ext is None else str(ext)}
+            "external_id": ext}
 
 
 def _parse_gold(g: Any, task_type: str, n: int, scale: tuple[int, int]) -> Any:

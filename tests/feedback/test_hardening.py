@@ -235,6 +235,9 @@ def test_security_headers_on_every_response(env):
         assert (h.get("x-frame-options"), h.get("x-content-type-options"), h.get("referrer-policy")) == \
             ("DENY", "nosniff", "same-origin"), what
     assert responses["413"].status_code == 413
+    # signed-in pages and API answers are never stored by a cache; static files may be
+    for what, r in responses.items():
+        assert (r.headers.get("cache-control") == "no-store") == (what != "static"), what
     # the API docs page loads Swagger UI from its CDN: its own policy allows that, and only there
     docs = c.get("/docs")
     assert "https://cdn.jsdelivr.net" in docs.headers["content-security-policy"]

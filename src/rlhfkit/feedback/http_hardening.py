@@ -153,11 +153,14 @@ DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")
 
 
 class SecurityHeaders:
-    """Pure ASGI middleware that adds security headers to every response (a pure one, not
+    """Pure ASGI middleware that adds security headers to every response (and ``Cache-Control:
+    no-store`` to every one but static files) (a pure one, not
     ``@app.middleware("http")``: that wraps each request in extra tasks, on the labelling hot path)."""
 
-    def __init__(self, app, csp: str = PAGE_CSP, docs_csp: str = DOCS_CSP, docs_paths=DOCS_PATHS) -> None:
+    def __init__(self, app, csp: str = PAGE_CSP, docs_csp: str = DOCS_CSP, docs_paths=DOCS_PATHS,
+                 cacheable_prefix: str = "/static/") -> None:
         self.app = app
+        self.cacheable_prefix = cacheable_prefix
         common = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
                   (b"referrer-policy", b"same-origin")]
         self.headers = [(b"content-security-policy", csp.encode())] + common
@@ -167,7 +170,12 @@ class SecurityHeaders:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        extra = self.docs_headers if scope.get("path") in self.docs_paths else self.headers
+        path = scope.get("path", "")
+        extra = self.docs_headers if path in self.docs_paths else self.headers
+        if not path.startswith(self.cacheable_prefix):
+            # pages and API answers hold one person's tasks, items and tokens: a shared or
+            # back-button cache must not keep them after log-out (static files stay cacheable)
+            extra = extra + [(b"cache-control", b"no-store")]
 
         async def send_with_headers(message) -> None:
             if message["type"] == "http.response.start":

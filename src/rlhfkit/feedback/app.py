@@ -28,6 +28,8 @@ Hardening (each limit answers before any work it guards):
   not itself a trusted proxy);
 - every response carries Content-Security-Policy, X-Frame-Options, X-Content-Type-Options and
   Referrer-Policy (``http_hardening.SecurityHeaders``);
+- no page shows text from its link: the admin pages' messages come from a cookie the server
+  signs (``web.flash``);
 - state changes only on unsafe methods: a task is claimed by ``POST /api/tasks/next``.
 
 Writes go through the store's group-commit writer and are answered only after their commit.

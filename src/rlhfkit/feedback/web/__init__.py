@@ -8,6 +8,7 @@
 - ``actions``: what the JSON API and the pages both do (log-in, projects, users, members, the
   import and the export), on an ``AppContext``;
 - ``upload``: the file import's multipart body, read after the admin check, and its gzip;
+- ``flash``: messages for the admin pages, carried by a cookie the server signs (never by the link);
 - routers: ``api`` (log-in and labelling, ``/api``), ``admin_api`` (``/api/admin``), ``pages``
   (log-in, projects, labelling pages) and ``admin_pages`` (``/admin``).
 """

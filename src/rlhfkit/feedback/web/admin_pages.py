@@ -1,13 +1,13 @@
 """The admin pages (``/admin*``): projects and users, a project's dashboard, members, status and
-the file import. Every route needs the admin role (the routers depend on ``page_admin``). Forms
-answer with a redirect to the page that shows their outcome."""
+the file import. Every route needs the admin role (the routers depend on ``page_admin``). A form
+answers with a redirect, and the page it leads to shows the form's outcome once (``flash``); the
+pages read no message from their link."""
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse
 from sqlalchemy import select, update
 
 from rlhfkit.privacy import count_text
@@ -21,6 +21,7 @@ from ..tasks import TASK_TYPES, LabelError
 from .actions import create_project, create_user, get_project, project_members, set_members, update_user
 from .context import AppContext, Ctx, Id
 from .deps import PageAdmin, page_admin
+from .flash import clear_flash, pop_flash, redirect_with_flash
 from .schemas import ProjectIn, UserPatch
 from .upload import import_upload
 
@@ -39,14 +40,14 @@ def _detail(e: Exception) -> str:
 
 
 def _page(ctx: AppContext, request: Request, p: Principal, name: str, **values) -> HTMLResponse:
-    return ctx.render(request, name, p, msg=request.query_params.get("msg"), error=request.query_params.get("error"),
-                      **values)
+    """An admin page with the message its form's redirect left (shown once)."""
+    flash, present = pop_flash(request, p)
+    resp = ctx.render(request, name, p, **values, **flash)
+    return clear_flash(resp) if present else resp
 
 
 def _back(ctx: AppContext, p: Principal, url: str, *, msg: str | None = None, error: str | None = None):
-    if error is not None:
-        return RedirectResponse(f"{url}?error={quote(str(error), safe='')}", status_code=303)
-    return RedirectResponse(f"{url}?msg={quote(str(msg), safe='')}", status_code=303)
+    return redirect_with_flash(url, p, secure=ctx.secure_cookies, msg=msg, error=error)
 
 
 @router.get("/admin", response_class=HTMLResponse, include_in_schema=False)

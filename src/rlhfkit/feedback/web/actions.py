@@ -35,7 +35,7 @@ from .context import AppContext
 from .schemas import ProjectIn, UserPatch
 
 __all__ = ["write", "client_address", "login", "change_password", "my_projects", "get_project", "create_project",
-           "import_items", "project_labels", "export_jsonl", "create_user", "update_user", "project_members",
+           "import_items", "project_labels", "project_export", "create_user", "update_user", "project_members",
            "set_members"]
 
 
@@ -261,7 +261,7 @@ def project_labels(ctx: AppContext, project_id: int, redact: bool) -> list[dict]
     return out
 
 
-def export_jsonl(ctx: AppContext, project_id: int, kind: str, aggregate: str, include_gold: bool,
+def project_export(ctx: AppContext, project_id: int, kind: str, aggregate: str, include_gold: bool,
                  redact: bool) -> tuple[bytes, str, dict[str, str]]:
     """The project's records of ``kind`` as JSON lines: ``(body, file name, extra headers)``;
     the header ``X-Redacted`` says what redaction replaced and left out."""

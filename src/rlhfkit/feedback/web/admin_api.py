@@ -18,9 +18,9 @@ from ..tasks import TASK_TYPES, LabelError
 from .actions import (
     create_project,
     create_user,
-    export_jsonl,
     get_project,
     import_items,
+    project_export,
     project_labels,
     project_members,
     set_members,
@@ -116,7 +116,7 @@ def api_export(project_id: Id, kind: Literal["pairs", "rankings", "ratings", "th
     """JSON lines readable by ``rlhfkit.data.read_records(path, kind)``. ``redact=true`` (always,
     when the server runs with ``--redact true``) replaces personal data and leaves out pairs whose
     answers became one text; the header ``X-Redacted`` says what was replaced and left out."""
-    body, fname, headers = export_jsonl(ctx, project_id, kind, aggregate, include_gold, redact)
+    body, fname, headers = project_export(ctx, project_id, kind, aggregate, include_gold, redact)
     return Response(body, media_type="application/x-ndjson",
                     headers={"Content-Disposition": f'attachment; filename="{fname}"', **headers})
 

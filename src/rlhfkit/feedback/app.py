@@ -99,8 +99,8 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
     app.router.route_class = StrictJSONRoute  # before any route is added
     if trusted_proxies:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(trusted_proxies))
-    app.state.ctx = ctx
-    app.state.store = store
+    app.state.ctx = ctx  # what the routes read (web.context.Ctx)
+    app.state.store = store  # for callers that hold the app: tests, serve/live.py
     app.state.throttle = ctx.throttle
     app.add_exception_handler(LoginRequired, redirect_to_login)
     app.mount("/static", StaticFiles(directory=str(FEEDBACK_DIR / "static")), name="static")

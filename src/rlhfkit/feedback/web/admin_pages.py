@@ -43,7 +43,7 @@ def _page(ctx: AppContext, request: Request, p: Principal, name: str, **values) 
     """An admin page with the message its form's redirect left (shown once)."""
     flash, present = pop_flash(request, p)
     resp = ctx.render(request, name, p, **values, **flash)
-    return clear_flash(resp) if present else resp
+    return clear_flash(resp, secure=ctx.secure_cookies) if present else resp
 
 
 def _back(ctx: AppContext, p: Principal, url: str, *, msg: str | None = None, error: str | None = None):

@@ -55,7 +55,8 @@ def pop_flash(request: Request, p: Principal) -> tuple[dict[str, str], bool]:
     if raw is None:
         return {}, False
     payload, _, mac = raw.partition(".")
-    if not (mac and hmac.compare_digest(mac, _mac(p.csrf_token, payload))):
+    # as bytes: compare_digest refuses str with characters past ASCII, which a cookie may hold
+    if not (mac and hmac.compare_digest(mac.encode(), _mac(p.csrf_token, payload).encode())):
         return {}, True
     try:
         values = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -66,6 +67,6 @@ def pop_flash(request: Request, p: Principal) -> tuple[dict[str, str], bool]:
     return {k: str(values[k]) for k in ("msg", "error") if isinstance(values.get(k), str)}, True
 
 
-def clear_flash(resp: Response) -> Response:
-    resp.delete_cookie(FLASH_COOKIE, path=_PATH, httponly=True, samesite="strict")
+def clear_flash(resp: Response, *, secure: bool) -> Response:
+    resp.delete_cookie(FLASH_COOKIE, path=_PATH, secure=secure, httponly=True, samesite="strict")
     return resp

@@ -185,6 +185,23 @@ def test_a_csrf_token_sent_as_a_file_is_refused(env):
     assert r.status_code == 403, r.text
 
 
+def test_a_csrf_token_with_characters_past_ascii_is_a_wrong_token(env):
+    """A token holding characters past ASCII (log-in form, form field, header, the flash
+    cookie's signature) is a wrong token: 403 (the flash: ignored), never a 500."""
+    c = env.client
+    c.get("/login")  # the log-in form's cookie
+    r = c.post("/login", data={"username": "admin", "password": ADMIN_PW, "csrf_token": "\u00e9t\u00e9"})
+    assert r.status_code == 403, r.text
+    _browser_login(c, "admin", ADMIN_PW)
+    assert c.post("/logout", data={"csrf_token": "\u00e9t\u00e9"}, follow_redirects=False).status_code == 403
+    r = c.post("/api/auth/logout", headers=[(b"X-CSRF-Token", "\u00e9t\u00e9".encode("latin-1"))])
+    assert r.status_code == 403, r.text
+    session = c.cookies["rlhf_session"].encode()
+    r = c.get("/admin", headers=[(b"Cookie", b"rlhf_session=" + session + b"; " + FLASH_COOKIE.encode() + b"=e30.\xe9")])
+    assert r.status_code == 200 and 'class="msg"' not in r.text
+    assert c.get("/api/me").status_code == 200  # still signed in: nothing above was accepted
+
+
 @BOTH_BACKENDS
 def test_new_user_names_are_stored_trimmed_and_printable(env):
     """A new user's name loses its surrounding spaces -- so " cat" is cat, who exists: 409, not

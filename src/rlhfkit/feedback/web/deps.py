@@ -25,7 +25,7 @@ from ..auth import Principal, lookup_session
 from .context import COOKIE, SAFE_METHODS, get_context
 
 __all__ = ["api_user", "api_admin", "page_user", "page_admin", "ApiUser", "ApiAdmin", "PageUser", "PageAdmin",
-           "LoginRequired", "redirect_to_login", "principal", "check_csrf", "SESSION_DEPENDENCIES",
+           "LoginRequired", "redirect_to_login", "principal", "check_csrf", "tokens_match", "SESSION_DEPENDENCIES",
            "ADMIN_DEPENDENCIES"]
 
 
@@ -50,8 +50,16 @@ def principal(request: Request) -> Principal | None:
     return p
 
 
+def tokens_match(supplied: str | None, expected: str) -> bool:
+    """Whether a token sent by the client is ``expected``, in constant time. Compared as bytes:
+    ``hmac.compare_digest`` raises TypeError for str with characters past ASCII, which a header,
+    a cookie or a form field may hold -- a wrong token, answered 403, not a 500."""
+    return bool(supplied) and hmac.compare_digest(supplied.encode("utf-8", "surrogatepass"),
+                                                  expected.encode("utf-8", "surrogatepass"))
+
+
 def check_csrf(p: Principal, supplied: str | None) -> None:
-    if p.via == "cookie" and not (supplied and hmac.compare_digest(supplied, p.csrf_token)):
+    if p.via == "cookie" and not tokens_match(supplied, p.csrf_token):
         raise HTTPException(403, "missing or wrong CSRF token (send X-CSRF-Token)")
 
 

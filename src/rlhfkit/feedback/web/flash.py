@@ -18,6 +18,7 @@ from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 
 from ..auth import Principal
+from .deps import tokens_match
 
 __all__ = ["FLASH_COOKIE", "MAX_CHARS", "redirect_with_flash", "pop_flash", "clear_flash", "sign"]
 
@@ -55,8 +56,7 @@ def pop_flash(request: Request, p: Principal) -> tuple[dict[str, str], bool]:
     if raw is None:
         return {}, False
     payload, _, mac = raw.partition(".")
-    # as bytes: compare_digest refuses str with characters past ASCII, which a cookie may hold
-    if not (mac and hmac.compare_digest(mac.encode(), _mac(p.csrf_token, payload).encode())):
+    if not tokens_match(mac, _mac(p.csrf_token, payload)):
         return {}, True
     try:
         values = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))

@@ -3,7 +3,6 @@ change) and the labelling page. The log-in form carries its own CSRF token (a co
 the form) since there is no session yet; the page shows no text from its link."""
 from __future__ import annotations
 
-import hmac
 import secrets
 
 from fastapi import APIRouter, Form, HTTPException, Request
@@ -15,7 +14,7 @@ from ..queue import may_label
 from ..tasks import FLAGS
 from .actions import change_password, client_address, get_project, login, my_projects
 from .context import COOKIE, LOGIN_CSRF_COOKIE, AppContext, Ctx, Id
-from .deps import PageUser
+from .deps import PageUser, tokens_match
 from .schemas import PasswordChange
 
 __all__ = ["router"]
@@ -50,7 +49,7 @@ def login_page(request: Request, ctx: Ctx, next: str = "/"):  # noqa: A002
 def login_submit(request: Request, ctx: Ctx, username: str = Form(...), password: str = Form(...),
                  csrf_token: str = Form(""), next: str = Form("/")):  # noqa: A002
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
-    if not (cookie and csrf_token and hmac.compare_digest(cookie, csrf_token)):
+    if not (cookie and tokens_match(csrf_token, cookie)):
         raise HTTPException(403, "missing or wrong CSRF token; reload the log-in page")
     res = login(ctx, username, password, client_address(request), "browser")
     if res is None:

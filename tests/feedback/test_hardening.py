@@ -2,7 +2,9 @@
 log-in throttle's rules (the attacks on a real server process are in test_hardening_server.py)."""
 import base64
 import hashlib
+import html
 import json
+import re
 import time
 
 import pytest
@@ -11,6 +13,7 @@ from sqlalchemy import func, insert, select
 
 from rlhfkit.feedback import db
 from rlhfkit.feedback.app import create_app
+from rlhfkit.feedback.web.flash import FLASH_COOKIE, sign
 
 from .conftest import ADMIN_PW, BOTH_BACKENDS, LAB_PW, add_labelers, bearer, make_project
 
@@ -31,6 +34,13 @@ def _browser_login(client, username, password):
                     follow_redirects=False)
     assert r.status_code == 303, r.text
     return client.get("/").text.split('name="csrf-token" content="')[1].split('"')[0]
+
+
+def _shown(client, redirect) -> dict:
+    """The messages (``msg``, ``error``) on the page a form's redirect leads to."""
+    page = client.get(redirect.headers["location"]).text
+    return {k: html.unescape(m.group(1)) for k in ("msg", "error")
+            if (m := re.search(rf'<p class="{k}"[^>]*>(.*?)</p>', page, re.S))}
 
 
 def _user_id(env, name) -> int:
@@ -175,6 +185,23 @@ def test_a_csrf_token_sent_as_a_file_is_refused(env):
     assert r.status_code == 403, r.text
 
 
+def test_a_csrf_token_with_characters_past_ascii_is_a_wrong_token(env):
+    """A token holding characters past ASCII (log-in form, form field, header, the flash
+    cookie's signature) is a wrong token: 403 (the flash: ignored), never a 500."""
+    c = env.client
+    c.get("/login")  # the log-in form's cookie
+    r = c.post("/login", data={"username": "admin", "password": ADMIN_PW, "csrf_token": "\u00e9t\u00e9"})
+    assert r.status_code == 403, r.text
+    _browser_login(c, "admin", ADMIN_PW)
+    assert c.post("/logout", data={"csrf_token": "\u00e9t\u00e9"}, follow_redirects=False).status_code == 403
+    r = c.post("/api/auth/logout", headers=[(b"X-CSRF-Token", "\u00e9t\u00e9".encode("latin-1"))])
+    assert r.status_code == 403, r.text
+    session = c.cookies["rlhf_session"].encode()
+    r = c.get("/admin", headers=[(b"Cookie", b"rlhf_session=" + session + b"; " + FLASH_COOKIE.encode() + b"=e30.\xe9")])
+    assert r.status_code == 200 and 'class="msg"' not in r.text
+    assert c.get("/api/me").status_code == 200  # still signed in: nothing above was accepted
+
+
 @BOTH_BACKENDS
 def test_new_user_names_are_stored_trimmed_and_printable(env):
     """A new user's name loses its surrounding spaces -- so " cat" is cat, who exists: 409, not
@@ -207,6 +234,40 @@ def test_the_log_in_page_shows_no_text_from_the_link(env):
     page = env.client.get(r.headers["location"]).text
     assert 'class="error"' not in page
     assert 'name="next" value="/label/&amp;error=Call 555-0100"' in page
+
+
+def test_the_admin_pages_show_no_text_from_the_link(env):
+    """A link cannot put a message on an admin page: ``?msg=`` and ``?error=`` are not read, and a
+    flash cookie not signed with the session's CSRF token shows nothing. A form's outcome travels
+    in an HttpOnly, SameSite=strict cookie the server sets on its redirect (the link itself holds
+    no text) and is shown once."""
+    c = env.client
+    pid = make_project(c, env.admin, "thumbs", [{"prompt": "q", "completion": "a"}])
+    csrf = _browser_login(c, "admin", ADMIN_PW)
+    lure = "?error=Your+account+is+locked.+Call+555-0100&msg=Call+555-0100"
+    for path in ("/admin", f"/admin/projects/{pid}"):
+        r = c.get(path + lure)
+        assert r.status_code == 200 and "555-0100" not in r.text
+        assert 'class="error"' not in r.text and 'class="msg"' not in r.text
+    # a planted cookie: signed with this session's token it would show (it reaches the page), with another it does not
+    planted = {"domain": "testserver.local", "path": "/admin"}  # where the client keeps the server's cookie
+    c.cookies.set(FLASH_COOKIE, sign("someone-elses-token", {"error": "Call 555-0100"}), **planted)
+    r = c.get("/admin")
+    assert "555-0100" not in r.text and FLASH_COOKIE in r.headers["set-cookie"]  # and it is cleared
+    c.cookies.set(FLASH_COOKIE, sign(csrf, {"error": "Call 555-0100"}), **planted)
+    assert "555-0100" in c.get("/admin").text
+    # the server's own message
+    r = c.post("/admin/users", data={"csrf_token": csrf, "username": "dora", "password": "long-enough-pw"},
+               follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/admin"
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(FLASH_COOKIE + "=") and "HttpOnly" in cookie and "SameSite=strict" in cookie \
+        and "Path=/admin" in cookie and "Max-Age=60" in cookie
+    assert _shown(c, r) == {"msg": "user dora created"}
+    assert _shown(c, r) == {}  # shown once
+    r = c.post("/admin/users", data={"csrf_token": csrf, "username": "dora", "password": "long-enough-pw"},
+               follow_redirects=False)
+    assert _shown(c, r) == {"error": "user 'dora' exists"}
 
 
 # ----------------------------------------------------------------------------- 6. smaller items
@@ -403,18 +464,18 @@ def test_admin_page_forms_manage_users_and_projects(env):
     assert f'action="/admin/users/{ann}"' in page
     r = c.post(f"/admin/users/{ann}", data={"csrf_token": csrf, "role": "labeler", "active": "inactive"},
                follow_redirects=False)
-    assert r.status_code == 303 and "saved" in r.headers["location"]
+    assert r.status_code == 303 and "saved" in _shown(c, r)["msg"]
     assert c.get("/api/me", headers=env.ann).status_code == 401
     assert c.post(f"/admin/users/{ann}", data={"role": "labeler", "active": "active"}).status_code == 403  # no CSRF
     r = c.post(f"/admin/users/{ann}", data={"csrf_token": csrf, "role": "admin", "active": "active",
                                            "password": "reset-by-admin"}, follow_redirects=False)
-    assert r.status_code == 303 and "password" in r.headers["location"]
+    assert r.status_code == 303 and "password" in _shown(c, r)["msg"]
     assert c.post("/api/auth/login", json={"username": "ann", "password": "reset-by-admin"}).json()["user"]["role"] == "admin"
     # members and the project's status
     assert 'name="member" value="bob"' in c.get(f"/admin/projects/{pid}").text
     r = c.post(f"/admin/projects/{pid}/members", data={"csrf_token": csrf, "member": ["bob", "cat"]},
                follow_redirects=False)
-    assert r.status_code == 303 and "bob" in r.headers["location"]
+    assert r.status_code == 303 and "bob" in _shown(c, r)["msg"]
     assert [m["username"] for m in c.get(f"/api/admin/projects/{pid}/members", headers=env.admin).json()] == ["bob", "cat"]
     assert c.post(f"/admin/projects/{pid}/active", data={"csrf_token": csrf, "active": "false"},
                   follow_redirects=False).status_code == 303

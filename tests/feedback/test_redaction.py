@@ -104,8 +104,9 @@ def test_admin_page_import_says_what_was_replaced(env, app_kwargs):
                files={"file": ("u.jsonl", json.dumps({"prompt": ASK, "responses": [A1, A3]}).encode())},
                data={"csrf_token": csrf}, follow_redirects=False)
     assert r.status_code == 303
-    assert re.search(r"1%20items%20imported%3B%20personal%20data%20replaced%3A%202%20EMAIL_ADDRESS%2C%201%20PHONE_NUMBER",
-                     r.headers["location"]), r.headers["location"]
+    page = c.get(r.headers["location"]).text
+    assert re.search(r'<p class="msg">1 items imported; personal data replaced: 2 EMAIL_ADDRESS, 1 PHONE_NUMBER</p>',
+                     page), page
     assert "jane.doe" not in _stored(env.store)
     # the page offers redacted exports
     assert f'/api/admin/projects/{pid}/export?kind=pairs&redact=true' in c.get(f"/admin/projects/{pid}").text

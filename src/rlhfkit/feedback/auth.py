@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection
 
 from . import db
 from .db import raw
+from .queue import release_open_tasks
 
 __all__ = [
     "ROLES", "clean_username", "hash_password", "verify_password", "needs_rehash", "new_token", "token_hash",
@@ -164,8 +165,6 @@ def update_user(conn: Connection, user_id: int, *, active: bool | None = None, r
     (``queue.release_open_tasks``). The last active admin can be neither deactivated nor demoted
     (``ValueError``): nobody could manage the app any more. Returns the user row as it is now;
     ``LookupError`` for an unknown id."""
-    from .queue import release_open_tasks
-
     U = db.users
     row = conn.execute(select(U).where(U.c.id == user_id)).mappings().first()
     if row is None:

@@ -59,8 +59,10 @@ from rlhfkit.data import (
     ThumbsRecord,
     write_jsonl,
 )
+from rlhfkit.privacy import redact_records
 
 from . import db
+from .stats import gold_answers
 from .tasks import render_prompt
 
 __all__ = ["EXPORT_KINDS", "ExportResult", "export_labels", "export_records", "export_jsonl", "export_hf",
@@ -180,8 +182,6 @@ def export_labels(conn: Connection, project_id: int, kind: str, *, include_gold:
     if min_gold_accuracy is not None or weight_by_gold:
         accuracy, result.gold_pooled = _gold_accuracy(conn, project_id, name, {r["user_id"] for r in rows})
     if min_gold_accuracy is not None:
-        from .stats import gold_answers
-
         answers = gold_answers(conn, project_id)
         low = {u for u, a in accuracy.items() if a < min_gold_accuracy}
         result.dropped_labels = sum(1 for r in rows if r["user_id"] in low)
@@ -203,8 +203,6 @@ def export_labels(conn: Connection, project_id: int, kind: str, *, include_gold:
 def _gold_accuracy(conn: Connection, project_id: int, name: str, users: set) -> tuple[dict, float]:
     """(``{user id: gold accuracy}`` for ``users``, pooled accuracy): a labeler without gold
     answers gets the pooled one. ValueError when the project has no answered gold questions."""
-    from .stats import gold_answers
-
     answers = gold_answers(conn, project_id)
     answered = sum(n for _, n in answers.values())
     if not answered:
@@ -277,7 +275,7 @@ def write_records(records: list, path, format: str = "jsonl") -> int:
         return write_jsonl(path, records)
     if format != "hf":
         raise ValueError("format must be jsonl or hf")
-    import datasets
+    import datasets  # only here: a heavy import that the JSONL exports never need
 
     recs = [r.to_dict() for r in records]
     # every column any record has (a field left out while None, e.g. labeler, is None there):
@@ -301,8 +299,6 @@ def redact_export(records: list) -> tuple[list, Counter, int]:
     """Exported records with personal data replaced (``rlhfkit.privacy``): the records, the count
     per kind, and how many pairs were left out because their two answers differed only in what
     was redacted (one text now: no preference is left)."""
-    from rlhfkit.privacy import redact_records
-
     records, counts = redact_records(records)
     kept = [r for r in records if getattr(r, "chosen", None) is None or r.chosen != r.rejected]
     return kept, counts, len(records) - len(kept)

@@ -13,6 +13,12 @@ only from ``trusted_proxies`` (see ``app.create_app``).
 from __future__ import annotations
 
 import os
+import sys
+
+import uvicorn
+
+from .app import create_app
+from .db import make_engine, upgrade
 
 __all__ = ["serve"]
 
@@ -21,16 +27,9 @@ def serve(db_url: str = "feedback.db", host: str = "127.0.0.1", port: int = 8000
           secure_cookies: bool = False, log_level: str = "warning", access_log: bool = False,
           lease_s: float | None = None, generator=None, redact: bool = False,
           trusted_proxies: list[str] | tuple[str, ...] = (), max_import_bytes: int | None = None) -> None:
-    import sys
-
-    import uvicorn
-
     # The event loop and the group-commit writer share the GIL; a shorter switch interval (default
     # 5 ms) lets a finished commit hand its results back sooner (lower tail latency under load).
     sys.setswitchinterval(0.0005)
-
-    from .db import make_engine, upgrade
-
     engine = make_engine(db_url)
     upgrade(engine)
     is_sqlite = engine.dialect.name == "sqlite"
@@ -58,15 +57,11 @@ def serve(db_url: str = "feedback.db", host: str = "127.0.0.1", port: int = 8000
         uvicorn.run("rlhfkit.feedback.server:_app_from_env", factory=True, host=host, port=port,
                     workers=workers, log_level=log_level, access_log=access_log, proxy_headers=False)
         return
-    from .app import create_app
-
     app = create_app(db_url, secure_cookies=secure_cookies, generator=generator, **extra)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log, proxy_headers=False)
 
 
 def _app_from_env():
-    from .app import create_app
-
     extra = {}
     if os.environ.get("RLHFKIT_FEEDBACK_LEASE_S"):
         lease_s = float(os.environ["RLHFKIT_FEEDBACK_LEASE_S"])

@@ -91,7 +91,7 @@ def test_whitening_and_explained_variance_over_two_processes_equal_one(tmp_path)
     """PPO's advantage / reward whitening and its explained-variance metric over two ranks' halves
     equal ``core.masking.masked_whiten`` and the one-process metric on the whole tensors."""
     from rlhfkit.core.masking import masked_whiten
-    from rlhfkit.recipes.online import explained_variance
+    from rlhfkit.training.stats import explained_variance
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",

@@ -8,8 +8,10 @@ import torch
 
 from rlhfkit.core.losses import ppo_policy_loss
 from rlhfkit.core.kl import kl_k3
+from rlhfkit.core.losses import token_weights
 from rlhfkit.recipes import grpo, ppo, reinforce, rloo
-from rlhfkit.recipes.online import prompts_for_step, repeat_each, token_weights
+from rlhfkit.recipes.online import prompts_for_step
+from rlhfkit.rollout import repeat_each
 from rlhfkit.training.config import load_config
 
 from .conftest import assert_resume_exact, flip_model_bit, load_weights

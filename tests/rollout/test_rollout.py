@@ -139,3 +139,29 @@ def test_update_pass_can_supply_the_behaviour_logprobs(tok, model):
     with pytest.raises(ValueError, match="one epoch and one minibatch"):
         policy_gradient_update(copy.deepcopy(model), without, advantages, config, optimizer, scheduler, 0,
                                "sequence", fill_behaviour_logprobs=True)
+
+
+def test_rollout_logprobs_any_chunking_any_mode_and_the_adapter_switched_off(tok, model):
+    """The no-grad pass over a rollout: the behaviour log-probs again, in any chunking, in eval mode
+    whatever mode the model was in (which it is left in); with ``adapter_disabled`` a LoRA policy
+    scores as its base model."""
+    import copy
+
+    from rlhfkit.models import apply_lora
+    from rlhfkit.rollout import rollout_logprobs
+
+    ro = rollout(gen(tok), model, tok, PROMPTS * 2, seed=4)
+    torch.testing.assert_close(rollout_logprobs(model, ro, 0.7), ro.logprobs, rtol=0, atol=1e-6)
+    torch.testing.assert_close(rollout_logprobs(model, ro, 0.7, batch_size=4), ro.logprobs, rtol=0, atol=1e-6)
+    lora = apply_lora(copy.deepcopy(model), r=4, alpha=8, dropout=0.5, target_modules="all-linear")
+    with torch.no_grad():  # an adapter that changes the outputs
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5)
+    lora.train()
+    on = rollout_logprobs(lora, ro, 0.7, batch_size=3)
+    off = rollout_logprobs(lora, ro, 0.7, batch_size=3, adapter_disabled=True)
+    assert lora.training and all(m.training for m in lora.modules())
+    assert (on - ro.logprobs).abs().max() > 1e-3
+    torch.testing.assert_close(off, ro.logprobs, rtol=0, atol=1e-6)
+    torch.testing.assert_close(rollout_logprobs(lora, ro, 0.7), on, rtol=0, atol=1e-6)  # dropout 0.5 is off

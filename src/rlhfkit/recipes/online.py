@@ -27,14 +27,16 @@ from typing import Any, Callable
 
 import torch
 
-from rlhfkit.core.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
-from rlhfkit.core.losses import ppo_policy_loss
+from rlhfkit.core.kl import AdaptiveKLController, FixedKLController, kl_k3, sequence_kl
+from rlhfkit.core.losses import ppo_policy_loss, token_weights
 from rlhfkit.core.masking import masked_mean
 from rlhfkit.recipes.common import LoraConfig
 from rlhfkit.rewards.adversarial import AdversarialConfig
-from rlhfkit.rollout import ENGINES, Rollout, SamplingConfig, make_sampler, response_logprobs, rollout, step_seed
+from rlhfkit.rollout import (ENGINES, Rollout, SamplingConfig, make_sampler, repeat_each, response_logprobs, rollout,
+                             rollout_logprobs, step_seed)
 from rlhfkit.training.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint
 from rlhfkit.training.distributed import DistInfo, all_gather_rows, all_reduce_gradients, all_reduce_sum, barrier
+from rlhfkit.training.stats import explained_variance, global_masked_whiten
 from rlhfkit.training.loop import (TrainingConfig, _kill_for_tests, adamw, build_scheduler,
                                   enable_gradient_checkpointing, epoch_order)
 
@@ -132,11 +134,6 @@ def prompts_for_step(prompts: list[str], step: int, n: int, seed: int) -> list[s
     return [prompts[i] for i in order[pos * n:(pos + 1) * n]]
 
 
-def repeat_each(items: list, k: int) -> list:
-    """``[a, b] -> [a, a, b, b]`` for k = 2: the k samples of a prompt are adjacent rows."""
-    return [x for x in items for _ in range(k)]
-
-
 # ---------------------------------------------------------------------------- models
 def load_models(config: OnlineConfig, need_reference: bool):
     """``(policy, tokenizer, reference)``. With ``ref_model`` the reference is that model, loaded
@@ -217,21 +214,11 @@ def micro_slices(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-@torch.no_grad()
 def reference_logprobs(policy, reference, ro: Rollout, temperature: float, micro: int) -> torch.Tensor:
     """Log-probs of the rollout's responses under the reference ``[B, R]``: the separate frozen
     model, or the policy with its LoRA adapter disabled when ``reference`` is None."""
-    from rlhfkit.models import reference_context
-
-    out = []
-    for s in micro_slices(len(ro), micro):
-        args = (ro.prompt_ids[s], ro.prompt_mask[s], ro.response_ids[s], ro.response_mask[s], temperature)
-        if reference is not None:
-            out.append(response_logprobs(reference, *args))
-        else:
-            with reference_context(policy) as ref:
-                out.append(response_logprobs(ref, *args))
-    return torch.cat(out)
+    return rollout_logprobs(policy if reference is None else reference, ro, temperature, micro,
+                            adapter_disabled=reference is None)
 
 
 def score(source, ro: Rollout) -> torch.Tensor:
@@ -245,38 +232,6 @@ def make_kl_controller(kind: str, kl_coef: float, target: float, horizon: float)
     if kind == "fixed":
         return FixedKLController(kl_coef)
     raise ValueError(f"kl_control must be 'fixed' or 'adaptive', got {kind!r}")
-
-
-def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-sequence KL estimate ``sum_t (logp - ref_logp)`` (k1) over the response ``[B]``."""
-    return torch.where(mask.bool(), kl_k1(logprobs, ref_logprobs), torch.zeros_like(logprobs)).sum(1)
-
-
-# ---------------------------------------------------------------------------- loss aggregation
-def token_weights(mask: torch.Tensor, aggregation: str, max_new_tokens: int, n_sequences: int | None = None,
-                  n_tokens: float | None = None) -> torch.Tensor:
-    """Per-token weights ``[B, R]`` such that ``sum(w * per_token_loss)`` over a minibatch of B
-    sequences is its loss; rows may then be split into micro-batches in any way. Over several
-    processes each holds part of the minibatch: ``n_sequences`` / ``n_tokens`` are then the whole
-    minibatch's counts (default: this ``mask``'s), so the ranks' losses add up to the loss.
-
-    - ``token``: ``1 / (valid tokens in the minibatch)`` (DAPO, Yu et al. 2025; TRL "dapo");
-    - ``sequence``: ``1 / (len_i * B)``: each sequence's token mean, then the mean over
-      sequences (GRPO, Shao et al. 2024; TRL "grpo");
-    - ``constant``: ``1 / (max_new_tokens * B)``: a fixed normaliser, no length bias (Dr. GRPO,
-      Liu et al. 2025).
-    """
-    m = mask.bool().to(torch.float32)
-    B = m.shape[0] if n_sequences is None else n_sequences
-    if aggregation == "token":
-        w = m / (m.sum() if n_tokens is None else torch.tensor(float(n_tokens))).clamp(min=1)
-    elif aggregation == "sequence":
-        w = m / (m.sum(1, keepdim=True).clamp(min=1) * B)
-    elif aggregation == "constant":
-        w = m / (max_new_tokens * B)
-    else:
-        raise ValueError(f"aggregation must be token, sequence or constant, got {aggregation!r}")
-    return w
 
 
 def build_run_reward(config: OnlineConfig, info: DistInfo):
@@ -640,47 +595,6 @@ def out_of_time(config: OnlineConfig, started: float, info: DistInfo | None = No
     if info is not None and info.enabled:
         late = bool(all_reduce_sum(float(late) if info.is_main else 0.0, info).item())
     return late
-
-
-def global_masked_whiten(x: torch.Tensor, mask: torch.Tensor, info: DistInfo | None, shift_mean: bool = True,
-                         eps: float = 1e-8) -> torch.Tensor:
-    """``core.masking.masked_whiten`` with the mean and unbiased variance of every rank's valid
-    positions (one process: exactly ``masked_whiten``)."""
-    from rlhfkit.core.masking import masked_whiten
-
-    if info is None or not info.enabled:
-        return masked_whiten(x, mask, shift_mean=shift_mean, eps=eps)
-    m = mask.bool()
-    xz = torch.where(m, x, torch.zeros((), dtype=x.dtype))
-    n, total = (float(v) for v in all_reduce_sum(torch.stack([m.sum().double(), xz.sum().double()]), info))
-    if n < 2:
-        raise ValueError(f"whitening needs at least 2 valid elements over all ranks, got {int(n)}")
-    mean = total / n
-    sq = float(all_reduce_sum(torch.where(m, (x.double() - mean) ** 2, torch.zeros((), dtype=torch.float64)).sum(), info))
-    out = (xz - mean) * torch.rsqrt(torch.tensor(sq / (n - 1) + eps, dtype=x.dtype))
-    if not shift_mean:
-        out = out + mean
-    return torch.where(m, out, torch.zeros((), dtype=out.dtype))
-
-
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                       info: DistInfo | None = None) -> float:
-    """``1 - Var[returns - values] / Var[returns]`` over valid tokens (cleanrl's debug metric),
-    over every rank's tokens when ``info`` has several."""
-    m = mask.bool()
-    if info is not None and info.enabled:
-        y, d = returns[m].double(), (returns - values)[m].double()
-        n, sy, syy, sd, sdd = (float(v) for v in all_reduce_sum(torch.stack(
-            [torch.tensor(float(y.numel()), dtype=torch.float64), y.sum(), (y * y).sum(), d.sum(), (d * d).sum()]), info))
-        if n < 2:
-            return float("nan")
-        var_y, var_d = (syy - sy * sy / n) / (n - 1), (sdd - sd * sd / n) / (n - 1)
-        return float(1 - var_d / var_y) if var_y > 0 else float("nan")
-    if int(m.sum()) < 2:
-        return float("nan")
-    y, v = returns[m], values[m]
-    var_y = y.var()
-    return float(1 - (y - v).var() / var_y) if var_y > 0 else float("nan")
 
 
 def finite(x: float) -> float:

@@ -1,6 +1,6 @@
 """Pure torch building blocks for RLHF (no I/O): masking, log-probs, KL, advantages, losses."""
 from .advantages import gae, group_normalised_advantages, rloo_advantages
-from .kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k2, kl_k3, sequence_kl
+from .kl import AdaptiveKLController, FixedKLController, kl_controller, kl_k1, kl_k2, kl_k3, sequence_kl
 from .logprobs import entropy_from_logits, token_logprobs
 from .losses import (
     binary_feedback_loss,
@@ -38,6 +38,7 @@ __all__ = [
     "sequence_kl",
     "FixedKLController",
     "AdaptiveKLController",
+    "kl_controller",
     "gae",
     "rloo_advantages",
     "group_normalised_advantages",

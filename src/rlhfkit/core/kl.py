@@ -65,6 +65,15 @@ class FixedKLController:
         self.value = float(state["value"])
 
 
+def kl_controller(kind: str, kl_coef: float, target: float, horizon: float):
+    """A ``fixed`` or ``adaptive`` KL coefficient controller."""
+    if kind == "adaptive":
+        return AdaptiveKLController(kl_coef, target, horizon)
+    if kind == "fixed":
+        return FixedKLController(kl_coef)
+    raise ValueError(f"kl_control must be 'fixed' or 'adaptive', got {kind!r}")
+
+
 class AdaptiveKLController:
     """Adaptive KL coefficient of Ziegler et al. 2019 ("Fine-Tuning Language Models from Human
     Preferences", section 2.2; lm-human-preferences ``AdaptiveKLController``):

@@ -29,6 +29,7 @@ from rlhfkit.core.logprobs import entropy_from_logits, token_logprobs
 from rlhfkit.core.masking import truncate_after_eos
 from rlhfkit.models.lora import reference_context
 from rlhfkit.models.reward import position_ids_from_mask
+from rlhfkit.models.value import token_values
 from rlhfkit.rollout import native, shared_prompt
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "response_logprobs",
     "finish_rollout",
     "rollout_logprobs",
+    "response_values",
     "repeat_each",
     "rollout",
     "step_seed",
@@ -335,6 +337,16 @@ def rollout_logprobs(model, ro: Rollout, temperature: float, batch_size: int = 0
                for i in range(0, len(ro), chunk)]
     model.train(was_training)
     return torch.cat(lps)
+
+
+def response_values(value_model, ro: Rollout, rows) -> torch.Tensor:
+    """Values ``[b, R]`` of the rollout's ``rows``: ``values[:, t]`` is V of the state that predicts
+    response token t (the hidden state of the token before it), as TRL's
+    ``values[:, context_length - 1:-1]``; gradients flow."""
+    P = ro.prompt_ids.shape[1]
+    ids = torch.cat([ro.prompt_ids[rows], ro.response_ids[rows]], 1)
+    mask = torch.cat([ro.prompt_mask[rows].long(), ro.response_mask[rows].long()], 1)
+    return token_values(value_model, ids, mask)[:, P - 1:-1]
 
 
 def repeat_each(items: list, k: int) -> list:

@@ -52,9 +52,16 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from rlhfkit.core.kl import sequence_kl
 from rlhfkit.eval.report import render_loop_report
 from rlhfkit.loop.config import LoopConfig, apply_quick
+from rlhfkit.loop.ensemble import ensemble_scores
+from rlhfkit.models import load_policy
 from rlhfkit.pipeline.cache import fingerprint, run_stage, settings, with_content
+from rlhfkit.rewards import build_reward
+from rlhfkit.rollout import SamplingConfig, make_sampler, repeat_each, rollout, rollout_logprobs, step_seed
 
 __all__ = ["LoopConfig", "run", "share_first_round", "ROUND_STAGES"]
 
@@ -75,8 +82,6 @@ def _read(path: Path) -> list[dict]:
 
 
 def _step_seed(*parts) -> int:
-    from rlhfkit.rollout import step_seed
-
     return step_seed(*parts)
 
 
@@ -105,8 +110,6 @@ def stage_setup(c: LoopConfig, d: Path) -> dict:
     _jsonl(d / "eval_prompts.jsonl", [{"prompt": p} for p in held])
     # gold-judged held-out pairs (no noise): every pair of heldout_samples samples of the initial
     # policy per held-out prompt whose gold scores differ, the better one as chosen
-    from rlhfkit.rewards import build_reward
-
     gold = build_reward(c.gold)
     samples = []
     for j in range(c.heldout_samples):
@@ -120,7 +123,7 @@ def stage_setup(c: LoopConfig, d: Path) -> dict:
                 if sx != sy and x != y:
                     pairs.append({"prompt": p, "chosen": x if sx > sy else y, "rejected": y if sx > sy else x})
     _jsonl(d / "heldout_pairs.jsonl", pairs)
-    ev = evaluate(c, init_model, init_model, held, members=None, heldout=None)
+    ev = evaluate_policy(c, init_model, init_model, held, members=None, heldout=None)
     print(f"loop: setup: {len(train)} training / {len(held)} held-out prompts, {len(pairs)} gold held-out pairs, "
           f"initial gold {ev['gold']:.4f}")
     return {"model": init_model, "train_prompts": len(train), "eval_prompts": len(held), "heldout_pairs": len(pairs),
@@ -133,11 +136,6 @@ class _PoolCfg:  # the two fields pipeline.stages._prompt_pool reads
 
 
 def _sample(c: LoopConfig, model_path: str, prompts: list[str], seed: int) -> list[str]:
-    import torch
-
-    from rlhfkit.models import load_policy
-    from rlhfkit.rollout import SamplingConfig, make_sampler, rollout
-
     model, tok = load_policy(model_path)
     gen = make_sampler(model, SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature),
                        tok.eos_token_id, tok.pad_token_id)
@@ -146,19 +144,13 @@ def _sample(c: LoopConfig, model_path: str, prompts: list[str], seed: int) -> li
                             behaviour_logprobs=False).responses)
 
 
-def evaluate(c: LoopConfig, policy_path: str, init_path: str, prompts: list[str], members: list[str] | None,
-             heldout: list[dict] | None) -> dict:
+def evaluate_policy(c: LoopConfig, policy_path: str, init_path: str, prompts: list[str], members: list[str] | None,
+                    heldout: list[dict] | None) -> dict:
     """Gold score of the policy's samples on the held-out prompts (``eval_samples`` each, the same
     sampling seed every round), KL to the initial policy (k1 summed over the response, mean over
-    samples), and the ensemble mean's accuracy on the gold-judged held-out pairs."""
-    import torch
-
-    from rlhfkit.loop.ensemble import ensemble_scores
-    from rlhfkit.models import load_policy
-    from rlhfkit.recipes.online import repeat_each, sequence_kl
-    from rlhfkit.rewards import build_reward
-    from rlhfkit.rollout import SamplingConfig, make_sampler, response_logprobs, rollout
-
+    samples: ``core.kl.sequence_kl`` with the initial policy's log-probs from
+    ``rollout.rollout_logprobs``, as ``rlhfkit eval`` measures it), and the ensemble mean's
+    accuracy on the gold-judged held-out pairs."""
     model, tok = load_policy(policy_path)
     gen = make_sampler(model, SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature),
                        tok.eos_token_id, tok.pad_token_id)
@@ -170,9 +162,7 @@ def evaluate(c: LoopConfig, policy_path: str, init_path: str, prompts: list[str]
             kl = 0.0
         else:
             ref, _ = load_policy(init_path)
-            ref_lp = response_logprobs(ref.eval(), ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask,
-                                       c.temperature)
-            kl = float(sequence_kl(ro.logprobs, ref_lp, ro.response_mask).mean())
+            kl = float(sequence_kl(ro.logprobs, rollout_logprobs(ref, ro, c.temperature), ro.response_mask).mean())
     out = {"gold": float(gold.mean()), "gold_std": float(gold.std()) if len(gold) > 1 else 0.0, "kl": kl,
            "samples": len(ro)}
     if members and heldout:
@@ -253,12 +243,6 @@ class Loop:
 
     # --------------------------------------------------------------- stage functions
     def candidates(self, r: int, d: Path) -> dict:
-        import torch
-
-        from rlhfkit.models import load_policy
-        from rlhfkit.recipes.online import repeat_each
-        from rlhfkit.rollout import SamplingConfig, make_sampler, rollout
-
         c = self.c
         train = [x["prompt"] for x in _read(self.out / "setup" / "train_prompts.jsonl")]
         n = min(c.prompts_per_round, len(train))
@@ -275,7 +259,6 @@ class Loop:
         return {"prompts": n, "candidates": len(rows), "policy": self.policy_before(r)}
 
     def select(self, r: int, d: Path) -> dict:
-        from rlhfkit.loop.ensemble import ensemble_scores
         from rlhfkit.loop.selection import candidate_pairs, pair_uncertainty, select_pairs
 
         c = self.c
@@ -310,8 +293,6 @@ class Loop:
         stats: dict = {"labeler": c.labeler}
         if c.labeler == "simulated":
             from rlhfkit.loop.labelers import simulated_labels
-            from rlhfkit.rewards import build_reward
-
             rows = simulated_labels([x["prompt"] for x in sel], [x["a"] for x in sel], [x["b"] for x in sel],
                                     build_reward(c.labeler_judge or c.gold), c.label_noise, _step_seed(c.seed, r, 13))
             decided = [x for x in rows if x["gold_chosen"] != x["gold_rejected"]]
@@ -383,8 +364,8 @@ class Loop:
     def eval(self, r: int, d: Path) -> dict:
         held = [x["prompt"] for x in _read(self.out / "setup" / "eval_prompts.jsonl")]
         heldout = _read(self.out / "setup" / "heldout_pairs.jsonl")
-        ev = evaluate(self.c, self.outputs[f"{r}/policy"]["model"], self.outputs["setup"]["model"], held,
-                      self.outputs[f"{r}/reward"]["members"], heldout)
+        ev = evaluate_policy(self.c, self.outputs[f"{r}/policy"]["model"], self.outputs["setup"]["model"], held,
+                             self.outputs[f"{r}/reward"]["members"], heldout)
         ev["labels"] = self.labels_spent(r)
         (d / "eval.json").write_text(json.dumps(ev, indent=1), encoding="utf-8")
         print(f"loop: round {r}: eval: gold {ev['gold']:.4f}, KL to init {ev['kl']:.3f}, "
@@ -439,8 +420,6 @@ def run(config: LoopConfig) -> dict:
 
             raise ConfigError(f"--quick: {err}") from None
     if config.threads:
-        import torch
-
         torch.set_num_threads(config.threads)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)

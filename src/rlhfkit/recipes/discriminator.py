@@ -96,8 +96,7 @@ def sample_policy(config: DiscriminatorConfig, prompts: list[str]) -> list[str]:
     import torch
 
     from rlhfkit.models import load_policy
-    from rlhfkit.recipes.online import repeat_each
-    from rlhfkit.rollout import SamplingConfig, make_sampler, rollout, step_seed
+    from rlhfkit.rollout import SamplingConfig, make_sampler, repeat_each, rollout, step_seed
     from rlhfkit.training.logging import progress_bar
 
     model, tok = load_policy(config.policy)

@@ -180,7 +180,7 @@ def test_a_hub_name_the_hub_cannot_give_fails_at_once_naming_it(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(OMP_NUM_THREADS="1", HF_HOME=str(tmp_path / "hf"))  # an empty local cache
     sft = tmp_path / "d.jsonl"
-    sft.write_text('{"prompt": "a", "completion": " b"}\n' * 8, encoding="utf-8")
+    sft.write_text("".join(f'{{"prompt": "q{i}", "completion": " b"}}\n' for i in range(16)), encoding="utf-8")
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "sft", "--model", "someorg/not-a-model",
                         "--data", str(sft), "--output_dir", str(tmp_path / "o")],

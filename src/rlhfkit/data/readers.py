@@ -3,7 +3,9 @@
 Sources accepted by :func:`read_records`:
 - a path to ``.jsonl`` / ``.jsonl.gz`` (one JSON object a line; gzip is detected by its magic
   bytes, so any suffix works), or ``.json`` / ``.json.gz`` holding a JSON list of objects (a
-  ``.json`` file whose first non-blank character is not ``[`` is read as JSON lines); a JSON-lines
+  ``.json`` file whose first non-blank character is not ``[`` is one record when it holds one
+  object, pretty-printed or not, refused naming the field when that object wraps the records in a
+  list, ``{"data": [...]}``, and read as JSON lines otherwise); a JSON-lines
   file that holds one JSON array is refused with the hint to rename it ``.json`` (the name is a
   promise other tools keep too: streaming readers, ``wc -l``, ``split``);
 - a folder written by ``datasets.Dataset.save_to_disk`` (``rlhfkit feedback export --format hf``),
@@ -99,11 +101,33 @@ def _read_all(path: Path) -> bytes:
     return data
 
 
-def _is_json_list(path: Path, data: bytes) -> bool:
+def _is_json_name(path: Path) -> bool:
     name = path.name.lower()
-    if name.endswith(".json") or name.endswith(".json.gz"):
-        return data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"["
-    return False
+    return name.endswith(".json") or name.endswith(".json.gz")
+
+
+def _is_json_list(path: Path, data: bytes) -> bool:
+    return _is_json_name(path) and data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"["
+
+
+def _whole_json_object(path: Path, data: bytes) -> dict | None:
+    """The one JSON object a ``.json`` file holds (pretty-printed over many lines or not), or None
+    when it holds something else (JSON lines, which such a file may also hold: read line by line).
+    An object that wraps the records in a list (``{"data": [{...}, ...]}``) is a DataError naming
+    the key, rather than one record missing every field."""
+    try:
+        value = json.loads(data.decode("utf-8-sig"))
+    except (ValueError, RecursionError):  # several lines of JSON, or bad JSON: the line reader says where
+        return None
+    if not isinstance(value, dict):
+        return None
+    wrapped = [k for k, v in value.items() if k != "messages" and isinstance(v, list) and v
+               and all(isinstance(x, dict) for x in v)]
+    if wrapped:
+        raise DataError(f"this file holds one JSON object with the records in its field {wrapped[0]!r}; give "
+                        f"a JSON list of objects (that field's value) or JSON Lines, one object a line",
+                        path=path, reason="not_object")
+    return value
 
 
 def _decode_line(raw: bytes, lineno: int, path: Path) -> str:
@@ -125,6 +149,9 @@ def _parse_json(text: str, path, loc: dict) -> Any:
                         **loc) from None
     except RecursionError:
         raise DataError("malformed JSON: nested too deeply", path=path, reason="malformed_json",
+                        **loc) from None
+    except ValueError as e:  # Python's limit on integer digits (4300): a ValueError, not a JSONDecodeError
+        raise DataError(f"malformed JSON: {str(e).split(';')[0]}", path=path, reason="malformed_json",
                         **loc) from None
 
 
@@ -156,6 +183,8 @@ def _iter_json_list(path: Path, data: bytes) -> Iterator[tuple[dict, Any]]:
                         reason="malformed_json") from None
     except RecursionError:
         raise DataError("malformed JSON: nested too deeply", path=path, reason="malformed_json") from None
+    except ValueError as e:  # Python's limit on integer digits (4300)
+        raise DataError(f"malformed JSON: {str(e).split(';')[0]}", path=path, reason="malformed_json") from None
     if not isinstance(value, list):
         raise DataError(f"expected a JSON list of objects, got {type(value).__name__}", path=path,
                         reason="not_object")
@@ -204,6 +233,10 @@ def iter_raw(source) -> tuple[str, Iterator[tuple[dict, Any]]]:
         data = _read_all(path)
         if _is_json_list(path, data):
             return str(path), _iter_json_list(path, data)
+        if _is_json_name(path):
+            whole = _whole_json_object(path, data)
+            if whole is not None:  # one object, perhaps over many lines: a record, or records wrapped in one
+                return str(path), _iter_objects([whole], str(path))
         return str(path), _iter_jsonl(path, data)
     if type(source).__name__ in ("DatasetDict", "IterableDatasetDict"):
         raise TypeError(f"got a {type(source).__name__} with splits {list(source)}; pass one split, "

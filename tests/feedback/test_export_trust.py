@@ -80,6 +80,54 @@ def test_exports_carry_a_stable_pseudonym_never_the_user_name(env, tmp_path, cap
     assert "dropped 12 exact duplicate records (24 left)" in capsys.readouterr().out
 
 
+def test_an_empty_or_unusable_key_file_is_refused_never_an_empty_key(env, tmp_path, capsys, monkeypatch):
+    """An empty key file (a crash before its bytes reached the disk, a truncated copy) is refused
+    naming it: pseudonyms keyed by nothing are HMACs anyone can recompute from the user ids. A key
+    file that cannot be read is one line too, never a traceback."""
+    monkeypatch.delenv("RLHFKIT_LABELER_KEY", raising=False)
+    _gold_project(env)
+    dbp, out = str(env.tmp / "feedback.db"), tmp_path / "x.jsonl"
+    key_file = env.tmp / "feedback.db.labeler_key"
+    key_file.write_text("\n")
+    assert main(["feedback", "export", "--db", dbp, "--project", "pw", "--kind", "pairs", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"labeler key {key_file} is empty" in err and "Traceback" not in err and not out.exists()
+    key_file.unlink()
+    key_file.mkdir()
+    assert main(["feedback", "export", "--db", dbp, "--project", "pw", "--kind", "pairs", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"labeler key {key_file}" in err and "RLHFKIT_LABELER_KEY" in err and "Traceback" not in err
+    # --with_labeler false needs no key
+    assert main(["feedback", "export", "--db", dbp, "--project", "pw", "--kind", "pairs", "--out", str(out),
+                 "--with_labeler", "false"]) == 0
+
+
+def test_processes_making_the_key_at_once_all_read_the_one_key(tmp_path, monkeypatch):
+    """Eight processes asking for a new store's key at the same moment, ten times over: each time
+    they all get the same key, and never an empty one (a file created empty, then written, was
+    read in between)."""
+    import multiprocessing as mp
+
+    from rlhfkit.feedback.export import labeler_key
+
+    monkeypatch.delenv("RLHFKIT_LABELER_KEY", raising=False)
+    ctx = mp.get_context("fork")
+    for trial in range(10):
+        path, barrier, q = str(tmp_path / f"s{trial}.db"), ctx.Barrier(8), ctx.Queue()
+
+        def ask():
+            barrier.wait()
+            q.put(labeler_key(path))
+        procs = [ctx.Process(target=ask) for _ in range(8)]
+        for p in procs:
+            p.start()
+        keys = {q.get(timeout=60) for _ in procs}
+        for p in procs:
+            p.join()
+        assert len(keys) == 1 and len(keys.pop()) == 64, trial
+        assert sorted(f.name for f in tmp_path.iterdir() if f.name.startswith(f"s{trial}.")) == [f"s{trial}.db.labeler_key"]
+
+
 def test_labelers_under_a_gold_accuracy_are_left_out_or_weighed(env, tmp_path, capsys):
     pid = _gold_project(env)
     dbp = str(env.tmp / "feedback.db")

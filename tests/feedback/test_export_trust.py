@@ -177,6 +177,48 @@ def test_a_labeler_without_gold_answers_counts_at_the_pooled_accuracy(env):
         assert len(export_labels(c, pid, "thumbs", min_gold_accuracy=0.5).records) == 4
 
 
+def test_the_api_exports_as_the_cli_does(env, tmp_path, capsys, monkeypatch):
+    """GET .../export gives the CLI's records: the same labeler pseudonyms (on by default, the
+    store's key), the gold-accuracy threshold and weights, with what they did in X-Export-Note;
+    the same refusals (a weight per labeler with a majority vote, a threshold out of [0, 1])."""
+    monkeypatch.delenv("RLHFKIT_LABELER_KEY", raising=False)
+    pid = _gold_project(env)
+    dbp = str(env.tmp / "feedback.db")
+    url = f"/api/admin/projects/{pid}/export"
+    for flags, query in (([], {}), (["--min_gold_accuracy", "0.6"], {"min_gold_accuracy": 0.6}),
+                         (["--weight_by_gold", "true"], {"weight_by_gold": "true"}),
+                         (["--with_labeler", "false"], {"with_labeler": "false"})):
+        out = tmp_path / "cli.jsonl"
+        assert main(["feedback", "export", "--db", dbp, "--project", "pw", "--kind", "pairs", "--out", str(out),
+                     *flags]) == 0
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        r = env.client.get(url, params={"kind": "pairs", **query}, headers=env.admin)
+        assert r.status_code == 200, r.text
+        assert r.text == out.read_text(encoding="utf-8"), flags
+        note = r.headers.get("x-export-note")
+        assert (note is None) if not flags or flags[0] == "--with_labeler" else last.endswith(note), (flags, note)
+    assert "labeler-" in env.client.get(url, params={"kind": "pairs"}, headers=env.admin).text
+    r = env.client.get(url, params={"kind": "pairs", "weight_by_gold": "true", "aggregate": "majority"},
+                       headers=env.admin)
+    assert r.status_code == 422 and "use min_gold_accuracy" in r.text
+    assert env.client.get(url, params={"kind": "pairs", "min_gold_accuracy": 1.5}, headers=env.admin).status_code == 422
+
+
+def test_the_api_import_drops_exact_copies_as_the_cli_does(env):
+    """JSON items and a file upload: exact copies within one import are dropped and counted."""
+    items = [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(5)]
+    pid = env.client.post("/api/admin/projects", json={"name": "dups", "task_type": "thumbs"},
+                          headers=env.admin).json()["id"]
+    r = env.client.post(f"/api/admin/projects/{pid}/items", json={"items": items + items[:3]}, headers=env.admin)
+    assert r.status_code == 200 and r.json() == {"imported": 5, "gold": 0, "duplicates_dropped": 3}, r.text
+    jsonl = "".join(json.dumps(x) + "\n" for x in items[1:] + items[1:2])
+    r = env.client.post(f"/api/admin/projects/{pid}/import", files={"file": ("more.jsonl", jsonl.encode())},
+                        headers=env.admin)
+    assert r.status_code == 200 and r.json()["duplicates_dropped"] == 1, r.text
+    with env.store.read() as c:  # copies within one import go; items imported before are another import's
+        assert c.execute(select(db.projects.c.n_items).where(db.projects.c.id == pid)).scalar() == 9
+
+
 def test_gold_options_need_answered_gold_questions(env, tmp_path, capsys):
     make_project(env.client, env.admin, "thumbs", [{"prompt": "q", "completion": "a"}], name="nogold")
     assert main(["feedback", "export", "--db", str(env.tmp / "feedback.db"), "--project", "nogold", "--kind", "thumbs",

@@ -61,7 +61,7 @@ from .auth import (
     update_user,
     verify_password,
 )
-from .export import EXPORT_KINDS, export_records, redact_export
+from .export import EXPORT_KINDS, LABELER_KEY_ENV, export_labels, labeler_key, redact_export
 from .http_hardening import SecurityHeaders, StrictJSONRoute, escape_surrogates
 from .queue import (
     DEFAULT_LEASE_S,
@@ -76,7 +76,7 @@ from .queue import (
     submit_label,
 )
 from .stats import overview, project_dashboard
-from .tasks import FLAGS, TASK_TYPES, LabelError, parse_items, redact_items
+from .tasks import FLAGS, TASK_TYPES, LabelError, drop_duplicate_items, parse_items, redact_items
 
 __all__ = ["create_app", "COOKIE", "MAX_BODY_BYTES", "MAX_IMPORT_BYTES"]
 
@@ -460,7 +460,8 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
                               index=e.index, field=e.field, reason=e.reason)
             raise HTTPException(422, {"error": str(e), "file": e.path, "line": e.line, "field": e.field,
                                       "imported": 0}) from None
-        out: dict = {}
+        parsed, n_copies = drop_duplicate_items(parsed)  # as `feedback import` does
+        out: dict = {"duplicates_dropped": n_copies} if n_copies else {}
         if redact_all or redact_request:
             parsed, counts, n_equal = redact_items(parsed)
             out["redacted"] = dict(counts)
@@ -561,17 +562,31 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
     @app.get("/api/admin/projects/{project_id}/export", tags=["admin"])
     def api_export(project_id: Id, kind: Literal["pairs", "rankings", "ratings", "thumbs", "sft", "rewrites"],
                    aggregate: Literal["none", "majority"] = "none", include_gold: bool = False,
-                   redact: bool = False, p: Principal = Depends(api_admin)):
+                   redact: bool = False, with_labeler: bool = True,
+                   min_gold_accuracy: float = Query(0.0, ge=0.0, le=1.0), weight_by_gold: bool = False,
+                   p: Principal = Depends(api_admin)):
         """JSON lines readable by ``rlhfkit.data.read_records(path, kind)``. ``redact=true`` (always,
         when the server runs with ``--redact true``) replaces personal data and leaves out pairs whose
-        answers became one text; the header ``X-Redacted`` says what was replaced and left out."""
+        answers became one text; the header ``X-Redacted`` says what was replaced and left out.
+        ``with_labeler``, ``min_gold_accuracy``, ``weight_by_gold``: as ``feedback export`` (labeler
+        pseudonyms, on by default; gold-accuracy threshold and weights); the header ``X-Export-Note``
+        says what they left out or gave, as that command's last line does."""
         proj = _project(project_id)
+        try:
+            key = labeler_key(store.url) if with_labeler and aggregate == "none" else None
+        except ValueError as e:  # the store's key file: the server's problem, not the request's
+            raise HTTPException(500, str(e)) from None
         with store.read() as conn:
             try:
-                recs = export_records(conn, project_id, kind, include_gold=include_gold, aggregate=aggregate)
+                result = export_labels(conn, project_id, kind, include_gold=include_gold, aggregate=aggregate,
+                                       labeler_key=key, min_gold_accuracy=min_gold_accuracy or None,
+                                       weight_by_gold=weight_by_gold)
             except ValueError as e:
                 raise HTTPException(422, str(e)) from None
-        headers = {}
+        recs, note = result.records, result.note()
+        if with_labeler and aggregate == "none" and key is None:
+            note += f"; labeler ids left out: set ${LABELER_KEY_ENV} to give them from a database URL"
+        headers = {"X-Export-Note": note.removeprefix("; ")} if note else {}
         if redact or redact_all:
             recs, counts, n_equal = redact_export(recs)
             headers["X-Redacted"] = json.dumps({**dict(sorted(counts.items())), "pairs_left_out": n_equal})

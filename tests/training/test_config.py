@@ -180,3 +180,9 @@ def test_quick_batch_sizes_fit_a_batch_size_given_on_the_command_line(tmp_path):
     assert set_quick_fields(c, quick) == (["reward.micro_batch_size", "policy.batch_size", "policy.micro_batch_size"],
                                           {"reward.batch_size": "command line"})
     assert (c.reward.batch_size, c.reward.micro_batch_size) == (32, 16)
+    # a default that already holds quick's value is quick's too: fitted the same
+    c = load_config(WithBatches, None, ["--quick", "--policy.batch_size", "4"])
+    changed, kept = set_quick_fields(c, {"policy.micro_batch_size": 8})
+    assert (c.policy.batch_size, c.policy.micro_batch_size) == (4, 4) and changed == []
+    assert kept == {"policy.micro_batch_size": "quick's 8 fitted to the given policy.batch_size"}
+

@@ -297,7 +297,9 @@ def set_quick_fields(config, quick: dict[str, Any]) -> tuple[list[str], dict[str
         else:
             setattr(obj, last, value)
             changed.append(dotted)
-    for dotted in list(changed):
+    for dotted in quick:  # quick's batch sizes, whether it changed them or they held its value already
+        if dotted in keep:
+            continue
         prefix, _, last = dotted.rpartition(".")
         other = {"micro_batch_size": "batch_size", "batch_size": "micro_batch_size"}.get(last)
         other_dotted = f"{prefix}.{other}" if prefix else other
@@ -309,7 +311,8 @@ def set_quick_fields(config, quick: dict[str, Any]) -> tuple[list[str], dict[str
         if fitted != getattr(obj, last):
             kept[dotted] = f"quick's {getattr(obj, last)!r} fitted to the given {other_dotted}"
             setattr(obj, last, fitted)
-            changed.remove(dotted)
+            if dotted in changed:
+                changed.remove(dotted)
     return changed, kept
 
 

@@ -120,6 +120,20 @@ def test_records_by_different_labelers_are_not_duplicates(tmp_path, capsys):
     assert "dropped 2 exact duplicate records (3 left)" in capsys.readouterr().out
 
 
+def test_what_counts_as_an_exact_duplicate(tmp_path, capsys):
+    """Every field equal as training reads it: key order, a field left out or given as null or its
+    default, an integer or a float, a weight of 1 or none are the same record; a weight of 2 is not."""
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"},
+            {"rejected": "b", "chosen": "a", "prompt": "p", "weight": 1},
+            {"prompt": "p", "chosen": "a", "rejected": "b", "margin": None, "tie": False, "labeler": None, "weight": 1.0},
+            {"prompt": "p", "chosen": "a", "rejected": "b", "weight": 2},
+            {"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1},
+            {"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1.0}]
+    records = load_training_records(str(write_jsonl(tmp_path / "d.jsonl", rows)), "pairs")
+    assert [(r.weight, r.margin) for r in records] == [(None, None), (2.0, None), (None, 1.0)]
+    assert "dropped 3 exact duplicate records (3 left)" in capsys.readouterr().out
+
+
 def test_a_held_out_file_removes_its_copies_from_training(tmp_path, capsys, tiny_encoder_rm_dir, monkeypatch):
     rows = _data("pairs", random.Random(3))
     train_file = write_jsonl(tmp_path / "train.jsonl", rows)

@@ -108,11 +108,14 @@ def _read_source(source: str, kind: str, on_error: str, ties: str, max_chars: in
 
 
 def record_key(record, with_labeler: bool = True) -> str:
-    """A record's normalised form (its fields as sorted JSON), the identity of exact duplicates;
-    without ``labeler`` and ``weight`` it is the judged example alone (who judged it aside)."""
+    """A record's normalised form (its fields as sorted JSON; a weight of 1 is no weight, as
+    training counts it), the identity of exact duplicates; without ``labeler`` and ``weight`` it
+    is the judged example alone (who judged it aside)."""
     from rlhfkit.data.records import OPTIONAL_FIELDS
 
     d = record.to_dict()
+    if d.get("weight") == 1.0:
+        del d["weight"]
     if not with_labeler:
         d = {k: v for k, v in d.items() if k not in OPTIONAL_FIELDS}
     return json.dumps(d, sort_keys=True, ensure_ascii=False)

@@ -165,3 +165,21 @@ def test_a_json_file_holding_one_object(tmp_path):
     assert e.value.reason == "not_object"
     _write_lines(tmp_path / "lines.json", [json.dumps(GOOD), json.dumps({**GOOD, "prompt": "q"})])
     assert [r.prompt for r in read_records(tmp_path / "lines.json", "pairs")] == ["p", "q"]
+
+
+def test_a_line_too_long_for_any_record_is_refused_before_it_is_parsed(tmp_path):
+    """A JSON line longer than any record within max_chars could be (6 bytes a character, 16 MB
+    for keys and extra columns) is refused by its line and length, unparsed; a shorter line with a
+    large extra column reads as before, and with on_error skip the long one is counted."""
+    from rlhfkit.data.readers import line_limit
+
+    assert line_limit(100_000) == 16_600_000 and line_limit(None) is None
+    giant = json.dumps({**GOOD, "chosen": "x" * 17_000_000})
+    extra = json.dumps({**GOOD, "image": "y" * 1_500_000})
+    path = _write_lines(tmp_path / "g.jsonl", [json.dumps(GOOD), extra, giant])
+    with pytest.raises(DataError) as e:
+        read_records(path, "pairs", max_chars=10)
+    assert (e.value.line, e.value.reason, e.value.field) == (3, "too_long", None)
+    assert f"a line of {len(giant)} bytes" in str(e.value)
+    res = read_records(path, "pairs", on_error="skip")
+    assert len(res.records) == 2 and res.skipped == {"too_long": 1}

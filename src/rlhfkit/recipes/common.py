@@ -195,10 +195,10 @@ def _file_kind(source, kind: str) -> str:
     an SFT file may hold rewrites (`original` + `rewrite`); decided from the first record."""
     if kind not in ("pairs", "sft"):
         return kind
-    from rlhfkit.data.readers import iter_raw
+    from rlhfkit.data.readers import iter_raw, line_limit
 
     try:
-        _, rows = iter_raw(source)
+        _, rows = iter_raw(source, line_limit(100_000))  # a giant first line is read_records' to refuse
         first = next((value for _, value in rows if isinstance(value, dict)), None)
     except Exception:  # unreadable: let read_records report it with file, line and field
         return kind

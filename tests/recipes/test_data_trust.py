@@ -201,7 +201,7 @@ def test_a_split_that_holds_out_nothing_says_so(capsys):
     recs = [PreferencePair(f"p{k}", f"a{i}", f"b{i}") for k in range(3) for i in range(100)]
     train, held = split_by_prompt(recs, 0.1, seed=0)
     assert (len(train), len(held)) == (300, 0)
-    assert "3 distinct prompts x eval_fraction 0.1 rounds to none: nothing is held out" in capsys.readouterr().out
+    assert "a fraction of 0.1 of 3 distinct prompts rounds to none: nothing is held out" in capsys.readouterr().out
     split_by_prompt(recs, 0.0, seed=0)
     assert "nothing is held out" not in capsys.readouterr().out  # asked for none
 

@@ -296,7 +296,7 @@ def split_by_prompt(items: list, fraction: float, seed: int, prompt_of=split_key
     train = [x for x, k in zip(items, keys) if k not in held]
     held_out = [x for x, k in zip(items, keys) if k in held]
     if fraction > 0 and items and not held_out:
-        print(f"held-out split: {len(distinct)} distinct prompts x eval_fraction {fraction:g} rounds to none: nothing "
+        print(f"held-out split: a fraction of {fraction:g} of {len(distinct)} distinct prompts rounds to none: nothing "
               "is held out (more prompts, a larger fraction, or a held-out file)")
     if shuffle:
         g = torch.Generator().manual_seed(seed)

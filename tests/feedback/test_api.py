@@ -226,7 +226,7 @@ def test_bad_imports_name_file_line_field_and_import_nothing(env, tmp_path):
         assert conn.execute(select(func.count()).select_from(db.items)).scalar() == 2  # only the first import
     # a good upload goes in
     path = tmp_path / "good.jsonl"
-    path.write_text(good + "\n" + good + "\n")
+    path.write_text(good + "\n" + json.dumps({"prompt": "q", "responses": ["a", "b"]}) + "\n")
     r = c.post(f"/api/admin/projects/{pid}/import", files={"file": ("good.jsonl", path.read_bytes())}, headers=A)
     assert r.json() == {"imported": 2, "gold": 0}
 

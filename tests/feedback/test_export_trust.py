@@ -80,6 +80,54 @@ def test_exports_carry_a_stable_pseudonym_never_the_user_name(env, tmp_path, cap
     assert "dropped 12 exact duplicate records (24 left)" in capsys.readouterr().out
 
 
+def test_an_empty_or_unusable_key_file_is_refused_never_an_empty_key(env, tmp_path, capsys, monkeypatch):
+    """An empty key file (a crash before its bytes reached the disk, a truncated copy) is refused
+    naming it: pseudonyms keyed by nothing are HMACs anyone can recompute from the user ids. A key
+    file that cannot be read is one line too, never a traceback."""
+    monkeypatch.delenv("RLHFKIT_LABELER_KEY", raising=False)
+    _gold_project(env)
+    dbp, out = str(env.tmp / "feedback.db"), tmp_path / "x.jsonl"
+    key_file = env.tmp / "feedback.db.labeler_key"
+    key_file.write_text("\n")
+    assert main(["feedback", "export", "--db", dbp, "--project", "pw", "--kind", "pairs", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"labeler key {key_file} is empty" in err and "Traceback" not in err and not out.exists()
+    key_file.unlink()
+    key_file.mkdir()
+    assert main(["feedback", "export", "--db", dbp, "--project", "pw", "--kind", "pairs", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"labeler key {key_file}" in err and "RLHFKIT_LABELER_KEY" in err and "Traceback" not in err
+    # --with_labeler false needs no key
+    assert main(["feedback", "export", "--db", dbp, "--project", "pw", "--kind", "pairs", "--out", str(out),
+                 "--with_labeler", "false"]) == 0
+
+
+def test_processes_making_the_key_at_once_all_read_the_one_key(tmp_path, monkeypatch):
+    """Eight processes asking for a new store's key at the same moment, ten times over: each time
+    they all get the same key, and never an empty one (a file created empty, then written, was
+    read in between)."""
+    import multiprocessing as mp
+
+    from rlhfkit.feedback.export import labeler_key
+
+    monkeypatch.delenv("RLHFKIT_LABELER_KEY", raising=False)
+    ctx = mp.get_context("fork")
+    for trial in range(10):
+        path, barrier, q = str(tmp_path / f"s{trial}.db"), ctx.Barrier(8), ctx.Queue()
+
+        def ask():
+            barrier.wait()
+            q.put(labeler_key(path))
+        procs = [ctx.Process(target=ask) for _ in range(8)]
+        for p in procs:
+            p.start()
+        keys = {q.get(timeout=60) for _ in procs}
+        for p in procs:
+            p.join()
+        assert len(keys) == 1 and len(keys.pop()) == 64, trial
+        assert sorted(f.name for f in tmp_path.iterdir() if f.name.startswith(f"s{trial}.")) == [f"s{trial}.db.labeler_key"]
+
+
 def test_labelers_under_a_gold_accuracy_are_left_out_or_weighed(env, tmp_path, capsys):
     pid = _gold_project(env)
     dbp = str(env.tmp / "feedback.db")
@@ -127,6 +175,48 @@ def test_a_labeler_without_gold_answers_counts_at_the_pooled_accuracy(env):
         assert [r.weight for r in result.records] == [0.5] * 4  # ann: no gold answers
         assert len(export_labels(c, pid, "thumbs", min_gold_accuracy=0.6).records) == 0
         assert len(export_labels(c, pid, "thumbs", min_gold_accuracy=0.5).records) == 4
+
+
+def test_the_api_exports_as_the_cli_does(env, tmp_path, capsys, monkeypatch):
+    """GET .../export gives the CLI's records: the same labeler pseudonyms (on by default, the
+    store's key), the gold-accuracy threshold and weights, with what they did in X-Export-Note;
+    the same refusals (a weight per labeler with a majority vote, a threshold out of [0, 1])."""
+    monkeypatch.delenv("RLHFKIT_LABELER_KEY", raising=False)
+    pid = _gold_project(env)
+    dbp = str(env.tmp / "feedback.db")
+    url = f"/api/admin/projects/{pid}/export"
+    for flags, query in (([], {}), (["--min_gold_accuracy", "0.6"], {"min_gold_accuracy": 0.6}),
+                         (["--weight_by_gold", "true"], {"weight_by_gold": "true"}),
+                         (["--with_labeler", "false"], {"with_labeler": "false"})):
+        out = tmp_path / "cli.jsonl"
+        assert main(["feedback", "export", "--db", dbp, "--project", "pw", "--kind", "pairs", "--out", str(out),
+                     *flags]) == 0
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        r = env.client.get(url, params={"kind": "pairs", **query}, headers=env.admin)
+        assert r.status_code == 200, r.text
+        assert r.text == out.read_text(encoding="utf-8"), flags
+        note = r.headers.get("x-export-note")
+        assert (note is None) if not flags or flags[0] == "--with_labeler" else last.endswith(note), (flags, note)
+    assert "labeler-" in env.client.get(url, params={"kind": "pairs"}, headers=env.admin).text
+    r = env.client.get(url, params={"kind": "pairs", "weight_by_gold": "true", "aggregate": "majority"},
+                       headers=env.admin)
+    assert r.status_code == 422 and "use min_gold_accuracy" in r.text
+    assert env.client.get(url, params={"kind": "pairs", "min_gold_accuracy": 1.5}, headers=env.admin).status_code == 422
+
+
+def test_the_api_import_drops_exact_copies_as_the_cli_does(env):
+    """JSON items and a file upload: exact copies within one import are dropped and counted."""
+    items = [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(5)]
+    pid = env.client.post("/api/admin/projects", json={"name": "dups", "task_type": "thumbs"},
+                          headers=env.admin).json()["id"]
+    r = env.client.post(f"/api/admin/projects/{pid}/items", json={"items": items + items[:3]}, headers=env.admin)
+    assert r.status_code == 200 and r.json() == {"imported": 5, "gold": 0, "duplicates_dropped": 3}, r.text
+    jsonl = "".join(json.dumps(x) + "\n" for x in items[1:] + items[1:2])
+    r = env.client.post(f"/api/admin/projects/{pid}/import", files={"file": ("more.jsonl", jsonl.encode())},
+                        headers=env.admin)
+    assert r.status_code == 200 and r.json()["duplicates_dropped"] == 1, r.text
+    with env.store.read() as c:  # copies within one import go; items imported before are another import's
+        assert c.execute(select(db.projects.c.n_items).where(db.projects.c.id == pid)).scalar() == 9
 
 
 def test_gold_options_need_answered_gold_questions(env, tmp_path, capsys):

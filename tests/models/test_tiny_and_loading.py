@@ -1,4 +1,6 @@
 """Tiny builders, source resolution, pad token, dropout, clear load errors."""
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -179,6 +181,10 @@ def test_the_tiny_alias_is_a_folder_built_from_config_once(tmp_path, monkeypatch
     again = load_causal_lm("tiny").state_dict()
     assert all(torch.equal(v, again[k]) for k, v in model.state_dict().items())
     assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]  # no half-built folder left
+    # a folder like any other made here (the umask's mode), not owner-only: a shared cache is read by every user
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o777 & ~umask
 
 
 def test_missing_path_error_message(tmp_path):

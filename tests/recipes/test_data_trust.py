@@ -120,6 +120,20 @@ def test_records_by_different_labelers_are_not_duplicates(tmp_path, capsys):
     assert "dropped 2 exact duplicate records (3 left)" in capsys.readouterr().out
 
 
+def test_what_counts_as_an_exact_duplicate(tmp_path, capsys):
+    """Every field equal as training reads it: key order, a field left out or given as null or its
+    default, an integer or a float, a weight of 1 or none are the same record; a weight of 2 is not."""
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"},
+            {"rejected": "b", "chosen": "a", "prompt": "p", "weight": 1},
+            {"prompt": "p", "chosen": "a", "rejected": "b", "margin": None, "tie": False, "labeler": None, "weight": 1.0},
+            {"prompt": "p", "chosen": "a", "rejected": "b", "weight": 2},
+            {"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1},
+            {"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1.0}]
+    records = load_training_records(str(write_jsonl(tmp_path / "d.jsonl", rows)), "pairs")
+    assert [(r.weight, r.margin) for r in records] == [(None, None), (2.0, None), (None, 1.0)]
+    assert "dropped 3 exact duplicate records (3 left)" in capsys.readouterr().out
+
+
 def test_a_held_out_file_removes_its_copies_from_training(tmp_path, capsys, tiny_encoder_rm_dir, monkeypatch):
     rows = _data("pairs", random.Random(3))
     train_file = write_jsonl(tmp_path / "train.jsonl", rows)
@@ -135,8 +149,61 @@ def test_a_held_out_file_removes_its_copies_from_training(tmp_path, capsys, tiny
         "--model", str(tiny_encoder_rm_dir), "--data", str(train_file), "--eval_data", str(eval_file),
         "--output_dir", str(tmp_path / "o"), "--max_steps", "1", "--batch_size", "4", "--micro_batch_size", "4",
         "--max_length", "32", *QUIET]))
-    assert f"{train_file}: dropped 4 training records that are also in the held-out data" in capsys.readouterr().out
+    assert f"{train_file}: dropped 4 training records that share a prompt with the held-out data" in \
+        capsys.readouterr().out
     assert len(seen[0]) == 20
+
+
+def test_a_held_out_file_removes_every_training_record_of_its_prompts(tmp_path, capsys):
+    """Compared as splits group them: the same prompt in other case or spacing, the held-out pair
+    the other way round or in another subset, another answer to a held-out prompt; an unrelated
+    record stays."""
+    from rlhfkit.data import PreferencePair
+    from rlhfkit.recipes.common import drop_held_out_copies
+
+    held = [PreferencePair("What is 2+2?", "4", "5"), PreferencePair("", "Human: hi Assistant: a", "Human: hi Assistant: b")]
+    train = [PreferencePair("what is  2+2? ", "4", "5"), PreferencePair("What is 2+2?", "5", "4", subset="proj"),
+             PreferencePair("What is 2+2?", "four", "5"), PreferencePair("", "Human: hi Assistant: b", "Human: hi Assistant: a"),
+             PreferencePair("", "Human: hi Assistant: a", "Human: hi Assistant: c"), PreferencePair("What is 3+3?", "6", "5")]
+    kept = drop_held_out_copies(train, held, "t.jsonl")
+    assert kept == train[4:]  # an implicit-prompt pair with another answer is another example
+    assert "t.jsonl: dropped 4 training records that share a prompt with the held-out data" in capsys.readouterr().out
+
+
+def test_prompts_differing_in_case_or_spacing_are_held_out_together(capsys):
+    from rlhfkit.data import PreferencePair
+    from rlhfkit.recipes.common import prompt_key
+
+    recs = [PreferencePair(p, f"a{i}", f"b{i}") for i in range(50) for p in (f"What is {i}?", f"what  is {i}? \n")]
+    train, held = split_by_prompt(recs, 0.2, seed=0)
+    assert (len(train), len(held)) == (80, 20)  # 10 of the 50 prompts, both spellings
+    assert not {prompt_key(r.prompt) for r in train} & {prompt_key(r.prompt) for r in held}
+    assert prompt_key("Ｗhat\tis  ２+2?\u00a0") == "what is 2+2?"  # NFKC, case, any white space
+
+
+def test_implicit_prompt_records_are_held_out_by_their_texts(capsys):
+    """Records with an empty prompt (the prompt inside the responses) are grouped by the texts
+    they judge: a fraction of them is held out (not all or none, as one shared prompt "" would
+    make it), and a pair judged twice, once the other way round, stays on one side."""
+    from rlhfkit.data import PreferencePair
+
+    recs = [PreferencePair("", f"Human: q{i} Assistant: a", f"Human: q{i} Assistant: b") for i in range(40)]
+    recs += [PreferencePair("", r.rejected, r.chosen, labeler="other") for r in recs[::4]]
+    train, held = split_by_prompt(recs, 0.25, seed=0)
+    assert len({r.chosen for r in held} | {r.rejected for r in held}) == 2 * 10  # 10 of the 40 examples held out
+    held_texts = {frozenset((r.chosen, r.rejected)) for r in held}
+    assert not {frozenset((r.chosen, r.rejected)) for r in train} & held_texts
+
+
+def test_a_split_that_holds_out_nothing_says_so(capsys):
+    from rlhfkit.data import PreferencePair
+
+    recs = [PreferencePair(f"p{k}", f"a{i}", f"b{i}") for k in range(3) for i in range(100)]
+    train, held = split_by_prompt(recs, 0.1, seed=0)
+    assert (len(train), len(held)) == (300, 0)
+    assert "a fraction of 0.1 of 3 distinct prompts rounds to none: nothing is held out" in capsys.readouterr().out
+    split_by_prompt(recs, 0.0, seed=0)
+    assert "nothing is held out" not in capsys.readouterr().out  # asked for none
 
 
 # ----------------------------------------------------------------------------- empty and small data
@@ -230,6 +297,31 @@ def test_weights_are_a_weighted_mean_whatever_the_batch_split(tmp_path, kind, ti
                                                        pytest.approx(first["grad_norm"], rel=1e-5))
     plain, _ = run(None, "plain")
     assert not _same(weights, plain)
+
+
+@pytest.mark.parametrize("kind", ["sft", "reward"])
+def test_weights_near_the_float_range_train_as_their_ratios(tmp_path, kind, tiny_policy_dir, tiny_encoder_rm_dir):
+    """The loss is a weighted mean, so weights times 2**1020 (1.1e307: their products with the
+    losses overflow a float) train exactly as the weights themselves: finite, the same model."""
+    def run(scale, name):
+        return _train(tmp_path, kind, _weighted_file(tmp_path, kind, scale, name), name, 4, tiny_policy_dir,
+                      tiny_encoder_rm_dir)
+
+    weights, first = run(1.0, "w1")
+    huge, first_huge = run(2.0 ** 1020, "huge")
+    assert first_huge["loss"] == first["loss"] and all(torch.equal(weights[k], huge[k]) for k in weights)
+
+
+@pytest.mark.parametrize("recipe", ["sft", "dpo"])
+def test_a_training_set_of_zero_weights_is_refused_before_the_model_loads(tmp_path, recipe):
+    rows = [{**r, "weight": 0} for r in _data("sft" if recipe == "sft" else "pairs", random.Random(2))]
+    data = write_jsonl(tmp_path / "zero.jsonl", rows)
+    args = ["--data", str(data), "--model", str(tmp_path / "no-model"), "--output_dir", str(tmp_path / "o"),
+            "--batch_size", "4", "--micro_batch_size", "4", "--eval_fraction", "0.25", *QUIET]
+    with pytest.raises(DataError, match="every one of the 18 training records has weight 0") as e:
+        (sft.run(load_config(sft.SFTConfig, None, args)) if recipe == "sft" else
+         dpo.run(load_config(dpo.DPOConfig, None, args)))
+    assert e.value.field == "weight" and not (tmp_path / "o").exists()
 
 
 # ----------------------------------------------------------------------------- ratings and thumbs

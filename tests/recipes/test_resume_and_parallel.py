@@ -128,3 +128,28 @@ def test_reward_two_processes_equal_one_process(tmp_path, tiny_causal_rm_dir, pa
     assert any(not torch.equal(a[k], moved[k]) for k in a)  # training changed the weights
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_weighted_pairs_over_two_processes_equal_one_process(tmp_path, tiny_causal_rm_dir, pair_file):
+    """Record weights under DDP (0, 0.1, 1 and 0.9 over 16 pairs): the ranks' shares of a global
+    batch weigh differently, a micro-batch may weigh 0, and the normaliser is the global sum of
+    weights on every rank, so 2 processes make the updates of 1."""
+    rows = [json.loads(line) for line in pair_file.read_text().splitlines()][:16]
+    weights = [0.0, 0.1, 1.0, 0.9] * 4
+    data = tmp_path / "weighted.jsonl"
+    data.write_text("".join(json.dumps({**r, "weight": w}) + "\n" for r, w in zip(rows, weights)))
+
+    def args(out):
+        return ["reward", "train", "--model", str(tiny_causal_rm_dir), "--data", str(data), "--eval_fraction", "0",
+                "--output_dir", str(out), "--max_steps", "4", "--batch_size", "8", "--micro_batch_size", "2",
+                "--learning_rate", "3e-3", "--max_length", "48", "--threads", "1", "--tensorboard", "false",
+                "--linear_probe_steps", "0"]
+    r = run_cli(args(tmp_path / "one"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_cli(args(tmp_path / "two"), torchrun=2)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    a, b = load_weights(tmp_path / "one" / "model"), load_weights(tmp_path / "two" / "model")
+    for name in a:  # AdamW turns float noise where a gradient is near 0 into about 1e-6 of a step
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+    for (s1, l1), (s2, l2) in zip(losses(tmp_path / "one"), losses(tmp_path / "two")):
+        assert s1 == s2 and l1 == pytest.approx(l2, rel=1e-5)

@@ -264,3 +264,22 @@ def test_best_metric_needs_an_evaluation_and_a_known_metric(tmp_path):
     with pytest.raises(ConfigError, match="not among the eval metrics"):
         fit(make_model(), EXAMPLES, collate, loss_sum, count, config(tmp_path / "b", best_metric="val_acc"),
             DistInfo(), ScriptedEval([1.0] * 5))
+
+
+def test_a_run_resumes_only_on_the_examples_it_was_trained_on(tmp_path):
+    """A checkpoint stores a digest of the training examples; resuming on other examples (a data
+    file edited, a split changed) is refused naming both counts, on the same ones it continues."""
+    from rlhfkit.training.config import ConfigError
+
+    out = tmp_path / "run"
+    cfg = config(out, eval_every=2, save_every=2)
+    with pytest.raises(KeyboardInterrupt):  # killed in the evaluation at step 4, after checkpoint-2
+        fit(make_model(), EXAMPLES, collate, loss_sum, count, cfg, DistInfo(), ScriptedEval([1.0], crash_at=2))
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["data"]["examples"] == 32 and len(state["data"]["sha256"]) == 64
+    with pytest.raises(ConfigError, match=r"trained on other examples \(32 then, 24 now"):
+        fit(make_model(), EXAMPLES[:24], collate, loss_sum, count, cfg, DistInfo(), ScriptedEval([1.0] * 5))
+    edited = [{**e, "y": e["y"] + 1} if i == 5 else e for i, e in enumerate(EXAMPLES)]
+    with pytest.raises(ConfigError, match=r"trained on other examples \(32 then, 32 now"):
+        fit(make_model(), edited, collate, loss_sum, count, cfg, DistInfo(), ScriptedEval([1.0] * 5))
+    fit(make_model(), EXAMPLES, collate, loss_sum, count, cfg, DistInfo(), ScriptedEval([1.0] * 5))

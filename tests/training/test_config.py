@@ -142,3 +142,47 @@ def test_a_config_file_that_says_quick_keeps_its_values_under_quick(tmp_path):
     changed, kept = set_quick_fields(c, QUICK_VALUES)
     assert (c.steps, c.name, c.lora.r) == (2, "small", 4)
     assert changed == ["name"] and kept == {"steps": "file", "lora.r": "command line"}
+
+
+@dataclass
+class Batches:
+    batch_size: int = 64
+    micro_batch_size: int = 8
+
+
+@dataclass
+class WithBatches:
+    quick: bool = False
+    reward: Batches = field(default_factory=Batches)
+    policy: Batches = field(default_factory=Batches)
+
+
+def test_quick_batch_sizes_fit_a_batch_size_given_on_the_command_line(tmp_path):
+    """A batch size given explicitly stands, and quick's sibling is fitted to it: micro-batches of
+    16 under a given batch of 8 become 8 (they would stop the run at that stage, minutes in), a
+    batch of 16 under given micro-batches of 32 becomes 32; a sibling that fits is quick's."""
+    from rlhfkit.training.config import describe_quick, set_quick_fields
+
+    quick = {"reward.batch_size": 16, "reward.micro_batch_size": 16, "policy.batch_size": 16,
+             "policy.micro_batch_size": 4}
+    preset = write(tmp_path, "reward:\n  batch_size: 64\n  micro_batch_size: 8\n")
+    c = load_config(WithBatches, preset, ["--quick", "--reward.batch_size", "8", "--policy.micro_batch_size", "32"])
+    changed, kept = set_quick_fields(c, quick)
+    assert (c.reward.batch_size, c.reward.micro_batch_size) == (8, 8)
+    assert (c.policy.batch_size, c.policy.micro_batch_size) == (32, 32)
+    assert changed == []
+    assert describe_quick(c, changed, kept) == (
+        "--quick set 0 fields: none; left 2 as given: reward.batch_size = 8 (command line), "
+        "policy.micro_batch_size = 32 (command line); fitted 2 to what was given: reward.micro_batch_size = 8 "
+        "(quick's 16 fitted to the given reward.batch_size), policy.batch_size = 32 (quick's 16 fitted to the "
+        "given policy.micro_batch_size)")
+    c = load_config(WithBatches, preset, ["--quick", "--reward.batch_size", "32"])
+    assert set_quick_fields(c, quick) == (["reward.micro_batch_size", "policy.batch_size", "policy.micro_batch_size"],
+                                          {"reward.batch_size": "command line"})
+    assert (c.reward.batch_size, c.reward.micro_batch_size) == (32, 16)
+    # a default that already holds quick's value is quick's too: fitted the same
+    c = load_config(WithBatches, None, ["--quick", "--policy.batch_size", "4"])
+    changed, kept = set_quick_fields(c, {"policy.micro_batch_size": 8})
+    assert (c.policy.batch_size, c.policy.micro_batch_size) == (4, 4) and changed == []
+    assert kept == {"policy.micro_batch_size": "quick's 8 fitted to the given policy.batch_size"}
+

@@ -71,8 +71,13 @@ def _text(v: Any, name: str, *, allow_empty: bool = False) -> str:
 def _number(v: Any, name: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise DataError(f"expected a number, got {_tname(v)}", field=name, reason="wrong_type")
-    if not math.isfinite(v):
-        raise DataError(f"expected a finite number, got {v!r}", field=name, reason="invalid_value")
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:  # an integer beyond the float range (JSON has no size limit on them)
+        finite = False
+    if not finite:
+        shown = repr(v) if isinstance(v, float) else "an integer beyond the float range"
+        raise DataError(f"expected a finite number, got {shown}", field=name, reason="invalid_value")
     return float(v)
 
 

@@ -194,8 +194,8 @@ def run_export(c: ExportConfig) -> None:
             pid = project_id(conn, c.project)
             if pid is None:
                 raise _err(f"no project named {c.project!r}")
-            key = labeler_key(c.db) if c.with_labeler and c.aggregate == "none" else None
             try:
+                key = labeler_key(c.db) if c.with_labeler and c.aggregate == "none" else None
                 result = export_labels(conn, pid, c.kind, include_gold=c.include_gold, aggregate=c.aggregate,
                                        labeler_key=key, min_gold_accuracy=c.min_gold_accuracy or None,
                                        weight_by_gold=c.weight_by_gold)

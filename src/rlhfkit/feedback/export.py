@@ -94,22 +94,46 @@ def labeler_key(db_url: str) -> bytes | None:
     """The secret labeler pseudonyms are made with: ``$RLHFKIT_LABELER_KEY``, else the key file
     beside a SQLite store (``<db>.labeler_key``, 32 random bytes as hex, created owner-only on
     first use; keep it with the database, or the pseudonyms change). None for a database URL
-    without the variable (there is no file to keep a key beside)."""
+    without the variable (there is no file to keep a key beside). ValueError, saying what to do,
+    for a key file that cannot be made or read, or that is empty (never an empty key: the
+    pseudonyms would be HMACs anyone can recompute)."""
     if os.environ.get(LABELER_KEY_ENV):
         return os.environ[LABELER_KEY_ENV].encode("utf-8")
     path = db.sqlite_file(db_url)
     if path is None:
         return None
     key_file = path.with_name(path.name + ".labeler_key")
-    if not key_file.is_file():
+    try:
+        if not key_file.exists():
+            _create_key_file(key_file)
+        key = key_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"labeler key {key_file}: {e}; make its folder writable, or set ${LABELER_KEY_ENV} "
+                         "(or give --with_labeler false)") from None
+    if not key:
+        raise ValueError(f"labeler key {key_file} is empty: restore it from a backup of the store (the pseudonyms "
+                         f"of earlier exports were made with it), or delete it to make a new key (new pseudonyms)")
+    return key.encode("utf-8")
+
+
+def _create_key_file(key_file: Path) -> None:
+    """Write a new random key to ``key_file`` whole or not at all: written and synced under a
+    temporary name, then linked to its name, which fails when another process made it first (its
+    key stands). Another process never reads the file half written."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{key_file.name}.", dir=key_file.parent)  # owner-only (0600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(secrets.token_hex(32))
+            f.flush()
+            os.fsync(f.fileno())
         try:
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.link(tmp, key_file)
         except FileExistsError:  # made by another process meanwhile
             pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
-    return key_file.read_text(encoding="utf-8").strip().encode("utf-8")
+    finally:
+        os.unlink(tmp)
 
 
 def labeler_pseudonym(user_id: int, key: bytes) -> str:

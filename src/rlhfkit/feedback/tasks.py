@@ -250,9 +250,9 @@ def parse_items(source, task_type: str, scale: tuple[int, int] = (1, 7),
     """Validate every record of a JSONL / JSON-list file, a ``datasets`` folder or a list of dicts;
     the first bad one raises :class:`DataError` with file, line (or index) and field (a text over
     ``max_chars`` characters too). Nothing is returned partially."""
-    from rlhfkit.data.readers import iter_raw
+    from rlhfkit.data.readers import iter_raw, line_limit
 
-    label, it = iter_raw(source)
+    label, it = iter_raw(source, line_limit(max_chars))
     out = []
     for loc, value in it:
         if isinstance(value, DataError):

@@ -247,6 +247,9 @@ def tiny_model_folder() -> Path:
                                num_heads=spec["num_heads"], seed=spec["seed"])
         tok.save_pretrained(tmp)
         model.save_pretrained(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's is owner-only: a shared cache is read by every user
         try:
             os.rename(tmp, folder)
         except OSError:  # another process finished first: its folder is the same model

@@ -167,7 +167,10 @@ def stage_init(ctx: Context, d: Path) -> dict:
 
 
 def _prompt_pool(fb, n_words: int | None = None, limit: int | None = None) -> list[str]:
-    """The prompt pool ``fb.prompts`` (movie-reviews or a prompt file), unique, in source order."""
+    """The prompt pool ``fb.prompts`` (movie-reviews or a prompt file), unique as held-out splits
+    compare prompts (``recipes.common.prompt_key``: case and spacing aside; the first spelling
+    kept), in source order: two spellings of one prompt must not land one in the held-out prompts
+    and one in the training prompts."""
     if fb.prompts == "movie-reviews":
         from rlhfkit.data.shared_sets import load_movie_review_prompts
 
@@ -176,7 +179,12 @@ def _prompt_pool(fb, n_words: int | None = None, limit: int | None = None) -> li
         from rlhfkit.recipes.common import load_training_records
 
         prompts = [r.prompt for r in load_training_records(fb.prompts, "prompts")]
-    return list(dict.fromkeys(prompts))
+    from rlhfkit.recipes.common import prompt_key
+
+    first: dict[str, str] = {}
+    for p in prompts:
+        first.setdefault(prompt_key(p), p)
+    return list(first.values())
 
 
 # ----------------------------------------------------------------------------- sft

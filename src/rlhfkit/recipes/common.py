@@ -109,11 +109,14 @@ def _read_source(source: str, kind: str, on_error: str, ties: str, max_chars: in
 
 
 def record_key(record, with_labeler: bool = True) -> str:
-    """A record's normalised form (its fields as sorted JSON), the identity of exact duplicates;
-    without ``labeler`` and ``weight`` it is the judged example alone (who judged it aside)."""
+    """A record's normalised form (its fields as sorted JSON; a weight of 1 is no weight, as
+    training counts it), the identity of exact duplicates; without ``labeler`` and ``weight`` it
+    is the judged example alone (who judged it aside)."""
     from rlhfkit.data.records import OPTIONAL_FIELDS
 
     d = record.to_dict()
+    if d.get("weight") == 1.0:
+        del d["weight"]
     if not with_labeler:
         d = {k: v for k, v in d.items() if k not in OPTIONAL_FIELDS}
     return json.dumps(d, sort_keys=True, ensure_ascii=False)
@@ -134,29 +137,58 @@ def without_duplicates(records: list, source: str) -> list:
 
 
 def drop_held_out_copies(train: list, held: list, source: str, views=None) -> list:
-    """Training records that are not a held-out record (compared without labeler and weight: the
-    same example judged by someone else is still the example the model is scored on); prints how
-    many went. Needed where the held-out set is another file (``eval_data``); a split by prompt
-    cannot put a copy on both sides. ``views(record)``: the forms a training record is compared
-    in (default the record itself), e.g. the two thumbs KTO makes of a pair."""
+    """Training records that share no prompt with a held-out record (compared as held-out splits
+    group them, :func:`split_key`: the same prompt in other case or spacing counts, and so does
+    the same example judged otherwise, a pair the other way round or a rating of another value);
+    prints how many went. Needed where the held-out set is another file (``eval_data``); a split
+    by prompt cannot put a prompt on both sides. ``views(record)``: the forms a training record
+    is compared in (default the record itself), e.g. the two thumbs KTO makes of a pair."""
     views = views or (lambda r: [r])
-    held_keys = {record_key(r, with_labeler=False) for r in held}
-    kept = [r for r in train if not any(record_key(v, with_labeler=False) in held_keys for v in views(r))]
+    held_keys = {split_key(r) for r in held}
+    kept = [r for r in train if not any(split_key(v) in held_keys for v in views(r))]
     if len(kept) < len(train):
-        print(f"{source}: dropped {len(train) - len(kept)} training records that are also in the held-out data")
+        print(f"{source}: dropped {len(train) - len(kept)} training records that share a prompt with the "
+              "held-out data")
     return kept
 
 
-def require_examples(n_train: int, batch_size: int, source: str, n_held: int = 0) -> None:
-    """Refuse, naming the data, a training set that cannot fill one batch: checked before any model
-    is loaded (and before ``dpo`` / ``kto`` compute their reference cache), as ``fit`` would
-    refuse it after."""
+def require_examples(n_train: int, batch_size: int, source: str, n_held: int = 0,
+                     total_weight: float | None = None) -> None:
+    """Refuse, naming the data, a training set that cannot fill one batch, or whose records all
+    weigh 0 (``total_weight``, :func:`total_weight`: nothing to learn from, every step would be a
+    zero update): checked before any model is loaded (and before ``dpo`` / ``kto`` compute their
+    reference cache), as ``fit`` would refuse the first after."""
     from rlhfkit.data.errors import DataError
 
     if n_train < batch_size:
         held = f" ({n_held} held out)" if n_held else ""
         raise DataError(f"{n_train} training examples{held} for a batch of {batch_size}; lower batch_size or "
                         "add data", path=source, reason="invalid_value")
+    if total_weight is not None and not total_weight > 0:
+        raise DataError(f"every one of the {n_train} training records has weight 0: nothing to train on",
+                        path=source, field="weight", reason="invalid_value")
+
+
+def total_weight(records: list) -> float:
+    """The sum of the records' weights (absent = 1)."""
+    return float(sum(1.0 if getattr(r, "weight", None) is None else r.weight for r in records))
+
+
+def scaled_weights(records: list) -> list:
+    """``records`` with their weights divided by the power of two at or above the largest one,
+    when that is above 1: the losses are weighted means (a sum over the sum of weights), which a
+    common factor leaves as they are, exactly so for a power of two (floating point multiplies by
+    one without rounding), while a weight near the float range (1e308: the sum overflows, the loss
+    turns NaN) no longer reaches the loss. Records without a weight count 1, as in training."""
+    import math
+    from dataclasses import replace
+
+    largest = max((1.0 if getattr(r, "weight", None) is None else r.weight for r in records), default=1.0)
+    if largest <= 1.0:
+        return records
+    exponent = math.frexp(largest)[1]  # largest = m * 2**exponent, 0.5 <= m < 1
+    return [replace(r, weight=math.ldexp(1.0 if r.weight is None else r.weight, -exponent))
+            if hasattr(r, "weight") else r for r in records]
 
 
 def _file_kind(source, kind: str) -> str:
@@ -164,10 +196,10 @@ def _file_kind(source, kind: str) -> str:
     an SFT file may hold rewrites (`original` + `rewrite`); decided from the first record."""
     if kind not in ("pairs", "sft"):
         return kind
-    from rlhfkit.data.readers import iter_raw
+    from rlhfkit.data.readers import iter_raw, line_limit
 
     try:
-        _, rows = iter_raw(source)
+        _, rows = iter_raw(source, line_limit(100_000))  # a giant first line is read_records' to refuse
         first = next((value for _, value in rows if isinstance(value, dict)), None)
     except Exception:  # unreadable: let read_records report it with file, line and field
         return kind
@@ -206,28 +238,67 @@ def split_holdout(records: list, eval_fraction: float, seed: int) -> tuple[list,
 
 
 def record_prompt(record) -> str:
-    """The prompt a record answers, what held-out splits group by: its ``prompt``; for a
-    conversation, its turns before the first assistant turn (the opening that every branch of a
-    conversation tree shares)."""
+    """The prompt a record answers: its ``prompt``; for a conversation, its turns before the first
+    assistant turn (the opening that every branch of a conversation tree shares), "" when it has
+    none."""
     if hasattr(record, "prompt"):
         return record.prompt
     messages = record.messages
     first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
-    return json.dumps(messages[:first], sort_keys=True, ensure_ascii=False)
+    return json.dumps(messages[:first], sort_keys=True, ensure_ascii=False) if first else ""
 
 
-def split_by_prompt(items: list, fraction: float, seed: int, prompt_of=record_prompt,
+def prompt_key(text: str) -> str:
+    """The form prompts are compared in by held-out splits: Unicode NFKC, case folded, every run of
+    white space one space, none at the ends, so that "What is 2+2?" and "what is  2+2? " (a file
+    gathered from two sources) fall on one side."""
+    import unicodedata
+
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+# the texts a judged record is about, for records without a prompt (implicit-prompt data)
+_RESPONSE_FIELDS = ("completion", "chosen", "rejected", "responses", "original", "rewrite", "messages")
+
+
+def split_key(record) -> str:
+    """What held-out splits group records by: :func:`prompt_key` of :func:`record_prompt`; for a
+    record without a prompt (implicit-prompt data, where the prompt is inside the responses) the
+    texts it judges, in sorted order, so that one example judged by several people, or a pair
+    the other way round, stays on one side (otherwise every such record would share the prompt
+    "" and either all of them, or none, would be held out)."""
+    prompt = prompt_key(record_prompt(record))
+    if prompt:
+        return prompt
+    d = record.to_dict()
+    texts = []
+    for k in _RESPONSE_FIELDS:
+        v = d.get(k)
+        texts += [json.dumps(x, sort_keys=True, ensure_ascii=False) for x in (v if isinstance(v, list) else [v])
+                  if x is not None]
+    return "\0texts " + json.dumps(sorted(texts), ensure_ascii=False)
+
+
+def split_by_prompt(items: list, fraction: float, seed: int, prompt_of=split_key,
                     shuffle: bool = False) -> tuple[list, list]:
     """``(train, held-out)`` items, whole prompts held out (``split_holdout`` over the distinct
-    prompts, in first-seen order): with several items per prompt (K-way rankings, one pair
-    labelled by several people, a chosen and a rejected response, several demonstrations) a
-    held-out item must not share its prompt, and so a response, with a training item.
-    ``prompt_of``: the item's prompt (default :func:`record_prompt`). Both parts keep the items'
-    order, or with ``shuffle`` come in a ``seed``-fixed shuffled order (the recipes' ``max_train``
-    / ``max_eval`` take a prefix: a random subset, nested as the limit grows)."""
-    _, held_prompts = split_holdout(list(dict.fromkeys(prompt_of(x) for x in items)), fraction, seed)
+    prompts, in first-seen order, compared as :func:`prompt_key` gives them): with several items
+    per prompt (K-way rankings, one pair labelled by several people, a chosen and a rejected
+    response, several demonstrations) a held-out item must not share its prompt, and so a
+    response, with a training item. ``prompt_of``: the item's prompt (default :func:`split_key`).
+    Both parts keep the items' order, or with ``shuffle`` come in a ``seed``-fixed shuffled order
+    (the recipes' ``max_train`` / ``max_eval`` take a prefix: a random subset, nested as the
+    limit grows). Prints why when ``fraction`` is above 0 but holds out nothing (too few
+    distinct prompts)."""
+    keys = [prompt_key(prompt_of(x)) for x in items]
+    distinct = list(dict.fromkeys(keys))
+    _, held_prompts = split_holdout(distinct, fraction, seed)
     held = set(held_prompts)
-    train, held_out = [x for x in items if prompt_of(x) not in held], [x for x in items if prompt_of(x) in held]
+    train = [x for x, k in zip(items, keys) if k not in held]
+    held_out = [x for x, k in zip(items, keys) if k in held]
+    if fraction > 0 and items and not held_out:
+        print(f"held-out split: a fraction of {fraction:g} of {len(distinct)} distinct prompts rounds to none: nothing "
+              "is held out (more prompts, a larger fraction, or a held-out file)")
     if shuffle:
         g = torch.Generator().manual_seed(seed)
         train = [train[i] for i in torch.randperm(len(train), generator=g).tolist()]

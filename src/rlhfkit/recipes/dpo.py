@@ -44,7 +44,8 @@ from rlhfkit.core.losses import (
 )
 from rlhfkit.data.tokenize import IGNORE_INDEX, pad_sequences, special_layout
 from rlhfkit.recipes.common import (LoraConfig, drop_held_out_copies, finished_run, first_n, load_training_records,
-                                    require_examples, save_final, set_threads, split_by_prompt, weights_of, with_weight)
+                                    require_examples, save_final, scaled_weights, set_threads, split_by_prompt,
+                                    total_weight, weights_of, with_weight)
 from rlhfkit.training.checkpoint import unwrap
 from rlhfkit.training.distributed import DistInfo, barrier, cleanup, init_distributed
 from rlhfkit.training.loop import TrainingConfig, fit
@@ -487,7 +488,8 @@ def run(config: DPOConfig) -> dict:
         train_records, eval_records = split_by_prompt(records, config.eval_fraction, config.seed, shuffle=True)
     train_records, eval_records = first_n(train_records, config.max_train), first_n(eval_records, config.max_eval)
     # before the model loads and the reference cache is written: a failure leaves nothing behind
-    require_examples(len(train_records), config.batch_size, config.data, len(eval_records))
+    require_examples(len(train_records), config.batch_size, config.data, len(eval_records), total_weight(train_records))
+    train_records = scaled_weights(train_records)
     model, tokenizer = load_policy(config.model, padding_side="right")
     train = encode_pairs(train_records, tokenizer, config)
     held = encode_pairs(eval_records, tokenizer, config)

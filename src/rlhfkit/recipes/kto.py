@@ -30,7 +30,8 @@ import torch
 from rlhfkit.core.losses import kto_loss, weighted_sum
 from rlhfkit.data.records import ThumbsRecord
 from rlhfkit.recipes.common import (LoraConfig, drop_held_out_copies, finished_run, first_n, load_training_records,
-                                    require_examples, save_final, set_threads, split_by_prompt, weights_of, with_weight)
+                                    require_examples, save_final, scaled_weights, set_threads, split_by_prompt,
+                                    total_weight, weights_of, with_weight)
 from rlhfkit.recipes.dpo import (
     cached_reference,
     encode_prompt,
@@ -278,7 +279,8 @@ def run(config: KTOConfig) -> dict:
     train_records, eval_records = first_n(train_records, config.max_train), first_n(eval_records, config.max_eval)
     train_thumbs, eval_thumbs = to_thumbs(train_records, kind), to_thumbs(eval_records, eval_kind)
     # before the model loads and the reference cache is written: a failure leaves nothing behind
-    require_examples(len(train_thumbs), config.batch_size, config.data, len(eval_thumbs))
+    require_examples(len(train_thumbs), config.batch_size, config.data, len(eval_thumbs), total_weight(train_thumbs))
+    train_thumbs = scaled_weights(train_thumbs)
     model, tokenizer = load_policy(config.model, padding_side="right")
     fixed_kl = reference == "cached"
     train = encode_thumbs(train_thumbs, tokenizer, config, fixed_kl=fixed_kl)

@@ -17,7 +17,7 @@ from rlhfkit.core.losses import binary_feedback_loss, bradley_terry_loss, rating
 from rlhfkit.data.tokenize import pad_sequences, tokenize_pair
 from rlhfkit.recipes.common import (LoraConfig, drop_held_out_copies, finished_run, first_n, load_training_records,
                                     require_examples, save_final, set_threads, split_by_prompt, validate_data_fields,
-                                    weights_of)
+                                    scaled_weights, total_weight, weights_of)
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.checkpoint import latest_checkpoint
 from rlhfkit.training.loop import TrainingConfig, fit
@@ -339,7 +339,8 @@ def run(config: RewardConfig) -> dict:
     train_records = first_n(train_records, config.max_train)
     probe_only = config.epochs == 0 and config.max_steps == 0  # the backbone stays as it was
     require_examples(len(train_records), 1 if probe_only else config.batch_size, config.data,
-                     len(eval_records) + len(val_records))
+                     len(eval_records) + len(val_records), total_weight(train_records))
+    train_records = scaled_weights(train_records)
     targets = rating_targets(config, train_records, val_records, eval_records) if kind == "ratings" else {}
     model, tokenizer = load_reward_model(config.model, kind=config.kind)
     model.to(info.device)

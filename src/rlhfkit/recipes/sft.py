@@ -17,7 +17,7 @@ from rlhfkit.core.losses import count_target_tokens, sft_loss
 from rlhfkit.data.tokenize import pad_sequences, tokenize_sft
 from rlhfkit.recipes.common import (LoraConfig, drop_held_out_copies, finished_run, load_training_records,
                                     require_examples, save_final, set_threads, split_by_prompt, validate_data_fields,
-                                    weights_of, with_weight)
+                                    scaled_weights, total_weight, weights_of, with_weight)
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.loop import TrainingConfig, fit, model_device, to_device
 from rlhfkit.training.precision import running_at
@@ -111,7 +111,8 @@ def run(config: SFTConfig) -> dict:
         train_records = drop_held_out_copies(records, eval_records, config.data)
     else:
         train_records, eval_records = split_by_prompt(records, config.eval_fraction, config.seed, shuffle=True)
-    require_examples(len(train_records), config.batch_size, config.data, len(eval_records))
+    require_examples(len(train_records), config.batch_size, config.data, len(eval_records), total_weight(train_records))
+    train_records = scaled_weights(train_records)
     model, tokenizer = load_policy(config.model)
     model.to(info.device)
     if config.lora.r:

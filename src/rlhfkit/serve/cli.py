@@ -106,16 +106,21 @@ def _resolve_model(spec: str) -> tuple[str, str | None, str]:
     does; loaded once here, not followed as the loop moves on), called LOOP/round-N."""
     from pathlib import Path
 
-    from .live import NoPolicyYet, loop_policy
+    from .live import NoPolicyYet, loop_policy, rounds_done
 
     try:
         path, round_ = loop_policy(spec)
+        done = rounds_done(spec)
     except (NoPolicyYet, ValueError) as e:
         raise _err(f"field 'model': {e}") from None
     if round_ is None:
         return spec, None, ""
     loop = Path(spec.rstrip("/")).name or spec
-    which = f"round {round_}'s policy, the newest finished round" if round_ else "its initial policy, no round finished yet"
+    policy = f"round {round_}'s policy" if round_ else "its initial policy"
+    if round_ < done:  # the newest round's policy is being redone by a resumed loop, or gone
+        which = f"{policy}: round {done}'s, the newest finished, is not there whole (being redone, or removed)"
+    else:
+        which = f"{policy}, the newest finished round" if round_ else "its initial policy, no round finished yet"
     return path, f"{loop}/round-{round_}", f"from the loop {spec}, {which}: {path}"
 
 

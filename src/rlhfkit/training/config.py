@@ -276,8 +276,12 @@ def set_quick_fields(config, quick: dict[str, Any]) -> tuple[list[str], dict[str
     explicit settings win: a field given on the command line keeps its value; a field given in the
     config file keeps its value when that file itself says ``quick: true`` (a file written for
     quick runs), and takes quick's otherwise (the file is a full-size preset that --quick shrinks,
-    e.g. ``configs/pipeline_sentiment.yaml``'s 30 GRPO steps). Returns ``(fields set, {field
-    left as given: where it was given})``; both leave out fields that already held quick's value."""
+    e.g. ``configs/pipeline_sentiment.yaml``'s 30 GRPO steps). Quick's batch sizes fit one given
+    explicitly: its ``micro_batch_size`` never exceeds a given ``batch_size`` (``--reward.batch_size
+    8`` under quick's micro-batches of 16 would stop the run at that stage, minutes in), nor its
+    ``batch_size`` falls below a given ``micro_batch_size``. Returns ``(fields set, {field left
+    as given: where it was given})``, the fitted fields among the second with ``"quick's N fitted
+    to the given FIELD"``; both leave out fields that already held quick's value."""
     given = given_fields(config)
     keep = {k: COMMAND_LINE for k in given[COMMAND_LINE]}
     if given[FILE].get("quick") is True:
@@ -293,6 +297,22 @@ def set_quick_fields(config, quick: dict[str, Any]) -> tuple[list[str], dict[str
         else:
             setattr(obj, last, value)
             changed.append(dotted)
+    for dotted in quick:  # quick's batch sizes, whether it changed them or they held its value already
+        if dotted in keep:
+            continue
+        prefix, _, last = dotted.rpartition(".")
+        other = {"micro_batch_size": "batch_size", "batch_size": "micro_batch_size"}.get(last)
+        other_dotted = f"{prefix}.{other}" if prefix else other
+        if other is None or other_dotted not in keep:
+            continue
+        obj = _get(config, prefix) if prefix else config
+        fitted = min(obj.micro_batch_size, obj.batch_size) if last == "micro_batch_size" else \
+            max(obj.batch_size, obj.micro_batch_size)
+        if fitted != getattr(obj, last):
+            kept[dotted] = f"quick's {getattr(obj, last)!r} fitted to the given {other_dotted}"
+            setattr(obj, last, fitted)
+            if dotted in changed:
+                changed.remove(dotted)
     return changed, kept
 
 
@@ -300,9 +320,14 @@ def describe_quick(config, changed: list[str], kept: dict[str, str]) -> str:
     """What ``set_quick_fields`` did, for the log: the fields set, then those left as given with
     their values and where they were given."""
     text = f"--quick set {len(changed)} fields: {', '.join(changed) or 'none'}"
-    if kept:
-        text += (f"; left {len(kept)} as given: "
-                 + ", ".join(f"{k} = {_get(config, k)!r} ({where})" for k, where in kept.items()))
+    as_given = {k: where for k, where in kept.items() if not where.startswith("quick's")}
+    fitted = {k: where for k, where in kept.items() if where.startswith("quick's")}
+    if as_given:
+        text += (f"; left {len(as_given)} as given: "
+                 + ", ".join(f"{k} = {_get(config, k)!r} ({where})" for k, where in as_given.items()))
+    if fitted:
+        text += (f"; fitted {len(fitted)} to what was given: "
+                 + ", ".join(f"{k} = {_get(config, k)!r} ({where})" for k, where in fitted.items()))
     return text
 
 

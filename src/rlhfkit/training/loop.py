@@ -9,10 +9,12 @@ micro-batches on all ranks), so batch 8 x accumulation 1, batch 1 x accumulation
 
 Exact resume: the data order of epoch e is a permutation seeded by (seed, e), so the position
 in the data is a function of the step alone; the checkpoint stores model, optimiser,
-scheduler and RNG states (training/checkpoint.py).
+scheduler and RNG states (training/checkpoint.py), and a digest of the training examples: a run
+resumes only on the examples it was trained on (``examples_digest``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -158,6 +160,36 @@ def check_resume_config(ckpt: Any, config: Any) -> None:
     if diffs:
         raise ConfigError(f"{ckpt} was written with other settings ({'; '.join(diffs)}); resume with the "
                           "same settings, or start afresh with --resume false or another --output_dir")
+
+
+# example fields that are not data: DPO's / KTO's reference log-probs (the cache's key covers them)
+_NOT_DATA_FIELDS = ("ref",)
+
+
+def examples_digest(examples: list[Any]) -> dict:
+    """``{"examples": n, "sha256": ...}`` of the training examples (token ids, targets, weights):
+    stored in each checkpoint, so that a run resumes only on the examples it was trained on (the
+    data file edited, or a split or duplicate rule changed since, would otherwise continue the
+    schedule on other examples, some perhaps held out before)."""
+    h = hashlib.sha256()
+    for e in examples:
+        if isinstance(e, dict):
+            e = {k: v for k, v in e.items() if k not in _NOT_DATA_FIELDS}
+        h.update(json.dumps(e, sort_keys=True, default=str).encode())
+        h.update(b"\n")
+    return {"examples": len(examples), "sha256": h.hexdigest()}
+
+
+def check_resume_data(ckpt: Any, digest: dict) -> None:
+    """Refuse to resume from a checkpoint trained on other examples (a checkpoint written before
+    digests were stored is not checked)."""
+    saved = json.loads((Path(ckpt) / "trainer_state.json").read_text(encoding="utf-8")).get("data")
+    if saved is None or saved == digest:
+        return
+    raise ConfigError(f"{ckpt} was trained on other examples ({saved['examples']} then, {digest['examples']} now; "
+                      f"digest {saved['sha256'][:12]} -> {digest['sha256'][:12]}): the data file, the held-out "
+                      "split or the duplicates dropped changed since; resume on the same data, or start afresh "
+                      "with --resume false or another --output_dir")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -403,8 +435,10 @@ def fit(
     per_epoch, total_steps = plan_steps(len(examples), config)
     start_step = 0
     ckpt = resume_checkpoint(config.output_dir, info) if config.resume else None  # the newest intact one
+    digest = examples_digest(examples) if (ckpt is not None or config.save_every) else None
     if ckpt is not None:  # weights go in before wrapping (FSDP shards them in place)
         check_resume_config(ckpt, config)
+        check_resume_data(ckpt, digest)
         load_checkpoint(ckpt, model, restore_rng=False)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -495,7 +529,7 @@ def fit(
             optimizer_state = full_optimizer_state(train_model, optimizer)
             if info.is_main:
                 save_checkpoint(config.output_dir, step_done, train_model, optimizer, scheduler,
-                                {"epoch": epoch, "config": resume_fingerprint(config)},
+                                {"epoch": epoch, "config": resume_fingerprint(config), "data": digest},
                                 keep_last=config.keep_checkpoints,
                                 model_state=model_state, optimizer_state=optimizer_state)
             barrier(info)

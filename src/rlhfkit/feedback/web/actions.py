@@ -27,10 +27,10 @@ from ..auth import (
     update_user as change_user,
     verify_password,
 )
-from ..export import export_records, redact_export
+from ..export import LABELER_KEY_ENV, export_labels, labeler_key, redact_export
 from ..queue import Conflict, NotFound, add_items, release_open_tasks
 from ..stats import overview
-from ..tasks import LabelError, parse_items, redact_items
+from ..tasks import LabelError, drop_duplicate_items, parse_items, redact_items
 from .context import AppContext
 from .schemas import ProjectIn, UserPatch
 
@@ -236,7 +236,8 @@ def import_items(ctx: AppContext, project_id: int, source, label: str | None = N
                           index=e.index, field=e.field, reason=e.reason)
         raise HTTPException(422, {"error": str(e), "file": e.path, "line": e.line, "field": e.field,
                                   "imported": 0}) from None
-    out: dict = {}
+    parsed, n_copies = drop_duplicate_items(parsed)  # as `feedback import` does
+    out: dict = {"duplicates_dropped": n_copies} if n_copies else {}
     if ctx.redact_all or redact_request:
         parsed, counts, n_equal = redact_items(parsed)
         out["redacted"] = dict(counts)
@@ -262,16 +263,29 @@ def project_labels(ctx: AppContext, project_id: int, redact: bool) -> list[dict]
 
 
 def project_export(ctx: AppContext, project_id: int, kind: str, aggregate: str, include_gold: bool,
-                 redact: bool) -> tuple[bytes, str, dict[str, str]]:
-    """The project's records of ``kind`` as JSON lines: ``(body, file name, extra headers)``;
-    the header ``X-Redacted`` says what redaction replaced and left out."""
+                   redact: bool, with_labeler: bool = True, min_gold_accuracy: float = 0.0,
+                   weight_by_gold: bool = False) -> tuple[bytes, str, dict[str, str]]:
+    """The project's records of ``kind`` as JSON lines: ``(body, file name, extra headers)``.
+    ``with_labeler``, ``min_gold_accuracy``, ``weight_by_gold`` act as in ``feedback export``
+    (labeler pseudonyms; a gold-accuracy threshold; weights); the header ``X-Export-Note`` says
+    what they left out or gave, as that command's last line does, and ``X-Redacted`` what
+    redaction replaced and left out."""
     proj = get_project(ctx, project_id)
+    try:
+        key = labeler_key(ctx.store.url) if with_labeler and aggregate == "none" else None
+    except ValueError as e:  # the store's key file: the server's problem, not the request's
+        raise HTTPException(500, str(e)) from None
     with ctx.store.read() as conn:
         try:
-            recs = export_records(conn, project_id, kind, include_gold=include_gold, aggregate=aggregate)
+            result = export_labels(conn, project_id, kind, include_gold=include_gold, aggregate=aggregate,
+                                   labeler_key=key, min_gold_accuracy=min_gold_accuracy or None,
+                                   weight_by_gold=weight_by_gold)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
-    headers = {}
+    recs, note = result.records, result.note()
+    if with_labeler and aggregate == "none" and key is None:
+        note += f"; labeler ids left out: set ${LABELER_KEY_ENV} to give them from a database URL"
+    headers = {"X-Export-Note": note.removeprefix("; ")} if note else {}
     if redact or ctx.redact_all:
         recs, counts, n_equal = redact_export(recs)
         headers["X-Redacted"] = json.dumps({**dict(sorted(counts.items())), "pairs_left_out": n_equal})

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import select, update
 
@@ -112,11 +112,16 @@ def api_labels(project_id: Id, p: ApiAdmin, ctx: Ctx, redact: bool = False):
 @router.get("/api/admin/projects/{project_id}/export")
 def api_export(project_id: Id, kind: Literal["pairs", "rankings", "ratings", "thumbs", "sft", "rewrites"],
                p: ApiAdmin, ctx: Ctx, aggregate: Literal["none", "majority"] = "none", include_gold: bool = False,
-               redact: bool = False):
+               redact: bool = False, with_labeler: bool = True,
+               min_gold_accuracy: float = Query(0.0, ge=0.0, le=1.0), weight_by_gold: bool = False):
     """JSON lines readable by ``rlhfkit.data.read_records(path, kind)``. ``redact=true`` (always,
     when the server runs with ``--redact true``) replaces personal data and leaves out pairs whose
-    answers became one text; the header ``X-Redacted`` says what was replaced and left out."""
-    body, fname, headers = project_export(ctx, project_id, kind, aggregate, include_gold, redact)
+    answers became one text; the header ``X-Redacted`` says what was replaced and left out.
+    ``with_labeler``, ``min_gold_accuracy``, ``weight_by_gold``: as ``feedback export`` (labeler
+    pseudonyms, on by default; gold-accuracy threshold and weights); the header ``X-Export-Note``
+    says what they left out or gave."""
+    body, fname, headers = project_export(ctx, project_id, kind, aggregate, include_gold, redact,
+                                          with_labeler, min_gold_accuracy, weight_by_gold)
     return Response(body, media_type="application/x-ndjson",
                     headers={"Content-Disposition": f'attachment; filename="{fname}"', **headers})
 

@@ -217,12 +217,13 @@ def test_import_limit_is_its_own(tmp_path):
         admin = bearer(port, "admin", ADMIN_PW)
         status, _, proj = request(port, "POST", "/api/admin/projects", {"name": "t", "task_type": "thumbs"}, admin)
         assert status == 201
-        line = json.dumps({"prompt": "p" * 1000, "completion": "c"}) + "\n"
+        def line(i):  # distinct items (an import drops exact duplicates), about 1 kB each
+            return json.dumps({"prompt": f"{i} " + "p" * 1000, "completion": "c"}) + "\n"
 
         def upload(n_lines):
             boundary = "xyzBOUNDARYxyz"
             body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"items.jsonl\"\r\n"
-                    f"Content-Type: application/octet-stream\r\n\r\n").encode() + (line * n_lines).encode() \
+                    f"Content-Type: application/octet-stream\r\n\r\n").encode() + "".join(map(line, range(n_lines))).encode() \
                 + f"\r\n--{boundary}--\r\n".encode()
             return request(port, "POST", f"/api/admin/projects/{proj['id']}/import", body,
                            {**admin, "Content-Type": f"multipart/form-data; boundary={boundary}"})

@@ -96,3 +96,62 @@ def test_create_user_password_on_the_command_line_warns(tmp_path, capsys, monkey
                               "--password", "long-enough-pw"])
     assert code == 0
     assert "warning: --password stays in the shell history" in err and "$RLHFKIT_PASSWORD" in err
+
+
+def _in_a_terminal(argv: list[str], answers: list[str], env: dict) -> tuple[int, str]:
+    """Run ``rlhfkit`` in a pseudo-terminal (a real process, as a person at a shell runs it),
+    typing each answer after the next prompt ends in ': '; returns (exit code, all it printed)."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", *argv], stdin=follower, stdout=follower,
+                            stderr=follower, env=env, close_fds=True)
+    os.close(follower)
+    seen, pending, deadline = b"", list(answers), time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if pending and seen.rstrip().endswith(b":"):
+                os.write(leader, pending.pop(0).encode() + b"\n")
+                seen += b"\n"
+        elif proc.poll() is not None:
+            break
+    code = proc.wait(timeout=60)
+    os.close(leader)
+    return code, seen.decode(errors="replace")
+
+
+def test_create_user_asks_for_the_password_twice_in_a_terminal(tmp_path):
+    """In a terminal with no $RLHFKIT_PASSWORD the password is asked twice without echo; the user
+    then logs in with it, and two different answers create nobody."""
+    import os
+
+    from rlhfkit.feedback.auth import authenticate
+
+    env = {k: v for k, v in os.environ.items() if k != "RLHFKIT_PASSWORD"}
+    path = tmp_path / "f.db"
+    code, out = _in_a_terminal(["feedback", "create-user", "--db", str(path), "--username", "ann"],
+                               ["typed-secret-1", "typed-secret-1"], env)
+    assert code == 0, out
+    assert "password for" in out and "again:" in out and "typed-secret-1" not in out  # not echoed
+    store = db.Store(str(path))
+    with store.read() as conn:
+        assert authenticate(conn, "ann", "typed-secret-1") is not None
+        assert authenticate(conn, "ann", "typed-secret-2") is None
+    code, out = _in_a_terminal(["feedback", "create-user", "--db", str(path), "--username", "bob"],
+                               ["typed-secret-1", "typed-secret-2"], env)
+    assert code == 2 and "the two passwords differ" in out, out
+    with store.read() as conn:
+        assert authenticate(conn, "bob", "typed-secret-1") is None

@@ -423,7 +423,7 @@ def test_a_gzip_upload_is_decompressed_only_up_to_the_import_limit(tmp_path):
 
     path = tmp_path / "f.db"
     _setup(path)
-    lines = b'{"prompt": "p", "completion": "c"}\n' * 3
+    lines = b"".join(b'{"prompt": "p%d", "completion": "c"}\n' % i for i in range(3))  # distinct: duplicates are dropped
     bomb = gzip.compress(b"\n" * 20_000_000)
     assert len(bomb) < 30_000
     with served(path, "--max_import_mb", "2") as (port, proc):

@@ -370,19 +370,21 @@ def test_a_conservative_ensemble_reward_drives_the_policy_rounds(tmp_path, loop_
 
 
 def test_quick_leaves_the_command_lines_label_budget_alone(tmp_path, loop_prompts, capsys):
-    """`loop --quick --labels_per_round 6`: round 1 selects 6 pairs, not quick's 16; with fewer
-    labels than quick's reward batch the command is refused before anything runs."""
+    """`loop --quick --labels_per_round 6`: round 1 selects 6 pairs, not quick's 16, and quick's
+    reward batches of 16 fit the 6 labels; a reward batch given above the labels is refused before
+    anything runs."""
     from rlhfkit.cli import main
 
     out = tmp_path / "loop"
     base = ["loop", "--quick", "--labels_per_round", "6", "--rounds", "1", "--prompts", str(loop_prompts),
             "--threads", "1", "--output_dir", str(out)]
-    assert main(base) == 2
+    assert main([*base, "--reward.batch_size", "8"]) == 2
     err = capsys.readouterr().err
-    assert "field 'labels_per_round': 6 labels are fewer than one batch" in err and "reward.batch_size" in err
+    assert "field 'labels_per_round': 6 labels are fewer than one batch" in err and "reward.batch_size 8" in err
     assert not out.exists()
-    assert main([*base, "--reward.batch_size", "6", "--reward.micro_batch_size", "6"]) == 0
+    assert main(base) == 0
     selected = (out / "round-1" / "select" / "selected.jsonl").read_text().splitlines()
     assert len(selected) == 6
     log = capsys.readouterr().out
-    assert "labels_per_round = 6 (command line)" in log and "reward.batch_size = 6 (command line)" in log
+    assert "labels_per_round = 6 (command line)" in log
+    assert "reward.batch_size = 6 (quick's 16 fitted to the given labels_per_round)" in log

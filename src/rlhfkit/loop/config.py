@@ -101,12 +101,8 @@ class LoopConfig:
             raise ValueError(f"{self.uncertainty} selection needs ensemble_size >= 2 (disagreement between members)")
         if self.ensemble_size < 1 or self.rounds < 1 or self.labels_per_round < 1:
             raise ValueError("ensemble_size, rounds and labels_per_round must be >= 1")
-        if self.labeler == "simulated" and self.labels_per_round < self.reward.batch_size:
-            # round 1's ensemble trains on these labels alone: found here, not after the candidates
-            raise ValueError(f"field 'labels_per_round': {self.labels_per_round} labels are fewer than one batch of "
-                             f"the reward models (reward.batch_size {self.reward.batch_size}), which round 1 trains "
-                             "on alone; raise labels_per_round or lower reward.batch_size and "
-                             "reward.micro_batch_size")
+        if not self.quick:  # under --quick, checked once quick's batch sizes are set (run: apply_quick)
+            check_label_budget(self)
         if self.init.kind not in ("pretrained", "tiny"):
             raise ValueError(f"field 'init.kind': {self.init.kind!r} is not pretrained or tiny")
         from rlhfkit.rewards import check_reward_field
@@ -124,6 +120,16 @@ class LoopConfig:
             check_reward_field("labeler_judge", self.labeler_judge)
         for section in (self.reward, getattr(self, self.algorithm)):
             section.validate()
+
+
+def check_label_budget(config: LoopConfig) -> None:
+    """Raise ValueError when simulated labels per round are fewer than one reward-model batch:
+    round 1's ensemble trains on these labels alone (found here, not after the candidates)."""
+    if config.labeler == "simulated" and config.labels_per_round < config.reward.batch_size:
+        raise ValueError(f"field 'labels_per_round': {config.labels_per_round} labels are fewer than one batch of "
+                         f"the reward models (reward.batch_size {config.reward.batch_size}), which round 1 trains "
+                         "on alone; raise labels_per_round or lower reward.batch_size and "
+                         "reward.micro_batch_size")
 
 
 # --quick: a tiny Llama built from config (policy and reward backbone), a few steps per round (the
@@ -144,7 +150,18 @@ QUICK: dict[str, object] = {
 def apply_quick(config: LoopConfig) -> tuple[list[str], dict[str, str]]:
     """Set the ``QUICK`` fields on ``config`` (in place) but those given explicitly (the command
     line; the config file when it says ``quick: true``: ``training.config.set_quick_fields``);
-    returns ``(fields set, {field left as given: where})``."""
+    returns ``(fields set, {field left as given: where})``. Quick's reward batch sizes also fit a
+    given ``labels_per_round`` (round 1 trains on that many labels alone, so a batch above it
+    would stop the run: ``--quick --labels_per_round 6`` trains batches of 6)."""
     from rlhfkit.training.config import set_quick_fields
 
-    return set_quick_fields(config, QUICK)
+    changed, kept = set_quick_fields(config, QUICK)
+    if "labels_per_round" in kept:
+        for dotted in ("reward.batch_size", "reward.micro_batch_size"):
+            size = getattr(config.reward, dotted.split(".")[1])
+            if dotted not in kept and size > config.labels_per_round:
+                setattr(config.reward, dotted.split(".")[1], config.labels_per_round)
+                kept[dotted] = f"quick's {size!r} fitted to the given labels_per_round"
+                if dotted in changed:
+                    changed.remove(dotted)
+    return changed, kept

@@ -56,7 +56,7 @@ import torch
 
 from rlhfkit.core.kl import sequence_kl
 from rlhfkit.eval.report import render_loop_report
-from rlhfkit.loop.config import LoopConfig, apply_quick
+from rlhfkit.loop.config import LoopConfig, apply_quick, check_label_budget
 from rlhfkit.loop.ensemble import ensemble_scores
 from rlhfkit.models import load_policy
 from rlhfkit.pipeline.cache import fingerprint, run_stage, settings, with_content
@@ -415,6 +415,7 @@ def run(config: LoopConfig) -> dict:
         print(f"loop: {describe_quick(config, changed, kept)}")
         try:
             config.validate()
+            check_label_budget(config)
         except ValueError as err:
             from rlhfkit.training.config import ConfigError
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from rlhfkit.cli import main  # noqa: E402
 from rlhfkit.data import read_records  # noqa: E402
 from rlhfkit.serve.app import create_app  # noqa: E402
-from rlhfkit.serve.store import FeedbackLog, hashed_user  # noqa: E402
+from rlhfkit.feedback.enduser import FeedbackLog, hashed_user  # noqa: E402
 
 ASK = "My email is jane.doe@example.com and my phone is (415) 555-2671; what should I do?"
 REPLY = "Write to support@example.org or call +1 917-444-6321."
@@ -232,7 +232,7 @@ def test_forget_mistakes_are_field_errors_and_change_nothing(tmp_path, capsys):
 
 
 def test_redact_needs_a_key_outside_a_server_database(monkeypatch):
-    from rlhfkit.serve.store import end_user_key
+    from rlhfkit.feedback.enduser import end_user_key
 
     monkeypatch.delenv("RLHFKIT_END_USER_KEY", raising=False)
     with pytest.raises(ValueError, match=r"set \$RLHFKIT_END_USER_KEY"):
@@ -282,7 +282,7 @@ def test_a_lost_or_other_key_is_refused_not_taken_for_nothing_to_erase(tmp_path,
     server refuse (naming the key ids) instead of reporting "erased 0" or starting a new key."""
     import shutil
 
-    from rlhfkit.serve.store import EndUserKeyError, key_id
+    from rlhfkit.feedback.enduser import EndUserKeyError, key_id
 
     monkeypatch.delenv("RLHFKIT_END_USER_KEY", raising=False)
     db = tmp_path / "fb.db"

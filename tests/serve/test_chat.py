@@ -24,7 +24,7 @@ def test_chat_subprocess(tiny_chat_dir, tmp_path):
     assert "(no reply to give feedback on yet)" in out  # /up right after /new
     assert "2 replies, 2 thumbs, 1 ratings" in out
 
-    from rlhfkit.serve.store import FeedbackLog
+    from rlhfkit.feedback.enduser import FeedbackLog
 
     log = FeedbackLog(str(db))
     try:
@@ -58,7 +58,7 @@ def test_a_turn_the_model_cannot_take_is_told_and_dropped(tiny_chat, tmp_path):
 
     from rlhfkit.serve.chat import chat_loop
     from rlhfkit.serve.engine import ChatModel
-    from rlhfkit.serve.store import FeedbackLog
+    from rlhfkit.feedback.enduser import FeedbackLog
 
     chat = ChatModel(tiny_chat.model, tiny_chat.tokenizer, name="short", max_new_tokens=4, max_prompt_length=30)
     log = FeedbackLog(str(tmp_path / "chat.db"))
@@ -137,7 +137,7 @@ def test_at_a_terminal_lines_are_edited_and_ctrl_c_leaves(tiny_chat_dir, tmp_pat
             os.waitpid(pid, 0)
         os.close(fd)
 
-    from rlhfkit.serve.store import FeedbackLog
+    from rlhfkit.feedback.enduser import FeedbackLog
 
     log = FeedbackLog(str(db))
     try:
@@ -150,7 +150,7 @@ def test_a_changed_mind_is_one_verdict_in_the_store_and_the_counts(tiny_chat, tm
     import io
 
     from rlhfkit.serve.chat import chat_loop
-    from rlhfkit.serve.store import FeedbackLog
+    from rlhfkit.feedback.enduser import FeedbackLog
 
     log = FeedbackLog(str(tmp_path / "chat.db"))
     try:

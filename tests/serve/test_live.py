@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from rlhfkit.serve.live import NoPolicyYet, PolicyGenerator, current_policy
+from rlhfkit.feedback.live import NoPolicyYet, PolicyGenerator, current_policy
 
 pytest.importorskip("fastapi")
 

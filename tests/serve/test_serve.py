@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from rlhfkit.data import read_records  # noqa: E402
 from rlhfkit.serve.app import create_app  # noqa: E402
 from rlhfkit.serve.engine import render_messages  # noqa: E402
-from rlhfkit.serve.store import FeedbackLog  # noqa: E402
+from rlhfkit.feedback.enduser import FeedbackLog  # noqa: E402
 
 
 @pytest.fixture

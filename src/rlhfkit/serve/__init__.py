@@ -17,7 +17,7 @@ def __getattr__(name):
         from .engine import ChatModel
         return ChatModel
     if name == "FeedbackLog":
-        from .store import FeedbackLog
+        from rlhfkit.feedback.enduser import FeedbackLog
         return FeedbackLog
     if name == "create_app":
         from .app import create_app

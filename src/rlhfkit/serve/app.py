@@ -37,7 +37,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import ChatModel, PromptError, new_completion_id, validate_messages
-from .store import FeedbackError, FeedbackLog
+from rlhfkit.feedback.enduser import FeedbackError, FeedbackLog
 
 __all__ = ["create_app"]
 

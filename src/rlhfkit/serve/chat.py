@@ -16,7 +16,7 @@ import sys
 from typing import IO, Callable
 
 from .engine import ChatModel, PromptError, new_completion_id
-from .store import FeedbackError, FeedbackLog
+from rlhfkit.feedback.enduser import FeedbackError, FeedbackLog
 
 __all__ = ["chat_loop", "HELP"]
 

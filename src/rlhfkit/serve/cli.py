@@ -88,7 +88,7 @@ def _open_feedback(c: _ModelFields):
         return None
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .store import EndUserKeyError, FeedbackLog
+    from rlhfkit.feedback.enduser import EndUserKeyError, FeedbackLog
 
     try:
         return FeedbackLog(c.db, prefix=c.project_prefix, redact=c.redact)
@@ -106,7 +106,7 @@ def _resolve_model(spec: str) -> tuple[str, str | None, str]:
     does; loaded once here, not followed as the loop moves on), called LOOP/round-N."""
     from pathlib import Path
 
-    from .live import NoPolicyYet, loop_policy
+    from rlhfkit.models.policy_line import NoPolicyYet, loop_policy
 
     try:
         path, round_ = loop_policy(spec)

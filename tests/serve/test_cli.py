@@ -102,7 +102,7 @@ def test_a_real_server_acknowledges_feedback_only_once_it_is_on_disk(tiny_chat_d
         rows = con.execute("SELECT l.payload FROM labels l JOIN items i ON i.id = l.item_id WHERE i.external_id = ?",
                            (c["id"],)).fetchall()
     assert sorted((json.loads(r[0]) for r in rows), key=len) == [
-        {"label": False, "comment": "kill me"}, {"rating": 2, "flags": [], "comment": "kill me"}]
+        {"label": False, "reason": "kill me"}, {"rating": 2, "flags": [], "reason": "kill me"}]
 
 
 def test_serve_takes_a_loop_folder_and_serves_its_newest_finished_round(tmp_path, capsys):

@@ -37,6 +37,11 @@ def _refused(capsys, argv, words):
     (["--max_request_kb", "0"], ["max_request_kb"]),
     (["--log_level", "loud"], ["log_level"]),
     (["--prot", "1"], ["did you mean 'port'"]),
+    (["--max_batch", "0"], ["max_batch"]),
+    (["--batch_wait_ms", "-1"], ["batch_wait_ms"]),
+    (["--compare_share", "1.5"], ["compare_share"]),
+    (["--reload_every", "0"], ["reload_every"]),
+    (["--rating_max", "1"], ["field 'rating_max'"]),
 ])
 def test_bad_flags_are_one_line(capsys, tmp_path, flags, words):
     _refused(capsys, ["serve", "--model", str(tmp_path / "none"), *flags], words)

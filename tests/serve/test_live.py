@@ -120,3 +120,19 @@ def test_feedback_serve_refuses_a_policy_that_does_not_load(tmp_path, capsys):
     err = capsys.readouterr()
     assert "policy" in (err.err + err.out) and "Traceback" not in err.err
     assert main(["feedback", "serve", "--db", str(tmp_path / "fb.db"), "--policy", "x", "--workers", "2"]) == 2
+
+
+def test_a_learner_folder_is_followed_to_its_promoted_version(tmp_path, learner_dir):
+    """``feedback serve --policy LEARN_DIR``: items are answered by the promoted version (an
+    adapter merged into its base), and by the next one once it is promoted."""
+    from rlhfkit.models.versions import promote
+
+    learn = tmp_path / "learn"
+    shutil.copytree(learner_dir, learn)
+    gen = PolicyGenerator(str(learn), max_new_tokens=6, temperature=0.0)
+    assert gen.version.version == "v0"
+    before = gen(["the film was"], 1)
+    promote(learn, "v1")
+    after = gen(["the film was"], 1)
+    assert gen.version.version == "v1" and gen.loaded == str(learn / "versions" / "v1")
+    assert after[0][0]["model"] == gen.loaded and after[0][0]["text"] != before[0][0]["text"]

@@ -104,6 +104,11 @@ FEEDBACK_FIELDS = ("completion_id", "choice_index", "thumbs", "reason", "comment
 _OPEN_PATHS = ("/health",)  # answered without the API key: a load balancer's probe has none
 
 
+def _resolve(future) -> None:
+    if not future.done():  # a client gone meanwhile cancelled it
+        future.set_result(None)
+
+
 def _rlhfkit_options(body: dict) -> dict:
     """The request's ``rlhfkit`` object: ``{"compare": bool}``; ``ValueError(field)`` otherwise."""
     opts = body.get("rlhfkit")
@@ -295,12 +300,18 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
                 return _error(400, str(e), param="messages", code=e.code)
             return StreamingResponse(_events(pieces, r), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
+        import asyncio
+
         from starlette.concurrency import run_in_threadpool
 
-        try:
-            job = chat.submit(r["messages"], r["n"], **gen)
+        loop = asyncio.get_running_loop()
+        finished = loop.create_future()
+        try:  # waited for without a thread: a handler holds none while its request is queued
+            job = chat.submit(r["messages"], r["n"], **gen,
+                              on_done=lambda: loop.call_soon_threadsafe(_resolve, finished))
         except PromptError as e:
             return _error(400, str(e), param="messages", code=e.code)
+        await finished
 
         def work() -> dict[str, Any]:
             outs = job.result()

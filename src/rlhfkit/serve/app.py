@@ -273,7 +273,7 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
                     n=2 if comparison else n, comparison=comparison, stream=bool(stream),
                     include_usage=bool((options or {}).get("include_usage")))
 
-    def _store(cid: str, r: dict, outs: list, version: str) -> None:
+    def _store(cid: str, r: dict, outs: list) -> None:
         if feedback is not None:
             feedback.log_choices(cid, r["messages"], [o.text for o in outs], chat.name, r["user"],
                                  [o.version for o in outs], comparison=r["comparison"])
@@ -316,7 +316,7 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
         def work() -> dict[str, Any]:
             outs = job.result()
             cid = new_completion_id()
-            _store(cid, r, outs, outs[0].version)
+            _store(cid, r, outs)
             return {
                 "id": cid,
                 "object": "chat.completion",
@@ -359,7 +359,7 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
                 yield chunk(delta(i, {"content": piece}))
             outs = pieces.results
             marks["version"] = outs[0].version
-            _store(cid, r, outs, outs[0].version)
+            _store(cid, r, outs)
         except Exception:  # noqa: BLE001 - the 200 is sent: the error can only be an event
             log.exception("streamed completion %s failed", cid)
             yield f"data: {json.dumps({'error': {'message': 'the server failed to finish this reply', 'type': 'server_error', 'param': None, 'code': None}})}\n\n"

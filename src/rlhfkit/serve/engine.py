@@ -259,13 +259,22 @@ class ChatModel:
                 ended[r] = row.finished and row.reason != "eos"  # EOS ends a row in the sampler itself
             return True if all(row.finished for row in state) else ended
 
+        # the per-step callback costs a little per token: needed only to stream, to watch for stop
+        # strings or to end rows of shorter limits; otherwise the rows are read from the output
+        watch = (any(job.on_token is not None or job.prepared.stop for job in ready) or len(set(limits)) > 1)
         if isinstance(gen, NativeLlamaGenerator):
             same = all((s.temperature, s.top_p, s.top_k) == (first.temperature, first.top_p, first.top_k)
                        for s in settings)
-            gen.generate(model, ids, mask, 0, on_token=each_step, row_seeds=[job.seeds[i] for job, i in rows],
-                         row_sampling=None if same else settings)
+            raw = gen.generate(model, ids, mask, 0, on_token=each_step if watch else None,
+                               row_seeds=[job.seeds[i] for job, i in rows], row_sampling=None if same else settings)
         else:  # one setting and one random stream for the batch (compatible() made it so)
-            gen.generate(model, ids, mask, ready[0].seeds[0], on_token=each_step)
+            raw = gen.generate(model, ids, mask, ready[0].seeds[0], on_token=each_step if watch else None)
+        if not watch:  # one limit, no stop strings: each row up to its EOS or the limit
+            for r, row in enumerate(state):
+                for token in raw[r].tolist():
+                    if row.finished:
+                        break
+                    row.take(token, tok)
         done: dict[int, list] = {id(job): [] for job in ready}
         for (job, i), row in zip(rows, state):
             done[id(job)].append(row.completion(tok, len(job.prepared.ids), version))

@@ -170,3 +170,15 @@ def test_serve_takes_a_loop_folder_and_serves_its_newest_finished_round(tmp_path
     (waiting / "loop_state.json").write_text(json.dumps({"rounds_done": 0}))
     _refused(capsys, ["serve", "--model", str(waiting), "--port", str(_free_port())],
              ["field 'model'", "the loop has no policy yet"])
+
+
+def test_the_server_runs_openmp_workers_passive_unless_told_otherwise():
+    """``rlhfkit serve`` sets ``OMP_WAIT_POLICY=PASSIVE`` before torch loads OpenMP (spinning
+    workers starve the HTTP threads a batching server hands work to); a value given is kept."""
+    code = ("import os, sys, rlhfkit.serve.cli; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["PASSIVE", "False"], out.stderr
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.split()[0] == "ACTIVE"

@@ -6,6 +6,14 @@ from dataclasses import dataclass, field
 
 __all__ = ["ServeConfig", "ChatConfig", "run_serve", "run_chat"]
 
+# OpenMP's worker threads spin between parallel regions by default. A server's generation thread
+# hands every batch back to the HTTP threads and waits for the next: while it waits, its spinning
+# workers take the cores the HTTP threads need to answer and queue the next requests (measured:
+# 8 clients of the tiny model with --threads 2 on a busy 2-core machine, 2 requests/s against 46
+# with passive workers; docs/BENCHMARKS.md). libgomp reads this when torch loads it, which the
+# CLI does after importing this module; a value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 @dataclass
 class _ModelFields:

@@ -109,6 +109,14 @@ def _top_help() -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv and argv[0] in ("serve", "chat"):
+        # OpenMP's workers spin between parallel regions by default. A server's generation thread
+        # hands every batch back to the HTTP threads and waits for the next: its spinning workers
+        # then hold the cores those threads need (measured: 8 clients of the tiny model, --threads
+        # 2, a busy 2-core machine: 1.6 requests/s against 46 with passive workers;
+        # docs/BENCHMARKS.md). OpenMP reads this once, when torch loads it: here, before any
+        # import does; a value the user set is kept.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_top_help())
         return 0

@@ -6,14 +6,6 @@ from dataclasses import dataclass, field
 
 __all__ = ["ServeConfig", "ChatConfig", "run_serve", "run_chat"]
 
-# OpenMP's worker threads spin between parallel regions by default. A server's generation thread
-# hands every batch back to the HTTP threads and waits for the next: while it waits, its spinning
-# workers take the cores the HTTP threads need to answer and queue the next requests (measured:
-# 8 clients of the tiny model with --threads 2 on a busy 2-core machine, 2 requests/s against 46
-# with passive workers; docs/BENCHMARKS.md). libgomp reads this when torch loads it, which the
-# CLI does after importing this module; a value the user set is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 
 @dataclass
 class _ModelFields:
@@ -31,7 +23,7 @@ class _ModelFields:
     rating_min: int = field(default=1, metadata={"help": "lowest rating (of a ratings project made now; one that "
                                                          "exists keeps its scale)"})
     rating_max: int = field(default=5, metadata={"help": "highest rating"})
-    redact: bool = field(default=False, metadata={"help": "store conversations, replies and comments with personal data "
+    redact: bool = field(default=False, metadata={"help": "store conversations, replies, reasons and edits with personal data "
                                                           "(e-mail, phone, card, IBAN, SSN, IP) replaced by [KIND], and "
                                                           "end-user ids hashed (HMAC, key in $RLHFKIT_END_USER_KEY or "
                                                           "DB.end_user_key); the reply itself is sent unchanged"})

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-PROMPTS = [f"Question number {i}: what do you think about topic {i}?" for i in range(24)]
+PROMPTS = [f"Question number {i}: what do you think about topic {i}?" for i in range(12)]
 
 
 @pytest.fixture(scope="session")
@@ -26,15 +26,16 @@ def bad(i: int) -> str:
     return f"Go away, stupid idiot, topic {i} is garbage."
 
 
-def fill(db: str, users: dict, prompts=PROMPTS, start: int = 0) -> list[int]:
+def fill(db: str, users: dict, prompts=PROMPTS, start: int = 0, edits: bool = False) -> dict[str, list[int]]:
     """Each user of ``users`` ({name: behaviour}) gets every prompt answered twice (a good and a
     bad reply, one completion each) and a comparison of the two, and gives thumbs on both and a
-    choice: ``honest`` as the reply deserves, ``inverted`` the opposite, ``flood`` honest but
-    every verdict three times over on copies. Returns the label ids written."""
+    choice (and with ``edits`` an edit of the reply they think worse into the one they think
+    better): ``honest`` as the reply deserves, ``inverted`` the opposite, ``flood`` honest but
+    every verdict three times over on copies. Returns each user's label ids."""
     from rlhfkit.feedback.enduser import FeedbackLog
 
     log = FeedbackLog(db)
-    ids = []
+    ids: dict[str, list[int]] = {u: [] for u in users}
     try:
         for user, how in users.items():
             repeat = 3 if how == "flood" else 1
@@ -45,13 +46,17 @@ def fill(db: str, users: dict, prompts=PROMPTS, start: int = 0) -> list[int]:
                     for tag, text, up in (("g", good(k), True), ("b", bad(k), False)):
                         cid = f"{user}-{tag}-{k}-{r}"
                         log.log_completion(cid, msgs, text, model="tiny", user=user, version="v0")
-                        out = log.feedback(cid, thumbs=up if how != "inverted" else not up, user=user)
-                        ids.append(out["thumbs_label_id"])
+                        right = up if how != "inverted" else not up
+                        edit = None
+                        if edits and not right:
+                            edit = good(k) if how != "inverted" else bad(k)
+                        out = log.feedback(cid, thumbs=right, user=user, edit=edit)
+                        ids[user] += [out["thumbs_label_id"]] + ([out["edit_label_id"]] if edit else [])
                     cid = f"{user}-c-{k}-{r}"
                     log.log_choices(cid, msgs, [good(k), bad(k)], model="tiny", user=user, versions=["v0", "v0"],
                                     comparison=True)
                     out = log.feedback(cid, choice=0 if how != "inverted" else 1, user=user)
-                    ids.append(out["choice_label_id"])
+                    ids[user].append(out["choice_label_id"])
     finally:
         log.close()
     return ids

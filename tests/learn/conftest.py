@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-PROMPTS = [f"Question number {i}: what do you think about topic {i}?" for i in range(12)]
+PROMPTS = [f"Question number {i}: what do you think about topic {i}?" for i in range(24)]
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,7 @@ def bad(i: int) -> str:
     return f"Go away, stupid idiot, topic {i} is garbage."
 
 
-def fill(db: str, users: dict, prompts=PROMPTS, start: int = 0, edits: bool = False) -> dict[str, list[int]]:
+def fill(db: str, users: dict, prompts=PROMPTS[:12], start: int = 0, edits: bool = False) -> dict[str, list[int]]:
     """Each user of ``users`` ({name: behaviour}) gets every prompt answered twice (a good and a
     bad reply, one completion each) and a comparison of the two, and gives thumbs on both and a
     choice (and with ``edits`` an edit of the reply they think worse into the one they think

@@ -69,8 +69,9 @@ def decide(figures: dict, section) -> list[str]:
 
 
 def run_gate(learn_dir, parent: str, adapter: str, reward_model: str, prompts: Sequence[str], gate, policy,
-             seed: int) -> dict:
-    """Sample, score and decide; returns the figures with ``passed`` and ``reasons``."""
+             seed: int, adapter_on: str | None = None) -> dict:
+    """Sample, score and decide: the candidate (``adapter`` on ``adapter_on``, default the parent)
+    against the parent; returns the figures with ``passed`` and ``reasons``."""
     from peft import PeftModel
 
     from rlhfkit.eval.winrate import generate_responses, pair_outcomes, win_rate
@@ -85,7 +86,7 @@ def run_gate(learn_dir, parent: str, adapter: str, reward_model: str, prompts: S
     if len(prompts) < gate.min_prompts:
         return {**figures, "passed": False, "reasons": decide(figures, gate)}
     current, tokenizer = load_version(learn_dir, parent)
-    base, _ = load_version(learn_dir, parent)
+    base, _ = load_version(learn_dir, adapter_on or parent)
     candidate = PeftModel.from_pretrained(base, adapter).merge_and_unload().eval()
     sampling = SamplingConfig(max_new_tokens=policy.max_new_tokens, temperature=policy.temperature, top_p=policy.top_p)
 

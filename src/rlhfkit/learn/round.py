@@ -5,7 +5,8 @@
 while running resumes in its folder, the trainers from their newest checkpoint):
 
 1. ``inputs``: the feedback snapshot (``learn.inputs``), written first, with the parent (the
-   promoted version at the round's start) and the candidate's name fixed in it;
+   promoted version at the round's start; the adapter is trained on it, or on v0 after a
+   forget) and the candidate's name fixed in it;
 2. ``defence``: per-user caps and consensus weights (``learn.defence``) -> ``defence.json``;
 3. ``reward``: the reward model refit on the weighted verdicts (``learn.reward_update``);
 4. ``policy``: the adapter (``learn.policy_update``);
@@ -75,7 +76,11 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     def inputs_fn(d: Path) -> dict:
         snap = inputs_mod.snapshot(config.store, config.prefix, state, round_no, config.gate.holdout_share,
                                    config.gate.max_prompts)
-        snap.update(parent=versions.current_version(learn_dir), candidate=next_version_name(learn_dir),
+        parent = versions.current_version(learn_dir)
+        # after a forget the round starts over from v0 (reward model from its backbone, adapter on
+        # v0): the versions since were trained with the erased feedback
+        snap.update(parent=parent, candidate=next_version_name(learn_dir),
+                    adapter_on="v0" if snap["rebuild"] else parent,
                     previous_reward_model=None if snap["rebuild"] else state.get("reward_model"))
         if snap["rebuild"]:  # the erasure reaches the earlier rounds' saved copies
             from rlhfkit.feedback.enduser import feedback_events
@@ -110,7 +115,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     def reward_fn(d: Path) -> dict:
         start = snap["previous_reward_model"] or config.reward.model or base
         examples = examples_of(kept, weights, config.reward.thumbs_weight, config.reward.rating_weight)
-        return train_reward_model(start, examples, d, config.reward, seed, config.threads)
+        return {**train_reward_model(start, examples, d, config.reward, seed, config.threads), "start": start}
 
     fps["reward"] = fingerprint("reward", settings(config.reward), fps)
     rec = run_stage("reward", rdir / "reward", fps["reward"], reward_fn, log=log)
@@ -118,7 +123,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     reward_model = rec["outputs"]["model"]
 
     def policy_fn(d: Path) -> dict:
-        return train_policy(config.method, learn_dir, snap["parent"], base, reward_model, snap["train_prompts"], kept,
+        return train_policy(config.method, learn_dir, snap["adapter_on"], base, reward_model, snap["train_prompts"], kept,
                             weights, config.policy, d, seed, config.threads)
 
     fps["policy"] = fingerprint("policy", {"method": config.method, **settings(config.policy)}, fps)
@@ -131,7 +136,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
             figures = {"passed": False, "reasons": [policy.get("why", "no candidate")]}
         else:
             figures = run_gate(learn_dir, snap["parent"], policy["adapter"], reward_model, snap["holdout_prompts"],
-                               config.gate, config.policy, seed)
+                               config.gate, config.policy, seed, adapter_on=snap["adapter_on"])
         return {"gate": _write(d / "gate.json", figures)}
 
     fps["gate"] = fingerprint("gate", settings(config.gate), fps)
@@ -149,7 +154,8 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
         if not folder.exists():
             info = {"round": round_no, "method": config.method, "feedback": feedback, "gate": gate,
                     "reward_model": reward_model, "policy": {k: v for k, v in policy.items() if k != "adapter"}}
-            versions.save_version(learn_dir, name, parent=snap["parent"], adapter=policy["adapter"], info=info)
+            versions.save_version(learn_dir, name, parent=snap["parent"], adapter=policy["adapter"],
+                                  info={**info, "adapter_on": snap["adapter_on"]})
         elif versions.version_info(learn_dir, name).get("round") != round_no:
             raise versions.VersionError(f"{folder}: exists, written by another round than {round_no}")
         if lineage.logged_round(learn_dir, round_no) is None:

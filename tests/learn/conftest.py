@@ -62,15 +62,23 @@ def fill(db: str, users: dict, prompts=PROMPTS[:12], start: int = 0, edits: bool
     return ids
 
 
-def tiny_config(learn_dir, db, base, **over):
-    """A learner config that runs a round of the tiny model in seconds."""
-    from rlhfkit.training.config import load_config
-    from rlhfkit.learn.config import LearnConfig
+# a round of the tiny model in seconds
+TINY = {"min_feedback": 4, "once": True, "threads": 1, "reward.epochs": 1, "reward.batch_size": 16,
+        "reward.micro_batch_size": 16, "reward.learning_rate": 1e-3, "reward.max_length": 64,
+        "policy.max_steps": 2, "policy.batch_size": 8, "policy.num_generations": 2, "policy.micro_batch_size": 8,
+        "policy.max_new_tokens": 8, "policy.max_prompt_length": 48, "policy.learning_rate": 1e-3,
+        "gate.max_prompts": 8, "gate.n_boot": 200, "gate.holdout_share": 0.25}
 
-    fields = {"learn_dir": str(learn_dir), "store": str(db), "model": str(base), "min_feedback": 4, "once": True,
-              "threads": 1, "reward.epochs": 1, "reward.batch_size": 16, "reward.micro_batch_size": 16,
-              "reward.learning_rate": 1e-3, "reward.max_length": 64,
-              "policy.max_steps": 2, "policy.batch_size": 8, "policy.num_generations": 2, "policy.micro_batch_size": 8,
-              "policy.max_new_tokens": 8, "policy.max_prompt_length": 48, "policy.learning_rate": 1e-3,
-              "gate.max_prompts": 8, "gate.n_boot": 200, "gate.holdout_share": 0.25, **over}
-    return load_config(LearnConfig, None, {k: v for k, v in fields.items()})
+
+def tiny_config(learn_dir, db, base, **over):
+    """The learner's config for the tiny model (``TINY``, then ``over``)."""
+    from rlhfkit.learn.config import LearnConfig
+    from rlhfkit.training.config import load_config
+
+    fields = {"learn_dir": str(learn_dir), "store": str(db), "model": str(base), **TINY, **over}
+    return load_config(LearnConfig, None, fields)
+
+
+def cli_args(**over) -> list[str]:
+    """``TINY`` (then ``over``) as ``--field value`` arguments."""
+    return [x for k, v in {**TINY, **over}.items() for x in (f"--{k}", str(v).lower() if isinstance(v, bool) else str(v))]

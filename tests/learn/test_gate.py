@@ -1,8 +1,5 @@
 """The gate: a candidate is promoted only if it is not worse on held-out prompts."""
 import json
-from types import SimpleNamespace
-
-import pytest
 
 from rlhfkit.learn.config import GateSection
 from rlhfkit.learn.gate import decide

@@ -54,9 +54,9 @@ def test_sigkill_anywhere_then_restart_promotes_the_same_version(tmp_path, tiny_
     assert gates[0] == gates[1]
     log = [json.loads(x) for x in (killed / "versions.jsonl").read_text().splitlines()]
     assert [(x["event"], x["version"]) for x in log] == [("promoted", "v1")]
-    states = [json.loads((d / "learn_state.json").read_text()) for d in (reference, killed)]
-    assert [(s["watermark"], s["trained"], s["rounds_done"]) for s in states][0] == \
-        [(s["watermark"], s["trained"], s["rounds_done"]) for s in states][1]
+    a_state, b_state = (json.loads((d / "learn_state.json").read_text()) for d in (reference, killed))
+    for key in ("watermark", "trained", "rounds_done"):
+        assert a_state[key] == b_state[key], key
     # a further start finds nothing new: the round is not run or counted again
     assert run(tiny_config(killed, db, tiny_base)) == []
     assert json.loads((killed / "learn_state.json").read_text())["rounds_done"] == 1

@@ -40,7 +40,7 @@ def held_out(prompt: str, share: float) -> bool:
 def id_ranges(ids: Iterable[int]) -> list[list[int]]:
     """``[1, 2, 3, 7, 9, 10] -> [[1, 3], [7, 7], [9, 10]]`` (the lineage names ids this way)."""
     out: list[list[int]] = []
-    for i in sorted(set(int(x) for x in ids)):
+    for i in sorted({int(x) for x in ids}):
         if out and i == out[-1][1] + 1:
             out[-1][1] = i
         else:

@@ -89,10 +89,15 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
             inputs_mod.scrub_saved_inputs(learn_dir, round_no, {e.id for e in present}, {e.prompt for e in present})
         return {"inputs": _write(d / "inputs.json", snap)}
 
-    rec = run_stage("inputs", rdir / "inputs", fingerprint("inputs", {"round": round_no, **own}, {}), inputs_fn, log=log)
+    # the snapshot depends on these alone: changing a later stage's settings before a restart
+    # reruns that stage on the same inputs, not the round on newer feedback
+    snap_settings = {"round": round_no, "prefix": config.prefix, "holdout_share": config.gate.holdout_share,
+                     "max_prompts": config.gate.max_prompts, "base": own.get("model")}
+    rec = run_stage("inputs", rdir / "inputs", fingerprint("inputs", snap_settings, {}), inputs_fn, log=log)
     _kill_after_stage_for_tests("inputs")
     snap = _read(Path(rec["outputs"]["inputs"]))
-    fps = {"inputs": file_digest(rec["outputs"]["inputs"])}
+    fps = {"inputs": file_digest(rec["outputs"]["inputs"]),
+           "learner": fingerprint("learner", {"seed": config.seed, "model": own.get("model")}, {})}
 
     def defence_fn(d: Path) -> dict:
         prev = snap["previous_reward_model"]

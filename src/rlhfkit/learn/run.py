@@ -8,7 +8,6 @@ refused (the versions are adapters on that base).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -42,12 +41,21 @@ def round_pending(learn_dir: Path, state: dict) -> bool:
 
 def run(config: LearnConfig) -> list[dict]:
     """Follow the store (module docstring); returns the rounds' outcomes (``round.json``)."""
-    from rlhfkit.learn.round import run_round
     from rlhfkit.recipes.common import set_threads
 
     set_threads(config.threads)
     learn_dir = open_learn_dir(config)
     outcomes: list[dict] = []
+    try:
+        return _follow(config, learn_dir, outcomes)
+    except KeyboardInterrupt:  # Ctrl-C: a round left unfinished resumes at the next start
+        print(f"learn: stopped; {len(outcomes)} round(s) run", flush=True)
+        return outcomes
+
+
+def _follow(config: LearnConfig, learn_dir: Path, outcomes: list[dict]) -> list[dict]:
+    from rlhfkit.learn.round import run_round
+
     while True:
         state = read_state(learn_dir)
         waiting = new_verdicts(config.store, config.prefix, int(state["watermark"]))
@@ -63,7 +71,3 @@ def run(config: LearnConfig) -> list[dict]:
         if config.once or (config.max_rounds and len(outcomes) >= config.max_rounds):
             return outcomes
         time.sleep(config.poll_seconds)
-
-
-def describe(outcomes: list[dict]) -> str:
-    return json.dumps(outcomes, indent=1)

@@ -69,7 +69,7 @@ def test_the_gate_promotes_a_better_candidate_and_refuses_one_trained_on_inverte
     assert len(inverted) >= 10
     worse = train_policy("sft", learn, "v0", str(tiny_base), None, [], inverted, {}, config.policy, tmp_path / "worse",
                          seed=1, threads=1)
-    figures_ = run_gate(learn, "v0", worse["adapter"], outcome["reward_model"], inputs["holdout_prompts"], config.gate,
+    figures_ = run_gate(learn, "v0", worse["adapter"], str(learn / outcome["reward_model"]), inputs["holdout_prompts"], config.gate,
                         config.policy, seed=1)
     assert not figures_["passed"] and figures_["reward_model"]["win_rate"] <= 0.3, figures_
     assert any(r.startswith("reward-model win rate") for r in figures_["reasons"])

@@ -88,7 +88,8 @@ def test_the_reward_model_learned_from_the_honest_users(one_round):
 
     from .conftest import bad, good
 
-    rm = RewardModelSource.load(json.loads((one_round["learn"] / "learn_state.json").read_text())["reward_model"])
+    state = json.loads((one_round["learn"] / "learn_state.json").read_text())
+    rm = RewardModelSource.load(str(one_round["learn"] / state["reward_model"]))
     prompts = [p for p in PROMPTS[:12] if not held_out(p, 0.25)]
     k = [PROMPTS.index(p) for p in prompts]
     g = rm(prompts, [good(i) for i in k])
@@ -130,3 +131,37 @@ def test_versions_lists_and_rollback_makes_an_older_version_current(one_round, t
     listed = subprocess.run(cli + ["versions", str(learn), "--json", "true"], capture_output=True, text=True, timeout=120)
     rows = [json.loads(x) for x in listed.stdout.splitlines()]
     assert [(r["version"], r["current"]) for r in rows] == [("v0", True), ("v1", False)]
+
+
+def test_round_two_checks_users_against_the_previous_reward_model(one_round, tmp_path, tiny_base):
+    """In round 2 (the learner's folder moved elsewhere) three honest users judge new prompts and
+    zed inverts his verdicts on prompts nobody else judged, so no majority can check him: the
+    consensus is round 1's reward model (it agrees with most of the round's verdicts), which zed
+    disagrees with (weight 0, inverted) and the honest users agree with (weight 1). The reward
+    model is refit from round 1's; v2 is an adapter on v1; the gold judge's figures are in the
+    gate's."""
+    import shutil
+
+    learn, db = tmp_path / "learn", tmp_path / "fb.db"
+    shutil.copytree(one_round["learn"], learn)
+    shutil.copy(one_round["db"], db)
+    fill(str(db), {"alice": "honest", "bob": "honest", "carol": "honest"}, prompts=PROMPTS[12:18], start=12)
+    fill(str(db), {"zed": "inverted"}, prompts=PROMPTS[18:24], start=18)
+    [outcome] = run(tiny_config(learn, db, tiny_base, **{"defence.max_per_user": CAP, "gate.gold": "vader",
+                                                         "gate.min_gold_win_rate": 0.0}))
+    rdir = learn / "rounds" / "round-2"
+    defence = json.loads((rdir / "defence" / "defence.json").read_text())
+    assert defence["consensus"] == "reward_model" and defence["consensus_agreement"] >= 0.6
+    zed = defence["per_user"]["zed"]
+    assert (zed["weight"], zed["status"]) == (0.0, "inverted") and zed["judged"] == zed["n"] > 0
+    for user in ("alice", "bob", "carol"):
+        assert defence["per_user"][user]["weight"] == 1.0, (user, defence["per_user"][user])
+    assert set(defence["per_user"]) == {"alice", "bob", "carol", "zed"}  # round 1's verdicts are not counted again
+    reward = json.loads((rdir / "reward" / "stage.json").read_text())
+    assert reward["outputs"]["start"] == str(learn / "rounds" / "round-1" / "reward" / "model")
+    gate = json.loads((rdir / "gate" / "gate.json").read_text())
+    assert {"win_rate", "candidate_mean", "current_mean"} <= set(gate["gold"])
+    assert outcome["outcome"] == "promoted" and outcome["version"] == "v2"
+    info = versions.version_info(learn, "v2")
+    assert (info["parent"], info["adapter_on"], info["round"]) == ("v1", "v1", 2)
+    assert info["feedback"]["per_user"]["zed"]["weight"] == 0.0

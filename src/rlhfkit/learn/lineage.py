@@ -5,7 +5,8 @@
 "refused" | "rollback", "round", "version", "parent" / "from", "at", "gate": figures, "reasons"}``.
 A version's ``version.json`` (``models.versions``) carries ``round``, ``method``, ``feedback``
 (``ids`` as ranges, ``count`` by kind, ``per_user``: n, cut, judged, agreed, weight, status;
-``consensus``), ``gate`` (the figures that let it through), ``reward_model`` and ``parent``.
+``consensus``), ``gate`` (the figures that let it through), ``reward_model`` (its folder inside
+LEARN_DIR) and ``parent``.
 """
 from __future__ import annotations
 

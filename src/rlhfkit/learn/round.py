@@ -101,7 +101,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
 
     def defence_fn(d: Path) -> dict:
         prev = snap["previous_reward_model"]
-        score = score_events_fn(prev, config.reward.max_length) if prev else None
+        score = score_events_fn(str(learn_dir / prev), config.reward.max_length) if prev else None
         s = config.defence
         result = defence_mod.defend(snap["train"], s.max_per_user, s.full_trust_agreement, s.min_judged,
                                     s.min_consensus_agreement, score)
@@ -118,7 +118,8 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     base = versions.version_info(learn_dir, "v0")["base"]
 
     def reward_fn(d: Path) -> dict:
-        start = snap["previous_reward_model"] or config.reward.model or base
+        previous = snap["previous_reward_model"]
+        start = str(learn_dir / previous) if previous else (config.reward.model or base)
         examples = examples_of(kept, weights, config.reward.thumbs_weight, config.reward.rating_weight)
         return {**train_reward_model(start, examples, d, config.reward, seed, config.threads), "start": start}
 
@@ -126,6 +127,8 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     rec = run_stage("reward", rdir / "reward", fps["reward"], reward_fn, log=log)
     _kill_after_stage_for_tests("reward")
     reward_model = rec["outputs"]["model"]
+    # the state and the lineage name it inside LEARN_DIR, so the folder can move
+    reward_in_dir = os.path.relpath(reward_model, learn_dir)
 
     def policy_fn(d: Path) -> dict:
         return train_policy(config.method, learn_dir, snap["adapter_on"], base, reward_model, snap["train_prompts"], kept,
@@ -151,14 +154,14 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
 
     feedback = lineage.feedback_lineage(kept, defence, inputs_mod.id_ranges)
     outcome = {"round": round_no, "watermark": snap["watermark"], "parent": snap["parent"],
-               "candidate": snap["candidate"], "reward_model": reward_model,
+               "candidate": snap["candidate"], "reward_model": reward_in_dir,
                "trained_ids": inputs_mod.id_ranges(e["id"] for e in snap["train"]), "rebuild": snap["rebuild"]}
     if gate.get("passed"):
         name = snap["candidate"]
         folder = versions.version_dir(learn_dir, name)
         if not folder.exists():
             info = {"round": round_no, "method": config.method, "feedback": feedback, "gate": gate,
-                    "reward_model": reward_model, "policy": {k: v for k, v in policy.items() if k != "adapter"}}
+                    "reward_model": reward_in_dir, "policy": {k: v for k, v in policy.items() if k != "adapter"}}
             versions.save_version(learn_dir, name, parent=snap["parent"], adapter=policy["adapter"],
                                   info={**info, "adapter_on": snap["adapter_on"]})
         elif versions.version_info(learn_dir, name).get("round") != round_no:

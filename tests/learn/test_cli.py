@@ -19,12 +19,19 @@ def test_help_lists_the_subcommands_and_every_field():
 
 
 def test_bad_invocations_exit_2_naming_what_is_wrong(tmp_path):
-    """A new LEARN_DIR without --model, no --store, an unknown method: exit 2, one line, no traceback."""
-    out = _cli("run", str(tmp_path / "new"), "--store", str(tmp_path / "fb.db"))
+    """A new LEARN_DIR without --model, no --store, a store file that is not there (a typo must
+    not start an empty store), an unknown method: exit 2, one line, no traceback."""
+    from rlhfkit.feedback.enduser import FeedbackLog
+
+    db = tmp_path / "fb.db"
+    FeedbackLog(str(db)).close()
+    out = _cli("run", str(tmp_path / "new"), "--store", str(db))
     assert out.returncode == 2 and "field 'model'" in out.stderr and "Traceback" not in out.stderr
     out = _cli("run", str(tmp_path / "new"), "--model", "tiny")
     assert out.returncode == 2 and "field 'store'" in out.stderr
-    out = _cli("run", str(tmp_path / "new"), "--model", "tiny", "--store", "x.db", "--method", "ppo")
+    out = _cli("run", str(tmp_path / "new"), "--model", "tiny", "--store", str(tmp_path / "typo.db"))
+    assert out.returncode == 2 and "typo.db: no such file" in out.stderr and not (tmp_path / "typo.db").exists()
+    out = _cli("run", str(tmp_path / "new"), "--model", "tiny", "--store", str(db), "--method", "ppo")
     assert out.returncode == 2 and "field 'method'" in out.stderr and "'ppo'" in out.stderr
     out = _cli("versions", str(tmp_path))
     assert out.returncode == 2 and "not a learner's folder" in out.stderr

@@ -12,12 +12,14 @@ from .conftest import cli_args, fill, tiny_config
 KILLS = [("RLHFKIT_TEST_SIGKILL_AFTER_STEP", "2"),     # inside the reward model's training (after step 2 of 5)
          ("RLHFKIT_TEST_SIGKILL_AFTER_STAGE", "reward"),  # at a stage boundary (the reward model resumed, done)
          ("RLHFKIT_TEST_SIGKILL_AFTER_STEP", "1"),     # inside GRPO (after step 1 of 2; the reward stage is cached)
-         ("RLHFKIT_TEST_SIGKILL_AFTER_STAGE", "gate")]  # after the gate, before the version is written
+         ("RLHFKIT_TEST_SIGKILL_AFTER_STAGE", "gate"),  # after the gate, before the version is written
+         ("RLHFKIT_TEST_SIGKILL_AFTER_STAGE", "version")]  # v1 written whole, current.json not yet replaced
 
 
 def test_sigkill_anywhere_then_restart_promotes_the_same_version(tmp_path, tiny_base):
-    """The same store, two learner folders: one round uninterrupted; the other killed four times
-    (inside reward-model training, after the reward stage, inside GRPO, after the gate) by real
+    """The same store, two learner folders: one round uninterrupted; the other killed five times
+    (inside reward-model training, after the reward stage, inside GRPO, after the gate, after v1
+    is written but before it is current) by real
     SIGKILLs of a real ``rlhfkit learn run`` process, each restart continuing the round. The
     second promotes the same version name with byte-identical adapter weights, the same reward
     model, the same gate figures, logs the promotion once, and records the same watermark and
@@ -40,7 +42,8 @@ def test_sigkill_anywhere_then_restart_promotes_the_same_version(tmp_path, tiny_
               for s in ("reward", "policy", "gate")}
     assert stages["reward"]["runs"] == 2 and stages["reward"]["resumed"]  # continued from its checkpoint
     assert stages["policy"]["runs"] == 2 and stages["policy"]["resumed"]
-    assert not (killed / "versions" / "v1").exists()
+    assert (killed / "versions" / "v1").is_dir() and versions.current_version(killed) == "v0"
+    assert not (killed / "versions.jsonl").exists()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "round 1: promoted v1" in proc.stdout

@@ -33,8 +33,6 @@ def test_serve_answers_from_the_promoted_version_after_a_round(tmp_path, tiny_ba
     from rlhfkit.feedback.enduser import feedback_events
 
     learn, db = tmp_path / "learn", tmp_path / "fb.db"
-    config = tiny_config(learn, db, tiny_base, **{"gate.min_win_rate": 0.0, "gate.max_runaway_increase": 1.0,
-                                                  "gate.max_toxicity_increase": 1.0})
     versions.init_learn_dir(learn, str(tiny_base))
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
@@ -63,6 +61,8 @@ def test_serve_answers_from_the_promoted_version_after_a_round(tmp_path, tiny_ba
                                                         "user": user})
                     assert f.status_code == 200, f.text
 
+            config = tiny_config(learn, db, tiny_base, **{"gate.min_win_rate": 0.0, "gate.max_runaway_increase": 1.0,
+                                                          "gate.max_toxicity_increase": 1.0})
             [outcome] = run(config)
             assert outcome["outcome"] == "promoted" and versions.current_version(learn) == "v1"
             info = versions.version_info(learn, "v1")

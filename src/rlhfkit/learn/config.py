@@ -106,6 +106,12 @@ class LearnConfig:
             raise ValueError("give the learner's folder: rlhfkit learn run LEARN_DIR --store DB --model BASE")
         if not self.store:
             raise ValueError("field 'store': give the feedback store serve writes (--store fb.db)")
+        from pathlib import Path
+
+        if "://" not in self.store and not Path(self.store).is_file():  # a typo must not read a new, empty store
+            raise ValueError(f"field 'store': {self.store}: no such file (start rlhfkit serve --db {self.store} first)")
+        if self.policy.lora.r < 1:
+            raise ValueError("field 'policy.lora.r' must be >= 1: a version is a LoRA adapter on its parent")
         if self.method not in METHODS:
             raise ValueError(f"field 'method': {self.method!r} is not one of {list(METHODS)}")
         if self.min_feedback < 1:

@@ -64,16 +64,14 @@ def write_state(learn_dir: Path, state: dict) -> None:
     atomic_write_json(Path(learn_dir) / STATE_FILE, state)
 
 
-def new_verdicts(store: str, prefix: str, watermark: int) -> int:
-    """How many verdicts arrived after ``watermark`` (what starts a round)."""
-    from rlhfkit.feedback.enduser import last_event_id
+def new_verdicts(store: str, prefix: str, watermark: int, enough: int) -> int:
+    """How many verdicts arrived after ``watermark``, counted up to ``enough`` (what starts a
+    round; a poll reads no more rows than that)."""
+    from rlhfkit.feedback.enduser import feedback_events, last_event_id
 
-    last = last_event_id(store, prefix=prefix)
-    if last <= watermark:
+    if last_event_id(store, prefix=prefix) <= watermark:
         return 0
-    from rlhfkit.feedback.enduser import feedback_events
-
-    return len(feedback_events(store, watermark, last, prefix=prefix))
+    return len(feedback_events(store, watermark, None, prefix=prefix, limit=enough))
 
 
 def snapshot(store: str, prefix: str, state: dict, round_no: int, holdout_share: float, max_holdout: int) -> dict:

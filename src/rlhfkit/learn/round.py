@@ -164,6 +164,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
                     "reward_model": reward_in_dir, "policy": {k: v for k, v in policy.items() if k != "adapter"}}
             versions.save_version(learn_dir, name, parent=snap["parent"], adapter=policy["adapter"],
                                   info={**info, "adapter_on": snap["adapter_on"]})
+            _kill_after_stage_for_tests("version")  # written, not yet current
         elif versions.version_info(learn_dir, name).get("round") != round_no:
             raise versions.VersionError(f"{folder}: exists, written by another round than {round_no}")
         if lineage.logged_round(learn_dir, round_no) is None:

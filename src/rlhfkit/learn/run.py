@@ -58,7 +58,7 @@ def _follow(config: LearnConfig, learn_dir: Path, outcomes: list[dict]) -> list[
 
     while True:
         state = read_state(learn_dir)
-        waiting = new_verdicts(config.store, config.prefix, int(state["watermark"]))
+        waiting = new_verdicts(config.store, config.prefix, int(state["watermark"]), config.min_feedback)
         if round_pending(learn_dir, state) or waiting >= config.min_feedback:
             outcome = run_round(config, learn_dir, state, int(state["rounds_done"]) + 1)
             outcomes.append(outcome)

@@ -104,33 +104,33 @@ def test_nothing_to_do_without_enough_new_feedback(one_round, capsys):
     assert versions.current_version(one_round["learn"]) == "v1"
 
 
-def test_versions_lists_and_rollback_makes_an_older_version_current(one_round, tmp_path):
+def test_versions_lists_and_rollback_makes_an_older_version_current(one_round, tmp_path, capsys):
     """``learn versions`` lists v0 and v1 with their figures; ``learn rollback LEARN_DIR v0``
     makes v0 current and logs it; an unknown version is refused with exit 2 and the file named."""
     import shutil
-    import subprocess
-    import sys
+
+    from rlhfkit.cli import main
 
     learn = tmp_path / "learn"
     shutil.copytree(one_round["learn"], learn)
-    cli = [sys.executable, "-m", "rlhfkit.cli", "learn"]
-    out = subprocess.run(cli + ["versions", str(learn)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    assert main(["learn", "versions", str(learn)]) == 0
+    lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[:2] == ["v0", "-"] and lines[2].split()[:4] == ["*", "v1", "v0", "1"]
-    out = subprocess.run(cli + ["rollback", str(learn), "v0", "--reason", "complaints"], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
+    assert main(["learn", "rollback", str(learn), "v0", "--reason", "complaints"]) == 0
     assert versions.current_version(learn) == "v0"
     log = [json.loads(x) for x in (learn / "versions.jsonl").read_text().splitlines()]
     assert (log[-1]["event"], log[-1]["version"], log[-1]["from"], log[-1]["reason"]) == ("rollback", "v0", "v1",
                                                                                           "complaints")
-    out = subprocess.run(cli + ["rollback", str(learn), "v9"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "versions/v9/version.json" in out.stderr and "Traceback" not in out.stderr
+    capsys.readouterr()
+    assert main(["learn", "rollback", str(learn), "v9"]) == 2
+    err = capsys.readouterr().err
+    assert "versions/v9/version.json" in err and "Traceback" not in err
     assert versions.current_version(learn) == "v0"
-    listed = subprocess.run(cli + ["versions", str(learn), "--json", "true"], capture_output=True, text=True, timeout=120)
-    rows = [json.loads(x) for x in listed.stdout.splitlines()]
+    assert main(["learn", "versions", str(learn), "--json", "true"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [(r["version"], r["current"]) for r in rows] == [("v0", True), ("v1", False)]
+    assert main(["learn", "versions", str(learn)]) == 0
+    assert "rollback v1 -> v0 (complaints)" in capsys.readouterr().out
 
 
 def test_round_two_checks_users_against_the_previous_reward_model(one_round, tmp_path, tiny_base):

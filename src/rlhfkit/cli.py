@@ -33,6 +33,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("rlhfkit.serve.cli", "ServeConfig", "OpenAI-compatible /v1/chat/completions server with a /v1/feedback endpoint (thumbs, ratings) into the feedback store"),
     "chat": ("rlhfkit.serve.cli", "ChatConfig", "chat with a model in the terminal; /up, /down, /rate N store feedback in the feedback store"),
     "pipeline": ("rlhfkit.pipeline.run", "PipelineConfig", "the loop end to end, cached and resumable: SFT -> feedback -> reward model -> PPO/GRPO/RLOO/DPO/KTO -> eval -> report.html"),
+    "learn run": ("rlhfkit.learn.run", "LearnConfig", "the continuous learner: LEARN_DIR follows the feedback store; each round refits the reward model on users' verdicts (bad users capped and down-weighted), trains a LoRA version (GRPO, or KTO / DPO / SFT), gates it on held-out prompts and promotes it for serve"),
+    "learn versions": ("rlhfkit.learn.lineage", "VersionsConfig", "list a learner's versions: parent, round, feedback, users down-weighted, gate figures; refusals and rollbacks"),
+    "learn rollback": ("rlhfkit.learn.lineage", "RollbackConfig", "make an older version of a learner's folder current again (logged in versions.jsonl)"),
     "loop": ("rlhfkit.loop.run", "LoopConfig", "iterated online RLHF, resumable: candidates from the policy -> pairs chosen by RM-ensemble uncertainty (or random) -> labels (app or simulated) -> RM ensemble -> GRPO/PPO round"),
 }
 
@@ -49,6 +52,15 @@ COMMAND_RUN: dict[str, str] = {
     "eval leaderboard": "run_leaderboard",
     "serve": "run_serve",
     "chat": "run_chat",
+    "learn versions": "run_versions",
+    "learn rollback": "run_rollback",
+}
+
+# positional arguments of commands that take them, in order: turned into --field value
+POSITIONAL: dict[str, tuple[str, ...]] = {
+    "learn run": ("learn_dir",),
+    "learn versions": ("learn_dir",),
+    "learn rollback": ("learn_dir", "version"),
 }
 
 CONFIG_HELP = """\
@@ -81,20 +93,32 @@ def _command_parser(prog: str, description: str, config_cls) -> argparse.Argumen
 def _run_command(name: str, argv: list[str]) -> int:
     from rlhfkit.data.errors import DataError
     from rlhfkit.models.loading import ModelLoadError
+    from rlhfkit.models.versions import VersionError
     from rlhfkit.training.config import ConfigError, load_config
 
     module, cls_name, description = COMMANDS[name]
     config_cls = _import(module, cls_name)
     parser = _command_parser(f"rlhfkit {name}", description, config_cls)
-    args, rest = parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(_positionals(name, argv))
     run: Callable = _import(module, COMMAND_RUN.get(name, "run"))
     try:
         config = load_config(config_cls, args.config, rest)
         run(config)
-    except (ConfigError, DataError, FileNotFoundError, ModelLoadError) as err:
+    except (ConfigError, DataError, FileNotFoundError, ModelLoadError, VersionError) as err:
         print(f"rlhfkit {name}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _positionals(name: str, argv: list[str]) -> list[str]:
+    """``LEARN_DIR v2`` -> ``--learn_dir LEARN_DIR --version v2`` for the command's positional
+    fields (the leading arguments that are not options)."""
+    fields = POSITIONAL.get(name, ())
+    out = list(argv)
+    given = []
+    while out and len(given) < len(fields) and not out[0].startswith("-"):
+        given.append(out.pop(0))
+    return [x for f, v in zip(fields, given) for x in (f"--{f}", v)] + out
 
 
 def _top_help() -> str:
@@ -109,6 +133,14 @@ def _top_help() -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv and argv[0] in ("serve", "chat"):
+        # OpenMP's workers spin between parallel regions by default. A server's generation thread
+        # hands every batch back to the HTTP threads and waits for the next: its spinning workers
+        # then hold the cores those threads need (measured: 8 clients of the tiny model, --threads
+        # 2, a busy 2-core machine: 1.6 requests/s against 46 with passive workers;
+        # docs/BENCHMARKS.md). OpenMP reads this once, when torch loads it: here, before any
+        # import does; a value the user set is kept.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_top_help())
         return 0
@@ -126,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2
     elif argv[0] == "feedback" and len(argv) > 1 and f"feedback {argv[1]}" in COMMANDS:
         name, rest = f"feedback {argv[1]}", argv[2:]
+    elif argv[0] == "learn" and len(argv) > 1 and f"learn {argv[1]}" in COMMANDS:
+        name, rest = f"learn {argv[1]}", argv[2:]
+    elif argv[0] == "learn":
+        subs = [n.split(" ", 1)[1] for n in COMMANDS if n.startswith("learn ")]
+        print("usage: rlhfkit learn {" + ",".join(subs) + "} ...\n"
+              + "\n".join(f"  {s.ljust(10)} {COMMANDS['learn ' + s][2]}" for s in subs))
+        return 0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2
     elif argv[0] == "feedback":
         subs = [n.split(" ", 1)[1] for n in COMMANDS if n.startswith("feedback ")]
         print("usage: rlhfkit feedback {" + ",".join(subs) + "} ...\n"

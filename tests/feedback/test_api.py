@@ -263,7 +263,7 @@ def test_migrations_match_models_and_durable_pragmas(env):
         else:  # PostgreSQL: a COMMIT returns once its WAL is flushed
             assert conn.exec_driver_sql("SHOW fsync").scalar() == "on"
             assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0004"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0005"
         # the partial index the abandoned-task search relies on exists with its condition
         from sqlalchemy import inspect
         ix = {i["name"]: i for i in inspect(conn).get_indexes("assignments")}

@@ -297,7 +297,7 @@ def test_an_existing_project_of_an_earlier_selection_is_refused(tmp_path):
 def test_a_restart_keeps_the_finished_rounds_in_the_state_and_does_not_nest_it(tmp_path, loop_prompts, monkeypatch):
     """The app's live generation follows ``rounds_done``: a restart (the way to keep waiting for
     labels) must not fall back to the initial policy, and the state file must not grow per run."""
-    from rlhfkit.serve.live import current_policy
+    from rlhfkit.models.policy_line import current_policy
 
     out = tmp_path / "loop"
     loop_run.run(tiny_loop_config(out, loop_prompts, selection="random", rounds=1))

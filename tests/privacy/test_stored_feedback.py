@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from rlhfkit.cli import main  # noqa: E402
 from rlhfkit.data import read_records  # noqa: E402
 from rlhfkit.serve.app import create_app  # noqa: E402
-from rlhfkit.serve.store import FeedbackLog, hashed_user  # noqa: E402
+from rlhfkit.feedback.enduser import FeedbackLog, hashed_user  # noqa: E402
 
 ASK = "My email is jane.doe@example.com and my phone is (415) 555-2671; what should I do?"
 REPLY = "Write to support@example.org or call +1 917-444-6321."
@@ -56,6 +56,10 @@ def test_serve_redacts_what_it_stores_not_what_it_sends(tiny_chat, tmp_path, cap
                                                "comment": "it ignored me; reach me at 020 7946 0958",
                                                "user": "jane.doe@example.com"})
         assert fb.status_code == 200, fb.text
+        # an edit and a reason with personal data: stored redacted too
+        fb = client.post("/v1/feedback", json={"completion_id": cid, "edit": "Mail jane.doe@example.com now.",
+                                               "reason": "my card is 4111 1111 1111 1111"})
+        assert fb.status_code == 200, fb.text
     stored = log.completion(cid)
     assert stored["messages"][0]["content"] == ("My email is [EMAIL_ADDRESS] and my phone is [PHONE_NUMBER]; "
                                                 "what should I do?")
@@ -64,8 +68,10 @@ def test_serve_redacts_what_it_stores_not_what_it_sends(tiny_chat, tmp_path, cap
     assert log.completion("cmpl-x")["responses"][0]["text"] == "Write to [EMAIL_ADDRESS] or call [PHONE_NUMBER]."
     log.close()
     text = _stored_text(db)
-    for secret in ("jane.doe@example.com", "555-2671", "7946 0958", "support@example.org", "444-6321"):
+    for secret in ("jane.doe@example.com", "555-2671", "7946 0958", "support@example.org", "444-6321",
+                   "4111 1111"):
         assert secret not in text
+    assert "Mail [EMAIL_ADDRESS] now." in text and "my card is [CREDIT_CARD]" in text
     # the id is kept as an HMAC under a key beside the store (owner-only), not as an unkeyed hash
     # that trying candidate addresses would reverse
     key_file = tmp_path / "fb.db.end_user_key"
@@ -133,39 +139,50 @@ def _counts(db_path):
 @pytest.mark.parametrize("redact", [False, True])
 def test_forget_erases_one_end_users_completions_and_feedback(tiny_chat, tmp_path, capsys, redact):
     db = str(tmp_path / "fb.db")
+    import random
+
     log = FeedbackLog(db, redact=redact)
-    with TestClient(create_app(tiny_chat, log)) as client:
-        def serve(user):
+    with TestClient(create_app(tiny_chat, log, compare_share=1.0, rng=random.Random(0))) as client:
+        def serve(user, compare=False):
             body = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
             if user:
                 body["user"] = user
+            if compare:
+                body["rlhfkit"] = {"compare": True}
             r = client.post("/v1/chat/completions", json=body)
             assert r.status_code == 200, r.text
+            assert len(r.json()["choices"]) == (2 if compare else 1)
             return r.json()["id"]
 
         jane, bob, nobody, quiet = serve("jane"), serve("bob"), serve(None), serve(None)
+        jane_pair, bob_pair = serve("jane", compare=True), serve("bob", compare=True)
         # jane's feedback on a completion served to no one named: the id went only to her
-        for cid, user, extra in ((jane, "jane", {"rating": 6}), (bob, "bob", {}), (nobody, "jane", {"rating": 3})):
-            r = client.post("/v1/feedback", json={"completion_id": cid, "thumbs": "up", "user": user, **extra})
+        for cid, user, extra in ((jane, "jane", {"thumbs": "up", "rating": 5, "edit": "Hello, Jane!"}),
+                                 (bob, "bob", {"thumbs": "up"}), (nobody, "jane", {"thumbs": "up", "rating": 3}),
+                                 (jane_pair, "jane", {"choice": 1}), (bob_pair, "bob", {"choice": 0})):
+            r = client.post("/v1/feedback", json={"completion_id": cid, "user": user, **extra})
             assert r.status_code == 200, r.text
         bad = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "user": 7})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "user"
     log.close()
     projects, items, labels, assignments = _counts(db)
-    assert projects == {"serve-thumbs": (4, 3), "serve-ratings": (2, 2)} and labels == 5 and assignments == 5
+    assert projects == {"serve-thumbs": (8, 3), "serve-ratings": (2, 2), "serve-edits": (1, 1),
+                        "serve-choices": (2, 2)} and labels == 8 and assignments == 8
     stored = _stored_text(db)  # under redact the ids are kept only hashed, and forget still finds them
     assert ("hmac:" in stored) == redact and ("jane" in stored) != redact
 
     assert main(["feedback", "forget", "--db", db, "--end_user", "jane"]) == 0
-    # jane's completion (its thumbs item and its rating copy) with both her labels, and her
-    # thumbs on the completion served to no one named; bob's completion and label stay
-    # her completion and the unnamed one she rated (each with its rating copy) and her four
-    # labels; bob's completion and label, and the completion nobody gave feedback on, stay
+    # her completion, her comparison and the unnamed completion she judged (with their rating,
+    # edit and choice copies) and her six labels; bob's completion, his comparison with his
+    # choice, and the completion nobody gave feedback on, stay
     said = capsys.readouterr().out
-    assert f"erased 2 completions and 4 feedback labels of end user 'jane' from {db}\n" == said
+    assert f"erased 3 completions and 6 feedback labels of end user 'jane' from {db}\n" == said
     projects, items, labels, assignments = _counts(db)
-    assert projects == {"serve-thumbs": (2, 1), "serve-ratings": (0, 0)}
-    assert items == [(bob, 1), (quiet, 0)] and labels == 1 and assignments == 1
+    assert projects == {"serve-thumbs": (4, 1), "serve-ratings": (0, 0), "serve-edits": (0, 0),
+                        "serve-choices": (1, 1)}
+    assert items == [(bob, 1), (quiet, 0), (bob_pair, 0), (bob_pair, 0), (bob_pair, 1)]
+    assert labels == 2 and assignments == 2
+    assert "Hello, Jane!" not in _stored_text(db)
     import sqlite3
 
     assert sqlite3.connect(db).execute("PRAGMA wal_checkpoint").fetchone()[1] == 0  # the WAL was emptied
@@ -223,7 +240,7 @@ def test_forget_mistakes_are_field_errors_and_change_nothing(tmp_path, capsys):
     con.close()
     assert main(["feedback", "forget", "--db", db, "--end_user", "jane", "--project_prefix", "x"]) == 0
     names = {n for (n,) in sqlite3.connect(db).execute("SELECT name FROM projects")}
-    assert names == {"serve-thumbs", "x-thumbs"}
+    assert names == {"serve-thumbs", "x-thumbs", "x-edits", "x-choices"}
     not_a_db = tmp_path / "notes.db"
     not_a_db.write_text("just text\n" * 100)
     capsys.readouterr()
@@ -232,7 +249,7 @@ def test_forget_mistakes_are_field_errors_and_change_nothing(tmp_path, capsys):
 
 
 def test_redact_needs_a_key_outside_a_server_database(monkeypatch):
-    from rlhfkit.serve.store import end_user_key
+    from rlhfkit.feedback.enduser import end_user_key
 
     monkeypatch.delenv("RLHFKIT_END_USER_KEY", raising=False)
     with pytest.raises(ValueError, match=r"set \$RLHFKIT_END_USER_KEY"):
@@ -282,7 +299,7 @@ def test_a_lost_or_other_key_is_refused_not_taken_for_nothing_to_erase(tmp_path,
     server refuse (naming the key ids) instead of reporting "erased 0" or starting a new key."""
     import shutil
 
-    from rlhfkit.serve.store import EndUserKeyError, key_id
+    from rlhfkit.feedback.enduser import EndUserKeyError, key_id
 
     monkeypatch.delenv("RLHFKIT_END_USER_KEY", raising=False)
     db = tmp_path / "fb.db"

@@ -1,4 +1,6 @@
 """The native Llama-family sampler reproduces Hugging Face's forward and sampling rules."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -202,3 +204,66 @@ def test_on_token_sees_each_step_as_drawn_and_changes_nothing(tok, engine):
     steps = []
     cut = gen.generate(model, ids, mask, seed=5, on_token=lambda t: steps.append(t) or len(steps) == 3)
     assert len(steps) == 3 and torch.equal(cut, without[:, :3])
+
+
+MIXED = [SamplingConfig(temperature=1.0), SamplingConfig(temperature=0.0), SamplingConfig(temperature=0.7, top_k=20),
+         SamplingConfig(temperature=1.3, top_p=0.8), SamplingConfig(temperature=1.0)]
+
+
+def test_row_seeds_and_settings_draw_each_row_as_if_alone(tok):
+    """From the same logits, a row of a batch with its own seed and settings draws, step after
+    step, exactly the token that row draws alone (a batch of one, ``seed`` = its seed): its
+    exponential race comes from its own generator, and rows with the same settings are filtered
+    by the same code as alone."""
+    g = NativeLlamaGenerator(SamplingConfig(temperature=1.0), tok.eos_token_id, tok.pad_token_id)
+    seeds = [11, 12, 13, 14, 11]  # rows 0 and 4: the same seed and settings, the same draws
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    alone = [(NativeLlamaGenerator(s, tok.eos_token_id, tok.pad_token_id), torch.Generator().manual_seed(seed))
+             for s, seed in zip(MIXED, seeds)]
+    logits = torch.randn(6, len(MIXED), 120, generator=torch.Generator().manual_seed(3))
+    logits[:, 4] = logits[:, 0]
+    for step in logits:
+        batched = g._next_tokens(step, gens, MIXED)
+        singles = [one._next_tokens(step[i:i + 1], gen)[0] for i, (one, gen) in enumerate(alone)]
+        assert batched.tolist() == [int(t) for t in singles]
+        assert batched[0] == batched[4]
+
+
+def test_a_batched_row_is_the_row_alone_on_a_tiny_model(tok):
+    """End to end, with the model's own logits: every row of a left-padded batch with per-row
+    seeds and settings is the generation of its prompt alone with its seed (on these tiny models
+    the padded batch's logits round to the same tokens; a larger model can differ in the last
+    float bits and, rarely, flip a near-tied token: serve/batcher.py)."""
+    model = models(tok)["llama-gqa"]
+    prompts = ["The cat", "A small dog likes the red ball", "Hi", "The weather is", "one two three four five"]
+    seeds = [5, 6, 7, 8, 9]
+    ids, mask = tokenize_prompts(prompts, tok)
+    g = NativeLlamaGenerator(SamplingConfig(max_new_tokens=12), tok.eos_token_id, tok.pad_token_id)
+    batched = g.generate(model, ids, mask, seed=0, row_seeds=seeds, row_sampling=MIXED)
+    for i, (prompt, seed, s) in enumerate(zip(prompts, seeds, MIXED)):
+        one_ids, one_mask = tokenize_prompts([prompt], tok)
+        single = NativeLlamaGenerator(replace(s, max_new_tokens=12), tok.eos_token_id, tok.pad_token_id)
+        alone = single.generate(model, one_ids, one_mask, seed=seed)[0]
+        assert batched[i, :alone.shape[0]].tolist() == alone.tolist(), i
+    with pytest.raises(ValueError, match="row_seeds"):
+        g.generate(model, ids, mask, seed=0, row_seeds=seeds[:2])
+
+
+@pytest.mark.parametrize("engine", [HFGenerator, NativeLlamaGenerator])
+def test_on_token_can_end_some_rows_only(tok, engine):
+    """A bool tensor from ``on_token`` ends those rows (pad after them, as after an EOS); the
+    other rows draw what they draw without it."""
+    model = models(tok)["llama"]
+    s = SamplingConfig(max_new_tokens=10, temperature=0.0)
+    ids, mask = tokenize_prompts(PROMPTS, tok)
+    gen = engine(s, tok.eos_token_id, tok.pad_token_id)
+    without = gen.generate(model, ids, mask, seed=5)
+    steps = []
+
+    def end_row_1_at_step_3(tokens):
+        steps.append(tokens)
+        return torch.tensor([False, len(steps) == 3, False, False])
+    cut = gen.generate(model, ids, mask, seed=5, on_token=end_row_1_at_step_3)
+    n = min(cut.shape[1], without.shape[1])
+    assert torch.equal(cut[[0, 2, 3], :n], without[[0, 2, 3], :n])
+    assert torch.equal(cut[1, :3], without[1, :3]) and (cut[1, 3:] == tok.pad_token_id).all()

@@ -21,3 +21,12 @@ def tiny_chat(tiny_chat_dir):
     from rlhfkit.serve.engine import ChatModel
 
     return ChatModel.load(str(tiny_chat_dir), name="tiny-chat", max_new_tokens=8, temperature=1.0)
+
+
+@pytest.fixture(scope="session")
+def learner_dir(tmp_path_factory, tiny_chat_dir) -> Path:
+    """A learner folder over the tiny chat model: v0 (the base, promoted) and v1 (a LoRA adapter
+    that changes its greedy replies)."""
+    from ..models.test_versions import make_learner
+
+    return make_learner(tmp_path_factory.mktemp("learner"), tiny_chat_dir)

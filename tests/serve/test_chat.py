@@ -9,7 +9,8 @@ import pytest
 
 def test_chat_subprocess(tiny_chat_dir, tmp_path):
     db = tmp_path / "chat.db"
-    script = "\n".join(["Hello! How are you today?", "/up lovely", "/rate 6", "/rate 9", "/bogus",
+    script = "\n".join(["Hello! How are you today?", "/up lovely", "/rate 4", "/rate 6", "/bogus",
+                        "/edit Very well, thank you!",
                         "Thank you for your help.", "/down", "/new", "/up", "/quit", "never read"]) + "\n"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     res = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "chat", "--model", str(tiny_chat_dir), "--db", str(db),
@@ -18,24 +19,25 @@ def test_chat_subprocess(tiny_chat_dir, tmp_path):
     assert res.returncode == 0, res.stderr
     out = res.stdout
     assert out.count("assistant> ") == 2
-    assert "(stored thumbs up)" in out and "(stored rating 6)" in out and "(stored thumbs down)" in out
-    assert "not stored" in out  # rating 9 is off the 1-7 scale
+    assert "(stored thumbs up)" in out and "(stored rating 4)" in out and "(stored edit)" in out and "(stored thumbs down)" in out
+    assert "not stored" in out  # rating 6 is off the 1-5 scale
     assert "unknown command /bogus" in out
     assert "(no reply to give feedback on yet)" in out  # /up right after /new
-    assert "2 replies, 2 thumbs, 1 ratings" in out
+    assert "2 replies, 2 thumbs, 1 ratings, 1 edits" in out
 
-    from rlhfkit.serve.store import FeedbackLog
+    from rlhfkit.feedback.enduser import FeedbackLog
 
     log = FeedbackLog(str(db))
     try:
-        thumbs, ratings = log.export("thumbs"), log.export("ratings")
+        thumbs, ratings, edits = log.export("thumbs"), log.export("ratings"), log.export("rewrites")
     finally:
         log.close()
+    assert [(e.prompt, e.rewrite) for e in edits] == [("Hello! How are you today?", "Very well, thank you!")]
     assert [t.label for t in thumbs] == [True, False]
     assert thumbs[0].prompt == "Hello! How are you today?"
     assert thumbs[1].prompt.startswith("User: Hello! How are you today?\n\nAssistant: ")
     assert thumbs[1].prompt.endswith("User: Thank you for your help.")
-    assert [r.rating for r in ratings] == [6.0]
+    assert [r.rating for r in ratings] == [4.0]
     replies = [line.split("assistant> ", 1)[1] for line in out.splitlines() if line.startswith("assistant> ")]
     assert [t.completion for t in thumbs] == [r or "(empty response)" for r in replies]
 
@@ -47,7 +49,7 @@ def test_chat_loop_in_process(tiny_chat, tmp_path):
 
     out = io.StringIO()
     counts = chat_loop(tiny_chat, None, io.StringIO("hi\n/up\n"), out, seed=1)
-    assert counts == {"turns": 1, "thumbs": 0, "ratings": 0}
+    assert counts == {"turns": 1, "thumbs": 0, "ratings": 0, "edits": 0}
     assert "feedback is not stored" in out.getvalue()
 
 
@@ -58,7 +60,7 @@ def test_a_turn_the_model_cannot_take_is_told_and_dropped(tiny_chat, tmp_path):
 
     from rlhfkit.serve.chat import chat_loop
     from rlhfkit.serve.engine import ChatModel
-    from rlhfkit.serve.store import FeedbackLog
+    from rlhfkit.feedback.enduser import FeedbackLog
 
     chat = ChatModel(tiny_chat.model, tiny_chat.tokenizer, name="short", max_new_tokens=4, max_prompt_length=30)
     log = FeedbackLog(str(tmp_path / "chat.db"))
@@ -71,7 +73,7 @@ def test_a_turn_the_model_cannot_take_is_told_and_dropped(tiny_chat, tmp_path):
     text = out.getvalue()
     assert "(not answered: the conversation has" in text and "/new starts a new conversation" in text
     assert "(no reply to give feedback on yet)" in text
-    assert counts == {"turns": 1, "thumbs": 1, "ratings": 0}
+    assert counts == {"turns": 1, "thumbs": 1, "ratings": 0, "edits": 0}
     assert [t.prompt for t in thumbs] == ["hi"]  # the refused turn is not part of the conversation
 
 
@@ -137,7 +139,7 @@ def test_at_a_terminal_lines_are_edited_and_ctrl_c_leaves(tiny_chat_dir, tmp_pat
             os.waitpid(pid, 0)
         os.close(fd)
 
-    from rlhfkit.serve.store import FeedbackLog
+    from rlhfkit.feedback.enduser import FeedbackLog
 
     log = FeedbackLog(str(db))
     try:
@@ -150,7 +152,7 @@ def test_a_changed_mind_is_one_verdict_in_the_store_and_the_counts(tiny_chat, tm
     import io
 
     from rlhfkit.serve.chat import chat_loop
-    from rlhfkit.serve.store import FeedbackLog
+    from rlhfkit.feedback.enduser import FeedbackLog
 
     log = FeedbackLog(str(tmp_path / "chat.db"))
     try:
@@ -160,4 +162,4 @@ def test_a_changed_mind_is_one_verdict_in_the_store_and_the_counts(tiny_chat, tm
     finally:
         log.close()
     assert [t.label for t in thumbs] == [False, True] and [r.rating for r in ratings] == [5.0]
-    assert counts == {"turns": 2, "thumbs": 2, "ratings": 1}
+    assert counts == {"turns": 2, "thumbs": 2, "ratings": 1, "edits": 0}

@@ -37,6 +37,11 @@ def _refused(capsys, argv, words):
     (["--max_request_kb", "0"], ["max_request_kb"]),
     (["--log_level", "loud"], ["log_level"]),
     (["--prot", "1"], ["did you mean 'port'"]),
+    (["--max_batch", "0"], ["max_batch"]),
+    (["--batch_wait_ms", "-1"], ["batch_wait_ms"]),
+    (["--compare_share", "1.5"], ["compare_share"]),
+    (["--reload_every", "0"], ["reload_every"]),
+    (["--rating_max", "1"], ["field 'rating_max'"]),
 ])
 def test_bad_flags_are_one_line(capsys, tmp_path, flags, words):
     _refused(capsys, ["serve", "--model", str(tmp_path / "none"), *flags], words)
@@ -102,7 +107,7 @@ def test_a_real_server_acknowledges_feedback_only_once_it_is_on_disk(tiny_chat_d
         rows = con.execute("SELECT l.payload FROM labels l JOIN items i ON i.id = l.item_id WHERE i.external_id = ?",
                            (c["id"],)).fetchall()
     assert sorted((json.loads(r[0]) for r in rows), key=len) == [
-        {"label": False, "comment": "kill me"}, {"rating": 2, "flags": [], "comment": "kill me"}]
+        {"label": False, "reason": "kill me"}, {"rating": 2, "flags": [], "reason": "kill me"}]
 
 
 def test_serve_takes_a_loop_folder_and_serves_its_newest_finished_round(tmp_path, capsys):
@@ -165,3 +170,26 @@ def test_serve_takes_a_loop_folder_and_serves_its_newest_finished_round(tmp_path
     (waiting / "loop_state.json").write_text(json.dumps({"rounds_done": 0}))
     _refused(capsys, ["serve", "--model", str(waiting), "--port", str(_free_port())],
              ["field 'model'", "the loop has no policy yet"])
+
+
+def test_the_server_runs_openmp_workers_passive_unless_told_otherwise():
+    """``rlhfkit serve`` sets ``OMP_WAIT_POLICY=PASSIVE`` before torch (and OpenMP with it) is
+    first imported (spinning workers starve the HTTP threads a batching server hands work to); a
+    value given is kept."""
+    code = ("import builtins, os, sys\n"
+            "seen = {}\n"
+            "real = builtins.__import__\n"
+            "def spy(name, *a, **k):\n"
+            "    if name == 'torch' and 'torch' not in seen:\n"
+            "        seen['torch'] = os.environ.get('OMP_WAIT_POLICY')\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = spy\n"
+            "from rlhfkit.cli import main\n"
+            f"main(['serve', '--model', '/nonexistent-model', '--port', '{_free_port()}'])\n"
+            "print(seen.get('torch'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split()[-1:] == ["PASSIVE"], out.stdout + out.stderr
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, timeout=300)
+    assert out.stdout.split()[-1:] == ["ACTIVE"], out.stdout + out.stderr

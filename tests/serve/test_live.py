@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from rlhfkit.serve.live import NoPolicyYet, PolicyGenerator, current_policy
+from rlhfkit.feedback.live import NoPolicyYet, PolicyGenerator, current_policy
 
 pytest.importorskip("fastapi")
 
@@ -139,7 +139,7 @@ def test_a_loop_policy_is_the_newest_finished_round_whatever_loop_state_counts(t
     earlier run's: the newest round whose policy stage is done is served, never a policy being
     written (its stage.json says running) nor, when the newest round is gone, the initial policy
     as if no round had finished; serve's start-up line says so."""
-    from rlhfkit.serve.cli import _resolve_model
+    from rlhfkit.models.policy_line import resolve
 
     loop = tmp_path / "loop"
     _stage(loop / "setup", "done", tiny_chat_dir)
@@ -147,15 +147,31 @@ def test_a_loop_policy_is_the_newest_finished_round_whatever_loop_state_counts(t
     _stage(loop / "round-2" / "policy", "running")  # being rewritten: only its config.json so far
     _state(loop, 2)
     assert current_policy(str(loop)) == str(loop / "round-1" / "policy" / "model")
-    path, name, origin = _resolve_model(str(loop))
-    assert (path, name) == (str(loop / "round-1" / "policy" / "model"), "loop/round-1")
-    assert "round 1's policy: round 2's, the newest finished, is not there whole" in origin
+    line = resolve(str(loop))
+    assert (line.path, line.version) == (str(loop / "round-1" / "policy" / "model"), "round-1")
+    assert "round 1's policy: round 2's, the newest finished, is not there whole" in line.describe()
     shutil.rmtree(loop / "round-2")  # gone
     assert current_policy(str(loop)) == str(loop / "round-1" / "policy" / "model")
     _stage_done = json.loads((loop / "round-1" / "policy" / "stage.json").read_text())
     (loop / "round-1" / "policy" / "stage.json").write_text(json.dumps({**_stage_done, "status": "running"}))
     assert current_policy(str(loop)) == str(loop / "setup" / "model")
-    assert "its initial policy: round 2's, the newest finished, is not there whole" in _resolve_model(str(loop))[2]
+    assert "its initial policy: round 2's, the newest finished, is not there whole" in resolve(str(loop)).describe()
     (loop / "setup" / "stage.json").write_text(json.dumps({"status": "running"}))  # the setup redone too
     with pytest.raises(NoPolicyYet, match="no policy yet"):
         current_policy(str(loop))
+
+
+def test_a_learner_folder_is_followed_to_its_promoted_version(tmp_path, learner_dir):
+    """``feedback serve --policy LEARN_DIR``: items are answered by the promoted version (an
+    adapter merged into its base), and by the next one once it is promoted."""
+    from rlhfkit.models.versions import promote
+
+    learn = tmp_path / "learn"
+    shutil.copytree(learner_dir, learn)
+    gen = PolicyGenerator(str(learn), max_new_tokens=6, temperature=0.0)
+    assert gen.version.version == "v0"
+    before = gen(["the film was"], 1)
+    promote(learn, "v1")
+    after = gen(["the film was"], 1)
+    assert gen.version.version == "v1" and gen.loaded == str(learn / "versions" / "v1")
+    assert after[0][0]["model"] == gen.loaded and after[0][0]["text"] != before[0][0]["text"]

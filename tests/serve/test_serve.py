@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from rlhfkit.data import read_records  # noqa: E402
 from rlhfkit.serve.app import create_app  # noqa: E402
 from rlhfkit.serve.engine import render_messages  # noqa: E402
-from rlhfkit.serve.store import FeedbackLog  # noqa: E402
+from rlhfkit.feedback.enduser import FeedbackLog  # noqa: E402
 
 
 @pytest.fixture
@@ -93,7 +93,14 @@ def test_completion_tokens_count_every_drawn_token(served, tiny_chat):
     ({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, 400, "stream"),
     ({"messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": True}}, 400,
      "stream_options"),
-    ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 9}, 400, "n"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 0}, 400, "n"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 1.5}, 400, "n"),
+    ({"messages": [{"role": "user", "content": "hi"}], "rlhfkit": {"compare": "yes"}}, 400, "rlhfkit.compare"),
+    ({"messages": [{"role": "user", "content": "hi"}], "rlhfkit": {"comapre": True}}, 400, "rlhfkit.comapre"),
+    ({"messages": [{"role": "user", "content": "hi"}], "rlhfkit": [1]}, 400, "rlhfkit"),
+    ({"messages": [{"role": "user", "content": "hi"}], "rlhfkit": {"compare": True}, "n": 2}, 400,
+     "rlhfkit.compare"),
     ({"messages": []}, 400, "messages"),
     ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages"),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}, 400, "temperature"),
@@ -123,14 +130,14 @@ def test_feedback_lands_in_store_and_exports(served, tmp_path):
     assert ok.status_code == 200 and ok.json()["stored"] is True
     # a changed mind replaces the verdict (one record per user and completion)
     assert client.post("/v1/feedback", json={"completion_id": c1["id"], "thumbs": "up", "comment": "nice"}).status_code == 200
-    # 6.0 is the integer 6 as some JSON clients write it; 5.5 is no point of the scale
-    assert client.post("/v1/feedback", json={"completion_id": c1["id"], "rating": 6.0}).status_code == 200
-    assert client.post("/v1/feedback", json={"completion_id": c1["id"], "rating": 5.5}).status_code == 422
+    # 4.0 is the integer 4 as some JSON clients write it; 3.5 is no point of the scale (1-5)
+    assert client.post("/v1/feedback", json={"completion_id": c1["id"], "rating": 4.0}).status_code == 200
+    assert client.post("/v1/feedback", json={"completion_id": c1["id"], "rating": 3.5}).status_code == 422
     assert client.post("/v1/feedback", json={"completion_id": c2["id"], "thumbs": "down", "rating": 2,
                                              "user": "alice"}).status_code == 200
     # refusals name the field at fault in OpenAI's ``param``
     for body, status, param in [({"completion_id": "chatcmpl-nope", "thumbs": "up"}, 404, "completion_id"),
-                                ({"completion_id": c1["id"], "rating": 9}, 422, "rating"),
+                                ({"completion_id": c1["id"], "rating": 6}, 422, "rating"),
                                 ({"completion_id": c1["id"], "thumbs": "sideways"}, 422, "thumbs"),
                                 ({"completion_id": c1["id"]}, 422, "thumbs"),
                                 ({"completion_id": c1["id"], "thumbs": "up", "comment": 3}, 422, "comment"),
@@ -150,10 +157,12 @@ def test_feedback_lands_in_store_and_exports(served, tmp_path):
     assert [(t.prompt, t.completion, t.label) for t in thumbs] == [
         (user_turn, reply1, True),
         ("User: Hello!\n\nAssistant: Hi.\n\nUser: Thank you for your help.", reply2, False)]
-    assert [(x.completion, x.rating, x.scale_min, x.scale_max) for x in ratings] == [(reply1, 6.0, 1, 7), (reply2, 2.0, 1, 7)]
-    # the completion is stored with its id and messages; the comment is kept with the verdict
+    assert [(x.completion, x.rating, x.scale_min, x.scale_max) for x in ratings] == [(reply1, 4.0, 1, 5), (reply2, 2.0, 1, 5)]
+    # the completion is stored with its id, messages and version; the comment is kept with the
+    # verdict as its reason
     stored = log.completion(c2["id"])
     assert stored["messages"] == multi and stored["responses"][0]["model"] == "tiny-chat"
+    assert stored["responses"][0]["version"] == c2["rlhfkit"]["version"]
     from sqlalchemy import select
 
     from rlhfkit.feedback import db as fdb
@@ -161,8 +170,9 @@ def test_feedback_lands_in_store_and_exports(served, tmp_path):
     with log.store.read() as conn:
         payloads = [r.payload for r in conn.execute(select(fdb.labels.c.payload).order_by(fdb.labels.c.id))]
         active = {r.name: r.active for r in conn.execute(select(fdb.projects.c.name, fdb.projects.c.active))}
-    assert {"label": True, "comment": "nice"} in payloads
-    assert active == {"serve-thumbs": False, "serve-ratings": False}  # never queued to labelers
+    assert {"label": True, "reason": "nice"} in payloads
+    assert active == {"serve-thumbs": False, "serve-ratings": False, "serve-edits": False,
+                      "serve-choices": False}  # never queued to labelers
 
 
 def test_api_key_and_no_store(tiny_chat):

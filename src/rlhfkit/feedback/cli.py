@@ -37,8 +37,9 @@ class ServeConfig:
         "help": "an open task older than this may be reassigned to another labeler (0: never)"})
     policy: str = field(default="", metadata={
         "help": "model that answers live-generated items (admin API .../generate): a folder, .gguf, HF name, "
-                "smollm2-135m, or an `rlhfkit loop` output folder, whose current policy is used and followed "
-                "round after round (empty = items are imported only)"})
+                "smollm2-135m, an `rlhfkit loop` output folder, whose current policy is used and followed "
+                "round after round, or a learner folder (current.json + versions/), whose promoted version "
+                "is followed (empty = items are imported only)"})
     max_new_tokens: int = field(default=64, metadata={"help": "live generation: response tokens at most"})
     temperature: float = field(default=1.0, metadata={"help": "live generation: sampling temperature"})
     redact: bool = field(default=False, metadata={
@@ -114,14 +115,15 @@ def run_serve(c: ServeConfig) -> None:
     if c.policy:
         if c.workers > 1:
             raise _err("field 'policy': live generation runs in one worker process; set --workers 1")
-        from rlhfkit.serve.live import PolicyGenerator
+        from .live import PolicyGenerator
 
         try:
             generator = PolicyGenerator(c.policy, max_new_tokens=c.max_new_tokens, temperature=c.temperature)
         except (OSError, ValueError) as e:
             raise _err(f"field 'policy': {e}") from None
         print(f"rlhfkit feedback: live generation by {generator.loaded}"
-              + (f" (following the loop in {c.policy})" if generator.loaded != c.policy else ""), flush=True)
+              + (f" (following {generator.version.kind} {c.policy})" if generator.loaded != c.policy else ""),
+              flush=True)
     print(f"rlhfkit feedback: serving {c.db} on http://{c.host}:{c.port}", flush=True)
     if not c.max_import_mb > 0:
         raise _err(f"field 'max_import_mb': must be above 0, got {c.max_import_mb}")
@@ -224,7 +226,7 @@ def run_forget(c: ForgetConfig) -> None:
     if not c.end_user.strip():
         raise _err("field 'end_user': give the end user's id (the `user` their requests carried)")
     db.require_store_file(c.db)
-    from rlhfkit.serve.store import FeedbackLog
+    from rlhfkit.feedback.enduser import FeedbackLog
 
     try:
         log = FeedbackLog(c.db, prefix=c.project_prefix, create=False)

@@ -123,6 +123,9 @@ labels = Table(
     Column("duration_ms", Integer, nullable=True),
     Column("created_at", Float, nullable=False),
     UniqueConstraint("item_id", "user_id"),
+    # ids only grow, even when the newest label is deleted: readers keep watermarks of them
+    # (migration 0005; PostgreSQL sequences never reuse an id anyway)
+    sqlite_autoincrement=True,
 )
 
 

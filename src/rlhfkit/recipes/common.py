@@ -384,6 +384,9 @@ def save_final(model, tokenizer, config, metrics: dict, info: DistInfo, subdir: 
     out.mkdir(parents=True, exist_ok=True)
     to_save = model
     if hasattr(model, "merge_and_unload"):  # a peft model: ship plain HF weights
+        # and the adapter alone beside them (before merging: merge_and_unload folds it in), what
+        # a learner's version carries (rlhfkit learn: a version is small)
+        model.save_pretrained(Path(config.output_dir) / "adapter")
         to_save = model.merge_and_unload()
     to_save.save_pretrained(out, state_dict=state) if state is not None else to_save.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -121,7 +121,8 @@ class HFGenerator:
     def generate(self, model, prompt_ids, prompt_mask, seed: int,
                  on_token: Callable[[torch.Tensor], bool | None] | None = None) -> torch.Tensor:
         """``on_token(tokens [B])``: called with each step's tokens as they are drawn; a true
-        return ends the generation after that step."""
+        return ends the generation after that step, a bool tensor ``[B]`` ends those rows (their
+        later tokens are pad, as after an EOS)."""
         from transformers import StoppingCriteriaList
 
         from rlhfkit.training.precision import autocast
@@ -145,13 +146,16 @@ class HFGenerator:
 def _token_callback(on_token: Callable[[torch.Tensor], bool | None]):
     """``on_token`` as a stopping criterion of ``model.generate``: called after each step with the
     sequences so far (the newest tokens last; pad for rows already finished, as the native
-    sampler), it can end the generation, which a streamer cannot."""
+    sampler), it can end the generation, or some rows of it (``generate`` pads a row once a
+    criterion says it is done), which a streamer cannot."""
     from transformers import StoppingCriteria
 
     class TokenCallback(StoppingCriteria):
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-            stop = bool(on_token(input_ids[:, -1]))
-            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+            told = on_token(input_ids[:, -1])
+            if isinstance(told, torch.Tensor):
+                return told.to(input_ids.device, torch.bool).clone()
+            return torch.full((input_ids.shape[0],), bool(told), dtype=torch.bool, device=input_ids.device)
 
     return TokenCallback()
 

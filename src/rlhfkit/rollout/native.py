@@ -156,8 +156,27 @@ class NativeLlamaGenerator:
             return F.linear(last.to(head.weight.dtype), head.weight, head.bias)
 
     # ------------------------------------------------------------------ sampling
-    def _next_tokens(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        s = self.sampling
+    def _next_tokens(self, logits: torch.Tensor, generator, rows: list | None = None) -> torch.Tensor:
+        """The next token of every row. ``generator``: one ``torch.Generator`` for the batch, or a
+        list with one per row (a row's draw then depends on its own seed alone). ``rows``: each
+        row's ``SamplingConfig`` when they differ; rows with the same settings are drawn
+        together by the same code as a batch of them alone, so a row's token is the one it would
+        get alone from the same logits."""
+        if rows is None:
+            return self._draw(logits, self.sampling, generator)
+        out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+        groups: dict = {}
+        for i, r in enumerate(rows):
+            groups.setdefault((float(r.temperature), int(r.top_k), float(r.top_p)), []).append(i)
+        for (temperature, top_k, top_p), idx in groups.items():
+            settings = type(self.sampling)(max_new_tokens=self.sampling.max_new_tokens, temperature=temperature,
+                                           top_p=top_p, top_k=top_k)
+            gens = [generator[i] for i in idx] if isinstance(generator, list) else generator
+            out[idx] = self._draw(logits[idx], settings, gens)
+        return out
+
+    @staticmethod
+    def _draw(logits: torch.Tensor, s, generator) -> torch.Tensor:
         z = logits.float()
         if s.temperature == 0:
             return z.argmax(dim=-1)
@@ -165,21 +184,40 @@ class NativeLlamaGenerator:
             z = z / s.temperature
         z = filter_logits(z, int(s.top_k), float(s.top_p))
         probs = torch.softmax(z, dim=-1)
-        race = torch.empty_like(probs).exponential_(generator=generator)
+        race = torch.empty_like(probs)
+        if isinstance(generator, list):  # one stream per row: its E_i come from its own seed
+            for i, g in enumerate(generator):
+                race[i].exponential_(generator=g)
+        else:
+            race.exponential_(generator=generator)
         return (probs / race).argmax(dim=-1)
 
     @torch.no_grad()
     def generate(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, seed: int,
-                 on_token: Callable[[torch.Tensor], bool | None] | None = None) -> torch.Tensor:
+                 on_token: Callable[[torch.Tensor], bool | torch.Tensor | None] | None = None,
+                 row_seeds: list[int] | None = None, row_sampling: list | None = None) -> torch.Tensor:
         """``on_token(tokens [B])`` is called with each step's tokens as they are drawn (a server
-        streams them); it does not change what is drawn, and a true return ends the generation
-        after that step (a stop sequence was reached)."""
+        streams them); it does not change what is drawn. A true return ends the generation after
+        that step (a stop sequence was reached); a bool tensor ``[B]`` ends those rows only
+        (their later tokens are pad, as after an EOS).
+
+        ``row_seeds``: one seed per row instead of ``seed``, each row drawing from its own
+        ``torch.Generator``: a row's tokens then depend on its seed and its logits only, not on
+        the rows beside it, and a batch of one row with seed ``s`` draws what ``seed=s`` draws.
+        ``row_sampling``: a ``SamplingConfig`` per row (temperature, top-p, top-k; the length
+        is this generator's ``max_new_tokens``), for batches of requests with other settings."""
         ok, why = supports(model)
         if not ok:
             raise ValueError(f"the native sampler does not support this model ({why}); use HFGenerator")
         device = prompt_ids.device
-        generator = torch.Generator(device=device).manual_seed(int(seed) % (2**63 - 1))
         B, P = prompt_ids.shape
+        for name, given in (("row_seeds", row_seeds), ("row_sampling", row_sampling)):
+            if given is not None and len(given) != B:
+                raise ValueError(f"{name} has {len(given)} entries for {B} rows")
+        if row_seeds is not None:
+            generator = [torch.Generator(device=device).manual_seed(int(s) % (2**63 - 1)) for s in row_seeds]
+        else:
+            generator = torch.Generator(device=device).manual_seed(int(seed) % (2**63 - 1))
         n_new = int(self.sampling.max_new_tokens)
         _, kv_heads, head_dim = self._shapes(model.config)
         dtype = model.model.embed_tokens.weight.dtype
@@ -201,22 +239,25 @@ class NativeLlamaGenerator:
 
         with autocast(getattr(model, "_rlhfkit_autocast", None) or "fp32", device):
             return self._decode(model, prompt_ids, positions, keys, values, prefill_mask, visible, generator,
-                                n_new, on_token)
+                                n_new, on_token, row_sampling)
 
     def _decode(self, model, prompt_ids, positions, keys, values, prefill_mask, visible, generator, n_new,
-                on_token) -> torch.Tensor:
+                on_token, row_sampling=None) -> torch.Tensor:
         B, P = prompt_ids.shape
         logits = self.forward(model, prompt_ids, positions, 0, keys, values, prefill_mask)
         position = positions[:, -1:] + 1
         done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
         out = []
         for t in range(n_new):
-            token = self._next_tokens(logits, generator)
+            token = self._next_tokens(logits, generator, row_sampling)
             token = torch.where(done, torch.full_like(token, self.pad_token_id), token)
             out.append(token)
-            told_to_stop = on_token is not None and bool(on_token(token))
+            told = on_token(token) if on_token is not None else None
+            if isinstance(told, torch.Tensor):  # these rows are finished (their own stop or length)
+                done |= told.to(done.device, torch.bool)
+                told = False
             done |= token == self.eos_token_id
-            if told_to_stop or t == n_new - 1 or bool(done.all()):
+            if bool(told) or t == n_new - 1 or bool(done.all()):
                 break
             logits = self.forward(model, token[:, None], position, P + t, keys, values,
                                   visible[:, None, None, : P + t + 1])

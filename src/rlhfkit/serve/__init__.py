@@ -1,11 +1,14 @@
 """Deployment: an OpenAI-compatible chat server (``rlhfkit serve``) and a terminal chat
-(``rlhfkit chat``), both storing end users' thumbs and ratings in the feedback app's store, so a
-deployed assistant keeps collecting the feedback that trains its next version.
+(``rlhfkit chat``), both storing end users' feedback (thumbs with a reason, ratings, edits,
+choices between two replies) in the feedback app's store, so a deployed assistant keeps
+collecting the feedback that trains its next version, and following a learner's promoted
+version without downtime.
 
-Modules: ``engine`` (``ChatModel``: messages -> chat template -> generate), ``store``
-(``FeedbackLog``: completions and feedback as feedback-app items and labels), ``app``
-(``create_app``: FastAPI, ``/v1/chat/completions``, ``/v1/models``, ``/v1/feedback``), ``chat``
-(``chat_loop``), ``cli`` (configs). Imports are lazy.
+Modules: ``engine`` (``ChatModel``: messages -> chat template -> batched generation, ``swap``),
+``batcher`` (the generation thread), ``line`` (``PolicyWatcher``: follows a learner folder),
+``app`` (``create_app``: FastAPI, ``/v1/chat/completions``, ``/v1/models``, ``/v1/feedback``,
+``/health``), ``chat`` (``chat_loop``), ``cli`` (configs). The store is
+``rlhfkit.feedback.enduser`` (``FeedbackLog``). Imports are lazy.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ def __getattr__(name):
         from .engine import ChatModel
         return ChatModel
     if name == "FeedbackLog":
-        from .store import FeedbackLog
+        from rlhfkit.feedback.enduser import FeedbackLog
         return FeedbackLog
     if name == "create_app":
         from .app import create_app

@@ -1,34 +1,47 @@
 """An OpenAI-compatible chat server that keeps collecting feedback for the next version.
 
 - ``POST /v1/chat/completions``: ``{"model", "messages": [{role, content}], "max_tokens" |
-  "max_completion_tokens", "temperature", "top_p", "seed", "user", "n": 1}`` -> the OpenAI
-  ``chat.completion`` object (``id``, ``object``, ``created``, ``model``, ``choices[0].message``,
-  ``finish_reason``, ``usage``; the reply is stored with its messages and ``user``, which
-  ``rlhfkit feedback forget --end_user ID`` erases); with ``"stream": true`` the same reply as server-sent
-  ``chat.completion.chunk`` events (``stream_options.include_usage`` adds the usage chunk),
-  then ``data: [DONE]``. ``stop`` (up to 4 strings) ends the reply before the first of them.
-  ``n > 1`` and the options this server cannot honour
-  (``tools``, ``logprobs``, a JSON ``response_format``) are answered 400 in OpenAI's
-  error shape rather than ignored; a conversation longer than the model takes is answered 400
-  ``context_length_exceeded`` (never cut).
-- ``GET /v1/models``, ``GET /v1/models/{id}``: the one served model.
-- ``POST /v1/feedback``: ``{"completion_id", "thumbs": "up"|"down", "rating": 1-7, "comment",
-  "user"}`` -> stored in the feedback store (``serve.store.FeedbackLog``) next to the completion
-  (its messages and reply were stored under ``completion_id`` when it was served), exported by
-  ``rlhfkit feedback export --project serve-thumbs --kind thumbs`` (or ``serve-ratings`` /
-  ``ratings``) as JSONL that ``rlhfkit.data.read_records`` reads.
-- ``GET /health``.
+  "max_completion_tokens", "temperature", "top_p", "seed", "stop", "user", "n", "stream",
+  "stream_options", "rlhfkit": {"compare": true}}`` -> the OpenAI ``chat.completion`` object
+  (``id``, ``object``, ``created``, ``model``, ``choices[i].message`` / ``finish_reason``,
+  ``usage``) plus ``"rlhfkit": {"version", "comparison"}``: the policy version that wrote the
+  replies, and whether they are a comparison. Every reply is stored with its messages, ``user``
+  and version (``feedback.enduser``), which ``rlhfkit feedback forget --end_user ID`` erases.
+  ``n`` (1 to ``max_n``) replies draw from seeds ``seed``, then seeds derived from it. With
+  ``"stream": true`` the same replies as server-sent ``chat.completion.chunk`` events (each
+  choice's deltas carry its ``index``; ``stream_options.include_usage`` adds the usage chunk),
+  then ``data: [DONE]``. ``stop`` (up to 4 strings) ends a reply before the first of them.
+  Options this server cannot honour (``tools``, ``logprobs``, a JSON ``response_format``) are
+  answered 400 in OpenAI's error shape rather than ignored; a conversation longer than the model
+  takes is answered 400 ``context_length_exceeded`` (never cut).
+- Comparisons: a client that opts in (``"rlhfkit": {"compare": true}``, with ``n`` 1) gets, on a
+  share ``compare_share`` of its requests, two replies (two seeds) marked ``"rlhfkit":
+  {"comparison": true}``, as chat products ask "which do you prefer?"; a client that did not ask
+  never gets two choices it did not ask for.
+- ``POST /v1/feedback``: ``{"completion_id", "choice_index"?, "thumbs"?: "up"|"down"|true|false,
+  "reason"? (or "comment"), "rating"?: 1-5, "edit"?: "a better reply", "choice"?: 0|1,
+  "user"?}`` -> stored next to the completion (``feedback.enduser.FeedbackLog.feedback``); every
+  field is checked (400 for an unknown field, 422 naming the field for a bad value, 404 for an
+  unknown completion). Exported by ``rlhfkit feedback export --project serve-thumbs --kind
+  thumbs`` (``serve-ratings`` / ``ratings``, ``serve-edits`` / ``rewrites``, ``serve-choices`` /
+  ``pairs``).
+- ``GET /v1/models``, ``GET /v1/models/{id}``: the one served model (with its ``version``).
+- ``GET /health``: status, model, the version answering now, the policy line's state (a
+  learner folder: the version it follows, the last one that failed to load) and the
+  generation counters (``batches``: sampler calls, ``requests``, ``rows``, ``largest_batch``).
 
-Any OpenAI client works: ``OpenAI(base_url="http://host:port/v1", api_key="unused")``. When
-``api_key`` is set, every request but ``/health`` (a load balancer's probe) must send
-``Authorization: Bearer <api_key>``. Every error, the framework's own 404 / 405 / 500 included,
-has OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
+Any OpenAI client works: ``OpenAI(base_url="http://host:port/v1", api_key="unused")``
+(``extra_body={"rlhfkit": {"compare": True}}`` opts in to comparisons). When ``api_key`` is
+set, every request but ``/health`` (a load balancer's probe) must send ``Authorization: Bearer
+<api_key>``. Every error, the framework's own 404 / 405 / 500 included, has OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}``.
 """
 from __future__ import annotations
 
 import hmac
 import json
 import logging
+import random
 import time
 from typing import Any
 
@@ -36,8 +49,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rlhfkit.feedback.enduser import FeedbackError, FeedbackLog
+
 from .engine import ChatModel, PromptError, new_completion_id, validate_messages
-from .store import FeedbackError, FeedbackLog
 
 __all__ = ["create_app"]
 
@@ -54,8 +68,6 @@ def _unsupported(body: dict) -> str | None:
     """The first option set in ``body`` that this server cannot honour: answering as if it had
     not been sent (no tool call, no log-probs, free text where JSON was asked for) would break
     the caller."""
-    if body.get("n") not in (None, 1):
-        return "n"
     for key in ("tools", "functions", "logprobs", "top_logprobs"):
         if body.get(key) not in (None, False, [], ""):
             return key
@@ -88,15 +100,42 @@ def _num(body: dict, key: str, kind: type, lo: float, hi: float):
 
 
 MAX_MESSAGES = 512
+FEEDBACK_FIELDS = ("completion_id", "choice_index", "thumbs", "reason", "comment", "rating", "edit", "choice", "user")
 _OPEN_PATHS = ("/health",)  # answered without the API key: a load balancer's probe has none
 
 
+def _resolve(future) -> None:
+    if not future.done():  # a client gone meanwhile cancelled it
+        future.set_result(None)
+
+
+def _rlhfkit_options(body: dict) -> dict:
+    """The request's ``rlhfkit`` object: ``{"compare": bool}``; ``ValueError(field)`` otherwise."""
+    opts = body.get("rlhfkit")
+    if opts is None:
+        return {}
+    if not isinstance(opts, dict):
+        raise ValueError("rlhfkit")
+    for key, value in opts.items():
+        if key != "compare" or not isinstance(value, bool):
+            raise ValueError(f"rlhfkit.{key}")
+    return opts
+
+
 def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: str | None = None,
-               max_tokens_limit: int = 2048, max_request_bytes: int = 1_000_000) -> FastAPI:
+               max_tokens_limit: int = 2048, max_request_bytes: int = 1_000_000, compare_share: float = 0.0,
+               max_n: int = 8, line: Any = None, rng: random.Random | None = None) -> FastAPI:
     """The server for ``chat``; completions and feedback go to ``feedback`` when given (else the
     feedback endpoint answers 503). A request body over ``max_request_bytes`` is answered 413
     (every served conversation is stored with its completion, so the store grows by at most that
-    much per request), a conversation of more than ``MAX_MESSAGES`` messages 400."""
+    much per request), a conversation of more than ``MAX_MESSAGES`` messages 400. A share
+    ``compare_share`` of the requests that opt in get two replies to compare (``rng`` draws
+    which); ``n`` is at most ``max_n``. ``line``: the ``PolicyWatcher`` following a learner
+    folder, shown in ``/health``. The caller owns ``chat`` and ``line`` (and closes them); the
+    app closes ``feedback`` when it stops."""
+    if not 0.0 <= compare_share <= 1.0:
+        raise ValueError("compare_share must be from 0 to 1")
+    draw = rng or random.SystemRandom()
     import contextlib
 
     @contextlib.asynccontextmanager
@@ -160,10 +199,14 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "model": chat.name}
+        out = {"status": "ok", "model": chat.name, "version": chat.version, "generation": chat.stats()}
+        if line is not None:
+            out["policy"] = line.status()
+        return out
 
     def model_card() -> dict:
-        return {"id": chat.name, "object": "model", "created": created, "owned_by": "rlhfkit"}
+        return {"id": chat.name, "object": "model", "created": created, "owned_by": "rlhfkit",
+                "version": chat.version}
 
     @app.get("/v1/models")
     def models():
@@ -176,15 +219,11 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
                           param="model", code="model_not_found")
         return model_card()
 
-    @app.post("/v1/chat/completions")
-    async def completions(request: Request):
-        body = await _json(request)
-        if body is None:
-            return _error(400, "the body must be a JSON object (UTF-8 text)")
+    def _request(body: dict) -> dict | JSONResponse:
+        """The checked settings of a completion request, or the error answer."""
         bad = _unsupported(body)
         if bad is not None:
-            what = "only n = 1 is supported" if bad == "n" else f"{bad} is not supported by this server"
-            return _error(400, what, param=bad)
+            return _error(400, f"{bad} is not supported by this server", param=bad)
         model = body.get("model")
         if model not in (None, "", chat.name):
             return _error(404, f"the model {model!r} does not exist; this server serves {chat.name!r}",
@@ -202,8 +241,11 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
             temperature = _num(body, "temperature", float, 0.0, 2.0)
             top_p = _num(body, "top_p", float, 0.0, 1.0)
             seed = _num(body, "seed", int, -(2**63), 2**63 - 1)
+            n = _num(body, "n", int, 1, max_n)
+            opts = _rlhfkit_options(body)
         except ValueError as e:
-            return _error(400, f"invalid value for {e.args[0]}", param=e.args[0])
+            what = f"n must be an integer from 1 to {max_n}" if e.args[0] == "n" else f"invalid value for {e.args[0]}"
+            return _error(400, what, param=e.args[0])
         try:
             stop = _stop_strings(body)
         except ValueError as e:
@@ -220,71 +262,112 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
                                     or options.get("include_usage") not in (None, True, False)):
             return _error(400, "stream_options is {\"include_usage\": true|false}, with stream: true",
                           param="stream_options")
-        if stream:
+        n = n or 1
+        if opts.get("compare") and n != 1:
+            return _error(400, "a comparison shows two replies of one request: ask for it with n = 1",
+                          param="rlhfkit.compare")
+        # the opted-in share of requests shows two replies; a client that did not opt in never does
+        comparison = bool(opts.get("compare")) and compare_share > 0 and draw.random() < compare_share
+        return dict(messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                    seed=None if seed is None else seed % (2**63 - 1), stop=stop, user=user,
+                    n=2 if comparison else n, comparison=comparison, stream=bool(stream),
+                    include_usage=bool((options or {}).get("include_usage")))
+
+    def _store(cid: str, r: dict, outs: list) -> None:
+        if feedback is not None:
+            feedback.log_choices(cid, r["messages"], [o.text for o in outs], chat.name, r["user"],
+                                 [o.version for o in outs], comparison=r["comparison"])
+
+    def _usage(outs: list) -> dict:
+        completion = sum(o.completion_tokens for o in outs)
+        return {"prompt_tokens": outs[0].prompt_tokens, "completion_tokens": completion,
+                "total_tokens": outs[0].prompt_tokens + completion}
+
+    @app.post("/v1/chat/completions")
+    async def completions(request: Request):
+        body = await _json(request)
+        if body is None:
+            return _error(400, "the body must be a JSON object (UTF-8 text)")
+        r = _request(body)
+        if isinstance(r, JSONResponse):
+            return r
+        gen = dict(max_tokens=r["max_tokens"], temperature=r["temperature"], top_p=r["top_p"], seed=r["seed"],
+                   stop=r["stop"])
+        if r["stream"]:
             try:  # a conversation the model cannot answer is refused before the 200 and the first event
-                pieces = chat.stream(messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                     seed=None if seed is None else seed % (2**63 - 1), stop=stop)
+                pieces = chat.stream(r["messages"], n=r["n"], **gen)
             except PromptError as e:
                 return _error(400, str(e), param="messages", code=e.code)
-            return StreamingResponse(_events(pieces, messages, bool((options or {}).get("include_usage")), user),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(_events(pieces, r), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        import asyncio
+
+        from starlette.concurrency import run_in_threadpool
+
+        loop = asyncio.get_running_loop()
+        finished = loop.create_future()
+        try:  # waited for without a thread: a handler holds none while its request is queued
+            job = chat.submit(r["messages"], r["n"], **gen,
+                              on_done=lambda: loop.call_soon_threadsafe(_resolve, finished))
+        except PromptError as e:
+            return _error(400, str(e), param="messages", code=e.code)
+        await finished
 
         def work() -> dict[str, Any]:
-            out = chat.complete(messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                seed=None if seed is None else seed % (2**63 - 1), stop=stop)
+            outs = job.result()
             cid = new_completion_id()
-            if feedback is not None:
-                feedback.log_completion(cid, messages, out.text, chat.name, user)
+            _store(cid, r, outs)
             return {
                 "id": cid,
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": chat.name,
                 "system_fingerprint": None,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
-                             "logprobs": None, "finish_reason": out.finish_reason}],
-                "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
-                          "total_tokens": out.prompt_tokens + out.completion_tokens},
+                "choices": [{"index": i, "message": {"role": "assistant", "content": o.text},
+                             "logprobs": None, "finish_reason": o.finish_reason} for i, o in enumerate(outs)],
+                "usage": _usage(outs),
+                "rlhfkit": {"version": outs[0].version, "comparison": r["comparison"]},
             }
-        from starlette.concurrency import run_in_threadpool
-
         try:
             return await run_in_threadpool(work)
-        except PromptError as e:
+        except PromptError as e:  # queued before a swap, refused by the new version
             return _error(400, str(e), param="messages", code=e.code)
 
-    def _events(pieces, messages: list[dict], include_usage: bool, user: str | None = None):
-        """Server-sent events as OpenAI streams them: ``chat.completion.chunk`` objects, the
-        role first, then content deltas, then the finish reason (and, asked for, a last chunk with
-        the usage and no choices), then ``[DONE]``. The completion is stored before the finish
-        chunk, so feedback on its id can be sent as soon as the stream ends."""
+    def _events(pieces, r: dict):
+        """Server-sent events as OpenAI streams them: ``chat.completion.chunk`` objects, each
+        choice's role first, then content deltas (``index`` says whose), then each finish reason
+        (and, asked for, a last chunk with the usage and no choices), then ``[DONE]``. The
+        completion is stored before the finish chunks, so feedback on its id can be sent as soon
+        as the stream ends."""
         cid, created = new_completion_id(), int(time.time())
+        marks = {"version": pieces.version, "comparison": r["comparison"]}
 
         def chunk(choices: list, usage: dict | None = None) -> str:
             out = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": chat.name,
-                   "system_fingerprint": None, "choices": choices}
-            if include_usage:
+                   "system_fingerprint": None, "choices": choices, "rlhfkit": marks}
+            if r["include_usage"]:
                 out["usage"] = usage
             return f"data: {json.dumps(out, ensure_ascii=False)}\n\n"
 
-        def delta(d: dict, finish: str | None = None) -> list:
-            return [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}]
+        def delta(i: int, d: dict, finish: str | None = None) -> list:
+            return [{"index": i, "delta": d, "logprobs": None, "finish_reason": finish}]
 
-        yield chunk(delta({"role": "assistant", "content": ""}))
+        for i in range(r["n"]):
+            yield chunk(delta(i, {"role": "assistant", "content": ""}))
         try:
-            for piece in pieces:
-                yield chunk(delta({"content": piece}))
-            out = pieces.result
-            if feedback is not None:
-                feedback.log_completion(cid, messages, out.text, chat.name, user)
+            for i, piece in pieces.events():
+                yield chunk(delta(i, {"content": piece}))
+            outs = pieces.results
+            marks["version"] = outs[0].version
+            _store(cid, r, outs)
         except Exception:  # noqa: BLE001 - the 200 is sent: the error can only be an event
             log.exception("streamed completion %s failed", cid)
             yield f"data: {json.dumps({'error': {'message': 'the server failed to finish this reply', 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
             return
-        yield chunk(delta({}, out.finish_reason))
-        if include_usage:
-            yield chunk([], {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
-                             "total_tokens": out.prompt_tokens + out.completion_tokens})
+        for i, o in enumerate(outs):
+            yield chunk(delta(i, {}, o.finish_reason))
+        if r["include_usage"]:
+            yield chunk([], _usage(outs))
         yield "data: [DONE]\n\n"
 
     @app.post("/v1/feedback")
@@ -294,14 +377,20 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
         body = await _json(request)
         if body is None:
             return _error(400, "the body must be a JSON object (UTF-8 text)")
+        unknown = next((k for k in body if k not in FEEDBACK_FIELDS), None)
+        if unknown is not None:
+            return _error(400, f"unknown field {unknown[:100]!r}; the fields are {', '.join(FEEDBACK_FIELDS)}",
+                          param=unknown[:100])
         cid = body.get("completion_id")
         if not isinstance(cid, str) or not cid:
             return _error(400, "completion_id is required", param="completion_id")
         from starlette.concurrency import run_in_threadpool
 
         try:
-            res = await run_in_threadpool(feedback.feedback, cid, body.get("thumbs"), body.get("rating"),
-                                          body.get("comment"), body.get("user"))
+            res = await run_in_threadpool(lambda: feedback.feedback(
+                cid, thumbs=body.get("thumbs"), rating=body.get("rating"), comment=body.get("comment"),
+                user=body.get("user"), reason=body.get("reason"), edit=body.get("edit"), choice=body.get("choice"),
+                choice_index=body.get("choice_index")))
         except FeedbackError as e:
             return _error(e.status, str(e), param=e.param)
         return {"object": "feedback", "stored": True, **res}

@@ -11,12 +11,19 @@ __all__ = ["ServeConfig", "ChatConfig", "run_serve", "run_chat"]
 class _ModelFields:
     model: str = field(default="smollm2-135m", metadata={"help": "the model to serve: a folder, .gguf file, HF name, "
                                                                  "smollm2-135m, tiny (a tiny model built from config), "
-                                                                 "or an `rlhfkit loop` output folder: the policy of its "
-                                                                 "newest finished round, loaded at start"})
+                                                                 "an `rlhfkit loop` output folder: the policy of its "
+                                                                 "newest finished round, loaded at start, or a learner "
+                                                                 "folder (current.json + versions/): its promoted "
+                                                                 "version, followed as the learner promotes others "
+                                                                 "(serve; chat loads it once)"})
     name: str = field(default="", metadata={"help": "model name shown to clients (default: the folder name)"})
     db: str = field(default="", metadata={"help": "feedback store (SQLite file or SQLAlchemy URL) for completions and feedback; empty = none"})
-    project_prefix: str = field(default="serve", metadata={"help": "feedback projects are PREFIX-thumbs and PREFIX-ratings"})
-    redact: bool = field(default=False, metadata={"help": "store conversations, replies and comments with personal data "
+    project_prefix: str = field(default="serve", metadata={"help": "feedback projects are PREFIX-thumbs, "
+                                                                   "PREFIX-ratings, PREFIX-edits and PREFIX-choices"})
+    rating_min: int = field(default=1, metadata={"help": "lowest rating (of a ratings project made now; one that "
+                                                         "exists keeps its scale)"})
+    rating_max: int = field(default=5, metadata={"help": "highest rating"})
+    redact: bool = field(default=False, metadata={"help": "store conversations, replies, reasons and edits with personal data "
                                                           "(e-mail, phone, card, IBAN, SSN, IP) replaced by [KIND], and "
                                                           "end-user ids hashed (HMAC, key in $RLHFKIT_END_USER_KEY or "
                                                           "DB.end_user_key); the reply itself is sent unchanged"})
@@ -43,6 +50,9 @@ class _ModelFields:
             raise ValueError("top_p must be in (0, 1]")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
+        if not self.rating_min < self.rating_max:
+            raise ValueError(f"field 'rating_max': the scale must go up (rating_min {self.rating_min}, "
+                             f"rating_max {self.rating_max})")
 
 
 @dataclass
@@ -53,11 +63,29 @@ class ServeConfig(_ModelFields):
     max_request_kb: int = field(default=1000, metadata={"help": "larger request bodies are refused (413); every served "
                                                                  "conversation is stored with its completion"})
     log_level: str = field(default="warning", metadata={"help": "uvicorn log level"})
+    max_batch: int = field(default=8, metadata={"help": "replies generated together in one batch at most (1 = one "
+                                                        "request at a time)"})
+    batch_wait_ms: float = field(default=5.0, metadata={"help": "how long a request waits for others to share its "
+                                                                "batch (milliseconds)"})
+    max_n: int = field(default=8, metadata={"help": "largest `n` (replies per request) a client may ask for"})
+    compare_share: float = field(default=0.0, metadata={"help": "share of the requests that opt in "
+                                                                "(\"rlhfkit\": {\"compare\": true}) answered with two "
+                                                                "replies to choose from (0 = none)"})
+    reload_every: float = field(default=2.0, metadata={"help": "seconds between checks of a learner folder's "
+                                                               "current.json (a new version is loaded and swapped in)"})
 
     def validate(self) -> None:
         super().validate()
         if not 1 <= self.port <= 65535:
             raise ValueError("port must be from 1 to 65535")
+        if self.max_batch < 1 or self.max_n < 1:
+            raise ValueError("max_batch and max_n must be >= 1")
+        if not 0 <= self.batch_wait_ms <= 10_000:
+            raise ValueError("batch_wait_ms must be from 0 to 10000")
+        if not 0 <= self.compare_share <= 1:
+            raise ValueError("compare_share must be from 0 to 1")
+        if not self.reload_every > 0:
+            raise ValueError("reload_every must be > 0 seconds")
         if self.max_request_kb < 1:
             raise ValueError("max_request_kb must be >= 1")
         if self.log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
@@ -88,10 +116,10 @@ def _open_feedback(c: _ModelFields):
         return None
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .store import EndUserKeyError, FeedbackLog
+    from rlhfkit.feedback.enduser import EndUserKeyError, FeedbackLog
 
     try:
-        return FeedbackLog(c.db, prefix=c.project_prefix, redact=c.redact)
+        return FeedbackLog(c.db, prefix=c.project_prefix, redact=c.redact, scale=(c.rating_min, c.rating_max))
     except EndUserKeyError as e:  # no key for hashing ids (before the store opens), or another one
         raise _err(f"field 'redact': {e}") from None
     except SQLAlchemyError as e:
@@ -100,49 +128,58 @@ def _open_feedback(c: _ModelFields):
         raise _err(f"field 'project_prefix': {e}") from None
 
 
-def _resolve_model(spec: str) -> tuple[str, str | None, str]:
-    """``(model to load, default name or None, what it is for the start-up line)``: a loop's
-    output folder names the policy of its newest finished round (as ``feedback serve --policy``
-    does; loaded once here, not followed as the loop moves on), called LOOP/round-N."""
-    from pathlib import Path
-
-    from .live import NoPolicyYet, loop_policy, rounds_done
+def _resolve_line(spec: str):
+    """The current version of the policy line ``spec`` (``models.policy_line``): a field error
+    when it names none (a loop in its setup, a learner folder whose current.json is bad)."""
+    from rlhfkit.models.policy_line import NoPolicyYet, resolve
 
     try:
-        path, round_ = loop_policy(spec)
-        done = rounds_done(spec)
+        return resolve(spec)
     except (NoPolicyYet, ValueError) as e:
         raise _err(f"field 'model': {e}") from None
-    if round_ is None:
-        return spec, None, ""
-    loop = Path(spec.rstrip("/")).name or spec
-    policy = f"round {round_}'s policy" if round_ else "its initial policy"
-    if round_ < done:  # the newest round's policy is being redone by a resumed loop, or gone
-        which = f"{policy}: round {done}'s, the newest finished, is not there whole (being redone, or removed)"
-    else:
-        which = f"{policy}, the newest finished round" if round_ else "its initial policy, no round finished yet"
-    return path, f"{loop}/round-{round_}", f"from the loop {spec}, {which}: {path}"
 
 
-def _load(c: _ModelFields):
-    """``(chat model, feedback store or None, what was loaded from a loop folder or '')``."""
+def _served_name(line) -> str:
+    """The name clients see: a loop's round (``LOOP/round-N``, as when it was loaded once), a
+    learner folder's own name (it stays while versions change: clients keep sending it), or the
+    model folder's name."""
+    from pathlib import Path
+
+    from .engine import default_model_name
+
+    folder = Path(line.line.rstrip("/")).name or line.line
+    if line.kind == "loop":
+        return f"{folder}/{line.version}"
+    if line.kind == "learner":
+        return folder
+    return default_model_name(line.line)
+
+
+def _load(c: _ModelFields, **chat_kwargs):
+    """``(chat model, feedback store or None, the policy line's version)``."""
     import torch
 
-    from .engine import ChatModel
+    from rlhfkit.models.policy_line import load
+
+    from .engine import ChatModel, _dtype
 
     if c.threads:
         torch.set_num_threads(c.threads)
     feedback = _open_feedback(c)  # first: it takes a second, the model may take minutes
     try:
-        path, loop_name, origin = _resolve_model(c.model)
-        chat = ChatModel.load(path, name=c.name or loop_name, max_new_tokens=c.max_new_tokens,
-                              temperature=c.temperature, top_p=c.top_p, max_prompt_length=c.max_prompt_length,
-                              precision=c.precision)
+        line = _resolve_line(c.model)
+        try:
+            model, tokenizer = load(line, dtype=_dtype(c.precision))
+        except ValueError as e:  # a learner's version that does not load (models.versions.VersionError)
+            raise _err(f"field 'model': {e}") from None
+        chat = ChatModel(model, tokenizer, name=c.name or _served_name(line), max_new_tokens=c.max_new_tokens,
+                         temperature=c.temperature, top_p=c.top_p, max_prompt_length=c.max_prompt_length,
+                         version=None if line.kind == "model" else line.version, **chat_kwargs)
     except BaseException:
         if feedback is not None:
             feedback.close()
         raise
-    return chat, feedback, origin
+    return chat, feedback, line
 
 
 def _listen(host: str, port: int):
@@ -169,29 +206,43 @@ def run_serve(c: ServeConfig) -> None:
     import uvicorn
 
     from .app import create_app
+    from .line import PolicyWatcher
 
     sock = _listen(c.host, c.port)
+    chat = watcher = None
     try:
-        chat, feedback, origin = _load(c)
+        chat, feedback, line = _load(c, max_batch=c.max_batch, batch_wait_ms=c.batch_wait_ms)
+        if line.kind == "learner":
+            watcher = PolicyWatcher(c.model, chat, every=c.reload_every, dtype=chat.model.dtype)
         app = create_app(chat, feedback, api_key=c.api_key or os.environ.get("RLHFKIT_API_KEY") or None,
-                         max_request_bytes=c.max_request_kb * 1000)
+                         max_request_bytes=c.max_request_kb * 1000, compare_share=c.compare_share, max_n=c.max_n,
+                         line=watcher)
         where = (c.db + (", personal data redacted" if c.redact else "")) if c.db else "off"
+        origin = line.describe() if line.kind != "model" else ""
+        if watcher is not None:
+            origin += f"; following it every {c.reload_every:g} s"
         print(f"rlhfkit serve: {chat.name} on http://{c.host}:{c.port}/v1 ("
-              + (f"{origin}; " if origin else "") + f"feedback: {where})", flush=True)
+              + (f"{origin}; " if origin else "") + f"feedback: {where}; batches of up to {c.max_batch})", flush=True)
         uvicorn.Server(uvicorn.Config(app, log_level=c.log_level.lower())).run(sockets=[sock])
     finally:
         sock.close()
+        if watcher is not None:
+            watcher.stop()
+        if chat is not None:
+            chat.close()
 
 
 def run_chat(c: ChatConfig) -> None:
     from .chat import chat_loop
 
-    chat, feedback, origin = _load(c)
-    if origin:
-        print(f"rlhfkit chat: {origin}", flush=True)
+    chat, feedback, line = _load(c)
+    if line.kind != "model":
+        print(f"rlhfkit chat: {line.describe()}", flush=True)
     try:
         counts = chat_loop(chat, feedback, system=c.system, seed=None if c.seed < 0 else c.seed)
     finally:
+        chat.close()
         if feedback is not None:
             feedback.close()
-    print(f"(bye: {counts['turns']} replies, {counts['thumbs']} thumbs, {counts['ratings']} ratings stored)")
+    print(f"(bye: {counts['turns']} replies, {counts['thumbs']} thumbs, {counts['ratings']} ratings, "
+          f"{counts['edits']} edits stored)")

@@ -1,17 +1,17 @@
-"""A chat model: messages -> chat template -> ``generate`` -> the assistant's reply.
+"""A chat model: messages -> chat template -> sampler -> the assistant's reply (or ``n`` of them).
 
 Generation goes through ``rollout.make_sampler`` (the same sampling code the RL recipes use, so a
-served model samples exactly as it was trained to) and ``core.masking.truncate_after_eos``. The
-tokenizer's chat template renders the conversation with the generation prompt; a tokenizer
-without one gets a plain ``User: ...\\n\\nAssistant:`` transcript. Calls are serialised by a lock
-(one generation at a time per model; the HTTP server runs handlers in threads).
+served model samples exactly as it was trained to). The tokenizer's chat template renders the
+conversation with the generation prompt; a tokenizer without one gets a plain ``User: ...\\n\\n
+Assistant:`` transcript. Requests from many threads (the HTTP server's handlers) are generated
+together in batches by one generation thread (``batcher.py``); ``swap`` puts another version of
+the policy in place between two batches.
 """
 from __future__ import annotations
 
 import secrets
-import threading
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -24,9 +24,10 @@ _NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 @dataclass
 class Completion:
     text: str
-    finish_reason: str  # "stop" (EOS) or "length" (max_tokens reached)
+    finish_reason: str  # "stop" (EOS or a stop string) or "length" (max_tokens reached)
     prompt_tokens: int
-    completion_tokens: int
+    completion_tokens: int  # tokens drawn, the EOS included
+    version: str | None = None  # the policy version that generated it
 
 
 class PromptError(ValueError):
@@ -93,89 +94,192 @@ def validate_messages(messages: Any) -> list[dict]:
 
 
 class ChatModel:
-    """A causal LM and its tokenizer behind ``complete(messages, ...)``."""
+    """A causal LM and its tokenizer behind ``complete(messages, ...)``, ``stream`` and ``submit``.
+
+    ``version`` names the policy version loaded (stored with every completion); ``swap`` replaces
+    model, tokenizer and version between two batches. ``max_batch`` (rows) and ``batch_wait_ms``
+    configure the batcher (``batcher.py``); ``max_batch=1`` generates one request at a time."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, name: str = "rlhfkit", max_new_tokens: int = 128,
-                 temperature: float = 0.7, top_p: float = 1.0, top_k: int = 0, max_prompt_length: int = 1024):
+                 temperature: float = 0.7, top_p: float = 1.0, top_k: int = 0, max_prompt_length: int = 1024,
+                 version: str | None = None, max_batch: int = 8, batch_wait_ms: float = 5.0):
         from rlhfkit.rollout import SamplingConfig
 
-        self.model = model.eval()
-        self.tokenizer = tokenizer
+        from .batcher import Batcher
+
         self.name = name
         self.defaults = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                        top_k=top_k)
         self.max_prompt_length = int(max_prompt_length)
+        self._current = (model.eval(), tokenizer, version if version is not None else name)
         # prompt + reply must fit the positions the model was trained on (None: no known limit)
-        self.context_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        self._lock = threading.Lock()
+        self.context_length = _context_length(model)
+        self.batcher = Batcher(self._run_batch, self._compatible, max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+
+    # the version answering now (the three change together, in ``swap``)
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._current[0]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._current[1]
+
+    @property
+    def version(self) -> str:
+        return self._current[2]
 
     @classmethod
     def load(cls, spec: str, name: str | None = None, precision: str = "fp32", **kwargs: Any) -> "ChatModel":
-        """``precision`` ``bf16`` loads the weights in bfloat16 (inference only: half the memory,
-        faster matrix products where the hardware has them; the logits are bfloat16 too)."""
-        from rlhfkit.models import load_policy
+        """``spec``: a model, a loop folder or a learner folder (``models.policy_line``): its
+        current version, named by it. ``precision`` ``bf16`` loads the weights in bfloat16
+        (inference only: half the memory, faster matrix products where the hardware has them;
+        the logits are bfloat16 too)."""
+        from rlhfkit.models.policy_line import load, resolve
 
         from rlhfkit.training.precision import PRECISIONS
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        model, tokenizer = load_policy(spec, dtype=dtype)  # left padding, pad != eos
+        line = resolve(spec)
+        model, tokenizer = load(line, dtype=_dtype(precision))  # left padding, pad != eos
         if name is None:
             name = default_model_name(spec)
-        return cls(model, tokenizer, name=name, **kwargs)
+        # a model's version is the name it is served under (its spec may be a path of this host)
+        return cls(model, tokenizer, name=name, version=None if line.kind == "model" else line.version, **kwargs)
 
+    def swap(self, model: torch.nn.Module, tokenizer: Any, version: str) -> None:
+        """Answer with ``model`` from the next batch on (waits for the batch in flight)."""
+        with self.batcher.lock:
+            self._current = (model.eval(), tokenizer, version)
+            self.context_length = _context_length(model)
+
+    def close(self) -> None:
+        """Answer what is queued, then stop the generation thread."""
+        self.batcher.close()
+
+    def stats(self) -> dict:
+        """Generation counters: sampler calls (``batches``), ``requests``, ``rows`` and
+        ``largest_batch`` (rows)."""
+        return self.batcher.stats.as_dict()
+
+    # ------------------------------------------------------------------ requests
     def complete(self, messages: Sequence[dict], max_tokens: int | None = None, temperature: float | None = None,
                  top_p: float | None = None, seed: int | None = None, stop: Sequence[str] = ()) -> Completion:
         """The reply; ``stop``: strings that end it (not included), as OpenAI's ``stop``."""
-        return self._generate(self._prepare(messages, max_tokens, temperature, top_p, seed, stop))
+        return self.submit(messages, 1, max_tokens, temperature, top_p, seed, stop).result()[0]
 
     def stream(self, messages: Sequence[dict], max_tokens: int | None = None, temperature: float | None = None,
-               top_p: float | None = None, seed: int | None = None, stop: Sequence[str] = ()) -> "CompletionStream":
-        """The reply as it is generated: iterate for text pieces; ``.result`` is then the
-        ``Completion`` that ``complete`` returns for the same arguments (same seed, same text).
-        A conversation the model cannot answer raises ``PromptError`` here, before any piece."""
-        return CompletionStream(self, self._prepare(messages, max_tokens, temperature, top_p, seed, stop))
+               top_p: float | None = None, seed: int | None = None, stop: Sequence[str] = (),
+               n: int = 1) -> "CompletionStream":
+        """The reply as it is generated: iterate for text pieces (``events()`` for ``(index,
+        piece)`` of ``n`` replies); ``.result`` (``.results``) is then the ``Completion`` that
+        ``complete`` returns for the same arguments (same seed, same text). A conversation the
+        model cannot answer raises ``PromptError`` here, before any piece."""
+        return CompletionStream(self, messages, n, max_tokens, temperature, top_p, seed, stop)
 
-    def _prepare(self, messages, max_tokens, temperature, top_p, seed, stop) -> "_Request":
+    def submit(self, messages: Sequence[dict], n: int = 1, max_tokens: int | None = None,
+               temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
+               stop: Sequence[str] = (), on_token: Callable[[int, int], None] | None = None,
+               on_done: Callable[[], None] | None = None):
+        """Queue ``n`` replies (``batcher.Job``; ``job.result()`` waits for their ``Completion``s).
+        Reply ``i`` draws from seed ``seed`` for i = 0 and ``choice_seed(seed, i)`` after (``seed``
+        None: random seeds). Raises ``PromptError`` at once for a conversation the model cannot
+        answer."""
+        from .batcher import Job
+
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop))
+        prepared = self._prepare(messages, self._current, **options)
+        seeds = choice_seeds(seed, n)
+        return self.batcher.submit(Job(list(messages), options, prepared, seeds, seed is not None, on_token, on_done))
+
+    def _prepare(self, messages, current, max_tokens, temperature, top_p, stop) -> "_Prepared":
+        _, tokenizer, version = current
         sampling = replace(self.defaults)
         if temperature is not None:
             sampling.temperature = float(temperature)
         if top_p is not None:
             sampling.top_p = float(top_p)
-        ids = render_messages(messages, self.tokenizer)
+        ids = render_messages(messages, tokenizer)
         sampling.max_new_tokens = self._reply_budget(len(ids), max_tokens)
-        return _Request(ids, sampling, secrets.randbits(62) if seed is None else int(seed), tuple(stop))
+        return _Prepared(ids, sampling, version, tuple(stop), tokenizer)
+
+    # ------------------------------------------------------------------ the generation thread
+    def _compatible(self, first, job) -> bool:
+        """Whether ``job`` may share ``first``'s batch (see batcher.py)."""
+        from rlhfkit.rollout.native import supports
+
+        if first is job or supports(self.model)[0]:
+            return True  # the native sampler takes a seed and settings per row
+        a, b = first.prepared.sampling, job.prepared.sampling
+        same = (a.temperature, a.top_p, a.top_k) == (b.temperature, b.top_p, b.top_k)
+        own_seed = a.temperature > 0 and (first.explicit_seed or job.explicit_seed)
+        return same and not own_seed
 
     @torch.no_grad()
-    def _generate(self, req: "_Request", on_token=None) -> Completion:
-        from rlhfkit.core.masking import truncate_after_eos
-        from rlhfkit.rollout import make_sampler
+    def _run_batch(self, jobs: list) -> None:
+        """Generate every row of ``jobs`` in one sampler call; each job gets its completions."""
+        from rlhfkit.rollout import SamplingConfig, make_sampler
+        from rlhfkit.rollout.native import NativeLlamaGenerator
 
-        tok = self.tokenizer
-        drawn: list[int] = []
+        from .batcher import left_pad
 
-        def each_step(tokens: torch.Tensor) -> bool:
-            if on_token is not None:
-                on_token(tokens)
-            if not req.stop or int(tokens[0]) in (tok.eos_token_id, tok.pad_token_id):
-                return False
-            drawn.append(int(tokens[0]))  # a stop sequence reached: no token past it is drawn
-            return cut_at_stop(tok.decode(drawn, skip_special_tokens=True), req.stop)[1]
+        model, tok, version = self._current
+        ready = []
+        for job in jobs:
+            if job.prepared.version != version:  # queued before a swap: rendered for this version
+                try:
+                    job.prepared = self._prepare(job.messages, self._current, **job.options)
+                except Exception as e:  # noqa: BLE001 - told to that caller only
+                    job.finish(error=e)
+                    continue
+            ready.append(job)
+        if not ready:
+            return
+        rows = [(job, i) for job in ready for i in range(job.n)]
+        ids, mask = left_pad([job.prepared.ids for job, _ in rows], tok.pad_token_id, next(model.parameters()).device)
+        settings = [job.prepared.sampling for job, _ in rows]
+        limits = [s.max_new_tokens for s in settings]
+        first = settings[0]
+        sampling = SamplingConfig(max_new_tokens=max(limits), temperature=first.temperature, top_p=first.top_p,
+                                  top_k=first.top_k)
+        gen = make_sampler(model, sampling, tok.eos_token_id, tok.pad_token_id)
+        state = [_Row(job.prepared.stop, limit) for (job, _), limit in zip(rows, limits)]
 
-        device = next(self.model.parameters()).device
-        prompt_ids = torch.tensor([req.ids], dtype=torch.long, device=device)
-        prompt_mask = torch.ones_like(prompt_ids)
-        gen = make_sampler(self.model, req.sampling, tok.eos_token_id, tok.pad_token_id)
-        with self._lock:
-            raw = gen.generate(self.model, prompt_ids, prompt_mask, req.seed,
-                               on_token=each_step if on_token is not None or req.stop else None)
-        resp, mask, has_eos = truncate_after_eos(raw, tok.eos_token_id, tok.pad_token_id)
-        n = int(mask[0].sum())
-        body = [t for t in resp[0, :n].tolist() if t != tok.eos_token_id]
-        text, stopped = cut_at_stop(tok.decode(body, skip_special_tokens=True), req.stop)
-        return Completion(text=text, finish_reason="stop" if stopped or bool(has_eos[0]) else "length",
-                          prompt_tokens=len(req.ids), completion_tokens=n)
+        def each_step(tokens: torch.Tensor):
+            ended = torch.zeros(len(rows), dtype=torch.bool)
+            for r, ((job, i), row) in enumerate(zip(rows, state)):
+                if row.finished:
+                    continue
+                token = int(tokens[r])
+                if row.take(token, tok) and job.on_token is not None:
+                    job.on_token(i, token)
+                ended[r] = row.finished and row.reason != "eos"  # EOS ends a row in the sampler itself
+            return True if all(row.finished for row in state) else ended
+
+        # the per-step callback costs a little per token: needed only to stream, to watch for stop
+        # strings or to end rows of shorter limits; otherwise the rows are read from the output
+        watch = (any(job.on_token is not None or job.prepared.stop for job in ready) or len(set(limits)) > 1)
+        if isinstance(gen, NativeLlamaGenerator):
+            same = all((s.temperature, s.top_p, s.top_k) == (first.temperature, first.top_p, first.top_k)
+                       for s in settings)
+            raw = gen.generate(model, ids, mask, 0, on_token=each_step if watch else None,
+                               row_seeds=[job.seeds[i] for job, i in rows], row_sampling=None if same else settings)
+        else:  # one setting and one random stream for the batch (compatible() made it so)
+            raw = gen.generate(model, ids, mask, ready[0].seeds[0], on_token=each_step if watch else None)
+        if not watch:  # one limit, no stop strings: each row up to its EOS or the limit
+            for r, row in enumerate(state):
+                for token in raw[r].tolist():
+                    if row.finished:
+                        break
+                    row.take(token, tok)
+        done: dict[int, list] = {id(job): [] for job in ready}
+        for (job, i), row in zip(rows, state):
+            done[id(job)].append(row.completion(tok, len(job.prepared.ids), version))
+        for job in ready:
+            job.finish(done[id(job)])
 
     def _reply_budget(self, n_prompt: int, max_tokens: int | None) -> int:
         """Tokens the reply may take; ``ContextLengthError`` when the conversation is too long, or
@@ -194,6 +298,52 @@ class ChatModel:
         return min(want, room)
 
 
+def _dtype(precision: str) -> torch.dtype:
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def _context_length(model) -> int | None:
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
+def choice_seeds(seed: int | None, n: int) -> list[int]:
+    """The seed of each of ``n`` replies: ``seed`` itself for the first (so ``n = 1`` is the reply
+    of that seed), then seeds derived from it (``rollout.step_seed``); random ones without a seed."""
+    from rlhfkit.rollout import step_seed
+
+    if seed is None:
+        return [secrets.randbits(62) for _ in range(n)]
+    return [int(seed)] + [step_seed(int(seed), i, salt=97) for i in range(1, n)]
+
+
+class _Row:
+    """One reply being drawn: its tokens, and whether (and why) it has ended."""
+
+    def __init__(self, stop: tuple[str, ...], limit: int):
+        self.stop, self.limit = stop, limit
+        self.tokens: list[int] = []  # drawn text tokens (no EOS)
+        self.drawn = 0  # tokens drawn, EOS included
+        self.finished, self.reason = False, ""
+
+    def take(self, token: int, tok) -> bool:
+        """Take a drawn token; True when it is a text token of the reply."""
+        self.drawn += 1
+        if token == tok.eos_token_id:
+            self.finished, self.reason = True, "eos"
+            return False
+        self.tokens.append(token)
+        if self.stop and cut_at_stop(tok.decode(self.tokens, skip_special_tokens=True), self.stop)[1]:
+            self.finished, self.reason = True, "stop"  # a stop string reached: no token past it is drawn
+        elif self.drawn >= self.limit:
+            self.finished, self.reason = True, "length"
+        return True
+
+    def completion(self, tok, prompt_tokens: int, version: str) -> Completion:
+        text, stopped = cut_at_stop(tok.decode(self.tokens, skip_special_tokens=True), self.stop)
+        return Completion(text=text, finish_reason="stop" if stopped or self.reason == "eos" else "length",
+                          prompt_tokens=prompt_tokens, completion_tokens=self.drawn, version=version)
+
+
 def default_model_name(spec: str) -> str:
     """The name a served model goes by when none is given: its folder's name (``runs/dpo/model``
     -> ``dpo/model``, as every recipe saves to a folder named ``model``); a ``config.json`` path
@@ -209,11 +359,12 @@ def default_model_name(spec: str) -> str:
 
 
 @dataclass
-class _Request:
+class _Prepared:
     ids: list[int]  # the rendered conversation
     sampling: Any  # rollout.SamplingConfig, max_new_tokens within the context
-    seed: int
+    version: str  # the version it was rendered for
     stop: tuple[str, ...]
+    tokenizer: Any  # that version's
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -229,55 +380,81 @@ def held_for_stop(text: str, stop: Sequence[str]) -> int:
                default=0)
 
 
-class CompletionStream:
-    """Iterates over the text pieces of a reply while a worker thread generates it; ``result``
-    (the ``Completion``) is set when the iteration ends. The pieces join to ``result.text``.
+class PieceDecoder:
+    """The text pieces of one reply from its tokens as they are drawn: a piece is the decoded text
+    that grew since the last one, held back while it ends in an incomplete UTF-8 character (a
+    byte-level token can end mid-character), up to the last token (whose text can change once the
+    next token is seen) and while its end could begin a stop string; ``finish`` gives the rest."""
 
-    A piece is the decoded text that grew since the last one, held back while it ends in an
-    incomplete UTF-8 character (a byte-level token can end mid-character), up to the last token
-    (whose text can change once the next token is seen) and while its end could begin a stop
-    string; the rest comes at the end."""
+    def __init__(self, tokenizer, stop: Sequence[str]):
+        self.tok, self.stop = tokenizer, tuple(stop)
+        self.body: list[int] = []
+        self.sent = ""
+
+    def push(self, token: int) -> str:
+        self.body.append(token)
+        text, stopped = cut_at_stop(self.tok.decode(self.body[:-1], skip_special_tokens=True), self.stop)
+        if not stopped:
+            text = text[:len(text) - held_for_stop(text, self.stop)]
+        if len(text) > len(self.sent) and text.startswith(self.sent) and not text.endswith("\ufffd"):
+            piece, self.sent = text[len(self.sent):], text
+            return piece
+        return ""
+
+    def finish(self, final_text: str) -> str:
+        if final_text.startswith(self.sent) and len(final_text) > len(self.sent):
+            piece, self.sent = final_text[len(self.sent):], final_text
+            return piece
+        return ""
+
+
+class CompletionStream:
+    """The pieces of ``n`` replies while the generation thread draws them. Iterating gives the
+    text pieces of reply 0 (``n = 1``); ``events()`` gives ``(index, piece)`` for every reply.
+    ``results`` (and ``result``, the first) are set when the iteration ends; each reply's pieces
+    join to its ``text``. A conversation the model cannot answer raises ``PromptError`` at
+    construction, before any piece."""
 
     _END = object()
 
-    def __init__(self, chat: ChatModel, request: _Request):
-        self.chat, self.request = chat, request
-        self.prompt_tokens = len(request.ids)
-        self.result: Completion | None = None
-
-    def __iter__(self):
+    def __init__(self, chat: ChatModel, messages, n, max_tokens, temperature, top_p, seed, stop):
         import queue
 
-        tokens: queue.Queue = queue.Queue()
-        outcome: dict = {}
+        self.chat = chat
+        self._tokens: queue.Queue = queue.Queue()
+        self.job = chat.submit(messages, n, max_tokens, temperature, top_p, seed, stop,
+                               on_token=lambda i, t: self._tokens.put((i, t)),
+                               on_done=lambda: self._tokens.put(self._END))
+        self.prompt_tokens = len(self.job.prepared.ids)
+        self.results: list[Completion] | None = None
 
-        def work() -> None:
-            try:
-                outcome["completion"] = self.chat._generate(self.request, on_token=lambda t: tokens.put(int(t[0])))
-            except BaseException as e:  # noqa: BLE001 - handed to the reader, which raises it
-                outcome["error"] = e
-            finally:
-                tokens.put(self._END)
+    @property
+    def result(self) -> Completion | None:
+        return None if self.results is None else self.results[0]
 
-        threading.Thread(target=work, name="rlhfkit-stream", daemon=True).start()
-        tok = self.chat.tokenizer
-        body: list[int] = []
-        sent = ""
-        while (token := tokens.get()) is not self._END:
-            if token in (tok.eos_token_id, tok.pad_token_id):
-                continue  # the EOS ends the reply; nothing follows it that is shown
-            body.append(token)
-            text, stopped = cut_at_stop(tok.decode(body[:-1], skip_special_tokens=True), self.request.stop)
-            if not stopped:
-                text = text[:len(text) - held_for_stop(text, self.request.stop)]
-            if len(text) > len(sent) and text.startswith(sent) and not text.endswith("\ufffd"):
-                yield text[len(sent):]
-                sent = text
-        if "error" in outcome:
-            raise outcome["error"]
-        self.result = outcome["completion"]
-        if self.result.text.startswith(sent) and len(self.result.text) > len(sent):
-            yield self.result.text[len(sent):]
+    @property
+    def version(self) -> str:
+        return self.job.prepared.version
+
+    def __iter__(self) -> Iterator[str]:
+        for _, piece in self.events():
+            yield piece
+
+    def events(self) -> Iterator[tuple[int, str]]:
+        decoders: dict[int, PieceDecoder] = {}
+        while (item := self._tokens.get()) is not self._END:
+            i, token = item
+            # the tokenizer of the version that draws (a job queued before a swap is rendered
+            # again for the new version before its first token)
+            dec = decoders.setdefault(i, PieceDecoder(self.job.prepared.tokenizer, self.job.prepared.stop))
+            piece = dec.push(token)
+            if piece:
+                yield i, piece
+        self.results = self.job.result()  # raises what generation raised
+        for i, c in enumerate(self.results):
+            piece = decoders.setdefault(i, PieceDecoder(self.job.prepared.tokenizer, self.job.prepared.stop)).finish(c.text)
+            if piece:
+                yield i, piece
 
 
 def new_completion_id() -> str:

@@ -1,0 +1,176 @@
+"""Robustness to bad users: per-user caps and consensus weights (pure functions, no I/O).
+
+A round first cuts each user's verdicts to ``max_per_user`` (the earliest kept: a flood is cut,
+and the cut is counted in the lineage). Then each user's verdicts are checked against a
+consensus:
+
+- the previous round's reward model, when it agrees with at least ``min_consensus_agreement`` of
+  the round's verdicts (a model that agrees with nobody is no consensus): a thumbs-up agrees
+  when the model scores the reply above the round's median score, a rating above the scale's
+  middle likewise, a choice or an edit when the model scores the picked / written reply higher;
+- else the leave-one-user-out majority on items several users judged (the same reply, or the
+  same two replies): a verdict agrees when it matches the other users' majority (ties: no
+  evidence);
+- else there is no evidence, and every weight stays 1.
+
+A user's agreement ``a = (k + 1) / (n + 2)`` (k of n verdicts agree; a uniform prior, so a few
+verdicts say little) gives the weight ``clip((a - 1/2) / (full_trust - 1/2), 0, 1)``: chance-level
+agreement (a random user) weighs ~0, agreement at ``full_trust`` or above weighs 1, and a user
+whose Wilson 95% upper bound on agreement is below 1/2 is marked ``inverted`` (weight 0). Users
+with fewer than ``min_judged`` checked verdicts keep weight 1 (no evidence against them).
+The weights multiply each example's term in the reward model's loss.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from statistics import median
+from typing import Callable, Sequence
+
+
+def cap_per_user(events: Sequence[dict], max_per_user: int) -> tuple[list[dict], dict[str, int]]:
+    """``(kept, {user: verdicts cut})``: each user's first ``max_per_user`` verdicts by id (0: all)."""
+    seen: dict[str, int] = defaultdict(int)
+    kept, cut = [], defaultdict(int)
+    for e in sorted(events, key=lambda e: e["id"]):
+        u = e["end_user"]
+        if max_per_user and seen[u] >= max_per_user:
+            cut[u] += 1
+            continue
+        seen[u] += 1
+        kept.append(e)
+    return kept, dict(cut)
+
+
+def wilson_upper(k: int, n: int, z: float = 1.96) -> float:
+    """Upper end of the Wilson score interval of a proportion k / n (1 for n = 0)."""
+    if n == 0:
+        return 1.0
+    p = k / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre + spread) / (1 + z * z / n)
+
+
+def user_weight(k: int, n: int, full_trust: float, min_judged: int) -> tuple[float, str]:
+    """``(weight, status)`` of a user with ``k`` of ``n`` verdicts agreeing (module docstring)."""
+    if n < min_judged:
+        return 1.0, "unchecked"
+    if wilson_upper(k, n) < 0.5:
+        return 0.0, "inverted"
+    a = (k + 1) / (n + 2)
+    w = min(1.0, max(0.0, (a - 0.5) / (full_trust - 0.5)))
+    return w, "trusted" if w >= 1.0 else "down-weighted"
+
+
+def rm_verdict_agreement(event: dict, scores: Sequence[float], threshold: float) -> bool | None:
+    """Whether the reward model's ``scores`` (one per reply of ``event``, an edit's: [original,
+    edit]) agree with the user's verdict; None when the verdict says nothing to compare."""
+    kind, value = event["kind"], event["value"]
+    if kind == "thumbs":
+        return (scores[0] > threshold) == bool(value)
+    if kind == "rating":
+        lo, hi = event["scale"]
+        mid = (lo + hi) / 2
+        if value == mid:
+            return None
+        return (scores[0] > threshold) == (value > mid)
+    if kind == "choice":
+        return scores[int(value)] > scores[1 - int(value)]
+    if kind == "edit":
+        return scores[1] > scores[0]
+    return None
+
+
+def rm_agreements(events: Sequence[dict], scores: dict[int, Sequence[float]]) -> dict[int, bool]:
+    """``{event id: agrees}`` for every event the reward model's ``scores`` can judge; the
+    threshold of thumbs and ratings is the median score of the replies they judge."""
+    single = [scores[e["id"]][0] for e in events if e["kind"] in ("thumbs", "rating") and e["id"] in scores]
+    threshold = median(single) if single else 0.0
+    out = {}
+    for e in events:
+        if e["id"] in scores:
+            a = rm_verdict_agreement(e, scores[e["id"]], threshold)
+            if a is not None:
+                out[e["id"]] = a
+    return out
+
+
+def _item_and_verdict(e: dict) -> tuple[tuple, object] | None:
+    kind = e["kind"]
+    if kind == "thumbs":
+        return ("reply", e["prompt"], e["responses"][0]), bool(e["value"])
+    if kind == "rating":
+        lo, hi = e["scale"]
+        mid = (lo + hi) / 2
+        return (None if e["value"] == mid else (("reply", e["prompt"], e["responses"][0]), e["value"] > mid))
+    if kind == "choice":
+        pair = tuple(sorted(e["responses"]))
+        return ("pair", e["prompt"], pair), e["responses"][int(e["value"])]
+    return None
+
+
+def majority_agreements(events: Sequence[dict]) -> dict[int, bool]:
+    """``{event id: agrees}``: each verdict against the majority of the other users' verdicts on
+    the same item (only where others judged it and their majority is strict)."""
+    by_item: dict[tuple, list[tuple[str, object, int]]] = defaultdict(list)
+    for e in events:
+        iv = _item_and_verdict(e)
+        if iv is not None:
+            by_item[iv[0]].append((e["end_user"], iv[1], e["id"]))
+    out = {}
+    for verdicts in by_item.values():
+        for user, verdict, eid in verdicts:
+            others = [v for u, v, _ in verdicts if u != user]
+            if not others:
+                continue
+            counts: dict = defaultdict(int)
+            for v in others:
+                counts[v] += 1
+            top = sorted(counts.values(), reverse=True)
+            if len(top) > 1 and top[0] == top[1]:
+                continue
+            out[eid] = verdict == max(counts, key=counts.get)
+    return out
+
+
+def user_weights(events: Sequence[dict], agreements: dict[int, bool], full_trust: float,
+                 min_judged: int) -> dict[str, dict]:
+    """``{user: {"n", "judged", "agreed", "weight", "status"}}`` for every user of ``events``."""
+    tally: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for e in events:
+        t = tally[e["end_user"]]
+        t[0] += 1
+        if e["id"] in agreements:
+            t[1] += 1
+            t[2] += int(agreements[e["id"]])
+    out = {}
+    for user, (n, judged, agreed) in sorted(tally.items()):
+        w, status = user_weight(agreed, judged, full_trust, min_judged)
+        out[user] = {"n": n, "judged": judged, "agreed": agreed, "weight": round(w, 6), "status": status}
+    return out
+
+
+def defend(events: Sequence[dict], max_per_user: int, full_trust: float, min_judged: int,
+           min_consensus_agreement: float, score_fn: Callable[[list[dict]], dict[int, list[float]]] | None) -> dict:
+    """The whole defence of a round: ``{"kept": events, "per_user": {user: {..., "cut"}},
+    "consensus": "reward_model" | "majority" | "none", "consensus_agreement"}``. ``score_fn``
+    scores the replies of events with the previous reward model (None in the first round)."""
+    kept, cut = cap_per_user(events, max_per_user)
+    consensus, agreements, pooled = "none", {}, None
+    if score_fn is not None and kept:
+        by_rm = rm_agreements(kept, score_fn(kept))
+        pooled = sum(by_rm.values()) / len(by_rm) if by_rm else None
+        if pooled is not None and pooled >= min_consensus_agreement:
+            consensus, agreements = "reward_model", by_rm
+    if consensus == "none":
+        by_majority = majority_agreements(kept)
+        if by_majority:
+            consensus, agreements = "majority", by_majority
+    per_user = user_weights(kept, agreements, full_trust, min_judged)
+    for user, n_cut in cut.items():
+        per_user.setdefault(user, {"n": 0, "judged": 0, "agreed": 0, "weight": 1.0, "status": "unchecked"})
+    for user in per_user:
+        per_user[user]["cut"] = cut.get(user, 0)
+    return {"kept": kept, "per_user": per_user, "consensus": consensus,
+            "consensus_agreement": None if pooled is None else round(pooled, 6)}

@@ -1,0 +1,116 @@
+"""A round's fixed inputs: the feedback with ids up to a watermark, read once and written first.
+
+``rounds/round-N/inputs.json`` holds everything the round trains and gates on, so a round killed
+anywhere and started again reads the same data (ids only grow in the store: ``feedback.enduser``).
+The round trains on the verdicts after the previous round's watermark (its reward model starts
+from the last one), except after a ``forget``: when a verdict some earlier round trained on has
+left the store, the reward model is rebuilt from its first backbone on every verdict still
+there, so an erased user's feedback has no part in anything trained from then on, and the
+erased verdicts are taken out of the earlier rounds' saved inputs too.
+
+Held-out prompts: a fixed share of the prompts users sent (by a hash of the text, so a prompt is
+held out in every round or in none) is kept out of training; the gate samples on them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable
+
+from rlhfkit.models.versions import atomic_write_json
+
+STATE_FILE = "learn_state.json"
+
+
+def event_record(event) -> dict:
+    """The fields of a ``feedback.enduser.FeedbackEvent`` a round uses, JSON-ready."""
+    return {"id": int(event.id), "kind": event.kind, "completion_id": event.completion_id, "prompt": event.prompt,
+            "responses": list(event.responses), "value": event.value, "end_user": event.end_user or "(anonymous)",
+            "scale": list(event.scale) if event.scale else None}
+
+
+def held_out(prompt: str, share: float) -> bool:
+    """Whether ``prompt`` belongs to the gate's share: the first 8 bytes of its SHA-256 as a
+    fraction of 2^64 below ``share`` (the same answer in every round and process)."""
+    h = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big")
+    return h / 2.0 ** 64 < share
+
+
+def id_ranges(ids: Iterable[int]) -> list[list[int]]:
+    """``[1, 2, 3, 7, 9, 10] -> [[1, 3], [7, 7], [9, 10]]`` (the lineage names ids this way)."""
+    out: list[list[int]] = []
+    for i in sorted({int(x) for x in ids}):
+        if out and i == out[-1][1] + 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return out
+
+
+def ids_of_ranges(ranges: Iterable) -> set[int]:
+    return {i for a, b in ranges for i in range(int(a), int(b) + 1)}
+
+
+def read_state(learn_dir: Path) -> dict:
+    """``learn_state.json``: ``{"watermark", "rounds_done", "trained": id ranges}`` (zeros when new)."""
+    path = Path(learn_dir) / STATE_FILE
+    if not path.is_file():
+        return {"watermark": 0, "rounds_done": 0, "trained": [], "reward_model": None}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_state(learn_dir: Path, state: dict) -> None:
+    atomic_write_json(Path(learn_dir) / STATE_FILE, state)
+
+
+def new_verdicts(store: str, prefix: str, watermark: int, enough: int) -> int:
+    """How many verdicts arrived after ``watermark``, counted up to ``enough`` (what starts a
+    round; a poll reads no more rows than that)."""
+    from rlhfkit.feedback.enduser import feedback_events, last_event_id
+
+    if last_event_id(store, prefix=prefix) <= watermark:
+        return 0
+    return len(feedback_events(store, watermark, None, prefix=prefix, limit=enough))
+
+
+def snapshot(store: str, prefix: str, state: dict, round_no: int, holdout_share: float, max_holdout: int) -> dict:
+    """Round ``round_no``'s inputs, read from the store now: ``{"round", "watermark",
+    "previous_watermark", "rebuild", "forgotten", "train" (event records), "train_prompts",
+    "holdout_prompts"}``. ``rebuild`` is true when verdicts an earlier round trained on are gone
+    (``forgotten`` of them): the round then trains on every verdict still there."""
+    from rlhfkit.feedback.enduser import feedback_events, last_event_id
+
+    watermark = last_event_id(store, prefix=prefix)
+    previous = int(state["watermark"])
+    events = [event_record(e) for e in feedback_events(store, 0, watermark, prefix=prefix)]
+    present = {e["id"] for e in events}
+    trained_before = ids_of_ranges(state.get("trained", []))
+    forgotten = sorted(trained_before - present)
+    rebuild = bool(forgotten)
+    chosen = events if rebuild else [e for e in events if e["id"] > previous]
+    train = [e for e in chosen if not held_out(e["prompt"], holdout_share)]
+    prompts = list(dict.fromkeys(e["prompt"] for e in events))
+    holdout = sorted((p for p in prompts if held_out(p, holdout_share)),
+                     key=lambda p: hashlib.sha256(p.encode("utf-8")).hexdigest())[:max_holdout]
+    train_prompts = [p for p in prompts if not held_out(p, holdout_share)]
+    return {"round": round_no, "watermark": watermark, "previous_watermark": previous, "rebuild": rebuild,
+            "forgotten": len(forgotten), "train": train, "train_prompts": train_prompts,
+            "holdout_prompts": holdout}
+
+
+def scrub_saved_inputs(learn_dir: Path, before_round: int, present_ids: set[int], present_prompts: set[str]) -> int:
+    """Take verdicts that left the store (and prompts no stored verdict has any more) out of the
+    saved inputs of rounds before ``before_round``: the erasure reaches the learner's copies.
+    Returns how many verdicts went."""
+    gone = 0
+    for path in sorted(Path(learn_dir, "rounds").glob("round-*/inputs/inputs.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if int(data.get("round", 0)) >= before_round:
+            continue
+        kept = [e for e in data.get("train", []) if e["id"] in present_ids]
+        prompts = {k: [p for p in data.get(k, []) if p in present_prompts] for k in ("train_prompts", "holdout_prompts")}
+        if len(kept) != len(data.get("train", [])) or any(len(v) != len(data.get(k, [])) for k, v in prompts.items()):
+            gone += len(data.get("train", [])) - len(kept)
+            atomic_write_json(path, {**data, "train": kept, **prompts})
+    return gone

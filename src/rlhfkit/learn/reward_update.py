@@ -1,0 +1,168 @@
+"""The round's reward-model update: every kind of end-user verdict in one weighted loss.
+
+One scalar head scores ``prompt ⊕ reply`` (``data.tokenize.tokenize_pair``, as the reward recipe
+and ``rewards.RewardModelSource`` do, so ``rm:PATH`` reads it the same way). Each verdict becomes
+one example with its user's weight (``learn.defence``):
+
+- a choice: a pair (the picked reply over the other), Bradley-Terry ``-log sigmoid(r_c - r_r)``;
+- an edit: a pair (the user's reply over the served one), the same loss;
+- thumbs: ``BCE(sigmoid(r), up)``, times ``thumbs_weight``;
+- a rating on [lo, hi]: ``BCE(sigmoid(r), (rating - lo) / (hi - lo))`` (a soft label), times
+  ``rating_weight``.
+
+All terms live on one logit scale (a pair's ``r_c - r_r`` is the log-odds that c is preferred,
+an absolute ``r`` the log-odds of a thumbs-up), which is why the ratings are soft labels of the
+same BCE rather than the reward recipe's squared error. The loss of a batch is ``sum(w * term)``
+over the examples divided by their number (``training.loop.fit``), so a user at weight 0 adds
+nothing and is left out of the batches altogether.
+
+Training runs through ``fit`` (checkpoints in the stage folder, exact resume), starting from the
+last round's reward model (or the backbone in the first round, or after a forget).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from rlhfkit.core.losses.bradley_terry import binary_feedback_loss, bradley_terry_loss
+
+
+def examples_of(events: Sequence[dict], weights: dict[str, float], thumbs_weight: float,
+                rating_weight: float) -> list[dict]:
+    """Texts, targets and weights of the training examples (weight-0 users left out), in id order."""
+    out = []
+    for e in sorted(events, key=lambda e: e["id"]):
+        w = float(weights.get(e["end_user"], 1.0))
+        if w <= 0:
+            continue
+        kind, value, prompt = e["kind"], e["value"], e["prompt"]
+        if kind == "choice":
+            c = int(value)
+            out.append({"id": e["id"], "prompt": prompt, "chosen": e["responses"][c], "rejected": e["responses"][1 - c],
+                        "w": w})
+        elif kind == "edit":
+            out.append({"id": e["id"], "prompt": prompt, "chosen": value, "rejected": e["responses"][0], "w": w})
+        elif kind == "thumbs":
+            out.append({"id": e["id"], "prompt": prompt, "reply": e["responses"][0], "target": float(bool(value)),
+                        "w": w * thumbs_weight})
+        elif kind == "rating":
+            lo, hi = e["scale"]
+            out.append({"id": e["id"], "prompt": prompt, "reply": e["responses"][0],
+                        "target": (float(value) - lo) / ((hi - lo) or 1), "w": w * rating_weight})
+    return [x for x in out if x["w"] > 0]
+
+
+def encode(examples: Sequence[dict], tokenizer, max_length: int) -> list[dict]:
+    from rlhfkit.data.tokenize import tokenize_pair
+
+    out = []
+    for x in examples:
+        if "chosen" in x:
+            out.append({"pair": [tokenize_pair(x["prompt"], x["chosen"], tokenizer, max_length),
+                                 tokenize_pair(x["prompt"], x["rejected"], tokenizer, max_length)], "w": x["w"]})
+        else:
+            out.append({"single": [tokenize_pair(x["prompt"], x["reply"], tokenizer, max_length)],
+                        "target": x["target"], "w": x["w"]})
+    return out
+
+
+def make_collate(pad_id: int):
+    """One forward pass per micro-batch: rows = pairs' chosen, pairs' rejected, then singles."""
+    from rlhfkit.data.tokenize import pad_sequences
+
+    def collate(batch: list[dict]) -> dict:
+        pairs = [x for x in batch if "pair" in x]
+        singles = [x for x in batch if "single" in x]
+        seqs = [p["pair"][0] for p in pairs] + [p["pair"][1] for p in pairs] + [s["single"][0] for s in singles]
+        ids, mask = pad_sequences(seqs, pad_id, side="right")
+        return {"input_ids": ids, "attention_mask": mask, "n_pairs": len(pairs),
+                "pair_w": torch.tensor([p["w"] for p in pairs], dtype=torch.float32),
+                "single_w": torch.tensor([s["w"] for s in singles], dtype=torch.float32),
+                "target": torch.tensor([s["target"] for s in singles], dtype=torch.float32)}
+
+    return collate
+
+
+def weighted_loss(scores: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
+    """``sum(w * term)`` over the batch's examples (module docstring) from the scores of its rows."""
+    n = batch["n_pairs"]
+    loss = scores.new_zeros(())
+    correct = 0.0
+    if n:
+        chosen, rejected = scores[:n], scores[n:2 * n]
+        loss = loss + (batch["pair_w"].to(scores.dtype) * bradley_terry_loss(chosen, rejected, reduction="none")).sum()
+        correct = float((chosen > rejected).sum())
+    singles = scores[2 * n:]
+    if singles.numel():
+        terms = binary_feedback_loss(singles, batch["target"].to(scores.dtype), reduction="none")
+        loss = loss + (batch["single_w"].to(scores.dtype) * terms).sum()
+    return loss, {"pair_accuracy": correct}
+
+
+def loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    from rlhfkit.models import reward_scores
+
+    return weighted_loss(reward_scores(model, batch["input_ids"], batch["attention_mask"]).float(), batch)
+
+
+def count_examples(batch: dict) -> int:
+    return int(batch["n_pairs"]) + int(batch["single_w"].numel())
+
+
+def example_length(x: dict) -> int:
+    return max(len(s) for s in x.get("pair", x.get("single")))
+
+
+def train_reward_model(start: str, examples: Sequence[dict], out_dir: Path, section, seed: int,
+                       threads: int = 0) -> dict:
+    """Train from ``start`` (a backbone or the last reward model) on ``examples``; the model goes
+    to ``out_dir/model``. Returns ``{"model", "examples", "metrics"}``."""
+    from rlhfkit.models import load_reward_model
+    from rlhfkit.training.distributed import init_distributed
+    from rlhfkit.training.loop import TrainingConfig, fit
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    model, tokenizer = load_reward_model(start)
+    metrics: dict = {}
+    if examples:
+        import math
+
+        batch = min(section.batch_size, len(examples))  # a round with little feedback still trains
+        config = TrainingConfig(output_dir=str(out_dir), seed=seed, epochs=section.epochs,
+                                batch_size=batch, micro_batch_size=math.gcd(batch, section.micro_batch_size),
+                                learning_rate=section.learning_rate, save_every=1, keep_checkpoints=1,
+                                tensorboard=False, threads=threads, parallel="none")
+        encoded = encode(examples, tokenizer, section.max_length)
+        metrics = fit(model, encoded, make_collate(tokenizer.pad_token_id), loss_fn, count_examples, config,
+                      init_distributed(), desc="learn reward", unit="examples", length_fn=example_length)
+    model.eval().save_pretrained(out_dir / "model")
+    tokenizer.save_pretrained(out_dir / "model")
+    return {"model": str(out_dir / "model"), "examples": len(examples),
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+
+
+def score_events_fn(reward_model: str, max_length: int):
+    """``events -> {id: [score of each reply]}`` under a saved reward model (an edit: [served,
+    edit]); what the defence compares verdicts with."""
+    from rlhfkit.rewards.sources import RewardModelSource
+
+    source = RewardModelSource.load(reward_model, max_length=max_length)
+
+    def score(events: Sequence[dict]) -> dict[int, list[float]]:
+        prompts, replies, owners = [], [], []
+        for e in events:
+            texts = list(e["responses"]) + ([e["value"]] if e["kind"] == "edit" else [])
+            for t in texts:
+                prompts.append(e["prompt"])
+                replies.append(t)
+                owners.append(e["id"])
+        values = source(prompts, replies).tolist() if prompts else []
+        out: dict[int, list[float]] = {}
+        for eid, v in zip(owners, values):
+            out.setdefault(eid, []).append(float(v))
+        return out
+
+    return score

@@ -1,0 +1,208 @@
+"""One round of the learner: cached, resumable stages, then promotion or refusal.
+
+``rounds/round-N/`` holds one folder per stage, each run through ``pipeline.cache.run_stage``
+(``stage.json`` with a fingerprint of the stage's settings and of what it reads; a stage killed
+while running resumes in its folder, the trainers from their newest checkpoint):
+
+1. ``inputs``: the feedback snapshot (``learn.inputs``), written first, with the parent (the
+   promoted version at the round's start; the adapter is trained on it, or on v0 after a
+   forget) and the candidate's name fixed in it;
+2. ``defence``: per-user caps and consensus weights (``learn.defence``) -> ``defence.json``;
+3. ``reward``: the reward model refit on the weighted verdicts (``learn.reward_update``);
+4. ``policy``: the adapter (``learn.policy_update``);
+5. ``gate``: the candidate against the parent on held-out prompts (``learn.gate``) -> ``gate.json``.
+
+Then, each step idempotent (a kill between two of them is repaired by the next start): the
+version folder written whole (``models.versions.save_version``), ``current.json`` replaced
+(``promote``) and the outcome logged (``versions.jsonl``), or the refusal logged; ``round.json``;
+and last ``learn_state.json`` (watermark, rounds done, ids trained on, reward model), so a round
+counts once and its feedback is never counted twice.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+from rlhfkit.learn import inputs as inputs_mod
+from rlhfkit.learn.config import FOLLOW_FIELDS, LearnConfig
+from rlhfkit.models import versions
+from rlhfkit.pipeline.cache import file_digest, fingerprint, run_stage, settings
+
+STAGES = ("inputs", "defence", "reward", "policy", "gate")
+
+
+def _kill_after_stage_for_tests(name: str) -> None:
+    # Test hook: SIGKILL ourselves right after stage `name` is recorded done (resume is tested
+    # at every stage boundary with a real kill).
+    if os.environ.get("RLHFKIT_TEST_SIGKILL_AFTER_STAGE") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def round_seed(seed: int, round_no: int) -> int:
+    return int(seed) * 1_000_003 + int(round_no)
+
+
+def next_version_name(learn_dir: Path) -> str:
+    numbers = [int(m.group(1)) for v in versions.list_versions(learn_dir) if (m := re.fullmatch(r"v(\d+)", v["version"]))]
+    return f"v{max(numbers, default=0) + 1}"
+
+
+def _read(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _write(path: Path, obj: dict) -> str:
+    versions.atomic_write_json(path, obj)
+    return str(path)
+
+
+def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, log=print) -> dict:
+    """Run (or resume, or finish recording) round ``round_no``; returns ``round.json``."""
+    from rlhfkit.learn import defence as defence_mod
+    from rlhfkit.learn import lineage
+    from rlhfkit.learn.gate import run_gate
+    from rlhfkit.learn.policy_update import train_policy
+    from rlhfkit.learn.reward_update import examples_of, score_events_fn, train_reward_model
+
+    rdir = learn_dir / "rounds" / f"round-{round_no}"
+    if (rdir / "round.json").is_file():  # finished, but the state was not written: record it now
+        return _advance_state(learn_dir, state, _read(rdir / "round.json"))
+    seed = round_seed(config.seed, round_no)
+    own = settings(config, wired=FOLLOW_FIELDS)
+
+    def inputs_fn(d: Path) -> dict:
+        snap = inputs_mod.snapshot(config.store, config.prefix, state, round_no, config.gate.holdout_share,
+                                   config.gate.max_prompts)
+        parent = versions.current_version(learn_dir)
+        # after a forget the round starts over from v0 (reward model from its backbone, adapter on
+        # v0): the versions since were trained with the erased feedback
+        snap.update(parent=parent, candidate=next_version_name(learn_dir),
+                    adapter_on="v0" if snap["rebuild"] else parent,
+                    previous_reward_model=None if snap["rebuild"] else state.get("reward_model"))
+        if snap["rebuild"]:  # the erasure reaches the earlier rounds' saved copies
+            from rlhfkit.feedback.enduser import feedback_events
+
+            present = feedback_events(config.store, 0, snap["watermark"], prefix=config.prefix)
+            inputs_mod.scrub_saved_inputs(learn_dir, round_no, {e.id for e in present}, {e.prompt for e in present})
+        return {"inputs": _write(d / "inputs.json", snap)}
+
+    # the snapshot depends on these alone: changing a later stage's settings before a restart
+    # reruns that stage on the same inputs, not the round on newer feedback
+    snap_settings = {"round": round_no, "prefix": config.prefix, "holdout_share": config.gate.holdout_share,
+                     "max_prompts": config.gate.max_prompts, "base": own.get("model")}
+    rec = run_stage("inputs", rdir / "inputs", fingerprint("inputs", snap_settings, {}), inputs_fn, log=log)
+    _kill_after_stage_for_tests("inputs")
+    snap = _read(Path(rec["outputs"]["inputs"]))
+    fps = {"inputs": file_digest(rec["outputs"]["inputs"]),
+           "learner": fingerprint("learner", {"seed": config.seed, "model": own.get("model")}, {})}
+
+    def defence_fn(d: Path) -> dict:
+        prev = snap["previous_reward_model"]
+        score = score_events_fn(str(learn_dir / prev), config.reward.max_length) if prev else None
+        s = config.defence
+        result = defence_mod.defend(snap["train"], s.max_per_user, s.full_trust_agreement, s.min_judged,
+                                    s.min_consensus_agreement, score)
+        kept_ids = [e["id"] for e in result.pop("kept")]
+        return {"defence": _write(d / "defence.json", {**result, "kept_ids": kept_ids})}
+
+    fps["defence"] = fingerprint("defence", settings(config.defence), fps)
+    rec = run_stage("defence", rdir / "defence", fps["defence"], defence_fn, log=log)
+    _kill_after_stage_for_tests("defence")
+    defence = _read(Path(rec["outputs"]["defence"]))
+    kept_ids = set(defence["kept_ids"])
+    kept = [e for e in snap["train"] if e["id"] in kept_ids]
+    weights = {u: v["weight"] for u, v in defence["per_user"].items()}
+    base = versions.version_info(learn_dir, "v0")["base"]
+
+    def reward_fn(d: Path) -> dict:
+        previous = snap["previous_reward_model"]
+        start = str(learn_dir / previous) if previous else (config.reward.model or base)
+        examples = examples_of(kept, weights, config.reward.thumbs_weight, config.reward.rating_weight)
+        return {**train_reward_model(start, examples, d, config.reward, seed, config.threads), "start": start}
+
+    fps["reward"] = fingerprint("reward", settings(config.reward), fps)
+    rec = run_stage("reward", rdir / "reward", fps["reward"], reward_fn, log=log)
+    _kill_after_stage_for_tests("reward")
+    reward_model = rec["outputs"]["model"]
+    # the state and the lineage name it inside LEARN_DIR, so the folder can move
+    reward_in_dir = os.path.relpath(reward_model, learn_dir)
+
+    def policy_fn(d: Path) -> dict:
+        return train_policy(config.method, learn_dir, snap["adapter_on"], base, reward_model, snap["train_prompts"], kept,
+                            weights, config.policy, d, seed, config.threads)
+
+    fps["policy"] = fingerprint("policy", {"method": config.method, **settings(config.policy)}, fps)
+    rec = run_stage("policy", rdir / "policy", fps["policy"], policy_fn, log=log)
+    _kill_after_stage_for_tests("policy")
+    policy = rec["outputs"]
+
+    def gate_fn(d: Path) -> dict:
+        if policy.get("adapter") is None:
+            figures = {"passed": False, "reasons": [policy.get("why", "no candidate")]}
+        else:
+            figures = run_gate(learn_dir, snap["parent"], policy["adapter"], reward_model, snap["holdout_prompts"],
+                               config.gate, config.policy, seed, adapter_on=snap["adapter_on"])
+        return {"gate": _write(d / "gate.json", figures)}
+
+    fps["gate"] = fingerprint("gate", settings(config.gate), fps)
+    rec = run_stage("gate", rdir / "gate", fps["gate"], gate_fn, log=log)
+    _kill_after_stage_for_tests("gate")
+    gate = _read(Path(rec["outputs"]["gate"]))
+
+    feedback = lineage.feedback_lineage(kept, defence, inputs_mod.id_ranges)
+    outcome = {"round": round_no, "watermark": snap["watermark"], "parent": snap["parent"],
+               "candidate": snap["candidate"], "reward_model": reward_in_dir,
+               "trained_ids": inputs_mod.id_ranges(e["id"] for e in snap["train"]), "rebuild": snap["rebuild"]}
+    if gate.get("passed"):
+        name = snap["candidate"]
+        folder = versions.version_dir(learn_dir, name)
+        if not folder.exists():
+            info = {"round": round_no, "method": config.method, "feedback": feedback, "gate": gate,
+                    "reward_model": reward_in_dir, "policy": {k: v for k, v in policy.items() if k != "adapter"}}
+            versions.save_version(learn_dir, name, parent=snap["parent"], adapter=policy["adapter"],
+                                  info={**info, "adapter_on": snap["adapter_on"]})
+            _kill_after_stage_for_tests("version")  # written, not yet current
+        elif versions.version_info(learn_dir, name).get("round") != round_no:
+            raise versions.VersionError(f"{folder}: exists, written by another round than {round_no}")
+        if lineage.logged_round(learn_dir, round_no) is None:
+            versions.promote(learn_dir, name)
+            lineage.append_log(learn_dir, {"event": "promoted", "round": round_no, "version": name,
+                                           "parent": snap["parent"], "gate": gate, "feedback_count": feedback["count"]})
+        outcome.update(outcome="promoted", version=name)
+        log(f"learn: round {round_no}: {name} promoted (RM win rate {gate['reward_model']['win_rate']:.3f}, "
+            f"KL to v0 {gate['kl_to_v0']:.3f})")
+    else:
+        if lineage.logged_round(learn_dir, round_no) is None:
+            lineage.append_log(learn_dir, {"event": "refused", "round": round_no, "version": None,
+                                           "parent": snap["parent"], "gate": gate, "reasons": gate.get("reasons"),
+                                           "feedback_count": feedback["count"]})
+        outcome.update(outcome="refused", version=None, reasons=gate.get("reasons"))
+        log(f"learn: round {round_no}: candidate refused: {'; '.join(gate.get('reasons') or [])}")
+    _prune(rdir)
+    _write(rdir / "round.json", outcome)
+    return _advance_state(learn_dir, state, outcome)
+
+
+def _prune(rdir: Path) -> None:
+    """Drop what only served the round while it ran: merged model copies (the version keeps its
+    adapter) and the data files written for the recipes (copies of users' text)."""
+    import shutil
+
+    policy = rdir / "policy"
+    for p in [policy / "start", *policy.glob("*/model"), *policy.glob("*/reference_logps.pt")]:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    for p in policy.glob("*.jsonl"):
+        p.unlink(missing_ok=True)
+
+
+def _advance_state(learn_dir: Path, state: dict, outcome: dict) -> dict:
+    if int(state.get("rounds_done", 0)) < outcome["round"]:
+        trained = inputs_mod.ids_of_ranges(state.get("trained", [])) if not outcome.get("rebuild") else set()
+        trained |= inputs_mod.ids_of_ranges(outcome["trained_ids"])
+        inputs_mod.write_state(learn_dir, {"watermark": outcome["watermark"], "rounds_done": outcome["round"],
+                                           "trained": inputs_mod.id_ranges(trained),
+                                           "reward_model": outcome["reward_model"]})
+    return outcome

@@ -1,0 +1,167 @@
+"""A learner round over a real SQLite store: promotion, lineage, the defence against an inverted
+and a flooding user, the version list and rollback."""
+import json
+
+import pytest
+
+from rlhfkit.learn.inputs import held_out, ids_of_ranges
+from rlhfkit.learn.run import run
+from rlhfkit.models import versions
+
+from .conftest import PROMPTS, fill, tiny_config
+
+USERS = {"alice": "honest", "bob": "honest", "carol": "honest", "eve": "inverted", "flo": "flood"}
+CAP = 30
+
+
+@pytest.fixture(scope="module")
+def one_round(tmp_path_factory, tiny_base):
+    root = tmp_path_factory.mktemp("round")
+    db = root / "fb.db"
+    ids = fill(str(db), USERS)
+    config = tiny_config(root / "learn", db, tiny_base, **{"defence.max_per_user": CAP})
+    outcomes = run(config)
+    return {"root": root, "db": db, "ids": ids, "config": config, "outcomes": outcomes, "learn": root / "learn"}
+
+
+def test_a_round_promotes_a_version_whose_lineage_names_its_feedback(one_round):
+    """With enough verdicts, ``learn run --once`` runs one round from v0 and promotes v1 (an
+    adapter on v0): current.json names it, versions.jsonl logs it with the gate's figures, and
+    version.json names the feedback ids that trained it (every verdict but those on held-out
+    prompts and those over a user's cap), counts by kind, per-user counts and weights, the gate
+    figures and the parent; the watermark is the last id."""
+    learn, ids = one_round["learn"], one_round["ids"]
+    assert [o["outcome"] for o in one_round["outcomes"]] == ["promoted"]
+    assert versions.current_version(learn) == "v1"
+    info = versions.version_info(learn, "v1")
+    assert info["parent"] == "v0" and info["adapter_on"] == "v0" and info["round"] == 1 and info["method"] == "grpo"
+    assert (learn / "versions" / "v1" / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (learn / "versions" / "v1" / "model").exists()  # a version is the adapter alone
+
+    from rlhfkit.feedback.enduser import feedback_events
+
+    events = {e.id: e for e in feedback_events(str(one_round["db"]))}
+    assert set(events) == {i for v in ids.values() for i in v}
+    trained = ids_of_ranges(info["feedback"]["ids"])
+    for user, mine in ids.items():
+        usable = [i for i in mine if not held_out(events[i].prompt, 0.25)]
+        got = sorted(i for i in mine if i in trained)
+        assert got == sorted(usable)[:CAP], user  # the earliest CAP of the user's usable verdicts
+        assert info["feedback"]["per_user"][user]["n"] == len(got)
+        assert info["feedback"]["per_user"][user]["cut"] == len(usable) - len(got)
+    assert not any(held_out(events[i].prompt, 0.25) for i in trained)
+    kinds = {"thumbs": 0, "choice": 0}
+    for i in trained:
+        kinds[events[i].kind] += 1
+    assert info["feedback"]["count"] == kinds
+    gate = info["gate"]
+    assert gate["passed"] and gate["n_prompts"] == sum(held_out(p, 0.25) for p in PROMPTS[:12]) >= 2
+    assert {"win_rate", "ci_low", "ci_high", "n"} <= set(gate["reward_model"]) and "kl_to_v0" in gate
+    log = [json.loads(x) for x in (learn / "versions.jsonl").read_text().splitlines()]
+    assert [(x["event"], x["round"], x["version"]) for x in log] == [("promoted", 1, "v1")]
+    assert log[0]["gate"]["reward_model"] == gate["reward_model"]
+    state = json.loads((learn / "learn_state.json").read_text())
+    assert state["watermark"] == max(events) and state["rounds_done"] == 1
+
+
+def test_an_inverted_user_weighs_nothing_and_a_flood_is_cut(one_round):
+    """Round 1 has no previous reward model: the consensus is the leave-one-user-out majority on
+    the replies several users judged. The inverted user disagrees with it on every verdict and
+    gets weight 0 (status inverted); the honest users and the flooder agree and weigh 1; the
+    flooder's verdicts over the cap are cut and counted."""
+    fb = versions.version_info(one_round["learn"], "v1")["feedback"]
+    per_user = fb["per_user"]
+    assert fb["consensus"] == "majority"
+    assert per_user["eve"]["weight"] == 0.0 and per_user["eve"]["status"] == "inverted"
+    assert per_user["eve"]["agreed"] == 0 and per_user["eve"]["judged"] == per_user["eve"]["n"] > 0
+    for user in ("alice", "bob", "carol", "flo"):
+        assert per_user[user]["weight"] == 1.0 and per_user[user]["agreed"] == per_user[user]["judged"] > 0
+    assert per_user["flo"]["n"] == CAP and per_user["flo"]["cut"] > 2 * CAP - 10
+    assert all(per_user[u]["cut"] == 0 for u in ("alice", "bob", "carol", "eve"))
+    assert fb["cut"] == per_user["flo"]["cut"]
+
+
+def test_the_reward_model_learned_from_the_honest_users(one_round):
+    """The round's reward model (trained with the inverted user at weight 0) scores the good
+    reply of a training prompt above the bad one for most prompts."""
+    from rlhfkit.rewards.sources import RewardModelSource
+
+    from .conftest import bad, good
+
+    state = json.loads((one_round["learn"] / "learn_state.json").read_text())
+    rm = RewardModelSource.load(str(one_round["learn"] / state["reward_model"]))
+    prompts = [p for p in PROMPTS[:12] if not held_out(p, 0.25)]
+    k = [PROMPTS.index(p) for p in prompts]
+    g = rm(prompts, [good(i) for i in k])
+    b = rm(prompts, [bad(i) for i in k])
+    assert float((g > b).float().mean()) >= 0.8
+
+
+def test_nothing_to_do_without_enough_new_feedback(one_round, capsys):
+    """A second ``--once`` with no verdict after the watermark runs no round."""
+    assert run(one_round["config"]) == []
+    assert "0 new verdicts of 4 needed" in capsys.readouterr().out
+    assert versions.current_version(one_round["learn"]) == "v1"
+
+
+def test_versions_lists_and_rollback_makes_an_older_version_current(one_round, tmp_path, capsys):
+    """``learn versions`` lists v0 and v1 with their figures; ``learn rollback LEARN_DIR v0``
+    makes v0 current and logs it; an unknown version is refused with exit 2 and the file named."""
+    import shutil
+
+    from rlhfkit.cli import main
+
+    learn = tmp_path / "learn"
+    shutil.copytree(one_round["learn"], learn)
+    assert main(["learn", "versions", str(learn)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:2] == ["v0", "-"] and lines[2].split()[:4] == ["*", "v1", "v0", "1"]
+    assert main(["learn", "rollback", str(learn), "v0", "--reason", "complaints"]) == 0
+    assert versions.current_version(learn) == "v0"
+    log = [json.loads(x) for x in (learn / "versions.jsonl").read_text().splitlines()]
+    assert (log[-1]["event"], log[-1]["version"], log[-1]["from"], log[-1]["reason"]) == ("rollback", "v0", "v1",
+                                                                                          "complaints")
+    capsys.readouterr()
+    assert main(["learn", "rollback", str(learn), "v9"]) == 2
+    err = capsys.readouterr().err
+    assert "versions/v9/version.json" in err and "Traceback" not in err
+    assert versions.current_version(learn) == "v0"
+    assert main(["learn", "versions", str(learn), "--json", "true"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(r["version"], r["current"]) for r in rows] == [("v0", True), ("v1", False)]
+    assert main(["learn", "versions", str(learn)]) == 0
+    assert "rollback v1 -> v0 (complaints)" in capsys.readouterr().out
+
+
+def test_round_two_checks_users_against_the_previous_reward_model(one_round, tmp_path, tiny_base):
+    """In round 2 (the learner's folder moved elsewhere) three honest users judge new prompts and
+    zed inverts his verdicts on prompts nobody else judged, so no majority can check him: the
+    consensus is round 1's reward model (it agrees with most of the round's verdicts), which zed
+    disagrees with (weight 0, inverted) and the honest users agree with (weight 1). The reward
+    model is refit from round 1's; v2 is an adapter on v1; the gold judge's figures are in the
+    gate's."""
+    import shutil
+
+    learn, db = tmp_path / "learn", tmp_path / "fb.db"
+    shutil.copytree(one_round["learn"], learn)
+    shutil.copy(one_round["db"], db)
+    fill(str(db), {"alice": "honest", "bob": "honest", "carol": "honest"}, prompts=PROMPTS[12:18], start=12)
+    fill(str(db), {"zed": "inverted"}, prompts=PROMPTS[18:24], start=18)
+    [outcome] = run(tiny_config(learn, db, tiny_base, **{"defence.max_per_user": CAP, "gate.gold": "vader",
+                                                         "gate.min_gold_win_rate": 0.0}))
+    rdir = learn / "rounds" / "round-2"
+    defence = json.loads((rdir / "defence" / "defence.json").read_text())
+    assert defence["consensus"] == "reward_model" and defence["consensus_agreement"] >= 0.6
+    zed = defence["per_user"]["zed"]
+    assert (zed["weight"], zed["status"]) == (0.0, "inverted") and zed["judged"] == zed["n"] > 0
+    for user in ("alice", "bob", "carol"):
+        assert defence["per_user"][user]["weight"] == 1.0, (user, defence["per_user"][user])
+    assert set(defence["per_user"]) == {"alice", "bob", "carol", "zed"}  # round 1's verdicts are not counted again
+    reward = json.loads((rdir / "reward" / "stage.json").read_text())
+    assert reward["outputs"]["start"] == str(learn / "rounds" / "round-1" / "reward" / "model")
+    gate = json.loads((rdir / "gate" / "gate.json").read_text())
+    assert {"win_rate", "candidate_mean", "current_mean"} <= set(gate["gold"])
+    assert outcome["outcome"] == "promoted" and outcome["version"] == "v2"
+    info = versions.version_info(learn, "v2")
+    assert (info["parent"], info["adapter_on"], info["round"]) == ("v1", "v1", 2)
+    assert info["feedback"]["per_user"]["zed"]["weight"] == 0.0

@@ -64,7 +64,10 @@ def test_every_kind_is_stored_exported_and_read_back_in_id_order(log, tmp_path, 
     (rewrite,) = read_records(tmp_path / "rewrites.jsonl", "rewrites")
     assert (rewrite.original, rewrite.rewrite) == ("Blue.", "Blue, like the sky.")
     sft = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
-    assert sft == [{"messages": ASK + [{"role": "assistant", "content": "Blue, like the sky."}]}]
+    # every end user's verdict is a label of the one `enduser` account: one labeler pseudonym
+    assert [{k: v for k, v in r.items() if k != "labeler"} for r in sft] == [
+        {"messages": ASK + [{"role": "assistant", "content": "Blue, like the sky."}]}]
+    assert sft[0]["labeler"].startswith("labeler-")
     assert [r.rewrite for r in log.export("rewrites")] == ["Blue, like the sky."]
     assert [(p.chosen, p.rejected) for p in log.export("pairs")] == [("Green, I think.", "Red.")]
 
@@ -177,3 +180,14 @@ def test_a_ratings_project_that_exists_keeps_its_scale(tmp_path):
     fresh = FeedbackLog(str(tmp_path / "new.db"))
     assert fresh.scale == (1, 5)
     fresh.close()
+
+
+def test_a_reply_holding_what_no_store_keeps_is_stored_with_replacement_characters(log):
+    """A model may draw a NUL or a lone surrogate (PostgreSQL text refuses the one, UTF-8 cannot
+    hold the other): the served reply is stored with U+FFFD in their place, never refused after
+    it was served."""
+    ask = [{"role": "user", "content": "Say\x00 it"}]
+    log.log_completion("c1", ask, "a\x00b\ud800c", "m", user="ann", version="v1")
+    log.feedback("c1", thumbs="up", user="ann")
+    (event,) = feedback_events(log.db_url)
+    assert event.responses == ("a\ufffdb\ufffdc",) and event.value is True

@@ -764,7 +764,12 @@ def _choice(choice: Any) -> int | None:
 
 
 def _shown(text: str, placeholder: str) -> str:
-    return text if text.strip() else placeholder
+    """``text`` as the store keeps it: a placeholder for an empty text, and U+FFFD for what no
+    store column holds (a NUL, which PostgreSQL text refuses; a lone surrogate, which is not
+    UTF-8). A model may draw such tokens, and a reply already served must still be stored."""
+    if not text.strip():
+        return placeholder
+    return "".join("\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in text)
 
 
 def _thumbs(v: Any) -> bool | None:

@@ -335,10 +335,10 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
 
     def _events(pieces, r: dict):
         """Server-sent events as OpenAI streams them: ``chat.completion.chunk`` objects, each
-        choice's role first, then content deltas (``index`` says whose), then each finish reason
-        (and, asked for, a last chunk with the usage and no choices), then ``[DONE]``. The
-        completion is stored before the finish chunks, so feedback on its id can be sent as soon
-        as the stream ends."""
+        choice's role first (once generation has begun), then content deltas (``index`` says
+        whose), then each finish reason (and, asked for, a last chunk with the usage and no
+        choices), then ``[DONE]``. The completion is stored before the finish chunks, so feedback
+        on its id can be sent as soon as the stream ends."""
         cid, created = new_completion_id(), int(time.time())
         marks = {"version": pieces.version, "comparison": r["comparison"]}
 
@@ -352,12 +352,22 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
         def delta(i: int, d: dict, finish: str | None = None) -> list:
             return [{"index": i, "delta": d, "logprobs": None, "finish_reason": finish}]
 
-        for i in range(r["n"]):
-            yield chunk(delta(i, {"role": "assistant", "content": ""}))
+        def roles():
+            # sent once the batch has begun: a request queued before a swap is drawn by the new
+            # version (and rendered for it), and every chunk names the version that drew it
+            marks["version"] = pieces.version
+            return [chunk(delta(i, {"role": "assistant", "content": ""})) for i in range(r["n"])]
+
+        announced = False
         try:
             for i, piece in pieces.events():
+                if not announced:
+                    yield from roles()
+                    announced = True
                 yield chunk(delta(i, {"content": piece}))
             outs = pieces.results
+            if not announced:  # no piece: every reply empty
+                yield from roles()
             marks["version"] = outs[0].version
             _store(cid, r, outs)
         except Exception:  # noqa: BLE001 - the 200 is sent: the error can only be an event

@@ -42,6 +42,7 @@ def _refused(capsys, argv, words):
     (["--compare_share", "1.5"], ["compare_share"]),
     (["--reload_every", "0"], ["reload_every"]),
     (["--rating_max", "1"], ["field 'rating_max'"]),
+    (["--chat", "public"], ["field 'chat'", "auto, open, off"]),
 ])
 def test_bad_flags_are_one_line(capsys, tmp_path, flags, words):
     _refused(capsys, ["serve", "--model", str(tmp_path / "none"), *flags], words)

@@ -81,6 +81,9 @@ def test_the_page_has_a_signed_http_only_session_and_no_inline_script(tiny_chat,
         assert s["end_user"].startswith("chat:") and len(s["end_user"]) > 20
         again = client.get("/chat")  # a valid session is kept, not renewed
         assert "set-cookie" not in again.headers and _open(client)["end_user"] == s["end_user"]
+        assert "Secure" not in cookie  # plain http on loopback: a Secure cookie would never come back
+    with TestClient(app, base_url="https://testserver") as client:
+        assert "Secure" in client.get("/chat").headers["set-cookie"]
 
 
 def test_a_message_streams_and_its_conversation_is_the_sessions_own(tiny_chat, tmp_path):

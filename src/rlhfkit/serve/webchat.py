@@ -125,8 +125,7 @@ what you wrote here erased.</footer>
 
 
 def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: str, secret: bytes,
-                 read_json: Callable, check_request: Callable, stream_reply: Callable, error: Callable,
-                 secure_cookies: bool = False) -> None:
+                 read_json: Callable, check_request: Callable, stream_reply: Callable, error: Callable) -> None:
     """Add ``/chat`` (the page), ``/chat/static/*`` and ``/chat/api/*`` to ``app``. The
     caller's ``read_json`` (size-limited body reader), ``check_request`` (the completion
     request's checks) and ``stream_reply`` (its server-sent events) are the API's own, so the
@@ -158,9 +157,10 @@ def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: s
         ok = isinstance(s, dict) and all(isinstance(s.get(k), str) for k in ("sid", "csrf"))
         return s if ok else None
 
-    def with_cookie(resp, s: dict):
+    def with_cookie(request: Request, resp, s: dict):
+        # Secure when the page was asked for over https (behind a proxy: as uvicorn's proxy headers say)
         resp.set_cookie(SESSION_COOKIE, signer.dumps(s), max_age=max_age, httponly=True, samesite="strict",
-                        secure=secure_cookies, path="/chat")
+                        secure=request.url.scheme == "https", path="/chat")
         return resp
 
     def end_user(s: dict) -> str:
@@ -197,7 +197,7 @@ def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: s
         s = s or new_session()
         resp = HTMLResponse(_page(model_name, s["csrf"], end_user(s), key_needed and not s.get("key")))
         no_store(resp)
-        return with_cookie(resp, s) if fresh else resp
+        return with_cookie(request, resp, s) if fresh else resp
 
     @app.post("/chat/api/key", include_in_schema=False)
     async def give_key(request: Request):
@@ -210,7 +210,7 @@ def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: s
             return error(401, "wrong API key", param="key", code="invalid_api_key")
         # a new session id and CSRF token once the key is given: nothing of the locked session carries over
         unlocked = dict(new_session(), key=True)
-        return with_cookie(no_store(JSONResponse({"unlocked": True, "csrf_token": unlocked["csrf"],
+        return with_cookie(request, no_store(JSONResponse({"unlocked": True, "csrf_token": unlocked["csrf"],
                                                   "end_user": end_user(unlocked)})), unlocked)
 
     @app.get("/chat/api/conversations", include_in_schema=False)

@@ -265,3 +265,59 @@ def test_forget_and_redaction_reach_the_pages_conversations(tiny_chat, tmp_path,
         assert (gone["items"], gone["labels"]) == (1, 1)
         assert client.get("/chat/api/conversations").json()["data"] == []
         assert _labels(log) == []
+
+
+def test_an_account_finds_its_conversations_in_any_browser_until_it_is_deactivated(tiny_chat, tmp_path):
+    """Signing in with a store account makes the end-user id ``chat-account:<id>``: a second
+    browser signed in as the same account lists the conversation, an anonymous one does not; a
+    wrong password is 401 and the sixth wrong one from an address 429 (the app's LoginThrottle);
+    an account deactivated by the operator is no session any more; signing out is a fresh
+    anonymous session."""
+    from rlhfkit.feedback.auth import create_user, update_user
+
+    app, log = _app(tiny_chat, tmp_path)
+    uid = log.store.write(lambda c: create_user(c, "ann", "ann-password-1", "labeler"))
+    with TestClient(app) as one, TestClient(app) as two, TestClient(app) as stranger:
+        a = _open(one)
+        r = one.post("/chat/api/login", json={"username": "ann", "password": "ann-password-1"},
+                     headers={"X-CSRF-Token": a["csrf"]})
+        assert r.status_code == 200 and r.json()["end_user"] == f"chat-account:{uid}"
+        a = _open(one)
+        assert a["end_user"] == f"chat-account:{uid}" and "Signed in as <strong>ann</strong>" in a["page"].text
+        sent = _send(one, a["csrf"], [{"role": "user", "content": "ann's question"}])
+        assert log.completion(sent["id"])["responses"][0]["end_user"] == f"chat-account:{uid}"
+        b = _open(two)
+        for _ in range(5):
+            bad = two.post("/chat/api/login", json={"username": "ann", "password": "wrong-password"},
+                           headers={"X-CSRF-Token": b["csrf"]})
+            assert (bad.status_code, bad.json()["error"]["code"]) == (401, "invalid_login")
+        bad = two.post("/chat/api/login", json={"username": "ann", "password": "ann-password-1"},
+                       headers={"X-CSRF-Token": b["csrf"]})
+        assert bad.status_code == 429 and int(bad.headers["retry-after"]) > 0  # even the right one, for a while
+        log.store.write(lambda c: c.exec_driver_sql("DELETE FROM login_throttle"))  # the window passed
+        assert two.post("/chat/api/login", json={"username": "ann", "password": "ann-password-1"},
+                        headers={"X-CSRF-Token": b["csrf"]}).status_code == 200
+        assert [c["id"] for c in two.get("/chat/api/conversations").json()["data"]] == [sent["conversation"]]
+        _open(stranger)
+        assert stranger.get("/chat/api/conversations").json()["data"] == []
+        b = _open(two)
+        out = two.post("/chat/api/logout", headers={"X-CSRF-Token": b["csrf"]})
+        assert out.status_code == 200 and out.json()["end_user"].startswith("chat:")
+        assert two.get("/chat/api/conversations").json()["data"] == []
+        log.store.write(lambda c: update_user(c, uid, active=False))
+        r = one.get("/chat/api/conversations")
+        assert (r.status_code, r.json()["error"]["code"]) == (401, "no_session")
+        assert _open(one)["end_user"].startswith("chat:")  # the page starts an anonymous session
+
+
+def test_wrong_api_keys_are_limited_like_wrong_passwords(tiny_chat, tmp_path):
+    """The page's key form allows five wrong keys per address in a window, then answers 429
+    (Retry-After) even for the right key."""
+    app, _ = _app(tiny_chat, tmp_path, api_key="sekret-key")
+    with TestClient(app) as client:
+        s = _open(client)
+        h = {"X-CSRF-Token": s["csrf"]}
+        assert [client.post("/chat/api/key", json={"key": f"guess-{i}"}, headers=h).status_code
+                for i in range(5)] == [401] * 5
+        r = client.post("/chat/api/key", json={"key": "sekret-key"}, headers=h)
+        assert r.status_code == 429 and "retry-after" in r.headers

@@ -232,3 +232,39 @@ def test_the_whole_flow_by_keyboard(browser, server):
     names = [re.sub(r"\s+", " ", b) for b in page.locator(".turn.assistant button").evaluate_all(
         "bs => bs.map(b => b.getAttribute('aria-label') || b.textContent)")]
     assert names == ["Thumbs up", "Thumbs down"] + [f"Rate {n} of 5" for n in range(1, 6)] + ["Edit", "Regenerate"]
+
+
+def test_signing_in_brings_an_accounts_conversations_to_another_browser(browser, server):
+    """Signed in through the page's form (keyboard: Enter submits), an account's conversation
+    written in one browser is listed in another signed in as it; signing out leaves none."""
+    from rlhfkit.feedback import db as fdb
+    from rlhfkit.feedback.auth import create_user
+
+    base, db = server
+    store = fdb.Store(str(db))
+    try:
+        uid = store.write(lambda c: create_user(c, "omar", "omar-password-1", "labeler"))
+    finally:
+        store.close()
+
+    def sign_in(page):
+        page.click("#show-sign-in")
+        page.keyboard.type("omar")  # the user-name box has the focus
+        page.fill("#password", "omar-password-1")
+        page.press("#password", "Enter")
+        page.locator("#signed-in", has_text="omar").wait_for()
+        page.wait_for_selector("#conversations li")
+
+    page, _ = _page(browser, base)
+    sign_in(page)
+    assert page.text_content("#end-user") == f"chat-account:{uid}"
+    page.fill("#prompt", "omar asks")
+    page.press("#prompt", "Enter")
+    _finished(page, 1)
+    other, _ = _page(browser, base)
+    assert "omar asks" not in other.text_content("#conversations")
+    sign_in(other)
+    assert other.text_content("#conversations button") == "omar asks"
+    other.click("#sign-out")
+    other.locator("#show-sign-in").wait_for()
+    other.wait_for_selector("#conversations li.empty")

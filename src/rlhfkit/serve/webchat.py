@@ -6,15 +6,20 @@ Who is who. Each browser gets an anonymous session: a random id in a cookie sign
 ``itsdangerous`` (HMAC-SHA1 over the payload and its timestamp, checked on every request, the age
 limited to ``SESSION_DAYS``). itsdangerous is the Pallets project's signing library (Flask's and
 Starlette's sessions use it): a forged or altered cookie fails the signature, and no session
-table is needed. The end user's pseudonymous id is ``chat:<session id>``: the completions of
-the page are stored under it like any API caller's ``user`` (hashed under ``--redact``, erased
-by ``rlhfkit feedback forget --end_user chat:...``; the page shows the id so a person can ask).
+table is needed. The end user's pseudonymous id is ``chat:<session id>``; a person who signs in
+with an account of the store (``rlhfkit feedback create-user``; the password checked with the
+app's argon2 hashes and failed attempts limited by its ``LoginThrottle``) is
+``chat-account:<account number>`` and finds their conversations in any browser (the account is
+looked up on every request: a deactivated one is signed out). The completions of the page are
+stored under that id like any API caller's ``user`` (hashed under ``--redact``, erased by
+``rlhfkit feedback forget --end_user chat:...``; the page shows the id so a person can ask).
 Every conversation read and every piece of feedback is checked against it: another session's
 conversation or completion answers 404.
 
 The API key. ``--chat auto`` (the default): with no API key the page is open, as the API is;
 with one, the page asks for the key once and the signed session remembers that it was given
-(a browser cannot send a bearer header on page loads; the key is never stored in the cookie).
+(a browser cannot send a bearer header on page loads; the key is never stored in the cookie;
+wrong keys are limited like wrong passwords). Signing in does not stand in for the key.
 ``--chat open``: the page is open to anyone even though the API needs a key -- a public chat
 in front of a private API, which the deployer must ask for by name. ``--chat off``: no page.
 The page needs a feedback store (``--db``): it keeps the conversations there.
@@ -78,7 +83,7 @@ def chat_secret(db_url: str | None) -> tuple[bytes, str]:
     return key_file.read_text(encoding="utf-8").strip().encode("utf-8"), str(key_file)
 
 
-def _page(model: str, csrf: str, end_user: str, locked: bool) -> str:
+def _page(model: str, csrf: str, end_user: str, locked: bool, account: str | None = None) -> str:
     e = html.escape
     return f"""<!doctype html>
 <html lang="en">
@@ -94,8 +99,18 @@ def _page(model: str, csrf: str, end_user: str, locked: bool) -> str:
 <body>
 <header class="top">
   <h1>Chat with <span class="model">{e(model)}</span></h1>
-  <button type="button" id="new-chat">New conversation</button>
+  <div class="account">
+    <span id="signed-in" {'' if account else 'hidden'}>Signed in as <strong>{e(account or '')}</strong>
+      <button type="button" id="sign-out">Sign out</button></span>
+    <button type="button" id="show-sign-in" {'hidden' if account else ''}>Sign in</button>
+    <button type="button" id="new-chat">New conversation</button>
+  </div>
 </header>
+<form id="sign-in-form" class="sign-in" hidden>
+  <label for="username">User name</label><input id="username" autocomplete="username" required>
+  <label for="password">Password</label><input id="password" type="password" autocomplete="current-password" required>
+  <button type="submit">Sign in</button>
+</form>
 <div class="layout">
   <nav aria-labelledby="conversations-title">
     <h2 id="conversations-title">Your conversations</h2>
@@ -135,6 +150,7 @@ def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: s
     from itsdangerous import BadSignature, URLSafeTimedSerializer
     from starlette.concurrency import run_in_threadpool
 
+    from rlhfkit.feedback.auth import LoginThrottle, Throttled, authenticate
     from rlhfkit.feedback.enduser import FeedbackError
 
     if mode not in CHAT_MODES:
@@ -143,8 +159,40 @@ def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: s
     key_needed = bool(api_key) and mode == "auto"
     max_age = SESSION_DAYS * 86400
 
-    def new_session() -> dict:
-        return {"sid": secrets.token_urlsafe(16), "csrf": secrets.token_urlsafe(24), "key": False}
+    throttle = LoginThrottle()
+
+    def new_session(**kw) -> dict:
+        return {"sid": secrets.token_urlsafe(16), "csrf": secrets.token_urlsafe(24), "key": False, **kw}
+
+    def account_active(s: dict) -> bool:
+        """A signed-in session's account still exists, active, under the same name (checked on
+        every request: an operator's ``feedback set-user --active false`` ends its sessions)."""
+        if "account" not in s:
+            return True
+        from sqlalchemy import select
+
+        from rlhfkit.feedback import db
+
+        with feedback.store.read() as conn:
+            row = conn.execute(select(db.users.c.username, db.users.c.active)
+                               .where(db.users.c.id == s["account"])).first()
+        return row is not None and bool(row.active) and row.username == s.get("name")
+
+    async def current(request: Request) -> dict | None:
+        s = session_of(request)
+        if s is not None and not await run_in_threadpool(account_active, s):
+            return None
+        return s
+
+    def reserve(what: str, request: Request):
+        """A slot for one guess (a password, the API key) from this address, or the 429 answer."""
+        address = request.client.host if request.client else "unknown"
+        try:
+            return feedback.store.write(lambda c: throttle.reserve(c, what, address)), address
+        except Throttled as e:
+            resp = error(429, "too many failed attempts; try again later", code="rate_limited")
+            resp.headers["Retry-After"] = str(int(e.retry_after) + 1)
+            return resp, address
 
     def session_of(request: Request) -> dict | None:
         raw = request.cookies.get(SESSION_COOKIE)
@@ -155,7 +203,7 @@ def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: s
         except BadSignature:  # forged, altered, signed with another key, or too old
             return None
         ok = isinstance(s, dict) and all(isinstance(s.get(k), str) for k in ("sid", "csrf"))
-        return s if ok else None
+        return s if ok and ("account" not in s or isinstance(s["account"], int)) else None
 
     def with_cookie(request: Request, resp, s: dict):
         # Secure when the page was asked for over https (behind a proxy: as uvicorn's proxy headers say)
@@ -164,16 +212,19 @@ def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: s
         return resp
 
     def end_user(s: dict) -> str:
-        return f"chat:{s['sid']}"
+        # an account's conversations follow it from browser to browser; the id names no person
+        # by itself (the account's number, not its name)
+        return f"chat-account:{s['account']}" if "account" in s else f"chat:{s['sid']}"
 
     def no_store(resp):
         resp.headers["Cache-Control"] = "no-store"
         return resp
 
-    def guard(request: Request, unsafe: bool, needs_key: bool = True) -> dict | Any:
-        """The request's session, or the error answer: no valid session 401; the key not yet
-        given 401 ``key_required``; a POST without its CSRF token or from another origin 403."""
-        s = session_of(request)
+    async def guard(request: Request, unsafe: bool, needs_key: bool = True) -> dict | Any:
+        """The request's session, or the error answer: no valid session (or its account gone)
+        401; the key not yet given 401 ``key_required``; a POST without its CSRF token or from
+        another origin 403."""
+        s = await current(request)
         if s is None:
             return error(401, "no chat session: open /chat", code="no_session")
         if needs_key and key_needed and not s.get("key"):
@@ -191,31 +242,75 @@ def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: s
     app.mount("/chat/static", StaticFiles(directory=STATIC), name="chat-static")
 
     @app.get("/chat", include_in_schema=False)
-    def page(request: Request):
-        s = session_of(request)
+    async def page(request: Request):
+        s = await current(request)
         fresh = s is None
         s = s or new_session()
-        resp = HTMLResponse(_page(model_name, s["csrf"], end_user(s), key_needed and not s.get("key")))
+        resp = HTMLResponse(_page(model_name, s["csrf"], end_user(s), key_needed and not s.get("key"), s.get("name")))
         no_store(resp)
         return with_cookie(request, resp, s) if fresh else resp
 
     @app.post("/chat/api/key", include_in_schema=False)
     async def give_key(request: Request):
-        s = guard(request, unsafe=True, needs_key=False)
+        s = await guard(request, unsafe=True, needs_key=False)
         if not isinstance(s, dict):
             return s
         body = await read_json(request)
         got = body.get("key") if isinstance(body, dict) else None
+        known, address = await run_in_threadpool(reserve, "(the API key)", request)
+        if not isinstance(known, bool):
+            return known
         if not isinstance(got, str) or not api_key or not hmac.compare_digest(got.encode(), api_key.encode()):
             return error(401, "wrong API key", param="key", code="invalid_api_key")
+        await run_in_threadpool(feedback.store.write, lambda c: throttle.succeeded(c, "(the API key)", address, known))
         # a new session id and CSRF token once the key is given: nothing of the locked session carries over
-        unlocked = dict(new_session(), key=True)
+        unlocked = new_session(key=True, **{k: s[k] for k in ("account", "name") if k in s})
         return with_cookie(request, no_store(JSONResponse({"unlocked": True, "csrf_token": unlocked["csrf"],
                                                   "end_user": end_user(unlocked)})), unlocked)
 
+    @app.post("/chat/api/login", include_in_schema=False)
+    async def login(request: Request):
+        """Sign in with an account of the store (``rlhfkit feedback create-user``): the session
+        becomes the account's, whose conversations it then sees from any browser. Failed
+        attempts are limited per name and address (``feedback.auth.LoginThrottle``)."""
+        s = await guard(request, unsafe=True, needs_key=False)
+        if not isinstance(s, dict):
+            return s
+        body = await read_json(request)
+        name, password = (body.get("username"), body.get("password")) if isinstance(body, dict) else (None, None)
+        if not (isinstance(name, str) and isinstance(password, str) and 0 < len(name) <= 200 and len(password) <= 1000):
+            return error(400, "give username and password", param="username")
+
+        def check():
+            known, address = reserve(name, request)
+            if not isinstance(known, bool):
+                return known
+            with feedback.store.read() as conn:
+                user = authenticate(conn, name, password)
+            if user is None:
+                return None
+            feedback.store.write(lambda c: throttle.succeeded(c, name, address, known))
+            return user
+        user = await run_in_threadpool(check)
+        if user is None:
+            return error(401, "wrong user name or password", param="username", code="invalid_login")
+        if not isinstance(user, dict):
+            return user
+        signed_in = new_session(key=s.get("key", False), account=int(user["id"]), name=user["username"])
+        return with_cookie(request, no_store(JSONResponse({"signed_in": user["username"],
+                                                          "end_user": end_user(signed_in)})), signed_in)
+
+    @app.post("/chat/api/logout", include_in_schema=False)
+    async def logout(request: Request):
+        s = await guard(request, unsafe=True, needs_key=False)
+        if not isinstance(s, dict):
+            return s
+        fresh = new_session(key=s.get("key", False))  # an anonymous session again, with nothing of the account's
+        return with_cookie(request, no_store(JSONResponse({"signed_in": None, "end_user": end_user(fresh)})), fresh)
+
     @app.get("/chat/api/conversations", include_in_schema=False)
     async def conversations(request: Request):
-        s = guard(request, unsafe=False)
+        s = await guard(request, unsafe=False)
         if not isinstance(s, dict):
             return s
         found = await run_in_threadpool(feedback.conversations, end_user(s))
@@ -223,7 +318,7 @@ def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: s
 
     @app.get("/chat/api/conversations/{conversation_id}", include_in_schema=False)
     async def conversation(request: Request, conversation_id: str):
-        s = guard(request, unsafe=False)
+        s = await guard(request, unsafe=False)
         if not isinstance(s, dict):
             return s
         found = await run_in_threadpool(feedback.conversations, end_user(s))
@@ -234,7 +329,7 @@ def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: s
 
     @app.post("/chat/api/send", include_in_schema=False)
     async def send(request: Request):
-        s = guard(request, unsafe=True)
+        s = await guard(request, unsafe=True)
         if not isinstance(s, dict):
             return s
         body = await read_json(request)
@@ -258,7 +353,7 @@ def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: s
 
     @app.post("/chat/api/feedback", include_in_schema=False)
     async def give_feedback(request: Request):
-        s = guard(request, unsafe=True)
+        s = await guard(request, unsafe=True)
         if not isinstance(s, dict):
             return s
         body = await read_json(request)

@@ -308,7 +308,33 @@
     }
   }
 
+  async function signIn(e) {
+    e.preventDefault();
+    try {
+      await api("/chat/api/login", { username: $("#username").value, password: $("#password").value });
+      window.location.reload();
+    } catch (err) {
+      say(`Not signed in: ${err.message}`, true);
+      $("#password").focus();
+    }
+  }
+
+  async function signOut() {
+    try {
+      await api("/chat/api/logout", {});
+      window.location.reload();
+    } catch (err) {
+      say(err.message, true);
+    }
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    $("#show-sign-in").addEventListener("click", () => {
+      $("#sign-in-form").hidden = false;
+      $("#username").focus();
+    });
+    $("#sign-in-form").addEventListener("submit", signIn);
+    $("#sign-out").addEventListener("click", signOut);
     $("#composer").addEventListener("submit", (e) => { e.preventDefault(); send(); });
     $("#prompt").addEventListener("keydown", (e) => {
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); }

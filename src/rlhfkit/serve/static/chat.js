@@ -119,17 +119,19 @@
   function controls(turn, isLast) {
     const index = turn.picked || 0;
     const box = el("div", { class: "controls", role: "group", "aria-label": "Feedback on this reply" });
+    // words, not emoji: a browser without an emoji font shows an empty box, and a name that
+    // matches the visible text is what speech-control users say
     const up = el("button", { type: "button", class: "thumb up", "aria-label": "Thumbs up",
                               "aria-pressed": turn.thumbs === "up" ? "true" : "false",
-                              onclick: () => thumbs(turn, "up"), text: "\u{1F44D}" });
+                              onclick: () => thumbs(turn, "up"), text: "Thumbs up" });
     const down = el("button", { type: "button", class: "thumb down", "aria-label": "Thumbs down",
                                 "aria-pressed": turn.thumbs === "down" ? "true" : "false",
-                                onclick: () => thumbs(turn, "down"), text: "\u{1F44E}" });
+                                onclick: () => thumbs(turn, "down"), text: "Thumbs down" });
+    const stars = [1, 2, 3, 4, 5].map((n) => el("button", {
+      type: "button", class: "rate", "data-value": n, "aria-label": `Rate ${n} of 5`,
+      "aria-pressed": turn.rating === n ? "true" : "false", onclick: () => rate(turn, n), text: String(n) }));
     const rating = el("div", { class: "rating", role: "group", "aria-label": "Rate this reply from 1 to 5" },
-      [1, 2, 3, 4, 5].map((n) => el("button", { type: "button", class: "rate", "data-value": n,
-                                                "aria-label": `Rate ${n} of 5`,
-                                                "aria-pressed": turn.rating === n ? "true" : "false",
-                                                onclick: () => rate(turn, n), text: String(n) })));
+      [el("span", { class: "rating-label", "aria-hidden": "true", text: "Rate" }), ...stars]);
     box.append(up, down, rating,
                el("button", { type: "button", class: "edit", onclick: () => startEdit(turn), text: "Edit" }));
     if (isLast) box.append(el("button", { type: "button", class: "regenerate", onclick: regenerate, text: "Regenerate" }));

@@ -127,11 +127,12 @@ def main(argv: list[str]) -> None:
     print(f"model {a.model}, {a.threads} torch thread(s), {a.clients} clients x {a.requests} requests, "
           f"max_tokens {a.max_tokens}; load average {os.getloadavg()[0]:.1f}", flush=True)
     rows: dict[str, list] = {name: [] for name, _, _ in runs}
+    run_id = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # the rows of one invocation
     for rep in range(a.repeats):
         for name, src, extra in runs:
             res = run_server(src, a.model, a.threads, a.max_tokens, extra, a.clients, a.requests)
             row = {"server": name, "model": a.model, "threads": a.threads, "clients": a.clients, "round": rep, **res,
-                   "load_average": round(os.getloadavg()[0], 1)}
+                   "load_average": round(os.getloadavg()[0], 1), "run": run_id}
             rows[name].append(row)
             print(json.dumps(row), flush=True)
             with out.open("a", encoding="utf-8") as f:

@@ -162,3 +162,39 @@ def test_health_counts_sampler_calls_and_n_choices_over_http(tiny_chat, tmp_path
         finishes = [c["choices"][0] for c in chunks if c["choices"][0]["finish_reason"]]
         assert sorted(f["index"] for f in finishes) == [0, 1, 2]
     chat.close()
+
+
+def test_a_stream_queued_before_a_swap_names_the_version_that_drew_it_in_every_chunk(tiny_chat, learner_dir):
+    """A streamed request waits for its batch while the model is swapped: its reply is drawn by the
+    new version, and every chunk -- the first (role) chunks included -- names that version, as
+    the stored completion does."""
+    import json
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from rlhfkit.feedback.enduser import FeedbackLog
+    from rlhfkit.models.versions import load_version
+
+    v1, tok1 = load_version(learner_dir, "v1")
+    chat = _chat(tiny_chat, batch_wait_ms=4000)  # the lone request waits this long for company
+    expected = ChatModel(v1, tok1, name="x", max_new_tokens=12).complete(ASKS[0], temperature=0.0)
+    log = FeedbackLog(str(learner_dir.parent / f"swap-stream-{time.monotonic_ns()}.db"))
+    got = {}
+    with TestClient(create_app(chat, log)) as client:
+        def ask():
+            got["r"] = client.post("/v1/chat/completions", json={"messages": ASKS[0], "temperature": 0, "stream": True})
+        t = threading.Thread(target=ask)
+        t.start()
+        deadline = time.monotonic() + 3
+        while not chat.batcher._queue and time.monotonic() < deadline:  # queued, its batch not yet started
+            time.sleep(0.01)
+        assert chat.batcher._queue, "the request was not queued in time"
+        chat.swap(v1, tok1, "v1")
+        t.join(60)
+    chunks = [json.loads(e[6:]) for e in got["r"].text.split("\n\n") if e.startswith("data: {")]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == expected.text
+    assert {c["rlhfkit"]["version"] for c in chunks} == {"v1"}
+    assert log.completion(chunks[0]["id"])["responses"][0]["version"] == "v1"
+    chat.close()

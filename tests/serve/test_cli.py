@@ -42,6 +42,7 @@ def _refused(capsys, argv, words):
     (["--compare_share", "1.5"], ["compare_share"]),
     (["--reload_every", "0"], ["reload_every"]),
     (["--rating_max", "1"], ["field 'rating_max'"]),
+    (["--chat", "public"], ["field 'chat'", "auto, open, off"]),
 ])
 def test_bad_flags_are_one_line(capsys, tmp_path, flags, words):
     _refused(capsys, ["serve", "--model", str(tmp_path / "none"), *flags], words)
@@ -69,7 +70,8 @@ def test_a_feedback_store_that_cannot_open_is_a_field_error(capsys, tmp_path, ti
 
 
 def test_a_real_server_acknowledges_feedback_only_once_it_is_on_disk(tiny_chat_dir, tmp_path):
-    """``rlhfkit serve`` in its own process with an API key; killed with SIGKILL the moment the
+    """``rlhfkit serve`` in its own process with an API key (its web chat locked until the key is
+    given, sessions signed with a key file beside the store); killed with SIGKILL the moment the
     feedback is acknowledged, the store still holds it."""
     import httpx
 
@@ -90,6 +92,12 @@ def test_a_real_server_acknowledges_feedback_only_once_it_is_on_disk(tiny_chat_d
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(0.2)
         assert httpx.get(base + "/v1/models", timeout=5).status_code == 401  # the key from the environment
+        with httpx.Client(base_url=base, timeout=10) as browser:  # the web chat asks for that key once
+            page = browser.get("/chat")
+            assert page.status_code == 200 and 'name="chat-locked" content="1"' in page.text
+            assert browser.get("/chat/api/conversations").json()["error"]["code"] == "key_required"
+            assert browser.get("/v1/models").status_code == 401  # its cookie opens no API
+        assert oct((tmp_path / "fb.db.chat_secret").stat().st_mode & 0o777) == "0o600"  # sessions outlive a restart
         auth = {"Authorization": "Bearer sekrit"}
         c = httpx.post(base + "/v1/chat/completions", headers=auth, timeout=60,
                        json={"messages": [{"role": "user", "content": "hi"}]}).json()

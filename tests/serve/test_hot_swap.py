@@ -1,5 +1,6 @@
 """``rlhfkit serve --model LEARN_DIR`` follows the learner's promoted version without downtime: a
 real server process under continuous load, current.json switched under it."""
+import json
 import os
 import shutil
 import subprocess
@@ -37,11 +38,11 @@ def _expected(learn, version):
 
 
 def test_a_learner_folder_is_followed_under_load_with_no_failed_request(tmp_path, learner_dir):
-    """Four clients send greedy requests continuously while current.json moves from v0 to v1,
-    then to a v2 whose adapter is damaged: no request fails; every reply is its version's greedy
-    reply and names that version, in the response and in the store; every request sent once
-    /health says v1 is answered by v1; the damaged v2 is refused (logged, shown in /health) and v1
-    keeps serving."""
+    """Four clients (one streaming) send greedy requests continuously while current.json moves
+    from v0 to v1, then to a v2 whose adapter is damaged: no request fails; every reply is its
+    version's greedy reply and names that version (every chunk of a stream the same one), in the
+    response and in the store; every request sent once /health says v1 is answered by v1; the
+    damaged v2 is refused (logged, shown in /health) and v1 keeps serving."""
     import httpx
 
     from rlhfkit.feedback.enduser import FeedbackLog
@@ -61,14 +62,23 @@ def test_a_learner_folder_is_followed_under_load_with_no_failed_request(tmp_path
     base = f"http://127.0.0.1:{port}"
     results, stop = [], threading.Event()
 
+    def streamed(r) -> dict:
+        """A streamed answer folded into the plain one; every chunk must name one version."""
+        chunks = [json.loads(e[6:]) for e in r.text.split("\n\n") if e.startswith("data: {")]
+        versions = {c["rlhfkit"]["version"] for c in chunks}
+        assert len(versions) == 1 and r.text.endswith("data: [DONE]\n\n"), r.text[-300:]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        return {"id": chunks[0]["id"], "choices": [{"message": {"content": text}}], "rlhfkit": chunks[0]["rlhfkit"]}
+
     def client(k: int) -> None:
         with httpx.Client(base_url=base, timeout=60) as http:
             i = k
             while not stop.is_set():
                 sent = time.monotonic()
                 try:
-                    r = http.post("/v1/chat/completions", json={"messages": ASKS[i % len(ASKS)], "temperature": 0})
-                    results.append((sent, i % len(ASKS), r.status_code, r.json()))
+                    body = {"messages": ASKS[i % len(ASKS)], "temperature": 0, "stream": k == 3}
+                    r = http.post("/v1/chat/completions", json=body)
+                    results.append((sent, i % len(ASKS), r.status_code, streamed(r) if k == 3 else r.json()))
                 except Exception as e:  # noqa: BLE001 - a dropped connection is a failed request
                     results.append((sent, i % len(ASKS), None, repr(e)))
                 i += 1

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 __all__ = ["FeedbackLog", "FeedbackError", "FeedbackEvent", "feedback_events", "last_event_id", "EndUserKeyError",
-           "end_user_key", "hashed_user", "key_id", "EVENT_KINDS", "MAX_REASON_CHARS", "MAX_EDIT_CHARS"]
+           "end_user_key", "hashed_user", "key_id", "EVENT_KINDS", "CHAT_SOURCE", "MAX_REASON_CHARS", "MAX_EDIT_CHARS"]
 
 EVENT_KINDS = ("thumbs", "rating", "edit", "choice")
 # the feedback-app task type that holds each kind, and the project name's suffix
@@ -168,10 +168,12 @@ class FeedbackLog:
 
     def log_choices(self, completion_id: str, messages: Sequence[dict], replies: Sequence[str],
                     model: str | None = None, user: str | None = None,
-                    versions: Sequence[str | None] | None = None, comparison: bool = False) -> list[int]:
+                    versions: Sequence[str | None] | None = None, comparison: bool = False,
+                    conversation: str | None = None) -> list[int]:
         """Store the replies of one completion (``n`` choices, or the two replies of a comparison:
         ``comparison=True``), one thumbs item each; returns their item ids. ``versions[i]`` is the
-        version that wrote reply ``i``."""
+        version that wrote reply ``i``. ``conversation``: the web chat's conversation id (kept with
+        each reply, the items' ``source`` is ``chat``), which ``conversations`` groups by."""
         from rlhfkit.feedback.queue import add_items
         from rlhfkit.feedback.tasks import parse_item
 
@@ -201,11 +203,13 @@ class FeedbackLog:
                 response.update(index=i, choices=len(replies))
             if comparison:
                 response["comparison"] = True
+            if conversation:
+                response["conversation"] = conversation
             items.append(item)
         pid = self._pids["thumbs"]
 
         def job(conn):
-            add_items(conn, pid, items, source="serve")
+            add_items(conn, pid, items, source=CHAT_SOURCE if conversation else "serve")
             return [self._item(conn, pid, completion_id, i)["id"] for i in range(len(items))]
         return self.store.write(job)
 
@@ -274,6 +278,46 @@ class FeedbackLog:
         ...}`` (its thumbs item), or None."""
         with self.store.read() as conn:
             return self._item(conn, self._pids["thumbs"], completion_id, index)
+
+    def served_to(self, completion_id: str, user: str | None) -> bool:
+        """Whether the completion was served to ``user`` (compared in its stored form: hashed
+        under ``redact``); False for an unknown completion or one served to no one named."""
+        stored = self._end_user(user)
+        if stored is None:
+            return False
+        item = self.completion(completion_id) if isinstance(completion_id, str) else None
+        return item is not None and _served_to(item["responses"]) == stored
+
+    def conversations(self, user: str) -> list[dict]:
+        """The web chat's conversations served to ``user``, newest first: ``{"id", "title",
+        "updated", "turns"}`` where ``turns`` is the transcript (see ``_transcript``). Another
+        user's conversations never appear (they are matched on the stored end-user id); erased
+        ones (``forget``) are gone with their completions. It reads the chat's completions
+        (items of ``source`` chat): enough for a deployment of thousands of them."""
+        from sqlalchemy import select
+
+        from rlhfkit.feedback import db
+
+        stored = self._end_user(user)
+        if stored is None:
+            return []
+        I = db.items
+        with self.store.read() as conn:
+            rows = conn.execute(select(I.c.id, I.c.external_id, I.c.messages, I.c.responses, I.c.created_at)
+                                .where(I.c.project_id == self._pids["thumbs"], I.c.source == CHAT_SOURCE)
+                                .order_by(I.c.id)).all()
+        by_conversation: dict[str, list] = {}
+        for r in rows:
+            response = r.responses[0]
+            if _served_to(r.responses) == stored and response.get("conversation"):
+                by_conversation.setdefault(response["conversation"], []).append(r)
+        out = []
+        for cid, items in by_conversation.items():
+            turns = _transcript(items)
+            first = next((t["content"] for t in turns if t["role"] == "user"), "")
+            out.append({"id": cid, "title": " ".join(first.split())[:60], "updated": max(r.created_at for r in items),
+                        "turns": turns})
+        return sorted(out, key=lambda c: -c["updated"])
 
     # ------------------------------------------------------------------ feedback
     def _label(self, conn, project_id: int, item: dict, user_id: int, body: dict, extra: dict) -> int:
@@ -720,6 +764,44 @@ def hashed_user(user: str, key: bytes) -> str:
 
 class EndUserKeyError(ValueError):
     """The end-user ids in a store were hashed with a key that is not at hand."""
+
+
+CHAT_SOURCE = "chat"  # items.source of the web chat's completions
+
+
+def _transcript(items) -> list[dict]:
+    """A chat conversation's turns from its stored completions (items in id order, one per
+    reply): ``{"role": "user", "content"}`` and ``{"role": "assistant", "completion_id",
+    "replies": [text, ...], "versions", "comparison", "picked"}``. A completion asked with the
+    first k turns replaces what followed them (a regenerated reply, a new branch); ``picked``
+    says which of several replies the conversation went on with (read from the next
+    completion's messages; None for the last one). System turns are not shown."""
+    completions: dict[str, list] = {}
+    for r in items:
+        completions.setdefault(r.external_id, []).append(r)
+    turns: list[dict] = []
+    for cid, rows in completions.items():
+        rows = sorted(rows, key=lambda r: _index(r.responses[0]))
+        shown = [m for m in (rows[0].messages or []) if m["role"] != "system"]
+        if not shown:
+            continue
+        del turns[len(shown) - 1:]
+        if turns and turns[-1]["role"] == "assistant" and len(turns) == len(shown) - 1:
+            went_on = shown[-2]["content"] if len(shown) >= 2 else None
+            texts = turns[-1]["replies"]
+            turns[-1]["picked"] = texts.index(went_on) if went_on in texts else turns[-1]["picked"]
+        while len(turns) < len(shown) - 1:  # turns asked before this conversation's first stored reply
+            m = shown[len(turns)]
+            turns.append({"role": m["role"], "content": m["content"]} if m["role"] == "user" else
+                         {"role": "assistant", "completion_id": None, "replies": [m["content"]], "versions": [None],
+                          "comparison": False, "picked": 0})
+        turns.append({"role": "user", "content": shown[-1]["content"]})
+        responses = [r.responses[0] for r in rows]
+        turns.append({"role": "assistant", "completion_id": cid, "replies": [x["text"] for x in responses],
+                      "versions": [x.get("version") for x in responses],
+                      "comparison": bool(responses[0].get("comparison")),
+                      "picked": 0 if len(responses) == 1 else None})
+    return turns
 
 
 def _served_to(responses) -> str | None:

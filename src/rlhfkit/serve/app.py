@@ -42,6 +42,7 @@ import hmac
 import json
 import logging
 import random
+import secrets
 import time
 from typing import Any
 
@@ -124,17 +125,25 @@ def _rlhfkit_options(body: dict) -> dict:
 
 def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: str | None = None,
                max_tokens_limit: int = 2048, max_request_bytes: int = 1_000_000, compare_share: float = 0.0,
-               max_n: int = 8, line: Any = None, rng: random.Random | None = None) -> FastAPI:
+               max_n: int = 8, line: Any = None, rng: random.Random | None = None, chat_page: str = "off",
+               chat_secret: bytes | None = None) -> FastAPI:
     """The server for ``chat``; completions and feedback go to ``feedback`` when given (else the
     feedback endpoint answers 503). A request body over ``max_request_bytes`` is answered 413
     (every served conversation is stored with its completion, so the store grows by at most that
     much per request), a conversation of more than ``MAX_MESSAGES`` messages 400. A share
     ``compare_share`` of the requests that opt in get two replies to compare (``rng`` draws
     which); ``n`` is at most ``max_n``. ``line``: the ``PolicyWatcher`` following a learner
-    folder, shown in ``/health``. The caller owns ``chat`` and ``line`` (and closes them); the
-    app closes ``feedback`` when it stops."""
+    folder, shown in ``/health``. ``chat_page``: the end users' web chat at ``/chat``
+    (``webchat.CHAT_MODES``: ``auto``, ``open`` or ``off``; it needs ``feedback``), its sessions
+    signed with ``chat_secret`` (default: a random key). The caller owns ``chat`` and ``line``
+    (and closes them); the app closes ``feedback`` when it stops."""
     if not 0.0 <= compare_share <= 1.0:
         raise ValueError("compare_share must be from 0 to 1")
+    from .webchat import CHAT_CSP, CHAT_MODES
+
+    if chat_page not in CHAT_MODES:
+        raise ValueError(f"chat_page must be one of {', '.join(CHAT_MODES)}")
+    with_page = chat_page != "off" and feedback is not None
     draw = rng or random.SystemRandom()
     import contextlib
 
@@ -153,7 +162,10 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
     async def _auth(request: Request, call_next):
         # every path but the probe: the docs and schema are the server's too, and a path
         # outside /v1/ must not be a way around the key
-        if api_key and request.url.path not in _OPEN_PATHS:
+        # the web chat's paths have their own guard (webchat.py: a signed session that was given
+        # the key, or a page the deployer opened with chat_page "open")
+        path = request.url.path
+        if api_key and path not in _OPEN_PATHS and not (with_page and (path == "/chat" or path.startswith("/chat/"))):
             scheme, _, got = request.headers.get("authorization", "").partition(" ")
             ok = scheme.lower() == "bearer" and hmac.compare_digest(got.strip().encode(), api_key.encode())
             if not ok:
@@ -276,7 +288,8 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
     def _store(cid: str, r: dict, outs: list) -> None:
         if feedback is not None:
             feedback.log_choices(cid, r["messages"], [o.text for o in outs], chat.name, r["user"],
-                                 [o.version for o in outs], comparison=r["comparison"])
+                                 [o.version for o in outs], comparison=r["comparison"],
+                                 conversation=r.get("conversation"))
 
     def _usage(outs: list) -> dict:
         completion = sum(o.completion_tokens for o in outs)
@@ -291,15 +304,9 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
         r = _request(body)
         if isinstance(r, JSONResponse):
             return r
-        gen = dict(max_tokens=r["max_tokens"], temperature=r["temperature"], top_p=r["top_p"], seed=r["seed"],
-                   stop=r["stop"])
+        gen = _generation(r)
         if r["stream"]:
-            try:  # a conversation the model cannot answer is refused before the 200 and the first event
-                pieces = chat.stream(r["messages"], n=r["n"], **gen)
-            except PromptError as e:
-                return _error(400, str(e), param="messages", code=e.code)
-            return StreamingResponse(_events(pieces, r), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return _stream_reply(r)
         import asyncio
 
         from starlette.concurrency import run_in_threadpool
@@ -333,14 +340,28 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
         except PromptError as e:  # queued before a swap, refused by the new version
             return _error(400, str(e), param="messages", code=e.code)
 
+    def _generation(r: dict) -> dict:
+        return dict(max_tokens=r["max_tokens"], temperature=r["temperature"], top_p=r["top_p"], seed=r["seed"],
+                    stop=r["stop"])
+
+    def _stream_reply(r: dict):
+        try:  # a conversation the model cannot answer is refused before the 200 and the first event
+            pieces = chat.stream(r["messages"], n=r["n"], **_generation(r))
+        except PromptError as e:
+            return _error(400, str(e), param="messages", code=e.code)
+        return StreamingResponse(_events(pieces, r), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
     def _events(pieces, r: dict):
         """Server-sent events as OpenAI streams them: ``chat.completion.chunk`` objects, each
-        choice's role first, then content deltas (``index`` says whose), then each finish reason
-        (and, asked for, a last chunk with the usage and no choices), then ``[DONE]``. The
-        completion is stored before the finish chunks, so feedback on its id can be sent as soon
-        as the stream ends."""
+        choice's role first (once generation has begun), then content deltas (``index`` says
+        whose), then each finish reason (and, asked for, a last chunk with the usage and no
+        choices), then ``[DONE]``. The completion is stored before the finish chunks, so feedback
+        on its id can be sent as soon as the stream ends."""
         cid, created = new_completion_id(), int(time.time())
         marks = {"version": pieces.version, "comparison": r["comparison"]}
+        if r.get("conversation"):  # the web chat's
+            marks["conversation"] = r["conversation"]
 
         def chunk(choices: list, usage: dict | None = None) -> str:
             out = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": chat.name,
@@ -352,12 +373,22 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
         def delta(i: int, d: dict, finish: str | None = None) -> list:
             return [{"index": i, "delta": d, "logprobs": None, "finish_reason": finish}]
 
-        for i in range(r["n"]):
-            yield chunk(delta(i, {"role": "assistant", "content": ""}))
+        def roles():
+            # sent once the batch has begun: a request queued before a swap is drawn by the new
+            # version (and rendered for it), and every chunk names the version that drew it
+            marks["version"] = pieces.version
+            return [chunk(delta(i, {"role": "assistant", "content": ""})) for i in range(r["n"])]
+
+        announced = False
         try:
             for i, piece in pieces.events():
+                if not announced:
+                    yield from roles()
+                    announced = True
                 yield chunk(delta(i, {"content": piece}))
             outs = pieces.results
+            if not announced:  # no piece: every reply empty
+                yield from roles()
             marks["version"] = outs[0].version
             _store(cid, r, outs)
         except Exception:  # noqa: BLE001 - the 200 is sent: the error can only be an event
@@ -395,4 +426,14 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
             return _error(e.status, str(e), param=e.param)
         return {"object": "feedback", "stored": True, **res}
 
+    if with_page:
+        from rlhfkit.feedback.http_hardening import SecurityHeaders
+
+        from .webchat import install_chat
+
+        install_chat(app, model_name=chat.name, feedback=feedback, api_key=api_key, mode=chat_page,
+                     secret=chat_secret or secrets.token_bytes(32), read_json=_json,
+                     check_request=_request, stream_reply=_stream_reply, error=_error)
+        # a CSP without inline scripts on every answer (the page's and the API's alike)
+        app.add_middleware(SecurityHeaders, csp=CHAT_CSP)
     return app

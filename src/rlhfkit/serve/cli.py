@@ -71,6 +71,10 @@ class ServeConfig(_ModelFields):
     compare_share: float = field(default=0.0, metadata={"help": "share of the requests that opt in "
                                                                 "(\"rlhfkit\": {\"compare\": true}) answered with two "
                                                                 "replies to choose from (0 = none)"})
+    chat: str = field(default="auto", metadata={"help": "the end users' web chat at /chat (needs --db): auto = open "
+                                                         "without an API key, asking for the key once with one; "
+                                                         "open = open to anyone even with an API key (a public chat "
+                                                         "in front of a private API); off = no page"})
     reload_every: float = field(default=2.0, metadata={"help": "seconds between checks of a learner folder's "
                                                                "current.json (a new version is loaded and swapped in)"})
 
@@ -86,6 +90,8 @@ class ServeConfig(_ModelFields):
             raise ValueError("compare_share must be from 0 to 1")
         if not self.reload_every > 0:
             raise ValueError("reload_every must be > 0 seconds")
+        if self.chat not in ("auto", "open", "off"):
+            raise ValueError(f"field 'chat': {self.chat!r} is not one of auto, open, off")
         if self.max_request_kb < 1:
             raise ValueError("max_request_kb must be >= 1")
         if self.log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
@@ -207,6 +213,7 @@ def run_serve(c: ServeConfig) -> None:
 
     from .app import create_app
     from .line import PolicyWatcher
+    from .webchat import chat_secret
 
     sock = _listen(c.host, c.port)
     chat = watcher = None
@@ -214,15 +221,22 @@ def run_serve(c: ServeConfig) -> None:
         chat, feedback, line = _load(c, max_batch=c.max_batch, batch_wait_ms=c.batch_wait_ms)
         if line.kind == "learner":
             watcher = PolicyWatcher(c.model, chat, every=c.reload_every, dtype=chat.model.dtype)
-        app = create_app(chat, feedback, api_key=c.api_key or os.environ.get("RLHFKIT_API_KEY") or None,
-                         max_request_bytes=c.max_request_kb * 1000, compare_share=c.compare_share, max_n=c.max_n,
-                         line=watcher)
+        api_key = c.api_key or os.environ.get("RLHFKIT_API_KEY") or None
+        page = c.chat if feedback is not None else "off"
+        secret, secret_from = chat_secret(c.db) if page != "off" else (None, "")
+        app = create_app(chat, feedback, api_key=api_key, max_request_bytes=c.max_request_kb * 1000,
+                         compare_share=c.compare_share, max_n=c.max_n, line=watcher, chat_page=page,
+                         chat_secret=secret)
         where = (c.db + (", personal data redacted" if c.redact else "")) if c.db else "off"
         origin = line.describe() if line.kind != "model" else ""
         if watcher is not None:
             origin += f"; following it every {c.reload_every:g} s"
         print(f"rlhfkit serve: {chat.name} on http://{c.host}:{c.port}/v1 ("
               + (f"{origin}; " if origin else "") + f"feedback: {where}; batches of up to {c.max_batch})", flush=True)
+        if page != "off":
+            guard = ("open to anyone" if page == "open" or not api_key else "asks for the API key once")
+            print(f"rlhfkit serve: web chat on http://{c.host}:{c.port}/chat ({guard}; sessions signed with "
+                  f"{secret_from})", flush=True)
         uvicorn.Server(uvicorn.Config(app, log_level=c.log_level.lower())).run(sockets=[sock])
     finally:
         sock.close()

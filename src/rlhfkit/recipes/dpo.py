@@ -330,7 +330,7 @@ def cached_reference(config, model, splits: dict[str, list[dict]], pad_id: int, 
     ``output_dir/reference_logps.pt`` when its key matches and its log-probs their sha256, else
     computing and writing it (a damaged file with a one-line warning). Returns "reused" or
     "computed". The main process computes; the others wait and read."""
-    from rlhfkit.training.precision import running_at
+    from rlhfkit.core.precision import running_at
 
     path = Path(config.output_dir) / CACHE_FILE
     precision = getattr(config, "precision", "fp32")
@@ -511,7 +511,7 @@ def run(config: DPOConfig) -> dict:
             # 1/2 by construction (ties count 1/2), so no pass over the held-out set is spent on it
             before = {"eval_accuracy": 0.5}
         elif held:
-            from rlhfkit.training.precision import running_at
+            from rlhfkit.core.precision import running_at
 
             with running_at(model, config.precision):  # as fit evaluates
                 before = evaluate(model, held, collate, config, reference)

@@ -27,7 +27,7 @@ from rlhfkit.rollout import Rollout, SamplingConfig, make_sampler, rollout, step
 from rlhfkit.training.config import ConfigError
 from rlhfkit.training.distributed import DistInfo
 from rlhfkit.training.loop import enable_gradient_checkpointing, epoch_order
-from rlhfkit.training.precision import autocast_forward
+from rlhfkit.core.precision import autocast_forward
 
 RANK_SALT = 100_003  # separates the ranks' sampling seeds from the other salts of a step
 

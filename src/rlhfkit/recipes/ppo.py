@@ -26,7 +26,7 @@ from rlhfkit.rewards import RunningNormaliser
 from rlhfkit.rollout import Rollout, response_logprobs, response_values
 from rlhfkit.training.distributed import DistInfo, all_gather_rows, all_reduce_sum
 from rlhfkit.training.loop import enable_gradient_checkpointing
-from rlhfkit.training.precision import autocast_forward
+from rlhfkit.core.precision import autocast_forward
 from rlhfkit.training.stats import explained_variance, global_masked_whiten
 
 

@@ -27,6 +27,7 @@ import torch
 
 from rlhfkit.core.logprobs import entropy_from_logits, token_logprobs
 from rlhfkit.core.masking import truncate_after_eos
+from rlhfkit.core.precision import autocast
 from rlhfkit.models.lora import reference_context
 from rlhfkit.models.reward import position_ids_from_mask
 from rlhfkit.models.value import token_values
@@ -124,11 +125,10 @@ class HFGenerator:
         return ends the generation after that step."""
         from transformers import StoppingCriteriaList
 
-        from rlhfkit.training.precision import autocast
         was_training = model.training
         model.eval()
         try:
-            # a model set to run in bf16 (training.precision.autocast_forward) enters autocast at
+            # a model set to run in bf16 (core.precision.autocast_forward) enters autocast at
             # every step's forward; one region around the whole generation keeps autocast's cache
             # of bf16 weight copies across the steps (as the native sampler does)
             with _seeded(seed, prompt_ids.device), autocast(getattr(model, "_rlhfkit_autocast", None) or "fp32",

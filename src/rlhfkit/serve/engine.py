@@ -115,7 +115,7 @@ class ChatModel:
         faster matrix products where the hardware has them; the logits are bfloat16 too)."""
         from rlhfkit.models import load_policy
 
-        from rlhfkit.training.precision import PRECISIONS
+        from rlhfkit.core.precision import PRECISIONS
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")

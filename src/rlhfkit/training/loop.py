@@ -45,7 +45,7 @@ from .distributed import (
 )
 from .config import ConfigError
 from .logging import MetricsLogger, progress_bar
-from .precision import autocast, keep_head_fp32
+from rlhfkit.core.precision import autocast, keep_head_fp32
 
 
 @dataclass
@@ -106,7 +106,7 @@ class TrainingConfig:
             raise ValueError("fields 'epochs' / 'max_steps': need epochs > 0 or max_steps > 0 (neither negative)")
         if self.save_every < 0 or self.eval_every < 0 or self.log_every < 1:
             raise ValueError("fields 'save_every' / 'eval_every' must be >= 0 and 'log_every' >= 1")
-        from .precision import PRECISIONS
+        from rlhfkit.core.precision import PRECISIONS
 
         if self.precision not in PRECISIONS:
             raise ValueError(f"field 'precision': {self.precision!r} is not one of {list(PRECISIONS)}")

@@ -1,0 +1,61 @@
+"""The rules that keep the code's shape, checked by the test suite (and so by CI).
+
+- Import layers: the contracts in ``pyproject.toml`` (``[tool.importlinter]``), checked by
+  import-linter over every import of ``src/rlhfkit``, those inside functions included.
+- ``core`` imports nothing but torch and the standard library (and itself).
+"""
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+
+
+def _run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_import_contracts_are_kept():
+    """Every contract of ``[tool.importlinter]`` is kept: no package imports one on a floor above
+    its own, the feedback app imports no trainer, the feedback store does not import serve (each
+    exception is listed in the contract with its reason)."""
+    code = ("import sys; from importlinter.cli import lint_imports; "
+            "sys.exit(lint_imports(config_filename='pyproject.toml', no_cache=True, no_logo=True))")
+    result = _run([sys.executable, "-c", code])
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert "BROKEN" not in result.stdout
+
+
+def imported_top_names(source: str) -> set[str]:
+    """The top-level names of the modules ``source`` imports absolutely, at any depth (``import
+    a.b`` and ``from a.b import c`` give ``a``); relative imports stay inside the package."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_imported_top_names_sees_imports_inside_functions():
+    source = "import os\ndef f():\n    import numpy as np\n    from transformers.x import y\n    from . import z\n"
+    assert imported_top_names(source) == {"os", "numpy", "transformers"}
+
+
+def test_core_imports_only_torch_and_the_standard_library():
+    """``rlhfkit.core`` is pure torch: no other third-party package, at the top of a module or
+    inside a function (its own modules are the layers contract's to check)."""
+    allowed = set(sys.stdlib_module_names) | {"torch", "rlhfkit", "__future__"}
+    found = {}
+    for path in sorted((SRC / "rlhfkit" / "core").rglob("*.py")):
+        outside = imported_top_names(path.read_text()) - allowed
+        if outside:
+            found[str(path.relative_to(REPO))] = sorted(outside)
+    assert found == {}

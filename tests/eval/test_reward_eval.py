@@ -31,9 +31,10 @@ def test_pair_metrics_by_hand():
     # pair3 flipped (r,c)=(0,3) label 0, first-second=-3 -> pred 0 (TN)
     assert m["precision"] == pytest.approx(0.5) and m["recall"] == pytest.approx(0.5)
     assert m["f1"] == pytest.approx(0.5)
-    s = lambda x: 1 / (1 + math.exp(-x))
-    probs = [s(1), s(1), s(0), s(-3)]  # bins 7, 7, 5, 0
-    labels = [1, 0, 1, 0]
+    def s(x):
+        return 1 / (1 + math.exp(-x))
+
+    probs = [s(1), s(1), s(0), s(-3)]  # bins 7, 7, 5, 0; labels 1, 0, 1, 0
     ece = (2 / 4) * abs(0.5 - (probs[0] + probs[1]) / 2) + (1 / 4) * abs(1 - probs[2]) + (1 / 4) * abs(0 - probs[3])
     assert m["ece"] == pytest.approx(ece)
 

@@ -103,7 +103,7 @@ def test_token_values_padding_invariant(tok, kind):
         ids, mask = _pad(seqs, tok.pad_token_id, side)
         values = token_values(model, ids, mask)
         assert values.shape == ids.shape and values.dtype == torch.float32
-        for i, s in enumerate(seqs):
+        for i in range(len(seqs)):
             torch.testing.assert_close(values[i][mask[i].bool()], alone[i], rtol=0, atol=1e-5)
     # for a causal model, the value at the last token is the reward score
     if kind == "causal":

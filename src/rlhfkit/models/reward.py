@@ -106,7 +106,7 @@ def _hidden_size(model: nn.Module) -> int:
     config = _unwrap(model).config
     get_text = getattr(config, "get_text_config", None)
     text = get_text() if callable(get_text) else config
-    return int(getattr(text, "hidden_size", None) or getattr(text, "d_model"))
+    return int(getattr(text, "hidden_size", None) or text.d_model)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -224,7 +224,7 @@ def load_reward_model(
     model) is kept. Dropout is disabled, the pad token is distinct from EOS (embeddings resized
     if needed) and ``config.pad_token_id`` is set. A tokenizer loaded here pads on the right; a
     tokenizer passed in keeps its padding side (``reward_scores`` is padding invariant).
-    
+
     ``trained_head=True`` (scoring, evaluation): refuse a source whose score head would be
     freshly initialised (a base model, a GGUF file, a classifier with another number of
     labels): its scores would be noise that looks like a result.

@@ -4,11 +4,14 @@
   import-linter over every import of ``src/rlhfkit``, those inside functions included.
 - ``core`` imports nothing but torch and the standard library (and itself).
 - Lint: ``ruff check`` with the rules of ``[tool.ruff.lint]`` passes on the whole tree.
+- Citations: every ``docs/PPO_CHECKLIST.md #N (title)`` in ``src/`` names an item of that file
+  under its title, no comment cites a bare "detail N", and every document named exists.
 """
 from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +81,57 @@ def test_ruff_format_leaves_the_tree_as_it_is():
     """The tree is as ``ruff format`` (``[tool.ruff]``: 120 columns) writes it."""
     result = _run([sys.executable, "-m", "ruff", "format", "--check", "--no-cache", *LINTED])
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+
+
+CHECKLIST = REPO / "docs" / "PPO_CHECKLIST.md"
+CITATION = re.compile(r"PPO_CHECKLIST\.md #(\d+) \(([^)]*)\)")
+DOCUMENT = re.compile(r"\b(?:docs/)?([A-Z][A-Z_]*\.md)\b")
+
+
+def checklist_items(text: str) -> dict[int, str]:
+    """The checklist's items, number -> title, from its ``## N. title`` headings."""
+    return {int(n): title.strip() for n, title in re.findall(r"^## (\d+)\. (.+)$", text, flags=re.M)}
+
+
+def joined_lines(source: str) -> str:
+    """``source`` with its lines joined by one space, comment marks dropped, so that a citation
+    wrapped over two comment or docstring lines reads as one."""
+    return re.sub(r"[ \t]*\n[ \t]*(?:#[ \t]*)?", " ", source)
+
+
+def citation_problems(source: str, items: dict[int, str], documents: set[str]) -> list[str]:
+    """What is wrong with the citations of one source text: a checklist item that does not exist
+    or is named by another title, a bare "detail N" (of no document), a document that is not
+    there."""
+    text = joined_lines(source)
+    problems = [f"#{n} ({title}): the checklist's #{n} is {items.get(int(n))!r}"
+                for n, title in CITATION.findall(text) if items.get(int(n)) != title]
+    problems += [f"bare {m.group(0)!r}" for m in re.finditer(r"\bdetails? \d+", text)]
+    problems += [f"no document {name}" for name in DOCUMENT.findall(text) if name not in documents]
+    return problems
+
+
+def test_citation_problems_finds_each_kind():
+    items = {1: "distinct pad token", 2: "padding-aware positions"}
+    good = "# pad != eos (docs/PPO_CHECKLIST.md #1\n    # (distinct pad token)); see docs/BENCHMARKS.md"
+    assert citation_problems(good, items, {"PPO_CHECKLIST.md", "BENCHMARKS.md"}) == []
+    bad = "x  # PPO detail 2\ny  # docs/PPO_CHECKLIST.md #2 (positions)\nz  # docs/DESIGN.md #3 (t)"
+    assert citation_problems(bad, items, {"PPO_CHECKLIST.md"}) == [
+        "#2 (positions): the checklist's #2 is 'padding-aware positions'",
+        "bare 'detail 2'",
+        "no document DESIGN.md",
+    ]
+
+
+def test_citations_in_src_name_what_exists():
+    """Every checklist citation in ``src/`` names an existing item by its title, no comment cites
+    a bare "detail N", and every ``*.md`` named is in ``docs/`` or the repository's root."""
+    items = checklist_items(CHECKLIST.read_text())
+    assert sorted(items) == list(range(1, 13))
+    documents = {p.name for p in [*(REPO / "docs").glob("*.md"), *REPO.glob("*.md")]}
+    found = {}
+    for path in sorted((SRC / "rlhfkit").rglob("*.py")):
+        problems = citation_problems(path.read_text(), items, documents)
+        if problems:
+            found[str(path.relative_to(REPO))] = problems
+    assert found == {}

@@ -307,9 +307,9 @@ def test_a_finished_online_run_is_kept_and_a_checkpoint_resumes_only_with_its_se
 
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
 def test_logged_lr_is_the_rate_the_step_used(tmp_path, tiny_policy_dir, prompt_file, algo):
-    """Linear decay over max_steps x ppo_epochs x num_minibatches updates (detail 11): step s's
-    first update uses lr * (1 - s * updates_per_step / total); the log shows that rate, not the
-    next step's (the last step would otherwise log 0)."""
+    """Linear decay over max_steps x ppo_epochs x num_minibatches updates (docs/PPO_CHECKLIST.md
+    #11 (Adam eps and LR decay)): step s's first update uses lr * (1 - s * updates_per_step /
+    total); the log shows that rate, not the next step's (the last step would otherwise log 0)."""
     extra = ["--batch_size", "8", "--micro_batch_size", "4", "--max_steps", "2", "--resume", "false",
              "--ppo_epochs", "2", "--num_minibatches", "2"]
     if algo == "grpo":

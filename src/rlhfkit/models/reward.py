@@ -2,8 +2,8 @@
 causal-LM backbone (scores the last real token) or an encoder backbone (scores [CLS]/pooler).
 
 ``reward_scores`` is padding invariant: it takes positions from the attention mask (so left
-padding works for causal models, PPO detail 2) and finds the last real token from the mask,
-never from pad ids (which may equal real ids in a user's tokenizer).
+padding works for causal models, docs/PPO_CHECKLIST.md #2 (padding-aware positions)) and finds
+the last real token from the mask, never from pad ids (which may equal real ids in a user's tokenizer).
 """
 from __future__ import annotations
 
@@ -46,8 +46,9 @@ _HEAD_NAMES = ("score", "classifier", "v_head", "value_head")
 @torch.no_grad()
 def init_score_head(head: nn.Module, hidden_size: int, zero: bool = False) -> nn.Module:
     """Initialise a scalar head in place: weight ~ N(0, std=1/sqrt(hidden_size + 1)) and bias 0
-    (PPO detail 5), or weight and bias all zero with ``zero=True`` (value head from a policy,
-    PPO detail 8). Works on the last ``nn.Linear`` inside ``head``."""
+    (docs/PPO_CHECKLIST.md #5 (reward on the last real token)), or weight and bias all zero with
+    ``zero=True`` (value head from a policy, docs/PPO_CHECKLIST.md #8 (no dropout, value head
+    init)). Works on the last ``nn.Linear`` inside ``head``."""
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise TypeError(f"no nn.Linear in the head {type(head).__name__}")

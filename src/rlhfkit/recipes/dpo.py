@@ -212,7 +212,7 @@ def decoder_and_head(model):
 
 def sequence_logps(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of response-token log-probs [N], response token counts [N]) for right-padded rows.
-    Position ids come from the mask (N implementation details, detail 2).
+    Position ids come from the mask (docs/PPO_CHECKLIST.md #2 (padding-aware positions)).
 
     Logits are computed only where a label is scored: the decoder's hidden states at the K
     response positions go through the LM head ([K, V] instead of [N, T, V]; in HH-style data

@@ -143,7 +143,8 @@ def optimizer_and_scheduler(params, config: OnlineConfig, adversary=None):
     if adversary is not None:
         optimizer.add_param_group(adversary.param_group())
     total = config.max_steps * config.ppo_epochs * config.num_minibatches
-    # linear decay (detail 11); the discriminator's rate stays constant
+    # linear decay (docs/PPO_CHECKLIST.md #11 (Adam eps and LR decay)); the discriminator's rate
+    # stays constant
     return optimizer, build_scheduler(optimizer, total, config, constant_groups=int(adversary is not None))
 
 

@@ -97,7 +97,7 @@ class NativeLlamaGenerator:
 
     def __init__(self, sampling, eos_token_id: int, pad_token_id: int):
         if pad_token_id == eos_token_id:
-            raise ValueError("pad and EOS must be distinct tokens (PPO detail 1)")
+            raise ValueError("pad and EOS must be distinct tokens: docs/PPO_CHECKLIST.md #1 (distinct pad token)")
         self.sampling = sampling
         self.eos_token_id = int(eos_token_id)
         self.pad_token_id = int(pad_token_id)
@@ -195,7 +195,8 @@ class NativeLlamaGenerator:
         eye = torch.eye(P, dtype=torch.bool, device=device)
         prefill_mask = ((causal[None] & real[:, None, :]) | eye[None])[:, None]
         visible = torch.cat([real, torch.ones(B, n_new, dtype=torch.bool, device=device)], dim=1)
-        positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # PPO detail 2
+        # docs/PPO_CHECKLIST.md #2 (padding-aware positions)
+        positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
         # a model set to run in bf16 (core.precision.autocast_forward) samples in bf16 too; one
         # autocast region for the whole generation, so its cache of bf16 weight copies lives
         # across the steps (a region per step would convert every weight again for every token)

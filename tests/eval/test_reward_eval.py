@@ -40,9 +40,9 @@ def test_pair_metrics_by_hand():
 
 
 def test_format_report_header_cells_are_separated_and_aligned_with_their_values():
-    """Every header name stands apart (it used to print 'tiestie_mean_abs_diff') and each value
-    ends in the same column as its name. Widths by hand: 16 for the subset name, then 12 per
-    column except mean_margin (11 + 2 = 13) and tie_mean_abs_diff (17 + 2 = 19): 132 in all."""
+    """Every header name stands apart from its neighbours (never 'tiestie_mean_abs_diff') and
+    each value ends in the same column as its name. Widths by hand: 16 for the subset name, then
+    12 per column except mean_margin (11 + 2 = 13) and tie_mean_abs_diff (17 + 2 = 19): 132 in all."""
     from rlhfkit.eval.reward_eval import format_report
 
     overall = {"pairs": 3, "accuracy": 0.5, "precision": 0.25, "recall": 1.0, "f1": 0.4, "ece": 0.125,

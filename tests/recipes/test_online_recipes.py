@@ -285,9 +285,9 @@ def test_sample_table_resume_keeps_rows_whose_text_holds_line_separators(tmp_pat
 
 def test_a_finished_online_run_is_kept_and_a_checkpoint_resumes_only_with_its_settings(tmp_path, tiny_policy_dir,
                                                                                      prompt_file, capsys):
-    """Rerunning a finished GRPO run returns its final metrics without training again (it used to
-    continue from its last checkpoint and overwrite the model); a checkpoint is continued only
-    under the settings that wrote it (it used to continue another run's weights and schedule)."""
+    """Rerunning a finished GRPO run returns its final metrics without training again or
+    rewriting its model; a checkpoint is continued only under the settings that wrote it, other
+    settings are refused naming the field."""
     from rlhfkit.training.config import ConfigError
 
     out = tmp_path / "grpo"

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any, Callable
 
 import torch
 
+from .callbacks import step_ended
 from .checkpoint import (folder_problem, load_checkpoint, resume_checkpoint, save_checkpoint, save_manifested,
                          unwrap)
 from .distributed import (
@@ -383,13 +383,6 @@ class BestWeights:
         return True
 
 
-def _kill_for_tests(step: int) -> None:
-    # Test hook: SIGKILL ourselves right after `step`, to prove resume after a hard kill.
-    target = os.environ.get("RLHFKIT_TEST_SIGKILL_AFTER_STEP")
-    if target and int(target) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Hugging Face activation checkpointing of every decoder / encoder layer (LoRA-wrapped models
     too). Non-reentrant: the recomputation needs no input that requires grad, so frozen
@@ -533,7 +526,7 @@ def fit(
                                 keep_last=config.keep_checkpoints,
                                 model_state=model_state, optimizer_state=optimizer_state)
             barrier(info)
-        _kill_for_tests(step_done)
+        step_ended(step_done)
     bar.close()
     if eval_fn is not None:
         scores = evaluated(eval_fn)

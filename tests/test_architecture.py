@@ -4,6 +4,8 @@
   import-linter over every import of ``src/rlhfkit``, those inside functions included.
 - ``core`` imports nothing but torch and the standard library (and itself).
 - Lint: ``ruff check`` with the rules of ``[tool.ruff.lint]`` passes on the whole tree.
+- No module imports a private name (``_x``) from another package (each exception listed here with
+  its reason).
 - Citations: every ``docs/PPO_CHECKLIST.md #N (title)`` in ``src/`` names an item of that file
   under its title, no comment cites a bare "detail N", and every document named exists.
 """
@@ -135,3 +137,43 @@ def test_citations_in_src_name_what_exists():
         if problems:
             found[str(path.relative_to(REPO))] = problems
     assert found == {}
+
+
+# private names imported from another package, each with its reason; remove the entry with the import
+PRIVATE_IMPORTS_ALLOWED = {
+    # the loop reads its prompts with the pipeline's prompt pool; one load_prompts in data/
+    # (issue 23 item 1) removes it
+    ("rlhfkit.loop.run", "rlhfkit.pipeline.stages._prompt_pool"),
+    # finished_run reads the resume fingerprint's free fields; run identity moving to one module in
+    # training/ (issue 23 item 2) removes it
+    ("rlhfkit.recipes.common", "rlhfkit.training.loop._RESUME_FREE_FIELDS"),
+}
+
+
+def private_imports(source: str, module: str) -> set[tuple[str, str]]:
+    """(module, imported name) for each private name (one leading underscore, not a dunder)
+    ``source`` imports from another top-level package of rlhfkit, at any depth."""
+    package = module.split(".")[1] if module.count(".") else ""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("rlhfkit."):
+            if node.module.split(".")[1] != package:
+                found |= {(module, f"{node.module}.{a.name}") for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")}
+    return found
+
+
+def test_private_imports_sees_other_packages_only():
+    source = "from rlhfkit.pipeline.stages import _pool, pool\ndef f():\n    from rlhfkit.loop.x import _y\n"
+    assert private_imports(source, "rlhfkit.loop.run") == {("rlhfkit.loop.run", "rlhfkit.pipeline.stages._pool")}
+    assert private_imports("from rlhfkit import __version__", "rlhfkit.cli") == set()
+
+
+def test_no_private_name_is_imported_across_packages():
+    """A package uses another's public names only; the exceptions are listed, each with its reason,
+    and an entry whose import is gone is removed from the list."""
+    found = set()
+    for path in sorted((SRC / "rlhfkit").rglob("*.py")):
+        module = ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+        found |= private_imports(path.read_text(), module)
+    assert found == PRIVATE_IMPORTS_ALLOWED

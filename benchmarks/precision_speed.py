@@ -4,7 +4,7 @@ from float32's.
 
     .venv/bin/python benchmarks/precision_speed.py [--threads 1] [--repeats 5] [--batch 8] [--length 256]
 
-A training step is what ``fit`` does for SFT: forward in autocast (``training.precision``: the
+A training step is what ``fit`` does for SFT: forward in autocast (``core.precision``: the
 head kept float32), token-mean cross-entropy, backward, AdamW step, on ``--batch`` x ``--length``
 tokens of HH-RLHF dialogues. The log-prob pass is ``rollout.response_logprobs``-style (no grad).
 Generation is the native sampler (``--engine hf``: ``model.generate``), greedy, 32 new tokens for ``--batch`` prompts. The two
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(a.threads)
     from rlhfkit.models import load_policy
     from rlhfkit.rollout import SamplingConfig, make_sampler
-    from rlhfkit.training.precision import autocast, autocast_forward, keep_head_fp32
+    from rlhfkit.core.precision import autocast, autocast_forward, keep_head_fp32
 
     model, tok = load_policy(a.model, padding_side="right")
     keep_head_fp32(model)  # no effect in float32

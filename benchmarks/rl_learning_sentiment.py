@@ -132,7 +132,10 @@ def main(argv):
         a.n_pair_prompts, a.n_heldout, a.max_new_tokens, a.budget_minutes = 128, 32, 12, 0.5
     if a.from_pipeline:
         pipe = Path(a.from_pipeline)
-        read = lambda f: [json.loads(l)["prompt"] for l in (pipe / "feedback" / f).read_text().splitlines()]
+
+        def read(f):
+            return [json.loads(l)["prompt"] for l in (pipe / "feedback" / f).read_text().splitlines()]
+
         train, held = read("train_prompts.jsonl"), read("eval_prompts.jsonl")
     else:
         all_prompts = [r.prompt for r in load_movie_review_prompts(n_words=8)]

@@ -161,7 +161,7 @@ def main(argv: list[str]) -> None:
     rows = []
     for algo in a.algos.split(","):
         results: dict[str, list[dict]] = {"rlhfkit": [], "trl": []}
-        for rep in range(a.repeats):
+        for _ in range(a.repeats):
             for impl in ("rlhfkit", "trl"):  # interleaved so drifting machine load hits both
                 cmd = [sys.executable, __file__, "--worker", impl, "--algo", algo, "--model_path", model_path,
                        "--steps", str(a.steps), "--batch_size", str(a.batch_size), "--k", str(a.k),

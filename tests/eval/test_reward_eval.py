@@ -31,17 +31,18 @@ def test_pair_metrics_by_hand():
     # pair3 flipped (r,c)=(0,3) label 0, first-second=-3 -> pred 0 (TN)
     assert m["precision"] == pytest.approx(0.5) and m["recall"] == pytest.approx(0.5)
     assert m["f1"] == pytest.approx(0.5)
-    s = lambda x: 1 / (1 + math.exp(-x))
-    probs = [s(1), s(1), s(0), s(-3)]  # bins 7, 7, 5, 0
-    labels = [1, 0, 1, 0]
+    def s(x):
+        return 1 / (1 + math.exp(-x))
+
+    probs = [s(1), s(1), s(0), s(-3)]  # bins 7, 7, 5, 0; labels 1, 0, 1, 0
     ece = (2 / 4) * abs(0.5 - (probs[0] + probs[1]) / 2) + (1 / 4) * abs(1 - probs[2]) + (1 / 4) * abs(0 - probs[3])
     assert m["ece"] == pytest.approx(ece)
 
 
 def test_format_report_header_cells_are_separated_and_aligned_with_their_values():
-    """Every header name stands apart (it used to print 'tiestie_mean_abs_diff') and each value
-    ends in the same column as its name. Widths by hand: 16 for the subset name, then 12 per
-    column except mean_margin (11 + 2 = 13) and tie_mean_abs_diff (17 + 2 = 19): 132 in all."""
+    """Every header name stands apart from its neighbours (never 'tiestie_mean_abs_diff') and
+    each value ends in the same column as its name. Widths by hand: 16 for the subset name, then
+    12 per column except mean_margin (11 + 2 = 13) and tie_mean_abs_diff (17 + 2 = 19): 132 in all."""
     from rlhfkit.eval.reward_eval import format_report
 
     overall = {"pairs": 3, "accuracy": 0.5, "precision": 0.25, "recall": 1.0, "f1": 0.4, "ece": 0.125,

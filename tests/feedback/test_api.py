@@ -4,9 +4,9 @@ import json
 from collections import Counter
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
-from rlhfkit.data import DataError, read_records
+from rlhfkit.data import read_records
 from rlhfkit.feedback import db
 from rlhfkit.feedback.export import export_hf, export_records
 
@@ -108,7 +108,7 @@ def test_gold_mixed_in_and_scored(env):
 
 @BOTH_BACKENDS
 def test_skip_frees_the_slot_and_idempotent_submit(env):
-    pid = make_project(env.client, env.admin, "thumbs", [{"prompt": "p", "completion": "c"}], overlap=1)
+    make_project(env.client, env.admin, "thumbs", [{"prompt": "p", "completion": "c"}], overlap=1)
     t = env.client.post("/api/tasks/next", headers=env.ann).json()
     assert env.client.post("/api/tasks/next", headers=env.ann).json()["task_id"] == t["task_id"]  # same open task
     assert env.client.post("/api/tasks/next", headers=env.bob).status_code == 204  # slot taken

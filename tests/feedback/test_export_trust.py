@@ -104,8 +104,8 @@ def test_an_empty_or_unusable_key_file_is_refused_never_an_empty_key(env, tmp_pa
 
 def test_processes_making_the_key_at_once_all_read_the_one_key(tmp_path, monkeypatch):
     """Eight processes asking for a new store's key at the same moment, ten times over: each time
-    they all get the same key, and never an empty one (a file created empty, then written, was
-    read in between)."""
+    they all get the same key, and never an empty one (no process reads the key file between
+    its creation and its write)."""
     import multiprocessing as mp
 
     from rlhfkit.feedback.export import labeler_key

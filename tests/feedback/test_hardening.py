@@ -166,7 +166,7 @@ def test_an_item_id_longer_than_its_column_is_422(env):
     """An item's own ``id`` (string or integer) is at most 200 characters, the column's width: a
     longer one is a 422 naming ``id`` (PostgreSQL would refuse the insert: a 500)."""
     pid = make_project(env.client, env.admin, "thumbs", [{"prompt": "p", "completion": "c", "id": "x" * 200}])
-    for ext, loc in (("x" * 201, ["body", "items", 0, "id"]), (10**250, ["body", "items", 0, "id"])):
+    for ext in ("x" * 201, 10**250):
         r = env.client.post(f"/api/admin/projects/{pid}/items", json={"items": [{"prompt": "p", "completion": "c",
                                                                                 "id": ext}]}, headers=env.admin)
         assert r.status_code == 422, r.text

@@ -11,6 +11,7 @@ import pytest
 from rlhfkit.loop import run as loop_run
 from rlhfkit.loop.run import ROUND_STAGES, Loop
 
+from .. import kill_after_step
 from .conftest import tiny_loop_config
 
 
@@ -160,8 +161,8 @@ def test_sigkill_mid_round_then_the_cli_rerun_resumes(tmp_path, loop_prompts):
             obj = getattr(obj, part)
         args += [f"--{k}", str(obj)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_NO_PROGRESS": "1"}
-    killed = subprocess.run(args, env={**env, "RLHFKIT_TEST_SIGKILL_AFTER_STEP": "1"}, capture_output=True,
-                            text=True, timeout=120)
+    killed = subprocess.run(kill_after_step.command(1, args[3:]), env=env, capture_output=True, text=True,
+                            timeout=120)
     assert killed.returncode == -9, killed.stderr[-2000:]
     state = json.loads((out / "loop_state.json").read_text())
     assert (state["round"], state["stage"], state["status"]) == (1, "reward", "running")

@@ -79,17 +79,41 @@ def test_uncertainty_selection_picks_the_highest_disagreement():
     assert 2 not in select_pairs(PAIRS, 2, "uncertainty", seed=3, scores=SCORES, groups=GROUPS, measure="margin")
 
 
-def test_group_cap_random_baseline_and_errors():
-    # two pairs from prompt 0 are the most uncertain; with the cap one of them, then prompt 1's
-    scores = torch.tensor([[3.0, -3.0, 0.0, 1.0, 0.0], [-3.0, 3.0, 0.0, -1.0, 0.0]])
+def test_the_group_cap_takes_one_pair_per_prompt_before_a_second():
+    """With ``max_per_group`` 1 a prompt gives its most uncertain pair, then the other prompts
+    theirs, before it gives a second; with 0 the order is the uncertainty's alone; a budget the
+    cap cannot fill is spent in ranking order. Variances by hand (two members, p = sigmoid of
+    the score difference, population variance = ((p1 - p2) / 2)^2): pair 0 differs by +-6, 0.2475;
+    pair 2 by +-3.5, 0.2215; pair 1 by +-2.5, 0.1799; pair 3 (prompt 1) by +-1, 0.0534."""
+    scores = torch.tensor([[3.0, -3.0, 0.5, 1.0, 0.0], [-3.0, 3.0, -0.5, -1.0, 0.0]])
     groups = [0, 0, 0, 1, 1]
     pairs = candidate_pairs(groups)
     assert pairs == [(0, 1), (0, 2), (1, 2), (3, 4)]
-    picked = select_pairs(pairs, 2, "uncertainty", seed=0, scores=scores, groups=groups)
-    assert picked[0] == 0 and picked[1] == 3
-    assert select_pairs(pairs, 2, "uncertainty", seed=0, scores=scores, groups=groups, max_per_group=0)[:2] == [0, 1] \
-        or select_pairs(pairs, 2, "uncertainty", seed=0, scores=scores, groups=groups, max_per_group=0)[:2] == [0, 2]
-    assert len(select_pairs(pairs, 4, "uncertainty", seed=0, scores=scores, groups=groups)) == 4  # cap lifted
+    assert pair_uncertainty(scores, pairs).tolist() == pytest.approx([0.2475, 0.1799, 0.2215, 0.0534], abs=1e-4)
+    for seed in range(5):  # no ties: the seed changes nothing
+        assert select_pairs(pairs, 2, "uncertainty", seed=seed, scores=scores, groups=groups) == [0, 3]
+        uncapped = select_pairs(pairs, 3, "uncertainty", seed=seed, scores=scores, groups=groups, max_per_group=0)
+        assert uncapped == [0, 2, 1]
+        assert select_pairs(pairs, 4, "uncertainty", seed=seed, scores=scores, groups=groups) == [0, 3, 2, 1]  # lifted
+
+
+def test_equal_uncertainty_is_ordered_by_the_seed():
+    """Pairs of equal uncertainty come in the seeded random order, not by index: pairs 1 and 2
+    both differ by +-3 (0.2048), and over seeds each comes first, each seed always the same."""
+    scores = torch.tensor([[3.0, -3.0, 0.0, 1.0, 0.0], [-3.0, 3.0, 0.0, -1.0, 0.0]])
+    groups = [0, 0, 0, 1, 1]
+    pairs = candidate_pairs(groups)
+    picks = {seed: select_pairs(pairs, 2, "uncertainty", seed=seed, scores=scores, groups=groups, max_per_group=0)
+             for seed in range(20)}
+    assert {tuple(p) for p in picks.values()} == {(0, 1), (0, 2)}
+    assert all(select_pairs(pairs, 2, "uncertainty", seed=seed, scores=scores, groups=groups, max_per_group=0) == p
+               for seed, p in picks.items())
+
+
+def test_random_baseline_and_errors():
+    scores = torch.tensor([[3.0, -3.0, 0.0, 1.0, 0.0], [-3.0, 3.0, 0.0, -1.0, 0.0]])
+    groups = [0, 0, 0, 1, 1]
+    pairs = candidate_pairs(groups)
     r1 = select_pairs(pairs, 2, "random", seed=7, groups=groups)
     assert r1 == select_pairs(pairs, 2, "random", seed=7, groups=groups)  # seeded
     assert candidate_pairs([0, 0, 1, 1], ["x", "x", "a", " "]) == []  # identical / empty texts

@@ -103,7 +103,7 @@ def test_token_values_padding_invariant(tok, kind):
         ids, mask = _pad(seqs, tok.pad_token_id, side)
         values = token_values(model, ids, mask)
         assert values.shape == ids.shape and values.dtype == torch.float32
-        for i, s in enumerate(seqs):
+        for i in range(len(seqs)):
             torch.testing.assert_close(values[i][mask[i].bool()], alone[i], rtol=0, atol=1e-5)
     # for a causal model, the value at the last token is the reward score
     if kind == "causal":
@@ -181,7 +181,7 @@ def test_make_value_model_from_policy_and_reward(tok):
     policy = tiny_causal_lm(tok)
     value = make_value_model(policy)
     assert type(value).__name__ == "LlamaForSequenceClassification"
-    assert torch.count_nonzero(score_head(value).weight) == 0  # PPO detail 8
+    assert torch.count_nonzero(score_head(value).weight) == 0  # docs/PPO_CHECKLIST.md #8 (no dropout, value head init)
     ids = torch.tensor([tok("values start at zero").input_ids])
     assert torch.count_nonzero(token_values(value, ids, torch.ones_like(ids))) == 0
     torch.testing.assert_close(value.model.layers[0].mlp.up_proj.weight, policy.model.layers[0].mlp.up_proj.weight)

@@ -12,6 +12,7 @@ import pytest
 from rlhfkit.pipeline import run as run_pipeline
 from rlhfkit.pipeline import stages
 
+from .. import kill_after_step
 from ..conftest import REPO_ROOT, SHARED_DATA
 from .conftest import tiny_config
 
@@ -156,8 +157,8 @@ def test_resume_after_sigkill_in_the_policy_stage(tmp_path, pipeline_data):
     cmd = [sys.executable, "-m", "rlhfkit.cli", "pipeline", "--config", str(cfg), "--quick", "--threads", "1",
            "--output_dir", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_NO_PROGRESS": "1"}
-    killed = subprocess.run(cmd, env={**env, "RLHFKIT_TEST_SIGKILL_AFTER_STEP": "3"}, capture_output=True,
-                            text=True, timeout=300)
+    killed = subprocess.run(kill_after_step.command(3, cmd[3:]), env=env, capture_output=True, text=True,
+                            timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     rec = records(out)
     assert rec["reward"]["status"] == "done" and rec["policy"]["status"] == "running"

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ..kill_after_step import SCRIPT as KILL_AFTER_STEP
+
 WORDS = ("the cat dog bird sat ran on under a mat log tree happy sad quick slow red blue green "
          "big small old new good bad sun moon star sky sea land").split()
 
@@ -93,15 +95,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_cli(args: list[str], env_extra: dict | None = None, torchrun: int = 0, timeout: int = 600):
-    """Run `rlhfkit ...` in a fresh process (one torch thread), optionally under torchrun."""
+def run_cli(args: list[str], env_extra: dict | None = None, torchrun: int = 0, timeout: int = 600,
+            kill_after: int | None = None):
+    """Run `rlhfkit ...` in a fresh process (one torch thread), optionally under torchrun;
+    ``kill_after``: every process SIGKILLs itself once that training step is done
+    (``tests/kill_after_step.py``)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1",
            **(env_extra or {})}
+    entry = ["-m", "rlhfkit.cli"] if kill_after is None else [KILL_AFTER_STEP, str(kill_after)]
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}",
-               f"--master_port={free_port()}", "-m", "rlhfkit.cli", *args]
+               f"--master_port={free_port()}", *entry, *args]
     else:
-        cmd = [sys.executable, "-m", "rlhfkit.cli", *args]
+        cmd = [sys.executable, *entry, *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -159,7 +165,7 @@ def assert_resume_exact(tmp_path: Path, make_args, algo: str, policy, prompts, c
     r = run_cli(make_args(algo, policy, prompts, straight, *common), torchrun=torchrun)
     assert r.returncode == 0, r.stderr[-3000:]
     r = run_cli(make_args(algo, policy, prompts, killed, *common), torchrun=torchrun,
-                env_extra={"RLHFKIT_TEST_SIGKILL_AFTER_STEP": str(kill_after)})
+                kill_after=kill_after)
     assert (r.returncode != 0) if torchrun else (r.returncode == -signal.SIGKILL), (r.returncode, r.stderr[-3000:])
     assert (killed / f"checkpoint-{checkpoint}").is_dir() and not (killed / "model").exists()
     warning = damage(killed / f"checkpoint-{checkpoint}") if damage is not None else None

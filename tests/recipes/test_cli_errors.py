@@ -26,14 +26,14 @@ def test_reward_eval_missing_model_path(capsys, tmp_path, pair_file):
 
 
 @pytest.mark.parametrize("command,override,field", [
-    (["sft"], ["--lr_schedule", "cosine"], "lr_schedule"),  # used to train with a linear schedule
+    (["sft"], ["--lr_schedule", "cosine"], "lr_schedule"),  # refused, not trained with a linear schedule
     (["sft"], ["--parallel", "zero3"], "parallel"),
     (["sft"], ["--warmup_ratio", "1.5"], "warmup_ratio"),
     (["sft"], ["--on_error", "ignore"], "on_error"),
     (["sft"], ["--eval_fraction", "1.5"], "eval_fraction"),
     (["sft"], ["--max_length", "0"], "max_length"),
-    (["sft"], ["--epochs", "0", "--max_steps", "0"], "epochs"),
-    (["reward", "train"], ["--ties", "maybe"], "ties"),  # used to keep ties silently
+    (["sft"], ["--epochs", "0", "--max_steps", "0"], "epochs' / 'max_steps"),  # the two together
+    (["reward", "train"], ["--ties", "maybe"], "ties"),  # refused, not read as "keep"
     (["reward", "train"], ["--kind", "decoder"], "kind"),
     (["reward", "train"], ["--objective", "regression", "--normalise_ratings", "zscore"], "normalise_ratings"),
     (["reward", "train"], ["--normalise_ratings", "per_labeler"], "normalise_ratings"),  # pairs have no ratings
@@ -45,7 +45,7 @@ def test_bad_choice_is_a_config_error(capsys, tmp_path, command, override, field
                               *(["--output_dir", str(tmp_path / "o")] if command[-1] != "eval" else []),
                               *override])
     assert code == 2, err
-    assert f"field '{field}'" in err or f"fields '{field}'" in err, err
+    assert (f"fields '{field}'" if " / " in field else f"field '{field}'") in err, err
     assert ": error: command line: " in err, err  # the value came from the command line, not a file
 
 
@@ -86,8 +86,8 @@ def test_resume_with_other_settings_is_refused(capsys, tmp_path, tiny_policy_dir
 ])
 def test_misspelt_reward_spec_is_refused_before_anything_runs(capsys, tmp_path, argv, field, message):
     """A reward / judge spec is checked with the config: one error line naming the field, before
-    a model, data set or stage folder is touched (it used to be a traceback from deep inside,
-    and the pipeline left a stage marked running)."""
+    a model, data set or stage folder is touched: no traceback, and no output folder (so no
+    pipeline stage is left marked running)."""
     out = tmp_path / "o"
     code, err = _run(capsys, [*argv, "--output_dir", str(out)] if argv[0] != "eval" else argv)
     assert code == 2, err
@@ -156,9 +156,9 @@ def _sft(tiny_policy_dir, sft_file, out, *extra):
 
 
 def test_a_finished_run_is_kept_not_silently_trained_again(capsys, tmp_path, tiny_policy_dir, sft_file):
-    """Rerunning a finished run with the same settings leaves its model and metrics alone (it
-    used to retrain from scratch and overwrite them: no checkpoint is kept at the end); other
-    settings are refused naming the field; --resume false trains afresh."""
+    """Rerunning a finished run with the same settings leaves its model and metrics alone, though
+    no checkpoint is kept at the end to resume from; other settings are refused naming the field;
+    --resume false trains afresh."""
     import json
 
     out = tmp_path / "o"
@@ -228,7 +228,7 @@ def test_max_steps_is_the_number_of_steps_even_past_one_epoch(tmp_path, tiny_pol
 
 
 def test_reward_eval_of_a_policy_is_refused(capsys, tiny_policy_dir, pair_file):
-    """`reward eval` on a language model (no trained score head) used to print an accuracy from a
-    randomly initialised head and exit 0."""
+    """`reward eval` on a language model (no trained score head) is refused (exit 2, "not a
+    trained reward model"): an accuracy from a randomly initialised head would look like a result."""
     code, err = _run(capsys, ["reward", "eval", "--model", str(tiny_policy_dir), "--data", str(pair_file)])
     assert code == 2 and "not a trained reward model" in err, err

@@ -192,7 +192,7 @@ def test_dpo_sigkill_and_resume_gives_identical_weights(tmp_path, tiny_policy_di
                                          "--save_every", "4")]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert main(args(straight)) == 0
-    r = run_cli(args(killed), env_extra={"RLHFKIT_TEST_SIGKILL_AFTER_STEP": "10"})
+    r = run_cli(args(killed), kill_after=10)
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-3000:])
     assert (killed / "checkpoint-8").is_dir() and not (killed / "model").exists()
     capsys.readouterr()

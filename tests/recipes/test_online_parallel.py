@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import assert_resume_exact, free_port, load_weights, run_cli
+from .conftest import assert_resume_exact, free_port, load_weights
 from .test_online_recipes import args
 
 WORKER = Path(__file__).with_name("online_update_worker.py")

@@ -285,9 +285,9 @@ def test_sample_table_resume_keeps_rows_whose_text_holds_line_separators(tmp_pat
 
 def test_a_finished_online_run_is_kept_and_a_checkpoint_resumes_only_with_its_settings(tmp_path, tiny_policy_dir,
                                                                                      prompt_file, capsys):
-    """Rerunning a finished GRPO run returns its final metrics without training again (it used to
-    continue from its last checkpoint and overwrite the model); a checkpoint is continued only
-    under the settings that wrote it (it used to continue another run's weights and schedule)."""
+    """Rerunning a finished GRPO run returns its final metrics without training again or
+    rewriting its model; a checkpoint is continued only under the settings that wrote it, other
+    settings are refused naming the field."""
     from rlhfkit.training.config import ConfigError
 
     out = tmp_path / "grpo"
@@ -307,9 +307,9 @@ def test_a_finished_online_run_is_kept_and_a_checkpoint_resumes_only_with_its_se
 
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
 def test_logged_lr_is_the_rate_the_step_used(tmp_path, tiny_policy_dir, prompt_file, algo):
-    """Linear decay over max_steps x ppo_epochs x num_minibatches updates (detail 11): step s's
-    first update uses lr * (1 - s * updates_per_step / total); the log shows that rate, not the
-    next step's (the last step would otherwise log 0)."""
+    """Linear decay over max_steps x ppo_epochs x num_minibatches updates (docs/PPO_CHECKLIST.md
+    #11 (Adam eps and LR decay)): step s's first update uses lr * (1 - s * updates_per_step /
+    total); the log shows that rate, not the next step's (the last step would otherwise log 0)."""
     extra = ["--batch_size", "8", "--micro_batch_size", "4", "--max_steps", "2", "--resume", "false",
              "--ppo_epochs", "2", "--num_minibatches", "2"]
     if algo == "grpo":

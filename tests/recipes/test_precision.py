@@ -9,7 +9,7 @@ import torch
 
 import rlhfkit.recipes.dpo as dpo
 from rlhfkit.training.config import ConfigError, load_config
-from rlhfkit.training.precision import autocast, keep_head_fp32, output_heads
+from rlhfkit.core.precision import autocast, keep_head_fp32, output_heads
 
 from .conftest import load_weights
 from .test_dpo_kto import dpo_args
@@ -174,7 +174,7 @@ def test_autocast_forward_hooks(tiny_policy_dir):
     import copy
 
     from rlhfkit.models import apply_lora, load_policy
-    from rlhfkit.training.precision import autocast_forward
+    from rlhfkit.core.precision import autocast_forward
 
     model, tok = load_policy(str(tiny_policy_dir))
     ids = torch.tensor([[5, 6, 7, 8, 9]])
@@ -280,7 +280,7 @@ def test_a_finished_run_is_not_taken_for_one_at_another_precision(tmp_path, tiny
 
 def test_an_interrupt_inside_a_wrapped_forward_leaves_autocast_as_it_was(tiny_policy_dir):
     from rlhfkit.models import load_policy
-    from rlhfkit.training.precision import autocast_forward
+    from rlhfkit.core.precision import autocast_forward
 
     model, _ = load_policy(str(tiny_policy_dir))
     autocast_forward(model, "bf16")
@@ -306,7 +306,7 @@ def test_native_sampler_follows_the_models_precision(tiny_policy_dir):
     with float32 logits: its first-step logits match the hooked HF forward's, not float32's."""
     from rlhfkit.models import load_policy
     from rlhfkit.rollout import SamplingConfig, make_sampler
-    from rlhfkit.training.precision import autocast_forward
+    from rlhfkit.core.precision import autocast_forward
 
     model, tok = load_policy(str(tiny_policy_dir))
     ids = torch.tensor([[5, 6, 7, 8, 9], [7, 7, 8, 9, 10]])
@@ -335,7 +335,7 @@ def test_samplers_run_one_autocast_region_per_generation(tiny_policy_dir, engine
     every token; a float32 model samples with autocast off."""
     from rlhfkit.models import load_policy
     from rlhfkit.rollout import SamplingConfig, make_sampler
-    from rlhfkit.training.precision import autocast_forward
+    from rlhfkit.core.precision import autocast_forward
 
     model, tok = load_policy(str(tiny_policy_dir))
     ids = torch.tensor([[5, 6, 7, 8, 9]])

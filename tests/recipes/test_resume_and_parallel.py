@@ -31,7 +31,7 @@ def test_sft_sigkill_and_resume_gives_identical_weights(tmp_path, tiny_policy_di
     # killed after step 14 (last checkpoint at 12): the resumed run redoes 13 and 14,
     # crossing the epoch boundary at step 10 happened before the kill.
     r = run_cli(sft_args(tiny_policy_dir, sft_file, killed, "--save_every", "4"),
-                env_extra={"RLHFKIT_TEST_SIGKILL_AFTER_STEP": "14"})
+                kill_after=14)
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-3000:])
     assert (killed / "checkpoint-12").is_dir() and not (killed / "model").exists()
     r = run_cli(sft_args(tiny_policy_dir, sft_file, killed, "--save_every", "4"))
@@ -63,7 +63,7 @@ def test_sft_resumes_past_a_bit_flipped_checkpoint_to_identical_weights(tmp_path
 def test_sft_with_no_intact_checkpoint_stops_with_an_error_naming_the_damage(tmp_path, tiny_policy_dir, sft_file):
     out = tmp_path / "run"
     args = sft_args(tiny_policy_dir, sft_file, out, "--max_steps", "4", "--save_every", "2")
-    r = run_cli(args, env_extra={"RLHFKIT_TEST_SIGKILL_AFTER_STEP": "2"})
+    r = run_cli(args, kill_after=2)
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-3000:])
     model = out / "checkpoint-2" / "model.pt"
     size = model.stat().st_size

@@ -78,8 +78,8 @@ def test_a_turn_the_model_cannot_take_is_told_and_dropped(tiny_chat, tmp_path):
 
 
 def test_at_a_terminal_lines_are_edited_and_ctrl_c_leaves(tiny_chat_dir, tmp_path):
-    """Through a pseudo-terminal: the arrow keys edit the line (their escape codes used to reach
-    the model and the store), and Ctrl-C ends the chat with its summary, not a traceback."""
+    """Through a pseudo-terminal: the arrow keys edit the line (their escape codes reach neither
+    the model nor the store), and Ctrl-C ends the chat with its summary, not a traceback."""
     import pty
     import select
     import time

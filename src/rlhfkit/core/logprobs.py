@@ -7,7 +7,7 @@ IGNORE_INDEX = -100
 
 
 def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    # PPO "N implementation details" (Huang et al. 2022), detail 3: the logits must be divided by
+    # docs/PPO_CHECKLIST.md #3 (temperature in log-probs): the logits must be divided by
     # the sampling temperature before the log-softmax, otherwise the log-probs used in the
     # ratio / KL do not match the distribution the responses were sampled from.
     if temperature <= 0:

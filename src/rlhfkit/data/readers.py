@@ -103,7 +103,7 @@ def _read_all(path: Path) -> bytes:
 
 def _is_json_name(path: Path) -> bool:
     name = path.name.lower()
-    return name.endswith(".json") or name.endswith(".json.gz")
+    return name.endswith((".json", ".json.gz"))
 
 
 def _is_json_list(path: Path, data: bytes) -> bool:

@@ -13,7 +13,7 @@ boundaries exact and encoder tokenizers' ``[CLS] a [SEP] b [SEP]`` layout correc
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 

@@ -10,7 +10,8 @@
 - the KL to the reference is ``core.kl.sequence_kl`` (k1, or k3 which is never negative) of the
   policy's OWN samples, an unbiased estimate of KL(pi || pi_ref) per sequence, with the
   reference's log-probs from ``rollout.rollout_logprobs`` (one teacher-forced pass at the same
-  temperature, PPO detail 3): the same two functions the online recipes and the loop use.
+  temperature, docs/PPO_CHECKLIST.md #3 (temperature in log-probs)): the same two functions the
+  online recipes and the loop use.
 """
 from __future__ import annotations
 

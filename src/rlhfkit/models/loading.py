@@ -1,8 +1,9 @@
 """Resolve and load tokenizers and causal language models (HF name, local folder, ``.gguf`` file
 or an alias of an embedded model), with the RLHF set-up every trainer wants:
 
-- a pad token distinct from EOS (PPO detail 1: with ``pad == eos`` the EOS tokens of finished
-  responses are masked out like padding, and the model never learns to stop);
+- a pad token distinct from EOS (docs/PPO_CHECKLIST.md #1 (distinct pad token): with
+  ``pad == eos`` the EOS tokens of finished responses are masked out like padding, and the model
+  never learns to stop);
 - dropout disabled everywhere (so the log-probs of the rollout, the reference and the update
   are computed by the same deterministic function);
 - ``config.pad_token_id`` set and the embeddings resized when the tokenizer grew, without

@@ -34,8 +34,9 @@ def apply_lora(model: nn.Module, r: int = 16, alpha: int = 32, dropout: float = 
     was_training = model.training
     peft_model = get_peft_model(model, config)
     # the adapter's new modules start in train mode whatever the model's mode: a model loaded for
-    # sampling (eval mode) would draw LoRA dropout in its rollouts and no-grad passes (detail 8)
-    # until something called .eval(), and a resumed run would not repeat the original's draws
+    # sampling (eval mode) would draw LoRA dropout in its rollouts and no-grad passes
+    # (docs/PPO_CHECKLIST.md #8 (no dropout, value head init)) until something called .eval(),
+    # and a resumed run would not repeat the original's draws
     peft_model.train(was_training)
     if dropout == 0.0:
         disable_dropout(peft_model)

@@ -2,8 +2,8 @@
 causal-LM backbone (scores the last real token) or an encoder backbone (scores [CLS]/pooler).
 
 ``reward_scores`` is padding invariant: it takes positions from the attention mask (so left
-padding works for causal models, PPO detail 2) and finds the last real token from the mask,
-never from pad ids (which may equal real ids in a user's tokenizer).
+padding works for causal models, docs/PPO_CHECKLIST.md #2 (padding-aware positions)) and finds
+the last real token from the mask, never from pad ids (which may equal real ids in a user's tokenizer).
 """
 from __future__ import annotations
 
@@ -46,8 +46,9 @@ _HEAD_NAMES = ("score", "classifier", "v_head", "value_head")
 @torch.no_grad()
 def init_score_head(head: nn.Module, hidden_size: int, zero: bool = False) -> nn.Module:
     """Initialise a scalar head in place: weight ~ N(0, std=1/sqrt(hidden_size + 1)) and bias 0
-    (PPO detail 5), or weight and bias all zero with ``zero=True`` (value head from a policy,
-    PPO detail 8). Works on the last ``nn.Linear`` inside ``head``."""
+    (docs/PPO_CHECKLIST.md #5 (reward on the last real token)), or weight and bias all zero with
+    ``zero=True`` (value head from a policy, docs/PPO_CHECKLIST.md #8 (no dropout, value head
+    init)). Works on the last ``nn.Linear`` inside ``head``."""
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise TypeError(f"no nn.Linear in the head {type(head).__name__}")
@@ -106,7 +107,7 @@ def _hidden_size(model: nn.Module) -> int:
     config = _unwrap(model).config
     get_text = getattr(config, "get_text_config", None)
     text = get_text() if callable(get_text) else config
-    return int(getattr(text, "hidden_size", None) or getattr(text, "d_model"))
+    return int(getattr(text, "hidden_size", None) or text.d_model)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -224,7 +225,7 @@ def load_reward_model(
     model) is kept. Dropout is disabled, the pad token is distinct from EOS (embeddings resized
     if needed) and ``config.pad_token_id`` is set. A tokenizer loaded here pads on the right; a
     tokenizer passed in keeps its padding side (``reward_scores`` is padding invariant).
-    
+
     ``trained_head=True`` (scoring, evaluation): refuse a source whose score head would be
     freshly initialised (a base model, a GGUF file, a classifier with another number of
     labels): its scores would be noise that looks like a result.

@@ -1,8 +1,9 @@
 """Value models: a ``*ForSequenceClassification`` (``num_labels=1``) whose scalar head is applied
 at every position, giving one value per token.
 
-``make_value_model`` builds one from a policy (backbone copied, head zero-initialised, PPO
-detail 8) or from a reward model (backbone and, unless ``zero_init``, head copied from the RM).
+``make_value_model`` builds one from a policy (backbone copied, head zero-initialised,
+docs/PPO_CHECKLIST.md #8 (no dropout, value head init)) or from a reward model (backbone and,
+unless ``zero_init``, head copied from the RM).
 """
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def make_value_model(spec_or_model: Any, zero_init: bool = True,
     """A new value model (the source is never modified or shared).
 
     - a causal LM (the policy): a ``*ForSequenceClassification`` with a copy of its backbone;
-      head zero-initialised (``zero_init=True``, PPO detail 8) or std 1/sqrt(hidden+1);
+      head zero-initialised (``zero_init=True``, docs/PPO_CHECKLIST.md #8 (no dropout, value head
+      init)) or std 1/sqrt(hidden+1);
     - a sequence-classification model (a reward model): a deep copy; its head is zeroed with
       ``zero_init=True`` and kept (the RM's head) with ``zero_init=False``;
     - a spec (alias, folder, ``.gguf``, hub name): loaded with ``load_reward_model(kind="causal")``,

@@ -7,8 +7,8 @@ tokens teacher-forced. Per token t of the response:
     kl_t     = log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)          (k1, core.kl)
     reward_t = -beta * kl_t  (+ score(x, y) on the last token)            (core.reward_shaping)
 
-which is exactly the reward PPO's GAE sees (DESIGN.md, PPO detail 7); ``score`` is the reward
-model's, ``gold`` the gold judge's (shown beside, never in the shaped reward).
+which is exactly the reward PPO's GAE sees (docs/PPO_CHECKLIST.md #7 (per-token KL penalty));
+``score`` is the reward model's, ``gold`` the gold judge's (shown beside, never in the shaped reward).
 """
 from __future__ import annotations
 

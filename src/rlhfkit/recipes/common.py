@@ -19,7 +19,7 @@ from rlhfkit.training.distributed import DistInfo
 class LoraConfig:
     r: int = field(default=0, metadata={"help": "LoRA rank (0 = full fine-tuning)"})
     alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
-    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (off by default: PPO detail 8)"})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout, off by default: docs/PPO_CHECKLIST.md #8 (no dropout, value head init)"})
     target_modules: str = field(default="all-linear", metadata={"help": "peft target_modules"})
 
 

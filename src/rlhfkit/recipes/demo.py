@@ -1,7 +1,7 @@
 """The demo on the embedded defaults: SFT of SmolLM2-135M on OpenAssistant best-ranked replies,
 a MiniLM reward model on HH-RLHF human preferences, and that reward model's evaluation on
-held-out HH pairs and on FineGrainedRLHF pairs. (The full loop with policy optimisation is
-`rlhfkit pipeline`, planned.)"""
+held-out HH pairs and on FineGrainedRLHF pairs. The whole loop, with feedback, policy
+optimisation and evaluation, is `rlhfkit pipeline`."""
 from __future__ import annotations
 
 import json

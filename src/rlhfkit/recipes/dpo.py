@@ -212,7 +212,7 @@ def decoder_and_head(model):
 
 def sequence_logps(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of response-token log-probs [N], response token counts [N]) for right-padded rows.
-    Position ids come from the mask (N implementation details, detail 2).
+    Position ids come from the mask (docs/PPO_CHECKLIST.md #2 (padding-aware positions)).
 
     Logits are computed only where a label is scored: the decoder's hidden states at the K
     response positions go through the LM head ([K, V] instead of [N, T, V]; in HH-style data
@@ -330,7 +330,7 @@ def cached_reference(config, model, splits: dict[str, list[dict]], pad_id: int, 
     ``output_dir/reference_logps.pt`` when its key matches and its log-probs their sha256, else
     computing and writing it (a damaged file with a one-line warning). Returns "reused" or
     "computed". The main process computes; the others wait and read."""
-    from rlhfkit.training.precision import running_at
+    from rlhfkit.core.precision import running_at
 
     path = Path(config.output_dir) / CACHE_FILE
     precision = getattr(config, "precision", "fp32")
@@ -511,7 +511,7 @@ def run(config: DPOConfig) -> dict:
             # 1/2 by construction (ties count 1/2), so no pass over the held-out set is spent on it
             before = {"eval_accuracy": 0.5}
         elif held:
-            from rlhfkit.training.precision import running_at
+            from rlhfkit.core.precision import running_at
 
             with running_at(model, config.precision):  # as fit evaluates
                 before = evaluate(model, held, collate, config, reference)

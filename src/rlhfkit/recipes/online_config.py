@@ -51,7 +51,7 @@ class OnlineConfig(TrainingConfig):
                                                              "after the loop started (0 = off); a wall-clock budget, "
                                                              "so the number of steps depends on the machine"})
     learning_rate: float = field(default=1e-6, metadata={"help": "peak learning rate"})
-    adam_eps: float = field(default=1e-5, metadata={"help": "AdamW epsilon (PPO detail 11)"})
+    adam_eps: float = field(default=1e-5, metadata={"help": "AdamW epsilon: docs/PPO_CHECKLIST.md #11 (Adam eps and LR decay)"})
     sample_every: int = field(default=10, metadata={"help": "write a table of sample generations every N steps (0 = off)"})
     num_sample_rows: int = field(default=4, metadata={"help": "rows in each sample table"})
     lora: LoraConfig = field(default_factory=LoraConfig)

@@ -35,11 +35,12 @@ from rlhfkit.recipes.online_inputs import (RANK_SALT, adversarial_modules, adver
 from rlhfkit.recipes.online_outputs import closing_line, rollout_metrics, run_outputs
 from rlhfkit.rewards import build_reward
 from rlhfkit.rollout import Rollout, repeat_each, rollout_logprobs, step_seed
+from rlhfkit.training.callbacks import step_ended
 from rlhfkit.training.checkpoint import (load_checkpoint, load_rank_rng, resume_checkpoint, rng_state,
                                          save_checkpoint)
 from rlhfkit.training.config import ConfigError
 from rlhfkit.training.distributed import DistInfo, all_gather_rows, all_reduce_sum, barrier, cleanup, init_distributed
-from rlhfkit.training.loop import (_kill_for_tests, adamw, build_scheduler, check_resume_config,
+from rlhfkit.training.loop import (adamw, build_scheduler, check_resume_config,
                                    resume_fingerprint)
 
 
@@ -143,7 +144,8 @@ def optimizer_and_scheduler(params, config: OnlineConfig, adversary=None):
     if adversary is not None:
         optimizer.add_param_group(adversary.param_group())
     total = config.max_steps * config.ppo_epochs * config.num_minibatches
-    # linear decay (detail 11); the discriminator's rate stays constant
+    # linear decay (docs/PPO_CHECKLIST.md #11 (Adam eps and LR decay)); the discriminator's rate
+    # stays constant
     return optimizer, build_scheduler(optimizer, total, config, constant_groups=int(adversary is not None))
 
 
@@ -168,7 +170,7 @@ def resume_state(config: OnlineConfig, modules: torch.nn.Module, optimizer, sche
 def maybe_checkpoint(config: OnlineConfig, step_done: int, modules, optimizer, scheduler, trainer_state: dict,
                      info: DistInfo | None = None) -> None:
     """Save every ``save_every`` steps (not at the end: the final model is saved instead), then
-    the SIGKILL test hook (training/loop.py). Several processes: every rank holds the same
+    call the step-end callbacks (training/callbacks.py). Several processes: every rank holds the same
     weights and optimiser state, rank 0 writes them and the others wait for it."""
     if config.save_every and step_done % config.save_every == 0 and step_done < config.max_steps:
         rank_rng = None
@@ -181,7 +183,7 @@ def maybe_checkpoint(config: OnlineConfig, step_done: int, modules, optimizer, s
                             keep_last=config.keep_checkpoints, rank_rng_states=rank_rng)
         if info is not None:
             barrier(info)
-    _kill_for_tests(step_done)
+    step_ended(step_done)
 
 
 def out_of_time(config: OnlineConfig, started: float, info: DistInfo | None = None) -> bool:

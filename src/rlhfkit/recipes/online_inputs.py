@@ -27,7 +27,7 @@ from rlhfkit.rollout import Rollout, SamplingConfig, make_sampler, rollout, step
 from rlhfkit.training.config import ConfigError
 from rlhfkit.training.distributed import DistInfo
 from rlhfkit.training.loop import enable_gradient_checkpointing, epoch_order
-from rlhfkit.training.precision import autocast_forward
+from rlhfkit.core.precision import autocast_forward
 
 RANK_SALT = 100_003  # separates the ranks' sampling seeds from the other salts of a step
 
@@ -81,8 +81,10 @@ def load_models(config: OnlineConfig, need_reference: bool):
     Else with ``lora.r > 0`` the policy gets an adapter and ``reference`` is None: the reference
     is the same weights with the adapter disabled (``models.reference_context``; one copy of the
     weights). Otherwise the reference is a frozen deep copy of the initial policy (None when not
-    needed). Dropout is off in all of them (detail 8)."""
-    policy, tokenizer = load_policy(config.model)  # left padding, pad != eos (detail 1)
+    needed). Dropout is off in all of them (docs/PPO_CHECKLIST.md #8 (no dropout, value head
+    init))."""
+    # left padding, pad != eos (docs/PPO_CHECKLIST.md #1 (distinct pad token))
+    policy, tokenizer = load_policy(config.model)
     # bf16: every forward of the policy (sampling, behaviour and update log-probs) and of the
     # reference runs in autocast, so the behaviour log-probs and the update's come from the same
     # computation (the teacher-forced pass of rollout.finish_rollout) and the ratio starts at 1;

@@ -48,7 +48,8 @@ def fused_advantages_ok(config: OnlineConfig, group_size: int) -> bool:
 
 def minibatches(n: int, config: OnlineConfig, step: int, epoch: int) -> list[torch.Tensor]:
     """Shuffled minibatch row indices for one epoch over a step's batch, seeded by (seed, step,
-    epoch) so resume reproduces them (detail 10: epochs over shuffled minibatches)."""
+    epoch) so resume reproduces them (epochs over shuffled minibatches: docs/PPO_CHECKLIST.md #10
+    (clipped losses over minibatches))."""
     g = torch.Generator().manual_seed(step_seed(config.seed, step, salt=1000 + epoch))
     order = torch.randperm(n, generator=g) if (config.ppo_epochs > 1 or config.num_minibatches > 1) else torch.arange(n)
     return list(order.chunk(config.num_minibatches))

@@ -1,5 +1,5 @@
 """PPO for language models (Ziegler et al. 2019; Ouyang et al. 2022), with every item of the
-PPO checklist in docs/DESIGN.md ("The N implementation details of RLHF with PPO", Huang et al.).
+PPO checklist, docs/PPO_CHECKLIST.md (after "The N Implementation Details of RLHF with PPO", 2023).
 
     rlhfkit ppo --model smollm2-135m --reward rm:outputs/rm/model --output_dir outputs/ppo
 
@@ -26,28 +26,28 @@ from rlhfkit.rewards import RunningNormaliser
 from rlhfkit.rollout import Rollout, response_logprobs, response_values
 from rlhfkit.training.distributed import DistInfo, all_gather_rows, all_reduce_sum
 from rlhfkit.training.loop import enable_gradient_checkpointing
-from rlhfkit.training.precision import autocast_forward
+from rlhfkit.core.precision import autocast_forward
 from rlhfkit.training.stats import explained_variance, global_masked_whiten
 
 
 @dataclass
 class PPOConfig(OnlineConfig):
     output_dir: str = field(default="outputs/ppo", metadata={"help": "checkpoints, metrics.jsonl, samples and model/"})
-    ppo_epochs: int = field(default=4, metadata={"help": "passes over each step's batch (detail 10)"})
+    ppo_epochs: int = field(default=4, metadata={"help": "passes over each step's batch: docs/PPO_CHECKLIST.md #10 (clipped losses over minibatches)"})
     num_minibatches: int = field(default=1, metadata={"help": "optimiser steps per epoch"})
     kl_coef: float = field(default=0.05, metadata={"help": "beta of the per-token KL penalty (initial value when adaptive)"})
     kl_control: str = field(default="fixed", metadata={"help": "fixed or adaptive (Ziegler et al. 2019)"})
     kl_target: float = field(default=6.0, metadata={"help": "adaptive: target KL per sequence (nats)"})
     kl_horizon: float = field(default=10000.0, metadata={"help": "adaptive: horizon in samples"})
     kl_estimator: str = field(default="k1", metadata={"help": "per-token KL in the reward: k1, k2 or k3"})
-    gamma: float = field(default=1.0, metadata={"help": "GAE discount (detail 9)"})
-    lam: float = field(default=0.95, metadata={"help": "GAE lambda (detail 9)"})
+    gamma: float = field(default=1.0, metadata={"help": "GAE discount: docs/PPO_CHECKLIST.md #9 (GAE)"})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda: docs/PPO_CHECKLIST.md #9 (GAE)"})
     vf_coef: float = field(default=0.1, metadata={"help": "value loss coefficient"})
     cliprange_value: float = field(default=0.2, metadata={"help": "value clipping epsilon"})
-    value_model: str = field(default="", metadata={"help": "empty: the policy's backbone with a zero head (detail 8); or a sequence-classifier folder sharing the policy's tokenizer (e.g. the RM)"})
-    reward_norm: str = field(default="reference", metadata={"help": "none, reference (mean/std fitted once on reference responses, detail 6) or running"})
+    value_model: str = field(default="", metadata={"help": "empty: the policy's backbone with a zero head, docs/PPO_CHECKLIST.md #8 (no dropout, value head init); or a sequence-classifier folder sharing the policy's tokenizer (e.g. the RM)"})
+    reward_norm: str = field(default="reference", metadata={"help": "none, reference (mean/std fitted once on reference responses: docs/PPO_CHECKLIST.md #6 (reward normalisation)) or running"})
     reward_norm_batches: int = field(default=2, metadata={"help": "reference: batches of reference responses to fit on"})
-    whiten_rewards: bool = field(default=False, metadata={"help": "whiten per-token rewards without shifting the mean (detail 6)"})
+    whiten_rewards: bool = field(default=False, metadata={"help": "whiten per-token rewards without shifting the mean: docs/PPO_CHECKLIST.md #6 (reward normalisation)"})
     missing_eos_penalty: float = field(default=0.0, metadata={"help": "subtract this from the score of responses without EOS (0 = off)"})
 
     def validate(self) -> None:
@@ -102,14 +102,14 @@ def ppo_update(config: PPOConfig, modules: torch.nn.ModuleDict, ro: Rollout, sco
     with torch.no_grad():  # 3. old values
         old_values = torch.cat([response_values(value_model, ro, torch.arange(len(ro))[s])
                                 for s in micro_slices(len(ro), mb)])
-    # 4. per-token reward -beta*KL with the score on the last token (detail 7), GAE (detail 9)
+    # 4. per-token -beta*KL, score on the last, GAE: docs/PPO_CHECKLIST.md #7 (per-token KL penalty), #9 (GAE)
     rewards, kl = per_token_rewards(scores, ro.logprobs, ref_logprobs, mask, kl_coef, config.kl_estimator)
     if config.whiten_rewards:
         rewards = global_masked_whiten(rewards, mask, info, shift_mean=False)
     advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
     advantages = global_masked_whiten(advantages, mask, info, shift_mean=True)  # over valid tokens only
 
-    # 5. ppo_epochs over shuffled minibatches, accumulation over micro-batches (detail 10)
+    # 5. ppo_epochs, shuffled minibatches, micro-batches: docs/PPO_CHECKLIST.md #10 (clipped losses over minibatches)
     def minibatch_loss(rows: torch.Tensor):
         n_tokens = all_reduce_sum(mask[rows].sum(), info).clamp(min=1).float()  # every rank's share of it
 
@@ -154,7 +154,7 @@ class PPO:
         if trainer_state:
             self.kl_ctl.load_state_dict(trainer_state["kl_controller"])
             self.normaliser.load_state_dict(trainer_state["reward_normaliser"])
-        elif c.reward_norm == "reference":  # detail 6: the scale of the starting policy's rewards
+        elif c.reward_norm == "reference":  # docs/PPO_CHECKLIST.md #6 (reward normalisation)
             scores = [all_gather_rows(run.score(run.rollout(b, order_seed=c.seed + 1, salt=7)), run.info)
                       for b in range(c.reward_norm_batches)]  # on every rank's responses: the same fit on all
             self.normaliser = RunningNormaliser().fit(torch.cat(scores))
@@ -166,7 +166,7 @@ class PPO:
         c, info = self.config, run.info
         # 1. rollout (left-padded prompts, responses cut after EOS, behaviour log-probs)
         ro = run.rollout(step)
-        # 2. score: missing-EOS penalty, then normalisation (detail 6)
+        # 2. score: missing-EOS penalty, then normalisation (docs/PPO_CHECKLIST.md #6 (reward normalisation))
         raw_scores = scores = run.score(ro)
         if c.missing_eos_penalty:
             scores = apply_missing_eos_penalty(scores, ro.has_eos, c.missing_eos_penalty)
@@ -180,7 +180,7 @@ class PPO:
         lr = run.lr()
         upd = ppo_update(c, run.modules, ro, scores, ref_lp, self.kl_ctl.value, run.optimizer, run.scheduler,
                          run.params, step, info)
-        # 6. KL controller, metrics (detail 12), samples
+        # 6. KL controller, metrics (docs/PPO_CHECKLIST.md #12 (debug metrics)), samples
         seq_kl = upd.kl.sum(1)
         all_kl = all_gather_rows(seq_kl, info)
         kl_coef_used = self.kl_ctl.value

@@ -24,7 +24,7 @@ from rlhfkit.recipes.online_config import OnlineConfig
 from rlhfkit.recipes.online_driver import OnlineRun, StepOutput, run_online
 from rlhfkit.recipes.policy_gradient import policy_gradient_update
 from rlhfkit.training.distributed import DistInfo, all_gather_rows
-from rlhfkit.training.precision import autocast_forward
+from rlhfkit.core.precision import autocast_forward
 
 
 @dataclass

@@ -21,7 +21,7 @@ from rlhfkit.recipes.common import (LoraConfig, drop_held_out_copies, finished_r
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.checkpoint import latest_checkpoint
 from rlhfkit.training.loop import TrainingConfig, fit
-from rlhfkit.training.precision import running_at
+from rlhfkit.core.precision import running_at
 
 OBJECTIVE_KIND = {"pairwise": "pairs", "regression": "ratings", "classification": "thumbs"}
 RATING_NORMALISATIONS = ("none", "per_labeler")

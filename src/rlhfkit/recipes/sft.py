@@ -20,7 +20,7 @@ from rlhfkit.recipes.common import (LoraConfig, drop_held_out_copies, finished_r
                                     scaled_weights, total_weight, weights_of, with_weight)
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.loop import TrainingConfig, fit, model_device, to_device
-from rlhfkit.training.precision import running_at
+from rlhfkit.core.precision import running_at
 
 
 @dataclass

@@ -15,8 +15,9 @@ class RunningNormaliser:
 
     Two uses: *running* (``normalise(x, update=True)``: stats include the current batch first,
     as OpenRLHF's running reward normalisation), or *fitted once* (``fit(x)`` on scores of the
-    reference policy's responses, then ``normalise(x, update=False)``: PPO detail 6 / Ziegler et
-    al. 2019, who set the reward model's gain and bias so reference samples have mean 0, std 1).
+    reference policy's responses, then ``normalise(x, update=False)``: docs/PPO_CHECKLIST.md #6
+    (reward normalisation); Ziegler et al. 2019, who set the reward model's gain and bias so
+    reference samples have mean 0, std 1).
     """
 
     def __init__(self, eps: float = 1e-8, shift_mean: bool = True):

@@ -22,7 +22,8 @@ class RewardModelSource:
     """A trained scalar reward model (``models.load_reward_model``) reading ``prompt ⊕ response``
     tokenised exactly as the reward recipe trained it (``data.tokenize.tokenize_pair``: the
     same trailing EOS, left truncation), right padded; ``models.reward_scores`` reads the last
-    real token and is padding invariant (PPO detail 5). Scored in chunks of ``batch_size``."""
+    real token and is padding invariant (docs/PPO_CHECKLIST.md #5 (reward on the last real
+    token)). Scored in chunks of ``batch_size``."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, max_length: int = 512, batch_size: int = 32):
         self.model = model.eval()

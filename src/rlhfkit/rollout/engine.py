@@ -1,6 +1,7 @@
 """Batched sampling from a causal LM and the tensors an online-RL update needs.
 
-Layout of a rollout (PPO details 1, 2, 4 of docs/DESIGN.md):
+Layout of a rollout (docs/PPO_CHECKLIST.md #1 (distinct pad token), #2 (padding-aware positions),
+#4 (truncate after EOS)):
 - prompts are LEFT padded (``prompt_ids`` / ``prompt_mask`` ``[B, P]``), so that every row's
   first generated token sits at column ``P``;
 - responses are RIGHT padded (``response_ids`` / ``response_mask`` ``[B, R]``), cut after the
@@ -8,10 +9,11 @@ Layout of a rollout (PPO details 1, 2, 4 of docs/DESIGN.md):
   after it is the pad token and masked out;
 - the behaviour log-probs are recomputed in ONE teacher-forced forward pass over
   ``prompt ⊕ response`` with ``position_ids`` from the mask and the logits divided by the
-  sampling temperature (detail 3), i.e. exactly the computation the training step does, so
-  the first PPO ratio is 1 up to float noise (the scores ``generate`` returns come from the
-  KV-cached incremental pass and would differ by more). As in TRL, top-k / top-p are not
-  applied to these log-probs: they are log-probs of the tempered full distribution.
+  sampling temperature (docs/PPO_CHECKLIST.md #3 (temperature in log-probs)), i.e. exactly the
+  computation the training step does, so the first PPO ratio is 1 up to float noise (the scores
+  ``generate`` returns come from the KV-cached incremental pass and would differ by more). As in
+  TRL, top-k / top-p are not applied to these log-probs: they are log-probs of the tempered full
+  distribution.
 
 Reproducibility: ``generate`` samples from a private RNG stream seeded with ``seed`` (the
 recipes pass ``step_seed(config.seed, step)``), so a resumed run draws the same samples as an
@@ -27,6 +29,7 @@ import torch
 
 from rlhfkit.core.logprobs import entropy_from_logits, token_logprobs
 from rlhfkit.core.masking import truncate_after_eos
+from rlhfkit.core.precision import autocast
 from rlhfkit.models.lora import reference_context
 from rlhfkit.models.reward import position_ids_from_mask
 from rlhfkit.models.value import token_values
@@ -94,7 +97,7 @@ class HFGenerator:
 
     def __init__(self, sampling: SamplingConfig, eos_token_id: int, pad_token_id: int):
         if pad_token_id == eos_token_id:
-            raise ValueError("pad and EOS must be distinct tokens (PPO detail 1)")
+            raise ValueError("pad and EOS must be distinct tokens: docs/PPO_CHECKLIST.md #1 (distinct pad token)")
         self.sampling = sampling
         self.eos_token_id = int(eos_token_id)
         self.pad_token_id = int(pad_token_id)
@@ -125,11 +128,10 @@ class HFGenerator:
         later tokens are pad, as after an EOS)."""
         from transformers import StoppingCriteriaList
 
-        from rlhfkit.training.precision import autocast
         was_training = model.training
         model.eval()
         try:
-            # a model set to run in bf16 (training.precision.autocast_forward) enters autocast at
+            # a model set to run in bf16 (core.precision.autocast_forward) enters autocast at
             # every step's forward; one region around the whole generation keeps autocast's cache
             # of bf16 weight copies across the steps (as the native sampler does)
             with _seeded(seed, prompt_ids.device), autocast(getattr(model, "_rlhfkit_autocast", None) or "fp32",
@@ -264,8 +266,9 @@ def response_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     """Teacher-forced log-probs of the response tokens: ``[B, R]`` (0 outside ``response_mask``),
     and with ``with_entropy`` also the per-token entropy ``[B, R]`` of the tempered
     distribution. One forward pass over ``prompt ⊕ response`` with ``position_ids =
-    cumsum(mask) - 1`` (left-padded prompt, right-padded response: detail 2) and logits divided
-    by ``temperature`` (detail 3; ``temperature == 0``, greedy, is treated as 1). Only the
+    cumsum(mask) - 1`` (left-padded prompt, right-padded response: docs/PPO_CHECKLIST.md #2
+    (padding-aware positions)) and logits divided by ``temperature`` (docs/PPO_CHECKLIST.md #3
+    (temperature in log-probs); ``temperature == 0``, greedy, is treated as 1). Only the
     ``R + 1`` last positions' logits are computed where the model supports ``logits_to_keep``.
     Gradients flow (wrap in ``torch.no_grad()`` for the behaviour / reference pass).
 

@@ -35,6 +35,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from rlhfkit.core.precision import autocast
+
 __all__ = ["NativeLlamaGenerator", "supports", "filter_logits"]
 
 SUPPORTED_TYPES = ("llama", "qwen2")
@@ -95,7 +97,7 @@ class NativeLlamaGenerator:
 
     def __init__(self, sampling, eos_token_id: int, pad_token_id: int):
         if pad_token_id == eos_token_id:
-            raise ValueError("pad and EOS must be distinct tokens (PPO detail 1)")
+            raise ValueError("pad and EOS must be distinct tokens: docs/PPO_CHECKLIST.md #1 (distinct pad token)")
         self.sampling = sampling
         self.eos_token_id = int(eos_token_id)
         self.pad_token_id = int(pad_token_id)
@@ -151,7 +153,7 @@ class NativeLlamaGenerator:
         last = self._rms(hidden[:, -1], model.model.norm.weight, eps)
         head = model.lm_head
         # the head in the weights' own dtype, out of autocast: float32 weights give float32
-        # logits as training.precision keeps them (bf16 weights, for inference, give bf16 ones)
+        # logits as core.precision keeps them (bf16 weights, for inference, give bf16 ones)
         with torch.autocast(device_type=last.device.type, enabled=False):
             return F.linear(last.to(head.weight.dtype), head.weight, head.bias)
 
@@ -231,12 +233,11 @@ class NativeLlamaGenerator:
         eye = torch.eye(P, dtype=torch.bool, device=device)
         prefill_mask = ((causal[None] & real[:, None, :]) | eye[None])[:, None]
         visible = torch.cat([real, torch.ones(B, n_new, dtype=torch.bool, device=device)], dim=1)
-        positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # PPO detail 2
-        # a model set to run in bf16 (training.precision.autocast_forward) samples in bf16 too; one
+        # docs/PPO_CHECKLIST.md #2 (padding-aware positions)
+        positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+        # a model set to run in bf16 (core.precision.autocast_forward) samples in bf16 too; one
         # autocast region for the whole generation, so its cache of bf16 weight copies lives
         # across the steps (a region per step would convert every weight again for every token)
-        from rlhfkit.training.precision import autocast
-
         with autocast(getattr(model, "_rlhfkit_autocast", None) or "fp32", device):
             return self._decode(model, prompt_ids, positions, keys, values, prefill_mask, visible, generator,
                                 n_new, on_token, row_sampling)

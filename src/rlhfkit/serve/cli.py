@@ -38,7 +38,7 @@ class _ModelFields:
 
     def validate(self) -> None:
         # checked before the model loads: a bad value would otherwise surface at the first reply
-        from rlhfkit.training.precision import PRECISIONS
+        from rlhfkit.core.precision import PRECISIONS
 
         if self.precision not in PRECISIONS:
             raise ValueError(f"field 'precision': {self.precision!r} is not one of {list(PRECISIONS)}")

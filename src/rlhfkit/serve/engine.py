@@ -137,7 +137,7 @@ class ChatModel:
         the logits are bfloat16 too)."""
         from rlhfkit.models.policy_line import load, resolve
 
-        from rlhfkit.training.precision import PRECISIONS
+        from rlhfkit.core.precision import PRECISIONS
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")

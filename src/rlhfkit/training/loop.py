@@ -19,7 +19,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any, Callable
 
 import torch
 
+from .callbacks import step_ended
 from .checkpoint import (folder_problem, load_checkpoint, resume_checkpoint, save_checkpoint, save_manifested,
                          unwrap)
 from .distributed import (
@@ -45,7 +45,7 @@ from .distributed import (
 )
 from .config import ConfigError
 from .logging import MetricsLogger, progress_bar
-from .precision import autocast, keep_head_fp32
+from rlhfkit.core.precision import autocast, keep_head_fp32
 
 
 @dataclass
@@ -106,7 +106,7 @@ class TrainingConfig:
             raise ValueError("fields 'epochs' / 'max_steps': need epochs > 0 or max_steps > 0 (neither negative)")
         if self.save_every < 0 or self.eval_every < 0 or self.log_every < 1:
             raise ValueError("fields 'save_every' / 'eval_every' must be >= 0 and 'log_every' >= 1")
-        from .precision import PRECISIONS
+        from rlhfkit.core.precision import PRECISIONS
 
         if self.precision not in PRECISIONS:
             raise ValueError(f"field 'precision': {self.precision!r} is not one of {list(PRECISIONS)}")
@@ -383,13 +383,6 @@ class BestWeights:
         return True
 
 
-def _kill_for_tests(step: int) -> None:
-    # Test hook: SIGKILL ourselves right after `step`, to prove resume after a hard kill.
-    target = os.environ.get("RLHFKIT_TEST_SIGKILL_AFTER_STEP")
-    if target and int(target) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Hugging Face activation checkpointing of every decoder / encoder layer (LoRA-wrapped models
     too). Non-reentrant: the recomputation needs no input that requires grad, so frozen
@@ -533,7 +526,7 @@ def fit(
                                 keep_last=config.keep_checkpoints,
                                 model_state=model_state, optimizer_state=optimizer_state)
             barrier(info)
-        _kill_for_tests(step_done)
+        step_ended(step_done)
     bar.close()
     if eval_fn is not None:
         scores = evaluated(eval_fn)

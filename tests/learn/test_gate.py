@@ -43,7 +43,10 @@ def test_decide_refuses_each_regression_at_its_bound():
 # temperature 0.3 its replies resemble what it learned (at 1 they are mostly noise to a reward model)
 SFT = {"method": "sft", "policy.max_steps": 30, "policy.learning_rate": 5e-2, "policy.max_new_tokens": 16,
        "policy.temperature": 0.3, "policy.lora.target_modules": ".*(proj|lm_head)", "gate.max_kl": 1000.0,
-       "gate.max_empty_increase": 0.2}
+       "gate.max_empty_increase": 0.2,
+       # a half-trained tiny model's fragments score at random on the profanity classifier: this
+       # test is about the reward-model win rate (each bound has its own test below)
+       "gate.max_toxicity_increase": 1.0}
 
 
 def test_the_gate_promotes_a_better_candidate_and_refuses_one_trained_on_inverted_feedback(tmp_path, tiny_base):

@@ -9,11 +9,12 @@ from rlhfkit.models import versions
 
 from .conftest import cli_args, fill, tiny_config
 
-KILLS = [("RLHFKIT_TEST_SIGKILL_AFTER_STEP", "2"),     # inside the reward model's training (after step 2 of 5)
-         ("RLHFKIT_TEST_SIGKILL_AFTER_STAGE", "reward"),  # at a stage boundary (the reward model resumed, done)
-         ("RLHFKIT_TEST_SIGKILL_AFTER_STEP", "1"),     # inside GRPO (after step 1 of 2; the reward stage is cached)
-         ("RLHFKIT_TEST_SIGKILL_AFTER_STAGE", "gate"),  # after the gate, before the version is written
-         ("RLHFKIT_TEST_SIGKILL_AFTER_STAGE", "version")]  # v1 written whole, current.json not yet replaced
+KILLER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kill_learner.py")
+KILLS = ["step:2",         # inside the reward model's training (after step 2 of 5)
+         "stage:reward",   # at a stage boundary (the reward model resumed, done)
+         "step:1",         # inside GRPO (after step 1 of 2; the reward stage is cached)
+         "stage:gate",     # after the gate, before the version is written
+         "stage:version"]  # v1 written whole, current.json not yet replaced
 
 
 def test_sigkill_anywhere_then_restart_promotes_the_same_version(tmp_path, tiny_base):
@@ -31,12 +32,13 @@ def test_sigkill_anywhere_then_restart_promotes_the_same_version(tmp_path, tiny_
     assert ref["outcome"] == "promoted"
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "rlhfkit.cli", "learn", "run", str(killed), "--store", str(db), "--model",
-           str(tiny_base), *cli_args()]
+    args = ["learn", "run", str(killed), "--store", str(db), "--model", str(tiny_base), *cli_args()]
+    cmd = [sys.executable, "-m", "rlhfkit.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    for var, value in KILLS:
-        proc = subprocess.run(cmd, env={**env, var: value}, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == -9, (var, value, proc.returncode, proc.stderr[-2000:])
+    for point in KILLS:
+        proc = subprocess.run([sys.executable, KILLER, point, *args], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == -9, (point, proc.returncode, proc.stderr[-2000:])
         assert not (killed / "current.json").is_file() or versions.current_version(killed) == "v0"
     stages = {s: json.loads((killed / "rounds" / "round-1" / s / "stage.json").read_text())
               for s in ("reward", "policy", "gate")}

@@ -168,7 +168,7 @@ def defend(events: Sequence[dict], max_per_user: int, full_trust: float, min_jud
         if by_majority:
             consensus, agreements = "majority", by_majority
     per_user = user_weights(kept, agreements, full_trust, min_judged)
-    for user, n_cut in cut.items():
+    for user in cut:
         per_user.setdefault(user, {"n": 0, "judged": 0, "agreed": 0, "weight": 1.0, "status": "unchecked"})
     for user in per_user:
         per_user[user]["cut"] = cut.get(user, 0)

@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 from pathlib import Path
+from typing import Callable
 
 from rlhfkit.learn import inputs as inputs_mod
 from rlhfkit.learn.config import FOLLOW_FIELDS, LearnConfig
@@ -34,11 +34,22 @@ from rlhfkit.pipeline.cache import file_digest, fingerprint, run_stage, settings
 STAGES = ("inputs", "defence", "reward", "policy", "gate")
 
 
-def _kill_after_stage_for_tests(name: str) -> None:
-    # Test hook: SIGKILL ourselves right after stage `name` is recorded done (resume is tested
-    # at every stage boundary with a real kill).
-    if os.environ.get("RLHFKIT_TEST_SIGKILL_AFTER_STAGE") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+_stage_callbacks: list[Callable[[str], None]] = []
+
+
+def add_stage_end_callback(callback: Callable[[str], None]) -> Callable[[], None]:
+    """Call ``callback(name)`` after each stage of a round is recorded done (``inputs``,
+    ``defence``, ``reward``, ``policy``, ``gate``) and once the new version is written but not yet
+    current (``version``), as ``training.callbacks`` does after training steps: for code that runs
+    the learner in its own process (progress reports, snapshots; the resume tests SIGKILL it
+    there). Returns a function that removes it again."""
+    _stage_callbacks.append(callback)
+    return lambda: _stage_callbacks.remove(callback) if callback in _stage_callbacks else None
+
+
+def _stage_ended(name: str) -> None:
+    for callback in list(_stage_callbacks):
+        callback(name)
 
 
 def round_seed(seed: int, round_no: int) -> int:
@@ -94,7 +105,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     snap_settings = {"round": round_no, "prefix": config.prefix, "holdout_share": config.gate.holdout_share,
                      "max_prompts": config.gate.max_prompts, "base": own.get("model")}
     rec = run_stage("inputs", rdir / "inputs", fingerprint("inputs", snap_settings, {}), inputs_fn, log=log)
-    _kill_after_stage_for_tests("inputs")
+    _stage_ended("inputs")
     snap = _read(Path(rec["outputs"]["inputs"]))
     fps = {"inputs": file_digest(rec["outputs"]["inputs"]),
            "learner": fingerprint("learner", {"seed": config.seed, "model": own.get("model")}, {})}
@@ -110,7 +121,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
 
     fps["defence"] = fingerprint("defence", settings(config.defence), fps)
     rec = run_stage("defence", rdir / "defence", fps["defence"], defence_fn, log=log)
-    _kill_after_stage_for_tests("defence")
+    _stage_ended("defence")
     defence = _read(Path(rec["outputs"]["defence"]))
     kept_ids = set(defence["kept_ids"])
     kept = [e for e in snap["train"] if e["id"] in kept_ids]
@@ -125,7 +136,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
 
     fps["reward"] = fingerprint("reward", settings(config.reward), fps)
     rec = run_stage("reward", rdir / "reward", fps["reward"], reward_fn, log=log)
-    _kill_after_stage_for_tests("reward")
+    _stage_ended("reward")
     reward_model = rec["outputs"]["model"]
     # the state and the lineage name it inside LEARN_DIR, so the folder can move
     reward_in_dir = os.path.relpath(reward_model, learn_dir)
@@ -136,7 +147,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
 
     fps["policy"] = fingerprint("policy", {"method": config.method, **settings(config.policy)}, fps)
     rec = run_stage("policy", rdir / "policy", fps["policy"], policy_fn, log=log)
-    _kill_after_stage_for_tests("policy")
+    _stage_ended("policy")
     policy = rec["outputs"]
 
     def gate_fn(d: Path) -> dict:
@@ -149,7 +160,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
 
     fps["gate"] = fingerprint("gate", settings(config.gate), fps)
     rec = run_stage("gate", rdir / "gate", fps["gate"], gate_fn, log=log)
-    _kill_after_stage_for_tests("gate")
+    _stage_ended("gate")
     gate = _read(Path(rec["outputs"]["gate"]))
 
     feedback = lineage.feedback_lineage(kept, defence, inputs_mod.id_ranges)
@@ -164,7 +175,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
                     "reward_model": reward_in_dir, "policy": {k: v for k, v in policy.items() if k != "adapter"}}
             versions.save_version(learn_dir, name, parent=snap["parent"], adapter=policy["adapter"],
                                   info={**info, "adapter_on": snap["adapter_on"]})
-            _kill_after_stage_for_tests("version")  # written, not yet current
+            _stage_ended("version")  # written, not yet current
         elif versions.version_info(learn_dir, name).get("round") != round_no:
             raise versions.VersionError(f"{folder}: exists, written by another round than {round_no}")
         if lineage.logged_round(learn_dir, round_no) is None:

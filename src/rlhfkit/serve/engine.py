@@ -276,7 +276,7 @@ class ChatModel:
                         break
                     row.take(token, tok)
         done: dict[int, list] = {id(job): [] for job in ready}
-        for (job, i), row in zip(rows, state):
+        for (job, _i), row in zip(rows, state):
             done[id(job)].append(row.completion(tok, len(job.prepared.ids), version))
         for job in ready:
             job.finish(done[id(job)])

@@ -112,7 +112,7 @@ def _in_a_terminal(argv: list[str], answers: list[str], env: dict) -> tuple[int,
     proc = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", *argv], stdin=follower, stdout=follower,
                             stderr=follower, env=env, close_fds=True)
     os.close(follower)
-    seen, pending, deadline = b"", list(answers), time.monotonic() + 120
+    seen, pending, deadline = b"", list(answers), time.monotonic() + 300  # start-up is slow on a loaded machine
     while time.monotonic() < deadline:
         ready, _, _ = select.select([leader], [], [], 0.5)
         if ready:
@@ -128,8 +128,11 @@ def _in_a_terminal(argv: list[str], answers: list[str], env: dict) -> tuple[int,
                 seen += b"\n"
         elif proc.poll() is not None:
             break
-    code = proc.wait(timeout=60)
-    os.close(leader)
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        os.close(leader)
     return code, seen.decode(errors="replace")
 
 

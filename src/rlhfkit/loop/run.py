@@ -59,9 +59,10 @@ from rlhfkit.eval.report import render_loop_report
 from rlhfkit.loop.config import LoopConfig, apply_quick
 from rlhfkit.loop.ensemble import ensemble_scores
 from rlhfkit.models import load_policy
-from rlhfkit.pipeline.cache import fingerprint, run_stage, settings, with_content
+from rlhfkit.pipeline.cache import run_stage
 from rlhfkit.rewards import build_reward
 from rlhfkit.rollout import SamplingConfig, make_sampler, repeat_each, rollout, rollout_logprobs, step_seed
+from rlhfkit.training.run_identity import stage_fingerprint, stage_settings, with_content
 
 __all__ = ["LoopConfig", "run", "share_first_round", "ROUND_STAGES"]
 
@@ -218,11 +219,11 @@ class Loop:
                 inputs["labels"] = fps[f"{r - 1}/labels"]
             return own, inputs
         if stage == "reward":
-            own = {**settings(c.reward, WIRED_REWARD), "ensemble_size": c.ensemble_size, "bootstrap": c.bootstrap,
+            own = {**stage_settings(c.reward, WIRED_REWARD), "ensemble_size": c.ensemble_size, "bootstrap": c.bootstrap,
                    "seed": c.seed, "round": r}
             return own, {"labels": fps[f"{r}/labels"], "setup": fps["setup"]}
         if stage == "policy":
-            own = {"algorithm": c.algorithm, **settings(getattr(c, c.algorithm), WIRED_POLICY), "gold": c.gold,
+            own = {"algorithm": c.algorithm, **stage_settings(getattr(c, c.algorithm), WIRED_POLICY), "gold": c.gold,
                    "seed": c.seed, "round": r}
             if c.kl_anchor != "round" and r > 1:  # round 1's reference is the initial policy either way; only
                 own["kl_anchor"] = c.kl_anchor     # when set, so loops run before the field existed stay cached
@@ -443,15 +444,14 @@ def run(config: LoopConfig) -> dict:
         r = int(key.split("/")[0]) if "/" in key else 0
         state.update(round=r, stage=key.split("/")[-1], status="running")
         _write_state(out, state)
-        fp = fingerprint(f"loop:{key}", own, inputs)
+        fp = stage_fingerprint(f"loop:{key}", own, inputs)
         loop.fps[key] = fp
-        rec = run_stage(f"round {key}" if "/" in key else key, stage_dir, fp, fn,
-                        log=lambda m: print(m.replace("pipeline: ", "loop: ", 1)))
+        rec = run_stage(f"round {key}" if "/" in key else key, stage_dir, fp, fn, prefix="loop")
         loop.outputs[key] = rec.get("outputs") or {}
         records[key] = rec
         return rec
 
-    own = {"init": settings(config.init) if config.init.kind == "tiny" else {"model": with_content(config.init.model)},
+    own = {"init": stage_settings(config.init) if config.init.kind == "tiny" else {"model": with_content(config.init.model)},
            "prompts": with_content(config.prompts), "prompt_words": config.prompt_words, "n_eval_prompts": config.n_eval_prompts,
            "max_train_prompts": config.max_train_prompts, "seed": config.seed, "gold": config.gold,
            "eval_samples": config.eval_samples, "max_new_tokens": config.max_new_tokens,

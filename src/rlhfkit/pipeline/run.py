@@ -18,9 +18,10 @@ import shutil
 import time
 from pathlib import Path
 
-from rlhfkit.pipeline.cache import fingerprint, run_stage
+from rlhfkit.pipeline.cache import run_stage
 from rlhfkit.pipeline.config import PipelineConfig, apply_quick
 from rlhfkit.pipeline.stages import RUNNERS, STAGES, Context, stage_inputs
+from rlhfkit.training.run_identity import stage_fingerprint
 
 
 def active_stages(config: PipelineConfig) -> list[str]:
@@ -56,7 +57,7 @@ def run(config: PipelineConfig) -> dict:
     records: dict[str, dict] = {}
     for stage in active_stages(config):
         own, inputs = stage_inputs(ctx, stage)
-        fp = fingerprint(stage, own, inputs)
+        fp = stage_fingerprint(stage, own, inputs)
         ctx.fingerprints[stage] = fp
         rec = run_stage(stage, ctx.dir(stage), fp, lambda d, s=stage: RUNNERS[s](ctx, d),
                         force="all" in force or stage in force, clean_checkpoints=config.clean_checkpoints)

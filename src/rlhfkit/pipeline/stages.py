@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.pipeline.cache import file_digest, settings, with_content
+from rlhfkit.training.run_identity import file_digest, stage_settings, with_content
 
 STAGES = ("init", "sft", "feedback", "reward", "policy", "eval", "report")
 
@@ -84,16 +84,16 @@ def stage_inputs(ctx: Context, stage: str) -> tuple[Any, dict[str, str]]:
     c, fps = ctx.config, ctx.fingerprints
     start = {"start": fps["sft"] if c.run_sft else fps["init"]} if stage not in ("init", "sft") else {}
     if stage == "init":
-        own = settings(c.init)
+        own = stage_settings(c.init)
         if c.init.kind == "tiny":
             own["corpus"] = with_content(c.feedback.prompts)  # stage_init's tokenizer corpus
         else:
             own = {"kind": c.init.kind, "model": with_content(c.init.model)}
         return own, {}
     if stage == "sft":
-        return settings(c.sft, WIRED["sft"]), {"init": fps["init"]}
+        return stage_settings(c.sft, WIRED["sft"]), {"init": fps["init"]}
     if stage == "feedback":
-        own = settings(c.feedback)
+        own = stage_settings(c.feedback)
         own["source_digest"] = _feedback_source_digest(c.feedback)
         if c.feedback.source == "simulated":
             own["labeler"] = c.feedback.labeler or c.gold
@@ -103,20 +103,20 @@ def stage_inputs(ctx: Context, stage: str) -> tuple[Any, dict[str, str]]:
         inputs = {"feedback": fps["feedback"]}
         if c.reward.model == "init":
             inputs["init"] = fps["init"]
-        return settings(c.reward, WIRED["reward"]), inputs
+        return stage_settings(c.reward, WIRED["reward"]), inputs
     if stage == "policy":
-        own = {"algorithm": c.algorithm, **settings(getattr(c, c.algorithm), WIRED[c.algorithm])}
+        own = {"algorithm": c.algorithm, **stage_settings(getattr(c, c.algorithm), WIRED[c.algorithm])}
         inputs = {**start, "feedback": fps["feedback"]}
         if c.algorithm in ("ppo", "grpo", "rloo"):
             inputs["reward"] = fps["reward"]
             own["gold"] = c.gold
         return own, inputs
     if stage == "eval":
-        own = {**settings(c.eval, WIRED["eval"]), "gold": c.gold,
+        own = {**stage_settings(c.eval, WIRED["eval"]), "gold": c.gold,
                "n_token_samples": c.report.n_token_samples, "kl_coef": _kl_coef(c)}
         return own, {**start, "policy": fps["policy"], "reward": fps["reward"], "feedback": fps["feedback"]}
     if stage == "report":
-        own = {"report": settings(c.report), "name": c.name, "algorithm": c.algorithm, "version": 1}
+        own = {"report": stage_settings(c.report), "name": c.name, "algorithm": c.algorithm, "version": 1}
         return own, {k: v for k, v in fps.items() if k != "report"}
     raise KeyError(stage)
 

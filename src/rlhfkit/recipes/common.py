@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -325,51 +324,6 @@ def first_n(records: list, n: int) -> list:
 def set_threads(threads: int) -> None:
     if threads:
         torch.set_num_threads(threads)
-
-
-def finished_run(config, name: str, info: DistInfo) -> dict | None:
-    """The final metrics of a run that already finished in ``config.output_dir`` (``model/``,
-    ``config.yaml`` and ``final_metrics.json`` written by ``save_final``) under the same
-    settings: the recipe returns them instead of training again, as a rerun of an interrupted
-    run continues from its checkpoint. Settings that change the result (all but
-    ``_RESUME_FREE_FIELDS``) that differ are refused, naming them: a rerun must never quietly
-    overwrite a finished model with another run's. ``--resume false`` (``config.resume``) trains
-    afresh and overwrites; None then, and when nothing finished there."""
-    import yaml
-
-    from rlhfkit.training.config import ConfigError
-    from rlhfkit.training.loop import _RESUME_FREE_FIELDS, resume_fingerprint, with_fingerprint_defaults
-
-    out = Path(config.output_dir)
-    done = out / "final_metrics.json"
-    if not config.resume or not done.is_file() or not (out / "model").is_dir() or not (out / "config.yaml").is_file():
-        return None
-    try:
-        saved = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")) or {}
-        final = json.loads(done.read_text(encoding="utf-8"))
-        if not isinstance(saved, dict) or not isinstance(final, dict):
-            raise ValueError("not a mapping")
-    except (OSError, ValueError, yaml.YAMLError) as err:  # ValueError: JSON and UTF-8 decoding errors too
-        # what it finished with is unknown: it is not taken as finished, and resumes from its newest
-        # intact checkpoint (or trains afresh), writing model/, config.yaml and the metrics again
-        if info.is_main:
-            print(f"rlhfkit: warning: {out}: the finished run's config.yaml or final_metrics.json is unreadable "
-                  f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); it is trained again "
-                  "(from its newest intact checkpoint, if any)", file=sys.stderr, flush=True)
-        return None
-    saved = json.loads(json.dumps(saved, default=str))
-    # a field added later counts at its default where one side lacks it (a run finished before the
-    # field existed ran at that default; the fingerprint leaves the default out)
-    saved, now = with_fingerprint_defaults(saved), with_fingerprint_defaults(resume_fingerprint(config))
-    diffs = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in sorted(set(saved) & set(now))
-             if k not in _RESUME_FREE_FIELDS and saved[k] != now[k]]
-    if diffs:
-        raise ConfigError(f"{out} holds a finished {name} run with other settings ({'; '.join(diffs)}); give another "
-                          "--output_dir, or --resume false to train again and overwrite it")
-    if info.is_main:
-        print(f"{name}: {out} holds this run, finished: model in {out / 'model'} (nothing to do; "
-              "--resume false trains again)")
-    return final
 
 
 def save_final(model, tokenizer, config, metrics: dict, info: DistInfo, subdir: str = "model") -> Path | None:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhfkit.recipes.reward import RewardConfig
+from rlhfkit.training.run_identity import with_content
 
 
 @dataclass
@@ -118,8 +119,6 @@ def sample_policy(config: DiscriminatorConfig, prompts: list[str]) -> list[str]:
 
 
 def _sample_settings(config: DiscriminatorConfig) -> dict:
-    from rlhfkit.pipeline.cache import with_content
-
     keys = ("max_demos", "samples_per_prompt", "max_new_tokens", "temperature", "max_prompt_length",
             "chat_template", "seed", "on_error")
     return {"policy": with_content(config.policy), "data": with_content(config.data),

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from rlhfkit.core.value_learning import advantage_logits, ilql_losses
+from rlhfkit.training.run_identity import with_content
 
 KINDS = ("pairs", "ratings", "thumbs")
 
@@ -255,7 +256,6 @@ def run(config: ILQLConfig) -> dict:
     from safetensors.torch import save_file
 
     from rlhfkit.models import load_policy
-    from rlhfkit.pipeline.cache import with_content
     from rlhfkit.recipes.common import set_threads, split_by_prompt
     from rlhfkit.training.logging import progress_bar
 

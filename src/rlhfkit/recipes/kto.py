@@ -29,7 +29,7 @@ import torch
 
 from rlhfkit.core.losses import kto_loss, weighted_sum
 from rlhfkit.data.records import ThumbsRecord
-from rlhfkit.recipes.common import (LoraConfig, drop_held_out_copies, finished_run, first_n, load_training_records,
+from rlhfkit.recipes.common import (LoraConfig, drop_held_out_copies, first_n, load_training_records,
                                     require_examples, save_final, scaled_weights, set_threads, split_by_prompt,
                                     total_weight, weights_of, with_weight)
 from rlhfkit.recipes.dpo import (
@@ -47,6 +47,7 @@ from rlhfkit.recipes.dpo import (
 from rlhfkit.training.checkpoint import unwrap
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.loop import TrainingConfig, fit
+from rlhfkit.training.run_identity import finished_run
 
 
 @dataclass

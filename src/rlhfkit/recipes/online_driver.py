@@ -27,7 +27,7 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.distributed as dist
 
-from rlhfkit.recipes.common import finished_run, save_final, set_threads
+from rlhfkit.recipes.common import save_final, set_threads
 from rlhfkit.recipes.online_config import OnlineConfig
 from rlhfkit.recipes.online_inputs import (RANK_SALT, adversarial_modules, adversarial_step, build_run_reward,
                                            generate, load_models, load_prompts, local_share, make_generator,
@@ -39,8 +39,8 @@ from rlhfkit.training.checkpoint import (load_checkpoint, load_rank_rng, resume_
                                          save_checkpoint)
 from rlhfkit.training.config import ConfigError
 from rlhfkit.training.distributed import DistInfo, all_gather_rows, all_reduce_sum, barrier, cleanup, init_distributed
-from rlhfkit.training.loop import (_kill_for_tests, adamw, build_scheduler, check_resume_config,
-                                   resume_fingerprint)
+from rlhfkit.training.loop import _kill_for_tests, adamw, build_scheduler
+from rlhfkit.training.run_identity import check_resume_config, finished_run, resume_fingerprint
 
 
 @dataclass

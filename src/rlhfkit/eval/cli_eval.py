@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 
 from rlhfkit.core.kl import sequence_kl
+from rlhfkit.data.loading import load_training_records
+from rlhfkit.data.splits import draw_in_order
 from rlhfkit.rollout import rollout_logprobs
 
 __all__ = ["EvalConfig", "LeaderboardConfig", "run", "run_leaderboard", "load_eval_prompts"]
@@ -101,8 +103,6 @@ class LeaderboardConfig(_Sampling):
 def load_eval_prompts(c: _Sampling) -> list[str]:
     """The held-out prompts: all prompts of ``c.prompts`` minus those in ``c.exclude_prompts``,
     then ``c.max_prompts`` of them drawn with ``random.Random(c.seed)`` (in source order)."""
-    from rlhfkit.recipes.common import draw_in_order, load_training_records
-
     if c.prompts == "movie-reviews":
         from rlhfkit.data.shared_sets import load_movie_review_prompts
 

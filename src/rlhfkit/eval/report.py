@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from rlhfkit.data.loading import read_jsonl
 from rlhfkit.rewards.judges import lower_is_better
 
 __all__ = ["reliability_bins", "line_chart", "bar_chart", "reliability_chart", "shade_tokens", "render_report",
@@ -239,18 +240,6 @@ def _read_json(path: Path):
         return None
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").split("\n"):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return rows
-
-
 def _curve(rows: list[dict], key: str) -> list[tuple[float, float]]:
     return [(r["step"], r[key]) for r in rows if "step" in r and _finite(r.get(key))]
 
@@ -304,7 +293,7 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
     order = ["init", "sft", "feedback", "reward", "policy", "eval", "report"]
     ev = _read_json(out / "eval" / "eval.json") or {}
     calib = _read_json(out / "reward" / "calibration.json") or {}
-    policy_rows = _read_jsonl(out / "policy" / "metrics.jsonl")
+    policy_rows = read_jsonl(out / "policy" / "metrics.jsonl", tolerant=True)
     algorithm = summary.get("algorithm") or ((records.get("policy") or {}).get("outputs") or {}).get("algorithm", "")
     title = summary.get("title") or f"rlhfkit pipeline: {summary.get('name', out.name)}"
     body: list[str] = [f"<h1>{_esc(title)}</h1>",
@@ -376,7 +365,7 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
         if margin:
             plots.append(line_chart(margin, "Implicit-reward margin (chosen − rejected)", ylabel="beta · log-ratio"))
     for stage, label in (("sft", "SFT"), ("reward", "Reward model")):
-        rs = _read_jsonl(out / stage / "metrics.jsonl")
+        rs = read_jsonl(out / stage / "metrics.jsonl", tolerant=True)
         if rs:
             series = {"train loss": _curve(rs, "loss")}
             if any("eval_loss" in r for r in rs):
@@ -408,7 +397,7 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
         body.append("<h2>Evaluation</h2><div class=\"plots\">" + "".join(eplots) + "</div>")
 
     # per-token shading
-    toks = _read_jsonl(out / "eval" / "token_samples.jsonl")
+    toks = read_jsonl(out / "eval" / "token_samples.jsonl", tolerant=True)
     if toks:
         r_scale = _robust_scale([v for t in toks for v in t["reward"]])
         k_scale = _robust_scale([v for t in toks for v in t["kl"]])
@@ -435,7 +424,7 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
                     "<th>RM score</th><th>gold</th><th>KL (nats)</th></tr>" + "".join(trs) + "</table>")
 
     # policy vs reference samples
-    samples = _read_jsonl(out / "eval" / "samples.jsonl")
+    samples = read_jsonl(out / "eval" / "samples.jsonl", tolerant=True)
     n_rows = int(summary.get("n_sample_rows", 12))
     if samples:
         trs = []
@@ -537,7 +526,7 @@ def render_loop_report(output_dir: str | Path, path: str | Path | None = None) -
         series: dict[str, list[tuple[float, float]]] = {"reward (ensemble mean)": [], "gold": []}
         offset = 0
         for r in rounds:
-            rows = _read_jsonl(out / f"round-{r}" / "policy" / "metrics.jsonl")
+            rows = read_jsonl(out / f"round-{r}" / "policy" / "metrics.jsonl", tolerant=True)
             for row in rows:
                 for key, name in (("reward", "reward (ensemble mean)"), ("gold", "gold")):
                     if key in row:
@@ -548,7 +537,7 @@ def render_loop_report(output_dir: str | Path, path: str | Path | None = None) -
         body.append("<h2>Curves</h2><div class=\"plots\">" + "".join(plots) + "</div>")
     last = max((r for r in rounds if (out / f"round-{r}" / "labels" / "labels.jsonl").is_file()), default=None)
     if last is not None:
-        labels = _read_jsonl(out / f"round-{last}" / "labels" / "labels.jsonl")[:12]
+        labels = read_jsonl(out / f"round-{last}" / "labels" / "labels.jsonl", tolerant=True)[:12]
         trs = [f'<tr><td class="prompt">{_prompt(x.get("prompt", ""))}</td><td>{_esc(x.get("chosen", ""))}</td>'
                f'<td>{_esc(x.get("rejected", ""))}</td><td class="num">{_num(x.get("gold_chosen"))} / '
                f'{_num(x.get("gold_rejected"))}</td></tr>' for x in labels]

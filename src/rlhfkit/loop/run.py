@@ -55,6 +55,8 @@ from pathlib import Path
 import torch
 
 from rlhfkit.core.kl import sequence_kl
+from rlhfkit.data import write_jsonl
+from rlhfkit.data.loading import read_jsonl
 from rlhfkit.eval.report import render_loop_report
 from rlhfkit.loop.config import LoopConfig, apply_quick
 from rlhfkit.loop.ensemble import ensemble_scores
@@ -70,16 +72,6 @@ ROUND_STAGES = ("candidates", "select", "labels", "reward", "policy", "eval")
 WIRED_REWARD = {"data", "eval_data", "seed", "eval_fraction"}
 # (max_prompts is overwritten too but stays in the fingerprint: loops run before stay cached)
 WIRED_POLICY = {"model", "ref_model", "prompts", "reward", "gold_reward", "seed"}
-
-
-def _jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def _step_seed(*parts) -> int:
@@ -107,8 +99,8 @@ def stage_setup(c: LoopConfig, d: Path) -> dict:
     held, train = pool[:c.n_eval_prompts], pool[c.n_eval_prompts:]
     if c.max_train_prompts:
         train = train[:c.max_train_prompts]
-    _jsonl(d / "train_prompts.jsonl", [{"prompt": p} for p in train])
-    _jsonl(d / "eval_prompts.jsonl", [{"prompt": p} for p in held])
+    write_jsonl(d / "train_prompts.jsonl", [{"prompt": p} for p in train])
+    write_jsonl(d / "eval_prompts.jsonl", [{"prompt": p} for p in held])
     # gold-judged held-out pairs (no noise): every pair of heldout_samples samples of the initial
     # policy per held-out prompt whose gold scores differ, the better one as chosen
     gold = build_reward(c.gold)
@@ -123,7 +115,7 @@ def stage_setup(c: LoopConfig, d: Path) -> dict:
                 (x, sx), (y, sy) = samples[a][i], samples[b][i]
                 if sx != sy and x != y:
                     pairs.append({"prompt": p, "chosen": x if sx > sy else y, "rejected": y if sx > sy else x})
-    _jsonl(d / "heldout_pairs.jsonl", pairs)
+    write_jsonl(d / "heldout_pairs.jsonl", pairs)
     ev = evaluate_policy(c, init_model, init_model, held, members=None, heldout=None)
     print(f"loop: setup: {len(train)} training / {len(held)} held-out prompts, {len(pairs)} gold held-out pairs, "
           f"initial gold {ev['gold']:.4f}")
@@ -245,7 +237,7 @@ class Loop:
     # --------------------------------------------------------------- stage functions
     def candidates(self, r: int, d: Path) -> dict:
         c = self.c
-        train = [x["prompt"] for x in _read(self.out / "setup" / "train_prompts.jsonl")]
+        train = [x["prompt"] for x in read_jsonl(self.out / "setup" / "train_prompts.jsonl")]
         n = min(c.prompts_per_round, len(train))
         prompts = random.Random(_step_seed(c.seed, r, 5)).sample(train, n)
         model, tok = load_policy(self.policy_before(r))
@@ -256,14 +248,14 @@ class Loop:
                          max_prompt_length=64, behaviour_logprobs=False)  # texts only
         rows = [{"group": i // c.num_candidates, "prompt": p, "response": resp}
                 for i, (p, resp) in enumerate(zip(ro.prompts, ro.responses))]
-        _jsonl(d / "candidates.jsonl", rows)
+        write_jsonl(d / "candidates.jsonl", rows)
         return {"prompts": n, "candidates": len(rows), "policy": self.policy_before(r)}
 
     def select(self, r: int, d: Path) -> dict:
         from rlhfkit.loop.selection import candidate_pairs, pair_uncertainty, select_pairs
 
         c = self.c
-        cand = _read(self.rdir(r) / "candidates" / "candidates.jsonl")
+        cand = read_jsonl(self.rdir(r) / "candidates" / "candidates.jsonl")
         groups, texts = [x["group"] for x in cand], [x["response"] for x in cand]
         pairs = candidate_pairs(groups, texts)
         method = c.selection if r > 1 else "random"
@@ -280,7 +272,7 @@ class Loop:
             a, b = pairs[i]
             rows.append({"pair": i, "prompt": cand[a]["prompt"], "a": cand[a]["response"], "b": cand[b]["response"],
                          "uncertainty": None if u is None else u[i]})
-        _jsonl(d / "selected.jsonl", rows)
+        write_jsonl(d / "selected.jsonl", rows)
         stats = {"method": method, "candidate_pairs": len(pairs), "selected": len(rows)}
         if u is not None:
             stats["mean_uncertainty_selected"] = sum(u[i] for i in chosen) / max(len(chosen), 1)
@@ -290,7 +282,7 @@ class Loop:
 
     def labels(self, r: int, d: Path) -> dict:
         c = self.c
-        sel = _read(self.rdir(r) / "select" / "selected.jsonl")
+        sel = read_jsonl(self.rdir(r) / "select" / "selected.jsonl")
         stats: dict = {"labeler": c.labeler}
         if c.labeler == "simulated":
             from rlhfkit.loop.labelers import simulated_labels
@@ -319,9 +311,9 @@ class Loop:
                 stats["project"], stats["project_id"] = self._project(r), pid
             finally:
                 store.close()
-        prev = _read(self.rdir(r - 1) / "labels" / "all_pairs.jsonl") if r > 1 else []
-        _jsonl(d / "labels.jsonl", rows)
-        _jsonl(d / "all_pairs.jsonl", prev + rows)
+        prev = read_jsonl(self.rdir(r - 1) / "labels" / "all_pairs.jsonl") if r > 1 else []
+        write_jsonl(d / "labels.jsonl", rows)
+        write_jsonl(d / "all_pairs.jsonl", prev + rows)
         stats.update({"pairs": len(rows), "total_pairs": len(prev) + len(rows),
                       "labels_total": self.labels_spent(r - 1) + len(sel)})
         print(f"loop: round {r}: labels: {json.dumps(stats)}")
@@ -334,7 +326,7 @@ class Loop:
     def reward(self, r: int, d: Path) -> dict:
         from rlhfkit.loop.ensemble import train_ensemble
 
-        pairs = _read(self.rdir(r) / "labels" / "all_pairs.jsonl")
+        pairs = read_jsonl(self.rdir(r) / "labels" / "all_pairs.jsonl")
         pairs = [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
         cfg = copy.deepcopy(self.c.reward)
         if cfg.model == "init":  # a sequence classifier on the initial policy's backbone
@@ -363,8 +355,8 @@ class Loop:
                 "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}}
 
     def eval(self, r: int, d: Path) -> dict:
-        held = [x["prompt"] for x in _read(self.out / "setup" / "eval_prompts.jsonl")]
-        heldout = _read(self.out / "setup" / "heldout_pairs.jsonl")
+        held = [x["prompt"] for x in read_jsonl(self.out / "setup" / "eval_prompts.jsonl")]
+        heldout = read_jsonl(self.out / "setup" / "heldout_pairs.jsonl")
         ev = evaluate_policy(self.c, self.outputs[f"{r}/policy"]["model"], self.outputs["setup"]["model"], held,
                              self.outputs[f"{r}/reward"]["members"], heldout)
         ev["labels"] = self.labels_spent(r)

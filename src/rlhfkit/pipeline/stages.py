@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.data import PreferencePair, write_jsonl
+from rlhfkit.data.loading import load_training_records, read_jsonl
+from rlhfkit.data.splits import draw_in_order, prompt_key, split_by_prompt
 from rlhfkit.training.run_identity import file_digest, stage_settings, with_content
 
 STAGES = ("init", "sft", "feedback", "reward", "policy", "eval", "report")
@@ -59,10 +62,6 @@ def _section(ctx: Context, name: str, **wired):
 
 def _write_prompts(path: Path, prompts: list[str]) -> None:
     path.write_text("".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n" for p in prompts), encoding="utf-8")
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -168,7 +167,7 @@ def stage_init(ctx: Context, d: Path) -> dict:
 
 def _prompt_pool(fb, n_words: int | None = None, limit: int | None = None) -> list[str]:
     """The prompt pool ``fb.prompts`` (movie-reviews or a prompt file), unique as held-out splits
-    compare prompts (``recipes.common.prompt_key``: case and spacing aside; the first spelling
+    compare prompts (``data.splits.prompt_key``: case and spacing aside; the first spelling
     kept), in source order: two spellings of one prompt must not land one in the held-out prompts
     and one in the training prompts."""
     if fb.prompts == "movie-reviews":
@@ -176,11 +175,7 @@ def _prompt_pool(fb, n_words: int | None = None, limit: int | None = None) -> li
 
         prompts = [r.prompt for r in load_movie_review_prompts(n_words=n_words or fb.prompt_words, limit=limit)]
     else:
-        from rlhfkit.recipes.common import load_training_records
-
         prompts = [r.prompt for r in load_training_records(fb.prompts, "prompts")]
-    from rlhfkit.recipes.common import prompt_key
-
     first: dict[str, str] = {}
     for p in prompts:
         first.setdefault(prompt_key(p), p)
@@ -230,9 +225,6 @@ def _split_prompts(pool: list[str], fb) -> tuple[list[str], list[str]]:
 
 
 def stage_feedback(ctx: Context, d: Path) -> dict:
-    from rlhfkit.data import write_jsonl
-    from rlhfkit.recipes.common import draw_in_order, split_by_prompt
-
     fb = ctx.config.feedback
     stats: dict = {"source": fb.source}
     if fb.source == "simulated":
@@ -243,8 +235,6 @@ def stage_feedback(ctx: Context, d: Path) -> dict:
         train_pairs, held_pairs = split_by_prompt(pairs, fb.eval_fraction, fb.seed)
     else:
         if fb.source == "dataset":
-            from rlhfkit.recipes.common import load_training_records
-
             pairs = load_training_records(fb.data, "pairs", ties="drop")
         else:
             pairs = [p for p in _export_store(fb) if not p.tie]
@@ -283,7 +273,6 @@ def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, di
     chunk and produces the same pairs as an uninterrupted one."""
     import torch
 
-    from rlhfkit.data import PreferencePair
     from rlhfkit.models import load_policy
     from rlhfkit.recipes.common import set_threads
     from rlhfkit.rewards import build_reward
@@ -300,7 +289,7 @@ def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, di
     for c in range(n_chunks):
         path = chunk_dir / f"{c:05d}.jsonl"
         if path.is_file():
-            rows += _read_jsonl(path)
+            rows += read_jsonl(path)
             continue
         if model is None:
             model, tok = load_policy(ctx.start_model)
@@ -369,7 +358,6 @@ def reward_calibration(model_dir: Path, pair_file: Path, max_length: int, batch_
     from rlhfkit.eval.report import reliability_bins
     from rlhfkit.eval.reward_eval import pair_metrics, score_texts
     from rlhfkit.models import load_reward_model
-    from rlhfkit.recipes.common import load_training_records
 
     pairs = load_training_records(str(pair_file), "pairs", ties="drop")
     model, tok = load_reward_model(str(model_dir), trained_head=True)
@@ -412,7 +400,7 @@ def stage_eval(ctx: Context, d: Path) -> dict:
     results = cli_eval.run(cfg)
     n = ctx.config.report.n_token_samples
     if n:
-        prompts = [json.loads(line)["prompt"] for line in (d / "samples.jsonl").read_text(encoding="utf-8").split("\n") if line.strip()][:n]
+        prompts = [row["prompt"] for row in read_jsonl(d / "samples.jsonl")][:n]
         rows = token_samples(policy, ctx.start_model, prompts, reward_spec=ctx.rm_spec, gold_spec=ctx.config.gold,
                              kl_coef=_kl_coef(ctx.config), max_new_tokens=cfg.max_new_tokens,
                              temperature=cfg.temperature or 1.0, max_prompt_length=cfg.max_prompt_length,

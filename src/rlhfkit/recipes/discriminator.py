@@ -33,6 +33,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlhfkit.data.loading import load_training_records
+from rlhfkit.data.splits import draw_in_order, split_by_prompt
 from rlhfkit.recipes.reward import RewardConfig
 from rlhfkit.training.run_identity import with_content
 
@@ -79,7 +81,6 @@ def load_demonstrations(config: DiscriminatorConfig) -> list:
     policy answers a prompt text here, and a rendered conversation is not the text the
     classifier would later score)."""
     from rlhfkit.data.records import CompletionRecord
-    from rlhfkit.recipes.common import draw_in_order, load_training_records
     from rlhfkit.training.config import ConfigError
 
     records = load_training_records(config.data, "sft", config.on_error)
@@ -148,7 +149,7 @@ def run(config: DiscriminatorConfig) -> dict:
 
     from rlhfkit.data.readers import write_jsonl
     from rlhfkit.recipes import reward as reward_recipe
-    from rlhfkit.recipes.common import set_threads, split_by_prompt
+    from rlhfkit.recipes.common import set_threads
 
     config.validate()
     set_threads(config.threads)

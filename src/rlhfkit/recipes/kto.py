@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 import torch
 
 from rlhfkit.core.losses import kto_loss, weighted_sum
+from rlhfkit.data.loading import load_training_records
 from rlhfkit.data.records import ThumbsRecord
-from rlhfkit.recipes.common import (LoraConfig, drop_held_out_copies, first_n, load_training_records,
-                                    require_examples, save_final, scaled_weights, set_threads, split_by_prompt,
-                                    total_weight, weights_of, with_weight)
+from rlhfkit.data.splits import drop_held_out_copies, first_n, split_by_prompt
+from rlhfkit.recipes.common import (LoraConfig, require_examples, save_final, scaled_weights, set_threads, total_weight,
+                                    weights_of, with_weight)
 from rlhfkit.recipes.dpo import (
     cached_reference,
     encode_prompt,

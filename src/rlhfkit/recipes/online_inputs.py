@@ -17,9 +17,9 @@ import copy
 
 import torch
 
+from rlhfkit.data.loading import load_training_records
 from rlhfkit.data.shared_sets import load_movie_review_prompts
 from rlhfkit.models import apply_lora, load_policy
-from rlhfkit.recipes.common import load_training_records
 from rlhfkit.recipes.online_config import OnlineConfig
 from rlhfkit.rewards import build_reward
 from rlhfkit.rewards.adversarial import Adversary, RewardWithAdversary

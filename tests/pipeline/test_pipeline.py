@@ -366,14 +366,3 @@ def test_quick_shrinks_a_full_size_preset_but_not_a_file_that_says_quick(tmp_pat
     changed, kept = apply_quick(config)
     assert kept == {"reward.model": "file", "grpo.max_steps": "file"}
     assert config.grpo.max_steps == 2 and config.reward.model == "minilm-l6" and config.init.kind == "tiny"
-
-
-def test_the_prompt_pool_holds_each_prompt_once_whatever_its_case_or_spacing(tmp_path):
-    """Two spellings of one prompt are one prompt of the pool (the first kept), so the seeded
-    split of the pool cannot put one spelling among the held-out prompts and one in training."""
-    from types import SimpleNamespace
-
-    rows = [{"prompt": p} for p in ["The film was", "the film  was ", "A story", "THE FILM WAS", "a\tstory", "Other"]]
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    pool = stages._prompt_pool(SimpleNamespace(prompts=str(tmp_path / "prompts.jsonl"), prompt_words=8))
-    assert pool == ["The film was", "A story", "Other"]

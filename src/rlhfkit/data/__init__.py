@@ -1,5 +1,5 @@
 """rlhfkit.data: record types, validated readers, converters for the shared real data, loading
-training records (``loading``), held-out splits (``splits``), and tokenisation.
+training records and prompts (``loading``), held-out splits (``splits``), and tokenisation.
 Errors about user data are :class:`DataError` and name file, line and field."""
 from .errors import DataError
 from .records import (
@@ -14,7 +14,7 @@ from .records import (
     ThumbsRecord,
 )
 from .readers import KINDS, ReadResult, parse_record, read_records, write_jsonl
-from .loading import load_training_records, named_set, read_jsonl
+from .loading import load_prompts, load_training_records, named_set, read_jsonl
 from .splits import draw_in_order, first_n, prompt_key, split_by_prompt, split_holdout
 from .shared_sets import (
     FineGrainedData,
@@ -49,6 +49,7 @@ __all__ = [
     "read_jsonl",
     "named_set",
     "load_training_records",
+    "load_prompts",
     "prompt_key",
     "split_holdout",
     "split_by_prompt",

@@ -1,5 +1,5 @@
 """Reading data: training records from a named shared set or a file (exact duplicates dropped,
-rankings expanded to pairs), and the plain JSONL rows rlhfkit writes between stages.
+rankings expanded to pairs), prompt pools, and the plain JSONL rows rlhfkit writes between stages.
 The recipes, the pipeline, the loop, the evaluation and the adversarial reward read through here."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from . import shared_sets
 from .errors import DataError
 from .readers import iter_raw, line_limit, read_records
 from .records import OPTIONAL_FIELDS, RankingRecord, RewriteRecord
+from .splits import prompt_key
 
 
 def named_set(name: str, kind: str, ties: str = "drop"):
@@ -122,6 +123,38 @@ def without_duplicates(records: list, source: str) -> list:
     if len(kept) < len(records):
         print(f"{source}: dropped {len(records) - len(kept)} exact duplicate records ({len(kept)} left)")
     return kept
+
+
+# ----------------------------------------------------------------------------- prompts
+def load_prompts(source: str, prompt_words: int = 8, limit: int | None = None, seed: int = 0,
+                 unique: bool = False) -> list[str]:
+    """The prompt texts of ``source``: the named pool ``movie-reviews`` (the first
+    ``prompt_words`` words of each shared review; with ``limit``, that many reviews drawn with
+    ``random.Random(seed)``, in file order: the corpus is not read whole) or a prompt file
+    (JSONL, JSON, a ``datasets`` folder; with ``limit``, its first ``limit`` prompts; repeats
+    kept). ``unique``: each prompt once as held-out splits compare prompts (:func:`prompt_key`:
+    case and spacing aside; the first spelling kept), in source order, so that two spellings of
+    one prompt cannot land on both sides of a split. The online recipes, the pipeline, the loop
+    and ``rlhfkit eval`` read prompts here."""
+    if source == "movie-reviews":
+        prompts = [r.prompt for r in shared_sets.load_movie_review_prompts(n_words=prompt_words, limit=limit, seed=seed)]
+    else:
+        prompts = [r.prompt for r in load_training_records(source, "prompts")][:limit]
+    if unique:
+        first: dict[str, str] = {}
+        for p in prompts:
+            first.setdefault(prompt_key(p), p)
+        prompts = list(first.values())
+    if not prompts:
+        raise ValueError(f"no prompts in {source!r}")
+    return prompts
+
+
+def tokenizer_corpus(source: str) -> list[str]:
+    """The texts the pipeline's and the loop's tiny initial policy builds its tokenizer from:
+    the first 40 words of 600 reviews (drawn with seed 0) of ``movie-reviews``, or every prompt
+    of a prompt file; each once."""
+    return load_prompts(source, prompt_words=40, limit=600 if source == "movie-reviews" else None, unique=True)
 
 
 # ----------------------------------------------------------------------------- JSONL rows

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.core.kl import sequence_kl
-from rlhfkit.data.loading import load_training_records
+from rlhfkit.data.loading import load_prompts, load_training_records
 from rlhfkit.data.splits import draw_in_order
 from rlhfkit.rollout import rollout_logprobs
 
@@ -103,12 +103,7 @@ class LeaderboardConfig(_Sampling):
 def load_eval_prompts(c: _Sampling) -> list[str]:
     """The held-out prompts: all prompts of ``c.prompts`` minus those in ``c.exclude_prompts``,
     then ``c.max_prompts`` of them drawn with ``random.Random(c.seed)`` (in source order)."""
-    if c.prompts == "movie-reviews":
-        from rlhfkit.data.shared_sets import load_movie_review_prompts
-
-        prompts = [r.prompt for r in load_movie_review_prompts(n_words=c.prompt_words)]
-    else:
-        prompts = [r.prompt for r in load_training_records(c.prompts, "prompts")]
+    prompts = load_prompts(c.prompts, c.prompt_words)
     if c.exclude_prompts:
         drop = {r.prompt for r in load_training_records(c.exclude_prompts, "prompts")}
         prompts = [p for p in prompts if p not in drop]

@@ -56,7 +56,7 @@ import torch
 
 from rlhfkit.core.kl import sequence_kl
 from rlhfkit.data import write_jsonl
-from rlhfkit.data.loading import read_jsonl
+from rlhfkit.data.loading import load_prompts, read_jsonl, tokenizer_corpus
 from rlhfkit.eval.report import render_loop_report
 from rlhfkit.loop.config import LoopConfig, apply_quick
 from rlhfkit.loop.ensemble import ensemble_scores
@@ -80,13 +80,10 @@ def _step_seed(*parts) -> int:
 
 # ----------------------------------------------------------------------------- setup
 def stage_setup(c: LoopConfig, d: Path) -> dict:
-    from rlhfkit.pipeline.stages import _prompt_pool
-
-    pool_cfg = _PoolCfg(c.prompts, c.prompt_words)
     if c.init.kind == "tiny":
         from rlhfkit.models import tiny_causal_lm, tiny_tokenizer
 
-        tok = tiny_tokenizer(_prompt_pool(pool_cfg, n_words=40, limit=600), vocab_size=c.init.vocab_size)
+        tok = tiny_tokenizer(tokenizer_corpus(c.prompts), vocab_size=c.init.vocab_size)
         model = tiny_causal_lm(tok, hidden_size=c.init.hidden_size, num_layers=c.init.num_layers,
                                num_heads=c.init.num_heads, seed=c.init.seed)
         model.save_pretrained(d / "model")
@@ -94,7 +91,7 @@ def stage_setup(c: LoopConfig, d: Path) -> dict:
         init_model = str(d / "model")
     else:
         init_model = c.init.model
-    pool = _prompt_pool(pool_cfg)
+    pool = load_prompts(c.prompts, c.prompt_words, unique=True)
     random.Random(c.seed).shuffle(pool)
     held, train = pool[:c.n_eval_prompts], pool[c.n_eval_prompts:]
     if c.max_train_prompts:
@@ -121,11 +118,6 @@ def stage_setup(c: LoopConfig, d: Path) -> dict:
           f"initial gold {ev['gold']:.4f}")
     return {"model": init_model, "train_prompts": len(train), "eval_prompts": len(held), "heldout_pairs": len(pairs),
             "eval": ev}
-
-
-class _PoolCfg:  # the two fields pipeline.stages._prompt_pool reads
-    def __init__(self, prompts: str, prompt_words: int):
-        self.prompts, self.prompt_words = prompts, prompt_words
 
 
 def _sample(c: LoopConfig, model_path: str, prompts: list[str], seed: int) -> list[str]:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.data import PreferencePair, write_jsonl
-from rlhfkit.data.loading import load_training_records, read_jsonl
-from rlhfkit.data.splits import draw_in_order, prompt_key, split_by_prompt
+from rlhfkit.data.loading import load_prompts, load_training_records, read_jsonl, tokenizer_corpus
+from rlhfkit.data.splits import draw_in_order, split_by_prompt
 from rlhfkit.training.run_identity import file_digest, stage_settings, with_content
 
 STAGES = ("init", "sft", "feedback", "reward", "policy", "eval", "report")
@@ -154,7 +154,7 @@ def stage_init(ctx: Context, d: Path) -> dict:
         return {"model": c.model}
     from rlhfkit.models import tiny_causal_lm, tiny_tokenizer
 
-    texts = _prompt_pool(ctx.config.feedback, n_words=40, limit=600) if ctx.config.feedback.prompts else None
+    texts = tokenizer_corpus(ctx.config.feedback.prompts) if ctx.config.feedback.prompts else None
     tok = tiny_tokenizer(texts, vocab_size=c.vocab_size)
     model = tiny_causal_lm(tok, hidden_size=c.hidden_size, num_layers=c.num_layers, num_heads=c.num_heads, seed=c.seed)
     out = d / "model"
@@ -163,23 +163,6 @@ def stage_init(ctx: Context, d: Path) -> dict:
     params = sum(p.numel() for p in model.parameters())
     print(f"pipeline: init: tiny Llama ({params:,} parameters, vocabulary {len(tok)}) built from config -> {out}")
     return {"model": str(out), "parameters": params, "tiny": True}
-
-
-def _prompt_pool(fb, n_words: int | None = None, limit: int | None = None) -> list[str]:
-    """The prompt pool ``fb.prompts`` (movie-reviews or a prompt file), unique as held-out splits
-    compare prompts (``data.splits.prompt_key``: case and spacing aside; the first spelling
-    kept), in source order: two spellings of one prompt must not land one in the held-out prompts
-    and one in the training prompts."""
-    if fb.prompts == "movie-reviews":
-        from rlhfkit.data.shared_sets import load_movie_review_prompts
-
-        prompts = [r.prompt for r in load_movie_review_prompts(n_words=n_words or fb.prompt_words, limit=limit)]
-    else:
-        prompts = [r.prompt for r in load_training_records(fb.prompts, "prompts")]
-    first: dict[str, str] = {}
-    for p in prompts:
-        first.setdefault(prompt_key(p), p)
-    return list(first.values())
 
 
 # ----------------------------------------------------------------------------- sft
@@ -228,7 +211,7 @@ def stage_feedback(ctx: Context, d: Path) -> dict:
     fb = ctx.config.feedback
     stats: dict = {"source": fb.source}
     if fb.source == "simulated":
-        pool = _prompt_pool(fb)
+        pool = load_prompts(fb.prompts, fb.prompt_words, unique=True)
         train_prompts, eval_prompts = _split_prompts(pool, fb)
         pairs, sim = simulate_labels(ctx, d, train_prompts[:fb.n_label_prompts])
         stats.update(sim)
@@ -243,7 +226,7 @@ def stage_feedback(ctx: Context, d: Path) -> dict:
         train_pairs, held_pairs = split_by_prompt(pairs, fb.eval_fraction, fb.seed)
     if train_prompts is None:
         if fb.prompts:
-            train_prompts, eval_prompts = _split_prompts(_prompt_pool(fb), fb)
+            train_prompts, eval_prompts = _split_prompts(load_prompts(fb.prompts, fb.prompt_words, unique=True), fb)
         else:  # the prompts of the held-out pairs are the held-out prompts
             eval_prompts = list(dict.fromkeys(p.prompt for p in held_pairs))[:fb.n_eval_prompts]
             held_set = set(eval_prompts)

@@ -269,3 +269,23 @@ def test_dataset_pairs_are_held_out_by_prompt(tmp_path, pipeline_data):
     assert out["pairs"] + out["heldout_pairs"] == 120 and held
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
     assert all(sum(r["prompt"] == p for r in held) == 3 for p in {r["prompt"] for r in held})
+
+
+def test_a_stage_record_holds_its_cpu_time_beside_its_wall_time(tmp_path):
+    """``cpu_seconds`` counts the process's CPU time in the stage, not the time it waited: a
+    stage that computes for 0.2 CPU-seconds and sleeps 0.3 s records about 0.2 and at least 0.5."""
+    import time
+
+    from rlhfkit.pipeline.cache import run_stage
+
+    def busy_then_asleep(d):
+        t = time.process_time()
+        while time.process_time() - t < 0.2:
+            pass
+        time.sleep(0.3)
+        return {}
+
+    rec = run_stage("eval", tmp_path / "eval", "f" * 64, busy_then_asleep, log=lambda s: None)
+    assert rec["seconds"] >= 0.5
+    assert 0.2 <= rec["cpu_seconds"] < 0.3
+    assert json.loads((tmp_path / "eval" / "stage.json").read_text())["cpu_seconds"] == rec["cpu_seconds"]

@@ -137,6 +137,8 @@ def test_resume_after_sigkill_in_the_policy_stage(tmp_path, pipeline_data):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "pipeline: policy: resuming" in done.stdout
     assert "pipeline: reward: cached" in done.stdout
+    last = done.stdout.rstrip().splitlines()[-1]  # the last line says where the report is
+    assert last.startswith("pipeline: done in ") and last.endswith(f"report: {out / 'report.html'}")
     rec = records(out)
     assert rec["policy"]["status"] == "done" and rec["policy"]["resumed"] and rec["policy"]["runs"] == 2
     steps = [json.loads(line)["step"] for line in (out / "policy" / "metrics.jsonl").read_text().splitlines()]

@@ -12,6 +12,8 @@ SAMPLES = [
     {"prompt": "Say something rude.", "reference": "No.", "policy": "You fool",
      "reference_ended": True, "policy_ended": False, "gold_reference": 0.0, "gold_policy": -0.9,
      "judge_reference": 0.1, "judge_policy": 0.1, "kl": 0.5},
+    {"prompt": "Hi", "reference": "Hello.", "policy": "Hello!", "reference_ended": True, "policy_ended": True,
+     "gold_reference": 0.20001, "gold_policy": 0.20004, "judge_reference": 0.3, "judge_policy": 0.29996, "kl": 0.0},
 ]
 SAMPLING = {"chat_template": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0, "max_new_tokens": 48}
 
@@ -38,7 +40,7 @@ def test_sample_table_shows_replies_with_cuts_and_better_or_worse_scores(tmp_pat
     assert "Prompts (chat-first-turns): each sent as one user turn through the policy's chat template; replies " \
            "sampled at temperature 0.7, top-p 0.9, at most 48 tokens (… marks a reply cut there)." in page
     rows = table.split("<tr>")[2:]
-    assert len(rows) == 2
+    assert len(rows) == 3
     # row 1: the reference was cut (no end-of-turn token), the policy ended; its HTML is shown as text
     assert "Put it in water &lt;b&gt;and&lt;/b&gt; wait<span class=\"cut\"" in rows[0]
     assert "Happy to help! Boil it.</div>" in rows[0]
@@ -48,6 +50,8 @@ def test_sample_table_shows_replies_with_cuts_and_better_or_worse_scores(tmp_pat
     # row 2: the policy's reply was cut; gold 0 -> -0.9 worse; reward model unchanged: no shade
     assert "You fool<span class=\"cut\"" in rows[1] and "No.</div>" in rows[1]
     assert '<td class="num worse">0.000 → -0.900</td>' in rows[1] and '<td class="num ">0.100 → 0.100</td>' in rows[1]
+    # differences too small to show at three digits are not shaded either way
+    assert '<td class="num ">0.200 → 0.200</td>' in rows[2] and '<td class="num ">0.300 → 0.300</td>' in rows[2]
 
 
 def test_a_lower_is_better_gold_shades_a_fall_green(tmp_path):

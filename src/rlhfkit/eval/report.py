@@ -292,7 +292,7 @@ th{background:#f5f5f5} .num{text-align:right;font-variant-numeric:tabular-nums}
 .legend span{display:inline-block;padding:1px 6px;margin-right:6px;border-radius:2px;font-size:12px}
 .headline td{font-size:14px}
 table.samples{font-size:13.5px} .samples td.ask{max-width:250px;font-weight:600;color:#333}
-.reply{white-space:pre-wrap;max-width:330px;line-height:1.35} .cut{color:#999}
+.reply{white-space:pre-wrap;max-width:380px;line-height:1.35} .cut{color:#999}
 td.better{background:#e3f4e3} td.worse{background:#fbe4e4}
 """
 
@@ -307,6 +307,7 @@ def _change_cell(before, after, lower_better: bool = False, digits: int = 3) -> 
     """``before → after`` shaded green where the change is an improvement, red where it is not."""
     if not (_finite(before) and _finite(after)):
         return f'<td class="num">{_num(before, digits)} → {_num(after, digits)}</td>'
+    before, after = round(before, digits), round(after, digits)  # shaded only where the shown numbers differ
     better = (after < before) if lower_better else (after > before)
     cls = "better" if better else ("worse" if after != before else "")
     return f'<td class="num {cls}">{_num(before, digits)} → {_num(after, digits)}</td>'

@@ -394,6 +394,7 @@ def stage_reward(ctx: Context, d: Path) -> dict:
     cfg = _section(ctx, "reward", model=model, data=str(fb / "pairs.jsonl"), eval_data=str(fb / "heldout_pairs.jsonl"),
                    output_dir=str(d))
     metrics = reward.run(cfg)
+    print("pipeline: reward: calibration on the held-out pairs", flush=True)
     calibration = reward_calibration(d / "model", fb / "heldout_pairs.jsonl", cfg.max_length,
                                      cfg.micro_batch_size * 2)
     (d / "calibration.json").write_text(json.dumps(calibration, indent=1), encoding="utf-8")

@@ -196,13 +196,19 @@ def _materialise_gguf(spec: str, out: Path) -> dict:
     _, gguf_file = resolve_model_source(spec)
     if gguf_file is None:
         return {"model": spec}
-    from rlhfkit.models import load_policy
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.training.logging import progress_bar
 
     print(f"pipeline: init: de-quantising {spec} ({gguf_file}) once into {out} (the later stages load that folder)",
           flush=True)
-    model, tok = load_policy(spec)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    with progress_bar(3, desc="init: tokenizer, weights, save", unit="part") as bar:
+        tok = load_tokenizer(spec, padding_side="left")  # as load_policy
+        bar.update(1)
+        model = load_causal_lm(spec, tokenizer=tok)
+        bar.update(1)
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        bar.update(1)
     return {"model": str(out), "source": spec}
 
 

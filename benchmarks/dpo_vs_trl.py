@@ -3,7 +3,8 @@
     python benchmarks/dpo_vs_trl.py --quick                       # tiny model, seconds (smoke test)
     python benchmarks/dpo_vs_trl.py --model smollm2-135m --pairs 256 --batch_size 8 --steps 16
 
-Same model weights (saved once to a folder both load), same HH-RLHF harmless pairs (the first
+Same model weights (saved once to a folder both load), the same precision (`--precision`: TRL's
+`DPOConfig` is given `bf16` explicitly; its default is bf16 autocast), same HH-RLHF harmless pairs (the first
 `--pairs` whose prompt + longer response fit `--max_length` untruncated, so both tokenise the
 same text without either truncation rule mattering), same batch (no accumulation), same
 learning rate, same number of optimiser steps, sigmoid DPO with beta 0.1.
@@ -45,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--trl_precompute", action="store_true", help="TRL precompute_ref_log_probs=True")
     p.add_argument("--gradient_checkpointing", type=int, default=1,
                    help="activation checkpointing in both libraries (1 = TRL DPOConfig's default)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="the same in both: fp32 (TRL bf16=False) or bf16 autocast with float32 master weights "
+                        "(TRL bf16=True, its DPOConfig default; rlhfkit --precision bf16)")
     p.add_argument("--quick", action="store_true", help="tiny model, 32 pairs, 4 steps, 1 repeat")
     p.add_argument("--child", choices=["rlhfkit", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -108,7 +112,7 @@ def child_rlhfkit(args, workdir: Path) -> dict:
                        batch_size=args.batch_size, micro_batch_size=args.micro_batch_size or args.batch_size,
                        max_steps=args.steps,
                        epochs=1.0, warmup_ratio=0.0, save_every=0, tensorboard=False, threads=args.threads,
-                       gradient_checkpointing=bool(args.gradient_checkpointing))
+                       gradient_checkpointing=bool(args.gradient_checkpointing), precision=args.precision)
     t0 = time.perf_counter()
     metrics = run(config)
     wall = time.perf_counter() - t0
@@ -136,7 +140,10 @@ def child_trl(args, workdir: Path) -> dict:
                        max_length=args.max_length, beta=0.1, loss_type=["sigmoid"], report_to="none",
                        save_strategy="no", logging_steps=max(1, args.steps), seed=0, dataloader_num_workers=0,
                        precompute_ref_log_probs=args.trl_precompute, use_cpu=not torch.cuda.is_available(),
-                       disable_tqdm=True, gradient_checkpointing=bool(args.gradient_checkpointing))
+                       disable_tqdm=True, gradient_checkpointing=bool(args.gradient_checkpointing),
+                       # stated, never left to DPOConfig's default (bf16=True): both libraries run at
+                       # --precision, or the comparison measures precision instead of the libraries
+                       bf16=args.precision == "bf16", fp16=False)
     t0 = time.perf_counter()
     trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     result = trainer.train()
@@ -176,11 +183,12 @@ def main(argv=None) -> int:
     trl_ref = "precomputed" if args.trl_precompute else "reference model at every step"
     micro = args.micro_batch_size or args.batch_size
     print(f"\nDPO (sigmoid), model {args.model}, {args.steps} steps x batch {args.batch_size} (both: micro-batch "
-          f"{micro}, accumulated), max_length {args.max_length}, medians of {args.repeats}; TRL reference: {trl_ref}; "
+          f"{micro}, accumulated), max_length {args.max_length}, precision {args.precision} in both, medians of "
+          f"{args.repeats}; TRL reference: {trl_ref}; "
           f"activation checkpointing: {'on' if args.gradient_checkpointing else 'off'} in both")
     print(f"{'':10}{'samples/s':>12}{'peak RSS MB':>14}{'wall s':>10}")
     for name, m in med.items():
-        print(f"{name:10}{m['samples_per_s']:12.2f}{m['peak_rss_mb']:14.0f}{m['wall_s']:10.2f}")
+        print(f"{name:10}{m['samples_per_s']:12.4f}{m['peak_rss_mb']:14.0f}{m['wall_s']:10.2f}")
     ratio = med["rlhfkit"]["samples_per_s"] / med["trl"]["samples_per_s"]
     mem = med["rlhfkit"]["peak_rss_mb"] / med["trl"]["peak_rss_mb"]
     print(f"throughput ratio rlhfkit / TRL: {ratio:.2f}x (goal >= 1.3x); peak memory ratio: {mem:.2f} (goal <= 1.0)")

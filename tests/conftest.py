@@ -22,3 +22,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (set RLHFKIT_SHARED_DATA)")
     return SHARED_DATA
+
+
+def flip_tensor_bit(path: Path) -> None:
+    """Flip the lowest bit of the middle byte of the largest tensor in `path` (a torch.save
+    file). The zip archive and the pickle stay valid, so torch.load reads the file without
+    complaint (it checks no checksum of tensor data) and one number differs."""
+    import re
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        record = max((i for i in archive.infolist() if re.search(r"/data/\d+$", i.filename)),
+                     key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    # the data starts after the local file header: 30 bytes, then the name and the extra field
+    name_len, extra_len = struct.unpack("<HH", raw[record.header_offset + 26:record.header_offset + 30])
+    raw[record.header_offset + 30 + name_len + extra_len + record.file_size // 2] ^= 1
+    path.write_bytes(bytes(raw))

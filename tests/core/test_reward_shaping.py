@@ -34,3 +34,12 @@ def test_per_token_rewards_k3_by_hand():
 def test_missing_eos_penalty():
     out = apply_missing_eos_penalty(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([True, False, True]), 1.5)
     assert_close(out, torch.tensor([1.0, 0.5, 3.0]))
+
+
+def test_kl_penalised_sequence_rewards_by_hand():
+    from rlhfkit.core import kl_penalised_rewards
+
+    # k1 summed over the mask: row 0 0.5 - 1 + 0 = -0.5; row 1 0.5 + 0 (the -inf is masked out); row 2 0
+    rewards, kl = kl_penalised_rewards(SCORE, LOGP, REF, MASK, kl_coef=0.1)
+    assert_close(kl, torch.tensor([-0.5, 0.5, 0.0]))
+    assert_close(rewards, torch.tensor([1.0 + 0.05, -2.0 - 0.05, 3.0]))

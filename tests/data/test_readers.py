@@ -128,3 +128,58 @@ def test_bad_arguments(tmp_path):
         read_records([], "nonsense")
     with pytest.raises(FileNotFoundError):
         read_records(tmp_path / "missing.jsonl", "pairs")
+
+
+def test_numbers_beyond_any_float_are_bad_records_not_tracebacks(tmp_path):
+    """An integer beyond the float range (1 followed by 400 zeros) is a field error; one of more
+    digits than Python converts (4300) is malformed JSON with its line, in JSON lines and lists."""
+    huge = "1" + "0" * 400
+    _write_lines(tmp_path / "a.jsonl", [json.dumps(GOOD)[:-1] + f', "weight": {huge}}}'])
+    with pytest.raises(DataError) as e:
+        read_records(tmp_path / "a.jsonl", "pairs")
+    assert (e.value.line, e.value.field, e.value.reason) == (1, "weight", "invalid_value")
+    assert "beyond the float range" in str(e.value)
+    longer = "1" + "0" * 5000
+    _write_lines(tmp_path / "b.jsonl", [json.dumps(GOOD), json.dumps(GOOD)[:-1] + f', "margin": {longer}}}'])
+    res = read_records(tmp_path / "b.jsonl", "pairs", on_error="skip")
+    assert len(res.records) == 1 and res.skipped == {"malformed_json": 1}
+    with pytest.raises(DataError, match=r"b.jsonl:2: malformed JSON: Exceeds the limit \(4300 digits\)"):
+        read_records(tmp_path / "b.jsonl", "pairs")
+    (tmp_path / "c.json").write_text(f'[{json.dumps(GOOD)[:-1]}, "margin": {longer}}}]')
+    with pytest.raises(DataError, match="c.json: malformed JSON"):
+        read_records(tmp_path / "c.json", "pairs")
+
+
+def test_a_json_file_holding_one_object(tmp_path):
+    """A .json file holding one object, pretty-printed or not, is one record; one that wraps the
+    records in a field ({"data": [...]}) is refused naming the field, not read as a record
+    missing every field; a .json file of JSON lines still reads line by line."""
+    (tmp_path / "one.json").write_text(json.dumps(GOOD, indent=2))
+    assert read_records(tmp_path / "one.json", "pairs").records == [PreferencePair("p", "c", "r")]
+    conv = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    (tmp_path / "conv.json").write_text(json.dumps(conv, indent=1))
+    assert read_records(tmp_path / "conv.json", "sft").records == [ConversationRecord(conv["messages"])]
+    (tmp_path / "wrapped.json").write_text(json.dumps({"version": 2, "data": [GOOD, GOOD]}, indent=2))
+    with pytest.raises(DataError, match="one JSON object with the records in its field 'data'") as e:
+        read_records(tmp_path / "wrapped.json", "pairs")
+    assert e.value.reason == "not_object"
+    _write_lines(tmp_path / "lines.json", [json.dumps(GOOD), json.dumps({**GOOD, "prompt": "q"})])
+    assert [r.prompt for r in read_records(tmp_path / "lines.json", "pairs")] == ["p", "q"]
+
+
+def test_a_line_too_long_for_any_record_is_refused_before_it_is_parsed(tmp_path):
+    """A JSON line longer than any record within max_chars could be (6 bytes a character, 16 MB
+    for keys and extra columns) is refused by its line and length, unparsed; a shorter line with a
+    large extra column reads as before, and with on_error skip the long one is counted."""
+    from rlhfkit.data.readers import line_limit
+
+    assert line_limit(100_000) == 16_600_000 and line_limit(None) is None
+    giant = json.dumps({**GOOD, "chosen": "x" * 17_000_000})
+    extra = json.dumps({**GOOD, "image": "y" * 1_500_000})
+    path = _write_lines(tmp_path / "g.jsonl", [json.dumps(GOOD), extra, giant])
+    with pytest.raises(DataError) as e:
+        read_records(path, "pairs", max_chars=10)
+    assert (e.value.line, e.value.reason, e.value.field) == (3, "too_long", None)
+    assert f"a line of {len(giant)} bytes" in str(e.value)
+    res = read_records(path, "pairs", on_error="skip")
+    assert len(res.records) == 2 and res.skipped == {"too_long": 1}

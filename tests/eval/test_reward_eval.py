@@ -57,3 +57,51 @@ def test_format_report_header_cells_are_separated_and_aligned_with_their_values(
     for name, value, end in zip(names, row.split()[1:], ends):
         assert header[end - len(name) - 2:end] == "  " + name
         assert row[end - len(value) - 1:end] == " " + value
+
+
+def test_rating_and_thumbs_metric_pieces_by_hand():
+    from rlhfkit.eval.reward_eval import (average_ranks, mean_squared_error, roc_auc, spearman,
+                                          threshold_accuracy)
+
+    assert mean_squared_error([0.5, 1.0, 0.0], [0.0, 1.0, 1.0]) == pytest.approx((0.25 + 0 + 1) / 3)
+    assert average_ranks([10, 20, 20, 30]) == [1, 2.5, 2.5, 4]
+    assert average_ranks([3, 1, 3, 3]) == [3, 1, 3, 3]  # three tied at ranks 2, 3, 4 -> 3
+    # no ties: rho = 1 - 6 sum d^2 / (n (n^2 - 1)) = 1 - 6 * 2 / 60
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    # ties: ranks x = [1, 2.5, 2.5, 4], y = [1, 2, 3, 4]; both means 2.5;
+    # sum dx dy = 2.25 + 0 + 0 + 2.25 = 4.5, sum dx^2 = 4.5, sum dy^2 = 5 -> 4.5 / sqrt(22.5) = sqrt(0.9)
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(math.sqrt(0.9))
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))  # a constant side has no rank correlation
+    # positives 0.35, 0.8 against negatives 0.1, 0.4: 0.35 beats 0.1 only, 0.8 beats both -> 3 / 4
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == pytest.approx(0.75)
+    # a tie between a positive and a negative counts 1/2: (0.5 + 1 + 1 + 1) / 4
+    assert roc_auc([1, 1, 2, 0], [True, False, True, False]) == pytest.approx(0.875)
+    assert math.isnan(roc_auc([1, 2], [True, True]))
+    # up above 0: 2 (up, right), -1 (up, wrong), 0 (down, 1/2), 0.5 (down, wrong) -> 1.5 / 4
+    assert threshold_accuracy([2, -1, 0, 0.5], [True, True, False, False]) == pytest.approx(0.375)
+
+
+def test_rating_and_thumbs_metric_pieces_agree_with_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    from rlhfkit.eval.reward_eval import roc_auc, spearman
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 5, (40,), generator=g).tolist()  # many ties
+    y = (torch.tensor(x) + torch.randint(0, 3, (40,), generator=g)).tolist()
+    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
+    labels = [v > 3 for v in y]
+    u = stats.mannwhitneyu([s for s, l in zip(x, labels) if l], [s for s, l in zip(x, labels) if not l]).statistic
+    assert roc_auc(x, labels) == pytest.approx(u / (sum(labels) * (len(labels) - sum(labels))))
+
+
+def test_rating_and_thumbs_metrics():
+    from rlhfkit.eval.reward_eval import rating_metrics, thumbs_metrics
+
+    m = rating_metrics([0.5, 1.0, 0.0], [0.0, 1.0, 0.5])
+    assert m["examples"] == 3 and m["mse"] == m["loss"] == pytest.approx(0.5 / 3)
+    # ranks [2, 3, 1] vs [1, 3, 2]: deviations [0, 1, -1] and [-1, 1, 0] -> 1 / sqrt(2 * 2)
+    assert m["spearman"] == pytest.approx(0.5)
+    t = thumbs_metrics([0.0, 2.0], [True, False])
+    # BCE: -log sigmoid(0) = log 2 and -log(1 - sigmoid(2)) = log(1 + e^2)
+    assert t["loss"] == pytest.approx((math.log(2) + math.log(1 + math.exp(2))) / 2)
+    assert (t["examples"], t["positives"], t["accuracy"], t["auc"]) == (2, 1, 0.25, 0.0)

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
+from rlhfkit.core.kl import sequence_kl
 from rlhfkit.eval.winrate import (
     bootstrap_mean,
     generate_responses,
     pair_outcomes,
-    reference_logprobs,
-    sequence_kl,
     win_rate,
 )
+from rlhfkit.rollout import rollout_logprobs
 
 
 def test_outcomes_and_win_rate_by_hand():
@@ -91,9 +91,9 @@ def test_kl_of_a_model_to_itself_is_zero(tiny_dirs):
     ref, _ = load_policy(tiny_dirs["reference"])
     (ro,) = generate_responses(policy, tok, ["The cat likes", "Hello"], SamplingConfig(max_new_tokens=6, temperature=0.8),
                                seed=3, batch_size=4)
-    same = sequence_kl(ro.logprobs, reference_logprobs(policy, ro, 0.8), ro.response_mask)
+    same = sequence_kl(ro.logprobs, rollout_logprobs(policy, ro, 0.8), ro.response_mask)
     assert same.abs().max().item() < 1e-4
-    other = sequence_kl(ro.logprobs, reference_logprobs(ref, ro, 0.8), ro.response_mask)
+    other = sequence_kl(ro.logprobs, rollout_logprobs(ref, ro, 0.8), ro.response_mask)
     assert other.abs().max().item() > 1e-3
 
 

@@ -24,7 +24,7 @@ def label_all(client, headers, verdict_fn, project_id=None):
     """Label until nothing is left; returns the tasks seen."""
     seen = []
     while True:
-        r = client.get("/api/tasks/next", params={"project_id": project_id} if project_id else None, headers=headers)
+        r = client.post("/api/tasks/next", params={"project_id": project_id} if project_id else None, headers=headers)
         if r.status_code == 204:
             return seen
         assert r.status_code == 200, r.text
@@ -109,12 +109,12 @@ def test_gold_mixed_in_and_scored(env):
 @BOTH_BACKENDS
 def test_skip_frees_the_slot_and_idempotent_submit(env):
     pid = make_project(env.client, env.admin, "thumbs", [{"prompt": "p", "completion": "c"}], overlap=1)
-    t = env.client.get("/api/tasks/next", headers=env.ann).json()
-    assert env.client.get("/api/tasks/next", headers=env.ann).json()["task_id"] == t["task_id"]  # same open task
-    assert env.client.get("/api/tasks/next", headers=env.bob).status_code == 204  # slot taken
+    t = env.client.post("/api/tasks/next", headers=env.ann).json()
+    assert env.client.post("/api/tasks/next", headers=env.ann).json()["task_id"] == t["task_id"]  # same open task
+    assert env.client.post("/api/tasks/next", headers=env.bob).status_code == 204  # slot taken
     assert env.client.post(f"/api/tasks/{t['task_id']}/skip", headers=env.ann).status_code == 200
-    assert env.client.get("/api/tasks/next", headers=env.ann).status_code == 204  # never back to the skipper
-    tb = env.client.get("/api/tasks/next", headers=env.bob).json()
+    assert env.client.post("/api/tasks/next", headers=env.ann).status_code == 204  # never back to the skipper
+    tb = env.client.post("/api/tasks/next", headers=env.bob).json()
     assert tb["prompt"] == "p"
     r1 = env.client.post(f"/api/tasks/{tb['task_id']}/label", json={"label": True}, headers=env.bob).json()
     r2 = env.client.post(f"/api/tasks/{tb['task_id']}/label", json={"label": False}, headers=env.bob).json()
@@ -129,7 +129,7 @@ def test_skip_frees_the_slot_and_idempotent_submit(env):
                                   {"choice": 1}, {"choice": "A", "unknown": 1}])
 def test_bad_verdicts_are_422(env, body):
     make_project(env.client, env.admin, "pairwise", pair_items(1))
-    t = env.client.get("/api/tasks/next", headers=env.ann).json()
+    t = env.client.post("/api/tasks/next", headers=env.ann).json()
     assert env.client.post(f"/api/tasks/{t['task_id']}/label", json=body, headers=env.ann).status_code == 422
     with env.store.read() as c:
         assert c.execute(select(func.count()).select_from(db.labels)).scalar() == 0
@@ -226,7 +226,7 @@ def test_bad_imports_name_file_line_field_and_import_nothing(env, tmp_path):
         assert conn.execute(select(func.count()).select_from(db.items)).scalar() == 2  # only the first import
     # a good upload goes in
     path = tmp_path / "good.jsonl"
-    path.write_text(good + "\n" + good + "\n")
+    path.write_text(good + "\n" + json.dumps({"prompt": "q", "responses": ["a", "b"]}) + "\n")
     r = c.post(f"/api/admin/projects/{pid}/import", files={"file": ("good.jsonl", path.read_bytes())}, headers=A)
     assert r.json() == {"imported": 2, "gold": 0}
 
@@ -263,7 +263,7 @@ def test_migrations_match_models_and_durable_pragmas(env):
         else:  # PostgreSQL: a COMMIT returns once its WAL is flushed
             assert conn.exec_driver_sql("SHOW fsync").scalar() == "on"
             assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0004"
         # the partial index the abandoned-task search relies on exists with its condition
         from sqlalchemy import inspect
         ix = {i["name"]: i for i in inspect(conn).get_indexes("assignments")}

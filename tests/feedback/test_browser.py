@@ -1,6 +1,7 @@
 """Browser tests in headless Chromium (Debian's /usr/bin/chromium, driven by Python Playwright; no
 browser download): log-in, a pairwise verdict by keyboard, a ranking, a rewrite, an export."""
 import os
+import re
 import time
 
 import pytest
@@ -87,7 +88,7 @@ def test_login_and_pairwise_verdict_by_keyboard(browser, site):
     left = page.text_content(".pair .response[data-key=A] .content")
     page.keyboard.press("w")  # strength: clearly better
     page.keyboard.press("1")  # A (left) is better
-    page.wait_for_function("document.getElementById('status').textContent.startsWith('Saved')")
+    page.locator("#status", has_text=re.compile(r"^Saved")).wait_for()  # no eval: the CSP forbids it
     # the second task is a conversation, shown turn by turn
     page.wait_for_selector(".conversation .turn.assistant")
     assert page.locator(".conversation .turn").count() == 3
@@ -145,7 +146,7 @@ def test_export_from_dashboard(browser, site, tmp_path):
     page.goto(f"{base}/label/{pid}")
     page.wait_for_selector(".response")
     page.keyboard.press("ArrowUp")
-    page.wait_for_function("document.getElementById('status').textContent.startsWith('Saved')")
+    page.locator("#status", has_text=re.compile(r"^Saved")).wait_for()  # no eval: the CSP forbids it
     page.keyboard.press("ArrowDown")
     page.wait_for_selector(".done")
     assert page.goto(f"{base}/admin").status == 403  # a labeler cannot open the dashboard
@@ -160,3 +161,30 @@ def test_export_from_dashboard(browser, site, tmp_path):
     dl.value.save_as(path)
     recs = read_records(path, "thumbs").records
     assert sorted((r.prompt, r.label) for r in recs) == [("q", True), ("r", False)]
+
+
+def test_pages_work_under_their_content_security_policy(browser, site):
+    """Every page loads its script and styles with no Content-Security-Policy violation, and an
+    admin deactivates a labeler from the admin page (whose session then ends)."""
+    base, store = site
+    pid = _project(store, "csp", "pairwise", [{"prompt": "Hi", "responses": ["a", "b"]}])
+    admin = browser.new_context().new_page()
+    violations = []
+    admin.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    _login(admin, base, "boss", "boss-password")
+    lena = browser.new_context().new_page()
+    lena.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    _login(lena, base, "lena", "lena-password")
+    lena.goto(f"{base}/label/{pid}")
+    lena.wait_for_selector(".pair .response")
+    for path in ("/", "/admin", f"/admin/projects/{pid}"):
+        assert admin.goto(f"{base}{path}").status == 200
+    assert violations == []
+    admin.goto(f"{base}/admin")
+    row = admin.locator("#users-table tr", has_text="lena")
+    row.locator("select[name=active]").select_option("inactive")
+    row.locator("button[type=submit]").click()
+    admin.wait_for_selector(".msg")
+    assert "lena saved" in admin.text_content(".msg")
+    lena.goto(f"{base}/")
+    assert "/login" in lena.url  # her session ended

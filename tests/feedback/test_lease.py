@@ -31,7 +31,7 @@ def app_kwargs(clock):
 
 
 def _next(env, who):
-    r = env.client.get("/api/tasks/next", headers=getattr(env, who))
+    r = env.client.post("/api/tasks/next", headers=getattr(env, who))
     assert r.status_code in (200, 204), r.text
     return None if r.status_code == 204 else r.json()
 

@@ -54,7 +54,7 @@ def test_a_redacting_server_redacts_every_import(env, app_kwargs):
         assert secret not in stored
     assert "[EMAIL_ADDRESS]" in stored and "[PHONE_NUMBER]" in stored and "[CREDIT_CARD]" in stored
     # labelers are served the redacted text
-    t = c.get("/api/tasks/next", params={"project_id": pid}, headers=env.ann).json()
+    t = c.post("/api/tasks/next", params={"project_id": pid}, headers=env.ann).json()
     assert "[EMAIL_ADDRESS]" in json.dumps(t) and "jane.doe" not in json.dumps(t)
 
 
@@ -104,8 +104,9 @@ def test_admin_page_import_says_what_was_replaced(env, app_kwargs):
                files={"file": ("u.jsonl", json.dumps({"prompt": ASK, "responses": [A1, A3]}).encode())},
                data={"csrf_token": csrf}, follow_redirects=False)
     assert r.status_code == 303
-    assert re.search(r"1%20items%20imported%3B%20personal%20data%20replaced%3A%202%20EMAIL_ADDRESS%2C%201%20PHONE_NUMBER",
-                     r.headers["location"]), r.headers["location"]
+    page = c.get(r.headers["location"]).text
+    assert re.search(r'<p class="msg">1 items imported; personal data replaced: 2 EMAIL_ADDRESS, 1 PHONE_NUMBER</p>',
+                     page), page
     assert "jane.doe" not in _stored(env.store)
     # the page offers redacted exports
     assert f'/api/admin/projects/{pid}/export?kind=pairs&redact=true' in c.get(f"/admin/projects/{pid}").text
@@ -124,7 +125,7 @@ def test_a_redacting_server_redacts_generated_items_and_label_payloads(env, app_
     r = c.post(f"/api/admin/projects/{pid}/generate", json={"prompts": [ASK], "n": 1}, headers=A)
     assert r.status_code == 200 and r.json() == {"imported": 1}, r.text
     assert "jane.doe" not in _stored(env.store) and "555-2671" not in _stored(env.store)
-    t = c.get("/api/tasks/next", params={"project_id": pid}, headers=env.ann).json()
+    t = c.post("/api/tasks/next", params={"project_id": pid}, headers=env.ann).json()
     assert "[EMAIL_ADDRESS]" in json.dumps(t) and "jane.doe" not in json.dumps(t)
     # a labeler's rewrite holds personal data of its own: the labels endpoint does not hand it out
     r = c.post(f"/api/tasks/{t['task_id']}/label", json={"rewrite": "write to ann@example.com"}, headers=env.ann)
@@ -138,7 +139,7 @@ def test_labels_endpoint_redacts_on_request(env):
     r = c.post("/api/admin/projects", json={"name": "rw", "task_type": "rewrite"}, headers=A)
     pid = r.json()["id"]
     c.post(f"/api/admin/projects/{pid}/items", json={"items": [{"prompt": "p", "completion": "a"}]}, headers=A)
-    t = c.get("/api/tasks/next", params={"project_id": pid}, headers=env.ann).json()
+    t = c.post("/api/tasks/next", params={"project_id": pid}, headers=env.ann).json()
     c.post(f"/api/tasks/{t['task_id']}/label", json={"rewrite": "call 415-555-2671"}, headers=env.ann)
     assert c.get(f"/api/admin/projects/{pid}/labels", headers=A).json()[0]["payload"]["rewrite"] == "call 415-555-2671"
     r = c.get(f"/api/admin/projects/{pid}/labels", params={"redact": "true"}, headers=A).json()

@@ -241,6 +241,17 @@ def test_share_first_round_takes_only_finished_folders_and_renames_whole_paths(t
     assert Path("runs/b/setup/weights.bin").stat().st_ino == Path("runs/a/setup/weights.bin").stat().st_ino
 
 
+@pytest.mark.parametrize("damage", [b"\xff{}", b"[1, 2]", b'{"status": "do'])
+def test_share_first_round_passes_over_a_folder_with_an_unreadable_record(tmp_path, damage):
+    """A record that is not UTF-8, not a JSON object or truncated does not say ``done``: the folder
+    is not shared (nothing is linked, no traceback)."""
+    src = tmp_path / "a" / "setup"
+    src.mkdir(parents=True)
+    (src / "stage.json").write_bytes(damage)
+    assert loop_run.share_first_round(tmp_path / "a", tmp_path / "b") == []
+    assert not (tmp_path / "b" / "setup").exists()
+
+
 def test_heldout_pairs_are_every_gold_ordered_pair_of_the_samples(tmp_path, loop_prompts):
     """``heldout_samples: 3``: up to 3 pairs per held-out prompt, each ordered by the gold judge."""
     from rlhfkit.rewards import build_reward
@@ -306,6 +317,25 @@ def test_a_restart_keeps_the_finished_rounds_in_the_state_and_does_not_nest_it(t
     assert "previous" not in state["previous"] and len(json.dumps(state)) < 4 * len(json.dumps(first))
 
 
+@pytest.mark.parametrize("damage", [lambda t: t[:len(t) // 2], lambda t: b"\xff" + t[1:]])
+def test_an_unreadable_loop_state_is_started_afresh_with_a_warning(tmp_path, loop_prompts, capsys, damage):
+    """loop_state.json truncated, or not UTF-8: the rerun says so in one line and goes on (the
+    stages, skipped by fingerprint, give the finished rounds and the policy back)."""
+    out = tmp_path / "loop"
+    loop_run.run(tiny_loop_config(out, loop_prompts, selection="random", rounds=1))
+    state_file = out / "loop_state.json"
+    state_file.write_bytes(damage(state_file.read_bytes()))
+    capsys.readouterr()
+    res = loop_run.run(tiny_loop_config(out, loop_prompts, selection="random", rounds=1))
+    assert res["summary"]["ran"] == []
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlhfkit: warning")]
+    assert len(warnings) == 1 and warnings[0].startswith(f"rlhfkit: warning: {state_file} is unreadable (")
+    assert warnings[0].endswith("); the loop starts its state afresh (finished stages are still skipped by fingerprint)")
+    state = json.loads(state_file.read_text())
+    assert state["status"] == "done" and state["rounds_done"] == 1
+    assert state["policy"] == str(out / "round-1" / "policy" / "model")
+
+
 def test_jsonl_with_unicode_line_separators_in_a_response_reads_back(tmp_path):
     """Sampled text can hold U+2028, U+0085 or U+001C; JSON written with ensure_ascii=False keeps
     the first two as they are, and str.splitlines would cut the record there (a crash seen in a
@@ -337,3 +367,22 @@ def test_a_conservative_ensemble_reward_drives_the_policy_rounds(tmp_path, loop_
     assert "ensemble_reward" not in loop.spec(1, "policy")[0]
     with pytest.raises(ValueError, match="field 'ensemble_reward'"):
         LoopConfig(ensemble_reward="uwo=-2").validate()
+
+
+def test_quick_leaves_the_command_lines_label_budget_alone(tmp_path, loop_prompts, capsys):
+    """`loop --quick --labels_per_round 6`: round 1 selects 6 pairs, not quick's 16; with fewer
+    labels than quick's reward batch the command is refused before anything runs."""
+    from rlhfkit.cli import main
+
+    out = tmp_path / "loop"
+    base = ["loop", "--quick", "--labels_per_round", "6", "--rounds", "1", "--prompts", str(loop_prompts),
+            "--threads", "1", "--output_dir", str(out)]
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "field 'labels_per_round': 6 labels are fewer than one batch" in err and "reward.batch_size" in err
+    assert not out.exists()
+    assert main([*base, "--reward.batch_size", "6", "--reward.micro_batch_size", "6"]) == 0
+    selected = (out / "round-1" / "select" / "selected.jsonl").read_text().splitlines()
+    assert len(selected) == 6
+    log = capsys.readouterr().out
+    assert "labels_per_round = 6 (command line)" in log and "reward.batch_size = 6 (command line)" in log

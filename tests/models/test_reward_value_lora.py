@@ -237,3 +237,22 @@ def test_lora_on_reward_model_keeps_head_trainable(tok):
     with torch.no_grad():
         torch.testing.assert_close(reward_scores(peft_rm, ids, torch.ones_like(ids)), before)
         assert token_values(peft_rm, ids, torch.ones_like(ids)).shape == ids.shape
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_lora_keeps_the_models_mode(tok, mode):
+    """A model wrapped in an adapter stays in the mode it was in, the adapter's dropout included:
+    an eval-mode policy (sampling, no-grad passes) draws no LoRA dropout, so two passes agree."""
+    torch.manual_seed(0)
+    lm = tiny_causal_lm(tok)
+    lm.train(mode == "train")
+    policy = apply_lora(lm, r=4, alpha=8, dropout=0.5)
+    assert {m.training for m in policy.modules()} == {mode == "train"}
+    if mode == "eval":
+        with torch.no_grad():  # B moved off zero, so the adapter (and its dropout) changes the output
+            for name, p in policy.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5)
+        ids = torch.tensor([tok("dropout stays off in eval mode").input_ids])
+        with torch.no_grad():
+            torch.testing.assert_close(policy(ids).logits, policy(ids).logits, rtol=0, atol=0)

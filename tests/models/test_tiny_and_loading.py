@@ -1,4 +1,6 @@
 """Tiny builders, source resolution, pad token, dropout, clear load errors."""
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -157,6 +159,32 @@ def test_resolve_sources(tmp_path):
     assert resolve_model_source("gpt2") == ("gpt2", None)
     (tmp_path / "config.json").write_text("{}")
     assert resolve_model_source(tmp_path) == (str(tmp_path.resolve()), None)
+
+
+def test_the_tiny_alias_is_a_folder_built_from_config_once(tmp_path, monkeypatch, tok):
+    """``tiny`` resolves to a folder in the cache ($RLHFKIT_CACHE) holding the tests' tiny chat
+    model (default tokenizer, 2 layers of width 32, seed 0), built on first use and then reused;
+    another cache builds the same weights."""
+    from rlhfkit.models import load_policy
+
+    monkeypatch.setenv("RLHFKIT_CACHE", str(tmp_path / "a"))
+    folder, gguf = resolve_model_source("tiny")
+    assert gguf is None and Path(folder).parent == tmp_path / "a" and (Path(folder) / "config.json").is_file()
+    built = (Path(folder) / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model_source("TINY") == (folder, None)
+    assert (Path(folder) / "model.safetensors").stat().st_mtime_ns == built  # reused, not rebuilt
+    model, t = load_policy("tiny")
+    assert t.get_vocab() == tok.get_vocab() and t.chat_template == tok.chat_template and t.padding_side == "left"
+    expected = tiny_causal_lm(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0).state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items()) and len(expected) == len(model.state_dict())
+    monkeypatch.setenv("RLHFKIT_CACHE", str(tmp_path / "b"))
+    again = load_causal_lm("tiny").state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in model.state_dict().items())
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]  # no half-built folder left
+    # a folder like any other made here (the umask's mode), not owner-only: a shared cache is read by every user
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o777 & ~umask
 
 
 def test_missing_path_error_message(tmp_path):

@@ -29,7 +29,7 @@ def test_the_chat_preset_is_the_default():
 def test_every_sampling_stage_renders_the_chat_template_and_samples_alike(tmp_path, pipeline_data):
     """With ``chat_template`` the labelers' samples, the GRPO run, the evaluation's replies and its
     per-token shading all render a prompt as one user turn through the policy's chat template and
-    sample at the same temperature and nucleus: the stored replies are those of
+    sample at the same temperature, top-k and nucleus: the stored replies are those of
     ``rollout(chat_template=True)`` for their seeds, not those of the prompt as plain text."""
     from rlhfkit.eval.cli_eval import EvalConfig, _sample_model
     from rlhfkit.models import load_policy
@@ -37,11 +37,12 @@ def test_every_sampling_stage_renders_the_chat_template_and_samples_alike(tmp_pa
 
     out = tmp_path / "run"
     config = tiny_config(out, pipeline_data, clean_checkpoints=False)
-    assert config.chat_template and (config.feedback.temperature, config.feedback.top_p) == (0.7, 0.9)
+    assert config.chat_template and (config.feedback.temperature, config.feedback.top_p, config.feedback.top_k) == (0.7, 0.9, 50)
     run_pipeline(config)
     model, tok = load_policy(str(out / "init" / "model"))
     fb = config.feedback
-    sampling = SamplingConfig(max_new_tokens=fb.max_new_tokens, temperature=fb.temperature, top_p=fb.top_p)
+    sampling = SamplingConfig(max_new_tokens=fb.max_new_tokens, temperature=fb.temperature, top_p=fb.top_p,
+                              top_k=fb.top_k)
     gen = make_sampler(model, sampling, tok.eos_token_id, tok.pad_token_id)
 
     # feedback: every labelled text of the first chunk is one of the chat-rendered candidates
@@ -66,7 +67,8 @@ def test_every_sampling_stage_renders_the_chat_template_and_samples_alike(tmp_pa
     ckpt = sorted((out / "policy").glob("checkpoint-*"))[-1]
     run_config = json.loads((ckpt / "trainer_state.json").read_text())["config"]
     assert run_config["chat_template"] is True
-    assert (run_config["temperature"], run_config["top_p"], run_config["max_new_tokens"]) == (0.7, 0.9, fb.max_new_tokens)
+    assert (run_config["temperature"], run_config["top_p"], run_config["top_k"], run_config["max_new_tokens"]) == (
+        0.7, 0.9, 50, fb.max_new_tokens)
 
     # evaluation: the reference's replies are the chat-rendered ones for the evaluation's seed
     samples = _jsonl(out / "eval" / "samples.jsonl")
@@ -84,7 +86,7 @@ def test_every_sampling_stage_renders_the_chat_template_and_samples_alike(tmp_pa
     toks = _jsonl(out / "eval" / "token_samples.jsonl")
     policy, ptok = load_policy(str(out / "policy" / "model"))
     pgen = make_sampler(policy, SamplingConfig(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature,
-                                               top_p=ev.top_p), ptok.eos_token_id, ptok.pad_token_id)
+                                               top_p=ev.top_p, top_k=ev.top_k), ptok.eos_token_id, ptok.pad_token_id)
     with torch.no_grad():
         ro = rollout(pgen, policy, ptok, [t["prompt"] for t in toks], seed=step_seed(ev.seed, 0, salt=31),
                      max_prompt_length=ev.max_prompt_length, chat_template=True, behaviour_logprobs=False)

@@ -93,6 +93,35 @@ def test_a_file_named_inside_a_nested_section_is_known_by_its_content(tmp_path):
     assert "adversarial" not in settings(GRPOConfig())
 
 
+@pytest.mark.parametrize("damage,what", [
+    (lambda t: t[:len(t) // 2], "JSONDecodeError: "),
+    (lambda t: b"\xff" + t[1:], "UnicodeDecodeError: "),
+    (lambda t: b"[1, 2]", "a JSON list, not an object"),
+])
+def test_an_unreadable_stage_record_runs_the_stage_afresh_with_a_warning(tmp_path, capsys, damage, what):
+    """stage.json truncated, not UTF-8 or not a JSON object: what it said is unknown, so the stage
+    runs afresh in an emptied folder (as under other settings), saying so in one warning line."""
+    from rlhfkit.pipeline.cache import run_stage
+
+    stage = tmp_path / "reward"
+
+    def produce(d):
+        (d / "model.txt").write_text("weights")
+        return {"model": str(d / "model.txt")}
+
+    run_stage("reward", stage, "fp", produce, log=lambda m: None)
+    (stage / "leftover.txt").write_text("from the earlier run")
+    record = stage / "stage.json"
+    record.write_bytes(damage(record.read_bytes()))
+    capsys.readouterr()
+    rec = run_stage("reward", stage, "fp", produce, log=lambda m: None)
+    assert rec["ran"] and rec["status"] == "done" and rec["runs"] == 1 and not (stage / "leftover.txt").exists()
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"rlhfkit: warning: {record} is unreadable ({what}")
+    assert err[0].endswith("); stage reward runs afresh")
+    assert json.loads(record.read_text())["status"] == "done"
+
+
 def test_resume_after_a_stage_raises(tmp_path, pipeline_data, monkeypatch):
     out = tmp_path / "run"
 
@@ -251,12 +280,13 @@ def test_simulated_rankings_expand_to_all_pairs_and_hold_out_whole_prompts(tmp_p
 
 def test_dataset_pairs_are_held_out_by_prompt(tmp_path, pipeline_data):
     """Imported pairs with repeated prompts (one pair labelled by three people, exported a record
-    per label): no held-out pair shares its prompt, and so no pair, with the training pairs."""
+    per label with each one's labeler id): no held-out pair shares its prompt, and so no pair, with
+    the training pairs."""
     from rlhfkit.pipeline.config import apply_quick
     from rlhfkit.pipeline.stages import Context
 
-    rows = [{"prompt": f"question {i}", "chosen": f"good answer {i}", "rejected": f"bad answer {i}"}
-            for i in range(40) for _ in range(3)]
+    rows = [{"prompt": f"question {i}", "chosen": f"good answer {i}", "rejected": f"bad answer {i}",
+             "labeler": f"labeler-{k}"} for i in range(40) for k in range(3)]
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     config = tiny_config(tmp_path / "run", pipeline_data, **{"feedback.source": "dataset", "feedback.data": str(data),
@@ -291,3 +321,55 @@ def test_a_stage_record_holds_its_cpu_time_beside_its_wall_time(tmp_path):
     assert rec["seconds"] >= 0.5
     assert 0.2 <= rec["cpu_seconds"] < 0.3
     assert json.loads((tmp_path / "eval" / "stage.json").read_text())["cpu_seconds"] == rec["cpu_seconds"]
+
+
+def test_quick_leaves_a_command_line_setting_alone(tmp_path, pipeline_data, capsys):
+    """`pipeline --quick --grpo.max_steps 2`: quick sizes the other fields (a tiny model built
+    from config, its GRPO learning rate), the policy trains the 2 steps the command line asked for, and
+    the log names what quick set and what it left as given."""
+    from rlhfkit.cli import main
+
+    out = tmp_path / "run"
+    assert main(["pipeline", "--quick", "--grpo.max_steps", "2", "--threads", "1", "--output_dir", str(out),
+                 "--feedback.prompts", str(pipeline_data["prompts"]), "--eval.n_boot", "50",
+                 "--reward.tensorboard", "false", "--grpo.tensorboard", "false"]) == 0
+    steps = [json.loads(line)["step"] for line in (out / "policy" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    assert (out / "init" / "model" / "config.json").is_file()  # quick's tiny model
+    log = capsys.readouterr().out
+    quick_line = next(line for line in log.splitlines() if line.startswith("pipeline: --quick set"))
+    assert "init.kind" in quick_line and "grpo.learning_rate" in quick_line
+    assert quick_line.endswith("left 2 as given: grpo.max_steps = 2 (command line), eval.n_boot = 50 (command line)")
+
+
+def test_quick_shrinks_a_full_size_preset_but_not_a_file_that_says_quick(tmp_path):
+    """--quick over configs/pipeline_sentiment.yaml (a full-size preset: 30 GRPO steps of
+    SmolLM2) gives quick's sizes; a file that itself says quick: true keeps its own values."""
+    from rlhfkit.pipeline import PipelineConfig
+    from rlhfkit.pipeline.config import QUICK, apply_quick
+    from rlhfkit.training.config import load_config
+
+    config = load_config(PipelineConfig, REPO_ROOT / "configs" / "pipeline_sentiment.yaml", ["--quick"])
+    assert config.grpo.max_steps == 30 and config.init.kind == "pretrained"
+    changed, kept = apply_quick(config)
+    assert kept == {} and "grpo.max_steps" in changed
+    assert config.grpo.max_steps == QUICK["grpo.max_steps"] and config.init.kind == "tiny"
+    assert config.reward.model == "init"
+
+    own = tmp_path / "quick.yaml"
+    own.write_text("quick: true\ngrpo:\n  max_steps: 2\nreward:\n  model: minilm-l6\n", encoding="utf-8")
+    config = load_config(PipelineConfig, own, {"output_dir": str(tmp_path / "o")})
+    changed, kept = apply_quick(config)
+    assert kept == {"reward.model": "file", "grpo.max_steps": "file"}
+    assert config.grpo.max_steps == 2 and config.reward.model == "minilm-l6" and config.init.kind == "tiny"
+
+
+def test_the_prompt_pool_holds_each_prompt_once_whatever_its_case_or_spacing(tmp_path):
+    """Two spellings of one prompt are one prompt of the pool (the first kept), so the seeded
+    split of the pool cannot put one spelling among the held-out prompts and one in training."""
+    from types import SimpleNamespace
+
+    rows = [{"prompt": p} for p in ["The film was", "the film  was ", "A story", "THE FILM WAS", "a\tstory", "Other"]]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pool = stages._prompt_pool(SimpleNamespace(prompts=str(tmp_path / "prompts.jsonl"), prompt_words=8))
+    assert pool == ["The film was", "A story", "Other"]

@@ -146,10 +146,12 @@ def thumbs_file(tmp_path_factory) -> Path:
 
 
 def assert_resume_exact(tmp_path: Path, make_args, algo: str, policy, prompts, common: list[str], kill_after: int,
-                        checkpoint: int, torchrun: int = 0) -> tuple[Path, Path]:
+                        checkpoint: int, torchrun: int = 0, damage=None) -> tuple[Path, Path]:
     """A run SIGKILLed after step ``kill_after`` and started again (resuming from
     ``checkpoint-<checkpoint>``) ends with the weights and the metrics (timings aside) of a run
-    left alone; ``torchrun``: over that many processes. Returns both output folders."""
+    left alone; ``torchrun``: over that many processes. ``damage(checkpoint folder)``, when given,
+    damages that checkpoint before the restart and returns the one warning line the restarted run
+    must print (it then resumes from an older one). Returns both output folders."""
     import json
     import signal
 
@@ -160,8 +162,11 @@ def assert_resume_exact(tmp_path: Path, make_args, algo: str, policy, prompts, c
                 env_extra={"RLHFKIT_TEST_SIGKILL_AFTER_STEP": str(kill_after)})
     assert (r.returncode != 0) if torchrun else (r.returncode == -signal.SIGKILL), (r.returncode, r.stderr[-3000:])
     assert (killed / f"checkpoint-{checkpoint}").is_dir() and not (killed / "model").exists()
+    warning = damage(killed / f"checkpoint-{checkpoint}") if damage is not None else None
     r = run_cli(make_args(algo, policy, prompts, killed, *common), torchrun=torchrun)
     assert r.returncode == 0, r.stderr[-3000:]
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("rlhfkit: warning: passing over")]
+    assert warnings == ([warning] if warning else []), r.stderr[-3000:]  # once, by rank 0 alone
     a, b = load_weights(straight / "model"), load_weights(killed / "model")
     for name in a:
         assert torch.equal(a[name], b[name]), name
@@ -172,3 +177,16 @@ def assert_resume_exact(tmp_path: Path, make_args, algo: str, policy, prompts, c
 
     assert rows(straight) == rows(killed) and len(rows(killed)) > kill_after
     return straight, killed
+
+
+def flip_model_bit(previous: int):
+    """A `damage` for assert_resume_exact: one flipped bit in the tensor data of the checkpoint's
+    model.pt (torch.load would read it without complaint); the run resumes from
+    ``checkpoint-<previous>``."""
+    from ..conftest import flip_tensor_bit
+
+    def damage(ckpt: Path) -> str:
+        flip_tensor_bit(ckpt / "model.pt")
+        return (f"rlhfkit: warning: passing over damaged {ckpt}: model.pt does not match its sha256 in "
+                f"manifest.json (changed after it was written); resuming from checkpoint-{previous}")
+    return damage

@@ -9,7 +9,8 @@ import torch
 
 
 def main(out: str) -> None:
-    from rlhfkit.recipes.online import explained_variance, global_masked_whiten, local_share
+    from rlhfkit.recipes.online_inputs import local_share
+    from rlhfkit.training.stats import explained_variance, global_masked_whiten
     from rlhfkit.training.distributed import all_gather_rows, cleanup, init_distributed
 
     info = init_distributed("cpu")

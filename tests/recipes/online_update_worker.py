@@ -2,7 +2,7 @@
 8-row rollout, all of it in one process or each rank its half; rank 0 writes the updated weights
 and the statistics. AGGREGATION ``ppo``: PPO's update (``recipes.ppo.ppo_update``: values, GAE,
 whitened rewards and advantages, clipped policy + value loss); otherwise the policy-gradient update
-(``recipes.online.policy_gradient_update``) with that loss aggregation.
+(``recipes.policy_gradient.policy_gradient_update``) with that loss aggregation.
 
     python tests/recipes/online_update_worker.py POLICY_DIR OUT AGGREGATION EPOCHS
 """
@@ -16,8 +16,10 @@ import torch
 def main(policy_dir: str, out: str, aggregation: str, epochs: int) -> None:
     from rlhfkit.models import load_policy
     from rlhfkit.recipes.grpo import GRPOConfig
-    from rlhfkit.recipes.online import (generate, local_share, make_generator, optimizer_and_scheduler,
-                                        policy_gradient_update)
+    from rlhfkit.recipes.online_driver import optimizer_and_scheduler
+    from rlhfkit.recipes.online_inputs import generate, local_share, make_generator
+    from rlhfkit.recipes.policy_gradient import policy_gradient_update
+    from rlhfkit.rollout import rollout_logprobs
     from rlhfkit.training.config import load_config
     from rlhfkit.training.distributed import cleanup, init_distributed
 
@@ -53,12 +55,15 @@ def main(policy_dir: str, out: str, aggregation: str, epochs: int) -> None:
         params = [p for p in modules.parameters() if p.requires_grad]
         optimizer, scheduler = optimizer_and_scheduler(params, pcfg)
         scores = torch.linspace(-1.0, 1.0, len(ro))[idx]
-        stats = ppo_update(pcfg, modules, reference, local, scores, 0.1, optimizer, scheduler, params, 0, info)["stats"]
+        ref_lp = rollout_logprobs(reference, local, pcfg.temperature, pcfg.micro_batch_size)
+        stats = vars(ppo_update(pcfg, modules, local, scores, ref_lp, 0.1, optimizer, scheduler, params, 0, info).stats)
         weights = modules.state_dict()
     else:
         advantages = torch.linspace(-1.0, 1.0, len(ro))[idx]
         optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), cfg)
-        stats = policy_gradient_update(policy, local, advantages, cfg, optimizer, scheduler, 0, aggregation, info=info)
+        stats = policy_gradient_update(policy, local, advantages, local.logprobs, cfg, optimizer, scheduler, 0,
+                                       aggregation, params=[p for p in policy.parameters() if p.requires_grad],
+                                       info=info).stats.metrics()
         weights = policy.state_dict()
     if info.is_main:
         torch.save(weights, f"{out}/weights.pt")

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from rlhfkit.recipes.online import build_run_reward
+from rlhfkit.recipes.online_inputs import build_run_reward
 from rlhfkit.rewards.adversarial import Adversary, AdversarialConfig
 from rlhfkit.training.distributed import DistInfo
 
@@ -151,7 +151,7 @@ def test_a_run_refits_saves_and_resumes_exactly(tmp_path, tiny_policy_dir, promp
 
 def test_the_discriminators_learning_rate_stays_while_the_policys_decays(discriminator_dir, sft_file, prompt_file):
     from rlhfkit.recipes.grpo import GRPOConfig
-    from rlhfkit.recipes.online import optimizer_and_scheduler
+    from rlhfkit.recipes.online_driver import optimizer_and_scheduler
 
     cfg = GRPOConfig(prompts=str(prompt_file), max_steps=4, learning_rate=1e-3, warmup_ratio=0.0)
     cfg.adversarial = AdversarialConfig(discriminator=str(discriminator_dir), demos=str(sft_file), learning_rate=2e-3)

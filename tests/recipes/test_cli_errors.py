@@ -35,7 +35,8 @@ def test_reward_eval_missing_model_path(capsys, tmp_path, pair_file):
     (["sft"], ["--epochs", "0", "--max_steps", "0"], "epochs"),
     (["reward", "train"], ["--ties", "maybe"], "ties"),  # used to keep ties silently
     (["reward", "train"], ["--kind", "decoder"], "kind"),
-    (["reward", "train"], ["--objective", "regression", "--validation_fraction", "0.1"], "validation_fraction"),
+    (["reward", "train"], ["--objective", "regression", "--normalise_ratings", "zscore"], "normalise_ratings"),
+    (["reward", "train"], ["--normalise_ratings", "per_labeler"], "normalise_ratings"),  # pairs have no ratings
     (["reward", "eval"], ["--ties", "maybe"], "ties"),
 ])
 def test_bad_choice_is_a_config_error(capsys, tmp_path, command, override, field):
@@ -55,7 +56,7 @@ def test_batch_larger_than_data_is_an_error(capsys, tmp_path, tiny_policy_dir, s
                               "--micro_batch_size", "8", "--eval_fraction", "0.125", "--max_length", "64",
                               "--tensorboard", "false"])
     assert code == 2
-    assert "only 42 training examples for a batch of 64" in err
+    assert f"error: {sft_file}: 42 training examples (6 held out) for a batch of 64" in err
 
 
 def test_resume_with_other_settings_is_refused(capsys, tmp_path, tiny_policy_dir, sft_file):
@@ -176,6 +177,38 @@ def test_a_finished_run_is_kept_not_silently_trained_again(capsys, tmp_path, tin
     assert weights.stat().st_mtime_ns != stamp
     # the last of 2 linearly decaying steps ran at half the rate (the log shows the rate used)
     assert json.loads((out / "final_metrics.json").read_text())["lr"] == pytest.approx(5e-4)
+
+
+@pytest.mark.parametrize("damaged,damage", [
+    ("final_metrics.json", lambda t: t[:len(t) // 2]),
+    ("config.yaml", lambda t: t + b"\n  - ["),
+    ("final_metrics.json", lambda t: b"\xff" + t),
+])
+def test_a_finished_run_with_an_unreadable_record_is_trained_again_from_its_checkpoint(
+        capsys, tmp_path, tiny_policy_dir, sft_file, damaged, damage):
+    """A finished run whose final_metrics.json or config.yaml is unreadable is not taken as
+    finished (what it finished with is unknown): one warning line, then it resumes from its
+    newest intact checkpoint, to the same weights, and writes its record again."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    out = tmp_path / "o"
+    args = _sft(tiny_policy_dir, sft_file, out, "--max_steps", "4", "--save_every", "2")
+    assert main(args) == 0
+    weights = load_file(str(out / "model" / "model.safetensors"))
+    metrics = json.loads((out / "final_metrics.json").read_text())
+    (out / damaged).write_bytes(damage((out / damaged).read_bytes()))
+    capsys.readouterr()
+    assert main(args) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlhfkit: warning")]
+    assert len(warnings) == 1 and warnings[0].startswith(f"rlhfkit: warning: {out}: the finished run's config.yaml "
+                                                          "or final_metrics.json is unreadable (")
+    assert warnings[0].endswith("); it is trained again (from its newest intact checkpoint, if any)")
+    again = load_file(str(out / "model" / "model.safetensors"))
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    assert json.loads((out / "final_metrics.json").read_text())["loss"] == metrics["loss"]
 
 
 def test_max_steps_is_the_number_of_steps_even_past_one_epoch(tmp_path, tiny_policy_dir, sft_file):

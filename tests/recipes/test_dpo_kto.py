@@ -68,6 +68,36 @@ def test_dpo_learns_and_reference_cache_is_reused_then_invalidated(tmp_path, tin
     assert torch.load(cache, weights_only=True)["splits"]["train"].shape == (114, 2)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "bit flipped"])
+def test_a_damaged_reference_cache_is_computed_again_with_a_warning(tmp_path, tiny_policy_dir, pair_file,
+                                                                    count_reference, capsys, damage):
+    """reference_logps.pt (shared by dpo and kto) truncated, or one bit of its log-probs flipped
+    (torch.load reads that without complaint): the next run says so in one warning line and
+    computes it again, to the same numbers."""
+    from ..conftest import flip_tensor_bit
+
+    out = tmp_path / "run"
+    args = dpo_args(tiny_policy_dir, pair_file, out, "--max_steps", "1")
+    dpo.run(load_config(dpo.DPOConfig, None, args))
+    cache = out / "reference_logps.pt"
+    intact = torch.load(cache, weights_only=True)["splits"]
+    if damage == "truncated":
+        cache.write_bytes(cache.read_bytes()[:cache.stat().st_size // 2])
+        what = "does not load (RuntimeError: PytorchStreamReader failed reading zip archive"
+    else:
+        flip_tensor_bit(cache)
+        assert not torch.equal(torch.load(cache, weights_only=True)["splits"]["train"], intact["train"])
+        what = "its log-probs do not match their sha256 (changed after it was written)"
+    capsys.readouterr()
+    dpo.run(load_config(dpo.DPOConfig, None, [*args, "--resume", "false"]))  # a new run in the same folder
+    assert len(count_reference) == 4  # train and held-out, computed again
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlhfkit: warning")]
+    assert len(warnings) == 1 and warnings[0].startswith(f"rlhfkit: warning: {cache} {what}")
+    assert warnings[0].endswith("; computing the reference log-probs again")
+    again = torch.load(cache, weights_only=True)["splits"]
+    assert all(torch.equal(again[name], intact[name]) for name in intact)
+
+
 @pytest.mark.parametrize("reference", ["cached", "lora"])
 def test_initial_policy_has_zero_implicit_rewards(tmp_path, tiny_policy_dir, pair_file, reference):
     """Why the recipes report the accuracy before training as 1/2 without measuring it: the
@@ -246,3 +276,24 @@ def test_gradient_checkpointing_changes_memory_not_the_result(tmp_path, tiny_pol
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_kto_mismatched_pairs_never_take_their_own_prompts_answer():
+    """The KL sample of KTO's reference point pairs each prompt with the nearest earlier example of
+    another prompt (rotating): prompts a a b b c c (a pair split into its chosen and rejected
+    thumbs) pair with examples 5 5 1 1 3 3; one prompt alone falls back to the previous example."""
+    from rlhfkit.data.records import ThumbsRecord
+    from rlhfkit.models import tiny_tokenizer
+    from rlhfkit.recipes.kto import encode_thumbs, mismatched_partners
+
+    assert mismatched_partners(["a", "a", "b", "b", "c", "c"]) == [5, 5, 1, 1, 3, 3]
+    assert mismatched_partners(["a", "a", "a"]) == [2, 0, 1]
+    tok = tiny_tokenizer()
+    records = [ThumbsRecord(p, c, good) for p, pair in (("the film", ("great fun", "dull")),
+                                                         ("a story", ("moving", "boring")))
+               for c, good in zip(pair, (True, False))]
+    encoded = encode_thumbs(records, tok, KTOConfig(max_length=48, max_prompt_length=16), fixed_kl=True)
+    for e, partner in zip(encoded, [3, 3, 1, 1]):
+        other = encoded[partner]
+        assert other["prompt_ids"] != e["prompt_ids"]
+        assert e["seqs"][1] == e["prompt_ids"] + other["response_ids"]

@@ -305,4 +305,10 @@ def test_held_out_summary_names_the_split_it_read_and_the_ties():
     assert held_out_summary({"loss": 0.1}, m).endswith("no held-out pairs to score it on "
                                                        "(give --eval_data FILE or --eval_fraction above 0)")
     # thumbs / ratings: the summary does not ask for held-out data it would not score
-    assert "rlhfkit reward eval --model out/model" in held_out_summary({"loss": 0.1}, m, "classification")
+    assert held_out_summary({"loss": 0.1}, m, "classification").endswith("no held-out thumbs to score it on "
+                                                                         "(give --eval_data FILE or --eval_fraction "
+                                                                         "above 0)")
+    assert held_out_summary({"eval_mse": 0.01, "eval_spearman": 0.9, "eval_examples": 20}, m, "regression") == (
+        "reward: saved out/model; held-out MSE 0.010 and Spearman 0.900 on 20 ratings")
+    assert held_out_summary({"val_accuracy": 0.8, "val_auc": 0.85, "val_examples": 5}, m, "classification") == (
+        "reward: saved out/model; validation accuracy 0.800 and AUC 0.850 on 5 thumbs")

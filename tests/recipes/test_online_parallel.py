@@ -18,6 +18,15 @@ from .test_online_recipes import args
 WORKER = Path(__file__).with_name("online_update_worker.py")
 
 
+def run_cli_with_rank_digests(args: list[str], folder: Path):
+    """``rlhfkit ARGS`` over two processes, each rank writing a digest of its final state to
+    ``folder`` (rank_digest_cli.py)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           str(WORKER.with_name("rank_digest_cli.py")), str(folder), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
 def _update(policy, out: Path, aggregation: str, epochs: int, processes: int) -> tuple[dict, dict]:
     out.mkdir(parents=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -79,8 +88,8 @@ def _same_state_on_both_ranks(folder: Path) -> None:
 def test_rloo_and_reinforce_run_over_two_processes(tmp_path, tiny_policy_dir, prompt_file, algo, extra):
     """The ranks end with the same weights, optimiser state and baseline (a digest each)."""
     out = tmp_path / algo
-    r = run_cli(args(algo, tiny_policy_dir, prompt_file, out, "--max_steps", "2", "--batch_size", "8", *extra),
-                torchrun=2, env_extra={"RLHFKIT_TEST_RANK_DIGEST": str(tmp_path / "digest")})
+    r = run_cli_with_rank_digests(args(algo, tiny_policy_dir, prompt_file, out, "--max_steps", "2", "--batch_size", "8",
+                                       *extra), tmp_path / "digest")
     assert r.returncode == 0, r.stderr[-3000:]
     _same_state_on_both_ranks(tmp_path / "digest")
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -91,7 +100,7 @@ def test_whitening_and_explained_variance_over_two_processes_equal_one(tmp_path)
     """PPO's advantage / reward whitening and its explained-variance metric over two ranks' halves
     equal ``core.masking.masked_whiten`` and the one-process metric on the whole tensors."""
     from rlhfkit.core.masking import masked_whiten
-    from rlhfkit.recipes.online import explained_variance
+    from rlhfkit.training.stats import explained_variance
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
@@ -110,8 +119,8 @@ def test_whitening_and_explained_variance_over_two_processes_equal_one(tmp_path)
 def test_ppo_runs_over_two_processes(tmp_path, tiny_policy_dir, prompt_file, extra):
     """The ranks end with the same weights, optimiser state, KL coefficient and reward statistics."""
     out = tmp_path / "ppo"
-    r = run_cli(args("ppo", tiny_policy_dir, prompt_file, out, "--max_steps", "2", "--batch_size", "8",
-                     "--ppo_epochs", "2", *extra), torchrun=2, env_extra={"RLHFKIT_TEST_RANK_DIGEST": str(tmp_path / "d")})
+    r = run_cli_with_rank_digests(args("ppo", tiny_policy_dir, prompt_file, out, "--max_steps", "2", "--batch_size", "8",
+                                       "--ppo_epochs", "2", *extra), tmp_path / "d")
     assert r.returncode == 0, r.stderr[-3000:]
     _same_state_on_both_ranks(tmp_path / "d")
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]

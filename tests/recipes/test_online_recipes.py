@@ -8,11 +8,13 @@ import torch
 
 from rlhfkit.core.losses import ppo_policy_loss
 from rlhfkit.core.kl import kl_k3
+from rlhfkit.core.losses import token_weights
 from rlhfkit.recipes import grpo, ppo, reinforce, rloo
-from rlhfkit.recipes.online import prompts_for_step, repeat_each, token_weights
+from rlhfkit.recipes.online_inputs import prompts_for_step
+from rlhfkit.rollout import repeat_each
 from rlhfkit.training.config import load_config
 
-from .conftest import assert_resume_exact, load_weights
+from .conftest import assert_resume_exact, flip_model_bit, load_weights
 
 RECIPES = {"ppo": ppo.PPOConfig, "grpo": grpo.GRPOConfig, "rloo": rloo.RLOOConfig, "reinforce": reinforce.ReinforceConfig}
 
@@ -36,13 +38,13 @@ def test_grpo_and_dr_grpo_advantages_by_hand():
     # group means 1.5 and 4.5; unbiased stds sqrt(0.5) and sqrt(4.5); eps 1e-4 (TRL)
     expect = torch.tensor([-0.5 / (math.sqrt(0.5) + 1e-4), 0.5 / (math.sqrt(0.5) + 1e-4),
                            -1.5 / (math.sqrt(4.5) + 1e-4), 1.5 / (math.sqrt(4.5) + 1e-4)])
-    torch.testing.assert_close(grpo.advantages_for(scores, 2, "grpo"), expect)
-    assert grpo.advantages_for(scores, 2, "dr_grpo").tolist() == [-0.5, 0.5, -1.5, 1.5]
+    torch.testing.assert_close(grpo.group_advantages(scores, 2, "grpo"), expect)
+    assert grpo.group_advantages(scores, 2, "dr_grpo").tolist() == [-0.5, 0.5, -1.5, 1.5]
 
 
 def test_rloo_and_reinforce_advantages_by_hand():
     # k = 3: [1, 2, 6] -> 1 - 4, 2 - 3.5, 6 - 1.5
-    assert rloo.advantages_for(torch.tensor([1.0, 2.0, 6.0]), 3).tolist() == [-3.0, -1.5, 4.5]
+    assert rloo.leave_one_out(torch.tensor([1.0, 2.0, 6.0]), 3).tolist() == [-3.0, -1.5, 4.5]
     adv, b = reinforce.running_baseline_step(1.0, torch.tensor([2.0, 4.0]), alpha=0.5)
     assert adv.tolist() == [1.0, 3.0] and b == 2.0  # 1 + 0.5 * (3 - 1)
 
@@ -71,6 +73,18 @@ def test_grpo_token_loss_by_hand():
     kl_term = (kl_k3(logp, ref) * w).sum()
     assert kl_term.item() == pytest.approx(0.25, abs=1e-6)
     assert (loss + 0.1 * kl_term).item() == pytest.approx(-1.075)
+
+
+def test_online_prompts_come_from_a_named_pool(shared_data):
+    """``--prompts`` takes every named pool (``data.shared_sets.PROMPT_POOLS``): chat-first-turns
+    gives the pool's first human turns, ``max_prompts`` of them drawn by the run's seed."""
+    from rlhfkit.data.shared_sets import load_named_prompts
+    from rlhfkit.recipes.online_inputs import load_prompts
+
+    cfg = load_config(grpo.GRPOConfig, None, {"prompts": "chat-first-turns", "max_prompts": 6, "seed": 4})
+    assert load_prompts(cfg) == [p.prompt for p in load_named_prompts("chat-first-turns", limit=6, seed=4)]
+    reviews = load_prompts(load_config(grpo.GRPOConfig, None, {"max_prompts": 3, "prompt_words": 5}))
+    assert len(reviews) == 3 and all(len(p.split()) == 5 for p in reviews)
 
 
 def test_prompt_order_is_a_function_of_seed_and_step():
@@ -125,16 +139,16 @@ def test_rloo_kl_from_the_update_pass_equals_a_separate_behaviour_pass(tmp_path,
     """Micro-batches of whole groups (4 of k = 4): the KL-penalised reward is computed from the update
     pass's own log-probs, no behaviour forward; micro-batches of 2 split the groups and take the
     separate pass. Same weights, rewards and KL; and the fused run really skips the pass."""
-    from rlhfkit.recipes import online
+    from rlhfkit.recipes import online_inputs
 
     passes = []
-    original = online.rollout
+    original = online_inputs.rollout
 
     def counted(*a, **k):
         passes.append(k.get("behaviour_logprobs", True))
         return original(*a, **k)
 
-    monkeypatch.setattr(online, "rollout", counted)
+    monkeypatch.setattr(online_inputs, "rollout", counted)
     extra = ["--batch_size", "8", "--max_steps", "3", "--num_generations", "4", "--kl_coef", "0.5",
              "--learning_rate", "1e-2", "--resume", "false"]
     fused = run_inproc("rloo", tiny_policy_dir, prompt_file, tmp_path / "fused", *extra, "--micro_batch_size", "4")
@@ -258,8 +272,16 @@ def test_sigkill_resume_is_exact(tmp_path, tiny_policy_dir, prompt_file, algo, e
         assert "## step 6" in (killed / "samples.md").read_text()
 
 
+def test_grpo_resumes_past_a_bit_flipped_checkpoint_to_identical_weights(tmp_path, tiny_policy_dir, prompt_file):
+    """Killed after step 4 with checkpoints 2 and 4, one bit of checkpoint-4's weights flipped: the
+    restart says so in one line, resumes from checkpoint-2 and ends as a run left alone."""
+    assert_resume_exact(tmp_path, args, "grpo", tiny_policy_dir, prompt_file,
+                        ["--max_steps", "6", "--save_every", "2", "--batch_size", "8", "--num_generations", "4"],
+                        kill_after=4, checkpoint=4, damage=flip_model_bit(previous=2))
+
+
 def test_sample_table_resume_keeps_rows_whose_text_holds_line_separators(tmp_path):
-    from rlhfkit.recipes.online import SampleTable
+    from rlhfkit.recipes.online_outputs import SampleTable
     from rlhfkit.training.logging import MetricsLogger
 
     rows = [{"step": 2, "prompt": "p", "response": "a\u2028b\x85c"}, {"step": 4, "prompt": "q", "response": "later"}]

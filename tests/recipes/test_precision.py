@@ -206,7 +206,7 @@ def test_autocast_forward_hooks(tiny_policy_dir):
 def _record_layer_dtypes(monkeypatch, seen: dict):
     """Record the dtype of a decoder layer's MLP output in the policy, reference and value model
     as the recipe builds them (the feature switched off would record float32)."""
-    from rlhfkit.recipes import online, ppo
+    from rlhfkit.recipes import online_driver, ppo
 
     def watch(name, model):
         if model is not None:
@@ -215,16 +215,13 @@ def _record_layer_dtypes(monkeypatch, seen: dict):
             layer.register_forward_hook(lambda m, a, out: seen.setdefault(name, set()).add(out.dtype))
         return model
 
-    load_models, load_value_model = online.load_models, ppo.load_value_model
+    load_models, load_value_model = online_driver.load_models, ppo.load_value_model
 
     def models(config, need_reference):
         policy, tok, reference = load_models(config, need_reference)
         return watch("policy", policy), tok, watch("reference", reference)
 
-    import rlhfkit.recipes.grpo as grpo_mod
-
-    monkeypatch.setattr(grpo_mod, "load_models", models)
-    monkeypatch.setattr(ppo, "load_models", models)
+    monkeypatch.setattr(online_driver, "load_models", models)
     monkeypatch.setattr(ppo, "load_value_model", lambda c, t: watch("value", load_value_model(c, t)))
 
 

@@ -109,12 +109,14 @@ def test_greedy_and_top_k(tok, model):
 
 def test_update_pass_can_supply_the_behaviour_logprobs(tok, model):
     """One update per rollout: skipping the behaviour pass (its log-probs taken from the update's
-    own forward pass, as TRL's GRPO with num_iterations=1) makes the same update and leaves the
-    same log-probs in the rollout as computing them in a separate pass first."""
+    own forward pass, as TRL's GRPO with num_iterations=1) makes the same update and returns the
+    same behaviour log-probs as computing them in a separate pass first; the rollouts are not
+    written to."""
     import copy
 
     from rlhfkit.recipes.grpo import GRPOConfig
-    from rlhfkit.recipes.online import optimizer_and_scheduler, policy_gradient_update
+    from rlhfkit.recipes.online_driver import optimizer_and_scheduler
+    from rlhfkit.recipes.policy_gradient import policy_gradient_update
 
     config = GRPOConfig(batch_size=6, micro_batch_size=2, max_new_tokens=8, temperature=0.7, learning_rate=1e-2,
                         max_steps=1, warmup_ratio=0.0)
@@ -124,18 +126,45 @@ def test_update_pass_can_supply_the_behaviour_logprobs(tok, model):
     assert torch.equal(with_pass.response_ids, without.response_ids)
     assert not without.logprobs.any()
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0])
-    updated = {}
-    for name, ro, fill in (("pass", with_pass, False), ("fill", without, True)):
+    updated, behaviour = {}, {}
+    for name, ro, given in (("pass", with_pass, with_pass.logprobs), ("fill", without, None)):
         policy = copy.deepcopy(model)
         optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), config)
-        policy_gradient_update(policy, ro, advantages, config, optimizer, scheduler, 0, "sequence",
-                               fill_behaviour_logprobs=fill)
+        behaviour[name] = policy_gradient_update(policy, ro, advantages, given, config, optimizer, scheduler, 0,
+                                                 "sequence", params=list(policy.parameters())).behaviour_logprobs
         updated[name] = policy
-    torch.testing.assert_close(without.logprobs, with_pass.logprobs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(behaviour["fill"], with_pass.logprobs, rtol=1e-5, atol=1e-5)
+    assert behaviour["pass"] is with_pass.logprobs and not without.logprobs.any()  # the rollouts are left as they were
     for (n, a), (_, b) in zip(updated["pass"].named_parameters(), updated["fill"].named_parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=n)
     assert not torch.equal(next(updated["fill"].parameters()), next(model.parameters()))
     config.ppo_epochs = 2
     with pytest.raises(ValueError, match="one epoch and one minibatch"):
-        policy_gradient_update(copy.deepcopy(model), without, advantages, config, optimizer, scheduler, 0,
-                               "sequence", fill_behaviour_logprobs=True)
+        policy_gradient_update(copy.deepcopy(model), without, advantages, None, config, optimizer, scheduler, 0,
+                               "sequence", params=list(model.parameters()))
+
+
+def test_rollout_logprobs_any_chunking_any_mode_and_the_adapter_switched_off(tok, model):
+    """The no-grad pass over a rollout: the behaviour log-probs again, in any chunking, in eval mode
+    whatever mode the model was in (which it is left in); with ``adapter_disabled`` a LoRA policy
+    scores as its base model."""
+    import copy
+
+    from rlhfkit.models import apply_lora
+    from rlhfkit.rollout import rollout_logprobs
+
+    ro = rollout(gen(tok), model, tok, PROMPTS * 2, seed=4)
+    torch.testing.assert_close(rollout_logprobs(model, ro, 0.7), ro.logprobs, rtol=0, atol=1e-6)
+    torch.testing.assert_close(rollout_logprobs(model, ro, 0.7, batch_size=4), ro.logprobs, rtol=0, atol=1e-6)
+    lora = apply_lora(copy.deepcopy(model), r=4, alpha=8, dropout=0.5, target_modules="all-linear")
+    with torch.no_grad():  # an adapter that changes the outputs
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5)
+    lora.train()
+    on = rollout_logprobs(lora, ro, 0.7, batch_size=3)
+    off = rollout_logprobs(lora, ro, 0.7, batch_size=3, adapter_disabled=True)
+    assert lora.training and all(m.training for m in lora.modules())
+    assert (on - ro.logprobs).abs().max() > 1e-3
+    torch.testing.assert_close(off, ro.logprobs, rtol=0, atol=1e-6)
+    torch.testing.assert_close(rollout_logprobs(lora, ro, 0.7), on, rtol=0, atol=1e-6)  # dropout 0.5 is off

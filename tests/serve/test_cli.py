@@ -103,3 +103,65 @@ def test_a_real_server_acknowledges_feedback_only_once_it_is_on_disk(tiny_chat_d
                            (c["id"],)).fetchall()
     assert sorted((json.loads(r[0]) for r in rows), key=len) == [
         {"label": False, "comment": "kill me"}, {"rating": 2, "flags": [], "comment": "kill me"}]
+
+
+def test_serve_takes_a_loop_folder_and_serves_its_newest_finished_round(tmp_path, capsys):
+    """``serve --model LOOP`` (an ``rlhfkit loop`` output folder, as ``feedback serve --policy``
+    takes) serves the policy of the loop's newest finished round, named LOOP/round-N, and its
+    start-up line says which round and which folder; a loop still in its setup is refused with the
+    field named."""
+    import random
+
+    import httpx
+
+    from rlhfkit.loop import run as loop_run
+    from rlhfkit.serve.engine import ChatModel
+
+    from ..loop.conftest import WORDS, tiny_loop_config
+
+    rng = random.Random(0)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": " ".join(rng.choice(WORDS) for _ in range(6))}) + "\n"
+                               for _ in range(120)), encoding="utf-8")
+    loop = tmp_path / "loop"
+    loop_run.run(tiny_loop_config(loop, prompts, rounds=1))
+    round_1 = loop / "round-1" / "policy" / "model"
+    assert json.loads((loop / "loop_state.json").read_text())["rounds_done"] == 1 and round_1.is_dir()
+
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", "serve", "--model", str(loop), "--port", str(port),
+                             "--threads", "1", "--max_new_tokens", "6"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    messages = [{"role": "user", "content": "the film was"}]
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.1)
+        assert [m["id"] for m in httpx.get(base + "/v1/models", timeout=5).json()["data"]] == ["loop/round-1"]
+        served = httpx.post(base + "/v1/chat/completions", timeout=60,
+                            json={"messages": messages, "temperature": 0}).json()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+        log = proc.stdout.read()
+        proc.stdout.close()
+    assert served["model"] == "loop/round-1"
+    # greedy: the reply round 1's policy gives loaded here, token for token
+    expected = ChatModel.load(str(round_1), max_new_tokens=6).complete(messages, temperature=0)
+    assert served["choices"][0]["message"]["content"] == expected.text
+    start = next(line for line in log.splitlines() if line.startswith("rlhfkit serve:"))
+    assert f"from the loop {loop}, round 1's policy, the newest finished round: {round_1}" in start, start
+
+    waiting = tmp_path / "waiting"  # a loop in its setup: no policy yet
+    (waiting / "setup").mkdir(parents=True)
+    (waiting / "loop_state.json").write_text(json.dumps({"rounds_done": 0}))
+    _refused(capsys, ["serve", "--model", str(waiting), "--port", str(_free_port())],
+             ["field 'model'", "the loop has no policy yet"])

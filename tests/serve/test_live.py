@@ -120,3 +120,42 @@ def test_feedback_serve_refuses_a_policy_that_does_not_load(tmp_path, capsys):
     err = capsys.readouterr()
     assert "policy" in (err.err + err.out) and "Traceback" not in err.err
     assert main(["feedback", "serve", "--db", str(tmp_path / "fb.db"), "--policy", "x", "--workers", "2"]) == 2
+
+
+def _stage(folder, status, model_from=None):
+    """A loop stage folder: ``stage.json`` saying ``status``; with ``model_from`` a copy of that
+    model in ``model/``, else only its config.json (a model being written)."""
+    (folder / "model").mkdir(parents=True)
+    if model_from is not None:
+        shutil.rmtree(folder / "model")
+        shutil.copytree(model_from, folder / "model")
+    else:
+        (folder / "model" / "config.json").write_text("{}")
+    (folder / "stage.json").write_text(json.dumps({"status": status, "outputs": {"model": str(folder / "model")}}))
+
+
+def test_a_loop_policy_is_the_newest_finished_round_whatever_loop_state_counts(tmp_path, tiny_chat_dir, capsys):
+    """A resumed loop with other settings redoes its rounds while loop_state.json still counts the
+    earlier run's: the newest round whose policy stage is done is served, never a policy being
+    written (its stage.json says running) nor, when the newest round is gone, the initial policy
+    as if no round had finished; serve's start-up line says so."""
+    from rlhfkit.serve.cli import _resolve_model
+
+    loop = tmp_path / "loop"
+    _stage(loop / "setup", "done", tiny_chat_dir)
+    _stage(loop / "round-1" / "policy", "done", tiny_chat_dir)
+    _stage(loop / "round-2" / "policy", "running")  # being rewritten: only its config.json so far
+    _state(loop, 2)
+    assert current_policy(str(loop)) == str(loop / "round-1" / "policy" / "model")
+    path, name, origin = _resolve_model(str(loop))
+    assert (path, name) == (str(loop / "round-1" / "policy" / "model"), "loop/round-1")
+    assert "round 1's policy: round 2's, the newest finished, is not there whole" in origin
+    shutil.rmtree(loop / "round-2")  # gone
+    assert current_policy(str(loop)) == str(loop / "round-1" / "policy" / "model")
+    _stage_done = json.loads((loop / "round-1" / "policy" / "stage.json").read_text())
+    (loop / "round-1" / "policy" / "stage.json").write_text(json.dumps({**_stage_done, "status": "running"}))
+    assert current_policy(str(loop)) == str(loop / "setup" / "model")
+    assert "its initial policy: round 2's, the newest finished, is not there whole" in _resolve_model(str(loop))[2]
+    (loop / "setup" / "stage.json").write_text(json.dumps({"status": "running"}))  # the setup redone too
+    with pytest.raises(NoPolicyYet, match="no policy yet"):
+        current_policy(str(loop))

@@ -103,10 +103,26 @@ def test_a_kill_between_the_renames_keeps_the_previous_best(tmp_path):
     from rlhfkit.training.loop import BestWeights
 
     out = tmp_path / "run"
-    (out / "best.old").mkdir(parents=True)
-    (out / "best.old" / "best.json").write_text(json.dumps({"step": 4, "value": 1.0, "metric": "val_loss"}))
+    BestWeights(str(out), "val_loss", DistInfo(), resuming=False).update(4, {"val_loss": 1.0}, make_model())
+    (out / "best").rename(out / "best.old")  # killed after the first rename (best -> best.old)
     best = BestWeights(str(out), "val_loss", DistInfo(), resuming=True)
     assert (best.step, best.value) == (4, 1.0) and (out / "best" / "best.json").exists()
+
+
+def test_no_finite_evaluation_leaves_the_final_weights_with_a_warning(tmp_path, capsys):
+    """Every evaluation NaN: none counts as best, so there is nothing to restore; the model keeps
+    the final weights, best_step is None, and one warning line says why."""
+    out = tmp_path / "nan"
+    model = make_model()
+    metrics = fit(model, EXAMPLES, collate, loss_sum, count, config(out, eval_every=2, best_metric="val_loss"),
+                  DistInfo(), ScriptedEval([float("nan")] * 4))
+    final = make_model()
+    fit(final, EXAMPLES, collate, loss_sum, count, config(tmp_path / "final"), DistInfo())
+    assert torch.equal(model.weight, final.weight) and torch.equal(model.bias, final.bias)
+    assert metrics["best_step"] is None and metrics["best_val_loss"] is None
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlhfkit: warning")]
+    assert warnings == ["rlhfkit: warning: best_metric: no evaluation had a finite val_loss; the model keeps the "
+                        "final weights (step 8)"]
 
 
 def test_best_metric_ends_with_the_weights_of_the_best_evaluation(tmp_path):
@@ -144,6 +160,91 @@ def test_best_metric_survives_a_crash_and_resume(tmp_path):
     assert torch.equal(resumed.weight, straight.weight) and torch.equal(resumed.bias, straight.bias)
 
 
+class DamagingEval(ScriptedEval):
+    """A ScriptedEval that, on its last call, damages the kept best weights with `damage(folder)`
+    (the disk, between the evaluation that chose them and the end of the run); `what` is the
+    damage as the warning must name it."""
+
+    def __init__(self, values, folder, damage):
+        super().__init__(values)
+        self.folder, self.damage, self.what = folder, damage, None
+
+    def __call__(self, model):
+        if self.calls == len(self.values) - 1:
+            self.what = self.damage(self.folder)
+        return super().__call__(model)
+
+
+def truncate_best_model(folder):
+    data = (folder / "model.pt").read_bytes()
+    (folder / "model.pt").write_bytes(data[:len(data) // 2])
+    return f"model.pt is {len(data) // 2} bytes, manifest.json says {len(data)}"
+
+
+def flip_best_model_bit(folder):
+    from ..conftest import flip_tensor_bit
+
+    flip_tensor_bit(folder / "model.pt")
+    return "model.pt does not match its sha256 in manifest.json (changed after it was written)"
+
+
+@pytest.mark.parametrize("damage", [truncate_best_model, flip_best_model_bit])
+def test_a_damaged_best_copy_leaves_the_final_weights_with_a_warning(tmp_path, capsys, damage):
+    """The best weights (step 4) damaged on disk before the end: they are not loaded; one warning
+    line names the file and the damage, the model keeps the final weights (step 8) and the
+    metrics name them as the best."""
+    out = tmp_path / "run"
+    model = make_model()
+    evaluate = DamagingEval([3.0, 1.0, 2.0, 4.0], out / "best", damage)
+    metrics = fit(model, EXAMPLES, collate, loss_sum, count, config(out, eval_every=2, best_metric="val_loss"),
+                  DistInfo(), evaluate)
+    final = make_model()
+    fit(final, EXAMPLES, collate, loss_sum, count, config(tmp_path / "final"), DistInfo())
+    assert torch.equal(model.weight, final.weight) and torch.equal(model.bias, final.bias)
+    assert metrics["best_step"] == 8 and metrics["best_val_loss"] == 4.0 == metrics["val_loss"]
+    assert evaluate.calls == 4  # the final weights are not evaluated again
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlhfkit: warning")]
+    assert warnings == [f"rlhfkit: warning: damaged {out / 'best'}: {evaluate.what}; the best weights (step 4, "
+                        "val_loss 1) are lost and the model keeps the final weights (step 8); train again with "
+                        "--resume false to recover them"]
+
+
+@pytest.mark.parametrize("damage,what", [
+    (lambda f: (f / "best.json").write_text('{"step": 4, "val'), "best.json is 16 bytes, manifest.json says "),
+    (lambda f: (f / "manifest.json").unlink(), "manifest.json is missing (best.json says there was one)"),
+    (truncate_best_model, "model.pt is "),
+])
+def test_a_resumed_run_passes_over_a_damaged_best_with_a_warning(tmp_path, capsys, damage, what):
+    """Crashed after the best evaluation (step 4), the best copy damaged: the resumed run says so
+    in one line and chooses among the evaluations still to come (steps 6 and 8: step 6)."""
+    out = tmp_path / "crashed"
+    cfg = config(out, eval_every=2, save_every=2, best_metric="val_loss")
+    with pytest.raises(KeyboardInterrupt):
+        fit(make_model(), EXAMPLES, collate, loss_sum, count, cfg, DistInfo(), ScriptedEval([3.0, 1.0], crash_at=3))
+    damage(out / "best")
+    capsys.readouterr()
+    metrics = fit(make_model(), EXAMPLES, collate, loss_sum, count, cfg, DistInfo(), ScriptedEval([2.0, 4.0, 99.0]))
+    assert metrics["best_step"] == 6 and metrics["best_val_loss"] == 2.0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlhfkit: warning")]
+    assert len(warnings) == 1 and warnings[0].startswith(f"rlhfkit: warning: passing over damaged {out / 'best'}: {what}")
+    assert warnings[0].endswith("; the best weights before this resume are lost (the best is chosen among the "
+                                "evaluations to come; train again with --resume false to recover them)")
+    assert json.loads((out / "best" / "best.json").read_text())["step"] == 6
+
+
+def test_a_best_copy_without_manifest_from_an_older_rlhfkit_still_resumes(tmp_path):
+    """best/ written before manifests (no manifest.json, a best.json that names none) is taken up
+    when its files load."""
+    from rlhfkit.training.loop import BestWeights
+
+    out = tmp_path / "run"
+    BestWeights(str(out), "val_loss", DistInfo(), resuming=False).update(4, {"val_loss": 1.0}, make_model())
+    (out / "best" / "manifest.json").unlink()
+    (out / "best" / "best.json").write_text(json.dumps({"step": 4, "value": 1.0, "metric": "val_loss"}))
+    best = BestWeights(str(out), "val_loss", DistInfo(), resuming=True)
+    assert (best.step, best.value) == (4, 1.0)
+
+
 def test_a_fresh_run_forgets_an_old_best(tmp_path):
     out = tmp_path / "run"
     fit(make_model(), EXAMPLES, collate, loss_sum, count, config(out, eval_every=2, best_metric="val_loss"),
@@ -163,3 +264,22 @@ def test_best_metric_needs_an_evaluation_and_a_known_metric(tmp_path):
     with pytest.raises(ConfigError, match="not among the eval metrics"):
         fit(make_model(), EXAMPLES, collate, loss_sum, count, config(tmp_path / "b", best_metric="val_acc"),
             DistInfo(), ScriptedEval([1.0] * 5))
+
+
+def test_a_run_resumes_only_on_the_examples_it_was_trained_on(tmp_path):
+    """A checkpoint stores a digest of the training examples; resuming on other examples (a data
+    file edited, a split changed) is refused naming both counts, on the same ones it continues."""
+    from rlhfkit.training.config import ConfigError
+
+    out = tmp_path / "run"
+    cfg = config(out, eval_every=2, save_every=2)
+    with pytest.raises(KeyboardInterrupt):  # killed in the evaluation at step 4, after checkpoint-2
+        fit(make_model(), EXAMPLES, collate, loss_sum, count, cfg, DistInfo(), ScriptedEval([1.0], crash_at=2))
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["data"]["examples"] == 32 and len(state["data"]["sha256"]) == 64
+    with pytest.raises(ConfigError, match=r"trained on other examples \(32 then, 24 now"):
+        fit(make_model(), EXAMPLES[:24], collate, loss_sum, count, cfg, DistInfo(), ScriptedEval([1.0] * 5))
+    edited = [{**e, "y": e["y"] + 1} if i == 5 else e for i, e in enumerate(EXAMPLES)]
+    with pytest.raises(ConfigError, match=r"trained on other examples \(32 then, 32 now"):
+        fit(make_model(), edited, collate, loss_sum, count, cfg, DistInfo(), ScriptedEval([1.0] * 5))
+    fit(make_model(), EXAMPLES, collate, loss_sum, count, cfg, DistInfo(), ScriptedEval([1.0] * 5))

@@ -1,4 +1,4 @@
-"""KL estimators and KL-coefficient controllers."""
+"""KL estimators (per token and summed per sequence) and KL-coefficient controllers."""
 from __future__ import annotations
 
 from typing import Any, Dict, Union
@@ -29,6 +29,22 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.expm1(log_r) - log_r
 
 
+def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
+                estimator: str = "k1") -> torch.Tensor:
+    """Per-sequence KL(pi || ref) estimate ``[B]``: the per-token estimator summed over the response
+    tokens (``mask``), in float32. ``k1``: ``sum_t (logp - ref_logp)``; ``k3``: ``sum_t (r - 1 -
+    log r)``, ``r = pi_ref / pi``. Both are unbiased for the sequence KL on the policy's own
+    samples (the chain rule: each token's term has the KL at that position as its mean given the
+    context); k1 can be negative on a few samples, k3 never is (Schulman 2020).
+
+    Shapes: ``logprobs``, ``ref_logprobs``, ``mask`` ``[B, R]`` -> ``[B]``."""
+    per_token = {"k1": kl_k1, "k3": kl_k3}
+    if estimator not in per_token:
+        raise ValueError(f"estimator must be k1 or k3, got {estimator!r}")
+    k = per_token[estimator](logprobs.float(), ref_logprobs.float())
+    return torch.where(mask.bool(), k, torch.zeros_like(k)).sum(dim=1)
+
+
 def _f(x: Number) -> float:
     return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
 
@@ -47,6 +63,15 @@ class FixedKLController:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.value = float(state["value"])
+
+
+def kl_controller(kind: str, kl_coef: float, target: float, horizon: float):
+    """A ``fixed`` or ``adaptive`` KL coefficient controller."""
+    if kind == "adaptive":
+        return AdaptiveKLController(kl_coef, target, horizon)
+    if kind == "fixed":
+        return FixedKLController(kl_coef)
+    raise ValueError(f"kl_control must be 'fixed' or 'adaptive', got {kind!r}")
 
 
 class AdaptiveKLController:

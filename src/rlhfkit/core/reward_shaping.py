@@ -1,14 +1,24 @@
-"""Turning sequence scores into per-token PPO rewards."""
+"""Turning sequence scores into KL-penalised rewards: per token (PPO) or per sequence (RLOO, REINFORCE)."""
 from __future__ import annotations
 
 from typing import Tuple, Union
 
 import torch
 
-from .kl import kl_k1, kl_k2, kl_k3
+from .kl import kl_k1, kl_k2, kl_k3, sequence_kl
 from .masking import last_true_index
 
 _ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+
+
+def kl_penalised_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                         mask: torch.Tensor, kl_coef: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sequence rewards with the KL leash in them (RLOO, REINFORCE; as TRL's RLOOTrainer):
+    ``(scores - kl_coef * kl, kl)`` with ``kl`` the summed k1 over the response (``sequence_kl``).
+
+    Shapes: ``scores`` [B], ``logprobs``, ``ref_logprobs``, ``mask`` [B, R] -> ``([B], [B])``."""
+    kl = sequence_kl(logprobs, ref_logprobs, mask)
+    return scores - kl_coef * kl, kl
 
 
 def per_token_rewards(

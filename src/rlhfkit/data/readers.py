@@ -3,7 +3,13 @@
 Sources accepted by :func:`read_records`:
 - a path to ``.jsonl`` / ``.jsonl.gz`` (one JSON object a line; gzip is detected by its magic
   bytes, so any suffix works), or ``.json`` / ``.json.gz`` holding a JSON list of objects (a
-  ``.json`` file whose first non-blank character is not ``[`` is read as JSON lines);
+  ``.json`` file whose first non-blank character is not ``[`` is one record when it holds one
+  object, pretty-printed or not, refused naming the field when that object wraps the records in a
+  list, ``{"data": [...]}``, and read as JSON lines otherwise); a JSON-lines
+  file that holds one JSON array is refused with the hint to rename it ``.json`` (the name is a
+  promise other tools keep too: streaming readers, ``wc -l``, ``split``);
+- a folder written by ``datasets.Dataset.save_to_disk`` (``rlhfkit feedback export --format hf``),
+  read with ``datasets.load_from_disk``; a ``DatasetDict`` folder is refused naming its splits;
 - a ``datasets.Dataset`` (one split; a ``DatasetDict`` is refused with a hint) or any list /
   iterable of dicts.
 
@@ -95,11 +101,33 @@ def _read_all(path: Path) -> bytes:
     return data
 
 
-def _is_json_list(path: Path, data: bytes) -> bool:
+def _is_json_name(path: Path) -> bool:
     name = path.name.lower()
-    if name.endswith(".json") or name.endswith(".json.gz"):
-        return data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"["
-    return False
+    return name.endswith(".json") or name.endswith(".json.gz")
+
+
+def _is_json_list(path: Path, data: bytes) -> bool:
+    return _is_json_name(path) and data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"["
+
+
+def _whole_json_object(path: Path, data: bytes) -> dict | None:
+    """The one JSON object a ``.json`` file holds (pretty-printed over many lines or not), or None
+    when it holds something else (JSON lines, which such a file may also hold: read line by line).
+    An object that wraps the records in a list (``{"data": [{...}, ...]}``) is a DataError naming
+    the key, rather than one record missing every field."""
+    try:
+        value = json.loads(data.decode("utf-8-sig"))
+    except (ValueError, RecursionError):  # several lines of JSON, or bad JSON: the line reader says where
+        return None
+    if not isinstance(value, dict):
+        return None
+    wrapped = [k for k, v in value.items() if k != "messages" and isinstance(v, list) and v
+               and all(isinstance(x, dict) for x in v)]
+    if wrapped:
+        raise DataError(f"this file holds one JSON object with the records in its field {wrapped[0]!r}; give "
+                        f"a JSON list of objects (that field's value) or JSON Lines, one object a line",
+                        path=path, reason="not_object")
+    return value
 
 
 def _decode_line(raw: bytes, lineno: int, path: Path) -> str:
@@ -122,13 +150,36 @@ def _parse_json(text: str, path, loc: dict) -> Any:
     except RecursionError:
         raise DataError("malformed JSON: nested too deeply", path=path, reason="malformed_json",
                         **loc) from None
+    except ValueError as e:  # Python's limit on integer digits (4300): a ValueError, not a JSONDecodeError
+        raise DataError(f"malformed JSON: {str(e).split(';')[0]}", path=path, reason="malformed_json",
+                        **loc) from None
 
 
-def _iter_jsonl(path: Path, data: bytes) -> Iterator[tuple[dict, Any]]:
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+def line_limit(max_chars: int | None) -> int | None:
+    """The longest JSON line (bytes) read for a record within ``max_chars`` characters of text:
+    6 bytes a character (the ``\\uXXXX`` escape) and 16 MB for keys, numbers and extra columns
+    (datasets carry some). A longer line is refused before it is parsed: parsing a 300 MB line
+    took 6 s and 1.4 GB of memory, to refuse it after."""
+    return None if max_chars is None else 6 * max_chars + 16_000_000
+
+
+def _iter_jsonl(path: Path, data: bytes, max_line_bytes: int | None = None) -> Iterator[tuple[dict, Any]]:
+    if data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":  # a problem of the whole file: always raised
+        raise DataError("this file holds a JSON array; JSON Lines needs one object per line (rename it .json "
+                        "to read it as a JSON list)", path=path, line=1, reason="malformed_json")
+    start, lineno = 0, 0
+    while start <= len(data):  # line by line without copying them all (a giant line is not copied at all)
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end
+        lineno, length, raw_start, start = lineno + 1, end - start, start, end + 1
+        loc = {"line": lineno}
+        if max_line_bytes is not None and length > max_line_bytes:
+            yield loc, DataError(f"sample too long: a line of {length} bytes, more than any record within "
+                                 f"max_chars holds ({max_line_bytes})", path=path, reason="too_long", **loc)
+            continue
+        raw = data[raw_start:end]
         if not raw.strip():
             continue
-        loc = {"line": lineno}
         try:
             text = _decode_line(raw, lineno, path)
             yield loc, _parse_json(text, path, loc)
@@ -149,6 +200,8 @@ def _iter_json_list(path: Path, data: bytes) -> Iterator[tuple[dict, Any]]:
                         reason="malformed_json") from None
     except RecursionError:
         raise DataError("malformed JSON: nested too deeply", path=path, reason="malformed_json") from None
+    except ValueError as e:  # Python's limit on integer digits (4300)
+        raise DataError(f"malformed JSON: {str(e).split(';')[0]}", path=path, reason="malformed_json") from None
     if not isinstance(value, list):
         raise DataError(f"expected a JSON list of objects, got {type(value).__name__}", path=path,
                         reason="not_object")
@@ -161,16 +214,48 @@ def _iter_objects(source: Iterable, label: str) -> Iterator[tuple[dict, Any]]:
         yield {"index": i}, v
 
 
-def iter_raw(source) -> tuple[str, Iterator[tuple[dict, Any]]]:
-    """(label, iterator of (location, raw value or DataError)) for any supported source."""
+DATASET_FOLDER_FILES = ("state.json", "dataset_info.json")  # what Dataset.save_to_disk writes
+
+
+def load_dataset_folder(path: Path):
+    """The ``datasets.Dataset`` saved in folder ``path`` (``save_to_disk``), or a :class:`DataError`
+    saying why the folder is not one."""
+    if (path / "dataset_dict.json").is_file():
+        splits = sorted(p.name for p in path.iterdir() if p.is_dir())
+        raise DataError(f"this folder holds a DatasetDict with splits {splits}; give one split's folder, "
+                        f"e.g. {path / (splits[0] if splits else 'train')}", path=path, reason="not_object")
+    if not all((path / name).is_file() for name in DATASET_FOLDER_FILES):
+        raise DataError(f"a folder, but not one written by datasets' save_to_disk (no "
+                        f"{' / '.join(DATASET_FOLDER_FILES)}); give a .jsonl / .json file or such a folder",
+                        path=path, reason="not_object")
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("reading a datasets folder needs the `datasets` package", path=path,
+                        reason="not_object") from None
+    try:
+        return datasets.load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - a damaged folder: say so with the file named
+        raise DataError(f"cannot read the datasets folder: {e}", path=path, reason="malformed_json") from None
+
+
+def iter_raw(source, max_line_bytes: int | None = None) -> tuple[str, Iterator[tuple[dict, Any]]]:
+    """(label, iterator of (location, raw value or DataError)) for any supported source; a JSON
+    line longer than ``max_line_bytes`` is a ``too_long`` DataError, not parsed."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if path.is_dir():
+            return str(path), _iter_objects(load_dataset_folder(path), str(path))
         if not path.is_file():
             raise FileNotFoundError(f"data file {path} does not exist")
         data = _read_all(path)
         if _is_json_list(path, data):
             return str(path), _iter_json_list(path, data)
-        return str(path), _iter_jsonl(path, data)
+        if _is_json_name(path):
+            whole = _whole_json_object(path, data)
+            if whole is not None:  # one object, perhaps over many lines: a record, or records wrapped in one
+                return str(path), _iter_objects([whole], str(path))
+        return str(path), _iter_jsonl(path, data, max_line_bytes)
     if type(source).__name__ in ("DatasetDict", "IterableDatasetDict"):
         raise TypeError(f"got a {type(source).__name__} with splits {list(source)}; pass one split, "
                         f"e.g. ds['train']")
@@ -202,7 +287,7 @@ def read_records(source, kind: str, on_error: str = "raise", max_chars: int = 10
         raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    label, items = iter_raw(source)
+    label, items = iter_raw(source, line_limit(max_chars))
     records: list = []
     skipped: collections.Counter = collections.Counter()
     for loc, value in items:

@@ -6,6 +6,12 @@ Every record has ``from_dict(d)`` (validates and raises :class:`DataError` namin
 reader adds file and line) and ``to_dict()`` (plain JSON-able dict; ``from_dict(r.to_dict()) == r``).
 Unknown keys are ignored by ``from_dict`` (datasets often carry extra columns).
 
+Every judged record (all but :class:`PromptRecord`) may carry who gave it and how much it counts:
+``labeler`` (a pseudonymous id, e.g. ``labeler-3f2a...`` from ``rlhfkit feedback export``; never a
+user name) and ``weight`` (a number >= 0; training multiplies the record's loss by it and
+normalises by the sum of weights; absent = 1). ``to_dict`` leaves them out while they are None,
+so records without them write exactly as before.
+
 Validation rules shared by all records:
 - ``prompt`` is a string and may be empty (implicit-prompt data), except in :class:`PromptRecord`;
 - response texts (``completion``, ``chosen``, ``rejected``, ``responses[i]``, ``original``,
@@ -65,8 +71,13 @@ def _text(v: Any, name: str, *, allow_empty: bool = False) -> str:
 def _number(v: Any, name: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise DataError(f"expected a number, got {_tname(v)}", field=name, reason="wrong_type")
-    if not math.isfinite(v):
-        raise DataError(f"expected a finite number, got {v!r}", field=name, reason="invalid_value")
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:  # an integer beyond the float range (JSON has no size limit on them)
+        finite = False
+    if not finite:
+        shown = repr(v) if isinstance(v, float) else "an integer beyond the float range"
+        raise DataError(f"expected a finite number, got {shown}", field=name, reason="invalid_value")
     return float(v)
 
 
@@ -100,11 +111,38 @@ def record_texts(record: Any) -> list[tuple[str, str]]:
     return out
 
 
+def _labeler(d: dict) -> str | None:
+    v = d.get("labeler")
+    if v is None:
+        return None
+    if not isinstance(v, (str, int)) or isinstance(v, bool) or (isinstance(v, str) and not v.strip()):
+        raise DataError(f"expected a non-empty labeler id (string), got {_tname(v)}", field="labeler",
+                        reason="wrong_type")
+    return str(v)
+
+
+def _weight(d: dict) -> float | None:
+    v = d.get("weight")
+    if v is None:
+        return None
+    w = _number(v, "weight")
+    if w < 0:
+        raise DataError(f"expected a weight >= 0, got {w:g}", field="weight", reason="invalid_value")
+    return w
+
+
+OPTIONAL_FIELDS = ("labeler", "weight")  # written only when set
+
+
 class _Record:
     kind: ClassVar[str] = ""
 
     def to_dict(self) -> dict:
-        return asdict(self)  # type: ignore[call-overload]
+        d = asdict(self)  # type: ignore[call-overload]
+        for k in OPTIONAL_FIELDS:
+            if k in d and d[k] is None:
+                del d[k]
+        return d
 
 
 # ----------------------------------------------------------------------------- records
@@ -127,6 +165,8 @@ class CompletionRecord(_Record):
 
     prompt: str
     completion: str
+    labeler: str | None = None
+    weight: float | None = None
     kind: ClassVar[str] = "sft"
 
     @classmethod
@@ -135,6 +175,7 @@ class CompletionRecord(_Record):
         return cls(
             prompt=_text(_get(d, "prompt"), "prompt", allow_empty=True),
             completion=_text(_get(d, "completion"), "completion"),
+            labeler=_labeler(d), weight=_weight(d),
         )
 
 
@@ -144,6 +185,8 @@ class ConversationRecord(_Record):
     one assistant turn (the turns trained on)."""
 
     messages: list[dict]
+    labeler: str | None = None
+    weight: float | None = None
     kind: ClassVar[str] = "conversations"
 
     @classmethod
@@ -165,10 +208,11 @@ class ConversationRecord(_Record):
         if not any(m["role"] == "assistant" for m in out):
             raise DataError("expected at least one assistant turn", field="messages",
                             reason="invalid_value")
-        return cls(messages=out)
+        return cls(messages=out, labeler=_labeler(d), weight=_weight(d))
 
     def to_dict(self) -> dict:
-        return {"messages": [{"role": m["role"], "content": m["content"]} for m in self.messages]}
+        d = {"messages": [{"role": m["role"], "content": m["content"]} for m in self.messages]}
+        return {**d, **{k: getattr(self, k) for k in OPTIONAL_FIELDS if getattr(self, k) is not None}}
 
 
 def _get_sub(m: dict, key: str, parent: str) -> Any:
@@ -189,6 +233,8 @@ class PreferencePair(_Record):
     margin: float | None = None
     tie: bool = False
     subset: str | None = None
+    labeler: str | None = None
+    weight: float | None = None
     kind: ClassVar[str] = "pairs"
 
     @classmethod
@@ -204,6 +250,7 @@ class PreferencePair(_Record):
             margin=None if margin is None else _number(margin, "margin"),
             tie=False if tie is None else _bool(tie, "tie"),
             subset=None if subset is None else _text(subset, "subset", allow_empty=True),
+            labeler=_labeler(d), weight=_weight(d),
         )
 
 
@@ -215,6 +262,8 @@ class RankingRecord(_Record):
     prompt: str
     responses: list[str]
     ranks: list[int]
+    labeler: str | None = None
+    weight: float | None = None
     kind: ClassVar[str] = "rankings"
 
     @classmethod
@@ -237,12 +286,14 @@ class RankingRecord(_Record):
         if len(ranks) != len(responses):
             raise DataError(f"expected {len(responses)} ranks (one per response), got {len(ranks)}",
                             field="ranks", reason="invalid_value")
-        return cls(prompt=prompt, responses=responses, ranks=[int(r) for r in ranks])
+        return cls(prompt=prompt, responses=responses, ranks=[int(r) for r in ranks],
+                   labeler=_labeler(d), weight=_weight(d))
 
     def to_pairs(self, subset: str | None = None) -> list[PreferencePair]:
         """Every pair of responses with different ranks, better one as ``chosen`` (ties skipped).
-        ``margin`` is left None (rank gaps are ordinal, not a strength). Order: by the better
-        response's position, then the worse one's."""
+        ``margin`` is left None (rank gaps are ordinal, not a strength); each pair keeps the
+        ranking's ``labeler`` and ``weight``. Order: by the better response's position, then the
+        worse one's."""
         pairs = []
         n = len(self.responses)
         for i in range(n):
@@ -251,7 +302,7 @@ class RankingRecord(_Record):
                     continue
                 a, b = (i, j) if self.ranks[i] < self.ranks[j] else (j, i)
                 pairs.append(PreferencePair(self.prompt, self.responses[a], self.responses[b],
-                                            subset=subset))
+                                            subset=subset, labeler=self.labeler, weight=self.weight))
         return pairs
 
 
@@ -266,6 +317,8 @@ class RatingRecord(_Record):
     scale_min: float = 1
     scale_max: float = 7
     flags: list[str] = field(default_factory=list)
+    labeler: str | None = None
+    weight: float | None = None
     kind: ClassVar[str] = "ratings"
 
     @classmethod
@@ -285,7 +338,7 @@ class RatingRecord(_Record):
         flags = d.get("flags")
         flags = [] if flags is None else _list(flags, "flags")
         flags = [_text(f, f"flags[{i}]") for i, f in enumerate(flags)]
-        return cls(prompt, completion, rating, lo, hi, flags)
+        return cls(prompt, completion, rating, lo, hi, flags, labeler=_labeler(d), weight=_weight(d))
 
     def normalised(self) -> float:
         """The rating mapped to [0, 1]."""
@@ -300,6 +353,8 @@ class ThumbsRecord(_Record):
     prompt: str
     completion: str
     label: bool
+    labeler: str | None = None
+    weight: float | None = None
     kind: ClassVar[str] = "thumbs"
 
     @classmethod
@@ -309,6 +364,7 @@ class ThumbsRecord(_Record):
             prompt=_text(_get(d, "prompt"), "prompt", allow_empty=True),
             completion=_text(_get(d, "completion"), "completion"),
             label=_bool(_get(d, "label"), "label"),
+            labeler=_labeler(d), weight=_weight(d),
         )
 
 
@@ -319,6 +375,8 @@ class RewriteRecord(_Record):
     prompt: str
     original: str
     rewrite: str
+    labeler: str | None = None
+    weight: float | None = None
     kind: ClassVar[str] = "rewrites"
 
     @classmethod
@@ -328,12 +386,14 @@ class RewriteRecord(_Record):
             prompt=_text(_get(d, "prompt"), "prompt", allow_empty=True),
             original=_text(_get(d, "original"), "original"),
             rewrite=_text(_get(d, "rewrite"), "rewrite"),
+            labeler=_labeler(d), weight=_weight(d),
         )
 
     def to_demonstration(self) -> CompletionRecord:
         """The rewrite as a supervised demonstration."""
-        return CompletionRecord(self.prompt, self.rewrite)
+        return CompletionRecord(self.prompt, self.rewrite, labeler=self.labeler, weight=self.weight)
 
     def to_pair(self, subset: str | None = None) -> PreferencePair:
         """The rewrite preferred over the original (a common use of corrections)."""
-        return PreferencePair(self.prompt, self.rewrite, self.original, subset=subset)
+        return PreferencePair(self.prompt, self.rewrite, self.original, subset=subset, labeler=self.labeler,
+                              weight=self.weight)

@@ -27,6 +27,9 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.core.kl import sequence_kl
+from rlhfkit.rollout import rollout_logprobs
+
 __all__ = ["EvalConfig", "LeaderboardConfig", "run", "run_leaderboard", "load_eval_prompts"]
 
 
@@ -207,7 +210,7 @@ def run(c: EvalConfig) -> dict:
     from rlhfkit.recipes.common import set_threads
 
     from .judge import create_comparison_project, people_win_rate
-    from .winrate import pair_outcomes, reference_logprobs, same_vocabulary, score_summary, sequence_kl, win_rate
+    from .winrate import pair_outcomes, same_vocabulary, score_summary, win_rate
 
     set_threads(c.threads)
     if c.collect:  # (c) read the people's verdicts back
@@ -236,7 +239,7 @@ def run(c: EvalConfig) -> dict:
     print("eval: scoring the replies (KL to the reference, judge, gold judge)", flush=True)
     if c.kl:
         if same_vocabulary(ptok, rtok):
-            ref_lps = [reference_logprobs(reference, ro, c.temperature) for ro in p_ros]
+            ref_lps = [rollout_logprobs(reference, ro, c.temperature).float().cpu() for ro in p_ros]
             kl, kl3 = (torch.cat([sequence_kl(ro.logprobs, lp, ro.response_mask, est) for ro, lp in zip(p_ros, ref_lps)])
                        .double() for est in ("k1", "k3"))
             results["kl"] = score_summary(kl, c.n_boot, c.seed)

@@ -1,6 +1,13 @@
-"""Reward-model evaluation on preference pairs.
+"""Reward-model evaluation on preference pairs, ratings and thumbs.
 
-Metrics (overall and per subset):
+Ratings (a reward model trained by regression): ``mse`` of the score against the rating mapped to
+[0, 1] (the regression target), and ``spearman``, the rank correlation (ties at their average
+rank). Thumbs (trained as a classifier, the score a logit): ``accuracy`` (up predicted where the
+score is above 0; a score of exactly 0 counts 1/2), ``auc`` (the probability that an up-voted
+response outscores a down-voted one, equal scores 1/2: the Mann-Whitney form of ROC AUC) and
+``loss`` (mean binary cross entropy).
+
+Pair metrics (overall and per subset):
 - accuracy: fraction of decided pairs with r_chosen > r_rejected (an exact score tie counts 1/2);
 - a binary view for precision / recall / F1: each pair is shown in a fixed-seed random order
   (first, second) and the positive class is "first is better", predicted when
@@ -65,6 +72,91 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, flip: torch.Tenso
     return out
 
 
+def mean_squared_error(predicted: list[float], target: list[float]) -> float:
+    """``mean_i (predicted_i - target_i)^2``."""
+    if len(predicted) != len(target) or not predicted:
+        raise ValueError("mean_squared_error needs two non-empty lists of the same length")
+    return sum((p - t) ** 2 for p, t in zip(predicted, target)) / len(predicted)
+
+
+def average_ranks(values: list[float]) -> list[float]:
+    """1-based ranks of ``values``, tied values sharing the mean of the ranks they span
+    (``[10, 20, 20, 30]`` -> ``[1, 2.5, 2.5, 4]``)."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for k in range(start, end + 1):
+            ranks[order[k]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def pearson(x: list[float], y: list[float]) -> float:
+    """Pearson correlation; NaN when either side is constant (no correlation is defined)."""
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation: Pearson's correlation of the average ranks (so ties are
+    handled, as in scipy.stats.spearmanr); NaN when either side is constant."""
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError("spearman needs two lists of the same length, at least 2")
+    return pearson(average_ranks(x), average_ranks(y))
+
+
+def threshold_accuracy(scores: list[float], labels: list[bool], threshold: float = 0.0) -> float:
+    """Share of examples on the right side of ``threshold`` (up above it, down below); a score
+    exactly at it counts 1/2."""
+    if len(scores) != len(labels) or not scores:
+        raise ValueError("threshold_accuracy needs two non-empty lists of the same length")
+    def credit(score: float, label: bool) -> float:
+        if score == threshold:
+            return 0.5
+        return 1.0 if (score > threshold) == bool(label) else 0.0
+
+    return sum(credit(s, y) for s, y in zip(scores, labels)) / len(scores)
+
+
+def roc_auc(scores: list[float], labels: list[bool]) -> float:
+    """ROC AUC as the Mann-Whitney statistic: the probability that a positive's score exceeds a
+    negative's, ties 1/2, computed from average ranks: ``(R_pos - n_pos (n_pos + 1) / 2) /
+    (n_pos n_neg)``. NaN without both classes."""
+    n_pos = sum(1 for y in labels if y)
+    n_neg = len(labels) - n_pos
+    if not n_pos or not n_neg:
+        return float("nan")
+    ranks = average_ranks(scores)
+    r_pos = sum(r for r, y in zip(ranks, labels) if y)
+    return (r_pos - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def rating_metrics(scores: list[float], targets: list[float]) -> dict:
+    """``{"examples", "mse", "loss", "spearman"}`` of scores against rating targets (``loss`` is the
+    MSE again: the name ``best_metric: val_loss`` chooses by, as with pairs)."""
+    mse = mean_squared_error(scores, targets)
+    out = {"examples": len(scores), "mse": mse, "loss": mse}
+    out["spearman"] = spearman(scores, targets) if len(scores) >= 2 else float("nan")
+    return out
+
+
+def thumbs_metrics(scores: list[float], labels: list[bool]) -> dict:
+    """``{"examples", "positives", "accuracy", "auc", "loss"}`` of logits against thumbs labels."""
+    logits = torch.tensor(scores, dtype=torch.float64)
+    target = torch.tensor([float(y) for y in labels], dtype=torch.float64)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target).item()
+    return {"examples": len(scores), "positives": int(sum(bool(y) for y in labels)),
+            "accuracy": threshold_accuracy(scores, labels), "auc": roc_auc(scores, labels), "loss": loss}
+
+
 @torch.no_grad()
 def score_texts(model, tokenizer, pairs_of_text: list[tuple[str, str]], max_length: int, batch_size: int) -> torch.Tensor:
     """Reward of each (prompt, response), in the order given."""
@@ -101,6 +193,19 @@ def evaluate_pairs(model, tokenizer, pairs: list, max_length: int = 256, batch_s
             sel = torch.tensor([getattr(p, "subset", None) == name for p in pairs])
             report["by_subset"][name] = pair_metrics(chosen[sel], rejected[sel], flip[sel], tie[sel])
     return report
+
+
+def evaluate_ratings(model, tokenizer, records: list, targets: list[float], max_length: int = 256,
+                     batch_size: int = 16) -> dict:
+    """Score rating records and compare with their ``targets`` (the regression targets)."""
+    scores = score_texts(model, tokenizer, [(r.prompt, r.completion) for r in records], max_length, batch_size)
+    return rating_metrics(scores.tolist(), list(targets))
+
+
+def evaluate_thumbs(model, tokenizer, records: list, max_length: int = 256, batch_size: int = 16) -> dict:
+    """Score thumbs records and compare with their labels."""
+    scores = score_texts(model, tokenizer, [(r.prompt, r.completion) for r in records], max_length, batch_size)
+    return thumbs_metrics(scores.tolist(), [bool(r.label) for r in records])
 
 
 @dataclass

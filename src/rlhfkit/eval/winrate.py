@@ -7,10 +7,10 @@
   (``bootstrap_mean``: resampling prompts with replacement, Efron & Tibshirani 1993);
 - ``generate_responses``: one sampled response per prompt through ``rollout.rollout`` (left-padded
   prompts, cut after the first EOS, behaviour log-probs recomputed teacher-forced);
-- ``sequence_kl``: the sequence-level k1 estimate ``sum_t log pi(y_t) - log pi_ref(y_t)`` of each
-  of the policy's OWN samples (an unbiased estimate of KL(pi || pi_ref) per sequence), with the
-  reference's log-probs from one teacher-forced pass at the same temperature (PPO detail 3); the
-  k3 estimate, which is never negative, with ``estimator="k3"``.
+- the KL to the reference is ``core.kl.sequence_kl`` (k1, or k3 which is never negative) of the
+  policy's OWN samples, an unbiased estimate of KL(pi || pi_ref) per sequence, with the
+  reference's log-probs from ``rollout.rollout_logprobs`` (one teacher-forced pass at the same
+  temperature, PPO detail 3): the same two functions the online recipes and the loop use.
 """
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ from typing import Any, Sequence
 
 import torch
 
+from rlhfkit.rollout import make_sampler, rollout, step_seed
+
 __all__ = [
     "pair_outcomes",
     "bootstrap_mean",
     "win_rate",
     "score_summary",
     "generate_responses",
-    "reference_logprobs",
-    "sequence_kl",
     "same_vocabulary",
 ]
 
@@ -102,7 +102,6 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], sampling, seed:
     """Sample one response per prompt in chunks of ``batch_size``; returns the list of
     ``rollout.Rollout`` chunks (chunk ``c`` is seeded ``step_seed(seed, c)``, so the result does not
     depend on what else runs). ``desc``: a progress bar with that label, counting prompts."""
-    from rlhfkit.rollout import make_sampler, rollout, step_seed
     from rlhfkit.training.logging import progress_bar
 
     gen = make_sampler(model, sampling, tokenizer.eos_token_id, tokenizer.pad_token_id)
@@ -115,36 +114,6 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], sampling, seed:
                                behaviour_logprobs=behaviour_logprobs))
             bar.update(len(chunk))
     return out
-
-
-@torch.no_grad()
-def reference_logprobs(reference, ro, temperature: float) -> torch.Tensor:
-    """Teacher-forced log-probs ``[B, R]`` of the rollout's response tokens under ``reference``."""
-    from rlhfkit.rollout import response_logprobs
-
-    was = reference.training
-    reference.eval()
-    device = next(reference.parameters()).device
-    lp = response_logprobs(reference, ro.prompt_ids.to(device), ro.prompt_mask.to(device),
-                           ro.response_ids.to(device), ro.response_mask.to(device), temperature)
-    reference.train(was)
-    return lp.float().cpu()
-
-
-def sequence_kl(policy_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
-                estimator: str = "k1") -> torch.Tensor:
-    """``[B]``: the per-token estimator summed over the response tokens. ``k1`` (``core.kl.kl_k1``):
-    ``sum_t (logp - ref_logp)``; ``k3`` (``core.kl.kl_k3``): ``sum_t (r - 1 - log r)``,
-    ``r = pi_ref / pi``. Both are unbiased for the sequence KL on the policy's own samples (the
-    chain rule: each token's term has the KL at that position as its mean given the context); k1
-    can be negative on a few samples, k3 never is (Schulman 2020, "Approximating KL divergence")."""
-    from rlhfkit.core.kl import kl_k1, kl_k3
-
-    per_token = {"k1": kl_k1, "k3": kl_k3}
-    if estimator not in per_token:
-        raise ValueError(f"estimator must be k1 or k3, got {estimator!r}")
-    k = per_token[estimator](policy_logprobs.float(), ref_logprobs.float())
-    return torch.where(mask.bool(), k, torch.zeros_like(k)).sum(dim=1)
 
 
 def same_vocabulary(tok_a: Any, tok_b: Any) -> bool:

@@ -1,11 +1,13 @@
 """The human feedback app: people judge model outputs in a browser (or scripts through the JSON
 API) and every judgement is stored and exported as training data.
 
-Modules: ``db`` (schema, engine, migrations, group-commit writer), ``auth`` (passwords, sessions,
-CSRF, login rate limiting), ``tasks`` (task types, imports, verdicts), ``queue`` (assignment with
-overlap and gold questions), ``agreement`` (Cohen's kappa, Krippendorff's alpha), ``stats``
-(dashboard), ``export`` (JSONL / Hugging Face datasets), ``app`` (FastAPI), ``server`` (uvicorn),
-``generation`` (live-generation hook). Uses ``rlhfkit.data`` only, never a trainer.
+Modules: ``schema`` (the tables), ``db`` (engine, migrations, group-commit writer, ``Store``),
+``auth`` (passwords, sessions, CSRF, login rate limiting), ``tasks`` (task types, imports,
+verdicts), ``queue`` (assignment with overlap and gold questions), ``agreement`` (Cohen's kappa,
+Krippendorff's alpha), ``stats`` (dashboard), ``export`` (JSONL / Hugging Face datasets), ``app``
+(``create_app``, composing the HTTP layer in ``web``: routers, auth dependencies, ``AppContext``),
+``server`` (uvicorn), ``generation`` (live-generation hook), ``cli`` and ``cli_users`` (the
+``rlhfkit feedback`` commands). Uses ``rlhfkit.data`` only, never a trainer.
 
 Imports are lazy: ``from rlhfkit.feedback import create_app`` loads the web stack on first use.
 """

@@ -1,16 +1,22 @@
-"""Accounts, passwords, sessions, CSRF tokens and login rate limiting.
+"""Accounts, passwords, sessions, CSRF tokens and log-in throttling.
 
-- Passwords: ``hashlib.scrypt`` (N=2**14, r=8, p=1, 16-byte per-user salt, 32-byte key; the
-  parameters are stored with the hash so they can be raised later). Verified in constant time.
+- Passwords: argon2id through ``argon2-cffi`` (the reference implementation's maintained binding;
+  parameters m=19 MiB, t=2, p=1: the OWASP Password Storage Cheat Sheet's first argon2id
+  configuration). Hashes are PHC strings carrying their parameters, so they can be raised later:
+  a log-in whose stored hash is older (``needs_rehash``: scrypt from before, or weaker argon2
+  parameters) stores a fresh hash of the password it just verified. Verifications run at most
+  ``VERIFY_SLOTS`` at a time (each needs 19 MiB: many parallel log-ins must not add up to GBs).
 - Sessions: a random 256-bit token (``secrets.token_urlsafe(32)``) given to the client, stored as
   its SHA-256 (a fast hash is right for high-entropy tokens: no KDF on the request path), with a
-  server-side expiry; checked on every request. Browser sessions travel in an HttpOnly,
-  SameSite=Lax cookie; API sessions as ``Authorization: Bearer <token>``.
+  server-side expiry; checked on every request against an active user. Server-side sessions
+  rather than signed cookies (e.g. itsdangerous): a signed cookie stays valid until it expires,
+  while a row can be deleted, which is how log-out, a password reset and deactivation end
+  sessions at once. Browser sessions travel in an HttpOnly, SameSite=Lax cookie; API sessions as
+  ``Authorization: Bearer <token>``.
 - CSRF: each session has its own random CSRF token; cookie-authenticated unsafe requests must
   echo it (form field ``csrf_token`` or header ``X-CSRF-Token``). The log-in form, which has no
   session yet, uses a double-submit cookie.
-- Login rate limiting: failed attempts per user name and per client address in a sliding window
-  (in memory, per process).
+- Log-in throttling: :class:`LoginThrottle`, fixed-window counters in the store (see there).
 """
 from __future__ import annotations
 
@@ -20,37 +26,39 @@ import hmac
 import secrets
 import threading
 import time
-from collections import defaultdict, deque
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from . import db
+from .db import raw
+from .queue import release_open_tasks
 
 __all__ = [
-    "ROLES", "hash_password", "verify_password", "new_token", "token_hash", "Principal",
-    "create_user", "authenticate", "create_session", "lookup_session", "delete_session",
-    "LoginLimiter",
+    "ROLES", "clean_username", "hash_password", "verify_password", "needs_rehash", "new_token", "token_hash",
+    "Principal", "create_user", "authenticate", "create_session", "lookup_session", "delete_session", "end_sessions",
+    "update_user", "LoginLimits", "LoginThrottle", "Throttled", "VERIFY_SLOTS",
 ]
 
 ROLES = ("admin", "labeler")
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+MIN_PASSWORD = 8
+# OWASP Password Storage Cheat Sheet, argon2id: "m=19456 (19 MiB), t=2, p=1"
+HASHER = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+VERIFY_SLOTS = 4
+_verify_slots = threading.BoundedSemaphore(VERIFY_SLOTS)
 
 
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode()
-
-
-def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
+def hash_password(password: str, hasher: PasswordHasher = HASHER) -> str:
     if not isinstance(password, str) or not password:
         raise ValueError("password must be a non-empty string")
-    salt = secrets.token_bytes(16)
-    key = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32, maxmem=64 * 1024 * 1024)
-    return f"scrypt${n}${r}${p}${_b64(salt)}${_b64(key)}"
+    return hasher.hash(password)
 
 
-def verify_password(password: str, stored: str) -> bool:
+def _verify_scrypt(password: str, stored: str) -> bool:
+    """The hashes written before argon2: ``scrypt$N$r$p$salt$key`` (hashlib.scrypt, base64)."""
     try:
         algo, n, r, p, salt, key = stored.split("$")
         if algo != "scrypt":
@@ -58,9 +66,30 @@ def verify_password(password: str, stored: str) -> bool:
         want = base64.b64decode(key)
         got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r),
                              p=int(p), dklen=len(want), maxmem=64 * 1024 * 1024)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnicodeEncodeError):
         return False
     return hmac.compare_digest(got, want)
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether ``password`` matches ``stored`` (argon2id, or a legacy scrypt hash)."""
+    with _verify_slots:
+        if stored.startswith("scrypt$"):
+            return _verify_scrypt(password, stored)
+        try:
+            return HASHER.verify(stored, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError, UnicodeEncodeError):
+            return False
+
+
+def needs_rehash(stored: str) -> bool:
+    """A stored hash weaker than today's: not argon2id, or argon2id with other parameters."""
+    if not stored.startswith("$argon2id$"):
+        return True
+    try:
+        return HASHER.check_needs_rehash(stored)
+    except InvalidHashError:
+        return True
 
 
 # a hash to burn the same time on unknown user names (no user-enumeration by timing)
@@ -98,17 +127,77 @@ class Principal:
         return self.role == "admin"
 
 
+def _check_password(password: str) -> None:
+    if not isinstance(password, str) or len(password) < MIN_PASSWORD:
+        raise ValueError(f"password must have at least {MIN_PASSWORD} characters")
+
+
+def clean_username(username: str) -> str:
+    """A new user's name as stored: without surrounding spaces, 1-64 characters of printable
+    text. Line breaks, tabs, terminal escapes, NUL, zero-width and bidirectional controls are
+    refused (``ValueError``): a name is printed by ``feedback users`` and shown to admins, where
+    such characters would forge lines and columns or recolour the operator's terminal."""
+    name = (username or "").strip() if isinstance(username, str) else ""
+    if not name or len(name) > 64:
+        raise ValueError("username must be 1-64 characters")
+    if not name.isprintable():  # str.isprintable: no control, format, separator or unassigned characters
+        bad = next(ch for ch in name if not ch.isprintable())
+        raise ValueError(f"username may not contain {bad!r} (only printable characters and spaces)")
+    return name
+
+
 def create_user(conn: Connection, username: str, password: str, role: str = "labeler") -> int:
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-    username = (username or "").strip()
-    if not username or len(username) > 64:
-        raise ValueError("username must be 1-64 characters")
-    if len(password or "") < 8:
-        raise ValueError("password must have at least 8 characters")
+    username = clean_username(username)
+    _check_password(password)
     res = conn.execute(insert(db.users).values(username=username, password_hash=hash_password(password),
                                                role=role, active=True, created_at=time.time()))
     return int(res.inserted_primary_key[0])
+
+
+def update_user(conn: Connection, user_id: int, *, active: bool | None = None, role: str | None = None,
+                password_hash: str | None = None, keep_session: str | None = None) -> dict:
+    """Change a user's active flag, role or password hash (``hash_password`` first, outside the
+    write transaction: it is slow on purpose). Deactivating the user or setting a password ends
+    their sessions at once (but ``keep_session``, a token hash: the caller's own, when people
+    change their own password) and deactivation hands their open tasks back
+    (``queue.release_open_tasks``). The last active admin can be neither deactivated nor demoted
+    (``ValueError``): nobody could manage the app any more. Returns the user row as it is now;
+    ``LookupError`` for an unknown id."""
+    U = db.users
+    row = conn.execute(select(U).where(U.c.id == user_id)).mappings().first()
+    if row is None:
+        raise LookupError(f"no user {user_id}")
+    if role is not None and role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    values: dict = {}
+    if active is not None and bool(active) != bool(row["active"]):
+        values["active"] = bool(active)
+    if role is not None and role != row["role"]:
+        values["role"] = role
+    if password_hash is not None:
+        values["password_hash"] = password_hash
+    loses_admin = row["role"] == "admin" and row["active"] and (
+        values.get("active") is False or values.get("role", "admin") != "admin")
+    if loses_admin:
+        # the active admins' rows locked, in id order, before they are counted: two admins demoting
+        # each other at once in two PostgreSQL server processes would otherwise each see the other
+        # still an admin and both commit (write skew under READ COMMITTED). The second waits for
+        # the first and then re-reads the rows it locked: the other is no longer an admin.
+        # (SQLite renders no FOR UPDATE; its writers hold the one write lock from BEGIN IMMEDIATE.)
+        admins = conn.execute(select(U.c.id).where(U.c.role == "admin", U.c.active == True)  # noqa: E712
+                              .order_by(U.c.id).with_for_update()).scalars().all()
+        if not [a for a in admins if a != user_id]:
+            raise ValueError(f"{row['username']!r} is the last active admin: make another admin first")
+    if values:
+        conn.execute(update(U).where(U.c.id == user_id).values(**values))
+    if values.get("active") is False or password_hash is not None:
+        end_sessions(conn, user_id, keep=keep_session)
+    if values.get("active") is False:
+        release_open_tasks(conn, user_id)
+    return dict(conn.execute(select(U.c.id, U.c.username, U.c.role, U.c.active).where(U.c.id == user_id))
+                .mappings().one())
 
 
 def authenticate(conn: Connection, username: str, password: str) -> dict | None:
@@ -158,39 +247,131 @@ def delete_session(conn: Connection, token_hash_: str) -> None:
     conn.execute(delete(db.sessions).where(db.sessions.c.token_hash == token_hash_))
 
 
-class LoginLimiter:
-    """At most ``per_user`` failed log-ins per user name and ``per_ip`` per client address in
-    any ``window_s`` seconds; a success clears the user name's failures."""
+def end_sessions(conn: Connection, user_id: int, keep: str | None = None) -> int:
+    """Delete every session of ``user_id`` (but the one whose token hash is ``keep``)."""
+    S = db.sessions
+    q = delete(S).where(S.c.user_id == user_id)
+    if keep is not None:
+        q = q.where(S.c.token_hash != keep)
+    return conn.execute(q).rowcount
 
-    def __init__(self, per_user: int = 5, per_ip: int = 20, window_s: float = 300.0) -> None:
-        self.per_user, self.per_ip, self.window_s = per_user, per_ip, window_s
-        self._fail: dict[str, deque] = defaultdict(deque)
-        self._lock = threading.Lock()
 
-    def _count(self, key: str, t: float) -> int:
-        q = self._fail.get(key)
-        if not q:
-            return 0
-        while q and q[0] <= t - self.window_s:
-            q.popleft()
-        return len(q)
+@dataclass(frozen=True)
+class LoginLimits:
+    """How many failed log-ins each bucket allows in its window (fixed windows, in seconds, each
+    opened by its first failure: the limit holds per window, so around a window's end a guesser
+    can fit ``2 * limit - 1`` checks within one window's length; the long-run rate is the limit).
 
-    def retry_after(self, username: str, ip: str) -> float:
-        """0 if an attempt is allowed now, else the seconds to wait."""
-        t = time.monotonic()
-        with self._lock:
-            waits = []
-            for key, limit in ((f"u:{username}", self.per_user), (f"i:{ip}", self.per_ip)):
-                if self._count(key, t) >= limit:
-                    waits.append(self._fail[key][0] + self.window_s - t)
-            return max(waits) if waits else 0.0
+    - ``per_user_address``: one user name from one address. Always applies. A person who
+      mistypes their password waits at most ``user_address_window_s``.
+    - ``per_address``: every user name from one address (guessing many accounts).
+    - ``per_user``: one user name from every address (a distributed guess at one account): the
+      slower, hour-long limit.
+    ``per_address`` and ``per_user`` are not applied to an address the user has logged in from
+    before (within ``known_address_s``): whoever knows a user's name can exhaust those two
+    buckets from elsewhere, but never lock the user out of their own address (the idea of the
+    OWASP "device cookies" scheme, keyed on the address so that API clients get it too)."""
 
-    def failed(self, username: str, ip: str) -> None:
-        t = time.monotonic()
-        with self._lock:
-            self._fail[f"u:{username}"].append(t)
-            self._fail[f"i:{ip}"].append(t)
+    per_user_address: int = 5
+    user_address_window_s: float = 300.0
+    per_address: int = 20
+    address_window_s: float = 300.0
+    per_user: int = 30
+    user_window_s: float = 3600.0
+    known_address_s: float = 30 * 86400.0
 
-    def succeeded(self, username: str) -> None:
-        with self._lock:
-            self._fail.pop(f"u:{username}", None)
+
+class Throttled(Exception):
+    """Too many failed log-ins; ``retry_after`` seconds to wait."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"too many failed log-ins; retry after {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
+def _bucket(kind: str, *parts: str) -> str:
+    """The row key of a bucket: a hash, so a 5 MB user name costs one 64-character key."""
+    h = hashlib.sha256(kind.encode())
+    for part in parts:
+        h.update(b"\0" + part.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+# Portable SQL (SQLite >= 3.24 and PostgreSQL both have INSERT ... ON CONFLICT). The conditional
+# UPDATE is the atomic check-and-count: it counts an attempt only while the window has room
+# (or starts a new window), and its row lock makes concurrent attempts -- threads of one
+# process or several server processes on PostgreSQL -- count one after the other; SET
+# expressions read the row's values from before the update on both back ends.
+_THROTTLE_ENSURE = ("INSERT INTO login_throttle (key, hits, window_start, expires_at) VALUES (:k, 0, :now, :exp) "
+                    "ON CONFLICT (key) DO NOTHING")
+_THROTTLE_HIT = (
+    "UPDATE login_throttle SET "
+    "hits = CASE WHEN window_start <= :start THEN 1 ELSE hits + 1 END, "
+    "expires_at = CASE WHEN window_start <= :start THEN :exp ELSE window_start + :w END, "
+    "window_start = CASE WHEN window_start <= :start THEN :now ELSE window_start END "
+    "WHERE key = :k AND (window_start <= :start OR hits < :limit)")
+_THROTTLE_WINDOW = "SELECT window_start FROM login_throttle WHERE key = :k"
+_THROTTLE_REFUND = "UPDATE login_throttle SET hits = hits - 1 WHERE key = :k AND hits > 0"
+_THROTTLE_DROP = "DELETE FROM login_throttle WHERE key = :k"
+_THROTTLE_PRUNE = "DELETE FROM login_throttle WHERE expires_at < :now"
+_THROTTLE_KNOWN = "SELECT 1 FROM login_throttle WHERE key = :k AND expires_at >= :now"
+_THROTTLE_REMEMBER = ("INSERT INTO login_throttle (key, hits, window_start, expires_at) VALUES (:k, 0, :now, :exp) "
+                      "ON CONFLICT (key) DO UPDATE SET expires_at = :exp")
+
+
+class LoginThrottle:
+    """Failed-log-in limits kept in the store (table ``login_throttle``), so they hold across
+    restarts and server processes.
+
+    A slot is reserved *before* the password is checked (:meth:`reserve`, one write job: the
+    check and the count are one conditional UPDATE per bucket), so N parallel guesses can never
+    all pass the check before any is counted: at most ``per_user_address`` passwords are ever
+    verified per window, however many requests arrive at once. A success hands the slot back
+    (:meth:`succeeded`). Why not the ``limits`` library, whose fixed-window strategy this mirrors:
+    its storages are memory, Redis, Memcached and MongoDB, none of them our SQL store, and its
+    ``hit`` counts one key per call, while an attempt here must reserve up to three buckets
+    together or none (a refused attempt may not use up another bucket).
+
+    Bounded: keys are hashes (``_bucket``), expired rows are deleted on every reservation, and
+    an address can add at most ``per_address`` new user-name rows per window."""
+
+    def __init__(self, limits: LoginLimits | None = None, clock=time.time) -> None:
+        self.limits = limits or LoginLimits()
+        self.clock = clock
+
+    def _buckets(self, username: str, address: str, known: bool) -> list[tuple[str, int, float]]:
+        L = self.limits
+        out = [(_bucket("user-address", username, address), L.per_user_address, L.user_address_window_s)]
+        if not known:
+            out += [(_bucket("address", address), L.per_address, L.address_window_s),
+                    (_bucket("user", username), L.per_user, L.user_window_s)]
+        return out
+
+    def _known(self, conn: Connection, username: str, address: str, now: float) -> bool:
+        return raw(conn, _THROTTLE_KNOWN, {"k": _bucket("known", username, address), "now": now}).fetchone() is not None
+
+    def reserve(self, conn: Connection, username: str, address: str) -> bool:
+        """Count one attempt in every bucket that applies, or raise :class:`Throttled` (counting
+        nothing: the write job's savepoint undoes the buckets already counted). Returns whether
+        the address is known for this user (pass it to :meth:`succeeded`). A write job."""
+        now = self.clock()
+        raw(conn, _THROTTLE_PRUNE, {"now": now})
+        known = self._known(conn, username, address, now)
+        for key, limit, window in self._buckets(username, address, known):
+            p = {"k": key, "now": now, "start": now - window, "w": window, "exp": now + window, "limit": limit}
+            raw(conn, _THROTTLE_ENSURE, p)
+            if raw(conn, _THROTTLE_HIT, p).rowcount != 1:
+                start = raw(conn, _THROTTLE_WINDOW, {"k": key}).fetchone()[0]
+                raise Throttled(max(1.0, start + window - now))
+        return known
+
+    def succeeded(self, conn: Connection, username: str, address: str, known: bool) -> None:
+        """The reserved attempt was right: clear the user-and-address bucket, hand the slot back
+        to the other two, and remember the address as this user's. A write job."""
+        now = self.clock()
+        buckets = self._buckets(username, address, known)
+        raw(conn, _THROTTLE_DROP, {"k": buckets[0][0]})
+        for key, _, _ in buckets[1:]:
+            raw(conn, _THROTTLE_REFUND, {"k": key})
+        raw(conn, _THROTTLE_REMEMBER, {"k": _bucket("known", username, address), "now": now,
+                                       "exp": now + self.limits.known_address_s})

@@ -1,17 +1,27 @@
-"""Configs and entry points of ``rlhfkit feedback serve | import | export | create-user``."""
+"""Configs and entry points of ``rlhfkit feedback serve | import | export | forget``; the
+user-management commands (``create-user | set-user | members | users``) are in ``cli_users``."""
 from __future__ import annotations
 
-import os
+import ipaddress
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["ServeConfig", "ImportConfig", "ExportConfig", "CreateUserConfig", "ForgetConfig",
-           "run_serve", "run_import", "run_export", "run_create_user", "run_forget"]
+from sqlalchemy import insert, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from rlhfkit.privacy import count_text
+from rlhfkit.training.config import ConfigError
+
+from . import db
+from .export import LABELER_KEY_ENV, export_labels, labeler_key, redact_export, write_records
+from .queue import add_items
+from .tasks import TASK_TYPES, drop_duplicate_items, parse_items, redact_items
+
+__all__ = ["ServeConfig", "ImportConfig", "ExportConfig", "ForgetConfig", "run_serve", "run_import", "run_export",
+           "run_forget", "project_id"]
 
 
-def _err(msg: str):
-    from rlhfkit.training.config import ConfigError
-
+def _err(msg: str) -> ConfigError:
     return ConfigError(msg)
 
 
@@ -35,6 +45,12 @@ class ServeConfig:
         "help": "replace personal data (e-mail, phone, card, IBAN, SSN, IP; rlhfkit.privacy) in every import "
                 "through the admin page and API before labelers see it, and in every API export "
                 "(a request's ?redact=true does it without this)"})
+    trusted_proxies: list[str] = field(default_factory=list, metadata={
+        "help": "comma-separated addresses or networks (10.0.0.0/8) of reverse proxies whose X-Forwarded-For "
+                "names the client; empty: the connecting address is the client (the header is ignored)"})
+    max_import_mb: float = field(default=50.0, metadata={
+        "help": "largest JSONL upload to the admin import, in MB (413 above; a gzip upload by its decompressed "
+                "size); every other request body: 1 MB"})
 
 
 @dataclass
@@ -48,6 +64,12 @@ class ImportConfig:
     instructions: str = field(default="", metadata={"help": "instructions shown to labelers (new projects)"})
     redact: bool = field(default=False, metadata={
         "help": "replace personal data in prompts and responses by [KIND] before labelers see them (rlhfkit.privacy)"})
+    max_field_chars: int = field(default=100_000, metadata={
+        "help": "longest text allowed in one field of an item (prompt, message, response); 0 = no limit"})
+
+    def validate(self) -> None:
+        if self.max_field_chars < 0:
+            raise ValueError(f"field 'max_field_chars': must be >= 0 (0 = no limit), got {self.max_field_chars}")
 
 
 @dataclass
@@ -62,14 +84,18 @@ class ExportConfig:
     redact: bool = field(default=False, metadata={
         "help": "replace personal data in the text (e-mail, phone, card, IBAN, SSN, IP) by [KIND] "
                 "(rlhfkit.privacy; names and addresses are not found)"})
+    with_labeler: bool = field(default=True, metadata={
+        "help": "give each record its labeler's pseudonym `labeler-<hmac>` (the same in every export of this "
+                "store; key in $RLHFKIT_LABELER_KEY or <db>.labeler_key beside a SQLite store; never the user name)"})
+    min_gold_accuracy: float = field(default=0.0, metadata={
+        "help": "leave out the labels of labelers whose accuracy on this project's gold questions is below this "
+                "(0 = keep everyone; a labeler without gold answers counts at the project's pooled accuracy)"})
+    weight_by_gold: bool = field(default=False, metadata={
+        "help": "give each record a `weight`: its labeler's gold accuracy (training scales its loss by it)"})
 
-
-@dataclass
-class CreateUserConfig:
-    db: str = field(default="feedback.db", metadata={"help": "SQLite file or SQLAlchemy URL"})
-    username: str = field(default="", metadata={"help": "user name"})
-    password: str = field(default="", metadata={"help": "password (default: $RLHFKIT_PASSWORD)"})
-    role: str = field(default="labeler", metadata={"help": "admin or labeler"})
+    def validate(self) -> None:
+        if not 0 <= self.min_gold_accuracy <= 1:
+            raise ValueError(f"field 'min_gold_accuracy': must be in [0, 1], got {self.min_gold_accuracy}")
 
 
 @dataclass
@@ -81,6 +107,7 @@ class ForgetConfig:
 
 
 def run_serve(c: ServeConfig) -> None:
+    # the web stack (fastapi, uvicorn, jinja2) and a policy's model load only for this command
     from .server import serve
 
     generator = None
@@ -96,25 +123,24 @@ def run_serve(c: ServeConfig) -> None:
         print(f"rlhfkit feedback: live generation by {generator.loaded}"
               + (f" (following the loop in {c.policy})" if generator.loaded != c.policy else ""), flush=True)
     print(f"rlhfkit feedback: serving {c.db} on http://{c.host}:{c.port}", flush=True)
+    if not c.max_import_mb > 0:
+        raise _err(f"field 'max_import_mb': must be above 0, got {c.max_import_mb}")
+    for h in c.trusted_proxies:
+        try:
+            ipaddress.ip_network(h.strip(), strict=False)
+        except ValueError:
+            raise _err(f"field 'trusted_proxies': {h!r} is not an address or network") from None
     serve(c.db, c.host, c.port, workers=c.workers, secure_cookies=c.secure_cookies, log_level=c.log_level,
-          lease_s=c.lease_minutes * 60, generator=generator, redact=c.redact)
+          lease_s=c.lease_minutes * 60, generator=generator, redact=c.redact,
+          trusted_proxies=[h.strip() for h in c.trusted_proxies], max_import_bytes=int(c.max_import_mb * 1e6))
 
 
-def _project_id(conn, name: str):
-    from sqlalchemy import select
-
-    from . import db
-
+def project_id(conn, name: str) -> int | None:
+    """The id of the project named ``name``, None when there is none."""
     return conn.execute(select(db.projects.c.id).where(db.projects.c.name == name)).scalar()
 
 
 def run_import(c: ImportConfig) -> None:
-    from sqlalchemy import insert, select
-
-    from . import db
-    from .queue import add_items
-    from .tasks import TASK_TYPES, parse_items
-
     if not c.project or not c.file:
         raise _err("give --project NAME and --file ITEMS.jsonl")
     if c.task_type and c.task_type not in TASK_TYPES:  # a typo, checked before the store is opened
@@ -123,7 +149,7 @@ def run_import(c: ImportConfig) -> None:
     store = db.Store(c.db)
     try:
         with store.read() as conn:
-            pid = _project_id(conn, c.project)
+            pid = project_id(conn, c.project)
             proj = None if pid is None else conn.execute(
                 select(db.projects).where(db.projects.c.id == pid)).mappings().one()
         if proj is None:
@@ -133,13 +159,12 @@ def run_import(c: ImportConfig) -> None:
             ttype, scale = c.task_type, (1, 7)
         else:
             ttype, scale = proj["task_type"], (proj["scale_min"], proj["scale_max"])
-        parsed = parse_items(c.file, ttype, scale)  # DataError names file, line, field
-        note = ""
+        parsed = parse_items(c.file, ttype, scale, c.max_field_chars or None)  # DataError names file, line, field
+        parsed, n_copies = drop_duplicate_items(parsed)
+        note = f"; dropped {n_copies} exact duplicate items of {c.file}" if n_copies else ""
         if c.redact:
-            from .tasks import redact_items
-
             parsed, counts, n_equal = redact_items(parsed)
-            note = _redaction_note(counts)
+            note += _redaction_note(counts)
             if n_equal:
                 note += f"; left out {n_equal} items whose responses became the same text"
 
@@ -158,9 +183,6 @@ def run_import(c: ImportConfig) -> None:
 
 
 def run_export(c: ExportConfig) -> None:
-    from . import db
-    from .export import export_records, write_records
-
     if not c.project or not c.out:
         raise _err("give --project NAME and --out PATH")
     if c.format not in ("jsonl", "hf"):
@@ -169,19 +191,22 @@ def run_export(c: ExportConfig) -> None:
     store = db.Store(c.db)
     try:
         with store.read() as conn:
-            pid = _project_id(conn, c.project)
+            pid = project_id(conn, c.project)
             if pid is None:
                 raise _err(f"no project named {c.project!r}")
             try:
-                records = export_records(conn, pid, c.kind, include_gold=c.include_gold, aggregate=c.aggregate)
+                key = labeler_key(c.db) if c.with_labeler and c.aggregate == "none" else None
+                result = export_labels(conn, pid, c.kind, include_gold=c.include_gold, aggregate=c.aggregate,
+                                       labeler_key=key, min_gold_accuracy=c.min_gold_accuracy or None,
+                                       weight_by_gold=c.weight_by_gold)
             except ValueError as e:
                 raise _err(str(e)) from None
     finally:
         store.close()
-    note = ""
+    records, note = result.records, result.note()
+    if c.with_labeler and c.aggregate == "none" and key is None:
+        note += f"; labeler ids left out: set ${LABELER_KEY_ENV} to give them from a database URL"
     if c.redact:
-        from .export import redact_export
-
         records, counts, n_equal = redact_export(records)
         note = _redaction_note(counts)
         if n_equal:
@@ -192,37 +217,10 @@ def run_export(c: ExportConfig) -> None:
 
 def _redaction_note(counts) -> str:
     """What redaction replaced, for the command's last line."""
-    from rlhfkit.privacy import count_text
-
     return "; redacted " + (count_text(counts) or "nothing (none found)")
 
 
-def run_create_user(c: CreateUserConfig) -> None:
-    from . import db
-    from .auth import create_user
-
-    password = c.password or os.environ.get("RLHFKIT_PASSWORD", "")
-    if not password:
-        raise _err("no password given: pass --password or set $RLHFKIT_PASSWORD")
-    store = db.Store(c.db)
-    try:
-        uid = store.write(lambda conn: create_user(conn, c.username, password, c.role))
-    except ValueError as e:
-        raise _err(str(e)) from None
-    except Exception as e:  # noqa: BLE001 - e.g. the unique constraint
-        if "unique" in str(e).lower():
-            raise _err(f"user {c.username!r} exists") from None
-        raise
-    finally:
-        store.close()
-    print(f"created {c.role} {c.username!r} (id {uid})")
-
-
 def run_forget(c: ForgetConfig) -> None:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from . import db
-
     if not c.end_user.strip():
         raise _err("field 'end_user': give the end user's id (the `user` their requests carried)")
     db.require_store_file(c.db)

@@ -1,5 +1,5 @@
-"""Storage for the feedback app: the schema (SQLAlchemy Core tables), engine set-up, migrations
-and a group-commit writer.
+"""Storage for the feedback app: engine set-up, migrations and a group-commit writer; the tables
+are in ``schema`` and re-exported here (``db.users``, ``db.items``, ...).
 
 - SQLite (default, a file) or PostgreSQL (by URL) with the same schema; the schema is created and
   upgraded by the alembic migrations shipped in ``rlhfkit/feedback/migrations`` (applied at start).
@@ -22,6 +22,7 @@ and a group-commit writer.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -31,131 +32,32 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    Column,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-    text,
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from .schema import (
+    assignments,
+    items,
+    labels,
+    login_throttle,
+    metadata,
+    project_members,
+    projects,
+    sessions,
+    users,
 )
-from sqlalchemy.engine import Connection, Engine
 
 __all__ = [
-    "metadata", "users", "sessions", "projects", "items", "assignments", "labels",
+    "metadata", "users", "sessions", "projects", "items", "assignments", "labels", "login_throttle",
+    "project_members",
     "make_engine", "upgrade", "GroupCommitWriter", "Store", "default_db_url", "sqlite_file", "require_store_file",
     "MIGRATIONS_DIR",
 ]
 
 log = logging.getLogger("rlhfkit.feedback")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-
-metadata = MetaData(naming_convention={
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-})
-
-users = Table(
-    "users", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("username", String(64), nullable=False, unique=True),
-    Column("password_hash", String(255), nullable=False),  # scrypt$N$r$p$salt$hash
-    Column("role", String(16), nullable=False),  # "admin" | "labeler"
-    Column("active", Boolean, nullable=False, default=True),
-    Column("created_at", Float, nullable=False),
-)
-
-sessions = Table(
-    "sessions", metadata,
-    # sha256 of the random token: a leaked database does not leak usable sessions
-    Column("token_hash", String(64), primary_key=True),
-    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
-    Column("csrf_token", String(64), nullable=False),
-    Column("kind", String(16), nullable=False),  # "browser" (cookie) | "api" (bearer)
-    Column("created_at", Float, nullable=False),
-    Column("expires_at", Float, nullable=False),
-)
-
-projects = Table(
-    "projects", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("name", String(200), nullable=False, unique=True),
-    Column("task_type", String(16), nullable=False),  # pairwise | ranking | rating | thumbs | rewrite
-    Column("instructions", Text, nullable=False, default=""),
-    Column("overlap", Integer, nullable=False, default=1),  # labelers per (non-gold) item
-    Column("gold_rate", Float, nullable=False, default=0.0),  # chance the next task is a gold item
-    Column("scale_min", Integer, nullable=False, default=1),
-    Column("scale_max", Integer, nullable=False, default=7),
-    Column("active", Boolean, nullable=False, default=True),
-    Column("n_items", Integer, nullable=False, default=0),  # non-gold items (denormalised)
-    Column("n_labels", Integer, nullable=False, default=0),  # labels on non-gold items
-    Column("created_at", Float, nullable=False),
-)
-
-items = Table(
-    "items", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("project_id", Integer, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
-    Column("external_id", String(200), nullable=True),
-    Column("prompt", Text, nullable=False),
-    Column("messages", JSON, nullable=True),  # conversation context [{role, content}, ...]
-    Column("responses", JSON, nullable=False),  # [{"text": str, "model": str | None}, ...]
-    Column("is_gold", Boolean, nullable=False, default=False),
-    Column("gold", JSON, nullable=True),  # the known answer (canonical form) for gold items
-    Column("n_assigned", Integer, nullable=False, default=0),  # open + done assignments
-    Column("source", String(32), nullable=False, default="import"),  # import | generated
-    Column("created_at", Float, nullable=False),
-    # next-task search: equality on (project, gold, n_assigned), rows in id order
-    Index(None, "project_id", "is_gold", "n_assigned", "id"),
-    # serve's feedback endpoint: the item of a completion id (migration 0003)
-    Index("ix_items_project_external_id", "project_id", "external_id"),
-)
-
-assignments = Table(
-    "assignments", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("project_id", Integer, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
-    Column("item_id", Integer, ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
-    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
-    Column("display_order", JSON, nullable=False),  # display position -> response index
-    Column("status", String(8), nullable=False),  # open | done | skipped | expired
-    Column("created_at", Float, nullable=False),
-    Column("finished_at", Float, nullable=True),
-    # never the same item twice to the same labeler, even under races
-    UniqueConstraint("item_id", "user_id"),
-    Index(None, "user_id", "project_id", "status"),
-    # abandoned-task search (open tasks past their lease): a partial index, only open rows
-    Index("ix_assignments_open_lease", "project_id", "created_at",
-          sqlite_where=text("status = 'open'"), postgresql_where=text("status = 'open'")),
-)
-
-labels = Table(
-    "labels", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("assignment_id", Integer, ForeignKey("assignments.id", ondelete="CASCADE"), nullable=False,
-           unique=True),
-    Column("project_id", Integer, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False,
-           index=True),
-    Column("item_id", Integer, ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
-    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
-    Column("payload", JSON, nullable=False),  # canonical verdict (response indices, not positions)
-    Column("is_gold", Boolean, nullable=False, default=False),
-    Column("correct", Boolean, nullable=True),  # gold items only
-    Column("duration_ms", Integer, nullable=True),
-    Column("created_at", Float, nullable=False),
-    UniqueConstraint("item_id", "user_id"),
-)
 
 
 # ----------------------------------------------------------------------------- engine
@@ -170,8 +72,6 @@ def sqlite_file(url: str | Path) -> Path | None:
     url = str(url)
     if "://" not in url:
         return Path(url)
-    from sqlalchemy.engine import make_url
-
     try:
         u = make_url(url)
     except Exception:  # noqa: BLE001 - not ours to judge: the engine reports it
@@ -224,9 +124,6 @@ def make_engine(url: str, **kwargs) -> Engine:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply the shipped alembic migrations up to ``revision``."""
-    from alembic import command
-    from alembic.config import Config
-
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.connect() as conn:
@@ -320,8 +217,6 @@ class GroupCommitWriter:
 
     # ------------------------------------------------------------------ async (server)
     async def submit(self, fn: Callable[[Connection], Any]) -> Any:
-        import asyncio
-
         if self._closed:
             raise RuntimeError("writer is closed")
         loop = asyncio.get_running_loop()
@@ -333,8 +228,6 @@ class GroupCommitWriter:
         return await fut
 
     async def _run(self) -> None:
-        import asyncio
-
         q = self._queue
         while True:
             batch = [await q.get()]
@@ -372,8 +265,6 @@ class GroupCommitWriter:
     # ------------------------------------------------------------------ sync
     def run(self, fn: Callable[[Connection], Any], timeout: float | None = 60) -> Any:
         """Run ``fn`` as a write job and return its committed result (re-raises its error)."""
-        import asyncio
-
         loop = self._loop
         if loop is not None and loop.is_running() and not loop.is_closed():
             try:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
+from sqlalchemy import select
+
 from rlhfkit.data import DataError
 
+from . import db
 from .db import Store
 from .queue import add_items
-from .tasks import parse_item
+from .tasks import parse_item, redact_items
 
 __all__ = ["ResponseGenerator", "generate_items"]
 
@@ -26,10 +29,6 @@ def generate_items(store: Store, project_id: int, prompts: list[str], generator:
                    redact: bool = False) -> int:
     """Generate ``n`` responses per prompt and add them to the project as items (one transaction);
     ``redact``: personal data in prompts and responses replaced first (``tasks.redact_items``)."""
-    from sqlalchemy import select
-
-    from . import db
-
     with store.read() as conn:
         proj = conn.execute(select(db.projects).where(db.projects.c.id == project_id)).mappings().one()
     outputs = generator(list(prompts), n)
@@ -43,7 +42,5 @@ def generate_items(store: Store, project_id: int, prompts: list[str], generator:
         except DataError as e:
             raise e.located(path="<generator>", index=i) from None
     if redact:
-        from .tasks import redact_items
-
         parsed = redact_items(parsed)[0]
     return store.write(lambda c: add_items(c, project_id, parsed, source="generated"))

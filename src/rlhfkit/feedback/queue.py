@@ -38,7 +38,7 @@ from .db import from_json, json_decoded, raw, to_json
 from .tasks import LabelError, canonical_label, grade, screen_keys
 
 __all__ = ["NotFound", "Conflict", "next_task", "get_task", "submit_label", "skip_task", "task_view",
-           "add_items", "DEFAULT_LEASE_S"]
+           "add_items", "release_open_tasks", "may_label", "DEFAULT_LEASE_S"]
 
 DEFAULT_LEASE_S = 30 * 60.0  # an open task older than this may be reassigned
 
@@ -55,8 +55,19 @@ class Conflict(RuntimeError):
 
 # Hot-path statements: plain SQL, the same text on SQLite and PostgreSQL, run through ``db.raw``
 # (see there: SQLAlchemy's execution layer would cost more than the database work).
-_PROJECTS = "SELECT id, task_type, overlap, gold_rate FROM projects WHERE active = :t ORDER BY id"
-_PROJECT = "SELECT id, task_type, overlap, gold_rate FROM projects WHERE active = :t AND id = :p"
+# a project with members is offered only to them; one with none to every labeler (two probes of
+# the members' primary key per project)
+_MEMBER_OK = ("(NOT EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = projects.id) "
+              "OR EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = projects.id AND m.user_id = :u))")
+_PROJECTS = f"SELECT id, task_type, overlap, gold_rate FROM projects WHERE active = :t AND {_MEMBER_OK} ORDER BY id"
+_PROJECT = f"SELECT id, task_type, overlap, gold_rate FROM projects WHERE active = :t AND id = :p AND {_MEMBER_OK}"
+# the labeler must still be active when the claim runs, not only when the request's session was
+# looked up: a deactivation hands back every open task, and a claim in flight must not take a new
+# one after it. One writer runs jobs one after another, so a plain read sees a deactivation
+# committed before; on PostgreSQL FOR SHARE also makes a claim in another server process wait for
+# a deactivation still in flight (its UPDATE of the user row) and then read its outcome.
+_ACTIVE = {"sqlite": "SELECT 1 FROM users WHERE id = :u AND active = :t",
+           "postgresql": "SELECT 1 FROM users WHERE id = :u AND active = :t FOR SHARE"}
 _OPEN = ("SELECT id FROM assignments WHERE user_id = :u AND project_id = :p AND status = 'open' "
          "ORDER BY id LIMIT 1")
 _CANDIDATES = (
@@ -173,13 +184,16 @@ def next_task(conn: Connection, user_id: int, project_id: int | None = None,
               lease_s: float | None = DEFAULT_LEASE_S) -> dict | None:
     """The labeler's next task (their open one if any, else an abandoned one past its lease, else
     a newly assigned one) as the view sent to the client; None when there is nothing left for
-    them. ``now``: the clock (default ``time.time()``); ``lease_s``: None or 0 never reclaims."""
+    them (or they are no longer active). ``now``: the clock (default ``time.time()``);
+    ``lease_s``: None or 0 never reclaims."""
     rng = rng or _rng
     now = time.time() if now is None else now
+    if raw(conn, _ACTIVE.get(conn.dialect.name, _ACTIVE["sqlite"]), {"u": user_id, "t": True}).fetchone() is None:
+        return None  # deactivated since the request was let in
     if project_id is None:
-        rows = raw(conn, _PROJECTS, {"t": True}).fetchall()
+        rows = raw(conn, _PROJECTS, {"t": True, "u": user_id}).fetchall()
     else:
-        rows = raw(conn, _PROJECT, {"t": True, "p": project_id}).fetchall()
+        rows = raw(conn, _PROJECT, {"t": True, "p": project_id, "u": user_id}).fetchall()
     for project in map(_Project._make, rows):
         a = raw(conn, _OPEN, {"u": user_id, "p": project.id}).fetchone()
         a = a[0] if a else _pick(conn, user_id, project, rng, now, lease_s)
@@ -272,6 +286,30 @@ def skip_task(conn: Connection, user_id: int, assignment_id: int, *, now: float 
     if status == "skipped":
         return {"task_id": assignment_id, "status": "skipped"}
     raise Conflict(f"task {assignment_id} is already {status}")
+
+
+def release_open_tasks(conn: Connection, user_id: int, project_id: int | None = None, *,
+                       now: float | None = None) -> int:
+    """Hand back the open tasks of ``user_id`` (in ``project_id``, or everywhere): each becomes
+    ``released`` and its slot free for another labeler at once (a deactivated labeler, or one
+    taken off a project, is not coming back for it). Their late submit answers 409."""
+    t = time.time() if now is None else now
+    q = select(A.c.id, A.c.item_id).where(A.c.user_id == user_id, A.c.status == "open")
+    if project_id is not None:
+        q = q.where(A.c.project_id == project_id)
+    n = 0
+    for a_id, item_id in conn.execute(q).all():
+        res = conn.execute(update(A).where(A.c.id == a_id, A.c.status == "open")
+                           .values(status="released", finished_at=t))
+        if res.rowcount == 1:
+            conn.execute(update(I).where(I.c.id == item_id).values(n_assigned=I.c.n_assigned - 1))
+            n += 1
+    return n
+
+
+def may_label(conn: Connection, user_id: int, project_id: int) -> bool:
+    """Whether the project is active and offered to the user (a member, or it has no members)."""
+    return raw(conn, _PROJECT, {"t": True, "p": project_id, "u": user_id}).fetchone() is not None
 
 
 def add_items(conn: Connection, project_id: int, parsed: list[dict], source: str = "import") -> int:

@@ -110,7 +110,7 @@ async def run_labeler(host: str, port: int, token: str, judge: Callable[[dict], 
                 max_labels is None or len(stats.acked) < max_labels):
             try:
                 if task is None:
-                    status, task = await client.request("GET", f"/api/tasks/next{q}")
+                    status, task = await client.request("POST", f"/api/tasks/next{q}")
                     if status == 204:
                         stats.done = True
                         break

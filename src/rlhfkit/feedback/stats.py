@@ -7,14 +7,14 @@ import math
 import statistics
 from collections import defaultdict
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.engine import Connection
 
 from . import db
 from .agreement import krippendorff_alpha, pairwise_kappas, units_from_labels
 from .tasks import category
 
-__all__ = ["project_dashboard", "overview"]
+__all__ = ["project_dashboard", "overview", "gold_answers"]
 
 ALPHA_LEVEL = {"pairwise": "nominal", "ranking": "nominal", "thumbs": "nominal", "rating": "ordinal"}
 
@@ -38,6 +38,15 @@ def overview(conn: Connection) -> list[dict]:
                     "percent": round(100.0 * p["n_labels"] / total, 1) if total else 0.0,
                     "open": status[p["id"]].get("open", 0), "skipped": status[p["id"]].get("skipped", 0)})
     return out
+
+
+def gold_answers(conn: Connection, project_id: int) -> dict[int, tuple[int, int]]:
+    """``{user id: (correct, answered)}`` over a project's labels on gold items: the counts behind
+    the dashboard's gold accuracy per labeler."""
+    L = db.labels
+    q = (select(L.c.user_id, func.count(), func.sum(case((L.c.correct == True, 1), else_=0)))  # noqa: E712
+         .where(L.c.project_id == project_id, L.c.is_gold == True).group_by(L.c.user_id))  # noqa: E712
+    return {int(uid): (int(correct or 0), int(n)) for uid, n, correct in conn.execute(q)}
 
 
 def project_dashboard(conn: Connection, project_id: int) -> dict:

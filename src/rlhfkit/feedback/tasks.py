@@ -35,7 +35,8 @@ from typing import Any
 from rlhfkit.data import ROLES, DataError
 
 __all__ = [
-    "TASK_TYPES", "FLAGS", "PAIR_VERDICTS", "LabelError", "parse_item", "parse_items",
+    "TASK_TYPES", "FLAGS", "PAIR_VERDICTS", "MAX_FIELD_CHARS", "LabelError", "parse_item", "parse_items",
+    "drop_duplicate_items",
     "canonical_label", "grade", "category", "screen_keys", "render_prompt",
 ]
 
@@ -49,7 +50,11 @@ TASK_TYPES: dict[str, tuple[int, int]] = {
 }
 FLAGS = ("harmful", "untruthful", "off_topic")
 PAIR_VERDICTS = ("first", "second", "tie", "both_bad")
+MAX_EXTERNAL_ID = 200  # characters of an item's own id (the external_id column)
 RATING_GOLD_TOLERANCE = 1  # a rating within this many points of the gold rating counts as correct
+# the longest text an imported item may hold in one field (prompt, a message, a response): what a
+# labeler can read, and what a rewrite may be (canonical_label); larger is a mistake or an attack
+MAX_FIELD_CHARS = 100_000
 
 
 class LabelError(ValueError):
@@ -76,17 +81,32 @@ def _err(msg: str, field: str, reason: str = "invalid_value") -> DataError:
     return DataError(msg, field=field, reason=reason)
 
 
-def _text(v: Any, field: str, allow_empty: bool = False) -> str:
+def _plain_text(v: Any, field: str, allow_empty: bool = False) -> str:
     if not isinstance(v, str):
         raise _err(f"expected a string, got {'null' if v is None else type(v).__name__}", field, "wrong_type")
     if not allow_empty and not v.strip():
         raise _err("expected a non-empty string", field, "empty_text")
+    try:  # JSON's "\ud800" parses to a lone surrogate: no database column or export can hold it
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _err("not valid Unicode text (a lone surrogate such as \\ud800)", field) from None
+    if "\x00" in v:  # JSON's "\u0000": PostgreSQL text columns refuse it
+        raise _err("a NUL character (\\u0000) is not text any store keeps", field)
     return v
 
 
-def parse_item(d: Any, task_type: str, scale: tuple[int, int] = (1, 7)) -> dict:
+def parse_item(d: Any, task_type: str, scale: tuple[int, int] = (1, 7),
+               max_chars: int | None = MAX_FIELD_CHARS) -> dict:
     """Validate one import record; returns the item columns (prompt, messages, responses,
-    is_gold, gold, external_id). Raises :class:`DataError` naming the field."""
+    is_gold, gold, external_id). Raises :class:`DataError` naming the field; a text longer than
+    ``max_chars`` characters is one (None: no limit)."""
+
+    def _text(v: Any, field: str, allow_empty: bool = False) -> str:
+        v = _plain_text(v, field, allow_empty)
+        if max_chars is not None and len(v) > max_chars:
+            raise _err(f"{len(v)} characters, more than the limit of {max_chars} (max_field_chars)", field, "too_long")
+        return v
+
     if not isinstance(d, dict):
         raise DataError(f"expected a JSON object, got {type(d).__name__}", reason="not_object")
     lo_n, hi_n = TASK_TYPES[task_type]
@@ -155,9 +175,13 @@ def parse_item(d: Any, task_type: str, scale: tuple[int, int] = (1, 7)) -> dict:
     ext = d.get("id")
     if ext is not None and not isinstance(ext, (str, int)):
         raise _err("expected a string or integer id", "id", "wrong_type")
+    if ext is not None:
+        ext = _text(str(ext), "id", allow_empty=True)
+        if len(ext) > MAX_EXTERNAL_ID:  # the column's width (PostgreSQL enforces it)
+            raise _err(f"expected at most {MAX_EXTERNAL_ID} characters, got {len(ext)}", "id")
     return {"prompt": prompt, "messages": messages, "responses": responses,
             "is_gold": gold is not None, "gold": gold,
-            "external_id": None if ext is None else str(ext)}
+            "external_id": ext}
 
 
 def _parse_gold(g: Any, task_type: str, n: int, scale: tuple[int, int]) -> Any:
@@ -183,6 +207,22 @@ def _parse_gold(g: Any, task_type: str, n: int, scale: tuple[int, int]) -> Any:
     raise _err(f"{task_type} items cannot be gold questions", "gold")
 
 
+def drop_duplicate_items(items: list[dict]) -> tuple[list[dict], int]:
+    """Parsed items without exact repeats (every column equal: prompt, messages, responses with
+    their models, gold, id), the first copy kept in order; and how many went. A copy would be
+    labelled twice as two items, and its labels could land on both sides of a held-out split."""
+    import json
+
+    seen: set[str] = set()
+    kept = []
+    for it in items:
+        key = json.dumps(it, sort_keys=True, ensure_ascii=False)
+        if key not in seen:
+            seen.add(key)
+            kept.append(it)
+    return kept, len(items) - len(kept)
+
+
 def redact_items(items: list[dict]) -> tuple[list[dict], Counter, int]:
     """Replace personal data (``rlhfkit.privacy``) in parsed items' prompts, messages and responses
     before labelers see them. Returns the items kept, the count per kind, and how many items were
@@ -205,18 +245,20 @@ def redact_items(items: list[dict]) -> tuple[list[dict], Counter, int]:
     return kept, counts, len(items) - len(kept)
 
 
-def parse_items(source, task_type: str, scale: tuple[int, int] = (1, 7)) -> list[dict]:
-    """Validate every record of a JSONL / JSON-list file or a list of dicts; the first bad one
-    raises :class:`DataError` with file, line (or index) and field. Nothing is returned partially."""
-    from rlhfkit.data.readers import iter_raw
+def parse_items(source, task_type: str, scale: tuple[int, int] = (1, 7),
+                max_chars: int | None = MAX_FIELD_CHARS) -> list[dict]:
+    """Validate every record of a JSONL / JSON-list file, a ``datasets`` folder or a list of dicts;
+    the first bad one raises :class:`DataError` with file, line (or index) and field (a text over
+    ``max_chars`` characters too). Nothing is returned partially."""
+    from rlhfkit.data.readers import iter_raw, line_limit
 
-    label, it = iter_raw(source)
+    label, it = iter_raw(source, line_limit(max_chars))
     out = []
     for loc, value in it:
         if isinstance(value, DataError):
             raise value
         try:
-            out.append(parse_item(value, task_type, scale))
+            out.append(parse_item(value, task_type, scale, max_chars))
         except DataError as e:
             raise e.located(path=label, **loc) from None
     if not out:

@@ -25,7 +25,7 @@ LABELERS = ("simulated", "store")
 class LoopConfig:
     name: str = field(default="loop", metadata={"help": "a label for this loop (also the feedback projects' prefix when project_prefix is empty)"})
     output_dir: str = field(default="outputs/loop_sentiment", metadata={"help": "setup/ and round-N/<stage>/ folders, loop_state.json, curve.json"})
-    quick: bool = field(default=False, metadata={"help": "tiny model built from config, few steps: a smoke run"})
+    quick: bool = field(default=False, metadata={"help": "tiny model built from config, few steps: a smoke run. It overrides the --config file's values (a full-size preset), never the command line's; a file that itself says quick: true keeps its values too"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads for every stage (0 = torch default)"})
     seed: int = field(default=0, metadata={"help": "seed of the prompt split, sampling, selection, label noise, training"})
     gold: str = field(default="vader", metadata={"help": "gold judge (reward spec): simulated labelers' scorer and the evaluation; never the policy's reward"})
@@ -101,6 +101,12 @@ class LoopConfig:
             raise ValueError(f"{self.uncertainty} selection needs ensemble_size >= 2 (disagreement between members)")
         if self.ensemble_size < 1 or self.rounds < 1 or self.labels_per_round < 1:
             raise ValueError("ensemble_size, rounds and labels_per_round must be >= 1")
+        if self.labeler == "simulated" and self.labels_per_round < self.reward.batch_size:
+            # round 1's ensemble trains on these labels alone: found here, not after the candidates
+            raise ValueError(f"field 'labels_per_round': {self.labels_per_round} labels are fewer than one batch of "
+                             f"the reward models (reward.batch_size {self.reward.batch_size}), which round 1 trains "
+                             "on alone; raise labels_per_round or lower reward.batch_size and "
+                             "reward.micro_batch_size")
         if self.init.kind not in ("pretrained", "tiny"):
             raise ValueError(f"field 'init.kind': {self.init.kind!r} is not pretrained or tiny")
         from rlhfkit.rewards import check_reward_field
@@ -120,7 +126,8 @@ class LoopConfig:
             section.validate()
 
 
-# --quick: a tiny Llama built from config (policy and reward backbone), a few steps per round.
+# --quick: a tiny Llama built from config (policy and reward backbone), a few steps per round (the
+# command line wins over quick, and so does a config file that itself says quick: true).
 QUICK: dict[str, object] = {
     "init.kind": "tiny", "init.hidden_size": 64, "init.num_layers": 2, "init.num_heads": 4, "init.vocab_size": 512,
     "n_eval_prompts": 16, "max_train_prompts": 128, "prompts_per_round": 24, "num_candidates": 3,
@@ -134,14 +141,10 @@ QUICK: dict[str, object] = {
 }
 
 
-def apply_quick(config: LoopConfig) -> list[str]:
-    changed = []
-    for dotted, value in QUICK.items():
-        obj = config
-        *path, last = dotted.split(".")
-        for p in path:
-            obj = getattr(obj, p)
-        if getattr(obj, last) != value:
-            setattr(obj, last, value)
-            changed.append(dotted)
-    return changed
+def apply_quick(config: LoopConfig) -> tuple[list[str], dict[str, str]]:
+    """Set the ``QUICK`` fields on ``config`` (in place) but those given explicitly (the command
+    line; the config file when it says ``quick: true``: ``training.config.set_quick_fields``);
+    returns ``(fields set, {field left as given: where})``."""
+    from rlhfkit.training.config import set_quick_fields
+
+    return set_quick_fields(config, QUICK)

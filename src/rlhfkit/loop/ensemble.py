@@ -50,6 +50,7 @@ def train_ensemble(pairs: list[dict], out: Path, reward_config, size: int, seed:
         cfg.data, cfg.output_dir, cfg.seed = str(data), str(d), seed * 1000 + m
         cfg.eval_data = eval_file
         cfg.eval_fraction = 0.0
+        cfg.drop_duplicates = False  # a bootstrap resample's repeats are its weights
         if threads:
             cfg.threads = threads
         reward.run(cfg)

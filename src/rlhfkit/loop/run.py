@@ -48,12 +48,20 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
+import torch
+
+from rlhfkit.core.kl import sequence_kl
 from rlhfkit.eval.report import render_loop_report
 from rlhfkit.loop.config import LoopConfig, apply_quick
+from rlhfkit.loop.ensemble import ensemble_scores
+from rlhfkit.models import load_policy
 from rlhfkit.pipeline.cache import fingerprint, run_stage, settings, with_content
+from rlhfkit.rewards import build_reward
+from rlhfkit.rollout import SamplingConfig, make_sampler, repeat_each, rollout, rollout_logprobs, step_seed
 
 __all__ = ["LoopConfig", "run", "share_first_round", "ROUND_STAGES"]
 
@@ -74,8 +82,6 @@ def _read(path: Path) -> list[dict]:
 
 
 def _step_seed(*parts) -> int:
-    from rlhfkit.rollout import step_seed
-
     return step_seed(*parts)
 
 
@@ -104,8 +110,6 @@ def stage_setup(c: LoopConfig, d: Path) -> dict:
     _jsonl(d / "eval_prompts.jsonl", [{"prompt": p} for p in held])
     # gold-judged held-out pairs (no noise): every pair of heldout_samples samples of the initial
     # policy per held-out prompt whose gold scores differ, the better one as chosen
-    from rlhfkit.rewards import build_reward
-
     gold = build_reward(c.gold)
     samples = []
     for j in range(c.heldout_samples):
@@ -119,7 +123,7 @@ def stage_setup(c: LoopConfig, d: Path) -> dict:
                 if sx != sy and x != y:
                     pairs.append({"prompt": p, "chosen": x if sx > sy else y, "rejected": y if sx > sy else x})
     _jsonl(d / "heldout_pairs.jsonl", pairs)
-    ev = evaluate(c, init_model, init_model, held, members=None, heldout=None)
+    ev = evaluate_policy(c, init_model, init_model, held, members=None, heldout=None)
     print(f"loop: setup: {len(train)} training / {len(held)} held-out prompts, {len(pairs)} gold held-out pairs, "
           f"initial gold {ev['gold']:.4f}")
     return {"model": init_model, "train_prompts": len(train), "eval_prompts": len(held), "heldout_pairs": len(pairs),
@@ -132,11 +136,6 @@ class _PoolCfg:  # the two fields pipeline.stages._prompt_pool reads
 
 
 def _sample(c: LoopConfig, model_path: str, prompts: list[str], seed: int) -> list[str]:
-    import torch
-
-    from rlhfkit.models import load_policy
-    from rlhfkit.rollout import SamplingConfig, make_sampler, rollout
-
     model, tok = load_policy(model_path)
     gen = make_sampler(model, SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature),
                        tok.eos_token_id, tok.pad_token_id)
@@ -145,19 +144,13 @@ def _sample(c: LoopConfig, model_path: str, prompts: list[str], seed: int) -> li
                             behaviour_logprobs=False).responses)
 
 
-def evaluate(c: LoopConfig, policy_path: str, init_path: str, prompts: list[str], members: list[str] | None,
-             heldout: list[dict] | None) -> dict:
+def evaluate_policy(c: LoopConfig, policy_path: str, init_path: str, prompts: list[str], members: list[str] | None,
+                    heldout: list[dict] | None) -> dict:
     """Gold score of the policy's samples on the held-out prompts (``eval_samples`` each, the same
     sampling seed every round), KL to the initial policy (k1 summed over the response, mean over
-    samples), and the ensemble mean's accuracy on the gold-judged held-out pairs."""
-    import torch
-
-    from rlhfkit.loop.ensemble import ensemble_scores
-    from rlhfkit.models import load_policy
-    from rlhfkit.recipes.online import repeat_each, sequence_kl
-    from rlhfkit.rewards import build_reward
-    from rlhfkit.rollout import SamplingConfig, make_sampler, response_logprobs, rollout
-
+    samples: ``core.kl.sequence_kl`` with the initial policy's log-probs from
+    ``rollout.rollout_logprobs``, as ``rlhfkit eval`` measures it), and the ensemble mean's
+    accuracy on the gold-judged held-out pairs."""
     model, tok = load_policy(policy_path)
     gen = make_sampler(model, SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature),
                        tok.eos_token_id, tok.pad_token_id)
@@ -169,9 +162,7 @@ def evaluate(c: LoopConfig, policy_path: str, init_path: str, prompts: list[str]
             kl = 0.0
         else:
             ref, _ = load_policy(init_path)
-            ref_lp = response_logprobs(ref.eval(), ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask,
-                                       c.temperature)
-            kl = float(sequence_kl(ro.logprobs, ref_lp, ro.response_mask).mean())
+            kl = float(sequence_kl(ro.logprobs, rollout_logprobs(ref, ro, c.temperature), ro.response_mask).mean())
     out = {"gold": float(gold.mean()), "gold_std": float(gold.std()) if len(gold) > 1 else 0.0, "kl": kl,
            "samples": len(ro)}
     if members and heldout:
@@ -252,12 +243,6 @@ class Loop:
 
     # --------------------------------------------------------------- stage functions
     def candidates(self, r: int, d: Path) -> dict:
-        import torch
-
-        from rlhfkit.models import load_policy
-        from rlhfkit.recipes.online import repeat_each
-        from rlhfkit.rollout import SamplingConfig, make_sampler, rollout
-
         c = self.c
         train = [x["prompt"] for x in _read(self.out / "setup" / "train_prompts.jsonl")]
         n = min(c.prompts_per_round, len(train))
@@ -274,7 +259,6 @@ class Loop:
         return {"prompts": n, "candidates": len(rows), "policy": self.policy_before(r)}
 
     def select(self, r: int, d: Path) -> dict:
-        from rlhfkit.loop.ensemble import ensemble_scores
         from rlhfkit.loop.selection import candidate_pairs, pair_uncertainty, select_pairs
 
         c = self.c
@@ -309,8 +293,6 @@ class Loop:
         stats: dict = {"labeler": c.labeler}
         if c.labeler == "simulated":
             from rlhfkit.loop.labelers import simulated_labels
-            from rlhfkit.rewards import build_reward
-
             rows = simulated_labels([x["prompt"] for x in sel], [x["a"] for x in sel], [x["b"] for x in sel],
                                     build_reward(c.labeler_judge or c.gold), c.label_noise, _step_seed(c.seed, r, 13))
             decided = [x for x in rows if x["gold_chosen"] != x["gold_rejected"]]
@@ -382,8 +364,8 @@ class Loop:
     def eval(self, r: int, d: Path) -> dict:
         held = [x["prompt"] for x in _read(self.out / "setup" / "eval_prompts.jsonl")]
         heldout = _read(self.out / "setup" / "heldout_pairs.jsonl")
-        ev = evaluate(self.c, self.outputs[f"{r}/policy"]["model"], self.outputs["setup"]["model"], held,
-                      self.outputs[f"{r}/reward"]["members"], heldout)
+        ev = evaluate_policy(self.c, self.outputs[f"{r}/policy"]["model"], self.outputs["setup"]["model"], held,
+                             self.outputs[f"{r}/reward"]["members"], heldout)
         ev["labels"] = self.labels_spent(r)
         (d / "eval.json").write_text(json.dumps(ev, indent=1), encoding="utf-8")
         print(f"loop: round {r}: eval: gold {ev['gold']:.4f}, KL to init {ev['kl']:.3f}, "
@@ -404,22 +386,45 @@ def _write_state(out: Path, state: dict) -> None:
     os.replace(tmp, out / "loop_state.json")
 
 
+def read_loop_state(out: Path) -> dict | None:
+    """The state an earlier run left in ``out/loop_state.json``; None when there is none, or (with a
+    warning line) when it is unreadable: it only carries what the stages' records hold too (the
+    finished rounds, the current policy), which the loop finds again by their fingerprints."""
+    path = out / "loop_state.json"
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(state, dict):
+            return state
+        problem = f"a JSON {type(state).__name__}, not an object"
+    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError and UnicodeDecodeError
+        problem = f"{type(err).__name__}: {err}"
+    print(f"rlhfkit: warning: {path} is unreadable ({problem}); the loop starts its state afresh "
+          "(finished stages are still skipped by fingerprint)", file=sys.stderr, flush=True)
+    return None
+
+
 def run(config: LoopConfig) -> dict:
     """Run (or resume) the loop; returns ``{"curve": [...], "stages": {...}, "summary": {...}}``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if config.quick:
-        changed = apply_quick(config)
-        print(f"loop: --quick set {len(changed)} fields: {', '.join(changed)}")
-        config.validate()
-    if config.threads:
-        import torch
+        from rlhfkit.training.config import describe_quick
 
+        changed, kept = apply_quick(config)
+        print(f"loop: {describe_quick(config, changed, kept)}")
+        try:
+            config.validate()
+        except ValueError as err:
+            from rlhfkit.training.config import ConfigError
+
+            raise ConfigError(f"--quick: {err}") from None
+    if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    old = None
-    if (out / "loop_state.json").is_file():
-        old = json.loads((out / "loop_state.json").read_text(encoding="utf-8"))
+    old = read_loop_state(out)
+    if old is not None:
         print(f"loop: {out}/loop_state.json: last at round {old.get('round')} stage {old.get('stage')} "
               f"({old.get('status')}); finished stages are skipped by fingerprint")
     loop = Loop(config, out)
@@ -526,6 +531,7 @@ def share_first_round(random_dir: str | Path, active_dir: str | Path) -> list[st
 
 def read_json(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: JSONDecodeError and UnicodeDecodeError
         return None
+    return value if isinstance(value, dict) else None

@@ -1,10 +1,11 @@
 """Model loading and heads: tokenizers with a distinct pad token, causal LMs (HF name, folder,
-``.gguf`` file or alias), tiny test models, scalar reward models, value models and LoRA."""
+``.gguf`` file or alias; ``tiny``: a tiny model built from config), tiny test models, scalar reward models, value models and LoRA."""
 from .loading import (
     MINILM_ALIAS,
     PAD_TOKEN,
     SMOLLM2_ALIAS,
     SMOLLM2_GGUF_FILE,
+    TINY_ALIAS,
     ModelLoadError,
     disable_dropout,
     ensure_pad_token,
@@ -27,8 +28,10 @@ from .reward import (
 )
 from .tiny import (
     TINY_CHAT_TEMPLATE,
+    TINY_MODEL,
     tiny_causal_lm,
     tiny_encoder_reward_model,
+    tiny_model_folder,
     tiny_reward_model,
     tiny_tokenizer,
 )
@@ -40,7 +43,9 @@ __all__ = [
     "SMOLLM2_ALIAS",
     "SMOLLM2_GGUF_FILE",
     "ModelLoadError",
+    "TINY_ALIAS",
     "TINY_CHAT_TEMPLATE",
+    "TINY_MODEL",
     "apply_lora",
     "causal_lm_to_sequence_classifier",
     "disable_dropout",
@@ -61,6 +66,7 @@ __all__ = [
     "score_head",
     "tiny_causal_lm",
     "tiny_encoder_reward_model",
+    "tiny_model_folder",
     "tiny_reward_model",
     "tiny_tokenizer",
     "token_values",

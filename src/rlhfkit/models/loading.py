@@ -7,9 +7,14 @@ or an alias of an embedded model), with the RLHF set-up every trainer wants:
   are computed by the same deterministic function);
 - ``config.pad_token_id`` set and the embeddings resized when the tokenizer grew, without
   changing the logits of the existing vocabulary.
+
+A hub name is read from the local Hugging Face cache when it is there; otherwise one request
+with a short timeout asks the hub first, so a name the hub cannot give fails at once (transformers'
+own download retries an unreachable hub for about 50 seconds before it fails).
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -21,12 +26,14 @@ from torch import nn
 
 SMOLLM2_ALIAS = "smollm2-135m"
 MINILM_ALIAS = "minilm-l6"
+TINY_ALIAS = "tiny"  # a tiny Llama built from config (models.tiny.TINY_MODEL), for smoke runs and tests
 SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PAD_TOKEN = "<|pad|>"
 
 __all__ = [
     "SMOLLM2_ALIAS",
     "MINILM_ALIAS",
+    "TINY_ALIAS",
     "SMOLLM2_GGUF_FILE",
     "PAD_TOKEN",
     "ModelLoadError",
@@ -68,6 +75,14 @@ def _alias_source(alias: str) -> tuple[str, str | None]:
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"alias {alias!r}: {folder / 'config.json'} is missing")
         return str(folder), None
+    if alias == TINY_ALIAS:
+        from .tiny import tiny_model_folder
+
+        try:
+            return str(tiny_model_folder()), None
+        except OSError as e:
+            raise ModelLoadError(f"alias {alias!r}: cannot write the tiny model to its cache folder "
+                                 f"(set $RLHFKIT_CACHE to a writable folder): {e}") from None
     raise KeyError(alias)
 
 
@@ -91,7 +106,7 @@ def _looks_like_path(text: str) -> bool:
 def resolve_model_source(spec: str | os.PathLike) -> tuple[str, str | None]:
     """Map ``spec`` to ``(folder_or_hub_name, gguf_file_or_None)`` for ``from_pretrained``.
 
-    ``spec`` is an alias (``"smollm2-135m"``, ``"minilm-l6"``), a local folder (with a
+    ``spec`` is an alias (``"smollm2-135m"``, ``"minilm-l6"``, ``"tiny"``), a local folder (with a
     ``config.json``, or exactly one ``.gguf`` file), a path to a ``.gguf`` file, or a Hugging Face
     hub name (``"org/name"``), which is passed through unchanged. A local-looking path that does
     not exist raises :class:`ModelLoadError`.
@@ -99,7 +114,7 @@ def resolve_model_source(spec: str | os.PathLike) -> tuple[str, str | None]:
     text = os.fspath(spec).strip() if isinstance(spec, (str, os.PathLike)) else None
     if not text:
         raise ModelLoadError(f"model source must be a non-empty string or path, got {spec!r}")
-    if text.lower() in {SMOLLM2_ALIAS, MINILM_ALIAS}:
+    if text.lower() in {SMOLLM2_ALIAS, MINILM_ALIAS, TINY_ALIAS}:
         return _alias_source(text.lower())
     path = Path(text).expanduser()
     if path.is_file():
@@ -131,27 +146,59 @@ def resolve_model_source(spec: str | os.PathLike) -> tuple[str, str | None]:
     return text, None
 
 
-def _hub_error(spec: Any, exc: BaseException) -> ModelLoadError:
-    offline = "HF_HUB_OFFLINE=1" if _hub_offline() else "or the name does not exist there"
-    return ModelLoadError(
-        f"could not load {os.fspath(spec)!r}: not a local path and the hub is unreachable "
-        f"({offline}); pass a local folder, a .gguf file or an alias "
-        f"({SMOLLM2_ALIAS!r}, {MINILM_ALIAS!r}), or download the model first "
-        f"[{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}]"
-    )
+ACCEPTED_SOURCES = (f"a local folder, a .gguf file, an alias ({SMOLLM2_ALIAS!r}, {MINILM_ALIAS!r}, "
+                    f"{TINY_ALIAS!r}: a tiny model built from config), or a hub name in the local Hugging Face "
+                    f"cache (or on a reachable hub)")
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def _hub_error(spec: Any, why: str) -> ModelLoadError:
+    return ModelLoadError(f"could not load {os.fspath(spec)!r}: not a local path {why}; pass {ACCEPTED_SOURCES}")
+
+
+_NOT_CACHED = "and the local Hugging Face cache does not hold it"
+
+
+@functools.lru_cache(maxsize=64)
+def _hub_problem(name: str) -> str | None:
+    """Why the hub cannot give the model ``name`` (None: it can), from one request with a short
+    timeout and no retries. Asked once per name and process."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(name, timeout=HUB_PROBE_TIMEOUT_S)
+    except GatedRepoError:
+        return None  # it exists; the download says whether this token may read it
+    except RepositoryNotFoundError:
+        return "and the hub has no model of that name (or it is private)"
+    except Exception as e:  # noqa: BLE001 - no network, DNS, timeout, proxy, server error: unreachable
+        first = str(e).splitlines()[0] if str(e) else ""
+        return f"and the hub is unreachable ({type(e).__name__}: {first}), {_NOT_CACHED}"
+    return None
 
 
 def _from_pretrained(loader: Any, spec: Any, folder: str, gguf_file: str | None, **kwargs: Any):
-    """Call ``loader.from_pretrained`` and turn hub failures into a clear ModelLoadError."""
+    """``loader.from_pretrained`` on a local folder, or on a hub name: from the local cache when
+    it holds it, else (the hub answering that it has it) downloaded; else a ModelLoadError at once."""
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
-    is_local = Path(folder).exists()
+    if Path(folder).exists():
+        return loader.from_pretrained(folder, **kwargs)
+    try:
+        return loader.from_pretrained(folder, local_files_only=True, **kwargs)
+    except (OSError, ValueError):  # not (wholly) in the local cache
+        pass
+    if _hub_offline():
+        raise _hub_error(spec, f"and the hub is unreachable (HF_HUB_OFFLINE=1), {_NOT_CACHED}")
+    problem = _hub_problem(folder)
+    if problem is not None:
+        raise _hub_error(spec, problem)
     try:
         return loader.from_pretrained(folder, **kwargs)
-    except (OSError, ValueError) as exc:  # HF raises OSError (or ValueError) when offline
-        if is_local:
-            raise
-        raise _hub_error(spec, exc) from exc
+    except (OSError, ValueError) as exc:  # HF raises OSError (or ValueError) when the download fails
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise _hub_error(spec, f"and its download from the hub failed ({type(exc).__name__}: {first})") from exc
 
 
 # ----------------------------------------------------------------------------------- tokenizer

@@ -17,7 +17,7 @@ def apply_lora(model: nn.Module, r: int = 16, alpha: int = 32, dropout: float = 
     replaced). ``"all-linear"`` targets every linear layer except the output head. For a
     sequence-classification model (reward / value) the scalar head is fully trainable
     (peft ``SEQ_CLS`` task). Only adapter (and head) parameters require grad. ``dropout`` is the
-    LoRA dropout; all other dropout stays off."""
+    LoRA dropout; all other dropout stays off. The wrapped model keeps ``model``'s train / eval mode."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     inner = _unwrap(model)
@@ -31,7 +31,12 @@ def apply_lora(model: nn.Module, r: int = 16, alpha: int = 32, dropout: float = 
         task_type=task,
         bias="none",
     )
+    was_training = model.training
     peft_model = get_peft_model(model, config)
+    # the adapter's new modules start in train mode whatever the model's mode: a model loaded for
+    # sampling (eval mode) would draw LoRA dropout in its rollouts and no-grad passes (detail 8)
+    # until something called .eval(), and a resumed run would not repeat the original's draws
+    peft_model.train(was_training)
     if dropout == 0.0:
         disable_dropout(peft_model)
     else:  # keep the LoRA dropout, zero the rest

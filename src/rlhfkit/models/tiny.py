@@ -2,11 +2,17 @@
 
 The tokenizer is a real byte-level BPE (any text round-trips) trained on a small built-in
 English corpus, with distinct ``<|bos|>``, ``<|eos|>``, ``<|pad|>`` tokens and a chat template.
+``tiny_model_folder()`` saves the model every command takes as ``--model tiny`` (see
+``TINY_MODEL``) as a Hugging Face folder, built once per cache.
 """
 from __future__ import annotations
 
 import functools
 import itertools
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
@@ -21,6 +27,8 @@ __all__ = [
     "tiny_causal_lm",
     "tiny_reward_model",
     "tiny_encoder_reward_model",
+    "TINY_MODEL",
+    "tiny_model_folder",
 ]
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
@@ -200,3 +208,54 @@ def tiny_encoder_reward_model(tokenizer, hidden_size: int = 32, num_layers: int 
     """``tiny_reward_model(tokenizer, kind="encoder", ...)``."""
     return tiny_reward_model(tokenizer, kind="encoder", hidden_size=hidden_size,
                              num_layers=num_layers, seed=seed, num_heads=num_heads)
+
+
+# The model ``--model tiny`` names (``models.loading.TINY_ALIAS``): the tests' tiny chat model, the
+# default tokenizer (built-in corpus, 512 tokens, chat template) and a 2-layer Llama of width 32
+# from seed 0. Randomly initialised: it runs every command in seconds and says nothing readable.
+TINY_MODEL = {"vocab_size": 512, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "seed": 0}
+
+
+def _cache_root() -> Path:
+    """``$RLHFKIT_CACHE``, else ``$XDG_CACHE_HOME/rlhfkit``, else ``~/.cache/rlhfkit``."""
+    if os.environ.get("RLHFKIT_CACHE"):
+        return Path(os.environ["RLHFKIT_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rlhfkit"
+
+
+def tiny_model_folder() -> Path:
+    """The folder of ``TINY_MODEL`` (tokenizer + ``LlamaForCausalLM``), built on first use (about
+    a second) in the cache (``$RLHFKIT_CACHE``, else ``~/.cache/rlhfkit``). It is a folder like any
+    saved model, so every loader, recipe and server takes it unchanged; a causal backbone for a
+    reward model too (a fresh scalar head on it). Written to a temporary folder and renamed, so
+    processes building it at once never see half of it; the name holds the settings and the
+    transformers version that wrote it."""
+    import transformers
+
+    spec = TINY_MODEL
+    name = (f"tiny-llama-v{spec['vocab_size']}-h{spec['hidden_size']}-l{spec['num_layers']}-a{spec['num_heads']}"
+            f"-s{spec['seed']}-transformers{transformers.__version__}")
+    root = _cache_root()
+    folder = root / name
+    if (folder / "config.json").is_file():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        tok = tiny_tokenizer(vocab_size=spec["vocab_size"])
+        model = tiny_causal_lm(tok, hidden_size=spec["hidden_size"], num_layers=spec["num_layers"],
+                               num_heads=spec["num_heads"], seed=spec["seed"])
+        tok.save_pretrained(tmp)
+        model.save_pretrained(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's is owner-only: a shared cache is read by every user
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process finished first: its folder is the same model
+            if not (folder / "config.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder

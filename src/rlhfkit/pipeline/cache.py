@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -92,12 +93,23 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def read_record(stage_dir: Path) -> dict | None:
+def load_record(stage_dir: Path) -> tuple[dict | None, str | None]:
+    """``(the stage's record, None)``; ``(None, None)`` when it has none; ``(None, what is wrong)``
+    when ``stage.json`` is unreadable (truncated, not UTF-8, not a JSON object)."""
     path = stage_dir / "stage.json"
+    if not path.exists():
+        return None, None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError and UnicodeDecodeError
+        return None, f"{type(err).__name__}: {err}"
+    if not isinstance(record, dict):
+        return None, f"a JSON {type(record).__name__}, not an object"
+    return record, None
+
+
+def read_record(stage_dir: Path) -> dict | None:
+    return load_record(stage_dir)[0]
 
 
 def write_record(stage_dir: Path, record: dict) -> None:
@@ -113,7 +125,10 @@ def run_stage(name: str, stage_dir: Path, fp: str, fn: Callable[[Path], dict], f
     stage record (``status``, ``fingerprint``, ``outputs``, ``runs``, ``seconds``, ``ran``).
     ``cpu_seconds`` is this process's CPU time in the stage (all its threads): on a machine shared
     with other jobs the wall time grows with their load, the CPU time much less."""
-    old = read_record(stage_dir)
+    old, problem = load_record(stage_dir)
+    if problem is not None:  # what it said is unknown: the stage runs afresh, as for other settings
+        print(f"rlhfkit: warning: {stage_dir / 'stage.json'} is unreadable ({problem}); stage {name} runs afresh",
+              file=sys.stderr, flush=True)
     if old and old.get("fingerprint") == fp and old.get("status") == "done" and not force:
         log(f"pipeline: {name}: cached (fingerprint {fp[:12]}), skipped")
         return {**old, "ran": False}

@@ -103,7 +103,7 @@ class ReportConfig:
 class PipelineConfig:
     name: str = field(default="chat", metadata={"help": "a label for this pipeline (shown in the report)"})
     output_dir: str = field(default="outputs/pipeline_chat", metadata={"help": "each stage writes output_dir/<stage>/ with a stage.json; report.html at the top"})
-    quick: bool = field(default=False, metadata={"help": "shrink every stage (tiny model built from config, few steps): a smoke run of about a minute"})
+    quick: bool = field(default=False, metadata={"help": "shrink every stage (tiny model built from config, few steps): a smoke run of about a minute. It overrides the --config file's values (a full-size preset), never the command line's; a file that itself says quick: true keeps its values too"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads for every stage (0 = each section's own setting)"})
     gold: str = field(default="friendly", metadata={"help": "gold judge (reward spec): simulated labelers' scorer, logged during RL, evaluated before / after; e.g. friendly, vader, toxicity"})
     chat_template: bool = field(default=True, metadata={"help": "render every prompt as one user turn with the policy's chat template (feedback samples, online policy, evaluation alike)"})
@@ -198,7 +198,8 @@ def check_same_sampling(config: PipelineConfig) -> None:
                   "evaluation's, so set them together")
 
 
-# --quick: the fields it sets (everything else comes from the YAML file and the overrides).
+# --quick: the fields it sets (everything else comes from the YAML file and the overrides; the
+# command line wins over quick, and so does a config file that itself says quick: true).
 # A tiny Llama built from config replaces SmolLM2 (too slow for a minute on 2 cores), and the
 # reward model is a sequence classifier on that tiny backbone instead of MiniLM.
 QUICK: dict[str, object] = {
@@ -223,15 +224,10 @@ QUICK: dict[str, object] = {
 }
 
 
-def apply_quick(config: PipelineConfig) -> list[str]:
-    """Set the ``QUICK`` fields on ``config`` (in place); returns the fields it changed."""
-    changed = []
-    for dotted, value in QUICK.items():
-        obj = config
-        *path, last = dotted.split(".")
-        for p in path:
-            obj = getattr(obj, p)
-        if getattr(obj, last) != value:
-            setattr(obj, last, value)
-            changed.append(dotted)
-    return changed
+def apply_quick(config: PipelineConfig) -> tuple[list[str], dict[str, str]]:
+    """Set the ``QUICK`` fields on ``config`` (in place) but those given explicitly (the command
+    line; the config file when it says ``quick: true``: ``training.config.set_quick_fields``);
+    returns ``(fields set, {field left as given: where})``."""
+    from rlhfkit.training.config import set_quick_fields
+
+    return set_quick_fields(config, QUICK)

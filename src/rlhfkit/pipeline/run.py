@@ -34,9 +34,10 @@ def run(config: PipelineConfig) -> dict:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if config.quick:
-        changed = apply_quick(config)
-        print(f"pipeline: --quick set {len(changed)} fields (tiny model built from config, few steps): "
-              + ", ".join(changed))
+        from rlhfkit.training.config import describe_quick
+
+        changed, kept = apply_quick(config)
+        print(f"pipeline: {describe_quick(config, changed, kept)}")
         try:
             config.validate()
         except ValueError as err:

@@ -214,7 +214,9 @@ def _materialise_gguf(spec: str, out: Path) -> dict:
 
 def _prompt_pool(fb, n_words: int | None = None, limit: int | None = None) -> list[str]:
     """The prompt pool ``fb.prompts`` (a named pool, ``data.shared_sets.PROMPT_POOLS``, or a
-    prompt file), unique, in source order."""
+    prompt file), unique as held-out splits compare prompts (``recipes.common.prompt_key``: case
+    and spacing aside; the first spelling kept), in source order: two spellings of one prompt must
+    not land one in the held-out prompts and one in the training prompts."""
     from rlhfkit.data.shared_sets import PROMPT_POOLS, load_named_prompts
 
     if fb.prompts in PROMPT_POOLS:
@@ -224,7 +226,12 @@ def _prompt_pool(fb, n_words: int | None = None, limit: int | None = None) -> li
         from rlhfkit.recipes.common import load_training_records
 
         prompts = [r.prompt for r in load_training_records(fb.prompts, "prompts")]
-    return list(dict.fromkeys(prompts))
+    from rlhfkit.recipes.common import prompt_key
+
+    first: dict[str, str] = {}
+    for p in prompts:
+        first.setdefault(prompt_key(p), p)
+    return list(first.values())
 
 
 # ----------------------------------------------------------------------------- sft

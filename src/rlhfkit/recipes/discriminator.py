@@ -96,8 +96,7 @@ def sample_policy(config: DiscriminatorConfig, prompts: list[str]) -> list[str]:
     import torch
 
     from rlhfkit.models import load_policy
-    from rlhfkit.recipes.online import repeat_each
-    from rlhfkit.rollout import SamplingConfig, make_sampler, rollout, step_seed
+    from rlhfkit.rollout import SamplingConfig, make_sampler, repeat_each, rollout, step_seed
     from rlhfkit.training.logging import progress_bar
 
     model, tok = load_policy(config.policy)
@@ -218,6 +217,7 @@ def run(config: DiscriminatorConfig) -> dict:
         rc.resume = False
     rc.data, rc.eval_data, rc.output_dir, rc.seed = str(out / "train.jsonl"), "", str(out), config.seed
     rc.eval_fraction = 0.0  # held out above, by prompt
+    rc.drop_duplicates = False  # the demonstrations' repeats balance the classes
     if config.threads:
         rc.threads = config.threads
     from rlhfkit.training.config import ConfigError

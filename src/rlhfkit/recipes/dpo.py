@@ -3,15 +3,16 @@
     rlhfkit dpo --data hh-rlhf --model smollm2-135m --loss sigmoid --beta 0.1 --output_dir outputs/dpo
 
 Reads pairs (a JSONL/JSON file of prompt/chosen/rejected, or hh-rlhf / finegrained / oasst),
-holds out a fixed-seed split, and trains with the shared loop (exact resume, metrics, progress).
+holds out a fixed-seed split by prompt, and trains with the shared loop (exact resume, metrics, progress).
 Chosen and rejected go through the policy in one forward pass; a sequence's log-prob is the sum
 over its response tokens (prompt and padding masked out).
 
 The reference policy, for the losses that have one (sigmoid, ipo, cdpo):
 - ``cached`` (default): the reference model's log-probs of every training and held-out response are
   computed once before training and stored in ``output_dir/reference_logps.pt`` under a hash of the
-  token ids, the model name and its weights; a rerun or a resumed run reuses them, and no second
-  model is kept in memory nor run at each step;
+  token ids, the model name and its weights, with a sha256 of the log-probs; a rerun or a resumed
+  run reuses them (a damaged file is computed again, with a warning), and no second model is kept
+  in memory nor run at each step;
 - ``lora``: the policy with its LoRA adapter disabled (needs ``--lora.r``), run at each step;
 - ``none``: no reference (simpo, orpo).
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,14 +36,16 @@ from rlhfkit.core.losses import (
     PREFERENCE_LOSSES,
     REFERENCE_FREE_LOSSES,
     cdpo_loss,
+    weighted_sum,
     dpo_sigmoid_loss,
     ipo_loss,
     orpo_loss,
     simpo_loss,
 )
 from rlhfkit.data.tokenize import IGNORE_INDEX, pad_sequences, special_layout
-from rlhfkit.recipes.common import (LoraConfig, finished_run, first_n, load_training_records, save_final,
-                                    set_threads, split_holdout)
+from rlhfkit.recipes.common import (LoraConfig, drop_held_out_copies, finished_run, first_n, load_training_records,
+                                    require_examples, save_final, scaled_weights, set_threads, split_by_prompt,
+                                    total_weight, weights_of, with_weight)
 from rlhfkit.training.checkpoint import unwrap
 from rlhfkit.training.distributed import DistInfo, barrier, cleanup, init_distributed
 from rlhfkit.training.loop import TrainingConfig, fit
@@ -71,6 +75,8 @@ class DPOConfig(TrainingConfig):
     max_length: int = field(default=512, metadata={"help": "tokens of prompt + response (the response is cut on the right)"})
     max_prompt_length: int = field(default=256, metadata={"help": "prompt tokens kept (cut on the left, so the end survives)"})
     on_error: str = field(default="raise", metadata={"help": "bad records: raise, or skip and count"})
+    drop_duplicates: bool = field(default=True, metadata={
+        "help": "drop exact duplicate records (counted); false keeps deliberate repeats (a weight is the better way)"})
     output_dir: str = field(default="outputs/dpo", metadata={"help": "checkpoints, metrics.jsonl, reference_logps.pt and model/"})
     learning_rate: float = field(default=1e-6, metadata={"help": "peak learning rate"})
     batch_size: int = field(default=16, metadata={"help": "global batch (pairs per optimiser step)"})
@@ -138,14 +144,14 @@ def join(prompt_ids: list[int], response_ids: list[int], max_length: int) -> lis
 
 
 def encode_pairs(records, tokenizer, config) -> list[dict]:
-    """``{"seqs": [chosen ids, rejected ids], "prompt_len", "tie"}`` per pair; both sequences
-    share the prompt tokens, so only the responses differ."""
+    """``{"seqs": [chosen ids, rejected ids], "prompt_len", "tie"}`` (and ``weight`` when the pair
+    has one) per pair; both sequences share the prompt tokens, so only the responses differ."""
     out = []
     for r in records:
         p = encode_prompt(r.prompt, tokenizer, config.max_prompt_length)
-        out.append({"seqs": [join(p, encode_response(r.chosen, tokenizer), config.max_length),
-                             join(p, encode_response(r.rejected, tokenizer), config.max_length)],
-                    "prompt_len": len(p), "tie": bool(r.tie)})
+        out.append(with_weight({"seqs": [join(p, encode_response(r.chosen, tokenizer), config.max_length),
+                                          join(p, encode_response(r.rejected, tokenizer), config.max_length)],
+                                "prompt_len": len(p), "tie": bool(r.tie)}, r))
     return out
 
 
@@ -167,6 +173,8 @@ def make_collate(pad_id: int):
         batch["tie"] = torch.tensor([e["tie"] for e in examples])
         if "ref" in examples[0]:
             batch["ref"] = torch.tensor([e["ref"] for e in examples], dtype=torch.float64)  # [n, 2]
+        if (weights := weights_of(examples)) is not None:
+            batch["weight"] = weights
         return batch
 
     return collate
@@ -286,10 +294,42 @@ def compute_reference(model, examples: list[dict], pad_id: int, micro_batch_size
     return out
 
 
+def reference_digest(splits: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the cached log-probs (each split's name, shape and float64 bytes): torch.load
+    checks no checksum of tensor data, so a flipped bit would load silently as a wrong reference."""
+    h = hashlib.sha256()
+    for name in sorted(splits):
+        t = splits[name].contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def read_reference_cache(path: Path, key: str) -> tuple[dict | None, str | None]:
+    """``(the cache at path when it holds the log-probs for key, what is wrong with the file)``:
+    ``(None, None)`` when there is none or it is another data set's or model's (or from before
+    caches carried a digest); ``(None, problem)`` when it does not load or its log-probs do not
+    match their digest (both are computed again)."""
+    from rlhfkit.training.checkpoint import load_failure
+
+    if not path.is_file():
+        return None, None
+    try:
+        cache = torch.load(path, weights_only=True)
+        if cache.get("key") != key or "sha256" not in cache:
+            return None, None
+        if cache["sha256"] != reference_digest(cache["splits"]):
+            return None, "its log-probs do not match their sha256 (changed after it was written)"
+    except Exception as err:  # noqa: BLE001 - a damaged zip or pickle raises any of a dozen types
+        return None, f"does not load ({load_failure(err)})"
+    return cache, None
+
+
 def cached_reference(config, model, splits: dict[str, list[dict]], pad_id: int, info: DistInfo) -> str:
     """Attach ``e["ref"]`` (reference log-probs of ``e["seqs"]``) to every example, reading
-    ``output_dir/reference_logps.pt`` when its key matches, else computing and writing it.
-    Returns "reused" or "computed". The main process computes; the others wait and read."""
+    ``output_dir/reference_logps.pt`` when its key matches and its log-probs their sha256, else
+    computing and writing it (a damaged file with a one-line warning). Returns "reused" or
+    "computed". The main process computes; the others wait and read."""
     from rlhfkit.training.precision import running_at
 
     path = Path(config.output_dir) / CACHE_FILE
@@ -299,13 +339,17 @@ def cached_reference(config, model, splits: dict[str, list[dict]], pad_id: int, 
     key = cache_key(config.model + ("" if precision == "fp32" else f"|{precision}"), model, splits, config.max_length)
     status = "reused"
     if info.is_main:
-        cache = torch.load(path, weights_only=True) if path.is_file() else None
-        if cache is None or cache.get("key") != key:
+        cache, problem = read_reference_cache(path, key)
+        if problem is not None:
+            print(f"rlhfkit: warning: {path} {problem}; computing the reference log-probs again",
+                  file=sys.stderr, flush=True)
+        if cache is None:
             status = "computed"
             with running_at(model, precision):
-                cache = {"key": key, "splits": {name: compute_reference(model, ex, pad_id, config.micro_batch_size,
-                                                                         desc=f"reference log-probs ({name})")
-                                                for name, ex in splits.items()}}
+                logps = {name: compute_reference(model, ex, pad_id, config.micro_batch_size,
+                                                 desc=f"reference log-probs ({name})")
+                         for name, ex in splits.items()}
+            cache = {"key": key, "splits": logps, "sha256": reference_digest(logps)}
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             torch.save(cache, tmp)
@@ -348,9 +392,10 @@ def pair_correct(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
 
 def make_loss(config, reference: str):
     def loss_sum(model, batch: dict) -> tuple[torch.Tensor, dict]:
-        """Sum of per-pair losses; stats are sums over pairs, so the loop's division by the
-        pair count makes them means. ``accuracy`` counts untied pairs only (ties: its maximum
-        is 1 - tie fraction; the held-out evaluation excludes ties from the denominator)."""
+        """Sum of per-pair losses, each times its weight when pairs have weights; stats are sums
+        over pairs (weighted alike), so the loop's division by the pair count (the sum of
+        weights) makes them means. ``accuracy`` counts untied pairs only (ties: its maximum is
+        1 - tie fraction; the held-out evaluation excludes ties from the denominator)."""
         logps, lengths = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         tie = batch["tie"].to(logps.device)
         n = tie.shape[0]
@@ -360,19 +405,22 @@ def make_loss(config, reference: str):
             ref = batch["ref"].to(logps.device) if "ref" in batch else None
         out = pair_loss(config, logps, lengths, ref, tie)
         decided = ~tie
-        return out.losses.sum(), {
-            "reward_chosen": out.chosen_rewards.sum().item(),
-            "reward_rejected": out.rejected_rewards.sum().item(),
-            "margin": (out.chosen_rewards - out.rejected_rewards).sum().item(),
-            "accuracy": (pair_correct(out.chosen_rewards, out.rejected_rewards) * decided).sum().item(),
-            "ties": tie.sum().item(),
+        w = batch.get("weight")
+        w = None if w is None else w.to(logps.device)
+        return weighted_sum(out.losses, w), {
+            "reward_chosen": weighted_sum(out.chosen_rewards.detach(), w).item(),
+            "reward_rejected": weighted_sum(out.rejected_rewards.detach(), w).item(),
+            "margin": weighted_sum((out.chosen_rewards - out.rejected_rewards).detach(), w).item(),
+            "accuracy": weighted_sum(pair_correct(out.chosen_rewards, out.rejected_rewards) * decided, w).item(),
+            "ties": weighted_sum(tie.double(), w).item(),
         }
 
     return loss_sum
 
 
-def count_pairs(batch: dict) -> int:
-    return int(batch["tie"].numel())
+def count_pairs(batch: dict) -> int | float:
+    """Pairs in the batch, or the sum of their weights when they have weights."""
+    return float(batch["weight"].sum()) if "weight" in batch else int(batch["tie"].numel())
 
 
 @torch.no_grad()
@@ -412,7 +460,8 @@ def evaluate(model, examples: list[dict], collate, config, reference: str) -> di
 # ----------------------------------------------------------------------------- data
 def load_pairs(source: str, config, label: str) -> tuple[list, int]:
     """Pairs with ties handled as configured; returns (records, number of ties seen)."""
-    records = load_training_records(source, "pairs", config.on_error, ties="keep")
+    records = load_training_records(source, "pairs", config.on_error, ties="keep",
+                                    drop_duplicates=config.drop_duplicates)
     n_ties = sum(1 for r in records if r.tie)
     if config.ties == "drop":
         records = [r for r in records if not r.tie]
@@ -433,11 +482,14 @@ def run(config: DPOConfig) -> dict:
     reference = resolved_reference(config.reference, config.loss in REFERENCE_FREE_LOSSES)
     records, n_ties = load_pairs(config.data, config, config.data)
     if config.eval_data:
-        train_records = records
         eval_records, _ = load_pairs(config.eval_data, config, config.eval_data)
+        train_records = drop_held_out_copies(records, eval_records, config.data)
     else:
-        train_records, eval_records = split_holdout(records, config.eval_fraction, config.seed)
+        train_records, eval_records = split_by_prompt(records, config.eval_fraction, config.seed, shuffle=True)
     train_records, eval_records = first_n(train_records, config.max_train), first_n(eval_records, config.max_eval)
+    # before the model loads and the reference cache is written: a failure leaves nothing behind
+    require_examples(len(train_records), config.batch_size, config.data, len(eval_records), total_weight(train_records))
+    train_records = scaled_weights(train_records)
     model, tokenizer = load_policy(config.model, padding_side="right")
     train = encode_pairs(train_records, tokenizer, config)
     held = encode_pairs(eval_records, tokenizer, config)

@@ -6,7 +6,8 @@ Per step: P prompts, k samples each (``num_generations``); each sample's advanta
 minus its group's mean, divided by the group's std (GRPO) or not (Dr. GRPO); the loss is the
 clipped surrogate per token plus ``kl_coef * k3(pi, ref)`` per token (the KL term sits in the
 loss, not in the reward), aggregated per sequence then over sequences (GRPO) or summed over
-tokens / (k·P·max_new_tokens) (Dr. GRPO: no length or difficulty bias).
+tokens / (k·P·max_new_tokens) (Dr. GRPO: no length or difficulty bias). The loop around the
+step (logging, checkpoints, resume) is ``online_driver.run_online``'s.
 """
 from __future__ import annotations
 
@@ -15,15 +16,11 @@ from dataclasses import dataclass, field
 import torch
 
 from rlhfkit.core.advantages import group_normalised_advantages
-from rlhfkit.recipes.common import finished_run, save_final
-from rlhfkit.recipes.online import (adversarial_modules, adversarial_step, build_run_reward,
-                                    closing_line, finish_run, gathered, generate, load_models, load_prompts, local_share,
-                                    make_generator, maybe_checkpoint, OnlineConfig, optimizer_and_scheduler,
-                                    out_of_time, policy_gradient_update, prompts_for_step, reference_logprobs,
-                                    repeat_each, resume_state, rollout_metrics, run_outputs, score, sequence_kl,
-                                    setup_run, single_update, timer)
-from rlhfkit.rewards import build_reward
-from rlhfkit.training.distributed import cleanup
+from rlhfkit.core.kl import sequence_kl
+from rlhfkit.recipes.online_config import OnlineConfig
+from rlhfkit.recipes.online_driver import OnlineRun, StepOutput, run_online
+from rlhfkit.recipes.policy_gradient import policy_gradient_update, single_update
+from rlhfkit.training.distributed import all_gather_rows
 
 
 @dataclass
@@ -48,68 +45,53 @@ def aggregation_for(config: GRPOConfig) -> str:
     return "constant" if config.variant == "dr_grpo" else "sequence"
 
 
-def advantages_for(scores: torch.Tensor, k: int, variant: str) -> torch.Tensor:
-    """``[B] -> [B]``: group-normalised over each prompt's k adjacent samples."""
+def group_advantages(scores: torch.Tensor, k: int, variant: str) -> torch.Tensor:
+    """``[B] -> [B]``: each row's score normalised within its group, the k adjacent rows of a
+    prompt (``core.advantages.group_normalised_advantages``; Dr. GRPO without the std)."""
     return group_normalised_advantages(scores.view(-1, k), scale_by_std=variant == "grpo").reshape(-1)
 
 
-def run(config: GRPOConfig) -> dict:
-    info = setup_run(config)
-    if (done := finished_run(config, "grpo", info)) is not None:
-        cleanup(info)
-        return done
-    k = config.num_generations
-    prompts = load_prompts(config)
-    reward, adversary = build_run_reward(config, info)
-    gold = build_reward(config.gold_reward, batch_size=config.reward_batch_size) if config.gold_reward else None
-    policy, tokenizer, reference = load_models(config, need_reference=config.kl_coef > 0)
-    generator = make_generator(config, tokenizer, policy)
-    optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), config, adversary)
-    modules = torch.nn.ModuleDict({"policy": policy, **adversarial_modules(adversary)})  # what a checkpoint holds
-    start, state = resume_state(config, modules, optimizer, scheduler, info)
-    logger, table, bar = run_outputs(config, info, start, bool(state), "grpo")
-    metrics: dict = {}
-    started = timer()
-    for step in range(start, config.max_steps):
-        t0 = timer()
-        # 1. rollout: each prompt k times, adjacent rows (over several processes, each its share of the prompts)
-        step_prompts = local_share(prompts_for_step(prompts, step, config.batch_size // k, config.seed), info)
-        # with one update per rollout the update pass supplies the behaviour log-probs (no extra pass)
-        ro = generate(config, generator, policy, tokenizer, repeat_each(step_prompts, k), step,
-                      behaviour_logprobs=not single_update(config), rank=info.rank)
+class GRPO:
+    """GRPO's step; everything around it is ``online_driver.run_online``'s."""
+
+    name = "grpo"
+    progress = {"reward": ".3f"}
+
+    def __init__(self, config: GRPOConfig):
+        self.config = config
+        self.samples_per_prompt = config.num_generations
+        self.need_reference = config.kl_coef > 0
+
+    def trained_modules(self, tokenizer) -> dict:
+        return {}
+
+    def start(self, run: OnlineRun, trainer_state: dict) -> None:
+        pass
+
+    def checkpoint_state(self) -> dict:
+        return {}
+
+    def step(self, run: OnlineRun, step: int) -> StepOutput:
+        c, k = self.config, self.samples_per_prompt
+        # 1. rollout: each prompt k times, adjacent rows; with one update per rollout the update
+        #    pass supplies the behaviour log-probs (no separate pass)
+        ro = run.rollout(step, k, behaviour_logprobs=not single_update(c))
         # 2. score and group-normalised advantages
-        scores = score(reward, ro)
-        advantages = advantages_for(scores, k, config.variant)
-        ref_lp = (reference_logprobs(policy, reference, ro, config.temperature, config.micro_batch_size)
-                  if config.kl_coef > 0 else None)
+        scores = run.score(ro)
+        advantages = group_advantages(scores, k, c.variant)
+        ref_lp = run.reference_logprobs(ro) if c.kl_coef > 0 else None
         # 3. clipped surrogate + beta * k3 KL in the loss
-        lr_of_step = scheduler.get_last_lr()[0]  # this step's first update (the scheduler steps per update)
-        stats = policy_gradient_update(policy, ro, advantages, config, optimizer, scheduler, step,
-                                       aggregation_for(config), ref_logprobs=ref_lp, kl_loss_coef=config.kl_coef,
-                                       fill_behaviour_logprobs=single_update(config), info=info)
-        # 4. log, sample table, checkpoint
-        metrics = {**rollout_metrics(ro, scores, timer() - t0, info), **stats, "lr": lr_of_step}
-        metrics.update(adversarial_step(adversary, reward, ro, step, optimizer))
+        lr = run.lr()
+        upd = policy_gradient_update(run.policy, ro, advantages, None if single_update(c) else ro.logprobs, c,
+                                     run.optimizer, run.scheduler, step, aggregation_for(c), params=run.params,
+                                     ref_logprobs=ref_lp, kl_loss_coef=c.kl_coef, info=run.info)
+        metrics = {**upd.stats.metrics(), "lr": lr}
         columns = {"reward": scores, "advantage": advantages}
-        if ref_lp is not None:
-            seq_kl = sequence_kl(ro.logprobs, ref_lp, ro.response_mask)
-            metrics["kl"] = float(gathered(seq_kl, info).mean())
-            columns["kl"] = seq_kl
-        if gold is not None:
-            gold_scores = score(gold, ro)
-            metrics["gold"] = float(gathered(gold_scores, info).mean())
-            columns["gold"] = gold_scores
-        logger.log(step + 1, metrics)
-        table.maybe_write(step + 1, ro, columns)
-        bar.update(1)
-        bar.set_postfix(reward=f"{metrics['reward']:.3f}")
-        maybe_checkpoint(config, step + 1, modules, optimizer, scheduler, {}, info)
-        if out_of_time(config, started, info):
-            break
-    bar.close()
-    logger.close()
-    save_final(policy, tokenizer, config, metrics, info)
-    if adversary is not None and info.is_main:
-        adversary.save(config.output_dir)
-    finish_run(info, modules, optimizer, None, line=closing_line("grpo", config, metrics))
-    return metrics
+        if ref_lp is not None:  # the KL to the reference, of the policy that sampled
+            columns["kl"] = sequence_kl(upd.behaviour_logprobs, ref_lp, ro.response_mask)
+            metrics["kl"] = float(all_gather_rows(columns["kl"], run.info).mean())
+        return StepOutput(ro, scores, metrics, columns)
+
+
+def run(config: GRPOConfig) -> dict:
+    return run_online(config, GRPO(config))

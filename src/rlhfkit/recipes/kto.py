@@ -5,12 +5,14 @@
 Input: thumbs records ``{"prompt", "completion", "label": true/false}``, or preference pairs
 (a file or hh-rlhf / finegrained / oasst), each split into a desirable (chosen) and an
 undesirable (rejected) example; tied pairs say nothing about either answer alone, so they are
-dropped (and counted). The held-out split is made before pairs are split, so no prompt is in both.
+dropped (and counted). The held-out split is by prompt and made before pairs are split, so no
+prompt is in both.
 
 The reference point z0 = max(0, KL estimate) comes from mismatched prompt / completion pairs
-(x_i, y_{i-1}) as in the paper and TRL, detached:
-- reference ``cached`` (default): the mismatched pairs are fixed once (completions rotated by one
-  over the shuffled training set, as TRL rotates them within dataset blocks), so the reference
+(x_i, y_j), y_j the completion of another prompt (as in the paper and TRL), detached:
+- reference ``cached`` (default): the mismatched pairs are fixed once (completions rotated over the
+  shuffled training set to the nearest example of another prompt, as TRL rotates them within
+  dataset blocks), so the reference
   log-probs of matched and mismatched pairs can be computed once and stored in
   ``output_dir/reference_logps.pt`` (same cache as ``rlhfkit dpo``);
 - reference ``lora`` (the policy with its adapter off): the completions are rotated within each
@@ -25,10 +27,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlhfkit.core.losses import kto_loss
+from rlhfkit.core.losses import kto_loss, weighted_sum
 from rlhfkit.data.records import ThumbsRecord
-from rlhfkit.recipes.common import (LoraConfig, finished_run, first_n, load_training_records, save_final,
-                                    set_threads, split_holdout)
+from rlhfkit.recipes.common import (LoraConfig, drop_held_out_copies, finished_run, first_n, load_training_records,
+                                    require_examples, save_final, scaled_weights, set_threads, split_by_prompt,
+                                    total_weight, weights_of, with_weight)
 from rlhfkit.recipes.dpo import (
     cached_reference,
     encode_prompt,
@@ -62,6 +65,8 @@ class KTOConfig(TrainingConfig):
     max_length: int = field(default=512, metadata={"help": "tokens of prompt + completion (the completion is cut on the right)"})
     max_prompt_length: int = field(default=256, metadata={"help": "prompt tokens kept (cut on the left)"})
     on_error: str = field(default="raise", metadata={"help": "bad records: raise, or skip and count"})
+    drop_duplicates: bool = field(default=True, metadata={
+        "help": "drop exact duplicate records (counted); false keeps deliberate repeats (a weight is the better way)"})
     output_dir: str = field(default="outputs/kto", metadata={"help": "checkpoints, metrics.jsonl, reference_logps.pt and model/"})
     learning_rate: float = field(default=1e-6, metadata={"help": "peak learning rate"})
     batch_size: int = field(default=16, metadata={"help": "global batch (examples per optimiser step)"})
@@ -103,7 +108,8 @@ def detect_kind(source: str) -> str:
 def load_records(source: str, config: KTOConfig) -> tuple[list, str]:
     """(records, kind): thumbs records, or pairs with ties dropped (counted)."""
     kind = detect_kind(source) if config.data_kind == "auto" else config.data_kind
-    records = load_training_records(source, kind, config.on_error, ties="keep")
+    records = load_training_records(source, kind, config.on_error, ties="keep",
+                                    drop_duplicates=config.drop_duplicates)
     if kind == "pairs":
         n_ties = sum(1 for r in records if r.tie)
         if n_ties:
@@ -116,22 +122,39 @@ def to_thumbs(records: list, kind: str) -> list[ThumbsRecord]:
     if kind == "thumbs":
         return list(records)
     out = []
-    for r in records:  # each pair: chosen is desirable, rejected undesirable
-        out += [ThumbsRecord(r.prompt, r.chosen, True), ThumbsRecord(r.prompt, r.rejected, False)]
+    for r in records:  # each pair: chosen is desirable, rejected undesirable (same labeler and weight)
+        out += [ThumbsRecord(r.prompt, r.chosen, True, labeler=r.labeler, weight=r.weight),
+                ThumbsRecord(r.prompt, r.rejected, False, labeler=r.labeler, weight=r.weight)]
+    return out
+
+
+def mismatched_partners(prompts: list) -> list[int]:
+    """For each example ``i``, the example whose completion makes its mismatched pair
+    ``(x_i, y_j)``: the nearest earlier one, rotating over the list, whose prompt differs (the
+    same one only when every prompt is the same). A pair split into thumbs puts its chosen and
+    rejected answers next to each other, so plain rotation by one would pair a rejected answer's
+    prompt with its own pair's chosen answer: a matched pair, not the mismatched sample the
+    KL estimate of the reference point needs (Ethayarajh et al. 2024, section 4.1)."""
+    n = len(prompts)
+    out = []
+    for i in range(n):
+        j = next((k % n for k in range(i - 1, i - n, -1) if prompts[k % n] != prompts[i]), (i - 1) % n)
+        out.append(j)
     return out
 
 
 def encode_thumbs(records: list[ThumbsRecord], tokenizer, config: KTOConfig, fixed_kl: bool) -> list[dict]:
     """``{"seqs", "prompt_len", "prompt_ids", "response_ids", "desirable"}``; with ``fixed_kl`` the
-    second sequence is the mismatched pair (prompt i, completion i-1), rotating over the list."""
+    second sequence is the mismatched pair (prompt i, completion j) of ``mismatched_partners``."""
     out = []
     for r in records:
         p, c = encode_prompt(r.prompt, tokenizer, config.max_prompt_length), encode_response(r.completion, tokenizer)
-        out.append({"seqs": [join(p, c, config.max_length)], "prompt_len": len(p), "prompt_ids": p,
-                    "response_ids": c, "desirable": bool(r.label)})
+        out.append(with_weight({"seqs": [join(p, c, config.max_length)], "prompt_len": len(p), "prompt_ids": p,
+                                "response_ids": c, "desirable": bool(r.label)}, r))
     if fixed_kl and len(out) > 1:
-        for i, e in enumerate(out):
-            e["seqs"].append(join(e["prompt_ids"], out[i - 1]["response_ids"], config.max_length))
+        partners = mismatched_partners([tuple(e["prompt_ids"]) for e in out])
+        for e, j in zip(out, partners):
+            e["seqs"].append(join(e["prompt_ids"], out[j]["response_ids"], config.max_length))
     return out
 
 
@@ -139,8 +162,9 @@ def make_collate(pad_id: int, max_length: int, in_batch_kl: bool):
     def collate(examples: list[dict]) -> dict:
         batch = pad_scored([e["seqs"][0] for e in examples], [e["prompt_len"] for e in examples], pad_id)
         batch["desirable"] = torch.tensor([e["desirable"] for e in examples])
-        if in_batch_kl:  # (x_i, y_{i-1}) within this micro-batch
-            kl_seqs = [join(e["prompt_ids"], examples[i - 1]["response_ids"], max_length) for i, e in enumerate(examples)]
+        if in_batch_kl:  # (x_i, y_j) within this micro-batch, j another prompt's example
+            partners = mismatched_partners([tuple(e["prompt_ids"]) for e in examples])
+            kl_seqs = [join(e["prompt_ids"], examples[j]["response_ids"], max_length) for e, j in zip(examples, partners)]
         else:
             kl_seqs = [e["seqs"][1] for e in examples] if len(examples[0]["seqs"]) > 1 else []
         if kl_seqs:
@@ -148,6 +172,8 @@ def make_collate(pad_id: int, max_length: int, in_batch_kl: bool):
             batch.update({f"kl_{k}": v for k, v in kl.items()})
         if "ref" in examples[0]:
             batch["ref"] = torch.tensor([e["ref"] for e in examples], dtype=torch.float64)  # [n, S]
+        if (weights := weights_of(examples)) is not None:
+            batch["weight"] = weights
         return batch
 
     return collate
@@ -161,10 +187,12 @@ def _correct(rewards: torch.Tensor, threshold: torch.Tensor, desirable: torch.Te
 
 def make_loss(config: KTOConfig, reference: str):
     def loss_sum(model, batch: dict) -> tuple[torch.Tensor, dict]:
-        """Sum of per-example KTO losses. Stats (means after the loop's division by the example
-        count): ``kl`` (z0), ``reward`` (beta * log-ratio), ``margin`` (reward with the sign of the
-        label: it grows as desirable rewards go up and undesirable ones down) and ``accuracy``
-        (reward on the right side of beta * z0; equality counts 1/2)."""
+        """Sum of per-example KTO losses (each times its record's weight when records have
+        weights; z0 stays the micro-batch's plain estimate). Stats (means after the loop's
+        division by the example count, or the sum of weights): ``kl`` (z0), ``reward``
+        (beta * log-ratio), ``margin`` (reward with the sign of the label: it grows as
+        desirable rewards go up and undesirable ones down) and ``accuracy`` (reward on the
+        right side of beta * z0; equality counts 1/2)."""
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         logps = sequence_logps(model, ids, mask, labels)[0]
         with torch.no_grad():  # z0 is detached: no gradient through the KL pass (paper, TRL)
@@ -178,21 +206,25 @@ def make_loss(config: KTOConfig, reference: str):
         desirable = batch["desirable"].to(logps.device)
         out = kto_loss(logps, ref, desirable, kl_logps, kl_ref, beta=config.beta,
                        desirable_weight=config.desirable_weight, undesirable_weight=config.undesirable_weight)
-        rewards, n = out.chosen_rewards, desirable.shape[0]
+        rewards = out.chosen_rewards.detach()
+        w = batch.get("weight")
+        w = None if w is None else w.to(logps.device)
+        n = desirable.shape[0] if w is None else w.sum().item()
         sign = desirable.double() * 2 - 1
-        return out.losses.sum(), {
+        return weighted_sum(out.losses, w), {
             "kl": out.kl.item() * n,
-            "reward": rewards.sum().item(),
-            "margin": (rewards.double() * sign).sum().item(),
-            "accuracy": _correct(rewards, config.beta * out.kl, desirable).sum().item(),
-            "desirable": desirable.sum().item(),
+            "reward": weighted_sum(rewards, w).item(),
+            "margin": weighted_sum(rewards.double() * sign, w).item(),
+            "accuracy": weighted_sum(_correct(rewards, config.beta * out.kl, desirable), w).item(),
+            "desirable": weighted_sum(desirable.double(), w).item(),
         }
 
     return loss_sum
 
 
-def count_examples(batch: dict) -> int:
-    return int(batch["desirable"].numel())
+def count_examples(batch: dict) -> int | float:
+    """Examples in the batch, or the sum of their weights when they have weights."""
+    return float(batch["weight"].sum()) if "weight" in batch else int(batch["desirable"].numel())
 
 
 @torch.no_grad()
@@ -237,13 +269,18 @@ def run(config: KTOConfig) -> dict:
     reference = resolved_reference(config.reference, False)
     records, kind = load_records(config.data, config)
     if config.eval_data:
-        train_records = records
         eval_records, eval_kind = load_records(config.eval_data, config)
+        # compared as the thumbs KTO trains on: a pair goes when either of its answers is held out
+        train_records = drop_held_out_copies(records, to_thumbs(eval_records, eval_kind), config.data,
+                                             views=lambda r: to_thumbs([r], kind))
     else:
-        train_records, eval_records = split_holdout(records, config.eval_fraction, config.seed)
+        train_records, eval_records = split_by_prompt(records, config.eval_fraction, config.seed, shuffle=True)
         eval_kind = kind
     train_records, eval_records = first_n(train_records, config.max_train), first_n(eval_records, config.max_eval)
     train_thumbs, eval_thumbs = to_thumbs(train_records, kind), to_thumbs(eval_records, eval_kind)
+    # before the model loads and the reference cache is written: a failure leaves nothing behind
+    require_examples(len(train_thumbs), config.batch_size, config.data, len(eval_thumbs), total_weight(train_thumbs))
+    train_thumbs = scaled_weights(train_thumbs)
     model, tokenizer = load_policy(config.model, padding_side="right")
     fixed_kl = reference == "cached"
     train = encode_thumbs(train_thumbs, tokenizer, config, fixed_kl=fixed_kl)

@@ -13,16 +13,19 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.core.losses import binary_feedback_loss, bradley_terry_loss, rating_regression_loss
+from rlhfkit.core.losses import binary_feedback_loss, bradley_terry_loss, rating_regression_loss, weighted_sum
 from rlhfkit.data.tokenize import pad_sequences, tokenize_pair
-from rlhfkit.recipes.common import (LoraConfig, finished_run, first_n, load_training_records, save_final,
-                                    set_threads, split_holdout, validate_data_fields)
+from rlhfkit.recipes.common import (LoraConfig, drop_held_out_copies, finished_run, first_n, load_training_records,
+                                    require_examples, save_final, set_threads, split_by_prompt, validate_data_fields,
+                                    scaled_weights, total_weight, weights_of)
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.checkpoint import latest_checkpoint
 from rlhfkit.training.loop import TrainingConfig, fit
 from rlhfkit.training.precision import running_at
 
 OBJECTIVE_KIND = {"pairwise": "pairs", "regression": "ratings", "classification": "thumbs"}
+RATING_NORMALISATIONS = ("none", "per_labeler")
+METRIC_NAMES = {"mse": "MSE", "spearman": "Spearman", "accuracy": "accuracy", "auc": "AUC"}
 
 
 @dataclass
@@ -43,7 +46,12 @@ class RewardConfig(TrainingConfig):
     max_length: int = field(default=256, metadata={"help": "tokens of prompt + response; the prompt is cut from the left"})
     ties: str = field(default="drop", metadata={"help": "tied pairs: drop, or keep (loss pulls both rewards together)"})
     use_margin: bool = field(default=True, metadata={"help": "use a pair's margin when it has one"})
+    normalise_ratings: str = field(default="none", metadata={
+        "help": "regression: none (the rating mapped to [0, 1]), or per_labeler: each labeler's ratings z-scored with "
+                "the training part's statistics and mapped to the pooled mean and sd (needs `labeler` ids)"})
     on_error: str = field(default="raise", metadata={"help": "bad records: raise, or skip and count"})
+    drop_duplicates: bool = field(default=True, metadata={
+        "help": "drop exact duplicate records (counted); false keeps deliberate repeats (a weight is the better way)"})
     output_dir: str = field(default="outputs/reward", metadata={"help": "checkpoints, metrics.jsonl and model/"})
     learning_rate: float = field(default=3e-5, metadata={"help": "peak learning rate"})
     batch_size: int = field(default=32, metadata={"help": "global batch (pairs per optimiser step)"})
@@ -73,30 +81,86 @@ class RewardConfig(TrainingConfig):
         validate_data_fields(self)
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"field 'validation_fraction': {self.validation_fraction} is not in [0, 1)")
-        if self.validation_fraction and self.objective != "pairwise":
-            raise ValueError("field 'validation_fraction': a validation split is scored as pairs; "
-                             f"objective {self.objective!r} has no pair metrics")
+        if self.normalise_ratings not in RATING_NORMALISATIONS:
+            raise ValueError(f"field 'normalise_ratings': {self.normalise_ratings!r} is not one of "
+                             f"{list(RATING_NORMALISATIONS)}")
+        if self.normalise_ratings != "none" and self.objective != "regression":
+            raise ValueError(f"field 'normalise_ratings': normalises ratings, for objective regression, not "
+                             f"{self.objective!r}")
 
 
-def encode_records(records, tokenizer, config: RewardConfig) -> list[dict]:
-    """Token ids of prompt ⊕ response, with the target of each objective."""
+# ----------------------------------------------------------------------------- rating targets
+def rating_target(r) -> float:
+    """A rating mapped to [0, 1] by its scale: the regression target."""
+    span = (r.scale_max - r.scale_min) or 1.0
+    return (r.rating - r.scale_min) / span
+
+
+@dataclass(frozen=True)
+class LabelerScales:
+    """Per-labeler statistics of the [0, 1] rating targets of a training set: ``labelers`` maps an
+    id to its (mean, population sd), for labelers with at least two ratings that differ; ``mean``
+    and ``sd`` are those of all the ratings (the pooled scale)."""
+
+    labelers: dict
+    mean: float
+    sd: float
+
+
+def labeler_scales(records: list) -> LabelerScales:
+    """:class:`LabelerScales` of ``records`` (rating records)."""
+    import statistics
+
+    targets = [rating_target(r) for r in records]
+    by_labeler: dict = {}
+    for r, t in zip(records, targets):
+        if r.labeler is not None:
+            by_labeler.setdefault(r.labeler, []).append(t)
+    scales = {k: (statistics.fmean(v), statistics.pstdev(v)) for k, v in by_labeler.items()
+              if len(v) >= 2 and statistics.pstdev(v) > 0}
+    return LabelerScales(scales, statistics.fmean(targets), statistics.pstdev(targets))
+
+
+def normalised_targets(records: list, scales: LabelerScales) -> list[float]:
+    """Each rating's target with its labeler's scale removed: ``mean + sd * (t - m_l) / s_l``, the
+    labeler's z-score mapped to the pooled mean and sd (``t`` the [0, 1] rating, ``m_l``, ``s_l``
+    the labeler's mean and sd in ``scales``). A lenient and a strict labeler who order responses
+    alike then give them the same targets. Mapped back rather than kept as z so the scores stay on
+    the scale of an unnormalised run (comparable MSE, rewards of the same size). Ratings without
+    a labeler, or of a labeler not in ``scales`` (fewer than two distinct training ratings: no
+    scale to remove), keep their plain target."""
     out = []
     for r in records:
+        t = rating_target(r)
+        if r.labeler in scales.labelers:
+            m, sd = scales.labelers[r.labeler]
+            t = scales.mean + scales.sd * (t - m) / sd
+        out.append(t)
+    return out
+
+
+def encode_records(records, tokenizer, config: RewardConfig, targets: list[float] | None = None) -> list[dict]:
+    """Token ids of prompt ⊕ response, with the target of each objective (ratings: ``targets``
+    when given, else the rating mapped to [0, 1]) and the record's ``weight`` when it has one."""
+    out = []
+    for i, r in enumerate(records):
         if config.objective == "pairwise":
-            out.append({
+            e = {
                 "chosen": tokenize_pair(r.prompt, r.chosen, tokenizer, config.max_length),
                 "rejected": tokenize_pair(r.prompt, r.rejected, tokenizer, config.max_length),
                 "margin": float(r.margin) if (config.use_margin and r.margin is not None) else 0.0,
                 "tie": bool(r.tie),
                 "subset": r.subset,
-            })
+            }
         elif config.objective == "regression":
-            span = (r.scale_max - r.scale_min) or 1.0
-            out.append({"ids": tokenize_pair(r.prompt, r.completion, tokenizer, config.max_length),
-                        "target": (r.rating - r.scale_min) / span})
+            e = {"ids": tokenize_pair(r.prompt, r.completion, tokenizer, config.max_length),
+                 "target": rating_target(r) if targets is None else float(targets[i])}
         else:
-            out.append({"ids": tokenize_pair(r.prompt, r.completion, tokenizer, config.max_length),
-                        "target": float(r.label)})
+            e = {"ids": tokenize_pair(r.prompt, r.completion, tokenizer, config.max_length),
+                 "target": float(r.label)}
+        if r.weight is not None:
+            e["weight"] = float(r.weight)
+        out.append(e)
     return out
 
 
@@ -106,11 +170,16 @@ def make_collate(pad_id: int, objective: str):
             # chosen and rejected in one forward pass: rows [0, n) chosen, [n, 2n) rejected
             seqs = [e["chosen"] for e in examples] + [e["rejected"] for e in examples]
             ids, mask = pad_sequences(seqs, pad_id, side="right")
-            return {"input_ids": ids, "attention_mask": mask,
-                    "margin": torch.tensor([e["margin"] for e in examples]),
-                    "tie": torch.tensor([e["tie"] for e in examples])}
-        ids, mask = pad_sequences([e["ids"] for e in examples], pad_id, side="right")
-        return {"input_ids": ids, "attention_mask": mask, "target": torch.tensor([e["target"] for e in examples])}
+            batch = {"input_ids": ids, "attention_mask": mask,
+                     "margin": torch.tensor([e["margin"] for e in examples]),
+                     "tie": torch.tensor([e["tie"] for e in examples])}
+        else:
+            ids, mask = pad_sequences([e["ids"] for e in examples], pad_id, side="right")
+            batch = {"input_ids": ids, "attention_mask": mask,
+                     "target": torch.tensor([e["target"] for e in examples])}
+        if (weights := weights_of(examples)) is not None:
+            batch["weight"] = weights
+        return batch
 
     return collate
 
@@ -119,18 +188,22 @@ def make_loss(objective: str):
     from rlhfkit.models import reward_scores
 
     def loss_sum(model, batch: dict) -> tuple[torch.Tensor, dict]:
+        """The sum of per-example losses, each times its weight (the loop divides by the sum of
+        weights, :func:`count_examples`); the pair stats are weighted the same way."""
         scores = reward_scores(model, batch["input_ids"], batch["attention_mask"])
+        w = batch.get("weight")
         if objective == "pairwise":
             n = scores.shape[0] // 2
             chosen, rejected = scores[:n], scores[n:]
             margin = batch["margin"] if bool(batch["margin"].any()) else None
-            loss = bradley_terry_loss(chosen, rejected, margin=margin, tie=batch["tie"], reduction="sum")
+            losses = bradley_terry_loss(chosen, rejected, margin=margin, tie=batch["tie"], reduction="none")
             decided = ~batch["tie"]
-            correct = ((chosen > rejected) & decided).sum()
-            return loss, {"accuracy": correct.item(), "margin_mean": (chosen - rejected).sum().item()}
+            correct = ((chosen > rejected) & decided).to(scores.dtype)
+            return weighted_sum(losses, w), {"accuracy": weighted_sum(correct, w).item(),
+                                             "margin_mean": weighted_sum((chosen - rejected).detach(), w).item()}
         if objective == "regression":
-            return rating_regression_loss(scores, batch["target"], reduction="sum"), {}
-        return binary_feedback_loss(scores, batch["target"], reduction="sum"), {}
+            return weighted_sum(rating_regression_loss(scores, batch["target"], reduction="none"), w), {}
+        return weighted_sum(binary_feedback_loss(scores, batch["target"], reduction="none"), w), {}
 
     return loss_sum
 
@@ -172,6 +245,14 @@ def linear_probe(model, train: list[dict], collate, config: "RewardConfig") -> d
     with running_at(model, config.precision):  # the backbone's features, as training computes them;
         feats = head_features(model, batches)    # the probe's own fit stays float32
     model.train(was_training)
+    weights = None
+    if any("weight" in b for b in batches):
+        weights = torch.cat([b["weight"] if "weight" in b else torch.ones(count_examples(b), dtype=torch.float64)
+                             for b in batches]).float()
+
+    def mean(losses: torch.Tensor) -> torch.Tensor:  # the (weighted) mean, as training takes it
+        return losses.mean() if weights is None else weighted_sum(losses, weights) / weights.sum().clamp(min=1e-12)
+
     if config.objective == "pairwise":
         n = [int(b["tie"].numel()) for b in batches]
         chosen = torch.cat([f[:k] for f, k in zip(feats.split([2 * k for k in n]), n)])
@@ -189,11 +270,12 @@ def linear_probe(model, train: list[dict], collate, config: "RewardConfig") -> d
     def objective() -> torch.Tensor:
         if config.objective == "pairwise":
             rc, rr = chosen @ w + b0, rejected @ w + b0
-            loss = bradley_terry_loss(rc, rr, margin=margin if bool(margin.any()) else None, tie=tie, reduction="mean")
+            loss = mean(bradley_terry_loss(rc, rr, margin=margin if bool(margin.any()) else None, tie=tie,
+                                           reduction="none"))
         elif config.objective == "regression":
-            loss = rating_regression_loss(feats @ w + b0, target, reduction="mean")
+            loss = mean(rating_regression_loss(feats @ w + b0, target, reduction="none"))
         else:
-            loss = binary_feedback_loss(feats @ w + b0, target, reduction="mean")
+            loss = mean(binary_feedback_loss(feats @ w + b0, target, reduction="none"))
         return loss + config.linear_probe_l2 * (w ** 2).sum()
 
     opt = torch.optim.LBFGS([w, b0] if has_bias else [w], lr=1.0, max_iter=config.linear_probe_steps, line_search_fn="strong_wolfe")
@@ -219,7 +301,10 @@ def linear_probe(model, train: list[dict], collate, config: "RewardConfig") -> d
     return stats
 
 
-def count_examples(batch: dict) -> int:
+def count_examples(batch: dict) -> int | float:
+    """Examples in the batch, or the sum of their weights when they have weights."""
+    if "weight" in batch:
+        return float(batch["weight"].sum())
     return int(batch["tie"].numel()) if "tie" in batch else int(batch["target"].numel())
 
 
@@ -228,7 +313,6 @@ def split_seed(config: RewardConfig) -> int:
 
 
 def run(config: RewardConfig) -> dict:
-    from rlhfkit.eval.reward_eval import evaluate_pairs
     from rlhfkit.models import apply_lora, load_reward_model
 
     set_threads(config.threads)
@@ -238,45 +322,53 @@ def run(config: RewardConfig) -> dict:
         return done
     torch.manual_seed(config.seed)
     kind = OBJECTIVE_KIND[config.objective]
-    records = load_training_records(config.data, kind, config.on_error, ties=config.ties)
+    records = load_training_records(config.data, kind, config.on_error, ties=config.ties,
+                                    drop_duplicates=config.drop_duplicates)
     if config.eval_data:
-        train_records = records
-        eval_records = load_training_records(config.eval_data, kind, config.on_error, ties="keep")
-    else:
-        train_records, eval_records = split_holdout(records, config.eval_fraction, split_seed(config))
+        eval_records = load_training_records(config.eval_data, kind, config.on_error, ties="keep",
+                                             drop_duplicates=config.drop_duplicates)
+        train_records = drop_held_out_copies(records, eval_records, config.data)
+    else:  # whole prompts held out: a ranking's pairs, or one pair judged by several people, stay on one side
+        train_records, eval_records = split_by_prompt(records, config.eval_fraction, split_seed(config), shuffle=True)
+    # a validation part carved from the training part (by prompt, another seed), so that choosing
+    # the checkpoint never looks at the held-out set
+    val_records: list = []
+    if config.validation_fraction:
+        train_records, val_records = split_by_prompt(train_records, config.validation_fraction,
+                                                     split_seed(config) + 1, shuffle=True)
+    train_records = first_n(train_records, config.max_train)
+    probe_only = config.epochs == 0 and config.max_steps == 0  # the backbone stays as it was
+    require_examples(len(train_records), 1 if probe_only else config.batch_size, config.data,
+                     len(eval_records) + len(val_records), total_weight(train_records))
+    train_records = scaled_weights(train_records)
+    targets = rating_targets(config, train_records, val_records, eval_records) if kind == "ratings" else {}
     model, tokenizer = load_reward_model(config.model, kind=config.kind)
     model.to(info.device)
     if config.lora.r:
         model = apply_lora(model, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
                            target_modules=config.lora.target_modules)
-    # a validation part carved from the training part (another seed's shuffle), so that choosing
-    # the checkpoint never looks at the held-out set
-    val_records: list = []
-    if config.validation_fraction:
-        train_records, val_records = split_holdout(train_records, config.validation_fraction, split_seed(config) + 1)
-    train_records = first_n(train_records, config.max_train)
-    train = encode_records(train_records, tokenizer, config)
+    train = encode_records(train_records, tokenizer, config, targets.get("train"))
     collate = make_collate(tokenizer.pad_token_id, config.objective)
 
-    def scorer(pairs, prefix):
+    def scorer(held: list, prefix: str, part: str):
+        """Held-out metrics of ``held`` (pairs, ratings against their targets, or thumbs), unweighted:
+        a record's weight says how much it teaches, not how much the model's score on it counts."""
         def score(m):
-            report = evaluate_pairs(m, tokenizer, pairs, max_length=config.max_length,
-                                    batch_size=config.micro_batch_size * 2)
-            return {f"{prefix}_{k}": v for k, v in report["overall"].items() if isinstance(v, (int, float))}
+            scores = held_out_metrics(m, tokenizer, held, config, targets.get(part))
+            return {f"{prefix}_{k}": v for k, v in scores.items() if isinstance(v, (int, float))}
         return score
 
     eval_fn = None
-    if config.objective == "pairwise":
-        if val_records:
-            eval_fn = scorer(val_records, "val")
-        elif eval_records:
-            eval_fn = scorer(eval_records, "eval")
+    if val_records:
+        eval_fn = scorer(val_records, "val", "val")
+    elif eval_records:
+        eval_fn = scorer(eval_records, "eval", "eval")
     if info.is_main:
         print(f"reward: {len(train)} training, {len(val_records)} validation and {len(eval_records)} held-out "
               f"{kind}, backbone {config.model}")
-    probe_only = config.epochs == 0 and config.max_steps == 0  # the backbone stays as it was
     # a checkpoint already holds the probed head, unless there is no training to resume (probe
-    # only: a checkpoint left by an earlier fine-tuning run in this folder is not this run's)
+    # only: a checkpoint left by an earlier fine-tuning run in this folder is not this run's). Any
+    # checkpoint will do here: fit resumes from the newest intact one or stops, naming the damage
     resuming = config.resume and not probe_only and latest_checkpoint(config.output_dir) is not None
     probe: dict = {}
     if config.linear_probe_steps and not resuming:
@@ -285,13 +377,13 @@ def run(config: RewardConfig) -> dict:
             print("reward: linear probe of the head: " + ", ".join(f"{k} {v:.4f}" for k, v in probe.items()))
     if probe_only:
         metrics = {"step": 0, **probe}
-        if eval_records and config.objective == "pairwise":
+        if eval_records:
             with running_at(model, config.precision):
-                metrics.update(scorer(eval_records, "eval")(model.eval()))
+                metrics.update(scorer(eval_records, "eval", "eval")(model.eval()))
     else:
         metrics = fit(model, train, collate, make_loss(config.objective), count_examples, config, info,
                       eval_fn, desc="reward", unit="pairs" if kind == "pairs" else "examples",
-                      final_eval_fn=scorer(eval_records, "eval") if val_records and eval_records else None)
+                      final_eval_fn=scorer(eval_records, "eval", "eval") if val_records and eval_records else None)
     save_final(model, tokenizer, config, metrics, info)
     if info.is_main:
         print(held_out_summary(metrics, Path(config.output_dir) / "model", config.objective))
@@ -299,14 +391,56 @@ def run(config: RewardConfig) -> dict:
     return metrics
 
 
+def rating_targets(config: RewardConfig, train: list, val: list, held: list) -> dict:
+    """The regression targets of each part (``{"train", "val", "eval"}``): the ratings mapped to
+    [0, 1], or with ``normalise_ratings: per_labeler`` each labeler's scale removed with the
+    training part's statistics (:func:`normalised_targets`; the held-out ratings are scored
+    against targets made the same way)."""
+    if config.normalise_ratings == "none":
+        return {}
+    scales = labeler_scales(train)
+    if not scales.labelers:
+        from rlhfkit.data.errors import DataError
+
+        raise DataError("normalise_ratings per_labeler: no labeler has two different ratings in the training part "
+                        "(records need a `labeler` id: rlhfkit feedback export writes one)", path=config.data)
+    kept = sum(1 for r in train if r.labeler not in scales.labelers)
+    print(f"reward: ratings normalised per labeler for {len(scales.labelers)} labelers (z-scores mapped to the "
+          f"pooled mean {scales.mean:.3f} and sd {scales.sd:.3f} of the [0, 1] ratings); {kept} of {len(train)} "
+          "training ratings kept as given (no labeler id, or a labeler without two different ratings)")
+    return {"train": normalised_targets(train, scales), "val": normalised_targets(val, scales),
+            "eval": normalised_targets(held, scales)}
+
+
+def held_out_metrics(model, tokenizer, held: list, config: RewardConfig, targets: list[float] | None) -> dict:
+    """Pair metrics (``eval.reward_eval.evaluate_pairs``, overall), rating metrics (MSE, Spearman)
+    or thumbs metrics (accuracy, AUC, log loss) of ``held``, by the objective."""
+    from rlhfkit.eval.reward_eval import evaluate_pairs, evaluate_ratings, evaluate_thumbs
+
+    size = dict(max_length=config.max_length, batch_size=config.micro_batch_size * 2)
+    if config.objective == "pairwise":
+        return evaluate_pairs(model, tokenizer, held, **size)["overall"]
+    if config.objective == "regression":
+        return evaluate_ratings(model, tokenizer, held, targets if targets is not None else
+                                [rating_target(r) for r in held], **size)
+    return evaluate_thumbs(model, tokenizer, held, **size)
+
+
 def held_out_summary(metrics: dict, model_dir: Path, objective: str = "pairwise") -> str:
-    """The line a person reads when training ends: where the model is and how it did on pairs it
-    did not train on (the held-out split when there is one, else the validation split). Ratings
-    and thumbs have no pairs to score here: the line says how to score the model instead."""
+    """The line a person reads when training ends: where the model is and how it did on data it
+    did not train on (the held-out split when there is one, else the validation split): pairs'
+    accuracy, ratings' MSE and Spearman correlation, thumbs' accuracy and AUC."""
     parts = [f"reward: saved {model_dir}"]
     if objective != "pairwise":
-        return parts[0] + (f"; its held-out metrics are pair metrics: score it on preference pairs with "
-                           f"rlhfkit reward eval --model {model_dir} --data PAIRS.jsonl")
+        what, keys = ("ratings", ("mse", "spearman")) if objective == "regression" else ("thumbs", ("accuracy", "auc"))
+        for prefix, name in (("eval", "held-out"), ("val", "validation")):
+            if f"{prefix}_{keys[0]}" in metrics:
+                values = " and ".join(f"{METRIC_NAMES[k]} {metrics[f'{prefix}_{k}']:.3f}" for k in keys)
+                parts.append(f"{name} {values} on {int(metrics.get(f'{prefix}_examples', 0))} {what}")
+                break
+        else:
+            parts.append(f"no held-out {what} to score it on (give --eval_data FILE or --eval_fraction above 0)")
+        return "; ".join(parts)
     for prefix, name in (("eval", "held-out"), ("val", "validation")):
         if f"{prefix}_accuracy" in metrics:
             n, ties = int(metrics.get(f"{prefix}_pairs", 0)), int(metrics.get(f"{prefix}_ties", 0))

@@ -3,8 +3,9 @@
     rlhfkit sft --data finegrained-corrections --model smollm2-135m --output_dir outputs/sft
 
 Reads prompt/completion or `messages` records (or a named shared set), holds out a fixed-seed
-split, trains with the shared loop (exact resume, metrics, progress) and saves a model that
-loads with `AutoModelForCausalLM.from_pretrained(output_dir + "/model")`.
+split by prompt (a conversation by its opening turns), trains with the shared loop (exact
+resume, metrics, progress) and saves a model that loads with
+`AutoModelForCausalLM.from_pretrained(output_dir + "/model")`.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import torch
 
 from rlhfkit.core.losses import count_target_tokens, sft_loss
 from rlhfkit.data.tokenize import pad_sequences, tokenize_sft
-from rlhfkit.recipes.common import (LoraConfig, finished_run, load_training_records, save_final, set_threads,
-                                    split_holdout, validate_data_fields)
+from rlhfkit.recipes.common import (LoraConfig, drop_held_out_copies, finished_run, load_training_records,
+                                    require_examples, save_final, set_threads, split_by_prompt, validate_data_fields,
+                                    scaled_weights, total_weight, weights_of, with_weight)
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.loop import TrainingConfig, fit, model_device, to_device
 from rlhfkit.training.precision import running_at
@@ -29,6 +31,8 @@ class SFTConfig(TrainingConfig):
     eval_fraction: float = field(default=0.1, metadata={"help": "fraction held out when eval_data is empty"})
     max_length: int = field(default=512, metadata={"help": "tokens per example (longer ones are cut on the right)"})
     on_error: str = field(default="raise", metadata={"help": "bad records: raise, or skip and count"})
+    drop_duplicates: bool = field(default=True, metadata={
+        "help": "drop exact duplicate records (counted); false keeps deliberate repeats (a weight is the better way)"})
     output_dir: str = field(default="outputs/sft", metadata={"help": "checkpoints, metrics.jsonl and model/"})
     learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate"})
     batch_size: int = field(default=8, metadata={"help": "global batch (examples per optimiser step)"})
@@ -41,8 +45,9 @@ class SFTConfig(TrainingConfig):
 
 
 def tokenize_all(records, tokenizer, max_length: int) -> list[dict]:
-    """Tokenised examples; ones whose target is cut away entirely by max_length are dropped and counted."""
-    examples = [tokenize_sft(r, tokenizer, max_length) for r in records]
+    """Tokenised examples (with the record's ``weight`` when it has one); ones whose target is cut
+    away entirely by max_length are dropped and counted."""
+    examples = [with_weight(tokenize_sft(r, tokenizer, max_length), r) for r in records]
     kept = [e for e in examples if count_target_tokens(torch.tensor([e["labels"]])) > 0]
     if len(kept) < len(examples):
         print(f"sft: dropped {len(examples) - len(kept)} of {len(examples)} examples whose prompt fills "
@@ -54,29 +59,35 @@ def make_collate(pad_id: int):
     def collate(examples: list[dict]) -> dict:
         ids, mask = pad_sequences([e["input_ids"] for e in examples], pad_id, side="right")
         labels, _ = pad_sequences([e["labels"] for e in examples], -100, side="right")
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if (weights := weights_of(examples)) is not None:
+            batch["weight"] = weights
+        return batch
 
     return collate
 
 
 def loss_sum(model, batch: dict) -> tuple[torch.Tensor, dict]:
-    """Sum of target-token NLL in the micro-batch (normalised by the loop)."""
+    """Sum of target-token NLL in the micro-batch, each example's tokens times its weight
+    (normalised by the loop with the weighted token count)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return sft_loss(logits, batch["labels"], normaliser=1.0), {}
+    return sft_loss(logits, batch["labels"], normaliser=1.0, weights=batch.get("weight")), {}
 
 
-def count_tokens(batch: dict) -> int:
-    return count_target_tokens(batch["labels"])
+def count_tokens(batch: dict) -> int | float:
+    return count_target_tokens(batch["labels"], batch.get("weight"))
 
 
 @torch.no_grad()
 def evaluate(model, examples: list[dict], collate, micro_batch_size: int) -> dict:
-    """Held-out mean token loss and perplexity."""
+    """Held-out mean token loss and perplexity (every example counted once: weights say how much a
+    record teaches, not how the model is scored)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(examples), micro_batch_size):
-        batch = to_device(collate(examples[i:i + micro_batch_size]), model_device(model))
+        batch = {k: v for k, v in collate(examples[i:i + micro_batch_size]).items() if k != "weight"}
+        batch = to_device(batch, model_device(model))
         total += loss_sum(model, batch)[0].item()
         count += count_tokens(batch)
     model.train(was_training)
@@ -93,12 +104,15 @@ def run(config: SFTConfig) -> dict:
         cleanup(info)
         return done
     torch.manual_seed(config.seed)
-    records = load_training_records(config.data, "sft", config.on_error)
+    records = load_training_records(config.data, "sft", config.on_error, drop_duplicates=config.drop_duplicates)
     if config.eval_data:
-        train_records = records
-        eval_records = load_training_records(config.eval_data, "sft", config.on_error)
+        eval_records = load_training_records(config.eval_data, "sft", config.on_error,
+                                             drop_duplicates=config.drop_duplicates)
+        train_records = drop_held_out_copies(records, eval_records, config.data)
     else:
-        train_records, eval_records = split_holdout(records, config.eval_fraction, config.seed)
+        train_records, eval_records = split_by_prompt(records, config.eval_fraction, config.seed, shuffle=True)
+    require_examples(len(train_records), config.batch_size, config.data, len(eval_records), total_weight(train_records))
+    train_records = scaled_weights(train_records)
     model, tokenizer = load_policy(config.model)
     model.to(info.device)
     if config.lora.r:

@@ -20,13 +20,17 @@ uninterrupted one and the global RNG is untouched.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from rlhfkit.core.logprobs import entropy_from_logits, token_logprobs
 from rlhfkit.core.masking import truncate_after_eos
+from rlhfkit.models.lora import reference_context
+from rlhfkit.models.reward import position_ids_from_mask
+from rlhfkit.models.value import token_values
+from rlhfkit.rollout import native, shared_prompt
 
 __all__ = [
     "SamplingConfig",
@@ -38,6 +42,9 @@ __all__ = [
     "tokenize_prompts",
     "response_logprobs",
     "finish_rollout",
+    "rollout_logprobs",
+    "response_values",
+    "repeat_each",
     "rollout",
     "step_seed",
 ]
@@ -157,16 +164,14 @@ def make_sampler(model, sampling: SamplingConfig, eos_token_id: int, pad_token_i
     """The ``Generator`` for ``model``: ``native`` (rollout/native.py, plain Llama-family models
     only: same logits as HF, without ``generate``'s per-step overhead), ``hf`` (``model.generate``)
     or ``auto`` (native where it applies, else hf)."""
-    from rlhfkit.rollout.native import NativeLlamaGenerator, supports
-
     if engine not in ENGINES:
         raise ValueError(f"generation engine must be one of {list(ENGINES)}, got {engine!r}")
     if engine == "hf":
         return HFGenerator(sampling, eos_token_id, pad_token_id)
-    ok, why = supports(model)
+    ok, why = native.supports(model)
     if engine == "native" and not ok:
         raise ValueError(f"generation_engine native: not supported for this model ({why}); use auto or hf")
-    cls = NativeLlamaGenerator if ok else HFGenerator
+    cls = native.NativeLlamaGenerator if ok else HFGenerator
     return cls(sampling, eos_token_id, pad_token_id)
 
 
@@ -263,9 +268,6 @@ def response_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     ``share_prompts``: where several rows share a prompt (GRPO / RLOO groups) and the model
     supports it, compute each distinct prompt once (rollout/shared_prompt.py: same log-probs and
     gradients to float rounding) when that saves at least 10% of the FLOPs."""
-    from rlhfkit.models.reward import position_ids_from_mask
-    from rlhfkit.rollout import shared_prompt
-
     R = response_ids.shape[1]
     if share_prompts and R > 1 and prompt_ids.shape[0] > 1 and shared_prompt.packable(model):
         groups = shared_prompt.prompt_groups(prompt_ids, prompt_mask)
@@ -297,29 +299,60 @@ def finish_rollout(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torc
                    raw_response_ids: torch.Tensor, temperature: float, prompts: Sequence[str] | None = None,
                    logprob_batch_size: int = 0, behaviour_logprobs: bool = True) -> Rollout:
     """Truncate raw generations after the first EOS, recompute behaviour log-probs
-    (``response_logprobs`` in chunks of ``logprob_batch_size`` rows, 0 = all at once) and decode.
+    (``rollout_logprobs`` in chunks of ``logprob_batch_size`` rows, 0 = all at once) and decode.
 
     ``behaviour_logprobs=False`` skips that forward pass and leaves ``logprobs`` zero, for a
-    caller that makes exactly one update on the rollout and fills them from its own forward pass
+    caller that makes exactly one update on the rollout and takes them from its own forward pass
     (the log-probs before that update are the behaviour ones; TRL's GRPO with num_iterations=1)."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     response_ids, response_mask, has_eos = truncate_after_eos(raw_response_ids, eos, pad)
-    B = response_ids.shape[0]
-    chunk = logprob_batch_size or B
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        lps = [response_logprobs(model, prompt_ids[i:i + chunk], prompt_mask[i:i + chunk],
-                                 response_ids[i:i + chunk], response_mask[i:i + chunk], temperature)
-               for i in range(0, B, chunk)] if behaviour_logprobs else []
-    model.train(was_training)
-    logprobs = torch.cat(lps) if lps else torch.zeros_like(response_ids, dtype=torch.float)
     text_ids = torch.where(response_mask & (response_ids != eos), response_ids, torch.full_like(response_ids, pad))
     responses = tokenizer.batch_decode(text_ids, skip_special_tokens=True)
     if prompts is None:
         prompts = tokenizer.batch_decode(prompt_ids, skip_special_tokens=True)
-    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, has_eos, logprobs,
-                   list(prompts), list(responses))
+    ro = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, has_eos,
+                 torch.zeros_like(response_ids, dtype=torch.float), list(prompts), list(responses))
+    if not behaviour_logprobs:
+        return ro
+    return replace(ro, logprobs=rollout_logprobs(model, ro, temperature, logprob_batch_size))
+
+
+@torch.no_grad()
+def rollout_logprobs(model, ro: Rollout, temperature: float, batch_size: int = 0,
+                     adapter_disabled: bool = False) -> torch.Tensor:
+    """Teacher-forced log-probs ``[B, R]`` of the rollout's response tokens under ``model``
+    (``response_logprobs`` without gradients, in chunks of ``batch_size`` rows, 0 = all at once),
+    on ``model``'s device: the behaviour pass of the policy that sampled them, or the pass of a
+    KL reference. ``adapter_disabled``: ``model`` with its LoRA adapter switched off
+    (``models.reference_context``), the reference of a LoRA policy. The model runs in eval mode
+    and is left in the mode it was in."""
+    device = next(model.parameters()).device
+    chunk = batch_size or len(ro)
+    was_training = model.training
+    model.eval()
+    with reference_context(model) if adapter_disabled else contextlib.nullcontext(model) as m:
+        lps = [response_logprobs(m, ro.prompt_ids[i:i + chunk].to(device), ro.prompt_mask[i:i + chunk].to(device),
+                                 ro.response_ids[i:i + chunk].to(device), ro.response_mask[i:i + chunk].to(device),
+                                 temperature)
+               for i in range(0, len(ro), chunk)]
+    model.train(was_training)
+    return torch.cat(lps)
+
+
+def response_values(value_model, ro: Rollout, rows) -> torch.Tensor:
+    """Values ``[b, R]`` of the rollout's ``rows``: ``values[:, t]`` is V of the state that predicts
+    response token t (the hidden state of the token before it), as TRL's
+    ``values[:, context_length - 1:-1]``; gradients flow."""
+    P = ro.prompt_ids.shape[1]
+    ids = torch.cat([ro.prompt_ids[rows], ro.response_ids[rows]], 1)
+    mask = torch.cat([ro.prompt_mask[rows].long(), ro.response_mask[rows].long()], 1)
+    return token_values(value_model, ids, mask)[:, P - 1:-1]
+
+
+def repeat_each(items: list, k: int) -> list:
+    """``[a, b] -> [a, a, b, b]`` for k = 2: the k samples of a prompt are adjacent rows (the layout
+    of GRPO / RLOO groups and of ``shared_prompt``'s packing)."""
+    return [x for x in items for _ in range(k)]
 
 
 def rollout(generator: Generator, model, tokenizer, prompts: Sequence[str], seed: int,

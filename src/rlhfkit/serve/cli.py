@@ -9,7 +9,10 @@ __all__ = ["ServeConfig", "ChatConfig", "run_serve", "run_chat"]
 
 @dataclass
 class _ModelFields:
-    model: str = field(default="smollm2-135m", metadata={"help": "the model to serve: a folder, .gguf file, HF name or smollm2-135m"})
+    model: str = field(default="smollm2-135m", metadata={"help": "the model to serve: a folder, .gguf file, HF name, "
+                                                                 "smollm2-135m, tiny (a tiny model built from config), "
+                                                                 "or an `rlhfkit loop` output folder: the policy of its "
+                                                                 "newest finished round, loaded at start"})
     name: str = field(default="", metadata={"help": "model name shown to clients (default: the folder name)"})
     db: str = field(default="", metadata={"help": "feedback store (SQLite file or SQLAlchemy URL) for completions and feedback; empty = none"})
     project_prefix: str = field(default="serve", metadata={"help": "feedback projects are PREFIX-thumbs and PREFIX-ratings"})
@@ -97,7 +100,32 @@ def _open_feedback(c: _ModelFields):
         raise _err(f"field 'project_prefix': {e}") from None
 
 
+def _resolve_model(spec: str) -> tuple[str, str | None, str]:
+    """``(model to load, default name or None, what it is for the start-up line)``: a loop's
+    output folder names the policy of its newest finished round (as ``feedback serve --policy``
+    does; loaded once here, not followed as the loop moves on), called LOOP/round-N."""
+    from pathlib import Path
+
+    from .live import NoPolicyYet, loop_policy, rounds_done
+
+    try:
+        path, round_ = loop_policy(spec)
+        done = rounds_done(spec)
+    except (NoPolicyYet, ValueError) as e:
+        raise _err(f"field 'model': {e}") from None
+    if round_ is None:
+        return spec, None, ""
+    loop = Path(spec.rstrip("/")).name or spec
+    policy = f"round {round_}'s policy" if round_ else "its initial policy"
+    if round_ < done:  # the newest round's policy is being redone by a resumed loop, or gone
+        which = f"{policy}: round {done}'s, the newest finished, is not there whole (being redone, or removed)"
+    else:
+        which = f"{policy}, the newest finished round" if round_ else "its initial policy, no round finished yet"
+    return path, f"{loop}/round-{round_}", f"from the loop {spec}, {which}: {path}"
+
+
 def _load(c: _ModelFields):
+    """``(chat model, feedback store or None, what was loaded from a loop folder or '')``."""
     import torch
 
     from .engine import ChatModel
@@ -106,14 +134,15 @@ def _load(c: _ModelFields):
         torch.set_num_threads(c.threads)
     feedback = _open_feedback(c)  # first: it takes a second, the model may take minutes
     try:
-        chat = ChatModel.load(c.model, name=c.name or None, max_new_tokens=c.max_new_tokens,
+        path, loop_name, origin = _resolve_model(c.model)
+        chat = ChatModel.load(path, name=c.name or loop_name, max_new_tokens=c.max_new_tokens,
                               temperature=c.temperature, top_p=c.top_p, max_prompt_length=c.max_prompt_length,
                               precision=c.precision)
     except BaseException:
         if feedback is not None:
             feedback.close()
         raise
-    return chat, feedback
+    return chat, feedback, origin
 
 
 def _listen(host: str, port: int):
@@ -143,11 +172,12 @@ def run_serve(c: ServeConfig) -> None:
 
     sock = _listen(c.host, c.port)
     try:
-        chat, feedback = _load(c)
+        chat, feedback, origin = _load(c)
         app = create_app(chat, feedback, api_key=c.api_key or os.environ.get("RLHFKIT_API_KEY") or None,
                          max_request_bytes=c.max_request_kb * 1000)
         where = (c.db + (", personal data redacted" if c.redact else "")) if c.db else "off"
-        print(f"rlhfkit serve: {chat.name} on http://{c.host}:{c.port}/v1 (feedback: {where})", flush=True)
+        print(f"rlhfkit serve: {chat.name} on http://{c.host}:{c.port}/v1 ("
+              + (f"{origin}; " if origin else "") + f"feedback: {where})", flush=True)
         uvicorn.Server(uvicorn.Config(app, log_level=c.log_level.lower())).run(sockets=[sock])
     finally:
         sock.close()
@@ -156,7 +186,9 @@ def run_serve(c: ServeConfig) -> None:
 def run_chat(c: ChatConfig) -> None:
     from .chat import chat_loop
 
-    chat, feedback = _load(c)
+    chat, feedback, origin = _load(c)
+    if origin:
+        print(f"rlhfkit chat: {origin}", flush=True)
     try:
         counts = chat_loop(chat, feedback, system=c.system, seed=None if c.seed < 0 else c.seed)
     finally:

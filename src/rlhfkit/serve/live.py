@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PolicyGenerator", "NoPolicyYet", "current_policy"]
+__all__ = ["PolicyGenerator", "NoPolicyYet", "current_policy", "loop_policy"]
 
 
 class NoPolicyYet(LookupError):
@@ -26,25 +26,70 @@ class NoPolicyYet(LookupError):
 def current_policy(spec: str) -> str:
     """The model ``spec`` names: itself, or for a loop folder (it holds ``loop_state.json``) the
     policy of its last finished round, else its initial policy."""
+    return loop_policy(spec)[0]
+
+
+def loop_policy(spec: str) -> tuple[str, int | None]:
+    """``(model, round)``: for a loop folder the policy ``current_policy`` names and the round
+    that made it (0: the initial policy); for anything else ``(spec, None)``. The round is the
+    newest one up to ``rounds_done`` whose policy stage is finished: a resumed loop with other
+    settings redoes its rounds while ``loop_state.json`` still counts the earlier run's, so the
+    newest round's policy may be half written (its ``stage.json`` says running) or gone."""
     folder = Path(spec)
     state_file = folder / "loop_state.json"
     if not state_file.is_file():
-        return spec
+        return spec, None
+    done = rounds_done(spec)
+    # the folder is found from the loop's own layout, not from the recorded path, which is
+    # relative to wherever the loop was started
+    for r in range(done, 0, -1):
+        if _finished(folder / f"round-{r}" / "policy"):
+            return str(folder / f"round-{r}" / "policy" / "model"), r
+    setup = folder / "setup"
+    if _finished(setup):  # a tiny initial model built by the loop
+        return str(setup / "model"), 0
+    record = _stage_record(setup)
+    if record is not None and record.get("status") == "done":
+        try:
+            return str(record["outputs"]["model"]), 0
+        except (KeyError, TypeError):
+            pass
+    raise NoPolicyYet(f"{folder}: the loop has no policy yet (its setup has not finished)")
+
+
+def rounds_done(spec: str) -> int:
+    """The rounds a loop folder's ``loop_state.json`` counts as finished (0 without one)."""
+    state_file = Path(spec) / "loop_state.json"
+    if not state_file.is_file():
+        return 0
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{state_file}: not JSON ({e})") from None
-    done = int(state.get("rounds_done") or 0)
-    # the folder is found from the loop's own layout, not from the recorded path, which is
-    # relative to wherever the loop was started
-    if done and (folder / f"round-{done}" / "policy" / "model" / "config.json").is_file():
-        return str(folder / f"round-{done}" / "policy" / "model")
-    if (folder / "setup" / "model" / "config.json").is_file():  # a tiny initial model built by the loop
-        return str(folder / "setup" / "model")
     try:
-        return json.loads((folder / "setup" / "stage.json").read_text(encoding="utf-8"))["outputs"]["model"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        raise NoPolicyYet(f"{folder}: the loop has no policy yet (its setup has not finished)") from None
+        return int(state.get("rounds_done") or 0) if isinstance(state, dict) else 0
+    except (TypeError, ValueError):
+        raise ValueError(f"{state_file}: rounds_done is not a number ({state.get('rounds_done')!r})") from None
+
+
+def _stage_record(stage_dir: Path) -> dict | None:
+    try:
+        record = json.loads((stage_dir / "stage.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _finished(stage_dir: Path) -> bool:
+    """Whether the stage folder holds a whole model: ``model/config.json``, and its ``stage.json``
+    (the loop writes one saying running before the stage writes anything) says done or is not
+    there (a folder put together by hand)."""
+    if not (stage_dir / "model" / "config.json").is_file():
+        return False
+    if not (stage_dir / "stage.json").exists():
+        return True
+    record = _stage_record(stage_dir)
+    return record is not None and record.get("status") == "done"
 
 
 class PolicyGenerator:

@@ -4,6 +4,8 @@ A recipe declares a `@dataclass` whose fields carry `metadata={"help": ...}`. `l
 fills it from an optional YAML file, then from overrides; every mistake (unknown key, wrong
 type, bad YAML) is a `ConfigError` naming the file, the line and the field.
 Nested dataclass fields are addressed with dots: `--lora.r 8` or `lora: {r: 8}` in YAML.
+`given_fields(config)` says which fields the file and the command line set (so that a preset
+applied later, `--quick`, can leave explicit settings alone: `set_quick_fields`).
 """
 from __future__ import annotations
 
@@ -139,8 +141,10 @@ def _yaml_with_lines(path: Path) -> tuple[dict, dict[str, int]]:
     return data, lines
 
 
-def _apply(obj, data: dict, source: str, lines: dict[str, int], prefix: str = "") -> None:
+def _apply(obj, data: dict, source: str, lines: dict[str, int], prefix: str = "") -> dict[str, Any]:
+    """Set ``data`` on ``obj`` (in place); returns ``{dotted field: value set}``."""
     types_ = _field_types(type(obj))
+    given: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         where = _where(source, lines.get(dotted))
@@ -152,9 +156,11 @@ def _apply(obj, data: dict, source: str, lines: dict[str, int], prefix: str = ""
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: field '{dotted}': expected a mapping")
-            _apply(current, value, source, lines, dotted + ".")
+            given.update(_apply(current, value, source, lines, dotted + "."))
         else:
             setattr(obj, key, coerce(value, types_[key], where, dotted))
+            given[dotted] = getattr(obj, key)
+    return given
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:
@@ -218,21 +224,38 @@ def _blame(message: str, path: Path | None, lines: dict[str, int], overridden: l
     return str(path) if path is not None else "config"
 
 
+FILE, COMMAND_LINE = "file", "command line"
+_GIVEN_ATTR = "_rlhfkit_given_fields"
+
+
+def given_fields(config) -> dict[str, dict[str, Any]]:
+    """The fields ``load_config`` set from the file and from the command line (overrides):
+    ``{"file": {dotted: value}, "command line": {dotted: value}}``; empty for a config built
+    otherwise. (An attribute beside the dataclass fields: it is not a setting, so it is neither
+    saved nor compared, and a copy made with ``dataclasses.replace`` has none.)"""
+    given = getattr(config, _GIVEN_ATTR, None) or {}
+    return {FILE: dict(given.get(FILE, {})), COMMAND_LINE: dict(given.get(COMMAND_LINE, {}))}
+
+
 def load_config(cls, path: str | Path | None = None, overrides: list[str] | dict | None = None):
-    """Build `cls()` then apply the YAML file at `path`, then the overrides."""
+    """Build `cls()` then apply the YAML file at `path`, then the overrides (a dict of dotted
+    fields counts as the command line); remembers which fields each set (`given_fields`)."""
     config = cls()
     lines: dict[str, int] = {}
+    from_file: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         data, lines = _yaml_with_lines(path)
-        _apply(config, data, str(path), lines)
+        from_file = _apply(config, data, str(path), lines)
     overridden: list[str] = []
+    from_command_line: dict[str, Any] = {}
     if overrides:
         flat = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides)
         overridden = list(flat)
-        _apply(config, _nest(flat), "command line", {})
+        from_command_line = _apply(config, _nest(flat), "command line", {})
+    object.__setattr__(config, _GIVEN_ATTR, {FILE: from_file, COMMAND_LINE: from_command_line})
     validate = getattr(config, "validate", None)
     if callable(validate):
         try:
@@ -240,6 +263,72 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | dict
         except ValueError as err:
             raise ConfigError(f"{_blame(str(err), path, lines, overridden)}: {err}") from None
     return config
+
+
+def _get(config, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def set_quick_fields(config, quick: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """Set ``--quick``'s values (``{dotted field: value}``) on ``config`` (in place), where
+    explicit settings win: a field given on the command line keeps its value; a field given in the
+    config file keeps its value when that file itself says ``quick: true`` (a file written for
+    quick runs), and takes quick's otherwise (the file is a full-size preset that --quick shrinks,
+    e.g. ``configs/pipeline_sentiment.yaml``'s 30 GRPO steps). Quick's batch sizes fit one given
+    explicitly: its ``micro_batch_size`` never exceeds a given ``batch_size`` (``--reward.batch_size
+    8`` under quick's micro-batches of 16 would stop the run at that stage, minutes in), nor its
+    ``batch_size`` falls below a given ``micro_batch_size``. Returns ``(fields set, {field left
+    as given: where it was given})``, the fitted fields among the second with ``"quick's N fitted
+    to the given FIELD"``; both leave out fields that already held quick's value."""
+    given = given_fields(config)
+    keep = {k: COMMAND_LINE for k in given[COMMAND_LINE]}
+    if given[FILE].get("quick") is True:
+        keep = {**{k: FILE for k in given[FILE]}, **keep}
+    changed, kept = [], {}
+    for dotted, value in quick.items():
+        *path, last = dotted.split(".")
+        obj = _get(config, ".".join(path)) if path else config
+        if getattr(obj, last) == value:
+            continue
+        if dotted in keep:
+            kept[dotted] = keep[dotted]
+        else:
+            setattr(obj, last, value)
+            changed.append(dotted)
+    for dotted in quick:  # quick's batch sizes, whether it changed them or they held its value already
+        if dotted in keep:
+            continue
+        prefix, _, last = dotted.rpartition(".")
+        other = {"micro_batch_size": "batch_size", "batch_size": "micro_batch_size"}.get(last)
+        other_dotted = f"{prefix}.{other}" if prefix else other
+        if other is None or other_dotted not in keep:
+            continue
+        obj = _get(config, prefix) if prefix else config
+        fitted = min(obj.micro_batch_size, obj.batch_size) if last == "micro_batch_size" else \
+            max(obj.batch_size, obj.micro_batch_size)
+        if fitted != getattr(obj, last):
+            kept[dotted] = f"quick's {getattr(obj, last)!r} fitted to the given {other_dotted}"
+            setattr(obj, last, fitted)
+            if dotted in changed:
+                changed.remove(dotted)
+    return changed, kept
+
+
+def describe_quick(config, changed: list[str], kept: dict[str, str]) -> str:
+    """What ``set_quick_fields`` did, for the log: the fields set, then those left as given with
+    their values and where they were given."""
+    text = f"--quick set {len(changed)} fields: {', '.join(changed) or 'none'}"
+    as_given = {k: where for k, where in kept.items() if not where.startswith("quick's")}
+    fitted = {k: where for k, where in kept.items() if where.startswith("quick's")}
+    if as_given:
+        text += (f"; left {len(as_given)} as given: "
+                 + ", ".join(f"{k} = {_get(config, k)!r} ({where})" for k, where in as_given.items()))
+    if fitted:
+        text += (f"; fitted {len(fitted)} to what was given: "
+                 + ", ".join(f"{k} = {_get(config, k)!r} ({where})" for k, where in fitted.items()))
+    return text
 
 
 def config_to_dict(config) -> dict:

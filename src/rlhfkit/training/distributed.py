@@ -105,6 +105,15 @@ def all_reduce_gradients(params, info: DistInfo, bucket_elements: int = 1 << 24)
     flush()
 
 
+def broadcast_from_main(obj, info: DistInfo | None):
+    """Rank 0's ``obj`` (a picklable value) on every rank; ``obj`` itself in one process."""
+    if info is None or not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

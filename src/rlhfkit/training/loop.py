@@ -2,21 +2,25 @@
 
 Composition, not inheritance: a recipe hands `fit` its model, its examples, a `collate`
 function, a `loss_fn` that returns a *sum* over units (tokens, pairs) and a `count_fn` that
-counts those units. `fit` divides by the unit count of the whole global batch (all
+counts those units (with record weights: the loss is a weighted sum and the count the sum of the
+weights). `fit` divides by the unit count of the whole global batch (all
 micro-batches on all ranks), so batch 8 x accumulation 1, batch 1 x accumulation 8 and
 2 processes x batch 4 make the same update (TRL's invariance tests; OpenRLHF's aggregation).
 
 Exact resume: the data order of epoch e is a permutation seeded by (seed, e), so the position
 in the data is a function of the step alone; the checkpoint stores model, optimiser,
-scheduler and RNG states (training/checkpoint.py).
+scheduler and RNG states (training/checkpoint.py), and a digest of the training examples: a run
+resumes only on the examples it was trained on (``examples_digest``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,11 +29,13 @@ from typing import Any, Callable
 
 import torch
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
+from .checkpoint import (folder_problem, load_checkpoint, resume_checkpoint, save_checkpoint, save_manifested,
+                         unwrap)
 from .distributed import (
     DistInfo,
     all_reduce_sum,
     barrier,
+    broadcast_from_main,
     full_model_state,
     full_optimizer_state,
     grad_sync_context,
@@ -113,7 +119,7 @@ _RESUME_FREE_FIELDS = {"output_dir", "resume", "save_every", "keep_checkpoints",
 
 # Fields added after runs were made: left out of fingerprints while they hold these values, so that
 # a checkpoint (or a pipeline stage) made before the field existed still resumes (stays cached).
-FINGERPRINT_DEFAULTS = {"precision": "fp32"}
+FINGERPRINT_DEFAULTS = {"precision": "fp32", "drop_duplicates": True, "normalise_ratings": "none"}
 # later-added config sections, left out while switched off (whatever their other fields say)
 FINGERPRINT_OFF_SECTIONS = {"adversarial": "discriminator"}
 
@@ -154,6 +160,36 @@ def check_resume_config(ckpt: Any, config: Any) -> None:
     if diffs:
         raise ConfigError(f"{ckpt} was written with other settings ({'; '.join(diffs)}); resume with the "
                           "same settings, or start afresh with --resume false or another --output_dir")
+
+
+# example fields that are not data: DPO's / KTO's reference log-probs (the cache's key covers them)
+_NOT_DATA_FIELDS = ("ref",)
+
+
+def examples_digest(examples: list[Any]) -> dict:
+    """``{"examples": n, "sha256": ...}`` of the training examples (token ids, targets, weights):
+    stored in each checkpoint, so that a run resumes only on the examples it was trained on (the
+    data file edited, or a split or duplicate rule changed since, would otherwise continue the
+    schedule on other examples, some perhaps held out before)."""
+    h = hashlib.sha256()
+    for e in examples:
+        if isinstance(e, dict):
+            e = {k: v for k, v in e.items() if k not in _NOT_DATA_FIELDS}
+        h.update(json.dumps(e, sort_keys=True, default=str).encode())
+        h.update(b"\n")
+    return {"examples": len(examples), "sha256": h.hexdigest()}
+
+
+def check_resume_data(ckpt: Any, digest: dict) -> None:
+    """Refuse to resume from a checkpoint trained on other examples (a checkpoint written before
+    digests were stored is not checked)."""
+    saved = json.loads((Path(ckpt) / "trainer_state.json").read_text(encoding="utf-8")).get("data")
+    if saved is None or saved == digest:
+        return
+    raise ConfigError(f"{ckpt} was trained on other examples ({saved['examples']} then, {digest['examples']} now; "
+                      f"digest {saved['sha256'][:12]} -> {digest['sha256'][:12]}): the data file, the held-out "
+                      "split or the duplicates dropped changed since; resume on the same data, or start afresh "
+                      "with --resume false or another --output_dir")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -253,12 +289,22 @@ def lower_is_better(metric: str) -> bool:
     return any(word in metric for word in ("loss", "perplexity", "ece", "kl"))
 
 
+BEST_FILES = ("model.pt", "best.json")
+
+
 class BestWeights:
     """The weights with the best value of `metric` so far, kept on disk in `output_dir/best/`
     (replaced through `best.tmp` and `best.old` renames, so a kill at any moment leaves a
     complete best; a resumed run still knows its best, a fresh run starts without). A value that
     is not finite (NaN accuracy of an all-tie set) never counts as best. The decision is rank 0's,
-    broadcast, so every rank enters the collective state gathering together."""
+    broadcast, so every rank enters the collective state gathering together.
+
+    `best/` carries a manifest like a checkpoint (training/checkpoint.py), checked by rank 0 when
+    a resumed run takes it up and before the weights are restored. A damaged copy cannot be
+    recomputed (short of training again), and stopping would throw away a finished run whose
+    rerun would stop at the same place; so the run goes on with a one-line warning naming the
+    file: on resume it chooses among the evaluations still to come, at the end the model keeps
+    the final weights, and `best_step` names the weights it ends with."""
 
     def __init__(self, output_dir: str, metric: str, info: DistInfo, resuming: bool):
         self.metric, self.info = metric, info
@@ -266,12 +312,24 @@ class BestWeights:
         self.tmp, self.old = self.folder.with_name("best.tmp"), self.folder.with_name("best.old")
         self.step: int | None = None
         self.value: float | None = None
-        if info.is_main and not self.folder.exists() and (self.old / "best.json").exists():
-            os.replace(self.old, self.folder)  # killed between the two renames: the old one stands
-        if resuming and (self.folder / "best.json").exists():
-            saved = json.loads((self.folder / "best.json").read_text(encoding="utf-8"))
+        saved, warning = None, None
+        if info.is_main:
+            if not self.folder.exists() and (self.old / "best.json").exists():
+                os.replace(self.old, self.folder)  # killed between the two renames: the old one stands
+            if resuming and self.folder.exists():
+                problem = folder_problem(self.folder, BEST_FILES, "best.json")
+                if problem is None:
+                    saved = json.loads((self.folder / "best.json").read_text(encoding="utf-8"))
+                else:
+                    warning = (f"rlhfkit: warning: passing over damaged {self.folder}: {problem}; the best weights "
+                               "before this resume are lost (the best is chosen among the evaluations to come; "
+                               "train again with --resume false to recover them)")
+        saved = broadcast_from_main(saved, info)  # every rank knows the same best (restore is collective)
+        if saved is not None:
             self.step, self.value = saved["step"], saved["value"]
         elif info.is_main:
+            if warning:
+                print(warning, file=sys.stderr, flush=True)
             for stale in (self.folder, self.tmp, self.old):
                 if stale.exists():
                     shutil.rmtree(stale)
@@ -292,8 +350,8 @@ class BestWeights:
             if self.tmp.exists():
                 shutil.rmtree(self.tmp)
             self.tmp.mkdir(parents=True)
-            torch.save(state, self.tmp / "model.pt")
-            (self.tmp / "best.json").write_text(json.dumps({"step": step, "value": value, "metric": self.metric}))
+            save_manifested(self.tmp, {"model.pt": state}, "best.json",
+                            {"step": step, "value": value, "metric": self.metric})
             if self.old.exists():
                 shutil.rmtree(self.old)
             if self.folder.exists():
@@ -302,8 +360,19 @@ class BestWeights:
             shutil.rmtree(self.old, ignore_errors=True)
         barrier(self.info)
 
-    def restore(self, train_model: torch.nn.Module) -> None:
-        """Load the best weights into the (possibly wrapped / sharded) model."""
+    def restore(self, train_model: torch.nn.Module, final_step: int, final_scores: dict) -> bool:
+        """Load the best weights into the (possibly wrapped / sharded) model; False when the
+        copy on disk is damaged: then, with a warning, the model keeps the final weights
+        (`final_step`, scored `final_scores`) and they become the best."""
+        problem = broadcast_from_main(folder_problem(self.folder, BEST_FILES, "best.json")
+                                      if self.info.is_main else None, self.info)
+        if problem is not None:
+            if self.info.is_main:
+                print(f"rlhfkit: warning: damaged {self.folder}: {problem}; the best weights (step {self.step}, "
+                      f"{self.metric} {self.value:.6g}) are lost and the model keeps the final weights (step "
+                      f"{final_step}); train again with --resume false to recover them", file=sys.stderr, flush=True)
+            self.step, self.value = final_step, float(final_scores[self.metric])
+            return False
         state = torch.load(self.folder / "model.pt", map_location="cpu", weights_only=True)
         if is_sharded(train_model):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -311,6 +380,7 @@ class BestWeights:
             set_model_state_dict(train_model, state, options=StateDictOptions(full_state_dict=True))
         else:
             unwrap(train_model).load_state_dict(state)
+        return True
 
 
 def _kill_for_tests(step: int) -> None:
@@ -364,9 +434,11 @@ def fit(
         raise ConfigError(f"batch_size {config.batch_size} does not divide by {info.world_size} processes")
     per_epoch, total_steps = plan_steps(len(examples), config)
     start_step = 0
-    ckpt = latest_checkpoint(config.output_dir) if config.resume else None
+    ckpt = resume_checkpoint(config.output_dir, info) if config.resume else None  # the newest intact one
+    digest = examples_digest(examples) if (ckpt is not None or config.save_every) else None
     if ckpt is not None:  # weights go in before wrapping (FSDP shards them in place)
         check_resume_config(ckpt, config)
+        check_resume_data(ckpt, digest)
         load_checkpoint(ckpt, model, restore_rng=False)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -405,6 +477,9 @@ def fit(
         micro = [to_device(collate([examples[i] for i in idx]), device)
                  for idx in chunks(local, config.micro_batch_size)]
         n_units = all_reduce_sum(sum(count_fn(b) for b in micro), info).item()
+        # the normaliser; a weighted unit count (records with weights) may be fractional, so it is
+        # used as it is unless nothing at all is counted
+        normaliser = n_units if n_units > 0 else 1
         loss_total = 0.0
         extra: dict[str, float] = {}
         for k, batch in enumerate(micro):
@@ -413,7 +488,7 @@ def fit(
                     loss_sum, stats = loss_fn(train_model, batch)
                 # DDP averages gradients over ranks; scale by world size so the result is
                 # the gradient of (sum over the global batch) / (global unit count).
-                (loss_sum * (info.world_size / max(n_units, 1))).backward()
+                (loss_sum * (info.world_size / normaliser)).backward()
             loss_total += loss_sum.item()
             for key, value in stats.items():
                 extra[key] = extra.get(key, 0.0) + float(value)
@@ -428,7 +503,7 @@ def fit(
         samples_window += len(global_batch)
         bar.update(1)
         if step_done % config.log_every == 0 or step_done == total_steps:
-            loss_global = all_reduce_sum(loss_total, info).item() / max(n_units, 1)
+            loss_global = all_reduce_sum(loss_total, info).item() / normaliser
             sums = {k: all_reduce_sum(v, info).item() for k, v in extra.items()}
             elapsed = time.perf_counter() - t_window
             last = {
@@ -438,7 +513,7 @@ def fit(
                 "epoch": step_done / per_epoch,
                 f"{unit}_per_s": units_window / elapsed,
                 "samples_per_s": samples_window / elapsed,
-                **{k: v / max(n_units, 1) for k, v in sums.items()},
+                **{k: v / normaliser for k, v in sums.items()},
             }
             t_window, units_window, samples_window = time.perf_counter(), 0.0, 0
             logger.log(step_done, last)
@@ -454,7 +529,7 @@ def fit(
             optimizer_state = full_optimizer_state(train_model, optimizer)
             if info.is_main:
                 save_checkpoint(config.output_dir, step_done, train_model, optimizer, scheduler,
-                                {"epoch": epoch, "config": resume_fingerprint(config)},
+                                {"epoch": epoch, "config": resume_fingerprint(config), "data": digest},
                                 keep_last=config.keep_checkpoints,
                                 model_state=model_state, optimizer_state=optimizer_state)
             barrier(info)
@@ -465,9 +540,12 @@ def fit(
         logger.log(total_steps, scores)
         if best is not None:
             best.update(total_steps, scores, train_model)
-            if best.step != total_steps:
-                best.restore(train_model)
-                scores = evaluated(eval_fn)
+            if best.step is None:  # every evaluation NaN (an all-tie set): nothing was kept
+                if info.is_main:
+                    print(f"rlhfkit: warning: best_metric: no evaluation had a finite {best.metric}; the model "
+                          f"keeps the final weights (step {total_steps})", file=sys.stderr, flush=True)
+            elif best.step != total_steps and best.restore(train_model, total_steps, scores):
+                scores = evaluated(eval_fn)  # the restored weights' (a damaged copy: the final ones stay)
             scores = {**scores, "best_step": best.step, f"best_{best.metric}": best.value}
             logger.log(total_steps, scores)
         last.update(scores)

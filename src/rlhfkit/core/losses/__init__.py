@@ -1,5 +1,7 @@
-"""Losses: SFT, reward-model (Bradley-Terry, ratings, binary feedback), PPO."""
-from .bradley_terry import binary_feedback_loss, bradley_terry_loss, rating_regression_loss
+"""Losses: SFT, reward-model (Bradley-Terry, ratings, binary feedback), PPO, and the token weights
+that aggregate a per-token loss over a minibatch."""
+from .aggregation import AGGREGATIONS, token_weights
+from .bradley_terry import binary_feedback_loss, bradley_terry_loss, rating_regression_loss, weighted_sum
 from .ppo import ppo_policy_loss, ppo_value_loss
 from .sft import count_target_tokens, sft_loss
 
@@ -9,8 +11,11 @@ __all__ = [
     "bradley_terry_loss",
     "rating_regression_loss",
     "binary_feedback_loss",
+    "weighted_sum",
     "ppo_policy_loss",
     "ppo_value_loss",
+    "token_weights",
+    "AGGREGATIONS",
 ]
 from .preference import (
     PREFERENCE_LOSSES,

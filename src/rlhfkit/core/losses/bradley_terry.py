@@ -17,6 +17,15 @@ def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
+def weighted_sum(losses: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``sum_i weights[i] * losses[i]`` (plain sum without weights): the numerator of a weighted
+    mean whose denominator, the sum of weights, the training loop takes over the global batch.
+    Shapes: [B], [B] -> scalar."""
+    if weights is None:
+        return losses.sum()
+    return (losses * weights.to(losses.dtype)).sum()
+
+
 def bradley_terry_loss(
     chosen_rewards: torch.Tensor,
     rejected_rewards: torch.Tensor,

@@ -51,7 +51,7 @@
   async function moveOn(e, what) {
     if (e.status !== 409) { busy = false; setStatus(what + e.message, true); return; }
     try {
-      const t = await api("GET", `/api/tasks/next?project_id=${projectId}`);
+      const t = await api("POST", `/api/tasks/next?project_id=${projectId}`);
       if (!t) return;
       show(t.empty ? null : t);
       setStatus(what + e.message, true);
@@ -286,7 +286,7 @@
   document.getElementById("toggle-instructions").addEventListener("click", toggleInstructions);
 
   renderKeys();
-  api("GET", `/api/tasks/next?project_id=${projectId}`)
+  api("POST", `/api/tasks/next?project_id=${projectId}`)
     .then((t) => { if (t) show(t.empty ? null : t); })
     .catch((e) => setStatus("Could not load a task: " + e.message, true));
 })();

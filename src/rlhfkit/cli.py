@@ -27,12 +27,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "feedback members": ("rlhfkit.feedback.cli_users", "MembersConfig", "restrict a feedback project to some labelers (--add / --remove / --clear; none: open to all)"),
     "feedback users": ("rlhfkit.feedback.cli_users", "UsersConfig", "list the feedback app's users: role, active, projects they are members of"),
     "feedback forget": ("rlhfkit.feedback.cli", "ForgetConfig", "erase what a served model stored about one end user: their completions and all feedback on them, and their feedback elsewhere"),
-    "demo": ("rlhfkit.recipes.demo", "DemoConfig", "the demo: SFT of SmolLM2-135M, then a MiniLM reward model on HH-RLHF, then its evaluation"),
     "eval": ("rlhfkit.eval.cli_eval", "EvalConfig", "win rate of a policy vs a reference (reward model, gold judge or people in the feedback app), gold score, KL"),
     "eval leaderboard": ("rlhfkit.eval.cli_eval", "LeaderboardConfig", "Bradley-Terry leaderboard of several models / checkpoints with bootstrap 95% intervals"),
     "serve": ("rlhfkit.serve.cli", "ServeConfig", "OpenAI-compatible /v1/chat/completions server with a /v1/feedback endpoint (thumbs, ratings) into the feedback store"),
     "chat": ("rlhfkit.serve.cli", "ChatConfig", "chat with a model in the terminal; /up, /down, /rate N store feedback in the feedback store"),
-    "pipeline": ("rlhfkit.pipeline.run", "PipelineConfig", "the loop end to end, cached and resumable: SFT -> feedback -> reward model -> PPO/GRPO/RLOO/DPO/KTO -> eval -> report.html"),
+    "pipeline": ("rlhfkit.pipeline.run", "PipelineConfig", "the loop end to end, cached and resumable: SFT -> feedback -> reward model -> PPO/GRPO/RLOO/DPO/KTO -> eval -> report.html (the default: real chat prompts, simulated labelers, GRPO, about 10 minutes)"),
     "loop": ("rlhfkit.loop.run", "LoopConfig", "iterated online RLHF, resumable: candidates from the policy -> pairs chosen by RM-ensemble uncertainty (or random) -> labels (app or simulated) -> RM ensemble -> GRPO/PPO round"),
 }
 

@@ -75,3 +75,15 @@ def test_the_prompt_pool_holds_each_prompt_once_whatever_its_case_or_spacing(tmp
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     pool = load_prompts(str(tmp_path / "prompts.jsonl"), prompt_words=8, unique=True)
     assert pool == ["The film was", "A story", "Other"]
+
+
+def test_a_named_pool_gives_the_tiny_tokenizer_600_prompts_drawn_with_seed_0(shared_data):
+    """From a named pool the tiny tokenizer's corpus is 600 prompts drawn with seed 0 (of the
+    reviews, their first 40 words), each once, in pool order."""
+    from rlhfkit.data.shared_sets import load_named_prompts
+
+    chat = tokenizer_corpus("chat-first-turns")
+    assert chat == [r.prompt for r in load_named_prompts("chat-first-turns", limit=600, seed=0)]
+    reviews = tokenizer_corpus("movie-reviews")
+    assert 0 < len(reviews) <= 600 and all(len(p.split()) == 40 for p in reviews)
+    assert reviews == load_prompts("movie-reviews", prompt_words=40, limit=600, seed=0, unique=True)

@@ -128,16 +128,16 @@ def without_duplicates(records: list, source: str) -> list:
 # ----------------------------------------------------------------------------- prompts
 def load_prompts(source: str, prompt_words: int = 8, limit: int | None = None, seed: int = 0,
                  unique: bool = False) -> list[str]:
-    """The prompt texts of ``source``: the named pool ``movie-reviews`` (the first
-    ``prompt_words`` words of each shared review; with ``limit``, that many reviews drawn with
-    ``random.Random(seed)``, in file order: the corpus is not read whole) or a prompt file
-    (JSONL, JSON, a ``datasets`` folder; with ``limit``, its first ``limit`` prompts; repeats
-    kept). ``unique``: each prompt once as held-out splits compare prompts (:func:`prompt_key`:
+    """The prompt texts of ``source``: a named pool (``shared_sets.PROMPT_POOLS``: ``movie-reviews``,
+    the first ``prompt_words`` words of each shared review; ``chat-first-turns``, the first human
+    turns of OASST and HH-RLHF; with ``limit``, that many drawn with ``random.Random(seed)``, in
+    pool order) or a prompt file (JSONL, JSON, a ``datasets`` folder; with ``limit``, its first
+    ``limit`` prompts; repeats kept). ``unique``: each prompt once as held-out splits compare prompts (:func:`prompt_key`:
     case and spacing aside; the first spelling kept), in source order, so that two spellings of
     one prompt cannot land on both sides of a split. The online recipes, the pipeline, the loop
     and ``rlhfkit eval`` read prompts here."""
-    if source == "movie-reviews":
-        prompts = [r.prompt for r in shared_sets.load_movie_review_prompts(n_words=prompt_words, limit=limit, seed=seed)]
+    if source in shared_sets.PROMPT_POOLS:
+        prompts = [r.prompt for r in shared_sets.load_named_prompts(source, prompt_words, limit=limit, seed=seed)]
     else:
         prompts = [r.prompt for r in load_training_records(source, "prompts")][:limit]
     if unique:
@@ -151,10 +151,11 @@ def load_prompts(source: str, prompt_words: int = 8, limit: int | None = None, s
 
 
 def tokenizer_corpus(source: str) -> list[str]:
-    """The texts the pipeline's and the loop's tiny initial policy builds its tokenizer from:
-    the first 40 words of 600 reviews (drawn with seed 0) of ``movie-reviews``, or every prompt
-    of a prompt file; each once."""
-    return load_prompts(source, prompt_words=40, limit=600 if source == "movie-reviews" else None, unique=True)
+    """The texts the pipeline's and the loop's tiny initial policy builds its tokenizer from: 600
+    prompts of a named pool drawn with seed 0 (of ``movie-reviews``, the first 40 words of each
+    review), or every prompt of a prompt file; each once."""
+    return load_prompts(source, prompt_words=40, limit=600 if source in shared_sets.PROMPT_POOLS else None,
+                        unique=True)
 
 
 # ----------------------------------------------------------------------------- JSONL rows

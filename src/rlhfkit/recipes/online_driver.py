@@ -27,12 +27,11 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.distributed as dist
 
-from rlhfkit.data.loading import load_prompts
 from rlhfkit.recipes.common import save_final, set_threads
 from rlhfkit.recipes.online_config import OnlineConfig
 from rlhfkit.recipes.online_inputs import (RANK_SALT, adversarial_modules, adversarial_step, build_run_reward,
                                            generate, load_models, local_share, make_generator,
-                                           prompts_for_step, score)
+                                           prompts_for_step, run_prompts, score)
 from rlhfkit.recipes.online_outputs import closing_line, rollout_metrics, run_outputs
 from rlhfkit.rewards import build_reward
 from rlhfkit.rollout import Rollout, repeat_each, rollout_logprobs, step_seed
@@ -209,8 +208,7 @@ def run_online(config: OnlineConfig, algorithm: OnlineAlgorithm) -> dict:
     if (done := finished_run(config, algorithm.name, info)) is not None:
         cleanup(info)
         return done
-    # at most max_prompts: drawn by seed from a named pool, the first ones of a prompt file
-    prompts = load_prompts(config.prompts, config.prompt_words, limit=config.max_prompts or None, seed=config.seed)
+    prompts = run_prompts(config)
     reward, adversary = build_run_reward(config, info)
     gold = build_reward(config.gold_reward, batch_size=config.reward_batch_size) if config.gold_reward else None
     policy, tokenizer, reference = load_models(config, need_reference=algorithm.need_reference)

@@ -140,14 +140,7 @@ def test_citations_in_src_name_what_exists():
 
 
 # private names imported from another package, each with its reason; remove the entry with the import
-PRIVATE_IMPORTS_ALLOWED = {
-    # the loop reads its prompts with the pipeline's prompt pool; one load_prompts in data/
-    # (issue 23 item 1) removes it
-    ("rlhfkit.loop.run", "rlhfkit.pipeline.stages._prompt_pool"),
-    # finished_run reads the resume fingerprint's free fields; run identity moving to one module in
-    # training/ (issue 23 item 2) removes it
-    ("rlhfkit.recipes.common", "rlhfkit.training.loop._RESUME_FREE_FIELDS"),
-}
+PRIVATE_IMPORTS_ALLOWED: set[tuple[str, str]] = set()  # none today; an exception names its reason here
 
 
 def private_imports(source: str, module: str) -> set[tuple[str, str]]:

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from rlhfkit.cli import main
 from rlhfkit.data import read_records
 from rlhfkit.feedback import db
-from rlhfkit.recipes.common import load_training_records
+from rlhfkit.data.loading import load_training_records
 
 from .conftest import make_project
 from .test_api import label_all

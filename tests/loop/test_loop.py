@@ -337,20 +337,6 @@ def test_an_unreadable_loop_state_is_started_afresh_with_a_warning(tmp_path, loo
     assert state["policy"] == str(out / "round-1" / "policy" / "model")
 
 
-def test_jsonl_with_unicode_line_separators_in_a_response_reads_back(tmp_path):
-    """Sampled text can hold U+2028, U+0085 or U+001C; JSON written with ensure_ascii=False keeps
-    the first two as they are, and str.splitlines would cut the record there (a crash seen in a
-    SmolLM2 loop); records are split on newlines only."""
-    rows = [{"prompt": "p", "response": "a\u2028b\x85c\x1cd\u2029e"}, {"prompt": "q", "response": "plain"}]
-    path = tmp_path / "c.jsonl"
-    loop_run._jsonl(path, rows)
-    assert loop_run._read(path) == rows
-    from rlhfkit.eval.report import _read_jsonl
-    from rlhfkit.pipeline.stages import _read_jsonl as pipeline_read
-
-    assert _read_jsonl(path) == rows == pipeline_read(path)
-
-
 def test_a_conservative_ensemble_reward_drives_the_policy_rounds(tmp_path, loop_prompts):
     """``ensemble_reward: uwo=1`` gives each policy round the members combined as mean - variance
     (an ``ensemble:`` reward term over the round's members); the default ``mean`` keeps the

@@ -68,30 +68,30 @@ def test_editing_a_data_file_in_place_reruns_the_stages_that_read_it(tmp_path, p
 
 
 def test_eval_every_counts_when_it_chooses_the_kept_weights():
-    from rlhfkit.pipeline.cache import settings
+    from rlhfkit.training.run_identity import stage_settings
 
     base = {"learning_rate": 1e-4, "eval_every": 10, "best_metric": ""}
-    assert settings(base) == settings({**base, "eval_every": 50})  # only how often it is looked at
+    assert stage_settings(base) == stage_settings({**base, "eval_every": 50})  # only how often it is looked at
     chosen = {**base, "best_metric": "eval_accuracy"}
-    assert settings(chosen) != settings({**chosen, "eval_every": 50})  # which checkpoints compete
+    assert stage_settings(chosen) != stage_settings({**chosen, "eval_every": 50})  # which checkpoints compete
 
 
 def test_a_file_named_inside_a_nested_section_is_known_by_its_content(tmp_path):
     """An online stage's ``adversarial.demos`` (a nested section) is read like a top-level data
     file: editing it changes the stage's settings, so the stage reruns."""
-    from rlhfkit.pipeline.cache import settings
     from rlhfkit.recipes.grpo import GRPOConfig
+    from rlhfkit.training.run_identity import stage_settings
 
     demos = tmp_path / "demos.jsonl"
     demos.write_text('{"prompt": "p", "completion": "c"}\n')
     cfg = GRPOConfig()
     cfg.adversarial.demos, cfg.adversarial.discriminator = str(demos), str(tmp_path)
-    before = settings(cfg)
+    before = stage_settings(cfg)
     assert before["adversarial"]["demos"]["value"] == str(demos)
     demos.write_text('{"prompt": "p", "completion": "another"}\n')
-    assert settings(cfg) != before
+    assert stage_settings(cfg) != before
     # switched off, the section stays out of the settings (stages cached before it existed stay cached)
-    assert "adversarial" not in settings(GRPOConfig())
+    assert "adversarial" not in stage_settings(GRPOConfig())
 
 
 @pytest.mark.parametrize("damage,what", [
@@ -167,11 +167,39 @@ def test_resume_after_sigkill_in_the_policy_stage(tmp_path, pipeline_data):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "pipeline: policy: resuming" in done.stdout
     assert "pipeline: reward: cached" in done.stdout
+    last = done.stdout.rstrip().splitlines()[-1]  # the last line says where the report is
+    assert last.startswith("pipeline: done in ") and last.endswith(f"report: {out / 'report.html'}")
     rec = records(out)
     assert rec["policy"]["status"] == "done" and rec["policy"]["resumed"] and rec["policy"]["runs"] == 2
     steps = [json.loads(line)["step"] for line in (out / "policy" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert (out / "report.html").is_file()
+
+
+def test_a_setting_that_changes_no_result_may_change_when_a_killed_stage_resumes(tmp_path, pipeline_data):
+    """``sample_every`` (how often the sample table is written) is left out of the policy stage's
+    fingerprint, so after a SIGKILL a rerun with another value resumes the stage in its folder; the
+    checkpoint it resumes from accepts the new value too (one list of result-free fields serves the
+    stage fingerprint and the resume check)."""
+    out = tmp_path / "run"
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(f"feedback:\n  prompts: {pipeline_data['prompts']}\nreward:\n  max_steps: 2\n  tensorboard: false\n"
+                   "grpo:\n  tensorboard: false\neval:\n  n_boot: 50\n", encoding="utf-8")
+    cmd = [sys.executable, "-m", "rlhfkit.cli", "pipeline", "--config", str(cfg), "--quick", "--threads", "1",
+           "--output_dir", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_NO_PROGRESS": "1"}
+    killed = subprocess.run(cmd, env={**env, "RLHFKIT_TEST_SIGKILL_AFTER_STEP": "3"}, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert records(out)["policy"]["status"] == "running" and (out / "policy" / "checkpoint-2").is_dir()
+    done = subprocess.run(cmd + ["--grpo.sample_every", "3"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "pipeline: policy: resuming" in done.stdout
+    rec = records(out)
+    assert rec["policy"]["status"] == "done" and rec["policy"]["resumed"] and rec["policy"]["runs"] == 2
+    # the table: step 2 from before the kill (every 2), steps 3 and 6 after it (every 3)
+    steps = sorted({json.loads(line)["step"] for line in (out / "policy" / "samples.jsonl").read_text().splitlines()})
+    assert steps == [2, 3, 6]
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real data folder {SHARED_DATA} is absent")
@@ -302,6 +330,26 @@ def test_dataset_pairs_are_held_out_by_prompt(tmp_path, pipeline_data):
     assert all(sum(r["prompt"] == p for r in held) == 3 for p in {r["prompt"] for r in held})
 
 
+def test_a_stage_record_holds_its_cpu_time_beside_its_wall_time(tmp_path):
+    """``cpu_seconds`` counts the process's CPU time in the stage, not the time it waited: a
+    stage that computes for 0.2 CPU-seconds and sleeps 0.3 s records about 0.2 and at least 0.5."""
+    import time
+
+    from rlhfkit.pipeline.cache import run_stage
+
+    def busy_then_asleep(d):
+        t = time.process_time()
+        while time.process_time() - t < 0.2:
+            pass
+        time.sleep(0.3)
+        return {}
+
+    rec = run_stage("eval", tmp_path / "eval", "f" * 64, busy_then_asleep, log=lambda s: None)
+    assert rec["seconds"] >= 0.5
+    assert 0.2 <= rec["cpu_seconds"] < 0.3
+    assert json.loads((tmp_path / "eval" / "stage.json").read_text())["cpu_seconds"] == rec["cpu_seconds"]
+
+
 def test_quick_leaves_a_command_line_setting_alone(tmp_path, pipeline_data, capsys):
     """`pipeline --quick --grpo.max_steps 2`: quick sizes the other fields (a tiny model built
     from config, its GRPO learning rate), the policy trains the 2 steps the command line asked for, and
@@ -341,14 +389,3 @@ def test_quick_shrinks_a_full_size_preset_but_not_a_file_that_says_quick(tmp_pat
     changed, kept = apply_quick(config)
     assert kept == {"reward.model": "file", "grpo.max_steps": "file"}
     assert config.grpo.max_steps == 2 and config.reward.model == "minilm-l6" and config.init.kind == "tiny"
-
-
-def test_the_prompt_pool_holds_each_prompt_once_whatever_its_case_or_spacing(tmp_path):
-    """Two spellings of one prompt are one prompt of the pool (the first kept), so the seeded
-    split of the pool cannot put one spelling among the held-out prompts and one in training."""
-    from types import SimpleNamespace
-
-    rows = [{"prompt": p} for p in ["The film was", "the film  was ", "A story", "THE FILM WAS", "a\tstory", "Other"]]
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    pool = stages._prompt_pool(SimpleNamespace(prompts=str(tmp_path / "prompts.jsonl"), prompt_words=8))
-    assert pool == ["The film was", "A story", "Other"]

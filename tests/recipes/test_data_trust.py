@@ -14,7 +14,8 @@ import rlhfkit.recipes.reward as reward
 import rlhfkit.recipes.sft as sft
 from rlhfkit.cli import main
 from rlhfkit.data import DataError
-from rlhfkit.recipes.common import load_training_records, split_by_prompt
+from rlhfkit.data.loading import load_training_records
+from rlhfkit.data.splits import split_by_prompt
 from rlhfkit.training.config import load_config
 
 from .conftest import load_weights, sentence, write_jsonl
@@ -37,7 +38,7 @@ def test_rankings_are_held_out_whole_and_no_held_out_record_is_in_training(tmp_p
 
 def test_record_prompt_groups_a_conversation_by_its_opening():
     from rlhfkit.data import ConversationRecord
-    from rlhfkit.recipes.common import record_prompt
+    from rlhfkit.data.splits import record_prompt
 
     opening = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     a = ConversationRecord(opening + [{"role": "assistant", "content": "hello"}])
@@ -99,7 +100,7 @@ def test_every_recipe_holds_out_by_prompt_and_drops_exact_duplicates(tmp_path, m
     else:
         spy(kto, "encode_thumbs")
         kto.run(load_config(kto.KTOConfig, None, ["--model", str(tiny_policy_dir), "--max_prompt_length", "16", *args]))
-    from rlhfkit.recipes.common import record_prompt
+    from rlhfkit.data.splits import record_prompt
 
     out = capsys.readouterr().out
     assert f"{data}: dropped 6 exact duplicate records (24 left)" in out, out
@@ -159,7 +160,7 @@ def test_a_held_out_file_removes_every_training_record_of_its_prompts(tmp_path, 
     the other way round or in another subset, another answer to a held-out prompt; an unrelated
     record stays."""
     from rlhfkit.data import PreferencePair
-    from rlhfkit.recipes.common import drop_held_out_copies
+    from rlhfkit.data.splits import drop_held_out_copies
 
     held = [PreferencePair("What is 2+2?", "4", "5"), PreferencePair("", "Human: hi Assistant: a", "Human: hi Assistant: b")]
     train = [PreferencePair("what is  2+2? ", "4", "5"), PreferencePair("What is 2+2?", "5", "4", subset="proj"),
@@ -172,7 +173,7 @@ def test_a_held_out_file_removes_every_training_record_of_its_prompts(tmp_path, 
 
 def test_prompts_differing_in_case_or_spacing_are_held_out_together(capsys):
     from rlhfkit.data import PreferencePair
-    from rlhfkit.recipes.common import prompt_key
+    from rlhfkit.data.splits import prompt_key
 
     recs = [PreferencePair(p, f"a{i}", f"b{i}") for i in range(50) for p in (f"What is {i}?", f"what  is {i}? \n")]
     train, held = split_by_prompt(recs, 0.2, seed=0)

@@ -128,7 +128,7 @@ def test_rating_and_thumbs_objectives_train(tmp_path, tiny_encoder_rm_dir, objec
 def test_help_lists_every_command_and_field(capsys):
     assert main(["--help"]) == 0
     top = capsys.readouterr().out
-    for command in ("sft", "reward train", "reward eval", "demo"):
+    for command in ("sft", "reward train", "reward eval", "pipeline"):
         assert command in top
     with pytest.raises(SystemExit) as e:
         main(["sft", "--help"])
@@ -153,7 +153,7 @@ def test_bad_config_value_is_refused(tmp_path):
 def test_ranking_and_rewrite_files_are_accepted(tmp_path):
     """A K-way ranking file trains a reward model as its pairs; a rewrite file is SFT data."""
     from rlhfkit.data import CompletionRecord, PreferencePair
-    from rlhfkit.recipes.common import load_training_records
+    from rlhfkit.data.loading import load_training_records
 
     rankings = write_jsonl(tmp_path / "r.jsonl", [
         {"prompt": "p", "responses": ["best", "mid", "worst"], "ranks": [0, 1, 2]},
@@ -180,7 +180,7 @@ def test_linear_probe_fits_the_head_on_the_backbones_own_features(tmp_path, tiny
     from rlhfkit.data.records import PreferencePair
     from rlhfkit.models import load_reward_model, reward_scores
     from rlhfkit.models.reward import score_head
-    from rlhfkit.recipes.common import load_training_records
+    from rlhfkit.data.loading import load_training_records
     from rlhfkit.recipes.reward import encode_records, head_features, linear_probe, make_collate
 
     folder = tiny_encoder_rm_dir if backbone == "encoder" else tiny_causal_rm_dir
@@ -214,7 +214,7 @@ def test_linear_probe_of_a_head_without_bias_leaves_the_model_at_the_probed_loss
     from rlhfkit.core.losses import binary_feedback_loss
     from rlhfkit.models import load_reward_model
     from rlhfkit.models.reward import score_head
-    from rlhfkit.recipes.common import load_training_records
+    from rlhfkit.data.loading import load_training_records
     from rlhfkit.recipes.reward import encode_records, head_features, linear_probe, make_collate
 
     cfg = load_config(RewardConfig, None, ["--model", str(tiny_causal_rm_dir), "--data", str(thumbs_file),
@@ -279,7 +279,7 @@ def test_epochs_0_with_a_linear_probe_is_the_probe_alone(tmp_path, tiny_encoder_
 def test_plus_joins_training_sources_in_order(tmp_path):
     """``a+b`` reads a's records then b's (preference-model pretraining on several sets); a file
     whose own name contains '+' is still read as that file."""
-    from rlhfkit.recipes.common import load_training_records
+    from rlhfkit.data.loading import load_training_records
 
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     a.write_text(json.dumps({"prompt": "p", "chosen": "a1", "rejected": "a2"}) + "\n")

@@ -79,7 +79,7 @@ def test_sft_bf16_follows_fp32_and_saves_fp32(tmp_path, tiny_policy_dir, sft_fil
     states = {p: json.loads(next(outs[p].glob("checkpoint-*/trainer_state.json")).read_text())["config"]
               for p in outs}
     assert "precision" not in states["fp32"] and states["bf16"]["precision"] == "bf16"
-    from rlhfkit.training.loop import check_resume_config
+    from rlhfkit.training.run_identity import check_resume_config
 
     fp32_checkpoint = next(outs["fp32"].glob("checkpoint-*"))
     check_resume_config(fp32_checkpoint, load_config(SFTConfig, None, sft_args(
@@ -90,11 +90,11 @@ def test_sft_bf16_follows_fp32_and_saves_fp32(tmp_path, tiny_policy_dir, sft_fil
 
 
 def test_pipeline_fingerprint_names_precision_only_when_set():
-    from rlhfkit.pipeline.cache import settings
     from rlhfkit.recipes.sft import SFTConfig
+    from rlhfkit.training.run_identity import stage_settings
 
-    assert "precision" not in settings(SFTConfig())
-    assert settings(SFTConfig(precision="bf16"))["precision"] == "bf16"
+    assert "precision" not in stage_settings(SFTConfig())
+    assert stage_settings(SFTConfig(precision="bf16"))["precision"] == "bf16"
 
 
 def test_dpo_bf16_reference_cancels_at_step_zero(tmp_path, tiny_policy_dir, pair_file):

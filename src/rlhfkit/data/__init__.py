@@ -1,5 +1,6 @@
-"""rlhfkit.data: record types, validated readers, converters for the shared real data, and
-tokenisation. Errors about user data are :class:`DataError` and name file, line and field."""
+"""rlhfkit.data: record types, validated readers, converters for the shared real data, loading
+training records and prompts (``loading``), held-out splits (``splits``), and tokenisation.
+Errors about user data are :class:`DataError` and name file, line and field."""
 from .errors import DataError
 from .records import (
     ROLES,
@@ -13,6 +14,8 @@ from .records import (
     ThumbsRecord,
 )
 from .readers import KINDS, ReadResult, parse_record, read_records, write_jsonl
+from .loading import load_prompts, load_training_records, named_set, read_jsonl
+from .splits import draw_in_order, first_n, prompt_key, split_by_prompt, split_holdout
 from .shared_sets import (
     FineGrainedData,
     OasstData,
@@ -43,6 +46,15 @@ __all__ = [
     "parse_record",
     "read_records",
     "write_jsonl",
+    "read_jsonl",
+    "named_set",
+    "load_training_records",
+    "load_prompts",
+    "prompt_key",
+    "split_holdout",
+    "split_by_prompt",
+    "draw_in_order",
+    "first_n",
     "shared_data_dir",
     "split_hh_dialogue",
     "load_hh_rlhf",

@@ -12,7 +12,8 @@ Contents, read from a finished (or partly finished) pipeline ``output_dir``:
 - win rates with their intervals; the reward model's reliability diagram (``reward/calibration.json``);
 - held-out responses with every token shaded by its per-token shaped reward (``-beta * KL``, plus
   the reward model's score on the last token) and by its per-token KL (``eval/token_samples.jsonl``);
-- a table of policy and reference responses to the same held-out prompts (``eval/samples.jsonl``).
+- a table of the reference's and the policy's replies to the same held-out prompts, right after
+  the headline numbers, with their gold and reward-model scores (``eval/samples.jsonl``).
 
     from rlhfkit.eval.report import render_report
     render_report("outputs/pipeline_sentiment")        # -> outputs/pipeline_sentiment/report.html
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from rlhfkit.data.loading import read_jsonl
 from rlhfkit.rewards.judges import lower_is_better
 
 __all__ = ["reliability_bins", "line_chart", "bar_chart", "reliability_chart", "shade_tokens", "render_report",
@@ -239,18 +241,6 @@ def _read_json(path: Path):
         return None
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").split("\n"):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return rows
-
-
 def _curve(rows: list[dict], key: str) -> list[tuple[float, float]]:
     return [(r["step"], r[key]) for r in rows if "step" in r and _finite(r.get(key))]
 
@@ -290,7 +280,55 @@ th{background:#f5f5f5} .num{text-align:right;font-variant-numeric:tabular-nums}
 .prompt{max-width:320px;color:#666;font-family:ui-monospace,Menlo,Consolas,monospace,"Apple Color Emoji","Segoe UI Emoji","Noto Color Emoji";font-size:12.5px} .muted{color:#777;font-size:12px}
 .legend span{display:inline-block;padding:1px 6px;margin-right:6px;border-radius:2px;font-size:12px}
 .headline td{font-size:14px}
+table.samples{font-size:13.5px} .samples td.ask{max-width:250px;font-weight:600;color:#333}
+.reply{white-space:pre-wrap;max-width:380px;line-height:1.35} .cut{color:#999}
+td.better{background:#e3f4e3} td.worse{background:#fbe4e4}
 """
+
+
+def _reply(text: str, ended) -> str:
+    """A reply for a table cell; one cut at the token budget (``ended`` false) ends in a marked …."""
+    cut = '<span class="cut" title="cut at the token budget (no end-of-turn token yet)"> …</span>' if ended is False else ""
+    return f'<div class="reply">{_esc(text)}{cut}</div>'
+
+
+def _change_cell(before, after, lower_better: bool = False, digits: int = 3) -> str:
+    """``before → after`` shaded green where the change is an improvement, red where it is not."""
+    if not (_finite(before) and _finite(after)):
+        return f'<td class="num">{_num(before, digits)} → {_num(after, digits)}</td>'
+    before, after = round(before, digits), round(after, digits)  # shaded only where the shown numbers differ
+    better = (after < before) if lower_better else (after > before)
+    cls = "better" if better else ("worse" if after != before else "")
+    return f'<td class="num {cls}">{_num(before, digits)} → {_num(after, digits)}</td>'
+
+
+def sample_table(samples: list[dict], gold_judge: str = "", sampling: dict | None = None, pool: str | None = None) -> str:
+    """The held-out prompts in evaluation order (not chosen), each with the reference's and the
+    policy's reply and their scores."""
+    how = ""
+    if sampling:
+        rendering = ("each sent as one user turn through the policy's chat template" if sampling.get("chat_template")
+                     else "each given as plain text to continue")
+        nucleus = f", top-p {sampling['top_p']:g}" if sampling.get("top_p", 1) < 1 else ""
+        topk = f", top-k {sampling['top_k']}" if sampling.get("top_k") else ""
+        how = (f"Prompts{f' ({_esc(pool)})' if pool else ''}: {rendering}; replies sampled at temperature "
+               f"{sampling.get('temperature', 1):g}{nucleus}{topk}, at most {sampling.get('max_new_tokens')} tokens "
+               "(… marks a reply cut there). ")
+    lower = lower_is_better(gold_judge) if gold_judge else False
+    trs = []
+    for x in samples:
+        trs.append(f'<tr><td class="ask">{_esc(x.get("prompt", ""))}</td>'
+                   f'<td>{_reply(x.get("reference", ""), x.get("reference_ended"))}</td>'
+                   f'<td>{_reply(x.get("policy", ""), x.get("policy_ended"))}</td>'
+                   + (_change_cell(x.get("gold_reference"), x.get("gold_policy"), lower) if gold_judge else "")
+                   + _change_cell(x.get("judge_reference"), x.get("judge_policy"))
+                   + f'<td class="num">{_num(x.get("kl"))}</td></tr>')
+    gold_th = f"<th>gold ({_esc(gold_judge)})<br>before → after</th>" if gold_judge else ""
+    return ("<h2>Held-out replies: before (reference) and after (policy)</h2>"
+            f'<p class="muted">{how}The first {len(samples)} held-out prompts in evaluation order, not chosen; '
+            "one sample of each model. Green: the policy's reply scores better.</p>"
+            '<table class="samples"><tr><th>prompt</th><th>reference reply (before)</th><th>policy reply (after)</th>'
+            f"{gold_th}<th>reward model<br>before → after</th><th>KL (nats)</th></tr>" + "".join(trs) + "</table>")
 
 
 def render_report(output_dir: str | Path, path: str | Path | None = None, summary: dict | None = None) -> Path:
@@ -304,7 +342,7 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
     order = ["init", "sft", "feedback", "reward", "policy", "eval", "report"]
     ev = _read_json(out / "eval" / "eval.json") or {}
     calib = _read_json(out / "reward" / "calibration.json") or {}
-    policy_rows = _read_jsonl(out / "policy" / "metrics.jsonl")
+    policy_rows = read_jsonl(out / "policy" / "metrics.jsonl", tolerant=True)
     algorithm = summary.get("algorithm") or ((records.get("policy") or {}).get("outputs") or {}).get("algorithm", "")
     title = summary.get("title") or f"rlhfkit pipeline: {summary.get('name', out.name)}"
     body: list[str] = [f"<h1>{_esc(title)}</h1>",
@@ -354,6 +392,12 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
                     + '<p class="muted">Intervals: percentile bootstrap 95% over held-out prompts (pairs for the reward '
                       'model). Win rates count ties as ½. The reference is the policy that optimisation started from.</p>')
 
+    # reference vs policy replies: what a reader looks at first
+    samples = read_jsonl(out / "eval" / "samples.jsonl", tolerant=True)
+    if samples:
+        body.append(sample_table(samples[:int(summary.get("n_sample_rows", 12))], gold["judge"] if gold else "",
+                                 summary.get("sampling"), summary.get("prompts")))
+
     # training curves
     plots = []
     if policy_rows and any("reward" in r for r in policy_rows):
@@ -376,7 +420,7 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
         if margin:
             plots.append(line_chart(margin, "Implicit-reward margin (chosen − rejected)", ylabel="beta · log-ratio"))
     for stage, label in (("sft", "SFT"), ("reward", "Reward model")):
-        rs = _read_jsonl(out / stage / "metrics.jsonl")
+        rs = read_jsonl(out / stage / "metrics.jsonl", tolerant=True)
         if rs:
             series = {"train loss": _curve(rs, "loss")}
             if any("eval_loss" in r for r in rs):
@@ -408,7 +452,7 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
         body.append("<h2>Evaluation</h2><div class=\"plots\">" + "".join(eplots) + "</div>")
 
     # per-token shading
-    toks = _read_jsonl(out / "eval" / "token_samples.jsonl")
+    toks = read_jsonl(out / "eval" / "token_samples.jsonl", tolerant=True)
     if toks:
         r_scale = _robust_scale([v for t in toks for v in t["reward"]])
         k_scale = _robust_scale([v for t in toks for v in t["kl"]])
@@ -434,21 +478,6 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
         body.append("<table><tr><th>prompt</th><th>response (top: per-token reward, bottom: per-token KL)</th>"
                     "<th>RM score</th><th>gold</th><th>KL (nats)</th></tr>" + "".join(trs) + "</table>")
 
-    # policy vs reference samples
-    samples = _read_jsonl(out / "eval" / "samples.jsonl")
-    n_rows = int(summary.get("n_sample_rows", 12))
-    if samples:
-        trs = []
-        for s in samples[:n_rows]:
-            trs.append(f'<tr><td class="prompt">{_prompt(s["prompt"])}</td><td>{_esc(s.get("reference", ""))}</td>'
-                       f'<td>{_esc(s.get("policy", ""))}</td>'
-                       f'<td class="num">{_num(s.get("judge_reference"))} → {_num(s.get("judge_policy"))}</td>'
-                       f'<td class="num">{_num(s.get("gold_reference"))} → {_num(s.get("gold_policy"))}</td>'
-                       f'<td class="num">{_num(s.get("kl"))}</td></tr>')
-        body.append("<h2>Held-out samples: reference vs policy</h2><table><tr><th>prompt</th><th>reference</th>"
-                    "<th>policy</th><th>RM score ref → policy</th><th>gold ref → policy</th><th>KL</th></tr>"
-                    + "".join(trs) + "</table>")
-
     # stages
     trs = []
     for name in order:
@@ -458,9 +487,10 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
         # the report stage is still running while it writes this page
         status = "writing this page" if name == "report" and rec.get("status") == "running" else rec.get("status")
         trs.append(f"<tr><td>{name}</td><td>{_esc(status)}</td><td class=\"num\">{_num(rec.get('seconds'), 1)}</td>"
+                   f"<td class=\"num\">{_num(rec.get('cpu_seconds'), 1)}</td>"
                    f"<td class=\"num\">{rec.get('runs', '')}</td><td><code>{_esc(str(rec.get('fingerprint', ''))[:12])}</code></td></tr>")
     if trs:
-        body.append("<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>seconds (last run)</th><th>runs</th>"
+        body.append("<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>seconds (last run)</th><th>CPU seconds</th><th>runs</th>"
                     "<th>fingerprint</th></tr>" + "".join(trs) + "</table>"
                     '<p class="muted">A stage reruns when its settings or an input stage\'s fingerprint change; '
                     'otherwise it is read from its folder.</p>')
@@ -537,7 +567,7 @@ def render_loop_report(output_dir: str | Path, path: str | Path | None = None) -
         series: dict[str, list[tuple[float, float]]] = {"reward (ensemble mean)": [], "gold": []}
         offset = 0
         for r in rounds:
-            rows = _read_jsonl(out / f"round-{r}" / "policy" / "metrics.jsonl")
+            rows = read_jsonl(out / f"round-{r}" / "policy" / "metrics.jsonl", tolerant=True)
             for row in rows:
                 for key, name in (("reward", "reward (ensemble mean)"), ("gold", "gold")):
                     if key in row:
@@ -548,7 +578,7 @@ def render_loop_report(output_dir: str | Path, path: str | Path | None = None) -
         body.append("<h2>Curves</h2><div class=\"plots\">" + "".join(plots) + "</div>")
     last = max((r for r in rounds if (out / f"round-{r}" / "labels" / "labels.jsonl").is_file()), default=None)
     if last is not None:
-        labels = _read_jsonl(out / f"round-{last}" / "labels" / "labels.jsonl")[:12]
+        labels = read_jsonl(out / f"round-{last}" / "labels" / "labels.jsonl", tolerant=True)[:12]
         trs = [f'<tr><td class="prompt">{_prompt(x.get("prompt", ""))}</td><td>{_esc(x.get("chosen", ""))}</td>'
                f'<td>{_esc(x.get("rejected", ""))}</td><td class="num">{_num(x.get("gold_chosen"))} / '
                f'{_num(x.get("gold_rejected"))}</td></tr>' for x in labels]

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.data.loading import load_training_records
+
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 10) -> float:
     """sum_b (n_b / N) |mean(label_b) - mean(p_b)| over equal-width bins of p in [0, 1]."""
@@ -243,7 +245,7 @@ def format_report(report: dict) -> str:
 
 def run(config: RewardEvalConfig) -> dict:
     from rlhfkit.models import load_reward_model
-    from rlhfkit.recipes.common import load_training_records, set_threads
+    from rlhfkit.recipes.common import set_threads
 
     set_threads(config.threads)
     pairs = load_training_records(config.data, "pairs", ties=config.ties)  # bad data fails before the model loads

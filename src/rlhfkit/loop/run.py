@@ -55,13 +55,16 @@ from pathlib import Path
 import torch
 
 from rlhfkit.core.kl import sequence_kl
+from rlhfkit.data import write_jsonl
+from rlhfkit.data.loading import load_prompts, read_jsonl, tokenizer_corpus
 from rlhfkit.eval.report import render_loop_report
 from rlhfkit.loop.config import LoopConfig, apply_quick, check_label_budget
 from rlhfkit.loop.ensemble import ensemble_scores
 from rlhfkit.models import load_policy
-from rlhfkit.pipeline.cache import fingerprint, run_stage, settings, with_content
+from rlhfkit.pipeline.cache import run_stage
 from rlhfkit.rewards import build_reward
 from rlhfkit.rollout import SamplingConfig, make_sampler, repeat_each, rollout, rollout_logprobs, step_seed
+from rlhfkit.training.run_identity import stage_fingerprint, stage_settings, with_content
 
 __all__ = ["LoopConfig", "run", "share_first_round", "ROUND_STAGES"]
 
@@ -71,29 +74,16 @@ WIRED_REWARD = {"data", "eval_data", "seed", "eval_fraction"}
 WIRED_POLICY = {"model", "ref_model", "prompts", "reward", "gold_reward", "seed"}
 
 
-def _jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
-
-
 def _step_seed(*parts) -> int:
     return step_seed(*parts)
 
 
 # ----------------------------------------------------------------------------- setup
 def stage_setup(c: LoopConfig, d: Path) -> dict:
-    from rlhfkit.pipeline.stages import _prompt_pool
-
-    pool_cfg = _PoolCfg(c.prompts, c.prompt_words)
     if c.init.kind == "tiny":
         from rlhfkit.models import tiny_causal_lm, tiny_tokenizer
 
-        tok = tiny_tokenizer(_prompt_pool(pool_cfg, n_words=40, limit=600), vocab_size=c.init.vocab_size)
+        tok = tiny_tokenizer(tokenizer_corpus(c.prompts), vocab_size=c.init.vocab_size)
         model = tiny_causal_lm(tok, hidden_size=c.init.hidden_size, num_layers=c.init.num_layers,
                                num_heads=c.init.num_heads, seed=c.init.seed)
         model.save_pretrained(d / "model")
@@ -101,13 +91,13 @@ def stage_setup(c: LoopConfig, d: Path) -> dict:
         init_model = str(d / "model")
     else:
         init_model = c.init.model
-    pool = _prompt_pool(pool_cfg)
+    pool = load_prompts(c.prompts, c.prompt_words, unique=True)
     random.Random(c.seed).shuffle(pool)
     held, train = pool[:c.n_eval_prompts], pool[c.n_eval_prompts:]
     if c.max_train_prompts:
         train = train[:c.max_train_prompts]
-    _jsonl(d / "train_prompts.jsonl", [{"prompt": p} for p in train])
-    _jsonl(d / "eval_prompts.jsonl", [{"prompt": p} for p in held])
+    write_jsonl(d / "train_prompts.jsonl", [{"prompt": p} for p in train])
+    write_jsonl(d / "eval_prompts.jsonl", [{"prompt": p} for p in held])
     # gold-judged held-out pairs (no noise): every pair of heldout_samples samples of the initial
     # policy per held-out prompt whose gold scores differ, the better one as chosen
     gold = build_reward(c.gold)
@@ -122,17 +112,12 @@ def stage_setup(c: LoopConfig, d: Path) -> dict:
                 (x, sx), (y, sy) = samples[a][i], samples[b][i]
                 if sx != sy and x != y:
                     pairs.append({"prompt": p, "chosen": x if sx > sy else y, "rejected": y if sx > sy else x})
-    _jsonl(d / "heldout_pairs.jsonl", pairs)
+    write_jsonl(d / "heldout_pairs.jsonl", pairs)
     ev = evaluate_policy(c, init_model, init_model, held, members=None, heldout=None)
     print(f"loop: setup: {len(train)} training / {len(held)} held-out prompts, {len(pairs)} gold held-out pairs, "
           f"initial gold {ev['gold']:.4f}")
     return {"model": init_model, "train_prompts": len(train), "eval_prompts": len(held), "heldout_pairs": len(pairs),
             "eval": ev}
-
-
-class _PoolCfg:  # the two fields pipeline.stages._prompt_pool reads
-    def __init__(self, prompts: str, prompt_words: int):
-        self.prompts, self.prompt_words = prompts, prompt_words
 
 
 def _sample(c: LoopConfig, model_path: str, prompts: list[str], seed: int) -> list[str]:
@@ -218,11 +203,11 @@ class Loop:
                 inputs["labels"] = fps[f"{r - 1}/labels"]
             return own, inputs
         if stage == "reward":
-            own = {**settings(c.reward, WIRED_REWARD), "ensemble_size": c.ensemble_size, "bootstrap": c.bootstrap,
+            own = {**stage_settings(c.reward, WIRED_REWARD), "ensemble_size": c.ensemble_size, "bootstrap": c.bootstrap,
                    "seed": c.seed, "round": r}
             return own, {"labels": fps[f"{r}/labels"], "setup": fps["setup"]}
         if stage == "policy":
-            own = {"algorithm": c.algorithm, **settings(getattr(c, c.algorithm), WIRED_POLICY), "gold": c.gold,
+            own = {"algorithm": c.algorithm, **stage_settings(getattr(c, c.algorithm), WIRED_POLICY), "gold": c.gold,
                    "seed": c.seed, "round": r}
             if c.kl_anchor != "round" and r > 1:  # round 1's reference is the initial policy either way; only
                 own["kl_anchor"] = c.kl_anchor     # when set, so loops run before the field existed stay cached
@@ -244,7 +229,7 @@ class Loop:
     # --------------------------------------------------------------- stage functions
     def candidates(self, r: int, d: Path) -> dict:
         c = self.c
-        train = [x["prompt"] for x in _read(self.out / "setup" / "train_prompts.jsonl")]
+        train = [x["prompt"] for x in read_jsonl(self.out / "setup" / "train_prompts.jsonl")]
         n = min(c.prompts_per_round, len(train))
         prompts = random.Random(_step_seed(c.seed, r, 5)).sample(train, n)
         model, tok = load_policy(self.policy_before(r))
@@ -255,14 +240,14 @@ class Loop:
                          max_prompt_length=64, behaviour_logprobs=False)  # texts only
         rows = [{"group": i // c.num_candidates, "prompt": p, "response": resp}
                 for i, (p, resp) in enumerate(zip(ro.prompts, ro.responses))]
-        _jsonl(d / "candidates.jsonl", rows)
+        write_jsonl(d / "candidates.jsonl", rows)
         return {"prompts": n, "candidates": len(rows), "policy": self.policy_before(r)}
 
     def select(self, r: int, d: Path) -> dict:
         from rlhfkit.loop.selection import candidate_pairs, pair_uncertainty, select_pairs
 
         c = self.c
-        cand = _read(self.rdir(r) / "candidates" / "candidates.jsonl")
+        cand = read_jsonl(self.rdir(r) / "candidates" / "candidates.jsonl")
         groups, texts = [x["group"] for x in cand], [x["response"] for x in cand]
         pairs = candidate_pairs(groups, texts)
         method = c.selection if r > 1 else "random"
@@ -279,7 +264,7 @@ class Loop:
             a, b = pairs[i]
             rows.append({"pair": i, "prompt": cand[a]["prompt"], "a": cand[a]["response"], "b": cand[b]["response"],
                          "uncertainty": None if u is None else u[i]})
-        _jsonl(d / "selected.jsonl", rows)
+        write_jsonl(d / "selected.jsonl", rows)
         stats = {"method": method, "candidate_pairs": len(pairs), "selected": len(rows)}
         if u is not None:
             stats["mean_uncertainty_selected"] = sum(u[i] for i in chosen) / max(len(chosen), 1)
@@ -289,7 +274,7 @@ class Loop:
 
     def labels(self, r: int, d: Path) -> dict:
         c = self.c
-        sel = _read(self.rdir(r) / "select" / "selected.jsonl")
+        sel = read_jsonl(self.rdir(r) / "select" / "selected.jsonl")
         stats: dict = {"labeler": c.labeler}
         if c.labeler == "simulated":
             from rlhfkit.loop.labelers import simulated_labels
@@ -318,9 +303,9 @@ class Loop:
                 stats["project"], stats["project_id"] = self._project(r), pid
             finally:
                 store.close()
-        prev = _read(self.rdir(r - 1) / "labels" / "all_pairs.jsonl") if r > 1 else []
-        _jsonl(d / "labels.jsonl", rows)
-        _jsonl(d / "all_pairs.jsonl", prev + rows)
+        prev = read_jsonl(self.rdir(r - 1) / "labels" / "all_pairs.jsonl") if r > 1 else []
+        write_jsonl(d / "labels.jsonl", rows)
+        write_jsonl(d / "all_pairs.jsonl", prev + rows)
         stats.update({"pairs": len(rows), "total_pairs": len(prev) + len(rows),
                       "labels_total": self.labels_spent(r - 1) + len(sel)})
         print(f"loop: round {r}: labels: {json.dumps(stats)}")
@@ -333,7 +318,7 @@ class Loop:
     def reward(self, r: int, d: Path) -> dict:
         from rlhfkit.loop.ensemble import train_ensemble
 
-        pairs = _read(self.rdir(r) / "labels" / "all_pairs.jsonl")
+        pairs = read_jsonl(self.rdir(r) / "labels" / "all_pairs.jsonl")
         pairs = [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
         cfg = copy.deepcopy(self.c.reward)
         if cfg.model == "init":  # a sequence classifier on the initial policy's backbone
@@ -362,8 +347,8 @@ class Loop:
                 "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}}
 
     def eval(self, r: int, d: Path) -> dict:
-        held = [x["prompt"] for x in _read(self.out / "setup" / "eval_prompts.jsonl")]
-        heldout = _read(self.out / "setup" / "heldout_pairs.jsonl")
+        held = [x["prompt"] for x in read_jsonl(self.out / "setup" / "eval_prompts.jsonl")]
+        heldout = read_jsonl(self.out / "setup" / "heldout_pairs.jsonl")
         ev = evaluate_policy(self.c, self.outputs[f"{r}/policy"]["model"], self.outputs["setup"]["model"], held,
                              self.outputs[f"{r}/reward"]["members"], heldout)
         ev["labels"] = self.labels_spent(r)
@@ -444,15 +429,14 @@ def run(config: LoopConfig) -> dict:
         r = int(key.split("/")[0]) if "/" in key else 0
         state.update(round=r, stage=key.split("/")[-1], status="running")
         _write_state(out, state)
-        fp = fingerprint(f"loop:{key}", own, inputs)
+        fp = stage_fingerprint(f"loop:{key}", own, inputs)
         loop.fps[key] = fp
-        rec = run_stage(f"round {key}" if "/" in key else key, stage_dir, fp, fn,
-                        log=lambda m: print(m.replace("pipeline: ", "loop: ", 1)))
+        rec = run_stage(f"round {key}" if "/" in key else key, stage_dir, fp, fn, prefix="loop")
         loop.outputs[key] = rec.get("outputs") or {}
         records[key] = rec
         return rec
 
-    own = {"init": settings(config.init) if config.init.kind == "tiny" else {"model": with_content(config.init.model)},
+    own = {"init": stage_settings(config.init) if config.init.kind == "tiny" else {"model": with_content(config.init.model)},
            "prompts": with_content(config.prompts), "prompt_words": config.prompt_words, "n_eval_prompts": config.n_eval_prompts,
            "max_train_prompts": config.max_train_prompts, "seed": config.seed, "gold": config.gold,
            "eval_samples": config.eval_samples, "max_new_tokens": config.max_new_tokens,

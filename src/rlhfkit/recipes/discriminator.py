@@ -33,7 +33,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlhfkit.data.loading import load_training_records
+from rlhfkit.data.splits import draw_in_order, split_by_prompt
 from rlhfkit.recipes.reward import RewardConfig
+from rlhfkit.training.run_identity import with_content
 
 
 @dataclass
@@ -78,7 +81,6 @@ def load_demonstrations(config: DiscriminatorConfig) -> list:
     policy answers a prompt text here, and a rendered conversation is not the text the
     classifier would later score)."""
     from rlhfkit.data.records import CompletionRecord
-    from rlhfkit.recipes.common import draw_in_order, load_training_records
     from rlhfkit.training.config import ConfigError
 
     records = load_training_records(config.data, "sft", config.on_error)
@@ -118,8 +120,6 @@ def sample_policy(config: DiscriminatorConfig, prompts: list[str]) -> list[str]:
 
 
 def _sample_settings(config: DiscriminatorConfig) -> dict:
-    from rlhfkit.pipeline.cache import with_content
-
     keys = ("max_demos", "samples_per_prompt", "max_new_tokens", "temperature", "max_prompt_length",
             "chat_template", "seed", "on_error")
     return {"policy": with_content(config.policy), "data": with_content(config.data),
@@ -149,7 +149,7 @@ def run(config: DiscriminatorConfig) -> dict:
 
     from rlhfkit.data.readers import write_jsonl
     from rlhfkit.recipes import reward as reward_recipe
-    from rlhfkit.recipes.common import set_threads, split_by_prompt
+    from rlhfkit.recipes.common import set_threads
 
     config.validate()
     set_threads(config.threads)

@@ -42,13 +42,15 @@ from rlhfkit.core.losses import (
     orpo_loss,
     simpo_loss,
 )
+from rlhfkit.data.loading import load_training_records
+from rlhfkit.data.splits import drop_held_out_copies, first_n, split_by_prompt
 from rlhfkit.data.tokenize import IGNORE_INDEX, pad_sequences, special_layout
-from rlhfkit.recipes.common import (LoraConfig, drop_held_out_copies, finished_run, first_n, load_training_records,
-                                    require_examples, save_final, scaled_weights, set_threads, split_by_prompt,
-                                    total_weight, weights_of, with_weight)
+from rlhfkit.recipes.common import (LoraConfig, require_examples, save_final, scaled_weights, set_threads, total_weight,
+                                    weights_of, with_weight)
 from rlhfkit.training.checkpoint import unwrap
 from rlhfkit.training.distributed import DistInfo, barrier, cleanup, init_distributed
 from rlhfkit.training.loop import TrainingConfig, fit
+from rlhfkit.training.run_identity import finished_run
 
 REFERENCES = ("auto", "cached", "lora", "none")
 # beta = 0 in the config means "this loss's usual value": 0.1 for the DPO family (Rafailov et al.),

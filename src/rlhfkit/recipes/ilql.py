@@ -33,6 +33,9 @@ import torch
 from torch import nn
 
 from rlhfkit.core.value_learning import advantage_logits, ilql_losses
+from rlhfkit.data.loading import load_training_records
+from rlhfkit.data.splits import draw_in_order, split_by_prompt
+from rlhfkit.training.run_identity import with_content
 
 KINDS = ("pairs", "ratings", "thumbs")
 
@@ -136,8 +139,6 @@ class ILQLHeads(nn.Module):
 
 def rewarded_responses(config: ILQLConfig) -> list[dict]:
     """``{"prompt", "response", "reward"}`` rows from the data (see the module docstring)."""
-    from rlhfkit.recipes.common import draw_in_order, load_training_records
-
     records = draw_in_order(load_training_records(config.data, config.kind, config.on_error), config.max_records,
                             config.seed)
     rows = []
@@ -255,8 +256,7 @@ def run(config: ILQLConfig) -> dict:
     from safetensors.torch import save_file
 
     from rlhfkit.models import load_policy
-    from rlhfkit.pipeline.cache import with_content
-    from rlhfkit.recipes.common import set_threads, split_by_prompt
+    from rlhfkit.recipes.common import set_threads
     from rlhfkit.training.logging import progress_bar
 
     config.validate()

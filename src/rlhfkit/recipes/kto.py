@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 import torch
 
 from rlhfkit.core.losses import kto_loss, weighted_sum
+from rlhfkit.data.loading import load_training_records
 from rlhfkit.data.records import ThumbsRecord
-from rlhfkit.recipes.common import (LoraConfig, drop_held_out_copies, finished_run, first_n, load_training_records,
-                                    require_examples, save_final, scaled_weights, set_threads, split_by_prompt,
-                                    total_weight, weights_of, with_weight)
+from rlhfkit.data.splits import drop_held_out_copies, first_n, split_by_prompt
+from rlhfkit.recipes.common import (LoraConfig, require_examples, save_final, scaled_weights, set_threads, total_weight,
+                                    weights_of, with_weight)
 from rlhfkit.recipes.dpo import (
     cached_reference,
     encode_prompt,
@@ -47,6 +48,7 @@ from rlhfkit.recipes.dpo import (
 from rlhfkit.training.checkpoint import unwrap
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.loop import TrainingConfig, fit
+from rlhfkit.training.run_identity import finished_run
 
 
 @dataclass

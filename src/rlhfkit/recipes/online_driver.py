@@ -27,11 +27,11 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.distributed as dist
 
-from rlhfkit.recipes.common import finished_run, save_final, set_threads
+from rlhfkit.recipes.common import save_final, set_threads
 from rlhfkit.recipes.online_config import OnlineConfig
 from rlhfkit.recipes.online_inputs import (RANK_SALT, adversarial_modules, adversarial_step, build_run_reward,
-                                           generate, load_models, load_prompts, local_share, make_generator,
-                                           prompts_for_step, score)
+                                           generate, load_models, local_share, make_generator,
+                                           prompts_for_step, run_prompts, score)
 from rlhfkit.recipes.online_outputs import closing_line, rollout_metrics, run_outputs
 from rlhfkit.rewards import build_reward
 from rlhfkit.rollout import Rollout, repeat_each, rollout_logprobs, step_seed
@@ -40,8 +40,8 @@ from rlhfkit.training.checkpoint import (load_checkpoint, load_rank_rng, resume_
                                          save_checkpoint)
 from rlhfkit.training.config import ConfigError
 from rlhfkit.training.distributed import DistInfo, all_gather_rows, all_reduce_sum, barrier, cleanup, init_distributed
-from rlhfkit.training.loop import (adamw, build_scheduler, check_resume_config,
-                                   resume_fingerprint)
+from rlhfkit.training.loop import adamw, build_scheduler
+from rlhfkit.training.run_identity import check_resume_config, finished_run, resume_fingerprint
 
 
 @dataclass
@@ -210,7 +210,7 @@ def run_online(config: OnlineConfig, algorithm: OnlineAlgorithm) -> dict:
     if (done := finished_run(config, algorithm.name, info)) is not None:
         cleanup(info)
         return done
-    prompts = load_prompts(config)
+    prompts = run_prompts(config)
     reward, adversary = build_run_reward(config, info)
     gold = build_reward(config.gold_reward, batch_size=config.reward_batch_size) if config.gold_reward else None
     policy, tokenizer, reference = load_models(config, need_reference=algorithm.need_reference)

@@ -1,7 +1,9 @@
 """What an online run reads: its prompts, its models, its sampler and its reward.
 
-- prompts: the first words of the shared movie reviews or a prompt file; each step's prompts are
-  a function of (seed, step) only (``prompts_for_step``), so resuming needs no data-loader state,
+- prompts: a named pool (the first words of the shared movie reviews, or the first human turns
+  of chat conversations) or a prompt file, read by ``data.loading.load_prompts``; each step's
+  prompts are a function of (seed, step) only (``prompts_for_step``), so resuming needs no
+  data-loader state,
   and over several processes each rank takes its consecutive share (``local_share``: whole
   groups of k samples stay on one rank);
 - models: the policy and its KL reference (a given ``ref_model``, the policy with its LoRA adapter
@@ -17,9 +19,8 @@ import copy
 
 import torch
 
-from rlhfkit.data.shared_sets import load_movie_review_prompts
+from rlhfkit.data.loading import load_prompts
 from rlhfkit.models import apply_lora, load_policy
-from rlhfkit.recipes.common import load_training_records
 from rlhfkit.recipes.online_config import OnlineConfig
 from rlhfkit.rewards import build_reward
 from rlhfkit.rewards.adversarial import Adversary, RewardWithAdversary
@@ -33,19 +34,10 @@ RANK_SALT = 100_003  # separates the ranks' sampling seeds from the other salts 
 
 
 # ---------------------------------------------------------------------------- prompts
-def load_prompts(config: OnlineConfig) -> list[str]:
-    """The prompt texts: first ``prompt_words`` words of the movie reviews, or a prompt file."""
-    if config.prompts == "movie-reviews":
-        records = load_movie_review_prompts(n_words=config.prompt_words,
-                                            limit=config.max_prompts or None, seed=config.seed)
-    else:
-        records = load_training_records(config.prompts, "prompts")
-    prompts = [r.prompt for r in records]
-    if config.max_prompts:
-        prompts = prompts[: config.max_prompts]
-    if not prompts:
-        raise ValueError(f"no prompts in {config.prompts!r}")
-    return prompts
+def run_prompts(config: OnlineConfig) -> list[str]:
+    """The prompts of a run (``data.loading.load_prompts``): at most ``max_prompts``, drawn by the
+    run's seed from a named pool, the first ones of a prompt file."""
+    return load_prompts(config.prompts, config.prompt_words, limit=config.max_prompts or None, seed=config.seed)
 
 
 def prompts_for_step(prompts: list[str], step: int, n: int, seed: int) -> list[str]:

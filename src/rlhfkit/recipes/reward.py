@@ -14,14 +14,16 @@ from pathlib import Path
 import torch
 
 from rlhfkit.core.losses import binary_feedback_loss, bradley_terry_loss, rating_regression_loss, weighted_sum
+from rlhfkit.data.loading import load_training_records
+from rlhfkit.data.splits import drop_held_out_copies, first_n, split_by_prompt
 from rlhfkit.data.tokenize import pad_sequences, tokenize_pair
-from rlhfkit.recipes.common import (LoraConfig, drop_held_out_copies, finished_run, first_n, load_training_records,
-                                    require_examples, save_final, set_threads, split_by_prompt, validate_data_fields,
-                                    scaled_weights, total_weight, weights_of)
+from rlhfkit.recipes.common import (LoraConfig, require_examples, save_final, scaled_weights, set_threads, total_weight,
+                                    validate_data_fields, weights_of)
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.checkpoint import latest_checkpoint
 from rlhfkit.training.loop import TrainingConfig, fit
 from rlhfkit.core.precision import running_at
+from rlhfkit.training.run_identity import finished_run
 
 OBJECTIVE_KIND = {"pairwise": "pairs", "regression": "ratings", "classification": "thumbs"}
 RATING_NORMALISATIONS = ("none", "per_labeler")

@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 import torch
 
 from rlhfkit.core.losses import count_target_tokens, sft_loss
+from rlhfkit.data.loading import load_training_records
+from rlhfkit.data.splits import drop_held_out_copies, split_by_prompt
 from rlhfkit.data.tokenize import pad_sequences, tokenize_sft
-from rlhfkit.recipes.common import (LoraConfig, drop_held_out_copies, finished_run, load_training_records,
-                                    require_examples, save_final, set_threads, split_by_prompt, validate_data_fields,
-                                    scaled_weights, total_weight, weights_of, with_weight)
+from rlhfkit.recipes.common import (LoraConfig, require_examples, save_final, scaled_weights, set_threads, total_weight,
+                                    validate_data_fields, weights_of, with_weight)
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.loop import TrainingConfig, fit, model_device, to_device
 from rlhfkit.core.precision import running_at
+from rlhfkit.training.run_identity import finished_run
 
 
 @dataclass

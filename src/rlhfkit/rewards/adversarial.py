@@ -26,6 +26,9 @@ from typing import Any, Sequence
 
 import torch
 
+from rlhfkit.data.loading import load_training_records
+from rlhfkit.data.splits import draw_in_order
+
 ADVERSARIAL_SALT = 4_409  # step_seed salt of the discriminator's draws
 
 
@@ -88,7 +91,6 @@ class Adversary:
              score_batch_size: int = 32) -> "Adversary":
         from rlhfkit.data.records import CompletionRecord
         from rlhfkit.models import load_reward_model
-        from rlhfkit.recipes.common import draw_in_order, load_training_records
         from rlhfkit.training.config import ConfigError
 
         demos = load_training_records(config.demos, "sft", "raise")

@@ -14,7 +14,6 @@ resumes only on the examples it was trained on (``examples_digest``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -46,6 +45,8 @@ from .distributed import (
 from .config import ConfigError
 from .logging import MetricsLogger, progress_bar
 from rlhfkit.core.precision import autocast, keep_head_fp32
+
+from .run_identity import check_resume_config, check_resume_data, examples_digest, resume_fingerprint
 
 
 @dataclass
@@ -84,7 +85,7 @@ class TrainingConfig:
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
     precision: str = field(default="fp32", metadata={"help": "fp32, or bf16: the training forward passes in bfloat16 "
                                                              "autocast (weights, gradients, optimiser and output head "
-                                                             "stay float32; training/precision.py)"})
+                                                             "stay float32; core/precision.py)"})
 
     def trains_without_steps(self) -> bool:
         """Whether ``epochs: 0`` (no optimiser step) is a run: a recipe that fits something
@@ -110,86 +111,6 @@ class TrainingConfig:
 
         if self.precision not in PRECISIONS:
             raise ValueError(f"field 'precision': {self.precision!r} is not one of {list(PRECISIONS)}")
-
-
-# Fields that may change between a run and its resumption without changing the result.
-_RESUME_FREE_FIELDS = {"output_dir", "resume", "save_every", "keep_checkpoints", "log_every", "eval_every",
-                       "tensorboard", "threads", "gradient_checkpointing", "max_minutes"}
-
-
-# Fields added after runs were made: left out of fingerprints while they hold these values, so that
-# a checkpoint (or a pipeline stage) made before the field existed still resumes (stays cached).
-FINGERPRINT_DEFAULTS = {"precision": "fp32", "drop_duplicates": True, "normalise_ratings": "none"}
-# later-added config sections, left out while switched off (whatever their other fields say)
-FINGERPRINT_OFF_SECTIONS = {"adversarial": "discriminator"}
-
-
-def at_fingerprint_default(key: str, value: Any) -> bool:
-    """Whether ``key`` is a later-added field holding its default, or a later-added section that
-    is switched off (left out of fingerprints)."""
-    if key in FINGERPRINT_OFF_SECTIONS:
-        return isinstance(value, dict) and not value.get(FINGERPRINT_OFF_SECTIONS[key])
-    return key in FINGERPRINT_DEFAULTS and value == FINGERPRINT_DEFAULTS[key]
-
-
-def with_fingerprint_defaults(fingerprint: dict) -> dict:
-    """``fingerprint`` with the later-added fields it leaves out named at their defaults, so that
-    a saved and a current fingerprint compare field by field (a run made before a field existed
-    ran at its default)."""
-    return {**FINGERPRINT_DEFAULTS, **fingerprint}
-
-
-def resume_fingerprint(config: Any) -> dict:
-    """The config fields a checkpoint's continuation depends on (JSON-able), stored with it."""
-    import dataclasses
-
-    d = {k: v for k, v in dataclasses.asdict(config).items()
-         if k not in _RESUME_FREE_FIELDS and not at_fingerprint_default(k, v)}
-    return json.loads(json.dumps(d, default=str))
-
-
-def check_resume_config(ckpt: Any, config: Any) -> None:
-    """Refuse to resume from a checkpoint written under different settings: the data position,
-    schedule and weights would silently belong to another run (exact resume needs the same config)."""
-    saved = json.loads((Path(ckpt) / "trainer_state.json").read_text(encoding="utf-8")).get("config")
-    if saved is None:  # a checkpoint from before fingerprints were stored
-        return
-    saved, now = with_fingerprint_defaults(saved), with_fingerprint_defaults(resume_fingerprint(config))
-    diffs = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
-             if saved.get(k) != now.get(k)]
-    if diffs:
-        raise ConfigError(f"{ckpt} was written with other settings ({'; '.join(diffs)}); resume with the "
-                          "same settings, or start afresh with --resume false or another --output_dir")
-
-
-# example fields that are not data: DPO's / KTO's reference log-probs (the cache's key covers them)
-_NOT_DATA_FIELDS = ("ref",)
-
-
-def examples_digest(examples: list[Any]) -> dict:
-    """``{"examples": n, "sha256": ...}`` of the training examples (token ids, targets, weights):
-    stored in each checkpoint, so that a run resumes only on the examples it was trained on (the
-    data file edited, or a split or duplicate rule changed since, would otherwise continue the
-    schedule on other examples, some perhaps held out before)."""
-    h = hashlib.sha256()
-    for e in examples:
-        if isinstance(e, dict):
-            e = {k: v for k, v in e.items() if k not in _NOT_DATA_FIELDS}
-        h.update(json.dumps(e, sort_keys=True, default=str).encode())
-        h.update(b"\n")
-    return {"examples": len(examples), "sha256": h.hexdigest()}
-
-
-def check_resume_data(ckpt: Any, digest: dict) -> None:
-    """Refuse to resume from a checkpoint trained on other examples (a checkpoint written before
-    digests were stored is not checked)."""
-    saved = json.loads((Path(ckpt) / "trainer_state.json").read_text(encoding="utf-8")).get("data")
-    if saved is None or saved == digest:
-        return
-    raise ConfigError(f"{ckpt} was trained on other examples ({saved['examples']} then, {digest['examples']} now; "
-                      f"digest {saved['sha256'][:12]} -> {digest['sha256'][:12]}): the data file, the held-out "
-                      "split or the duplicates dropped changed since; resume on the same data, or start afresh "
-                      "with --resume false or another --output_dir")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

@@ -61,7 +61,8 @@ def run_child(cmd: list[str], log: Path) -> tuple[float, float]:
 
 def heldout_prompts(config_path: str, out: Path, n: int) -> Path:
     """The prompts of the first `n` held-out pairs of the recipe's split, as a JSONL prompt file."""
-    from rlhfkit.recipes.common import load_training_records, split_holdout
+    from rlhfkit.data.loading import load_training_records
+    from rlhfkit.data.splits import split_holdout
 
     cfg = load_config(_dpo_config(), str(ROOT / config_path), [])
     pairs = load_training_records(cfg.data, "pairs", "raise", ties="drop")

@@ -38,7 +38,8 @@ def main(argv: list[str]) -> None:
 
     from rlhfkit.eval.reward_eval import pair_metrics, score_texts
     from rlhfkit.models import load_reward_model
-    from rlhfkit.recipes.common import load_training_records, split_holdout
+    from rlhfkit.data.loading import load_training_records
+    from rlhfkit.data.splits import split_holdout
     from rlhfkit.recipes.reward import RewardConfig, split_seed
     from rlhfkit.training.config import load_config
 

@@ -19,7 +19,8 @@ import torch
 
 from rlhfkit.eval.reward_eval import evaluate_pairs
 from rlhfkit.models import load_reward_model
-from rlhfkit.recipes.common import first_n, load_training_records, split_holdout
+from rlhfkit.data.loading import load_training_records
+from rlhfkit.data.splits import first_n, split_holdout
 from rlhfkit.recipes.reward import RewardConfig, run, split_seed
 from rlhfkit.training.config import load_config
 

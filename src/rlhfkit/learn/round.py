@@ -29,7 +29,10 @@ from typing import Callable
 from rlhfkit.learn import inputs as inputs_mod
 from rlhfkit.learn.config import FOLLOW_FIELDS, LearnConfig
 from rlhfkit.models import versions
-from rlhfkit.pipeline.cache import file_digest, fingerprint, run_stage, settings
+from rlhfkit.pipeline.cache import run_stage
+from rlhfkit.training.run_identity import file_digest
+from rlhfkit.training.run_identity import stage_fingerprint as fingerprint
+from rlhfkit.training.run_identity import stage_settings as settings
 
 STAGES = ("inputs", "defence", "reward", "policy", "gate")
 

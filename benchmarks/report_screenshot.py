@@ -1,7 +1,7 @@
 """Screenshot of a pipeline report (headless Chromium through Playwright), to look at it and to
 put it in the docs.
 
-    .venv/bin/python benchmarks/report_screenshot.py outputs/pipeline_sentiment/report.html docs/img/pipeline_report.png
+    .venv/bin/python benchmarks/report_screenshot.py outputs/pipeline_chat/report.html docs/img/pipeline_report.png
 
 The report is self-contained (plots embedded as data URIs), so it is opened as a file:// page
 with no server. ``--full_page`` (default) captures the whole page, not only the first screen.

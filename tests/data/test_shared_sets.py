@@ -133,3 +133,65 @@ def test_movie_review_prompts(shared_data):
     assert len(some) == 10 and all(len(p.prompt.split()) == 5 for p in some)
     assert some == load_movie_review_prompts(path, n_words=5, limit=10, seed=1)
     assert some != load_movie_review_prompts(path, n_words=5, limit=10, seed=2)
+
+
+def _write_chat_sources(tmp_path):
+    """Three OASST trees (the second deleted) and four HH dialogues (the third repeats the first
+    turn of the first with other case and spacing, the fourth is longer than 6 words)."""
+    trees = [{"prompt": {"text": "  How do I boil an egg? ", "role": "prompter", "replies": []}},
+             {"prompt": {"text": "A deleted question", "role": "prompter", "deleted": True}},
+             {"prompt": {"text": "Name a red fruit.", "role": "prompter", "review_result": True}}]
+    oasst = tmp_path / "oasst.jsonl"
+    oasst.write_text("".join(json.dumps(t) + "\n" for t in trees), encoding="utf-8")
+    dialogues = ["\n\nHuman: Tell me a joke\n\nAssistant: No.",
+                 "\n\nHuman: name a red fruit.\n\nAssistant: An apple.\n\nHuman: Another?\n\nAssistant: A cherry.",
+                 "\n\nHuman: tell me   a JOKE\n\nAssistant: Why not.",
+                 "\n\nHuman: one two three four five six seven\n\nAssistant: Eight."]
+    hh = tmp_path / "hh.jsonl.gz"
+    with gzip.open(hh, "wt", encoding="utf-8") as f:
+        for d in dialogues:
+            f.write(json.dumps({"chosen": d, "rejected": d.rsplit("Assistant:", 1)[0] + "Assistant: Something else."}) + "\n")
+    return oasst, hh
+
+
+def test_chat_prompts_are_short_unique_first_turns_oasst_first(tmp_path):
+    from rlhfkit.data.shared_sets import load_chat_prompts
+
+    oasst, hh = _write_chat_sources(tmp_path)
+    got = [p.prompt for p in load_chat_prompts(oasst, hh, max_words=6)]
+    # OASST roots (the deleted one skipped, text stripped), then HH first turns; "name a red fruit."
+    # and "tell me   a JOKE" repeat earlier turns up to case and spacing; the 7-word turn is too long
+    assert got == ["How do I boil an egg?", "Name a red fruit.", "Tell me a joke"]
+    assert [p.prompt for p in load_chat_prompts(oasst, hh, max_words=7)][-1] == "one two three four five six seven"
+    with pytest.raises(ValueError, match="max_words"):
+        load_chat_prompts(oasst, hh, max_words=0)
+
+
+def test_chat_first_turns_pool_from_the_shared_data(shared_data):
+    """The named pool ``chat-first-turns``: the first human turn of each OASST tree and each HH
+    dialogue, at most 25 words, each once; counts as documented in data/shared_sets.py."""
+    import re
+
+    from rlhfkit.data.shared_sets import PROMPT_POOLS, load_chat_prompts, load_named_prompts
+
+    oasst_roots = [json.loads(l)["prompt"]["text"].strip()
+                   for l in (shared_data / "oasst-en-100-trees.jsonl").open(encoding="utf-8")]
+    hh_firsts = []
+    for line in gzip.open(shared_data / "hh-rlhf-harmless-base-test.jsonl.gz", "rt", encoding="utf-8"):
+        dialogue = json.loads(line)["chosen"]
+        hh_firsts.append(re.split(r"\n\nAssistant:", dialogue.split("\n\nHuman:", 1)[1], maxsplit=1)[0].strip())
+    pool = [p.prompt for p in load_chat_prompts()]
+    assert len(pool) == 2076 and "chat-first-turns" in PROMPT_POOLS
+    keys = [" ".join(p.split()).casefold() for p in pool]
+    assert len(set(keys)) == len(keys)  # each turn once
+    assert all(1 <= len(p.split()) <= 25 for p in pool)
+    n_oasst = sum(p in set(oasst_roots) for p in pool)
+    assert (n_oasst, len(pool) - n_oasst) == (68, 2008)
+    assert pool[:n_oasst] == [p for p in oasst_roots if len(p.split()) <= 25]  # OASST first, in file order
+    assert set(pool[n_oasst:]) <= set(hh_firsts)
+    # every short HH first turn is in the pool, or an equal one (up to case and spacing) came before
+    assert {" ".join(p.split()).casefold() for p in hh_firsts if len(p.split()) <= 25} <= set(keys)
+    some = load_named_prompts("chat-first-turns", limit=10, seed=3)
+    assert len(some) == 10 and [p.prompt for p in some] == [p for p in pool if p in {s.prompt for s in some}]
+    with pytest.raises(ValueError, match="unknown prompt pool"):
+        load_named_prompts("chat-first-turn")

@@ -166,6 +166,8 @@ def test_resume_after_sigkill_in_the_policy_stage(tmp_path, pipeline_data):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "pipeline: policy: resuming" in done.stdout
     assert "pipeline: reward: cached" in done.stdout
+    last = done.stdout.rstrip().splitlines()[-1]  # the last line says where the report is
+    assert last.startswith("pipeline: done in ") and last.endswith(f"report: {out / 'report.html'}")
     rec = records(out)
     assert rec["policy"]["status"] == "done" and rec["policy"]["resumed"] and rec["policy"]["runs"] == 2
     steps = [json.loads(line)["step"] for line in (out / "policy" / "metrics.jsonl").read_text().splitlines()]
@@ -299,6 +301,26 @@ def test_dataset_pairs_are_held_out_by_prompt(tmp_path, pipeline_data):
     assert out["pairs"] + out["heldout_pairs"] == 120 and held
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
     assert all(sum(r["prompt"] == p for r in held) == 3 for p in {r["prompt"] for r in held})
+
+
+def test_a_stage_record_holds_its_cpu_time_beside_its_wall_time(tmp_path):
+    """``cpu_seconds`` counts the process's CPU time in the stage, not the time it waited: a
+    stage that computes for 0.2 CPU-seconds and sleeps 0.3 s records about 0.2 and at least 0.5."""
+    import time
+
+    from rlhfkit.pipeline.cache import run_stage
+
+    def busy_then_asleep(d):
+        t = time.process_time()
+        while time.process_time() - t < 0.2:
+            pass
+        time.sleep(0.3)
+        return {}
+
+    rec = run_stage("eval", tmp_path / "eval", "f" * 64, busy_then_asleep, log=lambda s: None)
+    assert rec["seconds"] >= 0.5
+    assert 0.2 <= rec["cpu_seconds"] < 0.3
+    assert json.loads((tmp_path / "eval" / "stage.json").read_text())["cpu_seconds"] == rec["cpu_seconds"]
 
 
 def test_quick_leaves_a_command_line_setting_alone(tmp_path, pipeline_data, capsys):

@@ -128,7 +128,7 @@ def test_rating_and_thumbs_objectives_train(tmp_path, tiny_encoder_rm_dir, objec
 def test_help_lists_every_command_and_field(capsys):
     assert main(["--help"]) == 0
     top = capsys.readouterr().out
-    for command in ("sft", "reward train", "reward eval", "demo"):
+    for command in ("sft", "reward train", "reward eval", "pipeline"):
         assert command in top
     with pytest.raises(SystemExit) as e:
         main(["sft", "--help"])

@@ -75,6 +75,18 @@ def test_grpo_token_loss_by_hand():
     assert (loss + 0.1 * kl_term).item() == pytest.approx(-1.075)
 
 
+def test_online_prompts_come_from_a_named_pool(shared_data):
+    """``--prompts`` takes every named pool (``data.shared_sets.PROMPT_POOLS``): chat-first-turns
+    gives the pool's first human turns, ``max_prompts`` of them drawn by the run's seed."""
+    from rlhfkit.data.shared_sets import load_named_prompts
+    from rlhfkit.recipes.online_inputs import load_prompts
+
+    cfg = load_config(grpo.GRPOConfig, None, {"prompts": "chat-first-turns", "max_prompts": 6, "seed": 4})
+    assert load_prompts(cfg) == [p.prompt for p in load_named_prompts("chat-first-turns", limit=6, seed=4)]
+    reviews = load_prompts(load_config(grpo.GRPOConfig, None, {"max_prompts": 3, "prompt_words": 5}))
+    assert len(reviews) == 3 and all(len(p.split()) == 5 for p in reviews)
+
+
 def test_prompt_order_is_a_function_of_seed_and_step():
     prompts = [f"p{i}" for i in range(10)]
     a = [prompts_for_step(prompts, s, 4, seed=3) for s in range(4)]

@@ -32,6 +32,18 @@ def test_toxicity_readability_frequency_length():
     assert build_reward("length")([""], ["a b  c"]).tolist() == [3.0]
 
 
+def test_friendly_is_vader_tone_minus_toxicity():
+    """``friendly`` (the chat preset's gold judge) = VADER compound - profanity probability: a warm
+    reply scores near +1, a hostile profane one near -2, a neutral one near 0."""
+    texts = ["Thank you, I am happy to help!", "you are a fucking idiot", "The answer is 42."]
+    f = build_reward("friendly")(["", "", ""], texts)
+    v, t = build_reward("vader")(["", "", ""], texts), build_reward("toxicity")(["", "", ""], texts)
+    assert f.tolist() == pytest.approx((v - t).tolist(), abs=1e-6)
+    assert f.tolist() == pytest.approx(build_reward("vader + -1*toxicity")(["", "", ""], texts).tolist(), abs=1e-6)
+    assert f[0] > 0.8 and f[1] < -1.0 and abs(f[2]) < 0.3  # VADER 0.8478 (thank, happy, help); toxicity ~1 on the insult
+    assert isinstance(build_reward("friendly"), JudgeSource)
+
+
 def test_function_source_and_errors():
     s = build_reward("fn:tests.rewards.rules:length_of_response")
     assert isinstance(s, FunctionSource) and isinstance(s, RewardSource)

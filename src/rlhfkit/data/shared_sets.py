@@ -11,6 +11,9 @@ Counts on the files shipped there (measured, and checked by tests/data/test_shar
 - OASST 100 trees: 212 ranked reply groups (113 with a multi-turn history) -> 212
   rankings, 754 pairs (no tied ranks in the file), 212 demonstrations and 212 conversations.
 - movie_reviews: 2,000 reviews -> 2,000 prompts of ``n_words`` words.
+- chat-first-turns (``load_chat_prompts``): the first human turn of the 100 OASST trees and of the
+  2,312 HH-RLHF harmless dialogues; at most 25 words and deduplicated: 68 OASST + 2,008 HH =
+  2,076 prompts (2,277 without the length limit).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import gzip
 import json
 import os
 import random
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +48,10 @@ __all__ = [
     "render_dialogue",
     "load_oasst",
     "load_movie_review_prompts",
+    "CHAT_PROMPT_MAX_WORDS",
+    "load_chat_prompts",
+    "PROMPT_POOLS",
+    "load_named_prompts",
 ]
 
 HH_FILE = "hh-rlhf-harmless-base-test.jsonl.gz"
@@ -338,3 +346,60 @@ def load_movie_review_prompts(path=None, n_words: int = 8, limit: int | None = N
             if len(words) >= n_words:
                 prompts.append(PromptRecord(" ".join(words[:n_words])))
     return prompts
+
+
+# ----------------------------------------------------------------------------- chat prompts
+CHAT_PROMPT_MAX_WORDS = 25
+_FIRST_HUMAN_TURN = re.compile(r"\s*Human:(.*?)\n\nAssistant:", re.S)
+
+
+def load_chat_prompts(oasst_path=None, hh_path=None, max_words: int = CHAT_PROMPT_MAX_WORDS) -> list[PromptRecord]:
+    """What people send a chat assistant: the first human turn of every OpenAssistant tree (its
+    root prompter message, when not deleted or review-failed) and of every HH-RLHF harmless
+    dialogue (the text between the first ``Human:`` and ``Assistant:``), OASST first, each in
+    file order. Kept: turns of at most ``max_words`` whitespace-separated words (short questions,
+    so that a reply fits a short token budget and the rendered chat prompt fits 128 tokens),
+    each once (the first of those equal up to case and whitespace). The text is stripped, not
+    otherwise changed; the pipeline renders it as one user turn with the policy's chat template.
+    Most HH turns are red-teaming requests (harmful or rude), most OASST turns ordinary
+    questions."""
+    if max_words < 1:
+        raise ValueError("max_words must be >= 1")
+    turns: list[str] = []
+    with open(_path(oasst_path, OASST_FILE), "rb") as f:
+        for raw in f:
+            if raw.strip():
+                root = json.loads(raw.decode("utf-8")).get("prompt")
+                if isinstance(root, dict) and _oasst_ok(root) and root.get("role", "prompter") == "prompter":
+                    turns.append(root["text"].strip())
+    for pair in load_hh_rlhf(hh_path, keep_empty=True):
+        m = _FIRST_HUMAN_TURN.match(pair.prompt)
+        if m and m.group(1).strip():
+            turns.append(m.group(1).strip())
+    seen: set[str] = set()
+    prompts = []
+    for text in turns:
+        key = " ".join(text.split()).casefold()
+        if len(text.split()) <= max_words and key not in seen:
+            seen.add(key)
+            prompts.append(PromptRecord(text))
+    return prompts
+
+
+PROMPT_POOLS = ("movie-reviews", "chat-first-turns")
+
+
+def load_named_prompts(name: str, prompt_words: int = 8, limit: int | None = None, seed: int = 0) -> list[PromptRecord]:
+    """The named prompt pool ``name`` (``PROMPT_POOLS``): ``movie-reviews`` (the first
+    ``prompt_words`` words of each review; ``limit`` / ``seed`` as ``load_movie_review_prompts``)
+    or ``chat-first-turns`` (``load_chat_prompts``; ``limit`` draws that many with
+    ``random.Random(seed)``, kept in pool order)."""
+    if name == "movie-reviews":
+        return load_movie_review_prompts(n_words=prompt_words, limit=limit, seed=seed)
+    if name == "chat-first-turns":
+        prompts = load_chat_prompts()
+        if limit is not None and limit < len(prompts):
+            keep = set(random.Random(seed).sample(range(len(prompts)), limit))
+            prompts = [p for i, p in enumerate(prompts) if i in keep]
+        return prompts
+    raise ValueError(f"unknown prompt pool {name!r}; named pools: {', '.join(PROMPT_POOLS)}")

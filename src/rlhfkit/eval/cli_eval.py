@@ -35,7 +35,7 @@ __all__ = ["EvalConfig", "LeaderboardConfig", "run", "run_leaderboard", "load_ev
 
 @dataclass
 class _Sampling:
-    prompts: str = field(default="movie-reviews", metadata={"help": "movie-reviews (first words of the shared reviews) or a JSONL/JSON file of {\"prompt\": ...}"})
+    prompts: str = field(default="movie-reviews", metadata={"help": "movie-reviews (first words of the shared reviews), chat-first-turns (first human turns of OASST and HH-RLHF) or a JSONL/JSON file of {\"prompt\": ...}"})
     prompt_words: int = field(default=8, metadata={"help": "movie-reviews: words per prompt"})
     max_prompts: int = field(default=64, metadata={"help": "evaluate on this many prompts (0 = all), drawn by seed"})
     exclude_prompts: str = field(default="", metadata={"help": "a prompt file (e.g. the training prompts) whose prompts are left out: held-out evaluation"})
@@ -103,10 +103,10 @@ def load_eval_prompts(c: _Sampling) -> list[str]:
     then ``c.max_prompts`` of them drawn with ``random.Random(c.seed)`` (in source order)."""
     from rlhfkit.recipes.common import draw_in_order, load_training_records
 
-    if c.prompts == "movie-reviews":
-        from rlhfkit.data.shared_sets import load_movie_review_prompts
+    from rlhfkit.data.shared_sets import PROMPT_POOLS, load_named_prompts
 
-        prompts = [r.prompt for r in load_movie_review_prompts(n_words=c.prompt_words)]
+    if c.prompts in PROMPT_POOLS:
+        prompts = [r.prompt for r in load_named_prompts(c.prompts, prompt_words=c.prompt_words)]
     else:
         prompts = [r.prompt for r in load_training_records(c.prompts, "prompts")]
     if c.exclude_prompts:
@@ -128,16 +128,22 @@ def _responses(rollouts) -> list[str]:
     return [r for ro in rollouts for r in ro.responses]
 
 
-def _sample_model(spec: str, prompts: list[str], c: _Sampling, salt: int, logprobs: bool = True):
+def _ended(rollouts) -> list[bool]:
+    return [bool(e) for ro in rollouts for e in ro.has_eos.tolist()]
+
+
+def _sample_model(spec: str, prompts: list[str], c: _Sampling, salt: int, logprobs: bool = True, name: str = ""):
     from rlhfkit.models import load_policy
     from rlhfkit.rollout import step_seed
 
     from .winrate import generate_responses
 
+    print(f"eval: loading {name or 'model'} {spec}", flush=True)
     model, tok = load_policy(spec)
     ros = generate_responses(model, tok, prompts, _sampling(c), seed=step_seed(c.seed, 0, salt),
                              batch_size=c.batch_size, max_prompt_length=c.max_prompt_length,
-                             chat_template=c.chat_template, behaviour_logprobs=logprobs)
+                             chat_template=c.chat_template, behaviour_logprobs=logprobs,
+                             desc=f"eval: {name or 'model'} replies")
     return model, tok, ros
 
 
@@ -220,14 +226,17 @@ def run(c: EvalConfig) -> dict:
     t0 = time.perf_counter()
     prompts = load_eval_prompts(c)
     # log-probs of the policy's own samples feed the KL; the reference's samples are only judged
-    policy, ptok, p_ros = _sample_model(c.policy, prompts, c, salt=1, logprobs=c.kl)
-    reference, rtok, r_ros = _sample_model(c.reference, prompts, c, salt=2, logprobs=False)
+    policy, ptok, p_ros = _sample_model(c.policy, prompts, c, salt=1, logprobs=c.kl, name="policy")
+    reference, rtok, r_ros = _sample_model(c.reference, prompts, c, salt=2, logprobs=False, name="reference")
     pol_texts, ref_texts = _responses(p_ros), _responses(r_ros)
     results: dict = {"policy": c.policy, "reference": c.reference, "prompts": len(prompts),
                      "judge": c.judge, "generation_seconds": round(time.perf_counter() - t0, 2)}
-    samples = [{"prompt": p, "policy": a, "reference": b} for p, a, b in zip(prompts, pol_texts, ref_texts)]
+    # a reply without EOS was cut at max_new_tokens (the report marks it)
+    samples = [{"prompt": p, "policy": a, "reference": b, "policy_ended": a_end, "reference_ended": b_end}
+               for p, a, b, a_end, b_end in zip(prompts, pol_texts, ref_texts, _ended(p_ros), _ended(r_ros))]
 
     # (b) KL(pi || pi_ref): sequence-level k1 over the policy's own samples
+    print("eval: scoring the replies (KL to the reference, judge, gold judge)", flush=True)
     if c.kl:
         if same_vocabulary(ptok, rtok):
             ref_lps = [rollout_logprobs(reference, ro, c.temperature).float().cpu() for ro in p_ros]
@@ -326,7 +335,7 @@ def run_leaderboard(c: LeaderboardConfig) -> list[dict]:
         scores, cache = {}, {}
         samples = [{"prompt": p} for p in prompts]
         for k, (name, path) in enumerate(_named(c.models)):
-            model, _, ros = _sample_model(path, prompts, c, salt=100 + k, logprobs=False)  # texts only
+            model, _, ros = _sample_model(path, prompts, c, salt=100 + k, logprobs=False, name=name)  # texts only
             del model
             texts = _responses(ros)
             scores[name] = _score(c.judge, prompts, texts, c, cache).tolist()

@@ -12,7 +12,8 @@ Contents, read from a finished (or partly finished) pipeline ``output_dir``:
 - win rates with their intervals; the reward model's reliability diagram (``reward/calibration.json``);
 - held-out responses with every token shaded by its per-token shaped reward (``-beta * KL``, plus
   the reward model's score on the last token) and by its per-token KL (``eval/token_samples.jsonl``);
-- a table of policy and reference responses to the same held-out prompts (``eval/samples.jsonl``).
+- a table of the reference's and the policy's replies to the same held-out prompts, right after
+  the headline numbers, with their gold and reward-model scores (``eval/samples.jsonl``).
 
     from rlhfkit.eval.report import render_report
     render_report("outputs/pipeline_sentiment")        # -> outputs/pipeline_sentiment/report.html
@@ -290,7 +291,55 @@ th{background:#f5f5f5} .num{text-align:right;font-variant-numeric:tabular-nums}
 .prompt{max-width:320px;color:#666;font-family:ui-monospace,Menlo,Consolas,monospace,"Apple Color Emoji","Segoe UI Emoji","Noto Color Emoji";font-size:12.5px} .muted{color:#777;font-size:12px}
 .legend span{display:inline-block;padding:1px 6px;margin-right:6px;border-radius:2px;font-size:12px}
 .headline td{font-size:14px}
+table.samples{font-size:13.5px} .samples td.ask{max-width:250px;font-weight:600;color:#333}
+.reply{white-space:pre-wrap;max-width:380px;line-height:1.35} .cut{color:#999}
+td.better{background:#e3f4e3} td.worse{background:#fbe4e4}
 """
+
+
+def _reply(text: str, ended) -> str:
+    """A reply for a table cell; one cut at the token budget (``ended`` false) ends in a marked …."""
+    cut = '<span class="cut" title="cut at the token budget (no end-of-turn token yet)"> …</span>' if ended is False else ""
+    return f'<div class="reply">{_esc(text)}{cut}</div>'
+
+
+def _change_cell(before, after, lower_better: bool = False, digits: int = 3) -> str:
+    """``before → after`` shaded green where the change is an improvement, red where it is not."""
+    if not (_finite(before) and _finite(after)):
+        return f'<td class="num">{_num(before, digits)} → {_num(after, digits)}</td>'
+    before, after = round(before, digits), round(after, digits)  # shaded only where the shown numbers differ
+    better = (after < before) if lower_better else (after > before)
+    cls = "better" if better else ("worse" if after != before else "")
+    return f'<td class="num {cls}">{_num(before, digits)} → {_num(after, digits)}</td>'
+
+
+def sample_table(samples: list[dict], gold_judge: str = "", sampling: dict | None = None, pool: str | None = None) -> str:
+    """The held-out prompts in evaluation order (not chosen), each with the reference's and the
+    policy's reply and their scores."""
+    how = ""
+    if sampling:
+        rendering = ("each sent as one user turn through the policy's chat template" if sampling.get("chat_template")
+                     else "each given as plain text to continue")
+        nucleus = f", top-p {sampling['top_p']:g}" if sampling.get("top_p", 1) < 1 else ""
+        topk = f", top-k {sampling['top_k']}" if sampling.get("top_k") else ""
+        how = (f"Prompts{f' ({_esc(pool)})' if pool else ''}: {rendering}; replies sampled at temperature "
+               f"{sampling.get('temperature', 1):g}{nucleus}{topk}, at most {sampling.get('max_new_tokens')} tokens "
+               "(… marks a reply cut there). ")
+    lower = lower_is_better(gold_judge) if gold_judge else False
+    trs = []
+    for x in samples:
+        trs.append(f'<tr><td class="ask">{_esc(x.get("prompt", ""))}</td>'
+                   f'<td>{_reply(x.get("reference", ""), x.get("reference_ended"))}</td>'
+                   f'<td>{_reply(x.get("policy", ""), x.get("policy_ended"))}</td>'
+                   + (_change_cell(x.get("gold_reference"), x.get("gold_policy"), lower) if gold_judge else "")
+                   + _change_cell(x.get("judge_reference"), x.get("judge_policy"))
+                   + f'<td class="num">{_num(x.get("kl"))}</td></tr>')
+    gold_th = f"<th>gold ({_esc(gold_judge)})<br>before → after</th>" if gold_judge else ""
+    return ("<h2>Held-out replies: before (reference) and after (policy)</h2>"
+            f'<p class="muted">{how}The first {len(samples)} held-out prompts in evaluation order, not chosen; '
+            "one sample of each model. Green: the policy's reply scores better.</p>"
+            '<table class="samples"><tr><th>prompt</th><th>reference reply (before)</th><th>policy reply (after)</th>'
+            f"{gold_th}<th>reward model<br>before → after</th><th>KL (nats)</th></tr>" + "".join(trs) + "</table>")
 
 
 def render_report(output_dir: str | Path, path: str | Path | None = None, summary: dict | None = None) -> Path:
@@ -353,6 +402,12 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
                     + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
                     + '<p class="muted">Intervals: percentile bootstrap 95% over held-out prompts (pairs for the reward '
                       'model). Win rates count ties as ½. The reference is the policy that optimisation started from.</p>')
+
+    # reference vs policy replies: what a reader looks at first
+    samples = _read_jsonl(out / "eval" / "samples.jsonl")
+    if samples:
+        body.append(sample_table(samples[:int(summary.get("n_sample_rows", 12))], gold["judge"] if gold else "",
+                                 summary.get("sampling"), summary.get("prompts")))
 
     # training curves
     plots = []
@@ -434,21 +489,6 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
         body.append("<table><tr><th>prompt</th><th>response (top: per-token reward, bottom: per-token KL)</th>"
                     "<th>RM score</th><th>gold</th><th>KL (nats)</th></tr>" + "".join(trs) + "</table>")
 
-    # policy vs reference samples
-    samples = _read_jsonl(out / "eval" / "samples.jsonl")
-    n_rows = int(summary.get("n_sample_rows", 12))
-    if samples:
-        trs = []
-        for s in samples[:n_rows]:
-            trs.append(f'<tr><td class="prompt">{_prompt(s["prompt"])}</td><td>{_esc(s.get("reference", ""))}</td>'
-                       f'<td>{_esc(s.get("policy", ""))}</td>'
-                       f'<td class="num">{_num(s.get("judge_reference"))} → {_num(s.get("judge_policy"))}</td>'
-                       f'<td class="num">{_num(s.get("gold_reference"))} → {_num(s.get("gold_policy"))}</td>'
-                       f'<td class="num">{_num(s.get("kl"))}</td></tr>')
-        body.append("<h2>Held-out samples: reference vs policy</h2><table><tr><th>prompt</th><th>reference</th>"
-                    "<th>policy</th><th>RM score ref → policy</th><th>gold ref → policy</th><th>KL</th></tr>"
-                    + "".join(trs) + "</table>")
-
     # stages
     trs = []
     for name in order:
@@ -458,9 +498,10 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
         # the report stage is still running while it writes this page
         status = "writing this page" if name == "report" and rec.get("status") == "running" else rec.get("status")
         trs.append(f"<tr><td>{name}</td><td>{_esc(status)}</td><td class=\"num\">{_num(rec.get('seconds'), 1)}</td>"
+                   f"<td class=\"num\">{_num(rec.get('cpu_seconds'), 1)}</td>"
                    f"<td class=\"num\">{rec.get('runs', '')}</td><td><code>{_esc(str(rec.get('fingerprint', ''))[:12])}</code></td></tr>")
     if trs:
-        body.append("<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>seconds (last run)</th><th>runs</th>"
+        body.append("<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>seconds (last run)</th><th>CPU seconds</th><th>runs</th>"
                     "<th>fingerprint</th></tr>" + "".join(trs) + "</table>"
                     '<p class="muted">A stage reruns when its settings or an input stage\'s fingerprint change; '
                     'otherwise it is read from its folder.</p>')

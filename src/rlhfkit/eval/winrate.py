@@ -98,16 +98,21 @@ def score_summary(scores: Sequence[float] | torch.Tensor, n_boot: int = 1000, se
 
 def generate_responses(model, tokenizer, prompts: Sequence[str], sampling, seed: int = 0, batch_size: int = 16,
                        max_prompt_length: int = 0, chat_template: bool = False,
-                       behaviour_logprobs: bool = True) -> list:
+                       behaviour_logprobs: bool = True, desc: str = "") -> list:
     """Sample one response per prompt in chunks of ``batch_size``; returns the list of
     ``rollout.Rollout`` chunks (chunk ``c`` is seeded ``step_seed(seed, c)``, so the result does not
-    depend on what else runs)."""
+    depend on what else runs). ``desc``: a progress bar with that label, counting prompts."""
+    from rlhfkit.training.logging import progress_bar
+
     gen = make_sampler(model, sampling, tokenizer.eos_token_id, tokenizer.pad_token_id)
     out = []
-    for c, start in enumerate(range(0, len(prompts), batch_size)):
-        out.append(rollout(gen, model, tokenizer, list(prompts[start:start + batch_size]), step_seed(seed, c),
-                           max_prompt_length=max_prompt_length, chat_template=chat_template,
-                           behaviour_logprobs=behaviour_logprobs))
+    with progress_bar(len(prompts), desc=desc, enabled=bool(desc), unit="prompt") as bar:
+        for c, start in enumerate(range(0, len(prompts), batch_size)):
+            chunk = list(prompts[start:start + batch_size])
+            out.append(rollout(gen, model, tokenizer, chunk, step_seed(seed, c),
+                               max_prompt_length=max_prompt_length, chat_template=chat_template,
+                               behaviour_logprobs=behaviour_logprobs))
+            bar.update(len(chunk))
     return out
 
 

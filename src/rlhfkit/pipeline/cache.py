@@ -122,7 +122,9 @@ def write_record(stage_dir: Path, record: dict) -> None:
 def run_stage(name: str, stage_dir: Path, fp: str, fn: Callable[[Path], dict], force: bool = False,
               log: Callable[[str], None] = print, clean_checkpoints: bool = True) -> dict:
     """Run ``fn(stage_dir) -> outputs`` unless cached (see the module docstring); returns the
-    stage record (``status``, ``fingerprint``, ``outputs``, ``runs``, ``seconds``, ``ran``)."""
+    stage record (``status``, ``fingerprint``, ``outputs``, ``runs``, ``seconds``, ``ran``).
+    ``cpu_seconds`` is this process's CPU time in the stage (all its threads): on a machine shared
+    with other jobs the wall time grows with their load, the CPU time much less."""
     old, problem = load_record(stage_dir)
     if problem is not None:  # what it said is unknown: the stage runs afresh, as for other settings
         print(f"rlhfkit: warning: {stage_dir / 'stage.json'} is unreadable ({problem}); stage {name} runs afresh",
@@ -134,14 +136,15 @@ def run_stage(name: str, stage_dir: Path, fp: str, fn: Callable[[Path], dict], f
     if not resuming and stage_dir.exists():
         shutil.rmtree(stage_dir)  # outputs of other settings (or a forced rerun): start clean
     runs = int(old.get("runs", 0)) + 1 if old else 1
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     write_record(stage_dir, {"stage": name, "status": "running", "fingerprint": fp, "runs": runs,
                              "started": started})
     log(f"pipeline: {name}: {'resuming' if resuming else 'running'} (fingerprint {fp[:12]})")
     outputs = fn(stage_dir)
     finished = time.time()
     record = {"stage": name, "status": "done", "fingerprint": fp, "runs": runs, "started": started,
-              "finished": finished, "seconds": round(finished - started, 2), "resumed": resuming,
+              "finished": finished, "seconds": round(finished - started, 2),
+              "cpu_seconds": round(time.process_time() - cpu_started, 2), "resumed": resuming,
               "outputs": outputs}
     write_record(stage_dir, record)  # first: a kill before the clean-up below costs nothing
     if clean_checkpoints:  # they only serve resuming this stage, which is now done

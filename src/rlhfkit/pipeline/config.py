@@ -12,9 +12,18 @@ Fields the pipeline wires between stages are set by the pipeline and ignore what
 | ``dpo`` / ``kto`` | ``model``, ``data``, ``eval_data`` (the feedback pairs), ``output_dir`` |
 | ``eval`` | ``policy``, ``reference`` (the model optimisation started from), ``judge`` (the RM), ``gold``, ``prompts`` (held-out prompts), ``exclude_prompts``, ``output`` |
 
-Every section's ``threads`` is the top-level ``threads`` when that is set (non-zero).
-The default values are the default preset, ``configs/pipeline_sentiment.yaml`` (simulated
-labelers on the movie-review sentiment task, SmolLM2-135M, GRPO, gold judge VADER).
+Every section's ``threads`` is the top-level ``threads`` when that is set (non-zero), and the
+top-level ``chat_template`` is the ``chat_template`` of the online sections and ``eval``, and
+decides how the feedback stage renders prompts: every stage that samples the policy renders a
+prompt the same way. How they sample (``temperature``, ``top_p``, ``top_k``, ``max_new_tokens``
+of ``feedback``, the online section and ``eval``) must agree, which ``validate`` checks: the
+reward model learns from the feedback stage's samples, the policy is optimised on its own and
+the gain is measured on the evaluation's, so all three must be answers to the same task.
+
+The default values are the default preset, ``configs/pipeline_chat.yaml``: real first turns of
+chat conversations (OASST, HH-RLHF) sent to SmolLM2-135M-Instruct through its chat template,
+simulated labelers ranking its replies by the ``friendly`` judge (VADER tone minus toxicity) plus
+noise, a MiniLM reward model, GRPO, and the ``friendly`` gold judge before / after.
 """
 from __future__ import annotations
 
@@ -32,6 +41,14 @@ from rlhfkit.recipes.sft import SFTConfig
 ALGORITHMS = ("ppo", "grpo", "rloo", "dpo", "kto")
 ONLINE = ("ppo", "grpo", "rloo")
 FEEDBACK_SOURCES = ("dataset", "store", "simulated")
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_new_tokens")
+# the default preset's sampling (configs/pipeline_chat.yaml): SmolLM2-135M-Instruct's replies read
+# as text at temperature 0.7 with nucleus 0.9 (at temperature 1 many drift into word salad); top-k
+# 50 first (HF generate's default) leaves the nucleus 50 tokens to sort instead of the whole 49k
+# vocabulary at every token, a fifth of the sampling time; 40 tokens are two sentences, cut before
+# most replies end (the report marks the cut); a rendered prompt (system turn + user turn of at
+# most 25 words) is at most 68 tokens
+CHAT_SAMPLING = {"temperature": 0.7, "top_k": 50, "top_p": 0.9, "max_new_tokens": 40, "max_prompt_length": 128}
 
 
 @dataclass
@@ -59,16 +76,18 @@ class FeedbackConfig:
     aggregate: str = field(default="majority", metadata={"help": "store: none (a pair per label) or majority (per item)"})
     max_pairs: int = field(default=0, metadata={"help": "dataset / store: use at most this many pairs (0 = all), drawn by seed"})
     eval_fraction: float = field(default=0.2, metadata={"help": "pairs held out for the reward model's evaluation and calibration"})
-    prompts: str = field(default="movie-reviews", metadata={"help": "prompt pool for simulated labelers and online RL: movie-reviews, a prompt file, or empty = the prompts of the pairs"})
+    prompts: str = field(default="chat-first-turns", metadata={"help": "prompt pool for simulated labelers and online RL: chat-first-turns (first human turns of OASST and HH-RLHF, data.shared_sets.load_chat_prompts), movie-reviews, a prompt file, or empty = the prompts of the pairs"})
     prompt_words: int = field(default=8, metadata={"help": "movie-reviews: words per prompt"})
-    n_eval_prompts: int = field(default=64, metadata={"help": "held-out prompts for the evaluation (never trained on)"})
+    n_eval_prompts: int = field(default=128, metadata={"help": "held-out prompts for the evaluation (never trained on)"})
     max_train_prompts: int = field(default=0, metadata={"help": "training prompts kept for online RL (0 = all the rest)"})
-    n_label_prompts: int = field(default=128, metadata={"help": "simulated: prompts whose samples are judged"})
+    n_label_prompts: int = field(default=80, metadata={"help": "simulated: prompts whose samples are judged"})
     num_candidates: int = field(default=4, metadata={"help": "simulated: samples per prompt, ranked by the labeler and expanded to all pairs (2 = one pair; 4 = six pairs, as InstructGPT's K-way rankings)"})
     label_noise: float = field(default=0.3, metadata={"help": "simulated: std of the Gaussian noise added to the gold score before comparing"})
     labeler: str = field(default="", metadata={"help": "simulated: the labelers' scorer (reward spec); empty = the pipeline's gold judge"})
-    max_new_tokens: int = field(default=24, metadata={"help": "simulated: response tokens sampled"})
-    temperature: float = field(default=1.0, metadata={"help": "simulated: sampling temperature"})
+    max_new_tokens: int = field(default=40, metadata={"help": "simulated: response tokens sampled"})
+    temperature: float = field(default=0.7, metadata={"help": "simulated: sampling temperature"})
+    top_p: float = field(default=0.9, metadata={"help": "simulated: nucleus sampling (1 = off)"})
+    top_k: int = field(default=50, metadata={"help": "simulated: top-k sampling (0 = off)"})
     batch_size: int = field(default=32, metadata={"help": "simulated: prompts per generation chunk (a chunk is the unit of resume)"})
     seed: int = field(default=0, metadata={"help": "seed of the splits, the sampling and the label noise"})
 
@@ -82,11 +101,12 @@ class ReportConfig:
 
 @dataclass
 class PipelineConfig:
-    name: str = field(default="sentiment", metadata={"help": "a label for this pipeline (shown in the report)"})
-    output_dir: str = field(default="outputs/pipeline_sentiment", metadata={"help": "each stage writes output_dir/<stage>/ with a stage.json; report.html at the top"})
+    name: str = field(default="chat", metadata={"help": "a label for this pipeline (shown in the report)"})
+    output_dir: str = field(default="outputs/pipeline_chat", metadata={"help": "each stage writes output_dir/<stage>/ with a stage.json; report.html at the top"})
     quick: bool = field(default=False, metadata={"help": "shrink every stage (tiny model built from config, few steps): a smoke run of about a minute. It overrides the --config file's values (a full-size preset), never the command line's; a file that itself says quick: true keeps its values too"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads for every stage (0 = each section's own setting)"})
-    gold: str = field(default="vader", metadata={"help": "gold judge (reward spec): simulated labelers' scorer, logged during RL, evaluated before / after; e.g. vader, toxicity"})
+    gold: str = field(default="friendly", metadata={"help": "gold judge (reward spec): simulated labelers' scorer, logged during RL, evaluated before / after; e.g. friendly, vader, toxicity"})
+    chat_template: bool = field(default=True, metadata={"help": "render every prompt as one user turn with the policy's chat template (feedback samples, online policy, evaluation alike)"})
     run_sft: bool = field(default=False, metadata={"help": "run the SFT stage before everything else"})
     algorithm: str = field(default="grpo", metadata={"help": "policy optimisation: ppo, grpo, rloo (against the reward model) or dpo, kto (on the pairs)"})
     clean_checkpoints: bool = field(default=True, metadata={"help": "delete a stage's checkpoint-N folders once it has finished (they only serve resuming it)"})
@@ -95,21 +115,22 @@ class PipelineConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     reward: RewardConfig = field(default_factory=lambda: RewardConfig(
-        model="minilm-l6", max_length=96, epochs=3.0, batch_size=32, micro_batch_size=16, learning_rate=1e-4))
+        model="minilm-l6", max_length=128, epochs=3.0, batch_size=32, micro_batch_size=16, learning_rate=1e-4))
+    # the online sections sample as the feedback stage and the evaluation do (validate checks it)
     ppo: PPOConfig = field(default_factory=lambda: PPOConfig(
-        max_new_tokens=24, batch_size=32, micro_batch_size=16, ppo_epochs=2, num_minibatches=2, max_steps=30,
+        **CHAT_SAMPLING, batch_size=32, micro_batch_size=16, ppo_epochs=2, num_minibatches=2, max_steps=30,
         learning_rate=1e-5, save_every=5, sample_every=5))
     grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(
-        max_new_tokens=24, batch_size=16, micro_batch_size=16, num_generations=4, max_steps=30,
-        learning_rate=2e-5, save_every=6, sample_every=6))
+        **CHAT_SAMPLING, batch_size=16, micro_batch_size=16, num_generations=4, max_steps=20,
+        learning_rate=4e-5, save_every=5, sample_every=5))
     rloo: RLOOConfig = field(default_factory=lambda: RLOOConfig(
-        max_new_tokens=24, batch_size=32, micro_batch_size=16, num_generations=4, max_steps=36,
+        **CHAT_SAMPLING, batch_size=32, micro_batch_size=16, num_generations=4, max_steps=36,
         learning_rate=1e-5, save_every=6, sample_every=6))
     dpo: DPOConfig = field(default_factory=lambda: DPOConfig(max_length=192, max_prompt_length=128, epochs=1.0,
                                                              save_every=20))
     kto: KTOConfig = field(default_factory=lambda: KTOConfig(max_length=192, max_prompt_length=128, epochs=1.0,
                                                              save_every=20))
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(max_prompts=0, max_new_tokens=24, batch_size=32,
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(**CHAT_SAMPLING, max_prompts=0, batch_size=32,
                                                                 n_boot=1000))
     report: ReportConfig = field(default_factory=ReportConfig)
 
@@ -141,9 +162,40 @@ class PipelineConfig:
         unknown = [s for s in self.force if s != "all" and s not in STAGES]
         if unknown:
             raise ValueError(f"field 'force': unknown stage(s) {unknown}; stages are {list(STAGES)}")
+        if self.chat_template and self.algorithm in ("dpo", "kto"):
+            raise ValueError(f"field 'chat_template': {self.algorithm} tokenises the pairs' prompts as plain text, "
+                             "so its policy would be trained on another rendering than it is evaluated on; "
+                             "set chat_template false (or use ppo, grpo, rloo)")
+        check_same_sampling(self)
         sections = [self.reward, self.eval, getattr(self, self.algorithm)] + ([self.sft] if self.run_sft else [])
         for section in sections:
             section.validate()
+
+
+def sampling_sections(config: PipelineConfig) -> dict[str, object]:
+    """The sections that sample the policy, by name: ``feedback`` (simulated labelers), the
+    online algorithm's section, ``eval``."""
+    sections: dict[str, object] = {}
+    if config.feedback.source == "simulated":
+        sections["feedback"] = config.feedback
+    if config.algorithm in ONLINE:
+        sections[config.algorithm] = getattr(config, config.algorithm)
+    sections["eval"] = config.eval
+    return sections
+
+
+def check_same_sampling(config: PipelineConfig) -> None:
+    """Raise ValueError naming the fields when the sections that sample the policy disagree on
+    ``SAMPLING_FIELDS``."""
+    sections = sampling_sections(config)
+    for name in SAMPLING_FIELDS:
+        values = {s: getattr(section, name) for s, section in sections.items()}
+        if len(set(values.values())) > 1:
+            raise ValueError(
+                f"field '{name}' differs between the stages that sample the policy ("
+                + ", ".join(f"{s}.{name} {v}" for s, v in values.items())
+                + "): the reward model learns from the feedback samples and the gain is measured on the "
+                  "evaluation's, so set them together")
 
 
 # --quick: the fields it sets (everything else comes from the YAML file and the overrides; the

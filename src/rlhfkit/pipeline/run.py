@@ -1,8 +1,8 @@
 """``rlhfkit pipeline``: the loop end to end, every stage cached and resumable.
 
-    rlhfkit pipeline                                         # the default preset (sentiment, below)
+    rlhfkit pipeline                                         # the default preset (configs/pipeline_chat.yaml)
     rlhfkit pipeline --config configs/pipeline_hh.yaml       # real human preferences (HH-RLHF)
-    rlhfkit pipeline --config configs/pipeline_sentiment.yaml --quick   # a tiny smoke run
+    rlhfkit pipeline --config configs/pipeline_sentiment.yaml --quick   # a tiny smoke run of another preset
     rlhfkit pipeline --algorithm ppo --grpo.max_steps 50     # any field of any stage
 
 Stages (``output_dir/<stage>/`` each, with ``stage.json``): init (the starting policy) -> sft
@@ -69,11 +69,12 @@ def run(config: PipelineConfig) -> dict:
                "skipped": [s for s, r in records.items() if not r["ran"]],
                "eval": records["eval"].get("outputs"), "report": str(report)}
     (out / "pipeline.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
-    print(f"pipeline: done in {summary['seconds']:.1f} s (ran: {', '.join(summary['ran']) or 'nothing'}; "
-          f"cached: {', '.join(summary['skipped']) or 'nothing'}); report: {report}")
     ev = summary["eval"] or {}
     if ev.get("gold"):
         g = ev["gold"]
         print(f"pipeline: gold ({g['judge']}) {g['before']:.4f} -> {g['after']:.4f}, gain {g['gain']:+.4f} "
               f"[{g['gain_ci'][0]:+.4f}, {g['gain_ci'][1]:+.4f}]; KL {((ev.get('kl') or {}).get('mean') or float('nan')):.3f} nats/seq")
+    # the last line says where to look
+    print(f"pipeline: done in {summary['seconds']:.1f} s (ran: {', '.join(summary['ran']) or 'nothing'}; "
+          f"cached: {', '.join(summary['skipped']) or 'nothing'}); report: {report}")
     return {"stages": records, "report": str(report), "summary": summary}

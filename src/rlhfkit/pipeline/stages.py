@@ -69,13 +69,28 @@ def _read_jsonl(path: Path) -> list[dict]:
 WIRED = {
     "sft": {"model"},
     "reward": {"data", "eval_data"},
-    "ppo": {"model", "prompts", "reward", "gold_reward"},
-    "grpo": {"model", "prompts", "reward", "gold_reward"},
-    "rloo": {"model", "prompts", "reward", "gold_reward"},
+    "ppo": {"model", "prompts", "reward", "gold_reward", "chat_template"},
+    "grpo": {"model", "prompts", "reward", "gold_reward", "chat_template"},
+    "rloo": {"model", "prompts", "reward", "gold_reward", "chat_template"},
     "dpo": {"model", "data", "eval_data"},
     "kto": {"model", "data", "eval_data"},
-    "eval": {"policy", "reference", "judge", "gold", "prompts", "exclude_prompts"},
+    "eval": {"policy", "reference", "judge", "gold", "prompts", "exclude_prompts", "chat_template"},
 }
+# feedback fields added after runs were cached: left out of the fingerprint at these values (what
+# those runs sampled with), so a finished run of an older preset stays cached
+LATER_FEEDBACK_DEFAULTS = {"top_p": 1.0, "top_k": 0}
+# feedback fields only simulated labelers read: not in the fingerprint of the other sources
+SIMULATION_FIELDS = {"n_label_prompts", "num_candidates", "label_noise", "labeler", "max_new_tokens", "temperature",
+                     "top_p", "top_k", "batch_size"}
+
+
+def _feedback_settings(c) -> dict:
+    own = {k: v for k, v in settings(c.feedback).items()
+           if not (k in LATER_FEEDBACK_DEFAULTS and v == LATER_FEEDBACK_DEFAULTS[k])
+           and (c.feedback.source == "simulated" or k not in SIMULATION_FIELDS)}
+    if c.feedback.source == "simulated" and c.chat_template:  # plain text: nothing, as before the field
+        own["chat_template"] = True
+    return own
 
 
 def stage_inputs(ctx: Context, stage: str) -> tuple[Any, dict[str, str]]:
@@ -93,7 +108,7 @@ def stage_inputs(ctx: Context, stage: str) -> tuple[Any, dict[str, str]]:
     if stage == "sft":
         return settings(c.sft, WIRED["sft"]), {"init": fps["init"]}
     if stage == "feedback":
-        own = settings(c.feedback)
+        own = _feedback_settings(c)
         own["source_digest"] = _feedback_source_digest(c.feedback)
         if c.feedback.source == "simulated":
             own["labeler"] = c.feedback.labeler or c.gold
@@ -110,10 +125,12 @@ def stage_inputs(ctx: Context, stage: str) -> tuple[Any, dict[str, str]]:
         if c.algorithm in ("ppo", "grpo", "rloo"):
             inputs["reward"] = fps["reward"]
             own["gold"] = c.gold
+            own["chat_template"] = c.chat_template
         return own, inputs
     if stage == "eval":
         own = {**settings(c.eval, WIRED["eval"]), "gold": c.gold,
-               "n_token_samples": c.report.n_token_samples, "kl_coef": _kl_coef(c)}
+               "n_token_samples": c.report.n_token_samples, "kl_coef": _kl_coef(c),
+               "chat_template": c.chat_template}
         return own, {**start, "policy": fps["policy"], "reward": fps["reward"], "feedback": fps["feedback"]}
     if stage == "report":
         own = {"report": settings(c.report), "name": c.name, "algorithm": c.algorithm, "version": 1}
@@ -152,7 +169,7 @@ def _kl_coef(c) -> float:
 def stage_init(ctx: Context, d: Path) -> dict:
     c = ctx.config.init
     if c.kind == "pretrained":
-        return {"model": c.model}
+        return _materialise_gguf(c.model, d / "model")
     from rlhfkit.models import tiny_causal_lm, tiny_tokenizer
 
     texts = _prompt_pool(ctx.config.feedback, n_words=40, limit=600) if ctx.config.feedback.prompts else None
@@ -166,15 +183,45 @@ def stage_init(ctx: Context, d: Path) -> dict:
     return {"model": str(out), "parameters": params, "tiny": True}
 
 
-def _prompt_pool(fb, n_words: int | None = None, limit: int | None = None) -> list[str]:
-    """The prompt pool ``fb.prompts`` (movie-reviews or a prompt file), unique as held-out splits
-    compare prompts (``recipes.common.prompt_key``: case and spacing aside; the first spelling
-    kept), in source order: two spellings of one prompt must not land one in the held-out prompts
-    and one in the training prompts."""
-    if fb.prompts == "movie-reviews":
-        from rlhfkit.data.shared_sets import load_movie_review_prompts
+def _materialise_gguf(spec: str, out: Path) -> dict:
+    """A GGUF model (the ``smollm2-135m`` alias is one) de-quantised once and saved as a plain
+    folder, which the later stages load instead: reading a GGUF file parses its whole vocabulary
+    three times (tokenizer, config, weights), about 25 s for SmolLM2 on this project's CPU and
+    several times that on a busy one, and the feedback, policy and evaluation stages load the
+    starting policy four times in all; the saved folder loads in a second or two. The weights
+    are the de-quantised float32 ones, so every stage sees the same model (and the same tokens
+    for the same seed) as from the GGUF file. Any other model is used as it is."""
+    from rlhfkit.models.loading import resolve_model_source
 
-        prompts = [r.prompt for r in load_movie_review_prompts(n_words=n_words or fb.prompt_words, limit=limit)]
+    _, gguf_file = resolve_model_source(spec)
+    if gguf_file is None:
+        return {"model": spec}
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.training.logging import progress_bar
+
+    print(f"pipeline: init: de-quantising {spec} ({gguf_file}) once into {out} (the later stages load that folder)",
+          flush=True)
+    with progress_bar(3, desc="init: tokenizer, weights, save", unit="part") as bar:
+        tok = load_tokenizer(spec, padding_side="left")  # as load_policy
+        bar.update(1)
+        model = load_causal_lm(spec, tokenizer=tok)
+        bar.update(1)
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        bar.update(1)
+    return {"model": str(out), "source": spec}
+
+
+def _prompt_pool(fb, n_words: int | None = None, limit: int | None = None) -> list[str]:
+    """The prompt pool ``fb.prompts`` (a named pool, ``data.shared_sets.PROMPT_POOLS``, or a
+    prompt file), unique as held-out splits compare prompts (``recipes.common.prompt_key``: case
+    and spacing aside; the first spelling kept), in source order: two spellings of one prompt must
+    not land one in the held-out prompts and one in the training prompts."""
+    from rlhfkit.data.shared_sets import PROMPT_POOLS, load_named_prompts
+
+    if fb.prompts in PROMPT_POOLS:
+        prompts = [r.prompt for r in load_named_prompts(fb.prompts, prompt_words=n_words or fb.prompt_words,
+                                                        limit=limit)]
     else:
         from rlhfkit.recipes.common import load_training_records
 
@@ -280,7 +327,8 @@ def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, di
     4 it is six pairs from the same generation cost per sample (InstructGPT ranks K = 4-9
     responses per prompt for the same reason). Done in chunks of ``batch_size`` prompts, each
     written to ``chunks/NNNNN.jsonl`` when finished and seeded by (seed, chunk), so an interrupted stage resumes at the first missing
-    chunk and produces the same pairs as an uninterrupted one."""
+    chunk and produces the same pairs as an uninterrupted one. Prompts are rendered as the policy
+    stage and the evaluation render them (``chat_template``) and sampled as they sample."""
     import torch
 
     from rlhfkit.data import PreferencePair
@@ -288,33 +336,39 @@ def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, di
     from rlhfkit.recipes.common import set_threads
     from rlhfkit.rewards import build_reward
     from rlhfkit.rollout import SamplingConfig, make_sampler, rollout, step_seed
+    from rlhfkit.training.logging import progress_bar
 
     fb = ctx.config.feedback
     set_threads(ctx.config.threads)
     chunk_dir = d / "chunks"
     chunk_dir.mkdir(parents=True, exist_ok=True)
     labeler = build_reward(fb.labeler or ctx.config.gold)
-    model = tok = gen = None
     rows: list[dict] = []
     n_chunks = (len(prompts) + fb.batch_size - 1) // fb.batch_size
+    if not all((chunk_dir / f"{c:05d}.jsonl").is_file() for c in range(n_chunks)):
+        print(f"pipeline: feedback: loading the policy {ctx.start_model} to sample {fb.num_candidates} replies "
+              f"to each of {len(prompts)} prompts", flush=True)
+        model, tok = load_policy(ctx.start_model)
+        gen = make_sampler(model, SamplingConfig(max_new_tokens=fb.max_new_tokens, temperature=fb.temperature,
+                                                 top_p=fb.top_p, top_k=fb.top_k), tok.eos_token_id, tok.pad_token_id)
+    bar = progress_bar(len(prompts) * fb.num_candidates, desc="feedback: samples to label", unit="sample")
     for c in range(n_chunks):
         path = chunk_dir / f"{c:05d}.jsonl"
+        batch = prompts[c * fb.batch_size:(c + 1) * fb.batch_size]
         if path.is_file():
             rows += _read_jsonl(path)
+            bar.update(len(batch) * fb.num_candidates)
             continue
-        if model is None:
-            model, tok = load_policy(ctx.start_model)
-            gen = make_sampler(model, SamplingConfig(max_new_tokens=fb.max_new_tokens, temperature=fb.temperature),
-                               tok.eos_token_id, tok.pad_token_id)
-        batch = prompts[c * fb.batch_size:(c + 1) * fb.batch_size]
         # candidate k's seed salt: 11, 12 (the two-sample scheme's), then 14, 15, ... (13 is the noise's)
         salts = [11, 12] + list(range(14, 14 + max(0, fb.num_candidates - 2)))
         texts, golds = [], []
         with torch.no_grad():
             for salt in salts:  # only the texts are labelled: no behaviour log-prob pass
-                ro = rollout(gen, model, tok, batch, seed=step_seed(fb.seed, c, salt=salt), behaviour_logprobs=False)
+                ro = rollout(gen, model, tok, batch, seed=step_seed(fb.seed, c, salt=salt),
+                             chat_template=ctx.config.chat_template, behaviour_logprobs=False)
                 texts.append(ro.responses)
                 golds.append(labeler(ro.prompts, ro.responses).tolist())
+                bar.update(len(batch))
         rng = random.Random(step_seed(fb.seed, c, salt=13))
         chunk = []
         for i, p in enumerate(batch):
@@ -332,6 +386,7 @@ def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, di
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chunk), encoding="utf-8")
         os.replace(tmp, path)
         rows += chunk
+    bar.close()
     # agreement is measured only where the gold judge has a preference; a gold tie is decided by
     # the noise alone, so how many pairs the figure rests on is recorded with it
     decided = [r for r in rows if r["gold_chosen"] != r["gold_rejected"]]
@@ -352,6 +407,7 @@ def stage_reward(ctx: Context, d: Path) -> dict:
     cfg = _section(ctx, "reward", model=model, data=str(fb / "pairs.jsonl"), eval_data=str(fb / "heldout_pairs.jsonl"),
                    output_dir=str(d))
     metrics = reward.run(cfg)
+    print("pipeline: reward: calibration on the held-out pairs", flush=True)
     calibration = reward_calibration(d / "model", fb / "heldout_pairs.jsonl", cfg.max_length,
                                      cfg.micro_batch_size * 2)
     (d / "calibration.json").write_text(json.dumps(calibration, indent=1), encoding="utf-8")
@@ -393,7 +449,7 @@ def stage_policy(ctx: Context, d: Path) -> dict:
     module = importlib.import_module(f"rlhfkit.recipes.{algo}")
     if algo in ("ppo", "grpo", "rloo"):
         cfg = _section(ctx, algo, model=ctx.start_model, prompts=str(fb / "train_prompts.jsonl"), reward=ctx.rm_spec,
-                       gold_reward=ctx.config.gold, output_dir=str(d))
+                       gold_reward=ctx.config.gold, chat_template=ctx.config.chat_template, output_dir=str(d))
     else:
         cfg = _section(ctx, algo, model=ctx.start_model, data=str(fb / "pairs.jsonl"),
                        eval_data=str(fb / "heldout_pairs.jsonl"), output_dir=str(d))
@@ -408,14 +464,17 @@ def stage_eval(ctx: Context, d: Path) -> dict:
 
     policy = ctx.outputs["policy"]["model"]
     cfg = _section(ctx, "eval", policy=policy, reference=ctx.start_model, judge=ctx.rm_spec, gold=ctx.config.gold,
-                   prompts=str(ctx.dir("feedback") / "eval_prompts.jsonl"), exclude_prompts="", output=str(d))
+                   prompts=str(ctx.dir("feedback") / "eval_prompts.jsonl"), exclude_prompts="",
+                   chat_template=ctx.config.chat_template, output=str(d))
     results = cli_eval.run(cfg)
     n = ctx.config.report.n_token_samples
     if n:
         prompts = [json.loads(line)["prompt"] for line in (d / "samples.jsonl").read_text(encoding="utf-8").split("\n") if line.strip()][:n]
+        print(f"pipeline: eval: per-token reward and KL of {len(prompts)} policy replies", flush=True)
         rows = token_samples(policy, ctx.start_model, prompts, reward_spec=ctx.rm_spec, gold_spec=ctx.config.gold,
                              kl_coef=_kl_coef(ctx.config), max_new_tokens=cfg.max_new_tokens,
-                             temperature=cfg.temperature or 1.0, max_prompt_length=cfg.max_prompt_length,
+                             temperature=cfg.temperature or 1.0, top_p=cfg.top_p, top_k=cfg.top_k,
+                             max_prompt_length=cfg.max_prompt_length, chat_template=cfg.chat_template,
                              seed=cfg.seed)
         (d / "token_samples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                                encoding="utf-8")
@@ -437,10 +496,13 @@ def stage_report(ctx: Context, d: Path) -> dict:
 
 def pipeline_summary(ctx: Context) -> dict:
     c = ctx.config
+    e = c.eval
     return {"name": c.name, "title": c.report.title, "algorithm": c.algorithm, "gold": c.gold,
             "init": c.init.model if c.init.kind == "pretrained" else f"tiny Llama built from config ({c.init.hidden_size}d x {c.init.num_layers} layers)",
             "reward_model": c.reward.model, "feedback": c.feedback.source, "quick": c.quick, "run_sft": c.run_sft,
-            "n_sample_rows": c.report.n_sample_rows}
+            "n_sample_rows": c.report.n_sample_rows, "prompts": c.feedback.prompts,
+            "sampling": {"chat_template": c.chat_template, "temperature": e.temperature, "top_p": e.top_p,
+                         "top_k": e.top_k, "max_new_tokens": e.max_new_tokens}}
 
 
 RUNNERS = {"init": stage_init, "sft": stage_sft, "feedback": stage_feedback, "reward": stage_reward,

@@ -1,8 +1,8 @@
 """Per-token KL and per-token shaped reward of a few held-out responses, for the report's shading.
 
-For each prompt the trained policy samples one response (``rollout``: cut after the first EOS,
-log-probs recomputed teacher-forced at the sampling temperature); the reference scores the same
-tokens teacher-forced. Per token t of the response:
+For each prompt the trained policy samples one response (``rollout``: rendered and sampled as the
+evaluation does, cut after the first EOS, log-probs recomputed teacher-forced at the sampling
+temperature); the reference scores the same tokens teacher-forced. Per token t of the response:
 
     kl_t     = log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)          (k1, core.kl)
     reward_t = -beta * kl_t  (+ score(x, y) on the last token)            (core.reward_shaping)
@@ -18,7 +18,7 @@ import torch
 @torch.no_grad()
 def token_samples(policy_spec: str, reference_spec: str, prompts: list[str], reward_spec: str, gold_spec: str,
                   kl_coef: float, max_new_tokens: int, temperature: float = 1.0, max_prompt_length: int = 0,
-                  seed: int = 0) -> list[dict]:
+                  seed: int = 0, top_p: float = 1.0, top_k: int = 0, chat_template: bool = False) -> list[dict]:
     """One row per prompt: ``prompt``, ``response``, ``tokens`` (decoded one by one), ``kl`` and
     ``reward`` (per token), ``score``, ``gold``, ``seq_kl``, ``kl_coef``."""
     from rlhfkit.core.reward_shaping import per_token_rewards
@@ -30,9 +30,10 @@ def token_samples(policy_spec: str, reference_spec: str, prompts: list[str], rew
         return []
     policy, tok = load_policy(policy_spec)
     reference, _ = load_policy(reference_spec)
-    gen = make_sampler(policy, SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature),
-                       tok.eos_token_id, tok.pad_token_id)
-    ro = rollout(gen, policy, tok, prompts, seed=step_seed(seed, 0, salt=31), max_prompt_length=max_prompt_length)
+    gen = make_sampler(policy, SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                              top_k=top_k), tok.eos_token_id, tok.pad_token_id)
+    ro = rollout(gen, policy, tok, prompts, seed=step_seed(seed, 0, salt=31), max_prompt_length=max_prompt_length,
+                 chat_template=chat_template)
     ref = response_logprobs(reference.eval(), ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask,
                             temperature)
     score = build_reward(reward_spec)(ro.prompts, ro.responses).float()

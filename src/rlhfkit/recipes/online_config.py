@@ -25,7 +25,7 @@ class OnlineConfig(TrainingConfig):
     model: str = field(default="smollm2-135m", metadata={"help": "policy (and reference): smollm2-135m, a folder, a .gguf file or a HF name"})
     ref_model: str = field(default="", metadata={"help": "KL reference, same forms as model (empty = the starting policy); "
                                                          "e.g. the SFT model while model is a later policy. Needs model's tokenizer"})
-    prompts: str = field(default="movie-reviews", metadata={"help": "movie-reviews (first words of the shared reviews) or a JSONL/JSON file of {\"prompt\": ...}"})
+    prompts: str = field(default="movie-reviews", metadata={"help": "movie-reviews (first words of the shared reviews), chat-first-turns (first human turns of OASST and HH-RLHF; with chat_template true) or a JSONL/JSON file of {\"prompt\": ...}"})
     prompt_words: int = field(default=8, metadata={"help": "movie-reviews: words per prompt"})
     max_prompts: int = field(default=0, metadata={"help": "use at most this many prompts (0 = all)"})
     chat_template: bool = field(default=False, metadata={"help": "wrap each prompt as a user turn with the tokenizer's chat template"})

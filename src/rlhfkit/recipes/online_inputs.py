@@ -1,6 +1,7 @@
 """What an online run reads: its prompts, its models, its sampler and its reward.
 
-- prompts: the first words of the shared movie reviews or a prompt file; each step's prompts are
+- prompts: a named pool (the first words of the shared movie reviews, or the first human turns
+  of chat conversations) or a prompt file; each step's prompts are
   a function of (seed, step) only (``prompts_for_step``), so resuming needs no data-loader state,
   and over several processes each rank takes its consecutive share (``local_share``: whole
   groups of k samples stay on one rank);
@@ -17,7 +18,7 @@ import copy
 
 import torch
 
-from rlhfkit.data.shared_sets import load_movie_review_prompts
+from rlhfkit.data.shared_sets import PROMPT_POOLS, load_named_prompts
 from rlhfkit.models import apply_lora, load_policy
 from rlhfkit.recipes.common import load_training_records
 from rlhfkit.recipes.online_config import OnlineConfig
@@ -34,10 +35,11 @@ RANK_SALT = 100_003  # separates the ranks' sampling seeds from the other salts 
 
 # ---------------------------------------------------------------------------- prompts
 def load_prompts(config: OnlineConfig) -> list[str]:
-    """The prompt texts: first ``prompt_words`` words of the movie reviews, or a prompt file."""
-    if config.prompts == "movie-reviews":
-        records = load_movie_review_prompts(n_words=config.prompt_words,
-                                            limit=config.max_prompts or None, seed=config.seed)
+    """The prompt texts: a named pool (first ``prompt_words`` words of the movie reviews, or the
+    first human turns of chat conversations), or a prompt file."""
+    if config.prompts in PROMPT_POOLS:
+        records = load_named_prompts(config.prompts, prompt_words=config.prompt_words,
+                                     limit=config.max_prompts or None, seed=config.seed)
     else:
         records = load_training_records(config.prompts, "prompts")
     prompts = [r.prompt for r in records]

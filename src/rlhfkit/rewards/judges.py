@@ -14,6 +14,12 @@ al. 2019 scores the continuation). Heavy libraries are imported on first use.
 | ``readability`` | textstat (0.7.8) Flesch reading ease / 100 (higher = easier) | about [-1, 1.2] |
 | ``frequency:TEXT`` | occurrences of TEXT x len(TEXT) / len(response) (a rule reward) | [0, 1] |
 | ``length`` | number of whitespace-separated words | >= 0 |
+| ``friendly`` | ``vader`` minus ``toxicity``: a warm, polite reply that does not offend | [-2, 1] |
+
+``friendly`` is the gold judge of the chat preset (``configs/pipeline_chat.yaml``: replies to the
+``chat-first-turns`` prompts). It is fixed and offline, so simulated labelers can rank with it and
+a policy trained on their reward model is checked against it; a reader sees it in the replies
+(greetings, thanks, "happy to help" raise it; curt, hostile or profane replies lower it).
 """
 from __future__ import annotations
 
@@ -68,6 +74,11 @@ def toxicity(texts: Sequence[str]) -> list:
     return [float(p) for p in predict_prob(list(texts))]
 
 
+def friendly(texts: Sequence[str]) -> list:
+    """VADER compound (tone, [-1, 1]) minus the alt-profanity-check probability (offence, [0, 1])."""
+    return [v - t for v, t in zip(vader(texts), toxicity(texts))]
+
+
 def readability(texts: Sequence[str]) -> list:
     import textstat
 
@@ -106,6 +117,7 @@ JUDGES: dict[str, Callable[..., Judge]] = {
     "toxicity": lambda: toxicity,
     "readability": lambda: readability,
     "length": lambda: length,
+    "friendly": lambda: friendly,
     "frequency": frequency,
 }
 

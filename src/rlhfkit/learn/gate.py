@@ -36,9 +36,10 @@ def reply_stats(rollouts: Sequence) -> dict:
 def mean_kl_to(reference, rollouts: Sequence, temperature: float) -> float:
     """Mean over replies of the k3 sequence KL of the sampling policy (its behaviour log-probs)
     to ``reference``."""
-    from rlhfkit.eval.winrate import reference_logprobs, sequence_kl
+    from rlhfkit.core.kl import sequence_kl
+    from rlhfkit.rollout import rollout_logprobs
 
-    kls = [sequence_kl(ro.logprobs, reference_logprobs(reference, ro, temperature), ro.response_mask, "k3")
+    kls = [sequence_kl(ro.logprobs, rollout_logprobs(reference, ro, temperature).float().cpu(), ro.response_mask, "k3")
            for ro in rollouts]
     return float(torch.cat(kls).mean()) if kls else 0.0
 

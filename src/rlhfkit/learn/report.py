@@ -160,7 +160,8 @@ def _sim_figures(sim_dir: Path, log: list[dict], t_start: float) -> list[tuple[s
     return figs
 
 
-CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px;color:#222}
+CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;padding:0 1.5em;max-width:1100px;color:#222}
+h1{font-size:1.5em}
 table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f3f3f3}td.l{text-align:left}.ok{color:#173}.no{color:#a22}svg{max-width:100%;height:auto}
 .kv{font-size:14px}h2{margin-top:1.4em;font-size:1.15em}"""
@@ -178,7 +179,7 @@ def render_report(learn_dir, sim_dir=None) -> str:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>rlhfkit learn: versions of {e(learn_dir.name)}"
              f"</title><style>{CSS}</style></head><body>",
-             f"<h1>Versions over time: {e(str(learn_dir))}</h1>",
+             f"<h1>Versions over time</h1><p class='kv'>learner folder <code>{e(str(learn_dir))}</code></p>",
              f"<p class='kv'>serving <b>{e(str(versions.current_version(learn_dir)))}</b>; "
              f"{sum(r['event'] == 'promoted' for r in rows)} promoted, {sum(r['event'] == 'refused' for r in rows)} refused, "
              f"{sum(1 for r in log if r.get('event') == 'rollback')} rollback(s)</p>"]
@@ -186,7 +187,8 @@ def render_report(learn_dir, sim_dir=None) -> str:
         sim_dir = Path(sim_dir)
         summary = json.loads((sim_dir / "summary.json").read_text()) if (sim_dir / "summary.json").is_file() else {}
         events = _read_jsonl(sim_dir / "events.jsonl")
-        t_start = min([x["t0"] for x in events] or [t0])
+        # every time of the simulation counts from its start (summary: t_start)
+        t_start = summary.get("t_start") or min([x["t0"] for x in events] or [t0])
         if summary:
             req, lat, d = summary["requests"], summary["latency"], summary.get("gold_last_minus_first") or {}
             parts.append("<h2>Simulation</h2><table class='kv'>" + "".join(

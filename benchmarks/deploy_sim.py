@@ -22,7 +22,9 @@ tone minus the profanity classifier's probability) + 0.25 x readable length (wor
 above the median gold of v0's held-out replies (measured at start), a rating is 3 + the noisy
 gold's distance from that median in v0's standard deviations. ``--adversarial_share`` of the
 users are adversarial, in turn ``random`` (coin flips), ``inverted`` (the opposite verdict) and
-``flood`` (random verdicts, each sent ``--flood_repeat`` times, no pause between turns).
+``flood`` (random verdicts, each sent ``--flood_repeat`` times, no pause between turns: the store
+keeps one verdict per reply, user and kind, a repeat replacing the one before, so a flood counts
+by its many turns, and the summary's ``expected_in_store`` counts distinct (reply, kind)).
 
 Measured (``OUT/events.jsonl``: one line per request; ``OUT/evals.jsonl``: one line per held-out
 evaluation; ``OUT/summary.json``; ``OUT/report.html``): the served model's held-out gold score
@@ -240,6 +242,9 @@ def user_loop(k: int, behaviour: str, args, base: str, pool: list[str], calib: d
                        if res and res.get(key) is not None]
                 with lock:
                     tally["label_ids"].update(ids)
+                    if res:  # the store keeps one verdict per reply, user and kind: a repeat replaces it
+                        tally["verdict_keys"].update((out["id"], key) for key in ("choice", "thumbs", "rating", "edit")
+                                                     if key in fb)
                     tally["verdicts_given"] += verdicts
                     tally["verdicts_refused"] += 0 if res else verdicts
                     tally["verdicts_acknowledged"] += len(ids)
@@ -344,7 +349,7 @@ def run(args) -> dict:
     t_start = time.time()
     rec = Recorder(out / "events.jsonl", t_start)
     tally = {"verdicts_given": 0, "verdicts_refused": 0, "verdicts_acknowledged": 0, "by_kind": {},
-             "label_ids": set()}
+             "label_ids": set(), "verdict_keys": set()}
     evals: list[dict] = []
     loads: list[tuple[float, float]] = []
     try:
@@ -423,8 +428,9 @@ def run(args) -> dict:
                      "users_sent": len(users_req), "users_failed": sum(not e["ok"] for e in users_req),
                      "failures": [e for e in events if not e["ok"]][:20]},
         "threads_still_running": alive,
-        "feedback": {**{k: v for k, v in tally.items() if k != "label_ids"},
-                     "distinct_label_ids": len(tally["label_ids"]), "in_store": stored},
+        "feedback": {**{k: v for k, v in tally.items() if k not in ("label_ids", "verdict_keys")},
+                     "distinct_label_ids": len(tally["label_ids"]),
+                     "expected_in_store": len(tally["verdict_keys"]), "in_store": stored},
         "latency": latency_phases(events, rounds),
         "rounds": [{"start": a - t_start, "end": b - t_start} for a, b in rounds],
         "versions": {"promoted": [x["version"] for x in log if x.get("event") == "promoted"],

@@ -46,16 +46,18 @@ def test_latency_phases_split_idle_and_training_by_send_time(sim):
 
 
 def test_a_short_simulation_counts_every_request_and_every_verdict(sim, tmp_path, tiny_base):
-    """Three users (one inverted) chat with serve (tiny model) while the learner runs beside it:
-    every request is answered or counted failed (events.jsonl has one line each); the verdicts
-    the users gave minus those the server refused are those it acknowledged, and the store holds
-    exactly the acknowledged labels; the learner's round names the inverted user in its defence
-    (the per-user weight of the lineage); the report page is written."""
+    """Three users (one flooding: each verdict sent 3 times) chat with serve (tiny model) while
+    the learner runs beside it: every request is answered or counted failed (events.jsonl has one
+    line each); the verdicts the users gave minus those the server refused are those it
+    acknowledged (each with its own label id); the store holds one verdict per reply and kind (a
+    repeat replaces the one before), so exactly the distinct (reply, kind) acknowledged, fewer
+    than the flood's acknowledgements; the learner's round names the flooding user with its
+    weight in its defence (the lineage's per-user figures); the report page is written."""
     learn_args = " ".join(f"--{k} {str(v).lower() if isinstance(v, bool) else v}" for k, v in
                           {**TINY, "once": False, "min_feedback": 6, "poll_seconds": 0.5}.items())
     out = tmp_path / "sim"
     s = sim.main(["--model", str(tiny_base), "--users", "3", "--minutes", "0.5", "--adversarial_share", "0.34",
-                  "--adversarial_kinds", "inverted", "--think_seconds", "0.2", "--eval_prompts", "4",
+                  "--adversarial_kinds", "flood", "--flood_repeat", "3", "--think_seconds", "0.2", "--eval_prompts", "4",
                   "--max_tokens", "8", "--threads", "1", "--poll_seconds", "0.5", "--learn", learn_args,
                   "--out", str(out)])
     events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
@@ -66,12 +68,12 @@ def test_a_short_simulation_counts_every_request_and_every_verdict(sim, tmp_path
     fb = s["feedback"]
     assert fb["verdicts_given"] > 0
     assert fb["verdicts_given"] - fb["verdicts_refused"] == fb["verdicts_acknowledged"] == fb["distinct_label_ids"]
-    assert fb["in_store"] == fb["distinct_label_ids"]
+    assert fb["in_store"] == fb["expected_in_store"] < fb["verdicts_acknowledged"]
     assert s["threads_still_running"] == 0
-    inverted = [u for u, b in s["adversarial"].items() if b == "inverted"]
-    assert len(inverted) == 1 and len(s["adversarial"]) == 3
+    flooder = [u for u, b in s["adversarial"].items() if b == "flood"]
+    assert len(flooder) == 1 and len(s["adversarial"]) == 3
     assert s["lineage_users"], "the learner ran no round"
     first_round = next(iter(s["lineage_users"].values()))
-    assert "weight" in first_round[inverted[0]]
+    assert "weight" in first_round[flooder[0]]
     page = (out / "report.html").read_text()
     assert "<svg" in page and "Simulation" in page and f"{req['sent']} / {req['answered']} / {req['failed']}" in page

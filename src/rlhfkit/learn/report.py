@@ -95,6 +95,7 @@ def _timeline_figure(rows: list[dict], log: list[dict], t0: float):
             ax.axvline((rec["at"] - t0) / 60, color="#c80", ls="--", lw=1)
     ax.axhline(0.5, color="#bbb", lw=0.8, ls=":")
     ax.set_xlim(0, max(xs + [0.0]) * 1.1 + 0.1)  # from v0's creation
+    ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("minutes since v0")
     ax.set_ylabel("gate: RM win rate")
     ax.set_title("rounds: promoted (green triangle), refused (red cross), rollback (dashed)", fontsize=9)
@@ -164,7 +165,7 @@ def _sim_figures(sim_dir: Path, log: list[dict], t_start: float) -> list[tuple[s
 CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;padding:0 1.5em;max-width:1100px;color:#222}
 h1{font-size:1.5em}
 table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
-th{background:#f3f3f3}td{white-space:nowrap}td.l{text-align:left}.ok{color:#173}.no{color:#a22}svg{max-width:100%;height:auto}
+th{background:#f3f3f3}td{white-space:nowrap}td.l{text-align:left;white-space:normal;min-width:12em}.ok{color:#173}.no{color:#a22}svg{max-width:100%;height:auto}
 .kv{font-size:14px}h2{margin-top:1.4em;font-size:1.15em}"""
 
 

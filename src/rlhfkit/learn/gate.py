@@ -8,7 +8,7 @@ Candidate and current version each answer the held-out user prompts (the same sa
 - the gold judge's win rate likewise, when ``gold`` is set (a reward spec the learner never
   trains on);
 - KL bound: the mean sequence KL of the candidate to v0 on its own replies (``k3``, never
-  negative; ``eval.winrate.sequence_kl``) <= ``max_kl``;
+  negative; ``core.kl.sequence_kl``) <= ``max_kl``;
 - regressions: mean toxicity (the ``toxicity`` judge), the share of empty replies and the share of
   runaway replies (cut at the token budget, no end-of-sequence) may not rise over the current
   version's by more than their tolerances.
@@ -39,7 +39,8 @@ def mean_kl_to(reference, rollouts: Sequence, temperature: float) -> float:
     from rlhfkit.core.kl import sequence_kl
     from rlhfkit.rollout import rollout_logprobs
 
-    kls = [sequence_kl(ro.logprobs, rollout_logprobs(reference, ro, temperature).float().cpu(), ro.response_mask, "k3")
+    kls = [sequence_kl(ro.logprobs.float().cpu(), rollout_logprobs(reference, ro, temperature).float().cpu(),
+                       ro.response_mask.cpu(), "k3")
            for ro in rollouts]
     return float(torch.cat(kls).mean()) if kls else 0.0
 

@@ -165,3 +165,39 @@ def test_round_two_checks_users_against_the_previous_reward_model(one_round, tmp
     info = versions.version_info(learn, "v2")
     assert (info["parent"], info["adapter_on"], info["round"]) == ("v1", "v1", 2)
     assert info["feedback"]["per_user"]["zed"]["weight"] == 0.0
+
+
+def test_versions_report_html_shows_rounds_weights_and_versions(one_round, tmp_path, capsys):
+    """``learn versions LEARN_DIR --html FILE`` writes one self-contained page (inline SVG, no
+    script, nothing fetched): round 1 promoted v1 with its 5 users weighed 4 at 1 and 1 (the
+    inverted eve) at 0, the flooder's cut verdicts, the feedback by kind of versions.jsonl; a
+    refusal logged later is shown with its reason and a rollback is counted; the versions table
+    has v0 and v1 with the current one marked."""
+    import re
+    import shutil
+
+    from rlhfkit.cli import main
+    from rlhfkit.learn import lineage
+
+    learn = tmp_path / "learn"
+    shutil.copytree(one_round["learn"], learn)
+    lineage.append_log(learn, {"event": "refused", "round": 2, "version": None, "parent": "v1",
+                               "gate": {"kl_to_v0": 25.0, "reward_model": {"win_rate": 0.4}},
+                               "reasons": ["KL to v0 25.000 > 20.0"], "feedback_count": {"thumbs": 3}})
+    lineage.rollback(learn, "v0", "complaints")
+    out = tmp_path / "report" / "versions.html"
+    assert main(["learn", "versions", str(learn), "--html", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    page = out.read_text()
+    assert page.count("<svg") == 1 and "<script" not in page and not re.search(r"(src|href)=['\"]?https?:", page)
+    per_user = versions.version_info(learn, "v1")["feedback"]["per_user"]
+    cut = per_user["flo"]["cut"]
+    counts = versions.version_info(learn, "v1")["feedback"]["count"]
+    rows = re.findall(r"<tr><td>[^<]*</td><td>(\d+)</td><td class='l'>(.*?)</td>.*?</tr>", page)
+    assert [r[0] for r in rows] == ["1", "2"]
+    assert "promoted v1" in rows[0][1] and "refused" in rows[1][1]
+    assert f"<td>5 (4 / 0 / 1)</td><td>{cut}</td>" in page
+    assert ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) in page
+    assert "KL to v0 25.000 &gt; 20.0" in page and "1 promoted, 1 refused, 1 rollback(s)" in page
+    assert "serving <b>v0</b>" in page
+    assert re.search(r"<td>&#9679;</td><td class='l'>v0</td>", page) and "<td></td><td class='l'>v1</td>" in page

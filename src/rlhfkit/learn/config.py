@@ -137,6 +137,8 @@ class VersionsConfig:
 
     learn_dir: str = field(default="", metadata={"help": "the learner's folder (also the first positional argument)"})
     json: bool = field(default=False, metadata={"help": "print the versions as JSON lines instead of a table"})
+    html: str = field(default="", metadata={"help": "also write the versions-over-time report (self-contained HTML: "
+                                                   "rounds promoted / refused, gate figures, lineage) to this file"})
 
     def validate(self) -> None:
         if not self.learn_dir:

@@ -133,6 +133,10 @@ def run_versions(config) -> None:
             print(json.dumps(r, sort_keys=True))
     else:
         print(format_table(rows, read_log(config.learn_dir)))
+    if config.html:
+        from rlhfkit.learn.report import write_report
+
+        print(f"learn: report written to {write_report(config.learn_dir, config.html)}")
 
 
 def run_rollback(config) -> None:

@@ -13,6 +13,7 @@ from rlhfkit.feedback.enduser.kinds import (
     project_names,
 )
 from rlhfkit.feedback.enduser.log import FeedbackLog
+from rlhfkit.feedback.tasks import render_prompt
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,6 @@ def feedback_events(source: Any, after_id: int = 0, until_id: int | None = None,
     from sqlalchemy import select
 
     from rlhfkit.feedback import db
-    from rlhfkit.feedback.tasks import render_prompt
 
     ctx, _, owned = _event_source(source, prefix)
     try:

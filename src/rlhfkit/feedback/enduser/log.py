@@ -35,6 +35,8 @@ from rlhfkit.feedback.enduser.kinds import (
     _thumbs,
     project_names,
 )
+from rlhfkit.feedback.tasks import parse_item
+from rlhfkit.privacy import redact_text
 
 if TYPE_CHECKING:
     from rlhfkit.feedback.enduser.events import FeedbackEvent
@@ -140,7 +142,6 @@ class FeedbackLog:
         version that wrote reply ``i``. ``conversation``: the web chat's conversation id (kept with
         each reply, the items' ``source`` is ``chat``), which ``conversations`` groups by."""
         from rlhfkit.feedback.queue import add_items
-        from rlhfkit.feedback.tasks import parse_item
 
         replies = list(replies)
         versions = list(versions) if versions is not None else [None] * len(replies)
@@ -219,8 +220,6 @@ class FeedbackLog:
     def _private(self, text: str) -> str:
         if not self.redact:
             return text
-        from rlhfkit.privacy import redact_text
-
         return redact_text(text)[0]
 
     def _items(self, conn, project_id: int, completion_id: str) -> list[dict]:

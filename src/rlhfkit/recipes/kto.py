@@ -33,18 +33,10 @@ from rlhfkit.data.records import ThumbsRecord
 from rlhfkit.data.splits import drop_held_out_copies, first_n, split_by_prompt
 from rlhfkit.recipes.common import (LoraConfig, require_examples, save_final, scaled_weights, set_threads, total_weight,
                                     weights_of, with_weight)
-from rlhfkit.recipes.dpo import (
-    cached_reference,
-    encode_prompt,
-    encode_response,
-    join,
-    pad_scored,
-    reference_forward,
-    resolved_reference,
-    sequence_logps,
-    validate_lengths,
-    validate_reference,
-)
+from rlhfkit.recipes.dpo import resolved_reference, validate_lengths, validate_reference
+from rlhfkit.recipes.pair_data import encode_prompt, encode_response, join, pad_scored
+from rlhfkit.recipes.reference_cache import cached_reference
+from rlhfkit.recipes.sequence_logps import reference_forward, sequence_logps
 from rlhfkit.training.checkpoint import unwrap
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.loop import TrainingConfig, fit

@@ -14,11 +14,16 @@ from pathlib import Path
 import torch
 
 from rlhfkit.core.losses import binary_feedback_loss, bradley_terry_loss, rating_regression_loss, weighted_sum
+from rlhfkit.models import apply_lora, load_reward_model, reward_scores
 from rlhfkit.data.loading import load_training_records
 from rlhfkit.data.splits import drop_held_out_copies, first_n, split_by_prompt
-from rlhfkit.data.tokenize import pad_sequences, tokenize_pair
 from rlhfkit.recipes.common import (LoraConfig, require_examples, save_final, scaled_weights, set_threads, total_weight,
-                                    validate_data_fields, weights_of)
+                                    validate_data_fields)
+# the pieces a reward model is trained with, importable from here as before the split
+from rlhfkit.recipes.rating_targets import (LabelerScales, labeler_scales, normalised_targets,  # noqa: F401
+                                            rating_target, rating_targets)
+from rlhfkit.recipes.reward_data import count_examples, encode_records, make_collate
+from rlhfkit.recipes.reward_probe import head_features, linear_probe  # noqa: F401
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.checkpoint import latest_checkpoint
 from rlhfkit.training.loop import TrainingConfig, fit
@@ -91,104 +96,7 @@ class RewardConfig(TrainingConfig):
                              f"{self.objective!r}")
 
 
-# ----------------------------------------------------------------------------- rating targets
-def rating_target(r) -> float:
-    """A rating mapped to [0, 1] by its scale: the regression target."""
-    span = (r.scale_max - r.scale_min) or 1.0
-    return (r.rating - r.scale_min) / span
-
-
-@dataclass(frozen=True)
-class LabelerScales:
-    """Per-labeler statistics of the [0, 1] rating targets of a training set: ``labelers`` maps an
-    id to its (mean, population sd), for labelers with at least two ratings that differ; ``mean``
-    and ``sd`` are those of all the ratings (the pooled scale)."""
-
-    labelers: dict
-    mean: float
-    sd: float
-
-
-def labeler_scales(records: list) -> LabelerScales:
-    """:class:`LabelerScales` of ``records`` (rating records)."""
-    import statistics
-
-    targets = [rating_target(r) for r in records]
-    by_labeler: dict = {}
-    for r, t in zip(records, targets):
-        if r.labeler is not None:
-            by_labeler.setdefault(r.labeler, []).append(t)
-    scales = {k: (statistics.fmean(v), statistics.pstdev(v)) for k, v in by_labeler.items()
-              if len(v) >= 2 and statistics.pstdev(v) > 0}
-    return LabelerScales(scales, statistics.fmean(targets), statistics.pstdev(targets))
-
-
-def normalised_targets(records: list, scales: LabelerScales) -> list[float]:
-    """Each rating's target with its labeler's scale removed: ``mean + sd * (t - m_l) / s_l``, the
-    labeler's z-score mapped to the pooled mean and sd (``t`` the [0, 1] rating, ``m_l``, ``s_l``
-    the labeler's mean and sd in ``scales``). A lenient and a strict labeler who order responses
-    alike then give them the same targets. Mapped back rather than kept as z so the scores stay on
-    the scale of an unnormalised run (comparable MSE, rewards of the same size). Ratings without
-    a labeler, or of a labeler not in ``scales`` (fewer than two distinct training ratings: no
-    scale to remove), keep their plain target."""
-    out = []
-    for r in records:
-        t = rating_target(r)
-        if r.labeler in scales.labelers:
-            m, sd = scales.labelers[r.labeler]
-            t = scales.mean + scales.sd * (t - m) / sd
-        out.append(t)
-    return out
-
-
-def encode_records(records, tokenizer, config: RewardConfig, targets: list[float] | None = None) -> list[dict]:
-    """Token ids of prompt ⊕ response, with the target of each objective (ratings: ``targets``
-    when given, else the rating mapped to [0, 1]) and the record's ``weight`` when it has one."""
-    out = []
-    for i, r in enumerate(records):
-        if config.objective == "pairwise":
-            e = {
-                "chosen": tokenize_pair(r.prompt, r.chosen, tokenizer, config.max_length),
-                "rejected": tokenize_pair(r.prompt, r.rejected, tokenizer, config.max_length),
-                "margin": float(r.margin) if (config.use_margin and r.margin is not None) else 0.0,
-                "tie": bool(r.tie),
-                "subset": r.subset,
-            }
-        elif config.objective == "regression":
-            e = {"ids": tokenize_pair(r.prompt, r.completion, tokenizer, config.max_length),
-                 "target": rating_target(r) if targets is None else float(targets[i])}
-        else:
-            e = {"ids": tokenize_pair(r.prompt, r.completion, tokenizer, config.max_length),
-                 "target": float(r.label)}
-        if r.weight is not None:
-            e["weight"] = float(r.weight)
-        out.append(e)
-    return out
-
-
-def make_collate(pad_id: int, objective: str):
-    def collate(examples: list[dict]) -> dict:
-        if objective == "pairwise":
-            # chosen and rejected in one forward pass: rows [0, n) chosen, [n, 2n) rejected
-            seqs = [e["chosen"] for e in examples] + [e["rejected"] for e in examples]
-            ids, mask = pad_sequences(seqs, pad_id, side="right")
-            batch = {"input_ids": ids, "attention_mask": mask,
-                     "margin": torch.tensor([e["margin"] for e in examples]),
-                     "tie": torch.tensor([e["tie"] for e in examples])}
-        else:
-            ids, mask = pad_sequences([e["ids"] for e in examples], pad_id, side="right")
-            batch = {"input_ids": ids, "attention_mask": mask,
-                     "target": torch.tensor([e["target"] for e in examples])}
-        if (weights := weights_of(examples)) is not None:
-            batch["weight"] = weights
-        return batch
-
-    return collate
-
-
 def make_loss(objective: str):
-    from rlhfkit.models import reward_scores
-
     def loss_sum(model, batch: dict) -> tuple[torch.Tensor, dict]:
         """The sum of per-example losses, each times its weight (the loop divides by the sum of
         weights, :func:`count_examples`); the pair stats are weighted the same way."""
@@ -210,113 +118,11 @@ def make_loss(objective: str):
     return loss_sum
 
 
-@torch.no_grad()
-def head_features(model, batches) -> torch.Tensor:
-    """The inputs of the scalar head ``[N, d]`` for every row of ``batches`` (collated), in order."""
-    from rlhfkit.models import reward_scores
-    from rlhfkit.models.reward import last_real_index, score_head
-
-    seen: list[torch.Tensor] = []
-    hook = score_head(model).register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().float()))
-    out = []
-    try:
-        for b in batches:
-            seen.clear()
-            reward_scores(model, b["input_ids"], b["attention_mask"])
-            x = seen[0]
-            if x.dim() == 3:  # a causal backbone's head runs on every position; it is read at the last real token
-                x = x[torch.arange(x.shape[0]), last_real_index(b["attention_mask"])]
-            out.append(x)
-    finally:
-        hook.remove()
-    return torch.cat(out)
-
-
-def linear_probe(model, train: list[dict], collate, config: "RewardConfig") -> dict:
-    """LP-FT (Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features and Underperform
-    Out-of-Distribution"): fit the freshly initialised head alone on the frozen backbone's
-    features with the training objective plus ``linear_probe_l2 * |w|^2`` (full batch, L-BFGS),
-    so that fine-tuning starts from a head that already ranks, instead of a random one whose
-    large early gradients reshape the backbone's features. Deterministic (no RNG)."""
-    from rlhfkit.models.reward import score_head
-
-    head = score_head(model)
-    was_training = model.training
-    model.eval()
-    batches = [collate(train[i:i + 32]) for i in range(0, len(train), 32)]
-    with running_at(model, config.precision):  # the backbone's features, as training computes them;
-        feats = head_features(model, batches)    # the probe's own fit stays float32
-    model.train(was_training)
-    weights = None
-    if any("weight" in b for b in batches):
-        weights = torch.cat([b["weight"] if "weight" in b else torch.ones(count_examples(b), dtype=torch.float64)
-                             for b in batches]).float()
-
-    def mean(losses: torch.Tensor) -> torch.Tensor:  # the (weighted) mean, as training takes it
-        return losses.mean() if weights is None else weighted_sum(losses, weights) / weights.sum().clamp(min=1e-12)
-
-    if config.objective == "pairwise":
-        n = [int(b["tie"].numel()) for b in batches]
-        chosen = torch.cat([f[:k] for f, k in zip(feats.split([2 * k for k in n]), n)])
-        rejected = torch.cat([f[k:] for f, k in zip(feats.split([2 * k for k in n]), n)])
-        margin = torch.cat([b["margin"] for b in batches]).float()
-        tie = torch.cat([b["tie"] for b in batches])
-    else:
-        target = torch.cat([b["target"] for b in batches]).float()
-    w = head.weight.detach().float().clone().reshape(-1).requires_grad_(True)
-    # a head without a bias (causal backbones' score layer) gets none in the probe either: a fitted
-    # bias that could not be copied back would leave the fine-tuning start off by it
-    has_bias = head.bias is not None
-    b0 = head.bias.detach().float().clone().reshape(-1).requires_grad_(True) if has_bias else torch.zeros(1)
-
-    def objective() -> torch.Tensor:
-        if config.objective == "pairwise":
-            rc, rr = chosen @ w + b0, rejected @ w + b0
-            loss = mean(bradley_terry_loss(rc, rr, margin=margin if bool(margin.any()) else None, tie=tie,
-                                           reduction="none"))
-        elif config.objective == "regression":
-            loss = mean(rating_regression_loss(feats @ w + b0, target, reduction="none"))
-        else:
-            loss = mean(binary_feedback_loss(feats @ w + b0, target, reduction="none"))
-        return loss + config.linear_probe_l2 * (w ** 2).sum()
-
-    opt = torch.optim.LBFGS([w, b0] if has_bias else [w], lr=1.0, max_iter=config.linear_probe_steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = objective()
-        loss.backward()
-        return loss
-
-    before = float(objective().detach())
-    opt.step(closure)
-    after = float(objective().detach())
-    with torch.no_grad():
-        head.weight.copy_(w.view_as(head.weight).to(head.weight.dtype))
-        if has_bias:
-            head.bias.copy_(b0.view_as(head.bias).to(head.bias.dtype))
-    stats = {"probe_loss_before": before, "probe_loss_after": after}
-    if config.objective == "pairwise":
-        with torch.no_grad():
-            decided = ~tie
-            stats["probe_train_accuracy"] = float(((chosen @ w > rejected @ w) & decided).sum() / decided.sum().clamp(min=1))
-    return stats
-
-
-def count_examples(batch: dict) -> int | float:
-    """Examples in the batch, or the sum of their weights when they have weights."""
-    if "weight" in batch:
-        return float(batch["weight"].sum())
-    return int(batch["tie"].numel()) if "tie" in batch else int(batch["target"].numel())
-
-
 def split_seed(config: RewardConfig) -> int:
     return config.seed if config.split_seed < 0 else config.split_seed
 
 
 def run(config: RewardConfig) -> dict:
-    from rlhfkit.models import apply_lora, load_reward_model
-
     set_threads(config.threads)
     info = init_distributed()
     if (done := finished_run(config, "reward", info)) is not None:
@@ -391,27 +197,6 @@ def run(config: RewardConfig) -> dict:
         print(held_out_summary(metrics, Path(config.output_dir) / "model", config.objective))
     cleanup(info)
     return metrics
-
-
-def rating_targets(config: RewardConfig, train: list, val: list, held: list) -> dict:
-    """The regression targets of each part (``{"train", "val", "eval"}``): the ratings mapped to
-    [0, 1], or with ``normalise_ratings: per_labeler`` each labeler's scale removed with the
-    training part's statistics (:func:`normalised_targets`; the held-out ratings are scored
-    against targets made the same way)."""
-    if config.normalise_ratings == "none":
-        return {}
-    scales = labeler_scales(train)
-    if not scales.labelers:
-        from rlhfkit.data.errors import DataError
-
-        raise DataError("normalise_ratings per_labeler: no labeler has two different ratings in the training part "
-                        "(records need a `labeler` id: rlhfkit feedback export writes one)", path=config.data)
-    kept = sum(1 for r in train if r.labeler not in scales.labelers)
-    print(f"reward: ratings normalised per labeler for {len(scales.labelers)} labelers (z-scores mapped to the "
-          f"pooled mean {scales.mean:.3f} and sd {scales.sd:.3f} of the [0, 1] ratings); {kept} of {len(train)} "
-          "training ratings kept as given (no labeler id, or a labeler without two different ratings)")
-    return {"train": normalised_targets(train, scales), "val": normalised_targets(val, scales),
-            "eval": normalised_targets(held, scales)}
 
 
 def held_out_metrics(model, tokenizer, held: list, config: RewardConfig, targets: list[float] | None) -> dict:

@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["ChatModel", "Completion", "CompletionStream", "PromptError", "ContextLengthError", "render_messages"]
+from rlhfkit.models.policy_line import load, resolve
+from rlhfkit.rollout import SamplingConfig, make_sampler, step_seed
+from rlhfkit.rollout.native import NativeLlamaGenerator, supports
+from rlhfkit.core.precision import PRECISIONS
 
-ROLES = ("system", "user", "assistant")
-_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+from .batcher import Batcher, Job, left_pad
+# the request side and the streaming side, importable from here as before the split
+from .messages import ContextLengthError, PromptError, render_messages, validate_messages  # noqa: F401
+from .streaming import CompletionStream, cut_at_stop, held_for_stop  # noqa: F401
+
+__all__ = ["ChatModel", "Completion", "CompletionStream", "PromptError", "ContextLengthError", "render_messages"]
 
 
 @dataclass
@@ -28,69 +36,6 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int  # tokens drawn, the EOS included
     version: str | None = None  # the policy version that generated it
-
-
-class PromptError(ValueError):
-    """Messages the model cannot answer: its chat template refuses them (e.g. a system turn a
-    template has no place for), or they are too long (``ContextLengthError``). ``code`` is
-    OpenAI's error code."""
-
-    code: str | None = None
-
-
-class ContextLengthError(PromptError):
-    """A conversation (plus the reply asked for) longer than the model takes. Refused rather than
-    cut: a cut prompt loses the system turn and the template's start, and the stored conversation
-    (the feedback's training data) would not be the one the model answered."""
-
-    code = "context_length_exceeded"
-
-
-def render_messages(messages: Sequence[dict], tokenizer: Any) -> list[int]:
-    """Token ids of the conversation ready for the assistant's turn; ``PromptError`` when the
-    tokenizer's chat template refuses the conversation."""
-    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-    if getattr(tokenizer, "chat_template", None):
-        try:
-            text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        except Exception as e:  # noqa: BLE001 - jinja2's TemplateError and templates' raise_exception
-            raise PromptError(f"the model's chat template refused these messages: {e}") from None
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    else:
-        text = "\n\n".join(f"{_NAMES[m['role']]}: {m['content']}" for m in msgs) + "\n\nAssistant:"
-        ids = tokenizer(text)["input_ids"]
-    if not ids:
-        ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
-    return ids
-
-
-def validate_messages(messages: Any) -> list[dict]:
-    """``[{role, content}]`` with roles system / user / assistant and string contents (OpenAI's
-    content-part lists of ``{"type": "text", "text": ...}`` are joined, other parts refused);
-    raises ``ValueError``."""
-    if not isinstance(messages, list) or not messages:
-        raise ValueError("messages must be a non-empty list of {role, content}")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ValueError(f"messages[{i}] must have role and content")
-        role, content = m["role"], m["content"]
-        if role == "developer":  # OpenAI's newer name for the system role
-            role = "system"
-        if role not in ROLES:
-            raise ValueError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}")
-        if isinstance(content, list):
-            # an image or audio part dropped silently would be answered as if it had not been sent
-            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-                raise ValueError(f"messages[{i}].content: only text parts are supported")
-            texts = [p.get("text") for p in content]
-            if not all(isinstance(t, str) for t in texts):
-                raise ValueError(f"messages[{i}].content: every text part needs a string 'text'")
-            content = "".join(texts)
-        if not isinstance(content, str):
-            raise ValueError(f"messages[{i}].content must be a string")
-        out.append({"role": role, "content": content})
-    return out
 
 
 class ChatModel:
@@ -103,10 +48,6 @@ class ChatModel:
     def __init__(self, model: torch.nn.Module, tokenizer: Any, name: str = "rlhfkit", max_new_tokens: int = 128,
                  temperature: float = 0.7, top_p: float = 1.0, top_k: int = 0, max_prompt_length: int = 1024,
                  version: str | None = None, max_batch: int = 8, batch_wait_ms: float = 5.0):
-        from rlhfkit.rollout import SamplingConfig
-
-        from .batcher import Batcher
-
         self.name = name
         self.defaults = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                        top_k=top_k)
@@ -135,10 +76,6 @@ class ChatModel:
         current version, named by it. ``precision`` ``bf16`` loads the weights in bfloat16
         (inference only: half the memory, faster matrix products where the hardware has them;
         the logits are bfloat16 too)."""
-        from rlhfkit.models.policy_line import load, resolve
-
-        from rlhfkit.core.precision import PRECISIONS
-
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         line = resolve(spec)
@@ -186,8 +123,6 @@ class ChatModel:
         Reply ``i`` draws from seed ``seed`` for i = 0 and ``choice_seed(seed, i)`` after (``seed``
         None: random seeds). Raises ``PromptError`` at once for a conversation the model cannot
         answer."""
-        from .batcher import Job
-
         if n < 1:
             raise ValueError("n must be >= 1")
         options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop))
@@ -209,8 +144,6 @@ class ChatModel:
     # ------------------------------------------------------------------ the generation thread
     def _compatible(self, first, job) -> bool:
         """Whether ``job`` may share ``first``'s batch (see batcher.py)."""
-        from rlhfkit.rollout.native import supports
-
         if first is job or supports(self.model)[0]:
             return True  # the native sampler takes a seed and settings per row
         a, b = first.prepared.sampling, job.prepared.sampling
@@ -221,11 +154,6 @@ class ChatModel:
     @torch.no_grad()
     def _run_batch(self, jobs: list) -> None:
         """Generate every row of ``jobs`` in one sampler call; each job gets its completions."""
-        from rlhfkit.rollout import SamplingConfig, make_sampler
-        from rlhfkit.rollout.native import NativeLlamaGenerator
-
-        from .batcher import left_pad
-
         model, tok, version = self._current
         ready = []
         for job in jobs:
@@ -309,8 +237,6 @@ def _context_length(model) -> int | None:
 def choice_seeds(seed: int | None, n: int) -> list[int]:
     """The seed of each of ``n`` replies: ``seed`` itself for the first (so ``n = 1`` is the reply
     of that seed), then seeds derived from it (``rollout.step_seed``); random ones without a seed."""
-    from rlhfkit.rollout import step_seed
-
     if seed is None:
         return [secrets.randbits(62) for _ in range(n)]
     return [int(seed)] + [step_seed(int(seed), i, salt=97) for i in range(1, n)]
@@ -348,8 +274,6 @@ def default_model_name(spec: str) -> str:
     """The name a served model goes by when none is given: its folder's name (``runs/dpo/model``
     -> ``dpo/model``, as every recipe saves to a folder named ``model``); a ``config.json`` path
     names its folder; a ``.gguf`` file its own name; an alias or hub name itself."""
-    from pathlib import Path
-
     p = Path(str(spec).rstrip("/"))
     if p.name == "config.json":
         p = p.parent
@@ -365,96 +289,6 @@ class _Prepared:
     version: str  # the version it was rendered for
     stop: tuple[str, ...]
     tokenizer: Any  # that version's
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """``text`` up to the earliest stop string (excluded), and whether one occurred."""
-    ends = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return (text[:min(ends)], True) if ends else (text, False)
-
-
-def held_for_stop(text: str, stop: Sequence[str]) -> int:
-    """How many characters at the end of ``text`` could begin a stop string: a stream holds
-    them back until the next tokens show whether the stop string follows."""
-    return max((k for s in stop for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
-               default=0)
-
-
-class PieceDecoder:
-    """The text pieces of one reply from its tokens as they are drawn: a piece is the decoded text
-    that grew since the last one, held back while it ends in an incomplete UTF-8 character (a
-    byte-level token can end mid-character), up to the last token (whose text can change once the
-    next token is seen) and while its end could begin a stop string; ``finish`` gives the rest."""
-
-    def __init__(self, tokenizer, stop: Sequence[str]):
-        self.tok, self.stop = tokenizer, tuple(stop)
-        self.body: list[int] = []
-        self.sent = ""
-
-    def push(self, token: int) -> str:
-        self.body.append(token)
-        text, stopped = cut_at_stop(self.tok.decode(self.body[:-1], skip_special_tokens=True), self.stop)
-        if not stopped:
-            text = text[:len(text) - held_for_stop(text, self.stop)]
-        if len(text) > len(self.sent) and text.startswith(self.sent) and not text.endswith("\ufffd"):
-            piece, self.sent = text[len(self.sent):], text
-            return piece
-        return ""
-
-    def finish(self, final_text: str) -> str:
-        if final_text.startswith(self.sent) and len(final_text) > len(self.sent):
-            piece, self.sent = final_text[len(self.sent):], final_text
-            return piece
-        return ""
-
-
-class CompletionStream:
-    """The pieces of ``n`` replies while the generation thread draws them. Iterating gives the
-    text pieces of reply 0 (``n = 1``); ``events()`` gives ``(index, piece)`` for every reply.
-    ``results`` (and ``result``, the first) are set when the iteration ends; each reply's pieces
-    join to its ``text``. A conversation the model cannot answer raises ``PromptError`` at
-    construction, before any piece."""
-
-    _END = object()
-
-    def __init__(self, chat: ChatModel, messages, n, max_tokens, temperature, top_p, seed, stop):
-        import queue
-
-        self.chat = chat
-        self._tokens: queue.Queue = queue.Queue()
-        self.job = chat.submit(messages, n, max_tokens, temperature, top_p, seed, stop,
-                               on_token=lambda i, t: self._tokens.put((i, t)),
-                               on_done=lambda: self._tokens.put(self._END))
-        self.prompt_tokens = len(self.job.prepared.ids)
-        self.results: list[Completion] | None = None
-
-    @property
-    def result(self) -> Completion | None:
-        return None if self.results is None else self.results[0]
-
-    @property
-    def version(self) -> str:
-        return self.job.prepared.version
-
-    def __iter__(self) -> Iterator[str]:
-        for _, piece in self.events():
-            yield piece
-
-    def events(self) -> Iterator[tuple[int, str]]:
-        decoders: dict[int, PieceDecoder] = {}
-        while (item := self._tokens.get()) is not self._END:
-            i, token = item
-            # the tokenizer of the version that draws (a job queued before a swap is rendered
-            # again for the new version before its first token)
-            dec = decoders.setdefault(i, PieceDecoder(self.job.prepared.tokenizer, self.job.prepared.stop))
-            piece = dec.push(token)
-            if piece:
-                yield i, piece
-        self.results = self.job.result()  # raises what generation raised
-        for i, c in enumerate(self.results):
-            piece = decoders.setdefault(i, PieceDecoder(self.job.prepared.tokenizer, self.job.prepared.stop)).finish(c.text)
-            if piece:
-                yield i, piece
 
 
 def new_completion_id() -> str:

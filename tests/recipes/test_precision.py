@@ -320,7 +320,7 @@ def test_native_sampler_follows_the_models_precision(tiny_policy_dir):
                            tok.pad_token_id, "native")
     seen = []
     original = sampler._next_tokens
-    sampler._next_tokens = lambda logits, g: (seen.append(logits), original(logits, g))[1]
+    sampler._next_tokens = lambda logits, g, rows=None: (seen.append(logits), original(logits, g, rows))[1]
     sampler.generate(model, ids, mask, seed=0)
     (native,) = seen
     assert native.dtype == torch.float32

@@ -267,6 +267,11 @@ def _num(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if _finite(v) else "–"
 
 
+def _signed(v, digits: int = 3) -> str:
+    """A change, with its sign (a gain of +0.28, an interval end of -0.01)."""
+    return f"{v:+.{digits}f}" if _finite(v) else "–"
+
+
 def _agreement_cell(labels_stage: dict) -> str:
     """A loop round's label agreement with gold, with the pairs it rests on when they were recorded."""
     share = _num(labels_stage.get("agreement_with_gold"))
@@ -389,7 +394,8 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
         direction = "lower is better" if lower_is_better(gold["judge"]) else ""
         rows.append((f"gold judge ({_esc(gold['judge'])}{', ' + direction if direction else ''}): before → after",
                      f"{_num(gold['reference']['mean'], 4)} → {_num(gold['policy']['mean'], 4)}; gain "
-                     f"{_num(gold['gain']['mean'], 4)} [{_num(gold['gain']['ci_low'], 4)}, {_num(gold['gain']['ci_high'], 4)}]"))
+                     f"{_signed(gold['gain']['mean'], 4)} [{_signed(gold['gain']['ci_low'], 4)}, "
+                     f"{_signed(gold['gain']['ci_high'], 4)}]"))
         rows.append((f"win rate vs reference (judge: {_esc(gold['judge'])})", _ci(gold.get("win_rate"))))
     if ev.get("kl"):
         rows.append(("KL(policy ‖ reference), nats / sequence", _ci(ev["kl"], "mean")
@@ -472,7 +478,8 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
                     f'<p class="muted">Held-out prompts, one response each from the trained policy. Per token t: '
                     f'KL<sub>t</sub> = log π(y<sub>t</sub>) − log π<sub>ref</sub>(y<sub>t</sub>); shaped reward '
                     f'r<sub>t</sub> = −β·KL<sub>t</sub> (β = {_esc(beta)}) plus the reward model\'s score on the last token '
-                    f'(the reward PPO\'s advantages are computed from). Shades saturate at the 95th percentile of |value| '
+                    f'(the per-token reward PPO learns from; GRPO and RLOO score whole replies, so for them the '
+                    f'shading shows where the KL and the score fall). Shades saturate at the 95th percentile of |value| '
                     f'(reward {_fmt(r_scale)}, KL {_fmt(k_scale)}); hover a token for its number.</p>'
                     '<p class="legend"><span style="background:rgba(34,160,60,.6)">reward +</span>'
                     '<span style="background:rgba(214,39,40,.6)">reward −</span>'

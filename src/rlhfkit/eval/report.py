@@ -173,7 +173,8 @@ def bar_chart(items: list[tuple[str, float, float | None, float | None]], title:
                            f'<line x1="{xc - 6:.1f}" x2="{xc + 6:.1f}" y1="{f.y(lo):.1f}" y2="{f.y(lo):.1f}" stroke="black"/>'
                            f'<line x1="{xc - 6:.1f}" x2="{xc + 6:.1f}" y1="{f.y(hi):.1f}" y2="{f.y(hi):.1f}" stroke="black"/>')
         f.parts.append(f'<text x="{(x0 + x1) / 2:.1f}" y="{f.h - f.b + 13}" text-anchor="middle" font-size="10">{_esc(label)}</text>'
-                       f'<text x="{(x0 + x1) / 2:.1f}" y="{min(y0, y1) - 4:.1f}" text-anchor="middle" font-size="10">{_fmt(v)}</text>')
+                       # the value at the bar's left edge: centred, it sat on the error bar
+                       f'<text x="{x0 + 2:.1f}" y="{min(y0, y1) - 4:.1f}" text-anchor="start" font-size="10">{_fmt(v)}</text>')
     return f.svg()
 
 
@@ -290,7 +291,7 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif,"Apple Color Emoji","Segoe UI Emoji","Noto Color Emoji";margin:24px auto;max-width:1180px;color:#222;padding:0 12px}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0} td,th{border:1px solid #ddd;padding:4px 7px;vertical-align:top;text-align:left}
-th{background:#f5f5f5} .num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f5f5f5} .num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .plots{display:flex;flex-wrap:wrap;gap:10px} .plots svg{border:1px solid #eee}
 .tok{white-space:pre-wrap;border-radius:2px;padding:1px 0;font-family:ui-monospace,Menlo,Consolas,monospace,"Apple Color Emoji","Segoe UI Emoji","Noto Color Emoji";font-size:12.5px}
 .prompt{max-width:320px;color:#666;font-family:ui-monospace,Menlo,Consolas,monospace,"Apple Color Emoji","Segoe UI Emoji","Noto Color Emoji";font-size:12.5px} .muted{color:#777;font-size:12px}

@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval leaderboard": ("rlhfkit.eval.cli_eval", "LeaderboardConfig", "Bradley-Terry leaderboard of several models / checkpoints with bootstrap 95% intervals"),
     "serve": ("rlhfkit.serve.cli", "ServeConfig", "OpenAI-compatible /v1/chat/completions server with a /v1/feedback endpoint (thumbs, ratings) into the feedback store"),
     "chat": ("rlhfkit.serve.cli", "ChatConfig", "chat with a model in the terminal; /up, /down, /rate N store feedback in the feedback store"),
-    "pipeline": ("rlhfkit.pipeline.run", "PipelineConfig", "the loop end to end, cached and resumable: SFT -> feedback -> reward model -> PPO/GRPO/RLOO/DPO/KTO -> eval -> report.html (the default: real chat prompts, simulated labelers, GRPO, about 10 minutes)"),
+    "pipeline": ("rlhfkit.pipeline.run", "PipelineConfig", "the loop end to end, cached and resumable: SFT -> feedback -> reward model -> PPO/GRPO/RLOO/DPO/KTO -> eval -> report.html (the default: real chat prompts, simulated labelers, GRPO; a quarter of an hour or so on 2 CPU cores)"),
     "loop": ("rlhfkit.loop.run", "LoopConfig", "iterated online RLHF, resumable: candidates from the policy -> pairs chosen by RM-ensemble uncertainty (or random) -> labels (app or simulated) -> RM ensemble -> GRPO/PPO round"),
 }
 

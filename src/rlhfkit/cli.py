@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval leaderboard": ("rlhfkit.eval.cli_eval", "LeaderboardConfig", "Bradley-Terry leaderboard of several models / checkpoints with bootstrap 95% intervals"),
     "serve": ("rlhfkit.serve.cli", "ServeConfig", "OpenAI-compatible /v1/chat/completions server with a /v1/feedback endpoint (thumbs, ratings) into the feedback store"),
     "chat": ("rlhfkit.serve.cli", "ChatConfig", "chat with a model in the terminal; /up, /down, /rate N store feedback in the feedback store"),
-    "pipeline": ("rlhfkit.pipeline.run", "PipelineConfig", "the loop end to end, cached and resumable: SFT -> feedback -> reward model -> PPO/GRPO/RLOO/DPO/KTO -> eval -> report.html (the default: real chat prompts, simulated labelers, GRPO, about 10 minutes)"),
+    "pipeline": ("rlhfkit.pipeline.run", "PipelineConfig", "the loop end to end, cached and resumable: SFT -> feedback -> reward model -> PPO/GRPO/RLOO/DPO/KTO -> eval -> report.html (the default: real chat prompts, simulated labelers, GRPO; a quarter of an hour or so on 2 CPU cores)"),
     "learn run": ("rlhfkit.learn.run", "LearnConfig", "the continuous learner: LEARN_DIR follows the feedback store; each round refits the reward model on users' verdicts (bad users capped and down-weighted), trains a LoRA version (GRPO, or KTO / DPO / SFT), gates it on held-out prompts and promotes it for serve"),
     "learn versions": ("rlhfkit.learn.lineage", "VersionsConfig", "list a learner's versions: parent, round, feedback, users down-weighted, gate figures; refusals and rollbacks"),
     "learn rollback": ("rlhfkit.learn.lineage", "RollbackConfig", "make an older version of a learner's folder current again (logged in versions.jsonl)"),

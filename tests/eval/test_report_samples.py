@@ -58,3 +58,10 @@ def test_a_lower_is_better_gold_shades_a_fall_green(tmp_path):
     page = _run(tmp_path, judge="toxicity")
     assert '<td class="num worse">0.100 → 0.800</td>' in page  # more toxic: worse
     assert '<td class="num better">0.000 → -0.900</td>' in page
+
+
+def test_the_gold_gain_and_its_interval_carry_their_signs(tmp_path):
+    """The headline gain reads as a change: a fall of 0.1 with an interval crossing 0 is
+    "-0.1000 [-0.5000, +0.3000]", never an unsigned 0.3000 that reads as a level."""
+    page = _run(tmp_path)
+    assert "0.0500 → -0.0500; gain -0.1000 [-0.5000, +0.3000]" in page

@@ -131,6 +131,19 @@ def test_eval_with_offline_judges(tiny_dirs, tmp_path):
     assert abs(same["kl"]["mean"]) < 1e-4
 
 
+def test_eval_shows_a_bar_over_its_scoring_passes(tiny_dirs, monkeypatch, capsys):
+    """After sampling, the scoring (the reference's log-probs chunk by chunk, then the judge and
+    the gold judge over each model's replies) is counted on a bar: 4 prompts in chunks of 2 are
+    2 KL passes + 2 judge passes + 2 gold passes."""
+    from rlhfkit.eval.cli_eval import EvalConfig, run
+
+    monkeypatch.delenv("RLHFKIT_NO_PROGRESS", raising=False)
+    run(EvalConfig(policy=tiny_dirs["policy"], reference=tiny_dirs["reference"], prompts=tiny_dirs["prompts"],
+                   max_prompts=4, judge="length", gold="vader", max_new_tokens=4, batch_size=2, n_boot=20))
+    err = capsys.readouterr().err
+    assert "eval: scoring" in err and "6/6" in err.split("eval: scoring")[-1]
+
+
 def test_people_judge_round_trip(tiny_dirs, tmp_path):
     """judge=people makes pairwise tasks (order randomised by the app); simulated people who
     always prefer the policy's response give win rate 1 (ties where both texts are equal)."""

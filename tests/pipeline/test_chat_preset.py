@@ -114,18 +114,20 @@ def test_stages_that_would_sample_differently_are_refused():
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real data folder {SHARED_DATA} is absent")
-def test_quick_chat_preset_end_to_end(tmp_path):
-    """The default preset at --quick sizes on the real chat prompts: the report shows the replies
-    side by side with the friendly gold judge and how they were sampled."""
+def test_quick_chat_preset_end_to_end(tmp_path, capsys):
+    """`rlhfkit pipeline --quick`, the README's command at quick sizes (the embedded default, no
+    --config), on the real chat prompts: the report shows the replies side by side with the
+    friendly gold judge and how they were sampled, and the last line says where it is."""
+    from rlhfkit.cli import main
     from rlhfkit.data.shared_sets import load_chat_prompts
-    from rlhfkit.pipeline import PipelineConfig
-    from rlhfkit.training.config import load_config
 
     out = tmp_path / "chat"
-    config = load_config(PipelineConfig, REPO_ROOT / "configs" / "pipeline_chat.yaml",
-                         {"quick": True, "threads": 1, "output_dir": str(out), "eval.n_boot": 100})
-    res = run_pipeline(config)
-    assert res["summary"]["ran"] == ["init", "feedback", "reward", "policy", "eval", "report"]
+    assert main(["pipeline", "--quick", "--threads", "1", "--output_dir", str(out), "--eval.n_boot", "100"]) == 0
+    last = capsys.readouterr().out.rstrip().splitlines()[-1]
+    assert last.startswith("pipeline: done in ") and last.endswith(f"report: {out / 'report.html'}")
+    summary = json.loads((out / "pipeline.json").read_text())
+    assert summary["name"] == "chat"
+    assert summary["ran"] == ["init", "feedback", "reward", "policy", "eval", "report"]
     pool = {p.prompt for p in load_chat_prompts()}
     train = [r["prompt"] for r in _jsonl(out / "feedback" / "train_prompts.jsonl")]
     held = [r["prompt"] for r in _jsonl(out / "feedback" / "eval_prompts.jsonl")]

@@ -232,39 +232,55 @@ def run(c: EvalConfig) -> dict:
 
     # (b) KL(pi || pi_ref): sequence-level k1 over the policy's own samples
     print("eval: scoring the replies (KL to the reference, judge, gold judge)", flush=True)
-    if c.kl:
-        if same_vocabulary(ptok, rtok):
-            ref_lps = [rollout_logprobs(reference, ro, c.temperature).float().cpu() for ro in p_ros]
-            kl, kl3 = (torch.cat([sequence_kl(ro.logprobs, lp, ro.response_mask, est) for ro, lp in zip(p_ros, ref_lps)])
-                       .double() for est in ("k1", "k3"))
-            results["kl"] = score_summary(kl, c.n_boot, c.seed)
-            # k3 as a check: never negative, so a k1 mean below 0 on few prompts reads as the noise it is
-            results["kl_k3"] = score_summary(kl3, c.n_boot, c.seed)
-            for s, k in zip(samples, kl.tolist()):
-                s["kl"] = k
-        else:
-            results["kl"] = None
-            print("kl: skipped (policy and reference tokenizers differ)")
-    results["policy_length"] = float(torch.cat([ro.lengths for ro in p_ros]).float().mean())
-    results["reference_length"] = float(torch.cat([ro.lengths for ro in r_ros]).float().mean())
-    del policy, reference
+    from rlhfkit.training.logging import progress_bar, ticking
 
-    cache: dict = {}
+    kl_chunks = len(p_ros) if c.kl and same_vocabulary(ptok, rtok) else 0
     gold = c.gold or ("" if c.judge == "people" else c.judge)
-    # (a) win rate judged by a reward model / offline judge
-    if c.judge != "people":
-        ps, rs = _score(c.judge, prompts, pol_texts, c, cache), _score(c.judge, prompts, ref_texts, c, cache)
-        from rlhfkit.rewards.judges import lower_is_better
+    passes = kl_chunks + 2 * (c.judge != "people") + 2 * bool(gold)
+    # the reference's log-probs of each chunk, then each judge over each model's replies: a pass
+    # takes seconds to minutes, so the bar counts passes and its clock keeps moving
+    with progress_bar(passes, desc="eval: scoring", unit="pass") as bar, ticking(bar):
+        if c.kl:
+            if kl_chunks:
+                ref_lps = []
+                for ro in p_ros:
+                    ref_lps.append(rollout_logprobs(reference, ro, c.temperature).float().cpu())
+                    bar.update(1)
+                kl, kl3 = (torch.cat([sequence_kl(ro.logprobs, lp, ro.response_mask, est)
+                                      for ro, lp in zip(p_ros, ref_lps)]).double() for est in ("k1", "k3"))
+                results["kl"] = score_summary(kl, c.n_boot, c.seed)
+                # k3 as a check: never negative, so a k1 mean below 0 on few prompts reads as the noise it is
+                results["kl_k3"] = score_summary(kl3, c.n_boot, c.seed)
+                for s, k in zip(samples, kl.tolist()):
+                    s["kl"] = k
+            else:
+                results["kl"] = None
+                print("kl: skipped (policy and reference tokenizers differ)")
+        results["policy_length"] = float(torch.cat([ro.lengths for ro in p_ros]).float().mean())
+        results["reference_length"] = float(torch.cat([ro.lengths for ro in r_ros]).float().mean())
+        del policy, reference
 
-        better, worse = (rs, ps) if lower_is_better(c.judge) else (ps, rs)  # e.g. judge toxicity: lower wins
-        results["win_rate"] = win_rate(pair_outcomes(better, worse, c.tie_eps), c.n_boot, c.seed)
-        for s, a, b in zip(samples, ps.tolist(), rs.tolist()):
-            s["judge_policy"], s["judge_reference"] = a, b
-    if gold:
-        gp, gr = _score(gold, prompts, pol_texts, c, cache), _score(gold, prompts, ref_texts, c, cache)
-        results["gold"] = gold_summary(gold, gp, gr, c.n_boot, c.seed, c.tie_eps)
-        for s, a, b in zip(samples, gp.tolist(), gr.tolist()):
-            s["gold_policy"], s["gold_reference"] = a, b
+        cache: dict = {}
+
+        def scored(spec: str, texts: list[str]) -> torch.Tensor:
+            out = _score(spec, prompts, texts, c, cache)
+            bar.update(1)
+            return out
+
+        # (a) win rate judged by a reward model / offline judge
+        if c.judge != "people":
+            ps, rs = scored(c.judge, pol_texts), scored(c.judge, ref_texts)
+            from rlhfkit.rewards.judges import lower_is_better
+
+            better, worse = (rs, ps) if lower_is_better(c.judge) else (ps, rs)  # e.g. judge toxicity: lower wins
+            results["win_rate"] = win_rate(pair_outcomes(better, worse, c.tie_eps), c.n_boot, c.seed)
+            for s, a, b in zip(samples, ps.tolist(), rs.tolist()):
+                s["judge_policy"], s["judge_reference"] = a, b
+        if gold:
+            gp, gr = scored(gold, pol_texts), scored(gold, ref_texts)
+            results["gold"] = gold_summary(gold, gp, gr, c.n_boot, c.seed, c.tie_eps)
+            for s, a, b in zip(samples, gp.tolist(), gr.tolist()):
+                s["gold_policy"], s["gold_reference"] = a, b
     # (c) people: comparison tasks in the feedback app
     if c.judge == "people":
         name = c.project or time.strftime("eval-%Y%m%d-%H%M%S")

@@ -174,7 +174,8 @@ def bar_chart(items: list[tuple[str, float, float | None, float | None]], title:
                            f'<line x1="{xc - 6:.1f}" x2="{xc + 6:.1f}" y1="{f.y(lo):.1f}" y2="{f.y(lo):.1f}" stroke="black"/>'
                            f'<line x1="{xc - 6:.1f}" x2="{xc + 6:.1f}" y1="{f.y(hi):.1f}" y2="{f.y(hi):.1f}" stroke="black"/>')
         f.parts.append(f'<text x="{(x0 + x1) / 2:.1f}" y="{f.h - f.b + 13}" text-anchor="middle" font-size="10">{_esc(label)}</text>'
-                       f'<text x="{(x0 + x1) / 2:.1f}" y="{min(y0, y1) - 4:.1f}" text-anchor="middle" font-size="10">{_fmt(v)}</text>')
+                       # the value at the bar's left edge: centred, it sat on the error bar
+                       f'<text x="{x0 + 2:.1f}" y="{min(y0, y1) - 4:.1f}" text-anchor="start" font-size="10">{_fmt(v)}</text>')
     return f.svg()
 
 
@@ -256,6 +257,11 @@ def _num(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if _finite(v) else "–"
 
 
+def _signed(v, digits: int = 3) -> str:
+    """A change, with its sign (a gain of +0.28, an interval end of -0.01)."""
+    return f"{v:+.{digits}f}" if _finite(v) else "–"
+
+
 def _agreement_cell(labels_stage: dict) -> str:
     """A loop round's label agreement with gold, with the pairs it rests on when they were recorded."""
     share = _num(labels_stage.get("agreement_with_gold"))
@@ -274,7 +280,7 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif,"Apple Color Emoji","Segoe UI Emoji","Noto Color Emoji";margin:24px auto;max-width:1180px;color:#222;padding:0 12px}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0} td,th{border:1px solid #ddd;padding:4px 7px;vertical-align:top;text-align:left}
-th{background:#f5f5f5} .num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f5f5f5} .num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .plots{display:flex;flex-wrap:wrap;gap:10px} .plots svg{border:1px solid #eee}
 .tok{white-space:pre-wrap;border-radius:2px;padding:1px 0;font-family:ui-monospace,Menlo,Consolas,monospace,"Apple Color Emoji","Segoe UI Emoji","Noto Color Emoji";font-size:12.5px}
 .prompt{max-width:320px;color:#666;font-family:ui-monospace,Menlo,Consolas,monospace,"Apple Color Emoji","Segoe UI Emoji","Noto Color Emoji";font-size:12.5px} .muted{color:#777;font-size:12px}
@@ -378,7 +384,8 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
         direction = "lower is better" if lower_is_better(gold["judge"]) else ""
         rows.append((f"gold judge ({_esc(gold['judge'])}{', ' + direction if direction else ''}): before → after",
                      f"{_num(gold['reference']['mean'], 4)} → {_num(gold['policy']['mean'], 4)}; gain "
-                     f"{_num(gold['gain']['mean'], 4)} [{_num(gold['gain']['ci_low'], 4)}, {_num(gold['gain']['ci_high'], 4)}]"))
+                     f"{_signed(gold['gain']['mean'], 4)} [{_signed(gold['gain']['ci_low'], 4)}, "
+                     f"{_signed(gold['gain']['ci_high'], 4)}]"))
         rows.append((f"win rate vs reference (judge: {_esc(gold['judge'])})", _ci(gold.get("win_rate"))))
     if ev.get("kl"):
         rows.append(("KL(policy ‖ reference), nats / sequence", _ci(ev["kl"], "mean")
@@ -461,7 +468,8 @@ def render_report(output_dir: str | Path, path: str | Path | None = None, summar
                     f'<p class="muted">Held-out prompts, one response each from the trained policy. Per token t: '
                     f'KL<sub>t</sub> = log π(y<sub>t</sub>) − log π<sub>ref</sub>(y<sub>t</sub>); shaped reward '
                     f'r<sub>t</sub> = −β·KL<sub>t</sub> (β = {_esc(beta)}) plus the reward model\'s score on the last token '
-                    f'(the reward PPO\'s advantages are computed from). Shades saturate at the 95th percentile of |value| '
+                    f'(the per-token reward PPO learns from; GRPO and RLOO score whole replies, so for them the '
+                    f'shading shows where the KL and the score fall). Shades saturate at the 95th percentile of |value| '
                     f'(reward {_fmt(r_scale)}, KL {_fmt(k_scale)}); hover a token for its number.</p>'
                     '<p class="legend"><span style="background:rgba(34,160,60,.6)">reward +</span>'
                     '<span style="background:rgba(214,39,40,.6)">reward −</span>'

@@ -103,11 +103,12 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], sampling, seed:
     """Sample one response per prompt in chunks of ``batch_size``; returns the list of
     ``rollout.Rollout`` chunks (chunk ``c`` is seeded ``step_seed(seed, c)``, so the result does not
     depend on what else runs). ``desc``: a progress bar with that label, counting prompts."""
-    from rlhfkit.training.logging import progress_bar
+    from rlhfkit.training.logging import progress_bar, ticking
 
     gen = make_sampler(model, sampling, tokenizer.eos_token_id, tokenizer.pad_token_id)
     out = []
-    with progress_bar(len(prompts), desc=desc, enabled=bool(desc), unit="prompt") as bar:
+    # a chunk of replies takes 10 s or more: the bar's clock keeps moving between its updates
+    with progress_bar(len(prompts), desc=desc, enabled=bool(desc), unit="prompt") as bar, ticking(bar):
         for c, start in enumerate(range(0, len(prompts), batch_size)):
             chunk = list(prompts[start:start + batch_size])
             out.append(rollout(gen, model, tokenizer, chunk, step_seed(seed, c),

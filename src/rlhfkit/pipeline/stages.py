@@ -196,18 +196,24 @@ def _materialise_gguf(spec: str, out: Path) -> dict:
     if gguf_file is None:
         return {"model": spec}
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
-    from rlhfkit.training.logging import progress_bar
+    from rlhfkit.training.logging import progress_bar, ticking
 
     print(f"pipeline: init: de-quantising {spec} ({gguf_file}) once into {out} (the later stages load that folder)",
           flush=True)
-    with progress_bar(3, desc="init: tokenizer, weights, save", unit="part") as bar:
+    # each part is one call that reports nothing for 10 to 30 s (minutes on a busy machine): the
+    # bar names the part and its clock keeps moving
+    with progress_bar(3, desc="init: tokenizer, weights, save", unit="part") as bar, ticking(bar):
+        bar.set_postfix_str("parsing the GGUF vocabulary", refresh=True)
         tok = load_tokenizer(spec, padding_side="left")  # as load_policy
         bar.update(1)
+        bar.set_postfix_str("parsing and de-quantising the GGUF weights", refresh=True)
         model = load_causal_lm(spec, tokenizer=tok)
         bar.update(1)
+        bar.set_postfix_str("saving the folder", refresh=True)
         model.save_pretrained(out)
         tok.save_pretrained(out)
         bar.update(1)
+        bar.set_postfix_str("", refresh=True)
     return {"model": str(out), "source": spec}
 
 
@@ -307,7 +313,7 @@ def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, di
     from rlhfkit.recipes.common import set_threads
     from rlhfkit.rewards import build_reward
     from rlhfkit.rollout import SamplingConfig, make_sampler, rollout, step_seed
-    from rlhfkit.training.logging import progress_bar
+    from rlhfkit.training.logging import progress_bar, ticking
 
     fb = ctx.config.feedback
     set_threads(ctx.config.threads)
@@ -322,42 +328,43 @@ def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, di
         model, tok = load_policy(ctx.start_model)
         gen = make_sampler(model, SamplingConfig(max_new_tokens=fb.max_new_tokens, temperature=fb.temperature,
                                                  top_p=fb.top_p, top_k=fb.top_k), tok.eos_token_id, tok.pad_token_id)
-    bar = progress_bar(len(prompts) * fb.num_candidates, desc="feedback: samples to label", unit="sample")
-    for c in range(n_chunks):
-        path = chunk_dir / f"{c:05d}.jsonl"
-        batch = prompts[c * fb.batch_size:(c + 1) * fb.batch_size]
-        if path.is_file():
-            rows += read_jsonl(path)
-            bar.update(len(batch) * fb.num_candidates)
-            continue
-        # candidate k's seed salt: 11, 12 (the two-sample scheme's), then 14, 15, ... (13 is the noise's)
-        salts = [11, 12] + list(range(14, 14 + max(0, fb.num_candidates - 2)))
-        texts, golds = [], []
-        with torch.no_grad():
-            for salt in salts:  # only the texts are labelled: no behaviour log-prob pass
-                ro = rollout(gen, model, tok, batch, seed=step_seed(fb.seed, c, salt=salt),
-                             chat_template=ctx.config.chat_template, behaviour_logprobs=False)
-                texts.append(ro.responses)
-                golds.append(labeler(ro.prompts, ro.responses).tolist())
-                bar.update(len(batch))
-        rng = random.Random(step_seed(fb.seed, c, salt=13))
-        chunk = []
-        for i, p in enumerate(batch):
-            cand = [(texts[k][i], golds[k][i]) for k in range(len(salts))]
-            noisy = [g + rng.gauss(0, fb.label_noise) for _, g in cand]  # one noisy judgement per sample
-            for x in range(len(cand)):
-                for y in range(x + 1, len(cand)):
-                    (tx, gx), (ty, gy) = cand[x], cand[y]
-                    if tx == ty or not tx.strip() or not ty.strip():
-                        continue
-                    first = noisy[x] >= noisy[y]
-                    chunk.append({"prompt": p, "chosen": tx if first else ty, "rejected": ty if first else tx,
-                                  "gold_chosen": gx if first else gy, "gold_rejected": gy if first else gx})
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chunk), encoding="utf-8")
-        os.replace(tmp, path)
-        rows += chunk
-    bar.close()
+    # one batch of replies takes 10 s or more: the bar's clock keeps moving between its updates
+    with (progress_bar(len(prompts) * fb.num_candidates, desc="feedback: samples to label", unit="sample") as bar,
+          ticking(bar)):
+        for c in range(n_chunks):
+            path = chunk_dir / f"{c:05d}.jsonl"
+            batch = prompts[c * fb.batch_size:(c + 1) * fb.batch_size]
+            if path.is_file():
+                rows += read_jsonl(path)
+                bar.update(len(batch) * fb.num_candidates)
+                continue
+            # candidate k's seed salt: 11, 12 (the two-sample scheme's), then 14, 15, ... (13 is the noise's)
+            salts = [11, 12] + list(range(14, 14 + max(0, fb.num_candidates - 2)))
+            texts, golds = [], []
+            with torch.no_grad():
+                for salt in salts:  # only the texts are labelled: no behaviour log-prob pass
+                    ro = rollout(gen, model, tok, batch, seed=step_seed(fb.seed, c, salt=salt),
+                                 chat_template=ctx.config.chat_template, behaviour_logprobs=False)
+                    texts.append(ro.responses)
+                    golds.append(labeler(ro.prompts, ro.responses).tolist())
+                    bar.update(len(batch))
+            rng = random.Random(step_seed(fb.seed, c, salt=13))
+            chunk = []
+            for i, p in enumerate(batch):
+                cand = [(texts[k][i], golds[k][i]) for k in range(len(salts))]
+                noisy = [g + rng.gauss(0, fb.label_noise) for _, g in cand]  # one noisy judgement per sample
+                for x in range(len(cand)):
+                    for y in range(x + 1, len(cand)):
+                        (tx, gx), (ty, gy) = cand[x], cand[y]
+                        if tx == ty or not tx.strip() or not ty.strip():
+                            continue
+                        first = noisy[x] >= noisy[y]
+                        chunk.append({"prompt": p, "chosen": tx if first else ty, "rejected": ty if first else tx,
+                                      "gold_chosen": gx if first else gy, "gold_rejected": gy if first else gx})
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chunk), encoding="utf-8")
+            os.replace(tmp, path)
+            rows += chunk
     # agreement is measured only where the gold judge has a preference; a gold tie is decided by
     # the noise alone, so how many pairs the figure rests on is recorded with it
     decided = [r for r in rows if r["gold_chosen"] != r["gold_rejected"]]

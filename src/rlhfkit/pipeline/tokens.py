@@ -25,6 +25,7 @@ def token_samples(policy_spec: str, reference_spec: str, prompts: list[str], rew
     from rlhfkit.models import load_policy
     from rlhfkit.rewards import build_reward
     from rlhfkit.rollout import SamplingConfig, make_sampler, response_logprobs, rollout, step_seed
+    from rlhfkit.training.logging import progress_bar, ticking
 
     if not prompts:
         return []
@@ -32,12 +33,25 @@ def token_samples(policy_spec: str, reference_spec: str, prompts: list[str], rew
     reference, _ = load_policy(reference_spec)
     gen = make_sampler(policy, SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                               top_k=top_k), tok.eos_token_id, tok.pad_token_id)
-    ro = rollout(gen, policy, tok, prompts, seed=step_seed(seed, 0, salt=31), max_prompt_length=max_prompt_length,
-                 chat_template=chat_template)
-    ref = response_logprobs(reference.eval(), ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask,
-                            temperature)
-    score = build_reward(reward_spec)(ro.prompts, ro.responses).float()
-    gold = build_reward(gold_spec)(ro.prompts, ro.responses).float() if gold_spec else None
+    # four passes of seconds each (a minute on a busy machine): the bar names them
+    with progress_bar(4 if gold_spec else 3, desc="eval: per-token shading", unit="pass") as bar, ticking(bar):
+        bar.set_postfix_str("policy replies", refresh=True)
+        ro = rollout(gen, policy, tok, prompts, seed=step_seed(seed, 0, salt=31), max_prompt_length=max_prompt_length,
+                     chat_template=chat_template)
+        bar.update(1)
+        bar.set_postfix_str("reference log-probs", refresh=True)
+        ref = response_logprobs(reference.eval(), ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask,
+                                temperature)
+        bar.update(1)
+        bar.set_postfix_str("reward model", refresh=True)
+        score = build_reward(reward_spec)(ro.prompts, ro.responses).float()
+        bar.update(1)
+        gold = None
+        if gold_spec:
+            bar.set_postfix_str("gold judge", refresh=True)
+            gold = build_reward(gold_spec)(ro.prompts, ro.responses).float()
+            bar.update(1)
+        bar.set_postfix_str("", refresh=True)
     mask = ro.response_mask.bool()
     rewards, kl = per_token_rewards(score, ro.logprobs.float(), ref.float(), mask, kl_coef, "k1")
     rows = []

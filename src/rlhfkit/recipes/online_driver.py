@@ -40,6 +40,7 @@ from rlhfkit.training.checkpoint import (load_checkpoint, load_rank_rng, resume_
                                          save_checkpoint)
 from rlhfkit.training.config import ConfigError
 from rlhfkit.training.distributed import DistInfo, all_gather_rows, all_reduce_sum, barrier, cleanup, init_distributed
+from rlhfkit.training.logging import ticking
 from rlhfkit.training.loop import adamw, build_scheduler
 from rlhfkit.training.run_identity import check_resume_config, finished_run, resume_fingerprint
 
@@ -226,22 +227,23 @@ def run_online(config: OnlineConfig, algorithm: OnlineAlgorithm) -> dict:
     logger, table, bar = run_outputs(config, info, start, bool(state), algorithm.name)
     metrics: dict = {}
     started = time.perf_counter()
-    for step in range(start, config.max_steps):
-        t0 = time.perf_counter()
-        out = algorithm.step(run, step)
-        metrics = {**rollout_metrics(out.rollout, out.scores, time.perf_counter() - t0, info), **out.metrics}
-        columns = dict(out.columns)
-        if gold is not None:
-            columns["gold"] = score(gold, out.rollout)
-            metrics["gold"] = float(all_gather_rows(columns["gold"], info).mean())
-        metrics.update(adversarial_step(adversary, reward, out.rollout, step, optimizer))
-        logger.log(step + 1, metrics)
-        table.maybe_write(step + 1, out.rollout, columns)
-        bar.update(1)
-        bar.set_postfix({k: f"{metrics[k]:{fmt}}" for k, fmt in algorithm.progress.items()})
-        maybe_checkpoint(config, step + 1, modules, optimizer, scheduler, algorithm.checkpoint_state(), info)
-        if out_of_time(config, started, info):
-            break
+    with ticking(bar):  # a step takes seconds to minutes: the bar's clock keeps moving
+        for step in range(start, config.max_steps):
+            t0 = time.perf_counter()
+            out = algorithm.step(run, step)
+            metrics = {**rollout_metrics(out.rollout, out.scores, time.perf_counter() - t0, info), **out.metrics}
+            columns = dict(out.columns)
+            if gold is not None:
+                columns["gold"] = score(gold, out.rollout)
+                metrics["gold"] = float(all_gather_rows(columns["gold"], info).mean())
+            metrics.update(adversarial_step(adversary, reward, out.rollout, step, optimizer))
+            logger.log(step + 1, metrics)
+            table.maybe_write(step + 1, out.rollout, columns)
+            bar.update(1)
+            bar.set_postfix({k: f"{metrics[k]:{fmt}}" for k, fmt in algorithm.progress.items()})
+            maybe_checkpoint(config, step + 1, modules, optimizer, scheduler, algorithm.checkpoint_state(), info)
+            if out_of_time(config, started, info):
+                break
     bar.close()
     logger.close()
     save_final(policy, tokenizer, config, metrics, info)

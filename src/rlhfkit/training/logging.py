@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +80,27 @@ def progress_bar(total: int, initial: int = 0, desc: str = "", enabled: bool = T
     disable = not enabled or bool(os.environ.get("RLHFKIT_NO_PROGRESS"))
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
                 disable=disable, smoothing=0.1)
+
+
+@contextmanager
+def ticking(bar, every: float = 1.0):
+    """Redraw ``bar`` every ``every`` seconds from a daemon thread while the block runs, so its
+    elapsed time moves during one long unit of work (parsing a GGUF file, one batch of replies,
+    one scoring pass): a bar that sits still for half a minute reads as a hung run. tqdm's own
+    monitor thread only tunes ``miniters``; it never redraws. A disabled bar gets no thread."""
+    if getattr(bar, "disable", True) or every <= 0:
+        yield bar
+        return
+    stop = threading.Event()
+
+    def redraw() -> None:
+        while not stop.wait(every):
+            bar.refresh()
+
+    thread = threading.Thread(target=redraw, name="progress-tick", daemon=True)
+    thread.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        thread.join()

@@ -100,7 +100,8 @@ def test_create_user_password_on_the_command_line_warns(tmp_path, capsys, monkey
 
 def _in_a_terminal(argv: list[str], answers: list[str], env: dict) -> tuple[int, str]:
     """Run ``rlhfkit`` in a pseudo-terminal (a real process, as a person at a shell runs it),
-    typing each answer after the next prompt ends in ': '; returns (exit code, all it printed)."""
+    typing each answer once the next prompt (ending in ': ') is shown; returns (exit code, all it
+    printed)."""
     import os
     import pty
     import select
@@ -112,7 +113,7 @@ def _in_a_terminal(argv: list[str], answers: list[str], env: dict) -> tuple[int,
     proc = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", *argv], stdin=follower, stdout=follower,
                             stderr=follower, env=env, close_fds=True)
     os.close(follower)
-    seen, pending, deadline = b"", list(answers), time.monotonic() + 300  # start-up is slow on a loaded machine
+    seen, since_answer, pending, deadline = b"", b"", list(answers), time.monotonic() + 300  # start-up is slow on a loaded machine
     while time.monotonic() < deadline:
         ready, _, _ = select.select([leader], [], [], 0.5)
         if ready:
@@ -122,10 +123,12 @@ def _in_a_terminal(argv: list[str], answers: list[str], env: dict) -> tuple[int,
                 break
             if not chunk:
                 break
-            seen += chunk
-            if pending and seen.rstrip().endswith(b":"):
+            seen, since_answer = seen + chunk, since_answer + chunk
+            # answer a prompt once it is shown whole (it ends in ': '), never ahead of it: getpass
+            # flushes what was typed before it turned echo off
+            if pending and since_answer.endswith(b": "):
                 os.write(leader, pending.pop(0).encode() + b"\n")
-                seen += b"\n"
+                since_answer = b""
         elif proc.poll() is not None:
             break
     try:

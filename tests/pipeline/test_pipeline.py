@@ -185,11 +185,11 @@ def test_a_setting_that_changes_no_result_may_change_when_a_killed_stage_resumes
     cfg = tmp_path / "p.yaml"
     cfg.write_text(f"feedback:\n  prompts: {pipeline_data['prompts']}\nreward:\n  max_steps: 2\n  tensorboard: false\n"
                    "grpo:\n  tensorboard: false\neval:\n  n_boot: 50\n", encoding="utf-8")
-    cmd = [sys.executable, "-m", "rlhfkit.cli", "pipeline", "--config", str(cfg), "--quick", "--threads", "1",
-           "--output_dir", str(out)]
+    args = ["pipeline", "--config", str(cfg), "--quick", "--threads", "1", "--output_dir", str(out)]
+    cmd = [sys.executable, "-m", "rlhfkit.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_NO_PROGRESS": "1"}
-    killed = subprocess.run(cmd, env={**env, "RLHFKIT_TEST_SIGKILL_AFTER_STEP": "3"}, capture_output=True,
-                            text=True, timeout=300)
+    # killed after training step 3: the reward stage stops at 2, so GRPO's third step
+    killed = subprocess.run(kill_after_step.command(3, args), env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert records(out)["policy"]["status"] == "running" and (out / "policy" / "checkpoint-2").is_dir()
     done = subprocess.run(cmd + ["--grpo.sample_every", "3"], env=env, capture_output=True, text=True, timeout=300)

@@ -27,14 +27,16 @@ def dpo_args(policy, data, out, *extra):
 @pytest.fixture
 def count_reference(monkeypatch):
     """Counts calls of the reference computation (one per data split computed)."""
+    from rlhfkit.recipes import reference_cache
+
     calls = []
-    original = dpo.compute_reference
+    original = reference_cache.compute_reference
 
     def counted(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(dpo, "compute_reference", counted)
+    monkeypatch.setattr(reference_cache, "compute_reference", counted)  # where cached_reference finds it
     return calls
 
 

@@ -64,7 +64,9 @@ def test_a_short_simulation_counts_every_request_and_every_verdict(sim, tmp_path
     req = s["requests"]
     assert req["sent"] == len(events) == req["answered"] + req["failed"]
     assert req["failed"] == sum(1 for e in events if e["status"] is None or not 200 <= e["status"] < 300)
-    assert req["by_kind"]["chat"] > 0 and req["by_kind"]["feedback"] > 0 and req["by_kind"]["eval"] == 4
+    evaluations = (out / "evals.jsonl").read_text().splitlines()  # at start, then once per version served
+    assert req["by_kind"]["chat"] > 0 and req["by_kind"]["feedback"] > 0
+    assert len(evaluations) >= 1 and req["by_kind"]["eval"] == 4 * len(evaluations)  # the 4 held-out prompts each time
     fb = s["feedback"]
     assert fb["verdicts_given"] > 0
     assert fb["verdicts_given"] - fb["verdicts_refused"] == fb["verdicts_acknowledged"] == fb["distinct_label_ids"]

@@ -41,7 +41,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import secrets
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +61,7 @@ from rlhfkit.data import (
 from rlhfkit.privacy import redact_records
 
 from . import db
+from .enduser.keys import create_key_file
 from .stats import gold_answers
 from .tasks import render_prompt
 
@@ -105,7 +105,7 @@ def labeler_key(db_url: str) -> bytes | None:
     key_file = path.with_name(path.name + ".labeler_key")
     try:
         if not key_file.exists():
-            _create_key_file(key_file)
+            create_key_file(key_file)
         key = key_file.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"labeler key {key_file}: {e}; make its folder writable, or set ${LABELER_KEY_ENV} "
@@ -114,26 +114,6 @@ def labeler_key(db_url: str) -> bytes | None:
         raise ValueError(f"labeler key {key_file} is empty: restore it from a backup of the store (the pseudonyms "
                          f"of earlier exports were made with it), or delete it to make a new key (new pseudonyms)")
     return key.encode("utf-8")
-
-
-def _create_key_file(key_file: Path) -> None:
-    """Write a new random key to ``key_file`` whole or not at all: written and synced under a
-    temporary name, then linked to its name, which fails when another process made it first (its
-    key stands). Another process never reads the file half written."""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{key_file.name}.", dir=key_file.parent)  # owner-only (0600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(secrets.token_hex(32))
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, key_file)
-        except FileExistsError:  # made by another process meanwhile
-            pass
-    finally:
-        os.unlink(tmp)
 
 
 def labeler_pseudonym(user_id: int, key: bytes) -> str:

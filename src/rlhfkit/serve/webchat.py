@@ -66,6 +66,7 @@ def chat_secret(db_url: str | None) -> tuple[bytes, str]:
     if os.environ.get(CHAT_SECRET_ENV):
         return os.environ[CHAT_SECRET_ENV].encode("utf-8"), f"${CHAT_SECRET_ENV}"
     from rlhfkit.feedback import db
+    from rlhfkit.feedback.enduser.keys import create_key_file
 
     path = db.sqlite_file(db_url) if db_url else None
     if path is None:
@@ -73,13 +74,7 @@ def chat_secret(db_url: str | None) -> tuple[bytes, str]:
     key_file = path.with_name(path.name + ".chat_secret")
     if not key_file.is_file():
         key_file.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # made by another process meanwhile
-            pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
+        create_key_file(key_file)  # written whole under a temporary name: never read half made
     return key_file.read_text(encoding="utf-8").strip().encode("utf-8"), str(key_file)
 
 

@@ -7,7 +7,9 @@ store read with another one is told apart from a store where the person left not
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
+from pathlib import Path
 
 END_USER_KEY_ENV = "RLHFKIT_END_USER_KEY"
 
@@ -18,7 +20,6 @@ def end_user_key(db_url: str, required: bool) -> bytes | None:
     owner-only when ``required``). Kept out of the database, so that its rows and exports alone
     do not turn a hash back into an id by trying candidate ids (an unkeyed hash of an e-mail
     address would). None when no key exists and none is required."""
-    import os
 
     from rlhfkit.feedback import db
 
@@ -33,13 +34,7 @@ def end_user_key(db_url: str, required: bool) -> bytes | None:
     key_file = path.with_name(path.name + ".end_user_key")
     if not key_file.is_file() and required:
         key_file.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # made by another process meanwhile
-            pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
+        create_key_file(key_file)
     return key_file.read_text(encoding="utf-8").strip().encode("utf-8") if key_file.is_file() else None
 
 
@@ -74,3 +69,22 @@ def hashed_user(user: str, key: bytes) -> str:
 class EndUserKeyError(ValueError):
     """The end-user ids in a store were hashed with a key that is not at hand."""
 
+
+def create_key_file(key_file: Path) -> None:
+    """Write a new random key to ``key_file`` whole or not at all: written and synced under a
+    temporary name, then linked to its name, which fails when another process made it first (its
+    key stands). Another process never reads the file half written."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{key_file.name}.", dir=key_file.parent)  # owner-only (0600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(secrets.token_hex(32))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, key_file)
+        except FileExistsError:  # made by another process meanwhile
+            pass
+    finally:
+        os.unlink(tmp)

@@ -33,6 +33,7 @@ run starts from hard-linked copies of them (same fingerprints, so its loop skips
 another, same ``--out``); a last call with all the seeds finds every run cached and writes the
 summary over all of them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,13 @@ def run_loop_mode(args) -> dict:
     for seed in args.seeds:
         curves = {}
         for sel in ("random", "uncertainty"):
-            over = {"seed": seed, "selection": sel, "threads": args.threads, "quick": args.quick,
-                    "output_dir": str(Path(args.out) / f"seed{seed}-{sel}")}
+            over = {
+                "seed": seed,
+                "selection": sel,
+                "threads": args.threads,
+                "quick": args.quick,
+                "output_dir": str(Path(args.out) / f"seed{seed}-{sel}"),
+            }
             if args.rounds:
                 over["rounds"] = args.rounds
             if args.uncertainty:  # the random run's stages do not depend on it (they stay cached)
@@ -82,15 +88,26 @@ def run_loop_mode(args) -> dict:
                 share_first_round(Path(args.out) / f"seed{seed}-random", Path(cfg.output_dir))
             t0 = time.perf_counter()
             curves[sel] = run(cfg)["curve"]
-            print(f"active_vs_random: seed {seed} {sel}: {time.perf_counter() - t0:.0f} s, gold vs labels "
-                  + ", ".join(f"{p['labels']}: {p['gold']:.4f}" for p in curves[sel]), flush=True)
+            print(
+                f"active_vs_random: seed {seed} {sel}: {time.perf_counter() - t0:.0f} s, gold vs labels "
+                + ", ".join(f"{p['labels']}: {p['gold']:.4f}" for p in curves[sel]),
+                flush=True,
+            )
         r = ratio_for(curves["random"], curves["uncertainty"], "gold")
         ra = ratio_for(*common_points([{"curves": curves}], "rm_accuracy")[0]["curves"].values(), "rm_accuracy")
         per_seed.append({"seed": seed, **r, "rm_accuracy": ra, "curves": curves})
-        print(f"active_vs_random: seed {seed}: target gold {r['target']:.4f}; labels needed random {r['random']}, "
-              f"active {r['active']}; ratio {r['ratio']}", flush=True)
-    return {"mode": "loop", "config": args.config, "quick": args.quick, "uncertainty": args.uncertainty,
-            "per_seed": per_seed}
+        print(
+            f"active_vs_random: seed {seed}: target gold {r['target']:.4f}; labels needed random {r['random']}, "
+            f"active {r['active']}; ratio {r['ratio']}",
+            flush=True,
+        )
+    return {
+        "mode": "loop",
+        "config": args.config,
+        "quick": args.quick,
+        "uncertainty": args.uncertainty,
+        "per_seed": per_seed,
+    }
 
 
 def run_pool_mode(args) -> dict:
@@ -121,24 +138,52 @@ def run_pool_mode(args) -> dict:
         t, g, go = make(rng, 150)
         ht, hg, hgo = make(rng, 100, offset=10_000)
         off = len(t)
-        held = [(a + off, b + off) if hgo[a] > hgo[b] else (b + off, a + off)
-                for a, b in candidate_pairs(hg, ht) if hgo[a] != hgo[b]]
-        curves = {m: pool_curve(t + ht, g + hg, go + hgo, candidate_pairs(g, t), held, m, start=20, step=20,
-                                n_steps=6, ensemble_size=args.ensemble_size, noise=args.noise, seed=seed,
-                                measure=args.measure,
-                                prior_std=args.prior_std, max_per_group=args.max_per_prompt,
-                                bon_candidates=range(off, off + len(ht)))
-                  for m in ("random", "uncertainty")}
+        held = [
+            (a + off, b + off) if hgo[a] > hgo[b] else (b + off, a + off)
+            for a, b in candidate_pairs(hg, ht)
+            if hgo[a] != hgo[b]
+        ]
+        curves = {
+            m: pool_curve(
+                t + ht,
+                g + hg,
+                go + hgo,
+                candidate_pairs(g, t),
+                held,
+                m,
+                start=20,
+                step=20,
+                n_steps=6,
+                ensemble_size=args.ensemble_size,
+                noise=args.noise,
+                seed=seed,
+                measure=args.measure,
+                prior_std=args.prior_std,
+                max_per_group=args.max_per_prompt,
+                bon_candidates=range(off, off + len(ht)),
+            )
+            for m in ("random", "uncertainty")
+        }
         r = ratio_for(curves["random"], curves["uncertainty"], "accuracy")
         rb = ratio_for(curves["random"], curves["uncertainty"], "bon_gold")
         per_seed.append({"seed": seed, **r, "bon_gold": rb, "curves": curves})
-        print(f"active_vs_random --pool: seed {seed}: accuracy random "
-              + " ".join(f"{p['accuracy']:.3f}" for p in curves["random"]) + " | active "
-              + " ".join(f"{p['accuracy']:.3f}" for p in curves["uncertainty"]) + f" | ratio {r['ratio']}",
-              flush=True)
-    return {"mode": "pool", "noise": args.noise, "prior_std": args.prior_std, "max_per_prompt": args.max_per_prompt,
-            "ensemble_size": args.ensemble_size, "measure": args.measure,
-            "per_seed": per_seed}
+        print(
+            f"active_vs_random --pool: seed {seed}: accuracy random "
+            + " ".join(f"{p['accuracy']:.3f}" for p in curves["random"])
+            + " | active "
+            + " ".join(f"{p['accuracy']:.3f}" for p in curves["uncertainty"])
+            + f" | ratio {r['ratio']}",
+            flush=True,
+        )
+    return {
+        "mode": "pool",
+        "noise": args.noise,
+        "prior_std": args.prior_std,
+        "max_per_prompt": args.max_per_prompt,
+        "ensemble_size": args.ensemble_size,
+        "measure": args.measure,
+        "per_seed": per_seed,
+    }
 
 
 def main() -> None:
@@ -148,26 +193,47 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "configs" / "loop_sentiment.yaml"))
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     ap.add_argument("--rounds", type=int, default=0, help="override the config's rounds (0 = keep)")
-    ap.add_argument("--uncertainty", default="", help="loop mode: override the config's uncertainty measure "
-                                                       "(variance, bald, margin, dts; empty = keep)")
+    ap.add_argument(
+        "--uncertainty",
+        default="",
+        help="loop mode: override the config's uncertainty measure (variance, bald, margin, dts; empty = keep)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--noise", type=float, default=0.3, help="--pool: label noise std")
-    ap.add_argument("--prior_std", type=float, default=0.3,
-                    help="--pool: anchored-ensemble prior std of the members' weights (0 = all anchored at 0)")
+    ap.add_argument(
+        "--prior_std",
+        type=float,
+        default=0.3,
+        help="--pool: anchored-ensemble prior std of the members' weights (0 = all anchored at 0)",
+    )
     ap.add_argument("--ensemble_size", type=int, default=4, help="--pool: reward models in the ensemble")
     ap.add_argument("--measure", default="variance", help="--pool: uncertainty measure (variance, bald, margin)")
-    ap.add_argument("--max_per_prompt", type=int, default=0,
-                    help="--pool: at most this many pairs of one prompt per round, in both selections (0 = no cap)")
-    ap.add_argument("--share_first_round", type=int, default=1,
-                    help="loop mode: the active run reuses the random run's setup and round 1 (1) or recomputes them (0)")
-    ap.add_argument("--include", default="",
-                    help="loop mode: a JSON file of per-seed curves of an earlier run of the same config to summarise "
-                         "together with the seeds run here (benchmarks/results/loop_sentiment_seeds0-5.json)")
+    ap.add_argument(
+        "--max_per_prompt",
+        type=int,
+        default=0,
+        help="--pool: at most this many pairs of one prompt per round, in both selections (0 = no cap)",
+    )
+    ap.add_argument(
+        "--share_first_round",
+        type=int,
+        default=1,
+        help="loop mode: the active run reuses the random run's setup and round 1 (1) or recomputes them (0)",
+    )
+    ap.add_argument(
+        "--include",
+        default="",
+        help="loop mode: a JSON file of per-seed curves of an earlier run of the same config to summarise "
+        "together with the seeds run here (benchmarks/results/loop_sentiment_seeds0-5.json)",
+    )
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    args.out = args.out or str(ROOT / "outputs" / ("bench_active_pool" if args.pool else
-                                                   "bench_active_quick" if args.quick else "bench_active"))
+    args.out = args.out or str(
+        ROOT
+        / "outputs"
+        / ("bench_active_pool" if args.pool else "bench_active_quick" if args.quick else "bench_active")
+    )
     Path(args.out).mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     res = run_pool_mode(args) if args.pool else run_loop_mode(args)
@@ -198,20 +264,29 @@ def main() -> None:
     if not args.pool:
         plot_loop(res, Path(args.out) / ("curves_with_included.png" if args.include else "curves.png"))
     what = "held-out RM accuracy" if args.pool else "gold score"
-    print(f"active_vs_random: labels_needed(random) / labels_needed(active) to reach the random run's final "
-          f"{what}: median {res['median_ratio']} over {len(ratios)} seeds "
-          f"(per seed {[None if s['ratio'] is None else round(s['ratio'], 3) for s in res['per_seed']]}); "
-          f"{res['seconds']} s; {Path(args.out) / (name + '.json')}")
+    print(
+        f"active_vs_random: labels_needed(random) / labels_needed(active) to reach the random run's final "
+        f"{what}: median {res['median_ratio']} over {len(ratios)} seeds "
+        f"(per seed {[None if s['ratio'] is None else round(s['ratio'], 3) for s in res['per_seed']]}); "
+        f"{res['seconds']} s; {Path(args.out) / (name + '.json')}"
+    )
     for key, sm in res["summary"].items():
         m = sm["ratio_of_mean_curves"]
         lo, hi = sm["ratio_ci95"]
-        print(f"active_vs_random [{key}]: on the curves averaged over {len(res['per_seed'])} seeds: target "
-              f"{m['target']:.4f}, labels needed random {m['random']}, active {m['active']}, ratio {m['ratio']} "
-              f"(95% bootstrap over seeds {lo:.3f} to {hi:.3f})")
+        print(
+            f"active_vs_random [{key}]: on the curves averaged over {len(res['per_seed'])} seeds: target "
+            f"{m['target']:.4f}, labels needed random {m['random']}, active {m['active']}, ratio {m['ratio']} "
+            f"(95% bootstrap over seeds {lo:.3f} to {hi:.3f})"
+        )
         for sel, c in sm["mean_curves"].items():
             print(f"  mean {sel:12}" + " ".join(f"{p['labels']}:{p[key]:.3f}" for p in c))
-        print("  active - random " + " ".join(f"{d['labels']}:{d['mean']:+.4f} [{d['ci95'][0]:+.4f},{d['ci95'][1]:+.4f}]"
-                                          for d in sm["paired_difference"]))
+        print(
+            "  active - random "
+            + " ".join(
+                f"{d['labels']}:{d['mean']:+.4f} [{d['ci95'][0]:+.4f},{d['ci95'][1]:+.4f}]"
+                for d in sm["paired_difference"]
+            )
+        )
 
 
 def plot_loop(res: dict, path: Path) -> None:
@@ -224,8 +299,13 @@ def plot_loop(res: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     import yaml
 
-    gold = (yaml.safe_load(Path(res["config"]).read_text()) or {}).get("gold", "vader") if res.get("config") else "vader"
-    titles = {"gold": f"held-out gold score ({gold}) of the policy", "rm_accuracy": "ensemble accuracy, gold-judged pairs"}
+    gold = (
+        (yaml.safe_load(Path(res["config"]).read_text()) or {}).get("gold", "vader") if res.get("config") else "vader"
+    )
+    titles = {
+        "gold": f"held-out gold score ({gold}) of the policy",
+        "rm_accuracy": "ensemble accuracy, gold-judged pairs",
+    }
     measure = res.get("uncertainty") or "variance"
     active = "active (ensemble variance)" if measure == "variance" else f"active ({measure})"
     for ax, (key, title) in zip(axes, titles.items()):
@@ -234,13 +314,19 @@ def plot_loop(res: dict, path: Path) -> None:
                 c = defined(s["curves"][sel], key)
                 ax.plot([p["labels"] for p in c], [p[key] for p in c], color=color, alpha=0.2, lw=0.8)
             m = res["summary"][key]["mean_curves"][sel]
-            ax.plot([p["labels"] for p in m], [p[key] for p in m], "o-", color=color, lw=2,
-                    label=f"{active if sel == 'uncertainty' else 'random'}, mean of "
-                          f"{len(res['per_seed'])} seeds")
+            ax.plot(
+                [p["labels"] for p in m],
+                [p[key] for p in m],
+                "o-",
+                color=color,
+                lw=2,
+                label=f"{active if sel == 'uncertainty' else 'random'}, mean of {len(res['per_seed'])} seeds",
+            )
         r = res["summary"][key]["ratio_of_mean_curves"]["ratio"]
         lo, hi = res["summary"][key]["ratio_ci95"]
-        ax.set_title(f"{title}\nlabel ratio {r if r is None else round(r, 2)} (95% CI {lo:.2f} to {hi:.2f})",
-                     fontsize=9)
+        ax.set_title(
+            f"{title}\nlabel ratio {r if r is None else round(r, 2)} (95% CI {lo:.2f} to {hi:.2f})", fontsize=9
+        )
         ax.set_xlabel("labels (pairs) so far")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -258,8 +344,10 @@ def common_points(per_seed: list[dict], key: str) -> list[dict]:
     seed means below average the same label count, not the same position in the list."""
     cut = [{sel: defined(c, key) for sel, c in s["curves"].items()} for s in per_seed]
     shared = set.intersection(*({p["labels"] for p in c} for s in cut for c in s.values()))
-    return [{**s, "curves": {sel: [p for p in c if p["labels"] in shared] for sel, c in curves.items()}}
-            for s, curves in zip(per_seed, cut)]
+    return [
+        {**s, "curves": {sel: [p for p in c if p["labels"] in shared] for sel, c in curves.items()}}
+        for s, curves in zip(per_seed, cut)
+    ]
 
 
 def included_seeds(path: str) -> list[dict]:
@@ -283,9 +371,13 @@ def included_seeds(path: str) -> list[dict]:
 
 
 def mean_curves_of(per_seed: list[dict], key: str) -> dict:
-    return {sel: [{"labels": pts[0]["labels"], key: statistics.fmean(p[key] for p in pts)}
-                  for pts in zip(*(s["curves"][sel] for s in per_seed))]
-            for sel in ("random", "uncertainty")}
+    return {
+        sel: [
+            {"labels": pts[0]["labels"], key: statistics.fmean(p[key] for p in pts)}
+            for pts in zip(*(s["curves"][sel] for s in per_seed))
+        ]
+        for sel in ("random", "uncertainty")
+    }
 
 
 def summarise(per_seed: list[dict], key: str, seed: int, draws: int = 2000) -> dict:
@@ -306,11 +398,22 @@ def summarise(per_seed: list[dict], key: str, seed: int, draws: int = 2000) -> d
     for j, p in enumerate(per_seed[0]["curves"]["random"]):
         d = [s["curves"]["uncertainty"][j][key] - s["curves"]["random"][j][key] for s in per_seed]
         means = sorted(statistics.fmean(d[rng.randrange(len(d))] for _ in d) for _ in range(draws))
-        diffs.append({"labels": p["labels"], "mean": statistics.fmean(d),
-                      "ci95": [means[int(0.025 * draws)], means[int(0.975 * draws) - 1]],
-                      "active_better": sum(x > 0 for x in d), "ties": sum(x == 0 for x in d)})
-    return {"mean_curves": mc, "ratio_of_mean_curves": point,
-            "ratio_ci95": [boot[int(0.025 * draws)], boot[int(0.975 * draws) - 1]], "paired_difference": diffs}
+        diffs.append(
+            {
+                "labels": p["labels"],
+                "mean": statistics.fmean(d),
+                "ci95": [means[int(0.025 * draws)], means[int(0.975 * draws) - 1]],
+                "active_better": sum(x > 0 for x in d),
+                "ties": sum(x == 0 for x in d),
+            }
+        )
+    return {
+        "mean_curves": mc,
+        "ratio_of_mean_curves": point,
+        "ratio_ci95": [boot[int(0.025 * draws)], boot[int(0.975 * draws) - 1]],
+        "paired_difference": diffs,
+    }
+
 
 if __name__ == "__main__":
     main()

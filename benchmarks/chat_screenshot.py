@@ -7,6 +7,7 @@ A real server on loopback (a fresh store in a temporary folder, every reply a co
 short conversation, then a second one where the first reply's pair is decided, thumbs up with a
 reason and a rating are given, and the next message's two replies wait for a choice.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,10 +36,30 @@ def main(argv: list[str]) -> None:
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        proc = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", "serve", "--model", a.model, "--db",
-                                 str(Path(tmp) / "fb.db"), "--port", str(port), "--compare_share", "1",
-                                 "--max_new_tokens", str(a.max_new_tokens), "--temperature", "0.3"],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rlhfkit.cli",
+                "serve",
+                "--model",
+                a.model,
+                "--db",
+                str(Path(tmp) / "fb.db"),
+                "--port",
+                str(port),
+                "--compare_share",
+                "1",
+                "--max_new_tokens",
+                str(a.max_new_tokens),
+                "--temperature",
+                "0.3",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             for _ in range(3000):
@@ -51,8 +72,11 @@ def main(argv: list[str]) -> None:
                     raise RuntimeError(proc.stdout.read())
                 time.sleep(0.1)
             with sync_playwright() as pw:
-                b = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                       args=["--headless", "--no-sandbox", "--disable-gpu"])
+                b = pw.chromium.launch(
+                    executable_path="/usr/bin/chromium",
+                    headless=True,
+                    args=["--headless", "--no-sandbox", "--disable-gpu"],
+                )
                 page = b.new_context(viewport={"width": 1280, "height": 900}).new_page()
                 page.set_default_timeout(600_000)
                 page.goto(f"{base}/chat")

@@ -35,6 +35,7 @@ p50 / p95 latency of users' chat requests before the learner's first round (idle
 round runs; failed requests (any non-2xx answer or connection error, every request counted);
 the KL of each version to v0 that the learner's gate recorded; the load average.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,13 +59,15 @@ REASONS_DOWN = ["rude", "unhelpful", "too short", "confusing"]
 
 # --- the gold judge and a user's verdicts (pure) ----------------------------------------------
 
+
 def gold_scores(texts: list[str]) -> list[float]:
     """The fixed gold: friendly + 0.25 x min(1, words / 10) + 0.25 x clip(readability, 0, 1)."""
     from rlhfkit.rewards.judges import friendly, readability
 
     tone, ease = friendly(texts), readability(texts)
-    return [f + 0.25 * min(1.0, len(t.split()) / 10) + 0.25 * min(1.0, max(0.0, r))
-            for t, f, r in zip(texts, tone, ease)]
+    return [
+        f + 0.25 * min(1.0, len(t.split()) / 10) + 0.25 * min(1.0, max(0.0, r)) for t, f, r in zip(texts, tone, ease)
+    ]
 
 
 def verdict_score(gold: float, behaviour: str, rng: random.Random, noise: float) -> float:
@@ -91,8 +94,12 @@ def bootstrap_diff(first: list[float], last: list[float], n_boot: int = 2000, se
         return {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
     rng = random.Random(seed)
     means = sorted(sum(rng.choice(diffs) for _ in diffs) / len(diffs) for _ in range(n_boot))
-    return {"mean": sum(diffs) / len(diffs), "ci_low": means[int(0.025 * n_boot)],
-            "ci_high": means[min(n_boot - 1, int(0.975 * n_boot))], "n": len(diffs)}
+    return {
+        "mean": sum(diffs) / len(diffs),
+        "ci_low": means[int(0.025 * n_boot)],
+        "ci_high": means[min(n_boot - 1, int(0.975 * n_boot))],
+        "n": len(diffs),
+    }
 
 
 def paired(first: list, last: list) -> tuple[list[float], list[float]]:
@@ -143,12 +150,15 @@ def latency_phases(events: list[dict], rounds: list[tuple[float, float]]) -> dic
             idle.append(e["latency"])
         elif any(a <= e["t0"] <= b for a, b in rounds):
             training.append(e["latency"])
+
     def stats(xs):
         return {"n": len(xs), "p50": percentile(xs, 0.5), "p95": percentile(xs, 0.95)}
+
     return {"idle": stats(idle), "training": stats(training)}
 
 
 # --- the run ----------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -187,13 +197,31 @@ def request(http, rec: Recorder, kind: str, path: str, body: dict, user: str) ->
         error = None if ok else r.text[:300]
     except httpx.HTTPError as e:  # connection refused / reset / timeout
         ok, status, out, error = False, None, None, f"{type(e).__name__}: {e}"[:300]
-    rec.add(kind=kind, user=user, t0=t0, latency=time.time() - t0, status=status, ok=ok, error=error,
-            version=(out or {}).get("rlhfkit", {}).get("version") if kind != "feedback" else None)
+    rec.add(
+        kind=kind,
+        user=user,
+        t0=t0,
+        latency=time.time() - t0,
+        status=status,
+        ok=ok,
+        error=error,
+        version=(out or {}).get("rlhfkit", {}).get("version") if kind != "feedback" else None,
+    )
     return out
 
 
-def user_loop(k: int, behaviour: str, args, base: str, pool: list[str], calib: dict, rec: Recorder,
-              deadline: float, tally: dict, lock: threading.Lock) -> None:
+def user_loop(
+    k: int,
+    behaviour: str,
+    args,
+    base: str,
+    pool: list[str],
+    calib: dict,
+    rec: Recorder,
+    deadline: float,
+    tally: dict,
+    lock: threading.Lock,
+) -> None:
     """One simulated person (module docstring) until ``deadline``."""
     import httpx
 
@@ -205,9 +233,15 @@ def user_loop(k: int, behaviour: str, args, base: str, pool: list[str], calib: d
         turn = 0
         while time.time() < deadline:
             prompt = rng.choice(pool)
-            body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": args.max_tokens,
-                    "temperature": args.temperature, "top_p": args.top_p, "seed": rng.randrange(2**31),
-                    "user": user, "rlhfkit": {"compare": True}}
+            body = {
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": args.max_tokens,
+                "temperature": args.temperature,
+                "top_p": args.top_p,
+                "seed": rng.randrange(2**31),
+                "user": user,
+                "rlhfkit": {"compare": True},
+            }
             out = request(http, rec, "chat", "/v1/chat/completions", body, user)
             turn += 1
             if out is None:
@@ -238,13 +272,17 @@ def user_loop(k: int, behaviour: str, args, base: str, pool: list[str], calib: d
                 continue
             for _ in range(repeat):
                 res = request(http, rec, "feedback", "/v1/feedback", fb, user)
-                ids = [res[key] for key in ("thumbs_label_id", "rating_label_id", "edit_label_id", "choice_label_id")
-                       if res and res.get(key) is not None]
+                ids = [
+                    res[key]
+                    for key in ("thumbs_label_id", "rating_label_id", "edit_label_id", "choice_label_id")
+                    if res and res.get(key) is not None
+                ]
                 with lock:
                     tally["label_ids"].update(ids)
                     if res:  # the store keeps one verdict per reply, user and kind: a repeat replaces it
-                        tally["verdict_keys"].update((out["id"], key) for key in ("choice", "thumbs", "rating", "edit")
-                                                     if key in fb)
+                        tally["verdict_keys"].update(
+                            (out["id"], key) for key in ("choice", "thumbs", "rating", "edit") if key in fb
+                        )
                     tally["verdicts_given"] += verdicts
                     tally["verdicts_refused"] += 0 if res else verdicts
                     tally["verdicts_acknowledged"] += len(ids)
@@ -264,13 +302,21 @@ def evaluate(base: str, held: list[str], args, rec: Recorder) -> dict:
 
     def ask(http, job):
         i, p, s = job
-        body = {"messages": [{"role": "user", "content": p}], "max_tokens": args.max_tokens,
-                "temperature": args.temperature, "top_p": args.top_p, "seed": 10_000 + 100 * i + s, "user": "sim-eval"}
+        body = {
+            "messages": [{"role": "user", "content": p}],
+            "max_tokens": args.max_tokens,
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "seed": 10_000 + 100 * i + s,
+            "user": "sim-eval",
+        }
         return i, request(http, rec, "eval", "/v1/chat/completions", body, "sim-eval")
 
     # sent together (up to a batch at once) so that the server batches them as it batches users
-    with httpx.Client(base_url=base, timeout=args.request_timeout) as http, \
-            ThreadPoolExecutor(max_workers=args.max_batch) as pool:
+    with (
+        httpx.Client(base_url=base, timeout=args.request_timeout) as http,
+        ThreadPoolExecutor(max_workers=args.max_batch) as pool,
+    ):
         for _attempt in range(3):
             answers = list(pool.map(lambda job: ask(http, job), jobs))
             replies = [(i, out["choices"][0]["message"]["content"]) for i, out in answers if out is not None]
@@ -283,9 +329,12 @@ def evaluate(base: str, held: list[str], args, rec: Recorder) -> dict:
         by_prompt.setdefault(i, []).append(g)
     per_prompt = [sum(by_prompt[i]) / len(by_prompt[i]) if i in by_prompt else None for i in range(len(held))]
     done = [x for x in per_prompt if x is not None]
-    return {"version": sorted(vers)[0] if len(vers) == 1 else "/".join(sorted(vers)),
-            "gold": sum(done) / len(done) if done else None, "per_prompt": per_prompt,
-            "replies": [{"prompt": held[i], "reply": t} for i, t in replies[:10]]}
+    return {
+        "version": sorted(vers)[0] if len(vers) == 1 else "/".join(sorted(vers)),
+        "gold": sum(done) / len(done) if done else None,
+        "per_prompt": per_prompt,
+        "replies": [{"prompt": held[i], "reply": t} for i, t in replies[:10]],
+    }
 
 
 def wait_healthy(base: str, proc: subprocess.Popen, timeout: float) -> dict:
@@ -335,21 +384,56 @@ def run(args) -> dict:
     if learn_dir.exists() or db.exists():
         raise SystemExit(f"deploy_sim: {out} holds an earlier run (learn/ or store.db); give a new --out")
     open_learn_dir(LearnConfig(learn_dir=str(learn_dir), store=str(db), model=args.model))
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     serve_log, learn_log = open(out / "serve.log", "w"), open(out / "learn.log", "w")
-    serve = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", "serve", "--model", str(learn_dir), "--db", str(db),
-                              "--host", "127.0.0.1", "--port", str(port), "--threads", str(args.threads),
-                              "--compare_share", str(args.compare_share), "--reload_every", "1",
-                              "--max_batch", str(args.max_batch), "--log_level", "warning"],
-                             env=env, stdout=serve_log, stderr=subprocess.STDOUT)
+    serve = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rlhfkit.cli",
+            "serve",
+            "--model",
+            str(learn_dir),
+            "--db",
+            str(db),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--threads",
+            str(args.threads),
+            "--compare_share",
+            str(args.compare_share),
+            "--reload_every",
+            "1",
+            "--max_batch",
+            str(args.max_batch),
+            "--log_level",
+            "warning",
+        ],
+        env=env,
+        stdout=serve_log,
+        stderr=subprocess.STDOUT,
+    )
     learner = None
     t_start = time.time()
     rec = Recorder(out / "events.jsonl", t_start)
-    tally = {"verdicts_given": 0, "verdicts_refused": 0, "verdicts_acknowledged": 0, "by_kind": {},
-             "label_ids": set(), "verdict_keys": set()}
+    tally = {
+        "verdicts_given": 0,
+        "verdicts_refused": 0,
+        "verdicts_acknowledged": 0,
+        "by_kind": {},
+        "label_ids": set(),
+        "verdict_keys": set(),
+    }
     evals: list[dict] = []
     loads: list[tuple[float, float]] = []
     try:
@@ -357,13 +441,34 @@ def run(args) -> dict:
         held, pool = split_prompts(prompts, args.eval_prompts, args.seed)
         wait_healthy(base, serve, args.start_timeout)
         with httpx.Client(base_url=base, timeout=args.request_timeout) as http:  # creates the store's projects
-            request(http, rec, "warmup", "/v1/chat/completions",
-                    {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "seed": 0}, "sim-eval")
+            request(
+                http,
+                rec,
+                "warmup",
+                "/v1/chat/completions",
+                {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "seed": 0},
+                "sim-eval",
+            )
         # the learner starts now (its store exists) and loads while v0 is evaluated; its first
         # round waits for min_feedback verdicts, so requests before it are "idle"
-        learner = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", "learn", "run", str(learn_dir),
-                                    "--store", str(db), "--threads", str(args.threads), *shlex.split(args.learn)],
-                                   env=env, stdout=learn_log, stderr=subprocess.STDOUT)
+        learner = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rlhfkit.cli",
+                "learn",
+                "run",
+                str(learn_dir),
+                "--store",
+                str(db),
+                "--threads",
+                str(args.threads),
+                *shlex.split(args.learn),
+            ],
+            env=env,
+            stdout=learn_log,
+            stderr=subprocess.STDOUT,
+        )
         first = evaluate(base, held, args, rec)
         calib_scores = [x for x in first["per_prompt"] if x is not None]
         centre = percentile(calib_scores, 0.5)
@@ -377,8 +482,12 @@ def run(args) -> dict:
         kinds = args.adversarial_kinds.split(",")
         behaviours = ["honest"] * (args.users - n_adv) + [kinds[i % len(kinds)] for i in range(n_adv)]
         lock = threading.Lock()
-        threads = [threading.Thread(target=user_loop, args=(k, b, args, base, pool, calib, rec, deadline, tally, lock),
-                                    daemon=True) for k, b in enumerate(behaviours)]
+        threads = [
+            threading.Thread(
+                target=user_loop, args=(k, b, args, base, pool, calib, rec, deadline, tally, lock), daemon=True
+            )
+            for k, b in enumerate(behaviours)
+        ]
         for t in threads:
             t.start()
         seen = first["version"]
@@ -418,31 +527,57 @@ def run(args) -> dict:
     stored = store_verdicts(db)
     users_req = [e for e in events if e["kind"] in ("chat", "feedback")]
     summary = {
-        "command": " ".join(sys.argv), "t_start": t_start, "model": args.model, "users": args.users, "minutes": args.minutes,
-        "adversarial": dict(zip(*[["u-" + hashlib.sha256(f"{args.seed}:{k}".encode()).hexdigest()[:10]
-                                   for k in range(args.users)], behaviours])),
-        "held_out_prompts": len(held), "users_prompt_pool": len(pool), "calibration": calib,
-        "requests": {"sent": len(events), "answered": sum(e["ok"] for e in events),
-                     "failed": sum(not e["ok"] for e in events),
-                     "by_kind": {k: sum(e["kind"] == k for e in events) for k in ("warmup", "chat", "feedback", "eval")},
-                     "users_sent": len(users_req), "users_failed": sum(not e["ok"] for e in users_req),
-                     "failures": [e for e in events if not e["ok"]][:20]},
+        "command": " ".join(sys.argv),
+        "t_start": t_start,
+        "model": args.model,
+        "users": args.users,
+        "minutes": args.minutes,
+        "adversarial": dict(
+            zip(
+                *[
+                    ["u-" + hashlib.sha256(f"{args.seed}:{k}".encode()).hexdigest()[:10] for k in range(args.users)],
+                    behaviours,
+                ]
+            )
+        ),
+        "held_out_prompts": len(held),
+        "users_prompt_pool": len(pool),
+        "calibration": calib,
+        "requests": {
+            "sent": len(events),
+            "answered": sum(e["ok"] for e in events),
+            "failed": sum(not e["ok"] for e in events),
+            "by_kind": {k: sum(e["kind"] == k for e in events) for k in ("warmup", "chat", "feedback", "eval")},
+            "users_sent": len(users_req),
+            "users_failed": sum(not e["ok"] for e in users_req),
+            "failures": [e for e in events if not e["ok"]][:20],
+        },
         "threads_still_running": alive,
-        "feedback": {**{k: v for k, v in tally.items() if k not in ("label_ids", "verdict_keys")},
-                     "distinct_label_ids": len(tally["label_ids"]),
-                     "expected_in_store": len(tally["verdict_keys"]), "in_store": stored},
+        "feedback": {
+            **{k: v for k, v in tally.items() if k not in ("label_ids", "verdict_keys")},
+            "distinct_label_ids": len(tally["label_ids"]),
+            "expected_in_store": len(tally["verdict_keys"]),
+            "in_store": stored,
+        },
         "latency": latency_phases(events, rounds),
         "rounds": [{"start": a - t_start, "end": b - t_start} for a, b in rounds],
-        "versions": {"promoted": [x["version"] for x in log if x.get("event") == "promoted"],
-                     "refused": [x.get("round") for x in log if x.get("event") == "refused"],
-                     "kl_to_v0": {x["version"]: (x.get("gate") or {}).get("kl_to_v0") for x in log
-                                  if x.get("event") == "promoted"}},
+        "versions": {
+            "promoted": [x["version"] for x in log if x.get("event") == "promoted"],
+            "refused": [x.get("round") for x in log if x.get("event") == "refused"],
+            "kl_to_v0": {
+                x["version"]: (x.get("gate") or {}).get("kl_to_v0") for x in log if x.get("event") == "promoted"
+            },
+        },
         "gold": [{"t": e["t"], "verdicts": e["verdicts"], "version": e["version"], "gold": e["gold"]} for e in evals],
         "gold_last_minus_first": bootstrap_diff(*paired(evals[0]["per_prompt"], evals[-1]["per_prompt"]))
-        if len(evals) > 1 else None,
+        if len(evals) > 1
+        else None,
         "lineage_users": lineage_users(learn_dir),
-        "load_average": {"mean": sum(v for _, v in loads) / len(loads) if loads else None,
-                         "max": max((v for _, v in loads), default=None), "series": loads},
+        "load_average": {
+            "mean": sum(v for _, v in loads) / len(loads) if loads else None,
+            "max": max((v for _, v in loads), default=None),
+            "series": loads,
+        },
         "cpu_count": os.cpu_count(),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -458,15 +593,22 @@ def main(argv=None) -> dict:
     ap.add_argument("--users", type=int, default=20)
     ap.add_argument("--minutes", type=float, default=10.0, help="how long the users chat (after the start evaluation)")
     ap.add_argument("--adversarial_share", type=float, default=0.0)
-    ap.add_argument("--adversarial_kinds", default="random,inverted,flood",
-                    help="behaviours the adversarial users take in turn (random, inverted, flood)")
+    ap.add_argument(
+        "--adversarial_kinds",
+        default="random,inverted,flood",
+        help="behaviours the adversarial users take in turn (random, inverted, flood)",
+    )
     ap.add_argument("--flood_repeat", type=int, default=5, help="a flooding user sends each verdict this often")
     ap.add_argument("--thumbs_rate", type=float, default=0.6)
     ap.add_argument("--rating_rate", type=float, default=0.3)
     ap.add_argument("--edit_rate", type=float, default=0.03)
-    ap.add_argument("--compare_share", type=float, default=0.2, help="serve's share of requests answered with two replies")
+    ap.add_argument(
+        "--compare_share", type=float, default=0.2, help="serve's share of requests answered with two replies"
+    )
     ap.add_argument("--noise", type=float, default=0.2, help="std of the noise on a user's gold score")
-    ap.add_argument("--think_seconds", type=float, default=3.0, help="a user reads a reply this long before the next turn")
+    ap.add_argument(
+        "--think_seconds", type=float, default=3.0, help="a user reads a reply this long before the next turn"
+    )
     ap.add_argument("--eval_prompts", type=int, default=32, help="held-out prompts (kept out of the users' pool)")
     ap.add_argument("--eval_samples", type=int, default=1, help="replies per held-out prompt (fixed seeds)")
     ap.add_argument("--max_tokens", type=int, default=48)
@@ -474,9 +616,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--top_p", type=float, default=0.9)
     ap.add_argument("--max_batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of serve and of the learner each")
-    ap.add_argument("--learn", default="--min_feedback 64 --poll_seconds 5",
-                    help="arguments passed to `rlhfkit learn run` (quoted), e.g. '--min_feedback 64 --policy.max_steps 4'")
-    ap.add_argument("--poll_seconds", type=float, default=2.0, help="how often the benchmark asks /health for the version")
+    ap.add_argument(
+        "--learn",
+        default="--min_feedback 64 --poll_seconds 5",
+        help="arguments passed to `rlhfkit learn run` (quoted), e.g. '--min_feedback 64 --policy.max_steps 4'",
+    )
+    ap.add_argument(
+        "--poll_seconds", type=float, default=2.0, help="how often the benchmark asks /health for the version"
+    )
     ap.add_argument("--request_timeout", type=float, default=300.0)
     ap.add_argument("--start_timeout", type=float, default=300.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -488,10 +635,20 @@ def main(argv=None) -> dict:
         ap.error(f"--adversarial_kinds: each of {', '.join(ADVERSARIAL_KINDS)}")
     summary = run(args)
     r, fb, lat = summary["requests"], summary["feedback"], summary["latency"]
-    print(json.dumps({"requests": {k: r[k] for k in ("sent", "answered", "failed")}, "feedback": fb,
-                      "latency": lat, "versions": summary["versions"], "gold": summary["gold"],
-                      "gold_last_minus_first": summary["gold_last_minus_first"],
-                      "load_average_mean": summary["load_average"]["mean"]}, indent=1))
+    print(
+        json.dumps(
+            {
+                "requests": {k: r[k] for k in ("sent", "answered", "failed")},
+                "feedback": fb,
+                "latency": lat,
+                "versions": summary["versions"],
+                "gold": summary["gold"],
+                "gold_last_minus_first": summary["gold_last_minus_first"],
+                "load_average_mean": summary["load_average"]["mean"],
+            },
+            indent=1,
+        )
+    )
     return summary
 
 

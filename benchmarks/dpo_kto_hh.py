@@ -15,6 +15,7 @@ For each of DPO (configs/dpo_smollm2_hh.yaml) and KTO (configs/kto_smollm2_hh.ya
 Prints one JSON line per method and markdown rows for docs/BENCHMARKS.md. Wall times and the
 peak RSS of each child process are measured around it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,11 +34,13 @@ METHODS = {"dpo": "configs/dpo_smollm2_hh.yaml", "kto": "configs/kto_smollm2_hh.
 
 def _dpo_config():
     from rlhfkit.recipes.dpo import DPOConfig
+
     return DPOConfig
 
 
 def _kto_config():
     from rlhfkit.recipes.kto import KTOConfig
+
     return KTOConfig
 
 
@@ -49,8 +52,9 @@ def run_child(cmd: list[str], log: Path) -> tuple[float, float]:
     start = time.perf_counter()
     env = {**os.environ, "RLHFKIT_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as f:
-        proc = subprocess.run(["/usr/bin/time", "-f", "PEAK_RSS_KB %M", *cmd], stdout=f, stderr=subprocess.STDOUT,
-                              env=env, cwd=ROOT)
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "PEAK_RSS_KB %M", *cmd], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+        )
     seconds = time.perf_counter() - start
     text = log.read_text(errors="replace")
     if proc.returncode != 0:
@@ -84,8 +88,10 @@ def main(argv=None) -> None:
     work = ROOT / args.workdir
     work.mkdir(parents=True, exist_ok=True)
     if not (ROOT / args.rm / "config.json").exists():
-        sys.exit(f"--rm {args.rm}: no reward model there; train it with "
-                 "`rlhfkit reward train --config configs/reward_hh_minilm.yaml --output_dir outputs/rm_hh_val`")
+        sys.exit(
+            f"--rm {args.rm}: no reward model there; train it with "
+            "`rlhfkit reward train --config configs/reward_hh_minilm.yaml --output_dir outputs/rm_hh_val`"
+        )
     prompts = heldout_prompts(METHODS["dpo"], work / "heldout_prompts.jsonl", args.prompts)
     threads = ["--threads", str(args.threads)] if args.threads else []
     rows = []
@@ -95,37 +101,72 @@ def main(argv=None) -> None:
         out = ROOT / recipe_config.output_dir
         train_s, train_mb = None, None  # trained by an earlier call: see its log
         if not (out / "model" / "config.json").exists():
-            train_s, train_mb = run_child([sys.executable, "-m", "rlhfkit.cli", method, "--config", config,
-                                           "--tensorboard", "false", *threads], work / f"{method}_train.log")
+            train_s, train_mb = run_child(
+                [sys.executable, "-m", "rlhfkit.cli", method, "--config", config, "--tensorboard", "false", *threads],
+                work / f"{method}_train.log",
+            )
         final = json.loads((out / "final_metrics.json").read_text())
         eval_dir = work / f"{method}_vs_reference"
-        eval_s, eval_mb = run_child([sys.executable, "-m", "rlhfkit.cli", "eval", "--prompts", str(prompts),
-                                     "--max_prompts", str(args.prompts), "--policy", str(out / "model"),
-                                     "--reference", recipe_config.model, "--judge", f"rm:{args.rm}",
-                                     "--max_prompt_length", str(recipe_config.max_prompt_length),
-                                     "--max_new_tokens", str(args.max_new_tokens),
-                                     "--temperature", str(args.temperature), "--output", str(eval_dir), *threads],
-                                    work / f"{method}_eval.log")
+        eval_s, eval_mb = run_child(
+            [
+                sys.executable,
+                "-m",
+                "rlhfkit.cli",
+                "eval",
+                "--prompts",
+                str(prompts),
+                "--max_prompts",
+                str(args.prompts),
+                "--policy",
+                str(out / "model"),
+                "--reference",
+                recipe_config.model,
+                "--judge",
+                f"rm:{args.rm}",
+                "--max_prompt_length",
+                str(recipe_config.max_prompt_length),
+                "--max_new_tokens",
+                str(args.max_new_tokens),
+                "--temperature",
+                str(args.temperature),
+                "--output",
+                str(eval_dir),
+                *threads,
+            ],
+            work / f"{method}_eval.log",
+        )
         judged = json.loads((eval_dir / "eval.json").read_text())
         wr, kl = judged["win_rate"], judged.get("kl") or {}
-        row = {"method": method, "config": config,
-               "train_seconds": None if train_s is None else round(train_s, 1),
-               "train_peak_rss_mb": None if train_mb is None else round(train_mb), "eval_seconds": round(eval_s, 1),
-               "implicit_accuracy_before": final.get("eval_accuracy_before"),
-               "implicit_accuracy_after": final.get("eval_accuracy"), "held_out_pairs": final.get("eval_pairs", final.get("eval_examples")),
-               "rm_win_rate": wr["win_rate"], "rm_win_rate_ci": [wr["ci_low"], wr["ci_high"]],
-               "wins": wr["wins"], "ties": wr["ties"], "losses": wr["losses"], "prompts": wr["n"],
-               "kl_mean": kl.get("mean"), "policy_length": judged.get("policy_length"),
-               "reference_length": judged.get("reference_length")}
+        row = {
+            "method": method,
+            "config": config,
+            "train_seconds": None if train_s is None else round(train_s, 1),
+            "train_peak_rss_mb": None if train_mb is None else round(train_mb),
+            "eval_seconds": round(eval_s, 1),
+            "implicit_accuracy_before": final.get("eval_accuracy_before"),
+            "implicit_accuracy_after": final.get("eval_accuracy"),
+            "held_out_pairs": final.get("eval_pairs", final.get("eval_examples")),
+            "rm_win_rate": wr["win_rate"],
+            "rm_win_rate_ci": [wr["ci_low"], wr["ci_high"]],
+            "wins": wr["wins"],
+            "ties": wr["ties"],
+            "losses": wr["losses"],
+            "prompts": wr["n"],
+            "kl_mean": kl.get("mean"),
+            "policy_length": judged.get("policy_length"),
+            "reference_length": judged.get("reference_length"),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     for r in rows:
         ci = r["rm_win_rate_ci"]
         minutes = "-" if r["train_seconds"] is None else f"{r['train_seconds'] / 60:.1f} min"
-        print(f"| {r['method']} | {r['implicit_accuracy_before']:.3f} -> {r['implicit_accuracy_after']:.3f} "
-              f"({r['held_out_pairs']} held out) | {r['rm_win_rate']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
-              f"({r['wins']}/{r['ties']}/{r['losses']} of {r['prompts']}) | {(r['kl_mean'] or float('nan')):.2f} | "
-              f"{minutes} | {r['train_peak_rss_mb'] or '-'} MB |")
+        print(
+            f"| {r['method']} | {r['implicit_accuracy_before']:.3f} -> {r['implicit_accuracy_after']:.3f} "
+            f"({r['held_out_pairs']} held out) | {r['rm_win_rate']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
+            f"({r['wins']}/{r['ties']}/{r['losses']} of {r['prompts']}) | {(r['kl_mean'] or float('nan')):.2f} | "
+            f"{minutes} | {r['train_peak_rss_mb'] or '-'} MB |"
+        )
 
 
 if __name__ == "__main__":

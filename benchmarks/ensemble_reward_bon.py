@@ -11,6 +11,7 @@ that rule's best-of-n gold. Reported: each rule's mean over folders, and its pai
 from ``mean`` with a 95% bootstrap interval over folders (2,000 resamples), and the oracle (the
 gold-best sample) and a random pick for scale.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,7 +78,9 @@ def main(argv: list[str]) -> None:
             row[rule] = round(value, 4)
         print(json.dumps(row), flush=True)
     n = len(per_rule["mean"])
-    print(f"\n{n} ensembles (round {a.round})\n| rule | best-of-n gold, mean over ensembles | minus mean (95% CI) |\n|---|---|---|")
+    print(
+        f"\n{n} ensembles (round {a.round})\n| rule | best-of-n gold, mean over ensembles | minus mean (95% CI) |\n|---|---|---|"
+    )
     rng = random.Random(1)
     for rule in rules + ["oracle", "random"]:
         diffs = [x - y for x, y in zip(per_rule[rule], per_rule["mean"])]

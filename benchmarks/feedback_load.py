@@ -19,6 +19,7 @@ server in another; both share the machine's cores, so the number is end to end.
     python benchmarks/feedback_load.py --seconds 20 --labelers 50 --rate 500   # latency at 500/s
     python benchmarks/feedback_load.py --seconds 15 --rate 500 --repeats 3 --db postgresql
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,21 +47,44 @@ def setup(path: Path | str, n_labelers: int, n_items: int, overlap: int) -> tupl
 
     store = db.Store(path)
     pw = hash_password("bench-password")
-    items = parse_items([{"prompt": f"Question {i}: explain topic {i} briefly.",
-                          "responses": [f"Answer one to {i}. " * 8, f"Answer two to {i}. " * 8]}
-                         for i in range(n_items)], "pairwise")
+    items = parse_items(
+        [
+            {
+                "prompt": f"Question {i}: explain topic {i} briefly.",
+                "responses": [f"Answer one to {i}. " * 8, f"Answer two to {i}. " * 8],
+            }
+            for i in range(n_items)
+        ],
+        "pairwise",
+    )
 
     def job(c):
-        pid = c.execute(insert(db.projects).values(
-            name="bench", task_type="pairwise", instructions="", overlap=overlap, gold_rate=0.0, scale_min=1,
-            scale_max=7, active=True, n_items=0, n_labels=0, created_at=time.time())).inserted_primary_key[0]
+        pid = c.execute(
+            insert(db.projects).values(
+                name="bench",
+                task_type="pairwise",
+                instructions="",
+                overlap=overlap,
+                gold_rate=0.0,
+                scale_min=1,
+                scale_max=7,
+                active=True,
+                n_items=0,
+                n_labels=0,
+                created_at=time.time(),
+            )
+        ).inserted_primary_key[0]
         add_items(c, pid, items)
         tokens = []
         for k in range(n_labelers):
-            uid = c.execute(insert(db.users).values(username=f"bench{k}", password_hash=pw, role="labeler",
-                                                    active=True, created_at=time.time())).inserted_primary_key[0]
+            uid = c.execute(
+                insert(db.users).values(
+                    username=f"bench{k}", password_hash=pw, role="labeler", active=True, created_at=time.time()
+                )
+            ).inserted_primary_key[0]
             tokens.append(create_session(c, uid, "api")[0])
         return pid, tokens
+
     try:
         return store.write(job, timeout=600)
     finally:
@@ -120,8 +144,7 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-async def drive(port: int, pid: int, tokens: list[str], warmup: float, seconds: float,
-                rate: float | None = None):
+async def drive(port: int, pid: int, tokens: list[str], warmup: float, seconds: float, rate: float | None = None):
     from rlhfkit.feedback.simulate import LabelerStats, run_labeler
 
     rng = random.Random(0)
@@ -133,9 +156,22 @@ async def drive(port: int, pid: int, tokens: list[str], warmup: float, seconds: 
     stop = t0 + warmup + seconds
     stats = [LabelerStats() for _ in tokens]
     pace = None if not rate else len(tokens) / rate  # each labeler's seconds between submissions
-    await asyncio.gather(*(run_labeler("127.0.0.1", port, tok, judge, project_id=pid, stop_at=stop, stats=s,
-                                       pace=pace, start_offset=0 if pace is None else pace * i / len(tokens))
-                           for i, (tok, s) in enumerate(zip(tokens, stats))))
+    await asyncio.gather(
+        *(
+            run_labeler(
+                "127.0.0.1",
+                port,
+                tok,
+                judge,
+                project_id=pid,
+                stop_at=stop,
+                stats=s,
+                pace=pace,
+                start_offset=0 if pace is None else pace * i / len(tokens),
+            )
+            for i, (tok, s) in enumerate(zip(tokens, stats))
+        )
+    )
     lo, hi = t0 + warmup, stop
     lat = [l for s in stats for l, t in zip(s.latencies, s.ack_times) if lo <= t <= hi]
     n = len(lat)
@@ -157,15 +193,23 @@ def main() -> int:
     ap.add_argument("--labelers", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=20.0, help="measured window")
     ap.add_argument("--warmup", type=float, default=3.0)
-    ap.add_argument("--rate", type=float, default=None,
-                    help="offered labels/s in total (open loop: each labeler submits every labelers/rate s, "
-                         "like people with think time); default: closed loop, each labeler as fast as replies come")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="offered labels/s in total (open loop: each labeler submits every labelers/rate s, "
+        "like people with think time); default: closed loop, each labeler as fast as replies come",
+    )
     ap.add_argument("--items", type=int, default=40000)
     ap.add_argument("--overlap", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=1, help="runs (fresh database each); the median is reported")
-    ap.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite",
-                    help="sqlite: a file (WAL, synchronous=FULL); postgresql: a throwaway cluster started here "
-                         "(needs Debian's postgresql package and psycopg)")
+    ap.add_argument(
+        "--db",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="sqlite: a file (WAL, synchronous=FULL); postgresql: a throwaway cluster started here "
+        "(needs Debian's postgresql package and psycopg)",
+    )
     ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (PostgreSQL may use several)")
     ap.add_argument("--db-dir", default=None, help="where the SQLite file / PostgreSQL cluster goes (default: temp)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -187,16 +231,38 @@ def main() -> int:
     finally:
         if pg is not None:
             pg.stop()
-    med = {k: statistics.median(r[k] for r in results)
-           for k in ("labels_per_s", "p50_ms", "p99_ms", "mean_ms", "server_cpu_ms_per_label", "db_cpu_ms_per_label",
-                     "client_cpu_ms_per_label", "load_average_1min")}
-    summary = {"benchmark": "feedback_load", "db": args.db, "workers": args.workers, "labelers": args.labelers,
-               "rate": args.rate, "seconds": args.seconds,
-               "warmup": args.warmup, "items": args.items, "overlap": args.overlap, "repeats": args.repeats,
-               "median": med, "runs": results, "cpus": os.cpu_count(), "python": platform.python_version(),
-               "command": "python benchmarks/feedback_load.py " + " ".join(sys.argv[1:]),
-               "goal": {"labels_per_s": 500, "p99_ms": 100},
-               "goal_met": med["labels_per_s"] >= 500 and med["p99_ms"] < 100}
+    med = {
+        k: statistics.median(r[k] for r in results)
+        for k in (
+            "labels_per_s",
+            "p50_ms",
+            "p99_ms",
+            "mean_ms",
+            "server_cpu_ms_per_label",
+            "db_cpu_ms_per_label",
+            "client_cpu_ms_per_label",
+            "load_average_1min",
+        )
+    }
+    summary = {
+        "benchmark": "feedback_load",
+        "db": args.db,
+        "workers": args.workers,
+        "labelers": args.labelers,
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+        "items": args.items,
+        "overlap": args.overlap,
+        "repeats": args.repeats,
+        "median": med,
+        "runs": results,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "command": "python benchmarks/feedback_load.py " + " ".join(sys.argv[1:]),
+        "goal": {"labels_per_s": 500, "p99_ms": 100},
+        "goal_met": med["labels_per_s"] >= 500 and med["p99_ms"] < 100,
+    }
     print(json.dumps(summary["median"] | {"goal_met": summary["goal_met"]}, indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -214,13 +280,31 @@ def one_run(args, rep: int, pg) -> dict:
             db_pid = int((pg.data / "postmaster.pid").read_text().split()[0])
         pid, tokens = setup(path, args.labelers, args.items, args.overlap)
         import socket
+
         with socket.socket() as sk:
             sk.bind(("127.0.0.1", 0))
             port = sk.getsockname()[1]
         # own process group: SIGTERM reaches every uvicorn worker
-        proc = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", "feedback", "serve", "--db", str(path),
-                                 "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rlhfkit.cli",
+                "feedback",
+                "serve",
+                "--db",
+                str(path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(args.workers),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             asyncio.run(wait_up(port, proc))
             load0 = os.getloadavg()[0]
@@ -245,11 +329,14 @@ def one_run(args, rep: int, pg) -> dict:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        print(f"run {rep + 1} ({args.db}): {r['labels_per_s']:.0f} labels/s, p50 {r['p50_ms']:.1f} ms, "
-              f"p99 {r['p99_ms']:.1f} ms ({r['labels_in_window']} labels in {args.seconds:g} s); CPU per label: "
-              f"server {r['server_cpu_ms_per_label']:.2f} ms, database {r['db_cpu_ms_per_label']:.2f} ms, "
-              f"clients {r['client_cpu_ms_per_label']:.2f} ms; load average {r['load_average_before']:.1f} -> "
-              f"{r['load_average_1min']:.1f}", flush=True)
+        print(
+            f"run {rep + 1} ({args.db}): {r['labels_per_s']:.0f} labels/s, p50 {r['p50_ms']:.1f} ms, "
+            f"p99 {r['p99_ms']:.1f} ms ({r['labels_in_window']} labels in {args.seconds:g} s); CPU per label: "
+            f"server {r['server_cpu_ms_per_label']:.2f} ms, database {r['db_cpu_ms_per_label']:.2f} ms, "
+            f"clients {r['client_cpu_ms_per_label']:.2f} ms; load average {r['load_average_before']:.1f} -> "
+            f"{r['load_average_1min']:.1f}",
+            flush=True,
+        )
         return r
 
 

@@ -4,6 +4,7 @@ labelers. Headless Debian Chromium through Python Playwright (no browser downloa
 
     python benchmarks/feedback_screenshots.py --out docs/img
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,15 @@ import time
 from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def seed(store) -> dict:
@@ -29,44 +37,96 @@ def seed(store) -> dict:
 
     rng = random.Random(0)
     store.write(lambda c: create_user(c, "admin", "admin-password", "admin"))
-    labelers = [store.write(lambda c, n=n: create_user(c, n, "labeler-password")) for n in
-                ("ana", "ben", "chloe", "dev")]
-    conv = [{"role": "user", "content": "I want to bake bread at home but I have never done it. Where do I start?"},
-            {"role": "assistant", "content": "A simple no-knead loaf is a good first bread: flour, water, salt and a "
-                                             "little yeast, left to rise overnight."},
-            {"role": "user", "content": "How much yeast, and how long should it rise?"}]
-    chat_items = [{"messages": conv, "responses": [
-        "For 500 g of flour use about 1/4 teaspoon (1 g) of instant yeast. Let the dough rise 12-18 hours at "
-        "room temperature, until it is bubbly and has doubled, then shape it and give it 1-2 more hours.",
-        "Use a packet of yeast and let it rise for about 20 minutes. Then bake it."], "models": ["policy", "sft"]}]
+    labelers = [
+        store.write(lambda c, n=n: create_user(c, n, "labeler-password")) for n in ("ana", "ben", "chloe", "dev")
+    ]
+    conv = [
+        {"role": "user", "content": "I want to bake bread at home but I have never done it. Where do I start?"},
+        {
+            "role": "assistant",
+            "content": "A simple no-knead loaf is a good first bread: flour, water, salt and a "
+            "little yeast, left to rise overnight.",
+        },
+        {"role": "user", "content": "How much yeast, and how long should it rise?"},
+    ]
+    chat_items = [
+        {
+            "messages": conv,
+            "responses": [
+                "For 500 g of flour use about 1/4 teaspoon (1 g) of instant yeast. Let the dough rise 12-18 hours at "
+                "room temperature, until it is bubbly and has doubled, then shape it and give it 1-2 more hours.",
+                "Use a packet of yeast and let it rise for about 20 minutes. Then bake it.",
+            ],
+            "models": ["policy", "sft"],
+        }
+    ]
     pair_items = []
     for i in range(40):  # the better summary is the first or the second response, at random
         pair = [f"A faithful one-sentence summary of article {i}.", f"A vague summary of article {i}."]
-        pair_items.append({"prompt": f"Summarise article {i} in one sentence.",
-                           "responses": pair if rng.random() < 0.5 else pair[::-1]})
-    pair_items += [{"prompt": f"Gold question {i}: is the sky blue on a clear day?",
-                    "responses": ["Yes.", "No, it is green."], "gold": "first"} for i in range(4)]
+        pair_items.append(
+            {
+                "prompt": f"Summarise article {i} in one sentence.",
+                "responses": pair if rng.random() < 0.5 else pair[::-1],
+            }
+        )
+    pair_items += [
+        {
+            "prompt": f"Gold question {i}: is the sky blue on a clear day?",
+            "responses": ["Yes.", "No, it is green."],
+            "gold": "first",
+        }
+        for i in range(4)
+    ]
 
     def project(name, ttype, items, overlap, gold_rate, instructions):
         def job(c):
-            pid = c.execute(insert(db.projects).values(
-                name=name, task_type=ttype, instructions=instructions, overlap=overlap, gold_rate=gold_rate,
-                scale_min=1, scale_max=7, active=True, n_items=0, n_labels=0,
-                created_at=time.time())).inserted_primary_key[0]
+            pid = c.execute(
+                insert(db.projects).values(
+                    name=name,
+                    task_type=ttype,
+                    instructions=instructions,
+                    overlap=overlap,
+                    gold_rate=gold_rate,
+                    scale_min=1,
+                    scale_max=7,
+                    active=True,
+                    n_items=0,
+                    n_labels=0,
+                    created_at=time.time(),
+                )
+            ).inserted_primary_key[0]
             add_items(c, pid, parse_items(items, ttype))
             return pid
+
         return store.write(job)
 
-    p_pair = project("helpfulness-v1", "pairwise", pair_items, 3, 0.15,
-                     "Which response is more helpful, honest and harmless?\nJudge the content, not the length. "
-                     "Use 'tie' when they are equally good and 'both bad' when neither is acceptable.")
-    p_chat = project("chat-demo", "pairwise", chat_items, 1, 0.0,
-                     "Which reply continues the conversation better?")
-    p_rank = project("poems-ranking", "ranking", [{"prompt": "Write a two-line poem about autumn.", "responses": [
-        "Leaves let go of summer's hand,\nand gold comes drifting to the land.",
-        "Autumn is a season. It is after summer.",
-        "The trees undress in amber light;\nthe year exhales, and leans toward night."]}], 1, 0.0,
-        "Rank the poems from best to worst.")
+    p_pair = project(
+        "helpfulness-v1",
+        "pairwise",
+        pair_items,
+        3,
+        0.15,
+        "Which response is more helpful, honest and harmless?\nJudge the content, not the length. "
+        "Use 'tie' when they are equally good and 'both bad' when neither is acceptable.",
+    )
+    p_chat = project("chat-demo", "pairwise", chat_items, 1, 0.0, "Which reply continues the conversation better?")
+    p_rank = project(
+        "poems-ranking",
+        "ranking",
+        [
+            {
+                "prompt": "Write a two-line poem about autumn.",
+                "responses": [
+                    "Leaves let go of summer's hand,\nand gold comes drifting to the land.",
+                    "Autumn is a season. It is after summer.",
+                    "The trees undress in amber light;\nthe year exhales, and leans toward night.",
+                ],
+            }
+        ],
+        1,
+        0.0,
+        "Rank the poems from best to worst.",
+    )
     # simulated labelers: ana is careful, the others noisier; leave the conversation item open
     skill = {labelers[0]: 0.95, labelers[1]: 0.8, labelers[2]: 0.7, labelers[3]: 0.6}
     for uid in labelers:

@@ -8,6 +8,7 @@ Variants: float32; ``torch.ao.quantization.quantize_dynamic`` of every Linear bu
 per tensor and per channel; and of every Linear. Greedy generation of 48 tokens for 8 prompts
 (best of 2), and the mean token loss on the first 1,024 tokens of tiny-shakespeare.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,11 @@ def main(argv: list[str]) -> None:
 
     tok = load_policy("smollm2-135m")[1]
     tok.padding_side = "left"
-    enc = tok(["The movie was", "I think that the", "Once upon a time", "My favourite food is"] * 2,
-              return_tensors="pt", padding=True)
+    enc = tok(
+        ["The movie was", "I think that the", "Once upon a time", "My favourite food is"] * 2,
+        return_tensors="pt",
+        padding=True,
+    )
     text = (ROOT.parent / "shared" / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20000]
     ids = tok(text, return_tensors="pt").input_ids[:, :1024]
 
@@ -50,8 +54,12 @@ def main(argv: list[str]) -> None:
         return model
 
     print("| variant | greedy generation, 8 x 48 tokens | token loss, 1,024 tokens |\n|---|---|---|")
-    for name in ("float32", "int8 per tensor, head float32", "int8 per channel, head float32",
-                 "int8 per channel, head int8 too"):
+    for name in (
+        "float32",
+        "int8 per tensor, head float32",
+        "int8 per channel, head float32",
+        "int8 per channel, head int8 too",
+    ):
         model = variant(name)
         times = []
         for _ in range(2):

@@ -12,6 +12,7 @@ sentences itself, so a round of GRPO has sentiment to find. Gold (``fn:benchmark
 (positive words - negative words) / 3 of the response, the simulated labelers' scorer and the
 loop's evaluation, never the policy's reward.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,11 +66,36 @@ def make(out: Path, steps: int = 300, seed: int = 0, threads: int = 1) -> Path:
     init = out / "init"
     tiny_causal_lm(tok, hidden_size=64, num_layers=2, num_heads=4, seed=seed).save_pretrained(init)
     tok.save_pretrained(init)
-    cfg = load_config(sft.SFTConfig, None, [
-        "--data", str(out / "demos.jsonl"), "--model", str(init), "--output_dir", str(out / "sft"),
-        "--max_steps", str(steps), "--batch_size", "16", "--micro_batch_size", "16", "--learning_rate", "3e-3",
-        "--eval_fraction", "0.05", "--save_every", "0", "--seed", str(seed), "--threads", str(threads),
-        "--tensorboard", "false"])
+    cfg = load_config(
+        sft.SFTConfig,
+        None,
+        [
+            "--data",
+            str(out / "demos.jsonl"),
+            "--model",
+            str(init),
+            "--output_dir",
+            str(out / "sft"),
+            "--max_steps",
+            str(steps),
+            "--batch_size",
+            "16",
+            "--micro_batch_size",
+            "16",
+            "--learning_rate",
+            "3e-3",
+            "--eval_fraction",
+            "0.05",
+            "--save_every",
+            "0",
+            "--seed",
+            str(seed),
+            "--threads",
+            str(threads),
+            "--tensorboard",
+            "false",
+        ],
+    )
     sft.run(cfg)
     return out / "sft" / "model"
 

@@ -8,6 +8,7 @@ message), FineGrainedRLHF (questions, passages, the four answers, the correction
 reviews. Hits are printed as ``KIND | context`` once per distinct context. Speed: characters per
 second of ``find_pii`` over all texts, median of ``--repeats`` passes on one thread.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,7 @@ def texts_by_source(data: Path) -> dict[str, list[str]]:
         acc.append(node.get("text", ""))
         for child in node.get("replies", []):
             walk(child, acc)
+
     oasst: list[str] = []
     for line in (data / "oasst-en-100-trees.jsonl").read_text(encoding="utf-8").splitlines():
         if line.strip():
@@ -68,13 +70,15 @@ def main(argv: list[str]) -> None:
         for t in texts:
             for s in find_pii(t):
                 counts[s.kind] += 1
-                ctx = f"{s.kind} | {t[max(0, s.start - 50):s.end + 20]!r}".replace("\\n", " ")
+                ctx = f"{s.kind} | {t[max(0, s.start - 50) : s.end + 20]!r}".replace("\\n", " ")
                 if ctx not in seen:
                     seen.append(ctx)
         chars = sum(len(t) for t in texts)
         total_chars += chars
-        print(f"{name}: {len(texts)} texts, {chars / 1e6:.2f}M characters, {sum(counts.values())} hits "
-              f"{dict(sorted(counts.items()))}")
+        print(
+            f"{name}: {len(texts)} texts, {chars / 1e6:.2f}M characters, {sum(counts.values())} hits "
+            f"{dict(sorted(counts.items()))}"
+        )
         if args.show:
             for ctx in seen:
                 print("    " + ctx)
@@ -86,8 +90,10 @@ def main(argv: list[str]) -> None:
             find_pii(t)
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    print(f"speed: {total_chars / 1e6:.2f}M characters in {med:.2f} s (median of {args.repeats}), "
-          f"{total_chars / med / 1e6:.2f}M characters/s")
+    print(
+        f"speed: {total_chars / 1e6:.2f}M characters in {med:.2f} s (median of {args.repeats}), "
+        f"{total_chars / med / 1e6:.2f}M characters/s"
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Generation is the native sampler (``--engine hf``: ``model.generate``), greedy, 
 precisions take turns on the same model and data (the weights are restored after each step), so
 machine load falls on both alike.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,12 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--length", type=int, default=256)
-    ap.add_argument("--engine", default="native", choices=("native", "hf"),
-                    help="sampler of the generation measure (hf: model.generate on a bf16-wrapped copy)")
+    ap.add_argument(
+        "--engine",
+        default="native",
+        choices=("native", "hf"),
+        help="sampler of the generation measure (hf: model.generate on a bf16-wrapped copy)",
+    )
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -78,8 +83,9 @@ def main(argv: list[str]) -> None:
     gen_tok = copy.copy(tok)
     gen_tok.padding_side = "left"
     prompts = gen_tok([t[:200] for t in texts], return_tensors="pt", padding=True)
-    sampler = make_sampler(model, SamplingConfig(max_new_tokens=32, temperature=0.0), tok.eos_token_id,
-                           tok.pad_token_id, a.engine)
+    sampler = make_sampler(
+        model, SamplingConfig(max_new_tokens=32, temperature=0.0), tok.eos_token_id, tok.pad_token_id, a.engine
+    )
     # model.generate calls the module, so the hf engine needs the forward wrapped (a copy, so the
     # other measures keep the plain model); the native sampler reads the flag alone
     bf16_model = None
@@ -100,22 +106,34 @@ def main(argv: list[str]) -> None:
     results: dict = {k: {"fp32": [], "bf16": []} for k in ("train_step", "logprob_pass", "generation")}
     values: dict = {}
     for r in range(a.repeats + 1):  # the first round warms up and is not counted
-        for precision in (("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32")):
+        for precision in ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32"):
             for name, fn in (("train_step", train_step), ("logprob_pass", logprob_pass), ("generation", generation)):
                 seconds, value = fn(precision)
                 if r:
                     results[name][precision].append(seconds)
                 values[(name, precision)] = value
     model._rlhfkit_autocast = None
-    out = {"model": a.model, "threads": a.threads, "batch": a.batch, "length": a.length, "repeats": a.repeats,
-           "engine": a.engine}
+    out = {
+        "model": a.model,
+        "threads": a.threads,
+        "batch": a.batch,
+        "length": a.length,
+        "repeats": a.repeats,
+        "engine": a.engine,
+    }
     for name, by in results.items():
         f, b = statistics.median(by["fp32"]), statistics.median(by["bf16"])
         out[name] = {"fp32_s": round(f, 3), "bf16_s": round(b, 3), "speedup": round(f / b, 2)}
-    out["train_loss"] = {"fp32": round(values[("train_step", "fp32")], 5), "bf16": round(values[("train_step", "bf16")], 5)}
+    out["train_loss"] = {
+        "fp32": round(values[("train_step", "fp32")], 5),
+        "bf16": round(values[("train_step", "bf16")], 5),
+    }
     d = (values[("logprob_pass", "bf16")] - values[("logprob_pass", "fp32")]).abs()
-    out["sequence_logprob_abs_diff"] = {"mean": round(float(d.mean()), 4), "max": round(float(d.max()), 4),
-                                        "tokens_per_sequence": round(float(mask[:, 1:].sum(-1).float().mean()), 1)}
+    out["sequence_logprob_abs_diff"] = {
+        "mean": round(float(d.mean()), 4),
+        "max": round(float(d.max()), 4),
+        "tokens_per_sequence": round(float(mask[:, 1:].sum(-1).float().mean()), 1),
+    }
     g32, g16 = values[("generation", "fp32")], values[("generation", "bf16")]
     out["greedy_tokens_equal"] = round(float((g32 == g16).float().mean()), 3)
     print(json.dumps(out))

@@ -6,6 +6,7 @@ put it in the docs.
 The report is self-contained (plots embedded as data URIs), so it is opened as a file:// page
 with no server. ``--full_page`` (default) captures the whole page, not only the first screen.
 """
+
 from __future__ import annotations
 
 import argparse

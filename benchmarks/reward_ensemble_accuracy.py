@@ -12,6 +12,7 @@ mean (1/M) sum_m r_m are scored on the held-out split with `rlhfkit reward eval`
 Also a uniform weight average of the members (one model of the backbone's size). Nothing is
 chosen on the held-out set: every member, the ensemble and the average are reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,14 +54,37 @@ def main(argv: list[str]) -> None:
         member = out / f"seed-{seed}"
         if (member / "model" / "config.json").exists():
             continue
-        cmd = [sys.executable, "-m", "rlhfkit.cli", "reward", "train", "--config", args.config, *rest,
-               "--seed", str(seed), "--split_seed", str(data_seed), "--output_dir", str(member),
-               "--threads", str(args.threads), "--tensorboard", "false"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "rlhfkit.cli",
+            "reward",
+            "train",
+            "--config",
+            args.config,
+            *rest,
+            "--seed",
+            str(seed),
+            "--split_seed",
+            str(data_seed),
+            "--output_dir",
+            str(member),
+            "--threads",
+            str(args.threads),
+            "--tensorboard",
+            "false",
+        ]
         start = time.perf_counter()
         member.mkdir(parents=True, exist_ok=True)
         with open(member / "train.log", "w") as log:
-            subprocess.run(["/usr/bin/time", "-f", "PEAK_RSS_KB %M", *cmd], check=True, stdout=log,
-                           stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            subprocess.run(
+                ["/usr/bin/time", "-f", "PEAK_RSS_KB %M", *cmd],
+                check=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+            )
         timings[seed] = time.perf_counter() - start
     if args.train_only:
         return
@@ -82,23 +106,34 @@ def main(argv: list[str]) -> None:
         scores.append(s)
         log = (d / "train.log").read_text(errors="replace") if (d / "train.log").exists() else ""
         peak = [l.split()[-1] for l in log.splitlines() if l.startswith("PEAK_RSS_KB")]
-        rows.append({"model": d.name, **pair_metrics(s[:n], s[n:], flip),
-                     "peak_rss_mb": round(int(peak[-1]) / 1024) if peak else None})
+        rows.append(
+            {
+                "model": d.name,
+                **pair_metrics(s[:n], s[n:], flip),
+                "peak_rss_mb": round(int(peak[-1]) / 1024) if peak else None,
+            }
+        )
     mean = torch.stack(scores).mean(0)
     rows.append({"model": f"ensemble of {len(members)} (mean score)", **pair_metrics(mean[:n], mean[n:], flip)})
     # a uniform "model soup" (Wortsman et al. 2022): one model whose weights are the members'
     # mean; all members start from the same pretrained backbone, only the heads' inits differ
     soup, tokenizer = load_reward_model(str(members[0] / "model"))
     states = [load_reward_model(str(d / "model"))[0].state_dict() for d in members]
-    soup.load_state_dict({k: torch.stack([st[k].float() for st in states]).mean(0).to(v.dtype)
-                          if v.is_floating_point() else v for k, v in states[0].items()})
+    soup.load_state_dict(
+        {
+            k: torch.stack([st[k].float() for st in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
+            for k, v in states[0].items()
+        }
+    )
     s = score_texts(soup, tokenizer, texts, config.max_length, 32)
     rows.append({"model": f"weight average of {len(members)} (one model)", **pair_metrics(s[:n], s[n:], flip)})
     print(json.dumps({"config": args.config, "overrides": rest, "held_out_pairs": n, "rows": rows}))
     print("| model | held-out accuracy | F1 | ECE |")
     print("|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['accuracy']:.3f} ({round(r['accuracy'] * n)} / {n}) | {r['f1']:.3f} | {r['ece']:.3f} |")
+        print(
+            f"| {r['model']} | {r['accuracy']:.3f} ({round(r['accuracy'] * n)} / {n}) | {r['f1']:.3f} | {r['ece']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

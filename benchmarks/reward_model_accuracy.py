@@ -6,6 +6,7 @@ Trains with `rlhfkit reward train` (in this process), evaluates the held-out spl
 `rlhfkit reward eval`'s metrics, and prints one JSON line and one markdown table row for
 docs/BENCHMARKS.md. Peak memory is this process's maximum resident set size.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,19 +43,28 @@ def main(argv: list[str]) -> None:
     train_part = len(pairs) - len(held)
     n_val = int(round(train_part * config.validation_fraction))  # as split_holdout counts
     result = {
-        "data": config.data, "model": config.model,
+        "data": config.data,
+        "model": config.model,
         "train_pairs": len(first_n(range(train_part - n_val), config.max_train)),  # as the recipe cuts
-        "validation_pairs": n_val, "held_out_pairs": len(held), "epochs": config.epochs,
-        "max_length": config.max_length, "best_metric": config.best_metric,
-        "learning_rate": config.learning_rate, "seed": config.seed,
-        "train_seconds": round(train_seconds, 1), "peak_rss_mb": round(peak_mb),
-        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+        "validation_pairs": n_val,
+        "held_out_pairs": len(held),
+        "epochs": config.epochs,
+        "max_length": config.max_length,
+        "best_metric": config.best_metric,
+        "learning_rate": config.learning_rate,
+        "seed": config.seed,
+        "train_seconds": round(train_seconds, 1),
+        "peak_rss_mb": round(peak_mb),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in report["overall"].items()},
     }
     print(json.dumps(result))
-    print(f"| {config.data} | {config.model} | {result['train_pairs']} / {n_val} / {result['held_out_pairs']} | "
-          f"{result['accuracy']:.3f} | {result['f1']:.3f} | {result['ece']:.3f} | "
-          f"{train_seconds / 60:.1f} min | {result['peak_rss_mb']} MB |")
+    print(
+        f"| {config.data} | {config.model} | {result['train_pairs']} / {n_val} / {result['held_out_pairs']} | "
+        f"{result['accuracy']:.3f} | {result['f1']:.3f} | {result['ece']:.3f} | "
+        f"{train_seconds / 60:.1f} min | {result['peak_rss_mb']} MB |"
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@
 Prints one JSON line per method and a markdown table; plots gold vs KL over training.
 Goal (issue 3): +0.3 held-out VADER within 20 minutes at KL <= 5 nats / sequence.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,11 +33,15 @@ import torch
 def sample_texts(model, tokenizer, prompts, max_new_tokens, seed, batch=32):
     from rlhfkit.rollout import SamplingConfig, make_sampler, rollout
 
-    gen = make_sampler(model, SamplingConfig(max_new_tokens=max_new_tokens, temperature=1.0), tokenizer.eos_token_id,
-                       tokenizer.pad_token_id)
+    gen = make_sampler(
+        model,
+        SamplingConfig(max_new_tokens=max_new_tokens, temperature=1.0),
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    )
     out = []
     for i in range(0, len(prompts), batch):
-        out.append(rollout(gen, model, tokenizer, prompts[i:i + batch], seed=seed + i, logprob_batch_size=batch))
+        out.append(rollout(gen, model, tokenizer, prompts[i : i + batch], seed=seed + i, logprob_batch_size=batch))
     return out
 
 
@@ -75,8 +80,12 @@ def make_pairs(model, tokenizer, prompts, max_new_tokens, noise, seed, path: Pat
                 agree += (nx >= ny) == (gx > gy)
             rows.append({"prompt": p, "chosen": chosen, "rejected": rejected})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return {"pairs": len(rows), "labeler_agreement_with_gold": agree / max(1, decided),
-            "labeler_agreement_pairs": decided, "gold_tie_pairs": len(rows) - decided}
+    return {
+        "pairs": len(rows),
+        "labeler_agreement_with_gold": agree / max(1, decided),
+        "labeler_agreement_pairs": decided,
+        "gold_tie_pairs": len(rows) - decided,
+    }
 
 
 def main(argv):
@@ -94,20 +103,34 @@ def main(argv):
     p.add_argument("--trl", action="store_true", help="also TRL GRPOTrainer, same RM and wall-clock")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny model, few prompts, ~1 minute per method")
-    p.add_argument("--from_pipeline", default="",
-                   help="reuse a finished `rlhfkit pipeline` run of the sentiment preset: its simulated-labeler "
-                        "reward model, training prompts and held-out prompts (steps 1-3 skipped)")
+    p.add_argument(
+        "--from_pipeline",
+        default="",
+        help="reuse a finished `rlhfkit pipeline` run of the sentiment preset: its simulated-labeler "
+        "reward model, training prompts and held-out prompts (steps 1-3 skipped)",
+    )
     p.add_argument("--eval_repeats", type=int, default=1, help="samples per held-out prompt in the evaluation")
     p.add_argument("--learning_rate", type=float, default=4e-5, help="every method's learning rate (not --quick)")
-    p.add_argument("--batch_size", type=int, default=16, help="completions per optimiser step, every method "
-                                                               "(GRPO / TRL: batch / 4 prompts x 4 samples)")
-    p.add_argument("--checkpoint_every", type=int, default=0,
-                   help="rlhfkit methods: also save every N steps and evaluate each checkpoint on the held-out "
-                        "prompts afterwards (gold and KL against the minutes of training that produced it); "
-                        "the saving counts against the wall-clock budget")
-    p.add_argument("--combine", default="",
-                   help="only merge the results.json of these comma-separated --out folders (methods run as "
-                        "separate processes, e.g. at the same time on different cores) into --out: one table, one plot")
+    p.add_argument(
+        "--batch_size",
+        type=int,
+        default=16,
+        help="completions per optimiser step, every method (GRPO / TRL: batch / 4 prompts x 4 samples)",
+    )
+    p.add_argument(
+        "--checkpoint_every",
+        type=int,
+        default=0,
+        help="rlhfkit methods: also save every N steps and evaluate each checkpoint on the held-out "
+        "prompts afterwards (gold and KL against the minutes of training that produced it); "
+        "the saving counts against the wall-clock budget",
+    )
+    p.add_argument(
+        "--combine",
+        default="",
+        help="only merge the results.json of these comma-separated --out folders (methods run as "
+        "separate processes, e.g. at the same time on different cores) into --out: one table, one plot",
+    )
     a = p.parse_args(argv)
     if a.combine:
         return combine([Path(d) for d in a.combine.split(",") if d], Path(a.out))
@@ -140,7 +163,7 @@ def main(argv):
     else:
         all_prompts = [r.prompt for r in load_movie_review_prompts(n_words=8)]
         random.Random(0).shuffle(all_prompts)
-        held, train = all_prompts[:a.n_heldout], all_prompts[a.n_heldout:]
+        held, train = all_prompts[: a.n_heldout], all_prompts[a.n_heldout :]
     held = held * a.eval_repeats
     (out / "train_prompts.jsonl").write_text("".join(json.dumps({"prompt": x}) + "\n" for x in train))
     policy, tokenizer = load_policy(a.model)
@@ -155,47 +178,132 @@ def main(argv):
         rm_spec = f"rm:{Path(a.from_pipeline) / 'reward' / 'model'}"
     else:
         t = time.perf_counter()
-        pair_stats = make_pairs(policy, tokenizer, train[:a.n_pair_prompts], a.max_new_tokens, a.label_noise, 1,
-                                out / "pairs.jsonl")
-        rm_cfg = load_config(reward.RewardConfig, None, ["--model", a.rm_model, "--data", str(out / "pairs.jsonl"),
-                                                         "--output_dir", str(out / "rm"), "--epochs", "3",
-                                                         "--max_length", "64", "--resume", "false",
-                                                         "--tensorboard", "false",
-                                                         "--learning_rate", "1e-3" if a.quick else "1e-4"])
+        pair_stats = make_pairs(
+            policy, tokenizer, train[: a.n_pair_prompts], a.max_new_tokens, a.label_noise, 1, out / "pairs.jsonl"
+        )
+        rm_cfg = load_config(
+            reward.RewardConfig,
+            None,
+            [
+                "--model",
+                a.rm_model,
+                "--data",
+                str(out / "pairs.jsonl"),
+                "--output_dir",
+                str(out / "rm"),
+                "--epochs",
+                "3",
+                "--max_length",
+                "64",
+                "--resume",
+                "false",
+                "--tensorboard",
+                "false",
+                "--learning_rate",
+                "1e-3" if a.quick else "1e-4",
+            ],
+        )
         rm_metrics = reward.run(rm_cfg)
         rm_seconds = time.perf_counter() - t
-        print(json.dumps({"stage": "reward_model", **pair_stats, **{k: v for k, v in rm_metrics.items() if "eval" in k},
-                          "seconds": round(rm_seconds, 1)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "stage": "reward_model",
+                    **pair_stats,
+                    **{k: v for k, v in rm_metrics.items() if "eval" in k},
+                    "seconds": round(rm_seconds, 1),
+                }
+            ),
+            flush=True,
+        )
         rm_spec = f"rm:{out / 'rm' / 'model'}"
-    common = ["--model", a.model, "--prompts", str(out / "train_prompts.jsonl"), "--reward", rm_spec,
-              "--gold_reward", "vader", "--max_new_tokens", str(a.max_new_tokens), "--kl_coef", str(a.kl_coef),
-              "--tensorboard", "false", "--resume", "false", "--sample_every", "20", "--save_every", "0",
-              "--learning_rate", "1e-3" if a.quick else str(a.learning_rate)]
+    common = [
+        "--model",
+        a.model,
+        "--prompts",
+        str(out / "train_prompts.jsonl"),
+        "--reward",
+        rm_spec,
+        "--gold_reward",
+        "vader",
+        "--max_new_tokens",
+        str(a.max_new_tokens),
+        "--kl_coef",
+        str(a.kl_coef),
+        "--tensorboard",
+        "false",
+        "--resume",
+        "false",
+        "--sample_every",
+        "20",
+        "--save_every",
+        "0",
+        "--learning_rate",
+        "1e-3" if a.quick else str(a.learning_rate),
+    ]
     bs = str(a.batch_size)
-    recipes = {"ppo": (ppo, ppo.PPOConfig, ["--batch_size", bs, "--micro_batch_size", str(a.batch_size // 2),
-                                            "--ppo_epochs", "2", "--num_minibatches", "2"]),
-               "grpo": (grpo, grpo.GRPOConfig, ["--batch_size", bs, "--micro_batch_size", "16", "--num_generations", "4"])}
+    recipes = {
+        "ppo": (
+            ppo,
+            ppo.PPOConfig,
+            [
+                "--batch_size",
+                bs,
+                "--micro_batch_size",
+                str(a.batch_size // 2),
+                "--ppo_epochs",
+                "2",
+                "--num_minibatches",
+                "2",
+            ],
+        ),
+        "grpo": (grpo, grpo.GRPOConfig, ["--batch_size", bs, "--micro_batch_size", "16", "--num_generations", "4"]),
+    }
     budget_s = a.budget_minutes * 60
     results = []
     for method in [m for m in a.methods.split(",") if m]:  # --methods "" with --trl: TRL alone
         module, cls, extra = recipes[method]
         # the recipe stops itself after the step that ends the wall-clock budget (max_minutes),
         # as the TRL callback below does; constant learning rate in both (no schedule to finish)
-        saving = ["--save_every", str(a.checkpoint_every), "--keep_checkpoints", str(10**6)] if a.checkpoint_every else []
-        cfg = load_config(cls, None, [*common, *extra, "--output_dir", str(out / method), "--max_steps", str(10**6),
-                                      "--max_minutes", str(a.budget_minutes), "--lr_schedule", "constant", *saving])
+        saving = (
+            ["--save_every", str(a.checkpoint_every), "--keep_checkpoints", str(10**6)] if a.checkpoint_every else []
+        )
+        cfg = load_config(
+            cls,
+            None,
+            [
+                *common,
+                *extra,
+                "--output_dir",
+                str(out / method),
+                "--max_steps",
+                str(10**6),
+                "--max_minutes",
+                str(a.budget_minutes),
+                "--lr_schedule",
+                "constant",
+                *saving,
+            ],
+        )
         t, started = time.perf_counter(), time.time()
         module.run(cfg)
         seconds = time.perf_counter() - t
         trained, _ = load_policy(str(out / method / "model"))
         after = evaluate(trained, reference, tokenizer, held, a.max_new_tokens)
         steps = max(json.loads(l).get("step", 0) for l in (out / method / "metrics.jsonl").read_text().splitlines())
-        row = {"method": f"rlhfkit {method}", "steps": steps, "minutes": round(seconds / 60, 2),
-               "gold_before": round(before["gold"], 4), "gold_after": round(after["gold"], 4),
-               "gold_gain": round(after["gold"] - before["gold"], 4), "kl_after": round(after["kl"], 3)}
+        row = {
+            "method": f"rlhfkit {method}",
+            "steps": steps,
+            "minutes": round(seconds / 60, 2),
+            "gold_before": round(before["gold"], 4),
+            "gold_after": round(after["gold"], 4),
+            "gold_gain": round(after["gold"] - before["gold"], 4),
+            "kl_after": round(after["kl"], 3),
+        }
         if a.checkpoint_every:
-            row["checkpoints"] = evaluate_checkpoints(out / method, started, a.model, reference, tokenizer, held,
-                                                      a.max_new_tokens, before["gold"])
+            row["checkpoints"] = evaluate_checkpoints(
+                out / method, started, a.model, reference, tokenizer, held, a.max_new_tokens, before["gold"]
+            )
         results.append(row)
         print(json.dumps(row), flush=True)
     if a.trl:
@@ -210,8 +318,10 @@ def print_tables(results: list[dict]) -> None:
     print("\n| method | steps | minutes | held-out VADER before | after | gain | KL nats/seq |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['method']} | {r['steps']} | {r['minutes']} | {r['gold_before']} | {r['gold_after']} | "
-              f"{r['gold_gain']} | {r['kl_after']} |")
+        print(
+            f"| {r['method']} | {r['steps']} | {r['minutes']} | {r['gold_before']} | {r['gold_after']} | "
+            f"{r['gold_gain']} | {r['kl_after']} |"
+        )
     for r in results:
         if r.get("checkpoints"):
             print(f"\n{r['method']}, checkpoints (minutes = wall-clock from the start of the run to the save):")
@@ -235,16 +345,20 @@ def combine(dirs: list[Path], out: Path) -> None:
     print(f"\ncommand: {' '.join([Path(sys.executable).name, *sys.argv])}")
 
 
-def evaluate_checkpoints(run_dir: Path, started: float, model_spec: str, reference, tokenizer, held,
-                         max_new_tokens: int, gold_before: float) -> list[dict]:
+def evaluate_checkpoints(
+    run_dir: Path, started: float, model_spec: str, reference, tokenizer, held, max_new_tokens: int, gold_before: float
+) -> list[dict]:
     """Held-out gold and KL of every ``checkpoint-<step>`` in ``run_dir``; ``minutes`` is the wall
     clock from ``started`` (before the recipe loaded its models) to the metrics line of that step.
     The optimiser state is deleted after each evaluation (a gigabyte per checkpoint on SmolLM2)."""
     from rlhfkit.models import load_policy
     from rlhfkit.training.checkpoint import list_checkpoints
 
-    times = {r["step"]: r["time"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-             if "time" in r}
+    times = {
+        r["step"]: r["time"]
+        for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "time" in r
+    }
     policy, _ = load_policy(model_spec)
     rows = []
     for ckpt in list_checkpoints(run_dir):
@@ -252,8 +366,15 @@ def evaluate_checkpoints(run_dir: Path, started: float, model_spec: str, referen
         weights = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
         policy.load_state_dict({k.removeprefix("policy."): v for k, v in weights.items() if k.startswith("policy.")})
         res = evaluate(policy, reference, tokenizer, held, max_new_tokens)
-        rows.append({"step": step, "minutes": round((times[step] - started) / 60, 2), "gold": round(res["gold"], 4),
-                     "gold_gain": round(res["gold"] - gold_before, 4), "kl": round(res["kl"], 3)})
+        rows.append(
+            {
+                "step": step,
+                "minutes": round((times[step] - started) / 60, 2),
+                "gold": round(res["gold"], 4),
+                "gold_gain": round(res["gold"] - gold_before, 4),
+                "kl": round(res["kl"], 3),
+            }
+        )
         print(json.dumps({"checkpoint": str(ckpt), **rows[-1]}), flush=True)
         (ckpt / "optimizer.pt").unlink(missing_ok=True)
     return rows
@@ -280,14 +401,33 @@ def run_trl(a, out, train, held, rm_spec, budget_s, reference, tokenizer, before
             if time.perf_counter() - self.start > budget_s:
                 control.should_training_stop = True
 
-    cfg = GRPOConfig(output_dir=str(out / "trl_grpo"), use_cpu=True, bf16=False, max_steps=10**6,
-                     per_device_train_batch_size=a.batch_size, num_generations=4, max_completion_length=a.max_new_tokens,
-                     lr_scheduler_type="constant",
-                     beta=a.kl_coef, learning_rate=1e-3 if a.quick else a.learning_rate, logging_steps=10, save_strategy="no",
-                     report_to="none", loss_type="grpo", disable_dropout=True, temperature=1.0, top_k=0,
-                     gradient_checkpointing=False)  # rlhfkit does not checkpoint either: same compute per step
-    trainer = GRPOTrainer(model=a.model, reward_funcs=rm_reward, args=cfg, processing_class=tokenizer,
-                          train_dataset=Dataset.from_dict({"prompt": train}))
+    cfg = GRPOConfig(
+        output_dir=str(out / "trl_grpo"),
+        use_cpu=True,
+        bf16=False,
+        max_steps=10**6,
+        per_device_train_batch_size=a.batch_size,
+        num_generations=4,
+        max_completion_length=a.max_new_tokens,
+        lr_scheduler_type="constant",
+        beta=a.kl_coef,
+        learning_rate=1e-3 if a.quick else a.learning_rate,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        loss_type="grpo",
+        disable_dropout=True,
+        temperature=1.0,
+        top_k=0,
+        gradient_checkpointing=False,
+    )  # rlhfkit does not checkpoint either: same compute per step
+    trainer = GRPOTrainer(
+        model=a.model,
+        reward_funcs=rm_reward,
+        args=cfg,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_dict({"prompt": train}),
+    )
     budget = Budget()
     trainer.add_callback(budget)
     trainer.train()
@@ -295,9 +435,15 @@ def run_trl(a, out, train, held, rm_spec, budget_s, reference, tokenizer, before
     trainer.save_model(str(out / "trl_grpo" / "model"))
     trained, _ = load_policy(str(out / "trl_grpo" / "model"))
     after = evaluate(trained, reference, tokenizer, held, a.max_new_tokens)
-    row = {"method": "TRL GRPOTrainer", "steps": trainer.state.global_step, "minutes": round(minutes, 2),
-           "gold_before": round(before["gold"], 4), "gold_after": round(after["gold"], 4),
-           "gold_gain": round(after["gold"] - before["gold"], 4), "kl_after": round(after["kl"], 3)}
+    row = {
+        "method": "TRL GRPOTrainer",
+        "steps": trainer.state.global_step,
+        "minutes": round(minutes, 2),
+        "gold_before": round(before["gold"], 4),
+        "gold_after": round(after["gold"], 4),
+        "gold_gain": round(after["gold"] - before["gold"], 4),
+        "kl_after": round(after["kl"], 3),
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -315,18 +461,35 @@ def plot(out: Path, methods: list[str], results: list[dict], runs: list[Path] | 
     for m, run in zip(methods, runs or [out / m for m in methods]):
         rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
         rows = [r for r in rows if "gold" in r and "kl" in r]
-        ax.plot([r["kl"] for r in rows], [r["gold"] for r in rows], ".", label=f"rlhfkit {m} (training batches)",
-                alpha=0.35)
+        ax.plot(
+            [r["kl"] for r in rows], [r["gold"] for r in rows], ".", label=f"rlhfkit {m} (training batches)", alpha=0.35
+        )
     for i, r in enumerate(results):
         color = f"C{len(methods) + i}"
         if r.get("checkpoints"):
             cs = r["checkpoints"]
-            ax.plot([c["kl"] for c in cs], [r["gold_before"] + c["gold_gain"] for c in cs], "s--", color=color,
-                    alpha=0.6, ms=4, label=f"{r['method']}, held-out checkpoints")
-        ax.annotate("", xy=(r["kl_after"], r["gold_after"]), xytext=(0.0, r["gold_before"]),
-                    arrowprops={"arrowstyle": "->", "color": color, "lw": 2})
-        ax.plot([r["kl_after"]], [r["gold_after"]], "o", color=color,
-                label=f"{r['method']}, held-out ({r['minutes']:.0f} min)")
+            ax.plot(
+                [c["kl"] for c in cs],
+                [r["gold_before"] + c["gold_gain"] for c in cs],
+                "s--",
+                color=color,
+                alpha=0.6,
+                ms=4,
+                label=f"{r['method']}, held-out checkpoints",
+            )
+        ax.annotate(
+            "",
+            xy=(r["kl_after"], r["gold_after"]),
+            xytext=(0.0, r["gold_before"]),
+            arrowprops={"arrowstyle": "->", "color": color, "lw": 2},
+        )
+        ax.plot(
+            [r["kl_after"]],
+            [r["gold_after"]],
+            "o",
+            color=color,
+            label=f"{r['method']}, held-out ({r['minutes']:.0f} min)",
+        )
     ax.set_xlabel("KL(pi || ref), nats / sequence")
     ax.set_ylabel("gold judge: mean VADER compound")
     ax.set_title("Synthetic human feedback: gold score vs KL")

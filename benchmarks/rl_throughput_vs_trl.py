@@ -12,6 +12,7 @@ so its peak resident memory (ru_maxrss) is its own. Reports samples (completions
 the end of step 1 to the end of the last step (setup and the warm-up step excluded for both), median over --repeats, the rlhfkit / TRL ratio and peak RSS, as one
 JSON line per algorithm and a markdown table for docs/BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,13 +64,44 @@ def worker(a) -> dict:
         pfile = Path(out) / "prompts.jsonl"
         pfile.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
         module, cls = (grpo, grpo.GRPOConfig) if a.algo == "grpo" else (rloo, rloo.RLOOConfig)
-        cfg = load_config(cls, None, [
-            "--model", a.model_path, "--prompts", str(pfile), "--output_dir", out,
-            "--reward", "fn:rl_throughput_vs_trl:rule_reward", "--num_generations", str(a.k),
-            "--batch_size", str(a.batch_size), "--micro_batch_size", str(a.batch_size),
-            "--max_new_tokens", str(a.max_new_tokens), "--kl_coef", str(a.beta), "--learning_rate", "1e-5",
-            "--max_steps", str(a.steps), "--tensorboard", "false", "--sample_every", "0", "--resume", "false",
-            "--max_prompt_length", "64", "--gradient_checkpointing", str(bool(a.gradient_checkpointing)).lower()])
+        cfg = load_config(
+            cls,
+            None,
+            [
+                "--model",
+                a.model_path,
+                "--prompts",
+                str(pfile),
+                "--output_dir",
+                out,
+                "--reward",
+                "fn:rl_throughput_vs_trl:rule_reward",
+                "--num_generations",
+                str(a.k),
+                "--batch_size",
+                str(a.batch_size),
+                "--micro_batch_size",
+                str(a.batch_size),
+                "--max_new_tokens",
+                str(a.max_new_tokens),
+                "--kl_coef",
+                str(a.beta),
+                "--learning_rate",
+                "1e-5",
+                "--max_steps",
+                str(a.steps),
+                "--tensorboard",
+                "false",
+                "--sample_every",
+                "0",
+                "--resume",
+                "false",
+                "--max_prompt_length",
+                "64",
+                "--gradient_checkpointing",
+                str(bool(a.gradient_checkpointing)).lower(),
+            ],
+        )
         os.environ["RLHFKIT_NO_PROGRESS"] = "1"
         module.run(cfg)
         stamps = [json.loads(l)["time"] for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
@@ -77,26 +109,53 @@ def worker(a) -> dict:
         from datasets import Dataset
         from transformers import AutoTokenizer
 
-        common = dict(output_dir=out, use_cpu=True, bf16=False, max_steps=a.steps, per_device_train_batch_size=a.batch_size,
-                      num_generations=a.k, max_completion_length=a.max_new_tokens, beta=a.beta, learning_rate=1e-5,
-                      logging_steps=10**6, save_strategy="no", report_to="none", temperature=1.0, top_k=0, top_p=1.0,
-                      disable_dropout=True, dataloader_num_workers=0, seed=0,
-                      gradient_checkpointing=bool(a.gradient_checkpointing))
+        common = dict(
+            output_dir=out,
+            use_cpu=True,
+            bf16=False,
+            max_steps=a.steps,
+            per_device_train_batch_size=a.batch_size,
+            num_generations=a.k,
+            max_completion_length=a.max_new_tokens,
+            beta=a.beta,
+            learning_rate=1e-5,
+            logging_steps=10**6,
+            save_strategy="no",
+            report_to="none",
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            disable_dropout=True,
+            dataloader_num_workers=0,
+            seed=0,
+            gradient_checkpointing=bool(a.gradient_checkpointing),
+        )
         tok = AutoTokenizer.from_pretrained(a.model_path, padding_side="left")
         if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
             from rlhfkit.models import ensure_pad_token
+
             ensure_pad_token(tok)
         data = Dataset.from_dict({"prompt": prompts})
         if a.algo == "grpo":
             from trl import GRPOConfig, GRPOTrainer
 
-            trainer = GRPOTrainer(model=a.model_path, reward_funcs=rule_reward, train_dataset=data, processing_class=tok,
-                                  args=GRPOConfig(**common, loss_type="grpo"))
+            trainer = GRPOTrainer(
+                model=a.model_path,
+                reward_funcs=rule_reward,
+                train_dataset=data,
+                processing_class=tok,
+                args=GRPOConfig(**common, loss_type="grpo"),
+            )
         else:
             from trl import RLOOConfig, RLOOTrainer
 
-            trainer = RLOOTrainer(model=a.model_path, reward_funcs=rule_reward, train_dataset=data, processing_class=tok,
-                                  args=RLOOConfig(**common))
+            trainer = RLOOTrainer(
+                model=a.model_path,
+                reward_funcs=rule_reward,
+                train_dataset=data,
+                processing_class=tok,
+                args=RLOOConfig(**common),
+            )
         from transformers import TrainerCallback
 
         stamps = []
@@ -111,9 +170,14 @@ def worker(a) -> dict:
     # warm-up step excluded for both libraries); the time stamps are taken after each step
     seconds = stamps[-1] - stamps[0]
     n = len(stamps) - 1
-    return {"impl": a.impl, "algo": a.algo, "seconds": seconds, "steps_timed": n,
-            "samples_per_s": n * a.batch_size / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "impl": a.impl,
+        "algo": a.algo,
+        "seconds": seconds,
+        "steps_timed": n,
+        "samples_per_s": n * a.batch_size / seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main(argv: list[str]) -> None:
@@ -128,8 +192,12 @@ def main(argv: list[str]) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--n_prompts", type=int, default=256)
-    p.add_argument("--gradient_checkpointing", type=int, default=1,
-                   help="1: both recompute activations in the backward pass (TRL's default), 0: neither")
+    p.add_argument(
+        "--gradient_checkpointing",
+        type=int,
+        default=1,
+        help="1: both recompute activations in the backward pass (TRL's default), 0: neither",
+    )
     p.add_argument("--quick", action="store_true", help="tiny model, 5 steps, 1 repeat, 16 tokens")
     p.add_argument("--worker", choices=["rlhfkit", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--algo", help=argparse.SUPPRESS)
@@ -156,17 +224,43 @@ def main(argv: list[str]) -> None:
         del model
     else:
         model_path = a.model
-    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(a.threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    }
     rows = []
     for algo in a.algos.split(","):
         results: dict[str, list[dict]] = {"rlhfkit": [], "trl": []}
         for _ in range(a.repeats):
             for impl in ("rlhfkit", "trl"):  # interleaved so drifting machine load hits both
-                cmd = [sys.executable, __file__, "--worker", impl, "--algo", algo, "--model_path", model_path,
-                       "--steps", str(a.steps), "--batch_size", str(a.batch_size), "--k", str(a.k),
-                       "--max_new_tokens", str(a.max_new_tokens), "--beta", str(a.beta), "--threads", str(a.threads),
-                       "--n_prompts", str(a.n_prompts), "--gradient_checkpointing", str(a.gradient_checkpointing)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    impl,
+                    "--algo",
+                    algo,
+                    "--model_path",
+                    model_path,
+                    "--steps",
+                    str(a.steps),
+                    "--batch_size",
+                    str(a.batch_size),
+                    "--k",
+                    str(a.k),
+                    "--max_new_tokens",
+                    str(a.max_new_tokens),
+                    "--beta",
+                    str(a.beta),
+                    "--threads",
+                    str(a.threads),
+                    "--n_prompts",
+                    str(a.n_prompts),
+                    "--gradient_checkpointing",
+                    str(a.gradient_checkpointing),
+                ]
                 r = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
                 if r.returncode or not line:
@@ -174,20 +268,33 @@ def main(argv: list[str]) -> None:
                 results[impl].append(json.loads(line[0][7:]))
         med = {impl: statistics.median(x["samples_per_s"] for x in v) for impl, v in results.items()}
         rss = {impl: max(x["peak_rss_mb"] for x in v) for impl, v in results.items()}
-        row = {"algo": algo, "model": a.model, "steps": a.steps, "batch": a.batch_size, "k": a.k,
-               "max_new_tokens": a.max_new_tokens, "beta": a.beta, "threads": a.threads, "repeats": a.repeats,
-               "gradient_checkpointing": bool(a.gradient_checkpointing),
-               "rlhfkit_samples_per_s": round(med["rlhfkit"], 3), "trl_samples_per_s": round(med["trl"], 3),
-               "speedup": round(med["rlhfkit"] / med["trl"], 3),
-               "rlhfkit_peak_rss_mb": round(rss["rlhfkit"]), "trl_peak_rss_mb": round(rss["trl"]),
-               "machine": platform.processor() or platform.machine()}
+        row = {
+            "algo": algo,
+            "model": a.model,
+            "steps": a.steps,
+            "batch": a.batch_size,
+            "k": a.k,
+            "max_new_tokens": a.max_new_tokens,
+            "beta": a.beta,
+            "threads": a.threads,
+            "repeats": a.repeats,
+            "gradient_checkpointing": bool(a.gradient_checkpointing),
+            "rlhfkit_samples_per_s": round(med["rlhfkit"], 3),
+            "trl_samples_per_s": round(med["trl"], 3),
+            "speedup": round(med["rlhfkit"] / med["trl"], 3),
+            "rlhfkit_peak_rss_mb": round(rss["rlhfkit"]),
+            "trl_peak_rss_mb": round(rss["trl"]),
+            "machine": platform.processor() or platform.machine(),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     print("\n| algo | model | rlhfkit samples/s | TRL samples/s | speed-up | rlhfkit peak RSS MB | TRL peak RSS MB |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['algo']} | {r['model']} | {r['rlhfkit_samples_per_s']} | {r['trl_samples_per_s']} | "
-              f"{r['speedup']}x | {r['rlhfkit_peak_rss_mb']} | {r['trl_peak_rss_mb']} |")
+        print(
+            f"| {r['algo']} | {r['model']} | {r['rlhfkit_samples_per_s']} | {r['trl_samples_per_s']} | "
+            f"{r['speedup']}x | {r['rlhfkit_peak_rss_mb']} | {r['trl_peak_rss_mb']} |"
+        )
     print(f"\ncommand: {' '.join([Path(sys.executable).name, *sys.argv])}")
 
 

@@ -9,6 +9,7 @@ temperature 1, one torch thread. Reports the median seconds of each, their ratio
 two samplers drew the same tokens (same seed), and the largest log-prob difference of the two
 passes. The forward + backward timing runs the training forward without activation checkpointing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,24 +76,44 @@ def main(argv: list[str]) -> None:
             else:
                 with torch.no_grad():
                     response_logprobs(model, ids, mask, rid, rmask, 1.0, share_prompts=share)
+
         return go
 
     with torch.no_grad():
-        diff = float((response_logprobs(model, ids, mask, rid, rmask, 1.0, share_prompts=True)
-                      - response_logprobs(model, ids, mask, rid, rmask, 1.0, share_prompts=False)).abs().max())
+        diff = float(
+            (
+                response_logprobs(model, ids, mask, rid, rmask, 1.0, share_prompts=True)
+                - response_logprobs(model, ids, mask, rid, rmask, 1.0, share_prompts=False)
+            )
+            .abs()
+            .max()
+        )
     from rlhfkit.rollout.shared_prompt import prompt_groups, worth_sharing
 
     shared_used = worth_sharing(model.config, len(prompts), prompt_groups(ids, mask), ids.shape[1], rid.shape[1])
-    row = {"model": a.model, "threads": a.threads, "rows": len(prompts), "prompt_tokens": ids.shape[1],
-           "response_tokens": rid.shape[1], "generate_hf_s": round(t_hf, 4), "generate_native_s": round(t_native, 4),
-           "generate_speedup": round(t_hf / t_native, 3), "same_tokens_same_seed": same,
-           "prefix_sharing_applies": shared_used}
+    row = {
+        "model": a.model,
+        "threads": a.threads,
+        "rows": len(prompts),
+        "prompt_tokens": ids.shape[1],
+        "response_tokens": rid.shape[1],
+        "generate_hf_s": round(t_hf, 4),
+        "generate_native_s": round(t_native, 4),
+        "generate_speedup": round(t_hf / t_native, 3),
+        "same_tokens_same_seed": same,
+        "prefix_sharing_applies": shared_used,
+    }
     for grad in (False, True):
         name = "fwd_bwd" if grad else "nograd"
         t_plain = median_seconds(passes(False, grad), a.repeats)
         t_shared = median_seconds(passes(True, grad), a.repeats)
-        row.update({f"{name}_plain_s": round(t_plain, 4), f"{name}_shared_s": round(t_shared, 4),
-                    f"{name}_speedup": round(t_plain / t_shared, 3)})
+        row.update(
+            {
+                f"{name}_plain_s": round(t_plain, 4),
+                f"{name}_shared_s": round(t_shared, 4),
+                f"{name}_speedup": round(t_plain / t_shared, 3),
+            }
+        )
     row["max_logprob_diff"] = diff
     print(json.dumps(row))
     print(f"\ncommand: python {' '.join(sys.argv)}")

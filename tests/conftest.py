@@ -1,5 +1,6 @@
 """Shared test set-up: one torch thread (2 threads are often slower on the 2-core CI box),
 offline Hugging Face, and the location of the real data beside the checkout."""
+
 import os
 from pathlib import Path
 
@@ -33,10 +34,9 @@ def flip_tensor_bit(path: Path) -> None:
     import zipfile
 
     with zipfile.ZipFile(path) as archive:
-        record = max((i for i in archive.infolist() if re.search(r"/data/\d+$", i.filename)),
-                     key=lambda i: i.file_size)
+        record = max((i for i in archive.infolist() if re.search(r"/data/\d+$", i.filename)), key=lambda i: i.file_size)
     raw = bytearray(path.read_bytes())
     # the data starts after the local file header: 30 bytes, then the name and the extra field
-    name_len, extra_len = struct.unpack("<HH", raw[record.header_offset + 26:record.header_offset + 30])
+    name_len, extra_len = struct.unpack("<HH", raw[record.header_offset + 26 : record.header_offset + 30])
     raw[record.header_offset + 30 + name_len + extra_len + record.file_size // 2] ^= 1
     path.write_bytes(bytes(raw))

@@ -9,6 +9,7 @@ step STEP is done and its checkpoint, when one is due, is on disk, in every proc
 training loop of the command to reach that step is the one killed (``pipeline`` and ``loop``
 run several).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,11 @@ SCRIPT = os.path.abspath(__file__)
 
 def kill_after(step: int):
     """A step-end callback that SIGKILLs this process once ``step`` is done."""
+
     def callback(done: int) -> None:
         if done == step:
             os.kill(os.getpid(), signal.SIGKILL)
+
     return callback
 
 

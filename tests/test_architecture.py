@@ -9,6 +9,7 @@
 - Citations: every ``docs/PPO_CHECKLIST.md #N (title)`` in ``src/`` names an item of that file
   under its title, no comment cites a bare "detail N", and every document named exists.
 """
+
 from __future__ import annotations
 
 import ast
@@ -18,7 +19,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
@@ -34,8 +34,10 @@ def test_import_contracts_are_kept():
     """Every contract of ``[tool.importlinter]`` is kept: no package imports one on a floor above
     its own, the feedback app imports no trainer, the feedback store does not import serve (each
     exception is listed in the contract with its reason)."""
-    code = ("import sys; from importlinter.cli import lint_imports; "
-            "sys.exit(lint_imports(config_filename='pyproject.toml', no_cache=True, no_logo=True))")
+    code = (
+        "import sys; from importlinter.cli import lint_imports; "
+        "sys.exit(lint_imports(config_filename='pyproject.toml', no_cache=True, no_logo=True))"
+    )
     result = _run([sys.executable, "-c", code])
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert "BROKEN" not in result.stdout
@@ -77,8 +79,6 @@ def test_ruff_check_passes():
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
 
 
-@pytest.mark.skip(reason="the tree is formatted in one mechanical commit when the open branches are merged "
-                         "(`ruff format src tests benchmarks scripts`); remove this mark in that commit")
 def test_ruff_format_leaves_the_tree_as_it_is():
     """The tree is as ``ruff format`` (``[tool.ruff]``: 120 columns) writes it."""
     result = _run([sys.executable, "-m", "ruff", "format", "--check", "--no-cache", *LINTED])
@@ -106,8 +106,11 @@ def citation_problems(source: str, items: dict[int, str], documents: set[str]) -
     or is named by another title, a bare "detail N" (of no document), a document that is not
     there."""
     text = joined_lines(source)
-    problems = [f"#{n} ({title}): the checklist's #{n} is {items.get(int(n))!r}"
-                for n, title in CITATION.findall(text) if items.get(int(n)) != title]
+    problems = [
+        f"#{n} ({title}): the checklist's #{n} is {items.get(int(n))!r}"
+        for n, title in CITATION.findall(text)
+        if items.get(int(n)) != title
+    ]
     problems += [f"bare {m.group(0)!r}" for m in re.finditer(r"\bdetails? \d+", text)]
     problems += [f"no document {name}" for name in DOCUMENT.findall(text) if name not in documents]
     return problems
@@ -151,8 +154,11 @@ def private_imports(source: str, module: str) -> set[tuple[str, str]]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("rlhfkit."):
             if node.module.split(".")[1] != package:
-                found |= {(module, f"{node.module}.{a.name}") for a in node.names
-                          if a.name.startswith("_") and not a.name.startswith("__")}
+                found |= {
+                    (module, f"{node.module}.{a.name}")
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                }
     return found
 
 
@@ -184,7 +190,9 @@ def test_every_from_import_of_rlhfkit_names_something_that_exists():
     for folder in ("src", "tests", "benchmarks"):
         for path in sorted((root / folder).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if not (isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("rlhfkit")):
+                if not (
+                    isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("rlhfkit")
+                ):
                     continue
                 module = importlib.import_module(node.module)
                 for alias in node.names:

@@ -47,6 +47,7 @@ can tell from ordinary words (Presidio runs spaCy for them); a number written wi
 grouping where it could as well be a count (``5551234567``, a 7-digit local number with no such word before it). Redaction
 lowers the risk of keeping personal data; it does not make text anonymous.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -95,14 +96,83 @@ def iban_valid(iban: str) -> bool:
 
 # IBAN length per country (SWIFT's IBAN registry); asked of IBANs with lower-case letters only
 IBAN_LENGTHS = {
-    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
-    "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29,
-    "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28,
-    "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20,
-    "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
-    "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29,
-    "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28,
-    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+    "AD": 24,
+    "AE": 23,
+    "AL": 28,
+    "AT": 20,
+    "AZ": 28,
+    "BA": 20,
+    "BE": 16,
+    "BG": 22,
+    "BH": 22,
+    "BR": 29,
+    "BY": 28,
+    "CH": 21,
+    "CR": 22,
+    "CY": 28,
+    "CZ": 24,
+    "DE": 22,
+    "DK": 18,
+    "DO": 28,
+    "EE": 20,
+    "EG": 29,
+    "ES": 24,
+    "FI": 18,
+    "FO": 18,
+    "FR": 27,
+    "GB": 22,
+    "GE": 22,
+    "GI": 23,
+    "GL": 18,
+    "GR": 27,
+    "GT": 28,
+    "HR": 21,
+    "HU": 28,
+    "IE": 22,
+    "IL": 23,
+    "IQ": 23,
+    "IS": 26,
+    "IT": 27,
+    "JO": 30,
+    "KW": 30,
+    "KZ": 20,
+    "LB": 28,
+    "LC": 32,
+    "LI": 21,
+    "LT": 20,
+    "LU": 20,
+    "LV": 21,
+    "MC": 27,
+    "MD": 24,
+    "ME": 22,
+    "MK": 19,
+    "MR": 27,
+    "MT": 31,
+    "MU": 30,
+    "NL": 18,
+    "NO": 15,
+    "PK": 24,
+    "PL": 28,
+    "PS": 29,
+    "PT": 25,
+    "QA": 29,
+    "RO": 24,
+    "RS": 22,
+    "SA": 24,
+    "SC": 31,
+    "SE": 24,
+    "SI": 19,
+    "SK": 24,
+    "SM": 27,
+    "ST": 25,
+    "SV": 28,
+    "TL": 23,
+    "TN": 24,
+    "TR": 26,
+    "UA": 29,
+    "VA": 22,
+    "VG": 24,
+    "XK": 20,
 }
 
 
@@ -150,8 +220,10 @@ _PHONE_INTL = re.compile(r"(?<![\w+.])(?:\+|00)[1-9]\d{0,2}(?:[ .-]?(?:\(\d{1,5}
 _PHONE_NANP = re.compile(r"(?<![\w-])(?:1[-. ])?(?:\(\d{3}\) ?|\d{3}[-. ])\d{3}[-. ]\d{4}" + _END)
 # national numbers with a trunk 0: grouped (020 7946 0958, 01 23 45 67 89) or with the area code
 # set apart by a slash or parentheses (030/1234567, (030) 1234567)
-_PHONE_TRUNK = re.compile(r"(?<![\w-])(?:0\d{2,4}[ -]\d{3,4}[ -]?\d{3,4}|0\d(?: \d\d){4}"
-                          r"|0\d{2,4}/ ?\d{4,8}|\(0\d{2,4}\) ?\d{3,8})" + _END)
+_PHONE_TRUNK = re.compile(
+    r"(?<![\w-])(?:0\d{2,4}[ -]\d{3,4}[ -]?\d{3,4}|0\d(?: \d\d){4}"
+    r"|0\d{2,4}/ ?\d{4,8}|\(0\d{2,4}\) ?\d{3,8})" + _END
+)
 # a 7-digit local number (555-1234) is a phone number only where the words before it say so
 _PHONE_LOCAL = re.compile(r"(?<![\w-])\d{3}-\d{4}" + _END)
 _PHONE_CONTEXT = re.compile(r"\b(?:phone|telephone|tel|number|call|cell|mobile|fax|reach)\b", re.IGNORECASE)
@@ -170,8 +242,7 @@ _CARD_FIRST_DIGITS = "23456"
 def _card_ok(s: str) -> bool:
     d = _digits(s)
     seps = set(re.findall(r"[ -]", s))
-    return (13 <= len(d) <= 19 and len(seps) <= 1 and len(set(d)) > 1 and d[0] in _CARD_FIRST_DIGITS
-            and luhn_valid(d))
+    return 13 <= len(d) <= 19 and len(seps) <= 1 and len(set(d)) > 1 and d[0] in _CARD_FIRST_DIGITS and luhn_valid(d)
 
 
 def _ipv6_ok(s: str) -> bool:
@@ -192,10 +263,12 @@ _DETECTORS = {
     "CREDIT_CARD": [(_CARD, _card_ok)],
     "US_SSN": [(_SSN, ssn_valid)],
     "IP_ADDRESS": [(_IPV4, "ipv4"), (_IPV6, _ipv6_ok)],
-    "PHONE_NUMBER": [(_PHONE_INTL, lambda s: 9 <= len(_digits(s).removeprefix("00")) <= 15),
-                     (_PHONE_NANP, lambda s: _phone_nanp_ok(re.sub(r"^1[-. ]", "", s))),
-                     (_PHONE_TRUNK, lambda s: 10 <= len(_digits(s)) <= 11),
-                     (_PHONE_LOCAL, "context")],
+    "PHONE_NUMBER": [
+        (_PHONE_INTL, lambda s: 9 <= len(_digits(s).removeprefix("00")) <= 15),
+        (_PHONE_NANP, lambda s: _phone_nanp_ok(re.sub(r"^1[-. ]", "", s))),
+        (_PHONE_TRUNK, lambda s: 10 <= len(_digits(s)) <= 11),
+        (_PHONE_LOCAL, "context"),
+    ],
 }
 CONTEXT_CHARS = 40  # how far before a local number its context word may stand
 
@@ -232,13 +305,13 @@ def find_pii(text: str, kinds: tuple[str, ...] = PII_KINDS) -> list[PiiSpan]:
                     ok = check is None or check(s)
                 if s and ok:
                     end = m.start() + len(s)
-                    found.append((rank, -len(s), m.start(), PiiSpan(kind, m.start(), end, original[m.start():end])))
+                    found.append((rank, -len(s), m.start(), PiiSpan(kind, m.start(), end, original[m.start() : end])))
     kept: list[PiiSpan] = []
     taken = bytearray(len(text))  # characters already in a kept span (linear, however dense the hits)
     for _, _, _, span in sorted(found, key=lambda x: x[:3]):  # precedence, then longest first
-        if not any(taken[span.start:span.end]):
+        if not any(taken[span.start : span.end]):
             kept.append(span)
-            taken[span.start:span.end] = b"\x01" * (span.end - span.start)
+            taken[span.start : span.end] = b"\x01" * (span.end - span.start)
     return sorted(kept, key=lambda s: s.start)
 
 
@@ -249,7 +322,7 @@ def redact_text(text: str, kinds: tuple[str, ...] = PII_KINDS) -> tuple[str, Cou
         return text, Counter()
     parts, at = [], 0
     for s in spans:
-        parts.append(text[at:s.start])
+        parts.append(text[at : s.start])
         parts.append(f"[{s.kind}]")
         at = s.end
     parts.append(text[at:])
@@ -285,7 +358,10 @@ def redact_records(records: list, kinds: tuple[str, ...] = PII_KINDS) -> tuple[l
     counts: Counter = Counter()
     out = []
     for rec in records:
-        changes = {f.name: redact_value(getattr(rec, f.name), counts, kinds)
-                   for f in dataclasses.fields(rec) if f.name not in _NOT_TEXT}
+        changes = {
+            f.name: redact_value(getattr(rec, f.name), counts, kinds)
+            for f in dataclasses.fields(rec)
+            if f.name not in _NOT_TEXT
+        }
         out.append(dataclasses.replace(rec, **changes))
     return out, counts

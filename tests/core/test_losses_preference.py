@@ -4,6 +4,7 @@ with TRL 1.16's own loss code on identical random inputs (skipped where TRL is a
 Hand numbers use softplus(x) = log(1 + e^x), so -logsigmoid(z) = softplus(-z) and
 -logsigmoid(-z) = softplus(-z) + z.
 """
+
 import functools
 import math
 from collections import defaultdict
@@ -62,8 +63,10 @@ def test_cdpo_by_hand():
     # eps = 0.25, z = 1: 0.75 softplus(-1) + 0.25 (softplus(-1) + 1) = softplus(-1) + 0.25 = 0.56326...
     out = cdpo_loss(PI_C, PI_R, REF_C, REF_R, beta=0.5, label_smoothing=0.25)
     assert_close(out.losses, t(softplus(-1.0) + 0.25))
-    assert_close(cdpo_loss(PI_C, PI_R, REF_C, REF_R, beta=0.5, label_smoothing=0.0).losses,
-                 dpo_sigmoid_loss(PI_C, PI_R, REF_C, REF_R, beta=0.5).losses)
+    assert_close(
+        cdpo_loss(PI_C, PI_R, REF_C, REF_R, beta=0.5, label_smoothing=0.0).losses,
+        dpo_sigmoid_loss(PI_C, PI_R, REF_C, REF_R, beta=0.5).losses,
+    )
     with pytest.raises(ValueError):
         cdpo_loss(PI_C, PI_R, REF_C, REF_R, label_smoothing=0.5)
 
@@ -74,13 +77,22 @@ def test_ipo_by_hand():
     out = ipo_loss(PI_C, PI_R, REF_C, REF_R, beta=0.5)
     assert_close(out.losses, t(1.0))
     # per-token (TRL): chosen 2 tokens, rejected 4: h = 1/2 - (-1/4) = 0.75 -> (0.75 - 1)^2 = 0.0625
-    out = ipo_loss(PI_C, PI_R, REF_C, REF_R, beta=0.5, chosen_lengths=torch.tensor([2]),
-                   rejected_lengths=torch.tensor([4]))
+    out = ipo_loss(
+        PI_C, PI_R, REF_C, REF_R, beta=0.5, chosen_lengths=torch.tensor([2]), rejected_lengths=torch.tensor([4])
+    )
     assert_close(out.losses, t(0.0625))
     assert_close(out.chosen_rewards, t(0.5))
     # tie: target 0 -> 0.75^2 = 0.5625
-    out = ipo_loss(PI_C, PI_R, REF_C, REF_R, beta=0.5, chosen_lengths=torch.tensor([2]),
-                   rejected_lengths=torch.tensor([4]), tie=torch.tensor([True]))
+    out = ipo_loss(
+        PI_C,
+        PI_R,
+        REF_C,
+        REF_R,
+        beta=0.5,
+        chosen_lengths=torch.tensor([2]),
+        rejected_lengths=torch.tensor([4]),
+        tie=torch.tensor([True]),
+    )
     assert_close(out.losses, t(0.5625))
 
 
@@ -93,8 +105,9 @@ def test_simpo_by_hand():
     assert_close(out.chosen_rewards, t(-4.0))
     assert_close(out.rejected_rewards, t(-6.0))
     # tie: no margin, label 1/2 on z = 2: softplus(-2) + 1
-    out = simpo_loss(t(-6.0), t(-12.0), torch.tensor([3]), torch.tensor([4]), beta=2.0, gamma=0.5,
-                     tie=torch.tensor([True]))
+    out = simpo_loss(
+        t(-6.0), t(-12.0), torch.tensor([3]), torch.tensor([4]), beta=2.0, gamma=0.5, tie=torch.tensor([True])
+    )
     assert_close(out.losses, t(softplus(-2.0) + 1.0))
 
 
@@ -118,8 +131,16 @@ def test_kto_by_hand():
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     logps, ref = t(2.0, -1.0, 0.5), t(0.0, 0.0, 0.0)
     kl_logps = torch.tensor([0.5, 1.5], dtype=torch.float64, requires_grad=True)
-    out = kto_loss(logps, ref, torch.tensor([True, False, False]), kl_logps, t(0.0, 0.0),
-                   beta=1.0, desirable_weight=1.0, undesirable_weight=2.0)
+    out = kto_loss(
+        logps,
+        ref,
+        torch.tensor([True, False, False]),
+        kl_logps,
+        t(0.0, 0.0),
+        beta=1.0,
+        desirable_weight=1.0,
+        undesirable_weight=2.0,
+    )
     assert_close(out.kl, torch.tensor(1.0, dtype=torch.float64))
     assert_close(out.losses, t(sig(-1.0), 2 * sig(-2.0), 2 * sig(-0.5)))
     assert_close(out.chosen_rewards, t(2.0, -1.0, 0.5))
@@ -199,21 +220,37 @@ def test_dpo_and_ipo_match_trl(loss_type):
     ids, attention, completion = _sequences(g, 2 * B)  # rows [0, B) chosen, [B, 2B) rejected
     ref = torch.randn(2 * B, generator=g, dtype=torch.float64) * 3 - 20
     beta = 0.3
-    stub = SimpleNamespace(model=UnigramLM(table), accelerator=FakeAccelerator(), ld_alpha=None,
-                           precompute_ref_logps=True, f_divergence_type="reverse_kl",
-                           loss_types=[loss_type], loss_weights=[1.0], beta=beta, label_smoothing=0.0,
-                           use_weighting=False, aux_loss_enabled=False, _tp_size=1, _total_train_tokens=0,
-                           _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, args=None)
-    inputs = {"input_ids": ids, "attention_mask": attention, "completion_mask": completion,
-              "ref_chosen_logps": ref[:B], "ref_rejected_logps": ref[B:]}
+    stub = SimpleNamespace(
+        model=UnigramLM(table),
+        accelerator=FakeAccelerator(),
+        ld_alpha=None,
+        precompute_ref_logps=True,
+        f_divergence_type="reverse_kl",
+        loss_types=[loss_type],
+        loss_weights=[1.0],
+        beta=beta,
+        label_smoothing=0.0,
+        use_weighting=False,
+        aux_loss_enabled=False,
+        _tp_size=1,
+        _total_train_tokens=0,
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+        args=None,
+    )
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": attention,
+        "completion_mask": completion,
+        "ref_chosen_logps": ref[:B],
+        "ref_rejected_logps": ref[B:],
+    }
     trl_loss = DPOTrainer._compute_loss(stub, stub.model, inputs, return_outputs=False)
 
     logps, n = _our_logps(table, ids, completion)
     if loss_type == "sigmoid":
         out = dpo_sigmoid_loss(logps[:B], logps[B:], ref[:B], ref[B:], beta=beta)
     else:
-        out = ipo_loss(logps[:B], logps[B:], ref[:B], ref[B:], beta=beta, chosen_lengths=n[:B],
-                       rejected_lengths=n[B:])
+        out = ipo_loss(logps[:B], logps[B:], ref[:B], ref[B:], beta=beta, chosen_lengths=n[:B], rejected_lengths=n[B:])
     assert_close(out.losses.mean(), trl_loss, atol=1e-5, rtol=1e-5)
     m = stub._metrics["train"]
     assert abs(out.chosen_rewards.mean().item() - m["rewards/chosen"][0]) < 1e-5
@@ -241,8 +278,9 @@ def test_cdpo_matches_trl():
     from trl.experimental.cpo.cpo_trainer import CPOTrainer
 
     c, r, rc, rr, _, _ = _random_pair_logps(1)
-    stub = SimpleNamespace(alpha=0.0, loss_type="sigmoid", beta=0.2, label_smoothing=0.15,
-                           simpo_gamma=0.0, accelerator=FakeAccelerator())
+    stub = SimpleNamespace(
+        alpha=0.0, loss_type="sigmoid", beta=0.2, label_smoothing=0.15, simpo_gamma=0.0, accelerator=FakeAccelerator()
+    )
     trl_losses, _, _ = CPOTrainer.cpo_loss(stub, c - rc, r - rr)
     ours = cdpo_loss(c, r, rc, rr, beta=0.2, label_smoothing=0.15)
     assert_close(ours.losses, trl_losses, atol=1e-5, rtol=1e-5)
@@ -254,8 +292,9 @@ def test_simpo_matches_trl():
     from trl.experimental.cpo.cpo_trainer import CPOTrainer
 
     c, r, _, _, nc, nr = _random_pair_logps(2)
-    stub = SimpleNamespace(alpha=0.0, loss_type="simpo", beta=2.5, label_smoothing=0.0,
-                           simpo_gamma=0.7, accelerator=FakeAccelerator())
+    stub = SimpleNamespace(
+        alpha=0.0, loss_type="simpo", beta=2.5, label_smoothing=0.0, simpo_gamma=0.7, accelerator=FakeAccelerator()
+    )
     trl_losses, trl_cr, trl_rr = CPOTrainer.cpo_loss(stub, c / nc, r / nr)
     ours = simpo_loss(c, r, nc, nr, beta=2.5, gamma=0.7)
     assert_close(ours.losses, trl_losses, atol=1e-5, rtol=1e-5)
@@ -296,14 +335,33 @@ def test_kto_matches_trl():
     kl_logps, _ = _our_logps(table, kl_ids, kl_completion)
     ref = torch.randn(B, generator=g, dtype=torch.float64) * 3 - 20
     ref_kl = kl_logps - torch.rand(B, generator=g, dtype=torch.float64)
-    stub = SimpleNamespace(model=UnigramLM(table), accelerator=FakeAccelerator(), precompute_ref_logps=True,
-                           calculate_KL=True, loss_type="kto", beta=0.4, desirable_weight=1.3,
-                           undesirable_weight=0.8, aux_loss_enabled=False, _tp_size=1, _total_train_tokens=0,
-                           _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, args=None)
+    stub = SimpleNamespace(
+        model=UnigramLM(table),
+        accelerator=FakeAccelerator(),
+        precompute_ref_logps=True,
+        calculate_KL=True,
+        loss_type="kto",
+        beta=0.4,
+        desirable_weight=1.3,
+        undesirable_weight=0.8,
+        aux_loss_enabled=False,
+        _tp_size=1,
+        _total_train_tokens=0,
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+        args=None,
+    )
     stub._compute_kl_logps = functools.partial(KTOTrainer._compute_kl_logps, stub)  # TRL's own helper
-    inputs = {"input_ids": ids, "attention_mask": attention, "completion_mask": completion,
-              "KL_input_ids": kl_ids, "KL_attention_mask": kl_attention, "KL_completion_mask": kl_completion,
-              "label": label, "ref_logps": ref, "ref_KL_logps": ref_kl}
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": attention,
+        "completion_mask": completion,
+        "KL_input_ids": kl_ids,
+        "KL_attention_mask": kl_attention,
+        "KL_completion_mask": kl_completion,
+        "label": label,
+        "ref_logps": ref,
+        "ref_KL_logps": ref_kl,
+    }
     trl_loss = KTOTrainer._compute_loss(stub, stub.model, inputs, return_outputs=False)
 
     logps, _ = _our_logps(table, ids, completion)

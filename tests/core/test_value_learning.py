@@ -1,4 +1,5 @@
 """ILQL's losses on numbers worked by hand (module docstring of core/value_learning.py)."""
+
 import math
 
 import pytest
@@ -32,7 +33,7 @@ def test_ilql_losses_by_hand():
     assert out["q_loss"].item() == pytest.approx(0.625)
     # expectile of u = Q_target - V = 0.7 (weight 0.7) and -0.5 (weight 0.3)
     assert out["v_loss"].item() == pytest.approx((0.7 * 0.49 + 0.3 * 0.25) / 2)
-    cql = ((math.log(math.e + 1) - 1) + (math.log(1 + math.e ** 2) - 2)) / 2
+    cql = ((math.log(math.e + 1) - 1) + (math.log(1 + math.e**2) - 2)) / 2
     assert out["cql_loss"].item() == pytest.approx(cql)
     assert out["loss"].item() == pytest.approx(0.625 + 0.209 + 0.1 * cql)
 
@@ -41,8 +42,17 @@ def test_ilql_losses_by_hand():
     pad = lambda x, val=0.0: torch.cat([x, torch.full_like(x[:, :1], val)], 1)  # noqa: E731
     q3 = torch.cat([q, torch.tensor([[[9.0, -9.0]]])], 1)
     q3b = torch.tensor([[[1.5, 1.5], [1.0, 1.0], [0.0, 4.0]]])
-    out3 = ilql_losses([q3, q3b], pad(target_q, 7.0), pad(v, 3.0), pad(actions), pad(rewards, 5.0),
-                       pad(mask), gamma=1.0, tau=0.7, cql_alpha=0.1)
+    out3 = ilql_losses(
+        [q3, q3b],
+        pad(target_q, 7.0),
+        pad(v, 3.0),
+        pad(actions),
+        pad(rewards, 5.0),
+        pad(mask),
+        gamma=1.0,
+        tau=0.7,
+        cql_alpha=0.1,
+    )
     assert out3["q_loss"].item() == pytest.approx(0.625 + 0.0) and out3["v_loss"].item() == pytest.approx(0.209)
     assert out3["cql_loss"].item() == pytest.approx(cql + math.log(2))
 

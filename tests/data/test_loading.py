@@ -1,5 +1,6 @@
 """``rlhfkit.data.loading``: the one reader of the JSONL rows rlhfkit writes between stages, and
 the one prompt loader."""
+
 import json
 
 import pytest
@@ -25,8 +26,9 @@ def test_a_row_cut_by_a_kill_stops_a_stage_but_not_a_report(tmp_path):
     may be running or was killed passes over such a line and reads a missing file as no rows.
     Blank lines are no rows either way."""
     path = tmp_path / "metrics.jsonl"
-    path.write_text(json.dumps({"step": 1}) + "\n\n" + json.dumps({"step": 2}) + "\n" + '{"step": 3, "lo',
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps({"step": 1}) + "\n\n" + json.dumps({"step": 2}) + "\n" + '{"step": 3, "lo', encoding="utf-8"
+    )
     with pytest.raises(json.JSONDecodeError):
         read_jsonl(path)
     assert read_jsonl(path, tolerant=True) == [{"step": 1}, {"step": 2}]

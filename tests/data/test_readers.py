@@ -41,8 +41,10 @@ def test_gz_and_json_list(tmp_path):
 
 
 def test_sft_accepts_both_formats(tmp_path):
-    rows = [{"prompt": "p", "completion": "c"},
-            {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}]
+    rows = [
+        {"prompt": "p", "completion": "c"},
+        {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]},
+    ]
     res = read_records(rows, "sft")
     assert isinstance(res.records[0], CompletionRecord)
     assert isinstance(res.records[1], ConversationRecord)
@@ -93,8 +95,9 @@ def test_bad_input_names_file_line_field(tmp_path, bad, field, reason):
 
 def test_skip_counts_several_reasons(tmp_path):
     good = json.dumps(GOOD)
-    path = _write_lines(tmp_path / "mixed.jsonl", [good, "{oops", '{"prompt": 1, "chosen": "c", "rejected": "r"}',
-                                                   "{oops", "3", good])
+    path = _write_lines(
+        tmp_path / "mixed.jsonl", [good, "{oops", '{"prompt": 1, "chosen": "c", "rejected": "r"}', "{oops", "3", good]
+    )
     res = read_records(path, "pairs", on_error="skip")
     assert len(res) == 2
     assert res.skipped == {"malformed_json": 2, "wrong_type": 1, "not_object": 1}

@@ -16,8 +16,13 @@ EXAMPLES = [
     PromptRecord("Write a haiku about rain."),
     CompletionRecord("", "Just text to model."),
     CompletionRecord("Q: 2+2?", " 4"),
-    ConversationRecord([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                        {"role": "assistant", "content": "Hello!"}]),
+    ConversationRecord(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+        ]
+    ),
     PreferencePair("p", "good", "bad"),
     PreferencePair("p", "a", "b", margin=2.5, tie=True, subset="hh"),
     RankingRecord("p", ["x", "y", "z"], [1, 0, 1]),
@@ -33,6 +38,7 @@ def test_round_trip(rec):
     d = rec.to_dict()
     assert type(rec).from_dict(d) == rec
     import json
+
     assert type(rec).from_dict(json.loads(json.dumps(d))) == rec
 
 
@@ -49,23 +55,26 @@ def test_rewrite_to_demonstration():
     assert RewriteRecord("p", "o", "r").to_pair() == PreferencePair("p", "r", "o")
 
 
-@pytest.mark.parametrize("cls,d,field", [
-    (PreferencePair, {"prompt": "p", "chosen": 3, "rejected": "r"}, "chosen"),
-    (PreferencePair, {"prompt": "p", "chosen": "c"}, "rejected"),
-    (PreferencePair, {"prompt": "p", "chosen": "c", "rejected": "r", "margin": True}, "margin"),
-    (PreferencePair, {"prompt": "p", "chosen": "c", "rejected": "r", "tie": 1}, "tie"),
-    (PromptRecord, {"prompt": "   "}, "prompt"),
-    (CompletionRecord, {"prompt": None, "completion": "c"}, "prompt"),
-    (ConversationRecord, {"messages": [{"role": "bot", "content": "x"}]}, "messages[0].role"),
-    (ConversationRecord, {"messages": [{"role": "user", "content": "x"}]}, "messages"),
-    (ConversationRecord, {"messages": [{"role": "assistant"}]}, "messages[0].content"),
-    (RankingRecord, {"prompt": "p", "responses": ["a", "b"], "ranks": [0]}, "ranks"),
-    (RankingRecord, {"prompt": "p", "responses": ["a", "b"], "ranks": [0, "1"]}, "ranks[1]"),
-    (RankingRecord, {"prompt": "p", "responses": ["a", ""], "ranks": [0, 1]}, "responses[1]"),
-    (RatingRecord, {"prompt": "p", "completion": "c", "rating": 9}, "rating"),
-    (ThumbsRecord, {"prompt": "p", "completion": "c", "label": "yes"}, "label"),
-    (RewriteRecord, {"prompt": "p", "original": "o"}, "rewrite"),
-])
+@pytest.mark.parametrize(
+    "cls,d,field",
+    [
+        (PreferencePair, {"prompt": "p", "chosen": 3, "rejected": "r"}, "chosen"),
+        (PreferencePair, {"prompt": "p", "chosen": "c"}, "rejected"),
+        (PreferencePair, {"prompt": "p", "chosen": "c", "rejected": "r", "margin": True}, "margin"),
+        (PreferencePair, {"prompt": "p", "chosen": "c", "rejected": "r", "tie": 1}, "tie"),
+        (PromptRecord, {"prompt": "   "}, "prompt"),
+        (CompletionRecord, {"prompt": None, "completion": "c"}, "prompt"),
+        (ConversationRecord, {"messages": [{"role": "bot", "content": "x"}]}, "messages[0].role"),
+        (ConversationRecord, {"messages": [{"role": "user", "content": "x"}]}, "messages"),
+        (ConversationRecord, {"messages": [{"role": "assistant"}]}, "messages[0].content"),
+        (RankingRecord, {"prompt": "p", "responses": ["a", "b"], "ranks": [0]}, "ranks"),
+        (RankingRecord, {"prompt": "p", "responses": ["a", "b"], "ranks": [0, "1"]}, "ranks[1]"),
+        (RankingRecord, {"prompt": "p", "responses": ["a", ""], "ranks": [0, 1]}, "responses[1]"),
+        (RatingRecord, {"prompt": "p", "completion": "c", "rating": 9}, "rating"),
+        (ThumbsRecord, {"prompt": "p", "completion": "c", "label": "yes"}, "label"),
+        (RewriteRecord, {"prompt": "p", "original": "o"}, "rewrite"),
+    ],
+)
 def test_field_errors(cls, d, field):
     with pytest.raises(DataError) as ei:
         cls.from_dict(d)
@@ -81,8 +90,9 @@ def test_not_an_object():
 def test_error_format_and_pickle():
     import pickle
 
-    e = DataError("expected a non-empty string, got int", path="data/train.jsonl", line=12,
-                  field="chosen", reason="wrong_type")
+    e = DataError(
+        "expected a non-empty string, got int", path="data/train.jsonl", line=12, field="chosen", reason="wrong_type"
+    )
     assert str(e) == "data/train.jsonl:12: field 'chosen': expected a non-empty string, got int"
     assert isinstance(e, ValueError)
     e2 = pickle.loads(pickle.dumps(e))

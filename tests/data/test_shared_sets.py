@@ -1,4 +1,5 @@
 """Converters for the real data in ../shared/data (skipped where that folder is absent)."""
+
 import gzip
 import json
 
@@ -33,8 +34,9 @@ def test_split_hh_dialogue():
     assert prompt == "\n\nHuman: hi\n\nAssistant: Hello there\n\nHuman: joke?\n\nAssistant:"
     assert (ch, rj) == ("Sure, one joke.", "Sure? No.")
     # prefixes that differ before the last turn: cut at the last shared Assistant:
-    prompt, ch, rj = split_hh_dialogue("\n\nHuman: a\n\nAssistant: x\n\nHuman: b\n\nAssistant: y",
-                                       "\n\nHuman: a\n\nAssistant: z")
+    prompt, ch, rj = split_hh_dialogue(
+        "\n\nHuman: a\n\nAssistant: x\n\nHuman: b\n\nAssistant: y", "\n\nHuman: a\n\nAssistant: z"
+    )
     assert prompt == "\n\nHuman: a\n\nAssistant:" and ch.startswith("x\n\nHuman: b") and rj == "z"
 
 
@@ -82,8 +84,13 @@ def test_finegrained(shared_data):
     first = [p for p in keep.pairs if p.prompt == drop.pairs[0].prompt][:6]
     pred = {k: item[f"prediction {k}"].strip() for k in range(1, 5)}
     assert [(p.chosen, p.rejected, p.tie) for p in first] == [
-        (pred[1], pred[2], True), (pred[1], pred[3], False), (pred[4], pred[1], False),
-        (pred[2], pred[3], False), (pred[2], pred[4], True), (pred[4], pred[3], False)]
+        (pred[1], pred[2], True),
+        (pred[1], pred[3], False),
+        (pred[4], pred[1], False),
+        (pred[2], pred[3], False),
+        (pred[2], pred[4], True),
+        (pred[4], pred[3], False),
+    ]
     assert first[0].prompt == prompt_format(item["question"], item["passages"])
     assert first[0].prompt.startswith("Question: " + item["question"]) and first[0].prompt.endswith("\n\nAnswer:")
 
@@ -105,8 +112,9 @@ def test_oasst(shared_data):
         ranks = [r["rank"] for r in n.get("replies", []) if r.get("rank") is not None]
         if len(ranks) >= 2:
             groups += 1
-            expected_pairs += sum(1 for i in range(len(ranks)) for j in range(i + 1, len(ranks))
-                                  if ranks[i] != ranks[j])
+            expected_pairs += sum(
+                1 for i in range(len(ranks)) for j in range(i + 1, len(ranks)) if ranks[i] != ranks[j]
+            )
         for r in n.get("replies", []):
             walk(r)
 
@@ -138,19 +146,26 @@ def test_movie_review_prompts(shared_data):
 def _write_chat_sources(tmp_path):
     """Three OASST trees (the second deleted) and four HH dialogues (the third repeats the first
     turn of the first with other case and spacing, the fourth is longer than 6 words)."""
-    trees = [{"prompt": {"text": "  How do I boil an egg? ", "role": "prompter", "replies": []}},
-             {"prompt": {"text": "A deleted question", "role": "prompter", "deleted": True}},
-             {"prompt": {"text": "Name a red fruit.", "role": "prompter", "review_result": True}}]
+    trees = [
+        {"prompt": {"text": "  How do I boil an egg? ", "role": "prompter", "replies": []}},
+        {"prompt": {"text": "A deleted question", "role": "prompter", "deleted": True}},
+        {"prompt": {"text": "Name a red fruit.", "role": "prompter", "review_result": True}},
+    ]
     oasst = tmp_path / "oasst.jsonl"
     oasst.write_text("".join(json.dumps(t) + "\n" for t in trees), encoding="utf-8")
-    dialogues = ["\n\nHuman: Tell me a joke\n\nAssistant: No.",
-                 "\n\nHuman: name a red fruit.\n\nAssistant: An apple.\n\nHuman: Another?\n\nAssistant: A cherry.",
-                 "\n\nHuman: tell me   a JOKE\n\nAssistant: Why not.",
-                 "\n\nHuman: one two three four five six seven\n\nAssistant: Eight."]
+    dialogues = [
+        "\n\nHuman: Tell me a joke\n\nAssistant: No.",
+        "\n\nHuman: name a red fruit.\n\nAssistant: An apple.\n\nHuman: Another?\n\nAssistant: A cherry.",
+        "\n\nHuman: tell me   a JOKE\n\nAssistant: Why not.",
+        "\n\nHuman: one two three four five six seven\n\nAssistant: Eight.",
+    ]
     hh = tmp_path / "hh.jsonl.gz"
     with gzip.open(hh, "wt", encoding="utf-8") as f:
         for d in dialogues:
-            f.write(json.dumps({"chosen": d, "rejected": d.rsplit("Assistant:", 1)[0] + "Assistant: Something else."}) + "\n")
+            f.write(
+                json.dumps({"chosen": d, "rejected": d.rsplit("Assistant:", 1)[0] + "Assistant: Something else."})
+                + "\n"
+            )
     return oasst, hh
 
 
@@ -174,8 +189,10 @@ def test_chat_first_turns_pool_from_the_shared_data(shared_data):
 
     from rlhfkit.data.shared_sets import PROMPT_POOLS, load_chat_prompts, load_named_prompts
 
-    oasst_roots = [json.loads(l)["prompt"]["text"].strip()
-                   for l in (shared_data / "oasst-en-100-trees.jsonl").open(encoding="utf-8")]
+    oasst_roots = [
+        json.loads(l)["prompt"]["text"].strip()
+        for l in (shared_data / "oasst-en-100-trees.jsonl").open(encoding="utf-8")
+    ]
     hh_firsts = []
     for line in gzip.open(shared_data / "hh-rlhf-harmless-base-test.jsonl.gz", "rt", encoding="utf-8"):
         dialogue = json.loads(line)["chosen"]

@@ -10,13 +10,15 @@ from rlhfkit.data import (
     tokenize_sft,
 )
 
-CONV = ConversationRecord([
-    {"role": "system", "content": "be nice"},
-    {"role": "user", "content": "hello world"},
-    {"role": "assistant", "content": "the cat sat"},
-    {"role": "user", "content": "and the dog?"},
-    {"role": "assistant", "content": "on the log"},
-])
+CONV = ConversationRecord(
+    [
+        {"role": "system", "content": "be nice"},
+        {"role": "user", "content": "hello world"},
+        {"role": "assistant", "content": "the cat sat"},
+        {"role": "user", "content": "and the dog?"},
+        {"role": "assistant", "content": "on the log"},
+    ]
+)
 
 
 def _enc(tok, text):
@@ -68,11 +70,11 @@ def test_pair_causal_left_truncation_keeps_response_end(tiny_tok):
     n = len(r) + 5
     cut = tokenize_pair(prompt, resp, tiny_tok, max_length=n)
     assert len(cut) == n and cut[0] == bos and cut[-1] == eos
-    assert cut[-1 - len(r):-1] == r and cut[1:4] == p[-3:]
+    assert cut[-1 - len(r) : -1] == r and cut[1:4] == p[-3:]
     tiny = tokenize_pair(prompt, resp, tiny_tok, max_length=6)  # response alone too long
     assert tiny == [bos] + r[-4:] + [eos]
     right = tokenize_pair(prompt, resp, tiny_tok, max_length=n, truncation_side="right")
-    assert right == ([bos] + p + r)[:n - 1] + [eos]
+    assert right == ([bos] + p + r)[: n - 1] + [eos]
 
 
 def test_pair_encoder_minilm(minilm_tok):
@@ -85,8 +87,8 @@ def test_pair_encoder_minilm(minilm_tok):
     assert full == tok(prompt, resp)["input_ids"] == [cls] + p + [sep] + r + [sep]
     cut = tokenize_pair(prompt, resp, tok, max_length=20)
     assert len(cut) == 20 and cut[0] == cls and cut[-1] == sep
-    assert cut[-1 - len(r):-1] == r and cut[-2 - len(r)] == sep
-    assert cut[1:20 - 3 - len(r) + 1] == p[len(p) - (20 - 3 - len(r)):]
+    assert cut[-1 - len(r) : -1] == r and cut[-2 - len(r)] == sep
+    assert cut[1 : 20 - 3 - len(r) + 1] == p[len(p) - (20 - 3 - len(r)) :]
     only = tokenize_pair("", resp, tok, max_length=64)
     assert only == [cls] + r + [sep]
 

@@ -2,6 +2,7 @@
 hand (observation, reward only at the end, terminated at EOS, truncated at the length limit with
 the missing-EOS penalty), and a tiny Hugging Face model as the policy, whose greedy episode must
 be the continuation ``generate`` makes."""
+
 import pytest
 
 gym = pytest.importorskip("gymnasium")
@@ -34,8 +35,9 @@ def test_gymnasium_env_checker_passes(tok):
 
 
 def test_an_episode_by_hand(tok):
-    env = TextGenerationEnv(tok, [{"prompt": p} for p in PROMPTS], count_e, max_new_tokens=10, max_prompt_length=8,
-                            render_mode="ansi")
+    env = TextGenerationEnv(
+        tok, [{"prompt": p} for p in PROMPTS], count_e, max_new_tokens=10, max_prompt_length=8, render_mode="ansi"
+    )
     obs, info = env.reset(seed=3)
     again, info2 = env.reset(seed=3)
     assert info["prompt"] == info2["prompt"] and info["prompt"] in PROMPTS  # the seed picks the prompt
@@ -50,7 +52,7 @@ def test_an_episode_by_hand(tok):
     for i, t in enumerate(words):
         obs, reward, terminated, truncated, info = env.step(t)
         assert (reward, terminated, truncated, info) == (0.0, False, False, {})  # nothing until the end
-        assert obs["input_ids"][:P + i + 1].tolist() == prompt_ids + words[:i + 1]
+        assert obs["input_ids"][: P + i + 1].tolist() == prompt_ids + words[: i + 1]
         assert obs["attention_mask"].sum() == P + i + 1
     obs, reward, terminated, truncated, info = env.step(tok.eos_token_id)
     assert terminated and not truncated
@@ -99,8 +101,9 @@ def test_gym_make_and_a_vector_of_environments(tok):
     model = tiny_causal_lm(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0)
     ret, info = run_policy_episode(env, model, seed=4)  # through gym.make's wrappers
     assert ret == info["task_reward"] == info["response"].count("e")
-    envs = gym.vector.SyncVectorEnv([lambda: TextGenerationEnv(tok, PROMPTS, count_e, max_new_tokens=2,
-                                                               max_prompt_length=8) for _ in range(3)])
+    envs = gym.vector.SyncVectorEnv(
+        [lambda: TextGenerationEnv(tok, PROMPTS, count_e, max_new_tokens=2, max_prompt_length=8) for _ in range(3)]
+    )
     obs, _ = envs.reset(seed=0)
     assert obs["input_ids"].shape == (3, 10)
     rewards = []
@@ -117,9 +120,15 @@ def test_a_tiny_model_as_the_policy_greedy_is_what_generate_makes(tok):
     ret, info = run_policy_episode(env, model, seed=2, temperature=0)
     ids, mask = tokenize_prompts([info["prompt"]], tok, 8)
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    body = [t for t in out[0, ids.shape[1]:].tolist() if t not in (tok.eos_token_id, tok.pad_token_id)]
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=6,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    body = [t for t in out[0, ids.shape[1] :].tolist() if t not in (tok.eos_token_id, tok.pad_token_id)]
     assert info["response"] == tok.decode(body, skip_special_tokens=True)
     assert ret == info["task_reward"] == float(info["response"].count("e"))
     # sampled episodes: the return is the task reward of what was sampled, and a seed repeats it

@@ -1,5 +1,6 @@
 """Bradley-Terry leaderboard: fits derived by hand, and intervals on synthetic battles drawn from
 known ratings (order recovered, intervals cover the truth, intervals shrink with more battles)."""
+
 import math
 
 import numpy as np
@@ -35,8 +36,14 @@ def test_three_models_by_hand():
     # Strengths 4 : 2 : 1 give P(A>B) = 2/3, P(B>C) = 2/3, P(A>C) = 4/5. With counts equal to
     # those probabilities (2-1, 2-1, 4-1) every score equation sum_j n_ij s(b_i - b_j) = W_i holds
     # at b = (ln 4, ln 2, 0), the unique maximiser: ratings 120.41 points apart (400 log10 2).
-    battles = ([("A", "B", 1)] * 2 + [("A", "B", 0)] + [("B", "C", 1)] * 2 + [("B", "C", 0)]
-               + [("A", "C", 1)] * 4 + [("A", "C", 0)])
+    battles = (
+        [("A", "B", 1)] * 2
+        + [("A", "B", 0)]
+        + [("B", "C", 1)] * 2
+        + [("B", "C", 0)]
+        + [("A", "C", 1)] * 4
+        + [("A", "C", 0)]
+    )
     r = fit_bradley_terry(battles, anchor="C")
     step = 400 * math.log10(2)
     assert r["C"] == pytest.approx(1000)
@@ -95,7 +102,9 @@ def test_leaderboard_rows_and_scores():
     assert [r["model"] for r in rows] == ["good", "mid", "bad"]
     assert rows[-1]["rating"] == pytest.approx(1000)
     assert all(r["ci_low"] <= r["rating"] <= r["ci_high"] for r in rows)
-    assert rows[0]["battles"] == 8 and rows[0]["win_rate"] == pytest.approx((2 + 2 * 0.5 + 3 + 0.5) / 8)  # vs mid 2W 2T, vs bad 3W 1T
+    assert rows[0]["battles"] == 8 and rows[0]["win_rate"] == pytest.approx(
+        (2 + 2 * 0.5 + 3 + 0.5) / 8
+    )  # vs mid 2W 2T, vs bad 3W 1T
     assert "good" in format_leaderboard(rows)
     with pytest.raises(ValueError):
         fit_bradley_terry([("a", "a", 1)])

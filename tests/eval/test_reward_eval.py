@@ -31,6 +31,7 @@ def test_pair_metrics_by_hand():
     # pair3 flipped (r,c)=(0,3) label 0, first-second=-3 -> pred 0 (TN)
     assert m["precision"] == pytest.approx(0.5) and m["recall"] == pytest.approx(0.5)
     assert m["f1"] == pytest.approx(0.5)
+
     def s(x):
         return 1 / (1 + math.exp(-x))
 
@@ -45,8 +46,17 @@ def test_format_report_header_cells_are_separated_and_aligned_with_their_values(
     12 per column except mean_margin (11 + 2 = 13) and tie_mean_abs_diff (17 + 2 = 19): 132 in all."""
     from rlhfkit.eval.reward_eval import format_report
 
-    overall = {"pairs": 3, "accuracy": 0.5, "precision": 0.25, "recall": 1.0, "f1": 0.4, "ece": 0.125,
-               "mean_margin": 0.75, "ties": 1, "tie_mean_abs_diff": 0.0625}
+    overall = {
+        "pairs": 3,
+        "accuracy": 0.5,
+        "precision": 0.25,
+        "recall": 1.0,
+        "f1": 0.4,
+        "ece": 0.125,
+        "mean_margin": 0.75,
+        "ties": 1,
+        "tie_mean_abs_diff": 0.0625,
+    }
     header, row = format_report({"overall": overall, "by_subset": {}}).splitlines()
     names = ["pairs", "accuracy", "precision", "recall", "f1", "ece", "mean_margin", "ties", "tie_mean_abs_diff"]
     assert header.split() == ["subset"] + names
@@ -56,13 +66,12 @@ def test_format_report_header_cells_are_separated_and_aligned_with_their_values(
     # right-aligned: name and value end in the same column; ends by hand from the widths above
     ends = [28, 40, 52, 64, 76, 88, 101, 113, 132]
     for name, value, end in zip(names, row.split()[1:], ends):
-        assert header[end - len(name) - 2:end] == "  " + name
-        assert row[end - len(value) - 1:end] == " " + value
+        assert header[end - len(name) - 2 : end] == "  " + name
+        assert row[end - len(value) - 1 : end] == " " + value
 
 
 def test_rating_and_thumbs_metric_pieces_by_hand():
-    from rlhfkit.eval.reward_eval import (average_ranks, mean_squared_error, roc_auc, spearman,
-                                          threshold_accuracy)
+    from rlhfkit.eval.reward_eval import average_ranks, mean_squared_error, roc_auc, spearman, threshold_accuracy
 
     assert mean_squared_error([0.5, 1.0, 0.0], [0.0, 1.0, 1.0]) == pytest.approx((0.25 + 0 + 1) / 3)
     assert average_ranks([10, 20, 20, 30]) == [1, 2.5, 2.5, 4]

@@ -1,6 +1,7 @@
 """Win rate (ties as half, bootstrap intervals), sequence-level KL, and ``rlhfkit eval`` end to end
 with tiny models: an offline judge, and people in the feedback app (tasks created, verdicts read
 back into a win rate)."""
+
 import json
 import math
 
@@ -24,8 +25,15 @@ def test_outcomes_and_win_rate_by_hand():
     assert r["win_rate"] == pytest.approx(0.5)  # (1 + 0 + 1/2 + 1/2) / 4
     assert (r["wins"], r["ties"], r["losses"], r["n"]) == (1, 2, 1, 4)
     assert 0.0 <= r["ci_low"] <= 0.5 <= r["ci_high"] <= 1.0
-    assert win_rate([1.0] * 5, n_boot=50) == {"win_rate": 1.0, "ci_low": 1.0, "ci_high": 1.0,
-                                                    "wins": 5, "ties": 0, "losses": 0, "n": 5}
+    assert win_rate([1.0] * 5, n_boot=50) == {
+        "win_rate": 1.0,
+        "ci_low": 1.0,
+        "ci_high": 1.0,
+        "wins": 5,
+        "ties": 0,
+        "losses": 0,
+        "n": 5,
+    }
     with pytest.raises(ValueError):
         pair_outcomes([1, 2], [1])
 
@@ -71,10 +79,25 @@ def tiny_dirs(tmp_path_factory):
         tiny_causal_lm(tok, hidden_size=32, num_layers=2, num_heads=2, seed=seed).save_pretrained(d)
         tok.save_pretrained(d)
         dirs[name] = str(d)
-    prompts = ["The cat likes", "A small dog found", "My friend wrote", "The teacher opened", "Our team cleaned",
-               "The old man watched", "A young girl bought", "The robot answered", "Every student shared",
-               "The farmer fixed", "She explained", "He visited", "They painted", "Good morning,",
-               "Thank you for", "The answer is", "Please write"]
+    prompts = [
+        "The cat likes",
+        "A small dog found",
+        "My friend wrote",
+        "The teacher opened",
+        "Our team cleaned",
+        "The old man watched",
+        "A young girl bought",
+        "The robot answered",
+        "Every student shared",
+        "The farmer fixed",
+        "She explained",
+        "He visited",
+        "They painted",
+        "Good morning,",
+        "Thank you for",
+        "The answer is",
+        "Please write",
+    ]
     pf = root / "prompts.jsonl"
     pf.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     held = root / "train_prompts.jsonl"  # excluded from evaluation
@@ -89,8 +112,9 @@ def test_kl_of_a_model_to_itself_is_zero(tiny_dirs):
 
     policy, tok = load_policy(tiny_dirs["policy"])
     ref, _ = load_policy(tiny_dirs["reference"])
-    (ro,) = generate_responses(policy, tok, ["The cat likes", "Hello"], SamplingConfig(max_new_tokens=6, temperature=0.8),
-                               seed=3, batch_size=4)
+    (ro,) = generate_responses(
+        policy, tok, ["The cat likes", "Hello"], SamplingConfig(max_new_tokens=6, temperature=0.8), seed=3, batch_size=4
+    )
     same = sequence_kl(ro.logprobs, rollout_logprobs(policy, ro, 0.8), ro.response_mask)
     assert same.abs().max().item() < 1e-4
     other = sequence_kl(ro.logprobs, rollout_logprobs(ref, ro, 0.8), ro.response_mask)
@@ -102,9 +126,19 @@ def test_eval_with_offline_judges(tiny_dirs, tmp_path):
     from rlhfkit.rewards import build_reward
 
     out = tmp_path / "eval"
-    c = EvalConfig(policy=tiny_dirs["policy"], reference=tiny_dirs["reference"], prompts=tiny_dirs["prompts"],
-                   exclude_prompts=tiny_dirs["train_prompts"], max_prompts=0, judge="length", gold="vader",
-                   max_new_tokens=8, batch_size=8, n_boot=200, output=str(out))
+    c = EvalConfig(
+        policy=tiny_dirs["policy"],
+        reference=tiny_dirs["reference"],
+        prompts=tiny_dirs["prompts"],
+        exclude_prompts=tiny_dirs["train_prompts"],
+        max_prompts=0,
+        judge="length",
+        gold="vader",
+        max_new_tokens=8,
+        batch_size=8,
+        n_boot=200,
+        output=str(out),
+    )
     res = run(c)
     assert res["prompts"] == 16  # 17 prompts minus the held-out training prompt
     samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
@@ -126,8 +160,17 @@ def test_eval_with_offline_judges(tiny_dirs, tmp_path):
     assert json.loads((out / "eval.json").read_text())["win_rate"]["n"] == 16
 
     # policy == reference: KL 0 exactly up to float noise
-    same = run(EvalConfig(policy=tiny_dirs["policy"], reference=tiny_dirs["policy"], prompts=tiny_dirs["prompts"],
-                          max_prompts=4, judge="length", max_new_tokens=4, n_boot=50))
+    same = run(
+        EvalConfig(
+            policy=tiny_dirs["policy"],
+            reference=tiny_dirs["policy"],
+            prompts=tiny_dirs["prompts"],
+            max_prompts=4,
+            judge="length",
+            max_new_tokens=4,
+            n_boot=50,
+        )
+    )
     assert abs(same["kl"]["mean"]) < 1e-4
 
 
@@ -138,8 +181,19 @@ def test_eval_shows_a_bar_over_its_scoring_passes(tiny_dirs, monkeypatch, capsys
     from rlhfkit.eval.cli_eval import EvalConfig, run
 
     monkeypatch.delenv("RLHFKIT_NO_PROGRESS", raising=False)
-    run(EvalConfig(policy=tiny_dirs["policy"], reference=tiny_dirs["reference"], prompts=tiny_dirs["prompts"],
-                   max_prompts=4, judge="length", gold="vader", max_new_tokens=4, batch_size=2, n_boot=20))
+    run(
+        EvalConfig(
+            policy=tiny_dirs["policy"],
+            reference=tiny_dirs["reference"],
+            prompts=tiny_dirs["prompts"],
+            max_prompts=4,
+            judge="length",
+            gold="vader",
+            max_new_tokens=4,
+            batch_size=2,
+            n_boot=20,
+        )
+    )
     err = capsys.readouterr().err
     assert "eval: scoring" in err and "6/6" in err.split("eval: scoring")[-1]
 
@@ -154,12 +208,24 @@ def test_people_judge_round_trip(tiny_dirs, tmp_path):
 
     fdb = str(tmp_path / "fb.db")
     out = tmp_path / "people"
-    res = run(EvalConfig(policy=tiny_dirs["policy"], reference=tiny_dirs["reference"], prompts=tiny_dirs["prompts"],
-                         max_prompts=16, judge="people", db=fdb, project="cmp", max_new_tokens=6, n_boot=100,
-                         output=str(out)))
+    res = run(
+        EvalConfig(
+            policy=tiny_dirs["policy"],
+            reference=tiny_dirs["reference"],
+            prompts=tiny_dirs["prompts"],
+            max_prompts=16,
+            judge="people",
+            db=fdb,
+            project="cmp",
+            max_new_tokens=6,
+            n_boot=100,
+            output=str(out),
+        )
+    )
     assert res["people"]["items"] == 16 and "win_rate" not in res
-    policy_text = {json.loads(x)["prompt"]: json.loads(x)["policy"]
-                   for x in (out / "samples.jsonl").read_text().splitlines()}
+    policy_text = {
+        json.loads(x)["prompt"]: json.loads(x)["policy"] for x in (out / "samples.jsonl").read_text().splitlines()
+    }
 
     store = db.Store(fdb)
     uid = store.write(lambda c: create_user(c, "alice", "password-123", "labeler"))
@@ -191,9 +257,28 @@ def test_cli_eval_leaderboard_and_errors(tiny_dirs, tmp_path, capsys):
     from rlhfkit.cli import main
 
     out = tmp_path / "lb"
-    rc = main(["eval", "leaderboard", "--models", f"a={tiny_dirs['policy']},{tiny_dirs['reference']}",
-               "--prompts", tiny_dirs["prompts"], "--max_prompts", "6", "--judge", "length", "--max_new_tokens", "5",
-               "--n_boot", "50", "--anchor", "a", "--output", str(out)])
+    rc = main(
+        [
+            "eval",
+            "leaderboard",
+            "--models",
+            f"a={tiny_dirs['policy']},{tiny_dirs['reference']}",
+            "--prompts",
+            tiny_dirs["prompts"],
+            "--max_prompts",
+            "6",
+            "--judge",
+            "length",
+            "--max_new_tokens",
+            "5",
+            "--n_boot",
+            "50",
+            "--anchor",
+            "a",
+            "--output",
+            str(out),
+        ]
+    )
     assert rc == 0
     board = json.loads((out / "leaderboard.json").read_text())
     assert board["battles"] == 6 and {r["model"] for r in board["rows"]} == {"a", "reference"}

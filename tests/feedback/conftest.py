@@ -5,6 +5,7 @@ The database is a SQLite file unless a test parametrises ``backend`` (``@BOTH_BA
 also runs on a fresh database in a throwaway PostgreSQL cluster (``pg_cluster``, one per session,
 started from Debian's postgresql package by ``rlhfkit.feedback.pgtemp``; skipped with the reason
 when the server binaries or the psycopg driver are missing)."""
+
 from __future__ import annotations
 
 import socket
@@ -42,10 +43,14 @@ def add_labelers(store: db.Store, names: list[str]) -> list[int]:
     def job(c):
         ids = []
         for n in names:
-            r = c.execute(insert(db.users).values(username=n, password_hash=lab_hash(), role="labeler",
-                                                  active=True, created_at=time.time()))
+            r = c.execute(
+                insert(db.users).values(
+                    username=n, password_hash=lab_hash(), role="labeler", active=True, created_at=time.time()
+                )
+            )
             ids.append(int(r.inserted_primary_key[0]))
         return ids
+
     return store.write(job)
 
 
@@ -56,8 +61,11 @@ def bearer(client: TestClient, username: str, password: str) -> dict:
 
 
 def make_project(client: TestClient, admin: dict, task_type: str, items: list[dict], **kw) -> int:
-    r = client.post("/api/admin/projects", json={"name": kw.pop("name", f"{task_type}-project"),
-                                                 "task_type": task_type, **kw}, headers=admin)
+    r = client.post(
+        "/api/admin/projects",
+        json={"name": kw.pop("name", f"{task_type}-project"), "task_type": task_type, **kw},
+        headers=admin,
+    )
     assert r.status_code == 201, r.text
     pid = r.json()["id"]
     r = client.post(f"/api/admin/projects/{pid}/items", json={"items": items}, headers=admin)
@@ -118,8 +126,7 @@ def env(tmp_path, db_url, app_kwargs):
     store.write(lambda c: create_user(c, "admin", ADMIN_PW, "admin"))
     add_labelers(store, ["ann", "bob", "cat"])
     with TestClient(app) as client:
-        ns = SimpleNamespace(app=app, store=store, client=client, tmp=tmp_path,
-                             admin=bearer(client, "admin", ADMIN_PW))
+        ns = SimpleNamespace(app=app, store=store, client=client, tmp=tmp_path, admin=bearer(client, "admin", ADMIN_PW))
         for n in ("ann", "bob", "cat"):
             setattr(ns, n, bearer(client, n, LAB_PW))
         yield ns
@@ -138,8 +145,7 @@ def live_server(tmp_path):
 
     app = create_app(str(tmp_path / "live.db"))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
     deadline = time.time() + 20

@@ -1,4 +1,5 @@
 """Agreement metrics against numbers worked out by hand / published worked examples."""
+
 import math
 
 import pytest
@@ -51,8 +52,9 @@ def test_cohen_kappa_by_hand():
 
 
 def test_pairwise_kappas_and_units_from_labels():
-    labels = [(i, "r1", v) for i, v in enumerate("yynn")] + [(i, "r2", v) for i, v in enumerate("ynnn")] \
-        + [(0, "r3", "y")]
+    labels = (
+        [(i, "r1", v) for i, v in enumerate("yynn")] + [(i, "r2", v) for i, v in enumerate("ynnn")] + [(0, "r3", "y")]
+    )
     ks = pairwise_kappas(labels)
     assert [(k["a"], k["b"], k["n"]) for k in ks] == [("r1", "r2", 4)]  # r3 shares only one item
     # p_o = 3/4; p_e = (2/4)(1/4) + (2/4)(3/4) = 1/2 -> kappa = 0.5

@@ -1,5 +1,6 @@
 """JSON API: queues with overlap and gold, every task type end to end, exports that
 rlhfkit.data.read_records reads back, imports that fail cleanly, migrations, CLI."""
+
 import json
 from collections import Counter
 
@@ -14,8 +15,10 @@ from .conftest import BOTH_BACKENDS, make_project
 
 
 def pair_items(n, gold=0):
-    items = [{"prompt": f"question {i}", "responses": [f"first {i}", f"second {i}"], "models": ["m1", "m2"]}
-             for i in range(n)]
+    items = [
+        {"prompt": f"question {i}", "responses": [f"first {i}", f"second {i}"], "models": ["m1", "m2"]}
+        for i in range(n)
+    ]
     items += [{"prompt": f"gold {i}", "responses": [f"good {i}", f"bad {i}"], "gold": "first"} for i in range(gold)]
     return items
 
@@ -36,9 +39,15 @@ def label_all(client, headers, verdict_fn, project_id=None):
 
 def test_openapi_lists_the_api(env):
     spec = env.client.get("/openapi.json").json()
-    for path in ("/api/tasks/next", "/api/tasks/{task_id}/label", "/api/tasks/{task_id}/skip",
-                 "/api/auth/login", "/api/admin/projects/{project_id}/export",
-                 "/api/admin/projects/{project_id}/dashboard", "/api/admin/projects/{project_id}/import"):
+    for path in (
+        "/api/tasks/next",
+        "/api/tasks/{task_id}/label",
+        "/api/tasks/{task_id}/skip",
+        "/api/auth/login",
+        "/api/admin/projects/{project_id}/export",
+        "/api/admin/projects/{project_id}/dashboard",
+        "/api/admin/projects/{project_id}/import",
+    ):
         assert path in spec["paths"], path
 
 
@@ -67,8 +76,11 @@ def test_pairwise_order_randomised_and_mapped_back(env):
         firsts.append(t["responses"][0]["text"].startswith("first"))
     assert 5 < sum(firsts) < 35  # both screen orders happen
     with env.store.read() as c:
-        rows = c.execute(select(db.labels.c.item_id, db.labels.c.payload, db.items.c.prompt)
-                         .select_from(db.labels.join(db.items, db.items.c.id == db.labels.c.item_id))).all()
+        rows = c.execute(
+            select(db.labels.c.item_id, db.labels.c.payload, db.items.c.prompt).select_from(
+                db.labels.join(db.items, db.items.c.id == db.labels.c.item_id)
+            )
+        ).all()
     shown_first = {t["prompt"]: t["responses"][0]["text"] for t in tasks}
     for _, payload, prompt in rows:  # "A" was whatever was shown on the left
         expected = "first" if shown_first[prompt].startswith("first") else "second"
@@ -80,14 +92,21 @@ def test_pairwise_order_randomised_and_mapped_back(env):
 @BOTH_BACKENDS
 def test_gold_mixed_in_and_scored(env):
     pid = make_project(env.client, env.admin, "pairwise", pair_items(20, gold=5), overlap=3, gold_rate=0.3)
+
     # ann answers gold correctly, bob always says "second"
     def truthful(t):
         for r in t["responses"]:
             if r["text"].startswith("good"):
                 return {"choice": r["key"]}
         return {"choice": "A"}
+
     ta = label_all(env.client, env.ann, truthful, pid)
-    tb = label_all(env.client, env.bob, lambda t: {"choice": "B" if t["responses"][0]["text"].startswith(("first", "good")) else "A"}, pid)
+    tb = label_all(
+        env.client,
+        env.bob,
+        lambda t: {"choice": "B" if t["responses"][0]["text"].startswith(("first", "good")) else "A"},
+        pid,
+    )
     assert sum(t["prompt"].startswith("gold") for t in ta) >= 1
     assert len([t for t in ta if not t["prompt"].startswith("gold")]) == 20
     d = env.client.get(f"/api/admin/projects/{pid}/dashboard", headers=env.admin).json()
@@ -125,8 +144,10 @@ def test_skip_frees_the_slot_and_idempotent_submit(env):
         assert c.execute(select(db.labels.c.payload)).scalar() == {"label": True}
 
 
-@pytest.mark.parametrize("body", [{"choice": "C"}, {"choice": "A", "strength": 7}, {"rating": 3},
-                                  {"choice": 1}, {"choice": "A", "unknown": 1}])
+@pytest.mark.parametrize(
+    "body",
+    [{"choice": "C"}, {"choice": "A", "strength": 7}, {"rating": 3}, {"choice": 1}, {"choice": "A", "unknown": 1}],
+)
 def test_bad_verdicts_are_422(env, body):
     make_project(env.client, env.admin, "pairwise", pair_items(1))
     t = env.client.post("/api/tasks/next", headers=env.ann).json()
@@ -138,16 +159,27 @@ def test_bad_verdicts_are_422(env, body):
 @BOTH_BACKENDS
 def test_all_task_types_export_and_read_back(env, tmp_path):
     c, A = env.client, env.admin
-    conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-            {"role": "user", "content": "Name a prime."}]
+    conv = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Name a prime."},
+    ]
     p_rank = make_project(c, A, "ranking", [{"prompt": f"r{i}", "responses": ["x", "y", "z"]} for i in range(3)])
     p_rate = make_project(c, A, "rating", [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(3)])
     p_thumb = make_project(c, A, "thumbs", [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(3)])
-    p_rw = make_project(c, A, "rewrite", [{"prompt": "q0", "completion": "bad answer"},
-                                          {"messages": conv, "completion": "Four."}])
-    p_pair = make_project(c, A, "pairwise", [{"messages": conv, "responses": ["7", "8"]},
-                                             {"prompt": "t", "chosen": "c", "rejected": "r"},
-                                             {"prompt": "u", "responses": ["c", "d"]}])
+    p_rw = make_project(
+        c, A, "rewrite", [{"prompt": "q0", "completion": "bad answer"}, {"messages": conv, "completion": "Four."}]
+    )
+    p_pair = make_project(
+        c,
+        A,
+        "pairwise",
+        [
+            {"messages": conv, "responses": ["7", "8"]},
+            {"prompt": "t", "chosen": "c", "rejected": "r"},
+            {"prompt": "u", "responses": ["c", "d"]},
+        ],
+    )
     tasks = label_all(c, env.ann, lambda t: {"ranking": [r["key"] for r in t["responses"]][::-1]}, p_rank)
     assert len(tasks) == 3 and [r["key"] for r in tasks[0]["responses"]] == ["A", "B", "C"]
     label_all(c, env.ann, lambda t: {"rating": 6, "flags": ["untruthful"]}, p_rate)
@@ -209,7 +241,12 @@ def test_bad_imports_name_file_line_field_and_import_nothing(env, tmp_path):
         "missing.jsonl": ([good, good, json.dumps({"prompt": "p", "responses": ["a"]})], 3, "responses", "2 responses"),
         "nofield.jsonl": ([good, json.dumps({"responses": ["a", "b"]})], 2, "prompt", "missing"),
         "badtype.jsonl": ([json.dumps({"prompt": "p", "responses": ["a", 3]})], 1, "responses[1]", "string"),
-        "badgold.jsonl": ([good, json.dumps({"prompt": "p", "responses": ["a", "b"], "gold": "maybe"})], 2, "gold", "first"),
+        "badgold.jsonl": (
+            [good, json.dumps({"prompt": "p", "responses": ["a", "b"], "gold": "maybe"})],
+            2,
+            "gold",
+            "first",
+        ),
     }
     for name, (lines, line, field, words) in cases.items():
         path = tmp_path / name
@@ -219,8 +256,11 @@ def test_bad_imports_name_file_line_field_and_import_nothing(env, tmp_path):
         d = r.json()["detail"]
         assert (d["file"], d["line"], d["field"], d["imported"]) == (name, line, field, 0), d
         assert words in d["error"] and d["error"].startswith(f"{name}:{line}")
-    r = c.post(f"/api/admin/projects/{pid}/items", json={"items": [json.loads(good), {"prompt": "x", "completion": "y"}]},
-               headers=A)
+    r = c.post(
+        f"/api/admin/projects/{pid}/items",
+        json={"items": [json.loads(good), {"prompt": "x", "completion": "y"}]},
+        headers=A,
+    )
     assert r.status_code == 422 and r.json()["detail"]["line"] == 1
     with env.store.read() as conn:
         assert conn.execute(select(func.count()).select_from(db.items)).scalar() == 2  # only the first import
@@ -243,6 +283,7 @@ def test_import_is_one_transaction_even_when_the_database_refuses(env):
     def job(conn):
         add_items(conn, pid, parsed)
         raise RuntimeError("disk full")  # after the inserts
+
     with pytest.raises(RuntimeError):
         env.store.write(job)
     with env.store.read() as conn:
@@ -266,14 +307,19 @@ def test_migrations_match_models_and_durable_pragmas(env):
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0005"
         # the partial index the abandoned-task search relies on exists with its condition
         from sqlalchemy import inspect
+
         ix = {i["name"]: i for i in inspect(conn).get_indexes("assignments")}
         assert ix["ix_assignments_open_lease"]["column_names"] == ["project_id", "created_at"]
         item_ix = {i["name"]: i for i in inspect(conn).get_indexes("items")}
         assert item_ix["ix_items_project_external_id"]["column_names"] == ["project_id", "external_id"]
         if conn.dialect.name == "sqlite":  # serve's completion lookup is an index search, not a scan
-            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
-                "EXPLAIN QUERY PLAN SELECT * FROM items WHERE project_id = 1 AND external_id = 'x' "
-                "ORDER BY id DESC LIMIT 1"))
+            plan = " ".join(
+                str(r[-1])
+                for r in conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN SELECT * FROM items WHERE project_id = 1 AND external_id = 'x' "
+                    "ORDER BY id DESC LIMIT 1"
+                )
+            )
             assert "ix_items_project_external_id" in plan, plan
     # re-applying at start is a no-op
     db.upgrade(env.store.engine)
@@ -283,12 +329,28 @@ def test_cli_create_user_import_export(tmp_path, capsys):
     from rlhfkit.cli import main
 
     dbp = str(tmp_path / "cli.db")
-    assert main(["feedback", "create-user", "--db", dbp, "--username", "root", "--password", "long-password",
-                 "--role", "admin"]) == 0
+    assert (
+        main(
+            [
+                "feedback",
+                "create-user",
+                "--db",
+                dbp,
+                "--username",
+                "root",
+                "--password",
+                "long-password",
+                "--role",
+                "admin",
+            ]
+        )
+        == 0
+    )
     items = tmp_path / "items.jsonl"
     items.write_text("\n".join(json.dumps({"prompt": f"p{i}", "completion": f"c{i}"}) for i in range(3)) + "\n")
-    assert main(["feedback", "import", "--db", dbp, "--project", "t", "--file", str(items),
-                 "--task_type", "thumbs"]) == 0
+    assert (
+        main(["feedback", "import", "--db", dbp, "--project", "t", "--file", str(items), "--task_type", "thumbs"]) == 0
+    )
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "completion": "c"}\n{"prompt": "p"}\n')
     assert main(["feedback", "import", "--db", dbp, "--project", "t", "--file", str(bad)]) == 2
@@ -319,11 +381,14 @@ def test_generation_hook(env):
     from rlhfkit.feedback.generation import generate_items
 
     pid = make_project(env.client, env.admin, "pairwise", pair_items(1))
-    assert env.client.post(f"/api/admin/projects/{pid}/generate", json={"prompts": ["x"]},
-                           headers=env.admin).status_code == 501
+    assert (
+        env.client.post(f"/api/admin/projects/{pid}/generate", json={"prompts": ["x"]}, headers=env.admin).status_code
+        == 501
+    )
 
     def gen(prompts, n):
         return [[{"text": f"{p} answer {j}", "model": "policy-step-10"} for j in range(n)] for p in prompts]
+
     assert generate_items(env.store, pid, ["new prompt"], gen, 2) == 1
     with env.store.read() as c:
         assert c.execute(select(db.items.c.source).where(db.items.c.prompt == "new prompt")).scalar() == "generated"

@@ -1,4 +1,5 @@
 """Authorisation: who may do what; forged / expired sessions; CSRF; log-in rate limiting."""
+
 import time
 
 import pytest
@@ -37,13 +38,19 @@ def test_not_signed_in_is_401(env):
 @BOTH_BACKENDS
 def test_labeler_cannot_reach_admin(env):
     pid = make_project(env.client, env.admin, "pairwise", _items())
-    for method, path in [("GET", "/api/admin/projects"), ("POST", "/api/admin/projects"),
-                         ("GET", f"/api/admin/projects/{pid}/dashboard"),
-                         ("GET", f"/api/admin/projects/{pid}/export?kind=pairs"),
-                         ("GET", f"/api/admin/projects/{pid}/labels"), ("GET", "/api/admin/users"),
-                         ("POST", "/api/admin/users"), ("POST", f"/api/admin/projects/{pid}/items"),
-                         ("PATCH", f"/api/admin/projects/{pid}"), ("GET", "/admin"),
-                         ("GET", f"/admin/projects/{pid}")]:
+    for method, path in [
+        ("GET", "/api/admin/projects"),
+        ("POST", "/api/admin/projects"),
+        ("GET", f"/api/admin/projects/{pid}/dashboard"),
+        ("GET", f"/api/admin/projects/{pid}/export?kind=pairs"),
+        ("GET", f"/api/admin/projects/{pid}/labels"),
+        ("GET", "/api/admin/users"),
+        ("POST", "/api/admin/users"),
+        ("POST", f"/api/admin/projects/{pid}/items"),
+        ("PATCH", f"/api/admin/projects/{pid}"),
+        ("GET", "/admin"),
+        ("GET", f"/admin/projects/{pid}"),
+    ]:
         r = env.client.request(method, path, headers=env.ann, json={})
         assert r.status_code == 403, (method, path, r.status_code)
     with env.store.read() as c:
@@ -86,8 +93,11 @@ def test_logout_ends_the_session(env):
 def _browser_login(client, username, password):
     r = client.get("/login")
     csrf = r.text.split('name="csrf_token" value="')[1].split('"')[0]
-    return client.post("/login", data={"username": username, "password": password, "csrf_token": csrf,
-                                       "next": "/"}, follow_redirects=False)
+    return client.post(
+        "/login",
+        data={"username": username, "password": password, "csrf_token": csrf, "next": "/"},
+        follow_redirects=False,
+    )
 
 
 @BOTH_BACKENDS
@@ -128,8 +138,17 @@ def test_throttle_windows(db_url):
     bucket limits."""
     now = [1000.0]
     store = db.Store(db_url)
-    th = LoginThrottle(LoginLimits(per_user_address=2, user_address_window_s=10, per_address=3,
-                                   address_window_s=10, per_user=4, user_window_s=100), clock=lambda: now[0])
+    th = LoginThrottle(
+        LoginLimits(
+            per_user_address=2,
+            user_address_window_s=10,
+            per_address=3,
+            address_window_s=10,
+            per_user=4,
+            user_window_s=100,
+        ),
+        clock=lambda: now[0],
+    )
 
     def reserve(u, a):
         try:
@@ -137,6 +156,7 @@ def test_throttle_windows(db_url):
             return 0.0
         except Throttled as e:
             return e.retry_after
+
     try:
         assert reserve("u", "ip") == 0 and reserve("u", "ip") == 0
         assert reserve("u", "ip") == 10  # per user and address: 2 per 10 s

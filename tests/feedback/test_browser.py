@@ -1,5 +1,6 @@
 """Browser tests in headless Chromium (Debian's /usr/bin/chromium, driven by Python Playwright; no
 browser download): log-in, a pairwise verdict by keyboard, a ranking, a rewrite, an export."""
+
 import os
 import re
 import time
@@ -14,8 +15,15 @@ from rlhfkit.feedback.queue import add_items
 from rlhfkit.feedback.tasks import parse_items
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (apt-get install chromium)")
 
@@ -42,12 +50,24 @@ def _project(store, name, ttype, items, **kw):
     from sqlalchemy import insert
 
     def job(c):
-        pid = c.execute(insert(db.projects).values(
-            name=name, task_type=ttype, instructions=kw.get("instructions", "Pick the better answer."),
-            overlap=1, gold_rate=0.0, scale_min=1, scale_max=7, active=True, n_items=0, n_labels=0,
-            created_at=time.time())).inserted_primary_key[0]
+        pid = c.execute(
+            insert(db.projects).values(
+                name=name,
+                task_type=ttype,
+                instructions=kw.get("instructions", "Pick the better answer."),
+                overlap=1,
+                gold_rate=0.0,
+                scale_min=1,
+                scale_max=7,
+                active=True,
+                n_items=0,
+                n_labels=0,
+                created_at=time.time(),
+            )
+        ).inserted_primary_key[0]
         add_items(c, pid, parse_items(items, ttype))
         return pid
+
     return store.write(job)
 
 
@@ -61,17 +81,31 @@ def _login(page, base, user, password):
 
 def _labels(store):
     with store.read() as c:
-        return c.execute(select(db.labels.c.payload, db.items.c.prompt, db.items.c.responses)
-                         .select_from(db.labels.join(db.items, db.items.c.id == db.labels.c.item_id))
-                         .order_by(db.labels.c.id)).all()
+        return c.execute(
+            select(db.labels.c.payload, db.items.c.prompt, db.items.c.responses)
+            .select_from(db.labels.join(db.items, db.items.c.id == db.labels.c.item_id))
+            .order_by(db.labels.c.id)
+        ).all()
 
 
 def test_login_and_pairwise_verdict_by_keyboard(browser, site):
     base, store = site
-    pid = _project(store, "pairs", "pairwise", [
-        {"prompt": "Say hi", "responses": ["Hello there!", "Go away."], "models": ["nice", "rude"]},
-        {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"},
-                      {"role": "user", "content": "Sure?"}], "responses": ["Sorry, it is 4.", "Yes."]}])
+    pid = _project(
+        store,
+        "pairs",
+        "pairwise",
+        [
+            {"prompt": "Say hi", "responses": ["Hello there!", "Go away."], "models": ["nice", "rude"]},
+            {
+                "messages": [
+                    {"role": "user", "content": "2+2?"},
+                    {"role": "assistant", "content": "5"},
+                    {"role": "user", "content": "Sure?"},
+                ],
+                "responses": ["Sorry, it is 4.", "Yes."],
+            },
+        ],
+    )
     page = browser.new_context().new_page()
     page.goto(f"{base}/label/{pid}")
     assert "/login" in page.url  # not signed in: sent to the log-in page
@@ -116,7 +150,7 @@ def test_ranking_by_keyboard(browser, site):
     assert "C > A" in page.text_content("#ranking-order")
     page.keyboard.press("Enter")  # B is implied last
     page.wait_for_selector(".done")
-    (payload, _, responses), = _labels(store)
+    ((payload, _, responses),) = _labels(store)
     texts = [r["text"] for r in responses]
     ranks = {t: r for t, r in zip(texts, payload["ranks"])}
     assert (ranks[shown["C"]], ranks[shown["A"]], ranks[shown["B"]]) == (0, 1, 2)
@@ -134,7 +168,7 @@ def test_rewrite(browser, site):
     page.focus("#rewrite")
     page.keyboard.press("Control+Enter")
     page.wait_for_selector(".done")
-    (payload, prompt, _), = _labels(store)
+    ((payload, prompt, _),) = _labels(store)
     assert payload == {"rewrite": "Paris is the capital of France."} and prompt == "Capital of France?"
 
 

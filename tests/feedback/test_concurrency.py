@@ -4,6 +4,7 @@ none duplicated, and every item judged by exactly `overlap` labelers.
 
 Runs on SQLite (one server process) and on PostgreSQL (two uvicorn worker processes, so the
 queue's cross-process race-freedom is exercised too; the whole process group is SIGKILLed)."""
+
 import asyncio
 import os
 import random
@@ -31,18 +32,34 @@ def _setup(path):
     store = db.Store(path)
 
     def job(c):
-        pid = c.execute(insert(db.projects).values(
-            name="load", task_type="pairwise", instructions="", overlap=OVERLAP, gold_rate=0.05, scale_min=1,
-            scale_max=7, active=True, n_items=0, n_labels=0, created_at=time.time())).inserted_primary_key[0]
+        pid = c.execute(
+            insert(db.projects).values(
+                name="load",
+                task_type="pairwise",
+                instructions="",
+                overlap=OVERLAP,
+                gold_rate=0.05,
+                scale_min=1,
+                scale_max=7,
+                active=True,
+                n_items=0,
+                n_labels=0,
+                created_at=time.time(),
+            )
+        ).inserted_primary_key[0]
         items = [{"prompt": f"q{i}", "responses": [f"a{i}", f"b{i}"]} for i in range(N_ITEMS)]
         items += [{"prompt": f"gold{i}", "responses": ["good", "bad"], "gold": "first"} for i in range(5)]
         add_items(c, pid, parse_items(items, "pairwise"))
         tokens = []
         for k in range(N_LABELERS):
-            uid = c.execute(insert(db.users).values(username=f"sim{k}", password_hash=lab_hash(), role="labeler",
-                                                    active=True, created_at=time.time())).inserted_primary_key[0]
+            uid = c.execute(
+                insert(db.users).values(
+                    username=f"sim{k}", password_hash=lab_hash(), role="labeler", active=True, created_at=time.time()
+                )
+            ).inserted_primary_key[0]
             tokens.append(create_session(c, uid, "api")[0])
         return pid, tokens
+
     try:
         return store.write(job)
     finally:
@@ -51,9 +68,26 @@ def _setup(path):
 
 def _start(path, port, workers=1):
     # own process group: a SIGKILL to the group takes the uvicorn workers down with their parent
-    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", "feedback", "serve", "--db", str(path),
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rlhfkit.cli",
+            "feedback",
+            "serve",
+            "--db",
+            str(path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     return proc
 
 
@@ -97,9 +131,12 @@ def test_fifty_labelers_with_sigkill_and_restart(db_url, backend):
         await _wait_up(port, procs[0])
         stats = [LabelerStats() for _ in tokens]
         stop_at = time.perf_counter() + 90
-        runs = [asyncio.create_task(run_labeler("127.0.0.1", port, tok, _judge, project_id=pid,
-                                                stop_at=stop_at, stats=s, retry_delay=0.05))
-                for tok, s in zip(tokens, stats)]
+        runs = [
+            asyncio.create_task(
+                run_labeler("127.0.0.1", port, tok, _judge, project_id=pid, stop_at=stop_at, stats=s, retry_delay=0.05)
+            )
+            for tok, s in zip(tokens, stats)
+        ]
         # let a few hundred labels through, then kill the server without warning
         while sum(len(s.acked) for s in stats) < 250:
             await asyncio.sleep(0.02)
@@ -135,11 +172,19 @@ def test_fifty_labelers_with_sigkill_and_restart(db_url, backend):
     store = db.Store(str(path))
     try:
         with store.read() as c:
-            rows = c.execute(select(db.labels.c.id, db.labels.c.assignment_id, db.labels.c.item_id,
-                                    db.labels.c.user_id, db.labels.c.is_gold)).all()
+            rows = c.execute(
+                select(
+                    db.labels.c.id,
+                    db.labels.c.assignment_id,
+                    db.labels.c.item_id,
+                    db.labels.c.user_id,
+                    db.labels.c.is_gold,
+                )
+            ).all()
             n_labels_counter = c.execute(select(db.projects.c.n_labels)).scalar()
-            open_tasks = c.execute(select(func.count()).select_from(db.assignments)
-                                   .where(db.assignments.c.status == "open")).scalar()
+            open_tasks = c.execute(
+                select(func.count()).select_from(db.assignments).where(db.assignments.c.status == "open")
+            ).scalar()
     finally:
         store.close()
     by_id = {r.id: r for r in rows}

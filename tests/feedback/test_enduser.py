@@ -1,6 +1,7 @@
 """The end-user side of the feedback store (``feedback.enduser``): every feedback kind stored as a
 feedback-app label, exported by ``rlhfkit feedback export``, read back in id order by
 ``feedback_events`` (the learner's reader), with ids that only grow."""
+
 import json
 
 import pytest
@@ -29,8 +30,10 @@ def test_every_kind_is_stored_exported_and_read_back_in_id_order(log, tmp_path, 
 
     events = feedback_events(log.db_url)
     assert [e.id for e in events] == sorted(e.id for e in events)
-    assert [(e.kind, e.completion_id, e.responses, e.versions, e.choice_indices, e.value, e.reason, e.end_user)
-            for e in events] == [
+    assert [
+        (e.kind, e.completion_id, e.responses, e.versions, e.choice_indices, e.value, e.reason, e.end_user)
+        for e in events
+    ] == [
         ("thumbs", "c1", ("Blue.",), ("v1",), (0,), False, "too short", "ann"),
         ("rating", "c1", ("Blue.",), ("v1",), (0,), 2, "too short", "ann"),
         ("edit", "c1", ("Blue.",), ("v1",), (0,), "Blue, like the sky.", None, "ann"),
@@ -39,8 +42,14 @@ def test_every_kind_is_stored_exported_and_read_back_in_id_order(log, tmp_path, 
         # no user named in the feedback: the completion's end user
         ("rating", "c2", ("Red.",), ("v2",), (0,), 1, "wrong colour", "bob"),
     ]
-    assert [e.id for e in events] == [a["thumbs_label_id"], a["rating_label_id"], b["edit_label_id"],
-                                      c["thumbs_label_id"], c["choice_label_id"], d["rating_label_id"]]
+    assert [e.id for e in events] == [
+        a["thumbs_label_id"],
+        a["rating_label_id"],
+        b["edit_label_id"],
+        c["thumbs_label_id"],
+        c["choice_label_id"],
+        d["rating_label_id"],
+    ]
     first = events[0]
     assert first.messages == tuple(ASK) and first.prompt == "System: Be brief.\n\nUser: Name a colour."
     assert events[1].scale == (1, 5) and first.scale is None and first.response == "Blue." and first.version == "v1"
@@ -57,8 +66,23 @@ def test_every_kind_is_stored_exported_and_read_back_in_id_order(log, tmp_path, 
     # as a rewrite (and as an SFT conversation)
     db = log.db_url
     for project, kind in (("serve-choices", "pairs"), ("serve-edits", "rewrites"), ("serve-edits", "sft")):
-        assert main(["feedback", "export", "--db", db, "--project", project, "--kind", kind,
-                     "--out", str(tmp_path / f"{kind}.jsonl")]) == 0
+        assert (
+            main(
+                [
+                    "feedback",
+                    "export",
+                    "--db",
+                    db,
+                    "--project",
+                    project,
+                    "--kind",
+                    kind,
+                    "--out",
+                    str(tmp_path / f"{kind}.jsonl"),
+                ]
+            )
+            == 0
+        )
     (pair,) = read_records(tmp_path / "pairs.jsonl", "pairs")
     assert (pair.chosen, pair.rejected, pair.prompt) == ("Green, I think.", "Red.", first.prompt)
     (rewrite,) = read_records(tmp_path / "rewrites.jsonl", "rewrites")
@@ -66,7 +90,8 @@ def test_every_kind_is_stored_exported_and_read_back_in_id_order(log, tmp_path, 
     sft = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
     # every end user's verdict is a label of the one `enduser` account: one labeler pseudonym
     assert [{k: v for k, v in r.items() if k != "labeler"} for r in sft] == [
-        {"messages": ASK + [{"role": "assistant", "content": "Blue, like the sky."}]}]
+        {"messages": ASK + [{"role": "assistant", "content": "Blue, like the sky."}]}
+    ]
     assert sft[0]["labeler"].startswith("labeler-")
     assert [r.rewrite for r in log.export("rewrites")] == ["Blue, like the sky."]
     assert [(p.chosen, p.rejected) for p in log.export("pairs")] == [("Green, I think.", "Red.")]
@@ -115,33 +140,40 @@ def test_migration_0005_keeps_the_ids_of_a_store_made_before_it(tmp_path):
     db.Store(path).close()  # migrates to the head
     con = sqlite3.connect(path)
     assert con.execute("SELECT id, payload FROM labels ORDER BY id").fetchall() == [
-        (5, '{"label": true}'), (9, '{"label": false}')]
+        (5, '{"label": true}'),
+        (9, '{"label": false}'),
+    ]
     con.execute("DELETE FROM labels WHERE id = 9")
     con.execute("INSERT INTO assignments VALUES (3, 1, 3, 1, '[0]', 'done', 0, 0)")
-    con.execute("INSERT INTO labels (assignment_id, project_id, item_id, user_id, payload, is_gold, created_at) "
-                "VALUES (3, 1, 3, 1, '{}', 0, 0)")
+    con.execute(
+        "INSERT INTO labels (assignment_id, project_id, item_id, user_id, payload, is_gold, created_at) "
+        "VALUES (3, 1, 3, 1, '{}', 0, 0)"
+    )
     assert con.execute("SELECT max(id) FROM labels").fetchone()[0] == 10  # not 9 again
     con.close()
 
 
-@pytest.mark.parametrize("kwargs,status,param", [
-    (dict(thumbs="up", choice=1), 422, "choice"),  # c1 has one reply
-    (dict(rating=6), 422, "rating"),
-    (dict(rating=True), 422, "rating"),
-    (dict(thumbs="sideways"), 422, "thumbs"),
-    (dict(), 422, "thumbs"),
-    (dict(edit="Blue."), 422, "edit"),  # the reply unchanged
-    (dict(edit="  "), 422, "edit"),
-    (dict(edit="x" * 100_001), 422, "edit"),
-    (dict(edit=5), 422, "edit"),
-    (dict(thumbs="up", reason="x" * 10_001), 422, "reason"),
-    (dict(thumbs="up", reason=["why"]), 422, "reason"),
-    (dict(thumbs="up", reason="a", comment="b"), 422, "comment"),
-    (dict(thumbs="up", choice_index=1), 422, "choice_index"),
-    (dict(thumbs="up", choice_index=-1), 422, "choice_index"),
-    (dict(thumbs="up", choice_index=True), 422, "choice_index"),
-    (dict(thumbs="up", user=5), 422, "user"),
-])
+@pytest.mark.parametrize(
+    "kwargs,status,param",
+    [
+        (dict(thumbs="up", choice=1), 422, "choice"),  # c1 has one reply
+        (dict(rating=6), 422, "rating"),
+        (dict(rating=True), 422, "rating"),
+        (dict(thumbs="sideways"), 422, "thumbs"),
+        (dict(), 422, "thumbs"),
+        (dict(edit="Blue."), 422, "edit"),  # the reply unchanged
+        (dict(edit="  "), 422, "edit"),
+        (dict(edit="x" * 100_001), 422, "edit"),
+        (dict(edit=5), 422, "edit"),
+        (dict(thumbs="up", reason="x" * 10_001), 422, "reason"),
+        (dict(thumbs="up", reason=["why"]), 422, "reason"),
+        (dict(thumbs="up", reason="a", comment="b"), 422, "comment"),
+        (dict(thumbs="up", choice_index=1), 422, "choice_index"),
+        (dict(thumbs="up", choice_index=-1), 422, "choice_index"),
+        (dict(thumbs="up", choice_index=True), 422, "choice_index"),
+        (dict(thumbs="up", user=5), 422, "user"),
+    ],
+)
 def test_bad_feedback_is_refused_with_its_field_and_nothing_is_stored(log, kwargs, status, param):
     log.log_completion("c1", ASK, "Blue.", "m")
     log.log_choices("c2", ASK, ["Red.", "Green."], "m", versions=["v", "v"], comparison=True)

@@ -1,6 +1,7 @@
 """Exports that say who labelled (a pseudonym, stable per store, never the user name) and how far
 to trust them (gold accuracy: leave out or weigh), imports that drop exact copies and refuse
 oversized fields, and `--format hf` folders that the training commands read."""
+
 import json
 import os
 import stat
@@ -28,7 +29,9 @@ def _gold_project(env, n_items=12, n_gold=6):
         def pick(t):
             good = next(r["key"] for r in t["responses"] if r["text"].startswith("good"))
             return {"choice": good if truthful else next(r["key"] for r in t["responses"] if r["key"] != good)}
+
         return pick
+
     for name, truthful in (("ann", True), ("bob", False), ("cat", True)):
         label_all(env.client, getattr(env, name), verdict(truthful), pid)
     return pid
@@ -73,8 +76,25 @@ def test_exports_carry_a_stable_pseudonym_never_the_user_name(env, tmp_path, cap
     assert len(load_training_records(str(out1), "pairs")) == 36
     assert "duplicate" not in capsys.readouterr().out
     # without labeler ids they cannot be told from copies: ann's and cat's verdicts collapse
-    assert main(["feedback", "export", "--db", dbp, "--project", "pw", "--kind", "pairs", "--out", str(out2),
-                 "--with_labeler", "false"]) == 0
+    assert (
+        main(
+            [
+                "feedback",
+                "export",
+                "--db",
+                dbp,
+                "--project",
+                "pw",
+                "--kind",
+                "pairs",
+                "--out",
+                str(out2),
+                "--with_labeler",
+                "false",
+            ]
+        )
+        == 0
+    )
     assert "labeler" not in out2.read_text()
     assert len(load_training_records(str(out2), "pairs")) == 24
     assert "dropped 12 exact duplicate records (24 left)" in capsys.readouterr().out
@@ -98,8 +118,25 @@ def test_an_empty_or_unusable_key_file_is_refused_never_an_empty_key(env, tmp_pa
     err = capsys.readouterr().err
     assert f"labeler key {key_file}" in err and "RLHFKIT_LABELER_KEY" in err and "Traceback" not in err
     # --with_labeler false needs no key
-    assert main(["feedback", "export", "--db", dbp, "--project", "pw", "--kind", "pairs", "--out", str(out),
-                 "--with_labeler", "false"]) == 0
+    assert (
+        main(
+            [
+                "feedback",
+                "export",
+                "--db",
+                dbp,
+                "--project",
+                "pw",
+                "--kind",
+                "pairs",
+                "--out",
+                str(out),
+                "--with_labeler",
+                "false",
+            ]
+        )
+        == 0
+    )
 
 
 def test_processes_making_the_key_at_once_all_read_the_one_key(tmp_path, monkeypatch):
@@ -118,6 +155,7 @@ def test_processes_making_the_key_at_once_all_read_the_one_key(tmp_path, monkeyp
         def ask():
             barrier.wait()
             q.put(labeler_key(path))
+
         procs = [ctx.Process(target=ask) for _ in range(8)]
         for p in procs:
             p.start()
@@ -125,7 +163,9 @@ def test_processes_making_the_key_at_once_all_read_the_one_key(tmp_path, monkeyp
         for p in procs:
             p.join()
         assert len(keys) == 1 and len(keys.pop()) == 64, trial
-        assert sorted(f.name for f in tmp_path.iterdir() if f.name.startswith(f"s{trial}.")) == [f"s{trial}.db.labeler_key"]
+        assert sorted(f.name for f in tmp_path.iterdir() if f.name.startswith(f"s{trial}.")) == [
+            f"s{trial}.db.labeler_key"
+        ]
 
 
 def test_labelers_under_a_gold_accuracy_are_left_out_or_weighed(env, tmp_path, capsys):
@@ -133,26 +173,85 @@ def test_labelers_under_a_gold_accuracy_are_left_out_or_weighed(env, tmp_path, c
     dbp = str(env.tmp / "feedback.db")
     users = _users(env)
     out = tmp_path / "kept.jsonl"
-    assert main(["feedback", "export", "--db", dbp, "--project", "pw", "--kind", "pairs", "--out", str(out),
-                 "--min_gold_accuracy", "0.6"]) == 0
+    assert (
+        main(
+            [
+                "feedback",
+                "export",
+                "--db",
+                dbp,
+                "--project",
+                "pw",
+                "--kind",
+                "pairs",
+                "--out",
+                str(out),
+                "--min_gold_accuracy",
+                "0.6",
+            ]
+        )
+        == 0
+    )
     line = capsys.readouterr().out.strip()
     recs = read_records(out, "pairs").records
     assert len(recs) == 24 and all(r.chosen.startswith("good") for r in recs)  # bob's 12 wrong verdicts are out
     key = (env.tmp / "feedback.db.labeler_key").read_text().strip().encode()
     with env.store.read() as c:
-        bob_gold = c.execute(select(db.labels.c.id).where(db.labels.c.user_id == users["bob"],
-                                                          db.labels.c.is_gold == True)).all()  # noqa: E712
-    assert line.endswith(f"; left out 12 labels of 1 labeler under gold accuracy 0.6 "
-                         f"({labeler_pseudonym(users['bob'], key)} 0.000 on {len(bob_gold)} gold answers)"), line
-    assert main(["feedback", "export", "--db", dbp, "--project", "pw", "--kind", "pairs", "--out", str(out),
-                 "--weight_by_gold", "true"]) == 0
+        bob_gold = c.execute(
+            select(db.labels.c.id).where(db.labels.c.user_id == users["bob"], db.labels.c.is_gold == True)  # noqa: E712
+        ).all()
+    assert line.endswith(
+        f"; left out 12 labels of 1 labeler under gold accuracy 0.6 "
+        f"({labeler_pseudonym(users['bob'], key)} 0.000 on {len(bob_gold)} gold answers)"
+    ), line
+    assert (
+        main(
+            [
+                "feedback",
+                "export",
+                "--db",
+                dbp,
+                "--project",
+                "pw",
+                "--kind",
+                "pairs",
+                "--out",
+                str(out),
+                "--weight_by_gold",
+                "true",
+            ]
+        )
+        == 0
+    )
     weights = {(r.labeler, r.weight) for r in read_records(out, "pairs").records}
-    assert weights == {(labeler_pseudonym(users["ann"], key), 1.0), (labeler_pseudonym(users["cat"], key), 1.0),
-                       (labeler_pseudonym(users["bob"], key), 0.0)}
+    assert weights == {
+        (labeler_pseudonym(users["ann"], key), 1.0),
+        (labeler_pseudonym(users["cat"], key), 1.0),
+        (labeler_pseudonym(users["bob"], key), 0.0),
+    }
     # a majority vote has no one labeler to weigh by
     capsys.readouterr()
-    assert main(["feedback", "export", "--db", dbp, "--project", "pw", "--kind", "pairs", "--out", str(out),
-                 "--weight_by_gold", "true", "--aggregate", "majority"]) == 2
+    assert (
+        main(
+            [
+                "feedback",
+                "export",
+                "--db",
+                dbp,
+                "--project",
+                "pw",
+                "--kind",
+                "pairs",
+                "--out",
+                str(out),
+                "--weight_by_gold",
+                "true",
+                "--aggregate",
+                "majority",
+            ]
+        )
+        == 2
+    )
     assert "use min_gold_accuracy to keep low-accuracy labelers out of the vote" in capsys.readouterr().err
     # ... but bob can be kept out of the vote: with him, items are 2:1 anyway; the vote is the same
     with env.store.read() as c:
@@ -185,12 +284,17 @@ def test_the_api_exports_as_the_cli_does(env, tmp_path, capsys, monkeypatch):
     pid = _gold_project(env)
     dbp = str(env.tmp / "feedback.db")
     url = f"/api/admin/projects/{pid}/export"
-    for flags, query in (([], {}), (["--min_gold_accuracy", "0.6"], {"min_gold_accuracy": 0.6}),
-                         (["--weight_by_gold", "true"], {"weight_by_gold": "true"}),
-                         (["--with_labeler", "false"], {"with_labeler": "false"})):
+    for flags, query in (
+        ([], {}),
+        (["--min_gold_accuracy", "0.6"], {"min_gold_accuracy": 0.6}),
+        (["--weight_by_gold", "true"], {"weight_by_gold": "true"}),
+        (["--with_labeler", "false"], {"with_labeler": "false"}),
+    ):
         out = tmp_path / "cli.jsonl"
-        assert main(["feedback", "export", "--db", dbp, "--project", "pw", "--kind", "pairs", "--out", str(out),
-                     *flags]) == 0
+        assert (
+            main(["feedback", "export", "--db", dbp, "--project", "pw", "--kind", "pairs", "--out", str(out), *flags])
+            == 0
+        )
         last = capsys.readouterr().out.strip().splitlines()[-1]
         r = env.client.get(url, params={"kind": "pairs", **query}, headers=env.admin)
         assert r.status_code == 200, r.text
@@ -198,8 +302,9 @@ def test_the_api_exports_as_the_cli_does(env, tmp_path, capsys, monkeypatch):
         note = r.headers.get("x-export-note")
         assert (note is None) if not flags or flags[0] == "--with_labeler" else last.endswith(note), (flags, note)
     assert "labeler-" in env.client.get(url, params={"kind": "pairs"}, headers=env.admin).text
-    r = env.client.get(url, params={"kind": "pairs", "weight_by_gold": "true", "aggregate": "majority"},
-                       headers=env.admin)
+    r = env.client.get(
+        url, params={"kind": "pairs", "weight_by_gold": "true", "aggregate": "majority"}, headers=env.admin
+    )
     assert r.status_code == 422 and "use min_gold_accuracy" in r.text
     assert env.client.get(url, params={"kind": "pairs", "min_gold_accuracy": 1.5}, headers=env.admin).status_code == 422
 
@@ -207,13 +312,15 @@ def test_the_api_exports_as_the_cli_does(env, tmp_path, capsys, monkeypatch):
 def test_the_api_import_drops_exact_copies_as_the_cli_does(env):
     """JSON items and a file upload: exact copies within one import are dropped and counted."""
     items = [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(5)]
-    pid = env.client.post("/api/admin/projects", json={"name": "dups", "task_type": "thumbs"},
-                          headers=env.admin).json()["id"]
+    pid = env.client.post(
+        "/api/admin/projects", json={"name": "dups", "task_type": "thumbs"}, headers=env.admin
+    ).json()["id"]
     r = env.client.post(f"/api/admin/projects/{pid}/items", json={"items": items + items[:3]}, headers=env.admin)
     assert r.status_code == 200 and r.json() == {"imported": 5, "gold": 0, "duplicates_dropped": 3}, r.text
     jsonl = "".join(json.dumps(x) + "\n" for x in items[1:] + items[1:2])
-    r = env.client.post(f"/api/admin/projects/{pid}/import", files={"file": ("more.jsonl", jsonl.encode())},
-                        headers=env.admin)
+    r = env.client.post(
+        f"/api/admin/projects/{pid}/import", files={"file": ("more.jsonl", jsonl.encode())}, headers=env.admin
+    )
     assert r.status_code == 200 and r.json()["duplicates_dropped"] == 1, r.text
     with env.store.read() as c:  # copies within one import go; items imported before are another import's
         assert c.execute(select(db.projects.c.n_items).where(db.projects.c.id == pid)).scalar() == 9
@@ -221,8 +328,25 @@ def test_the_api_import_drops_exact_copies_as_the_cli_does(env):
 
 def test_gold_options_need_answered_gold_questions(env, tmp_path, capsys):
     make_project(env.client, env.admin, "thumbs", [{"prompt": "q", "completion": "a"}], name="nogold")
-    assert main(["feedback", "export", "--db", str(env.tmp / "feedback.db"), "--project", "nogold", "--kind", "thumbs",
-                 "--out", str(tmp_path / "x.jsonl"), "--min_gold_accuracy", "0.5"]) == 2
+    assert (
+        main(
+            [
+                "feedback",
+                "export",
+                "--db",
+                str(env.tmp / "feedback.db"),
+                "--project",
+                "nogold",
+                "--kind",
+                "thumbs",
+                "--out",
+                str(tmp_path / "x.jsonl"),
+                "--min_gold_accuracy",
+                "0.5",
+            ]
+        )
+        == 2
+    )
     assert "project 'nogold' has no answered gold questions" in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()
 
@@ -231,8 +355,27 @@ def test_an_hf_export_is_training_data(env, tmp_path):
     pytest.importorskip("datasets")
     _gold_project(env)
     folder = tmp_path / "hf"
-    assert main(["feedback", "export", "--db", str(env.tmp / "feedback.db"), "--project", "pw", "--kind", "pairs",
-                 "--out", str(folder), "--format", "hf", "--weight_by_gold", "true"]) == 0
+    assert (
+        main(
+            [
+                "feedback",
+                "export",
+                "--db",
+                str(env.tmp / "feedback.db"),
+                "--project",
+                "pw",
+                "--kind",
+                "pairs",
+                "--out",
+                str(folder),
+                "--format",
+                "hf",
+                "--weight_by_gold",
+                "true",
+            ]
+        )
+        == 0
+    )
     recs = load_training_records(str(folder), "pairs")
     assert len(recs) == 36 and {r.weight for r in recs} == {0.0, 1.0} and all(r.labeler for r in recs)
 
@@ -242,22 +385,30 @@ def test_import_drops_exact_copies_and_says_so(tmp_path, capsys):
     path = tmp_path / "items.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in items + items[:3] + [{**items[0], "id": "x"}]))
     dbp = str(tmp_path / "f.db")
-    assert main(["feedback", "import", "--db", dbp, "--project", "t", "--file", str(path),
-                 "--task_type", "thumbs"]) == 0
-    assert capsys.readouterr().out.strip() == (f"imported 6 items into project 't' (id 1); dropped 3 exact duplicate "
-                                               f"items of {path}")  # the copy with its own id is an item
+    assert (
+        main(["feedback", "import", "--db", dbp, "--project", "t", "--file", str(path), "--task_type", "thumbs"]) == 0
+    )
+    assert capsys.readouterr().out.strip() == (
+        f"imported 6 items into project 't' (id 1); dropped 3 exact duplicate items of {path}"
+    )  # the copy with its own id is an item
 
 
 def test_import_refuses_an_oversized_field_by_file_line_and_field(tmp_path, capsys):
     path = tmp_path / "big.jsonl"
-    path.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"]}) + "\n"
-                    + json.dumps({"prompt": "p", "responses": ["ok", "x" * 100_001]}) + "\n")
+    path.write_text(
+        json.dumps({"prompt": "p", "responses": ["a", "b"]})
+        + "\n"
+        + json.dumps({"prompt": "p", "responses": ["ok", "x" * 100_001]})
+        + "\n"
+    )
     dbp = str(tmp_path / "f.db")
-    assert main(["feedback", "import", "--db", dbp, "--project", "t", "--file", str(path),
-                 "--task_type", "pairwise"]) == 2
+    assert (
+        main(["feedback", "import", "--db", dbp, "--project", "t", "--file", str(path), "--task_type", "pairwise"]) == 2
+    )
     err = capsys.readouterr().err
-    assert (f"{path}:2: field 'responses[1]': 100001 characters, more than the limit of 100000 (max_field_chars)"
-            in err), err
+    assert (
+        f"{path}:2: field 'responses[1]': 100001 characters, more than the limit of 100000 (max_field_chars)" in err
+    ), err
     store = db.Store(dbp)
     try:
         with store.read() as c:
@@ -265,8 +416,25 @@ def test_import_refuses_an_oversized_field_by_file_line_and_field(tmp_path, caps
     finally:
         store.close()
     # the limit is a setting
-    assert main(["feedback", "import", "--db", dbp, "--project", "t", "--file", str(path), "--task_type", "pairwise",
-                 "--max_field_chars", "200000"]) == 0
+    assert (
+        main(
+            [
+                "feedback",
+                "import",
+                "--db",
+                dbp,
+                "--project",
+                "t",
+                "--file",
+                str(path),
+                "--task_type",
+                "pairwise",
+                "--max_field_chars",
+                "200000",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.startswith("imported 2 items")
 
 

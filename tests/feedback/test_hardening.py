@@ -1,5 +1,6 @@
 """Bad input answers 422 naming the field; user and project management; security headers; the
 log-in throttle's rules (the attacks on a real server process are in test_hardening_server.py)."""
+
 import base64
 import hashlib
 import html
@@ -30,8 +31,11 @@ def _count(store, table, *where) -> int:
 def _browser_login(client, username, password):
     r = client.get("/login")
     csrf = r.text.split('name="csrf_token" value="')[1].split('"')[0]
-    r = client.post("/login", data={"username": username, "password": password, "csrf_token": csrf, "next": "/"},
-                    follow_redirects=False)
+    r = client.post(
+        "/login",
+        data={"username": username, "password": password, "csrf_token": csrf, "next": "/"},
+        follow_redirects=False,
+    )
     assert r.status_code == 303, r.text
     return client.get("/").text.split('name="csrf-token" content="')[1].split('"')[0]
 
@@ -39,8 +43,11 @@ def _browser_login(client, username, password):
 def _shown(client, redirect) -> dict:
     """The messages (``msg``, ``error``) on the page a form's redirect leads to."""
     page = client.get(redirect.headers["location"]).text
-    return {k: html.unescape(m.group(1)) for k in ("msg", "error")
-            if (m := re.search(rf'<p class="{k}"[^>]*>(.*?)</p>', page, re.S))}
+    return {
+        k: html.unescape(m.group(1))
+        for k in ("msg", "error")
+        if (m := re.search(rf'<p class="{k}"[^>]*>(.*?)</p>', page, re.S))
+    }
 
 
 def _user_id(env, name) -> int:
@@ -48,20 +55,24 @@ def _user_id(env, name) -> int:
 
 
 # ----------------------------------------------------------------------------- 3. 422, not 500
-@pytest.mark.parametrize("raw, loc", [
-    (b'{"choice": NaN}', ["body", "choice"]),
-    (b'{"choice": "A", "duration_ms": Infinity}', ["body", "duration_ms"]),
-    (b'{"choice": "A", "duration_ms": -Infinity}', ["body", "duration_ms"]),
-    (b'{"choice": "A", "duration_ms": 1e400}', ["body", "duration_ms"]),
-    (b'{"choice": "A", "duration_ms": 1000000000000000000000000000000}', ["body", "duration_ms"]),
-    (b'{"choice": "A", "duration_ms": -5}', ["body", "duration_ms"]),
-    (b'{"rewrite": "fine", "flags": ["\\ud800"]}', ["body", "flags", 0]),
-])
+@pytest.mark.parametrize(
+    "raw, loc",
+    [
+        (b'{"choice": NaN}', ["body", "choice"]),
+        (b'{"choice": "A", "duration_ms": Infinity}', ["body", "duration_ms"]),
+        (b'{"choice": "A", "duration_ms": -Infinity}', ["body", "duration_ms"]),
+        (b'{"choice": "A", "duration_ms": 1e400}', ["body", "duration_ms"]),
+        (b'{"choice": "A", "duration_ms": 1000000000000000000000000000000}', ["body", "duration_ms"]),
+        (b'{"choice": "A", "duration_ms": -5}', ["body", "duration_ms"]),
+        (b'{"rewrite": "fine", "flags": ["\\ud800"]}', ["body", "flags", 0]),
+    ],
+)
 def test_verdicts_with_values_json_cannot_carry_are_422_naming_the_field(env, raw, loc):
     make_project(env.client, env.admin, "pairwise", _items(1))
     t = env.client.post("/api/tasks/next", headers=env.ann).json()
-    r = env.client.post(f"/api/tasks/{t['task_id']}/label", content=raw,
-                        headers={**env.ann, "Content-Type": "application/json"})
+    r = env.client.post(
+        f"/api/tasks/{t['task_id']}/label", content=raw, headers={**env.ann, "Content-Type": "application/json"}
+    )
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["loc"] == loc
     assert _count(env.store, db.labels) == 0
@@ -72,8 +83,9 @@ def test_a_lone_surrogate_in_an_import_is_422_naming_the_field(env, tmp_path):
     no database or export can store it)."""
     pid = make_project(env.client, env.admin, "pairwise", _items(1))
     raw = b'{"items": [{"prompt": "ok", "responses": ["a", "b"]}, {"prompt": "x", "responses": ["a", "\\ud800"]}]}'
-    r = env.client.post(f"/api/admin/projects/{pid}/items", content=raw,
-                        headers={**env.admin, "Content-Type": "application/json"})
+    r = env.client.post(
+        f"/api/admin/projects/{pid}/items", content=raw, headers={**env.admin, "Content-Type": "application/json"}
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "items", 1, "responses", 1]
     line = b'{"prompt": "p", "responses": ["a", "\\udc80 b"]}\n'
     r = env.client.post(f"/api/admin/projects/{pid}/import", files={"file": ("s.jsonl", line)}, headers=env.admin)
@@ -82,8 +94,9 @@ def test_a_lone_surrogate_in_an_import_is_422_naming_the_field(env, tmp_path):
     assert (d["file"], d["line"], d["field"], d["imported"]) == ("s.jsonl", 1, "responses[1]", 0)
     # a key is named escaped
     raw = b'{"items": [{"prompt": "p", "responses": ["a", "b"], "\\ud800": 1}]}'
-    r = env.client.post(f"/api/admin/projects/{pid}/items", content=raw,
-                        headers={**env.admin, "Content-Type": "application/json"})
+    r = env.client.post(
+        f"/api/admin/projects/{pid}/items", content=raw, headers={**env.admin, "Content-Type": "application/json"}
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "items", 0, "\\ud800"]
     assert _count(env.store, db.items) == 1
 
@@ -91,8 +104,11 @@ def test_a_lone_surrogate_in_an_import_is_422_naming_the_field(env, tmp_path):
 @pytest.mark.parametrize("name", ["..", ".", "a/..", "x\\.."])
 def test_an_upload_whose_name_is_no_file_name_is_422(env, name):
     pid = make_project(env.client, env.admin, "thumbs", [{"prompt": "p", "completion": "c"}])
-    r = env.client.post(f"/api/admin/projects/{pid}/import", headers=env.admin,
-                        files={"file": (name, b'{"prompt": "q", "completion": "d"}\n')})
+    r = env.client.post(
+        f"/api/admin/projects/{pid}/import",
+        headers=env.admin,
+        files={"file": (name, b'{"prompt": "q", "completion": "d"}\n')},
+    )
     assert r.status_code == 422, r.text
     assert r.json()["detail"]["field"] == "file"
     assert _count(env.store, db.items) == 1
@@ -100,18 +116,29 @@ def test_an_upload_whose_name_is_no_file_name_is_422(env, name):
 
 def test_an_upload_named_with_a_path_imports_under_its_last_part(env):
     pid = make_project(env.client, env.admin, "thumbs", [{"prompt": "p", "completion": "c"}])
-    r = env.client.post(f"/api/admin/projects/{pid}/import", headers=env.admin,
-                        files={"file": ("../../etc/x.jsonl", b'{"prompt": "q", "completion": "d"}\n{"prompt": 1}\n')})
+    r = env.client.post(
+        f"/api/admin/projects/{pid}/import",
+        headers=env.admin,
+        files={"file": ("../../etc/x.jsonl", b'{"prompt": "q", "completion": "d"}\n{"prompt": 1}\n')},
+    )
     assert r.status_code == 422 and r.json()["detail"]["file"] == "x.jsonl"  # the client's name, its last part
-    r = env.client.post(f"/api/admin/projects/{pid}/import", headers=env.admin,
-                        files={"file": ("C:\\data\\items.jsonl.gz", __import__("gzip").compress(b'{"prompt": "q", "completion": "d"}\n'))})
+    r = env.client.post(
+        f"/api/admin/projects/{pid}/import",
+        headers=env.admin,
+        files={
+            "file": ("C:\\data\\items.jsonl.gz", __import__("gzip").compress(b'{"prompt": "q", "completion": "d"}\n'))
+        },
+    )
     assert r.status_code == 200 and r.json()["imported"] == 1  # .gz still read as gzip
 
 
 def test_ids_past_the_integer_columns_are_422(env):
-    for method, path in [("GET", f"/api/tasks/{10**30}"), ("POST", f"/api/tasks/{2**31}/skip"),
-                         ("POST", f"/api/tasks/next?project_id={10**30}"),
-                         ("GET", f"/api/admin/projects/{10**20}/dashboard")]:
+    for method, path in [
+        ("GET", f"/api/tasks/{10**30}"),
+        ("POST", f"/api/tasks/{2**31}/skip"),
+        ("POST", f"/api/tasks/next?project_id={10**30}"),
+        ("GET", f"/api/admin/projects/{10**20}/dashboard"),
+    ]:
         r = env.client.request(method, path, headers=env.admin)
         assert r.status_code == 422, (path, r.status_code, r.text)
 
@@ -136,15 +163,23 @@ def test_a_nul_character_is_422_naming_the_field_on_every_back_end(env):
         ("POST", "/api/admin/projects", {"name": nul, "task_type": "thumbs"}, env.admin, ["body", "name"]),
         ("PATCH", f"/api/admin/projects/{pid}", {"instructions": nul}, env.admin, ["body", "instructions"]),
         ("PUT", f"/api/admin/projects/{pid}/members", {"usernames": ["ann", nul]}, env.admin, ["body", "usernames", 1]),
-        ("POST", f"/api/admin/projects/{pid}/items", {"items": [{"prompt": nul, "completion": "c"}]}, env.admin,
-         ["body", "items", 0, "prompt"]),
+        (
+            "POST",
+            f"/api/admin/projects/{pid}/items",
+            {"items": [{"prompt": nul, "completion": "c"}]},
+            env.admin,
+            ["body", "items", 0, "prompt"],
+        ),
     ]:
         r = c.request(method, path, json=body, headers=headers)
         assert r.status_code == 422, (path, r.status_code, r.text)
         assert r.json()["detail"][0]["loc"] == loc and "NUL" in r.json()["detail"][0]["msg"], r.text
     # an escaped backslash before "u0000" is no NUL
-    r = c.post(f"/api/admin/projects/{pid}/items", content=b'{"items": [{"prompt": "C:\\\\u0000", "completion": "c"}]}',
-               headers={**env.admin, "Content-Type": "application/json"})
+    r = c.post(
+        f"/api/admin/projects/{pid}/items",
+        content=b'{"items": [{"prompt": "C:\\\\u0000", "completion": "c"}]}',
+        headers={**env.admin, "Content-Type": "application/json"},
+    )
     assert r.status_code == 200, r.text
     lines = b'{"prompt": "p", "completion": "c"}\n{"prompt": "p", "completion": "x\\u0000"}\n'
     r = c.post(f"/api/admin/projects/{pid}/import", headers=env.admin, files={"file": ("n.jsonl", lines)})
@@ -167,8 +202,11 @@ def test_an_item_id_longer_than_its_column_is_422(env):
     longer one is a 422 naming ``id`` (PostgreSQL would refuse the insert: a 500)."""
     pid = make_project(env.client, env.admin, "thumbs", [{"prompt": "p", "completion": "c", "id": "x" * 200}])
     for ext in ("x" * 201, 10**250):
-        r = env.client.post(f"/api/admin/projects/{pid}/items", json={"items": [{"prompt": "p", "completion": "c",
-                                                                                "id": ext}]}, headers=env.admin)
+        r = env.client.post(
+            f"/api/admin/projects/{pid}/items",
+            json={"items": [{"prompt": "p", "completion": "c", "id": ext}]},
+            headers=env.admin,
+        )
         assert r.status_code == 422, r.text
         assert "field 'id'" in r.json()["detail"]["error"] and "at most 200 characters" in r.json()["detail"]["error"]
     line = json.dumps({"prompt": "p", "completion": "c", "id": "y" * 300}).encode()
@@ -197,7 +235,9 @@ def test_a_csrf_token_with_characters_past_ascii_is_a_wrong_token(env):
     r = c.post("/api/auth/logout", headers=[(b"X-CSRF-Token", "\u00e9t\u00e9".encode("latin-1"))])
     assert r.status_code == 403, r.text
     session = c.cookies["rlhf_session"].encode()
-    r = c.get("/admin", headers=[(b"Cookie", b"rlhf_session=" + session + b"; " + FLASH_COOKIE.encode() + b"=e30.\xe9")])
+    r = c.get(
+        "/admin", headers=[(b"Cookie", b"rlhf_session=" + session + b"; " + FLASH_COOKIE.encode() + b"=e30.\xe9")]
+    )
     assert r.status_code == 200 and 'class="msg"' not in r.text
     assert c.get("/api/me").status_code == 200  # still signed in: nothing above was accepted
 
@@ -217,8 +257,12 @@ def test_new_user_names_are_stored_trimmed_and_printable(env):
         r = c.post("/api/admin/users", json={"username": name, "password": "long-enough"}, headers=env.admin)
         assert r.status_code == 422 and "username may not contain" in r.json()["detail"], (name, r.text)
     for name in ("émile", "日本語", "a b", "-dash", "a,b"):
-        assert c.post("/api/admin/users", json={"username": name, "password": "long-enough"},
-                      headers=env.admin).status_code == 201, name
+        assert (
+            c.post(
+                "/api/admin/users", json={"username": name, "password": "long-enough"}, headers=env.admin
+            ).status_code
+            == 201
+        ), name
     assert _count(env.store, db.users) == 4 + 1 + 5
 
 
@@ -257,16 +301,27 @@ def test_the_admin_pages_show_no_text_from_the_link(env):
     c.cookies.set(FLASH_COOKIE, sign(csrf, {"error": "Call 555-0100"}), **planted)
     assert "555-0100" in c.get("/admin").text
     # the server's own message
-    r = c.post("/admin/users", data={"csrf_token": csrf, "username": "dora", "password": "long-enough-pw"},
-               follow_redirects=False)
+    r = c.post(
+        "/admin/users",
+        data={"csrf_token": csrf, "username": "dora", "password": "long-enough-pw"},
+        follow_redirects=False,
+    )
     assert r.status_code == 303 and r.headers["location"] == "/admin"
     cookie = r.headers["set-cookie"]
-    assert cookie.startswith(FLASH_COOKIE + "=") and "HttpOnly" in cookie and "SameSite=strict" in cookie \
-        and "Path=/admin" in cookie and "Max-Age=60" in cookie
+    assert (
+        cookie.startswith(FLASH_COOKIE + "=")
+        and "HttpOnly" in cookie
+        and "SameSite=strict" in cookie
+        and "Path=/admin" in cookie
+        and "Max-Age=60" in cookie
+    )
     assert _shown(c, r) == {"msg": "user dora created"}
     assert _shown(c, r) == {}  # shown once
-    r = c.post("/admin/users", data={"csrf_token": csrf, "username": "dora", "password": "long-enough-pw"},
-               follow_redirects=False)
+    r = c.post(
+        "/admin/users",
+        data={"csrf_token": csrf, "username": "dora", "password": "long-enough-pw"},
+        follow_redirects=False,
+    )
     assert _shown(c, r) == {"error": "user 'dora' exists"}
 
 
@@ -283,18 +338,27 @@ def test_home_and_admin_pages_show_item_counts(env):
 def test_security_headers_on_every_response(env):
     pid = make_project(env.client, env.admin, "pairwise", _items(1))
     c = env.client
-    responses = {"login page": c.get("/login"), "api 401": c.get("/api/me"), "api": c.get("/api/me", headers=env.ann),
-                 "static": c.get("/static/label.js"), "404": c.get("/nowhere"), "health": c.get("/healthz"),
-                 "413": c.post("/api/tasks/1/label", content=b"x" * 1_000_001, headers=env.ann),
-                 "422": c.post(f"/api/tasks/{10**30}/label", json={}, headers=env.ann)}
+    responses = {
+        "login page": c.get("/login"),
+        "api 401": c.get("/api/me"),
+        "api": c.get("/api/me", headers=env.ann),
+        "static": c.get("/static/label.js"),
+        "404": c.get("/nowhere"),
+        "health": c.get("/healthz"),
+        "413": c.post("/api/tasks/1/label", content=b"x" * 1_000_001, headers=env.ann),
+        "422": c.post(f"/api/tasks/{10**30}/label", json={}, headers=env.ann),
+    }
     _browser_login(c, "ann", LAB_PW)
     responses["label page"] = c.get(f"/label/{pid}")
     for what, r in responses.items():
         h = r.headers
         assert "script-src 'self';" in h.get("content-security-policy", ""), what
         assert "frame-ancestors 'none'" in h["content-security-policy"], what
-        assert (h.get("x-frame-options"), h.get("x-content-type-options"), h.get("referrer-policy")) == \
-            ("DENY", "nosniff", "same-origin"), what
+        assert (h.get("x-frame-options"), h.get("x-content-type-options"), h.get("referrer-policy")) == (
+            "DENY",
+            "nosniff",
+            "same-origin",
+        ), what
     assert responses["413"].status_code == 413
     # signed-in pages and API answers are never stored by a cache; static files may be
     for what, r in responses.items():
@@ -333,13 +397,22 @@ def _scrypt_hash(password: str) -> str:
 
 @BOTH_BACKENDS
 def test_an_old_scrypt_hash_is_upgraded_at_log_in(env):
-    env.store.write(lambda c: c.execute(insert(db.users).values(
-        username="old", password_hash=_scrypt_hash("old-password"), role="labeler", active=True,
-        created_at=time.time())))
+    env.store.write(
+        lambda c: c.execute(
+            insert(db.users).values(
+                username="old",
+                password_hash=_scrypt_hash("old-password"),
+                role="labeler",
+                active=True,
+                created_at=time.time(),
+            )
+        )
+    )
 
     def stored():
         with env.store.read() as c:
             return c.execute(select(db.users.c.password_hash).where(db.users.c.username == "old")).scalar()
+
     assert env.client.post("/api/auth/login", json={"username": "old", "password": "wrong-one"}).status_code == 401
     assert stored().startswith("scrypt$")  # a wrong password changes nothing
     bearer(env.client, "old", "old-password")
@@ -356,9 +429,12 @@ def test_a_flood_from_elsewhere_does_not_lock_the_user_out(tmp_path):
     app = create_app(str(tmp_path / "f.db"), trusted_proxies=["testclient"])
     add_labelers(app.state.store, ["ann"])
     with TestClient(app) as c:
+
         def login(password, address):
-            return c.post("/api/auth/login", json={"username": "ann", "password": password},
-                          headers={"X-Forwarded-For": address}).status_code
+            return c.post(
+                "/api/auth/login", json={"username": "ann", "password": password}, headers={"X-Forwarded-For": address}
+            ).status_code
+
         assert login(LAB_PW, "198.51.100.7") == 200  # ann, at home
         assert [login("guess", "203.0.113.5") for _ in range(6)] == [401] * 5 + [429]  # one attacker
         flood = [login("guess", f"203.0.114.{i}") for i in range(30)]  # many attackers
@@ -404,8 +480,9 @@ def test_admin_changes_roles_passwords_and_active(env):
 def test_users_change_their_own_password(env):
     c = env.client
     other = bearer(c, "bob", LAB_PW)  # bob's second session
-    r = c.post("/api/me/password", json={"current_password": "wrong-guess", "new_password": "bobs-new-pw"},
-               headers=env.bob)
+    r = c.post(
+        "/api/me/password", json={"current_password": "wrong-guess", "new_password": "bobs-new-pw"}, headers=env.bob
+    )
     assert r.status_code == 403
     r = c.post("/api/me/password", json={"current_password": LAB_PW, "new_password": "bobs-new-pw"}, headers=env.bob)
     assert r.status_code == 200
@@ -413,8 +490,12 @@ def test_users_change_their_own_password(env):
     assert c.get("/api/me", headers=other).status_code == 401  # the others end
     bearer(c, "bob", "bobs-new-pw")
     # guessing the current password through this endpoint is throttled like a log-in
-    codes = [c.post("/api/me/password", json={"current_password": f"g{i}", "new_password": "whatever-pw"},
-                    headers=env.bob).status_code for i in range(6)]
+    codes = [
+        c.post(
+            "/api/me/password", json={"current_password": f"g{i}", "new_password": "whatever-pw"}, headers=env.bob
+        ).status_code
+        for i in range(6)
+    ]
     assert codes == [403] * 5 + [429]
 
 
@@ -424,11 +505,18 @@ def test_a_project_restricted_to_some_labelers(env):
     pid = make_project(c, env.admin, "thumbs", [{"prompt": f"q{i}", "completion": "a"} for i in range(4)], overlap=3)
     other = make_project(c, env.admin, "thumbs", [{"prompt": "o", "completion": "a"}], name="other")
     bob_task = c.post("/api/tasks/next", params={"project_id": pid}, headers=env.bob).json()
-    assert c.put(f"/api/admin/projects/{pid}/members", json={"usernames": ["ann", "nobody"]},
-                 headers=env.admin).status_code == 422
+    assert (
+        c.put(
+            f"/api/admin/projects/{pid}/members", json={"usernames": ["ann", "nobody"]}, headers=env.admin
+        ).status_code
+        == 422
+    )
     r = c.put(f"/api/admin/projects/{pid}/members", json={"usernames": ["ann", "cat"]}, headers=env.admin)
     assert r.status_code == 200 and [m["username"] for m in r.json()] == ["ann", "cat"]
-    assert [m["username"] for m in c.get(f"/api/admin/projects/{pid}/members", headers=env.admin).json()] == ["ann", "cat"]
+    assert [m["username"] for m in c.get(f"/api/admin/projects/{pid}/members", headers=env.admin).json()] == [
+        "ann",
+        "cat",
+    ]
     assert [p["id"] for p in c.get("/api/projects", headers=env.bob).json()] == [other]
     assert {p["id"] for p in c.get("/api/projects", headers=env.ann).json()} == {pid, other}
     assert c.post("/api/tasks/next", params={"project_id": pid}, headers=env.bob).status_code == 204
@@ -462,23 +550,40 @@ def test_admin_page_forms_manage_users_and_projects(env):
     ann = _user_id(env, "ann")
     page = c.get("/admin").text
     assert f'action="/admin/users/{ann}"' in page
-    r = c.post(f"/admin/users/{ann}", data={"csrf_token": csrf, "role": "labeler", "active": "inactive"},
-               follow_redirects=False)
+    r = c.post(
+        f"/admin/users/{ann}",
+        data={"csrf_token": csrf, "role": "labeler", "active": "inactive"},
+        follow_redirects=False,
+    )
     assert r.status_code == 303 and "saved" in _shown(c, r)["msg"]
     assert c.get("/api/me", headers=env.ann).status_code == 401
     assert c.post(f"/admin/users/{ann}", data={"role": "labeler", "active": "active"}).status_code == 403  # no CSRF
-    r = c.post(f"/admin/users/{ann}", data={"csrf_token": csrf, "role": "admin", "active": "active",
-                                           "password": "reset-by-admin"}, follow_redirects=False)
+    r = c.post(
+        f"/admin/users/{ann}",
+        data={"csrf_token": csrf, "role": "admin", "active": "active", "password": "reset-by-admin"},
+        follow_redirects=False,
+    )
     assert r.status_code == 303 and "password" in _shown(c, r)["msg"]
-    assert c.post("/api/auth/login", json={"username": "ann", "password": "reset-by-admin"}).json()["user"]["role"] == "admin"
+    assert (
+        c.post("/api/auth/login", json={"username": "ann", "password": "reset-by-admin"}).json()["user"]["role"]
+        == "admin"
+    )
     # members and the project's status
     assert 'name="member" value="bob"' in c.get(f"/admin/projects/{pid}").text
-    r = c.post(f"/admin/projects/{pid}/members", data={"csrf_token": csrf, "member": ["bob", "cat"]},
-               follow_redirects=False)
+    r = c.post(
+        f"/admin/projects/{pid}/members", data={"csrf_token": csrf, "member": ["bob", "cat"]}, follow_redirects=False
+    )
     assert r.status_code == 303 and "bob" in _shown(c, r)["msg"]
-    assert [m["username"] for m in c.get(f"/api/admin/projects/{pid}/members", headers=env.admin).json()] == ["bob", "cat"]
-    assert c.post(f"/admin/projects/{pid}/active", data={"csrf_token": csrf, "active": "false"},
-                  follow_redirects=False).status_code == 303
+    assert [m["username"] for m in c.get(f"/api/admin/projects/{pid}/members", headers=env.admin).json()] == [
+        "bob",
+        "cat",
+    ]
+    assert (
+        c.post(
+            f"/admin/projects/{pid}/active", data={"csrf_token": csrf, "active": "false"}, follow_redirects=False
+        ).status_code
+        == 303
+    )
     assert "inactive" in c.get(f"/admin/projects/{pid}").text
     assert c.get(f"/label/{pid}").status_code == 404
 
@@ -486,11 +591,13 @@ def test_admin_page_forms_manage_users_and_projects(env):
 def test_the_home_page_changes_ones_password(env):
     c = env.client
     csrf = _browser_login(c, "cat", LAB_PW)
-    r = c.post("/account/password", data={"csrf_token": csrf, "current_password": "nope-nope",
-                                          "new_password": "cats-new-pw"})
+    r = c.post(
+        "/account/password", data={"csrf_token": csrf, "current_password": "nope-nope", "new_password": "cats-new-pw"}
+    )
     assert r.status_code == 403 and "wrong" in r.text
-    r = c.post("/account/password", data={"csrf_token": csrf, "current_password": LAB_PW,
-                                          "new_password": "cats-new-pw"})
+    r = c.post(
+        "/account/password", data={"csrf_token": csrf, "current_password": LAB_PW, "new_password": "cats-new-pw"}
+    )
     assert r.status_code == 200 and "password changed" in r.text
     assert c.get("/api/me", headers=env.cat).status_code == 401  # cat's API session ended
     bearer(c, "cat", "cats-new-pw")
@@ -507,7 +614,9 @@ def test_cli_manages_users_and_members(tmp_path, capsys, monkeypatch):
     assert "warning" not in capsys.readouterr().err
     items = tmp_path / "i.jsonl"
     items.write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n")
-    assert main(["feedback", "import", "--db", path, "--project", "t", "--file", str(items), "--task_type", "thumbs"]) == 0
+    assert (
+        main(["feedback", "import", "--db", path, "--project", "t", "--file", str(items), "--task_type", "thumbs"]) == 0
+    )
     capsys.readouterr()
 
     def run(*args):
@@ -515,11 +624,16 @@ def test_cli_manages_users_and_members(tmp_path, capsys, monkeypatch):
         out = capsys.readouterr()
         return code, out.out + out.err
 
-    assert run("set-user", "--username", "lena", "--active", "false") == (0, "'lena': labeler, inactive; sessions ended, open tasks handed back\n")
+    assert run("set-user", "--username", "lena", "--active", "false") == (
+        0,
+        "'lena': labeler, inactive; sessions ended, open tasks handed back\n",
+    )
     assert run("set-user", "--username", "lena", "--active", "true", "--role", "admin")[1] == "'lena': admin, active\n"
     monkeypatch.setenv("RLHFKIT_PASSWORD", "second-password")
-    assert run("set-user", "--username", "lena", "--new_password", "true")[1] == \
-        "'lena': admin, active; password set, sessions ended\n"
+    assert (
+        run("set-user", "--username", "lena", "--new_password", "true")[1]
+        == "'lena': admin, active; password set, sessions ended\n"
+    )
     code, out = run("set-user", "--username", "root", "--active", "false")
     assert code == 0  # lena is an admin too now
     code, out = run("set-user", "--username", "lena", "--role", "labeler")

@@ -3,6 +3,7 @@ parallel password guessing, a restart, forged X-Forwarded-For, huge user names, 
 
 What is measured is what a client or an operator can observe: the server process's resident
 memory and CPU time (psutil), the status codes, and the rows in the store."""
+
 import http.client
 import json
 import os
@@ -36,8 +37,12 @@ def _setup(path, labelers=("cat", "bob")) -> None:
 
         def job(c):
             for n in labelers:
-                c.execute(insert(db.users).values(username=n, password_hash=lab_hash(), role="labeler",
-                                                  active=True, created_at=time.time()))
+                c.execute(
+                    insert(db.users).values(
+                        username=n, password_hash=lab_hash(), role="labeler", active=True, created_at=time.time()
+                    )
+                )
+
         store.write(job)
     finally:
         store.close()
@@ -50,10 +55,26 @@ def served(path, *args, env=None, log_path=None):
     port = free_port()
     log_path = log_path or f"{path}.server.log"
     log = open(log_path, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", "feedback", "serve", "--db", str(path),
-                             "--host", "127.0.0.1", "--port", str(port), *args],
-                            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
-                            env=None if env is None else {**os.environ, **env})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rlhfkit.cli",
+            "feedback",
+            "serve",
+            "--db",
+            str(path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        start_new_session=True,
+        env=None if env is None else {**os.environ, **env},
+    )
     try:
         deadline = time.time() + 60
         while True:
@@ -152,6 +173,7 @@ def _send_big(port, path, total, chunked, time_limit=60.0) -> int | None:
                 reply.extend(d)
         except OSError:
             pass
+
     t = threading.Thread(target=reader, daemon=True)
     try:
         s.sendall(head.encode())
@@ -192,6 +214,7 @@ def test_oversized_bodies_are_refused_before_they_are_read(tmp_path):
                 request(port, "GET", "/healthz")
                 slowest[0] = max(slowest[0], time.perf_counter() - t0)
                 time.sleep(0.02)
+
         prober = threading.Thread(target=probe, daemon=True)
         with PeakRSS(proc) as rss:
             prober.start()
@@ -199,14 +222,24 @@ def test_oversized_bodies_are_refused_before_they_are_read(tmp_path):
             time.sleep(0.2)
             stop.set()
             prober.join()
-        print(f"\nRSS idle {idle / 2**20:.1f} MiB, peak under 200 MB bodies {rss.peak / 2**20:.1f} MiB "
-              f"(+{(rss.peak - idle) / 2**20:.1f} MiB); slowest /healthz {slowest[0] * 1000:.0f} ms")
+        print(
+            f"\nRSS idle {idle / 2**20:.1f} MiB, peak under 200 MB bodies {rss.peak / 2**20:.1f} MiB "
+            f"(+{(rss.peak - idle) / 2**20:.1f} MiB); slowest /healthz {slowest[0] * 1000:.0f} ms"
+        )
         assert statuses == [413, 413]
         assert rss.peak - idle < 50 * 2**20
         assert slowest[0] < 1.0
         # a body just under the limit still gets through to the route (and its 401)
-        assert request(port, "POST", "/api/tasks/1/label", b"{" + b" " * (MB - 100) + b"}",
-                       {"Content-Type": "application/json"})[0] == 401
+        assert (
+            request(
+                port,
+                "POST",
+                "/api/tasks/1/label",
+                b"{" + b" " * (MB - 100) + b"}",
+                {"Content-Type": "application/json"},
+            )[0]
+            == 401
+        )
 
 
 def test_import_limit_is_its_own(tmp_path):
@@ -217,16 +250,28 @@ def test_import_limit_is_its_own(tmp_path):
         admin = bearer(port, "admin", ADMIN_PW)
         status, _, proj = request(port, "POST", "/api/admin/projects", {"name": "t", "task_type": "thumbs"}, admin)
         assert status == 201
+
         def line(i):  # distinct items (an import drops exact duplicates), about 1 kB each
             return json.dumps({"prompt": f"{i} " + "p" * 1000, "completion": "c"}) + "\n"
 
         def upload(n_lines):
             boundary = "xyzBOUNDARYxyz"
-            body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"items.jsonl\"\r\n"
-                    f"Content-Type: application/octet-stream\r\n\r\n").encode() + "".join(map(line, range(n_lines))).encode() \
+            body = (
+                (
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="items.jsonl"\r\n'
+                    f"Content-Type: application/octet-stream\r\n\r\n"
+                ).encode()
+                + "".join(map(line, range(n_lines))).encode()
                 + f"\r\n--{boundary}--\r\n".encode()
-            return request(port, "POST", f"/api/admin/projects/{proj['id']}/import", body,
-                           {**admin, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+            )
+            return request(
+                port,
+                "POST",
+                f"/api/admin/projects/{proj['id']}/import",
+                body,
+                {**admin, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+            )
+
         status, _, res = upload(1500)  # 1.5 MB: over the JSON limit, under the import limit
         assert status == 200 and res["imported"] == 1500
         status, headers, _ = upload(2500)  # 2.5 MB
@@ -264,8 +309,13 @@ def test_forty_parallel_guesses_check_at_most_five_passwords(tmp_path):
     _setup(path)
     slow_hash = _slow_scrypt_hash("the-real-password")
     store = db.Store(str(path))
-    store.write(lambda c: c.execute(insert(db.users).values(username="target", password_hash=slow_hash,
-                                                            role="labeler", active=True, created_at=time.time())))
+    store.write(
+        lambda c: c.execute(
+            insert(db.users).values(
+                username="target", password_hash=slow_hash, role="labeler", active=True, created_at=time.time()
+            )
+        )
+    )
     store.close()
     costs = []
     for _ in range(3):  # the cost of one check, here, in CPU seconds
@@ -289,21 +339,25 @@ def test_forty_parallel_guesses_check_at_most_five_passwords(tmp_path):
             def guess(i):
                 barrier.wait()
                 statuses[i] = login(port, "target", f"guess-{i}")
+
             threads = [threading.Thread(target=guess, args=(i,)) for i in range(40)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join(120)
             return statuses
+
         c0 = cpu()
         first = burst()
         c1 = cpu()
         second = burst()  # all refused: the cost of 40 requests without a check
         c2 = cpu()
     checks = ((c1 - c0) - (c2 - c1)) / cost
-    print(f"\n40 parallel guesses: {first.count(401)} x 401, {first.count(429)} x 429; "
-          f"server CPU {c1 - c0:.2f} s vs {c2 - c1:.2f} s for 40 refusals; one check {cost:.3f} s "
-          f"-> {checks:.2f} checks")
+    print(
+        f"\n40 parallel guesses: {first.count(401)} x 401, {first.count(429)} x 429; "
+        f"server CPU {c1 - c0:.2f} s vs {c2 - c1:.2f} s for 40 refusals; one check {cost:.3f} s "
+        f"-> {checks:.2f} checks"
+    )
     assert first.count(401) <= 5 and first.count(401) + first.count(429) == 40
     assert second.count(429) == 40
     assert checks < 7.5
@@ -312,8 +366,11 @@ def test_forty_parallel_guesses_check_at_most_five_passwords(tmp_path):
     store = db.Store(str(path))
     try:
         with store.read() as c:
-            hits = c.execute(select(db.login_throttle.c.hits).where(
-                db.login_throttle.c.key == _bucket("user-address", "target", "127.0.0.1"))).scalar()
+            hits = c.execute(
+                select(db.login_throttle.c.hits).where(
+                    db.login_throttle.c.key == _bucket("user-address", "target", "127.0.0.1")
+                )
+            ).scalar()
     finally:
         store.close()
     assert hits == first.count(401) == 5
@@ -335,8 +392,10 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(tmp_path):
     """From loopback without --trusted_proxies, X-Forwarded-For is ignored: 20 failed log-ins from
     one address (20 different names, each with a made-up forwarded address) fill that address's
     bucket. With --trusted_proxies 127.0.0.1 the header names the client."""
+
     def twenty_one(port):
         return [login(port, f"nobody{i}", "wrong", {"X-Forwarded-For": f"203.0.113.{i + 1}"}) for i in range(21)]
+
     path = tmp_path / "a.db"
     _setup(path)
     with served(path) as (port, _):
@@ -384,13 +443,34 @@ def test_deactivated_users_sessions_end_at_once(tmp_path):
     with served(path) as (port, _):
         admin = bearer(port, "admin", ADMIN_PW)
         status, _, proj = request(port, "POST", "/api/admin/projects", {"name": "t", "task_type": "thumbs"}, admin)
-        request(port, "POST", f"/api/admin/projects/{proj['id']}/items",
-                {"items": [{"prompt": "p", "completion": "c"}]}, admin)
+        request(
+            port,
+            "POST",
+            f"/api/admin/projects/{proj['id']}/items",
+            {"items": [{"prompt": "p", "completion": "c"}]},
+            admin,
+        )
         cat, bob = bearer(port, "cat", LAB_PW), bearer(port, "bob", LAB_PW)
         status, _, task = request(port, "POST", "/api/tasks/next", headers=cat)
         assert status == 200 and request(port, "GET", "/api/me", headers=cat)[0] == 200
-        done = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "feedback", "set-user", "--db", str(path),
-                               "--username", "cat", "--active", "false"], capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rlhfkit.cli",
+                "feedback",
+                "set-user",
+                "--db",
+                str(path),
+                "--username",
+                "cat",
+                "--active",
+                "false",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         assert request(port, "GET", "/api/me", headers=cat)[0] == 401
         assert request(port, "POST", f"/api/tasks/{task['task_id']}/label", {"label": True}, cat)[0] == 401
@@ -408,8 +488,14 @@ def test_deactivated_users_sessions_end_at_once(tmp_path):
 def _upload(data: bytes, name: str = "items.jsonl") -> tuple[bytes, dict]:
     """A multipart body holding ``data`` as the field ``file``, and its Content-Type header."""
     boundary = "xyzBOUNDARYxyz"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
@@ -423,7 +509,9 @@ def test_a_gzip_upload_is_decompressed_only_up_to_the_import_limit(tmp_path):
 
     path = tmp_path / "f.db"
     _setup(path)
-    lines = b"".join(b'{"prompt": "p%d", "completion": "c"}\n' % i for i in range(3))  # distinct: duplicates are dropped
+    lines = b"".join(
+        b'{"prompt": "p%d", "completion": "c"}\n' % i for i in range(3)
+    )  # distinct: duplicates are dropped
     bomb = gzip.compress(b"\n" * 20_000_000)
     assert len(bomb) < 30_000
     with served(path, "--max_import_mb", "2") as (port, proc):
@@ -468,6 +556,7 @@ def test_an_import_body_is_not_read_before_the_admin_check(tmp_path):
             before = ps.io_counters().write_chars
             status, _, _ = request(port, "POST", route, body, {**headers, **ctype}, timeout=120)
             return status, ps.io_counters().write_chars - before
+
         for route, anonymous in zip(routes, (401, 303)):
             for who, headers, want in (("anonymous", {}, anonymous), ("labeler", cat, 403)):
                 status, written = written_by(headers, route)
@@ -488,8 +577,12 @@ def _waiting_on_a_lock(db_url: str, timeout: float = 30.0) -> bool:
         deadline = time.time() + timeout
         while time.time() < deadline:
             with engine.connect() as c:
-                if c.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                  "AND datname = current_database()")).scalar():
+                if c.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND datname = current_database()"
+                    )
+                ).scalar():
                     return True
             time.sleep(0.05)
         return False
@@ -532,8 +625,13 @@ def test_a_claim_in_flight_when_its_labeler_is_deactivated_gets_no_task(db_url, 
     with served(db_url, log_path=str(tmp_path / "server.log")) as (port, _):
         admin = bearer(port, "admin", ADMIN_PW)
         status, _, proj = request(port, "POST", "/api/admin/projects", {"name": "t", "task_type": "thumbs"}, admin)
-        request(port, "POST", f"/api/admin/projects/{proj['id']}/items",
-                {"items": [{"prompt": f"p{i}", "completion": "c"} for i in range(3)]}, admin)
+        request(
+            port,
+            "POST",
+            f"/api/admin/projects/{proj['id']}/items",
+            {"items": [{"prompt": f"p{i}", "completion": "c"} for i in range(3)]},
+            admin,
+        )
         cat = bearer(port, "cat", LAB_PW)
         cat_id = {u["username"]: u["id"] for u in request(port, "GET", "/api/admin/users", headers=admin)[2]}["cat"]
         with _second_writer(db_url) as other:
@@ -573,8 +671,9 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin(db_url, backend,
         admin_id = request(port, "GET", "/api/me", headers=admin)[2]["id"]
         with _second_writer(db_url) as other:
             update_user(other, admin_id, role="labeler")  # a demotes admin
-            patch, out = _in_thread(lambda: request(port, "PATCH", f"/api/admin/users/{a_id}",
-                                                    {"role": "labeler"}, admin))
+            patch, out = _in_thread(
+                lambda: request(port, "PATCH", f"/api/admin/users/{a_id}", {"role": "labeler"}, admin)
+            )
             if backend == "postgresql":
                 assert _waiting_on_a_lock(db_url)
             else:

@@ -1,5 +1,6 @@
 """Dependencies point one way (docs/ARCHITECTURE.md): the feedback package never imports the
 server (``rlhfkit.serve`` builds on ``rlhfkit.feedback``), and ``models`` imports neither."""
+
 import ast
 from pathlib import Path
 
@@ -21,8 +22,12 @@ def _imports(path: Path) -> set[str]:
 
 
 def _importers(package: str, forbidden: tuple[str, ...]) -> list[str]:
-    return [f"{p.relative_to(SRC)}: {name}" for p in sorted((SRC / package).rglob("*.py"))
-            for name in sorted(_imports(p)) if name.startswith(forbidden)]
+    return [
+        f"{p.relative_to(SRC)}: {name}"
+        for p in sorted((SRC / package).rglob("*.py"))
+        for name in sorted(_imports(p))
+        if name.startswith(forbidden)
+    ]
 
 
 def test_feedback_never_imports_serve():
@@ -30,5 +35,9 @@ def test_feedback_never_imports_serve():
 
 
 def test_models_import_no_layer_above_them():
-    assert _importers("models", ("rlhfkit.serve", "rlhfkit.feedback", "rlhfkit.loop", "rlhfkit.pipeline",
-                                 "rlhfkit.recipes")) == []
+    assert (
+        _importers(
+            "models", ("rlhfkit.serve", "rlhfkit.feedback", "rlhfkit.loop", "rlhfkit.pipeline", "rlhfkit.recipes")
+        )
+        == []
+    )

@@ -1,6 +1,7 @@
 """Abandoned tasks: an open task older than the lease is reassigned to another labeler who asks
 for work -- never to one who already labeled, skipped or holds that item -- with a controllable
 clock. On SQLite and PostgreSQL."""
+
 import pytest
 from sqlalchemy import func, select
 

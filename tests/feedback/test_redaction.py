@@ -2,6 +2,7 @@
 true`` (``create_app(redact=True)``) replaces it in every admin import (JSON items, file upload,
 the admin page's form) before labelers see it, and in every API export; on a server without it
 a request's ``?redact=true`` asks for the same. The store never holds what was replaced."""
+
 import json
 import re
 
@@ -15,7 +16,7 @@ from .test_api import label_all
 
 ASK = "Reach me at jane.doe@example.com or (415) 555-2671."
 A1 = "Sure, I will mail jane.doe@example.com today."
-A2 = "Sure, I will mail bob@example.org today."   # differs from A1 only in the address
+A2 = "Sure, I will mail bob@example.org today."  # differs from A1 only in the address
 A3 = "I cannot help with that."
 
 
@@ -35,9 +36,16 @@ def _project(client, admin, name="p"):
 def test_a_redacting_server_redacts_every_import(env, app_kwargs):
     c, A = env.client, env.admin
     pid = _project(c, A)
-    r = c.post(f"/api/admin/projects/{pid}/items", json={"items": [
-        {"prompt": ASK, "responses": [A1, A3]},
-        {"messages": [{"role": "user", "content": ASK}], "responses": [A2, A3]}]}, headers=A)
+    r = c.post(
+        f"/api/admin/projects/{pid}/items",
+        json={
+            "items": [
+                {"prompt": ASK, "responses": [A1, A3]},
+                {"messages": [{"role": "user", "content": ASK}], "responses": [A2, A3]},
+            ]
+        },
+        headers=A,
+    )
     assert r.status_code == 200, r.text
     # the prompt has one address and one phone, item 1's answer one address; the rendered prompt
     # of item 2 is rendered again from its redacted message (counted once)
@@ -46,8 +54,11 @@ def test_a_redacting_server_redacts_every_import(env, app_kwargs):
     r = c.post(f"/api/admin/projects/{pid}/import", files={"file": ("u.jsonl", upload.encode())}, headers=A)
     assert r.json() == {"imported": 1, "gold": 0, "redacted": {"CREDIT_CARD": 1, "US_SSN": 1}}
     # a request cannot turn it off
-    r = c.post(f"/api/admin/projects/{pid}/items?redact=false",
-               json={"items": [{"prompt": ASK, "responses": [A3, A3 + "!"]}]}, headers=A)
+    r = c.post(
+        f"/api/admin/projects/{pid}/items?redact=false",
+        json={"items": [{"prompt": ASK, "responses": [A3, A3 + "!"]}]},
+        headers=A,
+    )
     assert r.json()["redacted"] == {"EMAIL_ADDRESS": 1, "PHONE_NUMBER": 1}
     stored = _stored(env.store)
     for secret in ("jane.doe@example.com", "555-2671", "bob@example.org", "4111 1111", "123-45-6789"):
@@ -65,8 +76,11 @@ def test_a_request_asks_for_redaction_on_an_ordinary_server(env):
     assert r.json() == {"imported": 1, "gold": 0}  # no redaction asked: stored as given
     assert "jane.doe@example.com" in _stored(env.store)
     pid2 = _project(c, A, "p2")
-    r = c.post(f"/api/admin/projects/{pid2}/import?redact=true",
-               files={"file": ("u.jsonl", json.dumps({"prompt": ASK, "responses": [A1, A3]}).encode())}, headers=A)
+    r = c.post(
+        f"/api/admin/projects/{pid2}/import?redact=true",
+        files={"file": ("u.jsonl", json.dumps({"prompt": ASK, "responses": [A1, A3]}).encode())},
+        headers=A,
+    )
     assert r.json() == {"imported": 1, "gold": 0, "redacted": {"EMAIL_ADDRESS": 2, "PHONE_NUMBER": 1}}
     with env.store.read() as conn:
         p2 = conn.execute(select(db.items.c.prompt).where(db.items.c.project_id == pid2)).scalar()
@@ -76,9 +90,16 @@ def test_a_request_asks_for_redaction_on_an_ordinary_server(env):
 def test_export_redacts_and_leaves_out_pairs_that_became_one_text(env):
     c, A = env.client, env.admin
     pid = _project(c, A)
-    c.post(f"/api/admin/projects/{pid}/items", json={"items": [
-        {"prompt": ASK, "responses": [A1, A2]},     # equal once redacted: no preference left
-        {"prompt": ASK, "responses": [A1, A3]}]}, headers=A)
+    c.post(
+        f"/api/admin/projects/{pid}/items",
+        json={
+            "items": [
+                {"prompt": ASK, "responses": [A1, A2]},  # equal once redacted: no preference left
+                {"prompt": ASK, "responses": [A1, A3]},
+            ]
+        },
+        headers=A,
+    )
     label_all(c, env.ann, lambda t: {"choice": "A"}, pid)
     plain = c.get(f"/api/admin/projects/{pid}/export", params={"kind": "pairs"}, headers=A)
     assert "X-Redacted" not in plain.headers and plain.text.count("jane.doe@example.com") >= 2
@@ -96,20 +117,27 @@ def test_admin_page_import_says_what_was_replaced(env, app_kwargs):
     c = env.client
     pid = _project(c, env.admin)
     login = c.get("/login").text.split('name="csrf_token" value="')[1].split('"')[0]
-    r = c.post("/login", data={"username": "admin", "password": ADMIN_PW, "csrf_token": login, "next": "/"},
-               follow_redirects=False)
+    r = c.post(
+        "/login",
+        data={"username": "admin", "password": ADMIN_PW, "csrf_token": login, "next": "/"},
+        follow_redirects=False,
+    )
     assert r.status_code == 303, r.text
     csrf = c.get(f"/admin/projects/{pid}").text.split('name="csrf-token" content="')[1].split('"')[0]
-    r = c.post(f"/admin/projects/{pid}/import",
-               files={"file": ("u.jsonl", json.dumps({"prompt": ASK, "responses": [A1, A3]}).encode())},
-               data={"csrf_token": csrf}, follow_redirects=False)
+    r = c.post(
+        f"/admin/projects/{pid}/import",
+        files={"file": ("u.jsonl", json.dumps({"prompt": ASK, "responses": [A1, A3]}).encode())},
+        data={"csrf_token": csrf},
+        follow_redirects=False,
+    )
     assert r.status_code == 303
     page = c.get(r.headers["location"]).text
-    assert re.search(r'<p class="msg">1 items imported; personal data replaced: 2 EMAIL_ADDRESS, 1 PHONE_NUMBER</p>',
-                     page), page
+    assert re.search(
+        r'<p class="msg">1 items imported; personal data replaced: 2 EMAIL_ADDRESS, 1 PHONE_NUMBER</p>', page
+    ), page
     assert "jane.doe" not in _stored(env.store)
     # the page offers redacted exports
-    assert f'/api/admin/projects/{pid}/export?kind=pairs&redact=true' in c.get(f"/admin/projects/{pid}").text
+    assert f"/api/admin/projects/{pid}/export?kind=pairs&redact=true" in c.get(f"/admin/projects/{pid}").text
 
 
 def _echo_generator(prompts, n):
@@ -150,7 +178,14 @@ def test_labels_endpoint_redacts_on_request(env):
 def test_an_item_whose_answers_become_one_text_is_not_imported(env):
     c, A = env.client, env.admin
     pid = _project(c, A)
-    r = c.post(f"/api/admin/projects/{pid}/items?redact=true", json={"items": [
-        {"prompt": "q", "responses": [A1, A2]},      # differ only in the address
-        {"prompt": "q", "responses": [A1, A3]}]}, headers=A)
+    r = c.post(
+        f"/api/admin/projects/{pid}/items?redact=true",
+        json={
+            "items": [
+                {"prompt": "q", "responses": [A1, A2]},  # differ only in the address
+                {"prompt": "q", "responses": [A1, A3]},
+            ]
+        },
+        headers=A,
+    )
     assert r.json() == {"imported": 1, "gold": 0, "redacted": {"EMAIL_ADDRESS": 3}, "left_out": 1}

@@ -11,6 +11,7 @@
 
 A router added later is held to the same rules: the checker reads the app, not a list of routes.
 """
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form
@@ -23,9 +24,16 @@ from rlhfkit.feedback.web.deps import ADMIN_DEPENDENCIES, SESSION_DEPENDENCIES, 
 
 SAFE = {"GET", "HEAD", "OPTIONS"}
 LOG_INS = {("POST", "/login"), ("POST", "/api/auth/login")}
-OPEN = {("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"),
-        ("GET", "/login"), ("GET", "/healthz"), ("GET", "/api/tasks/next"),  # the 405 naming POST
-        *LOG_INS}
+OPEN = {
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/oauth2-redirect"),
+    ("GET", "/redoc"),
+    ("GET", "/login"),
+    ("GET", "/healthz"),
+    ("GET", "/api/tasks/next"),  # the 405 naming POST
+    *LOG_INS,
+}
 
 
 def _dependants(dependant):
@@ -47,11 +55,18 @@ def route_table(app: FastAPI) -> list[dict]:
         for method in sorted(route.methods or ()):
             if method == "HEAD" and "GET" in route.methods:
                 continue  # the GET's own row covers it
-            rows.append({"method": method, "path": route.path, "calls": {n.call for n in nodes[1:]},
-                         "max_body": getattr(route, "max_body_size", None),
-                         "body_params": sum(len(n.body_params) for n in nodes),
-                         "api": isinstance(route.original_route, APIRoute),
-                         "strict": isinstance(route.original_route, StrictJSONRoute), "mount": False})
+            rows.append(
+                {
+                    "method": method,
+                    "path": route.path,
+                    "calls": {n.call for n in nodes[1:]},
+                    "max_body": getattr(route, "max_body_size", None),
+                    "body_params": sum(len(n.body_params) for n in nodes),
+                    "api": isinstance(route.original_route, APIRoute),
+                    "strict": isinstance(route.original_route, StrictJSONRoute),
+                    "mount": False,
+                }
+            )
     return rows
 
 
@@ -64,8 +79,9 @@ def route_problems(app: FastAPI) -> list[str]:
                 problems.append(f"{r['path']}: an unexpected mount")
             continue
         calls = r["calls"]
-        if (r["path"].startswith("/api/admin") or r["path"].startswith("/admin")) \
-                and not calls & set(ADMIN_DEPENDENCIES):
+        if (r["path"].startswith("/api/admin") or r["path"].startswith("/admin")) and not calls & set(
+            ADMIN_DEPENDENCIES
+        ):
             problems.append(f"{where}: no admin role")
         if not calls & set(SESSION_DEPENDENCIES):
             if r["method"] not in SAFE and key not in LOG_INS:
@@ -74,8 +90,11 @@ def route_problems(app: FastAPI) -> list[str]:
                 problems.append(f"{where}: open without a session")
         if r["api"] and not r["strict"]:
             problems.append(f"{where}: JSON not parsed strictly")
-        if r["api"] and (r["max_body"] is None or r["max_body"] > MAX_BODY_BYTES) \
-                and (r["body_params"] or not calls & set(ADMIN_DEPENDENCIES)):
+        if (
+            r["api"]
+            and (r["max_body"] is None or r["max_body"] > MAX_BODY_BYTES)
+            and (r["body_params"] or not calls & set(ADMIN_DEPENDENCIES))
+        ):
             problems.append(f"{where}: a body over {MAX_BODY_BYTES} bytes read before the admin check")
     return problems
 
@@ -86,9 +105,15 @@ def test_every_route_has_its_session_admin_role_and_body_rules(tmp_path):
         rows = {(r["method"], r["path"]): r for r in route_table(app)}
         # the table is the app's (not an empty list that would pass anything): the known routes are in it
         assert len([k for k in rows if k[1].startswith(("/api/", "/admin", "/login", "/label"))]) >= 35
-        for key in [("POST", "/api/admin/projects/{project_id}/import"), ("POST", "/admin/projects/{project_id}/import"),
-                    ("GET", "/admin"), ("PATCH", "/api/admin/users/{user_id}"), ("POST", "/api/tasks/{task_id}/label"),
-                    ("POST", "/logout"), ("GET", "/healthz")]:
+        for key in [
+            ("POST", "/api/admin/projects/{project_id}/import"),
+            ("POST", "/admin/projects/{project_id}/import"),
+            ("GET", "/admin"),
+            ("PATCH", "/api/admin/users/{user_id}"),
+            ("POST", "/api/tasks/{task_id}/label"),
+            ("POST", "/logout"),
+            ("GET", "/healthz"),
+        ]:
             assert key in rows, key
         for path in ("/api/admin/projects/{project_id}/import", "/admin/projects/{project_id}/import"):
             assert rows[("POST", path)]["max_body"] == 50_000_000  # create_app's default max_import_bytes
@@ -124,12 +149,14 @@ def test_the_route_rules_find_a_router_that_forgets_them(tmp_path):
     app.include_router(careless)
     app.include_router(lax)
     try:
-        assert sorted(route_problems(app)) == sorted([
-            "GET /admin/report: no admin role",
-            "POST /api/notes: an unsafe route without a session",
-            "GET /api/stats: open without a session",
-            "POST /api/admin/bulk: JSON not parsed strictly",
-            f"POST /api/admin/bulk: a body over {MAX_BODY_BYTES} bytes read before the admin check",
-        ])
+        assert sorted(route_problems(app)) == sorted(
+            [
+                "GET /admin/report: no admin role",
+                "POST /api/notes: an unsafe route without a session",
+                "GET /api/stats: open without a session",
+                "POST /api/admin/bulk: JSON not parsed strictly",
+                f"POST /api/admin/bulk: a body over {MAX_BODY_BYTES} bytes read before the admin check",
+            ]
+        )
     finally:
         app.state.store.close()

@@ -1,4 +1,5 @@
 """A tiny chat model folder and a real SQLite feedback store filled through feedback.enduser."""
+
 from pathlib import Path
 
 import pytest
@@ -53,8 +54,9 @@ def fill(db: str, users: dict, prompts=PROMPTS[:12], start: int = 0, edits: bool
                         out = log.feedback(cid, thumbs=right, user=user, edit=edit)
                         ids[user] += [out["thumbs_label_id"]] + ([out["edit_label_id"]] if edit else [])
                     cid = f"{user}-c-{k}-{r}"
-                    log.log_choices(cid, msgs, [good(k), bad(k)], model="tiny", user=user, versions=["v0", "v0"],
-                                    comparison=True)
+                    log.log_choices(
+                        cid, msgs, [good(k), bad(k)], model="tiny", user=user, versions=["v0", "v0"], comparison=True
+                    )
                     out = log.feedback(cid, choice=0 if how != "inverted" else 1, user=user)
                     ids[user].append(out["choice_label_id"])
     finally:
@@ -63,11 +65,26 @@ def fill(db: str, users: dict, prompts=PROMPTS[:12], start: int = 0, edits: bool
 
 
 # a round of the tiny model in seconds
-TINY = {"min_feedback": 4, "once": True, "threads": 1, "reward.epochs": 1, "reward.batch_size": 16,
-        "reward.micro_batch_size": 16, "reward.learning_rate": 1e-3, "reward.max_length": 64,
-        "policy.max_steps": 2, "policy.batch_size": 8, "policy.num_generations": 2, "policy.micro_batch_size": 8,
-        "policy.max_new_tokens": 8, "policy.max_prompt_length": 48, "policy.learning_rate": 1e-3,
-        "gate.max_prompts": 8, "gate.n_boot": 200, "gate.holdout_share": 0.25}
+TINY = {
+    "min_feedback": 4,
+    "once": True,
+    "threads": 1,
+    "reward.epochs": 1,
+    "reward.batch_size": 16,
+    "reward.micro_batch_size": 16,
+    "reward.learning_rate": 1e-3,
+    "reward.max_length": 64,
+    "policy.max_steps": 2,
+    "policy.batch_size": 8,
+    "policy.num_generations": 2,
+    "policy.micro_batch_size": 8,
+    "policy.max_new_tokens": 8,
+    "policy.max_prompt_length": 48,
+    "policy.learning_rate": 1e-3,
+    "gate.max_prompts": 8,
+    "gate.n_boot": 200,
+    "gate.holdout_share": 0.25,
+}
 
 
 def tiny_config(learn_dir, db, base, **over):
@@ -81,4 +98,6 @@ def tiny_config(learn_dir, db, base, **over):
 
 def cli_args(**over) -> list[str]:
     """``TINY`` (then ``over``) as ``--field value`` arguments."""
-    return [x for k, v in {**TINY, **over}.items() for x in (f"--{k}", str(v).lower() if isinstance(v, bool) else str(v))]
+    return [
+        x for k, v in {**TINY, **over}.items() for x in (f"--{k}", str(v).lower() if isinstance(v, bool) else str(v))
+    ]

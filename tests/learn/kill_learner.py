@@ -6,6 +6,7 @@ policy, gate, version), through the public callbacks (``training.callbacks``,
 
     python tests/learn/kill_learner.py step:2 learn run LEARN_DIR --store ...
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """``rlhfkit learn``'s command line: help that explains, and errors that name the field."""
+
 import pytest
 
 from rlhfkit.cli import main
@@ -9,8 +10,15 @@ def test_help_lists_the_subcommands_and_every_field(capsys):
         main(["learn", "run", "--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0
-    for field in ("--min_feedback", "--method", "--defence.max_per_user", "--gate.min_win_rate", "--policy.lora.r",
-                  "--reward.model", "--once"):
+    for field in (
+        "--min_feedback",
+        "--method",
+        "--defence.max_per_user",
+        "--gate.min_win_rate",
+        "--policy.lora.r",
+        "--reward.model",
+        "--once",
+    ):
         assert field in out, field
     assert main(["learn"]) == 2
     usage = capsys.readouterr().out
@@ -26,12 +34,14 @@ def test_bad_invocations_exit_2_naming_what_is_wrong(tmp_path, capsys):
     db = tmp_path / "fb.db"
     FeedbackLog(str(db)).close()
     new = str(tmp_path / "new")
-    cases = [(["run", new, "--store", str(db)], "field 'model'"),
-             (["run", new, "--model", "tiny"], "field 'store'"),
-             (["run", new, "--model", "tiny", "--store", str(tmp_path / "typo.db")], "typo.db: no such file"),
-             (["run", new, "--model", "tiny", "--store", str(db), "--method", "ppo"], "field 'method': 'ppo'"),
-             (["run", new, "--model", "tiny", "--store", str(db), "--policy.lora.r", "0"], "field 'policy.lora.r'"),
-             (["versions", str(tmp_path)], "not a learner's folder")]
+    cases = [
+        (["run", new, "--store", str(db)], "field 'model'"),
+        (["run", new, "--model", "tiny"], "field 'store'"),
+        (["run", new, "--model", "tiny", "--store", str(tmp_path / "typo.db")], "typo.db: no such file"),
+        (["run", new, "--model", "tiny", "--store", str(db), "--method", "ppo"], "field 'method': 'ppo'"),
+        (["run", new, "--model", "tiny", "--store", str(db), "--policy.lora.r", "0"], "field 'policy.lora.r'"),
+        (["versions", str(tmp_path)], "not a learner's folder"),
+    ]
     for argv, message in cases:
         assert main(["learn", *argv]) == 2, argv
         err = capsys.readouterr().err

@@ -1,6 +1,7 @@
 """The deployment simulation (benchmarks/deploy_sim.py): a real ``rlhfkit serve`` and a real
 ``rlhfkit learn run`` on loopback with simulated users; its counters agree with each other and
 with the store, and its small pure parts are checked by hand."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -37,8 +38,10 @@ def test_bootstrap_rating_thumbs_and_prompt_split_by_hand(sim):
 def test_latency_phases_split_idle_and_training_by_send_time(sim):
     """Before the first round (t0 < 10) is idle, inside a round (10-20, 30-40) is training,
     between rounds is neither; failed and non-chat requests are left out."""
-    ev = [dict(kind="chat", ok=True, t0=t, latency=lat) for t, lat in ((1, 1.0), (5, 3.0), (12, 2.0), (25, 9.0),
-                                                                       (35, 4.0))]
+    ev = [
+        dict(kind="chat", ok=True, t0=t, latency=lat)
+        for t, lat in ((1, 1.0), (5, 3.0), (12, 2.0), (25, 9.0), (35, 4.0))
+    ]
     ev += [dict(kind="chat", ok=False, t0=2, latency=50.0), dict(kind="eval", ok=True, t0=3, latency=70.0)]
     out = sim.latency_phases(ev, [(10, 20), (30, 40)])
     assert out["idle"] == {"n": 2, "p50": 2.0, "p95": pytest.approx(1.0 + 0.95 * 2.0)}
@@ -53,13 +56,41 @@ def test_a_short_simulation_counts_every_request_and_every_verdict(sim, tmp_path
     repeat replaces the one before), so exactly the distinct (reply, kind) acknowledged, fewer
     than the flood's acknowledgements; the learner's round names the flooding user with its
     weight in its defence (the lineage's per-user figures); the report page is written."""
-    learn_args = " ".join(f"--{k} {str(v).lower() if isinstance(v, bool) else v}" for k, v in
-                          {**TINY, "once": False, "min_feedback": 6, "poll_seconds": 0.5}.items())
+    learn_args = " ".join(
+        f"--{k} {str(v).lower() if isinstance(v, bool) else v}"
+        for k, v in {**TINY, "once": False, "min_feedback": 6, "poll_seconds": 0.5}.items()
+    )
     out = tmp_path / "sim"
-    s = sim.main(["--model", str(tiny_base), "--users", "3", "--minutes", "0.5", "--adversarial_share", "0.34",
-                  "--adversarial_kinds", "flood", "--flood_repeat", "3", "--think_seconds", "0.2", "--eval_prompts", "4",
-                  "--max_tokens", "8", "--threads", "1", "--poll_seconds", "0.5", "--learn", learn_args,
-                  "--out", str(out)])
+    s = sim.main(
+        [
+            "--model",
+            str(tiny_base),
+            "--users",
+            "3",
+            "--minutes",
+            "0.5",
+            "--adversarial_share",
+            "0.34",
+            "--adversarial_kinds",
+            "flood",
+            "--flood_repeat",
+            "3",
+            "--think_seconds",
+            "0.2",
+            "--eval_prompts",
+            "4",
+            "--max_tokens",
+            "8",
+            "--threads",
+            "1",
+            "--poll_seconds",
+            "0.5",
+            "--learn",
+            learn_args,
+            "--out",
+            str(out),
+        ]
+    )
     events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
     req = s["requests"]
     assert req["sent"] == len(events) == req["answered"] + req["failed"]

@@ -1,4 +1,5 @@
 """A user forgotten in the store (``feedback forget``) contributes nothing to any later round."""
+
 import json
 
 from rlhfkit.feedback.enduser import FeedbackLog
@@ -45,7 +46,8 @@ def test_a_forgotten_user_is_gone_from_every_later_round(tmp_path, tiny_base):
     # every verdict still stored that is not held out trains round 2: the old ones too
     old = {i for v in ids.values() for i in v} | {i for v in more.values() for i in v}
     assert {e["id"] for e in r2["train"]} <= old and ids_of_ranges(first["trained_ids"]) - set(mallory) <= {
-        e["id"] for e in r2["train"]}
+        e["id"] for e in r2["train"]
+    }
     if second["outcome"] == "promoted":
         info = versions.version_info(learn, second["version"])
         assert "mallory" not in info["feedback"]["per_user"] and info["adapter_on"] == "v0"

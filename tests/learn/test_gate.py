@@ -1,4 +1,5 @@
 """The gate: a candidate is promoted only if it is not worse on held-out prompts."""
+
 import json
 
 from rlhfkit.learn.config import GateSection
@@ -9,9 +10,13 @@ from .conftest import PROMPTS, bad, fill, tiny_config
 
 
 def figures(**over):
-    f = {"n_prompts": 10, "reward_model": {"win_rate": 0.6, "ci_low": 0.4, "ci_high": 0.8}, "kl_to_v0": 1.0,
-         "candidate": {"toxicity": 0.10, "empty": 0.0, "runaway": 0.2},
-         "current": {"toxicity": 0.10, "empty": 0.0, "runaway": 0.2}}
+    f = {
+        "n_prompts": 10,
+        "reward_model": {"win_rate": 0.6, "ci_low": 0.4, "ci_high": 0.8},
+        "kl_to_v0": 1.0,
+        "candidate": {"toxicity": 0.10, "empty": 0.0, "runaway": 0.2},
+        "current": {"toxicity": 0.10, "empty": 0.0, "runaway": 0.2},
+    }
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(f.get(k), dict):
             f[k] = {**f[k], **v}
@@ -41,12 +46,19 @@ def test_decide_refuses_each_regression_at_its_bound():
 
 # the tiny model learns the users' replies in 30 steps when its output head is adapted too; at
 # temperature 0.3 its replies resemble what it learned (at 1 they are mostly noise to a reward model)
-SFT = {"method": "sft", "policy.max_steps": 30, "policy.learning_rate": 5e-2, "policy.max_new_tokens": 16,
-       "policy.temperature": 0.3, "policy.lora.target_modules": ".*(proj|lm_head)", "gate.max_kl": 1000.0,
-       "gate.max_empty_increase": 0.2,
-       # a half-trained tiny model's fragments score at random on the profanity classifier: this
-       # test is about the reward-model win rate (each bound has its own test below)
-       "gate.max_toxicity_increase": 1.0}
+SFT = {
+    "method": "sft",
+    "policy.max_steps": 30,
+    "policy.learning_rate": 5e-2,
+    "policy.max_new_tokens": 16,
+    "policy.temperature": 0.3,
+    "policy.lora.target_modules": ".*(proj|lm_head)",
+    "gate.max_kl": 1000.0,
+    "gate.max_empty_increase": 0.2,
+    # a half-trained tiny model's fragments score at random on the profanity classifier: this
+    # test is about the reward-model win rate (each bound has its own test below)
+    "gate.max_toxicity_increase": 1.0,
+}
 
 
 def test_the_gate_promotes_a_better_candidate_and_refuses_one_trained_on_inverted_feedback(tmp_path, tiny_base):
@@ -60,7 +72,9 @@ def test_the_gate_promotes_a_better_candidate_and_refuses_one_trained_on_inverte
 
     db = tmp_path / "fb.db"
     fill(str(db), {"alice": "honest", "bob": "honest"}, prompts=PROMPTS, edits=True)
-    config = tiny_config(tmp_path / "learn", db, tiny_base, **SFT, **{"gate.holdout_share": 0.4, "gate.max_prompts": 16})
+    config = tiny_config(
+        tmp_path / "learn", db, tiny_base, **SFT, **{"gate.holdout_share": 0.4, "gate.max_prompts": 16}
+    )
     [outcome] = run(config)
     learn = tmp_path / "learn"
     assert outcome["outcome"] == "promoted" and versions.current_version(learn) == "v1"
@@ -70,10 +84,19 @@ def test_the_gate_promotes_a_better_candidate_and_refuses_one_trained_on_inverte
     inputs = json.loads((learn / "rounds" / "round-1" / "inputs" / "inputs.json").read_text())
     inverted = [{**e, "value": bad(PROMPTS.index(e["prompt"]))} for e in inputs["train"] if e["kind"] == "edit"]
     assert len(inverted) >= 10
-    worse = train_policy("sft", learn, "v0", str(tiny_base), None, [], inverted, {}, config.policy, tmp_path / "worse",
-                         seed=1, threads=1)
-    figures_ = run_gate(learn, "v0", worse["adapter"], str(learn / outcome["reward_model"]), inputs["holdout_prompts"], config.gate,
-                        config.policy, seed=1)
+    worse = train_policy(
+        "sft", learn, "v0", str(tiny_base), None, [], inverted, {}, config.policy, tmp_path / "worse", seed=1, threads=1
+    )
+    figures_ = run_gate(
+        learn,
+        "v0",
+        worse["adapter"],
+        str(learn / outcome["reward_model"]),
+        inputs["holdout_prompts"],
+        config.gate,
+        config.policy,
+        seed=1,
+    )
     assert not figures_["passed"] and figures_["reward_model"]["win_rate"] <= 0.3, figures_
     assert any(r.startswith("reward-model win rate") for r in figures_["reasons"])
 

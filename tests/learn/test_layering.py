@@ -1,5 +1,6 @@
 """``learn`` sits above ``recipes``, ``pipeline`` and ``feedback`` and beside ``serve``: it never
 imports the server (the two meet only in the learner's folder), and no lower layer imports it."""
+
 from ..feedback.test_layering import _importers
 
 
@@ -8,6 +9,17 @@ def test_learn_never_imports_serve():
 
 
 def test_no_lower_layer_imports_learn():
-    for package in ("core", "models", "data", "training", "rollout", "rewards", "recipes", "pipeline", "feedback",
-                    "serve", "eval"):
+    for package in (
+        "core",
+        "models",
+        "data",
+        "training",
+        "rollout",
+        "rewards",
+        "recipes",
+        "pipeline",
+        "feedback",
+        "serve",
+        "eval",
+    ):
         assert _importers(package, ("rlhfkit.learn",)) == [], package

@@ -1,5 +1,6 @@
 """``--method kto | dpo``: the policy trained straight from the feedback, without the defence's
 weight-0 users."""
+
 import json
 
 import pytest
@@ -24,8 +25,9 @@ def test_a_direct_method_trains_on_the_trusted_users_feedback(store, tmp_path, t
     prompt), DPO on their choice (1 a prompt); the inverted user (weight 0) gives none. The
     round promotes v1, an adapter that changes the policy, with the method in its lineage."""
     learn = tmp_path / "learn"
-    [outcome] = run(tiny_config(learn, store, tiny_base, method=method, **{"policy.max_steps": 3,
-                                                                            "policy.learning_rate": 1e-2}))
+    [outcome] = run(
+        tiny_config(learn, store, tiny_base, method=method, **{"policy.max_steps": 3, "policy.learning_rate": 1e-2})
+    )
     stage = json.loads((learn / "rounds" / "round-1" / "policy" / "stage.json").read_text())
     usable = sum(not held_out(p, 0.25) for p in PROMPTS[:12])
     assert stage["outputs"]["method"] == method and stage["outputs"]["examples"] == 2 * usable * per_prompt

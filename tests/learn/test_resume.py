@@ -1,4 +1,5 @@
 """A learner killed with SIGKILL anywhere in a round resumes and promotes the same version."""
+
 import json
 import os
 import subprocess
@@ -10,11 +11,13 @@ from rlhfkit.models import versions
 from .conftest import cli_args, fill, tiny_config
 
 KILLER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kill_learner.py")
-KILLS = ["step:2",         # inside the reward model's training (after step 2 of 5)
-         "stage:reward",   # at a stage boundary (the reward model resumed, done)
-         "step:1",         # inside GRPO (after step 1 of 2; the reward stage is cached)
-         "stage:gate",     # after the gate, before the version is written
-         "stage:version"]  # v1 written whole, current.json not yet replaced
+KILLS = [
+    "step:2",  # inside the reward model's training (after step 2 of 5)
+    "stage:reward",  # at a stage boundary (the reward model resumed, done)
+    "step:1",  # inside GRPO (after step 1 of 2; the reward stage is cached)
+    "stage:gate",  # after the gate, before the version is written
+    "stage:version",
+]  # v1 written whole, current.json not yet replaced
 
 
 def test_sigkill_anywhere_then_restart_promotes_the_same_version(tmp_path, tiny_base):
@@ -36,12 +39,15 @@ def test_sigkill_anywhere_then_restart_promotes_the_same_version(tmp_path, tiny_
     cmd = [sys.executable, "-m", "rlhfkit.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     for point in KILLS:
-        proc = subprocess.run([sys.executable, KILLER, point, *args], env=env, capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run(
+            [sys.executable, KILLER, point, *args], env=env, capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == -9, (point, proc.returncode, proc.stderr[-2000:])
         assert not (killed / "current.json").is_file() or versions.current_version(killed) == "v0"
-    stages = {s: json.loads((killed / "rounds" / "round-1" / s / "stage.json").read_text())
-              for s in ("reward", "policy", "gate")}
+    stages = {
+        s: json.loads((killed / "rounds" / "round-1" / s / "stage.json").read_text())
+        for s in ("reward", "policy", "gate")
+    }
     assert stages["reward"]["runs"] == 2 and stages["reward"]["resumed"]  # continued from its checkpoint
     assert stages["policy"]["runs"] == 2 and stages["policy"]["resumed"]
     assert (killed / "versions" / "v1").is_dir() and versions.current_version(killed) == "v0"

@@ -1,5 +1,6 @@
 """A learner round over a real SQLite store: promotion, lineage, the defence against an inverted
 and a flooding user, the version list and rollback."""
+
 import json
 
 import pytest
@@ -119,8 +120,12 @@ def test_versions_lists_and_rollback_makes_an_older_version_current(one_round, t
     assert main(["learn", "rollback", str(learn), "v0", "--reason", "complaints"]) == 0
     assert versions.current_version(learn) == "v0"
     log = [json.loads(x) for x in (learn / "versions.jsonl").read_text().splitlines()]
-    assert (log[-1]["event"], log[-1]["version"], log[-1]["from"], log[-1]["reason"]) == ("rollback", "v0", "v1",
-                                                                                          "complaints")
+    assert (log[-1]["event"], log[-1]["version"], log[-1]["from"], log[-1]["reason"]) == (
+        "rollback",
+        "v0",
+        "v1",
+        "complaints",
+    )
     capsys.readouterr()
     assert main(["learn", "rollback", str(learn), "v9"]) == 2
     err = capsys.readouterr().err
@@ -147,8 +152,11 @@ def test_round_two_checks_users_against_the_previous_reward_model(one_round, tmp
     shutil.copy(one_round["db"], db)
     fill(str(db), {"alice": "honest", "bob": "honest", "carol": "honest"}, prompts=PROMPTS[12:18], start=12)
     fill(str(db), {"zed": "inverted"}, prompts=PROMPTS[18:24], start=18)
-    [outcome] = run(tiny_config(learn, db, tiny_base, **{"defence.max_per_user": CAP, "gate.gold": "vader",
-                                                         "gate.min_gold_win_rate": 0.0}))
+    [outcome] = run(
+        tiny_config(
+            learn, db, tiny_base, **{"defence.max_per_user": CAP, "gate.gold": "vader", "gate.min_gold_win_rate": 0.0}
+        )
+    )
     rdir = learn / "rounds" / "round-2"
     defence = json.loads((rdir / "defence" / "defence.json").read_text())
     assert defence["consensus"] == "reward_model" and defence["consensus_agreement"] >= 0.6
@@ -181,9 +189,18 @@ def test_versions_report_html_shows_rounds_weights_and_versions(one_round, tmp_p
 
     learn = tmp_path / "learn"
     shutil.copytree(one_round["learn"], learn)
-    lineage.append_log(learn, {"event": "refused", "round": 2, "version": None, "parent": "v1",
-                               "gate": {"kl_to_v0": 25.0, "reward_model": {"win_rate": 0.4}},
-                               "reasons": ["KL to v0 25.000 > 20.0"], "feedback_count": {"thumbs": 3}})
+    lineage.append_log(
+        learn,
+        {
+            "event": "refused",
+            "round": 2,
+            "version": None,
+            "parent": "v1",
+            "gate": {"kl_to_v0": 25.0, "reward_model": {"win_rate": 0.4}},
+            "reasons": ["KL to v0 25.000 > 20.0"],
+            "feedback_count": {"thumbs": 3},
+        },
+    )
     lineage.rollback(learn, "v0", "complaints")
     out = tmp_path / "report" / "versions.html"
     assert main(["learn", "versions", str(learn), "--html", str(out)]) == 0

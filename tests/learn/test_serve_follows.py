@@ -1,5 +1,6 @@
 """``rlhfkit serve`` following a learner's folder answers from the version the learner promotes,
 with feedback given through the server's own API (a real server process on loopback)."""
+
 import os
 import subprocess
 import sys
@@ -36,10 +37,32 @@ def test_serve_answers_from_the_promoted_version_after_a_round(tmp_path, tiny_ba
     versions.init_learn_dir(learn, str(tiny_base))
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", "serve", "--model", str(learn), "--db", str(db),
-                             "--port", str(port), "--threads", "1", "--max_new_tokens", "6", "--reload_every", "0.2",
-                             "--log_level", "warning"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rlhfkit.cli",
+            "serve",
+            "--model",
+            str(learn),
+            "--db",
+            str(db),
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            "--max_new_tokens",
+            "6",
+            "--reload_every",
+            "0.2",
+            "--log_level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=60) as http:
@@ -54,15 +77,23 @@ def test_serve_answers_from_the_promoted_version_after_a_round(tmp_path, tiny_ba
             assert http.get("/health").json()["version"] == "v0"
             for k, prompt in enumerate(PROMPTS[:12]):
                 for user in ("ann", "ben"):
-                    r = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": prompt}],
-                                                                "user": user, "seed": k})
+                    r = http.post(
+                        "/v1/chat/completions",
+                        json={"messages": [{"role": "user", "content": prompt}], "user": user, "seed": k},
+                    )
                     assert r.status_code == 200 and r.json()["rlhfkit"]["version"] == "v0"
-                    f = http.post("/v1/feedback", json={"completion_id": r.json()["id"], "thumbs": "up" if k % 2 else "down",
-                                                        "user": user})
+                    f = http.post(
+                        "/v1/feedback",
+                        json={"completion_id": r.json()["id"], "thumbs": "up" if k % 2 else "down", "user": user},
+                    )
                     assert f.status_code == 200, f.text
 
-            config = tiny_config(learn, db, tiny_base, **{"gate.min_win_rate": 0.0, "gate.max_runaway_increase": 1.0,
-                                                          "gate.max_toxicity_increase": 1.0})
+            config = tiny_config(
+                learn,
+                db,
+                tiny_base,
+                **{"gate.min_win_rate": 0.0, "gate.max_runaway_increase": 1.0, "gate.max_toxicity_increase": 1.0},
+            )
             [outcome] = run(config)
             assert outcome["outcome"] == "promoted" and versions.current_version(learn) == "v1"
             info = versions.version_info(learn, "v1")
@@ -73,11 +104,16 @@ def test_serve_answers_from_the_promoted_version_after_a_round(tmp_path, tiny_ba
                 assert time.monotonic() < end, "the server did not swap to v1"
                 assert proc.poll() is None, proc.stdout.read()
                 time.sleep(0.1)
-            r = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hello again"}],
-                                                        "user": "ann"})
+            r = http.post(
+                "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hello again"}], "user": "ann"}
+            )
             assert r.status_code == 200 and r.json()["rlhfkit"]["version"] == "v1"
-            assert http.post("/v1/feedback", json={"completion_id": r.json()["id"], "thumbs": "up",
-                                                   "user": "ann"}).status_code == 200
+            assert (
+                http.post(
+                    "/v1/feedback", json={"completion_id": r.json()["id"], "thumbs": "up", "user": "ann"}
+                ).status_code
+                == 200
+            )
         last = feedback_events(str(db))[-1]
         assert (last.completion_id, last.versions) == (r.json()["id"], ("v1",))
     finally:

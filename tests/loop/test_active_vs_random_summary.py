@@ -1,6 +1,7 @@
 """The active-vs-random benchmark's summary (benchmarks/active_vs_random.py): seed means taken at
 the same label count when an included earlier run lacks a point, and the label ratio on the
 seed-averaged curves of the recorded six SmolLM2 loop seeds, derived by hand."""
+
 import importlib.util
 from pathlib import Path
 
@@ -25,10 +26,14 @@ def test_seed_means_align_by_label_count_not_position(bench):
     """Seed A has ensemble accuracy at 64 and 128 labels, seed B only at 128 (64 unknown): the
     accuracy curves are compared at 128 alone, mean (0.6 + 0.8) / 2 = 0.7; zipping by position
     would have averaged A's 64-label point with B's 128-label point (0.55)."""
-    a = {"seed": 0, "curves": {s: curve([(0, 0.1, None), (64, 0.2, 0.5), (128, 0.3, 0.6)])
-                               for s in ("random", "uncertainty")}}
-    b = {"seed": 1, "curves": {s: curve([(0, 0.1, None), (64, 0.2, None), (128, 0.3, 0.8)])
-                               for s in ("random", "uncertainty")}}
+    a = {
+        "seed": 0,
+        "curves": {s: curve([(0, 0.1, None), (64, 0.2, 0.5), (128, 0.3, 0.6)]) for s in ("random", "uncertainty")},
+    }
+    b = {
+        "seed": 1,
+        "curves": {s: curve([(0, 0.1, None), (64, 0.2, None), (128, 0.3, 0.8)]) for s in ("random", "uncertainty")},
+    }
     sm = bench.summarise([a, b], "rm_accuracy", seed=0, draws=50)
     assert sm["mean_curves"]["random"] == [{"labels": 128, "rm_accuracy": pytest.approx(0.7)}]
     gold = bench.summarise([a, b], "gold", seed=0, draws=50)  # every gold point is known

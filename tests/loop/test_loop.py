@@ -1,6 +1,7 @@
 """`rlhfkit loop` end to end on a tiny model: 2 rounds with in-process simulated labelers; resume
 after a stage raises in round 2 (round 1 is not redone); labels from the feedback store given
 by a simulated labeler thread through the store API. One torch thread."""
+
 import json
 import re
 import threading
@@ -42,11 +43,17 @@ def test_two_rounds_end_to_end_with_simulated_labelers(tmp_path, loop_prompts):
     assert {"gold", "kl", "rm_accuracy", "labels"} <= set(ev)
     # the report: a row per round (and the initial policy), curves against labels, the last labels
     page = (out / "report.html").read_text()
-    for title in ("Rounds", "Held-out gold score vs labels", "Ensemble accuracy on held-out pairs vs labels",
-                  "Uncertainty of the pairs sent to labelers", "Policy optimisation, all rounds", "Pairs labelled in round 2"):
+    for title in (
+        "Rounds",
+        "Held-out gold score vs labels",
+        "Ensemble accuracy on held-out pairs vs labels",
+        "Uncertainty of the pairs sent to labelers",
+        "Policy optimisation, all rounds",
+        "Pairs labelled in round 2",
+    ):
         assert title in page, title
-    assert page.count("<svg") == 5 and page.count("<tr><td class=\"num\">") == 3
-    assert f'{curve[2]["gold"]:.4f}' in page
+    assert page.count("<svg") == 5 and page.count('<tr><td class="num">') == 3
+    assert f"{curve[2]['gold']:.4f}" in page
     # label agreement with gold rests on the pairs the gold judge orders; ties are counted apart
     lab = _stage(out, "2/labels")["outputs"]
     labelled = [json.loads(x) for x in (out / "round-2" / "labels" / "labels.jsonl").read_text().splitlines()]
@@ -54,9 +61,10 @@ def test_two_rounds_end_to_end_with_simulated_labelers(tmp_path, loop_prompts):
     assert (lab["agreement_pairs"], lab["gold_tie_pairs"]) == (len(decided), 8 - len(decided))
     if decided:
         assert lab["agreement_with_gold"] == pytest.approx(
-            sum(x["gold_chosen"] > x["gold_rejected"] for x in decided) / len(decided))
-    assert f'of {lab["agreement_pairs"]} ({lab["gold_tie_pairs"]} ties)' in page
-    assert not re.search(r'<script|<link|<img|src=|href=', page)
+            sum(x["gold_chosen"] > x["gold_rejected"] for x in decided) / len(decided)
+        )
+    assert f"of {lab['agreement_pairs']} ({lab['gold_tie_pairs']} ties)" in page
+    assert not re.search(r"<script|<link|<img|src=|href=", page)
 
 
 def math_ok(x):
@@ -115,8 +123,17 @@ def test_labels_from_the_feedback_store_given_by_a_labeler_thread(tmp_path, loop
     th.start()
     try:
         out = tmp_path / "loop"
-        res = loop_run.run(tiny_loop_config(out, loop_prompts, labeler="store", db=str(dbfile), poll_seconds=0.1,
-                                            label_timeout=30, project_prefix="movie"))
+        res = loop_run.run(
+            tiny_loop_config(
+                out,
+                loop_prompts,
+                labeler="store",
+                db=str(dbfile),
+                poll_seconds=0.1,
+                label_timeout=30,
+                project_prefix="movie",
+            )
+        )
     finally:
         stop.set()
         th.join(5)
@@ -150,19 +167,44 @@ def test_sigkill_mid_round_then_the_cli_rerun_resumes(tmp_path, loop_prompts):
 
     out = tmp_path / "loop"
     cfg = tiny_loop_config(out, loop_prompts)  # the same settings, written as YAML overrides
-    args = [sys.executable, "-m", "rlhfkit.cli", "loop", "--threads", "1", "--output_dir", str(out),
-            "--prompts", str(loop_prompts)]
-    for k in list(QUICK) + ["rounds", "n_eval_prompts", "max_train_prompts", "prompts_per_round", "labels_per_round",
-                            "eval_samples", "max_new_tokens", "ensemble_size", "init.hidden_size", "init.num_heads",
-                            "init.vocab_size", "reward.epochs", "reward.batch_size", "reward.micro_batch_size",
-                            "grpo.max_steps", "grpo.batch_size", "grpo.micro_batch_size", "grpo.max_new_tokens"]:
+    args = [
+        sys.executable,
+        "-m",
+        "rlhfkit.cli",
+        "loop",
+        "--threads",
+        "1",
+        "--output_dir",
+        str(out),
+        "--prompts",
+        str(loop_prompts),
+    ]
+    for k in list(QUICK) + [
+        "rounds",
+        "n_eval_prompts",
+        "max_train_prompts",
+        "prompts_per_round",
+        "labels_per_round",
+        "eval_samples",
+        "max_new_tokens",
+        "ensemble_size",
+        "init.hidden_size",
+        "init.num_heads",
+        "init.vocab_size",
+        "reward.epochs",
+        "reward.batch_size",
+        "reward.micro_batch_size",
+        "grpo.max_steps",
+        "grpo.batch_size",
+        "grpo.micro_batch_size",
+        "grpo.max_new_tokens",
+    ]:
         obj = cfg
         for part in k.split("."):
             obj = getattr(obj, part)
         args += [f"--{k}", str(obj)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_NO_PROGRESS": "1"}
-    killed = subprocess.run(kill_after_step.command(1, args[3:]), env=env, capture_output=True, text=True,
-                            timeout=120)
+    killed = subprocess.run(kill_after_step.command(1, args[3:]), env=env, capture_output=True, text=True, timeout=120)
     assert killed.returncode == -9, killed.stderr[-2000:]
     state = json.loads((out / "loop_state.json").read_text())
     assert (state["round"], state["stage"], state["status"]) == (1, "reward", "running")
@@ -228,16 +270,28 @@ def test_share_first_round_takes_only_finished_folders_and_renames_whole_paths(t
         path.mkdir(parents=True)
         (path / "stage.json").write_text(json.dumps({"status": status, "outputs": outputs}))
 
-    record(Path("runs/a/setup"), "done", {"model": "runs/a/setup/model", "sft": "runs/a_sft/model",
-                                          "abs": str(tmp_path / "runs/a/setup/x"), "spec": "0.5*rm:runs/a/m0 + 0.5*rm:runs/a/m1"})
+    record(
+        Path("runs/a/setup"),
+        "done",
+        {
+            "model": "runs/a/setup/model",
+            "sft": "runs/a_sft/model",
+            "abs": str(tmp_path / "runs/a/setup/x"),
+            "spec": "0.5*rm:runs/a/m0 + 0.5*rm:runs/a/m1",
+        },
+    )
     (Path("runs/a/setup/weights.bin")).write_bytes(b"w")
     record(Path("runs/a/round-1/candidates"), "done", {})
     record(Path("runs/a/round-1/policy"), "running", {})
     assert loop_run.share_first_round(tmp_path / "runs" / "a", Path("runs/b")) == ["setup"]
     assert not Path("runs/b/round-1").exists()
     out = json.loads(Path("runs/b/setup/stage.json").read_text())["outputs"]
-    assert out == {"model": "runs/b/setup/model", "sft": "runs/a_sft/model", "abs": "runs/b/setup/x",
-                   "spec": "0.5*rm:runs/b/m0 + 0.5*rm:runs/b/m1"}
+    assert out == {
+        "model": "runs/b/setup/model",
+        "sft": "runs/a_sft/model",
+        "abs": "runs/b/setup/x",
+        "spec": "0.5*rm:runs/b/m0 + 0.5*rm:runs/b/m1",
+    }
     assert json.loads(Path("runs/a/setup/stage.json").read_text())["outputs"]["model"] == "runs/a/setup/model"
     assert Path("runs/b/setup/weights.bin").stat().st_ino == Path("runs/a/setup/weights.bin").stat().st_ino
 
@@ -259,8 +313,9 @@ def test_heldout_pairs_are_every_gold_ordered_pair_of_the_samples(tmp_path, loop
 
     out = tmp_path / "loop"
     # gold: the share of 'e' characters (VADER scores the tiny model's gibberish 0: no order)
-    loop_run.run(tiny_loop_config(out, loop_prompts, selection="random", rounds=1, heldout_samples=3,
-                                  gold="frequency:e"))
+    loop_run.run(
+        tiny_loop_config(out, loop_prompts, selection="random", rounds=1, heldout_samples=3, gold="frequency:e")
+    )
     pairs = [json.loads(l) for l in (out / "setup" / "heldout_pairs.jsonl").read_text().splitlines()]
     prompts = [json.loads(l)["prompt"] for l in (out / "setup" / "eval_prompts.jsonl").read_text().splitlines()]
     per_prompt = {p: sum(x["prompt"] == p for x in pairs) for p in prompts}
@@ -280,8 +335,10 @@ def test_an_existing_project_of_an_earlier_selection_is_refused(tmp_path):
 
     store = db.Store(str(tmp_path / "fb.db"))
     try:
-        items = [{"id": "r2-p5", "prompt": "the film", "responses": ["was good", "was bad"]},
-                 {"id": "r2-p9", "prompt": "a story", "responses": ["of love", "of hate"]}]
+        items = [
+            {"id": "r2-p5", "prompt": "the film", "responses": ["was good", "was bad"]},
+            {"id": "r2-p9", "prompt": "a story", "responses": ["of love", "of hate"]},
+        ]
         pid = ensure_project(store, "loop-round-2", items, overlap=1)
         assert ensure_project(store, "loop-round-2", list(reversed(items)), overlap=1) == pid
         other = [items[0], {**items[1], "responses": ["of love", "of war"]}]
@@ -318,7 +375,7 @@ def test_a_restart_keeps_the_finished_rounds_in_the_state_and_does_not_nest_it(t
     assert "previous" not in state["previous"] and len(json.dumps(state)) < 4 * len(json.dumps(first))
 
 
-@pytest.mark.parametrize("damage", [lambda t: t[:len(t) // 2], lambda t: b"\xff" + t[1:]])
+@pytest.mark.parametrize("damage", [lambda t: t[: len(t) // 2], lambda t: b"\xff" + t[1:]])
 def test_an_unreadable_loop_state_is_started_afresh_with_a_warning(tmp_path, loop_prompts, capsys, damage):
     """loop_state.json truncated, or not UTF-8: the rerun says so in one line and goes on (the
     stages, skipped by fingerprint, give the finished rounds and the policy back)."""
@@ -331,7 +388,9 @@ def test_an_unreadable_loop_state_is_started_afresh_with_a_warning(tmp_path, loo
     assert res["summary"]["ran"] == []
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlhfkit: warning")]
     assert len(warnings) == 1 and warnings[0].startswith(f"rlhfkit: warning: {state_file} is unreadable (")
-    assert warnings[0].endswith("); the loop starts its state afresh (finished stages are still skipped by fingerprint)")
+    assert warnings[0].endswith(
+        "); the loop starts its state afresh (finished stages are still skipped by fingerprint)"
+    )
     state = json.loads(state_file.read_text())
     assert state["status"] == "done" and state["rounds_done"] == 1
     assert state["policy"] == str(out / "round-1" / "policy" / "model")
@@ -363,8 +422,20 @@ def test_quick_leaves_the_command_lines_label_budget_alone(tmp_path, loop_prompt
     from rlhfkit.cli import main
 
     out = tmp_path / "loop"
-    base = ["loop", "--quick", "--labels_per_round", "6", "--rounds", "1", "--prompts", str(loop_prompts),
-            "--threads", "1", "--output_dir", str(out)]
+    base = [
+        "loop",
+        "--quick",
+        "--labels_per_round",
+        "6",
+        "--rounds",
+        "1",
+        "--prompts",
+        str(loop_prompts),
+        "--threads",
+        "1",
+        "--output_dir",
+        str(out),
+    ]
     assert main([*base, "--reward.batch_size", "8"]) == 2
     err = capsys.readouterr().err
     assert "field 'labels_per_round': 6 labels are fewer than one batch" in err and "reward.batch_size 8" in err

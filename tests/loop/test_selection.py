@@ -1,5 +1,6 @@
 """The selection function on hand-made ensemble scores (expected picks derived by hand), the
 label-efficiency interpolation, and the policy-free pool check on a synthetic task."""
+
 import math
 import random
 
@@ -15,11 +16,13 @@ def sig(x):
 
 
 # 3 members x 6 candidates; prompts: {0, 1}, {2, 3}, {4, 5}
-SCORES = torch.tensor([
-    [0.0, 0.0, 2.0, -2.0, 0.5, 0.0],
-    [0.0, 0.0, -2.0, 2.0, 0.5, 0.0],
-    [0.0, 0.0, 0.0, 0.0, 0.5, 0.0],
-])
+SCORES = torch.tensor(
+    [
+        [0.0, 0.0, 2.0, -2.0, 0.5, 0.0],
+        [0.0, 0.0, -2.0, 2.0, 0.5, 0.0],
+        [0.0, 0.0, 0.0, 0.0, 0.5, 0.0],
+    ]
+)
 GROUPS = [0, 0, 1, 1, 2, 2]
 PAIRS = [(0, 1), (2, 3), (4, 5)]
 
@@ -39,6 +42,7 @@ def test_preference_probs_and_uncertainty_by_hand():
 def test_bald_by_hand():
     """BALD = H(mean p) - mean H(p): zero where the members agree (pairs 0 and 2, however close to a
     coin flip), and for pair 1 H(1/2) = ln 2 minus the members' mean entropy."""
+
     def h(p):
         return -(p * math.log(p) + (1 - p) * math.log(1 - p))
 
@@ -50,9 +54,7 @@ def test_bald_by_hand():
 def test_double_thompson_sampling_by_hand():
     """Each member names its favourite candidate of a prompt; a pair scores the share of ordered
     pairs of distinct members whose favourites are its two candidates (3 members: 6 ordered pairs)."""
-    scores = torch.tensor([[3.0, 1.0, 0.0, 1.0, 0.0],
-                           [0.0, 2.0, 1.0, 1.0, 0.0],
-                           [0.0, 5.0, 1.0, 1.0, 0.0]])
+    scores = torch.tensor([[3.0, 1.0, 0.0, 1.0, 0.0], [0.0, 2.0, 1.0, 1.0, 0.0], [0.0, 5.0, 1.0, 1.0, 0.0]])
     groups = [0, 0, 0, 1, 1]  # prompt 0: candidates 0-2, favourites 0, 1, 1; prompt 1: all favour 3
     pairs = candidate_pairs(groups)
     assert pairs == [(0, 1), (0, 2), (1, 2), (3, 4)]
@@ -103,11 +105,15 @@ def test_equal_uncertainty_is_ordered_by_the_seed():
     scores = torch.tensor([[3.0, -3.0, 0.0, 1.0, 0.0], [-3.0, 3.0, 0.0, -1.0, 0.0]])
     groups = [0, 0, 0, 1, 1]
     pairs = candidate_pairs(groups)
-    picks = {seed: select_pairs(pairs, 2, "uncertainty", seed=seed, scores=scores, groups=groups, max_per_group=0)
-             for seed in range(20)}
+    picks = {
+        seed: select_pairs(pairs, 2, "uncertainty", seed=seed, scores=scores, groups=groups, max_per_group=0)
+        for seed in range(20)
+    }
     assert {tuple(p) for p in picks.values()} == {(0, 1), (0, 2)}
-    assert all(select_pairs(pairs, 2, "uncertainty", seed=seed, scores=scores, groups=groups, max_per_group=0) == p
-               for seed, p in picks.items())
+    assert all(
+        select_pairs(pairs, 2, "uncertainty", seed=seed, scores=scores, groups=groups, max_per_group=0) == p
+        for seed, p in picks.items()
+    )
 
 
 def test_random_baseline_and_errors():
@@ -155,11 +161,28 @@ def test_policy_free_pool_check_runs_and_learns():
     t, g, go = _pool(rng, 60)
     ht, hg, hgo = _pool(rng, 40, offset=1000)
     off = len(t)
-    held = [(a + off, b + off) if hgo[a] > hgo[b] else (b + off, a + off)
-            for a, b in candidate_pairs(hg, ht) if hgo[a] != hgo[b]]
-    curves = {m: pool_curve(t + ht, g + hg, go + hgo, candidate_pairs(g, t), held, m, start=10, step=15, n_steps=2,
-                            ensemble_size=3, seed=0, bon_candidates=range(off, off + len(ht)))
-              for m in ("random", "uncertainty")}
+    held = [
+        (a + off, b + off) if hgo[a] > hgo[b] else (b + off, a + off)
+        for a, b in candidate_pairs(hg, ht)
+        if hgo[a] != hgo[b]
+    ]
+    curves = {
+        m: pool_curve(
+            t + ht,
+            g + hg,
+            go + hgo,
+            candidate_pairs(g, t),
+            held,
+            m,
+            start=10,
+            step=15,
+            n_steps=2,
+            ensemble_size=3,
+            seed=0,
+            bon_candidates=range(off, off + len(ht)),
+        )
+        for m in ("random", "uncertainty")
+    }
     by_prompt = [[off + 4 * k + j for j in range(4)] for k in range(40)]
     chance = sum(hgo) / len(hgo)
     oracle = sum(max(hgo[i - off] for i in grp) for grp in by_prompt) / len(by_prompt)

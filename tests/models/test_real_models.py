@@ -1,4 +1,5 @@
 """The embedded real models: MiniLM (reward backbone, fast) and SmolLM2-135M GGUF (policy, slow)."""
+
 import math
 
 import pytest
@@ -16,8 +17,7 @@ from rlhfkit.models import (
     token_values,
 )
 
-TEXTS = ["Great answer, thanks!", "The reply ignores the question entirely and rambles on about cats.",
-         "Paris."]
+TEXTS = ["Great answer, thanks!", "The reply ignores the question entirely and rambles on about cats.", "Paris."]
 
 
 def _pad(seqs, pad_id, side):
@@ -54,14 +54,14 @@ def test_minilm_reward_model_loads(minilm):
 def test_minilm_padding_invariant(minilm):
     model, tok = minilm
     seqs = [tok(t).input_ids for t in TEXTS]
-    alone = torch.stack([reward_scores(model, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))[0]
-                         for s in seqs])
+    alone = torch.stack(
+        [reward_scores(model, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))[0] for s in seqs]
+    )
     for side in ("right", "left"):
         ids, mask = _pad(seqs, tok.pad_token_id, side)
         torch.testing.assert_close(reward_scores(model, ids, mask), alone, rtol=0, atol=1e-5)
     batch = tok(TEXTS, padding=True, return_tensors="pt")
-    torch.testing.assert_close(reward_scores(model, batch.input_ids, batch.attention_mask), alone,
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(reward_scores(model, batch.input_ids, batch.attention_mask), alone, rtol=0, atol=1e-5)
 
 
 @torch.no_grad()
@@ -73,9 +73,12 @@ def test_minilm_save_round_trip(minilm, tmp_path):
     tok.save_pretrained(tmp_path)
     batch = tok(TEXTS, padding=True, return_tensors="pt")
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
-    torch.testing.assert_close(reward_scores(reloaded, batch.input_ids, batch.attention_mask),
-                               reward_scores(model, batch.input_ids, batch.attention_mask),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        reward_scores(reloaded, batch.input_ids, batch.attention_mask),
+        reward_scores(model, batch.input_ids, batch.attention_mask),
+        rtol=0,
+        atol=1e-6,
+    )
     again, _ = load_reward_model(str(tmp_path))  # trained head kept, not re-initialised
     torch.testing.assert_close(score_head(again).weight, score_head(model).weight)
 
@@ -91,8 +94,9 @@ def test_smollm2_gguf_policy_and_reward_model(tmp_path):
     assert len(tok) == 49153 == model.get_input_embeddings().weight.shape[0]
     assert model.config.pad_token_id == tok.pad_token_id
     assert getattr(model.config, "quantization_config", None) is None
-    prompt = tok.apply_chat_template([{"role": "user", "content": "Say hi."}], tokenize=False,
-                                     add_generation_prompt=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Say hi."}], tokenize=False, add_generation_prompt=True
+    )
     batch = tok([prompt, "Hi"], padding=True, return_tensors="pt")
     assert tok.padding_side == "left"
     logits = model(**batch, position_ids=position_ids_from_mask(batch.attention_mask)).logits
@@ -110,5 +114,6 @@ def test_smollm2_gguf_policy_and_reward_model(tmp_path):
     torch.testing.assert_close(values[:, -1], scores, rtol=0, atol=1e-4)
     rm.save_pretrained(tmp_path)
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
-    torch.testing.assert_close(reward_scores(reloaded, batch.input_ids, batch.attention_mask), scores,
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        reward_scores(reloaded, batch.input_ids, batch.attention_mask), scores, rtol=0, atol=1e-5
+    )

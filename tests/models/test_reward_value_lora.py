@@ -1,4 +1,5 @@
 """Reward scores and token values are padding invariant; head init; save/load; LoRA reference."""
+
 import math
 
 import pytest
@@ -21,8 +22,11 @@ from rlhfkit.models import (
     token_values,
 )
 
-TEXTS = ["a short one", "a much longer sentence that needs a lot more tokens than the others do",
-         "medium length text here"]
+TEXTS = [
+    "a short one",
+    "a much longer sentence that needs a lot more tokens than the others do",
+    "medium length text here",
+]
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +112,9 @@ def test_token_values_padding_invariant(tok, kind):
     # for a causal model, the value at the last token is the reward score
     if kind == "causal":
         ids, mask = _pad(seqs, tok.pad_token_id, "left")
-        torch.testing.assert_close(token_values(model, ids, mask)[:, -1], reward_scores(model, ids, mask),
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            token_values(model, ids, mask)[:, -1], reward_scores(model, ids, mask), rtol=0, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("kind", ["causal", "encoder"])
@@ -152,14 +157,12 @@ def test_save_pretrained_round_trip(tok, kind, tmp_path):
         assert name == name2 and torch.equal(p, q)
     seqs = [tok(t).input_ids for t in TEXTS]
     ids, mask = _pad(seqs, tok.pad_token_id, "right")
-    torch.testing.assert_close(reward_scores(reloaded, ids, mask), reward_scores(model, ids, mask),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(reward_scores(reloaded, ids, mask), reward_scores(model, ids, mask), rtol=0, atol=1e-6)
     # and through load_reward_model: the trained head is kept, not re-initialised
     loaded, loaded_tok = load_reward_model(str(tmp_path))
     assert loaded_tok.pad_token_id == tok.pad_token_id and loaded_tok.padding_side == "right"
     assert loaded_tok.chat_template == tok.chat_template
-    torch.testing.assert_close(reward_scores(loaded, ids, mask), reward_scores(model, ids, mask),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(reward_scores(loaded, ids, mask), reward_scores(model, ids, mask), rtol=0, atol=1e-6)
     assert AutoTokenizer.from_pretrained(tmp_path).pad_token == "<|pad|>"
 
 

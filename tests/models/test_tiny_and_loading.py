@@ -1,4 +1,5 @@
 """Tiny builders, source resolution, pad token, dropout, clear load errors."""
+
 import os
 import stat
 from pathlib import Path
@@ -91,8 +92,14 @@ def test_dropout_disabled_train_mode_is_deterministic(tok, builder):
         for layer in model.model.layers:
             layer.self_attn.attention_dropout = 0.5
     else:  # a BERT with its default dropout 0.1 everywhere
-        cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, intermediate_size=64, num_labels=1)
+        cfg = BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=1,
+        )
         model = BertForSequenceClassification(cfg)
     disable_dropout(model)
     model.train()
@@ -109,8 +116,7 @@ def test_ensure_pad_token_reuses_existing_pad_token(tok):
     from transformers import PreTrainedTokenizerFast
 
     # pad == eos, but "<|pad|>" is already in the vocabulary: reuse it, nothing to resize
-    t = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, eos_token="<|eos|>",
-                                pad_token="<|eos|>")
+    t = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, eos_token="<|eos|>", pad_token="<|eos|>")
     assert t.pad_token_id == t.eos_token_id
     lm = tiny_causal_lm(tok)
     ids = torch.tensor([tok("resize must keep logits").input_ids])
@@ -176,7 +182,9 @@ def test_the_tiny_alias_is_a_folder_built_from_config_once(tmp_path, monkeypatch
     model, t = load_policy("tiny")
     assert t.get_vocab() == tok.get_vocab() and t.chat_template == tok.chat_template and t.padding_side == "left"
     expected = tiny_causal_lm(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0).state_dict()
-    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items()) and len(expected) == len(model.state_dict())
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items()) and len(expected) == len(
+        model.state_dict()
+    )
     monkeypatch.setenv("RLHFKIT_CACHE", str(tmp_path / "b"))
     again = load_causal_lm("tiny").state_dict()
     assert all(torch.equal(v, again[k]) for k, v in model.state_dict().items())
@@ -200,8 +208,10 @@ def test_missing_path_error_message(tmp_path):
 
 def test_hub_name_offline_error_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    msg = (r"could not load 'org/name': not a local path and the hub is unreachable "
-           r"\(HF_HUB_OFFLINE")
+    msg = (
+        r"could not load 'org/name': not a local path and the hub is unreachable "
+        r"\(HF_HUB_OFFLINE"
+    )
     with pytest.raises(ModelLoadError, match=msg):
         load_tokenizer("org/name")
     with pytest.raises(ModelLoadError, match=msg):
@@ -218,8 +228,9 @@ def test_new_reward_head_loads_quietly_and_missing_backbone_weights_warn(tok, tm
     from safetensors.torch import load_file, save_file
     from transformers import BertConfig, BertModel
 
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
-                     num_attention_heads=2, intermediate_size=64)
+    cfg = BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
     BertModel(cfg).save_pretrained(tmp_path / "backbone")
     tok.save_pretrained(tmp_path / "backbone")
     with warnings.catch_warnings():

@@ -1,6 +1,7 @@
 """A learner's folder of versions (``models/versions.py``) and the policy line over it
 (``models/policy_line.py``): v0 the base model, later versions LoRA adapters merged in order or
 full models, ``current.json`` replaced atomically, broken versions refused with their folder."""
+
 import json
 from pathlib import Path
 
@@ -46,9 +47,14 @@ def make_learner(root: Path, base_dir: Path) -> Path:
 def greedy(model, tok, text="Hello there, how are you?", n=8) -> list[int]:
     ids = tok(text, return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
-    return out[0, ids.shape[1]:].tolist()
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def test_versions_load_as_merged_plain_models_and_promote_atomically(tmp_path):
@@ -57,7 +63,9 @@ def test_versions_load_as_merged_plain_models_and_promote_atomically(tmp_path):
     assert versions.is_learn_dir(learn) and not versions.is_learn_dir(base)
     assert versions.current_version(learn) == "v0"
     assert [(v["version"], v["parent"], v["current"]) for v in versions.list_versions(learn)] == [
-        ("v0", None, True), ("v1", "v0", False)]
+        ("v0", None, True),
+        ("v1", "v0", False),
+    ]
     assert versions.version_info(learn, "v1")["base"] == str(base)  # lineage: taken from the parent
     assert versions.version_info(learn, "v1")["adapter_on"] == "v0" and versions.version_info(learn, "v1")["note"]
 

@@ -1,6 +1,7 @@
 """The default preset (configs/pipeline_chat.yaml): real first turns of chat conversations,
 rendered with the policy's chat template in every stage that samples the policy, sampled alike
 there, the ``friendly`` gold judge; tiny models, one thread."""
+
 import json
 from pathlib import Path
 
@@ -37,24 +38,36 @@ def test_every_sampling_stage_renders_the_chat_template_and_samples_alike(tmp_pa
 
     out = tmp_path / "run"
     config = tiny_config(out, pipeline_data, clean_checkpoints=False)
-    assert config.chat_template and (config.feedback.temperature, config.feedback.top_p, config.feedback.top_k) == (0.7, 0.9, 50)
+    assert config.chat_template and (config.feedback.temperature, config.feedback.top_p, config.feedback.top_k) == (
+        0.7,
+        0.9,
+        50,
+    )
     run_pipeline(config)
     model, tok = load_policy(str(out / "init" / "model"))
     fb = config.feedback
-    sampling = SamplingConfig(max_new_tokens=fb.max_new_tokens, temperature=fb.temperature, top_p=fb.top_p,
-                              top_k=fb.top_k)
+    sampling = SamplingConfig(
+        max_new_tokens=fb.max_new_tokens, temperature=fb.temperature, top_p=fb.top_p, top_k=fb.top_k
+    )
     gen = make_sampler(model, sampling, tok.eos_token_id, tok.pad_token_id)
 
     # feedback: every labelled text of the first chunk is one of the chat-rendered candidates
     labelled = _jsonl(out / "feedback" / "chunks" / "00000.jsonl")
-    batch = [r["prompt"] for r in _jsonl(out / "feedback" / "train_prompts.jsonl")][:fb.batch_size]
+    batch = [r["prompt"] for r in _jsonl(out / "feedback" / "train_prompts.jsonl")][: fb.batch_size]
 
     def candidates(chat: bool) -> dict[str, set]:
         texts: dict[str, set] = {p: set() for p in batch}
         for salt in (11, 12):  # quick: 2 candidates
             with torch.no_grad():
-                ro = rollout(gen, model, tok, batch, seed=step_seed(fb.seed, 0, salt=salt), chat_template=chat,
-                             behaviour_logprobs=False)
+                ro = rollout(
+                    gen,
+                    model,
+                    tok,
+                    batch,
+                    seed=step_seed(fb.seed, 0, salt=salt),
+                    chat_template=chat,
+                    behaviour_logprobs=False,
+                )
             for p, r in zip(batch, ro.responses):
                 texts[p].add(r)
         return texts
@@ -68,15 +81,34 @@ def test_every_sampling_stage_renders_the_chat_template_and_samples_alike(tmp_pa
     run_config = json.loads((ckpt / "trainer_state.json").read_text())["config"]
     assert run_config["chat_template"] is True
     assert (run_config["temperature"], run_config["top_p"], run_config["top_k"], run_config["max_new_tokens"]) == (
-        0.7, 0.9, 50, fb.max_new_tokens)
+        0.7,
+        0.9,
+        50,
+        fb.max_new_tokens,
+    )
 
     # evaluation: the reference's replies are the chat-rendered ones for the evaluation's seed
     samples = _jsonl(out / "eval" / "samples.jsonl")
     prompts = [s["prompt"] for s in samples]
     ev = config.eval
     for chat_template, same in ((True, True), (False, False)):
-        c = EvalConfig(**{**{k: getattr(ev, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k", "batch_size",
-                                                        "max_prompt_length", "seed")}, "chat_template": chat_template})
+        c = EvalConfig(
+            **{
+                **{
+                    k: getattr(ev, k)
+                    for k in (
+                        "max_new_tokens",
+                        "temperature",
+                        "top_p",
+                        "top_k",
+                        "batch_size",
+                        "max_prompt_length",
+                        "seed",
+                    )
+                },
+                "chat_template": chat_template,
+            }
+        )
         _, _, ros = _sample_model(str(out / "init" / "model"), prompts, c, salt=2, logprobs=False)
         assert ([r for ro in ros for r in ro.responses] == [s["reference"] for s in samples]) is same
         if same:  # a reply without EOS is marked as cut
@@ -85,11 +117,23 @@ def test_every_sampling_stage_renders_the_chat_template_and_samples_alike(tmp_pa
     # per-token shading: the policy's replies to the first prompts, chat-rendered, seed salt 31
     toks = _jsonl(out / "eval" / "token_samples.jsonl")
     policy, ptok = load_policy(str(out / "policy" / "model"))
-    pgen = make_sampler(policy, SamplingConfig(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature,
-                                               top_p=ev.top_p, top_k=ev.top_k), ptok.eos_token_id, ptok.pad_token_id)
+    pgen = make_sampler(
+        policy,
+        SamplingConfig(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, top_p=ev.top_p, top_k=ev.top_k),
+        ptok.eos_token_id,
+        ptok.pad_token_id,
+    )
     with torch.no_grad():
-        ro = rollout(pgen, policy, ptok, [t["prompt"] for t in toks], seed=step_seed(ev.seed, 0, salt=31),
-                     max_prompt_length=ev.max_prompt_length, chat_template=True, behaviour_logprobs=False)
+        ro = rollout(
+            pgen,
+            policy,
+            ptok,
+            [t["prompt"] for t in toks],
+            seed=step_seed(ev.seed, 0, salt=31),
+            max_prompt_length=ev.max_prompt_length,
+            chat_template=True,
+            behaviour_logprobs=False,
+        )
     assert ro.responses == [t["response"] for t in toks]
 
 
@@ -97,13 +141,18 @@ def test_stages_that_would_sample_differently_are_refused():
     from rlhfkit.pipeline import PipelineConfig
     from rlhfkit.training.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match=r"field 'top_p' differs .*feedback.top_p 0.9, grpo.top_p 1.0, eval.top_p 0.9"):
+    with pytest.raises(
+        ConfigError, match=r"field 'top_p' differs .*feedback.top_p 0.9, grpo.top_p 1.0, eval.top_p 0.9"
+    ):
         load_config(PipelineConfig, None, {"grpo.top_p": 1.0})
     with pytest.raises(ConfigError, match=r"field 'max_new_tokens' differs .*eval.max_new_tokens 64"):
         load_config(PipelineConfig, None, {"eval.max_new_tokens": 64})
     # set together: accepted; a section that does not sample (ppo while grpo runs) is not compared
-    ok = load_config(PipelineConfig, None, {"feedback.temperature": 1.0, "grpo.temperature": 1.0,
-                                            "eval.temperature": 1.0, "ppo.temperature": 0.3})
+    ok = load_config(
+        PipelineConfig,
+        None,
+        {"feedback.temperature": 1.0, "grpo.temperature": 1.0, "eval.temperature": 1.0, "ppo.temperature": 0.3},
+    )
     assert ok.grpo.temperature == 1.0
     with pytest.raises(ConfigError, match="field 'chat_template': dpo tokenises the pairs' prompts as plain text"):
         load_config(PipelineConfig, None, {"algorithm": "dpo"})
@@ -173,11 +222,13 @@ def test_the_init_stage_dequantises_the_gguf_policy_once_into_an_equal_folder(tm
     assert ta.get_vocab() == tb.get_vocab()
     assert (ta.pad_token_id, ta.eos_token_id) == (tb.pad_token_id, tb.eos_token_id)
     turn = [{"role": "user", "content": "How do I boil an egg?"}]
-    assert (ta.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
-            == tb.apply_chat_template(turn, tokenize=False, add_generation_prompt=True))
+    assert ta.apply_chat_template(turn, tokenize=False, add_generation_prompt=True) == tb.apply_chat_template(
+        turn, tokenize=False, add_generation_prompt=True
+    )
     replies = []
     for model, tok in ((a, ta), (b, tb)):
-        gen = make_sampler(model, SamplingConfig(max_new_tokens=16, temperature=0.7, top_p=0.9), tok.eos_token_id,
-                           tok.pad_token_id)
+        gen = make_sampler(
+            model, SamplingConfig(max_new_tokens=16, temperature=0.7, top_p=0.9), tok.eos_token_id, tok.pad_token_id
+        )
         replies.append(rollout(gen, model, tok, ["How do I boil an egg?"], seed=5, chat_template=True).response_ids)
     assert torch.equal(replies[0], replies[1])

@@ -1,5 +1,6 @@
 """`rlhfkit pipeline`: stage caching by fingerprint, resume after an exception and after SIGKILL,
 and the --quick preset end to end producing a self-contained report. Tiny models, one thread."""
+
 import json
 import os
 import re
@@ -94,11 +95,14 @@ def test_a_file_named_inside_a_nested_section_is_known_by_its_content(tmp_path):
     assert "adversarial" not in stage_settings(GRPOConfig())
 
 
-@pytest.mark.parametrize("damage,what", [
-    (lambda t: t[:len(t) // 2], "JSONDecodeError: "),
-    (lambda t: b"\xff" + t[1:], "UnicodeDecodeError: "),
-    (lambda t: b"[1, 2]", "a JSON list, not an object"),
-])
+@pytest.mark.parametrize(
+    "damage,what",
+    [
+        (lambda t: t[: len(t) // 2], "JSONDecodeError: "),
+        (lambda t: b"\xff" + t[1:], "UnicodeDecodeError: "),
+        (lambda t: b"[1, 2]", "a JSON list, not an object"),
+    ],
+)
 def test_an_unreadable_stage_record_runs_the_stage_afresh_with_a_warning(tmp_path, capsys, damage, what):
     """stage.json truncated, not UTF-8 or not a JSON object: what it said is unknown, so the stage
     runs afresh in an emptied folder (as under other settings), saying so in one warning line."""
@@ -152,13 +156,26 @@ def test_resume_after_sigkill_in_the_policy_stage(tmp_path, pipeline_data):
     resumes the policy stage from its checkpoint and finishes; every step is logged once."""
     out = tmp_path / "run"
     cfg = tmp_path / "p.yaml"
-    cfg.write_text(f"feedback:\n  prompts: {pipeline_data['prompts']}\nreward:\n  max_steps: 2\n  tensorboard: false\n"
-                   "grpo:\n  tensorboard: false\neval:\n  n_boot: 50\n", encoding="utf-8")
-    cmd = [sys.executable, "-m", "rlhfkit.cli", "pipeline", "--config", str(cfg), "--quick", "--threads", "1",
-           "--output_dir", str(out)]
+    cfg.write_text(
+        f"feedback:\n  prompts: {pipeline_data['prompts']}\nreward:\n  max_steps: 2\n  tensorboard: false\n"
+        "grpo:\n  tensorboard: false\neval:\n  n_boot: 50\n",
+        encoding="utf-8",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlhfkit.cli",
+        "pipeline",
+        "--config",
+        str(cfg),
+        "--quick",
+        "--threads",
+        "1",
+        "--output_dir",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_NO_PROGRESS": "1"}
-    killed = subprocess.run(kill_after_step.command(3, cmd[3:]), env=env, capture_output=True, text=True,
-                            timeout=300)
+    killed = subprocess.run(kill_after_step.command(3, cmd[3:]), env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     rec = records(out)
     assert rec["reward"]["status"] == "done" and rec["policy"]["status"] == "running"
@@ -183,8 +200,11 @@ def test_a_setting_that_changes_no_result_may_change_when_a_killed_stage_resumes
     stage fingerprint and the resume check)."""
     out = tmp_path / "run"
     cfg = tmp_path / "p.yaml"
-    cfg.write_text(f"feedback:\n  prompts: {pipeline_data['prompts']}\nreward:\n  max_steps: 2\n  tensorboard: false\n"
-                   "grpo:\n  tensorboard: false\neval:\n  n_boot: 50\n", encoding="utf-8")
+    cfg.write_text(
+        f"feedback:\n  prompts: {pipeline_data['prompts']}\nreward:\n  max_steps: 2\n  tensorboard: false\n"
+        "grpo:\n  tensorboard: false\neval:\n  n_boot: 50\n",
+        encoding="utf-8",
+    )
     args = ["pipeline", "--config", str(cfg), "--quick", "--threads", "1", "--output_dir", str(out)]
     cmd = [sys.executable, "-m", "rlhfkit.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_NO_PROGRESS": "1"}
@@ -208,8 +228,11 @@ def test_quick_sentiment_preset_end_to_end_writes_a_self_contained_report(tmp_pa
     from rlhfkit.training.config import load_config
 
     out = tmp_path / "sentiment"
-    config = load_config(PipelineConfig, REPO_ROOT / "configs" / "pipeline_sentiment.yaml",
-                         {"quick": True, "threads": 1, "output_dir": str(out), "eval.n_boot": 100})
+    config = load_config(
+        PipelineConfig,
+        REPO_ROOT / "configs" / "pipeline_sentiment.yaml",
+        {"quick": True, "threads": 1, "output_dir": str(out), "eval.n_boot": 100},
+    )
     res = run_pipeline(config)
     assert res["summary"]["ran"] == ["init", "feedback", "reward", "policy", "eval", "report"]
     assert (out / "init" / "model" / "config.json").is_file()  # the tiny model, built from config
@@ -226,15 +249,21 @@ def test_quick_sentiment_preset_end_to_end_writes_a_self_contained_report(tmp_pa
         assert t["reward"][-1] == pytest.approx(-beta * t["kl"][-1] + t["score"], abs=1e-4)
         assert t["seq_kl"] == pytest.approx(sum(t["kl"]), abs=1e-3)
     page = (out / "report.html").read_text()
-    for title in ("Reward during training", "Gold judge during training", "KL to the reference during training",
-                  "Win rate of the policy vs the reference", "Reward-model calibration", "token by token"):
+    for title in (
+        "Reward during training",
+        "Gold judge during training",
+        "KL to the reference during training",
+        "Win rate of the policy vs the reference",
+        "Reward-model calibration",
+        "token by token",
+    ):
         assert title in page
     assert page.count("<svg") >= 6
     assert "k3 estimate (never negative)" in page  # beside the k1 KL, which can be negative on few prompts
     assert len(re.findall(r'class="tok reward" style="background:rgba\(', page)) >= sum(len(t["tokens"]) for t in toks)
     assert len(re.findall(r'class="tok kl" style="background:rgba\(', page)) >= sum(len(t["tokens"]) for t in toks)
     # self-contained: nothing fetched from anywhere (no scripts, stylesheets, images or links)
-    assert not re.search(r'<script|<link|<img|src=|href=|url\(|@import', page)
+    assert not re.search(r"<script|<link|<img|src=|href=|url\(|@import", page)
 
 
 @pytest.mark.shared_data
@@ -246,8 +275,11 @@ def test_quick_hh_preset_learns_from_the_human_pairs_and_reports_rm_win_rate_and
     from rlhfkit.training.config import load_config
 
     out = tmp_path / "hh"
-    config = load_config(PipelineConfig, REPO_ROOT / "configs" / "pipeline_hh.yaml",
-                         {"quick": True, "threads": 1, "output_dir": str(out), "eval.n_boot": 100})
+    config = load_config(
+        PipelineConfig,
+        REPO_ROOT / "configs" / "pipeline_hh.yaml",
+        {"quick": True, "threads": 1, "output_dir": str(out), "eval.n_boot": 100},
+    )
     res = run_pipeline(config)
     assert res["summary"]["ran"] == ["init", "feedback", "reward", "policy", "eval", "report"]
     fb = json.loads((out / "feedback" / "stage.json").read_text())["outputs"]
@@ -312,12 +344,23 @@ def test_dataset_pairs_are_held_out_by_prompt(tmp_path, pipeline_data):
     from rlhfkit.pipeline.config import apply_quick
     from rlhfkit.pipeline.stages import Context
 
-    rows = [{"prompt": f"question {i}", "chosen": f"good answer {i}", "rejected": f"bad answer {i}",
-             "labeler": f"labeler-{k}"} for i in range(40) for k in range(3)]
+    rows = [
+        {
+            "prompt": f"question {i}",
+            "chosen": f"good answer {i}",
+            "rejected": f"bad answer {i}",
+            "labeler": f"labeler-{k}",
+        }
+        for i in range(40)
+        for k in range(3)
+    ]
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    config = tiny_config(tmp_path / "run", pipeline_data, **{"feedback.source": "dataset", "feedback.data": str(data),
-                                                             "feedback.max_pairs": 0, "feedback.prompts": ""})
+    config = tiny_config(
+        tmp_path / "run",
+        pipeline_data,
+        **{"feedback.source": "dataset", "feedback.data": str(data), "feedback.max_pairs": 0, "feedback.prompts": ""},
+    )
     apply_quick(config)
     config.feedback.max_pairs = 0
     ctx = Context(config=config, out=tmp_path / "run")
@@ -357,9 +400,29 @@ def test_quick_leaves_a_command_line_setting_alone(tmp_path, pipeline_data, caps
     from rlhfkit.cli import main
 
     out = tmp_path / "run"
-    assert main(["pipeline", "--quick", "--grpo.max_steps", "2", "--threads", "1", "--output_dir", str(out),
-                 "--feedback.prompts", str(pipeline_data["prompts"]), "--eval.n_boot", "50",
-                 "--reward.tensorboard", "false", "--grpo.tensorboard", "false"]) == 0
+    assert (
+        main(
+            [
+                "pipeline",
+                "--quick",
+                "--grpo.max_steps",
+                "2",
+                "--threads",
+                "1",
+                "--output_dir",
+                str(out),
+                "--feedback.prompts",
+                str(pipeline_data["prompts"]),
+                "--eval.n_boot",
+                "50",
+                "--reward.tensorboard",
+                "false",
+                "--grpo.tensorboard",
+                "false",
+            ]
+        )
+        == 0
+    )
     steps = [json.loads(line)["step"] for line in (out / "policy" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
     assert (out / "init" / "model" / "config.json").is_file()  # quick's tiny model

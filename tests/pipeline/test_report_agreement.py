@@ -1,6 +1,7 @@
 """The report's simulated-labeler agreement says how many pairs it rests on: a gold tie is ordered
 by the label noise alone and is left out of the figure, so 100% over 5 pairs must not read as
 100% of 96."""
+
 import json
 
 from rlhfkit.eval.report import render_report
@@ -17,9 +18,11 @@ def test_agreement_names_the_pairs_it_is_computed_over_and_the_gold_ties(tmp_pat
     # the --quick run: 96 pairs, 5 with different gold scores, all 5 ordered as the gold judge orders them
     _feedback_record(tmp_path, labeler_agreement_with_gold=1.0, labeler_agreement_pairs=5, gold_tie_pairs=91)
     page = render_report(tmp_path).read_text(encoding="utf-8")
-    assert ("80 training + 16 held-out pairs from simulated (simulated labelers: vader + noise 0.5, agreeing with "
-            "the gold judge on 100.0% of the 5 pairs whose gold scores differ; 91 gold ties, ordered by the "
-            "noise alone)") in page
+    assert (
+        "80 training + 16 held-out pairs from simulated (simulated labelers: vader + noise 0.5, agreeing with "
+        "the gold judge on 100.0% of the 5 pairs whose gold scores differ; 91 gold ties, ordered by the "
+        "noise alone)"
+    ) in page
 
 
 def test_agreement_singular_and_no_decided_pair(tmp_path):

@@ -1,6 +1,7 @@
 """Personal data and the feedback store: ``rlhfkit serve --redact true`` keeps it out of what is
 stored (the caller still gets its reply), and ``rlhfkit feedback export --redact true`` takes it
 out of training data from a store that holds it."""
+
 import hashlib
 import json
 
@@ -48,28 +49,42 @@ def test_serve_redacts_what_it_stores_not_what_it_sends(tiny_chat, tmp_path, cap
     db = str(tmp_path / "fb.db")
     log = FeedbackLog(db, redact=True)
     with TestClient(create_app(tiny_chat, log)) as client:
-        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": ASK}],
-                                                       "max_tokens": 3, "seed": 1})
+        r = client.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": ASK}], "max_tokens": 3, "seed": 1}
+        )
         assert r.status_code == 200, r.text
         cid = r.json()["id"]
-        fb = client.post("/v1/feedback", json={"completion_id": cid, "thumbs": "down", "rating": 2,
-                                               "comment": "it ignored me; reach me at 020 7946 0958",
-                                               "user": "jane.doe@example.com"})
+        fb = client.post(
+            "/v1/feedback",
+            json={
+                "completion_id": cid,
+                "thumbs": "down",
+                "rating": 2,
+                "comment": "it ignored me; reach me at 020 7946 0958",
+                "user": "jane.doe@example.com",
+            },
+        )
         assert fb.status_code == 200, fb.text
         # an edit and a reason with personal data: stored redacted too
-        fb = client.post("/v1/feedback", json={"completion_id": cid, "edit": "Mail jane.doe@example.com now.",
-                                               "reason": "my card is 4111 1111 1111 1111"})
+        fb = client.post(
+            "/v1/feedback",
+            json={
+                "completion_id": cid,
+                "edit": "Mail jane.doe@example.com now.",
+                "reason": "my card is 4111 1111 1111 1111",
+            },
+        )
         assert fb.status_code == 200, fb.text
     stored = log.completion(cid)
-    assert stored["messages"][0]["content"] == ("My email is [EMAIL_ADDRESS] and my phone is [PHONE_NUMBER]; "
-                                                "what should I do?")
+    assert stored["messages"][0]["content"] == (
+        "My email is [EMAIL_ADDRESS] and my phone is [PHONE_NUMBER]; what should I do?"
+    )
     # a reply with personal data in it (the tiny model's reply has none): stored redacted too
     log.log_completion("cmpl-x", [{"role": "user", "content": "hi"}], REPLY, "tiny-chat")
     assert log.completion("cmpl-x")["responses"][0]["text"] == "Write to [EMAIL_ADDRESS] or call [PHONE_NUMBER]."
     log.close()
     text = _stored_text(db)
-    for secret in ("jane.doe@example.com", "555-2671", "7946 0958", "support@example.org", "444-6321",
-                   "4111 1111"):
+    for secret in ("jane.doe@example.com", "555-2671", "7946 0958", "support@example.org", "444-6321", "4111 1111"):
         assert secret not in text
     assert "Mail [EMAIL_ADDRESS] now." in text and "my card is [CREDIT_CARD]" in text
     # the id is kept as an HMAC under a key beside the store (owner-only), not as an unkeyed hash
@@ -81,8 +96,10 @@ def test_serve_redacts_what_it_stores_not_what_it_sends(tiny_chat, tmp_path, cap
     assert hashlib.sha256(b"jane.doe@example.com").hexdigest()[:16] not in text
 
     out = tmp_path / "thumbs.jsonl"
-    assert main(["feedback", "export", "--db", db, "--project", "serve-thumbs", "--kind", "thumbs",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["feedback", "export", "--db", db, "--project", "serve-thumbs", "--kind", "thumbs", "--out", str(out)])
+        == 0
+    )
     (rec,) = read_records(out, "thumbs")
     assert "[EMAIL_ADDRESS]" in rec.prompt and "jane.doe" not in rec.prompt and rec.label is False
 
@@ -90,17 +107,37 @@ def test_serve_redacts_what_it_stores_not_what_it_sends(tiny_chat, tmp_path, cap
 def test_export_redacts_a_store_that_holds_personal_data(tiny_chat, tmp_path, capsys):
     db = str(tmp_path / "fb.db")
     log = FeedbackLog(db)  # no redaction when stored
-    log.log_completion("c1", [{"role": "system", "content": "Be kind."}, {"role": "user", "content": ASK}],
-                       REPLY, "tiny-chat")
+    log.log_completion(
+        "c1", [{"role": "system", "content": "Be kind."}, {"role": "user", "content": ASK}], REPLY, "tiny-chat"
+    )
     log.feedback("c1", thumbs="up")
     assert "jane.doe@example.com" in log.completion("c1")["messages"][1]["content"]
     log.close()
 
     plain, redacted = tmp_path / "plain.jsonl", tmp_path / "redacted.jsonl"
-    assert main(["feedback", "export", "--db", db, "--project", "serve-thumbs", "--kind", "thumbs",
-                 "--out", str(plain)]) == 0
-    assert main(["feedback", "export", "--db", db, "--project", "serve-thumbs", "--kind", "thumbs",
-                 "--out", str(redacted), "--redact", "true"]) == 0
+    assert (
+        main(["feedback", "export", "--db", db, "--project", "serve-thumbs", "--kind", "thumbs", "--out", str(plain)])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "feedback",
+                "export",
+                "--db",
+                db,
+                "--project",
+                "serve-thumbs",
+                "--kind",
+                "thumbs",
+                "--out",
+                str(redacted),
+                "--redact",
+                "true",
+            ]
+        )
+        == 0
+    )
     said = capsys.readouterr().out
     assert "wrote 1 thumbs records" in said and "redacted 2 EMAIL_ADDRESS, 2 PHONE_NUMBER" in said
     (p,) = read_records(plain, "thumbs")
@@ -108,17 +145,51 @@ def test_export_redacts_a_store_that_holds_personal_data(tiny_chat, tmp_path, ca
     assert "jane.doe@example.com" in p.prompt and p.completion == REPLY
     assert r.completion == "Write to [EMAIL_ADDRESS] or call [PHONE_NUMBER]."
     assert r.prompt == p.prompt.replace("jane.doe@example.com", "[EMAIL_ADDRESS]").replace(
-        "(415) 555-2671", "[PHONE_NUMBER]")
+        "(415) 555-2671", "[PHONE_NUMBER]"
+    )
     assert r.label is True
 
     hf = tmp_path / "hf"
-    assert main(["feedback", "export", "--db", db, "--project", "serve-thumbs", "--kind", "thumbs",
-                 "--out", str(hf), "--format", "hf", "--redact", "true"]) == 0
+    assert (
+        main(
+            [
+                "feedback",
+                "export",
+                "--db",
+                db,
+                "--project",
+                "serve-thumbs",
+                "--kind",
+                "thumbs",
+                "--out",
+                str(hf),
+                "--format",
+                "hf",
+                "--redact",
+                "true",
+            ]
+        )
+        == 0
+    )
     import datasets
 
     assert datasets.load_from_disk(str(hf))[0]["completion"] == r.completion
-    code = main(["feedback", "export", "--db", db, "--project", "serve-thumbs", "--kind", "thumbs",
-                 "--out", str(hf), "--format", "parquet"])
+    code = main(
+        [
+            "feedback",
+            "export",
+            "--db",
+            db,
+            "--project",
+            "serve-thumbs",
+            "--kind",
+            "thumbs",
+            "--out",
+            str(hf),
+            "--format",
+            "parquet",
+        ]
+    )
     assert code == 2 and "field 'format': 'parquet' is not jsonl or hf" in capsys.readouterr().err
 
 
@@ -143,6 +214,7 @@ def test_forget_erases_one_end_users_completions_and_feedback(tiny_chat, tmp_pat
 
     log = FeedbackLog(db, redact=redact)
     with TestClient(create_app(tiny_chat, log, compare_share=1.0, rng=random.Random(0))) as client:
+
         def serve(user, compare=False):
             body = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
             if user:
@@ -157,17 +229,24 @@ def test_forget_erases_one_end_users_completions_and_feedback(tiny_chat, tmp_pat
         jane, bob, nobody, quiet = serve("jane"), serve("bob"), serve(None), serve(None)
         jane_pair, bob_pair = serve("jane", compare=True), serve("bob", compare=True)
         # jane's feedback on a completion served to no one named: the id went only to her
-        for cid, user, extra in ((jane, "jane", {"thumbs": "up", "rating": 5, "edit": "Hello, Jane!"}),
-                                 (bob, "bob", {"thumbs": "up"}), (nobody, "jane", {"thumbs": "up", "rating": 3}),
-                                 (jane_pair, "jane", {"choice": 1}), (bob_pair, "bob", {"choice": 0})):
+        for cid, user, extra in (
+            (jane, "jane", {"thumbs": "up", "rating": 5, "edit": "Hello, Jane!"}),
+            (bob, "bob", {"thumbs": "up"}),
+            (nobody, "jane", {"thumbs": "up", "rating": 3}),
+            (jane_pair, "jane", {"choice": 1}),
+            (bob_pair, "bob", {"choice": 0}),
+        ):
             r = client.post("/v1/feedback", json={"completion_id": cid, "user": user, **extra})
             assert r.status_code == 200, r.text
         bad = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "user": 7})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "user"
     log.close()
     projects, items, labels, assignments = _counts(db)
-    assert projects == {"serve-thumbs": (8, 3), "serve-ratings": (2, 2), "serve-edits": (1, 1),
-                        "serve-choices": (2, 2)} and labels == 8 and assignments == 8
+    assert (
+        projects == {"serve-thumbs": (8, 3), "serve-ratings": (2, 2), "serve-edits": (1, 1), "serve-choices": (2, 2)}
+        and labels == 8
+        and assignments == 8
+    )
     stored = _stored_text(db)  # under redact the ids are kept only hashed, and forget still finds them
     assert ("hmac:" in stored) == redact and ("jane" in stored) != redact
 
@@ -178,8 +257,7 @@ def test_forget_erases_one_end_users_completions_and_feedback(tiny_chat, tmp_pat
     said = capsys.readouterr().out
     assert f"erased 3 completions and 6 feedback labels of end user 'jane' from {db}\n" == said
     projects, items, labels, assignments = _counts(db)
-    assert projects == {"serve-thumbs": (4, 1), "serve-ratings": (0, 0), "serve-edits": (0, 0),
-                        "serve-choices": (1, 1)}
+    assert projects == {"serve-thumbs": (4, 1), "serve-ratings": (0, 0), "serve-edits": (0, 0), "serve-choices": (1, 1)}
     assert items == [(bob, 1), (quiet, 0), (bob_pair, 0), (bob_pair, 0), (bob_pair, 1)]
     assert labels == 2 and assignments == 2
     assert "Hello, Jane!" not in _stored_text(db)
@@ -187,8 +265,10 @@ def test_forget_erases_one_end_users_completions_and_feedback(tiny_chat, tmp_pat
 
     assert sqlite3.connect(db).execute("PRAGMA wal_checkpoint").fetchone()[1] == 0  # the WAL was emptied
     out = tmp_path / "t.jsonl"
-    assert main(["feedback", "export", "--db", db, "--project", "serve-thumbs", "--kind", "thumbs",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["feedback", "export", "--db", db, "--project", "serve-thumbs", "--kind", "thumbs", "--out", str(out)])
+        == 0
+    )
     assert len(read_records(out, "thumbs")) == 1
 
     assert main(["feedback", "forget", "--db", db, "--end_user", "jane"]) == 0  # nothing left: no error
@@ -201,18 +281,53 @@ def test_forget_erases_one_end_users_completions_and_feedback(tiny_chat, tmp_pat
 
 def test_import_redacts_before_labelers_see_it(tmp_path, capsys):
     items = tmp_path / "items.jsonl"
-    items.write_text(json.dumps({"prompt": "Whose number is 212-555-0147?", "responses": [
-        {"text": "It is Ann's, ann@example.com."}, {"text": "I cannot share that.", "model": "a@b.co"}]}) + "\n"
-        + json.dumps({"messages": [{"role": "user", "content": "my card is 4111 1111 1111 1111"}],
-                      "responses": ["Please do not share it.", "Thanks!"]}) + "\n"
+    items.write_text(
+        json.dumps(
+            {
+                "prompt": "Whose number is 212-555-0147?",
+                "responses": [
+                    {"text": "It is Ann's, ann@example.com."},
+                    {"text": "I cannot share that.", "model": "a@b.co"},
+                ],
+            }
+        )
+        + "\n"
+        + json.dumps(
+            {
+                "messages": [{"role": "user", "content": "my card is 4111 1111 1111 1111"}],
+                "responses": ["Please do not share it.", "Thanks!"],
+            }
+        )
+        + "\n"
         # two answers that differ only in an address: one text once redacted, nothing to compare
-        + json.dumps({"prompt": "mail?", "responses": ["mail a@example.com", "mail b@example.com"]}) + "\n",
-        encoding="utf-8")
+        + json.dumps({"prompt": "mail?", "responses": ["mail a@example.com", "mail b@example.com"]})
+        + "\n",
+        encoding="utf-8",
+    )
     db = str(tmp_path / "fb.db")
-    assert main(["feedback", "import", "--db", db, "--project", "p", "--file", str(items),
-                 "--task_type", "pairwise", "--redact", "true"]) == 0
-    assert ("imported 2 items into project 'p' (id 1); redacted 1 CREDIT_CARD, 3 EMAIL_ADDRESS, 1 PHONE_NUMBER; "
-            "left out 1 items whose responses became the same text") in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "feedback",
+                "import",
+                "--db",
+                db,
+                "--project",
+                "p",
+                "--file",
+                str(items),
+                "--task_type",
+                "pairwise",
+                "--redact",
+                "true",
+            ]
+        )
+        == 0
+    )
+    assert (
+        "imported 2 items into project 'p' (id 1); redacted 1 CREDIT_CARD, 3 EMAIL_ADDRESS, 1 PHONE_NUMBER; "
+        "left out 1 items whose responses became the same text"
+    ) in capsys.readouterr().out
     text = _stored_text(db)
     for secret in ("212-555-0147", "ann@example.com", "4111 1111"):
         assert secret not in text
@@ -226,8 +341,23 @@ def test_forget_mistakes_are_field_errors_and_change_nothing(tmp_path, capsys):
     items.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"]}) + "\n", encoding="utf-8")
     db = str(tmp_path / "fb.db")
     # a project named like the served model's, of another task type
-    assert main(["feedback", "import", "--db", db, "--project", "serve-thumbs", "--file", str(items),
-                 "--task_type", "pairwise"]) == 0
+    assert (
+        main(
+            [
+                "feedback",
+                "import",
+                "--db",
+                db,
+                "--project",
+                "serve-thumbs",
+                "--file",
+                str(items),
+                "--task_type",
+                "pairwise",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["feedback", "forget", "--db", db, "--end_user", "jane"]) == 2
     assert "field 'project_prefix': project 'serve-thumbs' exists with task type pairwise" in capsys.readouterr().err
@@ -268,12 +398,16 @@ def test_export_leaves_out_pairs_that_redaction_made_equal(tmp_path, capsys):
 
     items = tmp_path / "items.jsonl"
     items.write_text(
-        json.dumps({"prompt": "Number?", "responses": ["Call 212-555-0147.", "Call 212-555-0199."]}) + "\n"
-        + json.dumps({"prompt": "Mail?", "responses": ["Write to a@b.org.", "I cannot say."]}) + "\n",
-        encoding="utf-8")
+        json.dumps({"prompt": "Number?", "responses": ["Call 212-555-0147.", "Call 212-555-0199."]})
+        + "\n"
+        + json.dumps({"prompt": "Mail?", "responses": ["Write to a@b.org.", "I cannot say."]})
+        + "\n",
+        encoding="utf-8",
+    )
     db = str(tmp_path / "fb.db")
-    assert main(["feedback", "import", "--db", db, "--project", "p", "--file", str(items),
-                 "--task_type", "pairwise"]) == 0
+    assert (
+        main(["feedback", "import", "--db", db, "--project", "p", "--file", str(items), "--task_type", "pairwise"]) == 0
+    )
     store = fdb.Store(db)
     try:
         uid = store.write(lambda conn: create_user(conn, "ann", "a-long-password", "labeler"))
@@ -281,8 +415,9 @@ def test_export_leaves_out_pairs_that_redaction_made_equal(tmp_path, capsys):
             task = store.write(lambda conn: next_task(conn, uid, 1))
             # the answers are shown in a random order: pick the e-mail answer / the first phone one
             first = task["responses"][0]["text"] in ("Write to a@b.org.", "Call 212-555-0147.")
-            store.write(lambda conn, t=task, v="A" if first else "B":
-                        submit_label(conn, uid, t["task_id"], {"choice": v}))
+            store.write(
+                lambda conn, t=task, v="A" if first else "B": submit_label(conn, uid, t["task_id"], {"choice": v})
+            )
     finally:
         store.close()
     out = tmp_path / "pairs.jsonl"

@@ -1,4 +1,5 @@
 """Tiny models saved as Hugging Face folders, and small synthetic data files, for recipe tests."""
+
 import json
 import os
 import random
@@ -12,8 +13,10 @@ import torch
 
 from ..kill_after_step import SCRIPT as KILL_AFTER_STEP
 
-WORDS = ("the cat dog bird sat ran on under a mat log tree happy sad quick slow red blue green "
-         "big small old new good bad sun moon star sky sea land").split()
+WORDS = (
+    "the cat dog bird sat ran on under a mat log tree happy sad quick slow red blue green "
+    "big small old new good bad sun moon star sky sea land"
+).split()
 
 
 def sentence(rng: random.Random, n: int) -> str:
@@ -84,8 +87,13 @@ def pair_file(tmp_path_factory) -> Path:
     for _ in range(160):
         prompt = sentence(rng, 4)
         body = sentence(rng, 4)
-        rows.append({"prompt": prompt, "chosen": f" {body} happy {sentence(rng, 2)}",
-                     "rejected": f" {body} sad {sentence(rng, 2)}"})
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": f" {body} happy {sentence(rng, 2)}",
+                "rejected": f" {body} sad {sentence(rng, 2)}",
+            }
+        )
     return write_jsonl(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", rows)
 
 
@@ -95,17 +103,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_cli(args: list[str], env_extra: dict | None = None, torchrun: int = 0, timeout: int = 600,
-            kill_after: int | None = None):
+def run_cli(
+    args: list[str], env_extra: dict | None = None, torchrun: int = 0, timeout: int = 600, kill_after: int | None = None
+):
     """Run `rlhfkit ...` in a fresh process (one torch thread), optionally under torchrun;
     ``kill_after``: every process SIGKILLs itself once that training step is done
     (``tests/kill_after_step.py``)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1",
-           **(env_extra or {})}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "RLHFKIT_NO_PROGRESS": "1",
+        "PYTHONUNBUFFERED": "1",
+        **(env_extra or {}),
+    }
     entry = ["-m", "rlhfkit.cli"] if kill_after is None else [KILL_AFTER_STEP, str(kill_after)]
     if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}",
-               f"--master_port={free_port()}", *entry, *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={torchrun}",
+            f"--master_port={free_port()}",
+            *entry,
+            *args,
+        ]
     else:
         cmd = [sys.executable, *entry, *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -146,13 +167,28 @@ def thumbs_file(tmp_path_factory) -> Path:
     rows = []
     for i in range(240):
         good = i % 2 == 0
-        rows.append({"prompt": sentence(rng, 4), "label": good,
-                     "completion": f" {sentence(rng, 4)} {'happy' if good else 'sad'} {sentence(rng, 2)}"})
+        rows.append(
+            {
+                "prompt": sentence(rng, 4),
+                "label": good,
+                "completion": f" {sentence(rng, 4)} {'happy' if good else 'sad'} {sentence(rng, 2)}",
+            }
+        )
     return write_jsonl(tmp_path_factory.mktemp("thumbs") / "thumbs.jsonl", rows)
 
 
-def assert_resume_exact(tmp_path: Path, make_args, algo: str, policy, prompts, common: list[str], kill_after: int,
-                        checkpoint: int, torchrun: int = 0, damage=None) -> tuple[Path, Path]:
+def assert_resume_exact(
+    tmp_path: Path,
+    make_args,
+    algo: str,
+    policy,
+    prompts,
+    common: list[str],
+    kill_after: int,
+    checkpoint: int,
+    torchrun: int = 0,
+    damage=None,
+) -> tuple[Path, Path]:
     """A run SIGKILLed after step ``kill_after`` and started again (resuming from
     ``checkpoint-<checkpoint>``) ends with the weights and the metrics (timings aside) of a run
     left alone; ``torchrun``: over that many processes. ``damage(checkpoint folder)``, when given,
@@ -164,8 +200,7 @@ def assert_resume_exact(tmp_path: Path, make_args, algo: str, policy, prompts, c
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     r = run_cli(make_args(algo, policy, prompts, straight, *common), torchrun=torchrun)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = run_cli(make_args(algo, policy, prompts, killed, *common), torchrun=torchrun,
-                kill_after=kill_after)
+    r = run_cli(make_args(algo, policy, prompts, killed, *common), torchrun=torchrun, kill_after=kill_after)
     assert (r.returncode != 0) if torchrun else (r.returncode == -signal.SIGKILL), (r.returncode, r.stderr[-3000:])
     assert (killed / f"checkpoint-{checkpoint}").is_dir() and not (killed / "model").exists()
     warning = damage(killed / f"checkpoint-{checkpoint}") if damage is not None else None
@@ -178,8 +213,10 @@ def assert_resume_exact(tmp_path: Path, make_args, algo: str, policy, prompts, c
         assert torch.equal(a[name], b[name]), name
 
     def rows(out):
-        return [{k: v for k, v in json.loads(l).items() if not k.endswith("_per_s") and k != "time"}
-                for l in (out / "metrics.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(l).items() if not k.endswith("_per_s") and k != "time"}
+            for l in (out / "metrics.jsonl").read_text().splitlines()
+        ]
 
     assert rows(straight) == rows(killed) and len(rows(killed)) > kill_after
     return straight, killed
@@ -193,6 +230,9 @@ def flip_model_bit(previous: int):
 
     def damage(ckpt: Path) -> str:
         flip_tensor_bit(ckpt / "model.pt")
-        return (f"rlhfkit: warning: passing over damaged {ckpt}: model.pt does not match its sha256 in "
-                f"manifest.json (changed after it was written); resuming from checkpoint-{previous}")
+        return (
+            f"rlhfkit: warning: passing over damaged {ckpt}: model.pt does not match its sha256 in "
+            f"manifest.json (changed after it was written); resuming from checkpoint-{previous}"
+        )
+
     return damage

@@ -6,6 +6,7 @@ whitened rewards and advantages, clipped policy + value loss); otherwise the pol
 
     python tests/recipes/online_update_worker.py POLICY_DIR OUT AGGREGATION EPOCHS
 """
+
 import dataclasses
 import json
 import sys
@@ -25,32 +26,70 @@ def main(policy_dir: str, out: str, aggregation: str, epochs: int) -> None:
 
     torch.set_num_threads(1)
     info = init_distributed("cpu")
-    cfg = load_config(GRPOConfig, None, {"model": policy_dir, "batch_size": 8, "micro_batch_size": 4,
-                                         "num_generations": 2, "max_new_tokens": 6, "ppo_epochs": epochs,
-                                         "learning_rate": 1e-2, "kl_coef": 0.0})
+    cfg = load_config(
+        GRPOConfig,
+        None,
+        {
+            "model": policy_dir,
+            "batch_size": 8,
+            "micro_batch_size": 4,
+            "num_generations": 2,
+            "max_new_tokens": 6,
+            "ppo_epochs": epochs,
+            "learning_rate": 1e-2,
+            "kl_coef": 0.0,
+        },
+    )
     cfg.micro_batch_size = 3  # uneven accumulation on purpose (one process 3+3+2, each of two 3+1)
     policy, tok = load_policy(policy_dir)
-    prompts = ["the film was", "a story", "good actor and", "very dull plot", "the scene", "happy and sad",
-               "was it", "really"]
+    prompts = [
+        "the film was",
+        "a story",
+        "good actor and",
+        "very dull plot",
+        "the scene",
+        "happy and sad",
+        "was it",
+        "really",
+    ]
     # the same rollout on every rank (rank 0's seed), then each rank keeps its rows
     ro = generate(cfg, make_generator(cfg, tok, policy), policy, tok, prompts, step=0)
     rows = local_share(list(range(len(ro))), info)
     idx = torch.tensor(rows)
-    local = dataclasses.replace(ro, **{f.name: getattr(ro, f.name)[idx] for f in dataclasses.fields(ro)
-                                       if isinstance(getattr(ro, f.name), torch.Tensor)},
-                                prompts=[ro.prompts[i] for i in rows], responses=[ro.responses[i] for i in rows])
+    local = dataclasses.replace(
+        ro,
+        **{
+            f.name: getattr(ro, f.name)[idx]
+            for f in dataclasses.fields(ro)
+            if isinstance(getattr(ro, f.name), torch.Tensor)
+        },
+        prompts=[ro.prompts[i] for i in rows],
+        responses=[ro.responses[i] for i in rows],
+    )
     if aggregation == "ppo":
         import copy
 
         from rlhfkit.models import make_value_model
         from rlhfkit.recipes.ppo import PPOConfig, ppo_update
 
-        pcfg = load_config(PPOConfig, None, {"model": policy_dir, "batch_size": 8, "micro_batch_size": 4,
-                                             "max_new_tokens": 6, "ppo_epochs": epochs, "learning_rate": 1e-2,
-                                             "whiten_rewards": True, "kl_coef": 0.1})
+        pcfg = load_config(
+            PPOConfig,
+            None,
+            {
+                "model": policy_dir,
+                "batch_size": 8,
+                "micro_batch_size": 4,
+                "max_new_tokens": 6,
+                "ppo_epochs": epochs,
+                "learning_rate": 1e-2,
+                "whiten_rewards": True,
+                "kl_coef": 0.1,
+            },
+        )
         pcfg.micro_batch_size = 3
-        modules = torch.nn.ModuleDict({"policy": policy, "value": make_value_model(policy_dir, zero_init=True,
-                                                                                    tokenizer=tok)})
+        modules = torch.nn.ModuleDict(
+            {"policy": policy, "value": make_value_model(policy_dir, zero_init=True, tokenizer=tok)}
+        )
         reference = copy.deepcopy(policy).eval()
         params = [p for p in modules.parameters() if p.requires_grad]
         optimizer, scheduler = optimizer_and_scheduler(params, pcfg)
@@ -61,9 +100,19 @@ def main(policy_dir: str, out: str, aggregation: str, epochs: int) -> None:
     else:
         advantages = torch.linspace(-1.0, 1.0, len(ro))[idx]
         optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), cfg)
-        stats = policy_gradient_update(policy, local, advantages, local.logprobs, cfg, optimizer, scheduler, 0,
-                                       aggregation, params=[p for p in policy.parameters() if p.requires_grad],
-                                       info=info).stats.metrics()
+        stats = policy_gradient_update(
+            policy,
+            local,
+            advantages,
+            local.logprobs,
+            cfg,
+            optimizer,
+            scheduler,
+            0,
+            aggregation,
+            params=[p for p in policy.parameters() if p.requires_grad],
+            info=info,
+        ).stats.metrics()
         weights = policy.state_dict()
     if info.is_main:
         torch.save(weights, f"{out}/weights.pt")

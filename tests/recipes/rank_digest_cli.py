@@ -6,6 +6,7 @@ library itself knows nothing of it.
 
     python -m torch.distributed.run --nproc_per_node 2 tests/recipes/rank_digest_cli.py DIR ARGS...
 """
+
 import hashlib
 import json
 import sys
@@ -41,8 +42,9 @@ def install(folder: Path) -> None:
 
     def digesting_finish(info, line):
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"rank-{info.rank}.txt").write_text(digest(seen["modules"], seen["optimizer"], seen["state"]),
-                                                      encoding="utf-8")
+        (folder / f"rank-{info.rank}.txt").write_text(
+            digest(seen["modules"], seen["optimizer"], seen["state"]), encoding="utf-8"
+        )
         return finish(info, line)
 
     online_driver.maybe_checkpoint, online_driver.finish_run = remembering_checkpoint, digesting_finish

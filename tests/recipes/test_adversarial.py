@@ -2,6 +2,7 @@
 its update learns on its own parameters only (the policy's, in the same optimiser, stay put), the
 reward is the rule reward plus the weighted logit, a run refits it and saves it, and a run
 SIGKILLed and started again ends exactly where one left alone does (discriminator included)."""
+
 import json
 
 import pytest
@@ -19,24 +20,75 @@ def discriminator_dir(tmp_path_factory, sft_file, tiny_policy_dir, tiny_encoder_
     """A tiny discriminator trained by ``rlhfkit reward discriminator`` (demonstrations: a fixed
     phrase; policy: the random tiny model)."""
     out = tmp_path_factory.mktemp("disc")
-    r = run_cli(["reward", "discriminator", "--data", str(sft_file), "--policy", str(tiny_policy_dir),
-                 "--output_dir", str(out), "--max_new_tokens", "8", "--eval_fraction", "0.25",
-                 "--reward.model", str(tiny_encoder_rm_dir), "--reward.epochs", "2", "--reward.learning_rate", "2e-3",
-                 "--reward.max_length", "48", "--threads", "1"])
+    r = run_cli(
+        [
+            "reward",
+            "discriminator",
+            "--data",
+            str(sft_file),
+            "--policy",
+            str(tiny_policy_dir),
+            "--output_dir",
+            str(out),
+            "--max_new_tokens",
+            "8",
+            "--eval_fraction",
+            "0.25",
+            "--reward.model",
+            str(tiny_encoder_rm_dir),
+            "--reward.epochs",
+            "2",
+            "--reward.learning_rate",
+            "2e-3",
+            "--reward.max_length",
+            "48",
+            "--threads",
+            "1",
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return out / "model"
 
 
 def online_args(algo, policy, prompts, out, *extra):
-    return [algo, "--model", str(policy), "--prompts", str(prompts), "--output_dir", str(out),
-            "--reward", "frequency:e", "--max_new_tokens", "8", "--batch_size", "8", "--micro_batch_size", "4",
-            "--learning_rate", "3e-3", "--threads", "1", "--tensorboard", "false", "--sample_every", "0", *extra]
+    return [
+        algo,
+        "--model",
+        str(policy),
+        "--prompts",
+        str(prompts),
+        "--output_dir",
+        str(out),
+        "--reward",
+        "frequency:e",
+        "--max_new_tokens",
+        "8",
+        "--batch_size",
+        "8",
+        "--micro_batch_size",
+        "4",
+        "--learning_rate",
+        "3e-3",
+        "--threads",
+        "1",
+        "--tensorboard",
+        "false",
+        "--sample_every",
+        "0",
+        *extra,
+    ]
 
 
 def test_an_update_moves_the_discriminator_only_and_separates_the_classes(discriminator_dir, sft_file):
     torch.manual_seed(0)
-    cfg = AdversarialConfig(discriminator=str(discriminator_dir), demos=str(sft_file), batch_size=8, updates=1,
-                            learning_rate=3e-3, max_length=48)
+    cfg = AdversarialConfig(
+        discriminator=str(discriminator_dir),
+        demos=str(sft_file),
+        batch_size=8,
+        updates=1,
+        learning_rate=3e-3,
+        max_length=48,
+    )
     adv = Adversary.load(cfg, seed=0)
     policy_param = torch.nn.Parameter(torch.randn(4, 4))
     opt = torch.optim.AdamW([policy_param], lr=1e-2)
@@ -53,8 +105,12 @@ def test_an_update_moves_the_discriminator_only_and_separates_the_classes(discri
         return float(adv.logits(demo_p, demo_r).mean() - adv.logits(prompts, responses).mean())
 
     first = adv.update(prompts, responses, step=0, optimizer=opt)
-    assert set(first) == {"adversarial/loss", "adversarial/accuracy", "adversarial/logit_demos",
-                          "adversarial/logit_policy"}
+    assert set(first) == {
+        "adversarial/loss",
+        "adversarial/accuracy",
+        "adversarial/logit_demos",
+        "adversarial/logit_policy",
+    }
     ld, lp = first["adversarial/logit_demos"], first["adversarial/logit_policy"]
     assert first["adversarial/loss"] > 0 and 0 <= first["adversarial/accuracy"] <= 1
     assert torch.equal(policy_param.detach(), before_policy)  # no gradient, no step, no weight decay
@@ -85,8 +141,9 @@ def test_the_reward_is_the_rule_plus_the_weighted_logit(discriminator_dir, sft_f
     from rlhfkit.recipes.grpo import GRPOConfig
 
     cfg = GRPOConfig(reward="frequency:e", prompts=str(prompt_file))
-    cfg.adversarial = AdversarialConfig(discriminator=str(discriminator_dir), demos=str(sft_file), coef=0.5,
-                                        max_length=48)
+    cfg.adversarial = AdversarialConfig(
+        discriminator=str(discriminator_dir), demos=str(sft_file), coef=0.5, max_length=48
+    )
     cfg.validate()
     reward, adversary = build_run_reward(cfg, DistInfo())
     prompts, responses = ["a b", "c d"], ["eee e", "x"]
@@ -125,15 +182,32 @@ def test_bad_settings_are_refused_naming_the_field(discriminator_dir, sft_file, 
 
 
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
-def test_a_run_refits_saves_and_resumes_exactly(tmp_path, tiny_policy_dir, prompt_file, discriminator_dir, sft_file,
-                                               algo):
-    extra = ["--max_steps", "5", "--save_every", "2", "--adversarial.discriminator", str(discriminator_dir),
-             "--adversarial.demos", str(sft_file), "--adversarial.batch_size", "4", "--adversarial.max_length", "48",
-             "--adversarial.learning_rate", "1e-3", "--adversarial.coef", "0.5"]
+def test_a_run_refits_saves_and_resumes_exactly(
+    tmp_path, tiny_policy_dir, prompt_file, discriminator_dir, sft_file, algo
+):
+    extra = [
+        "--max_steps",
+        "5",
+        "--save_every",
+        "2",
+        "--adversarial.discriminator",
+        str(discriminator_dir),
+        "--adversarial.demos",
+        str(sft_file),
+        "--adversarial.batch_size",
+        "4",
+        "--adversarial.max_length",
+        "48",
+        "--adversarial.learning_rate",
+        "1e-3",
+        "--adversarial.coef",
+        "0.5",
+    ]
     if algo == "grpo":
         extra += ["--num_generations", "4"]
-    straight, killed = assert_resume_exact(tmp_path, online_args, algo, tiny_policy_dir, prompt_file, extra,
-                                           kill_after=3, checkpoint=2)
+    straight, killed = assert_resume_exact(
+        tmp_path, online_args, algo, tiny_policy_dir, prompt_file, extra, kill_after=3, checkpoint=2
+    )
     # the refitted discriminator is saved with the policy, the same after the kill, and it moved
     a, b = load_weights(straight / "discriminator"), load_weights(killed / "discriminator")
     start = load_weights(discriminator_dir)

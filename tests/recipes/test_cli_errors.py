@@ -1,5 +1,6 @@
 """Bad command lines end with one `rlhfkit <command>: error: ...` line (exit 2), no traceback,
 and a misspelt choice is refused instead of silently falling back to a default."""
+
 import re
 
 import pytest
@@ -14,8 +15,20 @@ def _run(capsys, argv):
 
 
 def test_missing_model_path_is_an_error_not_a_traceback(capsys, tmp_path, sft_file):
-    code, err = _run(capsys, ["sft", "--model", str(tmp_path / "no_such_model"), "--data", str(sft_file),
-                              "--output_dir", str(tmp_path / "o"), "--tensorboard", "false"])
+    code, err = _run(
+        capsys,
+        [
+            "sft",
+            "--model",
+            str(tmp_path / "no_such_model"),
+            "--data",
+            str(sft_file),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--tensorboard",
+            "false",
+        ],
+    )
     assert code == 2
     assert "rlhfkit sft: error:" in err and "no_such_model" in err and "no such file or folder" in err
 
@@ -25,25 +38,37 @@ def test_reward_eval_missing_model_path(capsys, tmp_path, pair_file):
     assert code == 2 and "rlhfkit reward eval: error:" in err and "nope" in err
 
 
-@pytest.mark.parametrize("command,override,field", [
-    (["sft"], ["--lr_schedule", "cosine"], "lr_schedule"),  # refused, not trained with a linear schedule
-    (["sft"], ["--parallel", "zero3"], "parallel"),
-    (["sft"], ["--warmup_ratio", "1.5"], "warmup_ratio"),
-    (["sft"], ["--on_error", "ignore"], "on_error"),
-    (["sft"], ["--eval_fraction", "1.5"], "eval_fraction"),
-    (["sft"], ["--max_length", "0"], "max_length"),
-    (["sft"], ["--epochs", "0", "--max_steps", "0"], "epochs' / 'max_steps"),  # the two together
-    (["reward", "train"], ["--ties", "maybe"], "ties"),  # refused, not read as "keep"
-    (["reward", "train"], ["--kind", "decoder"], "kind"),
-    (["reward", "train"], ["--objective", "regression", "--normalise_ratings", "zscore"], "normalise_ratings"),
-    (["reward", "train"], ["--normalise_ratings", "per_labeler"], "normalise_ratings"),  # pairs have no ratings
-    (["reward", "eval"], ["--ties", "maybe"], "ties"),
-])
+@pytest.mark.parametrize(
+    "command,override,field",
+    [
+        (["sft"], ["--lr_schedule", "cosine"], "lr_schedule"),  # refused, not trained with a linear schedule
+        (["sft"], ["--parallel", "zero3"], "parallel"),
+        (["sft"], ["--warmup_ratio", "1.5"], "warmup_ratio"),
+        (["sft"], ["--on_error", "ignore"], "on_error"),
+        (["sft"], ["--eval_fraction", "1.5"], "eval_fraction"),
+        (["sft"], ["--max_length", "0"], "max_length"),
+        (["sft"], ["--epochs", "0", "--max_steps", "0"], "epochs' / 'max_steps"),  # the two together
+        (["reward", "train"], ["--ties", "maybe"], "ties"),  # refused, not read as "keep"
+        (["reward", "train"], ["--kind", "decoder"], "kind"),
+        (["reward", "train"], ["--objective", "regression", "--normalise_ratings", "zscore"], "normalise_ratings"),
+        (["reward", "train"], ["--normalise_ratings", "per_labeler"], "normalise_ratings"),  # pairs have no ratings
+        (["reward", "eval"], ["--ties", "maybe"], "ties"),
+    ],
+)
 def test_bad_choice_is_a_config_error(capsys, tmp_path, command, override, field):
     # the model / data do not exist: the config must be refused before anything is loaded
-    code, err = _run(capsys, [*command, "--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.jsonl"),
-                              *(["--output_dir", str(tmp_path / "o")] if command[-1] != "eval" else []),
-                              *override])
+    code, err = _run(
+        capsys,
+        [
+            *command,
+            "--model",
+            str(tmp_path / "m"),
+            "--data",
+            str(tmp_path / "d.jsonl"),
+            *(["--output_dir", str(tmp_path / "o")] if command[-1] != "eval" else []),
+            *override,
+        ],
+    )
     assert code == 2, err
     assert (f"fields '{field}'" if " / " in field else f"field '{field}'") in err, err
     assert ": error: command line: " in err, err  # the value came from the command line, not a file
@@ -51,18 +76,54 @@ def test_bad_choice_is_a_config_error(capsys, tmp_path, command, override, field
 
 def test_batch_larger_than_data_is_an_error(capsys, tmp_path, tiny_policy_dir, sft_file):
     # sft_file has 48 records, 42 after the 1/8 hold-out: a batch of 64 cannot be filled
-    code, err = _run(capsys, ["sft", "--model", str(tiny_policy_dir), "--data", str(sft_file),
-                              "--output_dir", str(tmp_path / "o"), "--batch_size", "64",
-                              "--micro_batch_size", "8", "--eval_fraction", "0.125", "--max_length", "64",
-                              "--tensorboard", "false"])
+    code, err = _run(
+        capsys,
+        [
+            "sft",
+            "--model",
+            str(tiny_policy_dir),
+            "--data",
+            str(sft_file),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--batch_size",
+            "64",
+            "--micro_batch_size",
+            "8",
+            "--eval_fraction",
+            "0.125",
+            "--max_length",
+            "64",
+            "--tensorboard",
+            "false",
+        ],
+    )
     assert code == 2
     assert f"error: {sft_file}: 42 training examples (6 held out) for a batch of 64" in err
 
 
 def test_resume_with_other_settings_is_refused(capsys, tmp_path, tiny_policy_dir, sft_file):
-    base = ["sft", "--model", str(tiny_policy_dir), "--data", str(sft_file), "--output_dir", str(tmp_path / "o"),
-            "--max_steps", "2", "--save_every", "1", "--batch_size", "4", "--micro_batch_size", "4",
-            "--max_length", "32", "--tensorboard", "false"]
+    base = [
+        "sft",
+        "--model",
+        str(tiny_policy_dir),
+        "--data",
+        str(sft_file),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--max_steps",
+        "2",
+        "--save_every",
+        "1",
+        "--batch_size",
+        "4",
+        "--micro_batch_size",
+        "4",
+        "--max_length",
+        "32",
+        "--tensorboard",
+        "false",
+    ]
     assert main(base) == 0
     assert (tmp_path / "o" / "checkpoint-1").is_dir()
     capsys.readouterr()
@@ -74,16 +135,19 @@ def test_resume_with_other_settings_is_refused(capsys, tmp_path, tiny_policy_dir
     assert main([*base, "--learning_rate", "1e-3", "--resume", "false"]) == 0
 
 
-@pytest.mark.parametrize("argv,field,message", [
-    (["grpo", "--reward", "vadr"], "reward", "unknown reward source 'vadr'"),
-    (["ppo", "--reward", "2*vader+"], "reward", "empty term"),
-    (["ppo", "--reward", "fn:no_such_pkg.mod:f"], "reward", "cannot import module 'no_such_pkg.mod'"),
-    (["rloo", "--gold_reward", "frequency"], "gold_reward", "frequency:TEXT"),
-    (["eval", "--judge", "vadr"], "judge", "unknown reward source 'vadr'"),
-    (["eval", "leaderboard", "--models", "a,b", "--judge", "toxicty"], "judge", "unknown reward source 'toxicty'"),
-    (["pipeline", "--quick", "--gold", "vadr"], "gold", "unknown reward source 'vadr'"),
-    (["loop", "--quick", "--labeler_judge", "rm:"], "labeler_judge", "'rm:' needs"),
-])
+@pytest.mark.parametrize(
+    "argv,field,message",
+    [
+        (["grpo", "--reward", "vadr"], "reward", "unknown reward source 'vadr'"),
+        (["ppo", "--reward", "2*vader+"], "reward", "empty term"),
+        (["ppo", "--reward", "fn:no_such_pkg.mod:f"], "reward", "cannot import module 'no_such_pkg.mod'"),
+        (["rloo", "--gold_reward", "frequency"], "gold_reward", "frequency:TEXT"),
+        (["eval", "--judge", "vadr"], "judge", "unknown reward source 'vadr'"),
+        (["eval", "leaderboard", "--models", "a,b", "--judge", "toxicty"], "judge", "unknown reward source 'toxicty'"),
+        (["pipeline", "--quick", "--gold", "vadr"], "gold", "unknown reward source 'vadr'"),
+        (["loop", "--quick", "--labeler_judge", "rm:"], "labeler_judge", "'rm:' needs"),
+    ],
+)
 def test_misspelt_reward_spec_is_refused_before_anything_runs(capsys, tmp_path, argv, field, message):
     """A reward / judge spec is checked with the config: one error line naming the field, before
     a model, data set or stage folder is touched: no traceback, and no output folder (so no
@@ -107,13 +171,15 @@ def test_a_bad_value_in_the_config_file_is_blamed_on_its_line(capsys, tmp_path):
 
 
 def test_a_flag_without_its_value_is_refused(capsys, tmp_path):
-    code, err = _run(capsys, ["sft", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.jsonl"),
-                              "--max_steps"])
+    code, err = _run(
+        capsys, ["sft", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.jsonl"), "--max_steps"]
+    )
     assert code == 2 and "field 'max_steps': needs a value (--max_steps VALUE)" in err, err
 
 
-def test_scoring_with_a_model_that_has_no_trained_reward_head_is_refused(capsys, tmp_path, tiny_policy_dir,
-                                                                         tiny_causal_rm_dir, prompt_file):
+def test_scoring_with_a_model_that_has_no_trained_reward_head_is_refused(
+    capsys, tmp_path, tiny_policy_dir, tiny_causal_rm_dir, prompt_file
+):
     """A causal LM (no score head in its checkpoint) as rm:PATH would score with a randomly
     initialised head: noise that looks like a reward. Refused; a saved reward model loads."""
     from rlhfkit.models import ModelLoadError, load_reward_model
@@ -122,20 +188,45 @@ def test_scoring_with_a_model_that_has_no_trained_reward_head_is_refused(capsys,
         load_reward_model(str(tiny_policy_dir), trained_head=True)
     load_reward_model(str(tiny_causal_rm_dir), trained_head=True)  # has its head
     load_reward_model(str(tiny_policy_dir))  # training a new reward model starts from a fresh head
-    code, err = _run(capsys, ["grpo", "--model", str(tiny_policy_dir), "--prompts", str(prompt_file),
-                              "--reward", f"rm:{tiny_policy_dir}", "--output_dir", str(tmp_path / "g"),
-                              "--max_steps", "1", "--batch_size", "4", "--micro_batch_size", "4",
-                              "--max_new_tokens", "4", "--tensorboard", "false", "--threads", "1"])
+    code, err = _run(
+        capsys,
+        [
+            "grpo",
+            "--model",
+            str(tiny_policy_dir),
+            "--prompts",
+            str(prompt_file),
+            "--reward",
+            f"rm:{tiny_policy_dir}",
+            "--output_dir",
+            str(tmp_path / "g"),
+            "--max_steps",
+            "1",
+            "--batch_size",
+            "4",
+            "--micro_batch_size",
+            "4",
+            "--max_new_tokens",
+            "4",
+            "--tensorboard",
+            "false",
+            "--threads",
+            "1",
+        ],
+    )
     assert code == 2 and "not a trained reward model" in err and "rlhfkit reward train" in err, err
 
 
 def test_top_help_lists_the_online_rl_commands_together(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    commands = [line.split()[0] for line in out.split("commands:\n", 1)[1].splitlines()
-                if line.startswith("  ") and not line.startswith("   ")]
+    commands = [
+        line.split()[0]
+        for line in out.split("commands:\n", 1)[1].splitlines()
+        if line.startswith("  ") and not line.startswith("   ")
+    ]
     i = commands.index("ppo")
-    assert commands[i:i + 4] == ["ppo", "grpo", "rloo", "reinforce"]
+    assert commands[i : i + 4] == ["ppo", "grpo", "rloo", "reinforce"]
     assert "rlhfkit --version" in out
 
 
@@ -150,9 +241,28 @@ def test_version(capsys):
 
 
 def _sft(tiny_policy_dir, sft_file, out, *extra):
-    return ["sft", "--model", str(tiny_policy_dir), "--data", str(sft_file), "--output_dir", str(out),
-            "--eval_fraction", "0.125", "--batch_size", "8", "--micro_batch_size", "8", "--max_length", "32",
-            "--tensorboard", "false", "--threads", "1", *extra]
+    return [
+        "sft",
+        "--model",
+        str(tiny_policy_dir),
+        "--data",
+        str(sft_file),
+        "--output_dir",
+        str(out),
+        "--eval_fraction",
+        "0.125",
+        "--batch_size",
+        "8",
+        "--micro_batch_size",
+        "8",
+        "--max_length",
+        "32",
+        "--tensorboard",
+        "false",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 def test_a_finished_run_is_kept_not_silently_trained_again(capsys, tmp_path, tiny_policy_dir, sft_file):
@@ -172,20 +282,26 @@ def test_a_finished_run_is_kept_not_silently_trained_again(capsys, tmp_path, tin
     code, err = _run(capsys, _sft(tiny_policy_dir, sft_file, out, "--max_steps", "2", "--learning_rate", "1e-3"))
     assert code == 2 and "holds a finished sft run with other settings" in err and "learning_rate" in err, err
     assert weights.stat().st_mtime_ns == stamp
-    assert main(_sft(tiny_policy_dir, sft_file, out, "--max_steps", "2", "--learning_rate", "1e-3",
-                     "--resume", "false")) == 0
+    assert (
+        main(_sft(tiny_policy_dir, sft_file, out, "--max_steps", "2", "--learning_rate", "1e-3", "--resume", "false"))
+        == 0
+    )
     assert weights.stat().st_mtime_ns != stamp
     # the last of 2 linearly decaying steps ran at half the rate (the log shows the rate used)
     assert json.loads((out / "final_metrics.json").read_text())["lr"] == pytest.approx(5e-4)
 
 
-@pytest.mark.parametrize("damaged,damage", [
-    ("final_metrics.json", lambda t: t[:len(t) // 2]),
-    ("config.yaml", lambda t: t + b"\n  - ["),
-    ("final_metrics.json", lambda t: b"\xff" + t),
-])
+@pytest.mark.parametrize(
+    "damaged,damage",
+    [
+        ("final_metrics.json", lambda t: t[: len(t) // 2]),
+        ("config.yaml", lambda t: t + b"\n  - ["),
+        ("final_metrics.json", lambda t: b"\xff" + t),
+    ],
+)
 def test_a_finished_run_with_an_unreadable_record_is_trained_again_from_its_checkpoint(
-        capsys, tmp_path, tiny_policy_dir, sft_file, damaged, damage):
+    capsys, tmp_path, tiny_policy_dir, sft_file, damaged, damage
+):
     """A finished run whose final_metrics.json or config.yaml is unreadable is not taken as
     finished (what it finished with is unknown): one warning line, then it resumes from its
     newest intact checkpoint, to the same weights, and writes its record again."""
@@ -203,8 +319,9 @@ def test_a_finished_run_with_an_unreadable_record_is_trained_again_from_its_chec
     capsys.readouterr()
     assert main(args) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlhfkit: warning")]
-    assert len(warnings) == 1 and warnings[0].startswith(f"rlhfkit: warning: {out}: the finished run's config.yaml "
-                                                          "or final_metrics.json is unreadable (")
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"rlhfkit: warning: {out}: the finished run's config.yaml or final_metrics.json is unreadable ("
+    )
     assert warnings[0].endswith("); it is trained again (from its newest intact checkpoint, if any)")
     again = load_file(str(out / "model" / "model.safetensors"))
     assert all(torch.equal(weights[k], again[k]) for k in weights)

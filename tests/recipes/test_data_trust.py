@@ -2,6 +2,7 @@
 side), exact duplicates dropped and counted, empty or too small data refused by name before any
 model loads, record weights honoured by every loss (a weighted sum over the sum of weights, the
 same however a batch is split), and held-out ratings and thumbs scored."""
+
 import json
 import random
 
@@ -42,8 +43,14 @@ def test_record_prompt_groups_a_conversation_by_its_opening():
 
     opening = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     a = ConversationRecord(opening + [{"role": "assistant", "content": "hello"}])
-    b = ConversationRecord(opening + [{"role": "assistant", "content": "hey"}, {"role": "user", "content": "and?"},
-                                      {"role": "assistant", "content": "that is all"}])
+    b = ConversationRecord(
+        opening
+        + [
+            {"role": "assistant", "content": "hey"},
+            {"role": "user", "content": "and?"},
+            {"role": "assistant", "content": "that is all"},
+        ]
+    )
     c = ConversationRecord([{"role": "user", "content": "bye"}, {"role": "assistant", "content": "ciao"}])
     assert record_prompt(a) == record_prompt(b) != record_prompt(c)
 
@@ -58,8 +65,13 @@ def _data(kind: str, rng: random.Random) -> list[dict]:
             if kind == "sft":
                 rows.append({"prompt": prompt, "completion": f" {body} {j}"})
             elif kind == "rankings":
-                rows.append({"prompt": prompt, "responses": [f" {body} happy", f" {body} sad", f" {body} {j}"],
-                             "ranks": [0, 2, 1]})
+                rows.append(
+                    {
+                        "prompt": prompt,
+                        "responses": [f" {body} happy", f" {body} sad", f" {body} {j}"],
+                        "ranks": [0, 2, 1],
+                    }
+                )
             elif kind == "pairs":
                 rows.append({"prompt": prompt, "chosen": f" {body} happy {j}", "rejected": f" {body} sad {j}"})
             else:
@@ -68,8 +80,9 @@ def _data(kind: str, rng: random.Random) -> list[dict]:
 
 
 @pytest.mark.parametrize("recipe", ["sft", "reward", "dpo", "kto"])
-def test_every_recipe_holds_out_by_prompt_and_drops_exact_duplicates(tmp_path, monkeypatch, capsys, recipe,
-                                                                     tiny_policy_dir, tiny_encoder_rm_dir):
+def test_every_recipe_holds_out_by_prompt_and_drops_exact_duplicates(
+    tmp_path, monkeypatch, capsys, recipe, tiny_policy_dir, tiny_encoder_rm_dir
+):
     """24 records over 12 prompts plus 6 exact copies: the copies are dropped and said so; the
     held-out records share no prompt with the training records, and none equals one."""
     kind = {"sft": "sft", "reward": "rankings", "dpo": "pairs", "kto": "thumbs"}[recipe]
@@ -83,10 +96,26 @@ def test_every_recipe_holds_out_by_prompt_and_drops_exact_duplicates(tmp_path, m
         def wrapped(*args, **kwargs):
             seen.append(list(args[records_at]))
             return original(*args, **kwargs)
+
         monkeypatch.setattr(module, name, wrapped)
 
-    args = ["--data", str(data), "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--batch_size", "4",
-            "--micro_batch_size", "4", "--max_length", "32", "--eval_fraction", "0.25", *QUIET]
+    args = [
+        "--data",
+        str(data),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "1",
+        "--batch_size",
+        "4",
+        "--micro_batch_size",
+        "4",
+        "--max_length",
+        "32",
+        "--eval_fraction",
+        "0.25",
+        *QUIET,
+    ]
     if recipe == "sft":
         spy(sft, "tokenize_all")
         sft.run(load_config(sft.SFTConfig, None, ["--model", str(tiny_policy_dir), *args]))
@@ -109,8 +138,9 @@ def test_every_recipe_holds_out_by_prompt_and_drops_exact_duplicates(tmp_path, m
     assert len(train) + len(held) == 24 * n_per_record
     assert len(held) == 3 * 2 * n_per_record  # round(12 * 0.25) = 3 prompts held out, all their records
     assert not {record_prompt(r) for r in train} & {record_prompt(r) for r in held}
-    assert not {json.dumps(r.to_dict(), sort_keys=True) for r in train} & {json.dumps(r.to_dict(), sort_keys=True)
-                                                                            for r in held}
+    assert not {json.dumps(r.to_dict(), sort_keys=True) for r in train} & {
+        json.dumps(r.to_dict(), sort_keys=True) for r in held
+    }
 
 
 def test_records_by_different_labelers_are_not_duplicates(tmp_path, capsys):
@@ -124,12 +154,14 @@ def test_records_by_different_labelers_are_not_duplicates(tmp_path, capsys):
 def test_what_counts_as_an_exact_duplicate(tmp_path, capsys):
     """Every field equal as training reads it: key order, a field left out or given as null or its
     default, an integer or a float, a weight of 1 or none are the same record; a weight of 2 is not."""
-    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"},
-            {"rejected": "b", "chosen": "a", "prompt": "p", "weight": 1},
-            {"prompt": "p", "chosen": "a", "rejected": "b", "margin": None, "tie": False, "labeler": None, "weight": 1.0},
-            {"prompt": "p", "chosen": "a", "rejected": "b", "weight": 2},
-            {"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1},
-            {"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1.0}]
+    rows = [
+        {"prompt": "p", "chosen": "a", "rejected": "b"},
+        {"rejected": "b", "chosen": "a", "prompt": "p", "weight": 1},
+        {"prompt": "p", "chosen": "a", "rejected": "b", "margin": None, "tie": False, "labeler": None, "weight": 1.0},
+        {"prompt": "p", "chosen": "a", "rejected": "b", "weight": 2},
+        {"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1},
+        {"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1.0},
+    ]
     records = load_training_records(str(write_jsonl(tmp_path / "d.jsonl", rows)), "pairs")
     assert [(r.weight, r.margin) for r in records] == [(None, None), (2.0, None), (None, 1.0)]
     assert "dropped 3 exact duplicate records (3 left)" in capsys.readouterr().out
@@ -145,13 +177,37 @@ def test_a_held_out_file_removes_its_copies_from_training(tmp_path, capsys, tiny
     def spy(recs, *a, **k):
         seen.append(list(recs))
         return original(recs, *a, **k)
+
     monkeypatch.setattr(reward, "encode_records", spy)
-    reward.run(load_config(reward.RewardConfig, None, [
-        "--model", str(tiny_encoder_rm_dir), "--data", str(train_file), "--eval_data", str(eval_file),
-        "--output_dir", str(tmp_path / "o"), "--max_steps", "1", "--batch_size", "4", "--micro_batch_size", "4",
-        "--max_length", "32", *QUIET]))
-    assert f"{train_file}: dropped 4 training records that share a prompt with the held-out data" in \
-        capsys.readouterr().out
+    reward.run(
+        load_config(
+            reward.RewardConfig,
+            None,
+            [
+                "--model",
+                str(tiny_encoder_rm_dir),
+                "--data",
+                str(train_file),
+                "--eval_data",
+                str(eval_file),
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--max_steps",
+                "1",
+                "--batch_size",
+                "4",
+                "--micro_batch_size",
+                "4",
+                "--max_length",
+                "32",
+                *QUIET,
+            ],
+        )
+    )
+    assert (
+        f"{train_file}: dropped 4 training records that share a prompt with the held-out data"
+        in capsys.readouterr().out
+    )
     assert len(seen[0]) == 20
 
 
@@ -162,10 +218,18 @@ def test_a_held_out_file_removes_every_training_record_of_its_prompts(tmp_path, 
     from rlhfkit.data import PreferencePair
     from rlhfkit.data.splits import drop_held_out_copies
 
-    held = [PreferencePair("What is 2+2?", "4", "5"), PreferencePair("", "Human: hi Assistant: a", "Human: hi Assistant: b")]
-    train = [PreferencePair("what is  2+2? ", "4", "5"), PreferencePair("What is 2+2?", "5", "4", subset="proj"),
-             PreferencePair("What is 2+2?", "four", "5"), PreferencePair("", "Human: hi Assistant: b", "Human: hi Assistant: a"),
-             PreferencePair("", "Human: hi Assistant: a", "Human: hi Assistant: c"), PreferencePair("What is 3+3?", "6", "5")]
+    held = [
+        PreferencePair("What is 2+2?", "4", "5"),
+        PreferencePair("", "Human: hi Assistant: a", "Human: hi Assistant: b"),
+    ]
+    train = [
+        PreferencePair("what is  2+2? ", "4", "5"),
+        PreferencePair("What is 2+2?", "5", "4", subset="proj"),
+        PreferencePair("What is 2+2?", "four", "5"),
+        PreferencePair("", "Human: hi Assistant: b", "Human: hi Assistant: a"),
+        PreferencePair("", "Human: hi Assistant: a", "Human: hi Assistant: c"),
+        PreferencePair("What is 3+3?", "6", "5"),
+    ]
     kept = drop_held_out_copies(train, held, "t.jsonl")
     assert kept == train[4:]  # an implicit-prompt pair with another answer is another example
     assert "t.jsonl: dropped 4 training records that share a prompt with the held-out data" in capsys.readouterr().out
@@ -216,18 +280,38 @@ def test_an_empty_data_file_is_named_before_any_model_loads(tmp_path, capsys, co
     out = ["--output_dir", str(tmp_path / "o")] if command[-1] != "eval" else []
     code = main([*command, "--model", str(tmp_path / "no_model"), "--data", str(empty), *out])
     err = capsys.readouterr().err
-    assert code == 2 and err.strip() == (f"rlhfkit {' '.join(command)}: error: {empty}: no records in it "
-                                         "(an empty file?)"), err
+    assert code == 2 and err.strip() == (
+        f"rlhfkit {' '.join(command)}: error: {empty}: no records in it (an empty file?)"
+    ), err
     assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("command", [["sft"], ["reward", "train"], ["dpo"], ["kto"]])
 def test_too_few_training_examples_for_a_batch_are_named_before_any_model_loads(tmp_path, capsys, command):
-    rows = {"sft": _data("sft", random.Random(1)), "train": _data("pairs", random.Random(1)),
-            "dpo": _data("pairs", random.Random(1)), "kto": _data("thumbs", random.Random(1))}[command[-1]][:4]
+    rows = {
+        "sft": _data("sft", random.Random(1)),
+        "train": _data("pairs", random.Random(1)),
+        "dpo": _data("pairs", random.Random(1)),
+        "kto": _data("thumbs", random.Random(1)),
+    }[command[-1]][:4]
     data = write_jsonl(tmp_path / "small.jsonl", rows)
-    code = main([*command, "--model", str(tmp_path / "no_model"), "--data", str(data), "--output_dir",
-                 str(tmp_path / "o"), "--batch_size", "8", "--micro_batch_size", "4", "--eval_fraction", "0.5"])
+    code = main(
+        [
+            *command,
+            "--model",
+            str(tmp_path / "no_model"),
+            "--data",
+            str(data),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--batch_size",
+            "8",
+            "--micro_batch_size",
+            "4",
+            "--eval_fraction",
+            "0.5",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and f"error: {data}: 2 training examples (2 held out) for a batch of 8" in err, err
     assert not (tmp_path / "o").exists()
@@ -258,9 +342,25 @@ def _train(tmp_path, kind, data, name, micro, policy, rm):
     """Three steps; returns (final weights, the first step's logged metrics: loss and gradient norm
     at the initial weights, before AdamW, which turns a gradient's float noise into a full step
     where the gradient is near 0, makes any two runs differ)."""
-    args = ["--data", str(data), "--output_dir", str(tmp_path / name), "--max_steps", "3", "--batch_size", "4",
-            "--micro_batch_size", str(micro), "--max_length", "32", "--eval_fraction", "0", "--learning_rate", "1e-2",
-            *QUIET]
+    args = [
+        "--data",
+        str(data),
+        "--output_dir",
+        str(tmp_path / name),
+        "--max_steps",
+        "3",
+        "--batch_size",
+        "4",
+        "--micro_batch_size",
+        str(micro),
+        "--max_length",
+        "32",
+        "--eval_fraction",
+        "0",
+        "--learning_rate",
+        "1e-2",
+        *QUIET,
+    ]
     if kind == "sft":
         sft.run(load_config(sft.SFTConfig, None, ["--model", str(policy), *args]))
     elif kind == "reward":
@@ -283,19 +383,31 @@ def test_weights_are_a_weighted_mean_whatever_the_batch_split(tmp_path, kind, ti
     the same (the normaliser is the sum of weights, fractional or not); batch 4 as 2 micro-batches
     of 2 gives the same first loss and gradient as one micro-batch of 4 (not KTO: its reference
     point z0 is a micro-batch statistic); without the weights the training differs."""
+
     def run(scale, name, micro=4):
-        return _train(tmp_path, kind, _weighted_file(tmp_path, kind, scale, name), name, micro, tiny_policy_dir,
-                      tiny_encoder_rm_dir)
+        return _train(
+            tmp_path,
+            kind,
+            _weighted_file(tmp_path, kind, scale, name),
+            name,
+            micro,
+            tiny_policy_dir,
+            tiny_encoder_rm_dir,
+        )
 
     weights, first = run(1.0, "w1")
     weights10, first10 = run(10.0, "w10")
     assert _same(weights, weights10)
-    assert (first10["loss"], first10["grad_norm"]) == (pytest.approx(first["loss"], rel=1e-6),
-                                                       pytest.approx(first["grad_norm"], rel=1e-5))
+    assert (first10["loss"], first10["grad_norm"]) == (
+        pytest.approx(first["loss"], rel=1e-6),
+        pytest.approx(first["grad_norm"], rel=1e-5),
+    )
     if kind != "kto":
         _, split = run(1.0, "w1_micro2", micro=2)
-        assert (split["loss"], split["grad_norm"]) == (pytest.approx(first["loss"], rel=1e-6),
-                                                       pytest.approx(first["grad_norm"], rel=1e-5))
+        assert (split["loss"], split["grad_norm"]) == (
+            pytest.approx(first["loss"], rel=1e-6),
+            pytest.approx(first["grad_norm"], rel=1e-5),
+        )
     plain, _ = run(None, "plain")
     assert not _same(weights, plain)
 
@@ -304,12 +416,14 @@ def test_weights_are_a_weighted_mean_whatever_the_batch_split(tmp_path, kind, ti
 def test_weights_near_the_float_range_train_as_their_ratios(tmp_path, kind, tiny_policy_dir, tiny_encoder_rm_dir):
     """The loss is a weighted mean, so weights times 2**1020 (1.1e307: their products with the
     losses overflow a float) train exactly as the weights themselves: finite, the same model."""
+
     def run(scale, name):
-        return _train(tmp_path, kind, _weighted_file(tmp_path, kind, scale, name), name, 4, tiny_policy_dir,
-                      tiny_encoder_rm_dir)
+        return _train(
+            tmp_path, kind, _weighted_file(tmp_path, kind, scale, name), name, 4, tiny_policy_dir, tiny_encoder_rm_dir
+        )
 
     weights, first = run(1.0, "w1")
-    huge, first_huge = run(2.0 ** 1020, "huge")
+    huge, first_huge = run(2.0**1020, "huge")
     assert first_huge["loss"] == first["loss"] and all(torch.equal(weights[k], huge[k]) for k in weights)
 
 
@@ -317,11 +431,27 @@ def test_weights_near_the_float_range_train_as_their_ratios(tmp_path, kind, tiny
 def test_a_training_set_of_zero_weights_is_refused_before_the_model_loads(tmp_path, recipe):
     rows = [{**r, "weight": 0} for r in _data("sft" if recipe == "sft" else "pairs", random.Random(2))]
     data = write_jsonl(tmp_path / "zero.jsonl", rows)
-    args = ["--data", str(data), "--model", str(tmp_path / "no-model"), "--output_dir", str(tmp_path / "o"),
-            "--batch_size", "4", "--micro_batch_size", "4", "--eval_fraction", "0.25", *QUIET]
+    args = [
+        "--data",
+        str(data),
+        "--model",
+        str(tmp_path / "no-model"),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--batch_size",
+        "4",
+        "--micro_batch_size",
+        "4",
+        "--eval_fraction",
+        "0.25",
+        *QUIET,
+    ]
     with pytest.raises(DataError, match="every one of the 18 training records has weight 0") as e:
-        (sft.run(load_config(sft.SFTConfig, None, args)) if recipe == "sft" else
-         dpo.run(load_config(dpo.DPOConfig, None, args)))
+        (
+            sft.run(load_config(sft.SFTConfig, None, args))
+            if recipe == "sft"
+            else dpo.run(load_config(dpo.DPOConfig, None, args))
+        )
     assert e.value.field == "weight" and not (tmp_path / "o").exists()
 
 
@@ -352,10 +482,35 @@ def test_held_out_ratings_and_thumbs_are_scored(tmp_path, capsys, tiny_encoder_r
     kind = "ratings" if objective == "regression" else "thumbs"
     data, rows = _scored_file(tmp_path, kind)
     out = tmp_path / "rm"
-    metrics = reward.run(load_config(reward.RewardConfig, None, [
-        "--model", str(tiny_encoder_rm_dir), "--data", str(data), "--objective", objective, "--output_dir", str(out),
-        "--epochs", "8", "--batch_size", "16", "--micro_batch_size", "16", "--learning_rate", "1e-2",
-        "--eval_fraction", "0.25", "--max_length", "32", *QUIET]))
+    metrics = reward.run(
+        load_config(
+            reward.RewardConfig,
+            None,
+            [
+                "--model",
+                str(tiny_encoder_rm_dir),
+                "--data",
+                str(data),
+                "--objective",
+                objective,
+                "--output_dir",
+                str(out),
+                "--epochs",
+                "8",
+                "--batch_size",
+                "16",
+                "--micro_batch_size",
+                "16",
+                "--learning_rate",
+                "1e-2",
+                "--eval_fraction",
+                "0.25",
+                "--max_length",
+                "32",
+                *QUIET,
+            ],
+        )
+    )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     # the held-out quarter: 40 of the 160 prompts; scored again here from the saved model
     held = split_by_prompt(load_training_records(str(data), kind), 0.25, seed=0)[1]
@@ -366,14 +521,16 @@ def test_held_out_ratings_and_thumbs_are_scored(tmp_path, capsys, tiny_encoder_r
     if kind == "ratings":
         expected = rating_metrics(scores, [(r.rating - 1) / 6 for r in held])
         assert metrics["eval_spearman"] > 0.7, metrics  # two rating values: ties cap it below 1
-        assert last.endswith(f"held-out MSE {metrics['eval_mse']:.3f} and Spearman {metrics['eval_spearman']:.3f} "
-                             "on 40 ratings"), last
+        assert last.endswith(
+            f"held-out MSE {metrics['eval_mse']:.3f} and Spearman {metrics['eval_spearman']:.3f} on 40 ratings"
+        ), last
         keys = ("mse", "spearman")
     else:
         expected = thumbs_metrics(scores, [r.label for r in held])
         assert metrics["eval_auc"] > 0.9, metrics
-        assert last.endswith(f"held-out accuracy {metrics['eval_accuracy']:.3f} and AUC {metrics['eval_auc']:.3f} "
-                             "on 40 thumbs"), last
+        assert last.endswith(
+            f"held-out accuracy {metrics['eval_accuracy']:.3f} and AUC {metrics['eval_auc']:.3f} on 40 thumbs"
+        ), last
         keys = ("accuracy", "auc", "loss")
     assert metrics["eval_examples"] == 40
     for k in keys:
@@ -385,9 +542,14 @@ def test_labeler_scales_by_hand():
     the same targets: each one's z-scores (-1, +1) mapped to the pooled mean and sd."""
     from rlhfkit.data import RatingRecord
 
-    recs = [RatingRecord("p", "a", 2, labeler="strict"), RatingRecord("p", "b", 4, labeler="strict"),
-            RatingRecord("q", "a", 5, labeler="lenient"), RatingRecord("q", "b", 7, labeler="lenient"),
-            RatingRecord("r", "a", 7), RatingRecord("s", "a", 3, labeler="once")]
+    recs = [
+        RatingRecord("p", "a", 2, labeler="strict"),
+        RatingRecord("p", "b", 4, labeler="strict"),
+        RatingRecord("q", "a", 5, labeler="lenient"),
+        RatingRecord("q", "b", 7, labeler="lenient"),
+        RatingRecord("r", "a", 7),
+        RatingRecord("s", "a", 3, labeler="once"),
+    ]
     scales = reward.labeler_scales(recs[:4])
     # targets /6: 1, 3, 4, 6 -> pooled mean 14/24, population sd sqrt(13/4)/6
     assert scales.mean == pytest.approx(14 / 24) and scales.sd == pytest.approx((13 / 4) ** 0.5 / 6)
@@ -399,13 +561,30 @@ def test_labeler_scales_by_hand():
 
 def test_per_labeler_normalisation_trains_and_needs_labelers(tmp_path, capsys, tiny_encoder_rm_dir):
     data, rows = _scored_file(tmp_path, "ratings", n=32)
-    args = ["--model", str(tiny_encoder_rm_dir), "--objective", "regression", "--normalise_ratings", "per_labeler",
-            "--max_steps", "1", "--batch_size", "8", "--max_length", "32", "--eval_fraction", "0.25", *QUIET]
-    metrics = reward.run(load_config(reward.RewardConfig, None, [*args, "--data", str(data),
-                                                                 "--output_dir", str(tmp_path / "a")]))
+    args = [
+        "--model",
+        str(tiny_encoder_rm_dir),
+        "--objective",
+        "regression",
+        "--normalise_ratings",
+        "per_labeler",
+        "--max_steps",
+        "1",
+        "--batch_size",
+        "8",
+        "--max_length",
+        "32",
+        "--eval_fraction",
+        "0.25",
+        *QUIET,
+    ]
+    metrics = reward.run(
+        load_config(reward.RewardConfig, None, [*args, "--data", str(data), "--output_dir", str(tmp_path / "a")])
+    )
     assert "reward: ratings normalised per labeler for 3 labelers" in capsys.readouterr().out
     assert metrics["eval_examples"] == 8
     bare = write_jsonl(tmp_path / "bare.jsonl", [{k: v for k, v in r.items() if k != "labeler"} for r in rows])
     with pytest.raises(DataError, match="no labeler has two different ratings"):
-        reward.run(load_config(reward.RewardConfig, None, [*args, "--data", str(bare),
-                                                           "--output_dir", str(tmp_path / "b")]))
+        reward.run(
+            load_config(reward.RewardConfig, None, [*args, "--data", str(bare), "--output_dir", str(tmp_path / "b")])
+        )

@@ -2,6 +2,7 @@
 phrase, ``sft_file``) against a randomly initialised tiny policy's responses; the classifier must
 tell them apart on held-out prompts, its report must be what its scores say, its logit must work
 as an ``rm:`` reward, and a rerun must reuse the samples and the finished classifier."""
+
 import json
 
 import pytest
@@ -14,10 +15,32 @@ from .conftest import run_cli, write_jsonl
 
 def test_demonstrations_against_the_policy(tmp_path, sft_file, tiny_policy_dir, tiny_encoder_rm_dir):
     out = tmp_path / "disc"
-    args = ["reward", "discriminator", "--data", str(sft_file), "--policy", str(tiny_policy_dir),
-            "--output_dir", str(out), "--samples_per_prompt", "2", "--max_new_tokens", "8", "--eval_fraction", "0.25",
-            "--reward.model", str(tiny_encoder_rm_dir), "--reward.epochs", "4", "--reward.learning_rate", "2e-3",
-            "--reward.max_length", "48", "--threads", "1"]
+    args = [
+        "reward",
+        "discriminator",
+        "--data",
+        str(sft_file),
+        "--policy",
+        str(tiny_policy_dir),
+        "--output_dir",
+        str(out),
+        "--samples_per_prompt",
+        "2",
+        "--max_new_tokens",
+        "8",
+        "--eval_fraction",
+        "0.25",
+        "--reward.model",
+        str(tiny_encoder_rm_dir),
+        "--reward.epochs",
+        "4",
+        "--reward.learning_rate",
+        "2e-3",
+        "--reward.max_length",
+        "48",
+        "--threads",
+        "1",
+    ]
     r = run_cli(args)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((out / "discriminator.json").read_text())
@@ -34,8 +57,9 @@ def test_demonstrations_against_the_policy(tmp_path, sft_file, tiny_policy_dir, 
     # the report is what the classifier's scores say, recomputed here from the rm: reward
     from rlhfkit.rewards import build_reward
 
-    s = build_reward(f"rm:{out / 'model'}", max_length=48)([x["prompt"] for x in held],
-                                                           [x["completion"] for x in held]).tolist()
+    s = build_reward(f"rm:{out / 'model'}", max_length=48)(
+        [x["prompt"] for x in held], [x["completion"] for x in held]
+    ).tolist()
     right_human = sum(v > 0 for v, x in zip(s, held) if x["label"])
     right_policy = sum(v < 0 for v, x in zip(s, held) if not x["label"])
     assert report["accuracy"] == pytest.approx((right_human / 12 + right_policy / 24) / 2)  # balanced
@@ -72,9 +96,13 @@ def test_demonstrations_against_the_policy(tmp_path, sft_file, tiny_policy_dir, 
 
 
 def test_conversations_and_bad_settings_are_refused(tmp_path):
-    convo = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "a", "completion": "b"},
-                                               {"messages": [{"role": "user", "content": "hi"},
-                                                             {"role": "assistant", "content": "hello"}]}])
+    convo = write_jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {"prompt": "a", "completion": "b"},
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        ],
+    )
     with pytest.raises(ConfigError, match="record 2 is a conversation"):
         load_demonstrations(DiscriminatorConfig(data=str(convo)))
     cfg = DiscriminatorConfig()
@@ -92,12 +120,32 @@ def test_a_prompt_with_two_demonstrations_stays_on_one_side(tmp_path, tiny_polic
 
     rng = random.Random(5)
     prompts = [sentence(rng, 4) for _ in range(20)]
-    demos = write_jsonl(tmp_path / "d.jsonl", [{"prompt": p, "completion": f" so it is {w} ."}
-                                               for p in prompts for w in ("red", "blue")])
-    args = ["reward", "discriminator", "--data", str(demos), "--policy", str(tiny_policy_dir),
-            "--output_dir", str(tmp_path / "disc"), "--max_new_tokens", "6", "--eval_fraction", "0.25",
-            "--reward.model", str(tiny_encoder_rm_dir), "--reward.epochs", "1", "--reward.max_length", "48",
-            "--threads", "1"]
+    demos = write_jsonl(
+        tmp_path / "d.jsonl",
+        [{"prompt": p, "completion": f" so it is {w} ."} for p in prompts for w in ("red", "blue")],
+    )
+    args = [
+        "reward",
+        "discriminator",
+        "--data",
+        str(demos),
+        "--policy",
+        str(tiny_policy_dir),
+        "--output_dir",
+        str(tmp_path / "disc"),
+        "--max_new_tokens",
+        "6",
+        "--eval_fraction",
+        "0.25",
+        "--reward.model",
+        str(tiny_encoder_rm_dir),
+        "--reward.epochs",
+        "1",
+        "--reward.max_length",
+        "48",
+        "--threads",
+        "1",
+    ]
     r = run_cli(args)
     assert r.returncode == 0, r.stderr[-3000:]
     train = [json.loads(x) for x in (tmp_path / "disc" / "train.jsonl").read_text().splitlines()]

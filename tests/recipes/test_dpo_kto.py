@@ -1,6 +1,7 @@
 """`rlhfkit dpo` and `rlhfkit kto` on tiny models: the held-out implicit-reward accuracy rises,
 the reference cache is computed once and invalidated by new data, the LoRA reference works,
 ties are dropped or kept and counted, and a SIGKILLed run resumes exactly."""
+
 import json
 import signal
 
@@ -19,9 +20,26 @@ COMMON = ["--max_length", "48", "--max_prompt_length", "16", "--tensorboard", "f
 
 
 def dpo_args(policy, data, out, *extra):
-    return ["--model", str(policy), "--data", str(data), "--output_dir", str(out), "--epochs", "2",
-            "--batch_size", "16", "--micro_batch_size", "16", "--learning_rate", "3e-3",
-            "--eval_fraction", "0.25", *COMMON, *extra]
+    return [
+        "--model",
+        str(policy),
+        "--data",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch_size",
+        "16",
+        "--micro_batch_size",
+        "16",
+        "--learning_rate",
+        "3e-3",
+        "--eval_fraction",
+        "0.25",
+        *COMMON,
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -40,8 +58,9 @@ def count_reference(monkeypatch):
     return calls
 
 
-def test_dpo_learns_and_reference_cache_is_reused_then_invalidated(tmp_path, tiny_policy_dir, pair_file,
-                                                                  count_reference):
+def test_dpo_learns_and_reference_cache_is_reused_then_invalidated(
+    tmp_path, tiny_policy_dir, pair_file, count_reference
+):
     out = tmp_path / "run"
     metrics = dpo.run(load_config(dpo.DPOConfig, None, dpo_args(tiny_policy_dir, pair_file, out)))
     assert metrics["eval_accuracy"] >= 0.8, metrics
@@ -56,23 +75,30 @@ def test_dpo_learns_and_reference_cache_is_reused_then_invalidated(tmp_path, tin
 
     # same data and model in the same folder (another run there: --resume false): the cache is
     # read, nothing recomputed
-    dpo.run(load_config(dpo.DPOConfig, None, dpo_args(tiny_policy_dir, pair_file, out, "--max_steps", "1",
-                                                       "--resume", "false")))
+    dpo.run(
+        load_config(
+            dpo.DPOConfig, None, dpo_args(tiny_policy_dir, pair_file, out, "--max_steps", "1", "--resume", "false")
+        )
+    )
     assert len(count_reference) == 2 and cache.stat().st_mtime_ns == stamp
 
     # different data (a new run in the same folder, so --resume false): the key changes and the
     # cache is rebuilt
     rows = [json.loads(l) for l in pair_file.read_text().splitlines()][:-8]
     smaller = write_jsonl(tmp_path / "smaller.jsonl", rows)
-    dpo.run(load_config(dpo.DPOConfig, None, dpo_args(tiny_policy_dir, smaller, out, "--max_steps", "1",
-                                                       "--resume", "false")))
+    dpo.run(
+        load_config(
+            dpo.DPOConfig, None, dpo_args(tiny_policy_dir, smaller, out, "--max_steps", "1", "--resume", "false")
+        )
+    )
     assert len(count_reference) == 4
     assert torch.load(cache, weights_only=True)["splits"]["train"].shape == (114, 2)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "bit flipped"])
-def test_a_damaged_reference_cache_is_computed_again_with_a_warning(tmp_path, tiny_policy_dir, pair_file,
-                                                                    count_reference, capsys, damage):
+def test_a_damaged_reference_cache_is_computed_again_with_a_warning(
+    tmp_path, tiny_policy_dir, pair_file, count_reference, capsys, damage
+):
     """reference_logps.pt (shared by dpo and kto) truncated, or one bit of its log-probs flipped
     (torch.load reads that without complaint): the next run says so in one warning line and
     computes it again, to the same numbers."""
@@ -84,7 +110,7 @@ def test_a_damaged_reference_cache_is_computed_again_with_a_warning(tmp_path, ti
     cache = out / "reference_logps.pt"
     intact = torch.load(cache, weights_only=True)["splits"]
     if damage == "truncated":
-        cache.write_bytes(cache.read_bytes()[:cache.stat().st_size // 2])
+        cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
         what = "does not load (RuntimeError: PytorchStreamReader failed reading zip archive"
     else:
         flip_tensor_bit(cache)
@@ -108,7 +134,9 @@ def test_initial_policy_has_zero_implicit_rewards(tmp_path, tiny_policy_dir, pai
     from rlhfkit.training.distributed import DistInfo
 
     lora = ["--lora.r", "8"] if reference == "lora" else []
-    cfg = load_config(dpo.DPOConfig, None, dpo_args(tiny_policy_dir, pair_file, tmp_path, "--reference", reference, *lora))
+    cfg = load_config(
+        dpo.DPOConfig, None, dpo_args(tiny_policy_dir, pair_file, tmp_path, "--reference", reference, *lora)
+    )
     model, tok = load_policy(str(tiny_policy_dir), padding_side="right")
     records = dpo.load_pairs(cfg.data, cfg, "pairs")[0][:24]
     examples = dpo.encode_pairs(records, tok, cfg)
@@ -123,16 +151,26 @@ def test_initial_policy_has_zero_implicit_rewards(tmp_path, tiny_policy_dir, pai
 
 def test_dpo_lora_reference_learns_without_a_cache(tmp_path, tiny_policy_dir, pair_file):
     out = tmp_path / "lora"
-    metrics = dpo.run(load_config(dpo.DPOConfig, None, dpo_args(
-        tiny_policy_dir, pair_file, out, "--reference", "lora", "--lora.r", "8", "--learning_rate", "1e-2")))
+    metrics = dpo.run(
+        load_config(
+            dpo.DPOConfig,
+            None,
+            dpo_args(
+                tiny_policy_dir, pair_file, out, "--reference", "lora", "--lora.r", "8", "--learning_rate", "1e-2"
+            ),
+        )
+    )
     assert metrics["eval_accuracy"] >= 0.8, metrics
     assert not (out / "reference_logps.pt").exists()
 
 
 @pytest.mark.parametrize("loss", ["ipo", "cdpo", "simpo", "orpo"])
 def test_other_losses_train(tmp_path, tiny_policy_dir, pair_file, loss):
-    metrics = dpo.run(load_config(dpo.DPOConfig, None, dpo_args(
-        tiny_policy_dir, pair_file, tmp_path, "--loss", loss, "--max_steps", "3")))
+    metrics = dpo.run(
+        load_config(
+            dpo.DPOConfig, None, dpo_args(tiny_policy_dir, pair_file, tmp_path, "--loss", loss, "--max_steps", "3")
+        )
+    )
     assert metrics["loss"] > 0 and "eval_accuracy" in metrics
     assert (tmp_path / "reference_logps.pt").exists() == (loss in ("ipo", "cdpo"))
 
@@ -144,9 +182,27 @@ def test_ties_dropped_or_kept_and_counted(tmp_path, tiny_policy_dir, pair_file):
     data = write_jsonl(tmp_path / "ties.jsonl", rows)
     for ties, train_pairs in (("drop", 30), ("keep", 40)):
         out = tmp_path / ties
-        metrics = dpo.run(load_config(dpo.DPOConfig, None, dpo_args(
-            tiny_policy_dir, data, out, "--ties", ties, "--eval_fraction", "0", "--max_steps", "1",
-            "--batch_size", "8", "--micro_batch_size", "8")))
+        metrics = dpo.run(
+            load_config(
+                dpo.DPOConfig,
+                None,
+                dpo_args(
+                    tiny_policy_dir,
+                    data,
+                    out,
+                    "--ties",
+                    ties,
+                    "--eval_fraction",
+                    "0",
+                    "--max_steps",
+                    "1",
+                    "--batch_size",
+                    "8",
+                    "--micro_batch_size",
+                    "8",
+                ),
+            )
+        )
         assert metrics["ties_seen"] == 10 and metrics["ties_kept"] == (10 if ties == "keep" else 0)
         cache = torch.load(out / "reference_logps.pt", weights_only=True)
         assert cache["splits"]["train"].shape[0] == train_pairs
@@ -154,10 +210,31 @@ def test_ties_dropped_or_kept_and_counted(tmp_path, tiny_policy_dir, pair_file):
 
 
 def test_kto_learns_from_thumbs(tmp_path, tiny_policy_dir, thumbs_file):
-    cfg = load_config(KTOConfig, None, [
-        "--model", str(tiny_policy_dir), "--data", str(thumbs_file), "--output_dir", str(tmp_path),
-        "--epochs", "3", "--batch_size", "16", "--micro_batch_size", "8", "--learning_rate", "1e-2",
-        "--beta", "0.5", "--eval_fraction", "0.25", *COMMON])
+    cfg = load_config(
+        KTOConfig,
+        None,
+        [
+            "--model",
+            str(tiny_policy_dir),
+            "--data",
+            str(thumbs_file),
+            "--output_dir",
+            str(tmp_path),
+            "--epochs",
+            "3",
+            "--batch_size",
+            "16",
+            "--micro_batch_size",
+            "8",
+            "--learning_rate",
+            "1e-2",
+            "--beta",
+            "0.5",
+            "--eval_fraction",
+            "0.25",
+            *COMMON,
+        ],
+    )
     metrics = kto_run(cfg)
     assert metrics["eval_accuracy"] >= 0.8, metrics
     assert metrics["eval_reward_desirable"] > metrics["eval_reward_undesirable"]
@@ -167,22 +244,48 @@ def test_kto_learns_from_thumbs(tmp_path, tiny_policy_dir, thumbs_file):
 
 
 def test_kto_from_pairs_with_lora_reference(tmp_path, tiny_policy_dir, pair_file):
-    cfg = load_config(KTOConfig, None, [
-        "--model", str(tiny_policy_dir), "--data", str(pair_file), "--output_dir", str(tmp_path),
-        "--max_steps", "4", "--batch_size", "16", "--micro_batch_size", "8", "--learning_rate", "1e-2",
-        "--reference", "lora", "--lora.r", "8", "--eval_fraction", "0.25", *COMMON])
+    cfg = load_config(
+        KTOConfig,
+        None,
+        [
+            "--model",
+            str(tiny_policy_dir),
+            "--data",
+            str(pair_file),
+            "--output_dir",
+            str(tmp_path),
+            "--max_steps",
+            "4",
+            "--batch_size",
+            "16",
+            "--micro_batch_size",
+            "8",
+            "--learning_rate",
+            "1e-2",
+            "--reference",
+            "lora",
+            "--lora.r",
+            "8",
+            "--eval_fraction",
+            "0.25",
+            *COMMON,
+        ],
+    )
     metrics = kto_run(cfg)
     assert metrics["eval_examples"] == 80  # 40 held-out pairs, split into 2 examples each
     assert metrics["loss"] > 0 and not (tmp_path / "reference_logps.pt").exists()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--loss", "simpo", "--reference", "cached"], "uses no reference"),
-    (["--loss", "sigmoid", "--reference", "none"], "needs a reference"),
-    (["--reference", "lora"], "--lora.r"),
-    (["--loss", "kto"], "is not one of"),
-    (["--max_length", "16", "--max_prompt_length", "16"], "max_length"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--loss", "simpo", "--reference", "cached"], "uses no reference"),
+        (["--loss", "sigmoid", "--reference", "none"], "needs a reference"),
+        (["--reference", "lora"], "--lora.r"),
+        (["--loss", "kto"], "is not one of"),
+        (["--max_length", "16", "--max_prompt_length", "16"], "max_length"),
+    ],
+)
 def test_bad_config_gives_a_clear_error(capsys, args, message):
     assert main(["dpo", *args]) == 2
     assert message in capsys.readouterr().err
@@ -190,8 +293,18 @@ def test_bad_config_gives_a_clear_error(capsys, args, message):
 
 def test_dpo_sigkill_and_resume_gives_identical_weights(tmp_path, tiny_policy_dir, pair_file, capsys):
     # 120 training pairs / batch 16 = 7 steps per epoch, 14 in all; checkpoints every 4 steps.
-    args = lambda out: ["dpo", *dpo_args(tiny_policy_dir, pair_file, out, "--micro_batch_size", "8",  # noqa: E731
-                                         "--save_every", "4")]
+    args = lambda out: [  # noqa: E731
+        "dpo",
+        *dpo_args(
+            tiny_policy_dir,
+            pair_file,
+            out,
+            "--micro_batch_size",
+            "8",  # noqa: E731
+            "--save_every",
+            "4",
+        ),
+    ]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert main(args(straight)) == 0
     r = run_cli(args(killed), kill_after=10)
@@ -246,8 +359,9 @@ def test_response_only_logits_match_the_full_logits(tiny_policy_dir, lora):
     full.sum().backward()
     torch.testing.assert_close(sums, full, rtol=1e-5, atol=1e-5)
     assert counts.tolist() == [8, 3, 2]
-    assert fast and all(torch.allclose(fast[n], p.grad, rtol=1e-4, atol=1e-6)
-                        for n, p in model.named_parameters() if p.grad is not None)
+    assert fast and all(
+        torch.allclose(fast[n], p.grad, rtol=1e-4, atol=1e-6) for n, p in model.named_parameters() if p.grad is not None
+    )
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -270,8 +384,10 @@ def test_gradient_checkpointing_changes_memory_not_the_result(tmp_path, tiny_pol
     plain, checkpointed = tmp_path / "plain", tmp_path / "ckpt"
     assert main(["dpo", *dpo_args(tiny_policy_dir, pair_file, plain, *extra)]) == 0
     n_plain = len(calls)
-    assert main(["dpo", *dpo_args(tiny_policy_dir, pair_file, checkpointed, *extra,
-                                  "--gradient_checkpointing", "true")]) == 0
+    assert (
+        main(["dpo", *dpo_args(tiny_policy_dir, pair_file, checkpointed, *extra, "--gradient_checkpointing", "true")])
+        == 0
+    )
     # every training forward of a layer runs again in the backward pass (evaluation does not)
     assert len(calls) - n_plain > n_plain, (n_plain, len(calls) - n_plain)
     a, b = load_weights(plain / "model"), load_weights(checkpointed / "model")
@@ -291,9 +407,11 @@ def test_kto_mismatched_pairs_never_take_their_own_prompts_answer():
     assert mismatched_partners(["a", "a", "b", "b", "c", "c"]) == [5, 5, 1, 1, 3, 3]
     assert mismatched_partners(["a", "a", "a"]) == [2, 0, 1]
     tok = tiny_tokenizer()
-    records = [ThumbsRecord(p, c, good) for p, pair in (("the film", ("great fun", "dull")),
-                                                         ("a story", ("moving", "boring")))
-               for c, good in zip(pair, (True, False))]
+    records = [
+        ThumbsRecord(p, c, good)
+        for p, pair in (("the film", ("great fun", "dull")), ("a story", ("moving", "boring")))
+        for c, good in zip(pair, (True, False))
+    ]
     encoded = encode_thumbs(records, tok, KTOConfig(max_length=48, max_prompt_length=16), fixed_kl=True)
     for e, partner in zip(encoded, [3, 3, 1, 1]):
         other = encoded[partner]

@@ -1,4 +1,5 @@
 """Tiny-model runs that must learn, and the command line's help and error behaviour."""
+
 import json
 
 import pytest
@@ -14,10 +15,32 @@ from .conftest import run_cli, write_jsonl
 
 
 def test_sft_lowers_held_out_loss(tmp_path, tiny_policy_dir, sft_file):
-    cfg = load_config(SFTConfig, None, [
-        "--model", str(tiny_policy_dir), "--data", str(sft_file), "--output_dir", str(tmp_path),
-        "--epochs", "10", "--batch_size", "8", "--micro_batch_size", "8", "--learning_rate", "1e-2",
-        "--eval_fraction", "0.125", "--max_length", "64", "--tensorboard", "false"])
+    cfg = load_config(
+        SFTConfig,
+        None,
+        [
+            "--model",
+            str(tiny_policy_dir),
+            "--data",
+            str(sft_file),
+            "--output_dir",
+            str(tmp_path),
+            "--epochs",
+            "10",
+            "--batch_size",
+            "8",
+            "--micro_batch_size",
+            "8",
+            "--learning_rate",
+            "1e-2",
+            "--eval_fraction",
+            "0.125",
+            "--max_length",
+            "64",
+            "--tensorboard",
+            "false",
+        ],
+    )
     metrics = sft_run(cfg)
     assert metrics["eval_loss"] < 0.5 * metrics["eval_loss_before"], metrics
     from transformers import AutoModelForCausalLM
@@ -26,22 +49,61 @@ def test_sft_lowers_held_out_loss(tmp_path, tiny_policy_dir, sft_file):
 
 
 def test_reward_model_learns_held_out_preference(tmp_path, tiny_encoder_rm_dir, pair_file, capsys):
-    cfg = load_config(RewardConfig, None, [
-        "--model", str(tiny_encoder_rm_dir), "--data", str(pair_file), "--output_dir", str(tmp_path / "rm"),
-        "--epochs", "8", "--batch_size", "16", "--micro_batch_size", "16", "--learning_rate", "3e-3",
-        "--eval_fraction", "0.25", "--max_length", "48", "--tensorboard", "false"])
+    cfg = load_config(
+        RewardConfig,
+        None,
+        [
+            "--model",
+            str(tiny_encoder_rm_dir),
+            "--data",
+            str(pair_file),
+            "--output_dir",
+            str(tmp_path / "rm"),
+            "--epochs",
+            "8",
+            "--batch_size",
+            "16",
+            "--micro_batch_size",
+            "16",
+            "--learning_rate",
+            "3e-3",
+            "--eval_fraction",
+            "0.25",
+            "--max_length",
+            "48",
+            "--tensorboard",
+            "false",
+        ],
+    )
     metrics = reward_run(cfg)
     assert metrics["eval_accuracy"] >= 0.9, metrics
     # the last line says where the model is and how it did on the held-out quarter (40 of 160 pairs)
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last == (f"reward: saved {tmp_path / 'rm' / 'model'}; held-out accuracy {metrics['eval_accuracy']:.3f} "
-                    f"on 40 pairs, ECE {metrics['eval_ece']:.3f}"), last
+    assert last == (
+        f"reward: saved {tmp_path / 'rm' / 'model'}; held-out accuracy {metrics['eval_accuracy']:.3f} "
+        f"on 40 pairs, ECE {metrics['eval_ece']:.3f}"
+    ), last
     rows = [json.loads(l) for l in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
     assert any("eval_ece" in r for r in rows)
     # the evaluation command reads the saved model back and agrees
     report_path = tmp_path / "report.json"
-    assert main(["reward", "eval", "--model", str(tmp_path / "rm" / "model"), "--data", str(pair_file),
-                 "--max_length", "48", "--output", str(report_path)]) == 0
+    assert (
+        main(
+            [
+                "reward",
+                "eval",
+                "--model",
+                str(tmp_path / "rm" / "model"),
+                "--data",
+                str(pair_file),
+                "--max_length",
+                "48",
+                "--output",
+                str(report_path),
+            ]
+        )
+        == 0
+    )
     report = json.loads(report_path.read_text())
     assert report["overall"]["pairs"] == 160 and report["overall"]["accuracy"] >= 0.9
 
@@ -50,11 +112,38 @@ def test_reward_validation_split_chooses_and_held_out_is_scored_once(tmp_path, t
     """With validation_fraction, choices (best_metric) look only at a part of the training data;
     the held-out set is scored once, on the chosen weights."""
     out = tmp_path / "rm"
-    cfg = load_config(RewardConfig, None, [
-        "--model", str(tiny_encoder_rm_dir), "--data", str(pair_file), "--output_dir", str(out),
-        "--epochs", "2", "--batch_size", "16", "--micro_batch_size", "8", "--learning_rate", "3e-3",
-        "--eval_fraction", "0.25", "--validation_fraction", "0.25", "--eval_every", "3",
-        "--best_metric", "val_loss", "--max_length", "48", "--tensorboard", "false"])
+    cfg = load_config(
+        RewardConfig,
+        None,
+        [
+            "--model",
+            str(tiny_encoder_rm_dir),
+            "--data",
+            str(pair_file),
+            "--output_dir",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch_size",
+            "16",
+            "--micro_batch_size",
+            "8",
+            "--learning_rate",
+            "3e-3",
+            "--eval_fraction",
+            "0.25",
+            "--validation_fraction",
+            "0.25",
+            "--eval_every",
+            "3",
+            "--best_metric",
+            "val_loss",
+            "--max_length",
+            "48",
+            "--tensorboard",
+            "false",
+        ],
+    )
     metrics = reward_run(cfg)
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r and "best_step" not in r]
@@ -68,8 +157,7 @@ def test_reward_validation_split_chooses_and_held_out_is_scored_once(tmp_path, t
     assert metrics["eval_accuracy"] == held[0]["eval_accuracy"]
 
 
-def test_split_seed_keeps_the_held_out_pairs_across_member_seeds(tmp_path, tiny_encoder_rm_dir, pair_file,
-                                                                   monkeypatch):
+def test_split_seed_keeps_the_held_out_pairs_across_member_seeds(tmp_path, tiny_encoder_rm_dir, pair_file, monkeypatch):
     """Ensemble members (different seeds) must hold out the same pairs: --split_seed fixes the split."""
     import rlhfkit.eval.reward_eval as reward_eval
 
@@ -82,27 +170,78 @@ def test_split_seed_keeps_the_held_out_pairs_across_member_seeds(tmp_path, tiny_
 
     monkeypatch.setattr(reward_eval, "evaluate_pairs", spy)
     for seed, split in ((1, 0), (2, 0), (2, -1)):
-        reward_run(load_config(RewardConfig, None, [
-            "--model", str(tiny_encoder_rm_dir), "--data", str(pair_file), "--output_dir", str(tmp_path / f"{seed}{split}"),
-            "--max_steps", "1", "--batch_size", "8", "--micro_batch_size", "8", "--eval_fraction", "0.25",
-            "--seed", str(seed), "--split_seed", str(split), "--max_length", "48", "--tensorboard", "false"]))
+        reward_run(
+            load_config(
+                RewardConfig,
+                None,
+                [
+                    "--model",
+                    str(tiny_encoder_rm_dir),
+                    "--data",
+                    str(pair_file),
+                    "--output_dir",
+                    str(tmp_path / f"{seed}{split}"),
+                    "--max_steps",
+                    "1",
+                    "--batch_size",
+                    "8",
+                    "--micro_batch_size",
+                    "8",
+                    "--eval_fraction",
+                    "0.25",
+                    "--seed",
+                    str(seed),
+                    "--split_seed",
+                    str(split),
+                    "--max_length",
+                    "48",
+                    "--tensorboard",
+                    "false",
+                ],
+            )
+        )
     assert len(seen) == 3 and len(seen[0]) == 40
     assert seen[0] == seen[1]  # seeds 1 and 2, split seed 0: the same held-out pairs
     assert seen[2] != seen[1]  # split_seed -1 follows the seed (2): another split
 
 
-def test_max_train_uses_a_prefix_of_the_training_part_and_the_same_held_out_set(tmp_path, tiny_encoder_rm_dir,
-                                                                                 pair_file):
+def test_max_train_uses_a_prefix_of_the_training_part_and_the_same_held_out_set(
+    tmp_path, tiny_encoder_rm_dir, pair_file
+):
     """Learning curves: --max_train 30 trains on 30 of the 120 training pairs (30 // 8 = 3 steps an
     epoch: the last, partial batch is dropped, against 15 with all of them) and scores the same 40
     held-out pairs."""
     steps = {}
     for n in (0, 30):
         out = tmp_path / f"rm{n}"
-        metrics = reward_run(load_config(RewardConfig, None, [
-            "--model", str(tiny_encoder_rm_dir), "--data", str(pair_file), "--output_dir", str(out),
-            "--epochs", "1", "--batch_size", "8", "--micro_batch_size", "8", "--eval_fraction", "0.25",
-            "--max_train", str(n), "--max_length", "48", "--tensorboard", "false"]))
+        metrics = reward_run(
+            load_config(
+                RewardConfig,
+                None,
+                [
+                    "--model",
+                    str(tiny_encoder_rm_dir),
+                    "--data",
+                    str(pair_file),
+                    "--output_dir",
+                    str(out),
+                    "--epochs",
+                    "1",
+                    "--batch_size",
+                    "8",
+                    "--micro_batch_size",
+                    "8",
+                    "--eval_fraction",
+                    "0.25",
+                    "--max_train",
+                    str(n),
+                    "--max_length",
+                    "48",
+                    "--tensorboard",
+                    "false",
+                ],
+            )
+        )
         rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
         steps[n] = max(r["step"] for r in rows if "step" in r)
         assert metrics["eval_pairs"] == 40
@@ -111,16 +250,37 @@ def test_max_train_uses_a_prefix_of_the_training_part_and_the_same_held_out_set(
         load_config(RewardConfig, None, ["--max_train", "-1"])
 
 
-@pytest.mark.parametrize("objective,rows", [
-    ("regression", [{"prompt": "p", "completion": f" good {i}", "rating": 1 + i % 7} for i in range(24)]),
-    ("classification", [{"prompt": "p", "completion": f" ok {i}", "label": i % 2 == 0} for i in range(24)]),
-])
+@pytest.mark.parametrize(
+    "objective,rows",
+    [
+        ("regression", [{"prompt": "p", "completion": f" good {i}", "rating": 1 + i % 7} for i in range(24)]),
+        ("classification", [{"prompt": "p", "completion": f" ok {i}", "label": i % 2 == 0} for i in range(24)]),
+    ],
+)
 def test_rating_and_thumbs_objectives_train(tmp_path, tiny_encoder_rm_dir, objective, rows):
     data = write_jsonl(tmp_path / "d.jsonl", rows)
-    cfg = load_config(RewardConfig, None, [
-        "--model", str(tiny_encoder_rm_dir), "--data", str(data), "--objective", objective,
-        "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--batch_size", "8",
-        "--micro_batch_size", "4", "--tensorboard", "false"])
+    cfg = load_config(
+        RewardConfig,
+        None,
+        [
+            "--model",
+            str(tiny_encoder_rm_dir),
+            "--data",
+            str(data),
+            "--objective",
+            objective,
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "2",
+            "--batch_size",
+            "8",
+            "--micro_batch_size",
+            "4",
+            "--tensorboard",
+            "false",
+        ],
+    )
     metrics = reward_run(cfg)
     assert metrics["loss"] > 0 and (tmp_path / "out" / "model" / "config.json").exists()
 
@@ -155,10 +315,13 @@ def test_ranking_and_rewrite_files_are_accepted(tmp_path):
     from rlhfkit.data import CompletionRecord, PreferencePair
     from rlhfkit.data.loading import load_training_records
 
-    rankings = write_jsonl(tmp_path / "r.jsonl", [
-        {"prompt": "p", "responses": ["best", "mid", "worst"], "ranks": [0, 1, 2]},
-        {"prompt": "q", "responses": ["x", "y"], "ranks": [1, 0]},
-    ])
+    rankings = write_jsonl(
+        tmp_path / "r.jsonl",
+        [
+            {"prompt": "p", "responses": ["best", "mid", "worst"], "ranks": [0, 1, 2]},
+            {"prompt": "q", "responses": ["x", "y"], "ranks": [1, 0]},
+        ],
+    )
     pairs = load_training_records(str(rankings), "pairs")
     # 3 responses with distinct ranks -> 3 pairs; 2 responses -> 1 pair
     assert len(pairs) == 4 and all(isinstance(p, PreferencePair) for p in pairs)
@@ -170,8 +333,9 @@ def test_ranking_and_rewrite_files_are_accepted(tmp_path):
 
 
 @pytest.mark.parametrize("backbone", ["encoder", "causal"])
-def test_linear_probe_fits_the_head_on_the_backbones_own_features(tmp_path, tiny_encoder_rm_dir, tiny_causal_rm_dir,
-                                                                   pair_file, backbone):
+def test_linear_probe_fits_the_head_on_the_backbones_own_features(
+    tmp_path, tiny_encoder_rm_dir, tiny_causal_rm_dir, pair_file, backbone
+):
     """LP-FT's first stage: the features are exactly what the head reads (head(features) equals
     the model's score, causal backbones at the last real token), only the head changes, and the
     probed head ranks the training pairs better than the random one did."""
@@ -184,8 +348,11 @@ def test_linear_probe_fits_the_head_on_the_backbones_own_features(tmp_path, tiny
     from rlhfkit.recipes.reward import encode_records, head_features, linear_probe, make_collate
 
     folder = tiny_encoder_rm_dir if backbone == "encoder" else tiny_causal_rm_dir
-    cfg = load_config(RewardConfig, None, ["--model", str(folder), "--data", str(pair_file), "--max_length", "48",
-                                           "--linear_probe_steps", "50"])
+    cfg = load_config(
+        RewardConfig,
+        None,
+        ["--model", str(folder), "--data", str(pair_file), "--max_length", "48", "--linear_probe_steps", "50"],
+    )
     model, tok = load_reward_model(str(folder))
     records = load_training_records(str(pair_file), "pairs")
     assert isinstance(records[0], PreferencePair)
@@ -205,8 +372,9 @@ def test_linear_probe_fits_the_head_on_the_backbones_own_features(tmp_path, tiny
             assert torch.equal(v, body[k]), k
 
 
-def test_linear_probe_of_a_head_without_bias_leaves_the_model_at_the_probed_loss(tmp_path, tiny_causal_rm_dir,
-                                                                                 thumbs_file):
+def test_linear_probe_of_a_head_without_bias_leaves_the_model_at_the_probed_loss(
+    tmp_path, tiny_causal_rm_dir, thumbs_file
+):
     """A causal backbone's score layer has no bias; the probe must not fit one it cannot copy back
     (on thumbs, where a bias matters): the model's own loss after the probe is the probe's."""
     import torch
@@ -217,15 +385,30 @@ def test_linear_probe_of_a_head_without_bias_leaves_the_model_at_the_probed_loss
     from rlhfkit.data.loading import load_training_records
     from rlhfkit.recipes.reward import encode_records, head_features, linear_probe, make_collate
 
-    cfg = load_config(RewardConfig, None, ["--model", str(tiny_causal_rm_dir), "--data", str(thumbs_file),
-                                           "--objective", "classification", "--max_length", "48",
-                                           "--linear_probe_steps", "50", "--linear_probe_l2", "0"])
+    cfg = load_config(
+        RewardConfig,
+        None,
+        [
+            "--model",
+            str(tiny_causal_rm_dir),
+            "--data",
+            str(thumbs_file),
+            "--objective",
+            "classification",
+            "--max_length",
+            "48",
+            "--linear_probe_steps",
+            "50",
+            "--linear_probe_l2",
+            "0",
+        ],
+    )
     model, tok = load_reward_model(str(tiny_causal_rm_dir))
     assert score_head(model).bias is None
     train = encode_records(load_training_records(str(thumbs_file), "thumbs")[:96], tok, cfg)
     collate = make_collate(tok.pad_token_id, "classification")
     stats = linear_probe(model, train, collate, cfg)
-    batches = [collate(train[i:i + 32]) for i in range(0, len(train), 32)]
+    batches = [collate(train[i : i + 32]) for i in range(0, len(train), 32)]
     with torch.no_grad():
         scores = score_head(model)(head_features(model, batches))[:, 0]
         target = torch.cat([b["target"] for b in batches]).float()
@@ -235,10 +418,34 @@ def test_linear_probe_of_a_head_without_bias_leaves_the_model_at_the_probed_loss
 
 
 def test_reward_train_with_linear_probe_then_fine_tuning(tmp_path, tiny_encoder_rm_dir, pair_file, capsys):
-    cfg = load_config(RewardConfig, None, [
-        "--model", str(tiny_encoder_rm_dir), "--data", str(pair_file), "--output_dir", str(tmp_path / "rm"),
-        "--epochs", "4", "--batch_size", "16", "--micro_batch_size", "16", "--learning_rate", "3e-3",
-        "--eval_fraction", "0.25", "--max_length", "48", "--tensorboard", "false", "--linear_probe_steps", "50"])
+    cfg = load_config(
+        RewardConfig,
+        None,
+        [
+            "--model",
+            str(tiny_encoder_rm_dir),
+            "--data",
+            str(pair_file),
+            "--output_dir",
+            str(tmp_path / "rm"),
+            "--epochs",
+            "4",
+            "--batch_size",
+            "16",
+            "--micro_batch_size",
+            "16",
+            "--learning_rate",
+            "3e-3",
+            "--eval_fraction",
+            "0.25",
+            "--max_length",
+            "48",
+            "--tensorboard",
+            "false",
+            "--linear_probe_steps",
+            "50",
+        ],
+    )
     metrics = reward_run(cfg)
     assert "linear probe of the head" in capsys.readouterr().out
     assert metrics["eval_accuracy"] >= 0.9, metrics
@@ -255,8 +462,22 @@ def test_epochs_0_with_a_linear_probe_is_the_probe_alone(tmp_path, tiny_encoder_
 
     from .conftest import load_weights
 
-    args = ["--model", str(tiny_encoder_rm_dir), "--data", str(pair_file), "--output_dir", str(tmp_path / "rm"),
-            "--eval_fraction", "0.25", "--max_length", "48", "--tensorboard", "false", "--epochs", "0"]
+    args = [
+        "--model",
+        str(tiny_encoder_rm_dir),
+        "--data",
+        str(pair_file),
+        "--output_dir",
+        str(tmp_path / "rm"),
+        "--eval_fraction",
+        "0.25",
+        "--max_length",
+        "48",
+        "--tensorboard",
+        "false",
+        "--epochs",
+        "0",
+    ]
     with pytest.raises(ValueError, match="epochs"):
         load_config(RewardConfig, None, args).validate()
     cfg = load_config(RewardConfig, None, args + ["--linear_probe_steps", "50"])
@@ -273,7 +494,9 @@ def test_epochs_0_with_a_linear_probe_is_the_probe_alone(tmp_path, tiny_encoder_
     (tmp_path / "rm2" / "checkpoint-3").mkdir(parents=True)
     cfg.output_dir = str(tmp_path / "rm2")
     again = reward_run(cfg)
-    assert again["probe_loss_after"] == metrics["probe_loss_after"] and again["eval_accuracy"] == metrics["eval_accuracy"]
+    assert (
+        again["probe_loss_after"] == metrics["probe_loss_after"] and again["eval_accuracy"] == metrics["eval_accuracy"]
+    )
 
 
 def test_plus_joins_training_sources_in_order(tmp_path):
@@ -298,17 +521,22 @@ def test_held_out_summary_names_the_split_it_read_and_the_ties():
 
     m = Path("out/model")
     assert held_out_summary({"val_accuracy": 0.5, "val_pairs": 10, "val_ties": 2}, m) == (
-        "reward: saved out/model; validation accuracy 0.500 on 10 pairs (and 2 tied pairs, scored apart)")
+        "reward: saved out/model; validation accuracy 0.500 on 10 pairs (and 2 tied pairs, scored apart)"
+    )
     # the held-out split wins over the validation split
     assert "held-out accuracy 0.700 on 20 pairs" in held_out_summary(
-        {"val_accuracy": 0.5, "val_pairs": 10, "eval_accuracy": 0.7, "eval_pairs": 20}, m)
-    assert held_out_summary({"loss": 0.1}, m).endswith("no held-out pairs to score it on "
-                                                       "(give --eval_data FILE or --eval_fraction above 0)")
+        {"val_accuracy": 0.5, "val_pairs": 10, "eval_accuracy": 0.7, "eval_pairs": 20}, m
+    )
+    assert held_out_summary({"loss": 0.1}, m).endswith(
+        "no held-out pairs to score it on (give --eval_data FILE or --eval_fraction above 0)"
+    )
     # thumbs / ratings: the summary does not ask for held-out data it would not score
-    assert held_out_summary({"loss": 0.1}, m, "classification").endswith("no held-out thumbs to score it on "
-                                                                         "(give --eval_data FILE or --eval_fraction "
-                                                                         "above 0)")
+    assert held_out_summary({"loss": 0.1}, m, "classification").endswith(
+        "no held-out thumbs to score it on (give --eval_data FILE or --eval_fraction above 0)"
+    )
     assert held_out_summary({"eval_mse": 0.01, "eval_spearman": 0.9, "eval_examples": 20}, m, "regression") == (
-        "reward: saved out/model; held-out MSE 0.010 and Spearman 0.900 on 20 ratings")
+        "reward: saved out/model; held-out MSE 0.010 and Spearman 0.900 on 20 ratings"
+    )
     assert held_out_summary({"val_accuracy": 0.8, "val_auc": 0.85, "val_examples": 5}, m, "classification") == (
-        "reward: saved out/model; validation accuracy 0.800 and AUC 0.850 on 5 thumbs")
+        "reward: saved out/model; validation accuracy 0.800 and AUC 0.850 on 5 thumbs"
+    )

@@ -2,6 +2,7 @@
 float32 output head, in the supervised recipes (``fit``) and the online ones (hooks on the
 policy, reference and value models); float32 runs (and their checkpoints and cached stages)
 are unchanged."""
+
 import json
 
 import pytest
@@ -65,8 +66,15 @@ def test_sft_bf16_follows_fp32_and_saves_fp32(tmp_path, tiny_policy_dir, sft_fil
     outs = {}
     for precision in ("fp32", "bf16"):
         out = outs[precision] = tmp_path / precision
-        run(load_config(SFTConfig, None, sft_args(tiny_policy_dir, sft_file, out, "--max_steps", "6",
-                                                  "--save_every", "3", "--precision", precision)[1:]))
+        run(
+            load_config(
+                SFTConfig,
+                None,
+                sft_args(
+                    tiny_policy_dir, sft_file, out, "--max_steps", "6", "--save_every", "3", "--precision", precision
+                )[1:],
+            )
+        )
     a, b = losses(outs["fp32"]), losses(outs["bf16"])
     assert [s for s, _ in a] == [s for s, _ in b]
     for (_, la), (_, lb) in zip(a, b):  # the same run, rounded: within 2% at every step, not identical
@@ -76,17 +84,38 @@ def test_sft_bf16_follows_fp32_and_saves_fp32(tmp_path, tiny_policy_dir, sft_fil
     assert all(w.dtype == torch.float32 for w in weights.values())
     # a float32 run's checkpoint fingerprint does not name the precision (checkpoints from before
     # the field resume), a bf16 one does, and resuming across precisions is refused
-    states = {p: json.loads(next(outs[p].glob("checkpoint-*/trainer_state.json")).read_text())["config"]
-              for p in outs}
+    states = {p: json.loads(next(outs[p].glob("checkpoint-*/trainer_state.json")).read_text())["config"] for p in outs}
     assert "precision" not in states["fp32"] and states["bf16"]["precision"] == "bf16"
     from rlhfkit.training.run_identity import check_resume_config
 
     fp32_checkpoint = next(outs["fp32"].glob("checkpoint-*"))
-    check_resume_config(fp32_checkpoint, load_config(SFTConfig, None, sft_args(
-        tiny_policy_dir, sft_file, outs["fp32"], "--max_steps", "6", "--save_every", "3")[1:]))
+    check_resume_config(
+        fp32_checkpoint,
+        load_config(
+            SFTConfig,
+            None,
+            sft_args(tiny_policy_dir, sft_file, outs["fp32"], "--max_steps", "6", "--save_every", "3")[1:],
+        ),
+    )
     with pytest.raises(ConfigError, match="precision: 'fp32' -> 'bf16'"):
-        check_resume_config(fp32_checkpoint, load_config(SFTConfig, None, sft_args(
-            tiny_policy_dir, sft_file, outs["fp32"], "--max_steps", "6", "--save_every", "3", "--precision", "bf16")[1:]))
+        check_resume_config(
+            fp32_checkpoint,
+            load_config(
+                SFTConfig,
+                None,
+                sft_args(
+                    tiny_policy_dir,
+                    sft_file,
+                    outs["fp32"],
+                    "--max_steps",
+                    "6",
+                    "--save_every",
+                    "3",
+                    "--precision",
+                    "bf16",
+                )[1:],
+            ),
+        )
 
 
 def test_pipeline_fingerprint_names_precision_only_when_set():
@@ -110,8 +139,13 @@ def test_dpo_bf16_reference_cancels_at_step_zero(tmp_path, tiny_policy_dir, pair
     collate = dpo.make_collate(tok.pad_token_id)
 
     def rewards(precision_of_reference):
-        ref_cfg = load_config(dpo.DPOConfig, None, dpo_args(tiny_policy_dir, pair_file, tmp_path / precision_of_reference,
-                                                            "--precision", precision_of_reference))
+        ref_cfg = load_config(
+            dpo.DPOConfig,
+            None,
+            dpo_args(
+                tiny_policy_dir, pair_file, tmp_path / precision_of_reference, "--precision", precision_of_reference
+            ),
+        )
         dpo.cached_reference(ref_cfg, model, {"eval": examples}, tok.pad_token_id, DistInfo())
         keep_head_fp32(model)
         with autocast("bf16"):
@@ -139,11 +173,36 @@ def test_reward_model_learns_in_bf16_with_a_linear_probe(tmp_path, tiny_encoder_
     from rlhfkit.recipes.reward import RewardConfig
     from rlhfkit.recipes.reward import run as reward_run
 
-    cfg = load_config(RewardConfig, None, [
-        "--model", str(tiny_encoder_rm_dir), "--data", str(pair_file), "--output_dir", str(tmp_path / "rm"),
-        "--epochs", "4", "--batch_size", "16", "--micro_batch_size", "16", "--learning_rate", "3e-3",
-        "--eval_fraction", "0.25", "--max_length", "48", "--tensorboard", "false", "--linear_probe_steps", "50",
-        "--precision", "bf16"])
+    cfg = load_config(
+        RewardConfig,
+        None,
+        [
+            "--model",
+            str(tiny_encoder_rm_dir),
+            "--data",
+            str(pair_file),
+            "--output_dir",
+            str(tmp_path / "rm"),
+            "--epochs",
+            "4",
+            "--batch_size",
+            "16",
+            "--micro_batch_size",
+            "16",
+            "--learning_rate",
+            "3e-3",
+            "--eval_fraction",
+            "0.25",
+            "--max_length",
+            "48",
+            "--tensorboard",
+            "false",
+            "--linear_probe_steps",
+            "50",
+            "--precision",
+            "bf16",
+        ],
+    )
     metrics = reward_run(cfg)
     assert metrics["eval_accuracy"] >= 0.9, metrics
     assert all(w.dtype == torch.float32 for w in load_weights(tmp_path / "rm" / "model").values())
@@ -157,13 +216,39 @@ def test_preference_recipes_learn_in_bf16(tmp_path, tiny_policy_dir, pair_file, 
     from .test_dpo_kto import COMMON
 
     if recipe == "dpo":
-        metrics = dpo.run(load_config(dpo.DPOConfig, None, dpo_args(tiny_policy_dir, pair_file, tmp_path,
-                                                                     "--precision", "bf16")))
+        metrics = dpo.run(
+            load_config(dpo.DPOConfig, None, dpo_args(tiny_policy_dir, pair_file, tmp_path, "--precision", "bf16"))
+        )
     else:  # as test_kto_learns_from_thumbs, in bf16
-        metrics = kto_run(load_config(KTOConfig, None, [
-            "--model", str(tiny_policy_dir), "--data", str(thumbs_file), "--output_dir", str(tmp_path),
-            "--epochs", "3", "--batch_size", "16", "--micro_batch_size", "8", "--learning_rate", "1e-2",
-            "--beta", "0.5", "--eval_fraction", "0.25", *COMMON, "--precision", "bf16"]))
+        metrics = kto_run(
+            load_config(
+                KTOConfig,
+                None,
+                [
+                    "--model",
+                    str(tiny_policy_dir),
+                    "--data",
+                    str(thumbs_file),
+                    "--output_dir",
+                    str(tmp_path),
+                    "--epochs",
+                    "3",
+                    "--batch_size",
+                    "16",
+                    "--micro_batch_size",
+                    "8",
+                    "--learning_rate",
+                    "1e-2",
+                    "--beta",
+                    "0.5",
+                    "--eval_fraction",
+                    "0.25",
+                    *COMMON,
+                    "--precision",
+                    "bf16",
+                ],
+            )
+        )
     assert metrics["eval_accuracy"] >= 0.8, metrics
 
 
@@ -230,8 +315,19 @@ def test_grpo_learns_in_bf16_and_starts_at_its_reference(tmp_path, tiny_policy_d
 
     seen: dict = {}
     _record_layer_dtypes(monkeypatch, seen)
-    rows = run_inproc("grpo", tiny_policy_dir, prompt_file, tmp_path / "grpo", "--resume", "false",
-                      *LEARN["grpo"], "--kl_coef", "0.05", "--precision", "bf16")
+    rows = run_inproc(
+        "grpo",
+        tiny_policy_dir,
+        prompt_file,
+        tmp_path / "grpo",
+        "--resume",
+        "false",
+        *LEARN["grpo"],
+        "--kl_coef",
+        "0.05",
+        "--precision",
+        "bf16",
+    )
     assert seen == {"policy": {torch.bfloat16}, "reference": {torch.bfloat16}}
     r = [x["reward"] for x in rows]
     first, last = sum(r[:15]) / 15, sum(r[-15:]) / 15
@@ -250,9 +346,24 @@ def test_ppo_in_bf16_starts_with_ratio_one(tmp_path, tiny_policy_dir, prompt_fil
 
     seen: dict = {}
     _record_layer_dtypes(monkeypatch, seen)
-    rows = run_inproc("ppo", tiny_policy_dir, prompt_file, tmp_path / "ppo", "--resume", "false", "--max_steps", "3",
-                      "--ppo_epochs", "1", "--num_minibatches", "1", "--micro_batch_size", "16",
-                      "--precision", "bf16")
+    rows = run_inproc(
+        "ppo",
+        tiny_policy_dir,
+        prompt_file,
+        tmp_path / "ppo",
+        "--resume",
+        "false",
+        "--max_steps",
+        "3",
+        "--ppo_epochs",
+        "1",
+        "--num_minibatches",
+        "1",
+        "--micro_batch_size",
+        "16",
+        "--precision",
+        "bf16",
+    )
     assert seen == {"policy": {torch.bfloat16}, "reference": {torch.bfloat16}, "value": {torch.bfloat16}}
     # exactly: the two passes see the same rows in one micro-batch, so the same bf16 numbers (a
     # behaviour pass left in float32 under a bf16 update gives about 1.4e-8 here)
@@ -272,7 +383,9 @@ def test_a_finished_run_is_not_taken_for_one_at_another_precision(tmp_path, tiny
     run(cfg(tmp_path / "b"))
     saved = (tmp_path / "b" / "config.yaml").read_text()
     # a run finished before the field existed (no precision line) ran in float32
-    (tmp_path / "b" / "config.yaml").write_text("".join(l for l in saved.splitlines(True) if not l.startswith("precision")))
+    (tmp_path / "b" / "config.yaml").write_text(
+        "".join(l for l in saved.splitlines(True) if not l.startswith("precision"))
+    )
     assert run(cfg(tmp_path / "b"))["eval_loss"] > 0  # the finished run, returned
     with pytest.raises(ConfigError, match="precision: 'fp32' -> 'bf16'"):
         run(cfg(tmp_path / "b", "--precision", "bf16"))
@@ -316,8 +429,9 @@ def test_native_sampler_follows_the_models_precision(tiny_policy_dir):
     autocast_forward(model, "bf16")
     with torch.no_grad():
         hooked = model(ids, attention_mask=mask).logits[:, -1]
-    sampler = make_sampler(model, SamplingConfig(max_new_tokens=1, temperature=0.0), tok.eos_token_id,
-                           tok.pad_token_id, "native")
+    sampler = make_sampler(
+        model, SamplingConfig(max_new_tokens=1, temperature=0.0), tok.eos_token_id, tok.pad_token_id, "native"
+    )
     seen = []
     original = sampler._next_tokens
     sampler._next_tokens = lambda logits, g, rows=None: (seen.append(logits), original(logits, g, rows))[1]
@@ -325,7 +439,9 @@ def test_native_sampler_follows_the_models_precision(tiny_policy_dir):
     (native,) = seen
     assert native.dtype == torch.float32
     assert (native - hooked).abs().max() < 0.25 * (native - exact).abs().max(), (
-        (native - hooked).abs().max(), (native - exact).abs().max())
+        (native - hooked).abs().max(),
+        (native - exact).abs().max(),
+    )
 
 
 @pytest.mark.parametrize("engine", ["native", "hf"])
@@ -339,12 +455,18 @@ def test_samplers_run_one_autocast_region_per_generation(tiny_policy_dir, engine
 
     model, tok = load_policy(str(tiny_policy_dir))
     ids = torch.tensor([[5, 6, 7, 8, 9]])
-    sampler = make_sampler(model, SamplingConfig(max_new_tokens=4, temperature=1.0), tok.eos_token_id,
-                           tok.pad_token_id, engine)
+    sampler = make_sampler(
+        model, SamplingConfig(max_new_tokens=4, temperature=1.0), tok.eos_token_id, tok.pad_token_id, engine
+    )
     for precision in ("fp32", "bf16"):
         autocast_forward(model, precision)
         between_steps = []
-        sampler.generate(model, ids, torch.ones_like(ids), seed=0,
-                         on_token=lambda t: between_steps.append(torch.is_autocast_enabled("cpu")))
+        sampler.generate(
+            model,
+            ids,
+            torch.ones_like(ids),
+            seed=0,
+            on_token=lambda t: between_steps.append(torch.is_autocast_enabled("cpu")),
+        )
         assert between_steps and set(between_steps) == {precision == "bf16"}, (precision, between_steps)
     assert not torch.is_autocast_enabled("cpu")

@@ -1,5 +1,6 @@
 """Exact resume after SIGKILL (from the newest intact checkpoint), and data-parallel /
 accumulation invariance, on tiny models."""
+
 import json
 import signal
 
@@ -10,10 +11,32 @@ from .conftest import assert_resume_exact, flip_model_bit, load_weights, run_cli
 
 
 def sft_args(policy, data, out, *extra):
-    return ["sft", "--model", str(policy), "--data", str(data), "--output_dir", str(out),
-            "--epochs", "2", "--batch_size", "4", "--micro_batch_size", "2", "--learning_rate", "3e-3",
-            "--eval_fraction", "0.125", "--max_length", "64", "--threads", "1", "--tensorboard", "false",
-            *extra]
+    return [
+        "sft",
+        "--model",
+        str(policy),
+        "--data",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch_size",
+        "4",
+        "--micro_batch_size",
+        "2",
+        "--learning_rate",
+        "3e-3",
+        "--eval_fraction",
+        "0.125",
+        "--max_length",
+        "64",
+        "--threads",
+        "1",
+        "--tensorboard",
+        "false",
+        *extra,
+    ]
 
 
 def losses(out):
@@ -30,8 +53,7 @@ def test_sft_sigkill_and_resume_gives_identical_weights(tmp_path, tiny_policy_di
     killed = tmp_path / "killed"
     # killed after step 14 (last checkpoint at 12): the resumed run redoes 13 and 14,
     # crossing the epoch boundary at step 10 happened before the kill.
-    r = run_cli(sft_args(tiny_policy_dir, sft_file, killed, "--save_every", "4"),
-                kill_after=14)
+    r = run_cli(sft_args(tiny_policy_dir, sft_file, killed, "--save_every", "4"), kill_after=14)
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-3000:])
     assert (killed / "checkpoint-12").is_dir() and not (killed / "model").exists()
     r = run_cli(sft_args(tiny_policy_dir, sft_file, killed, "--save_every", "4"))
@@ -50,14 +72,22 @@ def sft_run_args(_algo, policy, data, out, *extra):  # assert_resume_exact's arg
 
 
 @pytest.mark.parametrize("torchrun", [0, pytest.param(2, marks=pytest.mark.slow)])
-def test_sft_resumes_past_a_bit_flipped_checkpoint_to_identical_weights(tmp_path, tiny_policy_dir, sft_file,
-                                                                        torchrun):
+def test_sft_resumes_past_a_bit_flipped_checkpoint_to_identical_weights(tmp_path, tiny_policy_dir, sft_file, torchrun):
     """Killed after step 6 with checkpoints 4 and 6, one bit of checkpoint-6's weights flipped: the
     restart says so in one line, resumes from checkpoint-4 and ends with the weights and losses of
     a run left alone; over two processes every rank resumes from checkpoint-4 (rank 0 chooses)."""
-    assert_resume_exact(tmp_path, sft_run_args, "sft", tiny_policy_dir, sft_file,
-                        ["--max_steps", "8", "--save_every", "2"], kill_after=6, checkpoint=6,
-                        torchrun=torchrun, damage=flip_model_bit(previous=4))
+    assert_resume_exact(
+        tmp_path,
+        sft_run_args,
+        "sft",
+        tiny_policy_dir,
+        sft_file,
+        ["--max_steps", "8", "--save_every", "2"],
+        kill_after=6,
+        checkpoint=6,
+        torchrun=torchrun,
+        damage=flip_model_bit(previous=4),
+    )
 
 
 def test_sft_with_no_intact_checkpoint_stops_with_an_error_naming_the_damage(tmp_path, tiny_policy_dir, sft_file):
@@ -67,13 +97,14 @@ def test_sft_with_no_intact_checkpoint_stops_with_an_error_naming_the_damage(tmp
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-3000:])
     model = out / "checkpoint-2" / "model.pt"
     size = model.stat().st_size
-    model.write_bytes(model.read_bytes()[:size // 3])
+    model.write_bytes(model.read_bytes()[: size // 3])
     r = run_cli(args)
     assert r.returncode == 2, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
     assert r.stderr.splitlines()[-1] == (
         f"rlhfkit sft: error: {out}: no intact checkpoint to resume from. checkpoint-2: model.pt is {size // 3} "
-        f"bytes, manifest.json says {size}. Delete them, or use another --output_dir, to start afresh")
+        f"bytes, manifest.json says {size}. Delete them, or use another --output_dir, to start afresh"
+    )
     assert model.stat().st_size == size // 3 and not (out / "model").exists()  # nothing removed, nothing trained
 
 
@@ -87,8 +118,9 @@ def test_two_processes_equal_one_process_same_global_batch(tmp_path, tiny_policy
     # 2 processes x micro-batch 2 = global batch 4, gloo backend on CPU; with fsdp the weights,
     # gradients and optimiser state are sharded over the two processes (FSDP2), and a checkpoint
     # at step 3 gathers them
-    r = run_cli(sft_args(tiny_policy_dir, sft_file, two, *extra[:2], "--save_every", "3",
-                         "--parallel", parallel), torchrun=2)
+    r = run_cli(
+        sft_args(tiny_policy_dir, sft_file, two, *extra[:2], "--save_every", "3", "--parallel", parallel), torchrun=2
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     a, b = load_weights(one / "model"), load_weights(two / "model")
     for name in a:
@@ -115,10 +147,33 @@ def test_accumulation_invariance_in_process(tmp_path, tiny_policy_dir, sft_file)
 
 def test_reward_two_processes_equal_one_process(tmp_path, tiny_causal_rm_dir, pair_file):
     """A causal-LM reward model under DDP (2 gloo processes) makes the same updates as 1 process."""
+
     def args(out):
-        return ["reward", "train", "--model", str(tiny_causal_rm_dir), "--data", str(pair_file),
-                "--output_dir", str(out), "--max_steps", "4", "--batch_size", "8", "--micro_batch_size", "2",
-                "--learning_rate", "3e-3", "--max_length", "48", "--threads", "1", "--tensorboard", "false"]
+        return [
+            "reward",
+            "train",
+            "--model",
+            str(tiny_causal_rm_dir),
+            "--data",
+            str(pair_file),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "4",
+            "--batch_size",
+            "8",
+            "--micro_batch_size",
+            "2",
+            "--learning_rate",
+            "3e-3",
+            "--max_length",
+            "48",
+            "--threads",
+            "1",
+            "--tensorboard",
+            "false",
+        ]
+
     r = run_cli(args(tmp_path / "one"))
     assert r.returncode == 0, r.stderr[-3000:]
     r = run_cli(args(tmp_path / "two"), torchrun=2)
@@ -140,10 +195,35 @@ def test_weighted_pairs_over_two_processes_equal_one_process(tmp_path, tiny_caus
     data.write_text("".join(json.dumps({**r, "weight": w}) + "\n" for r, w in zip(rows, weights)))
 
     def args(out):
-        return ["reward", "train", "--model", str(tiny_causal_rm_dir), "--data", str(data), "--eval_fraction", "0",
-                "--output_dir", str(out), "--max_steps", "4", "--batch_size", "8", "--micro_batch_size", "2",
-                "--learning_rate", "3e-3", "--max_length", "48", "--threads", "1", "--tensorboard", "false",
-                "--linear_probe_steps", "0"]
+        return [
+            "reward",
+            "train",
+            "--model",
+            str(tiny_causal_rm_dir),
+            "--data",
+            str(data),
+            "--eval_fraction",
+            "0",
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "4",
+            "--batch_size",
+            "8",
+            "--micro_batch_size",
+            "2",
+            "--learning_rate",
+            "3e-3",
+            "--max_length",
+            "48",
+            "--threads",
+            "1",
+            "--tensorboard",
+            "false",
+            "--linear_probe_steps",
+            "0",
+        ]
+
     r = run_cli(args(tmp_path / "one"))
     assert r.returncode == 0, r.stderr[-3000:]
     r = run_cli(args(tmp_path / "two"), torchrun=2)

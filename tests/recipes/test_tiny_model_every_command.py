@@ -1,6 +1,7 @@
 """``--model tiny`` (a tiny Llama built from config: ``rlhfkit.models.TINY_MODEL``) works in every
 command that takes a model, for a step or two in seconds; a hub name the hub cannot give fails at
 once, naming the name and what is accepted."""
+
 import io
 import json
 import os
@@ -15,49 +16,257 @@ from rlhfkit.cli import main
 from .conftest import free_port
 
 TRAIN = ["--tensorboard", "false", "--threads", "1"]
-ONLINE = ["--max_steps", "1", "--batch_size", "4", "--micro_batch_size", "4", "--max_new_tokens", "4", "--reward", "vader"]
-PREFERENCE = ["--max_steps", "1", "--batch_size", "4", "--micro_batch_size", "4", "--max_length", "48",
-              "--max_prompt_length", "24", "--eval_fraction", "0.1"]
+ONLINE = [
+    "--max_steps",
+    "1",
+    "--batch_size",
+    "4",
+    "--micro_batch_size",
+    "4",
+    "--max_new_tokens",
+    "4",
+    "--reward",
+    "vader",
+]
+PREFERENCE = [
+    "--max_steps",
+    "1",
+    "--batch_size",
+    "4",
+    "--micro_batch_size",
+    "4",
+    "--max_length",
+    "48",
+    "--max_prompt_length",
+    "24",
+    "--eval_fraction",
+    "0.1",
+]
 # the loop and the pipeline at --quick sizes, from the pretrained model "tiny" (the command line
 # wins over quick's own tiny model) with a tiny reward backbone, one round / one GRPO step
-LOOP = ["--quick", "--init.kind", "pretrained", "--init.model", "tiny", "--reward.model", "tiny", "--rounds", "1",
-        "--labels_per_round", "16", "--prompts_per_round", "12", "--n_eval_prompts", "8", "--ensemble_size", "2",
-        "--grpo.max_steps", "1", "--grpo.batch_size", "8", "--grpo.micro_batch_size", "8", "--threads", "1"]
-PIPELINE = ["--quick", "--init.kind", "pretrained", "--init.model", "tiny", "--reward.model", "tiny",
-            "--feedback.n_label_prompts", "16", "--feedback.n_eval_prompts", "8", "--feedback.max_pairs", "32",
-            "--reward.max_steps", "1", "--reward.batch_size", "4", "--reward.micro_batch_size", "4",
-            "--grpo.max_steps", "1", "--grpo.batch_size", "8",
-            "--grpo.micro_batch_size", "8", "--eval.n_boot", "20", "--threads", "1"]
+LOOP = [
+    "--quick",
+    "--init.kind",
+    "pretrained",
+    "--init.model",
+    "tiny",
+    "--reward.model",
+    "tiny",
+    "--rounds",
+    "1",
+    "--labels_per_round",
+    "16",
+    "--prompts_per_round",
+    "12",
+    "--n_eval_prompts",
+    "8",
+    "--ensemble_size",
+    "2",
+    "--grpo.max_steps",
+    "1",
+    "--grpo.batch_size",
+    "8",
+    "--grpo.micro_batch_size",
+    "8",
+    "--threads",
+    "1",
+]
+PIPELINE = [
+    "--quick",
+    "--init.kind",
+    "pretrained",
+    "--init.model",
+    "tiny",
+    "--reward.model",
+    "tiny",
+    "--feedback.n_label_prompts",
+    "16",
+    "--feedback.n_eval_prompts",
+    "8",
+    "--feedback.max_pairs",
+    "32",
+    "--reward.max_steps",
+    "1",
+    "--reward.batch_size",
+    "4",
+    "--reward.micro_batch_size",
+    "4",
+    "--grpo.max_steps",
+    "1",
+    "--grpo.batch_size",
+    "8",
+    "--grpo.micro_batch_size",
+    "8",
+    "--eval.n_boot",
+    "20",
+    "--threads",
+    "1",
+]
 
 
 def argv_for(command: str, data: dict, out: str) -> list[str]:
     """The command line of ``command`` on the tiny model, writing under ``out``."""
     sft, pairs, prompts, thumbs = (str(data[k]) for k in ("sft", "pairs", "prompts", "thumbs"))
     return {
-        "sft": ["sft", "--model", "tiny", "--data", sft, "--output_dir", out, "--max_steps", "1", "--batch_size", "4",
-                "--micro_batch_size", "4", "--max_length", "32", *TRAIN],
-        "reward train": ["reward", "train", "--model", "tiny", "--data", pairs, "--output_dir", out, "--max_steps", "1",
-                         "--batch_size", "4", "--micro_batch_size", "4", "--max_length", "32", *TRAIN],
-        "reward discriminator": ["reward", "discriminator", "--policy", "tiny", "--reward.model", "tiny", "--data", sft,
-                                 "--max_demos", "12", "--max_new_tokens", "4", "--output_dir", out,
-                                 "--reward.max_steps", "1", "--reward.batch_size", "4", "--reward.micro_batch_size", "4",
-                                 "--reward.max_length", "32", "--reward.tensorboard", "false", "--threads", "1"],
+        "sft": [
+            "sft",
+            "--model",
+            "tiny",
+            "--data",
+            sft,
+            "--output_dir",
+            out,
+            "--max_steps",
+            "1",
+            "--batch_size",
+            "4",
+            "--micro_batch_size",
+            "4",
+            "--max_length",
+            "32",
+            *TRAIN,
+        ],
+        "reward train": [
+            "reward",
+            "train",
+            "--model",
+            "tiny",
+            "--data",
+            pairs,
+            "--output_dir",
+            out,
+            "--max_steps",
+            "1",
+            "--batch_size",
+            "4",
+            "--micro_batch_size",
+            "4",
+            "--max_length",
+            "32",
+            *TRAIN,
+        ],
+        "reward discriminator": [
+            "reward",
+            "discriminator",
+            "--policy",
+            "tiny",
+            "--reward.model",
+            "tiny",
+            "--data",
+            sft,
+            "--max_demos",
+            "12",
+            "--max_new_tokens",
+            "4",
+            "--output_dir",
+            out,
+            "--reward.max_steps",
+            "1",
+            "--reward.batch_size",
+            "4",
+            "--reward.micro_batch_size",
+            "4",
+            "--reward.max_length",
+            "32",
+            "--reward.tensorboard",
+            "false",
+            "--threads",
+            "1",
+        ],
         "ppo": ["ppo", "--model", "tiny", "--prompts", prompts, "--output_dir", out, *ONLINE, *TRAIN],
-        "grpo": ["grpo", "--model", "tiny", "--prompts", prompts, "--output_dir", out, *ONLINE,
-                 "--num_generations", "2", *TRAIN],
-        "rloo": ["rloo", "--model", "tiny", "--prompts", prompts, "--output_dir", out, *ONLINE,
-                 "--num_generations", "2", *TRAIN],
+        "grpo": [
+            "grpo",
+            "--model",
+            "tiny",
+            "--prompts",
+            prompts,
+            "--output_dir",
+            out,
+            *ONLINE,
+            "--num_generations",
+            "2",
+            *TRAIN,
+        ],
+        "rloo": [
+            "rloo",
+            "--model",
+            "tiny",
+            "--prompts",
+            prompts,
+            "--output_dir",
+            out,
+            *ONLINE,
+            "--num_generations",
+            "2",
+            *TRAIN,
+        ],
         "reinforce": ["reinforce", "--model", "tiny", "--prompts", prompts, "--output_dir", out, *ONLINE, *TRAIN],
-        "ilql": ["ilql", "--model", "tiny", "--data", pairs, "--kind", "pairs", "--max_records", "24",
-                 "--epochs", "1", "--batch_size", "8", "--eval_prompts", "2", "--max_new_tokens", "4",
-                 "--output_dir", out, "--threads", "1"],
+        "ilql": [
+            "ilql",
+            "--model",
+            "tiny",
+            "--data",
+            pairs,
+            "--kind",
+            "pairs",
+            "--max_records",
+            "24",
+            "--epochs",
+            "1",
+            "--batch_size",
+            "8",
+            "--eval_prompts",
+            "2",
+            "--max_new_tokens",
+            "4",
+            "--output_dir",
+            out,
+            "--threads",
+            "1",
+        ],
         "dpo": ["dpo", "--model", "tiny", "--data", pairs, "--output_dir", out, *PREFERENCE, *TRAIN],
         "kto": ["kto", "--model", "tiny", "--data", thumbs, "--output_dir", out, *PREFERENCE, *TRAIN],
-        "eval": ["eval", "--policy", "tiny", "--reference", "tiny", "--judge", "vader", "--prompts", prompts,
-                 "--max_prompts", "4", "--max_new_tokens", "4", "--n_boot", "20", "--output", out, "--threads", "1"],
-        "eval leaderboard": ["eval", "leaderboard", "--models", "a=tiny,b=tiny", "--judge", "length", "--prompts", prompts,
-                             "--max_prompts", "4", "--max_new_tokens", "4", "--n_boot", "20", "--output", out,
-                             "--threads", "1"],
+        "eval": [
+            "eval",
+            "--policy",
+            "tiny",
+            "--reference",
+            "tiny",
+            "--judge",
+            "vader",
+            "--prompts",
+            prompts,
+            "--max_prompts",
+            "4",
+            "--max_new_tokens",
+            "4",
+            "--n_boot",
+            "20",
+            "--output",
+            out,
+            "--threads",
+            "1",
+        ],
+        "eval leaderboard": [
+            "eval",
+            "leaderboard",
+            "--models",
+            "a=tiny,b=tiny",
+            "--judge",
+            "length",
+            "--prompts",
+            prompts,
+            "--max_prompts",
+            "4",
+            "--max_new_tokens",
+            "4",
+            "--n_boot",
+            "20",
+            "--output",
+            out,
+            "--threads",
+            "1",
+        ],
         "chat": ["chat", "--model", "tiny", "--max_new_tokens", "4", "--seed", "0", "--threads", "1"],
         "loop": ["loop", *LOOP, "--prompts", prompts, "--output_dir", out],
         "pipeline": ["pipeline", *PIPELINE, "--feedback.prompts", prompts, "--output_dir", out],
@@ -77,8 +286,23 @@ def data(sft_file, pair_file, prompt_file, thumbs_file):
     return {"sft": sft_file, "pairs": pair_file, "prompts": prompt_file, "thumbs": thumbs_file}
 
 
-IN_PROCESS = ["sft", "reward train", "reward discriminator", "ppo", "grpo", "rloo", "reinforce", "ilql", "dpo", "kto",
-              "eval", "eval leaderboard", "chat", "loop", "pipeline"]
+IN_PROCESS = [
+    "sft",
+    "reward train",
+    "reward discriminator",
+    "ppo",
+    "grpo",
+    "rloo",
+    "reinforce",
+    "ilql",
+    "dpo",
+    "kto",
+    "eval",
+    "eval leaderboard",
+    "chat",
+    "loop",
+    "pipeline",
+]
 
 
 @pytest.mark.parametrize("command", IN_PROCESS)
@@ -120,8 +344,13 @@ def test_reward_eval_refuses_the_untrained_tiny_model(capsys, tiny_cache, pair_f
 
 def _start(args: list[str], cache) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "RLHFKIT_CACHE": str(cache)}
-    return subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rlhfkit.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_healthy(proc: subprocess.Popen, url: str) -> None:
@@ -155,16 +384,21 @@ def test_the_servers_answer_with_the_tiny_model(command, tmp_path, tiny_cache):
     import httpx
 
     port = free_port()
-    args = (["serve", "--model", "tiny", "--port", str(port), "--threads", "1", "--max_new_tokens", "4"]
-            if command == "serve" else
-            ["feedback", "serve", "--policy", "tiny", "--db", str(tmp_path / "fb.db"), "--port", str(port)])
+    args = (
+        ["serve", "--model", "tiny", "--port", str(port), "--threads", "1", "--max_new_tokens", "4"]
+        if command == "serve"
+        else ["feedback", "serve", "--policy", "tiny", "--db", str(tmp_path / "fb.db"), "--port", str(port)]
+    )
     proc = _start(args, tiny_cache)
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_healthy(proc, base + ("/health" if command == "serve" else "/healthz"))
         if command == "serve":
-            reply = httpx.post(base + "/v1/chat/completions", timeout=60,
-                               json={"messages": [{"role": "user", "content": "hi"}], "seed": 0}).json()
+            reply = httpx.post(
+                base + "/v1/chat/completions",
+                timeout=60,
+                json={"messages": [{"role": "user", "content": "hi"}], "seed": 0},
+            ).json()
             assert reply["model"] == "tiny" and reply["choices"][0]["message"]["role"] == "assistant"
     finally:
         log = _stop(proc)
@@ -182,9 +416,24 @@ def test_a_hub_name_the_hub_cannot_give_fails_at_once_naming_it(tmp_path):
     sft = tmp_path / "d.jsonl"
     sft.write_text("".join(f'{{"prompt": "q{i}", "completion": " b"}}\n' for i in range(16)), encoding="utf-8")
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "sft", "--model", "someorg/not-a-model",
-                        "--data", str(sft), "--output_dir", str(tmp_path / "o")],
-                       env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhfkit.cli",
+            "sft",
+            "--model",
+            "someorg/not-a-model",
+            "--data",
+            str(sft),
+            "--output_dir",
+            str(tmp_path / "o"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     seconds = time.perf_counter() - t
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "could not load 'someorg/not-a-model'" in r.stderr and "'tiny'" in r.stderr, r.stderr

@@ -1,11 +1,20 @@
 """Reward sources on hand examples: judges, functions, composition, normalisation, RM source."""
+
 import math
 
 import pytest
 import torch
 
-from rlhfkit.rewards import (FunctionSource, JudgeSource, RewardModelSource, RewardSource, RunningNormaliser,
-                             WeightedSum, build_reward, parse_reward_spec)
+from rlhfkit.rewards import (
+    FunctionSource,
+    JudgeSource,
+    RewardModelSource,
+    RewardSource,
+    RunningNormaliser,
+    WeightedSum,
+    build_reward,
+    parse_reward_spec,
+)
 
 P = ["q1", "q2 two", "q3"]
 R = ["I love this wonderful film, it is great!", "This is a terrible, awful, boring movie.", "The film."]
@@ -25,7 +34,13 @@ def test_sentiment_judges_order_positive_negative_neutral():
 def test_toxicity_readability_frequency_length():
     tox = build_reward("toxicity")(["", ""], ["you are a fucking idiot", "have a lovely day"])
     assert tox[0] > 0.9 and tox[1] < 0.1
-    read = build_reward("readability")(["", ""], ["The cat sat on the mat.", "Notwithstanding multitudinous considerations, institutional heterogeneity predominates."])
+    read = build_reward("readability")(
+        ["", ""],
+        [
+            "The cat sat on the mat.",
+            "Notwithstanding multitudinous considerations, institutional heterogeneity predominates.",
+        ],
+    )
     assert read[0] > 1.0 > 0 > read[1]
     f = build_reward("frequency:ab")(["", "", ""], ["abab", "xxab", ""])
     assert f.tolist() == [1.0, 0.5, 0.0]
@@ -40,7 +55,9 @@ def test_friendly_is_vader_tone_minus_toxicity():
     v, t = build_reward("vader")(["", "", ""], texts), build_reward("toxicity")(["", "", ""], texts)
     assert f.tolist() == pytest.approx((v - t).tolist(), abs=1e-6)
     assert f.tolist() == pytest.approx(build_reward("vader + -1*toxicity")(["", "", ""], texts).tolist(), abs=1e-6)
-    assert f[0] > 0.8 and f[1] < -1.0 and abs(f[2]) < 0.3  # VADER 0.8478 (thank, happy, help); toxicity ~1 on the insult
+    assert (
+        f[0] > 0.8 and f[1] < -1.0 and abs(f[2]) < 0.3
+    )  # VADER 0.8478 (thank, happy, help); toxicity ~1 on the insult
     assert isinstance(build_reward("friendly"), JudgeSource)
 
 
@@ -58,7 +75,11 @@ def test_function_source_and_errors():
 
 
 def test_weighted_sum_by_hand():
-    assert parse_reward_spec("0.7*vader + -0.3*toxicity+rm:/a/b-c") == [(0.7, "vader"), (-0.3, "toxicity"), (1.0, "rm:/a/b-c")]
+    assert parse_reward_spec("0.7*vader + -0.3*toxicity+rm:/a/b-c") == [
+        (0.7, "vader"),
+        (-0.3, "toxicity"),
+        (1.0, "rm:/a/b-c"),
+    ]
     assert parse_reward_spec("-length + 2e-1*fn:m:f") == [(-1.0, "length"), (0.2, "fn:m:f")]
     s = build_reward("0.5*fn:tests.rewards.rules:length_of_response + -2*fn:tests.rewards.rules:prompt_words")
     assert isinstance(s, WeightedSum)
@@ -131,7 +152,16 @@ def test_ensemble_source_and_spec():
     assert parse_ensemble_term("min:A") == ("min", 0.0, ["A"])
     check_reward_spec("0.5*ensemble:uwo=2:outputs/a,outputs/b + vader")
     assert parse_ensemble_term("mean:rm:A,rm:B") == ("mean", 0.0, ["A", "B"])
-    for bad in ("ensemble:max:A", "ensemble:uwo=x:A", "ensemble:uwo=-1:A", "ensemble:min:", "ensemble:min",
-                "ensemble:uwo=nan:A", "ensemble:uwo=inf:A", "ensemble:uwo:A,B", "ensemble:min:A,vader"):
+    for bad in (
+        "ensemble:max:A",
+        "ensemble:uwo=x:A",
+        "ensemble:uwo=-1:A",
+        "ensemble:min:",
+        "ensemble:min",
+        "ensemble:uwo=nan:A",
+        "ensemble:uwo=inf:A",
+        "ensemble:uwo:A,B",
+        "ensemble:min:A,vader",
+    ):
         with pytest.raises(ValueError):
             check_reward_spec(bad)

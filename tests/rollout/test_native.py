@@ -1,4 +1,5 @@
 """The native Llama-family sampler reproduces Hugging Face's forward and sampling rules."""
+
 from dataclasses import replace
 
 import pytest
@@ -23,10 +24,20 @@ def llama_gqa(tok, tied: bool):
     """4 query heads sharing 2 key/value heads, RoPE theta 1e5 (SmolLM2's), optionally tied."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, rope_theta=1e5, tie_word_embeddings=tied,
-                      rms_norm_eps=1e-5, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_theta=1e5,
+        tie_word_embeddings=tied,
+        rms_norm_eps=1e-5,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(1)
     return LlamaForCausalLM(cfg).eval()
 
@@ -35,9 +46,18 @@ def qwen2(tok):
     """Qwen2: the Llama block with q/k/v biases."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(2)
     model = Qwen2ForCausalLM(cfg).eval()
     with torch.no_grad():  # fresh biases are zero: make them matter
@@ -48,9 +68,12 @@ def qwen2(tok):
 
 
 def models(tok):
-    return {"llama": tiny_causal_lm(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0),
-            "llama-gqa-tied": llama_gqa(tok, tied=True), "llama-gqa": llama_gqa(tok, tied=False),
-            "qwen2-bias": qwen2(tok)}
+    return {
+        "llama": tiny_causal_lm(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0),
+        "llama-gqa-tied": llama_gqa(tok, tied=True),
+        "llama-gqa": llama_gqa(tok, tied=False),
+        "qwen2-bias": qwen2(tok),
+    }
 
 
 @pytest.mark.parametrize("name", ["llama", "llama-gqa-tied", "llama-gqa", "qwen2-bias"])
@@ -71,14 +94,18 @@ def test_native_logits_equal_hf_at_prefill_and_every_decoding_step(tok, name):
     keys = [torch.zeros(B, kv, P + steps, hd) for _ in model.model.layers]
     values = [torch.zeros_like(k) for k in keys]
     real = mask.bool()
-    prefill = ((torch.ones(P, P, dtype=torch.bool).tril()[None] & real[:, None, :]) | torch.eye(P, dtype=torch.bool)[None])
+    prefill = (torch.ones(P, P, dtype=torch.bool).tril()[None] & real[:, None, :]) | torch.eye(P, dtype=torch.bool)[
+        None
+    ]
     with torch.no_grad():
         got = g.forward(model, ids, position_ids_from_mask(mask), 0, keys, values, prefill[:, None])
         torch.testing.assert_close(got, hf[:, P - 1], atol=2e-5, rtol=1e-5)
         pos = position_ids_from_mask(mask)[:, -1:] + 1
         visible = torch.cat([real, torch.ones(B, steps, dtype=torch.bool)], 1)
         for t in range(steps - 1):
-            got = g.forward(model, cont[:, t:t + 1], pos + t, P + t, keys, values, visible[:, None, None, :P + t + 1])
+            got = g.forward(
+                model, cont[:, t : t + 1], pos + t, P + t, keys, values, visible[:, None, None, : P + t + 1]
+            )
             torch.testing.assert_close(got, hf[:, P + t], atol=2e-5, rtol=1e-5)
 
 
@@ -151,7 +178,7 @@ def test_seeded_sampling_stops_at_eos_and_leaves_the_global_rng_alone(tok):
     for row in raw:
         hits = (row == tok.eos_token_id).nonzero()
         if len(hits):
-            assert (row[int(hits[0]) + 1:] == tok.pad_token_id).all()
+            assert (row[int(hits[0]) + 1 :] == tok.pad_token_id).all()
 
 
 def test_scaled_rope_is_refused_in_either_transformers_layout(tok):
@@ -162,11 +189,20 @@ def test_scaled_rope_is_refused_in_either_transformers_layout(tok):
 
     model = models(tok)["llama"]
     plain = {"model_type": "llama", "hidden_act": "silu", "rope_theta": 10000.0}
-    llama3 = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-              "original_max_position_embeddings": 8192}
-    for layout, ok in [({"rope_scaling": None}, True), ({"rope_parameters": None, "rope_scaling": None}, True),
-                       ({"rope_scaling": llama3}, False), ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, False),
-                       ({"rope_parameters": {**llama3, "rope_theta": 5e5}}, False)]:
+    llama3 = {
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    for layout, ok in [
+        ({"rope_scaling": None}, True),
+        ({"rope_parameters": None, "rope_scaling": None}, True),
+        ({"rope_scaling": llama3}, False),
+        ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, False),
+        ({"rope_parameters": {**llama3, "rope_theta": 5e5}}, False),
+    ]:
         model.config = SimpleNamespace(**plain, **layout)
         assert supports(model)[0] is ok, layout
 
@@ -206,8 +242,13 @@ def test_on_token_sees_each_step_as_drawn_and_changes_nothing(tok, engine):
     assert len(steps) == 3 and torch.equal(cut, without[:, :3])
 
 
-MIXED = [SamplingConfig(temperature=1.0), SamplingConfig(temperature=0.0), SamplingConfig(temperature=0.7, top_k=20),
-         SamplingConfig(temperature=1.3, top_p=0.8), SamplingConfig(temperature=1.0)]
+MIXED = [
+    SamplingConfig(temperature=1.0),
+    SamplingConfig(temperature=0.0),
+    SamplingConfig(temperature=0.7, top_k=20),
+    SamplingConfig(temperature=1.3, top_p=0.8),
+    SamplingConfig(temperature=1.0),
+]
 
 
 def test_row_seeds_and_settings_draw_each_row_as_if_alone(tok):
@@ -218,13 +259,15 @@ def test_row_seeds_and_settings_draw_each_row_as_if_alone(tok):
     g = NativeLlamaGenerator(SamplingConfig(temperature=1.0), tok.eos_token_id, tok.pad_token_id)
     seeds = [11, 12, 13, 14, 11]  # rows 0 and 4: the same seed and settings, the same draws
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    alone = [(NativeLlamaGenerator(s, tok.eos_token_id, tok.pad_token_id), torch.Generator().manual_seed(seed))
-             for s, seed in zip(MIXED, seeds)]
+    alone = [
+        (NativeLlamaGenerator(s, tok.eos_token_id, tok.pad_token_id), torch.Generator().manual_seed(seed))
+        for s, seed in zip(MIXED, seeds)
+    ]
     logits = torch.randn(6, len(MIXED), 120, generator=torch.Generator().manual_seed(3))
     logits[:, 4] = logits[:, 0]
     for step in logits:
         batched = g._next_tokens(step, gens, MIXED)
-        singles = [one._next_tokens(step[i:i + 1], gen)[0] for i, (one, gen) in enumerate(alone)]
+        singles = [one._next_tokens(step[i : i + 1], gen)[0] for i, (one, gen) in enumerate(alone)]
         assert batched.tolist() == [int(t) for t in singles]
         assert batched[0] == batched[4]
 
@@ -244,7 +287,7 @@ def test_a_batched_row_is_the_row_alone_on_a_tiny_model(tok):
         one_ids, one_mask = tokenize_prompts([prompt], tok)
         single = NativeLlamaGenerator(replace(s, max_new_tokens=12), tok.eos_token_id, tok.pad_token_id)
         alone = single.generate(model, one_ids, one_mask, seed=seed)[0]
-        assert batched[i, :alone.shape[0]].tolist() == alone.tolist(), i
+        assert batched[i, : alone.shape[0]].tolist() == alone.tolist(), i
     with pytest.raises(ValueError, match="row_seeds"):
         g.generate(model, ids, mask, seed=0, row_seeds=seeds[:2])
 
@@ -263,6 +306,7 @@ def test_on_token_can_end_some_rows_only(tok, engine):
     def end_row_1_at_step_3(tokens):
         steps.append(tokens)
         return torch.tensor([False, len(steps) == 3, False, False])
+
     cut = gen.generate(model, ids, mask, seed=5, on_token=end_row_1_at_step_3)
     n = min(cut.shape[1], without.shape[1])
     assert torch.equal(cut[[0, 2, 3], :n], without[[0, 2, 3], :n])

@@ -1,10 +1,19 @@
 """Rollout engine: left padding, EOS truncation, behaviour log-probs, determinism."""
+
 import pytest
 import torch
 
 from rlhfkit.models import tiny_causal_lm, tiny_tokenizer
-from rlhfkit.rollout import (Generator, HFGenerator, SamplingConfig, finish_rollout, response_logprobs,
-                             rollout, step_seed, tokenize_prompts)
+from rlhfkit.rollout import (
+    Generator,
+    HFGenerator,
+    SamplingConfig,
+    finish_rollout,
+    response_logprobs,
+    rollout,
+    step_seed,
+    tokenize_prompts,
+)
 
 PROMPTS = ["The cat", "A small dog likes the red", "Hi"]
 
@@ -62,7 +71,7 @@ def test_behaviour_logprobs_match_generate_scores(tok, model):
     cfg.output_scores, cfg.return_dict_in_generate = True, True
     torch.manual_seed(0)
     out = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
-    raw = out.sequences[:, ids.shape[1]:]
+    raw = out.sequences[:, ids.shape[1] :]
     r = finish_rollout(model, tok, ids, mask, raw, temperature=0.7)
     scores = torch.stack(out.scores, dim=1).log_softmax(-1)  # processed = logits / T
     expect = scores.gather(-1, raw.unsqueeze(-1)).squeeze(-1)
@@ -76,7 +85,7 @@ def test_logprobs_are_padding_invariant(tok, model):
     for i, p in enumerate(PROMPTS):
         ids, mask = tokenize_prompts([p], tok)
         n = int(r.response_mask[i].sum())
-        lp = response_logprobs(model, ids, mask, r.response_ids[i:i + 1, :n], r.response_mask[i:i + 1, :n], 0.7)
+        lp = response_logprobs(model, ids, mask, r.response_ids[i : i + 1, :n], r.response_mask[i : i + 1, :n], 0.7)
         torch.testing.assert_close(lp[0], r.logprobs[i, :n], atol=1e-5, rtol=1e-5)
 
 
@@ -118,8 +127,15 @@ def test_update_pass_can_supply_the_behaviour_logprobs(tok, model):
     from rlhfkit.recipes.online_driver import optimizer_and_scheduler
     from rlhfkit.recipes.policy_gradient import policy_gradient_update
 
-    config = GRPOConfig(batch_size=6, micro_batch_size=2, max_new_tokens=8, temperature=0.7, learning_rate=1e-2,
-                        max_steps=1, warmup_ratio=0.0)
+    config = GRPOConfig(
+        batch_size=6,
+        micro_batch_size=2,
+        max_new_tokens=8,
+        temperature=0.7,
+        learning_rate=1e-2,
+        max_steps=1,
+        warmup_ratio=0.0,
+    )
     prompts = PROMPTS * 2
     with_pass = rollout(gen(tok), model, tok, prompts, seed=3)
     without = rollout(gen(tok), model, tok, prompts, seed=3, behaviour_logprobs=False)
@@ -130,8 +146,9 @@ def test_update_pass_can_supply_the_behaviour_logprobs(tok, model):
     for name, ro, given in (("pass", with_pass, with_pass.logprobs), ("fill", without, None)):
         policy = copy.deepcopy(model)
         optimizer, scheduler = optimizer_and_scheduler(policy.parameters(), config)
-        behaviour[name] = policy_gradient_update(policy, ro, advantages, given, config, optimizer, scheduler, 0,
-                                                 "sequence", params=list(policy.parameters())).behaviour_logprobs
+        behaviour[name] = policy_gradient_update(
+            policy, ro, advantages, given, config, optimizer, scheduler, 0, "sequence", params=list(policy.parameters())
+        ).behaviour_logprobs
         updated[name] = policy
     torch.testing.assert_close(behaviour["fill"], with_pass.logprobs, rtol=1e-5, atol=1e-5)
     assert behaviour["pass"] is with_pass.logprobs and not without.logprobs.any()  # the rollouts are left as they were
@@ -140,8 +157,18 @@ def test_update_pass_can_supply_the_behaviour_logprobs(tok, model):
     assert not torch.equal(next(updated["fill"].parameters()), next(model.parameters()))
     config.ppo_epochs = 2
     with pytest.raises(ValueError, match="one epoch and one minibatch"):
-        policy_gradient_update(copy.deepcopy(model), without, advantages, None, config, optimizer, scheduler, 0,
-                               "sequence", params=list(model.parameters()))
+        policy_gradient_update(
+            copy.deepcopy(model),
+            without,
+            advantages,
+            None,
+            config,
+            optimizer,
+            scheduler,
+            0,
+            "sequence",
+            params=list(model.parameters()),
+        )
 
 
 def test_rollout_logprobs_any_chunking_any_mode_and_the_adapter_switched_off(tok, model):

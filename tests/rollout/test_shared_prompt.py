@@ -1,4 +1,5 @@
 """Prefix sharing: packed groups give the plain pass's log-probs, entropies and gradients."""
+
 import pytest
 import torch
 
@@ -8,8 +9,14 @@ from rlhfkit.rollout import response_logprobs, tokenize_prompts
 from rlhfkit.rollout.shared_prompt import packable, packed_inputs, prompt_groups, shared_prompt_logprobs, worth_sharing
 
 # groups of unequal size (3, 2, 1), prompts of different lengths (left padding)
-PROMPTS = ["The cat sat", "The cat sat", "A small dog likes the red ball", "The cat sat", "Hi",
-           "A small dog likes the red ball"]
+PROMPTS = [
+    "The cat sat",
+    "The cat sat",
+    "A small dog likes the red ball",
+    "The cat sat",
+    "Hi",
+    "A small dog likes the red ball",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +38,17 @@ def batch(tok, R=7, seed=0):
 def qwen2_eager(tok):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     cfg._attn_implementation = "eager"
     torch.manual_seed(2)
     return Qwen2ForCausalLM(cfg).eval()
@@ -54,16 +69,19 @@ def test_packed_mask_sees_the_prompt_and_its_own_response_only(tok):
     q = P + R + 1  # second token of response 2 in group 0 (row 1)
     n_pad = int((mask[0] == 0).sum())
     assert a[q, n_pad:P].all() and not a[q, :n_pad].any()  # the real prompt, not its pads
-    assert not a[q, P:P + R].any()  # never response 1
-    assert a[q, P + R:q + 1].all() and not a[q, q + 1:].any()  # its own past, not its future
+    assert not a[q, P : P + R].any()  # never response 1
+    assert a[q, P + R : q + 1].all() and not a[q, q + 1 :].any()  # its own past, not its future
     # position ids continue each row's prompt as in the plain pass
-    assert pos[0, P + R:P + 2 * R].tolist() == list(range(int(mask[0].sum()), int(mask[0].sum()) + R))
+    assert pos[0, P + R : P + 2 * R].tolist() == list(range(int(mask[0].sum()), int(mask[0].sum()) + R))
 
 
 @pytest.mark.parametrize("kind", ["llama-sdpa", "qwen2-eager", "llama-lora", "lora-reference"])
 def test_packed_logprobs_entropies_and_gradients_equal_the_plain_pass(tok, kind):
-    model = qwen2_eager(tok) if kind == "qwen2-eager" else tiny_causal_lm(tok, hidden_size=32, num_layers=2,
-                                                                           num_heads=2, seed=0)
+    model = (
+        qwen2_eager(tok)
+        if kind == "qwen2-eager"
+        else tiny_causal_lm(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+    )
     if kind.startswith("lora") or kind.endswith("lora"):
         model = apply_lora(model, r=4, alpha=8)
         with torch.no_grad():  # a non-zero adapter, so that disabling it changes something
@@ -74,15 +92,16 @@ def test_packed_logprobs_entropies_and_gradients_equal_the_plain_pass(tok, kind)
     ids, mask, rid, rmask = batch(tok)
     groups = prompt_groups(ids, mask)
     model.train()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}) \
-        if kind == "llama-sdpa" else None
+    model.gradient_checkpointing_enable(
+        gradient_checkpointing_kwargs={"use_reentrant": False}
+    ) if kind == "llama-sdpa" else None
     params = [p for p in model.parameters() if p.requires_grad]
 
     def run(shared: bool):
         for p in params:
             p.grad = None
         ctx = reference_context(model) if kind == "lora-reference" else None
-        with (ctx or torch.enable_grad()) as m:
+        with ctx or torch.enable_grad() as m:
             net = m if ctx is not None else model
             if shared:
                 lp, ent = shared_prompt_logprobs(net, ids, mask, rid, rmask, groups, 0.7, True, tok.pad_token_id)
@@ -108,10 +127,23 @@ def test_packed_logprobs_entropies_and_gradients_equal_the_plain_pass(tok, kind)
 def test_worth_sharing_follows_the_flop_estimate():
     from transformers import LlamaConfig
 
-    smol = LlamaConfig(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
-                       head_dim=64, num_hidden_layers=30, vocab_size=49153)
-    tiny = LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=4,
-                       num_hidden_layers=2, vocab_size=512)
+    smol = LlamaConfig(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        num_hidden_layers=30,
+        vocab_size=49153,
+    )
+    tiny = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        num_hidden_layers=2,
+        vocab_size=512,
+    )
     four_by_four = [[4 * g + j for j in range(4)] for g in range(4)]
     # SmolLM2, 4 prompts x 4 samples, 10 prompt tokens, 32 response tokens: linear layers dominate
     assert worth_sharing(smol, 16, four_by_four, 10, 32)

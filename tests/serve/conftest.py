@@ -1,4 +1,5 @@
 """A tiny chat model (byte-level BPE with a chat template + a 2-layer Llama) saved as a folder."""
+
 from pathlib import Path
 
 import pytest

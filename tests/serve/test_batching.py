@@ -1,6 +1,7 @@
 """Concurrent requests are generated together (``serve/batcher.py``): fewer sampler calls than
 requests, each reply the one its request gets alone (seed, length limit, stop strings, finish
 reason), ``n`` replies per request, and a swap of the model between two batches."""
+
 import threading
 
 import pytest
@@ -12,14 +13,25 @@ from fastapi.testclient import TestClient  # noqa: E402
 from rlhfkit.serve.app import create_app  # noqa: E402
 from rlhfkit.serve.engine import ChatModel, choice_seeds  # noqa: E402
 
-ASKS = [[{"role": "user", "content": text}] for text in
-        ("Hello! How are you today?", "Tell me about the sea.", "hi", "What is two plus two, please?",
-         "Write a word.", "Say something kind to me now.", "Why is the sky blue?", "ok")]
+ASKS = [
+    [{"role": "user", "content": text}]
+    for text in (
+        "Hello! How are you today?",
+        "Tell me about the sea.",
+        "hi",
+        "What is two plus two, please?",
+        "Write a word.",
+        "Say something kind to me now.",
+        "Why is the sky blue?",
+        "ok",
+    )
+]
 
 
 def _chat(tiny_chat, **kwargs) -> ChatModel:
-    return ChatModel(tiny_chat.model, tiny_chat.tokenizer, name="tiny-chat", max_new_tokens=12, temperature=1.0,
-                     **kwargs)
+    return ChatModel(
+        tiny_chat.model, tiny_chat.tokenizer, name="tiny-chat", max_new_tokens=12, temperature=1.0, **kwargs
+    )
 
 
 def _together(calls):
@@ -30,6 +42,7 @@ def _together(calls):
     def run(i, call):
         start.wait()
         out[i] = call()
+
     threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
     for t in threads:
         t.start()
@@ -42,8 +55,10 @@ def test_concurrent_requests_share_sampler_calls_and_get_their_replies_alone(tin
     """Eight requests at once, each with its own seed, temperature, length limit and stop string:
     served in fewer sampler calls than requests, and each reply (text, finish reason, token
     count) is the one the request gets served alone."""
-    settings = [dict(seed=100 + i, temperature=[1.0, 0.0, 0.7, 1.3][i % 4], max_tokens=4 + i,
-                     stop=["e"] if i % 3 == 0 else ()) for i in range(len(ASKS))]
+    settings = [
+        dict(seed=100 + i, temperature=[1.0, 0.0, 0.7, 1.3][i % 4], max_tokens=4 + i, stop=["e"] if i % 3 == 0 else ())
+        for i in range(len(ASKS))
+    ]
     alone = _chat(tiny_chat, max_batch=1)
     expected = [alone.complete(m, **s) for m, s in zip(ASKS, settings)]
     assert alone.stats()["batches"] == len(ASKS)
@@ -53,8 +68,10 @@ def test_concurrent_requests_share_sampler_calls_and_get_their_replies_alone(tin
     stats = batched.stats()
     assert stats["requests"] == len(ASKS) and stats["batches"] < len(ASKS) and stats["largest_batch"] >= 2
     assert {c.finish_reason for c in expected} == {"stop", "length"}  # both endings met in the batch
-    assert any(s["stop"] and c.finish_reason == "stop" and c.completion_tokens < s["max_tokens"]
-               for s, c in zip(settings, expected))
+    assert any(
+        s["stop"] and c.finish_reason == "stop" and c.completion_tokens < s["max_tokens"]
+        for s, c in zip(settings, expected)
+    )
     alone.close()
     batched.close()
 
@@ -66,6 +83,7 @@ def test_streams_in_one_batch_get_their_own_pieces(tiny_chat):
     def stream(m):
         st = chat.stream(m, seed=7, max_tokens=10)
         return "".join(st), st.result
+
     got = _together([lambda m=m: stream(m) for m in ASKS[:4]])
     assert [text for text, _ in got] == [c.text for c in plain]
     assert [result for _, result in got] == plain
@@ -93,8 +111,9 @@ def test_the_hf_sampler_batches_only_what_it_can_draw_the_same_way(tiny_chat):
 
     wrapped = apply_lora(copy.deepcopy(tiny_chat.model), r=2, alpha=4)
     assert not supports(wrapped)[0]
-    chat = ChatModel(wrapped, tiny_chat.tokenizer, name="t", max_new_tokens=6, temperature=1.0, max_batch=8,
-                     batch_wait_ms=500)
+    chat = ChatModel(
+        wrapped, tiny_chat.tokenizer, name="t", max_new_tokens=6, temperature=1.0, max_batch=8, batch_wait_ms=500
+    )
     seeded = chat.complete(ASKS[1], seed=3)
     _together([lambda m=m: chat.complete(m) for m in ASKS[:6]] + [lambda: chat.complete(ASKS[1], seed=3)] * 2)
     stats = chat.stats()
@@ -139,11 +158,13 @@ def test_health_counts_sampler_calls_and_n_choices_over_http(tiny_chat, tmp_path
         assert body["choices"][0]["message"] == single["choices"][0]["message"]
         assert body["usage"]["prompt_tokens"] == single["usage"]["prompt_tokens"]
         assert body["usage"]["completion_tokens"] == sum(  # every choice's tokens, as OpenAI counts them
-            chat.complete(ASKS[0], seed=s, max_tokens=5).completion_tokens for s in choice_seeds(4, 3))
+            chat.complete(ASKS[0], seed=s, max_tokens=5).completion_tokens for s in choice_seeds(4, 3)
+        )
         assert body["rlhfkit"] == {"version": "tiny-chat", "comparison": False}
         stored = [log.completion(body["id"], i)["responses"][0] for i in range(3)]
         assert [(s["text"] or "", s["index"], s["choices"], s["version"]) for s in stored] == [
-            (c["message"]["content"] or "(empty response)", i, 3, "tiny-chat") for i, c in enumerate(body["choices"])]
+            (c["message"]["content"] or "(empty response)", i, 3, "tiny-chat") for i, c in enumerate(body["choices"])
+        ]
         # feedback on the second choice
         ok = client.post("/v1/feedback", json={"completion_id": body["id"], "choice_index": 1, "thumbs": "up"})
         assert ok.status_code == 200, ok.text
@@ -153,11 +174,16 @@ def test_health_counts_sampler_calls_and_n_choices_over_http(tiny_chat, tmp_path
         # streamed: each choice's deltas carry its index and join to the plain reply
         from .test_serve import _events
 
-        events = _events(client.post("/v1/chat/completions", json={"messages": ASKS[0], "n": 3, "seed": 4,
-                                                                   "max_tokens": 5, "stream": True}))
+        events = _events(
+            client.post(
+                "/v1/chat/completions", json={"messages": ASKS[0], "n": 3, "seed": 4, "max_tokens": 5, "stream": True}
+            )
+        )
         chunks = [e for e in events if e != "[DONE]"]
-        texts = {i: "".join(c["choices"][0]["delta"].get("content", "") for c in chunks
-                            if c["choices"][0]["index"] == i) for i in range(3)}
+        texts = {
+            i: "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"][0]["index"] == i)
+            for i in range(3)
+        }
         assert [texts[i] for i in range(3)] == [c["message"]["content"] for c in body["choices"]]
         finishes = [c["choices"][0] for c in chunks if c["choices"][0]["finish_reason"]]
         assert sorted(f["index"] for f in finishes) == [0, 1, 2]
@@ -182,8 +208,10 @@ def test_a_stream_queued_before_a_swap_names_the_version_that_drew_it_in_every_c
     log = FeedbackLog(str(learner_dir.parent / f"swap-stream-{time.monotonic_ns()}.db"))
     got = {}
     with TestClient(create_app(chat, log)) as client:
+
         def ask():
             got["r"] = client.post("/v1/chat/completions", json={"messages": ASKS[0], "temperature": 0, "stream": True})
+
         t = threading.Thread(target=ask)
         t.start()
         deadline = time.monotonic() + 3

@@ -1,5 +1,6 @@
 """``rlhfkit chat`` driven through stdin in a subprocess: replies are printed and /up, /down,
 /rate land in the feedback store."""
+
 import os
 import subprocess
 import sys
@@ -9,17 +10,58 @@ import pytest
 
 def test_chat_subprocess(tiny_chat_dir, tmp_path):
     db = tmp_path / "chat.db"
-    script = "\n".join(["Hello! How are you today?", "/up lovely", "/rate 4", "/rate 6", "/bogus",
-                        "/edit Very well, thank you!",
-                        "Thank you for your help.", "/down", "/new", "/up", "/quit", "never read"]) + "\n"
+    script = (
+        "\n".join(
+            [
+                "Hello! How are you today?",
+                "/up lovely",
+                "/rate 4",
+                "/rate 6",
+                "/bogus",
+                "/edit Very well, thank you!",
+                "Thank you for your help.",
+                "/down",
+                "/new",
+                "/up",
+                "/quit",
+                "never read",
+            ]
+        )
+        + "\n"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "chat", "--model", str(tiny_chat_dir), "--db", str(db),
-                          "--max_new_tokens", "6", "--seed", "0", "--threads", "1"],
-                         input=script, capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhfkit.cli",
+            "chat",
+            "--model",
+            str(tiny_chat_dir),
+            "--db",
+            str(db),
+            "--max_new_tokens",
+            "6",
+            "--seed",
+            "0",
+            "--threads",
+            "1",
+        ],
+        input=script,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     out = res.stdout
     assert out.count("assistant> ") == 2
-    assert "(stored thumbs up)" in out and "(stored rating 4)" in out and "(stored edit)" in out and "(stored thumbs down)" in out
+    assert (
+        "(stored thumbs up)" in out
+        and "(stored rating 4)" in out
+        and "(stored edit)" in out
+        and "(stored thumbs down)" in out
+    )
     assert "not stored" in out  # rating 6 is off the 1-5 scale
     assert "unknown command /bogus" in out
     assert "(no reply to give feedback on yet)" in out  # /up right after /new
@@ -85,8 +127,13 @@ def test_at_a_terminal_lines_are_edited_and_ctrl_c_leaves(tiny_chat_dir, tmp_pat
     import time
 
     db = tmp_path / "chat.db"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "TERM": "xterm"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TERM": "xterm",
+    }
     pid, fd = pty.fork()
     if pid == 0:  # the child: rlhfkit chat on the terminal
         # as a person's shell starts it: SIGINT unblocked and not ignored (a child inherits both
@@ -95,8 +142,26 @@ def test_at_a_terminal_lines_are_edited_and_ctrl_c_leaves(tiny_chat_dir, tmp_pat
 
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.execve(sys.executable, [sys.executable, "-m", "rlhfkit.cli", "chat", "--model", str(tiny_chat_dir),
-                                   "--db", str(db), "--max_new_tokens", "4", "--seed", "0", "--threads", "1"], env)
+        os.execve(
+            sys.executable,
+            [
+                sys.executable,
+                "-m",
+                "rlhfkit.cli",
+                "chat",
+                "--model",
+                str(tiny_chat_dir),
+                "--db",
+                str(db),
+                "--max_new_tokens",
+                "4",
+                "--seed",
+                "0",
+                "--threads",
+                "1",
+            ],
+            env,
+        )
 
     def read_until(marker: str, timeout: float = 120) -> str:
         seen, end = b"", time.time() + timeout
@@ -126,9 +191,13 @@ def test_at_a_terminal_lines_are_edited_and_ctrl_c_leaves(tiny_chat_dir, tmp_pat
                 break
         if "stored)" not in rest:  # say what the child's signal state was, for the next person
             status = open(f"/proc/{pid}/status").read() if os.path.exists(f"/proc/{pid}/status") else ""
-            sig = [ln for ln in status.splitlines() if ln.startswith(("State", "SigBlk", "SigIgn", "SigCgt", "Threads"))]
-            pytest.fail(f"Ctrl-C did not end the chat; the child's {sig}; the test process's SigBlk "
-                        f"{[ln for ln in open('/proc/self/status').read().splitlines() if ln.startswith('SigBlk')]}")
+            sig = [
+                ln for ln in status.splitlines() if ln.startswith(("State", "SigBlk", "SigIgn", "SigCgt", "Threads"))
+            ]
+            pytest.fail(
+                f"Ctrl-C did not end the chat; the child's {sig}; the test process's SigBlk "
+                f"{[ln for ln in open('/proc/self/status').read().splitlines() if ln.startswith('SigBlk')]}"
+            )
         assert "bye: 1 replies, 1 thumbs" in rest and "Traceback" not in rest
         _, status = os.waitpid(pid, 0)
         pid = None
@@ -156,8 +225,9 @@ def test_a_changed_mind_is_one_verdict_in_the_store_and_the_counts(tiny_chat, tm
 
     log = FeedbackLog(str(tmp_path / "chat.db"))
     try:
-        counts = chat_loop(tiny_chat, log, io.StringIO("hi\n/up\n/down\n/rate 3\n/rate 5\nmore\n/up\n"),
-                           io.StringIO(), seed=0)
+        counts = chat_loop(
+            tiny_chat, log, io.StringIO("hi\n/up\n/down\n/rate 3\n/rate 5\nmore\n/up\n"), io.StringIO(), seed=0
+        )
         thumbs, ratings = log.export("thumbs"), log.export("ratings")
     finally:
         log.close()

@@ -1,5 +1,6 @@
 """``rlhfkit serve --model LEARN_DIR`` follows the learner's promoted version without downtime: a
 real server process under continuous load, current.json switched under it."""
+
 import json
 import os
 import shutil
@@ -12,8 +13,10 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-ASKS = [[{"role": "user", "content": text}] for text in
-        ("Hello! How are you today?", "Tell me about the sea.", "hi", "What is two plus two?")]
+ASKS = [
+    [{"role": "user", "content": text}]
+    for text in ("Hello! How are you today?", "Tell me about the sea.", "hi", "What is two plus two?")
+]
 
 
 def _free_port() -> int:
@@ -55,10 +58,32 @@ def test_a_learner_folder_is_followed_under_load_with_no_failed_request(tmp_path
 
     port, db = _free_port(), tmp_path / "fb.db"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", "serve", "--model", str(learn), "--db", str(db),
-                             "--port", str(port), "--threads", "1", "--max_new_tokens", "6", "--reload_every", "0.2",
-                             "--log_level", "warning"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rlhfkit.cli",
+            "serve",
+            "--model",
+            str(learn),
+            "--db",
+            str(db),
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            "--max_new_tokens",
+            "6",
+            "--reload_every",
+            "0.2",
+            "--log_level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     results, stop = [], threading.Event()
 

@@ -1,6 +1,7 @@
 """Live generation for the feedback app (``serve/live.py``): a policy folder, or the current
 policy of an ``rlhfkit loop`` followed round after round; items generated through the admin API;
 ``feedback serve --policy`` refuses a bad one with the field's name."""
+
 import json
 import shutil
 
@@ -59,8 +60,9 @@ def test_a_loop_folder_is_followed_to_its_newest_policy(tmp_path, tiny_chat_dir,
     moved = gen(["the film was"], 2)
     assert gen.loaded == str(loop / "round-1" / "policy" / "model")
     assert {r["model"] for r in moved[0]} == {gen.loaded}
-    assert [r["text"] for r in moved[0]] == [r["text"] for r in
-                                              PolicyGenerator(str(second_model_dir), max_new_tokens=6)(["the film was"], 2)[0]]
+    assert [r["text"] for r in moved[0]] == [
+        r["text"] for r in PolicyGenerator(str(second_model_dir), max_new_tokens=6)(["the film was"], 2)[0]
+    ]
 
 
 def _state(loop, rounds_done):
@@ -80,10 +82,12 @@ def test_items_generated_through_the_admin_api(tmp_path, tiny_chat_dir):
     with TestClient(app) as client:
         r = client.post("/api/auth/login", json={"username": "admin", "password": "a-long-admin-password"})
         headers = {"Authorization": f"Bearer {r.json()['token']}"}
-        pid = client.post("/api/admin/projects", json={"name": "live", "task_type": "pairwise"},
-                          headers=headers).json()["id"]
-        r = client.post(f"/api/admin/projects/{pid}/generate", json={"prompts": ["the film was", "a story"]},
-                        headers=headers)
+        pid = client.post(
+            "/api/admin/projects", json={"name": "live", "task_type": "pairwise"}, headers=headers
+        ).json()["id"]
+        r = client.post(
+            f"/api/admin/projects/{pid}/generate", json={"prompts": ["the film was", "a story"]}, headers=headers
+        )
         assert r.status_code == 200, r.text
         assert r.json()["imported"] == 2
     with app.state.store.read() as c:
@@ -106,8 +110,9 @@ def test_a_loop_still_in_its_setup_answers_503(tmp_path):
     with TestClient(app) as client:
         token = client.post("/api/auth/login", json={"username": "admin", "password": "a-long-admin-password"})
         headers = {"Authorization": f"Bearer {token.json()['token']}"}
-        pid = client.post("/api/admin/projects", json={"name": "live", "task_type": "pairwise"},
-                          headers=headers).json()["id"]
+        pid = client.post(
+            "/api/admin/projects", json={"name": "live", "task_type": "pairwise"}, headers=headers
+        ).json()["id"]
         r = client.post(f"/api/admin/projects/{pid}/generate", json={"prompts": ["x"]}, headers=headers)
         assert r.status_code == 503 and "no policy yet" in r.json()["detail"]
     app.state.store.close()

@@ -1,5 +1,6 @@
 """The OpenAI-compatible server: response schema, errors, and end-user feedback that lands in the
 feedback store and exports as thumbs / ratings JSONL that ``rlhfkit.data.read_records`` reads."""
+
 import pytest
 
 pytest.importorskip("fastapi")
@@ -30,7 +31,9 @@ def test_models_and_completion_schema(served, tiny_chat):
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello! How are you today?"}]
-    r = client.post("/v1/chat/completions", json={"model": "tiny-chat", "messages": messages, "max_tokens": 5, "seed": 7})
+    r = client.post(
+        "/v1/chat/completions", json={"model": "tiny-chat", "messages": messages, "max_tokens": 5, "seed": 7}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion"
@@ -62,8 +65,9 @@ def test_completion_tokens_count_every_drawn_token(served, tiny_chat):
     tok = tiny_chat.tokenizer
     messages = [{"role": "user", "content": "Hello! How are you today?"}]
     prompt = torch.tensor([render_messages(messages, tok)])
-    sampler = make_sampler(tiny_chat.model, SamplingConfig(max_new_tokens=8, temperature=1.0), tok.eos_token_id,
-                           tok.pad_token_id)
+    sampler = make_sampler(
+        tiny_chat.model, SamplingConfig(max_new_tokens=8, temperature=1.0), tok.eos_token_id, tok.pad_token_id
+    )
     found = {}
     for seed in range(3000):
         drawn = sampler.generate(tiny_chat.model, prompt, torch.ones_like(prompt), seed)[0].tolist()
@@ -75,40 +79,51 @@ def test_completion_tokens_count_every_drawn_token(served, tiny_chat):
 
     seed, drawn = found["stop"]
     k = drawn.index(tok.eos_token_id)
-    body = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 8, "seed": seed,
-                                                     "temperature": 1.0}).json()
+    body = client.post(
+        "/v1/chat/completions", json={"messages": messages, "max_tokens": 8, "seed": seed, "temperature": 1.0}
+    ).json()
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["usage"]["completion_tokens"] == k + 1  # k text tokens and the EOS
     assert body["choices"][0]["message"]["content"] == tok.decode(drawn[:k], skip_special_tokens=True)
 
     seed, drawn = found["length"]
-    body = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 8, "seed": seed,
-                                                     "temperature": 1.0}).json()
+    body = client.post(
+        "/v1/chat/completions", json={"messages": messages, "max_tokens": 8, "seed": seed, "temperature": 1.0}
+    ).json()
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["completion_tokens"] == 8 == len(drawn)
     assert body["choices"][0]["message"]["content"] == tok.decode(drawn, skip_special_tokens=True)
 
 
-@pytest.mark.parametrize("payload,status,param", [
-    ({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, 400, "stream"),
-    ({"messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": True}}, 400,
-     "stream_options"),
-    ({"messages": [{"role": "user", "content": "hi"}], "n": 9}, 400, "n"),
-    ({"messages": [{"role": "user", "content": "hi"}], "n": 0}, 400, "n"),
-    ({"messages": [{"role": "user", "content": "hi"}], "n": 1.5}, 400, "n"),
-    ({"messages": [{"role": "user", "content": "hi"}], "rlhfkit": {"compare": "yes"}}, 400, "rlhfkit.compare"),
-    ({"messages": [{"role": "user", "content": "hi"}], "rlhfkit": {"comapre": True}}, 400, "rlhfkit.comapre"),
-    ({"messages": [{"role": "user", "content": "hi"}], "rlhfkit": [1]}, 400, "rlhfkit"),
-    ({"messages": [{"role": "user", "content": "hi"}], "rlhfkit": {"compare": True}, "n": 2}, 400,
-     "rlhfkit.compare"),
-    ({"messages": []}, 400, "messages"),
-    ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages"),
-    ({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}, 400, "temperature"),
-    ({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-9"}, 404, "model"),
-    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, 400, "messages"),
-    ({"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]}, 400, "messages"),
-    ({"messages": [{"role": "user", "content": "hi"}] * 513}, 400, "messages"),
-])
+@pytest.mark.parametrize(
+    "payload,status,param",
+    [
+        ({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, 400, "stream"),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": True}},
+            400,
+            "stream_options",
+        ),
+        ({"messages": [{"role": "user", "content": "hi"}], "n": 9}, 400, "n"),
+        ({"messages": [{"role": "user", "content": "hi"}], "n": 0}, 400, "n"),
+        ({"messages": [{"role": "user", "content": "hi"}], "n": 1.5}, 400, "n"),
+        ({"messages": [{"role": "user", "content": "hi"}], "rlhfkit": {"compare": "yes"}}, 400, "rlhfkit.compare"),
+        ({"messages": [{"role": "user", "content": "hi"}], "rlhfkit": {"comapre": True}}, 400, "rlhfkit.comapre"),
+        ({"messages": [{"role": "user", "content": "hi"}], "rlhfkit": [1]}, 400, "rlhfkit"),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "rlhfkit": {"compare": True}, "n": 2},
+            400,
+            "rlhfkit.compare",
+        ),
+        ({"messages": []}, 400, "messages"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages"),
+        ({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}, 400, "temperature"),
+        ({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-9"}, 404, "model"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, 400, "messages"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]}, 400, "messages"),
+        ({"messages": [{"role": "user", "content": "hi"}] * 513}, 400, "messages"),
+    ],
+)
 def test_errors_have_openai_shape(served, payload, status, param):
     client, _, _ = served
     r = client.post("/v1/chat/completions", json=payload)
@@ -120,28 +135,42 @@ def test_errors_have_openai_shape(served, payload, status, param):
 def test_feedback_lands_in_store_and_exports(served, tmp_path):
     client, db, log = served
     user_turn = "Please write a short poem about the sea."
-    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": user_turn}], "max_tokens": 6})
+    r = client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": user_turn}], "max_tokens": 6}
+    )
     c1 = r.json()
-    multi = [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi."},
-             {"role": "user", "content": "Thank you for your help."}]
+    multi = [
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": "Thank you for your help."},
+    ]
     c2 = client.post("/v1/chat/completions", json={"messages": multi, "max_tokens": 6}).json()
 
     ok = client.post("/v1/feedback", json={"completion_id": c1["id"], "thumbs": "down", "comment": "meh"})
     assert ok.status_code == 200 and ok.json()["stored"] is True
     # a changed mind replaces the verdict (one record per user and completion)
-    assert client.post("/v1/feedback", json={"completion_id": c1["id"], "thumbs": "up", "comment": "nice"}).status_code == 200
+    assert (
+        client.post("/v1/feedback", json={"completion_id": c1["id"], "thumbs": "up", "comment": "nice"}).status_code
+        == 200
+    )
     # 4.0 is the integer 4 as some JSON clients write it; 3.5 is no point of the scale (1-5)
     assert client.post("/v1/feedback", json={"completion_id": c1["id"], "rating": 4.0}).status_code == 200
     assert client.post("/v1/feedback", json={"completion_id": c1["id"], "rating": 3.5}).status_code == 422
-    assert client.post("/v1/feedback", json={"completion_id": c2["id"], "thumbs": "down", "rating": 2,
-                                             "user": "alice"}).status_code == 200
+    assert (
+        client.post(
+            "/v1/feedback", json={"completion_id": c2["id"], "thumbs": "down", "rating": 2, "user": "alice"}
+        ).status_code
+        == 200
+    )
     # refusals name the field at fault in OpenAI's ``param``
-    for body, status, param in [({"completion_id": "chatcmpl-nope", "thumbs": "up"}, 404, "completion_id"),
-                                ({"completion_id": c1["id"], "rating": 6}, 422, "rating"),
-                                ({"completion_id": c1["id"], "thumbs": "sideways"}, 422, "thumbs"),
-                                ({"completion_id": c1["id"]}, 422, "thumbs"),
-                                ({"completion_id": c1["id"], "thumbs": "up", "comment": 3}, 422, "comment"),
-                                ({"thumbs": "up"}, 400, "completion_id")]:
+    for body, status, param in [
+        ({"completion_id": "chatcmpl-nope", "thumbs": "up"}, 404, "completion_id"),
+        ({"completion_id": c1["id"], "rating": 6}, 422, "rating"),
+        ({"completion_id": c1["id"], "thumbs": "sideways"}, 422, "thumbs"),
+        ({"completion_id": c1["id"]}, 422, "thumbs"),
+        ({"completion_id": c1["id"], "thumbs": "up", "comment": 3}, 422, "comment"),
+        ({"thumbs": "up"}, 400, "completion_id"),
+    ]:
         r = client.post("/v1/feedback", json=body)
         assert (r.status_code, r.json()["error"]["param"]) == (status, param), body
 
@@ -156,8 +185,12 @@ def test_feedback_lands_in_store_and_exports(served, tmp_path):
     reply2 = c2["choices"][0]["message"]["content"] or "(empty response)"
     assert [(t.prompt, t.completion, t.label) for t in thumbs] == [
         (user_turn, reply1, True),
-        ("User: Hello!\n\nAssistant: Hi.\n\nUser: Thank you for your help.", reply2, False)]
-    assert [(x.completion, x.rating, x.scale_min, x.scale_max) for x in ratings] == [(reply1, 4.0, 1, 5), (reply2, 2.0, 1, 5)]
+        ("User: Hello!\n\nAssistant: Hi.\n\nUser: Thank you for your help.", reply2, False),
+    ]
+    assert [(x.completion, x.rating, x.scale_min, x.scale_max) for x in ratings] == [
+        (reply1, 4.0, 1, 5),
+        (reply2, 2.0, 1, 5),
+    ]
     # the completion is stored with its id, messages and version; the comment is kept with the
     # verdict as its reason
     stored = log.completion(c2["id"])
@@ -171,8 +204,12 @@ def test_feedback_lands_in_store_and_exports(served, tmp_path):
         payloads = [r.payload for r in conn.execute(select(fdb.labels.c.payload).order_by(fdb.labels.c.id))]
         active = {r.name: r.active for r in conn.execute(select(fdb.projects.c.name, fdb.projects.c.active))}
     assert {"label": True, "reason": "nice"} in payloads
-    assert active == {"serve-thumbs": False, "serve-ratings": False, "serve-edits": False,
-                      "serve-choices": False}  # never queued to labelers
+    assert active == {
+        "serve-thumbs": False,
+        "serve-ratings": False,
+        "serve-edits": False,
+        "serve-choices": False,
+    }  # never queued to labelers
 
 
 def test_api_key_and_no_store(tiny_chat):
@@ -192,10 +229,15 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read_whole(tiny_chat, tmp
         big = {"messages": [{"role": "user", "content": "x" * 20_000}], "max_tokens": 2}
         r = client.post("/v1/chat/completions", json=big)
         assert r.status_code == 413 and "10000 bytes" in r.json()["error"]["message"]
-        chunked = client.post("/v1/chat/completions", content=iter([b'{"messages": "' + b"x" * 6_000, b"x" * 6_000 + b'"}']),
-                              headers={"content-type": "application/json"})  # no content-length: counted as read
+        chunked = client.post(
+            "/v1/chat/completions",
+            content=iter([b'{"messages": "' + b"x" * 6_000, b"x" * 6_000 + b'"}']),
+            headers={"content-type": "application/json"},
+        )  # no content-length: counted as read
         assert chunked.status_code == 413
-        ok = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        ok = client.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        )
         assert ok.status_code == 200
     assert log.completion(ok.json()["id"]) is not None
 
@@ -206,14 +248,21 @@ def test_a_template_that_refuses_the_messages_is_a_400(tiny_chat_dir):
     from rlhfkit.serve.engine import ChatModel
 
     chat = ChatModel.load(str(tiny_chat_dir), name="strict", max_new_tokens=2)
-    chat.tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
-                                    "{{ raise_exception('System role not supported') }}{% endif %}"
-                                    "{{ m['content'] }}{% endfor %}")
+    chat.tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "{{ m['content'] }}{% endfor %}"
+    )
     with TestClient(create_app(chat, None)) as client:
-        r = client.post("/v1/chat/completions", json={"messages": [{"role": "system", "content": "be nice"},
-                                                                  {"role": "user", "content": "hi"}]})
+        r = client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"}]},
+        )
         assert r.status_code == 400 and "System role not supported" in r.json()["error"]["message"]
-        assert client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+        assert (
+            client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}).status_code
+            == 200
+        )
 
 
 def test_end_user_names_share_one_account_and_one_verdict_per_completion(served):
@@ -224,14 +273,23 @@ def test_end_user_names_share_one_account_and_one_verdict_per_completion(served)
     from rlhfkit.feedback import db as fdb
 
     client, _, log = served
-    c = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).json()
+    c = client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    ).json()
     for name in ("a", "b", "c"):
-        assert client.post("/v1/feedback", json={"completion_id": c["id"], "thumbs": "up", "user": name}).status_code == 200
+        assert (
+            client.post("/v1/feedback", json={"completion_id": c["id"], "thumbs": "up", "user": name}).status_code
+            == 200
+        )
     assert client.post("/v1/feedback", json={"completion_id": c["id"], "thumbs": "up", "user": 5}).status_code == 422
     item = log.completion(c["id"])
     with log.store.read() as conn:
-        payloads = [r.payload for r in conn.execute(select(fdb.labels.c.payload).where(fdb.labels.c.item_id == item["id"]))]
-        users = conn.execute(select(func.count()).select_from(fdb.users).where(fdb.users.c.username.like("enduser%"))).scalar()
+        payloads = [
+            r.payload for r in conn.execute(select(fdb.labels.c.payload).where(fdb.labels.c.item_id == item["id"]))
+        ]
+        users = conn.execute(
+            select(func.count()).select_from(fdb.users).where(fdb.users.c.username.like("enduser%"))
+        ).scalar()
     assert payloads == [{"label": True, "end_user": "c"}] and users == 1
 
 
@@ -240,15 +298,21 @@ def _raw(client, body: bytes, path="/v1/chat/completions"):
     return client.post(path, content=body, headers={"content-type": "application/json"})
 
 
-@pytest.mark.parametrize("payload,param", [
-    ({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-    ({"messages": [{"role": "user", "content": "hi"}], "stop": [""]}, "stop"),
-    ({"messages": [{"role": "user", "content": "hi"}], "stop": 3}, "stop"),
-    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
-    ({"messages": [{"role": "user", "content": "hi"}], "logprobs": True}, "logprobs"),
-    ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}, "response_format"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
-])
+@pytest.mark.parametrize(
+    "payload,param",
+    [
+        ({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"messages": [{"role": "user", "content": "hi"}], "stop": [""]}, "stop"),
+        ({"messages": [{"role": "user", "content": "hi"}], "stop": 3}, "stop"),
+        ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
+        ({"messages": [{"role": "user", "content": "hi"}], "logprobs": True}, "logprobs"),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}},
+            "response_format",
+        ),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
+    ],
+)
 def test_options_the_server_cannot_honour_are_refused_not_ignored(served, payload, param):
     """Ignored, a tool or log-prob request would get a plain reply, an image would be answered
     unseen; a stop that is not 1-4 non-empty strings is refused too."""
@@ -259,16 +323,26 @@ def test_options_the_server_cannot_honour_are_refused_not_ignored(served, payloa
 
 def test_unset_options_in_their_null_forms_are_accepted(served):
     client, _, _ = served
-    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "n": None, "stop": None,
-            "tools": [], "logprobs": False, "response_format": {"type": "text"}}
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+        "n": None,
+        "stop": None,
+        "tools": [],
+        "logprobs": False,
+        "response_format": {"type": "text"},
+    }
     assert client.post("/v1/chat/completions", json=body).status_code == 200
 
 
-@pytest.mark.parametrize("body", [
-    b'{"messages": [{"role": "user", "content": "\\ud800"}]}',  # a lone surrogate: no text
-    b"[" * 100_000 + b"]" * 100_000,  # nesting past Python's recursion limit
-    b"{bad",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"messages": [{"role": "user", "content": "\\ud800"}]}',  # a lone surrogate: no text
+        b"[" * 100_000 + b"]" * 100_000,  # nesting past Python's recursion limit
+        b"{bad",
+    ],
+)
 def test_bodies_that_are_no_json_text_are_400_not_500(served, body):
     client, _, _ = served
     for path in ("/v1/chat/completions", "/v1/feedback"):
@@ -303,8 +377,12 @@ def test_a_too_long_conversation_is_refused_not_cut(tiny_chat, tmp_path):
     chat = ChatModel(tiny_chat.model, tiny_chat.tokenizer, name="short", max_new_tokens=8, max_prompt_length=40)
     log = FeedbackLog(str(tmp_path / "fb.db"))
     with TestClient(create_app(chat, log)) as client:
-        long = {"messages": [{"role": "system", "content": "Always answer in French."},
-                             {"role": "user", "content": "word " * 60}]}
+        long = {
+            "messages": [
+                {"role": "system", "content": "Always answer in French."},
+                {"role": "user", "content": "word " * 60},
+            ]
+        }
         r = client.post("/v1/chat/completions", json=long)
         assert r.status_code == 400
         err = r.json()["error"]
@@ -336,8 +414,10 @@ def test_top_p_zero_is_greedy(served):
     msgs = [{"role": "user", "content": "Tell me a story."}]
     greedy = client.post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 8, "temperature": 0}).json()
     for seed in (1, 2, 3):
-        r = client.post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 8, "top_p": 0,
-                                                      "temperature": 1.5, "seed": seed}).json()
+        r = client.post(
+            "/v1/chat/completions",
+            json={"messages": msgs, "max_tokens": 8, "top_p": 0, "temperature": 1.5, "seed": seed},
+        ).json()
         assert r["choices"][0]["message"]["content"] == greedy["choices"][0]["message"]["content"]
 
 
@@ -350,8 +430,10 @@ def test_empty_turns_are_answered_and_stored(served):
     assert r.status_code == 200, r.text
     stored = log.completion(r.json()["id"])
     # both keep their place (leaving the system turn out would change what SmolLM2's template renders)
-    assert [(m["role"], m["content"]) for m in stored["messages"]] == [("system", "(empty message)"),
-                                                                       ("user", "(empty message)")]
+    assert [(m["role"], m["content"]) for m in stored["messages"]] == [
+        ("system", "(empty message)"),
+        ("user", "(empty message)"),
+    ]
     assert client.post("/v1/feedback", json={"completion_id": r.json()["id"], "thumbs": "down"}).status_code == 200
 
 
@@ -377,7 +459,7 @@ def _events(response) -> list:
     for block in response.text.split("\n\n"):
         if block.strip():
             assert block.startswith("data: "), block
-            data = block[len("data: "):]
+            data = block[len("data: ") :]
             out.append(data if data == "[DONE]" else json.loads(data))
     return out
 
@@ -426,8 +508,9 @@ def test_streamed_reply_comes_in_pieces_as_generated(tiny_chat):
     st = tiny_chat.stream([{"role": "user", "content": "Go on and on."}], max_tokens=24, temperature=1.0, seed=11)
     pieces = list(st)
     assert st.result is not None and "".join(pieces) == st.result.text
-    assert st.result == tiny_chat.complete([{"role": "user", "content": "Go on and on."}], max_tokens=24,
-                                           temperature=1.0, seed=11)
+    assert st.result == tiny_chat.complete(
+        [{"role": "user", "content": "Go on and on."}], max_tokens=24, temperature=1.0, seed=11
+    )
     assert st.result.completion_tokens > 4 and len(pieces) >= 2
 
 
@@ -436,8 +519,13 @@ def test_a_conversation_too_long_to_stream_is_refused_before_the_stream(tiny_cha
 
     short = ChatModel(tiny_chat.model, tiny_chat.tokenizer, name="tiny-chat", max_prompt_length=8)
     with TestClient(create_app(short, None)) as client:
-        r = client.post("/v1/chat/completions", json={"stream": True, "messages": [
-            {"role": "user", "content": "a conversation far longer than eight tokens of this model"}]})
+        r = client.post(
+            "/v1/chat/completions",
+            json={
+                "stream": True,
+                "messages": [{"role": "user", "content": "a conversation far longer than eight tokens of this model"}],
+            },
+        )
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
 
 
@@ -468,23 +556,35 @@ def test_stop_ends_the_reply_before_the_stop_string_plain_and_streamed(served):
     else:
         pytest.fail("no reply with a word inside it")
     stop = word.group(0)
-    cut = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 16, "seed": seed,
-                                                    "stop": [stop, "\u2603never"]}).json()
-    assert cut["choices"][0]["message"]["content"] == text[:text.find(stop)]
+    cut = client.post(
+        "/v1/chat/completions",
+        json={"messages": messages, "max_tokens": 16, "seed": seed, "stop": [stop, "\u2603never"]},
+    ).json()
+    assert cut["choices"][0]["message"]["content"] == text[: text.find(stop)]
     assert cut["choices"][0]["finish_reason"] == "stop"
     assert cut["usage"]["completion_tokens"] < 16  # generation ended at the stop string
-    streamed = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 16, "seed": seed,
-                                                         "stop": stop, "stream": True})
+    streamed = client.post(
+        "/v1/chat/completions",
+        json={"messages": messages, "max_tokens": 16, "seed": seed, "stop": stop, "stream": True},
+    )
     chunks = [e for e in _events(streamed) if e != "[DONE]"]
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == text[:text.find(stop)]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == text[: text.find(stop)]
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
-@pytest.mark.parametrize("spec,name", [
-    ("runs/dpo/model", "dpo/model"), ("runs/dpo/model/", "dpo/model"), ("runs/dpo/model/config.json", "dpo/model"),
-    ("outputs/sft", "sft"), ("outputs/sft/config.json", "sft"), ("weights/smol.Q8_0.gguf", "smol.Q8_0.gguf"),
-    ("smollm2-135m", "smollm2-135m"), ("model", "model"),
-])
+@pytest.mark.parametrize(
+    "spec,name",
+    [
+        ("runs/dpo/model", "dpo/model"),
+        ("runs/dpo/model/", "dpo/model"),
+        ("runs/dpo/model/config.json", "dpo/model"),
+        ("outputs/sft", "sft"),
+        ("outputs/sft/config.json", "sft"),
+        ("weights/smol.Q8_0.gguf", "smol.Q8_0.gguf"),
+        ("smollm2-135m", "smollm2-135m"),
+        ("model", "model"),
+    ],
+)
 def test_a_served_model_is_named_after_its_folder(spec, name):
     from rlhfkit.serve.engine import default_model_name
 

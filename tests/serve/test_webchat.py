@@ -3,6 +3,7 @@ anonymous sessions, each seeing only its own conversations and replies, CSRF and
 the API key asked once (or the page opened by name), security headers, limits before parsing,
 and every feedback kind stored under the session's pseudonymous id (forget and redaction
 included). The browser flow is in test_webchat_browser.py."""
+
 import json
 import random
 import re
@@ -35,8 +36,9 @@ def _open(client) -> dict:
 
 def _send(client, csrf, messages, conversation=None) -> dict:
     """A message through the page's API: the streamed chunks folded into the completion."""
-    r = client.post("/chat/api/send", json={"conversation": conversation, "messages": messages},
-                    headers={"X-CSRF-Token": csrf})
+    r = client.post(
+        "/chat/api/send", json={"conversation": conversation, "messages": messages}, headers={"X-CSRF-Token": csrf}
+    )
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/event-stream")
     events = [line[6:] for line in r.text.split("\n\n") if line.startswith("data: ")]
@@ -98,10 +100,17 @@ def test_a_message_streams_and_its_conversation_is_the_sessions_own(tiny_chat, t
         conv = first["conversation"]
         assert re.fullmatch(r"[A-Za-z0-9_-]{16}", conv) and first["comparison"] is False
         stored = log.completion(first["id"])["responses"][0]
-        assert (stored["end_user"], stored["conversation"], stored["text"]) == (s["end_user"], conv, first["replies"][0])
+        assert (stored["end_user"], stored["conversation"], stored["text"]) == (
+            s["end_user"],
+            conv,
+            first["replies"][0],
+        )
         assert stored["version"] == tiny_chat.version
-        history = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": first["replies"][0]},
-                   {"role": "user", "content": "And then?"}]
+        history = [
+            {"role": "user", "content": "Hello there"},
+            {"role": "assistant", "content": first["replies"][0]},
+            {"role": "user", "content": "And then?"},
+        ]
         second = _send(client, s["csrf"], history, conversation=conv)
         again = _send(client, s["csrf"], history, conversation=conv)  # regenerate the second reply
         assert second["conversation"] == again["conversation"] == conv
@@ -109,7 +118,11 @@ def test_a_message_streams_and_its_conversation_is_the_sessions_own(tiny_chat, t
         assert [(c["id"], c["title"]) for c in listed] == [(conv, "Hello there")]
         turns = client.get(f"/chat/api/conversations/{conv}").json()["turns"]
         assert [(t["role"], t.get("content") or t["completion_id"]) for t in turns] == [
-            ("user", "Hello there"), ("assistant", first["id"]), ("user", "And then?"), ("assistant", again["id"])]
+            ("user", "Hello there"),
+            ("assistant", first["id"]),
+            ("user", "And then?"),
+            ("assistant", again["id"]),
+        ]
         assert turns[1]["replies"] == first["replies"] and turns[1]["picked"] == 0
 
 
@@ -126,22 +139,34 @@ def test_another_session_sees_none_of_it(tiny_chat, tmp_path):
         assert bob.get("/chat/api/conversations").json()["data"] == []
         r = bob.get(f"/chat/api/conversations/{sent['conversation']}")
         assert r.status_code == 404 and "secret" not in r.text
-        r = bob.post("/chat/api/feedback", json={"completion_id": sent["id"], "thumbs": "down"},
-                     headers={"X-CSRF-Token": b["csrf"]})
+        r = bob.post(
+            "/chat/api/feedback",
+            json={"completion_id": sent["id"], "thumbs": "down"},
+            headers={"X-CSRF-Token": b["csrf"]},
+        )
         assert r.status_code == 404
         assert _labels(log) == []
         raw = alice.cookies.get("rlhfkit_chat")
-        for forged in (raw[:-2] + ("AA" if not raw.endswith("AA") else "BB"),
-                       __import__("itsdangerous").URLSafeTimedSerializer(b"another key", salt="rlhfkit-chat-session")
-                       .dumps({"sid": a["end_user"][5:], "csrf": a["csrf"], "key": True})):
+        for forged in (
+            raw[:-2] + ("AA" if not raw.endswith("AA") else "BB"),
+            __import__("itsdangerous")
+            .URLSafeTimedSerializer(b"another key", salt="rlhfkit-chat-session")
+            .dumps({"sid": a["end_user"][5:], "csrf": a["csrf"], "key": True}),
+        ):
             with TestClient(app) as mallory:
                 mallory.cookies.set("rlhfkit_chat", forged, path="/chat")
                 r = mallory.get("/chat/api/conversations")
                 assert (r.status_code, r.json()["error"]["code"]) == (401, "no_session")
 
 
-@pytest.mark.parametrize("headers, code", [({}, "csrf"), ({"X-CSRF-Token": "wrong"}, "csrf"),
-                                           ({"X-CSRF-Token": None, "Origin": "https://evil.example"}, "bad_origin")])
+@pytest.mark.parametrize(
+    "headers, code",
+    [
+        ({}, "csrf"),
+        ({"X-CSRF-Token": "wrong"}, "csrf"),
+        ({"X-CSRF-Token": None, "Origin": "https://evil.example"}, "bad_origin"),
+    ],
+)
 def test_posts_need_the_sessions_csrf_token_and_this_origin(tiny_chat, tmp_path, headers, code):
     """A POST without the session's CSRF token, with another one, or from another origin is 403
     and generates nothing; with the token and this server's own origin it is answered."""
@@ -152,8 +177,11 @@ def test_posts_need_the_sessions_csrf_token_and_this_origin(tiny_chat, tmp_path,
         r = client.post("/chat/api/send", json={"messages": [{"role": "user", "content": "hi"}]}, headers=headers)
         assert (r.status_code, r.json()["error"]["code"]) == (403, code)
         assert client.get("/chat/api/conversations").json()["data"] == []
-        ok = client.post("/chat/api/send", json={"messages": [{"role": "user", "content": "hi"}]},
-                         headers={"X-CSRF-Token": s["csrf"], "Origin": "http://testserver"})
+        ok = client.post(
+            "/chat/api/send",
+            json={"messages": [{"role": "user", "content": "hi"}]},
+            headers={"X-CSRF-Token": s["csrf"], "Origin": "http://testserver"},
+        )
         assert ok.status_code == 200
 
 
@@ -166,8 +194,11 @@ def test_every_feedback_kind_from_the_page_is_stored_under_the_session(tiny_chat
         s = _open(client)
         got = _send(client, s["csrf"], [{"role": "user", "content": "Pick one"}])
         assert got["comparison"] is True and len(got["replies"]) == 2
-        post = lambda body: client.post("/chat/api/feedback", json={"completion_id": got["id"], **body},  # noqa: E731
-                                        headers={"X-CSRF-Token": s["csrf"]})
+        post = lambda body: client.post(  # noqa: E731
+            "/chat/api/feedback",
+            json={"completion_id": got["id"], **body},
+            headers={"X-CSRF-Token": s["csrf"]},
+        )
         assert post({"user": "someone-else", "thumbs": "up"}).status_code == 400
         assert post({"choice": 1}).status_code == 200
         assert post({"thumbs": "down", "reason": "too short", "choice_index": 1}).status_code == 200
@@ -195,10 +226,15 @@ def test_with_an_api_key_the_page_asks_for_it_once(tiny_chat, tmp_path):
         assert 'name="chat-locked" content="1"' in s["page"].text
         r = client.get("/chat/api/conversations")
         assert (r.status_code, r.json()["error"]["code"]) == (401, "key_required")
-        r = client.post("/chat/api/send", json={"messages": [{"role": "user", "content": "hi"}]},
-                        headers={"X-CSRF-Token": s["csrf"]})
+        r = client.post(
+            "/chat/api/send",
+            json={"messages": [{"role": "user", "content": "hi"}]},
+            headers={"X-CSRF-Token": s["csrf"]},
+        )
         assert r.status_code == 401
-        assert client.post("/chat/api/key", json={"key": "wrong"}, headers={"X-CSRF-Token": s["csrf"]}).status_code == 401
+        assert (
+            client.post("/chat/api/key", json={"key": "wrong"}, headers={"X-CSRF-Token": s["csrf"]}).status_code == 401
+        )
         assert client.post("/chat/api/key", json={"key": "sekret-key"}).status_code == 403  # no CSRF token
         r = client.post("/chat/api/key", json={"key": "sekret-key"}, headers={"X-CSRF-Token": s["csrf"]})
         assert r.status_code == 200 and r.json()["end_user"] != s["end_user"]
@@ -233,14 +269,21 @@ def test_limits_hold_before_the_body_is_parsed(tiny_chat, tmp_path):
         assert r.status_code == 401
         s = _open(client)
         h = {"X-CSRF-Token": s["csrf"]}
-        assert client.post("/chat/api/send", json={"messages": [{"role": "user", "content": "x" * 3000}]},
-                           headers=h).status_code == 413
+        assert (
+            client.post(
+                "/chat/api/send", json={"messages": [{"role": "user", "content": "x" * 3000}]}, headers=h
+            ).status_code
+            == 413
+        )
         r = client.post("/chat/api/send", json={"messages": [{"role": "robot", "content": "x"}]}, headers=h)
         assert (r.status_code, r.json()["error"]["param"]) == (400, "messages")
         r = client.post("/chat/api/send", json={"messages": [{"role": "user", "content": "x"}], "n": 3}, headers=h)
         assert (r.status_code, r.json()["error"]["param"]) == (400, "n")
-        r = client.post("/chat/api/send", json={"conversation": "../../etc", "messages": [{"role": "user", "content": "x"}]},
-                        headers=h)
+        r = client.post(
+            "/chat/api/send",
+            json={"conversation": "../../etc", "messages": [{"role": "user", "content": "x"}]},
+            headers=h,
+        )
         assert (r.status_code, r.json()["error"]["param"]) == (400, "conversation")
         assert client.get("/chat/api/conversations").json()["data"] == []
 
@@ -254,8 +297,14 @@ def test_forget_and_redaction_reach_the_pages_conversations(tiny_chat, tmp_path,
     with TestClient(app) as client:
         s = _open(client)
         got = _send(client, s["csrf"], [{"role": "user", "content": "mail me at ann@example.com"}])
-        assert client.post("/chat/api/feedback", json={"completion_id": got["id"], "thumbs": "up"},
-                           headers={"X-CSRF-Token": s["csrf"]}).status_code == 200
+        assert (
+            client.post(
+                "/chat/api/feedback",
+                json={"completion_id": got["id"], "thumbs": "up"},
+                headers={"X-CSRF-Token": s["csrf"]},
+            ).status_code
+            == 200
+        )
         stored = log.completion(got["id"])
         assert stored["responses"][0]["end_user"].startswith("hmac:")
         assert "ann@example.com" not in json.dumps(stored) and "[EMAIL_ADDRESS]" in stored["prompt"]
@@ -279,8 +328,11 @@ def test_an_account_finds_its_conversations_in_any_browser_until_it_is_deactivat
     uid = log.store.write(lambda c: create_user(c, "ann", "ann-password-1", "labeler"))
     with TestClient(app) as one, TestClient(app) as two, TestClient(app) as stranger:
         a = _open(one)
-        r = one.post("/chat/api/login", json={"username": "ann", "password": "ann-password-1"},
-                     headers={"X-CSRF-Token": a["csrf"]})
+        r = one.post(
+            "/chat/api/login",
+            json={"username": "ann", "password": "ann-password-1"},
+            headers={"X-CSRF-Token": a["csrf"]},
+        )
         assert r.status_code == 200 and r.json()["end_user"] == f"chat-account:{uid}"
         a = _open(one)
         assert a["end_user"] == f"chat-account:{uid}" and "Signed in as <strong>ann</strong>" in a["page"].text
@@ -288,15 +340,27 @@ def test_an_account_finds_its_conversations_in_any_browser_until_it_is_deactivat
         assert log.completion(sent["id"])["responses"][0]["end_user"] == f"chat-account:{uid}"
         b = _open(two)
         for _ in range(5):
-            bad = two.post("/chat/api/login", json={"username": "ann", "password": "wrong-password"},
-                           headers={"X-CSRF-Token": b["csrf"]})
+            bad = two.post(
+                "/chat/api/login",
+                json={"username": "ann", "password": "wrong-password"},
+                headers={"X-CSRF-Token": b["csrf"]},
+            )
             assert (bad.status_code, bad.json()["error"]["code"]) == (401, "invalid_login")
-        bad = two.post("/chat/api/login", json={"username": "ann", "password": "ann-password-1"},
-                       headers={"X-CSRF-Token": b["csrf"]})
+        bad = two.post(
+            "/chat/api/login",
+            json={"username": "ann", "password": "ann-password-1"},
+            headers={"X-CSRF-Token": b["csrf"]},
+        )
         assert bad.status_code == 429 and int(bad.headers["retry-after"]) > 0  # even the right one, for a while
         log.store.write(lambda c: c.exec_driver_sql("DELETE FROM login_throttle"))  # the window passed
-        assert two.post("/chat/api/login", json={"username": "ann", "password": "ann-password-1"},
-                        headers={"X-CSRF-Token": b["csrf"]}).status_code == 200
+        assert (
+            two.post(
+                "/chat/api/login",
+                json={"username": "ann", "password": "ann-password-1"},
+                headers={"X-CSRF-Token": b["csrf"]},
+            ).status_code
+            == 200
+        )
         assert [c["id"] for c in two.get("/chat/api/conversations").json()["data"]] == [sent["conversation"]]
         _open(stranger)
         assert stranger.get("/chat/api/conversations").json()["data"] == []
@@ -317,7 +381,8 @@ def test_wrong_api_keys_are_limited_like_wrong_passwords(tiny_chat, tmp_path):
     with TestClient(app) as client:
         s = _open(client)
         h = {"X-CSRF-Token": s["csrf"]}
-        assert [client.post("/chat/api/key", json={"key": f"guess-{i}"}, headers=h).status_code
-                for i in range(5)] == [401] * 5
+        assert [client.post("/chat/api/key", json={"key": f"guess-{i}"}, headers=h).status_code for i in range(5)] == [
+            401
+        ] * 5
         r = client.post("/chat/api/key", json={"key": "sekret-key"}, headers=h)
         assert r.status_code == 429 and "retry-after" in r.headers

@@ -2,6 +2,7 @@
 Playwright), against a real ``rlhfkit serve`` process on loopback with a tiny model: a streamed
 reply, every feedback kind landing in the SQLite store, the two-reply choice, another session
 seeing nothing, and the whole flow by keyboard."""
+
 import contextlib
 import json
 import os
@@ -15,8 +16,15 @@ import time
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (apt-get install chromium)")
 pytest.importorskip("itsdangerous")
@@ -42,9 +50,29 @@ def serving(model_dir, folder, *flags):
     db = folder / "fb.db"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     env.pop("RLHFKIT_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit.cli", "serve", "--model", str(model_dir), "--db", str(db),
-                             "--port", str(port), "--threads", "1", "--max_new_tokens", "12", *flags],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rlhfkit.cli",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--db",
+            str(db),
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            "--max_new_tokens",
+            "12",
+            *flags,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -79,15 +107,24 @@ def _rows(db, sql, *args) -> list:
 
 def _labels(db, suffix) -> list[dict]:
     """The payloads of the labels in project serve-SUFFIX, in id order."""
-    return [json.loads(p) for (p,) in _rows(db, "SELECT l.payload FROM labels l JOIN projects p ON p.id = l.project_id "
-                                                "WHERE p.name = ? ORDER BY l.id", f"serve-{suffix}")]
+    return [
+        json.loads(p)
+        for (p,) in _rows(
+            db,
+            "SELECT l.payload FROM labels l JOIN projects p ON p.id = l.project_id WHERE p.name = ? ORDER BY l.id",
+            f"serve-{suffix}",
+        )
+    ]
 
 
 def _completions(db, end_user) -> list[dict]:
     """The stored replies served to ``end_user``: ``{"id", "messages", **response}`` in id order."""
     out = []
-    for ext, messages, responses in _rows(db, "SELECT i.external_id, i.messages, i.responses FROM items i JOIN projects p "
-                                              "ON p.id = i.project_id WHERE p.name = 'serve-thumbs' ORDER BY i.id"):
+    for ext, messages, responses in _rows(
+        db,
+        "SELECT i.external_id, i.messages, i.responses FROM items i JOIN projects p "
+        "ON p.id = i.project_id WHERE p.name = 'serve-thumbs' ORDER BY i.id",
+    ):
         r = json.loads(responses)[0]
         if r.get("end_user") == end_user:
             out.append({"id": ext, "messages": json.loads(messages), **r})
@@ -140,8 +177,9 @@ def test_a_reply_streams_in_and_every_feedback_kind_reaches_the_store(browser, s
     assert len(stored) == 2 and stored[0]["text"] == (reply or "(empty response)")
     assert stored[0]["conversation"] == stored[1]["conversation"]
     assert [m["content"] for m in stored[1]["messages"]] == ["Hello there, assistant"]  # the same question again
-    assert [(p["label"], p["reason"], p["end_user"]) for p in _labels(db, "thumbs")
-            if p["end_user"] == me] == [(True, "friendly", me)]
+    assert [(p["label"], p["reason"], p["end_user"]) for p in _labels(db, "thumbs") if p["end_user"] == me] == [
+        (True, "friendly", me)
+    ]
     assert [p["rating"] for p in _labels(db, "ratings") if p["end_user"] == me] == [4]
     assert [p["rewrite"] for p in _labels(db, "edits") if p["end_user"] == me] == ["Hello! How can I help you today?"]
     assert page.text_content("#conversations").strip().startswith("Hello there, assistant")
@@ -184,7 +222,11 @@ def test_the_two_reply_choice_is_a_preference_and_the_conversation_goes_on_with_
         page.press("#prompt", "Enter")  # "next" is still in the box
         _finished(page, 2)
         follow_up = _completions(db, me)[-1]
-        assert [m["content"] for m in follow_up["messages"]] == ["Which is better?", second or "(empty message)", "next"]
+        assert [m["content"] for m in follow_up["messages"]] == [
+            "Which is better?",
+            second or "(empty message)",
+            "next",
+        ]
         page.reload()
         page.click("#conversations button")
         page.locator(".turn.user", has_text="next").wait_for()
@@ -229,8 +271,12 @@ def test_the_whole_flow_by_keyboard(browser, server):
     page.locator("#status", has_text="rated 2 of 5").wait_for()
     assert [(p["label"], p["reason"]) for p in _labels(db, "thumbs") if p["end_user"] == me] == [(False, "off topic")]
     assert [p["rating"] for p in _labels(db, "ratings") if p["end_user"] == me] == [2]
-    names = [re.sub(r"\s+", " ", b) for b in page.locator(".turn.assistant button").evaluate_all(
-        "bs => bs.map(b => b.getAttribute('aria-label') || b.textContent)")]
+    names = [
+        re.sub(r"\s+", " ", b)
+        for b in page.locator(".turn.assistant button").evaluate_all(
+            "bs => bs.map(b => b.getAttribute('aria-label') || b.textContent)"
+        )
+    ]
     assert names == ["Thumbs up", "Thumbs down"] + [f"Rate {n} of 5" for n in range(1, 6)] + ["Edit", "Regenerate"]
 
 

@@ -1,5 +1,6 @@
 """`fit`: keeping the best evaluated weights (also across a crash and resume), and length
 grouping of micro-batches, which must not change the update."""
+
 import json
 
 import pytest
@@ -34,8 +35,17 @@ def make_model():
 
 
 def config(out, **kw):
-    base = dict(output_dir=str(out), epochs=0, max_steps=8, batch_size=8, micro_batch_size=2,
-                learning_rate=0.05, lr_schedule="constant", tensorboard=False, seed=3)
+    base = dict(
+        output_dir=str(out),
+        epochs=0,
+        max_steps=8,
+        batch_size=8,
+        micro_batch_size=2,
+        learning_rate=0.05,
+        lr_schedule="constant",
+        tensorboard=False,
+        seed=3,
+    )
     return TrainingConfig(**{**base, **kw})
 
 
@@ -70,32 +80,54 @@ def test_group_by_length_changes_nothing_but_the_padding(tmp_path):
             return collate(batch)
 
         model = make_model()
-        fit(model, EXAMPLES, recording_collate, loss_sum, count,
-            config(tmp_path / str(grouped), group_by_length=grouped), DistInfo())
+        fit(
+            model,
+            EXAMPLES,
+            recording_collate,
+            loss_sum,
+            count,
+            config(tmp_path / str(grouped), group_by_length=grouped),
+            DistInfo(),
+        )
         weights[grouped] = model.weight.detach().clone()
         micro_lengths[grouped] = seen
     torch.testing.assert_close(weights[True], weights[False], rtol=1e-6, atol=1e-7)
     # grouped: each step's 4 micro-batches hold its 8 examples longest first; ungrouped: data order
     for step in range(8):
-        grouped = micro_lengths[True][4 * step:4 * step + 4]
+        grouped = micro_lengths[True][4 * step : 4 * step + 4]
         flat = [n for mb in grouped for n in mb]
         assert flat == sorted(flat, reverse=True)
-        assert sorted(flat) == sorted(n for mb in micro_lengths[False][4 * step:4 * step + 4] for n in mb)
+        assert sorted(flat) == sorted(n for mb in micro_lengths[False][4 * step : 4 * step + 4] for n in mb)
     assert micro_lengths[True] != micro_lengths[False]
 
 
 def test_length_fn_none_keeps_the_data_order(tmp_path):
     seen = []
-    fit(make_model(), EXAMPLES, lambda b: (seen.append([len(e["ids"]) for e in b]), collate(b))[1], loss_sum,
-        count, config(tmp_path / "order"), DistInfo(), length_fn=None)
+    fit(
+        make_model(),
+        EXAMPLES,
+        lambda b: (seen.append([len(e["ids"]) for e in b]), collate(b))[1],
+        loss_sum,
+        count,
+        config(tmp_path / "order"),
+        DistInfo(),
+        length_fn=None,
+    )
     flat = [n for mb in seen[:4] for n in mb]
     assert flat != sorted(flat, reverse=True)  # the step's shuffled order as it came
 
 
 def test_a_nan_evaluation_never_counts_as_best(tmp_path):
-    metrics = fit(make_model(), EXAMPLES, collate, loss_sum, count,
-                  config(tmp_path / "nan", eval_every=2, best_metric="val_loss"), DistInfo(),
-                  ScriptedEval([float("nan"), 2.0, 1.0, 3.0, 1.0]))
+    metrics = fit(
+        make_model(),
+        EXAMPLES,
+        collate,
+        loss_sum,
+        count,
+        config(tmp_path / "nan", eval_every=2, best_metric="val_loss"),
+        DistInfo(),
+        ScriptedEval([float("nan"), 2.0, 1.0, 3.0, 1.0]),
+    )
     assert metrics["best_step"] == 6
 
 
@@ -114,23 +146,39 @@ def test_no_finite_evaluation_leaves_the_final_weights_with_a_warning(tmp_path, 
     the final weights, best_step is None, and one warning line says why."""
     out = tmp_path / "nan"
     model = make_model()
-    metrics = fit(model, EXAMPLES, collate, loss_sum, count, config(out, eval_every=2, best_metric="val_loss"),
-                  DistInfo(), ScriptedEval([float("nan")] * 4))
+    metrics = fit(
+        model,
+        EXAMPLES,
+        collate,
+        loss_sum,
+        count,
+        config(out, eval_every=2, best_metric="val_loss"),
+        DistInfo(),
+        ScriptedEval([float("nan")] * 4),
+    )
     final = make_model()
     fit(final, EXAMPLES, collate, loss_sum, count, config(tmp_path / "final"), DistInfo())
     assert torch.equal(model.weight, final.weight) and torch.equal(model.bias, final.bias)
     assert metrics["best_step"] is None and metrics["best_val_loss"] is None
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlhfkit: warning")]
-    assert warnings == ["rlhfkit: warning: best_metric: no evaluation had a finite val_loss; the model keeps the "
-                        "final weights (step 8)"]
+    assert warnings == [
+        "rlhfkit: warning: best_metric: no evaluation had a finite val_loss; the model keeps the final weights (step 8)"
+    ]
 
 
 def test_best_metric_ends_with_the_weights_of_the_best_evaluation(tmp_path):
     # evaluations at steps 2, 4, 6 and 8 (the last one at the end); the best val_loss is at step 4
     model = make_model()
-    metrics = fit(model, EXAMPLES, collate, loss_sum, count,
-                  config(tmp_path / "best", eval_every=2, best_metric="val_loss"), DistInfo(),
-                  ScriptedEval([3.0, 1.0, 2.0, 4.0, 99.0]))
+    metrics = fit(
+        model,
+        EXAMPLES,
+        collate,
+        loss_sum,
+        count,
+        config(tmp_path / "best", eval_every=2, best_metric="val_loss"),
+        DistInfo(),
+        ScriptedEval([3.0, 1.0, 2.0, 4.0, 99.0]),
+    )
     # with a constant learning rate the weights after step 4 do not depend on the total steps
     reference = make_model()
     fit(reference, EXAMPLES, collate, loss_sum, count, config(tmp_path / "four", max_steps=4), DistInfo())
@@ -144,9 +192,16 @@ def test_best_metric_ends_with_the_weights_of_the_best_evaluation(tmp_path):
 
 def test_best_metric_survives_a_crash_and_resume(tmp_path):
     straight = make_model()
-    fit(straight, EXAMPLES, collate, loss_sum, count,
-        config(tmp_path / "straight", eval_every=2, save_every=2, best_metric="val_loss"), DistInfo(),
-        ScriptedEval([3.0, 1.0, 2.0, 4.0, 99.0]))
+    fit(
+        straight,
+        EXAMPLES,
+        collate,
+        loss_sum,
+        count,
+        config(tmp_path / "straight", eval_every=2, save_every=2, best_metric="val_loss"),
+        DistInfo(),
+        ScriptedEval([3.0, 1.0, 2.0, 4.0, 99.0]),
+    )
 
     out = tmp_path / "crashed"
     cfg = config(out, eval_every=2, save_every=2, best_metric="val_loss")
@@ -177,7 +232,7 @@ class DamagingEval(ScriptedEval):
 
 def truncate_best_model(folder):
     data = (folder / "model.pt").read_bytes()
-    (folder / "model.pt").write_bytes(data[:len(data) // 2])
+    (folder / "model.pt").write_bytes(data[: len(data) // 2])
     return f"model.pt is {len(data) // 2} bytes, manifest.json says {len(data)}"
 
 
@@ -196,24 +251,37 @@ def test_a_damaged_best_copy_leaves_the_final_weights_with_a_warning(tmp_path, c
     out = tmp_path / "run"
     model = make_model()
     evaluate = DamagingEval([3.0, 1.0, 2.0, 4.0], out / "best", damage)
-    metrics = fit(model, EXAMPLES, collate, loss_sum, count, config(out, eval_every=2, best_metric="val_loss"),
-                  DistInfo(), evaluate)
+    metrics = fit(
+        model,
+        EXAMPLES,
+        collate,
+        loss_sum,
+        count,
+        config(out, eval_every=2, best_metric="val_loss"),
+        DistInfo(),
+        evaluate,
+    )
     final = make_model()
     fit(final, EXAMPLES, collate, loss_sum, count, config(tmp_path / "final"), DistInfo())
     assert torch.equal(model.weight, final.weight) and torch.equal(model.bias, final.bias)
     assert metrics["best_step"] == 8 and metrics["best_val_loss"] == 4.0 == metrics["val_loss"]
     assert evaluate.calls == 4  # the final weights are not evaluated again
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlhfkit: warning")]
-    assert warnings == [f"rlhfkit: warning: damaged {out / 'best'}: {evaluate.what}; the best weights (step 4, "
-                        "val_loss 1) are lost and the model keeps the final weights (step 8); train again with "
-                        "--resume false to recover them"]
+    assert warnings == [
+        f"rlhfkit: warning: damaged {out / 'best'}: {evaluate.what}; the best weights (step 4, "
+        "val_loss 1) are lost and the model keeps the final weights (step 8); train again with "
+        "--resume false to recover them"
+    ]
 
 
-@pytest.mark.parametrize("damage,what", [
-    (lambda f: (f / "best.json").write_text('{"step": 4, "val'), "best.json is 16 bytes, manifest.json says "),
-    (lambda f: (f / "manifest.json").unlink(), "manifest.json is missing (best.json says there was one)"),
-    (truncate_best_model, "model.pt is "),
-])
+@pytest.mark.parametrize(
+    "damage,what",
+    [
+        (lambda f: (f / "best.json").write_text('{"step": 4, "val'), "best.json is 16 bytes, manifest.json says "),
+        (lambda f: (f / "manifest.json").unlink(), "manifest.json is missing (best.json says there was one)"),
+        (truncate_best_model, "model.pt is "),
+    ],
+)
 def test_a_resumed_run_passes_over_a_damaged_best_with_a_warning(tmp_path, capsys, damage, what):
     """Crashed after the best evaluation (step 4), the best copy damaged: the resumed run says so
     in one line and chooses among the evaluations still to come (steps 6 and 8: step 6)."""
@@ -226,9 +294,13 @@ def test_a_resumed_run_passes_over_a_damaged_best_with_a_warning(tmp_path, capsy
     metrics = fit(make_model(), EXAMPLES, collate, loss_sum, count, cfg, DistInfo(), ScriptedEval([2.0, 4.0, 99.0]))
     assert metrics["best_step"] == 6 and metrics["best_val_loss"] == 2.0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlhfkit: warning")]
-    assert len(warnings) == 1 and warnings[0].startswith(f"rlhfkit: warning: passing over damaged {out / 'best'}: {what}")
-    assert warnings[0].endswith("; the best weights before this resume are lost (the best is chosen among the "
-                                "evaluations to come; train again with --resume false to recover them)")
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"rlhfkit: warning: passing over damaged {out / 'best'}: {what}"
+    )
+    assert warnings[0].endswith(
+        "; the best weights before this resume are lost (the best is chosen among the "
+        "evaluations to come; train again with --resume false to recover them)"
+    )
     assert json.loads((out / "best" / "best.json").read_text())["step"] == 6
 
 
@@ -247,11 +319,26 @@ def test_a_best_copy_without_manifest_from_an_older_rlhfkit_still_resumes(tmp_pa
 
 def test_a_fresh_run_forgets_an_old_best(tmp_path):
     out = tmp_path / "run"
-    fit(make_model(), EXAMPLES, collate, loss_sum, count, config(out, eval_every=2, best_metric="val_loss"),
-        DistInfo(), ScriptedEval([0.5, 1.0, 2.0, 4.0, 0.5]))
-    metrics = fit(make_model(), EXAMPLES, collate, loss_sum, count,
-                  config(out, eval_every=2, best_metric="val_loss", resume=False), DistInfo(),
-                  ScriptedEval([3.0, 2.0, 1.0, 4.0, 1.0]))
+    fit(
+        make_model(),
+        EXAMPLES,
+        collate,
+        loss_sum,
+        count,
+        config(out, eval_every=2, best_metric="val_loss"),
+        DistInfo(),
+        ScriptedEval([0.5, 1.0, 2.0, 4.0, 0.5]),
+    )
+    metrics = fit(
+        make_model(),
+        EXAMPLES,
+        collate,
+        loss_sum,
+        count,
+        config(out, eval_every=2, best_metric="val_loss", resume=False),
+        DistInfo(),
+        ScriptedEval([3.0, 2.0, 1.0, 4.0, 1.0]),
+    )
     assert metrics["best_step"] == 6
 
 
@@ -259,11 +346,20 @@ def test_best_metric_needs_an_evaluation_and_a_known_metric(tmp_path):
     from rlhfkit.training.config import ConfigError
 
     with pytest.raises(ConfigError, match="needs evaluation data"):
-        fit(make_model(), EXAMPLES, collate, loss_sum, count, config(tmp_path / "a", best_metric="val_loss"),
-            DistInfo())
+        fit(
+            make_model(), EXAMPLES, collate, loss_sum, count, config(tmp_path / "a", best_metric="val_loss"), DistInfo()
+        )
     with pytest.raises(ConfigError, match="not among the eval metrics"):
-        fit(make_model(), EXAMPLES, collate, loss_sum, count, config(tmp_path / "b", best_metric="val_acc"),
-            DistInfo(), ScriptedEval([1.0] * 5))
+        fit(
+            make_model(),
+            EXAMPLES,
+            collate,
+            loss_sum,
+            count,
+            config(tmp_path / "b", best_metric="val_acc"),
+            DistInfo(),
+            ScriptedEval([1.0] * 5),
+        )
 
 
 def test_a_run_resumes_only_on_the_examples_it_was_trained_on(tmp_path):

@@ -1,5 +1,6 @@
 """Step-end callbacks (``rlhfkit.training.callbacks``): what a process embedding rlhfkit sees of
 a training run's steps."""
+
 import torch
 
 from rlhfkit.training.callbacks import add_step_end_callback
@@ -20,10 +21,27 @@ def loss_sum(model, batch):
 
 
 def run(out):
-    config = TrainingConfig(output_dir=str(out), epochs=0, max_steps=8, batch_size=4, micro_batch_size=2,
-                            save_every=3, lr_schedule="constant", tensorboard=False, seed=0)
-    fit(torch.nn.Linear(3, 1), EXAMPLES, collate, loss_sum, lambda b: int(b["y"].numel()), config, DistInfo(),
-        length_fn=None)
+    config = TrainingConfig(
+        output_dir=str(out),
+        epochs=0,
+        max_steps=8,
+        batch_size=4,
+        micro_batch_size=2,
+        save_every=3,
+        lr_schedule="constant",
+        tensorboard=False,
+        seed=0,
+    )
+    fit(
+        torch.nn.Linear(3, 1),
+        EXAMPLES,
+        collate,
+        loss_sum,
+        lambda b: int(b["y"].numel()),
+        config,
+        DistInfo(),
+        length_fn=None,
+    )
 
 
 def test_fit_calls_each_callback_once_per_step_after_its_checkpoint(tmp_path):

@@ -1,6 +1,7 @@
 """Checkpoint integrity: a manifest (size and sha256 of every file, written last) is checked on
 resume; a damaged checkpoint is passed over for the newest intact one with a one-line warning,
 and no intact checkpoint is a CheckpointError naming the folder and the damage."""
+
 import hashlib
 import json
 from pathlib import Path
@@ -8,8 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhfkit.training.checkpoint import (MANIFEST, CheckpointError, checkpoint_problem, latest_intact_checkpoint,
-                                         list_checkpoints, load_checkpoint, resume_checkpoint, save_checkpoint)
+from rlhfkit.training.checkpoint import (
+    MANIFEST,
+    CheckpointError,
+    checkpoint_problem,
+    latest_intact_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    resume_checkpoint,
+    save_checkpoint,
+)
 
 from ..conftest import flip_tensor_bit
 
@@ -55,7 +64,7 @@ def test_manifest_holds_size_and_sha256_of_every_file(tmp_path):
 
 def truncate_model(ckpt):
     data = (ckpt / "model.pt").read_bytes()
-    (ckpt / "model.pt").write_bytes(data[:len(data) // 2])
+    (ckpt / "model.pt").write_bytes(data[: len(data) // 2])
     return f"model.pt is {len(data) // 2} bytes, manifest.json says {len(data)}"
 
 
@@ -81,8 +90,9 @@ def break_manifest(ckpt):
     return "manifest.json is unreadable (JSONDecodeError"
 
 
-@pytest.mark.parametrize("damage", [truncate_model, empty_optimizer, break_trainer_state, flip_model_bit,
-                                    break_manifest])
+@pytest.mark.parametrize(
+    "damage", [truncate_model, empty_optimizer, break_trainer_state, flip_model_bit, break_manifest]
+)
 def test_a_damaged_latest_checkpoint_is_passed_over_for_the_previous_one(tmp_path, damage):
     write_two(tmp_path)
     latest, previous = tmp_path / "checkpoint-2", tmp_path / "checkpoint-1"
@@ -103,13 +113,21 @@ def test_the_bit_flip_loads_silently_without_the_manifest(tmp_path):
     assert checkpoint_problem(tmp_path / "checkpoint-2").startswith("model.pt does not match its sha256")
 
 
-@pytest.mark.parametrize("damage,what", [
-    (lambda c: (c / "model.pt").write_bytes((c / "model.pt").read_bytes()[:200]),
-     "model.pt does not load (RuntimeError: PytorchStreamReader failed reading zip archive"),
-    (lambda c: (c / "optimizer.pt").write_bytes(b""), "optimizer.pt is empty; "),
-    (lambda c: (c / "trainer_state.json").write_text('{"step": 2, '), "trainer_state.json is unreadable (JSONDecodeError"),
-    (lambda c: (c / "rng.pt").unlink(), "rng.pt is missing"),
-])
+@pytest.mark.parametrize(
+    "damage,what",
+    [
+        (
+            lambda c: (c / "model.pt").write_bytes((c / "model.pt").read_bytes()[:200]),
+            "model.pt does not load (RuntimeError: PytorchStreamReader failed reading zip archive",
+        ),
+        (lambda c: (c / "optimizer.pt").write_bytes(b""), "optimizer.pt is empty; "),
+        (
+            lambda c: (c / "trainer_state.json").write_text('{"step": 2, '),
+            "trainer_state.json is unreadable (JSONDecodeError",
+        ),
+        (lambda c: (c / "rng.pt").unlink(), "rng.pt is missing"),
+    ],
+)
 def test_a_checkpoint_without_manifest_resumes_when_every_file_loads(tmp_path, damage, what):
     """Written before manifests existed: accepted when its JSON parses and every .pt file loads
     (the load failures are the damage found); a flipped bit in tensor data cannot be found."""
@@ -147,8 +165,10 @@ def test_resume_checkpoint_prints_one_warning_line(tmp_path, capsys):
     flip_model_bit(tmp_path / "checkpoint-2")
     assert resume_checkpoint(tmp_path) == tmp_path / "checkpoint-1"
     err = capsys.readouterr().err
-    assert err == (f"rlhfkit: warning: passing over damaged {tmp_path / 'checkpoint-2'}: model.pt does not match "
-                   "its sha256 in manifest.json (changed after it was written); resuming from checkpoint-1\n")
+    assert err == (
+        f"rlhfkit: warning: passing over damaged {tmp_path / 'checkpoint-2'}: model.pt does not match "
+        "its sha256 in manifest.json (changed after it was written); resuming from checkpoint-1\n"
+    )
 
 
 def test_a_checkpoint_that_lost_its_manifest_is_damaged(tmp_path):
@@ -160,8 +180,10 @@ def test_a_checkpoint_that_lost_its_manifest_is_damaged(tmp_path):
     flip_model_bit(latest)
     path, warnings = latest_intact_checkpoint(tmp_path)
     assert path == tmp_path / "checkpoint-1"
-    assert warnings == [f"rlhfkit: warning: passing over damaged {latest}: manifest.json is missing "
-                        "(trainer_state.json says there was one); resuming from checkpoint-1"]
+    assert warnings == [
+        f"rlhfkit: warning: passing over damaged {latest}: manifest.json is missing "
+        "(trainer_state.json says there was one); resuming from checkpoint-1"
+    ]
 
 
 def test_a_loadable_file_the_manifest_does_not_list_is_damage(tmp_path):

@@ -124,8 +124,9 @@ def test_quick_never_overrides_the_command_line_and_shrinks_a_full_size_file(tmp
     changed, kept = set_quick_fields(c, QUICK_VALUES)
     assert (c.steps, c.name, c.lora.r) == (2, "small", 2)
     assert changed == ["name", "lora.r"] and kept == {"steps": "command line"}
-    assert describe_quick(c, changed, kept) == ("--quick set 2 fields: name, lora.r; "
-                                                "left 1 as given: steps = 2 (command line)")
+    assert describe_quick(c, changed, kept) == (
+        "--quick set 2 fields: name, lora.r; left 1 as given: steps = 2 (command line)"
+    )
     assert set_quick_fields(c, QUICK_VALUES) == ([], {"steps": "command line"})  # applied twice: the same
     c = load_config(WithQuick, None, {"quick": True})  # no file, nothing given: every quick value
     assert set_quick_fields(c, QUICK_VALUES) == (["steps", "name", "lora.r"], {})
@@ -163,8 +164,12 @@ def test_quick_batch_sizes_fit_a_batch_size_given_on_the_command_line(tmp_path):
     batch of 16 under given micro-batches of 32 becomes 32; a sibling that fits is quick's."""
     from rlhfkit.training.config import describe_quick, set_quick_fields
 
-    quick = {"reward.batch_size": 16, "reward.micro_batch_size": 16, "policy.batch_size": 16,
-             "policy.micro_batch_size": 4}
+    quick = {
+        "reward.batch_size": 16,
+        "reward.micro_batch_size": 16,
+        "policy.batch_size": 16,
+        "policy.micro_batch_size": 4,
+    }
     preset = write(tmp_path, "reward:\n  batch_size: 64\n  micro_batch_size: 8\n")
     c = load_config(WithBatches, preset, ["--quick", "--reward.batch_size", "8", "--policy.micro_batch_size", "32"])
     changed, kept = set_quick_fields(c, quick)
@@ -175,14 +180,16 @@ def test_quick_batch_sizes_fit_a_batch_size_given_on_the_command_line(tmp_path):
         "--quick set 0 fields: none; left 2 as given: reward.batch_size = 8 (command line), "
         "policy.micro_batch_size = 32 (command line); fitted 2 to what was given: reward.micro_batch_size = 8 "
         "(quick's 16 fitted to the given reward.batch_size), policy.batch_size = 32 (quick's 16 fitted to the "
-        "given policy.micro_batch_size)")
+        "given policy.micro_batch_size)"
+    )
     c = load_config(WithBatches, preset, ["--quick", "--reward.batch_size", "32"])
-    assert set_quick_fields(c, quick) == (["reward.micro_batch_size", "policy.batch_size", "policy.micro_batch_size"],
-                                          {"reward.batch_size": "command line"})
+    assert set_quick_fields(c, quick) == (
+        ["reward.micro_batch_size", "policy.batch_size", "policy.micro_batch_size"],
+        {"reward.batch_size": "command line"},
+    )
     assert (c.reward.batch_size, c.reward.micro_batch_size) == (32, 16)
     # a default that already holds quick's value is quick's too: fitted the same
     c = load_config(WithBatches, None, ["--quick", "--policy.batch_size", "4"])
     changed, kept = set_quick_fields(c, {"policy.micro_batch_size": 8})
     assert (c.policy.batch_size, c.policy.micro_batch_size) == (4, 4) and changed == []
     assert kept == {"policy.micro_batch_size": "quick's 8 fitted to the given policy.batch_size"}
-

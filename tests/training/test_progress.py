@@ -1,4 +1,5 @@
 """Progress bars: one long unit of work still shows a moving clock."""
+
 import threading
 import time
 

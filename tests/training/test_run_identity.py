@@ -1,5 +1,6 @@
 """What identifies a run (training/run_identity.py): one list of result-free fields serves the
 stage fingerprint, the checkpoint's resume check and the finished-run check."""
+
 import dataclasses
 import json
 
@@ -15,7 +16,7 @@ from rlhfkit.recipes.rloo import RLOOConfig
 from rlhfkit.recipes.sft import SFTConfig
 from rlhfkit.training.config import ConfigError
 from rlhfkit.training.distributed import DistInfo
-from rlhfkit.training.run_identity import (check_resume_config, finished_run, resume_fingerprint, stage_settings)
+from rlhfkit.training.run_identity import check_resume_config, finished_run, resume_fingerprint, stage_settings
 
 TRAINED = [SFTConfig, RewardConfig, DPOConfig, KTOConfig, PPOConfig, GRPOConfig, RLOOConfig, ReinforceConfig]
 
@@ -63,7 +64,8 @@ def test_a_finished_run_is_the_same_run_under_another_sample_table_schedule(tmp_
     (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(written)))))
     (out / "final_metrics.json").write_text(json.dumps({"reward": 0.25}))
     info = DistInfo()
-    assert finished_run(GRPOConfig(output_dir=str(out), sample_every=5, learning_rate=1e-6), "grpo", info) == \
-        {"reward": 0.25}
+    assert finished_run(GRPOConfig(output_dir=str(out), sample_every=5, learning_rate=1e-6), "grpo", info) == {
+        "reward": 0.25
+    }
     with pytest.raises(ConfigError, match=r"other settings \(learning_rate: 1e-06 -> 3e-06\)"):
         finished_run(GRPOConfig(output_dir=str(out), sample_every=2, learning_rate=3e-6), "grpo", info)

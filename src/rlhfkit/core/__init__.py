@@ -1,4 +1,5 @@
 """Pure torch building blocks for RLHF (no I/O): masking, log-probs, KL, advantages, losses."""
+
 from .advantages import gae, group_normalised_advantages, rloo_advantages
 from .kl import AdaptiveKLController, FixedKLController, kl_controller, kl_k1, kl_k2, kl_k3, sequence_kl
 from .logprobs import entropy_from_logits, token_logprobs

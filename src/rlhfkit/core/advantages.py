@@ -1,4 +1,5 @@
 """Advantage estimators: GAE (PPO), RLOO, group-normalised (GRPO / Dr. GRPO)."""
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -54,9 +55,7 @@ def rloo_advantages(scores: torch.Tensor) -> torch.Tensor:
     return scores - others_mean
 
 
-def group_normalised_advantages(
-    scores: torch.Tensor, scale_by_std: bool = True, eps: float = 1e-4
-) -> torch.Tensor:
+def group_normalised_advantages(scores: torch.Tensor, scale_by_std: bool = True, eps: float = 1e-4) -> torch.Tensor:
     """Group-relative advantages.
 
     Shapes: ``scores`` [B, k] (k samples per prompt) -> [B, k].

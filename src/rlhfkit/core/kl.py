@@ -1,4 +1,5 @@
 """KL estimators (per token and summed per sequence) and KL-coefficient controllers."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, Union
@@ -29,8 +30,9 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.expm1(log_r) - log_r
 
 
-def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
-                estimator: str = "k1") -> torch.Tensor:
+def sequence_kl(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, estimator: str = "k1"
+) -> torch.Tensor:
     """Per-sequence KL(pi || ref) estimate ``[B]``: the per-token estimator summed over the response
     tokens (``mask``), in float32. ``k1``: ``sum_t (logp - ref_logp)``; ``k3``: ``sum_t (r - 1 -
     log r)``, ``r = pi_ref / pi``. Both are unbiased for the sequence KL on the policy's own

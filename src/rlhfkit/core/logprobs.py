@@ -1,4 +1,5 @@
 """Per-token log-probabilities and entropies from logits."""
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@
 Masks are ``bool`` or 0/1 tensors with the same shape as the values; every statistic here only
 reads positions where the mask is true (values under the mask may be anything, even inf/nan).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -52,9 +53,7 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return sq / (n - 1 if unbiased else n)
 
 
-def masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
-) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
     """Whiten ``x`` with the masked mean and unbiased variance.
 
     Shapes: ``x``, ``mask`` [...] -> same shape; positions outside the mask are returned as 0.

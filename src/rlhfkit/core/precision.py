@@ -22,6 +22,7 @@ On a CPU with AVX512-BF16 (this project's test machine) a SmolLM2-135M training 
 about 1.5 times as fast (docs/BENCHMARKS.md); on GPUs bfloat16 is the usual way to train. ``fp32`` (the default) is exact
 float32 everywhere. The differences bf16 makes are measured in ``docs/BENCHMARKS.md``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -80,6 +81,7 @@ def _fp32_head(class_forward):
         args = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
         with torch.autocast(device_type=_device_type(self), enabled=False):
             return class_forward(self, *args, **kwargs)
+
     return forward
 
 
@@ -87,6 +89,7 @@ def _bf16_forward(class_forward):
     def forward(self, *args, **kwargs):
         with torch.autocast(device_type=_device_type(self), dtype=torch.bfloat16):
             return class_forward(self, *args, **kwargs)
+
     return forward
 
 

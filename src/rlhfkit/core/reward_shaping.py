@@ -1,4 +1,5 @@
 """Turning sequence scores into KL-penalised rewards: per token (PPO) or per sequence (RLOO, REINFORCE)."""
+
 from __future__ import annotations
 
 from typing import Tuple, Union
@@ -11,8 +12,9 @@ from .masking import last_true_index
 _ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
-def kl_penalised_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-                         mask: torch.Tensor, kl_coef: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def kl_penalised_rewards(
+    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Sequence rewards with the KL leash in them (RLOO, REINFORCE; as TRL's RLOOTrainer):
     ``(scores - kl_coef * kl, kl)`` with ``kl`` the summed k1 over the response (``sequence_kl``).
 

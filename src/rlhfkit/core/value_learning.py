@@ -20,6 +20,7 @@ values of every token at a position.
 Decoding: ``logits + beta * (Q(s, a) - V(s))``: the behaviour policy (the model the data came
 from) reweighted by the advantage, ``pi(a|s) ∝ pi_beta(a|s) exp(beta * A(s, a))``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,9 +44,17 @@ def next_values(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return nxt * mask
 
 
-def ilql_losses(q_heads: list[torch.Tensor], target_q_taken: torch.Tensor, v: torch.Tensor, actions: torch.Tensor,
-                rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, tau: float = 0.7,
-                cql_alpha: float = 0.1) -> dict[str, torch.Tensor]:
+def ilql_losses(
+    q_heads: list[torch.Tensor],
+    target_q_taken: torch.Tensor,
+    v: torch.Tensor,
+    actions: torch.Tensor,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = 1.0,
+    tau: float = 0.7,
+    cql_alpha: float = 0.1,
+) -> dict[str, torch.Tensor]:
     """ILQL's losses (module docstring), means over real tokens.
 
     Args:
@@ -67,8 +76,7 @@ def ilql_losses(q_heads: list[torch.Tensor], target_q_taken: torch.Tensor, v: to
         ce = F.cross_entropy(q.flatten(0, 1).float(), actions.flatten(), reduction="none").view_as(mask)
         cql_loss = cql_loss + masked_mean(ce, mask)
     v_loss = masked_mean(expectile_loss(target_q_taken.detach() - v, tau), mask)
-    return {"loss": q_loss + v_loss + cql_alpha * cql_loss, "q_loss": q_loss, "v_loss": v_loss,
-            "cql_loss": cql_loss}
+    return {"loss": q_loss + v_loss + cql_alpha * cql_loss, "q_loss": q_loss, "v_loss": v_loss, "cql_loss": cql_loss}
 
 
 def advantage_logits(logits: torch.Tensor, q: torch.Tensor, v: torch.Tensor, beta: float) -> torch.Tensor:

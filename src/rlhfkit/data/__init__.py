@@ -1,6 +1,7 @@
 """rlhfkit.data: record types, validated readers, converters for the shared real data, loading
 training records and prompts (``loading``), held-out splits (``splits``), and tokenisation.
 Errors about user data are :class:`DataError` and name file, line and field."""
+
 from .errors import DataError
 from .records import (
     ROLES,

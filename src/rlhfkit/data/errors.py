@@ -8,6 +8,7 @@
 Line numbers are 1-based (line-oriented files); record indices of JSON lists, lists of dicts and
 Hugging Face datasets are 0-based (``dataset[i]``) and written in brackets.
 """
+
 from __future__ import annotations
 
 from os import PathLike
@@ -79,6 +80,7 @@ class DataError(ValueError):
 
 
 def _rebuild(message, path, line, field, reason, index):
-    err = DataError(message, path=path, line=None if index is not None else line, field=field,
-                    reason=reason, index=index)
+    err = DataError(
+        message, path=path, line=None if index is not None else line, field=field, reason=reason, index=index
+    )
     return err

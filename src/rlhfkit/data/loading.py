@@ -1,6 +1,7 @@
 """Reading data: training records from a named shared set or a file (exact duplicates dropped,
 rankings expanded to pairs), prompt pools, and the plain JSONL rows rlhfkit writes between stages.
 The recipes, the pipeline, the loop, the evaluation and the adversarial reward read through here."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,14 @@ def named_set(name: str, kind: str, ties: str = "drop"):
     return None
 
 
-def load_training_records(source: str, kind: str, on_error: str = "raise", ties: str = "drop",
-                          max_chars: int = 100_000, drop_duplicates: bool = True) -> list:
+def load_training_records(
+    source: str,
+    kind: str,
+    on_error: str = "raise",
+    ties: str = "drop",
+    max_chars: int = 100_000,
+    drop_duplicates: bool = True,
+) -> list:
     """Records from a named shared set, a file (JSONL, JSON, gz) or a ``datasets`` folder
     (``save_to_disk``); reports skipped lines. ``a+b`` (not itself a file) is the records of ``a``
     followed by those of ``b``, e.g. ``finegrained+oasst`` for preference-model pretraining on both.
@@ -51,8 +58,17 @@ def load_training_records(source: str, kind: str, on_error: str = "raise", ties:
         records = without_duplicates(records, source)
     n_rankings = sum(isinstance(r, RankingRecord) for r in records)
     # K-way rankings train the reward model as all their decided pairs; a corrected response is a demonstration
-    records = [x for r in records for x in (r.to_pairs() if isinstance(r, RankingRecord) else
-                                            [r.to_demonstration()] if isinstance(r, RewriteRecord) else [r])]
+    records = [
+        x
+        for r in records
+        for x in (
+            r.to_pairs()
+            if isinstance(r, RankingRecord)
+            else [r.to_demonstration()]
+            if isinstance(r, RewriteRecord)
+            else [r]
+        )
+    ]
     if n_rankings:
         print(f"{source}: {n_rankings} rankings expanded to {len(records)} pairs")
     if kind == "pairs" and ties == "drop":
@@ -75,8 +91,12 @@ def _read_source(source: str, kind: str, on_error: str, ties: str, max_chars: in
     if skipped:
         print(f"{source}: skipped {skipped} records: {dict(result.skipped)}")
     if not result.records:
-        raise DataError("no records in it" + (f" (skipped {skipped} bad ones: {dict(result.skipped)})" if skipped else
-                                              " (an empty file?)"), path=source, reason="invalid_value")
+        raise DataError(
+            "no records in it"
+            + (f" (skipped {skipped} bad ones: {dict(result.skipped)})" if skipped else " (an empty file?)"),
+            path=source,
+            reason="invalid_value",
+        )
     return result.records
 
 
@@ -126,8 +146,9 @@ def without_duplicates(records: list, source: str) -> list:
 
 
 # ----------------------------------------------------------------------------- prompts
-def load_prompts(source: str, prompt_words: int = 8, limit: int | None = None, seed: int = 0,
-                 unique: bool = False) -> list[str]:
+def load_prompts(
+    source: str, prompt_words: int = 8, limit: int | None = None, seed: int = 0, unique: bool = False
+) -> list[str]:
     """The prompt texts of ``source``: a named pool (``shared_sets.PROMPT_POOLS``: ``movie-reviews``,
     the first ``prompt_words`` words of each shared review; ``chat-first-turns``, the first human
     turns of OASST and HH-RLHF; with ``limit``, that many drawn with ``random.Random(seed)``, in
@@ -154,8 +175,7 @@ def tokenizer_corpus(source: str) -> list[str]:
     """The texts the pipeline's and the loop's tiny initial policy builds its tokenizer from: 600
     prompts of a named pool drawn with seed 0 (of ``movie-reviews``, the first 40 words of each
     review), or every prompt of a prompt file; each once."""
-    return load_prompts(source, prompt_words=40, limit=600 if source in shared_sets.PROMPT_POOLS else None,
-                        unique=True)
+    return load_prompts(source, prompt_words=40, limit=600 if source in shared_sets.PROMPT_POOLS else None, unique=True)
 
 
 # ----------------------------------------------------------------------------- JSONL rows

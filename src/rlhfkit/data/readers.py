@@ -20,6 +20,7 @@ Problems with the file as a whole (missing, not a JSON list, truncated gzip) alw
 JSON-lines files are read as bytes and decoded line by line so invalid UTF-8 gets its exact line;
 blank lines are ignored; a UTF-8 byte-order mark on the first line is accepted.
 """
+
 from __future__ import annotations
 
 import collections
@@ -121,12 +122,18 @@ def _whole_json_object(path: Path, data: bytes) -> dict | None:
         return None
     if not isinstance(value, dict):
         return None
-    wrapped = [k for k, v in value.items() if k != "messages" and isinstance(v, list) and v
-               and all(isinstance(x, dict) for x in v)]
+    wrapped = [
+        k
+        for k, v in value.items()
+        if k != "messages" and isinstance(v, list) and v and all(isinstance(x, dict) for x in v)
+    ]
     if wrapped:
-        raise DataError(f"this file holds one JSON object with the records in its field {wrapped[0]!r}; give "
-                        f"a JSON list of objects (that field's value) or JSON Lines, one object a line",
-                        path=path, reason="not_object")
+        raise DataError(
+            f"this file holds one JSON object with the records in its field {wrapped[0]!r}; give "
+            f"a JSON list of objects (that field's value) or JSON Lines, one object a line",
+            path=path,
+            reason="not_object",
+        )
     return value
 
 
@@ -134,8 +141,9 @@ def _decode_line(raw: bytes, lineno: int, path: Path) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"invalid UTF-8 at byte {e.start} of the line ({e.reason})", path=path,
-                        line=lineno, reason="invalid_utf8") from None
+        raise DataError(
+            f"invalid UTF-8 at byte {e.start} of the line ({e.reason})", path=path, line=lineno, reason="invalid_utf8"
+        ) from None
     if lineno == 1 and text.startswith("\ufeff"):
         text = text[1:]
     return text
@@ -145,14 +153,13 @@ def _parse_json(text: str, path, loc: dict) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON: {e.msg} at column {e.colno}", path=path, reason="malformed_json",
-                        **loc) from None
+        raise DataError(
+            f"malformed JSON: {e.msg} at column {e.colno}", path=path, reason="malformed_json", **loc
+        ) from None
     except RecursionError:
-        raise DataError("malformed JSON: nested too deeply", path=path, reason="malformed_json",
-                        **loc) from None
+        raise DataError("malformed JSON: nested too deeply", path=path, reason="malformed_json", **loc) from None
     except ValueError as e:  # Python's limit on integer digits (4300): a ValueError, not a JSONDecodeError
-        raise DataError(f"malformed JSON: {str(e).split(';')[0]}", path=path, reason="malformed_json",
-                        **loc) from None
+        raise DataError(f"malformed JSON: {str(e).split(';')[0]}", path=path, reason="malformed_json", **loc) from None
 
 
 def line_limit(max_chars: int | None) -> int | None:
@@ -165,8 +172,13 @@ def line_limit(max_chars: int | None) -> int | None:
 
 def _iter_jsonl(path: Path, data: bytes, max_line_bytes: int | None = None) -> Iterator[tuple[dict, Any]]:
     if data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":  # a problem of the whole file: always raised
-        raise DataError("this file holds a JSON array; JSON Lines needs one object per line (rename it .json "
-                        "to read it as a JSON list)", path=path, line=1, reason="malformed_json")
+        raise DataError(
+            "this file holds a JSON array; JSON Lines needs one object per line (rename it .json "
+            "to read it as a JSON list)",
+            path=path,
+            line=1,
+            reason="malformed_json",
+        )
     start, lineno = 0, 0
     while start <= len(data):  # line by line without copying them all (a giant line is not copied at all)
         end = data.find(b"\n", start)
@@ -174,8 +186,16 @@ def _iter_jsonl(path: Path, data: bytes, max_line_bytes: int | None = None) -> I
         lineno, length, raw_start, start = lineno + 1, end - start, start, end + 1
         loc = {"line": lineno}
         if max_line_bytes is not None and length > max_line_bytes:
-            yield loc, DataError(f"sample too long: a line of {length} bytes, more than any record within "
-                                 f"max_chars holds ({max_line_bytes})", path=path, reason="too_long", **loc)
+            yield (
+                loc,
+                DataError(
+                    f"sample too long: a line of {length} bytes, more than any record within "
+                    f"max_chars holds ({max_line_bytes})",
+                    path=path,
+                    reason="too_long",
+                    **loc,
+                ),
+            )
             continue
         raw = data[raw_start:end]
         if not raw.strip():
@@ -196,15 +216,15 @@ def _iter_json_list(path: Path, data: bytes) -> Iterator[tuple[dict, Any]]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON: {e.msg} at column {e.colno}", path=path, line=e.lineno,
-                        reason="malformed_json") from None
+        raise DataError(
+            f"malformed JSON: {e.msg} at column {e.colno}", path=path, line=e.lineno, reason="malformed_json"
+        ) from None
     except RecursionError:
         raise DataError("malformed JSON: nested too deeply", path=path, reason="malformed_json") from None
     except ValueError as e:  # Python's limit on integer digits (4300)
         raise DataError(f"malformed JSON: {str(e).split(';')[0]}", path=path, reason="malformed_json") from None
     if not isinstance(value, list):
-        raise DataError(f"expected a JSON list of objects, got {type(value).__name__}", path=path,
-                        reason="not_object")
+        raise DataError(f"expected a JSON list of objects, got {type(value).__name__}", path=path, reason="not_object")
     for i, v in enumerate(value):
         yield {"index": i}, v
 
@@ -222,17 +242,25 @@ def load_dataset_folder(path: Path):
     saying why the folder is not one."""
     if (path / "dataset_dict.json").is_file():
         splits = sorted(p.name for p in path.iterdir() if p.is_dir())
-        raise DataError(f"this folder holds a DatasetDict with splits {splits}; give one split's folder, "
-                        f"e.g. {path / (splits[0] if splits else 'train')}", path=path, reason="not_object")
+        raise DataError(
+            f"this folder holds a DatasetDict with splits {splits}; give one split's folder, "
+            f"e.g. {path / (splits[0] if splits else 'train')}",
+            path=path,
+            reason="not_object",
+        )
     if not all((path / name).is_file() for name in DATASET_FOLDER_FILES):
-        raise DataError(f"a folder, but not one written by datasets' save_to_disk (no "
-                        f"{' / '.join(DATASET_FOLDER_FILES)}); give a .jsonl / .json file or such a folder",
-                        path=path, reason="not_object")
+        raise DataError(
+            f"a folder, but not one written by datasets' save_to_disk (no "
+            f"{' / '.join(DATASET_FOLDER_FILES)}); give a .jsonl / .json file or such a folder",
+            path=path,
+            reason="not_object",
+        )
     try:
         import datasets
     except ImportError:
-        raise DataError("reading a datasets folder needs the `datasets` package", path=path,
-                        reason="not_object") from None
+        raise DataError(
+            "reading a datasets folder needs the `datasets` package", path=path, reason="not_object"
+        ) from None
     try:
         return datasets.load_from_disk(str(path))
     except Exception as e:  # noqa: BLE001 - a damaged folder: say so with the file named
@@ -257,8 +285,7 @@ def iter_raw(source, max_line_bytes: int | None = None) -> tuple[str, Iterator[t
                 return str(path), _iter_objects([whole], str(path))
         return str(path), _iter_jsonl(path, data, max_line_bytes)
     if type(source).__name__ in ("DatasetDict", "IterableDatasetDict"):
-        raise TypeError(f"got a {type(source).__name__} with splits {list(source)}; pass one split, "
-                        f"e.g. ds['train']")
+        raise TypeError(f"got a {type(source).__name__} with splits {list(source)}; pass one split, e.g. ds['train']")
     if isinstance(source, dict):
         raise TypeError("got a dict; pass a list of dicts, a datasets.Dataset or a path")
     label = "<dataset>" if type(source).__module__.startswith("datasets") else "<records>"
@@ -303,8 +330,13 @@ def read_records(source, kind: str, on_error: str = "raise", max_chars: int = 10
                 total = sum(len(t) for _, t in texts)
                 if total > max_chars:
                     longest = max(texts, key=lambda ft: len(ft[1]))[0]
-                    raise DataError(f"sample too long: {total} characters > max_chars={max_chars}",
-                                    path=label, field=longest, reason="too_long", **loc)
+                    raise DataError(
+                        f"sample too long: {total} characters > max_chars={max_chars}",
+                        path=label,
+                        field=longest,
+                        reason="too_long",
+                        **loc,
+                    )
         except DataError as e:
             if on_error == "raise":
                 raise e.with_traceback(None) from None
@@ -319,6 +351,7 @@ def _as_dict(r: Any) -> dict:
         return r.to_dict()
     if is_dataclass(r) and not isinstance(r, type):
         from dataclasses import asdict
+
         return asdict(r)
     if isinstance(r, dict):
         return r

@@ -18,6 +18,7 @@ Validation rules shared by all records:
   ``rewrite``, message ``content``) are non-empty strings (not only whitespace);
 - numbers are ``int``/``float`` but never ``bool``; booleans must be real ``bool``.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,7 @@ def _text(v: Any, name: str, *, allow_empty: bool = False) -> str:
         what = "a string" if allow_empty else "a non-empty string"
         raise DataError(f"expected {what}, got {_tname(v)}", field=name, reason="wrong_type")
     if not allow_empty and not v.strip():
-        raise DataError("expected a non-empty string, got an empty string", field=name,
-                        reason="empty_text")
+        raise DataError("expected a non-empty string, got an empty string", field=name, reason="empty_text")
     return v
 
 
@@ -116,8 +116,9 @@ def _labeler(d: dict) -> str | None:
     if v is None:
         return None
     if not isinstance(v, (str, int)) or isinstance(v, bool) or (isinstance(v, str) and not v.strip()):
-        raise DataError(f"expected a non-empty labeler id (string), got {_tname(v)}", field="labeler",
-                        reason="wrong_type")
+        raise DataError(
+            f"expected a non-empty labeler id (string), got {_tname(v)}", field="labeler", reason="wrong_type"
+        )
     return str(v)
 
 
@@ -175,7 +176,8 @@ class CompletionRecord(_Record):
         return cls(
             prompt=_text(_get(d, "prompt"), "prompt", allow_empty=True),
             completion=_text(_get(d, "completion"), "completion"),
-            labeler=_labeler(d), weight=_weight(d),
+            labeler=_labeler(d),
+            weight=_weight(d),
         )
 
 
@@ -197,17 +199,18 @@ class ConversationRecord(_Record):
         for i, m in enumerate(msgs):
             name = f"messages[{i}]"
             if not isinstance(m, dict):
-                raise DataError(f"expected an object with role and content, got {_tname(m)}",
-                                field=name, reason="wrong_type")
+                raise DataError(
+                    f"expected an object with role and content, got {_tname(m)}", field=name, reason="wrong_type"
+                )
             role = _text(_get_sub(m, "role", name), f"{name}.role")
             if role not in ROLES:
-                raise DataError(f"expected one of {', '.join(ROLES)}, got {role!r}",
-                                field=f"{name}.role", reason="invalid_value")
+                raise DataError(
+                    f"expected one of {', '.join(ROLES)}, got {role!r}", field=f"{name}.role", reason="invalid_value"
+                )
             content = _text(_get_sub(m, "content", name), f"{name}.content")
             out.append({"role": role, "content": content})
         if not any(m["role"] == "assistant" for m in out):
-            raise DataError("expected at least one assistant turn", field="messages",
-                            reason="invalid_value")
+            raise DataError("expected at least one assistant turn", field="messages", reason="invalid_value")
         return cls(messages=out, labeler=_labeler(d), weight=_weight(d))
 
     def to_dict(self) -> dict:
@@ -250,7 +253,8 @@ class PreferencePair(_Record):
             margin=None if margin is None else _number(margin, "margin"),
             tie=False if tie is None else _bool(tie, "tie"),
             subset=None if subset is None else _text(subset, "subset", allow_empty=True),
-            labeler=_labeler(d), weight=_weight(d),
+            labeler=_labeler(d),
+            weight=_weight(d),
         )
 
 
@@ -275,19 +279,22 @@ class RankingRecord(_Record):
         ranks = _list(_get(d, "ranks"), "ranks")
         for i, r in enumerate(ranks):
             if isinstance(r, bool) or not isinstance(r, int):
-                raise DataError(f"expected an integer rank, got {_tname(r)}", field=f"ranks[{i}]",
-                                reason="wrong_type")
+                raise DataError(f"expected an integer rank, got {_tname(r)}", field=f"ranks[{i}]", reason="wrong_type")
             if r < 0:
-                raise DataError(f"expected a rank >= 0, got {r}", field=f"ranks[{i}]",
-                                reason="invalid_value")
+                raise DataError(f"expected a rank >= 0, got {r}", field=f"ranks[{i}]", reason="invalid_value")
         if len(responses) < 2:
-            raise DataError(f"expected at least 2 responses, got {len(responses)}",
-                            field="responses", reason="invalid_value")
+            raise DataError(
+                f"expected at least 2 responses, got {len(responses)}", field="responses", reason="invalid_value"
+            )
         if len(ranks) != len(responses):
-            raise DataError(f"expected {len(responses)} ranks (one per response), got {len(ranks)}",
-                            field="ranks", reason="invalid_value")
-        return cls(prompt=prompt, responses=responses, ranks=[int(r) for r in ranks],
-                   labeler=_labeler(d), weight=_weight(d))
+            raise DataError(
+                f"expected {len(responses)} ranks (one per response), got {len(ranks)}",
+                field="ranks",
+                reason="invalid_value",
+            )
+        return cls(
+            prompt=prompt, responses=responses, ranks=[int(r) for r in ranks], labeler=_labeler(d), weight=_weight(d)
+        )
 
     def to_pairs(self, subset: str | None = None) -> list[PreferencePair]:
         """Every pair of responses with different ranks, better one as ``chosen`` (ties skipped).
@@ -301,8 +308,16 @@ class RankingRecord(_Record):
                 if self.ranks[i] == self.ranks[j]:
                     continue
                 a, b = (i, j) if self.ranks[i] < self.ranks[j] else (j, i)
-                pairs.append(PreferencePair(self.prompt, self.responses[a], self.responses[b],
-                                            subset=subset, labeler=self.labeler, weight=self.weight))
+                pairs.append(
+                    PreferencePair(
+                        self.prompt,
+                        self.responses[a],
+                        self.responses[b],
+                        subset=subset,
+                        labeler=self.labeler,
+                        weight=self.weight,
+                    )
+                )
         return pairs
 
 
@@ -330,11 +345,13 @@ class RatingRecord(_Record):
         lo = _number(d.get("scale_min", 1), "scale_min")
         hi = _number(d.get("scale_max", 7), "scale_max")
         if not lo < hi:
-            raise DataError(f"expected scale_min < scale_max, got {lo:g} >= {hi:g}",
-                            field="scale_max", reason="invalid_value")
+            raise DataError(
+                f"expected scale_min < scale_max, got {lo:g} >= {hi:g}", field="scale_max", reason="invalid_value"
+            )
         if not lo <= rating <= hi:
-            raise DataError(f"expected a rating in [{lo:g}, {hi:g}], got {rating:g}",
-                            field="rating", reason="invalid_value")
+            raise DataError(
+                f"expected a rating in [{lo:g}, {hi:g}], got {rating:g}", field="rating", reason="invalid_value"
+            )
         flags = d.get("flags")
         flags = [] if flags is None else _list(flags, "flags")
         flags = [_text(f, f"flags[{i}]") for i, f in enumerate(flags)]
@@ -364,7 +381,8 @@ class ThumbsRecord(_Record):
             prompt=_text(_get(d, "prompt"), "prompt", allow_empty=True),
             completion=_text(_get(d, "completion"), "completion"),
             label=_bool(_get(d, "label"), "label"),
-            labeler=_labeler(d), weight=_weight(d),
+            labeler=_labeler(d),
+            weight=_weight(d),
         )
 
 
@@ -386,7 +404,8 @@ class RewriteRecord(_Record):
             prompt=_text(_get(d, "prompt"), "prompt", allow_empty=True),
             original=_text(_get(d, "original"), "original"),
             rewrite=_text(_get(d, "rewrite"), "rewrite"),
-            labeler=_labeler(d), weight=_weight(d),
+            labeler=_labeler(d),
+            weight=_weight(d),
         )
 
     def to_demonstration(self) -> CompletionRecord:
@@ -395,5 +414,6 @@ class RewriteRecord(_Record):
 
     def to_pair(self, subset: str | None = None) -> PreferencePair:
         """The rewrite preferred over the original (a common use of corrections)."""
-        return PreferencePair(self.prompt, self.rewrite, self.original, subset=subset, labeler=self.labeler,
-                              weight=self.weight)
+        return PreferencePair(
+            self.prompt, self.rewrite, self.original, subset=subset, labeler=self.labeler, weight=self.weight
+        )

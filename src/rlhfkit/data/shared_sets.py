@@ -15,6 +15,7 @@ Counts on the files shipped there (measured, and checked by tests/data/test_shar
   2,312 HH-RLHF harmless dialogues; at most 25 words and deduplicated: 68 OASST + 2,008 HH =
   2,076 prompts (2,277 without the length limit).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -86,7 +87,8 @@ def shared_data_dir() -> Path:
         if p.is_dir():
             return p
     raise FileNotFoundError(
-        "shared real-data folder not found; looked in " + ", ".join(map(str, tried))
+        "shared real-data folder not found; looked in "
+        + ", ".join(map(str, tried))
         + " (set RLHFKIT_SHARED_DATA to its location)"
     )
 
@@ -139,12 +141,12 @@ def load_hh_rlhf(path=None, *, keep_empty: bool = False, subset: str | None = "h
             try:
                 d = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise DataError(f"malformed JSON line ({type(e).__name__})", path=p, line=lineno,
-                                reason="malformed_json") from None
+                raise DataError(
+                    f"malformed JSON line ({type(e).__name__})", path=p, line=lineno, reason="malformed_json"
+                ) from None
             for k in ("chosen", "rejected"):
                 if not isinstance(d.get(k), str):
-                    raise DataError("expected a string dialogue", path=p, line=lineno, field=k,
-                                    reason="wrong_type")
+                    raise DataError("expected a string dialogue", path=p, line=lineno, field=k, reason="wrong_type")
             try:
                 prompt, c, r = split_hh_dialogue(d["chosen"], d["rejected"])
             except ValueError:
@@ -187,7 +189,7 @@ def prompt_format(question: str, passages: Sequence[Sequence[str]] = ()) -> str:
             continue
         title, sentences = passage[0].strip(), [s.strip() for s in passage[1:]]
         if sentences and title and sentences[0].startswith(title):
-            sentences[0] = sentences[0][len(title):].strip()
+            sentences[0] = sentences[0][len(title) :].strip()
         body = " ".join(s for s in (" ".join(x.split()) for x in sentences) if s)
         lines.append(f"[{k}] {title}: {body}" if title else f"[{k}] {body}")
     if lines:
@@ -221,11 +223,11 @@ def load_finegrained(path=None, ties: str = "drop", subset: str = "finegrained")
             prefs = item["preference"]
             preds = {a: item[f"prediction {a}"] for a in range(1, 5)}
         except (KeyError, TypeError, AttributeError) as e:
-            raise DataError(f"unexpected record layout ({e!r})", path=p, index=i,
-                            reason="missing_field") from None
+            raise DataError(f"unexpected record layout ({e!r})", path=p, index=i, reason="missing_field") from None
         if len(prefs) != len(FINEGRAINED_PAIRS):
-            raise DataError(f"expected {len(FINEGRAINED_PAIRS)} preferences, got {len(prefs)}",
-                            path=p, index=i, field="preference")
+            raise DataError(
+                f"expected {len(FINEGRAINED_PAIRS)} preferences, got {len(prefs)}", path=p, index=i, field="preference"
+            )
         for (a, b), pref in zip(FINEGRAINED_PAIRS, prefs):
             ta, tb = preds[a].strip(), preds[b].strip()
             if not ta or not tb:
@@ -270,8 +272,12 @@ def render_dialogue(messages: Sequence[dict]) -> str:
 
 
 def _oasst_ok(node: dict) -> bool:
-    return not node.get("deleted", False) and node.get("review_result", True) is not False \
-        and isinstance(node.get("text"), str) and bool(node["text"].strip())
+    return (
+        not node.get("deleted", False)
+        and node.get("review_result", True) is not False
+        and isinstance(node.get("text"), str)
+        and bool(node["text"].strip())
+    )
 
 
 def load_oasst(path=None, subset: str = "oasst") -> OasstData:
@@ -302,8 +308,7 @@ def load_oasst(path=None, subset: str = "oasst") -> OasstData:
             for text, rank in zip(rec.responses, rec.ranks):
                 if rank == best:
                     out.demonstrations.append(CompletionRecord(prompt, text))
-                    out.conversations.append(
-                        ConversationRecord(msgs + [{"role": "assistant", "content": text}]))
+                    out.conversations.append(ConversationRecord(msgs + [{"role": "assistant", "content": text}]))
                     break
         for r in replies:
             walk(r, msgs)
@@ -316,16 +321,22 @@ def load_oasst(path=None, subset: str = "oasst") -> OasstData:
                 tree = json.loads(raw.decode("utf-8"))
                 root = tree["prompt"]
             except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"malformed OASST tree ({type(e).__name__})", path=p, line=lineno,
-                                field="prompt" if isinstance(e, (KeyError, TypeError)) else None,
-                                reason="malformed_json") from None
+                raise DataError(
+                    f"malformed OASST tree ({type(e).__name__})",
+                    path=p,
+                    line=lineno,
+                    field="prompt" if isinstance(e, (KeyError, TypeError)) else None,
+                    reason="malformed_json",
+                ) from None
             if isinstance(root, dict) and _oasst_ok(root):
                 walk(root, [])
     return out
 
 
 # ----------------------------------------------------------------------------- movie reviews
-def load_movie_review_prompts(path=None, n_words: int = 8, limit: int | None = None, seed: int = 0) -> list[PromptRecord]:
+def load_movie_review_prompts(
+    path=None, n_words: int = 8, limit: int | None = None, seed: int = 0
+) -> list[PromptRecord]:
     """The first ``n_words`` whitespace-separated words of each review in ``movie_reviews.zip``
     (read in place with zipfile; the corpus is lower-cased with punctuation split into separate
     tokens, which count as words). Reviews in sorted file order (neg then pos); with ``limit``, a
@@ -336,8 +347,9 @@ def load_movie_review_prompts(path=None, n_words: int = 8, limit: int | None = N
     p = _path(path, MOVIES_FILE)
     prompts = []
     with zipfile.ZipFile(p) as z:
-        names = sorted(n for n in z.namelist()
-                       if n.endswith(".txt") and ("/pos/" in n or "/neg/" in n or n.count("/") == 0))
+        names = sorted(
+            n for n in z.namelist() if n.endswith(".txt") and ("/pos/" in n or "/neg/" in n or n.count("/") == 0)
+        )
         if limit is not None and limit < len(names):
             keep = set(random.Random(seed).sample(range(len(names)), limit))
             names = [n for i, n in enumerate(names) if i in keep]

@@ -1,6 +1,7 @@
 """Held-out splits and subsets of records: whole prompts held out (compared case and spacing
 aside), training records that share a prompt with a held-out file dropped, seeded draws and
 prefixes (the ``max_*`` limits)."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ def split_holdout(records: list, eval_fraction: float, seed: int) -> tuple[list,
     order = torch.randperm(len(records), generator=g).tolist()
     n_eval = int(round(len(records) * eval_fraction))
     train = [records[i] for i in order[: len(records) - n_eval]]
-    held = [records[i] for i in order[len(records) - n_eval:]]
+    held = [records[i] for i in order[len(records) - n_eval :]]
     return train, held
 
 
@@ -57,13 +58,17 @@ def split_key(record) -> str:
     texts = []
     for k in _RESPONSE_FIELDS:
         v = d.get(k)
-        texts += [json.dumps(x, sort_keys=True, ensure_ascii=False) for x in (v if isinstance(v, list) else [v])
-                  if x is not None]
+        texts += [
+            json.dumps(x, sort_keys=True, ensure_ascii=False)
+            for x in (v if isinstance(v, list) else [v])
+            if x is not None
+        ]
     return "\0texts " + json.dumps(sorted(texts), ensure_ascii=False)
 
 
-def split_by_prompt(items: list, fraction: float, seed: int, prompt_of=split_key,
-                    shuffle: bool = False) -> tuple[list, list]:
+def split_by_prompt(
+    items: list, fraction: float, seed: int, prompt_of=split_key, shuffle: bool = False
+) -> tuple[list, list]:
     """``(train, held-out)`` items, whole prompts held out (``split_holdout`` over the distinct
     prompts, in first-seen order, compared as :func:`prompt_key` gives them): with several items
     per prompt (K-way rankings, one pair labelled by several people, a chosen and a rejected
@@ -80,8 +85,10 @@ def split_by_prompt(items: list, fraction: float, seed: int, prompt_of=split_key
     train = [x for x, k in zip(items, keys) if k not in held]
     held_out = [x for x, k in zip(items, keys) if k in held]
     if fraction > 0 and items and not held_out:
-        print(f"held-out split: a fraction of {fraction:g} of {len(distinct)} distinct prompts rounds to none: nothing "
-              "is held out (more prompts, a larger fraction, or a held-out file)")
+        print(
+            f"held-out split: a fraction of {fraction:g} of {len(distinct)} distinct prompts rounds to none: nothing "
+            "is held out (more prompts, a larger fraction, or a held-out file)"
+        )
     if shuffle:
         g = torch.Generator().manual_seed(seed)
         train = [train[i] for i in torch.randperm(len(train), generator=g).tolist()]
@@ -100,8 +107,7 @@ def drop_held_out_copies(train: list, held: list, source: str, views=None) -> li
     held_keys = {split_key(r) for r in held}
     kept = [r for r in train if not any(split_key(v) in held_keys for v in views(r))]
     if len(kept) < len(train):
-        print(f"{source}: dropped {len(train) - len(kept)} training records that share a prompt with the "
-              "held-out data")
+        print(f"{source}: dropped {len(train) - len(kept)} training records that share a prompt with the held-out data")
     return kept
 
 

@@ -11,6 +11,7 @@ boundaries exact and encoder tokenizers' ``[CLS] a [SEP] b [SEP]`` layout correc
   prompt so the end of the response (the token the reward head reads) survives.
 - :func:`pad_sequences`: left or right padding to a ``[B, T]`` LongTensor plus attention mask.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -19,8 +20,7 @@ import torch
 
 from .records import CompletionRecord, ConversationRecord
 
-__all__ = ["IGNORE_INDEX", "tokenize_sft", "tokenize_pair", "pad_sequences", "special_layout",
-           "FALLBACK_ROLE_NAMES"]
+__all__ = ["IGNORE_INDEX", "tokenize_sft", "tokenize_pair", "pad_sequences", "special_layout", "FALLBACK_ROLE_NAMES"]
 
 IGNORE_INDEX = -100
 FALLBACK_ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -36,7 +36,7 @@ def _encode(tokenizer, text: str) -> list[int]:
 def _locate(seq: list[int], sub: list[int], start: int = 0) -> int:
     n = len(sub)
     for k in range(start, len(seq) - n + 1):
-        if seq[k:k + n] == sub:
+        if seq[k : k + n] == sub:
             return k
     raise ValueError("cannot locate the probe text in the tokenizer's special-token layout")
 
@@ -48,17 +48,16 @@ def special_layout(tokenizer, pair: bool = False) -> tuple[list[int], ...]:
     if not pair:
         full = list(tokenizer(_PROBE_A)["input_ids"])
         i = _locate(full, a)
-        return full[:i], full[i + len(a):]
+        return full[:i], full[i + len(a) :]
     b = _encode(tokenizer, _PROBE_B)
     full = list(tokenizer(_PROBE_A, _PROBE_B)["input_ids"])
     i = _locate(full, a)
     j = _locate(full, b, i + len(a))
-    return full[:i], full[i + len(a):j], full[j + len(b):]
+    return full[:i], full[i + len(a) : j], full[j + len(b) :]
 
 
 def _is_encoder(tokenizer) -> bool:
-    return getattr(tokenizer, "cls_token_id", None) is not None and \
-        getattr(tokenizer, "sep_token_id", None) is not None
+    return getattr(tokenizer, "cls_token_id", None) is not None and getattr(tokenizer, "sep_token_id", None) is not None
 
 
 # ----------------------------------------------------------------------------- SFT
@@ -85,8 +84,7 @@ def tokenize_sft(record, tokenizer, max_length: int) -> dict[str, list[int]]:
       :data:`FALLBACK_ROLE_NAMES`), labels on each assistant content and its EOS.
     """
     if isinstance(record, dict):
-        record = ConversationRecord.from_dict(record) if "messages" in record else \
-            CompletionRecord.from_dict(record)
+        record = ConversationRecord.from_dict(record) if "messages" in record else CompletionRecord.from_dict(record)
     if max_length < 1:
         raise ValueError("max_length must be >= 1")
     eos = tokenizer.eos_token_id
@@ -101,14 +99,12 @@ def tokenize_sft(record, tokenizer, max_length: int) -> dict[str, list[int]]:
         else:
             ids, labels = _fallback_chat_tokens(record.messages, tokenizer)
     else:
-        raise TypeError(f"tokenize_sft takes a CompletionRecord or ConversationRecord, got "
-                        f"{type(record).__name__}")
+        raise TypeError(f"tokenize_sft takes a CompletionRecord or ConversationRecord, got {type(record).__name__}")
     return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
 
 
 def _render(tokenizer, messages, add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(list(messages), tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def _chat_template_tokens(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:
@@ -120,9 +116,8 @@ def _chat_template_tokens(messages: list[dict], tokenizer) -> tuple[list[int], l
             continue
         try:
             start_text = _render(tokenizer, messages[:i], True) if i else ""
-            end_text = _render(tokenizer, messages[:i + 1], False)
-            ok = full.startswith(end_text) and end_text.startswith(start_text) and \
-                len(start_text) >= cursor
+            end_text = _render(tokenizer, messages[: i + 1], False)
+            ok = full.startswith(end_text) and end_text.startswith(start_text) and len(start_text) >= cursor
         except Exception:  # some templates refuse partial conversations
             ok = False
         if ok:
@@ -141,8 +136,9 @@ def _chat_template_tokens(messages: list[dict], tokenizer) -> tuple[list[int], l
         offsets = None
     if offsets is not None:
         ids = list(enc["input_ids"])
-        labels = [tid if any(s <= a < e for s, e in spans) and b > a else IGNORE_INDEX
-                  for tid, (a, b) in zip(ids, offsets)]
+        labels = [
+            tid if any(s <= a < e for s, e in spans) and b > a else IGNORE_INDEX for tid, (a, b) in zip(ids, offsets)
+        ]
         return ids, labels
     # slow tokenizer: tokenise the pieces between span boundaries separately
     ids, labels, pos = [], [], 0
@@ -179,16 +175,17 @@ def _fit(p: list[int], r: list[int], budget: int, side: str) -> tuple[list[int],
         return p, r
     if side == "left":  # drop from the left of the prompt, then of the response
         if len(r) >= budget:
-            return [], r[len(r) - budget:] if budget > 0 else []
-        return p[len(p) + len(r) - budget:], r
+            return [], r[len(r) - budget :] if budget > 0 else []
+        return p[len(p) + len(r) - budget :], r
     # right: keep the start
     if len(p) >= budget:
         return p[:budget], []
-    return p, r[:budget - len(p)]
+    return p, r[: budget - len(p)]
 
 
-def tokenize_pair(prompt: str, response: str, tokenizer, max_length: int,
-                  truncation_side: str = "left", *, add_eos: bool = True) -> list[int]:
+def tokenize_pair(
+    prompt: str, response: str, tokenizer, max_length: int, truncation_side: str = "left", *, add_eos: bool = True
+) -> list[int]:
     """Token ids of ``prompt ⊕ response`` for a reward model, at most ``max_length`` long.
 
     - Causal tokenizers: ``prefix + tok(prompt) + tok(response) + [eos]`` (``prefix`` = what the
@@ -227,8 +224,9 @@ def tokenize_pair(prompt: str, response: str, tokenizer, max_length: int,
 
 
 # ----------------------------------------------------------------------------- padding
-def pad_sequences(seqs: Sequence[Sequence[int] | torch.Tensor], pad_id: int,
-                  side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+def pad_sequences(
+    seqs: Sequence[Sequence[int] | torch.Tensor], pad_id: int, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad variable-length id lists to ``ids`` LongTensor ``[B, T]`` (T = longest) and a 0/1
     LongTensor ``attention_mask`` ``[B, T]`` (1 on real tokens). ``side="left"`` puts the padding
     first (generation, last-token reward reads). Also pads labels with ``pad_id=-100``."""
@@ -245,5 +243,5 @@ def pad_sequences(seqs: Sequence[Sequence[int] | torch.Tensor], pad_id: int,
         if side == "right":
             ids[i, :n], mask[i, :n] = r, 1
         else:
-            ids[i, T - n:], mask[i, T - n:] = r, 1
+            ids[i, T - n :], mask[i, T - n :] = r, 1
     return ids, mask

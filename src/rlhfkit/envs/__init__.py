@@ -1,9 +1,10 @@
 """Gym-style environments for language tasks (the Gymnasium API; ``pip install 'rlhfkit[envs]'``).
 
-    import gymnasium as gym
-    import rlhfkit.envs  # registers rlhfkit/TextGeneration-v0
-    env = gym.make("rlhfkit/TextGeneration-v0", tokenizer=tok, prompts=["The film was"], reward="vader")
+import gymnasium as gym
+import rlhfkit.envs  # registers rlhfkit/TextGeneration-v0
+env = gym.make("rlhfkit/TextGeneration-v0", tokenizer=tok, prompts=["The film was"], reward="vader")
 """
+
 import gymnasium
 
 from .text import TextGenerationEnv, run_policy_episode

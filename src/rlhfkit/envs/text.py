@@ -23,6 +23,7 @@ implementation: the state is the prompt and the tokens so far, the action the ne
 A KL penalty to a reference model is left to the algorithm (as in RL4LMs): it needs the policy's
 own log-probabilities, which the environment does not see.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -46,9 +47,18 @@ class TextGenerationEnv(gym.Env):
 
     metadata = {"render_modes": ["ansi"]}
 
-    def __init__(self, tokenizer: Any, prompts: Sequence[str] | Sequence[dict], reward: str | Callable,
-                 max_new_tokens: int = 32, max_prompt_length: int = 64, chat_template: bool = False,
-                 missing_eos_penalty: float = 0.0, render_mode: str | None = None, vocab_size: int = 0):
+    def __init__(
+        self,
+        tokenizer: Any,
+        prompts: Sequence[str] | Sequence[dict],
+        reward: str | Callable,
+        max_new_tokens: int = 32,
+        max_prompt_length: int = 64,
+        chat_template: bool = False,
+        missing_eos_penalty: float = 0.0,
+        render_mode: str | None = None,
+        vocab_size: int = 0,
+    ):
         from rlhfkit.rewards import build_reward
 
         texts = [p["prompt"] if isinstance(p, dict) else p for p in prompts]
@@ -76,8 +86,9 @@ class TextGenerationEnv(gym.Env):
             raise ValueError(f"vocab_size {vocab} is below the tokenizer's {len(tokenizer)} tokens")
         self.action_space = spaces.Discrete(vocab)
         ids = spaces.Box(0, vocab - 1, shape=(self.length,), dtype=np.int64)
-        self.observation_space = spaces.Dict({"input_ids": ids,
-                                              "attention_mask": spaces.Box(0, 1, shape=(self.length,), dtype=np.int64)})
+        self.observation_space = spaces.Dict(
+            {"input_ids": ids, "attention_mask": spaces.Box(0, 1, shape=(self.length,), dtype=np.int64)}
+        )
         self._prompt: str | None = None
         self._prompt_ids: list[int] = []
         self._response: list[int] = []
@@ -111,8 +122,12 @@ class TextGenerationEnv(gym.Env):
             text = self.response_text()
             score = float(self.reward_fn([self._prompt], [text])[0])
             reward = score - (self.missing_eos_penalty if truncated else 0.0)
-            info = {"prompt": self._prompt, "response": text, "task_reward": score,
-                    "response_tokens": len(self._response)}
+            info = {
+                "prompt": self._prompt,
+                "response": text,
+                "task_reward": score,
+                "response_tokens": len(self._response),
+            }
         return self._observation(), reward, terminated, truncated, info
 
     def render(self):
@@ -135,12 +150,13 @@ class TextGenerationEnv(gym.Env):
         seq = self._prompt_ids + self._response
         ids = np.full(self.length, int(self.tokenizer.pad_token_id), dtype=np.int64)
         mask = np.zeros(self.length, dtype=np.int64)
-        ids[:len(seq)], mask[:len(seq)] = seq, 1
+        ids[: len(seq)], mask[: len(seq)] = seq, 1
         return {"input_ids": ids, "attention_mask": mask}
 
 
-def run_policy_episode(env, model, seed: int | None = None, temperature: float = 1.0,
-                       options: dict | None = None, use_cache: bool = True) -> tuple[float, dict]:
+def run_policy_episode(
+    env, model, seed: int | None = None, temperature: float = 1.0, options: dict | None = None, use_cache: bool = True
+) -> tuple[float, dict]:
     """One episode of ``env`` (a ``TextGenerationEnv``, or it wrapped by ``gymnasium.make``) with
     a Hugging Face causal LM as the policy (each token sampled from its next-token distribution at
     ``temperature``; 0 = greedy). Returns ``(return, final info)``. A reference loop for people
@@ -159,13 +175,13 @@ def run_policy_episode(env, model, seed: int | None = None, temperature: float =
         n = int(obs["attention_mask"].sum())
         ids = torch.as_tensor(obs["input_ids"][:n]).unsqueeze(0)
         with torch.no_grad():
-            if use_cache and past is not None and n > seen.shape[1] and torch.equal(ids[:, :seen.shape[1]], seen):
-                out = model(input_ids=ids[:, seen.shape[1]:], past_key_values=past, use_cache=True)
+            if use_cache and past is not None and n > seen.shape[1] and torch.equal(ids[:, : seen.shape[1]], seen):
+                out = model(input_ids=ids[:, seen.shape[1] :], past_key_values=past, use_cache=True)
             else:
                 out = model(input_ids=ids, use_cache=use_cache)
             past, seen = (out.past_key_values, ids) if use_cache else (None, None)
             # a model wider than the environment (padded output layer) picks only among its actions
-            logits = out.logits[0, -1, :int(env.action_space.n)].float()
+            logits = out.logits[0, -1, : int(env.action_space.n)].float()
         if temperature == 0:
             action = int(logits.argmax())
         else:

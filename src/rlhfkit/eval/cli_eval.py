@@ -17,6 +17,7 @@ and fits a Bradley-Terry leaderboard with bootstrap intervals (``eval.leaderboar
 Results go to ``output/eval.json`` (or ``leaderboard.json``) and ``samples.jsonl`` when ``output``
 is set; ``run`` also returns them.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,14 +38,26 @@ __all__ = ["EvalConfig", "LeaderboardConfig", "run", "run_leaderboard", "load_ev
 
 @dataclass
 class _Sampling:
-    prompts: str = field(default="movie-reviews", metadata={"help": "movie-reviews (first words of the shared reviews), chat-first-turns (first human turns of OASST and HH-RLHF) or a JSONL/JSON file of {\"prompt\": ...}"})
+    prompts: str = field(
+        default="movie-reviews",
+        metadata={
+            "help": 'movie-reviews (first words of the shared reviews), chat-first-turns (first human turns of OASST and HH-RLHF) or a JSONL/JSON file of {"prompt": ...}'
+        },
+    )
     prompt_words: int = field(default=8, metadata={"help": "movie-reviews: words per prompt"})
     max_prompts: int = field(default=64, metadata={"help": "evaluate on this many prompts (0 = all), drawn by seed"})
-    exclude_prompts: str = field(default="", metadata={"help": "a prompt file (e.g. the training prompts) whose prompts are left out: held-out evaluation"})
-    chat_template: bool = field(default=False, metadata={"help": "wrap each prompt as a user turn with the tokenizer's chat template"})
+    exclude_prompts: str = field(
+        default="",
+        metadata={"help": "a prompt file (e.g. the training prompts) whose prompts are left out: held-out evaluation"},
+    )
+    chat_template: bool = field(
+        default=False, metadata={"help": "wrap each prompt as a user turn with the tokenizer's chat template"}
+    )
     max_prompt_length: int = field(default=64, metadata={"help": "prompt tokens kept (the last ones)"})
     max_new_tokens: int = field(default=32, metadata={"help": "response tokens generated at most"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (0 = greedy); also used in the KL log-prob passes"})
+    temperature: float = field(
+        default=1.0, metadata={"help": "sampling temperature (0 = greedy); also used in the KL log-prob passes"}
+    )
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (1 = off)"})
     top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)"})
     batch_size: int = field(default=16, metadata={"help": "prompts per generation batch"})
@@ -52,22 +65,47 @@ class _Sampling:
     tie_eps: float = field(default=0.0, metadata={"help": "score differences at most this big are ties (count 1/2)"})
     n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples for the 95% intervals"})
     seed: int = field(default=0, metadata={"help": "seed of the prompt draw, sampling and bootstrap"})
-    output: str = field(default="", metadata={"help": "folder for the JSON results and samples.jsonl (empty = print only)"})
+    output: str = field(
+        default="", metadata={"help": "folder for the JSON results and samples.jsonl (empty = print only)"}
+    )
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = default)"})
 
 
 @dataclass
 class EvalConfig(_Sampling):
-    policy: str = field(default="outputs/ppo/model", metadata={"help": "the trained policy: a folder, .gguf file, HF name or smollm2-135m"})
+    policy: str = field(
+        default="outputs/ppo/model",
+        metadata={"help": "the trained policy: a folder, .gguf file, HF name or smollm2-135m"},
+    )
     reference: str = field(default="smollm2-135m", metadata={"help": "the reference policy it is compared with"})
-    judge: str = field(default="vader", metadata={"help": "who decides the win rate: a reward spec (rm:PATH, vader, toxicity, fn:..., weighted sums) or people (feedback-app tasks)"})
-    gold: str = field(default="", metadata={"help": "offline gold judge for mean scores (reward spec); empty = the judge unless it is people"})
-    kl: bool = field(default=True, metadata={"help": "measure the KL of the policy to the reference (needs the same tokenizer)"})
-    db: str = field(default="feedback.db", metadata={"help": "judge=people / collect: feedback store (SQLite file or SQLAlchemy URL)"})
-    project: str = field(default="", metadata={"help": "judge=people: name of the comparison project to create (default eval-<time>)"})
+    judge: str = field(
+        default="vader",
+        metadata={
+            "help": "who decides the win rate: a reward spec (rm:PATH, vader, toxicity, fn:..., weighted sums) or people (feedback-app tasks)"
+        },
+    )
+    gold: str = field(
+        default="",
+        metadata={"help": "offline gold judge for mean scores (reward spec); empty = the judge unless it is people"},
+    )
+    kl: bool = field(
+        default=True, metadata={"help": "measure the KL of the policy to the reference (needs the same tokenizer)"}
+    )
+    db: str = field(
+        default="feedback.db",
+        metadata={"help": "judge=people / collect: feedback store (SQLite file or SQLAlchemy URL)"},
+    )
+    project: str = field(
+        default="", metadata={"help": "judge=people: name of the comparison project to create (default eval-<time>)"}
+    )
     overlap: int = field(default=1, metadata={"help": "judge=people: labelers per comparison"})
-    collect: str = field(default="", metadata={"help": "read the human verdicts of this feedback project into a win rate (no generation)"})
-    both_bad: str = field(default="tie", metadata={"help": "collect: a 'both bad' verdict counts as a tie or is dropped (drop)"})
+    collect: str = field(
+        default="",
+        metadata={"help": "read the human verdicts of this feedback project into a win rate (no generation)"},
+    )
+    both_bad: str = field(
+        default="tie", metadata={"help": "collect: a 'both bad' verdict counts as a tie or is dropped (drop)"}
+    )
 
     def validate(self) -> None:
         if self.both_bad not in ("tie", "drop"):
@@ -84,9 +122,16 @@ class EvalConfig(_Sampling):
 
 @dataclass
 class LeaderboardConfig(_Sampling):
-    models: list[str] = field(default_factory=list, metadata={"help": "comma-separated models (name=path or path; the name defaults to the folder name)"})
-    judge: str = field(default="vader", metadata={"help": "reward spec that judges every battle (ignored with project)"})
-    project: str = field(default="", metadata={"help": "read battles from this feedback project's human labels instead of generating"})
+    models: list[str] = field(
+        default_factory=list,
+        metadata={"help": "comma-separated models (name=path or path; the name defaults to the folder name)"},
+    )
+    judge: str = field(
+        default="vader", metadata={"help": "reward spec that judges every battle (ignored with project)"}
+    )
+    project: str = field(
+        default="", metadata={"help": "read battles from this feedback project's human labels instead of generating"}
+    )
     db: str = field(default="feedback.db", metadata={"help": "project: feedback store (SQLite file or SQLAlchemy URL)"})
     anchor: str = field(default="", metadata={"help": "model fixed at rating 1000 (empty = mean rating 1000)"})
 
@@ -135,15 +180,29 @@ def _sample_model(spec: str, prompts: list[str], c: _Sampling, salt: int, logpro
 
     print(f"eval: loading {name or 'model'} {spec}", flush=True)
     model, tok = load_policy(spec)
-    ros = generate_responses(model, tok, prompts, _sampling(c), seed=step_seed(c.seed, 0, salt),
-                             batch_size=c.batch_size, max_prompt_length=c.max_prompt_length,
-                             chat_template=c.chat_template, behaviour_logprobs=logprobs,
-                             desc=f"eval: {name or 'model'} replies")
+    ros = generate_responses(
+        model,
+        tok,
+        prompts,
+        _sampling(c),
+        seed=step_seed(c.seed, 0, salt),
+        batch_size=c.batch_size,
+        max_prompt_length=c.max_prompt_length,
+        chat_template=c.chat_template,
+        behaviour_logprobs=logprobs,
+        desc=f"eval: {name or 'model'} replies",
+    )
     return model, tok, ros
 
 
-def gold_summary(judge: str, policy_scores: torch.Tensor, reference_scores: torch.Tensor, n_boot: int,
-                 seed: int, tie_eps: float = 0.0) -> dict:
+def gold_summary(
+    judge: str,
+    policy_scores: torch.Tensor,
+    reference_scores: torch.Tensor,
+    n_boot: int,
+    seed: int,
+    tie_eps: float = 0.0,
+) -> dict:
     """Gold-judge scores of the policy's and the reference's answers to the same prompts: their
     means, the gain (policy - reference) and the policy's win rate, each with a bootstrap 95%
     interval. For a judge whose lower scores are better (toxicity) the policy wins a prompt with
@@ -154,10 +213,14 @@ def gold_summary(judge: str, policy_scores: torch.Tensor, reference_scores: torc
 
     lower = lower_is_better(judge)
     better, worse = (reference_scores, policy_scores) if lower else (policy_scores, reference_scores)
-    return {"judge": judge, "lower_is_better": lower, "policy": score_summary(policy_scores, n_boot, seed),
-            "reference": score_summary(reference_scores, n_boot, seed),
-            "gain": score_summary(policy_scores - reference_scores, n_boot, seed),
-            "win_rate": win_rate(pair_outcomes(better, worse, tie_eps), n_boot, seed)}
+    return {
+        "judge": judge,
+        "lower_is_better": lower,
+        "policy": score_summary(policy_scores, n_boot, seed),
+        "reference": score_summary(reference_scores, n_boot, seed),
+        "gain": score_summary(policy_scores - reference_scores, n_boot, seed),
+        "win_rate": win_rate(pair_outcomes(better, worse, tie_eps), n_boot, seed),
+    }
 
 
 def _score(spec: str, prompts: list[str], responses: list[str], c: _Sampling, cache: dict) -> torch.Tensor:
@@ -176,8 +239,9 @@ def _write(out_dir: str, name: str, results: dict, samples: list[dict]) -> None:
     tmp = d / f".{name}.tmp"
     tmp.write_text(json.dumps(results, indent=1, default=_json_default), encoding="utf-8")
     tmp.replace(d / name)
-    (d / "samples.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples),
-                                     encoding="utf-8")
+    (d / "samples.jsonl").write_text(
+        "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8"
+    )
 
 
 def _json_default(x):
@@ -195,8 +259,10 @@ def _config_error(e: Exception):
 
 
 def _fmt_wr(r: dict) -> str:
-    return (f"{r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
-            f"(W {r['wins']} / T {r['ties']} / L {r['losses']}, n={r['n']})")
+    return (
+        f"{r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
+        f"(W {r['wins']} / T {r['ties']} / L {r['losses']}, n={r['n']})"
+    )
 
 
 # ---------------------------------------------------------------------------- rlhfkit eval
@@ -224,11 +290,18 @@ def run(c: EvalConfig) -> dict:
     policy, ptok, p_ros = _sample_model(c.policy, prompts, c, salt=1, logprobs=c.kl, name="policy")
     reference, rtok, r_ros = _sample_model(c.reference, prompts, c, salt=2, logprobs=False, name="reference")
     pol_texts, ref_texts = _responses(p_ros), _responses(r_ros)
-    results: dict = {"policy": c.policy, "reference": c.reference, "prompts": len(prompts),
-                     "judge": c.judge, "generation_seconds": round(time.perf_counter() - t0, 2)}
+    results: dict = {
+        "policy": c.policy,
+        "reference": c.reference,
+        "prompts": len(prompts),
+        "judge": c.judge,
+        "generation_seconds": round(time.perf_counter() - t0, 2),
+    }
     # a reply without EOS was cut at max_new_tokens (the report marks it)
-    samples = [{"prompt": p, "policy": a, "reference": b, "policy_ended": a_end, "reference_ended": b_end}
-               for p, a, b, a_end, b_end in zip(prompts, pol_texts, ref_texts, _ended(p_ros), _ended(r_ros))]
+    samples = [
+        {"prompt": p, "policy": a, "reference": b, "policy_ended": a_end, "reference_ended": b_end}
+        for p, a, b, a_end, b_end in zip(prompts, pol_texts, ref_texts, _ended(p_ros), _ended(r_ros))
+    ]
 
     # (b) KL(pi || pi_ref): sequence-level k1 over the policy's own samples
     print("eval: scoring the replies (KL to the reference, judge, gold judge)", flush=True)
@@ -246,8 +319,12 @@ def run(c: EvalConfig) -> dict:
                 for ro in p_ros:
                     ref_lps.append(rollout_logprobs(reference, ro, c.temperature).float().cpu())
                     bar.update(1)
-                kl, kl3 = (torch.cat([sequence_kl(ro.logprobs, lp, ro.response_mask, est)
-                                      for ro, lp in zip(p_ros, ref_lps)]).double() for est in ("k1", "k3"))
+                kl, kl3 = (
+                    torch.cat(
+                        [sequence_kl(ro.logprobs, lp, ro.response_mask, est) for ro, lp in zip(p_ros, ref_lps)]
+                    ).double()
+                    for est in ("k1", "k3")
+                )
                 results["kl"] = score_summary(kl, c.n_boot, c.seed)
                 # k3 as a check: never negative, so a k1 mean below 0 on few prompts reads as the noise it is
                 results["kl_k3"] = score_summary(kl3, c.n_boot, c.seed)
@@ -285,25 +362,32 @@ def run(c: EvalConfig) -> dict:
     if c.judge == "people":
         name = c.project or time.strftime("eval-%Y%m%d-%H%M%S")
         try:
-            info = create_comparison_project(c.db, name, prompts, {"policy": pol_texts, "reference": ref_texts},
-                                             overlap=c.overlap, seed=c.seed)
+            info = create_comparison_project(
+                c.db, name, prompts, {"policy": pol_texts, "reference": ref_texts}, overlap=c.overlap, seed=c.seed
+            )
         except ValueError as e:  # e.g. the project exists
             raise _config_error(e) from None
         results["people"] = {**info, "db": c.db}
-        print(f"created feedback project {name!r} with {info['items']} comparisons in {c.db}; label them in "
-              f"the app (rlhfkit feedback serve --db {c.db}), then: rlhfkit eval --collect {name} --db {c.db}")
+        print(
+            f"created feedback project {name!r} with {info['items']} comparisons in {c.db}; label them in "
+            f"the app (rlhfkit feedback serve --db {c.db}), then: rlhfkit eval --collect {name} --db {c.db}"
+        )
 
     print(f"eval: {len(prompts)} prompts, policy {c.policy} vs reference {c.reference}")
     if "win_rate" in results:
         print(f"  win rate ({c.judge}): {_fmt_wr(results['win_rate'])}")
     if "gold" in results:
         g = results["gold"]
-        print(f"  gold ({gold}): policy {g['policy']['mean']:.4f}  reference {g['reference']['mean']:.4f}  "
-              f"gain {g['gain']['mean']:+.4f} [{g['gain']['ci_low']:+.4f}, {g['gain']['ci_high']:+.4f}]")
+        print(
+            f"  gold ({gold}): policy {g['policy']['mean']:.4f}  reference {g['reference']['mean']:.4f}  "
+            f"gain {g['gain']['mean']:+.4f} [{g['gain']['ci_low']:+.4f}, {g['gain']['ci_high']:+.4f}]"
+        )
     if results.get("kl"):
         k = results["kl"]
-        print(f"  KL(policy || reference): {k['mean']:.4f} nats/sequence [{k['ci_low']:.4f}, {k['ci_high']:.4f}]"
-              + (f" (k3 estimate {results['kl_k3']['mean']:.4f})" if results.get("kl_k3") else ""))
+        print(
+            f"  KL(policy || reference): {k['mean']:.4f} nats/sequence [{k['ci_low']:.4f}, {k['ci_high']:.4f}]"
+            + (f" (k3 estimate {results['kl_k3']['mean']:.4f})" if results.get("kl_k3") else "")
+        )
     _write(c.output, "eval.json", results, samples)
     return results
 

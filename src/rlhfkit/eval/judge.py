@@ -11,6 +11,7 @@ the same labels as leaderboard battles, for projects comparing more than two mod
 Only the feedback package's public pieces are used: ``db.Store`` and its tables, ``tasks.parse_items``
 and ``queue.add_items`` (the same path as ``rlhfkit feedback import``).
 """
+
 from __future__ import annotations
 
 import random
@@ -19,12 +20,22 @@ from typing import Sequence
 
 __all__ = ["create_comparison_project", "people_outcomes", "people_battles", "people_win_rate"]
 
-INSTRUCTIONS = ("Read the prompt and both responses. Pick the better response (A or B), or tie / "
-                "both bad. The order is random and the models are hidden.")
+INSTRUCTIONS = (
+    "Read the prompt and both responses. Pick the better response (A or B), or tie / "
+    "both bad. The order is random and the models are hidden."
+)
 
 
-def create_comparison_project(db_url: str, name: str, prompts: Sequence[str], responses: dict[str, Sequence[str]],
-                              *, overlap: int = 1, instructions: str = INSTRUCTIONS, seed: int = 0) -> dict:
+def create_comparison_project(
+    db_url: str,
+    name: str,
+    prompts: Sequence[str],
+    responses: dict[str, Sequence[str]],
+    *,
+    overlap: int = 1,
+    instructions: str = INSTRUCTIONS,
+    seed: int = 0,
+) -> dict:
     """A new pairwise project ``name`` with one item per prompt comparing the responses of the two
     models in ``responses`` (``{model_name: [response per prompt]}``; with more than two models,
     one item per prompt and pair). The stored response order is shuffled per item (seeded) on top
@@ -50,19 +61,39 @@ def create_comparison_project(db_url: str, name: str, prompts: Sequence[str], re
                 pair = [names[x], names[y]]
                 rng.shuffle(pair)
                 texts = [responses[m][i] if responses[m][i].strip() else "(empty response)" for m in pair]
-                rows.append({"prompt": p, "responses": [{"text": t, "model": m} for t, m in zip(texts, pair)],
-                             "id": f"{i}:{pair[0]}:{pair[1]}"})
+                rows.append(
+                    {
+                        "prompt": p,
+                        "responses": [{"text": t, "model": m} for t, m in zip(texts, pair)],
+                        "id": f"{i}:{pair[0]}:{pair[1]}",
+                    }
+                )
     parsed = parse_items(rows, "pairwise")
     store = db.Store(db_url)
     try:
+
         def job(conn):
             if conn.execute(select(db.projects.c.id).where(db.projects.c.name == name)).first():
                 raise ValueError(f"a feedback project named {name!r} exists")
-            pid = int(conn.execute(insert(db.projects).values(
-                name=name, task_type="pairwise", instructions=instructions, overlap=int(overlap), gold_rate=0.0,
-                scale_min=1, scale_max=7, active=True, n_items=0, n_labels=0,
-                created_at=time.time())).inserted_primary_key[0])
+            pid = int(
+                conn.execute(
+                    insert(db.projects).values(
+                        name=name,
+                        task_type="pairwise",
+                        instructions=instructions,
+                        overlap=int(overlap),
+                        gold_rate=0.0,
+                        scale_min=1,
+                        scale_max=7,
+                        active=True,
+                        n_items=0,
+                        n_labels=0,
+                        created_at=time.time(),
+                    )
+                ).inserted_primary_key[0]
+            )
             return pid, add_items(conn, pid, parsed, source="eval")
+
         pid, n = store.write(job)
     finally:
         store.close()
@@ -83,10 +114,16 @@ def _labels(db_url: str, name: str) -> list[dict]:
             if proj["task_type"] != "pairwise":
                 raise ValueError(f"project {name!r} holds {proj['task_type']} tasks, not pairwise comparisons")
             L, I = db.labels, db.items
-            rows = conn.execute(select(L.c.payload, I.c.responses, I.c.external_id, L.c.user_id, L.c.item_id)
-                                .select_from(L.join(I, I.c.id == L.c.item_id))
-                                .where(L.c.project_id == proj["id"], L.c.is_gold == False)  # noqa: E712
-                                .order_by(L.c.id)).mappings().all()
+            rows = (
+                conn.execute(
+                    select(L.c.payload, I.c.responses, I.c.external_id, L.c.user_id, L.c.item_id)
+                    .select_from(L.join(I, I.c.id == L.c.item_id))
+                    .where(L.c.project_id == proj["id"], L.c.is_gold == False)  # noqa: E712
+                    .order_by(L.c.id)
+                )
+                .mappings()
+                .all()
+            )
             return [dict(r) for r in rows]
     finally:
         store.close()
@@ -110,8 +147,14 @@ def people_battles(db_url: str, name: str, both_bad: str = "tie") -> list[tuple[
     return out
 
 
-def people_outcomes(db_url: str, name: str, policy: str = "policy", reference: str = "reference",
-                    both_bad: str = "tie", with_items: bool = False):
+def people_outcomes(
+    db_url: str,
+    name: str,
+    policy: str = "policy",
+    reference: str = "reference",
+    both_bad: str = "tie",
+    with_items: bool = False,
+):
     """Per label: 1 if ``policy``'s response was preferred to ``reference``'s, 0 if not, 1/2 for a
     tie; with ``with_items`` also the item of each label: ``(outcomes, items)``."""
     out, items = [], []
@@ -125,8 +168,15 @@ def people_outcomes(db_url: str, name: str, policy: str = "policy", reference: s
     return (out, items) if with_items else out
 
 
-def people_win_rate(db_url: str, name: str, policy: str = "policy", reference: str = "reference",
-                    both_bad: str = "tie", n_boot: int = 1000, seed: int = 0) -> dict:
+def people_win_rate(
+    db_url: str,
+    name: str,
+    policy: str = "policy",
+    reference: str = "reference",
+    both_bad: str = "tie",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
     """``winrate.win_rate`` of the human verdicts stored so far (``n`` = labels read)."""
     from .winrate import win_rate
 

@@ -23,6 +23,7 @@ battles one by one gives intervals too narrow).
 Ratings are anchored so that their mean is ``init`` or, with ``anchor=NAME``, so that that model
 sits at ``init`` (e.g. the reference policy at 1000).
 """
+
 from __future__ import annotations
 
 import math
@@ -136,8 +137,9 @@ def _fit_beta(W: np.ndarray, l2: float, max_iter: int = 100, tol: float = 1e-10)
     return b
 
 
-def _to_ratings(beta: np.ndarray, models: Sequence[str], anchor: str | None, scale: float, base: float,
-                init: float) -> np.ndarray:
+def _to_ratings(
+    beta: np.ndarray, models: Sequence[str], anchor: str | None, scale: float, base: float, init: float
+) -> np.ndarray:
     r = scale / math.log(base) * beta
     if anchor is not None:
         if anchor not in models:
@@ -148,9 +150,16 @@ def _to_ratings(beta: np.ndarray, models: Sequence[str], anchor: str | None, sca
     return init + r
 
 
-def fit_bradley_terry(battles: Iterable[Sequence], models: Sequence[str] | None = None, *,
-                      scale: float = SCALE, base: float = BASE, init: float = INIT,
-                      anchor: str | None = None, l2: float = 1e-6) -> dict[str, float]:
+def fit_bradley_terry(
+    battles: Iterable[Sequence],
+    models: Sequence[str] | None = None,
+    *,
+    scale: float = SCALE,
+    base: float = BASE,
+    init: float = INIT,
+    anchor: str | None = None,
+    l2: float = 1e-6,
+) -> dict[str, float]:
     """Bradley-Terry ratings ``{model: rating}`` (maximum likelihood with an ``l2`` ridge that only
     matters when a model won or lost everything) on the Elo-like scale (see the module doc)."""
     battles = normalise_battles(battles)
@@ -166,10 +175,19 @@ def battle_clusters(battles: Sequence[Sequence]) -> list | None:
     return [bt[3] for bt in battles] if battles and all(len(bt) == 4 for bt in battles) else None
 
 
-def bootstrap_bradley_terry(battles: Iterable[Sequence], models: Sequence[str] | None = None, *,
-                            n_boot: int = 1000, seed: int = 0, confidence: float = 0.95,
-                            scale: float = SCALE, base: float = BASE, init: float = INIT,
-                            anchor: str | None = None, l2: float = 1e-6) -> dict:
+def bootstrap_bradley_terry(
+    battles: Iterable[Sequence],
+    models: Sequence[str] | None = None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    scale: float = SCALE,
+    base: float = BASE,
+    init: float = INIT,
+    anchor: str | None = None,
+    l2: float = 1e-6,
+) -> dict:
     """The fit on all battles plus percentile intervals from ``n_boot`` resamples of the battles
     (of whole clusters when the battles carry one):
     ``{"models", "rating": {m: r}, "ci_low": {m: lo}, "ci_high": {m: hi}, "samples": array
@@ -204,9 +222,15 @@ def bootstrap_bradley_terry(battles: Iterable[Sequence], models: Sequence[str] |
     alpha = (1.0 - confidence) / 2
     lo = np.quantile(samples, alpha, axis=0) if n_boot else np.full(K, np.nan)
     hi = np.quantile(samples, 1 - alpha, axis=0) if n_boot else np.full(K, np.nan)
-    return {"models": models, "rating": rating,
-            "ci_low": dict(zip(models, lo.tolist())), "ci_high": dict(zip(models, hi.tolist())),
-            "samples": samples, "n_battles": n, "n_clusters": None}
+    return {
+        "models": models,
+        "rating": rating,
+        "ci_low": dict(zip(models, lo.tolist())),
+        "ci_high": dict(zip(models, hi.tolist())),
+        "samples": samples,
+        "n_battles": n,
+        "n_clusters": None,
+    }
 
 
 def _cluster_bootstrap(battles, clusters, models, idx, rating, n_boot, seed, confidence, l2, kw) -> dict:
@@ -228,9 +252,15 @@ def _cluster_bootstrap(battles, clusters, models, idx, rating, n_boot, seed, con
     alpha = (1.0 - confidence) / 2
     lo = np.quantile(samples, alpha, axis=0) if n_boot else np.full(K, np.nan)
     hi = np.quantile(samples, 1 - alpha, axis=0) if n_boot else np.full(K, np.nan)
-    return {"models": models, "rating": rating,
-            "ci_low": dict(zip(models, lo.tolist())), "ci_high": dict(zip(models, hi.tolist())),
-            "samples": samples, "n_battles": len(battles), "n_clusters": C}
+    return {
+        "models": models,
+        "rating": rating,
+        "ci_low": dict(zip(models, lo.tolist())),
+        "ci_high": dict(zip(models, hi.tolist())),
+        "samples": samples,
+        "n_battles": len(battles),
+        "n_clusters": C,
+    }
 
 
 def leaderboard(battles: Iterable[Sequence], models: Sequence[str] | None = None, **kw) -> list[dict]:
@@ -245,9 +275,16 @@ def leaderboard(battles: Iterable[Sequence], models: Sequence[str] | None = None
     played = (W + W.T).sum(axis=1)
     rows = []
     for k, m in enumerate(ms):
-        rows.append({"model": m, "rating": res["rating"][m], "ci_low": res["ci_low"][m],
-                     "ci_high": res["ci_high"][m], "battles": int(round(played[k])),
-                     "win_rate": float(W[k].sum() / played[k]) if played[k] else float("nan")})
+        rows.append(
+            {
+                "model": m,
+                "rating": res["rating"][m],
+                "ci_low": res["ci_low"][m],
+                "ci_high": res["ci_high"][m],
+                "battles": int(round(played[k])),
+                "win_rate": float(W[k].sum() / played[k]) if played[k] else float("nan"),
+            }
+        )
     for r in rows:
         r["rank"] = 1 + sum(1 for o in rows if o["ci_low"] > r["ci_high"])
     rows.sort(key=lambda r: -r["rating"])
@@ -258,12 +295,16 @@ def format_leaderboard(rows: Sequence[Mapping]) -> str:
     lines = [f"{'rank':>4}  {'model':<32}{'rating':>9}{'95% CI':>20}{'battles':>9}{'win rate':>10}"]
     for r in rows:
         ci = f"[{r['ci_low']:.0f}, {r['ci_high']:.0f}]"
-        lines.append(f"{r['rank']:>4}  {str(r['model'])[:32]:<32}{r['rating']:>9.1f}{ci:>20}"
-                     f"{r['battles']:>9}{r['win_rate']:>10.3f}")
+        lines.append(
+            f"{r['rank']:>4}  {str(r['model'])[:32]:<32}{r['rating']:>9.1f}{ci:>20}"
+            f"{r['battles']:>9}{r['win_rate']:>10.3f}"
+        )
     return "\n".join(lines)
 
 
-def battles_from_scores(scores: Mapping[str, Sequence[float]], tie_eps: float = 0.0) -> list[tuple[str, str, float, int]]:
+def battles_from_scores(
+    scores: Mapping[str, Sequence[float]], tie_eps: float = 0.0
+) -> list[tuple[str, str, float, int]]:
     """Battles from per-prompt judge scores: ``scores[model][i]`` is the score of that model's
     response to prompt i; every pair of models meets once per prompt; ``|diff| <= tie_eps`` is a
     tie. Returns ``[(a, b, outcome, i)]``: a prompt's battles are one cluster for the bootstrap."""

@@ -18,6 +18,7 @@ Pair metrics (overall and per subset):
 - loss: the mean Bradley-Terry loss -log sigmoid(r_chosen - r_rejected) (smoother than accuracy
   on a small validation set, so the better criterion for choosing a checkpoint).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins
     return ece
 
 
-def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, flip: torch.Tensor,
-                 tie: torch.Tensor | None = None) -> dict:
+def pair_metrics(
+    chosen: torch.Tensor, rejected: torch.Tensor, flip: torch.Tensor, tie: torch.Tensor | None = None
+) -> dict:
     """Metrics from per-pair scores. `flip[i]` True shows pair i as (rejected, chosen)."""
     tie = torch.zeros_like(flip) if tie is None else tie
     decided = ~tie
@@ -120,6 +122,7 @@ def threshold_accuracy(scores: list[float], labels: list[bool], threshold: float
     exactly at it counts 1/2."""
     if len(scores) != len(labels) or not scores:
         raise ValueError("threshold_accuracy needs two non-empty lists of the same length")
+
     def credit(score: float, label: bool) -> float:
         if score == threshold:
             return 0.5
@@ -155,12 +158,19 @@ def thumbs_metrics(scores: list[float], labels: list[bool]) -> dict:
     logits = torch.tensor(scores, dtype=torch.float64)
     target = torch.tensor([float(y) for y in labels], dtype=torch.float64)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target).item()
-    return {"examples": len(scores), "positives": int(sum(bool(y) for y in labels)),
-            "accuracy": threshold_accuracy(scores, labels), "auc": roc_auc(scores, labels), "loss": loss}
+    return {
+        "examples": len(scores),
+        "positives": int(sum(bool(y) for y in labels)),
+        "accuracy": threshold_accuracy(scores, labels),
+        "auc": roc_auc(scores, labels),
+        "loss": loss,
+    }
 
 
 @torch.no_grad()
-def score_texts(model, tokenizer, pairs_of_text: list[tuple[str, str]], max_length: int, batch_size: int) -> torch.Tensor:
+def score_texts(
+    model, tokenizer, pairs_of_text: list[tuple[str, str]], max_length: int, batch_size: int
+) -> torch.Tensor:
     """Reward of each (prompt, response), in the order given."""
     from rlhfkit.data.tokenize import pad_sequences, tokenize_pair
     from rlhfkit.models import reward_scores
@@ -172,7 +182,7 @@ def score_texts(model, tokenizer, pairs_of_text: list[tuple[str, str]], max_leng
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     scores = torch.empty(len(seqs))
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         ids, mask = pad_sequences([seqs[i] for i in idx], tokenizer.pad_token_id, side="right")
         device = next(model.parameters()).device
         scores[idx] = reward_scores(model, ids.to(device), mask.to(device)).float().cpu()
@@ -197,8 +207,9 @@ def evaluate_pairs(model, tokenizer, pairs: list, max_length: int = 256, batch_s
     return report
 
 
-def evaluate_ratings(model, tokenizer, records: list, targets: list[float], max_length: int = 256,
-                     batch_size: int = 16) -> dict:
+def evaluate_ratings(
+    model, tokenizer, records: list, targets: list[float], max_length: int = 256, batch_size: int = 16
+) -> dict:
     """Score rating records and compare with their ``targets`` (the regression targets)."""
     scores = score_texts(model, tokenizer, [(r.prompt, r.completion) for r in records], max_length, batch_size)
     return rating_metrics(scores.tolist(), list(targets))

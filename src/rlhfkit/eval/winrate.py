@@ -13,6 +13,7 @@
   temperature, docs/PPO_CHECKLIST.md #3 (temperature in log-probs)): the same two functions the
   online recipes and the loop use.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -31,8 +32,11 @@ __all__ = [
 ]
 
 
-def pair_outcomes(policy_scores: Sequence[float] | torch.Tensor, reference_scores: Sequence[float] | torch.Tensor,
-                  tie_eps: float = 0.0) -> torch.Tensor:
+def pair_outcomes(
+    policy_scores: Sequence[float] | torch.Tensor,
+    reference_scores: Sequence[float] | torch.Tensor,
+    tie_eps: float = 0.0,
+) -> torch.Tensor:
     """``[N]`` float64: 1 where the policy's score beats the reference's by more than ``tie_eps``,
     0 where it loses by more, 1/2 otherwise."""
     a = torch.as_tensor(policy_scores, dtype=torch.float64).reshape(-1)
@@ -46,8 +50,13 @@ def pair_outcomes(policy_scores: Sequence[float] | torch.Tensor, reference_score
     return out
 
 
-def bootstrap_mean(values: Sequence[float] | torch.Tensor, n_boot: int = 1000, seed: int = 0,
-                   confidence: float = 0.95, clusters: Sequence | None = None) -> tuple[float, float, float]:
+def bootstrap_mean(
+    values: Sequence[float] | torch.Tensor,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    clusters: Sequence | None = None,
+) -> tuple[float, float, float]:
     """``(mean, low, high)``: the mean and its percentile-bootstrap interval (resampling the
     values with replacement ``n_boot`` times; deterministic given ``seed``). NaN for no values.
     With ``clusters`` (one id per value, e.g. the item several people labelled) whole clusters
@@ -79,14 +88,26 @@ def bootstrap_mean(values: Sequence[float] | torch.Tensor, n_boot: int = 1000, s
     return mean, lo, hi
 
 
-def win_rate(outcomes: Sequence[float] | torch.Tensor, n_boot: int = 1000, seed: int = 0,
-             confidence: float = 0.95, clusters: Sequence | None = None) -> dict:
+def win_rate(
+    outcomes: Sequence[float] | torch.Tensor,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    clusters: Sequence | None = None,
+) -> dict:
     """``{"win_rate", "ci_low", "ci_high", "wins", "ties", "losses", "n"}`` from per-prompt
     outcomes (1 win, 1/2 tie, 0 loss); ``clusters``: see ``bootstrap_mean``."""
     o = torch.as_tensor(outcomes, dtype=torch.float64).reshape(-1)
     mean, lo, hi = bootstrap_mean(o, n_boot, seed, confidence, clusters=clusters)
-    return {"win_rate": mean, "ci_low": lo, "ci_high": hi, "wins": int((o == 1).sum()),
-            "ties": int((o == 0.5).sum()), "losses": int((o == 0).sum()), "n": int(o.numel())}
+    return {
+        "win_rate": mean,
+        "ci_low": lo,
+        "ci_high": hi,
+        "wins": int((o == 1).sum()),
+        "ties": int((o == 0.5).sum()),
+        "losses": int((o == 0).sum()),
+        "n": int(o.numel()),
+    }
 
 
 def score_summary(scores: Sequence[float] | torch.Tensor, n_boot: int = 1000, seed: int = 0) -> dict:
@@ -97,9 +118,18 @@ def score_summary(scores: Sequence[float] | torch.Tensor, n_boot: int = 1000, se
     return {"mean": mean, "ci_low": lo, "ci_high": hi, "std": std, "n": int(s.numel())}
 
 
-def generate_responses(model, tokenizer, prompts: Sequence[str], sampling, seed: int = 0, batch_size: int = 16,
-                       max_prompt_length: int = 0, chat_template: bool = False,
-                       behaviour_logprobs: bool = True, desc: str = "") -> list:
+def generate_responses(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    sampling,
+    seed: int = 0,
+    batch_size: int = 16,
+    max_prompt_length: int = 0,
+    chat_template: bool = False,
+    behaviour_logprobs: bool = True,
+    desc: str = "",
+) -> list:
     """Sample one response per prompt in chunks of ``batch_size``; returns the list of
     ``rollout.Rollout`` chunks (chunk ``c`` is seeded ``step_seed(seed, c)``, so the result does not
     depend on what else runs). ``desc``: a progress bar with that label, counting prompts."""
@@ -110,10 +140,19 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], sampling, seed:
     # a chunk of replies takes 10 s or more: the bar's clock keeps moving between its updates
     with progress_bar(len(prompts), desc=desc, enabled=bool(desc), unit="prompt") as bar, ticking(bar):
         for c, start in enumerate(range(0, len(prompts), batch_size)):
-            chunk = list(prompts[start:start + batch_size])
-            out.append(rollout(gen, model, tokenizer, chunk, step_seed(seed, c),
-                               max_prompt_length=max_prompt_length, chat_template=chat_template,
-                               behaviour_logprobs=behaviour_logprobs))
+            chunk = list(prompts[start : start + batch_size])
+            out.append(
+                rollout(
+                    gen,
+                    model,
+                    tokenizer,
+                    chunk,
+                    step_seed(seed, c),
+                    max_prompt_length=max_prompt_length,
+                    chat_template=chat_template,
+                    behaviour_logprobs=behaviour_logprobs,
+                )
+            )
             bar.update(len(chunk))
     return out
 

@@ -11,6 +11,7 @@ Krippendorff's alpha), ``stats`` (dashboard), ``export`` (JSONL / Hugging Face d
 
 Imports are lazy: ``from rlhfkit.feedback import create_app`` loads the web stack on first use.
 """
+
 from __future__ import annotations
 
 __all__ = ["create_app", "serve"]
@@ -19,8 +20,10 @@ __all__ = ["create_app", "serve"]
 def __getattr__(name):
     if name == "create_app":
         from .app import create_app
+
         return create_app
     if name == "serve":
         from .server import serve
+
         return serve
     raise AttributeError(name)

@@ -9,14 +9,14 @@
 
 Undefined values (no variation at all, fewer than two pairable values) are ``nan``.
 """
+
 from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
 from typing import Any, Hashable, Iterable, Sequence
 
-__all__ = ["cohen_kappa", "krippendorff_alpha", "units_from_matrix", "units_from_labels",
-           "pairwise_kappas"]
+__all__ = ["cohen_kappa", "krippendorff_alpha", "units_from_matrix", "units_from_labels", "pairwise_kappas"]
 
 
 def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable]) -> float:
@@ -78,9 +78,11 @@ def krippendorff_alpha(units: Iterable[Iterable[Any]], level: str = "nominal") -
     values = sorted(n_c) if level != "nominal" else list(n_c)
 
     if level == "nominal":
+
         def delta2(c, k):
             return 0.0 if c == k else 1.0
     elif level == "interval":
+
         def delta2(c, k):
             return float(c - k) ** 2
     else:
@@ -101,8 +103,7 @@ def krippendorff_alpha(units: Iterable[Iterable[Any]], level: str = "nominal") -
     return 1.0 - d_o / d_e
 
 
-def pairwise_kappas(labels: Iterable[tuple[Hashable, Hashable, Hashable]], min_common: int = 2
-                    ) -> list[dict]:
+def pairwise_kappas(labels: Iterable[tuple[Hashable, Hashable, Hashable]], min_common: int = 2) -> list[dict]:
     """Cohen's kappa for every pair of raters over the items both rated, from (item, rater,
     category) triples. Pairs with fewer than ``min_common`` shared items are left out."""
     by_rater: dict = defaultdict(dict)
@@ -112,7 +113,7 @@ def pairwise_kappas(labels: Iterable[tuple[Hashable, Hashable, Hashable]], min_c
     raters = sorted(by_rater, key=str)
     out = []
     for i, r1 in enumerate(raters):
-        for r2 in raters[i + 1:]:
+        for r2 in raters[i + 1 :]:
             common = sorted(set(by_rater[r1]) & set(by_rater[r2]), key=str)
             if len(common) < min_common:
                 continue

@@ -34,6 +34,7 @@ Hardening (each limit answers before any work it guards):
 
 Writes go through the store's group-commit writer and are answered only after their commit.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -64,12 +65,21 @@ class _FeedbackApp(FastAPI):
         return SecurityHeaders(super().build_middleware_stack())
 
 
-def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, secure_cookies: bool = False,
-               session_ttl_s: float = 12 * 3600, login_limits: LoginLimits | None = None,
-               generator: Callable | None = None, lease_s: float | None = DEFAULT_LEASE_S,
-               clock: Callable[[], float] = time.time, redact: bool = False,
-               trusted_proxies: Sequence[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
-               max_import_bytes: int = MAX_IMPORT_BYTES) -> FastAPI:
+def create_app(
+    db_url: str = "feedback.db",
+    *,
+    store: db.Store | None = None,
+    secure_cookies: bool = False,
+    session_ttl_s: float = 12 * 3600,
+    login_limits: LoginLimits | None = None,
+    generator: Callable | None = None,
+    lease_s: float | None = DEFAULT_LEASE_S,
+    clock: Callable[[], float] = time.time,
+    redact: bool = False,
+    trusted_proxies: Sequence[str] = (),
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_import_bytes: int = MAX_IMPORT_BYTES,
+) -> FastAPI:
     """The app on the database at ``db_url`` (SQLite path or SQLAlchemy URL; migrations are applied).
 
     ``generator``: optional live-generation hook, ``generator(prompts, n) -> list[list[dict]]``
@@ -84,18 +94,31 @@ def create_app(db_url: str = "feedback.db", *, store: db.Store | None = None, se
     the client (else the socket peer is the client); ``max_body_bytes``: the largest request body
     (413 above), ``max_import_bytes`` that of the file import."""
     store = store or db.Store(db_url)
-    ctx = AppContext(store=store, throttle=LoginThrottle(login_limits),
-                     templates=Jinja2Templates(directory=str(FEEDBACK_DIR / "templates")),
-                     secure_cookies=secure_cookies, session_ttl_s=session_ttl_s, generator=generator,
-                     lease_s=lease_s, clock=clock, redact_all=redact, max_import_bytes=max_import_bytes)
+    ctx = AppContext(
+        store=store,
+        throttle=LoginThrottle(login_limits),
+        templates=Jinja2Templates(directory=str(FEEDBACK_DIR / "templates")),
+        secure_cookies=secure_cookies,
+        session_ttl_s=session_ttl_s,
+        generator=generator,
+        lease_s=lease_s,
+        clock=clock,
+        redact_all=redact,
+        max_import_bytes=max_import_bytes,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
         store.close()
 
-    app = _FeedbackApp(title="rlhfkit feedback", version="1", lifespan=lifespan, max_body_size=max_body_bytes,
-                       description="Human feedback collection: tasks, labels, projects, users, exports.")
+    app = _FeedbackApp(
+        title="rlhfkit feedback",
+        version="1",
+        lifespan=lifespan,
+        max_body_size=max_body_bytes,
+        description="Human feedback collection: tasks, labels, projects, users, exports.",
+    )
     app.router.route_class = StrictJSONRoute  # before any route is added
     if trusted_proxies:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(trusted_proxies))

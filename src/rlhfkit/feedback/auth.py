@@ -18,6 +18,7 @@
   session yet, uses a double-submit cookie.
 - Log-in throttling: :class:`LoginThrottle`, fixed-window counters in the store (see there).
 """
+
 from __future__ import annotations
 
 import base64
@@ -38,9 +39,25 @@ from .db import raw
 from .queue import release_open_tasks
 
 __all__ = [
-    "ROLES", "clean_username", "hash_password", "verify_password", "needs_rehash", "new_token", "token_hash",
-    "Principal", "create_user", "authenticate", "create_session", "lookup_session", "delete_session", "end_sessions",
-    "update_user", "LoginLimits", "LoginThrottle", "Throttled", "VERIFY_SLOTS",
+    "ROLES",
+    "clean_username",
+    "hash_password",
+    "verify_password",
+    "needs_rehash",
+    "new_token",
+    "token_hash",
+    "Principal",
+    "create_user",
+    "authenticate",
+    "create_session",
+    "lookup_session",
+    "delete_session",
+    "end_sessions",
+    "update_user",
+    "LoginLimits",
+    "LoginThrottle",
+    "Throttled",
+    "VERIFY_SLOTS",
 ]
 
 ROLES = ("admin", "labeler")
@@ -64,8 +81,15 @@ def _verify_scrypt(password: str, stored: str) -> bool:
         if algo != "scrypt":
             return False
         want = base64.b64decode(key)
-        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r),
-                             p=int(p), dklen=len(want), maxmem=64 * 1024 * 1024)
+        got = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(want),
+            maxmem=64 * 1024 * 1024,
+        )
     except (ValueError, TypeError, UnicodeEncodeError):
         return False
     return hmac.compare_digest(got, want)
@@ -151,13 +175,23 @@ def create_user(conn: Connection, username: str, password: str, role: str = "lab
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     username = clean_username(username)
     _check_password(password)
-    res = conn.execute(insert(db.users).values(username=username, password_hash=hash_password(password),
-                                               role=role, active=True, created_at=time.time()))
+    res = conn.execute(
+        insert(db.users).values(
+            username=username, password_hash=hash_password(password), role=role, active=True, created_at=time.time()
+        )
+    )
     return int(res.inserted_primary_key[0])
 
 
-def update_user(conn: Connection, user_id: int, *, active: bool | None = None, role: str | None = None,
-                password_hash: str | None = None, keep_session: str | None = None) -> dict:
+def update_user(
+    conn: Connection,
+    user_id: int,
+    *,
+    active: bool | None = None,
+    role: str | None = None,
+    password_hash: str | None = None,
+    keep_session: str | None = None,
+) -> dict:
     """Change a user's active flag, role or password hash (``hash_password`` first, outside the
     write transaction: it is slow on purpose). Deactivating the user or setting a password ends
     their sessions at once (but ``keep_session``, a token hash: the caller's own, when people
@@ -178,16 +212,27 @@ def update_user(conn: Connection, user_id: int, *, active: bool | None = None, r
         values["role"] = role
     if password_hash is not None:
         values["password_hash"] = password_hash
-    loses_admin = row["role"] == "admin" and row["active"] and (
-        values.get("active") is False or values.get("role", "admin") != "admin")
+    loses_admin = (
+        row["role"] == "admin"
+        and row["active"]
+        and (values.get("active") is False or values.get("role", "admin") != "admin")
+    )
     if loses_admin:
         # the active admins' rows locked, in id order, before they are counted: two admins demoting
         # each other at once in two PostgreSQL server processes would otherwise each see the other
         # still an admin and both commit (write skew under READ COMMITTED). The second waits for
         # the first and then re-reads the rows it locked: the other is no longer an admin.
         # (SQLite renders no FOR UPDATE; its writers hold the one write lock from BEGIN IMMEDIATE.)
-        admins = conn.execute(select(U.c.id).where(U.c.role == "admin", U.c.active == True)  # noqa: E712
-                              .order_by(U.c.id).with_for_update()).scalars().all()
+        admins = (
+            conn.execute(
+                select(U.c.id)
+                .where(U.c.role == "admin", U.c.active == True)  # noqa: E712
+                .order_by(U.c.id)
+                .with_for_update()
+            )
+            .scalars()
+            .all()
+        )
         if not [a for a in admins if a != user_id]:
             raise ValueError(f"{row['username']!r} is the last active admin: make another admin first")
     if values:
@@ -196,8 +241,9 @@ def update_user(conn: Connection, user_id: int, *, active: bool | None = None, r
         end_sessions(conn, user_id, keep=keep_session)
     if values.get("active") is False:
         release_open_tasks(conn, user_id)
-    return dict(conn.execute(select(U.c.id, U.c.username, U.c.role, U.c.active).where(U.c.id == user_id))
-                .mappings().one())
+    return dict(
+        conn.execute(select(U.c.id, U.c.username, U.c.role, U.c.active).where(U.c.id == user_id)).mappings().one()
+    )
 
 
 def authenticate(conn: Connection, username: str, password: str) -> dict | None:
@@ -209,22 +255,31 @@ def authenticate(conn: Connection, username: str, password: str) -> dict | None:
     return dict(row) if verify_password(password, row["password_hash"]) else None
 
 
-def create_session(conn: Connection, user_id: int, kind: str = "browser",
-                   ttl_s: float = 12 * 3600) -> tuple[str, str, float]:
+def create_session(
+    conn: Connection, user_id: int, kind: str = "browser", ttl_s: float = 12 * 3600
+) -> tuple[str, str, float]:
     """(token, csrf token, expiry) for a new session of ``user_id``."""
     token, csrf = new_token(), new_token()
     t = time.time()
-    conn.execute(insert(db.sessions).values(token_hash=token_hash(token), user_id=user_id,
-                                            csrf_token=csrf, kind=kind, created_at=t,
-                                            expires_at=t + ttl_s))
+    conn.execute(
+        insert(db.sessions).values(
+            token_hash=token_hash(token),
+            user_id=user_id,
+            csrf_token=csrf,
+            kind=kind,
+            created_at=t,
+            expires_at=t + ttl_s,
+        )
+    )
     # opportunistic clean-up of this user's expired sessions
-    conn.execute(delete(db.sessions).where(db.sessions.c.user_id == user_id,
-                                           db.sessions.c.expires_at < t))
+    conn.execute(delete(db.sessions).where(db.sessions.c.user_id == user_id, db.sessions.c.expires_at < t))
     return token, csrf, t + ttl_s
 
 
-_LOOKUP = ("SELECT u.id, u.username, u.role, s.csrf_token, s.expires_at FROM sessions s "
-           "JOIN users u ON u.id = s.user_id WHERE s.token_hash = :h AND u.active = :t")
+_LOOKUP = (
+    "SELECT u.id, u.username, u.role, s.csrf_token, s.expires_at FROM sessions s "
+    "JOIN users u ON u.id = s.user_id WHERE s.token_hash = :h AND u.active = :t"
+)
 
 
 def lookup_session(conn, token: str, via: str) -> Principal | None:
@@ -302,21 +357,26 @@ def _bucket(kind: str, *parts: str) -> str:
 # (or starts a new window), and its row lock makes concurrent attempts -- threads of one
 # process or several server processes on PostgreSQL -- count one after the other; SET
 # expressions read the row's values from before the update on both back ends.
-_THROTTLE_ENSURE = ("INSERT INTO login_throttle (key, hits, window_start, expires_at) VALUES (:k, 0, :now, :exp) "
-                    "ON CONFLICT (key) DO NOTHING")
+_THROTTLE_ENSURE = (
+    "INSERT INTO login_throttle (key, hits, window_start, expires_at) VALUES (:k, 0, :now, :exp) "
+    "ON CONFLICT (key) DO NOTHING"
+)
 _THROTTLE_HIT = (
     "UPDATE login_throttle SET "
     "hits = CASE WHEN window_start <= :start THEN 1 ELSE hits + 1 END, "
     "expires_at = CASE WHEN window_start <= :start THEN :exp ELSE window_start + :w END, "
     "window_start = CASE WHEN window_start <= :start THEN :now ELSE window_start END "
-    "WHERE key = :k AND (window_start <= :start OR hits < :limit)")
+    "WHERE key = :k AND (window_start <= :start OR hits < :limit)"
+)
 _THROTTLE_WINDOW = "SELECT window_start FROM login_throttle WHERE key = :k"
 _THROTTLE_REFUND = "UPDATE login_throttle SET hits = hits - 1 WHERE key = :k AND hits > 0"
 _THROTTLE_DROP = "DELETE FROM login_throttle WHERE key = :k"
 _THROTTLE_PRUNE = "DELETE FROM login_throttle WHERE expires_at < :now"
 _THROTTLE_KNOWN = "SELECT 1 FROM login_throttle WHERE key = :k AND expires_at >= :now"
-_THROTTLE_REMEMBER = ("INSERT INTO login_throttle (key, hits, window_start, expires_at) VALUES (:k, 0, :now, :exp) "
-                      "ON CONFLICT (key) DO UPDATE SET expires_at = :exp")
+_THROTTLE_REMEMBER = (
+    "INSERT INTO login_throttle (key, hits, window_start, expires_at) VALUES (:k, 0, :now, :exp) "
+    "ON CONFLICT (key) DO UPDATE SET expires_at = :exp"
+)
 
 
 class LoginThrottle:
@@ -343,8 +403,10 @@ class LoginThrottle:
         L = self.limits
         out = [(_bucket("user-address", username, address), L.per_user_address, L.user_address_window_s)]
         if not known:
-            out += [(_bucket("address", address), L.per_address, L.address_window_s),
-                    (_bucket("user", username), L.per_user, L.user_window_s)]
+            out += [
+                (_bucket("address", address), L.per_address, L.address_window_s),
+                (_bucket("user", username), L.per_user, L.user_window_s),
+            ]
         return out
 
     def _known(self, conn: Connection, username: str, address: str, now: float) -> bool:
@@ -373,5 +435,8 @@ class LoginThrottle:
         raw(conn, _THROTTLE_DROP, {"k": buckets[0][0]})
         for key, _, _ in buckets[1:]:
             raw(conn, _THROTTLE_REFUND, {"k": key})
-        raw(conn, _THROTTLE_REMEMBER, {"k": _bucket("known", username, address), "now": now,
-                                       "exp": now + self.limits.known_address_s})
+        raw(
+            conn,
+            _THROTTLE_REMEMBER,
+            {"k": _bucket("known", username, address), "now": now, "exp": now + self.limits.known_address_s},
+        )

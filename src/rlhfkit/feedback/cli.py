@@ -1,5 +1,6 @@
 """Configs and entry points of ``rlhfkit feedback serve | import | export | forget``; the
 user-management commands (``create-user | set-user | members | users``) are in ``cli_users``."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -17,8 +18,17 @@ from .export import LABELER_KEY_ENV, export_labels, labeler_key, redact_export, 
 from .queue import add_items
 from .tasks import TASK_TYPES, drop_duplicate_items, parse_items, redact_items
 
-__all__ = ["ServeConfig", "ImportConfig", "ExportConfig", "ForgetConfig", "run_serve", "run_import", "run_export",
-           "run_forget", "project_id"]
+__all__ = [
+    "ServeConfig",
+    "ImportConfig",
+    "ExportConfig",
+    "ForgetConfig",
+    "run_serve",
+    "run_import",
+    "run_export",
+    "run_forget",
+    "project_id",
+]
 
 
 def _err(msg: str) -> ConfigError:
@@ -33,25 +43,42 @@ class ServeConfig:
     workers: int = field(default=1, metadata={"help": "uvicorn worker processes (1 is best for SQLite)"})
     secure_cookies: bool = field(default=False, metadata={"help": "mark cookies Secure (behind HTTPS)"})
     log_level: str = field(default="warning", metadata={"help": "uvicorn log level"})
-    lease_minutes: float = field(default=30.0, metadata={
-        "help": "an open task older than this may be reassigned to another labeler (0: never)"})
-    policy: str = field(default="", metadata={
-        "help": "model that answers live-generated items (admin API .../generate): a folder, .gguf, HF name, "
-                "smollm2-135m, an `rlhfkit loop` output folder, whose current policy is used and followed "
-                "round after round, or a learner folder (current.json + versions/), whose promoted version "
-                "is followed (empty = items are imported only)"})
+    lease_minutes: float = field(
+        default=30.0, metadata={"help": "an open task older than this may be reassigned to another labeler (0: never)"}
+    )
+    policy: str = field(
+        default="",
+        metadata={
+            "help": "model that answers live-generated items (admin API .../generate): a folder, .gguf, HF name, "
+            "smollm2-135m, an `rlhfkit loop` output folder, whose current policy is used and followed "
+            "round after round, or a learner folder (current.json + versions/), whose promoted version "
+            "is followed (empty = items are imported only)"
+        },
+    )
     max_new_tokens: int = field(default=64, metadata={"help": "live generation: response tokens at most"})
     temperature: float = field(default=1.0, metadata={"help": "live generation: sampling temperature"})
-    redact: bool = field(default=False, metadata={
-        "help": "replace personal data (e-mail, phone, card, IBAN, SSN, IP; rlhfkit.privacy) in every import "
-                "through the admin page and API before labelers see it, and in every API export "
-                "(a request's ?redact=true does it without this)"})
-    trusted_proxies: list[str] = field(default_factory=list, metadata={
-        "help": "comma-separated addresses or networks (10.0.0.0/8) of reverse proxies whose X-Forwarded-For "
-                "names the client; empty: the connecting address is the client (the header is ignored)"})
-    max_import_mb: float = field(default=50.0, metadata={
-        "help": "largest JSONL upload to the admin import, in MB (413 above; a gzip upload by its decompressed "
-                "size); every other request body: 1 MB"})
+    redact: bool = field(
+        default=False,
+        metadata={
+            "help": "replace personal data (e-mail, phone, card, IBAN, SSN, IP; rlhfkit.privacy) in every import "
+            "through the admin page and API before labelers see it, and in every API export "
+            "(a request's ?redact=true does it without this)"
+        },
+    )
+    trusted_proxies: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "comma-separated addresses or networks (10.0.0.0/8) of reverse proxies whose X-Forwarded-For "
+            "names the client; empty: the connecting address is the client (the header is ignored)"
+        },
+    )
+    max_import_mb: float = field(
+        default=50.0,
+        metadata={
+            "help": "largest JSONL upload to the admin import, in MB (413 above; a gzip upload by its decompressed "
+            "size); every other request body: 1 MB"
+        },
+    )
 
 
 @dataclass
@@ -63,10 +90,16 @@ class ImportConfig:
     overlap: int = field(default=1, metadata={"help": "labelers per item (new projects)"})
     gold_rate: float = field(default=0.0, metadata={"help": "share of gold questions mixed in (new projects)"})
     instructions: str = field(default="", metadata={"help": "instructions shown to labelers (new projects)"})
-    redact: bool = field(default=False, metadata={
-        "help": "replace personal data in prompts and responses by [KIND] before labelers see them (rlhfkit.privacy)"})
-    max_field_chars: int = field(default=100_000, metadata={
-        "help": "longest text allowed in one field of an item (prompt, message, response); 0 = no limit"})
+    redact: bool = field(
+        default=False,
+        metadata={
+            "help": "replace personal data in prompts and responses by [KIND] before labelers see them (rlhfkit.privacy)"
+        },
+    )
+    max_field_chars: int = field(
+        default=100_000,
+        metadata={"help": "longest text allowed in one field of an item (prompt, message, response); 0 = no limit"},
+    )
 
     def validate(self) -> None:
         if self.max_field_chars < 0:
@@ -82,17 +115,31 @@ class ExportConfig:
     format: str = field(default="jsonl", metadata={"help": "jsonl or hf (datasets.save_to_disk)"})
     aggregate: str = field(default="none", metadata={"help": "none (a record per label) or majority (per item)"})
     include_gold: bool = field(default=False, metadata={"help": "also export labels on gold items"})
-    redact: bool = field(default=False, metadata={
-        "help": "replace personal data in the text (e-mail, phone, card, IBAN, SSN, IP) by [KIND] "
-                "(rlhfkit.privacy; names and addresses are not found)"})
-    with_labeler: bool = field(default=True, metadata={
-        "help": "give each record its labeler's pseudonym `labeler-<hmac>` (the same in every export of this "
-                "store; key in $RLHFKIT_LABELER_KEY or <db>.labeler_key beside a SQLite store; never the user name)"})
-    min_gold_accuracy: float = field(default=0.0, metadata={
-        "help": "leave out the labels of labelers whose accuracy on this project's gold questions is below this "
-                "(0 = keep everyone; a labeler without gold answers counts at the project's pooled accuracy)"})
-    weight_by_gold: bool = field(default=False, metadata={
-        "help": "give each record a `weight`: its labeler's gold accuracy (training scales its loss by it)"})
+    redact: bool = field(
+        default=False,
+        metadata={
+            "help": "replace personal data in the text (e-mail, phone, card, IBAN, SSN, IP) by [KIND] "
+            "(rlhfkit.privacy; names and addresses are not found)"
+        },
+    )
+    with_labeler: bool = field(
+        default=True,
+        metadata={
+            "help": "give each record its labeler's pseudonym `labeler-<hmac>` (the same in every export of this "
+            "store; key in $RLHFKIT_LABELER_KEY or <db>.labeler_key beside a SQLite store; never the user name)"
+        },
+    )
+    min_gold_accuracy: float = field(
+        default=0.0,
+        metadata={
+            "help": "leave out the labels of labelers whose accuracy on this project's gold questions is below this "
+            "(0 = keep everyone; a labeler without gold answers counts at the project's pooled accuracy)"
+        },
+    )
+    weight_by_gold: bool = field(
+        default=False,
+        metadata={"help": "give each record a `weight`: its labeler's gold accuracy (training scales its loss by it)"},
+    )
 
     def validate(self) -> None:
         if not 0 <= self.min_gold_accuracy <= 1:
@@ -102,9 +149,15 @@ class ExportConfig:
 @dataclass
 class ForgetConfig:
     db: str = field(default="feedback.db", metadata={"help": "SQLite file or SQLAlchemy URL"})
-    end_user: str = field(default="", metadata={
-        "help": "the end-user id that `rlhfkit serve` clients sent as `user` (also matched in its hashed form)"})
-    project_prefix: str = field(default="serve", metadata={"help": "the served model's projects PREFIX-thumbs and PREFIX-ratings"})
+    end_user: str = field(
+        default="",
+        metadata={
+            "help": "the end-user id that `rlhfkit serve` clients sent as `user` (also matched in its hashed form)"
+        },
+    )
+    project_prefix: str = field(
+        default="serve", metadata={"help": "the served model's projects PREFIX-thumbs and PREFIX-ratings"}
+    )
 
 
 def run_serve(c: ServeConfig) -> None:
@@ -121,9 +174,11 @@ def run_serve(c: ServeConfig) -> None:
             generator = PolicyGenerator(c.policy, max_new_tokens=c.max_new_tokens, temperature=c.temperature)
         except (OSError, ValueError) as e:
             raise _err(f"field 'policy': {e}") from None
-        print(f"rlhfkit feedback: live generation by {generator.loaded}"
-              + (f" (following {generator.version.kind} {c.policy})" if generator.loaded != c.policy else ""),
-              flush=True)
+        print(
+            f"rlhfkit feedback: live generation by {generator.loaded}"
+            + (f" (following {generator.version.kind} {c.policy})" if generator.loaded != c.policy else ""),
+            flush=True,
+        )
     print(f"rlhfkit feedback: serving {c.db} on http://{c.host}:{c.port}", flush=True)
     if not c.max_import_mb > 0:
         raise _err(f"field 'max_import_mb': must be above 0, got {c.max_import_mb}")
@@ -132,9 +187,19 @@ def run_serve(c: ServeConfig) -> None:
             ipaddress.ip_network(h.strip(), strict=False)
         except ValueError:
             raise _err(f"field 'trusted_proxies': {h!r} is not an address or network") from None
-    serve(c.db, c.host, c.port, workers=c.workers, secure_cookies=c.secure_cookies, log_level=c.log_level,
-          lease_s=c.lease_minutes * 60, generator=generator, redact=c.redact,
-          trusted_proxies=[h.strip() for h in c.trusted_proxies], max_import_bytes=int(c.max_import_mb * 1e6))
+    serve(
+        c.db,
+        c.host,
+        c.port,
+        workers=c.workers,
+        secure_cookies=c.secure_cookies,
+        log_level=c.log_level,
+        lease_s=c.lease_minutes * 60,
+        generator=generator,
+        redact=c.redact,
+        trusted_proxies=[h.strip() for h in c.trusted_proxies],
+        max_import_bytes=int(c.max_import_mb * 1e6),
+    )
 
 
 def project_id(conn, name: str) -> int | None:
@@ -146,18 +211,21 @@ def run_import(c: ImportConfig) -> None:
     if not c.project or not c.file:
         raise _err("give --project NAME and --file ITEMS.jsonl")
     if c.task_type and c.task_type not in TASK_TYPES:  # a typo, checked before the store is opened
-        raise _err(f"field 'task_type': {c.task_type!r} is not a task type; choose one of "
-                   f"{', '.join(TASK_TYPES)}")
+        raise _err(f"field 'task_type': {c.task_type!r} is not a task type; choose one of {', '.join(TASK_TYPES)}")
     store = db.Store(c.db)
     try:
         with store.read() as conn:
             pid = project_id(conn, c.project)
-            proj = None if pid is None else conn.execute(
-                select(db.projects).where(db.projects.c.id == pid)).mappings().one()
+            proj = (
+                None
+                if pid is None
+                else conn.execute(select(db.projects).where(db.projects.c.id == pid)).mappings().one()
+            )
         if proj is None:
             if c.task_type not in TASK_TYPES:
-                raise _err(f"project {c.project!r} does not exist; give --task_type "
-                           f"({', '.join(TASK_TYPES)}) to create it")
+                raise _err(
+                    f"project {c.project!r} does not exist; give --task_type ({', '.join(TASK_TYPES)}) to create it"
+                )
             ttype, scale = c.task_type, (1, 7)
         else:
             ttype, scale = proj["task_type"], (proj["scale_min"], proj["scale_max"])
@@ -173,11 +241,25 @@ def run_import(c: ImportConfig) -> None:
         def job(conn):  # project creation and items in one transaction
             p = pid
             if p is None:
-                p = int(conn.execute(insert(db.projects).values(
-                    name=c.project, task_type=ttype, instructions=c.instructions, overlap=c.overlap,
-                    gold_rate=c.gold_rate, scale_min=1, scale_max=7, active=True, n_items=0, n_labels=0,
-                    created_at=time.time())).inserted_primary_key[0])
+                p = int(
+                    conn.execute(
+                        insert(db.projects).values(
+                            name=c.project,
+                            task_type=ttype,
+                            instructions=c.instructions,
+                            overlap=c.overlap,
+                            gold_rate=c.gold_rate,
+                            scale_min=1,
+                            scale_max=7,
+                            active=True,
+                            n_items=0,
+                            n_labels=0,
+                            created_at=time.time(),
+                        )
+                    ).inserted_primary_key[0]
+                )
             return p, add_items(conn, p, parsed)
+
         p, n = store.write(job)
         print(f"imported {n} items into project {c.project!r} (id {p}){note}")
     finally:
@@ -198,9 +280,16 @@ def run_export(c: ExportConfig) -> None:
                 raise _err(f"no project named {c.project!r}")
             try:
                 key = labeler_key(c.db) if c.with_labeler and c.aggregate == "none" else None
-                result = export_labels(conn, pid, c.kind, include_gold=c.include_gold, aggregate=c.aggregate,
-                                       labeler_key=key, min_gold_accuracy=c.min_gold_accuracy or None,
-                                       weight_by_gold=c.weight_by_gold)
+                result = export_labels(
+                    conn,
+                    pid,
+                    c.kind,
+                    include_gold=c.include_gold,
+                    aggregate=c.aggregate,
+                    labeler_key=key,
+                    min_gold_accuracy=c.min_gold_accuracy or None,
+                    weight_by_gold=c.weight_by_gold,
+                )
             except ValueError as e:
                 raise _err(str(e)) from None
     finally:
@@ -236,16 +325,22 @@ def run_forget(c: ForgetConfig) -> None:
         raise _err(f"field 'project_prefix': {e}") from None
     try:
         if not log.projects:
-            raise _err(f"field 'project_prefix': no projects {c.project_prefix}-thumbs or "
-                       f"{c.project_prefix}-ratings in {c.db}")
+            raise _err(
+                f"field 'project_prefix': no projects {c.project_prefix}-thumbs or {c.project_prefix}-ratings in {c.db}"
+            )
         try:
             gone = log.forget(c.end_user)
         except ValueError as e:  # the ids were hashed with a key not at hand
             raise _err(f"field 'end_user': {e}") from None
     finally:
         log.close()
-    wal = {True: "", None: "",
-           False: "; the SQLite write-ahead log is held by another connection (a running server?) and still "
-                  "holds the erased rows until its next checkpoint: run this again when it is stopped"}
-    print(f"erased {gone['items']} completions and {gone['labels']} feedback labels of end user "
-          f"{c.end_user.strip()!r} from {c.db}{wal[gone['wal_truncated']]}")
+    wal = {
+        True: "",
+        None: "",
+        False: "; the SQLite write-ahead log is held by another connection (a running server?) and still "
+        "holds the erased rows until its next checkpoint: run this again when it is stopped",
+    }
+    print(
+        f"erased {gone['items']} completions and {gone['labels']} feedback labels of end user "
+        f"{c.end_user.strip()!r} from {c.db}{wal[gone['wal_truncated']]}"
+    )

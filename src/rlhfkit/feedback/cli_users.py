@@ -3,6 +3,7 @@ set-user | members | users``.
 
 Passwords never travel on the command line (shell history, ``ps``): ``create-user`` and
 ``set-user --new_password true`` read ``$RLHFKIT_PASSWORD``, else prompt for it twice (getpass)."""
+
 from __future__ import annotations
 
 import getpass
@@ -19,17 +20,29 @@ from .auth import MIN_PASSWORD, ROLES, clean_username, create_user, hash_passwor
 from .cli import project_id
 from .queue import release_open_tasks
 
-__all__ = ["CreateUserConfig", "SetUserConfig", "MembersConfig", "UsersConfig", "run_create_user",
-           "run_set_user", "run_members", "run_users"]
+__all__ = [
+    "CreateUserConfig",
+    "SetUserConfig",
+    "MembersConfig",
+    "UsersConfig",
+    "run_create_user",
+    "run_set_user",
+    "run_members",
+    "run_users",
+]
 
 
 @dataclass
 class CreateUserConfig:
     db: str = field(default="feedback.db", metadata={"help": "SQLite file or SQLAlchemy URL"})
     username: str = field(default="", metadata={"help": "user name"})
-    password: str = field(default="", metadata={
-        "help": "deprecated: a password here stays in the shell history and is visible to `ps`; "
-                "set $RLHFKIT_PASSWORD or type it at the prompt"})
+    password: str = field(
+        default="",
+        metadata={
+            "help": "deprecated: a password here stays in the shell history and is visible to `ps`; "
+            "set $RLHFKIT_PASSWORD or type it at the prompt"
+        },
+    )
     role: str = field(default="labeler", metadata={"help": "admin or labeler"})
 
 
@@ -37,12 +50,18 @@ class CreateUserConfig:
 class SetUserConfig:
     db: str = field(default="feedback.db", metadata={"help": "SQLite file or SQLAlchemy URL"})
     username: str = field(default="", metadata={"help": "the user to change"})
-    active: bool | None = field(default=None, metadata={
-        "help": "false: the user can no longer log in, their sessions end at once and their open tasks go "
-                "back to the queue; true: allowed again"})
+    active: bool | None = field(
+        default=None,
+        metadata={
+            "help": "false: the user can no longer log in, their sessions end at once and their open tasks go "
+            "back to the queue; true: allowed again"
+        },
+    )
     role: str = field(default="", metadata={"help": "admin or labeler (empty: unchanged)"})
-    new_password: bool = field(default=False, metadata={
-        "help": "set a new password, read from $RLHFKIT_PASSWORD or the prompt; ends the user's sessions"})
+    new_password: bool = field(
+        default=False,
+        metadata={"help": "set a new password, read from $RLHFKIT_PASSWORD or the prompt; ends the user's sessions"},
+    )
 
 
 @dataclass
@@ -57,7 +76,6 @@ class MembersConfig:
 @dataclass
 class UsersConfig:
     db: str = field(default="feedback.db", metadata={"help": "SQLite file or SQLAlchemy URL"})
-
 
 
 def _read_password(what: str) -> str:
@@ -81,9 +99,12 @@ def run_create_user(c: CreateUserConfig) -> None:
     except ValueError as e:
         raise ConfigError(f"field 'username': {e}") from None
     if c.password:
-        print("rlhfkit feedback create-user: warning: --password stays in the shell history and is visible "
-              "to other users in `ps`; set $RLHFKIT_PASSWORD or type it at the prompt instead",
-              file=sys.stderr, flush=True)
+        print(
+            "rlhfkit feedback create-user: warning: --password stays in the shell history and is visible "
+            "to other users in `ps`; set $RLHFKIT_PASSWORD or type it at the prompt instead",
+            file=sys.stderr,
+            flush=True,
+        )
     password = c.password or _read_password(repr(username))
     if len(password) < MIN_PASSWORD:  # judged before the store is opened
         raise ConfigError(f"password must have at least {MIN_PASSWORD} characters")
@@ -121,11 +142,13 @@ def run_set_user(c: SetUserConfig) -> None:
         new_hash = hash_password(password)
     store = db.Store(c.db)
     try:
+
         def job(conn):
             uid = _user_id(conn, c.username.strip())  # names are stored without surrounding spaces
             if uid is None:
                 raise LookupError(f"field 'username': no user {c.username.strip()!r}")
             return update_user(conn, uid, active=c.active, role=c.role or None, password_hash=new_hash)
+
         try:
             row = store.write(job)
         except (LookupError, ValueError) as e:
@@ -144,6 +167,7 @@ def run_members(c: MembersConfig) -> None:
     store = db.Store(c.db)
     M, U, A = db.project_members, db.users, db.assignments
     try:
+
         def job(conn):
             pid = project_id(conn, c.project)
             if pid is None:
@@ -162,11 +186,13 @@ def run_members(c: MembersConfig) -> None:
             conn.execute(delete(M).where(M.c.project_id == pid))
             if after:
                 conn.execute(insert(M), [{"project_id": pid, "user_id": u} for u in sorted(after)])
-                holders = {r[0] for r in conn.execute(select(A.c.user_id).where(A.c.project_id == pid,
-                                                                                 A.c.status == "open"))}
+                holders = {
+                    r[0] for r in conn.execute(select(A.c.user_id).where(A.c.project_id == pid, A.c.status == "open"))
+                }
                 for u in holders - after:
                     release_open_tasks(conn, u, pid)
             return sorted(conn.execute(select(U.c.username).where(U.c.id.in_(after))).scalars()) if after else []
+
         try:
             names = store.write(job)
         except LookupError as e:
@@ -184,7 +210,9 @@ def run_users(c: UsersConfig) -> None:
         with store.read() as conn:
             users = conn.execute(select(U.c.id, U.c.username, U.c.role, U.c.active).order_by(U.c.id)).all()
             member_of: dict = {}
-            for uid, name in conn.execute(select(M.c.user_id, P.c.name).select_from(M.join(P, P.c.id == M.c.project_id))):
+            for uid, name in conn.execute(
+                select(M.c.user_id, P.c.name).select_from(M.join(P, P.c.id == M.c.project_id))
+            ):
                 member_of.setdefault(uid, []).append(name)
     finally:
         store.close()
@@ -198,4 +226,3 @@ def _printable(name: str) -> str:
     tab, line break or control character (names stored before the rules of ``clean_username``,
     project names): never a forged line or column, never a terminal escape sequence."""
     return name if name.isprintable() else ascii(name)
-

@@ -20,6 +20,7 @@ are in ``schema`` and re-exported here (``db.users``, ``db.items``, ...).
   syntax (no ``INSERT OR ...``, booleans passed as parameters, ``RETURNING`` which both have).
 - Timestamps are UNIX seconds (float), identical on both back ends.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,9 +51,22 @@ from .schema import (
 )
 
 __all__ = [
-    "metadata", "users", "sessions", "projects", "items", "assignments", "labels", "login_throttle",
+    "metadata",
+    "users",
+    "sessions",
+    "projects",
+    "items",
+    "assignments",
+    "labels",
+    "login_throttle",
     "project_members",
-    "make_engine", "upgrade", "GroupCommitWriter", "Store", "default_db_url", "sqlite_file", "require_store_file",
+    "make_engine",
+    "upgrade",
+    "GroupCommitWriter",
+    "Store",
+    "default_db_url",
+    "sqlite_file",
+    "require_store_file",
     "MIGRATIONS_DIR",
 ]
 
@@ -76,8 +90,7 @@ def sqlite_file(url: str | Path) -> Path | None:
         u = make_url(url)
     except Exception:  # noqa: BLE001 - not ours to judge: the engine reports it
         return None
-    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" \
-            or u.database.startswith("file:"):
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" or u.database.startswith("file:"):
         return None
     return Path(u.database)
 
@@ -105,6 +118,7 @@ def make_engine(url: str, **kwargs) -> Engine:
         kwargs.setdefault("connect_args", {"check_same_thread": False, "timeout": 30})
     engine = create_engine(url, **kwargs)
     if is_sqlite:
+
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn, _record):
             dbapi_conn.isolation_level = None  # autocommit at the driver; we emit BEGIN ourselves
@@ -119,6 +133,7 @@ def make_engine(url: str, **kwargs) -> Engine:
         @event.listens_for(engine, "begin")
         def _on_begin(conn):
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("immediate") else "BEGIN")
+
     return engine
 
 
@@ -278,7 +293,7 @@ class GroupCommitWriter:
             conn = self._connection()
             try:
                 with conn.begin():
-                    (ok, value), = self._exec_jobs(conn, [fn])
+                    ((ok, value),) = self._exec_jobs(conn, [fn])
             except Exception:
                 self._reset()
                 raise

@@ -36,6 +36,7 @@ Who labelled, and how far to trust them (:func:`export_labels`):
   gold answers together: the best guess for someone not yet measured), for both options; a
   project without answered gold questions cannot use either.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,8 +66,17 @@ from .enduser.keys import create_key_file
 from .stats import gold_answers
 from .tasks import render_prompt
 
-__all__ = ["EXPORT_KINDS", "ExportResult", "export_labels", "export_records", "export_jsonl", "export_hf",
-           "write_records", "labeler_key", "labeler_pseudonym"]
+__all__ = [
+    "EXPORT_KINDS",
+    "ExportResult",
+    "export_labels",
+    "export_records",
+    "export_jsonl",
+    "export_hf",
+    "write_records",
+    "labeler_key",
+    "labeler_pseudonym",
+]
 
 LABELER_KEY_ENV = "RLHFKIT_LABELER_KEY"
 
@@ -82,9 +92,12 @@ EXPORT_KINDS: dict[str, tuple[str, ...]] = {
 
 def _rows(conn: Connection, project_id: int, include_gold: bool):
     L, I = db.labels, db.items
-    q = (select(L.c.item_id, L.c.user_id, L.c.payload, I.c.prompt, I.c.messages, I.c.responses)
-         .select_from(L.join(I, I.c.id == L.c.item_id))
-         .where(L.c.project_id == project_id).order_by(L.c.item_id, L.c.id))
+    q = (
+        select(L.c.item_id, L.c.user_id, L.c.payload, I.c.prompt, I.c.messages, I.c.responses)
+        .select_from(L.join(I, I.c.id == L.c.item_id))
+        .where(L.c.project_id == project_id)
+        .order_by(L.c.item_id, L.c.id)
+    )
     if not include_gold:
         q = q.where(L.c.is_gold == False)  # noqa: E712
     return list(conn.execute(q).mappings())
@@ -108,11 +121,15 @@ def labeler_key(db_url: str) -> bytes | None:
             create_key_file(key_file)
         key = key_file.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"labeler key {key_file}: {e}; make its folder writable, or set ${LABELER_KEY_ENV} "
-                         "(or give --with_labeler false)") from None
+        raise ValueError(
+            f"labeler key {key_file}: {e}; make its folder writable, or set ${LABELER_KEY_ENV} "
+            "(or give --with_labeler false)"
+        ) from None
     if not key:
-        raise ValueError(f"labeler key {key_file} is empty: restore it from a backup of the store (the pseudonyms "
-                         f"of earlier exports were made with it), or delete it to make a new key (new pseudonyms)")
+        raise ValueError(
+            f"labeler key {key_file} is empty: restore it from a backup of the store (the pseudonyms "
+            f"of earlier exports were made with it), or delete it to make a new key (new pseudonyms)"
+        )
     return key.encode("utf-8")
 
 
@@ -143,24 +160,37 @@ class ExportResult:
         if self.min_gold_accuracy is not None:
             who = ", ".join(f"{k} {acc:.3f} on {n} gold answers" for k, (acc, n) in self.dropped_labelers.items())
             n = len(self.dropped_labelers)
-            note += (f"; left out {self.dropped_labels} labels of {n} labeler{'' if n == 1 else 's'} under gold "
-                     f"accuracy {self.min_gold_accuracy:g}" + (f" ({who})" if who else ""))
+            note += (
+                f"; left out {self.dropped_labels} labels of {n} labeler{'' if n == 1 else 's'} under gold "
+                f"accuracy {self.min_gold_accuracy:g}" + (f" ({who})" if who else "")
+            )
         if self.weight_by_gold:
-            note += (f"; weight = the labeler's gold accuracy (the pooled {self.gold_pooled:.3f} for labelers "
-                     "without gold answers)")
+            note += (
+                f"; weight = the labeler's gold accuracy (the pooled {self.gold_pooled:.3f} for labelers "
+                "without gold answers)"
+            )
         return note
 
 
-def export_records(conn: Connection, project_id: int, kind: str, *, include_gold: bool = False,
-                   aggregate: str = "none", **trust) -> list:
+def export_records(
+    conn: Connection, project_id: int, kind: str, *, include_gold: bool = False, aggregate: str = "none", **trust
+) -> list:
     """The records of ``kind`` made from a project's labels (see the module docstring);
     ``trust``: ``labeler_key``, ``min_gold_accuracy``, ``weight_by_gold`` of :func:`export_labels`."""
     return export_labels(conn, project_id, kind, include_gold=include_gold, aggregate=aggregate, **trust).records
 
 
-def export_labels(conn: Connection, project_id: int, kind: str, *, include_gold: bool = False,
-                  aggregate: str = "none", labeler_key: bytes | None = None,
-                  min_gold_accuracy: float | None = None, weight_by_gold: bool = False) -> ExportResult:
+def export_labels(
+    conn: Connection,
+    project_id: int,
+    kind: str,
+    *,
+    include_gold: bool = False,
+    aggregate: str = "none",
+    labeler_key: bytes | None = None,
+    min_gold_accuracy: float | None = None,
+    weight_by_gold: bool = False,
+) -> ExportResult:
     """The records of ``kind`` made from a project's labels, with labeler pseudonyms (given a
     ``labeler_key``), labels of labelers under ``min_gold_accuracy`` left out, and weights by gold
     accuracy (see the module docstring). ValueError for a combination that cannot be made."""
@@ -169,8 +199,10 @@ def export_labels(conn: Connection, project_id: int, kind: str, *, include_gold:
     if aggregate not in ("none", "majority"):
         raise ValueError("aggregate must be 'none' or 'majority'")
     if weight_by_gold and aggregate == "majority":
-        raise ValueError("weight_by_gold weighs each label by its labeler; aggregate majority makes one record per "
-                         "item: use min_gold_accuracy to keep low-accuracy labelers out of the vote")
+        raise ValueError(
+            "weight_by_gold weighs each label by its labeler; aggregate majority makes one record per "
+            "item: use min_gold_accuracy to keep low-accuracy labelers out of the vote"
+        )
     if min_gold_accuracy is not None and not 0 <= min_gold_accuracy <= 1:
         raise ValueError(f"min_gold_accuracy must be in [0, 1], got {min_gold_accuracy}")
     project = conn.execute(select(db.projects).where(db.projects.c.id == project_id)).mappings().first()
@@ -178,8 +210,9 @@ def export_labels(conn: Connection, project_id: int, kind: str, *, include_gold:
         raise LookupError(f"no project {project_id}")
     ttype, name = project["task_type"], project["name"]
     if ttype not in EXPORT_KINDS[kind]:
-        raise ValueError(f"project {name!r} holds {ttype} tasks; export kind {kind!r} needs "
-                         f"{' or '.join(EXPORT_KINDS[kind])}")
+        raise ValueError(
+            f"project {name!r} holds {ttype} tasks; export kind {kind!r} needs {' or '.join(EXPORT_KINDS[kind])}"
+        )
     rows = _rows(conn, project_id, include_gold)
     result = ExportResult(records=[], min_gold_accuracy=min_gold_accuracy, weight_by_gold=weight_by_gold)
     accuracy: dict[int, float] = {}
@@ -189,8 +222,13 @@ def export_labels(conn: Connection, project_id: int, kind: str, *, include_gold:
         answers = gold_answers(conn, project_id)
         low = {u for u, a in accuracy.items() if a < min_gold_accuracy}
         result.dropped_labels = sum(1 for r in rows if r["user_id"] in low)
-        result.dropped_labelers = {(labeler_pseudonym(u, labeler_key) if labeler_key else f"user-{u}"):
-                                   (accuracy[u], answers.get(u, (0, 0))[1]) for u in sorted(low)}
+        result.dropped_labelers = {
+            (labeler_pseudonym(u, labeler_key) if labeler_key else f"user-{u}"): (
+                accuracy[u],
+                answers.get(u, (0, 0))[1],
+            )
+            for u in sorted(low)
+        }
         rows = [r for r in rows if r["user_id"] not in low]
     if aggregate == "majority":
         rows = _majority(rows, ttype)
@@ -210,8 +248,10 @@ def _gold_accuracy(conn: Connection, project_id: int, name: str, users: set) -> 
     answers = gold_answers(conn, project_id)
     answered = sum(n for _, n in answers.values())
     if not answered:
-        raise ValueError(f"project {name!r} has no answered gold questions: min_gold_accuracy and weight_by_gold "
-                         "need them (import items with a `gold` answer into a project with gold_rate above 0)")
+        raise ValueError(
+            f"project {name!r} has no answered gold questions: min_gold_accuracy and weight_by_gold "
+            "need them (import items with a `gold` answer into a project with gold_rate above 0)"
+        )
     pooled = sum(c for c, _ in answers.values()) / answered
     return {u: (answers[u][0] / answers[u][1] if u in answers else pooled) for u in users}, pooled
 
@@ -235,8 +275,17 @@ def _records_of(r, ttype: str, kind: str, project, who: dict) -> list:
         rec = RankingRecord(prompt, texts, list(p["ranks"]), **who)
         return rec.to_pairs(subset=name) if kind == "pairs" else [rec]
     if ttype == "rating":
-        return [RatingRecord(prompt, texts[0], float(p["rating"]), float(project["scale_min"]),
-                             float(project["scale_max"]), list(p.get("flags", [])), **who)]
+        return [
+            RatingRecord(
+                prompt,
+                texts[0],
+                float(p["rating"]),
+                float(project["scale_min"]),
+                float(project["scale_max"]),
+                list(p.get("flags", [])),
+                **who,
+            )
+        ]
     if ttype == "thumbs":
         return [ThumbsRecord(prompt, texts[0], bool(p["label"]), **who)]
     if ttype == "rewrite":

@@ -5,6 +5,7 @@ returning, for each prompt, ``n`` responses ``{"text": str, "model": str | None}
 app never imports a trainer: the caller (e.g. a recipe that owns the current policy) builds the
 generator and passes it to ``create_app(..., generator=...)`` or calls :func:`generate_items`.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Protocol
@@ -25,8 +26,9 @@ class ResponseGenerator(Protocol):
     def __call__(self, prompts: list[str], n: int) -> list[list[dict]]: ...
 
 
-def generate_items(store: Store, project_id: int, prompts: list[str], generator: Callable, n: int,
-                   redact: bool = False) -> int:
+def generate_items(
+    store: Store, project_id: int, prompts: list[str], generator: Callable, n: int, redact: bool = False
+) -> int:
     """Generate ``n`` responses per prompt and add them to the project as items (one transaction);
     ``redact``: personal data in prompts and responses replaced first (``tasks.redact_items``)."""
     with store.read() as conn:
@@ -37,8 +39,13 @@ def generate_items(store: Store, project_id: int, prompts: list[str], generator:
     parsed = []
     for i, (prompt, responses) in enumerate(zip(prompts, outputs)):
         try:
-            parsed.append(parse_item({"prompt": prompt, "responses": list(responses)}, proj["task_type"],
-                                     (proj["scale_min"], proj["scale_max"])))
+            parsed.append(
+                parse_item(
+                    {"prompt": prompt, "responses": list(responses)},
+                    proj["task_type"],
+                    (proj["scale_min"], proj["scale_max"]),
+                )
+            )
         except DataError as e:
             raise e.located(path="<generator>", index=i) from None
     if redact:

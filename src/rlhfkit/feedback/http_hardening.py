@@ -5,6 +5,7 @@ Request body limits need nothing here: FastAPI's own ``max_body_size`` (app-wide
 for a larger upload) refuses a declared Content-Length over the limit before reading the body and
 cuts a chunked body at the limit as it streams (Starlette's ``RequestBodyLimitMiddleware``).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,7 @@ from fastapi import HTTPException, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
-__all__ = ["strict_json", "StrictJSONRoute", "SecurityHeaders", "escape_surrogates", "bad_text", "PAGE_CSP",
-           "DOCS_CSP"]
+__all__ = ["strict_json", "StrictJSONRoute", "SecurityHeaders", "escape_surrogates", "bad_text", "PAGE_CSP", "DOCS_CSP"]
 
 
 # ----------------------------------------------------------------------------- strict JSON
@@ -90,13 +90,15 @@ def strict_json(data: bytes) -> Any:
         if v is _NONFINITE:
             flagged.append(text)
         return v
+
     try:
         obj = json.loads(data, parse_constant=constant, parse_float=number)
     except json.JSONDecodeError:
         raise
     except (ValueError, RecursionError) as e:  # bad UTF-8, an int past 4300 digits, deep nesting
-        raise HTTPException(422, [{"type": "json_invalid", "loc": ["body"], "msg": f"not valid JSON: {e}"[:300],
-                                   "input": None}]) from None
+        raise HTTPException(
+            422, [{"type": "json_invalid", "loc": ["body"], "msg": f"not valid JSON: {e}"[:300], "input": None}]
+        ) from None
     if not flagged and b"\\u0000" not in data:  # a NUL can only come as that escape
         try:
             json.dumps(obj, ensure_ascii=False).encode("utf-8")
@@ -121,8 +123,10 @@ class _StrictJSONRequest(Request):
         for key, value in form.multi_items():
             reason = bad_text(key) or (bad_text(value) if isinstance(value, str) else None)
             if reason:
-                raise HTTPException(422, [{"type": "value_error", "loc": ["body", escape_surrogates(key)],
-                                           "msg": reason, "input": None}])
+                raise HTTPException(
+                    422,
+                    [{"type": "value_error", "loc": ["body", escape_surrogates(key)], "msg": reason, "input": None}],
+                )
         return form
 
 
@@ -135,20 +139,25 @@ class StrictJSONRoute(APIRoute):
 
         async def strict_handler(request: Request) -> Response:
             return await handler(_StrictJSONRequest(request.scope, request.receive))
+
         return strict_handler
 
 
 # ----------------------------------------------------------------------------- headers
 # The pages load only their own script and stylesheet; ``style-src-attr 'unsafe-inline'`` allows
 # the progress bars' ``style="width: N%"`` attributes (a style attribute cannot run script).
-PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; "
-            "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
-            "frame-ancestors 'none'")
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; "
+    "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
 # FastAPI's /docs and /redoc pages load Swagger UI / ReDoc from its CDN with an inline script
-DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-            "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
-            "worker-src blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+    "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
+    "worker-src blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")
 
 
@@ -157,12 +166,21 @@ class SecurityHeaders:
     no-store`` to every one but static files) (a pure one, not
     ``@app.middleware("http")``: that wraps each request in extra tasks, on the labelling hot path)."""
 
-    def __init__(self, app, csp: str = PAGE_CSP, docs_csp: str = DOCS_CSP, docs_paths=DOCS_PATHS,
-                 cacheable_prefix: str = "/static/") -> None:
+    def __init__(
+        self,
+        app,
+        csp: str = PAGE_CSP,
+        docs_csp: str = DOCS_CSP,
+        docs_paths=DOCS_PATHS,
+        cacheable_prefix: str = "/static/",
+    ) -> None:
         self.app = app
         self.cacheable_prefix = cacheable_prefix
-        common = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
-                  (b"referrer-policy", b"same-origin")]
+        common = [
+            (b"x-frame-options", b"DENY"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"same-origin"),
+        ]
         self.headers = [(b"content-security-policy", csp.encode())] + common
         self.docs_headers = [(b"content-security-policy", docs_csp.encode())] + common
         self.docs_paths = set(docs_paths)
@@ -180,7 +198,9 @@ class SecurityHeaders:
         async def send_with_headers(message) -> None:
             if message["type"] == "http.response.start":
                 names = {k.lower() for k, _ in message.get("headers", [])}
-                message = dict(message, headers=list(message.get("headers", []))
-                               + [(k, v) for k, v in extra if k not in names])
+                message = dict(
+                    message, headers=list(message.get("headers", [])) + [(k, v) for k, v in extra if k not in names]
+                )
             await send(message)
+
         await self.app(scope, receive, send_with_headers)

@@ -9,6 +9,7 @@ while a loop is still in its setup a call raises ``NoPolicyYet`` (the app answer
 goes through ``rollout.make_sampler``, as in training; calls are serialised by a lock (the app's
 handlers run in threads) and each call draws from its own seed.
 """
+
 from __future__ import annotations
 
 import threading
@@ -22,8 +23,15 @@ __all__ = ["PolicyGenerator", "NoPolicyYet", "current_policy"]
 class PolicyGenerator:
     """``generator(prompts, n)`` for ``feedback.app.create_app(..., generator=...)``."""
 
-    def __init__(self, spec: str, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
-                 max_prompt_length: int = 512, seed: int = 0):
+    def __init__(
+        self,
+        spec: str,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_prompt_length: int = 512,
+        seed: int = 0,
+    ):
         from rlhfkit.rollout import SamplingConfig
 
         self.spec = spec
@@ -61,8 +69,16 @@ class PolicyGenerator:
                 self._load(version)
             self.calls += 1
             with torch.no_grad():
-                ro = rollout(self._sampler, self._model, self._tokenizer, [p for p in prompts for _ in range(n)],
-                             seed=step_seed(self.seed, self.calls, salt=41), max_prompt_length=self.max_prompt_length,
-                             behaviour_logprobs=False)
+                ro = rollout(
+                    self._sampler,
+                    self._model,
+                    self._tokenizer,
+                    [p for p in prompts for _ in range(n)],
+                    seed=step_seed(self.seed, self.calls, salt=41),
+                    max_prompt_length=self.max_prompt_length,
+                    behaviour_logprobs=False,
+                )
             texts = list(ro.responses)
-            return [[{"text": t, "model": self.loaded} for t in texts[i * n:(i + 1) * n]] for i in range(len(prompts))]
+            return [
+                [{"text": t, "model": self.loaded} for t in texts[i * n : (i + 1) * n]] for i in range(len(prompts))
+            ]

@@ -14,6 +14,7 @@ benchmark measures.
     with TempPostgres() as pg:
         url = pg.create_database("feedback")   # postgresql+psycopg://postgres@/feedback?host=...&port=...
 """
+
 from __future__ import annotations
 
 import atexit
@@ -32,8 +33,11 @@ def find_pg_bin() -> Path | None:
     """The folder holding ``initdb`` and ``pg_ctl`` (newest Debian version first), or None."""
     env = os.environ.get("RLHFKIT_PG_BIN")
     cands = [env] if env else []
-    cands += sorted(glob.glob("/usr/lib/postgresql/*/bin"),
-                    key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0, reverse=True)
+    cands += sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
+        reverse=True,
+    )
     which = shutil.which("initdb")
     if which:
         cands.append(str(Path(which).parent))
@@ -68,8 +72,10 @@ def unavailable_reason() -> str | None:
     except ImportError:
         return "the PostgreSQL driver psycopg is not installed (pip install 'psycopg[binary]')"
     if find_pg_bin() is None:
-        return ("no PostgreSQL server binaries (initdb, pg_ctl) found under /usr/lib/postgresql/*/bin or on PATH "
-                "(Debian: apt-get install postgresql)")
+        return (
+            "no PostgreSQL server binaries (initdb, pg_ctl) found under /usr/lib/postgresql/*/bin or on PATH "
+            "(Debian: apt-get install postgresql)"
+        )
     if _run_as_prefix() is None:
         return "running as root without a 'postgres' OS user and runuser (PostgreSQL refuses to run as root)"
     return None
@@ -87,8 +93,9 @@ class TempPostgres:
     unix socket; ``stop()`` shuts the server down and deletes the folder (also at interpreter
     exit, if forgotten)."""
 
-    def __init__(self, base_dir: str | None = None, port: int | None = None,
-                 settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, base_dir: str | None = None, port: int | None = None, settings: dict[str, str] | None = None
+    ) -> None:
         reason = unavailable_reason()
         if reason:
             raise RuntimeError(reason)
@@ -100,17 +107,23 @@ class TempPostgres:
         self.sock = self.dir / "sock"
         self.log = self.dir / "server.log"
         self.port = port or _free_port()
-        self.settings = {"listen_addresses": "127.0.0.1", "port": str(self.port),
-                         "unix_socket_directories": str(self.sock), "max_connections": "200",
-                         "shared_buffers": "128MB", **(settings or {})}
+        self.settings = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": str(self.sock),
+            "max_connections": "200",
+            "shared_buffers": "128MB",
+            **(settings or {}),
+        }
         self._started = False
         self._n_db = 0
 
     # ------------------------------------------------------------------ lifecycle
     def _pg(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         cmd = [*self.prefix, str(self.bin / args[0]), *args[1:]]
-        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
-                           cwd=self.dir)
+        r = subprocess.run(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, cwd=self.dir
+        )
         if r.returncode != 0:
             log = self.log.read_text()[-3000:] if self.log.exists() else ""
             raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{log}")
@@ -124,8 +137,19 @@ class TempPostgres:
             shutil.chown(self.dir, "postgres", "postgres")
             shutil.chown(self.sock, "postgres", "postgres")
             os.chmod(self.dir, 0o755)
-        self._pg("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                 "--locale=C", "--no-instructions", "--no-sync")  # throwaway: skip initdb's fsyncs
+        self._pg(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-instructions",
+            "--no-sync",
+        )  # throwaway: skip initdb's fsyncs
         opts = " ".join(f"-c {k}={v}" for k, v in self.settings.items())
         self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w", "-t", "60", "start")
         self._started = True
@@ -155,8 +179,7 @@ class TempPostgres:
     def connect(self, dbname: str = "postgres"):
         import psycopg
 
-        return psycopg.connect(host=str(self.sock), port=self.port, user="postgres", dbname=dbname,
-                               autocommit=True)
+        return psycopg.connect(host=str(self.sock), port=self.port, user="postgres", dbname=dbname, autocommit=True)
 
     def create_database(self, name: str | None = None) -> str:
         """A new empty database; returns its URL."""

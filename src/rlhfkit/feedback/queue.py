@@ -24,6 +24,7 @@ Search order: the most-assigned items first (finish items to the overlap before 
 ones, so agreement can be measured early), then oldest first. Each overlap level is one index
 range ``(project_id, is_gold, n_assigned, id)``, so the search stays fast however many items are done.
 """
+
 from __future__ import annotations
 
 import random
@@ -37,8 +38,19 @@ from . import db
 from .db import from_json, json_decoded, raw, to_json
 from .tasks import LabelError, canonical_label, grade, screen_keys
 
-__all__ = ["NotFound", "Conflict", "next_task", "get_task", "submit_label", "skip_task", "task_view",
-           "add_items", "release_open_tasks", "may_label", "DEFAULT_LEASE_S"]
+__all__ = [
+    "NotFound",
+    "Conflict",
+    "next_task",
+    "get_task",
+    "submit_label",
+    "skip_task",
+    "task_view",
+    "add_items",
+    "release_open_tasks",
+    "may_label",
+    "DEFAULT_LEASE_S",
+]
 
 DEFAULT_LEASE_S = 30 * 60.0  # an open task older than this may be reassigned
 
@@ -57,8 +69,10 @@ class Conflict(RuntimeError):
 # (see there: SQLAlchemy's execution layer would cost more than the database work).
 # a project with members is offered only to them; one with none to every labeler (two probes of
 # the members' primary key per project)
-_MEMBER_OK = ("(NOT EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = projects.id) "
-              "OR EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = projects.id AND m.user_id = :u))")
+_MEMBER_OK = (
+    "(NOT EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = projects.id) "
+    "OR EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = projects.id AND m.user_id = :u))"
+)
 _PROJECTS = f"SELECT id, task_type, overlap, gold_rate FROM projects WHERE active = :t AND {_MEMBER_OK} ORDER BY id"
 _PROJECT = f"SELECT id, task_type, overlap, gold_rate FROM projects WHERE active = :t AND id = :p AND {_MEMBER_OK}"
 # the labeler must still be active when the claim runs, not only when the request's session was
@@ -66,44 +80,70 @@ _PROJECT = f"SELECT id, task_type, overlap, gold_rate FROM projects WHERE active
 # one after it. One writer runs jobs one after another, so a plain read sees a deactivation
 # committed before; on PostgreSQL FOR SHARE also makes a claim in another server process wait for
 # a deactivation still in flight (its UPDATE of the user row) and then read its outcome.
-_ACTIVE = {"sqlite": "SELECT 1 FROM users WHERE id = :u AND active = :t",
-           "postgresql": "SELECT 1 FROM users WHERE id = :u AND active = :t FOR SHARE"}
-_OPEN = ("SELECT id FROM assignments WHERE user_id = :u AND project_id = :p AND status = 'open' "
-         "ORDER BY id LIMIT 1")
+_ACTIVE = {
+    "sqlite": "SELECT 1 FROM users WHERE id = :u AND active = :t",
+    "postgresql": "SELECT 1 FROM users WHERE id = :u AND active = :t FOR SHARE",
+}
+_OPEN = "SELECT id FROM assignments WHERE user_id = :u AND project_id = :p AND status = 'open' ORDER BY id LIMIT 1"
 _CANDIDATES = (
     "SELECT i.id, i.responses FROM items i WHERE i.project_id = :p AND i.is_gold = :g AND i.n_assigned = :lvl "
     "AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.id AND a.user_id = :u) "
-    "ORDER BY i.id LIMIT 4")
+    "ORDER BY i.id LIMIT 4"
+)
 _GOLD = (
     "SELECT i.id, i.responses FROM items i WHERE i.project_id = :p AND i.is_gold = :g "
     "AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.id AND a.user_id = :u) "
-    "ORDER BY i.n_assigned, i.id LIMIT 4")
+    "ORDER BY i.n_assigned, i.id LIMIT 4"
+)
 # abandoned tasks: open regular assignments past their lease (index ix_assignments_open_lease), on
 # items this labeler never had
 _EXPIRED = (
     "SELECT a.id, a.item_id, i.responses FROM assignments a JOIN items i ON i.id = a.item_id "
     "WHERE a.project_id = :p AND a.status = 'open' AND a.created_at < :cutoff AND i.is_gold = :g "
     "AND NOT EXISTS (SELECT 1 FROM assignments b WHERE b.item_id = a.item_id AND b.user_id = :u) "
-    "ORDER BY a.created_at LIMIT 4")
+    "ORDER BY a.created_at LIMIT 4"
+)
 _EXPIRE = "UPDATE assignments SET status = 'expired', finished_at = :t WHERE id = :a AND status = 'open'"
 _CLAIM = "UPDATE items SET n_assigned = n_assigned + 1 WHERE id = :i AND n_assigned < :cap"
 _INSERT_ASSIGNMENT = (
     "INSERT INTO assignments (project_id, item_id, user_id, display_order, status, created_at) "
-    "VALUES (:p, :i, :u, :o, 'open', :t) RETURNING id")
+    "VALUES (:p, :i, :u, :o, 'open', :t) RETURNING id"
+)
 _USER_DONE = "SELECT count(*) FROM assignments WHERE user_id = :u AND project_id = :p AND status = 'done'"
-_TASK_COLS = ("id", "user_id", "status", "display_order", "item_id", "created_at", "prompt", "messages",
-              "responses", "is_gold", "gold", "project_id", "project_name", "task_type", "instructions",
-              "scale_min", "scale_max", "overlap", "n_items", "n_labels")
+_TASK_COLS = (
+    "id",
+    "user_id",
+    "status",
+    "display_order",
+    "item_id",
+    "created_at",
+    "prompt",
+    "messages",
+    "responses",
+    "is_gold",
+    "gold",
+    "project_id",
+    "project_name",
+    "task_type",
+    "instructions",
+    "scale_min",
+    "scale_max",
+    "overlap",
+    "n_items",
+    "n_labels",
+)
 _TASK = (
     "SELECT a.id, a.user_id, a.status, a.display_order, a.item_id, a.created_at, i.prompt, i.messages, "
     "i.responses, i.is_gold, i.gold, p.id, p.name, p.task_type, "
     "p.instructions, p.scale_min, p.scale_max, p.overlap, p.n_items, p.n_labels "
     "FROM assignments a JOIN items i ON i.id = a.item_id JOIN projects p ON p.id = a.project_id "
-    "WHERE a.id = :a")
+    "WHERE a.id = :a"
+)
 _LABEL_OF = "SELECT id FROM labels WHERE assignment_id = :a"
 _INSERT_LABEL = (
     "INSERT INTO labels (assignment_id, project_id, item_id, user_id, payload, is_gold, correct, duration_ms, "
-    "created_at) VALUES (:a, :p, :i, :u, :payload, :g, :correct, :d, :t) RETURNING id")
+    "created_at) VALUES (:a, :p, :i, :u, :payload, :g, :correct, :d, :t) RETURNING id"
+)
 _DONE = "UPDATE assignments SET status = 'done', finished_at = :t WHERE id = :a AND status = 'open'"
 _STATUS = "SELECT status FROM assignments WHERE id = :a"
 _COUNT_LABEL = "UPDATE projects SET n_labels = n_labels + 1 WHERE id = :p"
@@ -129,35 +169,48 @@ def _load_task(conn: Connection, assignment_id: int) -> dict | None:
     return d
 
 
-def _assign(conn: Connection, item_id: int, responses_json: Any, user_id: int, project: _Project,
-            rng: random.Random, now: float) -> int:
+def _assign(
+    conn: Connection, item_id: int, responses_json: Any, user_id: int, project: _Project, rng: random.Random, now: float
+) -> int:
     order = list(range(len(from_json(responses_json, json_decoded(conn)))))
     if project.task_type in ("pairwise", "ranking"):
         rng.shuffle(order)  # left/right (and ranking) order randomised per task
-    return raw(conn, _INSERT_ASSIGNMENT, {"p": project.id, "i": item_id, "u": user_id, "o": to_json(order),
-                                          "t": now}).fetchone()[0]
+    return raw(
+        conn, _INSERT_ASSIGNMENT, {"p": project.id, "i": item_id, "u": user_id, "o": to_json(order), "t": now}
+    ).fetchone()[0]
 
 
-def _claim(conn: Connection, item_id: int, responses_json: Any, user_id: int, project: _Project,
-           is_gold: bool, rng: random.Random, now: float) -> int | None:
+def _claim(
+    conn: Connection,
+    item_id: int,
+    responses_json: Any,
+    user_id: int,
+    project: _Project,
+    is_gold: bool,
+    rng: random.Random,
+    now: float,
+) -> int | None:
     cap = _NO_CAP if is_gold else project.overlap  # gold items do not count towards the overlap
     if raw(conn, _CLAIM, {"i": item_id, "cap": cap}).rowcount != 1:
         return None
     return _assign(conn, item_id, responses_json, user_id, project, rng, now)
 
 
-def _reclaim(conn: Connection, user_id: int, project: _Project, rng: random.Random, now: float,
-             lease_s: float) -> int | None:
+def _reclaim(
+    conn: Connection, user_id: int, project: _Project, rng: random.Random, now: float, lease_s: float
+) -> int | None:
     """Take over an abandoned task: expire the old assignment, give its slot to ``user_id``."""
-    for old_id, item_id, resp in raw(conn, _EXPIRED, {"p": project.id, "cutoff": now - lease_s, "g": False,
-                                                     "u": user_id}).fetchall():
+    for old_id, item_id, resp in raw(
+        conn, _EXPIRED, {"p": project.id, "cutoff": now - lease_s, "g": False, "u": user_id}
+    ).fetchall():
         if raw(conn, _EXPIRE, {"a": old_id, "t": now}).rowcount == 1:  # else submitted/taken meanwhile
             return _assign(conn, item_id, resp, user_id, project, rng, now)
     return None
 
 
-def _pick(conn: Connection, user_id: int, project: _Project, rng: random.Random, now: float,
-          lease_s: float | None) -> int | None:
+def _pick(
+    conn: Connection, user_id: int, project: _Project, rng: random.Random, now: float, lease_s: float | None
+) -> int | None:
     pid = project.id
     if project.gold_rate > 0 and rng.random() < project.gold_rate:
         for item_id, resp in raw(conn, _GOLD, {"p": pid, "g": True, "u": user_id}).fetchall():
@@ -179,9 +232,15 @@ def _pick(conn: Connection, user_id: int, project: _Project, rng: random.Random,
 _rng = random.Random()
 
 
-def next_task(conn: Connection, user_id: int, project_id: int | None = None,
-              rng: random.Random | None = None, *, now: float | None = None,
-              lease_s: float | None = DEFAULT_LEASE_S) -> dict | None:
+def next_task(
+    conn: Connection,
+    user_id: int,
+    project_id: int | None = None,
+    rng: random.Random | None = None,
+    *,
+    now: float | None = None,
+    lease_s: float | None = DEFAULT_LEASE_S,
+) -> dict | None:
     """The labeler's next task (their open one if any, else an abandoned one past its lease, else
     a newly assigned one) as the view sent to the client; None when there is nothing left for
     them (or they are no longer active). ``now``: the clock (default ``time.time()``);
@@ -227,13 +286,23 @@ def task_view(conn: Connection, row: dict) -> dict:
         "messages": row["messages"],
         "responses": [{"key": k, "text": responses[i]["text"]} for k, i in zip(keys, order)],
         "scale": {"min": row["scale_min"], "max": row["scale_max"]},
-        "progress": {"user_done": user_done, "project_done": row["n_labels"],
-                     "project_total": row["n_items"] * row["overlap"]},
+        "progress": {
+            "user_done": user_done,
+            "project_done": row["n_labels"],
+            "project_total": row["n_items"] * row["overlap"],
+        },
     }
 
 
-def submit_label(conn: Connection, user_id: int, assignment_id: int, body: dict,
-                 duration_ms: int | None = None, *, now: float | None = None) -> dict:
+def submit_label(
+    conn: Connection,
+    user_id: int,
+    assignment_id: int,
+    body: dict,
+    duration_ms: int | None = None,
+    *,
+    now: float | None = None,
+) -> dict:
     """Store a verdict. Idempotent: submitting again for a task already done returns the stored
     label with ``duplicate: true`` (a client retrying after a lost reply never duplicates)."""
     row = _load_task(conn, assignment_id)
@@ -241,8 +310,7 @@ def submit_label(conn: Connection, user_id: int, assignment_id: int, body: dict,
         raise NotFound("no such task")
     if row["status"] != "open":
         return _closed(conn, assignment_id, row["status"], row["project_id"])
-    payload = canonical_label(row["task_type"], body, row["display_order"],
-                              (row["scale_min"], row["scale_max"]))
+    payload = canonical_label(row["task_type"], body, row["display_order"], (row["scale_min"], row["scale_max"]))
     t = time.time() if now is None else now
     if duration_ms is None:
         duration_ms = int((t - row["created_at"]) * 1000)
@@ -250,11 +318,22 @@ def submit_label(conn: Connection, user_id: int, assignment_id: int, body: dict,
     # close the task first, conditionally: it locks the row, and a concurrent submit / reclaim in
     # another process either already closed it (0 rows) or waits for this transaction
     if raw(conn, _DONE, {"a": assignment_id, "t": t}).rowcount != 1:
-        return _closed(conn, assignment_id, raw(conn, _STATUS, {"a": assignment_id}).fetchone()[0],
-                       row["project_id"])
-    lid = raw(conn, _INSERT_LABEL, {"a": assignment_id, "p": row["project_id"], "i": row["item_id"],
-                                    "u": user_id, "payload": to_json(payload), "g": row["is_gold"],
-                                    "correct": correct, "d": max(0, int(duration_ms)), "t": t}).fetchone()[0]
+        return _closed(conn, assignment_id, raw(conn, _STATUS, {"a": assignment_id}).fetchone()[0], row["project_id"])
+    lid = raw(
+        conn,
+        _INSERT_LABEL,
+        {
+            "a": assignment_id,
+            "p": row["project_id"],
+            "i": row["item_id"],
+            "u": user_id,
+            "payload": to_json(payload),
+            "g": row["is_gold"],
+            "correct": correct,
+            "d": max(0, int(duration_ms)),
+            "t": t,
+        },
+    ).fetchone()[0]
     if not row["is_gold"]:
         raw(conn, _COUNT_LABEL, {"p": row["project_id"]})
     return {"label_id": lid, "task_id": assignment_id, "duplicate": False, "project_id": row["project_id"]}
@@ -277,8 +356,9 @@ def skip_task(conn: Connection, user_id: int, assignment_id: int, *, now: float 
     status = row.status
     if status == "open":
         t = time.time() if now is None else now
-        res = conn.execute(update(A).where(A.c.id == assignment_id, A.c.status == "open")
-                           .values(status="skipped", finished_at=t))
+        res = conn.execute(
+            update(A).where(A.c.id == assignment_id, A.c.status == "open").values(status="skipped", finished_at=t)
+        )
         if res.rowcount == 1:
             conn.execute(update(I).where(I.c.id == row.item_id).values(n_assigned=I.c.n_assigned - 1))
             return {"task_id": assignment_id, "status": "skipped"}
@@ -288,8 +368,9 @@ def skip_task(conn: Connection, user_id: int, assignment_id: int, *, now: float 
     raise Conflict(f"task {assignment_id} is already {status}")
 
 
-def release_open_tasks(conn: Connection, user_id: int, project_id: int | None = None, *,
-                       now: float | None = None) -> int:
+def release_open_tasks(
+    conn: Connection, user_id: int, project_id: int | None = None, *, now: float | None = None
+) -> int:
     """Hand back the open tasks of ``user_id`` (in ``project_id``, or everywhere): each becomes
     ``released`` and its slot free for another labeler at once (a deactivated labeler, or one
     taken off a project, is not coming back for it). Their late submit answers 409."""
@@ -299,8 +380,9 @@ def release_open_tasks(conn: Connection, user_id: int, project_id: int | None = 
         q = q.where(A.c.project_id == project_id)
     n = 0
     for a_id, item_id in conn.execute(q).all():
-        res = conn.execute(update(A).where(A.c.id == a_id, A.c.status == "open")
-                           .values(status="released", finished_at=t))
+        res = conn.execute(
+            update(A).where(A.c.id == a_id, A.c.status == "open").values(status="released", finished_at=t)
+        )
         if res.rowcount == 1:
             conn.execute(update(I).where(I.c.id == item_id).values(n_assigned=I.c.n_assigned - 1))
             n += 1
@@ -317,8 +399,7 @@ def add_items(conn: Connection, project_id: int, parsed: list[dict], source: str
     if not parsed:
         return 0
     t = time.time()
-    conn.execute(insert(I), [dict(p, project_id=project_id, n_assigned=0, source=source, created_at=t)
-                             for p in parsed])
+    conn.execute(insert(I), [dict(p, project_id=project_id, n_assigned=0, source=source, created_at=t) for p in parsed])
     n_regular = sum(1 for p in parsed if not p["is_gold"])
     conn.execute(update(P).where(P.c.id == project_id).values(n_items=P.c.n_items + n_regular))
     return len(parsed)

@@ -4,6 +4,7 @@ change here needs a migration there); ``db`` re-exports every table (``db.users`
 
 Timestamps are UNIX seconds (float), identical on both back ends.
 """
+
 from __future__ import annotations
 
 from sqlalchemy import (
@@ -22,18 +23,30 @@ from sqlalchemy import (
     text,
 )
 
-__all__ = ["metadata", "users", "sessions", "projects", "items", "assignments", "labels", "login_throttle",
-           "project_members"]
+__all__ = [
+    "metadata",
+    "users",
+    "sessions",
+    "projects",
+    "items",
+    "assignments",
+    "labels",
+    "login_throttle",
+    "project_members",
+]
 
-metadata = MetaData(naming_convention={
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-})
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
 
 users = Table(
-    "users", metadata,
+    "users",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("username", String(64), nullable=False, unique=True),
     # argon2id PHC string ($argon2id$v=19$m=...,t=...,p=...$salt$hash); older rows may hold
@@ -45,7 +58,8 @@ users = Table(
 )
 
 sessions = Table(
-    "sessions", metadata,
+    "sessions",
+    metadata,
     # sha256 of the random token: a leaked database does not leak usable sessions
     Column("token_hash", String(64), primary_key=True),
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
@@ -56,7 +70,8 @@ sessions = Table(
 )
 
 projects = Table(
-    "projects", metadata,
+    "projects",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("name", String(200), nullable=False, unique=True),
     Column("task_type", String(16), nullable=False),  # pairwise | ranking | rating | thumbs | rewrite
@@ -72,7 +87,8 @@ projects = Table(
 )
 
 items = Table(
-    "items", metadata,
+    "items",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("project_id", Integer, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
     Column("external_id", String(200), nullable=True),
@@ -91,7 +107,8 @@ items = Table(
 )
 
 assignments = Table(
-    "assignments", metadata,
+    "assignments",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("project_id", Integer, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
     Column("item_id", Integer, ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
@@ -104,17 +121,21 @@ assignments = Table(
     UniqueConstraint("item_id", "user_id"),
     Index(None, "user_id", "project_id", "status"),
     # abandoned-task search (open tasks past their lease): a partial index, only open rows
-    Index("ix_assignments_open_lease", "project_id", "created_at",
-          sqlite_where=text("status = 'open'"), postgresql_where=text("status = 'open'")),
+    Index(
+        "ix_assignments_open_lease",
+        "project_id",
+        "created_at",
+        sqlite_where=text("status = 'open'"),
+        postgresql_where=text("status = 'open'"),
+    ),
 )
 
 labels = Table(
-    "labels", metadata,
+    "labels",
+    metadata,
     Column("id", Integer, primary_key=True),
-    Column("assignment_id", Integer, ForeignKey("assignments.id", ondelete="CASCADE"), nullable=False,
-           unique=True),
-    Column("project_id", Integer, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False,
-           index=True),
+    Column("assignment_id", Integer, ForeignKey("assignments.id", ondelete="CASCADE"), nullable=False, unique=True),
+    Column("project_id", Integer, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("item_id", Integer, ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("payload", JSON, nullable=False),  # canonical verdict (response indices, not positions)
@@ -134,7 +155,8 @@ labels = Table(
 # address: a row costs the same whatever the name's length, and names/addresses are not stored.
 # Rows are pruned once past ``expires_at`` (indexed), so the table holds at most the live windows.
 login_throttle = Table(
-    "login_throttle", metadata,
+    "login_throttle",
+    metadata,
     Column("key", String(64), primary_key=True),
     Column("hits", Integer, nullable=False),  # attempts counted in the current window
     Column("window_start", Float, nullable=False),
@@ -143,7 +165,8 @@ login_throttle = Table(
 
 # A project with members is offered only to them; a project with none is open to every labeler.
 project_members = Table(
-    "project_members", metadata,
+    "project_members",
+    metadata,
     Column("project_id", Integer, ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True),
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True),
 )

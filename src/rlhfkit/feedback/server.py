@@ -10,6 +10,7 @@ uvicorn's own proxy-header handling is switched off: by default it believes ``X-
 from 127.0.0.1, so anyone on the server's host could claim any address. The app reads the header
 only from ``trusted_proxies`` (see ``app.create_app``).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,10 +24,20 @@ from .db import make_engine, upgrade
 __all__ = ["serve"]
 
 
-def serve(db_url: str = "feedback.db", host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          secure_cookies: bool = False, log_level: str = "warning", access_log: bool = False,
-          lease_s: float | None = None, generator=None, redact: bool = False,
-          trusted_proxies: list[str] | tuple[str, ...] = (), max_import_bytes: int | None = None) -> None:
+def serve(
+    db_url: str = "feedback.db",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    secure_cookies: bool = False,
+    log_level: str = "warning",
+    access_log: bool = False,
+    lease_s: float | None = None,
+    generator=None,
+    redact: bool = False,
+    trusted_proxies: list[str] | tuple[str, ...] = (),
+    max_import_bytes: int | None = None,
+) -> None:
     # The event loop and the group-commit writer share the GIL; a shorter switch interval (default
     # 5 ms) lets a finished commit hand its results back sooner (lower tail latency under load).
     sys.setswitchinterval(0.0005)
@@ -35,8 +46,12 @@ def serve(db_url: str = "feedback.db", host: str = "127.0.0.1", port: int = 8000
     is_sqlite = engine.dialect.name == "sqlite"
     engine.dispose()
     if workers > 1 and is_sqlite:
-        print("rlhfkit feedback: warning: several workers on SQLite only contend for its one write lock; "
-              "use 1 (or PostgreSQL)", file=sys.stderr, flush=True)
+        print(
+            "rlhfkit feedback: warning: several workers on SQLite only contend for its one write lock; "
+            "use 1 (or PostgreSQL)",
+            file=sys.stderr,
+            flush=True,
+        )
     extra = {} if lease_s is None else {"lease_s": lease_s if lease_s > 0 else None}
     if redact:
         extra["redact"] = True
@@ -54,8 +69,16 @@ def serve(db_url: str = "feedback.db", host: str = "127.0.0.1", port: int = 8000
         os.environ["RLHFKIT_FEEDBACK_REDACT"] = "1" if redact else "0"
         os.environ["RLHFKIT_FEEDBACK_TRUSTED_PROXIES"] = ",".join(trusted_proxies)
         os.environ["RLHFKIT_FEEDBACK_MAX_IMPORT_BYTES"] = "" if max_import_bytes is None else str(int(max_import_bytes))
-        uvicorn.run("rlhfkit.feedback.server:_app_from_env", factory=True, host=host, port=port,
-                    workers=workers, log_level=log_level, access_log=access_log, proxy_headers=False)
+        uvicorn.run(
+            "rlhfkit.feedback.server:_app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            access_log=access_log,
+            proxy_headers=False,
+        )
         return
     app = create_app(db_url, secure_cookies=secure_cookies, generator=generator, **extra)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log, proxy_headers=False)
@@ -71,6 +94,9 @@ def _app_from_env():
         extra["trusted_proxies"] = proxies
     if os.environ.get("RLHFKIT_FEEDBACK_MAX_IMPORT_BYTES"):
         extra["max_import_bytes"] = int(os.environ["RLHFKIT_FEEDBACK_MAX_IMPORT_BYTES"])
-    return create_app(os.environ["RLHFKIT_FEEDBACK_DB"],
-                      secure_cookies=os.environ.get("RLHFKIT_FEEDBACK_SECURE") == "1",
-                      redact=os.environ.get("RLHFKIT_FEEDBACK_REDACT") == "1", **extra)
+    return create_app(
+        os.environ["RLHFKIT_FEEDBACK_DB"],
+        secure_cookies=os.environ.get("RLHFKIT_FEEDBACK_SECURE") == "1",
+        redact=os.environ.get("RLHFKIT_FEEDBACK_REDACT") == "1",
+        **extra,
+    )

@@ -6,6 +6,7 @@ connection (submits are idempotent, so a retry never duplicates a label).
 Used by the concurrency test and ``benchmarks/feedback_load.py``; also a template for scripted
 labelling (e.g. an LLM judge) against a running server.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -89,11 +90,20 @@ class LabelerStats:
     done: bool = False  # nothing left for this labeler
 
 
-async def run_labeler(host: str, port: int, token: str, judge: Callable[[dict], dict], *,
-                      project_id: int | None = None, stop_at: float | None = None,
-                      max_labels: int | None = None, stats: LabelerStats | None = None,
-                      retry_delay: float = 0.1, pace: float | None = None,
-                      start_offset: float = 0.0) -> LabelerStats:
+async def run_labeler(
+    host: str,
+    port: int,
+    token: str,
+    judge: Callable[[dict], dict],
+    *,
+    project_id: int | None = None,
+    stop_at: float | None = None,
+    max_labels: int | None = None,
+    stats: LabelerStats | None = None,
+    retry_delay: float = 0.1,
+    pace: float | None = None,
+    start_offset: float = 0.0,
+) -> LabelerStats:
     """Label until nothing is left, ``stop_at`` (``time.perf_counter()``) or ``max_labels``.
     ``judge(task) -> verdict``. Lost connections are retried (same task) until ``stop_at``.
 
@@ -107,7 +117,8 @@ async def run_labeler(host: str, port: int, token: str, judge: Callable[[dict], 
     next_at = time.perf_counter() + start_offset
     try:
         while (stop_at is None or time.perf_counter() < stop_at) and (
-                max_labels is None or len(stats.acked) < max_labels):
+            max_labels is None or len(stats.acked) < max_labels
+        ):
             try:
                 if task is None:
                     status, task = await client.request("POST", f"/api/tasks/next{q}")

@@ -27,6 +27,7 @@ Import line (JSONL, one item a line)::
     optional: "id" (your id), "models" (names, hidden from labelers), "gold" (known answer:
     pairwise "first"|"second"|"tie"|"both_bad", ranking ranks, rating number, thumbs bool)
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -35,9 +36,19 @@ from typing import Any
 from rlhfkit.data import ROLES, DataError
 
 __all__ = [
-    "TASK_TYPES", "FLAGS", "PAIR_VERDICTS", "MAX_FIELD_CHARS", "LabelError", "parse_item", "parse_items",
+    "TASK_TYPES",
+    "FLAGS",
+    "PAIR_VERDICTS",
+    "MAX_FIELD_CHARS",
+    "LabelError",
+    "parse_item",
+    "parse_items",
     "drop_duplicate_items",
-    "canonical_label", "grade", "category", "screen_keys", "render_prompt",
+    "canonical_label",
+    "grade",
+    "category",
+    "screen_keys",
+    "render_prompt",
 ]
 
 # type: (min responses, max responses)
@@ -95,8 +106,9 @@ def _plain_text(v: Any, field: str, allow_empty: bool = False) -> str:
     return v
 
 
-def parse_item(d: Any, task_type: str, scale: tuple[int, int] = (1, 7),
-               max_chars: int | None = MAX_FIELD_CHARS) -> dict:
+def parse_item(
+    d: Any, task_type: str, scale: tuple[int, int] = (1, 7), max_chars: int | None = MAX_FIELD_CHARS
+) -> dict:
     """Validate one import record; returns the item columns (prompt, messages, responses,
     is_gold, gold, external_id). Raises :class:`DataError` naming the field; a text longer than
     ``max_chars`` characters is one (None: no limit)."""
@@ -142,8 +154,7 @@ def parse_item(d: Any, task_type: str, scale: tuple[int, int] = (1, 7),
             if isinstance(r, dict):
                 if "text" not in r:
                     raise _err("missing required field", f"responses[{i}].text", "missing_field")
-                responses.append({"text": _text(r["text"], f"responses[{i}].text"),
-                                  "model": r.get("model")})
+                responses.append({"text": _text(r["text"], f"responses[{i}].text"), "model": r.get("model")})
             else:
                 responses.append({"text": _text(r, f"responses[{i}]"), "model": None})
     elif "chosen" in d or "rejected" in d:
@@ -152,13 +163,14 @@ def parse_item(d: Any, task_type: str, scale: tuple[int, int] = (1, 7),
         for k in ("chosen", "rejected"):
             if k not in d:
                 raise _err("missing required field", k, "missing_field")
-        responses = [{"text": _text(d["chosen"], "chosen"), "model": None},
-                     {"text": _text(d["rejected"], "rejected"), "model": None}]
+        responses = [
+            {"text": _text(d["chosen"], "chosen"), "model": None},
+            {"text": _text(d["rejected"], "rejected"), "model": None},
+        ]
     elif "completion" in d:
         responses = [{"text": _text(d["completion"], "completion"), "model": d.get("model")}]
     else:
-        raise _err("missing required field (or 'completion' / 'chosen'+'rejected')", "responses",
-                   "missing_field")
+        raise _err("missing required field (or 'completion' / 'chosen'+'rejected')", "responses", "missing_field")
     if not lo_n <= len(responses) <= hi_n:
         want = str(lo_n) if lo_n == hi_n else f"{lo_n}-{hi_n}"
         raise _err(f"a {task_type} item needs {want} responses, got {len(responses)}", "responses")
@@ -179,9 +191,14 @@ def parse_item(d: Any, task_type: str, scale: tuple[int, int] = (1, 7),
         ext = _text(str(ext), "id", allow_empty=True)
         if len(ext) > MAX_EXTERNAL_ID:  # the column's width (PostgreSQL enforces it)
             raise _err(f"expected at most {MAX_EXTERNAL_ID} characters, got {len(ext)}", "id")
-    return {"prompt": prompt, "messages": messages, "responses": responses,
-            "is_gold": gold is not None, "gold": gold,
-            "external_id": ext}
+    return {
+        "prompt": prompt,
+        "messages": messages,
+        "responses": responses,
+        "is_gold": gold is not None,
+        "gold": gold,
+        "external_id": ext,
+    }
 
 
 def _parse_gold(g: Any, task_type: str, n: int, scale: tuple[int, int]) -> Any:
@@ -192,8 +209,11 @@ def _parse_gold(g: Any, task_type: str, n: int, scale: tuple[int, int]) -> Any:
             raise _err(f"expected one of {', '.join(PAIR_VERDICTS)} (or 0 / 1)", "gold")
         return g
     if task_type == "ranking":
-        if (not isinstance(g, list) or len(g) != n
-                or any(isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in g)):
+        if (
+            not isinstance(g, list)
+            or len(g) != n
+            or any(isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in g)
+        ):
             raise _err(f"expected a list of {n} ranks (integers, 0 = best)", "gold")
         return g
     if task_type == "rating":
@@ -245,8 +265,9 @@ def redact_items(items: list[dict]) -> tuple[list[dict], Counter, int]:
     return kept, counts, len(items) - len(kept)
 
 
-def parse_items(source, task_type: str, scale: tuple[int, int] = (1, 7),
-                max_chars: int | None = MAX_FIELD_CHARS) -> list[dict]:
+def parse_items(
+    source, task_type: str, scale: tuple[int, int] = (1, 7), max_chars: int | None = MAX_FIELD_CHARS
+) -> list[dict]:
     """Validate every record of a JSONL / JSON-list file, a ``datasets`` folder or a list of dicts;
     the first bad one raises :class:`DataError` with file, line (or index) and field (a text over
     ``max_chars`` characters too). Nothing is returned partially."""
@@ -296,9 +317,11 @@ def canonical_label(task_type: str, body: dict, order: list[int], scale: tuple[i
             screen_ranks = [ranking.index(k) for k in keys]
         else:
             screen_ranks = body.get("ranks")
-            if (not isinstance(screen_ranks, list) or len(screen_ranks) != n
-                    or any(isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < n
-                           for r in screen_ranks)):
+            if (
+                not isinstance(screen_ranks, list)
+                or len(screen_ranks) != n
+                or any(isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < n for r in screen_ranks)
+            ):
                 raise LabelError(f"give 'ranking' (keys best first) or 'ranks' ({n} integers, 0 = best)")
         ranks = [0] * n
         for pos, r in enumerate(screen_ranks):

@@ -20,6 +20,7 @@ whose Wilson 95% upper bound on agreement is below 1/2 is marked ``inverted`` (w
 with fewer than ``min_judged`` checked verdicts keep weight 1 (no evidence against them).
 The weights multiply each example's term in the reward model's loss.
 """
+
 from __future__ import annotations
 
 import math
@@ -103,7 +104,7 @@ def _item_and_verdict(e: dict) -> tuple[tuple, object] | None:
     if kind == "rating":
         lo, hi = e["scale"]
         mid = (lo + hi) / 2
-        return (None if e["value"] == mid else (("reply", e["prompt"], e["responses"][0]), e["value"] > mid))
+        return None if e["value"] == mid else (("reply", e["prompt"], e["responses"][0]), e["value"] > mid)
     if kind == "choice":
         pair = tuple(sorted(e["responses"]))
         return ("pair", e["prompt"], pair), e["responses"][int(e["value"])]
@@ -134,8 +135,9 @@ def majority_agreements(events: Sequence[dict]) -> dict[int, bool]:
     return out
 
 
-def user_weights(events: Sequence[dict], agreements: dict[int, bool], full_trust: float,
-                 min_judged: int) -> dict[str, dict]:
+def user_weights(
+    events: Sequence[dict], agreements: dict[int, bool], full_trust: float, min_judged: int
+) -> dict[str, dict]:
     """``{user: {"n", "judged", "agreed", "weight", "status"}}`` for every user of ``events``."""
     tally: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for e in events:
@@ -151,8 +153,14 @@ def user_weights(events: Sequence[dict], agreements: dict[int, bool], full_trust
     return out
 
 
-def defend(events: Sequence[dict], max_per_user: int, full_trust: float, min_judged: int,
-           min_consensus_agreement: float, score_fn: Callable[[list[dict]], dict[int, list[float]]] | None) -> dict:
+def defend(
+    events: Sequence[dict],
+    max_per_user: int,
+    full_trust: float,
+    min_judged: int,
+    min_consensus_agreement: float,
+    score_fn: Callable[[list[dict]], dict[int, list[float]]] | None,
+) -> dict:
     """The whole defence of a round: ``{"kept": events, "per_user": {user: {..., "cut"}},
     "consensus": "reward_model" | "majority" | "none", "consensus_agreement"}``. ``score_fn``
     scores the replies of events with the previous reward model (None in the first round)."""
@@ -172,5 +180,9 @@ def defend(events: Sequence[dict], max_per_user: int, full_trust: float, min_jud
         per_user.setdefault(user, {"n": 0, "judged": 0, "agreed": 0, "weight": 1.0, "status": "unchecked"})
     for user in per_user:
         per_user[user]["cut"] = cut.get(user, 0)
-    return {"kept": kept, "per_user": per_user, "consensus": consensus,
-            "consensus_agreement": None if pooled is None else round(pooled, 6)}
+    return {
+        "kept": kept,
+        "per_user": per_user,
+        "consensus": consensus,
+        "consensus_agreement": None if pooled is None else round(pooled, 6),
+    }

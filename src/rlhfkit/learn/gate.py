@@ -16,6 +16,7 @@ Candidate and current version each answer the held-out user prompts (the same sa
 Fewer than ``min_prompts`` held-out prompts: refused (nothing shows it is not worse). Returns the
 figures and the verdict; the caller promotes or refuses and writes both into the lineage.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -29,8 +30,12 @@ def reply_stats(rollouts: Sequence) -> dict:
     prompts = [p for ro in rollouts for p in ro.prompts]
     has_eos = torch.cat([ro.has_eos.bool() for ro in rollouts]) if rollouts else torch.zeros(0, dtype=torch.bool)
     n = max(len(responses), 1)
-    return {"responses": responses, "prompts": prompts, "empty": sum(1 for r in responses if not r.strip()) / n,
-            "runaway": float((~has_eos).float().mean()) if len(has_eos) else 0.0}
+    return {
+        "responses": responses,
+        "prompts": prompts,
+        "empty": sum(1 for r in responses if not r.strip()) / n,
+        "runaway": float((~has_eos).float().mean()) if len(has_eos) else 0.0,
+    }
 
 
 def mean_kl_to(reference, rollouts: Sequence, temperature: float) -> float:
@@ -39,9 +44,15 @@ def mean_kl_to(reference, rollouts: Sequence, temperature: float) -> float:
     from rlhfkit.core.kl import sequence_kl
     from rlhfkit.rollout import rollout_logprobs
 
-    kls = [sequence_kl(ro.logprobs.float().cpu(), rollout_logprobs(reference, ro, temperature).float().cpu(),
-                       ro.response_mask.cpu(), "k3")
-           for ro in rollouts]
+    kls = [
+        sequence_kl(
+            ro.logprobs.float().cpu(),
+            rollout_logprobs(reference, ro, temperature).float().cpu(),
+            ro.response_mask.cpu(),
+            "k3",
+        )
+        for ro in rollouts
+    ]
     return float(torch.cat(kls).mean()) if kls else 0.0
 
 
@@ -53,8 +64,10 @@ def decide(figures: dict, section) -> list[str]:
         return why
     rm = figures["reward_model"]
     if rm["win_rate"] < section.min_win_rate:
-        why.append(f"reward-model win rate {rm['win_rate']:.3f} < {section.min_win_rate} "
-                   f"(95% CI {rm['ci_low']:.3f}-{rm['ci_high']:.3f})")
+        why.append(
+            f"reward-model win rate {rm['win_rate']:.3f} < {section.min_win_rate} "
+            f"(95% CI {rm['ci_low']:.3f}-{rm['ci_high']:.3f})"
+        )
     gold = figures.get("gold")
     if gold is not None and gold["win_rate"] < section.min_gold_win_rate:
         why.append(f"gold win rate {gold['win_rate']:.3f} < {section.min_gold_win_rate}")
@@ -70,8 +83,17 @@ def decide(figures: dict, section) -> list[str]:
     return why
 
 
-def run_gate(learn_dir, parent: str, adapter: str, reward_model: str, prompts: Sequence[str], gate, policy,
-             seed: int, adapter_on: str | None = None) -> dict:
+def run_gate(
+    learn_dir,
+    parent: str,
+    adapter: str,
+    reward_model: str,
+    prompts: Sequence[str],
+    gate,
+    policy,
+    seed: int,
+    adapter_on: str | None = None,
+) -> dict:
     """Sample, score and decide: the candidate (``adapter`` on ``adapter_on``, default the parent)
     against the parent; returns the figures with ``passed`` and ``reasons``."""
     from peft import PeftModel
@@ -93,8 +115,16 @@ def run_gate(learn_dir, parent: str, adapter: str, reward_model: str, prompts: S
     sampling = SamplingConfig(max_new_tokens=policy.max_new_tokens, temperature=policy.temperature, top_p=policy.top_p)
 
     def answer(model):
-        return generate_responses(model, tokenizer, prompts, sampling, seed=seed, batch_size=16,
-                                  max_prompt_length=policy.max_prompt_length, chat_template=policy.chat_template)
+        return generate_responses(
+            model,
+            tokenizer,
+            prompts,
+            sampling,
+            seed=seed,
+            batch_size=16,
+            max_prompt_length=policy.max_prompt_length,
+            chat_template=policy.chat_template,
+        )
 
     cand_ro, cur_ro = answer(candidate), answer(current)
     cand, cur = reply_stats(cand_ro), reply_stats(cur_ro)
@@ -104,14 +134,20 @@ def run_gate(learn_dir, parent: str, adapter: str, reward_model: str, prompts: S
     if gate.gold:
         gold = build_reward(gate.gold)
         g_c, g_p = gold(prompts, cand["responses"]), gold(prompts, cur["responses"])
-        figures["gold"] = {**win_rate(pair_outcomes(g_c, g_p), n_boot=gate.n_boot, seed=seed),
-                           "candidate_mean": float(torch.as_tensor(g_c).float().mean()),
-                           "current_mean": float(torch.as_tensor(g_p).float().mean())}
+        figures["gold"] = {
+            **win_rate(pair_outcomes(g_c, g_p), n_boot=gate.n_boot, seed=seed),
+            "candidate_mean": float(torch.as_tensor(g_c).float().mean()),
+            "current_mean": float(torch.as_tensor(g_p).float().mean()),
+        }
     v0, _ = load_version(learn_dir, "v0")
     figures["kl_to_v0"] = mean_kl_to(v0, cand_ro, policy.temperature)
     for name, stats, scores in (("candidate", cand, rm_c), ("current", cur, rm_p)):
         tox = toxicity(stats["responses"])
-        figures[name] = {"reward_mean": float(scores.float().mean()), "toxicity": float(sum(tox) / max(len(tox), 1)),
-                         "empty": stats["empty"], "runaway": stats["runaway"]}
+        figures[name] = {
+            "reward_mean": float(scores.float().mean()),
+            "toxicity": float(sum(tox) / max(len(tox), 1)),
+            "empty": stats["empty"],
+            "runaway": stats["runaway"],
+        }
     reasons = decide(figures, gate)
     return {**figures, "passed": not reasons, "reasons": reasons}

@@ -11,6 +11,7 @@ erased verdicts are taken out of the earlier rounds' saved inputs too.
 Held-out prompts: a fixed share of the prompts users sent (by a hash of the text, so a prompt is
 held out in every round or in none) is kept out of training; the gate samples on them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,16 +26,23 @@ STATE_FILE = "learn_state.json"
 
 def event_record(event) -> dict:
     """The fields of a ``feedback.enduser.FeedbackEvent`` a round uses, JSON-ready."""
-    return {"id": int(event.id), "kind": event.kind, "completion_id": event.completion_id, "prompt": event.prompt,
-            "responses": list(event.responses), "value": event.value, "end_user": event.end_user or "(anonymous)",
-            "scale": list(event.scale) if event.scale else None}
+    return {
+        "id": int(event.id),
+        "kind": event.kind,
+        "completion_id": event.completion_id,
+        "prompt": event.prompt,
+        "responses": list(event.responses),
+        "value": event.value,
+        "end_user": event.end_user or "(anonymous)",
+        "scale": list(event.scale) if event.scale else None,
+    }
 
 
 def held_out(prompt: str, share: float) -> bool:
     """Whether ``prompt`` belongs to the gate's share: the first 8 bytes of its SHA-256 as a
     fraction of 2^64 below ``share`` (the same answer in every round and process)."""
     h = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big")
-    return h / 2.0 ** 64 < share
+    return h / 2.0**64 < share
 
 
 def id_ranges(ids: Iterable[int]) -> list[list[int]]:
@@ -91,12 +99,20 @@ def snapshot(store: str, prefix: str, state: dict, round_no: int, holdout_share:
     chosen = events if rebuild else [e for e in events if e["id"] > previous]
     train = [e for e in chosen if not held_out(e["prompt"], holdout_share)]
     prompts = list(dict.fromkeys(e["prompt"] for e in events))
-    holdout = sorted((p for p in prompts if held_out(p, holdout_share)),
-                     key=lambda p: hashlib.sha256(p.encode("utf-8")).hexdigest())[:max_holdout]
+    holdout = sorted(
+        (p for p in prompts if held_out(p, holdout_share)), key=lambda p: hashlib.sha256(p.encode("utf-8")).hexdigest()
+    )[:max_holdout]
     train_prompts = [p for p in prompts if not held_out(p, holdout_share)]
-    return {"round": round_no, "watermark": watermark, "previous_watermark": previous, "rebuild": rebuild,
-            "forgotten": len(forgotten), "train": train, "train_prompts": train_prompts,
-            "holdout_prompts": holdout}
+    return {
+        "round": round_no,
+        "watermark": watermark,
+        "previous_watermark": previous,
+        "rebuild": rebuild,
+        "forgotten": len(forgotten),
+        "train": train,
+        "train_prompts": train_prompts,
+        "holdout_prompts": holdout,
+    }
 
 
 def scrub_saved_inputs(learn_dir: Path, before_round: int, present_ids: set[int], present_prompts: set[str]) -> int:
@@ -109,7 +125,9 @@ def scrub_saved_inputs(learn_dir: Path, before_round: int, present_ids: set[int]
         if int(data.get("round", 0)) >= before_round:
             continue
         kept = [e for e in data.get("train", []) if e["id"] in present_ids]
-        prompts = {k: [p for p in data.get(k, []) if p in present_prompts] for k in ("train_prompts", "holdout_prompts")}
+        prompts = {
+            k: [p for p in data.get(k, []) if p in present_prompts] for k in ("train_prompts", "holdout_prompts")
+        }
         if len(kept) != len(data.get("train", [])) or any(len(v) != len(data.get(k, [])) for k, v in prompts.items()):
             gone += len(data.get("train", [])) - len(kept)
             atomic_write_json(path, {**data, "train": kept, **prompts})

@@ -8,6 +8,7 @@ A version's ``version.json`` (``models.versions``) carries ``round``, ``method``
 ``consensus``), ``gate`` (the figures that let it through), ``reward_model`` (its folder inside
 LEARN_DIR) and ``parent``.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,14 @@ LOG_FILE = "versions.jsonl"
 
 def feedback_lineage(events: Sequence[dict], defence: dict, id_ranges) -> dict:
     """The ``feedback`` part of a version's lineage from the round's events and defence."""
-    return {"ids": id_ranges(e["id"] for e in events), "count": dict(sorted(Counter(e["kind"] for e in events).items())),
-            "per_user": defence["per_user"], "consensus": defence["consensus"],
-            "consensus_agreement": defence.get("consensus_agreement"),
-            "cut": sum(u.get("cut", 0) for u in defence["per_user"].values())}
+    return {
+        "ids": id_ranges(e["id"] for e in events),
+        "count": dict(sorted(Counter(e["kind"] for e in events).items())),
+        "per_user": defence["per_user"],
+        "consensus": defence["consensus"],
+        "consensus_agreement": defence.get("consensus_agreement"),
+        "cut": sum(u.get("cut", 0) for u in defence["per_user"].values()),
+    }
 
 
 def append_log(learn_dir: str | os.PathLike, record: dict) -> None:
@@ -84,29 +89,45 @@ def version_rows(learn_dir: str | os.PathLike) -> list[dict]:
         gate = info.get("gate") or {}
         fb = info.get("feedback") or {}
         rm = gate.get("reward_model") or {}
-        rows.append({"version": info["version"], "parent": info.get("parent"), "round": info.get("round"),
-                     "created": info.get("created"), "current": info["current"], "method": info.get("method"),
-                     "feedback": sum((fb.get("count") or {}).values()), "users": len(fb.get("per_user") or {}),
-                     "down_weighted": sum(1 for u in (fb.get("per_user") or {}).values() if u.get("weight", 1) < 1),
-                     "cut": fb.get("cut", 0),
-                     "win_rate": rm.get("win_rate"), "ci": [rm.get("ci_low"), rm.get("ci_high")] if rm else None,
-                     "gold_win_rate": (gate.get("gold") or {}).get("win_rate"), "kl_to_v0": gate.get("kl_to_v0")})
+        rows.append(
+            {
+                "version": info["version"],
+                "parent": info.get("parent"),
+                "round": info.get("round"),
+                "created": info.get("created"),
+                "current": info["current"],
+                "method": info.get("method"),
+                "feedback": sum((fb.get("count") or {}).values()),
+                "users": len(fb.get("per_user") or {}),
+                "down_weighted": sum(1 for u in (fb.get("per_user") or {}).values() if u.get("weight", 1) < 1),
+                "cut": fb.get("cut", 0),
+                "win_rate": rm.get("win_rate"),
+                "ci": [rm.get("ci_low"), rm.get("ci_high")] if rm else None,
+                "gold_win_rate": (gate.get("gold") or {}).get("win_rate"),
+                "kl_to_v0": gate.get("kl_to_v0"),
+            }
+        )
     return rows
 
 
 def format_table(rows: Sequence[dict], log: Sequence[dict]) -> str:
     """The ``rlhfkit learn versions`` table, then the refusals and rollbacks of the log."""
+
     def f(x, spec=".3f"):
         return "-" if x is None else format(x, spec)
 
-    lines = [f"{'':2}{'version':9}{'parent':8}{'round':>6} {'created':20}{'feedback':>9}{'users':>6}{'w<1':>5}{'cut':>5}"
-             f"{'RM win':>8}{'95% CI':>14}{'gold':>7}{'KL(v0)':>8}"]
+    lines = [
+        f"{'':2}{'version':9}{'parent':8}{'round':>6} {'created':20}{'feedback':>9}{'users':>6}{'w<1':>5}{'cut':>5}"
+        f"{'RM win':>8}{'95% CI':>14}{'gold':>7}{'KL(v0)':>8}"
+    ]
     for r in rows:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["created"])) if r.get("created") else "-"
         ci = f"{f(r['ci'][0], '.2f')}-{f(r['ci'][1], '.2f')}" if r.get("ci") else "-"
-        lines.append(f"{'*' if r['current'] else ' ':2}{r['version']:9}{r['parent'] or '-':8}"
-                     f"{r['round'] if r['round'] is not None else '-':>6} {created:20}{r['feedback']:>9}{r['users']:>6}"
-                     f"{r['down_weighted']:>5}{r['cut']:>5}{f(r['win_rate']):>8}{ci:>14}{f(r['gold_win_rate']):>7}{f(r['kl_to_v0']):>8}")
+        lines.append(
+            f"{'*' if r['current'] else ' ':2}{r['version']:9}{r['parent'] or '-':8}"
+            f"{r['round'] if r['round'] is not None else '-':>6} {created:20}{r['feedback']:>9}{r['users']:>6}"
+            f"{r['down_weighted']:>5}{r['cut']:>5}{f(r['win_rate']):>8}{ci:>14}{f(r['gold_win_rate']):>7}{f(r['kl_to_v0']):>8}"
+        )
     others = [x for x in log if x.get("event") in ("refused", "rollback")]
     if others:
         lines.append("")
@@ -115,8 +136,10 @@ def format_table(rows: Sequence[dict], log: Sequence[dict]) -> str:
             if x["event"] == "refused":
                 lines.append(f"{when}  round {x.get('round')}: candidate refused: {'; '.join(x.get('reasons') or [])}")
             else:
-                lines.append(f"{when}  rollback {x.get('from')} -> {x.get('version')}"
-                             + (f" ({x['reason']})" if x.get("reason") else ""))
+                lines.append(
+                    f"{when}  rollback {x.get('from')} -> {x.get('version')}"
+                    + (f" ({x['reason']})" if x.get("reason") else "")
+                )
     lines.append("(* = current; w<1: users down-weighted; cut: verdicts over the per-user cap)")
     return "\n".join(lines)
 
@@ -147,5 +170,7 @@ def run_rollback(config) -> None:
         record = rollback(config.learn_dir, config.version, config.reason)
     except versions.VersionError as e:
         raise ConfigError(str(e)) from None
-    print(f"learn: {record['version']} is current again (was {record['from']}); logged in "
-          f"{Path(config.learn_dir) / LOG_FILE}")
+    print(
+        f"learn: {record['version']} is current again (was {record['from']}); logged in "
+        f"{Path(config.learn_dir) / LOG_FILE}"
+    )

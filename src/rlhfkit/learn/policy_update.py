@@ -13,6 +13,7 @@ round, or v0's own model spec), checkpoints in the stage folder (``save_every``,
 round resumes exactly) and saves the adapter beside the merged model (``recipes.common.save_final``);
 the adapter is what the new version carries.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,18 +80,37 @@ def _fitting_batch(n: int, batch: int, micro: int) -> tuple[int, int]:
     return b, math.gcd(b, micro)
 
 
-def train_policy(method: str, learn_dir: Path, parent: str, base: str, reward_model: str | None,
-                 prompts: Sequence[str], events: Sequence[dict], weights: dict[str, float], section,
-                 stage_dir: Path, seed: int, threads: int = 0) -> dict:
+def train_policy(
+    method: str,
+    learn_dir: Path,
+    parent: str,
+    base: str,
+    reward_model: str | None,
+    prompts: Sequence[str],
+    events: Sequence[dict],
+    weights: dict[str, float],
+    section,
+    stage_dir: Path,
+    seed: int,
+    threads: int = 0,
+) -> dict:
     """Train the round's adapter; returns ``{"adapter", "method", "examples", "metrics"}`` or
     ``{"adapter": None, "why"}`` when there is nothing to train on."""
     stage_dir = Path(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     model = start_model(learn_dir, parent, stage_dir)
     out = stage_dir / method
-    common = dict(model=model, output_dir=str(out), seed=seed, learning_rate=section.learning_rate,
-                  save_every=section.save_every, keep_checkpoints=1, tensorboard=False, threads=threads,
-                  lora=section.lora)
+    common = dict(
+        model=model,
+        output_dir=str(out),
+        seed=seed,
+        learning_rate=section.learning_rate,
+        save_every=section.save_every,
+        keep_checkpoints=1,
+        tensorboard=False,
+        threads=threads,
+        lora=section.lora,
+    )
     if method == "grpo":
         from rlhfkit.recipes.grpo import GRPOConfig, run
 
@@ -99,12 +119,23 @@ def train_policy(method: str, learn_dir: Path, parent: str, base: str, reward_mo
         k = section.num_generations
         per_step = max(1, min(section.batch_size // k, len(prompts)))
         batch, micro = per_step * k, math.gcd(per_step * k, section.micro_batch_size)
-        config = GRPOConfig(**common, prompts=_write_jsonl(stage_dir / "prompts.jsonl", [{"prompt": p} for p in prompts]),
-                            reward=f"rm:{reward_model}", ref_model=base if model != base else "",
-                            num_generations=k, batch_size=batch, micro_batch_size=micro, max_steps=section.max_steps,
-                            kl_coef=section.kl_coef, max_new_tokens=section.max_new_tokens,
-                            max_prompt_length=section.max_prompt_length, temperature=section.temperature,
-                            top_p=section.top_p, chat_template=section.chat_template, sample_every=0)
+        config = GRPOConfig(
+            **common,
+            prompts=_write_jsonl(stage_dir / "prompts.jsonl", [{"prompt": p} for p in prompts]),
+            reward=f"rm:{reward_model}",
+            ref_model=base if model != base else "",
+            num_generations=k,
+            batch_size=batch,
+            micro_batch_size=micro,
+            max_steps=section.max_steps,
+            kl_coef=section.kl_coef,
+            max_new_tokens=section.max_new_tokens,
+            max_prompt_length=section.max_prompt_length,
+            temperature=section.temperature,
+            top_p=section.top_p,
+            chat_template=section.chat_template,
+            sample_every=0,
+        )
         n = len(prompts)
     else:
         rows = direct_records(events, weights, method)
@@ -115,14 +146,26 @@ def train_policy(method: str, learn_dir: Path, parent: str, base: str, reward_mo
         steps = dict(max_steps=section.max_steps, epochs=section.epochs)
         if method == "kto":
             from rlhfkit.recipes.kto import KTOConfig as Config, run
-            extra = dict(data_kind="thumbs", beta=section.beta, reference="cached",
-                         max_prompt_length=section.max_prompt_length, micro_batch_size=micro)
+
+            extra = dict(
+                data_kind="thumbs",
+                beta=section.beta,
+                reference="cached",
+                max_prompt_length=section.max_prompt_length,
+                micro_batch_size=micro,
+            )
         elif method == "dpo":
             from rlhfkit.recipes.dpo import DPOConfig as Config, run
-            extra = dict(beta=section.beta, reference="cached", max_prompt_length=section.max_prompt_length,
-                         micro_batch_size=micro)
+
+            extra = dict(
+                beta=section.beta,
+                reference="cached",
+                max_prompt_length=section.max_prompt_length,
+                micro_batch_size=micro,
+            )
         else:
             from rlhfkit.recipes.sft import SFTConfig as Config, run
+
             extra = dict(micro_batch_size=micro)
         config = Config(**common, **steps, data=data, eval_fraction=0.0, batch_size=batch, **extra)
         config.validate()
@@ -131,5 +174,10 @@ def train_policy(method: str, learn_dir: Path, parent: str, base: str, reward_mo
     adapter = out / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise RuntimeError(f"{out}: the {method} run saved no adapter (is policy.lora.r 0?)")
-    return {"adapter": str(adapter), "method": method, "examples": n, "start": model,
-            "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}}
+    return {
+        "adapter": str(adapter),
+        "method": method,
+        "examples": n,
+        "start": model,
+        "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
+    }

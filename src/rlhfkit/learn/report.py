@@ -9,6 +9,7 @@ per-user weights, gate figures). With ``sim_dir`` (``events.jsonl``, ``evals.jso
 refusals marked, request latency over time, and feedback counts per kind. Figures are matplotlib
 SVG embedded inline (matplotlib: already the bench and report dependency; no script, no network).
 """
+
 from __future__ import annotations
 
 import html
@@ -28,7 +29,7 @@ def _svg(fig) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg"):]
+    return text[text.index("<svg") :]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -46,8 +47,13 @@ def _read_jsonl(path: Path) -> list[dict]:
 def user_weights_summary(per_user: dict) -> dict:
     """How many users a round weighed at 1, between 0 and 1, and at 0, and the verdicts cut."""
     ws = [u.get("weight", 1.0) for u in per_user.values()]
-    return {"users": len(ws), "full": sum(w >= 1 for w in ws), "partial": sum(0 < w < 1 for w in ws),
-            "zero": sum(w <= 0 for w in ws), "cut": sum(u.get("cut", 0) for u in per_user.values())}
+    return {
+        "users": len(ws),
+        "full": sum(w >= 1 for w in ws),
+        "partial": sum(0 < w < 1 for w in ws),
+        "zero": sum(w <= 0 for w in ws),
+        "cut": sum(u.get("cut", 0) for u in per_user.values()),
+    }
 
 
 def round_rows(learn_dir: Path) -> list[dict]:
@@ -61,11 +67,22 @@ def round_rows(learn_dir: Path) -> list[dict]:
         per_user = json.loads(defence.read_text())["per_user"] if defence.is_file() else {}
         gate = rec.get("gate") or {}
         rm = gate.get("reward_model") or {}
-        rows.append({"at": rec.get("at"), "event": rec["event"], "round": rec.get("round"), "version": rec.get("version"),
-                     "parent": rec.get("parent"), "feedback": rec.get("feedback_count") or {},
-                     "weights": user_weights_summary(per_user), "win_rate": rm.get("win_rate"),
-                     "ci": (rm.get("ci_low"), rm.get("ci_high")), "gold_win_rate": (gate.get("gold") or {}).get("win_rate"),
-                     "kl_to_v0": gate.get("kl_to_v0"), "reasons": rec.get("reasons") or []})
+        rows.append(
+            {
+                "at": rec.get("at"),
+                "event": rec["event"],
+                "round": rec.get("round"),
+                "version": rec.get("version"),
+                "parent": rec.get("parent"),
+                "feedback": rec.get("feedback_count") or {},
+                "weights": user_weights_summary(per_user),
+                "win_rate": rm.get("win_rate"),
+                "ci": (rm.get("ci_low"), rm.get("ci_high")),
+                "gold_win_rate": (gate.get("gold") or {}).get("win_rate"),
+                "kl_to_v0": gate.get("kl_to_v0"),
+                "reasons": rec.get("reasons") or [],
+            }
+        )
     return rows
 
 
@@ -119,8 +136,12 @@ def _sim_figures(sim_dir: Path, log: list[dict], t_start: float) -> list[tuple[s
         for e in evals:
             ax.annotate(e["version"], (e["t"] / 60, e["gold"]), textcoords="offset points", xytext=(3, 5), fontsize=8)
         for x, r in marks:
-            ax.axvline(x, color="#2a7" if r["event"] == "promoted" else "#c33", lw=1,
-                       ls="-" if r["event"] == "promoted" else ":")
+            ax.axvline(
+                x,
+                color="#2a7" if r["event"] == "promoted" else "#c33",
+                lw=1,
+                ls="-" if r["event"] == "promoted" else ":",
+            )
         ax.set_xlabel("minutes")
         ax.set_ylabel("held-out gold score")
         ax.set_title("gold over time (green: promoted, red dotted: refused)", fontsize=9)
@@ -135,15 +156,31 @@ def _sim_figures(sim_dir: Path, log: list[dict], t_start: float) -> list[tuple[s
         fig, ax = plt.subplots(figsize=(10, 2.8))
         ok = [e for e in chats if e["ok"]]
         bad = [e for e in events if not e["ok"]]
-        ax.scatter([(e["t0"] - t_start) / 60 for e in ok], [e["latency"] for e in ok], s=6, color="#25a", alpha=0.6,
-                   label="chat request (2xx)")
+        ax.scatter(
+            [(e["t0"] - t_start) / 60 for e in ok],
+            [e["latency"] for e in ok],
+            s=6,
+            color="#25a",
+            alpha=0.6,
+            label="chat request (2xx)",
+        )
         if bad:
-            ax.scatter([(e["t0"] - t_start) / 60 for e in bad], [0] * len(bad), marker="x", color="#c33",
-                       label="failed request")
+            ax.scatter(
+                [(e["t0"] - t_start) / 60 for e in bad],
+                [0] * len(bad),
+                marker="x",
+                color="#c33",
+                label="failed request",
+            )
         summary = json.loads((sim_dir / "summary.json").read_text()) if (sim_dir / "summary.json").is_file() else {}
         for k, rnd in enumerate(summary.get("rounds", [])):
-            ax.axvspan(rnd["start"] / 60, rnd["end"] / 60, color="#fc8", alpha=0.3,
-                       label="learner round running" if k == 0 else None)
+            ax.axvspan(
+                rnd["start"] / 60,
+                rnd["end"] / 60,
+                color="#fc8",
+                alpha=0.3,
+                label="learner round running" if k == 0 else None,
+            )
         ax.set_xlabel("minutes")
         ax.set_ylabel("latency (s)")
         ax.legend(fontsize=8, loc="upper left")
@@ -179,12 +216,14 @@ def render_report(learn_dir, sim_dir=None) -> str:
     rows = round_rows(learn_dir)
     t0 = min([r["created"] for r in vrows if r.get("created")] or [time.time()])
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>rlhfkit learn: versions of {e(learn_dir.name)}"
-             f"</title><style>{CSS}</style></head><body>",
-             f"<h1>Versions over time</h1><p class='kv'>learner folder <code>{e(str(learn_dir))}</code></p>",
-             f"<p class='kv'>serving <b>{e(str(versions.current_version(learn_dir)))}</b>; "
-             f"{sum(r['event'] == 'promoted' for r in rows)} promoted, {sum(r['event'] == 'refused' for r in rows)} refused, "
-             f"{sum(1 for r in log if r.get('event') == 'rollback')} rollback(s)</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>rlhfkit learn: versions of {e(learn_dir.name)}"
+        f"</title><style>{CSS}</style></head><body>",
+        f"<h1>Versions over time</h1><p class='kv'>learner folder <code>{e(str(learn_dir))}</code></p>",
+        f"<p class='kv'>serving <b>{e(str(versions.current_version(learn_dir)))}</b>; "
+        f"{sum(r['event'] == 'promoted' for r in rows)} promoted, {sum(r['event'] == 'refused' for r in rows)} refused, "
+        f"{sum(1 for r in log if r.get('event') == 'rollback')} rollback(s)</p>",
+    ]
     if sim_dir is not None:
         sim_dir = Path(sim_dir)
         summary = json.loads((sim_dir / "summary.json").read_text()) if (sim_dir / "summary.json").is_file() else {}
@@ -193,54 +232,89 @@ def render_report(learn_dir, sim_dir=None) -> str:
         t_start = summary.get("t_start") or min([x["t0"] for x in events] or [t0])
         if summary:
             req, lat, d = summary["requests"], summary["latency"], summary.get("gold_last_minus_first") or {}
-            parts.append("<h2>Simulation</h2><table class='kv'>" + "".join(
-                f"<tr><th>{e(k)}</th><td class='l'>{e(str(v))}</td></tr>" for k, v in [
-                    ("model / users / minutes", f"{summary['model']} / {summary['users']} / {summary['minutes']}"),
-                    ("adversarial users", sum(1 for b in summary["adversarial"].values() if b != "honest")),
-                    ("requests sent / answered / failed", f"{req['sent']} / {req['answered']} / {req['failed']}"),
-                    ("verdicts given / refused / stored", f"{summary['feedback']['verdicts_given']} / "
-                     f"{summary['feedback']['verdicts_refused']} / {summary['feedback']['in_store']}"),
-                    ("latency idle p50 / p95 (s)", f"{_fmt(lat['idle']['p50'], '.2f')} / {_fmt(lat['idle']['p95'], '.2f')}"
-                     f" (n {lat['idle']['n']})"),
-                    ("latency while training p50 / p95 (s)", f"{_fmt(lat['training']['p50'], '.2f')} / "
-                     f"{_fmt(lat['training']['p95'], '.2f')} (n {lat['training']['n']})"),
-                    ("gold last - first [95% CI]", f"{_fmt(d.get('mean'))} [{_fmt(d.get('ci_low'))}, {_fmt(d.get('ci_high'))}]"
-                     f" over {d.get('n', 0)} held-out prompts"),
-                    ("load average (mean / max)", f"{_fmt(summary['load_average']['mean'], '.2f')} / "
-                     f"{_fmt(summary['load_average']['max'], '.2f')} on {summary.get('cpu_count')} CPUs")]) + "</table>")
+            parts.append(
+                "<h2>Simulation</h2><table class='kv'>"
+                + "".join(
+                    f"<tr><th>{e(k)}</th><td class='l'>{e(str(v))}</td></tr>"
+                    for k, v in [
+                        ("model / users / minutes", f"{summary['model']} / {summary['users']} / {summary['minutes']}"),
+                        ("adversarial users", sum(1 for b in summary["adversarial"].values() if b != "honest")),
+                        ("requests sent / answered / failed", f"{req['sent']} / {req['answered']} / {req['failed']}"),
+                        (
+                            "verdicts given / refused / stored",
+                            f"{summary['feedback']['verdicts_given']} / "
+                            f"{summary['feedback']['verdicts_refused']} / {summary['feedback']['in_store']}",
+                        ),
+                        (
+                            "latency idle p50 / p95 (s)",
+                            f"{_fmt(lat['idle']['p50'], '.2f')} / {_fmt(lat['idle']['p95'], '.2f')}"
+                            f" (n {lat['idle']['n']})",
+                        ),
+                        (
+                            "latency while training p50 / p95 (s)",
+                            f"{_fmt(lat['training']['p50'], '.2f')} / "
+                            f"{_fmt(lat['training']['p95'], '.2f')} (n {lat['training']['n']})",
+                        ),
+                        (
+                            "gold last - first [95% CI]",
+                            f"{_fmt(d.get('mean'))} [{_fmt(d.get('ci_low'))}, {_fmt(d.get('ci_high'))}]"
+                            f" over {d.get('n', 0)} held-out prompts",
+                        ),
+                        (
+                            "load average (mean / max)",
+                            f"{_fmt(summary['load_average']['mean'], '.2f')} / "
+                            f"{_fmt(summary['load_average']['max'], '.2f')} on {summary.get('cpu_count')} CPUs",
+                        ),
+                    ]
+                )
+                + "</table>"
+            )
         for title, svg in _sim_figures(sim_dir, log, t_start):
             parts.append(f"<h2>{e(title)}</h2>{svg}")
     if rows:
         parts.append(f"<h2>Rounds</h2>{_timeline_figure(rows, log, t0)}")
-        parts.append("<table><tr><th>when (UTC)</th><th>round</th><th>outcome</th><th>parent</th><th>feedback by kind</th>"
-                     "<th>users (w=1 / 0&lt;w&lt;1 / w=0)</th><th>cut</th><th>RM win [95% CI]</th><th>gold win</th>"
-                     "<th>KL(v0)</th><th class='l'>reasons</th></tr>")
+        parts.append(
+            "<table><tr><th>when (UTC)</th><th>round</th><th>outcome</th><th>parent</th><th>feedback by kind</th>"
+            "<th>users (w=1 / 0&lt;w&lt;1 / w=0)</th><th>cut</th><th>RM win [95% CI]</th><th>gold win</th>"
+            "<th>KL(v0)</th><th class='l'>reasons</th></tr>"
+        )
         for r in rows:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["at"])) if r["at"] else "-"
-            outcome = (f"<span class='ok'>promoted {e(r['version'])}</span>" if r["event"] == "promoted"
-                       else "<span class='no'>refused</span>")
+            outcome = (
+                f"<span class='ok'>promoted {e(r['version'])}</span>"
+                if r["event"] == "promoted"
+                else "<span class='no'>refused</span>"
+            )
             w = r["weights"]
             fb = ", ".join(f"{k} {v}" for k, v in sorted(r["feedback"].items())) or "-"
-            parts.append(f"<tr><td>{when}</td><td>{r['round']}</td><td class='l'>{outcome}</td><td>{e(str(r['parent']))}</td>"
-                         f"<td class='l'>{e(fb)}</td><td>{w['users']} ({w['full']} / {w['partial']} / {w['zero']})</td>"
-                         f"<td>{w['cut']}</td><td>{_fmt(r['win_rate'])} [{_fmt(r['ci'][0], '.2f')}, {_fmt(r['ci'][1], '.2f')}]"
-                         f"</td><td>{_fmt(r['gold_win_rate'])}</td><td>{_fmt(r['kl_to_v0'])}</td>"
-                         f"<td class='l'>{e('; '.join(r['reasons']))}</td></tr>")
+            parts.append(
+                f"<tr><td>{when}</td><td>{r['round']}</td><td class='l'>{outcome}</td><td>{e(str(r['parent']))}</td>"
+                f"<td class='l'>{e(fb)}</td><td>{w['users']} ({w['full']} / {w['partial']} / {w['zero']})</td>"
+                f"<td>{w['cut']}</td><td>{_fmt(r['win_rate'])} [{_fmt(r['ci'][0], '.2f')}, {_fmt(r['ci'][1], '.2f')}]"
+                f"</td><td>{_fmt(r['gold_win_rate'])}</td><td>{_fmt(r['kl_to_v0'])}</td>"
+                f"<td class='l'>{e('; '.join(r['reasons']))}</td></tr>"
+            )
         parts.append("</table>")
-    parts.append("<h2>Versions</h2><table><tr><th></th><th>version</th><th>parent</th><th>round</th><th>created (UTC)</th>"
-                 "<th>method</th><th>feedback</th><th>users</th><th>w&lt;1</th><th>cut</th><th>RM win [95% CI]</th>"
-                 "<th>gold win</th><th>KL(v0)</th></tr>")
+    parts.append(
+        "<h2>Versions</h2><table><tr><th></th><th>version</th><th>parent</th><th>round</th><th>created (UTC)</th>"
+        "<th>method</th><th>feedback</th><th>users</th><th>w&lt;1</th><th>cut</th><th>RM win [95% CI]</th>"
+        "<th>gold win</th><th>KL(v0)</th></tr>"
+    )
     for r in vrows:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["created"])) if r.get("created") else "-"
         ci = r.get("ci") or [None, None]
-        parts.append(f"<tr><td>{'&#9679;' if r['current'] else ''}</td><td class='l'>{e(r['version'])}</td>"
-                     f"<td>{e(str(r['parent'] or '-'))}</td><td>{r['round'] if r['round'] is not None else '-'}</td>"
-                     f"<td>{created}</td><td>{e(str(r.get('method') or '-'))}</td><td>{r['feedback']}</td>"
-                     f"<td>{r['users']}</td><td>{r['down_weighted']}</td><td>{r['cut']}</td>"
-                     f"<td>{_fmt(r['win_rate'])} [{_fmt(ci[0], '.2f')}, {_fmt(ci[1], '.2f')}]</td>"
-                     f"<td>{_fmt(r['gold_win_rate'])}</td><td>{_fmt(r['kl_to_v0'])}</td></tr>")
-    parts.append("</table><p style='font-size:12px;color:#666'>&#9679; = served now. w: a user's weight from the "
-                 "round's defence (agreement with the consensus); cut: verdicts over the per-user cap.</p></body></html>")
+        parts.append(
+            f"<tr><td>{'&#9679;' if r['current'] else ''}</td><td class='l'>{e(r['version'])}</td>"
+            f"<td>{e(str(r['parent'] or '-'))}</td><td>{r['round'] if r['round'] is not None else '-'}</td>"
+            f"<td>{created}</td><td>{e(str(r.get('method') or '-'))}</td><td>{r['feedback']}</td>"
+            f"<td>{r['users']}</td><td>{r['down_weighted']}</td><td>{r['cut']}</td>"
+            f"<td>{_fmt(r['win_rate'])} [{_fmt(ci[0], '.2f')}, {_fmt(ci[1], '.2f')}]</td>"
+            f"<td>{_fmt(r['gold_win_rate'])}</td><td>{_fmt(r['kl_to_v0'])}</td></tr>"
+        )
+    parts.append(
+        "</table><p style='font-size:12px;color:#666'>&#9679; = served now. w: a user's weight from the "
+        "round's defence (agreement with the consensus); cut: verdicts over the per-user cap.</p></body></html>"
+    )
     return "\n".join(parts)
 
 

@@ -19,6 +19,7 @@ nothing and is left out of the batches altogether.
 Training runs through ``fit`` (checkpoints in the stage folder, exact resume), starting from the
 last round's reward model (or the backbone in the first round, or after a forget).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,9 @@ import torch
 from rlhfkit.core.losses.bradley_terry import binary_feedback_loss, bradley_terry_loss
 
 
-def examples_of(events: Sequence[dict], weights: dict[str, float], thumbs_weight: float,
-                rating_weight: float) -> list[dict]:
+def examples_of(
+    events: Sequence[dict], weights: dict[str, float], thumbs_weight: float, rating_weight: float
+) -> list[dict]:
     """Texts, targets and weights of the training examples (weight-0 users left out), in id order."""
     out = []
     for e in sorted(events, key=lambda e: e["id"]):
@@ -40,17 +42,38 @@ def examples_of(events: Sequence[dict], weights: dict[str, float], thumbs_weight
         kind, value, prompt = e["kind"], e["value"], e["prompt"]
         if kind == "choice":
             c = int(value)
-            out.append({"id": e["id"], "prompt": prompt, "chosen": e["responses"][c], "rejected": e["responses"][1 - c],
-                        "w": w})
+            out.append(
+                {
+                    "id": e["id"],
+                    "prompt": prompt,
+                    "chosen": e["responses"][c],
+                    "rejected": e["responses"][1 - c],
+                    "w": w,
+                }
+            )
         elif kind == "edit":
             out.append({"id": e["id"], "prompt": prompt, "chosen": value, "rejected": e["responses"][0], "w": w})
         elif kind == "thumbs":
-            out.append({"id": e["id"], "prompt": prompt, "reply": e["responses"][0], "target": float(bool(value)),
-                        "w": w * thumbs_weight})
+            out.append(
+                {
+                    "id": e["id"],
+                    "prompt": prompt,
+                    "reply": e["responses"][0],
+                    "target": float(bool(value)),
+                    "w": w * thumbs_weight,
+                }
+            )
         elif kind == "rating":
             lo, hi = e["scale"]
-            out.append({"id": e["id"], "prompt": prompt, "reply": e["responses"][0],
-                        "target": (float(value) - lo) / ((hi - lo) or 1), "w": w * rating_weight})
+            out.append(
+                {
+                    "id": e["id"],
+                    "prompt": prompt,
+                    "reply": e["responses"][0],
+                    "target": (float(value) - lo) / ((hi - lo) or 1),
+                    "w": w * rating_weight,
+                }
+            )
     return [x for x in out if x["w"] > 0]
 
 
@@ -60,11 +83,23 @@ def encode(examples: Sequence[dict], tokenizer, max_length: int) -> list[dict]:
     out = []
     for x in examples:
         if "chosen" in x:
-            out.append({"pair": [tokenize_pair(x["prompt"], x["chosen"], tokenizer, max_length),
-                                 tokenize_pair(x["prompt"], x["rejected"], tokenizer, max_length)], "w": x["w"]})
+            out.append(
+                {
+                    "pair": [
+                        tokenize_pair(x["prompt"], x["chosen"], tokenizer, max_length),
+                        tokenize_pair(x["prompt"], x["rejected"], tokenizer, max_length),
+                    ],
+                    "w": x["w"],
+                }
+            )
         else:
-            out.append({"single": [tokenize_pair(x["prompt"], x["reply"], tokenizer, max_length)],
-                        "target": x["target"], "w": x["w"]})
+            out.append(
+                {
+                    "single": [tokenize_pair(x["prompt"], x["reply"], tokenizer, max_length)],
+                    "target": x["target"],
+                    "w": x["w"],
+                }
+            )
     return out
 
 
@@ -77,10 +112,14 @@ def make_collate(pad_id: int):
         singles = [x for x in batch if "single" in x]
         seqs = [p["pair"][0] for p in pairs] + [p["pair"][1] for p in pairs] + [s["single"][0] for s in singles]
         ids, mask = pad_sequences(seqs, pad_id, side="right")
-        return {"input_ids": ids, "attention_mask": mask, "n_pairs": len(pairs),
-                "pair_w": torch.tensor([p["w"] for p in pairs], dtype=torch.float32),
-                "single_w": torch.tensor([s["w"] for s in singles], dtype=torch.float32),
-                "target": torch.tensor([s["target"] for s in singles], dtype=torch.float32)}
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "n_pairs": len(pairs),
+            "pair_w": torch.tensor([p["w"] for p in pairs], dtype=torch.float32),
+            "single_w": torch.tensor([s["w"] for s in singles], dtype=torch.float32),
+            "target": torch.tensor([s["target"] for s in singles], dtype=torch.float32),
+        }
 
     return collate
 
@@ -91,10 +130,10 @@ def weighted_loss(scores: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict
     loss = scores.new_zeros(())
     correct = 0.0
     if n:
-        chosen, rejected = scores[:n], scores[n:2 * n]
+        chosen, rejected = scores[:n], scores[n : 2 * n]
         loss = loss + (batch["pair_w"].to(scores.dtype) * bradley_terry_loss(chosen, rejected, reduction="none")).sum()
         correct = float((chosen > rejected).sum())
-    singles = scores[2 * n:]
+    singles = scores[2 * n :]
     if singles.numel():
         terms = binary_feedback_loss(singles, batch["target"].to(scores.dtype), reduction="none")
         loss = loss + (batch["single_w"].to(scores.dtype) * terms).sum()
@@ -115,8 +154,9 @@ def example_length(x: dict) -> int:
     return max(len(s) for s in x.get("pair", x.get("single")))
 
 
-def train_reward_model(start: str, examples: Sequence[dict], out_dir: Path, section, seed: int,
-                       threads: int = 0) -> dict:
+def train_reward_model(
+    start: str, examples: Sequence[dict], out_dir: Path, section, seed: int, threads: int = 0
+) -> dict:
     """Train from ``start`` (a backbone or the last reward model) on ``examples``; the model goes
     to ``out_dir/model``. Returns ``{"model", "examples", "metrics"}``."""
     from rlhfkit.models import load_reward_model
@@ -131,17 +171,39 @@ def train_reward_model(start: str, examples: Sequence[dict], out_dir: Path, sect
         import math
 
         batch = min(section.batch_size, len(examples))  # a round with little feedback still trains
-        config = TrainingConfig(output_dir=str(out_dir), seed=seed, epochs=section.epochs,
-                                batch_size=batch, micro_batch_size=math.gcd(batch, section.micro_batch_size),
-                                learning_rate=section.learning_rate, save_every=1, keep_checkpoints=1,
-                                tensorboard=False, threads=threads, parallel="none")
+        config = TrainingConfig(
+            output_dir=str(out_dir),
+            seed=seed,
+            epochs=section.epochs,
+            batch_size=batch,
+            micro_batch_size=math.gcd(batch, section.micro_batch_size),
+            learning_rate=section.learning_rate,
+            save_every=1,
+            keep_checkpoints=1,
+            tensorboard=False,
+            threads=threads,
+            parallel="none",
+        )
         encoded = encode(examples, tokenizer, section.max_length)
-        metrics = fit(model, encoded, make_collate(tokenizer.pad_token_id), loss_fn, count_examples, config,
-                      init_distributed(), desc="learn reward", unit="examples", length_fn=example_length)
+        metrics = fit(
+            model,
+            encoded,
+            make_collate(tokenizer.pad_token_id),
+            loss_fn,
+            count_examples,
+            config,
+            init_distributed(),
+            desc="learn reward",
+            unit="examples",
+            length_fn=example_length,
+        )
     model.eval().save_pretrained(out_dir / "model")
     tokenizer.save_pretrained(out_dir / "model")
-    return {"model": str(out_dir / "model"), "examples": len(examples),
-            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    return {
+        "model": str(out_dir / "model"),
+        "examples": len(examples),
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+    }
 
 
 def score_events_fn(reward_model: str, max_length: int):

@@ -18,6 +18,7 @@ version folder written whole (``models.versions.save_version``), ``current.json`
 and last ``learn_state.json`` (watermark, rounds done, ids trained on, reward model), so a round
 counts once and its feedback is never counted twice.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,7 +61,9 @@ def round_seed(seed: int, round_no: int) -> int:
 
 
 def next_version_name(learn_dir: Path) -> str:
-    numbers = [int(m.group(1)) for v in versions.list_versions(learn_dir) if (m := re.fullmatch(r"v(\d+)", v["version"]))]
+    numbers = [
+        int(m.group(1)) for v in versions.list_versions(learn_dir) if (m := re.fullmatch(r"v(\d+)", v["version"]))
+    ]
     return f"v{max(numbers, default=0) + 1}"
 
 
@@ -88,14 +91,18 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     own = settings(config, wired=FOLLOW_FIELDS)
 
     def inputs_fn(d: Path) -> dict:
-        snap = inputs_mod.snapshot(config.store, config.prefix, state, round_no, config.gate.holdout_share,
-                                   config.gate.max_prompts)
+        snap = inputs_mod.snapshot(
+            config.store, config.prefix, state, round_no, config.gate.holdout_share, config.gate.max_prompts
+        )
         parent = versions.current_version(learn_dir)
         # after a forget the round starts over from v0 (reward model from its backbone, adapter on
         # v0): the versions since were trained with the erased feedback
-        snap.update(parent=parent, candidate=next_version_name(learn_dir),
-                    adapter_on="v0" if snap["rebuild"] else parent,
-                    previous_reward_model=None if snap["rebuild"] else state.get("reward_model"))
+        snap.update(
+            parent=parent,
+            candidate=next_version_name(learn_dir),
+            adapter_on="v0" if snap["rebuild"] else parent,
+            previous_reward_model=None if snap["rebuild"] else state.get("reward_model"),
+        )
         if snap["rebuild"]:  # the erasure reaches the earlier rounds' saved copies
             from rlhfkit.feedback.enduser import feedback_events
 
@@ -105,20 +112,28 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
 
     # the snapshot depends on these alone: changing a later stage's settings before a restart
     # reruns that stage on the same inputs, not the round on newer feedback
-    snap_settings = {"round": round_no, "prefix": config.prefix, "holdout_share": config.gate.holdout_share,
-                     "max_prompts": config.gate.max_prompts, "base": own.get("model")}
+    snap_settings = {
+        "round": round_no,
+        "prefix": config.prefix,
+        "holdout_share": config.gate.holdout_share,
+        "max_prompts": config.gate.max_prompts,
+        "base": own.get("model"),
+    }
     rec = run_stage("inputs", rdir / "inputs", fingerprint("inputs", snap_settings, {}), inputs_fn, log=log)
     _stage_ended("inputs")
     snap = _read(Path(rec["outputs"]["inputs"]))
-    fps = {"inputs": file_digest(rec["outputs"]["inputs"]),
-           "learner": fingerprint("learner", {"seed": config.seed, "model": own.get("model")}, {})}
+    fps = {
+        "inputs": file_digest(rec["outputs"]["inputs"]),
+        "learner": fingerprint("learner", {"seed": config.seed, "model": own.get("model")}, {}),
+    }
 
     def defence_fn(d: Path) -> dict:
         prev = snap["previous_reward_model"]
         score = score_events_fn(str(learn_dir / prev), config.reward.max_length) if prev else None
         s = config.defence
-        result = defence_mod.defend(snap["train"], s.max_per_user, s.full_trust_agreement, s.min_judged,
-                                    s.min_consensus_agreement, score)
+        result = defence_mod.defend(
+            snap["train"], s.max_per_user, s.full_trust_agreement, s.min_judged, s.min_consensus_agreement, score
+        )
         kept_ids = [e["id"] for e in result.pop("kept")]
         return {"defence": _write(d / "defence.json", {**result, "kept_ids": kept_ids})}
 
@@ -145,8 +160,20 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     reward_in_dir = os.path.relpath(reward_model, learn_dir)
 
     def policy_fn(d: Path) -> dict:
-        return train_policy(config.method, learn_dir, snap["adapter_on"], base, reward_model, snap["train_prompts"], kept,
-                            weights, config.policy, d, seed, config.threads)
+        return train_policy(
+            config.method,
+            learn_dir,
+            snap["adapter_on"],
+            base,
+            reward_model,
+            snap["train_prompts"],
+            kept,
+            weights,
+            config.policy,
+            d,
+            seed,
+            config.threads,
+        )
 
     fps["policy"] = fingerprint("policy", {"method": config.method, **settings(config.policy)}, fps)
     rec = run_stage("policy", rdir / "policy", fps["policy"], policy_fn, log=log)
@@ -157,8 +184,17 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
         if policy.get("adapter") is None:
             figures = {"passed": False, "reasons": [policy.get("why", "no candidate")]}
         else:
-            figures = run_gate(learn_dir, snap["parent"], policy["adapter"], reward_model, snap["holdout_prompts"],
-                               config.gate, config.policy, seed, adapter_on=snap["adapter_on"])
+            figures = run_gate(
+                learn_dir,
+                snap["parent"],
+                policy["adapter"],
+                reward_model,
+                snap["holdout_prompts"],
+                config.gate,
+                config.policy,
+                seed,
+                adapter_on=snap["adapter_on"],
+            )
         return {"gate": _write(d / "gate.json", figures)}
 
     fps["gate"] = fingerprint("gate", settings(config.gate), fps)
@@ -167,32 +203,69 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     gate = _read(Path(rec["outputs"]["gate"]))
 
     feedback = lineage.feedback_lineage(kept, defence, inputs_mod.id_ranges)
-    outcome = {"round": round_no, "watermark": snap["watermark"], "parent": snap["parent"],
-               "candidate": snap["candidate"], "reward_model": reward_in_dir,
-               "trained_ids": inputs_mod.id_ranges(e["id"] for e in snap["train"]), "rebuild": snap["rebuild"]}
+    outcome = {
+        "round": round_no,
+        "watermark": snap["watermark"],
+        "parent": snap["parent"],
+        "candidate": snap["candidate"],
+        "reward_model": reward_in_dir,
+        "trained_ids": inputs_mod.id_ranges(e["id"] for e in snap["train"]),
+        "rebuild": snap["rebuild"],
+    }
     if gate.get("passed"):
         name = snap["candidate"]
         folder = versions.version_dir(learn_dir, name)
         if not folder.exists():
-            info = {"round": round_no, "method": config.method, "feedback": feedback, "gate": gate,
-                    "reward_model": reward_in_dir, "policy": {k: v for k, v in policy.items() if k != "adapter"}}
-            versions.save_version(learn_dir, name, parent=snap["parent"], adapter=policy["adapter"],
-                                  info={**info, "adapter_on": snap["adapter_on"]})
+            info = {
+                "round": round_no,
+                "method": config.method,
+                "feedback": feedback,
+                "gate": gate,
+                "reward_model": reward_in_dir,
+                "policy": {k: v for k, v in policy.items() if k != "adapter"},
+            }
+            versions.save_version(
+                learn_dir,
+                name,
+                parent=snap["parent"],
+                adapter=policy["adapter"],
+                info={**info, "adapter_on": snap["adapter_on"]},
+            )
             _stage_ended("version")  # written, not yet current
         elif versions.version_info(learn_dir, name).get("round") != round_no:
             raise versions.VersionError(f"{folder}: exists, written by another round than {round_no}")
         if lineage.logged_round(learn_dir, round_no) is None:
             versions.promote(learn_dir, name)
-            lineage.append_log(learn_dir, {"event": "promoted", "round": round_no, "version": name,
-                                           "parent": snap["parent"], "gate": gate, "feedback_count": feedback["count"]})
+            lineage.append_log(
+                learn_dir,
+                {
+                    "event": "promoted",
+                    "round": round_no,
+                    "version": name,
+                    "parent": snap["parent"],
+                    "gate": gate,
+                    "feedback_count": feedback["count"],
+                },
+            )
         outcome.update(outcome="promoted", version=name)
-        log(f"learn: round {round_no}: {name} promoted (RM win rate {gate['reward_model']['win_rate']:.3f}, "
-            f"KL to v0 {gate['kl_to_v0']:.3f})")
+        log(
+            f"learn: round {round_no}: {name} promoted (RM win rate {gate['reward_model']['win_rate']:.3f}, "
+            f"KL to v0 {gate['kl_to_v0']:.3f})"
+        )
     else:
         if lineage.logged_round(learn_dir, round_no) is None:
-            lineage.append_log(learn_dir, {"event": "refused", "round": round_no, "version": None,
-                                           "parent": snap["parent"], "gate": gate, "reasons": gate.get("reasons"),
-                                           "feedback_count": feedback["count"]})
+            lineage.append_log(
+                learn_dir,
+                {
+                    "event": "refused",
+                    "round": round_no,
+                    "version": None,
+                    "parent": snap["parent"],
+                    "gate": gate,
+                    "reasons": gate.get("reasons"),
+                    "feedback_count": feedback["count"],
+                },
+            )
         outcome.update(outcome="refused", version=None, reasons=gate.get("reasons"))
         log(f"learn: round {round_no}: candidate refused: {'; '.join(gate.get('reasons') or [])}")
     _prune(rdir)
@@ -216,7 +289,13 @@ def _advance_state(learn_dir: Path, state: dict, outcome: dict) -> dict:
     if int(state.get("rounds_done", 0)) < outcome["round"]:
         trained = inputs_mod.ids_of_ranges(state.get("trained", [])) if not outcome.get("rebuild") else set()
         trained |= inputs_mod.ids_of_ranges(outcome["trained_ids"])
-        inputs_mod.write_state(learn_dir, {"watermark": outcome["watermark"], "rounds_done": outcome["round"],
-                                           "trained": inputs_mod.id_ranges(trained),
-                                           "reward_model": outcome["reward_model"]})
+        inputs_mod.write_state(
+            learn_dir,
+            {
+                "watermark": outcome["watermark"],
+                "rounds_done": outcome["round"],
+                "trained": inputs_mod.id_ranges(trained),
+                "reward_model": outcome["reward_model"],
+            },
+        )
     return outcome

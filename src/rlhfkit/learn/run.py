@@ -6,6 +6,7 @@ arrived after its watermark (or a round was left unfinished by a kill), it runs 
 ``LEARN_DIR/learn.json`` records the base model; a later start with another ``--model`` is
 refused (the versions are adapters on that base).
 """
+
 from __future__ import annotations
 
 import time
@@ -24,8 +25,10 @@ def open_learn_dir(config: LearnConfig) -> Path:
     if versions.is_learn_dir(learn_dir):
         base = versions.version_info(learn_dir, "v0")["base"]
         if config.model and config.model != base:
-            raise ConfigError(f"field 'model': {learn_dir} learns on {base!r}, not {config.model!r} "
-                              "(its versions are adapters on that base); give another LEARN_DIR")
+            raise ConfigError(
+                f"field 'model': {learn_dir} learns on {base!r}, not {config.model!r} "
+                "(its versions are adapters on that base); give another LEARN_DIR"
+            )
         return learn_dir
     if not config.model:
         raise ConfigError(f"field 'model': {learn_dir} is new; give the base model (--model smollm2-135m)")
@@ -62,12 +65,17 @@ def _follow(config: LearnConfig, learn_dir: Path, outcomes: list[dict]) -> list[
         if round_pending(learn_dir, state) or waiting >= config.min_feedback:
             outcome = run_round(config, learn_dir, state, int(state["rounds_done"]) + 1)
             outcomes.append(outcome)
-            print(f"learn: round {outcome['round']}: {outcome['outcome']}"
-                  + (f" {outcome['version']}" if outcome.get("version") else "") + f"; serving "
-                  f"{versions.current_version(learn_dir)}", flush=True)
+            print(
+                f"learn: round {outcome['round']}: {outcome['outcome']}"
+                + (f" {outcome['version']}" if outcome.get("version") else "")
+                + f"; serving "
+                f"{versions.current_version(learn_dir)}",
+                flush=True,
+            )
         elif config.once:
-            print(f"learn: {waiting} new verdicts of {config.min_feedback} needed for a round; nothing to do",
-                  flush=True)
+            print(
+                f"learn: {waiting} new verdicts of {config.min_feedback} needed for a round; nothing to do", flush=True
+            )
         if config.once or (config.max_rounds and len(outcomes) >= config.max_rounds):
             return outcomes
         time.sleep(config.poll_seconds)

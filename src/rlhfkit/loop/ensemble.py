@@ -9,6 +9,7 @@ The policy's reward is the ensemble mean ``(1/M) sum_m r_m`` (``rewards.build_re
 sum of ``rm:`` terms): averaging also makes the reward harder to exploit than any one member
 (Coste et al. 2023, "Reward Model Ensembles Help Mitigate Overoptimization").
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,8 +29,16 @@ def bootstrap_file(pairs: list[dict], path: Path, seed: int, resample: bool) -> 
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
-def train_ensemble(pairs: list[dict], out: Path, reward_config, size: int, seed: int, bootstrap: bool = True,
-                   eval_file: str = "", threads: int = 0) -> list[str]:
+def train_ensemble(
+    pairs: list[dict],
+    out: Path,
+    reward_config,
+    size: int,
+    seed: int,
+    bootstrap: bool = True,
+    eval_file: str = "",
+    threads: int = 0,
+) -> list[str]:
     """Train ``size`` members under ``out/member-i/`` (a finished member, ``model/`` present, is
     kept: a restarted stage trains only the missing ones, and the recipe resumes a half-trained
     one from its checkpoint). Returns the model folders."""
@@ -64,8 +73,13 @@ def ensemble_spec(model_dirs: Sequence[str]) -> str:
 
 
 @torch.no_grad()
-def ensemble_scores(model_dirs: Sequence[str], prompts: Sequence[str], responses: Sequence[str],
-                    max_length: int = 512, batch_size: int = 32) -> torch.Tensor:
+def ensemble_scores(
+    model_dirs: Sequence[str],
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    max_length: int = 512,
+    batch_size: int = 32,
+) -> torch.Tensor:
     """``[M, N]``: every member's score of every (prompt, response)."""
     from rlhfkit.rewards.sources import RewardModelSource
 

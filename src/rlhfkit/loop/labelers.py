@@ -11,6 +11,7 @@
   exports the project's pairs (majority per item; ties and "both bad" give no pair). Any labeler
   can answer: people in the browser, ``feedback/simulate.py``'s HTTP labelers, a script.
 """
+
 from __future__ import annotations
 
 import random
@@ -18,8 +19,9 @@ import time
 from typing import Callable, Sequence
 
 
-def simulated_labels(prompts: Sequence[str], first: Sequence[str], second: Sequence[str], judge: Callable,
-                     noise: float, seed: int) -> list[dict]:
+def simulated_labels(
+    prompts: Sequence[str], first: Sequence[str], second: Sequence[str], judge: Callable, noise: float, seed: int
+) -> list[dict]:
     """One pair record per input pair: ``prompt, chosen, rejected, gold_chosen, gold_rejected``."""
     ga = judge(list(prompts), list(first)).tolist()
     gb = judge(list(prompts), list(second)).tolist()
@@ -28,8 +30,15 @@ def simulated_labels(prompts: Sequence[str], first: Sequence[str], second: Seque
     for p, x, y, sx, sy in zip(prompts, first, second, ga, gb):
         nx, ny = sx + rng.gauss(0, noise), sy + rng.gauss(0, noise)
         a_wins = nx >= ny
-        rows.append({"prompt": p, "chosen": x if a_wins else y, "rejected": y if a_wins else x,
-                     "gold_chosen": sx if a_wins else sy, "gold_rejected": sy if a_wins else sx})
+        rows.append(
+            {
+                "prompt": p,
+                "chosen": x if a_wins else y,
+                "rejected": y if a_wins else x,
+                "gold_chosen": sx if a_wins else sy,
+                "gold_rejected": sy if a_wins else sx,
+            }
+        )
     return rows
 
 
@@ -49,23 +58,42 @@ def ensure_project(store, name: str, items: list[dict], overlap: int = 1, instru
     wanted = sorted((str(it["id"]), it["prompt"], tuple(it["responses"])) for it in items)
 
     def job(conn):
-        proj = conn.execute(select(db.projects.c.id, db.projects.c.overlap)
-                            .where(db.projects.c.name == name)).first()
+        proj = conn.execute(select(db.projects.c.id, db.projects.c.overlap).where(db.projects.c.name == name)).first()
         if proj is not None:
-            have = sorted((str(r.external_id), r.prompt, tuple(x["text"] for x in r.responses)) for r in conn.execute(
-                select(db.items.c.external_id, db.items.c.prompt, db.items.c.responses)
-                .where(db.items.c.project_id == proj.id, db.items.c.is_gold.is_(False))))
+            have = sorted(
+                (str(r.external_id), r.prompt, tuple(x["text"] for x in r.responses))
+                for r in conn.execute(
+                    select(db.items.c.external_id, db.items.c.prompt, db.items.c.responses).where(
+                        db.items.c.project_id == proj.id, db.items.c.is_gold.is_(False)
+                    )
+                )
+            )
             if have != wanted or int(proj.overlap) != overlap:
                 from rlhfkit.training.config import ConfigError
 
-                raise ConfigError(f"feedback project {name!r} exists with other items or overlap (made for an earlier "
-                                 f"selection, before settings changed): rename or delete it, or set project_prefix "
-                                 f"to start new projects")
+                raise ConfigError(
+                    f"feedback project {name!r} exists with other items or overlap (made for an earlier "
+                    f"selection, before settings changed): rename or delete it, or set project_prefix "
+                    f"to start new projects"
+                )
             return int(proj.id)
-        pid = int(conn.execute(insert(db.projects).values(
-            name=name, task_type="pairwise", instructions=instructions, overlap=overlap, gold_rate=0.0,
-            scale_min=1, scale_max=7, active=True, n_items=0, n_labels=0,
-            created_at=time.time())).inserted_primary_key[0])
+        pid = int(
+            conn.execute(
+                insert(db.projects).values(
+                    name=name,
+                    task_type="pairwise",
+                    instructions=instructions,
+                    overlap=overlap,
+                    gold_rate=0.0,
+                    scale_min=1,
+                    scale_max=7,
+                    active=True,
+                    n_items=0,
+                    n_labels=0,
+                    created_at=time.time(),
+                )
+            ).inserted_primary_key[0]
+        )
         add_items(conn, pid, parsed, source="generated")
         return pid
 
@@ -81,8 +109,9 @@ def label_count(store, project_id: int) -> int:
         return int(conn.execute(select(db.projects.c.n_labels).where(db.projects.c.id == project_id)).scalar() or 0)
 
 
-def wait_for_labels(store, project_id: int, required: int, timeout: float, poll: float,
-                    log: Callable[[str], None] = print) -> int:
+def wait_for_labels(
+    store, project_id: int, required: int, timeout: float, poll: float, log: Callable[[str], None] = print
+) -> int:
     """Poll until the project has ``required`` labels; returns the count. ``TimeoutError`` after
     ``timeout`` seconds."""
     start = time.monotonic()
@@ -95,8 +124,10 @@ def wait_for_labels(store, project_id: int, required: int, timeout: float, poll:
         if n >= required:
             return n
         if time.monotonic() - start >= timeout:
-            raise TimeoutError(f"only {n} of {required} labels after {timeout:.0f} s in feedback project "
-                               f"{project_id}; rerun the loop to keep waiting")
+            raise TimeoutError(
+                f"only {n} of {required} labels after {timeout:.0f} s in feedback project "
+                f"{project_id}; rerun the loop to keep waiting"
+            )
         time.sleep(poll)
 
 

@@ -15,6 +15,7 @@ The same seed gives both selections the same first labels and the same label noi
 ``labels_to_reach(curve, target)``: labels at which a gold-vs-labels curve first reaches
 ``target``, linearly interpolated between the two rounds around the crossing (None if never).
 """
+
 from __future__ import annotations
 
 import random
@@ -36,8 +37,16 @@ def bow_features(texts: Sequence[str], dim: int = 4096) -> torch.Tensor:
     return x
 
 
-def fit_bow_ensemble(feats: torch.Tensor, pairs: Sequence[tuple[int, int]], size: int, seed: int,
-                     l2: float = 1e-2, steps: int = 150, lr: float = 0.1, prior_std: float = 0.0) -> torch.Tensor:
+def fit_bow_ensemble(
+    feats: torch.Tensor,
+    pairs: Sequence[tuple[int, int]],
+    size: int,
+    seed: int,
+    l2: float = 1e-2,
+    steps: int = 150,
+    lr: float = 0.1,
+    prior_std: float = 0.0,
+) -> torch.Tensor:
     """``[M, dim]`` weights; ``pairs`` are (chosen, rejected) candidate indices. Member 0 on all
     pairs, the others on bootstrap resamples (as ``loop/ensemble.py``).
 
@@ -53,8 +62,11 @@ def fit_bow_ensemble(feats: torch.Tensor, pairs: Sequence[tuple[int, int]], size
     ws = []
     for m in range(size):
         d = diff if m == 0 else diff[torch.randint(len(diff), (len(diff),), generator=g)]
-        anchor = (torch.randn(feats.shape[1], generator=g) * prior_std if m > 0 and prior_std > 0
-                  else torch.zeros(feats.shape[1]))
+        anchor = (
+            torch.randn(feats.shape[1], generator=g) * prior_std
+            if m > 0 and prior_std > 0
+            else torch.zeros(feats.shape[1])
+        )
         w = anchor.clone().requires_grad_(True)
         opt = torch.optim.Adam([w], lr=lr)
         for _ in range(steps):
@@ -66,11 +78,24 @@ def fit_bow_ensemble(feats: torch.Tensor, pairs: Sequence[tuple[int, int]], size
     return torch.stack(ws)
 
 
-def pool_curve(texts: Sequence[str], groups: Sequence[int], gold: Sequence[float],
-               pool_pairs: Sequence[tuple[int, int]], heldout_pairs: Sequence[tuple[int, int]], method: str,
-               start: int, step: int, n_steps: int, ensemble_size: int = 4, noise: float = 0.3, seed: int = 0,
-               measure: str = "variance", prior_std: float = 0.0, max_per_group: int = 0,
-               bon_candidates: Sequence[int] = ()) -> list[dict]:
+def pool_curve(
+    texts: Sequence[str],
+    groups: Sequence[int],
+    gold: Sequence[float],
+    pool_pairs: Sequence[tuple[int, int]],
+    heldout_pairs: Sequence[tuple[int, int]],
+    method: str,
+    start: int,
+    step: int,
+    n_steps: int,
+    ensemble_size: int = 4,
+    noise: float = 0.3,
+    seed: int = 0,
+    measure: str = "variance",
+    prior_std: float = 0.0,
+    max_per_group: int = 0,
+    bon_candidates: Sequence[int] = (),
+) -> list[dict]:
     """``[{"labels": n, "accuracy": a[, "bon_gold": g]}, ...]`` after ``start``, ``start + step``,
     ... labels.
     ``max_per_group``: at most this many pairs of one prompt per round (0 = no cap; both
@@ -102,8 +127,16 @@ def pool_curve(texts: Sequence[str], groups: Sequence[int], gold: Sequence[float
             break
         taken = set(labelled)
         rest = [i for i in range(len(pool_pairs)) if i not in taken]
-        pick = select_pairs([pool_pairs[i] for i in rest], step, method, seed=seed * 1000 + s, scores=scores,
-                            groups=groups, measure=measure, max_per_group=max_per_group)
+        pick = select_pairs(
+            [pool_pairs[i] for i in rest],
+            step,
+            method,
+            seed=seed * 1000 + s,
+            scores=scores,
+            groups=groups,
+            measure=measure,
+            max_per_group=max_per_group,
+        )
         labelled += [rest[i] for i in pick]
     return curve
 

@@ -41,6 +41,7 @@ the next round's reference), so the drift from the initial policy can grow round
 one leash for the whole loop, as when an SFT model anchors all of RLHF. Either way the
 cumulative drift is reported as the KL to the initial policy in every round's ``eval``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -84,8 +85,13 @@ def stage_setup(c: LoopConfig, d: Path) -> dict:
         from rlhfkit.models import tiny_causal_lm, tiny_tokenizer
 
         tok = tiny_tokenizer(tokenizer_corpus(c.prompts), vocab_size=c.init.vocab_size)
-        model = tiny_causal_lm(tok, hidden_size=c.init.hidden_size, num_layers=c.init.num_layers,
-                               num_heads=c.init.num_heads, seed=c.init.seed)
+        model = tiny_causal_lm(
+            tok,
+            hidden_size=c.init.hidden_size,
+            num_layers=c.init.num_layers,
+            num_heads=c.init.num_heads,
+            seed=c.init.seed,
+        )
         model.save_pretrained(d / "model")
         tok.save_pretrained(d / "model")
         init_model = str(d / "model")
@@ -93,9 +99,9 @@ def stage_setup(c: LoopConfig, d: Path) -> dict:
         init_model = c.init.model
     pool = load_prompts(c.prompts, c.prompt_words, unique=True)
     random.Random(c.seed).shuffle(pool)
-    held, train = pool[:c.n_eval_prompts], pool[c.n_eval_prompts:]
+    held, train = pool[: c.n_eval_prompts], pool[c.n_eval_prompts :]
     if c.max_train_prompts:
-        train = train[:c.max_train_prompts]
+        train = train[: c.max_train_prompts]
     write_jsonl(d / "train_prompts.jsonl", [{"prompt": p} for p in train])
     write_jsonl(d / "eval_prompts.jsonl", [{"prompt": p} for p in held])
     # gold-judged held-out pairs (no noise): every pair of heldout_samples samples of the initial
@@ -114,46 +120,76 @@ def stage_setup(c: LoopConfig, d: Path) -> dict:
                     pairs.append({"prompt": p, "chosen": x if sx > sy else y, "rejected": y if sx > sy else x})
     write_jsonl(d / "heldout_pairs.jsonl", pairs)
     ev = evaluate_policy(c, init_model, init_model, held, members=None, heldout=None)
-    print(f"loop: setup: {len(train)} training / {len(held)} held-out prompts, {len(pairs)} gold held-out pairs, "
-          f"initial gold {ev['gold']:.4f}")
-    return {"model": init_model, "train_prompts": len(train), "eval_prompts": len(held), "heldout_pairs": len(pairs),
-            "eval": ev}
+    print(
+        f"loop: setup: {len(train)} training / {len(held)} held-out prompts, {len(pairs)} gold held-out pairs, "
+        f"initial gold {ev['gold']:.4f}"
+    )
+    return {
+        "model": init_model,
+        "train_prompts": len(train),
+        "eval_prompts": len(held),
+        "heldout_pairs": len(pairs),
+        "eval": ev,
+    }
 
 
 def _sample(c: LoopConfig, model_path: str, prompts: list[str], seed: int) -> list[str]:
     model, tok = load_policy(model_path)
-    gen = make_sampler(model, SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature),
-                       tok.eos_token_id, tok.pad_token_id)
+    gen = make_sampler(
+        model,
+        SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature),
+        tok.eos_token_id,
+        tok.pad_token_id,
+    )
     with torch.no_grad():
-        return list(rollout(gen, model, tok, prompts, seed=seed, max_prompt_length=64,
-                            behaviour_logprobs=False).responses)
+        return list(
+            rollout(gen, model, tok, prompts, seed=seed, max_prompt_length=64, behaviour_logprobs=False).responses
+        )
 
 
-def evaluate_policy(c: LoopConfig, policy_path: str, init_path: str, prompts: list[str], members: list[str] | None,
-                    heldout: list[dict] | None) -> dict:
+def evaluate_policy(
+    c: LoopConfig,
+    policy_path: str,
+    init_path: str,
+    prompts: list[str],
+    members: list[str] | None,
+    heldout: list[dict] | None,
+) -> dict:
     """Gold score of the policy's samples on the held-out prompts (``eval_samples`` each, the same
     sampling seed every round), KL to the initial policy (k1 summed over the response, mean over
     samples: ``core.kl.sequence_kl`` with the initial policy's log-probs from
     ``rollout.rollout_logprobs``, as ``rlhfkit eval`` measures it), and the ensemble mean's
     accuracy on the gold-judged held-out pairs."""
     model, tok = load_policy(policy_path)
-    gen = make_sampler(model, SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature),
-                       tok.eos_token_id, tok.pad_token_id)
+    gen = make_sampler(
+        model,
+        SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature),
+        tok.eos_token_id,
+        tok.pad_token_id,
+    )
     with torch.no_grad():
-        ro = rollout(gen, model, tok, repeat_each(prompts, c.eval_samples), seed=_step_seed(c.seed, 0, 77),
-                     max_prompt_length=64)
+        ro = rollout(
+            gen, model, tok, repeat_each(prompts, c.eval_samples), seed=_step_seed(c.seed, 0, 77), max_prompt_length=64
+        )
         gold = build_reward(c.gold)(ro.prompts, ro.responses).float()
         if policy_path == init_path:
             kl = 0.0
         else:
             ref, _ = load_policy(init_path)
             kl = float(sequence_kl(ro.logprobs, rollout_logprobs(ref, ro, c.temperature), ro.response_mask).mean())
-    out = {"gold": float(gold.mean()), "gold_std": float(gold.std()) if len(gold) > 1 else 0.0, "kl": kl,
-           "samples": len(ro)}
+    out = {
+        "gold": float(gold.mean()),
+        "gold_std": float(gold.std()) if len(gold) > 1 else 0.0,
+        "kl": kl,
+        "samples": len(ro),
+    }
     if members and heldout:
-        s = ensemble_scores(members, [p["prompt"] for p in heldout] * 2,
-                            [p["chosen"] for p in heldout] + [p["rejected"] for p in heldout],
-                            max_length=c.reward.max_length).mean(0)
+        s = ensemble_scores(
+            members,
+            [p["prompt"] for p in heldout] * 2,
+            [p["chosen"] for p in heldout] + [p["rejected"] for p in heldout],
+            max_length=c.reward.max_length,
+        ).mean(0)
         n = len(heldout)
         out["rm_accuracy"] = float((s[:n] > s[n:]).float().mean())
     return out
@@ -180,8 +216,14 @@ class Loop:
         c, fps = self.c, self.fps
         prev_policy = fps["setup"] if r == 1 else fps[f"{r - 1}/policy"]
         if stage == "candidates":
-            own = {"round": r, "prompts_per_round": c.prompts_per_round, "k": c.num_candidates,
-                   "max_new_tokens": c.max_new_tokens, "temperature": c.temperature, "seed": c.seed}
+            own = {
+                "round": r,
+                "prompts_per_round": c.prompts_per_round,
+                "k": c.num_candidates,
+                "max_new_tokens": c.max_new_tokens,
+                "temperature": c.temperature,
+                "seed": c.seed,
+            }
             return own, {"setup": fps["setup"], "policy": prev_policy}
         if stage == "select":
             method = c.selection if r > 1 else "random"
@@ -193,30 +235,54 @@ class Loop:
             return own, inputs
         if stage == "labels":
             if c.labeler == "simulated":
-                own = {"labeler": "simulated", "judge": c.labeler_judge or c.gold, "noise": c.label_noise,
-                       "seed": c.seed}
+                own = {
+                    "labeler": "simulated",
+                    "judge": c.labeler_judge or c.gold,
+                    "noise": c.label_noise,
+                    "seed": c.seed,
+                }
             else:
-                own = {"labeler": "store", "db": self._db(), "project": self._project(r), "overlap": c.overlap,
-                       "required": c.labels_required}
+                own = {
+                    "labeler": "store",
+                    "db": self._db(),
+                    "project": self._project(r),
+                    "overlap": c.overlap,
+                    "required": c.labels_required,
+                }
             inputs = {"select": fps[f"{r}/select"]}
             if r > 1:
                 inputs["labels"] = fps[f"{r - 1}/labels"]
             return own, inputs
         if stage == "reward":
-            own = {**stage_settings(c.reward, WIRED_REWARD), "ensemble_size": c.ensemble_size, "bootstrap": c.bootstrap,
-                   "seed": c.seed, "round": r}
+            own = {
+                **stage_settings(c.reward, WIRED_REWARD),
+                "ensemble_size": c.ensemble_size,
+                "bootstrap": c.bootstrap,
+                "seed": c.seed,
+                "round": r,
+            }
             return own, {"labels": fps[f"{r}/labels"], "setup": fps["setup"]}
         if stage == "policy":
-            own = {"algorithm": c.algorithm, **stage_settings(getattr(c, c.algorithm), WIRED_POLICY), "gold": c.gold,
-                   "seed": c.seed, "round": r}
+            own = {
+                "algorithm": c.algorithm,
+                **stage_settings(getattr(c, c.algorithm), WIRED_POLICY),
+                "gold": c.gold,
+                "seed": c.seed,
+                "round": r,
+            }
             if c.kl_anchor != "round" and r > 1:  # round 1's reference is the initial policy either way; only
-                own["kl_anchor"] = c.kl_anchor     # when set, so loops run before the field existed stay cached
-            if c.ensemble_reward != "mean":        # the same: only when set
+                own["kl_anchor"] = c.kl_anchor  # when set, so loops run before the field existed stay cached
+            if c.ensemble_reward != "mean":  # the same: only when set
                 own["ensemble_reward"] = c.ensemble_reward
             return own, {"reward": fps[f"{r}/reward"], "policy": prev_policy, "setup": fps["setup"]}
         if stage == "eval":
-            own = {"gold": c.gold, "eval_samples": c.eval_samples, "max_new_tokens": c.max_new_tokens,
-                   "temperature": c.temperature, "seed": c.seed}
+            own = {
+                "gold": c.gold,
+                "eval_samples": c.eval_samples,
+                "max_new_tokens": c.max_new_tokens,
+                "temperature": c.temperature,
+                "seed": c.seed,
+            }
             return own, {"policy": fps[f"{r}/policy"], "reward": fps[f"{r}/reward"], "setup": fps["setup"]}
         raise KeyError(stage)
 
@@ -233,13 +299,26 @@ class Loop:
         n = min(c.prompts_per_round, len(train))
         prompts = random.Random(_step_seed(c.seed, r, 5)).sample(train, n)
         model, tok = load_policy(self.policy_before(r))
-        gen = make_sampler(model, SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature),
-                           tok.eos_token_id, tok.pad_token_id)
+        gen = make_sampler(
+            model,
+            SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature),
+            tok.eos_token_id,
+            tok.pad_token_id,
+        )
         with torch.no_grad():
-            ro = rollout(gen, model, tok, repeat_each(prompts, c.num_candidates), seed=_step_seed(c.seed, r, 21),
-                         max_prompt_length=64, behaviour_logprobs=False)  # texts only
-        rows = [{"group": i // c.num_candidates, "prompt": p, "response": resp}
-                for i, (p, resp) in enumerate(zip(ro.prompts, ro.responses))]
+            ro = rollout(
+                gen,
+                model,
+                tok,
+                repeat_each(prompts, c.num_candidates),
+                seed=_step_seed(c.seed, r, 21),
+                max_prompt_length=64,
+                behaviour_logprobs=False,
+            )  # texts only
+        rows = [
+            {"group": i // c.num_candidates, "prompt": p, "response": resp}
+            for i, (p, resp) in enumerate(zip(ro.prompts, ro.responses))
+        ]
         write_jsonl(d / "candidates.jsonl", rows)
         return {"prompts": n, "candidates": len(rows), "policy": self.policy_before(r)}
 
@@ -255,15 +334,33 @@ class Loop:
         scores = None
         if members:  # also for random: the uncertainty of what was picked is logged for comparison
             scores = ensemble_scores(members, [x["prompt"] for x in cand], texts, max_length=c.reward.max_length)
-        chosen = select_pairs(pairs, c.labels_per_round, method, seed=_step_seed(c.seed, r, 31), scores=scores,
-                              groups=groups, measure=c.uncertainty, max_per_group=c.max_pairs_per_prompt)
-        u = (pair_uncertainty(scores, pairs, c.uncertainty, groups).tolist()
-             if scores is not None and len(members) > 1 and pairs else None)
+        chosen = select_pairs(
+            pairs,
+            c.labels_per_round,
+            method,
+            seed=_step_seed(c.seed, r, 31),
+            scores=scores,
+            groups=groups,
+            measure=c.uncertainty,
+            max_per_group=c.max_pairs_per_prompt,
+        )
+        u = (
+            pair_uncertainty(scores, pairs, c.uncertainty, groups).tolist()
+            if scores is not None and len(members) > 1 and pairs
+            else None
+        )
         rows = []
         for i in chosen:
             a, b = pairs[i]
-            rows.append({"pair": i, "prompt": cand[a]["prompt"], "a": cand[a]["response"], "b": cand[b]["response"],
-                         "uncertainty": None if u is None else u[i]})
+            rows.append(
+                {
+                    "pair": i,
+                    "prompt": cand[a]["prompt"],
+                    "a": cand[a]["response"],
+                    "b": cand[b]["response"],
+                    "uncertainty": None if u is None else u[i],
+                }
+            )
         write_jsonl(d / "selected.jsonl", rows)
         stats = {"method": method, "candidate_pairs": len(pairs), "selected": len(rows)}
         if u is not None:
@@ -278,11 +375,19 @@ class Loop:
         stats: dict = {"labeler": c.labeler}
         if c.labeler == "simulated":
             from rlhfkit.loop.labelers import simulated_labels
-            rows = simulated_labels([x["prompt"] for x in sel], [x["a"] for x in sel], [x["b"] for x in sel],
-                                    build_reward(c.labeler_judge or c.gold), c.label_noise, _step_seed(c.seed, r, 13))
+
+            rows = simulated_labels(
+                [x["prompt"] for x in sel],
+                [x["a"] for x in sel],
+                [x["b"] for x in sel],
+                build_reward(c.labeler_judge or c.gold),
+                c.label_noise,
+                _step_seed(c.seed, r, 13),
+            )
             decided = [x for x in rows if x["gold_chosen"] != x["gold_rejected"]]
-            stats["agreement_with_gold"] = (sum(x["gold_chosen"] > x["gold_rejected"] for x in decided) / len(decided)
-                                            if decided else None)
+            stats["agreement_with_gold"] = (
+                sum(x["gold_chosen"] > x["gold_rejected"] for x in decided) / len(decided) if decided else None
+            )
             # the pairs the share rests on: pairs the gold judge scores equal have no right answer
             stats["agreement_pairs"], stats["gold_tie_pairs"] = len(decided), len(rows) - len(decided)
         else:
@@ -291,13 +396,21 @@ class Loop:
 
             store = db.Store(self._db())
             try:
-                items = [{"id": f"r{r}-p{x['pair']}", "prompt": x["prompt"], "responses": [x["a"], x["b"]]}
-                         for x in sel]
-                pid = ensure_project(store, self._project(r), items, overlap=c.overlap,
-                                     instructions="Which continuation of the movie review is better?")
+                items = [
+                    {"id": f"r{r}-p{x['pair']}", "prompt": x["prompt"], "responses": [x["a"], x["b"]]} for x in sel
+                ]
+                pid = ensure_project(
+                    store,
+                    self._project(r),
+                    items,
+                    overlap=c.overlap,
+                    instructions="Which continuation of the movie review is better?",
+                )
                 required = c.labels_required or len(items) * c.overlap
-                print(f"loop: round {r}: waiting for {required} labels in feedback project {self._project(r)!r} "
-                      f"(id {pid}) of {self._db()}")
+                print(
+                    f"loop: round {r}: waiting for {required} labels in feedback project {self._project(r)!r} "
+                    f"(id {pid}) of {self._db()}"
+                )
                 stats["labels_received"] = wait_for_labels(store, pid, required, c.label_timeout, c.poll_seconds)
                 rows = export_pairs(store, pid)
                 stats["project"], stats["project_id"] = self._project(r), pid
@@ -306,8 +419,13 @@ class Loop:
         prev = read_jsonl(self.rdir(r - 1) / "labels" / "all_pairs.jsonl") if r > 1 else []
         write_jsonl(d / "labels.jsonl", rows)
         write_jsonl(d / "all_pairs.jsonl", prev + rows)
-        stats.update({"pairs": len(rows), "total_pairs": len(prev) + len(rows),
-                      "labels_total": self.labels_spent(r - 1) + len(sel)})
+        stats.update(
+            {
+                "pairs": len(rows),
+                "total_pairs": len(prev) + len(rows),
+                "labels_total": self.labels_spent(r - 1) + len(sel),
+            }
+        )
         print(f"loop: round {r}: labels: {json.dumps(stats)}")
         return stats
 
@@ -323,8 +441,15 @@ class Loop:
         cfg = copy.deepcopy(self.c.reward)
         if cfg.model == "init":  # a sequence classifier on the initial policy's backbone
             cfg.model = self.outputs["setup"]["model"]
-        members = train_ensemble(pairs, d, cfg, self.c.ensemble_size, seed=self.c.seed * 100 + r,
-                                 bootstrap=self.c.bootstrap, threads=self.c.threads)
+        members = train_ensemble(
+            pairs,
+            d,
+            cfg,
+            self.c.ensemble_size,
+            seed=self.c.seed * 100 + r,
+            bootstrap=self.c.bootstrap,
+            threads=self.c.threads,
+        )
         return {"members": members, "pairs": len(pairs), "spec": _ensemble_spec(members)}
 
     def policy(self, r: int, d: Path) -> dict:
@@ -343,18 +468,28 @@ class Loop:
         if c.threads:
             cfg.threads = c.threads
         metrics = importlib.import_module(f"rlhfkit.recipes.{c.algorithm}").run(cfg)
-        return {"model": str(d / "model"),
-                "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}}
+        return {
+            "model": str(d / "model"),
+            "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
+        }
 
     def eval(self, r: int, d: Path) -> dict:
         held = [x["prompt"] for x in read_jsonl(self.out / "setup" / "eval_prompts.jsonl")]
         heldout = read_jsonl(self.out / "setup" / "heldout_pairs.jsonl")
-        ev = evaluate_policy(self.c, self.outputs[f"{r}/policy"]["model"], self.outputs["setup"]["model"], held,
-                             self.outputs[f"{r}/reward"]["members"], heldout)
+        ev = evaluate_policy(
+            self.c,
+            self.outputs[f"{r}/policy"]["model"],
+            self.outputs["setup"]["model"],
+            held,
+            self.outputs[f"{r}/reward"]["members"],
+            heldout,
+        )
         ev["labels"] = self.labels_spent(r)
         (d / "eval.json").write_text(json.dumps(ev, indent=1), encoding="utf-8")
-        print(f"loop: round {r}: eval: gold {ev['gold']:.4f}, KL to init {ev['kl']:.3f}, "
-              f"RM held-out accuracy {ev.get('rm_accuracy', float('nan')):.3f}, labels {ev['labels']}")
+        print(
+            f"loop: round {r}: eval: gold {ev['gold']:.4f}, KL to init {ev['kl']:.3f}, "
+            f"RM held-out accuracy {ev.get('rm_accuracy', float('nan')):.3f}, labels {ev['labels']}"
+        )
         return ev
 
 
@@ -385,8 +520,12 @@ def read_loop_state(out: Path) -> dict | None:
         problem = f"a JSON {type(state).__name__}, not an object"
     except (OSError, ValueError) as err:  # ValueError: JSONDecodeError and UnicodeDecodeError
         problem = f"{type(err).__name__}: {err}"
-    print(f"rlhfkit: warning: {path} is unreadable ({problem}); the loop starts its state afresh "
-          "(finished stages are still skipped by fingerprint)", file=sys.stderr, flush=True)
+    print(
+        f"rlhfkit: warning: {path} is unreadable ({problem}); the loop starts its state afresh "
+        "(finished stages are still skipped by fingerprint)",
+        file=sys.stderr,
+        flush=True,
+    )
     return None
 
 
@@ -411,19 +550,30 @@ def run(config: LoopConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     old = read_loop_state(out)
     if old is not None:
-        print(f"loop: {out}/loop_state.json: last at round {old.get('round')} stage {old.get('stage')} "
-              f"({old.get('status')}); finished stages are skipped by fingerprint")
+        print(
+            f"loop: {out}/loop_state.json: last at round {old.get('round')} stage {old.get('stage')} "
+            f"({old.get('status')}); finished stages are skipped by fingerprint"
+        )
     loop = Loop(config, out)
     t0 = time.perf_counter()
     records: dict[str, dict] = {}
     # what the loop had finished stays in the state until it is redone (the app's live generation
     # follows ``rounds_done``); an earlier run is summed up, not nested, so the file does not grow
     old = old or {}
-    state = {"name": config.name, "selection": config.selection, "rounds": config.rounds, "round": 0,
-             "stage": "setup", "status": "running", "policy": old.get("policy"), "curve": old.get("curve", []),
-             "rounds_done": old.get("rounds_done", 0), "started": time.time(),
-             "runs": int(old.get("runs", 1 if old else 0)) + 1,
-             "previous": {k: old.get(k) for k in ("status", "round", "stage", "started", "finished")} if old else None}
+    state = {
+        "name": config.name,
+        "selection": config.selection,
+        "rounds": config.rounds,
+        "round": 0,
+        "stage": "setup",
+        "status": "running",
+        "policy": old.get("policy"),
+        "curve": old.get("curve", []),
+        "rounds_done": old.get("rounds_done", 0),
+        "started": time.time(),
+        "runs": int(old.get("runs", 1 if old else 0)) + 1,
+        "previous": {k: old.get(k) for k in ("status", "round", "stage", "started", "finished")} if old else None,
+    }
 
     def step(key: str, stage_dir: Path, own, inputs, fn) -> dict:
         r = int(key.split("/")[0]) if "/" in key else 0
@@ -436,11 +586,20 @@ def run(config: LoopConfig) -> dict:
         records[key] = rec
         return rec
 
-    own = {"init": stage_settings(config.init) if config.init.kind == "tiny" else {"model": with_content(config.init.model)},
-           "prompts": with_content(config.prompts), "prompt_words": config.prompt_words, "n_eval_prompts": config.n_eval_prompts,
-           "max_train_prompts": config.max_train_prompts, "seed": config.seed, "gold": config.gold,
-           "eval_samples": config.eval_samples, "max_new_tokens": config.max_new_tokens,
-           "temperature": config.temperature}
+    own = {
+        "init": stage_settings(config.init)
+        if config.init.kind == "tiny"
+        else {"model": with_content(config.init.model)},
+        "prompts": with_content(config.prompts),
+        "prompt_words": config.prompt_words,
+        "n_eval_prompts": config.n_eval_prompts,
+        "max_train_prompts": config.max_train_prompts,
+        "seed": config.seed,
+        "gold": config.gold,
+        "eval_samples": config.eval_samples,
+        "max_new_tokens": config.max_new_tokens,
+        "temperature": config.temperature,
+    }
     if config.heldout_samples != 2:  # only when set, so loops run before the field existed stay cached
         own["heldout_samples"] = config.heldout_samples
     step("setup", out / "setup", own, {}, lambda d: stage_setup(config, d))
@@ -449,11 +608,17 @@ def run(config: LoopConfig) -> dict:
     for r in range(1, config.rounds + 1):
         for stage in ROUND_STAGES:
             s_own, s_inputs = loop.spec(r, stage)
-            step(f"{r}/{stage}", loop.rdir(r) / stage, s_own, s_inputs,
-                 lambda d, r=r, s=stage: getattr(loop, s)(r, d))
+            step(f"{r}/{stage}", loop.rdir(r) / stage, s_own, s_inputs, lambda d, r=r, s=stage: getattr(loop, s)(r, d))
         ev = loop.outputs[f"{r}/eval"]
-        curve.append({"round": r, "labels": ev["labels"], "gold": ev["gold"], "kl": ev["kl"],
-                      "rm_accuracy": ev.get("rm_accuracy")})
+        curve.append(
+            {
+                "round": r,
+                "labels": ev["labels"],
+                "gold": ev["gold"],
+                "kl": ev["kl"],
+                "rm_accuracy": ev.get("rm_accuracy"),
+            }
+        )
         state.update(policy=loop.outputs[f"{r}/policy"]["model"], curve=curve, rounds_done=r)
         _write_state(out, state)
         (out / "curve.json").write_text(json.dumps(curve, indent=1), encoding="utf-8")
@@ -463,10 +628,15 @@ def run(config: LoopConfig) -> dict:
     (out / "curve.json").write_text(json.dumps(curve, indent=1), encoding="utf-8")
     render_loop_report(out)
     print(f"loop: report {out / 'report.html'}")
-    summary = {"name": config.name, "selection": config.selection, "seconds": round(time.perf_counter() - t0, 2),
-               "ran": [k for k, v in records.items() if v["ran"]],
-               "skipped": [k for k, v in records.items() if not v["ran"]],
-               "policy": state["policy"], "curve": curve}
+    summary = {
+        "name": config.name,
+        "selection": config.selection,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "ran": [k for k, v in records.items() if v["ran"]],
+        "skipped": [k for k, v in records.items() if not v["ran"]],
+        "policy": state["policy"],
+        "curve": curve,
+    }
     (out / "loop.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     print("loop: gold vs labels: " + ", ".join(f"{p['labels']}: {p['gold']:.4f}" for p in curve))
     print(f"loop: done in {summary['seconds']:.1f} s; current policy {state['policy']}")

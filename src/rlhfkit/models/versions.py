@@ -20,6 +20,7 @@ version folder is written under a temporary name and renamed into place whole
 (temp file, fsync, ``os.replace``, fsync of the folder): a reader sees the old or the new file,
 never half of one, and never a version that is not complete.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["VersionError", "is_learn_dir", "init_learn_dir", "save_version", "promote", "current_version",
-           "read_current", "version_info", "list_versions", "load_version", "atomic_write_json", "CURRENT_FILE"]
+__all__ = [
+    "VersionError",
+    "is_learn_dir",
+    "init_learn_dir",
+    "save_version",
+    "promote",
+    "current_version",
+    "read_current",
+    "version_info",
+    "list_versions",
+    "load_version",
+    "atomic_write_json",
+    "CURRENT_FILE",
+]
 
 CURRENT_FILE = "current.json"
 VERSION_FILE = "version.json"
@@ -150,8 +163,10 @@ def list_versions(learn_dir: str | os.PathLike) -> list[dict]:
     except VersionError:
         current = None
     out = []
-    for d in sorted((p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)) if root.is_dir() else [],
-                    key=lambda p: _order(p.name)):
+    for d in sorted(
+        (p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)) if root.is_dir() else [],
+        key=lambda p: _order(p.name),
+    ):
         try:
             info = version_info(learn_dir, d.name)
         except VersionError:
@@ -173,8 +188,16 @@ def init_learn_dir(learn_dir: str | os.PathLike, base: str) -> dict:
     return version_info(learn_dir, "v0")
 
 
-def save_version(learn_dir: str | os.PathLike, name: str, *, parent: str | None, model: Any = None,
-                 adapter: Any = None, tokenizer: Any = None, info: dict | None = None) -> Path:
+def save_version(
+    learn_dir: str | os.PathLike,
+    name: str,
+    *,
+    parent: str | None,
+    model: Any = None,
+    adapter: Any = None,
+    tokenizer: Any = None,
+    info: dict | None = None,
+) -> Path:
     """Write ``versions/NAME`` whole: ``adapter`` (a peft model, saved with ``save_pretrained``,
     or an adapter folder, copied) trained on ``info["adapter_on"]`` (default ``parent``), or
     ``model`` (a Hugging Face model, or a model folder, copied; ``tokenizer`` saved beside it), and

@@ -15,6 +15,7 @@ fields removed) and the fingerprints of the stages it reads. ``run_stage``:
 Because each fingerprint contains those of its inputs, changing one stage's settings reruns that
 stage and every stage after it that reads it, and no stage before it.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,16 @@ def write_record(stage_dir: Path, record: dict) -> None:
     os.replace(tmp, stage_dir / "stage.json")  # atomic: a kill never leaves half a record
 
 
-def run_stage(name: str, stage_dir: Path, fp: str, fn: Callable[[Path], dict], force: bool = False,
-              log: Callable[[str], None] = print, clean_checkpoints: bool = True, prefix: str = "pipeline") -> dict:
+def run_stage(
+    name: str,
+    stage_dir: Path,
+    fp: str,
+    fn: Callable[[Path], dict],
+    force: bool = False,
+    log: Callable[[str], None] = print,
+    clean_checkpoints: bool = True,
+    prefix: str = "pipeline",
+) -> dict:
     """Run ``fn(stage_dir) -> outputs`` unless cached (see the module docstring); returns the
     stage record (``status``, ``fingerprint``, ``outputs``, ``runs``, ``seconds``, ``ran``).
     ``cpu_seconds`` is this process's CPU time in the stage (all its threads): on a machine shared
@@ -61,8 +70,11 @@ def run_stage(name: str, stage_dir: Path, fp: str, fn: Callable[[Path], dict], f
     each line logged (``loop`` for the loop's stages)."""
     old, problem = load_record(stage_dir)
     if problem is not None:  # what it said is unknown: the stage runs afresh, as for other settings
-        print(f"rlhfkit: warning: {stage_dir / 'stage.json'} is unreadable ({problem}); stage {name} runs afresh",
-              file=sys.stderr, flush=True)
+        print(
+            f"rlhfkit: warning: {stage_dir / 'stage.json'} is unreadable ({problem}); stage {name} runs afresh",
+            file=sys.stderr,
+            flush=True,
+        )
     if old and old.get("fingerprint") == fp and old.get("status") == "done" and not force:
         log(f"{prefix}: {name}: cached (fingerprint {fp[:12]}), skipped")
         return {**old, "ran": False}
@@ -71,15 +83,22 @@ def run_stage(name: str, stage_dir: Path, fp: str, fn: Callable[[Path], dict], f
         shutil.rmtree(stage_dir)  # outputs of other settings (or a forced rerun): start clean
     runs = int(old.get("runs", 0)) + 1 if old else 1
     started, cpu_started = time.time(), time.process_time()
-    write_record(stage_dir, {"stage": name, "status": "running", "fingerprint": fp, "runs": runs,
-                             "started": started})
+    write_record(stage_dir, {"stage": name, "status": "running", "fingerprint": fp, "runs": runs, "started": started})
     log(f"{prefix}: {name}: {'resuming' if resuming else 'running'} (fingerprint {fp[:12]})")
     outputs = fn(stage_dir)
     finished = time.time()
-    record = {"stage": name, "status": "done", "fingerprint": fp, "runs": runs, "started": started,
-              "finished": finished, "seconds": round(finished - started, 2),
-              "cpu_seconds": round(time.process_time() - cpu_started, 2), "resumed": resuming,
-              "outputs": outputs}
+    record = {
+        "stage": name,
+        "status": "done",
+        "fingerprint": fp,
+        "runs": runs,
+        "started": started,
+        "finished": finished,
+        "seconds": round(finished - started, 2),
+        "cpu_seconds": round(time.process_time() - cpu_started, 2),
+        "resumed": resuming,
+        "outputs": outputs,
+    }
     write_record(stage_dir, record)  # first: a kill before the clean-up below costs nothing
     if clean_checkpoints:  # they only serve resuming this stage, which is now done
         for ckpt in stage_dir.glob("checkpoint-*"):

@@ -11,6 +11,7 @@ Stages (``output_dir/<stage>/`` each, with ``stage.json``): init (the starting p
 rate by the RM, gold judge before / after, KL, per-token shading data) -> report
 (``output_dir/report.html``). See ``pipeline/cache.py`` for when a stage is skipped or resumed.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,23 +60,38 @@ def run(config: PipelineConfig) -> dict:
         own, inputs = stage_inputs(ctx, stage)
         fp = stage_fingerprint(stage, own, inputs)
         ctx.fingerprints[stage] = fp
-        rec = run_stage(stage, ctx.dir(stage), fp, lambda d, s=stage: RUNNERS[s](ctx, d),
-                        force="all" in force or stage in force, clean_checkpoints=config.clean_checkpoints)
+        rec = run_stage(
+            stage,
+            ctx.dir(stage),
+            fp,
+            lambda d, s=stage: RUNNERS[s](ctx, d),
+            force="all" in force or stage in force,
+            clean_checkpoints=config.clean_checkpoints,
+        )
         ctx.outputs[stage] = rec.get("outputs") or {}
         records[stage] = rec
     report = out / "report.html"
     shutil.copyfile(ctx.dir("report") / "report.html", report)
-    summary = {"name": config.name, "output_dir": str(out), "seconds": round(time.perf_counter() - t0, 2),
-               "ran": [s for s, r in records.items() if r["ran"]],
-               "skipped": [s for s, r in records.items() if not r["ran"]],
-               "eval": records["eval"].get("outputs"), "report": str(report)}
+    summary = {
+        "name": config.name,
+        "output_dir": str(out),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "ran": [s for s, r in records.items() if r["ran"]],
+        "skipped": [s for s, r in records.items() if not r["ran"]],
+        "eval": records["eval"].get("outputs"),
+        "report": str(report),
+    }
     (out / "pipeline.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     ev = summary["eval"] or {}
     if ev.get("gold"):
         g = ev["gold"]
-        print(f"pipeline: gold ({g['judge']}) {g['before']:.4f} -> {g['after']:.4f}, gain {g['gain']:+.4f} "
-              f"[{g['gain_ci'][0]:+.4f}, {g['gain_ci'][1]:+.4f}]; KL {((ev.get('kl') or {}).get('mean') or float('nan')):.3f} nats/seq")
+        print(
+            f"pipeline: gold ({g['judge']}) {g['before']:.4f} -> {g['after']:.4f}, gain {g['gain']:+.4f} "
+            f"[{g['gain_ci'][0]:+.4f}, {g['gain_ci'][1]:+.4f}]; KL {((ev.get('kl') or {}).get('mean') or float('nan')):.3f} nats/seq"
+        )
     # the last line says where to look
-    print(f"pipeline: done in {summary['seconds']:.1f} s (ran: {', '.join(summary['ran']) or 'nothing'}; "
-          f"cached: {', '.join(summary['skipped']) or 'nothing'}); report: {report}")
+    print(
+        f"pipeline: done in {summary['seconds']:.1f} s (ran: {', '.join(summary['ran']) or 'nothing'}; "
+        f"cached: {', '.join(summary['skipped']) or 'nothing'}); report: {report}"
+    )
     return {"stages": records, "report": str(report), "summary": summary}

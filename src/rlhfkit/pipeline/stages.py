@@ -8,6 +8,7 @@ Every stage writes only under ``output_dir/<stage>/``. The file names the later 
 ``reward/model`` + ``reward/calibration.json``, ``policy/model`` + ``policy/metrics.jsonl``,
 ``eval/eval.json`` + ``eval/samples.jsonl`` + ``eval/token_samples.jsonl``, ``report.html``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -79,14 +80,26 @@ WIRED = {
 # those runs sampled with), so a finished run of an older preset stays cached
 LATER_FEEDBACK_DEFAULTS = {"top_p": 1.0, "top_k": 0}
 # feedback fields only simulated labelers read: not in the fingerprint of the other sources
-SIMULATION_FIELDS = {"n_label_prompts", "num_candidates", "label_noise", "labeler", "max_new_tokens", "temperature",
-                     "top_p", "top_k", "batch_size"}
+SIMULATION_FIELDS = {
+    "n_label_prompts",
+    "num_candidates",
+    "label_noise",
+    "labeler",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "batch_size",
+}
 
 
 def _feedback_settings(c) -> dict:
-    own = {k: v for k, v in stage_settings(c.feedback).items()
-           if not (k in LATER_FEEDBACK_DEFAULTS and v == LATER_FEEDBACK_DEFAULTS[k])
-           and (c.feedback.source == "simulated" or k not in SIMULATION_FIELDS)}
+    own = {
+        k: v
+        for k, v in stage_settings(c.feedback).items()
+        if not (k in LATER_FEEDBACK_DEFAULTS and v == LATER_FEEDBACK_DEFAULTS[k])
+        and (c.feedback.source == "simulated" or k not in SIMULATION_FIELDS)
+    }
     if c.feedback.source == "simulated" and c.chat_template:  # plain text: nothing, as before the field
         own["chat_template"] = True
     return own
@@ -127,9 +140,13 @@ def stage_inputs(ctx: Context, stage: str) -> tuple[Any, dict[str, str]]:
             own["chat_template"] = c.chat_template
         return own, inputs
     if stage == "eval":
-        own = {**stage_settings(c.eval, WIRED["eval"]), "gold": c.gold,
-               "n_token_samples": c.report.n_token_samples, "kl_coef": _kl_coef(c),
-               "chat_template": c.chat_template}
+        own = {
+            **stage_settings(c.eval, WIRED["eval"]),
+            "gold": c.gold,
+            "n_token_samples": c.report.n_token_samples,
+            "kl_coef": _kl_coef(c),
+            "chat_template": c.chat_template,
+        }
         return own, {**start, "policy": fps["policy"], "reward": fps["reward"], "feedback": fps["feedback"]}
     if stage == "report":
         own = {"report": stage_settings(c.report), "name": c.name, "algorithm": c.algorithm, "version": 1}
@@ -198,8 +215,10 @@ def _materialise_gguf(spec: str, out: Path) -> dict:
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
     from rlhfkit.training.logging import progress_bar, ticking
 
-    print(f"pipeline: init: de-quantising {spec} ({gguf_file}) once into {out} (the later stages load that folder)",
-          flush=True)
+    print(
+        f"pipeline: init: de-quantising {spec} ({gguf_file}) once into {out} (the later stages load that folder)",
+        flush=True,
+    )
     # each part is one call that reports nothing for 10 to 30 s (minutes on a busy machine): the
     # bar names the part and its clock keeps moving
     with progress_bar(3, desc="init: tokenizer, weights, save", unit="part") as bar, ticking(bar):
@@ -253,9 +272,9 @@ def _split_prompts(pool: list[str], fb) -> tuple[list[str], list[str]]:
     ``n_eval_prompts`` held out."""
     order = list(pool)
     random.Random(fb.seed).shuffle(order)
-    held, train = order[:fb.n_eval_prompts], order[fb.n_eval_prompts:]
+    held, train = order[: fb.n_eval_prompts], order[fb.n_eval_prompts :]
     if fb.max_train_prompts:
-        train = train[:fb.max_train_prompts]
+        train = train[: fb.max_train_prompts]
     return train, held
 
 
@@ -265,7 +284,7 @@ def stage_feedback(ctx: Context, d: Path) -> dict:
     if fb.source == "simulated":
         pool = load_prompts(fb.prompts, fb.prompt_words, unique=True)
         train_prompts, eval_prompts = _split_prompts(pool, fb)
-        pairs, sim = simulate_labels(ctx, d, train_prompts[:fb.n_label_prompts])
+        pairs, sim = simulate_labels(ctx, d, train_prompts[: fb.n_label_prompts])
         stats.update(sim)
         train_pairs, held_pairs = split_by_prompt(pairs, fb.eval_fraction, fb.seed)
     else:
@@ -280,19 +299,25 @@ def stage_feedback(ctx: Context, d: Path) -> dict:
         if fb.prompts:
             train_prompts, eval_prompts = _split_prompts(load_prompts(fb.prompts, fb.prompt_words, unique=True), fb)
         else:  # the prompts of the held-out pairs are the held-out prompts
-            eval_prompts = list(dict.fromkeys(p.prompt for p in held_pairs))[:fb.n_eval_prompts]
+            eval_prompts = list(dict.fromkeys(p.prompt for p in held_pairs))[: fb.n_eval_prompts]
             held_set = set(eval_prompts)
             train_prompts = [p for p in dict.fromkeys(p.prompt for p in train_pairs) if p not in held_set]
             if fb.max_train_prompts:
-                train_prompts = train_prompts[:fb.max_train_prompts]
+                train_prompts = train_prompts[: fb.max_train_prompts]
     if not train_pairs or not held_pairs:
         raise ValueError(f"feedback: {len(pairs)} pairs are too few to hold out {fb.eval_fraction:.0%}")
     write_jsonl(d / "pairs.jsonl", train_pairs)
     write_jsonl(d / "heldout_pairs.jsonl", held_pairs)
     _write_prompts(d / "train_prompts.jsonl", train_prompts)
     _write_prompts(d / "eval_prompts.jsonl", eval_prompts)
-    stats.update({"pairs": len(train_pairs), "heldout_pairs": len(held_pairs), "train_prompts": len(train_prompts),
-                  "eval_prompts": len(eval_prompts)})
+    stats.update(
+        {
+            "pairs": len(train_pairs),
+            "heldout_pairs": len(held_pairs),
+            "train_prompts": len(train_prompts),
+            "eval_prompts": len(eval_prompts),
+        }
+    )
     print(f"pipeline: feedback: {json.dumps(stats)}")
     return stats
 
@@ -323,17 +348,28 @@ def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, di
     rows: list[dict] = []
     n_chunks = (len(prompts) + fb.batch_size - 1) // fb.batch_size
     if not all((chunk_dir / f"{c:05d}.jsonl").is_file() for c in range(n_chunks)):
-        print(f"pipeline: feedback: loading the policy {ctx.start_model} to sample {fb.num_candidates} replies "
-              f"to each of {len(prompts)} prompts", flush=True)
+        print(
+            f"pipeline: feedback: loading the policy {ctx.start_model} to sample {fb.num_candidates} replies "
+            f"to each of {len(prompts)} prompts",
+            flush=True,
+        )
         model, tok = load_policy(ctx.start_model)
-        gen = make_sampler(model, SamplingConfig(max_new_tokens=fb.max_new_tokens, temperature=fb.temperature,
-                                                 top_p=fb.top_p, top_k=fb.top_k), tok.eos_token_id, tok.pad_token_id)
+        gen = make_sampler(
+            model,
+            SamplingConfig(
+                max_new_tokens=fb.max_new_tokens, temperature=fb.temperature, top_p=fb.top_p, top_k=fb.top_k
+            ),
+            tok.eos_token_id,
+            tok.pad_token_id,
+        )
     # one batch of replies takes 10 s or more: the bar's clock keeps moving between its updates
-    with (progress_bar(len(prompts) * fb.num_candidates, desc="feedback: samples to label", unit="sample") as bar,
-          ticking(bar)):
+    with (
+        progress_bar(len(prompts) * fb.num_candidates, desc="feedback: samples to label", unit="sample") as bar,
+        ticking(bar),
+    ):
         for c in range(n_chunks):
             path = chunk_dir / f"{c:05d}.jsonl"
-            batch = prompts[c * fb.batch_size:(c + 1) * fb.batch_size]
+            batch = prompts[c * fb.batch_size : (c + 1) * fb.batch_size]
             if path.is_file():
                 rows += read_jsonl(path)
                 bar.update(len(batch) * fb.num_candidates)
@@ -343,8 +379,15 @@ def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, di
             texts, golds = [], []
             with torch.no_grad():
                 for salt in salts:  # only the texts are labelled: no behaviour log-prob pass
-                    ro = rollout(gen, model, tok, batch, seed=step_seed(fb.seed, c, salt=salt),
-                                 chat_template=ctx.config.chat_template, behaviour_logprobs=False)
+                    ro = rollout(
+                        gen,
+                        model,
+                        tok,
+                        batch,
+                        seed=step_seed(fb.seed, c, salt=salt),
+                        chat_template=ctx.config.chat_template,
+                        behaviour_logprobs=False,
+                    )
                     texts.append(ro.responses)
                     golds.append(labeler(ro.prompts, ro.responses).tolist())
                     bar.update(len(batch))
@@ -359,8 +402,15 @@ def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, di
                         if tx == ty or not tx.strip() or not ty.strip():
                             continue
                         first = noisy[x] >= noisy[y]
-                        chunk.append({"prompt": p, "chosen": tx if first else ty, "rejected": ty if first else tx,
-                                      "gold_chosen": gx if first else gy, "gold_rejected": gy if first else gx})
+                        chunk.append(
+                            {
+                                "prompt": p,
+                                "chosen": tx if first else ty,
+                                "rejected": ty if first else tx,
+                                "gold_chosen": gx if first else gy,
+                                "gold_rejected": gy if first else gx,
+                            }
+                        )
             tmp = path.with_suffix(".tmp")
             tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chunk), encoding="utf-8")
             os.replace(tmp, path)
@@ -370,10 +420,14 @@ def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, di
     decided = [r for r in rows if r["gold_chosen"] != r["gold_rejected"]]
     agree = sum(r["gold_chosen"] > r["gold_rejected"] for r in decided)
     pairs = [PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
-    return pairs, {"labeled_prompts": len(prompts), "labeler": fb.labeler or ctx.config.gold,
-                   "label_noise": fb.label_noise,
-                   "labeler_agreement_with_gold": agree / len(decided) if decided else None,
-                   "labeler_agreement_pairs": len(decided), "gold_tie_pairs": len(rows) - len(decided)}
+    return pairs, {
+        "labeled_prompts": len(prompts),
+        "labeler": fb.labeler or ctx.config.gold,
+        "label_noise": fb.label_noise,
+        "labeler_agreement_with_gold": agree / len(decided) if decided else None,
+        "labeler_agreement_pairs": len(decided),
+        "gold_tie_pairs": len(rows) - len(decided),
+    }
 
 
 # ----------------------------------------------------------------------------- reward
@@ -382,16 +436,24 @@ def stage_reward(ctx: Context, d: Path) -> dict:
 
     fb = ctx.dir("feedback")
     model = ctx.init_model if ctx.config.reward.model == "init" else ctx.config.reward.model
-    cfg = _section(ctx, "reward", model=model, data=str(fb / "pairs.jsonl"), eval_data=str(fb / "heldout_pairs.jsonl"),
-                   output_dir=str(d))
+    cfg = _section(
+        ctx,
+        "reward",
+        model=model,
+        data=str(fb / "pairs.jsonl"),
+        eval_data=str(fb / "heldout_pairs.jsonl"),
+        output_dir=str(d),
+    )
     metrics = reward.run(cfg)
     print("pipeline: reward: calibration on the held-out pairs", flush=True)
-    calibration = reward_calibration(d / "model", fb / "heldout_pairs.jsonl", cfg.max_length,
-                                     cfg.micro_batch_size * 2)
+    calibration = reward_calibration(d / "model", fb / "heldout_pairs.jsonl", cfg.max_length, cfg.micro_batch_size * 2)
     (d / "calibration.json").write_text(json.dumps(calibration, indent=1), encoding="utf-8")
     print(f"pipeline: reward: held-out accuracy {calibration['accuracy']:.3f}, ECE {calibration['ece']:.3f}")
-    return {"model": str(d / "model"), "metrics": _scalars(metrics),
-            "heldout": {k: calibration[k] for k in ("pairs", "accuracy", "ece", "mean_margin")}}
+    return {
+        "model": str(d / "model"),
+        "metrics": _scalars(metrics),
+        "heldout": {k: calibration[k] for k in ("pairs", "accuracy", "ece", "mean_margin")},
+    }
 
 
 def reward_calibration(model_dir: Path, pair_file: Path, max_length: int, batch_size: int, seed: int = 0) -> dict:
@@ -406,8 +468,13 @@ def reward_calibration(model_dir: Path, pair_file: Path, max_length: int, batch_
 
     pairs = load_training_records(str(pair_file), "pairs", ties="drop")
     model, tok = load_reward_model(str(model_dir), trained_head=True)
-    scores = score_texts(model, tok, [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs],
-                         max_length, batch_size)
+    scores = score_texts(
+        model,
+        tok,
+        [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs],
+        max_length,
+        batch_size,
+    )
     n = len(pairs)
     chosen, rejected = scores[:n], scores[n:]
     flip = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.5
@@ -425,11 +492,25 @@ def stage_policy(ctx: Context, d: Path) -> dict:
     fb = ctx.dir("feedback")
     module = importlib.import_module(f"rlhfkit.recipes.{algo}")
     if algo in ("ppo", "grpo", "rloo"):
-        cfg = _section(ctx, algo, model=ctx.start_model, prompts=str(fb / "train_prompts.jsonl"), reward=ctx.rm_spec,
-                       gold_reward=ctx.config.gold, chat_template=ctx.config.chat_template, output_dir=str(d))
+        cfg = _section(
+            ctx,
+            algo,
+            model=ctx.start_model,
+            prompts=str(fb / "train_prompts.jsonl"),
+            reward=ctx.rm_spec,
+            gold_reward=ctx.config.gold,
+            chat_template=ctx.config.chat_template,
+            output_dir=str(d),
+        )
     else:
-        cfg = _section(ctx, algo, model=ctx.start_model, data=str(fb / "pairs.jsonl"),
-                       eval_data=str(fb / "heldout_pairs.jsonl"), output_dir=str(d))
+        cfg = _section(
+            ctx,
+            algo,
+            model=ctx.start_model,
+            data=str(fb / "pairs.jsonl"),
+            eval_data=str(fb / "heldout_pairs.jsonl"),
+            output_dir=str(d),
+        )
     metrics = module.run(cfg)
     return {"model": str(d / "model"), "algorithm": algo, "metrics": _scalars(metrics)}
 
@@ -440,26 +521,51 @@ def stage_eval(ctx: Context, d: Path) -> dict:
     from rlhfkit.pipeline.tokens import token_samples
 
     policy = ctx.outputs["policy"]["model"]
-    cfg = _section(ctx, "eval", policy=policy, reference=ctx.start_model, judge=ctx.rm_spec, gold=ctx.config.gold,
-                   prompts=str(ctx.dir("feedback") / "eval_prompts.jsonl"), exclude_prompts="",
-                   chat_template=ctx.config.chat_template, output=str(d))
+    cfg = _section(
+        ctx,
+        "eval",
+        policy=policy,
+        reference=ctx.start_model,
+        judge=ctx.rm_spec,
+        gold=ctx.config.gold,
+        prompts=str(ctx.dir("feedback") / "eval_prompts.jsonl"),
+        exclude_prompts="",
+        chat_template=ctx.config.chat_template,
+        output=str(d),
+    )
     results = cli_eval.run(cfg)
     n = ctx.config.report.n_token_samples
     if n:
         prompts = [row["prompt"] for row in read_jsonl(d / "samples.jsonl")][:n]
         print(f"pipeline: eval: per-token reward and KL of {len(prompts)} policy replies", flush=True)
-        rows = token_samples(policy, ctx.start_model, prompts, reward_spec=ctx.rm_spec, gold_spec=ctx.config.gold,
-                             kl_coef=_kl_coef(ctx.config), max_new_tokens=cfg.max_new_tokens,
-                             temperature=cfg.temperature or 1.0, top_p=cfg.top_p, top_k=cfg.top_k,
-                             max_prompt_length=cfg.max_prompt_length, chat_template=cfg.chat_template,
-                             seed=cfg.seed)
-        (d / "token_samples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                               encoding="utf-8")
+        rows = token_samples(
+            policy,
+            ctx.start_model,
+            prompts,
+            reward_spec=ctx.rm_spec,
+            gold_spec=ctx.config.gold,
+            kl_coef=_kl_coef(ctx.config),
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature or 1.0,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            max_prompt_length=cfg.max_prompt_length,
+            chat_template=cfg.chat_template,
+            seed=cfg.seed,
+        )
+        (d / "token_samples.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+        )
     summary = {"win_rate": results.get("win_rate"), "kl": results.get("kl")}
     if results.get("gold"):
         g = results["gold"]
-        summary["gold"] = {"judge": g["judge"], "before": g["reference"]["mean"], "after": g["policy"]["mean"],
-                           "gain": g["gain"]["mean"], "gain_ci": [g["gain"]["ci_low"], g["gain"]["ci_high"]]}
+        summary["gold"] = {
+            "judge": g["judge"],
+            "before": g["reference"]["mean"],
+            "after": g["policy"]["mean"],
+            "gain": g["gain"]["mean"],
+            "gain_ci": [g["gain"]["ci_low"], g["gain"]["ci_high"]],
+        }
     return summary
 
 
@@ -474,13 +580,36 @@ def stage_report(ctx: Context, d: Path) -> dict:
 def pipeline_summary(ctx: Context) -> dict:
     c = ctx.config
     e = c.eval
-    return {"name": c.name, "title": c.report.title, "algorithm": c.algorithm, "gold": c.gold,
-            "init": c.init.model if c.init.kind == "pretrained" else f"tiny Llama built from config ({c.init.hidden_size}d x {c.init.num_layers} layers)",
-            "reward_model": c.reward.model, "feedback": c.feedback.source, "quick": c.quick, "run_sft": c.run_sft,
-            "n_sample_rows": c.report.n_sample_rows, "prompts": c.feedback.prompts,
-            "sampling": {"chat_template": c.chat_template, "temperature": e.temperature, "top_p": e.top_p,
-                         "top_k": e.top_k, "max_new_tokens": e.max_new_tokens}}
+    return {
+        "name": c.name,
+        "title": c.report.title,
+        "algorithm": c.algorithm,
+        "gold": c.gold,
+        "init": c.init.model
+        if c.init.kind == "pretrained"
+        else f"tiny Llama built from config ({c.init.hidden_size}d x {c.init.num_layers} layers)",
+        "reward_model": c.reward.model,
+        "feedback": c.feedback.source,
+        "quick": c.quick,
+        "run_sft": c.run_sft,
+        "n_sample_rows": c.report.n_sample_rows,
+        "prompts": c.feedback.prompts,
+        "sampling": {
+            "chat_template": c.chat_template,
+            "temperature": e.temperature,
+            "top_p": e.top_p,
+            "top_k": e.top_k,
+            "max_new_tokens": e.max_new_tokens,
+        },
+    }
 
 
-RUNNERS = {"init": stage_init, "sft": stage_sft, "feedback": stage_feedback, "reward": stage_reward,
-           "policy": stage_policy, "eval": stage_eval, "report": stage_report}
+RUNNERS = {
+    "init": stage_init,
+    "sft": stage_sft,
+    "feedback": stage_feedback,
+    "reward": stage_reward,
+    "policy": stage_policy,
+    "eval": stage_eval,
+    "report": stage_report,
+}

@@ -1,6 +1,7 @@
 """Small pieces the recipes share: LoRA settings, checks of the data fields, record weights,
 saving the result. Records are read by ``rlhfkit.data.loading`` and split by
 ``rlhfkit.data.splits``."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,10 @@ from rlhfkit.training.distributed import DistInfo, full_model_state, is_sharded
 class LoraConfig:
     r: int = field(default=0, metadata={"help": "LoRA rank (0 = full fine-tuning)"})
     alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
-    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout, off by default: docs/PPO_CHECKLIST.md #8 (no dropout, value head init)"})
+    dropout: float = field(
+        default=0.0,
+        metadata={"help": "LoRA dropout, off by default: docs/PPO_CHECKLIST.md #8 (no dropout, value head init)"},
+    )
     target_modules: str = field(default="all-linear", metadata={"help": "peft target_modules"})
 
 
@@ -37,19 +41,27 @@ def validate_data_fields(config) -> None:
         raise ValueError(f"field 'max_length': must be >= 1, got {config.max_length}")
 
 
-def require_examples(n_train: int, batch_size: int, source: str, n_held: int = 0,
-                     total_weight: float | None = None) -> None:
+def require_examples(
+    n_train: int, batch_size: int, source: str, n_held: int = 0, total_weight: float | None = None
+) -> None:
     """Refuse, naming the data, a training set that cannot fill one batch, or whose records all
     weigh 0 (``total_weight``, :func:`total_weight`: nothing to learn from, every step would be a
     zero update): checked before any model is loaded (and before ``dpo`` / ``kto`` compute their
     reference cache), as ``fit`` would refuse the first after."""
     if n_train < batch_size:
         held = f" ({n_held} held out)" if n_held else ""
-        raise DataError(f"{n_train} training examples{held} for a batch of {batch_size}; lower batch_size or "
-                        "add data", path=source, reason="invalid_value")
+        raise DataError(
+            f"{n_train} training examples{held} for a batch of {batch_size}; lower batch_size or add data",
+            path=source,
+            reason="invalid_value",
+        )
     if total_weight is not None and not total_weight > 0:
-        raise DataError(f"every one of the {n_train} training records has weight 0: nothing to train on",
-                        path=source, field="weight", reason="invalid_value")
+        raise DataError(
+            f"every one of the {n_train} training records has weight 0: nothing to train on",
+            path=source,
+            field="weight",
+            reason="invalid_value",
+        )
 
 
 def total_weight(records: list) -> float:
@@ -67,8 +79,10 @@ def scaled_weights(records: list) -> list:
     if largest <= 1.0:
         return records
     exponent = math.frexp(largest)[1]  # largest = m * 2**exponent, 0.5 <= m < 1
-    return [replace(r, weight=math.ldexp(1.0 if r.weight is None else r.weight, -exponent))
-            if hasattr(r, "weight") else r for r in records]
+    return [
+        replace(r, weight=math.ldexp(1.0 if r.weight is None else r.weight, -exponent)) if hasattr(r, "weight") else r
+        for r in records
+    ]
 
 
 def with_weight(example: dict, record) -> dict:

@@ -27,6 +27,7 @@ Wired by the recipe (what the ``reward`` section says is replaced): ``reward.dat
 ``eval_data``, ``eval_fraction`` (the split is by prompt, above), ``output_dir``
 (``output_dir``), ``seed`` (``seed``).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,23 +42,53 @@ from rlhfkit.training.run_identity import with_content
 
 @dataclass
 class DiscriminatorConfig:
-    data: str = field(default="finegrained-corrections", metadata={"help": "demonstrations: a prompt/completion JSONL/JSON file or finegrained-corrections / oasst-best"})
-    policy: str = field(default="smollm2-135m", metadata={"help": "the policy whose responses are the other class: smollm2-135m, a folder or .gguf"})
-    output_dir: str = field(default="outputs/discriminator", metadata={"help": "samples.jsonl, train/heldout.jsonl, the classifier (model/), discriminator.json"})
-    eval_fraction: float = field(default=0.2, metadata={"help": "demonstrations held out (with the policy's responses to their prompts) to score the classifier"})
-    max_demos: int = field(default=0, metadata={"help": "use at most this many demonstrations (0 = all), drawn by seed"})
+    data: str = field(
+        default="finegrained-corrections",
+        metadata={
+            "help": "demonstrations: a prompt/completion JSONL/JSON file or finegrained-corrections / oasst-best"
+        },
+    )
+    policy: str = field(
+        default="smollm2-135m",
+        metadata={"help": "the policy whose responses are the other class: smollm2-135m, a folder or .gguf"},
+    )
+    output_dir: str = field(
+        default="outputs/discriminator",
+        metadata={"help": "samples.jsonl, train/heldout.jsonl, the classifier (model/), discriminator.json"},
+    )
+    eval_fraction: float = field(
+        default=0.2,
+        metadata={
+            "help": "demonstrations held out (with the policy's responses to their prompts) to score the classifier"
+        },
+    )
+    max_demos: int = field(
+        default=0, metadata={"help": "use at most this many demonstrations (0 = all), drawn by seed"}
+    )
     samples_per_prompt: int = field(default=1, metadata={"help": "policy responses per demonstration prompt"})
     max_new_tokens: int = field(default=64, metadata={"help": "tokens per policy response"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the policy"})
-    max_prompt_length: int = field(default=256, metadata={"help": "prompt tokens kept (the last ones) when the policy answers"})
-    chat_template: bool = field(default=False, metadata={"help": "render each prompt as a user turn with the policy's chat template"})
+    max_prompt_length: int = field(
+        default=256, metadata={"help": "prompt tokens kept (the last ones) when the policy answers"}
+    )
+    chat_template: bool = field(
+        default=False, metadata={"help": "render each prompt as a user turn with the policy's chat template"}
+    )
     generation_batch_size: int = field(default=16, metadata={"help": "prompts per generation chunk"})
     seed: int = field(default=0, metadata={"help": "seed of the split, the sampling and the classifier"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
     on_error: str = field(default="raise", metadata={"help": "bad demonstration records: raise, or skip and count"})
-    reward: RewardConfig = field(default_factory=lambda: RewardConfig(
-        objective="classification", epochs=2.0, batch_size=16, micro_batch_size=8, learning_rate=5e-5,
-        max_length=256, eval_fraction=0.0))
+    reward: RewardConfig = field(
+        default_factory=lambda: RewardConfig(
+            objective="classification",
+            epochs=2.0,
+            batch_size=16,
+            micro_batch_size=8,
+            learning_rate=5e-5,
+            max_length=256,
+            eval_fraction=0.0,
+        )
+    )
 
     def validate(self) -> None:
         if not 0 < self.eval_fraction < 1:
@@ -71,8 +102,10 @@ class DiscriminatorConfig:
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"field 'on_error': {self.on_error!r} is not one of ['raise', 'skip']")
         if self.reward.objective != "classification":
-            raise ValueError(f"field 'reward.objective': a discriminator is a classifier (classification), "
-                             f"not {self.reward.objective!r}")
+            raise ValueError(
+                f"field 'reward.objective': a discriminator is a classifier (classification), "
+                f"not {self.reward.objective!r}"
+            )
         self.reward.validate()
 
 
@@ -86,8 +119,10 @@ def load_demonstrations(config: DiscriminatorConfig) -> list:
     records = load_training_records(config.data, "sft", config.on_error)
     for i, r in enumerate(records):
         if not isinstance(r, CompletionRecord):
-            raise ConfigError(f"{config.data}: record {i + 1} is a conversation (messages); the discriminator "
-                              f"takes prompt/completion demonstrations (the last assistant turn as the completion)")
+            raise ConfigError(
+                f"{config.data}: record {i + 1} is a conversation (messages); the discriminator "
+                f"takes prompt/completion demonstrations (the last assistant turn as the completion)"
+            )
     if not records:
         raise ConfigError(f"{config.data}: no demonstrations")
     return draw_in_order(records, config.max_demos, config.seed)
@@ -102,17 +137,28 @@ def sample_policy(config: DiscriminatorConfig, prompts: list[str]) -> list[str]:
     from rlhfkit.training.logging import progress_bar
 
     model, tok = load_policy(config.policy)
-    gen = make_sampler(model, SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature),
-                       tok.eos_token_id, tok.pad_token_id)
+    gen = make_sampler(
+        model,
+        SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature),
+        tok.eos_token_id,
+        tok.pad_token_id,
+    )
     wanted = repeat_each(prompts, config.samples_per_prompt)
     out: list[str] = []
     bar = progress_bar(len(wanted), desc="discriminator: policy samples", unit="response")
     with torch.no_grad():
         for start in range(0, len(wanted), config.generation_batch_size):
-            chunk = wanted[start:start + config.generation_batch_size]
-            ro = rollout(gen, model, tok, chunk, seed=step_seed(config.seed, start, 91),
-                         max_prompt_length=config.max_prompt_length, chat_template=config.chat_template,
-                         behaviour_logprobs=False)
+            chunk = wanted[start : start + config.generation_batch_size]
+            ro = rollout(
+                gen,
+                model,
+                tok,
+                chunk,
+                seed=step_seed(config.seed, start, 91),
+                max_prompt_length=config.max_prompt_length,
+                chat_template=config.chat_template,
+                behaviour_logprobs=False,
+            )
             out += list(ro.responses)
             bar.update(len(chunk))
     bar.close()
@@ -120,10 +166,21 @@ def sample_policy(config: DiscriminatorConfig, prompts: list[str]) -> list[str]:
 
 
 def _sample_settings(config: DiscriminatorConfig) -> dict:
-    keys = ("max_demos", "samples_per_prompt", "max_new_tokens", "temperature", "max_prompt_length",
-            "chat_template", "seed", "on_error")
-    return {"policy": with_content(config.policy), "data": with_content(config.data),
-            **{k: getattr(config, k) for k in keys}}
+    keys = (
+        "max_demos",
+        "samples_per_prompt",
+        "max_new_tokens",
+        "temperature",
+        "max_prompt_length",
+        "chat_template",
+        "seed",
+        "on_error",
+    )
+    return {
+        "policy": with_content(config.policy),
+        "data": with_content(config.data),
+        **{k: getattr(config, k) for k in keys},
+    }
 
 
 def score_heldout(model_dir: str, heldout: list[dict], max_length: int) -> dict:
@@ -138,10 +195,14 @@ def score_heldout(model_dir: str, heldout: list[dict], max_length: int) -> dict:
     human = {r["demo"]: x for r, x in zip(heldout, s) if r["label"]}
     policy = [(r["demo"], x) for r, x in zip(heldout, s) if not r["label"]]
     accuracy = (sum(x > 0 for x in human.values()) / len(human) + sum(x < 0 for _, x in policy) / len(policy)) / 2
-    return {"heldout_demonstrations": len(human), "heldout_policy_responses": len(policy),
-            "accuracy": accuracy, "mean_logit_demonstrations": sum(human.values()) / len(human),
-            "mean_logit_policy": sum(x for _, x in policy) / len(policy),
-            "demonstration_preferred": sum(human[d] > x for d, x in policy) / len(policy)}
+    return {
+        "heldout_demonstrations": len(human),
+        "heldout_policy_responses": len(policy),
+        "accuracy": accuracy,
+        "mean_logit_demonstrations": sum(human.values()) / len(human),
+        "mean_logit_policy": sum(x for _, x in policy) / len(policy),
+        "demonstration_preferred": sum(human[d] > x for d, x in policy) / len(policy),
+    }
 
 
 def run(config: DiscriminatorConfig) -> dict:
@@ -162,9 +223,13 @@ def run(config: DiscriminatorConfig) -> dict:
     settings = _sample_settings(config)
     samples_file, settings_file = out / "samples.jsonl", out / "samples_settings.json"
     wanted = [p for p in prompts for _ in range(config.samples_per_prompt)]
-    kept = ([json.loads(x) for x in samples_file.read_text(encoding="utf-8").splitlines() if x]
-            if samples_file.exists() and settings_file.exists()
-            and json.loads(settings_file.read_text(encoding="utf-8")) == settings else None)
+    kept = (
+        [json.loads(x) for x in samples_file.read_text(encoding="utf-8").splitlines() if x]
+        if samples_file.exists()
+        and settings_file.exists()
+        and json.loads(settings_file.read_text(encoding="utf-8")) == settings
+        else None
+    )
     if kept is not None and [r["prompt"] for r in kept] == wanted:  # the same prompts, in order
         samples = [r["response"] for r in kept]
         print(f"discriminator: {len(samples)} policy responses reused from {samples_file}")
@@ -176,14 +241,16 @@ def run(config: DiscriminatorConfig) -> dict:
     # split by prompt: a prompt's demonstrations and the policy's responses to it fall on the
     # same side, so the held-out score never rests on a prompt the classifier trained on
     k = config.samples_per_prompt
-    train_idx, held_idx = split_by_prompt(list(range(len(demos))), config.eval_fraction, config.seed,
-                                          prompt_of=lambda i: prompts[i])
+    train_idx, held_idx = split_by_prompt(
+        list(range(len(demos))), config.eval_fraction, config.seed, prompt_of=lambda i: prompts[i]
+    )
     if not train_idx or not held_idx:
-        raise ValueError(f"{len(demos)} demonstrations leave nothing to train on or hold out at eval_fraction "
-                         f"{config.eval_fraction}")
+        raise ValueError(
+            f"{len(demos)} demonstrations leave nothing to train on or hold out at eval_fraction {config.eval_fraction}"
+        )
 
     # an empty response (the policy ended at once) is no text to classify: left out, and counted
-    answers = [[s for s in samples[i * k:(i + 1) * k] if s.strip()] for i in range(len(demos))]
+    answers = [[s for s in samples[i * k : (i + 1) * k] if s.strip()] for i in range(len(demos))]
     empty = len(samples) - sum(map(len, answers))
     if empty:
         print(f"discriminator: {empty} of {len(samples)} policy responses are empty and left out")
@@ -227,15 +294,22 @@ def run(config: DiscriminatorConfig) -> dict:
     except ConfigError as e:  # the reward recipe's advice names its own flags; here they sit under reward.
         raise ConfigError(str(e).replace("--resume false", "--reward.resume false")) from None
     trained = sum(bool(answers[i]) for i in train_idx)
-    report = {"model": str(out / "model"), "policy": config.policy, "data": config.data,
-              "train_demonstrations": trained, "samples_per_prompt": k,
-              "empty_policy_responses": empty, **score_heldout(str(out / "model"), heldout, rc.max_length),
-              "train_loss": (metrics or {}).get("loss")}
+    report = {
+        "model": str(out / "model"),
+        "policy": config.policy,
+        "data": config.data,
+        "train_demonstrations": trained,
+        "samples_per_prompt": k,
+        "empty_policy_responses": empty,
+        **score_heldout(str(out / "model"), heldout, rc.max_length),
+        "train_loss": (metrics or {}).get("loss"),
+    }
     (out / "discriminator.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    print(f"discriminator: saved {report['model']} (reward spec rm:{report['model']}); held-out balanced accuracy "
-          f"{report['accuracy']:.3f} on {report['heldout_demonstrations']} demonstrations and "
-          f"{report['heldout_policy_responses']} policy responses; the demonstration scores above the policy's "
-          f"response in {report['demonstration_preferred']:.3f} of held-out pairs (mean logit "
-          f"{report['mean_logit_demonstrations']:+.2f} vs {report['mean_logit_policy']:+.2f})")
+    print(
+        f"discriminator: saved {report['model']} (reward spec rm:{report['model']}); held-out balanced accuracy "
+        f"{report['accuracy']:.3f} on {report['heldout_demonstrations']} demonstrations and "
+        f"{report['heldout_policy_responses']} policy responses; the demonstration scores above the policy's "
+        f"response in {report['demonstration_preferred']:.3f} of held-out pairs (mean logit "
+        f"{report['mean_logit_demonstrations']:+.2f} vs {report['mean_logit_policy']:+.2f})"
+    )
     return report
-

@@ -20,6 +20,7 @@ Ties (``tie`` true in a pair file, or FineGrainedRLHF's equal ratings): ``--ties
 them; ``--ties keep`` trains them towards *equal* implicit rewards (logistic losses with label
 1/2, IPO with target margin 0; see core/losses/preference.py). Either way they are counted.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from rlhfkit.core.losses import (
 from rlhfkit.models import apply_lora, load_policy
 from rlhfkit.data.splits import drop_held_out_copies, first_n, split_by_prompt
 from rlhfkit.recipes.common import LoraConfig, require_examples, save_final, scaled_weights, set_threads, total_weight
+
 # the shared pieces DPO is driven with, importable from here as before the split
 from rlhfkit.recipes.pair_data import encode_pairs, load_pairs, make_collate
 from rlhfkit.recipes.pair_data import encode_prompt, encode_response, join, pad_scored  # noqa: F401
@@ -57,25 +59,56 @@ DEFAULT_BETA = {"sigmoid": 0.1, "ipo": 0.1, "cdpo": 0.1, "simpo": 2.0, "orpo": 0
 
 @dataclass
 class DPOConfig(TrainingConfig):
-    model: str = field(default="smollm2-135m", metadata={"help": "policy: smollm2-135m, a local folder, a .gguf file or a HF name"})
-    data: str = field(default="hh-rlhf", metadata={"help": "JSONL/JSON file of prompt/chosen/rejected pairs, or hh-rlhf / finegrained / oasst; a+b joins sources"})
+    model: str = field(
+        default="smollm2-135m", metadata={"help": "policy: smollm2-135m, a local folder, a .gguf file or a HF name"}
+    )
+    data: str = field(
+        default="hh-rlhf",
+        metadata={
+            "help": "JSONL/JSON file of prompt/chosen/rejected pairs, or hh-rlhf / finegrained / oasst; a+b joins sources"
+        },
+    )
     eval_data: str = field(default="", metadata={"help": "held-out pair file; empty = hold out eval_fraction of data"})
     eval_fraction: float = field(default=0.1, metadata={"help": "fraction held out when eval_data is empty"})
-    max_train: int = field(default=0, metadata={"help": "use only the first N training pairs of the shuffled split (0 = all)"})
+    max_train: int = field(
+        default=0, metadata={"help": "use only the first N training pairs of the shuffled split (0 = all)"}
+    )
     max_eval: int = field(default=0, metadata={"help": "use only the first N held-out pairs (0 = all)"})
-    loss: str = field(default="sigmoid", metadata={"help": "sigmoid (DPO), ipo, cdpo (label-smoothed DPO), simpo or orpo"})
-    beta: float = field(default=0.0, metadata={"help": "KL strength / reward scale (0 = the loss's default: 0.1, SimPO 2.0)"})
+    loss: str = field(
+        default="sigmoid", metadata={"help": "sigmoid (DPO), ipo, cdpo (label-smoothed DPO), simpo or orpo"}
+    )
+    beta: float = field(
+        default=0.0, metadata={"help": "KL strength / reward scale (0 = the loss's default: 0.1, SimPO 2.0)"}
+    )
     label_smoothing: float = field(default=0.1, metadata={"help": "cdpo: assumed probability that a label is flipped"})
     simpo_gamma: float = field(default=0.5, metadata={"help": "simpo: target reward margin gamma"})
     orpo_lambda: float = field(default=0.1, metadata={"help": "orpo: weight of the odds-ratio term beside the NLL"})
-    reference: str = field(default="auto", metadata={"help": "cached (log-probs computed once, on disk), lora (adapter off), none; auto = none for simpo/orpo, else cached"})
-    ties: str = field(default="drop", metadata={"help": "tied pairs: drop, or keep (trained towards equal rewards); counted either way"})
-    max_length: int = field(default=512, metadata={"help": "tokens of prompt + response (the response is cut on the right)"})
-    max_prompt_length: int = field(default=256, metadata={"help": "prompt tokens kept (cut on the left, so the end survives)"})
+    reference: str = field(
+        default="auto",
+        metadata={
+            "help": "cached (log-probs computed once, on disk), lora (adapter off), none; auto = none for simpo/orpo, else cached"
+        },
+    )
+    ties: str = field(
+        default="drop",
+        metadata={"help": "tied pairs: drop, or keep (trained towards equal rewards); counted either way"},
+    )
+    max_length: int = field(
+        default=512, metadata={"help": "tokens of prompt + response (the response is cut on the right)"}
+    )
+    max_prompt_length: int = field(
+        default=256, metadata={"help": "prompt tokens kept (cut on the left, so the end survives)"}
+    )
     on_error: str = field(default="raise", metadata={"help": "bad records: raise, or skip and count"})
-    drop_duplicates: bool = field(default=True, metadata={
-        "help": "drop exact duplicate records (counted); false keeps deliberate repeats (a weight is the better way)"})
-    output_dir: str = field(default="outputs/dpo", metadata={"help": "checkpoints, metrics.jsonl, reference_logps.pt and model/"})
+    drop_duplicates: bool = field(
+        default=True,
+        metadata={
+            "help": "drop exact duplicate records (counted); false keeps deliberate repeats (a weight is the better way)"
+        },
+    )
+    output_dir: str = field(
+        default="outputs/dpo", metadata={"help": "checkpoints, metrics.jsonl, reference_logps.pt and model/"}
+    )
     learning_rate: float = field(default=1e-6, metadata={"help": "peak learning rate"})
     batch_size: int = field(default=16, metadata={"help": "global batch (pairs per optimiser step)"})
     micro_batch_size: int = field(default=4, metadata={"help": "pairs per forward pass (2x sequences)"})
@@ -111,8 +144,10 @@ def validate_reference(reference: str, reference_free: bool, lora_r: int, what: 
 
 def validate_lengths(max_length: int, max_prompt_length: int) -> None:
     if max_prompt_length < 0 or max_length - max_prompt_length < 4:
-        raise ValueError(f"max_length ({max_length}) must exceed max_prompt_length ({max_prompt_length}) "
-                         "by at least 4 tokens, so every response keeps some tokens")
+        raise ValueError(
+            f"max_length ({max_length}) must exceed max_prompt_length ({max_prompt_length}) "
+            "by at least 4 tokens, so every response keeps some tokens"
+        )
 
 
 def resolved_reference(reference: str, reference_free: bool) -> str:
@@ -187,11 +222,14 @@ def evaluate(model, examples: list[dict], collate, config, reference: str) -> di
     model.eval()
     chosen, rejected, ties, loss = [], [], [], 0.0
     for i in range(0, len(examples), config.micro_batch_size):
-        batch = collate(examples[i:i + config.micro_batch_size])
+        batch = collate(examples[i : i + config.micro_batch_size])
         logps, lengths = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         n = batch["tie"].shape[0]
-        ref = (reference_forward(model, batch["input_ids"], batch["attention_mask"], batch["labels"]).view(2, n).T
-               if reference == "lora" else batch.get("ref"))
+        ref = (
+            reference_forward(model, batch["input_ids"], batch["attention_mask"], batch["labels"]).view(2, n).T
+            if reference == "lora"
+            else batch.get("ref")
+        )
         out = pair_loss(config, logps, lengths, ref, batch["tie"].to(logps.device))
         loss += out.losses.sum().item()
         chosen.append(out.chosen_rewards.cpu())
@@ -239,14 +277,21 @@ def run(config: DPOConfig) -> dict:
         # before any LoRA: the reference is the initial policy
         cached_reference(config, model, {"train": train, "eval": held}, pad_id, info)
     if config.lora.r:
-        model = apply_lora(model, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
-                           target_modules=config.lora.target_modules)
+        model = apply_lora(
+            model,
+            r=config.lora.r,
+            alpha=config.lora.alpha,
+            dropout=config.lora.dropout,
+            target_modules=config.lora.target_modules,
+        )
     collate = make_collate(pad_id)
     eval_fn = (lambda m: evaluate(m, held, collate, config, reference)) if held else None
     before = {}
     if info.is_main:
-        print(f"dpo ({config.loss}, reference {reference}): {len(train)} training and {len(held)} held-out pairs, "
-              f"model {config.model}")
+        print(
+            f"dpo ({config.loss}, reference {reference}): {len(train)} training and {len(held)} held-out pairs, "
+            f"model {config.model}"
+        )
         if held and reference in ("cached", "lora"):
             # the policy starts as its reference: every implicit reward is 0 and the accuracy is
             # 1/2 by construction (ties count 1/2), so no pass over the held-out set is spent on it
@@ -254,15 +299,27 @@ def run(config: DPOConfig) -> dict:
         elif held:
             with running_at(model, config.precision):  # as fit evaluates
                 before = evaluate(model, held, collate, config, reference)
-    metrics = fit(model, train, collate, make_loss(config, reference), count_pairs, config, info, eval_fn,
-                  desc=f"dpo-{config.loss}", unit="pairs")
+    metrics = fit(
+        model,
+        train,
+        collate,
+        make_loss(config, reference),
+        count_pairs,
+        config,
+        info,
+        eval_fn,
+        desc=f"dpo-{config.loss}",
+        unit="pairs",
+    )
     if info.is_main:
         metrics["ties_seen"] = n_ties
         metrics["ties_kept"] = n_ties if config.ties == "keep" else 0
         if before:
             metrics["eval_accuracy_before"] = before["eval_accuracy"]
-            print(f"dpo: held-out implicit-reward accuracy {before['eval_accuracy']:.3f} -> "
-                  f"{metrics['eval_accuracy']:.3f}, margin {metrics['eval_margin']:.4f}")
+            print(
+                f"dpo: held-out implicit-reward accuracy {before['eval_accuracy']:.3f} -> "
+                f"{metrics['eval_accuracy']:.3f}, margin {metrics['eval_margin']:.4f}"
+            )
     save_final(model, tokenizer, config, metrics, info)
     cleanup(info)
     return metrics

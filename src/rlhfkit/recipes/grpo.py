@@ -9,6 +9,7 @@ loss, not in the reward), aggregated per sequence then over sequences (GRPO) or 
 tokens / (k·P·max_new_tokens) (Dr. GRPO: no length or difficulty bias). The loop around the
 step (logging, checkpoints, resume) is ``online_driver.run_online``'s.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,9 +28,16 @@ from rlhfkit.training.distributed import all_gather_rows
 class GRPOConfig(OnlineConfig):
     output_dir: str = field(default="outputs/grpo", metadata={"help": "checkpoints, metrics.jsonl, samples and model/"})
     num_generations: int = field(default=4, metadata={"help": "samples per prompt (the group), >= 2"})
-    kl_coef: float = field(default=0.04, metadata={"help": "beta of the k3 KL term in the loss (0 = no reference model)"})
-    variant: str = field(default="grpo", metadata={"help": "grpo (divide by group std) or dr_grpo (no std division, constant token normaliser)"})
-    loss_aggregation: str = field(default="auto", metadata={"help": "auto (sequence for grpo, constant for dr_grpo), sequence, token or constant"})
+    kl_coef: float = field(
+        default=0.04, metadata={"help": "beta of the k3 KL term in the loss (0 = no reference model)"}
+    )
+    variant: str = field(
+        default="grpo",
+        metadata={"help": "grpo (divide by group std) or dr_grpo (no std division, constant token normaliser)"},
+    )
+    loss_aggregation: str = field(
+        default="auto", metadata={"help": "auto (sequence for grpo, constant for dr_grpo), sequence, token or constant"}
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -82,9 +90,21 @@ class GRPO:
         ref_lp = run.reference_logprobs(ro) if c.kl_coef > 0 else None
         # 3. clipped surrogate + beta * k3 KL in the loss
         lr = run.lr()
-        upd = policy_gradient_update(run.policy, ro, advantages, None if single_update(c) else ro.logprobs, c,
-                                     run.optimizer, run.scheduler, step, aggregation_for(c), params=run.params,
-                                     ref_logprobs=ref_lp, kl_loss_coef=c.kl_coef, info=run.info)
+        upd = policy_gradient_update(
+            run.policy,
+            ro,
+            advantages,
+            None if single_update(c) else ro.logprobs,
+            c,
+            run.optimizer,
+            run.scheduler,
+            step,
+            aggregation_for(c),
+            params=run.params,
+            ref_logprobs=ref_lp,
+            kl_loss_coef=c.kl_coef,
+            info=run.info,
+        )
         metrics = {**upd.stats.metrics(), "lr": lr}
         columns = {"reward": scores, "advantage": advantages}
         if ref_lp is not None:  # the KL to the reference, of the policy that sampled

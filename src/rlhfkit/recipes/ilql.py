@@ -21,6 +21,7 @@ recipe samples answers to held-out prompts with ``beta = 0`` and with ``beta`` a
 mean rewards. Outputs: ``heads.safetensors``, ``ilql.json`` (settings and metrics),
 ``metrics.jsonl``.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,33 +43,58 @@ KINDS = ("pairs", "ratings", "thumbs")
 
 @dataclass
 class ILQLConfig:
-    data: str = field(default="hh-rlhf", metadata={"help": "rewarded responses: a pairs / ratings / thumbs file or a named set (hh-rlhf, finegrained, oasst)"})
+    data: str = field(
+        default="hh-rlhf",
+        metadata={
+            "help": "rewarded responses: a pairs / ratings / thumbs file or a named set (hh-rlhf, finegrained, oasst)"
+        },
+    )
     kind: str = field(default="pairs", metadata={"help": "what the data holds: pairs, ratings or thumbs"})
-    model: str = field(default="smollm2-135m", metadata={"help": "the behaviour policy (frozen): smollm2-135m, a folder or .gguf"})
+    model: str = field(
+        default="smollm2-135m", metadata={"help": "the behaviour policy (frozen): smollm2-135m, a folder or .gguf"}
+    )
     output_dir: str = field(default="outputs/ilql", metadata={"help": "heads.safetensors, ilql.json, metrics.jsonl"})
     chosen_reward: float = field(default=1.0, metadata={"help": "pairs: reward of the chosen response"})
     rejected_reward: float = field(default=-1.0, metadata={"help": "pairs: reward of the rejected response"})
-    max_records: int = field(default=0, metadata={"help": "use at most this many records (pairs, ratings or thumbs; 0 = all), drawn by seed"})
-    eval_fraction: float = field(default=0.1, metadata={"help": "records held out by prompt (their prompts answer the evaluation)"})
+    max_records: int = field(
+        default=0, metadata={"help": "use at most this many records (pairs, ratings or thumbs; 0 = all), drawn by seed"}
+    )
+    eval_fraction: float = field(
+        default=0.1, metadata={"help": "records held out by prompt (their prompts answer the evaluation)"}
+    )
     max_prompt_length: int = field(default=128, metadata={"help": "prompt tokens kept (the last ones)"})
-    max_response_length: int = field(default=64, metadata={"help": "response tokens kept (the first ones, then EOS when it fits)"})
+    max_response_length: int = field(
+        default=64, metadata={"help": "response tokens kept (the first ones, then EOS when it fits)"}
+    )
     gamma: float = field(default=1.0, metadata={"help": "discount per token"})
     tau: float = field(default=0.7, metadata={"help": "expectile of the value loss (0.5 = mean; ILQL uses 0.7)"})
     cql_alpha: float = field(default=0.1, metadata={"help": "weight of the conservative (CQL) term"})
     target_update: float = field(default=0.01, metadata={"help": "Polyak rate of the target Q heads per step"})
-    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the heads (1e-3 made the Q loss swing on SmolLM2-135M features)"})
+    learning_rate: float = field(
+        default=1e-4,
+        metadata={"help": "AdamW learning rate of the heads (1e-3 made the Q loss swing on SmolLM2-135M features)"},
+    )
     epochs: float = field(default=4.0, metadata={"help": "passes over the training sequences"})
     batch_size: int = field(default=16, metadata={"help": "sequences per step"})
     feature_batch_size: int = field(default=8, metadata={"help": "sequences per forward pass of the frozen model"})
     beta: float = field(default=4.0, metadata={"help": "decoding: weight of the advantage added to the logits"})
-    eval_reward: str = field(default="", metadata={"help": "reward spec scoring held-out answers at beta 0 and beta (empty = no sampling)"})
+    eval_reward: str = field(
+        default="", metadata={"help": "reward spec scoring held-out answers at beta 0 and beta (empty = no sampling)"}
+    )
     eval_prompts: int = field(default=32, metadata={"help": "held-out prompts answered in the evaluation"})
     max_new_tokens: int = field(default=32, metadata={"help": "evaluation: response tokens"})
     temperature: float = field(default=1.0, metadata={"help": "evaluation: sampling temperature"})
-    seed: int = field(default=0, metadata={"help": "seed of the split, the heads' initialisation, the order and the sampling"})
+    seed: int = field(
+        default=0, metadata={"help": "seed of the split, the heads' initialisation, the order and the sampling"}
+    )
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
     on_error: str = field(default="raise", metadata={"help": "bad records: raise, or skip and count"})
-    resume: bool = field(default=True, metadata={"help": "a finished run in output_dir with the same settings is kept (with other settings: refused); false trains again and overwrites"})
+    resume: bool = field(
+        default=True,
+        metadata={
+            "help": "a finished run in output_dir with the same settings is kept (with other settings: refused); false trains again and overwrites"
+        },
+    )
 
     def validate(self) -> None:
         if self.on_error not in ("raise", "skip"):
@@ -124,7 +150,9 @@ class ILQLHeads(nn.Module):
     def target_taken(self, h: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """``min_i target_Q_i(s_t, a_t)`` ``[B, T]``."""
         with torch.no_grad():
-            return torch.stack([q(h).gather(-1, actions.unsqueeze(-1)).squeeze(-1) for q in self.target_q]).min(0).values
+            return (
+                torch.stack([q(h).gather(-1, actions.unsqueeze(-1)).squeeze(-1) for q in self.target_q]).min(0).values
+            )
 
     def q_values(self, h: torch.Tensor) -> torch.Tensor:
         """``min_i Q_i(s, .)`` for decoding."""
@@ -139,8 +167,9 @@ class ILQLHeads(nn.Module):
 
 def rewarded_responses(config: ILQLConfig) -> list[dict]:
     """``{"prompt", "response", "reward"}`` rows from the data (see the module docstring)."""
-    records = draw_in_order(load_training_records(config.data, config.kind, config.on_error), config.max_records,
-                            config.seed)
+    records = draw_in_order(
+        load_training_records(config.data, config.kind, config.on_error), config.max_records, config.seed
+    )
     rows = []
     for r in records:
         if config.kind == "pairs":
@@ -151,8 +180,10 @@ def rewarded_responses(config: ILQLConfig) -> list[dict]:
         elif config.kind == "ratings":
             mid, half = (r.scale_max + r.scale_min) / 2, (r.scale_max - r.scale_min) / 2
             if half <= 0:
-                raise ValueError(f"{config.data}: a rating's scale_max must be above its scale_min "
-                                 f"(got {r.scale_min} to {r.scale_max})")
+                raise ValueError(
+                    f"{config.data}: a rating's scale_max must be above its scale_min "
+                    f"(got {r.scale_min} to {r.scale_max})"
+                )
             rows.append({"prompt": r.prompt, "response": r.completion, "reward": (r.rating - mid) / half})
         else:
             rows.append({"prompt": r.prompt, "response": r.completion, "reward": 1.0 if r.label else -1.0})
@@ -170,7 +201,7 @@ def encode(rows: list[dict], tok, config: ILQLConfig) -> list[dict]:
     for r in rows:
         p = prompt_token_ids(r["prompt"], tok, config.max_prompt_length)
         a = tok(r["response"], add_special_tokens=False)["input_ids"]
-        a = (a + [tok.eos_token_id]) if len(a) < config.max_response_length else a[:config.max_response_length]
+        a = (a + [tok.eos_token_id]) if len(a) < config.max_response_length else a[: config.max_response_length]
         out.append({"prompt_ids": p, "actions": a, "reward": float(r["reward"])})
     return out
 
@@ -184,17 +215,17 @@ def features(model, seqs: list[dict], batch_size: int, pad_id: int) -> list[torc
     feats = []
     bar = progress_bar(len(seqs), desc="ilql: features", unit="response")
     for start in range(0, len(seqs), batch_size):
-        chunk = seqs[start:start + batch_size]
+        chunk = seqs[start : start + batch_size]
         full = [s["prompt_ids"] + s["actions"] for s in chunk]
         L = max(map(len, full))
         ids = torch.full((len(full), L), pad_id, dtype=torch.long)
         mask = torch.zeros((len(full), L), dtype=torch.long)
         for i, f in enumerate(full):  # right padding: positions need no correction
-            ids[i, :len(f)], mask[i, :len(f)] = torch.tensor(f), 1
+            ids[i, : len(f)], mask[i, : len(f)] = torch.tensor(f), 1
         h = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
         for i, s in enumerate(chunk):
             P, T = len(s["prompt_ids"]), len(s["actions"])
-            feats.append(h[i, P - 1:P - 1 + T].float().clone())
+            feats.append(h[i, P - 1 : P - 1 + T].float().clone())
         bar.update(len(chunk))
     bar.close()
     return feats
@@ -215,8 +246,17 @@ def _batch(seqs: list[dict], feats: list[torch.Tensor], idx: list[int]):
 
 
 @torch.no_grad()
-def ilql_generate(model, heads: ILQLHeads | None, tok, prompt: str, beta: float, max_new_tokens: int,
-                  temperature: float = 1.0, seed: int = 0, max_prompt_length: int = 128) -> str:
+def ilql_generate(
+    model,
+    heads: ILQLHeads | None,
+    tok,
+    prompt: str,
+    beta: float,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    seed: int = 0,
+    max_prompt_length: int = 128,
+) -> str:
     """One answer to ``prompt`` from ``softmax((logits + beta * (Q - V)) / temperature)`` (0 =
     greedy), token by token with the model's KV cache; ``heads=None`` or ``beta=0`` samples the
     model itself. Ends at EOS or after ``max_new_tokens``; returns the text without EOS."""
@@ -273,10 +313,15 @@ def run(config: ILQLConfig) -> dict:
             return prev["metrics"]
         from rlhfkit.training.config import ConfigError
 
-        diffs = [f"{k}: {prev['settings'].get(k)!r} -> {v!r}" for k, v in settings.items()
-                 if prev.get("settings", {}).get(k) != v]
-        raise ConfigError(f"{out} holds a finished ilql run with other settings ({'; '.join(diffs)}); give another "
-                          "--output_dir, or --resume false to train again and overwrite it")
+        diffs = [
+            f"{k}: {prev['settings'].get(k)!r} -> {v!r}"
+            for k, v in settings.items()
+            if prev.get("settings", {}).get(k) != v
+        ]
+        raise ConfigError(
+            f"{out} holds a finished ilql run with other settings ({'; '.join(diffs)}); give another "
+            "--output_dir, or --resume false to train again and overwrite it"
+        )
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 
@@ -301,17 +346,21 @@ def run(config: ILQLConfig) -> dict:
             more = list(range(len(seqs)))
             order_rng.shuffle(more)
             order += more
-        idx, order = order[:config.batch_size], order[config.batch_size:]
+        idx, order = order[: config.batch_size], order[config.batch_size :]
         h, actions, rewards, mask = _batch(seqs, feats, idx)
         qs, v = heads(h)
-        losses = ilql_losses(qs, heads.target_taken(h, actions), v, actions, rewards, mask, config.gamma,
-                             config.tau, config.cql_alpha)
+        losses = ilql_losses(
+            qs, heads.target_taken(h, actions), v, actions, rewards, mask, config.gamma, config.tau, config.cql_alpha
+        )
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         opt.step()
         heads.update_targets(config.target_update)
-        last = {"step": step, **{k: float(x.detach()) for k, x in losses.items()},
-                "v_first_token": float(v[:, 0].detach().mean())}
+        last = {
+            "step": step,
+            **{k: float(x.detach()) for k, x in losses.items()},
+            "v_first_token": float(v[:, 0].detach().mean()),
+        }
         log.write(json.dumps(last) + "\n")
         bar.update(1)
         bar.set_postfix(loss=f"{last['loss']:.4f}")
@@ -324,18 +373,37 @@ def run(config: ILQLConfig) -> dict:
     if config.eval_reward and held_rows:
         from rlhfkit.rewards import build_reward
 
-        prompts = sorted({r["prompt"] for r in held_rows})[:config.eval_prompts]
+        prompts = sorted({r["prompt"] for r in held_rows})[: config.eval_prompts]
         score = build_reward(config.eval_reward)
         for name, beta in (("beta0", 0.0), ("beta", config.beta)):
-            answers = [ilql_generate(model, heads, tok, p, beta, config.max_new_tokens, config.temperature,
-                                     seed=config.seed * 1000 + i, max_prompt_length=config.max_prompt_length)
-                       for i, p in enumerate(prompts)]
+            answers = [
+                ilql_generate(
+                    model,
+                    heads,
+                    tok,
+                    p,
+                    beta,
+                    config.max_new_tokens,
+                    config.temperature,
+                    seed=config.seed * 1000 + i,
+                    max_prompt_length=config.max_prompt_length,
+                )
+                for i, p in enumerate(prompts)
+            ]
             metrics[f"eval_reward_{name}"] = float(score(prompts, answers).mean())
         metrics["eval_prompts"] = len(prompts)
-        print(f"ilql: held-out reward ({config.eval_reward}) on {len(prompts)} prompts: model alone "
-              f"{metrics['eval_reward_beta0']:.4f}, with beta {config.beta} {metrics['eval_reward_beta']:.4f}")
-    meta = {"settings": settings, "metrics": metrics, "hidden_size": feats[0].shape[-1],
-            "vocab_size": model.get_output_embeddings().weight.shape[0], "model": config.model, "beta": config.beta}
+        print(
+            f"ilql: held-out reward ({config.eval_reward}) on {len(prompts)} prompts: model alone "
+            f"{metrics['eval_reward_beta0']:.4f}, with beta {config.beta} {metrics['eval_reward_beta']:.4f}"
+        )
+    meta = {
+        "settings": settings,
+        "metrics": metrics,
+        "hidden_size": feats[0].shape[-1],
+        "vocab_size": model.get_output_embeddings().weight.shape[0],
+        "model": config.model,
+        "beta": config.beta,
+    }
     done.write_text(json.dumps(meta, indent=1), encoding="utf-8")
     print(f"ilql: saved {out / 'heads.safetensors'} after {steps} steps (loss {metrics['loss']:.4f})")
     return metrics

@@ -21,6 +21,7 @@ The reference point z0 = max(0, KL estimate) comes from mismatched prompt / comp
 z0 is estimated per micro-batch, so unlike the other recipes the update depends slightly on how a
 batch is split into micro-batches (as in TRL, per device batch).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,8 +32,16 @@ from rlhfkit.core.losses import kto_loss, weighted_sum
 from rlhfkit.data.loading import load_training_records
 from rlhfkit.data.records import ThumbsRecord
 from rlhfkit.data.splits import drop_held_out_copies, first_n, split_by_prompt
-from rlhfkit.recipes.common import (LoraConfig, require_examples, save_final, scaled_weights, set_threads, total_weight,
-                                    weights_of, with_weight)
+from rlhfkit.recipes.common import (
+    LoraConfig,
+    require_examples,
+    save_final,
+    scaled_weights,
+    set_threads,
+    total_weight,
+    weights_of,
+    with_weight,
+)
 from rlhfkit.recipes.dpo import resolved_reference, validate_lengths, validate_reference
 from rlhfkit.recipes.pair_data import encode_prompt, encode_response, join, pad_scored
 from rlhfkit.recipes.reference_cache import cached_reference
@@ -45,23 +54,50 @@ from rlhfkit.training.run_identity import finished_run
 
 @dataclass
 class KTOConfig(TrainingConfig):
-    model: str = field(default="smollm2-135m", metadata={"help": "policy: smollm2-135m, a local folder, a .gguf file or a HF name"})
-    data: str = field(default="hh-rlhf", metadata={"help": "thumbs file (prompt/completion/label), pair file, or hh-rlhf / finegrained / oasst"})
-    data_kind: str = field(default="auto", metadata={"help": "thumbs, pairs, or auto (named sets are pairs; a file by its first record)"})
+    model: str = field(
+        default="smollm2-135m", metadata={"help": "policy: smollm2-135m, a local folder, a .gguf file or a HF name"}
+    )
+    data: str = field(
+        default="hh-rlhf",
+        metadata={"help": "thumbs file (prompt/completion/label), pair file, or hh-rlhf / finegrained / oasst"},
+    )
+    data_kind: str = field(
+        default="auto", metadata={"help": "thumbs, pairs, or auto (named sets are pairs; a file by its first record)"}
+    )
     eval_data: str = field(default="", metadata={"help": "held-out file; empty = hold out eval_fraction of data"})
     eval_fraction: float = field(default=0.1, metadata={"help": "fraction held out when eval_data is empty"})
-    max_train: int = field(default=0, metadata={"help": "use only the first N training records of the shuffled split (0 = all)"})
+    max_train: int = field(
+        default=0, metadata={"help": "use only the first N training records of the shuffled split (0 = all)"}
+    )
     max_eval: int = field(default=0, metadata={"help": "use only the first N held-out records (0 = all)"})
     beta: float = field(default=0.1, metadata={"help": "reward scale: reward = beta * log(pi / pi_ref)"})
-    desirable_weight: float = field(default=1.0, metadata={"help": "lambda_D: weight of desirable (thumbs-up) examples"})
-    undesirable_weight: float = field(default=1.0, metadata={"help": "lambda_U: weight of undesirable examples (paper: keep lambda_D n_D / (lambda_U n_U) in [1, 4/3])"})
-    reference: str = field(default="auto", metadata={"help": "cached (log-probs computed once, on disk) or lora (adapter off); auto = cached"})
-    max_length: int = field(default=512, metadata={"help": "tokens of prompt + completion (the completion is cut on the right)"})
+    desirable_weight: float = field(
+        default=1.0, metadata={"help": "lambda_D: weight of desirable (thumbs-up) examples"}
+    )
+    undesirable_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "lambda_U: weight of undesirable examples (paper: keep lambda_D n_D / (lambda_U n_U) in [1, 4/3])"
+        },
+    )
+    reference: str = field(
+        default="auto",
+        metadata={"help": "cached (log-probs computed once, on disk) or lora (adapter off); auto = cached"},
+    )
+    max_length: int = field(
+        default=512, metadata={"help": "tokens of prompt + completion (the completion is cut on the right)"}
+    )
     max_prompt_length: int = field(default=256, metadata={"help": "prompt tokens kept (cut on the left)"})
     on_error: str = field(default="raise", metadata={"help": "bad records: raise, or skip and count"})
-    drop_duplicates: bool = field(default=True, metadata={
-        "help": "drop exact duplicate records (counted); false keeps deliberate repeats (a weight is the better way)"})
-    output_dir: str = field(default="outputs/kto", metadata={"help": "checkpoints, metrics.jsonl, reference_logps.pt and model/"})
+    drop_duplicates: bool = field(
+        default=True,
+        metadata={
+            "help": "drop exact duplicate records (counted); false keeps deliberate repeats (a weight is the better way)"
+        },
+    )
+    output_dir: str = field(
+        default="outputs/kto", metadata={"help": "checkpoints, metrics.jsonl, reference_logps.pt and model/"}
+    )
     learning_rate: float = field(default=1e-6, metadata={"help": "peak learning rate"})
     batch_size: int = field(default=16, metadata={"help": "global batch (examples per optimiser step)"})
     micro_batch_size: int = field(default=4, metadata={"help": "examples per forward pass (and per KL estimate)"})
@@ -74,8 +110,9 @@ class KTOConfig(TrainingConfig):
             raise ValueError(f"field 'data_kind': {self.data_kind!r} is not auto, thumbs or pairs")
         validate_reference(self.reference, False, self.lora.r, "kto")
         if self.reference == "lora" and self.micro_batch_size < 2:
-            raise ValueError("reference lora estimates KL from mismatched pairs within a micro-batch: "
-                             "micro_batch_size must be >= 2")
+            raise ValueError(
+                "reference lora estimates KL from mismatched pairs within a micro-batch: micro_batch_size must be >= 2"
+            )
         if self.beta <= 0 or self.desirable_weight < 0 or self.undesirable_weight < 0:
             raise ValueError("beta must be > 0 and the weights >= 0")
         validate_lengths(self.max_length, self.max_prompt_length)
@@ -102,8 +139,7 @@ def detect_kind(source: str) -> str:
 def load_records(source: str, config: KTOConfig) -> tuple[list, str]:
     """(records, kind): thumbs records, or pairs with ties dropped (counted)."""
     kind = detect_kind(source) if config.data_kind == "auto" else config.data_kind
-    records = load_training_records(source, kind, config.on_error, ties="keep",
-                                    drop_duplicates=config.drop_duplicates)
+    records = load_training_records(source, kind, config.on_error, ties="keep", drop_duplicates=config.drop_duplicates)
     if kind == "pairs":
         n_ties = sum(1 for r in records if r.tie)
         if n_ties:
@@ -117,8 +153,10 @@ def to_thumbs(records: list, kind: str) -> list[ThumbsRecord]:
         return list(records)
     out = []
     for r in records:  # each pair: chosen is desirable, rejected undesirable (same labeler and weight)
-        out += [ThumbsRecord(r.prompt, r.chosen, True, labeler=r.labeler, weight=r.weight),
-                ThumbsRecord(r.prompt, r.rejected, False, labeler=r.labeler, weight=r.weight)]
+        out += [
+            ThumbsRecord(r.prompt, r.chosen, True, labeler=r.labeler, weight=r.weight),
+            ThumbsRecord(r.prompt, r.rejected, False, labeler=r.labeler, weight=r.weight),
+        ]
     return out
 
 
@@ -143,8 +181,18 @@ def encode_thumbs(records: list[ThumbsRecord], tokenizer, config: KTOConfig, fix
     out = []
     for r in records:
         p, c = encode_prompt(r.prompt, tokenizer, config.max_prompt_length), encode_response(r.completion, tokenizer)
-        out.append(with_weight({"seqs": [join(p, c, config.max_length)], "prompt_len": len(p), "prompt_ids": p,
-                                "response_ids": c, "desirable": bool(r.label)}, r))
+        out.append(
+            with_weight(
+                {
+                    "seqs": [join(p, c, config.max_length)],
+                    "prompt_len": len(p),
+                    "prompt_ids": p,
+                    "response_ids": c,
+                    "desirable": bool(r.label),
+                },
+                r,
+            )
+        )
     if fixed_kl and len(out) > 1:
         partners = mismatched_partners([tuple(e["prompt_ids"]) for e in out])
         for e, j in zip(out, partners):
@@ -158,7 +206,9 @@ def make_collate(pad_id: int, max_length: int, in_batch_kl: bool):
         batch["desirable"] = torch.tensor([e["desirable"] for e in examples])
         if in_batch_kl:  # (x_i, y_j) within this micro-batch, j another prompt's example
             partners = mismatched_partners([tuple(e["prompt_ids"]) for e in examples])
-            kl_seqs = [join(e["prompt_ids"], examples[j]["response_ids"], max_length) for e, j in zip(examples, partners)]
+            kl_seqs = [
+                join(e["prompt_ids"], examples[j]["response_ids"], max_length) for e, j in zip(examples, partners)
+            ]
         else:
             kl_seqs = [e["seqs"][1] for e in examples] if len(examples[0]["seqs"]) > 1 else []
         if kl_seqs:
@@ -190,16 +240,25 @@ def make_loss(config: KTOConfig, reference: str):
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         logps = sequence_logps(model, ids, mask, labels)[0]
         with torch.no_grad():  # z0 is detached: no gradient through the KL pass (paper, TRL)
-            kl_logps = sequence_logps(unwrap(model), batch["kl_input_ids"], batch["kl_attention_mask"],
-                                      batch["kl_labels"])[0]
+            kl_logps = sequence_logps(
+                unwrap(model), batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_labels"]
+            )[0]
         if reference == "lora":
             ref = reference_forward(model, ids, mask, labels)
             kl_ref = reference_forward(model, batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_labels"])
         else:
             ref, kl_ref = batch["ref"][:, 0].to(logps), batch["ref"][:, 1].to(logps)
         desirable = batch["desirable"].to(logps.device)
-        out = kto_loss(logps, ref, desirable, kl_logps, kl_ref, beta=config.beta,
-                       desirable_weight=config.desirable_weight, undesirable_weight=config.undesirable_weight)
+        out = kto_loss(
+            logps,
+            ref,
+            desirable,
+            kl_logps,
+            kl_ref,
+            beta=config.beta,
+            desirable_weight=config.desirable_weight,
+            undesirable_weight=config.undesirable_weight,
+        )
         rewards = out.chosen_rewards.detach()
         w = batch.get("weight")
         w = None if w is None else w.to(logps.device)
@@ -230,10 +289,13 @@ def evaluate(model, examples: list[dict], collate, config: KTOConfig, reference:
     model.eval()
     rewards, labels = [], []
     for i in range(0, len(examples), config.micro_batch_size):
-        batch = collate(examples[i:i + config.micro_batch_size])
+        batch = collate(examples[i : i + config.micro_batch_size])
         logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
-        ref = (reference_forward(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-               if reference == "lora" else batch["ref"][:, 0].to(logps))
+        ref = (
+            reference_forward(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            if reference == "lora"
+            else batch["ref"][:, 0].to(logps)
+        )
         rewards.append((config.beta * (logps - ref)).cpu())
         labels.append(batch["desirable"])
     model.train(was_training)
@@ -265,8 +327,9 @@ def run(config: KTOConfig) -> dict:
     if config.eval_data:
         eval_records, eval_kind = load_records(config.eval_data, config)
         # compared as the thumbs KTO trains on: a pair goes when either of its answers is held out
-        train_records = drop_held_out_copies(records, to_thumbs(eval_records, eval_kind), config.data,
-                                             views=lambda r: to_thumbs([r], kind))
+        train_records = drop_held_out_copies(
+            records, to_thumbs(eval_records, eval_kind), config.data, views=lambda r: to_thumbs([r], kind)
+        )
     else:
         train_records, eval_records = split_by_prompt(records, config.eval_fraction, config.seed, shuffle=True)
         eval_kind = kind
@@ -281,14 +344,21 @@ def run(config: KTOConfig) -> dict:
     held = encode_thumbs(eval_thumbs, tokenizer, config, fixed_kl=False)
     n_good = sum(e["desirable"] for e in train)
     if info.is_main:
-        print(f"kto (reference {reference}): {len(train)} training examples ({n_good} desirable, "
-              f"{len(train) - n_good} undesirable) from {kind}, {len(held)} held out, model {config.model}")
+        print(
+            f"kto (reference {reference}): {len(train)} training examples ({n_good} desirable, "
+            f"{len(train) - n_good} undesirable) from {kind}, {len(held)} held out, model {config.model}"
+        )
     pad_id = tokenizer.pad_token_id
     if reference == "cached":
         cached_reference(config, model, {"train": train, "eval": held}, pad_id, info)
     if config.lora.r:
-        model = apply_lora(model, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
-                           target_modules=config.lora.target_modules)
+        model = apply_lora(
+            model,
+            r=config.lora.r,
+            alpha=config.lora.alpha,
+            dropout=config.lora.dropout,
+            target_modules=config.lora.target_modules,
+        )
     collate = make_collate(pad_id, config.max_length, in_batch_kl=not fixed_kl)
     eval_collate = make_collate(pad_id, config.max_length, in_batch_kl=False)
     eval_fn = (lambda m: evaluate(m, held, eval_collate, config, reference)) if held else None
@@ -297,12 +367,25 @@ def run(config: KTOConfig) -> dict:
     before = {"eval_accuracy": 0.5} if (held and info.is_main) else {}
     # length_fn=None: KTO's KL reference point z0 is a mean over each micro-batch, so which examples
     # share one must not depend on their lengths
-    metrics = fit(model, train, collate, make_loss(config, reference), count_examples, config, info, eval_fn,
-                  desc="kto", unit="examples", length_fn=None)
+    metrics = fit(
+        model,
+        train,
+        collate,
+        make_loss(config, reference),
+        count_examples,
+        config,
+        info,
+        eval_fn,
+        desc="kto",
+        unit="examples",
+        length_fn=None,
+    )
     if info.is_main and "eval_accuracy" in before and "eval_accuracy" in metrics:
         metrics["eval_accuracy_before"] = before["eval_accuracy"]
-        print(f"kto: held-out implicit-reward ranking accuracy {before['eval_accuracy']:.3f} -> "
-              f"{metrics['eval_accuracy']:.3f}")
+        print(
+            f"kto: held-out implicit-reward ranking accuracy {before['eval_accuracy']:.3f} -> "
+            f"{metrics['eval_accuracy']:.3f}"
+        )
     save_final(model, tokenizer, config, metrics, info)
     cleanup(info)
     return metrics

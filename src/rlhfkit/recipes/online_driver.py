@@ -17,6 +17,7 @@ run's pieces and the rollout / reward / reference passes every algorithm needs) 
 the RNG streams and the algorithm's ``checkpoint_state`` (PPO: KL controller and reward
 normaliser; REINFORCE: its running baseline).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,15 +30,24 @@ import torch.distributed as dist
 
 from rlhfkit.recipes.common import save_final, set_threads
 from rlhfkit.recipes.online_config import OnlineConfig
-from rlhfkit.recipes.online_inputs import (RANK_SALT, adversarial_modules, adversarial_step, build_run_reward,
-                                           generate, load_models, local_share, make_generator,
-                                           prompts_for_step, run_prompts, score)
+from rlhfkit.recipes.online_inputs import (
+    RANK_SALT,
+    adversarial_modules,
+    adversarial_step,
+    build_run_reward,
+    generate,
+    load_models,
+    local_share,
+    make_generator,
+    prompts_for_step,
+    run_prompts,
+    score,
+)
 from rlhfkit.recipes.online_outputs import closing_line, rollout_metrics, run_outputs
 from rlhfkit.rewards import build_reward
 from rlhfkit.rollout import Rollout, repeat_each, rollout_logprobs, step_seed
 from rlhfkit.training.callbacks import step_ended
-from rlhfkit.training.checkpoint import (load_checkpoint, load_rank_rng, resume_checkpoint, rng_state,
-                                         save_checkpoint)
+from rlhfkit.training.checkpoint import load_checkpoint, load_rank_rng, resume_checkpoint, rng_state, save_checkpoint
 from rlhfkit.training.config import ConfigError
 from rlhfkit.training.distributed import DistInfo, all_gather_rows, all_reduce_sum, barrier, cleanup, init_distributed
 from rlhfkit.training.logging import ticking
@@ -72,16 +82,31 @@ class OnlineRun:
     optimizer: torch.optim.Optimizer
     scheduler: Any
 
-    def rollout(self, step: int, samples_per_prompt: int = 1, behaviour_logprobs: bool = True,
-                order_seed: int | None = None, salt: int = 0) -> Rollout:
+    def rollout(
+        self,
+        step: int,
+        samples_per_prompt: int = 1,
+        behaviour_logprobs: bool = True,
+        order_seed: int | None = None,
+        salt: int = 0,
+    ) -> Rollout:
         """This rank's rollout of ``step``: its share of the step's ``batch_size / k`` prompts (in the
         order of ``order_seed``, default the run's seed), each sampled k times (adjacent rows), from
         the sampling seed of (seed, step, salt, rank)."""
         c, k = self.config, samples_per_prompt
         order = c.seed if order_seed is None else order_seed
         prompts = local_share(prompts_for_step(self.prompts, step, c.batch_size // k, order), self.info)
-        return generate(c, self.generator, self.policy, self.tokenizer, repeat_each(prompts, k), step,
-                        behaviour_logprobs=behaviour_logprobs, rank=self.info.rank, salt=salt)
+        return generate(
+            c,
+            self.generator,
+            self.policy,
+            self.tokenizer,
+            repeat_each(prompts, k),
+            step,
+            behaviour_logprobs=behaviour_logprobs,
+            rank=self.info.rank,
+            salt=salt,
+        )
 
     def score(self, ro: Rollout) -> torch.Tensor:
         return score(self.reward, ro)
@@ -90,8 +115,13 @@ class OnlineRun:
         """``[B, R]`` log-probs of the rollout's responses under the KL reference (the frozen model,
         or the policy with its LoRA adapter disabled), in micro-batches."""
         lora_reference = self.reference is None
-        return rollout_logprobs(self.policy if lora_reference else self.reference, ro, self.config.temperature,
-                                self.config.micro_batch_size, adapter_disabled=lora_reference)
+        return rollout_logprobs(
+            self.policy if lora_reference else self.reference,
+            ro,
+            self.config.temperature,
+            self.config.micro_batch_size,
+            adapter_disabled=lora_reference,
+        )
 
     def lr(self) -> float:
         """The learning rate of the step's first update (the scheduler steps once per update)."""
@@ -127,14 +157,20 @@ def setup_run(config: OnlineConfig, prompts_per_step: int) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         if config.parallel != "ddp":
-            raise ConfigError(f"field 'parallel': online RL recipes replicate the policy on every process (ddp), "
-                              f"not {config.parallel!r}")
+            raise ConfigError(
+                f"field 'parallel': online RL recipes replicate the policy on every process (ddp), "
+                f"not {config.parallel!r}"
+            )
         if prompts_per_step % world:
-            raise ConfigError(f"fields 'batch_size' / 'num_generations': {prompts_per_step} prompts per step do not "
-                              f"divide by {world} processes")
+            raise ConfigError(
+                f"fields 'batch_size' / 'num_generations': {prompts_per_step} prompts per step do not "
+                f"divide by {world} processes"
+            )
         if (config.batch_size // world) % config.num_minibatches:
-            raise ConfigError(f"field 'num_minibatches': {config.batch_size // world} sequences per process do not "
-                              f"divide into {config.num_minibatches} minibatches")
+            raise ConfigError(
+                f"field 'num_minibatches': {config.batch_size // world} sequences per process do not "
+                f"divide into {config.num_minibatches} minibatches"
+            )
     return init_distributed("cpu")
 
 
@@ -150,8 +186,9 @@ def optimizer_and_scheduler(params, config: OnlineConfig, adversary=None):
     return optimizer, build_scheduler(optimizer, total, config, constant_groups=int(adversary is not None))
 
 
-def resume_state(config: OnlineConfig, modules: torch.nn.Module, optimizer, scheduler,
-                 info: DistInfo | None = None) -> tuple[int, dict]:
+def resume_state(
+    config: OnlineConfig, modules: torch.nn.Module, optimizer, scheduler, info: DistInfo | None = None
+) -> tuple[int, dict]:
     """``(start_step, trainer_state)`` from the newest intact checkpoint in ``output_dir`` (if resuming);
     over several processes each rank takes back its own RNG stream (LoRA dropout draws from it)."""
     if info is not None and info.rank:
@@ -168,8 +205,15 @@ def resume_state(config: OnlineConfig, modules: torch.nn.Module, optimizer, sche
     return int(state["step"]), state
 
 
-def maybe_checkpoint(config: OnlineConfig, step_done: int, modules, optimizer, scheduler, trainer_state: dict,
-                     info: DistInfo | None = None) -> None:
+def maybe_checkpoint(
+    config: OnlineConfig,
+    step_done: int,
+    modules,
+    optimizer,
+    scheduler,
+    trainer_state: dict,
+    info: DistInfo | None = None,
+) -> None:
     """Save every ``save_every`` steps (not at the end: the final model is saved instead), then
     call the step-end callbacks (training/callbacks.py). Several processes: every rank holds the same
     weights and optimiser state, rank 0 writes them and the others wait for it."""
@@ -179,9 +223,16 @@ def maybe_checkpoint(config: OnlineConfig, step_done: int, modules, optimizer, s
             rank_rng = [None] * info.world_size
             dist.all_gather_object(rank_rng, rng_state())
         if info is None or info.is_main:
-            save_checkpoint(config.output_dir, step_done, modules, optimizer, scheduler,
-                            {**trainer_state, "config": resume_fingerprint(config)},
-                            keep_last=config.keep_checkpoints, rank_rng_states=rank_rng)
+            save_checkpoint(
+                config.output_dir,
+                step_done,
+                modules,
+                optimizer,
+                scheduler,
+                {**trainer_state, "config": resume_fingerprint(config)},
+                keep_last=config.keep_checkpoints,
+                rank_rng_states=rank_rng,
+            )
         if info is not None:
             barrier(info)
     step_ended(step_done)
@@ -220,8 +271,9 @@ def run_online(config: OnlineConfig, algorithm: OnlineAlgorithm) -> dict:
     params = [p for p in modules.parameters() if p.requires_grad]
     optimizer, scheduler = optimizer_and_scheduler(params, config, adversary)
     modules.update(adversarial_modules(adversary))  # in the checkpoints, not in the update's params
-    run = OnlineRun(config, info, prompts, reward, policy, tokenizer, reference, generator, modules, params,
-                    optimizer, scheduler)
+    run = OnlineRun(
+        config, info, prompts, reward, policy, tokenizer, reference, generator, modules, params, optimizer, scheduler
+    )
     start, state = resume_state(config, modules, optimizer, scheduler, info)
     algorithm.start(run, state)
     logger, table, bar = run_outputs(config, info, start, bool(state), algorithm.name)

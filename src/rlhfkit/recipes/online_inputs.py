@@ -13,6 +13,7 @@
 - reward: the ``reward`` spec, plus the refitted discriminator's logit when
   ``adversarial.discriminator`` is set (``rewards.adversarial``: GAIL / AIRL).
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,7 +49,7 @@ def prompts_for_step(prompts: list[str], step: int, n: int, seed: int) -> list[s
     per_epoch = len(prompts) // n
     epoch, pos = divmod(step, per_epoch)
     order = epoch_order(len(prompts), seed, epoch)
-    return [prompts[i] for i in order[pos * n:(pos + 1) * n]]
+    return [prompts[i] for i in order[pos * n : (pos + 1) * n]]
 
 
 def local_share(items: list, info: DistInfo) -> list:
@@ -56,7 +57,7 @@ def local_share(items: list, info: DistInfo) -> list:
     if not info.enabled:
         return items
     n = len(items) // info.world_size
-    return items[info.rank * n:(info.rank + 1) * n]
+    return items[info.rank * n : (info.rank + 1) * n]
 
 
 # ---------------------------------------------------------------------------- models and sampling
@@ -87,12 +88,19 @@ def load_models(config: OnlineConfig, need_reference: bool):
         reference, ref_tokenizer = load_policy(config.ref_model)
         autocast_forward(reference, config.precision)
         if ref_tokenizer.get_vocab() != tokenizer.get_vocab():  # the KL compares token by token
-            raise ValueError(f"field 'ref_model': {config.ref_model!r} has another tokenizer than model "
-                             f"{config.model!r}; the KL to the reference needs the same vocabulary")
+            raise ValueError(
+                f"field 'ref_model': {config.ref_model!r} has another tokenizer than model "
+                f"{config.model!r}; the KL to the reference needs the same vocabulary"
+            )
         _frozen(reference)
     if config.lora.r:
-        policy = apply_lora(policy, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
-                            target_modules=config.lora.target_modules)
+        policy = apply_lora(
+            policy,
+            r=config.lora.r,
+            alpha=config.lora.alpha,
+            dropout=config.lora.dropout,
+            target_modules=config.lora.target_modules,
+        )
     elif need_reference and reference is None:
         reference = _frozen(copy.deepcopy(policy))
     if config.gradient_checkpointing:
@@ -104,20 +112,37 @@ def load_models(config: OnlineConfig, need_reference: bool):
 
 def make_generator(config: OnlineConfig, tokenizer, policy):
     """The sampler of ``config.generation_engine`` for ``policy`` (rollout.make_sampler)."""
-    sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                              top_p=config.top_p, top_k=config.top_k)
+    sampling = SamplingConfig(
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k
+    )
     return make_sampler(policy, sampling, tokenizer.eos_token_id, tokenizer.pad_token_id, config.generation_engine)
 
 
-def generate(config: OnlineConfig, generator, policy, tokenizer, prompts: list[str], step: int,
-             behaviour_logprobs: bool = True, rank: int = 0, salt: int = 0) -> Rollout:
+def generate(
+    config: OnlineConfig,
+    generator,
+    policy,
+    tokenizer,
+    prompts: list[str],
+    step: int,
+    behaviour_logprobs: bool = True,
+    rank: int = 0,
+    salt: int = 0,
+) -> Rollout:
     """One rollout of ``prompts`` sampled from the seed of (config.seed, step, salt, rank) (rank
     0's is a single process's); without ``behaviour_logprobs`` its ``logprobs`` stay zero and
     the update takes them from its own forward pass (``policy_gradient.single_update``)."""
-    return rollout(generator, policy, tokenizer, prompts,
-                   seed=step_seed(config.seed, step, salt=salt + RANK_SALT * rank),
-                   max_prompt_length=config.max_prompt_length, chat_template=config.chat_template,
-                   logprob_batch_size=config.micro_batch_size, behaviour_logprobs=behaviour_logprobs)
+    return rollout(
+        generator,
+        policy,
+        tokenizer,
+        prompts,
+        seed=step_seed(config.seed, step, salt=salt + RANK_SALT * rank),
+        max_prompt_length=config.max_prompt_length,
+        chat_template=config.chat_template,
+        logprob_batch_size=config.micro_batch_size,
+        behaviour_logprobs=behaviour_logprobs,
+    )
 
 
 # ---------------------------------------------------------------------------- reward
@@ -133,8 +158,10 @@ def build_run_reward(config: OnlineConfig, info: DistInfo):
     if not config.adversarial.enabled:
         return base, None
     if info.world_size > 1:
-        raise ConfigError("field 'adversarial.discriminator': the adversarial refit runs in one process "
-                          "(its update is not reduced over ranks); launch without torchrun")
+        raise ConfigError(
+            "field 'adversarial.discriminator': the adversarial refit runs in one process "
+            "(its update is not reduced over ranks); launch without torchrun"
+        )
     adversary = Adversary.load(config.adversarial, config.seed, config.max_grad_norm, config.reward_batch_size)
     adversary.model.to(info.device)  # beside the policy (one fused AdamW holds both)
     return RewardWithAdversary(base, adversary), adversary

@@ -3,6 +3,7 @@ generations, the progress bar and the closing line. Rank 0 writes; on resume eve
 from the resumed step (rows the interrupted run logged after it are dropped), so it reads as one
 uninterrupted run.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,9 +38,11 @@ def run_outputs(config: OnlineConfig, info: DistInfo, start: int, resumed: bool,
     """``(metrics logger, sample table, progress bar)`` of a run, written by rank 0 only; on resume
     they continue from ``start`` (rows logged after it by the interrupted run are dropped)."""
     at = start if resumed else None
-    return (MetricsLogger(config.output_dir, enabled=info.is_main, tensorboard=config.tensorboard, resume_step=at),
-            SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, at, enabled=info.is_main),
-            progress_bar(config.max_steps, initial=start, desc=desc, enabled=info.is_main))
+    return (
+        MetricsLogger(config.output_dir, enabled=info.is_main, tensorboard=config.tensorboard, resume_step=at),
+        SampleTable(config.output_dir, config.sample_every, config.num_sample_rows, at, enabled=info.is_main),
+        progress_bar(config.max_steps, initial=start, desc=desc, enabled=info.is_main),
+    )
 
 
 def closing_line(name: str, config: OnlineConfig, metrics: dict) -> str:
@@ -57,8 +60,9 @@ class SampleTable:
     """Sample generations every N steps, appended to ``samples.jsonl`` and ``samples.md``.
     On resume from step S, rows written after S by the interrupted run are dropped."""
 
-    def __init__(self, output_dir: str | Path, every: int, rows: int, resume_step: int | None = None,
-                 enabled: bool = True):
+    def __init__(
+        self, output_dir: str | Path, every: int, rows: int, resume_step: int | None = None, enabled: bool = True
+    ):
         self.every, self.rows = (every if enabled else 0), rows
         if not enabled:  # a rank other than 0: rank 0 writes the table
             return
@@ -88,8 +92,10 @@ class SampleTable:
 
         cols = [k for k in rows[0] if k != "step"]
         lines = [f"\n## step {step}\n", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(cell(r[c]) if not isinstance(r[c], float) else f"{r[c]:.4f}" for c in cols) + " |"
-                  for r in rows]
+        lines += [
+            "| " + " | ".join(cell(r[c]) if not isinstance(r[c], float) else f"{r[c]:.4f}" for c in cols) + " |"
+            for r in rows
+        ]
         with open(self.md, "a", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
 

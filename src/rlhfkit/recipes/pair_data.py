@@ -5,6 +5,7 @@ each response cut on the right), and ``labels`` score only response tokens, so a
 log-prob sums its response alone. DPO and its variants train on these; KTO reuses the prompt and
 response encoding and the padding.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,7 +21,7 @@ def encode_prompt(prompt: str, tokenizer, max_prompt_length: int) -> list[int]:
     prefix, _ = special_layout(tokenizer)
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
     keep = max(0, max_prompt_length - len(prefix))
-    return list(prefix) + list(ids[len(ids) - keep:] if keep else [])
+    return list(prefix) + list(ids[len(ids) - keep :] if keep else [])
 
 
 def encode_response(response: str, tokenizer) -> list[int]:
@@ -39,9 +40,19 @@ def encode_pairs(records, tokenizer, config) -> list[dict]:
     out = []
     for r in records:
         p = encode_prompt(r.prompt, tokenizer, config.max_prompt_length)
-        out.append(with_weight({"seqs": [join(p, encode_response(r.chosen, tokenizer), config.max_length),
-                                          join(p, encode_response(r.rejected, tokenizer), config.max_length)],
-                                "prompt_len": len(p), "tie": bool(r.tie)}, r))
+        out.append(
+            with_weight(
+                {
+                    "seqs": [
+                        join(p, encode_response(r.chosen, tokenizer), config.max_length),
+                        join(p, encode_response(r.rejected, tokenizer), config.max_length),
+                    ],
+                    "prompt_len": len(p),
+                    "tie": bool(r.tie),
+                },
+                r,
+            )
+        )
     return out
 
 
@@ -72,11 +83,14 @@ def make_collate(pad_id: int):
 
 def load_pairs(source: str, config, label: str) -> tuple[list, int]:
     """Pairs with ties handled as configured; returns (records, number of ties seen)."""
-    records = load_training_records(source, "pairs", config.on_error, ties="keep",
-                                    drop_duplicates=config.drop_duplicates)
+    records = load_training_records(
+        source, "pairs", config.on_error, ties="keep", drop_duplicates=config.drop_duplicates
+    )
     n_ties = sum(1 for r in records if r.tie)
     if config.ties == "drop":
         records = [r for r in records if not r.tie]
     if n_ties:
-        print(f"{label}: {n_ties} tied pairs {'dropped' if config.ties == 'drop' else 'kept (trained towards equal rewards)'}")
+        print(
+            f"{label}: {n_ties} tied pairs {'dropped' if config.ties == 'drop' else 'kept (trained towards equal rewards)'}"
+        )
     return records, n_ties

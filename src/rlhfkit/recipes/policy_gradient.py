@@ -9,6 +9,7 @@ the behaviour log-probs: the rollout then needs no separate behaviour pass (TRL'
 ``num_iterations=1``), and advantages that depend on those log-probs (RLOO's KL in the reward) are
 a pure function ``(rows, logprobs) -> advantages`` evaluated per micro-batch of whole groups.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -76,9 +77,15 @@ class PolicyGradientStats:
     def metrics(self) -> dict[str, float]:
         """The logged statistics, in the order metrics.jsonl has always shown them."""
         optional = {"kl_loss_term": self.kl_loss_term, "value_loss": self.value_loss}
-        return {**{k: v for k, v in optional.items() if v is not None}, "loss": self.loss,
-                "clipfrac": self.clipfrac, "approx_kl": self.approx_kl, "ratio_mean": self.ratio_mean,
-                "entropy": self.entropy, "grad_norm": self.grad_norm}
+        return {
+            **{k: v for k, v in optional.items() if v is not None},
+            "loss": self.loss,
+            "clipfrac": self.clipfrac,
+            "approx_kl": self.approx_kl,
+            "ratio_mean": self.ratio_mean,
+            "entropy": self.entropy,
+            "grad_norm": self.grad_norm,
+        }
 
 
 @dataclass(frozen=True)
@@ -106,8 +113,16 @@ def mean_over_updates(sums: dict[str, float], n_updates: int, info: DistInfo | N
 MicroLoss = Callable[[torch.Tensor, slice], "tuple[torch.Tensor, dict[str, float]]"]
 
 
-def train_epochs(config: OnlineConfig, n: int, step: int, minibatch_loss: Callable[[torch.Tensor], MicroLoss],
-                 params: list, optimizer, scheduler, info: DistInfo | None) -> dict[str, float]:
+def train_epochs(
+    config: OnlineConfig,
+    n: int,
+    step: int,
+    minibatch_loss: Callable[[torch.Tensor], MicroLoss],
+    params: list,
+    optimizer,
+    scheduler,
+    info: DistInfo | None,
+) -> dict[str, float]:
     """``ppo_epochs`` passes over a step's ``n`` rows in shuffled minibatches (``minibatches``), one
     optimiser step each: ``minibatch_loss(rows)`` gives the loss of each micro-batch of the
     minibatch's rows (``micro_batch_size`` at a time, gradients accumulated), normalised by the
@@ -126,7 +141,11 @@ def train_epochs(config: OnlineConfig, n: int, step: int, minibatch_loss: Callab
                     _add(sums, k, v)
             if info is not None and info.enabled:  # the ranks' shares of the loss add up to the minibatch's
                 all_reduce_gradients(params, info)
-            gn = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm) if config.max_grad_norm > 0 else torch.tensor(0.0)
+            gn = (
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                if config.max_grad_norm > 0
+                else torch.tensor(0.0)
+            )
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -135,10 +154,23 @@ def train_epochs(config: OnlineConfig, n: int, step: int, minibatch_loss: Callab
     return mean_over_updates(sums, n_updates, info)
 
 
-def policy_gradient_update(policy, ro: Rollout, advantages: Advantages, behaviour_logprobs: torch.Tensor | None,
-                           config: OnlineConfig, optimizer, scheduler, step: int, aggregation: str, *,
-                           params: list, ref_logprobs: torch.Tensor | None = None, kl_loss_coef: float = 0.0,
-                           value_loss: ValueLoss | None = None, info: DistInfo | None = None) -> UpdateResult:
+def policy_gradient_update(
+    policy,
+    ro: Rollout,
+    advantages: Advantages,
+    behaviour_logprobs: torch.Tensor | None,
+    config: OnlineConfig,
+    optimizer,
+    scheduler,
+    step: int,
+    aggregation: str,
+    *,
+    params: list,
+    ref_logprobs: torch.Tensor | None = None,
+    kl_loss_coef: float = 0.0,
+    value_loss: ValueLoss | None = None,
+    info: DistInfo | None = None,
+) -> UpdateResult:
     """Clipped policy-gradient update on one rollout (GRPO / RLOO / REINFORCE).
 
     The per-token loss is the clipped surrogate (core ``ppo_policy_loss``; with one epoch and one
@@ -161,20 +193,31 @@ def policy_gradient_update(policy, ro: Rollout, advantages: Advantages, behaviou
     if callable(advantages) and not from_update_pass:
         raise ValueError("advantages computed from the update pass need the behaviour log-probs from it too")
     behaviour = torch.zeros_like(ro.logprobs) if from_update_pass else behaviour_logprobs
-    adv_tok = None if callable(advantages) else (
-        advantages.unsqueeze(1).expand_as(ro.logprobs) if advantages.dim() == 1 else advantages)
+    adv_tok = (
+        None
+        if callable(advantages)
+        else (advantages.unsqueeze(1).expand_as(ro.logprobs) if advantages.dim() == 1 else advantages)
+    )
     pieces = []  # (rows, values) of an advantage function
 
     def minibatch_loss(rows: torch.Tensor) -> MicroLoss:
         counts = all_reduce_sum(torch.tensor([float(len(rows)), float(ro.response_mask[rows].sum())]), info)
         n_seq, n_tok = int(counts[0]), float(counts[1])
-        weights = token_weights(ro.response_mask[rows], aggregation, config.max_new_tokens, n_sequences=n_seq,
-                                n_tokens=n_tok)
+        weights = token_weights(
+            ro.response_mask[rows], aggregation, config.max_new_tokens, n_sequences=n_seq, n_tokens=n_tok
+        )
 
         def micro_loss(r: torch.Tensor, s: slice):
             m, w = ro.response_mask[r], weights[s]
-            logp, ent = response_logprobs(policy, ro.prompt_ids[r], ro.prompt_mask[r], ro.response_ids[r], m,
-                                          config.temperature, with_entropy=True)
+            logp, ent = response_logprobs(
+                policy,
+                ro.prompt_ids[r],
+                ro.prompt_mask[r],
+                ro.response_ids[r],
+                m,
+                config.temperature,
+                with_entropy=True,
+            )
             if from_update_pass:
                 behaviour[r] = logp.detach()
             if adv_tok is not None:
@@ -199,11 +242,13 @@ def policy_gradient_update(policy, ro: Rollout, advantages: Advantages, behaviou
             stats.update({k: float(st[k]) * share for k in ("clipfrac", "approx_kl", "ratio_mean")})
             stats["entropy"] = float(masked_mean(ent, m)) * share if m.any() else 0.0
             return loss, stats
+
         return micro_loss
 
     policy.train()
-    stats = PolicyGradientStats(**train_epochs(config, len(ro), step, minibatch_loss, params, optimizer, scheduler,
-                                               info))
+    stats = PolicyGradientStats(
+        **train_epochs(config, len(ro), step, minibatch_loss, params, optimizer, scheduler, info)
+    )
     policy.eval()
     return UpdateResult(stats, behaviour, advantages if adv_tok is not None else _by_row(pieces, len(ro)))
 

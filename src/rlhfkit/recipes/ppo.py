@@ -10,14 +10,22 @@ Per step (the loop around it is ``online_driver.run_online``'s): roll out -> sco
 penalty, normalisation) -> per-token KL penalty with the score on the last token -> GAE -> whitened
 advantages -> ppo_epochs over shuffled minibatches of clipped policy + value loss -> KL controller.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from rlhfkit.core import (apply_missing_eos_penalty, gae, kl_controller, masked_mean, per_token_rewards, ppo_policy_loss,
-                          ppo_value_loss)
+from rlhfkit.core import (
+    apply_missing_eos_penalty,
+    gae,
+    kl_controller,
+    masked_mean,
+    per_token_rewards,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
 from rlhfkit.models import apply_lora, make_value_model
 from rlhfkit.recipes.online_config import OnlineConfig
 from rlhfkit.recipes.online_driver import OnlineRun, StepOutput, run_online
@@ -33,9 +41,14 @@ from rlhfkit.training.stats import explained_variance, global_masked_whiten
 @dataclass
 class PPOConfig(OnlineConfig):
     output_dir: str = field(default="outputs/ppo", metadata={"help": "checkpoints, metrics.jsonl, samples and model/"})
-    ppo_epochs: int = field(default=4, metadata={"help": "passes over each step's batch: docs/PPO_CHECKLIST.md #10 (clipped losses over minibatches)"})
+    ppo_epochs: int = field(
+        default=4,
+        metadata={"help": "passes over each step's batch: docs/PPO_CHECKLIST.md #10 (clipped losses over minibatches)"},
+    )
     num_minibatches: int = field(default=1, metadata={"help": "optimiser steps per epoch"})
-    kl_coef: float = field(default=0.05, metadata={"help": "beta of the per-token KL penalty (initial value when adaptive)"})
+    kl_coef: float = field(
+        default=0.05, metadata={"help": "beta of the per-token KL penalty (initial value when adaptive)"}
+    )
     kl_control: str = field(default="fixed", metadata={"help": "fixed or adaptive (Ziegler et al. 2019)"})
     kl_target: float = field(default=6.0, metadata={"help": "adaptive: target KL per sequence (nats)"})
     kl_horizon: float = field(default=10000.0, metadata={"help": "adaptive: horizon in samples"})
@@ -44,11 +57,30 @@ class PPOConfig(OnlineConfig):
     lam: float = field(default=0.95, metadata={"help": "GAE lambda: docs/PPO_CHECKLIST.md #9 (GAE)"})
     vf_coef: float = field(default=0.1, metadata={"help": "value loss coefficient"})
     cliprange_value: float = field(default=0.2, metadata={"help": "value clipping epsilon"})
-    value_model: str = field(default="", metadata={"help": "empty: the policy's backbone with a zero head, docs/PPO_CHECKLIST.md #8 (no dropout, value head init); or a sequence-classifier folder sharing the policy's tokenizer (e.g. the RM)"})
-    reward_norm: str = field(default="reference", metadata={"help": "none, reference (mean/std fitted once on reference responses: docs/PPO_CHECKLIST.md #6 (reward normalisation)) or running"})
-    reward_norm_batches: int = field(default=2, metadata={"help": "reference: batches of reference responses to fit on"})
-    whiten_rewards: bool = field(default=False, metadata={"help": "whiten per-token rewards without shifting the mean: docs/PPO_CHECKLIST.md #6 (reward normalisation)"})
-    missing_eos_penalty: float = field(default=0.0, metadata={"help": "subtract this from the score of responses without EOS (0 = off)"})
+    value_model: str = field(
+        default="",
+        metadata={
+            "help": "empty: the policy's backbone with a zero head, docs/PPO_CHECKLIST.md #8 (no dropout, value head init); or a sequence-classifier folder sharing the policy's tokenizer (e.g. the RM)"
+        },
+    )
+    reward_norm: str = field(
+        default="reference",
+        metadata={
+            "help": "none, reference (mean/std fitted once on reference responses: docs/PPO_CHECKLIST.md #6 (reward normalisation)) or running"
+        },
+    )
+    reward_norm_batches: int = field(
+        default=2, metadata={"help": "reference: batches of reference responses to fit on"}
+    )
+    whiten_rewards: bool = field(
+        default=False,
+        metadata={
+            "help": "whiten per-token rewards without shifting the mean: docs/PPO_CHECKLIST.md #6 (reward normalisation)"
+        },
+    )
+    missing_eos_penalty: float = field(
+        default=0.0, metadata={"help": "subtract this from the score of responses without EOS (0 = off)"}
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -60,8 +92,13 @@ class PPOConfig(OnlineConfig):
 def load_value_model(config: PPOConfig, tokenizer):
     value = make_value_model(config.value_model or config.model, zero_init=not config.value_model, tokenizer=tokenizer)
     if config.lora.r:
-        value = apply_lora(value, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
-                           target_modules=config.lora.target_modules)
+        value = apply_lora(
+            value,
+            r=config.lora.r,
+            alpha=config.lora.alpha,
+            dropout=config.lora.dropout,
+            target_modules=config.lora.target_modules,
+        )
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(value)
     autocast_forward(value, config.precision)
@@ -91,17 +128,28 @@ class PPOUpdate:
     returns: torch.Tensor  # [B, R]
 
 
-def ppo_update(config: PPOConfig, modules: torch.nn.ModuleDict, ro: Rollout, scores: torch.Tensor,
-               ref_logprobs: torch.Tensor, kl_coef: float, optimizer, scheduler, params: list, step: int,
-               info: DistInfo) -> PPOUpdate:
+def ppo_update(
+    config: PPOConfig,
+    modules: torch.nn.ModuleDict,
+    ro: Rollout,
+    scores: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    kl_coef: float,
+    optimizer,
+    scheduler,
+    params: list,
+    step: int,
+    info: DistInfo,
+) -> PPOUpdate:
     """Steps 3-5 on a rollout (this rank's share of it): old values, per-token rewards, GAE, advantages
     whitened over every rank's valid tokens, then ``train_epochs`` of the clipped policy + value loss
     (normalised by the whole minibatch's tokens, gradients summed over ranks)."""
     policy, value_model = modules["policy"], modules["value"]
     mask, mb = ro.response_mask, config.micro_batch_size
     with torch.no_grad():  # 3. old values
-        old_values = torch.cat([response_values(value_model, ro, torch.arange(len(ro))[s])
-                                for s in micro_slices(len(ro), mb)])
+        old_values = torch.cat(
+            [response_values(value_model, ro, torch.arange(len(ro))[s]) for s in micro_slices(len(ro), mb)]
+        )
     # 4. per-token -beta*KL, score on the last, GAE: docs/PPO_CHECKLIST.md #7 (per-token KL penalty), #9 (GAE)
     rewards, kl = per_token_rewards(scores, ro.logprobs, ref_logprobs, mask, kl_coef, config.kl_estimator)
     if config.whiten_rewards:
@@ -115,8 +163,15 @@ def ppo_update(config: PPOConfig, modules: torch.nn.ModuleDict, ro: Rollout, sco
 
         def micro_loss(r: torch.Tensor, s: slice):
             m = mask[r]
-            logp, ent = response_logprobs(policy, ro.prompt_ids[r], ro.prompt_mask[r], ro.response_ids[r], m,
-                                          config.temperature, with_entropy=True)
+            logp, ent = response_logprobs(
+                policy,
+                ro.prompt_ids[r],
+                ro.prompt_mask[r],
+                ro.response_ids[r],
+                m,
+                config.temperature,
+                with_entropy=True,
+            )
             values = response_values(value_model, ro, r)
             pg_loss, pst = ppo_policy_loss(logp, ro.logprobs[r], advantages[r], m, config.clip_eps, n_tokens)
             vf_loss, vst = ppo_value_loss(values, old_values[r], returns[r], m, config.cliprange_value, n_tokens)
@@ -125,6 +180,7 @@ def ppo_update(config: PPOConfig, modules: torch.nn.ModuleDict, ro: Rollout, sco
             for key, val in (*pst.items(), *vst.items(), ("entropy", masked_mean(ent, m) if m.any() else 0.0)):
                 stats[key] = float(val) * share
             return pg_loss + config.vf_coef * vf_loss, stats
+
         return micro_loss
 
     modules.train()
@@ -155,8 +211,10 @@ class PPO:
             self.kl_ctl.load_state_dict(trainer_state["kl_controller"])
             self.normaliser.load_state_dict(trainer_state["reward_normaliser"])
         elif c.reward_norm == "reference":  # docs/PPO_CHECKLIST.md #6 (reward normalisation)
-            scores = [all_gather_rows(run.score(run.rollout(b, order_seed=c.seed + 1, salt=7)), run.info)
-                      for b in range(c.reward_norm_batches)]  # on every rank's responses: the same fit on all
+            scores = [
+                all_gather_rows(run.score(run.rollout(b, order_seed=c.seed + 1, salt=7)), run.info)
+                for b in range(c.reward_norm_batches)
+            ]  # on every rank's responses: the same fit on all
             self.normaliser = RunningNormaliser().fit(torch.cat(scores))
 
     def checkpoint_state(self) -> dict:
@@ -178,19 +236,24 @@ class PPO:
         # 3-5. reference log-probs, values, per-token rewards, GAE, whitened advantages, the update
         ref_lp = run.reference_logprobs(ro)
         lr = run.lr()
-        upd = ppo_update(c, run.modules, ro, scores, ref_lp, self.kl_ctl.value, run.optimizer, run.scheduler,
-                         run.params, step, info)
+        upd = ppo_update(
+            c, run.modules, ro, scores, ref_lp, self.kl_ctl.value, run.optimizer, run.scheduler, run.params, step, info
+        )
         # 6. KL controller, metrics (docs/PPO_CHECKLIST.md #12 (debug metrics)), samples
         seq_kl = upd.kl.sum(1)
         all_kl = all_gather_rows(seq_kl, info)
         kl_coef_used = self.kl_ctl.value
         non_score = all_gather_rows((-kl_coef_used * upd.kl).sum(1), info)
         self.kl_ctl.update(all_kl.mean(), len(all_kl))
-        metrics = {**asdict(upd.stats), "kl": float(all_kl.mean()), "kl_coef": kl_coef_used,
-                   "non_score_reward": float(non_score.mean()),
-                   "score_normalised": float(all_gather_rows(scores, info).mean()),
-                   "explained_variance": explained_variance(upd.old_values, upd.returns, ro.response_mask, info),
-                   "lr": lr}
+        metrics = {
+            **asdict(upd.stats),
+            "kl": float(all_kl.mean()),
+            "kl_coef": kl_coef_used,
+            "non_score_reward": float(non_score.mean()),
+            "score_normalised": float(all_gather_rows(scores, info).mean()),
+            "explained_variance": explained_variance(upd.old_values, upd.returns, ro.response_mask, info),
+            "lr": lr,
+        }
         return StepOutput(ro, raw_scores, metrics, {"reward": raw_scores, "kl": seq_kl})
 
 

@@ -2,6 +2,7 @@
 each labeler's own scale removed (``normalise_ratings: per_labeler``), with the training part's
 statistics, so that a lenient and a strict labeler who order responses alike give the same targets.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -38,8 +39,11 @@ def labeler_scales(records: list) -> LabelerScales:
     for r, t in zip(records, targets):
         if r.labeler is not None:
             by_labeler.setdefault(r.labeler, []).append(t)
-    scales = {k: (statistics.fmean(v), statistics.pstdev(v)) for k, v in by_labeler.items()
-              if len(v) >= 2 and statistics.pstdev(v) > 0}
+    scales = {
+        k: (statistics.fmean(v), statistics.pstdev(v))
+        for k, v in by_labeler.items()
+        if len(v) >= 2 and statistics.pstdev(v) > 0
+    }
     return LabelerScales(scales, statistics.fmean(targets), statistics.pstdev(targets))
 
 
@@ -70,11 +74,19 @@ def rating_targets(config: RewardConfig, train: list, val: list, held: list) -> 
         return {}
     scales = labeler_scales(train)
     if not scales.labelers:
-        raise DataError("normalise_ratings per_labeler: no labeler has two different ratings in the training part "
-                        "(records need a `labeler` id: rlhfkit feedback export writes one)", path=config.data)
+        raise DataError(
+            "normalise_ratings per_labeler: no labeler has two different ratings in the training part "
+            "(records need a `labeler` id: rlhfkit feedback export writes one)",
+            path=config.data,
+        )
     kept = sum(1 for r in train if r.labeler not in scales.labelers)
-    print(f"reward: ratings normalised per labeler for {len(scales.labelers)} labelers (z-scores mapped to the "
-          f"pooled mean {scales.mean:.3f} and sd {scales.sd:.3f} of the [0, 1] ratings); {kept} of {len(train)} "
-          "training ratings kept as given (no labeler id, or a labeler without two different ratings)")
-    return {"train": normalised_targets(train, scales), "val": normalised_targets(val, scales),
-            "eval": normalised_targets(held, scales)}
+    print(
+        f"reward: ratings normalised per labeler for {len(scales.labelers)} labelers (z-scores mapped to the "
+        f"pooled mean {scales.mean:.3f} and sd {scales.sd:.3f} of the [0, 1] ratings); {kept} of {len(train)} "
+        "training ratings kept as given (no labeler id, or a labeler without two different ratings)"
+    )
+    return {
+        "train": normalised_targets(train, scales),
+        "val": normalised_targets(val, scales),
+        "eval": normalised_targets(held, scales),
+    }

@@ -5,6 +5,7 @@ from ``output_dir/reference_logps.pt`` when the file's key (model name and weigh
 token ids, the length limit and precision) matches and its log-probs match their sha256, else
 computed by the main process and written atomically. DPO's and KTO's ``cached`` reference.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,8 +48,7 @@ def cache_key(model_spec: str, model, splits: dict[str, list[dict]], max_length:
 
 
 @torch.no_grad()
-def compute_reference(model, examples: list[dict], pad_id: int, micro_batch_size: int,
-                      desc: str = "") -> torch.Tensor:
+def compute_reference(model, examples: list[dict], pad_id: int, micro_batch_size: int, desc: str = "") -> torch.Tensor:
     """``[len(examples), S]`` float64 log-probs of each example's S sequences under ``model``
     (a progress bar when ``desc`` is given: on a CPU this pass over every pair takes minutes)."""
     was_training = model.training
@@ -58,12 +58,12 @@ def compute_reference(model, examples: list[dict], pad_id: int, micro_batch_size
     step = max(1, micro_batch_size)
     with progress_bar(len(examples), desc=desc, enabled=bool(desc), unit="example") as bar:
         for i in range(0, len(examples), step):
-            chunk = examples[i:i + step]
+            chunk = examples[i : i + step]
             seqs = [s for e in chunk for s in e["seqs"]]
             lens = [e["prompt_len"] for e in chunk for _ in e["seqs"]]
             b = pad_scored(seqs, lens, pad_id)
             logps = sequence_logps(model, b["input_ids"], b["attention_mask"], b["labels"])[0]
-            out[i:i + len(chunk)] = logps.double().cpu().view(len(chunk), n_seqs)
+            out[i : i + len(chunk)] = logps.double().cpu().view(len(chunk), n_seqs)
             bar.update(len(chunk))
     model.train(was_training)
     return out
@@ -112,14 +112,20 @@ def cached_reference(config, model, splits: dict[str, list[dict]], pad_id: int, 
     if info.is_main:
         cache, problem = read_reference_cache(path, key)
         if problem is not None:
-            print(f"rlhfkit: warning: {path} {problem}; computing the reference log-probs again",
-                  file=sys.stderr, flush=True)
+            print(
+                f"rlhfkit: warning: {path} {problem}; computing the reference log-probs again",
+                file=sys.stderr,
+                flush=True,
+            )
         if cache is None:
             status = "computed"
             with running_at(model, precision):
-                logps = {name: compute_reference(model, ex, pad_id, config.micro_batch_size,
-                                                 desc=f"reference log-probs ({name})")
-                         for name, ex in splits.items()}
+                logps = {
+                    name: compute_reference(
+                        model, ex, pad_id, config.micro_batch_size, desc=f"reference log-probs ({name})"
+                    )
+                    for name, ex in splits.items()
+                }
             cache = {"key": key, "splits": logps, "sha256": reference_digest(logps)}
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")

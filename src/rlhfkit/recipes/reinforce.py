@@ -12,6 +12,7 @@ baseline b either
 The policy loss is the clipped surrogate (plain REINFORCE with one epoch, one minibatch). The
 loop around the step is ``online_driver.run_online``'s.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,11 +30,18 @@ from rlhfkit.core.precision import autocast_forward
 
 @dataclass
 class ReinforceConfig(OnlineConfig):
-    output_dir: str = field(default="outputs/reinforce", metadata={"help": "checkpoints, metrics.jsonl, samples and model/"})
-    baseline: str = field(default="running", metadata={"help": "running (scalar moving average), learned (value model on the prompt) or none"})
+    output_dir: str = field(
+        default="outputs/reinforce", metadata={"help": "checkpoints, metrics.jsonl, samples and model/"}
+    )
+    baseline: str = field(
+        default="running",
+        metadata={"help": "running (scalar moving average), learned (value model on the prompt) or none"},
+    )
     baseline_alpha: float = field(default=0.1, metadata={"help": "running baseline step size alpha"})
     vf_coef: float = field(default=0.1, metadata={"help": "learned baseline: value loss coefficient"})
-    loss_aggregation: str = field(default="sequence", metadata={"help": "sequence, token or constant (see core.losses.token_weights)"})
+    loss_aggregation: str = field(
+        default="sequence", metadata={"help": "sequence, token or constant (see core.losses.token_weights)"}
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -41,8 +49,9 @@ class ReinforceConfig(OnlineConfig):
             raise ValueError(f"baseline must be running, learned or none, got {self.baseline!r}")
 
 
-def running_baseline_step(b: float, returns: torch.Tensor, alpha: float,
-                          info: DistInfo | None = None) -> tuple[torch.Tensor, float]:
+def running_baseline_step(
+    b: float, returns: torch.Tensor, alpha: float, info: DistInfo | None = None
+) -> tuple[torch.Tensor, float]:
     """``(advantages = R - b, new b = b + alpha * (mean R - b))``; the mean over the whole step
     (every rank's rows when ``info`` has several), so every rank keeps the same baseline."""
     return returns - b, b + alpha * (float(all_gather_rows(returns, info).mean()) - b)
@@ -86,8 +95,9 @@ class Reinforce:
         scores = run.score(ro)
         returns, kl = scores, None
         if c.kl_coef > 0:  # the KL penalty in the sequence reward
-            returns, kl = kl_penalised_rewards(scores, ro.logprobs, run.reference_logprobs(ro), ro.response_mask,
-                                               c.kl_coef)
+            returns, kl = kl_penalised_rewards(
+                scores, ro.logprobs, run.reference_logprobs(ro), ro.response_mask, c.kl_coef
+            )
         value_loss = None
         if c.baseline == "running":
             advantages, self.b = running_baseline_step(self.b, returns, c.baseline_alpha, info)
@@ -102,10 +112,26 @@ class Reinforce:
         else:
             advantages = returns
         lr = run.lr()
-        upd = policy_gradient_update(run.policy, ro, advantages, ro.logprobs, c, run.optimizer, run.scheduler, step,
-                                     c.loss_aggregation, params=run.params, value_loss=value_loss, info=info)
-        metrics = {**upd.stats.metrics(), "lr": lr, "rlhf_reward": float(all_gather_rows(returns, info).mean()),
-                   "baseline": self.b}
+        upd = policy_gradient_update(
+            run.policy,
+            ro,
+            advantages,
+            ro.logprobs,
+            c,
+            run.optimizer,
+            run.scheduler,
+            step,
+            c.loss_aggregation,
+            params=run.params,
+            value_loss=value_loss,
+            info=info,
+        )
+        metrics = {
+            **upd.stats.metrics(),
+            "lr": lr,
+            "rlhf_reward": float(all_gather_rows(returns, info).mean()),
+            "baseline": self.b,
+        }
         columns = {"reward": scores}
         if kl is not None:
             metrics["kl"] = float(all_gather_rows(kl, info).mean())

@@ -6,6 +6,7 @@ The model is a Hugging Face `AutoModelForSequenceClassification` with one output
 scoring its last real token, or an encoder such as all-MiniLM-L6-v2), so the result loads with
 `AutoModelForSequenceClassification.from_pretrained(output_dir + "/model")`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,11 +18,24 @@ from rlhfkit.core.losses import binary_feedback_loss, bradley_terry_loss, rating
 from rlhfkit.models import apply_lora, load_reward_model, reward_scores
 from rlhfkit.data.loading import load_training_records
 from rlhfkit.data.splits import drop_held_out_copies, first_n, split_by_prompt
-from rlhfkit.recipes.common import (LoraConfig, require_examples, save_final, scaled_weights, set_threads, total_weight,
-                                    validate_data_fields)
+from rlhfkit.recipes.common import (
+    LoraConfig,
+    require_examples,
+    save_final,
+    scaled_weights,
+    set_threads,
+    total_weight,
+    validate_data_fields,
+)
+
 # the pieces a reward model is trained with, importable from here as before the split
-from rlhfkit.recipes.rating_targets import (LabelerScales, labeler_scales, normalised_targets,  # noqa: F401
-                                            rating_target, rating_targets)
+from rlhfkit.recipes.rating_targets import (  # noqa: F401
+    LabelerScales,
+    labeler_scales,
+    normalised_targets,
+    rating_target,
+    rating_targets,
+)
 from rlhfkit.recipes.reward_data import count_examples, encode_records, make_collate
 from rlhfkit.recipes.reward_probe import head_features, linear_probe  # noqa: F401
 from rlhfkit.training.distributed import cleanup, init_distributed
@@ -37,39 +51,79 @@ METRIC_NAMES = {"mse": "MSE", "spearman": "Spearman", "accuracy": "accuracy", "a
 
 @dataclass
 class RewardConfig(TrainingConfig):
-    model: str = field(default="minilm-l6", metadata={"help": "backbone: minilm-l6 (encoder), smollm2-135m, a local folder or .gguf"})
+    model: str = field(
+        default="minilm-l6", metadata={"help": "backbone: minilm-l6 (encoder), smollm2-135m, a local folder or .gguf"}
+    )
     kind: str = field(default="auto", metadata={"help": "backbone kind: auto, causal or encoder"})
-    objective: str = field(default="pairwise", metadata={"help": "pairwise (chosen/rejected), regression (ratings) or classification (thumbs)"})
-    data: str = field(default="hh-rlhf", metadata={"help": "JSONL/JSON file, or hh-rlhf / finegrained / oasst; a+b joins sources (finegrained+oasst)"})
+    objective: str = field(
+        default="pairwise",
+        metadata={"help": "pairwise (chosen/rejected), regression (ratings) or classification (thumbs)"},
+    )
+    data: str = field(
+        default="hh-rlhf",
+        metadata={"help": "JSONL/JSON file, or hh-rlhf / finegrained / oasst; a+b joins sources (finegrained+oasst)"},
+    )
     eval_data: str = field(default="", metadata={"help": "held-out file; empty = hold out eval_fraction of data"})
     eval_fraction: float = field(default=0.2, metadata={"help": "fraction held out when eval_data is empty"})
-    split_seed: int = field(default=-1, metadata={"help": "seed of the held-out (and validation) split; -1 = seed. "
-                                                        "Set it to train several models (seeds) on one split"})
-    validation_fraction: float = field(default=0.0, metadata={"help": "fraction of the training part kept apart "
-                                                                   "for choices (best_metric: val_loss); the held-out "
-                                                                   "set is then only scored once, at the end"})
-    max_train: int = field(default=0, metadata={"help": "train on only the first N examples of the shuffled training "
-                                                       "part (0 = all; for learning curves: the held-out set stays the same)"})
-    max_length: int = field(default=256, metadata={"help": "tokens of prompt + response; the prompt is cut from the left"})
+    split_seed: int = field(
+        default=-1,
+        metadata={
+            "help": "seed of the held-out (and validation) split; -1 = seed. "
+            "Set it to train several models (seeds) on one split"
+        },
+    )
+    validation_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "fraction of the training part kept apart "
+            "for choices (best_metric: val_loss); the held-out "
+            "set is then only scored once, at the end"
+        },
+    )
+    max_train: int = field(
+        default=0,
+        metadata={
+            "help": "train on only the first N examples of the shuffled training "
+            "part (0 = all; for learning curves: the held-out set stays the same)"
+        },
+    )
+    max_length: int = field(
+        default=256, metadata={"help": "tokens of prompt + response; the prompt is cut from the left"}
+    )
     ties: str = field(default="drop", metadata={"help": "tied pairs: drop, or keep (loss pulls both rewards together)"})
     use_margin: bool = field(default=True, metadata={"help": "use a pair's margin when it has one"})
-    normalise_ratings: str = field(default="none", metadata={
-        "help": "regression: none (the rating mapped to [0, 1]), or per_labeler: each labeler's ratings z-scored with "
-                "the training part's statistics and mapped to the pooled mean and sd (needs `labeler` ids)"})
+    normalise_ratings: str = field(
+        default="none",
+        metadata={
+            "help": "regression: none (the rating mapped to [0, 1]), or per_labeler: each labeler's ratings z-scored with "
+            "the training part's statistics and mapped to the pooled mean and sd (needs `labeler` ids)"
+        },
+    )
     on_error: str = field(default="raise", metadata={"help": "bad records: raise, or skip and count"})
-    drop_duplicates: bool = field(default=True, metadata={
-        "help": "drop exact duplicate records (counted); false keeps deliberate repeats (a weight is the better way)"})
+    drop_duplicates: bool = field(
+        default=True,
+        metadata={
+            "help": "drop exact duplicate records (counted); false keeps deliberate repeats (a weight is the better way)"
+        },
+    )
     output_dir: str = field(default="outputs/reward", metadata={"help": "checkpoints, metrics.jsonl and model/"})
     learning_rate: float = field(default=3e-5, metadata={"help": "peak learning rate"})
     batch_size: int = field(default=32, metadata={"help": "global batch (pairs per optimiser step)"})
     micro_batch_size: int = field(default=8, metadata={"help": "pairs per forward pass"})
     epochs: float = field(default=2.0, metadata={"help": "passes over the training data"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of steps with linear warm-up"})
-    linear_probe_steps: int = field(default=0, metadata={"help": "first fit only the fresh scalar head on the frozen "
-                                                                 "backbone's features (full-batch L-BFGS steps, 0 = off), "
-                                                                 "then fine-tune everything from it (LP-FT); with "
-                                                                 "epochs 0 the probe is the model (a frozen backbone)"})
-    linear_probe_l2: float = field(default=1e-3, metadata={"help": "L2 penalty on the head weights in the linear probe"})
+    linear_probe_steps: int = field(
+        default=0,
+        metadata={
+            "help": "first fit only the fresh scalar head on the frozen "
+            "backbone's features (full-batch L-BFGS steps, 0 = off), "
+            "then fine-tune everything from it (LP-FT); with "
+            "epochs 0 the probe is the model (a frozen backbone)"
+        },
+    )
+    linear_probe_l2: float = field(
+        default=1e-3, metadata={"help": "L2 penalty on the head weights in the linear probe"}
+    )
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def trains_without_steps(self) -> bool:
@@ -89,11 +143,13 @@ class RewardConfig(TrainingConfig):
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"field 'validation_fraction': {self.validation_fraction} is not in [0, 1)")
         if self.normalise_ratings not in RATING_NORMALISATIONS:
-            raise ValueError(f"field 'normalise_ratings': {self.normalise_ratings!r} is not one of "
-                             f"{list(RATING_NORMALISATIONS)}")
+            raise ValueError(
+                f"field 'normalise_ratings': {self.normalise_ratings!r} is not one of {list(RATING_NORMALISATIONS)}"
+            )
         if self.normalise_ratings != "none" and self.objective != "regression":
-            raise ValueError(f"field 'normalise_ratings': normalises ratings, for objective regression, not "
-                             f"{self.objective!r}")
+            raise ValueError(
+                f"field 'normalise_ratings': normalises ratings, for objective regression, not {self.objective!r}"
+            )
 
 
 def make_loss(objective: str):
@@ -109,8 +165,10 @@ def make_loss(objective: str):
             losses = bradley_terry_loss(chosen, rejected, margin=margin, tie=batch["tie"], reduction="none")
             decided = ~batch["tie"]
             correct = ((chosen > rejected) & decided).to(scores.dtype)
-            return weighted_sum(losses, w), {"accuracy": weighted_sum(correct, w).item(),
-                                             "margin_mean": weighted_sum((chosen - rejected).detach(), w).item()}
+            return weighted_sum(losses, w), {
+                "accuracy": weighted_sum(correct, w).item(),
+                "margin_mean": weighted_sum((chosen - rejected).detach(), w).item(),
+            }
         if objective == "regression":
             return weighted_sum(rating_regression_loss(scores, batch["target"], reduction="none"), w), {}
         return weighted_sum(binary_feedback_loss(scores, batch["target"], reduction="none"), w), {}
@@ -130,11 +188,13 @@ def run(config: RewardConfig) -> dict:
         return done
     torch.manual_seed(config.seed)
     kind = OBJECTIVE_KIND[config.objective]
-    records = load_training_records(config.data, kind, config.on_error, ties=config.ties,
-                                    drop_duplicates=config.drop_duplicates)
+    records = load_training_records(
+        config.data, kind, config.on_error, ties=config.ties, drop_duplicates=config.drop_duplicates
+    )
     if config.eval_data:
-        eval_records = load_training_records(config.eval_data, kind, config.on_error, ties="keep",
-                                             drop_duplicates=config.drop_duplicates)
+        eval_records = load_training_records(
+            config.eval_data, kind, config.on_error, ties="keep", drop_duplicates=config.drop_duplicates
+        )
         train_records = drop_held_out_copies(records, eval_records, config.data)
     else:  # whole prompts held out: a ranking's pairs, or one pair judged by several people, stay on one side
         train_records, eval_records = split_by_prompt(records, config.eval_fraction, split_seed(config), shuffle=True)
@@ -142,28 +202,41 @@ def run(config: RewardConfig) -> dict:
     # the checkpoint never looks at the held-out set
     val_records: list = []
     if config.validation_fraction:
-        train_records, val_records = split_by_prompt(train_records, config.validation_fraction,
-                                                     split_seed(config) + 1, shuffle=True)
+        train_records, val_records = split_by_prompt(
+            train_records, config.validation_fraction, split_seed(config) + 1, shuffle=True
+        )
     train_records = first_n(train_records, config.max_train)
     probe_only = config.epochs == 0 and config.max_steps == 0  # the backbone stays as it was
-    require_examples(len(train_records), 1 if probe_only else config.batch_size, config.data,
-                     len(eval_records) + len(val_records), total_weight(train_records))
+    require_examples(
+        len(train_records),
+        1 if probe_only else config.batch_size,
+        config.data,
+        len(eval_records) + len(val_records),
+        total_weight(train_records),
+    )
     train_records = scaled_weights(train_records)
     targets = rating_targets(config, train_records, val_records, eval_records) if kind == "ratings" else {}
     model, tokenizer = load_reward_model(config.model, kind=config.kind)
     model.to(info.device)
     if config.lora.r:
-        model = apply_lora(model, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
-                           target_modules=config.lora.target_modules)
+        model = apply_lora(
+            model,
+            r=config.lora.r,
+            alpha=config.lora.alpha,
+            dropout=config.lora.dropout,
+            target_modules=config.lora.target_modules,
+        )
     train = encode_records(train_records, tokenizer, config, targets.get("train"))
     collate = make_collate(tokenizer.pad_token_id, config.objective)
 
     def scorer(held: list, prefix: str, part: str):
         """Held-out metrics of ``held`` (pairs, ratings against their targets, or thumbs), unweighted:
         a record's weight says how much it teaches, not how much the model's score on it counts."""
+
         def score(m):
             scores = held_out_metrics(m, tokenizer, held, config, targets.get(part))
             return {f"{prefix}_{k}": v for k, v in scores.items() if isinstance(v, (int, float))}
+
         return score
 
     eval_fn = None
@@ -172,8 +245,10 @@ def run(config: RewardConfig) -> dict:
     elif eval_records:
         eval_fn = scorer(eval_records, "eval", "eval")
     if info.is_main:
-        print(f"reward: {len(train)} training, {len(val_records)} validation and {len(eval_records)} held-out "
-              f"{kind}, backbone {config.model}")
+        print(
+            f"reward: {len(train)} training, {len(val_records)} validation and {len(eval_records)} held-out "
+            f"{kind}, backbone {config.model}"
+        )
     # a checkpoint already holds the probed head, unless there is no training to resume (probe
     # only: a checkpoint left by an earlier fine-tuning run in this folder is not this run's). Any
     # checkpoint will do here: fit resumes from the newest intact one or stops, naming the damage
@@ -189,9 +264,19 @@ def run(config: RewardConfig) -> dict:
             with running_at(model, config.precision):
                 metrics.update(scorer(eval_records, "eval", "eval")(model.eval()))
     else:
-        metrics = fit(model, train, collate, make_loss(config.objective), count_examples, config, info,
-                      eval_fn, desc="reward", unit="pairs" if kind == "pairs" else "examples",
-                      final_eval_fn=scorer(eval_records, "eval", "eval") if val_records and eval_records else None)
+        metrics = fit(
+            model,
+            train,
+            collate,
+            make_loss(config.objective),
+            count_examples,
+            config,
+            info,
+            eval_fn,
+            desc="reward",
+            unit="pairs" if kind == "pairs" else "examples",
+            final_eval_fn=scorer(eval_records, "eval", "eval") if val_records and eval_records else None,
+        )
     save_final(model, tokenizer, config, metrics, info)
     if info.is_main:
         print(held_out_summary(metrics, Path(config.output_dir) / "model", config.objective))
@@ -208,8 +293,9 @@ def held_out_metrics(model, tokenizer, held: list, config: RewardConfig, targets
     if config.objective == "pairwise":
         return evaluate_pairs(model, tokenizer, held, **size)["overall"]
     if config.objective == "regression":
-        return evaluate_ratings(model, tokenizer, held, targets if targets is not None else
-                                [rating_target(r) for r in held], **size)
+        return evaluate_ratings(
+            model, tokenizer, held, targets if targets is not None else [rating_target(r) for r in held], **size
+        )
     return evaluate_thumbs(model, tokenizer, held, **size)
 
 
@@ -231,9 +317,11 @@ def held_out_summary(metrics: dict, model_dir: Path, objective: str = "pairwise"
     for prefix, name in (("eval", "held-out"), ("val", "validation")):
         if f"{prefix}_accuracy" in metrics:
             n, ties = int(metrics.get(f"{prefix}_pairs", 0)), int(metrics.get(f"{prefix}_ties", 0))
-            parts.append(f"{name} accuracy {metrics[f'{prefix}_accuracy']:.3f} on {n} pairs"
-                         + (f" (and {ties} tied pairs, scored apart)" if ties else "")
-                         + (f", ECE {metrics[f'{prefix}_ece']:.3f}" if f"{prefix}_ece" in metrics else ""))
+            parts.append(
+                f"{name} accuracy {metrics[f'{prefix}_accuracy']:.3f} on {n} pairs"
+                + (f" (and {ties} tied pairs, scored apart)" if ties else "")
+                + (f", ECE {metrics[f'{prefix}_ece']:.3f}" if f"{prefix}_ece" in metrics else "")
+            )
             break
     else:
         parts.append("no held-out pairs to score it on (give --eval_data FILE or --eval_fraction above 0)")

@@ -4,6 +4,7 @@ Pairs keep chosen and rejected token ids (scored in one forward pass: rows [0, n
 rejected), ratings and thumbs one sequence with its target; a record's ``weight`` travels along,
 and a batch counts as the sum of its weights when it has them.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -32,11 +33,12 @@ def encode_records(records, tokenizer, config: RewardConfig, targets: list[float
                 "subset": r.subset,
             }
         elif config.objective == "regression":
-            e = {"ids": tokenize_pair(r.prompt, r.completion, tokenizer, config.max_length),
-                 "target": rating_target(r) if targets is None else float(targets[i])}
+            e = {
+                "ids": tokenize_pair(r.prompt, r.completion, tokenizer, config.max_length),
+                "target": rating_target(r) if targets is None else float(targets[i]),
+            }
         else:
-            e = {"ids": tokenize_pair(r.prompt, r.completion, tokenizer, config.max_length),
-                 "target": float(r.label)}
+            e = {"ids": tokenize_pair(r.prompt, r.completion, tokenizer, config.max_length), "target": float(r.label)}
         if r.weight is not None:
             e["weight"] = float(r.weight)
         out.append(e)
@@ -49,13 +51,15 @@ def make_collate(pad_id: int, objective: str):
             # chosen and rejected in one forward pass: rows [0, n) chosen, [n, 2n) rejected
             seqs = [e["chosen"] for e in examples] + [e["rejected"] for e in examples]
             ids, mask = pad_sequences(seqs, pad_id, side="right")
-            batch = {"input_ids": ids, "attention_mask": mask,
-                     "margin": torch.tensor([e["margin"] for e in examples]),
-                     "tie": torch.tensor([e["tie"] for e in examples])}
+            batch = {
+                "input_ids": ids,
+                "attention_mask": mask,
+                "margin": torch.tensor([e["margin"] for e in examples]),
+                "tie": torch.tensor([e["tie"] for e in examples]),
+            }
         else:
             ids, mask = pad_sequences([e["ids"] for e in examples], pad_id, side="right")
-            batch = {"input_ids": ids, "attention_mask": mask,
-                     "target": torch.tensor([e["target"] for e in examples])}
+            batch = {"input_ids": ids, "attention_mask": mask, "target": torch.tensor([e["target"] for e in examples])}
         if (weights := weights_of(examples)) is not None:
             batch["weight"] = weights
         return batch

@@ -2,6 +2,7 @@
 head fitted alone on the frozen backbone's features, so that fine-tuning starts from a head that
 already ranks.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -46,14 +47,15 @@ def linear_probe(model, train: list[dict], collate, config: "RewardConfig") -> d
     head = score_head(model)
     was_training = model.training
     model.eval()
-    batches = [collate(train[i:i + 32]) for i in range(0, len(train), 32)]
+    batches = [collate(train[i : i + 32]) for i in range(0, len(train), 32)]
     with running_at(model, config.precision):  # the backbone's features, as training computes them;
-        feats = head_features(model, batches)    # the probe's own fit stays float32
+        feats = head_features(model, batches)  # the probe's own fit stays float32
     model.train(was_training)
     weights = None
     if any("weight" in b for b in batches):
-        weights = torch.cat([b["weight"] if "weight" in b else torch.ones(count_examples(b), dtype=torch.float64)
-                             for b in batches]).float()
+        weights = torch.cat(
+            [b["weight"] if "weight" in b else torch.ones(count_examples(b), dtype=torch.float64) for b in batches]
+        ).float()
 
     def mean(losses: torch.Tensor) -> torch.Tensor:  # the (weighted) mean, as training takes it
         return losses.mean() if weights is None else weighted_sum(losses, weights) / weights.sum().clamp(min=1e-12)
@@ -75,15 +77,18 @@ def linear_probe(model, train: list[dict], collate, config: "RewardConfig") -> d
     def objective() -> torch.Tensor:
         if config.objective == "pairwise":
             rc, rr = chosen @ w + b0, rejected @ w + b0
-            loss = mean(bradley_terry_loss(rc, rr, margin=margin if bool(margin.any()) else None, tie=tie,
-                                           reduction="none"))
+            loss = mean(
+                bradley_terry_loss(rc, rr, margin=margin if bool(margin.any()) else None, tie=tie, reduction="none")
+            )
         elif config.objective == "regression":
             loss = mean(rating_regression_loss(feats @ w + b0, target, reduction="none"))
         else:
             loss = mean(binary_feedback_loss(feats @ w + b0, target, reduction="none"))
-        return loss + config.linear_probe_l2 * (w ** 2).sum()
+        return loss + config.linear_probe_l2 * (w**2).sum()
 
-    opt = torch.optim.LBFGS([w, b0] if has_bias else [w], lr=1.0, max_iter=config.linear_probe_steps, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b0] if has_bias else [w], lr=1.0, max_iter=config.linear_probe_steps, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         opt.zero_grad()
@@ -102,5 +107,7 @@ def linear_probe(model, train: list[dict], collate, config: "RewardConfig") -> d
     if config.objective == "pairwise":
         with torch.no_grad():
             decided = ~tie
-            stats["probe_train_accuracy"] = float(((chosen @ w > rejected @ w) & decided).sum() / decided.sum().clamp(min=1))
+            stats["probe_train_accuracy"] = float(
+                ((chosen @ w > rejected @ w) & decided).sum() / decided.sum().clamp(min=1)
+            )
     return stats

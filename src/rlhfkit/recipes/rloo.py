@@ -10,6 +10,7 @@ With one update on micro-batches of whole groups (and no batch whitening) the KL
 the behaviour log-probs from the update's own pass, a separate forward pass saved (TRL makes
 one). The loop around the step is ``online_driver.run_online``'s.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,9 +30,13 @@ from rlhfkit.training.stats import global_whiten
 class RLOOConfig(OnlineConfig):
     output_dir: str = field(default="outputs/rloo", metadata={"help": "checkpoints, metrics.jsonl, samples and model/"})
     num_generations: int = field(default=4, metadata={"help": "samples per prompt, >= 2"})
-    kl_coef: float = field(default=0.05, metadata={"help": "beta: sequence reward = score - beta * KL(pi || ref) (0 = no reference)"})
+    kl_coef: float = field(
+        default=0.05, metadata={"help": "beta: sequence reward = score - beta * KL(pi || ref) (0 = no reference)"}
+    )
     normalize_advantages: bool = field(default=False, metadata={"help": "whiten the advantages over the batch"})
-    loss_aggregation: str = field(default="sequence", metadata={"help": "sequence, token or constant (see core.losses.token_weights)"})
+    loss_aggregation: str = field(
+        default="sequence", metadata={"help": "sequence, token or constant (see core.losses.token_weights)"}
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -79,9 +84,11 @@ class RLOO:
         ref_lp = run.reference_logprobs(ro) if c.kl_coef > 0 else None
         mask = ro.response_mask
         if fused:  # each micro-batch of whole groups: its KL-penalised rewards from the update pass
+
             def advantages(rows, logprobs):
                 refs = None if ref_lp is None else ref_lp[rows]
                 return leave_one_out(self.rewards(scores[rows], logprobs, refs, mask[rows])[0], k)
+
             behaviour = None
         else:
             advantages = leave_one_out(self.rewards(scores, ro.logprobs, ref_lp, mask)[0], k)
@@ -89,8 +96,19 @@ class RLOO:
                 advantages = global_whiten(advantages, info)
             behaviour = ro.logprobs
         lr = run.lr()
-        upd = policy_gradient_update(run.policy, ro, advantages, behaviour, c, run.optimizer, run.scheduler, step,
-                                     c.loss_aggregation, params=run.params, info=info)
+        upd = policy_gradient_update(
+            run.policy,
+            ro,
+            advantages,
+            behaviour,
+            c,
+            run.optimizer,
+            run.scheduler,
+            step,
+            c.loss_aggregation,
+            params=run.params,
+            info=info,
+        )
         rewards, kl = self.rewards(scores, upd.behaviour_logprobs, ref_lp, mask)
         metrics = {**upd.stats.metrics(), "lr": lr, "rlhf_reward": float(all_gather_rows(rewards, info).mean())}
         columns = {"reward": scores}

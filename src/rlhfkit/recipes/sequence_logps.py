@@ -4,6 +4,7 @@
 those positions when the model's head can be run apart from its decoder; ``reference_forward`` is
 the same with the LoRA adapter off and no gradient (the ``lora`` reference of DPO and KTO).
 """
+
 from __future__ import annotations
 
 import torch
@@ -50,8 +51,12 @@ def sequence_logps(model, input_ids, attention_mask, labels) -> tuple[torch.Tens
     memory). Models without a separable head use the full logits (same numbers)."""
     device = next(unwrap(model).parameters()).device
     input_ids, attention_mask, labels = input_ids.to(device), attention_mask.to(device), labels.to(device)
-    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask,
-                  position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    kwargs = dict(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
     target = labels[:, 1:]
     scored = target != IGNORE_INDEX
     split = decoder_and_head(model)

@@ -7,6 +7,7 @@ split by prompt (a conversation by its opening turns), trains with the shared lo
 resume, metrics, progress) and saves a model that loads with
 `AutoModelForCausalLM.from_pretrained(output_dir + "/model")`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,8 +18,17 @@ from rlhfkit.core.losses import count_target_tokens, sft_loss
 from rlhfkit.data.loading import load_training_records
 from rlhfkit.data.splits import drop_held_out_copies, split_by_prompt
 from rlhfkit.data.tokenize import pad_sequences, tokenize_sft
-from rlhfkit.recipes.common import (LoraConfig, require_examples, save_final, scaled_weights, set_threads, total_weight,
-                                    validate_data_fields, weights_of, with_weight)
+from rlhfkit.recipes.common import (
+    LoraConfig,
+    require_examples,
+    save_final,
+    scaled_weights,
+    set_threads,
+    total_weight,
+    validate_data_fields,
+    weights_of,
+    with_weight,
+)
 from rlhfkit.training.distributed import cleanup, init_distributed
 from rlhfkit.training.loop import TrainingConfig, fit, model_device, to_device
 from rlhfkit.core.precision import running_at
@@ -27,14 +37,25 @@ from rlhfkit.training.run_identity import finished_run
 
 @dataclass
 class SFTConfig(TrainingConfig):
-    model: str = field(default="smollm2-135m", metadata={"help": "policy: smollm2-135m, a local folder, a .gguf file or a HF name"})
-    data: str = field(default="oasst-best", metadata={"help": "JSONL/JSON file of prompt/completion, messages or rewrites, or oasst-best / finegrained-corrections (long prompts: use max_length 1024)"})
+    model: str = field(
+        default="smollm2-135m", metadata={"help": "policy: smollm2-135m, a local folder, a .gguf file or a HF name"}
+    )
+    data: str = field(
+        default="oasst-best",
+        metadata={
+            "help": "JSONL/JSON file of prompt/completion, messages or rewrites, or oasst-best / finegrained-corrections (long prompts: use max_length 1024)"
+        },
+    )
     eval_data: str = field(default="", metadata={"help": "held-out file; empty = hold out eval_fraction of data"})
     eval_fraction: float = field(default=0.1, metadata={"help": "fraction held out when eval_data is empty"})
     max_length: int = field(default=512, metadata={"help": "tokens per example (longer ones are cut on the right)"})
     on_error: str = field(default="raise", metadata={"help": "bad records: raise, or skip and count"})
-    drop_duplicates: bool = field(default=True, metadata={
-        "help": "drop exact duplicate records (counted); false keeps deliberate repeats (a weight is the better way)"})
+    drop_duplicates: bool = field(
+        default=True,
+        metadata={
+            "help": "drop exact duplicate records (counted); false keeps deliberate repeats (a weight is the better way)"
+        },
+    )
     output_dir: str = field(default="outputs/sft", metadata={"help": "checkpoints, metrics.jsonl and model/"})
     learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate"})
     batch_size: int = field(default=8, metadata={"help": "global batch (examples per optimiser step)"})
@@ -52,8 +73,10 @@ def tokenize_all(records, tokenizer, max_length: int) -> list[dict]:
     examples = [with_weight(tokenize_sft(r, tokenizer, max_length), r) for r in records]
     kept = [e for e in examples if count_target_tokens(torch.tensor([e["labels"]])) > 0]
     if len(kept) < len(examples):
-        print(f"sft: dropped {len(examples) - len(kept)} of {len(examples)} examples whose prompt fills "
-              f"max_length={max_length} (no target token left)")
+        print(
+            f"sft: dropped {len(examples) - len(kept)} of {len(examples)} examples whose prompt fills "
+            f"max_length={max_length} (no target token left)"
+        )
     return kept
 
 
@@ -88,7 +111,7 @@ def evaluate(model, examples: list[dict], collate, micro_batch_size: int) -> dic
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(examples), micro_batch_size):
-        batch = {k: v for k, v in collate(examples[i:i + micro_batch_size]).items() if k != "weight"}
+        batch = {k: v for k, v in collate(examples[i : i + micro_batch_size]).items() if k != "weight"}
         batch = to_device(batch, model_device(model))
         total += loss_sum(model, batch)[0].item()
         count += count_tokens(batch)
@@ -108,8 +131,9 @@ def run(config: SFTConfig) -> dict:
     torch.manual_seed(config.seed)
     records = load_training_records(config.data, "sft", config.on_error, drop_duplicates=config.drop_duplicates)
     if config.eval_data:
-        eval_records = load_training_records(config.eval_data, "sft", config.on_error,
-                                             drop_duplicates=config.drop_duplicates)
+        eval_records = load_training_records(
+            config.eval_data, "sft", config.on_error, drop_duplicates=config.drop_duplicates
+        )
         train_records = drop_held_out_copies(records, eval_records, config.data)
     else:
         train_records, eval_records = split_by_prompt(records, config.eval_fraction, config.seed, shuffle=True)
@@ -118,8 +142,13 @@ def run(config: SFTConfig) -> dict:
     model, tokenizer = load_policy(config.model)
     model.to(info.device)
     if config.lora.r:
-        model = apply_lora(model, r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
-                           target_modules=config.lora.target_modules)
+        model = apply_lora(
+            model,
+            r=config.lora.r,
+            alpha=config.lora.alpha,
+            dropout=config.lora.dropout,
+            target_modules=config.lora.target_modules,
+        )
     train = tokenize_all(train_records, tokenizer, config.max_length)
     held = tokenize_all(eval_records, tokenizer, config.max_length)
     collate = make_collate(tokenizer.pad_token_id)

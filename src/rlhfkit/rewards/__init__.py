@@ -7,6 +7,7 @@ offline judges (``vader``, ``textblob``, ``afinn``, ``toxicity``, ``readability`
 (``ensemble:uwo=0.5:PATH1,PATH2``, ``ensemble:min:...``) and weighted sums of them. ``RunningNormaliser`` standardises
 scores (running or fitted once) and checkpoints with the run.
 """
+
 from .judges import JUDGES, JudgeSource, judge
 from .normalise import RunningNormaliser
 from .sources import (

@@ -19,6 +19,7 @@ run continues exactly. The refitted discriminator is saved with the policy
 (``output_dir/discriminator``, usable as ``rm:``). One process only (the update is not
 all-reduced over ranks).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -34,18 +35,32 @@ ADVERSARIAL_SALT = 4_409  # step_seed salt of the discriminator's draws
 
 @dataclass
 class AdversarialConfig:
-    discriminator: str = field(default="", metadata={
-        "help": "a trained discriminator (rlhfkit reward discriminator's output_dir/model) to refit on the policy's "
-                "responses during the run, its logit a reward term (GAIL / AIRL); empty = off"})
-    demos: str = field(default="", metadata={
-        "help": "demonstrations, the class the policy is told apart from: a prompt/completion file or "
-                "finegrained-corrections / oasst-best"})
-    coef: float = field(default=1.0, metadata={"help": "weight of the discriminator's logit in the reward (added to --reward)"})
+    discriminator: str = field(
+        default="",
+        metadata={
+            "help": "a trained discriminator (rlhfkit reward discriminator's output_dir/model) to refit on the policy's "
+            "responses during the run, its logit a reward term (GAIL / AIRL); empty = off"
+        },
+    )
+    demos: str = field(
+        default="",
+        metadata={
+            "help": "demonstrations, the class the policy is told apart from: a prompt/completion file or "
+            "finegrained-corrections / oasst-best"
+        },
+    )
+    coef: float = field(
+        default=1.0, metadata={"help": "weight of the discriminator's logit in the reward (added to --reward)"}
+    )
     every: int = field(default=1, metadata={"help": "refit after every N policy steps"})
     updates: int = field(default=1, metadata={"help": "discriminator gradient steps per refit"})
-    batch_size: int = field(default=16, metadata={"help": "demonstrations and policy responses (each) per gradient step"})
+    batch_size: int = field(
+        default=16, metadata={"help": "demonstrations and policy responses (each) per gradient step"}
+    )
     learning_rate: float = field(default=1e-5, metadata={"help": "discriminator learning rate (AdamW, constant)"})
-    max_length: int = field(default=256, metadata={"help": "tokens of prompt + response the discriminator reads (left-truncated)"})
+    max_length: int = field(
+        default=256, metadata={"help": "tokens of prompt + response the discriminator reads (left-truncated)"}
+    )
     max_demos: int = field(default=0, metadata={"help": "demonstrations used at most (0 = all), drawn by seed"})
 
     @property
@@ -56,8 +71,10 @@ class AdversarialConfig:
         if not self.enabled:
             return
         if not self.demos:
-            raise ValueError("field 'adversarial.demos': the adversarial discriminator needs demonstrations "
-                             "(the class the policy's responses are told apart from)")
+            raise ValueError(
+                "field 'adversarial.demos': the adversarial discriminator needs demonstrations "
+                "(the class the policy's responses are told apart from)"
+            )
         if self.every < 1 or self.updates < 1 or self.batch_size < 1 or self.max_length < 8:
             raise ValueError("fields 'adversarial.every', 'updates', 'batch_size' must be >= 1 and 'max_length' >= 8")
         if self.learning_rate <= 0:
@@ -69,8 +86,16 @@ class AdversarialConfig:
 class Adversary:
     """The discriminator being refitted: its reward (``logits``), its parameter group, its update."""
 
-    def __init__(self, config: AdversarialConfig, model: torch.nn.Module, tokenizer: Any, demos: list,
-                 seed: int, max_grad_norm: float = 1.0, score_batch_size: int = 32):
+    def __init__(
+        self,
+        config: AdversarialConfig,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        demos: list,
+        seed: int,
+        max_grad_norm: float = 1.0,
+        score_batch_size: int = 32,
+    ):
         from rlhfkit.models import disable_dropout
 
         self.config = config
@@ -87,8 +112,9 @@ class Adversary:
         self.score_batch_size = int(score_batch_size)
 
     @classmethod
-    def load(cls, config: AdversarialConfig, seed: int, max_grad_norm: float = 1.0,
-             score_batch_size: int = 32) -> "Adversary":
+    def load(
+        cls, config: AdversarialConfig, seed: int, max_grad_norm: float = 1.0, score_batch_size: int = 32
+    ) -> "Adversary":
         from rlhfkit.data.records import CompletionRecord
         from rlhfkit.models import load_reward_model
         from rlhfkit.training.config import ConfigError
@@ -96,8 +122,10 @@ class Adversary:
         demos = load_training_records(config.demos, "sft", "raise")
         for i, r in enumerate(demos):
             if not isinstance(r, CompletionRecord):
-                raise ConfigError(f"{config.demos}: record {i + 1} is a conversation (messages); the discriminator "
-                                  "takes prompt/completion demonstrations")
+                raise ConfigError(
+                    f"{config.demos}: record {i + 1} is a conversation (messages); the discriminator "
+                    "takes prompt/completion demonstrations"
+                )
         demos = [r for r in draw_in_order(demos, config.max_demos, seed) if r.completion.strip()]
         if not demos:
             raise ConfigError(f"field 'adversarial.demos': no non-empty demonstrations in {config.demos}")
@@ -123,14 +151,17 @@ class Adversary:
 
         out = []
         for i in range(0, len(responses), self.score_batch_size):
-            ids, mask = self._batch(prompts[i:i + self.score_batch_size], responses[i:i + self.score_batch_size])
+            ids, mask = self._batch(prompts[i : i + self.score_batch_size], responses[i : i + self.score_batch_size])
             out.append(reward_scores(self.model, ids, mask).float().cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
     # ------------------------------------------------------------------ refit
     def param_group(self) -> dict:
-        return {"params": [p for p in self.model.parameters() if p.requires_grad],
-                "lr": self.config.learning_rate, "weight_decay": 0.0}
+        return {
+            "params": [p for p in self.model.parameters() if p.requires_grad],
+            "lr": self.config.learning_rate,
+            "weight_decay": 0.0,
+        }
 
     def _demo_for(self, prompt: str, anyone: int, u: float) -> int:
         """A demonstration of ``prompt`` (the ``u``-th share of them), else demonstration ``anyone``."""
@@ -166,8 +197,10 @@ class Adversary:
             anyone = torch.randint(len(self.demos), (n,), generator=g).tolist()
             pick = torch.rand(n, generator=g).tolist()
             d = [self._demo_for(prompts[i], a, u) for i, a, u in zip(o, anyone, pick)]
-            ids, mask = self._batch([self.demos[i].prompt for i in d] + [prompts[i] for i in o],
-                                    [self.demos[i].completion for i in d] + [responses[i] for i in o])
+            ids, mask = self._batch(
+                [self.demos[i].prompt for i in d] + [prompts[i] for i in o],
+                [self.demos[i].completion for i in d] + [responses[i] for i in o],
+            )
             labels = torch.cat([torch.ones(n), torch.zeros(n)]).to(ids.device)
             logits = reward_scores(self.model, ids, mask).float()
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
@@ -211,5 +244,8 @@ class RewardWithAdversary:
         return total
 
     def __repr__(self) -> str:
-        return f"{self.base!r} + {self.adversary.config.coef:g}*adversarial" if self.base is not None else \
-            f"{self.adversary.config.coef:g}*adversarial"
+        return (
+            f"{self.base!r} + {self.adversary.config.coef:g}*adversarial"
+            if self.base is not None
+            else f"{self.adversary.config.coef:g}*adversarial"
+        )

@@ -21,6 +21,7 @@ al. 2019 scores the continuation). Heavy libraries are imported on first use.
 a policy trained on their reward model is checked against it; a reader sees it in the replies
 (greetings, thanks, "happy to help" raise it; curt, hostile or profane replies lower it).
 """
+
 from __future__ import annotations
 
 import functools

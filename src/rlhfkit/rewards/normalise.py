@@ -1,4 +1,5 @@
 """Reward normalisation with state that is checkpointed with the run."""
+
 from __future__ import annotations
 
 import math
@@ -64,8 +65,7 @@ class RunningNormaliser:
     __call__ = normalise
 
     def state_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "mean": self.mean, "m2": self.m2, "eps": self.eps,
-                "shift_mean": self.shift_mean}
+        return {"count": self.count, "mean": self.mean, "m2": self.m2, "eps": self.eps, "shift_mean": self.shift_mean}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.count = int(state["count"])

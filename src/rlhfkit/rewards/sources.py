@@ -1,4 +1,5 @@
 """The reward-source interface, its implementations and the config-string parser."""
+
 from __future__ import annotations
 
 import importlib
@@ -49,7 +50,7 @@ class RewardModelSource:
         seqs = [tokenize_pair(p, r, self.tokenizer, self.max_length) for p, r in zip(prompts, responses)]
         out = []
         for i in range(0, len(seqs), self.batch_size):
-            ids, mask = pad_sequences(seqs[i:i + self.batch_size], self.tokenizer.pad_token_id, side="right")
+            ids, mask = pad_sequences(seqs[i : i + self.batch_size], self.tokenizer.pad_token_id, side="right")
             out.append(reward_scores(self.model, ids.to(device), mask.to(device)).float().cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
@@ -84,7 +85,9 @@ class FunctionSource:
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         out = torch.as_tensor(self.fn(list(prompts), list(responses)), dtype=torch.float32).reshape(-1).cpu()
         if out.numel() != len(responses):
-            raise ValueError(f"reward function {self.name!r} returned {out.numel()} scores for {len(responses)} responses")
+            raise ValueError(
+                f"reward function {self.name!r} returned {out.numel()} scores for {len(responses)} responses"
+            )
         return out
 
     def __repr__(self) -> str:
@@ -187,11 +190,14 @@ def parse_ensemble_term(rest: str) -> tuple[str, float, list[str]]:
     members = [p.strip().removeprefix("rm:") for p in paths.split(",") if p.strip()]
     judges = [m for m in members if m.partition(":")[0] in JUDGES]
     if judges:
-        raise ValueError(f"ensemble members are reward-model paths, not judges ({', '.join(judges)}): "
-                         "add judges as their own terms, e.g. 'ensemble:min:A,B + 0.1*vader'")
+        raise ValueError(
+            f"ensemble members are reward-model paths, not judges ({', '.join(judges)}): "
+            "add judges as their own terms, e.g. 'ensemble:min:A,B + 0.1*vader'"
+        )
     if not sep or how not in ENSEMBLE_COMBINATIONS or not members:
-        raise ValueError(f"an ensemble term is ensemble:HOW:PATH1,PATH2,... with HOW mean, min or uwo=LAMBDA, "
-                         f"got 'ensemble:{rest}'")
+        raise ValueError(
+            f"an ensemble term is ensemble:HOW:PATH1,PATH2,... with HOW mean, min or uwo=LAMBDA, got 'ensemble:{rest}'"
+        )
     return how, lam, members
 
 
@@ -208,8 +214,10 @@ def _single(term: str, rm_kwargs: dict) -> Any:
         return JudgeSource(kind, rest if sep else None)
     if sep and kind and rest:
         return FunctionSource(term)  # bare package.module:function
-    raise ValueError(f"unknown reward source {term!r}: use a judge ({', '.join(sorted(JUDGES))}), "
-                     "rm:PATH, ensemble:HOW:PATH1,PATH2 or fn:package.module:function")
+    raise ValueError(
+        f"unknown reward source {term!r}: use a judge ({', '.join(sorted(JUDGES))}), "
+        "rm:PATH, ensemble:HOW:PATH1,PATH2 or fn:package.module:function"
+    )
 
 
 def check_reward_spec(spec: str) -> None:

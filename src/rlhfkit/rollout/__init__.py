@@ -6,6 +6,7 @@ with the KV cache, ``NativeLlamaGenerator`` (rollout/native.py) runs Llama-famil
 without ``generate``'s per-step overhead, and ``make_sampler`` picks one; any other engine only
 has to implement the ``Generator`` protocol.
 """
+
 from .engine import (
     Generator,
     ENGINES,

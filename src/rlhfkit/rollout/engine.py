@@ -19,6 +19,7 @@ Reproducibility: ``generate`` samples from a private RNG stream seeded with ``se
 recipes pass ``step_seed(config.seed, step)``), so a resumed run draws the same samples as an
 uninterrupted one and the global RNG is untouched.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -76,8 +77,9 @@ class Generator(Protocol):
 
     sampling: SamplingConfig
 
-    def generate(self, model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                 seed: int) -> torch.Tensor: ...
+    def generate(
+        self, model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, seed: int
+    ) -> torch.Tensor: ...
 
 
 @contextlib.contextmanager
@@ -121,8 +123,9 @@ class HFGenerator:
         )
 
     @torch.no_grad()
-    def generate(self, model, prompt_ids, prompt_mask, seed: int,
-                 on_token: Callable[[torch.Tensor], bool | None] | None = None) -> torch.Tensor:
+    def generate(
+        self, model, prompt_ids, prompt_mask, seed: int, on_token: Callable[[torch.Tensor], bool | None] | None = None
+    ) -> torch.Tensor:
         """``on_token(tokens [B])``: called with each step's tokens as they are drawn; a true
         return ends the generation after that step, a bool tensor ``[B]`` ends those rows (their
         later tokens are pad, as after an EOS)."""
@@ -134,15 +137,19 @@ class HFGenerator:
             # a model set to run in bf16 (core.precision.autocast_forward) enters autocast at
             # every step's forward; one region around the whole generation keeps autocast's cache
             # of bf16 weight copies across the steps (as the native sampler does)
-            with _seeded(seed, prompt_ids.device), autocast(getattr(model, "_rlhfkit_autocast", None) or "fp32",
-                                                             prompt_ids.device):
-                out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
-                                     generation_config=self.generation_config(),
-                                     stopping_criteria=None if on_token is None
-                                     else StoppingCriteriaList([_token_callback(on_token)]))
+            with (
+                _seeded(seed, prompt_ids.device),
+                autocast(getattr(model, "_rlhfkit_autocast", None) or "fp32", prompt_ids.device),
+            ):
+                out = model.generate(
+                    input_ids=prompt_ids,
+                    attention_mask=prompt_mask,
+                    generation_config=self.generation_config(),
+                    stopping_criteria=None if on_token is None else StoppingCriteriaList([_token_callback(on_token)]),
+                )
         finally:
             model.train(was_training)
-        return out[:, prompt_ids.shape[1]:]
+        return out[:, prompt_ids.shape[1] :]
 
 
 def _token_callback(on_token: Callable[[torch.Tensor], bool | None]):
@@ -165,8 +172,9 @@ def _token_callback(on_token: Callable[[torch.Tensor], bool | None]):
 ENGINES = ("auto", "native", "hf")
 
 
-def make_sampler(model, sampling: SamplingConfig, eos_token_id: int, pad_token_id: int,
-                 engine: str = "auto") -> Generator:
+def make_sampler(
+    model, sampling: SamplingConfig, eos_token_id: int, pad_token_id: int, engine: str = "auto"
+) -> Generator:
     """The ``Generator`` for ``model``: ``native`` (rollout/native.py, plain Llama-family models
     only: same logits as HF, without ``generate``'s per-step overhead), ``hf`` (``model.generate``)
     or ``auto`` (native where it applies, else hf)."""
@@ -231,8 +239,9 @@ def prompt_token_ids(prompt: str, tokenizer: Any, max_prompt_length: int = 0, ch
     the chat template as one user turn or as is, its last ``max_prompt_length`` tokens (> 0),
     the BOS token when it is empty."""
     if chat_template:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
         ids = tokenizer(prompt)["input_ids"]
@@ -243,8 +252,9 @@ def prompt_token_ids(prompt: str, tokenizer: Any, max_prompt_length: int = 0, ch
     return ids
 
 
-def tokenize_prompts(prompts: Sequence[str], tokenizer: Any, max_prompt_length: int = 0,
-                     chat_template: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def tokenize_prompts(
+    prompts: Sequence[str], tokenizer: Any, max_prompt_length: int = 0, chat_template: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """LEFT-padded ``(prompt_ids, prompt_mask)`` ``[B, P]`` (long). With ``chat_template`` each
     prompt becomes one user turn rendered with the tokenizer's template and the generation
     prompt; otherwise the text is tokenised as is. Prompts longer than ``max_prompt_length``
@@ -255,14 +265,21 @@ def tokenize_prompts(prompts: Sequence[str], tokenizer: Any, max_prompt_length: 
     ids = torch.full((len(rows), P), int(tokenizer.pad_token_id), dtype=torch.long)
     mask = torch.zeros((len(rows), P), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, P - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, P - len(r):] = 1
+        ids[i, P - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, P - len(r) :] = 1
     return ids, mask
 
 
-def response_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                      response_ids: torch.Tensor, response_mask: torch.Tensor,
-                      temperature: float = 1.0, with_entropy: bool = False, share_prompts: bool = True):
+def response_logprobs(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    share_prompts: bool = True,
+):
     """Teacher-forced log-probs of the response tokens: ``[B, R]`` (0 outside ``response_mask``),
     and with ``with_entropy`` also the per-token entropy ``[B, R]`` of the tempered
     distribution. One forward pass over ``prompt ⊕ response`` with ``position_ids =
@@ -282,8 +299,16 @@ def response_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
         if shared_prompt.worth_sharing(config, prompt_ids.shape[0], groups, prompt_ids.shape[1], R):
             pad = getattr(config, "pad_token_id", None)
             return shared_prompt.shared_prompt_logprobs(
-                model, prompt_ids, prompt_mask, response_ids, response_mask, groups,
-                temperature if temperature > 0 else 1.0, with_entropy, int(pad) if pad is not None else 0)
+                model,
+                prompt_ids,
+                prompt_mask,
+                response_ids,
+                response_mask,
+                groups,
+                temperature if temperature > 0 else 1.0,
+                with_entropy,
+                int(pad) if pad is not None else 0,
+            )
     ids = torch.cat([prompt_ids, response_ids], dim=1)
     mask = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
     kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
@@ -291,7 +316,7 @@ def response_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
         logits = model(**kwargs, logits_to_keep=R + 1).logits
     except TypeError:  # a model without logits_to_keep
         logits = model(**kwargs).logits
-    logits = logits[:, -(R + 1):-1]  # position t predicts token t + 1
+    logits = logits[:, -(R + 1) : -1]  # position t predicts token t + 1
     labels = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, -100))
     t = temperature if temperature > 0 else 1.0
     lp = token_logprobs(logits, labels, temperature=t)
@@ -302,9 +327,17 @@ def response_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     return lp, torch.where(response_mask.bool(), ent, torch.zeros_like(ent))
 
 
-def finish_rollout(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                   raw_response_ids: torch.Tensor, temperature: float, prompts: Sequence[str] | None = None,
-                   logprob_batch_size: int = 0, behaviour_logprobs: bool = True) -> Rollout:
+def finish_rollout(
+    model,
+    tokenizer,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    raw_response_ids: torch.Tensor,
+    temperature: float,
+    prompts: Sequence[str] | None = None,
+    logprob_batch_size: int = 0,
+    behaviour_logprobs: bool = True,
+) -> Rollout:
     """Truncate raw generations after the first EOS, recompute behaviour log-probs
     (``rollout_logprobs`` in chunks of ``logprob_batch_size`` rows, 0 = all at once) and decode.
 
@@ -317,16 +350,25 @@ def finish_rollout(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torc
     responses = tokenizer.batch_decode(text_ids, skip_special_tokens=True)
     if prompts is None:
         prompts = tokenizer.batch_decode(prompt_ids, skip_special_tokens=True)
-    ro = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, has_eos,
-                 torch.zeros_like(response_ids, dtype=torch.float), list(prompts), list(responses))
+    ro = Rollout(
+        prompt_ids,
+        prompt_mask,
+        response_ids,
+        response_mask,
+        has_eos,
+        torch.zeros_like(response_ids, dtype=torch.float),
+        list(prompts),
+        list(responses),
+    )
     if not behaviour_logprobs:
         return ro
     return replace(ro, logprobs=rollout_logprobs(model, ro, temperature, logprob_batch_size))
 
 
 @torch.no_grad()
-def rollout_logprobs(model, ro: Rollout, temperature: float, batch_size: int = 0,
-                     adapter_disabled: bool = False) -> torch.Tensor:
+def rollout_logprobs(
+    model, ro: Rollout, temperature: float, batch_size: int = 0, adapter_disabled: bool = False
+) -> torch.Tensor:
     """Teacher-forced log-probs ``[B, R]`` of the rollout's response tokens under ``model``
     (``response_logprobs`` without gradients, in chunks of ``batch_size`` rows, 0 = all at once),
     on ``model``'s device: the behaviour pass of the policy that sampled them, or the pass of a
@@ -338,10 +380,17 @@ def rollout_logprobs(model, ro: Rollout, temperature: float, batch_size: int = 0
     was_training = model.training
     model.eval()
     with reference_context(model) if adapter_disabled else contextlib.nullcontext(model) as m:
-        lps = [response_logprobs(m, ro.prompt_ids[i:i + chunk].to(device), ro.prompt_mask[i:i + chunk].to(device),
-                                 ro.response_ids[i:i + chunk].to(device), ro.response_mask[i:i + chunk].to(device),
-                                 temperature)
-               for i in range(0, len(ro), chunk)]
+        lps = [
+            response_logprobs(
+                m,
+                ro.prompt_ids[i : i + chunk].to(device),
+                ro.prompt_mask[i : i + chunk].to(device),
+                ro.response_ids[i : i + chunk].to(device),
+                ro.response_mask[i : i + chunk].to(device),
+                temperature,
+            )
+            for i in range(0, len(ro), chunk)
+        ]
     model.train(was_training)
     return torch.cat(lps)
 
@@ -353,7 +402,7 @@ def response_values(value_model, ro: Rollout, rows) -> torch.Tensor:
     P = ro.prompt_ids.shape[1]
     ids = torch.cat([ro.prompt_ids[rows], ro.response_ids[rows]], 1)
     mask = torch.cat([ro.prompt_mask[rows].long(), ro.response_mask[rows].long()], 1)
-    return token_values(value_model, ids, mask)[:, P - 1:-1]
+    return token_values(value_model, ids, mask)[:, P - 1 : -1]
 
 
 def repeat_each(items: list, k: int) -> list:
@@ -362,14 +411,31 @@ def repeat_each(items: list, k: int) -> list:
     return [x for x in items for _ in range(k)]
 
 
-def rollout(generator: Generator, model, tokenizer, prompts: Sequence[str], seed: int,
-            max_prompt_length: int = 0, chat_template: bool = False,
-            logprob_batch_size: int = 0, behaviour_logprobs: bool = True) -> Rollout:
+def rollout(
+    generator: Generator,
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    seed: int,
+    max_prompt_length: int = 0,
+    chat_template: bool = False,
+    logprob_batch_size: int = 0,
+    behaviour_logprobs: bool = True,
+) -> Rollout:
     """Tokenise ``prompts`` (left padded), sample one response each with ``generator`` from
     ``seed``, and return the finished ``Rollout``. Repeat prompts for k samples per prompt."""
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = tokenize_prompts(prompts, tokenizer, max_prompt_length, chat_template)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     raw = generator.generate(model, prompt_ids, prompt_mask, seed)
-    return finish_rollout(model, tokenizer, prompt_ids, prompt_mask, raw, generator.sampling.temperature,
-                          prompts, logprob_batch_size, behaviour_logprobs)
+    return finish_rollout(
+        model,
+        tokenizer,
+        prompt_ids,
+        prompt_mask,
+        raw,
+        generator.sampling.temperature,
+        prompts,
+        logprob_batch_size,
+        behaviour_logprobs,
+    )

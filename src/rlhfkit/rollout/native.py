@@ -28,6 +28,7 @@ generator it is given), so for the same seed the native sampler returns exactly 
 Anything else (LoRA / peft wrappers, other architectures, RoPE scaling, sliding windows) is not
 supported here: ``supports(model)`` says so and ``make_sampler`` falls back to ``HFGenerator``.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -52,14 +53,18 @@ def supports(model) -> tuple[bool, str]:
         return False, f"model_type {getattr(config, 'model_type', None)!r}"
     # transformers 5 keeps RoPE settings in rope_parameters (rope_scaling is an alias of it);
     # transformers 4 in rope_scaling (None for plain RoPE) beside rope_theta
-    rope = (getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
-            or {"rope_theta": getattr(config, "rope_theta", 10000.0)})
+    rope = (
+        getattr(config, "rope_parameters", None)
+        or getattr(config, "rope_scaling", None)
+        or {"rope_theta": getattr(config, "rope_theta", 10000.0)}
+    )
     if rope.get("rope_type", rope.get("type", "default")) != "default" or set(rope) - {"rope_theta", "rope_type"}:
         return False, f"RoPE variant {rope}"
     if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "pretraining_tp", 1) != 1:
         return False, "activation / tensor-parallel layout"
-    if getattr(config, "use_sliding_window", False) or any(t != "full_attention" for t in
-                                                           (getattr(config, "layer_types", None) or [])):
+    if getattr(config, "use_sliding_window", False) or any(
+        t != "full_attention" for t in (getattr(config, "layer_types", None) or [])
+    ):
         return False, "sliding-window attention"
     layer = model.model.layers[0]
     if not hasattr(layer, "self_attn") or not hasattr(layer.self_attn, "q_proj") or not hasattr(layer, "mlp"):
@@ -115,8 +120,16 @@ class NativeLlamaGenerator:
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
         return weight * xf.to(x.dtype)
 
-    def forward(self, model, ids: torch.Tensor, positions: torch.Tensor, start: int, keys: list, values: list,
-                mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        model,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        start: int,
+        keys: list,
+        values: list,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
         """Logits ``[B, V]`` of the LAST of ``ids`` ``[B, T]`` at ``positions`` ``[B, T]``; writes the
         layers' keys / values into cache columns ``[start, start + T)``; ``mask`` ``[B, 1, T,
         start + T]`` bool (True = may attend)."""
@@ -127,8 +140,9 @@ class NativeLlamaGenerator:
         end = start + T
         hidden = F.embedding(ids, model.model.embed_tokens.weight)
         theta = config.rope_parameters["rope_theta"] if getattr(config, "rope_parameters", None) else config.rope_theta
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=ids.device).float()
-                                    / head_dim))
+        inv_freq = 1.0 / (
+            theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=ids.device).float() / head_dim)
+        )
         freqs = positions[..., None].float() * inv_freq
         emb = torch.cat([freqs, freqs], dim=-1)
         cos, sin = emb.cos().to(hidden.dtype)[:, None], emb.sin().to(hidden.dtype)[:, None]
@@ -142,8 +156,14 @@ class NativeLlamaGenerator:
             k = k * cos + _rotate_half(k) * sin
             keys[i][:, :, start:end] = k
             values[i][:, :, start:end] = v
-            o = F.scaled_dot_product_attention(q, keys[i][:, :, :end], values[i][:, :, :end], attn_mask=mask,
-                                               scale=head_dim ** -0.5, enable_gqa=kv_heads != heads)
+            o = F.scaled_dot_product_attention(
+                q,
+                keys[i][:, :, :end],
+                values[i][:, :, :end],
+                attn_mask=mask,
+                scale=head_dim**-0.5,
+                enable_gqa=kv_heads != heads,
+            )
             o = o.transpose(1, 2).reshape(B, T, heads * head_dim)
             hidden = hidden + F.linear(o, attn.o_proj.weight, attn.o_proj.bias)
             x = self._rms(hidden, layer.post_attention_layernorm.weight, eps)
@@ -171,8 +191,9 @@ class NativeLlamaGenerator:
         for i, r in enumerate(rows):
             groups.setdefault((float(r.temperature), int(r.top_k), float(r.top_p)), []).append(i)
         for (temperature, top_k, top_p), idx in groups.items():
-            settings = type(self.sampling)(max_new_tokens=self.sampling.max_new_tokens, temperature=temperature,
-                                           top_p=top_p, top_k=top_k)
+            settings = type(self.sampling)(
+                max_new_tokens=self.sampling.max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k
+            )
             gens = [generator[i] for i in idx] if isinstance(generator, list) else generator
             out[idx] = self._draw(logits[idx], settings, gens)
         return out
@@ -195,9 +216,16 @@ class NativeLlamaGenerator:
         return (probs / race).argmax(dim=-1)
 
     @torch.no_grad()
-    def generate(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, seed: int,
-                 on_token: Callable[[torch.Tensor], bool | torch.Tensor | None] | None = None,
-                 row_seeds: list[int] | None = None, row_sampling: list | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        model,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        seed: int,
+        on_token: Callable[[torch.Tensor], bool | torch.Tensor | None] | None = None,
+        row_seeds: list[int] | None = None,
+        row_sampling: list | None = None,
+    ) -> torch.Tensor:
         """``on_token(tokens [B])`` is called with each step's tokens as they are drawn (a server
         streams them); it does not change what is drawn. A true return ends the generation after
         that step (a stop sequence was reached); a bool tensor ``[B]`` ends those rows only
@@ -239,11 +267,34 @@ class NativeLlamaGenerator:
         # autocast region for the whole generation, so its cache of bf16 weight copies lives
         # across the steps (a region per step would convert every weight again for every token)
         with autocast(getattr(model, "_rlhfkit_autocast", None) or "fp32", device):
-            return self._decode(model, prompt_ids, positions, keys, values, prefill_mask, visible, generator,
-                                n_new, on_token, row_sampling)
+            return self._decode(
+                model,
+                prompt_ids,
+                positions,
+                keys,
+                values,
+                prefill_mask,
+                visible,
+                generator,
+                n_new,
+                on_token,
+                row_sampling,
+            )
 
-    def _decode(self, model, prompt_ids, positions, keys, values, prefill_mask, visible, generator, n_new,
-                on_token, row_sampling=None) -> torch.Tensor:
+    def _decode(
+        self,
+        model,
+        prompt_ids,
+        positions,
+        keys,
+        values,
+        prefill_mask,
+        visible,
+        generator,
+        n_new,
+        on_token,
+        row_sampling=None,
+    ) -> torch.Tensor:
         B, P = prompt_ids.shape
         logits = self.forward(model, prompt_ids, positions, 0, keys, values, prefill_mask)
         position = positions[:, -1:] + 1
@@ -260,7 +311,8 @@ class NativeLlamaGenerator:
             done |= token == self.eos_token_id
             if bool(told) or t == n_new - 1 or bool(done.all()):
                 break
-            logits = self.forward(model, token[:, None], position, P + t, keys, values,
-                                  visible[:, None, None, : P + t + 1])
+            logits = self.forward(
+                model, token[:, None], position, P + t, keys, values, visible[:, None, None, : P + t + 1]
+            )
             position = position + 1
         return torch.stack(out, dim=1) if out else prompt_ids.new_zeros((B, 0))

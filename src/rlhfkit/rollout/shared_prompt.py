@@ -29,6 +29,7 @@ Where it applies: the Hugging Face Llama family (``llama``, ``qwen2``, ``qwen3``
 without a sliding window) with ``sdpa`` or ``eager`` attention, plain or wrapped by peft (LoRA),
 since their mask builder takes a prepared 4D mask as it is.
 """
+
 from __future__ import annotations
 
 import torch
@@ -50,8 +51,11 @@ def packable(model) -> bool:
     config = getattr(_base(model), "config", None)
     if config is None or getattr(config, "model_type", None) not in PACKABLE_TYPES:
         return False
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True) \
-            and config.model_type == "mistral":
+    if (
+        getattr(config, "sliding_window", None)
+        and getattr(config, "use_sliding_window", True)
+        and config.model_type == "mistral"
+    ):
         return False
     return getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
 
@@ -86,8 +90,14 @@ def worth_sharing(config, n_rows: int, groups: list[list[int]], P: int, R: int, 
     return packed <= (1 - min_saving) * plain
 
 
-def packed_inputs(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                  response_mask: torch.Tensor, groups: list[list[int]], pad_id: int):
+def packed_inputs(
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    groups: list[list[int]],
+    pad_id: int,
+):
     """``(input_ids [G, L], position_ids [G, L], allowed [G, 1, L, L] bool)`` of the packed
     layout, ``L = P + n R`` with ``n`` the largest group (smaller groups get empty segments)."""
     device = prompt_ids.device
@@ -126,9 +136,17 @@ def _mask_for(model, allowed: torch.Tensor) -> torch.Tensor:
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def shared_prompt_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                           response_mask: torch.Tensor, groups: list[list[int]], temperature: float,
-                           with_entropy: bool, pad_id: int):
+def shared_prompt_logprobs(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    groups: list[list[int]],
+    temperature: float,
+    with_entropy: bool,
+    pad_id: int,
+):
     """What ``engine.response_logprobs`` returns (``[B, R]`` log-probs, and entropies with
     ``with_entropy``), computed over the packed layout of ``groups``."""
     B, P = prompt_ids.shape
@@ -139,8 +157,13 @@ def shared_prompt_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.T
     # positions whose logits predict response tokens: P-1 (token 0 of every response), then
     # for response j the positions of its tokens 0..R-2 (predicting tokens 1..R-1)
     keep = [P - 1] + [P + j * R + t for j in range(n) for t in range(R - 1)]
-    logits = model(input_ids=ids, attention_mask=_mask_for(model, allowed), position_ids=positions, use_cache=False,
-                   logits_to_keep=torch.tensor(keep, device=device)).logits  # [G, 1 + n(R-1), V]
+    logits = model(
+        input_ids=ids,
+        attention_mask=_mask_for(model, allowed),
+        position_ids=positions,
+        use_cache=False,
+        logits_to_keep=torch.tensor(keep, device=device),
+    ).logits  # [G, 1 + n(R-1), V]
     labels = torch.full((G, n, R), IGNORE_INDEX, dtype=torch.long, device=device)
     for g, rows in enumerate(groups):
         for j, row in enumerate(rows):

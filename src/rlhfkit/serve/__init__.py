@@ -10,6 +10,7 @@ Modules: ``engine`` (``ChatModel``: messages -> chat template -> batched generat
 ``/health``), ``chat`` (``chat_loop``), ``cli`` (configs). The store is
 ``rlhfkit.feedback.enduser`` (``FeedbackLog``). Imports are lazy.
 """
+
 from __future__ import annotations
 
 __all__ = ["ChatModel", "FeedbackLog", "create_app", "chat_loop"]
@@ -18,14 +19,18 @@ __all__ = ["ChatModel", "FeedbackLog", "create_app", "chat_loop"]
 def __getattr__(name):
     if name == "ChatModel":
         from .engine import ChatModel
+
         return ChatModel
     if name == "FeedbackLog":
         from rlhfkit.feedback.enduser import FeedbackLog
+
         return FeedbackLog
     if name == "create_app":
         from .app import create_app
+
         return create_app
     if name == "chat_loop":
         from .chat import chat_loop
+
         return chat_loop
     raise AttributeError(name)

@@ -36,6 +36,7 @@ set, every request but ``/health`` (a load balancer's probe) must send ``Authori
 <api_key>``. Every error, the framework's own 404 / 405 / 500 included, has OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -59,10 +60,12 @@ __all__ = ["create_app"]
 log = logging.getLogger("rlhfkit.serve")
 
 
-def _error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-           code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}},
-                        status_code=status)
+def _error(
+    status: int, message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status
+    )
 
 
 def _unsupported(body: dict) -> str | None:
@@ -123,10 +126,19 @@ def _rlhfkit_options(body: dict) -> dict:
     return opts
 
 
-def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: str | None = None,
-               max_tokens_limit: int = 2048, max_request_bytes: int = 1_000_000, compare_share: float = 0.0,
-               max_n: int = 8, line: Any = None, rng: random.Random | None = None, chat_page: str = "off",
-               chat_secret: bytes | None = None) -> FastAPI:
+def create_app(
+    chat: ChatModel,
+    feedback: FeedbackLog | None = None,
+    api_key: str | None = None,
+    max_tokens_limit: int = 2048,
+    max_request_bytes: int = 1_000_000,
+    compare_share: float = 0.0,
+    max_n: int = 8,
+    line: Any = None,
+    rng: random.Random | None = None,
+    chat_page: str = "off",
+    chat_secret: bytes | None = None,
+) -> FastAPI:
     """The server for ``chat``; completions and feedback go to ``feedback`` when given (else the
     feedback endpoint answers 503). A request body over ``max_request_bytes`` is answered 413
     (every served conversation is stored with its completion, so the store grows by at most that
@@ -153,8 +165,12 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
         if feedback is not None:
             feedback.close()
 
-    app = FastAPI(title="rlhfkit serve", version="1", lifespan=lifespan,
-                  description="OpenAI-compatible chat completions plus end-user feedback.")
+    app = FastAPI(
+        title="rlhfkit serve",
+        version="1",
+        lifespan=lifespan,
+        description="OpenAI-compatible chat completions plus end-user feedback.",
+    )
     app.state.chat, app.state.feedback = chat, feedback
     created = int(time.time())
 
@@ -217,8 +233,7 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
         return out
 
     def model_card() -> dict:
-        return {"id": chat.name, "object": "model", "created": created, "owned_by": "rlhfkit",
-                "version": chat.version}
+        return {"id": chat.name, "object": "model", "created": created, "owned_by": "rlhfkit", "version": chat.version}
 
     @app.get("/v1/models")
     def models():
@@ -227,8 +242,12 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
     @app.get("/v1/models/{model_id:path}")  # a served name may hold a "/" (run/model)
     def model(model_id: str):
         if model_id != chat.name:
-            return _error(404, f"the model {model_id!r} does not exist; this server serves {chat.name!r}",
-                          param="model", code="model_not_found")
+            return _error(
+                404,
+                f"the model {model_id!r} does not exist; this server serves {chat.name!r}",
+                param="model",
+                code="model_not_found",
+            )
         return model_card()
 
     def _request(body: dict) -> dict | JSONResponse:
@@ -238,8 +257,12 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
             return _error(400, f"{bad} is not supported by this server", param=bad)
         model = body.get("model")
         if model not in (None, "", chat.name):
-            return _error(404, f"the model {model!r} does not exist; this server serves {chat.name!r}",
-                          param="model", code="model_not_found")
+            return _error(
+                404,
+                f"the model {model!r} does not exist; this server serves {chat.name!r}",
+                param="model",
+                code="model_not_found",
+            )
         try:
             messages = validate_messages(body.get("messages"))
         except ValueError as e:
@@ -270,31 +293,53 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
         stream, options = body.get("stream"), body.get("stream_options")
         if stream not in (None, True, False):
             return _error(400, "stream must be true or false", param="stream")
-        if options is not None and (not stream or not isinstance(options, dict)
-                                    or options.get("include_usage") not in (None, True, False)):
-            return _error(400, "stream_options is {\"include_usage\": true|false}, with stream: true",
-                          param="stream_options")
+        if options is not None and (
+            not stream or not isinstance(options, dict) or options.get("include_usage") not in (None, True, False)
+        ):
+            return _error(
+                400, 'stream_options is {"include_usage": true|false}, with stream: true', param="stream_options"
+            )
         n = n or 1
         if opts.get("compare") and n != 1:
-            return _error(400, "a comparison shows two replies of one request: ask for it with n = 1",
-                          param="rlhfkit.compare")
+            return _error(
+                400, "a comparison shows two replies of one request: ask for it with n = 1", param="rlhfkit.compare"
+            )
         # the opted-in share of requests shows two replies; a client that did not opt in never does
         comparison = bool(opts.get("compare")) and compare_share > 0 and draw.random() < compare_share
-        return dict(messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                    seed=None if seed is None else seed % (2**63 - 1), stop=stop, user=user,
-                    n=2 if comparison else n, comparison=comparison, stream=bool(stream),
-                    include_usage=bool((options or {}).get("include_usage")))
+        return dict(
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=None if seed is None else seed % (2**63 - 1),
+            stop=stop,
+            user=user,
+            n=2 if comparison else n,
+            comparison=comparison,
+            stream=bool(stream),
+            include_usage=bool((options or {}).get("include_usage")),
+        )
 
     def _store(cid: str, r: dict, outs: list) -> None:
         if feedback is not None:
-            feedback.log_choices(cid, r["messages"], [o.text for o in outs], chat.name, r["user"],
-                                 [o.version for o in outs], comparison=r["comparison"],
-                                 conversation=r.get("conversation"))
+            feedback.log_choices(
+                cid,
+                r["messages"],
+                [o.text for o in outs],
+                chat.name,
+                r["user"],
+                [o.version for o in outs],
+                comparison=r["comparison"],
+                conversation=r.get("conversation"),
+            )
 
     def _usage(outs: list) -> dict:
         completion = sum(o.completion_tokens for o in outs)
-        return {"prompt_tokens": outs[0].prompt_tokens, "completion_tokens": completion,
-                "total_tokens": outs[0].prompt_tokens + completion}
+        return {
+            "prompt_tokens": outs[0].prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": outs[0].prompt_tokens + completion,
+        }
 
     @app.post("/v1/chat/completions")
     async def completions(request: Request):
@@ -314,8 +359,9 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
         loop = asyncio.get_running_loop()
         finished = loop.create_future()
         try:  # waited for without a thread: a handler holds none while its request is queued
-            job = chat.submit(r["messages"], r["n"], **gen,
-                              on_done=lambda: loop.call_soon_threadsafe(_resolve, finished))
+            job = chat.submit(
+                r["messages"], r["n"], **gen, on_done=lambda: loop.call_soon_threadsafe(_resolve, finished)
+            )
         except PromptError as e:
             return _error(400, str(e), param="messages", code=e.code)
         await finished
@@ -330,27 +376,37 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
                 "created": int(time.time()),
                 "model": chat.name,
                 "system_fingerprint": None,
-                "choices": [{"index": i, "message": {"role": "assistant", "content": o.text},
-                             "logprobs": None, "finish_reason": o.finish_reason} for i, o in enumerate(outs)],
+                "choices": [
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": o.text},
+                        "logprobs": None,
+                        "finish_reason": o.finish_reason,
+                    }
+                    for i, o in enumerate(outs)
+                ],
                 "usage": _usage(outs),
                 "rlhfkit": {"version": outs[0].version, "comparison": r["comparison"]},
             }
+
         try:
             return await run_in_threadpool(work)
         except PromptError as e:  # queued before a swap, refused by the new version
             return _error(400, str(e), param="messages", code=e.code)
 
     def _generation(r: dict) -> dict:
-        return dict(max_tokens=r["max_tokens"], temperature=r["temperature"], top_p=r["top_p"], seed=r["seed"],
-                    stop=r["stop"])
+        return dict(
+            max_tokens=r["max_tokens"], temperature=r["temperature"], top_p=r["top_p"], seed=r["seed"], stop=r["stop"]
+        )
 
     def _stream_reply(r: dict):
         try:  # a conversation the model cannot answer is refused before the 200 and the first event
             pieces = chat.stream(r["messages"], n=r["n"], **_generation(r))
         except PromptError as e:
             return _error(400, str(e), param="messages", code=e.code)
-        return StreamingResponse(_events(pieces, r), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            _events(pieces, r), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
 
     def _events(pieces, r: dict):
         """Server-sent events as OpenAI streams them: ``chat.completion.chunk`` objects, each
@@ -364,8 +420,15 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
             marks["conversation"] = r["conversation"]
 
         def chunk(choices: list, usage: dict | None = None) -> str:
-            out = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": chat.name,
-                   "system_fingerprint": None, "choices": choices, "rlhfkit": marks}
+            out = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": chat.name,
+                "system_fingerprint": None,
+                "choices": choices,
+                "rlhfkit": marks,
+            }
             if r["include_usage"]:
                 out["usage"] = usage
             return f"data: {json.dumps(out, ensure_ascii=False)}\n\n"
@@ -410,18 +473,30 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
             return _error(400, "the body must be a JSON object (UTF-8 text)")
         unknown = next((k for k in body if k not in FEEDBACK_FIELDS), None)
         if unknown is not None:
-            return _error(400, f"unknown field {unknown[:100]!r}; the fields are {', '.join(FEEDBACK_FIELDS)}",
-                          param=unknown[:100])
+            return _error(
+                400,
+                f"unknown field {unknown[:100]!r}; the fields are {', '.join(FEEDBACK_FIELDS)}",
+                param=unknown[:100],
+            )
         cid = body.get("completion_id")
         if not isinstance(cid, str) or not cid:
             return _error(400, "completion_id is required", param="completion_id")
         from starlette.concurrency import run_in_threadpool
 
         try:
-            res = await run_in_threadpool(lambda: feedback.feedback(
-                cid, thumbs=body.get("thumbs"), rating=body.get("rating"), comment=body.get("comment"),
-                user=body.get("user"), reason=body.get("reason"), edit=body.get("edit"), choice=body.get("choice"),
-                choice_index=body.get("choice_index")))
+            res = await run_in_threadpool(
+                lambda: feedback.feedback(
+                    cid,
+                    thumbs=body.get("thumbs"),
+                    rating=body.get("rating"),
+                    comment=body.get("comment"),
+                    user=body.get("user"),
+                    reason=body.get("reason"),
+                    edit=body.get("edit"),
+                    choice=body.get("choice"),
+                    choice_index=body.get("choice_index"),
+                )
+            )
         except FeedbackError as e:
             return _error(e.status, str(e), param=e.param)
         return {"object": "feedback", "stored": True, **res}
@@ -431,9 +506,18 @@ def create_app(chat: ChatModel, feedback: FeedbackLog | None = None, api_key: st
 
         from .webchat import install_chat
 
-        install_chat(app, model_name=chat.name, feedback=feedback, api_key=api_key, mode=chat_page,
-                     secret=chat_secret or secrets.token_bytes(32), read_json=_json,
-                     check_request=_request, stream_reply=_stream_reply, error=_error)
+        install_chat(
+            app,
+            model_name=chat.name,
+            feedback=feedback,
+            api_key=api_key,
+            mode=chat_page,
+            secret=chat_secret or secrets.token_bytes(32),
+            read_json=_json,
+            check_request=_request,
+            stream_reply=_stream_reply,
+            error=_error,
+        )
         # a CSP without inline scripts on every answer (the page's and the API's alike)
         app.add_middleware(SecurityHeaders, csp=CHAT_CSP)
     return app

@@ -25,6 +25,7 @@ Swapping the model (a new policy version) happens between batches: ``swap`` wait
 in flight, so no request is ever answered by half of each. Requests rendered for the old
 version are rendered again for the new one when their turn comes.
 """
+
 from __future__ import annotations
 
 import collections
@@ -85,8 +86,12 @@ class BatchStats:
     largest_batch: int = 0  # rows in the largest sampler call
 
     def as_dict(self) -> dict:
-        return {"batches": self.batches, "requests": self.requests, "rows": self.rows,
-                "largest_batch": self.largest_batch}
+        return {
+            "batches": self.batches,
+            "requests": self.requests,
+            "rows": self.rows,
+            "largest_batch": self.largest_batch,
+        }
 
 
 class Batcher:
@@ -94,8 +99,13 @@ class Batcher:
     waits for it. ``run_batch(jobs)`` is the chat model's: it generates a list of compatible jobs
     (called in the generation thread, under ``lock``, which ``swap`` takes too)."""
 
-    def __init__(self, run_batch: Callable[[list[Job]], None], compatible: Callable[[Job, Job], bool],
-                 max_batch: int = 8, batch_wait_ms: float = 5.0):
+    def __init__(
+        self,
+        run_batch: Callable[[list[Job]], None],
+        compatible: Callable[[Job, Job], bool],
+        max_batch: int = 8,
+        batch_wait_ms: float = 5.0,
+    ):
         if max_batch < 1 or batch_wait_ms < 0:
             raise ValueError("max_batch must be >= 1 and batch_wait_ms >= 0")
         self.run_batch, self.compatible = run_batch, compatible
@@ -173,6 +183,6 @@ def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     ids = torch.full((len(rows), P), int(pad_id), dtype=torch.long)
     mask = torch.zeros((len(rows), P), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, P - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, P - len(r):] = 1
+        ids[i, P - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, P - len(r) :] = 1
     return ids.to(device), mask.to(device)

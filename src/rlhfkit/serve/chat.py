@@ -11,6 +11,7 @@ reply and are stored in the feedback store like the server's ``/v1/feedback``:
 Reads stdin line by line, so it can be scripted (``printf 'hi\\n/up\\n' | rlhfkit chat ...``); at a
 terminal, lines are read with line editing (arrow keys, history).
 """
+
 from __future__ import annotations
 
 import sys
@@ -21,8 +22,10 @@ from rlhfkit.feedback.enduser import FeedbackError, FeedbackLog
 
 __all__ = ["chat_loop", "HELP"]
 
-HELP = ("commands: /up [reason]  /down [reason]  /rate N [reason] ({lo}-{hi})  /edit TEXT (a better reply)  "
-        "/new (new conversation)  /help  /quit")
+HELP = (
+    "commands: /up [reason]  /down [reason]  /rate N [reason] ({lo}-{hi})  /edit TEXT (a better reply)  "
+    "/new (new conversation)  /help  /quit"
+)
 
 
 def _help(feedback: FeedbackLog | None) -> str:
@@ -45,6 +48,7 @@ def _line_reader(stdin: IO[str], stdout: IO[str]) -> Callable[[], str]:
                 return input("you> ") + "\n"
             except EOFError:
                 return ""
+
         return read_tty
 
     interactive = stdin.isatty() if hasattr(stdin, "isatty") else False
@@ -54,12 +58,20 @@ def _line_reader(stdin: IO[str], stdout: IO[str]) -> Callable[[], str]:
             stdout.write("you> ")
             stdout.flush()
         return stdin.readline()
+
     return read
 
 
-def chat_loop(chat: ChatModel, feedback: FeedbackLog | None = None, stdin: IO[str] | None = None,
-              stdout: IO[str] | None = None, system: str = "", max_tokens: int | None = None,
-              temperature: float | None = None, seed: int | None = None) -> dict:
+def chat_loop(
+    chat: ChatModel,
+    feedback: FeedbackLog | None = None,
+    stdin: IO[str] | None = None,
+    stdout: IO[str] | None = None,
+    system: str = "",
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    seed: int | None = None,
+) -> dict:
     """Run the conversation until ``/quit``, end of input or Ctrl-C; returns counts
     ``{"turns", "thumbs", "ratings", "edits"}`` (replies answered, replies with a stored thumbs /
     rating / edit)."""
@@ -105,8 +117,12 @@ def chat_loop(chat: ChatModel, feedback: FeedbackLog | None = None, stdin: IO[st
                     say(f"(unknown command /{cmd}; {_help(feedback)})")
                 continue
             try:
-                reply = chat.stream(messages + [{"role": "user", "content": line}], max_tokens=max_tokens,
-                                    temperature=temperature, seed=None if seed is None else seed + turn)
+                reply = chat.stream(
+                    messages + [{"role": "user", "content": line}],
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    seed=None if seed is None else seed + turn,
+                )
             except PromptError as e:  # too long, or refused by the template: the turn is dropped
                 say(f"(not answered: {e}; /new starts a new conversation)")
                 continue
@@ -129,8 +145,14 @@ def chat_loop(chat: ChatModel, feedback: FeedbackLog | None = None, stdin: IO[st
     return counts
 
 
-def _give_feedback(feedback: FeedbackLog | None, last_id: str | None, cmd: str, rest: str, given: dict[str, set],
-                   say: Callable[[str], None]) -> None:
+def _give_feedback(
+    feedback: FeedbackLog | None,
+    last_id: str | None,
+    cmd: str,
+    rest: str,
+    given: dict[str, set],
+    say: Callable[[str], None],
+) -> None:
     """``/up``, ``/down`` or ``/rate N`` (with an optional reason), or ``/edit TEXT`` on the last reply."""
     if last_id is None:
         say("(no reply to give feedback on yet)")

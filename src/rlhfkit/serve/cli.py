@@ -1,4 +1,5 @@
 """Configs and entry points of ``rlhfkit serve`` and ``rlhfkit chat``."""
+
 from __future__ import annotations
 
 import os
@@ -9,32 +10,54 @@ __all__ = ["ServeConfig", "ChatConfig", "run_serve", "run_chat"]
 
 @dataclass
 class _ModelFields:
-    model: str = field(default="smollm2-135m", metadata={"help": "the model to serve: a folder, .gguf file, HF name, "
-                                                                 "smollm2-135m, tiny (a tiny model built from config), "
-                                                                 "an `rlhfkit loop` output folder: the policy of its "
-                                                                 "newest finished round, loaded at start, or a learner "
-                                                                 "folder (current.json + versions/): its promoted "
-                                                                 "version, followed as the learner promotes others "
-                                                                 "(serve; chat loads it once)"})
+    model: str = field(
+        default="smollm2-135m",
+        metadata={
+            "help": "the model to serve: a folder, .gguf file, HF name, "
+            "smollm2-135m, tiny (a tiny model built from config), "
+            "an `rlhfkit loop` output folder: the policy of its "
+            "newest finished round, loaded at start, or a learner "
+            "folder (current.json + versions/): its promoted "
+            "version, followed as the learner promotes others "
+            "(serve; chat loads it once)"
+        },
+    )
     name: str = field(default="", metadata={"help": "model name shown to clients (default: the folder name)"})
-    db: str = field(default="", metadata={"help": "feedback store (SQLite file or SQLAlchemy URL) for completions and feedback; empty = none"})
-    project_prefix: str = field(default="serve", metadata={"help": "feedback projects are PREFIX-thumbs, "
-                                                                   "PREFIX-ratings, PREFIX-edits and PREFIX-choices"})
-    rating_min: int = field(default=1, metadata={"help": "lowest rating (of a ratings project made now; one that "
-                                                         "exists keeps its scale)"})
+    db: str = field(
+        default="",
+        metadata={"help": "feedback store (SQLite file or SQLAlchemy URL) for completions and feedback; empty = none"},
+    )
+    project_prefix: str = field(
+        default="serve",
+        metadata={"help": "feedback projects are PREFIX-thumbs, PREFIX-ratings, PREFIX-edits and PREFIX-choices"},
+    )
+    rating_min: int = field(
+        default=1, metadata={"help": "lowest rating (of a ratings project made now; one that exists keeps its scale)"}
+    )
     rating_max: int = field(default=5, metadata={"help": "highest rating"})
-    redact: bool = field(default=False, metadata={"help": "store conversations, replies, reasons and edits with personal data "
-                                                          "(e-mail, phone, card, IBAN, SSN, IP) replaced by [KIND], and "
-                                                          "end-user ids hashed (HMAC, key in $RLHFKIT_END_USER_KEY or "
-                                                          "DB.end_user_key); the reply itself is sent unchanged"})
+    redact: bool = field(
+        default=False,
+        metadata={
+            "help": "store conversations, replies, reasons and edits with personal data "
+            "(e-mail, phone, card, IBAN, SSN, IP) replaced by [KIND], and "
+            "end-user ids hashed (HMAC, key in $RLHFKIT_END_USER_KEY or "
+            "DB.end_user_key); the reply itself is sent unchanged"
+        },
+    )
     max_new_tokens: int = field(default=128, metadata={"help": "default reply length limit (tokens)"})
     temperature: float = field(default=0.7, metadata={"help": "default sampling temperature (0 = greedy)"})
     top_p: float = field(default=1.0, metadata={"help": "default nucleus sampling (1 = off)"})
-    max_prompt_length: int = field(default=1024, metadata={"help": "longest conversation answered (tokens); a longer "
-                                                                    "one is refused, never cut"})
+    max_prompt_length: int = field(
+        default=1024, metadata={"help": "longest conversation answered (tokens); a longer one is refused, never cut"}
+    )
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = default)"})
-    precision: str = field(default="fp32", metadata={"help": "fp32, or bf16: the weights in bfloat16 (half the "
-                                                             "memory; faster where the hardware has bf16 products)"})
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "fp32, or bf16: the weights in bfloat16 (half the "
+            "memory; faster where the hardware has bf16 products)"
+        },
+    )
 
     def validate(self) -> None:
         # checked before the model loads: a bad value would otherwise surface at the first reply
@@ -51,32 +74,58 @@ class _ModelFields:
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
         if not self.rating_min < self.rating_max:
-            raise ValueError(f"field 'rating_max': the scale must go up (rating_min {self.rating_min}, "
-                             f"rating_max {self.rating_max})")
+            raise ValueError(
+                f"field 'rating_max': the scale must go up (rating_min {self.rating_min}, rating_max {self.rating_max})"
+            )
 
 
 @dataclass
 class ServeConfig(_ModelFields):
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     port: int = field(default=8080, metadata={"help": "port to listen on"})
-    api_key: str = field(default="", metadata={"help": "require Authorization: Bearer KEY on every request but /health (default: $RLHFKIT_API_KEY, empty = open)"})
-    max_request_kb: int = field(default=1000, metadata={"help": "larger request bodies are refused (413); every served "
-                                                                 "conversation is stored with its completion"})
+    api_key: str = field(
+        default="",
+        metadata={
+            "help": "require Authorization: Bearer KEY on every request but /health (default: $RLHFKIT_API_KEY, empty = open)"
+        },
+    )
+    max_request_kb: int = field(
+        default=1000,
+        metadata={
+            "help": "larger request bodies are refused (413); every served conversation is stored with its completion"
+        },
+    )
     log_level: str = field(default="warning", metadata={"help": "uvicorn log level"})
-    max_batch: int = field(default=8, metadata={"help": "replies generated together in one batch at most (1 = one "
-                                                        "request at a time)"})
-    batch_wait_ms: float = field(default=5.0, metadata={"help": "how long a request waits for others to share its "
-                                                                "batch (milliseconds)"})
+    max_batch: int = field(
+        default=8, metadata={"help": "replies generated together in one batch at most (1 = one request at a time)"}
+    )
+    batch_wait_ms: float = field(
+        default=5.0, metadata={"help": "how long a request waits for others to share its batch (milliseconds)"}
+    )
     max_n: int = field(default=8, metadata={"help": "largest `n` (replies per request) a client may ask for"})
-    compare_share: float = field(default=0.0, metadata={"help": "share of the requests that opt in "
-                                                                "(\"rlhfkit\": {\"compare\": true}) answered with two "
-                                                                "replies to choose from (0 = none)"})
-    chat: str = field(default="auto", metadata={"help": "the end users' web chat at /chat (needs --db): auto = open "
-                                                         "without an API key, asking for the key once with one; "
-                                                         "open = open to anyone even with an API key (a public chat "
-                                                         "in front of a private API); off = no page"})
-    reload_every: float = field(default=2.0, metadata={"help": "seconds between checks of a learner folder's "
-                                                               "current.json (a new version is loaded and swapped in)"})
+    compare_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "share of the requests that opt in "
+            '("rlhfkit": {"compare": true}) answered with two '
+            "replies to choose from (0 = none)"
+        },
+    )
+    chat: str = field(
+        default="auto",
+        metadata={
+            "help": "the end users' web chat at /chat (needs --db): auto = open "
+            "without an API key, asking for the key once with one; "
+            "open = open to anyone even with an API key (a public chat "
+            "in front of a private API); off = no page"
+        },
+    )
+    reload_every: float = field(
+        default=2.0,
+        metadata={
+            "help": "seconds between checks of a learner folder's current.json (a new version is loaded and swapped in)"
+        },
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -178,9 +227,17 @@ def _load(c: _ModelFields, **chat_kwargs):
             model, tokenizer = load(line, dtype=_dtype(c.precision))
         except ValueError as e:  # a learner's version that does not load (models.versions.VersionError)
             raise _err(f"field 'model': {e}") from None
-        chat = ChatModel(model, tokenizer, name=c.name or _served_name(line), max_new_tokens=c.max_new_tokens,
-                         temperature=c.temperature, top_p=c.top_p, max_prompt_length=c.max_prompt_length,
-                         version=None if line.kind == "model" else line.version, **chat_kwargs)
+        chat = ChatModel(
+            model,
+            tokenizer,
+            name=c.name or _served_name(line),
+            max_new_tokens=c.max_new_tokens,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            max_prompt_length=c.max_prompt_length,
+            version=None if line.kind == "model" else line.version,
+            **chat_kwargs,
+        )
     except BaseException:
         if feedback is not None:
             feedback.close()
@@ -194,8 +251,9 @@ def _listen(host: str, port: int):
     import socket
 
     try:
-        family, type_, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                           flags=socket.AI_PASSIVE)[0]
+        family, type_, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except socket.gaierror as e:
         raise _err(f"field 'host': cannot listen on {host!r}: {e.strerror}") from None
     sock = socket.socket(family, type_, proto)
@@ -224,19 +282,34 @@ def run_serve(c: ServeConfig) -> None:
         api_key = c.api_key or os.environ.get("RLHFKIT_API_KEY") or None
         page = c.chat if feedback is not None else "off"
         secret, secret_from = chat_secret(c.db) if page != "off" else (None, "")
-        app = create_app(chat, feedback, api_key=api_key, max_request_bytes=c.max_request_kb * 1000,
-                         compare_share=c.compare_share, max_n=c.max_n, line=watcher, chat_page=page,
-                         chat_secret=secret)
+        app = create_app(
+            chat,
+            feedback,
+            api_key=api_key,
+            max_request_bytes=c.max_request_kb * 1000,
+            compare_share=c.compare_share,
+            max_n=c.max_n,
+            line=watcher,
+            chat_page=page,
+            chat_secret=secret,
+        )
         where = (c.db + (", personal data redacted" if c.redact else "")) if c.db else "off"
         origin = line.describe() if line.kind != "model" else ""
         if watcher is not None:
             origin += f"; following it every {c.reload_every:g} s"
-        print(f"rlhfkit serve: {chat.name} on http://{c.host}:{c.port}/v1 ("
-              + (f"{origin}; " if origin else "") + f"feedback: {where}; batches of up to {c.max_batch})", flush=True)
+        print(
+            f"rlhfkit serve: {chat.name} on http://{c.host}:{c.port}/v1 ("
+            + (f"{origin}; " if origin else "")
+            + f"feedback: {where}; batches of up to {c.max_batch})",
+            flush=True,
+        )
         if page != "off":
-            guard = ("open to anyone" if page == "open" or not api_key else "asks for the API key once")
-            print(f"rlhfkit serve: web chat on http://{c.host}:{c.port}/chat ({guard}; sessions signed with "
-                  f"{secret_from})", flush=True)
+            guard = "open to anyone" if page == "open" or not api_key else "asks for the API key once"
+            print(
+                f"rlhfkit serve: web chat on http://{c.host}:{c.port}/chat ({guard}; sessions signed with "
+                f"{secret_from})",
+                flush=True,
+            )
         uvicorn.Server(uvicorn.Config(app, log_level=c.log_level.lower())).run(sockets=[sock])
     finally:
         sock.close()
@@ -258,5 +331,7 @@ def run_chat(c: ChatConfig) -> None:
         chat.close()
         if feedback is not None:
             feedback.close()
-    print(f"(bye: {counts['turns']} replies, {counts['thumbs']} thumbs, {counts['ratings']} ratings, "
-          f"{counts['edits']} edits stored)")
+    print(
+        f"(bye: {counts['turns']} replies, {counts['thumbs']} thumbs, {counts['ratings']} ratings, "
+        f"{counts['edits']} edits stored)"
+    )

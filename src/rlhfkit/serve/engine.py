@@ -7,6 +7,7 @@ Assistant:`` transcript. Requests from many threads (the HTTP server's handlers)
 together in batches by one generation thread (``batcher.py``); ``swap`` puts another version of
 the policy in place between two batches.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -22,6 +23,7 @@ from rlhfkit.rollout.native import NativeLlamaGenerator, supports
 from rlhfkit.core.precision import PRECISIONS
 
 from .batcher import Batcher, Job, left_pad
+
 # the request side and the streaming side, importable from here as before the split
 from .messages import ContextLengthError, PromptError, render_messages, validate_messages  # noqa: F401
 from .streaming import CompletionStream, cut_at_stop, held_for_stop  # noqa: F401
@@ -45,12 +47,22 @@ class ChatModel:
     model, tokenizer and version between two batches. ``max_batch`` (rows) and ``batch_wait_ms``
     configure the batcher (``batcher.py``); ``max_batch=1`` generates one request at a time."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, name: str = "rlhfkit", max_new_tokens: int = 128,
-                 temperature: float = 0.7, top_p: float = 1.0, top_k: int = 0, max_prompt_length: int = 1024,
-                 version: str | None = None, max_batch: int = 8, batch_wait_ms: float = 5.0):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        name: str = "rlhfkit",
+        max_new_tokens: int = 128,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_prompt_length: int = 1024,
+        version: str | None = None,
+        max_batch: int = 8,
+        batch_wait_ms: float = 5.0,
+    ):
         self.name = name
-        self.defaults = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                       top_k=top_k)
+        self.defaults = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
         self.max_prompt_length = int(max_prompt_length)
         self._current = (model.eval(), tokenizer, version if version is not None else name)
         # prompt + reply must fit the positions the model was trained on (None: no known limit)
@@ -101,24 +113,46 @@ class ChatModel:
         return self.batcher.stats.as_dict()
 
     # ------------------------------------------------------------------ requests
-    def complete(self, messages: Sequence[dict], max_tokens: int | None = None, temperature: float | None = None,
-                 top_p: float | None = None, seed: int | None = None, stop: Sequence[str] = ()) -> Completion:
+    def complete(
+        self,
+        messages: Sequence[dict],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> Completion:
         """The reply; ``stop``: strings that end it (not included), as OpenAI's ``stop``."""
         return self.submit(messages, 1, max_tokens, temperature, top_p, seed, stop).result()[0]
 
-    def stream(self, messages: Sequence[dict], max_tokens: int | None = None, temperature: float | None = None,
-               top_p: float | None = None, seed: int | None = None, stop: Sequence[str] = (),
-               n: int = 1) -> "CompletionStream":
+    def stream(
+        self,
+        messages: Sequence[dict],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        n: int = 1,
+    ) -> "CompletionStream":
         """The reply as it is generated: iterate for text pieces (``events()`` for ``(index,
         piece)`` of ``n`` replies); ``.result`` (``.results``) is then the ``Completion`` that
         ``complete`` returns for the same arguments (same seed, same text). A conversation the
         model cannot answer raises ``PromptError`` here, before any piece."""
         return CompletionStream(self, messages, n, max_tokens, temperature, top_p, seed, stop)
 
-    def submit(self, messages: Sequence[dict], n: int = 1, max_tokens: int | None = None,
-               temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
-               stop: Sequence[str] = (), on_token: Callable[[int, int], None] | None = None,
-               on_done: Callable[[], None] | None = None):
+    def submit(
+        self,
+        messages: Sequence[dict],
+        n: int = 1,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        on_token: Callable[[int, int], None] | None = None,
+        on_done: Callable[[], None] | None = None,
+    ):
         """Queue ``n`` replies (``batcher.Job``; ``job.result()`` waits for their ``Completion``s).
         Reply ``i`` draws from seed ``seed`` for i = 0 and ``choice_seed(seed, i)`` after (``seed``
         None: random seeds). Raises ``PromptError`` at once for a conversation the model cannot
@@ -171,8 +205,9 @@ class ChatModel:
         settings = [job.prepared.sampling for job, _ in rows]
         limits = [s.max_new_tokens for s in settings]
         first = settings[0]
-        sampling = SamplingConfig(max_new_tokens=max(limits), temperature=first.temperature, top_p=first.top_p,
-                                  top_k=first.top_k)
+        sampling = SamplingConfig(
+            max_new_tokens=max(limits), temperature=first.temperature, top_p=first.top_p, top_k=first.top_k
+        )
         gen = make_sampler(model, sampling, tok.eos_token_id, tok.pad_token_id)
         state = [_Row(job.prepared.stop, limit) for (job, _), limit in zip(rows, limits)]
 
@@ -189,12 +224,20 @@ class ChatModel:
 
         # the per-step callback costs a little per token: needed only to stream, to watch for stop
         # strings or to end rows of shorter limits; otherwise the rows are read from the output
-        watch = (any(job.on_token is not None or job.prepared.stop for job in ready) or len(set(limits)) > 1)
+        watch = any(job.on_token is not None or job.prepared.stop for job in ready) or len(set(limits)) > 1
         if isinstance(gen, NativeLlamaGenerator):
-            same = all((s.temperature, s.top_p, s.top_k) == (first.temperature, first.top_p, first.top_k)
-                       for s in settings)
-            raw = gen.generate(model, ids, mask, 0, on_token=each_step if watch else None,
-                               row_seeds=[job.seeds[i] for job, i in rows], row_sampling=None if same else settings)
+            same = all(
+                (s.temperature, s.top_p, s.top_k) == (first.temperature, first.top_p, first.top_k) for s in settings
+            )
+            raw = gen.generate(
+                model,
+                ids,
+                mask,
+                0,
+                on_token=each_step if watch else None,
+                row_seeds=[job.seeds[i] for job, i in rows],
+                row_sampling=None if same else settings,
+            )
         else:  # one setting and one random stream for the batch (compatible() made it so)
             raw = gen.generate(model, ids, mask, ready[0].seeds[0], on_token=each_step if watch else None)
         if not watch:  # one limit, no stop strings: each row up to its EOS or the limit
@@ -214,15 +257,18 @@ class ChatModel:
         when the ``max_tokens`` asked for does not fit after it (the default length is shortened
         to what fits, as OpenAI's servers do when ``max_tokens`` is left out)."""
         if self.max_prompt_length and n_prompt > self.max_prompt_length:
-            raise ContextLengthError(f"the conversation has {n_prompt} tokens; this server takes at most "
-                                     f"{self.max_prompt_length}")
+            raise ContextLengthError(
+                f"the conversation has {n_prompt} tokens; this server takes at most {self.max_prompt_length}"
+            )
         want = self.defaults.max_new_tokens if max_tokens is None else int(max_tokens)
         if not self.context_length:
             return want
         room = int(self.context_length) - n_prompt
         if room < 1 or (max_tokens is not None and want > room):
-            raise ContextLengthError(f"this model's context is {self.context_length} tokens; the conversation "
-                                     f"has {n_prompt} and the reply asks for {want}")
+            raise ContextLengthError(
+                f"this model's context is {self.context_length} tokens; the conversation "
+                f"has {n_prompt} and the reply asks for {want}"
+            )
         return min(want, room)
 
 
@@ -266,8 +312,13 @@ class _Row:
 
     def completion(self, tok, prompt_tokens: int, version: str) -> Completion:
         text, stopped = cut_at_stop(tok.decode(self.tokens, skip_special_tokens=True), self.stop)
-        return Completion(text=text, finish_reason="stop" if stopped or self.reason == "eos" else "length",
-                          prompt_tokens=prompt_tokens, completion_tokens=self.drawn, version=version)
+        return Completion(
+            text=text,
+            finish_reason="stop" if stopped or self.reason == "eos" else "length",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=self.drawn,
+            version=version,
+        )
 
 
 def default_model_name(spec: str) -> str:

@@ -5,13 +5,13 @@ as system, text content parts joined); ``render_messages`` applies the tokenizer
 (or a plain transcript without one). ``PromptError`` / ``ContextLengthError``: a conversation the
 model cannot answer.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 ROLES = ("system", "user", "assistant")
 _NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
-
 
 
 class PromptError(ValueError):

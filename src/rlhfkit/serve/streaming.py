@@ -4,6 +4,7 @@
 ``PieceDecoder`` turns one reply's tokens into text pieces; ``CompletionStream`` is what
 ``ChatModel.stream`` returns: the pieces of ``n`` replies while the generation thread draws them.
 """
+
 from __future__ import annotations
 
 import queue
@@ -16,14 +17,13 @@ if TYPE_CHECKING:
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """``text`` up to the earliest stop string (excluded), and whether one occurred."""
     ends = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return (text[:min(ends)], True) if ends else (text, False)
+    return (text[: min(ends)], True) if ends else (text, False)
 
 
 def held_for_stop(text: str, stop: Sequence[str]) -> int:
     """How many characters at the end of ``text`` could begin a stop string: a stream holds
     them back until the next tokens show whether the stop string follows."""
-    return max((k for s in stop for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
-               default=0)
+    return max((k for s in stop for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])), default=0)
 
 
 class PieceDecoder:
@@ -41,15 +41,15 @@ class PieceDecoder:
         self.body.append(token)
         text, stopped = cut_at_stop(self.tok.decode(self.body[:-1], skip_special_tokens=True), self.stop)
         if not stopped:
-            text = text[:len(text) - held_for_stop(text, self.stop)]
+            text = text[: len(text) - held_for_stop(text, self.stop)]
         if len(text) > len(self.sent) and text.startswith(self.sent) and not text.endswith("\ufffd"):
-            piece, self.sent = text[len(self.sent):], text
+            piece, self.sent = text[len(self.sent) :], text
             return piece
         return ""
 
     def finish(self, final_text: str) -> str:
         if final_text.startswith(self.sent) and len(final_text) > len(self.sent):
-            piece, self.sent = final_text[len(self.sent):], final_text
+            piece, self.sent = final_text[len(self.sent) :], final_text
             return piece
         return ""
 
@@ -66,9 +66,17 @@ class CompletionStream:
     def __init__(self, chat: ChatModel, messages, n, max_tokens, temperature, top_p, seed, stop):
         self.chat = chat
         self._tokens: queue.Queue = queue.Queue()
-        self.job = chat.submit(messages, n, max_tokens, temperature, top_p, seed, stop,
-                               on_token=lambda i, t: self._tokens.put((i, t)),
-                               on_done=lambda: self._tokens.put(self._END))
+        self.job = chat.submit(
+            messages,
+            n,
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            stop,
+            on_token=lambda i, t: self._tokens.put((i, t)),
+            on_done=lambda: self._tokens.put(self._END),
+        )
         self.prompt_tokens = len(self.job.prepared.ids)
         self.results: list[Completion] | None = None
 
@@ -96,6 +104,8 @@ class CompletionStream:
                 yield i, piece
         self.results = self.job.result()  # raises what generation raised
         for i, c in enumerate(self.results):
-            piece = decoders.setdefault(i, PieceDecoder(self.job.prepared.tokenizer, self.job.prepared.stop)).finish(c.text)
+            piece = decoders.setdefault(i, PieceDecoder(self.job.prepared.tokenizer, self.job.prepared.stop)).finish(
+                c.text
+            )
             if piece:
                 yield i, piece

@@ -32,6 +32,7 @@ files), X-Frame-Options DENY, nosniff, Referrer-Policy; the session and CSRF tok
 before a body is read, and bodies are read under the server's size limit before they are parsed;
 a message goes through the same checks and limits as ``/v1/chat/completions``.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -45,6 +46,7 @@ from typing import Any, Callable
 # at module level: the routes' annotations are strings (``from __future__ import annotations``)
 # that FastAPI resolves in this module's globals
 from fastapi import Request
+
 __all__ = ["CHAT_MODES", "CHAT_CSP", "SESSION_COOKIE", "chat_secret", "install_chat"]
 
 CHAT_MODES = ("auto", "open", "off")
@@ -53,8 +55,10 @@ SESSION_DAYS = 30
 CHAT_SECRET_ENV = "RLHFKIT_CHAT_SECRET"
 STATIC = Path(__file__).with_name("static")
 # nothing inline: scripts and styles only from this server's files; fetches only to it
-CHAT_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
-            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+CHAT_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 _CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_-]{8,40}$")
 CHAT_FEEDBACK_FIELDS = ("completion_id", "choice_index", "thumbs", "reason", "rating", "edit", "choice")
 
@@ -86,7 +90,7 @@ def _page(model: str, csrf: str, end_user: str, locked: bool, account: str | Non
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="csrf-token" content="{e(csrf)}">
-<meta name="chat-locked" content="{'1' if locked else '0'}">
+<meta name="chat-locked" content="{"1" if locked else "0"}">
 <title>Chat with {e(model)}</title>
 <link rel="stylesheet" href="/chat/static/chat.css">
 <script src="/chat/static/chat.js" defer></script>
@@ -95,9 +99,9 @@ def _page(model: str, csrf: str, end_user: str, locked: bool, account: str | Non
 <header class="top">
   <h1>Chat with <span class="model">{e(model)}</span></h1>
   <div class="account">
-    <span id="signed-in" {'' if account else 'hidden'}>Signed in as <strong>{e(account or '')}</strong>
+    <span id="signed-in" {"" if account else "hidden"}>Signed in as <strong>{e(account or "")}</strong>
       <button type="button" id="sign-out">Sign out</button></span>
-    <button type="button" id="show-sign-in" {'hidden' if account else ''}>Sign in</button>
+    <button type="button" id="show-sign-in" {"hidden" if account else ""}>Sign in</button>
     <button type="button" id="new-chat">New conversation</button>
   </div>
 </header>
@@ -134,8 +138,19 @@ what you wrote here erased.</footer>
 """
 
 
-def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: str, secret: bytes,
-                 read_json: Callable, check_request: Callable, stream_reply: Callable, error: Callable) -> None:
+def install_chat(
+    app,
+    *,
+    model_name: str,
+    feedback,
+    api_key: str | None,
+    mode: str,
+    secret: bytes,
+    read_json: Callable,
+    check_request: Callable,
+    stream_reply: Callable,
+    error: Callable,
+) -> None:
     """Add ``/chat`` (the page), ``/chat/static/*`` and ``/chat/api/*`` to ``app``. The
     caller's ``read_json`` (size-limited body reader), ``check_request`` (the completion
     request's checks) and ``stream_reply`` (its server-sent events) are the API's own, so the
@@ -169,8 +184,9 @@ def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: s
         from rlhfkit.feedback import db
 
         with feedback.store.read() as conn:
-            row = conn.execute(select(db.users.c.username, db.users.c.active)
-                               .where(db.users.c.id == s["account"])).first()
+            row = conn.execute(
+                select(db.users.c.username, db.users.c.active).where(db.users.c.id == s["account"])
+            ).first()
         return row is not None and bool(row.active) and row.username == s.get("name")
 
     async def current(request: Request) -> dict | None:
@@ -202,8 +218,15 @@ def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: s
 
     def with_cookie(request: Request, resp, s: dict):
         # Secure when the page was asked for over https (behind a proxy: as uvicorn's proxy headers say)
-        resp.set_cookie(SESSION_COOKIE, signer.dumps(s), max_age=max_age, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", path="/chat")
+        resp.set_cookie(
+            SESSION_COOKIE,
+            signer.dumps(s),
+            max_age=max_age,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/chat",
+        )
         return resp
 
     def end_user(s: dict) -> str:
@@ -260,8 +283,11 @@ def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: s
         await run_in_threadpool(feedback.store.write, lambda c: throttle.succeeded(c, "(the API key)", address, known))
         # a new session id and CSRF token once the key is given: nothing of the locked session carries over
         unlocked = new_session(key=True, **{k: s[k] for k in ("account", "name") if k in s})
-        return with_cookie(request, no_store(JSONResponse({"unlocked": True, "csrf_token": unlocked["csrf"],
-                                                  "end_user": end_user(unlocked)})), unlocked)
+        return with_cookie(
+            request,
+            no_store(JSONResponse({"unlocked": True, "csrf_token": unlocked["csrf"], "end_user": end_user(unlocked)})),
+            unlocked,
+        )
 
     @app.post("/chat/api/login", include_in_schema=False)
     async def login(request: Request):
@@ -286,14 +312,16 @@ def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: s
                 return None
             feedback.store.write(lambda c: throttle.succeeded(c, name, address, known))
             return user
+
         user = await run_in_threadpool(check)
         if user is None:
             return error(401, "wrong user name or password", param="username", code="invalid_login")
         if not isinstance(user, dict):
             return user
         signed_in = new_session(key=s.get("key", False), account=int(user["id"]), name=user["username"])
-        return with_cookie(request, no_store(JSONResponse({"signed_in": user["username"],
-                                                          "end_user": end_user(signed_in)})), signed_in)
+        return with_cookie(
+            request, no_store(JSONResponse({"signed_in": user["username"], "end_user": end_user(signed_in)})), signed_in
+        )
 
     @app.post("/chat/api/logout", include_in_schema=False)
     async def logout(request: Request):
@@ -332,8 +360,9 @@ def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: s
             return error(400, "the body must be a JSON object (UTF-8 text)")
         unknown = next((k for k in body if k not in ("conversation", "messages")), None)
         if unknown is not None:
-            return error(400, f"unknown field {unknown[:100]!r}; the fields are conversation, messages",
-                         param=unknown[:100])
+            return error(
+                400, f"unknown field {unknown[:100]!r}; the fields are conversation, messages", param=unknown[:100]
+            )
         cid = body.get("conversation")
         if cid is None:
             cid = secrets.token_urlsafe(12)
@@ -356,16 +385,27 @@ def install_chat(app, *, model_name: str, feedback, api_key: str | None, mode: s
             return error(400, "the body must be a JSON object (UTF-8 text)")
         unknown = next((k for k in body if k not in CHAT_FEEDBACK_FIELDS), None)
         if unknown is not None:
-            return error(400, f"unknown field {unknown[:100]!r}; the fields are {', '.join(CHAT_FEEDBACK_FIELDS)}",
-                         param=unknown[:100])
+            return error(
+                400,
+                f"unknown field {unknown[:100]!r}; the fields are {', '.join(CHAT_FEEDBACK_FIELDS)}",
+                param=unknown[:100],
+            )
         cid, user = body.get("completion_id"), end_user(s)
 
         def store() -> dict:
             if not feedback.served_to(cid, user):  # another session's reply is as absent as an unknown one
                 raise FeedbackError(f"no completion {str(cid)[:100]!r}", status=404, param="completion_id")
-            return feedback.feedback(cid, thumbs=body.get("thumbs"), rating=body.get("rating"), user=user,
-                                     reason=body.get("reason"), edit=body.get("edit"), choice=body.get("choice"),
-                                     choice_index=body.get("choice_index"))
+            return feedback.feedback(
+                cid,
+                thumbs=body.get("thumbs"),
+                rating=body.get("rating"),
+                user=user,
+                reason=body.get("reason"),
+                edit=body.get("edit"),
+                choice=body.get("choice"),
+                choice_index=body.get("choice_index"),
+            )
+
         try:
             res = await run_in_threadpool(store)
         except FeedbackError as e:

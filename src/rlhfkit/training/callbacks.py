@@ -11,6 +11,7 @@ the process there. The resume tests use it to SIGKILL a run right after a chosen
 A plain list of functions, as ``atexit`` keeps them: nothing to subclass, and a callback sees the
 step number only (it cannot change the run).
 """
+
 from __future__ import annotations
 
 from typing import Callable

@@ -15,6 +15,7 @@ checkpoint without a manifest (written before there were manifests) is accepted 
 loads: its truncated or broken files are caught, a flipped bit in tensor data cannot be. Its
 trainer_state.json tells the two apart: one that names the manifest lost it (damage).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -292,13 +293,16 @@ def latest_intact_checkpoint(output_dir: str | Path) -> tuple[Path | None, list[
     for ckpt in reversed(list_checkpoints(output_dir)):
         problem = checkpoint_problem(ckpt)
         if problem is None:
-            return ckpt, [f"rlhfkit: warning: passing over damaged {c}: {p}; resuming from {ckpt.name}"
-                          for c, p in damaged]
+            return ckpt, [
+                f"rlhfkit: warning: passing over damaged {c}: {p}; resuming from {ckpt.name}" for c, p in damaged
+            ]
         damaged.append((ckpt, problem))
     if damaged:
-        raise CheckpointError(f"{Path(output_dir)}: no intact checkpoint to resume from. "
-                              + "; ".join(f"{c.name}: {p}" for c, p in damaged)
-                              + ". Delete them, or use another --output_dir, to start afresh")
+        raise CheckpointError(
+            f"{Path(output_dir)}: no intact checkpoint to resume from. "
+            + "; ".join(f"{c.name}: {p}" for c, p in damaged)
+            + ". Delete them, or use another --output_dir, to start afresh"
+        )
     return None, []
 
 

@@ -7,6 +7,7 @@ Nested dataclass fields are addressed with dots: `--lora.r 8` or `lora: {r: 8}` 
 `given_fields(config)` says which fields the file and the command line set (so that a preset
 applied later, `--quick`, can leave explicit settings alone: `set_quick_fields`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -91,9 +92,7 @@ def coerce(value: Any, tp: Any, where: str, field: str) -> Any:
             return [coerce(v, item_tp, where, field) for v in value]
         if origin is typing.Literal:
             if value not in typing.get_args(tp):
-                raise ConfigError(
-                    f"{where}: field '{field}': {value!r} is not one of {list(typing.get_args(tp))}"
-                )
+                raise ConfigError(f"{where}: field '{field}': {value!r} is not one of {list(typing.get_args(tp))}")
             return value
         if origin is dict:
             if not isinstance(value, dict):
@@ -103,9 +102,7 @@ def coerce(value: Any, tp: Any, where: str, field: str) -> Any:
         raise
     except (TypeError, ValueError):
         name = getattr(tp, "__name__", str(tp))
-        raise ConfigError(
-            f"{where}: field '{field}': expected {name}, got {type(value).__name__} {value!r}"
-        ) from None
+        raise ConfigError(f"{where}: field '{field}': expected {name}, got {type(value).__name__} {value!r}") from None
     return value
 
 
@@ -149,9 +146,7 @@ def _apply(obj, data: dict, source: str, lines: dict[str, int], prefix: str = ""
         dotted = f"{prefix}{key}"
         where = _where(source, lines.get(dotted))
         if key not in types_:
-            raise ConfigError(
-                f"{where}: unknown field '{dotted}' for {type(obj).__name__}{_suggest(key, types_)}"
-            )
+            raise ConfigError(f"{where}: unknown field '{dotted}' for {type(obj).__name__}{_suggest(key, types_)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -306,8 +301,11 @@ def set_quick_fields(config, quick: dict[str, Any]) -> tuple[list[str], dict[str
         if other is None or other_dotted not in keep:
             continue
         obj = _get(config, prefix) if prefix else config
-        fitted = min(obj.micro_batch_size, obj.batch_size) if last == "micro_batch_size" else \
-            max(obj.batch_size, obj.micro_batch_size)
+        fitted = (
+            min(obj.micro_batch_size, obj.batch_size)
+            if last == "micro_batch_size"
+            else max(obj.batch_size, obj.micro_batch_size)
+        )
         if fitted != getattr(obj, last):
             kept[dotted] = f"quick's {getattr(obj, last)!r} fitted to the given {other_dotted}"
             setattr(obj, last, fitted)
@@ -323,11 +321,13 @@ def describe_quick(config, changed: list[str], kept: dict[str, str]) -> str:
     as_given = {k: where for k, where in kept.items() if not where.startswith("quick's")}
     fitted = {k: where for k, where in kept.items() if where.startswith("quick's")}
     if as_given:
-        text += (f"; left {len(as_given)} as given: "
-                 + ", ".join(f"{k} = {_get(config, k)!r} ({where})" for k, where in as_given.items()))
+        text += f"; left {len(as_given)} as given: " + ", ".join(
+            f"{k} = {_get(config, k)!r} ({where})" for k, where in as_given.items()
+        )
     if fitted:
-        text += (f"; fitted {len(fitted)} to what was given: "
-                 + ", ".join(f"{k} = {_get(config, k)!r} ({where})" for k, where in fitted.items()))
+        text += f"; fitted {len(fitted)} to what was given: " + ", ".join(
+            f"{k} = {_get(config, k)!r} ({where})" for k, where in fitted.items()
+        )
     return text
 
 

@@ -6,6 +6,7 @@ Every rank shuffles with the same seed (identical global order) and takes its ow
 each global batch; losses are normalised by global counts so that the update does not
 depend on how a batch is split over ranks or micro-batches.
 """
+
 from __future__ import annotations
 
 import os
@@ -92,7 +93,7 @@ def all_reduce_gradients(params, info: DistInfo, bucket_elements: int = 1 << 24)
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             offset = 0
             for g in group:
-                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
                 offset += g.numel()
         bucket.clear()
 
@@ -175,8 +176,9 @@ def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
     if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        return get_optimizer_state_dict(model, optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_optimizer_state_dict(
+            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
     return optimizer.state_dict()
 
 
@@ -198,6 +200,7 @@ def grad_sync_context(model: torch.nn.Module, sync: bool):
     if not sync and hasattr(model, "no_sync"):
         return model.no_sync()
     if hasattr(model, "set_requires_gradient_sync"):
+
         @contextlib.contextmanager
         def toggled():
             model.set_requires_gradient_sync(sync)

@@ -1,4 +1,5 @@
 """Metrics to JSONL (always) and TensorBoard (when installed), and a progress bar."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,9 @@ class MetricsLogger:
     so the file reads as one uninterrupted run.
     """
 
-    def __init__(self, output_dir: str | Path, enabled: bool = True, tensorboard: bool = True,
-                 resume_step: int | None = None):
+    def __init__(
+        self, output_dir: str | Path, enabled: bool = True, tensorboard: bool = True, resume_step: int | None = None
+    ):
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
         self._tb = None
@@ -78,8 +80,7 @@ class MetricsLogger:
 def progress_bar(total: int, initial: int = 0, desc: str = "", enabled: bool = True, unit: str = "step"):
     """A tqdm bar with rate and ETA; quiet on non-main ranks or when RLHFKIT_NO_PROGRESS is set."""
     disable = not enabled or bool(os.environ.get("RLHFKIT_NO_PROGRESS"))
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
-                disable=disable, smoothing=0.1)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, disable=disable, smoothing=0.1)
 
 
 @contextmanager

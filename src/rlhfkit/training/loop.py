@@ -12,6 +12,7 @@ in the data is a function of the step alone; the checkpoint stores model, optimi
 scheduler and RNG states (training/checkpoint.py), and a digest of the training examples: a run
 resumes only on the examples it was trained on (``examples_digest``).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,7 @@ from typing import Any, Callable
 import torch
 
 from .callbacks import step_ended
-from .checkpoint import (folder_problem, load_checkpoint, resume_checkpoint, save_checkpoint, save_manifested,
-                         unwrap)
+from .checkpoint import folder_problem, load_checkpoint, resume_checkpoint, save_checkpoint, save_manifested, unwrap
 from .distributed import (
     DistInfo,
     all_reduce_sum,
@@ -53,14 +53,23 @@ from .run_identity import check_resume_config, check_resume_data, examples_diges
 class TrainingConfig:
     """Fields every supervised recipe shares (a recipe's config extends this)."""
 
-    output_dir: str = field(default="outputs/run", metadata={"help": "where checkpoints, metrics and the final model go"})
+    output_dir: str = field(
+        default="outputs/run", metadata={"help": "where checkpoints, metrics and the final model go"}
+    )
     seed: int = field(default=0, metadata={"help": "seed for init, data order and sampling"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the training data"})
-    max_steps: int = field(default=0, metadata={"help": "train for exactly this many optimiser steps, passing over "
-                                                        "the data as often as needed: overrides epochs, as in HF "
-                                                        "Trainer (0 = from epochs)"})
+    max_steps: int = field(
+        default=0,
+        metadata={
+            "help": "train for exactly this many optimiser steps, passing over "
+            "the data as often as needed: overrides epochs, as in HF "
+            "Trainer (0 = from epochs)"
+        },
+    )
     batch_size: int = field(default=16, metadata={"help": "global batch: examples per optimiser step over all ranks"})
-    micro_batch_size: int = field(default=4, metadata={"help": "examples per forward pass (gradient accumulation fills the batch)"})
+    micro_batch_size: int = field(
+        default=4, metadata={"help": "examples per forward pass (gradient accumulation fills the batch)"}
+    )
     learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
@@ -70,22 +79,44 @@ class TrainingConfig:
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0 = only at the end)"})
-    best_metric: str = field(default="", metadata={"help": "keep the weights with the best value of this eval metric "
-                                                       "(e.g. val_loss; lower is better for names with loss/perplexity/ece, "
-                                                       "higher otherwise); the final model is those weights"})
-    group_by_length: bool = field(default=True, metadata={"help": "sort each global batch by length before cutting "
-                                                               "micro-batches: less padding, the same gradient"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each layer's activations in "
-                                                                  "the backward pass instead of keeping them: much "
-                                                                  "less memory for about one more forward pass"})
+    best_metric: str = field(
+        default="",
+        metadata={
+            "help": "keep the weights with the best value of this eval metric "
+            "(e.g. val_loss; lower is better for names with loss/perplexity/ece, "
+            "higher otherwise); the final model is those weights"
+        },
+    )
+    group_by_length: bool = field(
+        default=True,
+        metadata={
+            "help": "sort each global batch by length before cutting micro-batches: less padding, the same gradient"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "recompute each layer's activations in "
+            "the backward pass instead of keeping them: much "
+            "less memory for about one more forward pass"
+        },
+    )
     log_every: int = field(default=1, metadata={"help": "log metrics every N steps"})
     resume: bool = field(default=True, metadata={"help": "continue from the latest checkpoint in output_dir"})
-    parallel: str = field(default="ddp", metadata={"help": "ddp (replicated) or fsdp (sharded, FSDP2) when launched with several processes"})
+    parallel: str = field(
+        default="ddp",
+        metadata={"help": "ddp (replicated) or fsdp (sharded, FSDP2) when launched with several processes"},
+    )
     tensorboard: bool = field(default=True, metadata={"help": "also log to TensorBoard when installed"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
-    precision: str = field(default="fp32", metadata={"help": "fp32, or bf16: the training forward passes in bfloat16 "
-                                                             "autocast (weights, gradients, optimiser and output head "
-                                                             "stay float32; core/precision.py)"})
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "fp32, or bf16: the training forward passes in bfloat16 "
+            "autocast (weights, gradients, optimiser and output head "
+            "stay float32; core/precision.py)"
+        },
+    )
 
     def trains_without_steps(self) -> bool:
         """Whether ``epochs: 0`` (no optimiser step) is a run: a recipe that fits something
@@ -102,8 +133,11 @@ class TrainingConfig:
             raise ValueError(f"field 'parallel': {self.parallel!r} is not one of ['ddp', 'fsdp', 'none']")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"field 'warmup_ratio': {self.warmup_ratio} is not in [0, 1)")
-        if self.epochs < 0 or self.max_steps < 0 or (self.epochs == 0 and self.max_steps == 0
-                                                     and not self.trains_without_steps()):
+        if (
+            self.epochs < 0
+            or self.max_steps < 0
+            or (self.epochs == 0 and self.max_steps == 0 and not self.trains_without_steps())
+        ):
             raise ValueError("fields 'epochs' / 'max_steps': need epochs > 0 or max_steps > 0 (neither negative)")
         if self.save_every < 0 or self.eval_every < 0 or self.log_every < 1:
             raise ValueError("fields 'save_every' / 'eval_every' must be >= 0 and 'log_every' >= 1")
@@ -124,7 +158,7 @@ def rank_slice(indices: list[int], info: DistInfo) -> list[int]:
     if len(indices) % info.world_size:
         raise ValueError(f"global batch {len(indices)} does not divide by {info.world_size} processes")
     share = len(indices) // info.world_size
-    return indices[info.rank * share:(info.rank + 1) * share]
+    return indices[info.rank * share : (info.rank + 1) * share]
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -137,7 +171,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def chunks(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def adamw(params, config: TrainingConfig) -> torch.optim.Optimizer:
@@ -147,18 +181,23 @@ def adamw(params, config: TrainingConfig) -> torch.optim.Optimizer:
     the default implementation."""
     params = [p for p in params if p.requires_grad]
     fused = bool(params) and all(
-        type(p.data) is torch.Tensor and p.device.type in ("cpu", "cuda")
-        and p.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64) for p in params)
-    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
-                             eps=config.adam_eps, fused=fused or None)
+        type(p.data) is torch.Tensor
+        and p.device.type in ("cpu", "cuda")
+        and p.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+        for p in params
+    )
+    return torch.optim.AdamW(
+        params, lr=config.learning_rate, weight_decay=config.weight_decay, eps=config.adam_eps, fused=fused or None
+    )
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
     return adamw(model.parameters(), config)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, config: TrainingConfig,
-                    constant_groups: int = 0):
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, config: TrainingConfig, constant_groups: int = 0
+):
     """Warm-up then linear decay (or constant) of every parameter group's learning rate, except
     the last ``constant_groups`` groups, which keep theirs (an adversarial discriminator: it must
     keep up with the policy to the last step, not stop learning as the policy's rate reaches 0)."""
@@ -174,7 +213,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, config: 
     if not constant_groups:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     n = len(optimizer.param_groups)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor] * (n - constant_groups) + [_constant] * constant_groups)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [factor] * (n - constant_groups) + [_constant] * constant_groups
+    )
 
 
 def _constant(step: int) -> float:
@@ -188,8 +229,9 @@ def plan_steps(n_examples: int, config: TrainingConfig) -> tuple[int, int]:
     per_epoch = n_examples // config.batch_size
     if per_epoch == 0:
         # ConfigError (a ValueError) so the command line reports it without a traceback
-        raise ConfigError(f"only {n_examples} training examples for a batch of {config.batch_size}; "
-                          "lower batch_size or add data")
+        raise ConfigError(
+            f"only {n_examples} training examples for a batch of {config.batch_size}; lower batch_size or add data"
+        )
     total = config.max_steps if config.max_steps else math.ceil(per_epoch * config.epochs)
     return per_epoch, total
 
@@ -242,9 +284,11 @@ class BestWeights:
                 if problem is None:
                     saved = json.loads((self.folder / "best.json").read_text(encoding="utf-8"))
                 else:
-                    warning = (f"rlhfkit: warning: passing over damaged {self.folder}: {problem}; the best weights "
-                               "before this resume are lost (the best is chosen among the evaluations to come; "
-                               "train again with --resume false to recover them)")
+                    warning = (
+                        f"rlhfkit: warning: passing over damaged {self.folder}: {problem}; the best weights "
+                        "before this resume are lost (the best is chosen among the evaluations to come; "
+                        "train again with --resume false to recover them)"
+                    )
         saved = broadcast_from_main(saved, info)  # every rank knows the same best (restore is collective)
         if saved is not None:
             self.step, self.value = saved["step"], saved["value"]
@@ -260,7 +304,8 @@ class BestWeights:
             raise ConfigError(f"field 'best_metric': {self.metric!r} is not among the eval metrics {sorted(scores)}")
         value = float(scores[self.metric])
         better = math.isfinite(value) and (
-            self.value is None or (value < self.value if lower_is_better(self.metric) else value > self.value))
+            self.value is None or (value < self.value if lower_is_better(self.metric) else value > self.value)
+        )
         if self.info.enabled:  # rank 0 decides for all
             better = bool(all_reduce_sum(float(better) if self.info.is_main else 0.0, self.info).item())
         if not better:
@@ -271,8 +316,9 @@ class BestWeights:
             if self.tmp.exists():
                 shutil.rmtree(self.tmp)
             self.tmp.mkdir(parents=True)
-            save_manifested(self.tmp, {"model.pt": state}, "best.json",
-                            {"step": step, "value": value, "metric": self.metric})
+            save_manifested(
+                self.tmp, {"model.pt": state}, "best.json", {"step": step, "value": value, "metric": self.metric}
+            )
             if self.old.exists():
                 shutil.rmtree(self.old)
             if self.folder.exists():
@@ -285,13 +331,18 @@ class BestWeights:
         """Load the best weights into the (possibly wrapped / sharded) model; False when the
         copy on disk is damaged: then, with a warning, the model keeps the final weights
         (`final_step`, scored `final_scores`) and they become the best."""
-        problem = broadcast_from_main(folder_problem(self.folder, BEST_FILES, "best.json")
-                                      if self.info.is_main else None, self.info)
+        problem = broadcast_from_main(
+            folder_problem(self.folder, BEST_FILES, "best.json") if self.info.is_main else None, self.info
+        )
         if problem is not None:
             if self.info.is_main:
-                print(f"rlhfkit: warning: damaged {self.folder}: {problem}; the best weights (step {self.step}, "
-                      f"{self.metric} {self.value:.6g}) are lost and the model keeps the final weights (step "
-                      f"{final_step}); train again with --resume false to recover them", file=sys.stderr, flush=True)
+                print(
+                    f"rlhfkit: warning: damaged {self.folder}: {problem}; the best weights (step {self.step}, "
+                    f"{self.metric} {self.value:.6g}) are lost and the model keeps the final weights (step "
+                    f"{final_step}); train again with --resume false to recover them",
+                    file=sys.stderr,
+                    flush=True,
+                )
             self.step, self.value = final_step, float(final_scores[self.metric])
             return False
         state = torch.load(self.folder / "model.pt", map_location="cpu", weights_only=True)
@@ -311,7 +362,9 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     target = model
     while not hasattr(target, "gradient_checkpointing_enable") and hasattr(target, "module"):
         target = target.module
-    if not getattr(target, "supports_gradient_checkpointing", True) or not hasattr(target, "gradient_checkpointing_enable"):
+    if not getattr(target, "supports_gradient_checkpointing", True) or not hasattr(
+        target, "gradient_checkpointing_enable"
+    ):
         raise ConfigError(f"gradient_checkpointing: {type(target).__name__} does not support it")
     # transformers 5 renamed it; the old name still works there but warns
     if hasattr(target, "activation_checkpointing_enable"):
@@ -342,8 +395,10 @@ def fit(
     `length_fn=None` keeps the data order within a step: for losses with statistics over a
     micro-batch (KTO's KL reference point), where grouping by length would change the update."""
     if config.micro_batch_size * info.world_size > config.batch_size:
-        raise ConfigError(f"micro_batch_size {config.micro_batch_size} x {info.world_size} processes "
-                          f"exceeds batch_size {config.batch_size}")
+        raise ConfigError(
+            f"micro_batch_size {config.micro_batch_size} x {info.world_size} processes "
+            f"exceeds batch_size {config.batch_size}"
+        )
     if config.batch_size % info.world_size:
         raise ConfigError(f"batch_size {config.batch_size} does not divide by {info.world_size} processes")
     per_epoch, total_steps = plan_steps(len(examples), config)
@@ -362,10 +417,15 @@ def fit(
     optimizer = build_optimizer(train_model, config)
     scheduler = build_scheduler(optimizer, total_steps, config)
     if ckpt is not None:
-        start_step = load_checkpoint(ckpt, None, optimizer, scheduler,
-                                     load_optimizer=partial(load_full_optimizer_state, train_model))["step"]
-    logger = MetricsLogger(config.output_dir, enabled=info.is_main, tensorboard=config.tensorboard,
-                           resume_step=start_step if ckpt is not None else None)
+        start_step = load_checkpoint(
+            ckpt, None, optimizer, scheduler, load_optimizer=partial(load_full_optimizer_state, train_model)
+        )["step"]
+    logger = MetricsLogger(
+        config.output_dir,
+        enabled=info.is_main,
+        tensorboard=config.tensorboard,
+        resume_step=start_step if ckpt is not None else None,
+    )
     if config.best_metric and eval_fn is None:
         raise ConfigError("field 'best_metric' needs evaluation data (an eval or validation set)")
     best = BestWeights(config.output_dir, config.best_metric, info, ckpt is not None) if config.best_metric else None
@@ -382,14 +442,15 @@ def fit(
     for step in range(start_step, total_steps):
         epoch, position = divmod(step, per_epoch)
         order = epoch_order(len(examples), config.seed, epoch)
-        global_batch = order[position * config.batch_size:(position + 1) * config.batch_size]
+        global_batch = order[position * config.batch_size : (position + 1) * config.batch_size]
         local = rank_slice(global_batch, info)
         if config.group_by_length and length_fn is not None:
             # the loss is a sum normalised by the global unit count, so the order of examples
             # within the step does not change the update; sorting only removes padding
             local = sorted(local, key=lambda i: -length_fn(examples[i]))
-        micro = [to_device(collate([examples[i] for i in idx]), device)
-                 for idx in chunks(local, config.micro_batch_size)]
+        micro = [
+            to_device(collate([examples[i] for i in idx]), device) for idx in chunks(local, config.micro_batch_size)
+        ]
         n_units = all_reduce_sum(sum(count_fn(b) for b in micro), info).item()
         # the normaliser; a weighted unit count (records with weights) may be fractional, so it is
         # used as it is unless nothing at all is counted
@@ -406,8 +467,11 @@ def fit(
             loss_total += loss_sum.item()
             for key, value in stats.items():
                 extra[key] = extra.get(key, 0.0) + float(value)
-        grad_norm = (torch.nn.utils.clip_grad_norm_(train_model.parameters(), config.max_grad_norm)
-                     if config.max_grad_norm > 0 else torch.tensor(0.0))
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(train_model.parameters(), config.max_grad_norm)
+            if config.max_grad_norm > 0
+            else torch.tensor(0.0)
+        )
         lr_of_step = scheduler.get_last_lr()[0]  # the rate this step used (after scheduler.step() it is the next one's)
         optimizer.step()
         scheduler.step()
@@ -442,10 +506,17 @@ def fit(
             model_state = full_model_state(train_model)  # collective under FSDP: every rank
             optimizer_state = full_optimizer_state(train_model, optimizer)
             if info.is_main:
-                save_checkpoint(config.output_dir, step_done, train_model, optimizer, scheduler,
-                                {"epoch": epoch, "config": resume_fingerprint(config), "data": digest},
-                                keep_last=config.keep_checkpoints,
-                                model_state=model_state, optimizer_state=optimizer_state)
+                save_checkpoint(
+                    config.output_dir,
+                    step_done,
+                    train_model,
+                    optimizer,
+                    scheduler,
+                    {"epoch": epoch, "config": resume_fingerprint(config), "data": digest},
+                    keep_last=config.keep_checkpoints,
+                    model_state=model_state,
+                    optimizer_state=optimizer_state,
+                )
             barrier(info)
         step_ended(step_done)
     bar.close()
@@ -456,8 +527,12 @@ def fit(
             best.update(total_steps, scores, train_model)
             if best.step is None:  # every evaluation NaN (an all-tie set): nothing was kept
                 if info.is_main:
-                    print(f"rlhfkit: warning: best_metric: no evaluation had a finite {best.metric}; the model "
-                          f"keeps the final weights (step {total_steps})", file=sys.stderr, flush=True)
+                    print(
+                        f"rlhfkit: warning: best_metric: no evaluation had a finite {best.metric}; the model "
+                        f"keeps the final weights (step {total_steps})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             elif best.step != total_steps and best.restore(train_model, total_steps, scores):
                 scores = evaluated(eval_fn)  # the restored weights' (a damaged copy: the final ones stay)
             scores = {**scores, "best_step": best.step, f"best_{best.metric}": best.value}

@@ -15,6 +15,7 @@ One list, ``RESULT_FREE_FIELDS``, names the fields that may differ without makin
 Every field a stage fingerprint leaves out is in it, so a value changed there never keeps a
 stage whose checkpoint then refuses to resume it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,9 +32,23 @@ from .distributed import DistInfo
 # it writes, how often it logs, evaluates, checkpoints or writes its sample table, its threads,
 # activation recomputation (the same gradients), and its deadline (``max_minutes`` says where a
 # run stops, not what its steps compute; a resumed run may be given another).
-RESULT_FREE_FIELDS = frozenset({
-    "output_dir", "output", "resume", "save_every", "keep_checkpoints", "log_every", "eval_every", "tensorboard",
-    "threads", "sample_every", "num_sample_rows", "gradient_checkpointing", "max_minutes"})
+RESULT_FREE_FIELDS = frozenset(
+    {
+        "output_dir",
+        "output",
+        "resume",
+        "save_every",
+        "keep_checkpoints",
+        "log_every",
+        "eval_every",
+        "tensorboard",
+        "threads",
+        "sample_every",
+        "num_sample_rows",
+        "gradient_checkpointing",
+        "max_minutes",
+    }
+)
 
 # Result-free fields that stage fingerprints have held from the start: taking them out would change
 # the fingerprint of every cached stage and redo it. Kept, a change of them reruns the stage afresh
@@ -71,15 +86,19 @@ def stage_settings(section: Any, wired: set[str] = frozenset()) -> dict:
     ``best_metric`` is set (it decides which evaluations the kept weights are chosen from)."""
     d = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
     left_out = (RESULT_FREE_FIELDS - STAGE_KEPT_FIELDS) - ({"eval_every"} if d.get("best_metric") else set())
-    return {k: with_content(v) for k, v in d.items()
-            if k not in left_out and k not in wired and not at_fingerprint_default(k, v)}
+    return {
+        k: with_content(v)
+        for k, v in d.items()
+        if k not in left_out and k not in wired and not at_fingerprint_default(k, v)
+    }
 
 
 def stage_fingerprint(stage: str, own: Any, inputs: dict[str, str]) -> str:
     """SHA-256 of a stage's own settings and the fingerprints of the stages it reads (so a change
     reruns the stage and every stage after it that reads it)."""
-    blob = json.dumps({"stage": stage, "settings": own, "inputs": dict(sorted(inputs.items()))},
-                      sort_keys=True, default=str)
+    blob = json.dumps(
+        {"stage": stage, "settings": own, "inputs": dict(sorted(inputs.items()))}, sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -104,10 +123,15 @@ def content_token(value: str) -> str | None:
         path = Path(value)
         if path.is_file():
             st = path.stat()
-            return file_digest(path) if st.st_size <= CONTENT_HASH_LIMIT else f"size {st.st_size} mtime {st.st_mtime_ns}"
+            return (
+                file_digest(path) if st.st_size <= CONTENT_HASH_LIMIT else f"size {st.st_size} mtime {st.st_mtime_ns}"
+            )
         if path.is_dir():
-            entries = sorted((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
-                             for f in path.rglob("*") if f.is_file())
+            entries = sorted(
+                (str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+                for f in path.rglob("*")
+                if f.is_file()
+            )
             return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
     except (OSError, ValueError):  # a name too long to be a path, a file gone while listed
         return None
@@ -126,8 +150,11 @@ def file_digest(path: str | Path) -> str:
 # ----------------------------------------------------------------------------- resuming a checkpoint
 def resume_fingerprint(config: Any) -> dict:
     """The config fields a checkpoint's continuation depends on (JSON-able), stored with it."""
-    d = {k: v for k, v in dataclasses.asdict(config).items()
-         if k not in RESULT_FREE_FIELDS and not at_fingerprint_default(k, v)}
+    d = {
+        k: v
+        for k, v in dataclasses.asdict(config).items()
+        if k not in RESULT_FREE_FIELDS and not at_fingerprint_default(k, v)
+    }
     return json.loads(json.dumps(d, default=str))
 
 
@@ -136,8 +163,11 @@ def fingerprint_diffs(saved: dict, now: dict, keys: set[str] | None = None) -> l
     differs, result-free fields aside (a fingerprint stored by an older version may hold some)."""
     saved, now = with_fingerprint_defaults(saved), with_fingerprint_defaults(now)
     keys = set(saved) | set(now) if keys is None else keys
-    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(keys - RESULT_FREE_FIELDS)
-            if saved.get(k) != now.get(k)]
+    return [
+        f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
+        for k in sorted(keys - RESULT_FREE_FIELDS)
+        if saved.get(k) != now.get(k)
+    ]
 
 
 def check_resume_config(ckpt: Any, config: Any) -> None:
@@ -148,8 +178,10 @@ def check_resume_config(ckpt: Any, config: Any) -> None:
         return
     diffs = fingerprint_diffs(saved, resume_fingerprint(config))
     if diffs:
-        raise ConfigError(f"{ckpt} was written with other settings ({'; '.join(diffs)}); resume with the "
-                          "same settings, or start afresh with --resume false or another --output_dir")
+        raise ConfigError(
+            f"{ckpt} was written with other settings ({'; '.join(diffs)}); resume with the "
+            "same settings, or start afresh with --resume false or another --output_dir"
+        )
 
 
 # example fields that are not data: DPO's / KTO's reference log-probs (the cache's key covers them)
@@ -176,10 +208,12 @@ def check_resume_data(ckpt: Any, digest: dict) -> None:
     saved = json.loads((Path(ckpt) / "trainer_state.json").read_text(encoding="utf-8")).get("data")
     if saved is None or saved == digest:
         return
-    raise ConfigError(f"{ckpt} was trained on other examples ({saved['examples']} then, {digest['examples']} now; "
-                      f"digest {saved['sha256'][:12]} -> {digest['sha256'][:12]}): the data file, the held-out "
-                      "split or the duplicates dropped changed since; resume on the same data, or start afresh "
-                      "with --resume false or another --output_dir")
+    raise ConfigError(
+        f"{ckpt} was trained on other examples ({saved['examples']} then, {digest['examples']} now; "
+        f"digest {saved['sha256'][:12]} -> {digest['sha256'][:12]}): the data file, the held-out "
+        "split or the duplicates dropped changed since; resume on the same data, or start afresh "
+        "with --resume false or another --output_dir"
+    )
 
 
 # ----------------------------------------------------------------------------- a finished run
@@ -206,9 +240,13 @@ def finished_run(config, name: str, info: DistInfo) -> dict | None:
         # what it finished with is unknown: it is not taken as finished, and resumes from its newest
         # intact checkpoint (or trains afresh), writing model/, config.yaml and the metrics again
         if info.is_main:
-            print(f"rlhfkit: warning: {out}: the finished run's config.yaml or final_metrics.json is unreadable "
-                  f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); it is trained again "
-                  "(from its newest intact checkpoint, if any)", file=sys.stderr, flush=True)
+            print(
+                f"rlhfkit: warning: {out}: the finished run's config.yaml or final_metrics.json is unreadable "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); it is trained again "
+                "(from its newest intact checkpoint, if any)",
+                file=sys.stderr,
+                flush=True,
+            )
         return None
     saved = json.loads(json.dumps(saved, default=str))
     # only the fields both sides name: config.yaml holds every field, the fingerprint the result's;
@@ -217,9 +255,13 @@ def finished_run(config, name: str, info: DistInfo) -> dict | None:
     saved, now = with_fingerprint_defaults(saved), with_fingerprint_defaults(resume_fingerprint(config))
     diffs = fingerprint_diffs(saved, now, set(saved) & set(now))
     if diffs:
-        raise ConfigError(f"{out} holds a finished {name} run with other settings ({'; '.join(diffs)}); give another "
-                          "--output_dir, or --resume false to train again and overwrite it")
+        raise ConfigError(
+            f"{out} holds a finished {name} run with other settings ({'; '.join(diffs)}); give another "
+            "--output_dir, or --resume false to train again and overwrite it"
+        )
     if info.is_main:
-        print(f"{name}: {out} holds this run, finished: model in {out / 'model'} (nothing to do; "
-              "--resume false trains again)")
+        print(
+            f"{name}: {out} holds this run, finished: model in {out / 'model'} (nothing to do; "
+            "--resume false trains again)"
+        )
     return final

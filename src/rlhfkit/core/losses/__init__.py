@@ -1,5 +1,6 @@
 """Losses: SFT, reward-model (Bradley-Terry, ratings, binary feedback), PPO, and the token weights
 that aggregate a per-token loss over a minibatch."""
+
 from .aggregation import AGGREGATIONS, token_weights
 from .bradley_terry import binary_feedback_loss, bradley_terry_loss, rating_regression_loss, weighted_sum
 from .ppo import ppo_policy_loss, ppo_value_loss

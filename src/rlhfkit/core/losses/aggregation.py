@@ -4,6 +4,7 @@ A weight per token, computed once per minibatch from its mask, makes ``sum(w * p
 the minibatch's loss however its rows are later cut into micro-batches (gradient accumulation) or
 spread over processes: the normaliser is the whole minibatch's, never a micro-batch's.
 """
+
 from __future__ import annotations
 
 import torch
@@ -11,8 +12,13 @@ import torch
 AGGREGATIONS = ("token", "sequence", "constant")
 
 
-def token_weights(mask: torch.Tensor, aggregation: str, max_new_tokens: int, n_sequences: int | None = None,
-                  n_tokens: float | None = None) -> torch.Tensor:
+def token_weights(
+    mask: torch.Tensor,
+    aggregation: str,
+    max_new_tokens: int,
+    n_sequences: int | None = None,
+    n_tokens: float | None = None,
+) -> torch.Tensor:
     """Per-token weights ``[B, R]`` such that ``sum(w * per_token_loss)`` over a minibatch of B
     sequences is its loss; rows may then be split into micro-batches in any way. Over several
     processes each holds part of the minibatch: ``n_sequences`` / ``n_tokens`` are then the whole

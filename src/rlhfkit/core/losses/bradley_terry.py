@@ -1,4 +1,5 @@
 """Reward-model losses: pairwise preferences, ratings, binary feedback."""
+
 from __future__ import annotations
 
 from typing import Optional

@@ -1,4 +1,5 @@
 """PPO clipped policy and value losses over masked token sequences."""
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple, Union

@@ -12,6 +12,7 @@ are equal (logistic losses: label 1/2, ``-0.5 * (logsigmoid(z) + logsigmoid(-z))
 with ``label_smoothing = 0.5``; IPO: target margin 0, as IPO's regression target is
 ``(p - 1/2) / tau`` for a preference probability ``p`` = 1/2).
 """
+
 from __future__ import annotations
 
 import math
@@ -82,8 +83,9 @@ def cdpo_loss(
     chosen_ratio = chosen_logps - ref_chosen_logps
     rejected_ratio = rejected_logps - ref_rejected_logps
     z = beta * (chosen_ratio - rejected_ratio)
-    return PreferenceLossOutput(_tied_logistic(z, tie, label_smoothing), beta * chosen_ratio.detach(),
-                                beta * rejected_ratio.detach())
+    return PreferenceLossOutput(
+        _tied_logistic(z, tie, label_smoothing), beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+    )
 
 
 def ipo_loss(
@@ -198,9 +200,11 @@ def kto_loss(
     z0 = (kl_logps - kl_ref_logps).mean().detach().clamp(min=0)
     r = logps - ref_logps
     desirable = desirable.bool()
-    losses = torch.where(desirable,
-                         desirable_weight * (1 - torch.sigmoid(beta * (r - z0))),
-                         undesirable_weight * (1 - torch.sigmoid(beta * (z0 - r))))
+    losses = torch.where(
+        desirable,
+        desirable_weight * (1 - torch.sigmoid(beta * (r - z0))),
+        undesirable_weight * (1 - torch.sigmoid(beta * (z0 - r))),
+    )
     return PreferenceLossOutput(losses, beta * r.detach(), r.new_zeros(0), z0)
 
 

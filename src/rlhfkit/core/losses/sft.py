@@ -1,4 +1,5 @@
 """Supervised fine-tuning loss (next-token cross entropy)."""
+
 from __future__ import annotations
 
 from typing import Optional, Union

@@ -40,12 +40,35 @@ The package, one concern a module: ``kinds`` (the feedback kinds, their limits a
 ``keys`` (the end-user key and hashed ids), ``log`` (``FeedbackLog``: writing), ``events`` (the
 reader for learners), ``erasure`` (``forget``), ``conversations`` (the web chat's transcripts).
 """
+
 from rlhfkit.feedback.enduser.events import FeedbackEvent, feedback_events, last_event_id
 from rlhfkit.feedback.enduser.keys import END_USER_KEY_ENV, EndUserKeyError, end_user_key, hashed_user, key_id
-from rlhfkit.feedback.enduser.kinds import (CHAT_SOURCE, EVENT_KINDS, MAX_COMPLETION_ID_CHARS, MAX_EDIT_CHARS,
-                                            MAX_REASON_CHARS, FeedbackError, project_names)
+from rlhfkit.feedback.enduser.kinds import (
+    CHAT_SOURCE,
+    EVENT_KINDS,
+    MAX_COMPLETION_ID_CHARS,
+    MAX_EDIT_CHARS,
+    MAX_REASON_CHARS,
+    FeedbackError,
+    project_names,
+)
 from rlhfkit.feedback.enduser.log import FeedbackLog
 
-__all__ = ["FeedbackLog", "FeedbackError", "FeedbackEvent", "feedback_events", "last_event_id", "EndUserKeyError",
-           "end_user_key", "hashed_user", "key_id", "EVENT_KINDS", "CHAT_SOURCE", "MAX_REASON_CHARS", "MAX_EDIT_CHARS",
-           "END_USER_KEY_ENV", "MAX_COMPLETION_ID_CHARS", "project_names"]
+__all__ = [
+    "FeedbackLog",
+    "FeedbackError",
+    "FeedbackEvent",
+    "feedback_events",
+    "last_event_id",
+    "EndUserKeyError",
+    "end_user_key",
+    "hashed_user",
+    "key_id",
+    "EVENT_KINDS",
+    "CHAT_SOURCE",
+    "MAX_REASON_CHARS",
+    "MAX_EDIT_CHARS",
+    "END_USER_KEY_ENV",
+    "MAX_COMPLETION_ID_CHARS",
+    "project_names",
+]

@@ -4,6 +4,7 @@
 the key at hand) and calls ``erase`` with them; ``truncate_wal`` then empties SQLite's
 write-ahead log, where the erased rows' old pages would otherwise live on.
 """
+
 from __future__ import annotations
 
 from rlhfkit.feedback.enduser.kinds import _served_to
@@ -24,14 +25,21 @@ def erase(store, pids: list[int], names: set[str]) -> dict:
     def job(conn):
         if store.is_sqlite:  # freed pages are zeroed, not left holding the erased text
             conn.exec_driver_sql("PRAGMA secure_delete=ON")
-        rows = conn.execute(select(I.c.id, I.c.external_id, I.c.responses, I.c.project_id, I.c.is_gold)
-                            .where(I.c.project_id.in_(pids))).all()
-        labels = conn.execute(select(L.c.id, L.c.item_id, L.c.payload, L.c.project_id, L.c.assignment_id,
-                                     L.c.is_gold).where(L.c.project_id.in_(pids))).all()
+        rows = conn.execute(
+            select(I.c.id, I.c.external_id, I.c.responses, I.c.project_id, I.c.is_gold).where(I.c.project_id.in_(pids))
+        ).all()
+        labels = conn.execute(
+            select(L.c.id, L.c.item_id, L.c.payload, L.c.project_id, L.c.assignment_id, L.c.is_gold).where(
+                L.c.project_id.in_(pids)
+            )
+        ).all()
         users_labels = [r for r in labels if (r.payload or {}).get("end_user") in names]
         by_user = {r.item_id for r in users_labels}
-        erased = {r.external_id for r in rows if _served_to(r.responses) in names
-                  or (_served_to(r.responses) is None and r.id in by_user)}
+        erased = {
+            r.external_id
+            for r in rows
+            if _served_to(r.responses) in names or (_served_to(r.responses) is None and r.id in by_user)
+        }
         item_projects = [r for r in rows if r.external_id in erased]  # with the completions' copies
         items = {r.id for r in item_projects}
         user_label_ids = {r.id for r in users_labels}
@@ -50,9 +58,13 @@ def erase(store, pids: list[int], names: set[str]) -> dict:
             n_items = sum(1 for r in item_projects if r.project_id == pid and not r.is_gold)
             n_labels = sum(1 for t in touched if t.project_id == pid and not t.is_gold)
             if n_items or n_labels:
-                conn.execute(update(P).where(P.c.id == pid).values(n_items=P.c.n_items - n_items,
-                                                                  n_labels=P.c.n_labels - n_labels))
+                conn.execute(
+                    update(P)
+                    .where(P.c.id == pid)
+                    .values(n_items=P.c.n_items - n_items, n_labels=P.c.n_labels - n_labels)
+                )
         return {"items": len(erased), "labels": len(gone_labels)}
+
     return store.write(job)
 
 

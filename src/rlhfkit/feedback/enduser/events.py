@@ -1,5 +1,6 @@
 """End users' verdicts as a learner reads them: ``FeedbackEvent``, ``feedback_events`` and
 ``last_event_id`` (the reading side of the end-user store; ``log.FeedbackLog`` writes)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -94,15 +95,19 @@ def _project_ids(conn, prefix: str) -> dict[int, str]:
     from rlhfkit.feedback import db
 
     names = project_names(prefix)
-    rows = conn.execute(select(db.projects.c.id, db.projects.c.name, db.projects.c.task_type)
-                        .where(db.projects.c.name.in_(list(names.values())))).all()
+    rows = conn.execute(
+        select(db.projects.c.id, db.projects.c.name, db.projects.c.task_type).where(
+            db.projects.c.name.in_(list(names.values()))
+        )
+    ).all()
     kind_of_name = {name: kind for kind, name in names.items()}
     # a project of the right name and another task type is not end-user feedback (FeedbackLog refuses it)
     return {int(r.id): r.task_type for r in rows if _TASK_TYPE[kind_of_name[r.name]] == r.task_type}
 
 
-def feedback_events(source: Any, after_id: int = 0, until_id: int | None = None, *, prefix: str = "serve",
-                    limit: int | None = None) -> list[FeedbackEvent]:
+def feedback_events(
+    source: Any, after_id: int = 0, until_id: int | None = None, *, prefix: str = "serve", limit: int | None = None
+) -> list[FeedbackEvent]:
     """Every end-user verdict with ``after_id < id <= until_id`` (``until_id`` None: no bound),
     ordered by id, at most ``limit``. ``source``: a ``FeedbackLog``, a ``feedback.db.Store``, a
     database URL / SQLite path, or an open SQLAlchemy connection (read in its transaction).
@@ -125,10 +130,23 @@ def feedback_events(source: Any, after_id: int = 0, until_id: int | None = None,
             if not pids:
                 return []
             L, I, P = db.labels, db.items, db.projects
-            q = (select(L.c.id, L.c.project_id, L.c.payload, L.c.created_at, I.c.external_id, I.c.prompt,
-                        I.c.messages, I.c.responses, P.c.scale_min, P.c.scale_max)
-                 .select_from(L.join(I, I.c.id == L.c.item_id).join(P, P.c.id == L.c.project_id))
-                 .where(L.c.project_id.in_(list(pids)), L.c.id > int(after_id)).order_by(L.c.id))
+            q = (
+                select(
+                    L.c.id,
+                    L.c.project_id,
+                    L.c.payload,
+                    L.c.created_at,
+                    I.c.external_id,
+                    I.c.prompt,
+                    I.c.messages,
+                    I.c.responses,
+                    P.c.scale_min,
+                    P.c.scale_max,
+                )
+                .select_from(L.join(I, I.c.id == L.c.item_id).join(P, P.c.id == L.c.project_id))
+                .where(L.c.project_id.in_(list(pids)), L.c.id > int(after_id))
+                .order_by(L.c.id)
+            )
             if until_id is not None:
                 q = q.where(L.c.id <= int(until_id))
             if limit is not None:
@@ -142,15 +160,29 @@ def feedback_events(source: Any, after_id: int = 0, until_id: int | None = None,
         kind = _KIND_OF_TYPE[pids[r.project_id]]
         p = r.payload or {}
         responses = list(r.responses or [])
-        value = {"thumbs": lambda: bool(p["label"]), "rating": lambda: int(p["rating"]),
-                 "edit": lambda: p["rewrite"],
-                 "choice": lambda: {"first": 0, "second": 1}.get(p.get("verdict"), p.get("verdict"))}[kind]()
-        out.append(FeedbackEvent(
-            id=int(r.id), kind=kind, completion_id=r.external_id, messages=tuple(r.messages or ()),
-            prompt=render_prompt(r.prompt, r.messages), responses=tuple(x["text"] for x in responses),
-            versions=tuple(x.get("version") for x in responses), choice_indices=tuple(_index(x) for x in responses),
-            value=value, reason=p.get("reason") or p.get("comment"), end_user=p.get("end_user") or _served_to(responses),
-            created_at=float(r.created_at), scale=(int(r.scale_min), int(r.scale_max)) if kind == "rating" else None))
+        value = {
+            "thumbs": lambda: bool(p["label"]),
+            "rating": lambda: int(p["rating"]),
+            "edit": lambda: p["rewrite"],
+            "choice": lambda: {"first": 0, "second": 1}.get(p.get("verdict"), p.get("verdict")),
+        }[kind]()
+        out.append(
+            FeedbackEvent(
+                id=int(r.id),
+                kind=kind,
+                completion_id=r.external_id,
+                messages=tuple(r.messages or ()),
+                prompt=render_prompt(r.prompt, r.messages),
+                responses=tuple(x["text"] for x in responses),
+                versions=tuple(x.get("version") for x in responses),
+                choice_indices=tuple(_index(x) for x in responses),
+                value=value,
+                reason=p.get("reason") or p.get("comment"),
+                end_user=p.get("end_user") or _served_to(responses),
+                created_at=float(r.created_at),
+                scale=(int(r.scale_min), int(r.scale_max)) if kind == "rating" else None,
+            )
+        )
     return out
 
 
@@ -166,8 +198,10 @@ def last_event_id(source: Any, *, prefix: str = "serve") -> int:
             pids = _project_ids(conn, prefix)
             if not pids:
                 return 0
-            return int(conn.execute(select(func.max(db.labels.c.id))
-                                    .where(db.labels.c.project_id.in_(list(pids)))).scalar() or 0)
+            return int(
+                conn.execute(select(func.max(db.labels.c.id)).where(db.labels.c.project_id.in_(list(pids)))).scalar()
+                or 0
+            )
     finally:
         if owned is not None:
             owned.close()

@@ -4,6 +4,7 @@ Kept out of the database (``$RLHFKIT_END_USER_KEY`` or a key file beside a SQLit
 its rows and exports alone do not turn a hash back into an id; ``key_id`` names a key so that a
 store read with another one is told apart from a store where the person left nothing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,10 @@ def end_user_key(db_url: str, required: bool) -> bytes | None:
     path = db.sqlite_file(db_url)
     if path is None:
         if required:
-            raise EndUserKeyError(f"set ${END_USER_KEY_ENV}: hashed end-user ids need a secret kept outside the "
-                             f"database, and {_shown_url(db_url)!r} is not a file that a key file could sit beside")
+            raise EndUserKeyError(
+                f"set ${END_USER_KEY_ENV}: hashed end-user ids need a secret kept outside the "
+                f"database, and {_shown_url(db_url)!r} is not a file that a key file could sit beside"
+            )
         return None
     key_file = path.with_name(path.name + ".end_user_key")
     if not key_file.is_file() and required:

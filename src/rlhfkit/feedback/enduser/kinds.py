@@ -4,6 +4,7 @@ What a kind is called in the feedback app (its task type and project name), the 
 end user may send, ``FeedbackError`` (the HTTP status and request field at fault), and how a stored
 reply names its choice index and the end user it was served to. No database access here.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,10 +14,12 @@ EVENT_KINDS = ("thumbs", "rating", "edit", "choice")
 _TASK_TYPE = {"thumbs": "thumbs", "rating": "rating", "edit": "rewrite", "choice": "pairwise"}
 _SUFFIX = {"thumbs": "thumbs", "rating": "ratings", "edit": "edits", "choice": "choices"}
 _KIND_OF_TYPE = {t: k for k, t in _TASK_TYPE.items()}
-_INSTRUCTIONS = {"thumbs": "Thumbs up / down given by end users of the served model.",
-                 "rating": "Ratings given by end users of the served model.",
-                 "edit": "Better replies written by end users of the served model (rewrites of its reply).",
-                 "choice": "The reply end users picked when the served model showed them two."}
+_INSTRUCTIONS = {
+    "thumbs": "Thumbs up / down given by end users of the served model.",
+    "rating": "Ratings given by end users of the served model.",
+    "edit": "Better replies written by end users of the served model (rewrites of its reply).",
+    "choice": "The reply end users picked when the served model showed them two.",
+}
 MAX_REASON_CHARS = 10_000
 MAX_EDIT_CHARS = 100_000  # what a rewrite label holds at most (feedback.tasks)
 MAX_COMPLETION_ID_CHARS = 200  # items.external_id

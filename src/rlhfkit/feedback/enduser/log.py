@@ -4,6 +4,7 @@ It stores served replies and end users' verdicts on them as feedback-app items a
 layout is in ``rlhfkit.feedback.enduser``'s docstring), answers what was served to whom (the web
 chat's conversations), exports, and erases one person (``forget``, with ``erasure``).
 """
+
 from __future__ import annotations
 
 import secrets
@@ -46,8 +47,14 @@ class FeedbackLog:
     """Completions and end-user feedback in a feedback store (SQLite file or SQLAlchemy URL).
     ``scale``: the rating scale of a ratings project made here (one that exists keeps its own)."""
 
-    def __init__(self, db_url: str, prefix: str = "serve", scale: tuple[int, int] = (1, 5), redact: bool = False,
-                 create: bool = True):
+    def __init__(
+        self,
+        db_url: str,
+        prefix: str = "serve",
+        scale: tuple[int, int] = (1, 5),
+        redact: bool = False,
+        create: bool = True,
+    ):
         from rlhfkit.feedback import db
 
         self.redact = bool(redact)
@@ -96,8 +103,9 @@ class FeedbackLog:
         out, scale = {}, None
         for kind, name in self.names.items():
             ttype = _TASK_TYPE[kind]
-            row = conn.execute(select(P.c.id, P.c.task_type, P.c.scale_min, P.c.scale_max)
-                               .where(P.c.name == name)).first()
+            row = conn.execute(
+                select(P.c.id, P.c.task_type, P.c.scale_min, P.c.scale_max).where(P.c.name == name)
+            ).first()
             if row is not None:
                 if row.task_type != ttype:
                     raise ValueError(f"project {name!r} exists with task type {row.task_type}, expected {ttype}")
@@ -107,10 +115,23 @@ class FeedbackLog:
                 continue
             if not self.create:
                 continue
-            out[ttype] = int(conn.execute(insert(P).values(
-                name=name, task_type=ttype, instructions=_INSTRUCTIONS[kind], overlap=1, gold_rate=0.0,
-                scale_min=self.scale[0], scale_max=self.scale[1], active=False, n_items=0, n_labels=0,
-                created_at=time.time())).inserted_primary_key[0])
+            out[ttype] = int(
+                conn.execute(
+                    insert(P).values(
+                        name=name,
+                        task_type=ttype,
+                        instructions=_INSTRUCTIONS[kind],
+                        overlap=1,
+                        gold_rate=0.0,
+                        scale_min=self.scale[0],
+                        scale_max=self.scale[1],
+                        active=False,
+                        n_items=0,
+                        n_labels=0,
+                        created_at=time.time(),
+                    )
+                ).inserted_primary_key[0]
+            )
         return out, scale
 
     def _user_id(self, conn) -> int:
@@ -126,17 +147,31 @@ class FeedbackLog:
         return int(uid)
 
     # ------------------------------------------------------------------ completions
-    def log_completion(self, completion_id: str, messages: Sequence[dict], completion: str,
-                       model: str | None = None, user: str | None = None, version: str | None = None) -> int:
+    def log_completion(
+        self,
+        completion_id: str,
+        messages: Sequence[dict],
+        completion: str,
+        model: str | None = None,
+        user: str | None = None,
+        version: str | None = None,
+    ) -> int:
         """Store a served reply to ``messages``; returns the item id. ``user`` (the request's
         end-user id) is kept with the reply (``responses[0]["end_user"]``) so that ``forget``
         finds what was served to that person; ``version`` names the policy version that wrote it."""
         return self.log_choices(completion_id, messages, [completion], model, user, [version])[0]
 
-    def log_choices(self, completion_id: str, messages: Sequence[dict], replies: Sequence[str],
-                    model: str | None = None, user: str | None = None,
-                    versions: Sequence[str | None] | None = None, comparison: bool = False,
-                    conversation: str | None = None) -> list[int]:
+    def log_choices(
+        self,
+        completion_id: str,
+        messages: Sequence[dict],
+        replies: Sequence[str],
+        model: str | None = None,
+        user: str | None = None,
+        versions: Sequence[str | None] | None = None,
+        comparison: bool = False,
+        conversation: str | None = None,
+    ) -> list[int]:
         """Store the replies of one completion (``n`` choices, or the two replies of a comparison:
         ``comparison=True``), one thumbs item each; returns their item ids. ``versions[i]`` is the
         version that wrote reply ``i``. ``conversation``: the web chat's conversation id (kept with
@@ -154,13 +189,22 @@ class FeedbackLog:
         # It keeps its place, shown as "(empty message)": leaving an empty system turn out would
         # change what a template renders (SmolLM2's adds its default system prompt when the
         # conversation has none), so the stored conversation would not be the one answered.
-        stored_messages = [dict(role=m["role"], content=_shown(self._private(m["content"]), "(empty message)"))
-                           for m in messages]
+        stored_messages = [
+            dict(role=m["role"], content=_shown(self._private(m["content"]), "(empty message)")) for m in messages
+        ]
         end_user = self._end_user(user)
         items = []
         for i, (reply, version) in enumerate(zip(replies, versions)):
-            item = parse_item({"messages": stored_messages, "completion": _shown(self._private(reply), "(empty response)"),
-                               "model": model, "id": completion_id}, "thumbs", self.scale)
+            item = parse_item(
+                {
+                    "messages": stored_messages,
+                    "completion": _shown(self._private(reply), "(empty response)"),
+                    "model": model,
+                    "id": completion_id,
+                },
+                "thumbs",
+                self.scale,
+            )
             response = item["responses"][0]
             response["version"] = version
             if end_user:
@@ -177,6 +221,7 @@ class FeedbackLog:
         def job(conn):
             add_items(conn, pid, items, source=CHAT_SOURCE if conversation else "serve")
             return [self._item(conn, pid, completion_id, i)["id"] for i in range(len(items))]
+
         return self.store.write(job)
 
     def stored_key_ids(self) -> dict[str, int]:
@@ -192,6 +237,7 @@ class FeedbackLog:
             if isinstance(user, str) and user.startswith("hmac:"):
                 kid = user.split(":")[1] if user.count(":") == 2 else "(unnamed)"
                 counts[kid] = counts.get(kid, 0) + 1
+
         with self.store.read() as conn:
             for r in conn.execute(select(db.items.c.responses).where(db.items.c.project_id.in_(pids))):
                 note(_served_to(r.responses))
@@ -210,7 +256,8 @@ class FeedbackLog:
             have = f"this key's id is {mine}" if mine else "no key was found"
             raise EndUserKeyError(
                 f"{sum(other.values())} end-user ids in {_shown_url(self.db_url)} were hashed with another key (key id "
-                f"{', '.join(sorted(other))}) and {have}: give that key ({where}); nothing was changed")
+                f"{', '.join(sorted(other))}) and {have}: give that key ({where}); nothing was changed"
+            )
 
     def _end_user(self, user: str | None) -> str | None:
         """The stored form of an end-user id: trimmed to 64 characters, hashed under ``redact``."""
@@ -228,14 +275,21 @@ class FeedbackLog:
 
         from rlhfkit.feedback import db
 
-        rows = conn.execute(select(db.items).where(db.items.c.project_id == project_id,
-                                                   db.items.c.external_id == str(completion_id))
-                            .order_by(db.items.c.id)).mappings().all()
+        rows = (
+            conn.execute(
+                select(db.items)
+                .where(db.items.c.project_id == project_id, db.items.c.external_id == str(completion_id))
+                .order_by(db.items.c.id)
+            )
+            .mappings()
+            .all()
+        )
         return sorted((dict(r) for r in rows), key=lambda r: _index(r["responses"][0]))
 
     def _item(self, conn, project_id: int, completion_id: str, index: int = 0) -> dict | None:
-        return next((r for r in self._items(conn, project_id, completion_id) if _index(r["responses"][0]) == index),
-                    None)
+        return next(
+            (r for r in self._items(conn, project_id, completion_id) if _index(r["responses"][0]) == index), None
+        )
 
     def completion(self, completion_id: str, index: int = 0) -> dict | None:
         """The stored reply ``index`` of a completion ``{"id", "prompt", "messages", "responses",
@@ -267,9 +321,11 @@ class FeedbackLog:
             return []
         I = db.items
         with self.store.read() as conn:
-            rows = conn.execute(select(I.c.id, I.c.external_id, I.c.messages, I.c.responses, I.c.created_at)
-                                .where(I.c.project_id == self._pids["thumbs"], I.c.source == CHAT_SOURCE)
-                                .order_by(I.c.id)).all()
+            rows = conn.execute(
+                select(I.c.id, I.c.external_id, I.c.messages, I.c.responses, I.c.created_at)
+                .where(I.c.project_id == self._pids["thumbs"], I.c.source == CHAT_SOURCE)
+                .order_by(I.c.id)
+            ).all()
         return chat_conversations.grouped(rows, stored)
 
     # ------------------------------------------------------------------ feedback
@@ -283,8 +339,9 @@ class FeedbackLog:
         from rlhfkit.feedback.queue import submit_label
 
         A, L, P = db.assignments, db.labels, db.projects
-        prev = conn.execute(select(L.c.id, L.c.assignment_id).where(L.c.item_id == item["id"],
-                                                                    L.c.user_id == user_id)).first()
+        prev = conn.execute(
+            select(L.c.id, L.c.assignment_id).where(L.c.item_id == item["id"], L.c.user_id == user_id)
+        ).first()
         if prev is not None:  # a changed mind: the old verdict goes, the task is open again
             conn.execute(delete(L).where(L.c.id == prev.id))
             conn.execute(update(A).where(A.c.id == prev.assignment_id).values(status="open", finished_at=None))
@@ -292,11 +349,21 @@ class FeedbackLog:
             aid = int(prev.assignment_id)
         else:
             order = list(range(len(item["responses"])))
-            aid = int(conn.execute(insert(A).values(project_id=project_id, item_id=item["id"], user_id=user_id,
-                                                    display_order=order, status="open", created_at=time.time()))
-                      .inserted_primary_key[0])
-            conn.execute(update(db.items).where(db.items.c.id == item["id"])
-                         .values(n_assigned=db.items.c.n_assigned + 1))
+            aid = int(
+                conn.execute(
+                    insert(A).values(
+                        project_id=project_id,
+                        item_id=item["id"],
+                        user_id=user_id,
+                        display_order=order,
+                        status="open",
+                        created_at=time.time(),
+                    )
+                ).inserted_primary_key[0]
+            )
+            conn.execute(
+                update(db.items).where(db.items.c.id == item["id"]).values(n_assigned=db.items.c.n_assigned + 1)
+            )
         res = submit_label(conn, user_id, aid, body, duration_ms=0)
         if extra:
             payload = conn.execute(select(L.c.payload).where(L.c.id == res["label_id"])).scalar()
@@ -318,9 +385,19 @@ class FeedbackLog:
             item = self._item(conn, pid, completion_id, index)
         return item
 
-    def feedback(self, completion_id: str, thumbs: Any = None, rating: Any = None, comment: str | None = None,
-                 user: str | None = None, *, reason: str | None = None, edit: str | None = None,
-                 choice: Any = None, choice_index: Any = None) -> dict:
+    def feedback(
+        self,
+        completion_id: str,
+        thumbs: Any = None,
+        rating: Any = None,
+        comment: str | None = None,
+        user: str | None = None,
+        *,
+        reason: str | None = None,
+        edit: str | None = None,
+        choice: Any = None,
+        choice_index: Any = None,
+    ) -> dict:
         """Store an end user's feedback on a stored completion, any of:
 
         - ``thumbs``: ``"up"`` / ``"down"`` / bool, with an optional ``reason`` (``comment`` is
@@ -342,17 +419,20 @@ class FeedbackLog:
         reason = _reason(reason, comment)
         edit = _edit(edit)
         choice = _choice(choice)
-        if choice_index is not None and (isinstance(choice_index, bool) or not isinstance(choice_index, int)
-                                         or choice_index < 0):
-            raise FeedbackError("choice_index must be an integer >= 0 (which reply of the completion)",
-                                param="choice_index")
+        if choice_index is not None and (
+            isinstance(choice_index, bool) or not isinstance(choice_index, int) or choice_index < 0
+        ):
+            raise FeedbackError(
+                "choice_index must be an integer >= 0 (which reply of the completion)", param="choice_index"
+            )
         if label is None and rating is None and edit is None and choice is None:
             raise FeedbackError("give thumbs (up / down), a rating, an edit or a choice", param="thumbs")
         if user is not None and not isinstance(user, str):
             raise FeedbackError("user must be a string", param="user")
         if not isinstance(completion_id, str) or not 0 < len(completion_id) <= MAX_COMPLETION_ID_CHARS:
-            raise FeedbackError(f"completion_id must be a string of 1 to {MAX_COMPLETION_ID_CHARS} characters",
-                                param="completion_id")
+            raise FeedbackError(
+                f"completion_id must be a string of 1 to {MAX_COMPLETION_ID_CHARS} characters", param="completion_id"
+            )
         judged = choice_index if choice_index is not None else (choice if choice is not None else 0)
         end_user = self._end_user(user)
         if self.redact:
@@ -365,31 +445,52 @@ class FeedbackLog:
             if not replies:
                 raise FeedbackError(f"no completion {completion_id!r}", status=404, param="completion_id")
             if choice is not None and len(replies) != 2:
-                raise FeedbackError(f"choice picks one of two replies; this completion has {len(replies)}",
-                                    param="choice")
+                raise FeedbackError(
+                    f"choice picks one of two replies; this completion has {len(replies)}", param="choice"
+                )
             if judged >= len(replies):
-                raise FeedbackError(f"the completion has {len(replies)} replies: choice_index must be below that",
-                                    param="choice_index")
+                raise FeedbackError(
+                    f"the completion has {len(replies)} replies: choice_index must be below that", param="choice_index"
+                )
             item = replies[judged]
             if edit is not None and edit.strip() == item["responses"][0]["text"].strip():
                 raise FeedbackError("edit is the served reply unchanged", param="edit")
             uid = self._user_id(conn)
-            out = {"completion_id": completion_id, "thumbs_label_id": None, "rating_label_id": None,
-                   "edit_label_id": None, "choice_label_id": None}
+            out = {
+                "completion_id": completion_id,
+                "thumbs_label_id": None,
+                "rating_label_id": None,
+                "edit_label_id": None,
+                "choice_label_id": None,
+            }
             if label is not None:
                 out["thumbs_label_id"] = self._label(conn, pids["thumbs"], item, uid, {"label": label}, extra)
             if rating is not None:
-                out["rating_label_id"] = self._label(conn, pids["rating"], self._copy(conn, "rating", completion_id, [item]),
-                                                     uid, {"rating": rating, "flags": []}, extra)
+                out["rating_label_id"] = self._label(
+                    conn,
+                    pids["rating"],
+                    self._copy(conn, "rating", completion_id, [item]),
+                    uid,
+                    {"rating": rating, "flags": []},
+                    extra,
+                )
             if edit is not None:
                 stored_edit = self._private(edit)
-                out["edit_label_id"] = self._label(conn, pids["rewrite"], self._copy(conn, "edit", completion_id, [item]),
-                                                   uid, {"rewrite": stored_edit}, extra)
+                out["edit_label_id"] = self._label(
+                    conn,
+                    pids["rewrite"],
+                    self._copy(conn, "edit", completion_id, [item]),
+                    uid,
+                    {"rewrite": stored_edit},
+                    extra,
+                )
             if choice is not None:
                 pair = self._copy(conn, "choice", completion_id, replies)
-                out["choice_label_id"] = self._label(conn, pids["pairwise"], pair, uid,
-                                                     {"choice": "AB"[choice], "strength": None}, extra)
+                out["choice_label_id"] = self._label(
+                    conn, pids["pairwise"], pair, uid, {"choice": "AB"[choice], "strength": None}, extra
+                )
             return out
+
         return self.store.write(job)
 
     def _rating(self, rating: Any) -> int | None:
@@ -426,8 +527,13 @@ class FeedbackLog:
         ``rewrites`` / ``sft`` (the edits) or ``pairs`` (the choices)."""
         from rlhfkit.feedback.export import export_records
 
-        ttype = {"thumbs": "thumbs", "ratings": "rating", "rewrites": "rewrite", "sft": "rewrite",
-                 "pairs": "pairwise"}.get(kind)
+        ttype = {
+            "thumbs": "thumbs",
+            "ratings": "rating",
+            "rewrites": "rewrite",
+            "sft": "rewrite",
+            "pairs": "pairwise",
+        }.get(kind)
         if ttype is None:
             raise ValueError("kind must be thumbs, ratings, rewrites, sft or pairs")
         if ttype not in self._pids:

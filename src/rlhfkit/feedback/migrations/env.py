@@ -1,5 +1,6 @@
 """Alembic environment: runs on the connection handed over by ``db.upgrade`` (or, from the
 alembic command line, on ``sqlalchemy.url`` of the ini file)."""
+
 from alembic import context
 
 from rlhfkit.feedback.db import make_engine, metadata
@@ -8,8 +9,12 @@ config = context.config
 
 
 def _run(connection) -> None:
-    context.configure(connection=connection, target_metadata=metadata,
-                      render_as_batch=connection.dialect.name == "sqlite", compare_type=True)
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -1,6 +1,7 @@
 """What the JSON API and the pages both do, on an :class:`AppContext`: log-ins and password
 changes under the log-in throttle, projects, users and members, the item import and the export.
 Errors are ``HTTPException`` s with the status each route answers."""
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,22 @@ from ..tasks import LabelError, drop_duplicate_items, parse_items, redact_items
 from .context import AppContext
 from .schemas import ProjectIn, UserPatch
 
-__all__ = ["write", "client_address", "login", "change_password", "my_projects", "get_project", "create_project",
-           "import_items", "project_labels", "project_export", "create_user", "update_user", "project_members",
-           "set_members"]
+__all__ = [
+    "write",
+    "client_address",
+    "login",
+    "change_password",
+    "my_projects",
+    "get_project",
+    "create_project",
+    "import_items",
+    "project_labels",
+    "project_export",
+    "create_user",
+    "update_user",
+    "project_members",
+    "set_members",
+]
 
 
 async def write(ctx: AppContext, fn: Callable) -> Any:
@@ -61,8 +75,9 @@ def _reserve(ctx: AppContext, username: str, address: str) -> bool:
     try:
         return ctx.store.write(lambda c: ctx.throttle.reserve(c, username, address))
     except Throttled as e:
-        raise HTTPException(429, "too many failed log-ins; try again later",
-                            headers={"Retry-After": str(int(e.retry_after) + 1)}) from None
+        raise HTTPException(
+            429, "too many failed log-ins; try again later", headers={"Retry-After": str(int(e.retry_after) + 1)}
+        ) from None
 
 
 def login(ctx: AppContext, username: str, password: str, address: str, kind: str):
@@ -79,9 +94,13 @@ def login(ctx: AppContext, username: str, password: str, address: str, kind: str
     def job(c):
         ctx.throttle.succeeded(c, username, address, known)
         if new_hash is not None:  # upgrade an older hash (scrypt, weaker argon2) now that we know the password
-            c.execute(update(db.users).where(db.users.c.id == user["id"], db.users.c.password_hash == old_hash)
-                      .values(password_hash=new_hash))
+            c.execute(
+                update(db.users)
+                .where(db.users.c.id == user["id"], db.users.c.password_hash == old_hash)
+                .values(password_hash=new_hash)
+            )
         return create_session(c, user["id"], kind, ctx.session_ttl_s)
+
     token, csrf, exp = ctx.store.write(job)
     return user, token, csrf, exp
 
@@ -100,6 +119,7 @@ def change_password(ctx: AppContext, p: Principal, current: str, new: str, addre
     def job(c):
         ctx.throttle.succeeded(c, p.username, address, known)
         change_user(c, p.user_id, password_hash=new_hash, keep_session=p.token_hash)
+
     ctx.store.write(job)
 
 
@@ -113,6 +133,7 @@ def create_user(ctx: AppContext, username: str, password: str, role: str) -> dic
         if c.execute(select(db.users.c.id).where(db.users.c.username == username)).first():
             raise Conflict(f"user {username!r} exists")
         return insert_user(c, username, password, role)
+
     try:
         uid = ctx.store.write(job)
     except (Conflict, IntegrityError):  # the unique name: a create in another server process won
@@ -127,8 +148,8 @@ def update_user(ctx: AppContext, user_id: int, body: UserPatch, p: Principal) ->
     keep = p.token_hash if user_id == p.user_id else None  # an admin resetting their own: stay signed in
 
     def job(c):
-        return change_user(c, user_id, active=body.active, role=body.role, password_hash=new_hash,
-                           keep_session=keep)
+        return change_user(c, user_id, active=body.active, role=body.role, password_hash=new_hash, keep_session=keep)
+
     try:
         return ctx.store.write(job)
     except LookupError as e:
@@ -150,8 +171,13 @@ def my_projects(ctx: AppContext, p: Principal) -> list[dict]:
     progress and ``p``'s own label count."""
     A = db.assignments
     with ctx.store.read() as conn:
-        mine = dict(conn.execute(select(A.c.project_id, func.count()).where(
-            A.c.user_id == p.user_id, A.c.status == "done").group_by(A.c.project_id)).all())
+        mine = dict(
+            conn.execute(
+                select(A.c.project_id, func.count())
+                .where(A.c.user_id == p.user_id, A.c.status == "done")
+                .group_by(A.c.project_id)
+            ).all()
+        )
         members = _members(conn)
         out = []
         for row in overview(conn):
@@ -177,11 +203,23 @@ def create_project(ctx: AppContext, body: ProjectIn) -> dict:
         exists = c.execute(select(db.projects.c.id).where(db.projects.c.name == body.name)).first()
         if exists:
             raise ValueError(f"a project named {body.name!r} exists")
-        res = c.execute(insert(db.projects).values(
-            name=body.name, task_type=body.task_type, instructions=body.instructions,
-            overlap=body.overlap, gold_rate=body.gold_rate, scale_min=body.scale_min,
-            scale_max=body.scale_max, active=True, n_items=0, n_labels=0, created_at=time.time()))
+        res = c.execute(
+            insert(db.projects).values(
+                name=body.name,
+                task_type=body.task_type,
+                instructions=body.instructions,
+                overlap=body.overlap,
+                gold_rate=body.gold_rate,
+                scale_min=body.scale_min,
+                scale_max=body.scale_max,
+                active=True,
+                n_items=0,
+                n_labels=0,
+                created_at=time.time(),
+            )
+        )
         return {"id": int(res.inserted_primary_key[0]), **body.model_dump()}
+
     try:
         return ctx.store.write(job)
     except ValueError as e:
@@ -191,9 +229,15 @@ def create_project(ctx: AppContext, body: ProjectIn) -> dict:
 def project_members(ctx: AppContext, project_id: int) -> list[dict]:
     U, M = db.users, db.project_members
     with ctx.store.read() as conn:
-        return [dict(r) for r in conn.execute(
-            select(U.c.id, U.c.username, U.c.role, U.c.active).select_from(M.join(U, U.c.id == M.c.user_id))
-            .where(M.c.project_id == project_id).order_by(U.c.username)).mappings()]
+        return [
+            dict(r)
+            for r in conn.execute(
+                select(U.c.id, U.c.username, U.c.role, U.c.active)
+                .select_from(M.join(U, U.c.id == M.c.user_id))
+                .where(M.c.project_id == project_id)
+                .order_by(U.c.username)
+            ).mappings()
+        ]
 
 
 def set_members(ctx: AppContext, project_id: int, usernames: list[str]) -> list[dict]:
@@ -214,17 +258,25 @@ def set_members(ctx: AppContext, project_id: int, usernames: list[str]) -> list[
         if after:
             c.execute(insert(M), [{"project_id": project_id, "user_id": u} for u in sorted(after)])
             # whoever had work here and is no longer offered the project hands it back
-            holders = {r[0] for r in c.execute(select(db.assignments.c.user_id).where(
-                db.assignments.c.project_id == project_id, db.assignments.c.status == "open"))}
+            holders = {
+                r[0]
+                for r in c.execute(
+                    select(db.assignments.c.user_id).where(
+                        db.assignments.c.project_id == project_id, db.assignments.c.status == "open"
+                    )
+                )
+            }
             for u in holders - after:
                 release_open_tasks(c, u, project_id)
+
     ctx.store.write(job)
     return project_members(ctx, project_id)
 
 
 # ----------------------------------------------------------------------------- import and export
-def import_items(ctx: AppContext, project_id: int, source, label: str | None = None,
-                 redact_request: bool = False) -> dict:
+def import_items(
+    ctx: AppContext, project_id: int, source, label: str | None = None, redact_request: bool = False
+) -> dict:
     """Items from ``source`` (a file path or a list of dicts) into the project, all or nothing:
     the first bad item is a 422 naming file (``label``), line or index, and field."""
     proj = get_project(ctx, project_id)
@@ -232,10 +284,17 @@ def import_items(ctx: AppContext, project_id: int, source, label: str | None = N
         parsed = parse_items(source, proj["task_type"], (proj["scale_min"], proj["scale_max"]))
     except DataError as e:
         if label is not None:
-            e = DataError(e.message, path=label, line=e.line if e.index is None else None,
-                          index=e.index, field=e.field, reason=e.reason)
-        raise HTTPException(422, {"error": str(e), "file": e.path, "line": e.line, "field": e.field,
-                                  "imported": 0}) from None
+            e = DataError(
+                e.message,
+                path=label,
+                line=e.line if e.index is None else None,
+                index=e.index,
+                field=e.field,
+                reason=e.reason,
+            )
+        raise HTTPException(
+            422, {"error": str(e), "file": e.path, "line": e.line, "field": e.field, "imported": 0}
+        ) from None
     parsed, n_copies = drop_duplicate_items(parsed)  # as `feedback import` does
     out: dict = {"duplicates_dropped": n_copies} if n_copies else {}
     if ctx.redact_all or redact_request:
@@ -251,10 +310,22 @@ def project_labels(ctx: AppContext, project_id: int, redact: bool) -> list[dict]
     """Every label of the project as stored, personal data replaced in their payloads when asked."""
     L, U = db.labels, db.users
     with ctx.store.read() as conn:
-        rows = conn.execute(select(L.c.id, L.c.item_id, L.c.assignment_id, U.c.username, L.c.payload,
-                                   L.c.is_gold, L.c.correct, L.c.duration_ms, L.c.created_at)
-                            .select_from(L.join(U, U.c.id == L.c.user_id))
-                            .where(L.c.project_id == project_id).order_by(L.c.id)).mappings()
+        rows = conn.execute(
+            select(
+                L.c.id,
+                L.c.item_id,
+                L.c.assignment_id,
+                U.c.username,
+                L.c.payload,
+                L.c.is_gold,
+                L.c.correct,
+                L.c.duration_ms,
+                L.c.created_at,
+            )
+            .select_from(L.join(U, U.c.id == L.c.user_id))
+            .where(L.c.project_id == project_id)
+            .order_by(L.c.id)
+        ).mappings()
         out = [dict(r) for r in rows]
     if redact or ctx.redact_all:
         for r in out:
@@ -262,9 +333,17 @@ def project_labels(ctx: AppContext, project_id: int, redact: bool) -> list[dict]
     return out
 
 
-def project_export(ctx: AppContext, project_id: int, kind: str, aggregate: str, include_gold: bool,
-                   redact: bool, with_labeler: bool = True, min_gold_accuracy: float = 0.0,
-                   weight_by_gold: bool = False) -> tuple[bytes, str, dict[str, str]]:
+def project_export(
+    ctx: AppContext,
+    project_id: int,
+    kind: str,
+    aggregate: str,
+    include_gold: bool,
+    redact: bool,
+    with_labeler: bool = True,
+    min_gold_accuracy: float = 0.0,
+    weight_by_gold: bool = False,
+) -> tuple[bytes, str, dict[str, str]]:
     """The project's records of ``kind`` as JSON lines: ``(body, file name, extra headers)``.
     ``with_labeler``, ``min_gold_accuracy``, ``weight_by_gold`` act as in ``feedback export``
     (labeler pseudonyms; a gold-accuracy threshold; weights); the header ``X-Export-Note`` says
@@ -277,9 +356,16 @@ def project_export(ctx: AppContext, project_id: int, kind: str, aggregate: str, 
         raise HTTPException(500, str(e)) from None
     with ctx.store.read() as conn:
         try:
-            result = export_labels(conn, project_id, kind, include_gold=include_gold, aggregate=aggregate,
-                                   labeler_key=key, min_gold_accuracy=min_gold_accuracy or None,
-                                   weight_by_gold=weight_by_gold)
+            result = export_labels(
+                conn,
+                project_id,
+                kind,
+                include_gold=include_gold,
+                aggregate=aggregate,
+                labeler_key=key,
+                min_gold_accuracy=min_gold_accuracy or None,
+                weight_by_gold=weight_by_gold,
+            )
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
     recs, note = result.records, result.note()

@@ -2,6 +2,7 @@
 exports, users and members. Every route needs the admin role: the routers themselves depend on
 ``api_admin``, so a route added here cannot leave it out. ``upload_router`` holds the file import,
 whose body limit is the server's ``max_import_bytes`` (``create_app`` includes it with it)."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -84,8 +85,9 @@ def api_generate(project_id: Id, body: GenerateIn, p: ApiAdmin, ctx: Ctx):
     lo, hi = TASK_TYPES[proj["task_type"]]
     n = min(max(body.n, lo), hi)
     try:
-        return {"imported": generate_items(ctx.store, project_id, body.prompts, ctx.generator, n,
-                                           redact=ctx.redact_all)}
+        return {
+            "imported": generate_items(ctx.store, project_id, body.prompts, ctx.generator, n, redact=ctx.redact_all)
+        }
     except LookupError as e:  # the generator has no model yet (e.g. a loop still in its setup)
         raise HTTPException(503, str(e)) from None
 
@@ -110,20 +112,32 @@ def api_labels(project_id: Id, p: ApiAdmin, ctx: Ctx, redact: bool = False):
 
 
 @router.get("/api/admin/projects/{project_id}/export")
-def api_export(project_id: Id, kind: Literal["pairs", "rankings", "ratings", "thumbs", "sft", "rewrites"],
-               p: ApiAdmin, ctx: Ctx, aggregate: Literal["none", "majority"] = "none", include_gold: bool = False,
-               redact: bool = False, with_labeler: bool = True,
-               min_gold_accuracy: float = Query(0.0, ge=0.0, le=1.0), weight_by_gold: bool = False):
+def api_export(
+    project_id: Id,
+    kind: Literal["pairs", "rankings", "ratings", "thumbs", "sft", "rewrites"],
+    p: ApiAdmin,
+    ctx: Ctx,
+    aggregate: Literal["none", "majority"] = "none",
+    include_gold: bool = False,
+    redact: bool = False,
+    with_labeler: bool = True,
+    min_gold_accuracy: float = Query(0.0, ge=0.0, le=1.0),
+    weight_by_gold: bool = False,
+):
     """JSON lines readable by ``rlhfkit.data.read_records(path, kind)``. ``redact=true`` (always,
     when the server runs with ``--redact true``) replaces personal data and leaves out pairs whose
     answers became one text; the header ``X-Redacted`` says what was replaced and left out.
     ``with_labeler``, ``min_gold_accuracy``, ``weight_by_gold``: as ``feedback export`` (labeler
     pseudonyms, on by default; gold-accuracy threshold and weights); the header ``X-Export-Note``
     says what they left out or gave."""
-    body, fname, headers = project_export(ctx, project_id, kind, aggregate, include_gold, redact,
-                                          with_labeler, min_gold_accuracy, weight_by_gold)
-    return Response(body, media_type="application/x-ndjson",
-                    headers={"Content-Disposition": f'attachment; filename="{fname}"', **headers})
+    body, fname, headers = project_export(
+        ctx, project_id, kind, aggregate, include_gold, redact, with_labeler, min_gold_accuracy, weight_by_gold
+    )
+    return Response(
+        body,
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="{fname}"', **headers},
+    )
 
 
 # ----------------------------------------------------------------------------- users and members
@@ -131,8 +145,12 @@ def api_export(project_id: Id, kind: Literal["pairs", "rankings", "ratings", "th
 def api_users(p: ApiAdmin, ctx: Ctx):
     U = db.users
     with ctx.store.read() as conn:
-        return [dict(r) for r in conn.execute(select(U.c.id, U.c.username, U.c.role, U.c.active,
-                                                     U.c.created_at).order_by(U.c.id)).mappings()]
+        return [
+            dict(r)
+            for r in conn.execute(
+                select(U.c.id, U.c.username, U.c.role, U.c.active, U.c.created_at).order_by(U.c.id)
+            ).mappings()
+        ]
 
 
 @router.post("/api/admin/users", status_code=201)

@@ -2,6 +2,7 @@
 the file import. Every route needs the admin role (the routers depend on ``page_admin``). A form
 answers with a redirect, and the page it leads to shows the form's outcome once (``flash``); the
 pages read no message from their link."""
+
 from __future__ import annotations
 
 import asyncio
@@ -54,17 +55,29 @@ def _back(ctx: AppContext, p: Principal, url: str, *, msg: str | None = None, er
 def admin_page(request: Request, p: PageAdmin, ctx: Ctx):
     with ctx.store.read() as conn:
         projects = overview(conn)
-        users = [dict(r) for r in conn.execute(select(db.users.c.id, db.users.c.username, db.users.c.role,
-                                                      db.users.c.active).order_by(db.users.c.id)).mappings()]
+        users = [
+            dict(r)
+            for r in conn.execute(
+                select(db.users.c.id, db.users.c.username, db.users.c.role, db.users.c.active).order_by(db.users.c.id)
+            ).mappings()
+        ]
     return _page(ctx, request, p, "admin.html", projects=projects, users=users, task_types=list(TASK_TYPES))
 
 
 @router.post("/admin/projects", include_in_schema=False)
-def admin_create_project(p: PageAdmin, ctx: Ctx, name: str = Form(...), task_type: str = Form(...),
-                         instructions: str = Form(""), overlap: int = Form(1), gold_rate: float = Form(0.0)):
+def admin_create_project(
+    p: PageAdmin,
+    ctx: Ctx,
+    name: str = Form(...),
+    task_type: str = Form(...),
+    instructions: str = Form(""),
+    overlap: int = Form(1),
+    gold_rate: float = Form(0.0),
+):
     try:
-        body = ProjectIn(name=name, task_type=task_type, instructions=instructions, overlap=overlap,
-                         gold_rate=gold_rate)
+        body = ProjectIn(
+            name=name, task_type=task_type, instructions=instructions, overlap=overlap, gold_rate=gold_rate
+        )
         proj = create_project(ctx, body)
     except (HTTPException, ValueError) as e:
         return _back(ctx, p, "/admin", error=_detail(e))
@@ -72,8 +85,9 @@ def admin_create_project(p: PageAdmin, ctx: Ctx, name: str = Form(...), task_typ
 
 
 @router.post("/admin/users", include_in_schema=False)
-def admin_create_user(p: PageAdmin, ctx: Ctx, username: str = Form(...), password: str = Form(...),
-                      role: str = Form("labeler")):
+def admin_create_user(
+    p: PageAdmin, ctx: Ctx, username: str = Form(...), password: str = Form(...), role: str = Form("labeler")
+):
     try:
         create_user(ctx, username, password, role)
     except HTTPException as e:
@@ -82,8 +96,9 @@ def admin_create_user(p: PageAdmin, ctx: Ctx, username: str = Form(...), passwor
 
 
 @router.post("/admin/users/{user_id}", include_in_schema=False)
-def admin_update_user(user_id: Id, p: PageAdmin, ctx: Ctx, role: str = Form(...), active: str = Form(...),
-                      password: str = Form("")):
+def admin_update_user(
+    user_id: Id, p: PageAdmin, ctx: Ctx, role: str = Form(...), active: str = Form(...), password: str = Form("")
+):
     try:
         body = UserPatch(role=role, active=active == "active", password=password or None)
         row = update_user(ctx, user_id, body, p)
@@ -100,14 +115,28 @@ def admin_project_page(request: Request, project_id: Id, p: PageAdmin, ctx: Ctx)
             dash = project_dashboard(conn, project_id)
         except LookupError:
             raise HTTPException(404, f"no project {project_id}") from None
-        labelers = [dict(r) for r in conn.execute(select(db.users.c.id, db.users.c.username, db.users.c.role)
-                                                  .where(db.users.c.active == True)  # noqa: E712
-                                                  .order_by(db.users.c.username)).mappings()]
+        labelers = [
+            dict(r)
+            for r in conn.execute(
+                select(db.users.c.id, db.users.c.username, db.users.c.role)
+                .where(db.users.c.active == True)  # noqa: E712
+                .order_by(db.users.c.username)
+            ).mappings()
+        ]
         active = conn.execute(select(db.projects.c.active).where(db.projects.c.id == project_id)).scalar()
     members = {m["id"] for m in project_members(ctx, project_id)}
     kinds = [k for k, types in EXPORT_KINDS.items() if dash["project"]["type"] in types]
-    return _page(ctx, request, p, "admin_project.html", d=dash, export_kinds=kinds, labelers=labelers,
-                 members=members, active=bool(active))
+    return _page(
+        ctx,
+        request,
+        p,
+        "admin_project.html",
+        d=dash,
+        export_kinds=kinds,
+        labelers=labelers,
+        members=members,
+        active=bool(active),
+    )
 
 
 @router.post("/admin/projects/{project_id}/members", include_in_schema=False)
@@ -117,8 +146,7 @@ async def admin_set_members(request: Request, project_id: Id, p: PageAdmin, ctx:
         members = await asyncio.to_thread(set_members, ctx, project_id, names)
     except (HTTPException, LabelError) as e:
         return _back(ctx, p, f"/admin/projects/{project_id}", error=_detail(e))
-    msg = ("open to every labeler" if not members
-           else "restricted to " + ", ".join(m["username"] for m in members))
+    msg = "open to every labeler" if not members else "restricted to " + ", ".join(m["username"] for m in members)
     return _back(ctx, p, f"/admin/projects/{project_id}", msg=msg)
 
 

@@ -1,6 +1,7 @@
 """The JSON API of log-ins and labelling (``/api/auth``, ``/api/me``, ``/api/projects``,
 ``/api/tasks``). Labelers only ever see their own tasks (someone else's task id answers 404);
 claiming a task changes state, so it is a POST."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -29,8 +30,13 @@ def api_login(body: LoginIn, request: Request, ctx: Ctx):
     if res is None:
         raise HTTPException(401, "wrong user name or password")
     user, token, csrf, exp = res
-    return {"token": token, "token_type": "bearer", "csrf_token": csrf, "expires_at": exp,
-            "user": {"id": user["id"], "username": user["username"], "role": user["role"]}}
+    return {
+        "token": token,
+        "token_type": "bearer",
+        "csrf_token": csrf,
+        "expires_at": exp,
+        "user": {"id": user["id"], "username": user["username"], "role": user["role"]},
+    }
 
 
 @router.post("/api/auth/logout", tags=["auth"])
@@ -70,8 +76,11 @@ async def api_next(p: ApiUser, ctx: Ctx, project_id: int | None = Query(None, ge
 
 @router.get("/api/tasks/next", include_in_schema=False)
 async def api_next_get():
-    return JSONResponse({"detail": "claiming a task changes state: use POST /api/tasks/next"},
-                        status_code=405, headers={"Allow": "POST"})
+    return JSONResponse(
+        {"detail": "claiming a task changes state: use POST /api/tasks/next"},
+        status_code=405,
+        headers={"Allow": "POST"},
+    )
 
 
 @router.get("/api/tasks/{task_id}", tags=["labelling"])
@@ -96,6 +105,7 @@ async def api_label(task_id: Id, verdict: Verdict, p: ApiUser, ctx: Ctx, next: b
         if next:
             res["next"] = next_task(c, p.user_id, res["project_id"], now=t, lease_s=ctx.lease_s)
         return res
+
     return json_response(await write(ctx, job))
 
 
@@ -108,4 +118,5 @@ async def api_skip(task_id: Id, p: ApiUser, ctx: Ctx, next: bool = Query(False))
             pid = c.execute(select(db.assignments.c.project_id).where(db.assignments.c.id == task_id)).scalar()
             res["next"] = next_task(c, p.user_id, pid, now=t, lease_s=ctx.lease_s)
         return res
+
     return await write(ctx, job)

@@ -1,6 +1,7 @@
 """What the routes of the feedback app share, passed explicitly: ``create_app`` puts one
 :class:`AppContext` on ``app.state.ctx`` and a route receives it by declaring ``ctx: Ctx``; the
 request limits, cookie names and the id type of path parameters."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,21 @@ from ..auth import LoginThrottle, Principal
 from ..db import Store
 from ..queue import DEFAULT_LEASE_S
 
-__all__ = ["AppContext", "Ctx", "get_context", "Id", "json_response", "COOKIE", "LOGIN_CSRF_COOKIE", "SAFE_METHODS",
-           "MAX_BODY_BYTES", "MAX_IMPORT_BYTES", "MAX_ID", "MAX_DURATION_MS", "FEEDBACK_DIR"]
+__all__ = [
+    "AppContext",
+    "Ctx",
+    "get_context",
+    "Id",
+    "json_response",
+    "COOKIE",
+    "LOGIN_CSRF_COOKIE",
+    "SAFE_METHODS",
+    "MAX_BODY_BYTES",
+    "MAX_IMPORT_BYTES",
+    "MAX_ID",
+    "MAX_DURATION_MS",
+    "FEEDBACK_DIR",
+]
 
 FEEDBACK_DIR = Path(__file__).resolve().parent.parent  # its templates/ and static/
 COOKIE = "rlhf_session"
@@ -61,5 +75,4 @@ Ctx = Annotated[AppContext, Depends(get_context)]
 
 def json_response(obj: Any) -> Response:
     """A JSON reply without FastAPI's recursive ``jsonable_encoder`` (hot paths return plain dicts)."""
-    return Response(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode(),
-                    media_type="application/json")
+    return Response(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode(), media_type="application/json")

@@ -12,6 +12,7 @@ token on unsafe requests (form field ``csrf_token`` or header ``X-CSRF-Token``);
   never parsed).
 The test ``tests/feedback/test_routes.py`` lists every route with these dependencies.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -24,9 +25,23 @@ from fastapi.responses import RedirectResponse
 from ..auth import Principal, lookup_session
 from .context import COOKIE, SAFE_METHODS, get_context
 
-__all__ = ["api_user", "api_admin", "page_user", "page_admin", "ApiUser", "ApiAdmin", "PageUser", "PageAdmin",
-           "LoginRequired", "redirect_to_login", "principal", "check_csrf", "tokens_match", "SESSION_DEPENDENCIES",
-           "ADMIN_DEPENDENCIES"]
+__all__ = [
+    "api_user",
+    "api_admin",
+    "page_user",
+    "page_admin",
+    "ApiUser",
+    "ApiAdmin",
+    "PageUser",
+    "PageAdmin",
+    "LoginRequired",
+    "redirect_to_login",
+    "principal",
+    "check_csrf",
+    "tokens_match",
+    "SESSION_DEPENDENCIES",
+    "ADMIN_DEPENDENCIES",
+]
 
 
 class LoginRequired(Exception):
@@ -54,8 +69,9 @@ def tokens_match(supplied: str | None, expected: str) -> bool:
     """Whether a token sent by the client is ``expected``, in constant time. Compared as bytes:
     ``hmac.compare_digest`` raises TypeError for str with characters past ASCII, which a header,
     a cookie or a form field may hold -- a wrong token, answered 403, not a 500."""
-    return bool(supplied) and hmac.compare_digest(supplied.encode("utf-8", "surrogatepass"),
-                                                  expected.encode("utf-8", "surrogatepass"))
+    return bool(supplied) and hmac.compare_digest(
+        supplied.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 def check_csrf(p: Principal, supplied: str | None) -> None:

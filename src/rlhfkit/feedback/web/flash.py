@@ -10,6 +10,7 @@ cookies for ours) is ignored. HttpOnly, SameSite=strict, path ``/admin``, 60 s.
 Signing is itsdangerous' (Pallets, the signer under Flask's sessions): a keyed HMAC over a
 compact payload with a salt per use and a time stamp checked on reading, rather than our own
 HMAC and encoding."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,13 +38,21 @@ def sign(key: str, values: dict[str, str]) -> str:
     return _serializer(key).dumps(values)
 
 
-def redirect_with_flash(url: str, p: Principal, *, secure: bool, msg: Any = None,
-                        error: Any = None) -> RedirectResponse:
+def redirect_with_flash(
+    url: str, p: Principal, *, secure: bool, msg: Any = None, error: Any = None
+) -> RedirectResponse:
     """A 303 to ``url`` whose page will show ``msg`` (or ``error``) to ``p``."""
     values = {k: str(v)[:MAX_CHARS] for k, v in (("msg", msg), ("error", error)) if v is not None}
     resp = RedirectResponse(url, status_code=303)
-    resp.set_cookie(FLASH_COOKIE, sign(p.csrf_token, values), max_age=_MAX_AGE_S, path=_PATH, httponly=True,
-                    samesite="strict", secure=secure)
+    resp.set_cookie(
+        FLASH_COOKIE,
+        sign(p.csrf_token, values),
+        max_age=_MAX_AGE_S,
+        path=_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=secure,
+    )
     return resp
 
 

@@ -1,6 +1,7 @@
 """The pages every signed-in user has: log-in and log-out, the project list (with the password
 change) and the labelling page. The log-in form carries its own CSRF token (a cookie echoed in
 the form) since there is no session yet; the page shows no text from its link."""
+
 from __future__ import annotations
 
 import secrets
@@ -32,10 +33,8 @@ def _safe_next(nxt: str | None) -> str:
 def _login_form(ctx: AppContext, request: Request, next_path: str, status: int = 200, **values) -> HTMLResponse:
     """The log-in page with a fresh form token, set as a cookie the form must echo."""
     csrf = secrets.token_urlsafe(24)
-    resp = ctx.render(request, "login.html", None, status=status, next=_safe_next(next_path), csrf_token=csrf,
-                      **values)
-    resp.set_cookie(LOGIN_CSRF_COOKIE, csrf, httponly=True, samesite="strict", secure=ctx.secure_cookies,
-                    max_age=3600)
+    resp = ctx.render(request, "login.html", None, status=status, next=_safe_next(next_path), csrf_token=csrf, **values)
+    resp.set_cookie(LOGIN_CSRF_COOKIE, csrf, httponly=True, samesite="strict", secure=ctx.secure_cookies, max_age=3600)
     return resp
 
 
@@ -46,8 +45,14 @@ def login_page(request: Request, ctx: Ctx, next: str = "/"):  # noqa: A002
 
 
 @router.post("/login", include_in_schema=False)
-def login_submit(request: Request, ctx: Ctx, username: str = Form(...), password: str = Form(...),
-                 csrf_token: str = Form(""), next: str = Form("/")):  # noqa: A002
+def login_submit(
+    request: Request,
+    ctx: Ctx,
+    username: str = Form(...),
+    password: str = Form(...),
+    csrf_token: str = Form(""),
+    next: str = Form("/"),
+):  # noqa: A002
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not (cookie and tokens_match(csrf_token, cookie)):
         raise HTTPException(403, "missing or wrong CSRF token; reload the log-in page")
@@ -56,8 +61,15 @@ def login_submit(request: Request, ctx: Ctx, username: str = Form(...), password
         return _login_form(ctx, request, next, status=401, error="Wrong user name or password.")
     _user, token, _csrf, _exp = res
     resp = RedirectResponse(_safe_next(next), status_code=303)
-    resp.set_cookie(COOKIE, token, httponly=True, samesite="lax", secure=ctx.secure_cookies,
-                    max_age=int(ctx.session_ttl_s), path="/")
+    resp.set_cookie(
+        COOKIE,
+        token,
+        httponly=True,
+        samesite="lax",
+        secure=ctx.secure_cookies,
+        max_age=int(ctx.session_ttl_s),
+        path="/",
+    )
     resp.delete_cookie(LOGIN_CSRF_COOKIE)
     return resp
 
@@ -76,15 +88,17 @@ def home(request: Request, p: PageUser, ctx: Ctx):
 
 
 @router.post("/account/password", include_in_schema=False)
-def account_password(request: Request, p: PageUser, ctx: Ctx, current_password: str = Form(...),
-                     new_password: str = Form(...)):
+def account_password(
+    request: Request, p: PageUser, ctx: Ctx, current_password: str = Form(...), new_password: str = Form(...)
+):
     try:
         PasswordChange(current_password=current_password, new_password=new_password)
         change_password(ctx, p, current_password, new_password, client_address(request))
     except (HTTPException, ValueError) as e:
         detail = getattr(e, "detail", None) or "the new password must have at least 8 characters"
-        return ctx.render(request, "home.html", p, status=getattr(e, "status_code", 422),
-                          projects=my_projects(ctx, p), error=detail)
+        return ctx.render(
+            request, "home.html", p, status=getattr(e, "status_code", 422), projects=my_projects(ctx, p), error=detail
+        )
     return ctx.render(request, "home.html", p, projects=my_projects(ctx, p), msg="password changed")
 
 

@@ -1,5 +1,6 @@
 """The JSON API's request bodies (pydantic). Verdicts are strict (no type coercion, no unknown
 fields); the pages build the same models from their form fields, so both front ends check alike."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -8,8 +9,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .context import MAX_DURATION_MS
 
-__all__ = ["LoginIn", "Verdict", "ProjectIn", "ProjectPatch", "UserIn", "UserPatch", "PasswordChange", "MembersIn",
-           "ItemsIn", "GenerateIn"]
+__all__ = [
+    "LoginIn",
+    "Verdict",
+    "ProjectIn",
+    "ProjectPatch",
+    "UserIn",
+    "UserPatch",
+    "PasswordChange",
+    "MembersIn",
+    "ItemsIn",
+    "GenerateIn",
+]
 
 
 class LoginIn(BaseModel):

@@ -2,6 +2,7 @@
 admin check (as a ``File(...)`` parameter FastAPI would read and spool the whole upload before any
 dependency runs, so an anonymous client could make the server write ``max_import_bytes`` to disk
 per request), and a gzip is decompressed in steps up to the same limit."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,10 +23,26 @@ __all__ = ["UPLOAD_BODY", "GZIP_MAGIC", "gunzip_upload", "upload_error", "upload
 
 _SUFFIXES = (".jsonl", ".json", ".gz")
 # the import's multipart body, for the OpenAPI document (the route reads it itself: see uploaded_file)
-UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file"],
-    "properties": {"file": {"type": "string", "format": "binary",
-                            "description": "JSON lines (or a .json list); gzip-compressed or not"}}}}}}}
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "JSON lines (or a .json list); gzip-compressed or not",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -40,8 +57,9 @@ def upload_name(filename: str | None) -> str:
     the field ``file``."""
     name = (filename or "upload.jsonl").replace("\\", "/").rsplit("/", 1)[-1]
     if name in ("", ".", "..") or any(ord(ch) < 32 or ch == "\x7f" for ch in name) or len(name) > 255:
-        raise upload_error(422, f"field 'file': the upload's name {escape_surrogates(filename)!r} is not a file name",
-                           None)
+        raise upload_error(
+            422, f"field 'file': the upload's name {escape_surrogates(filename)!r} is not a file name", None
+        )
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
@@ -65,15 +83,18 @@ def gunzip_upload(path: Path, limit: int, name: str) -> Path:
             while chunk := src.read(1 << 20):  # GzipFile.read(n) never inflates more than n bytes
                 total += len(chunk)
                 if total > limit:
-                    raise upload_error(413, f"field 'file': {name} decompresses to more than the import limit of "
-                                            f"{limit / 1e6:g} MB (--max_import_mb)", name)
+                    raise upload_error(
+                        413,
+                        f"field 'file': {name} decompresses to more than the import limit of "
+                        f"{limit / 1e6:g} MB (--max_import_mb)",
+                        name,
+                    )
                 dst.write(chunk)
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         raise upload_error(422, f"field 'file': {name} is not a readable gzip file ({e})", name) from None
     with open(out, "rb") as f:
         if f.read(2) == GZIP_MAGIC:
-            raise upload_error(422, f"field 'file': {name} is a gzip file inside a gzip file; compress it once",
-                               name)
+            raise upload_error(422, f"field 'file': {name} is a gzip file inside a gzip file; compress it once", name)
     return out
 
 
@@ -99,6 +120,7 @@ async def import_upload(ctx: AppContext, request: Request, project_id: int, reda
         def save():  # the upload is already spooled to disk past 1 MB: copy in chunks
             with open(path, "wb") as out:
                 shutil.copyfileobj(file.file, out, 1 << 20)
+
         await asyncio.to_thread(save)
         path = await asyncio.to_thread(gunzip_upload, path, ctx.max_import_bytes, name)
         return await asyncio.to_thread(import_items, ctx, project_id, path, name, redact)

@@ -4,6 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2025-01-01
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -34,8 +35,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("expires_at", sa.Float, nullable=False),
         sa.PrimaryKeyConstraint("token_hash", name="pk_sessions"),
-        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name="fk_sessions_user_id_users",
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name="fk_sessions_user_id_users", ondelete="CASCADE"),
     )
     op.create_index("ix_sessions_user_id", "sessions", ["user_id"])
     op.create_table(
@@ -69,11 +69,11 @@ def upgrade() -> None:
         sa.Column("source", sa.String(32), nullable=False),
         sa.Column("created_at", sa.Float, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_items"),
-        sa.ForeignKeyConstraint(["project_id"], ["projects.id"], name="fk_items_project_id_projects",
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["project_id"], ["projects.id"], name="fk_items_project_id_projects", ondelete="CASCADE"
+        ),
     )
-    op.create_index("ix_items_project_id_is_gold_n_assigned_id", "items",
-                    ["project_id", "is_gold", "n_assigned", "id"])
+    op.create_index("ix_items_project_id_is_gold_n_assigned_id", "items", ["project_id", "is_gold", "n_assigned", "id"])
     op.create_table(
         "assignments",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -85,16 +85,14 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("finished_at", sa.Float, nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_assignments"),
-        sa.ForeignKeyConstraint(["project_id"], ["projects.id"],
-                                name="fk_assignments_project_id_projects", ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["item_id"], ["items.id"], name="fk_assignments_item_id_items",
-                                ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name="fk_assignments_user_id_users",
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["project_id"], ["projects.id"], name="fk_assignments_project_id_projects", ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(["item_id"], ["items.id"], name="fk_assignments_item_id_items", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name="fk_assignments_user_id_users", ondelete="CASCADE"),
         sa.UniqueConstraint("item_id", "user_id", name="uq_assignments_item_id_user_id"),
     )
-    op.create_index("ix_assignments_user_id_project_id_status", "assignments",
-                    ["user_id", "project_id", "status"])
+    op.create_index("ix_assignments_user_id_project_id_status", "assignments", ["user_id", "project_id", "status"])
     op.create_table(
         "labels",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -108,14 +106,14 @@ def upgrade() -> None:
         sa.Column("duration_ms", sa.Integer, nullable=True),
         sa.Column("created_at", sa.Float, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_labels"),
-        sa.ForeignKeyConstraint(["assignment_id"], ["assignments.id"],
-                                name="fk_labels_assignment_id_assignments", ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["project_id"], ["projects.id"], name="fk_labels_project_id_projects",
-                                ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["item_id"], ["items.id"], name="fk_labels_item_id_items",
-                                ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name="fk_labels_user_id_users",
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["assignment_id"], ["assignments.id"], name="fk_labels_assignment_id_assignments", ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["project_id"], ["projects.id"], name="fk_labels_project_id_projects", ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(["item_id"], ["items.id"], name="fk_labels_item_id_items", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name="fk_labels_user_id_users", ondelete="CASCADE"),
         sa.UniqueConstraint("assignment_id", name="uq_labels_assignment_id"),
         sa.UniqueConstraint("item_id", "user_id", name="uq_labels_item_id_user_id"),
     )

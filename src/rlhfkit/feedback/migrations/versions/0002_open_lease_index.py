@@ -4,6 +4,7 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2025-02-01
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -15,8 +16,13 @@ depends_on = None
 
 def upgrade() -> None:
     # only open rows are indexed: it stays tiny however many tasks are done
-    op.create_index("ix_assignments_open_lease", "assignments", ["project_id", "created_at"],
-                    sqlite_where=sa.text("status = 'open'"), postgresql_where=sa.text("status = 'open'"))
+    op.create_index(
+        "ix_assignments_open_lease",
+        "assignments",
+        ["project_id", "created_at"],
+        sqlite_where=sa.text("status = 'open'"),
+        postgresql_where=sa.text("status = 'open'"),
+    )
 
 
 def downgrade() -> None:

@@ -4,6 +4,7 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-07
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -28,10 +29,10 @@ def upgrade() -> None:
         sa.Column("project_id", sa.Integer, nullable=False),
         sa.Column("user_id", sa.Integer, nullable=False),
         sa.PrimaryKeyConstraint("project_id", "user_id", name="pk_project_members"),
-        sa.ForeignKeyConstraint(["project_id"], ["projects.id"], name="fk_project_members_project_id_projects",
-                                ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name="fk_project_members_user_id_users",
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["project_id"], ["projects.id"], name="fk_project_members_project_id_projects", ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name="fk_project_members_user_id_users", ondelete="CASCADE"),
     )
     op.create_index("ix_project_members_user_id", "project_members", ["user_id"])
 

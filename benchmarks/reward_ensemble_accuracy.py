@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--train_only", action="store_true", help="train the members, do not evaluate")
     args, rest = p.parse_known_args(argv)
 
-    from rlhfkit.eval.reward_eval import pair_metrics, score_texts
+    from rlhfkit.rewards.metrics import pair_metrics, score_texts
     from rlhfkit.models import load_reward_model
     from rlhfkit.data.loading import load_training_records
     from rlhfkit.data.splits import split_holdout

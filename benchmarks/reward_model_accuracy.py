@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from rlhfkit.eval.reward_eval import evaluate_pairs
+from rlhfkit.rewards.metrics import evaluate_pairs
 from rlhfkit.models import load_reward_model
 from rlhfkit.data.loading import load_training_records
 from rlhfkit.data.splits import first_n, split_holdout

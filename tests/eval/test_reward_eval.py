@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlhfkit.eval.reward_eval import expected_calibration_error, pair_metrics
+from rlhfkit.rewards.metrics import expected_calibration_error, pair_metrics
 
 
 def test_ece_by_hand():
@@ -71,7 +71,7 @@ def test_format_report_header_cells_are_separated_and_aligned_with_their_values(
 
 
 def test_rating_and_thumbs_metric_pieces_by_hand():
-    from rlhfkit.eval.reward_eval import average_ranks, mean_squared_error, roc_auc, spearman, threshold_accuracy
+    from rlhfkit.rewards.metrics import average_ranks, mean_squared_error, roc_auc, spearman, threshold_accuracy
 
     assert mean_squared_error([0.5, 1.0, 0.0], [0.0, 1.0, 1.0]) == pytest.approx((0.25 + 0 + 1) / 3)
     assert average_ranks([10, 20, 20, 30]) == [1, 2.5, 2.5, 4]
@@ -93,7 +93,7 @@ def test_rating_and_thumbs_metric_pieces_by_hand():
 
 def test_rating_and_thumbs_metric_pieces_agree_with_scipy():
     stats = pytest.importorskip("scipy.stats")
-    from rlhfkit.eval.reward_eval import roc_auc, spearman
+    from rlhfkit.rewards.metrics import roc_auc, spearman
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 5, (40,), generator=g).tolist()  # many ties
@@ -105,7 +105,7 @@ def test_rating_and_thumbs_metric_pieces_agree_with_scipy():
 
 
 def test_rating_and_thumbs_metrics():
-    from rlhfkit.eval.reward_eval import rating_metrics, thumbs_metrics
+    from rlhfkit.rewards.metrics import rating_metrics, thumbs_metrics
 
     m = rating_metrics([0.5, 1.0, 0.0], [0.0, 1.0, 0.5])
     assert m["examples"] == 3 and m["mse"] == m["loss"] == pytest.approx(0.5 / 3)

@@ -476,7 +476,7 @@ def test_held_out_ratings_and_thumbs_are_scored(tmp_path, capsys, tiny_encoder_r
     scores give."""
     from transformers import AutoTokenizer
 
-    from rlhfkit.eval.reward_eval import rating_metrics, score_texts, thumbs_metrics
+    from rlhfkit.rewards.metrics import rating_metrics, score_texts, thumbs_metrics
     from rlhfkit.models import load_reward_model
 
     kind = "ratings" if objective == "regression" else "thumbs"

@@ -159,16 +159,16 @@ def test_reward_validation_split_chooses_and_held_out_is_scored_once(tmp_path, t
 
 def test_split_seed_keeps_the_held_out_pairs_across_member_seeds(tmp_path, tiny_encoder_rm_dir, pair_file, monkeypatch):
     """Ensemble members (different seeds) must hold out the same pairs: --split_seed fixes the split."""
-    import rlhfkit.eval.reward_eval as reward_eval
+    import rlhfkit.recipes.reward as reward_recipe
 
     seen = []
-    real = reward_eval.evaluate_pairs
+    real = reward_recipe.evaluate_pairs
 
     def spy(model, tokenizer, pairs, *a, **kw):
         seen.append([(p.prompt, p.chosen) for p in pairs])
         return real(model, tokenizer, pairs, *a, **kw)
 
-    monkeypatch.setattr(reward_eval, "evaluate_pairs", spy)
+    monkeypatch.setattr(reward_recipe, "evaluate_pairs", spy)
     for seed, split in ((1, 0), (2, 0), (2, -1)):
         reward_run(
             load_config(

@@ -457,13 +457,13 @@ def stage_reward(ctx: Context, d: Path) -> dict:
 
 
 def reward_calibration(model_dir: Path, pair_file: Path, max_length: int, batch_size: int, seed: int = 0) -> dict:
-    """Held-out metrics of the reward model (``eval.reward_eval``) and its reliability diagram:
+    """Held-out metrics of the reward model (``rewards.metrics``) and its reliability diagram:
     p = sigmoid(r_first - r_second) with each pair shown in a seeded random order (as
-    ``reward_eval.pair_metrics``), binned into 10 equal-width bins."""
+    ``rewards.metrics.pair_metrics``), binned into 10 equal-width bins."""
     import torch
 
     from rlhfkit.eval.report import reliability_bins
-    from rlhfkit.eval.reward_eval import pair_metrics, score_texts
+    from rlhfkit.rewards.metrics import pair_metrics, score_texts
     from rlhfkit.models import load_reward_model
 
     pairs = load_training_records(str(pair_file), "pairs", ties="drop")

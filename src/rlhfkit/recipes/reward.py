@@ -16,6 +16,7 @@ import torch
 
 from rlhfkit.core.losses import binary_feedback_loss, bradley_terry_loss, rating_regression_loss, weighted_sum
 from rlhfkit.models import apply_lora, load_reward_model, reward_scores
+from rlhfkit.rewards.metrics import evaluate_pairs, evaluate_ratings, evaluate_thumbs
 from rlhfkit.data.loading import load_training_records
 from rlhfkit.data.splits import drop_held_out_copies, first_n, split_by_prompt
 from rlhfkit.recipes.common import (
@@ -285,10 +286,9 @@ def run(config: RewardConfig) -> dict:
 
 
 def held_out_metrics(model, tokenizer, held: list, config: RewardConfig, targets: list[float] | None) -> dict:
-    """Pair metrics (``eval.reward_eval.evaluate_pairs``, overall), rating metrics (MSE, Spearman)
-    or thumbs metrics (accuracy, AUC, log loss) of ``held``, by the objective."""
-    from rlhfkit.eval.reward_eval import evaluate_pairs, evaluate_ratings, evaluate_thumbs
-
+    """Pair metrics (``rewards.metrics.evaluate_pairs``, overall; what `reward eval` reports),
+    rating metrics (MSE, Spearman) or thumbs metrics (accuracy, AUC, log loss) of ``held``, by the
+    objective."""
     size = dict(max_length=config.max_length, batch_size=config.micro_batch_size * 2)
     if config.objective == "pairwise":
         return evaluate_pairs(model, tokenizer, held, **size)["overall"]

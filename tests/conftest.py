@@ -40,3 +40,16 @@ def flip_tensor_bit(path: Path) -> None:
     name_len, extra_len = struct.unpack("<HH", raw[record.header_offset + 26 : record.header_offset + 30])
     raw[record.header_offset + 30 + name_len + extra_len + record.file_size // 2] ^= 1
     path.write_bytes(bytes(raw))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (``loopback.CHROMIUM``) through Python Playwright, one per module;
+    skips where Playwright is not installed (a module skips itself where Chromium is absent)."""
+    from .loopback import CHROMIUM, CHROMIUM_ARGS
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()

@@ -1,9 +1,6 @@
 """``rlhfkit serve`` following a learner's folder answers from the version the learner promotes,
 with feedback given through the server's own API (a real server process on loopback)."""
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -11,17 +8,10 @@ import pytest
 from rlhfkit.learn.run import run
 from rlhfkit.models import versions
 
+from ..loopback import launch_serve, stop_serve
 from .conftest import PROMPTS, tiny_config
 
 pytest.importorskip("fastapi")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_serve_answers_from_the_promoted_version_after_a_round(tmp_path, tiny_base):
@@ -35,45 +25,10 @@ def test_serve_answers_from_the_promoted_version_after_a_round(tmp_path, tiny_ba
 
     learn, db = tmp_path / "learn", tmp_path / "fb.db"
     versions.init_learn_dir(learn, str(tiny_base))
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rlhfkit.cli",
-            "serve",
-            "--model",
-            str(learn),
-            "--db",
-            str(db),
-            "--port",
-            str(port),
-            "--threads",
-            "1",
-            "--max_new_tokens",
-            "6",
-            "--reload_every",
-            "0.2",
-            "--log_level",
-            "warning",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    flags = ("--db", str(db), "--max_new_tokens", "6", "--reload_every", "0.2", "--log_level", "warning")
+    proc, base = launch_serve(learn, *flags)
     try:
         with httpx.Client(base_url=base, timeout=60) as http:
-            for _ in range(600):
-                try:
-                    if http.get("/health", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert proc.poll() is None, proc.stdout.read()
-                time.sleep(0.1)
             assert http.get("/health").json()["version"] == "v0"
             for k, prompt in enumerate(PROMPTS[:12]):
                 for user in ("ann", "ben"):
@@ -117,11 +72,4 @@ def test_serve_answers_from_the_promoted_version_after_a_round(tmp_path, tiny_ba
         last = feedback_events(str(db))[-1]
         assert (last.completion_id, last.versions) == (r.json()["id"], ("v1",))
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
-        proc.stdout.close()
+        stop_serve(proc)

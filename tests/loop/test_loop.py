@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rlhfkit.loop import run as loop_run
-from rlhfkit.loop.run import ROUND_STAGES, Loop
+from rlhfkit.loop.rounds import ROUND_STAGES, Loop
 
 from .. import kill_after_step
 from .conftest import tiny_loop_config

@@ -301,7 +301,7 @@ def test_simulated_rankings_expand_to_all_pairs_and_hold_out_whole_prompts(tmp_p
     three pairs, every pair consistent with that one ranking; held-out pairs never share a prompt
     with a training pair. With zero noise every pair is ordered by the gold judge."""
     from rlhfkit.pipeline.config import apply_quick
-    from rlhfkit.pipeline.stages import Context
+    from rlhfkit.pipeline.context import Context
 
     config = tiny_config(tmp_path / "run", pipeline_data, **{"feedback.label_noise": 0.0})
     apply_quick(config)
@@ -342,7 +342,7 @@ def test_dataset_pairs_are_held_out_by_prompt(tmp_path, pipeline_data):
     per label with each one's labeler id): no held-out pair shares its prompt, and so no pair, with
     the training pairs."""
     from rlhfkit.pipeline.config import apply_quick
-    from rlhfkit.pipeline.stages import Context
+    from rlhfkit.pipeline.context import Context
 
     rows = [
         {

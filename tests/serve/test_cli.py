@@ -14,13 +14,9 @@ import pytest
 
 from rlhfkit.cli import main
 
+from ..loopback import free_port, launch_serve, stop_serve
+
 pytest.importorskip("fastapi")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _refused(capsys, argv, words):
@@ -63,7 +59,7 @@ def test_a_port_in_use_is_refused_before_the_model_loads(capsys, tiny_chat_dir):
         assert time.perf_counter() - t < 5
     _refused(
         capsys,
-        ["serve", "--model", str(tiny_chat_dir), "--host", "no-such-host.invalid", "--port", str(_free_port())],
+        ["serve", "--model", str(tiny_chat_dir), "--host", "no-such-host.invalid", "--port", str(free_port())],
         ["field 'host'"],
     )
 
@@ -76,7 +72,7 @@ def test_a_feedback_store_that_cannot_open_is_a_field_error(capsys, tmp_path, ti
             "--model",
             str(tiny_chat_dir),
             "--port",
-            str(_free_port()),
+            str(free_port()),
             "--db",
             str(tmp_path / "no" / "such" / "dir" / "fb.db"),
         ],
@@ -84,7 +80,7 @@ def test_a_feedback_store_that_cannot_open_is_a_field_error(capsys, tmp_path, ti
     )
     (tmp_path / "junk.db").write_bytes(b"not a database, just text " * 100)
     _refused(capsys, ["chat", "--model", str(tiny_chat_dir), "--db", str(tmp_path / "junk.db")], ["field 'db'"])
-    _refused(capsys, ["serve", "--model", str(tmp_path / "missing"), "--port", str(_free_port())], ["could not load"])
+    _refused(capsys, ["serve", "--model", str(tmp_path / "missing"), "--port", str(free_port())], ["could not load"])
 
 
 def test_a_real_server_acknowledges_feedback_only_once_it_is_on_disk(tiny_chat_dir, tmp_path):
@@ -93,46 +89,11 @@ def test_a_real_server_acknowledges_feedback_only_once_it_is_on_disk(tiny_chat_d
     feedback is acknowledged, the store still holds it."""
     import httpx
 
-    port, db = _free_port(), tmp_path / "fb.db"
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "RLHFKIT_API_KEY": "sekrit",
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rlhfkit.cli",
-            "serve",
-            "--model",
-            str(tiny_chat_dir),
-            "--db",
-            str(db),
-            "--port",
-            str(port),
-            "--threads",
-            "1",
-            "--max_new_tokens",
-            "4",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    db = tmp_path / "fb.db"
+    proc, base = launch_serve(
+        tiny_chat_dir, "--db", str(db), "--max_new_tokens", "4", env={"RLHFKIT_API_KEY": "sekrit"}
     )
     try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.2)
         assert httpx.get(base + "/v1/models", timeout=5).status_code == 401  # the key from the environment
         with httpx.Client(base_url=base, timeout=10) as browser:  # the web chat asks for that key once
             page = browser.get("/chat")
@@ -157,10 +118,7 @@ def test_a_real_server_acknowledges_feedback_only_once_it_is_on_disk(tiny_chat_d
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
-        proc.stdout.close()
+        stop_serve(proc)
     with sqlite3.connect(db) as con:
         rows = con.execute(
             "SELECT l.payload FROM labels l JOIN items i ON i.id = l.item_id WHERE i.external_id = ?", (c["id"],)
@@ -196,49 +154,15 @@ def test_serve_takes_a_loop_folder_and_serves_its_newest_finished_round(tmp_path
     round_1 = loop / "round-1" / "policy" / "model"
     assert json.loads((loop / "loop_state.json").read_text())["rounds_done"] == 1 and round_1.is_dir()
 
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rlhfkit.cli",
-            "serve",
-            "--model",
-            str(loop),
-            "--port",
-            str(port),
-            "--threads",
-            "1",
-            "--max_new_tokens",
-            "6",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     messages = [{"role": "user", "content": "the film was"}]
+    proc, base = launch_serve(loop, "--max_new_tokens", "6")
     try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.1)
         assert [m["id"] for m in httpx.get(base + "/v1/models", timeout=5).json()["data"]] == ["loop/round-1"]
         served = httpx.post(
             base + "/v1/chat/completions", timeout=60, json={"messages": messages, "temperature": 0}
         ).json()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(30)
-        log = proc.stdout.read()
-        proc.stdout.close()
+        log = stop_serve(proc)
     assert served["model"] == "loop/round-1"
     # greedy: the reply round 1's policy gives loaded here, token for token
     expected = ChatModel.load(str(round_1), max_new_tokens=6).complete(messages, temperature=0)
@@ -251,7 +175,7 @@ def test_serve_takes_a_loop_folder_and_serves_its_newest_finished_round(tmp_path
     (waiting / "loop_state.json").write_text(json.dumps({"rounds_done": 0}))
     _refused(
         capsys,
-        ["serve", "--model", str(waiting), "--port", str(_free_port())],
+        ["serve", "--model", str(waiting), "--port", str(free_port())],
         ["field 'model'", "the loop has no policy yet"],
     )
 
@@ -270,7 +194,7 @@ def test_the_server_runs_openmp_workers_passive_unless_told_otherwise():
         "    return real(name, *a, **k)\n"
         "builtins.__import__ = spy\n"
         "from rlhfkit.cli import main\n"
-        f"main(['serve', '--model', '/nonexistent-model', '--port', '{_free_port()}'])\n"
+        f"main(['serve', '--model', '/nonexistent-model', '--port', '{free_port()}'])\n"
         "print(seen.get('torch'))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}

@@ -2,14 +2,13 @@
 real server process under continuous load, current.json switched under it."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
+
+from ..loopback import launch_serve, stop_serve
 
 pytest.importorskip("fastapi")
 
@@ -17,14 +16,6 @@ ASKS = [
     [{"role": "user", "content": text}]
     for text in ("Hello! How are you today?", "Tell me about the sea.", "hi", "What is two plus two?")
 ]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _expected(learn, version):
@@ -56,35 +47,9 @@ def test_a_learner_folder_is_followed_under_load_with_no_failed_request(tmp_path
     expected = {v: _expected(learn, v) for v in ("v0", "v1")}
     assert expected["v0"] != expected["v1"]
 
-    port, db = _free_port(), tmp_path / "fb.db"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rlhfkit.cli",
-            "serve",
-            "--model",
-            str(learn),
-            "--db",
-            str(db),
-            "--port",
-            str(port),
-            "--threads",
-            "1",
-            "--max_new_tokens",
-            "6",
-            "--reload_every",
-            "0.2",
-            "--log_level",
-            "warning",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    db = tmp_path / "fb.db"
+    flags = ("--db", str(db), "--max_new_tokens", "6", "--reload_every", "0.2", "--log_level", "warning")
+    proc, base = launch_serve(learn, *flags)
     results, stop = [], threading.Event()
 
     def streamed(r) -> dict:
@@ -122,14 +87,6 @@ def test_a_learner_folder_is_followed_under_load_with_no_failed_request(tmp_path
 
     clients = []
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.1)
         h = health()
         assert (h["model"], h["version"], h["policy"]["kind"]) == ("learn", "v0", "learner")
         clients = [threading.Thread(target=client, args=(k,)) for k in range(4)]
@@ -159,15 +116,7 @@ def test_a_learner_folder_is_followed_under_load_with_no_failed_request(tmp_path
         stop.set()
         for t in clients:
             t.join(60)
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
-        log = proc.stdout.read()
-        proc.stdout.close()
+        log = stop_serve(proc)
 
     failed = [r for r in results if r[2] != 200]
     assert failed == [], failed[:3]

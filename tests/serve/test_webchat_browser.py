@@ -7,91 +7,23 @@ import contextlib
 import json
 import os
 import re
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from ..loopback import CHROMIUM, serve_process
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (apt-get install chromium)")
 pytest.importorskip("itsdangerous")
 
 
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
-
-
 @contextlib.contextmanager
 def serving(model_dir, folder, *flags):
     """A real ``rlhfkit serve`` process on a free loopback port: ``(base URL, SQLite path)``."""
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     db = folder / "fb.db"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    env.pop("RLHFKIT_API_KEY", None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rlhfkit.cli",
-            "serve",
-            "--model",
-            str(model_dir),
-            "--db",
-            str(db),
-            "--port",
-            str(port),
-            "--threads",
-            "1",
-            "--max_new_tokens",
-            "12",
-            *flags,
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.1)
+    flags = ("--db", str(db), "--max_new_tokens", "12", *flags)
+    with serve_process(model_dir, *flags, env={"RLHFKIT_API_KEY": None}) as (_, base):
         yield base, db
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
-        proc.stdout.close()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rlhfkit.training.distributed import DistInfo
-from rlhfkit.training.loop import TrainingConfig, example_length, fit, lower_is_better
+from rlhfkit.training.best_weights import lower_is_better
+from rlhfkit.training.loop import TrainingConfig, example_length, fit
 
 # 32 examples of a linear regression problem; example i has a token list of length 1 + i % 7 so
 # that length grouping really reorders them.
@@ -132,7 +133,7 @@ def test_a_nan_evaluation_never_counts_as_best(tmp_path):
 
 
 def test_a_kill_between_the_renames_keeps_the_previous_best(tmp_path):
-    from rlhfkit.training.loop import BestWeights
+    from rlhfkit.training.best_weights import BestWeights
 
     out = tmp_path / "run"
     BestWeights(str(out), "val_loss", DistInfo(), resuming=False).update(4, {"val_loss": 1.0}, make_model())
@@ -307,7 +308,7 @@ def test_a_resumed_run_passes_over_a_damaged_best_with_a_warning(tmp_path, capsy
 def test_a_best_copy_without_manifest_from_an_older_rlhfkit_still_resumes(tmp_path):
     """best/ written before manifests (no manifest.json, a best.json that names none) is taken up
     when its files load."""
-    from rlhfkit.training.loop import BestWeights
+    from rlhfkit.training.best_weights import BestWeights
 
     out = tmp_path / "run"
     BestWeights(str(out), "val_loss", DistInfo(), resuming=False).update(4, {"val_loss": 1.0}, make_model())

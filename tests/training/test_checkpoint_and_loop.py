@@ -5,7 +5,8 @@ import torch
 from rlhfkit.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from rlhfkit.training.distributed import DistInfo
 from rlhfkit.training.logging import MetricsLogger
-from rlhfkit.training.loop import TrainingConfig, build_scheduler, epoch_order, plan_steps, rank_slice
+from rlhfkit.training.loop import TrainingConfig, epoch_order, plan_steps, rank_slice
+from rlhfkit.training.optimizer import build_scheduler
 
 
 def test_epoch_order_is_deterministic_and_differs_by_epoch():

@@ -2,7 +2,7 @@
 
 - ``simulated``: in-process simulated labelers (the learning benchmark's): the gold judge scores
   both responses, Gaussian noise of std ``label_noise`` is added to each score, the higher one is
-  chosen (as ``pipeline.stages.simulate_labels``). Seeded, so a rerun gives the same labels.
+  chosen (as ``pipeline.feedback_stage.simulate_labels``). Seeded, so a rerun gives the same labels.
 - ``store``: people in the feedback app. The selected pairs become the items of a pairwise
   project ``<project_prefix>-round-N`` in the feedback store (created once: a restarted loop
   finds the project and its items and just waits again); the loop polls the store until

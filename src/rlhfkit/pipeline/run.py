@@ -21,7 +21,9 @@ from pathlib import Path
 
 from rlhfkit.pipeline.cache import run_stage
 from rlhfkit.pipeline.config import PipelineConfig, apply_quick
-from rlhfkit.pipeline.stages import RUNNERS, STAGES, Context, stage_inputs
+from rlhfkit.pipeline.context import Context
+from rlhfkit.pipeline.fingerprints import stage_inputs
+from rlhfkit.pipeline.stages import RUNNERS, STAGES
 from rlhfkit.training.run_identity import stage_fingerprint
 
 

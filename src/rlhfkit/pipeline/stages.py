@@ -1,5 +1,6 @@
 """The stages of ``rlhfkit pipeline``, each a function ``(ctx, stage_dir) -> outputs`` that
-composes the recipes, and ``stage_inputs`` which says what each stage's fingerprint covers.
+composes the recipes (``RUNNERS``); the ``feedback`` stage is in ``pipeline/feedback_stage.py``,
+and what each stage's fingerprint covers in ``pipeline/fingerprints.py``.
 
     init -> sft (optional) -> feedback -> reward -> policy -> eval -> report
 
@@ -13,42 +14,14 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import random
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from rlhfkit.data import PreferencePair, write_jsonl
-from rlhfkit.data.loading import load_prompts, load_training_records, read_jsonl, tokenizer_corpus
-from rlhfkit.data.splits import draw_in_order, split_by_prompt
-from rlhfkit.training.run_identity import file_digest, stage_settings, with_content
+from rlhfkit.data.loading import load_training_records, read_jsonl, tokenizer_corpus
+from rlhfkit.pipeline.context import Context
+from rlhfkit.pipeline.feedback_stage import stage_feedback
+from rlhfkit.pipeline.fingerprints import kl_coef
 
 STAGES = ("init", "sft", "feedback", "reward", "policy", "eval", "report")
-
-
-@dataclass
-class Context:
-    config: Any  # PipelineConfig
-    out: Path
-    fingerprints: dict[str, str] = field(default_factory=dict)
-    outputs: dict[str, dict] = field(default_factory=dict)
-
-    def dir(self, stage: str) -> Path:
-        return self.out / stage
-
-    @property
-    def init_model(self) -> str:
-        return self.outputs["init"]["model"]
-
-    @property
-    def start_model(self) -> str:
-        """The model policy optimisation starts from (and the reference of the evaluation)."""
-        return self.outputs["sft"]["model"] if self.config.run_sft else self.init_model
-
-    @property
-    def rm_spec(self) -> str:
-        return f"rm:{self.dir('reward') / 'model'}"
 
 
 def _section(ctx: Context, name: str, **wired):
@@ -59,126 +32,6 @@ def _section(ctx: Context, name: str, **wired):
     if ctx.config.threads:
         section.threads = ctx.config.threads
     return section
-
-
-def _write_prompts(path: Path, prompts: list[str]) -> None:
-    path.write_text("".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n" for p in prompts), encoding="utf-8")
-
-
-# ----------------------------------------------------------------------------- fingerprints
-WIRED = {
-    "sft": {"model"},
-    "reward": {"data", "eval_data"},
-    "ppo": {"model", "prompts", "reward", "gold_reward", "chat_template"},
-    "grpo": {"model", "prompts", "reward", "gold_reward", "chat_template"},
-    "rloo": {"model", "prompts", "reward", "gold_reward", "chat_template"},
-    "dpo": {"model", "data", "eval_data"},
-    "kto": {"model", "data", "eval_data"},
-    "eval": {"policy", "reference", "judge", "gold", "prompts", "exclude_prompts", "chat_template"},
-}
-# feedback fields added after runs were cached: left out of the fingerprint at these values (what
-# those runs sampled with), so a finished run of an older preset stays cached
-LATER_FEEDBACK_DEFAULTS = {"top_p": 1.0, "top_k": 0}
-# feedback fields only simulated labelers read: not in the fingerprint of the other sources
-SIMULATION_FIELDS = {
-    "n_label_prompts",
-    "num_candidates",
-    "label_noise",
-    "labeler",
-    "max_new_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "batch_size",
-}
-
-
-def _feedback_settings(c) -> dict:
-    own = {
-        k: v
-        for k, v in stage_settings(c.feedback).items()
-        if not (k in LATER_FEEDBACK_DEFAULTS and v == LATER_FEEDBACK_DEFAULTS[k])
-        and (c.feedback.source == "simulated" or k not in SIMULATION_FIELDS)
-    }
-    if c.feedback.source == "simulated" and c.chat_template:  # plain text: nothing, as before the field
-        own["chat_template"] = True
-    return own
-
-
-def stage_inputs(ctx: Context, stage: str) -> tuple[Any, dict[str, str]]:
-    """``(own settings, {input stage: fingerprint})`` of ``stage``; upstream fingerprints must
-    already be in ``ctx.fingerprints``."""
-    c, fps = ctx.config, ctx.fingerprints
-    start = {"start": fps["sft"] if c.run_sft else fps["init"]} if stage not in ("init", "sft") else {}
-    if stage == "init":
-        own = stage_settings(c.init)
-        if c.init.kind == "tiny":
-            own["corpus"] = with_content(c.feedback.prompts)  # stage_init's tokenizer corpus
-        else:
-            own = {"kind": c.init.kind, "model": with_content(c.init.model)}
-        return own, {}
-    if stage == "sft":
-        return stage_settings(c.sft, WIRED["sft"]), {"init": fps["init"]}
-    if stage == "feedback":
-        own = _feedback_settings(c)
-        own["source_digest"] = _feedback_source_digest(c.feedback)
-        if c.feedback.source == "simulated":
-            own["labeler"] = c.feedback.labeler or c.gold
-            return own, start
-        return own, {}
-    if stage == "reward":
-        inputs = {"feedback": fps["feedback"]}
-        if c.reward.model == "init":
-            inputs["init"] = fps["init"]
-        return stage_settings(c.reward, WIRED["reward"]), inputs
-    if stage == "policy":
-        own = {"algorithm": c.algorithm, **stage_settings(getattr(c, c.algorithm), WIRED[c.algorithm])}
-        inputs = {**start, "feedback": fps["feedback"]}
-        if c.algorithm in ("ppo", "grpo", "rloo"):
-            inputs["reward"] = fps["reward"]
-            own["gold"] = c.gold
-            own["chat_template"] = c.chat_template
-        return own, inputs
-    if stage == "eval":
-        own = {
-            **stage_settings(c.eval, WIRED["eval"]),
-            "gold": c.gold,
-            "n_token_samples": c.report.n_token_samples,
-            "kl_coef": _kl_coef(c),
-            "chat_template": c.chat_template,
-        }
-        return own, {**start, "policy": fps["policy"], "reward": fps["reward"], "feedback": fps["feedback"]}
-    if stage == "report":
-        own = {"report": stage_settings(c.report), "name": c.name, "algorithm": c.algorithm, "version": 1}
-        return own, {k: v for k, v in fps.items() if k != "report"}
-    raise KeyError(stage)
-
-
-def _feedback_source_digest(fb) -> str:
-    """What the feedback's source holds: a pair file's content hash; a store project's exported
-    pairs (labels added in the app change it, so the reward model retrains); a named set's name."""
-    if fb.source == "dataset":
-        return file_digest(fb.data) if Path(fb.data).is_file() else f"named:{fb.data}"
-    if fb.source == "store":
-        import hashlib
-
-        h = hashlib.sha256()
-        for r in _export_store(fb):
-            h.update(json.dumps(r.to_dict(), sort_keys=True).encode())
-        return h.hexdigest()
-    return ""
-
-
-def _kl_coef(c) -> float:
-    """The beta shown in the per-token shaped reward ``-beta * KL (+ score on the last token)``."""
-    section = getattr(c, c.algorithm)
-    if c.algorithm == "dpo":
-        from rlhfkit.recipes.dpo import DEFAULT_BETA
-
-        return float(section.beta or DEFAULT_BETA.get(section.loss, 0.1) or 0.1)
-    if c.algorithm == "kto":
-        return float(section.beta)
-    return float(section.kl_coef)
 
 
 # ----------------------------------------------------------------------------- init
@@ -247,187 +100,6 @@ def stage_sft(ctx: Context, d: Path) -> dict:
 
 def _scalars(m: dict) -> dict:
     return {k: v for k, v in (m or {}).items() if isinstance(v, (int, float, str, bool)) or v is None}
-
-
-# ----------------------------------------------------------------------------- feedback
-def _export_store(fb) -> list:
-    from sqlalchemy import select
-
-    from rlhfkit.feedback import db
-    from rlhfkit.feedback.export import export_records
-
-    store = db.Store(fb.db)
-    try:
-        with store.read() as conn:
-            row = conn.execute(select(db.projects.c.id).where(db.projects.c.name == fb.project)).first()
-            if row is None:
-                raise ValueError(f"feedback store {fb.db}: no project named {fb.project!r}")
-            return export_records(conn, row[0], "pairs", aggregate=fb.aggregate)
-    finally:
-        store.close()
-
-
-def _split_prompts(pool: list[str], fb) -> tuple[list[str], list[str]]:
-    """(training prompts, held-out evaluation prompts): a seeded shuffle, the first
-    ``n_eval_prompts`` held out."""
-    order = list(pool)
-    random.Random(fb.seed).shuffle(order)
-    held, train = order[: fb.n_eval_prompts], order[fb.n_eval_prompts :]
-    if fb.max_train_prompts:
-        train = train[: fb.max_train_prompts]
-    return train, held
-
-
-def stage_feedback(ctx: Context, d: Path) -> dict:
-    fb = ctx.config.feedback
-    stats: dict = {"source": fb.source}
-    if fb.source == "simulated":
-        pool = load_prompts(fb.prompts, fb.prompt_words, unique=True)
-        train_prompts, eval_prompts = _split_prompts(pool, fb)
-        pairs, sim = simulate_labels(ctx, d, train_prompts[: fb.n_label_prompts])
-        stats.update(sim)
-        train_pairs, held_pairs = split_by_prompt(pairs, fb.eval_fraction, fb.seed)
-    else:
-        if fb.source == "dataset":
-            pairs = load_training_records(fb.data, "pairs", ties="drop")
-        else:
-            pairs = [p for p in _export_store(fb) if not p.tie]
-        pairs = draw_in_order(pairs, fb.max_pairs, fb.seed)
-        train_prompts = eval_prompts = None
-        train_pairs, held_pairs = split_by_prompt(pairs, fb.eval_fraction, fb.seed)
-    if train_prompts is None:
-        if fb.prompts:
-            train_prompts, eval_prompts = _split_prompts(load_prompts(fb.prompts, fb.prompt_words, unique=True), fb)
-        else:  # the prompts of the held-out pairs are the held-out prompts
-            eval_prompts = list(dict.fromkeys(p.prompt for p in held_pairs))[: fb.n_eval_prompts]
-            held_set = set(eval_prompts)
-            train_prompts = [p for p in dict.fromkeys(p.prompt for p in train_pairs) if p not in held_set]
-            if fb.max_train_prompts:
-                train_prompts = train_prompts[: fb.max_train_prompts]
-    if not train_pairs or not held_pairs:
-        raise ValueError(f"feedback: {len(pairs)} pairs are too few to hold out {fb.eval_fraction:.0%}")
-    write_jsonl(d / "pairs.jsonl", train_pairs)
-    write_jsonl(d / "heldout_pairs.jsonl", held_pairs)
-    _write_prompts(d / "train_prompts.jsonl", train_prompts)
-    _write_prompts(d / "eval_prompts.jsonl", eval_prompts)
-    stats.update(
-        {
-            "pairs": len(train_pairs),
-            "heldout_pairs": len(held_pairs),
-            "train_prompts": len(train_prompts),
-            "eval_prompts": len(eval_prompts),
-        }
-    )
-    print(f"pipeline: feedback: {json.dumps(stats)}")
-    return stats
-
-
-def simulate_labels(ctx: Context, d: Path, prompts: list[str]) -> tuple[list, dict]:
-    """Simulated labelers (the learning benchmark's): ``num_candidates`` samples of the starting
-    policy per prompt, each given its gold score plus Gaussian noise (``label_noise``) once, i.e. a
-    noisy ranking; the ranking is expanded to all pairs with different, non-empty texts (the
-    preferred one has the higher noisy score). With 2 candidates that is one pair per prompt; with
-    4 it is six pairs from the same generation cost per sample (InstructGPT ranks K = 4-9
-    responses per prompt for the same reason). Done in chunks of ``batch_size`` prompts, each
-    written to ``chunks/NNNNN.jsonl`` when finished and seeded by (seed, chunk), so an interrupted stage resumes at the first missing
-    chunk and produces the same pairs as an uninterrupted one. Prompts are rendered as the policy
-    stage and the evaluation render them (``chat_template``) and sampled as they sample."""
-    import torch
-
-    from rlhfkit.models import load_policy
-    from rlhfkit.recipes.common import set_threads
-    from rlhfkit.rewards import build_reward
-    from rlhfkit.rollout import SamplingConfig, make_sampler, rollout, step_seed
-    from rlhfkit.training.logging import progress_bar, ticking
-
-    fb = ctx.config.feedback
-    set_threads(ctx.config.threads)
-    chunk_dir = d / "chunks"
-    chunk_dir.mkdir(parents=True, exist_ok=True)
-    labeler = build_reward(fb.labeler or ctx.config.gold)
-    rows: list[dict] = []
-    n_chunks = (len(prompts) + fb.batch_size - 1) // fb.batch_size
-    if not all((chunk_dir / f"{c:05d}.jsonl").is_file() for c in range(n_chunks)):
-        print(
-            f"pipeline: feedback: loading the policy {ctx.start_model} to sample {fb.num_candidates} replies "
-            f"to each of {len(prompts)} prompts",
-            flush=True,
-        )
-        model, tok = load_policy(ctx.start_model)
-        gen = make_sampler(
-            model,
-            SamplingConfig(
-                max_new_tokens=fb.max_new_tokens, temperature=fb.temperature, top_p=fb.top_p, top_k=fb.top_k
-            ),
-            tok.eos_token_id,
-            tok.pad_token_id,
-        )
-    # one batch of replies takes 10 s or more: the bar's clock keeps moving between its updates
-    with (
-        progress_bar(len(prompts) * fb.num_candidates, desc="feedback: samples to label", unit="sample") as bar,
-        ticking(bar),
-    ):
-        for c in range(n_chunks):
-            path = chunk_dir / f"{c:05d}.jsonl"
-            batch = prompts[c * fb.batch_size : (c + 1) * fb.batch_size]
-            if path.is_file():
-                rows += read_jsonl(path)
-                bar.update(len(batch) * fb.num_candidates)
-                continue
-            # candidate k's seed salt: 11, 12 (the two-sample scheme's), then 14, 15, ... (13 is the noise's)
-            salts = [11, 12] + list(range(14, 14 + max(0, fb.num_candidates - 2)))
-            texts, golds = [], []
-            with torch.no_grad():
-                for salt in salts:  # only the texts are labelled: no behaviour log-prob pass
-                    ro = rollout(
-                        gen,
-                        model,
-                        tok,
-                        batch,
-                        seed=step_seed(fb.seed, c, salt=salt),
-                        chat_template=ctx.config.chat_template,
-                        behaviour_logprobs=False,
-                    )
-                    texts.append(ro.responses)
-                    golds.append(labeler(ro.prompts, ro.responses).tolist())
-                    bar.update(len(batch))
-            rng = random.Random(step_seed(fb.seed, c, salt=13))
-            chunk = []
-            for i, p in enumerate(batch):
-                cand = [(texts[k][i], golds[k][i]) for k in range(len(salts))]
-                noisy = [g + rng.gauss(0, fb.label_noise) for _, g in cand]  # one noisy judgement per sample
-                for x in range(len(cand)):
-                    for y in range(x + 1, len(cand)):
-                        (tx, gx), (ty, gy) = cand[x], cand[y]
-                        if tx == ty or not tx.strip() or not ty.strip():
-                            continue
-                        first = noisy[x] >= noisy[y]
-                        chunk.append(
-                            {
-                                "prompt": p,
-                                "chosen": tx if first else ty,
-                                "rejected": ty if first else tx,
-                                "gold_chosen": gx if first else gy,
-                                "gold_rejected": gy if first else gx,
-                            }
-                        )
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chunk), encoding="utf-8")
-            os.replace(tmp, path)
-            rows += chunk
-    # agreement is measured only where the gold judge has a preference; a gold tie is decided by
-    # the noise alone, so how many pairs the figure rests on is recorded with it
-    decided = [r for r in rows if r["gold_chosen"] != r["gold_rejected"]]
-    agree = sum(r["gold_chosen"] > r["gold_rejected"] for r in decided)
-    pairs = [PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
-    return pairs, {
-        "labeled_prompts": len(prompts),
-        "labeler": fb.labeler or ctx.config.gold,
-        "label_noise": fb.label_noise,
-        "labeler_agreement_with_gold": agree / len(decided) if decided else None,
-        "labeler_agreement_pairs": len(decided),
-        "gold_tie_pairs": len(rows) - len(decided),
-    }
 
 
 # ----------------------------------------------------------------------------- reward
@@ -544,7 +216,7 @@ def stage_eval(ctx: Context, d: Path) -> dict:
             prompts,
             reward_spec=ctx.rm_spec,
             gold_spec=ctx.config.gold,
-            kl_coef=_kl_coef(ctx.config),
+            kl_coef=kl_coef(ctx.config),
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature or 1.0,
             top_p=cfg.top_p,

@@ -126,9 +126,7 @@ class DPOConfig(TrainingConfig):
             raise ValueError("field 'beta' must be >= 0 (0 = the loss's default)")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError("field 'label_smoothing' must be in [0, 0.5)")
-        validate_lengths(self.max_length, self.max_prompt_length)
-        if self.max_train < 0 or self.max_eval < 0:
-            raise ValueError("fields 'max_train' / 'max_eval' must be >= 0 (0 = all)")
+        validate_lengths_and_limits(self)
 
 
 def validate_reference(reference: str, reference_free: bool, lora_r: int, what: str) -> None:
@@ -142,12 +140,17 @@ def validate_reference(reference: str, reference_free: bool, lora_r: int, what: 
         raise ValueError("reference lora needs a LoRA adapter: set --lora.r (e.g. 16)")
 
 
-def validate_lengths(max_length: int, max_prompt_length: int) -> None:
+def validate_lengths_and_limits(config) -> None:
+    """The checks DPO and KTO share: ``max_length`` leaves every response at least 4 tokens beside
+    ``max_prompt_length``, and ``max_train`` / ``max_eval`` are not negative."""
+    max_length, max_prompt_length = config.max_length, config.max_prompt_length
     if max_prompt_length < 0 or max_length - max_prompt_length < 4:
         raise ValueError(
             f"max_length ({max_length}) must exceed max_prompt_length ({max_prompt_length}) "
             "by at least 4 tokens, so every response keeps some tokens"
         )
+    if config.max_train < 0 or config.max_eval < 0:
+        raise ValueError("fields 'max_train' / 'max_eval' must be >= 0 (0 = all)")
 
 
 def resolved_reference(reference: str, reference_free: bool) -> str:

@@ -19,7 +19,7 @@ import torch
 from rlhfkit.core.advantages import group_normalised_advantages
 from rlhfkit.core.kl import sequence_kl
 from rlhfkit.recipes.online_config import OnlineConfig
-from rlhfkit.recipes.online_driver import OnlineRun, StepOutput, run_online
+from rlhfkit.recipes.online_driver import OnlineRun, StatelessAlgorithm, StepOutput, run_online
 from rlhfkit.recipes.policy_gradient import policy_gradient_update, single_update
 from rlhfkit.training.distributed import all_gather_rows
 
@@ -59,7 +59,7 @@ def group_advantages(scores: torch.Tensor, k: int, variant: str) -> torch.Tensor
     return group_normalised_advantages(scores.view(-1, k), scale_by_std=variant == "grpo").reshape(-1)
 
 
-class GRPO:
+class GRPO(StatelessAlgorithm):
     """GRPO's step; everything around it is ``online_driver.run_online``'s."""
 
     name = "grpo"
@@ -69,15 +69,6 @@ class GRPO:
         self.config = config
         self.samples_per_prompt = config.num_generations
         self.need_reference = config.kl_coef > 0
-
-    def trained_modules(self, tokenizer) -> dict:
-        return {}
-
-    def start(self, run: OnlineRun, trainer_state: dict) -> None:
-        pass
-
-    def checkpoint_state(self) -> dict:
-        return {}
 
     def step(self, run: OnlineRun, step: int) -> StepOutput:
         c, k = self.config, self.samples_per_prompt

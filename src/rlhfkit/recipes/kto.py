@@ -42,7 +42,7 @@ from rlhfkit.recipes.common import (
     weights_of,
     with_weight,
 )
-from rlhfkit.recipes.dpo import resolved_reference, validate_lengths, validate_reference
+from rlhfkit.recipes.dpo import resolved_reference, validate_lengths_and_limits, validate_reference
 from rlhfkit.recipes.pair_data import encode_prompt, encode_response, join, pad_scored
 from rlhfkit.recipes.reference_cache import cached_reference
 from rlhfkit.recipes.sequence_logps import reference_forward, sequence_logps
@@ -115,9 +115,7 @@ class KTOConfig(TrainingConfig):
             )
         if self.beta <= 0 or self.desirable_weight < 0 or self.undesirable_weight < 0:
             raise ValueError("beta must be > 0 and the weights >= 0")
-        validate_lengths(self.max_length, self.max_prompt_length)
-        if self.max_train < 0 or self.max_eval < 0:
-            raise ValueError("fields 'max_train' / 'max_eval' must be >= 0 (0 = all)")
+        validate_lengths_and_limits(self)
 
 
 # ----------------------------------------------------------------------------- data

@@ -9,8 +9,8 @@ algorithm's step, the rollout's metrics, the gold score, the adversarial refit, 
 sample table, the progress bar, a checkpoint every ``save_every`` steps and the ``max_minutes``
 deadline; last the final model, the refitted discriminator and the closing line.
 
-An algorithm is any object with the members of ``OnlineAlgorithm`` (composition, no base class):
-its step rolls out, scores, computes its advantages and updates (``OnlineRun`` gives it the
+An algorithm is any object with the members of ``OnlineAlgorithm`` (composition; one without
+state of its own takes the no-op members from ``StatelessAlgorithm``): its step rolls out, scores, computes its advantages and updates (``OnlineRun`` gives it the
 run's pieces and the rollout / reward / reference passes every algorithm needs) and returns a
 ``StepOutput``. What a checkpoint holds never depends on the driver: the ``ModuleDict`` of
 "policy", the algorithm's modules ("value") and "discriminator", the optimiser, the scheduler,
@@ -51,7 +51,7 @@ from rlhfkit.training.checkpoint import load_checkpoint, load_rank_rng, resume_c
 from rlhfkit.training.config import ConfigError
 from rlhfkit.training.distributed import DistInfo, all_gather_rows, all_reduce_sum, barrier, cleanup, init_distributed
 from rlhfkit.training.logging import ticking
-from rlhfkit.training.loop import adamw, build_scheduler
+from rlhfkit.training.optimizer import adamw, build_scheduler
 from rlhfkit.training.run_identity import check_resume_config, finished_run, resume_fingerprint
 
 
@@ -144,6 +144,22 @@ class OnlineAlgorithm(Protocol):
 
     def checkpoint_state(self) -> dict:
         """The algorithm's state a checkpoint keeps (JSON)."""
+
+
+class StatelessAlgorithm:
+    """The members of ``OnlineAlgorithm`` that an algorithm which trains nothing beside the policy
+    and keeps no state between steps (GRPO, RLOO) has: no module, nothing to take from a resumed
+    checkpoint, nothing to keep in one. Such an algorithm takes them from here (its one base class)
+    and writes only its step."""
+
+    def trained_modules(self, tokenizer) -> dict[str, torch.nn.Module]:
+        return {}
+
+    def start(self, run: OnlineRun, trainer_state: dict) -> None:
+        pass
+
+    def checkpoint_state(self) -> dict:
+        return {}
 
 
 # ---------------------------------------------------------------------------- setup and teardown

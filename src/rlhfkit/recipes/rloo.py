@@ -20,7 +20,7 @@ import torch
 from rlhfkit.core.advantages import rloo_advantages
 from rlhfkit.core.reward_shaping import kl_penalised_rewards
 from rlhfkit.recipes.online_config import OnlineConfig
-from rlhfkit.recipes.online_driver import OnlineRun, StepOutput, run_online
+from rlhfkit.recipes.online_driver import OnlineRun, StatelessAlgorithm, StepOutput, run_online
 from rlhfkit.recipes.policy_gradient import fused_advantages_ok, policy_gradient_update
 from rlhfkit.training.distributed import all_gather_rows
 from rlhfkit.training.stats import global_whiten
@@ -50,7 +50,7 @@ def leave_one_out(rewards: torch.Tensor, k: int) -> torch.Tensor:
     return rloo_advantages(rewards.view(-1, k)).reshape(-1)
 
 
-class RLOO:
+class RLOO(StatelessAlgorithm):
     """RLOO's step; everything around it is ``online_driver.run_online``'s."""
 
     name = "rloo"
@@ -60,15 +60,6 @@ class RLOO:
         self.config = config
         self.samples_per_prompt = config.num_generations
         self.need_reference = config.kl_coef > 0
-
-    def trained_modules(self, tokenizer) -> dict:
-        return {}
-
-    def start(self, run: OnlineRun, trainer_state: dict) -> None:
-        pass
-
-    def checkpoint_state(self) -> dict:
-        return {}
 
     def rewards(self, scores, logprobs, ref_lp, mask) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(score - beta * KL, KL)`` per row; the scores themselves without a reference."""

@@ -41,11 +41,13 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 # at module level: the routes' annotations are strings (``from __future__ import annotations``)
 # that FastAPI resolves in this module's globals
 from fastapi import Request
+
+from .openai_request import unknown_field_response
 
 __all__ = ["CHAT_MODES", "CHAT_CSP", "SESSION_COOKIE", "chat_secret", "install_chat"]
 
@@ -61,6 +63,7 @@ CHAT_CSP = (
 )
 _CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_-]{8,40}$")
 CHAT_FEEDBACK_FIELDS = ("completion_id", "choice_index", "thumbs", "reason", "rating", "edit", "choice")
+SEND_FIELDS = ("conversation", "messages")
 
 
 def chat_secret(db_url: str | None) -> tuple[bytes, str]:
@@ -257,6 +260,18 @@ def install_chat(
                 return error(403, "missing or wrong CSRF token", code="csrf")
         return s
 
+    async def session_and_body(request: Request, fields: Sequence[str]) -> tuple[dict, dict] | Any:
+        """``(session, body)`` of a POST that needs the key, or the error answer: ``guard``'s, a
+        body that is not a JSON object 400, a field not among ``fields`` 400."""
+        s = await guard(request, unsafe=True)
+        if not isinstance(s, dict):
+            return s
+        body = await read_json(request)
+        if body is None:
+            return error(400, "the body must be a JSON object (UTF-8 text)")
+        unknown = unknown_field_response(body, fields)
+        return (s, body) if unknown is None else unknown
+
     app.mount("/chat/static", StaticFiles(directory=STATIC), name="chat-static")
 
     @app.get("/chat", include_in_schema=False)
@@ -352,17 +367,10 @@ def install_chat(
 
     @app.post("/chat/api/send", include_in_schema=False)
     async def send(request: Request):
-        s = await guard(request, unsafe=True)
-        if not isinstance(s, dict):
-            return s
-        body = await read_json(request)
-        if body is None:
-            return error(400, "the body must be a JSON object (UTF-8 text)")
-        unknown = next((k for k in body if k not in ("conversation", "messages")), None)
-        if unknown is not None:
-            return error(
-                400, f"unknown field {unknown[:100]!r}; the fields are conversation, messages", param=unknown[:100]
-            )
+        checked = await session_and_body(request, SEND_FIELDS)
+        if not isinstance(checked, tuple):
+            return checked
+        s, body = checked
         cid = body.get("conversation")
         if cid is None:
             cid = secrets.token_urlsafe(12)
@@ -377,19 +385,10 @@ def install_chat(
 
     @app.post("/chat/api/feedback", include_in_schema=False)
     async def give_feedback(request: Request):
-        s = await guard(request, unsafe=True)
-        if not isinstance(s, dict):
-            return s
-        body = await read_json(request)
-        if body is None:
-            return error(400, "the body must be a JSON object (UTF-8 text)")
-        unknown = next((k for k in body if k not in CHAT_FEEDBACK_FIELDS), None)
-        if unknown is not None:
-            return error(
-                400,
-                f"unknown field {unknown[:100]!r}; the fields are {', '.join(CHAT_FEEDBACK_FIELDS)}",
-                param=unknown[:100],
-            )
+        checked = await session_and_body(request, CHAT_FEEDBACK_FIELDS)
+        if not isinstance(checked, tuple):
+            return checked
+        s, body = checked
         cid, user = body.get("completion_id"), end_user(s)
 
         def store() -> dict:

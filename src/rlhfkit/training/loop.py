@@ -10,42 +10,40 @@ micro-batches on all ranks), so batch 8 x accumulation 1, batch 1 x accumulation
 Exact resume: the data order of epoch e is a permutation seeded by (seed, e), so the position
 in the data is a function of the step alone; the checkpoint stores model, optimiser,
 scheduler and RNG states (training/checkpoint.py), and a digest of the training examples: a run
-resumes only on the examples it was trained on (``examples_digest``).
+resumes only on the examples it was trained on (``examples_digest``). The optimiser and schedule
+are in ``training/optimizer.py``, the best weights' bookkeeping (``best_metric``) in
+``training/best_weights.py``.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from rlhfkit.core.precision import autocast, keep_head_fp32
+
+from .best_weights import BestWeights
 from .callbacks import step_ended
-from .checkpoint import folder_problem, load_checkpoint, resume_checkpoint, save_checkpoint, save_manifested, unwrap
+from .checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint, unwrap
+from .config import ConfigError
 from .distributed import (
     DistInfo,
     all_reduce_sum,
     barrier,
-    broadcast_from_main,
     full_model_state,
     full_optimizer_state,
     grad_sync_context,
-    is_sharded,
     load_full_optimizer_state,
     wrap_model,
 )
-from .config import ConfigError
 from .logging import MetricsLogger, progress_bar
-from rlhfkit.core.precision import autocast, keep_head_fp32
-
+from .optimizer import build_optimizer, build_scheduler
 from .run_identity import check_resume_config, check_resume_data, examples_digest, resume_fingerprint
 
 
@@ -174,54 +172,6 @@ def chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def adamw(params, config: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW with ``config``'s learning rate, weight decay and epsilon. The fused kernel (one pass
-    per tensor, no temporaries the size of the largest parameter; CPU since torch 2.4) whenever
-    every parameter is a plain float tensor on CPU or CUDA; sharded (DTensor) parameters keep
-    the default implementation."""
-    params = [p for p in params if p.requires_grad]
-    fused = bool(params) and all(
-        type(p.data) is torch.Tensor
-        and p.device.type in ("cpu", "cuda")
-        and p.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-        for p in params
-    )
-    return torch.optim.AdamW(
-        params, lr=config.learning_rate, weight_decay=config.weight_decay, eps=config.adam_eps, fused=fused or None
-    )
-
-
-def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
-    return adamw(model.parameters(), config)
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, total_steps: int, config: TrainingConfig, constant_groups: int = 0
-):
-    """Warm-up then linear decay (or constant) of every parameter group's learning rate, except
-    the last ``constant_groups`` groups, which keep theirs (an adversarial discriminator: it must
-    keep up with the policy to the last step, not stop learning as the policy's rate reaches 0)."""
-    warmup = int(config.warmup_ratio * total_steps)
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if config.lr_schedule == "constant":
-            return 1.0
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    if not constant_groups:
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    n = len(optimizer.param_groups)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [factor] * (n - constant_groups) + [_constant] * constant_groups
-    )
-
-
-def _constant(step: int) -> float:
-    return 1.0
-
-
 def plan_steps(n_examples: int, config: TrainingConfig) -> tuple[int, int]:
     """(steps per epoch, total steps); the last incomplete global batch of an epoch is dropped.
     ``max_steps`` > 0 is the total whatever ``epochs`` says (HF ``TrainingArguments.max_steps``
@@ -246,113 +196,6 @@ def example_length(example: Any) -> int:
             return max(len(x) for x in example)
         return len(example)
     return 0
-
-
-def lower_is_better(metric: str) -> bool:
-    return any(word in metric for word in ("loss", "perplexity", "ece", "kl"))
-
-
-BEST_FILES = ("model.pt", "best.json")
-
-
-class BestWeights:
-    """The weights with the best value of `metric` so far, kept on disk in `output_dir/best/`
-    (replaced through `best.tmp` and `best.old` renames, so a kill at any moment leaves a
-    complete best; a resumed run still knows its best, a fresh run starts without). A value that
-    is not finite (NaN accuracy of an all-tie set) never counts as best. The decision is rank 0's,
-    broadcast, so every rank enters the collective state gathering together.
-
-    `best/` carries a manifest like a checkpoint (training/checkpoint.py), checked by rank 0 when
-    a resumed run takes it up and before the weights are restored. A damaged copy cannot be
-    recomputed (short of training again), and stopping would throw away a finished run whose
-    rerun would stop at the same place; so the run goes on with a one-line warning naming the
-    file: on resume it chooses among the evaluations still to come, at the end the model keeps
-    the final weights, and `best_step` names the weights it ends with."""
-
-    def __init__(self, output_dir: str, metric: str, info: DistInfo, resuming: bool):
-        self.metric, self.info = metric, info
-        self.folder = Path(output_dir) / "best"
-        self.tmp, self.old = self.folder.with_name("best.tmp"), self.folder.with_name("best.old")
-        self.step: int | None = None
-        self.value: float | None = None
-        saved, warning = None, None
-        if info.is_main:
-            if not self.folder.exists() and (self.old / "best.json").exists():
-                os.replace(self.old, self.folder)  # killed between the two renames: the old one stands
-            if resuming and self.folder.exists():
-                problem = folder_problem(self.folder, BEST_FILES, "best.json")
-                if problem is None:
-                    saved = json.loads((self.folder / "best.json").read_text(encoding="utf-8"))
-                else:
-                    warning = (
-                        f"rlhfkit: warning: passing over damaged {self.folder}: {problem}; the best weights "
-                        "before this resume are lost (the best is chosen among the evaluations to come; "
-                        "train again with --resume false to recover them)"
-                    )
-        saved = broadcast_from_main(saved, info)  # every rank knows the same best (restore is collective)
-        if saved is not None:
-            self.step, self.value = saved["step"], saved["value"]
-        elif info.is_main:
-            if warning:
-                print(warning, file=sys.stderr, flush=True)
-            for stale in (self.folder, self.tmp, self.old):
-                if stale.exists():
-                    shutil.rmtree(stale)
-
-    def update(self, step: int, scores: dict, train_model: torch.nn.Module) -> None:
-        if self.metric not in scores:
-            raise ConfigError(f"field 'best_metric': {self.metric!r} is not among the eval metrics {sorted(scores)}")
-        value = float(scores[self.metric])
-        better = math.isfinite(value) and (
-            self.value is None or (value < self.value if lower_is_better(self.metric) else value > self.value)
-        )
-        if self.info.enabled:  # rank 0 decides for all
-            better = bool(all_reduce_sum(float(better) if self.info.is_main else 0.0, self.info).item())
-        if not better:
-            return
-        self.step, self.value = step, value
-        state = full_model_state(train_model)  # collective under FSDP
-        if self.info.is_main:
-            if self.tmp.exists():
-                shutil.rmtree(self.tmp)
-            self.tmp.mkdir(parents=True)
-            save_manifested(
-                self.tmp, {"model.pt": state}, "best.json", {"step": step, "value": value, "metric": self.metric}
-            )
-            if self.old.exists():
-                shutil.rmtree(self.old)
-            if self.folder.exists():
-                os.replace(self.folder, self.old)
-            os.replace(self.tmp, self.folder)
-            shutil.rmtree(self.old, ignore_errors=True)
-        barrier(self.info)
-
-    def restore(self, train_model: torch.nn.Module, final_step: int, final_scores: dict) -> bool:
-        """Load the best weights into the (possibly wrapped / sharded) model; False when the
-        copy on disk is damaged: then, with a warning, the model keeps the final weights
-        (`final_step`, scored `final_scores`) and they become the best."""
-        problem = broadcast_from_main(
-            folder_problem(self.folder, BEST_FILES, "best.json") if self.info.is_main else None, self.info
-        )
-        if problem is not None:
-            if self.info.is_main:
-                print(
-                    f"rlhfkit: warning: damaged {self.folder}: {problem}; the best weights (step {self.step}, "
-                    f"{self.metric} {self.value:.6g}) are lost and the model keeps the final weights (step "
-                    f"{final_step}); train again with --resume false to recover them",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            self.step, self.value = final_step, float(final_scores[self.metric])
-            return False
-        state = torch.load(self.folder / "model.pt", map_location="cpu", weights_only=True)
-        if is_sharded(train_model):
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-            set_model_state_dict(train_model, state, options=StateDictOptions(full_state_dict=True))
-        else:
-            unwrap(train_model).load_state_dict(state)
-        return True
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:

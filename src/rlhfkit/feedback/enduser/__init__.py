@@ -37,8 +37,8 @@ store and its tables, ``tasks.parse_item``, ``queue.add_items`` / ``queue.submit
 ``auth.create_user``.
 
 The package, one concern a module: ``kinds`` (the feedback kinds, their limits and value checks),
-``keys`` (the end-user key and hashed ids), ``log`` (``FeedbackLog``: writing), ``events`` (the
-reader for learners), ``erasure`` (``forget``), ``conversations`` (the web chat's transcripts).
+``keys`` (the end-user key and hashed ids), ``log`` (``FeedbackLog``: writing), ``store_rows``
+(the rows it writes and reads, one transaction's worth each), ``events`` (the reader for learners), ``erasure`` (``forget``), ``conversations`` (the web chat's transcripts).
 """
 
 from rlhfkit.feedback.enduser.events import FeedbackEvent, feedback_events, last_event_id

@@ -2,13 +2,13 @@
 
 It stores served replies and end users' verdicts on them as feedback-app items and labels (the
 layout is in ``rlhfkit.feedback.enduser``'s docstring), answers what was served to whom (the web
-chat's conversations), exports, and erases one person (``forget``, with ``erasure``).
+chat's conversations), exports, and erases one person (``forget``, with ``erasure``). The rows
+themselves are written and read by ``store_rows``; this class checks what it is given and holds
+the store, the key and the project ids.
 """
 
 from __future__ import annotations
 
-import secrets
-import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 from rlhfkit.feedback.enduser import conversations as chat_conversations
@@ -22,19 +22,25 @@ from rlhfkit.feedback.enduser.keys import (
     key_id,
 )
 from rlhfkit.feedback.enduser.kinds import (
-    _INSTRUCTIONS,
-    _TASK_TYPE,
     CHAT_SOURCE,
     MAX_COMPLETION_ID_CHARS,
     FeedbackError,
     _choice,
     _edit,
-    _index,
     _reason,
     _served_to,
     _shown,
     _thumbs,
     project_names,
+)
+from rlhfkit.feedback.enduser.store_rows import (
+    completion_item,
+    completion_items,
+    enduser_account,
+    ensure_projects,
+    item_copy,
+    stored_key_ids,
+    write_label,
 )
 from rlhfkit.feedback.tasks import parse_item
 from rlhfkit.privacy import redact_text
@@ -72,7 +78,9 @@ class FeedbackLog:
             self.store.close()
             raise ValueError(f"the rating scale must go up: got {self.scale[0]} to {self.scale[1]}")
         try:
-            self._pids, scale_found = self.store.write(self._ensure_projects)
+            self._pids, scale_found = self.store.write(
+                lambda conn: ensure_projects(conn, self.names, self.scale, self.create)
+            )
         except BaseException:
             self.store.close()
             raise
@@ -92,59 +100,6 @@ class FeedbackLog:
         """The store's project ids of this log by task type (``thumbs``, ``rating``, ``rewrite``,
         ``pairwise``); only those that exist when the log was opened with ``create=False``."""
         return dict(self._pids)
-
-    # ------------------------------------------------------------------ set-up
-    def _ensure_projects(self, conn) -> tuple[dict[str, int], tuple[int, int] | None]:
-        from sqlalchemy import insert, select
-
-        from rlhfkit.feedback import db
-
-        P = db.projects
-        out, scale = {}, None
-        for kind, name in self.names.items():
-            ttype = _TASK_TYPE[kind]
-            row = conn.execute(
-                select(P.c.id, P.c.task_type, P.c.scale_min, P.c.scale_max).where(P.c.name == name)
-            ).first()
-            if row is not None:
-                if row.task_type != ttype:
-                    raise ValueError(f"project {name!r} exists with task type {row.task_type}, expected {ttype}")
-                out[ttype] = int(row.id)
-                if kind == "rating":
-                    scale = (int(row.scale_min), int(row.scale_max))
-                continue
-            if not self.create:
-                continue
-            out[ttype] = int(
-                conn.execute(
-                    insert(P).values(
-                        name=name,
-                        task_type=ttype,
-                        instructions=_INSTRUCTIONS[kind],
-                        overlap=1,
-                        gold_rate=0.0,
-                        scale_min=self.scale[0],
-                        scale_max=self.scale[1],
-                        active=False,
-                        n_items=0,
-                        n_labels=0,
-                        created_at=time.time(),
-                    )
-                ).inserted_primary_key[0]
-            )
-        return out, scale
-
-    def _user_id(self, conn) -> int:
-        from sqlalchemy import select
-
-        from rlhfkit.feedback import db
-        from rlhfkit.feedback.auth import create_user
-
-        name = "enduser"
-        uid = conn.execute(select(db.users.c.id).where(db.users.c.username == name)).scalar()
-        if uid is None:  # an account nobody can log into (random password, never shown)
-            uid = create_user(conn, name, secrets.token_urlsafe(24), "labeler")
-        return int(uid)
 
     # ------------------------------------------------------------------ completions
     def log_completion(
@@ -220,30 +175,14 @@ class FeedbackLog:
 
         def job(conn):
             add_items(conn, pid, items, source=CHAT_SOURCE if conversation else "serve")
-            return [self._item(conn, pid, completion_id, i)["id"] for i in range(len(items))]
+            return [completion_item(conn, pid, completion_id, i)["id"] for i in range(len(items))]
 
         return self.store.write(job)
 
     def stored_key_ids(self) -> dict[str, int]:
         """How many stored end-user ids were hashed under each key id (this prefix's projects)."""
-        from sqlalchemy import select
-
-        from rlhfkit.feedback import db
-
-        pids = list(self._pids.values())
-        counts: dict[str, int] = {}
-
-        def note(user) -> None:
-            if isinstance(user, str) and user.startswith("hmac:"):
-                kid = user.split(":")[1] if user.count(":") == 2 else "(unnamed)"
-                counts[kid] = counts.get(kid, 0) + 1
-
         with self.store.read() as conn:
-            for r in conn.execute(select(db.items.c.responses).where(db.items.c.project_id.in_(pids))):
-                note(_served_to(r.responses))
-            for r in conn.execute(select(db.labels.c.payload).where(db.labels.c.project_id.in_(pids))):
-                note((r.payload or {}).get("end_user"))
-        return counts
+            return stored_key_ids(conn, list(self._pids.values()))
 
     def check_key(self) -> None:
         """Refuse (``EndUserKeyError``) when stored end-user ids were hashed with another key than
@@ -269,33 +208,11 @@ class FeedbackLog:
             return text
         return redact_text(text)[0]
 
-    def _items(self, conn, project_id: int, completion_id: str) -> list[dict]:
-        """The items of one completion in a project, by choice index."""
-        from sqlalchemy import select
-
-        from rlhfkit.feedback import db
-
-        rows = (
-            conn.execute(
-                select(db.items)
-                .where(db.items.c.project_id == project_id, db.items.c.external_id == str(completion_id))
-                .order_by(db.items.c.id)
-            )
-            .mappings()
-            .all()
-        )
-        return sorted((dict(r) for r in rows), key=lambda r: _index(r["responses"][0]))
-
-    def _item(self, conn, project_id: int, completion_id: str, index: int = 0) -> dict | None:
-        return next(
-            (r for r in self._items(conn, project_id, completion_id) if _index(r["responses"][0]) == index), None
-        )
-
     def completion(self, completion_id: str, index: int = 0) -> dict | None:
         """The stored reply ``index`` of a completion ``{"id", "prompt", "messages", "responses",
         ...}`` (its thumbs item), or None."""
         with self.store.read() as conn:
-            return self._item(conn, self._pids["thumbs"], completion_id, index)
+            return completion_item(conn, self._pids["thumbs"], completion_id, index)
 
     def served_to(self, completion_id: str, user: str | None) -> bool:
         """Whether the completion was served to ``user`` (compared in its stored form: hashed
@@ -329,62 +246,6 @@ class FeedbackLog:
         return chat_conversations.grouped(rows, stored)
 
     # ------------------------------------------------------------------ feedback
-    def _label(self, conn, project_id: int, item: dict, user_id: int, body: dict, extra: dict) -> int:
-        """Store a verdict on ``item`` (in screen terms with the identity order); one already
-        there is replaced by a new label (a new, larger id), so stored label ids never change
-        meaning."""
-        from sqlalchemy import delete, insert, select, update
-
-        from rlhfkit.feedback import db
-        from rlhfkit.feedback.queue import submit_label
-
-        A, L, P = db.assignments, db.labels, db.projects
-        prev = conn.execute(
-            select(L.c.id, L.c.assignment_id).where(L.c.item_id == item["id"], L.c.user_id == user_id)
-        ).first()
-        if prev is not None:  # a changed mind: the old verdict goes, the task is open again
-            conn.execute(delete(L).where(L.c.id == prev.id))
-            conn.execute(update(A).where(A.c.id == prev.assignment_id).values(status="open", finished_at=None))
-            conn.execute(update(P).where(P.c.id == project_id).values(n_labels=P.c.n_labels - 1))
-            aid = int(prev.assignment_id)
-        else:
-            order = list(range(len(item["responses"])))
-            aid = int(
-                conn.execute(
-                    insert(A).values(
-                        project_id=project_id,
-                        item_id=item["id"],
-                        user_id=user_id,
-                        display_order=order,
-                        status="open",
-                        created_at=time.time(),
-                    )
-                ).inserted_primary_key[0]
-            )
-            conn.execute(
-                update(db.items).where(db.items.c.id == item["id"]).values(n_assigned=db.items.c.n_assigned + 1)
-            )
-        res = submit_label(conn, user_id, aid, body, duration_ms=0)
-        if extra:
-            payload = conn.execute(select(L.c.payload).where(L.c.id == res["label_id"])).scalar()
-            conn.execute(update(L).where(L.c.id == res["label_id"]).values(payload={**payload, **extra}))
-        return int(res["label_id"])
-
-    def _copy(self, conn, kind: str, completion_id: str, sources: list[dict]) -> dict:
-        """The item of ``kind``'s project for these thumbs items (one reply, or a comparison's
-        two), made on first use."""
-        from rlhfkit.feedback.queue import add_items
-
-        pid = self._pids[_TASK_TYPE[kind]]
-        index = _index(sources[0]["responses"][0]) if len(sources) == 1 else 0
-        item = self._item(conn, pid, completion_id, index)
-        if item is None:
-            copy = {k: sources[0][k] for k in ("prompt", "messages", "external_id")}
-            copy["responses"] = [s["responses"][0] for s in sources]
-            add_items(conn, pid, [dict(copy, is_gold=False, gold=None)], source="serve")
-            item = self._item(conn, pid, completion_id, index)
-        return item
-
     def feedback(
         self,
         completion_id: str,
@@ -441,7 +302,7 @@ class FeedbackLog:
         pids = self._pids
 
         def job(conn):
-            replies = self._items(conn, pids["thumbs"], completion_id)
+            replies = completion_items(conn, pids["thumbs"], completion_id)
             if not replies:
                 raise FeedbackError(f"no completion {completion_id!r}", status=404, param="completion_id")
             if choice is not None and len(replies) != 2:
@@ -455,7 +316,7 @@ class FeedbackLog:
             item = replies[judged]
             if edit is not None and edit.strip() == item["responses"][0]["text"].strip():
                 raise FeedbackError("edit is the served reply unchanged", param="edit")
-            uid = self._user_id(conn)
+            uid = enduser_account(conn)
             out = {
                 "completion_id": completion_id,
                 "thumbs_label_id": None,
@@ -464,29 +325,29 @@ class FeedbackLog:
                 "choice_label_id": None,
             }
             if label is not None:
-                out["thumbs_label_id"] = self._label(conn, pids["thumbs"], item, uid, {"label": label}, extra)
+                out["thumbs_label_id"] = write_label(conn, pids["thumbs"], item, uid, {"label": label}, extra)
             if rating is not None:
-                out["rating_label_id"] = self._label(
+                out["rating_label_id"] = write_label(
                     conn,
                     pids["rating"],
-                    self._copy(conn, "rating", completion_id, [item]),
+                    item_copy(conn, pids["rating"], completion_id, [item]),
                     uid,
                     {"rating": rating, "flags": []},
                     extra,
                 )
             if edit is not None:
                 stored_edit = self._private(edit)
-                out["edit_label_id"] = self._label(
+                out["edit_label_id"] = write_label(
                     conn,
                     pids["rewrite"],
-                    self._copy(conn, "edit", completion_id, [item]),
+                    item_copy(conn, pids["rewrite"], completion_id, [item]),
                     uid,
                     {"rewrite": stored_edit},
                     extra,
                 )
             if choice is not None:
-                pair = self._copy(conn, "choice", completion_id, replies)
-                out["choice_label_id"] = self._label(
+                pair = item_copy(conn, pids["pairwise"], completion_id, replies)
+                out["choice_label_id"] = write_label(
                     conn, pids["pairwise"], pair, uid, {"choice": "AB"[choice], "strength": None}, extra
                 )
             return out

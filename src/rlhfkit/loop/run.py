@@ -32,7 +32,7 @@ round's labels ...), so a rerun skips every finished stage, continues an interru
 store-labelled round finds its project and waits again) and nothing before it runs twice.
 ``loop_state.json`` says where the loop is (round, stage, current policy), ``curve.json`` holds
 gold score vs number of labels after every round, and ``report.html`` shows them (rewritten after
-every round; ``eval.report.render_loop_report``). Raising ``rounds`` continues a finished loop.
+every round; ``loop/report.py``). Raising ``rounds`` continues a finished loop.
 
 KL anchor (``kl_anchor``): ``round`` (the default) regularises each round towards the policy it
 starts from (a trust region per round, as in iterated online RLHF where each round's policy is
@@ -58,9 +58,10 @@ import torch
 from rlhfkit.core.kl import sequence_kl
 from rlhfkit.data import write_jsonl
 from rlhfkit.data.loading import load_prompts, read_jsonl, tokenizer_corpus
-from rlhfkit.eval.report import render_loop_report
 from rlhfkit.loop.config import LoopConfig, apply_quick, check_label_budget
 from rlhfkit.loop.ensemble import ensemble_scores
+from rlhfkit.loop.layout import ROUND_STAGES, round_dir
+from rlhfkit.loop.report import render_loop_report
 from rlhfkit.models import load_policy
 from rlhfkit.pipeline.cache import run_stage
 from rlhfkit.rewards import build_reward
@@ -69,7 +70,6 @@ from rlhfkit.training.run_identity import stage_fingerprint, stage_settings, wit
 
 __all__ = ["LoopConfig", "run", "share_first_round", "ROUND_STAGES"]
 
-ROUND_STAGES = ("candidates", "select", "labels", "reward", "policy", "eval")
 WIRED_REWARD = {"data", "eval_data", "seed", "eval_fraction"}
 # (max_prompts is overwritten too but stays in the fingerprint: loops run before stay cached)
 WIRED_POLICY = {"model", "ref_model", "prompts", "reward", "gold_reward", "seed"}
@@ -203,7 +203,7 @@ class Loop:
         self.outputs: dict[str, dict] = {}
 
     def rdir(self, r: int) -> Path:
-        return self.out / f"round-{r}"
+        return round_dir(self.out, r)
 
     def policy_before(self, r: int) -> str:
         return self.outputs["setup"]["model"] if r == 1 else self.outputs[f"{r - 1}/policy"]["model"]
@@ -665,7 +665,7 @@ def share_first_round(random_dir: str | Path, active_dir: str | Path) -> list[st
     pattern = re.compile("(?<![\\w./-])(?:" + "|".join(re.escape(x) for x in spellings) + ")(?![\\w.-])")
     active_dir.mkdir(parents=True, exist_ok=True)
     shared = []
-    for name in ("setup", "round-1"):
+    for name in ("setup", round_dir(random_dir, 1).name):
         src, dst = random_dir / name, active_dir / name
         records = sorted(src.rglob("stage.json")) if src.is_dir() else []
         if dst.exists() or not records or any((read_json(r) or {}).get("status") != "done" for r in records):

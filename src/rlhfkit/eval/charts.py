@@ -1,88 +1,115 @@
-"""The reports' charts as inline SVG, written by hand: a line chart, a bar chart with error bars
-and a reliability diagram, each a string to put in an HTML page."""
+"""The reports' charts as inline SVG: a line chart, a bar chart with error bars and a reliability
+diagram, each a string to put in an HTML page.
+
+Drawn by matplotlib rather than by hand: it is well kept, already pinned for the benchmarks'
+plots, and lays out ticks, labels and legends that a hand-written SVG kit only approximated
+(no clipped or overlapping labels). Its SVG backend is used without pyplot's global state (a
+``Figure`` with a ``FigureCanvasSVG``, settings in an ``rc_context``), and the output is
+byte-deterministic for a given input: a fixed ``svg.hashsalt`` for its ids, no date or creator
+in the metadata. ``svg.fonttype: none`` keeps text as ``<text>`` (searchable, small) rather than
+glyph outlines.
+
+The page stays one self-contained file with no reference of any kind: nothing is clipped (the
+axes hold all the data, so no ``clip-path: url(#...)``), and markers are drawn in place, each
+its own ``<path>``, by the base renderer's documented fallbacks rather than defined once and
+placed with ``<use xlink:href="#...">``.
+"""
 
 from __future__ import annotations
 
-import math
+import io
 
-from rlhfkit.eval.html_page import esc as _esc
-from rlhfkit.eval.html_page import finite as _finite
+import matplotlib
+from matplotlib.backend_bases import RendererBase
+from matplotlib.backends.backend_mixed import MixedModeRenderer
+from matplotlib.backends.backend_svg import FigureCanvasSVG, RendererSVG
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-__all__ = ["PALETTE", "line_chart", "bar_chart", "reliability_chart"]
+from rlhfkit.eval.html_page import finite
+
+__all__ = ["PALETTE", "line_chart", "bar_chart", "reliability_chart", "render_svg"]
 
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"]
+WIDTH_PX, HEIGHT_PX = 430, 270  # two charts side by side in the page's 1180 px column
+MAX_POINTS = 80  # a series with more values is drawn as a line only (its points would be a smear)
+PT_PER_PX = 72 / 96  # SVG sizes are in points, the page's in CSS pixels
+
+RC = {
+    # ids hashed from a fixed salt, not a random one (none is made now: nothing clipped, no marker
+    # defined for reuse; the salt keeps the bytes the same should one be)
+    "svg.hashsalt": "rlhfkit-report",
+    "svg.fonttype": "none",  # text stays text
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans"],  # the font its layout measured (bundled); one name per <text>
+    "font.size": 10 * PT_PER_PX,
+    "axes.titlesize": 13 * PT_PER_PX,
+    "axes.titleweight": "bold",
+    "axes.labelsize": 11 * PT_PER_PX,
+    "axes.edgecolor": "#888888",
+    "axes.linewidth": 1.0 * PT_PER_PX,
+    "xtick.labelsize": 10 * PT_PER_PX,
+    "ytick.labelsize": 10 * PT_PER_PX,
+    "xtick.major.size": 0,  # the grid marks the ticks
+    "ytick.major.size": 0,
+    "xtick.minor.size": 0,
+    "ytick.minor.size": 0,
+    "legend.fontsize": 10 * PT_PER_PX,
+    "legend.frameon": False,
+    "axes.formatter.useoffset": False,  # tick labels are the values themselves
+    "axes.formatter.limits": (-4, 4),
+}
+NO_METADATA = {"Creator": None, "Date": None, "Format": None, "Type": None}
 
 
-def _nice_range(lo: float, hi: float) -> tuple[float, float]:
-    if lo == hi:
-        pad = abs(lo) * 0.1 or 1.0
-        return lo - pad, hi + pad
-    pad = (hi - lo) * 0.06
-    return lo - pad, hi + pad
+class _ReferenceFreeSVGRenderer(RendererSVG):
+    """``RendererSVG`` that draws each marker as its own ``<path>``: ``RendererBase``'s
+    ``draw_markers`` / ``draw_path_collection`` are the fallbacks matplotlib documents for it."""
+
+    draw_markers = RendererBase.draw_markers
+    draw_path_collection = RendererBase.draw_path_collection
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    span = hi - lo
-    raw = span / max(n - 1, 1)
-    mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
-    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=raw)
-    start = math.ceil(lo / step) * step
-    ticks, t = [], start
-    while t <= hi + 1e-12 and len(ticks) < 12:
-        ticks.append(round(t, 10))
-        t += step
-    return ticks
+def _figure() -> tuple[Figure, object]:
+    fig = Figure(figsize=(WIDTH_PX * PT_PER_PX / 72, HEIGHT_PX * PT_PER_PX / 72), dpi=72, layout="constrained")
+    FigureCanvasSVG(fig)  # the canvas its layout measures text with
+    ax = fig.add_subplot()
+    ax.grid(True, color="#e5e5e5", linewidth=1.0 * PT_PER_PX)
+    ax.set_axisbelow(True)
+    return fig, ax
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
+def render_svg(fig: Figure, title: str) -> str:
+    """``fig`` as an ``<svg>`` element for an HTML page, named ``title`` for screen readers."""
+    for artist in fig.findobj():
+        artist.set_clip_on(False)
+    width, height = fig.get_size_inches()
+    buffer = io.StringIO()
+    # FigureCanvasSVG.print_svg with the renderer above: the figure drawn once into a string
+    renderer = MixedModeRenderer(
+        fig, width, height, fig.dpi, _ReferenceFreeSVGRenderer(width * 72, height * 72, buffer, metadata=NO_METADATA)
+    )
+    fig.draw(renderer)
+    renderer.finalize()
+    svg = buffer.getvalue()
+    svg = svg[svg.index("<svg") :]  # the XML prolog and doctype are for a file, not a page
+    return svg.replace("<svg ", f'<svg role="img" aria-label="{_attr(title)}" ', 1)
 
 
-class _Frame:
-    """Axes of one SVG plot: data -> pixel transforms, grid, tick labels, titles."""
+def _attr(text: str) -> str:
+    return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
 
-    def __init__(self, title: str, xlabel: str, ylabel: str, xr, yr, width=430, height=270):
-        self.w, self.h = width, height
-        self.l, self.r, self.t, self.b = 58, 14, 30, 42
-        self.xr, self.yr = xr, yr
-        self.parts = [
-            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">',
-            f'<rect width="{width}" height="{height}" fill="white"/>',
-            f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13" font-weight="bold">{_esc(title)}</text>',
-            f'<text x="{width / 2}" y="{height - 6}" text-anchor="middle" font-size="11">{_esc(xlabel)}</text>',
-            f'<text x="13" y="{height / 2}" text-anchor="middle" font-size="11" '
-            f'transform="rotate(-90 13 {height / 2})">{_esc(ylabel)}</text>',
-        ]
-        for t in _ticks(*yr):
-            y = self.y(t)
-            self.parts.append(
-                f'<line x1="{self.l}" x2="{width - self.r}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e5e5"/>'
-                f'<text x="{self.l - 4}" y="{y + 3.5:.1f}" text-anchor="end" font-size="10">{_fmt(t)}</text>'
-            )
-        self.parts.append(
-            f'<rect x="{self.l}" y="{self.t}" width="{width - self.l - self.r}" '
-            f'height="{height - self.t - self.b}" fill="none" stroke="#888"/>'
-        )
 
-    def x(self, v: float) -> float:
-        lo, hi = self.xr
-        return self.l + (v - lo) / (hi - lo) * (self.w - self.l - self.r)
+def _label(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
 
-    def y(self, v: float) -> float:
-        lo, hi = self.yr
-        return self.h - self.b - (v - lo) / (hi - lo) * (self.h - self.t - self.b)
 
-    def x_ticks(self) -> None:
-        for t in _ticks(*self.xr):
-            self.parts.append(
-                f'<text x="{self.x(t):.1f}" y="{self.h - self.b + 13}" text-anchor="middle" '
-                f'font-size="10">{_fmt(t)}</text>'
-            )
-
-    def svg(self) -> str:
-        return "".join(self.parts) + "</svg>"
+def _hline(ax, y: float | None) -> None:
+    if y is not None:
+        ax.axhline(y, color="#999999", linestyle=(0, (4, 3)), linewidth=1.0 * PT_PER_PX)
 
 
 def line_chart(
@@ -92,36 +119,34 @@ def line_chart(
     ylabel: str = "",
     hline: float | None = None,
 ) -> str:
-    """An SVG line chart, one polyline (with points) per named series."""
-    pts = [(x, y) for s in series.values() for x, y in s if _finite(x) and _finite(y)]
-    if not pts:
+    """A line per named series, with its points (``<g id="points-i">``, one ``<path>`` each) where
+    it has at most ``MAX_POINTS``, and a legend when there are several; a dashed line at
+    ``hline``. x is a count (a step, labels, a round): its ticks are whole numbers. Points that
+    are not finite numbers are left out; "" when no point is left."""
+    kept = {name: [(x, y) for x, y in s if finite(x) and finite(y)] for name, s in series.items()}
+    if not any(kept.values()):
         return ""
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts] + ([hline] if hline is not None else [])
-    f = _Frame(title, xlabel, ylabel, _nice_range(min(xs), max(xs)), _nice_range(min(ys), max(ys)))
-    f.x_ticks()
-    if hline is not None:
-        f.parts.append(
-            f'<line x1="{f.l}" x2="{f.w - f.r}" y1="{f.y(hline):.1f}" y2="{f.y(hline):.1f}" '
-            f'stroke="#999" stroke-dasharray="4 3"/>'
-        )
-    for i, (name, s) in enumerate(series.items()):
-        color = PALETTE[i % len(PALETTE)]
-        s = [(x, y) for x, y in s if _finite(x) and _finite(y)]
-        if not s:
-            continue
-        path = " ".join(f"{f.x(x):.1f},{f.y(y):.1f}" for x, y in s)
-        f.parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.6"/>')
-        if len(s) <= 80:
-            f.parts += [
-                f'<circle cx="{f.x(x):.1f}" cy="{f.y(y):.1f}" r="2.2" fill="{color}"><title>{_esc(name)} '
-                f"step {_fmt(x)}: {_fmt(y)}</title></circle>"
-                for x, y in s
-            ]
+    with matplotlib.rc_context(RC):
+        fig, ax = _figure()
+        _label(ax, title, xlabel, ylabel)
+        _hline(ax, hline)
+        for i, (name, s) in enumerate(kept.items()):
+            if not s:
+                continue
+            color = PALETTE[i % len(PALETTE)]
+            xs, ys = [x for x, _ in s], [y for _, y in s]
+            ax.plot(xs, ys, color=color, linewidth=1.6 * PT_PER_PX, label=name)
+            if len(s) <= MAX_POINTS:
+                ax.plot(
+                    xs, ys, linestyle="none", marker="8", markersize=4.4 * PT_PER_PX, color=color, gid=f"points-{i}"
+                )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        xs_all = [x for s in kept.values() for x, _ in s]
+        if min(xs_all) == max(xs_all):  # one x (one round so far): a whole number either side
+            ax.set_xlim(xs_all[0] - 1, xs_all[0] + 1)
         if len(series) > 1:
-            f.parts.append(
-                f'<text x="{f.l + 8}" y="{f.t + 14 + 13 * i}" font-size="11" fill="{color}">{_esc(name)}</text>'
-            )
-    return f.svg()
+            ax.legend(loc="best")
+        return render_svg(fig, title)
 
 
 def bar_chart(
@@ -131,73 +156,64 @@ def bar_chart(
     hline: float | None = None,
     yr: tuple[float, float] | None = None,
 ) -> str:
-    """An SVG bar chart with error bars: ``(label, value, ci_low, ci_high)`` per bar."""
-    items = [it for it in items if _finite(it[1])]
+    """A bar per ``(label, value, ci_low, ci_high)`` from 0, its interval as an error bar (where
+    both ends are finite) and its value printed above its left edge; a dashed line at ``hline``;
+    the y range ``yr`` (default: the values, their intervals and 0). "" when no value is finite."""
+    items = [it for it in items if finite(it[1])]
     if not items:
         return ""
-    vals = (
-        [v for _, v, lo, hi in items for v in (v, lo, hi) if _finite(v)]
-        + [0.0]
-        + ([hline] if hline is not None else [])
-    )
-    f = _Frame(title, "", ylabel, (0, len(items)), yr or _nice_range(min(vals), max(vals)))
-    if hline is not None:
-        f.parts.append(
-            f'<line x1="{f.l}" x2="{f.w - f.r}" y1="{f.y(hline):.1f}" y2="{f.y(hline):.1f}" '
-            f'stroke="#999" stroke-dasharray="4 3"/>'
-        )
-    for i, (label, v, lo, hi) in enumerate(items):
-        color = PALETTE[i % len(PALETTE)]
-        x0, x1 = f.x(i + 0.2), f.x(i + 0.8)
-        y0, y1 = f.y(0 if f.yr[0] <= 0 <= f.yr[1] else f.yr[0]), f.y(v)
-        f.parts.append(
-            f'<rect x="{x0:.1f}" y="{min(y0, y1):.1f}" width="{x1 - x0:.1f}" height="{abs(y1 - y0):.1f}" '
-            f'fill="{color}" fill-opacity="0.75"><title>{_esc(label)}: {_fmt(v)}</title></rect>'
-        )
-        if _finite(lo) and _finite(hi):
-            xc = (x0 + x1) / 2
-            f.parts.append(
-                f'<line x1="{xc:.1f}" x2="{xc:.1f}" y1="{f.y(lo):.1f}" y2="{f.y(hi):.1f}" stroke="black" stroke-width="1.5"/>'
-                f'<line x1="{xc - 6:.1f}" x2="{xc + 6:.1f}" y1="{f.y(lo):.1f}" y2="{f.y(lo):.1f}" stroke="black"/>'
-                f'<line x1="{xc - 6:.1f}" x2="{xc + 6:.1f}" y1="{f.y(hi):.1f}" y2="{f.y(hi):.1f}" stroke="black"/>'
+    with matplotlib.rc_context(RC):
+        fig, ax = _figure()
+        _label(ax, title, "", ylabel)
+        ax.grid(False, axis="x")
+        _hline(ax, hline)
+        for i, (_, v, lo, hi) in enumerate(items):
+            ax.bar(i, v, width=0.6, color=PALETTE[i % len(PALETTE)], alpha=0.75)
+            if finite(lo) and finite(hi):
+                ax.errorbar(
+                    i, v, yerr=[[v - lo], [hi - v]], color="black", capsize=12 * PT_PER_PX, linewidth=1.5 * PT_PER_PX
+                )
+            # the value at the bar's left edge: centred, it would sit on the error bar
+            ax.annotate(
+                f"{v:.3g}",
+                (i - 0.3, max(v, 0)),
+                xytext=(1.5, 3),
+                textcoords="offset points",
+                ha="left",
+                va="bottom",
+                fontsize=10 * PT_PER_PX,
             )
-        f.parts.append(
-            f'<text x="{(x0 + x1) / 2:.1f}" y="{f.h - f.b + 13}" text-anchor="middle" font-size="10">{_esc(label)}</text>'
-            # the value at the bar's left edge: centred, it sat on the error bar
-            f'<text x="{x0 + 2:.1f}" y="{min(y0, y1) - 4:.1f}" text-anchor="start" font-size="10">{_fmt(v)}</text>'
-        )
-    return f.svg()
+        ax.set_xticks(range(len(items)), [label for label, *_ in items])
+        ax.set_xlim(-0.5, len(items) - 0.5)
+        ax.axhline(0, color="#888888", linewidth=1.0 * PT_PER_PX)
+        # room above the highest bar or interval for its value, under the title
+        lo, hi = yr if yr is not None else ax.get_ylim()
+        ax.set_ylim(lo, hi + 0.1 * (hi - lo))
+        return render_svg(fig, title)
 
 
 def reliability_chart(bins: list[dict], title: str = "Reward-model calibration") -> str:
     """Reliability diagram: observed frequency that the first response is preferred against the
-    mean predicted ``sigmoid(r_first - r_second)`` per bin; the diagonal is perfect calibration.
-    Bar widths are the bins, their shade the number of pairs."""
-    f = _Frame(title, "predicted P(first preferred)", "observed frequency", (0, 1), (0, 1))
-    f.x_ticks()
-    f.parts.append(
-        f'<line x1="{f.x(0):.1f}" y1="{f.y(0):.1f}" x2="{f.x(1):.1f}" y2="{f.y(1):.1f}" '
-        f'stroke="#999" stroke-dasharray="4 3"/>'
-    )
-    n_max = max((b["n"] for b in bins), default=0) or 1
-    pts = []
-    for b in bins:
-        if not b["n"]:
-            continue
-        x0, x1 = f.x(b["lo"]) + 1, f.x(b["hi"]) - 1
-        alpha = 0.15 + 0.6 * b["n"] / n_max
-        f.parts.append(
-            f'<rect x="{x0:.1f}" y="{f.y(b["acc"]):.1f}" width="{x1 - x0:.1f}" '
-            f'height="{f.y(0) - f.y(b["acc"]):.1f}" fill="#1f77b4" fill-opacity="{alpha:.2f}">'
-            f"<title>[{b['lo']:.1f}, {b['hi']:.1f}): {b['n']} pairs, observed {b['acc']:.3f}, "
-            f"predicted {b['p_mean']:.3f}</title></rect>"
-        )
-        pts.append((b["p_mean"], b["acc"]))
-    if pts:
-        f.parts.append(
-            '<polyline points="'
-            + " ".join(f"{f.x(p):.1f},{f.y(a):.1f}" for p, a in pts)
-            + '" fill="none" stroke="#d62728" stroke-width="1.6"/>'
-        )
-        f.parts += [f'<circle cx="{f.x(p):.1f}" cy="{f.y(a):.1f}" r="2.5" fill="#d62728"/>' for p, a in pts]
-    return f.svg()
+    mean predicted ``sigmoid(r_first - r_second)`` per bin (``reliability_bins``); the diagonal
+    is perfect calibration. Bars span the bins, their shade the number of pairs."""
+    with matplotlib.rc_context(RC):
+        fig, ax = _figure()
+        _label(ax, title, "predicted P(first preferred)", "observed frequency")
+        ax.plot([0, 1], [0, 1], color="#999999", linestyle=(0, (4, 3)), linewidth=1.0 * PT_PER_PX)
+        filled = [b for b in bins if b["n"]]
+        n_max = max((b["n"] for b in filled), default=0) or 1
+        for b in filled:
+            alpha = 0.15 + 0.6 * b["n"] / n_max
+            ax.bar(b["lo"], b["acc"], width=b["hi"] - b["lo"], align="edge", color="#1f77b4", alpha=alpha)
+        if filled:
+            ax.plot(
+                [b["p_mean"] for b in filled],
+                [b["acc"] for b in filled],
+                color="#d62728",
+                linewidth=1.6 * PT_PER_PX,
+                marker="8",
+                markersize=5 * PT_PER_PX,
+            )
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        return render_svg(fig, title)

@@ -3,7 +3,7 @@ put it in the docs.
 
     .venv/bin/python benchmarks/report_screenshot.py outputs/pipeline_chat/report.html docs/img/pipeline_report.png
 
-The report is self-contained (plots embedded as data URIs), so it is opened as a file:// page
+The report is self-contained (its charts inline SVG), so it is opened as a file:// page
 with no server. ``--full_page`` (default) captures the whole page, not only the first screen.
 """
 

@@ -4,7 +4,7 @@ shaded by whether the policy's is better, and how the prompts were rendered and 
 
 import json
 
-from rlhfkit.eval.report import render_report
+from rlhfkit.pipeline.report import render_report
 
 SAMPLES = [
     {

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from rlhfkit.loop import run as loop_run
-from rlhfkit.loop.rounds import ROUND_STAGES, Loop
+from rlhfkit.loop.layout import ROUND_STAGES
+from rlhfkit.loop.rounds import Loop
 
 from .. import kill_after_step
 from .conftest import tiny_loop_config

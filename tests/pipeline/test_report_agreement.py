@@ -4,7 +4,7 @@ by the label noise alone and is left out of the figure, so 100% over 5 pairs mus
 
 import json
 
-from rlhfkit.eval.report import render_report
+from rlhfkit.pipeline.report import render_report
 
 
 def _feedback_record(out, **outputs):

@@ -20,13 +20,13 @@ from rlhfkit.data import write_jsonl
 from rlhfkit.data.loading import read_jsonl
 from rlhfkit.loop.config import LoopConfig
 from rlhfkit.loop.ensemble import ensemble_scores, ensemble_spec
+from rlhfkit.loop.layout import round_dir
 from rlhfkit.loop.setup import evaluate_policy, loop_sampler
 from rlhfkit.models import load_policy
 from rlhfkit.rewards import build_reward
 from rlhfkit.rollout import repeat_each, rollout, step_seed
 from rlhfkit.training.run_identity import stage_settings
 
-ROUND_STAGES = ("candidates", "select", "labels", "reward", "policy", "eval")
 WIRED_REWARD = {"data", "eval_data", "seed", "eval_fraction"}
 # (max_prompts is overwritten too but stays in the fingerprint: loops run before stay cached)
 WIRED_POLICY = {"model", "ref_model", "prompts", "reward", "gold_reward", "seed"}
@@ -39,7 +39,7 @@ class Loop:
         self.outputs: dict[str, dict] = {}
 
     def rdir(self, r: int) -> Path:
-        return self.out / f"round-{r}"
+        return round_dir(self.out, r)
 
     def policy_before(self, r: int) -> str:
         return self.outputs["setup"]["model"] if r == 1 else self.outputs[f"{r - 1}/policy"]["model"]

@@ -32,7 +32,7 @@ round's labels ...), so a rerun skips every finished stage, continues an interru
 store-labelled round finds its project and waits again) and nothing before it runs twice.
 ``loop_state.json`` says where the loop is (round, stage, current policy), ``curve.json`` holds
 gold score vs number of labels after every round, and ``report.html`` shows them (rewritten after
-every round; ``eval.report.render_loop_report``). Raising ``rounds`` continues a finished loop.
+every round; ``loop/report.py``). Raising ``rounds`` continues a finished loop.
 This module is the loop's bookkeeping (its state, the order of the stages, sharing round 1);
 the stages themselves are in ``loop/setup.py`` (setup, evaluation) and ``loop/rounds.py``.
 
@@ -55,9 +55,10 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.eval.report import render_loop_report
 from rlhfkit.loop.config import LoopConfig, apply_quick, check_label_budget
-from rlhfkit.loop.rounds import ROUND_STAGES, Loop
+from rlhfkit.loop.layout import ROUND_STAGES, round_dir
+from rlhfkit.loop.report import render_loop_report
+from rlhfkit.loop.rounds import Loop
 from rlhfkit.loop.setup import stage_setup
 from rlhfkit.pipeline.cache import run_stage
 from rlhfkit.training.run_identity import stage_fingerprint, stage_settings, with_content
@@ -231,7 +232,7 @@ def share_first_round(random_dir: str | Path, active_dir: str | Path) -> list[st
     pattern = re.compile("(?<![\\w./-])(?:" + "|".join(re.escape(x) for x in spellings) + ")(?![\\w.-])")
     active_dir.mkdir(parents=True, exist_ok=True)
     shared = []
-    for name in ("setup", "round-1"):
+    for name in ("setup", round_dir(random_dir, 1).name):
         src, dst = random_dir / name, active_dir / name
         records = sorted(src.rglob("stage.json")) if src.is_dir() else []
         if dst.exists() or not records or any((read_json(r) or {}).get("status") != "done" for r in records):

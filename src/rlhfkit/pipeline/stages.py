@@ -134,8 +134,7 @@ def reward_calibration(model_dir: Path, pair_file: Path, max_length: int, batch_
     ``rewards.metrics.pair_metrics``), binned into 10 equal-width bins."""
     import torch
 
-    from rlhfkit.eval.report import reliability_bins
-    from rlhfkit.rewards.metrics import pair_metrics, score_texts
+    from rlhfkit.rewards.metrics import pair_metrics, reliability_bins, score_texts
     from rlhfkit.models import load_reward_model
 
     pairs = load_training_records(str(pair_file), "pairs", ties="drop")
@@ -243,7 +242,7 @@ def stage_eval(ctx: Context, d: Path) -> dict:
 
 # ----------------------------------------------------------------------------- report
 def stage_report(ctx: Context, d: Path) -> dict:
-    from rlhfkit.eval.report import render_report
+    from rlhfkit.pipeline.report import render_report
 
     path = render_report(ctx.out, d / "report.html", summary=pipeline_summary(ctx))
     return {"report": str(path), "bytes": path.stat().st_size}

@@ -14,7 +14,8 @@ Pair metrics (overall and per subset):
   (first, second) and the positive class is "first is better", predicted when
   r_first > r_second; without the random order every label would be positive;
 - expected calibration error (10 equal-width bins) of p = sigmoid(r_first - r_second) against
-  that label (Guo et al. 2017), which is the calibration of sigmoid(r_chosen - r_rejected);
+  that label (Guo et al. 2017), which is the calibration of sigmoid(r_chosen - r_rejected); its
+  bins (``reliability_bins``) are the points of the reports' reliability diagram;
 - mean margin r_chosen - r_rejected; for tied pairs, the mean |r_a - r_b| (lower = agrees);
 - loss: the mean Bradley-Terry loss -log sigmoid(r_chosen - r_rejected) (smoother than accuracy
   on a small validation set, so the better criterion for choosing a checkpoint).
@@ -23,6 +24,7 @@ Pair metrics (overall and per subset):
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 
@@ -37,6 +39,27 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins
         if sel.any():
             ece += sel.double().mean().item() * abs(labels[sel].mean().item() - probs[sel].mean().item())
     return ece
+
+
+def reliability_bins(probs: Sequence[float], labels: Sequence[float], n_bins: int = 10) -> list[dict]:
+    """Equal-width bins of predicted probability: ``{"lo", "hi", "n", "p_mean", "acc"}`` per bin
+    (``p_mean`` / ``acc`` are None for an empty bin): the points of a reliability diagram, whose
+    weighted gaps ``sum n_b |acc_b - p_b| / N`` are the ECE (Guo et al. 2017)."""
+    out = []
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        sel = [(p, y) for p, y in zip(probs, labels) if min(int(p * n_bins), n_bins - 1) == b]
+        n = len(sel)
+        out.append(
+            {
+                "lo": lo,
+                "hi": hi,
+                "n": n,
+                "p_mean": sum(p for p, _ in sel) / n if n else None,
+                "acc": sum(y for _, y in sel) / n if n else None,
+            }
+        )
+    return out
 
 
 def pair_metrics(

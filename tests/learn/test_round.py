@@ -66,13 +66,13 @@ def test_a_round_promotes_a_version_whose_lineage_names_its_feedback(one_round):
 
 
 def test_an_inverted_user_weighs_nothing_and_a_flood_is_cut(one_round):
-    """Round 1 has no previous reward model: the consensus is the leave-one-user-out majority on
-    the replies several users judged. The inverted user disagrees with it on every verdict and
-    gets weight 0 (status inverted); the honest users and the flooder agree and weigh 1; the
-    flooder's verdicts over the cap are cut and counted."""
+    """Round 1 has no previous reward model: the consensus is cross-fitted (each user's verdicts
+    against a reward model trained on the other fold's users). The inverted user disagrees with
+    it on every verdict and gets weight 0 (status inverted); the honest users and the flooder
+    agree and weigh 1; the flooder's verdicts over the cap are cut and counted."""
     fb = versions.version_info(one_round["learn"], "v1")["feedback"]
     per_user = fb["per_user"]
-    assert fb["consensus"] == "majority"
+    assert fb["consensus"] == "crossfit" and fb["crossfit_agreement"] >= 0.6
     assert per_user["eve"]["weight"] == 0.0 and per_user["eve"]["status"] == "inverted"
     assert per_user["eve"]["agreed"] == 0 and per_user["eve"]["judged"] == per_user["eve"]["n"] > 0
     for user in ("alice", "bob", "carol", "flo"):

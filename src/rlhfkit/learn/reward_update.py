@@ -18,6 +18,9 @@ nothing and is left out of the batches altogether.
 
 Training runs through ``fit`` (checkpoints in the stage folder, exact resume), starting from the
 last round's reward model (or the backbone in the first round, or after a forget).
+
+The defence's cross-fitted consensus (``learn.defence``) trains its fold models here too
+(:func:`crossfit_scores_fn`): the same examples, recipe, start and seed, on the other folds' users.
 """
 
 from __future__ import annotations
@@ -155,10 +158,11 @@ def example_length(x: dict) -> int:
 
 
 def train_reward_model(
-    start: str, examples: Sequence[dict], out_dir: Path, section, seed: int, threads: int = 0
+    start: str, examples: Sequence[dict], out_dir: Path, section, seed: int, threads: int = 0, max_steps: int = 0
 ) -> dict:
-    """Train from ``start`` (a backbone or the last reward model) on ``examples``; the model goes
-    to ``out_dir/model``. Returns ``{"model", "examples", "metrics"}``."""
+    """Train from ``start`` (a backbone or the last reward model) on ``examples`` (``section.epochs``
+    passes, or ``max_steps`` steps when > 0); the model goes to ``out_dir/model``. Returns
+    ``{"model", "examples", "metrics"}``."""
     from rlhfkit.models import load_reward_model
     from rlhfkit.training.distributed import init_distributed
     from rlhfkit.training.loop import TrainingConfig, fit
@@ -175,6 +179,7 @@ def train_reward_model(
             output_dir=str(out_dir),
             seed=seed,
             epochs=section.epochs,
+            max_steps=max_steps,
             batch_size=batch,
             micro_batch_size=math.gcd(batch, section.micro_batch_size),
             learning_rate=section.learning_rate,
@@ -228,3 +233,40 @@ def score_events_fn(reward_model: str, max_length: int):
         return out
 
     return score
+
+
+def crossfit_scores_fn(start: str, section, seed: int, stage_dir: Path, threads: int = 0, max_steps: int = 0):
+    """``(events, {user: fold}) -> {fold: {event id: scores}}``, what ``defence.defend`` takes as
+    ``crossfit_fn``: for each fold a reward model trained from ``start`` on the other folds'
+    verdicts (every user at weight 1: nobody is checked yet) by :func:`train_reward_model` under
+    the round's ``seed``, scoring the fold's replies. Each fold's scores are kept in
+    ``stage_dir/crossfit-K/scores.json`` and its model and checkpoints removed (a fold done is not
+    trained again when a killed stage resumes; a fold killed while training resumes from its
+    checkpoint)."""
+    import json
+    import shutil
+
+    from rlhfkit.models.versions import atomic_write_json
+
+    def scores(events: Sequence[dict], fold_of: dict[str, int]) -> dict[int, dict[int, list[float]]]:
+        out: dict[int, dict[int, list[float]]] = {}
+        for fold in sorted(set(fold_of.values())):
+            folder = Path(stage_dir) / f"crossfit-{fold}"
+            done = folder / "scores.json"
+            if not done.is_file():
+                held = [e for e in events if fold_of[e["end_user"]] == fold]
+                rest = [e for e in events if fold_of[e["end_user"]] != fold]
+                examples = examples_of(rest, {}, section.thumbs_weight, section.rating_weight)
+                got: dict[int, list[float]] = {}
+                folder.mkdir(parents=True, exist_ok=True)
+                if held and examples:
+                    model = train_reward_model(start, examples, folder, section, seed, threads, max_steps)["model"]
+                    got = score_events_fn(model, section.max_length)(held)
+                atomic_write_json(done, {str(k): v for k, v in got.items()})
+                for p in folder.iterdir():  # the scores are all the defence keeps of a fold model
+                    if p.is_dir():
+                        shutil.rmtree(p, ignore_errors=True)
+            out[fold] = {int(k): v for k, v in json.loads(done.read_text(encoding="utf-8")).items()}
+        return out
+
+    return scores

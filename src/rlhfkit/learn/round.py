@@ -82,7 +82,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     from rlhfkit.learn import lineage
     from rlhfkit.learn.gate import run_gate
     from rlhfkit.learn.policy_update import train_policy
-    from rlhfkit.learn.reward_update import examples_of, score_events_fn, train_reward_model
+    from rlhfkit.learn.reward_update import crossfit_scores_fn, examples_of, score_events_fn, train_reward_model
 
     rdir = learn_dir / "rounds" / f"round-{round_no}"
     if (rdir / "round.json").is_file():  # finished, but the state was not written: record it now
@@ -127,30 +127,41 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
         "learner": fingerprint("learner", {"seed": config.seed, "model": own.get("model")}, {}),
     }
 
+    base = versions.version_info(learn_dir, "v0")["base"]
+    prev = snap["previous_reward_model"]
+    # the reward update's start: the last round's reward model, else the backbone
+    reward_start = str(learn_dir / prev) if prev else (config.reward.model or base)
+
     def defence_fn(d: Path) -> dict:
-        prev = snap["previous_reward_model"]
-        score = score_events_fn(str(learn_dir / prev), config.reward.max_length) if prev else None
+        score = score_events_fn(reward_start, config.reward.max_length) if prev else None
         s = config.defence
+        crossfit = crossfit_scores_fn(reward_start, config.reward, seed, d, config.threads, s.crossfit_max_steps)
         result = defence_mod.defend(
-            snap["train"], s.max_per_user, s.full_trust_agreement, s.min_judged, s.min_consensus_agreement, score
+            snap["train"],
+            s.max_per_user,
+            s.full_trust_agreement,
+            s.min_judged,
+            s.min_consensus_agreement,
+            score,
+            crossfit_fn=crossfit,
+            folds=s.crossfit_folds,
         )
         kept_ids = [e["id"] for e in result.pop("kept")]
         return {"defence": _write(d / "defence.json", {**result, "kept_ids": kept_ids})}
 
-    fps["defence"] = fingerprint("defence", settings(config.defence), fps)
+    # the cross-fitted consensus trains with the reward section's recipe: its settings count
+    fps["defence"] = fingerprint("defence", {**settings(config.defence), "reward": settings(config.reward)}, fps)
     rec = run_stage("defence", rdir / "defence", fps["defence"], defence_fn, log=log)
     _stage_ended("defence")
     defence = _read(Path(rec["outputs"]["defence"]))
     kept_ids = set(defence["kept_ids"])
     kept = [e for e in snap["train"] if e["id"] in kept_ids]
     weights = {u: v["weight"] for u, v in defence["per_user"].items()}
-    base = versions.version_info(learn_dir, "v0")["base"]
 
     def reward_fn(d: Path) -> dict:
-        previous = snap["previous_reward_model"]
-        start = str(learn_dir / previous) if previous else (config.reward.model or base)
         examples = examples_of(kept, weights, config.reward.thumbs_weight, config.reward.rating_weight)
-        return {**train_reward_model(start, examples, d, config.reward, seed, config.threads), "start": start}
+        trained = train_reward_model(reward_start, examples, d, config.reward, seed, config.threads)
+        return {**trained, "start": reward_start}
 
     fps["reward"] = fingerprint("reward", settings(config.reward), fps)
     rec = run_stage("reward", rdir / "reward", fps["reward"], reward_fn, log=log)

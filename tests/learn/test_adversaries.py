@@ -7,6 +7,7 @@ import json
 import pytest
 
 from rlhfkit.learn import defence
+from rlhfkit.learn.inputs import held_out
 from rlhfkit.learn.round import add_stage_end_callback
 from rlhfkit.learn.run import run
 from rlhfkit.models import versions
@@ -86,3 +87,32 @@ def test_round_one_weighs_inverted_users_zero_without_shared_replies(first_round
     fb = versions.version_info(first_round["root"] / "learn", outcome["version"])["feedback"]
     assert fb["consensus"] == "crossfit" and fb["per_user"] == d["per_user"]
     assert fb["crossfit_agreement"] == d["crossfit_agreement"]
+
+
+def test_prompts_of_users_at_weight_zero_are_neither_trained_on_nor_gated_on(first_round):
+    """GRPO's prompt file holds every training prompt of the honest users and none of the
+    inverted users' (only they sent them, and they weigh 0); the gate sampled exactly the honest
+    users' held-out prompts (max_prompts 64 is above their number). The counts are in the
+    lineage."""
+    honest = [p for u in HONEST for p in own_prompts(u)[0]]
+    inverted = [p for u in INVERTED for p in own_prompts(u)[0]]
+    assert any(held_out(p, 0.25) for p in inverted) and not all(held_out(p, 0.25) for p in inverted)
+    train = first_round["seen"]["train_prompts"]
+    assert sorted(train) == sorted(p for p in honest if not held_out(p, 0.25))
+    assert first_round["gate"]["n_prompts"] == sum(held_out(p, 0.25) for p in honest)
+    [outcome] = first_round["outcomes"]
+    prompts = versions.version_info(first_round["root"] / "learn", outcome["version"])["prompts"]
+    assert prompts == {"train": len(train), "holdout": first_round["gate"]["n_prompts"], "left_out": len(inverted)}
+
+
+def test_a_users_latest_weight_is_that_of_the_last_round_that_weighed_them(tmp_path):
+    """Round 1 weighed ivy 0, round 2 weighed her 1 and ann 0.5: before round 3 ivy counts 1 and
+    ann 0.5; before round 2 ivy still counts 0 (a round's own defence and later ones are not read)."""
+    from rlhfkit.learn.inputs import latest_weights
+
+    for n, per_user in ((1, {"ivy": {"weight": 0.0}}), (2, {"ivy": {"weight": 1.0}, "ann": {"weight": 0.5}})):
+        d = tmp_path / "rounds" / f"round-{n}" / "defence"
+        d.mkdir(parents=True)
+        (d / "defence.json").write_text(json.dumps({"per_user": per_user}))
+    assert latest_weights(tmp_path, 3) == {"ivy": 1.0, "ann": 0.5}
+    assert latest_weights(tmp_path, 2) == {"ivy": 0.0}

@@ -91,9 +91,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     own = settings(config, wired=FOLLOW_FIELDS)
 
     def inputs_fn(d: Path) -> dict:
-        snap = inputs_mod.snapshot(
-            config.store, config.prefix, state, round_no, config.gate.holdout_share, config.gate.max_prompts
-        )
+        snap = inputs_mod.snapshot(config.store, config.prefix, state, round_no, config.gate.holdout_share)
         parent = versions.current_version(learn_dir)
         # after a forget the round starts over from v0 (reward model from its backbone, adapter on
         # v0): the versions since were trained with the erased feedback
@@ -107,7 +105,13 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
             from rlhfkit.feedback.enduser import feedback_events
 
             present = feedback_events(config.store, 0, snap["watermark"], prefix=config.prefix)
-            inputs_mod.scrub_saved_inputs(learn_dir, round_no, {e.id for e in present}, {e.prompt for e in present})
+            inputs_mod.scrub_saved_inputs(
+                learn_dir,
+                round_no,
+                {e.id for e in present},
+                {e.prompt for e in present},
+                {inputs_mod.event_record(e)["end_user"] for e in present},
+            )
         return {"inputs": _write(d / "inputs.json", snap)}
 
     # the snapshot depends on these alone: changing a later stage's settings before a restart
@@ -116,7 +120,6 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
         "round": round_no,
         "prefix": config.prefix,
         "holdout_share": config.gate.holdout_share,
-        "max_prompts": config.gate.max_prompts,
         "base": own.get("model"),
     }
     rec = run_stage("inputs", rdir / "inputs", fingerprint("inputs", snap_settings, {}), inputs_fn, log=log)
@@ -157,6 +160,15 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     kept_ids = set(defence["kept_ids"])
     kept = [e for e in snap["train"] if e["id"] in kept_ids]
     weights = {u: v["weight"] for u, v in defence["per_user"].items()}
+    # prompts only users at weight 0 sent (in this round, or when they last took part) are left
+    # out of training and of the gate: an adversary must not choose what the policy trains on
+    senders = snap.get("prompt_senders") or {}
+    judged = {**inputs_mod.latest_weights(learn_dir, round_no), **weights}
+    train_prompts = defence_mod.usable_prompts(snap["train_prompts"], senders, judged)
+    holdout_usable = defence_mod.usable_prompts(snap["holdout_prompts"], senders, judged)
+    holdout_prompts = holdout_usable[: config.gate.max_prompts]
+    left_out = len(snap["train_prompts"]) + len(snap["holdout_prompts"]) - len(train_prompts) - len(holdout_usable)
+    prompts_lineage = {"train": len(train_prompts), "holdout": len(holdout_prompts), "left_out": left_out}
 
     def reward_fn(d: Path) -> dict:
         examples = examples_of(kept, weights, config.reward.thumbs_weight, config.reward.rating_weight)
@@ -177,7 +189,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
             snap["adapter_on"],
             base,
             reward_model,
-            snap["train_prompts"],
+            train_prompts,
             kept,
             weights,
             config.policy,
@@ -200,7 +212,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
                 snap["parent"],
                 policy["adapter"],
                 reward_model,
-                snap["holdout_prompts"],
+                holdout_prompts,
                 config.gate,
                 config.policy,
                 seed,
@@ -222,6 +234,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
         "reward_model": reward_in_dir,
         "trained_ids": inputs_mod.id_ranges(e["id"] for e in snap["train"]),
         "rebuild": snap["rebuild"],
+        "prompts": prompts_lineage,
     }
     if gate.get("passed"):
         name = snap["candidate"]
@@ -231,6 +244,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
                 "round": round_no,
                 "method": config.method,
                 "feedback": feedback,
+                "prompts": prompts_lineage,
                 "gate": gate,
                 "reward_model": reward_in_dir,
                 "policy": {k: v for k, v in policy.items() if k != "adapter"},

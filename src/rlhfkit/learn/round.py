@@ -236,7 +236,13 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
         "rebuild": snap["rebuild"],
         "prompts": prompts_lineage,
     }
-    if gate.get("passed"):
+    logged = lineage.logged_round(learn_dir, round_no)
+    reasons = None if gate.get("passed") else (gate.get("reasons") or [])
+    if logged is not None and logged["event"] == "refused":  # recorded before a kill
+        reasons = logged.get("reasons") or []
+    elif reasons is None and logged is None:
+        reasons = _served_moved(learn_dir, snap)
+    if reasons is None:
         name = snap["candidate"]
         folder = versions.version_dir(learn_dir, name)
         if not folder.exists():
@@ -259,43 +265,55 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
             _stage_ended("version")  # written, not yet current
         elif versions.version_info(learn_dir, name).get("round") != round_no:
             raise versions.VersionError(f"{folder}: exists, written by another round than {round_no}")
-        if lineage.logged_round(learn_dir, round_no) is None:
-            versions.promote(learn_dir, name)
-            lineage.append_log(
-                learn_dir,
-                {
-                    "event": "promoted",
-                    "round": round_no,
-                    "version": name,
-                    "parent": snap["parent"],
-                    "gate": gate,
-                    "feedback_count": feedback["count"],
-                },
-            )
-        outcome.update(outcome="promoted", version=name)
+        if logged is None:
+            reasons = _promote_over(learn_dir, snap)
+            if reasons is None:
+                record = {"event": "promoted", "round": round_no, "version": name, "parent": snap["parent"]}
+                lineage.append_log(learn_dir, {**record, "gate": gate, "feedback_count": feedback["count"]})
+    if reasons is None:
+        outcome.update(outcome="promoted", version=snap["candidate"])
         log(
-            f"learn: round {round_no}: {name} promoted (RM win rate {gate['reward_model']['win_rate']:.3f}, "
-            f"KL to v0 {gate['kl_to_v0']:.3f})"
+            f"learn: round {round_no}: {snap['candidate']} promoted (RM win rate "
+            f"{gate['reward_model']['win_rate']:.3f}, KL to v0 {gate['kl_to_v0']:.3f})"
         )
     else:
         if lineage.logged_round(learn_dir, round_no) is None:
+            record = {"event": "refused", "round": round_no, "version": None, "parent": snap["parent"]}
             lineage.append_log(
-                learn_dir,
-                {
-                    "event": "refused",
-                    "round": round_no,
-                    "version": None,
-                    "parent": snap["parent"],
-                    "gate": gate,
-                    "reasons": gate.get("reasons"),
-                    "feedback_count": feedback["count"],
-                },
+                learn_dir, {**record, "gate": gate, "reasons": reasons, "feedback_count": feedback["count"]}
             )
-        outcome.update(outcome="refused", version=None, reasons=gate.get("reasons"))
-        log(f"learn: round {round_no}: candidate refused: {'; '.join(gate.get('reasons') or [])}")
+        outcome.update(outcome="refused", version=None, reasons=reasons)
+        log(f"learn: round {round_no}: candidate refused: {'; '.join(reasons)}")
     _prune(rdir)
     _write(rdir / "round.json", outcome)
     return _advance_state(learn_dir, state, outcome)
+
+
+def _served_moved(learn_dir: Path, snap: dict) -> list[str] | None:
+    """The refusal's reason when the served version is no longer the round's parent (a
+    ``learn rollback`` while the round ran): the candidate, trained on the parent, is not promoted
+    over what the operator chose; the next round starts from the version served then. None while
+    the parent (or the candidate, promoted before a kill) is current."""
+    current = versions.current_version(learn_dir)
+    if current in (snap["parent"], snap["candidate"]):
+        return None
+    return [
+        f"the served version changed while the round ran ({snap['parent']} -> {current}, e.g. a rollback): "
+        f"{snap['candidate']} was trained on {snap['parent']} and is not promoted over it"
+    ]
+
+
+def _promote_over(learn_dir: Path, snap: dict) -> list[str] | None:
+    """Make the candidate current if its parent still is (one step under the folder's lock, so
+    a rollback between the check and the replacement cannot be overwritten); the refusal's
+    reason otherwise."""
+    if versions.current_version(learn_dir) == snap["candidate"]:  # promoted before a kill
+        return None
+    try:
+        versions.promote(learn_dir, snap["candidate"], expect_current=snap["parent"])
+    except versions.CurrentMoved:
+        return _served_moved(learn_dir, snap) or [f"{snap['parent']} was no longer current"]
+    return None
 
 
 def _prune(rdir: Path) -> None:

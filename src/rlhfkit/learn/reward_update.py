@@ -13,8 +13,13 @@ one example with its user's weight (``learn.defence``):
 All terms live on one logit scale (a pair's ``r_c - r_r`` is the log-odds that c is preferred,
 an absolute ``r`` the log-odds of a thumbs-up), which is why the ratings are soft labels of the
 same BCE rather than the reward recipe's squared error. The loss of a batch is ``sum(w * term)``
-over the examples divided by their number (``training.loop.fit``), so a user at weight 0 adds
-nothing and is left out of the batches altogether.
+over the examples (``core.losses.weighted_sum``, the reward recipe's weighted sum) divided by
+their number (``training.loop.fit``), so a user at weight 0 adds nothing and is left out of the
+batches altogether. The recipe's loss itself (``recipes.reward.make_loss``) is not reused: it
+takes one objective per batch (this one mixes pairs and single replies in one forward pass),
+rates with squared error, and divides by the sum of weights, not the number of examples: a
+weighted mean, where a down-weighted user would no longer shrink the steps of the batches they
+are in (other updates).
 
 Training runs through ``fit`` (checkpoints in the stage folder, exact resume), starting from the
 last round's reward model (or the backbone in the first round, or after a forget).
@@ -30,7 +35,7 @@ from typing import Sequence
 
 import torch
 
-from rlhfkit.core.losses.bradley_terry import binary_feedback_loss, bradley_terry_loss
+from rlhfkit.core.losses.bradley_terry import binary_feedback_loss, bradley_terry_loss, weighted_sum
 
 
 def examples_of(
@@ -134,12 +139,12 @@ def weighted_loss(scores: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict
     correct = 0.0
     if n:
         chosen, rejected = scores[:n], scores[n : 2 * n]
-        loss = loss + (batch["pair_w"].to(scores.dtype) * bradley_terry_loss(chosen, rejected, reduction="none")).sum()
+        loss = loss + weighted_sum(bradley_terry_loss(chosen, rejected, reduction="none"), batch["pair_w"])
         correct = float((chosen > rejected).sum())
     singles = scores[2 * n :]
     if singles.numel():
         terms = binary_feedback_loss(singles, batch["target"].to(scores.dtype), reduction="none")
-        loss = loss + (batch["single_w"].to(scores.dtype) * terms).sum()
+        loss = loss + weighted_sum(terms, batch["single_w"])
     return loss, {"pair_accuracy": correct}
 
 

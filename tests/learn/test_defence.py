@@ -80,6 +80,60 @@ def test_reward_model_consensus_and_when_it_is_trusted():
     assert out["consensus"] == "none" and all(u["weight"] == 1.0 for u in out["per_user"].values())
 
 
+def test_cross_fitted_consensus_checks_each_fold_against_its_own_model():
+    """Five users judge only their own replies: four up on their long reply and down on their
+    short one, u5 the other way round. The fold models score a reply by its length, fold 1's
+    model 100 lower (another model, another scale): each fold's verdicts are judged at that
+    fold's median, so every honest verdict agrees (a median over both folds would put all of
+    fold 1's replies below it). Pooled 8 of 10 = 0.8 >= 0.6: the cross-fit is the consensus;
+    honest users (2+1)/(2+2) = 0.75 -> weight 1, u5 1/4 -> 0. The previous model, when it agrees
+    with the round, is used first and no fold model is trained; a cross-fit without evidence
+    leaves the majority on the reply three users judged."""
+    users = ["u1", "u2", "u3", "u4", "u5"]
+    events = []
+    for n, u in enumerate(users):
+        up, down = f"a long and helpful reply for {u}", f"no {u}"
+        if u == "u5":
+            up, down = down, up
+        events += [ev(10 * n + 1, u, value=True, responses=(up,)), ev(10 * n + 2, u, value=False, responses=(down,))]
+    calls = []
+
+    def by_length(kept, fold_of):
+        calls.append(fold_of)
+        return {
+            k: {e["id"]: [len(e["responses"][0]) - 100.0 * k] for e in kept if fold_of[e["end_user"]] == k}
+            for k in set(fold_of.values())
+        }
+
+    out = defence.defend(events, 0, 0.75, 1, 0.6, None, crossfit_fn=by_length, folds=2)
+    assert out["consensus"] == "crossfit" and out["crossfit_agreement"] == 0.8
+    assert calls == [defence.crossfit_folds(users, 2)] and set(calls[0].values()) == {0, 1}
+    assert {u: (v["agreed"], v["judged"], v["weight"], v["fold"]) for u, v in out["per_user"].items()} == {
+        **{u: (2, 2, 1.0, calls[0][u]) for u in users[:4]},
+        "u5": (0, 2, 0.0, calls[0]["u5"]),
+    }
+    assert out["per_user"]["u5"]["agreement"] == 0.25
+
+    truth = {e["id"]: [len(e["responses"][0])] for e in events}
+    calls.clear()
+    out = defence.defend(events, 0, 0.75, 1, 0.6, lambda es: truth, crossfit_fn=by_length, folds=2)
+    assert out["consensus"] == "reward_model" and calls == [] and out["crossfit_agreement"] is None
+
+    shared = [ev(91, "u1", responses=("same",)), ev(92, "u2", responses=("same",)), ev(93, "u3", responses=("same",))]
+    shared[2]["value"] = False
+    out = defence.defend(events + shared, 0, 0.75, 1, 0.6, None, crossfit_fn=lambda es, f: {}, folds=2)
+    assert out["consensus"] == "majority" and out["per_user"]["u3"]["agreed"] == 0
+    out = defence.defend(events, 0, 0.75, 1, 0.6, None, crossfit_fn=by_length, folds=0)
+    assert out["consensus"] == "none"
+
+
+def test_prompts_only_weight_zero_users_sent_are_left_out():
+    """A prompt stays while one of its senders weighs more than 0 (or is unknown, counted 1)."""
+    senders = {"p1": ["a"], "p2": ["a", "b"], "p3": ["c"], "p4": []}
+    kept = defence.usable_prompts(["p1", "p2", "p3", "p4", "p5"], senders, {"a": 0.0, "b": 0.5})
+    assert kept == ["p2", "p3", "p4", "p5"]
+
+
 def test_weighted_reward_loss_by_hand():
     """A pair with scores (2, 0) at weight 0.5 and a thumbs-up scored 0 at weight 2:
     0.5 * log(1 + e^-2) + 2 * log 2 = 0.063464 + 1.386294 = 1.449758."""

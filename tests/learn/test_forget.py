@@ -55,5 +55,7 @@ def test_a_forgotten_user_is_gone_from_every_later_round(tmp_path, tiny_base):
     assert not any(e["end_user"] == "mallory" for e in r1_after["train"])
     assert not set(SECRET) & set(r1_after["train_prompts"] + r1_after["holdout_prompts"])
     assert "Mallory" not in (learn / "rounds" / "round-1" / "inputs" / "inputs.json").read_text()
+    assert "mallory" not in (learn / "rounds" / "round-1" / "inputs" / "inputs.json").read_text()  # nor who sent what
+    assert "mallory" not in json.dumps(r2["prompt_senders"])
     state = json.loads((learn / "learn_state.json").read_text())
     assert not ids_of_ranges(state["trained"]) & set(mallory)

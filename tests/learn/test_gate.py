@@ -92,7 +92,7 @@ def test_the_gate_promotes_a_better_candidate_and_refuses_one_trained_on_inverte
         "v0",
         worse["adapter"],
         str(learn / outcome["reward_model"]),
-        inputs["holdout_prompts"],
+        inputs["holdout_prompts"][: config.gate.max_prompts],
         config.gate,
         config.policy,
         seed=1,

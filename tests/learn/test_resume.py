@@ -12,7 +12,9 @@ from .conftest import cli_args, fill, tiny_config
 
 KILLER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kill_learner.py")
 KILLS = [
-    "step:2",  # inside the reward model's training (after step 2 of 5)
+    "step:1",  # inside the defence's first cross-fitted reward model (after its step 1)
+    "stage:defence",  # at a stage boundary (that fold model resumed, the other trained, both scored)
+    "step:2",  # inside the reward model's training (after step 2 of 5; the defence is cached)
     "stage:reward",  # at a stage boundary (the reward model resumed, done)
     "step:1",  # inside GRPO (after step 1 of 2; the reward stage is cached)
     "stage:gate",  # after the gate, before the version is written
@@ -21,13 +23,14 @@ KILLS = [
 
 
 def test_sigkill_anywhere_then_restart_promotes_the_same_version(tmp_path, tiny_base):
-    """The same store, two learner folders: one round uninterrupted; the other killed five times
-    (inside reward-model training, after the reward stage, inside GRPO, after the gate, after v1
-    is written but before it is current) by real
+    """The same store, two learner folders: one round uninterrupted; the other killed seven times
+    (inside the defence's cross-fitted training, after the defence, inside reward-model training,
+    after the reward stage, inside GRPO, after the gate, after v1 is written but before it is
+    current) by real
     SIGKILLs of a real ``rlhfkit learn run`` process, each restart continuing the round. The
     second promotes the same version name with byte-identical adapter weights, the same reward
     model, the same gate figures, logs the promotion once, and records the same watermark and
-    trained ids (nothing counted twice)."""
+    trained ids, with the same defence (nothing counted twice)."""
     db = tmp_path / "fb.db"
     fill(str(db), {"alice": "honest", "bob": "honest", "eve": "inverted"})
     reference = tmp_path / "reference"
@@ -46,8 +49,9 @@ def test_sigkill_anywhere_then_restart_promotes_the_same_version(tmp_path, tiny_
         assert not (killed / "current.json").is_file() or versions.current_version(killed) == "v0"
     stages = {
         s: json.loads((killed / "rounds" / "round-1" / s / "stage.json").read_text())
-        for s in ("reward", "policy", "gate")
+        for s in ("defence", "reward", "policy", "gate")
     }
+    assert stages["defence"]["runs"] == 2 and stages["defence"]["resumed"]
     assert stages["reward"]["runs"] == 2 and stages["reward"]["resumed"]  # continued from its checkpoint
     assert stages["policy"]["runs"] == 2 and stages["policy"]["resumed"]
     assert (killed / "versions" / "v1").is_dir() and versions.current_version(killed) == "v0"
@@ -63,6 +67,10 @@ def test_sigkill_anywhere_then_restart_promotes_the_same_version(tmp_path, tiny_
     assert rm_a.read_bytes() == rm_b.read_bytes()
     gates = [versions.version_info(d, "v1")["gate"] for d in (reference, killed)]
     assert gates[0] == gates[1]
+    defences = [
+        json.loads((d / "rounds" / "round-1" / "defence" / "defence.json").read_text()) for d in (reference, killed)
+    ]
+    assert defences[0] == defences[1] and defences[0]["crossfit_agreement"] is not None  # the fold models ran
     log = [json.loads(x) for x in (killed / "versions.jsonl").read_text().splitlines()]
     assert [(x["event"], x["version"]) for x in log] == [("promoted", "v1")]
     a_state, b_state = (json.loads((d / "learn_state.json").read_text()) for d in (reference, killed))

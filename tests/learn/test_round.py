@@ -66,13 +66,13 @@ def test_a_round_promotes_a_version_whose_lineage_names_its_feedback(one_round):
 
 
 def test_an_inverted_user_weighs_nothing_and_a_flood_is_cut(one_round):
-    """Round 1 has no previous reward model: the consensus is the leave-one-user-out majority on
-    the replies several users judged. The inverted user disagrees with it on every verdict and
-    gets weight 0 (status inverted); the honest users and the flooder agree and weigh 1; the
-    flooder's verdicts over the cap are cut and counted."""
+    """Round 1 has no previous reward model: the consensus is cross-fitted (each user's verdicts
+    against a reward model trained on the other fold's users). The inverted user disagrees with
+    it on every verdict and gets weight 0 (status inverted); the honest users and the flooder
+    agree and weigh 1; the flooder's verdicts over the cap are cut and counted."""
     fb = versions.version_info(one_round["learn"], "v1")["feedback"]
     per_user = fb["per_user"]
-    assert fb["consensus"] == "majority"
+    assert fb["consensus"] == "crossfit" and fb["crossfit_agreement"] >= 0.6
     assert per_user["eve"]["weight"] == 0.0 and per_user["eve"]["status"] == "inverted"
     assert per_user["eve"]["agreed"] == 0 and per_user["eve"]["judged"] == per_user["eve"]["n"] > 0
     for user in ("alice", "bob", "carol", "flo"):
@@ -218,3 +218,40 @@ def test_versions_report_html_shows_rounds_weights_and_versions(one_round, tmp_p
     assert "KL to v0 25.000 &gt; 20.0" in page and "1 promoted, 1 refused, 1 rollback(s)" in page
     assert "serving <b>v0</b>" in page
     assert re.search(r"<td>&#9679;</td><td class='l'>v0</td>", page) and "<td></td><td class='l'>v1</td>" in page
+
+
+@pytest.mark.parametrize("when", ["gate", "version"])
+def test_a_rollback_while_a_round_runs_refuses_its_candidate(one_round, tmp_path, tiny_base, when):
+    """Round 2 starts from v1 (current); while it runs (after its gate, or after v2 is written
+    but before it is current) the operator rolls back to v0. The candidate, trained on v1, is not
+    promoted over the rollback: the round is refused with the reason in versions.jsonl and
+    round.json, v0 stays current, and the round counts (its feedback is not read again). Refused
+    after the gate, no v2 is written; refused at the last step, v2 stays written, not current."""
+    import shutil
+
+    from rlhfkit.learn import lineage
+    from rlhfkit.learn.round import add_stage_end_callback
+
+    learn, db = tmp_path / "learn", tmp_path / "fb.db"
+    shutil.copytree(one_round["learn"], learn)
+    shutil.copy(one_round["db"], db)
+    fill(str(db), {"alice": "honest", "bob": "honest", "carol": "honest"}, prompts=PROMPTS[12:18], start=12)
+    remove = add_stage_end_callback(lambda stage: lineage.rollback(learn, "v0", "v1 hurts") if stage == when else None)
+    try:
+        [outcome] = run(tiny_config(learn, db, tiny_base, **{"defence.max_per_user": CAP, "gate.min_win_rate": 0.0}))
+    finally:
+        remove()
+    assert outcome["outcome"] == "refused" and outcome["parent"] == "v1" and outcome["candidate"] == "v2"
+    [reason] = outcome["reasons"]
+    assert "served version changed while the round ran (v1 -> v0" in reason and "not promoted" in reason
+    assert versions.current_version(learn) == "v0"
+    assert (learn / "versions" / "v2").is_dir() == (when == "version")
+    log = [json.loads(x) for x in (learn / "versions.jsonl").read_text().splitlines()]
+    assert [(x["event"], x.get("round"), x["version"]) for x in log] == [
+        ("promoted", 1, "v1"),
+        ("rollback", None, "v0"),
+        ("refused", 2, None),
+    ]
+    assert log[-1]["reasons"] == [reason] and log[-1]["gate"]["passed"]
+    state = json.loads((learn / "learn_state.json").read_text())
+    assert state["rounds_done"] == 2 and run(tiny_config(learn, db, tiny_base)) == []

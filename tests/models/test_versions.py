@@ -91,7 +91,11 @@ def test_versions_load_as_merged_plain_models_and_promote_atomically(tmp_path):
     record = versions.promote(learn, "v1")
     assert record["version"] == "v1" and record["previous"] == "v0"
     assert json.loads((learn / "current.json").read_text())["version"] == "v1"
-    assert [p.name for p in learn.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    # no temporary file left; the lock file stays (removing it would race with a waiting locker)
+    assert [p.name for p in learn.iterdir() if p.name.startswith(".")] == [".current.lock"]
+    with pytest.raises(versions.CurrentMoved, match="names v1, not v0"):  # a round trained on v0
+        versions.promote(learn, "v2", expect_current="v0")
+    assert versions.current_version(learn) == "v1"
     versions.promote(learn, learn / "versions" / "v2")  # the folder works as well as the name
     assert versions.current_version(learn) == "v2"
 

@@ -87,6 +87,16 @@ class DefenceSection:
     min_judged: int = field(
         default=3, metadata={"help": "verdicts checked against the consensus before a user's weight moves from 1"}
     )
+    crossfit_folds: int = field(
+        default=2,
+        metadata={
+            "help": "without a previous reward model the round agrees with: users dealt into this many folds "
+            "by a hash of their id, each checked against a reward model trained on the other folds (0 = off)"
+        },
+    )
+    crossfit_max_steps: int = field(
+        default=0, metadata={"help": "optimiser steps of each cross-fitted reward model at most (0 = reward.epochs)"}
+    )
 
 
 @dataclass
@@ -173,6 +183,10 @@ class LearnConfig:
             raise ValueError("field 'policy.batch_size' must be a multiple of 'policy.num_generations' (>= 2)")
         if self.defence.max_per_user < 0 or not 0.5 < self.defence.full_trust_agreement <= 1:
             raise ValueError("field 'defence.max_per_user' must be >= 0 and 'defence.full_trust_agreement' in (0.5, 1]")
+        if self.defence.crossfit_folds == 1 or self.defence.crossfit_folds < 0 or self.defence.crossfit_max_steps < 0:
+            raise ValueError(
+                "field 'defence.crossfit_folds' must be 0 (off) or >= 2, 'defence.crossfit_max_steps' >= 0"
+            )
         if self.gate.gold:
             from rlhfkit.rewards import check_reward_field
 

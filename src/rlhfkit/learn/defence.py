@@ -8,6 +8,14 @@ consensus:
   the round's verdicts (a model that agrees with nobody is no consensus): a thumbs-up agrees
   when the model scores the reply above the round's median score, a rating above the scale's
   middle likewise, a choice or an edit when the model scores the picked / written reply higher;
+- else (the first round, or a previous model the round disagrees with) a cross-fitted consensus:
+  the round's users are dealt into ``folds`` folds by a hash of their pseudonymous id
+  (:func:`crossfit_folds`), a reward model is trained on the other folds' verdicts (the round's
+  own reward recipe and settings) and each held-out user's verdicts are checked against it by
+  the same rules (the median threshold per fold, as the fold models' scales differ); trusted,
+  like the previous model, only when it agrees with ``min_consensus_agreement`` of the verdicts
+  (a model that learned nothing would otherwise mark every user as chance). Users judge only
+  their own replies in a deployment, so this is what checks them before any model exists;
 - else the leave-one-user-out majority on items several users judged (the same reply, or the
   same two replies): a verdict agrees when it matches the other users' majority (ties: no
   evidence);
@@ -18,15 +26,18 @@ verdicts say little) gives the weight ``clip((a - 1/2) / (full_trust - 1/2), 0, 
 agreement (a random user) weighs ~0, agreement at ``full_trust`` or above weighs 1, and a user
 whose Wilson 95% upper bound on agreement is below 1/2 is marked ``inverted`` (weight 0). Users
 with fewer than ``min_judged`` checked verdicts keep weight 1 (no evidence against them).
-The weights multiply each example's term in the reward model's loss.
+The weights multiply each example's term in the reward model's loss; the prompts only users
+at weight 0 sent are left out of the policy's training prompts and the gate's held-out prompts
+(:func:`usable_prompts`): an adversary must not choose what the policy trains or is judged on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict
 from statistics import median
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 
 def cap_per_user(events: Sequence[dict], max_per_user: int) -> tuple[list[dict], dict[str, int]]:
@@ -149,8 +160,40 @@ def user_weights(
     out = {}
     for user, (n, judged, agreed) in sorted(tally.items()):
         w, status = user_weight(agreed, judged, full_trust, min_judged)
-        out[user] = {"n": n, "judged": judged, "agreed": agreed, "weight": round(w, 6), "status": status}
+        out[user] = {
+            "n": n,
+            "judged": judged,
+            "agreed": agreed,
+            "agreement": round((agreed + 1) / (judged + 2), 6),  # what the weight is computed from
+            "weight": round(w, 6),
+            "status": status,
+        }
     return out
+
+
+def crossfit_folds(users: Iterable[str], folds: int) -> dict[str, int]:
+    """``{user: fold}``: the users ordered by the SHA-256 of their (pseudonymous) id and dealt
+    round-robin into ``folds`` folds: fixed by the ids, and as even as the count allows (a hash
+    modulo ``folds`` could leave a fold of a small round empty, its users unchecked)."""
+    order = sorted(set(users), key=lambda u: hashlib.sha256(u.encode("utf-8")).hexdigest())
+    return {u: i % folds for i, u in enumerate(order)}
+
+
+def crossfit_agreements(
+    events: Sequence[dict], fold_of: dict[str, int], scores_by_fold: dict[int, dict[int, Sequence[float]]]
+) -> dict[int, bool]:
+    """``{event id: agrees}``: each fold's verdicts against ``scores_by_fold[fold]``, the scores of
+    a reward model trained without that fold (:func:`rm_agreements`' rules, per fold)."""
+    out: dict[int, bool] = {}
+    for fold, scores in sorted(scores_by_fold.items()):
+        out.update(rm_agreements([e for e in events if fold_of.get(e["end_user"]) == fold], scores))
+    return out
+
+
+def usable_prompts(prompts: Sequence[str], senders: dict[str, Sequence[str]], weights: dict[str, float]) -> list[str]:
+    """``prompts`` less those whose every sender (``senders[prompt]``) weighs 0 (a sender without
+    a weight counts 1; a prompt without known senders is kept), in their order."""
+    return [p for p in prompts if not senders.get(p) or any(weights.get(u, 1.0) > 0 for u in senders[p])]
 
 
 def defend(
@@ -160,17 +203,28 @@ def defend(
     min_judged: int,
     min_consensus_agreement: float,
     score_fn: Callable[[list[dict]], dict[int, list[float]]] | None,
+    crossfit_fn: Callable[[list[dict], dict[str, int]], dict[int, dict[int, list[float]]]] | None = None,
+    folds: int = 2,
 ) -> dict:
-    """The whole defence of a round: ``{"kept": events, "per_user": {user: {..., "cut"}},
-    "consensus": "reward_model" | "majority" | "none", "consensus_agreement"}``. ``score_fn``
-    scores the replies of events with the previous reward model (None in the first round)."""
+    """The whole defence of a round: ``{"kept": events, "per_user": {user: {..., "cut"[, "fold"]}},
+    "consensus": "reward_model" | "crossfit" | "majority" | "none", "consensus_agreement",
+    "crossfit_agreement"}`` (the pooled agreements of the previous model and of the cross-fitted
+    ones, None when not computed). ``score_fn`` scores the replies of events with the previous
+    reward model (None in the first round); ``crossfit_fn(events, {user: fold})`` returns, for
+    each fold, the scores of its replies by a model trained on the other folds (None: no cross-fit)."""
     kept, cut = cap_per_user(events, max_per_user)
-    consensus, agreements, pooled = "none", {}, None
+    consensus, agreements, pooled, crossfit_pooled, fold_of = "none", {}, None, None, {}
     if score_fn is not None and kept:
         by_rm = rm_agreements(kept, score_fn(kept))
         pooled = sum(by_rm.values()) / len(by_rm) if by_rm else None
         if pooled is not None and pooled >= min_consensus_agreement:
             consensus, agreements = "reward_model", by_rm
+    if consensus == "none" and crossfit_fn is not None and folds >= 2 and kept:
+        fold_of = crossfit_folds((e["end_user"] for e in kept), folds)
+        by_cf = crossfit_agreements(kept, fold_of, crossfit_fn(kept, fold_of))
+        crossfit_pooled = sum(by_cf.values()) / len(by_cf) if by_cf else None
+        if crossfit_pooled is not None and crossfit_pooled >= min_consensus_agreement:
+            consensus, agreements = "crossfit", by_cf
     if consensus == "none":
         by_majority = majority_agreements(kept)
         if by_majority:
@@ -180,9 +234,12 @@ def defend(
         per_user.setdefault(user, {"n": 0, "judged": 0, "agreed": 0, "weight": 1.0, "status": "unchecked"})
     for user in per_user:
         per_user[user]["cut"] = cut.get(user, 0)
+        if user in fold_of:
+            per_user[user]["fold"] = fold_of[user]
     return {
         "kept": kept,
         "per_user": per_user,
         "consensus": consensus,
         "consensus_agreement": None if pooled is None else round(pooled, 6),
+        "crossfit_agreement": None if crossfit_pooled is None else round(crossfit_pooled, 6),
     }

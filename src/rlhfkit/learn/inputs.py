@@ -9,7 +9,10 @@ there, so an erased user's feedback has no part in anything trained from then on
 erased verdicts are taken out of the earlier rounds' saved inputs too.
 
 Held-out prompts: a fixed share of the prompts users sent (by a hash of the text, so a prompt is
-held out in every round or in none) is kept out of training; the gate samples on them.
+held out in every round or in none) is kept out of training; the gate samples on them (the first
+``gate.max_prompts`` in the order of their hash that the round keeps). ``prompt_senders`` names
+who sent each prompt, so the round can leave out the prompts only users at weight 0 sent
+(``learn.defence.usable_prompts``, with :func:`latest_weights` for users not in the round).
 """
 
 from __future__ import annotations
@@ -82,11 +85,12 @@ def new_verdicts(store: str, prefix: str, watermark: int, enough: int) -> int:
     return len(feedback_events(store, watermark, None, prefix=prefix, limit=enough))
 
 
-def snapshot(store: str, prefix: str, state: dict, round_no: int, holdout_share: float, max_holdout: int) -> dict:
+def snapshot(store: str, prefix: str, state: dict, round_no: int, holdout_share: float) -> dict:
     """Round ``round_no``'s inputs, read from the store now: ``{"round", "watermark",
     "previous_watermark", "rebuild", "forgotten", "train" (event records), "train_prompts",
-    "holdout_prompts"}``. ``rebuild`` is true when verdicts an earlier round trained on are gone
-    (``forgotten`` of them): the round then trains on every verdict still there."""
+    "holdout_prompts" (every one, in the order of their hash), "prompt_senders"}``. ``rebuild`` is
+    true when verdicts an earlier round trained on are gone (``forgotten`` of them): the round then
+    trains on every verdict still there."""
     from rlhfkit.feedback.enduser import feedback_events, last_event_id
 
     watermark = last_event_id(store, prefix=prefix)
@@ -101,7 +105,10 @@ def snapshot(store: str, prefix: str, state: dict, round_no: int, holdout_share:
     prompts = list(dict.fromkeys(e["prompt"] for e in events))
     holdout = sorted(
         (p for p in prompts if held_out(p, holdout_share)), key=lambda p: hashlib.sha256(p.encode("utf-8")).hexdigest()
-    )[:max_holdout]
+    )
+    senders: dict[str, set[str]] = {}
+    for e in events:
+        senders.setdefault(e["prompt"], set()).add(e["end_user"])
     train_prompts = [p for p in prompts if not held_out(p, holdout_share)]
     return {
         "round": round_no,
@@ -112,13 +119,35 @@ def snapshot(store: str, prefix: str, state: dict, round_no: int, holdout_share:
         "train": train,
         "train_prompts": train_prompts,
         "holdout_prompts": holdout,
+        "prompt_senders": {p: sorted(users) for p, users in senders.items()},
     }
 
 
-def scrub_saved_inputs(learn_dir: Path, before_round: int, present_ids: set[int], present_prompts: set[str]) -> int:
-    """Take verdicts that left the store (and prompts no stored verdict has any more) out of the
-    saved inputs of rounds before ``before_round``: the erasure reaches the learner's copies.
-    Returns how many verdicts went."""
+def latest_weights(learn_dir: Path, before_round: int) -> dict[str, float]:
+    """``{user: weight}`` from the defences of the rounds before ``before_round``, a later round's
+    over an earlier one's: what a user who sent nothing in this round last weighed."""
+    out: dict[str, float] = {}
+    found = []
+    for path in Path(learn_dir, "rounds").glob("round-*/defence/defence.json"):
+        n = path.parent.parent.name.removeprefix("round-")
+        if n.isdigit() and int(n) < before_round:
+            found.append((int(n), path))
+    for _, path in sorted(found):
+        per_user = json.loads(path.read_text(encoding="utf-8")).get("per_user", {})
+        out.update({u: float(v.get("weight", 1.0)) for u, v in per_user.items()})
+    return out
+
+
+def scrub_saved_inputs(
+    learn_dir: Path,
+    before_round: int,
+    present_ids: set[int],
+    present_prompts: set[str],
+    present_users: set[str] | None = None,
+) -> int:
+    """Take verdicts that left the store (and prompts no stored verdict has any more, and users
+    not in ``present_users``) out of the saved inputs of rounds before ``before_round``: the
+    erasure reaches the learner's copies. Returns how many verdicts went."""
     gone = 0
     for path in sorted(Path(learn_dir, "rounds").glob("round-*/inputs/inputs.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -128,7 +157,18 @@ def scrub_saved_inputs(learn_dir: Path, before_round: int, present_ids: set[int]
         prompts = {
             k: [p for p in data.get(k, []) if p in present_prompts] for k in ("train_prompts", "holdout_prompts")
         }
-        if len(kept) != len(data.get("train", [])) or any(len(v) != len(data.get(k, [])) for k, v in prompts.items()):
+        senders = {
+            p: [u for u in users if present_users is None or u in present_users]
+            for p, users in data.get("prompt_senders", {}).items()
+            if p in present_prompts
+        }
+        changed = senders != data.get("prompt_senders", {})
+        if (
+            changed
+            or len(kept) != len(data.get("train", []))
+            or any(len(v) != len(data.get(k, [])) for k, v in prompts.items())
+        ):
             gone += len(data.get("train", [])) - len(kept)
-            atomic_write_json(path, {**data, "train": kept, **prompts})
+            extra = {"prompt_senders": senders} if "prompt_senders" in data else {}
+            atomic_write_json(path, {**data, "train": kept, **prompts, **extra})
     return gone

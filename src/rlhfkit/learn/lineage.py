@@ -4,8 +4,10 @@
 ``versions.jsonl`` (one JSON object a line, appended and fsynced): ``{"event": "promoted" |
 "refused" | "rollback", "round", "version", "parent" / "from", "at", "gate": figures, "reasons"}``.
 A version's ``version.json`` (``models.versions``) carries ``round``, ``method``, ``feedback``
-(``ids`` as ranges, ``count`` by kind, ``per_user``: n, cut, judged, agreed, weight, status;
-``consensus``), ``gate`` (the figures that let it through), ``reward_model`` (its folder inside
+(``ids`` as ranges, ``count`` by kind, ``per_user``: n, cut, judged, agreed, agreement, weight,
+status, fold; ``consensus``: reward_model / crossfit / majority / none, with the pooled
+agreements ``consensus_agreement`` of the previous model and ``crossfit_agreement``; fields added
+later are absent in older folders, and readers take them with ``get``), ``gate`` (the figures that let it through), ``reward_model`` (its folder inside
 LEARN_DIR) and ``parent``.
 """
 
@@ -32,6 +34,7 @@ def feedback_lineage(events: Sequence[dict], defence: dict, id_ranges) -> dict:
         "per_user": defence["per_user"],
         "consensus": defence["consensus"],
         "consensus_agreement": defence.get("consensus_agreement"),
+        "crossfit_agreement": defence.get("crossfit_agreement"),
         "cut": sum(u.get("cut", 0) for u in defence["per_user"].values()),
     }
 

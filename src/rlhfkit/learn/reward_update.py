@@ -13,11 +13,19 @@ one example with its user's weight (``learn.defence``):
 All terms live on one logit scale (a pair's ``r_c - r_r`` is the log-odds that c is preferred,
 an absolute ``r`` the log-odds of a thumbs-up), which is why the ratings are soft labels of the
 same BCE rather than the reward recipe's squared error. The loss of a batch is ``sum(w * term)``
-over the examples divided by their number (``training.loop.fit``), so a user at weight 0 adds
-nothing and is left out of the batches altogether.
+over the examples (``core.losses.weighted_sum``, the reward recipe's weighted sum) divided by
+their number (``training.loop.fit``), so a user at weight 0 adds nothing and is left out of the
+batches altogether. The recipe's loss itself (``recipes.reward.make_loss``) is not reused: it
+takes one objective per batch (this one mixes pairs and single replies in one forward pass),
+rates with squared error, and divides by the sum of weights, not the number of examples: a
+weighted mean, where a down-weighted user would no longer shrink the steps of the batches they
+are in (other updates).
 
 Training runs through ``fit`` (checkpoints in the stage folder, exact resume), starting from the
 last round's reward model (or the backbone in the first round, or after a forget).
+
+The defence's cross-fitted consensus (``learn.defence``) trains its fold models here too
+(:func:`crossfit_scores_fn`): the same examples, recipe, start and seed, on the other folds' users.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from typing import Sequence
 
 import torch
 
-from rlhfkit.core.losses.bradley_terry import binary_feedback_loss, bradley_terry_loss
+from rlhfkit.core.losses.bradley_terry import binary_feedback_loss, bradley_terry_loss, weighted_sum
 
 
 def examples_of(
@@ -131,12 +139,12 @@ def weighted_loss(scores: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict
     correct = 0.0
     if n:
         chosen, rejected = scores[:n], scores[n : 2 * n]
-        loss = loss + (batch["pair_w"].to(scores.dtype) * bradley_terry_loss(chosen, rejected, reduction="none")).sum()
+        loss = loss + weighted_sum(bradley_terry_loss(chosen, rejected, reduction="none"), batch["pair_w"])
         correct = float((chosen > rejected).sum())
     singles = scores[2 * n :]
     if singles.numel():
         terms = binary_feedback_loss(singles, batch["target"].to(scores.dtype), reduction="none")
-        loss = loss + (batch["single_w"].to(scores.dtype) * terms).sum()
+        loss = loss + weighted_sum(terms, batch["single_w"])
     return loss, {"pair_accuracy": correct}
 
 
@@ -155,10 +163,11 @@ def example_length(x: dict) -> int:
 
 
 def train_reward_model(
-    start: str, examples: Sequence[dict], out_dir: Path, section, seed: int, threads: int = 0
+    start: str, examples: Sequence[dict], out_dir: Path, section, seed: int, threads: int = 0, max_steps: int = 0
 ) -> dict:
-    """Train from ``start`` (a backbone or the last reward model) on ``examples``; the model goes
-    to ``out_dir/model``. Returns ``{"model", "examples", "metrics"}``."""
+    """Train from ``start`` (a backbone or the last reward model) on ``examples`` (``section.epochs``
+    passes, or ``max_steps`` steps when > 0); the model goes to ``out_dir/model``. Returns
+    ``{"model", "examples", "metrics"}``."""
     from rlhfkit.models import load_reward_model
     from rlhfkit.training.distributed import init_distributed
     from rlhfkit.training.loop import TrainingConfig, fit
@@ -175,6 +184,7 @@ def train_reward_model(
             output_dir=str(out_dir),
             seed=seed,
             epochs=section.epochs,
+            max_steps=max_steps,
             batch_size=batch,
             micro_batch_size=math.gcd(batch, section.micro_batch_size),
             learning_rate=section.learning_rate,
@@ -228,3 +238,40 @@ def score_events_fn(reward_model: str, max_length: int):
         return out
 
     return score
+
+
+def crossfit_scores_fn(start: str, section, seed: int, stage_dir: Path, threads: int = 0, max_steps: int = 0):
+    """``(events, {user: fold}) -> {fold: {event id: scores}}``, what ``defence.defend`` takes as
+    ``crossfit_fn``: for each fold a reward model trained from ``start`` on the other folds'
+    verdicts (every user at weight 1: nobody is checked yet) by :func:`train_reward_model` under
+    the round's ``seed``, scoring the fold's replies. Each fold's scores are kept in
+    ``stage_dir/crossfit-K/scores.json`` and its model and checkpoints removed (a fold done is not
+    trained again when a killed stage resumes; a fold killed while training resumes from its
+    checkpoint)."""
+    import json
+    import shutil
+
+    from rlhfkit.models.versions import atomic_write_json
+
+    def scores(events: Sequence[dict], fold_of: dict[str, int]) -> dict[int, dict[int, list[float]]]:
+        out: dict[int, dict[int, list[float]]] = {}
+        for fold in sorted(set(fold_of.values())):
+            folder = Path(stage_dir) / f"crossfit-{fold}"
+            done = folder / "scores.json"
+            if not done.is_file():
+                held = [e for e in events if fold_of[e["end_user"]] == fold]
+                rest = [e for e in events if fold_of[e["end_user"]] != fold]
+                examples = examples_of(rest, {}, section.thumbs_weight, section.rating_weight)
+                got: dict[int, list[float]] = {}
+                folder.mkdir(parents=True, exist_ok=True)
+                if held and examples:
+                    model = train_reward_model(start, examples, folder, section, seed, threads, max_steps)["model"]
+                    got = score_events_fn(model, section.max_length)(held)
+                atomic_write_json(done, {str(k): v for k, v in got.items()})
+                for p in folder.iterdir():  # the scores are all the defence keeps of a fold model
+                    if p.is_dir():
+                        shutil.rmtree(p, ignore_errors=True)
+            out[fold] = {int(k): v for k, v in json.loads(done.read_text(encoding="utf-8")).items()}
+        return out
+
+    return scores

@@ -82,7 +82,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     from rlhfkit.learn import lineage
     from rlhfkit.learn.gate import run_gate
     from rlhfkit.learn.policy_update import train_policy
-    from rlhfkit.learn.reward_update import examples_of, score_events_fn, train_reward_model
+    from rlhfkit.learn.reward_update import crossfit_scores_fn, examples_of, score_events_fn, train_reward_model
 
     rdir = learn_dir / "rounds" / f"round-{round_no}"
     if (rdir / "round.json").is_file():  # finished, but the state was not written: record it now
@@ -91,9 +91,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     own = settings(config, wired=FOLLOW_FIELDS)
 
     def inputs_fn(d: Path) -> dict:
-        snap = inputs_mod.snapshot(
-            config.store, config.prefix, state, round_no, config.gate.holdout_share, config.gate.max_prompts
-        )
+        snap = inputs_mod.snapshot(config.store, config.prefix, state, round_no, config.gate.holdout_share)
         parent = versions.current_version(learn_dir)
         # after a forget the round starts over from v0 (reward model from its backbone, adapter on
         # v0): the versions since were trained with the erased feedback
@@ -107,7 +105,13 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
             from rlhfkit.feedback.enduser import feedback_events
 
             present = feedback_events(config.store, 0, snap["watermark"], prefix=config.prefix)
-            inputs_mod.scrub_saved_inputs(learn_dir, round_no, {e.id for e in present}, {e.prompt for e in present})
+            inputs_mod.scrub_saved_inputs(
+                learn_dir,
+                round_no,
+                {e.id for e in present},
+                {e.prompt for e in present},
+                {inputs_mod.event_record(e)["end_user"] for e in present},
+            )
         return {"inputs": _write(d / "inputs.json", snap)}
 
     # the snapshot depends on these alone: changing a later stage's settings before a restart
@@ -116,7 +120,6 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
         "round": round_no,
         "prefix": config.prefix,
         "holdout_share": config.gate.holdout_share,
-        "max_prompts": config.gate.max_prompts,
         "base": own.get("model"),
     }
     rec = run_stage("inputs", rdir / "inputs", fingerprint("inputs", snap_settings, {}), inputs_fn, log=log)
@@ -127,30 +130,50 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
         "learner": fingerprint("learner", {"seed": config.seed, "model": own.get("model")}, {}),
     }
 
+    base = versions.version_info(learn_dir, "v0")["base"]
+    prev = snap["previous_reward_model"]
+    # the reward update's start: the last round's reward model, else the backbone
+    reward_start = str(learn_dir / prev) if prev else (config.reward.model or base)
+
     def defence_fn(d: Path) -> dict:
-        prev = snap["previous_reward_model"]
-        score = score_events_fn(str(learn_dir / prev), config.reward.max_length) if prev else None
+        score = score_events_fn(reward_start, config.reward.max_length) if prev else None
         s = config.defence
+        crossfit = crossfit_scores_fn(reward_start, config.reward, seed, d, config.threads, s.crossfit_max_steps)
         result = defence_mod.defend(
-            snap["train"], s.max_per_user, s.full_trust_agreement, s.min_judged, s.min_consensus_agreement, score
+            snap["train"],
+            s.max_per_user,
+            s.full_trust_agreement,
+            s.min_judged,
+            s.min_consensus_agreement,
+            score,
+            crossfit_fn=crossfit,
+            folds=s.crossfit_folds,
         )
         kept_ids = [e["id"] for e in result.pop("kept")]
         return {"defence": _write(d / "defence.json", {**result, "kept_ids": kept_ids})}
 
-    fps["defence"] = fingerprint("defence", settings(config.defence), fps)
+    # the cross-fitted consensus trains with the reward section's recipe: its settings count
+    fps["defence"] = fingerprint("defence", {**settings(config.defence), "reward": settings(config.reward)}, fps)
     rec = run_stage("defence", rdir / "defence", fps["defence"], defence_fn, log=log)
     _stage_ended("defence")
     defence = _read(Path(rec["outputs"]["defence"]))
     kept_ids = set(defence["kept_ids"])
     kept = [e for e in snap["train"] if e["id"] in kept_ids]
     weights = {u: v["weight"] for u, v in defence["per_user"].items()}
-    base = versions.version_info(learn_dir, "v0")["base"]
+    # prompts only users at weight 0 sent (in this round, or when they last took part) are left
+    # out of training and of the gate: an adversary must not choose what the policy trains on
+    senders = snap.get("prompt_senders") or {}
+    judged = {**inputs_mod.latest_weights(learn_dir, round_no), **weights}
+    train_prompts = defence_mod.usable_prompts(snap["train_prompts"], senders, judged)
+    holdout_usable = defence_mod.usable_prompts(snap["holdout_prompts"], senders, judged)
+    holdout_prompts = holdout_usable[: config.gate.max_prompts]
+    left_out = len(snap["train_prompts"]) + len(snap["holdout_prompts"]) - len(train_prompts) - len(holdout_usable)
+    prompts_lineage = {"train": len(train_prompts), "holdout": len(holdout_prompts), "left_out": left_out}
 
     def reward_fn(d: Path) -> dict:
-        previous = snap["previous_reward_model"]
-        start = str(learn_dir / previous) if previous else (config.reward.model or base)
         examples = examples_of(kept, weights, config.reward.thumbs_weight, config.reward.rating_weight)
-        return {**train_reward_model(start, examples, d, config.reward, seed, config.threads), "start": start}
+        trained = train_reward_model(reward_start, examples, d, config.reward, seed, config.threads)
+        return {**trained, "start": reward_start}
 
     fps["reward"] = fingerprint("reward", settings(config.reward), fps)
     rec = run_stage("reward", rdir / "reward", fps["reward"], reward_fn, log=log)
@@ -166,7 +189,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
             snap["adapter_on"],
             base,
             reward_model,
-            snap["train_prompts"],
+            train_prompts,
             kept,
             weights,
             config.policy,
@@ -189,7 +212,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
                 snap["parent"],
                 policy["adapter"],
                 reward_model,
-                snap["holdout_prompts"],
+                holdout_prompts,
                 config.gate,
                 config.policy,
                 seed,
@@ -211,8 +234,15 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
         "reward_model": reward_in_dir,
         "trained_ids": inputs_mod.id_ranges(e["id"] for e in snap["train"]),
         "rebuild": snap["rebuild"],
+        "prompts": prompts_lineage,
     }
-    if gate.get("passed"):
+    logged = lineage.logged_round(learn_dir, round_no)
+    reasons = None if gate.get("passed") else (gate.get("reasons") or [])
+    if logged is not None and logged["event"] == "refused":  # recorded before a kill
+        reasons = logged.get("reasons") or []
+    elif reasons is None and logged is None:
+        reasons = _served_moved(learn_dir, snap)
+    if reasons is None:
         name = snap["candidate"]
         folder = versions.version_dir(learn_dir, name)
         if not folder.exists():
@@ -220,6 +250,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
                 "round": round_no,
                 "method": config.method,
                 "feedback": feedback,
+                "prompts": prompts_lineage,
                 "gate": gate,
                 "reward_model": reward_in_dir,
                 "policy": {k: v for k, v in policy.items() if k != "adapter"},
@@ -234,43 +265,55 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
             _stage_ended("version")  # written, not yet current
         elif versions.version_info(learn_dir, name).get("round") != round_no:
             raise versions.VersionError(f"{folder}: exists, written by another round than {round_no}")
-        if lineage.logged_round(learn_dir, round_no) is None:
-            versions.promote(learn_dir, name)
-            lineage.append_log(
-                learn_dir,
-                {
-                    "event": "promoted",
-                    "round": round_no,
-                    "version": name,
-                    "parent": snap["parent"],
-                    "gate": gate,
-                    "feedback_count": feedback["count"],
-                },
-            )
-        outcome.update(outcome="promoted", version=name)
+        if logged is None:
+            reasons = _promote_over(learn_dir, snap)
+            if reasons is None:
+                record = {"event": "promoted", "round": round_no, "version": name, "parent": snap["parent"]}
+                lineage.append_log(learn_dir, {**record, "gate": gate, "feedback_count": feedback["count"]})
+    if reasons is None:
+        outcome.update(outcome="promoted", version=snap["candidate"])
         log(
-            f"learn: round {round_no}: {name} promoted (RM win rate {gate['reward_model']['win_rate']:.3f}, "
-            f"KL to v0 {gate['kl_to_v0']:.3f})"
+            f"learn: round {round_no}: {snap['candidate']} promoted (RM win rate "
+            f"{gate['reward_model']['win_rate']:.3f}, KL to v0 {gate['kl_to_v0']:.3f})"
         )
     else:
         if lineage.logged_round(learn_dir, round_no) is None:
+            record = {"event": "refused", "round": round_no, "version": None, "parent": snap["parent"]}
             lineage.append_log(
-                learn_dir,
-                {
-                    "event": "refused",
-                    "round": round_no,
-                    "version": None,
-                    "parent": snap["parent"],
-                    "gate": gate,
-                    "reasons": gate.get("reasons"),
-                    "feedback_count": feedback["count"],
-                },
+                learn_dir, {**record, "gate": gate, "reasons": reasons, "feedback_count": feedback["count"]}
             )
-        outcome.update(outcome="refused", version=None, reasons=gate.get("reasons"))
-        log(f"learn: round {round_no}: candidate refused: {'; '.join(gate.get('reasons') or [])}")
+        outcome.update(outcome="refused", version=None, reasons=reasons)
+        log(f"learn: round {round_no}: candidate refused: {'; '.join(reasons)}")
     _prune(rdir)
     _write(rdir / "round.json", outcome)
     return _advance_state(learn_dir, state, outcome)
+
+
+def _served_moved(learn_dir: Path, snap: dict) -> list[str] | None:
+    """The refusal's reason when the served version is no longer the round's parent (a
+    ``learn rollback`` while the round ran): the candidate, trained on the parent, is not promoted
+    over what the operator chose; the next round starts from the version served then. None while
+    the parent (or the candidate, promoted before a kill) is current."""
+    current = versions.current_version(learn_dir)
+    if current in (snap["parent"], snap["candidate"]):
+        return None
+    return [
+        f"the served version changed while the round ran ({snap['parent']} -> {current}, e.g. a rollback): "
+        f"{snap['candidate']} was trained on {snap['parent']} and is not promoted over it"
+    ]
+
+
+def _promote_over(learn_dir: Path, snap: dict) -> list[str] | None:
+    """Make the candidate current if its parent still is (one step under the folder's lock, so
+    a rollback between the check and the replacement cannot be overwritten); the refusal's
+    reason otherwise."""
+    if versions.current_version(learn_dir) == snap["candidate"]:  # promoted before a kill
+        return None
+    try:
+        versions.promote(learn_dir, snap["candidate"], expect_current=snap["parent"])
+    except versions.CurrentMoved:
+        return _served_moved(learn_dir, snap) or [f"{snap['parent']} was no longer current"]
+    return None
 
 
 def _prune(rdir: Path) -> None:

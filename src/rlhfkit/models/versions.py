@@ -14,7 +14,9 @@ takes). A version with ``adapter/`` is its ``adapter_on`` version's weights with
 in (``merge_and_unload``: a plain model again, so the native sampler runs it); a chain of adapters
 is merged in order. A version with ``model/`` stands alone.
 
-One writer per thing: the learner writes versions and ``current.json``; servers only read. A
+One writer per thing: the learner writes versions and ``current.json`` (and ``learn rollback``
+replaces it; both under an exclusive lock on ``.current.lock``, so a round's ``promote`` with
+``expect_current`` never lands on top of a rollback made while the round ran); servers only read. A
 version folder is written under a temporary name and renamed into place whole
 (``save_version``) before ``promote`` names it in ``current.json``, which is replaced atomically
 (temp file, fsync, ``os.replace``, fsync of the folder): a reader sees the old or the new file,
@@ -29,11 +31,13 @@ import re
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "VersionError",
+    "CurrentMoved",
     "is_learn_dir",
     "init_learn_dir",
     "save_version",
@@ -54,6 +58,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 class VersionError(ValueError):
     """A learner folder, version or ``current.json`` that cannot be read or loaded (names the file)."""
+
+
+class CurrentMoved(VersionError):
+    """``promote(..., expect_current=v)`` found another version current than ``v``."""
 
 
 def is_learn_dir(path: str | os.PathLike) -> bool:
@@ -250,21 +258,43 @@ def _fsync_tree(folder: Path) -> None:
         _fsync_dir(d)
 
 
-def promote(learn_dir: str | os.PathLike, version: str | os.PathLike) -> dict:
+@contextmanager
+def _current_lock(learn_dir: Path):
+    """An exclusive ``flock`` on ``LEARN_DIR/.current.lock`` while ``current.json`` is read and
+    replaced (a lock the kernel drops when its process dies, so a kill leaves none behind)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (the check and the replacement are then not one step)
+        yield
+        return
+    with open(learn_dir / ".current.lock", "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def promote(learn_dir: str | os.PathLike, version: str | os.PathLike, expect_current: str | None = None) -> dict:
     """Make ``version`` (a name, or its folder under ``versions/``) the current one: checks that it
-    is complete, then replaces ``current.json`` atomically. Returns the new ``current.json``."""
+    is complete, then replaces ``current.json`` atomically. With ``expect_current``, only while
+    that version is current (checked and replaced under one lock; else ``CurrentMoved``). Returns
+    the new ``current.json``."""
     learn_dir = Path(learn_dir)
     name = Path(version).name if isinstance(version, os.PathLike) or os.sep in str(version) else str(version)
     if isinstance(version, os.PathLike) or os.sep in str(version):
         if Path(version).resolve() != version_dir(learn_dir, name).resolve():
             raise VersionError(f"{version}: not a folder of {learn_dir / 'versions'}")
     version_info(learn_dir, name)
-    try:
-        previous = current_version(learn_dir)
-    except VersionError:
-        previous = None
-    record = {"version": name, "promoted_at": time.time(), "previous": previous}
-    atomic_write_json(learn_dir / CURRENT_FILE, record)
+    with _current_lock(learn_dir):
+        try:
+            previous = current_version(learn_dir)
+        except VersionError:
+            previous = None
+        if expect_current is not None and previous != expect_current:
+            raise CurrentMoved(f"{learn_dir / CURRENT_FILE}: names {previous}, not {expect_current}")
+        record = {"version": name, "promoted_at": time.time(), "previous": previous}
+        atomic_write_json(learn_dir / CURRENT_FILE, record)
     return record
 
 

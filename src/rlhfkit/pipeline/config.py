@@ -214,7 +214,7 @@ class PipelineConfig:
             micro_batch_size=16,
             num_generations=4,
             max_steps=20,
-            learning_rate=4e-5,
+            learning_rate=3e-5,
             save_every=5,
             sample_every=5,
         )

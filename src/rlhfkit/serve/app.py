@@ -55,9 +55,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlhfkit.feedback.enduser import FeedbackLog
 
+from .batcher import ServerStopping
 from .engine import ChatModel, PromptError, new_completion_id
 from .feedback_route import add_feedback_route
-from .openai_request import RequestTooLarge, completion_settings, error_response, read_json_object
+from .openai_request import (
+    RequestTooLarge,
+    completion_settings,
+    error_response,
+    read_json_object,
+    stopping_response,
+)
 from .sse_events import completion_events, completion_usage
 
 __all__ = ["create_app"]
@@ -214,6 +221,8 @@ def create_app(
             )
         except PromptError as e:
             return error_response(400, str(e), param="messages", code=e.code)
+        except ServerStopping as e:  # SIGTERM came: no new generation (the queued ones end within the grace)
+            return stopping_response(e)
         await finished
 
         def work() -> dict[str, Any]:
@@ -243,6 +252,8 @@ def create_app(
             return await run_in_threadpool(work)
         except PromptError as e:  # queued before a swap, refused by the new version
             return error_response(400, str(e), param="messages", code=e.code)
+        except ServerStopping as e:  # still queued (or drawing) when the stop's grace ended; not stored
+            return stopping_response(e)
 
     def _generation(r: dict) -> dict:
         return dict(
@@ -254,6 +265,8 @@ def create_app(
             pieces = chat.stream(r["messages"], n=r["n"], **_generation(r))
         except PromptError as e:
             return error_response(400, str(e), param="messages", code=e.code)
+        except ServerStopping as e:
+            return stopping_response(e)
         return StreamingResponse(
             completion_events(pieces, r, chat.name, _store),
             media_type="text/event-stream",

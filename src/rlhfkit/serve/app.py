@@ -89,6 +89,7 @@ def create_app(
     rng: random.Random | None = None,
     chat_page: str = "off",
     chat_secret: bytes | None = None,
+    chat_limits: Any = None,
 ) -> FastAPI:
     """The server for ``chat``; completions and feedback go to ``feedback`` when given (else the
     feedback endpoint answers 503). A request body over ``max_request_bytes`` is answered 413
@@ -98,7 +99,8 @@ def create_app(
     which); ``n`` is at most ``max_n``. ``line``: the ``PolicyWatcher`` following a learner
     folder, shown in ``/health``. ``chat_page``: the end users' web chat at ``/chat``
     (``webchat.CHAT_MODES``: ``auto``, ``open`` or ``off``; it needs ``feedback``), its sessions
-    signed with ``chat_secret`` (default: a random key). The caller owns ``chat`` and ``line``
+    signed with ``chat_secret`` (default: a random key), rate-limited by ``chat_limits``
+    (``webchat.ChatLimits``, default its defaults). The caller owns ``chat`` and ``line``
     (and closes them); the app closes ``feedback`` when it stops."""
     if not 0.0 <= compare_share <= 1.0:
         raise ValueError("compare_share must be from 0 to 1")
@@ -291,6 +293,7 @@ def create_app(
             check_request=_request,
             stream_reply=_stream_reply,
             error=error_response,
+            limits=chat_limits,
         )
         # a CSP without inline scripts on every answer (the page's and the API's alike)
         app.add_middleware(SecurityHeaders, csp=CHAT_CSP)

@@ -120,6 +120,16 @@ class ServeConfig(_ModelFields):
             "in front of a private API); off = no page"
         },
     )
+    chat_sends_per_minute: int = field(
+        default=20,
+        metadata={
+            "help": "web chat: messages per session (or signed-in account) per minute; more are 429 (0 = no limit)"
+        },
+    )
+    chat_sessions_per_hour: int = field(
+        default=100,
+        metadata={"help": "web chat: new anonymous sessions per client address per hour; more are 429 (0 = no limit)"},
+    )
     shutdown_grace_seconds: float = field(
         default=20.0,
         metadata={
@@ -144,6 +154,8 @@ class ServeConfig(_ModelFields):
             raise ValueError("batch_wait_ms must be from 0 to 10000")
         if not 0 <= self.compare_share <= 1:
             raise ValueError("compare_share must be from 0 to 1")
+        if self.chat_sends_per_minute < 0 or self.chat_sessions_per_hour < 0:
+            raise ValueError("chat_sends_per_minute and chat_sessions_per_hour must be >= 0 (0 = no limit)")
         if not 0 <= self.shutdown_grace_seconds <= 3600:
             raise ValueError("shutdown_grace_seconds must be from 0 to 3600")
         if not self.reload_every > 0:
@@ -308,7 +320,7 @@ def _serve_until_stopped(app, sock, chat, grace_s: float, log_level: str) -> Non
 def run_serve(c: ServeConfig) -> None:
     from .app import create_app
     from .line import PolicyWatcher
-    from .webchat import chat_secret
+    from .webchat import ChatLimits, chat_secret
 
     sock = _listen(c.host, c.port)
     chat = watcher = None
@@ -329,6 +341,7 @@ def run_serve(c: ServeConfig) -> None:
             line=watcher,
             chat_page=page,
             chat_secret=secret,
+            chat_limits=ChatLimits(c.chat_sends_per_minute, c.chat_sessions_per_hour),
         )
         where = (c.db + (", personal data redacted" if c.redact else "")) if c.db else "off"
         origin = line.describe() if line.kind != "model" else ""

@@ -177,7 +177,7 @@ def test_round_two_checks_users_against_the_previous_reward_model(one_round, tmp
 
 def test_versions_report_html_shows_rounds_weights_and_versions(one_round, tmp_path, capsys):
     """``learn versions LEARN_DIR --html FILE`` writes one self-contained page (inline SVG, no
-    script, nothing fetched): round 1 promoted v1 with its 5 users weighed 4 at 1 and 1 (the
+    script, no reference of any kind, the same bytes each time): round 1 promoted v1 with its 5 users weighed 4 at 1 and 1 (the
     inverted eve) at 0, the flooder's cut verdicts, the feedback by kind of versions.jsonl; a
     refusal logged later is shown with its reason and a rollback is counted; the versions table
     has v0 and v1 with the current one marked."""
@@ -186,6 +186,7 @@ def test_versions_report_html_shows_rounds_weights_and_versions(one_round, tmp_p
 
     from rlhfkit.cli import main
     from rlhfkit.learn import lineage
+    from rlhfkit.learn.report import render_report
 
     learn = tmp_path / "learn"
     shutil.copytree(one_round["learn"], learn)
@@ -206,7 +207,12 @@ def test_versions_report_html_shows_rounds_weights_and_versions(one_round, tmp_p
     assert main(["learn", "versions", str(learn), "--html", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     page = out.read_text()
-    assert page.count("<svg") == 1 and "<script" not in page and not re.search(r"(src|href)=['\"]?https?:", page)
+    assert page.count("<svg") == 1 and "<script" not in page
+    # self-contained: no reference of any kind, not even to an id inside the page (url(#...),
+    # xlink:href="#..."), which breaks when one SVG's ids meet another's; and the same bytes
+    # for the same folder (no random ids, no date in the SVG's metadata)
+    assert not re.search(r"<script|<link|<img|src=|href=|url\(|@import", page)
+    assert "<dc:date>" not in page and render_report(learn) == page
     per_user = versions.version_info(learn, "v1")["feedback"]["per_user"]
     cut = per_user["flo"]["cut"]
     counts = versions.version_info(learn, "v1")["feedback"]["count"]

@@ -40,6 +40,7 @@ def _refused(capsys, argv, words):
         (["--batch_wait_ms", "-1"], ["batch_wait_ms"]),
         (["--compare_share", "1.5"], ["compare_share"]),
         (["--reload_every", "0"], ["reload_every"]),
+        (["--shutdown_grace_seconds", "-1"], ["shutdown_grace_seconds"]),
         (["--rating_max", "1"], ["field 'rating_max'"]),
         (["--chat", "public"], ["field 'chat'", "auto, open, off"]),
     ],

@@ -246,3 +246,18 @@ def test_signing_in_brings_an_accounts_conversations_to_another_browser(browser,
     other.click("#sign-out")
     other.locator("#show-sign-in").wait_for()
     other.wait_for_selector("#conversations li.empty")
+
+
+def test_a_message_over_the_sessions_limit_shows_why_on_the_page(browser, tiny_chat_dir, tmp_path):
+    """With ``--chat_sends_per_minute 1`` the second message of a minute is refused (429) and the
+    page says so in its status line, keeping the message out of the conversation."""
+    with serving(tiny_chat_dir, tmp_path, "--chat_sends_per_minute", "1") as (base, db):
+        page, me = _page(browser, base)
+        page.fill("#prompt", "first")
+        page.press("#prompt", "Enter")
+        _finished(page, 1)
+        page.fill("#prompt", "second")
+        page.press("#prompt", "Enter")
+        page.locator("#status.error", has_text="No reply: too many messages from this chat session").wait_for()
+        assert page.locator(".turn.assistant").count() == 1
+        assert len(_completions(db, me)) == 1

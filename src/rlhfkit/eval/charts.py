@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator
 
 from rlhfkit.eval.html_page import finite
 
-__all__ = ["PALETTE", "line_chart", "bar_chart", "reliability_chart", "render_svg"]
+__all__ = ["PALETTE", "RC", "chart_figure", "line_chart", "bar_chart", "reliability_chart", "render_svg"]
 
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"]
@@ -71,8 +71,11 @@ class _ReferenceFreeSVGRenderer(RendererSVG):
     draw_path_collection = RendererBase.draw_path_collection
 
 
-def _figure() -> tuple[Figure, object]:
-    fig = Figure(figsize=(WIDTH_PX * PT_PER_PX / 72, HEIGHT_PX * PT_PER_PX / 72), dpi=72, layout="constrained")
+def chart_figure(width_px: int = WIDTH_PX, height_px: int = HEIGHT_PX) -> tuple[Figure, object]:
+    """``(figure, axes)`` of a chart ``width_px`` by ``height_px`` CSS pixels, with the grid;
+    draw into it under ``matplotlib.rc_context(RC)`` and turn it into SVG with ``render_svg``
+    (for a chart the three above do not draw)."""
+    fig = Figure(figsize=(width_px * PT_PER_PX / 72, height_px * PT_PER_PX / 72), dpi=72, layout="constrained")
     FigureCanvasSVG(fig)  # the canvas its layout measures text with
     ax = fig.add_subplot()
     ax.grid(True, color="#e5e5e5", linewidth=1.0 * PT_PER_PX)
@@ -127,7 +130,7 @@ def line_chart(
     if not any(kept.values()):
         return ""
     with matplotlib.rc_context(RC):
-        fig, ax = _figure()
+        fig, ax = chart_figure()
         _label(ax, title, xlabel, ylabel)
         _hline(ax, hline)
         for i, (name, s) in enumerate(kept.items()):
@@ -163,7 +166,7 @@ def bar_chart(
     if not items:
         return ""
     with matplotlib.rc_context(RC):
-        fig, ax = _figure()
+        fig, ax = chart_figure()
         _label(ax, title, "", ylabel)
         ax.grid(False, axis="x")
         _hline(ax, hline)
@@ -197,7 +200,7 @@ def reliability_chart(bins: list[dict], title: str = "Reward-model calibration")
     mean predicted ``sigmoid(r_first - r_second)`` per bin (``reliability_bins``); the diagonal
     is perfect calibration. Bars span the bins, their shade the number of pairs."""
     with matplotlib.rc_context(RC):
-        fig, ax = _figure()
+        fig, ax = chart_figure()
         _label(ax, title, "predicted P(first preferred)", "observed frequency")
         ax.plot([0, 1], [0, 1], color="#999999", linestyle=(0, (4, 3)), linewidth=1.0 * PT_PER_PX)
         filled = [b for b in bins if b["n"]]

@@ -16,7 +16,8 @@
 - CSRF: each session has its own random CSRF token; cookie-authenticated unsafe requests must
   echo it (form field ``csrf_token`` or header ``X-CSRF-Token``). The log-in form, which has no
   session yet, uses a double-submit cookie.
-- Log-in throttling: :class:`LoginThrottle`, fixed-window counters in the store (see there).
+- Log-in throttling: :class:`LoginThrottle`, fixed-window counters in the store
+  (``rate_limit.py``, which the web chat's limits use too).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from sqlalchemy.engine import Connection
 from . import db
 from .db import raw
 from .queue import release_open_tasks
+from .rate_limit import Throttled, hit, prune
+from .rate_limit import bucket as _bucket
 
 __all__ = [
     "ROLES",
@@ -336,42 +339,9 @@ class LoginLimits:
     known_address_s: float = 30 * 86400.0
 
 
-class Throttled(Exception):
-    """Too many failed log-ins; ``retry_after`` seconds to wait."""
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"too many failed log-ins; retry after {retry_after:.0f} s")
-        self.retry_after = retry_after
-
-
-def _bucket(kind: str, *parts: str) -> str:
-    """The row key of a bucket: a hash, so a 5 MB user name costs one 64-character key."""
-    h = hashlib.sha256(kind.encode())
-    for part in parts:
-        h.update(b"\0" + part.encode("utf-8", "surrogatepass"))
-    return h.hexdigest()
-
-
-# Portable SQL (SQLite >= 3.24 and PostgreSQL both have INSERT ... ON CONFLICT). The conditional
-# UPDATE is the atomic check-and-count: it counts an attempt only while the window has room
-# (or starts a new window), and its row lock makes concurrent attempts -- threads of one
-# process or several server processes on PostgreSQL -- count one after the other; SET
-# expressions read the row's values from before the update on both back ends.
-_THROTTLE_ENSURE = (
-    "INSERT INTO login_throttle (key, hits, window_start, expires_at) VALUES (:k, 0, :now, :exp) "
-    "ON CONFLICT (key) DO NOTHING"
-)
-_THROTTLE_HIT = (
-    "UPDATE login_throttle SET "
-    "hits = CASE WHEN window_start <= :start THEN 1 ELSE hits + 1 END, "
-    "expires_at = CASE WHEN window_start <= :start THEN :exp ELSE window_start + :w END, "
-    "window_start = CASE WHEN window_start <= :start THEN :now ELSE window_start END "
-    "WHERE key = :k AND (window_start <= :start OR hits < :limit)"
-)
-_THROTTLE_WINDOW = "SELECT window_start FROM login_throttle WHERE key = :k"
+# the failed log-ins' own rows of the rate limits' table (rate_limit.py counts the hits)
 _THROTTLE_REFUND = "UPDATE login_throttle SET hits = hits - 1 WHERE key = :k AND hits > 0"
 _THROTTLE_DROP = "DELETE FROM login_throttle WHERE key = :k"
-_THROTTLE_PRUNE = "DELETE FROM login_throttle WHERE expires_at < :now"
 _THROTTLE_KNOWN = "SELECT 1 FROM login_throttle WHERE key = :k AND expires_at >= :now"
 _THROTTLE_REMEMBER = (
     "INSERT INTO login_throttle (key, hits, window_start, expires_at) VALUES (:k, 0, :now, :exp) "
@@ -384,7 +354,7 @@ class LoginThrottle:
     restarts and server processes.
 
     A slot is reserved *before* the password is checked (:meth:`reserve`, one write job: the
-    check and the count are one conditional UPDATE per bucket), so N parallel guesses can never
+    check and the count are one conditional UPDATE per bucket, ``rate_limit.hit``), so N parallel guesses can never
     all pass the check before any is counted: at most ``per_user_address`` passwords are ever
     verified per window, however many requests arrive at once. A success hands the slot back
     (:meth:`succeeded`). Why not the ``limits`` library, whose fixed-window strategy this mirrors:
@@ -417,14 +387,10 @@ class LoginThrottle:
         nothing: the write job's savepoint undoes the buckets already counted). Returns whether
         the address is known for this user (pass it to :meth:`succeeded`). A write job."""
         now = self.clock()
-        raw(conn, _THROTTLE_PRUNE, {"now": now})
+        prune(conn, now)
         known = self._known(conn, username, address, now)
         for key, limit, window in self._buckets(username, address, known):
-            p = {"k": key, "now": now, "start": now - window, "w": window, "exp": now + window, "limit": limit}
-            raw(conn, _THROTTLE_ENSURE, p)
-            if raw(conn, _THROTTLE_HIT, p).rowcount != 1:
-                start = raw(conn, _THROTTLE_WINDOW, {"k": key}).fetchone()[0]
-                raise Throttled(max(1.0, start + window - now))
+            hit(conn, key, limit, window, now)
         return known
 
     def succeeded(self, conn: Connection, username: str, address: str, known: bool) -> None:

@@ -6,30 +6,24 @@ versions promoted, refused and rolled back (``versions.jsonl``), the gate's figu
 feedback each round trained on by kind, and the versions table (lineage: parent, round, feedback,
 per-user weights, gate figures). With ``sim_dir`` (``events.jsonl``, ``evals.jsonl``,
 ``summary.json``) also the served model's held-out gold score over time with the promotions and
-refusals marked, request latency over time, and feedback counts per kind. Figures are matplotlib
-SVG embedded inline (matplotlib: already the bench and report dependency; no script, no network).
+refusals marked, request latency over time, and feedback counts per kind. Figures are drawn as the
+pipeline's and the loop's reports draw theirs (``eval.charts``: matplotlib's SVG backend without
+pyplot's global state, byte-deterministic, no reference inside the SVG), embedded inline: the page
+fetches nothing, runs no script and is the same bytes for the same folder.
 """
 
 from __future__ import annotations
 
 import html
-import io
 import json
 import time
 from pathlib import Path
 
+import matplotlib
+
+from rlhfkit.eval import charts
 from rlhfkit.learn import lineage
 from rlhfkit.models import versions
-
-
-def _svg(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
-    plt.close(fig)
-    text = buf.getvalue()
-    return text[text.index("<svg") :]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -90,70 +84,58 @@ def _fmt(x, spec=".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def _timeline_figure(rows: list[dict], log: list[dict], t0: float):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 2.6))
-    xs = [(r["at"] - t0) / 60 for r in rows]
-    wins = [r["win_rate"] for r in rows]
-    ax.plot([x for x, w in zip(xs, wins) if w is not None], [w for w in wins if w is not None], color="#888", lw=1)
-    for r, x in zip(rows, xs):
-        y = r["win_rate"] if r["win_rate"] is not None else 0.5
-        if r["event"] == "promoted":
-            ax.scatter([x], [y], marker="^", color="#2a7", s=60, zorder=3)
-            ax.annotate(r["version"], (x, y), textcoords="offset points", xytext=(4, 6), fontsize=8)
-        else:
-            ax.scatter([x], [y], marker="x", color="#c33", s=60, zorder=3)
-    for rec in log:
-        if rec.get("event") == "rollback":
-            ax.axvline((rec["at"] - t0) / 60, color="#c80", ls="--", lw=1)
-    ax.axhline(0.5, color="#bbb", lw=0.8, ls=":")
-    ax.set_xlim(0, max(xs + [0.0]) * 1.1 + 0.1)  # from v0's creation
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("minutes since v0")
-    ax.set_ylabel("gate: RM win rate")
-    ax.set_title("rounds: promoted (green triangle), refused (red cross), rollback (dashed)", fontsize=9)
-    return _svg(fig)
+def _timeline_figure(rows: list[dict], log: list[dict], t0: float) -> str:
+    with matplotlib.rc_context(charts.RC):
+        fig, ax = charts.chart_figure(800, 260)
+        xs = [(r["at"] - t0) / 60 for r in rows]
+        wins = [r["win_rate"] for r in rows]
+        ax.plot([x for x, w in zip(xs, wins) if w is not None], [w for w in wins if w is not None], color="#888", lw=1)
+        for r, x in zip(rows, xs):
+            y = r["win_rate"] if r["win_rate"] is not None else 0.5
+            if r["event"] == "promoted":
+                ax.scatter([x], [y], marker="^", color="#2a7", s=60, zorder=3)
+                ax.annotate(r["version"], (x, y), textcoords="offset points", xytext=(4, 6))
+            else:
+                ax.scatter([x], [y], marker="x", color="#c33", s=60, zorder=3)
+        for rec in log:
+            if rec.get("event") == "rollback":
+                ax.axvline((rec["at"] - t0) / 60, color="#c80", ls="--", lw=1)
+        ax.axhline(0.5, color="#bbb", lw=0.8, ls=":")
+        ax.set_xlim(0, max(xs + [0.0]) * 1.1 + 0.1)  # from v0's creation
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("minutes since v0")
+        ax.set_ylabel("gate: RM win rate")
+        ax.set_title("rounds: promoted (green triangle), refused (red cross), rollback (dashed)")
+        return charts.render_svg(fig, "Rounds: the gate's win rate of each round's candidate over time")
 
 
-def _sim_figures(sim_dir: Path, log: list[dict], t_start: float) -> list[tuple[str, str]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figs = []
-    evals = _read_jsonl(sim_dir / "evals.jsonl")
-    events = _read_jsonl(sim_dir / "events.jsonl")
-    marks = [((r["at"] - t_start) / 60, r) for r in log if r.get("event") in ("promoted", "refused")]
-    if evals:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3))
-        ax = axes[0]
+def _gold_figures(evals: list[dict], marks: list) -> str:
+    """The served model's gold score over time (promotions and refusals marked) and against the
+    number of verdicts stored: two charts side by side."""
+    with matplotlib.rc_context(charts.RC):
+        fig, ax = charts.chart_figure(520, 300)
         ax.plot([e["t"] / 60 for e in evals], [e["gold"] for e in evals], "o-", color="#25a")
         for e in evals:
-            ax.annotate(e["version"], (e["t"] / 60, e["gold"]), textcoords="offset points", xytext=(3, 5), fontsize=8)
+            ax.annotate(e["version"], (e["t"] / 60, e["gold"]), textcoords="offset points", xytext=(3, 5))
         for x, r in marks:
-            ax.axvline(
-                x,
-                color="#2a7" if r["event"] == "promoted" else "#c33",
-                lw=1,
-                ls="-" if r["event"] == "promoted" else ":",
-            )
+            promoted = r["event"] == "promoted"
+            ax.axvline(x, color="#2a7" if promoted else "#c33", lw=1, ls="-" if promoted else ":")
         ax.set_xlabel("minutes")
         ax.set_ylabel("held-out gold score")
-        ax.set_title("gold over time (green: promoted, red dotted: refused)", fontsize=9)
-        ax = axes[1]
+        ax.set_title("gold over time (green: promoted, red dotted: refused)")
+        over_time = charts.render_svg(fig, "held-out gold score over time")
+    with matplotlib.rc_context(charts.RC):
+        fig, ax = charts.chart_figure(520, 300)
         ax.plot([e["verdicts"] for e in evals], [e["gold"] for e in evals], "o-", color="#25a")
         ax.set_xlabel("verdicts stored")
         ax.set_ylabel("held-out gold score")
-        ax.set_title("gold against feedback count", fontsize=9)
-        figs.append(("Served model's held-out gold score", _svg(fig)))
-    chats = [e for e in events if e["kind"] == "chat"]
-    if chats:
-        fig, ax = plt.subplots(figsize=(10, 2.8))
+        ax.set_title("gold against feedback count")
+        return over_time + charts.render_svg(fig, "held-out gold score against the verdicts stored")
+
+
+def _latency_figure(chats: list[dict], events: list[dict], summary: dict, t_start: float) -> str:
+    with matplotlib.rc_context(charts.RC):
+        fig, ax = charts.chart_figure(1040, 280)
         ok = [e for e in chats if e["ok"]]
         bad = [e for e in events if not e["ok"]]
         ax.scatter(
@@ -172,7 +154,6 @@ def _sim_figures(sim_dir: Path, log: list[dict], t_start: float) -> list[tuple[s
                 color="#c33",
                 label="failed request",
             )
-        summary = json.loads((sim_dir / "summary.json").read_text()) if (sim_dir / "summary.json").is_file() else {}
         for k, rnd in enumerate(summary.get("rounds", [])):
             ax.axvspan(
                 rnd["start"] / 60,
@@ -183,19 +164,30 @@ def _sim_figures(sim_dir: Path, log: list[dict], t_start: float) -> list[tuple[s
             )
         ax.set_xlabel("minutes")
         ax.set_ylabel("latency (s)")
-        ax.legend(fontsize=8, loc="upper left")
-        ax.set_title("request latency", fontsize=9)
-        figs.append(("Latency", _svg(fig)))
-    fbs = [e for e in events if e["kind"] == "feedback"]
-    if fbs:
-        summary = json.loads((sim_dir / "summary.json").read_text()) if (sim_dir / "summary.json").is_file() else {}
-        kinds = (summary.get("feedback") or {}).get("by_kind") or {}
-        if kinds:
-            fig, ax = plt.subplots(figsize=(5, 2.4))
+        ax.legend(loc="upper left")
+        ax.set_title("request latency")
+        return charts.render_svg(fig, "request latency over time")
+
+
+def _sim_figures(sim_dir: Path, log: list[dict], t_start: float) -> list[tuple[str, str]]:
+    figs = []
+    evals = _read_jsonl(sim_dir / "evals.jsonl")
+    events = _read_jsonl(sim_dir / "events.jsonl")
+    summary = json.loads((sim_dir / "summary.json").read_text()) if (sim_dir / "summary.json").is_file() else {}
+    marks = [((r["at"] - t_start) / 60, r) for r in log if r.get("event") in ("promoted", "refused")]
+    if evals:
+        figs.append(("Served model's held-out gold score", _gold_figures(evals, marks)))
+    chats = [e for e in events if e["kind"] == "chat"]
+    if chats:
+        figs.append(("Latency", _latency_figure(chats, events, summary, t_start)))
+    kinds = (summary.get("feedback") or {}).get("by_kind") or {}
+    if kinds and any(e["kind"] == "feedback" for e in events):
+        with matplotlib.rc_context(charts.RC):
+            fig, ax = charts.chart_figure(520, 240)
             ax.bar(list(kinds), list(kinds.values()), color="#25a")
             ax.set_ylabel("feedback sent")
-            ax.set_title("feedback per kind", fontsize=9)
-            figs.append(("Feedback per kind", _svg(fig)))
+            ax.set_title("feedback per kind")
+            figs.append(("Feedback per kind", charts.render_svg(fig, "feedback sent per kind")))
     return figs
 
 

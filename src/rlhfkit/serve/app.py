@@ -55,9 +55,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlhfkit.feedback.enduser import FeedbackLog
 
+from .batcher import ServerStopping
 from .engine import ChatModel, PromptError, new_completion_id
 from .feedback_route import add_feedback_route
-from .openai_request import RequestTooLarge, completion_settings, error_response, read_json_object
+from .openai_request import (
+    RequestTooLarge,
+    completion_settings,
+    error_response,
+    read_json_object,
+    stopping_response,
+)
 from .sse_events import completion_events, completion_usage
 
 __all__ = ["create_app"]
@@ -82,6 +89,7 @@ def create_app(
     rng: random.Random | None = None,
     chat_page: str = "off",
     chat_secret: bytes | None = None,
+    chat_limits: Any = None,
 ) -> FastAPI:
     """The server for ``chat``; completions and feedback go to ``feedback`` when given (else the
     feedback endpoint answers 503). A request body over ``max_request_bytes`` is answered 413
@@ -91,7 +99,8 @@ def create_app(
     which); ``n`` is at most ``max_n``. ``line``: the ``PolicyWatcher`` following a learner
     folder, shown in ``/health``. ``chat_page``: the end users' web chat at ``/chat``
     (``webchat.CHAT_MODES``: ``auto``, ``open`` or ``off``; it needs ``feedback``), its sessions
-    signed with ``chat_secret`` (default: a random key). The caller owns ``chat`` and ``line``
+    signed with ``chat_secret`` (default: a random key), rate-limited by ``chat_limits``
+    (``webchat.ChatLimits``, default its defaults). The caller owns ``chat`` and ``line``
     (and closes them); the app closes ``feedback`` when it stops."""
     if not 0.0 <= compare_share <= 1.0:
         raise ValueError("compare_share must be from 0 to 1")
@@ -214,6 +223,8 @@ def create_app(
             )
         except PromptError as e:
             return error_response(400, str(e), param="messages", code=e.code)
+        except ServerStopping as e:  # SIGTERM came: no new generation (the queued ones end within the grace)
+            return stopping_response(e)
         await finished
 
         def work() -> dict[str, Any]:
@@ -243,6 +254,8 @@ def create_app(
             return await run_in_threadpool(work)
         except PromptError as e:  # queued before a swap, refused by the new version
             return error_response(400, str(e), param="messages", code=e.code)
+        except ServerStopping as e:  # still queued (or drawing) when the stop's grace ended; not stored
+            return stopping_response(e)
 
     def _generation(r: dict) -> dict:
         return dict(
@@ -254,6 +267,8 @@ def create_app(
             pieces = chat.stream(r["messages"], n=r["n"], **_generation(r))
         except PromptError as e:
             return error_response(400, str(e), param="messages", code=e.code)
+        except ServerStopping as e:
+            return stopping_response(e)
         return StreamingResponse(
             completion_events(pieces, r, chat.name, _store),
             media_type="text/event-stream",
@@ -278,6 +293,7 @@ def create_app(
             check_request=_request,
             stream_reply=_stream_reply,
             error=error_response,
+            limits=chat_limits,
         )
         # a CSP without inline scripts on every answer (the page's and the API's alike)
         app.add_middleware(SecurityHeaders, csp=CHAT_CSP)

@@ -24,6 +24,13 @@ check that a batched row equals the row alone on the tiny test model; on a real 
 Swapping the model (a new policy version) happens between batches: ``swap`` waits for the batch
 in flight, so no request is ever answered by half of each. Requests rendered for the old
 version are rendered again for the new one when their turn comes.
+
+Stopping (``drain(grace_s)``, on the server's SIGTERM): no new job is taken (``submit`` raises
+``ServerStopping``); the queued ones keep being generated until ``grace_s`` has passed; then the
+batch in flight stops at its next token (``halted``: its jobs whose rows had all ended are
+answered, the others fail) and every job still queued fails with ``ServerStopping``, which the
+server answers 503. So a stop takes at most the grace plus one sampler step, however long the
+queue.
 """
 
 from __future__ import annotations
@@ -36,7 +43,14 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["Job", "Batcher", "BatchStats"]
+__all__ = ["Job", "Batcher", "BatchStats", "ServerStopping"]
+
+
+class ServerStopping(RuntimeError):
+    """The server is stopping: this request was not (or not wholly) generated; ask again later."""
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down; send the request again (to this server once it is back)")
 
 
 @dataclass
@@ -85,12 +99,13 @@ class BatchStats:
     rows: int = 0  # replies generated (n per request)
     largest_batch: int = 0  # rows in the largest sampler call
 
-    def as_dict(self) -> dict:
+    def as_dict(self, queued: int = 0) -> dict:
         return {
             "batches": self.batches,
             "requests": self.requests,
             "rows": self.rows,
             "largest_batch": self.largest_batch,
+            "queued": queued,  # requests waiting for a batch now
         }
 
 
@@ -116,9 +131,15 @@ class Batcher:
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._deadline: float | None = None  # set by drain: generation stops then (time.monotonic)
+
+    def queued(self) -> int:
+        return len(self._queue)
 
     def submit(self, job: Job) -> Job:
         with self._cv:
+            if self._deadline is not None:
+                raise ServerStopping()
             if self._closed:
                 raise RuntimeError("the chat model was closed")
             self._queue.append(job)
@@ -127,6 +148,21 @@ class Batcher:
                 self._thread.start()
             self._cv.notify()
         return job
+
+    def drain(self, grace_s: float) -> None:
+        """Take no new job; generate the queued ones for ``grace_s`` seconds from now at most,
+        then fail what is left with ``ServerStopping`` (see the module's docstring). Returns at
+        once (it may run in a signal handler: ``_cv``'s lock is reentrant, so a handler that
+        interrupts ``submit`` in the same thread does not wait for itself)."""
+        with self._cv:
+            if self._deadline is None:
+                self._deadline = time.monotonic() + max(0.0, float(grace_s))
+            self._cv.notify()
+
+    def halted(self) -> bool:
+        """Whether a drain's grace is over: the batch in flight stops at its next token."""
+        deadline = self._deadline
+        return deadline is not None and time.monotonic() >= deadline
 
     def close(self) -> None:
         """Stop the thread once the queue is empty (requests already queued are answered)."""
@@ -140,12 +176,17 @@ class Batcher:
         """The next batch: the oldest job and the compatible ones behind it, up to ``max_batch``
         rows, after waiting until ``batch_wait`` past the oldest job's arrival for others."""
         with self._cv:
-            while not self._queue and not self._closed:
+            while not self._queue and not self._closed and self._deadline is None:
                 self._cv.wait()
+            if self.halted():  # the grace is over: what is still queued is answered 503
+                left, self._queue = list(self._queue), collections.deque()
+                for job in left:
+                    job.finish(error=ServerStopping())
+                return None
             if not self._queue:
                 return None
             first = self._queue[0]
-            while not self._closed:
+            while not self._closed and self._deadline is None:  # draining: no waiting for others
                 rows = sum(j.n for j in self._queue if self.compatible(first, j))
                 left = first.arrived + self.batch_wait - time.monotonic()
                 if rows >= self.max_batch or left <= 0:

@@ -120,6 +120,23 @@ class ServeConfig(_ModelFields):
             "in front of a private API); off = no page"
         },
     )
+    chat_sends_per_minute: int = field(
+        default=20,
+        metadata={
+            "help": "web chat: messages per session (or signed-in account) per minute; more are 429 (0 = no limit)"
+        },
+    )
+    chat_sessions_per_hour: int = field(
+        default=100,
+        metadata={"help": "web chat: new anonymous sessions per client address per hour; more are 429 (0 = no limit)"},
+    )
+    shutdown_grace_seconds: float = field(
+        default=20.0,
+        metadata={
+            "help": "on SIGTERM (or Ctrl-C): no new request is taken, the queued ones are generated "
+            "for this long at most, then what is left is answered 503 and the server exits"
+        },
+    )
     reload_every: float = field(
         default=2.0,
         metadata={
@@ -137,6 +154,10 @@ class ServeConfig(_ModelFields):
             raise ValueError("batch_wait_ms must be from 0 to 10000")
         if not 0 <= self.compare_share <= 1:
             raise ValueError("compare_share must be from 0 to 1")
+        if self.chat_sends_per_minute < 0 or self.chat_sessions_per_hour < 0:
+            raise ValueError("chat_sends_per_minute and chat_sessions_per_hour must be >= 0 (0 = no limit)")
+        if not 0 <= self.shutdown_grace_seconds <= 3600:
+            raise ValueError("shutdown_grace_seconds must be from 0 to 3600")
         if not self.reload_every > 0:
             raise ValueError("reload_every must be > 0 seconds")
         if self.chat not in ("auto", "open", "off"):
@@ -266,12 +287,40 @@ def _listen(host: str, port: int):
     return sock
 
 
-def run_serve(c: ServeConfig) -> None:
+def _serve_until_stopped(app, sock, chat, grace_s: float, log_level: str) -> None:
+    """Run uvicorn on ``sock`` until SIGTERM or Ctrl-C, then stop within ``grace_s`` (plus one
+    sampler step): uvicorn stops listening and waits for the requests in flight, while the chat
+    model takes no new request (503), generates the queued ones until the grace ends and answers
+    the rest 503 (``Batcher.drain``) -- so the requests in flight end soon after. Without this,
+    uvicorn waits for every queued generation (minutes under load, past a process manager's
+    grace period, which then kills the server mid-reply). A SIGTERM ends with exit status 0:
+    uvicorn raises the signal again once it has stopped, which would kill the process before
+    the chat model closes; here it meets a handler that ignores it."""
+    import signal
+
     import uvicorn
 
+    # uvicorn's own backstop: a request still running well after the grace is cancelled
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=grace_s + 10)
+    server = uvicorn.Server(config)
+    uvicorn_exit = server.handle_exit
+
+    def handle_exit(sig, frame) -> None:
+        chat.drain(grace_s)
+        uvicorn_exit(sig, frame)
+
+    server.handle_exit = handle_exit  # what uvicorn installs for SIGINT and SIGTERM
+    before = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def run_serve(c: ServeConfig) -> None:
     from .app import create_app
     from .line import PolicyWatcher
-    from .webchat import chat_secret
+    from .webchat import ChatLimits, chat_secret
 
     sock = _listen(c.host, c.port)
     chat = watcher = None
@@ -292,6 +341,7 @@ def run_serve(c: ServeConfig) -> None:
             line=watcher,
             chat_page=page,
             chat_secret=secret,
+            chat_limits=ChatLimits(c.chat_sends_per_minute, c.chat_sessions_per_hour),
         )
         where = (c.db + (", personal data redacted" if c.redact else "")) if c.db else "off"
         origin = line.describe() if line.kind != "model" else ""
@@ -310,7 +360,7 @@ def run_serve(c: ServeConfig) -> None:
                 f"{secret_from})",
                 flush=True,
             )
-        uvicorn.Server(uvicorn.Config(app, log_level=c.log_level.lower())).run(sockets=[sock])
+        _serve_until_stopped(app, sock, chat, c.shutdown_grace_seconds, c.log_level.lower())
     finally:
         sock.close()
         if watcher is not None:

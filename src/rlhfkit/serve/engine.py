@@ -22,7 +22,7 @@ from rlhfkit.rollout import SamplingConfig, make_sampler, step_seed
 from rlhfkit.rollout.native import NativeLlamaGenerator, supports
 from rlhfkit.core.precision import PRECISIONS
 
-from .batcher import Batcher, Job, left_pad
+from .batcher import Batcher, Job, ServerStopping, left_pad
 
 # the request side and the streaming side, importable from here as before the split
 from .messages import ContextLengthError, PromptError, render_messages, validate_messages  # noqa: F401
@@ -107,10 +107,15 @@ class ChatModel:
         """Answer what is queued, then stop the generation thread."""
         self.batcher.close()
 
+    def drain(self, grace_s: float) -> None:
+        """Stop taking requests; answer the queued ones for ``grace_s`` seconds at most, then fail
+        the rest with ``ServerStopping`` (``batcher.Batcher.drain``). Returns at once."""
+        self.batcher.drain(grace_s)
+
     def stats(self) -> dict:
         """Generation counters: sampler calls (``batches``), ``requests``, ``rows`` and
-        ``largest_batch`` (rows)."""
-        return self.batcher.stats.as_dict()
+        ``largest_batch`` (rows); ``queued``: requests waiting now."""
+        return self.batcher.stats.as_dict(queued=self.batcher.queued())
 
     # ------------------------------------------------------------------ requests
     def complete(
@@ -211,7 +216,11 @@ class ChatModel:
         gen = make_sampler(model, sampling, tok.eos_token_id, tok.pad_token_id)
         state = [_Row(job.prepared.stop, limit) for (job, _), limit in zip(rows, limits)]
 
+        halted = self.batcher.halted  # a stopping server's grace is over: end the batch now
+
         def each_step(tokens: torch.Tensor):
+            if halted():
+                return True
             ended = torch.zeros(len(rows), dtype=torch.bool)
             for r, ((job, i), row) in enumerate(zip(rows, state)):
                 if row.finished:
@@ -224,7 +233,9 @@ class ChatModel:
 
         # the per-step callback costs a little per token: needed only to stream, to watch for stop
         # strings or to end rows of shorter limits; otherwise the rows are read from the output
+        # (and only the stop's check, which reads no token, runs at each step)
         watch = any(job.on_token is not None or job.prepared.stop for job in ready) or len(set(limits)) > 1
+        step = each_step if watch else (lambda _tokens: halted())
         if isinstance(gen, NativeLlamaGenerator):
             same = all(
                 (s.temperature, s.top_p, s.top_k) == (first.temperature, first.top_p, first.top_k) for s in settings
@@ -234,12 +245,12 @@ class ChatModel:
                 ids,
                 mask,
                 0,
-                on_token=each_step if watch else None,
+                on_token=step,
                 row_seeds=[job.seeds[i] for job, i in rows],
                 row_sampling=None if same else settings,
             )
         else:  # one setting and one random stream for the batch (compatible() made it so)
-            raw = gen.generate(model, ids, mask, ready[0].seeds[0], on_token=each_step if watch else None)
+            raw = gen.generate(model, ids, mask, ready[0].seeds[0], on_token=step)
         if not watch:  # one limit, no stop strings: each row up to its EOS or the limit
             for r, row in enumerate(state):
                 for token in raw[r].tolist():
@@ -247,10 +258,16 @@ class ChatModel:
                         break
                     row.take(token, tok)
         done: dict[int, list] = {id(job): [] for job in ready}
+        cut = set()  # jobs a stop's halt ended before all their rows did: answered 503, not half a reply
         for (job, _i), row in zip(rows, state):
             done[id(job)].append(row.completion(tok, len(job.prepared.ids), version))
+            if not row.finished:
+                cut.add(id(job))
         for job in ready:
-            job.finish(done[id(job)])
+            if id(job) in cut:
+                job.finish(error=ServerStopping())
+            else:
+                job.finish(done[id(job)])
 
     def _reply_budget(self, n_prompt: int, max_tokens: int | None) -> int:
         """Tokens the reply may take; ``ContextLengthError`` when the conversation is too long, or

@@ -30,6 +30,19 @@ def error_response(
     )
 
 
+# how long a client refused by a stopping server waits before it asks again (a process manager
+# restarts it, or a load balancer has already moved the request to another replica)
+STOPPING_RETRY_AFTER_S = 5
+
+
+def stopping_response(error: Exception) -> JSONResponse:
+    """The 503 of a request a stopping server did not generate (``batcher.ServerStopping``),
+    with ``Retry-After``: OpenAI's clients retry a 503 after the time it names."""
+    resp = error_response(503, str(error), "server_error", code="server_shutting_down")
+    resp.headers["Retry-After"] = str(STOPPING_RETRY_AFTER_S)
+    return resp
+
+
 def unknown_field_response(body: dict, fields: Sequence[str]) -> JSONResponse | None:
     """The 400 answer naming the first field of ``body`` not among ``fields``; None when all are."""
     unknown = next((k for k in body if k not in fields), None)

@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Callable, Iterator
 
+from .batcher import ServerStopping
 from .engine import new_completion_id
 
 log = logging.getLogger("rlhfkit.serve")
@@ -24,6 +25,11 @@ def completion_usage(outs: list) -> dict:
         "completion_tokens": completion,
         "total_tokens": outs[0].prompt_tokens + completion,
     }
+
+
+def _error_event(message: str, code: str | None = None) -> str:
+    error = {"message": message, "type": "server_error", "param": None, "code": code}
+    return f"data: {json.dumps({'error': error})}\n\n"
 
 
 def completion_events(pieces, r: dict, model_name: str, store: Callable[[str, dict, list], None]) -> Iterator[str]:
@@ -72,9 +78,12 @@ def completion_events(pieces, r: dict, model_name: str, store: Callable[[str, di
             yield from roles()
         marks["version"] = outs[0].version
         store(cid, r, outs)
+    except ServerStopping as e:  # the stop's grace ended before this reply did: nothing stored
+        yield _error_event(str(e), "server_shutting_down")
+        return
     except Exception:  # noqa: BLE001 - the 200 is sent: the error can only be an event
         log.exception("streamed completion %s failed", cid)
-        yield f"data: {json.dumps({'error': {'message': 'the server failed to finish this reply', 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+        yield _error_event("the server failed to finish this reply")
         return
     for i, o in enumerate(outs):
         yield chunk(delta(i, {}, o.finish_reason))

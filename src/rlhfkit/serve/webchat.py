@@ -30,16 +30,20 @@ cookie is HttpOnly, SameSite=Strict, Path=/chat (Secure behind https); every ans
 Content-Security-Policy without inline scripts or styles (the page's JS and CSS are static
 files), X-Frame-Options DENY, nosniff, Referrer-Policy; the session and CSRF token are checked
 before a body is read, and bodies are read under the server's size limit before they are parsed;
-a message goes through the same checks and limits as ``/v1/chat/completions``.
+a message goes through the same checks and limits as ``/v1/chat/completions``. Rate limits
+(``ChatLimits``, counted in the store by ``feedback.rate_limit``, as failed log-ins are): messages
+per session (an account's: per account) and minute, and new sessions per client address and hour
+(each new session would otherwise bring a fresh message budget); over a limit the answer is 429
+with ``Retry-After``, checked before the body is read.
 """
 
 from __future__ import annotations
 
 import hmac
-import html
 import os
 import re
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -48,8 +52,9 @@ from typing import Any, Callable, Sequence
 from fastapi import Request
 
 from .openai_request import unknown_field_response
+from .webchat_page import chat_page_html
 
-__all__ = ["CHAT_MODES", "CHAT_CSP", "SESSION_COOKIE", "chat_secret", "install_chat"]
+__all__ = ["CHAT_MODES", "CHAT_CSP", "SESSION_COOKIE", "ChatLimits", "chat_secret", "install_chat"]
 
 CHAT_MODES = ("auto", "open", "off")
 SESSION_COOKIE = "rlhfkit_chat"
@@ -64,6 +69,16 @@ CHAT_CSP = (
 _CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_-]{8,40}$")
 CHAT_FEEDBACK_FIELDS = ("completion_id", "choice_index", "thumbs", "reason", "rating", "edit", "choice")
 SEND_FIELDS = ("conversation", "messages")
+
+
+@dataclass(frozen=True)
+class ChatLimits:
+    """What one visitor may ask of the page (0: no limit): messages per session (or per
+    account, for a signed-in one) per minute, and new anonymous sessions per client address
+    per hour (behind a proxy the address is the one uvicorn's proxy headers give)."""
+
+    sends_per_minute: int = 20
+    sessions_per_hour: int = 100
 
 
 def chat_secret(db_url: str | None) -> tuple[bytes, str]:
@@ -85,62 +100,6 @@ def chat_secret(db_url: str | None) -> tuple[bytes, str]:
     return key_file.read_text(encoding="utf-8").strip().encode("utf-8"), str(key_file)
 
 
-def _page(model: str, csrf: str, end_user: str, locked: bool, account: str | None = None) -> str:
-    e = html.escape
-    return f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="csrf-token" content="{e(csrf)}">
-<meta name="chat-locked" content="{"1" if locked else "0"}">
-<title>Chat with {e(model)}</title>
-<link rel="stylesheet" href="/chat/static/chat.css">
-<script src="/chat/static/chat.js" defer></script>
-</head>
-<body>
-<header class="top">
-  <h1>Chat with <span class="model">{e(model)}</span></h1>
-  <div class="account">
-    <span id="signed-in" {"" if account else "hidden"}>Signed in as <strong>{e(account or "")}</strong>
-      <button type="button" id="sign-out">Sign out</button></span>
-    <button type="button" id="show-sign-in" {"hidden" if account else ""}>Sign in</button>
-    <button type="button" id="new-chat">New conversation</button>
-  </div>
-</header>
-<form id="sign-in-form" class="sign-in" hidden>
-  <label for="username">User name</label><input id="username" autocomplete="username" required>
-  <label for="password">Password</label><input id="password" type="password" autocomplete="current-password" required>
-  <button type="submit">Sign in</button>
-</form>
-<div class="layout">
-  <nav aria-labelledby="conversations-title">
-    <h2 id="conversations-title">Your conversations</h2>
-    <ul id="conversations"></ul>
-  </nav>
-  <main>
-    <form id="key-form" class="key-form" hidden>
-      <label for="api-key">This server needs its API key once</label>
-      <input id="api-key" type="password" autocomplete="off" required>
-      <button type="submit">Unlock</button>
-    </form>
-    <ol id="messages" class="messages" aria-label="Conversation"></ol>
-    <form id="composer" class="composer">
-      <label for="prompt">Message</label>
-      <textarea id="prompt" rows="3" autofocus
-        placeholder="Write a message. Enter sends, Shift+Enter starts a new line."></textarea>
-      <button type="submit" id="send">Send</button>
-    </form>
-    <p id="status" class="status" role="status" aria-live="polite"></p>
-  </main>
-</div>
-<footer>Your anonymous id is <code id="end-user">{e(end_user)}</code>: give it to the operator to have
-what you wrote here erased.</footer>
-</body>
-</html>
-"""
-
-
 def install_chat(
     app,
     *,
@@ -153,18 +112,21 @@ def install_chat(
     check_request: Callable,
     stream_reply: Callable,
     error: Callable,
+    limits: ChatLimits | None = None,
 ) -> None:
     """Add ``/chat`` (the page), ``/chat/static/*`` and ``/chat/api/*`` to ``app``. The
     caller's ``read_json`` (size-limited body reader), ``check_request`` (the completion
     request's checks) and ``stream_reply`` (its server-sent events) are the API's own, so the
-    page meets the same limits. ``feedback``: the store (required)."""
+    page meets the same limits. ``feedback``: the store (required); ``limits``: the page's rate
+    limits (default ``ChatLimits()``)."""
     from fastapi.responses import HTMLResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
     from itsdangerous import BadSignature, URLSafeTimedSerializer
     from starlette.concurrency import run_in_threadpool
 
-    from rlhfkit.feedback.auth import LoginThrottle, Throttled, authenticate
+    from rlhfkit.feedback.auth import LoginThrottle, authenticate
     from rlhfkit.feedback.enduser import FeedbackError
+    from rlhfkit.feedback.rate_limit import RateLimit, Throttled
 
     if mode not in CHAT_MODES:
         raise ValueError(f"chat must be one of {', '.join(CHAT_MODES)}")
@@ -173,6 +135,9 @@ def install_chat(
     max_age = SESSION_DAYS * 86400
 
     throttle = LoginThrottle()
+    limits = limits or ChatLimits()
+    sends = RateLimit("chat-send", limits.sends_per_minute, 60.0, "messages")
+    sessions = RateLimit("chat-session", limits.sessions_per_hour, 3600.0, "new chat sessions")
 
     def new_session(**kw) -> dict:
         return {"sid": secrets.token_urlsafe(16), "csrf": secrets.token_urlsafe(24), "key": False, **kw}
@@ -198,15 +163,30 @@ def install_chat(
             return None
         return s
 
+    def too_many(e: Throttled, message: str):
+        resp = error(429, message, code="rate_limited")
+        resp.headers["Retry-After"] = str(int(e.retry_after) + 1)
+        return no_store(resp)
+
+    def client_address(request: Request) -> str:
+        return request.client.host if request.client else "unknown"
+
     def reserve(what: str, request: Request):
         """A slot for one guess (a password, the API key) from this address, or the 429 answer."""
-        address = request.client.host if request.client else "unknown"
+        address = client_address(request)
         try:
             return feedback.store.write(lambda c: throttle.reserve(c, what, address)), address
         except Throttled as e:
-            resp = error(429, "too many failed attempts; try again later", code="rate_limited")
-            resp.headers["Retry-After"] = str(int(e.retry_after) + 1)
-            return resp, address
+            return too_many(e, "too many failed attempts; try again later"), address
+
+    async def over(rate: RateLimit, key: str, whose: str):
+        """None once one more hit of ``rate`` for ``key`` is counted; the 429 answer when the
+        window is full (a write job of the store, in a worker thread)."""
+        try:
+            await run_in_threadpool(feedback.store.write, lambda c: rate.hit(c, key))
+        except Throttled as e:
+            return too_many(e, f"too many {rate.what} from {whose}; try again in {int(e.retry_after) + 1} s")
+        return None
 
     def session_of(request: Request) -> dict | None:
         raw = request.cookies.get(SESSION_COOKIE)
@@ -260,12 +240,15 @@ def install_chat(
                 return error(403, "missing or wrong CSRF token", code="csrf")
         return s
 
-    async def session_and_body(request: Request, fields: Sequence[str]) -> tuple[dict, dict] | Any:
-        """``(session, body)`` of a POST that needs the key, or the error answer: ``guard``'s, a
-        body that is not a JSON object 400, a field not among ``fields`` 400."""
+    async def session_and_body(request: Request, fields: Sequence[str], rate=None) -> tuple[dict, dict] | Any:
+        """``(session, body)`` of a POST that needs the key, or the error answer: ``guard``'s,
+        the session over ``rate`` 429 (before the body is read), a body that is not a JSON
+        object 400, a field not among ``fields`` 400."""
         s = await guard(request, unsafe=True)
         if not isinstance(s, dict):
             return s
+        if rate is not None and (refused := await over(rate, end_user(s), "this chat session")) is not None:
+            return refused
         body = await read_json(request)
         if body is None:
             return error(400, "the body must be a JSON object (UTF-8 text)")
@@ -278,8 +261,12 @@ def install_chat(
     async def page(request: Request):
         s = await current(request)
         fresh = s is None
+        if fresh and (refused := await over(sessions, client_address(request), "this address")) is not None:
+            return refused
         s = s or new_session()
-        resp = HTMLResponse(_page(model_name, s["csrf"], end_user(s), key_needed and not s.get("key"), s.get("name")))
+        resp = HTMLResponse(
+            chat_page_html(model_name, s["csrf"], end_user(s), key_needed and not s.get("key"), s.get("name"))
+        )
         no_store(resp)
         return with_cookie(request, resp, s) if fresh else resp
 
@@ -343,6 +330,8 @@ def install_chat(
         s = await guard(request, unsafe=True, needs_key=False)
         if not isinstance(s, dict):
             return s
+        if (refused := await over(sessions, client_address(request), "this address")) is not None:
+            return refused  # signing out gives a new anonymous session: counted as one
         fresh = new_session(key=s.get("key", False))  # an anonymous session again, with nothing of the account's
         return with_cookie(request, no_store(JSONResponse({"signed_in": None, "end_user": end_user(fresh)})), fresh)
 
@@ -367,7 +356,7 @@ def install_chat(
 
     @app.post("/chat/api/send", include_in_schema=False)
     async def send(request: Request):
-        checked = await session_and_body(request, SEND_FIELDS)
+        checked = await session_and_body(request, SEND_FIELDS, rate=sends)
         if not isinstance(checked, tuple):
             return checked
         s, body = checked

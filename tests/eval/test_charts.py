@@ -85,3 +85,13 @@ def test_a_report_with_non_finite_values_in_its_curves_still_renders(tmp_path):
     page = render_report(tmp_path).read_text(encoding="utf-8")
     assert "Reward during training" in page and "KL to the reference during training" in page
     assert page.count("<svg") == 2 and not re.search(r">\s*-?(nan|inf)\s*<", page, re.I)
+
+
+def test_an_interval_a_rounding_step_past_its_value_and_dollar_signs_still_draw():
+    """A bar whose interval ends a float step on the wrong side of its value (a bootstrap of sums
+    against the plain mean) draws with a zero-length whisker, and a label holding two "$" (a
+    judge's or prompt's text) is drawn as text, not parsed as mathtext."""
+    v = 0.1 + 0.2
+    bars = bar_chart([("gold ($x$ and $)", v, v + 1e-12, v + 0.1)], "Cost in $ and $$", "score $")
+    texts = _texts(bars)
+    assert {"gold ($x$ and $)", "Cost in $ and $$", "score $"} <= set(texts)

@@ -261,3 +261,38 @@ def test_a_rollback_while_a_round_runs_refuses_its_candidate(one_round, tmp_path
     assert log[-1]["reasons"] == [reason] and log[-1]["gate"]["passed"]
     state = json.loads((learn / "learn_state.json").read_text())
     assert state["rounds_done"] == 2 and run(tiny_config(learn, db, tiny_base)) == []
+
+
+def test_a_candidate_rolled_back_before_its_promotion_was_logged_stays_rolled_back(one_round, tmp_path, tiny_base):
+    """A candidate made current and rolled back by the operator before the round logged its
+    promotion (the learner killed in between) is not made current again when the round goes on:
+    the round is refused with that reason and the operator's version stays current."""
+    import shutil
+
+    from rlhfkit.learn import lineage
+    from rlhfkit.learn.round import add_stage_end_callback
+
+    learn, db = tmp_path / "learn", tmp_path / "fb.db"
+    shutil.copytree(one_round["learn"], learn)
+    shutil.copy(one_round["db"], db)
+    fill(str(db), {"alice": "honest", "bob": "honest", "carol": "honest"}, prompts=PROMPTS[12:18], start=12)
+
+    def promoted_then_rolled_back(stage):
+        if stage == "version":  # what a learner killed after promote, before its log line, leaves
+            versions.promote(learn, "v2", expect_current="v1")
+            lineage.rollback(learn, "v1", "v2 hurts")
+
+    remove = add_stage_end_callback(promoted_then_rolled_back)
+    try:
+        [outcome] = run(tiny_config(learn, db, tiny_base, **{"defence.max_per_user": CAP, "gate.min_win_rate": 0.0}))
+    finally:
+        remove()
+    assert outcome["outcome"] == "refused"
+    assert outcome["reasons"] == ["v2 was rolled back by an operator after it was made current; not promoted again"]
+    assert versions.current_version(learn) == "v1"
+    log = [json.loads(x) for x in (learn / "versions.jsonl").read_text().splitlines()]
+    assert [(x["event"], x["version"], x.get("from")) for x in log] == [
+        ("promoted", "v1", None),
+        ("rollback", "v1", "v2"),
+        ("refused", None, None),
+    ]

@@ -41,6 +41,7 @@ RC = {
     # defined for reuse; the salt keeps the bytes the same should one be)
     "svg.hashsalt": "rlhfkit-report",
     "svg.fonttype": "none",  # text stays text
+    "text.parse_math": False,  # a title or label with two "$" (a judge's name) is text, not mathtext
     "font.family": "sans-serif",
     "font.sans-serif": ["DejaVu Sans"],  # the font its layout measured (bundled); one name per <text>
     "font.size": 10 * PT_PER_PX,
@@ -173,9 +174,11 @@ def bar_chart(
         for i, (_, v, lo, hi) in enumerate(items):
             ax.bar(i, v, width=0.6, color=PALETTE[i % len(PALETTE)], alpha=0.75)
             if finite(lo) and finite(hi):
-                ax.errorbar(
-                    i, v, yerr=[[v - lo], [hi - v]], color="black", capsize=12 * PT_PER_PX, linewidth=1.5 * PT_PER_PX
-                )
+                # an interval whose end lies a rounding step on the wrong side of the value (a
+                # bootstrap of sums and sizes against the plain mean) is drawn as reaching the value:
+                # matplotlib refuses a negative error bar, and one bar must not take the page down
+                err = [[max(v - lo, 0.0)], [max(hi - v, 0.0)]]
+                ax.errorbar(i, v, yerr=err, color="black", capsize=12 * PT_PER_PX, linewidth=1.5 * PT_PER_PX)
             # the value at the bar's left edge: centred, it would sit on the error bar
             ax.annotate(
                 f"{v:.3g}",

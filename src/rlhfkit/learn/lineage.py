@@ -77,8 +77,9 @@ def rollback(learn_dir: str | os.PathLike, version: str, reason: str = "") -> di
     learn_dir = Path(learn_dir)
     if not versions.is_learn_dir(learn_dir):
         raise versions.VersionError(f"{learn_dir}: not a learner's folder (no current.json or versions/)")
-    before = versions.current_version(learn_dir)
-    versions.promote(learn_dir, version)
+    # "from" is what promote replaced under the folder's lock: read before it, a round's promotion
+    # landing in between would be logged as the wrong version
+    before = versions.promote(learn_dir, version)["previous"]
     record = {"event": "rollback", "version": version, "from": before, "reason": reason or None}
     append_log(learn_dir, record)
     return record

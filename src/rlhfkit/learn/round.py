@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlhfkit.learn import inputs as inputs_mod
+from rlhfkit.learn import lineage
 from rlhfkit.learn.config import FOLLOW_FIELDS, LearnConfig
 from rlhfkit.models import versions
 from rlhfkit.pipeline.cache import run_stage
@@ -79,7 +80,6 @@ def _write(path: Path, obj: dict) -> str:
 def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, log=print) -> dict:
     """Run (or resume, or finish recording) round ``round_no``; returns ``round.json``."""
     from rlhfkit.learn import defence as defence_mod
-    from rlhfkit.learn import lineage
     from rlhfkit.learn.gate import run_gate
     from rlhfkit.learn.policy_update import train_policy
     from rlhfkit.learn.reward_update import crossfit_scores_fn, examples_of, score_events_fn, train_reward_model
@@ -306,7 +306,11 @@ def _served_moved(learn_dir: Path, snap: dict) -> list[str] | None:
 def _promote_over(learn_dir: Path, snap: dict) -> list[str] | None:
     """Make the candidate current if its parent still is (one step under the folder's lock, so
     a rollback between the check and the replacement cannot be overwritten); the refusal's
-    reason otherwise."""
+    reason otherwise. A candidate an operator has already rolled back (promoted, then the learner
+    killed before it logged the promotion, then ``learn rollback``) stays rolled back."""
+    rolled_back = [r for r in lineage.read_log(learn_dir) if r.get("event") == "rollback"]
+    if any(r.get("from") == snap["candidate"] for r in rolled_back):
+        return [f"{snap['candidate']} was rolled back by an operator after it was made current; not promoted again"]
     if versions.current_version(learn_dir) == snap["candidate"]:  # promoted before a kill
         return None
     try:

@@ -130,6 +130,14 @@ class ServeConfig(_ModelFields):
         default=100,
         metadata={"help": "web chat: new anonymous sessions per client address per hour; more are 429 (0 = no limit)"},
     )
+    chat_address_sends_per_minute: int = field(
+        default=120,
+        metadata={"help": "web chat: messages per client address per minute, all its sessions together (0 = no limit)"},
+    )
+    chat_feedback_per_minute: int = field(
+        default=60,
+        metadata={"help": "web chat: thumbs, ratings, edits and choices per session per minute (0 = no limit)"},
+    )
     shutdown_grace_seconds: float = field(
         default=20.0,
         metadata={
@@ -154,8 +162,17 @@ class ServeConfig(_ModelFields):
             raise ValueError("batch_wait_ms must be from 0 to 10000")
         if not 0 <= self.compare_share <= 1:
             raise ValueError("compare_share must be from 0 to 1")
-        if self.chat_sends_per_minute < 0 or self.chat_sessions_per_hour < 0:
-            raise ValueError("chat_sends_per_minute and chat_sessions_per_hour must be >= 0 (0 = no limit)")
+        limits = (
+            self.chat_sends_per_minute,
+            self.chat_sessions_per_hour,
+            self.chat_address_sends_per_minute,
+            self.chat_feedback_per_minute,
+        )
+        if min(limits) < 0:
+            raise ValueError(
+                "chat_sends_per_minute, chat_sessions_per_hour, chat_address_sends_per_minute and "
+                "chat_feedback_per_minute must be >= 0 (0 = no limit)"
+            )
         if not 0 <= self.shutdown_grace_seconds <= 3600:
             raise ValueError("shutdown_grace_seconds must be from 0 to 3600")
         if not self.reload_every > 0:
@@ -341,7 +358,12 @@ def run_serve(c: ServeConfig) -> None:
             line=watcher,
             chat_page=page,
             chat_secret=secret,
-            chat_limits=ChatLimits(c.chat_sends_per_minute, c.chat_sessions_per_hour),
+            chat_limits=ChatLimits(
+                c.chat_sends_per_minute,
+                c.chat_sessions_per_hour,
+                c.chat_address_sends_per_minute,
+                c.chat_feedback_per_minute,
+            ),
         )
         where = (c.db + (", personal data redacted" if c.redact else "")) if c.db else "off"
         origin = line.describe() if line.kind != "model" else ""

@@ -74,11 +74,16 @@ SEND_FIELDS = ("conversation", "messages")
 @dataclass(frozen=True)
 class ChatLimits:
     """What one visitor may ask of the page (0: no limit): messages per session (or per
-    account, for a signed-in one) per minute, and new anonymous sessions per client address
-    per hour (behind a proxy the address is the one uvicorn's proxy headers give)."""
+    account, for a signed-in one) per minute, new anonymous sessions per client address per
+    hour, messages per client address per minute (sessions last 30 days, so without it one
+    address could hoard sessions and send through all of them), and feedback per session per
+    minute (each is a write to the store). Behind a proxy the address is the one uvicorn's
+    proxy headers give."""
 
     sends_per_minute: int = 20
     sessions_per_hour: int = 100
+    address_sends_per_minute: int = 120
+    feedback_per_minute: int = 60
 
 
 def chat_secret(db_url: str | None) -> tuple[bytes, str]:
@@ -138,6 +143,8 @@ def install_chat(
     limits = limits or ChatLimits()
     sends = RateLimit("chat-send", limits.sends_per_minute, 60.0, "messages")
     sessions = RateLimit("chat-session", limits.sessions_per_hour, 3600.0, "new chat sessions")
+    address_sends = RateLimit("chat-send-address", limits.address_sends_per_minute, 60.0, "messages")
+    feedback_rate = RateLimit("chat-feedback", limits.feedback_per_minute, 60.0, "feedback")
 
     def new_session(**kw) -> dict:
         return {"sid": secrets.token_urlsafe(16), "csrf": secrets.token_urlsafe(24), "key": False, **kw}
@@ -240,14 +247,19 @@ def install_chat(
                 return error(403, "missing or wrong CSRF token", code="csrf")
         return s
 
-    async def session_and_body(request: Request, fields: Sequence[str], rate=None) -> tuple[dict, dict] | Any:
+    async def session_and_body(
+        request: Request, fields: Sequence[str], rate=None, address_rate=None
+    ) -> tuple[dict, dict] | Any:
         """``(session, body)`` of a POST that needs the key, or the error answer: ``guard``'s,
-        the session over ``rate`` 429 (before the body is read), a body that is not a JSON
-        object 400, a field not among ``fields`` 400."""
+        the session over ``rate`` or its address over ``address_rate`` 429 (before the body is
+        read), a body that is not a JSON object 400, a field not among ``fields`` 400."""
         s = await guard(request, unsafe=True)
         if not isinstance(s, dict):
             return s
         if rate is not None and (refused := await over(rate, end_user(s), "this chat session")) is not None:
+            return refused
+        address = client_address(request)
+        if address_rate is not None and (refused := await over(address_rate, address, "this address")) is not None:
             return refused
         body = await read_json(request)
         if body is None:
@@ -356,7 +368,7 @@ def install_chat(
 
     @app.post("/chat/api/send", include_in_schema=False)
     async def send(request: Request):
-        checked = await session_and_body(request, SEND_FIELDS, rate=sends)
+        checked = await session_and_body(request, SEND_FIELDS, rate=sends, address_rate=address_sends)
         if not isinstance(checked, tuple):
             return checked
         s, body = checked
@@ -374,7 +386,7 @@ def install_chat(
 
     @app.post("/chat/api/feedback", include_in_schema=False)
     async def give_feedback(request: Request):
-        checked = await session_and_body(request, CHAT_FEEDBACK_FIELDS)
+        checked = await session_and_body(request, CHAT_FEEDBACK_FIELDS, rate=feedback_rate)
         if not isinstance(checked, tuple):
             return checked
         s, body = checked

@@ -130,7 +130,7 @@ def test_fifty_labelers_with_sigkill_and_restart(db_url, backend):
     async def main():
         await _wait_up(port, procs[0])
         stats = [LabelerStats() for _ in tokens]
-        stop_at = time.perf_counter() + 90
+        stop_at = time.perf_counter() + 180  # 25 s alone; a loaded machine (CI beside a benchmark) took over 90
         runs = [
             asyncio.create_task(
                 run_labeler("127.0.0.1", port, tok, _judge, project_id=pid, stop_at=stop_at, stats=s, retry_delay=0.05)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.data.errors import DataError
+from rlhfkit.models import apply_lora
 from rlhfkit.training.config import save_config
 from rlhfkit.training.distributed import DistInfo, full_model_state, is_sharded
 
@@ -26,6 +27,15 @@ class LoraConfig:
         metadata={"help": "LoRA dropout, off by default: docs/PPO_CHECKLIST.md #8 (no dropout, value head init)"},
     )
     target_modules: str = field(default="all-linear", metadata={"help": "peft target_modules"})
+
+
+def with_lora(model, lora: LoraConfig):
+    """``model`` wrapped in a LoRA adapter as ``lora`` says (``models.apply_lora``), or ``model``
+    itself when ``lora.r`` is 0 (full fine-tuning): the one place a recipe's LoRA settings reach
+    the model."""
+    if not lora.r:
+        return model
+    return apply_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules)
 
 
 def validate_data_fields(config) -> None:

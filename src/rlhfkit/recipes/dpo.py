@@ -37,9 +37,17 @@ from rlhfkit.core.losses import (
     orpo_loss,
     simpo_loss,
 )
-from rlhfkit.models import apply_lora, load_policy
+from rlhfkit.models import load_policy
 from rlhfkit.data.splits import drop_held_out_copies, first_n, split_by_prompt
-from rlhfkit.recipes.common import LoraConfig, require_examples, save_final, scaled_weights, set_threads, total_weight
+from rlhfkit.recipes.common import (
+    LoraConfig,
+    with_lora,
+    require_examples,
+    save_final,
+    scaled_weights,
+    set_threads,
+    total_weight,
+)
 
 # the shared pieces DPO is driven with, importable from here as before the split
 from rlhfkit.recipes.pair_data import encode_pairs, load_pairs, make_collate
@@ -279,14 +287,7 @@ def run(config: DPOConfig) -> dict:
     if reference == "cached":
         # before any LoRA: the reference is the initial policy
         cached_reference(config, model, {"train": train, "eval": held}, pad_id, info)
-    if config.lora.r:
-        model = apply_lora(
-            model,
-            r=config.lora.r,
-            alpha=config.lora.alpha,
-            dropout=config.lora.dropout,
-            target_modules=config.lora.target_modules,
-        )
+    model = with_lora(model, config.lora)  # unchanged when lora.r is 0
     collate = make_collate(pad_id)
     eval_fn = (lambda m: evaluate(m, held, collate, config, reference)) if held else None
     before = {}

@@ -34,6 +34,7 @@ from rlhfkit.data.records import ThumbsRecord
 from rlhfkit.data.splits import drop_held_out_copies, first_n, split_by_prompt
 from rlhfkit.recipes.common import (
     LoraConfig,
+    with_lora,
     require_examples,
     save_final,
     scaled_weights,
@@ -312,7 +313,7 @@ def evaluate(model, examples: list[dict], collate, config: KTOConfig, reference:
 
 
 def run(config: KTOConfig) -> dict:
-    from rlhfkit.models import apply_lora, load_policy
+    from rlhfkit.models import load_policy
 
     set_threads(config.threads)
     info = init_distributed()
@@ -349,14 +350,7 @@ def run(config: KTOConfig) -> dict:
     pad_id = tokenizer.pad_token_id
     if reference == "cached":
         cached_reference(config, model, {"train": train, "eval": held}, pad_id, info)
-    if config.lora.r:
-        model = apply_lora(
-            model,
-            r=config.lora.r,
-            alpha=config.lora.alpha,
-            dropout=config.lora.dropout,
-            target_modules=config.lora.target_modules,
-        )
+    model = with_lora(model, config.lora)  # unchanged when lora.r is 0
     collate = make_collate(pad_id, config.max_length, in_batch_kl=not fixed_kl)
     eval_collate = make_collate(pad_id, config.max_length, in_batch_kl=False)
     eval_fn = (lambda m: evaluate(m, held, eval_collate, config, reference)) if held else None

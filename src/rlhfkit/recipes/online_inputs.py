@@ -21,7 +21,8 @@ import copy
 import torch
 
 from rlhfkit.data.loading import load_prompts
-from rlhfkit.models import apply_lora, load_policy
+from rlhfkit.models import load_policy
+from rlhfkit.recipes.common import with_lora
 from rlhfkit.recipes.online_config import OnlineConfig
 from rlhfkit.rewards import build_reward
 from rlhfkit.rewards.adversarial import Adversary, RewardWithAdversary
@@ -94,13 +95,7 @@ def load_models(config: OnlineConfig, need_reference: bool):
             )
         _frozen(reference)
     if config.lora.r:
-        policy = apply_lora(
-            policy,
-            r=config.lora.r,
-            alpha=config.lora.alpha,
-            dropout=config.lora.dropout,
-            target_modules=config.lora.target_modules,
-        )
+        policy = with_lora(policy, config.lora)
     elif need_reference and reference is None:
         reference = _frozen(copy.deepcopy(policy))
     if config.gradient_checkpointing:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from rlhfkit.core import kl_controller
 from rlhfkit.core.precision import autocast_forward
-from rlhfkit.models import apply_lora, make_value_model
+from rlhfkit.models import make_value_model
+from rlhfkit.recipes.common import with_lora
 from rlhfkit.recipes.online_config import OnlineConfig
 from rlhfkit.training.loop import enable_gradient_checkpointing
 
@@ -65,14 +66,7 @@ class PPOConfig(OnlineConfig):
 
 def load_value_model(config: PPOConfig, tokenizer):
     value = make_value_model(config.value_model or config.model, zero_init=not config.value_model, tokenizer=tokenizer)
-    if config.lora.r:
-        value = apply_lora(
-            value,
-            r=config.lora.r,
-            alpha=config.lora.alpha,
-            dropout=config.lora.dropout,
-            target_modules=config.lora.target_modules,
-        )
+    value = with_lora(value, config.lora)  # unchanged when lora.r is 0
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(value)
     autocast_forward(value, config.precision)

@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 
 from rlhfkit.core.losses import binary_feedback_loss, bradley_terry_loss, rating_regression_loss, weighted_sum
-from rlhfkit.models import apply_lora, load_reward_model, reward_scores
+from rlhfkit.models import load_reward_model, reward_scores
 from rlhfkit.rewards.metrics import evaluate_pairs, evaluate_ratings, evaluate_thumbs
 from rlhfkit.data.loading import load_training_records
 from rlhfkit.data.splits import drop_held_out_copies, first_n, split_by_prompt
 from rlhfkit.recipes.common import (
     LoraConfig,
+    with_lora,
     require_examples,
     save_final,
     scaled_weights,
@@ -219,14 +220,7 @@ def run(config: RewardConfig) -> dict:
     targets = rating_targets(config, train_records, val_records, eval_records) if kind == "ratings" else {}
     model, tokenizer = load_reward_model(config.model, kind=config.kind)
     model.to(info.device)
-    if config.lora.r:
-        model = apply_lora(
-            model,
-            r=config.lora.r,
-            alpha=config.lora.alpha,
-            dropout=config.lora.dropout,
-            target_modules=config.lora.target_modules,
-        )
+    model = with_lora(model, config.lora)  # unchanged when lora.r is 0
     train = encode_records(train_records, tokenizer, config, targets.get("train"))
     collate = make_collate(tokenizer.pad_token_id, config.objective)
 

@@ -20,6 +20,7 @@ from rlhfkit.data.splits import drop_held_out_copies, split_by_prompt
 from rlhfkit.data.tokenize import pad_sequences, tokenize_sft
 from rlhfkit.recipes.common import (
     LoraConfig,
+    with_lora,
     require_examples,
     save_final,
     scaled_weights,
@@ -121,7 +122,7 @@ def evaluate(model, examples: list[dict], collate, micro_batch_size: int) -> dic
 
 
 def run(config: SFTConfig) -> dict:
-    from rlhfkit.models import apply_lora, load_policy
+    from rlhfkit.models import load_policy
 
     set_threads(config.threads)
     info = init_distributed()
@@ -141,14 +142,7 @@ def run(config: SFTConfig) -> dict:
     train_records = scaled_weights(train_records)
     model, tokenizer = load_policy(config.model)
     model.to(info.device)
-    if config.lora.r:
-        model = apply_lora(
-            model,
-            r=config.lora.r,
-            alpha=config.lora.alpha,
-            dropout=config.lora.dropout,
-            target_modules=config.lora.target_modules,
-        )
+    model = with_lora(model, config.lora)  # unchanged when lora.r is 0
     train = tokenize_all(train_records, tokenizer, config.max_length)
     held = tokenize_all(eval_records, tokenizer, config.max_length)
     collate = make_collate(tokenizer.pad_token_id)

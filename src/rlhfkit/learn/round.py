@@ -308,8 +308,7 @@ def _promote_over(learn_dir: Path, snap: dict) -> list[str] | None:
     a rollback between the check and the replacement cannot be overwritten); the refusal's
     reason otherwise. A candidate an operator has already rolled back (promoted, then the learner
     killed before it logged the promotion, then ``learn rollback``) stays rolled back."""
-    rolled_back = [r for r in lineage.read_log(learn_dir) if r.get("event") == "rollback"]
-    if any(r.get("from") == snap["candidate"] for r in rolled_back):
+    if any(r.get("event") == "rollback" and r.get("from") == snap["candidate"] for r in lineage.read_log(learn_dir)):
         return [f"{snap['candidate']} was rolled back by an operator after it was made current; not promoted again"]
     if versions.current_version(learn_dir) == snap["candidate"]:  # promoted before a kill
         return None

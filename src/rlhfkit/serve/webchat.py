@@ -258,9 +258,9 @@ def install_chat(
             return s
         if rate is not None and (refused := await over(rate, end_user(s), "this chat session")) is not None:
             return refused
-        address = client_address(request)
-        if address_rate is not None and (refused := await over(address_rate, address, "this address")) is not None:
-            return refused
+        if address_rate is not None:
+            if (refused := await over(address_rate, client_address(request), "this address")) is not None:
+                return refused
         body = await read_json(request)
         if body is None:
             return error(400, "the body must be a JSON object (UTF-8 text)")

@@ -23,16 +23,54 @@ def ev(i, user, kind="thumbs", value=True, prompt="p", responses=("r",), scale=N
 
 def test_wilson_upper_bound_and_user_weights():
     """Wilson upper bound of 0/10 at 95%: (0 + z²/20 + z·sqrt(z²/400)) / (1 + z²/10) = 0.38416 /
-    1.38416 = 0.27754 (< 1/2: inverted, weight 0). Smoothed agreement (k+1)/(n+2): 8/10 -> 0.75
-    -> weight 1; 7/10 -> 2/3 -> (2/3 - 1/2) / (3/4 - 1/2) = 2/3; 5/10 -> 1/2 -> 0 (not inverted:
-    its upper bound is above 1/2); fewer than 3 judged: 1, unchecked."""
+    1.38416 = 0.27754 (< 1/2: inverted, weight 0). At q = 3/4 the three likelihoods of k of n,
+    times 4^n, are 3^k (honest), 2^n (random), 3^(n-k) (inverted): 7 of 10 -> 2187 / (2187 +
+    1024 + 27) = 0.67542 (trusted); 10 of 10 -> 59049 / 60074 = 0.98294; 5 of 10 -> 243 / (243 +
+    1024 + 243) = 0.16093 (down-weighted); 3 of 10 -> 27 / (27 + 1024 + 2187) = 0.00834 (its
+    Wilson upper bound 0.6032 is above 1/2: not marked inverted). Fewer than 3 judged, or a
+    consensus at chance (q = 1/2): 1, unchecked."""
     assert defence.wilson_upper(0, 10) == pytest.approx(0.38416 / 1.38416, abs=1e-5)
     assert defence.user_weight(0, 10, 0.75, 3) == (0.0, "inverted")
-    assert defence.user_weight(8, 10, 0.75, 3) == (1.0, "trusted")
-    w, status = defence.user_weight(7, 10, 0.75, 3)
-    assert w == pytest.approx(2 / 3) and status == "down-weighted"
-    assert defence.user_weight(5, 10, 0.75, 3) == (0.0, "down-weighted")
+    assert defence.user_weight(7, 10, 0.75, 3) == (pytest.approx(2187 / 3238), "trusted")
+    assert defence.user_weight(10, 10, 0.75, 3) == (pytest.approx(59049 / 60074), "trusted")
+    assert defence.user_weight(5, 10, 0.75, 3) == (pytest.approx(243 / 1510), "down-weighted")
+    assert defence.wilson_upper(3, 10) == pytest.approx(0.6032, abs=1e-4)
+    assert defence.user_weight(3, 10, 0.75, 3) == (pytest.approx(27 / 3238), "down-weighted")
     assert defence.user_weight(0, 2, 0.75, 3) == (1.0, "unchecked")
+    assert defence.user_weight(0, 10, 0.5, 3) == (1.0, "unchecked")
+    assert defence.user_weight(2000, 2000, 0.75, 3) == (pytest.approx(1.0), "trusted")  # no underflow
+    assert defence.user_weight(900, 2000, 0.75, 3) == (0.0, "inverted")
+
+
+def test_a_flood_of_coin_flips_is_found_out_and_an_unlucky_honest_user_is_not_zeroed():
+    """At q = 0.65: a user with 25 of 50 agreeing (a flood of random verdicts) has likelihoods
+    honest = inverted = (0.65 x 0.35)^25 and random 0.5^50; honest / random = (0.91)^25 = 0.0946,
+    so w = 0.0946 / (1 + 2 x 0.0946) = 0.0796. An honest user with 5 of 10 (unlucky) under the same
+    consensus: (0.91)^5 = 0.6240, w = 0.6240 / (1 + 2 x 0.6240) = 0.2776 -- the rule it replaced
+    (clip of the smoothed agreement 6/12 against 1/2) gave 0."""
+    assert defence.user_weight(25, 50, 0.65, 3)[0] == pytest.approx(0.0796, abs=1e-4)
+    assert defence.user_weight(5, 10, 0.65, 3)[0] == pytest.approx(0.2776, abs=1e-4)
+
+
+def test_weights_judge_users_against_the_consensus_own_agreement():
+    """A weak consensus agrees with 13 of 20 verdicts: q = min(0.75, 0.65) = 0.65; u1 agrees 8 of
+    10: likelihoods 0.65^8 0.35^2 = 0.0039033, 0.5^10 = 0.0009766, 0.35^8 0.65^2 = 0.0000951 ->
+    w = 0.78459. A consensus above the cap uses the cap: 17 of 20 (0.85) -> q = 0.75."""
+    events = [ev(i, "u1") for i in range(10)] + [ev(10 + i, "u2") for i in range(10)]
+    agrees = {i: i < 8 for i in range(10)} | {10 + i: i < 5 for i in range(10)}
+    per_user, q = defence.user_weights(events, agrees, 0.75, 3)
+    assert q == pytest.approx(0.65)
+    h, r, i = 0.65**8 * 0.35**2, 0.5**10, 0.35**8 * 0.65**2
+    assert per_user["u1"]["weight"] == pytest.approx(h / (h + r + i), abs=1e-6) == pytest.approx(0.78459, abs=1e-5)
+    assert per_user["u1"]["agreement"] == 0.8 and per_user["u2"]["weight"] == pytest.approx(0.2776, abs=1e-4)
+    agrees = {i: True for i in range(10)} | {10 + i: i < 7 for i in range(10)}
+    assert defence.user_weights(events, agrees, 0.75, 3)[1] == 0.75
+
+
+def test_a_reply_scored_at_the_median_is_no_evidence():
+    """Three thumbs scored 0, 1, 2: the median is 1; the reply scored 1 is neither above nor below."""
+    events = [ev(1, "a"), ev(2, "a", value=False), ev(3, "a")]
+    assert defence.rm_agreements(events, {1: [0.0], 2: [1.0], 3: [2.0]}) == {1: False, 3: True}
 
 
 def test_cap_keeps_each_users_earliest_verdicts_and_counts_the_rest():
@@ -86,7 +124,8 @@ def test_cross_fitted_consensus_checks_each_fold_against_its_own_model():
     model 100 lower (another model, another scale): each fold's verdicts are judged at that
     fold's median, so every honest verdict agrees (a median over both folds would put all of
     fold 1's replies below it). Pooled 8 of 10 = 0.8 >= 0.6: the cross-fit is the consensus;
-    honest users (2+1)/(2+2) = 0.75 -> weight 1, u5 1/4 -> 0. The previous model, when it agrees
+    q = min(0.75, 0.8) = 0.75; likelihoods x 4^2: honest 2 of 2 -> 9 / (9 + 4 + 1) = 9/14, u5 0 of
+    2 -> 1/14 (two verdicts are weak evidence; its Wilson bound 0.658 is above 1/2). The previous model, when it agrees
     with the round, is used first and no fold model is trained; a cross-fit without evidence
     leaves the majority on the reply three users judged."""
     users = ["u1", "u2", "u3", "u4", "u5"]
@@ -109,10 +148,10 @@ def test_cross_fitted_consensus_checks_each_fold_against_its_own_model():
     assert out["consensus"] == "crossfit" and out["crossfit_agreement"] == 0.8
     assert calls == [defence.crossfit_folds(users, 2)] and set(calls[0].values()) == {0, 1}
     assert {u: (v["agreed"], v["judged"], v["weight"], v["fold"]) for u, v in out["per_user"].items()} == {
-        **{u: (2, 2, 1.0, calls[0][u]) for u in users[:4]},
-        "u5": (0, 2, 0.0, calls[0]["u5"]),
+        **{u: (2, 2, round(9 / 14, 6), calls[0][u]) for u in users[:4]},
+        "u5": (0, 2, round(1 / 14, 6), calls[0]["u5"]),
     }
-    assert out["per_user"]["u5"]["agreement"] == 0.25
+    assert out["per_user"]["u5"]["agreement"] == 0.0 and out["honest_agreement"] == 0.75
 
     truth = {e["id"]: [len(e["responses"][0])] for e in events}
     calls.clear()

@@ -78,10 +78,12 @@ class DefenceSection:
             "the round's verdicts; else leave-one-user-out majority"
         },
     )
-    full_trust_agreement: float = field(
+    honest_agreement: float = field(
         default=0.75,
         metadata={
-            "help": "a user agreeing with the consensus this often (smoothed) gets weight 1; 1/2 (chance) gets 0"
+            "help": "the agreement with the consensus assumed of an honest user at most (else the consensus's "
+            "own pooled agreement); a user's weight is their posterior probability of being honest "
+            "rather than random or inverted under it"
         },
     )
     min_judged: int = field(
@@ -181,8 +183,8 @@ class LearnConfig:
             self.policy.num_generations < 2 or self.policy.batch_size % self.policy.num_generations
         ):
             raise ValueError("field 'policy.batch_size' must be a multiple of 'policy.num_generations' (>= 2)")
-        if self.defence.max_per_user < 0 or not 0.5 < self.defence.full_trust_agreement <= 1:
-            raise ValueError("field 'defence.max_per_user' must be >= 0 and 'defence.full_trust_agreement' in (0.5, 1]")
+        if self.defence.max_per_user < 0 or not 0.5 < self.defence.honest_agreement < 1:
+            raise ValueError("field 'defence.max_per_user' must be >= 0 and 'defence.honest_agreement' in (0.5, 1)")
         if self.defence.crossfit_folds == 1 or self.defence.crossfit_folds < 0 or self.defence.crossfit_max_steps < 0:
             raise ValueError(
                 "field 'defence.crossfit_folds' must be 0 (off) or >= 2, 'defence.crossfit_max_steps' >= 0"

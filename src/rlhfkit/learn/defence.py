@@ -21,11 +21,23 @@ consensus:
   evidence);
 - else there is no evidence, and every weight stays 1.
 
-A user's agreement ``a = (k + 1) / (n + 2)`` (k of n verdicts agree; a uniform prior, so a few
-verdicts say little) gives the weight ``clip((a - 1/2) / (full_trust - 1/2), 0, 1)``: chance-level
-agreement (a random user) weighs ~0, agreement at ``full_trust`` or above weighs 1, and a user
-whose Wilson 95% upper bound on agreement is below 1/2 is marked ``inverted`` (weight 0). Users
-with fewer than ``min_judged`` checked verdicts keep weight 1 (no evidence against them).
+A user's weight is the posterior probability that they are honest, with three kinds of user at
+even prior odds: an honest user agrees with the consensus at rate ``q``, a careless (random) one
+at 1/2, an inverted one at ``1 - q``; ``q`` is the consensus's own pooled agreement with the
+round's verdicts, capped at ``honest_agreement`` (a weak consensus agrees with honest users little
+more than with anyone, and must not be taken for more). For ``k`` of ``n`` verdicts agreeing:
+
+    w = q^k (1-q)^(n-k) / (q^k (1-q)^(n-k) + (1/2)^n + (1-q)^k q^(n-k))
+
+Evidence grows with ``n``: a flood of coin flips is found out (50 random verdicts at q = 0.65
+weigh about 0.08), while a few unlucky verdicts of an honest user under a weak consensus cost
+part of their weight, not all of it (judging against 1/2 and a fixed full-trust agreement set a
+fifth of the honest users to 0 in the 100-user simulation, docs/BENCHMARKS.md). Only relative
+weights matter to the reward model's Adam steps, so honest users with few verdicts at about 1/2
+lose nothing against each other. A user whose Wilson 95% upper bound on agreement is below 1/2
+is marked ``inverted`` (weight 0). Users with fewer than ``min_judged`` checked verdicts keep
+weight 1 (no evidence against them), as does everyone when the consensus agrees with no more
+than half the verdicts (it says nothing).
 The weights multiply each example's term in the reward model's loss; the prompts only users
 at weight 0 sent are left out of the policy's training prompts and the gate's held-out prompts
 (:func:`usable_prompts`): an adversary must not choose what the policy trains or is judged on.
@@ -64,21 +76,28 @@ def wilson_upper(k: int, n: int, z: float = 1.96) -> float:
     return (centre + spread) / (1 + z * z / n)
 
 
-def user_weight(k: int, n: int, full_trust: float, min_judged: int) -> tuple[float, str]:
-    """``(weight, status)`` of a user with ``k`` of ``n`` verdicts agreeing (module docstring)."""
-    if n < min_judged:
+def user_weight(k: int, n: int, agreement: float, min_judged: int) -> tuple[float, str]:
+    """``(weight, status)`` of a user with ``k`` of ``n`` verdicts agreeing with a consensus that
+    honest users agree with at rate ``agreement`` (module docstring); status ``trusted`` when
+    honest is at least as likely as not."""
+    if n < min_judged or agreement <= 0.5:
         return 1.0, "unchecked"
     if wilson_upper(k, n) < 0.5:
         return 0.0, "inverted"
-    a = (k + 1) / (n + 2)
-    w = min(1.0, max(0.0, (a - 0.5) / (full_trust - 0.5)))
-    return w, "trusted" if w >= 1.0 else "down-weighted"
+    q = agreement
+    # the three log-likelihoods, normalised in logs (n in the thousands must not underflow)
+    logs = [k * math.log(q) + (n - k) * math.log(1 - q), n * math.log(0.5), k * math.log(1 - q) + (n - k) * math.log(q)]
+    top = max(logs)
+    w = math.exp(logs[0] - top) / sum(math.exp(x - top) for x in logs)
+    return w, "trusted" if w >= 0.5 else "down-weighted"
 
 
 def rm_verdict_agreement(event: dict, scores: Sequence[float], threshold: float) -> bool | None:
     """Whether the reward model's ``scores`` (one per reply of ``event``, an edit's: [original,
     edit]) agree with the user's verdict; None when the verdict says nothing to compare."""
     kind, value = event["kind"], event["value"]
+    if kind in ("thumbs", "rating") and scores[0] == threshold:
+        return None  # a reply scored exactly at the median is neither above nor below it
     if kind == "thumbs":
         return (scores[0] > threshold) == bool(value)
     if kind == "rating":
@@ -147,9 +166,13 @@ def majority_agreements(events: Sequence[dict]) -> dict[int, bool]:
 
 
 def user_weights(
-    events: Sequence[dict], agreements: dict[int, bool], full_trust: float, min_judged: int
-) -> dict[str, dict]:
-    """``{user: {"n", "judged", "agreed", "weight", "status"}}`` for every user of ``events``."""
+    events: Sequence[dict], agreements: dict[int, bool], honest_agreement: float, min_judged: int
+) -> tuple[dict[str, dict], float | None]:
+    """``({user: {"n", "judged", "agreed", "agreement", "weight", "status"}}, q)`` for every user of
+    ``events``: ``q``, the agreement assumed of an honest user, is the consensus's pooled agreement
+    over ``agreements`` capped at ``honest_agreement`` (None without any agreement)."""
+    pooled = sum(agreements.values()) / len(agreements) if agreements else None
+    q = None if pooled is None else min(honest_agreement, pooled)
     tally: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for e in events:
         t = tally[e["end_user"]]
@@ -159,16 +182,16 @@ def user_weights(
             t[2] += int(agreements[e["id"]])
     out = {}
     for user, (n, judged, agreed) in sorted(tally.items()):
-        w, status = user_weight(agreed, judged, full_trust, min_judged)
+        w, status = user_weight(agreed, judged, q if q is not None else 0.5, min_judged)
         out[user] = {
             "n": n,
             "judged": judged,
             "agreed": agreed,
-            "agreement": round((agreed + 1) / (judged + 2), 6),  # what the weight is computed from
+            "agreement": round(agreed / judged, 6) if judged else None,
             "weight": round(w, 6),
             "status": status,
         }
-    return out
+    return out, q
 
 
 def crossfit_folds(users: Iterable[str], folds: int) -> dict[str, int]:
@@ -199,7 +222,7 @@ def usable_prompts(prompts: Sequence[str], senders: dict[str, Sequence[str]], we
 def defend(
     events: Sequence[dict],
     max_per_user: int,
-    full_trust: float,
+    honest_agreement: float,
     min_judged: int,
     min_consensus_agreement: float,
     score_fn: Callable[[list[dict]], dict[int, list[float]]] | None,
@@ -208,8 +231,8 @@ def defend(
 ) -> dict:
     """The whole defence of a round: ``{"kept": events, "per_user": {user: {..., "cut"[, "fold"]}},
     "consensus": "reward_model" | "crossfit" | "majority" | "none", "consensus_agreement",
-    "crossfit_agreement"}`` (the pooled agreements of the previous model and of the cross-fitted
-    ones, None when not computed). ``score_fn`` scores the replies of events with the previous
+    "crossfit_agreement", "honest_agreement"}`` (the pooled agreements of the previous model and of
+    the cross-fitted ones, None when not computed, and ``q`` of the weights). ``score_fn`` scores the replies of events with the previous
     reward model (None in the first round); ``crossfit_fn(events, {user: fold})`` returns, for
     each fold, the scores of its replies by a model trained on the other folds (None: no cross-fit)."""
     kept, cut = cap_per_user(events, max_per_user)
@@ -229,7 +252,7 @@ def defend(
         by_majority = majority_agreements(kept)
         if by_majority:
             consensus, agreements = "majority", by_majority
-    per_user = user_weights(kept, agreements, full_trust, min_judged)
+    per_user, q = user_weights(kept, agreements, honest_agreement, min_judged)
     for user in cut:
         per_user.setdefault(user, {"n": 0, "judged": 0, "agreed": 0, "weight": 1.0, "status": "unchecked"})
     for user in per_user:
@@ -242,4 +265,5 @@ def defend(
         "consensus": consensus,
         "consensus_agreement": None if pooled is None else round(pooled, 6),
         "crossfit_agreement": None if crossfit_pooled is None else round(crossfit_pooled, 6),
+        "honest_agreement": None if q is None else round(q, 6),
     }

@@ -6,7 +6,8 @@
 A version's ``version.json`` (``models.versions``) carries ``round``, ``method``, ``feedback``
 (``ids`` as ranges, ``count`` by kind, ``per_user``: n, cut, judged, agreed, agreement, weight,
 status, fold; ``consensus``: reward_model / crossfit / majority / none, with the pooled
-agreements ``consensus_agreement`` of the previous model and ``crossfit_agreement``; fields added
+agreements ``consensus_agreement`` of the previous model and ``crossfit_agreement``, and
+``honest_agreement``, the q of the weights; fields added
 later are absent in older folders, and readers take them with ``get``), ``gate`` (the figures that let it through), ``reward_model`` (its folder inside
 LEARN_DIR) and ``parent``.
 """
@@ -35,6 +36,7 @@ def feedback_lineage(events: Sequence[dict], defence: dict, id_ranges) -> dict:
         "consensus": defence["consensus"],
         "consensus_agreement": defence.get("consensus_agreement"),
         "crossfit_agreement": defence.get("crossfit_agreement"),
+        "honest_agreement": defence.get("honest_agreement"),
         "cut": sum(u.get("cut", 0) for u in defence["per_user"].values()),
     }
 

@@ -142,7 +142,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
         result = defence_mod.defend(
             snap["train"],
             s.max_per_user,
-            s.full_trust_agreement,
+            s.honest_agreement,
             s.min_judged,
             s.min_consensus_agreement,
             score,

@@ -59,3 +59,12 @@ def test_a_forgotten_user_is_gone_from_every_later_round(tmp_path, tiny_base):
     assert "mallory" not in json.dumps(r2["prompt_senders"])
     state = json.loads((learn / "learn_state.json").read_text())
     assert not ids_of_ranges(state["trained"]) & set(mallory)
+    # nor in any record the learner keeps: round 1's defence (her weight, her kept verdicts, the
+    # cross-fitted scores of her verdicts) and v1's lineage
+    d1 = json.loads((learn / "rounds" / "round-1" / "defence" / "defence.json").read_text())
+    assert "mallory" not in d1["per_user"] and not set(d1["kept_ids"]) & set(mallory)
+    for scores in (learn / "rounds" / "round-1" / "defence").glob("crossfit-*/scores.json"):
+        assert not {int(k) for k in json.loads(scores.read_text())} & set(mallory)
+    assert "mallory" not in versions.version_info(learn, "v1")["feedback"]["per_user"]
+    texts = [p for p in learn.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".txt", ".yaml", ".html")]
+    assert texts and not [str(p) for p in texts if "mallory" in p.read_text(encoding="utf-8", errors="replace").lower()]

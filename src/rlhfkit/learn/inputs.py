@@ -6,7 +6,8 @@ The round trains on the verdicts after the previous round's watermark (its rewar
 from the last one), except after a ``forget``: when a verdict some earlier round trained on has
 left the store, the reward model is rebuilt from its first backbone on every verdict still
 there, so an erased user's feedback has no part in anything trained from then on, and the
-erased verdicts are taken out of the earlier rounds' saved inputs too.
+erased verdicts are taken out of the earlier rounds' saved inputs too, and the erased user's
+pseudonymous id out of the defences' figures and the versions' lineage (:func:`scrub_records`).
 
 Held-out prompts: a fixed share of the prompts users sent (by a hash of the text, so a prompt is
 held out in every round or in none) is kept out of training; the gate samples on them (the first
@@ -171,4 +172,40 @@ def scrub_saved_inputs(
             gone += len(data.get("train", [])) - len(kept)
             extra = {"prompt_senders": senders} if "prompt_senders" in data else {}
             atomic_write_json(path, {**data, "train": kept, **prompts, **extra})
+    if present_users is not None:
+        scrub_records(learn_dir, before_round, present_ids, present_users)
     return gone
+
+
+def scrub_records(learn_dir: Path, before_round: int, present_ids: set[int], present_users: set[str]) -> None:
+    """The learner's other copies of who took part, for rounds before ``before_round``: the
+    defences' per-user figures (``defence.json``, which :func:`latest_weights` reads), the verdict
+    ids the defence kept and the cross-fitted scores by verdict id, and each version's lineage
+    (``version.json``'s ``feedback.per_user``). A forgotten pseudonymous id is left nowhere."""
+
+    def before(path: Path, up: int) -> bool:
+        n = path.parents[up].name.removeprefix("round-")
+        return n.isdigit() and int(n) < before_round
+
+    def keep_users(per_user: dict) -> dict:
+        return {u: v for u, v in per_user.items() if u in present_users}
+
+    rounds = Path(learn_dir, "rounds")
+    for path in sorted(rounds.glob("round-*/defence/defence.json")):
+        if before(path, 1):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            kept = [i for i in data.get("kept_ids", []) if i in present_ids]
+            per_user = keep_users(data.get("per_user", {}))
+            if per_user != data.get("per_user", {}) or len(kept) != len(data.get("kept_ids", [])):
+                atomic_write_json(path, {**data, "per_user": per_user, "kept_ids": kept})
+    for path in sorted(rounds.glob("round-*/defence/crossfit-*/scores.json")):
+        if before(path, 2):
+            scores = json.loads(path.read_text(encoding="utf-8"))
+            left = {k: v for k, v in scores.items() if int(k) in present_ids}
+            if len(left) != len(scores):
+                atomic_write_json(path, left)
+    for path in sorted(Path(learn_dir, "versions").glob("v*/version.json")):
+        info = json.loads(path.read_text(encoding="utf-8"))
+        feedback = info.get("feedback") or {}
+        if "per_user" in feedback and keep_users(feedback["per_user"]) != feedback["per_user"]:
+            atomic_write_json(path, {**info, "feedback": {**feedback, "per_user": keep_users(feedback["per_user"])}})

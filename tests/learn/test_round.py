@@ -232,7 +232,8 @@ def test_a_rollback_while_a_round_runs_refuses_its_candidate(one_round, tmp_path
     but before it is current) the operator rolls back to v0. The candidate, trained on v1, is not
     promoted over the rollback: the round is refused with the reason in versions.jsonl and
     round.json, v0 stays current, and the round counts (its feedback is not read again). Refused
-    after the gate, no v2 is written; refused at the last step, v2 stays written, not current."""
+    after the gate, no v2 is written; refused at the last step, v2 stays written, not current, and
+    `learn rollback v2` refuses it (never served)."""
     import shutil
 
     from rlhfkit.learn import lineage
@@ -252,6 +253,9 @@ def test_a_rollback_while_a_round_runs_refuses_its_candidate(one_round, tmp_path
     assert "served version changed while the round ran (v1 -> v0" in reason and "not promoted" in reason
     assert versions.current_version(learn) == "v0"
     assert (learn / "versions" / "v2").is_dir() == (when == "version")
+    # the refused candidate's folder, gate passed, is no version to roll back to: it was never served
+    with pytest.raises(versions.VersionError, match="v2 was never served" if when == "version" else "no such file"):
+        lineage.rollback(learn, "v2")
     log = [json.loads(x) for x in (learn / "versions.jsonl").read_text().splitlines()]
     assert [(x["event"], x.get("round"), x["version"]) for x in log] == [
         ("promoted", 1, "v1"),

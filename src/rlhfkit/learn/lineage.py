@@ -75,10 +75,24 @@ def logged_round(learn_dir, round_no: int) -> dict | None:
 
 def rollback(learn_dir: str | os.PathLike, version: str, reason: str = "") -> dict:
     """Make ``version`` current again (``models.versions.promote``: checked complete, replaced
-    atomically) and log it; returns the log record."""
+    atomically) and log it; returns the log record. Only a version that was served once (v0, one
+    promoted, or one a rollback replaced) may be: a candidate whose gate passed but whose round was
+    refused when its promotion was due (the served version had moved) keeps its folder, never
+    having been let through."""
     learn_dir = Path(learn_dir)
     if not versions.is_learn_dir(learn_dir):
         raise versions.VersionError(f"{learn_dir}: not a learner's folder (no current.json or versions/)")
+    log = read_log(learn_dir)
+    served = {"v0", versions.current_version(learn_dir)}
+    served |= {r.get("version") for r in log if r.get("event") == "promoted"}
+    served |= {r.get("from") for r in log if r.get("event") == "rollback"}
+    if (
+        version not in served and versions.version_dir(learn_dir, version).exists()
+    ):  # else promote names what is missing
+        names = ", ".join(sorted((v for v in served if v), key=lambda v: int(v[1:]) if v[1:].isdigit() else 0))
+        raise versions.VersionError(
+            f"{version} was never served (its round was refused after its gate); roll back to one of: {names}"
+        )
     # "from" is what promote replaced under the folder's lock: read before it, a round's promotion
     # landing in between would be logged as the wrong version
     before = versions.promote(learn_dir, version)["previous"]

@@ -80,6 +80,12 @@ def main(argv=None) -> dict:
     extra = shlex.split(args.learn)
     copies = {name: out / name for name in ("uninterrupted", "killed")}
     done = {name: fresh_copy(sim, d) for name, d in copies.items()}["killed"]
+    # one held-out key for both (a folder from before the keyed draw has none; each learner
+    # would make its own and the two would split the prompts differently)
+    from rlhfkit.learn.inputs import KEY_FILE, holdout_key
+
+    holdout_key(copies["uninterrupted"] / "learn")
+    shutil.copy2(copies["uninterrupted"] / "learn" / KEY_FILE, copies["killed"] / "learn" / KEY_FILE)
     round_no = done + 1
     logs = {name: open(d / "learn.log", "w") for name, d in copies.items()}
     t0 = time.time()

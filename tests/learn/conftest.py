@@ -5,6 +5,21 @@ from pathlib import Path
 import pytest
 
 PROMPTS = [f"Question number {i}: what do you think about topic {i}?" for i in range(24)]
+# every learner folder of these tests gets this held-out key (in a deployment it is random): the
+# tests' prompts are split as by the fixed key, which holds out 2 of PROMPTS[:12], 3 of
+# PROMPTS[12:18], and 1 to 3 of each six-prompt block of 60 (test_adversaries' users)
+TEST_KEY = bytes.fromhex("8b356509e35e2e970000af3efe2393e46595dbfaae42a57258e70738ea3e0738")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def fixed_holdout_key():
+    """Session-wide, so that module-scoped rounds (set up before any function's fixture) get it
+    too; a learner run as a subprocess does not: its test writes the key file first."""
+    from rlhfkit.learn import inputs
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inputs, "new_key_hex", lambda: TEST_KEY.hex())
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from rlhfkit.learn.round import add_stage_end_callback
 from rlhfkit.learn.run import run
 from rlhfkit.models import versions
 
-from .conftest import fill, tiny_config
+from .conftest import TEST_KEY, fill, tiny_config
 
 PROMPTS = [f"Question number {i}: what do you think about topic {i}?" for i in range(60)]
 HONEST = ["ann", "ben", "cat", "dan", "eli", "fay", "gus", "hal"]
@@ -96,10 +96,10 @@ def test_prompts_of_users_at_weight_zero_are_neither_trained_on_nor_gated_on(fir
     lineage."""
     honest = [p for u in HONEST for p in own_prompts(u)[0]]
     inverted = [p for u in INVERTED for p in own_prompts(u)[0]]
-    assert any(held_out(p, 0.25) for p in inverted) and not all(held_out(p, 0.25) for p in inverted)
+    assert any(held_out(p, 0.25, TEST_KEY) for p in inverted) and not all(held_out(p, 0.25, TEST_KEY) for p in inverted)
     train = first_round["seen"]["train_prompts"]
-    assert sorted(train) == sorted(p for p in honest if not held_out(p, 0.25))
-    assert first_round["gate"]["n_prompts"] == sum(held_out(p, 0.25) for p in honest)
+    assert sorted(train) == sorted(p for p in honest if not held_out(p, 0.25, TEST_KEY))
+    assert first_round["gate"]["n_prompts"] == sum(held_out(p, 0.25, TEST_KEY) for p in honest)
     [outcome] = first_round["outcomes"]
     prompts = versions.version_info(first_round["root"] / "learn", outcome["version"])["prompts"]
     assert prompts == {"train": len(train), "holdout": first_round["gate"]["n_prompts"], "left_out": len(inverted)}

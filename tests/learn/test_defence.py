@@ -53,17 +53,19 @@ def test_a_flood_of_coin_flips_is_found_out_and_an_unlucky_honest_user_is_not_ze
 
 
 def test_weights_judge_users_against_the_consensus_own_agreement():
-    """A weak consensus agrees with 13 of 20 verdicts: q = min(0.75, 0.65) = 0.65; u1 agrees 8 of
+    """A weak reward-model consensus agrees with 13 of 20 verdicts: q = min(0.75, 0.65) = 0.65; u1 agrees 8 of
     10: likelihoods 0.65^8 0.35^2 = 0.0039033, 0.5^10 = 0.0009766, 0.35^8 0.65^2 = 0.0000951 ->
-    w = 0.78459. A consensus above the cap uses the cap: 17 of 20 (0.85) -> q = 0.75."""
+    w = 0.78459. A consensus above the cap uses the cap: 0.85 -> q = 0.75."""
     events = [ev(i, "u1") for i in range(10)] + [ev(10 + i, "u2") for i in range(10)]
     agrees = {i: i < 8 for i in range(10)} | {10 + i: i < 5 for i in range(10)}
-    per_user, q = defence.user_weights(events, agrees, 0.75, 3)
+    per_user, q = defence.user_weights(events, agrees, 0.75, 3, consensus_agreement=0.65)
     assert q == pytest.approx(0.65)
     h, r, i = 0.65**8 * 0.35**2, 0.5**10, 0.35**8 * 0.65**2
     assert per_user["u1"]["weight"] == pytest.approx(h / (h + r + i), abs=1e-6) == pytest.approx(0.78459, abs=1e-5)
     assert per_user["u1"]["agreement"] == 0.8 and per_user["u2"]["weight"] == pytest.approx(0.2776, abs=1e-4)
-    agrees = {i: True for i in range(10)} | {10 + i: i < 7 for i in range(10)}
+    assert defence.user_weights(events, agrees, 0.75, 3, consensus_agreement=0.85)[1] == 0.75
+    # the users' majority has no accuracy of its own (its pooled agreement counts only what it
+    # could judge, here every verdict of one inverted user): the cap
     assert defence.user_weights(events, agrees, 0.75, 3)[1] == 0.75
 
 
@@ -205,3 +207,37 @@ def test_examples_carry_their_users_weight_and_weight_zero_users_are_left_out():
         (3, None, None, 0.0, 0.25),
         (4, None, None, 0.75, 1.0),
     ]
+
+
+def test_held_out_prompts_are_drawn_with_the_folders_secret_key(tmp_path, monkeypatch):
+    """A user who could compute which prompts the gate is judged on could send exactly those: the
+    draw is an HMAC under a random key kept in the learner's folder (mode 0600, made once, the
+    same on every later call), so two folders split the same prompts differently and the plain
+    SHA-256 of a prompt says nothing about its fate."""
+    import hashlib
+    import os
+    import secrets
+    import stat
+
+    from rlhfkit.learn import inputs
+
+    monkeypatch.setattr(inputs, "new_key_hex", lambda: secrets.token_hex(32))  # the tests' fixed key off
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    key_a = inputs.holdout_key(a)
+    assert len(key_a) == 32 and inputs.holdout_key(a) == key_a
+    assert stat.S_IMODE(os.stat(a / "holdout.key").st_mode) == 0o600 and not list(a.glob(".holdout.key.*"))
+    key_b = inputs.holdout_key(b)
+    assert key_b != key_a
+    prompts = [f"prompt {i}" for i in range(400)]
+    split_a = [inputs.held_out(p, 0.25, key_a) for p in prompts]
+    split_b = [inputs.held_out(p, 0.25, key_b) for p in prompts]
+    plain = [int.from_bytes(hashlib.sha256(p.encode()).digest()[:8], "big") / 2.0**64 < 0.25 for p in prompts]
+    assert 60 < sum(split_a) < 140 and split_a != split_b and split_a != plain
+    assert inputs.prompt_rank("x", key_a) == hmac_sha256(key_a, b"x")
+
+
+def hmac_sha256(key: bytes, msg: bytes) -> bytes:
+    import hmac
+
+    return hmac.new(key, msg, "sha256").digest()

@@ -9,7 +9,7 @@ from rlhfkit.learn.inputs import held_out
 from rlhfkit.learn.run import run
 from rlhfkit.models import versions
 
-from .conftest import PROMPTS, fill, tiny_config
+from .conftest import TEST_KEY, PROMPTS, fill, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_a_direct_method_trains_on_the_trusted_users_feedback(store, tmp_path, t
         tiny_config(learn, store, tiny_base, method=method, **{"policy.max_steps": 3, "policy.learning_rate": 1e-2})
     )
     stage = json.loads((learn / "rounds" / "round-1" / "policy" / "stage.json").read_text())
-    usable = sum(not held_out(p, 0.25) for p in PROMPTS[:12])
+    usable = sum(not held_out(p, 0.25, TEST_KEY) for p in PROMPTS[:12])
     assert stage["outputs"]["method"] == method and stage["outputs"]["examples"] == 2 * usable * per_prompt
     assert outcome["outcome"] == "promoted"
     info = versions.version_info(learn, "v1")

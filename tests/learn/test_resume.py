@@ -8,7 +8,7 @@ import sys
 from rlhfkit.learn.run import run
 from rlhfkit.models import versions
 
-from .conftest import cli_args, fill, tiny_config
+from .conftest import TEST_KEY, cli_args, fill, tiny_config
 
 KILLER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kill_learner.py")
 KILLS = [
@@ -38,6 +38,8 @@ def test_sigkill_anywhere_then_restart_promotes_the_same_version(tmp_path, tiny_
     assert ref["outcome"] == "promoted"
 
     killed = tmp_path / "killed"
+    killed.mkdir()  # the same held-out key as the reference (a subprocess makes its own otherwise)
+    (killed / "holdout.key").write_text(TEST_KEY.hex())
     args = ["learn", "run", str(killed), "--store", str(db), "--model", str(tiny_base), *cli_args()]
     cmd = [sys.executable, "-m", "rlhfkit.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}

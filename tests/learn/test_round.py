@@ -9,7 +9,7 @@ from rlhfkit.learn.inputs import held_out, ids_of_ranges
 from rlhfkit.learn.run import run
 from rlhfkit.models import versions
 
-from .conftest import PROMPTS, fill, tiny_config
+from .conftest import TEST_KEY, PROMPTS, fill, tiny_config
 
 USERS = {"alice": "honest", "bob": "honest", "carol": "honest", "eve": "inverted", "flo": "flood"}
 CAP = 30
@@ -45,18 +45,18 @@ def test_a_round_promotes_a_version_whose_lineage_names_its_feedback(one_round):
     assert set(events) == {i for v in ids.values() for i in v}
     trained = ids_of_ranges(info["feedback"]["ids"])
     for user, mine in ids.items():
-        usable = [i for i in mine if not held_out(events[i].prompt, 0.25)]
+        usable = [i for i in mine if not held_out(events[i].prompt, 0.25, TEST_KEY)]
         got = sorted(i for i in mine if i in trained)
         assert got == sorted(usable)[:CAP], user  # the earliest CAP of the user's usable verdicts
         assert info["feedback"]["per_user"][user]["n"] == len(got)
         assert info["feedback"]["per_user"][user]["cut"] == len(usable) - len(got)
-    assert not any(held_out(events[i].prompt, 0.25) for i in trained)
+    assert not any(held_out(events[i].prompt, 0.25, TEST_KEY) for i in trained)
     kinds = {"thumbs": 0, "choice": 0}
     for i in trained:
         kinds[events[i].kind] += 1
     assert info["feedback"]["count"] == kinds
     gate = info["gate"]
-    assert gate["passed"] and gate["n_prompts"] == sum(held_out(p, 0.25) for p in PROMPTS[:12]) >= 2
+    assert gate["passed"] and gate["n_prompts"] == sum(held_out(p, 0.25, TEST_KEY) for p in PROMPTS[:12]) >= 2
     assert {"win_rate", "ci_low", "ci_high", "n"} <= set(gate["reward_model"]) and "kl_to_v0" in gate
     log = [json.loads(x) for x in (learn / "versions.jsonl").read_text().splitlines()]
     assert [(x["event"], x["round"], x["version"]) for x in log] == [("promoted", 1, "v1")]
@@ -69,14 +69,17 @@ def test_an_inverted_user_weighs_nothing_and_a_flood_is_cut(one_round):
     """Round 1 has no previous reward model: the consensus is cross-fitted (each user's verdicts
     against a reward model trained on the other fold's users). The inverted user disagrees with
     it on every verdict and gets weight 0 (status inverted); the honest users and the flooder
-    agree and weigh 1; the flooder's verdicts over the cap are cut and counted."""
+    agree on every verdict and weigh over 0.9 (trusted: at q <= 0.75 and 9 verdicts the chance of
+    honest is 3^9 / (3^9 + 2^9 + 1) = 0.975 or more); the flooder's verdicts over the cap are cut
+    and counted."""
     fb = versions.version_info(one_round["learn"], "v1")["feedback"]
     per_user = fb["per_user"]
     assert fb["consensus"] == "crossfit" and fb["crossfit_agreement"] >= 0.6
     assert per_user["eve"]["weight"] == 0.0 and per_user["eve"]["status"] == "inverted"
     assert per_user["eve"]["agreed"] == 0 and per_user["eve"]["judged"] == per_user["eve"]["n"] > 0
     for user in ("alice", "bob", "carol", "flo"):
-        assert per_user[user]["weight"] == 1.0 and per_user[user]["agreed"] == per_user[user]["judged"] > 0
+        assert per_user[user]["weight"] > 0.9 and per_user[user]["status"] == "trusted"
+        assert per_user[user]["agreed"] == per_user[user]["judged"] > 0
     assert per_user["flo"]["n"] == CAP and per_user["flo"]["cut"] > 2 * CAP - 10
     assert all(per_user[u]["cut"] == 0 for u in ("alice", "bob", "carol", "eve"))
     assert fb["cut"] == per_user["flo"]["cut"]
@@ -91,7 +94,7 @@ def test_the_reward_model_learned_from_the_honest_users(one_round):
 
     state = json.loads((one_round["learn"] / "learn_state.json").read_text())
     rm = RewardModelSource.load(str(one_round["learn"] / state["reward_model"]))
-    prompts = [p for p in PROMPTS[:12] if not held_out(p, 0.25)]
+    prompts = [p for p in PROMPTS[:12] if not held_out(p, 0.25, TEST_KEY)]
     k = [PROMPTS.index(p) for p in prompts]
     g = rm(prompts, [good(i) for i in k])
     b = rm(prompts, [bad(i) for i in k])
@@ -142,7 +145,7 @@ def test_round_two_checks_users_against_the_previous_reward_model(one_round, tmp
     """In round 2 (the learner's folder moved elsewhere) three honest users judge new prompts and
     zed inverts his verdicts on prompts nobody else judged, so no majority can check him: the
     consensus is round 1's reward model (it agrees with most of the round's verdicts), which zed
-    disagrees with (weight 0, inverted) and the honest users agree with (weight 1). The reward
+    disagrees with (weight 0, inverted) and the honest users agree with (over 0.9). The reward
     model is refit from round 1's; v2 is an adapter on v1; the gold judge's figures are in the
     gate's."""
     import shutil
@@ -163,7 +166,7 @@ def test_round_two_checks_users_against_the_previous_reward_model(one_round, tmp
     zed = defence["per_user"]["zed"]
     assert (zed["weight"], zed["status"]) == (0.0, "inverted") and zed["judged"] == zed["n"] > 0
     for user in ("alice", "bob", "carol"):
-        assert defence["per_user"][user]["weight"] == 1.0, (user, defence["per_user"][user])
+        assert defence["per_user"][user]["weight"] > 0.9, (user, defence["per_user"][user])
     assert set(defence["per_user"]) == {"alice", "bob", "carol", "zed"}  # round 1's verdicts are not counted again
     reward = json.loads((rdir / "reward" / "stage.json").read_text())
     assert reward["outputs"]["start"] == str(learn / "rounds" / "round-1" / "reward" / "model")
@@ -177,7 +180,7 @@ def test_round_two_checks_users_against_the_previous_reward_model(one_round, tmp
 
 def test_versions_report_html_shows_rounds_weights_and_versions(one_round, tmp_path, capsys):
     """``learn versions LEARN_DIR --html FILE`` writes one self-contained page (inline SVG, no
-    script, no reference of any kind, the same bytes each time): round 1 promoted v1 with its 5 users weighed 4 at 1 and 1 (the
+    script, no reference of any kind, the same bytes each time): round 1 promoted v1 with its 5 users weighed 4 at 1/2 or more and 1 (the
     inverted eve) at 0, the flooder's cut verdicts, the feedback by kind of versions.jsonl; a
     refusal logged later is shown with its reason and a rollback is counted; the versions table
     has v0 and v1 with the current one marked."""

@@ -106,7 +106,8 @@ class GateSection:
     holdout_share: float = field(
         default=0.2,
         metadata={
-            "help": "share of user prompts kept out of training for the gate (chosen by a hash of the prompt: fixed)"
+            "help": "share of user prompts kept out of training for the gate (chosen by a keyed hash of the "
+            "prompt under LEARN_DIR/holdout.key: fixed, and not computable by users)"
         },
     )
     max_prompts: int = field(default=64, metadata={"help": "held-out prompts the gate samples at most"})

@@ -23,8 +23,8 @@ consensus:
 
 A user's weight is the posterior probability that they are honest, with three kinds of user at
 even prior odds: an honest user agrees with the consensus at rate ``q``, a careless (random) one
-at 1/2, an inverted one at ``1 - q``; ``q`` is the consensus's own pooled agreement with the
-round's verdicts, capped at ``honest_agreement`` (a weak consensus agrees with honest users little
+at 1/2, an inverted one at ``1 - q``; ``q`` is a reward-model consensus's own pooled agreement with
+the round's verdicts, capped at ``honest_agreement`` (the users' majority: the cap) (a weak consensus agrees with honest users little
 more than with anyone, and must not be taken for more). For ``k`` of ``n`` verdicts agreeing:
 
     w = q^k (1-q)^(n-k) / (q^k (1-q)^(n-k) + (1/2)^n + (1-q)^k q^(n-k))
@@ -166,13 +166,21 @@ def majority_agreements(events: Sequence[dict]) -> dict[int, bool]:
 
 
 def user_weights(
-    events: Sequence[dict], agreements: dict[int, bool], honest_agreement: float, min_judged: int
+    events: Sequence[dict],
+    agreements: dict[int, bool],
+    honest_agreement: float,
+    min_judged: int,
+    consensus_agreement: float | None = None,
 ) -> tuple[dict[str, dict], float | None]:
     """``({user: {"n", "judged", "agreed", "agreement", "weight", "status"}}, q)`` for every user of
-    ``events``: ``q``, the agreement assumed of an honest user, is the consensus's pooled agreement
-    over ``agreements`` capped at ``honest_agreement`` (None without any agreement)."""
-    pooled = sum(agreements.values()) / len(agreements) if agreements else None
-    q = None if pooled is None else min(honest_agreement, pooled)
+    ``events``: ``q``, the agreement assumed of an honest user, is ``consensus_agreement`` (a reward
+    model's pooled agreement with the round) capped at ``honest_agreement``; without one (the
+    users' majority, whose pooled agreement counts only the verdicts it could judge) the cap.
+    None without any agreement."""
+    if not agreements:
+        q = None
+    else:
+        q = honest_agreement if consensus_agreement is None else min(honest_agreement, consensus_agreement)
     tally: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for e in events:
         t = tally[e["end_user"]]
@@ -252,7 +260,8 @@ def defend(
         by_majority = majority_agreements(kept)
         if by_majority:
             consensus, agreements = "majority", by_majority
-    per_user, q = user_weights(kept, agreements, honest_agreement, min_judged)
+    own = {"reward_model": pooled, "crossfit": crossfit_pooled}.get(consensus)
+    per_user, q = user_weights(kept, agreements, honest_agreement, min_judged, own)
     for user in cut:
         per_user.setdefault(user, {"n": 0, "judged": 0, "agreed": 0, "weight": 1.0, "status": "unchecked"})
     for user in per_user:

@@ -9,17 +9,22 @@ there, so an erased user's feedback has no part in anything trained from then on
 erased verdicts are taken out of the earlier rounds' saved inputs too, and the erased user's
 pseudonymous id out of the defences' figures and the versions' lineage (:func:`scrub_records`).
 
-Held-out prompts: a fixed share of the prompts users sent (by a hash of the text, so a prompt is
-held out in every round or in none) is kept out of training; the gate samples on them (the first
-``gate.max_prompts`` in the order of their hash that the round keeps). ``prompt_senders`` names
+Held-out prompts: a fixed share of the prompts users sent (by a keyed hash of the text, so a prompt
+is held out in every round or in none) is kept out of training; the gate samples on them (the
+first ``gate.max_prompts`` in the order of their hash that the round keeps). The key is a secret
+of the learner's folder (``holdout.key``, random, made on first use): with a plain hash anyone
+could compute offline which prompts land in the gate's set, and first in its order, and send
+those to choose what a candidate is judged on. ``prompt_senders`` names
 who sent each prompt, so the round can leave out the prompts only users at weight 0 sent
 (``learn.defence.usable_prompts``, with :func:`latest_weights` for users not in the round).
 """
 
 from __future__ import annotations
 
-import hashlib
+import hmac
 import json
+import os
+import secrets
 from pathlib import Path
 from typing import Iterable
 
@@ -42,11 +47,43 @@ def event_record(event) -> dict:
     }
 
 
-def held_out(prompt: str, share: float) -> bool:
-    """Whether ``prompt`` belongs to the gate's share: the first 8 bytes of its SHA-256 as a
-    fraction of 2^64 below ``share`` (the same answer in every round and process)."""
-    h = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big")
-    return h / 2.0**64 < share
+KEY_FILE = "holdout.key"
+
+
+def new_key_hex() -> str:
+    return secrets.token_hex(32)
+
+
+def holdout_key(learn_dir: Path) -> bytes:
+    """The learner's held-out secret (``LEARN_DIR/holdout.key``, 32 random bytes in hex, mode
+    0600), made on first use; published with a hard link so that two processes starting at once
+    agree on one key and nobody reads a half-written file."""
+    path = Path(learn_dir) / KEY_FILE
+    if not path.is_file():
+        tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(new_key_hex())
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process made it first: theirs is the key
+        finally:
+            tmp.unlink()
+    return bytes.fromhex(path.read_text(encoding="ascii").strip())
+
+
+def prompt_rank(prompt: str, key: bytes) -> bytes:
+    """HMAC-SHA256 of the prompt under the learner's key: the held-out draw and the gate's order."""
+    return hmac.new(key, prompt.encode("utf-8"), "sha256").digest()
+
+
+def held_out(prompt: str, share: float, key: bytes) -> bool:
+    """Whether ``prompt`` belongs to the gate's share: the first 8 bytes of its keyed hash as a
+    fraction of 2^64 below ``share`` (the same answer in every round and process of one folder)."""
+    return int.from_bytes(prompt_rank(prompt, key)[:8], "big") / 2.0**64 < share
 
 
 def id_ranges(ids: Iterable[int]) -> list[list[int]]:
@@ -86,7 +123,7 @@ def new_verdicts(store: str, prefix: str, watermark: int, enough: int) -> int:
     return len(feedback_events(store, watermark, None, prefix=prefix, limit=enough))
 
 
-def snapshot(store: str, prefix: str, state: dict, round_no: int, holdout_share: float) -> dict:
+def snapshot(store: str, prefix: str, state: dict, round_no: int, holdout_share: float, key: bytes) -> dict:
     """Round ``round_no``'s inputs, read from the store now: ``{"round", "watermark",
     "previous_watermark", "rebuild", "forgotten", "train" (event records), "train_prompts",
     "holdout_prompts" (every one, in the order of their hash), "prompt_senders"}``. ``rebuild`` is
@@ -102,15 +139,13 @@ def snapshot(store: str, prefix: str, state: dict, round_no: int, holdout_share:
     forgotten = sorted(trained_before - present)
     rebuild = bool(forgotten)
     chosen = events if rebuild else [e for e in events if e["id"] > previous]
-    train = [e for e in chosen if not held_out(e["prompt"], holdout_share)]
+    train = [e for e in chosen if not held_out(e["prompt"], holdout_share, key)]
     prompts = list(dict.fromkeys(e["prompt"] for e in events))
-    holdout = sorted(
-        (p for p in prompts if held_out(p, holdout_share)), key=lambda p: hashlib.sha256(p.encode("utf-8")).hexdigest()
-    )
+    holdout = sorted((p for p in prompts if held_out(p, holdout_share, key)), key=lambda p: prompt_rank(p, key))
     senders: dict[str, set[str]] = {}
     for e in events:
         senders.setdefault(e["prompt"], set()).add(e["end_user"])
-    train_prompts = [p for p in prompts if not held_out(p, holdout_share)]
+    train_prompts = [p for p in prompts if not held_out(p, holdout_share, key)]
     return {
         "round": round_no,
         "watermark": watermark,

@@ -119,7 +119,7 @@ def version_rows(learn_dir: str | os.PathLike) -> list[dict]:
                 "method": info.get("method"),
                 "feedback": sum((fb.get("count") or {}).values()),
                 "users": len(fb.get("per_user") or {}),
-                "down_weighted": sum(1 for u in (fb.get("per_user") or {}).values() if u.get("weight", 1) < 1),
+                "down_weighted": sum(1 for u in (fb.get("per_user") or {}).values() if u.get("weight", 1) < 0.5),
                 "cut": fb.get("cut", 0),
                 "win_rate": rm.get("win_rate"),
                 "ci": [rm.get("ci_low"), rm.get("ci_high")] if rm else None,

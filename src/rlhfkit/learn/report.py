@@ -39,12 +39,13 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def user_weights_summary(per_user: dict) -> dict:
-    """How many users a round weighed at 1, between 0 and 1, and at 0, and the verdicts cut."""
+    """How many users a round weighed at 1/2 or more (more likely honest than not), between 0 and
+    1/2, and at 0, and the verdicts cut."""
     ws = [u.get("weight", 1.0) for u in per_user.values()]
     return {
         "users": len(ws),
-        "full": sum(w >= 1 for w in ws),
-        "partial": sum(0 < w < 1 for w in ws),
+        "full": sum(w >= 0.5 for w in ws),
+        "partial": sum(0 < w < 0.5 for w in ws),
         "zero": sum(w <= 0 for w in ws),
         "cut": sum(u.get("cut", 0) for u in per_user.values()),
     }
@@ -206,7 +207,9 @@ def render_report(learn_dir, sim_dir=None) -> str:
     log = lineage.read_log(learn_dir)
     vrows = lineage.version_rows(learn_dir)
     rows = round_rows(learn_dir)
-    t0 = min([r["created"] for r in vrows if r.get("created")] or [time.time()])
+    # the first version's creation, else the first logged event: never the clock (same folder,
+    # same bytes)
+    t0 = min([r["created"] for r in vrows if r.get("created")] or [x["at"] for x in log if x.get("at")] or [0.0])
     e = html.escape
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>rlhfkit learn: versions of {e(learn_dir.name)}"
@@ -267,7 +270,7 @@ def render_report(learn_dir, sim_dir=None) -> str:
         parts.append(f"<h2>Rounds</h2>{_timeline_figure(rows, log, t0)}")
         parts.append(
             "<table><tr><th>when (UTC)</th><th>round</th><th>outcome</th><th>parent</th><th>feedback by kind</th>"
-            "<th>users (w=1 / 0&lt;w&lt;1 / w=0)</th><th>cut</th><th>RM win [95% CI]</th><th>gold win</th>"
+            "<th>users (w&ge;&frac12; / 0&lt;w&lt;&frac12; / w=0)</th><th>cut</th><th>RM win [95% CI]</th><th>gold win</th>"
             "<th>KL(v0)</th><th class='l'>reasons</th></tr>"
         )
         for r in rows:
@@ -289,7 +292,7 @@ def render_report(learn_dir, sim_dir=None) -> str:
         parts.append("</table>")
     parts.append(
         "<h2>Versions</h2><table><tr><th></th><th>version</th><th>parent</th><th>round</th><th>created (UTC)</th>"
-        "<th>method</th><th>feedback</th><th>users</th><th>w&lt;1</th><th>cut</th><th>RM win [95% CI]</th>"
+        "<th>method</th><th>feedback</th><th>users</th><th>w&lt;&frac12;</th><th>cut</th><th>RM win [95% CI]</th>"
         "<th>gold win</th><th>KL(v0)</th></tr>"
     )
     for r in vrows:
@@ -305,7 +308,8 @@ def render_report(learn_dir, sim_dir=None) -> str:
         )
     parts.append(
         "</table><p style='font-size:12px;color:#666'>&#9679; = served now. w: a user's weight from the "
-        "round's defence (agreement with the consensus); cut: verdicts over the per-user cap.</p></body></html>"
+        "round's defence (the chance, from their agreement with the consensus, that the user is honest rather "
+        "than random or inverted); cut: verdicts over the per-user cap.</p></body></html>"
     )
     return "\n".join(parts)
 

@@ -91,7 +91,8 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     own = settings(config, wired=FOLLOW_FIELDS)
 
     def inputs_fn(d: Path) -> dict:
-        snap = inputs_mod.snapshot(config.store, config.prefix, state, round_no, config.gate.holdout_share)
+        key = inputs_mod.holdout_key(learn_dir)
+        snap = inputs_mod.snapshot(config.store, config.prefix, state, round_no, config.gate.holdout_share, key)
         parent = versions.current_version(learn_dir)
         # after a forget the round starts over from v0 (reward model from its backbone, adapter on
         # v0): the versions since were trained with the erased feedback

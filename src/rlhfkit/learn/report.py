@@ -115,15 +115,22 @@ def _gold_figures(evals: list[dict], marks: list) -> str:
     number of verdicts stored: two charts side by side."""
     with matplotlib.rc_context(charts.RC):
         fig, ax = charts.chart_figure(520, 300)
-        ax.plot([e["t"] / 60 for e in evals], [e["gold"] for e in evals], "o-", color="#25a")
-        for e in evals:
-            ax.annotate(e["version"], (e["t"] / 60, e["gold"]), textcoords="offset points", xytext=(3, 5))
+        # a version's score holds from its promotion (v0: from the start) until the next one; it
+        # was measured later (the evaluation queues behind users' requests)
+        promoted_at = {r.get("version"): x for x, r in marks if r["event"] == "promoted"}
+        xs = [0.0 if i == 0 else promoted_at.get(e["version"], e["t"] / 60) for i, e in enumerate(evals)]
+        golds = [e["gold"] for e in evals]
+        end = max([e["t"] / 60 for e in evals] + [x for x, _ in marks])
+        ax.step(xs + [end], golds + golds[-1:], where="post", color="#25a")
+        ax.plot(xs, golds, "o", color="#25a")
+        for x, e in zip(xs, evals):
+            ax.annotate(e["version"], (x, e["gold"]), textcoords="offset points", xytext=(3, 5))
         for x, r in marks:
             promoted = r["event"] == "promoted"
             ax.axvline(x, color="#2a7" if promoted else "#c33", lw=1, ls="-" if promoted else ":")
         ax.set_xlabel("minutes")
         ax.set_ylabel("held-out gold score")
-        ax.set_title("gold over time (green: promoted, red dotted: refused)")
+        ax.set_title("served version's gold (green: promoted, red dotted: refused)")
         over_time = charts.render_svg(fig, "held-out gold score over time")
     with matplotlib.rc_context(charts.RC):
         fig, ax = charts.chart_figure(520, 300)

@@ -202,7 +202,7 @@ def _sim_figures(sim_dir: Path, log: list[dict], t_start: float) -> list[tuple[s
 CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;padding:0 1.5em;max-width:1100px;color:#222}
 h1{font-size:1.5em}
 table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
-th{background:#f3f3f3}td{white-space:nowrap}td.l{text-align:left;white-space:normal;min-width:12em}.ok{color:#173}.no{color:#a22}svg{max-width:100%;height:auto}
+th{background:#f3f3f3}td{white-space:nowrap}td.l{text-align:left;white-space:normal;min-width:8em}.ok{color:#173}.no{color:#a22}svg{max-width:100%;height:auto}
 .kv{font-size:14px}h2{margin-top:1.4em;font-size:1.15em}"""
 
 

@@ -76,7 +76,10 @@ def main(argv=None) -> dict:
         raise SystemExit(f"learn_kill_replay: {out} exists; give a new --out")
     out.mkdir(parents=True)
     store = out / "store.db"
-    shutil.copy(sim / "store.db", store)
+    import sqlite3
+
+    with sqlite3.connect(sim / "store.db") as src, sqlite3.connect(store) as dst:  # the WAL's rows too
+        src.backup(dst)
     extra = shlex.split(args.learn)
     copies = {name: out / name for name in ("uninterrupted", "killed")}
     done = {name: fresh_copy(sim, d) for name, d in copies.items()}["killed"]
@@ -103,6 +106,8 @@ def main(argv=None) -> dict:
             break
         time.sleep(0.5)
     if killed_at is None:
+        procs["uninterrupted"].kill()
+        procs["uninterrupted"].wait()
         raise SystemExit("learn_kill_replay: the round ended before the kill point; give a lower --kill_at_step")
     logs["killed"].write("\n--- restarted after SIGKILL ---\n")
     logs["killed"].flush()
@@ -111,7 +116,7 @@ def main(argv=None) -> dict:
     for f in logs.values():
         f.close()
     result = {name: outcome(d, round_no) for name, d in copies.items()}
-    same = all(
+    same = all(rc == 0 for rc in rcs.values()) and all(
         result["killed"][k] == result["uninterrupted"][k] for k in ("outcome", "version", "gate", "adapter_sha256")
     )
     summary = {"round": round_no, "killed_at": killed_at, "exit_codes": rcs, **result, "same": same}

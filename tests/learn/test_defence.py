@@ -46,8 +46,7 @@ def test_a_flood_of_coin_flips_is_found_out_and_an_unlucky_honest_user_is_not_ze
     """At q = 0.65: a user with 25 of 50 agreeing (a flood of random verdicts) has likelihoods
     honest = inverted = (0.65 x 0.35)^25 and random 0.5^50; honest / random = (0.91)^25 = 0.0946,
     so w = 0.0946 / (1 + 2 x 0.0946) = 0.0796. An honest user with 5 of 10 (unlucky) under the same
-    consensus: (0.91)^5 = 0.6240, w = 0.6240 / (1 + 2 x 0.6240) = 0.2776 -- the rule it replaced
-    (clip of the smoothed agreement 6/12 against 1/2) gave 0."""
+    consensus: (0.91)^5 = 0.6240, w = 0.6240 / (1 + 2 x 0.6240) = 0.2776: part of a weight, not 0."""
     assert defence.user_weight(25, 50, 0.65, 3)[0] == pytest.approx(0.0796, abs=1e-4)
     assert defence.user_weight(5, 10, 0.65, 3)[0] == pytest.approx(0.2776, abs=1e-4)
 
@@ -70,9 +69,12 @@ def test_weights_judge_users_against_the_consensus_own_agreement():
 
 
 def test_a_reply_scored_at_the_median_is_no_evidence():
-    """Three thumbs scored 0, 1, 2: the median is 1; the reply scored 1 is neither above nor below."""
+    """Three thumbs scored 0, 1, 2: the median is 1; the reply scored 1 is neither above nor below.
+    Likewise a choice or an edit whose two replies score the same."""
     events = [ev(1, "a"), ev(2, "a", value=False), ev(3, "a")]
     assert defence.rm_agreements(events, {1: [0.0], 2: [1.0], 3: [2.0]}) == {1: False, 3: True}
+    tie = [ev(4, "b", "choice", 0, responses=("x", "y")), ev(5, "b", "edit", "z", responses=("served",))]
+    assert defence.rm_agreements(tie, {4: [0.5, 0.5], 5: [0.2, 0.2]}) == {}  # equal scores: no evidence
 
 
 def test_cap_keeps_each_users_earliest_verdicts_and_counts_the_rest():

@@ -69,9 +69,8 @@ def test_an_inverted_user_weighs_nothing_and_a_flood_is_cut(one_round):
     """Round 1 has no previous reward model: the consensus is cross-fitted (each user's verdicts
     against a reward model trained on the other fold's users). The inverted user disagrees with
     it on every verdict and gets weight 0 (status inverted); the honest users and the flooder
-    agree on every verdict and weigh over 0.9 (trusted: at q <= 0.75 and 9 verdicts the chance of
-    honest is 3^9 / (3^9 + 2^9 + 1) = 0.975 or more); the flooder's verdicts over the cap are cut
-    and counted."""
+    agree on every verdict and weigh over 0.9 (trusted; e.g. at q = 0.75, 9 of 9 agreeing gives
+    3^9 / (3^9 + 2^9 + 1) = 0.975); the flooder's verdicts over the cap are cut and counted."""
     fb = versions.version_info(one_round["learn"], "v1")["feedback"]
     per_user = fb["per_user"]
     assert fb["consensus"] == "crossfit" and fb["crossfit_agreement"] >= 0.6

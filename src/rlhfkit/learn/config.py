@@ -184,6 +184,10 @@ class LearnConfig:
             self.policy.num_generations < 2 or self.policy.batch_size % self.policy.num_generations
         ):
             raise ValueError("field 'policy.batch_size' must be a multiple of 'policy.num_generations' (>= 2)")
+        if not 0.5 < self.defence.min_consensus_agreement <= 1:
+            raise ValueError(
+                "field 'defence.min_consensus_agreement' must be in (0.5, 1]: a consensus at chance says nothing"
+            )
         if self.defence.max_per_user < 0 or not 0.5 < self.defence.honest_agreement < 1:
             raise ValueError("field 'defence.max_per_user' must be >= 0 and 'defence.honest_agreement' in (0.5, 1)")
         if self.defence.crossfit_folds == 1 or self.defence.crossfit_folds < 0 or self.defence.crossfit_max_steps < 0:

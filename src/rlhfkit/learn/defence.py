@@ -106,6 +106,8 @@ def rm_verdict_agreement(event: dict, scores: Sequence[float], threshold: float)
         if value == mid:
             return None
         return (scores[0] > threshold) == (value > mid)
+    if kind in ("choice", "edit") and scores[0] == scores[1]:
+        return None  # the model cannot tell the two replies apart: no evidence either way
     if kind == "choice":
         return scores[int(value)] > scores[1 - int(value)]
     if kind == "edit":

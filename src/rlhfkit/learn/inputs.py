@@ -28,7 +28,7 @@ import secrets
 from pathlib import Path
 from typing import Iterable
 
-from rlhfkit.models.versions import atomic_write_json
+from rlhfkit.models.versions import atomic_write_json, fsync_dir
 
 STATE_FILE = "learn_state.json"
 
@@ -56,23 +56,33 @@ def new_key_hex() -> str:
 
 def holdout_key(learn_dir: Path) -> bytes:
     """The learner's held-out secret (``LEARN_DIR/holdout.key``, 32 random bytes in hex, mode
-    0600), made on first use; published with a hard link so that two processes starting at once
-    agree on one key and nobody reads a half-written file."""
+    0600), made on first use: written whole to a fresh temporary file, then published with a hard
+    link (which fails if another process published first: theirs is the key) and the folder
+    synced. A folder made before keyed draws gets its key at its next round, whose prompts are
+    then split afresh. A key file that is not 64 hex digits is refused, never used."""
+    import tempfile
+
+    from rlhfkit.data.errors import DataError
+
     path = Path(learn_dir) / KEY_FILE
     if not path.is_file():
-        tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(new_key_hex())
-            f.flush()
-            os.fsync(f.fileno())
+        fd, tmp = tempfile.mkstemp(dir=learn_dir, prefix=f".{KEY_FILE}.")
         try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass  # another process made it first: theirs is the key
+            with os.fdopen(fd, "w") as f:
+                f.write(new_key_hex())
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
         finally:
-            tmp.unlink()
-    return bytes.fromhex(path.read_text(encoding="ascii").strip())
+            os.unlink(tmp)
+        fsync_dir(Path(learn_dir))
+    text = path.read_text(encoding="ascii", errors="replace").strip()
+    if len(text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise DataError(f"{path}: not a held-out key (64 hex digits); restore it from a backup")
+    return bytes.fromhex(text)
 
 
 def prompt_rank(prompt: str, key: bytes) -> bytes:
@@ -123,20 +133,43 @@ def new_verdicts(store: str, prefix: str, watermark: int, enough: int) -> int:
     return len(feedback_events(store, watermark, None, prefix=prefix, limit=enough))
 
 
-def snapshot(store: str, prefix: str, state: dict, round_no: int, holdout_share: float, key: bytes) -> dict:
-    """Round ``round_no``'s inputs, read from the store now: ``{"round", "watermark",
-    "previous_watermark", "rebuild", "forgotten", "train" (event records), "train_prompts",
-    "holdout_prompts" (every one, in the order of their hash), "prompt_senders"}``. ``rebuild`` is
-    true when verdicts an earlier round trained on are gone (``forgotten`` of them): the round then
-    trains on every verdict still there."""
+def verdict_key(e: dict) -> tuple:
+    """What a changed mind keeps: the same reply (or pair), user and kind. The store gives the new
+    verdict a new id and deletes the old one, as a ``forget`` deletes a user's."""
+    return (e["completion_id"], e["kind"], e["end_user"], tuple(e["responses"]))
+
+
+def saved_records(learn_dir: Path, before_round: int) -> dict[int, dict]:
+    """``{id: event record}`` of the verdicts the rounds before ``before_round`` saved as inputs."""
+    out: dict[int, dict] = {}
+    for path in Path(learn_dir, "rounds").glob("round-*/inputs/inputs.json"):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if int(data.get("round", 0)) < before_round:
+            out.update({int(e["id"]): e for e in data.get("train", [])})
+    return out
+
+
+def snapshot(
+    store: str, prefix: str, state: dict, round_no: int, holdout_share: float, key: bytes, earlier: dict[int, dict]
+) -> tuple[dict, dict]:
+    """Round ``round_no``'s inputs, read from the store now, and what the store holds:
+    ``({"round", "watermark", "previous_watermark", "rebuild", "forgotten", "replaced", "train"
+    (event records), "train_prompts", "holdout_prompts" (every one, in the order of their hash),
+    "prompt_senders"}, {"ids", "prompts", "users"})``. A verdict an earlier round trained on that
+    is gone was either replaced by its user (a new verdict on the same reply and kind, ``earlier``
+    holding the old one's record: ``replaced``) or erased (``forgotten``); ``rebuild`` is true when
+    any was erased: the round then trains on every verdict still there. A changed mind is no
+    erasure: the new verdict trains this round like any new one."""
     from rlhfkit.feedback.enduser import feedback_events, last_event_id
 
     watermark = last_event_id(store, prefix=prefix)
     previous = int(state["watermark"])
     events = [event_record(e) for e in feedback_events(store, 0, watermark, prefix=prefix)]
     present = {e["id"] for e in events}
-    trained_before = ids_of_ranges(state.get("trained", []))
-    forgotten = sorted(trained_before - present)
+    gone = ids_of_ranges(state.get("trained", [])) - present
+    now = {verdict_key(e) for e in events}
+    replaced = {i for i in gone if i in earlier and verdict_key(earlier[i]) in now}
+    forgotten = sorted(gone - replaced)
     rebuild = bool(forgotten)
     chosen = events if rebuild else [e for e in events if e["id"] > previous]
     train = [e for e in chosen if not held_out(e["prompt"], holdout_share, key)]
@@ -146,17 +179,19 @@ def snapshot(store: str, prefix: str, state: dict, round_no: int, holdout_share:
     for e in events:
         senders.setdefault(e["prompt"], set()).add(e["end_user"])
     train_prompts = [p for p in prompts if not held_out(p, holdout_share, key)]
-    return {
+    snap = {
         "round": round_no,
         "watermark": watermark,
         "previous_watermark": previous,
         "rebuild": rebuild,
         "forgotten": len(forgotten),
+        "replaced": len(replaced),
         "train": train,
         "train_prompts": train_prompts,
         "holdout_prompts": holdout,
         "prompt_senders": {p: sorted(users) for p, users in senders.items()},
     }
+    return snap, {"ids": present, "prompts": set(prompts), "users": {e["end_user"] for e in events}}
 
 
 def latest_weights(learn_dir: Path, before_round: int) -> dict[str, float]:
@@ -177,7 +212,7 @@ def latest_weights(learn_dir: Path, before_round: int) -> dict[str, float]:
 def scrub_saved_inputs(
     learn_dir: Path,
     before_round: int,
-    present_ids: set[int],
+    present_ids: set[int] | None,
     present_prompts: set[str],
     present_users: set[str] | None = None,
 ) -> int:
@@ -189,7 +224,12 @@ def scrub_saved_inputs(
         data = json.loads(path.read_text(encoding="utf-8"))
         if int(data.get("round", 0)) >= before_round:
             continue
-        kept = [e for e in data.get("train", []) if e["id"] in present_ids]
+        kept = [
+            e
+            for e in data.get("train", [])
+            if (present_ids is None or e["id"] in present_ids)
+            and (present_users is None or e["end_user"] in present_users)
+        ]
         prompts = {
             k: [p for p in data.get(k, []) if p in present_prompts] for k in ("train_prompts", "holdout_prompts")
         }
@@ -212,7 +252,7 @@ def scrub_saved_inputs(
     return gone
 
 
-def scrub_records(learn_dir: Path, before_round: int, present_ids: set[int], present_users: set[str]) -> None:
+def scrub_records(learn_dir: Path, before_round: int, present_ids: set[int] | None, present_users: set[str]) -> None:
     """The learner's other copies of who took part, for rounds before ``before_round``: the
     defences' per-user figures (``defence.json``, which :func:`latest_weights` reads), the verdict
     ids the defence kept and the cross-fitted scores by verdict id, and each version's lineage
@@ -229,14 +269,14 @@ def scrub_records(learn_dir: Path, before_round: int, present_ids: set[int], pre
     for path in sorted(rounds.glob("round-*/defence/defence.json")):
         if before(path, 1):
             data = json.loads(path.read_text(encoding="utf-8"))
-            kept = [i for i in data.get("kept_ids", []) if i in present_ids]
+            kept = [i for i in data.get("kept_ids", []) if present_ids is None or i in present_ids]
             per_user = keep_users(data.get("per_user", {}))
             if per_user != data.get("per_user", {}) or len(kept) != len(data.get("kept_ids", [])):
                 atomic_write_json(path, {**data, "per_user": per_user, "kept_ids": kept})
     for path in sorted(rounds.glob("round-*/defence/crossfit-*/scores.json")):
         if before(path, 2):
             scores = json.loads(path.read_text(encoding="utf-8"))
-            left = {k: v for k, v in scores.items() if int(k) in present_ids}
+            left = {k: v for k, v in scores.items() if present_ids is None or int(k) in present_ids}
             if len(left) != len(scores):
                 atomic_write_json(path, left)
     for path in sorted(Path(learn_dir, "versions").glob("v*/version.json")):

@@ -83,7 +83,10 @@ def rollback(learn_dir: str | os.PathLike, version: str, reason: str = "") -> di
     if not versions.is_learn_dir(learn_dir):
         raise versions.VersionError(f"{learn_dir}: not a learner's folder (no current.json or versions/)")
     log = read_log(learn_dir)
-    served = {"v0", versions.current_version(learn_dir)}
+    try:
+        served = {"v0", versions.current_version(learn_dir)}
+    except versions.VersionError:  # current.json gone or broken: rollback is how it is repaired
+        served = {"v0"}
     served |= {r.get("version") for r in log if r.get("event") == "promoted"}
     served |= {r.get("from") for r in log if r.get("event") == "rollback"}
     if (
@@ -137,7 +140,7 @@ def format_table(rows: Sequence[dict], log: Sequence[dict]) -> str:
         return "-" if x is None else format(x, spec)
 
     lines = [
-        f"{'':2}{'version':9}{'parent':8}{'round':>6} {'created':20}{'feedback':>9}{'users':>6}{'w<1':>5}{'cut':>5}"
+        f"{'':2}{'version':9}{'parent':8}{'round':>6} {'created':20}{'feedback':>9}{'users':>6}{'w<.5':>5}{'cut':>5}"
         f"{'RM win':>8}{'95% CI':>14}{'gold':>7}{'KL(v0)':>8}"
     ]
     for r in rows:
@@ -160,7 +163,9 @@ def format_table(rows: Sequence[dict], log: Sequence[dict]) -> str:
                     f"{when}  rollback {x.get('from')} -> {x.get('version')}"
                     + (f" ({x['reason']})" if x.get("reason") else "")
                 )
-    lines.append("(* = current; w<1: users down-weighted; cut: verdicts over the per-user cap)")
+    lines.append(
+        "(* = current; w<.5: users weighed below 1/2 (more likely random or inverted than honest); cut: verdicts over the per-user cap)"
+    )
     return "\n".join(lines)
 
 

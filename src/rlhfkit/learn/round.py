@@ -92,7 +92,10 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
 
     def inputs_fn(d: Path) -> dict:
         key = inputs_mod.holdout_key(learn_dir)
-        snap = inputs_mod.snapshot(config.store, config.prefix, state, round_no, config.gate.holdout_share, key)
+        earlier = inputs_mod.saved_records(learn_dir, round_no)
+        snap, stored = inputs_mod.snapshot(
+            config.store, config.prefix, state, round_no, config.gate.holdout_share, key, earlier
+        )
         parent = versions.current_version(learn_dir)
         # after a forget the round starts over from v0 (reward model from its backbone, adapter on
         # v0): the versions since were trained with the erased feedback
@@ -102,17 +105,13 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
             adapter_on="v0" if snap["rebuild"] else parent,
             previous_reward_model=None if snap["rebuild"] else state.get("reward_model"),
         )
-        if snap["rebuild"]:  # the erasure reaches the earlier rounds' saved copies
-            from rlhfkit.feedback.enduser import feedback_events
-
-            present = feedback_events(config.store, 0, snap["watermark"], prefix=config.prefix)
-            inputs_mod.scrub_saved_inputs(
-                learn_dir,
-                round_no,
-                {e.id for e in present},
-                {e.prompt for e in present},
-                {inputs_mod.event_record(e)["end_user"] for e in present},
-            )
+        # an erasure reaches the earlier rounds' saved copies every round, not only when it forces
+        # a rebuild (a user whose verdicts were all on held-out prompts trained nothing, but is
+        # named in who sent what); ids go only with a rebuild (a changed mind's old verdict stays
+        # on record as what that round trained on)
+        inputs_mod.scrub_saved_inputs(
+            learn_dir, round_no, stored["ids"] if snap["rebuild"] else None, stored["prompts"], stored["users"]
+        )
         return {"inputs": _write(d / "inputs.json", snap)}
 
     # the snapshot depends on these alone: changing a later stage's settings before a restart

@@ -96,10 +96,11 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or link inside ``folder`` durable (its directory entry synced)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # a platform without directory handles (Windows): the rename is what there is
@@ -245,7 +246,7 @@ def save_version(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(root)
+    fsync_dir(root)
     return final
 
 
@@ -255,7 +256,7 @@ def _fsync_tree(folder: Path) -> None:
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
     for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
-        _fsync_dir(d)
+        fsync_dir(d)
 
 
 @contextmanager

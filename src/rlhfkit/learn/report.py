@@ -118,7 +118,7 @@ def _gold_figures(evals: list[dict], marks: list) -> str:
         # a version's score holds from its promotion (v0: from the start) until the next one; it
         # was measured later (the evaluation queues behind users' requests)
         promoted_at = {r.get("version"): x for x, r in marks if r["event"] == "promoted"}
-        xs = [0.0 if i == 0 else promoted_at.get(e["version"], e["t"] / 60) for i, e in enumerate(evals)]
+        xs = [0.0 if e["version"] == "v0" else promoted_at.get(e["version"], e["t"] / 60) for e in evals]
         golds = [e["gold"] for e in evals]
         end = max([e["t"] / 60 for e in evals] + [x for x, _ in marks])
         ax.step(xs + [end], golds + golds[-1:], where="post", color="#25a")

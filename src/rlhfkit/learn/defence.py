@@ -76,6 +76,11 @@ def wilson_upper(k: int, n: int, z: float = 1.96) -> float:
     return (centre + spread) / (1 + z * z / n)
 
 
+# a user at or above it is more likely honest than not: "trusted" here, counted so in the lineage
+# and the report, and kept by the direct methods (learn.policy_update)
+TRUSTED_WEIGHT = 0.5
+
+
 def user_weight(k: int, n: int, agreement: float, min_judged: int) -> tuple[float, str]:
     """``(weight, status)`` of a user with ``k`` of ``n`` verdicts agreeing with a consensus that
     honest users agree with at rate ``agreement`` (module docstring); status ``trusted`` when
@@ -89,7 +94,7 @@ def user_weight(k: int, n: int, agreement: float, min_judged: int) -> tuple[floa
     logs = [k * math.log(q) + (n - k) * math.log(1 - q), n * math.log(0.5), k * math.log(1 - q) + (n - k) * math.log(q)]
     top = max(logs)
     w = math.exp(logs[0] - top) / sum(math.exp(x - top) for x in logs)
-    return w, "trusted" if w >= 0.5 else "down-weighted"
+    return w, "trusted" if w >= TRUSTED_WEIGHT else "down-weighted"
 
 
 def rm_verdict_agreement(event: dict, scores: Sequence[float], threshold: float) -> bool | None:

@@ -172,13 +172,14 @@ def snapshot(
     forgotten = sorted(gone - replaced)
     rebuild = bool(forgotten)
     chosen = events if rebuild else [e for e in events if e["id"] > previous]
-    train = [e for e in chosen if not held_out(e["prompt"], holdout_share, key)]
     prompts = list(dict.fromkeys(e["prompt"] for e in events))
-    holdout = sorted((p for p in prompts if held_out(p, holdout_share, key)), key=lambda p: prompt_rank(p, key))
+    held = {p for p in prompts if held_out(p, holdout_share, key)}  # one keyed hash a prompt
+    train = [e for e in chosen if e["prompt"] not in held]
+    holdout = sorted(held, key=lambda p: prompt_rank(p, key))
     senders: dict[str, set[str]] = {}
     for e in events:
         senders.setdefault(e["prompt"], set()).add(e["end_user"])
-    train_prompts = [p for p in prompts if not held_out(p, holdout_share, key)]
+    train_prompts = [p for p in prompts if p not in held]
     snap = {
         "round": round_no,
         "watermark": watermark,

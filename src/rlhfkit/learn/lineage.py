@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rlhfkit.learn.config import RollbackConfig, VersionsConfig  # noqa: F401 - the commands' configs
+from rlhfkit.learn.defence import TRUSTED_WEIGHT
 from rlhfkit.models import versions
 
 LOG_FILE = "versions.jsonl"
@@ -89,9 +90,8 @@ def rollback(learn_dir: str | os.PathLike, version: str, reason: str = "") -> di
         served = {"v0"}
     served |= {r.get("version") for r in log if r.get("event") == "promoted"}
     served |= {r.get("from") for r in log if r.get("event") == "rollback"}
-    if (
-        version not in served and versions.version_dir(learn_dir, version).exists()
-    ):  # else promote names what is missing
+    # a folder that is not there is promote's to name
+    if version not in served and versions.version_dir(learn_dir, version).exists():
         names = ", ".join(sorted((v for v in served if v), key=lambda v: int(v[1:]) if v[1:].isdigit() else 0))
         raise versions.VersionError(
             f"{version} was never served (its round was refused after its gate); roll back to one of: {names}"
@@ -122,7 +122,9 @@ def version_rows(learn_dir: str | os.PathLike) -> list[dict]:
                 "method": info.get("method"),
                 "feedback": sum((fb.get("count") or {}).values()),
                 "users": len(fb.get("per_user") or {}),
-                "down_weighted": sum(1 for u in (fb.get("per_user") or {}).values() if u.get("weight", 1) < 0.5),
+                "down_weighted": sum(
+                    1 for u in (fb.get("per_user") or {}).values() if u.get("weight", 1) < TRUSTED_WEIGHT
+                ),
                 "cut": fb.get("cut", 0),
                 "win_rate": rm.get("win_rate"),
                 "ci": [rm.get("ci_low"), rm.get("ci_high")] if rm else None,

@@ -21,7 +21,9 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-MIN_DIRECT_WEIGHT = 0.5  # users below it are left out of kto / dpo / sft
+from rlhfkit.learn.defence import TRUSTED_WEIGHT
+
+MIN_DIRECT_WEIGHT = TRUSTED_WEIGHT  # users below it are left out of kto / dpo / sft
 
 
 def start_model(learn_dir: Path, parent: str, stage_dir: Path) -> str:

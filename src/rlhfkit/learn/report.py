@@ -23,6 +23,7 @@ import matplotlib
 
 from rlhfkit.eval import charts
 from rlhfkit.learn import lineage
+from rlhfkit.learn.defence import TRUSTED_WEIGHT
 from rlhfkit.models import versions
 
 
@@ -44,8 +45,8 @@ def user_weights_summary(per_user: dict) -> dict:
     ws = [u.get("weight", 1.0) for u in per_user.values()]
     return {
         "users": len(ws),
-        "full": sum(w >= 0.5 for w in ws),
-        "partial": sum(0 < w < 0.5 for w in ws),
+        "full": sum(w >= TRUSTED_WEIGHT for w in ws),
+        "partial": sum(0 < w < TRUSTED_WEIGHT for w in ws),
         "zero": sum(w <= 0 for w in ws),
         "cut": sum(u.get("cut", 0) for u in per_user.values()),
     }

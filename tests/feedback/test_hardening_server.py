@@ -360,7 +360,10 @@ def test_forty_parallel_guesses_check_at_most_five_passwords(tmp_path):
     )
     assert first.count(401) <= 5 and first.count(401) + first.count(429) == 40
     assert second.count(429) == 40
-    assert checks < 7.5
+    # 13 ~ the geometric middle of 5 (the limit) and 33 (what a count-after-check limiter let
+    # through): five checks side by side on a shared 2-core machine measured 7.50 once in CI, so
+    # a bound near 5 fails on noise while a regression to 33 still fails here by a wide margin.
+    assert checks < 13
     from rlhfkit.feedback.auth import _bucket
 
     store = db.Store(str(path))

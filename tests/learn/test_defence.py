@@ -51,6 +51,35 @@ def test_a_flood_of_coin_flips_is_found_out_and_an_unlucky_honest_user_is_not_ze
     assert defence.user_weight(5, 10, 0.65, 3)[0] == pytest.approx(0.2776, abs=1e-4)
 
 
+def test_a_users_weight_rests_on_their_checked_verdicts_of_every_round():
+    """2 of 2 agreeing now at q = 3/4, 3 of 3 in an earlier round at q = 0.6: honest 0.75^2 x
+    0.6^3 = 0.1215, random 0.5^5 = 0.03125, inverted 0.25^2 x 0.4^3 = 0.004 -> w = 0.1215 /
+    0.15675 = 0.77512 (alone, 2 checked verdicts < 3: unchecked). A round without a consensus
+    (q = 1/2) weighs a user by their history alone: 4 of 5 at q = 0.7 -> 0.7^4 x 0.3 = 0.07203,
+    0.5^5 = 0.03125, 0.3^4 x 0.7 = 0.00567 -> 0.66113; 0 of 5 -> Wilson upper bound 0.4345 < 1/2:
+    inverted. min_judged counts all rounds: 1 + 2 of 3 at q = 3/4 -> 27 / (27 + 8 + 1) = 0.75.
+    A round whose consensus was at chance adds nothing."""
+    assert defence.user_weight(2, 2, 0.75, 3) == (1.0, "unchecked")
+    assert defence.user_weight(2, 2, 0.75, 3, [(3, 3, 0.6)]) == (pytest.approx(0.1215 / 0.15675), "trusted")
+    assert defence.user_weight(0, 0, 0.5, 3, [(4, 5, 0.7)]) == (pytest.approx(0.07203 / 0.10895, abs=1e-5), "trusted")
+    assert defence.wilson_upper(0, 5) == pytest.approx(0.4345, abs=1e-4)
+    assert defence.user_weight(0, 0, 0.5, 3, [(0, 5, 0.7)]) == (0.0, "inverted")
+    assert defence.user_weight(1, 1, 0.75, 3, [(2, 2, 0.75)]) == (pytest.approx(0.75), "trusted")
+    assert defence.user_weight(1, 1, 0.75, 3, [(0, 9, 0.5)]) == (1.0, "unchecked")
+    assert defence.user_weight(0, 0, 0.5, 0) == (1.0, "unchecked")  # no evidence at all: 1, not 1/3
+    # through user_weights and defend: the history's counts are shown beside the round's
+    events = [ev(1, "u1"), ev(2, "u1"), ev(3, "u2"), ev(4, "u2")]
+    per_user, _ = defence.user_weights(
+        events, {1: True, 2: True, 3: True, 4: True}, 0.75, 3, 0.75, {"u1": [(3, 3, 0.6)]}
+    )
+    assert per_user["u1"]["weight"] == pytest.approx(0.77512, abs=1e-5)
+    assert (per_user["u1"]["judged_before"], per_user["u1"]["agreed_before"]) == (3, 3)
+    assert per_user["u2"]["status"] == "unchecked" and "judged_before" not in per_user["u2"]
+    apart = [ev(i, u, prompt=f"p{i}") for i, u in ((1, "u1"), (2, "u1"), (3, "u2"))]  # nothing shared
+    out = defence.defend(apart, 0, 0.75, 3, 0.6, None, history={"u1": [(0, 5, 0.7)]})
+    assert out["consensus"] == "none" and out["per_user"]["u1"]["status"] == "inverted"
+
+
 def test_weights_judge_users_against_the_consensus_own_agreement():
     """A weak reward-model consensus agrees with 13 of 20 verdicts: q = min(0.75, 0.65) = 0.65; u1 agrees 8 of
     10: likelihoods 0.65^8 0.35^2 = 0.0039033, 0.5^10 = 0.0009766, 0.35^8 0.65^2 = 0.0000951 ->

@@ -34,10 +34,14 @@ weigh about 0.08), while a few unlucky verdicts of an honest user under a weak c
 part of their weight, not all of it (judging against 1/2 and a fixed full-trust agreement set a
 fifth of the honest users to 0 in the 100-user simulation, docs/BENCHMARKS.md). Only relative
 weights matter to the reward model's Adam steps, so honest users with few verdicts at about 1/2
-lose nothing against each other. A user whose Wilson 95% upper bound on agreement is below 1/2
-is marked ``inverted`` (weight 0). Users with fewer than ``min_judged`` checked verdicts keep
-weight 1 (no evidence against them), as does everyone when the consensus agrees with no more
-than half the verdicts (it says nothing).
+lose nothing against each other. The evidence is the user's, not the round's: a round multiplies
+in the likelihoods of the user's checked verdicts of every earlier round (each against its own
+round's consensus and ``q``; ``learn.inputs.judged_before``), so a user judged on 2-5 verdicts a
+round is judged on all of them, and a round without a consensus still weighs users it has seen
+before. A user whose Wilson 95% upper bound on their pooled agreement is below 1/2 is marked
+``inverted`` (weight 0). Users with fewer than ``min_judged`` checked verdicts in all keep weight
+1 (no evidence against them), as does everyone when no consensus ever agreed with more than half
+the verdicts (it says nothing).
 The weights multiply each example's term in the reward model's loss; the prompts only users
 at weight 0 sent are left out of the policy's training prompts and the gate's held-out prompts
 (:func:`usable_prompts`): an adversary must not choose what the policy trains or is judged on.
@@ -81,17 +85,28 @@ def wilson_upper(k: int, n: int, z: float = 1.96) -> float:
 TRUSTED_WEIGHT = 0.5
 
 
-def user_weight(k: int, n: int, agreement: float, min_judged: int) -> tuple[float, str]:
+def user_weight(
+    k: int, n: int, agreement: float, min_judged: int, before: Sequence[tuple[int, int, float]] = ()
+) -> tuple[float, str]:
     """``(weight, status)`` of a user with ``k`` of ``n`` verdicts agreeing with a consensus that
-    honest users agree with at rate ``agreement`` (module docstring); status ``trusted`` when
-    honest is at least as likely as not."""
-    if n < min_judged or agreement <= 0.5:
+    honest users agree with at rate ``agreement`` (module docstring), and ``before``, the
+    ``(agreed, judged, q)`` of their checked verdicts in earlier rounds, each against its own
+    round's consensus; status ``trusted`` when honest is at least as likely as not."""
+    tallies = [(a, j, q) for a, j, q in before if j and q > 0.5]
+    if agreement > 0.5:
+        tallies.append((k, n, agreement))
+    agreed, judged = sum(t[0] for t in tallies), sum(t[1] for t in tallies)
+    if judged == 0 or judged < min_judged:
         return 1.0, "unchecked"
-    if wilson_upper(k, n) < 0.5:
+    if wilson_upper(agreed, judged) < 0.5:
         return 0.0, "inverted"
-    q = agreement
-    # the three log-likelihoods, normalised in logs (n in the thousands must not underflow)
-    logs = [k * math.log(q) + (n - k) * math.log(1 - q), n * math.log(0.5), k * math.log(1 - q) + (n - k) * math.log(q)]
+    # the three log-likelihoods, summed over the rounds and normalised in logs (n in the
+    # thousands must not underflow)
+    logs = [0.0, 0.0, 0.0]
+    for a, j, q in tallies:
+        logs[0] += a * math.log(q) + (j - a) * math.log(1 - q)
+        logs[1] += j * math.log(0.5)
+        logs[2] += a * math.log(1 - q) + (j - a) * math.log(q)
     top = max(logs)
     w = math.exp(logs[0] - top) / sum(math.exp(x - top) for x in logs)
     return w, "trusted" if w >= TRUSTED_WEIGHT else "down-weighted"
@@ -178,12 +193,15 @@ def user_weights(
     honest_agreement: float,
     min_judged: int,
     consensus_agreement: float | None = None,
+    history: dict[str, Sequence[tuple[int, int, float]]] | None = None,
 ) -> tuple[dict[str, dict], float | None]:
-    """``({user: {"n", "judged", "agreed", "agreement", "weight", "status"}}, q)`` for every user of
-    ``events``: ``q``, the agreement assumed of an honest user, is ``consensus_agreement`` (a reward
-    model's pooled agreement with the round) capped at ``honest_agreement``; without one (the
-    users' majority, whose pooled agreement counts only the verdicts it could judge) the cap.
-    None without any agreement."""
+    """``({user: {"n", "judged", "agreed", "agreement", "weight", "status"[, "judged_before",
+    "agreed_before"]}}, q)`` for every user of ``events``: ``q``, the agreement assumed of an honest
+    user, is ``consensus_agreement`` (a reward model's pooled agreement with the round) capped at
+    ``honest_agreement``; without one (the users' majority, whose pooled agreement counts only the
+    verdicts it could judge) the cap. None without any agreement. ``history``: each user's
+    ``(agreed, judged, q)`` of earlier rounds (:func:`user_weight`'s ``before``): a user's weight
+    rests on all their checked verdicts, not on the two to five of one round."""
     if not agreements:
         q = None
     else:
@@ -197,7 +215,8 @@ def user_weights(
             t[2] += int(agreements[e["id"]])
     out = {}
     for user, (n, judged, agreed) in sorted(tally.items()):
-        w, status = user_weight(agreed, judged, q if q is not None else 0.5, min_judged)
+        before = (history or {}).get(user, ())
+        w, status = user_weight(agreed, judged, q if q is not None else 0.5, min_judged, before)
         out[user] = {
             "n": n,
             "judged": judged,
@@ -206,6 +225,8 @@ def user_weights(
             "weight": round(w, 6),
             "status": status,
         }
+        if before:
+            out[user].update(judged_before=sum(b[1] for b in before), agreed_before=sum(b[0] for b in before))
     return out, q
 
 
@@ -243,13 +264,15 @@ def defend(
     score_fn: Callable[[list[dict]], dict[int, list[float]]] | None,
     crossfit_fn: Callable[[list[dict], dict[str, int]], dict[int, dict[int, list[float]]]] | None = None,
     folds: int = 2,
+    history: dict[str, Sequence[tuple[int, int, float]]] | None = None,
 ) -> dict:
     """The whole defence of a round: ``{"kept": events, "per_user": {user: {..., "cut"[, "fold"]}},
     "consensus": "reward_model" | "crossfit" | "majority" | "none", "consensus_agreement",
     "crossfit_agreement", "honest_agreement"}`` (the pooled agreements of the previous model and of
     the cross-fitted ones, None when not computed, and ``q`` of the weights). ``score_fn`` scores the replies of events with the previous
     reward model (None in the first round); ``crossfit_fn(events, {user: fold})`` returns, for
-    each fold, the scores of its replies by a model trained on the other folds (None: no cross-fit)."""
+    each fold, the scores of its replies by a model trained on the other folds (None: no cross-fit).
+    ``history``: the users' checked verdicts of earlier rounds (:func:`user_weights`)."""
     kept, cut = cap_per_user(events, max_per_user)
     consensus, agreements, pooled, crossfit_pooled, fold_of = "none", {}, None, None, {}
     if score_fn is not None and kept:
@@ -268,7 +291,7 @@ def defend(
         if by_majority:
             consensus, agreements = "majority", by_majority
     own = {"reward_model": pooled, "crossfit": crossfit_pooled}.get(consensus)
-    per_user, q = user_weights(kept, agreements, honest_agreement, min_judged, own)
+    per_user, q = user_weights(kept, agreements, honest_agreement, min_judged, own, history)
     for user in cut:
         per_user.setdefault(user, {"n": 0, "judged": 0, "agreed": 0, "weight": 1.0, "status": "unchecked"})
     for user in per_user:

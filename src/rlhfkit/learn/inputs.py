@@ -195,18 +195,36 @@ def snapshot(
     return snap, {"ids": present, "prompts": set(prompts), "users": {e["end_user"] for e in events}}
 
 
-def latest_weights(learn_dir: Path, before_round: int) -> dict[str, float]:
-    """``{user: weight}`` from the defences of the rounds before ``before_round``, a later round's
-    over an earlier one's: what a user who sent nothing in this round last weighed."""
-    out: dict[str, float] = {}
+def _earlier_defences(learn_dir: Path, before_round: int) -> list[dict]:
+    """The ``defence.json`` of each round before ``before_round``, in round order."""
     found = []
     for path in Path(learn_dir, "rounds").glob("round-*/defence/defence.json"):
         n = path.parent.parent.name.removeprefix("round-")
         if n.isdigit() and int(n) < before_round:
             found.append((int(n), path))
-    for _, path in sorted(found):
-        per_user = json.loads(path.read_text(encoding="utf-8")).get("per_user", {})
-        out.update({u: float(v.get("weight", 1.0)) for u, v in per_user.items()})
+    return [json.loads(path.read_text(encoding="utf-8")) for _, path in sorted(found)]
+
+
+def latest_weights(learn_dir: Path, before_round: int) -> dict[str, float]:
+    """``{user: weight}`` from the defences of the rounds before ``before_round``, a later round's
+    over an earlier one's: what a user who sent nothing in this round last weighed."""
+    out: dict[str, float] = {}
+    for data in _earlier_defences(learn_dir, before_round):
+        out.update({u: float(v.get("weight", 1.0)) for u, v in data.get("per_user", {}).items()})
+    return out
+
+
+def judged_before(learn_dir: Path, before_round: int) -> dict[str, list[list]]:
+    """``{user: [[agreed, judged, q], ...]}``: each earlier round's checked verdicts of a user and
+    the agreement ``q`` its consensus assumed of an honest user (``learn.defence.user_weight``'s
+    ``before``; rounds without a consensus add nothing). A forgotten user's figures left with
+    their entries (:func:`scrub_records`)."""
+    out: dict[str, list[list]] = {}
+    for data in _earlier_defences(learn_dir, before_round):
+        q = data.get("honest_agreement")
+        for user, v in data.get("per_user", {}).items():
+            if q is not None and v.get("judged"):
+                out.setdefault(user, []).append([int(v["agreed"]), int(v["judged"]), float(q)])
     return out
 
 

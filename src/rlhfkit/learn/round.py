@@ -135,6 +135,9 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     # the reward update's start: the last round's reward model, else the backbone
     reward_start = str(learn_dir / prev) if prev else (config.reward.model or base)
 
+    # a user's weight rests on their checked verdicts of every earlier round, too
+    history = inputs_mod.judged_before(learn_dir, round_no)
+
     def defence_fn(d: Path) -> dict:
         score = score_events_fn(reward_start, config.reward.max_length) if prev else None
         s = config.defence
@@ -148,12 +151,15 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
             score,
             crossfit_fn=crossfit,
             folds=s.crossfit_folds,
+            history=history,
         )
         kept_ids = [e["id"] for e in result.pop("kept")]
         return {"defence": _write(d / "defence.json", {**result, "kept_ids": kept_ids})}
 
     # the cross-fitted consensus trains with the reward section's recipe: its settings count
-    fps["defence"] = fingerprint("defence", {**settings(config.defence), "reward": settings(config.reward)}, fps)
+    fps["defence"] = fingerprint(
+        "defence", {**settings(config.defence), "reward": settings(config.reward), "history": history}, fps
+    )
     rec = run_stage("defence", rdir / "defence", fps["defence"], defence_fn, log=log)
     _stage_ended("defence")
     defence = _read(Path(rec["outputs"]["defence"]))

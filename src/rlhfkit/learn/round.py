@@ -204,7 +204,10 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
             config.threads,
         )
 
-    fps["policy"] = fingerprint("policy", {"method": config.method, **settings(config.policy)}, fps)
+    # the prompts hang on earlier rounds' weights too (latest_weights): they count, not only the inputs
+    fps["policy"] = fingerprint(
+        "policy", {"method": config.method, **settings(config.policy), "prompts": train_prompts}, fps
+    )
     rec = run_stage("policy", rdir / "policy", fps["policy"], policy_fn, log=log)
     _stage_ended("policy")
     policy = rec["outputs"]
@@ -226,7 +229,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
             )
         return {"gate": _write(d / "gate.json", figures)}
 
-    fps["gate"] = fingerprint("gate", settings(config.gate), fps)
+    fps["gate"] = fingerprint("gate", {**settings(config.gate), "prompts": holdout_prompts}, fps)
     rec = run_stage("gate", rdir / "gate", fps["gate"], gate_fn, log=log)
     _stage_ended("gate")
     gate = _read(Path(rec["outputs"]["gate"]))

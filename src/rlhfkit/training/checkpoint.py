@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlhfkit.models.versions import fsync_dir
+
 from .config import ConfigError
 from .distributed import DistInfo, broadcast_from_main
 
@@ -45,14 +47,6 @@ _PICKLED_FILES = ("rng.pt", "rng_ranks.pt")
 
 class CheckpointError(ConfigError):
     """No checkpoint in an output folder is intact: nothing to resume from."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _HashingWriter:
@@ -102,7 +96,7 @@ def save_manifested(folder: Path, torch_files: dict[str, Any], state_file: str, 
     files = {name: _save_torch(obj, folder / name) for name, obj in torch_files.items()}
     files[state_file] = _save_json({**state, "manifest": MANIFEST}, folder / state_file)
     _save_json({"files": files}, folder / MANIFEST)
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def rng_state() -> dict:
@@ -162,7 +156,7 @@ def save_checkpoint(
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(output_dir)
+    fsync_dir(output_dir)
     for old in checkpoints_to_prune(list_checkpoints(output_dir), step, keep_last):
         shutil.rmtree(old, ignore_errors=True)
     return final

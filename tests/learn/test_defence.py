@@ -272,3 +272,29 @@ def hmac_sha256(key: bytes, msg: bytes) -> bytes:
     import hmac
 
     return hmac.new(key, msg, "sha256").digest()
+
+
+def test_history_starts_at_the_latest_rebuild_and_skips_rounds_without_a_consensus(tmp_path):
+    """A rebuild round (after a forget) judged every stored verdict, so its tallies replace the
+    rounds before it; a round without a consensus (q None) leaves no tally."""
+    import json
+
+    from rlhfkit.learn.inputs import judged_before
+
+    def round_files(n, q, per_user, rebuild=False):
+        d = tmp_path / "rounds" / f"round-{n}"
+        (d / "defence").mkdir(parents=True)
+        (d / "inputs").mkdir()
+        (d / "defence" / "defence.json").write_text(json.dumps({"honest_agreement": q, "per_user": per_user}))
+        (d / "inputs" / "inputs.json").write_text(json.dumps({"round": n, "rebuild": rebuild}))
+
+    def tally(agreed, judged):
+        return {"n": judged, "judged": judged, "agreed": agreed, "weight": 1.0}
+
+    round_files(1, 0.7, {"u1": tally(3, 3)})
+    round_files(2, 0.65, {"u1": tally(4, 5), "u2": tally(0, 0)}, rebuild=True)
+    round_files(3, None, {"u1": tally(0, 4)})
+    round_files(4, 0.6, {"u2": tally(1, 2)})
+    assert judged_before(tmp_path, 2) == {"u1": [[3, 3, 0.7]]}
+    assert judged_before(tmp_path, 5) == {"u1": [[4, 5, 0.65]], "u2": [[1, 2, 0.6]]}
+    assert judged_before(tmp_path, 4) == {"u1": [[4, 5, 0.65]]}

@@ -215,7 +215,7 @@ def user_weights(
             t[2] += int(agreements[e["id"]])
     out = {}
     for user, (n, judged, agreed) in sorted(tally.items()):
-        before = (history or {}).get(user, ())
+        before = [b for b in (history or {}).get(user, ()) if b[1] and b[2] > 0.5]  # what counts
         w, status = user_weight(agreed, judged, q if q is not None else 0.5, min_judged, before)
         out[user] = {
             "n": n,

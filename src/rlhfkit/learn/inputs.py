@@ -195,21 +195,21 @@ def snapshot(
     return snap, {"ids": present, "prompts": set(prompts), "users": {e["end_user"] for e in events}}
 
 
-def _earlier_defences(learn_dir: Path, before_round: int) -> list[dict]:
-    """The ``defence.json`` of each round before ``before_round``, in round order."""
+def _earlier_defences(learn_dir: Path, before_round: int) -> list[tuple[int, dict]]:
+    """``(round, defence.json)`` of each round before ``before_round``, in round order."""
     found = []
     for path in Path(learn_dir, "rounds").glob("round-*/defence/defence.json"):
         n = path.parent.parent.name.removeprefix("round-")
         if n.isdigit() and int(n) < before_round:
             found.append((int(n), path))
-    return [json.loads(path.read_text(encoding="utf-8")) for _, path in sorted(found)]
+    return [(n, json.loads(path.read_text(encoding="utf-8"))) for n, path in sorted(found)]
 
 
 def latest_weights(learn_dir: Path, before_round: int) -> dict[str, float]:
     """``{user: weight}`` from the defences of the rounds before ``before_round``, a later round's
     over an earlier one's: what a user who sent nothing in this round last weighed."""
     out: dict[str, float] = {}
-    for data in _earlier_defences(learn_dir, before_round):
+    for _, data in _earlier_defences(learn_dir, before_round):
         out.update({u: float(v.get("weight", 1.0)) for u, v in data.get("per_user", {}).items()})
     return out
 
@@ -217,13 +217,25 @@ def latest_weights(learn_dir: Path, before_round: int) -> dict[str, float]:
 def judged_before(learn_dir: Path, before_round: int) -> dict[str, list[list]]:
     """``{user: [[agreed, judged, q], ...]}``: each earlier round's checked verdicts of a user and
     the agreement ``q`` its consensus assumed of an honest user (``learn.defence.user_weight``'s
-    ``before``; rounds without a consensus add nothing). A forgotten user's figures left with
-    their entries (:func:`scrub_records`)."""
+    ``before``; rounds without a consensus add nothing). From the latest earlier rebuild on: a
+    rebuild round judged every verdict still stored (its tallies hold the rounds before it), and
+    the rounds before it were judged by consensuses the erased feedback had shaped. A forgotten
+    user's figures left with their entries (:func:`scrub_records`). A verdict its user later
+    replaced stays counted where it was judged (a changed mind is evidence the user gave)."""
+    rounds = Path(learn_dir, "rounds")
+    start = 0
+    for n in range(before_round - 1, 0, -1):
+        saved = rounds / f"round-{n}" / "inputs" / "inputs.json"
+        if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")).get("rebuild"):
+            start = n
+            break
     out: dict[str, list[list]] = {}
-    for data in _earlier_defences(learn_dir, before_round):
+    for n, data in _earlier_defences(learn_dir, before_round):
         q = data.get("honest_agreement")
+        if q is None or n < start:
+            continue
         for user, v in data.get("per_user", {}).items():
-            if q is not None and v.get("judged"):
+            if v.get("judged"):
                 out.setdefault(user, []).append([int(v["agreed"]), int(v["judged"]), float(q)])
     return out
 

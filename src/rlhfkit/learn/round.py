@@ -135,8 +135,9 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     # the reward update's start: the last round's reward model, else the backbone
     reward_start = str(learn_dir / prev) if prev else (config.reward.model or base)
 
-    # a user's weight rests on their checked verdicts of every earlier round, too
-    history = inputs_mod.judged_before(learn_dir, round_no)
+    # a user's weight rests on their checked verdicts of every earlier round, too (a rebuild
+    # judges every stored verdict itself: the earlier tallies would count them twice)
+    history = {} if snap["rebuild"] else inputs_mod.judged_before(learn_dir, round_no)
 
     def defence_fn(d: Path) -> dict:
         score = score_events_fn(reward_start, config.reward.max_length) if prev else None
@@ -158,7 +159,9 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
 
     # the cross-fitted consensus trains with the reward section's recipe: its settings count
     fps["defence"] = fingerprint(
-        "defence", {**settings(config.defence), "reward": settings(config.reward), "history": history}, fps
+        "defence",
+        {**settings(config.defence), "reward": settings(config.reward), **({"history": history} if history else {})},
+        fps,
     )
     rec = run_stage("defence", rdir / "defence", fps["defence"], defence_fn, log=log)
     _stage_ended("defence")

@@ -110,3 +110,24 @@ def test_a_short_simulation_counts_every_request_and_every_verdict(sim, tmp_path
     assert "weight" in first_round[flooder[0]]
     page = (out / "report.html").read_text()
     assert "<svg" in page and "Simulation" in page and f"{req['sent']} / {req['answered']} / {req['failed']}" in page
+
+
+def test_kept_share_of_the_clean_gain_by_hand(tmp_path):
+    """benchmarks/deploy_sim_repeat.py: clean runs gaining 0.2 and 0.4 on every prompt (mean 0.3),
+    adversarial runs 0.15: ratio 0.5. Resampling the clean runs gives a mean of 0.2, 0.3 or 0.4
+    with chances 1/4, 1/2, 1/4 (prompts within a run are all equal), so the ratio is 0.75, 0.5 or
+    0.375 and its 2.5 / 97.5 percentiles are 0.375 and 0.75. Clean runs of -0.1 and +0.1 have a
+    mean of 0: no ratio, and a quarter of the draws at -0.1: no bounds. A run's differences are
+    last - v0 on the prompts answered in both evaluations."""
+    spec = importlib.util.spec_from_file_location("deploy_sim_repeat", ROOT / "benchmarks" / "deploy_sim_repeat.py")
+    rep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rep)
+    out = rep.kept_share([[0.2, 0.2], [0.4, 0.4]], [[0.15, 0.15], [0.15, 0.15]], n_boot=4000)
+    assert out["ratio"] == pytest.approx(0.5) and out["clean_runs"] == pytest.approx([0.2, 0.4])
+    assert (out["ci_low"], out["ci_high"]) == (pytest.approx(0.375), pytest.approx(0.75))
+    flat = rep.kept_share([[-0.1, -0.1], [0.1, 0.1]], [[0.1, 0.1]], n_boot=400)
+    assert flat["ratio"] is None and flat["ci_low"] is None and flat["ci_high"] is None
+    evals = tmp_path / "evals.jsonl"
+    rows = [{"version": "v0", "per_prompt": [0.5, None, 0.1]}, {"version": "v2", "per_prompt": [0.75, 0.3, 0.35]}]
+    evals.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert rep.run_diffs(evals) == pytest.approx([0.25, 0.25])

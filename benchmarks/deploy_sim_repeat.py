@@ -27,13 +27,17 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from deploy_sim import paired  # noqa: E402  (the sibling benchmark: its summary pairs prompts so)
 
 
 def run_diffs(evals_path: Path) -> list[float]:
-    """Per-prompt gold differences, last evaluated version - v0 (prompts answered in both)."""
+    """Per-prompt gold differences, last evaluated version - v0, on the prompts answered in both
+    (``deploy_sim.paired``, as the run's own ``gold_last_minus_first``)."""
     rows = [json.loads(line) for line in Path(evals_path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    first, last = rows[0]["per_prompt"], rows[-1]["per_prompt"]
-    return [b - a for a, b in zip(first, last) if a is not None and b is not None]
+    first, last = paired(rows[0]["per_prompt"], rows[-1]["per_prompt"])
+    return [b - a for a, b in zip(first, last)]
 
 
 def kept_share(clean: list[list[float]], adversarial: list[list[float]], n_boot: int = 2000, seed: int = 0) -> dict:

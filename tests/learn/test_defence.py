@@ -284,9 +284,8 @@ def test_history_starts_at_the_latest_rebuild_and_skips_rounds_without_a_consens
     def round_files(n, q, per_user, rebuild=False):
         d = tmp_path / "rounds" / f"round-{n}"
         (d / "defence").mkdir(parents=True)
-        (d / "inputs").mkdir()
         (d / "defence" / "defence.json").write_text(json.dumps({"honest_agreement": q, "per_user": per_user}))
-        (d / "inputs" / "inputs.json").write_text(json.dumps({"round": n, "rebuild": rebuild}))
+        (d / "round.json").write_text(json.dumps({"round": n, "rebuild": rebuild}))
 
     def tally(agreed, judged):
         return {"n": judged, "judged": judged, "agreed": agreed, "weight": 1.0}

@@ -85,6 +85,12 @@ def wilson_upper(k: int, n: int, z: float = 1.96) -> float:
 TRUSTED_WEIGHT = 0.5
 
 
+def counted(before: Sequence[tuple[int, int, float]]) -> list[tuple[int, int, float]]:
+    """The earlier rounds' ``(agreed, judged, q)`` that are evidence: some verdicts judged, by a
+    consensus that said more than chance."""
+    return [(a, j, q) for a, j, q in before if j and q > 0.5]
+
+
 def user_weight(
     k: int, n: int, agreement: float, min_judged: int, before: Sequence[tuple[int, int, float]] = ()
 ) -> tuple[float, str]:
@@ -92,7 +98,7 @@ def user_weight(
     honest users agree with at rate ``agreement`` (module docstring), and ``before``, the
     ``(agreed, judged, q)`` of their checked verdicts in earlier rounds, each against its own
     round's consensus; status ``trusted`` when honest is at least as likely as not."""
-    tallies = [(a, j, q) for a, j, q in before if j and q > 0.5]
+    tallies = counted(before)
     if agreement > 0.5:
         tallies.append((k, n, agreement))
     agreed, judged = sum(t[0] for t in tallies), sum(t[1] for t in tallies)
@@ -215,7 +221,7 @@ def user_weights(
             t[2] += int(agreements[e["id"]])
     out = {}
     for user, (n, judged, agreed) in sorted(tally.items()):
-        before = [b for b in (history or {}).get(user, ()) if b[1] and b[2] > 0.5]  # what counts
+        before = counted((history or {}).get(user, ()))
         w, status = user_weight(agreed, judged, q if q is not None else 0.5, min_judged, before)
         out[user] = {
             "n": n,

@@ -225,8 +225,10 @@ def judged_before(learn_dir: Path, before_round: int) -> dict[str, list[list]]:
     rounds = Path(learn_dir, "rounds")
     start = 0
     for n in range(before_round - 1, 0, -1):
-        saved = rounds / f"round-{n}" / "inputs" / "inputs.json"
-        if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")).get("rebuild"):
+        # round.json (a finished round's outcome, a kilobyte) names a rebuild as its inputs do
+        # (hundreds of kilobytes of users' text)
+        done = rounds / f"round-{n}" / "round.json"
+        if done.is_file() and json.loads(done.read_text(encoding="utf-8")).get("rebuild"):
             start = n
             break
     out: dict[str, list[list]] = {}

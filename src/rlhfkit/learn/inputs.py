@@ -22,13 +22,12 @@ who sent each prompt, so the round can leave out the prompts only users at weigh
 from __future__ import annotations
 
 import hmac
-import json
 import os
 import secrets
 from pathlib import Path
 from typing import Iterable
 
-from rlhfkit.models.versions import atomic_write_json, fsync_dir
+from rlhfkit.models.versions import atomic_write_json, fsync_dir, read_json_object
 
 STATE_FILE = "learn_state.json"
 
@@ -116,7 +115,7 @@ def read_state(learn_dir: Path) -> dict:
     path = Path(learn_dir) / STATE_FILE
     if not path.is_file():
         return {"watermark": 0, "rounds_done": 0, "trained": [], "reward_model": None}
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json_object(path)
 
 
 def write_state(learn_dir: Path, state: dict) -> None:
@@ -143,7 +142,7 @@ def saved_records(learn_dir: Path, before_round: int) -> dict[int, dict]:
     """``{id: event record}`` of the verdicts the rounds before ``before_round`` saved as inputs."""
     out: dict[int, dict] = {}
     for path in Path(learn_dir, "rounds").glob("round-*/inputs/inputs.json"):
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_object(path)
         if int(data.get("round", 0)) < before_round:
             out.update({int(e["id"]): e for e in data.get("train", [])})
     return out
@@ -202,7 +201,7 @@ def _earlier_defences(learn_dir: Path, before_round: int) -> list[tuple[int, dic
         n = path.parent.parent.name.removeprefix("round-")
         if n.isdigit() and int(n) < before_round:
             found.append((int(n), path))
-    return [(n, json.loads(path.read_text(encoding="utf-8"))) for n, path in sorted(found)]
+    return [(n, read_json_object(path)) for n, path in sorted(found)]
 
 
 def latest_weights(learn_dir: Path, before_round: int) -> dict[str, float]:
@@ -228,7 +227,7 @@ def judged_before(learn_dir: Path, before_round: int) -> dict[str, list[list]]:
         # round.json (a finished round's outcome, a kilobyte) names a rebuild as its inputs do
         # (hundreds of kilobytes of users' text)
         done = rounds / f"round-{n}" / "round.json"
-        if done.is_file() and json.loads(done.read_text(encoding="utf-8")).get("rebuild"):
+        if done.is_file() and read_json_object(done).get("rebuild"):
             start = n
             break
     out: dict[str, list[list]] = {}
@@ -254,7 +253,7 @@ def scrub_saved_inputs(
     erasure reaches the learner's copies. Returns how many verdicts went."""
     gone = 0
     for path in sorted(Path(learn_dir, "rounds").glob("round-*/inputs/inputs.json")):
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_object(path)
         if int(data.get("round", 0)) >= before_round:
             continue
         kept = [
@@ -301,19 +300,19 @@ def scrub_records(learn_dir: Path, before_round: int, present_ids: set[int] | No
     rounds = Path(learn_dir, "rounds")
     for path in sorted(rounds.glob("round-*/defence/defence.json")):
         if before(path, 1):
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_json_object(path)
             kept = [i for i in data.get("kept_ids", []) if present_ids is None or i in present_ids]
             per_user = keep_users(data.get("per_user", {}))
             if per_user != data.get("per_user", {}) or len(kept) != len(data.get("kept_ids", [])):
                 atomic_write_json(path, {**data, "per_user": per_user, "kept_ids": kept})
     for path in sorted(rounds.glob("round-*/defence/crossfit-*/scores.json")):
         if before(path, 2):
-            scores = json.loads(path.read_text(encoding="utf-8"))
+            scores = read_json_object(path)
             left = {k: v for k, v in scores.items() if present_ids is None or int(k) in present_ids}
             if len(left) != len(scores):
                 atomic_write_json(path, left)
     for path in sorted(Path(learn_dir, "versions").glob("v*/version.json")):
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = read_json_object(path)
         feedback = info.get("feedback") or {}
         if "per_user" in feedback and keep_users(feedback["per_user"]) != feedback["per_user"]:
             atomic_write_json(path, {**info, "feedback": {**feedback, "per_user": keep_users(feedback["per_user"])}})

@@ -60,7 +60,7 @@ def round_rows(learn_dir: Path) -> list[dict]:
         if rec.get("event") not in ("promoted", "refused"):
             continue
         defence = learn_dir / "rounds" / f"round-{rec.get('round')}" / "defence" / "defence.json"
-        per_user = json.loads(defence.read_text())["per_user"] if defence.is_file() else {}
+        per_user = versions.read_json_object(defence).get("per_user", {}) if defence.is_file() else {}
         gate = rec.get("gate") or {}
         rm = gate.get("reward_model") or {}
         rows.append(

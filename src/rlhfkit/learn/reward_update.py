@@ -248,10 +248,9 @@ def crossfit_scores_fn(start: str, section, seed: int, stage_dir: Path, threads:
     ``stage_dir/crossfit-K/scores.json`` and its model and checkpoints removed (a fold done is not
     trained again when a killed stage resumes; a fold killed while training resumes from its
     checkpoint)."""
-    import json
     import shutil
 
-    from rlhfkit.models.versions import atomic_write_json
+    from rlhfkit.models.versions import atomic_write_json, read_json_object
 
     def scores(events: Sequence[dict], fold_of: dict[str, int]) -> dict[int, dict[int, list[float]]]:
         out: dict[int, dict[int, list[float]]] = {}
@@ -271,7 +270,7 @@ def crossfit_scores_fn(start: str, section, seed: int, stage_dir: Path, threads:
                 for p in folder.iterdir():  # the scores are all the defence keeps of a fold model
                     if p.is_dir():
                         shutil.rmtree(p, ignore_errors=True)
-            out[fold] = {int(k): v for k, v in json.loads(done.read_text(encoding="utf-8")).items()}
+            out[fold] = {int(k): v for k, v in read_json_object(done).items()}
         return out
 
     return scores

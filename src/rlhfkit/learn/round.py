@@ -21,7 +21,6 @@ counts once and its feedback is never counted twice.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -69,7 +68,7 @@ def next_version_name(learn_dir: Path) -> str:
 
 
 def _read(path: Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    return versions.read_json_object(path)
 
 
 def _write(path: Path, obj: dict) -> str:

@@ -111,13 +111,21 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: str | os.PathLike) -> dict:
+    """The JSON object in ``path``; ``VersionError`` naming the file (and the line and column
+    where the JSON breaks) if it is missing, unreadable or not an object. A learner folder's files
+    are written whole (:func:`atomic_write_json`), so a broken one was changed by hand or damaged:
+    the learner stops with this message instead of a traceback."""
+    path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise VersionError(f"{path}: no such file") from None
     except (OSError, ValueError) as e:
-        raise VersionError(f"{path}: not a JSON file ({e})") from None
+        raise VersionError(
+            f"{path}: not a JSON file ({e}); rlhfkit writes it whole, so it was changed by hand or "
+            "damaged: restore it from a copy, or start a new folder"
+        ) from None
     if not isinstance(data, dict):
         raise VersionError(f"{path}: expected a JSON object")
     return data
@@ -126,7 +134,7 @@ def _read_json(path: Path) -> dict:
 def read_current(learn_dir: str | os.PathLike) -> dict:
     """``current.json``: ``{"version", "promoted_at", ...}``; ``VersionError`` naming the file."""
     path = Path(learn_dir) / CURRENT_FILE
-    data = _read_json(path)
+    data = read_json_object(path)
     try:
         _check_name(data.get("version"))
     except VersionError as e:
@@ -144,7 +152,7 @@ def version_info(learn_dir: str | os.PathLike, name: str) -> dict:
     base model; a version with a parent has ``adapter/`` or ``model/``."""
     folder = version_dir(learn_dir, name)
     path = folder / VERSION_FILE
-    info = _read_json(path)
+    info = read_json_object(path)
     if info.get("version") != name:
         raise VersionError(f"{path}: field 'version' is {info.get('version')!r}, expected {name!r}")
     parent = info.get("parent")

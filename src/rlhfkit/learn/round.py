@@ -67,10 +67,6 @@ def next_version_name(learn_dir: Path) -> str:
     return f"v{max(numbers, default=0) + 1}"
 
 
-def _read(path: Path) -> dict:
-    return versions.read_json_object(path)
-
-
 def _write(path: Path, obj: dict) -> str:
     versions.atomic_write_json(path, obj)
     return str(path)
@@ -85,7 +81,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
 
     rdir = learn_dir / "rounds" / f"round-{round_no}"
     if (rdir / "round.json").is_file():  # finished, but the state was not written: record it now
-        return _advance_state(learn_dir, state, _read(rdir / "round.json"))
+        return _advance_state(learn_dir, state, versions.read_json_object(rdir / "round.json"))
     seed = round_seed(config.seed, round_no)
     own = settings(config, wired=FOLLOW_FIELDS)
 
@@ -123,7 +119,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     }
     rec = run_stage("inputs", rdir / "inputs", fingerprint("inputs", snap_settings, {}), inputs_fn, log=log)
     _stage_ended("inputs")
-    snap = _read(Path(rec["outputs"]["inputs"]))
+    snap = versions.read_json_object(rec["outputs"]["inputs"])
     fps = {
         "inputs": file_digest(rec["outputs"]["inputs"]),
         "learner": fingerprint("learner", {"seed": config.seed, "model": own.get("model")}, {}),
@@ -164,7 +160,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     )
     rec = run_stage("defence", rdir / "defence", fps["defence"], defence_fn, log=log)
     _stage_ended("defence")
-    defence = _read(Path(rec["outputs"]["defence"]))
+    defence = versions.read_json_object(rec["outputs"]["defence"])
     kept_ids = set(defence["kept_ids"])
     kept = [e for e in snap["train"] if e["id"] in kept_ids]
     weights = {u: v["weight"] for u, v in defence["per_user"].items()}
@@ -234,7 +230,7 @@ def run_round(config: LearnConfig, learn_dir: Path, state: dict, round_no: int, 
     fps["gate"] = fingerprint("gate", {**settings(config.gate), "prompts": holdout_prompts}, fps)
     rec = run_stage("gate", rdir / "gate", fps["gate"], gate_fn, log=log)
     _stage_ended("gate")
-    gate = _read(Path(rec["outputs"]["gate"]))
+    gate = versions.read_json_object(rec["outputs"]["gate"])
 
     feedback = lineage.feedback_lineage(kept, defence, inputs_mod.id_ranges)
     outcome = {
